@@ -1,0 +1,1 @@
+//! Compute backends: CPU always, CUDA with the `cuda` feature.

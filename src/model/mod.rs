@@ -1,0 +1,1 @@
+//! Architectures: hyper-parameters from metadata, tensor names, the layer recipe.
