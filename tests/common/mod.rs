@@ -1,0 +1,48 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `shared/golden/` beside the repository (as laid out for sessions and CI).
+pub fn golden_dir() -> PathBuf {
+    let p = std::env::var_os("LLORCH_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/golden"));
+    assert!(p.is_dir(), "golden references not found at {} (set LLORCH_GOLDEN_DIR)", p.display());
+    p
+}
+
+/// Read and parse a golden JSON file.
+pub fn golden_json(name: &str) -> serde_json::Value {
+    let path = golden_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Path of a real model, fetched (and verified) by `scripts/fetch-model` if absent.
+/// A failed fetch fails the test: it never silently skips.
+pub fn model_path(name: &str) -> PathBuf {
+    let out = Command::new(repo_root().join("scripts/fetch-model"))
+        .arg(name)
+        .output()
+        .expect("cannot run scripts/fetch-model");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-model {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(Path::new(&path).is_file(), "fetch-model printed {} which is not a file", path.display());
+    path
+}
+
+pub const QWEN_05B: &str = "qwen2.5-coder-0.5b";
+pub const SMOLLM2: &str = "smollm2-135m";
+pub const GEMMA3: &str = "gemma3-270m";
+pub const QWEN_15B: &str = "qwen2.5-coder-1.5b";
