@@ -112,3 +112,6 @@ impl GgmlType {
         (n / bs).checked_mul(self.type_size() as u64)
     }
 }
+
+mod api_stub;
+pub use api_stub::*;
