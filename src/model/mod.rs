@@ -5,6 +5,7 @@ pub mod hparams;
 mod llama;
 mod qwen2;
 pub mod recipe;
+pub mod synth;
 
 use crate::backend::cpu::{self, CpuModel};
 use crate::backend::{ContextOptions, Device};
