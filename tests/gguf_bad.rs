@@ -93,7 +93,10 @@ fn one_kv(ty: u32, value: &[u8]) -> Vec<u8> {
 
 /// A file with one tensor descriptor and `data` bytes of data section.
 fn one_tensor(name: &[u8], dims: &[u64], ty: u32, offset: u64, data: usize) -> Vec<u8> {
-    Raw::header(3, 1, 0).tensor(name, dims, ty, offset).data(32, data).done()
+    Raw::header(3, 1, 0)
+        .tensor(name, dims, ty, offset)
+        .data(32, data)
+        .done()
 }
 
 fn corpus() -> Vec<Case> {
@@ -358,7 +361,8 @@ fn corpus() -> Vec<Case> {
     // A valid file with one byte flipped in a tensor type: from the writer, not by hand.
     let mut w = GgufWriter::new();
     w.add_str("general.architecture", "x");
-    w.add_tensor("w", &[32], GgmlType::Q8_0, vec![0u8; 34]).unwrap();
+    w.add_tensor("w", &[32], GgmlType::Q8_0, vec![0u8; 34])
+        .unwrap();
     let mut b = w.to_bytes();
     let n = b.len();
     b.truncate(n - 1);
@@ -378,8 +382,17 @@ fn check(case: &Case, e: &GgufError) {
         (At::Tensor(t), GgufError::Tensor { name, .. }) => t == name,
         _ => false,
     };
-    assert!(ok_place, "{}: expected an error at {:?}, got {e:?}", case.name, case.at);
-    assert!(e.to_string().contains(case.msg), "{}: expected '{}' in '{e}'", case.name, case.msg);
+    assert!(
+        ok_place,
+        "{}: expected an error at {:?}, got {e:?}",
+        case.name, case.at
+    );
+    assert!(
+        e.to_string().contains(case.msg),
+        "{}: expected '{}' in '{e}'",
+        case.name,
+        case.msg
+    );
 }
 
 #[test]
@@ -416,15 +429,25 @@ fn fixtures_on_disk_match_the_corpus() {
     }
     for c in &cases {
         let p = dir.join(format!("{}.gguf", c.name));
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (regenerate the fixtures)", p.display()));
-        assert!(bytes == c.bytes, "{} is stale (regenerate the fixtures)", p.display());
+        let bytes = std::fs::read(&p)
+            .unwrap_or_else(|e| panic!("{}: {e} (regenerate the fixtures)", p.display()));
+        assert!(
+            bytes == c.bytes,
+            "{} is stale (regenerate the fixtures)",
+            p.display()
+        );
         let msg = std::fs::read_to_string(dir.join(format!("{}.txt", c.name))).unwrap();
         assert_eq!(msg.trim_end(), c.msg);
         // Through the file path (memory map) too.
         check(c, &Gguf::open(&p).unwrap_err());
     }
     let on_disk = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(on_disk, 2 * cases.len(), "unexpected files in {}", dir.display());
+    assert_eq!(
+        on_disk,
+        2 * cases.len(),
+        "unexpected files in {}",
+        dir.display()
+    );
 }
 
 /// Small valid files exercising every part of the format.
@@ -434,18 +457,23 @@ fn valid_files() -> Vec<Vec<u8>> {
     w.add_u32("llama.block_count", 2);
     w.add_str_array("tokenizer.ggml.tokens", &["<s>", "a", "bc"]);
     w.add_f32_array("tokenizer.ggml.scores", &[0.0, -1.0, -2.0]);
-    w.add_tensor("a", &[8, 2], GgmlType::F32, vec![1u8; 64]).unwrap();
-    w.add_tensor("b", &[32], GgmlType::Q8_0, vec![2u8; 34]).unwrap();
+    w.add_tensor("a", &[8, 2], GgmlType::F32, vec![1u8; 64])
+        .unwrap();
+    w.add_tensor("b", &[32], GgmlType::Q8_0, vec![2u8; 34])
+        .unwrap();
     let one = w.to_bytes();
     let mut w = GgufWriter::new();
     w.set_alignment(64).unwrap();
     w.add_bool("x.flag", true);
     w.add(
         "x.nested",
-        &llorch::gguf::Value::Array(vec![llorch::gguf::Value::Array(vec![llorch::gguf::Value::I16(-3)])]),
+        &llorch::gguf::Value::Array(vec![llorch::gguf::Value::Array(vec![
+            llorch::gguf::Value::I16(-3),
+        ])]),
     )
     .unwrap();
-    w.add_tensor("only", &[256], GgmlType::Q6_K, vec![3u8; 210]).unwrap();
+    w.add_tensor("only", &[256], GgmlType::Q6_K, vec![3u8; 210])
+        .unwrap();
     vec![one, w.to_bytes()]
 }
 
@@ -457,7 +485,10 @@ fn every_truncation_is_an_error() {
             let r = std::panic::catch_unwind(|| Gguf::from_bytes(file[..len].to_vec()).map(|_| ()));
             match r {
                 Err(_) => panic!("file {i} truncated to {len} bytes: panic"),
-                Ok(Ok(())) => panic!("file {i} truncated to {len} of {} bytes: accepted", file.len()),
+                Ok(Ok(())) => panic!(
+                    "file {i} truncated to {len} of {} bytes: accepted",
+                    file.len()
+                ),
                 Ok(Err(_)) => {}
             }
         }

@@ -33,11 +33,17 @@ fn valid_files() -> Vec<Vec<u8>> {
     w.add_str_array("tokenizer.ggml.tokens", &["<s>", "a", "bc", "Ġd"]);
     w.add_f32_array("tokenizer.ggml.scores", &[0.0, -1.0, -2.0, -3.0]);
     w.add_i32_array("tokenizer.ggml.token_type", &[3, 1, 1, 1]);
-    w.add("x.nested", &Value::Array(vec![Value::Array(vec![Value::I16(-3), Value::I16(4)])]))
+    w.add(
+        "x.nested",
+        &Value::Array(vec![Value::Array(vec![Value::I16(-3), Value::I16(4)])]),
+    )
+    .unwrap();
+    w.add_tensor("a", &[8, 2], GgmlType::F32, vec![1u8; 64])
         .unwrap();
-    w.add_tensor("a", &[8, 2], GgmlType::F32, vec![1u8; 64]).unwrap();
-    w.add_tensor("b", &[32], GgmlType::Q8_0, vec![2u8; 34]).unwrap();
-    w.add_tensor("c", &[256, 1, 1, 2], GgmlType::Q4_K, vec![3u8; 288]).unwrap();
+    w.add_tensor("b", &[32], GgmlType::Q8_0, vec![2u8; 34])
+        .unwrap();
+    w.add_tensor("c", &[256, 1, 1, 2], GgmlType::Q4_K, vec![3u8; 288])
+        .unwrap();
     let one = w.to_bytes();
 
     let mut w = GgufWriter::new();
@@ -45,7 +51,8 @@ fn valid_files() -> Vec<Vec<u8>> {
     w.add_i8("y.i8", -1);
     w.add_u16("y.u16", 2);
     w.add_f64("y.f64", 0.5);
-    w.add_tensor("only", &[256], GgmlType::Q6_K, vec![4u8; 210]).unwrap();
+    w.add_tensor("only", &[256], GgmlType::Q6_K, vec![4u8; 210])
+        .unwrap();
     let two = w.to_bytes();
 
     let mut w = GgufWriter::new();
@@ -130,7 +137,9 @@ fn exercise(g: &Gguf) -> usize {
             + g.get_f32(k).is_ok() as usize
             + g.get_bool(k).is_ok() as usize
             + g.get_str(k).is_ok() as usize
-            + g.get_str_array(k).map(|v| v.map_or(0, |v| v.len())).unwrap_or(0)
+            + g.get_str_array(k)
+                .map(|v| v.map_or(0, |v| v.len()))
+                .unwrap_or(0)
             + g.get_f32_array(k).is_ok() as usize
             + g.get_i32_array(k).is_ok() as usize
             + g.array_len(k).unwrap_or(0);
@@ -178,6 +187,12 @@ fn mutated_files_never_panic() {
     // Both outcomes must occur: mutations of tensor data keep a file valid, most others
     // break it. Far off either way means the mutator or the reader is broken.
     let total = (SEEDS as usize) * ITERS;
-    assert!(ok > total / 50, "only {ok} of {total} mutated files accepted");
-    assert!(err > total / 2, "only {err} of {total} mutated files rejected");
+    assert!(
+        ok > total / 50,
+        "only {ok} of {total} mutated files accepted"
+    );
+    assert!(
+        err > total / 2,
+        "only {err} of {total} mutated files rejected"
+    );
 }
