@@ -306,17 +306,13 @@ impl Gguf {
             return Ok(None);
         };
         match node {
-            Node::PodArray(ValueType::F32, ..) => {
-                let items = node.to_value(self.buf());
-                let Value::Array(items) = items else {
-                    return Ok(Some(Vec::new()));
+            Node::PodArray(ValueType::F32, n, off) => {
+                let buf = self.buf();
+                let f = |i: usize| match value::scalar(buf, ValueType::F32, off + 4 * i) {
+                    Value::F32(x) => x,
+                    _ => 0.0, // unreachable: the type was checked above
                 };
-                Ok(Some(
-                    items
-                        .iter()
-                        .map(|v| if let Value::F32(x) = v { *x } else { 0.0 })
-                        .collect(),
-                ))
+                Ok(Some((0..*n).map(f).collect()))
             }
             _ if self.array_len(key) == Some(0) => Ok(Some(Vec::new())),
             _ => Err(self.wrong_type(key, "array of f32", node)),
@@ -332,20 +328,16 @@ impl Gguf {
             matches!(t, U8 | I8 | U16 | I16 | U32 | I32 | U64 | I64)
         };
         match node {
-            Node::PodArray(t, ..) if is_int(t) => {
-                let Value::Array(items) = node.to_value(self.buf()) else {
-                    return Ok(Some(Vec::new()));
-                };
-                let mut out = Vec::with_capacity(items.len());
-                for (i, v) in items.iter().enumerate() {
-                    let x = v
-                        .as_i128()
-                        .and_then(|x| i32::try_from(x).ok())
-                        .ok_or_else(|| GgufError::Key {
-                            key: key.into(),
-                            msg: format!("element {i} ({v}) does not fit in i32"),
-                        })?;
-                    out.push(x);
+            Node::PodArray(t, n, off) if is_int(t) => {
+                let (buf, size) = (self.buf(), t.fixed_size().unwrap_or(1));
+                let mut out = Vec::with_capacity(*n);
+                for i in 0..*n {
+                    let v = value::scalar(buf, *t, off + i * size);
+                    let x = v.as_i128().and_then(|x| i32::try_from(x).ok());
+                    out.push(x.ok_or_else(|| GgufError::Key {
+                        key: key.into(),
+                        msg: format!("element {i} ({v}) does not fit in i32"),
+                    })?);
                 }
                 Ok(Some(out))
             }

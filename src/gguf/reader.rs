@@ -19,6 +19,10 @@ pub const MAX_ARRAY_DEPTH: u32 = 4;
 pub const MAX_NAME_LEN: u64 = 65535;
 pub const MAX_DIMS: u32 = 4;
 
+/// Initial capacity at most this: vectors grow only with entries actually parsed, so a
+/// count that is merely plausible never reserves memory up front.
+const MAX_PREALLOC: usize = 1 << 16;
+
 /// Smallest encodings, used to bound counts by the bytes left before allocating.
 const MIN_KV_BYTES: usize = 8 + 1 + 4 + 1; // key len, 1-byte key, type, 1-byte value
 const MIN_TENSOR_BYTES: usize = 8 + 1 + 4 + 8 + 4 + 8; // name len, name, n_dims, 1 dim, type, offset
@@ -174,8 +178,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     let n_kv = c.count(MIN_KV_BYTES, "metadata key-value count")?;
 
     // --- metadata ---
-    let mut kvs = Vec::with_capacity(n_kv);
-    let mut key_index = HashMap::with_capacity(n_kv);
+    let mut kvs = Vec::with_capacity(n_kv.min(MAX_PREALLOC));
+    let mut key_index = HashMap::with_capacity(n_kv.min(MAX_PREALLOC));
     for i in 0..n_kv {
         let at = c.pos;
         let key_span = c.string(&format!("metadata key #{i}"), MAX_NAME_LEN)?;
@@ -219,8 +223,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     };
 
     // --- tensor descriptors ---
-    let mut tensors = Vec::with_capacity(n_tensors);
-    let mut tensor_index = HashMap::with_capacity(n_tensors);
+    let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOC));
+    let mut tensor_index = HashMap::with_capacity(n_tensors.min(MAX_PREALLOC));
     for i in 0..n_tensors {
         let at = c.pos;
         let name_span = c.string(&format!("tensor name #{i}"), MAX_NAME_LEN)?;
@@ -363,7 +367,7 @@ fn read_value(c: &mut Cursor<'_>, ty: ValueType, depth: u32, key: &str) -> Resul
             match ety {
                 ValueType::Str => {
                     let n = c.count(MIN_STRING_BYTES, &what)?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(MAX_PREALLOC));
                     for _ in 0..n {
                         v.push(c.string(&format!("string in array of key '{key}'"), u64::MAX)?);
                     }
@@ -371,7 +375,7 @@ fn read_value(c: &mut Cursor<'_>, ty: ValueType, depth: u32, key: &str) -> Resul
                 }
                 ValueType::Array => {
                     let n = c.count(MIN_ARRAY_BYTES, &what)?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(MAX_PREALLOC));
                     for _ in 0..n {
                         v.push(read_value(c, ValueType::Array, depth + 1, key)?);
                     }
