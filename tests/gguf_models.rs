@@ -8,8 +8,16 @@ use std::collections::HashSet;
 fn check(name: &str, arch: &str, n_tensors: usize) {
     let path = common::model_path(name);
     let g = Gguf::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(matches!(g.version(), 2 | 3), "{name}: version {}", g.version());
-    assert_eq!(g.get_str("general.architecture").unwrap(), Some(arch), "{name}");
+    assert!(
+        matches!(g.version(), 2 | 3),
+        "{name}: version {}",
+        g.version()
+    );
+    assert_eq!(
+        g.get_str("general.architecture").unwrap(),
+        Some(arch),
+        "{name}"
+    );
     assert_eq!(g.tensors().len(), n_tensors, "{name}");
     let file_len = std::fs::metadata(&path).unwrap().len();
     assert_eq!(g.file_size(), file_len);
@@ -19,8 +27,17 @@ fn check(name: &str, arch: &str, n_tensors: usize) {
     let mut spans: Vec<(u64, u64, &str)> = Vec::new();
     for t in g.tensors() {
         let start = g.data_offset() + t.offset;
-        assert!(start + t.size <= file_len, "{name}: tensor {} past the end", t.name);
-        assert_eq!(t.ty.bytes_for(t.n_elements()), Some(t.size), "{name}: {}", t.name);
+        assert!(
+            start + t.size <= file_len,
+            "{name}: tensor {} past the end",
+            t.name
+        );
+        assert_eq!(
+            t.ty.bytes_for(t.n_elements()),
+            Some(t.size),
+            "{name}: {}",
+            t.name
+        );
         assert_eq!(g.tensor_data(t).len() as u64, t.size, "{name}: {}", t.name);
         assert!(std::ptr::eq(g.tensor(&t.name).unwrap(), t));
         spans.push((start, start + t.size, &t.name));
@@ -30,7 +47,10 @@ fn check(name: &str, arch: &str, n_tensors: usize) {
         assert!(w[0].1 <= w[1].0, "{name}: {} overlaps {}", w[0].2, w[1].2);
     }
     // The biggest (last) tensor ends within one alignment of the end of the file.
-    assert!(file_len - spans.last().unwrap().1 < g.alignment(), "{name}: trailing bytes");
+    assert!(
+        file_len - spans.last().unwrap().1 < g.alignment(),
+        "{name}: trailing bytes"
+    );
     let names: HashSet<&str> = g.tensors().iter().map(|t| t.name.as_str()).collect();
     assert!(names.contains("token_embd.weight"), "{name}");
 
@@ -39,11 +59,21 @@ fn check(name: &str, arch: &str, n_tensors: usize) {
     assert!(tokens.len() > 40_000, "{name}: {} tokens", tokens.len());
     assert_eq!(g.array_len("tokenizer.ggml.tokens"), Some(tokens.len()));
     let embd = g.tensor("token_embd.weight").unwrap();
-    assert_eq!(embd.dims[1] as usize, tokens.len(), "{name}: embedding rows = vocabulary");
-    let n_embd = g.get_u64(&format!("{arch}.embedding_length")).unwrap().unwrap();
+    assert_eq!(
+        embd.dims[1] as usize,
+        tokens.len(),
+        "{name}: embedding rows = vocabulary"
+    );
+    let n_embd = g
+        .get_u64(&format!("{arch}.embedding_length"))
+        .unwrap()
+        .unwrap();
     assert_eq!(embd.dims[0], n_embd, "{name}");
     let n_layer = g.get_u32(&format!("{arch}.block_count")).unwrap().unwrap();
-    assert!(names.contains(format!("blk.{}.attn_q.weight", n_layer - 1).as_str()), "{name}");
+    assert!(
+        names.contains(format!("blk.{}.attn_q.weight", n_layer - 1).as_str()),
+        "{name}"
+    );
     assert!(g.get_str("tokenizer.ggml.model").unwrap().is_some());
     // Every metadata value decodes (metadata() walks all of it).
     assert!(g.metadata().len() >= 20, "{name}");

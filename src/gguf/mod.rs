@@ -110,7 +110,10 @@ impl AlignedBuf {
         for (c, b) in chunks.iter_mut().zip(bytes.chunks(64)) {
             c.0[..b.len()].copy_from_slice(b);
         }
-        AlignedBuf { chunks, len: bytes.len() }
+        AlignedBuf {
+            chunks,
+            len: bytes.len(),
+        }
     }
     fn as_slice(&self) -> &[u8] {
         // SAFETY: `Chunk` is 64 plain bytes with no padding, the chunks are contiguous and
@@ -144,7 +147,10 @@ impl Gguf {
         let file = std::fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
-            return Err(GgufError::Io(format!("{}: not a regular file", path.display())));
+            return Err(GgufError::Io(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
         }
         if meta.len() == 0 {
             // Mapping an empty file fails on some systems; report it as what it is.
@@ -196,7 +202,10 @@ impl Gguf {
     /// All metadata in file order.
     pub fn metadata(&self) -> Vec<(&str, Value<'_>)> {
         let buf = self.buf();
-        self.kvs.iter().map(|(k, n)| (k.str(buf), n.to_value(buf))).collect()
+        self.kvs
+            .iter()
+            .map(|(k, n)| (k.str(buf), n.to_value(buf)))
+            .collect()
     }
     /// Metadata keys in file order (cheap: decodes no values).
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
@@ -222,16 +231,24 @@ impl Gguf {
     }
 
     fn wrong_type(&self, key: &str, want: &str, node: &Node) -> GgufError {
-        GgufError::Key { key: key.into(), msg: format!("expected {want}, found {}", node.type_name()) }
+        GgufError::Key {
+            key: key.into(),
+            msg: format!("expected {want}, found {}", node.type_name()),
+        }
     }
 
     fn get_int<T: TryFrom<i128>>(&self, key: &str, want: &str) -> Result<Option<T>, GgufError> {
-        let Some(node) = self.node(key) else { return Ok(None) };
+        let Some(node) = self.node(key) else {
+            return Ok(None);
+        };
         let v = node.to_value(self.buf());
-        let i = v.as_i128().ok_or_else(|| self.wrong_type(key, want, node))?;
-        T::try_from(i)
-            .map(Some)
-            .map_err(|_| GgufError::Key { key: key.into(), msg: format!("value {i} does not fit in {want}") })
+        let i = v
+            .as_i128()
+            .ok_or_else(|| self.wrong_type(key, want, node))?;
+        T::try_from(i).map(Some).map_err(|_| GgufError::Key {
+            key: key.into(),
+            msg: format!("value {i} does not fit in {want}"),
+        })
     }
 
     /// Typed accessors: Ok(None) when absent, Err when present with the wrong type.
@@ -244,7 +261,9 @@ impl Gguf {
     }
     /// Accepts f32, and f64 (rounded to f32).
     pub fn get_f32(&self, key: &str) -> Result<Option<f32>, GgufError> {
-        let Some(node) = self.node(key) else { return Ok(None) };
+        let Some(node) = self.node(key) else {
+            return Ok(None);
+        };
         match node.to_value(self.buf()) {
             Value::F32(v) => Ok(Some(v)),
             Value::F64(v) => Ok(Some(v as f32)),
@@ -252,14 +271,18 @@ impl Gguf {
         }
     }
     pub fn get_bool(&self, key: &str) -> Result<Option<bool>, GgufError> {
-        let Some(node) = self.node(key) else { return Ok(None) };
+        let Some(node) = self.node(key) else {
+            return Ok(None);
+        };
         match node.to_value(self.buf()) {
             Value::Bool(v) => Ok(Some(v)),
             _ => Err(self.wrong_type(key, "bool", node)),
         }
     }
     pub fn get_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
-        let Some(node) = self.node(key) else { return Ok(None) };
+        let Some(node) = self.node(key) else {
+            return Ok(None);
+        };
         match node {
             Node::Str(s) => Ok(Some(s.str(self.buf()))),
             _ => Err(self.wrong_type(key, "string", node)),
@@ -267,7 +290,9 @@ impl Gguf {
     }
     /// An array of strings. An empty array of any element type is accepted as empty.
     pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>, GgufError> {
-        let Some(node) = self.node(key) else { return Ok(None) };
+        let Some(node) = self.node(key) else {
+            return Ok(None);
+        };
         let buf = self.buf();
         match node {
             Node::StrArray(v) => Ok(Some(v.iter().map(|s| s.str(buf)).collect())),
@@ -277,12 +302,17 @@ impl Gguf {
     }
     /// An array of f32. An empty array of any element type is accepted as empty.
     pub fn get_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
-        let Some(node) = self.node(key) else { return Ok(None) };
+        let Some(node) = self.node(key) else {
+            return Ok(None);
+        };
         match node {
-            Node::PodArray(ValueType::F32, ..) => {
-                let items = node.to_value(self.buf());
-                let Value::Array(items) = items else { return Ok(Some(Vec::new())) };
-                Ok(Some(items.iter().map(|v| if let Value::F32(x) = v { *x } else { 0.0 }).collect()))
+            Node::PodArray(ValueType::F32, n, off) => {
+                let buf = self.buf();
+                let f = |i: usize| match value::scalar(buf, ValueType::F32, off + 4 * i) {
+                    Value::F32(x) => x,
+                    _ => 0.0, // unreachable: the type was checked above
+                };
+                Ok(Some((0..*n).map(f).collect()))
             }
             _ if self.array_len(key) == Some(0) => Ok(Some(Vec::new())),
             _ => Err(self.wrong_type(key, "array of f32", node)),
@@ -290,21 +320,24 @@ impl Gguf {
     }
     /// An array of integers that all fit in i32 (any integer element type).
     pub fn get_i32_array(&self, key: &str) -> Result<Option<Vec<i32>>, GgufError> {
-        let Some(node) = self.node(key) else { return Ok(None) };
+        let Some(node) = self.node(key) else {
+            return Ok(None);
+        };
         let is_int = |t: &ValueType| {
             use ValueType::*;
             matches!(t, U8 | I8 | U16 | I16 | U32 | I32 | U64 | I64)
         };
         match node {
-            Node::PodArray(t, ..) if is_int(t) => {
-                let Value::Array(items) = node.to_value(self.buf()) else { return Ok(Some(Vec::new())) };
-                let mut out = Vec::with_capacity(items.len());
-                for (i, v) in items.iter().enumerate() {
-                    let x = v.as_i128().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| GgufError::Key {
+            Node::PodArray(t, n, off) if is_int(t) => {
+                let (buf, size) = (self.buf(), t.fixed_size().unwrap_or(1));
+                let mut out = Vec::with_capacity(*n);
+                for i in 0..*n {
+                    let v = value::scalar(buf, *t, off + i * size);
+                    let x = v.as_i128().and_then(|x| i32::try_from(x).ok());
+                    out.push(x.ok_or_else(|| GgufError::Key {
                         key: key.into(),
                         msg: format!("element {i} ({v}) does not fit in i32"),
-                    })?;
-                    out.push(x);
+                    })?);
                 }
                 Ok(Some(out))
             }

@@ -19,6 +19,10 @@ pub const MAX_ARRAY_DEPTH: u32 = 4;
 pub const MAX_NAME_LEN: u64 = 65535;
 pub const MAX_DIMS: u32 = 4;
 
+/// Initial capacity at most this: vectors grow only with entries actually parsed, so a
+/// count that is merely plausible never reserves memory up front.
+const MAX_PREALLOC: usize = 1 << 16;
+
 /// Smallest encodings, used to bound counts by the bytes left before allocating.
 const MIN_KV_BYTES: usize = 8 + 1 + 4 + 1; // key len, 1-byte key, type, 1-byte value
 const MIN_TENSOR_BYTES: usize = 8 + 1 + 4 + 8 + 4 + 8; // name len, name, n_dims, 1 dim, type, offset
@@ -37,7 +41,10 @@ pub(crate) struct Parsed {
 }
 
 fn malformed(offset: usize, msg: impl Into<String>) -> GgufError {
-    GgufError::Malformed { offset: offset as u64, msg: msg.into() }
+    GgufError::Malformed {
+        offset: offset as u64,
+        msg: msg.into(),
+    }
 }
 
 struct Cursor<'a> {
@@ -54,7 +61,10 @@ impl<'a> Cursor<'a> {
         if n > self.left() {
             return Err(malformed(
                 self.pos,
-                format!("unexpected end of file reading {what}: need {n} bytes, {} left", self.left()),
+                format!(
+                    "unexpected end of file reading {what}: need {n} bytes, {} left",
+                    self.left()
+                ),
             ));
         }
         let b = &self.buf[self.pos..self.pos + n];
@@ -84,7 +94,10 @@ impl<'a> Cursor<'a> {
         if n > max {
             return Err(malformed(
                 at,
-                format!("{what} {n} is impossible: {} bytes left hold at most {max}", self.left()),
+                format!(
+                    "{what} {n} is impossible: {} bytes left hold at most {max}",
+                    self.left()
+                ),
             ));
         }
         Ok(n as usize)
@@ -101,17 +114,26 @@ impl<'a> Cursor<'a> {
             ));
         }
         if len > max_len {
-            return Err(malformed(at, format!("{what} length {len} exceeds the limit {max_len}")));
+            return Err(malformed(
+                at,
+                format!("{what} length {len} exceeds the limit {max_len}"),
+            ));
         }
         let off = self.pos;
         let bytes = self.take(len as usize, what)?;
         if let Err(e) = std::str::from_utf8(bytes) {
             return Err(malformed(
                 off + e.valid_up_to(),
-                format!("{what} is not valid UTF-8 (bad byte {} of {len})", e.valid_up_to()),
+                format!(
+                    "{what} is not valid UTF-8 (bad byte {} of {len})",
+                    e.valid_up_to()
+                ),
             ));
         }
-        Ok(Span { off, len: len as usize })
+        Ok(Span {
+            off,
+            len: len as usize,
+        })
     }
 }
 
@@ -120,22 +142,33 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
 
     // --- header ---
     let magic = c.take(4, "magic").map_err(|_| {
-        malformed(0, format!("file too short for a GGUF header ({} bytes)", buf.len()))
+        malformed(
+            0,
+            format!("file too short for a GGUF header ({} bytes)", buf.len()),
+        )
     })?;
     if magic != MAGIC {
-        return Err(malformed(0, format!("bad magic {magic:02x?}: not a GGUF file")));
+        return Err(malformed(
+            0,
+            format!("bad magic {magic:02x?}: not a GGUF file"),
+        ));
     }
     let vbytes: [u8; 4] = c.array("version")?;
     let version = u32::from_le_bytes(vbytes);
     let version_be = u32::from_be_bytes(vbytes);
     if version == 1 {
-        return Err(malformed(4, "GGUF version 1 (32-bit counts) is not supported; convert to v3"));
+        return Err(malformed(
+            4,
+            "GGUF version 1 (32-bit counts) is not supported; convert to v3",
+        ));
     }
     if version != 2 && version != 3 {
         if (1..=3).contains(&version_be) {
             return Err(malformed(
                 4,
-                format!("big-endian GGUF (version {version_be} stored big-endian) is not supported"),
+                format!(
+                    "big-endian GGUF (version {version_be} stored big-endian) is not supported"
+                ),
             ));
         }
         return Err(malformed(4, format!("unsupported GGUF version {version}")));
@@ -145,8 +178,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     let n_kv = c.count(MIN_KV_BYTES, "metadata key-value count")?;
 
     // --- metadata ---
-    let mut kvs = Vec::with_capacity(n_kv);
-    let mut key_index = HashMap::with_capacity(n_kv);
+    let mut kvs = Vec::with_capacity(n_kv.min(MAX_PREALLOC));
+    let mut key_index = HashMap::with_capacity(n_kv.min(MAX_PREALLOC));
     for i in 0..n_kv {
         let at = c.pos;
         let key_span = c.string(&format!("metadata key #{i}"), MAX_NAME_LEN)?;
@@ -156,9 +189,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
         }
         let ty_at = c.pos;
         let ty_id = c.u32("value type")?;
-        let ty = ValueType::from_id(ty_id).ok_or_else(|| {
-            malformed(ty_at, format!("key '{key}': unknown value type {ty_id}"))
-        })?;
+        let ty = ValueType::from_id(ty_id)
+            .ok_or_else(|| malformed(ty_at, format!("key '{key}': unknown value type {ty_id}")))?;
         let node = read_value(&mut c, ty, 0, key)?;
         if key_index.insert(key.to_string(), kvs.len()).is_some() {
             return Err(malformed(at, format!("duplicate metadata key '{key}'")));
@@ -170,11 +202,17 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     let alignment = match key_index.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(&i) => {
-            let key_err = |msg: String| GgufError::Key { key: "general.alignment".into(), msg };
+            let key_err = |msg: String| GgufError::Key {
+                key: "general.alignment".into(),
+                msg,
+            };
             let v = kvs[i].1.to_value(buf);
-            let a = v
-                .as_i128()
-                .ok_or_else(|| key_err(format!("must be an integer, found {}", kvs[i].1.type_name())))?;
+            let a = v.as_i128().ok_or_else(|| {
+                key_err(format!(
+                    "must be an integer, found {}",
+                    kvs[i].1.type_name()
+                ))
+            })?;
             if a <= 0 || a > MAX_ALIGNMENT as i128 || (a as u64).count_ones() != 1 {
                 return Err(key_err(format!(
                     "alignment {a} is not a power of two between 1 and {MAX_ALIGNMENT}"
@@ -185,8 +223,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     };
 
     // --- tensor descriptors ---
-    let mut tensors = Vec::with_capacity(n_tensors);
-    let mut tensor_index = HashMap::with_capacity(n_tensors);
+    let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOC));
+    let mut tensor_index = HashMap::with_capacity(n_tensors.min(MAX_PREALLOC));
     for i in 0..n_tensors {
         let at = c.pos;
         let name_span = c.string(&format!("tensor name #{i}"), MAX_NAME_LEN)?;
@@ -200,7 +238,9 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
         }
         let n_dims = c.u32("tensor dimension count")?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(terr(format!("{n_dims} dimensions (must be 1 to {MAX_DIMS})")));
+            return Err(terr(format!(
+                "{n_dims} dimensions (must be 1 to {MAX_DIMS})"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -214,7 +254,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| terr(format!("element count of shape {dims:?} overflows")))?;
         let ty_id = c.u32("tensor type")?;
-        let ty = GgmlType::from_id(ty_id).ok_or_else(|| terr(format!("unknown tensor type {ty_id}")))?;
+        let ty =
+            GgmlType::from_id(ty_id).ok_or_else(|| terr(format!("unknown tensor type {ty_id}")))?;
         let bs = ty.block_size() as u64;
         if dims[0] % bs != 0 {
             return Err(terr(format!(
@@ -228,12 +269,20 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
             .ok_or_else(|| terr(format!("byte size of shape {dims:?} overflows")))?;
         let offset = c.u64("tensor data offset")?;
         if offset % alignment != 0 {
-            return Err(terr(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(terr(format!(
+                "data offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
         if tensor_index.insert(name.clone(), tensors.len()).is_some() {
             return Err(terr("duplicate tensor name".into()));
         }
-        tensors.push(TensorInfo { name, dims, ty, offset, size });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            size,
+        });
     }
 
     // --- data section ---
@@ -282,14 +331,24 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
         }
     }
 
-    Ok(Parsed { version, alignment, kvs, key_index, tensors, tensor_index, data_offset })
+    Ok(Parsed {
+        version,
+        alignment,
+        kvs,
+        key_index,
+        tensors,
+        tensor_index,
+        data_offset,
+    })
 }
 
 /// Read one value of type `ty`. `depth` is the number of enclosing arrays.
 fn read_value(c: &mut Cursor<'_>, ty: ValueType, depth: u32, key: &str) -> Result<Node, GgufError> {
     let at = c.pos;
     match ty {
-        ValueType::Str => Ok(Node::Str(c.string(&format!("value of key '{key}'"), u64::MAX)?)),
+        ValueType::Str => Ok(Node::Str(
+            c.string(&format!("value of key '{key}'"), u64::MAX)?,
+        )),
         ValueType::Array => {
             if depth >= MAX_ARRAY_DEPTH {
                 return Err(malformed(
@@ -299,13 +358,16 @@ fn read_value(c: &mut Cursor<'_>, ty: ValueType, depth: u32, key: &str) -> Resul
             }
             let ety_id = c.u32("array element type")?;
             let ety = ValueType::from_id(ety_id).ok_or_else(|| {
-                malformed(at, format!("key '{key}': unknown array element type {ety_id}"))
+                malformed(
+                    at,
+                    format!("key '{key}': unknown array element type {ety_id}"),
+                )
             })?;
             let what = format!("key '{key}': array length");
             match ety {
                 ValueType::Str => {
                     let n = c.count(MIN_STRING_BYTES, &what)?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(MAX_PREALLOC));
                     for _ in 0..n {
                         v.push(c.string(&format!("string in array of key '{key}'"), u64::MAX)?);
                     }
@@ -313,7 +375,7 @@ fn read_value(c: &mut Cursor<'_>, ty: ValueType, depth: u32, key: &str) -> Resul
                 }
                 ValueType::Array => {
                     let n = c.count(MIN_ARRAY_BYTES, &what)?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(MAX_PREALLOC));
                     for _ in 0..n {
                         v.push(read_value(c, ValueType::Array, depth + 1, key)?);
                     }
@@ -348,7 +410,10 @@ fn check_bools(bytes: &[u8], off: usize, key: &str) -> Result<(), GgufError> {
         None => Ok(()),
         Some(i) => Err(malformed(
             off + i,
-            format!("key '{key}': invalid bool byte {} (must be 0 or 1)", bytes[i]),
+            format!(
+                "key '{key}': invalid bool byte {} (must be 0 or 1)",
+                bytes[i]
+            ),
         )),
     }
 }

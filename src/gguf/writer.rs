@@ -75,7 +75,11 @@ fn encode(out: &mut Vec<u8>, v: &Value<'_>) -> Result<(), String> {
 
 impl GgufWriter {
     pub fn new() -> Self {
-        GgufWriter { alignment: DEFAULT_ALIGNMENT, kvs: Vec::new(), tensors: Vec::new() }
+        GgufWriter {
+            alignment: DEFAULT_ALIGNMENT,
+            kvs: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// Set the data alignment (a power of two up to 1 MiB); also writes `general.alignment`.
@@ -83,7 +87,9 @@ impl GgufWriter {
         if alignment == 0 || !alignment.is_power_of_two() || alignment > MAX_ALIGNMENT {
             return Err(GgufError::Key {
                 key: "general.alignment".into(),
-                msg: format!("alignment {alignment} is not a power of two between 1 and {MAX_ALIGNMENT}"),
+                msg: format!(
+                    "alignment {alignment} is not a power of two between 1 and {MAX_ALIGNMENT}"
+                ),
             });
         }
         self.alignment = alignment;
@@ -98,7 +104,10 @@ impl GgufWriter {
     /// Add (or replace) a metadata value of any type. Fails only for a heterogeneous array.
     pub fn add(&mut self, key: &str, value: &Value<'_>) -> Result<(), GgufError> {
         let mut bytes = value.value_type().id().to_le_bytes().to_vec();
-        encode(&mut bytes, value).map_err(|msg| GgufError::Key { key: key.into(), msg })?;
+        encode(&mut bytes, value).map_err(|msg| GgufError::Key {
+            key: key.into(),
+            msg,
+        })?;
         self.put_raw(key, bytes);
         Ok(())
     }
@@ -196,7 +205,10 @@ impl GgufWriter {
         ty: GgmlType,
         data: impl Into<Vec<u8>>,
     ) -> Result<(), GgufError> {
-        let err = |msg: String| GgufError::Tensor { name: name.into(), msg };
+        let err = |msg: String| GgufError::Tensor {
+            name: name.into(),
+            msg,
+        };
         if name.is_empty() {
             return Err(err("empty tensor name".into()));
         }
@@ -204,7 +216,9 @@ impl GgufWriter {
             return Err(err("duplicate tensor name".into()));
         }
         if dims.is_empty() || dims.len() > MAX_DIMS as usize || dims.contains(&0) {
-            return Err(err(format!("bad shape {dims:?}: 1 to {MAX_DIMS} dimensions, each > 0")));
+            return Err(err(format!(
+                "bad shape {dims:?}: 1 to {MAX_DIMS} dimensions, each > 0"
+            )));
         }
         let n = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let want = n
@@ -213,9 +227,17 @@ impl GgufWriter {
             .ok_or_else(|| err(format!("shape {dims:?} is not whole {} blocks", ty.name())))?;
         let data = data.into();
         if data.len() as u64 != want {
-            return Err(err(format!("{} data bytes, shape {dims:?} needs {want}", data.len())));
+            return Err(err(format!(
+                "{} data bytes, shape {dims:?} needs {want}",
+                data.len()
+            )));
         }
-        self.tensors.push(PendingTensor { name: name.into(), dims: dims.to_vec(), ty, data });
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ty,
+            data,
+        });
         Ok(())
     }
 
