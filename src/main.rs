@@ -6,11 +6,33 @@ type Run = fn(&[String]) -> Result<(), String>;
 
 /// The subcommands: name, one-line description, entry point. Adding a command is one line
 /// here (plus its `pub mod` in src/cli/mod.rs).
-const COMMANDS: &[(&str, &str, Run)] = &[(
-    "info",
-    "Show a GGUF file: version, architecture, hyper-parameters, tokenizer, tensors",
-    cli::info::run,
-)];
+const COMMANDS: &[(&str, &str, Run)] = &[
+    (
+        "info",
+        "Show a GGUF file: version, architecture, hyper-parameters, tokenizer, tensors",
+        cli::info::run,
+    ),
+    (
+        "run",
+        "Generate text from a prompt, streamed",
+        cli::run::run,
+    ),
+    (
+        "perplexity",
+        "Perplexity of a text file",
+        cli::perplexity::run,
+    ),
+    (
+        "bench",
+        "Prompt-processing and decoding speed (tokens/s)",
+        cli::bench::run,
+    ),
+    (
+        "synth",
+        "Write a deterministic synthetic model of a real shape",
+        cli::synth::run,
+    ),
+];
 
 fn usage() -> String {
     let mut s = format!(

@@ -34,11 +34,19 @@ fn smol() -> &'static Arc<Model> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// Prompt ids, per-position argmax and last-position top-10 logits of every golden prompt.
@@ -68,7 +76,10 @@ fn check_prompts(model: &Arc<Model>, golden: &str) {
             .map(|(&id, &l)| (last[id as usize] - l).abs())
             .fold(0.0f32, f32::max);
         eprintln!("{golden}: {text:?}: largest top-10 logit deviation {worst:.4}");
-        assert!(worst <= 0.3, "{text:?}: top-10 logits deviate by {worst} (> 0.3)");
+        assert!(
+            worst <= 0.3,
+            "{text:?}: top-10 logits deviate by {worst} (> 0.3)"
+        );
     }
     let rate = agree as f64 / total as f64;
     eprintln!("{golden}: argmax agrees at {agree}/{total} positions");
@@ -94,25 +105,48 @@ fn check_greedy(model: &Arc<Model>, golden: &str, min_equal: usize) {
         equal += same as usize;
         if !same {
             let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
-            eprintln!("{golden}: {:?}: greedy differs from token {first}", p["text"]);
+            eprintln!(
+                "{golden}: {:?}: greedy differs from token {first}",
+                p["text"]
+            );
         }
     }
-    eprintln!("{golden}: greedy continuations equal for {equal}/{}", prompts.len());
-    assert!(equal >= min_equal, "only {equal} greedy continuations equal the reference");
+    eprintln!(
+        "{golden}: greedy continuations equal for {equal}/{}",
+        prompts.len()
+    );
+    assert!(
+        equal >= min_equal,
+        "only {equal} greedy continuations equal the reference"
+    );
 }
 
 fn check_perplexity(model: &Arc<Model>, golden: &str) -> f64 {
     let g = common::golden_json(golden);
     let r = &g["perplexity"][0];
-    let text = std::fs::read_to_string(common::golden_dir().join(r["text"].as_str().unwrap())).unwrap();
+    let text =
+        std::fs::read_to_string(common::golden_dir().join(r["text"].as_str().unwrap())).unwrap();
     let tokens = model.tokenizer().encode(&text, false, false).unwrap();
-    assert_eq!(tokens.len() as u64, r["text_tokens"].as_u64().unwrap(), "token count of the text");
+    assert_eq!(
+        tokens.len() as u64,
+        r["text_tokens"].as_u64().unwrap(),
+        "token count of the text"
+    );
     let p = perplexity(model, &tokens, r["ctx"].as_u64().unwrap() as usize, 8).unwrap();
     let want = r["ppl"].as_f64().unwrap();
     assert_eq!(p.scored_tokens as u64, r["scored_tokens"].as_u64().unwrap());
     let rel = (p.ppl - want).abs() / want;
-    eprintln!("{golden}: perplexity {:.5} vs reference {want:.5} ({:+.3}%)", p.ppl, 100.0 * (p.ppl - want) / want);
-    assert!(rel <= 0.005, "perplexity {} is {:.2}% from {want}", p.ppl, rel * 100.0);
+    eprintln!(
+        "{golden}: perplexity {:.5} vs reference {want:.5} ({:+.3}%)",
+        p.ppl,
+        100.0 * (p.ppl - want) / want
+    );
+    assert!(
+        rel <= 0.005,
+        "perplexity {} is {:.2}% from {want}",
+        p.ppl,
+        rel * 100.0
+    );
     p.ppl
 }
 

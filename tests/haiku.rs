@@ -11,8 +11,26 @@ use llorch::session::{GenerateParams, Session, SessionOptions};
 use std::sync::{Arc, OnceLock};
 
 const ONES: [&str; 20] = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
 ];
 const TENS: [&str; 6] = ["", "", "twenty", "thirty", "forty", "fifty"];
 
@@ -26,7 +44,10 @@ fn minute_word(m: u32) -> String {
 }
 
 fn current_minute() -> u32 {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     ((secs / 60) % 60) as u32
 }
 
@@ -42,11 +63,23 @@ fn model() -> &'static Arc<Model> {
 fn haiku(word: &str, max_tokens: u32) -> (Vec<u32>, String) {
     let m = model();
     let msg = format!("Write a haiku about GPU computing that includes the word \"{word}\". Output only the haiku.");
-    let prompt = m.apply_chat_template(&[ChatMessage { role: "user".into(), content: msg }], true, None).unwrap();
+    let prompt = m
+        .apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: msg,
+            }],
+            true,
+            None,
+        )
+        .unwrap();
     let ids = m.tokenizer().encode(&prompt, true, false).unwrap();
     let mut s = Session::new(m.clone(), SessionOptions::default()).unwrap();
     let mut text = String::new();
-    let params = GenerateParams { max_tokens, ..Default::default() };
+    let params = GenerateParams {
+        max_tokens,
+        ..Default::default()
+    };
     s.generate_tokens(&ids, &params, &mut |piece, _| {
         text.push_str(piece);
         true
@@ -69,7 +102,10 @@ fn haiku_contains_the_current_minute() {
     let word = minute_word(current_minute());
     let (_, text) = haiku(&word, 40);
     eprintln!("minute word {word:?}; haiku:\n{text}");
-    assert!(text.to_lowercase().contains(&word), "the haiku does not contain {word:?}:\n{text}");
+    assert!(
+        text.to_lowercase().contains(&word),
+        "the haiku does not contain {word:?}:\n{text}"
+    );
 }
 
 /// Every minute, greedy. The reference includes the word for 56 of 60 minutes, so the bar
@@ -85,12 +121,26 @@ fn haiku_all_minutes() {
         let (ids, text) = haiku(&word, 40);
         let ok = text.to_lowercase().contains(&word);
         hits += ok as usize;
-        if let Some(g) = golden["haiku"].as_array().unwrap().iter().find(|h| h["minute"] == m) {
-            let want: Vec<u32> = g["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        if let Some(g) = golden["haiku"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["minute"] == m)
+        {
+            let want: Vec<u32> = g["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
             assert_eq!(ids, want, "prompt ids for minute {m}");
             same_as_reference += (g["text"].as_str().unwrap().trim() == text.trim()) as usize;
         }
-        eprintln!("{m:2} {word:12} {} {:?}", if ok { "yes" } else { "NO " }, text);
+        eprintln!(
+            "{m:2} {word:12} {} {:?}",
+            if ok { "yes" } else { "NO " },
+            text
+        );
     }
     eprintln!("the word appears for {hits}/60 minutes; {same_as_reference}/12 haikus equal the reference's");
     assert!(hits >= 56, "the word appears for only {hits} of 60 minutes");

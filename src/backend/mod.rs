@@ -26,7 +26,11 @@ pub struct ContextOptions {
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        ContextOptions { device: Device::Cpu, threads: 0, memory_budget: 0 }
+        ContextOptions {
+            device: Device::Cpu,
+            threads: 0,
+            memory_budget: 0,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `llorch bench`: prompt-processing and decoding speed, like a standard pp/tg table.
 
-use super::args::Args;
 use super::common;
+use super::Args;
 use llorch::model::recipe::Logits;
 use llorch::session::{Session, SessionOptions};
 use std::time::Instant;
@@ -17,16 +17,32 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let mut a = Args::new(args);
-    if a.wants_help() {
+    let a = Args::parse(
+        args,
+        &[],
+        &[
+            "-p",
+            "--prompt-tokens",
+            "-n",
+            "--gen-tokens",
+            "-r",
+            "--repetitions",
+            "-m",
+            "--model",
+            "-t",
+            "--threads",
+            "--device",
+        ],
+    )?;
+    if a.help {
         println!("{USAGE}\n{}", common::MODEL_HELP);
         return Ok(());
     }
-    let pp = a.parse(&["-p", "--prompt-tokens"], 512usize)?;
-    let tg = a.parse(&["-n", "--gen-tokens"], 128usize)?;
-    let reps = a.parse(&["-r", "--repetitions"], 3usize)?.max(1);
-    let model = common::load(&mut a)?;
-    a.rest()?.first().map_or(Ok(()), |x| Err(format!("unexpected argument '{x}'")))?;
+    let pp = a.parsed(&["-p", "--prompt-tokens"], 512usize)?;
+    let tg = a.parsed(&["-n", "--gen-tokens"], 128usize)?;
+    let reps = a.parsed(&["-r", "--repetitions"], 3usize)?.max(1);
+    let model = common::load(&a)?;
+    a.expect_positional(0, "no positional arguments")?;
     let vocab = model.vocab_size() as u64;
     // Deterministic pseudo-random tokens: the work is the same as for text.
     let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -39,14 +55,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
         })
         .collect();
     let n_ctx = (pp.max(tg + 1) as u32).max(16);
-    let mut session = Session::new(model.clone(), SessionOptions { n_ctx, seed: 0 }).map_err(|e| e.to_string())?;
+    let mut session = Session::new(model.clone(), SessionOptions { n_ctx, seed: 0 })
+        .map_err(|e| e.to_string())?;
     let mut pp_rates = Vec::new();
     let mut tg_rates = Vec::new();
     for rep in 0..=reps {
         if pp > 0 {
             session.reset();
             let t = Instant::now();
-            session.eval(&tokens[..pp], Logits::Last).map_err(|e| e.to_string())?;
+            session
+                .eval(&tokens[..pp], Logits::Last)
+                .map_err(|e| e.to_string())?;
             if rep > 0 {
                 pp_rates.push(pp as f64 / t.elapsed().as_secs_f64());
             }
@@ -55,7 +74,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             session.reset();
             let t = Instant::now();
             for &tok in &tokens[..tg] {
-                session.eval(&[tok], Logits::Last).map_err(|e| e.to_string())?;
+                session
+                    .eval(&[tok], Logits::Last)
+                    .map_err(|e| e.to_string())?;
             }
             if rep > 0 {
                 tg_rates.push(tg as f64 / t.elapsed().as_secs_f64());

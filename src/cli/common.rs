@@ -1,12 +1,13 @@
 //! Loading a model for a subcommand: path or known model name, device, threads.
 
-use super::args::Args;
+use super::Args;
 use llorch::backend::{ContextOptions, Device};
 use llorch::model::{Context, Model};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub const MODEL_HELP: &str = "  -m, --model PATH|NAME  a GGUF file, or a model name that scripts/fetch-model knows
+pub const MODEL_HELP: &str =
+    "  -m, --model PATH|NAME  a GGUF file, or a model name that scripts/fetch-model knows
                          (default: qwen2.5-coder-0.5b, fetched if absent)
   -t, --threads N        CPU threads (default: all cores)
       --device DEV       cpu (default) or cuda:N";
@@ -23,9 +24,16 @@ pub fn model_path(name: Option<String>) -> Result<PathBuf, String> {
         .arg(&name)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .map_err(|e| format!("'{name}' is not a file, and {} cannot run: {e}", script.display()))?;
+        .map_err(|e| {
+            format!(
+                "'{name}' is not a file, and {} cannot run: {e}",
+                script.display()
+            )
+        })?;
     if !out.status.success() {
-        return Err(format!("'{name}' is not a file, and fetching it as a model name failed"));
+        return Err(format!(
+            "'{name}' is not a file, and fetching it as a model name failed"
+        ));
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
@@ -43,10 +51,15 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
 }
 
 /// Parse `-m`, `-t`, `--device` and load the model.
-pub fn load(args: &mut Args) -> Result<Arc<Model>, String> {
-    let path = model_path(args.value(&["-m", "--model"])?)?;
-    let threads = args.parse(&["-t", "--threads"], 0usize)?;
-    let device = parse_device(&args.value(&["--device"])?.unwrap_or_else(|| "cpu".into()))?;
-    let ctx = Context::new(ContextOptions { device, threads, memory_budget: 0 }).map_err(|e| e.to_string())?;
+pub fn load(args: &Args) -> Result<Arc<Model>, String> {
+    let path = model_path(args.value(&["-m", "--model"]).map(String::from))?;
+    let threads = args.parsed(&["-t", "--threads"], 0usize)?;
+    let device = parse_device(args.value(&["--device"]).unwrap_or("cpu"))?;
+    let ctx = Context::new(ContextOptions {
+        device,
+        threads,
+        memory_budget: 0,
+    })
+    .map_err(|e| e.to_string())?;
     Model::load(&ctx, &path, None).map_err(|e| format!("{}: {e}", path.display()))
 }

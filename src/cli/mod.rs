@@ -4,7 +4,12 @@
 //! (the arguments after the command name). To add one: declare it below and add one line to
 //! the `COMMANDS` table in src/main.rs.
 
+pub mod bench;
+pub mod common;
 pub mod info;
+pub mod perplexity;
+pub mod run;
+pub mod synth;
 
 use std::io::Write;
 
@@ -93,6 +98,37 @@ impl Args {
                     .map_err(|e| format!("option {name}: '{v}': {e}"))
             })
             .transpose()
+    }
+
+    /// The last value given under any of `names` (aliases such as `-p` and `--prompt`).
+    pub fn value(&self, names: &[&str]) -> Option<&str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| names.contains(n))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value given under any of `names`, in order (repeatable options).
+    pub fn values(&self, names: &[&str]) -> Vec<&str> {
+        self.options
+            .iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The value under `names` parsed as `T`, or `default`; the error names the option.
+    pub fn parsed<T: std::str::FromStr>(&self, names: &[&str], default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.value(names) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<T>()
+                .map_err(|e| format!("option {}: '{v}': {e}", names[names.len() - 1])),
+        }
     }
 
     /// Exactly `n` positional arguments, or an error naming what is expected.

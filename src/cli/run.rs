@@ -1,7 +1,7 @@
 //! `llorch run`: generate text from a prompt, streamed as it is produced.
 
-use super::args::Args;
 use super::common;
+use super::Args;
 use llorch::model::ChatMessage;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
@@ -22,41 +22,74 @@ Generate text, streamed to stdout; statistics go to stderr.
       --stop TEXT        stop before this text (repeatable)";
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let mut a = Args::new(args);
-    if a.wants_help() {
+    let a = Args::parse(
+        args,
+        &["--chat"],
+        &[
+            "-p",
+            "--prompt",
+            "-n",
+            "--max-tokens",
+            "--temp",
+            "--top-k",
+            "--top-p",
+            "--min-p",
+            "--repeat-penalty",
+            "--seed",
+            "-c",
+            "--ctx",
+            "--stop",
+            "-m",
+            "--model",
+            "-t",
+            "--threads",
+            "--device",
+        ],
+    )?;
+    if a.help {
         println!("{USAGE}\n{}", common::MODEL_HELP);
         return Ok(());
     }
-    let prompt = a.value(&["-p", "--prompt"])?.ok_or("a prompt is required (-p TEXT)")?;
-    let chat = a.flag(&["--chat"]);
-    let mut stop = Vec::new();
-    while let Some(s) = a.value(&["--stop"])? {
-        stop.push(s);
-    }
+    let prompt = a
+        .value(&["-p", "--prompt"])
+        .map(String::from)
+        .ok_or("a prompt is required (-p TEXT)")?;
+    let chat = a.flag("--chat");
+    let stop: Vec<String> = a
+        .values(&["--stop"])
+        .into_iter()
+        .map(String::from)
+        .collect();
     let params = GenerateParams {
-        max_tokens: a.parse(&["-n", "--max-tokens"], 256u32)?,
+        max_tokens: a.parsed(&["-n", "--max-tokens"], 256u32)?,
         sampling: SamplingParams {
-            temperature: a.parse(&["--temp"], 0.0f32)?,
-            top_k: a.parse(&["--top-k"], 0u32)?,
-            top_p: a.parse(&["--top-p"], 1.0f32)?,
-            min_p: a.parse(&["--min-p"], 0.0f32)?,
-            repeat_penalty: a.parse(&["--repeat-penalty"], 1.0f32)?,
+            temperature: a.parsed(&["--temp"], 0.0f32)?,
+            top_k: a.parsed(&["--top-k"], 0u32)?,
+            top_p: a.parsed(&["--top-p"], 1.0f32)?,
+            min_p: a.parsed(&["--min-p"], 0.0f32)?,
+            repeat_penalty: a.parsed(&["--repeat-penalty"], 1.0f32)?,
             ..SamplingParams::default()
         },
         stop,
         parse_special: chat,
     };
-    let seed = a.parse(&["--seed"], 0u64)?;
-    let n_ctx = a.parse(&["-c", "--ctx"], 0u32)?;
-    let model = common::load(&mut a)?;
-    a.rest()?.first().map_or(Ok(()), |x| Err(format!("unexpected argument '{x}'")))?;
+    let seed = a.parsed(&["--seed"], 0u64)?;
+    let n_ctx = a.parsed(&["-c", "--ctx"], 0u32)?;
+    let model = common::load(&a)?;
+    a.expect_positional(0, "no positional arguments")?;
     let text = if chat {
-        let msgs = [ChatMessage { role: "user".into(), content: prompt }];
-        model.apply_chat_template(&msgs, true, None).map_err(|e| e.to_string())?
+        let msgs = [ChatMessage {
+            role: "user".into(),
+            content: prompt,
+        }];
+        model
+            .apply_chat_template(&msgs, true, None)
+            .map_err(|e| e.to_string())?
     } else {
         prompt
     };
-    let mut session = Session::new(model, SessionOptions { n_ctx, seed }).map_err(|e| e.to_string())?;
+    let mut session =
+        Session::new(model, SessionOptions { n_ctx, seed }).map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
     let stats = session
         .generate(&text, &params, &mut |piece, _| {

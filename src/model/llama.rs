@@ -9,6 +9,17 @@ use crate::gguf::Gguf;
 use crate::Result;
 
 pub fn build(g: &Gguf, hp: HParams) -> Result<Recipe> {
-    let rope = Rope { style: RopeStyle::Normal, dims: hp.rope_dims, base: hp.rope_base };
-    build_decoder(g, hp, DecoderOptions { rope, qkv_bias: false })
+    let rope = Rope {
+        style: RopeStyle::Normal,
+        dims: hp.rope_dims,
+        base: hp.rope_base,
+    };
+    build_decoder(
+        g,
+        hp,
+        DecoderOptions {
+            rope,
+            qkv_bias: false,
+        },
+    )
 }

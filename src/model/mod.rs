@@ -41,7 +41,11 @@ impl Context {
             }
         }
         let pool = cpu::thread_pool(options.threads)?;
-        Ok(Arc::new(Context { options, pool, used: AtomicU64::new(0) }))
+        Ok(Arc::new(Context {
+            options,
+            pool,
+            used: AtomicU64::new(0),
+        }))
     }
 
     /// Worker threads of the context.
@@ -64,7 +68,10 @@ impl Context {
                 "{what} needs {bytes} bytes; {prev} of the context's budget of {budget} bytes are in use"
             )));
         }
-        Ok(Reservation { ctx: self.clone(), bytes })
+        Ok(Reservation {
+            ctx: self.clone(),
+            bytes,
+        })
     }
 }
 
@@ -114,10 +121,17 @@ impl Model {
             .get_str("general.architecture")?
             .ok_or_else(|| Error::BadModel("missing metadata key 'general.architecture'".into()))?
             .to_string();
-        let build = ARCHITECTURES.iter().find(|(name, _)| *name == arch).map(|(_, b)| *b).ok_or_else(|| {
-            let known: Vec<&str> = ARCHITECTURES.iter().map(|(n, _)| *n).collect();
-            Error::Unsupported(format!("architecture '{arch}' (this build runs: {})", known.join(", ")))
-        })?;
+        let build = ARCHITECTURES
+            .iter()
+            .find(|(name, _)| *name == arch)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| {
+                let known: Vec<&str> = ARCHITECTURES.iter().map(|(n, _)| *n).collect();
+                Error::Unsupported(format!(
+                    "architecture '{arch}' (this build runs: {})",
+                    known.join(", ")
+                ))
+            })?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let hp = HParams::from_gguf(&gguf, &arch, tokenizer.vocab_size())?;
         let recipe = build(&gguf, hp)?;
@@ -125,10 +139,26 @@ impl Model {
         let mut no_progress = |_: f32| true;
         let progress = progress.unwrap_or(&mut no_progress);
         let bound = match ctx.options.device {
-            Device::Cpu => Bound::Cpu(CpuModel::new(gguf.clone(), &recipe.tensors, ctx.pool.clone(), progress)?),
-            Device::Cuda(n) => return Err(Error::NoDevice(format!("CUDA device {n}: not available in this build"))),
+            Device::Cpu => Bound::Cpu(CpuModel::new(
+                gguf.clone(),
+                &recipe.tensors,
+                ctx.pool.clone(),
+                progress,
+            )?),
+            Device::Cuda(n) => {
+                return Err(Error::NoDevice(format!(
+                    "CUDA device {n}: not available in this build"
+                )))
+            }
         };
-        Ok(Arc::new(Model { ctx: ctx.clone(), gguf, recipe, bound, tokenizer, chat_template }))
+        Ok(Arc::new(Model {
+            ctx: ctx.clone(),
+            gguf,
+            recipe,
+            bound,
+            tokenizer,
+            chat_template,
+        }))
     }
 
     pub fn architecture(&self) -> &str {
@@ -165,7 +195,9 @@ impl Model {
         template: Option<&str>,
     ) -> Result<String> {
         let template = template.or(self.chat_template.as_deref()).ok_or_else(|| {
-            Error::InvalidArgument("the model has no chat template in its metadata; pass one".into())
+            Error::InvalidArgument(
+                "the model has no chat template in its metadata; pass one".into(),
+            )
         })?;
         let tok = &self.tokenizer;
         let text_of = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();

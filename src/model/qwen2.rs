@@ -7,6 +7,17 @@ use crate::gguf::Gguf;
 use crate::Result;
 
 pub fn build(g: &Gguf, hp: HParams) -> Result<Recipe> {
-    let rope = Rope { style: RopeStyle::Neox, dims: hp.rope_dims, base: hp.rope_base };
-    build_decoder(g, hp, DecoderOptions { rope, qkv_bias: true })
+    let rope = Rope {
+        style: RopeStyle::Neox,
+        dims: hp.rope_dims,
+        base: hp.rope_base,
+    };
+    build_decoder(
+        g,
+        hp,
+        DecoderOptions {
+            rope,
+            qkv_bias: true,
+        },
+    )
 }

@@ -57,12 +57,22 @@ pub struct TensorTable<'a> {
 
 impl<'a> TensorTable<'a> {
     pub fn new(g: &'a Gguf) -> Self {
-        TensorTable { g, tensors: Vec::new() }
+        TensorTable {
+            g,
+            tensors: Vec::new(),
+        }
     }
 
     /// The tensor `name` with GGUF dims `[cols, rows]` (or `[cols]` when `rows` is None).
-    pub fn optional(&mut self, name: &str, cols: usize, rows: Option<usize>) -> Result<Option<WeightId>> {
-        let Some(info) = self.g.tensor(name) else { return Ok(None) };
+    pub fn optional(
+        &mut self,
+        name: &str,
+        cols: usize,
+        rows: Option<usize>,
+    ) -> Result<Option<WeightId>> {
+        let Some(info) = self.g.tensor(name) else {
+            return Ok(None);
+        };
         let want: Vec<u64> = match rows {
             Some(r) => vec![cols as u64, r as u64],
             None => vec![cols as u64],
@@ -103,7 +113,9 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
     let (e, q, kv, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
     let tok_embd = t.required("token_embd.weight", e, Some(hp.vocab))?;
     let output_norm = t.required("output_norm.weight", e, None)?;
-    let output = t.optional("output.weight", e, Some(hp.vocab))?.unwrap_or(tok_embd);
+    let output = t
+        .optional("output.weight", e, Some(hp.vocab))?
+        .unwrap_or(tok_embd);
     let mut layers = Vec::with_capacity(hp.n_layer);
     for l in 0..hp.n_layer {
         let n = |s: &str| format!("blk.{l}.{s}");
@@ -129,7 +141,15 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
             down: t.required(&n("ffn_down.weight"), ff, Some(e))?,
         });
     }
-    Ok(Recipe { hp, rope: opts.rope, tensors: t.tensors, tok_embd, output_norm, output, layers })
+    Ok(Recipe {
+        hp,
+        rope: opts.rope,
+        tensors: t.tensors,
+        tok_embd,
+        output_norm,
+        output,
+        layers,
+    })
 }
 
 /// Which logits a forward step produces.
@@ -143,7 +163,12 @@ pub enum Logits {
 
 /// One forward step over the tokens bound to `ops`. `cancelled` is polled between layers so a
 /// long prefill stops within one layer.
-pub fn forward<O: Ops>(ops: &mut O, r: &Recipe, logits: Logits, cancelled: &dyn Fn() -> bool) -> Result<()> {
+pub fn forward<O: Ops>(
+    ops: &mut O,
+    r: &Recipe,
+    logits: Logits,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<()> {
     let hp = &r.hp;
     let eps = hp.norm_eps;
     let attn = AttnShape {
@@ -165,7 +190,11 @@ pub fn forward<O: Ops>(ops: &mut O, r: &Recipe, logits: Logits, cancelled: &dyn 
         };
         ops.rms_norm(Slot::Hidden, w.attn_norm, eps, Slot::Normed);
         tap0(ops, "attn_norm", Slot::Normed);
-        for (wt, b, s) in [(w.wq, w.bq, Slot::Q), (w.wk, w.bk, Slot::K), (w.wv, w.bv, Slot::V)] {
+        for (wt, b, s) in [
+            (w.wq, w.bq, Slot::Q),
+            (w.wk, w.bk, Slot::K),
+            (w.wv, w.bv, Slot::V),
+        ] {
             ops.matmul(wt, Slot::Normed, s);
             if let Some(b) = b {
                 ops.add_bias(s, b);

@@ -101,9 +101,17 @@ fn put_f16(b: &mut [u8], at: usize, v: f32) {
 }
 
 /// Random blocks of `ty` for `rows` rows of `cols` values with value spread near `std`.
-fn random_matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize, std: f32) -> Result<Vec<u8>> {
+fn random_matrix(
+    rng: &mut Rng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    std: f32,
+) -> Result<Vec<u8>> {
     let n = (rows as u64) * (cols as u64);
-    let bytes = ty.bytes_for(n).ok_or_else(|| Error::InvalidArgument(format!("{cols} columns are not whole {} blocks", ty.name())))?;
+    let bytes = ty.bytes_for(n).ok_or_else(|| {
+        Error::InvalidArgument(format!("{cols} columns are not whole {} blocks", ty.name()))
+    })?;
     let mut out = vec![0u8; bytes as usize];
     if ty == GgmlType::F32 {
         for c in out.chunks_mut(4) {
@@ -129,7 +137,12 @@ fn random_matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize, std: f32
                 put_f16(b, 2, std / (36.0 * codes) * 3.0);
             }
             GgmlType::Q6_K => put_f16(b, 208, std / (18.5 * 74.0)),
-            other => return Err(Error::Unsupported(format!("synthetic {} weights", other.name()))),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "synthetic {} weights",
+                    other.name()
+                )))
+            }
         }
     }
     Ok(out)
@@ -137,7 +150,9 @@ fn random_matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize, std: f32
 
 /// The GPT-2 byte-to-character map of byte-level BPE vocabularies.
 fn byte_char(b: u8) -> char {
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     if printable(b) {
         return b as char;
     }
@@ -149,14 +164,20 @@ const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['
 
 /// Build the synthetic model file.
 pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
-    if spec.n_head == 0 || spec.n_head_kv == 0 || spec.n_embd % spec.n_head != 0 || spec.n_head % spec.n_head_kv != 0 {
+    if spec.n_head == 0
+        || spec.n_head_kv == 0
+        || spec.n_embd % spec.n_head != 0
+        || spec.n_head % spec.n_head_kv != 0
+    {
         return Err(Error::InvalidArgument(format!(
             "{} heads, {} KV heads and width {} do not fit together",
             spec.n_head, spec.n_head_kv, spec.n_embd
         )));
     }
     if spec.vocab < 512 || spec.n_layer == 0 || spec.n_ff == 0 {
-        return Err(Error::InvalidArgument("vocabulary (>= 512), layers and FFN width must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "vocabulary (>= 512), layers and FFN width must be positive".into(),
+        ));
     }
     let gerr = |e: GgufError| Error::Internal(e.to_string());
     let mut rng = Rng::new(seed);
@@ -164,13 +185,22 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     let a = spec.arch.as_str();
     let head_dim = spec.n_embd / spec.n_head;
     w.add_str("general.architecture", a);
-    w.add_str("general.name", &format!("synthetic {a} {}L {}d seed {seed}", spec.n_layer, spec.n_embd));
+    w.add_str(
+        "general.name",
+        &format!(
+            "synthetic {a} {}L {}d seed {seed}",
+            spec.n_layer, spec.n_embd
+        ),
+    );
     w.add_u32(&format!("{a}.block_count"), spec.n_layer as u32);
     w.add_u32(&format!("{a}.context_length"), spec.n_ctx as u32);
     w.add_u32(&format!("{a}.embedding_length"), spec.n_embd as u32);
     w.add_u32(&format!("{a}.feed_forward_length"), spec.n_ff as u32);
     w.add_u32(&format!("{a}.attention.head_count"), spec.n_head as u32);
-    w.add_u32(&format!("{a}.attention.head_count_kv"), spec.n_head_kv as u32);
+    w.add_u32(
+        &format!("{a}.attention.head_count_kv"),
+        spec.n_head_kv as u32,
+    );
     w.add_u32(&format!("{a}.rope.dimension_count"), head_dim as u32);
     w.add_f32(&format!("{a}.rope.freq_base"), spec.rope_base);
     w.add_f32(&format!("{a}.attention.layer_norm_rms_epsilon"), 1e-6);
@@ -188,7 +218,10 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
         types.push(1);
     }
     w.add_str("tokenizer.ggml.model", "gpt2");
-    w.add_str("tokenizer.ggml.pre", if a == "llama" { "smollm" } else { "qwen2" });
+    w.add_str(
+        "tokenizer.ggml.pre",
+        if a == "llama" { "smollm" } else { "qwen2" },
+    );
     w.add_str_array("tokenizer.ggml.tokens", &tokens);
     w.add_i32_array("tokenizer.ggml.token_type", &types);
     w.add_str_array::<&str>("tokenizer.ggml.merges", &[]);
@@ -201,8 +234,18 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     let (e, ff, kv) = (spec.n_embd, spec.n_ff, spec.n_head_kv * head_dim);
     let k_quant_fits = |cols: usize| cols % 256 == 0;
     let (main, more_bits, output, embd) = match spec.mix {
-        TypeMix::Q4KM => (GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q6_K, GgmlType::Q4_K),
-        TypeMix::Q4_1 => (GgmlType::Q4_1, GgmlType::Q4_1, GgmlType::Q4_1, GgmlType::Q8_0),
+        TypeMix::Q4KM => (
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::Q6_K,
+            GgmlType::Q4_K,
+        ),
+        TypeMix::Q4_1 => (
+            GgmlType::Q4_1,
+            GgmlType::Q4_1,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ),
     };
     // Q4_K_M falls back to Q5_0 (and Q8_0 for the "more bits" tensors) where a row is not
     // whole 256-value blocks, as the real Qwen 0.5B file does.
@@ -214,19 +257,47 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
             _ => main,
         }
     };
-    let add = |w: &mut GgufWriter, rng: &mut Rng, name: &str, ty: GgmlType, cols: usize, rows: usize| -> Result<()> {
+    let add = |w: &mut GgufWriter,
+               rng: &mut Rng,
+               name: &str,
+               ty: GgmlType,
+               cols: usize,
+               rows: usize|
+     -> Result<()> {
         let std = 1.0 / (cols as f32).sqrt();
         let data = random_matrix(rng, ty, rows, cols, std)?;
-        w.add_tensor(name, &[cols as u64, rows as u64], ty, data).map_err(gerr)
+        w.add_tensor(name, &[cols as u64, rows as u64], ty, data)
+            .map_err(gerr)
     };
-    let embd_ty = if k_quant_fits(e) { embd } else if spec.mix == TypeMix::Q4KM { GgmlType::Q5_0 } else { embd };
+    let embd_ty = if k_quant_fits(e) {
+        embd
+    } else if spec.mix == TypeMix::Q4KM {
+        GgmlType::Q5_0
+    } else {
+        embd
+    };
     let data = random_matrix(&mut rng, embd_ty, spec.vocab, e, 1.0)?;
-    w.add_tensor("token_embd.weight", &[e as u64, spec.vocab as u64], embd_ty, data).map_err(gerr)?;
-    let norm = |rng: &mut Rng, n: usize| -> Vec<u8> { (0..n).flat_map(|_| (1.0 + 0.1 * rng.unit()).to_le_bytes()).collect() };
+    w.add_tensor(
+        "token_embd.weight",
+        &[e as u64, spec.vocab as u64],
+        embd_ty,
+        data,
+    )
+    .map_err(gerr)?;
+    let norm = |rng: &mut Rng, n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| (1.0 + 0.1 * rng.unit()).to_le_bytes())
+            .collect()
+    };
     let nd = norm(&mut rng, e);
-    w.add_tensor("output_norm.weight", &[e as u64], GgmlType::F32, nd).map_err(gerr)?;
+    w.add_tensor("output_norm.weight", &[e as u64], GgmlType::F32, nd)
+        .map_err(gerr)?;
     if spec.arch == "qwen2" {
-        let out_ty = if k_quant_fits(e) { output } else { GgmlType::Q8_0 };
+        let out_ty = if k_quant_fits(e) {
+            output
+        } else {
+            GgmlType::Q8_0
+        };
         add(&mut w, &mut rng, "output.weight", out_ty, e, spec.vocab)?;
     }
     let n = spec.n_layer;
@@ -234,20 +305,44 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
         let more = l < n / 8 || l >= 7 * n / 8 || (l >= n / 8 && (l - n / 8) % 3 == 2);
         let b = |s: &str| format!("blk.{l}.{s}");
         let nd = norm(&mut rng, e);
-        w.add_tensor(&b("attn_norm.weight"), &[e as u64], GgmlType::F32, nd).map_err(gerr)?;
+        w.add_tensor(&b("attn_norm.weight"), &[e as u64], GgmlType::F32, nd)
+            .map_err(gerr)?;
         let nd = norm(&mut rng, e);
-        w.add_tensor(&b("ffn_norm.weight"), &[e as u64], GgmlType::F32, nd).map_err(gerr)?;
+        w.add_tensor(&b("ffn_norm.weight"), &[e as u64], GgmlType::F32, nd)
+            .map_err(gerr)?;
         add(&mut w, &mut rng, &b("attn_q.weight"), pick(e, false), e, e)?;
         add(&mut w, &mut rng, &b("attn_k.weight"), pick(e, false), e, kv)?;
         add(&mut w, &mut rng, &b("attn_v.weight"), pick(e, more), e, kv)?;
-        add(&mut w, &mut rng, &b("attn_output.weight"), pick(e, false), e, e)?;
-        add(&mut w, &mut rng, &b("ffn_gate.weight"), pick(e, false), e, ff)?;
+        add(
+            &mut w,
+            &mut rng,
+            &b("attn_output.weight"),
+            pick(e, false),
+            e,
+            e,
+        )?;
+        add(
+            &mut w,
+            &mut rng,
+            &b("ffn_gate.weight"),
+            pick(e, false),
+            e,
+            ff,
+        )?;
         add(&mut w, &mut rng, &b("ffn_up.weight"), pick(e, false), e, ff)?;
-        add(&mut w, &mut rng, &b("ffn_down.weight"), pick(ff, more), ff, e)?;
+        add(
+            &mut w,
+            &mut rng,
+            &b("ffn_down.weight"),
+            pick(ff, more),
+            ff,
+            e,
+        )?;
         if spec.arch == "qwen2" {
             for (s, d) in [("attn_q.bias", e), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
                 let data = random_matrix(&mut rng, GgmlType::F32, 1, d, 0.1)?;
-                w.add_tensor(&b(s), &[d as u64], GgmlType::F32, data).map_err(gerr)?;
+                w.add_tensor(&b(s), &[d as u64], GgmlType::F32, data)
+                    .map_err(gerr)?;
             }
         }
     }

@@ -44,7 +44,12 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), parse_special: true }
+        GenerateParams {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            parse_special: true,
+        }
     }
 }
 
@@ -98,7 +103,9 @@ impl Session {
             n => n,
         } as usize;
         let hp = model.hparams();
-        let reservation = model.context().reserve(CpuState::kv_bytes(hp, n_ctx), "the session's KV cache")?;
+        let reservation = model
+            .context()
+            .reserve(CpuState::kv_bytes(hp, n_ctx), "the session's KV cache")?;
         let state = match &model.bound {
             Bound::Cpu(_) => CpuState::new(hp, n_ctx)?,
         };
@@ -152,7 +159,11 @@ impl Session {
 
     /// The intermediate values recorded since taps were turned on.
     pub fn take_taps(&mut self) -> Vec<Tap> {
-        self.state.taps.as_mut().map(std::mem::take).unwrap_or_default()
+        self.state
+            .taps
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Feed tokens to the model (appending them to the conversation) and return the logits of
@@ -166,7 +177,9 @@ impl Session {
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.model.vocab_size();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {vocab}")));
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
         }
         let need = self.history.len() + self.pending.is_some() as usize + tokens.len();
         if need > self.n_ctx {
@@ -183,7 +196,12 @@ impl Session {
     /// Run the model over `tokens` in chunks; the last chunk's logits (last row, or all rows
     /// with `Logits::All`) are appended to `out`. On error or cancellation the cache is left
     /// as it was before the failed chunk.
-    fn feed(&mut self, tokens: &[u32], which: Logits, mut out: Option<&mut Vec<f32>>) -> Result<()> {
+    fn feed(
+        &mut self,
+        tokens: &[u32],
+        which: Logits,
+        mut out: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
         self.check_tokens(tokens)?;
         let mut all: Vec<u32> = self.pending.take().into_iter().collect();
         all.extend_from_slice(tokens);
@@ -193,7 +211,11 @@ impl Session {
         let chunks: Vec<&[u32]> = all.chunks(PREFILL_CHUNK).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let mode = if which == Logits::All { Logits::All } else { Logits::Last };
+            let mode = if which == Logits::All {
+                Logits::All
+            } else {
+                Logits::Last
+            };
             let pos0 = self.history.len();
             match &self.model.bound {
                 Bound::Cpu(m) => {
@@ -237,16 +259,23 @@ impl Session {
     ) -> Result<GenerateStats> {
         params.sampling.validate(self.model.vocab_size())?;
         if params.stop.iter().any(|s| s.is_empty()) {
-            return Err(Error::InvalidArgument("stop strings must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "stop strings must not be empty".into(),
+            ));
         }
         if prompt.is_empty() && self.history.is_empty() && self.pending.is_none() {
-            return Err(Error::InvalidArgument("the prompt is empty and the session has no history".into()));
+            return Err(Error::InvalidArgument(
+                "the prompt is empty and the session has no history".into(),
+            ));
         }
         // Room for the prompt and at least one generated token.
         self.check_tokens(prompt)?;
         self.cancel.store(false, Ordering::SeqCst);
         self.generation += 1;
-        let mut sampler = Sampler::new(params.sampling.clone(), self.seed ^ self.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut sampler = Sampler::new(
+            params.sampling.clone(),
+            self.seed ^ self.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let mut stats = GenerateStats {
             prompt_tokens: prompt.len() as u32,
             generated_tokens: 0,
@@ -267,7 +296,9 @@ impl Session {
         }
         if logits.is_empty() {
             // Empty prompt after a turn that ended without feeding: nothing new to condition on.
-            return Err(Error::InvalidArgument("nothing to generate from: empty prompt".into()));
+            return Err(Error::InvalidArgument(
+                "nothing to generate from: empty prompt".into(),
+            ));
         }
         stats.prompt_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();

@@ -23,9 +23,16 @@ pub fn log_prob(logits: &[f32], target: u32) -> f64 {
     logits[target as usize] as f64 - max - sum.ln()
 }
 
-pub fn perplexity(model: &Arc<Model>, tokens: &[u32], window: usize, max_windows: usize) -> Result<Perplexity> {
+pub fn perplexity(
+    model: &Arc<Model>,
+    tokens: &[u32],
+    window: usize,
+    max_windows: usize,
+) -> Result<Perplexity> {
     if window < 4 {
-        return Err(Error::InvalidArgument(format!("window of {window} tokens is too short")));
+        return Err(Error::InvalidArgument(format!(
+            "window of {window} tokens is too short"
+        )));
     }
     let windows = (tokens.len() / window).min(max_windows);
     if windows == 0 {
@@ -34,7 +41,13 @@ pub fn perplexity(model: &Arc<Model>, tokens: &[u32], window: usize, max_windows
             tokens.len()
         )));
     }
-    let mut session = Session::new(model.clone(), SessionOptions { n_ctx: window as u32, seed: 0 })?;
+    let mut session = Session::new(
+        model.clone(),
+        SessionOptions {
+            n_ctx: window as u32,
+            seed: 0,
+        },
+    )?;
     let vocab = model.vocab_size();
     let (mut nll, mut scored) = (0.0f64, 0usize);
     for w in 0..windows {
@@ -46,5 +59,9 @@ pub fn perplexity(model: &Arc<Model>, tokens: &[u32], window: usize, max_windows
             scored += 1;
         }
     }
-    Ok(Perplexity { ppl: (nll / scored as f64).exp(), windows, scored_tokens: scored })
+    Ok(Perplexity {
+        ppl: (nll / scored as f64).exp(),
+        windows,
+        scored_tokens: scored,
+    })
 }

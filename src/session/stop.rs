@@ -8,7 +8,10 @@ pub struct StopMatcher<'a> {
 
 impl<'a> StopMatcher<'a> {
     pub fn new(stops: &'a [String]) -> Self {
-        StopMatcher { stops, held: String::new() }
+        StopMatcher {
+            stops,
+            held: String::new(),
+        }
     }
 
     /// Add generated text. Returns the text that is safe to emit, and whether a stop string
@@ -18,7 +21,12 @@ impl<'a> StopMatcher<'a> {
         if self.stops.is_empty() {
             return (std::mem::take(&mut self.held), false);
         }
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let out = self.held[..at].to_string();
             self.held.clear();
             return (out, true);

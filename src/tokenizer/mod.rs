@@ -49,7 +49,13 @@ impl Tokenizer {
 pub mod chat {
     //! TEMPORARY stand-in (the tokenizer work replaces this module).
     use crate::model::ChatMessage;
-    pub fn render(_t: &str, _m: &[ChatMessage], _g: bool, _b: &str, _e: &str) -> crate::Result<String> {
+    pub fn render(
+        _t: &str,
+        _m: &[ChatMessage],
+        _g: bool,
+        _b: &str,
+        _e: &str,
+    ) -> crate::Result<String> {
         todo!()
     }
 }

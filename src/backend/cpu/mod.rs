@@ -72,7 +72,13 @@ pub struct CpuModel {
 
 /// Build the thread pool of a context.
 pub fn thread_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
-    let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    let n = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("llorch-cpu-{i}"))
@@ -108,11 +114,9 @@ impl CpuModel {
                 )));
             }
             let data = gguf.tensor_data(&t.info);
-            let row_bytes = t
-                .ty
-                .bytes_for(t.cols as u64)
-                .ok_or_else(|| Error::BadModel(format!("tensor '{}': row of {} values", t.name, t.cols)))?
-                as usize;
+            let row_bytes = t.ty.bytes_for(t.cols as u64).ok_or_else(|| {
+                Error::BadModel(format!("tensor '{}': row of {} values", t.name, t.cols))
+            })? as usize;
             if row_bytes.checked_mul(t.rows) != Some(data.len()) {
                 return Err(Error::BadModel(format!(
                     "tensor '{}': {} bytes for {}x{}",
@@ -133,14 +137,25 @@ impl CpuModel {
             for page in data.chunks(4096) {
                 checksum ^= page[0];
             }
-            weights.push(CpuWeight { ty: t.ty, rows: t.rows, cols: t.cols, row_bytes, info: t.info.clone(), vector });
+            weights.push(CpuWeight {
+                ty: t.ty,
+                rows: t.rows,
+                cols: t.cols,
+                row_bytes,
+                info: t.info.clone(),
+                vector,
+            });
             done += t.info.size;
             if !progress(done as f32 / total as f32) {
                 return Err(Error::Cancelled);
             }
         }
         std::hint::black_box(checksum);
-        Ok(CpuModel { gguf, weights, pool })
+        Ok(CpuModel {
+            gguf,
+            weights,
+            pool,
+        })
     }
 
     fn bytes(&self, w: WeightId) -> &[u8] {
@@ -152,7 +167,10 @@ impl CpuModel {
     }
 
     fn vector(&self, w: WeightId) -> &[f32] {
-        self.weights[w.0 as usize].vector.as_deref().expect("a one-dimensional weight")
+        self.weights[w.0 as usize]
+            .vector
+            .as_deref()
+            .expect("a one-dimensional weight")
     }
 }
 
@@ -186,16 +204,24 @@ impl CpuState {
     }
 
     pub fn new(hp: &HParams, n_ctx: usize) -> Result<Self> {
-        let per_layer = n_ctx
-            .checked_mul(hp.kv_dim())
-            .ok_or_else(|| Error::InvalidArgument(format!("context of {n_ctx} tokens is too large")))?;
+        let per_layer = n_ctx.checked_mul(hp.kv_dim()).ok_or_else(|| {
+            Error::InvalidArgument(format!("context of {n_ctx} tokens is too large"))
+        })?;
         let mut k = Vec::with_capacity(hp.n_layer);
         let mut v = Vec::with_capacity(hp.n_layer);
         for _ in 0..hp.n_layer {
             k.push(zeroed(per_layer)?);
             v.push(zeroed(per_layer)?);
         }
-        Ok(CpuState { hp: hp.clone(), n_ctx, k, v, slots: vec![Vec::new(); N_SLOTS], q8: Vec::new(), taps: None })
+        Ok(CpuState {
+            hp: hp.clone(),
+            n_ctx,
+            k,
+            v,
+            slots: vec![Vec::new(); N_SLOTS],
+            q8: Vec::new(),
+            taps: None,
+        })
     }
 
     /// The logits of the last step: `rows` rows of `vocab` values.
@@ -207,8 +233,12 @@ impl CpuState {
 /// A zeroed f32 buffer, or OutOfMemory instead of an abort.
 fn zeroed(n: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::OutOfMemory(format!("cannot allocate {} bytes of host memory", n as u64 * 4)))?;
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "cannot allocate {} bytes of host memory",
+            n as u64 * 4
+        ))
+    })?;
     v.resize(n, 0.0);
     Ok(v)
 }
@@ -224,7 +254,12 @@ pub struct CpuStep<'a> {
 
 impl<'a> CpuStep<'a> {
     /// The caller guarantees `pos0 + tokens.len() <= n_ctx` and token ids below the vocabulary.
-    pub fn new(m: &'a CpuModel, st: &'a mut CpuState, tokens: &'a [u32], pos0: usize) -> Result<Self> {
+    pub fn new(
+        m: &'a CpuModel,
+        st: &'a mut CpuState,
+        tokens: &'a [u32],
+        pos0: usize,
+    ) -> Result<Self> {
         if pos0 + tokens.len() > st.n_ctx {
             return Err(Error::ContextFull(format!(
                 "{} tokens at position {pos0} exceed the context of {}",
@@ -236,12 +271,19 @@ impl<'a> CpuStep<'a> {
             let need = tokens.len() * slot_width(&st.hp, s);
             let buf = &mut st.slots[slot_index(s)];
             if buf.len() < need {
-                buf.try_reserve_exact(need - buf.len())
-                    .map_err(|_| Error::OutOfMemory(format!("cannot allocate {} bytes of host memory", need * 4)))?;
+                buf.try_reserve_exact(need - buf.len()).map_err(|_| {
+                    Error::OutOfMemory(format!("cannot allocate {} bytes of host memory", need * 4))
+                })?;
                 buf.resize(need, 0.0);
             }
         }
-        Ok(CpuStep { m, st, tokens, pos0, n: tokens.len() })
+        Ok(CpuStep {
+            m,
+            st,
+            tokens,
+            pos0,
+            n: tokens.len(),
+        })
     }
 
     fn take(&mut self, s: Slot) -> Vec<f32> {
@@ -270,35 +312,44 @@ fn matmul(w: &CpuWeight, data: &[u8], x: &[f32], n: usize, q8: &mut Vec<BlockQ8>
     let row = |r: usize| &data[r * rb..(r + 1) * rb];
     if matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         let mut tmp = vec![0f32; rows * n];
-        tmp.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, o)| {
-            for (j, y) in o.chunks_mut(n).enumerate() {
-                let wr = row(ci * chunk + j);
-                for (t, yt) in y.iter_mut().enumerate() {
-                    *yt = quant::vec_dot_f32(w.ty, wr, &x[t * cols..(t + 1) * cols]);
+        tmp.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, y) in o.chunks_mut(n).enumerate() {
+                    let wr = row(ci * chunk + j);
+                    for (t, yt) in y.iter_mut().enumerate() {
+                        *yt = quant::vec_dot_f32(w.ty, wr, &x[t * cols..(t + 1) * cols]);
+                    }
                 }
-            }
-        });
+            });
         transpose_into(&tmp, rows, n, out);
         return;
     }
     let nb = cols / 32;
     q8.clear();
     q8.resize(n * nb, BlockQ8::default());
-    q8.par_chunks_mut(nb).zip(x.par_chunks(cols)).for_each(|(q, xs)| quant::quantize_q8(xs, q));
+    q8.par_chunks_mut(nb)
+        .zip(x.par_chunks(cols))
+        .for_each(|(q, xs)| quant::quantize_q8(xs, q));
     let acts = &q8[..];
     if n == 1 {
-        out[..rows].par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
-            for (j, y) in o.iter_mut().enumerate() {
-                *y = quant::vec_dot(w.ty, row(ci * chunk + j), acts);
-            }
-        });
+        out[..rows]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, y) in o.iter_mut().enumerate() {
+                    *y = quant::vec_dot(w.ty, row(ci * chunk + j), acts);
+                }
+            });
     } else {
         let mut tmp = vec![0f32; rows * n];
-        tmp.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, o)| {
-            for (j, y) in o.chunks_mut(n).enumerate() {
-                quant::vec_dot_multi(w.ty, row(ci * chunk + j), acts, n, y);
-            }
-        });
+        tmp.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, y) in o.chunks_mut(n).enumerate() {
+                    quant::vec_dot_multi(w.ty, row(ci * chunk + j), acts, n, y);
+                }
+            });
         transpose_into(&tmp, rows, n, out);
     }
 }
@@ -340,8 +391,12 @@ impl Ops for CpuStep<'_> {
         let mut o = self.take(out);
         for (t, &tok) in self.tokens.iter().enumerate() {
             let tok = tok as usize;
-            quant::dequantize(w.ty, &data[tok * w.row_bytes..(tok + 1) * w.row_bytes], &mut o[t * width..(t + 1) * width])
-                .expect("embedding rows are whole blocks");
+            quant::dequantize(
+                w.ty,
+                &data[tok * w.row_bytes..(tok + 1) * w.row_bytes],
+                &mut o[t * width..(t + 1) * width],
+            )
+            .expect("embedding rows are whole blocks");
         }
         self.put(out, o);
     }
@@ -369,7 +424,9 @@ impl Ops for CpuStep<'_> {
         let mut o = self.take(out);
         let n = self.n;
         let mut q8 = std::mem::take(&mut self.st.q8);
-        self.m.pool.install(|| matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o));
+        self.m
+            .pool
+            .install(|| matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o));
         self.st.q8 = q8;
         self.put(x, xs);
         self.put(out, o);
@@ -388,11 +445,15 @@ impl Ops for CpuStep<'_> {
 
     fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: Rope) {
         // As the reference computes it: inverse frequencies in f32, angle = pos * inv_freq.
-        let inv_freq: Vec<f32> =
-            (0..rope.dims / 2).map(|i| 1.0 / rope.base.powf(2.0 * i as f32 / rope.dims as f32)).collect();
+        let inv_freq: Vec<f32> = (0..rope.dims / 2)
+            .map(|i| 1.0 / rope.base.powf(2.0 * i as f32 / rope.dims as f32))
+            .collect();
         let width = n_heads * head_dim;
         let (n, pos0) = (self.n, self.pos0);
-        for (t, row) in self.st.slots[slot_index(x)][..n * width].chunks_mut(width).enumerate() {
+        for (t, row) in self.st.slots[slot_index(x)][..n * width]
+            .chunks_mut(width)
+            .enumerate()
+        {
             for head in row.chunks_mut(head_dim) {
                 rope_head(head, pos0 + t, rope, &inv_freq);
             }
@@ -405,41 +466,46 @@ impl Ops for CpuStep<'_> {
         let (n, pos0) = (self.n, self.pos0);
         // Append this step's keys and values to the cache.
         let kc = &mut self.st.k[layer];
-        kc[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&self.st.slots[slot_index(k)][..n * kv_dim]);
+        kc[pos0 * kv_dim..(pos0 + n) * kv_dim]
+            .copy_from_slice(&self.st.slots[slot_index(k)][..n * kv_dim]);
         let vc = &mut self.st.v[layer];
-        vc[pos0 * kv_dim..(pos0 + n) * kv_dim].copy_from_slice(&self.st.slots[slot_index(v)][..n * kv_dim]);
+        vc[pos0 * kv_dim..(pos0 + n) * kv_dim]
+            .copy_from_slice(&self.st.slots[slot_index(v)][..n * kv_dim]);
         let qs = self.take(q);
         let mut o = self.take(out);
         let (kc, vc) = (&self.st.k[layer], &self.st.v[layer]);
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
         self.m.pool.install(|| {
-            o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each(|(i, oh)| {
-                let (t, h) = (i / shape.n_head, i % shape.n_head);
-                let kvh = h / group;
-                let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                let len = pos0 + t + 1;
-                let mut scores: Vec<f32> = (0..len)
-                    .map(|j| {
-                        let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                        qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * shape.scale
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                oh.fill(0.0);
-                for (j, s) in scores.iter().enumerate() {
-                    let w = s / sum;
-                    let vj = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                    for (a, b) in oh.iter_mut().zip(vj) {
-                        *a += w * b;
+            o[..n * q_dim]
+                .par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(i, oh)| {
+                    let (t, h) = (i / shape.n_head, i % shape.n_head);
+                    let kvh = h / group;
+                    let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let len = pos0 + t + 1;
+                    let mut scores: Vec<f32> = (0..len)
+                        .map(|j| {
+                            let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+                            qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * shape.scale
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
                     }
-                }
-            });
+                    oh.fill(0.0);
+                    for (j, s) in scores.iter().enumerate() {
+                        let w = s / sum;
+                        let vj = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+                        for (a, b) in oh.iter_mut().zip(vj) {
+                            *a += w * b;
+                        }
+                    }
+                });
         });
         self.put(q, qs);
         self.put(out, o);
@@ -449,7 +515,10 @@ impl Ops for CpuStep<'_> {
         let width = self.width(gate);
         let n = self.n;
         let u = self.take(up);
-        for (g, &u) in self.st.slots[slot_index(gate)][..n * width].iter_mut().zip(&u[..n * width]) {
+        for (g, &u) in self.st.slots[slot_index(gate)][..n * width]
+            .iter_mut()
+            .zip(&u[..n * width])
+        {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
         self.put(up, u);
@@ -459,7 +528,10 @@ impl Ops for CpuStep<'_> {
         let width = self.width(x);
         let n = self.n;
         let ys = self.take(y);
-        for (a, &b) in self.st.slots[slot_index(x)][..n * width].iter_mut().zip(&ys[..n * width]) {
+        for (a, &b) in self.st.slots[slot_index(x)][..n * width]
+            .iter_mut()
+            .zip(&ys[..n * width])
+        {
             *a += b;
         }
         self.put(y, ys);
@@ -477,7 +549,12 @@ impl Ops for CpuStep<'_> {
         let n = self.n;
         let data = self.st.slots[slot_index(x)][..n * width].to_vec();
         if let Some(taps) = self.st.taps.as_mut() {
-            taps.push(Tap { name: name.to_string(), layer, rows: n, data });
+            taps.push(Tap {
+                name: name.to_string(),
+                layer,
+                rows: n,
+                data,
+            });
         }
     }
 }
