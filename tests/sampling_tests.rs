@@ -23,7 +23,9 @@ fn params(temperature: f32) -> SamplingParams {
 
 fn draw_n(p: &SamplingParams, seed: u64, logits: &[f32], n: usize) -> Vec<u32> {
     let mut s = Sampler::new(p.clone(), seed);
-    (0..n).map(|_| s.sample(&mut logits.to_vec(), &[])).collect()
+    (0..n)
+        .map(|_| s.sample(&mut logits.to_vec(), &[]))
+        .collect()
 }
 
 fn softmax(xs: &[f32], t: f64) -> Vec<f64> {
@@ -152,12 +154,18 @@ fn temperature_draws_match_softmax() {
         };
         let draws = draw_n(&p, 1234, &logits, n as usize);
         let chi = chi_square(&counts_of(&draws, 20), &softmax(&logits, t as f64), n);
-        assert!(chi < CHI2_DF19, "T={t} general={forced_general}: chi2 {chi}");
+        assert!(
+            chi < CHI2_DF19,
+            "T={t} general={forced_general}: chi2 {chi}"
+        );
     }
     // A distribution at the wrong temperature must fail the same test (the test has power).
     let draws = draw_n(&params(1.0), 1234, &logits, n as usize);
     let chi = chi_square(&counts_of(&draws, 20), &softmax(&logits, 1.1), n);
-    assert!(chi > CHI2_DF19, "wrong temperature not detected: chi2 {chi}");
+    assert!(
+        chi > CHI2_DF19,
+        "wrong temperature not detected: chi2 {chi}"
+    );
 }
 
 #[test]
@@ -219,7 +227,10 @@ fn top_p_keeps_smallest_set_reaching_p() {
             assert!(chi < df_crit, "top_p {top_p}: chi2 {chi}");
         }
         for &k in &kept {
-            assert!(counts[k as usize] > 0, "top_p {top_p}: kept token {k} never drawn");
+            assert!(
+                counts[k as usize] > 0,
+                "top_p {top_p}: kept token {k} never drawn"
+            );
         }
     }
 }
@@ -390,9 +401,9 @@ fn degenerate_inputs_do_not_panic() {
         },
         0,
     );
-    assert_eq!(tiny_t.sample(&mut vec![0.0, 2.0, 1.0, -5.0], &[]), 1);
+    assert_eq!(tiny_t.sample(&mut [0.0, 2.0, 1.0, -5.0], &[]), 1);
     let mut tiny_fast = Sampler::new(params(1e-30), 0);
-    assert_eq!(tiny_fast.sample(&mut vec![0.0, 2.0, 1.0, -5.0], &[]), 1);
+    assert_eq!(tiny_fast.sample(&mut [0.0, 2.0, 1.0, -5.0], &[]), 1);
 }
 
 fn invalid_field(p: SamplingParams, vocab: usize) -> String {
@@ -418,27 +429,132 @@ fn validate_names_the_bad_field() {
     .validate(100)
     .unwrap();
     let cases: Vec<(SamplingParams, &str)> = vec![
-        (SamplingParams { temperature: -0.1, ..ok.clone() }, "temperature"),
-        (SamplingParams { temperature: f32::NAN, ..ok.clone() }, "temperature"),
-        (SamplingParams { temperature: f32::INFINITY, ..ok.clone() }, "temperature"),
-        (SamplingParams { top_p: 0.0, ..ok.clone() }, "top_p"),
-        (SamplingParams { top_p: 1.01, ..ok.clone() }, "top_p"),
-        (SamplingParams { top_p: f32::NAN, ..ok.clone() }, "top_p"),
-        (SamplingParams { min_p: -0.01, ..ok.clone() }, "min_p"),
-        (SamplingParams { min_p: 1.5, ..ok.clone() }, "min_p"),
-        (SamplingParams { min_p: f32::NAN, ..ok.clone() }, "min_p"),
-        (SamplingParams { repeat_penalty: 0.0, ..ok.clone() }, "repeat_penalty"),
-        (SamplingParams { repeat_penalty: -1.0, ..ok.clone() }, "repeat_penalty"),
-        (SamplingParams { repeat_penalty: f32::INFINITY, ..ok.clone() }, "repeat_penalty"),
-        (SamplingParams { presence_penalty: f32::NAN, ..ok.clone() }, "presence_penalty"),
-        (SamplingParams { frequency_penalty: f32::INFINITY, ..ok.clone() }, "frequency_penalty"),
-        (SamplingParams { logit_bias: vec![(100, 1.0)], ..ok.clone() }, "logit_bias"),
-        (SamplingParams { logit_bias: vec![(5, f32::NAN)], ..ok.clone() }, "logit_bias"),
-        (SamplingParams { logit_bias: vec![(5, f32::INFINITY)], ..ok.clone() }, "logit_bias"),
+        (
+            SamplingParams {
+                temperature: -0.1,
+                ..ok.clone()
+            },
+            "temperature",
+        ),
+        (
+            SamplingParams {
+                temperature: f32::NAN,
+                ..ok.clone()
+            },
+            "temperature",
+        ),
+        (
+            SamplingParams {
+                temperature: f32::INFINITY,
+                ..ok.clone()
+            },
+            "temperature",
+        ),
+        (
+            SamplingParams {
+                top_p: 0.0,
+                ..ok.clone()
+            },
+            "top_p",
+        ),
+        (
+            SamplingParams {
+                top_p: 1.01,
+                ..ok.clone()
+            },
+            "top_p",
+        ),
+        (
+            SamplingParams {
+                top_p: f32::NAN,
+                ..ok.clone()
+            },
+            "top_p",
+        ),
+        (
+            SamplingParams {
+                min_p: -0.01,
+                ..ok.clone()
+            },
+            "min_p",
+        ),
+        (
+            SamplingParams {
+                min_p: 1.5,
+                ..ok.clone()
+            },
+            "min_p",
+        ),
+        (
+            SamplingParams {
+                min_p: f32::NAN,
+                ..ok.clone()
+            },
+            "min_p",
+        ),
+        (
+            SamplingParams {
+                repeat_penalty: 0.0,
+                ..ok.clone()
+            },
+            "repeat_penalty",
+        ),
+        (
+            SamplingParams {
+                repeat_penalty: -1.0,
+                ..ok.clone()
+            },
+            "repeat_penalty",
+        ),
+        (
+            SamplingParams {
+                repeat_penalty: f32::INFINITY,
+                ..ok.clone()
+            },
+            "repeat_penalty",
+        ),
+        (
+            SamplingParams {
+                presence_penalty: f32::NAN,
+                ..ok.clone()
+            },
+            "presence_penalty",
+        ),
+        (
+            SamplingParams {
+                frequency_penalty: f32::INFINITY,
+                ..ok.clone()
+            },
+            "frequency_penalty",
+        ),
+        (
+            SamplingParams {
+                logit_bias: vec![(100, 1.0)],
+                ..ok.clone()
+            },
+            "logit_bias",
+        ),
+        (
+            SamplingParams {
+                logit_bias: vec![(5, f32::NAN)],
+                ..ok.clone()
+            },
+            "logit_bias",
+        ),
+        (
+            SamplingParams {
+                logit_bias: vec![(5, f32::INFINITY)],
+                ..ok.clone()
+            },
+            "logit_bias",
+        ),
     ];
     for (p, field) in cases {
         let msg = invalid_field(p, 100);
-        assert!(msg.starts_with(field), "message {msg:?} should name {field}");
+        assert!(
+            msg.starts_with(field),
+            "message {msg:?} should name {field}"
+        );
     }
 }
 
@@ -463,5 +579,8 @@ fn full_vocab_filters_keep_draws_inside_top_k() {
         let t = s.sample(&mut logits.clone(), &[]);
         assert!(top40.contains(&t), "token {t} not in the top 40");
     }
-    eprintln!("200 filtered draws over 151,936 logits: {:?}", start.elapsed());
+    eprintln!(
+        "200 filtered draws over 151,936 logits: {:?}",
+        start.elapsed()
+    );
 }

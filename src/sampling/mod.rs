@@ -51,7 +51,10 @@ impl SamplingParams {
     pub fn validate(&self, vocab_size: usize) -> Result<()> {
         let bad = |field: &str, why: String| Err(Error::InvalidArgument(format!("{field}: {why}")));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad("temperature", format!("{} is not finite and >= 0", self.temperature));
+            return bad(
+                "temperature",
+                format!("{} is not finite and >= 0", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("{} is not in (0, 1]", self.top_p));
@@ -66,7 +69,10 @@ impl SamplingParams {
             );
         }
         if !self.presence_penalty.is_finite() {
-            return bad("presence_penalty", format!("{} is not finite", self.presence_penalty));
+            return bad(
+                "presence_penalty",
+                format!("{} is not finite", self.presence_penalty),
+            );
         }
         if !self.frequency_penalty.is_finite() {
             return bad(
@@ -193,13 +199,12 @@ impl Sampler {
             self.apply_penalties(logits, history);
         }
         let t = self.params.temperature;
-        if !(t > 0.0) {
+        if t.is_nan() || t <= 0.0 {
             return argmax(logits);
         }
         let p = &self.params;
-        let filtered = (p.top_k > 0 && (p.top_k as usize) < logits.len())
-            || p.top_p < 1.0
-            || p.min_p > 0.0;
+        let filtered =
+            (p.top_k > 0 && (p.top_k as usize) < logits.len()) || p.top_p < 1.0 || p.min_p > 0.0;
         if !filtered {
             return self.sample_full(logits, t);
         }
@@ -212,8 +217,7 @@ impl Sampler {
     fn apply_penalties(&mut self, logits: &mut [f32], history: &[u32]) {
         let n = (self.params.penalty_last_n as usize).min(history.len());
         self.window.clear();
-        self.window
-            .extend_from_slice(&history[history.len() - n..]);
+        self.window.extend_from_slice(&history[history.len() - n..]);
         self.window.sort_unstable();
         let (rp, pp, fp) = (
             self.params.repeat_penalty,
