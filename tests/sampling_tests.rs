@@ -154,6 +154,7 @@ fn temperature_draws_match_softmax() {
         };
         let draws = draw_n(&p, 1234, &logits, n as usize);
         let chi = chi_square(&counts_of(&draws, 20), &softmax(&logits, t as f64), n);
+        eprintln!("chi2 = {chi:.2} (line {})", line!());
         assert!(
             chi < CHI2_DF19,
             "T={t} general={forced_general}: chi2 {chi}"
@@ -162,6 +163,7 @@ fn temperature_draws_match_softmax() {
     // A distribution at the wrong temperature must fail the same test (the test has power).
     let draws = draw_n(&params(1.0), 1234, &logits, n as usize);
     let chi = chi_square(&counts_of(&draws, 20), &softmax(&logits, 1.1), n);
+    eprintln!("chi2 = {chi:.2} (line {})", line!());
     assert!(
         chi > CHI2_DF19,
         "wrong temperature not detected: chi2 {chi}"
@@ -185,6 +187,7 @@ fn top_k_draws_match_renormalized_softmax() {
     };
     let draws = draw_n(&p, 99, &logits, n as usize);
     let chi = chi_square(&counts_of(&draws, 50), &softmax(&masked, 1.0), n);
+    eprintln!("chi2 = {chi:.2} (line {})", line!());
     assert!(chi < CHI2_DF4, "top-5: chi2 {chi}");
 }
 
@@ -222,6 +225,7 @@ fn top_p_keeps_smallest_set_reaching_p() {
         let probs = softmax(&masked, 1.0);
         // chi_square asserts that no dropped token was drawn.
         let chi = chi_square(&counts, &probs, n);
+        eprintln!("chi2 = {chi:.2} (line {})", line!());
         let df_crit = [0.0, CHI2_DF1, CHI2_DF2, CHI2_DF3][kept.len() - 1];
         if kept.len() > 1 {
             assert!(chi < df_crit, "top_p {top_p}: chi2 {chi}");
@@ -281,6 +285,7 @@ fn min_p_drops_tokens_below_fraction_of_max() {
         masked[k] = logits[k];
     }
     let chi = chi_square(&counts_of(&draws, 5), &softmax(&masked, 1.0), n);
+    eprintln!("chi2 = {chi:.2} (line {})", line!());
     assert!(chi < CHI2_DF2, "min_p: chi2 {chi}");
 }
 
