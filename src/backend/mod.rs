@@ -1,6 +1,8 @@
 //! Compute backends: CPU always, CUDA with the `cuda` feature.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Which device a context computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
