@@ -111,7 +111,9 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
         ));
     }
     result::init().map_err(|e| {
-        Error::NoDevice(format!("the CUDA driver is installed but cuInit failed: {e}"))
+        Error::NoDevice(format!(
+            "the CUDA driver is installed but cuInit failed: {e}"
+        ))
     })?;
     let count = result::device::get_count()
         .map_err(|e| Error::NoDevice(format!("cuDeviceGetCount failed: {e}")))?;
@@ -123,7 +125,8 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
     let dev = result::device::get(ordinal as i32)
         .map_err(|e| Error::NoDevice(format!("cuDeviceGet({ordinal}): {e}")))?;
     let name = result::device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into());
-    let attr = |a| unsafe { result::device::get_attribute(dev, a) }.map_err(|e| drv("attribute", e));
+    let attr =
+        |a| unsafe { result::device::get_attribute(dev, a) }.map_err(|e| drv("attribute", e));
     let major = attr(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
     let minor = attr(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
     if major < 9 {
@@ -132,7 +135,8 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
              kernels are built for 9.0 (Hopper) and newer"
         )));
     }
-    let total_bytes = unsafe { result::device::total_mem(dev) }.map_err(|e| drv("total_mem", e))? as u64;
+    let total_bytes =
+        unsafe { result::device::total_mem(dev) }.map_err(|e| drv("total_mem", e))? as u64;
     let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(|e| drv("primary context", e))?;
     let mut inner = Inner {
         ordinal,
@@ -151,7 +155,11 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
         // The driver reads the fatbin header as 8-byte words: give it an aligned copy.
         let mut aligned = vec![0u64; image.len().div_ceil(8)];
         unsafe {
-            std::ptr::copy_nonoverlapping(image.as_ptr(), aligned.as_mut_ptr() as *mut u8, image.len())
+            std::ptr::copy_nonoverlapping(
+                image.as_ptr(),
+                aligned.as_mut_ptr() as *mut u8,
+                image.len(),
+            )
         };
         let module = unsafe { result::module::load_data(aligned.as_ptr() as *const c_void) }
             .map_err(|e| {
@@ -163,10 +171,13 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
         inner.modules.push(module);
         for &func in super::launch::kernel_names(file) {
             let c = CString::new(func).expect("kernel names have no NUL");
-            let f = unsafe { result::module::get_function(module, c) }
-                .map_err(|e| Error::Internal(format!("kernel {func} missing from {file}.cu: {e}")))?;
+            let f = unsafe { result::module::get_function(module, c) }.map_err(|e| {
+                Error::Internal(format!("kernel {func} missing from {file}.cu: {e}"))
+            })?;
             inner.funcs.insert(func.to_string(), f);
         }
     }
-    Ok(CudaDevice { inner: Arc::new(inner) })
+    Ok(CudaDevice {
+        inner: Arc::new(inner),
+    })
 }

@@ -12,15 +12,30 @@ use std::ffi::c_void;
 pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
     match file {
         "quant_matvec" => &[
-            "matvec_f32", "matvec_f16", "matvec_q4_1", "matvec_q5_0", "matvec_q8_0",
-            "matvec_q4_k", "matvec_q6_k",
+            "matvec_f32",
+            "matvec_f16",
+            "matvec_q4_1",
+            "matvec_q5_0",
+            "matvec_q8_0",
+            "matvec_q4_k",
+            "matvec_q6_k",
         ],
         "quant_matmul" => &[
-            "matmul_f32", "matmul_f16", "matmul_q4_1", "matmul_q5_0", "matmul_q8_0",
-            "matmul_q4_k", "matmul_q6_k",
+            "matmul_f32",
+            "matmul_f16",
+            "matmul_q4_1",
+            "matmul_q5_0",
+            "matmul_q8_0",
+            "matmul_q4_k",
+            "matmul_q6_k",
         ],
         "embed" => &[
-            "embed_f32", "embed_f16", "embed_q4_1", "embed_q5_0", "embed_q8_0", "embed_q4_k",
+            "embed_f32",
+            "embed_f16",
+            "embed_q4_1",
+            "embed_q5_0",
+            "embed_q8_0",
+            "embed_q4_k",
             "embed_q6_k",
         ],
         "norm" => &["rmsnorm"],
@@ -71,7 +86,9 @@ fn f32s(n: usize) -> u64 {
 /// Bytes of one weight row of `k` values; k must be a positive multiple of 32.
 fn row_bytes(ty: GgmlType, k: usize, what: &str) -> Result<u64> {
     if k == 0 || k % 32 != 0 {
-        return Err(Error::InvalidArgument(format!("{what}: row length {k} is not a positive multiple of 32")));
+        return Err(Error::InvalidArgument(format!(
+            "{what}: row length {k} is not a positive multiple of 32"
+        )));
     }
     ty.bytes_for(k as u64).ok_or_else(|| {
         Error::InvalidArgument(format!(
@@ -199,7 +216,9 @@ impl CudaDevice {
         let n_i = positive(n_tok, "matmul n_tok")?;
         let k_i = dim(k, "matmul k")?;
         if n_tok.div_ceil(8) > 65535 {
-            return Err(Error::InvalidArgument(format!("matmul: {n_tok} tokens is too many for one launch")));
+            return Err(Error::InvalidArgument(format!(
+                "matmul: {n_tok} tokens is too many for one launch"
+            )));
         }
         w.check(self, rb * rows as u64, "matmul weights")?;
         x.check(self, f32s(n_tok * k), "matmul x")?;
@@ -279,7 +298,13 @@ impl CudaDevice {
             x.ptr(), w.ptr(), x.ptr(), n as i32, eps)
     }
 
-    fn rmsnorm_check(&self, x: &DeviceBuffer, w: &DeviceBuffer, n_rows: usize, n: usize) -> Result<()> {
+    fn rmsnorm_check(
+        &self,
+        x: &DeviceBuffer,
+        w: &DeviceBuffer,
+        n_rows: usize,
+        n: usize,
+    ) -> Result<()> {
         positive(n, "rmsnorm n")?;
         if n_rows == 0 || n_rows > i32::MAX as usize {
             return Err(Error::InvalidArgument(format!("rmsnorm: {n_rows} rows")));
@@ -306,7 +331,9 @@ impl CudaDevice {
                 p.rot_dim
             )));
         }
-        let blocks = n_tok.checked_mul(n_heads).filter(|&b| b <= i32::MAX as usize);
+        let blocks = n_tok
+            .checked_mul(n_heads)
+            .filter(|&b| b <= i32::MAX as usize);
         let blocks = blocks.ok_or_else(|| Error::InvalidArgument("rope: too many heads".into()))?;
         x.check(self, f32s(blocks * head_dim), "rope x")?;
         positions.check(self, n_tok as u64 * 4, "rope positions")?;
@@ -316,7 +343,12 @@ impl CudaDevice {
     }
 
     /// A KV cache layer for `max_ctx` positions, accounted as [`MemKind::KvCache`].
-    pub fn alloc_kv_layer(&self, n_kv_heads: usize, head_dim: usize, max_ctx: usize) -> Result<KvCacheLayer> {
+    pub fn alloc_kv_layer(
+        &self,
+        n_kv_heads: usize,
+        head_dim: usize,
+        max_ctx: usize,
+    ) -> Result<KvCacheLayer> {
         positive(n_kv_heads, "n_kv_heads")?;
         positive(max_ctx, "max_ctx")?;
         if head_dim == 0 || head_dim % 32 != 0 || head_dim > 256 {
@@ -331,7 +363,13 @@ impl CudaDevice {
             .ok_or_else(|| Error::InvalidArgument("KV cache size overflows".into()))?;
         let k = self.alloc(bytes, MemKind::KvCache)?;
         let v = self.alloc(bytes, MemKind::KvCache)?;
-        Ok(KvCacheLayer { k, v, n_kv_heads, head_dim, max_ctx })
+        Ok(KvCacheLayer {
+            k,
+            v,
+            n_kv_heads,
+            head_dim,
+            max_ctx,
+        })
     }
 
     /// Store `n_tok` tokens' K and V (each n_tok x n_kv_heads x head_dim f32) at positions
@@ -345,7 +383,7 @@ impl CudaDevice {
         pos0: usize,
     ) -> Result<()> {
         positive(n_tok, "kv_store n_tok")?;
-        let end = pos0.checked_add(n_tok).unwrap_or(usize::MAX);
+        let end = pos0.saturating_add(n_tok);
         if end > cache.max_ctx {
             return Err(Error::ContextFull(format!(
                 "positions {pos0}..{end} do not fit a KV cache of {} positions",
@@ -358,8 +396,16 @@ impl CudaDevice {
         }
         k.check(self, f32s(n * cache.head_dim), "kv_store k")?;
         v.check(self, f32s(n * cache.head_dim), "kv_store v")?;
-        cache.k.check(self, (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64, "kv cache k")?;
-        cache.v.check(self, (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64, "kv cache v")?;
+        cache.k.check(
+            self,
+            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
+            "kv cache k",
+        )?;
+        cache.v.check(
+            self,
+            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
+            "kv cache v",
+        )?;
         launch!(self, "kv_store", (n as u32, 1, 1), (cache.head_dim as u32, 1, 1);
             k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), cache.n_kv_heads as i32,
             cache.head_dim as i32, cache.max_ctx as i32, pos0 as i32)
@@ -390,9 +436,11 @@ impl CudaDevice {
             )));
         }
         if n_tok > 65535 || n_heads > 65535 {
-            return Err(Error::InvalidArgument(format!("attention: {n_tok} tokens x {n_heads} heads is too many for one launch")));
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_tok} tokens x {n_heads} heads is too many for one launch"
+            )));
         }
-        let end = pos0.checked_add(n_tok).unwrap_or(usize::MAX);
+        let end = pos0.saturating_add(n_tok);
         if end > cache.max_ctx {
             return Err(Error::ContextFull(format!(
                 "positions {pos0}..{end} do not fit a KV cache of {} positions",
@@ -409,16 +457,35 @@ impl CudaDevice {
     }
 
     /// out = silu(g) * u over n values.
-    pub fn swiglu(&self, g: &DeviceBuffer, u: &DeviceBuffer, n: usize, out: &mut DeviceBuffer) -> Result<()> {
+    pub fn swiglu(
+        &self,
+        g: &DeviceBuffer,
+        u: &DeviceBuffer,
+        n: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
         self.glu("swiglu", g, u, n, out)
     }
 
     /// out = gelu_tanh(g) * u over n values (Gemma).
-    pub fn geglu(&self, g: &DeviceBuffer, u: &DeviceBuffer, n: usize, out: &mut DeviceBuffer) -> Result<()> {
+    pub fn geglu(
+        &self,
+        g: &DeviceBuffer,
+        u: &DeviceBuffer,
+        n: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
         self.glu("geglu", g, u, n, out)
     }
 
-    fn glu(&self, name: &str, g: &DeviceBuffer, u: &DeviceBuffer, n: usize, out: &mut DeviceBuffer) -> Result<()> {
+    fn glu(
+        &self,
+        name: &str,
+        g: &DeviceBuffer,
+        u: &DeviceBuffer,
+        n: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
         positive(n, name)?;
         g.check(self, f32s(n), name)?;
         u.check(self, f32s(n), name)?;
@@ -427,7 +494,13 @@ impl CudaDevice {
     }
 
     /// y[t][j] += b[j] for n_tok rows of n values.
-    pub fn add_bias(&self, y: &mut DeviceBuffer, b: &DeviceBuffer, n_tok: usize, n: usize) -> Result<()> {
+    pub fn add_bias(
+        &self,
+        y: &mut DeviceBuffer,
+        b: &DeviceBuffer,
+        n_tok: usize,
+        n: usize,
+    ) -> Result<()> {
         positive(n, "add_bias n")?;
         positive(n_tok, "add_bias n_tok")?;
         y.check(self, f32s(n_tok * n), "add_bias y")?;
@@ -468,7 +541,9 @@ impl CudaDevice {
         idx.iter()
             .enumerate()
             .map(|(r, &i)| {
-                u32::try_from(i).map_err(|_| Error::Internal(format!("argmax: row {r} of the logits is all NaN")))
+                u32::try_from(i).map_err(|_| {
+                    Error::Internal(format!("argmax: row {r} of the logits is all NaN"))
+                })
             })
             .collect()
     }

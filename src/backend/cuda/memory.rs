@@ -64,7 +64,12 @@ pub struct DeviceBuffer {
 
 impl std::fmt::Debug for DeviceBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceBuffer({} bytes, {})", self.bytes, self.kind.name())
+        write!(
+            f,
+            "DeviceBuffer({} bytes, {})",
+            self.bytes,
+            self.kind.name()
+        )
     }
 }
 
@@ -81,7 +86,9 @@ impl DeviceBuffer {
     /// Checks that the buffer belongs to `dev` and holds at least `bytes` (for `what`).
     pub(super) fn check(&self, dev: &CudaDevice, bytes: u64, what: &str) -> Result<()> {
         if !Arc::ptr_eq(&self.dev, &dev.inner) {
-            return Err(Error::InvalidArgument(format!("{what}: buffer belongs to another device")));
+            return Err(Error::InvalidArgument(format!(
+                "{what}: buffer belongs to another device"
+            )));
         }
         if (self.bytes as u64) < bytes {
             return Err(Error::InvalidArgument(format!(
@@ -129,10 +136,20 @@ impl CudaDevice {
             a.used[kind as usize] += bytes as u64;
         }
         if bytes == 0 {
-            return Ok(DeviceBuffer { ptr: 0, bytes, kind, dev: d.clone() });
+            return Ok(DeviceBuffer {
+                ptr: 0,
+                bytes,
+                kind,
+                dev: d.clone(),
+            });
         }
         match unsafe { result::malloc_sync(bytes) } {
-            Ok(ptr) => Ok(DeviceBuffer { ptr, bytes, kind, dev: d.clone() }),
+            Ok(ptr) => Ok(DeviceBuffer {
+                ptr,
+                bytes,
+                kind,
+                dev: d.clone(),
+            }),
             Err(e) => {
                 let used = {
                     let mut a = d.acct.lock();
@@ -196,8 +213,7 @@ impl CudaDevice {
 
     /// Copy host bytes into `buf` at byte `offset`.
     pub fn write(&self, buf: &mut DeviceBuffer, offset: usize, data: &[u8]) -> Result<()> {
-        let end = offset.checked_add(data.len());
-        if end.is_none_or(|e| e > buf.bytes) {
+        if offset.saturating_add(data.len()) > buf.bytes {
             return Err(Error::InvalidArgument(format!(
                 "write of {} bytes at offset {offset} into a buffer of {} bytes",
                 data.len(),
