@@ -5,6 +5,8 @@
 //! `n_tokens` rows of its width for the current forward step.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Which device a context computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
