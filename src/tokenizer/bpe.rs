@@ -4,7 +4,7 @@ use super::table::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-const NONE: u32 = u32::MAX;
+pub(crate) const NONE: u32 = u32::MAX;
 
 #[inline]
 pub(crate) fn pair_key(a: u32, b: u32) -> u64 {
@@ -52,7 +52,8 @@ pub(crate) fn inverse_table() -> [i16; 324] {
 pub(crate) struct Bpe {
     /// (left id, right id) → (rank, merged id).
     pub merges: FxHashMap<u64, (u32, u32)>,
-    /// The token of each single byte.
+    /// The token of each single byte (the unknown token, or NONE, where the vocabulary has
+    /// no token for that byte: SmolLM2 lacks a few control bytes).
     pub byte_ids: [u32; 256],
 }
 
@@ -72,9 +73,14 @@ impl Bpe {
 
     /// Apply the merges to one pre-token's bytes: repeatedly merge the adjacent pair with the
     /// lowest rank (leftmost on ties) until no pair has a merge.
-    pub(crate) fn encode_word(&self, word: &[u8], sc: &mut BpeScratch, out: &mut Vec<u32>) {
+    /// Err(byte) if the word has a byte the vocabulary cannot spell.
+    pub(crate) fn encode_word(&self, word: &[u8], sc: &mut BpeScratch, out: &mut Vec<u32>) -> Result<(), u8> {
+        if let Some(&b) = word.iter().find(|&&b| self.byte_ids[b as usize] == NONE) {
+            return Err(b);
+        }
         if word.len() > 24 {
-            return self.encode_long(word, sc, out);
+            self.encode_long(word, sc, out);
+            return Ok(());
         }
         let ids = &mut sc.ids;
         ids.clear();
@@ -93,6 +99,7 @@ impl Bpe {
             ids.remove(i + 1);
         }
         out.extend_from_slice(ids);
+        Ok(())
     }
 
     /// The same with a heap and a linked list: O(n log n) for long pieces (runs of spaces, …).

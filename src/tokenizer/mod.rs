@@ -266,12 +266,13 @@ impl Tokenizer {
                     map.entry(bpe::pair_key(ia, ib)).or_insert((rank as u32, im));
                 }
                 let chars = bpe::byte_to_char_table();
-                let mut byte_ids = [0u32; 256];
+                let mut byte_ids = [NONE; 256];
                 for (b, c) in chars.iter().enumerate() {
                     let mut s = [0u8; 4];
-                    byte_ids[b] = lookup.get(&text, c.encode_utf8(&mut s).as_bytes()).ok_or_else(|| {
-                        bad(format!("no token for byte 0x{b:02X} (byte-level {c:?}) in the vocabulary"))
-                    })?;
+                    byte_ids[b] = lookup
+                        .get(&text, c.encode_utf8(&mut s).as_bytes())
+                        .or(m.unk)
+                        .unwrap_or(NONE);
                 }
                 let whole = (pre == PreTokenizer::Llama3)
                     .then(|| StrTable::build(&bytes, |i| types[i].is_text()));
@@ -379,14 +380,21 @@ impl Tokenizer {
         let mut encode_text = |s: &str, at_start: bool, out: &mut Vec<u32>| -> Result<()> {
             match &self.kind {
                 Kind::Bpe { bpe, pre, whole } => {
+                    let mut missing = None;
                     pretok::split(*pre, s, &mut psc, |piece| {
                         if let Some(id) = whole.as_ref().and_then(|w| w.get(&self.bytes, piece.as_bytes())) {
                             out.push(id);
-                        } else {
-                            bpe.encode_word(piece.as_bytes(), &mut bsc, out);
+                        } else if let Err(b) = bpe.encode_word(piece.as_bytes(), &mut bsc, out) {
+                            missing.get_or_insert(b);
                         }
                     });
-                    Ok(())
+                    match missing {
+                        None => Ok(()),
+                        Some(b) => Err(Error::InvalidArgument(format!(
+                            "text has byte 0x{b:02X}, which this model's vocabulary cannot encode \
+                             (no byte token and no unknown token)"
+                        ))),
+                    }
                 }
                 Kind::Spm(spm) => {
                     frag.clear();
