@@ -6,11 +6,15 @@ type Run = fn(&[String]) -> Result<(), String>;
 
 /// The subcommands: name, one-line description, entry point. Adding a command is one line
 /// here (plus its `pub mod` in src/cli/mod.rs).
-const COMMANDS: &[(&str, &str, Run)] = &[(
-    "info",
-    "Show a GGUF file: version, architecture, hyper-parameters, tokenizer, tensors",
-    cli::info::run,
-)];
+const COMMANDS: &[(&str, &str, Run)] = &[
+    (
+        "info",
+        "Show a GGUF file: version, architecture, hyper-parameters, tokenizer, tensors",
+        cli::info::run,
+    ),
+    ("tokenize", "Print the token ids of a text", cli::tokenize::run),
+    ("chat-template", "Render JSON messages (stdin) with the model's chat template", cli::chat_template::run),
+];
 
 fn usage() -> String {
     let mut s = format!(

@@ -4,7 +4,9 @@
 //! (the arguments after the command name). To add one: declare it below and add one line to
 //! the `COMMANDS` table in src/main.rs.
 
+pub mod chat_template;
 pub mod info;
+pub mod tokenize;
 
 use std::io::Write;
 
