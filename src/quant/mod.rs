@@ -112,3 +112,90 @@ impl GgmlType {
         (n / bs).checked_mul(self.type_size() as u64)
     }
 }
+
+mod dequant;
+mod dot;
+mod quantize;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use dequant::dequantize;
+pub use dot::{
+    check_dot, quantize_q8, simd_level, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32,
+    vec_dot_multi, vec_dot_multi_at, BlockQ8, SimdLevel,
+};
+pub use quantize::quantize;
+
+/// What went wrong converting blocks, and where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QuantError {
+    /// A value count that is not a whole number of blocks.
+    #[error("{ty}: {n} values is not a whole number of {block}-value blocks")]
+    NotWholeBlocks { ty: &'static str, n: usize, block: usize },
+    /// A byte buffer whose length does not match the value count.
+    #[error("{ty}: {what} has {got} bytes, expected {want} ({blocks} blocks)")]
+    SizeMismatch { ty: &'static str, what: &'static str, got: usize, want: usize, blocks: usize },
+    /// The type does not support this operation.
+    #[error("{ty}: {op} is not supported for this type")]
+    Unsupported { ty: &'static str, op: &'static str },
+    /// An input value that cannot be represented (NaN, infinity, scale beyond f16).
+    #[error("{ty}: cannot quantize value {value} at index {index}: {why}")]
+    BadValue { ty: &'static str, index: usize, value: f32, why: &'static str },
+}
+
+impl From<QuantError> for crate::Error {
+    fn from(e: QuantError) -> Self {
+        match e {
+            QuantError::Unsupported { .. } => crate::Error::Unsupported(e.to_string()),
+            _ => crate::Error::InvalidArgument(e.to_string()),
+        }
+    }
+}
+
+/// Checks that `n_values` values of `ty` occupy exactly `n_bytes` bytes; returns the block count.
+pub(crate) fn check_sizes(
+    ty: GgmlType,
+    n_values: usize,
+    n_bytes: usize,
+    what: &'static str,
+) -> Result<usize, QuantError> {
+    let bs = ty.block_size();
+    if n_values % bs != 0 {
+        return Err(QuantError::NotWholeBlocks { ty: ty.name(), n: n_values, block: bs });
+    }
+    let blocks = n_values / bs;
+    let want = blocks.checked_mul(ty.type_size()).unwrap_or(usize::MAX);
+    if n_bytes != want {
+        return Err(QuantError::SizeMismatch { ty: ty.name(), what, got: n_bytes, want, blocks });
+    }
+    Ok(blocks)
+}
+
+/// Reads a little-endian f16 at `b[0..2]`.
+#[inline(always)]
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block's 12 scale bytes.
+#[inline(always)]
+pub(crate) fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
+/// The 16 signed 6-bit scales of a Q3_K block's 12 scale bytes.
+#[inline(always)]
+pub(crate) fn q3k_scales(s: &[u8]) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        let lo = if i < 8 { s[i] & 0xF } else { s[i - 8] >> 4 };
+        let hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+        *o = ((lo | (hi << 4)) as i8) - 32;
+    }
+    out
+}

@@ -1,0 +1,183 @@
+//! Portable scalar dot products: the reference every SIMD path is tested against, and the
+//! path for types without a SIMD kernel (Q2_K, Q3_K, MXFP4).
+//!
+//! Each weight block is decoded once into signed integers q and, per 16 values, a float scale
+//! and min with w = scale*q - min; each 32-value activation block then contributes
+//! scale*da*Σ q·a - min*da*Σ a per half, with the integer sums exact.
+
+use super::dot::BlockQ8;
+use super::{f16_at, k_scale_min, q3k_scales, GgmlType};
+
+/// A decoded weight block: up to 256 values as small signed integers.
+struct Decoded {
+    q: [i8; 256],
+    scale: [f32; 16],
+    min: [f32; 16],
+}
+
+/// Decodes block `b` of `ty` (sizes already checked). Only dot-supported types reach here.
+fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
+    use GgmlType::*;
+    let q = &mut o.q;
+    match ty {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 => {
+            let (d, m, qh, qs) = match ty {
+                Q4_0 => (f16_at(b, 0), 0.0, 0, 2),
+                Q4_1 => (f16_at(b, 0), f16_at(b, 2), 0, 4),
+                Q5_0 => (f16_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
+                _ => (f16_at(b, 0), f16_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
+            };
+            // Offset types (Q4_0: -8, Q5_0: -16) fold the offset into q.
+            let bias = match ty {
+                Q4_0 => 8,
+                Q5_0 => 16,
+                _ => 0,
+            };
+            for j in 0..16 {
+                let lo = (b[qs + j] & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;
+                let hi = (b[qs + j] >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32;
+                q[j] = (lo - bias) as i8;
+                q[j + 16] = (hi - bias) as i8;
+            }
+            o.scale[..2].fill(d);
+            o.min[..2].fill(-m);
+        }
+        Q8_0 => {
+            for j in 0..32 {
+                q[j] = b[2 + j] as i8;
+            }
+            o.scale[..2].fill(f16_at(b, 0));
+            o.min[..2].fill(0.0);
+        }
+        MXFP4 => {
+            const KV: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+            let e = b[0] as u32;
+            let d = f32::from_bits(if e < 2 { 0x0020_0000u32 << e } else { (e - 1) << 23 });
+            for j in 0..16 {
+                q[j] = KV[(b[1 + j] & 0xF) as usize];
+                q[j + 16] = KV[(b[1 + j] >> 4) as usize];
+            }
+            o.scale[..2].fill(d);
+            o.min[..2].fill(0.0);
+        }
+        Q2_K => {
+            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+            for (i, q) in q.iter_mut().enumerate() {
+                let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
+                *q = ((b[16 + h * 32 + l] >> (2 * s)) & 3) as i8;
+            }
+            for k in 0..16 {
+                o.scale[k] = d * (b[k] & 0xF) as f32;
+                o.min[k] = dmin * (b[k] >> 4) as f32;
+            }
+        }
+        Q3_K => {
+            let d = f16_at(b, 108);
+            let sc = q3k_scales(&b[96..108]);
+            for (i, q) in q.iter_mut().enumerate() {
+                let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
+                let lo = ((b[32 + h * 32 + l] >> (2 * s)) & 3) as i8;
+                let hbit = ((b[l] >> (h * 4 + s)) & 1) as i8;
+                *q = lo - 4 * (1 - hbit);
+            }
+            for k in 0..16 {
+                o.scale[k] = d * sc[k] as f32;
+                o.min[k] = 0.0;
+            }
+        }
+        Q4_K | Q5_K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let qs = if ty == Q5_K { 48 } else { 16 };
+            for j in 0..8 {
+                let (sc, m) = k_scale_min(&b[4..16], j);
+                for l in 0..32 {
+                    let mut v = (b[qs + (j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF;
+                    if ty == Q5_K {
+                        v |= ((b[16 + l] >> j) & 1) << 4;
+                    }
+                    q[j * 32 + l] = v as i8;
+                }
+                o.scale[2 * j..2 * j + 2].fill(d * sc as f32);
+                o.min[2 * j..2 * j + 2].fill(dmin * m as f32);
+            }
+        }
+        Q6_K => {
+            let d = f16_at(b, 208);
+            for (i, q) in q.iter_mut().enumerate() {
+                let (h, r) = (i / 128, i % 128);
+                let lo = (b[h * 64 + r % 64] >> (4 * (r / 64))) & 0xF;
+                let hi = (b[128 + h * 32 + r % 32] >> (2 * (r / 32))) & 3;
+                *q = (lo | (hi << 4)) as i8 - 32;
+            }
+            for k in 0..16 {
+                o.scale[k] = d * (b[192 + k] as i8) as f32;
+                o.min[k] = 0.0;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Types the scalar path can dot.
+pub(crate) fn supported(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+}
+
+/// `out[c]` = row · column c, for `n_cols` columns of `nb` activation blocks each, stored back
+/// to back in `acts`. Sizes already checked by the caller.
+pub(crate) fn dot(ty: GgmlType, row: &[u8], acts: &[BlockQ8], nb: usize, out: &mut [f32]) {
+    let per = ty.block_size() / 32; // activation blocks per weight block
+    let mut dec = Decoded { q: [0; 256], scale: [0.0; 16], min: [0.0; 16] };
+    out.fill(0.0);
+    for (wi, wb) in row.chunks_exact(ty.type_size()).enumerate() {
+        decode(ty, wb, &mut dec);
+        for (c, o) in out.iter_mut().enumerate() {
+            let col = &acts[c * nb + wi * per..c * nb + (wi + 1) * per];
+            let mut acc = 0.0f32;
+            for (k, a) in col.iter().enumerate() {
+                for h in 0..2 {
+                    let s = 2 * k + h;
+                    let (mut isum, mut asum) = (0i32, 0i32);
+                    for l in 0..16 {
+                        isum += dec.q[s * 16 + l] as i32 * a.qs[h * 16 + l] as i32;
+                        asum += a.qs[h * 16 + l] as i32;
+                    }
+                    acc += dec.scale[s] * a.d * isum as f32 - dec.min[s] * a.d * asum as f32;
+                }
+            }
+            *o += acc;
+        }
+    }
+}
+
+/// A row of F32/F16/BF16 dotted with f32 values (lengths already checked). Eight partial
+/// sums let the compiler vectorize.
+pub(crate) fn dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    match ty {
+        GgmlType::F32 => {
+            for (rc, xc) in row.chunks(32).zip(x.chunks(8)) {
+                for (k, (r, v)) in rc.chunks_exact(4).zip(xc).enumerate() {
+                    acc[k] += f32::from_le_bytes([r[0], r[1], r[2], r[3]]) * v;
+                }
+            }
+        }
+        GgmlType::F16 => {
+            for (rc, xc) in row.chunks(16).zip(x.chunks(8)) {
+                for (k, (r, v)) in rc.chunks_exact(2).zip(xc).enumerate() {
+                    acc[k] += half::f16::from_le_bytes([r[0], r[1]]).to_f32() * v;
+                }
+            }
+        }
+        GgmlType::BF16 => {
+            for (rc, xc) in row.chunks(16).zip(x.chunks(8)) {
+                for (k, (r, v)) in rc.chunks_exact(2).zip(xc).enumerate() {
+                    acc[k] += f32::from_bits((u16::from_le_bytes([r[0], r[1]]) as u32) << 16) * v;
+                }
+            }
+        }
+        _ => return f32::NAN,
+    }
+    acc.iter().sum()
+}

@@ -1,0 +1,336 @@
+//! The dot products: every SIMD level against the scalar path and all of them against an f64
+//! dot of the dequantized operands, on random blocks (deterministic RNG) and golden blocks.
+//!
+//! Tolerances. The integer parts of every kernel are exact (i32 sums of ≤ 256 products of
+//! |w| ≤ 128 and |a| ≤ 127). What remains is f32 rounding: each 32-value term gets ≤ 3
+//! roundings (scale products, the add), the terms are summed sequentially in at most
+//! 2*chunks steps, then a short horizontal sum. With u = 2^-24 and MAG = Σ (|w_i| + 2|o_i|)|a_i|
+//! (o_i = the block's offset/min part, which kernels apply separately, so the partial sums can
+//! be that large), |kernel - exact| ≤ (2*chunks + 8)·u·MAG, and the dequantized reference
+//! carries ≤ 3u·MAG of its own. We allow (2*chunks + 16)·2u·MAG for both comparisons.
+//! Against the unquantized f32 activations x add the 8-bit rounding: |x_i - d*q_i| ≤ d/2, so
+//! |Σ w_i x_i - Σ w_i x̂_i| ≤ Σ |w_i|·d_b/2.
+
+use half::f16;
+use llorch::quant::{
+    dequantize, quantize_q8, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32, vec_dot_multi,
+    vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel,
+};
+
+mod common;
+
+pub struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Byte offsets of the f16 scale fields of each block type.
+fn f16_fields(ty: GgmlType) -> &'static [usize] {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 => &[0],
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// Byte range of the quant bits (zeroed to find the offset part o_i of each value).
+fn quant_bytes(ty: GgmlType) -> std::ops::Range<usize> {
+    use GgmlType::*;
+    match ty {
+        Q4_0 => 2..18,
+        Q4_1 => 4..20,
+        Q5_0 => 2..22,
+        Q5_1 => 4..24,
+        Q8_0 => 2..34,
+        Q2_K => 16..80,
+        Q3_K => 0..96,
+        Q4_K => 16..144,
+        Q5_K => 16..176,
+        Q6_K => 0..192,
+        MXFP4 => 1..17,
+        _ => 0..0,
+    }
+}
+
+/// Random bytes with sane scales (|d| in [1e-3, 1e-1], either sign).
+pub fn random_row(ty: GgmlType, n_values: usize, rng: &mut Rng) -> Vec<u8> {
+    let nb = n_values / ty.block_size();
+    let ts = ty.type_size();
+    let mut row: Vec<u8> = (0..nb * ts).map(|_| rng.next() as u8).collect();
+    for b in row.chunks_exact_mut(ts) {
+        for &at in f16_fields(ty) {
+            let v = (0.001 + 0.099 * rng.unit().abs()) * if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
+            b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        }
+        if ty == GgmlType::MXFP4 {
+            b[0] = 110 + (rng.next() % 30) as u8;
+        }
+    }
+    row
+}
+
+pub struct Check {
+    pub exact: f64,   // Σ w·x̂ in f64 (x̂ the 8-bit activations)
+    pub exact_x: f64, // Σ w·x in f64
+    pub tol: f64,     // f32 summation tolerance (see the top of the file)
+    pub tol_x: f64,   // plus the 8-bit rounding of the activations
+}
+
+pub fn reference(ty: GgmlType, row: &[u8], x: &[f32], acts: &[BlockQ8]) -> Check {
+    let n = x.len();
+    let mut w = vec![0.0f32; n];
+    dequantize(ty, row, &mut w).unwrap();
+    let mut zeroed = row.to_vec();
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    for b in zeroed.chunks_exact_mut(ts) {
+        b[quant_bytes(ty)].fill(0);
+    }
+    let mut o = vec![0.0f32; n];
+    dequantize(ty, &zeroed, &mut o).unwrap();
+    let _ = bs;
+    let (mut exact, mut exact_x, mut mag, mut round) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for i in 0..n {
+        let b = &acts[i / 32];
+        let xa = b.d as f64 * b.qs[i % 32] as f64;
+        exact += w[i] as f64 * xa;
+        exact_x += w[i] as f64 * x[i] as f64;
+        mag += (w[i].abs() as f64 + 2.0 * o[i].abs() as f64) * xa.abs();
+        round += w[i].abs() as f64 * b.d as f64 / 2.0;
+    }
+    let chunks = (n / 32) as f64;
+    let tol = (2.0 * chunks + 16.0) * 2.0 * 2f64.powi(-24) * mag + 1e-30;
+    Check { exact, exact_x, tol, tol_x: tol + round * (1.0 + 1e-6) }
+}
+
+/// Checks every weight block of `row` on its own at every level: with one block the tolerance
+/// is a few u relative to that block's magnitude, so even one wrongly decoded value (about
+/// 1/32..1/256 of the block's magnitude) cannot hide in the long-row tolerance.
+fn per_block(ty: GgmlType, row: &[u8], x: &[f32], acts: &[BlockQ8], levels: &[SimdLevel]) {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    for (k, wb) in row.chunks_exact(ts).enumerate() {
+        let (xs, ab) = (&x[k * bs..(k + 1) * bs], &acts[k * bs / 32..(k + 1) * bs / 32]);
+        let c = reference(ty, wb, xs, ab);
+        for &l in levels {
+            let got = vec_dot_at(l, ty, wb, ab) as f64;
+            assert!(
+                (got - c.exact).abs() <= c.tol,
+                "{} block {k} {l:?}: {got} vs {} (tol {:e})",
+                ty.name(),
+                c.exact,
+                c.tol
+            );
+        }
+    }
+}
+
+fn random_acts(n: usize, rng: &mut Rng) -> (Vec<f32>, Vec<BlockQ8>) {
+    // Mixed magnitudes per block, as activations have.
+    let x: Vec<f32> = (0..n)
+        .map(|i| rng.unit() * if (i / 32) % 3 == 0 { 10.0 } else { 0.5 })
+        .collect();
+    let mut a = vec![BlockQ8::default(); n / 32];
+    quantize_q8(&x, &mut a);
+    (x, a)
+}
+
+pub const DOT_TYPES: [GgmlType; 11] = {
+    use GgmlType::*;
+    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4]
+};
+
+fn levels() -> Vec<SimdLevel> {
+    let l: Vec<_> = SimdLevel::ALL.into_iter().filter(|l| l.available()).collect();
+    eprintln!("levels: {:?}", l);
+    l
+}
+
+#[test]
+fn quantize_q8_rounds_to_nearest() {
+    let mut rng = Rng(1);
+    let (x, a) = random_acts(32 * 64, &mut rng);
+    for (xb, b) in x.chunks(32).zip(&a) {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!((b.d - amax / 127.0).abs() <= amax * 1e-7);
+        let mut sum = 0i32;
+        for (v, q) in xb.iter().zip(b.qs) {
+            // |x - d q| <= d/2, plus one f32 rounding of x/d.
+            assert!((v - b.d * q as f32).abs() <= b.d * (0.5 + 1e-5), "{v} vs {q}*{}", b.d);
+            sum += q as i32;
+        }
+        assert_eq!(b.s, b.d * sum as f32);
+    }
+    // Zeros: d = 0, no NaN.
+    let mut z = [BlockQ8::default(); 1];
+    quantize_q8(&[0.0; 32], &mut z);
+    assert_eq!((z[0].d, z[0].s, z[0].qs), (0.0, 0.0, [0; 32]));
+}
+
+#[test]
+fn every_level_matches_scalar_and_reference() {
+    let levels = levels();
+    let mut rng = Rng(2024);
+    for ty in DOT_TYPES {
+        assert!(supported_for_dot(ty), "{}", ty.name());
+        for &n in &[256usize, 4864, 896 * 2] {
+            if n % ty.block_size() != 0 {
+                continue;
+            }
+            for _rep in 0..4 {
+                let row = random_row(ty, n, &mut rng);
+                let (x, acts) = random_acts(n, &mut rng);
+                let c = reference(ty, &row, &x, &acts);
+                let scalar = vec_dot_at(SimdLevel::Scalar, ty, &row, &acts);
+                per_block(ty, &row, &x, &acts, &levels);
+                for &l in &levels {
+                    let got = vec_dot_at(l, ty, &row, &acts) as f64;
+                    assert!(
+                        (got - c.exact).abs() <= c.tol,
+                        "{} n={n} {l:?}: {got} vs exact {} (tol {:e})",
+                        ty.name(),
+                        c.exact,
+                        c.tol
+                    );
+                    assert!((got - c.exact_x).abs() <= c.tol_x, "{} {l:?}: vs f32 acts", ty.name());
+                    // Two implementations, each within tol of the exact value.
+                    assert!((got - scalar as f64).abs() <= 2.0 * c.tol, "{} {l:?} vs scalar", ty.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn golden_blocks_dot() {
+    let levels = levels();
+    let mut rng = Rng(99);
+    for ty in DOT_TYPES {
+        let path = common::golden_dir().join(format!("quant/{}.blocks", ty.name()));
+        let row = std::fs::read(path).unwrap();
+        let n = row.len() / ty.type_size() * ty.block_size();
+        let (x, acts) = random_acts(n, &mut rng);
+        let c = reference(ty, &row, &x, &acts);
+        per_block(ty, &row, &x, &acts, &levels);
+        for &l in &levels {
+            let got = vec_dot_at(l, ty, &row, &acts) as f64;
+            eprintln!(
+                "{} {l:?}: exact {:.6e} err {:.2e} tol {:.2e} (tol/|exact| {:.1e})",
+                ty.name(),
+                c.exact,
+                (got - c.exact).abs(),
+                c.tol,
+                c.tol / c.exact.abs()
+            );
+            assert!((got - c.exact).abs() <= c.tol, "{} {l:?}: {got} vs {}", ty.name(), c.exact);
+        }
+    }
+}
+
+#[test]
+fn multi_matches_single() {
+    let levels = levels();
+    let mut rng = Rng(5);
+    for ty in DOT_TYPES {
+        let n = 1024;
+        let row = random_row(ty, n, &mut rng);
+        for n_cols in [1usize, 2, 3, 4, 5, 7, 8, 9, 13] {
+            let (x, acts) = random_acts(n * n_cols, &mut rng);
+            let nb = n / 32;
+            for &l in &levels {
+                let mut out = vec![f32::NAN; n_cols];
+                vec_dot_multi_at(l, ty, &row, &acts, n_cols, &mut out).unwrap();
+                for c in 0..n_cols {
+                    let col = &acts[c * nb..(c + 1) * nb];
+                    let chk = reference(ty, &row, &x[c * n..(c + 1) * n], col);
+                    let single = vec_dot_at(l, ty, &row, col);
+                    assert!(
+                        (out[c] as f64 - chk.exact).abs() <= chk.tol,
+                        "{} {l:?} cols={n_cols} col {c}: {} vs {}",
+                        ty.name(),
+                        out[c],
+                        chk.exact
+                    );
+                    // Same kernel arithmetic per column, only register blocking differs.
+                    assert!((out[c] - single).abs() as f64 <= 2.0 * chk.tol, "{} {l:?} multi vs single", ty.name());
+                }
+            }
+            let mut out = vec![0.0; n_cols];
+            vec_dot_multi(ty, &row, &acts, n_cols, &mut out);
+            assert!(out.iter().all(|v| v.is_finite()));
+        }
+    }
+}
+
+#[test]
+fn forced_level_env_is_honoured() {
+    // The process-wide level is decided once; a child process checks LLORCH_SIMD=scalar.
+    if std::env::var("QUANT_DOT_CHILD").is_ok() {
+        assert_eq!(llorch::quant::simd_level(), SimdLevel::Scalar);
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["forced_level_env_is_honoured", "--exact", "--nocapture"])
+        .env("QUANT_DOT_CHILD", "1")
+        .env("LLORCH_SIMD", "scalar")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
+#[test]
+fn f32_rows() {
+    let mut rng = Rng(3);
+    for n in [1usize, 7, 16, 100, 896] {
+        let x: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let w: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            let (row, wq): (Vec<u8>, Vec<f32>) = match ty {
+                GgmlType::F32 => (w.iter().flat_map(|v| v.to_le_bytes()).collect(), w.clone()),
+                GgmlType::F16 => (
+                    w.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+                    w.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
+                ),
+                _ => (
+                    w.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+                    w.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect(),
+                ),
+            };
+            let exact: f64 = wq.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let mag: f64 = wq.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            let got = vec_dot_f32(ty, &row, &x) as f64;
+            // n sequential f32 adds at most (plus the product rounding): (n+2)u·Σ|w x|.
+            assert!((got - exact).abs() <= (n as f64 + 2.0) * 2f64.powi(-24) * mag, "{ty:?} n={n}");
+        }
+    }
+    assert!(vec_dot_f32(GgmlType::F32, &[0; 8], &[1.0]).is_nan());
+    assert!(vec_dot_f32(GgmlType::Q8_0, &[0; 34], &[1.0; 32]).is_nan());
+}
+
+#[test]
+fn bad_sizes_give_nan_not_panic() {
+    let acts = vec![BlockQ8::default(); 8];
+    assert!(vec_dot(GgmlType::Q4_K, &[0u8; 143], &acts).is_nan());
+    assert!(vec_dot(GgmlType::Q4_K, &[0u8; 144], &acts[..7]).is_nan());
+    assert!(vec_dot(GgmlType::Q8_K, &[0u8; 292], &acts).is_nan());
+    assert!(vec_dot(GgmlType::F32, &[0u8; 1024], &acts).is_nan());
+    assert_eq!(vec_dot(GgmlType::Q4_K, &[0u8; 144], &acts), 0.0);
+    let mut out = [0.0f32; 3];
+    vec_dot_multi(GgmlType::Q8_0, &[0u8; 34], &acts, 3, &mut out);
+    assert!(out.iter().all(|v| v.is_nan()));
+    let e = vec_dot_multi_at(SimdLevel::Scalar, GgmlType::Q8_0, &[0u8; 34], &acts, 0, &mut []);
+    assert!(e.is_err());
+}
