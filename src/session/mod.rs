@@ -2,17 +2,19 @@
 //! UTF-8 characters. A session owns its KV cache.
 
 pub mod perplexity;
+mod state;
 mod stop;
 
-use crate::backend::cpu::{CpuState, CpuStep, Tap};
-use crate::model::recipe::{forward, Logits};
-use crate::model::{Bound, Model, Reservation};
+use crate::backend::cpu::Tap;
+use crate::model::recipe::Logits;
+use crate::model::{Model, Reservation};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use state::State;
 use stop::StopMatcher;
 
 /// Default KV cache length when the caller asks for "the model's": training contexts of
@@ -78,7 +80,7 @@ pub struct GenerateStats {
 /// cancel flag.
 pub struct Session {
     model: Arc<Model>,
-    state: CpuState,
+    state: State,
     _reservation: Reservation,
     n_ctx: usize,
     /// Tokens whose keys and values are in the cache.
@@ -105,10 +107,8 @@ impl Session {
         let hp = model.hparams();
         let reservation = model
             .context()
-            .reserve(CpuState::kv_bytes(hp, n_ctx), "the session's KV cache")?;
-        let state = match &model.bound {
-            Bound::Cpu(_) => CpuState::new(hp, n_ctx)?,
-        };
+            .reserve(State::kv_bytes(hp, n_ctx), "the session's KV cache")?;
+        let state = State::new(&model, n_ctx)?;
         Ok(Session {
             model,
             state,
@@ -154,16 +154,12 @@ impl Session {
 
     /// Record intermediate values of the next forward steps (for verification).
     pub fn set_taps(&mut self, on: bool) {
-        self.state.taps = on.then(Vec::new);
+        self.state.set_taps(on);
     }
 
     /// The intermediate values recorded since taps were turned on.
     pub fn take_taps(&mut self) -> Vec<Tap> {
-        self.state
-            .taps
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+        self.state.take_taps()
     }
 
     /// Feed tokens to the model (appending them to the conversation) and return the logits of
@@ -207,7 +203,6 @@ impl Session {
         all.extend_from_slice(tokens);
         let cancel = self.cancel.clone();
         let cancelled = move || cancel.load(Ordering::Relaxed);
-        let vocab = self.model.vocab_size();
         let chunks: Vec<&[u32]> = all.chunks(PREFILL_CHUNK).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
@@ -217,19 +212,9 @@ impl Session {
                 Logits::Last
             };
             let pos0 = self.history.len();
-            match &self.model.bound {
-                Bound::Cpu(m) => {
-                    let mut step = CpuStep::new(m, &mut self.state, chunk, pos0)?;
-                    forward(&mut step, &self.model.recipe, mode, &cancelled)?;
-                }
-            }
+            let want = if which == Logits::All || last { out.as_deref_mut() } else { None };
+            self.state.step(&self.model, chunk, pos0, mode, &cancelled, want)?;
             self.history.extend_from_slice(chunk);
-            if let Some(out) = out.as_deref_mut() {
-                let rows = if mode == Logits::All { chunk.len() } else { 1 };
-                if which == Logits::All || last {
-                    out.extend_from_slice(&self.state.logits(rows)[..rows * vocab]);
-                }
-            }
         }
         Ok(())
     }
