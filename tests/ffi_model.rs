@@ -200,7 +200,7 @@ fn metadata_template_and_tokens() {
             ),
             err,
         );
-        assert!(len >= 3 && len <= 8, "{len} tokens");
+        assert!((3..=8).contains(&len), "{len} tokens");
         let mut out = null_mut();
         let mut out_len = 0usize;
         ok(
