@@ -12,8 +12,16 @@ const COMMANDS: &[(&str, &str, Run)] = &[
         "Show a GGUF file: version, architecture, hyper-parameters, tokenizer, tensors",
         cli::info::run,
     ),
-    ("tokenize", "Print the token ids of a text", cli::tokenize::run),
-    ("chat-template", "Render JSON messages (stdin) with the model's chat template", cli::chat_template::run),
+    (
+        "tokenize",
+        "Print the token ids of a text",
+        cli::tokenize::run,
+    ),
+    (
+        "chat-template",
+        "Render JSON messages (stdin) with the model's chat template",
+        cli::chat_template::run,
+    ),
 ];
 
 fn usage() -> String {

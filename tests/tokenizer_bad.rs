@@ -7,7 +7,9 @@ use llorch::Error;
 
 /// The GPT-2 byte-level alphabet: the character that stands for each byte.
 fn byte_char(b: u8) -> char {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
     if printable(b as u32) {
         return char::from_u32(b as u32).unwrap();
     }
@@ -31,7 +33,12 @@ impl Bpe {
         let mut types = vec![1; tokens.len()];
         types[260] = 3;
         types[261] = 4;
-        Bpe { tokens, types, merges: ["a b", "ab c", "Ġ ab"].map(String::from).to_vec(), pre: None }
+        Bpe {
+            tokens,
+            types,
+            merges: ["a b", "ab c", "Ġ ab"].map(String::from).to_vec(),
+            pre: None,
+        }
     }
     fn writer(&self) -> GgufWriter {
         let mut w = GgufWriter::new();
@@ -55,7 +62,9 @@ fn build(w: &GgufWriter) -> llorch::Result<Tokenizer> {
 
 fn expect_bad(w: &GgufWriter, what: &str, needle: &str) {
     match build(w) {
-        Err(Error::BadModel(m)) => assert!(m.contains(needle), "{what}: message {m:?} lacks {needle:?}"),
+        Err(Error::BadModel(m)) => {
+            assert!(m.contains(needle), "{what}: message {m:?} lacks {needle:?}")
+        }
         Err(e) => panic!("{what}: expected BadModel, got {e:?}"),
         Ok(_) => panic!("{what}: accepted"),
     }
@@ -71,17 +80,29 @@ fn tiny_bpe_encodes_as_worked_by_hand() {
     assert_eq!(tok.vocab_size(), 262);
     // "abc" → a b c → ab c → abc; " ab" → Ġ a b → Ġ ab → Ġab; "abd": ab d.
     assert_eq!(tok.encode("abc", true, true).unwrap(), [257]);
-    assert_eq!(tok.encode("abc ab abd", true, false).unwrap(), [257, 258, 258, id('d')]);
+    assert_eq!(
+        tok.encode("abc ab abd", true, false).unwrap(),
+        [257, 258, 258, id('d')]
+    );
     // Without the merges path "xyz" is three bytes even though the vocabulary has it whole
     // (GPT-2 split); control text only becomes the token with parse_special, user-defined always.
-    assert_eq!(tok.encode("xyz", true, false).unwrap(), [id('x'), id('y'), id('z')]);
+    assert_eq!(
+        tok.encode("xyz", true, false).unwrap(),
+        [id('x'), id('y'), id('z')]
+    );
     assert_eq!(tok.encode("a<|end|>", true, false).unwrap(), [id('a'), 260]);
     assert_eq!(tok.encode("<|end|>", false, false).unwrap().len(), 7);
-    assert_eq!(tok.encode("a<tool>b", false, false).unwrap(), [id('a'), 261, id('b')]);
+    assert_eq!(
+        tok.encode("a<tool>b", false, false).unwrap(),
+        [id('a'), 261, id('b')]
+    );
     assert!(tok.is_eog(260) && !tok.is_eog(261));
     // Every byte value round-trips (0x00–0xFF as text where valid UTF-8).
     let s = "\u{0}\t\n é€😀 \u{7f}";
-    assert_eq!(tok.decode(&tok.encode(s, true, false).unwrap()).unwrap(), s.as_bytes());
+    assert_eq!(
+        tok.decode(&tok.encode(s, true, false).unwrap()).unwrap(),
+        s.as_bytes()
+    );
 }
 
 #[test]
@@ -91,7 +112,10 @@ fn llama_bpe_takes_whole_vocabulary_words() {
     b.pre = Some("llama-bpe".into());
     let tok = build(&b.writer()).unwrap();
     assert_eq!(tok.encode("xyz", true, false).unwrap(), [259]);
-    assert_eq!(tok.encode("abc xyz", true, false).unwrap(), [257, id('Ġ'), id('x'), id('y'), id('z')]);
+    assert_eq!(
+        tok.encode("abc xyz", true, false).unwrap(),
+        [257, id('Ġ'), id('x'), id('y'), id('z')]
+    );
 }
 
 #[test]
@@ -117,7 +141,11 @@ fn inconsistent_bpe_metadata_is_bad_model() {
     expect_bad(&b.writer(), "merge without a space", "not two tokens");
     let mut b = Bpe::new();
     b.types.pop();
-    expect_bad(&b.writer(), "token_type length", "token_type has 261 entries");
+    expect_bad(
+        &b.writer(),
+        "token_type length",
+        "token_type has 261 entries",
+    );
     let mut b = Bpe::new();
     b.types[5] = 42;
     expect_bad(&b.writer(), "token type value", "unknown token type 42");
@@ -155,8 +183,14 @@ fn inconsistent_bpe_metadata_is_bad_model() {
 fn bad_input_is_an_error() {
     let tok = build(&Bpe::new().writer()).unwrap();
     let e = tok.encode_bytes(b"ok\xC3(", true, false).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("offset 2")), "{e:?}");
-    assert_eq!(tok.encode_bytes("é".as_bytes(), true, false).unwrap().len(), 2);
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("offset 2")),
+        "{e:?}"
+    );
+    assert_eq!(
+        tok.encode_bytes("é".as_bytes(), true, false).unwrap().len(),
+        2
+    );
     assert!(matches!(tok.decode(&[1, 262]), Err(Error::InvalidArgument(m)) if m.contains("262")));
     assert!(tok.decode(&[u32::MAX]).is_err());
     assert!(tok.token_bytes(262).is_err());
@@ -169,7 +203,10 @@ fn bad_input_is_an_error() {
     b.tokens[1] = "\u{1}".into(); // replaces the byte-level character of 0x01
     let tok = build(&b.writer()).unwrap();
     let e = tok.encode("a\u{1}", true, false).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("0x01")), "{e:?}");
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("0x01")),
+        "{e:?}"
+    );
 }
 
 /// A SentencePiece vocabulary: control tokens, byte tokens, pieces with scores.
@@ -202,12 +239,22 @@ fn spm_writer(pieces: &[(&str, f32)], add_space_prefix: bool) -> GgufWriter {
 #[test]
 fn tiny_spm_merges_by_score_with_byte_fallback() {
     // ids: 259 ▁, 260 a, 261 b, 262 ab, 263 ▁a, 264 ▁ab
-    let pieces = [("▁", -1.0), ("a", -1.0), ("b", -1.0), ("ab", -2.0), ("▁a", -3.0), ("▁ab", -4.0)];
+    let pieces = [
+        ("▁", -1.0),
+        ("a", -1.0),
+        ("b", -1.0),
+        ("ab", -2.0),
+        ("▁a", -3.0),
+        ("▁ab", -4.0),
+    ];
     let tok = build(&spm_writer(&pieces, true)).unwrap();
     // "▁ab": pairs (▁,a) -3 and (a,b) -2 → ab first, then (▁,ab) → ▁ab. BOS by default for SPM.
     assert_eq!(tok.encode("ab", false, true).unwrap(), [1, 264]);
     // "é" has no piece: its two UTF-8 bytes as <0xC3><0xA9>.
-    assert_eq!(tok.encode("aé", false, false).unwrap(), [263, 3 + 0xC3, 3 + 0xA9]);
+    assert_eq!(
+        tok.encode("aé", false, false).unwrap(),
+        [263, 3 + 0xC3, 3 + 0xA9]
+    );
     // Control tokens as text only become tokens with parse_special; <0x41> never does.
     assert_eq!(tok.encode("a</s>", true, false).unwrap(), [263, 2]);
     assert_eq!(tok.encode("<0x41>", true, false).unwrap().len(), 7); // ▁ and six bytes

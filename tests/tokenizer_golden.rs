@@ -16,7 +16,11 @@ fn load(model: &str) -> (Gguf, Tokenizer) {
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn check_golden(model: &str, golden: &str) {
@@ -32,11 +36,18 @@ fn check_golden(model: &str, golden: &str) {
             let got = tok.encode(text, true, add_bos).unwrap();
             if got != want {
                 let pieces: Vec<String> = want.iter().map(|&i| tok.token_text(i)).collect();
-                failures.push(format!("{mode} {text:?}\n  got  {got:?}\n  want {want:?} {pieces:?}"));
+                failures.push(format!(
+                    "{mode} {text:?}\n  got  {got:?}\n  want {want:?} {pieces:?}"
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{model}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{model}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -58,7 +69,10 @@ fn golden_ids_gemma() {
 struct Lcg(u64);
 impl Lcg {
     fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % n as u64) as usize
     }
 }
@@ -92,18 +106,33 @@ fn check_roundtrip(model: &str, golden: &str) {
         for parse_special in [true, false] {
             let ids = tok.encode(text, parse_special, false).unwrap();
             let back = tok.decode(&ids).unwrap();
-            assert_eq!(String::from_utf8(back).unwrap(), text, "{model} decode(encode({text:?}))");
+            assert_eq!(
+                String::from_utf8(back).unwrap(),
+                text,
+                "{model} decode(encode({text:?}))"
+            );
             // One step per token, then every single split point (each step may end mid-character).
             let each: Vec<usize> = (1..ids.len()).collect();
-            assert_eq!(stream(&tok, &ids, &each), text, "{model} token by token {text:?}");
+            assert_eq!(
+                stream(&tok, &ids, &each),
+                text,
+                "{model} token by token {text:?}"
+            );
             for cut in 0..=ids.len() {
-                assert_eq!(stream(&tok, &ids, &[cut]), text, "{model} split at {cut} {text:?}");
+                assert_eq!(
+                    stream(&tok, &ids, &[cut]),
+                    text,
+                    "{model} split at {cut} {text:?}"
+                );
             }
         }
     }
     // A long sequence: all the strings together, random step sizes.
     let ids = tok.encode(&long_text, true, false).unwrap();
-    assert_eq!(String::from_utf8(tok.decode(&ids).unwrap()).unwrap(), long_text);
+    assert_eq!(
+        String::from_utf8(tok.decode(&ids).unwrap()).unwrap(),
+        long_text
+    );
     for _ in 0..200 {
         let mut cuts = Vec::new();
         let mut at = 0;
@@ -114,7 +143,11 @@ fn check_roundtrip(model: &str, golden: &str) {
             }
             cuts.push(at);
         }
-        assert_eq!(stream(&tok, &ids, &cuts), long_text, "{model} random steps {cuts:?}");
+        assert_eq!(
+            stream(&tok, &ids, &cuts),
+            long_text,
+            "{model} random steps {cuts:?}"
+        );
     }
 }
 
@@ -135,7 +168,10 @@ fn roundtrip_and_stream_gemma() {
 
 fn check_chat(model: &str, golden: &str) {
     let (g, tok) = load(model);
-    let template = g.get_str("tokenizer.chat_template").unwrap().expect("model has a chat template");
+    let template = g
+        .get_str("tokenizer.chat_template")
+        .unwrap()
+        .expect("model has a chat template");
     let gold = golden_json(golden);
     let cases = gold["chat"].as_array().unwrap();
     assert!(!cases.is_empty());
@@ -153,7 +189,11 @@ fn check_chat(model: &str, golden: &str) {
             .collect();
         let agp = c["add_generation_prompt"].as_bool().unwrap();
         let got = chat::render(template, &messages, agp, &bos, &eos).unwrap();
-        assert_eq!(got, c["rendered"].as_str().unwrap(), "{model} chat {messages:?}");
+        assert_eq!(
+            got,
+            c["rendered"].as_str().unwrap(),
+            "{model} chat {messages:?}"
+        );
     }
 }
 
@@ -171,7 +211,10 @@ fn chat_template_smollm() {
 fn gemma_has_no_template_and_eog_tokens() {
     let (g, tok) = load(GEMMA3);
     assert_eq!(g.get_str("tokenizer.chat_template").unwrap(), None);
-    assert!(golden_json("tokenize_gemma3.json")["chat"].as_array().unwrap().is_empty());
+    assert!(golden_json("tokenize_gemma3.json")["chat"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     let eot = tok.special_id("<end_of_turn>").unwrap();
     assert!(tok.is_eog(eot) && tok.is_eog(tok.eos_id().unwrap()));
     assert!(!tok.is_eog(tok.bos_id().unwrap()));
@@ -185,7 +228,10 @@ fn eog_tokens_qwen_smollm() {
         for t in ["<|im_end|>", "<|endoftext|>"] {
             assert!(tok.is_eog(tok.special_id(t).unwrap()), "{model} {t}");
         }
-        assert!(!tok.is_eog(tok.special_id("<|im_start|>").unwrap()), "{model}");
+        assert!(
+            !tok.is_eog(tok.special_id("<|im_start|>").unwrap()),
+            "{model}"
+        );
         let hello = tok.encode("Hello", false, false).unwrap();
         assert!(!tok.is_eog(hello[0]));
     }
@@ -195,8 +241,14 @@ fn eog_tokens_qwen_smollm() {
 fn special_tokens_are_text_without_parse_special() {
     let (_g, tok) = load(QWEN_05B);
     let plain = tok.encode("<|im_start|>user", false, false).unwrap();
-    assert!(!plain.contains(&tok.special_id("<|im_start|>").unwrap()), "{plain:?}");
-    assert_eq!(String::from_utf8(tok.decode(&plain).unwrap()).unwrap(), "<|im_start|>user");
+    assert!(
+        !plain.contains(&tok.special_id("<|im_start|>").unwrap()),
+        "{plain:?}"
+    );
+    assert_eq!(
+        String::from_utf8(tok.decode(&plain).unwrap()).unwrap(),
+        "<|im_start|>user"
+    );
     let parsed = tok.encode("<|im_start|>user", true, false).unwrap();
     assert_eq!(parsed[0], 151644);
 }
@@ -218,7 +270,11 @@ fn check_long_text(model: &str, golden_count: Option<usize>) {
     let mut start = 0;
     let b = text.as_bytes();
     for i in 1..b.len() - 1 {
-        if i - start > 500 && b[i] == b' ' && b[i - 1].is_ascii_alphabetic() && b[i + 1].is_ascii_alphabetic() {
+        if i - start > 500
+            && b[i] == b' '
+            && b[i - 1].is_ascii_alphabetic()
+            && b[i + 1].is_ascii_alphabetic()
+        {
             parts.extend(tok.encode(&text[start..i], true, false).unwrap());
             start = i;
         }
@@ -226,18 +282,25 @@ fn check_long_text(model: &str, golden_count: Option<usize>) {
     parts.extend(tok.encode(&text[start..], true, false).unwrap());
     assert!(text.len() / start < 30, "too few chunks");
     assert_eq!(whole, parts, "{model}: whole text vs chunk by chunk");
-    assert_eq!(String::from_utf8(tok.decode(&whole).unwrap()).unwrap(), text);
+    assert_eq!(
+        String::from_utf8(tok.decode(&whole).unwrap()).unwrap(),
+        text
+    );
 }
 
 #[test]
 fn long_text_qwen() {
-    let n = golden_json("qwen25coder05b.json")["perplexity"][0]["text_tokens"].as_u64().unwrap();
+    let n = golden_json("qwen25coder05b.json")["perplexity"][0]["text_tokens"]
+        .as_u64()
+        .unwrap();
     check_long_text(QWEN_05B, Some(n as usize));
 }
 
 #[test]
 fn long_text_smollm() {
-    let n = golden_json("smollm2_135m.json")["perplexity"][0]["text_tokens"].as_u64().unwrap();
+    let n = golden_json("smollm2_135m.json")["perplexity"][0]["text_tokens"]
+        .as_u64()
+        .unwrap();
     check_long_text(SMOLLM2, Some(n as usize));
 }
 
@@ -250,12 +313,19 @@ fn long_text_gemma() {
 /// (template + special tokens + BOS rule end to end).
 #[test]
 fn model_golden_prompt_ids() {
-    for (model, file) in [(QWEN_05B, "qwen25coder05b.json"), (SMOLLM2, "smollm2_135m.json")] {
+    for (model, file) in [
+        (QWEN_05B, "qwen25coder05b.json"),
+        (SMOLLM2, "smollm2_135m.json"),
+    ] {
         let (g, tok) = load(model);
         let gold = golden_json(file);
         for p in gold["prompts"].as_array().unwrap() {
             let text = p["text"].as_str().unwrap();
-            assert_eq!(tok.encode(text, true, true).unwrap(), ids_of(&p["ids"]), "{model} {text:?}");
+            assert_eq!(
+                tok.encode(text, true, true).unwrap(),
+                ids_of(&p["ids"]),
+                "{model} {text:?}"
+            );
         }
         let template = g.get_str("tokenizer.chat_template").unwrap().unwrap();
         for h in gold["haiku"].as_array().into_iter().flatten() {
@@ -263,9 +333,16 @@ fn model_golden_prompt_ids() {
             let user = format!(
                 "Write a haiku about GPU computing that includes the word \"{word}\". Output only the haiku."
             );
-            let msgs = [ChatMessage { role: "user".into(), content: user }];
+            let msgs = [ChatMessage {
+                role: "user".into(),
+                content: user,
+            }];
             let prompt = chat::render(template, &msgs, true, "", "").unwrap();
-            assert_eq!(tok.encode(&prompt, true, true).unwrap(), ids_of(&h["prompt_ids"]), "{model} {word}");
+            assert_eq!(
+                tok.encode(&prompt, true, true).unwrap(),
+                ids_of(&h["prompt_ids"]),
+                "{model} {word}"
+            );
         }
     }
 }

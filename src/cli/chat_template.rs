@@ -27,7 +27,11 @@ struct Msg {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &["--no-generation-prompt"], &["-m", "--model", "--template"])?;
+    let a = Args::parse(
+        args,
+        &["--no-generation-prompt"],
+        &["-m", "--model", "--template"],
+    )?;
     if a.help {
         return print_out(USAGE);
     }
@@ -46,11 +50,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| format!("reading messages from standard input: {e}"))?;
-    let msgs: Vec<Msg> = serde_json::from_str(&input)
-        .map_err(|e| format!("messages on stdin: expected a JSON list of {{role, content}}: {e}"))?;
+    let msgs: Vec<Msg> = serde_json::from_str(&input).map_err(|e| {
+        format!("messages on stdin: expected a JSON list of {{role, content}}: {e}")
+    })?;
     let messages: Vec<ChatMessage> = msgs
         .into_iter()
-        .map(|m| ChatMessage { role: m.role, content: m.content })
+        .map(|m| ChatMessage {
+            role: m.role,
+            content: m.content,
+        })
         .collect();
     let text_of = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();
     let out = chat::render(

@@ -35,7 +35,11 @@ pub fn model_arg(a: &Args) -> Result<&str, String> {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &["--no-special", "--bos", "--pieces"], &["-m", "--model"])?;
+    let a = Args::parse(
+        args,
+        &["--no-special", "--bos", "--pieces"],
+        &["-m", "--model"],
+    )?;
     if a.help {
         return print_out(USAGE);
     }

@@ -17,7 +17,8 @@ pub(crate) fn byte_to_char_table() -> [char; 256] {
     let mut t = ['\0'; 256];
     let mut shifted = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         t[b as usize] = if printable {
             char::from_u32(b).unwrap_or('\0')
         } else {
@@ -61,7 +62,7 @@ pub(crate) struct Bpe {
 #[derive(Default)]
 pub(crate) struct BpeScratch {
     ids: Vec<u32>,
-    syms: Vec<(u32, u32, u32)>, // (id, prev, next)
+    syms: Vec<(u32, u32, u32)>,                      // (id, prev, next)
     heap: BinaryHeap<Reverse<(u32, u32, u32, u32)>>, // (rank, pos, left id, right id)
 }
 
@@ -74,7 +75,12 @@ impl Bpe {
     /// Apply the merges to one pre-token's bytes: repeatedly merge the adjacent pair with the
     /// lowest rank (leftmost on ties) until no pair has a merge.
     /// Err(byte) if the word has a byte the vocabulary cannot spell.
-    pub(crate) fn encode_word(&self, word: &[u8], sc: &mut BpeScratch, out: &mut Vec<u32>) -> Result<(), u8> {
+    pub(crate) fn encode_word(
+        &self,
+        word: &[u8],
+        sc: &mut BpeScratch,
+        out: &mut Vec<u32>,
+    ) -> Result<(), u8> {
         if let Some(&b) = word.iter().find(|&&b| self.byte_ids[b as usize] == NONE) {
             return Err(b);
         }
@@ -127,7 +133,9 @@ impl Bpe {
             if id != a || next == NONE || syms[next as usize].0 != b {
                 continue;
             }
-            let Some((_, m)) = self.merge_of(a, b) else { continue };
+            let Some((_, m)) = self.merge_of(a, b) else {
+                continue;
+            };
             let after = syms[next as usize].2;
             syms[pos as usize] = (m, prev, after);
             syms[next as usize].0 = NONE; // dead

@@ -22,12 +22,16 @@ pub fn render(
     env.set_keep_trailing_newline(false);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
     env.add_filter("tojson", tojson);
-    env.add_template("chat", template)
-        .map_err(|e| Error::InvalidArgument(format!("chat template does not parse: {}", describe(&e))))?;
+    env.add_template("chat", template).map_err(|e| {
+        Error::InvalidArgument(format!("chat template does not parse: {}", describe(&e)))
+    })?;
     let tmpl = env
         .get_template("chat")
         .map_err(|e| Error::Internal(format!("chat template: {e}")))?;
@@ -104,7 +108,10 @@ fn write_json(
                     out.push_str(sep);
                 }
                 newline(out, depth + 1);
-                let ks = k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string());
+                let ks = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| k.to_string());
                 out.push_str(&serde_json::to_string(&ks).unwrap_or_default());
                 out.push_str(": ");
                 write_json(&v.get_item(k)?, indent, depth + 1, out)?;
@@ -129,7 +136,10 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 
     #[test]
@@ -141,7 +151,8 @@ mod tests {
 
     #[test]
     fn tojson_is_python_style() {
-        let t = "{{ messages[0] | tojson }}|{{ messages | length }}|{{ messages[0].content.strip() }}";
+        let t =
+            "{{ messages[0] | tojson }}|{{ messages | length }}|{{ messages[0].content.strip() }}";
         let out = render(t, &[msg("user", " <a> ")], false, "", "").unwrap();
         assert_eq!(out, r#"{"role": "user", "content": " <a> "}|1|<a>"#);
     }

@@ -256,10 +256,9 @@ impl Tokenizer {
                     bytes.push(if raw { t.as_bytes() } else { &buf });
                 }
                 let lookup = StrTable::build(&text, |_| true);
-                let merges = m
-                    .merges
-                    .as_ref()
-                    .ok_or_else(|| bad("tokenizer.ggml.merges is missing (needed by model gpt2)"))?;
+                let merges = m.merges.as_ref().ok_or_else(|| {
+                    bad("tokenizer.ggml.merges is missing (needed by model gpt2)")
+                })?;
                 let mut map: FxHashMap<u64, (u32, u32)> = FxHashMap::default();
                 map.reserve(merges.len());
                 let mut cat = Vec::new();
@@ -280,7 +279,8 @@ impl Tokenizer {
                     cat.extend_from_slice(a.as_bytes());
                     cat.extend_from_slice(b.as_bytes());
                     let im = find(&cat)?;
-                    map.entry(bpe::pair_key(ia, ib)).or_insert((rank as u32, im));
+                    map.entry(bpe::pair_key(ia, ib))
+                        .or_insert((rank as u32, im));
                 }
                 let chars = bpe::byte_to_char_table();
                 let mut byte_ids = [NONE; 256];
@@ -293,13 +293,22 @@ impl Tokenizer {
                 }
                 let whole = (pre == PreTokenizer::Llama3)
                     .then(|| StrTable::build(&bytes, |i| types[i].is_text()));
-                (Kind::Bpe { bpe: Bpe { merges: map, byte_ids }, pre, whole }, false)
+                (
+                    Kind::Bpe {
+                        bpe: Bpe {
+                            merges: map,
+                            byte_ids,
+                        },
+                        pre,
+                        whole,
+                    },
+                    false,
+                )
             }
             "llama" => {
-                let scores = m
-                    .scores
-                    .clone()
-                    .ok_or_else(|| bad("tokenizer.ggml.scores is missing (needed by model llama)"))?;
+                let scores = m.scores.clone().ok_or_else(|| {
+                    bad("tokenizer.ggml.scores is missing (needed by model llama)")
+                })?;
                 let mut byte_ids = [NONE; 256];
                 let mut any_byte = false;
                 for (i, t) in m.tokens.iter().enumerate() {
@@ -310,7 +319,9 @@ impl Tokenizer {
                                 .strip_prefix("<0x")
                                 .and_then(|h| h.strip_suffix('>'))
                                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                                .ok_or_else(|| bad(format!("byte token {i} is {t:?}, not <0xNN>")))?;
+                                .ok_or_else(|| {
+                                    bad(format!("byte token {i} is {t:?}, not <0xNN>"))
+                                })?;
                             if byte_ids[v as usize] == NONE {
                                 byte_ids[v as usize] = i as u32;
                             }
@@ -318,7 +329,17 @@ impl Tokenizer {
                             buf.push(v);
                         }
                         TokenType::Control => buf.extend_from_slice(t.as_bytes()),
-                        _ => buf.extend_from_slice(t.replace('▁', " ").as_bytes()),
+                        _ => {
+                            // `▁` (E2 96 81) stands for a space.
+                            let mut rest = t.as_bytes();
+                            while let Some(k) = rest.windows(3).position(|w| w == "▁".as_bytes())
+                            {
+                                buf.extend_from_slice(&rest[..k]);
+                                buf.push(b' ');
+                                rest = &rest[k + 3..];
+                            }
+                            buf.extend_from_slice(rest);
+                        }
                     }
                     bytes.push(&buf);
                 }
@@ -327,11 +348,21 @@ impl Tokenizer {
                     .filter(|&i| types[i].is_text())
                     .filter_map(|i| {
                         let t = m.tokens[i];
-                        let offs: Vec<usize> = t.match_indices('▁').map(|(k, _)| k).filter(|&k| k > 0).collect();
+                        let offs: Vec<usize> = t
+                            .match_indices('▁')
+                            .map(|(k, _)| k)
+                            .filter(|&k| k > 0)
+                            .collect();
                         (!offs.is_empty()).then(|| (t.as_bytes().to_vec(), offs))
                     })
                     .collect();
-                let spm = Spm { scores, table, byte_ids: any_byte.then_some(byte_ids), unk: m.unk, crossing };
+                let spm = Spm {
+                    scores,
+                    table,
+                    byte_ids: any_byte.then_some(byte_ids),
+                    unk: m.unk,
+                    crossing,
+                };
                 (Kind::Spm(spm), true)
             }
             other => {
@@ -344,7 +375,8 @@ impl Tokenizer {
         // Control tokens match only with parse_special; user-defined ones always (they are
         // pieces of the vocabulary that the model was trained to see whole).
         let is_special = |i: usize| {
-            matches!(types[i], TokenType::Control | TokenType::UserDefined) && !text.get(i).is_empty()
+            matches!(types[i], TokenType::Control | TokenType::UserDefined)
+                && !text.get(i).is_empty()
         };
         let table = StrTable::build(&text, is_special);
         let mut lens = vec![Vec::new(); 256];
@@ -364,7 +396,9 @@ impl Tokenizer {
 
         let add_bos = m.add_bos.unwrap_or(add_bos_default);
         if add_bos && m.bos.is_none() {
-            return Err(bad("tokenizer.ggml.add_bos_token is set but there is no bos_token_id"));
+            return Err(bad(
+                "tokenizer.ggml.add_bos_token is set but there is no bos_token_id",
+            ));
         }
         let mut eog: Vec<u32> = [m.eos, m.eot, m.eom].into_iter().flatten().collect();
         for (i, t) in types.iter().enumerate() {
@@ -380,7 +414,11 @@ impl Tokenizer {
             text,
             bytes,
             types,
-            specials: Specials { table, lens, prefix2 },
+            specials: Specials {
+                table,
+                lens,
+                prefix2,
+            },
             bos: m.bos,
             eos: m.eos,
             eot: m.eot,
@@ -444,14 +482,23 @@ impl Tokenizer {
         match &self.kind {
             Kind::Bpe { bpe, pre, whole } => {
                 let mut missing = None;
-                let EncodeState { bpe: bsc, pretok: psc, cache, cached, .. } = st;
+                let EncodeState {
+                    bpe: bsc,
+                    pretok: psc,
+                    cache,
+                    cached,
+                    ..
+                } = st;
                 pretok::split(*pre, s, psc, |piece| {
                     if let Some(&(a, n)) = cache.as_ref().and_then(|c| c.get(piece)) {
                         out.extend_from_slice(&cached[a as usize..(a + n) as usize]);
                         return;
                     }
                     let first = out.len();
-                    if let Some(id) = whole.as_ref().and_then(|w| w.get(&self.bytes, piece.as_bytes())) {
+                    if let Some(id) = whole
+                        .as_ref()
+                        .and_then(|w| w.get(&self.bytes, piece.as_bytes()))
+                    {
                         out.push(id);
                     } else if let Err(b) = bpe.encode_word(piece.as_bytes(), bsc, out) {
                         missing.get_or_insert(b);
@@ -478,7 +525,13 @@ impl Tokenizer {
                 for c in s.chars() {
                     st.frag.push(if c == ' ' { '▁' } else { c });
                 }
-                let EncodeState { spm: ssc, frag, spm_cache, cached, .. } = st;
+                let EncodeState {
+                    spm: ssc,
+                    frag,
+                    spm_cache,
+                    cached,
+                    ..
+                } = st;
                 // Too many crossing pieces would make the cut test slow: encode whole.
                 if spm.crossing.len() > 16 {
                     return spm.encode(&self.text, frag, ssc, out);
@@ -502,7 +555,12 @@ impl Tokenizer {
 
     /// [`encode`](Self::encode) for raw bytes (the C API): invalid UTF-8 is an error that says
     /// where.
-    pub fn encode_bytes(&self, text: &[u8], parse_special: bool, add_bos: bool) -> Result<Vec<u32>> {
+    pub fn encode_bytes(
+        &self,
+        text: &[u8],
+        parse_special: bool,
+        add_bos: bool,
+    ) -> Result<Vec<u32>> {
         let s = std::str::from_utf8(text).map_err(|e| {
             Error::InvalidArgument(format!(
                 "text to tokenize is not valid UTF-8 (bad byte at offset {})",
@@ -558,7 +616,11 @@ impl Tokenizer {
         for (k, &id) in ids.iter().enumerate() {
             let b = self.bytes_of(id)?;
             let strip = k == 0 && self.add_space_prefix && matches!(self.kind, Kind::Spm(_));
-            out.extend_from_slice(if strip { b.strip_prefix(b" ").unwrap_or(b) } else { b });
+            out.extend_from_slice(if strip {
+                b.strip_prefix(b" ").unwrap_or(b)
+            } else {
+                b
+            });
         }
         Ok(out)
     }

@@ -132,7 +132,11 @@ fn contraction(cs: &[(char, Cls)], i: usize, n: usize, ignore_case: bool) -> Opt
             return None;
         }
         let c = cs[k].0;
-        Some(if ignore_case { c.to_ascii_lowercase() } else { c })
+        Some(if ignore_case {
+            c.to_ascii_lowercase()
+        } else {
+            c
+        })
     };
     match low(i + 1)? {
         's' | 't' | 'm' | 'd' => Some(2),
@@ -233,13 +237,19 @@ mod tests {
     #[test]
     fn gpt2_split() {
         let p = pieces(PreTokenizer::Gpt2, "Hello world's  end!!\n\n  x 123");
-        assert_eq!(p, ["Hello", " world", "'s", " ", " end", "!!", "\n\n ", " x", " 123"]);
+        assert_eq!(
+            p,
+            ["Hello", " world", "'s", " ", " end", "!!", "\n\n ", " x", " 123"]
+        );
     }
 
     #[test]
     fn llama3_split() {
         let p = pieces(PreTokenizer::Llama3, "I'M 12345 (x):\n\n  y");
-        assert_eq!(p, ["I", "'M", " ", "123", "45", " (", "x", "):\n\n", " ", " y"]);
+        assert_eq!(
+            p,
+            ["I", "'M", " ", "123", "45", " (", "x", "):\n\n", " ", " y"]
+        );
         // `\s*[\r\n]+` takes the spaces before the line break; the run after it stays whitespace.
         let p = pieces(PreTokenizer::Qwen2, "a  \n  b12");
         assert_eq!(p, ["a", "  \n", " ", " b", "1", "2"]);

@@ -47,14 +47,17 @@ impl Spm {
     /// Whether a word may start at byte `p` of `text` (where a `▁` is).
     pub(crate) fn can_cut(&self, text: &[u8], p: usize) -> bool {
         self.crossing.iter().all(|(piece, offs)| {
-            offs.iter().all(|&k| {
-                p < k || text.get(p - k..p - k + piece.len()) != Some(piece.as_slice())
-            })
+            offs.iter()
+                .all(|&k| p < k || text.get(p - k..p - k + piece.len()) != Some(piece.as_slice()))
         })
     }
 
     /// Call `f` with each word of `text` (see `crossing`).
-    pub(crate) fn words<'a>(&self, text: &'a str, mut f: impl FnMut(&'a str) -> Result<()>) -> Result<()> {
+    pub(crate) fn words<'a>(
+        &self,
+        text: &'a str,
+        mut f: impl FnMut(&'a str) -> Result<()>,
+    ) -> Result<()> {
         let b = text.as_bytes();
         let mut start = 0;
         let mut p = 1;
@@ -126,7 +129,11 @@ impl Spm {
             let piece = &bytes[s as usize..e as usize];
             if let Some(id) = self.table.get(arena, piece) {
                 out.push(id);
-            } else if let Some(b) = self.byte_ids.as_ref().filter(|b| piece.iter().all(|&x| b[x as usize] != NONE)) {
+            } else if let Some(b) = self
+                .byte_ids
+                .as_ref()
+                .filter(|b| piece.iter().all(|&x| b[x as usize] != NONE))
+            {
                 out.extend(piece.iter().map(|&x| b[x as usize]));
             } else if let Some(u) = self.unk {
                 out.push(u);

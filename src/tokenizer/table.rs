@@ -63,7 +63,10 @@ impl Arena {
     pub(crate) fn with_capacity(n: usize, bytes: usize) -> Self {
         let mut offs = Vec::with_capacity(n + 1);
         offs.push(0);
-        Arena { bytes: Vec::with_capacity(bytes), offs }
+        Arena {
+            bytes: Vec::with_capacity(bytes),
+            offs,
+        }
     }
     pub(crate) fn push(&mut self, b: &[u8]) {
         self.bytes.extend_from_slice(b);
@@ -91,8 +94,12 @@ const EMPTY: u64 = u64::MAX;
 impl StrTable {
     /// Index the arena entries for which `keep(i)` holds; on duplicates the first index wins.
     pub(crate) fn build(arena: &Arena, keep: impl Fn(usize) -> bool) -> Self {
-        let cap = (arena.len() * 2).max(16).next_power_of_two();
-        let mut t = StrTable { slots: vec![EMPTY; cap], mask: cap - 1 };
+        let kept = (0..arena.len()).filter(|&i| keep(i)).count();
+        let cap = (kept * 2).max(16).next_power_of_two();
+        let mut t = StrTable {
+            slots: vec![EMPTY; cap],
+            mask: cap - 1,
+        };
         for i in 0..arena.len() {
             if !keep(i) {
                 continue;
