@@ -252,3 +252,97 @@ fn special_tokens_are_text_without_parse_special() {
     let parsed = tok.encode("<|im_start|>user", true, false).unwrap();
     assert_eq!(parsed[0], 151644);
 }
+
+/// The whole Apache-2.0 text (12 KB: the per-call word cache is on) must encode to the
+/// golden token count, and equal the text encoded in chunks of 500–1000 bytes (under the cache
+/// threshold). Chunks are cut before a space between two letters, a piece boundary in every
+/// split here (a letter run ends there and " word" starts a piece; for SentencePiece a word
+/// starts at the `▁`).
+fn check_long_text(model: &str, golden_count: Option<usize>) {
+    let (_g, tok) = load(model);
+    let text = std::fs::read_to_string(golden_dir().join("Apache-2.0.txt")).unwrap();
+    assert!(text.len() > 4096);
+    let whole = tok.encode(&text, true, false).unwrap();
+    if let Some(n) = golden_count {
+        assert_eq!(whole.len(), n, "{model}: token count of Apache-2.0.txt");
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let b = text.as_bytes();
+    for i in 1..b.len() - 1 {
+        if i - start > 500
+            && b[i] == b' '
+            && b[i - 1].is_ascii_alphabetic()
+            && b[i + 1].is_ascii_alphabetic()
+        {
+            parts.extend(tok.encode(&text[start..i], true, false).unwrap());
+            start = i;
+        }
+    }
+    parts.extend(tok.encode(&text[start..], true, false).unwrap());
+    assert!(text.len() / start < 30, "too few chunks");
+    assert_eq!(whole, parts, "{model}: whole text vs chunk by chunk");
+    assert_eq!(
+        String::from_utf8(tok.decode(&whole).unwrap()).unwrap(),
+        text
+    );
+}
+
+#[test]
+fn long_text_qwen() {
+    let n = golden_json("qwen25coder05b.json")["perplexity"][0]["text_tokens"]
+        .as_u64()
+        .unwrap();
+    check_long_text(QWEN_05B, Some(n as usize));
+}
+
+#[test]
+fn long_text_smollm() {
+    let n = golden_json("smollm2_135m.json")["perplexity"][0]["text_tokens"]
+        .as_u64()
+        .unwrap();
+    check_long_text(SMOLLM2, Some(n as usize));
+}
+
+#[test]
+fn long_text_gemma() {
+    check_long_text(GEMMA3, None);
+}
+
+/// The prompt ids of the model goldens: plain prompts, and chat-rendered haiku prompts
+/// (template + special tokens + BOS rule end to end).
+#[test]
+fn model_golden_prompt_ids() {
+    for (model, file) in [
+        (QWEN_05B, "qwen25coder05b.json"),
+        (SMOLLM2, "smollm2_135m.json"),
+    ] {
+        let (g, tok) = load(model);
+        let gold = golden_json(file);
+        for p in gold["prompts"].as_array().unwrap() {
+            let text = p["text"].as_str().unwrap();
+            assert_eq!(
+                tok.encode(text, true, true).unwrap(),
+                ids_of(&p["ids"]),
+                "{model} {text:?}"
+            );
+        }
+        let template = g.get_str("tokenizer.chat_template").unwrap().unwrap();
+        for h in gold["haiku"].as_array().into_iter().flatten() {
+            let word = h["word"].as_str().unwrap();
+            let user = format!(
+                "Write a haiku about GPU computing that includes the word \"{word}\". Output only the haiku."
+            );
+            let msgs = [ChatMessage {
+                role: "user".into(),
+                content: user,
+            }];
+            let prompt = chat::render(template, &msgs, true, "", "").unwrap();
+            assert_eq!(
+                tok.encode(&prompt, true, true).unwrap(),
+                ids_of(&h["prompt_ids"]),
+                "{model} {word}"
+            );
+        }
+    }
+}

@@ -124,6 +124,9 @@ struct Specials {
     table: StrTable,
     /// Distinct token lengths (longest first) for each first byte.
     lens: Vec<Vec<u32>>,
+    /// Bit (b0 << 8 | b1) is set when some token of two or more bytes starts with b0 b1: most
+    /// positions are rejected by this before any hashing (Gemma has 30 space-run tokens).
+    prefix2: Vec<u64>,
 }
 
 pub struct Tokenizer {
@@ -142,6 +145,20 @@ pub struct Tokenizer {
     add_eos: bool,
     add_space_prefix: bool,
     eog: Vec<u32>,
+}
+
+/// Scratch space of one encode call.
+#[derive(Default)]
+struct EncodeState<'t> {
+    bpe: BpeScratch,
+    spm: SpmScratch,
+    pretok: pretok::Scratch,
+    frag: String,
+    /// Piece → (start, length) in `cached`.
+    cache: Option<FxHashMap<&'t str, (u32, u32)>>,
+    /// The same for SentencePiece words (which live in `frag`, so they are copied).
+    spm_cache: Option<FxHashMap<Box<str>, (u32, u32)>>,
+    cached: Vec<u32>,
 }
 
 /// End-of-turn tokens recognised by their text when the vocabulary has them as control tokens.
@@ -312,16 +329,39 @@ impl Tokenizer {
                             buf.push(v);
                         }
                         TokenType::Control => buf.extend_from_slice(t.as_bytes()),
-                        _ => buf.extend_from_slice(t.replace('▁', " ").as_bytes()),
+                        _ => {
+                            // `▁` (E2 96 81) stands for a space.
+                            let mut rest = t.as_bytes();
+                            while let Some(k) = rest.windows(3).position(|w| w == "▁".as_bytes())
+                            {
+                                buf.extend_from_slice(&rest[..k]);
+                                buf.push(b' ');
+                                rest = &rest[k + 3..];
+                            }
+                            buf.extend_from_slice(rest);
+                        }
                     }
                     bytes.push(&buf);
                 }
                 let table = StrTable::build(&text, |i| types[i].is_text());
+                let crossing: Vec<(Vec<u8>, Vec<usize>)> = (0..n)
+                    .filter(|&i| types[i].is_text())
+                    .filter_map(|i| {
+                        let t = m.tokens[i];
+                        let offs: Vec<usize> = t
+                            .match_indices('▁')
+                            .map(|(k, _)| k)
+                            .filter(|&k| k > 0)
+                            .collect();
+                        (!offs.is_empty()).then(|| (t.as_bytes().to_vec(), offs))
+                    })
+                    .collect();
                 let spm = Spm {
                     scores,
                     table,
                     byte_ids: any_byte.then_some(byte_ids),
                     unk: m.unk,
+                    crossing,
                 };
                 (Kind::Spm(spm), true)
             }
@@ -340,9 +380,14 @@ impl Tokenizer {
         };
         let table = StrTable::build(&text, is_special);
         let mut lens = vec![Vec::new(); 256];
+        let mut prefix2 = vec![0u64; 65536 / 64];
         for i in (0..n).filter(|&i| is_special(i)) {
             let t = text.get(i);
             lens[t[0] as usize].push(t.len() as u32);
+            if t.len() >= 2 {
+                let k = (t[0] as usize) << 8 | t[1] as usize;
+                prefix2[k / 64] |= 1 << (k % 64);
+            }
         }
         for l in &mut lens {
             l.sort_unstable_by(|a, b| b.cmp(a));
@@ -369,7 +414,11 @@ impl Tokenizer {
             text,
             bytes,
             types,
-            specials: Specials { table, lens },
+            specials: Specials {
+                table,
+                lens,
+                prefix2,
+            },
             bos: m.bos,
             eos: m.eos,
             eot: m.eot,
@@ -392,43 +441,11 @@ impl Tokenizer {
         if add_bos && self.add_bos {
             out.extend(self.bos);
         }
-        let mut bsc = BpeScratch::default();
-        let mut ssc = SpmScratch::default();
-        let mut psc = pretok::Scratch::default();
-        let mut frag = String::new();
-        let mut encode_text = |s: &str, at_start: bool, out: &mut Vec<u32>| -> Result<()> {
-            match &self.kind {
-                Kind::Bpe { bpe, pre, whole } => {
-                    let mut missing = None;
-                    pretok::split(*pre, s, &mut psc, |piece| {
-                        if let Some(id) = whole
-                            .as_ref()
-                            .and_then(|w| w.get(&self.bytes, piece.as_bytes()))
-                        {
-                            out.push(id);
-                        } else if let Err(b) = bpe.encode_word(piece.as_bytes(), &mut bsc, out) {
-                            missing.get_or_insert(b);
-                        }
-                    });
-                    match missing {
-                        None => Ok(()),
-                        Some(b) => Err(Error::InvalidArgument(format!(
-                            "text has byte 0x{b:02X}, which this model's vocabulary cannot encode \
-                             (no byte token and no unknown token)"
-                        ))),
-                    }
-                }
-                Kind::Spm(spm) => {
-                    frag.clear();
-                    if self.add_space_prefix && at_start {
-                        frag.push('▁');
-                    }
-                    for c in s.chars() {
-                        frag.push(if c == ' ' { '▁' } else { c });
-                    }
-                    spm.encode(&self.text, &frag, &mut ssc, out)
-                }
-            }
+        let mut st = EncodeState {
+            // Long texts repeat their words: remember each piece's ids for this call.
+            cache: (text.len() > 1024).then(FxHashMap::default),
+            spm_cache: (text.len() > 1024).then(FxHashMap::default),
+            ..Default::default()
         };
         let b = text.as_bytes();
         let (mut start, mut i) = (0, 0);
@@ -436,7 +453,7 @@ impl Tokenizer {
             match self.special_at(b, i, parse_special) {
                 Some((id, len)) => {
                     if start < i {
-                        encode_text(&text[start..i], start == 0, &mut out)?;
+                        self.encode_fragment(&text[start..i], start == 0, &mut st, &mut out)?;
                     }
                     out.push(id);
                     i += len;
@@ -446,12 +463,94 @@ impl Tokenizer {
             }
         }
         if start < b.len() {
-            encode_text(&text[start..], start == 0, &mut out)?;
+            self.encode_fragment(&text[start..], start == 0, &mut st, &mut out)?;
         }
         if add_bos && self.add_eos {
             out.extend(self.eos);
         }
         Ok(out)
+    }
+
+    /// Encode text that holds no special token. `at_start`: it begins the whole text.
+    fn encode_fragment<'t>(
+        &self,
+        s: &'t str,
+        at_start: bool,
+        st: &mut EncodeState<'t>,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        match &self.kind {
+            Kind::Bpe { bpe, pre, whole } => {
+                let mut missing = None;
+                let EncodeState {
+                    bpe: bsc,
+                    pretok: psc,
+                    cache,
+                    cached,
+                    ..
+                } = st;
+                pretok::split(*pre, s, psc, |piece| {
+                    if let Some(&(a, n)) = cache.as_ref().and_then(|c| c.get(piece)) {
+                        out.extend_from_slice(&cached[a as usize..(a + n) as usize]);
+                        return;
+                    }
+                    let first = out.len();
+                    if let Some(id) = whole
+                        .as_ref()
+                        .and_then(|w| w.get(&self.bytes, piece.as_bytes()))
+                    {
+                        out.push(id);
+                    } else if let Err(b) = bpe.encode_word(piece.as_bytes(), bsc, out) {
+                        missing.get_or_insert(b);
+                        return;
+                    }
+                    if let Some(c) = cache {
+                        c.insert(piece, (cached.len() as u32, (out.len() - first) as u32));
+                        cached.extend_from_slice(&out[first..]);
+                    }
+                });
+                match missing {
+                    None => Ok(()),
+                    Some(b) => Err(Error::InvalidArgument(format!(
+                        "text has byte 0x{b:02X}, which this model's vocabulary cannot encode \
+                         (no byte token and no unknown token)"
+                    ))),
+                }
+            }
+            Kind::Spm(spm) => {
+                st.frag.clear();
+                if self.add_space_prefix && at_start {
+                    st.frag.push('▁');
+                }
+                for c in s.chars() {
+                    st.frag.push(if c == ' ' { '▁' } else { c });
+                }
+                let EncodeState {
+                    spm: ssc,
+                    frag,
+                    spm_cache,
+                    cached,
+                    ..
+                } = st;
+                // Too many crossing pieces would make the cut test slow: encode whole.
+                if spm.crossing.len() > 16 {
+                    return spm.encode(&self.text, frag, ssc, out);
+                }
+                spm.words(frag, |w| {
+                    if let Some(&(a, n)) = spm_cache.as_ref().and_then(|c| c.get(w)) {
+                        out.extend_from_slice(&cached[a as usize..(a + n) as usize]);
+                        return Ok(());
+                    }
+                    let first = out.len();
+                    spm.encode(&self.text, w, ssc, out)?;
+                    if let Some(c) = spm_cache {
+                        c.insert(w.into(), (cached.len() as u32, (out.len() - first) as u32));
+                        cached.extend_from_slice(&out[first..]);
+                    }
+                    Ok(())
+                })
+            }
+        }
     }
 
     /// [`encode`](Self::encode) for raw bytes (the C API): invalid UTF-8 is an error that says
@@ -475,9 +574,14 @@ impl Tokenizer {
     #[inline]
     fn special_at(&self, b: &[u8], i: usize, parse_special: bool) -> Option<(u32, usize)> {
         let lens = &self.specials.lens[b[i] as usize];
+        if lens.is_empty() {
+            return None;
+        }
+        let k = (b[i] as usize) << 8 | b.get(i + 1).copied().unwrap_or(0) as usize;
+        let two = i + 1 < b.len() && self.specials.prefix2[k / 64] & (1 << (k % 64)) != 0;
         for &len in lens {
             let len = len as usize;
-            if i + len > b.len() {
+            if i + len > b.len() || (len >= 2 && !two) {
                 continue;
             }
             if let Some(id) = self.specials.table.get(&self.text, &b[i..i + len]) {

@@ -9,6 +9,11 @@ use std::collections::BinaryHeap;
 pub(crate) const NONE: u32 = u32::MAX;
 
 pub(crate) struct Spm {
+    /// Pieces with a `▁` after their first character (Gemma 3 has one: `>▁</`), as
+    /// (piece, byte offsets of those `▁`). Text is cut into words before each `▁` that none of
+    /// them covers: no merge can cross such a cut, so the words encode independently (and can
+    /// be cached) with exactly the result of the whole fragment.
+    pub crossing: Vec<(Vec<u8>, Vec<usize>)>,
     pub scores: Vec<f32>,
     /// Piece text (with `▁` for spaces) → id, over the normal pieces only: control and byte
     /// tokens must never be produced by merging their spelling.
@@ -36,7 +41,38 @@ pub(crate) struct SpmScratch {
     heap: BinaryHeap<(u32, u32, u32, u32, u32)>,
 }
 
+const SPACE: &[u8] = "▁".as_bytes();
+
 impl Spm {
+    /// Whether a word may start at byte `p` of `text` (where a `▁` is).
+    pub(crate) fn can_cut(&self, text: &[u8], p: usize) -> bool {
+        self.crossing.iter().all(|(piece, offs)| {
+            offs.iter()
+                .all(|&k| p < k || text.get(p - k..p - k + piece.len()) != Some(piece.as_slice()))
+        })
+    }
+
+    /// Call `f` with each word of `text` (see `crossing`).
+    pub(crate) fn words<'a>(
+        &self,
+        text: &'a str,
+        mut f: impl FnMut(&'a str) -> Result<()>,
+    ) -> Result<()> {
+        let b = text.as_bytes();
+        let mut start = 0;
+        let mut p = 1;
+        while p + SPACE.len() <= b.len() {
+            if &b[p..p + SPACE.len()] == SPACE && self.can_cut(b, p) {
+                f(&text[start..p])?;
+                start = p;
+                p += SPACE.len();
+            } else {
+                p += 1;
+            }
+        }
+        f(&text[start..])
+    }
+
     /// Encode one fragment (spaces already replaced by `▁`).
     pub(crate) fn encode(
         &self,
@@ -50,17 +86,14 @@ impl Spm {
         let heap = &mut sc.heap;
         syms.clear();
         heap.clear();
-        let idx: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
-        let n = idx.len() as u32;
-        for (k, &s) in idx.iter().enumerate() {
-            let e = idx.get(k + 1).copied().unwrap_or(bytes.len());
+        for (k, (s, c)) in text.char_indices().enumerate() {
             let k = k as u32;
-            syms.push((
-                s as u32,
-                e as u32,
-                if k == 0 { NONE } else { k - 1 },
-                if k + 1 == n { NONE } else { k + 1 },
-            ));
+            let e = s + c.len_utf8();
+            syms.push((s as u32, e as u32, k.wrapping_sub(1), k + 1));
+        }
+        let n = syms.len() as u32;
+        if let Some(last) = syms.last_mut() {
+            last.3 = NONE;
         }
         let try_push = |heap: &mut BinaryHeap<_>, syms: &[(u32, u32, u32, u32)], l: u32, r: u32| {
             let (ls, le, _, _) = syms[l as usize];

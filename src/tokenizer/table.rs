@@ -7,22 +7,26 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 const K: u64 = 0x517c_c1b7_2722_0a95;
 
-/// Fx-style hash of a byte string, eight bytes at a time.
+/// Folded 64×64→128 multiply: every output bit depends on every input bit.
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let r = (a as u128) * (b as u128);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+/// Hash of a byte string, eight bytes at a time (wyhash-style mixing).
+#[inline]
 pub(crate) fn hash_bytes(b: &[u8]) -> u64 {
-    let mut h: u64 = b.len() as u64;
+    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ b.len() as u64;
     let mut chunks = b.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        h = fold_mul(h ^ w, K);
     }
     let mut last = [0u8; 8];
     let rest = chunks.remainder();
     last[..rest.len()].copy_from_slice(rest);
-    h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
-    // Final avalanche so that the low bits (used for the slot) depend on every input bit.
-    h ^= h >> 29;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^ (h >> 32)
+    fold_mul(h ^ u64::from_le_bytes(last), 0x9e37_79b9_7f4a_7c15)
 }
 
 /// Hasher for integer keys (token-id pairs packed in a u64).
@@ -77,18 +81,21 @@ impl Arena {
     }
 }
 
-/// Open-addressing map from byte strings (held in an [`Arena`]) to their index.
+/// Open-addressing map from byte strings (held in an [`Arena`]) to their index. Each slot keeps
+/// the high half of the key's hash beside the index, so a probe that misses (most lookups of
+/// candidate merges do) is rejected without touching the arena.
 pub(crate) struct StrTable {
-    slots: Vec<u32>,
+    slots: Vec<u64>,
     mask: usize,
 }
 
-const EMPTY: u32 = u32::MAX;
+const EMPTY: u64 = u64::MAX;
 
 impl StrTable {
     /// Index the arena entries for which `keep(i)` holds; on duplicates the first index wins.
     pub(crate) fn build(arena: &Arena, keep: impl Fn(usize) -> bool) -> Self {
-        let cap = (arena.len() * 2).max(16).next_power_of_two();
+        let kept = (0..arena.len()).filter(|&i| keep(i)).count();
+        let cap = (kept * 2).max(16).next_power_of_two();
         let mut t = StrTable {
             slots: vec![EMPTY; cap],
             mask: cap - 1,
@@ -98,14 +105,16 @@ impl StrTable {
                 continue;
             }
             let key = arena.get(i);
-            let mut s = hash_bytes(key) as usize & t.mask;
+            let h = hash_bytes(key);
+            let tag = h & !0xffff_ffff;
+            let mut s = h as usize & t.mask;
             loop {
                 let v = t.slots[s];
                 if v == EMPTY {
-                    t.slots[s] = i as u32;
+                    t.slots[s] = tag | i as u64;
                     break;
                 }
-                if arena.get(v as usize) == key {
+                if v & !0xffff_ffff == tag && arena.get(v as u32 as usize) == key {
                     break; // duplicate: keep the first
                 }
                 s = (s + 1) & t.mask;
@@ -116,14 +125,16 @@ impl StrTable {
 
     #[inline]
     pub(crate) fn get(&self, arena: &Arena, key: &[u8]) -> Option<u32> {
-        let mut s = hash_bytes(key) as usize & self.mask;
+        let h = hash_bytes(key);
+        let tag = h & !0xffff_ffff;
+        let mut s = h as usize & self.mask;
         loop {
             let v = self.slots[s];
             if v == EMPTY {
                 return None;
             }
-            if arena.get(v as usize) == key {
-                return Some(v);
+            if v & !0xffff_ffff == tag && arena.get(v as u32 as usize) == key {
+                return Some(v as u32);
             }
             s = (s + 1) & self.mask;
         }
