@@ -32,6 +32,16 @@ const COMMANDS: &[(&str, &str, Run)] = &[
         "Write a deterministic synthetic model of a real shape",
         cli::synth::run,
     ),
+    (
+        "tokenize",
+        "Print the token ids of a text",
+        cli::tokenize::run,
+    ),
+    (
+        "chat-template",
+        "Render JSON messages (stdin) with the model's chat template",
+        cli::chat_template::run,
+    ),
 ];
 
 fn usage() -> String {

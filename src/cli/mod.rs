@@ -5,11 +5,13 @@
 //! the `COMMANDS` table in src/main.rs.
 
 pub mod bench;
+pub mod chat_template;
 pub mod common;
 pub mod info;
 pub mod perplexity;
 pub mod run;
 pub mod synth;
+pub mod tokenize;
 
 use std::io::Write;
 

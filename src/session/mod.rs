@@ -11,10 +11,10 @@ use crate::model::{Model, Reservation};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
+use state::State;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use state::State;
 use stop::StopMatcher;
 
 /// Default KV cache length when the caller asks for "the model's": training contexts of
@@ -212,8 +212,13 @@ impl Session {
                 Logits::Last
             };
             let pos0 = self.history.len();
-            let want = if which == Logits::All || last { out.as_deref_mut() } else { None };
-            self.state.step(&self.model, chunk, pos0, mode, &cancelled, want)?;
+            let want = if which == Logits::All || last {
+                out.as_deref_mut()
+            } else {
+                None
+            };
+            self.state
+                .step(&self.model, chunk, pos0, mode, &cancelled, want)?;
             self.history.extend_from_slice(chunk);
         }
         Ok(())

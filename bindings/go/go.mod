@@ -1,0 +1,3 @@
+module llorch.dev/llorch
+
+go 1.19

@@ -1,0 +1,437 @@
+// Package llorch binds the llorch C library (an LLM inference engine) for Go.
+//
+// It links target/release/libllorch.so of the repository (build it with
+// `cargo build --release`) by rpath. Objects have Close methods; a finalizer is only a
+// backstop. A Model is reference counted by its Sessions, so it may be closed first.
+package llorch
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../include
+#cgo LDFLAGS: -L${SRCDIR}/../../target/release -lllorch -Wl,-rpath,${SRCDIR}/../../target/release
+#include <stdlib.h>
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"runtime/cgo"
+	"strings"
+	"sync"
+	"unsafe"
+)
+
+// Status is a llorch_status code.
+type Status int32
+
+const (
+	OK              Status = C.LLORCH_OK
+	InvalidArgument Status = C.LLORCH_ERR_INVALID_ARGUMENT
+	BadModel        Status = C.LLORCH_ERR_BAD_MODEL
+	Unsupported     Status = C.LLORCH_ERR_UNSUPPORTED
+	OutOfMemory     Status = C.LLORCH_ERR_OUT_OF_MEMORY
+	Cancelled       Status = C.LLORCH_ERR_CANCELLED
+	ContextFull     Status = C.LLORCH_ERR_CONTEXT_FULL
+	NoDevice        Status = C.LLORCH_ERR_NO_DEVICE
+	IO              Status = C.LLORCH_ERR_IO
+	Internal        Status = C.LLORCH_ERR_INTERNAL
+)
+
+func (s Status) String() string { return C.GoString(C.llorch_status_message(C.int32_t(s))) }
+
+// Error is a failed call: its status and the library's message.
+type Error struct {
+	Status  Status
+	Message string
+}
+
+func (e *Error) Error() string { return "llorch: " + e.Message }
+
+// Is makes errors.Is(err, ErrCancelled) (and the other sentinels) match by status.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Message == "" && t.Status == e.Status
+}
+
+// Sentinels for errors.Is.
+var (
+	ErrCancelled   = &Error{Status: Cancelled}
+	ErrIO          = &Error{Status: IO}
+	ErrBadModel    = &Error{Status: BadModel}
+	ErrContextFull = &Error{Status: ContextFull}
+	ErrInvalid     = &Error{Status: InvalidArgument}
+)
+
+// check turns a status and its error object into a Go error, freeing the object.
+func check(st C.llorch_status, err *C.llorch_error) error {
+	if st == C.LLORCH_OK {
+		return nil
+	}
+	e := &Error{Status: Status(st), Message: C.GoString(C.llorch_error_message(err))}
+	C.llorch_error_free(err)
+	return e
+}
+
+func init() {
+	if C.llorch_abi_version() != C.LLORCH_ABI_VERSION {
+		panic(fmt.Sprintf("llorch: library ABI %d, binding built for %d", C.llorch_abi_version(), C.LLORCH_ABI_VERSION))
+	}
+}
+
+// Version of the loaded library.
+func Version() string { return C.GoString(C.llorch_version()) }
+
+// Context is a device with its threads and memory budget.
+type Context struct{ p *C.llorch_context }
+
+// ContextOptions: Device is "cpu" (default) or "cuda:N"; Threads 0 = all cores;
+// MemoryBudget in bytes, 0 = no limit.
+type ContextOptions struct {
+	Device       string
+	Threads      int
+	MemoryBudget uint64
+}
+
+func NewContext(o ContextOptions) (*Context, error) {
+	var p C.llorch_context_params
+	C.llorch_context_params_init(&p)
+	switch {
+	case o.Device == "" || o.Device == "cpu":
+	case strings.HasPrefix(o.Device, "cuda:"):
+		var n uint32
+		if _, err := fmt.Sscanf(o.Device, "cuda:%d", &n); err != nil {
+			return nil, &Error{InvalidArgument, "bad device " + o.Device}
+		}
+		p.device_type = C.LLORCH_DEVICE_CUDA
+		p.device_index = C.uint32_t(n)
+	default:
+		return nil, &Error{InvalidArgument, "device must be cpu or cuda:N, not " + o.Device}
+	}
+	p.threads = C.uint32_t(o.Threads)
+	p.memory_budget = C.uint64_t(o.MemoryBudget)
+	c := &Context{}
+	var e *C.llorch_error
+	if err := check(C.llorch_context_new(&p, &c.p, &e), e); err != nil {
+		return nil, err
+	}
+	runtime.SetFinalizer(c, (*Context).Close)
+	return c, nil
+}
+
+// Close frees the context; models loaded in it keep working. Safe to call twice.
+func (c *Context) Close() {
+	C.llorch_context_free(c.p)
+	c.p = nil
+	runtime.SetFinalizer(c, nil)
+}
+
+// Model is a loaded model, shared by its sessions. Safe for concurrent use.
+type Model struct{ p *C.llorch_model }
+
+//export llorchGoOnProgress
+func llorchGoOnProgress(h C.uintptr_t, fraction C.float) C.bool {
+	f := cgo.Handle(h).Value().(func(float32) bool)
+	return C.bool(f(float32(fraction)))
+}
+
+// LoadModel loads a GGUF file. progress may be nil; returning false cancels the load.
+func LoadModel(c *Context, path string, progress func(fraction float32) bool) (*Model, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var h cgo.Handle
+	if progress != nil {
+		h = cgo.NewHandle(progress)
+		defer h.Delete()
+	}
+	m := &Model{}
+	var e *C.llorch_error
+	err := check(C.llorch_go_load(c.p, cpath, C.uintptr_t(h), &m.p, &e), e)
+	runtime.KeepAlive(c)
+	if err != nil {
+		return nil, err
+	}
+	runtime.SetFinalizer(m, (*Model).Close)
+	return m, nil
+}
+
+// Close releases this handle; sessions created from the model keep working.
+func (m *Model) Close() {
+	C.llorch_model_free(m.p)
+	m.p = nil
+	runtime.SetFinalizer(m, nil)
+}
+
+func (m *Model) Architecture() (string, error) {
+	var s *C.char
+	var e *C.llorch_error
+	if err := check(C.llorch_model_architecture(m.p, &s, &e), e); err != nil {
+		return "", err
+	}
+	defer runtime.KeepAlive(m)
+	return C.GoString(s), nil
+}
+
+func (m *Model) ContextLength() (uint32, error) {
+	var n C.uint32_t
+	var e *C.llorch_error
+	err := check(C.llorch_model_context_length(m.p, &n, &e), e)
+	return uint32(n), err
+}
+
+func (m *Model) VocabSize() (uint32, error) {
+	var n C.uint32_t
+	var e *C.llorch_error
+	err := check(C.llorch_model_vocab_size(m.p, &n, &e), e)
+	return uint32(n), err
+}
+
+// ChatTemplate returns the model's Jinja template ("" if it has none).
+func (m *Model) ChatTemplate() (string, error) {
+	var s *C.char
+	var e *C.llorch_error
+	if err := check(C.llorch_model_chat_template(m.p, &s, &e), e); err != nil {
+		return "", err
+	}
+	defer runtime.KeepAlive(m)
+	return C.GoString(s), nil
+}
+
+// Message is one chat message.
+type Message struct{ Role, Content string }
+
+// ApplyChatTemplate renders messages with the model's template.
+func (m *Model) ApplyChatTemplate(msgs []Message, addGenerationPrompt bool) (string, error) {
+	cmsgs := (*[1 << 20]C.llorch_chat_message)(C.malloc(C.size_t(len(msgs)+1) * C.size_t(unsafe.Sizeof(C.llorch_chat_message{}))))[: len(msgs)+1 : len(msgs)+1]
+	defer C.free(unsafe.Pointer(&cmsgs[0]))
+	for i, msg := range msgs {
+		cmsgs[i].role = C.CString(msg.Role)
+		cmsgs[i].content = C.CString(msg.Content)
+		defer C.free(unsafe.Pointer(cmsgs[i].role))
+		defer C.free(unsafe.Pointer(cmsgs[i].content))
+	}
+	var out *C.char
+	var e *C.llorch_error
+	if err := check(C.llorch_model_apply_chat_template(m.p, &cmsgs[0], C.size_t(len(msgs)), C.bool(addGenerationPrompt), nil, &out, &e), e); err != nil {
+		return "", err
+	}
+	defer C.llorch_string_free(out)
+	return C.GoString(out), nil
+}
+
+// Session is one conversation. Use it from one goroutine at a time, except Cancel.
+type Session struct {
+	p       *C.llorch_session
+	mu      sync.Mutex // guards running against the context watcher
+	running bool
+}
+
+// SessionOptions: NCtx 0 = the model's context length; Seed of the sampler.
+type SessionOptions struct {
+	NCtx uint32
+	Seed uint64
+}
+
+func (m *Model) NewSession(o SessionOptions) (*Session, error) {
+	var p C.llorch_session_params
+	C.llorch_session_params_init(&p)
+	p.n_ctx = C.uint32_t(o.NCtx)
+	p.seed = C.uint64_t(o.Seed)
+	s := &Session{}
+	var e *C.llorch_error
+	err := check(C.llorch_session_new(m.p, &p, &s.p, &e), e)
+	runtime.KeepAlive(m)
+	if err != nil {
+		return nil, err
+	}
+	runtime.SetFinalizer(s, (*Session).Close)
+	return s, nil
+}
+
+// Close frees the session. Not while a Generate is running on it.
+func (s *Session) Close() {
+	C.llorch_session_free(s.p)
+	s.p = nil
+	runtime.SetFinalizer(s, nil)
+}
+
+// Cancel stops the running generation within one token (also during prompt processing);
+// Generate then returns an error matching ErrCancelled. With none running, the next Generate
+// is cancelled at once. Safe from any goroutine.
+func (s *Session) Cancel() {
+	C.llorch_session_cancel(s.p)
+}
+
+// Reset forgets the conversation.
+func (s *Session) Reset() error {
+	var e *C.llorch_error
+	return check(C.llorch_session_reset(s.p, &e), e)
+}
+
+// GenerateParams: the sampling settings; zero values mean the library's defaults
+// except where noted. Use DefaultGenerateParams for greedy decoding.
+type GenerateParams struct {
+	MaxTokens   uint32
+	Temperature float32
+	TopK        uint32
+	TopP        float32
+	MinP        float32
+	Stop        []string
+}
+
+// DefaultGenerateParams: greedy, 256 tokens.
+func DefaultGenerateParams() GenerateParams {
+	var p C.llorch_generate_params
+	C.llorch_generate_params_init(&p)
+	return GenerateParams{MaxTokens: uint32(p.max_tokens), Temperature: float32(p.temperature),
+		TopK: uint32(p.top_k), TopP: float32(p.top_p), MinP: float32(p.min_p)}
+}
+
+// StopReason says why a generation ended.
+type StopReason int32
+
+const (
+	StopEOS       StopReason = C.LLORCH_STOP_EOS
+	StopLimit     StopReason = C.LLORCH_STOP_LIMIT
+	StopString    StopReason = C.LLORCH_STOP_STRING
+	StopCancelled StopReason = C.LLORCH_STOP_CANCELLED
+)
+
+// Stats of one generation.
+type Stats struct {
+	PromptTokens, GeneratedTokens  uint32
+	PromptSeconds, GenerateSeconds float64
+	StopReason                     StopReason
+}
+
+type tokenFunc func(text string, token int32) bool
+
+//export llorchGoOnToken
+func llorchGoOnToken(h C.uintptr_t, text *C.char, n C.size_t, token C.int32_t) C.bool {
+	f := cgo.Handle(h).Value().(tokenFunc)
+	return C.bool(f(C.GoStringN(text, C.int(n)), int32(token)))
+}
+
+// Generate appends prompt to the conversation and generates, calling onToken (may be nil)
+// with each piece of whole UTF-8 text; returning false stops (error ErrCancelled). ctx
+// cancels it too. Stats are returned also when cancelled.
+func (s *Session) Generate(ctx context.Context, prompt string, p GenerateParams, onToken func(text string, token int32) bool) (Stats, error) {
+	if err := ctx.Err(); err != nil {
+		return Stats{StopReason: StopCancelled}, &Error{Cancelled, "cancelled: " + err.Error()}
+	}
+	var cp C.llorch_generate_params
+	C.llorch_generate_params_init(&cp)
+	cp.max_tokens = C.uint32_t(p.MaxTokens)
+	cp.temperature = C.float(p.Temperature)
+	cp.top_k = C.uint32_t(p.TopK)
+	cp.top_p = C.float(p.TopP)
+	cp.min_p = C.float(p.MinP)
+	if len(p.Stop) > 0 {
+		stops := (*[1 << 20]*C.char)(C.malloc(C.size_t(len(p.Stop)) * C.size_t(unsafe.Sizeof((*C.char)(nil)))))[:len(p.Stop):len(p.Stop)]
+		defer C.free(unsafe.Pointer(&stops[0]))
+		for i, st := range p.Stop {
+			stops[i] = C.CString(st)
+			defer C.free(unsafe.Pointer(stops[i]))
+		}
+		cp.stop = &stops[0]
+		cp.n_stop = C.size_t(len(p.Stop))
+	}
+	cprompt := C.CString(prompt)
+	defer C.free(unsafe.Pointer(cprompt))
+	var h cgo.Handle
+	if onToken != nil {
+		h = cgo.NewHandle(tokenFunc(onToken))
+		defer h.Delete()
+	}
+	// The watcher cancels only while this call runs, so a late ctx does not leave a pending
+	// cancel for the next call.
+	s.mu.Lock()
+	s.running = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			if s.running {
+				s.Cancel()
+			}
+			s.mu.Unlock()
+		case <-done:
+		}
+	}()
+	var st C.llorch_generate_stats
+	C.llorch_generate_stats_init(&st)
+	var e *C.llorch_error
+	err := check(C.llorch_go_generate(s.p, cprompt, &cp, C.uintptr_t(h), &st, &e), e)
+	s.mu.Lock()
+	s.running = false
+	s.mu.Unlock()
+	close(done)
+	stats := Stats{uint32(st.prompt_tokens), uint32(st.generated_tokens), float64(st.prompt_seconds),
+		float64(st.generate_seconds), StopReason(st.stop_reason)}
+	return stats, err
+}
+
+// Piece is one streamed piece of text.
+type Piece struct {
+	Text  string
+	Token int32
+}
+
+// GenerateChan is Generate as a channel: pieces arrive on the first channel, which is closed
+// at the end; the second then yields the result once.
+func (s *Session) GenerateChan(ctx context.Context, prompt string, p GenerateParams) (<-chan Piece, <-chan error) {
+	pieces := make(chan Piece, 16)
+	result := make(chan error, 1)
+	go func() {
+		_, err := s.Generate(ctx, prompt, p, func(text string, token int32) bool {
+			select {
+			case pieces <- Piece{text, token}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+		close(pieces)
+		result <- err
+	}()
+	return pieces, result
+}
+
+// Tokenize text with the session's model.
+func (s *Session) Tokenize(text string, addBOS, parseSpecial bool) ([]int32, error) {
+	ctext := C.CString(text)
+	defer C.free(unsafe.Pointer(ctext))
+	var toks *C.int32_t
+	var n C.size_t
+	var e *C.llorch_error
+	if err := check(C.llorch_session_tokenize(s.p, ctext, C.bool(addBOS), C.bool(parseSpecial), &toks, &n, &e), e); err != nil {
+		return nil, err
+	}
+	defer C.llorch_tokens_free(toks)
+	out := make([]int32, int(n))
+	if n > 0 {
+		copy(out, unsafe.Slice((*int32)(unsafe.Pointer(toks)), int(n)))
+	}
+	return out, nil
+}
+
+// Detokenize ids to bytes (which may end inside a UTF-8 character).
+func (s *Session) Detokenize(ids []int32) ([]byte, error) {
+	var ptr *C.int32_t
+	if len(ids) > 0 {
+		ptr = (*C.int32_t)(C.malloc(C.size_t(4 * len(ids))))
+		defer C.free(unsafe.Pointer(ptr))
+		copy(unsafe.Slice((*int32)(unsafe.Pointer(ptr)), len(ids)), ids)
+	}
+	var out *C.char
+	var n C.size_t
+	var e *C.llorch_error
+	if err := check(C.llorch_session_detokenize(s.p, ptr, C.size_t(len(ids)), &out, &n, &e), e); err != nil {
+		return nil, err
+	}
+	defer C.llorch_string_free(out)
+	return C.GoBytes(unsafe.Pointer(out), C.int(n)), nil
+}

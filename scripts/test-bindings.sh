@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Tests the C ABI from outside Rust, given a built target/release/libllorch.so:
+# the C example (as C and C++), the misuse program under valgrind, the Go tests (-race) and
+# the Node tests. Model: $LLORCH_MODEL, else SmolLM2-135M through scripts/fetch-model.
+# The haiku check uses Qwen2.5-Coder-0.5B-Instruct ($LLORCH_HAIKU_MODEL overrides).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LIB=$ROOT/target/release/libllorch.so
+[ -f "$LIB" ] || { echo "test-bindings: $LIB missing: run cargo build --release" >&2; exit 1; }
+export LLORCH_MODEL=${LLORCH_MODEL:-$(scripts/fetch-model smollm2-135m)}
+HAIKU_MODEL=${LLORCH_HAIKU_MODEL:-$(scripts/fetch-model qwen2.5-coder-0.5b)}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "C examples (C11 and C++17, -Werror)"
+make -C examples/c -B all
+
+step "haiku (M0 check, minute from the clock)"
+examples/c/haiku "$HAIKU_MODEL" --device cpu
+
+step "misuse under valgrind"
+make -C examples/c valgrind MODEL="$LLORCH_MODEL"
+
+step "Go (-race)"
+(cd bindings/go && go vet ./... && go test -race -count=1 ./...)
+
+step "Node"
+(cd bindings/node && { [ -d node_modules/koffi ] || npm ci --ignore-scripts; } && node --test)
+
+step "all binding tests passed"

@@ -1,0 +1,56 @@
+//! The committed include/llorch.h must equal what cbindgen generates from src/ffi now.
+
+#[path = "../build/header.rs"]
+mod header;
+
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn committed_header_is_up_to_date() {
+    let fresh = header::render(&root()).expect("cbindgen failed");
+    let path = root().join("include/llorch.h");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed != fresh {
+        let line = committed
+            .lines()
+            .zip(fresh.lines())
+            .position(|(a, b)| a != b);
+        panic!(
+            "include/llorch.h is stale (first difference at line {}).\n\
+             Update it with:\n    cargo test --release --test ffi_header -- --ignored update_header\n\
+             and commit the result.",
+            line.map_or("end".to_string(), |l| (l + 1).to_string())
+        );
+    }
+}
+
+#[test]
+fn header_declares_the_api() {
+    let h = header::render(&root()).expect("cbindgen failed");
+    for name in [
+        "#define LLORCH_ABI_VERSION 1",
+        "llorch_abi_version(void)",
+        "llorch_version(void)",
+        "LLORCH_ERR_CANCELLED = 5",
+        "typedef struct llorch_session llorch_session;",
+        "llorch_session_generate(",
+        "llorch_session_cancel(",
+        "llorch_generate_params_init(",
+        "llorch_set_log_callback(",
+        "llorch_model_apply_chat_template(",
+    ] {
+        assert!(h.contains(name), "the header lacks {name:?}");
+    }
+}
+
+/// Writes the fresh header to include/llorch.h (run on purpose, with --ignored).
+#[test]
+#[ignore]
+fn update_header() {
+    let fresh = header::render(&root()).expect("cbindgen failed");
+    std::fs::write(root().join("include/llorch.h"), fresh).unwrap();
+}
