@@ -8,11 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const INSTALL_HINT: &str = "install nvcc with pip (no GPU needed), e.g. in a venv:\n    \
-    python3 -m venv /work/.venv-cuda && /work/.venv-cuda/bin/pip install \
-    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.88 nvidia-cuda-crt==13.0.88 \
-    nvidia-cuda-cccl==13.0.85 nvidia-nvvm==13.0.88\n  then set LLORCH_NVCC=/work/.venv-cuda/lib/python3.*/site-packages/nvidia/cu13/bin/nvcc \
-    (or put that python3 first on PATH), or build without `--features cuda`";
+const INSTALL_HINT: &str = "run `scripts/install-nvcc` (installs CUDA 13.0's nvcc from pip into \
+    ~/.cache/llorch/nvcc-venv; no GPU needed; build.rs finds it there), or set LLORCH_NVCC to an \
+    nvcc, or build without `--features cuda`";
 
 pub fn compile() {
     println!("cargo:rerun-if-changed=kernels");
@@ -91,8 +89,10 @@ fn nvcc_fatbin(nvcc: &Path, src: &Path, out: &Path, include: &Path) {
     }
 }
 
-/// LLORCH_NVCC, else the nvcc of the pip package `nvidia-cuda-nvcc` beside python3, else PATH.
+/// LLORCH_NVCC, else the venv of scripts/install-nvcc, else the nvcc of the pip package
+/// `nvidia-cuda-nvcc` beside python3, else PATH.
 fn find_nvcc() -> Result<PathBuf, String> {
+    println!("cargo:rerun-if-env-changed=LLORCH_NVCC_VENV");
     if let Some(p) = std::env::var_os("LLORCH_NVCC") {
         let p = PathBuf::from(p);
         return if p.is_file() {
@@ -100,6 +100,34 @@ fn find_nvcc() -> Result<PathBuf, String> {
         } else {
             Err(format!("LLORCH_NVCC={} is not a file", p.display()))
         };
+    }
+    // Where scripts/install-nvcc puts it: $venv/lib/python3.*/site-packages/nvidia/cu13/bin/nvcc.
+    let venv = std::env::var_os("LLORCH_NVCC_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|c| c.join("llorch").join("nvcc-venv"))
+        });
+    if let Some(lib) = venv.map(|v| v.join("lib")) {
+        let mut pys: Vec<PathBuf> = std::fs::read_dir(&lib)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+            })
+            .collect();
+        pys.sort();
+        for py in pys {
+            let p = py.join("site-packages/nvidia/cu13/bin/nvcc");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
     }
     let py =
         "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'bin', 'nvcc'))";
@@ -118,7 +146,8 @@ fn find_nvcc() -> Result<PathBuf, String> {
         }
     }
     Err(
-        "LLORCH_NVCC is unset, python3 has no nvidia-cuda-nvcc package, and nvcc is not on PATH"
+        "LLORCH_NVCC is unset, scripts/install-nvcc's venv has no nvcc, python3 has no \
+         nvidia-cuda-nvcc package, and nvcc is not on PATH"
             .into(),
     )
 }

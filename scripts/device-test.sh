@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# Runs ON the device machine (staged as .device/run-gpu-tests.sh by scripts/device-build.sh).
-# Plain run first, then the same tests under compute-sanitizer memcheck when it is there.
+# Runs ON the device machine (staged as .device/run-gpu-tests.sh by scripts/device-build.sh):
+# kernel tests, CPU-vs-GPU parity and OOM tests, a decode/prefill benchmark of synthetic
+# models, then memcheck over the kernel tests and the smaller parity test. Logs go to $OUT.
 cd "$(dirname "$0")"
+log="${OUT:-/tmp}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
+rc=0
 echo "== cuda_kernels"
-timeout 240 ./cuda_kernels --test-threads=1 2>&1
-rc=$?
-echo "== rc=$rc"
+timeout 120 ./cuda_kernels --test-threads=1 >"$log/kernels.log" 2>&1 || rc=1
+grep -E "^test |test result" "$log/kernels.log" | grep -v " ok$"
+echo "== cuda_parity"
+timeout 240 ./cuda_parity --test-threads=1 --nocapture >"$log/parity.log" 2>&1 || rc=1
+grep -vE "^\s+[0-9]+: |^\s+at " "$log/parity.log"
+echo "== bench (synthetic models, GPU)"
+for p in qwen2-0.5b smollm2-135m; do
+  ./llorch synth --preset "$p" --seed 1 -o "/tmp/$p.gguf" >/dev/null || rc=1
+  timeout 90 ./llorch bench -m "/tmp/$p.gguf" --device cuda:0 -p 512 -n 128 -r 3 2>&1 | grep -E "^\|.*(pp|tg)|rror" || rc=1
+done
+echo "== bench qwen2-0.5b, CPU ($(nproc) threads), for scale"
+timeout 60 ./llorch bench -m /tmp/qwen2-0.5b.gguf -p 256 -n 32 -r 1 2>&1 | grep -E "^\|.*(pp|tg)|rror"
 if command -v compute-sanitizer >/dev/null; then
-  echo "== compute-sanitizer memcheck (OOM test skipped: it allocates past the card on purpose)"
-  timeout 240 compute-sanitizer --tool memcheck --leak-check full ./cuda_kernels --test-threads=1 \
-    --skip budget_out_of_memory 2>&1 | grep -E "ERROR SUMMARY|LEAK SUMMARY|Invalid|test result|error" | head -40
+  echo "== compute-sanitizer memcheck (kernel tests without the OOM-past-the-card test; smollm parity)"
+  timeout 150 compute-sanitizer --tool memcheck --leak-check full ./cuda_kernels --test-threads=1 \
+    --skip budget_out_of_memory >"$log/memcheck-kernels.log" 2>&1
+  grep -E "ERROR SUMMARY|LEAK SUMMARY|test result" "$log/memcheck-kernels.log" | head
+  timeout 150 compute-sanitizer --tool memcheck ./cuda_parity --test-threads=1 parity_smollm \
+    >"$log/memcheck-parity.log" 2>&1
+  grep -E "ERROR SUMMARY|Invalid|test result" "$log/memcheck-parity.log" | head
 fi
+echo "== rc=$rc"
 exit $rc

@@ -27,25 +27,48 @@ pub struct Context {
     pub options: ContextOptions,
     pool: Arc<rayon::ThreadPool>,
     used: AtomicU64,
+    /// The open GPU of a `Device::Cuda` context (its memory manager holds the budget).
+    #[cfg(feature = "cuda")]
+    cuda: Option<crate::backend::cuda::CudaDevice>,
 }
 
 impl Context {
     /// `Error::NoDevice` if the device is not there.
     pub fn new(options: ContextOptions) -> Result<Arc<Context>> {
-        match options.device {
-            Device::Cpu => {}
-            Device::Cuda(n) => {
-                return Err(Error::NoDevice(format!(
-                    "CUDA device {n} requested, but the CUDA backend cannot run models yet in this build"
-                )))
-            }
+        #[cfg(feature = "cuda")]
+        let cuda = match options.device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(crate::backend::cuda::CudaDevice::open(
+                n,
+                options.memory_budget,
+            )?),
+        };
+        #[cfg(not(feature = "cuda"))]
+        if let Device::Cuda(n) = options.device {
+            return Err(Error::NoDevice(format!(
+                "CUDA device {n} requested, but this build has no CUDA backend (build with --features cuda)"
+            )));
         }
         let pool = cpu::thread_pool(options.threads)?;
         Ok(Arc::new(Context {
             options,
             pool,
             used: AtomicU64::new(0),
+            #[cfg(feature = "cuda")]
+            cuda,
         }))
+    }
+
+    /// The GPU's memory (used per kind, budget, free) for a CUDA context; None for the CPU.
+    #[cfg(feature = "cuda")]
+    pub fn memory_report(&self) -> Result<Option<crate::backend::cuda::MemoryReport>> {
+        self.cuda.as_ref().map(|d| d.memory()).transpose()
+    }
+
+    /// The open GPU of a CUDA context.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_device(&self) -> Option<&crate::backend::cuda::CudaDevice> {
+        self.cuda.as_ref()
     }
 
     /// Worker threads of the context.
@@ -97,6 +120,8 @@ pub struct ChatMessage {
 /// Weights bound to a backend.
 pub(crate) enum Bound {
     Cpu(CpuModel),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::backend::cuda::CudaModel),
 }
 
 /// Loaded weights bound to a context, with tokenizer and hyper-parameters. Shared by sessions.
@@ -145,6 +170,19 @@ impl Model {
                 ctx.pool.clone(),
                 progress,
             )?),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => {
+                let dev = ctx.cuda.clone().ok_or_else(|| {
+                    Error::Internal(format!("CUDA context without its device {n}"))
+                })?;
+                Bound::Cuda(crate::backend::cuda::CudaModel::new(
+                    dev,
+                    &gguf,
+                    &recipe.tensors,
+                    progress,
+                )?)
+            }
+            #[cfg(not(feature = "cuda"))]
             Device::Cuda(n) => {
                 return Err(Error::NoDevice(format!(
                     "CUDA device {n}: not available in this build"

@@ -9,6 +9,8 @@ use crate::Result;
 
 pub(crate) enum State {
     Cpu(CpuState),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::backend::cuda::CudaState),
 }
 
 impl State {
@@ -20,6 +22,12 @@ impl State {
     pub fn new(model: &Model, n_ctx: usize) -> Result<Self> {
         match &model.bound {
             Bound::Cpu(_) => Ok(State::Cpu(CpuState::new(model.hparams(), n_ctx)?)),
+            #[cfg(feature = "cuda")]
+            Bound::Cuda(m) => Ok(State::Cuda(crate::backend::cuda::CudaState::new(
+                m,
+                model.hparams(),
+                n_ctx,
+            )?)),
         }
     }
 
@@ -44,6 +52,24 @@ impl State {
                     out.extend_from_slice(&st.logits(rows)[..rows * vocab]);
                 }
             }
+            #[cfg(feature = "cuda")]
+            (Bound::Cuda(m), State::Cuda(st)) => {
+                let mut step = crate::backend::cuda::CudaStep::new(m, st, tokens, pos0)?;
+                let r = forward(&mut step, &model.recipe, mode, cancelled);
+                // A device error outranks a cancellation seen after it.
+                step.finish()?;
+                r?;
+                if let Some(out) = out {
+                    let rows = if mode == Logits::All { tokens.len() } else { 1 };
+                    out.extend_from_slice(&st.logits(rows)?);
+                }
+            }
+            #[cfg(feature = "cuda")]
+            _ => {
+                return Err(crate::Error::Internal(
+                    "session state and model are on different backends".into(),
+                ))
+            }
         }
         Ok(())
     }
@@ -51,12 +77,16 @@ impl State {
     pub fn set_taps(&mut self, on: bool) {
         match self {
             State::Cpu(st) => st.taps = on.then(Vec::new),
+            #[cfg(feature = "cuda")]
+            State::Cuda(st) => st.taps = on.then(Vec::new),
         }
     }
 
     pub fn take_taps(&mut self) -> Vec<Tap> {
         match self {
             State::Cpu(st) => st.taps.as_mut().map(std::mem::take).unwrap_or_default(),
+            #[cfg(feature = "cuda")]
+            State::Cuda(st) => st.taps.as_mut().map(std::mem::take).unwrap_or_default(),
         }
     }
 }

@@ -268,6 +268,63 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// As [`embed`](Self::embed), with the `n_tok` token ids (i32) already on the device in
+    /// `ids` (no allocation per step). The caller has checked every id is below `n_vocab`:
+    /// the kernel does not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_ids(
+        &self,
+        ty: GgmlType,
+        table: &DeviceBuffer,
+        n_vocab: usize,
+        k: usize,
+        ids: &DeviceBuffer,
+        n_tok: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, "embed")?;
+        let name = format!("embed_{}", type_suffix(ty)?);
+        let k_i = dim(k, "embed k")?;
+        positive(n_tok, "embed token count")?;
+        if n_tok > i32::MAX as usize {
+            return Err(Error::InvalidArgument("embed: too many tokens".into()));
+        }
+        table.check(self, rb * n_vocab as u64, "embed table")?;
+        ids.check(self, n_tok as u64 * 4, "embed ids")?;
+        out.check(self, f32s(n_tok * k), "embed out")?;
+        launch!(self, &name, (n_tok as u32, 1, 1), (128, 1, 1);
+            table.ptr(), ids.ptr(), out.ptr(), k_i, rb as i64)
+    }
+
+    /// Copy `bytes` inside `buf` from byte offset `src` to `dst` (regions must not overlap),
+    /// in stream order with the kernels (no host wait).
+    pub fn copy_within(
+        &self,
+        buf: &mut DeviceBuffer,
+        src: usize,
+        dst: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let end = src.max(dst).saturating_add(bytes);
+        if end > buf.len_bytes() || (src < dst + bytes && dst < src + bytes && bytes > 0) {
+            return Err(Error::InvalidArgument(format!(
+                "copy_within: {bytes} bytes from {src} to {dst} in a buffer of {} bytes \
+                 (out of range or overlapping)",
+                buf.len_bytes()
+            )));
+        }
+        buf.check(self, 0, "copy_within")?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        let p = buf.ptr();
+        unsafe {
+            result::memcpy_dtod_async(p + dst as u64, p + src as u64, bytes, std::ptr::null_mut())
+        }
+        .map_err(|e| drv("device-to-device copy", e))
+    }
+
     /// y = rmsnorm(x) * w, row by row: `n_rows` rows of `n` f32.
     pub fn rmsnorm(
         &self,
@@ -476,6 +533,14 @@ impl CudaDevice {
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         self.glu("geglu", g, u, n, out)
+    }
+
+    /// g = silu(g) * u in place over n values (each element reads and writes its own index).
+    pub fn swiglu_inplace(&self, g: &mut DeviceBuffer, u: &DeviceBuffer, n: usize) -> Result<()> {
+        positive(n, "swiglu")?;
+        g.check(self, f32s(n), "swiglu g")?;
+        u.check(self, f32s(n), "swiglu u")?;
+        launch!(self, "swiglu", (ew_grid(n), 1, 1), (256, 1, 1); g.ptr(), u.ptr(), g.ptr(), n as i64)
     }
 
     fn glu(

@@ -12,10 +12,12 @@
 mod device;
 mod launch;
 mod memory;
+mod model;
 
 pub use device::CudaDevice;
 pub use launch::{KvCacheLayer, RopeParams};
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
+pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
 
 use crate::Error;
 use cudarc::driver::result::DriverError;

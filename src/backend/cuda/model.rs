@@ -1,0 +1,484 @@
+//! The forward pass on the GPU: weights in VRAM ([`CudaModel`]), a session's KV cache and
+//! activation buffers ([`CudaState`]) and one step of the recipe ([`CudaStep`], an [`Ops`]).
+//!
+//! Arithmetic: matrices stay in their GGUF block format and multiply f32 activations (no
+//! 8-bit activation quantization, unlike the CPU); the KV cache is f16; norms, RoPE, softmax
+//! and the residual stream are f32. Decode steps (one token) use the mat-vec kernels, longer
+//! steps the mat-mul kernels. Work is queued in order on the default stream; only downloads
+//! (logits, taps) wait for it.
+
+use super::device::CudaDevice;
+use super::launch::{KvCacheLayer, RopeParams};
+use super::memory::{DeviceBuffer, MemKind};
+use crate::backend::cpu::Tap;
+use crate::backend::{AttnShape, Ops, Rope, RopeStyle, Slot, WeightId};
+use crate::gguf::Gguf;
+use crate::model::hparams::HParams;
+use crate::model::recipe::WeightTensor;
+use crate::quant::{self, GgmlType};
+use crate::{Error, Result};
+
+/// Token rows a state's activation buffers hold at first: the session's prefill chunk.
+/// A longer step grows them.
+pub const MAX_STEP_TOKENS: usize = 256;
+
+const N_SLOTS: usize = 10;
+
+fn slot_index(s: Slot) -> usize {
+    match s {
+        Slot::Hidden => 0,
+        Slot::Normed => 1,
+        Slot::Q => 2,
+        Slot::K => 3,
+        Slot::V => 4,
+        Slot::Attn => 5,
+        Slot::Proj => 6,
+        Slot::Gate => 7,
+        Slot::Up => 8,
+        Slot::Logits => 9,
+    }
+}
+
+const ALL_SLOTS: [Slot; N_SLOTS] = [
+    Slot::Hidden,
+    Slot::Normed,
+    Slot::Q,
+    Slot::K,
+    Slot::V,
+    Slot::Attn,
+    Slot::Proj,
+    Slot::Gate,
+    Slot::Up,
+    Slot::Logits,
+];
+
+fn slot_width(hp: &HParams, s: Slot) -> usize {
+    match s {
+        Slot::Hidden | Slot::Normed | Slot::Proj => hp.n_embd,
+        Slot::Q | Slot::Attn => hp.q_dim(),
+        Slot::K | Slot::V => hp.kv_dim(),
+        Slot::Gate | Slot::Up => hp.n_ff,
+        Slot::Logits => hp.vocab,
+    }
+}
+
+/// Types the CUDA kernels multiply (and embed) in place.
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::Q6_K
+    )
+}
+
+/// A weight in VRAM: the file's blocks for matrices, f32 for one-dimensional tensors.
+struct CudaWeight {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    buf: DeviceBuffer,
+}
+
+/// Model weights uploaded once to one GPU (accounted as [`MemKind::Weights`]).
+pub struct CudaModel {
+    dev: CudaDevice,
+    weights: Vec<CudaWeight>,
+}
+
+impl CudaModel {
+    /// Upload the recipe's tensors. Out of memory (budget or card) is
+    /// [`Error::OutOfMemory`]; what was uploaded so far is freed on the way out.
+    /// `progress` returning false cancels.
+    pub fn new(
+        dev: CudaDevice,
+        gguf: &Gguf,
+        tensors: &[WeightTensor],
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Self> {
+        let total: u64 = tensors.iter().map(|t| t.info.size).sum::<u64>().max(1);
+        let mut done = 0u64;
+        let mut weights = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let data = gguf.tensor_data(&t.info);
+            let row_bytes = t.ty.bytes_for(t.cols as u64).ok_or_else(|| {
+                Error::BadModel(format!("tensor '{}': row of {} values", t.name, t.cols))
+            })? as usize;
+            if row_bytes.checked_mul(t.rows) != Some(data.len()) {
+                return Err(Error::BadModel(format!(
+                    "tensor '{}': {} bytes for {}x{}",
+                    t.name,
+                    data.len(),
+                    t.rows,
+                    t.cols
+                )));
+            }
+            let w = if t.rows == 1 {
+                // Norm weights and biases: small, read by elementwise kernels as f32.
+                let mut v = vec![0f32; t.cols];
+                quant::dequantize(t.ty, data, &mut v)
+                    .map_err(|e| Error::BadModel(format!("tensor '{}': {e}", t.name)))?;
+                CudaWeight {
+                    ty: GgmlType::F32,
+                    rows: 1,
+                    cols: t.cols,
+                    buf: dev.upload_f32(&v, MemKind::Weights)?,
+                }
+            } else {
+                if !supported(t.ty) {
+                    return Err(Error::Unsupported(format!(
+                        "tensor '{}' has type {}, which the CUDA backend cannot multiply",
+                        t.name,
+                        t.ty.name()
+                    )));
+                }
+                if t.cols % 32 != 0 {
+                    return Err(Error::Unsupported(format!(
+                        "tensor '{}': rows of {} values (the CUDA kernels need multiples of 32)",
+                        t.name, t.cols
+                    )));
+                }
+                CudaWeight {
+                    ty: t.ty,
+                    rows: t.rows,
+                    cols: t.cols,
+                    buf: dev.upload(data, MemKind::Weights)?,
+                }
+            };
+            weights.push(w);
+            done += t.info.size;
+            if !progress(done as f32 / total as f32) {
+                return Err(Error::Cancelled);
+            }
+        }
+        // A failed copy would otherwise surface at the first step.
+        dev.synchronize()?;
+        Ok(CudaModel { dev, weights })
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    fn weight(&self, w: WeightId) -> &CudaWeight {
+        &self.weights[w.0 as usize]
+    }
+}
+
+/// A session's state on the GPU: per-layer f16 KV cache, activation buffers for up to
+/// `cap` token rows, the step's positions and token ids.
+pub struct CudaState {
+    dev: CudaDevice,
+    hp: HParams,
+    n_ctx: usize,
+    kv: Vec<KvCacheLayer>,
+    slots: Vec<DeviceBuffer>,
+    positions: DeviceBuffer,
+    ids: DeviceBuffer,
+    /// Token rows the buffers hold.
+    cap: usize,
+    /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
+    pub taps: Option<Vec<Tap>>,
+}
+
+/// The scratch buffers for `cap` token rows.
+fn alloc_scratch(
+    dev: &CudaDevice,
+    hp: &HParams,
+    cap: usize,
+) -> Result<(Vec<DeviceBuffer>, DeviceBuffer, DeviceBuffer)> {
+    let mut slots = Vec::with_capacity(N_SLOTS);
+    for s in ALL_SLOTS {
+        slots.push(dev.alloc(cap * slot_width(hp, s) * 4, MemKind::Scratch)?);
+    }
+    let positions = dev.alloc(cap * 4, MemKind::Scratch)?;
+    let ids = dev.alloc(cap * 4, MemKind::Scratch)?;
+    Ok((slots, positions, ids))
+}
+
+impl CudaState {
+    /// Bytes of the f16 KV cache for `n_ctx` positions.
+    pub fn kv_bytes(hp: &HParams, n_ctx: usize) -> u64 {
+        2 * hp.n_layer as u64 * n_ctx as u64 * hp.kv_dim() as u64 * 2
+    }
+
+    /// Allocates everything a session needs up front, so that out of memory shows here (as
+    /// [`Error::OutOfMemory`], with nothing left allocated) rather than mid-generation.
+    pub fn new(model: &CudaModel, hp: &HParams, n_ctx: usize) -> Result<Self> {
+        let dev = model.dev.clone();
+        let mut kv = Vec::with_capacity(hp.n_layer);
+        for _ in 0..hp.n_layer {
+            kv.push(dev.alloc_kv_layer(hp.n_head_kv, hp.head_dim, n_ctx)?);
+        }
+        let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
+        let (slots, positions, ids) = alloc_scratch(&dev, hp, cap)?;
+        Ok(CudaState {
+            dev,
+            hp: hp.clone(),
+            n_ctx,
+            kv,
+            slots,
+            positions,
+            ids,
+            cap,
+            taps: None,
+        })
+    }
+
+    /// The logits of the last step: `rows` rows of `vocab` values (waits for the GPU).
+    pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
+        self.dev
+            .download_f32(&self.slots[slot_index(Slot::Logits)], rows * self.hp.vocab)
+    }
+}
+
+/// One forward step on the GPU: `n` tokens at positions `pos0..`. The [`Ops`] calls cannot
+/// return errors, so the first one is kept and the rest of the step is skipped;
+/// [`finish`](Self::finish) returns it.
+pub struct CudaStep<'a> {
+    m: &'a CudaModel,
+    st: &'a mut CudaState,
+    pos0: usize,
+    n: usize,
+    err: Option<Error>,
+}
+
+impl<'a> CudaStep<'a> {
+    pub fn new(
+        m: &'a CudaModel,
+        st: &'a mut CudaState,
+        tokens: &[u32],
+        pos0: usize,
+    ) -> Result<Self> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::InvalidArgument("a forward step needs tokens".into()));
+        }
+        if pos0 + n > st.n_ctx {
+            return Err(Error::ContextFull(format!(
+                "{n} tokens at position {pos0} exceed the context of {}",
+                st.n_ctx
+            )));
+        }
+        if let Some((i, &t)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= st.hp.vocab)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "token {t} at index {i} is outside the vocabulary of {}",
+                st.hp.vocab
+            )));
+        }
+        if n > st.cap {
+            // Free the old buffers first so that the budget sees only the new ones.
+            st.slots.clear();
+            let (slots, positions, ids) = alloc_scratch(&st.dev, &st.hp, n)?;
+            (st.slots, st.positions, st.ids, st.cap) = (slots, positions, ids, n);
+        }
+        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        st.dev.write(&mut st.positions, 0, as_bytes(&pos))?;
+        st.dev.write(&mut st.ids, 0, as_bytes(&ids))?;
+        Ok(CudaStep {
+            m,
+            st,
+            pos0,
+            n,
+            err: None,
+        })
+    }
+
+    /// The first error of the step, if any.
+    pub fn finish(self) -> Result<()> {
+        match self.err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn width(&self, s: Slot) -> usize {
+        slot_width(&self.st.hp, s)
+    }
+
+    /// Run `f` unless an earlier call failed; keep its error.
+    fn run(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) {
+        if self.err.is_none() {
+            if let Err(e) = f(self) {
+                self.err = Some(e);
+            }
+        }
+    }
+}
+
+/// Slot `a` to read and a different slot `b` to write.
+fn pair(
+    slots: &mut [DeviceBuffer],
+    a: Slot,
+    b: Slot,
+) -> Result<(&DeviceBuffer, &mut DeviceBuffer)> {
+    let (ia, ib) = (slot_index(a), slot_index(b));
+    if ia == ib {
+        return Err(Error::Internal(format!(
+            "CUDA step: {a:?} is both input and output"
+        )));
+    }
+    if ia < ib {
+        let (lo, hi) = slots.split_at_mut(ib);
+        Ok((&lo[ia], &mut hi[0]))
+    } else {
+        let (lo, hi) = slots.split_at_mut(ia);
+        Ok((&hi[0], &mut lo[ib]))
+    }
+}
+
+fn as_bytes(v: &[i32]) -> &[u8] {
+    // SAFETY: i32 has no padding; every byte of it is initialized.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+impl Ops for CudaStep<'_> {
+    fn n_tokens(&self) -> usize {
+        self.n
+    }
+
+    fn embed(&mut self, table: WeightId, out: Slot) {
+        self.run(|s| {
+            let w = s.m.weight(table);
+            let st = &mut *s.st;
+            let o = &mut st.slots[slot_index(out)];
+            s.m.dev
+                .embed_ids(w.ty, &w.buf, w.rows, w.cols, &st.ids, s.n, o)
+        });
+    }
+
+    fn rms_norm(&mut self, x: Slot, w: WeightId, eps: f32, out: Slot) {
+        self.run(|s| {
+            let width = s.width(x);
+            let g = &s.m.weight(w).buf;
+            let n = s.n;
+            if x == out {
+                let xb = &mut s.st.slots[slot_index(x)];
+                return s.m.dev.rmsnorm_inplace(xb, g, n, width, eps);
+            }
+            let (xb, ob) = pair(&mut s.st.slots, x, out)?;
+            s.m.dev.rmsnorm(xb, g, n, width, eps, ob)
+        });
+    }
+
+    fn matmul(&mut self, w: WeightId, x: Slot, out: Slot) {
+        self.run(|s| {
+            let wt = s.m.weight(w);
+            let n = s.n;
+            let (xb, ob) = pair(&mut s.st.slots, x, out)?;
+            if n == 1 {
+                s.m.dev.matvec(wt.ty, &wt.buf, wt.rows, wt.cols, xb, ob)
+            } else {
+                s.m.dev.matmul(wt.ty, &wt.buf, wt.rows, wt.cols, xb, n, ob)
+            }
+        });
+    }
+
+    fn add_bias(&mut self, x: Slot, b: WeightId) {
+        self.run(|s| {
+            let width = s.width(x);
+            let n = s.n;
+            let bias = &s.m.weight(b).buf;
+            s.m.dev
+                .add_bias(&mut s.st.slots[slot_index(x)], bias, n, width)
+        });
+    }
+
+    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: Rope) {
+        self.run(|s| {
+            let p = RopeParams {
+                rot_dim: rope.dims,
+                base: rope.base,
+                pos_scale: 1.0,
+                neox: rope.style == RopeStyle::Neox,
+            };
+            let n = s.n;
+            let st = &mut *s.st;
+            s.m.dev.rope(
+                &mut st.slots[slot_index(x)],
+                &st.positions,
+                n,
+                n_heads,
+                head_dim,
+                p,
+            )
+        });
+    }
+
+    fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
+        self.run(|s| {
+            let (n, pos0) = (s.n, s.pos0);
+            let st = &mut *s.st;
+            let cache = &mut st.kv[layer];
+            s.m.dev.kv_store(
+                &st.slots[slot_index(k)],
+                &st.slots[slot_index(v)],
+                n,
+                cache,
+                pos0,
+            )?;
+            let (qb, ob) = pair(&mut st.slots, q, out)?;
+            s.m.dev
+                .attention(qb, n, shape.n_head, &st.kv[layer], pos0, shape.scale, 0, ob)
+        });
+    }
+
+    fn swiglu(&mut self, gate: Slot, up: Slot) {
+        self.run(|s| {
+            let len = s.n * s.width(gate);
+            let (ub, gb) = pair(&mut s.st.slots, up, gate)?;
+            s.m.dev.swiglu_inplace(gb, ub, len)
+        });
+    }
+
+    fn add(&mut self, x: Slot, y: Slot) {
+        self.run(|s| {
+            let len = s.n * s.width(x);
+            let (yb, xb) = pair(&mut s.st.slots, y, x)?;
+            s.m.dev.add(xb, yb, len)
+        });
+    }
+
+    fn keep_last_row(&mut self, x: Slot) {
+        self.run(|s| {
+            let row = s.width(x) * 4;
+            let n = s.n;
+            if n > 1 {
+                let b = &mut s.st.slots[slot_index(x)];
+                s.m.dev.copy_within(b, (n - 1) * row, 0, row)?;
+            }
+            s.n = 1;
+            Ok(())
+        });
+    }
+
+    fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
+        if self.st.taps.is_none() {
+            return;
+        }
+        self.run(|s| {
+            let n = s.n;
+            let data =
+                s.m.dev
+                    .download_f32(&s.st.slots[slot_index(x)], n * s.width(x))?;
+            if let Some(taps) = s.st.taps.as_mut() {
+                taps.push(Tap {
+                    name: name.to_string(),
+                    layer,
+                    rows: n,
+                    data,
+                });
+            }
+            Ok(())
+        });
+    }
+}
