@@ -361,20 +361,25 @@ fn matmul(w: &CpuWeight, data: &[u8], x: &[f32], n: usize, q8: &mut Vec<BlockQ8>
         }
     };
     if n == 1 {
-        out[..rows].par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
-            let mut scratch = Vec::new();
-            for (j, y) in o.iter_mut().enumerate() {
-                dot_row(ci * chunk + j, std::slice::from_mut(y), &mut scratch);
-            }
-        });
+        out[..rows]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                let mut scratch = Vec::new();
+                for (j, y) in o.iter_mut().enumerate() {
+                    dot_row(ci * chunk + j, std::slice::from_mut(y), &mut scratch);
+                }
+            });
     } else {
         let mut tmp = vec![0f32; rows * n];
-        tmp.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, o)| {
-            let mut scratch = Vec::new();
-            for (j, y) in o.chunks_mut(n).enumerate() {
-                dot_row(ci * chunk + j, y, &mut scratch);
-            }
-        });
+        tmp.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                let mut scratch = Vec::new();
+                for (j, y) in o.chunks_mut(n).enumerate() {
+                    dot_row(ci * chunk + j, y, &mut scratch);
+                }
+            });
         transpose_into(&tmp, rows, n, out);
     }
 }
