@@ -72,7 +72,8 @@ pub fn random_row(ty: GgmlType, n_values: usize, rng: &mut Rng) -> Vec<u8> {
     let mut row: Vec<u8> = (0..nb * ts).map(|_| rng.next() as u8).collect();
     for b in row.chunks_exact_mut(ts) {
         for &at in f16_fields(ty) {
-            let v = (0.001 + 0.099 * rng.unit().abs()) * if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
+            let v =
+                (0.001 + 0.099 * rng.unit().abs()) * if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
             b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
         }
         if ty == GgmlType::MXFP4 {
@@ -112,7 +113,12 @@ pub fn reference(ty: GgmlType, row: &[u8], x: &[f32], acts: &[BlockQ8]) -> Check
     }
     let chunks = (n / 32) as f64;
     let tol = (2.0 * chunks + 16.0) * 2.0 * 2f64.powi(-24) * mag + 1e-30;
-    Check { exact, exact_x, tol, tol_x: tol + round * (1.0 + 1e-6) }
+    Check {
+        exact,
+        exact_x,
+        tol,
+        tol_x: tol + round * (1.0 + 1e-6),
+    }
 }
 
 /// Checks every weight block of `row` on its own at every level: with one block the tolerance
@@ -121,7 +127,10 @@ pub fn reference(ty: GgmlType, row: &[u8], x: &[f32], acts: &[BlockQ8]) -> Check
 fn per_block(ty: GgmlType, row: &[u8], x: &[f32], acts: &[BlockQ8], levels: &[SimdLevel]) {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     for (k, wb) in row.chunks_exact(ts).enumerate() {
-        let (xs, ab) = (&x[k * bs..(k + 1) * bs], &acts[k * bs / 32..(k + 1) * bs / 32]);
+        let (xs, ab) = (
+            &x[k * bs..(k + 1) * bs],
+            &acts[k * bs / 32..(k + 1) * bs / 32],
+        );
         let c = reference(ty, wb, xs, ab);
         for &l in levels {
             let got = vec_dot_at(l, ty, wb, ab) as f64;
@@ -148,11 +157,16 @@ fn random_acts(n: usize, rng: &mut Rng) -> (Vec<f32>, Vec<BlockQ8>) {
 
 pub const DOT_TYPES: [GgmlType; 11] = {
     use GgmlType::*;
-    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4]
+    [
+        Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4,
+    ]
 };
 
 fn levels() -> Vec<SimdLevel> {
-    let l: Vec<_> = SimdLevel::ALL.into_iter().filter(|l| l.available()).collect();
+    let l: Vec<_> = SimdLevel::ALL
+        .into_iter()
+        .filter(|l| l.available())
+        .collect();
     eprintln!("levels: {:?}", l);
     l
 }
@@ -167,7 +181,11 @@ fn quantize_q8_rounds_to_nearest() {
         let mut sum = 0i32;
         for (v, q) in xb.iter().zip(b.qs) {
             // |x - d q| <= d/2, plus one f32 rounding of x/d.
-            assert!((v - b.d * q as f32).abs() <= b.d * (0.5 + 1e-5), "{v} vs {q}*{}", b.d);
+            assert!(
+                (v - b.d * q as f32).abs() <= b.d * (0.5 + 1e-5),
+                "{v} vs {q}*{}",
+                b.d
+            );
             sum += q as i32;
         }
         assert_eq!(b.s, b.d * sum as f32);
@@ -203,9 +221,17 @@ fn every_level_matches_scalar_and_reference() {
                         c.exact,
                         c.tol
                     );
-                    assert!((got - c.exact_x).abs() <= c.tol_x, "{} {l:?}: vs f32 acts", ty.name());
+                    assert!(
+                        (got - c.exact_x).abs() <= c.tol_x,
+                        "{} {l:?}: vs f32 acts",
+                        ty.name()
+                    );
                     // Two implementations, each within tol of the exact value.
-                    assert!((got - scalar as f64).abs() <= 2.0 * c.tol, "{} {l:?} vs scalar", ty.name());
+                    assert!(
+                        (got - scalar as f64).abs() <= 2.0 * c.tol,
+                        "{} {l:?} vs scalar",
+                        ty.name()
+                    );
                 }
             }
         }
@@ -233,7 +259,12 @@ fn golden_blocks_dot() {
                 c.tol,
                 c.tol / c.exact.abs()
             );
-            assert!((got - c.exact).abs() <= c.tol, "{} {l:?}: {got} vs {}", ty.name(), c.exact);
+            assert!(
+                (got - c.exact).abs() <= c.tol,
+                "{} {l:?}: {got} vs {}",
+                ty.name(),
+                c.exact
+            );
         }
     }
 }
@@ -263,7 +294,11 @@ fn multi_matches_single() {
                         chk.exact
                     );
                     // Same kernel arithmetic per column, only register blocking differs.
-                    assert!((out[c] - single).abs() as f64 <= 2.0 * chk.tol, "{} {l:?} multi vs single", ty.name());
+                    assert!(
+                        (out[c] - single).abs() as f64 <= 2.0 * chk.tol,
+                        "{} {l:?} multi vs single",
+                        ty.name()
+                    );
                 }
             }
             let mut out = vec![0.0; n_cols];
@@ -287,7 +322,11 @@ fn forced_level_env_is_honoured() {
         .env("LLORCH_SIMD", "scalar")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
 }
 
@@ -301,19 +340,32 @@ fn f32_rows() {
             let (row, wq): (Vec<u8>, Vec<f32>) = match ty {
                 GgmlType::F32 => (w.iter().flat_map(|v| v.to_le_bytes()).collect(), w.clone()),
                 GgmlType::F16 => (
-                    w.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+                    w.iter()
+                        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                        .collect(),
                     w.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
                 ),
                 _ => (
-                    w.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-                    w.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect(),
+                    w.iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    w.iter()
+                        .map(|v| half::bf16::from_f32(*v).to_f32())
+                        .collect(),
                 ),
             };
             let exact: f64 = wq.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let mag: f64 = wq.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            let mag: f64 = wq
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum();
             let got = vec_dot_f32(ty, &row, &x) as f64;
             // n sequential f32 adds at most (plus the product rounding): (n+2)u·Σ|w x|.
-            assert!((got - exact).abs() <= (n as f64 + 2.0) * 2f64.powi(-24) * mag, "{ty:?} n={n}");
+            assert!(
+                (got - exact).abs() <= (n as f64 + 2.0) * 2f64.powi(-24) * mag,
+                "{ty:?} n={n}"
+            );
         }
     }
     assert!(vec_dot_f32(GgmlType::F32, &[0; 8], &[1.0]).is_nan());
@@ -331,6 +383,13 @@ fn bad_sizes_give_nan_not_panic() {
     let mut out = [0.0f32; 3];
     vec_dot_multi(GgmlType::Q8_0, &[0u8; 34], &acts, 3, &mut out);
     assert!(out.iter().all(|v| v.is_nan()));
-    let e = vec_dot_multi_at(SimdLevel::Scalar, GgmlType::Q8_0, &[0u8; 34], &acts, 0, &mut []);
+    let e = vec_dot_multi_at(
+        SimdLevel::Scalar,
+        GgmlType::Q8_0,
+        &[0u8; 34],
+        &acts,
+        0,
+        &mut [],
+    );
     assert!(e.is_err());
 }

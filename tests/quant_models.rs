@@ -82,7 +82,13 @@ fn tensors(bytes: &[u8]) -> Vec<Tensor> {
         let off = c.u64();
         let n: u64 = dims.iter().product();
         let size = ty.bytes_for(n).unwrap() as usize;
-        out.push(Tensor { name, dims, ty, offset: off as usize, size });
+        out.push(Tensor {
+            name,
+            dims,
+            ty,
+            offset: off as usize,
+            size,
+        });
     }
     let data = (c.p as u64).div_ceil(align) * align;
     for t in &mut out {
@@ -113,7 +119,8 @@ fn every_tensor_dequantizes_to_finite_values() {
             let mut sumsq = 0.0f64;
             for chunk in data.chunks(per) {
                 let n = chunk.len() / tsz * bs;
-                dequantize(t.ty, chunk, &mut buf[..n]).unwrap_or_else(|e| panic!("{}: {e}", t.name));
+                dequantize(t.ty, chunk, &mut buf[..n])
+                    .unwrap_or_else(|e| panic!("{}: {e}", t.name));
                 if let Some(i) = buf[..n].iter().position(|v| !v.is_finite()) {
                     panic!("{model} {}: value {i} is {}", t.name, buf[i]);
                 }
@@ -124,14 +131,20 @@ fn every_tensor_dequantizes_to_finite_values() {
             n_values += t.dims.iter().product::<u64>();
             types.insert(t.ty.name());
         }
-        eprintln!("{model}: {} tensors, {n_values} values, types {types:?}", ts.len());
+        eprintln!(
+            "{model}: {} tensors, {n_values} values, types {types:?}",
+            ts.len()
+        );
         assert!(ts.len() > 100);
     }
 }
 
 #[test]
 fn real_rows_dot_at_every_level() {
-    let levels: Vec<_> = SimdLevel::ALL.into_iter().filter(|l| l.available()).collect();
+    let levels: Vec<_> = SimdLevel::ALL
+        .into_iter()
+        .filter(|l| l.available())
+        .collect();
     let mut seed = 17u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -143,7 +156,10 @@ fn real_rows_dot_at_every_level() {
     for model in [common::QWEN_05B, common::SMOLLM2, common::GEMMA3] {
         let map = open(model);
         for t in tensors(&map) {
-            if t.dims.len() != 2 || !supported_for_dot(t.ty) || !t.name.starts_with("blk.1.") && !t.name.contains("output.") {
+            if t.dims.len() != 2
+                || !supported_for_dot(t.ty)
+                || !t.name.starts_with("blk.1.") && !t.name.contains("output.")
+            {
                 continue;
             }
             let k = t.dims[0] as usize;
@@ -157,21 +173,34 @@ fn real_rows_dot_at_every_level() {
                 let row = &map[t.offset + r * row_bytes..t.offset + (r + 1) * row_bytes];
                 let mut w = vec![0.0f32; k];
                 dequantize(t.ty, row, &mut w).unwrap();
-                let exact: f64 = (0..k).map(|i| w[i] as f64 * one[i / 32].d as f64 * one[i / 32].qs[i % 32] as f64).sum();
+                let exact: f64 = (0..k)
+                    .map(|i| w[i] as f64 * one[i / 32].d as f64 * one[i / 32].qs[i % 32] as f64)
+                    .sum();
                 // Real weights have small offsets relative to |w| in practice; bound with a
                 // conservative magnitude: Σ (|w| + max|w| of the row)·|x̂| (offset parts are at
                 // most the row's largest |w| for these formats) and the long-row factor.
                 let wmax = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
                 let mag: f64 = (0..k)
-                    .map(|i| (w[i].abs() as f64 + 2.0 * wmax) * (one[i / 32].d * one[i / 32].qs[i % 32] as f32).abs() as f64)
+                    .map(|i| {
+                        (w[i].abs() as f64 + 2.0 * wmax)
+                            * (one[i / 32].d * one[i / 32].qs[i % 32] as f32).abs() as f64
+                    })
                     .sum();
                 let tol = (2.0 * (k / 32) as f64 + 16.0) * 2.0 * 2f64.powi(-24) * mag;
                 for &l in &levels {
                     let got = vec_dot_at(l, t.ty, row, one) as f64;
-                    assert!((got - exact).abs() <= tol, "{model} {} row {r} {l:?}: {got} vs {exact} tol {tol:e}", t.name);
+                    assert!(
+                        (got - exact).abs() <= tol,
+                        "{model} {} row {r} {l:?}: {got} vs {exact} tol {tol:e}",
+                        t.name
+                    );
                     let mut out = [0.0f32; 3];
                     vec_dot_multi_at(l, t.ty, row, &acts, 3, &mut out).unwrap();
-                    assert!((out[0] as f64 - got).abs() <= 2.0 * tol, "{model} {} multi", t.name);
+                    assert!(
+                        (out[0] as f64 - got).abs() <= 2.0 * tol,
+                        "{model} {} multi",
+                        t.name
+                    );
                 }
             }
             *checked.entry(t.ty.name()).or_insert(0) += 1;

@@ -24,9 +24,23 @@ impl Rng {
 fn inputs(n: usize) -> Vec<Vec<f32>> {
     let mut rng = Rng(42);
     let mut v = Vec::new();
-    v.push((0..n).map(|_| (rng.unit() + rng.unit() + rng.unit()) * 0.05).collect());
+    v.push(
+        (0..n)
+            .map(|_| (rng.unit() + rng.unit() + rng.unit()) * 0.05)
+            .collect(),
+    );
     v.push((0..n).map(|_| 3.0 + rng.unit()).collect::<Vec<_>>());
-    v.push((0..n).map(|i| if i % 97 == 5 { 40.0 * rng.unit() } else { rng.unit() }).collect());
+    v.push(
+        (0..n)
+            .map(|i| {
+                if i % 97 == 5 {
+                    40.0 * rng.unit()
+                } else {
+                    rng.unit()
+                }
+            })
+            .collect(),
+    );
     v.push(vec![0.0; n]);
     v.push(vec![-1.25; n]);
     v.push((0..n).map(|_| rng.unit() * 1e-3).collect());
@@ -71,7 +85,9 @@ fn bound(ty: GgmlType, x: &[f32], b: &[u8], i: usize) -> f32 {
         // step S_k = sc_k*d < amax_k/31 + d per 16 values; error <= S_k/2.
         Q6_K => {
             let k = i / 16;
-            let am = x[16 * k..16 * k + 16].iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let am = x[16 * k..16 * k + 16]
+                .iter()
+                .fold(0.0f32, |a, v| a.max(v.abs()));
             (am / 31.0 + h(b, 208)) / 2.0
         }
         _ => unreachable!(),
@@ -111,9 +127,16 @@ fn round_trip_within_bounds() {
                 }
             }
             let rms = (sum_sq / n as f64).sqrt();
-            eprintln!("{} case {case}: rms err {rms:.3e}, worst err/bound {worst:.3}", ty.name());
+            eprintln!(
+                "{} case {case}: rms err {rms:.3e}, worst err/bound {worst:.3}",
+                ty.name()
+            );
             if case == 3 {
-                assert!(y.iter().all(|v| *v == 0.0), "{}: zeros must stay zero", ty.name());
+                assert!(
+                    y.iter().all(|v| *v == 0.0),
+                    "{}: zeros must stay zero",
+                    ty.name()
+                );
             }
         }
     }
@@ -130,15 +153,29 @@ fn typical_error_is_small() {
     // Uniform data in [-1, 1]: mean |err| of rounding to a step S is S/4. Steps: Q8_0 ≈ 2/254,
     // Q5_0 ≈ 2/30, Q4_1 ≈ 2/15, Q6_K ≈ 2/62, Q4_K ≈ (2 + dmin)/15 + d. Allow 1.3× for f16/scale
     // rounding up.
-    for (ty, step) in [(Q8_0, 2.0 / 254.0), (Q5_0, 2.0 / 30.0), (Q4_1, 2.0 / 15.0), (Q6_K, 2.0 / 62.0), (Q4_K, 2.2 / 15.0)]
-    {
+    for (ty, step) in [
+        (Q8_0, 2.0 / 254.0),
+        (Q5_0, 2.0 / 30.0),
+        (Q4_1, 2.0 / 15.0),
+        (Q6_K, 2.0 / 62.0),
+        (Q4_K, 2.2 / 15.0),
+    ] {
         let mut q = vec![0u8; n / ty.block_size() * ty.type_size()];
         quantize(ty, &x, &mut q).unwrap();
         let mut y = vec![0.0f32; n];
         dequantize(ty, &q, &mut y).unwrap();
-        let mean: f64 = x.iter().zip(&y).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / n as f64;
-        eprintln!("{}: mean |err| {mean:.4e}, step/4 {:.4e}", ty.name(), step / 4.0);
-        assert!(mean <= step as f64 / 4.0 * 1.3, "{}: mean err {mean}", ty.name());
+        let mean: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .sum::<f64>()
+            / n as f64;
+        eprintln!(
+            "{}: mean |err| {mean:.4e}, step/4 {:.4e}",
+            ty.name(),
+            step / 4.0
+        );
+        assert!(mean <= step / 4.0 * 1.3, "{}: mean err {mean}", ty.name());
     }
 }
 

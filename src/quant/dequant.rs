@@ -25,7 +25,12 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
                 *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
             }
         }
-        Q8_1 | Q8_K => return Err(QuantError::Unsupported { ty: ty.name(), op: "dequantize" }),
+        Q8_1 | Q8_K => {
+            return Err(QuantError::Unsupported {
+                ty: ty.name(),
+                op: "dequantize",
+            })
+        }
         _ => {
             let (bs, ts) = (ty.block_size(), ty.type_size());
             for (o, b) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(ts)) {
@@ -58,7 +63,11 @@ fn block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         Q5_0 | Q5_1 => {
             // d, [m], qh (u32: bit j is the 5th bit of value j), then nibbles as in Q4_0.
             let d = f16_at(b, 0);
-            let (m, o) = if ty == Q5_1 { (f16_at(b, 2), 4) } else { (0.0, 2) };
+            let (m, o) = if ty == Q5_1 {
+                (f16_at(b, 2), 4)
+            } else {
+                (0.0, 2)
+            };
             let qh = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
             for j in 0..16 {
                 let lo = (b[o + 4 + j] & 0xF) as u32 | ((qh >> j) & 1) << 4;
@@ -82,7 +91,11 @@ fn block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
             // e8m0 exponent (halved: the table holds doubled e2m1 values), then nibbles.
             const KV: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
             let e = b[0] as u32;
-            let bits = if e < 2 { 0x0020_0000u32 << e } else { (e - 1) << 23 };
+            let bits = if e < 2 {
+                0x0020_0000u32 << e
+            } else {
+                (e - 1) << 23
+            };
             let d = f32::from_bits(bits);
             for j in 0..16 {
                 y[j] = d * KV[(b[1 + j] & 0xF) as usize] as f32;

@@ -52,8 +52,12 @@ pub enum SimdLevel {
 }
 
 impl SimdLevel {
-    pub const ALL: [SimdLevel; 4] =
-        [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx2Vnni, SimdLevel::Avx512];
+    pub const ALL: [SimdLevel; 4] = [
+        SimdLevel::Scalar,
+        SimdLevel::Avx2,
+        SimdLevel::Avx2Vnni,
+        SimdLevel::Avx512,
+    ];
 
     /// Whether this CPU can run the level.
     pub fn available(self) -> bool {
@@ -96,7 +100,11 @@ pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
         let best = |cands: &[SimdLevel]| {
-            cands.iter().copied().find(|l| l.available()).unwrap_or(SimdLevel::Scalar)
+            cands
+                .iter()
+                .copied()
+                .find(|l| l.available())
+                .unwrap_or(SimdLevel::Scalar)
         };
         use SimdLevel::*;
         match std::env::var("LLORCH_SIMD").ok().as_deref() {
@@ -135,7 +143,10 @@ pub fn supported_for_dot(ty: GgmlType) -> bool {
 /// Checks a row of `ty` with `row_bytes` bytes against `n_blocks` activation blocks.
 pub fn check_dot(ty: GgmlType, row_bytes: usize, n_blocks: usize) -> Result<(), QuantError> {
     if !supported_for_dot(ty) {
-        return Err(QuantError::Unsupported { ty: ty.name(), op: "vec_dot" });
+        return Err(QuantError::Unsupported {
+            ty: ty.name(),
+            op: "vec_dot",
+        });
     }
     check_sizes(ty, n_blocks.saturating_mul(32), row_bytes, "weight row").map(|_| ())
 }
@@ -173,7 +184,7 @@ pub fn vec_dot_multi_at(
     n_cols: usize,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
-    if n_cols == 0 || acts.len() % n_cols != 0 || out.len() != n_cols {
+    if n_cols == 0 || !acts.len().is_multiple_of(n_cols) || out.len() != n_cols {
         return Err(QuantError::SizeMismatch {
             ty: ty.name(),
             what: "activation columns",
@@ -184,10 +195,12 @@ pub fn vec_dot_multi_at(
     }
     let nb = acts.len() / n_cols;
     check_dot(ty, row.len(), nb)?;
-    match (level.available(), table(level)[ty as usize]) {
-        // SAFETY: the level's CPU features are present and all sizes were checked above.
-        (true, Some(f)) => unsafe { f(row, acts, nb, out) },
-        _ => scalar::dot(ty, row, acts, nb, out),
+    // Tables of unavailable levels are empty, so they fall back to scalar.
+    match table(level)[ty as usize] {
+        // SAFETY: the table holds kernels only for levels whose CPU features are present,
+        // and all sizes were checked above.
+        Some(f) => unsafe { f(row, acts, nb, out) },
+        None => scalar::dot(ty, row, acts, nb, out),
     }
     Ok(())
 }

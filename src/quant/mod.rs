@@ -106,7 +106,7 @@ impl GgmlType {
     /// Bytes of `n` values, or None if `n` is not a whole number of blocks or overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)
@@ -132,16 +132,31 @@ pub use quantize::quantize;
 pub enum QuantError {
     /// A value count that is not a whole number of blocks.
     #[error("{ty}: {n} values is not a whole number of {block}-value blocks")]
-    NotWholeBlocks { ty: &'static str, n: usize, block: usize },
+    NotWholeBlocks {
+        ty: &'static str,
+        n: usize,
+        block: usize,
+    },
     /// A byte buffer whose length does not match the value count.
     #[error("{ty}: {what} has {got} bytes, expected {want} ({blocks} blocks)")]
-    SizeMismatch { ty: &'static str, what: &'static str, got: usize, want: usize, blocks: usize },
+    SizeMismatch {
+        ty: &'static str,
+        what: &'static str,
+        got: usize,
+        want: usize,
+        blocks: usize,
+    },
     /// The type does not support this operation.
     #[error("{ty}: {op} is not supported for this type")]
     Unsupported { ty: &'static str, op: &'static str },
     /// An input value that cannot be represented (NaN, infinity, scale beyond f16).
     #[error("{ty}: cannot quantize value {value} at index {index}: {why}")]
-    BadValue { ty: &'static str, index: usize, value: f32, why: &'static str },
+    BadValue {
+        ty: &'static str,
+        index: usize,
+        value: f32,
+        why: &'static str,
+    },
 }
 
 impl From<QuantError> for crate::Error {
@@ -161,13 +176,23 @@ pub(crate) fn check_sizes(
     what: &'static str,
 ) -> Result<usize, QuantError> {
     let bs = ty.block_size();
-    if n_values % bs != 0 {
-        return Err(QuantError::NotWholeBlocks { ty: ty.name(), n: n_values, block: bs });
+    if !n_values.is_multiple_of(bs) {
+        return Err(QuantError::NotWholeBlocks {
+            ty: ty.name(),
+            n: n_values,
+            block: bs,
+        });
     }
     let blocks = n_values / bs;
-    let want = blocks.checked_mul(ty.type_size()).unwrap_or(usize::MAX);
+    let want = blocks.saturating_mul(ty.type_size());
     if n_bytes != want {
-        return Err(QuantError::SizeMismatch { ty: ty.name(), what, got: n_bytes, want, blocks });
+        return Err(QuantError::SizeMismatch {
+            ty: ty.name(),
+            what,
+            got: n_bytes,
+            want,
+            blocks,
+        });
     }
     Ok(blocks)
 }
@@ -184,7 +209,10 @@ pub(crate) fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 

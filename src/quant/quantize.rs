@@ -23,17 +23,36 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
         Q5_0 => q5_0,
         Q4_K => q4_k,
         Q6_K => q6_k,
-        _ => return Err(QuantError::Unsupported { ty: ty.name(), op: "quantize" }),
+        _ => {
+            return Err(QuantError::Unsupported {
+                ty: ty.name(),
+                op: "quantize",
+            })
+        }
     };
     check_sizes(ty, src.len(), dst.len(), "destination")?;
     if let Some((index, &value)) = src.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(QuantError::BadValue { ty: ty.name(), index, value, why: "not finite" });
+        return Err(QuantError::BadValue {
+            ty: ty.name(),
+            index,
+            value,
+            why: "not finite",
+        });
     }
     let (bs, ts) = (ty.block_size(), ty.type_size());
-    for (k, (x, o)) in src.chunks_exact(bs).zip(dst.chunks_exact_mut(ts)).enumerate() {
+    for (k, (x, o)) in src
+        .chunks_exact(bs)
+        .zip(dst.chunks_exact_mut(ts))
+        .enumerate()
+    {
         f(x, o).map_err(|why| {
             let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            QuantError::BadValue { ty: ty.name(), index: k * bs, value: amax, why }
+            QuantError::BadValue {
+                ty: ty.name(),
+                index: k * bs,
+                value: amax,
+                why,
+            }
         })?;
     }
     Ok(())
@@ -83,7 +102,10 @@ fn q8_0(x: &[f32], o: &mut [u8]) -> Result<(), &'static str> {
 fn q5_0(x: &[f32], o: &mut [u8]) -> Result<(), &'static str> {
     let d = f16_up(amax(x) / 15.0)?;
     put16(o, 0, d);
-    let qv: Vec<u32> = x.iter().map(|v| (q(*v, d.to_f32(), -16.0, 15.0) + 16) as u32).collect();
+    let qv: Vec<u32> = x
+        .iter()
+        .map(|v| (q(*v, d.to_f32(), -16.0, 15.0) + 16) as u32)
+        .collect();
     let mut qh = 0u32;
     for (j, v) in qv.iter().enumerate() {
         qh |= ((v >> 4) & 1) << j;
@@ -127,16 +149,26 @@ fn q4_k(x: &[f32], o: &mut [u8]) -> Result<(), &'static str> {
     let mut mi = [0u8; 8];
     let mut big_m = [0f32; 8];
     for j in 0..8 {
-        mi[j] = if dminf > 0.0 { (-mn[j] / dminf).ceil().clamp(0.0, 63.0) as u8 } else { 0 };
+        mi[j] = if dminf > 0.0 {
+            (-mn[j] / dminf).ceil().clamp(0.0, 63.0) as u8
+        } else {
+            0
+        };
         big_m[j] = mi[j] as f32 * dminf;
     }
     // ... then scales rounded up so 15 steps reach each sub-block's maximum.
-    let need: Vec<f32> = (0..8).map(|j| ((mx[j] + big_m[j]) / 15.0).max(0.0)).collect();
+    let need: Vec<f32> = (0..8)
+        .map(|j| ((mx[j] + big_m[j]) / 15.0).max(0.0))
+        .collect();
     let d = f16_up(need.iter().fold(0.0f32, |m, v| m.max(*v)) / 63.0)?;
     let df = d.to_f32();
     let mut si = [0u8; 8];
     for j in 0..8 {
-        si[j] = if df > 0.0 { (need[j] / df).ceil().clamp(0.0, 63.0) as u8 } else { 0 };
+        si[j] = if df > 0.0 {
+            (need[j] / df).ceil().clamp(0.0, 63.0) as u8
+        } else {
+            0
+        };
     }
     put16(o, 0, d);
     put16(o, 2, dmin);
@@ -168,7 +200,11 @@ fn q6_k(x: &[f32], o: &mut [u8]) -> Result<(), &'static str> {
     let df = d.to_f32();
     let mut qv = [0u8; 256];
     for k in 0..16 {
-        let sc = if df > 0.0 { (need[k] / df).ceil().clamp(0.0, 127.0) as i8 } else { 0 };
+        let sc = if df > 0.0 {
+            (need[k] / df).ceil().clamp(0.0, 127.0) as i8
+        } else {
+            0
+        };
         o[192 + k] = sc as u8;
         let step = sc as f32 * df;
         for l in 0..16 {

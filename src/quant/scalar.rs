@@ -24,8 +24,18 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
             let (d, m, qh, qs) = match ty {
                 Q4_0 => (f16_at(b, 0), 0.0, 0, 2),
                 Q4_1 => (f16_at(b, 0), f16_at(b, 2), 0, 4),
-                Q5_0 => (f16_at(b, 0), 0.0, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
-                _ => (f16_at(b, 0), f16_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
+                Q5_0 => (
+                    f16_at(b, 0),
+                    0.0,
+                    u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+                    6,
+                ),
+                _ => (
+                    f16_at(b, 0),
+                    f16_at(b, 2),
+                    u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                    8,
+                ),
             };
             // Offset types (Q4_0: -8, Q5_0: -16) fold the offset into q.
             let bias = match ty {
@@ -52,7 +62,11 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
         MXFP4 => {
             const KV: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
             let e = b[0] as u32;
-            let d = f32::from_bits(if e < 2 { 0x0020_0000u32 << e } else { (e - 1) << 23 });
+            let d = f32::from_bits(if e < 2 {
+                0x0020_0000u32 << e
+            } else {
+                (e - 1) << 23
+            });
             for j in 0..16 {
                 q[j] = KV[(b[1 + j] & 0xF) as usize];
                 q[j + 16] = KV[(b[1 + j] >> 4) as usize];
@@ -66,9 +80,9 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                 let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
                 *q = ((b[16 + h * 32 + l] >> (2 * s)) & 3) as i8;
             }
-            for k in 0..16 {
-                o.scale[k] = d * (b[k] & 0xF) as f32;
-                o.min[k] = dmin * (b[k] >> 4) as f32;
+            for (k, sc) in b[..16].iter().enumerate() {
+                o.scale[k] = d * (sc & 0xF) as f32;
+                o.min[k] = dmin * (sc >> 4) as f32;
             }
         }
         Q3_K => {
@@ -80,10 +94,10 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                 let hbit = ((b[l] >> (h * 4 + s)) & 1) as i8;
                 *q = lo - 4 * (1 - hbit);
             }
-            for k in 0..16 {
-                o.scale[k] = d * sc[k] as f32;
-                o.min[k] = 0.0;
+            for (o, s) in o.scale.iter_mut().zip(sc) {
+                *o = d * s as f32;
             }
+            o.min.fill(0.0);
         }
         Q4_K | Q5_K => {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -121,14 +135,21 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
 /// Types the scalar path can dot.
 pub(crate) fn supported(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+    matches!(
+        ty,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+    )
 }
 
 /// `out[c]` = row · column c, for `n_cols` columns of `nb` activation blocks each, stored back
 /// to back in `acts`. Sizes already checked by the caller.
 pub(crate) fn dot(ty: GgmlType, row: &[u8], acts: &[BlockQ8], nb: usize, out: &mut [f32]) {
     let per = ty.block_size() / 32; // activation blocks per weight block
-    let mut dec = Decoded { q: [0; 256], scale: [0.0; 16], min: [0.0; 16] };
+    let mut dec = Decoded {
+        q: [0; 256],
+        scale: [0.0; 16],
+        min: [0.0; 16],
+    };
     out.fill(0.0);
     for (wi, wb) in row.chunks_exact(ty.type_size()).enumerate() {
         decode(ty, wb, &mut dec);

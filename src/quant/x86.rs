@@ -14,7 +14,10 @@ use std::arch::x86_64::*;
 
 macro_rules! dot_maddubs {
     ($acc:expr, $w:expr, $a:expr) => {
-        _mm256_add_epi32($acc, _mm256_madd_epi16(_mm256_maddubs_epi16($w, $a), _mm256_set1_epi16(1)))
+        _mm256_add_epi32(
+            $acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16($w, $a), _mm256_set1_epi16(1)),
+        )
     };
 }
 macro_rules! dot_avxvnni {
@@ -33,8 +36,8 @@ macro_rules! bits_avx2 {
         let v = _mm256_shuffle_epi8(
             _mm256_set1_epi32($bits as i32),
             _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3,
-                3, 3, 3, 3, 3,
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
             ),
         );
         let bm = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
@@ -49,14 +52,15 @@ macro_rules! bits_avx512 {
 }
 
 macro_rules! kernels {
-    ($modname:ident, $feat:literal, $dotm:ident, $bitsm:ident) => {
+    ($modname:ident, $feat:literal, $dotm:ident, $bitsm:ident, $cols:literal) => {
         pub(crate) mod $modname {
             #![allow(clippy::missing_safety_doc, unused_unsafe)]
             use super::super::dot::BlockQ8;
             use std::arch::x86_64::*;
 
-            /// Columns processed together by vec_dot_multi.
-            const COLS: usize = 4;
+            /// Columns processed together by vec_dot_multi (accumulators must fit the
+            /// register file: 16 ymm with AVX2, 32 with AVX-512).
+            const COLS: usize = $cols;
 
             #[inline]
             #[target_feature(enable = $feat)]
@@ -115,11 +119,21 @@ macro_rules! kernels {
                         let n = out.len();
                         let mut c = 0;
                         while c + COLS <= n {
-                            $k::<COLS>(row.as_ptr(), acts.as_ptr().add(c * nb), nb, &mut out[c..c + COLS]);
+                            $k::<COLS>(
+                                row.as_ptr(),
+                                acts.as_ptr().add(c * nb),
+                                nb,
+                                &mut out[c..c + COLS],
+                            );
                             c += COLS;
                         }
                         while c < n {
-                            $k::<1>(row.as_ptr(), acts.as_ptr().add(c * nb), nb, &mut out[c..c + 1]);
+                            $k::<1>(
+                                row.as_ptr(),
+                                acts.as_ptr().add(c * nb),
+                                nb,
+                                &mut out[c..c + 1],
+                            );
                             c += 1;
                         }
                     }
@@ -130,7 +144,12 @@ macro_rules! kernels {
             /// Offsets (-8/-16) and mins are applied through the activation sums s.
             #[inline]
             #[target_feature(enable = $feat)]
-            unsafe fn legacy<const N: usize, const TS: usize, const HAS_M: bool, const HAS_H: bool>(
+            unsafe fn legacy<
+                const N: usize,
+                const TS: usize,
+                const HAS_M: bool,
+                const HAS_H: bool,
+            >(
                 rp: *const u8,
                 ap: *const BlockQ8,
                 nb: usize,
@@ -157,10 +176,12 @@ macro_rules! kernels {
                     } else {
                         w = nibbles16(p.add(o));
                     }
+                    let dv = _mm256_set1_ps(d);
                     for c in 0..N {
                         let b = &*ap.add(c * nb + i);
                         let s = dot(_mm256_setzero_si256(), w, act(b));
-                        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * b.d), acc[c]);
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.d));
+                        acc[c] = _mm256_fmadd_ps(t, dv, acc[c]);
                         off[c] = m.mul_add(b.s, off[c]);
                     }
                 }
@@ -169,19 +190,39 @@ macro_rules! kernels {
                 }
             }
             #[target_feature(enable = $feat)]
-            unsafe fn k_q4_0<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q4_0<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 legacy::<N, 18, false, false>(rp, ap, nb, out, 8.0)
             }
             #[target_feature(enable = $feat)]
-            unsafe fn k_q4_1<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q4_1<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 legacy::<N, 20, true, false>(rp, ap, nb, out, 0.0)
             }
             #[target_feature(enable = $feat)]
-            unsafe fn k_q5_0<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q5_0<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 legacy::<N, 22, false, true>(rp, ap, nb, out, 16.0)
             }
             #[target_feature(enable = $feat)]
-            unsafe fn k_q5_1<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q5_1<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 legacy::<N, 24, true, true>(rp, ap, nb, out, 0.0)
             }
             drive!(q4_0, k_q4_0);
@@ -191,17 +232,24 @@ macro_rules! kernels {
 
             /// Q8_0: signed weights, so the sign moves onto the activations.
             #[target_feature(enable = $feat)]
-            unsafe fn k_q8_0<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q8_0<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 let mut acc = [_mm256_setzero_ps(); N];
                 for i in 0..nb {
                     let p = rp.add(i * 34);
                     let d = f16(p);
                     let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
                     let wabs = _mm256_abs_epi8(w);
+                    let dv = _mm256_set1_ps(d);
                     for c in 0..N {
                         let b = &*ap.add(c * nb + i);
                         let s = dot_signed(wabs, w, act(b));
-                        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * b.d), acc[c]);
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.d));
+                        acc[c] = _mm256_fmadd_ps(t, dv, acc[c]);
                     }
                 }
                 for c in 0..N {
@@ -246,7 +294,11 @@ macro_rules! kernels {
                         }
                         off[c] += t;
                     }
-                    let qh = if Q5 { _mm256_loadu_si256(p.add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+                    let qh = if Q5 {
+                        _mm256_loadu_si256(p.add(16) as *const __m256i)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
                     for g in 0..4 {
                         let q = _mm256_loadu_si256(p.add(qs_off + 32 * g) as *const __m256i);
                         let mut lo = _mm256_and_si256(q, m4);
@@ -255,16 +307,31 @@ macro_rules! kernels {
                             let b0 = _mm256_set1_epi8(1 << (2 * g));
                             let b1 = _mm256_set1_epi8(2 << (2 * g));
                             let h16 = _mm256_set1_epi8(0x10);
-                            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), h16));
-                            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), h16));
+                            lo = _mm256_or_si256(
+                                lo,
+                                _mm256_and_si256(
+                                    _mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0),
+                                    h16,
+                                ),
+                            );
+                            hi = _mm256_or_si256(
+                                hi,
+                                _mm256_and_si256(
+                                    _mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1),
+                                    h16,
+                                ),
+                            );
                         }
+                        let (d0, d1) = (_mm256_set1_ps(sc[2 * g]), _mm256_set1_ps(sc[2 * g + 1]));
                         for c in 0..N {
                             let b0 = &*ap.add(c * nb + i * 8 + 2 * g);
                             let b1 = &*ap.add(c * nb + i * 8 + 2 * g + 1);
                             let s0 = dot(_mm256_setzero_si256(), lo, act(b0));
                             let s1 = dot(_mm256_setzero_si256(), hi, act(b1));
-                            acc0[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(sc[2 * g] * b0.d), acc0[c]);
-                            acc1[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(sc[2 * g + 1] * b1.d), acc1[c]);
+                            let t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(b0.d));
+                            let t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(b1.d));
+                            acc0[c] = _mm256_fmadd_ps(t0, d0, acc0[c]);
+                            acc1[c] = _mm256_fmadd_ps(t1, d1, acc1[c]);
                         }
                     }
                 }
@@ -273,11 +340,21 @@ macro_rules! kernels {
                 }
             }
             #[target_feature(enable = $feat)]
-            unsafe fn k_q4_k<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q4_k<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 kquant::<N, false>(rp, ap, nb, out)
             }
             #[target_feature(enable = $feat)]
-            unsafe fn k_q5_k<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q5_k<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 kquant::<N, true>(rp, ap, nb, out)
             }
             drive!(q4_k, k_q4_k);
@@ -286,7 +363,12 @@ macro_rules! kernels {
             /// Q6_K: 6-bit q - 32 (signed, sign moved onto the activations), i8 scale per 16
             /// values: lanes 0..4 of a chunk's dot cover its first 16 values, lanes 4..8 the rest.
             #[target_feature(enable = $feat)]
-            unsafe fn k_q6_k<const N: usize>(rp: *const u8, ap: *const BlockQ8, nb: usize, out: &mut [f32]) {
+            unsafe fn k_q6_k<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
                 let mut acc = [[_mm256_setzero_ps(); N]; 2];
                 let m4 = _mm256_set1_epi8(0xF);
                 let m30 = _mm256_set1_epi8(0x30);
@@ -299,10 +381,22 @@ macro_rules! kernels {
                         let qlb = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
                         let qhv = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
                         let ws = [
-                            _mm256_or_si256(_mm256_and_si256(qla, m4), _mm256_and_si256(_mm256_slli_epi16(qhv, 4), m30)),
-                            _mm256_or_si256(_mm256_and_si256(qlb, m4), _mm256_and_si256(_mm256_slli_epi16(qhv, 2), m30)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qla, 4), m4), _mm256_and_si256(qhv, m30)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qlb, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qhv, 2), m30)),
+                            _mm256_or_si256(
+                                _mm256_and_si256(qla, m4),
+                                _mm256_and_si256(_mm256_slli_epi16(qhv, 4), m30),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(qlb, m4),
+                                _mm256_and_si256(_mm256_slli_epi16(qhv, 2), m30),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(qla, 4), m4),
+                                _mm256_and_si256(qhv, m30),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(qlb, 4), m4),
+                                _mm256_and_si256(_mm256_srli_epi16(qhv, 2), m30),
+                            ),
                         ];
                         for k in 0..4 {
                             let ch = 4 * h + k;
@@ -314,11 +408,8 @@ macro_rules! kernels {
                             for c in 0..N {
                                 let b = &*ap.add(c * nb + i * 8 + ch);
                                 let s = dot_signed(wabs, w, act(b));
-                                acc[k & 1][c] = _mm256_fmadd_ps(
-                                    _mm256_cvtepi32_ps(s),
-                                    _mm256_mul_ps(sv, _mm256_set1_ps(b.d)),
-                                    acc[k & 1][c],
-                                );
+                                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.d));
+                                acc[k & 1][c] = _mm256_fmadd_ps(t, sv, acc[k & 1][c]);
                             }
                         }
                     }
@@ -332,9 +423,15 @@ macro_rules! kernels {
     };
 }
 
-kernels!(avx2, "avx2,fma,f16c", dot_maddubs, bits_avx2);
-kernels!(avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni, bits_avx2);
-kernels!(avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", dot_vnni512, bits_avx512);
+kernels!(avx2, "avx2,fma,f16c", dot_maddubs, bits_avx2, 4);
+kernels!(avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni, bits_avx2, 4);
+kernels!(
+    avx512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    dot_vnni512,
+    bits_avx512,
+    8
+);
 
 type DotFn = unsafe fn(&[u8], &[BlockQ8], usize, &mut [f32]);
 
