@@ -1,6 +1,12 @@
 //! Compute backends: CPU always, CUDA with the `cuda` feature.
+//!
+//! A backend knows operations, not architectures: the layer recipe in `model/` speaks to it
+//! through [`Ops`], naming activations by [`Slot`] and weights by [`WeightId`]. Each slot holds
+//! `n_tokens` rows of its width for the current forward step.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Which device a context computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +28,92 @@ pub struct ContextOptions {
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        ContextOptions { device: Device::Cpu, threads: 0, memory_budget: 0 }
+        ContextOptions {
+            device: Device::Cpu,
+            threads: 0,
+            memory_budget: 0,
+        }
     }
+}
+
+/// Activation buffers of a forward step. Widths are set by the model's hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// The residual stream, `n_embd` wide.
+    Hidden,
+    /// Normalized input of a block, `n_embd` wide.
+    Normed,
+    /// Queries, `n_head * head_dim` wide.
+    Q,
+    /// Keys and values of the new tokens, `n_head_kv * head_dim` wide.
+    K,
+    V,
+    /// Attention output before its projection, `n_head * head_dim` wide.
+    Attn,
+    /// Output of a projection back to `n_embd`.
+    Proj,
+    /// Feed-forward gate and up projections, `n_ff` wide.
+    Gate,
+    Up,
+    /// Logits, `vocab` wide.
+    Logits,
+}
+
+/// Index of a weight tensor in the model's weight table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WeightId(pub u32);
+
+/// How rotary position embedding pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): llama-family GGUF files (their Q/K rows are stored permuted for it).
+    Normal,
+    /// Pairs (i, i + d/2): GPT-NeoX style, used by Qwen2.
+    Neox,
+}
+
+/// Rotary embedding settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rope {
+    pub style: RopeStyle,
+    /// Dimensions rotated per head (from the front); the rest pass through.
+    pub dims: usize,
+    pub base: f32,
+}
+
+/// Attention shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+/// The operations a layer recipe is written in. Rows of a slot are tokens; `pos0` is the
+/// position of the first token of the step in the sequence.
+pub trait Ops {
+    /// Number of token rows in this step.
+    fn n_tokens(&self) -> usize;
+    /// `out[t] = table[tokens[t]]`, dequantized.
+    fn embed(&mut self, table: WeightId, out: Slot);
+    /// `out = x / rms(x) * w`, row by row.
+    fn rms_norm(&mut self, x: Slot, w: WeightId, eps: f32, out: Slot);
+    /// `out[t] = W · x[t]` (W has one row per output feature).
+    fn matmul(&mut self, w: WeightId, x: Slot, out: Slot);
+    /// `x[t] += b`.
+    fn add_bias(&mut self, x: Slot, b: WeightId);
+    /// Rotate each head of `x` in place for positions `pos0..pos0+n`.
+    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: Rope);
+    /// Write this step's K and V into the layer's cache, then causal attention of Q over the
+    /// cache (positions `0..pos0+t+1` for token t) into `out`.
+    fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot);
+    /// `gate = silu(gate) * up`.
+    fn swiglu(&mut self, gate: Slot, up: Slot);
+    /// `x += y`.
+    fn add(&mut self, x: Slot, y: Slot);
+    /// Keep only the last token row of `x` (the others are not needed for the logits).
+    fn keep_last_row(&mut self, x: Slot);
+    /// Record an intermediate value for verification (no-op unless taps are on).
+    fn tap(&mut self, _name: &str, _layer: Option<usize>, _x: Slot) {}
 }

@@ -184,7 +184,7 @@ pub fn vec_dot_multi_at(
     n_cols: usize,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
-    if n_cols == 0 || !acts.len().is_multiple_of(n_cols) || out.len() != n_cols {
+    if n_cols == 0 || acts.len() % n_cols != 0 || out.len() != n_cols {
         return Err(QuantError::SizeMismatch {
             ty: ty.name(),
             what: "activation columns",

@@ -106,7 +106,7 @@ impl GgmlType {
     /// Bytes of `n` values, or None if `n` is not a whole number of blocks or overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if !n.is_multiple_of(bs) {
+        if n % bs != 0 {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)
@@ -176,7 +176,7 @@ pub(crate) fn check_sizes(
     what: &'static str,
 ) -> Result<usize, QuantError> {
     let bs = ty.block_size();
-    if !n_values.is_multiple_of(bs) {
+    if n_values % bs != 0 {
         return Err(QuantError::NotWholeBlocks {
             ty: ty.name(),
             n: n_values,

@@ -8,6 +8,10 @@
 //! Every kernel takes N columns (const) so vec_dot_multi decodes a weight block once for N
 //! activation vectors.
 
+// The AVX-512 and AVX-VNNI intrinsics are stable since Rust 1.89 (the crate's declared MSRV
+// is older; building this module needs 1.89).
+#![allow(clippy::incompatible_msrv)]
+
 use super::dot::{BlockQ8, SimdLevel};
 use super::GgmlType;
 use std::arch::x86_64::*;

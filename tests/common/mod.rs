@@ -14,7 +14,11 @@ pub fn golden_dir() -> PathBuf {
     let p = std::env::var_os("LLORCH_GOLDEN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("../shared/golden"));
-    assert!(p.is_dir(), "golden references not found at {} (set LLORCH_GOLDEN_DIR)", p.display());
+    assert!(
+        p.is_dir(),
+        "golden references not found at {} (set LLORCH_GOLDEN_DIR)",
+        p.display()
+    );
     p
 }
 
@@ -38,7 +42,11 @@ pub fn model_path(name: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(Path::new(&path).is_file(), "fetch-model printed {} which is not a file", path.display());
+    assert!(
+        Path::new(&path).is_file(),
+        "fetch-model printed {} which is not a file",
+        path.display()
+    );
     path
 }
 

@@ -1,1 +1,560 @@
-//! The CPU backend.
+//! The CPU backend. Weights are used in place from the memory map (no copy of the quantized
+//! bytes). Arithmetic: matrices in their block format against activations quantized to
+//! 8 bits per block of 32 (`quant::BlockQ8`), accumulated in f32; everything else (norms,
+//! RoPE, attention, KV cache) in f32. Work is split over rows across the context's threads.
+
+use super::{AttnShape, Ops, Rope, RopeStyle, Slot, WeightId};
+use crate::gguf::{Gguf, TensorInfo};
+use crate::model::hparams::HParams;
+use crate::model::recipe::WeightTensor;
+use crate::quant::{self, BlockQ8, GgmlType};
+use crate::{Error, Result};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+const N_SLOTS: usize = 10;
+
+fn slot_index(s: Slot) -> usize {
+    match s {
+        Slot::Hidden => 0,
+        Slot::Normed => 1,
+        Slot::Q => 2,
+        Slot::K => 3,
+        Slot::V => 4,
+        Slot::Attn => 5,
+        Slot::Proj => 6,
+        Slot::Gate => 7,
+        Slot::Up => 8,
+        Slot::Logits => 9,
+    }
+}
+
+fn slot_width(hp: &HParams, s: Slot) -> usize {
+    match s {
+        Slot::Hidden | Slot::Normed | Slot::Proj => hp.n_embd,
+        Slot::Q | Slot::Attn => hp.q_dim(),
+        Slot::K | Slot::V => hp.kv_dim(),
+        Slot::Gate | Slot::Up => hp.n_ff,
+        Slot::Logits => hp.vocab,
+    }
+}
+
+const ALL_SLOTS: [Slot; N_SLOTS] = [
+    Slot::Hidden,
+    Slot::Normed,
+    Slot::Q,
+    Slot::K,
+    Slot::V,
+    Slot::Attn,
+    Slot::Proj,
+    Slot::Gate,
+    Slot::Up,
+    Slot::Logits,
+];
+
+/// A weight bound to the CPU: its descriptor (the bytes stay in the map), plus an f32 copy
+/// of small one-dimensional tensors (norm weights, biases).
+struct CpuWeight {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    info: TensorInfo,
+    vector: Option<Vec<f32>>,
+}
+
+/// Model weights bound to the CPU.
+pub struct CpuModel {
+    gguf: Arc<Gguf>,
+    weights: Vec<CpuWeight>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+/// Build the thread pool of a context.
+pub fn thread_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    let n = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("llorch-cpu-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::Internal(format!("cannot start {n} CPU threads: {e}")))
+}
+
+/// Types whose rows the CPU can multiply.
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) || quant::supported_for_dot(ty)
+}
+
+impl CpuModel {
+    /// Bind the recipe's tensors. Touches every page of the weights once (so the first token
+    /// is not slowed by page faults), reporting progress; `progress` returning false cancels.
+    pub fn new(
+        gguf: Arc<Gguf>,
+        tensors: &[WeightTensor],
+        pool: Arc<rayon::ThreadPool>,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Self> {
+        let total: u64 = tensors.iter().map(|t| t.info.size).sum::<u64>().max(1);
+        let mut done = 0u64;
+        let mut weights = Vec::with_capacity(tensors.len());
+        let mut checksum = 0u8;
+        for t in tensors {
+            if !supported(t.ty) {
+                return Err(Error::Unsupported(format!(
+                    "tensor '{}' has type {}, which the CPU backend cannot multiply",
+                    t.name,
+                    t.ty.name()
+                )));
+            }
+            let data = gguf.tensor_data(&t.info);
+            let row_bytes = t.ty.bytes_for(t.cols as u64).ok_or_else(|| {
+                Error::BadModel(format!("tensor '{}': row of {} values", t.name, t.cols))
+            })? as usize;
+            if row_bytes.checked_mul(t.rows) != Some(data.len()) {
+                return Err(Error::BadModel(format!(
+                    "tensor '{}': {} bytes for {}x{}",
+                    t.name,
+                    data.len(),
+                    t.rows,
+                    t.cols
+                )));
+            }
+            let vector = if t.rows == 1 {
+                let mut v = vec![0f32; t.cols];
+                quant::dequantize(t.ty, data, &mut v)
+                    .map_err(|e| Error::BadModel(format!("tensor '{}': {e}", t.name)))?;
+                Some(v)
+            } else {
+                None
+            };
+            for page in data.chunks(4096) {
+                checksum ^= page[0];
+            }
+            weights.push(CpuWeight {
+                ty: t.ty,
+                rows: t.rows,
+                cols: t.cols,
+                row_bytes,
+                info: t.info.clone(),
+                vector,
+            });
+            done += t.info.size;
+            if !progress(done as f32 / total as f32) {
+                return Err(Error::Cancelled);
+            }
+        }
+        std::hint::black_box(checksum);
+        Ok(CpuModel {
+            gguf,
+            weights,
+            pool,
+        })
+    }
+
+    fn bytes(&self, w: WeightId) -> &[u8] {
+        self.gguf.tensor_data(&self.weights[w.0 as usize].info)
+    }
+
+    fn weight(&self, w: WeightId) -> &CpuWeight {
+        &self.weights[w.0 as usize]
+    }
+
+    fn vector(&self, w: WeightId) -> &[f32] {
+        self.weights[w.0 as usize]
+            .vector
+            .as_deref()
+            .expect("a one-dimensional weight")
+    }
+}
+
+/// One recorded intermediate value (see [`Ops::tap`]).
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub name: String,
+    pub layer: Option<usize>,
+    /// `rows` token rows of `data.len() / rows` values.
+    pub rows: usize,
+    pub data: Vec<f32>,
+}
+
+/// A session's state on the CPU: the KV cache and the activation buffers.
+pub struct CpuState {
+    hp: HParams,
+    n_ctx: usize,
+    /// Per layer, `n_ctx` rows of `kv_dim` values.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    slots: Vec<Vec<f32>>,
+    q8: Vec<BlockQ8>,
+    /// Intermediate values, recorded when `Some`.
+    pub taps: Option<Vec<Tap>>,
+}
+
+impl CpuState {
+    /// Bytes a state of `n_ctx` positions needs for its KV cache.
+    pub fn kv_bytes(hp: &HParams, n_ctx: usize) -> u64 {
+        2 * hp.n_layer as u64 * n_ctx as u64 * hp.kv_dim() as u64 * 4
+    }
+
+    pub fn new(hp: &HParams, n_ctx: usize) -> Result<Self> {
+        let per_layer = n_ctx.checked_mul(hp.kv_dim()).ok_or_else(|| {
+            Error::InvalidArgument(format!("context of {n_ctx} tokens is too large"))
+        })?;
+        let mut k = Vec::with_capacity(hp.n_layer);
+        let mut v = Vec::with_capacity(hp.n_layer);
+        for _ in 0..hp.n_layer {
+            k.push(zeroed(per_layer)?);
+            v.push(zeroed(per_layer)?);
+        }
+        Ok(CpuState {
+            hp: hp.clone(),
+            n_ctx,
+            k,
+            v,
+            slots: vec![Vec::new(); N_SLOTS],
+            q8: Vec::new(),
+            taps: None,
+        })
+    }
+
+    /// The logits of the last step: `rows` rows of `vocab` values.
+    pub fn logits(&self, rows: usize) -> &[f32] {
+        &self.slots[slot_index(Slot::Logits)][..rows * self.hp.vocab]
+    }
+}
+
+/// A zeroed f32 buffer, or OutOfMemory instead of an abort.
+fn zeroed(n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "cannot allocate {} bytes of host memory",
+            n as u64 * 4
+        ))
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+/// One forward step on the CPU: `tokens` at positions `pos0..`.
+pub struct CpuStep<'a> {
+    m: &'a CpuModel,
+    st: &'a mut CpuState,
+    tokens: &'a [u32],
+    pos0: usize,
+    n: usize,
+}
+
+impl<'a> CpuStep<'a> {
+    /// The caller guarantees `pos0 + tokens.len() <= n_ctx` and token ids below the vocabulary.
+    pub fn new(
+        m: &'a CpuModel,
+        st: &'a mut CpuState,
+        tokens: &'a [u32],
+        pos0: usize,
+    ) -> Result<Self> {
+        if pos0 + tokens.len() > st.n_ctx {
+            return Err(Error::ContextFull(format!(
+                "{} tokens at position {pos0} exceed the context of {}",
+                tokens.len(),
+                st.n_ctx
+            )));
+        }
+        for s in ALL_SLOTS {
+            let need = tokens.len() * slot_width(&st.hp, s);
+            let buf = &mut st.slots[slot_index(s)];
+            if buf.len() < need {
+                buf.try_reserve_exact(need - buf.len()).map_err(|_| {
+                    Error::OutOfMemory(format!("cannot allocate {} bytes of host memory", need * 4))
+                })?;
+                buf.resize(need, 0.0);
+            }
+        }
+        Ok(CpuStep {
+            m,
+            st,
+            tokens,
+            pos0,
+            n: tokens.len(),
+        })
+    }
+
+    fn take(&mut self, s: Slot) -> Vec<f32> {
+        std::mem::take(&mut self.st.slots[slot_index(s)])
+    }
+
+    fn put(&mut self, s: Slot, v: Vec<f32>) {
+        self.st.slots[slot_index(s)] = v;
+    }
+
+    fn width(&self, s: Slot) -> usize {
+        slot_width(&self.st.hp, s)
+    }
+}
+
+/// Rows per parallel task: enough tasks to balance the threads, not so many that scheduling
+/// costs show.
+fn rows_per_task(rows: usize) -> usize {
+    (rows / (rayon::current_num_threads() * 16)).clamp(4, 256)
+}
+
+/// `out[t][r] = W[r] · x[t]` for `n` token rows.
+fn matmul(w: &CpuWeight, data: &[u8], x: &[f32], n: usize, q8: &mut Vec<BlockQ8>, out: &mut [f32]) {
+    let (rows, cols, rb) = (w.rows, w.cols, w.row_bytes);
+    let chunk = rows_per_task(rows);
+    let row = |r: usize| &data[r * rb..(r + 1) * rb];
+    if matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        let mut tmp = vec![0f32; rows * n];
+        tmp.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, y) in o.chunks_mut(n).enumerate() {
+                    let wr = row(ci * chunk + j);
+                    for (t, yt) in y.iter_mut().enumerate() {
+                        *yt = quant::vec_dot_f32(w.ty, wr, &x[t * cols..(t + 1) * cols]);
+                    }
+                }
+            });
+        transpose_into(&tmp, rows, n, out);
+        return;
+    }
+    let nb = cols / 32;
+    q8.clear();
+    q8.resize(n * nb, BlockQ8::default());
+    q8.par_chunks_mut(nb)
+        .zip(x.par_chunks(cols))
+        .for_each(|(q, xs)| quant::quantize_q8(xs, q));
+    let acts = &q8[..];
+    if n == 1 {
+        out[..rows]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, y) in o.iter_mut().enumerate() {
+                    *y = quant::vec_dot(w.ty, row(ci * chunk + j), acts);
+                }
+            });
+    } else {
+        let mut tmp = vec![0f32; rows * n];
+        tmp.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, y) in o.chunks_mut(n).enumerate() {
+                    quant::vec_dot_multi(w.ty, row(ci * chunk + j), acts, n, y);
+                }
+            });
+        transpose_into(&tmp, rows, n, out);
+    }
+}
+
+/// `out[t * rows + r] = tmp[r * n + t]`.
+fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
+    for (t, o) in out[..rows * n].chunks_mut(rows).enumerate() {
+        for (r, y) in o.iter_mut().enumerate() {
+            *y = tmp[r * n + t];
+        }
+    }
+}
+
+/// Rotate pairs of one head in place.
+fn rope_head(x: &mut [f32], pos: usize, rope: Rope, inv_freq: &[f32]) {
+    let half = rope.dims / 2;
+    for (i, &f) in inv_freq.iter().enumerate() {
+        let angle = pos as f32 * f;
+        let (sin, cos) = angle.sin_cos();
+        let (a, b) = match rope.style {
+            RopeStyle::Normal => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + half),
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * cos - x1 * sin;
+        x[b] = x0 * sin + x1 * cos;
+    }
+}
+
+impl Ops for CpuStep<'_> {
+    fn n_tokens(&self) -> usize {
+        self.n
+    }
+
+    fn embed(&mut self, table: WeightId, out: Slot) {
+        let w = self.m.weight(table);
+        let data = self.m.bytes(table);
+        let width = self.width(out);
+        let mut o = self.take(out);
+        for (t, &tok) in self.tokens.iter().enumerate() {
+            let tok = tok as usize;
+            quant::dequantize(
+                w.ty,
+                &data[tok * w.row_bytes..(tok + 1) * w.row_bytes],
+                &mut o[t * width..(t + 1) * width],
+            )
+            .expect("embedding rows are whole blocks");
+        }
+        self.put(out, o);
+    }
+
+    fn rms_norm(&mut self, x: Slot, w: WeightId, eps: f32, out: Slot) {
+        let width = self.width(x);
+        let g = self.m.vector(w);
+        let xs = self.take(x);
+        let mut o = self.take(out);
+        for (xr, or) in xs[..self.n * width].chunks(width).zip(o.chunks_mut(width)) {
+            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / width as f32;
+            let scale = 1.0 / (ss + eps).sqrt();
+            for ((o, &xv), &gv) in or.iter_mut().zip(xr).zip(g) {
+                *o = xv * scale * gv;
+            }
+        }
+        self.put(x, xs);
+        self.put(out, o);
+    }
+
+    fn matmul(&mut self, w: WeightId, x: Slot, out: Slot) {
+        let wt = self.m.weight(w);
+        let data = self.m.bytes(w);
+        let xs = self.take(x);
+        let mut o = self.take(out);
+        let n = self.n;
+        let mut q8 = std::mem::take(&mut self.st.q8);
+        self.m
+            .pool
+            .install(|| matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o));
+        self.st.q8 = q8;
+        self.put(x, xs);
+        self.put(out, o);
+    }
+
+    fn add_bias(&mut self, x: Slot, b: WeightId) {
+        let width = self.width(x);
+        let bias = self.m.vector(b);
+        let n = self.n;
+        for row in self.st.slots[slot_index(x)][..n * width].chunks_mut(width) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+
+    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: Rope) {
+        // As the reference computes it: inverse frequencies in f32, angle = pos * inv_freq.
+        let inv_freq: Vec<f32> = (0..rope.dims / 2)
+            .map(|i| 1.0 / rope.base.powf(2.0 * i as f32 / rope.dims as f32))
+            .collect();
+        let width = n_heads * head_dim;
+        let (n, pos0) = (self.n, self.pos0);
+        for (t, row) in self.st.slots[slot_index(x)][..n * width]
+            .chunks_mut(width)
+            .enumerate()
+        {
+            for head in row.chunks_mut(head_dim) {
+                rope_head(head, pos0 + t, rope, &inv_freq);
+            }
+        }
+    }
+
+    fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
+        let kv_dim = shape.n_head_kv * shape.head_dim;
+        let q_dim = shape.n_head * shape.head_dim;
+        let (n, pos0) = (self.n, self.pos0);
+        // Append this step's keys and values to the cache.
+        let kc = &mut self.st.k[layer];
+        kc[pos0 * kv_dim..(pos0 + n) * kv_dim]
+            .copy_from_slice(&self.st.slots[slot_index(k)][..n * kv_dim]);
+        let vc = &mut self.st.v[layer];
+        vc[pos0 * kv_dim..(pos0 + n) * kv_dim]
+            .copy_from_slice(&self.st.slots[slot_index(v)][..n * kv_dim]);
+        let qs = self.take(q);
+        let mut o = self.take(out);
+        let (kc, vc) = (&self.st.k[layer], &self.st.v[layer]);
+        let hd = shape.head_dim;
+        let group = shape.n_head / shape.n_head_kv;
+        self.m.pool.install(|| {
+            o[..n * q_dim]
+                .par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(i, oh)| {
+                    let (t, h) = (i / shape.n_head, i % shape.n_head);
+                    let kvh = h / group;
+                    let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let len = pos0 + t + 1;
+                    let mut scores: Vec<f32> = (0..len)
+                        .map(|j| {
+                            let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+                            qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * shape.scale
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    oh.fill(0.0);
+                    for (j, s) in scores.iter().enumerate() {
+                        let w = s / sum;
+                        let vj = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+                        for (a, b) in oh.iter_mut().zip(vj) {
+                            *a += w * b;
+                        }
+                    }
+                });
+        });
+        self.put(q, qs);
+        self.put(out, o);
+    }
+
+    fn swiglu(&mut self, gate: Slot, up: Slot) {
+        let width = self.width(gate);
+        let n = self.n;
+        let u = self.take(up);
+        for (g, &u) in self.st.slots[slot_index(gate)][..n * width]
+            .iter_mut()
+            .zip(&u[..n * width])
+        {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        self.put(up, u);
+    }
+
+    fn add(&mut self, x: Slot, y: Slot) {
+        let width = self.width(x);
+        let n = self.n;
+        let ys = self.take(y);
+        for (a, &b) in self.st.slots[slot_index(x)][..n * width]
+            .iter_mut()
+            .zip(&ys[..n * width])
+        {
+            *a += b;
+        }
+        self.put(y, ys);
+    }
+
+    fn keep_last_row(&mut self, x: Slot) {
+        let width = self.width(x);
+        let n = self.n;
+        self.st.slots[slot_index(x)].copy_within((n - 1) * width..n * width, 0);
+        self.n = 1;
+    }
+
+    fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
+        let width = self.width(x);
+        let n = self.n;
+        let data = self.st.slots[slot_index(x)][..n * width].to_vec();
+        if let Some(taps) = self.st.taps.as_mut() {
+            taps.push(Tap {
+                name: name.to_string(),
+                layer,
+                rows: n,
+                data,
+            });
+        }
+    }
+}

@@ -1,0 +1,159 @@
+// Shared device helpers: f16 loads and the GGUF block formats, decoded 32 values at a time.
+// Block layouts follow the `gguf` Python package (quants.py), byte for byte as stored on disk.
+// Every format's row is a whole number of 32-value chunks; chunk c of a row holds values
+// [32c, 32c+32). The kernels only ever ask for whole chunks, so one decoder shape serves all.
+#pragma once
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+// ggml type ids (same numbers as crate::quant::GgmlType).
+#define T_F32 0
+#define T_F16 1
+#define T_Q4_1 3
+#define T_Q5_0 6
+#define T_Q8_0 8
+#define T_Q4_K 12
+#define T_Q6_K 14
+
+// f16 at an address that may be only byte-aligned (block fields sit at odd offsets).
+__device__ __forceinline__ float f16_at(const uint8_t* p) {
+    unsigned short h = (unsigned short)p[0] | ((unsigned short)p[1] << 8);
+    return __half2float(__ushort_as_half(h));
+}
+
+template <int T> struct Fmt;
+
+template <> struct Fmt<T_F32> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        // Rows of k (a multiple of 32) floats from a 256-byte aligned base: 16-byte aligned.
+        const float4* p = reinterpret_cast<const float4*>(row) + c * 8;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float4 v = p[i];
+            o[4 * i] = v.x; o[4 * i + 1] = v.y; o[4 * i + 2] = v.z; o[4 * i + 3] = v.w;
+        }
+    }
+};
+
+template <> struct Fmt<T_F16> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        const __half* p = reinterpret_cast<const __half*>(row) + c * 32;
+#pragma unroll
+        for (int i = 0; i < 32; i++) o[i] = __half2float(p[i]);
+    }
+};
+
+// Q8_0: 34 bytes = d (f16), 32 x int8. v = d * q.
+template <> struct Fmt<T_Q8_0> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        const uint8_t* b = row + c * 34;
+        float d = f16_at(b);
+#pragma unroll
+        for (int i = 0; i < 32; i++) o[i] = d * (float)(int8_t)b[2 + i];
+    }
+};
+
+// Q4_1: 20 bytes = d, m (f16), 16 bytes of nibbles: value i<16 is the low nibble of byte i,
+// value i+16 the high nibble. v = d * q + m.
+template <> struct Fmt<T_Q4_1> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        const uint8_t* b = row + c * 20;
+        float d = f16_at(b), m = f16_at(b + 2);
+        const uint8_t* qs = b + 4;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            o[i] = d * (float)(qs[i] & 15) + m;
+            o[i + 16] = d * (float)(qs[i] >> 4) + m;
+        }
+    }
+};
+
+// Q5_0: 22 bytes = d (f16), qh (u32 LE: bit i is the 5th bit of value i), 16 bytes of nibbles
+// laid out as Q4_1. v = d * ((nibble | bit << 4) - 16).
+template <> struct Fmt<T_Q5_0> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        const uint8_t* b = row + c * 22;
+        float d = f16_at(b);
+        uint32_t qh = (uint32_t)b[2] | ((uint32_t)b[3] << 8) | ((uint32_t)b[4] << 16) |
+                      ((uint32_t)b[5] << 24);
+        const uint8_t* qs = b + 6;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            int lo = (qs[i] & 15) | (((qh >> i) & 1) << 4);
+            int hi = (qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
+            o[i] = d * (float)(lo - 16);
+            o[i + 16] = d * (float)(hi - 16);
+        }
+    }
+};
+
+// Q4_K: 144 bytes per 256 values = d, dmin (f16), 12 bytes of packed 6-bit (scale, min) for
+// the 8 sub-blocks of 32, then 128 bytes of nibbles: bytes [32p, 32p+32) hold sub-block 2p in
+// their low nibbles and 2p+1 in their high nibbles. v = d*sc*q - dmin*mn.
+template <> struct Fmt<T_Q4_K> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        const uint8_t* b = row + (c >> 3) * 144;
+        const int s = c & 7;
+        const float d = f16_at(b), dmin = f16_at(b + 2);
+        const uint8_t* sc = b + 4;
+        int scale, mn;
+        if (s < 4) {
+            scale = sc[s] & 63;
+            mn = sc[s + 4] & 63;
+        } else {
+            scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
+            mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+        }
+        const float ds = d * (float)scale, dm = dmin * (float)mn;
+        const uint8_t* q = b + 16 + (s >> 1) * 32;
+        const int shift = (s & 1) * 4;
+#pragma unroll
+        for (int i = 0; i < 32; i++) o[i] = ds * (float)((q[i] >> shift) & 15) - dm;
+    }
+};
+
+// Q6_K: 210 bytes per 256 values = ql[128] (low 4 bits), qh[64] (high 2 bits), 16 int8 scales
+// (one per 16 values), d (f16) last. In each half h of 128 values, 32-value chunk cc (0..3):
+// low bits = nibble (cc>>1) of ql[64h + 32(cc&1) + i], high bits = bits 2cc..2cc+1 of
+// qh[32h + i]; v = d * scale[8h + 2cc + i/16] * (q - 32).
+template <> struct Fmt<T_Q6_K> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        const uint8_t* b = row + (c >> 3) * 210;
+        const int s = c & 7, h = s >> 2, cc = s & 3;
+        const uint8_t* ql = b + h * 64 + (cc & 1) * 32;
+        const uint8_t* qh = b + 128 + h * 32;
+        const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192) + h * 8 + cc * 2;
+        const float d = f16_at(b + 208);
+        const int sl = 4 * (cc >> 1), sh = 2 * cc;
+        const float d0 = d * (float)scales[0], d1 = d * (float)scales[1];
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            int q = (((ql[i] >> sl) & 15) | (((qh[i] >> sh) & 3) << 4)) - 32;
+            o[i] = (i < 16 ? d0 : d1) * (float)q;
+        }
+    }
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Dot of 32 decoded weights with 32 f32 activations (16-byte aligned: chunk starts are
+// multiples of 128 bytes from a 256-byte aligned buffer).
+__device__ __forceinline__ float dot32(const float* w, const float* x) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float4 v = x4[i];
+        acc += w[4 * i] * v.x + w[4 * i + 1] * v.y + w[4 * i + 2] * v.z + w[4 * i + 3] * v.w;
+    }
+    return acc;
+}
+
+// Instantiate one extern "C" entry per supported weight type.
+#define FOR_EACH_TYPE(M) \
+    M(f32, T_F32) M(f16, T_F16) M(q4_1, T_Q4_1) M(q5_0, T_Q5_0) M(q8_0, T_Q8_0) \
+    M(q4_k, T_Q4_K) M(q6_k, T_Q6_K)

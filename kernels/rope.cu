@@ -1,0 +1,24 @@
+// Rotary position embedding, in place on x: n_tok x n_heads x head_dim f32.
+// Pair i (0 <= i < rot_dim/2) rotates by pos[t] * pos_scale * base^(-2i/rot_dim):
+//   neox != 0: elements (i, i + rot_dim/2)      (NeoX / Qwen2 / Gemma layout)
+//   neox == 0: elements (2i, 2i + 1)             (original LLaMA layout)
+// Elements rot_dim..head_dim are left as they are.
+// Launch: block = rot_dim/2 threads, grid.x = n_tok * n_heads.
+extern "C" __global__ void rope(float* x, const int* __restrict__ pos, int n_heads, int head_dim,
+                                int rot_dim, float base, float pos_scale, int neox) {
+    const int i = threadIdx.x;
+    const int half = rot_dim / 2;
+    if (i >= half) return;
+    const int t = blockIdx.x / n_heads;
+    float* v = x + (long long)blockIdx.x * head_dim;
+    // Precise powf/sincosf (no fast math): the angle reaches thousands of radians.
+    const float inv_freq = powf(base, -2.0f * (float)i / (float)rot_dim);
+    const float theta = (float)pos[t] * pos_scale * inv_freq;
+    float s, c;
+    sincosf(theta, &s, &c);
+    const int ia = neox ? i : 2 * i;
+    const int ib = neox ? i + half : 2 * i + 1;
+    const float a = v[ia], b = v[ib];
+    v[ia] = a * c - b * s;
+    v[ib] = a * s + b * c;
+}

@@ -1,0 +1,550 @@
+//! Safe, size-checked launches of every kernel in kernels/*.cu.
+
+use super::device::CudaDevice;
+use super::drv;
+use super::memory::{DeviceBuffer, MemKind};
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+use cudarc::driver::result;
+use std::ffi::c_void;
+
+/// The extern "C" kernels each kernels/NAME.cu defines (looked up when the device opens).
+pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
+    match file {
+        "quant_matvec" => &[
+            "matvec_f32",
+            "matvec_f16",
+            "matvec_q4_1",
+            "matvec_q5_0",
+            "matvec_q8_0",
+            "matvec_q4_k",
+            "matvec_q6_k",
+        ],
+        "quant_matmul" => &[
+            "matmul_f32",
+            "matmul_f16",
+            "matmul_q4_1",
+            "matmul_q5_0",
+            "matmul_q8_0",
+            "matmul_q4_k",
+            "matmul_q6_k",
+        ],
+        "embed" => &[
+            "embed_f32",
+            "embed_f16",
+            "embed_q4_1",
+            "embed_q5_0",
+            "embed_q8_0",
+            "embed_q4_k",
+            "embed_q6_k",
+        ],
+        "norm" => &["rmsnorm"],
+        "rope" => &["rope"],
+        "attention" => &["kv_store", "attention"],
+        "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
+        "argmax" => &["argmax_rows"],
+        _ => &[],
+    }
+}
+
+/// Kernel-name suffix of a weight type the quantized kernels support.
+fn type_suffix(ty: GgmlType) -> Result<&'static str> {
+    Ok(match ty {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q4_K => "q4_k",
+        GgmlType::Q6_K => "q6_k",
+        other => {
+            return Err(Error::Unsupported(format!(
+                "CUDA kernels for {} weights are not implemented",
+                other.name()
+            )))
+        }
+    })
+}
+
+/// A dimension as the kernels' `int`.
+fn dim(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} = {v} exceeds i32")))
+}
+
+fn positive(v: usize, what: &str) -> Result<i32> {
+    if v == 0 {
+        return Err(Error::InvalidArgument(format!("{what} must be > 0")));
+    }
+    dim(v, what)
+}
+
+/// Bytes of `n` f32 values.
+fn f32s(n: usize) -> u64 {
+    n as u64 * 4
+}
+
+/// Bytes of one weight row of `k` values; k must be a positive multiple of 32.
+fn row_bytes(ty: GgmlType, k: usize, what: &str) -> Result<u64> {
+    if k == 0 || k % 32 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: row length {k} is not a positive multiple of 32"
+        )));
+    }
+    ty.bytes_for(k as u64).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{what}: row length {k} is not a whole number of {} blocks ({})",
+            ty.name(),
+            ty.block_size()
+        ))
+    })
+}
+
+/// Launch `$name` with the listed arguments (each a plain value: device pointers as u64,
+/// dimensions as i32/i64/f32). The argument list must match the kernel's signature.
+macro_rules! launch {
+    ($dev:expr, $name:expr, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
+        let name: &str = $name;
+        let f = *$dev.inner.funcs.get(name).ok_or_else(|| {
+            Error::Internal(format!("kernel {name} was not loaded"))
+        })?;
+        $dev.inner.bind()?;
+        let mut vals = ($($arg,)*);
+        #[allow(unused_mut)]
+        let mut params: Vec<*mut c_void> = Vec::new();
+        launch!(@push params, vals; $($arg),*);
+        unsafe { result::launch_kernel(f, $grid, $block, 0, std::ptr::null_mut(), &mut params) }
+            .map_err(|e| drv(&format!("launch of {name}"), e))
+    }};
+    (@push $p:ident, $v:ident; $a0:expr) => { $p.push(&mut $v.0 as *mut _ as *mut c_void); };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr) => {
+        $p.push(&mut $v.0 as *mut _ as *mut c_void); $p.push(&mut $v.1 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr) => {
+        launch!(@push $p, $v; $a0, $a1); $p.push(&mut $v.2 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2); $p.push(&mut $v.3 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2, $a3); $p.push(&mut $v.4 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4); $p.push(&mut $v.5 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5); $p.push(&mut $v.6 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6); $p.push(&mut $v.7 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6, $a7); $p.push(&mut $v.8 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr, $a9:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6, $a7, $a8); $p.push(&mut $v.9 as *mut _ as *mut c_void);
+    };
+    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr, $a9:expr, $a10:expr) => {
+        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6, $a7, $a8, $a9); $p.push(&mut $v.10 as *mut _ as *mut c_void);
+    };
+}
+
+/// Grid size for the grid-stride elementwise kernels (256 threads a block).
+fn ew_grid(n: usize) -> u32 {
+    n.div_ceil(256).clamp(1, 65535) as u32
+}
+
+/// Rotary embedding parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeParams {
+    /// Leading dimensions of each head that rotate (even, <= head_dim).
+    pub rot_dim: usize,
+    /// Frequency base (rope_theta), e.g. 10000 or 1000000.
+    pub base: f32,
+    /// Positions are multiplied by this (1.0, or 1/factor for linear scaling).
+    pub pos_scale: f32,
+    /// true: pairs (i, i + rot_dim/2) (NeoX, Qwen2, Gemma); false: pairs (2i, 2i+1) (LLaMA).
+    pub neox: bool,
+}
+
+/// One layer's KV cache: K and V, each [n_kv_heads][max_ctx][head_dim] f16, in VRAM.
+#[derive(Debug)]
+pub struct KvCacheLayer {
+    pub k: DeviceBuffer,
+    pub v: DeviceBuffer,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_ctx: usize,
+}
+
+impl CudaDevice {
+    /// y = W x. `w`: `rows` rows of `k` values of type `ty`, GGUF layout; `x`: k f32; `y`: rows f32.
+    pub fn matvec(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        y: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, "matvec")?;
+        let name = format!("matvec_{}", type_suffix(ty)?);
+        let rows_i = positive(rows, "matvec rows")?;
+        let k_i = dim(k, "matvec k")?;
+        w.check(self, rb * rows as u64, "matvec weights")?;
+        x.check(self, f32s(k), "matvec x")?;
+        y.check(self, f32s(rows), "matvec y")?;
+        launch!(self, &name, (rows.div_ceil(4) as u32, 1, 1), (128, 1, 1);
+            w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, rb as i64)
+    }
+
+    /// Y = X W^T for `n_tok` activation rows. `x`: n_tok x k f32; `y`: n_tok x rows f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, "matmul")?;
+        let name = format!("matmul_{}", type_suffix(ty)?);
+        let rows_i = positive(rows, "matmul rows")?;
+        let n_i = positive(n_tok, "matmul n_tok")?;
+        let k_i = dim(k, "matmul k")?;
+        if n_tok.div_ceil(8) > 65535 {
+            return Err(Error::InvalidArgument(format!(
+                "matmul: {n_tok} tokens is too many for one launch"
+            )));
+        }
+        w.check(self, rb * rows as u64, "matmul weights")?;
+        x.check(self, f32s(n_tok * k), "matmul x")?;
+        y.check(self, f32s(n_tok * rows), "matmul y")?;
+        launch!(self, &name, (rows.div_ceil(4) as u32, n_tok.div_ceil(8) as u32, 1), (128, 1, 1);
+            w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64)
+    }
+
+    /// out[t] = row `tokens[t]` of the table (n_vocab rows of k values of type `ty`), as f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed(
+        &self,
+        ty: GgmlType,
+        table: &DeviceBuffer,
+        n_vocab: usize,
+        k: usize,
+        tokens: &[u32],
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, "embed")?;
+        let name = format!("embed_{}", type_suffix(ty)?);
+        let k_i = dim(k, "embed k")?;
+        positive(tokens.len(), "embed token count")?;
+        if tokens.len() > i32::MAX as usize {
+            return Err(Error::InvalidArgument("embed: too many tokens".into()));
+        }
+        let ids: Vec<i32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                if (t as usize) < n_vocab {
+                    Ok(t as i32)
+                } else {
+                    Err(Error::InvalidArgument(format!(
+                        "embed: token {t} at index {i} is outside the vocabulary of {n_vocab}"
+                    )))
+                }
+            })
+            .collect::<Result<_>>()?;
+        table.check(self, rb * n_vocab as u64, "embed table")?;
+        out.check(self, f32s(tokens.len() * k), "embed out")?;
+        let ids_buf = self.upload_i32(&ids, MemKind::Scratch)?;
+        launch!(self, &name, (tokens.len() as u32, 1, 1), (128, 1, 1);
+            table.ptr(), ids_buf.ptr(), out.ptr(), k_i, rb as i64)?;
+        // The ids buffer must outlive the kernel: freeing it synchronizes (cuMemFree waits).
+        drop(ids_buf);
+        Ok(())
+    }
+
+    /// y = rmsnorm(x) * w, row by row: `n_rows` rows of `n` f32.
+    pub fn rmsnorm(
+        &self,
+        x: &DeviceBuffer,
+        w: &DeviceBuffer,
+        n_rows: usize,
+        n: usize,
+        eps: f32,
+        y: &mut DeviceBuffer,
+    ) -> Result<()> {
+        self.rmsnorm_check(x, w, n_rows, n)?;
+        y.check(self, f32s(n_rows * n), "rmsnorm y")?;
+        launch!(self, "rmsnorm", (n_rows as u32, 1, 1), (256, 1, 1);
+            x.ptr(), w.ptr(), y.ptr(), n as i32, eps)
+    }
+
+    /// rmsnorm in place on `x`.
+    pub fn rmsnorm_inplace(
+        &self,
+        x: &mut DeviceBuffer,
+        w: &DeviceBuffer,
+        n_rows: usize,
+        n: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.rmsnorm_check(x, w, n_rows, n)?;
+        launch!(self, "rmsnorm", (n_rows as u32, 1, 1), (256, 1, 1);
+            x.ptr(), w.ptr(), x.ptr(), n as i32, eps)
+    }
+
+    fn rmsnorm_check(
+        &self,
+        x: &DeviceBuffer,
+        w: &DeviceBuffer,
+        n_rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        positive(n, "rmsnorm n")?;
+        if n_rows == 0 || n_rows > i32::MAX as usize {
+            return Err(Error::InvalidArgument(format!("rmsnorm: {n_rows} rows")));
+        }
+        x.check(self, f32s(n_rows * n), "rmsnorm x")?;
+        w.check(self, f32s(n), "rmsnorm weight")
+    }
+
+    /// Rotary embedding in place: `x` is n_tok x n_heads x head_dim f32, `positions` n_tok i32.
+    pub fn rope(
+        &self,
+        x: &mut DeviceBuffer,
+        positions: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        head_dim: usize,
+        p: RopeParams,
+    ) -> Result<()> {
+        positive(n_tok, "rope n_tok")?;
+        positive(n_heads, "rope n_heads")?;
+        if p.rot_dim == 0 || p.rot_dim % 2 != 0 || p.rot_dim > head_dim || p.rot_dim > 2048 {
+            return Err(Error::InvalidArgument(format!(
+                "rope: rotary dim {} must be even, > 0 and <= head_dim {head_dim} (<= 2048)",
+                p.rot_dim
+            )));
+        }
+        let blocks = n_tok
+            .checked_mul(n_heads)
+            .filter(|&b| b <= i32::MAX as usize);
+        let blocks = blocks.ok_or_else(|| Error::InvalidArgument("rope: too many heads".into()))?;
+        x.check(self, f32s(blocks * head_dim), "rope x")?;
+        positions.check(self, n_tok as u64 * 4, "rope positions")?;
+        launch!(self, "rope", (blocks as u32, 1, 1), ((p.rot_dim / 2) as u32, 1, 1);
+            x.ptr(), positions.ptr(), n_heads as i32, head_dim as i32, p.rot_dim as i32,
+            p.base, p.pos_scale, p.neox as i32)
+    }
+
+    /// A KV cache layer for `max_ctx` positions, accounted as [`MemKind::KvCache`].
+    pub fn alloc_kv_layer(
+        &self,
+        n_kv_heads: usize,
+        head_dim: usize,
+        max_ctx: usize,
+    ) -> Result<KvCacheLayer> {
+        positive(n_kv_heads, "n_kv_heads")?;
+        positive(max_ctx, "max_ctx")?;
+        if head_dim == 0 || head_dim % 32 != 0 || head_dim > 256 {
+            return Err(Error::Unsupported(format!(
+                "attention head_dim {head_dim}: the CUDA kernel takes multiples of 32 up to 256"
+            )));
+        }
+        let bytes = n_kv_heads
+            .checked_mul(max_ctx)
+            .and_then(|v| v.checked_mul(head_dim * 2))
+            .filter(|&b| b / 2 <= i32::MAX as usize * 64)
+            .ok_or_else(|| Error::InvalidArgument("KV cache size overflows".into()))?;
+        let k = self.alloc(bytes, MemKind::KvCache)?;
+        let v = self.alloc(bytes, MemKind::KvCache)?;
+        Ok(KvCacheLayer {
+            k,
+            v,
+            n_kv_heads,
+            head_dim,
+            max_ctx,
+        })
+    }
+
+    /// Store `n_tok` tokens' K and V (each n_tok x n_kv_heads x head_dim f32) at positions
+    /// pos0.. of the cache (converted to f16).
+    pub fn kv_store(
+        &self,
+        k: &DeviceBuffer,
+        v: &DeviceBuffer,
+        n_tok: usize,
+        cache: &mut KvCacheLayer,
+        pos0: usize,
+    ) -> Result<()> {
+        positive(n_tok, "kv_store n_tok")?;
+        let end = pos0.saturating_add(n_tok);
+        if end > cache.max_ctx {
+            return Err(Error::ContextFull(format!(
+                "positions {pos0}..{end} do not fit a KV cache of {} positions",
+                cache.max_ctx
+            )));
+        }
+        let n = n_tok * cache.n_kv_heads;
+        if n > i32::MAX as usize {
+            return Err(Error::InvalidArgument("kv_store: too many tokens".into()));
+        }
+        k.check(self, f32s(n * cache.head_dim), "kv_store k")?;
+        v.check(self, f32s(n * cache.head_dim), "kv_store v")?;
+        cache.k.check(
+            self,
+            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
+            "kv cache k",
+        )?;
+        cache.v.check(
+            self,
+            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
+            "kv cache v",
+        )?;
+        launch!(self, "kv_store", (n as u32, 1, 1), (cache.head_dim as u32, 1, 1);
+            k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), cache.n_kv_heads as i32,
+            cache.head_dim as i32, cache.max_ctx as i32, pos0 as i32)
+    }
+
+    /// Causal attention of `n_tok` queries at positions pos0.. over the cache (which must hold
+    /// positions 0..pos0+n_tok). `q`, `out`: n_tok x n_heads x head_dim f32. `scale` multiplies
+    /// the scores (usually 1/sqrt(head_dim)); `window` > 0 limits each query to the last
+    /// `window` keys (sliding-window layers), 0 = no limit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        cache: &KvCacheLayer,
+        pos0: usize,
+        scale: f32,
+        window: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        positive(n_tok, "attention n_tok")?;
+        positive(n_heads, "attention n_heads")?;
+        if n_heads % cache.n_kv_heads != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_heads} query heads is not a multiple of {} KV heads",
+                cache.n_kv_heads
+            )));
+        }
+        if n_tok > 65535 || n_heads > 65535 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_tok} tokens x {n_heads} heads is too many for one launch"
+            )));
+        }
+        let end = pos0.saturating_add(n_tok);
+        if end > cache.max_ctx {
+            return Err(Error::ContextFull(format!(
+                "positions {pos0}..{end} do not fit a KV cache of {} positions",
+                cache.max_ctx
+            )));
+        }
+        let hd = cache.head_dim;
+        q.check(self, f32s(n_tok * n_heads * hd), "attention q")?;
+        out.check(self, f32s(n_tok * n_heads * hd), "attention out")?;
+        let window_i = dim(window, "attention window")?;
+        launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
+            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
+            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i)
+    }
+
+    /// out = silu(g) * u over n values.
+    pub fn swiglu(
+        &self,
+        g: &DeviceBuffer,
+        u: &DeviceBuffer,
+        n: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        self.glu("swiglu", g, u, n, out)
+    }
+
+    /// out = gelu_tanh(g) * u over n values (Gemma).
+    pub fn geglu(
+        &self,
+        g: &DeviceBuffer,
+        u: &DeviceBuffer,
+        n: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        self.glu("geglu", g, u, n, out)
+    }
+
+    fn glu(
+        &self,
+        name: &str,
+        g: &DeviceBuffer,
+        u: &DeviceBuffer,
+        n: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        positive(n, name)?;
+        g.check(self, f32s(n), name)?;
+        u.check(self, f32s(n), name)?;
+        out.check(self, f32s(n), name)?;
+        launch!(self, name, (ew_grid(n), 1, 1), (256, 1, 1); g.ptr(), u.ptr(), out.ptr(), n as i64)
+    }
+
+    /// y[t][j] += b[j] for n_tok rows of n values.
+    pub fn add_bias(
+        &self,
+        y: &mut DeviceBuffer,
+        b: &DeviceBuffer,
+        n_tok: usize,
+        n: usize,
+    ) -> Result<()> {
+        positive(n, "add_bias n")?;
+        positive(n_tok, "add_bias n_tok")?;
+        y.check(self, f32s(n_tok * n), "add_bias y")?;
+        b.check(self, f32s(n), "add_bias b")?;
+        launch!(self, "add_bias", (ew_grid(n_tok * n), 1, 1), (256, 1, 1);
+            y.ptr(), b.ptr(), n as i32, (n_tok * n) as i64)
+    }
+
+    /// y += x over n values (residual).
+    pub fn add(&self, y: &mut DeviceBuffer, x: &DeviceBuffer, n: usize) -> Result<()> {
+        positive(n, "add n")?;
+        y.check(self, f32s(n), "add y")?;
+        x.check(self, f32s(n), "add x")?;
+        launch!(self, "add", (ew_grid(n), 1, 1), (256, 1, 1); y.ptr(), x.ptr(), n as i64)
+    }
+
+    /// y *= s over n values.
+    pub fn scale(&self, y: &mut DeviceBuffer, s: f32, n: usize) -> Result<()> {
+        positive(n, "scale n")?;
+        y.check(self, f32s(n), "scale y")?;
+        launch!(self, "scale", (ew_grid(n), 1, 1), (256, 1, 1); y.ptr(), s, n as i64)
+    }
+
+    /// Greedy pick per row: the index of the largest logit of each of `n_rows` rows of
+    /// `n_cols` (ties: smallest index; NaNs skipped). Waits for the result.
+    pub fn argmax(&self, logits: &DeviceBuffer, n_rows: usize, n_cols: usize) -> Result<Vec<u32>> {
+        positive(n_rows, "argmax rows")?;
+        positive(n_cols, "argmax cols")?;
+        if n_rows > i32::MAX as usize {
+            return Err(Error::InvalidArgument("argmax: too many rows".into()));
+        }
+        logits.check(self, f32s(n_rows * n_cols), "argmax logits")?;
+        let mut out = self.alloc(n_rows * 4, MemKind::Scratch)?;
+        launch!(self, "argmax_rows", (n_rows as u32, 1, 1), (1024, 1, 1);
+            logits.ptr(), out.ptr(), n_cols as i32)?;
+        let _ = &mut out;
+        let idx = self.download_i32(&out, n_rows)?;
+        idx.iter()
+            .enumerate()
+            .map(|(r, &i)| {
+                u32::try_from(i).map_err(|_| {
+                    Error::Internal(format!("argmax: row {r} of the logits is all NaN"))
+                })
+            })
+            .collect()
+    }
+}

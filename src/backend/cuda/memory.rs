@@ -1,0 +1,277 @@
+//! The memory manager: every device allocation, accounted against an optional budget.
+
+use super::device::{CudaDevice, Inner};
+use super::drv;
+use crate::{Error, Result};
+use cudarc::driver::result;
+use cudarc::driver::sys::{CUdeviceptr, CUresult};
+use std::sync::Arc;
+
+/// What an allocation is for (reported separately).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemKind {
+    Weights = 0,
+    KvCache = 1,
+    Scratch = 2,
+}
+
+impl MemKind {
+    fn name(self) -> &'static str {
+        match self {
+            MemKind::Weights => "weights",
+            MemKind::KvCache => "KV cache",
+            MemKind::Scratch => "scratch",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Accounting {
+    used: [u64; 3],
+}
+
+impl Accounting {
+    fn total(&self) -> u64 {
+        self.used.iter().sum()
+    }
+}
+
+/// Device memory as the context sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Bytes held by live buffers, all kinds.
+    pub used: u64,
+    pub weights: u64,
+    pub kv_cache: u64,
+    pub scratch: u64,
+    /// The budget (0 = none).
+    pub budget: u64,
+    /// What the driver reports free on the card (all processes).
+    pub device_free: u64,
+    pub device_total: u64,
+    /// What a new allocation may take: the card's free memory, capped by what is left of the
+    /// budget.
+    pub available: u64,
+}
+
+/// A device allocation. Frees its memory and its accounting on drop.
+pub struct DeviceBuffer {
+    ptr: CUdeviceptr,
+    bytes: usize,
+    kind: MemKind,
+    dev: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceBuffer({} bytes, {})",
+            self.bytes,
+            self.kind.name()
+        )
+    }
+}
+
+impl DeviceBuffer {
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+    pub fn kind(&self) -> MemKind {
+        self.kind
+    }
+    pub(super) fn ptr(&self) -> CUdeviceptr {
+        self.ptr
+    }
+    /// Checks that the buffer belongs to `dev` and holds at least `bytes` (for `what`).
+    pub(super) fn check(&self, dev: &CudaDevice, bytes: u64, what: &str) -> Result<()> {
+        if !Arc::ptr_eq(&self.dev, &dev.inner) {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: buffer belongs to another device"
+            )));
+        }
+        if (self.bytes as u64) < bytes {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: buffer holds {} bytes, {bytes} needed",
+                self.bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.ptr != 0 {
+            let _ = self.dev.bind();
+            // A failed free (a dead context) cannot be acted on here; the accounting still
+            // returns the bytes so that budgets stay consistent.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+        self.dev.acct.lock().used[self.kind as usize] -= self.bytes as u64;
+    }
+}
+
+impl CudaDevice {
+    /// Allocate `bytes` of device memory (contents undefined) for `kind`.
+    /// [`Error::OutOfMemory`] when the budget or the card cannot hold it; nothing is held then.
+    pub fn alloc(&self, bytes: usize, kind: MemKind) -> Result<DeviceBuffer> {
+        let d = &self.inner;
+        d.bind()?;
+        // Reserve under the lock first, so that concurrent allocations cannot overshoot.
+        {
+            let mut a = d.acct.lock();
+            let used = a.total();
+            if d.budget > 0 && used + bytes as u64 > d.budget {
+                let (free, _) = result::mem_get_info().unwrap_or((0, 0));
+                return Err(Error::OutOfMemory(format!(
+                    "{} needs {bytes} bytes on CUDA device {}, but the budget is {} bytes with {used} \
+                     in use ({} left); the card has {free} bytes free",
+                    kind.name(),
+                    d.ordinal,
+                    d.budget,
+                    d.budget.saturating_sub(used)
+                )));
+            }
+            a.used[kind as usize] += bytes as u64;
+        }
+        if bytes == 0 {
+            return Ok(DeviceBuffer {
+                ptr: 0,
+                bytes,
+                kind,
+                dev: d.clone(),
+            });
+        }
+        match unsafe { result::malloc_sync(bytes) } {
+            Ok(ptr) => Ok(DeviceBuffer {
+                ptr,
+                bytes,
+                kind,
+                dev: d.clone(),
+            }),
+            Err(e) => {
+                let used = {
+                    let mut a = d.acct.lock();
+                    a.used[kind as usize] -= bytes as u64;
+                    a.total()
+                };
+                let (free, total) = result::mem_get_info().unwrap_or((0, 0));
+                if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                    Err(Error::OutOfMemory(format!(
+                        "{} needs {bytes} bytes on CUDA device {} ({}), but the card has {free} of \
+                         {total} bytes free; llorch holds {used} (budget {})",
+                        kind.name(),
+                        d.ordinal,
+                        d.name,
+                        if d.budget == 0 { "none".to_string() } else { d.budget.to_string() }
+                    )))
+                } else {
+                    Err(drv("cuMemAlloc", e))
+                }
+            }
+        }
+    }
+
+    /// Used, free and budget numbers.
+    pub fn memory(&self) -> Result<MemoryReport> {
+        let d = &self.inner;
+        d.bind()?;
+        let (free, total) = result::mem_get_info().map_err(|e| drv("cuMemGetInfo", e))?;
+        let a = d.acct.lock();
+        let used = a.total();
+        let mut available = free as u64;
+        if d.budget > 0 {
+            available = available.min(d.budget.saturating_sub(used));
+        }
+        Ok(MemoryReport {
+            used,
+            weights: a.used[0],
+            kv_cache: a.used[1],
+            scratch: a.used[2],
+            budget: d.budget,
+            device_free: free as u64,
+            device_total: total as u64,
+            available,
+        })
+    }
+
+    /// Upload bytes into a new buffer (e.g. a quantized weight tensor, exactly as in the file).
+    pub fn upload(&self, data: &[u8], kind: MemKind) -> Result<DeviceBuffer> {
+        let mut b = self.alloc(data.len(), kind)?;
+        self.write(&mut b, 0, data)?;
+        Ok(b)
+    }
+
+    pub fn upload_f32(&self, data: &[f32], kind: MemKind) -> Result<DeviceBuffer> {
+        self.upload(as_bytes(data), kind)
+    }
+
+    pub fn upload_i32(&self, data: &[i32], kind: MemKind) -> Result<DeviceBuffer> {
+        self.upload(as_bytes(data), kind)
+    }
+
+    /// Copy host bytes into `buf` at byte `offset`.
+    pub fn write(&self, buf: &mut DeviceBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        if offset.saturating_add(data.len()) > buf.bytes {
+            return Err(Error::InvalidArgument(format!(
+                "write of {} bytes at offset {offset} into a buffer of {} bytes",
+                data.len(),
+                buf.bytes
+            )));
+        }
+        buf.check(self, 0, "write")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        unsafe { result::memcpy_htod_sync(buf.ptr + offset as u64, data) }
+            .map_err(|e| drv("copy to device", e))
+    }
+
+    /// Set every byte of `buf` to `value` (tests poison outputs with this).
+    pub fn fill_bytes(&self, buf: &mut DeviceBuffer, value: u8) -> Result<()> {
+        buf.check(self, 0, "fill")?;
+        if buf.bytes == 0 {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        unsafe { result::memset_d8_sync(buf.ptr, value, buf.bytes) }.map_err(|e| drv("memset", e))
+    }
+
+    /// Copy the first `out.len()` bytes of `buf` to the host (waits for earlier work).
+    pub fn download(&self, buf: &DeviceBuffer, out: &mut [u8]) -> Result<()> {
+        buf.check(self, out.len() as u64, "download")?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        unsafe { result::memcpy_dtoh_sync(out, buf.ptr) }
+            .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))
+    }
+
+    /// The first `n` f32 values of `buf`.
+    pub fn download_f32(&self, buf: &DeviceBuffer, n: usize) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; n];
+        self.download(buf, as_bytes_mut(&mut v))?;
+        Ok(v)
+    }
+
+    /// The first `n` i32 values of `buf`.
+    pub fn download_i32(&self, buf: &DeviceBuffer, n: usize) -> Result<Vec<i32>> {
+        let mut v = vec![0i32; n];
+        self.download(buf, as_bytes_mut(&mut v))?;
+        Ok(v)
+    }
+}
+
+/// Plain-old-data numbers as bytes.
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: used only with f32/i32 (no padding, every bit pattern valid as bytes).
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+fn as_bytes_mut<T: Copy>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: used only with f32/i32, for which every byte pattern is a valid value.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+}

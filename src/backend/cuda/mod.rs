@@ -1,0 +1,36 @@
+//! The CUDA backend: one device, one memory manager, the embedded kernels and safe launches.
+//!
+//! The driver is loaded at run time (cudarc's dynamic loading), so this compiles and links on
+//! machines without CUDA; [`CudaDevice::open`] answers [`Error::NoDevice`] there.
+//! Every device allocation goes through [`CudaDevice::alloc`], which accounts it against the
+//! optional budget; out of memory is [`Error::OutOfMemory`] with the numbers, never a crash.
+//! Buffers free themselves (and their accounting) on drop.
+//!
+//! Work is issued on the legacy default stream, in order; downloads synchronize. A kernel
+//! fault shows up as an error from the next download or [`CudaDevice::synchronize`].
+
+mod device;
+mod launch;
+mod memory;
+
+pub use device::CudaDevice;
+pub use launch::{KvCacheLayer, RopeParams};
+pub use memory::{DeviceBuffer, MemKind, MemoryReport};
+
+use crate::Error;
+use cudarc::driver::result::DriverError;
+use cudarc::driver::sys::CUresult;
+
+/// The fatbins of kernels/*.cu, compiled by build/kernels.rs.
+mod fatbins {
+    include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
+}
+
+/// A driver error as a crate error; device out-of-memory becomes [`Error::OutOfMemory`].
+fn drv(what: &str, e: DriverError) -> Error {
+    if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        Error::OutOfMemory(format!("CUDA {what}: {e}"))
+    } else {
+        Error::Internal(format!("CUDA {what}: {e}"))
+    }
+}

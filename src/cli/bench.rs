@@ -1,0 +1,104 @@
+//! `llorch bench`: prompt-processing and decoding speed, like a standard pp/tg table.
+
+use super::common;
+use super::Args;
+use llorch::model::recipe::Logits;
+use llorch::session::{Session, SessionOptions};
+use std::time::Instant;
+
+const USAGE: &str = "usage: llorch bench [-m MODEL] [-p 512] [-n 128] [-r 3] [-t THREADS]
+Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
+(tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
+tokens/s and the spread (min-max).";
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let a = Args::parse(
+        args,
+        &[],
+        &[
+            "-p",
+            "--prompt-tokens",
+            "-n",
+            "--gen-tokens",
+            "-r",
+            "--repetitions",
+            "-m",
+            "--model",
+            "-t",
+            "--threads",
+            "--device",
+        ],
+    )?;
+    if a.help {
+        println!("{USAGE}\n{}", common::MODEL_HELP);
+        return Ok(());
+    }
+    let pp = a.parsed(&["-p", "--prompt-tokens"], 512usize)?;
+    let tg = a.parsed(&["-n", "--gen-tokens"], 128usize)?;
+    let reps = a.parsed(&["-r", "--repetitions"], 3usize)?.max(1);
+    let model = common::load(&a)?;
+    a.expect_positional(0, "no positional arguments")?;
+    let vocab = model.vocab_size() as u64;
+    // Deterministic pseudo-random tokens: the work is the same as for text.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let tokens: Vec<u32> = (0..pp.max(tg) + 1)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab) as u32
+        })
+        .collect();
+    let n_ctx = (pp.max(tg + 1) as u32).max(16);
+    let mut session = Session::new(model.clone(), SessionOptions { n_ctx, seed: 0 })
+        .map_err(|e| e.to_string())?;
+    let mut pp_rates = Vec::new();
+    let mut tg_rates = Vec::new();
+    for rep in 0..=reps {
+        if pp > 0 {
+            session.reset();
+            let t = Instant::now();
+            session
+                .eval(&tokens[..pp], Logits::Last)
+                .map_err(|e| e.to_string())?;
+            if rep > 0 {
+                pp_rates.push(pp as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        if tg > 0 {
+            session.reset();
+            let t = Instant::now();
+            for &tok in &tokens[..tg] {
+                session
+                    .eval(&[tok], Logits::Last)
+                    .map_err(|e| e.to_string())?;
+            }
+            if rep > 0 {
+                tg_rates.push(tg as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let hp = model.hparams();
+    let size: u64 = model.gguf().tensors().iter().map(|t| t.size).sum();
+    println!("| model | size | backend | threads | test | t/s (median) | min - max |");
+    println!("|---|---|---|---|---|---|---|");
+    let name = format!("{} {}L {}d", hp.arch, hp.n_layer, hp.n_embd);
+    let threads = model.context().threads();
+    let dev = format!("{:?}", model.context().options.device).to_lowercase();
+    for (label, rates) in [(format!("pp{pp}"), pp_rates), (format!("tg{tg}"), tg_rates)] {
+        if rates.is_empty() {
+            continue;
+        }
+        let (med, lo, hi) = stats(rates);
+        println!(
+            "| {name} | {:.1} MiB | {dev} | {threads} | {label} | {med:.2} | {lo:.2} - {hi:.2} |",
+            size as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}

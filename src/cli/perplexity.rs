@@ -1,0 +1,56 @@
+//! `llorch perplexity`: perplexity of a text file (method of shared/golden/README.md).
+
+use super::common;
+use super::Args;
+use llorch::session::perplexity::perplexity;
+
+const USAGE: &str =
+    "usage: llorch perplexity [-m MODEL] -f TEXT_FILE [--window 512] [--max-windows 8]
+Tokenize the text without BOS, cut it into windows, run each from an empty cache, and score
+the second half of each window. Prints the perplexity.";
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let a = Args::parse(
+        args,
+        &[],
+        &[
+            "-f",
+            "--file",
+            "--window",
+            "--max-windows",
+            "-m",
+            "--model",
+            "-t",
+            "--threads",
+            "--device",
+        ],
+    )?;
+    if a.help {
+        println!("{USAGE}\n{}", common::MODEL_HELP);
+        return Ok(());
+    }
+    let file = a
+        .value(&["-f", "--file"])
+        .map(String::from)
+        .ok_or("a text file is required (-f FILE)")?;
+    let window = a.parsed(&["--window"], 512usize)?;
+    let max_windows = a.parsed(&["--max-windows"], 8usize)?;
+    let model = common::load(&a)?;
+    a.expect_positional(0, "no positional arguments")?;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+    let tokens = model
+        .tokenizer()
+        .encode(&text, false, false)
+        .map_err(|e| e.to_string())?;
+    let t0 = std::time::Instant::now();
+    let p = perplexity(&model, &tokens, window, max_windows).map_err(|e| e.to_string())?;
+    println!(
+        "perplexity: {:.5} ({} windows of {window}, {} scored tokens, text {} tokens, {:.1} s)",
+        p.ppl,
+        p.windows,
+        p.scored_tokens,
+        tokens.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Deterministic synthetic models of real shapes and tensor types, for speed work and
+//! GPU-versus-CPU parity where a real model cannot travel. Same spec and seed → same bytes.
+//!
+//! Weights are random blocks with sane scale fields: each matrix's values have a standard
+//! deviation near 1/sqrt(inputs), so activations stay O(1) through the layers, and every
+//! quant bit pattern occurs. Random weights cost exactly the kernel work of trained ones.
+
+use crate::gguf::{GgufError, GgufWriter};
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+use half::f16;
+
+/// Which tensor types a synthetic model uses, after a real file's mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeMix {
+    /// As a Q4_K_M file: Q4_K matrices (Q5_0 where rows are not whole 256-blocks), Q6_K (or
+    /// Q8_0) for `attn_v`/`ffn_down` on half of the layers, and for the output.
+    Q4KM,
+    /// As SmolLM2's Q4_1 file: Q4_1 matrices, Q8_0 embedding, tied output.
+    Q4_1,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthSpec {
+    /// `qwen2` (Q/K/V biases, separate output) or `llama` (no biases, tied output).
+    pub arch: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub vocab: usize,
+    pub n_ctx: usize,
+    pub rope_base: f32,
+    pub mix: TypeMix,
+}
+
+/// The shape presets: the real models' shapes.
+pub fn preset(name: &str) -> Option<SynthSpec> {
+    let q = |n_layer, n_embd, n_ff, n_head, n_head_kv, vocab| SynthSpec {
+        arch: "qwen2".into(),
+        n_layer,
+        n_embd,
+        n_ff,
+        n_head,
+        n_head_kv,
+        vocab,
+        n_ctx: 32768,
+        rope_base: 1_000_000.0,
+        mix: TypeMix::Q4KM,
+    };
+    Some(match name {
+        "qwen2-0.5b" => q(24, 896, 4864, 14, 2, 151936),
+        "qwen2-1.5b" => q(28, 1536, 8960, 12, 2, 151936),
+        "qwen2-7b" => q(28, 3584, 18944, 28, 4, 152064),
+        "smollm2-135m" => SynthSpec {
+            arch: "llama".into(),
+            n_layer: 30,
+            n_embd: 576,
+            n_ff: 1536,
+            n_head: 9,
+            n_head_kv: 3,
+            vocab: 49152,
+            n_ctx: 8192,
+            rope_base: 100_000.0,
+            mix: TypeMix::Q4_1,
+        },
+        _ => return None,
+    })
+}
+
+pub const PRESETS: &[&str] = &["qwen2-0.5b", "qwen2-1.5b", "qwen2-7b", "smollm2-135m"];
+
+/// xorshift64*: fast, deterministic, good enough for weights.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn fill(&mut self, out: &mut [u8]) {
+        for c in out.chunks_mut(8) {
+            let r = self.next().to_le_bytes();
+            c.copy_from_slice(&r[..c.len()]);
+        }
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+fn put_f16(b: &mut [u8], at: usize, v: f32) {
+    b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+}
+
+/// Random blocks of `ty` for `rows` rows of `cols` values with value spread near `std`.
+fn random_matrix(
+    rng: &mut Rng,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    std: f32,
+) -> Result<Vec<u8>> {
+    let n = (rows as u64) * (cols as u64);
+    let bytes = ty.bytes_for(n).ok_or_else(|| {
+        Error::InvalidArgument(format!("{cols} columns are not whole {} blocks", ty.name()))
+    })?;
+    let mut out = vec![0u8; bytes as usize];
+    if ty == GgmlType::F32 {
+        for c in out.chunks_mut(4) {
+            c.copy_from_slice(&(rng.unit() * std * 1.73).to_le_bytes());
+        }
+        return Ok(out);
+    }
+    rng.fill(&mut out);
+    let ts = ty.type_size();
+    // Each format's scale: the value spread divided by the spread of its integer codes.
+    for b in out.chunks_mut(ts) {
+        match ty {
+            GgmlType::Q8_0 => put_f16(b, 0, std / 74.0),
+            GgmlType::Q5_0 => put_f16(b, 0, std / 9.2),
+            GgmlType::Q4_0 => put_f16(b, 0, std / 4.6),
+            GgmlType::Q4_1 => {
+                put_f16(b, 0, std / 4.6);
+                put_f16(b, 2, -7.5 * std / 4.6);
+            }
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                let codes = if ty == GgmlType::Q4_K { 4.6 } else { 9.2 };
+                put_f16(b, 0, std / (36.0 * codes));
+                put_f16(b, 2, std / (36.0 * codes) * 3.0);
+            }
+            GgmlType::Q6_K => put_f16(b, 208, std / (18.5 * 74.0)),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "synthetic {} weights",
+                    other.name()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The GPT-2 byte-to-character map of byte-level BPE vocabularies.
+fn byte_char(b: u8) -> char {
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
+    if printable(b) {
+        return b as char;
+    }
+    let k = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + k).unwrap()
+}
+
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Build the synthetic model file.
+pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
+    if spec.n_head == 0
+        || spec.n_head_kv == 0
+        || spec.n_embd % spec.n_head != 0
+        || spec.n_head % spec.n_head_kv != 0
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{} heads, {} KV heads and width {} do not fit together",
+            spec.n_head, spec.n_head_kv, spec.n_embd
+        )));
+    }
+    if spec.vocab < 512 || spec.n_layer == 0 || spec.n_ff == 0 {
+        return Err(Error::InvalidArgument(
+            "vocabulary (>= 512), layers and FFN width must be positive".into(),
+        ));
+    }
+    let gerr = |e: GgufError| Error::Internal(e.to_string());
+    let mut rng = Rng::new(seed);
+    let mut w = GgufWriter::new();
+    let a = spec.arch.as_str();
+    let head_dim = spec.n_embd / spec.n_head;
+    w.add_str("general.architecture", a);
+    w.add_str(
+        "general.name",
+        &format!(
+            "synthetic {a} {}L {}d seed {seed}",
+            spec.n_layer, spec.n_embd
+        ),
+    );
+    w.add_u32(&format!("{a}.block_count"), spec.n_layer as u32);
+    w.add_u32(&format!("{a}.context_length"), spec.n_ctx as u32);
+    w.add_u32(&format!("{a}.embedding_length"), spec.n_embd as u32);
+    w.add_u32(&format!("{a}.feed_forward_length"), spec.n_ff as u32);
+    w.add_u32(&format!("{a}.attention.head_count"), spec.n_head as u32);
+    w.add_u32(
+        &format!("{a}.attention.head_count_kv"),
+        spec.n_head_kv as u32,
+    );
+    w.add_u32(&format!("{a}.rope.dimension_count"), head_dim as u32);
+    w.add_f32(&format!("{a}.rope.freq_base"), spec.rope_base);
+    w.add_f32(&format!("{a}.attention.layer_norm_rms_epsilon"), 1e-6);
+
+    // A byte-level vocabulary: the 256 byte tokens, three control tokens, then fillers.
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
+    let mut types = vec![1i32; 256];
+    for s in specials {
+        tokens.push(s.to_string());
+        types.push(3);
+    }
+    while tokens.len() < spec.vocab {
+        tokens.push(format!("[synth{}]", tokens.len()));
+        types.push(1);
+    }
+    w.add_str("tokenizer.ggml.model", "gpt2");
+    w.add_str(
+        "tokenizer.ggml.pre",
+        if a == "llama" { "smollm" } else { "qwen2" },
+    );
+    w.add_str_array("tokenizer.ggml.tokens", &tokens);
+    w.add_i32_array("tokenizer.ggml.token_type", &types);
+    w.add_str_array::<&str>("tokenizer.ggml.merges", &[]);
+    w.add_u32("tokenizer.ggml.bos_token_id", 256);
+    w.add_u32("tokenizer.ggml.eos_token_id", 258);
+    w.add_u32("tokenizer.ggml.padding_token_id", 256);
+    w.add_bool("tokenizer.ggml.add_bos_token", false);
+    w.add_str("tokenizer.chat_template", CHATML);
+
+    let (e, ff, kv) = (spec.n_embd, spec.n_ff, spec.n_head_kv * head_dim);
+    let k_quant_fits = |cols: usize| cols % 256 == 0;
+    let (main, more_bits, output, embd) = match spec.mix {
+        TypeMix::Q4KM => (
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::Q6_K,
+            GgmlType::Q4_K,
+        ),
+        TypeMix::Q4_1 => (
+            GgmlType::Q4_1,
+            GgmlType::Q4_1,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ),
+    };
+    // Q4_K_M falls back to Q5_0 (and Q8_0 for the "more bits" tensors) where a row is not
+    // whole 256-value blocks, as the real Qwen 0.5B file does.
+    let pick = |cols: usize, more: bool| -> GgmlType {
+        match (spec.mix, k_quant_fits(cols), more) {
+            (TypeMix::Q4KM, false, false) => GgmlType::Q5_0,
+            (TypeMix::Q4KM, false, true) => GgmlType::Q8_0,
+            (_, _, true) => more_bits,
+            _ => main,
+        }
+    };
+    let add = |w: &mut GgufWriter,
+               rng: &mut Rng,
+               name: &str,
+               ty: GgmlType,
+               cols: usize,
+               rows: usize|
+     -> Result<()> {
+        let std = 1.0 / (cols as f32).sqrt();
+        let data = random_matrix(rng, ty, rows, cols, std)?;
+        w.add_tensor(name, &[cols as u64, rows as u64], ty, data)
+            .map_err(gerr)
+    };
+    let embd_ty = if k_quant_fits(e) {
+        embd
+    } else if spec.mix == TypeMix::Q4KM {
+        GgmlType::Q5_0
+    } else {
+        embd
+    };
+    let data = random_matrix(&mut rng, embd_ty, spec.vocab, e, 1.0)?;
+    w.add_tensor(
+        "token_embd.weight",
+        &[e as u64, spec.vocab as u64],
+        embd_ty,
+        data,
+    )
+    .map_err(gerr)?;
+    let norm = |rng: &mut Rng, n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| (1.0 + 0.1 * rng.unit()).to_le_bytes())
+            .collect()
+    };
+    let nd = norm(&mut rng, e);
+    w.add_tensor("output_norm.weight", &[e as u64], GgmlType::F32, nd)
+        .map_err(gerr)?;
+    if spec.arch == "qwen2" {
+        let out_ty = if k_quant_fits(e) {
+            output
+        } else {
+            GgmlType::Q8_0
+        };
+        add(&mut w, &mut rng, "output.weight", out_ty, e, spec.vocab)?;
+    }
+    let n = spec.n_layer;
+    for l in 0..n {
+        let more = l < n / 8 || l >= 7 * n / 8 || (l >= n / 8 && (l - n / 8) % 3 == 2);
+        let b = |s: &str| format!("blk.{l}.{s}");
+        let nd = norm(&mut rng, e);
+        w.add_tensor(&b("attn_norm.weight"), &[e as u64], GgmlType::F32, nd)
+            .map_err(gerr)?;
+        let nd = norm(&mut rng, e);
+        w.add_tensor(&b("ffn_norm.weight"), &[e as u64], GgmlType::F32, nd)
+            .map_err(gerr)?;
+        add(&mut w, &mut rng, &b("attn_q.weight"), pick(e, false), e, e)?;
+        add(&mut w, &mut rng, &b("attn_k.weight"), pick(e, false), e, kv)?;
+        add(&mut w, &mut rng, &b("attn_v.weight"), pick(e, more), e, kv)?;
+        add(
+            &mut w,
+            &mut rng,
+            &b("attn_output.weight"),
+            pick(e, false),
+            e,
+            e,
+        )?;
+        add(
+            &mut w,
+            &mut rng,
+            &b("ffn_gate.weight"),
+            pick(e, false),
+            e,
+            ff,
+        )?;
+        add(&mut w, &mut rng, &b("ffn_up.weight"), pick(e, false), e, ff)?;
+        add(
+            &mut w,
+            &mut rng,
+            &b("ffn_down.weight"),
+            pick(ff, more),
+            ff,
+            e,
+        )?;
+        if spec.arch == "qwen2" {
+            for (s, d) in [("attn_q.bias", e), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
+                let data = random_matrix(&mut rng, GgmlType::F32, 1, d, 0.1)?;
+                w.add_tensor(&b(s), &[d as u64], GgmlType::F32, data)
+                    .map_err(gerr)?;
+            }
+        }
+    }
+    Ok(w)
+}

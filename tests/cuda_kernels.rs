@@ -1,0 +1,808 @@
+//! Every CUDA kernel against a CPU reference, plus the memory manager's budget and OOM answers.
+//!
+//! Without a GPU (CI) each GPU test prints `skipped: no CUDA device (<reason>)` to stderr (not
+//! captured by the test harness) and passes. Inputs are random from fixed per-test seeds;
+//! outputs are poisoned (0xFF bytes = NaN) before each launch so an unwritten element fails.
+//! Errors are ‖gpu − cpu‖ / ‖cpu‖ against references computed in f64 from the same inputs.
+#![cfg(feature = "cuda")]
+
+use half::f16;
+use llorch::backend::cuda::{CudaDevice, MemKind, RopeParams};
+use llorch::quant::GgmlType;
+use llorch::Error;
+use std::io::Write;
+
+// ---------- harness ----------
+
+fn device(test: &str) -> Option<CudaDevice> {
+    match CudaDevice::open(0, 0) {
+        Ok(d) => Some(d),
+        Err(Error::NoDevice(why)) => {
+            // Straight to fd 2: the harness captures print!/eprint! of passing tests.
+            let line = format!("{test}: skipped: no CUDA device ({why})\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            None
+        }
+        Err(e) => panic!("{test}: opening CUDA device 0 failed with a non-NoDevice error: {e}"),
+    }
+}
+
+/// splitmix64: small, deterministic, good enough for test data.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn rel_err(gpu: &[f32], cpu: &[f64]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len());
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+        assert!(
+            g.is_finite(),
+            "element {i} is {g} (unwritten or overflow); reference {c}"
+        );
+        num += (g as f64 - c) * (g as f64 - c);
+        den += c * c;
+    }
+    (num / den).sqrt()
+}
+
+fn check(what: &str, gpu: &[f32], cpu: &[f64], tol: f64) {
+    let e = rel_err(gpu, cpu);
+    let line = format!("  {what}: rel err {e:.3e} (tol {tol:.0e})\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
+}
+
+const POISON: u8 = 0xFF; // every f32 becomes NaN
+
+// ---------- GGUF blocks: random data and the CPU dequantization reference ----------
+// Layouts as in the `gguf` Python package's quants.py (see kernels/common.cuh).
+
+const TYPES: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+fn put_f16(b: &mut [u8], at: usize, v: f32) {
+    b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+}
+fn get_f16(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Random bytes for `rows` rows of `k` values: quant bits random, scales finite and moderate.
+fn random_tensor(ty: GgmlType, rows: usize, k: usize, rng: &mut Rng) -> Vec<u8> {
+    let n = rows * k;
+    match ty {
+        GgmlType::F32 => return rng.vec(n).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => {
+            return rng
+                .vec(n)
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect()
+        }
+        _ => {}
+    }
+    let bs = ty.block_size();
+    let ts = ty.type_size();
+    let mut out: Vec<u8> = (0..n / bs * ts).map(|_| rng.next() as u8).collect();
+    for blk in out.chunks_mut(ts) {
+        let d = 0.01 + 0.05 * rng.f().abs();
+        match ty {
+            GgmlType::Q8_0 | GgmlType::Q5_0 => {
+                put_f16(blk, 0, d * if rng.f() < 0.0 { -1.0 } else { 1.0 })
+            }
+            GgmlType::Q4_1 => {
+                put_f16(blk, 0, d);
+                put_f16(blk, 2, 0.1 * rng.f());
+            }
+            GgmlType::Q4_K => {
+                put_f16(blk, 0, d * 0.05);
+                put_f16(blk, 2, d * 0.05);
+            }
+            GgmlType::Q6_K => put_f16(blk, 208, d * 0.05),
+            _ => unreachable!(),
+        }
+    }
+    out
+}
+
+/// One row (k values) of `ty` in `data` starting at byte `at`, as f32 (same f32 formulas as
+/// the format defines: d * q, d * q + m, d*sc*q - dmin*m).
+fn dequant_row(ty: GgmlType, data: &[u8], k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(k);
+    match ty {
+        GgmlType::F32 => {
+            for c in data[..k * 4].chunks(4) {
+                out.push(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            }
+        }
+        GgmlType::F16 => {
+            for i in 0..k {
+                out.push(get_f16(data, 2 * i));
+            }
+        }
+        GgmlType::Q8_0 => {
+            for b in data[..k / 32 * 34].chunks(34) {
+                let d = get_f16(b, 0);
+                out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f32));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for b in data[..k / 32 * 20].chunks(20) {
+                let (d, m) = (get_f16(b, 0), get_f16(b, 2));
+                out.extend(b[4..20].iter().map(|&q| d * (q & 15) as f32 + m));
+                out.extend(b[4..20].iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+        }
+        GgmlType::Q5_0 => {
+            for b in data[..k / 32 * 22].chunks(22) {
+                let d = get_f16(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let qs = &b[6..22];
+                for j in 0..32 {
+                    let nib = if j < 16 { qs[j] & 15 } else { qs[j - 16] >> 4 } as i32;
+                    let q = nib | ((((qh >> j) & 1) as i32) << 4);
+                    out.push(d * (q - 16) as f32);
+                }
+            }
+        }
+        GgmlType::Q4_K => {
+            for b in data[..k / 256 * 144].chunks(144) {
+                let (d, dmin) = (get_f16(b, 0), get_f16(b, 2));
+                let sc = &b[4..16];
+                for s in 0..8 {
+                    let (scale, mn) = if s < 4 {
+                        (sc[s] & 63, sc[s + 4] & 63)
+                    } else {
+                        (
+                            (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4),
+                            (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4),
+                        )
+                    };
+                    let q = &b[16 + (s / 2) * 32..16 + (s / 2) * 32 + 32];
+                    let shift = (s & 1) * 4;
+                    let (ds, dm) = (d * scale as f32, dmin * mn as f32);
+                    out.extend(q.iter().map(|&x| ds * ((x >> shift) & 15) as f32 - dm));
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            for b in data[..k / 256 * 210].chunks(210) {
+                let d = get_f16(b, 208);
+                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+                for idx in 0..256 {
+                    let (h, v) = (idx / 128, idx % 128);
+                    let (c, l) = (v / 32, v % 32);
+                    let lo = (ql[h * 64 + (c & 1) * 32 + l] >> (4 * (c >> 1))) & 15;
+                    let hi = (qh[h * 32 + l] >> (2 * c)) & 3;
+                    let q = (lo | (hi << 4)) as i32 - 32;
+                    out.push(d * (sc[idx / 16] as i8) as f32 * q as f32);
+                }
+            }
+        }
+        _ => unreachable!(),
+    }
+    out
+}
+
+fn dequant_rows(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Vec<Vec<f32>> {
+    let rb = ty.bytes_for(k as u64).unwrap() as usize;
+    (0..rows)
+        .map(|r| dequant_row(ty, &data[r * rb..(r + 1) * rb], k))
+        .collect()
+}
+
+fn dot(w: &[f32], x: &[f32]) -> f64 {
+    w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+// ---------- tests ----------
+
+#[test]
+fn missing_device_is_no_device_error() {
+    // Works with and without a GPU: ordinal 999 never exists.
+    match CudaDevice::open(999, 0) {
+        Err(Error::NoDevice(msg)) => {
+            assert!(!msg.is_empty());
+            let _ = writeln!(std::io::stderr(), "  open(999): no device: {msg}");
+        }
+        other => panic!("open(999) should be NoDevice, got {other:?}"),
+    }
+}
+
+// Mat-vec, f32 activations, f32 accumulation in a different order than the f64 reference:
+// relative error ~ sqrt(k) * 2^-24 ≈ 2e-6 at k = 4096; the weights decode to the same f32
+// values up to one rounding (fma contraction). Tolerance 1e-5.
+#[test]
+fn matvec_all_types() {
+    let Some(dev) = device("matvec_all_types") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0001);
+    for ty in TYPES {
+        for &(rows, k) in &[(133usize, 1280usize), (37, 4096)] {
+            let w = random_tensor(ty, rows, k, &mut rng);
+            let x = rng.vec(k);
+            let wd = dev.upload(&w, MemKind::Weights).unwrap();
+            let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+            let mut yd = dev.alloc(rows * 4, MemKind::Scratch).unwrap();
+            dev.fill_bytes(&mut yd, POISON).unwrap();
+            dev.matvec(ty, &wd, rows, k, &xd, &mut yd).unwrap();
+            let y = dev.download_f32(&yd, rows).unwrap();
+            let reference: Vec<f64> = dequant_rows(ty, &w, rows, k)
+                .iter()
+                .map(|r| dot(r, &x))
+                .collect();
+            check(
+                &format!("matvec {} {rows}x{k}", ty.name()),
+                &y,
+                &reference,
+                1e-5,
+            );
+        }
+    }
+}
+
+// Same arithmetic per output as mat-vec: tolerance 1e-5. 13 tokens: one full group of 8 and a
+// partial one.
+#[test]
+fn matmul_all_types() {
+    let Some(dev) = device("matmul_all_types") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0002);
+    for ty in TYPES {
+        let (rows, k, n_tok) = (70usize, 768usize, 13usize);
+        let w = random_tensor(ty, rows, k, &mut rng);
+        let x = rng.vec(n_tok * k);
+        let wd = dev.upload(&w, MemKind::Weights).unwrap();
+        let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+        let mut yd = dev.alloc(n_tok * rows * 4, MemKind::Scratch).unwrap();
+        dev.fill_bytes(&mut yd, POISON).unwrap();
+        dev.matmul(ty, &wd, rows, k, &xd, n_tok, &mut yd).unwrap();
+        let y = dev.download_f32(&yd, n_tok * rows).unwrap();
+        let wr = dequant_rows(ty, &w, rows, k);
+        let mut reference = Vec::new();
+        for t in 0..n_tok {
+            for r in &wr {
+                reference.push(dot(r, &x[t * k..(t + 1) * k]));
+            }
+        }
+        check(
+            &format!("matmul {} {n_tok}x{rows}x{k}", ty.name()),
+            &y,
+            &reference,
+            1e-5,
+        );
+    }
+}
+
+// Embedding rows decode with the reference's f32 formulas; the only difference is a possible
+// fused multiply-add (one rounding of ~6e-8 relative): tolerance 1e-6.
+#[test]
+fn embed_all_types() {
+    let Some(dev) = device("embed_all_types") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0003);
+    for ty in TYPES {
+        let (n_vocab, k) = (50usize, 512usize);
+        let table = random_tensor(ty, n_vocab, k, &mut rng);
+        let tokens: Vec<u32> = vec![
+            0,
+            49,
+            rng.below(n_vocab) as u32,
+            rng.below(n_vocab) as u32,
+            7,
+        ];
+        let td = dev.upload(&table, MemKind::Weights).unwrap();
+        let mut out = dev.alloc(tokens.len() * k * 4, MemKind::Scratch).unwrap();
+        dev.fill_bytes(&mut out, POISON).unwrap();
+        dev.embed(ty, &td, n_vocab, k, &tokens, &mut out).unwrap();
+        let got = dev.download_f32(&out, tokens.len() * k).unwrap();
+        let rows = dequant_rows(ty, &table, n_vocab, k);
+        let reference: Vec<f64> = tokens
+            .iter()
+            .flat_map(|&t| rows[t as usize].iter().map(|&v| v as f64))
+            .collect();
+        check(&format!("embed {}", ty.name()), &got, &reference, 1e-6);
+        let bad = dev.embed(ty, &td, n_vocab, k, &[3, 50], &mut out);
+        assert!(
+            matches!(bad, Err(Error::InvalidArgument(_))),
+            "token 50 of 50: {bad:?}"
+        );
+    }
+}
+
+// f32 sum of squares over n = 896 (~sqrt(n) * 2^-24 relative) and one division: tolerance 1e-5.
+#[test]
+fn rmsnorm_matches_reference() {
+    let Some(dev) = device("rmsnorm_matches_reference") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0004);
+    let (rows, n, eps) = (5usize, 896usize, 1e-6f32);
+    let x: Vec<f32> = rng.vec(rows * n).iter().map(|v| v * 3.0).collect();
+    let w = rng.vec(n);
+    let reference: Vec<f64> = x
+        .chunks(n)
+        .flat_map(|r| {
+            let ms = r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            r.iter()
+                .zip(&w)
+                .map(move |(&v, &g)| v as f64 * inv * g as f64)
+        })
+        .collect();
+    let mut xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+    let wd = dev.upload_f32(&w, MemKind::Weights).unwrap();
+    let mut yd = dev.alloc(rows * n * 4, MemKind::Scratch).unwrap();
+    dev.fill_bytes(&mut yd, POISON).unwrap();
+    dev.rmsnorm(&xd, &wd, rows, n, eps, &mut yd).unwrap();
+    check(
+        "rmsnorm",
+        &dev.download_f32(&yd, rows * n).unwrap(),
+        &reference,
+        1e-5,
+    );
+    dev.rmsnorm_inplace(&mut xd, &wd, rows, n, eps).unwrap();
+    check(
+        "rmsnorm in place",
+        &dev.download_f32(&xd, rows * n).unwrap(),
+        &reference,
+        1e-5,
+    );
+}
+
+// The reference computes angles in f64. The kernel's f32 angle pos * base^(-2i/d) carries a
+// relative error of ~2 roundings (1.2e-7), i.e. up to 1.2e-7 * 4000 ≈ 5e-4 rad at the largest
+// positions for pair 0, shrinking geometrically with the pair index; over the vector (RMS over
+// >= 32 pairs) that is ≲ 1e-4: tolerance 2e-4 (measured on an H200: 1e-5 to 2e-5).
+// Dimensions past rot_dim must come back bit for bit.
+#[test]
+fn rope_neox_and_normal() {
+    let Some(dev) = device("rope_neox_and_normal") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0005);
+    for &(neox, head_dim, rot_dim, base) in &[
+        (true, 64usize, 64usize, 1_000_000f32),
+        (false, 128, 128, 10_000.0),
+        (true, 128, 64, 10_000.0),
+    ] {
+        let (n_tok, n_heads) = (9usize, 3usize);
+        let x = rng.vec(n_tok * n_heads * head_dim);
+        let pos: Vec<i32> = (0..n_tok).map(|_| rng.below(4000) as i32).collect();
+        let mut reference: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        for t in 0..n_tok {
+            for h in 0..n_heads {
+                let v = &mut reference[(t * n_heads + h) * head_dim..][..head_dim];
+                for i in 0..rot_dim / 2 {
+                    let theta =
+                        pos[t] as f64 * (base as f64).powf(-2.0 * i as f64 / rot_dim as f64);
+                    let (a_i, b_i) = if neox {
+                        (i, i + rot_dim / 2)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
+                    let (a, b) = (v[a_i], v[b_i]);
+                    v[a_i] = a * theta.cos() - b * theta.sin();
+                    v[b_i] = a * theta.sin() + b * theta.cos();
+                }
+            }
+        }
+        let mut xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+        let pd = dev.upload_i32(&pos, MemKind::Scratch).unwrap();
+        let p = RopeParams {
+            rot_dim,
+            base,
+            pos_scale: 1.0,
+            neox,
+        };
+        dev.rope(&mut xd, &pd, n_tok, n_heads, head_dim, p).unwrap();
+        let got = dev.download_f32(&xd, x.len()).unwrap();
+        check(
+            &format!("rope neox={neox} hd={head_dim} rot={rot_dim}"),
+            &got,
+            &reference,
+            2e-4,
+        );
+        for (i, (&g, &orig)) in got.iter().zip(&x).enumerate() {
+            if i % head_dim >= rot_dim {
+                assert_eq!(
+                    g.to_bits(),
+                    orig.to_bits(),
+                    "element {i} past rot_dim changed"
+                );
+            }
+        }
+    }
+}
+
+/// f64 causal attention over f16-rounded K/V, [n_tok][n_heads][hd] layout.
+#[allow(clippy::too_many_arguments)]
+fn attention_ref(
+    q: &[f32],
+    k_all: &[f32],
+    v_all: &[f32],
+    n_tok: usize,
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    pos0: usize,
+    scale: f32,
+    window: usize,
+) -> Vec<f64> {
+    let r16 = |v: f32| f16::from_f32(v).to_f64();
+    let mut out = vec![0.0; n_tok * n_heads * hd];
+    for t in 0..n_tok {
+        let qpos = pos0 + t;
+        let lo = if window > 0 {
+            (qpos + 1).saturating_sub(window)
+        } else {
+            0
+        };
+        for h in 0..n_heads {
+            let kvh = h / (n_heads / n_kv);
+            let qv = &q[(t * n_heads + h) * hd..][..hd];
+            let scores: Vec<f64> = (lo..=qpos)
+                .map(|j| {
+                    let kr = &k_all[(j * n_kv + kvh) * hd..][..hd];
+                    qv.iter()
+                        .zip(kr)
+                        .map(|(&a, &b)| (a * scale) as f64 * r16(b))
+                        .sum::<f64>()
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let l: f64 = p.iter().sum();
+            let o = &mut out[(t * n_heads + h) * hd..][..hd];
+            for (jj, j) in (lo..=qpos).enumerate() {
+                let vr = &v_all[(j * n_kv + kvh) * hd..][..hd];
+                for d in 0..hd {
+                    o[d] += p[jj] / l * r16(vr[d]);
+                }
+            }
+        }
+    }
+    out
+}
+
+// f32 dot products over head_dim (≤ 128 terms, ~1e-7 relative), expf (≤ 2 ulp) and an f32
+// weighted average: expected ~1e-6; tolerance 1e-5. K/V are f16 in the cache; the reference
+// rounds them the same way, so that rounding is not part of the error.
+#[test]
+fn attention_decode_and_prefill() {
+    let Some(dev) = device("attention_decode_and_prefill") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0006);
+    // (n_heads, n_kv, head_dim, prefix pos0, new tokens n_tok, window)
+    for &(n_heads, n_kv, hd, pos0, n_tok, window) in &[
+        (8usize, 2usize, 64usize, 300usize, 1usize, 0usize), // decode, GQA 4:1
+        (8, 2, 64, 20, 37, 0),                               // prefill after a prefix
+        (14, 2, 64, 0, 29, 0),                               // prefill from 0 (Qwen2.5-0.5B shape)
+        (4, 1, 256, 100, 5, 16),                             // head_dim 256, sliding window
+        (6, 6, 128, 513, 1, 0),                              // no GQA, odd length
+    ] {
+        let max_ctx = pos0 + n_tok + 3;
+        let total = pos0 + n_tok;
+        let k_all: Vec<f32> = rng.vec(total * n_kv * hd);
+        let v_all: Vec<f32> = rng.vec(total * n_kv * hd);
+        let q: Vec<f32> = rng
+            .vec(n_tok * n_heads * hd)
+            .iter()
+            .map(|v| v * 2.0)
+            .collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut cache = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
+        dev.fill_bytes(&mut cache.k, POISON).unwrap();
+        dev.fill_bytes(&mut cache.v, POISON).unwrap();
+        // The prefix first, then the new tokens: two kv_store calls as a session would do.
+        let per = n_kv * hd;
+        if pos0 > 0 {
+            let kd = dev
+                .upload_f32(&k_all[..pos0 * per], MemKind::Scratch)
+                .unwrap();
+            let vd = dev
+                .upload_f32(&v_all[..pos0 * per], MemKind::Scratch)
+                .unwrap();
+            dev.kv_store(&kd, &vd, pos0, &mut cache, 0).unwrap();
+        }
+        let kd = dev
+            .upload_f32(&k_all[pos0 * per..], MemKind::Scratch)
+            .unwrap();
+        let vd = dev
+            .upload_f32(&v_all[pos0 * per..], MemKind::Scratch)
+            .unwrap();
+        dev.kv_store(&kd, &vd, n_tok, &mut cache, pos0).unwrap();
+        let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
+        let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
+        dev.fill_bytes(&mut od, POISON).unwrap();
+        dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, window, &mut od)
+            .unwrap();
+        let got = dev.download_f32(&od, q.len()).unwrap();
+        let reference = attention_ref(
+            &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window,
+        );
+        check(
+            &format!("attention h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window}"),
+            &got,
+            &reference,
+            1e-5,
+        );
+        // The cache holds exactly the f16 of what was stored, head-major.
+        let mut kb = vec![0u8; cache.k.len_bytes()];
+        dev.download(&cache.k, &mut kb).unwrap();
+        for _ in 0..200 {
+            let (j, h, d) = (rng.below(total), rng.below(n_kv), rng.below(hd));
+            let at = ((h * max_ctx + j) * hd + d) * 2;
+            let want = f16::from_f32(k_all[(j * n_kv + h) * hd + d]);
+            assert_eq!(
+                f16::from_le_bytes([kb[at], kb[at + 1]]),
+                want,
+                "K cache at pos {j} head {h} dim {d}"
+            );
+        }
+        // Past the cache's end is an answer, not a fault.
+        let full = dev.attention(
+            &qd,
+            n_tok,
+            n_heads,
+            &cache,
+            max_ctx - n_tok + 1,
+            scale,
+            0,
+            &mut od,
+        );
+        assert!(matches!(full, Err(Error::ContextFull(_))), "{full:?}");
+    }
+}
+
+// expf/tanhf are within 2 ulp; one or two more roundings: tolerance 1e-6.
+#[test]
+fn elementwise_ops() {
+    let Some(dev) = device("elementwise_ops") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0007);
+    let n = 4864 * 3 + 17;
+    let g: Vec<f32> = rng.vec(n).iter().map(|v| v * 6.0).collect();
+    let u = rng.vec(n);
+    let gd = dev.upload_f32(&g, MemKind::Scratch).unwrap();
+    let ud = dev.upload_f32(&u, MemKind::Scratch).unwrap();
+    let mut od = dev.alloc(n * 4, MemKind::Scratch).unwrap();
+
+    dev.fill_bytes(&mut od, POISON).unwrap();
+    dev.swiglu(&gd, &ud, n, &mut od).unwrap();
+    let r: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
+        .collect();
+    check("swiglu", &dev.download_f32(&od, n).unwrap(), &r, 1e-6);
+
+    dev.fill_bytes(&mut od, POISON).unwrap();
+    dev.geglu(&gd, &ud, n, &mut od).unwrap();
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let r: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| {
+            let g = g as f64;
+            0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()) * u as f64
+        })
+        .collect();
+    check("geglu", &dev.download_f32(&od, n).unwrap(), &r, 1e-6);
+
+    let (n_tok, width) = (7usize, 896usize);
+    let y = rng.vec(n_tok * width);
+    let b = rng.vec(width);
+    let mut yd = dev.upload_f32(&y, MemKind::Scratch).unwrap();
+    let bd = dev.upload_f32(&b, MemKind::Weights).unwrap();
+    dev.add_bias(&mut yd, &bd, n_tok, width).unwrap();
+    let r: Vec<f64> = y
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v + b[i % width]) as f64)
+        .collect();
+    check(
+        "add_bias",
+        &dev.download_f32(&yd, y.len()).unwrap(),
+        &r,
+        1e-7,
+    );
+
+    let x = rng.vec(n_tok * width);
+    let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+    dev.add(&mut yd, &xd, n_tok * width).unwrap();
+    dev.scale(&mut yd, 0.5, n_tok * width).unwrap();
+    let r2: Vec<f64> = r
+        .iter()
+        .zip(&x)
+        .map(|(&a, &x)| ((a as f32 + x) * 0.5) as f64)
+        .collect();
+    check(
+        "add + scale",
+        &dev.download_f32(&yd, y.len()).unwrap(),
+        &r2,
+        1e-7,
+    );
+}
+
+#[test]
+fn argmax_picks_first_maximum() {
+    let Some(dev) = device("argmax_picks_first_maximum") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0008);
+    let cols = 151_936; // Qwen2.5 vocabulary
+    let mut logits: Vec<f32> = rng.vec(4 * cols).iter().map(|v| v * 20.0).collect();
+    // Row 1: a tie between two far-apart columns: the smaller index wins.
+    logits[cols + 90_000] = 100.0;
+    logits[cols + 12_345] = 100.0;
+    // Row 2: NaNs are skipped, even before the maximum.
+    logits[2 * cols + 5] = f32::NAN;
+    logits[2 * cols + 151_935] = 50.0;
+    // Row 3: all -inf except one finite value.
+    for v in &mut logits[3 * cols..] {
+        *v = f32::NEG_INFINITY;
+    }
+    logits[3 * cols + 77] = -1e30;
+    let expected: Vec<u32> = logits
+        .chunks(cols)
+        .map(|r| {
+            let mut best = 0;
+            for (i, &v) in r.iter().enumerate() {
+                if v > r[best] || r[best].is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect();
+    let ld = dev.upload_f32(&logits, MemKind::Scratch).unwrap();
+    let got = dev.argmax(&ld, 4, cols).unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(got[1], 12_345);
+    let nan = dev.upload_f32(&[f32::NAN; 100], MemKind::Scratch).unwrap();
+    assert!(matches!(dev.argmax(&nan, 1, 100), Err(Error::Internal(_))));
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let Some(dev) = device("bad_arguments_are_errors") else {
+        return;
+    };
+    let w = dev.alloc(64 * 34, MemKind::Weights).unwrap();
+    let x = dev.alloc(64 * 4, MemKind::Scratch).unwrap();
+    let mut y = dev.alloc(4, MemKind::Scratch).unwrap();
+    // y too small for 2 rows.
+    let r = dev.matvec(GgmlType::Q8_0, &w, 2, 32, &x, &mut y);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    // k not a multiple of the block.
+    let r = dev.matvec(GgmlType::Q8_0, &w, 1, 40, &x, &mut y);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    // A type without kernels.
+    let r = dev.matvec(GgmlType::Q2_K, &w, 1, 256, &x, &mut y);
+    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+    // Weights too small for the rows asked.
+    let r = dev.matvec(GgmlType::Q8_0, &w, 1, 2048, &x, &mut y);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    assert!(matches!(
+        dev.alloc_kv_layer(2, 48, 16),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+#[test]
+fn budget_out_of_memory_and_no_leak() {
+    let Some(_probe) = device("budget_out_of_memory_and_no_leak") else {
+        return;
+    };
+    const MIB: usize = 1 << 20;
+    let dev = CudaDevice::open(0, 4 * MIB as u64).unwrap();
+    let m0 = dev.memory().unwrap();
+    assert_eq!((m0.used, m0.budget), (0, 4 * MIB as u64));
+    assert_eq!(m0.available, 4 * MIB as u64);
+
+    let a = dev.alloc(3 * MIB, MemKind::Weights).unwrap();
+    let m1 = dev.memory().unwrap();
+    assert_eq!(
+        (m1.used, m1.weights, m1.available),
+        (3 * MIB as u64, 3 * MIB as u64, MIB as u64)
+    );
+
+    // Over budget: an answer with the numbers, and nothing held afterwards.
+    match dev.alloc(2 * MIB, MemKind::KvCache) {
+        Err(Error::OutOfMemory(msg)) => {
+            let _ = writeln!(std::io::stderr(), "  over budget: {msg}");
+            for n in [2 * MIB, 4 * MIB, 3 * MIB, MIB] {
+                assert!(msg.contains(&n.to_string()), "message lacks {n}: {msg}");
+            }
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    // A KV cache whose K fits but whose V does not: K must be given back.
+    let r = dev.alloc_kv_layer(1, 64, 5000); // 640000 bytes each, 1.28 MB together
+    assert!(matches!(r, Err(Error::OutOfMemory(_))), "{r:?}");
+    assert_eq!(
+        dev.memory().unwrap().used,
+        3 * MIB as u64,
+        "failed allocations leaked"
+    );
+
+    // Within budget still works, up to exactly the budget.
+    let b = dev.alloc(MIB, MemKind::Scratch).unwrap();
+    assert_eq!(dev.memory().unwrap().available, 0);
+    drop(a);
+    drop(b);
+    let m2 = dev.memory().unwrap();
+    assert_eq!((m2.used, m2.weights, m2.kv_cache, m2.scratch), (0, 0, 0, 0));
+    let c = dev.alloc(4 * MIB, MemKind::Weights).unwrap();
+    drop(c);
+
+    // No budget: more than the card has is OutOfMemory from the driver, also with numbers.
+    let big = dev_unbudgeted();
+    let card = big.memory().unwrap();
+    let too_much = (card.device_total as usize).saturating_mul(2);
+    match big.alloc(too_much, MemKind::Weights) {
+        Err(Error::OutOfMemory(msg)) => {
+            let _ = writeln!(std::io::stderr(), "  over the card: {msg}");
+            assert!(msg.contains(&too_much.to_string()), "{msg}");
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    assert_eq!(big.memory().unwrap().used, 0);
+    let ok = big.alloc(MIB, MemKind::Scratch).unwrap();
+    assert_eq!(big.memory().unwrap().used, MIB as u64);
+    drop(ok);
+
+    // Freed memory goes back to the card (within other processes' noise: allow 64 MiB).
+    let before = big.memory().unwrap().device_free;
+    let blocks: Vec<_> = (0..8)
+        .map(|_| big.alloc(256 * MIB, MemKind::Scratch).unwrap())
+        .collect();
+    let during = big.memory().unwrap().device_free;
+    drop(blocks);
+    let after = big.memory().unwrap().device_free;
+    let _ = writeln!(
+        std::io::stderr(),
+        "  card free: before {before}, with 2 GiB {during}, after {after}"
+    );
+    assert!(before.saturating_sub(during) >= 2048 * MIB as u64 - 64 * MIB as u64);
+    assert!(
+        after + 64 * (MIB as u64) >= before,
+        "2 GiB allocated then freed: {before} -> {after}"
+    );
+}
+
+fn dev_unbudgeted() -> CudaDevice {
+    CudaDevice::open(0, 0).unwrap()
+}

@@ -1,0 +1,147 @@
+//! M0, the haiku test: the current minute as an English word, the golden prompt through the
+//! model's chat template, real greedy generation with the default model; the word must be
+//! in the haiku. The word comes from the clock (or the loop) at run time, so it cannot be
+//! faked.
+
+mod common;
+
+use llorch::backend::ContextOptions;
+use llorch::model::{ChatMessage, Context, Model};
+use llorch::session::{GenerateParams, Session, SessionOptions};
+use std::sync::{Arc, OnceLock};
+
+const ONES: [&str; 20] = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+];
+const TENS: [&str; 6] = ["", "", "twenty", "thirty", "forty", "fifty"];
+
+/// 0..=59 in English words: "zero", "nineteen", "twenty", "forty-two".
+fn minute_word(m: u32) -> String {
+    match m {
+        0..=19 => ONES[m as usize].to_string(),
+        _ if m % 10 == 0 => TENS[(m / 10) as usize].to_string(),
+        _ => format!("{}-{}", TENS[(m / 10) as usize], ONES[(m % 10) as usize]),
+    }
+}
+
+fn current_minute() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ((secs / 60) % 60) as u32
+}
+
+fn model() -> &'static Arc<Model> {
+    static M: OnceLock<Arc<Model>> = OnceLock::new();
+    M.get_or_init(|| {
+        let ctx = Context::new(ContextOptions::default()).unwrap();
+        Model::load(&ctx, &common::model_path(common::QWEN_05B), None).unwrap()
+    })
+}
+
+/// Prompt ids and the streamed haiku for `word`, greedy, at most `max_tokens`.
+fn haiku(word: &str, max_tokens: u32) -> (Vec<u32>, String) {
+    let m = model();
+    let msg = format!("Write a haiku about GPU computing that includes the word \"{word}\". Output only the haiku.");
+    let prompt = m
+        .apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: msg,
+            }],
+            true,
+            None,
+        )
+        .unwrap();
+    let ids = m.tokenizer().encode(&prompt, true, false).unwrap();
+    let mut s = Session::new(m.clone(), SessionOptions::default()).unwrap();
+    let mut text = String::new();
+    let params = GenerateParams {
+        max_tokens,
+        ..Default::default()
+    };
+    s.generate_tokens(&ids, &params, &mut |piece, _| {
+        text.push_str(piece);
+        true
+    })
+    .unwrap();
+    (ids, text)
+}
+
+#[test]
+fn minute_words() {
+    assert_eq!(minute_word(0), "zero");
+    assert_eq!(minute_word(19), "nineteen");
+    assert_eq!(minute_word(20), "twenty");
+    assert_eq!(minute_word(42), "forty-two");
+    assert_eq!(minute_word(59), "fifty-nine");
+}
+
+#[test]
+fn haiku_contains_the_current_minute() {
+    let word = minute_word(current_minute());
+    let (_, text) = haiku(&word, 40);
+    eprintln!("minute word {word:?}; haiku:\n{text}");
+    assert!(
+        text.to_lowercase().contains(&word),
+        "the haiku does not contain {word:?}:\n{text}"
+    );
+}
+
+/// Every minute, greedy. The reference includes the word for 56 of 60 minutes, so the bar
+/// here is the same: at least 56, with the prompt ids equal to the reference's where it has
+/// them and the haikus equal to the reference's greedy text.
+#[test]
+fn haiku_all_minutes() {
+    let golden = common::golden_json("qwen25coder05b.json");
+    let mut hits = 0;
+    let mut same_as_reference = 0;
+    for m in 0..60 {
+        let word = minute_word(m);
+        let (ids, text) = haiku(&word, 40);
+        let ok = text.to_lowercase().contains(&word);
+        hits += ok as usize;
+        if let Some(g) = golden["haiku"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["minute"] == m)
+        {
+            let want: Vec<u32> = g["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ids, want, "prompt ids for minute {m}");
+            same_as_reference += (g["text"].as_str().unwrap().trim() == text.trim()) as usize;
+        }
+        eprintln!(
+            "{m:2} {word:12} {} {:?}",
+            if ok { "yes" } else { "NO " },
+            text
+        );
+    }
+    eprintln!("the word appears for {hits}/60 minutes; {same_as_reference}/12 haikus equal the reference's");
+    assert!(hits >= 56, "the word appears for only {hits} of 60 minutes");
+}
