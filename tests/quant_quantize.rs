@@ -175,11 +175,7 @@ fn typical_error_is_small() {
             ty.name(),
             step / 4.0
         );
-        assert!(
-            mean <= step as f64 / 4.0 * 1.3,
-            "{}: mean err {mean}",
-            ty.name()
-        );
+        assert!(mean <= step / 4.0 * 1.3, "{}: mean err {mean}", ty.name());
     }
 }
 

@@ -195,10 +195,12 @@ pub fn vec_dot_multi_at(
     }
     let nb = acts.len() / n_cols;
     check_dot(ty, row.len(), nb)?;
-    match (level.available(), table(level)[ty as usize]) {
-        // SAFETY: the level's CPU features are present and all sizes were checked above.
-        (true, Some(f)) => unsafe { f(row, acts, nb, out) },
-        _ => scalar::dot(ty, row, acts, nb, out),
+    // Tables of unavailable levels are empty, so they fall back to scalar.
+    match table(level)[ty as usize] {
+        // SAFETY: the table holds kernels only for levels whose CPU features are present,
+        // and all sizes were checked above.
+        Some(f) => unsafe { f(row, acts, nb, out) },
+        None => scalar::dot(ty, row, acts, nb, out),
     }
     Ok(())
 }

@@ -184,7 +184,7 @@ pub(crate) fn check_sizes(
         });
     }
     let blocks = n_values / bs;
-    let want = blocks.checked_mul(ty.type_size()).unwrap_or(usize::MAX);
+    let want = blocks.saturating_mul(ty.type_size());
     if n_bytes != want {
         return Err(QuantError::SizeMismatch {
             ty: ty.name(),

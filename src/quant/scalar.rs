@@ -37,11 +37,12 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                     8,
                 ),
             };
-            // Offset types (Q4_0: -8, Q5_0: -16) fold the offset into q.
+            // q is centred (q - 8 or q - 16): the offset of Q4_0/Q5_0 folds in exactly, and
+            // for Q4_1/Q5_1 the min becomes m + mid*d, so the integer sums and the min term
+            // stay small instead of cancelling (precision on activations with outliers).
             let bias = match ty {
-                Q4_0 => 8,
-                Q5_0 => 16,
-                _ => 0,
+                Q4_0 | Q4_1 => 8,
+                _ => 16,
             };
             for j in 0..16 {
                 let lo = (b[qs + j] & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;
@@ -50,6 +51,11 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                 q[j + 16] = (hi - bias) as i8;
             }
             o.scale[..2].fill(d);
+            let m = if matches!(ty, Q4_1 | Q5_1) {
+                m + bias as f32 * d
+            } else {
+                0.0
+            };
             o.min[..2].fill(-m);
         }
         Q8_0 => {
@@ -80,9 +86,9 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                 let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
                 *q = ((b[16 + h * 32 + l] >> (2 * s)) & 3) as i8;
             }
-            for k in 0..16 {
-                o.scale[k] = d * (b[k] & 0xF) as f32;
-                o.min[k] = dmin * (b[k] >> 4) as f32;
+            for (k, sc) in b[..16].iter().enumerate() {
+                o.scale[k] = d * (sc & 0xF) as f32;
+                o.min[k] = dmin * (sc >> 4) as f32;
             }
         }
         Q3_K => {
@@ -94,14 +100,15 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                 let hbit = ((b[l] >> (h * 4 + s)) & 1) as i8;
                 *q = lo - 4 * (1 - hbit);
             }
-            for k in 0..16 {
-                o.scale[k] = d * sc[k] as f32;
-                o.min[k] = 0.0;
+            for (o, s) in o.scale.iter_mut().zip(sc) {
+                *o = d * s as f32;
             }
+            o.min.fill(0.0);
         }
         Q4_K | Q5_K => {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let qs = if ty == Q5_K { 48 } else { 16 };
+            let mid = if ty == Q5_K { 16 } else { 8 }; // centred, as for Q4_1
             for j in 0..8 {
                 let (sc, m) = k_scale_min(&b[4..16], j);
                 for l in 0..32 {
@@ -109,10 +116,11 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                     if ty == Q5_K {
                         v |= ((b[16 + l] >> j) & 1) << 4;
                     }
-                    q[j * 32 + l] = v as i8;
+                    q[j * 32 + l] = v as i8 - mid;
                 }
-                o.scale[2 * j..2 * j + 2].fill(d * sc as f32);
-                o.min[2 * j..2 * j + 2].fill(dmin * m as f32);
+                let scale = d * sc as f32;
+                o.scale[2 * j..2 * j + 2].fill(scale);
+                o.min[2 * j..2 * j + 2].fill(dmin * m as f32 - mid as f32 * scale);
             }
         }
         Q6_K => {

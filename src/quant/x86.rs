@@ -8,6 +8,10 @@
 //! Every kernel takes N columns (const) so vec_dot_multi decodes a weight block once for N
 //! activation vectors.
 
+// The AVX-512 and AVX-VNNI intrinsics are stable since Rust 1.89 (the crate's declared MSRV
+// is older; building this module needs 1.89).
+#![allow(clippy::incompatible_msrv)]
+
 use super::dot::{BlockQ8, SimdLevel};
 use super::GgmlType;
 use std::arch::x86_64::*;
@@ -52,14 +56,15 @@ macro_rules! bits_avx512 {
 }
 
 macro_rules! kernels {
-    ($modname:ident, $feat:literal, $dotm:ident, $bitsm:ident) => {
+    ($modname:ident, $feat:literal, $dotm:ident, $bitsm:ident, $cols:literal) => {
         pub(crate) mod $modname {
             #![allow(clippy::missing_safety_doc, unused_unsafe)]
             use super::super::dot::BlockQ8;
             use std::arch::x86_64::*;
 
-            /// Columns processed together by vec_dot_multi.
-            const COLS: usize = 4;
+            /// Columns processed together by vec_dot_multi (accumulators must fit the
+            /// register file: 16 ymm with AVX2, 32 with AVX-512).
+            const COLS: usize = $cols;
 
             #[inline]
             #[target_feature(enable = $feat)]
@@ -140,7 +145,11 @@ macro_rules! kernels {
             }
 
             /// Q4_0 / Q4_1 / Q5_0 / Q5_1: one 32-value block per activation block.
-            /// Offsets (-8/-16) and mins are applied through the activation sums s.
+            /// Quants are centred (q - mid, mid = 8 or 16) and dotted signed, so the integer
+            /// part carries no large offset: w = d*(q - mid) + (m + mid*d), and the small
+            /// remaining offset (zero for Q4_0/Q5_0) goes through the activation sums s.
+            /// Splitting w = d*q + m instead would make two large sums that cancel, losing
+            /// f32 precision on activations with outliers.
             #[inline]
             #[target_feature(enable = $feat)]
             unsafe fn legacy<
@@ -153,20 +162,14 @@ macro_rules! kernels {
                 ap: *const BlockQ8,
                 nb: usize,
                 out: &mut [f32],
-                bias: f32,
+                mid: i8,
             ) {
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut off = [0.0f32; N];
                 for i in 0..nb {
                     let p = rp.add(i * TS);
                     let d = f16(p);
-                    let mut o = 2;
-                    let m = if HAS_M {
-                        o = 4;
-                        f16(p.add(2))
-                    } else {
-                        -bias * d
-                    };
+                    let o = if HAS_M { 4 } else { 2 };
                     let mut w;
                     if HAS_H {
                         let qh = (p.add(o) as *const u32).read_unaligned();
@@ -175,12 +178,22 @@ macro_rules! kernels {
                     } else {
                         w = nibbles16(p.add(o));
                     }
+                    let w = _mm256_sub_epi8(w, _mm256_set1_epi8(mid));
+                    let wabs = _mm256_abs_epi8(w);
+                    let m = if HAS_M {
+                        f16(p.add(2)) + mid as f32 * d
+                    } else {
+                        0.0
+                    };
+                    let dv = _mm256_set1_ps(d);
                     for c in 0..N {
                         let b = &*ap.add(c * nb + i);
-                        let s = dot(_mm256_setzero_si256(), w, act(b));
-                        acc[c] =
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * b.d), acc[c]);
-                        off[c] = m.mul_add(b.s, off[c]);
+                        let s = dot_signed(wabs, w, act(b));
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.d));
+                        acc[c] = _mm256_fmadd_ps(t, dv, acc[c]);
+                        if HAS_M {
+                            off[c] = m.mul_add(b.s, off[c]);
+                        }
                     }
                 }
                 for c in 0..N {
@@ -194,7 +207,7 @@ macro_rules! kernels {
                 nb: usize,
                 out: &mut [f32],
             ) {
-                legacy::<N, 18, false, false>(rp, ap, nb, out, 8.0)
+                legacy::<N, 18, false, false>(rp, ap, nb, out, 8)
             }
             #[target_feature(enable = $feat)]
             unsafe fn k_q4_1<const N: usize>(
@@ -203,7 +216,7 @@ macro_rules! kernels {
                 nb: usize,
                 out: &mut [f32],
             ) {
-                legacy::<N, 20, true, false>(rp, ap, nb, out, 0.0)
+                legacy::<N, 20, true, false>(rp, ap, nb, out, 8)
             }
             #[target_feature(enable = $feat)]
             unsafe fn k_q5_0<const N: usize>(
@@ -212,7 +225,7 @@ macro_rules! kernels {
                 nb: usize,
                 out: &mut [f32],
             ) {
-                legacy::<N, 22, false, true>(rp, ap, nb, out, 16.0)
+                legacy::<N, 22, false, true>(rp, ap, nb, out, 16)
             }
             #[target_feature(enable = $feat)]
             unsafe fn k_q5_1<const N: usize>(
@@ -221,7 +234,7 @@ macro_rules! kernels {
                 nb: usize,
                 out: &mut [f32],
             ) {
-                legacy::<N, 24, true, true>(rp, ap, nb, out, 0.0)
+                legacy::<N, 24, true, true>(rp, ap, nb, out, 16)
             }
             drive!(q4_0, k_q4_0);
             drive!(q4_1, k_q4_1);
@@ -242,11 +255,12 @@ macro_rules! kernels {
                     let d = f16(p);
                     let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
                     let wabs = _mm256_abs_epi8(w);
+                    let dv = _mm256_set1_ps(d);
                     for c in 0..N {
                         let b = &*ap.add(c * nb + i);
                         let s = dot_signed(wabs, w, act(b));
-                        acc[c] =
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * b.d), acc[c]);
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.d));
+                        acc[c] = _mm256_fmadd_ps(t, dv, acc[c]);
                     }
                 }
                 for c in 0..N {
@@ -255,7 +269,9 @@ macro_rules! kernels {
             }
             drive!(q8_0, k_q8_0);
 
-            /// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scale and min; mins go through s.
+            /// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scale and min. As in `legacy`, quants
+            /// are centred (q - mid) and dotted signed; the per-sub-block offset
+            /// mid*scale - min goes through the activation sums s.
             #[inline]
             #[target_feature(enable = $feat)]
             unsafe fn kquant<const N: usize, const Q5: bool>(
@@ -276,18 +292,19 @@ macro_rules! kernels {
                     let d = f16(p);
                     let dmin = f16(p.add(2));
                     let s = std::slice::from_raw_parts(p.add(4), 12);
+                    let mid = if Q5 { 16i8 } else { 8 };
                     let mut sc = [0f32; 8];
-                    let mut mn = [0f32; 8];
+                    let mut offc = [0f32; 8];
                     for j in 0..8 {
                         let (a, b) = super::super::k_scale_min(s, j);
                         sc[j] = d * a as f32;
-                        mn[j] = dmin * b as f32;
+                        offc[j] = (mid as f32).mul_add(sc[j], -(dmin * b as f32));
                     }
                     for c in 0..N {
                         let bs = ap.add(c * nb + i * 8);
                         let mut t = 0.0f32;
                         for j in 0..8 {
-                            t = mn[j].mul_add((*bs.add(j)).s, t);
+                            t = offc[j].mul_add((*bs.add(j)).s, t);
                         }
                         off[c] += t;
                     }
@@ -319,26 +336,24 @@ macro_rules! kernels {
                                 ),
                             );
                         }
+                        let lo = _mm256_sub_epi8(lo, _mm256_set1_epi8(mid));
+                        let hi = _mm256_sub_epi8(hi, _mm256_set1_epi8(mid));
+                        let (labs, habs) = (_mm256_abs_epi8(lo), _mm256_abs_epi8(hi));
+                        let (d0, d1) = (_mm256_set1_ps(sc[2 * g]), _mm256_set1_ps(sc[2 * g + 1]));
                         for c in 0..N {
                             let b0 = &*ap.add(c * nb + i * 8 + 2 * g);
                             let b1 = &*ap.add(c * nb + i * 8 + 2 * g + 1);
-                            let s0 = dot(_mm256_setzero_si256(), lo, act(b0));
-                            let s1 = dot(_mm256_setzero_si256(), hi, act(b1));
-                            acc0[c] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(s0),
-                                _mm256_set1_ps(sc[2 * g] * b0.d),
-                                acc0[c],
-                            );
-                            acc1[c] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(s1),
-                                _mm256_set1_ps(sc[2 * g + 1] * b1.d),
-                                acc1[c],
-                            );
+                            let s0 = dot_signed(labs, lo, act(b0));
+                            let s1 = dot_signed(habs, hi, act(b1));
+                            let t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(b0.d));
+                            let t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(b1.d));
+                            acc0[c] = _mm256_fmadd_ps(t0, d0, acc0[c]);
+                            acc1[c] = _mm256_fmadd_ps(t1, d1, acc1[c]);
                         }
                     }
                 }
                 for c in 0..N {
-                    out[c] = hsum(_mm256_add_ps(acc0[c], acc1[c])) - off[c];
+                    out[c] = hsum(_mm256_add_ps(acc0[c], acc1[c])) + off[c];
                 }
             }
             #[target_feature(enable = $feat)]
@@ -410,11 +425,8 @@ macro_rules! kernels {
                             for c in 0..N {
                                 let b = &*ap.add(c * nb + i * 8 + ch);
                                 let s = dot_signed(wabs, w, act(b));
-                                acc[k & 1][c] = _mm256_fmadd_ps(
-                                    _mm256_cvtepi32_ps(s),
-                                    _mm256_mul_ps(sv, _mm256_set1_ps(b.d)),
-                                    acc[k & 1][c],
-                                );
+                                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.d));
+                                acc[k & 1][c] = _mm256_fmadd_ps(t, sv, acc[k & 1][c]);
                             }
                         }
                     }
@@ -428,13 +440,14 @@ macro_rules! kernels {
     };
 }
 
-kernels!(avx2, "avx2,fma,f16c", dot_maddubs, bits_avx2);
-kernels!(avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni, bits_avx2);
+kernels!(avx2, "avx2,fma,f16c", dot_maddubs, bits_avx2, 4);
+kernels!(avxvnni, "avx2,fma,f16c,avxvnni", dot_avxvnni, bits_avx2, 4);
 kernels!(
     avx512,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     dot_vnni512,
-    bits_avx512
+    bits_avx512,
+    8
 );
 
 type DotFn = unsafe fn(&[u8], &[BlockQ8], usize, &mut [f32]);

@@ -1,0 +1,117 @@
+//! Dot-product throughput on the real Qwen2.5 0.5B shapes, single thread, per SIMD level.
+//! Run: `cargo bench --bench quant` (optionally `-- Q4_K` to filter types).
+//! GB/s counts weight bytes read; GFLOP/s counts 2 flops per weight × activation pair.
+
+use llorch::quant::{quantize_q8, vec_dot_at, vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// Random blocks with sane f16 scale fields.
+fn weights(ty: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+    let ts = ty.type_size();
+    let mut w: Vec<u8> = (0..rows * cols / ty.block_size() * ts)
+        .map(|_| rng(seed) as u8)
+        .collect();
+    let fields: &[usize] = match ty {
+        GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[0],
+    };
+    for b in w.chunks_exact_mut(ts) {
+        for &at in fields {
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        }
+    }
+    w
+}
+
+/// Best-of-3 seconds per call of `f`, each timing at least ~0.2 s.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let (mut n, t0) = (0u32, Instant::now());
+        while n == 0 || t0.elapsed().as_secs_f64() < 0.2 {
+            f();
+            n += 1;
+        }
+        best = best.min(t0.elapsed().as_secs_f64() / n as f64);
+    }
+    best
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let shapes = [
+        (GgmlType::Q4_K, 896, 4864, "ffn_down"),
+        (GgmlType::Q6_K, 896, 4864, "ffn_down"),
+        (GgmlType::Q5_0, 4864, 896, "ffn_gate/up"),
+        (GgmlType::Q4_1, 1536, 576, "smollm2 ffn"),
+        (GgmlType::Q8_0, 151936, 896, "output"),
+    ];
+    const COLS: usize = 16; // prompt tokens per vec_dot_multi call
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    println!(
+        "{:<6} {:>13} {:<10} {:>12} {:>10} {:>12} {:>13}",
+        "type", "rows x cols", "level", "vec_dot GB/s", "GFLOP/s", "multi GFLOP/s", "multi GB/s eq"
+    );
+    for (ty, rows, cols, what) in shapes {
+        if !filter.is_empty() && !filter.iter().any(|f| ty.name().contains(f.as_str())) {
+            continue;
+        }
+        let w = weights(ty, rows, cols, &mut seed);
+        let row_bytes = w.len() / rows;
+        let x: Vec<f32> = (0..cols * COLS)
+            .map(|_| (rng(&mut seed) >> 40) as f32 / 8e6 - 1.0)
+            .collect();
+        let mut acts = vec![BlockQ8::default(); cols * COLS / 32];
+        quantize_q8(&x, &mut acts);
+        let one = &acts[..cols / 32];
+        // LLORCH_BENCH_LEVEL=avx512 (etc.) measures one level only.
+        let only = std::env::var("LLORCH_BENCH_LEVEL").ok();
+        for level in SimdLevel::ALL
+            .into_iter()
+            .filter(|l| l.available() && only.as_deref().map_or(true, |o| o == l.name()))
+        {
+            let t1 = time(|| {
+                let mut s = 0.0;
+                for r in w.chunks_exact(row_bytes) {
+                    s += vec_dot_at(level, ty, r, black_box(one));
+                }
+                black_box(s);
+            });
+            // The Q8_0 output matrix is large: prompt timing on a slice of its rows.
+            let mrows = rows.min(8192);
+            let mut out = [0.0f32; COLS];
+            let tm = time(|| {
+                for r in w[..mrows * row_bytes].chunks_exact(row_bytes) {
+                    vec_dot_multi_at(level, ty, r, black_box(&acts), COLS, &mut out).unwrap();
+                    black_box(&out);
+                }
+            });
+            let flops = 2.0 * (rows * cols) as f64;
+            let mflops = 2.0 * (mrows * cols * COLS) as f64;
+            println!(
+                "{:<6} {:>6}x{:<6} {:<10} {:>12.2} {:>10.2} {:>12.2} {:>13.2}   ({what})",
+                ty.name(),
+                rows,
+                cols,
+                level.name(),
+                w.len() as f64 / t1 / 1e9,
+                flops / t1 / 1e9,
+                mflops / tm / 1e9,
+                (mrows * row_bytes * COLS) as f64 / tm / 1e9,
+            );
+        }
+    }
+}
