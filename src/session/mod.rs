@@ -104,10 +104,9 @@ impl Session {
             }
             n => n,
         } as usize;
-        let hp = model.hparams();
         let reservation = model
             .context()
-            .reserve(State::kv_bytes(hp, n_ctx), "the session's KV cache")?;
+            .reserve(State::host_kv_bytes(&model, n_ctx), "the session's KV cache")?;
         let state = State::new(&model, n_ctx)?;
         Ok(Session {
             model,

@@ -2,7 +2,6 @@
 //! forward step to the backend the model is bound to.
 
 use crate::backend::cpu::{CpuState, CpuStep, Tap};
-use crate::model::hparams::HParams;
 use crate::model::recipe::{forward, Logits};
 use crate::model::{Bound, Model};
 use crate::Result;
@@ -14,9 +13,14 @@ pub(crate) enum State {
 }
 
 impl State {
-    /// Bytes the KV cache of `n_ctx` positions takes on the model's backend.
-    pub fn kv_bytes(hp: &HParams, n_ctx: usize) -> u64 {
-        CpuState::kv_bytes(hp, n_ctx)
+    /// Host bytes the KV cache of `n_ctx` positions takes, to account against the context's
+    /// budget. A GPU's KV cache is accounted by the device's memory manager instead.
+    pub fn host_kv_bytes(model: &Model, n_ctx: usize) -> u64 {
+        match &model.bound {
+            Bound::Cpu(_) => CpuState::kv_bytes(model.hparams(), n_ctx),
+            #[cfg(feature = "cuda")]
+            Bound::Cuda(_) => 0,
+        }
     }
 
     pub fn new(model: &Model, n_ctx: usize) -> Result<Self> {
