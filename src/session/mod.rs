@@ -240,7 +240,25 @@ impl Session {
     }
 
     /// As [`generate`](Self::generate), with the prompt already tokenized.
+    ///
+    /// A call that fails (a full context, a backend error) leaves the conversation as it was
+    /// before the call, so the session stays usable; text already streamed is not taken back.
     pub fn generate_tokens(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_piece: &mut dyn FnMut(&str, u32) -> bool,
+    ) -> Result<GenerateStats> {
+        let (n_past, pending) = (self.history.len(), self.pending);
+        let result = self.generate_inner(prompt, params, on_piece);
+        if result.is_err() {
+            self.history.truncate(n_past);
+            self.pending = pending;
+        }
+        result
+    }
+
+    fn generate_inner(
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,
