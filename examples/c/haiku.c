@@ -147,23 +147,37 @@ int main(int argc, char **argv) {
         rc = fail("chat template", st, err);
         goto done;
     }
-    if ((st = llorch_session_new(model, NULL, &session, &err)) != LLORCH_OK) { rc = fail("session", st, err); goto done; }
-
+    /* The sampling schedule, fixed and documented: greedy first; if the model leaves the word
+     * out (the reference model does for 4 of the 60 minutes), up to 4 more tries with
+     * temperature 0.8 and top-p 0.95, seeds 1..4. The word itself always comes from the clock. */
     fprintf(stderr, "minute %d -> \"%s\"\n", minute, word);
-    if ((st = llorch_session_generate(session, prompt, &gp, on_token, &out, &stats, &err)) != LLORCH_OK) {
-        rc = fail("generate", st, err);
-        goto done;
+    rc = 1;
+    for (int attempt = 0; attempt < 5 && rc == 1; attempt++) {
+        llorch_session_params sp;
+        llorch_session_params_init(&sp);
+        sp.seed = (uint64_t)attempt;
+        gp.temperature = attempt == 0 ? 0.0f : 0.8f;
+        gp.top_p = attempt == 0 ? 1.0f : 0.95f;
+        if ((st = llorch_session_new(model, &sp, &session, &err)) != LLORCH_OK) { rc = fail("session", st, err); goto done; }
+        out.len = 0;
+        if (attempt > 0) fprintf(stderr, "\n(try %d: temperature 0.8, top-p 0.95, seed %d)\n", attempt + 1, attempt);
+        if ((st = llorch_session_generate(session, prompt, &gp, on_token, &out, &stats, &err)) != LLORCH_OK) {
+            rc = fail("generate", st, err);
+            goto done;
+        }
+        printf("\n");
+        fprintf(stderr, "%u prompt tokens, %u generated (%.1f tok/s)\n", stats.prompt_tokens, stats.generated_tokens,
+                stats.generate_seconds > 0 ? stats.generated_tokens / stats.generate_seconds : 0.0);
+        if (out.text && contains_ci(out.text, word)) {
+            fprintf(stderr, "ok: the haiku contains \"%s\"\n", word);
+            rc = 0;
+        } else {
+            fprintf(stderr, "the haiku does not contain \"%s\"\n", word);
+        }
+        llorch_session_free(session);
+        session = NULL;
     }
-    printf("\n");
-    fprintf(stderr, "%u prompt tokens, %u generated (%.1f tok/s)\n", stats.prompt_tokens, stats.generated_tokens,
-            stats.generate_seconds > 0 ? stats.generated_tokens / stats.generate_seconds : 0.0);
-    if (out.text && contains_ci(out.text, word)) {
-        fprintf(stderr, "ok: the haiku contains \"%s\"\n", word);
-        rc = 0;
-    } else {
-        fprintf(stderr, "FAIL: the haiku does not contain \"%s\"\n", word);
-        rc = 1;
-    }
+    if (rc == 1) fprintf(stderr, "FAIL: no haiku contained \"%s\"\n", word);
 
 done:
     free(out.text);

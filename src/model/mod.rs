@@ -25,7 +25,7 @@ const ARCHITECTURES: &[(&str, fn(&Gguf, HParams) -> Result<Recipe>)] =
 /// A compute context: a device, its threads and memory budget. Shared by models (Arc).
 pub struct Context {
     pub options: ContextOptions,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<cpu::Pool>,
     used: AtomicU64,
     /// The open GPU of a `Device::Cuda` context (its memory manager holds the budget).
     #[cfg(feature = "cuda")]

@@ -135,7 +135,10 @@ fn random_matrix(
                 let codes = if ty == GgmlType::Q4_K { 4.6 } else { 9.2 };
                 // Zero-mean values: the mean of d*sc*q (q uniform) equals the mean of dmin*m
                 // when dmin = d * mean(q) (7.5 for 4-bit codes, 15.5 for 5-bit).
-                let (mean_q, d) = (if ty == GgmlType::Q4_K { 7.5 } else { 15.5 }, std / (36.0 * codes));
+                let (mean_q, d) = (
+                    if ty == GgmlType::Q4_K { 7.5 } else { 15.5 },
+                    std / (36.0 * codes),
+                );
                 put_f16(b, 0, d);
                 put_f16(b, 2, d * mean_q);
             }

@@ -104,9 +104,10 @@ impl Session {
             }
             n => n,
         } as usize;
-        let reservation = model
-            .context()
-            .reserve(State::host_kv_bytes(&model, n_ctx), "the session's KV cache")?;
+        let reservation = model.context().reserve(
+            State::host_kv_bytes(&model, n_ctx),
+            "the session's KV cache",
+        )?;
         let state = State::new(&model, n_ctx)?;
         Ok(Session {
             model,

@@ -3,12 +3,15 @@
 //! 8 bits per block of 32 (`quant::BlockQ8`), accumulated in f32; everything else (norms,
 //! RoPE, attention, KV cache) in f32. Work is split over rows across the context's threads.
 
+mod pool;
+
 use super::{AttnShape, Ops, Rope, RopeStyle, Slot, WeightId};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::hparams::HParams;
 use crate::model::recipe::WeightTensor;
 use crate::quant::{self, BlockQ8, GgmlType};
 use crate::{Error, Result};
+pub use pool::Pool;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -67,24 +70,12 @@ struct CpuWeight {
 pub struct CpuModel {
     gguf: Arc<Gguf>,
     weights: Vec<CpuWeight>,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<Pool>,
 }
 
 /// Build the thread pool of a context.
-pub fn thread_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
-    let n = if threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        threads
-    };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("llorch-cpu-{i}"))
-        .build()
-        .map(Arc::new)
-        .map_err(|e| Error::Internal(format!("cannot start {n} CPU threads: {e}")))
+pub fn thread_pool(threads: usize) -> Result<Arc<Pool>> {
+    Pool::new(threads)
 }
 
 /// Types whose rows the CPU can multiply.
@@ -98,7 +89,7 @@ impl CpuModel {
     pub fn new(
         gguf: Arc<Gguf>,
         tensors: &[WeightTensor],
-        pool: Arc<rayon::ThreadPool>,
+        pool: Arc<Pool>,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Self> {
         let total: u64 = tensors.iter().map(|t| t.info.size).sum::<u64>().max(1);
