@@ -16,8 +16,8 @@ step() { printf '\n== %s\n' "$*"; }
 step "C examples (C11 and C++17, -Werror)"
 make -C examples/c -B all
 
-step "haiku (M0 check, minute from the clock)"
-examples/c/haiku "$HAIKU_MODEL" --device cpu
+step "haiku (M0 check, minute from the clock) under AddressSanitizer and LeakSanitizer"
+make -C examples/c asan MODEL="$HAIKU_MODEL"
 
 step "misuse under valgrind"
 make -C examples/c valgrind MODEL="$LLORCH_MODEL"
