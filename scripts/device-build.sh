@@ -7,7 +7,9 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${1:-$here}/.device"
 cd "$here"
-tests=(cuda_kernels cuda_parity)
+tests=(cuda_kernels cuda_parity cuda_real)
+# A target folder of its own: the CUDA build does not evict the CPU build's artifacts.
+export CARGO_TARGET_DIR="$here/target-cuda"
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 json=$(cargo test --release --features cuda "${args[@]}" --no-run --message-format=json 2>/dev/null)
@@ -25,7 +27,12 @@ for l in sys.stdin:
   # Stripped: the working tree that travels to the device is limited to 64 MiB.
   strip -o "$dest/$t" "$exe"
 done
-strip -o "$dest/llorch" target/release/llorch
+strip -o "$dest/llorch" "$CARGO_TARGET_DIR/release/llorch"
+strip -o "$dest/libllorch.so" "$CARGO_TARGET_DIR/release/libllorch.so"
+# The C haiku program, finding libllorch.so beside itself.
+cc -std=c11 -Wall -Wextra -Werror -O2 -Iinclude -o "$dest/haiku" examples/c/haiku.c -L"$dest" -lllorch -Wl,-rpath,'$ORIGIN'
+mkdir -p "$dest/golden" && cp ../shared/golden/qwen25coder05b.json "$dest/golden/"
 cp scripts/device-test.sh "$dest/run-gpu-tests.sh"
+cp scripts/device-real.sh "$dest/run-real.sh"
 chmod +x "$dest"/*
 ls -l "$dest"

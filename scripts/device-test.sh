@@ -13,7 +13,7 @@ echo "== cuda_parity"
 timeout 240 ./cuda_parity --test-threads=1 --nocapture >"$log/parity.log" 2>&1 || rc=1
 grep -vE "^\s+[0-9]+: |^\s+at " "$log/parity.log"
 echo "== bench (synthetic models, GPU)"
-for p in qwen2-0.5b smollm2-135m; do
+for p in qwen2-0.5b smollm2-135m qwen2-7b; do
   ./llorch synth --preset "$p" --seed 1 -o "/tmp/$p.gguf" >/dev/null || rc=1
   timeout 90 ./llorch bench -m "/tmp/$p.gguf" --device cuda:0 -p 512 -n 128 -r 3 2>&1 | grep -E "^\|.*(pp|tg)|rror" || rc=1
 done

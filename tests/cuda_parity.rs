@@ -13,21 +13,16 @@
 //! is also checked against its own prefill of all 96 tokens.
 //!
 //! Tolerances, from the arithmetic:
-//! * The CPU multiplies matrices against activations quantized to 8 bits per block of 32
-//!   (scale = max|x|/127). The rounding error is uniform in ±scale/2, rms scale/√12; for
-//!   roughly Gaussian activations max|x| over 32 values is ≈ 2.5 rms, so each element carries
-//!   ≈ 2.5/(127·√12) ≈ 5.7e-3 relative error, and so does a dot product with random weights
-//!   (the errors are independent: ‖w‖·rms(e) against ‖w‖·rms(x)). Heavy-tailed inputs (the
-//!   SwiGLU product, max/rms ≈ 4–5 per block) double that: ≈ 9e-3 was measured for
-//!   `ffn_down`. `Q8_PRODUCT` = 2e-2 bounds one product with a factor ≥ 2 of room.
+//! * The CPU multiplies matrices against activations quantized in two 8-bit passes per block
+//!   of 32 (the value, then its residual): the residual's step is max|x|/(127·254), so each
+//!   element carries ≈ 2.5/(127·254·√12) ≈ 2.2e-5 relative error (≈ 5e-5 for heavy-tailed
+//!   inputs such as the SwiGLU product). `PRODUCT` = 5e-4 bounds one product with room.
 //! * The GPU multiplies f32 activations (≈ √k·2⁻²⁴ ≈ 1e-6 relative against f64) and keeps the
-//!   KV cache in f16 (2⁻¹¹ relative rounding, rms ≈ 2.8e-4: small beside the CPU's 5.7e-3).
-//! * Through the network the CPU's errors add up: each layer injects ≈ 3 such products'
-//!   errors (attention and FFN) into the residual stream, whose norm grows as the layers add
-//!   to it, so the relative error of a layer's output stays near c·5.7e-3 with c a few; the
-//!   softmax passes score errors through with gain ≈ |score| ≈ 1 here (random weights of std
-//!   1/√k give O(1) scores). `DEEP` = 5e-2 (≈ 9× one product) bounds every later stage and
-//!   the logits.
+//!   KV cache in f16 (2⁻¹¹ relative rounding, rms ≈ 2.8e-4 in the attention output), so after
+//!   attention the GPU dominates the difference.
+//! * Through the network each layer injects that attention difference into the residual
+//!   stream; the relative error of later stages stays near a few 1e-4 to 1e-3. `DEEP` = 1e-2
+//!   bounds every later stage and the logits with room.
 //! * Stages before any matrix (embed, layer-0 attn_norm) are the same f32 arithmetic on the
 //!   same values on both sides: `EXACT_ISH` = 1e-5.
 #![cfg(feature = "cuda")]
@@ -44,8 +39,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 const EXACT_ISH: f64 = 1e-5;
-const Q8_PRODUCT: f64 = 2e-2;
-const DEEP: f64 = 5e-2;
+const PRODUCT: f64 = 5e-4;
+const DEEP: f64 = 1e-2;
 /// The GPU's layer-0 products against f64 from its own input: f32 accumulation over k ≤ 4864
 /// (≈ √k·2⁻²⁴ ≈ 4e-6), with room.
 const GPU_VS_F64: f64 = 2e-5;
@@ -183,7 +178,7 @@ fn key(t: &Tap) -> String {
 fn tolerance(key: &str) -> f64 {
     match key {
         "embed" | "l0.attn_norm" => EXACT_ISH,
-        "l0.q" | "l0.k" | "l0.v" | "l0.q_rope" | "l0.k_rope" => Q8_PRODUCT,
+        "l0.q" | "l0.k" | "l0.v" | "l0.q_rope" | "l0.k_rope" => PRODUCT,
         _ => DEEP,
     }
 }
@@ -356,10 +351,7 @@ fn argmax(v: &[f32]) -> (usize, f32) {
     (best.0, best.1 - second)
 }
 
-/// `amplifying`: the network turns small differences into large ones between layers, so
-/// the CPU-vs-GPU difference of a layer's output is reported but not held to `DEEP`; each
-/// layer is instead held to its own f64 reference (both sides) and the output to `DEEP`.
-fn parity(test: &str, preset_name: &str, amplifying: bool) {
+fn parity(test: &str, preset_name: &str) {
     let Some(gctx) = gpu_context(test, 0) else {
         return;
     };
@@ -457,15 +449,15 @@ fn parity(test: &str, preset_name: &str, amplifying: bool) {
                 if eg > GPU_VS_F64 {
                     failures.push(format!("{out}: GPU vs f64 {eg:.2e} > {GPU_VS_F64:.0e}"));
                 }
-                if ec > Q8_PRODUCT {
-                    failures.push(format!("{out}: CPU vs f64 {ec:.2e} > {Q8_PRODUCT:.0e}"));
+                if ec > PRODUCT {
+                    failures.push(format!("{out}: CPU vs f64 {ec:.2e} > {PRODUCT:.0e}"));
                 }
             }
         }
         if step == 0 {
             // Each layer in f64 from each side's own input (its previous layer's output, first
             // LOCAL_ROWS positions): the error a side adds in that layer alone, apart from
-            // what it inherits. Tells a wrong kernel from an amplifying network.
+            // what it inherits. Tells a wrong kernel from an error carried in from earlier layers.
             let e = mc.hparams().n_embd;
             let rows_of = |taps: &[Tap], k: &str| {
                 let t = taps.iter().find(|t| key(t) == k).unwrap();
@@ -566,11 +558,6 @@ fn parity(test: &str, preset_name: &str, amplifying: bool) {
         // ffn_norm, output_norm): row by row at rms 1. The raw error is reported beside it.
         let layer = k.starts_with("layer");
         let e = if layer { st.normalized_err } else { st.err };
-        let tol = if layer && amplifying {
-            f64::INFINITY
-        } else {
-            tol
-        };
         let k = k.as_str();
         let mark = if e > tol { "  FAIL" } else { "" };
         say(&format!(
@@ -601,8 +588,8 @@ fn parity(test: &str, preset_name: &str, amplifying: bool) {
                 "layer {l}: GPU vs f64 {eg:.2e} > {GPU_LAYER_VS_F64:.0e}"
             ));
         }
-        if ec > Q8_PRODUCT {
-            failures.push(format!("layer {l}: CPU vs f64 {ec:.2e} > {Q8_PRODUCT:.0e}"));
+        if ec > PRODUCT {
+            failures.push(format!("layer {l}: CPU vs f64 {ec:.2e} > {PRODUCT:.0e}"));
         }
     }
     say(&format!(
@@ -615,18 +602,12 @@ fn parity(test: &str, preset_name: &str, amplifying: bool) {
 
 #[test]
 fn parity_qwen2_05b_q4_k_m() {
-    // Amplifying: the synthetic Q4_K matrices (ffn_down of 16 of the 24 layers) have a
-    // common non-zero mean (synth.rs writes dmin = 3·d where zero-mean values need 7.5·d), so
-    // every ffn_down adds a large all-ones component to the residual stream; where its
-    // coefficient crosses zero for a token, RMSNorm turns 5e-3 differences into O(1) ones
-    // (seen: position 51, layer 6, ‖gpu‖/‖cpu‖ = 10.7, while both sides stay within their
-    // per-layer f64 tolerances at every position).
-    parity("parity_qwen2_05b_q4_k_m", "qwen2-0.5b", true);
+    parity("parity_qwen2_05b_q4_k_m", "qwen2-0.5b");
 }
 
 #[test]
 fn parity_smollm2_135m_q4_1() {
-    parity("parity_smollm2_135m_q4_1", "smollm2-135m", false);
+    parity("parity_smollm2_135m_q4_1", "smollm2-135m");
 }
 
 /// Too small a budget: load and session creation fail with OutOfMemory and the numbers,
