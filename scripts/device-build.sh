@@ -13,8 +13,8 @@ export CARGO_TARGET_DIR="$here/target-cuda"
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 json=$(cargo test --release --features cuda "${args[@]}" --no-run --message-format=json 2>/dev/null)
-cargo build --release --features cuda --bin llorch >/dev/null 2>&1 \
-  || { echo "build failed: cargo build --release --features cuda --bin llorch"; exit 1; }
+cargo build --release --features cuda >/dev/null 2>&1 \
+  || { echo "build failed: cargo build --release --features cuda"; exit 1; }
 mkdir -p "$dest"
 for t in "${tests[@]}"; do
   exe=$(printf '%s\n' "$json" | python3 -c 'import sys, json

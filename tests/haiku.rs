@@ -59,21 +59,33 @@ fn model() -> &'static Arc<Model> {
     })
 }
 
-/// Prompt ids and the streamed haiku for `word`, at most `max_tokens`; `attempt` 0 is
-/// greedy, later attempts follow the sampling schedule (see [`haiku_with_schedule`]).
+/// The reference's user message for `word`.
+fn request(word: &str) -> String {
+    format!("Write a haiku about GPU computing that includes the word \"{word}\". Output only the haiku.")
+}
+
+/// Prompt ids and the streamed haiku for `word`, at most `max_tokens`, on attempt `attempt`
+/// of the schedule (see [`haiku_with_schedule`]); attempt 0 is the reference's prompt, greedy.
 fn haiku(word: &str, max_tokens: u32, attempt: u64) -> (Vec<u32>, String) {
     let m = model();
-    let msg = format!("Write a haiku about GPU computing that includes the word \"{word}\". Output only the haiku.");
-    let prompt = m
-        .apply_chat_template(
-            &[ChatMessage {
-                role: "user".into(),
-                content: msg,
-            }],
-            true,
-            None,
-        )
-        .unwrap();
+    let msg = |role: &str, content: String| ChatMessage {
+        role: role.into(),
+        content,
+    };
+    let messages = if attempt == 0 {
+        vec![msg("user", request(word))]
+    } else {
+        // One worked example first; its word, seventy-two, is never a minute.
+        vec![
+            msg("user", request("seventy-two")),
+            msg(
+                "assistant",
+                "Seventy-two cores hum,\nthreads in parallel take flight,\nsilicon rivers.".into(),
+            ),
+            msg("user", request(word)),
+        ]
+    };
+    let prompt = m.apply_chat_template(&messages, true, None).unwrap();
     let ids = m.tokenizer().encode(&prompt, true, false).unwrap();
     let options = SessionOptions {
         n_ctx: 0,
@@ -85,7 +97,7 @@ fn haiku(word: &str, max_tokens: u32, attempt: u64) -> (Vec<u32>, String) {
         max_tokens,
         ..Default::default()
     };
-    if attempt > 0 {
+    if attempt >= 2 {
         params.sampling.temperature = 0.8;
         params.sampling.top_p = 0.95;
     }
@@ -97,10 +109,11 @@ fn haiku(word: &str, max_tokens: u32, attempt: u64) -> (Vec<u32>, String) {
     (ids, text)
 }
 
-/// The fixed sampling schedule (the same as examples/c/haiku.c): greedy first; if the word
-/// is missing (the reference model misses 4 of the 60 minutes greedily), up to 4 more tries
-/// at temperature 0.8, top-p 0.95, seeds 1..4. Returns the attempt that succeeded and its
-/// text, or None.
+/// The fixed schedule (the same as examples/c/haiku.c): the reference's prompt, greedy; if
+/// the word is missing (the reference model misses 4 of the 60 minutes greedily; the 0.5B
+/// writes "Fifty-five" for "forty-five"), the same request after one worked example, greedy;
+/// then up to 3 tries of that at temperature 0.8, top-p 0.95, seeds 2..4. Returns the
+/// attempt that succeeded and its text, or None.
 fn haiku_with_schedule(word: &str) -> Option<(u64, String)> {
     (0..5).find_map(|attempt| {
         let (_, text) = haiku(word, 40, attempt);

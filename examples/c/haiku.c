@@ -131,7 +131,15 @@ int main(int argc, char **argv) {
     buffer out = {NULL, 0, 0};
     int rc = 2;
     /* Declared before the first goto (C++ forbids jumping over initializations). */
-    llorch_chat_message msg = {"user", user};
+    /* The fallback prompt: one worked example before the request, so a small model copies the
+     * word as written (greedily the 0.5B writes "Fifty-five" when asked for "forty-five").
+     * The example's word, seventy-two, is never a minute. */
+    llorch_chat_message few_shot[3] = {
+        {"user", "Write a haiku about GPU computing that includes the word \"seventy-two\". Output only the haiku."},
+        {"assistant", "Seventy-two cores hum,\nthreads in parallel take flight,\nsilicon rivers."},
+        {"user", user},
+    };
+    char *fallback = NULL;
     llorch_generate_params gp;
     llorch_generate_params_init(&gp); /* greedy by default */
     gp.max_tokens = 64;                /* a haiku is ~20-30 tokens; room for a preamble */
@@ -143,25 +151,28 @@ int main(int argc, char **argv) {
         rc = fail(model_path, st, err);
         goto done;
     }
-    if ((st = llorch_model_apply_chat_template(model, &msg, 1, true, NULL, &prompt, &err)) != LLORCH_OK) {
+    if ((st = llorch_model_apply_chat_template(model, &few_shot[2], 1, true, NULL, &prompt, &err)) != LLORCH_OK ||
+        (st = llorch_model_apply_chat_template(model, few_shot, 3, true, NULL, &fallback, &err)) != LLORCH_OK) {
         rc = fail("chat template", st, err);
         goto done;
     }
-    /* The sampling schedule, fixed and documented: greedy first; if the model leaves the word
-     * out (the reference model does for 4 of the 60 minutes), up to 4 more tries with
-     * temperature 0.8 and top-p 0.95, seeds 1..4. The word itself always comes from the clock. */
+    /* The schedule, fixed and documented: the reference prompt, greedy; if the model leaves
+     * the word out (the reference model does for 4 of the 60 minutes), the few-shot prompt,
+     * greedy; then up to 3 tries of it at temperature 0.8, top-p 0.95, seeds 2..4. The word
+     * always comes from the clock. */
     fprintf(stderr, "minute %d -> \"%s\"\n", minute, word);
     rc = 1;
     for (int attempt = 0; attempt < 5 && rc == 1; attempt++) {
         llorch_session_params sp;
         llorch_session_params_init(&sp);
         sp.seed = (uint64_t)attempt;
-        gp.temperature = attempt == 0 ? 0.0f : 0.8f;
-        gp.top_p = attempt == 0 ? 1.0f : 0.95f;
+        gp.temperature = attempt < 2 ? 0.0f : 0.8f;
+        gp.top_p = attempt < 2 ? 1.0f : 0.95f;
         if ((st = llorch_session_new(model, &sp, &session, &err)) != LLORCH_OK) { rc = fail("session", st, err); goto done; }
         out.len = 0;
-        if (attempt > 0) fprintf(stderr, "\n(try %d: temperature 0.8, top-p 0.95, seed %d)\n", attempt + 1, attempt);
-        if ((st = llorch_session_generate(session, prompt, &gp, on_token, &out, &stats, &err)) != LLORCH_OK) {
+        if (attempt == 1) fprintf(stderr, "\n(try 2: the few-shot prompt, greedy)\n");
+        if (attempt > 1) fprintf(stderr, "\n(try %d: few-shot, temperature 0.8, top-p 0.95, seed %d)\n", attempt + 1, attempt);
+        if ((st = llorch_session_generate(session, attempt == 0 ? prompt : fallback, &gp, on_token, &out, &stats, &err)) != LLORCH_OK) {
             rc = fail("generate", st, err);
             goto done;
         }
@@ -182,6 +193,7 @@ int main(int argc, char **argv) {
 done:
     free(out.text);
     llorch_string_free(prompt);
+    llorch_string_free(fallback);
     llorch_session_free(session);
     llorch_model_free(model);
     llorch_context_free(ctx);

@@ -11,6 +11,7 @@ const USAGE: &str = "usage: llorch run [-m MODEL] -p PROMPT [options]
 Generate text, streamed to stdout; statistics go to stderr.
   -p, --prompt TEXT      the prompt
       --chat             wrap the prompt as a user message in the model's chat template
+      --special          match special tokens (<|im_start|> ...) written in the prompt
   -n, --max-tokens N     most tokens to generate (default 256)
       --temp T           temperature (default 0: greedy)
       --top-k K          (default 0: off)
@@ -24,7 +25,7 @@ Generate text, streamed to stdout; statistics go to stderr.
 pub fn run(args: &[String]) -> Result<(), String> {
     let a = Args::parse(
         args,
-        &["--chat"],
+        &["--chat", "--special"],
         &[
             "-p",
             "--prompt",
@@ -71,7 +72,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ..SamplingParams::default()
         },
         stop,
-        parse_special: chat,
+        parse_special: chat || a.flag("--special"),
     };
     let seed = a.parsed(&["--seed"], 0u64)?;
     let n_ctx = a.parsed(&["-c", "--ctx"], 0u32)?;
