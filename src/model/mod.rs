@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The architectures this build runs: `general.architecture` → recipe builder.
-const ARCHITECTURES: &[(&str, fn(&Gguf, HParams) -> Result<Recipe>)] =
-    &[("qwen2", qwen2::build), ("llama", llama::build)];
+/// Builds an architecture's recipe from the file and its hyper-parameters.
+type BuildRecipe = fn(&Gguf, HParams) -> Result<Recipe>;
+
+const ARCHITECTURES: &[(&str, BuildRecipe)] = &[("qwen2", qwen2::build), ("llama", llama::build)];
 
 /// A compute context: a device, its threads and memory budget. Shared by models (Arc).
 pub struct Context {

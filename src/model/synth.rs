@@ -308,7 +308,8 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     }
     let n = spec.n_layer;
     for l in 0..n {
-        let more = l < n / 8 || l >= 7 * n / 8 || (l >= n / 8 && (l - n / 8) % 3 == 2);
+        // Q4_K_M's "more bits" layers: the first and last eighth, and every third between.
+        let more = l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
         let b = |s: &str| format!("blk.{l}.{s}");
         let nd = norm(&mut rng, e);
         w.add_tensor(&b("attn_norm.weight"), &[e as u64], GgmlType::F32, nd)
