@@ -193,6 +193,7 @@ pub struct CpuState {
     v: Vec<Vec<f32>>,
     slots: Vec<Vec<f32>>,
     q8: Vec<BlockQ8>,
+    a16: quant::Acts16,
     /// Intermediate values, recorded when `Some`.
     pub taps: Option<Vec<Tap>>,
 }
@@ -220,6 +221,7 @@ impl CpuState {
             v,
             slots: vec![Vec::new(); N_SLOTS],
             q8: Vec::new(),
+            a16: quant::Acts16::new(),
             taps: None,
         })
     }
@@ -384,6 +386,54 @@ fn matmul(w: &CpuWeight, data: &[u8], x: &[f32], n: usize, q8: &mut Vec<BlockQ8>
     }
 }
 
+/// `matmul` with the wide kernels: activations at 16 bits per value (as precise as the two
+/// 8-bit planes, in one pass), several rows and columns per kernel call.
+fn matmul_wide(
+    w: &CpuWeight,
+    data: &[u8],
+    x: &[f32],
+    n: usize,
+    a16: &mut quant::Acts16,
+    out: &mut [f32],
+) {
+    let (rows, cols, rb) = (w.rows, w.cols, w.row_bytes);
+    a16.reset(cols, n);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if n >= 8 {
+            let parts: Vec<_> = a16.parts_mut().collect();
+            parts
+                .into_par_iter()
+                .zip(x.par_chunks(cols))
+                .for_each(|(p, xs)| quant::quantize_column(xs, p));
+        } else {
+            for (p, xs) in a16.parts_mut().zip(x.chunks(cols)) {
+                quant::quantize_column(xs, p);
+            }
+        }
+    }
+    let a16 = &*a16;
+    // Row tasks in multiples of 4 (the kernel's row tile).
+    let chunk = rows_per_task(rows).div_ceil(4) * 4;
+    let run = |ci: usize, o: &mut [f32]| {
+        let r0 = ci * chunk;
+        let nr = o.len() / n;
+        quant::wide_matmul(w.ty, &data[r0 * rb..(r0 + nr) * rb], rb, a16, o);
+    };
+    if n == 1 {
+        out[..rows]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, o)| run(ci, o));
+    } else {
+        let mut tmp = vec![0f32; rows * n];
+        tmp.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(ci, o)| run(ci, o));
+        transpose_into(&tmp, rows, n, out);
+    }
+}
+
 /// Two 8-bit passes per activation (default), or one with `LLORCH_CPU_ACTIVATIONS=int8`
 /// (faster, logits within ~0.1 of the reference instead of ~0.01).
 fn precise_activations() -> bool {
@@ -461,10 +511,16 @@ impl Ops for CpuStep<'_> {
         let mut o = self.take(out);
         let n = self.n;
         let mut q8 = std::mem::take(&mut self.st.q8);
-        self.m
-            .pool
-            .install(|| matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o));
+        let mut a16 = std::mem::take(&mut self.st.a16);
+        self.m.pool.install(|| {
+            if precise_activations() && quant::wide_supported(wt.ty, wt.cols) {
+                matmul_wide(wt, data, &xs[..n * wt.cols], n, &mut a16, &mut o)
+            } else {
+                matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o)
+            }
+        });
         self.st.q8 = q8;
+        self.st.a16 = a16;
         self.put(x, xs);
         self.put(out, o);
     }
