@@ -315,6 +315,30 @@ pub fn quantize_column(x: &[f32], col: Acts16Col<'_>) {
 /// `row_bytes` bytes in `data`. Caller checked [`wide_supported`]. Panics on size mismatch
 /// (a programming error, not input data).
 pub fn wide_matmul(ty: GgmlType, data: &[u8], row_bytes: usize, acts: &Acts16, out: &mut [f32]) {
+    let n = acts.n.max(1);
+    let rows = out.len() / n;
+    assert_eq!(out.len(), rows * n, "output size");
+    // SAFETY: `out` holds rows × n values at r*n + t.
+    unsafe { wide_matmul_strided(ty, data, row_bytes, acts, rows, out.as_mut_ptr(), n, 1) }
+}
+
+/// [`wide_matmul`] writing row r, column t to `out[r*rs + t*cs]` (e.g. rs = 1, cs = the
+/// total row count: token-major output written by several row ranges in parallel).
+///
+/// # Safety
+/// `out` must be valid for writes at every r*rs + t*cs (r < rows, t < columns), and no
+/// other thread may access those places meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn wide_matmul_strided(
+    ty: GgmlType,
+    data: &[u8],
+    row_bytes: usize,
+    acts: &Acts16,
+    rows: usize,
+    out: *mut f32,
+    rs: usize,
+    cs: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         let n = acts.n;
@@ -325,13 +349,15 @@ pub fn wide_matmul(ty: GgmlType, data: &[u8], row_bytes: usize, acts: &Acts16, o
             ty.name()
         );
         assert_eq!(ty.bytes_for(nch as u64 * 64), Some(row_bytes as u64));
-        assert!(n > 0 && out.len() % n == 0 && data.len() >= out.len() / n * row_bytes);
-        // SAFETY: features and type checked by wide_supported; sizes checked above.
-        unsafe { super::x86::wide::gemm(ty, data, row_bytes, &acts.chunks, &acts.sums, n, out) }
+        assert!(n > 0 && data.len() >= rows * row_bytes);
+        let o = super::x86::wide::Out { ptr: out, rs, cs };
+        // SAFETY: features and type checked by wide_supported; sizes checked above; the
+        // caller vouches for `out`.
+        unsafe { super::x86::wide::gemm(ty, data, row_bytes, &acts.chunks, &acts.sums, n, rows, o) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (ty, data, row_bytes, acts, out);
+        let _ = (ty, data, row_bytes, acts, rows, out, rs, cs);
         unreachable!("wide_supported is false off x86-64")
     }
 }

@@ -520,7 +520,12 @@ pub(crate) unsafe fn dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
 /// lane is then scaled by d_w × d_a of its block in f32 (lanes 0..8: first block, 8..16:
 /// second; Q6_K: 4 lanes per 16-value scale).
 pub(crate) mod wide {
-    #![allow(clippy::missing_safety_doc)]
+    // Kernel loops index several per-row/per-column arrays with the same counters.
+    #![allow(
+        clippy::missing_safety_doc,
+        clippy::needless_range_loop,
+        clippy::too_many_arguments
+    )]
     use super::super::GgmlType;
     use std::arch::x86_64::*;
 
@@ -923,20 +928,24 @@ pub(crate) mod wide {
         acts: &[AChunk],
         sums: &[f32],
         n: usize,
-        out: &mut [f32],
+        rows: usize,
+        out: Out,
     ) {
         let nch = acts.len() / n;
         let sl = sums.len() / n; // sums per column: 2 per chunk, zero-padded to 16s
-        let rows = out.len() / n;
         if n <= 4 {
             for r in 0..rows {
                 let rp = data.as_ptr().add(r * row_bytes);
-                let o = &mut out[r * n..(r + 1) * n];
+                let mut o = [0f32; 4];
+                let o = &mut o[..n];
                 match n {
                     1 => fused::<T, 1>(rp, acts, sums, nch, sl, o),
                     2 => fused::<T, 2>(rp, acts, sums, nch, sl, o),
                     3 => fused::<T, 3>(rp, acts, sums, nch, sl, o),
                     _ => fused::<T, 4>(rp, acts, sums, nch, sl, o),
+                }
+                for (t, &v) in o.iter().enumerate() {
+                    out.put(r, t, v);
                 }
             }
             return;
@@ -991,7 +1000,7 @@ pub(crate) mod wide {
                             );
                             for i in 0..$r {
                                 for j in 0..$c {
-                                    out[(r0 + $rbase + i) * n + c + j] = res[i][j];
+                                    out.put(r0 + $rbase + i, c + j, res[i][j]);
                                 }
                             }
                         }};
@@ -1028,9 +1037,23 @@ pub(crate) mod wide {
         )
     }
 
-    /// `out[r*n + t]` = row r of `data` · column t, for `out.len()/n` rows of `row_bytes`.
-    /// `acts` holds n columns of equally many chunks, `sums` 2 per chunk. Caller checked the
-    /// CPU features, the type (`supported`) and all sizes.
+    /// Where results go: row r, column t at `ptr[r*rs + t*cs]`.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Out {
+        pub ptr: *mut f32,
+        pub rs: usize,
+        pub cs: usize,
+    }
+    impl Out {
+        #[inline(always)]
+        unsafe fn put(self, r: usize, t: usize, v: f32) {
+            *self.ptr.add(r * self.rs + t * self.cs) = v;
+        }
+    }
+
+    /// Row r of `data` · column t into `out` for `rows` rows of `row_bytes`. `acts` holds n
+    /// columns of equally many chunks, `sums` a padded row per column. Caller checked the CPU
+    /// features, the type (`supported`) and all sizes, and that `out` covers rows × n.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn gemm(
         ty: GgmlType,
@@ -1039,7 +1062,8 @@ pub(crate) mod wide {
         acts: &[AChunk],
         sums: &[f32],
         n: usize,
-        out: &mut [f32],
+        rows: usize,
+        out: Out,
     ) {
         use GgmlType as G;
         let f = match ty {
@@ -1052,6 +1076,6 @@ pub(crate) mod wide {
             G::Q5_K => gemm_t::<Q5_K>,
             _ => gemm_t::<Q6_K>,
         };
-        f(data, row_bytes, acts, sums, n, out)
+        f(data, row_bytes, acts, sums, n, rows, out)
     }
 }

@@ -413,26 +413,38 @@ fn matmul_wide(
         }
     }
     let a16 = &*a16;
-    // Row tasks in multiples of 4 (the kernel's row tile).
+    // Row tasks in multiples of 4 (the kernel's row tile), each writing its rows of every
+    // token straight into the token-major output (no transpose).
     let chunk = rows_per_task(rows).div_ceil(4) * 4;
-    let run = |ci: usize, o: &mut [f32]| {
+    let out = &mut out[..rows * n];
+    let ptr = SyncPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|ci| {
         let r0 = ci * chunk;
-        let nr = o.len() / n;
-        quant::wide_matmul(w.ty, &data[r0 * rb..(r0 + nr) * rb], rb, a16, o);
-    };
-    if n == 1 {
-        out[..rows]
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(ci, o)| run(ci, o));
-    } else {
-        let mut tmp = vec![0f32; rows * n];
-        tmp.par_chunks_mut(chunk * n)
-            .enumerate()
-            .for_each(|(ci, o)| run(ci, o));
-        transpose_into(&tmp, rows, n, out);
-    }
+        let nr = chunk.min(rows - r0);
+        let p = ptr;
+        // SAFETY: task ci writes only rows r0..r0+nr of each token row of `out`, which has
+        // rows*n values; tasks' row ranges are disjoint.
+        unsafe {
+            quant::wide_matmul_strided(
+                w.ty,
+                &data[r0 * rb..(r0 + nr) * rb],
+                rb,
+                a16,
+                nr,
+                p.0.add(r0),
+                1,
+                rows,
+            )
+        }
+    });
 }
+
+/// A raw output pointer shared by tasks that write disjoint places.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint writes (see matmul_wide).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
 
 /// Two 8-bit passes per activation (default), or one with `LLORCH_CPU_ACTIVATIONS=int8`
 /// (faster, logits within ~0.1 of the reference instead of ~0.01).
@@ -448,6 +460,25 @@ fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
             *y = tmp[r * n + t];
         }
     }
+}
+
+/// Σ a_i·b_i in f32 with 16 partial sums, so the compiler can vectorize it (a single running
+/// sum is one long dependency chain).
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Rotate pairs of one head in place.
@@ -581,7 +612,7 @@ impl Ops for CpuStep<'_> {
                     let mut scores: Vec<f32> = (0..len)
                         .map(|j| {
                             let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                            qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * shape.scale
+                            dot_f32(qh, kj) * shape.scale
                         })
                         .collect();
                     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
