@@ -2,7 +2,10 @@
 //! Run: `cargo bench --bench quant` (optionally `-- Q4_K` to filter types).
 //! GB/s counts weight bytes read; GFLOP/s counts 2 flops per weight × activation pair.
 
-use llorch::quant::{quantize_q8, vec_dot_at, vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel};
+use llorch::quant::{
+    quantize_q8, vec_dot_at, vec_dot_multi_at, wide_matmul, wide_supported, Acts16, BlockQ8,
+    GgmlType, SimdLevel,
+};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -112,6 +115,35 @@ fn main() {
                 mflops / tm / 1e9,
                 (mrows * row_bytes * COLS) as f64 / tm / 1e9,
             );
+        }
+        // The wide kernels (16-bit activations): decode (1 column) and prompt (64 columns).
+        if wide_supported(ty, cols) {
+            let mrows = rows.min(8192);
+            for n in [1usize, 64] {
+                let x: Vec<f32> = (0..cols * n)
+                    .map(|_| (rng(&mut seed) >> 40) as f32 / 8e6 - 1.0)
+                    .collect();
+                let mut a = Acts16::new();
+                a.reset(cols, n);
+                for (p, xs) in a.parts_mut().zip(x.chunks(cols)) {
+                    llorch::quant::quantize_column(xs, p);
+                }
+                let r = if n == 1 { rows } else { mrows };
+                let mut out = vec![0f32; r * n];
+                let t = time(|| {
+                    wide_matmul(ty, &w[..r * row_bytes], row_bytes, black_box(&a), &mut out);
+                    black_box(&out);
+                });
+                println!(
+                    "{:<6} {:>6}x{:<6} wide n={:<3} {:>8.2} GB/s {:>8.2} GFLOP/s (16-bit acts)",
+                    ty.name(),
+                    rows,
+                    cols,
+                    n,
+                    (r * row_bytes) as f64 / t / 1e9,
+                    2.0 * (r * cols * n) as f64 / t / 1e9,
+                );
+            }
         }
     }
 }

@@ -219,3 +219,232 @@ pub fn vec_dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     }
     scalar::dot_f32(ty, row, x)
 }
+
+/// Activations at 16 bits per value (per-block scale) for the AVX-512 "wide" kernels:
+/// `n` columns of `k` values each. Error per value <= max|x_block|/65534, as precise as two
+/// 8-bit passes (value + residual), at the cost of one.
+#[derive(Default)]
+pub struct Acts16 {
+    #[cfg(target_arch = "x86_64")]
+    chunks: Vec<super::x86::wide::AChunk>,
+    sums: Vec<f32>,
+    n: usize,
+}
+
+/// Whether [`wide_matmul`] takes rows of `ty` with `k` values on this CPU (AVX-512 VNNI in
+/// use, a supported type, `k` a multiple of 64).
+pub fn wide_supported(ty: GgmlType, k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd_level() == SimdLevel::Avx512
+            && super::x86::wide::supported(ty)
+            && k % 64 == 0
+            && k > 0
+            && (!matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) || k % 256 == 0)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, k);
+        false
+    }
+}
+
+impl Acts16 {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes room for `n` columns of `k` values (fill them through [`Acts16::parts_mut`]).
+    pub fn reset(&mut self, k: usize, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.chunks.clear();
+            self.chunks
+                .resize(n * (k / 64), super::x86::wide::AChunk::default());
+        }
+        // Sums per column padded to a multiple of 16 (zeros), for whole-vector loads.
+        self.sums.clear();
+        self.sums.resize(n * (k / 32).next_multiple_of(16), 0.0);
+        self.n = n;
+    }
+
+    /// Columns prepared by the last `reset`.
+    pub fn n_cols(&self) -> usize {
+        self.n
+    }
+
+    /// Per column: (its chunk storage, its sums), to fill with [`quantize_column`].
+    #[cfg(target_arch = "x86_64")]
+    pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
+        let n = self.n.max(1);
+        let cl = self.chunks.len() / n;
+        let sl = self.sums.len() / n;
+        self.chunks
+            .chunks_mut(cl.max(1))
+            .zip(self.sums.chunks_mut(sl.max(1)))
+            .map(|(chunks, sums)| {
+                let nb = 2 * chunks.len();
+                Acts16Col {
+                    chunks,
+                    sums: &mut sums[..nb],
+                }
+            })
+    }
+}
+
+/// One column of [`Acts16`] being filled.
+#[cfg(target_arch = "x86_64")]
+pub struct Acts16Col<'a> {
+    chunks: &'a mut [super::x86::wide::AChunk],
+    sums: &'a mut [f32],
+}
+
+/// Quantizes one column's values (`x.len()` = the `k` given to `reset`).
+#[cfg(target_arch = "x86_64")]
+pub fn quantize_column(x: &[f32], col: Acts16Col<'_>) {
+    assert_eq!(x.len(), col.chunks.len() * 64, "column length");
+    assert!(
+        simd_level() == SimdLevel::Avx512,
+        "wide kernels need AVX-512"
+    );
+    // SAFETY: AVX-512 level in use (checked above); sizes match.
+    unsafe { super::x86::wide::quantize(x, col.chunks, col.sums) }
+}
+
+/// `out[r*n + t]` = weight row r · activation column t, for `out.len()/n` rows of
+/// `row_bytes` bytes in `data`. Caller checked [`wide_supported`]. Panics on size mismatch
+/// (a programming error, not input data).
+pub fn wide_matmul(ty: GgmlType, data: &[u8], row_bytes: usize, acts: &Acts16, out: &mut [f32]) {
+    let n = acts.n.max(1);
+    let rows = out.len() / n;
+    assert_eq!(out.len(), rows * n, "output size");
+    // SAFETY: `out` holds rows × n values at r*n + t.
+    unsafe { wide_matmul_strided(ty, data, row_bytes, acts, rows, out.as_mut_ptr(), n, 1) }
+}
+
+/// [`wide_matmul`] writing row r, column t to `out[r*rs + t*cs]` (e.g. rs = 1, cs = the
+/// total row count: token-major output written by several row ranges in parallel).
+///
+/// # Safety
+/// `out` must be valid for writes at every r*rs + t*cs (r < rows, t < columns), and no
+/// other thread may access those places meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn wide_matmul_strided(
+    ty: GgmlType,
+    data: &[u8],
+    row_bytes: usize,
+    acts: &Acts16,
+    rows: usize,
+    out: *mut f32,
+    rs: usize,
+    cs: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = acts.n;
+        let nch = acts.chunks.len() / n.max(1);
+        assert!(
+            wide_supported(ty, nch * 64),
+            "wide kernel for {}",
+            ty.name()
+        );
+        assert_eq!(ty.bytes_for(nch as u64 * 64), Some(row_bytes as u64));
+        assert!(n > 0 && data.len() >= rows * row_bytes);
+        let o = super::x86::wide::Out { ptr: out, rs, cs };
+        // SAFETY: features and type checked by wide_supported; sizes checked above; the
+        // caller vouches for `out`.
+        unsafe { super::x86::wide::gemm(ty, data, row_bytes, &acts.chunks, &acts.sums, n, rows, o) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, data, row_bytes, acts, rows, out, rs, cs);
+        unreachable!("wide_supported is false off x86-64")
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod wide_tests {
+    use super::*;
+
+    fn rng(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    /// Every wide type and tile shape against an f64 dot of the dequantized weights with the
+    /// unquantized activations. Bound: each activation is off by at most max|x_block|/65534,
+    /// so a row's error is at most Σ_blocks Σ|w|·max|x_b|/65534; plus f32 rounding of the
+    /// sums (relative 1e-5 of Σ|w·x| covers ~1000 additions at 2^-24 each).
+    #[test]
+    fn wide_matches_f64_reference() {
+        if !wide_supported(GgmlType::Q8_0, 512) {
+            eprintln!("no AVX-512 VNNI: skipped");
+            return;
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let (rows, k) = (11, 512);
+        use GgmlType::*;
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+            assert!(wide_supported(ty, k), "{}", ty.name());
+            let rb = ty.bytes_for(k as u64).unwrap() as usize;
+            let ts = ty.type_size();
+            let mut data: Vec<u8> = (0..rows * rb).map(|_| rng(&mut seed) as u8).collect();
+            let fields: &[usize] = match ty {
+                Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+                Q6_K => &[208],
+                _ => &[0],
+            };
+            for b in data.chunks_exact_mut(ts) {
+                for &at in fields {
+                    let v = 0.001 + (rng(&mut seed) % 1000) as f32 * 1e-5;
+                    b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+                }
+            }
+            let mut wf = vec![0f32; rows * k];
+            super::super::dequantize(ty, &data, &mut wf).unwrap();
+            for n in [1, 2, 3, 4, 5, 7, 13] {
+                let mut x: Vec<f32> = (0..n * k)
+                    .map(|_| (rng(&mut seed) >> 40) as f32 / 8e6 - 1.0)
+                    .collect();
+                for i in 0..n * 3 {
+                    let at = (rng(&mut seed) as usize) % x.len();
+                    x[at] = if i % 2 == 0 { 300.0 } else { -40.0 };
+                }
+                let mut acts = Acts16::new();
+                acts.reset(k, n);
+                for (p, xs) in acts.parts_mut().zip(x.chunks(k)) {
+                    quantize_column(xs, p);
+                }
+                let mut out = vec![0f32; rows * n];
+                wide_matmul(ty, &data, rb, &acts, &mut out);
+                for r in 0..rows {
+                    for t in 0..n {
+                        let (w, xs) = (&wf[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
+                        let exact: f64 = w.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let mut bound = 0f64;
+                        let mut mag = 0f64;
+                        for (wb, xb) in w.chunks(32).zip(xs.chunks(32)) {
+                            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                            let wsum: f64 = wb.iter().map(|v| v.abs() as f64).sum();
+                            bound += wsum * amax / 65534.0;
+                            mag += wb
+                                .iter()
+                                .zip(xb)
+                                .map(|(&a, &b)| (a * b).abs() as f64)
+                                .sum::<f64>();
+                        }
+                        let got = out[r * n + t] as f64;
+                        let tol = bound * 1.001 + mag * 1e-5 + 1e-6;
+                        assert!(
+                            (got - exact).abs() <= tol,
+                            "{} n={n} row {r} col {t}: {got} vs {exact} (tol {tol})",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

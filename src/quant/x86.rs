@@ -506,3 +506,576 @@ pub(crate) unsafe fn dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     sum += super::scalar::dot_f32(ty, tail, &x[i..]);
     sum
 }
+
+/// AVX-512 VNNI kernels on 16-bit activations, two 32-value blocks (one 64-byte chunk) per
+/// instruction, several rows and columns per pass.
+///
+/// Activations: per 32-value block, Y = round(x/d) with d = max|x|/32767 (error <= d/2, the
+/// same as or below two 8-bit passes' d_hi/508), stored as two byte planes: hi = (Y >> 8) + 128
+/// (unsigned) and lo = Y & 255, so Y = 256*(hi - 128) + lo exactly. Weights are decoded to
+/// centred signed bytes w. Per 4-value lane, vpdpbusd (u8 × i8) gives
+///   t = ((-128·Σw + Σ hi·w) << 8) + Σ lo·w = Σ Y·w
+/// exactly in i32 (|Σ (hi-128)·w| <= 4·128·128, shifted: < 2^24). The `-128·Σw` start value
+/// depends only on the weights, so it is made once per weight chunk, not per column. Each
+/// lane is then scaled by d_w × d_a of its block in f32 (lanes 0..8: first block, 8..16:
+/// second; Q6_K: 4 lanes per 16-value scale).
+pub(crate) mod wide {
+    // Kernel loops index several per-row/per-column arrays with the same counters.
+    #![allow(
+        clippy::missing_safety_doc,
+        clippy::needless_range_loop,
+        clippy::too_many_arguments
+    )]
+    use super::super::GgmlType;
+    use std::arch::x86_64::*;
+
+    /// 64 activations (two blocks) at 16 bits, split into byte planes; `d` is each block's
+    /// scale repeated over its 8 lanes.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    pub(crate) struct AChunk {
+        pub hi: [u8; 64],
+        pub lo: [u8; 64],
+        pub d: [f32; 16],
+    }
+    impl Default for AChunk {
+        fn default() -> Self {
+            AChunk {
+                hi: [128; 64],
+                lo: [0; 64],
+                d: [0.0; 16],
+            }
+        }
+    }
+
+    /// A decoded weight chunk: centred bytes, the start value -128·Σw per lane, per-lane
+    /// scales.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct WChunk {
+        w: __m512i,
+        negc: __m512i,
+        dw: __m512,
+    }
+
+    /// Quantizes one column of `64*out.len()` values; `sums[b]` = d_b·ΣY over block b (the
+    /// activation sum the weight offsets multiply).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn quantize(x: &[f32], out: &mut [AChunk], sums: &mut [f32]) {
+        debug_assert!(x.len() == out.len() * 64 && sums.len() == out.len() * 2);
+        let lim = _mm512_set1_epi32(32767);
+        let nlim = _mm512_set1_epi32(-32767);
+        let k128 = _mm512_set1_epi32(128);
+        for (ci, ch) in out.iter_mut().enumerate() {
+            for b in 0..2 {
+                let p = x.as_ptr().add(ci * 64 + b * 32);
+                let v0 = _mm512_loadu_ps(p);
+                let v1 = _mm512_loadu_ps(p.add(16));
+                let amax =
+                    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+                let d = amax / 32767.0;
+                let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+                let mut ysum = _mm512_setzero_si512();
+                for (h, v) in [v0, v1].into_iter().enumerate() {
+                    // |v/d| <= 32767 up to one rounding; the clamp also catches NaN's
+                    // integer indefinite value.
+                    let y = _mm512_cvtps_epi32(_mm512_mul_ps(v, id));
+                    let y = _mm512_max_epi32(_mm512_min_epi32(y, lim), nlim);
+                    ysum = _mm512_add_epi32(ysum, y);
+                    let hi = _mm512_add_epi32(_mm512_srai_epi32(y, 8), k128);
+                    let at = b * 32 + h * 16;
+                    _mm_storeu_si128(
+                        ch.hi.as_mut_ptr().add(at) as *mut __m128i,
+                        _mm512_cvtepi32_epi8(hi),
+                    );
+                    _mm_storeu_si128(
+                        ch.lo.as_mut_ptr().add(at) as *mut __m128i,
+                        _mm512_cvtepi32_epi8(y),
+                    );
+                }
+                ch.d[b * 8..b * 8 + 8].fill(d);
+                sums[ci * 2 + b] = d * _mm512_reduce_add_epi32(ysum) as f32;
+            }
+        }
+    }
+
+    /// Type ids for the const-generic decoder.
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q5_0: u8 = 2;
+    const Q5_1: u8 = 3;
+    const Q8_0: u8 = 4;
+    const Q4_K: u8 = 5;
+    const Q5_K: u8 = 6;
+    const Q6_K: u8 = 7;
+
+    const fn has_off(t: u8) -> bool {
+        matches!(t, Q4_1 | Q5_1 | Q4_K | Q5_K)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn f16(p: *const u8) -> f32 {
+        let h = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+    /// [a ×8, b ×8].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn two(a: f32, b: f32) -> __m512 {
+        _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
+    }
+    /// 16 bytes at p0 and at p1 → their 64 nibbles in value order: p0's low nibbles, p0's
+    /// high nibbles, then p1's.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn nibbles2(p0: *const u8, p1: *const u8) -> __m512i {
+        let q = _mm512_broadcast_i32x4(_mm_loadu_si128(p0 as *const __m128i));
+        let q = _mm512_mask_broadcast_i32x4(q, 0xFF00, _mm_loadu_si128(p1 as *const __m128i));
+        let q = _mm512_mask_srli_epi16(q, 0xFF00_FF00, q, 4);
+        _mm512_and_si512(q, _mm512_set1_epi8(0xF))
+    }
+
+    /// Chunks per group: a K-quant super-block holds 4, the legacy formats are taken one
+    /// chunk (two blocks) at a time.
+    const fn group(t: u8) -> usize {
+        if matches!(t, Q4_K | Q5_K | Q6_K) {
+            4
+        } else {
+            1
+        }
+    }
+
+    /// Per super-block values decoded once for its 4 chunks: K-quant sub-block scales and
+    /// offsets (Q6_K: d in s[0]).
+    #[derive(Clone, Copy, Default)]
+    struct Pre {
+        s: [f32; 8],
+        o: [f32; 8],
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prep<const T: u8>(row: *const u8, sb: usize) -> Pre {
+        let mut pre = Pre::default();
+        match T {
+            Q4_K | Q5_K => {
+                let p = row.add(sb * if T == Q5_K { 176 } else { 144 });
+                let (d, dmin) = (f16(p), f16(p.add(2)));
+                let sc: [u8; 12] = (p.add(4) as *const [u8; 12]).read_unaligned();
+                let mid = if T == Q5_K { 16.0f32 } else { 8.0 };
+                for j in 0..8 {
+                    let (a, m) = super::super::k_scale_min(&sc, j);
+                    pre.s[j] = d * a as f32;
+                    pre.o[j] = mid.mul_add(pre.s[j], -(dmin * m as f32));
+                }
+            }
+            Q6_K => pre.s[0] = f16(row.add(sb * 210 + 208)),
+            _ => {}
+        }
+        pre
+    }
+
+    /// Chunk g of group sb of a row (values 64k..64k+64 with k = sb*group + g): centred
+    /// weights, lane scales, and for types with an offset the per-block offsets
+    /// (w = scale·q + offset).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn decode<const T: u8>(
+        row: *const u8,
+        sb: usize,
+        g: usize,
+        pre: &Pre,
+    ) -> (__m512i, __m512, [f32; 2]) {
+        let k = sb;
+        match T {
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 => {
+                let (ts, qh_at, qs_at) = match T {
+                    Q4_0 => (18, 0, 2),
+                    Q4_1 => (20, 0, 4),
+                    Q5_0 => (22, 2, 6),
+                    _ => (24, 4, 8),
+                };
+                let p0 = row.add(2 * k * ts);
+                let p1 = p0.add(ts);
+                let nib = nibbles2(p0.add(qs_at), p1.add(qs_at));
+                let (d0, d1) = (f16(p0), f16(p1));
+                let mid: f32 = if matches!(T, Q5_0 | Q5_1) { 16.0 } else { 8.0 };
+                let w = if matches!(T, Q5_0 | Q5_1) {
+                    let h0 = (p0.add(qh_at) as *const u32).read_unaligned() as u64;
+                    let h1 = (p1.add(qh_at) as *const u32).read_unaligned() as u64;
+                    // q = nib | bit<<4, centred q - 16: nib where the bit is set, else nib - 16.
+                    _mm512_mask_sub_epi8(nib, !(h0 | h1 << 32), nib, _mm512_set1_epi8(16))
+                } else {
+                    _mm512_sub_epi8(nib, _mm512_set1_epi8(8))
+                };
+                let off = if has_off(T) {
+                    [
+                        mid.mul_add(d0, f16(p0.add(2))),
+                        mid.mul_add(d1, f16(p1.add(2))),
+                    ]
+                } else {
+                    [0.0; 2]
+                };
+                (w, two(d0, d1), off)
+            }
+            Q8_0 => {
+                let p0 = row.add(2 * k * 34);
+                let p1 = p0.add(34);
+                let w = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2) as *const __m256i)),
+                    _mm256_loadu_si256(p1.add(2) as *const __m256i),
+                    1,
+                );
+                (w, two(f16(p0), f16(p1)), [0.0; 2])
+            }
+            Q4_K | Q5_K => {
+                let q5 = T == Q5_K;
+                let p = row.add(sb * if q5 { 176 } else { 144 });
+                let qs = p.add(if q5 { 48 } else { 16 } + 32 * g);
+                let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs as *const __m256i));
+                let q = _mm512_mask_srli_epi16(q, 0xFFFF_0000, q, 4);
+                let nib = _mm512_and_si512(q, _mm512_set1_epi8(0xF));
+                let w = if q5 {
+                    let qh =
+                        _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16) as *const __m256i));
+                    let sel = _mm512_mask_blend_epi8(
+                        0xFFFF_FFFF_0000_0000,
+                        _mm512_set1_epi8((1u8 << (2 * g)) as i8),
+                        _mm512_set1_epi8((2u8 << (2 * g)) as i8),
+                    );
+                    let bit = _mm512_test_epi8_mask(qh, sel);
+                    _mm512_mask_sub_epi8(nib, !bit, nib, _mm512_set1_epi8(16))
+                } else {
+                    _mm512_sub_epi8(nib, _mm512_set1_epi8(8))
+                };
+                let dw = two(pre.s[2 * g], pre.s[2 * g + 1]);
+                (w, dw, [pre.o[2 * g], pre.o[2 * g + 1]])
+            }
+            _ => {
+                // Q6_K: chunk c of the super-block is half h = c/2, quarter pair j = c%2.
+                let (h, j) = (g / 2, g % 2);
+                let p = row.add(sb * 210);
+                let ql = _mm512_loadu_si512(p.add(64 * h) as *const __m512i);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    p.add(128 + 32 * h) as *const __m256i
+                ));
+                let m4 = _mm512_set1_epi8(0xF);
+                let (lo, hb) = if j == 0 {
+                    let cnt = _mm512_mask_blend_epi16(
+                        0xFFFF_0000,
+                        _mm512_set1_epi16(4),
+                        _mm512_set1_epi16(2),
+                    );
+                    (_mm512_and_si512(ql, m4), _mm512_sllv_epi16(qh, cnt))
+                } else {
+                    let cnt = _mm512_mask_blend_epi16(
+                        0xFFFF_0000,
+                        _mm512_set1_epi16(0),
+                        _mm512_set1_epi16(2),
+                    );
+                    (
+                        _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                        _mm512_srlv_epi16(qh, cnt),
+                    )
+                };
+                let q = _mm512_or_si512(lo, _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
+                let w = _mm512_sub_epi8(q, _mm512_set1_epi8(32));
+                let d = pre.s[0];
+                let sc4 = (p.add(192 + 8 * h + 4 * j) as *const u32).read_unaligned();
+                let sc = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(sc4 as i32)));
+                let sc = _mm_mul_ps(sc, _mm_set1_ps(d));
+                let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+                let dw = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(sc));
+                (w, dw, [0.0; 2])
+            }
+        }
+    }
+
+    /// -128·Σw per lane (the start value that cancels the +128 bias of the hi plane).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn negc(w: __m512i) -> __m512i {
+        let z = _mm512_setzero_si512();
+        _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, _mm512_set1_epi8(-128), w))
+    }
+
+    /// Σ Y·w per lane as f32 scaled by the lanes' d_w·d_a, added to acc.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn step(
+        acc: __m512,
+        w: __m512i,
+        negc: __m512i,
+        dw: __m512,
+        a: &AChunk,
+        shl8: __m512i,
+    ) -> __m512 {
+        let hi = _mm512_load_si512(a.hi.as_ptr() as *const __m512i);
+        let lo = _mm512_load_si512(a.lo.as_ptr() as *const __m512i);
+        let t = _mm512_dpbusd_epi32(negc, hi, w);
+        // << 8 per 32-bit lane as a byte shuffle (port 5, leaving port 0 to vpdpbusd).
+        let t = _mm512_shuffle_epi8(t, shl8);
+        let t = _mm512_dpbusd_epi32(t, lo, w);
+        let s = _mm512_mul_ps(dw, _mm512_load_ps(a.d.as_ptr()));
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc)
+    }
+
+    /// Shuffle indices for << 8 per 32-bit lane: bytes [zero, b0, b1, b2] (an index with the
+    /// top bit set gives 0; indices count within each 128-bit lane).
+    static SHL8: [u8; 64] = {
+        let mut t = [0u8; 64];
+        let mut i = 0;
+        while i < 64 {
+            let j = i % 16;
+            t[i] = if j % 4 == 0 { 0x80 } else { (j - 1) as u8 };
+            i += 1;
+        }
+        t
+    };
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn shl8() -> __m512i {
+        _mm512_loadu_si512(SHL8.as_ptr() as *const __m512i)
+    }
+
+    /// Few columns (decode): each weight chunk is decoded in registers and used at once.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn fused<const T: u8, const C: usize>(
+        row: *const u8,
+        acts: &[AChunk],
+        sums: &[f32],
+        nch: usize,
+        sl: usize,
+        out: &mut [f32],
+    ) {
+        let shl8 = shl8();
+        let mut acc = [_mm512_setzero_ps(); C];
+        // Offset terms: two chains per column so the adds do not wait on each other.
+        let mut off = [[0.0f32; 2]; C];
+        let gs = group(T);
+        for sb in 0..nch / gs {
+            let pre = prep::<T>(row, sb);
+            for g in 0..gs {
+                let k = sb * gs + g;
+                let (w, dw, o) = decode::<T>(row, sb, g, &pre);
+                let nc = negc(w);
+                for c in 0..C {
+                    acc[c] = step(acc[c], w, nc, dw, acts.get_unchecked(c * nch + k), shl8);
+                    if has_off(T) {
+                        let s = sums.get_unchecked(c * sl + 2 * k..);
+                        off[c][0] = o[0].mul_add(s[0], off[c][0]);
+                        off[c][1] = o[1].mul_add(s[1], off[c][1]);
+                    }
+                }
+            }
+        }
+        for c in 0..C {
+            out[c] = _mm512_reduce_add_ps(acc[c]) + (off[c][0] + off[c][1]);
+        }
+    }
+
+    /// Many columns (prompt): R pre-decoded rows × C columns per pass.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile<const R: usize, const C: usize, const T: u8>(
+        wc: &[WChunk],
+        acts: &[AChunk],
+        nch: usize,
+        offs: &[f32],
+        sums: &[f32],
+        sl: usize,
+    ) -> [[f32; C]; R] {
+        let shl8 = shl8();
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for k in 0..nch {
+            for c in 0..C {
+                let a = acts.get_unchecked(c * nch + k);
+                for r in 0..R {
+                    let wr = wc.get_unchecked(r * nch + k);
+                    acc[r][c] = step(acc[r][c], wr.w, wr.negc, wr.dw, a, shl8);
+                }
+            }
+        }
+        if has_off(T) {
+            // Offset terms Σ_b offset_b·sum_b, 16 blocks per vector (rows of `sl`, padded
+            // with zeros), into the same accumulators before their one reduction.
+            for i in (0..sl).step_by(16) {
+                for c in 0..C {
+                    let sv = _mm512_loadu_ps(sums.as_ptr().add(c * sl + i));
+                    for r in 0..R {
+                        let ov = _mm512_loadu_ps(offs.as_ptr().add(r * sl + i));
+                        acc[r][c] = _mm512_fmadd_ps(ov, sv, acc[r][c]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
+        out
+    }
+
+    const TR: usize = 4;
+    const TC: usize = 4;
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn gemm_t<const T: u8>(
+        data: &[u8],
+        row_bytes: usize,
+        acts: &[AChunk],
+        sums: &[f32],
+        n: usize,
+        rows: usize,
+        out: Out,
+    ) {
+        let nch = acts.len() / n;
+        let sl = sums.len() / n; // sums per column: 2 per chunk, zero-padded to 16s
+        if n <= 4 {
+            for r in 0..rows {
+                let rp = data.as_ptr().add(r * row_bytes);
+                let mut o = [0f32; 4];
+                let o = &mut o[..n];
+                match n {
+                    1 => fused::<T, 1>(rp, acts, sums, nch, sl, o),
+                    2 => fused::<T, 2>(rp, acts, sums, nch, sl, o),
+                    3 => fused::<T, 3>(rp, acts, sums, nch, sl, o),
+                    _ => fused::<T, 4>(rp, acts, sums, nch, sl, o),
+                }
+                for (t, &v) in o.iter().enumerate() {
+                    out.put(r, t, v);
+                }
+            }
+            return;
+        }
+        // Columns per pass over the rows: their activations (192 bytes per chunk) stay in
+        // L2 while every row tile of this task streams past them.
+        let cb = ((512 * 1024) / (nch * 192)).max(TC) / TC * TC;
+        let zero = WChunk {
+            w: _mm512_setzero_si512(),
+            negc: _mm512_setzero_si512(),
+            dw: _mm512_setzero_ps(),
+        };
+        let mut wc = vec![zero; TR * nch];
+        let mut offs = vec![0f32; TR * sl];
+        for c0 in (0..n).step_by(cb) {
+            let c1 = (c0 + cb).min(n);
+            for r0 in (0..rows).step_by(TR) {
+                let rr = TR.min(rows - r0);
+                for r in 0..rr {
+                    let rp = data.as_ptr().add((r0 + r) * row_bytes);
+                    let gs = group(T);
+                    for sb in 0..nch / gs {
+                        let pre = prep::<T>(rp, sb);
+                        for g in 0..gs {
+                            let k = sb * gs + g;
+                            let (w, dw, o) = decode::<T>(rp, sb, g, &pre);
+                            wc[r * nch + k] = WChunk {
+                                w,
+                                negc: negc(w),
+                                dw,
+                            };
+                            if has_off(T) {
+                                offs[r * sl + 2 * k] = o[0];
+                                offs[r * sl + 2 * k + 1] = o[1];
+                            }
+                        }
+                    }
+                }
+                let mut c = c0;
+                while c < c1 {
+                    let cc = TC.min(c1 - c);
+                    let a = &acts[c * nch..];
+                    macro_rules! put {
+                        ($r:literal, $c:literal, $rbase:expr) => {{
+                            let res = tile::<$r, $c, T>(
+                                &wc[$rbase * nch..],
+                                a,
+                                nch,
+                                &offs[$rbase * sl..],
+                                &sums[c * sl..],
+                                sl,
+                            );
+                            for i in 0..$r {
+                                for j in 0..$c {
+                                    out.put(r0 + $rbase + i, c + j, res[i][j]);
+                                }
+                            }
+                        }};
+                    }
+                    if rr == TR {
+                        match cc {
+                            1 => put!(4, 1, 0),
+                            2 => put!(4, 2, 0),
+                            3 => put!(4, 3, 0),
+                            _ => put!(4, 4, 0),
+                        }
+                    } else {
+                        for r in 0..rr {
+                            match cc {
+                                1 => put!(1, 1, r),
+                                2 => put!(1, 2, r),
+                                3 => put!(1, 3, r),
+                                _ => put!(1, 4, r),
+                            }
+                        }
+                    }
+                    c += cc;
+                }
+            }
+        }
+    }
+
+    /// Whether `ty` has a wide kernel.
+    pub(crate) fn supported(ty: GgmlType) -> bool {
+        use GgmlType as G;
+        matches!(
+            ty,
+            G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q4_K | G::Q5_K | G::Q6_K
+        )
+    }
+
+    /// Where results go: row r, column t at `ptr[r*rs + t*cs]`.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Out {
+        pub ptr: *mut f32,
+        pub rs: usize,
+        pub cs: usize,
+    }
+    impl Out {
+        #[inline(always)]
+        unsafe fn put(self, r: usize, t: usize, v: f32) {
+            *self.ptr.add(r * self.rs + t * self.cs) = v;
+        }
+    }
+
+    /// Row r of `data` · column t into `out` for `rows` rows of `row_bytes`. `acts` holds n
+    /// columns of equally many chunks, `sums` a padded row per column. Caller checked the CPU
+    /// features, the type (`supported`) and all sizes, and that `out` covers rows × n.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn gemm(
+        ty: GgmlType,
+        data: &[u8],
+        row_bytes: usize,
+        acts: &[AChunk],
+        sums: &[f32],
+        n: usize,
+        rows: usize,
+        out: Out,
+    ) {
+        use GgmlType as G;
+        let f = match ty {
+            G::Q4_0 => gemm_t::<Q4_0>,
+            G::Q4_1 => gemm_t::<Q4_1>,
+            G::Q5_0 => gemm_t::<Q5_0>,
+            G::Q5_1 => gemm_t::<Q5_1>,
+            G::Q8_0 => gemm_t::<Q8_0>,
+            G::Q4_K => gemm_t::<Q4_K>,
+            G::Q5_K => gemm_t::<Q5_K>,
+            _ => gemm_t::<Q6_K>,
+        };
+        f(data, row_bytes, acts, sums, n, rows, out)
+    }
+}

@@ -184,6 +184,7 @@ pub struct CpuState {
     v: Vec<Vec<f32>>,
     slots: Vec<Vec<f32>>,
     q8: Vec<BlockQ8>,
+    a16: quant::Acts16,
     /// Intermediate values, recorded when `Some`.
     pub taps: Option<Vec<Tap>>,
 }
@@ -211,6 +212,7 @@ impl CpuState {
             v,
             slots: vec![Vec::new(); N_SLOTS],
             q8: Vec::new(),
+            a16: quant::Acts16::new(),
             taps: None,
         })
     }
@@ -375,6 +377,66 @@ fn matmul(w: &CpuWeight, data: &[u8], x: &[f32], n: usize, q8: &mut Vec<BlockQ8>
     }
 }
 
+/// `matmul` with the wide kernels: activations at 16 bits per value (as precise as the two
+/// 8-bit planes, in one pass), several rows and columns per kernel call.
+fn matmul_wide(
+    w: &CpuWeight,
+    data: &[u8],
+    x: &[f32],
+    n: usize,
+    a16: &mut quant::Acts16,
+    out: &mut [f32],
+) {
+    let (rows, cols, rb) = (w.rows, w.cols, w.row_bytes);
+    a16.reset(cols, n);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if n >= 8 {
+            let parts: Vec<_> = a16.parts_mut().collect();
+            parts
+                .into_par_iter()
+                .zip(x.par_chunks(cols))
+                .for_each(|(p, xs)| quant::quantize_column(xs, p));
+        } else {
+            for (p, xs) in a16.parts_mut().zip(x.chunks(cols)) {
+                quant::quantize_column(xs, p);
+            }
+        }
+    }
+    let a16 = &*a16;
+    // Row tasks in multiples of 4 (the kernel's row tile), each writing its rows of every
+    // token straight into the token-major output (no transpose).
+    let chunk = rows_per_task(rows).div_ceil(4) * 4;
+    let out = &mut out[..rows * n];
+    let ptr = SyncPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+        let r0 = ci * chunk;
+        let nr = chunk.min(rows - r0);
+        let p = ptr;
+        // SAFETY: task ci writes only rows r0..r0+nr of each token row of `out`, which has
+        // rows*n values; tasks' row ranges are disjoint.
+        unsafe {
+            quant::wide_matmul_strided(
+                w.ty,
+                &data[r0 * rb..(r0 + nr) * rb],
+                rb,
+                a16,
+                nr,
+                p.0.add(r0),
+                1,
+                rows,
+            )
+        }
+    });
+}
+
+/// A raw output pointer shared by tasks that write disjoint places.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint writes (see matmul_wide).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
 /// Two 8-bit passes per activation (default), or one with `LLORCH_CPU_ACTIVATIONS=int8`
 /// (faster, logits within ~0.1 of the reference instead of ~0.01).
 fn precise_activations() -> bool {
@@ -389,6 +451,25 @@ fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
             *y = tmp[r * n + t];
         }
     }
+}
+
+/// Σ a_i·b_i in f32 with 16 partial sums, so the compiler can vectorize it (a single running
+/// sum is one long dependency chain).
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Rotate pairs of one head in place.
@@ -452,10 +533,16 @@ impl Ops for CpuStep<'_> {
         let mut o = self.take(out);
         let n = self.n;
         let mut q8 = std::mem::take(&mut self.st.q8);
-        self.m
-            .pool
-            .install(|| matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o));
+        let mut a16 = std::mem::take(&mut self.st.a16);
+        self.m.pool.install(|| {
+            if precise_activations() && quant::wide_supported(wt.ty, wt.cols) {
+                matmul_wide(wt, data, &xs[..n * wt.cols], n, &mut a16, &mut o)
+            } else {
+                matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o)
+            }
+        });
         self.st.q8 = q8;
+        self.st.a16 = a16;
         self.put(x, xs);
         self.put(out, o);
     }
@@ -516,7 +603,7 @@ impl Ops for CpuStep<'_> {
                     let mut scores: Vec<f32> = (0..len)
                         .map(|j| {
                             let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                            qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * shape.scale
+                            dot_f32(qh, kj) * shape.scale
                         })
                         .collect();
                     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
