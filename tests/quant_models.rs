@@ -5,8 +5,7 @@ mod common;
 
 use llorch::gguf::Gguf;
 use llorch::quant::{
-    dequantize, quantize_q8, supported_for_dot, vec_dot_at, vec_dot_multi_at, BlockQ8, GgmlType,
-    SimdLevel,
+    dequantize, quantize_q8, supported_for_dot, vec_dot_at, vec_dot_multi_at, BlockQ8, SimdLevel,
 };
 
 fn open(name: &str) -> Gguf {
