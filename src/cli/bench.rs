@@ -1,7 +1,6 @@
 //! `llorch bench`: prompt-processing and decoding speed, like a standard pp/tg table.
 
 use super::common;
-use super::Args;
 use llorch::model::recipe::Logits;
 use llorch::session::{Session, SessionOptions};
 use std::time::Instant;
@@ -17,7 +16,7 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(
+    let a = common::parse(
         args,
         &[],
         &[
@@ -27,11 +26,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--gen-tokens",
             "-r",
             "--repetitions",
-            "-m",
-            "--model",
-            "-t",
-            "--threads",
-            "--device",
         ],
     )?;
     if a.help {

@@ -12,6 +12,20 @@ pub const MODEL_HELP: &str =
   -t, --threads N        CPU threads (default: all cores)
       --device DEV       cpu (default) or cuda:N";
 
+/// The options every model-running command takes.
+const MODEL_OPTIONS: [&str; 5] = ["-m", "--model", "-t", "--threads", "--device"];
+
+/// Parse a model-running command's arguments: its own flags and options plus `-m`, `-t`,
+/// `--device`.
+pub fn parse(
+    args: &[String],
+    flags: &[&'static str],
+    options: &[&'static str],
+) -> Result<Args, String> {
+    let all: Vec<&'static str> = options.iter().copied().chain(MODEL_OPTIONS).collect();
+    Args::parse(args, flags, &all)
+}
+
 /// Resolve `-m`: an existing file, else a model name fetched through scripts/fetch-model.
 pub fn model_path(name: Option<String>) -> Result<PathBuf, String> {
     let name = name.unwrap_or_else(|| "qwen2.5-coder-0.5b".to_string());

@@ -1,7 +1,6 @@
 //! `llorch perplexity`: perplexity of a text file (method of shared/golden/README.md).
 
 use super::common;
-use super::Args;
 use llorch::session::perplexity::perplexity;
 
 const USAGE: &str =
@@ -10,21 +9,7 @@ Tokenize the text without BOS, cut it into windows, run each from an empty cache
 the second half of each window. Prints the perplexity.";
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(
-        args,
-        &[],
-        &[
-            "-f",
-            "--file",
-            "--window",
-            "--max-windows",
-            "-m",
-            "--model",
-            "-t",
-            "--threads",
-            "--device",
-        ],
-    )?;
+    let a = common::parse(args, &[], &["-f", "--file", "--window", "--max-windows"])?;
     if a.help {
         println!("{USAGE}\n{}", common::MODEL_HELP);
         return Ok(());

@@ -1,7 +1,6 @@
 //! `llorch run`: generate text from a prompt, streamed as it is produced.
 
 use super::common;
-use super::Args;
 use llorch::model::ChatMessage;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
@@ -23,7 +22,7 @@ Generate text, streamed to stdout; statistics go to stderr.
       --stop TEXT        stop before this text (repeatable)";
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(
+    let a = common::parse(
         args,
         &["--chat", "--special"],
         &[
@@ -40,11 +39,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "-c",
             "--ctx",
             "--stop",
-            "-m",
-            "--model",
-            "-t",
-            "--threads",
-            "--device",
         ],
     )?;
     if a.help {

@@ -19,6 +19,36 @@ pub struct WeightTensor {
     pub info: TensorInfo,
 }
 
+impl WeightTensor {
+    /// Bytes of one row, checked against the tensor's data (what every backend binds).
+    pub fn row_bytes(&self, data: &[u8]) -> Result<usize> {
+        let row_bytes = self.ty.bytes_for(self.cols as u64).ok_or_else(|| {
+            Error::BadModel(format!(
+                "tensor '{}': row of {} values",
+                self.name, self.cols
+            ))
+        })? as usize;
+        if row_bytes.checked_mul(self.rows) != Some(data.len()) {
+            return Err(Error::BadModel(format!(
+                "tensor '{}': {} bytes for {}x{}",
+                self.name,
+                data.len(),
+                self.rows,
+                self.cols
+            )));
+        }
+        Ok(row_bytes)
+    }
+
+    /// A one-row tensor (norm weight, bias) as f32.
+    pub fn to_f32(&self, data: &[u8]) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; self.cols];
+        crate::quant::dequantize(self.ty, data, &mut v)
+            .map_err(|e| Error::BadModel(format!("tensor '{}': {e}", self.name)))?;
+        Ok(v)
+    }
+}
+
 /// The weights of one decoder layer.
 #[derive(Debug, Clone)]
 pub struct LayerWeights {

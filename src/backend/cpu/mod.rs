@@ -1,7 +1,8 @@
 //! The CPU backend. Weights are used in place from the memory map (no copy of the quantized
 //! bytes). Arithmetic: matrices in their block format against activations quantized to
-//! 8 bits per block of 32 (`quant::BlockQ8`), accumulated in f32; everything else (norms,
-//! RoPE, attention, KV cache) in f32. Work is split over rows across the context's threads.
+//! 16 bits per block of 32 (`quant::Acts16`; 8 bits with `LLORCH_CPU_ACTIVATIONS=int8`),
+//! integer dot products accumulated in f32; everything else (norms, RoPE, attention, KV
+//! cache) in f32. Work is split over rows across the context's threads.
 
 mod pool;
 
@@ -105,22 +106,9 @@ impl CpuModel {
                 )));
             }
             let data = gguf.tensor_data(&t.info);
-            let row_bytes = t.ty.bytes_for(t.cols as u64).ok_or_else(|| {
-                Error::BadModel(format!("tensor '{}': row of {} values", t.name, t.cols))
-            })? as usize;
-            if row_bytes.checked_mul(t.rows) != Some(data.len()) {
-                return Err(Error::BadModel(format!(
-                    "tensor '{}': {} bytes for {}x{}",
-                    t.name,
-                    data.len(),
-                    t.rows,
-                    t.cols
-                )));
-            }
+            let row_bytes = t.row_bytes(data)?;
             let vector = if t.rows == 1 {
-                let mut v = vec![0f32; t.cols];
-                quant::dequantize(t.ty, data, &mut v)
-                    .map_err(|e| Error::BadModel(format!("tensor '{}': {e}", t.name)))?;
+                let v = t.to_f32(data)?;
                 Some(v)
             } else {
                 None

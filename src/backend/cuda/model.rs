@@ -15,7 +15,7 @@ use crate::backend::{AttnShape, Ops, Rope, RopeStyle, Slot, WeightId};
 use crate::gguf::Gguf;
 use crate::model::hparams::HParams;
 use crate::model::recipe::WeightTensor;
-use crate::quant::{self, GgmlType};
+use crate::quant::GgmlType;
 use crate::{Error, Result};
 
 /// Token rows a state's activation buffers hold at first: the session's prefill chunk.
@@ -105,23 +105,10 @@ impl CudaModel {
         let mut weights = Vec::with_capacity(tensors.len());
         for t in tensors {
             let data = gguf.tensor_data(&t.info);
-            let row_bytes = t.ty.bytes_for(t.cols as u64).ok_or_else(|| {
-                Error::BadModel(format!("tensor '{}': row of {} values", t.name, t.cols))
-            })? as usize;
-            if row_bytes.checked_mul(t.rows) != Some(data.len()) {
-                return Err(Error::BadModel(format!(
-                    "tensor '{}': {} bytes for {}x{}",
-                    t.name,
-                    data.len(),
-                    t.rows,
-                    t.cols
-                )));
-            }
+            t.row_bytes(data)?; // checks the size against the shape
             let w = if t.rows == 1 {
                 // Norm weights and biases: small, read by elementwise kernels as f32.
-                let mut v = vec![0f32; t.cols];
-                quant::dequantize(t.ty, data, &mut v)
-                    .map_err(|e| Error::BadModel(format!("tensor '{}': {e}", t.name)))?;
+                let v = t.to_f32(data)?;
                 CudaWeight {
                     ty: GgmlType::F32,
                     rows: 1,
