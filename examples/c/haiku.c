@@ -177,6 +177,7 @@ int main(int argc, char **argv) {
             goto done;
         }
         printf("\n");
+        fflush(stdout); /* the haiku, then the statistics on stderr */
         fprintf(stderr, "%u prompt tokens, %u generated (%.1f tok/s)\n", stats.prompt_tokens, stats.generated_tokens,
                 stats.generate_seconds > 0 ? stats.generated_tokens / stats.generate_seconds : 0.0);
         if (out.text && contains_ci(out.text, word)) {
