@@ -59,6 +59,38 @@ pub enum Slot {
     Logits,
 }
 
+impl Slot {
+    /// Every slot, in the order of [`Slot::index`].
+    pub const ALL: [Slot; 10] = [
+        Slot::Hidden,
+        Slot::Normed,
+        Slot::Q,
+        Slot::K,
+        Slot::V,
+        Slot::Attn,
+        Slot::Proj,
+        Slot::Gate,
+        Slot::Up,
+        Slot::Logits,
+    ];
+
+    /// Position in [`Slot::ALL`], for backends that keep their buffers in an array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Values per token row of this slot.
+    pub fn width(self, hp: &crate::model::hparams::HParams) -> usize {
+        match self {
+            Slot::Hidden | Slot::Normed | Slot::Proj => hp.n_embd,
+            Slot::Q | Slot::Attn => hp.q_dim(),
+            Slot::K | Slot::V => hp.kv_dim(),
+            Slot::Gate | Slot::Up => hp.n_ff,
+            Slot::Logits => hp.vocab,
+        }
+    }
+}
+
 /// Index of a weight tensor in the model's weight table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WeightId(pub u32);

@@ -16,46 +16,6 @@ pub use pool::Pool;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-const N_SLOTS: usize = 10;
-
-fn slot_index(s: Slot) -> usize {
-    match s {
-        Slot::Hidden => 0,
-        Slot::Normed => 1,
-        Slot::Q => 2,
-        Slot::K => 3,
-        Slot::V => 4,
-        Slot::Attn => 5,
-        Slot::Proj => 6,
-        Slot::Gate => 7,
-        Slot::Up => 8,
-        Slot::Logits => 9,
-    }
-}
-
-fn slot_width(hp: &HParams, s: Slot) -> usize {
-    match s {
-        Slot::Hidden | Slot::Normed | Slot::Proj => hp.n_embd,
-        Slot::Q | Slot::Attn => hp.q_dim(),
-        Slot::K | Slot::V => hp.kv_dim(),
-        Slot::Gate | Slot::Up => hp.n_ff,
-        Slot::Logits => hp.vocab,
-    }
-}
-
-const ALL_SLOTS: [Slot; N_SLOTS] = [
-    Slot::Hidden,
-    Slot::Normed,
-    Slot::Q,
-    Slot::K,
-    Slot::V,
-    Slot::Attn,
-    Slot::Proj,
-    Slot::Gate,
-    Slot::Up,
-    Slot::Logits,
-];
-
 /// A weight bound to the CPU: its descriptor (the bytes stay in the map), plus an f32 copy
 /// of small one-dimensional tensors (norm weights, biases).
 struct CpuWeight {
@@ -198,7 +158,7 @@ impl CpuState {
             n_ctx,
             k,
             v,
-            slots: vec![Vec::new(); N_SLOTS],
+            slots: vec![Vec::new(); Slot::ALL.len()],
             q8: Vec::new(),
             a16: quant::Acts16::new(),
             taps: None,
@@ -207,7 +167,7 @@ impl CpuState {
 
     /// The logits of the last step: `rows` rows of `vocab` values.
     pub fn logits(&self, rows: usize) -> &[f32] {
-        &self.slots[slot_index(Slot::Logits)][..rows * self.hp.vocab]
+        &self.slots[Slot::Logits.index()][..rows * self.hp.vocab]
     }
 }
 
@@ -248,9 +208,9 @@ impl<'a> CpuStep<'a> {
                 st.n_ctx
             )));
         }
-        for s in ALL_SLOTS {
-            let need = tokens.len() * slot_width(&st.hp, s);
-            let buf = &mut st.slots[slot_index(s)];
+        for s in Slot::ALL {
+            let need = tokens.len() * s.width(&st.hp);
+            let buf = &mut st.slots[s.index()];
             if buf.len() < need {
                 buf.try_reserve_exact(need - buf.len()).map_err(|_| {
                     Error::OutOfMemory(format!("cannot allocate {} bytes of host memory", need * 4))
@@ -268,15 +228,15 @@ impl<'a> CpuStep<'a> {
     }
 
     fn take(&mut self, s: Slot) -> Vec<f32> {
-        std::mem::take(&mut self.st.slots[slot_index(s)])
+        std::mem::take(&mut self.st.slots[s.index()])
     }
 
     fn put(&mut self, s: Slot, v: Vec<f32>) {
-        self.st.slots[slot_index(s)] = v;
+        self.st.slots[s.index()] = v;
     }
 
     fn width(&self, s: Slot) -> usize {
-        slot_width(&self.st.hp, s)
+        s.width(&self.st.hp)
     }
 }
 
@@ -539,7 +499,7 @@ impl Ops for CpuStep<'_> {
         let width = self.width(x);
         let bias = self.m.vector(b);
         let n = self.n;
-        for row in self.st.slots[slot_index(x)][..n * width].chunks_mut(width) {
+        for row in self.st.slots[x.index()][..n * width].chunks_mut(width) {
             for (v, &b) in row.iter_mut().zip(bias) {
                 *v += b;
             }
@@ -553,7 +513,7 @@ impl Ops for CpuStep<'_> {
             .collect();
         let width = n_heads * head_dim;
         let (n, pos0) = (self.n, self.pos0);
-        for (t, row) in self.st.slots[slot_index(x)][..n * width]
+        for (t, row) in self.st.slots[x.index()][..n * width]
             .chunks_mut(width)
             .enumerate()
         {
@@ -570,10 +530,10 @@ impl Ops for CpuStep<'_> {
         // Append this step's keys and values to the cache.
         let kc = &mut self.st.k[layer];
         kc[pos0 * kv_dim..(pos0 + n) * kv_dim]
-            .copy_from_slice(&self.st.slots[slot_index(k)][..n * kv_dim]);
+            .copy_from_slice(&self.st.slots[k.index()][..n * kv_dim]);
         let vc = &mut self.st.v[layer];
         vc[pos0 * kv_dim..(pos0 + n) * kv_dim]
-            .copy_from_slice(&self.st.slots[slot_index(v)][..n * kv_dim]);
+            .copy_from_slice(&self.st.slots[v.index()][..n * kv_dim]);
         let qs = self.take(q);
         let mut o = self.take(out);
         let (kc, vc) = (&self.st.k[layer], &self.st.v[layer]);
@@ -618,7 +578,7 @@ impl Ops for CpuStep<'_> {
         let width = self.width(gate);
         let n = self.n;
         let u = self.take(up);
-        for (g, &u) in self.st.slots[slot_index(gate)][..n * width]
+        for (g, &u) in self.st.slots[gate.index()][..n * width]
             .iter_mut()
             .zip(&u[..n * width])
         {
@@ -631,7 +591,7 @@ impl Ops for CpuStep<'_> {
         let width = self.width(x);
         let n = self.n;
         let ys = self.take(y);
-        for (a, &b) in self.st.slots[slot_index(x)][..n * width]
+        for (a, &b) in self.st.slots[x.index()][..n * width]
             .iter_mut()
             .zip(&ys[..n * width])
         {
@@ -643,14 +603,14 @@ impl Ops for CpuStep<'_> {
     fn keep_last_row(&mut self, x: Slot) {
         let width = self.width(x);
         let n = self.n;
-        self.st.slots[slot_index(x)].copy_within((n - 1) * width..n * width, 0);
+        self.st.slots[x.index()].copy_within((n - 1) * width..n * width, 0);
         self.n = 1;
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
         let width = self.width(x);
         let n = self.n;
-        let data = self.st.slots[slot_index(x)][..n * width].to_vec();
+        let data = self.st.slots[x.index()][..n * width].to_vec();
         if let Some(taps) = self.st.taps.as_mut() {
             taps.push(Tap {
                 name: name.to_string(),

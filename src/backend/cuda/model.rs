@@ -22,46 +22,6 @@ use crate::{Error, Result};
 /// A longer step grows them.
 pub const MAX_STEP_TOKENS: usize = 256;
 
-const N_SLOTS: usize = 10;
-
-fn slot_index(s: Slot) -> usize {
-    match s {
-        Slot::Hidden => 0,
-        Slot::Normed => 1,
-        Slot::Q => 2,
-        Slot::K => 3,
-        Slot::V => 4,
-        Slot::Attn => 5,
-        Slot::Proj => 6,
-        Slot::Gate => 7,
-        Slot::Up => 8,
-        Slot::Logits => 9,
-    }
-}
-
-const ALL_SLOTS: [Slot; N_SLOTS] = [
-    Slot::Hidden,
-    Slot::Normed,
-    Slot::Q,
-    Slot::K,
-    Slot::V,
-    Slot::Attn,
-    Slot::Proj,
-    Slot::Gate,
-    Slot::Up,
-    Slot::Logits,
-];
-
-fn slot_width(hp: &HParams, s: Slot) -> usize {
-    match s {
-        Slot::Hidden | Slot::Normed | Slot::Proj => hp.n_embd,
-        Slot::Q | Slot::Attn => hp.q_dim(),
-        Slot::K | Slot::V => hp.kv_dim(),
-        Slot::Gate | Slot::Up => hp.n_ff,
-        Slot::Logits => hp.vocab,
-    }
-}
-
 /// Types the CUDA kernels multiply (and embed) in place.
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
@@ -178,9 +138,9 @@ fn alloc_scratch(
     hp: &HParams,
     cap: usize,
 ) -> Result<(Vec<DeviceBuffer>, DeviceBuffer, DeviceBuffer)> {
-    let mut slots = Vec::with_capacity(N_SLOTS);
-    for s in ALL_SLOTS {
-        slots.push(dev.alloc(cap * slot_width(hp, s) * 4, MemKind::Scratch)?);
+    let mut slots = Vec::with_capacity(Slot::ALL.len());
+    for s in Slot::ALL {
+        slots.push(dev.alloc(cap * s.width(hp) * 4, MemKind::Scratch)?);
     }
     let positions = dev.alloc(cap * 4, MemKind::Scratch)?;
     let ids = dev.alloc(cap * 4, MemKind::Scratch)?;
@@ -219,7 +179,7 @@ impl CudaState {
     /// The logits of the last step: `rows` rows of `vocab` values (waits for the GPU).
     pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
         self.dev
-            .download_f32(&self.slots[slot_index(Slot::Logits)], rows * self.hp.vocab)
+            .download_f32(&self.slots[Slot::Logits.index()], rows * self.hp.vocab)
     }
 }
 
@@ -289,7 +249,7 @@ impl<'a> CudaStep<'a> {
     }
 
     fn width(&self, s: Slot) -> usize {
-        slot_width(&self.st.hp, s)
+        s.width(&self.st.hp)
     }
 
     /// Run `f` unless an earlier call failed; keep its error.
@@ -308,7 +268,7 @@ fn pair(
     a: Slot,
     b: Slot,
 ) -> Result<(&DeviceBuffer, &mut DeviceBuffer)> {
-    let (ia, ib) = (slot_index(a), slot_index(b));
+    let (ia, ib) = (a.index(), b.index());
     if ia == ib {
         return Err(Error::Internal(format!(
             "CUDA step: {a:?} is both input and output"
@@ -337,7 +297,7 @@ impl Ops for CudaStep<'_> {
         self.run(|s| {
             let w = s.m.weight(table);
             let st = &mut *s.st;
-            let o = &mut st.slots[slot_index(out)];
+            let o = &mut st.slots[out.index()];
             s.m.dev
                 .embed_ids(w.ty, &w.buf, w.rows, w.cols, &st.ids, s.n, o)
         });
@@ -349,7 +309,7 @@ impl Ops for CudaStep<'_> {
             let g = &s.m.weight(w).buf;
             let n = s.n;
             if x == out {
-                let xb = &mut s.st.slots[slot_index(x)];
+                let xb = &mut s.st.slots[x.index()];
                 return s.m.dev.rmsnorm_inplace(xb, g, n, width, eps);
             }
             let (xb, ob) = pair(&mut s.st.slots, x, out)?;
@@ -375,8 +335,7 @@ impl Ops for CudaStep<'_> {
             let width = s.width(x);
             let n = s.n;
             let bias = &s.m.weight(b).buf;
-            s.m.dev
-                .add_bias(&mut s.st.slots[slot_index(x)], bias, n, width)
+            s.m.dev.add_bias(&mut s.st.slots[x.index()], bias, n, width)
         });
     }
 
@@ -391,7 +350,7 @@ impl Ops for CudaStep<'_> {
             let n = s.n;
             let st = &mut *s.st;
             s.m.dev.rope(
-                &mut st.slots[slot_index(x)],
+                &mut st.slots[x.index()],
                 &st.positions,
                 n,
                 n_heads,
@@ -406,13 +365,8 @@ impl Ops for CudaStep<'_> {
             let (n, pos0) = (s.n, s.pos0);
             let st = &mut *s.st;
             let cache = &mut st.kv[layer];
-            s.m.dev.kv_store(
-                &st.slots[slot_index(k)],
-                &st.slots[slot_index(v)],
-                n,
-                cache,
-                pos0,
-            )?;
+            s.m.dev
+                .kv_store(&st.slots[k.index()], &st.slots[v.index()], n, cache, pos0)?;
             let (qb, ob) = pair(&mut st.slots, q, out)?;
             s.m.dev
                 .attention(qb, n, shape.n_head, &st.kv[layer], pos0, shape.scale, 0, ob)
@@ -440,7 +394,7 @@ impl Ops for CudaStep<'_> {
             let row = s.width(x) * 4;
             let n = s.n;
             if n > 1 {
-                let b = &mut s.st.slots[slot_index(x)];
+                let b = &mut s.st.slots[x.index()];
                 s.m.dev.copy_within(b, (n - 1) * row, 0, row)?;
             }
             s.n = 1;
@@ -456,7 +410,7 @@ impl Ops for CudaStep<'_> {
             let n = s.n;
             let data =
                 s.m.dev
-                    .download_f32(&s.st.slots[slot_index(x)], n * s.width(x))?;
+                    .download_f32(&s.st.slots[x.index()], n * s.width(x))?;
             if let Some(taps) = s.st.taps.as_mut() {
                 taps.push(Tap {
                     name: name.to_string(),
