@@ -373,11 +373,15 @@ impl Ops for CudaStep<'_> {
         });
     }
 
-    fn swiglu(&mut self, gate: Slot, up: Slot) {
+    fn swiglu(&mut self, gate: Slot, up: Slot, out: Slot) {
         self.run(|s| {
             let len = s.n * s.width(gate);
-            let (ub, gb) = pair(&mut s.st.slots, up, gate)?;
-            s.m.dev.swiglu_inplace(gb, ub, len)
+            let st = &mut *s.st;
+            let [g, u, o] = st
+                .slots
+                .get_disjoint_mut([gate.index(), up.index(), out.index()])
+                .map_err(|_| Error::Internal("CUDA step: swiglu slots overlap".into()))?;
+            s.m.dev.swiglu(g, u, len, o)
         });
     }
 
