@@ -215,8 +215,7 @@ pub trait Ops {
 
     /// `tmp = W · x`, then `acc += tmp` (a projection back into the residual stream).
     fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
-        self.matmul(w, x, tmp);
-        self.add(acc, tmp);
+        unfused::matmul_add(self, w, x, tmp, acc)
     }
 
     /// Rotate the heads of `q` and `k` in place, then [`attention`](Ops::attention).
@@ -229,8 +228,75 @@ pub trait Ops {
         shape: AttnShape,
         out: Slot,
     ) {
-        self.rope(q, shape.n_head, shape.head_dim, rope);
-        self.rope(k, shape.n_head_kv, shape.head_dim, rope);
-        self.attention(layer, q, k, v, shape, out);
+        unfused::rope_attention(self, layer, (q, k, v), rope, shape, out)
+    }
+}
+
+/// The fused operations as sequences of the plain ones: the defaults of [`Ops`], also for a
+/// backend that fuses only some cases (e.g. one token) and falls back for the rest.
+pub mod unfused {
+    use super::{AttnShape, Ops, Projection, Rope, Slot, WeightId};
+
+    pub fn norm_matmul<O: Ops + ?Sized>(
+        ops: &mut O,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        projs: &[Projection],
+    ) {
+        ops.rms_norm(x, norm, eps, normed);
+        for p in projs {
+            ops.matmul(p.w, normed, p.out);
+            if let Some(b) = p.bias {
+                ops.add_bias(p.out, b);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_swiglu<O: Ops + ?Sized>(
+        ops: &mut O,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        (w_gate, w_up): (WeightId, WeightId),
+        gate: Slot,
+        up: Slot,
+        act: Slot,
+    ) {
+        let projs = [
+            Projection {
+                w: w_gate,
+                bias: None,
+                out: gate,
+            },
+            Projection {
+                w: w_up,
+                bias: None,
+                out: up,
+            },
+        ];
+        norm_matmul(ops, x, norm, eps, normed, &projs);
+        ops.swiglu(gate, up, act);
+    }
+
+    pub fn matmul_add<O: Ops + ?Sized>(ops: &mut O, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
+        ops.matmul(w, x, tmp);
+        ops.add(acc, tmp);
+    }
+
+    pub fn rope_attention<O: Ops + ?Sized>(
+        ops: &mut O,
+        layer: usize,
+        (q, k, v): (Slot, Slot, Slot),
+        rope: Rope,
+        shape: AttnShape,
+        out: Slot,
+    ) {
+        ops.rope(q, shape.n_head, shape.head_dim, rope);
+        ops.rope(k, shape.n_head_kv, shape.head_dim, rope);
+        ops.attention(layer, q, k, v, shape, out);
     }
 }
