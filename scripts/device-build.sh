@@ -12,7 +12,8 @@ tests=(cuda_kernels cuda_parity cuda_real)
 export CARGO_TARGET_DIR="$here/target-cuda"
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
-json=$(cargo test --release --features cuda "${args[@]}" --no-run --message-format=json 2>/dev/null)
+json=$(cargo test --release --features cuda "${args[@]}" --no-run --message-format=json 2>/dev/null) \
+  || { echo "build failed: cargo test --release --features cuda --no-run"; exit 1; }
 cargo build --release --features cuda >/dev/null 2>&1 \
   || { echo "build failed: cargo build --release --features cuda"; exit 1; }
 mkdir -p "$dest"
@@ -34,5 +35,6 @@ cc -std=c11 -Wall -Wextra -Werror -O2 -Iinclude -o "$dest/haiku" examples/c/haik
 mkdir -p "$dest/golden" && cp ../shared/golden/qwen25coder05b.json "$dest/golden/"
 cp scripts/device-test.sh "$dest/run-gpu-tests.sh"
 cp scripts/device-real.sh "$dest/run-real.sh"
+cp scripts/device-profile.sh "$dest/run-profile.sh"
 chmod +x "$dest"/*
 ls -l "$dest"

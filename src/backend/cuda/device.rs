@@ -233,18 +233,6 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
             inner.funcs.insert(func.to_string(), f);
         }
     }
-    // Kernels that take more than the default 48 KiB of dynamic shared memory.
-    for (name, bytes) in super::launch::BIG_SHARED {
-        let f = inner.funcs[*name];
-        unsafe {
-            result::function::set_function_attribute(
-                f,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                *bytes as i32,
-            )
-        }
-        .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
-    }
     let inner = Arc::new(inner);
     let stream = Stream::new(&inner)?;
     Ok(CudaDevice { inner, stream })

@@ -17,12 +17,14 @@ use std::ffi::c_void;
 /// Warps per block and bytes of weight row each warp stages (kernels/decode.cu DW, STAGE).
 const DW: usize = 8;
 const STAGE: usize = 2048;
-/// Dynamic shared memory fused_matvec may use (set at device open): the input vector as f32
-/// plus the warps' stages. 200 KiB allows inputs of up to ~47k values.
-pub(super) const MATVEC_SHARED_MAX: usize = 200 * 1024;
-/// Shared memory per multiprocessor on sm_90 (for the grid size only).
-const SHARED_PER_SM: usize = 228 * 1024;
-/// Key slices per head in attention_decode. Fixed, so a captured graph fits every length.
+/// Bytes of a 32-value chunk record of a prepared input (kernels/decode.cu XREC).
+const XREC: usize = 80;
+/// fused_matvec's dynamic shared memory: two stage buffers a warp. (A variant that pipelined
+/// each warp's rows through four buffers measured slower on the H200, 2026-11-28: 0.5B 761 ->
+/// 685, 7B 283 -> 251 tok/s.)
+const FUSED_SHARED: usize = 2 * DW * STAGE;
+/// Key slices per head in attention_decode (one per lane of the merging warp). Fixed, so a
+/// captured graph fits every length.
 pub const ATTN_SPLITS: usize = 32;
 
 #[repr(C)]
@@ -39,15 +41,12 @@ struct Seg {
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct MvArgs {
-    x: u64,
-    norm: u64,
-    normed: u64,
     acc: u64,
     act: u64,
-    eps: f32,
     k: i32,
     mode: i32,
     n_seg: i32,
+    unused: i32,
     seg: [Seg; 3],
 }
 
@@ -109,8 +108,18 @@ pub struct Norm<'a> {
 }
 
 impl CudaDevice {
+    /// Bytes of the prepared-input records for inputs of up to `k` values.
+    pub fn input_record_bytes(k: usize) -> usize {
+        k.div_ceil(32) * XREC
+    }
+
     /// Products of one input vector `x` (k f32, normalized first when `norm` is given) with up
-    /// to three matrices of k columns.
+    /// to three matrices of k columns. `rec`: scratch of [`input_record_bytes`] for the
+    /// prepared input (normalized, quantized to 16 bits per 32 values for the quantized
+    /// formats); two launches: prep_input, fused_matvec. `prepared`: `rec` already holds
+    /// `x`'s records (written by [`attention_decode`](Self::attention_decode)), no norm.
+    ///
+    /// [`input_record_bytes`]: Self::input_record_bytes
     pub fn fused_matvec(
         &self,
         x: &DeviceBuffer,
@@ -118,37 +127,32 @@ impl CudaDevice {
         norm: Option<Norm>,
         prods: &[MatVecOut],
         epilogue: Epilogue,
+        rec: &DeviceBuffer,
+        prepared: bool,
     ) -> Result<()> {
-        positive(k, "fused matvec k")?;
+        let k_i = positive(k, "fused matvec k")?;
         if prods.is_empty() || prods.len() > 3 {
             return Err(Error::InvalidArgument(format!(
                 "fused matvec: {} products (1 to 3)",
                 prods.len()
             )));
         }
-        let smem = (k * 4).next_multiple_of(16) + DW * STAGE;
-        if smem > MATVEC_SHARED_MAX {
-            return Err(Error::Unsupported(format!(
-                "fused matvec: input of {k} values exceeds the kernel's shared memory"
+        if k % 32 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "fused matvec: input of {k} values is not a multiple of 32"
             )));
         }
         x.check(self, f32s(k), "fused matvec x")?;
+        // The quantized formats multiply the 16-bit chunk records; F32/F16 weights the f32
+        // input (normalized into `normed` first when there is a norm).
+        let xint = prods
+            .iter()
+            .all(|p| !matches!(p.mat.ty, GgmlType::F32 | GgmlType::F16));
         let mut a = MvArgs {
-            x: x.ptr(),
-            eps: 0.0,
-            k: dim(k, "fused matvec k")?,
+            k: k_i,
             n_seg: prods.len() as i32,
             ..Default::default()
         };
-        if let Some(n) = norm {
-            n.weight.check(self, f32s(k), "fused matvec norm weight")?;
-            a.norm = n.weight.ptr();
-            a.eps = n.eps;
-            if let Some(o) = n.normed {
-                o.check(self, f32s(k), "fused matvec normed")?;
-                a.normed = o.ptr();
-            }
-        }
         let mut total = 0usize;
         for (i, p) in prods.iter().enumerate() {
             let m = p.mat;
@@ -208,15 +212,77 @@ impl CudaDevice {
                 r
             }
         };
-        // Enough blocks to fill every multiprocessor as far as shared memory allows; warps
-        // stride over the rows, so each block normalizes the input once for many rows.
-        let per_sm = (SHARED_PER_SM / smem).clamp(1, 8);
+
+        // The input: normalized and/or quantized once, by prep_input.
+        let (mut norm_w, mut eps, mut normed) = (0u64, 0f32, 0u64);
+        if let Some(n) = norm {
+            n.weight.check(self, f32s(k), "fused matvec norm weight")?;
+            norm_w = n.weight.ptr();
+            eps = n.eps;
+            if let Some(o) = n.normed {
+                o.check(self, f32s(k), "fused matvec normed")?;
+                normed = o.ptr();
+            }
+            if normed == 0 && !xint {
+                return Err(Error::InvalidArgument(
+                    "fused matvec: F32/F16 weights with a norm need the normed buffer".into(),
+                ));
+            }
+        }
+        if prepared && (!xint || norm.is_some()) {
+            return Err(Error::InvalidArgument(
+                "fused matvec: a prepared input is for quantized weights without a norm".into(),
+            ));
+        }
+        let input = if xint {
+            rec.check(
+                self,
+                Self::input_record_bytes(k) as u64,
+                "fused matvec records",
+            )?;
+            if prepared {
+                return self.launch_matvec(a, rec.ptr(), jobs, prods);
+            }
+            let grid = (k / 32).div_ceil(DW) as u32;
+            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
+                x.ptr(), norm_w, eps, normed, rec.ptr(), k_i)?;
+            rec.ptr()
+        } else if norm_w != 0 {
+            let grid = (k / 32).div_ceil(DW) as u32;
+            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
+                x.ptr(), norm_w, eps, normed, 0u64, k_i)?;
+            normed
+        } else {
+            x.ptr()
+        };
+
+        self.launch_matvec(a, input, jobs, prods)
+    }
+
+    /// The fused_matvec launch over `jobs` rows (or row pairs) with the prepared `input`.
+    fn launch_matvec(&self, a: MvArgs, input: u64, jobs: usize, prods: &[MatVecOut]) -> Result<()> {
+        // Warps per row: enough warps in flight to cover the memory latency even when the
+        // matrix has few rows (32 per multiprocessor), each warp keeping at least a warp's
+        // worth of blocks (8 of the 32-value formats, 4 lanes each; 4 of the K-quants).
+        let min_iters = prods
+            .iter()
+            .map(|p| {
+                let per_iter = if p.mat.ty.block_size() == 256 { 4 } else { 8 };
+                p.mat.cols / p.mat.ty.block_size() / per_iter
+            })
+            .min()
+            .unwrap_or(1);
+        let want = self.sm_count() as usize * 32;
+        let mut wpr = 1;
+        while wpr < DW && jobs * wpr < want && min_iters >= 2 * wpr {
+            wpr *= 2;
+        }
         let blocks = jobs
-            .div_ceil(DW)
-            .min(self.sm_count() as usize * per_sm)
+            .div_ceil(DW / wpr)
+            .min(self.sm_count() as usize * 16)
             .max(1);
         launch!(self, "fused_matvec", (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
-            shared = smem as u32; a)
+            shared = FUSED_SHARED as u32; a, input, wpr as i32)
     }
 
     /// One token: RoPE on `q` (n_heads heads) and `k` (the cache's heads) at position
@@ -251,7 +317,7 @@ impl CudaDevice {
     }
 
     /// Split-K attention of one query (`q`: n_heads x head_dim) at position `pos[0]` over
-    /// the cache. `part`: scratch of [`attention_scratch_floats`] f32; `count`: n_heads i32,
+    /// the cache; with `rec`, also the output's records for the next fused mat-vec. `part`: scratch of [`attention_scratch_floats`] f32; `count`: n_heads i32,
     /// zero before the first call (the kernel leaves it zero).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
@@ -265,8 +331,16 @@ impl CudaDevice {
         part: &DeviceBuffer,
         count: &DeviceBuffer,
         out: &DeviceBuffer,
+        rec: Option<&DeviceBuffer>,
     ) -> Result<()> {
         let hd = cache.head_dim;
+        if let Some(r) = rec {
+            r.check(
+                self,
+                Self::input_record_bytes(n_heads * hd) as u64,
+                "attention records",
+            )?;
+        }
         positive(n_heads, "attention heads")?;
         if n_heads % cache.n_kv_heads != 0 {
             return Err(Error::InvalidArgument(format!(
@@ -287,7 +361,7 @@ impl CudaDevice {
         launch!(self, "attention_decode", (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1);
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
             pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
-            cache.max_ctx as i32, scale, window_i)
+            cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()))
     }
 
     /// Zero `buf` in stream order (no host wait).
@@ -304,5 +378,5 @@ pub fn attention_scratch_floats(n_heads: usize, head_dim: usize) -> usize {
     n_heads * ATTN_SPLITS * (head_dim + 2)
 }
 
-// The kernel's MvArgs: 5 pointers, 4 words, 3 segments of 40 bytes, no padding surprises.
-const _: () = assert!(std::mem::size_of::<MvArgs>() == 176);
+// The kernel's MvArgs: 2 pointers, 4 words, 3 segments of 40 bytes, no padding surprises.
+const _: () = assert!(std::mem::size_of::<MvArgs>() == 152);

@@ -43,14 +43,10 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "attention" => &["kv_store", "attention"],
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
         "argmax" => &["argmax_rows"],
-        "decode" => &["fused_matvec", "rope_kv", "attention_decode"],
+        "decode" => &["prep_input", "fused_matvec", "rope_kv", "attention_decode"],
         _ => &[],
     }
 }
-
-/// Kernels that need more than 48 KiB of dynamic shared memory, with the limit to set.
-pub(super) const BIG_SHARED: &[(&str, usize)] =
-    &[("fused_matvec", super::fused::MATVEC_SHARED_MAX)];
 
 /// Kernel-name suffix of a weight type the quantized kernels support.
 pub(super) fn type_suffix(ty: GgmlType) -> Result<&'static str> {

@@ -174,6 +174,8 @@ pub struct CudaState {
     /// attention_decode's partial results and per-head counters (zeroed once).
     attn_part: DeviceBuffer,
     attn_count: DeviceBuffer,
+    /// A decode mat-vec's prepared input (chunk records, see kernels/decode.cu).
+    xrec: DeviceBuffer,
     graph: Option<DecodeGraph>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
@@ -216,6 +218,8 @@ impl CudaState {
         )?;
         let mut attn_count = dev.alloc(hp.n_head * 4, MemKind::Scratch)?;
         dev.fill_bytes(&mut attn_count, 0)?;
+        let widest = hp.n_embd.max(hp.q_dim()).max(hp.n_ff);
+        let xrec = dev.alloc(CudaDevice::input_record_bytes(widest), MemKind::Scratch)?;
         Ok(CudaState {
             dev,
             hp: hp.clone(),
@@ -227,6 +231,7 @@ impl CudaState {
             cap,
             attn_part,
             attn_count,
+            xrec,
             graph: None,
             taps: None,
         })
@@ -248,6 +253,9 @@ pub struct CudaStep<'a> {
     pos0: usize,
     n: usize,
     err: Option<Error>,
+    /// The slot whose chunk records `st.xrec` holds (written by the decode attention for
+    /// the output projection), if any.
+    rec_of: Option<Slot>,
 }
 
 impl<'a> CudaStep<'a> {
@@ -295,6 +303,7 @@ impl<'a> CudaStep<'a> {
             pos0,
             n,
             err: None,
+            rec_of: None,
         })
     }
 
@@ -520,6 +529,7 @@ impl Ops for CudaStep<'_> {
         if self.n != 1 || projs.len() > 3 {
             return unfused::norm_matmul(self, x, norm, eps, normed, projs);
         }
+        self.rec_of = None;
         self.run(|s| {
             let (m, st) = (s.m, &*s.st);
             let prods: Vec<MatVecOut> = projs
@@ -536,8 +546,15 @@ impl Ops for CudaStep<'_> {
                 normed: Some(&st.slots[normed.index()]),
             };
             let k = x.width(&st.hp);
-            st.dev
-                .fused_matvec(&st.slots[x.index()], k, Some(norm), &prods, Epilogue::Plain)
+            st.dev.fused_matvec(
+                &st.slots[x.index()],
+                k,
+                Some(norm),
+                &prods,
+                Epilogue::Plain,
+                &st.xrec,
+                false,
+            )
         });
     }
 
@@ -556,6 +573,7 @@ impl Ops for CudaStep<'_> {
             let w = (w_gate, w_up);
             return unfused::norm_swiglu(self, x, norm, eps, normed, w, gate, up, act);
         }
+        self.rec_of = None;
         self.run(|s| {
             let (m, st) = (s.m, &*s.st);
             let prods = [
@@ -579,8 +597,15 @@ impl Ops for CudaStep<'_> {
                 act: &st.slots[act.index()],
             };
             let k = x.width(&st.hp);
-            st.dev
-                .fused_matvec(&st.slots[x.index()], k, Some(norm), &prods, epi)
+            st.dev.fused_matvec(
+                &st.slots[x.index()],
+                k,
+                Some(norm),
+                &prods,
+                epi,
+                &st.xrec,
+                false,
+            )
         });
     }
 
@@ -588,6 +613,10 @@ impl Ops for CudaStep<'_> {
         if self.n != 1 {
             return unfused::matmul_add(self, w, x, tmp, acc);
         }
+        // The attention just wrote x's records: no prep_input launch (quantized weights).
+        let float_w = matches!(self.m.weight(w).ty, GgmlType::F32 | GgmlType::F16);
+        let prepared = self.rec_of == Some(x) && !float_w;
+        self.rec_of = None;
         self.run(|s| {
             let (m, st) = (s.m, &*s.st);
             let prods = [MatVecOut {
@@ -599,8 +628,15 @@ impl Ops for CudaStep<'_> {
                 acc: &st.slots[acc.index()],
             };
             let k = x.width(&st.hp);
-            st.dev
-                .fused_matvec(&st.slots[x.index()], k, None, &prods, epi)
+            st.dev.fused_matvec(
+                &st.slots[x.index()],
+                k,
+                None,
+                &prods,
+                epi,
+                &st.xrec,
+                prepared,
+            )
         });
     }
 
@@ -644,8 +680,10 @@ impl Ops for CudaStep<'_> {
                 &st.attn_part,
                 &st.attn_count,
                 slot(out),
+                Some(&st.xrec),
             )
         });
+        self.rec_of = Some(out);
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {

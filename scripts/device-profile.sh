@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs ON the device machine (staged as .device/run-profile.sh): per-kernel times of decode
+# steps of the synthetic 0.5B and 7B shapes under Nsight Compute (graphs off, so each launch
+# is profiled on its own), summarized per kernel and grid. Usage: run-profile.sh [presets...]
+cd "$(dirname "$0")"
+log="${OUT:-/tmp}"
+presets="${*:-qwen2-0.5b qwen2-7b}"
+for p in $presets; do
+  [ -f "/tmp/$p.gguf" ] || ./llorch synth --preset "$p" --seed 1 -o "/tmp/$p.gguf" >/dev/null
+  echo "== $p: decode kernels (ncu, 2 tokens at positions 0 and 1)"
+  LLORCH_CUDA_GRAPH=0 timeout 300 ncu --clock-control none --csv --print-units base \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__registers_per_thread \
+    ./llorch bench -m "/tmp/$p.gguf" --device cuda:0 -p 0 -n 1 -r 1 >"$log/ncu-$p.csv" 2>"$log/ncu-$p.err"
+  python3 - "$log/ncu-$p.csv" <<'PY'
+import csv, sys, collections
+rows = {}
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+for r in csv.DictReader(lines):
+    k = rows.setdefault(r["ID"], {"name": r["Kernel Name"].split("(")[0], "grid": r["Grid Size"], "block": r["Block Size"]})
+    v = r["Metric Value"].replace(",", "")
+    try:
+        k[r["Metric Name"]] = float(v)
+    except ValueError:
+        pass
+agg = collections.OrderedDict()
+for k in rows.values():
+    key = (k["name"], k["grid"])
+    a = agg.setdefault(key, [0, 0.0, 0.0, k.get("launch__registers_per_thread", 0)])
+    a[0] += 1
+    a[1] += k.get("gpu__time_duration.sum", 0)
+    a[2] += k.get("dram__bytes_read.sum", 0)
+tot = sum(a[1] for a in agg.values())
+print(f"{'kernel':<20} {'grid':<16} {'n':>4} {'us/launch':>10} {'GB/s':>8} {'share':>6}")
+for (n, g), (c, t, b, reg) in sorted(agg.items(), key=lambda x: -x[1][1]):
+    unit = 1e-3  # ncu reports ns (gpu__time_duration in nsecond)
+    us = t / c * unit
+    print(f"{n:<20} {g:<16} {c:>4} {us:>10.2f} {b / t if t else 0:>8.1f} {t / tot * 100:>5.1f}%")
+print(f"total kernel time per token: {tot * 1e-3 / 2:.1f} us (2 tokens)")
+PY
+done
