@@ -17,9 +17,16 @@ for p in qwen2-0.5b smollm2-135m qwen2-7b; do
   ./llorch synth --preset "$p" --seed 1 -o "/tmp/$p.gguf" >/dev/null || rc=1
   timeout 90 ./llorch bench -m "/tmp/$p.gguf" --device cuda:0 -p 512 -n 128 -r 3 2>&1 | grep -E "^\|.*(pp|tg)|rror" || rc=1
 done
+echo "== bench qwen2-0.5b, GPU, CUDA graphs off (LLORCH_CUDA_GRAPH=0)"
+LLORCH_CUDA_GRAPH=0 timeout 60 ./llorch bench -m /tmp/qwen2-0.5b.gguf --device cuda:0 -p 512 -n 128 -r 3 2>&1 | grep -E "^\|.*(pp|tg)|rror"
 echo "== bench qwen2-0.5b, CPU ($(nproc) threads), for scale"
 timeout 60 ./llorch bench -m /tmp/qwen2-0.5b.gguf -p 256 -n 32 -r 1 2>&1 | grep -E "^\|.*(pp|tg)|rror"
-if command -v compute-sanitizer >/dev/null; then
+if [ -n "$QUICK" ]; then
+  echo "== compute-sanitizer memcheck (fused decode kernels only)"
+  timeout 100 compute-sanitizer --tool memcheck ./cuda_kernels --test-threads=1 fused rope_kv \
+    >"$log/memcheck-fused.log" 2>&1
+  grep -E "ERROR SUMMARY|Invalid|test result" "$log/memcheck-fused.log" | head
+elif command -v compute-sanitizer >/dev/null; then
   echo "== compute-sanitizer memcheck (kernel tests without the OOM-past-the-card test; smollm parity)"
   timeout 150 compute-sanitizer --tool memcheck --leak-check full ./cuda_kernels --test-threads=1 \
     --skip budget_out_of_memory >"$log/memcheck-kernels.log" 2>&1

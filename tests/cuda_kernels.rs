@@ -806,3 +806,295 @@ fn budget_out_of_memory_and_no_leak() {
 fn dev_unbudgeted() -> CudaDevice {
     CudaDevice::open(0, 0).unwrap()
 }
+
+// ---------- fused decode kernels (kernels/decode.cu) ----------
+
+fn rmsnorm64(x: &[f32], w: &[f32], eps: f64) -> Vec<f64> {
+    let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ss + eps).sqrt();
+    x.iter()
+        .zip(w)
+        .map(|(&v, &g)| v as f64 * inv * g as f64)
+        .collect()
+}
+
+fn dot64(w: &[f32], x: &[f64]) -> f64 {
+    w.iter().zip(x).map(|(&a, &b)| a as f64 * b).sum()
+}
+
+/// Weights uploaded as the model does: 16 bytes of padding past the last row.
+fn upload_weights(dev: &CudaDevice, w: &[u8]) -> llorch::backend::cuda::DeviceBuffer {
+    dev.upload_padded(w, 16, MemKind::Weights).unwrap()
+}
+
+// Same f32 arithmetic per output as mat-vec (plus the norm's f32 sum of squares):
+// tolerance 1e-5 for every type, each epilogue, with and without the folded RMSNorm.
+#[test]
+fn fused_matvec_all_types_and_epilogues() {
+    use llorch::backend::cuda::{Epilogue, MatRef, MatVecOut, Norm};
+    let Some(dev) = device("fused_matvec_all_types_and_epilogues") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_00F1);
+    // k: a multiple of 256 (K-quants) and one that spans several stage steps.
+    for ty in TYPES {
+        for &k in &[1280usize, 4864] {
+            if ty.block_size() == 256 && k % 256 != 0 {
+                continue;
+            }
+            let rows = [133usize, 37, 64];
+            let ws: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|&r| random_tensor(ty, r, k, &mut rng))
+                .collect();
+            let wd: Vec<_> = ws.iter().map(|w| upload_weights(&dev, w)).collect();
+            let wf: Vec<Vec<Vec<f32>>> = ws
+                .iter()
+                .zip(rows)
+                .map(|(w, r)| dequant_rows(ty, w, r, k))
+                .collect();
+            let x = rng.vec(k);
+            let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let bias = rng.vec(rows[0]);
+            let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+            let gd = dev.upload_f32(&g, MemKind::Scratch).unwrap();
+            let bd = dev.upload_f32(&bias, MemKind::Scratch).unwrap();
+            let eps = 1e-6;
+            let xn = rmsnorm64(&x, &g, eps as f64);
+            let xr: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let outs: Vec<_> = rows
+                .iter()
+                .map(|&r| {
+                    let mut o = dev.alloc(r * 4, MemKind::Scratch).unwrap();
+                    dev.fill_bytes(&mut o, POISON).unwrap();
+                    o
+                })
+                .collect();
+            let mut normed = dev.alloc(k * 4, MemKind::Scratch).unwrap();
+            dev.fill_bytes(&mut normed, POISON).unwrap();
+            let mat = |i: usize| MatRef {
+                ty,
+                w: &wd[i],
+                rows: rows[i],
+                cols: k,
+            };
+            let name = |what: &str| format!("fused {what} {} k={k}", ty.name());
+
+            // Plain, three products, the first with a bias, input normalized.
+            let prods: Vec<MatVecOut> = (0..3)
+                .map(|i| MatVecOut {
+                    mat: mat(i),
+                    bias: (i == 0).then_some(&bd),
+                    out: &outs[i],
+                })
+                .collect();
+            let norm = Norm {
+                weight: &gd,
+                eps,
+                normed: Some(&normed),
+            };
+            dev.fused_matvec(&xd, k, Some(norm), &prods, Epilogue::Plain)
+                .unwrap();
+            check(
+                &name("normed"),
+                &dev.download_f32(&normed, k).unwrap(),
+                &xn,
+                1e-6,
+            );
+            for i in 0..3 {
+                let reference: Vec<f64> = wf[i]
+                    .iter()
+                    .enumerate()
+                    .map(|(r, w)| dot64(w, &xn) + if i == 0 { bias[r] as f64 } else { 0.0 })
+                    .collect();
+                let got = dev.download_f32(&outs[i], rows[i]).unwrap();
+                check(&name(&format!("plain {i}")), &got, &reference, 1e-5);
+            }
+
+            // Gated: gate = matrix 0, up = matrix 0 again (equal rows), act = silu(g) * u.
+            let act = dev.alloc(rows[0] * 4, MemKind::Scratch).unwrap();
+            let up = dev.alloc(rows[0] * 4, MemKind::Scratch).unwrap();
+            let w2 = random_tensor(ty, rows[0], k, &mut rng);
+            let w2d = upload_weights(&dev, &w2);
+            let w2f = dequant_rows(ty, &w2, rows[0], k);
+            let prods = [
+                MatVecOut {
+                    mat: mat(0),
+                    bias: None,
+                    out: &outs[0],
+                },
+                MatVecOut {
+                    mat: MatRef {
+                        ty,
+                        w: &w2d,
+                        rows: rows[0],
+                        cols: k,
+                    },
+                    bias: None,
+                    out: &up,
+                },
+            ];
+            let norm = Norm {
+                weight: &gd,
+                eps,
+                normed: None,
+            };
+            dev.fused_matvec(&xd, k, Some(norm), &prods, Epilogue::Glu { act: &act })
+                .unwrap();
+            let reference: Vec<f64> = (0..rows[0])
+                .map(|r| {
+                    let (gv, uv) = (dot64(&wf[0][r], &xn), dot64(&w2f[r], &xn));
+                    gv / (1.0 + (-gv).exp()) * uv
+                })
+                .collect();
+            check(
+                &name("glu act"),
+                &dev.download_f32(&act, rows[0]).unwrap(),
+                &reference,
+                1e-5,
+            );
+
+            // Residual add, no norm: acc += W x.
+            let acc0 = rng.vec(rows[1]);
+            let accd = dev.upload_f32(&acc0, MemKind::Scratch).unwrap();
+            let prods = [MatVecOut {
+                mat: mat(1),
+                bias: None,
+                out: &outs[1],
+            }];
+            dev.fused_matvec(&xd, k, None, &prods, Epilogue::Add { acc: &accd })
+                .unwrap();
+            let reference: Vec<f64> = (0..rows[1])
+                .map(|r| acc0[r] as f64 + dot64(&wf[1][r], &xr))
+                .collect();
+            check(
+                &name("add"),
+                &dev.download_f32(&accd, rows[1]).unwrap(),
+                &reference,
+                1e-5,
+            );
+        }
+    }
+    // A weight buffer without the padding is refused, not read past its end.
+    let w = random_tensor(GgmlType::Q8_0, 4, 64, &mut rng);
+    let wd = dev.upload(&w, MemKind::Weights).unwrap();
+    let xd = dev.upload_f32(&rng.vec(64), MemKind::Scratch).unwrap();
+    let od = dev.alloc(16, MemKind::Scratch).unwrap();
+    let prods = [MatVecOut {
+        mat: MatRef {
+            ty: GgmlType::Q8_0,
+            w: &wd,
+            rows: 4,
+            cols: 64,
+        },
+        bias: None,
+        out: &od,
+    }];
+    let r = dev.fused_matvec(&xd, 64, None, &prods, Epilogue::Plain);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+}
+
+// rope_kv + attention_decode against the unfused rope, kv_store and the f64 attention
+// reference; the position comes from device memory. Lengths below, at and far above the
+// number of key slices (empty slices must add nothing).
+#[test]
+fn rope_kv_and_split_attention() {
+    use llorch::backend::cuda::attention_scratch_floats;
+    let Some(dev) = device("rope_kv_and_split_attention") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_00F2);
+    for &(n_heads, n_kv, hd, pos, neox) in &[
+        (14usize, 2usize, 64usize, 0usize, true),
+        (14, 2, 64, 5, true),
+        (28, 4, 128, 31, true),
+        (8, 8, 64, 300, false),
+        (4, 1, 256, 1000, true),
+    ] {
+        let max_ctx = pos + 4;
+        let total = pos + 1;
+        let per = n_kv * hd;
+        let k_all = rng.vec(total * per);
+        let v_all = rng.vec(total * per);
+        let q = rng.vec(n_heads * hd);
+        let p = RopeParams {
+            rot_dim: hd,
+            base: 1e6,
+            pos_scale: 1.0,
+            neox,
+        };
+        // The reference: unfused kernels for RoPE of the new token, f64 attention.
+        let posd = dev.upload_i32(&[pos as i32], MemKind::Scratch).unwrap();
+        let mut qr = dev.upload_f32(&q, MemKind::Scratch).unwrap();
+        let mut kr = dev
+            .upload_f32(&k_all[pos * per..], MemKind::Scratch)
+            .unwrap();
+        dev.rope(&mut qr, &posd, 1, n_heads, hd, p).unwrap();
+        dev.rope(&mut kr, &posd, 1, n_kv, hd, p).unwrap();
+        let q_roped = dev.download_f32(&qr, q.len()).unwrap();
+        let k_roped = dev.download_f32(&kr, per).unwrap();
+        let mut k_ref = k_all.clone();
+        k_ref[pos * per..].copy_from_slice(&k_roped);
+
+        let mut cache = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
+        dev.fill_bytes(&mut cache.k, POISON).unwrap();
+        dev.fill_bytes(&mut cache.v, POISON).unwrap();
+        if pos > 0 {
+            let kd = dev
+                .upload_f32(&k_all[..pos * per], MemKind::Scratch)
+                .unwrap();
+            let vd = dev
+                .upload_f32(&v_all[..pos * per], MemKind::Scratch)
+                .unwrap();
+            dev.kv_store(&kd, &vd, pos, &mut cache, 0).unwrap();
+        }
+        let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
+        let kd = dev
+            .upload_f32(&k_all[pos * per..], MemKind::Scratch)
+            .unwrap();
+        let vd = dev
+            .upload_f32(&v_all[pos * per..], MemKind::Scratch)
+            .unwrap();
+        dev.rope_kv(&qd, &kd, &vd, &cache, &posd, n_heads, p)
+            .unwrap();
+        let what = format!("h={n_heads} kv={n_kv} hd={hd} pos={pos} neox={neox}");
+        let exact = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x == y);
+        assert!(
+            exact(&dev.download_f32(&qd, q.len()).unwrap(), &q_roped),
+            "rope_kv q {what}"
+        );
+        assert!(
+            exact(&dev.download_f32(&kd, per).unwrap(), &k_roped),
+            "rope_kv k {what}"
+        );
+
+        let part = dev
+            .alloc(attention_scratch_floats(n_heads, hd) * 4, MemKind::Scratch)
+            .unwrap();
+        let mut count = dev.alloc(n_heads * 4, MemKind::Scratch).unwrap();
+        dev.fill_bytes(&mut count, 0).unwrap();
+        let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let reference = attention_ref(
+            &q_roped, &k_ref, &v_all, 1, n_heads, n_kv, hd, pos, scale, 0,
+        );
+        for round in 0..2 {
+            // Twice: the counters must be back at zero after each launch.
+            dev.fill_bytes(&mut od, POISON).unwrap();
+            dev.attention_decode(&qd, &cache, &posd, n_heads, scale, 0, &part, &count, &od)
+                .unwrap();
+            let got = dev.download_f32(&od, q.len()).unwrap();
+            check(
+                &format!("attention_decode {what} round {round}"),
+                &got,
+                &reference,
+                1e-5,
+            );
+        }
+        assert!(dev
+            .download_i32(&count, n_heads)
+            .unwrap()
+            .iter()
+            .all(|&c| c == 0));
+    }
+}

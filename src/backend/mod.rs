@@ -55,13 +55,15 @@ pub enum Slot {
     /// Feed-forward gate and up projections, `n_ff` wide.
     Gate,
     Up,
+    /// The gated activation `silu(gate) * up`, `n_ff` wide.
+    Act,
     /// Logits, `vocab` wide.
     Logits,
 }
 
 impl Slot {
     /// Every slot, in the order of [`Slot::index`].
-    pub const ALL: [Slot; 10] = [
+    pub const ALL: [Slot; 11] = [
         Slot::Hidden,
         Slot::Normed,
         Slot::Q,
@@ -71,6 +73,7 @@ impl Slot {
         Slot::Proj,
         Slot::Gate,
         Slot::Up,
+        Slot::Act,
         Slot::Logits,
     ];
 
@@ -85,7 +88,7 @@ impl Slot {
             Slot::Hidden | Slot::Normed | Slot::Proj => hp.n_embd,
             Slot::Q | Slot::Attn => hp.q_dim(),
             Slot::K | Slot::V => hp.kv_dim(),
-            Slot::Gate | Slot::Up => hp.n_ff,
+            Slot::Gate | Slot::Up | Slot::Act => hp.n_ff,
             Slot::Logits => hp.vocab,
         }
     }
@@ -122,6 +125,14 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// One projection of a shared input: `out = W · input (+ bias)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projection {
+    pub w: WeightId,
+    pub bias: Option<WeightId>,
+    pub out: Slot,
+}
+
 /// The operations a layer recipe is written in. Rows of a slot are tokens; `pos0` is the
 /// position of the first token of the step in the sequence.
 pub trait Ops {
@@ -140,12 +151,152 @@ pub trait Ops {
     /// Write this step's K and V into the layer's cache, then causal attention of Q over the
     /// cache (positions `0..pos0+t+1` for token t) into `out`.
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot);
-    /// `gate = silu(gate) * up`.
-    fn swiglu(&mut self, gate: Slot, up: Slot);
+    /// `out = silu(gate) * up`.
+    fn swiglu(&mut self, gate: Slot, up: Slot, out: Slot);
     /// `x += y`.
     fn add(&mut self, x: Slot, y: Slot);
     /// Keep only the last token row of `x` (the others are not needed for the logits).
     fn keep_last_row(&mut self, x: Slot);
     /// Record an intermediate value for verification (no-op unless taps are on).
     fn tap(&mut self, _name: &str, _layer: Option<usize>, _x: Slot) {}
+
+    // Fused operations. Each leaves every slot it names exactly as its default (a sequence
+    // of the operations above) does, so taps and tests see the same values; a backend
+    // overrides one to share work (normalize or quantize a common input once) or to cut
+    // kernel launches.
+
+    /// `normed = rms_norm(x) * norm`, then every projection of `normed`.
+    fn norm_matmul(
+        &mut self,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        projs: &[Projection],
+    ) {
+        self.rms_norm(x, norm, eps, normed);
+        for p in projs {
+            self.matmul(p.w, normed, p.out);
+            if let Some(b) = p.bias {
+                self.add_bias(p.out, b);
+            }
+        }
+    }
+
+    /// The feed-forward input: `normed = rms_norm(x) * norm`, `gate = W_gate · normed`,
+    /// `up = W_up · normed`, `act = silu(gate) * up`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_swiglu(
+        &mut self,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        (w_gate, w_up): (WeightId, WeightId),
+        gate: Slot,
+        up: Slot,
+        act: Slot,
+    ) {
+        let projs = [
+            Projection {
+                w: w_gate,
+                bias: None,
+                out: gate,
+            },
+            Projection {
+                w: w_up,
+                bias: None,
+                out: up,
+            },
+        ];
+        self.norm_matmul(x, norm, eps, normed, &projs);
+        self.swiglu(gate, up, act);
+    }
+
+    /// `tmp = W · x`, then `acc += tmp` (a projection back into the residual stream).
+    fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
+        unfused::matmul_add(self, w, x, tmp, acc)
+    }
+
+    /// Rotate the heads of `q` and `k` in place, then [`attention`](Ops::attention).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &mut self,
+        layer: usize,
+        (q, k, v): (Slot, Slot, Slot),
+        rope: Rope,
+        shape: AttnShape,
+        out: Slot,
+    ) {
+        unfused::rope_attention(self, layer, (q, k, v), rope, shape, out)
+    }
+}
+
+/// The fused operations as sequences of the plain ones: the defaults of [`Ops`], also for a
+/// backend that fuses only some cases (e.g. one token) and falls back for the rest.
+pub mod unfused {
+    use super::{AttnShape, Ops, Projection, Rope, Slot, WeightId};
+
+    pub fn norm_matmul<O: Ops + ?Sized>(
+        ops: &mut O,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        projs: &[Projection],
+    ) {
+        ops.rms_norm(x, norm, eps, normed);
+        for p in projs {
+            ops.matmul(p.w, normed, p.out);
+            if let Some(b) = p.bias {
+                ops.add_bias(p.out, b);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_swiglu<O: Ops + ?Sized>(
+        ops: &mut O,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        (w_gate, w_up): (WeightId, WeightId),
+        gate: Slot,
+        up: Slot,
+        act: Slot,
+    ) {
+        let projs = [
+            Projection {
+                w: w_gate,
+                bias: None,
+                out: gate,
+            },
+            Projection {
+                w: w_up,
+                bias: None,
+                out: up,
+            },
+        ];
+        norm_matmul(ops, x, norm, eps, normed, &projs);
+        ops.swiglu(gate, up, act);
+    }
+
+    pub fn matmul_add<O: Ops + ?Sized>(ops: &mut O, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
+        ops.matmul(w, x, tmp);
+        ops.add(acc, tmp);
+    }
+
+    pub fn rope_attention<O: Ops + ?Sized>(
+        ops: &mut O,
+        layer: usize,
+        (q, k, v): (Slot, Slot, Slot),
+        rope: Rope,
+        shape: AttnShape,
+        out: Slot,
+    ) {
+        ops.rope(q, shape.n_head, shape.head_dim, rope);
+        ops.rope(k, shape.n_head_kv, shape.head_dim, rope);
+        ops.attention(layer, q, k, v, shape, out);
+    }
 }

@@ -3,7 +3,7 @@
 //! [`Ops`] calls.
 
 use super::hparams::HParams;
-use crate::backend::{AttnShape, Ops, Rope, Slot, WeightId};
+use crate::backend::{AttnShape, Ops, Projection, Rope, Slot, WeightId};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -218,49 +218,62 @@ pub fn forward<O: Ops>(
                 ops.tap(name, Some(0), s)
             }
         };
-        ops.rms_norm(Slot::Hidden, w.attn_norm, eps, Slot::Normed);
+        let qkv = [
+            Projection {
+                w: w.wq,
+                bias: w.bq,
+                out: Slot::Q,
+            },
+            Projection {
+                w: w.wk,
+                bias: w.bk,
+                out: Slot::K,
+            },
+            Projection {
+                w: w.wv,
+                bias: w.bv,
+                out: Slot::V,
+            },
+        ];
+        ops.norm_matmul(Slot::Hidden, w.attn_norm, eps, Slot::Normed, &qkv);
         tap0(ops, "attn_norm", Slot::Normed);
-        for (wt, b, s) in [
-            (w.wq, w.bq, Slot::Q),
-            (w.wk, w.bk, Slot::K),
-            (w.wv, w.bv, Slot::V),
-        ] {
-            ops.matmul(wt, Slot::Normed, s);
-            if let Some(b) = b {
-                ops.add_bias(s, b);
-            }
-        }
         tap0(ops, "q", Slot::Q);
         tap0(ops, "k", Slot::K);
         tap0(ops, "v", Slot::V);
-        ops.rope(Slot::Q, hp.n_head, hp.head_dim, r.rope);
-        ops.rope(Slot::K, hp.n_head_kv, hp.head_dim, r.rope);
+        ops.rope_attention(l, (Slot::Q, Slot::K, Slot::V), r.rope, attn, Slot::Attn);
         tap0(ops, "q_rope", Slot::Q);
         tap0(ops, "k_rope", Slot::K);
-        ops.attention(l, Slot::Q, Slot::K, Slot::V, attn, Slot::Attn);
         tap0(ops, "attn", Slot::Attn);
-        ops.matmul(w.wo, Slot::Attn, Slot::Proj);
+        ops.matmul_add(w.wo, Slot::Attn, Slot::Proj, Slot::Hidden);
         tap0(ops, "attn_out", Slot::Proj);
-        ops.add(Slot::Hidden, Slot::Proj);
         tap0(ops, "attn_residual", Slot::Hidden);
-        ops.rms_norm(Slot::Hidden, w.ffn_norm, eps, Slot::Normed);
+        ops.norm_swiglu(
+            Slot::Hidden,
+            w.ffn_norm,
+            eps,
+            Slot::Normed,
+            (w.gate, w.up),
+            Slot::Gate,
+            Slot::Up,
+            Slot::Act,
+        );
         tap0(ops, "ffn_norm", Slot::Normed);
-        ops.matmul(w.gate, Slot::Normed, Slot::Gate);
-        ops.matmul(w.up, Slot::Normed, Slot::Up);
         tap0(ops, "gate", Slot::Gate);
         tap0(ops, "up", Slot::Up);
-        ops.swiglu(Slot::Gate, Slot::Up);
-        tap0(ops, "swiglu", Slot::Gate);
-        ops.matmul(w.down, Slot::Gate, Slot::Proj);
+        tap0(ops, "swiglu", Slot::Act);
+        ops.matmul_add(w.down, Slot::Act, Slot::Proj, Slot::Hidden);
         tap0(ops, "ffn_out", Slot::Proj);
-        ops.add(Slot::Hidden, Slot::Proj);
         ops.tap("layer", Some(l), Slot::Hidden);
     }
     if logits == Logits::Last {
         ops.keep_last_row(Slot::Hidden);
     }
-    ops.rms_norm(Slot::Hidden, r.output_norm, eps, Slot::Normed);
+    let head = Projection {
+        w: r.output,
+        bias: None,
+        out: Slot::Logits,
+    };
+    ops.norm_matmul(Slot::Hidden, r.output_norm, eps, Slot::Normed, &[head]);
     ops.tap("output_norm", None, Slot::Normed);
-    ops.matmul(r.output, Slot::Normed, Slot::Logits);
     Ok(())
 }

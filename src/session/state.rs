@@ -59,10 +59,14 @@ impl State {
             #[cfg(feature = "cuda")]
             (Bound::Cuda(m), State::Cuda(st)) => {
                 let mut step = crate::backend::cuda::CudaStep::new(m, st, tokens, pos0)?;
-                let r = forward(&mut step, &model.recipe, mode, cancelled);
-                // A device error outranks a cancellation seen after it.
-                step.finish()?;
-                r?;
+                if mode == Logits::Last && step.graphable() {
+                    step.run_graphed(|s| forward(s, &model.recipe, mode, cancelled))?;
+                } else {
+                    let r = forward(&mut step, &model.recipe, mode, cancelled);
+                    // A device error outranks a cancellation seen after it.
+                    step.finish()?;
+                    r?;
+                }
                 if let Some(out) = out {
                     let rows = if mode == Logits::All { tokens.len() } else { 1 };
                     out.extend_from_slice(&st.logits(rows)?);

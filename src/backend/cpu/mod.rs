@@ -574,16 +574,18 @@ impl Ops for CpuStep<'_> {
         self.put(out, o);
     }
 
-    fn swiglu(&mut self, gate: Slot, up: Slot) {
+    fn swiglu(&mut self, gate: Slot, up: Slot, out: Slot) {
         let width = self.width(gate);
         let n = self.n;
-        let u = self.take(up);
-        for (g, &u) in self.st.slots[gate.index()][..n * width]
+        let (g, u) = (self.take(gate), self.take(up));
+        for ((o, &g), &u) in self.st.slots[out.index()][..n * width]
             .iter_mut()
+            .zip(&g[..n * width])
             .zip(&u[..n * width])
         {
-            *g = *g / (1.0 + (-*g).exp()) * u;
+            *o = g / (1.0 + (-g).exp()) * u;
         }
+        self.put(gate, g);
         self.put(up, u);
     }
 

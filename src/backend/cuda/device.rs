@@ -10,16 +10,55 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
 
-/// An open CUDA device with its memory manager and loaded kernels. Cheap to clone (shared).
+/// An open CUDA device with its memory manager and loaded kernels, and the stream this handle
+/// issues work on. Cheap to clone (clones share device and stream);
+/// [`with_own_stream`](Self::with_own_stream) gives a handle with a stream of its own (one per
+/// session, so that sessions in different threads neither serialize nor get captured into each
+/// other's CUDA graphs).
 #[derive(Clone)]
 pub struct CudaDevice {
     pub(super) inner: Arc<Inner>,
+    pub(super) stream: Arc<Stream>,
+}
+
+/// A non-blocking CUDA stream (no implicit ordering with the legacy default stream).
+pub(super) struct Stream {
+    pub raw: sys::CUstream,
+    dev: Arc<Inner>,
+}
+
+// A stream handle may be used from any thread; the driver serializes access to it.
+unsafe impl Send for Stream {}
+unsafe impl Sync for Stream {}
+
+impl Stream {
+    fn new(dev: &Arc<Inner>) -> Result<Arc<Stream>> {
+        dev.bind()?;
+        let raw = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(|e| drv("stream creation", e))?;
+        Ok(Arc::new(Stream {
+            raw,
+            dev: dev.clone(),
+        }))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.dev.bind();
+        unsafe {
+            let _ = result::stream::synchronize(self.raw);
+            let _ = result::stream::destroy(self.raw);
+        }
+    }
 }
 
 pub(super) struct Inner {
     pub ordinal: u32,
     pub name: String,
     pub total_bytes: u64,
+    /// Streaming multiprocessors (sizes persistent grids).
+    pub sm_count: u32,
     dev: sys::CUdevice,
     ctx: sys::CUcontext,
     modules: Vec<sys::CUmodule>,
@@ -95,10 +134,25 @@ impl CudaDevice {
         self.inner.total_bytes
     }
 
-    /// Wait for all issued work; reports a kernel fault as an error.
+    /// Wait for the work issued through this handle's stream; reports a kernel fault as an
+    /// error.
     pub fn synchronize(&self) -> Result<()> {
         self.inner.bind()?;
-        result::ctx::synchronize().map_err(|e| drv("synchronize (a kernel failed?)", e))
+        unsafe { result::stream::synchronize(self.stream.raw) }
+            .map_err(|e| drv("synchronize (a kernel failed?)", e))
+    }
+
+    /// A handle on the same device (memory, kernels) with a new stream of its own.
+    pub fn with_own_stream(&self) -> Result<CudaDevice> {
+        Ok(CudaDevice {
+            inner: self.inner.clone(),
+            stream: Stream::new(&self.inner)?,
+        })
+    }
+
+    /// Streaming multiprocessors of the GPU.
+    pub fn sm_count(&self) -> u32 {
+        self.inner.sm_count
     }
 }
 
@@ -137,11 +191,13 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
     }
     let total_bytes =
         unsafe { result::device::total_mem(dev) }.map_err(|e| drv("total_mem", e))? as u64;
+    let sm_count = attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
     let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(|e| drv("primary context", e))?;
     let mut inner = Inner {
         ordinal,
         name,
         total_bytes,
+        sm_count,
         dev,
         ctx,
         modules: Vec::new(),
@@ -177,7 +233,19 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
             inner.funcs.insert(func.to_string(), f);
         }
     }
-    Ok(CudaDevice {
-        inner: Arc::new(inner),
-    })
+    // Kernels that take more than the default 48 KiB of dynamic shared memory.
+    for (name, bytes) in super::launch::BIG_SHARED {
+        let f = inner.funcs[*name];
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                *bytes as i32,
+            )
+        }
+        .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
+    }
+    let inner = Arc::new(inner);
+    let stream = Stream::new(&inner)?;
+    Ok(CudaDevice { inner, stream })
 }

@@ -43,12 +43,17 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "attention" => &["kv_store", "attention"],
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
         "argmax" => &["argmax_rows"],
+        "decode" => &["fused_matvec", "rope_kv", "attention_decode"],
         _ => &[],
     }
 }
 
+/// Kernels that need more than 48 KiB of dynamic shared memory, with the limit to set.
+pub(super) const BIG_SHARED: &[(&str, usize)] =
+    &[("fused_matvec", super::fused::MATVEC_SHARED_MAX)];
+
 /// Kernel-name suffix of a weight type the quantized kernels support.
-fn type_suffix(ty: GgmlType) -> Result<&'static str> {
+pub(super) fn type_suffix(ty: GgmlType) -> Result<&'static str> {
     Ok(match ty {
         GgmlType::F32 => "f32",
         GgmlType::F16 => "f16",
@@ -67,11 +72,11 @@ fn type_suffix(ty: GgmlType) -> Result<&'static str> {
 }
 
 /// A dimension as the kernels' `int`.
-fn dim(v: usize, what: &str) -> Result<i32> {
+pub(super) fn dim(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} = {v} exceeds i32")))
 }
 
-fn positive(v: usize, what: &str) -> Result<i32> {
+pub(super) fn positive(v: usize, what: &str) -> Result<i32> {
     if v == 0 {
         return Err(Error::InvalidArgument(format!("{what} must be > 0")));
     }
@@ -79,12 +84,12 @@ fn positive(v: usize, what: &str) -> Result<i32> {
 }
 
 /// Bytes of `n` f32 values.
-fn f32s(n: usize) -> u64 {
+pub(super) fn f32s(n: usize) -> u64 {
     n as u64 * 4
 }
 
 /// Bytes of one weight row of `k` values; k must be a positive multiple of 32.
-fn row_bytes(ty: GgmlType, k: usize, what: &str) -> Result<u64> {
+pub(super) fn row_bytes(ty: GgmlType, k: usize, what: &str) -> Result<u64> {
     if k == 0 || k % 32 != 0 {
         return Err(Error::InvalidArgument(format!(
             "{what}: row length {k} is not a positive multiple of 32"
@@ -102,50 +107,26 @@ fn row_bytes(ty: GgmlType, k: usize, what: &str) -> Result<u64> {
 /// Launch `$name` with the listed arguments (each a plain value: device pointers as u64,
 /// dimensions as i32/i64/f32). The argument list must match the kernel's signature.
 macro_rules! launch {
-    ($dev:expr, $name:expr, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
+    ($dev:expr, $name:expr, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {
+        launch!($dev, $name, $grid, $block, shared = 0u32; $($arg),*)
+    };
+    // With `shared` bytes of dynamic shared memory.
+    ($dev:expr, $name:expr, $grid:expr, $block:expr, shared = $smem:expr; $($arg:expr),* $(,)?) => {{
         let name: &str = $name;
         let f = *$dev.inner.funcs.get(name).ok_or_else(|| {
             Error::Internal(format!("kernel {name} was not loaded"))
         })?;
         $dev.inner.bind()?;
-        let mut vals = ($($arg,)*);
-        #[allow(unused_mut)]
         let mut params: Vec<*mut c_void> = Vec::new();
-        launch!(@push params, vals; $($arg),*);
-        unsafe { result::launch_kernel(f, $grid, $block, 0, std::ptr::null_mut(), &mut params) }
+        // Each argument in a local of its own (a shadowed binding lives to the end of the
+        // block), its address handed to the driver, which copies the values at launch.
+        $(
+            let mut arg = $arg;
+            params.push(&mut arg as *mut _ as *mut c_void);
+        )*
+        unsafe { result::launch_kernel(f, $grid, $block, $smem, $dev.stream.raw, &mut params) }
             .map_err(|e| drv(&format!("launch of {name}"), e))
     }};
-    (@push $p:ident, $v:ident; $a0:expr) => { $p.push(&mut $v.0 as *mut _ as *mut c_void); };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr) => {
-        $p.push(&mut $v.0 as *mut _ as *mut c_void); $p.push(&mut $v.1 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr) => {
-        launch!(@push $p, $v; $a0, $a1); $p.push(&mut $v.2 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2); $p.push(&mut $v.3 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2, $a3); $p.push(&mut $v.4 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4); $p.push(&mut $v.5 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5); $p.push(&mut $v.6 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6); $p.push(&mut $v.7 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6, $a7); $p.push(&mut $v.8 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr, $a9:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6, $a7, $a8); $p.push(&mut $v.9 as *mut _ as *mut c_void);
-    };
-    (@push $p:ident, $v:ident; $a0:expr, $a1:expr, $a2:expr, $a3:expr, $a4:expr, $a5:expr, $a6:expr, $a7:expr, $a8:expr, $a9:expr, $a10:expr) => {
-        launch!(@push $p, $v; $a0, $a1, $a2, $a3, $a4, $a5, $a6, $a7, $a8, $a9); $p.push(&mut $v.10 as *mut _ as *mut c_void);
-    };
 }
 
 /// Grid size for the grid-stride elementwise kernels (256 threads a block).
@@ -319,10 +300,8 @@ impl CudaDevice {
         }
         self.inner.bind()?;
         let p = buf.ptr();
-        unsafe {
-            result::memcpy_dtod_async(p + dst as u64, p + src as u64, bytes, std::ptr::null_mut())
-        }
-        .map_err(|e| drv("device-to-device copy", e))
+        unsafe { result::memcpy_dtod_async(p + dst as u64, p + src as u64, bytes, self.stream.raw) }
+            .map_err(|e| drv("device-to-device copy", e))
     }
 
     /// y = rmsnorm(x) * w, row by row: `n_rows` rows of `n` f32.

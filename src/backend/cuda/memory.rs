@@ -203,6 +203,15 @@ impl CudaDevice {
         Ok(b)
     }
 
+    /// Upload bytes into a new buffer `pad` bytes longer, the padding zeroed (kernels that
+    /// load whole 16-byte words may read past the last row).
+    pub fn upload_padded(&self, data: &[u8], pad: usize, kind: MemKind) -> Result<DeviceBuffer> {
+        let mut b = self.alloc(data.len() + pad, kind)?;
+        self.write(&mut b, 0, data)?;
+        self.write(&mut b, data.len(), &vec![0u8; pad])?;
+        Ok(b)
+    }
+
     pub fn upload_f32(&self, data: &[f32], kind: MemKind) -> Result<DeviceBuffer> {
         self.upload(as_bytes(data), kind)
     }
@@ -225,8 +234,10 @@ impl CudaDevice {
             return Ok(());
         }
         self.inner.bind()?;
-        unsafe { result::memcpy_htod_sync(buf.ptr + offset as u64, data) }
-            .map_err(|e| drv("copy to device", e))
+        // In stream order with the kernels; waited for, so `data` may be dropped after.
+        unsafe { result::memcpy_htod_async(buf.ptr + offset as u64, data, self.stream.raw) }
+            .map_err(|e| drv("copy to device", e))?;
+        self.synchronize()
     }
 
     /// Set every byte of `buf` to `value` (tests poison outputs with this).
@@ -236,7 +247,9 @@ impl CudaDevice {
             return Ok(());
         }
         self.inner.bind()?;
-        unsafe { result::memset_d8_sync(buf.ptr, value, buf.bytes) }.map_err(|e| drv("memset", e))
+        unsafe { result::memset_d8_async(buf.ptr, value, buf.bytes, self.stream.raw) }
+            .map_err(|e| drv("memset", e))?;
+        self.synchronize()
     }
 
     /// Copy the first `out.len()` bytes of `buf` to the host (waits for earlier work).
@@ -246,8 +259,9 @@ impl CudaDevice {
             return Ok(());
         }
         self.inner.bind()?;
-        unsafe { result::memcpy_dtoh_sync(out, buf.ptr) }
-            .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))
+        unsafe { result::memcpy_dtoh_async(out, buf.ptr, self.stream.raw) }
+            .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
+        self.synchronize()
     }
 
     /// The first `n` f32 values of `buf`.

@@ -6,15 +6,20 @@
 //! optional budget; out of memory is [`Error::OutOfMemory`] with the numbers, never a crash.
 //! Buffers free themselves (and their accounting) on drop.
 //!
-//! Work is issued on the legacy default stream, in order; downloads synchronize. A kernel
-//! fault shows up as an error from the next download or [`CudaDevice::synchronize`].
+//! Work is issued in order on the handle's stream (each session has its own); writes and
+//! downloads wait for it. A kernel fault shows up as an error from the next download or
+//! [`CudaDevice::synchronize`]. A decode step (one token) is captured once as a CUDA graph and
+//! replayed for every later token (see `model.rs`).
 
 mod device;
+#[macro_use]
 mod launch;
+mod fused;
 mod memory;
 mod model;
 
 pub use device::CudaDevice;
+pub use fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, Norm, ATTN_SPLITS};
 pub use launch::{KvCacheLayer, RopeParams};
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};

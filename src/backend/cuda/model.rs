@@ -3,20 +3,27 @@
 //!
 //! Arithmetic: matrices stay in their GGUF block format and multiply f32 activations (no
 //! 8-bit activation quantization, unlike the CPU); the KV cache is f16; norms, RoPE, softmax
-//! and the residual stream are f32. Decode steps (one token) use the mat-vec kernels, longer
-//! steps the mat-mul kernels. Work is queued in order on the default stream; only downloads
-//! (logits, taps) wait for it.
+//! and the residual stream are f32. Longer steps (the prompt) run the plain operations with
+//! the mat-mul kernels. A decode step (one token) runs the fused kernels of
+//! kernels/decode.cu, six per layer: norm + Q/K/V (+ biases), RoPE + KV store, split-K
+//! attention, output projection + residual, norm + gate/up + SwiGLU, down + residual. Those
+//! read the position from device memory, so the whole step is captured once as a CUDA graph
+//! and replayed for each later token (`LLORCH_CUDA_GRAPH=0` turns that off). Work is queued
+//! in order on the session's own stream; only downloads (logits, taps) wait for it.
 
 use super::device::CudaDevice;
+use super::drv;
+use super::fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, Norm};
 use super::launch::{KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind};
 use crate::backend::cpu::Tap;
-use crate::backend::{AttnShape, Ops, Rope, RopeStyle, Slot, WeightId};
+use crate::backend::{unfused, AttnShape, Ops, Projection, Rope, RopeStyle, Slot, WeightId};
 use crate::gguf::Gguf;
 use crate::model::hparams::HParams;
 use crate::model::recipe::WeightTensor;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
+use cudarc::driver::{result, sys};
 
 /// Token rows a state's activation buffers hold at first: the session's prefill chunk.
 /// A longer step grows them.
@@ -93,7 +100,8 @@ impl CudaModel {
                     ty: t.ty,
                     rows: t.rows,
                     cols: t.cols,
-                    buf: dev.upload(data, MemKind::Weights)?,
+                    // The decode kernels load whole 16-byte words, up to 15 bytes past a row.
+                    buf: dev.upload_padded(data, 16, MemKind::Weights)?,
                 }
             };
             weights.push(w);
@@ -114,11 +122,46 @@ impl CudaModel {
     fn weight(&self, w: WeightId) -> &CudaWeight {
         &self.weights[w.0 as usize]
     }
+
+    fn mat(&self, w: WeightId) -> MatRef<'_> {
+        let w = self.weight(w);
+        MatRef {
+            ty: w.ty,
+            w: &w.buf,
+            rows: w.rows,
+            cols: w.cols,
+        }
+    }
+}
+
+/// A decode step captured as a CUDA graph, ready to replay. Its kernels hold the addresses of
+/// the state's buffers, so it is dropped whenever those are reallocated.
+struct DecodeGraph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+}
+
+impl Drop for DecodeGraph {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = result::graph::exec_destroy(self.exec);
+            let _ = result::graph::destroy(self.graph);
+        }
+    }
+}
+
+// Graph handles are plain ids; the driver allows their use from any thread.
+unsafe impl Send for DecodeGraph {}
+
+/// Whether decode steps are captured as graphs (`LLORCH_CUDA_GRAPH=0` turns it off).
+fn graphs_enabled() -> bool {
+    std::env::var("LLORCH_CUDA_GRAPH").map_or(true, |v| v != "0")
 }
 
 /// A session's state on the GPU: per-layer f16 KV cache, activation buffers for up to
 /// `cap` token rows, the step's positions and token ids.
 pub struct CudaState {
+    /// The model's device with this session's own stream.
     dev: CudaDevice,
     hp: HParams,
     n_ctx: usize,
@@ -128,6 +171,10 @@ pub struct CudaState {
     ids: DeviceBuffer,
     /// Token rows the buffers hold.
     cap: usize,
+    /// attention_decode's partial results and per-head counters (zeroed once).
+    attn_part: DeviceBuffer,
+    attn_count: DeviceBuffer,
+    graph: Option<DecodeGraph>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
 }
@@ -156,13 +203,19 @@ impl CudaState {
     /// Allocates everything a session needs up front, so that out of memory shows here (as
     /// [`Error::OutOfMemory`], with nothing left allocated) rather than mid-generation.
     pub fn new(model: &CudaModel, hp: &HParams, n_ctx: usize) -> Result<Self> {
-        let dev = model.dev.clone();
+        let dev = model.dev.with_own_stream()?;
         let mut kv = Vec::with_capacity(hp.n_layer);
         for _ in 0..hp.n_layer {
             kv.push(dev.alloc_kv_layer(hp.n_head_kv, hp.head_dim, n_ctx)?);
         }
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
         let (slots, positions, ids) = alloc_scratch(&dev, hp, cap)?;
+        let attn_part = dev.alloc(
+            attention_scratch_floats(hp.n_head, hp.head_dim) * 4,
+            MemKind::Scratch,
+        )?;
+        let mut attn_count = dev.alloc(hp.n_head * 4, MemKind::Scratch)?;
+        dev.fill_bytes(&mut attn_count, 0)?;
         Ok(CudaState {
             dev,
             hp: hp.clone(),
@@ -172,6 +225,9 @@ impl CudaState {
             positions,
             ids,
             cap,
+            attn_part,
+            attn_count,
+            graph: None,
             taps: None,
         })
     }
@@ -222,7 +278,9 @@ impl<'a> CudaStep<'a> {
             )));
         }
         if n > st.cap {
-            // Free the old buffers first so that the budget sees only the new ones.
+            // Free the old buffers first so that the budget sees only the new ones; a captured
+            // graph points at them.
+            st.graph = None;
             st.slots.clear();
             let (slots, positions, ids) = alloc_scratch(&st.dev, &st.hp, n)?;
             (st.slots, st.positions, st.ids, st.cap) = (slots, positions, ids, n);
@@ -238,6 +296,50 @@ impl<'a> CudaStep<'a> {
             n,
             err: None,
         })
+    }
+
+    /// Whether this step can run as a graph: one token, no taps, graphs not turned off.
+    pub fn graphable(&self) -> bool {
+        self.n == 1 && self.st.taps.is_none() && graphs_enabled()
+    }
+
+    /// Run a decode step through the state's CUDA graph: replay it if there is one, else
+    /// capture `forward` (which issues the step's kernels through this step) into a new one,
+    /// then launch it. A failed or cancelled capture leaves no graph behind.
+    pub fn run_graphed(mut self, forward: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        if self.st.graph.is_none() {
+            let stream = self.st.dev.stream.raw;
+            self.st.dev.inner.bind()?;
+            let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+            unsafe { result::stream::begin_capture(stream, mode) }
+                .map_err(|e| drv("graph capture", e))?;
+            let r = forward(&mut self);
+            let captured = unsafe { result::stream::end_capture(stream) };
+            // A device error outranks a cancellation seen after it.
+            if let Err(e) = self.err.take().map_or(r, Err) {
+                if let Ok(g) = captured {
+                    unsafe {
+                        let _ = result::graph::destroy(g);
+                    }
+                }
+                return Err(e);
+            }
+            let graph = captured.map_err(|e| drv("graph capture", e))?;
+            let flags = sys::CUgraphInstantiate_flags(0);
+            match unsafe { result::graph::instantiate(graph, flags) } {
+                Ok(exec) => self.st.graph = Some(DecodeGraph { graph, exec }),
+                Err(e) => {
+                    unsafe {
+                        let _ = result::graph::destroy(graph);
+                    }
+                    return Err(drv("graph instantiation", e));
+                }
+            }
+        }
+        let g = self.st.graph.as_ref().expect("graph captured above");
+        self.st.dev.inner.bind()?;
+        unsafe { result::graph::launch(g.exec, self.st.dev.stream.raw) }
+            .map_err(|e| drv("graph launch", e))
     }
 
     /// The first error of the step, if any.
@@ -298,7 +400,7 @@ impl Ops for CudaStep<'_> {
             let w = s.m.weight(table);
             let st = &mut *s.st;
             let o = &mut st.slots[out.index()];
-            s.m.dev
+            st.dev
                 .embed_ids(w.ty, &w.buf, w.rows, w.cols, &st.ids, s.n, o)
         });
     }
@@ -310,10 +412,10 @@ impl Ops for CudaStep<'_> {
             let n = s.n;
             if x == out {
                 let xb = &mut s.st.slots[x.index()];
-                return s.m.dev.rmsnorm_inplace(xb, g, n, width, eps);
+                return s.st.dev.rmsnorm_inplace(xb, g, n, width, eps);
             }
             let (xb, ob) = pair(&mut s.st.slots, x, out)?;
-            s.m.dev.rmsnorm(xb, g, n, width, eps, ob)
+            s.st.dev.rmsnorm(xb, g, n, width, eps, ob)
         });
     }
 
@@ -323,9 +425,9 @@ impl Ops for CudaStep<'_> {
             let n = s.n;
             let (xb, ob) = pair(&mut s.st.slots, x, out)?;
             if n == 1 {
-                s.m.dev.matvec(wt.ty, &wt.buf, wt.rows, wt.cols, xb, ob)
+                s.st.dev.matvec(wt.ty, &wt.buf, wt.rows, wt.cols, xb, ob)
             } else {
-                s.m.dev.matmul(wt.ty, &wt.buf, wt.rows, wt.cols, xb, n, ob)
+                s.st.dev.matmul(wt.ty, &wt.buf, wt.rows, wt.cols, xb, n, ob)
             }
         });
     }
@@ -335,7 +437,8 @@ impl Ops for CudaStep<'_> {
             let width = s.width(x);
             let n = s.n;
             let bias = &s.m.weight(b).buf;
-            s.m.dev.add_bias(&mut s.st.slots[x.index()], bias, n, width)
+            s.st.dev
+                .add_bias(&mut s.st.slots[x.index()], bias, n, width)
         });
     }
 
@@ -349,7 +452,7 @@ impl Ops for CudaStep<'_> {
             };
             let n = s.n;
             let st = &mut *s.st;
-            s.m.dev.rope(
+            st.dev.rope(
                 &mut st.slots[x.index()],
                 &st.positions,
                 n,
@@ -365,19 +468,23 @@ impl Ops for CudaStep<'_> {
             let (n, pos0) = (s.n, s.pos0);
             let st = &mut *s.st;
             let cache = &mut st.kv[layer];
-            s.m.dev
+            st.dev
                 .kv_store(&st.slots[k.index()], &st.slots[v.index()], n, cache, pos0)?;
             let (qb, ob) = pair(&mut st.slots, q, out)?;
-            s.m.dev
+            st.dev
                 .attention(qb, n, shape.n_head, &st.kv[layer], pos0, shape.scale, 0, ob)
         });
     }
 
-    fn swiglu(&mut self, gate: Slot, up: Slot) {
+    fn swiglu(&mut self, gate: Slot, up: Slot, out: Slot) {
         self.run(|s| {
             let len = s.n * s.width(gate);
-            let (ub, gb) = pair(&mut s.st.slots, up, gate)?;
-            s.m.dev.swiglu_inplace(gb, ub, len)
+            let st = &mut *s.st;
+            let [g, u, o] = st
+                .slots
+                .get_disjoint_mut([gate.index(), up.index(), out.index()])
+                .map_err(|_| Error::Internal("CUDA step: swiglu slots overlap".into()))?;
+            st.dev.swiglu(g, u, len, o)
         });
     }
 
@@ -385,7 +492,7 @@ impl Ops for CudaStep<'_> {
         self.run(|s| {
             let len = s.n * s.width(x);
             let (yb, xb) = pair(&mut s.st.slots, y, x)?;
-            s.m.dev.add(xb, yb, len)
+            s.st.dev.add(xb, yb, len)
         });
     }
 
@@ -395,10 +502,149 @@ impl Ops for CudaStep<'_> {
             let n = s.n;
             if n > 1 {
                 let b = &mut s.st.slots[x.index()];
-                s.m.dev.copy_within(b, (n - 1) * row, 0, row)?;
+                s.st.dev.copy_within(b, (n - 1) * row, 0, row)?;
             }
             s.n = 1;
             Ok(())
+        });
+    }
+
+    fn norm_matmul(
+        &mut self,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        projs: &[Projection],
+    ) {
+        if self.n != 1 || projs.len() > 3 {
+            return unfused::norm_matmul(self, x, norm, eps, normed, projs);
+        }
+        self.run(|s| {
+            let (m, st) = (s.m, &*s.st);
+            let prods: Vec<MatVecOut> = projs
+                .iter()
+                .map(|p| MatVecOut {
+                    mat: m.mat(p.w),
+                    bias: p.bias.map(|b| &m.weight(b).buf),
+                    out: &st.slots[p.out.index()],
+                })
+                .collect();
+            let norm = Norm {
+                weight: &m.weight(norm).buf,
+                eps,
+                normed: Some(&st.slots[normed.index()]),
+            };
+            let k = x.width(&st.hp);
+            st.dev
+                .fused_matvec(&st.slots[x.index()], k, Some(norm), &prods, Epilogue::Plain)
+        });
+    }
+
+    fn norm_swiglu(
+        &mut self,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        (w_gate, w_up): (WeightId, WeightId),
+        gate: Slot,
+        up: Slot,
+        act: Slot,
+    ) {
+        if self.n != 1 {
+            let w = (w_gate, w_up);
+            return unfused::norm_swiglu(self, x, norm, eps, normed, w, gate, up, act);
+        }
+        self.run(|s| {
+            let (m, st) = (s.m, &*s.st);
+            let prods = [
+                MatVecOut {
+                    mat: m.mat(w_gate),
+                    bias: None,
+                    out: &st.slots[gate.index()],
+                },
+                MatVecOut {
+                    mat: m.mat(w_up),
+                    bias: None,
+                    out: &st.slots[up.index()],
+                },
+            ];
+            let norm = Norm {
+                weight: &m.weight(norm).buf,
+                eps,
+                normed: Some(&st.slots[normed.index()]),
+            };
+            let epi = Epilogue::Glu {
+                act: &st.slots[act.index()],
+            };
+            let k = x.width(&st.hp);
+            st.dev
+                .fused_matvec(&st.slots[x.index()], k, Some(norm), &prods, epi)
+        });
+    }
+
+    fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
+        if self.n != 1 {
+            return unfused::matmul_add(self, w, x, tmp, acc);
+        }
+        self.run(|s| {
+            let (m, st) = (s.m, &*s.st);
+            let prods = [MatVecOut {
+                mat: m.mat(w),
+                bias: None,
+                out: &st.slots[tmp.index()],
+            }];
+            let epi = Epilogue::Add {
+                acc: &st.slots[acc.index()],
+            };
+            let k = x.width(&st.hp);
+            st.dev
+                .fused_matvec(&st.slots[x.index()], k, None, &prods, epi)
+        });
+    }
+
+    fn rope_attention(
+        &mut self,
+        layer: usize,
+        (q, k, v): (Slot, Slot, Slot),
+        rope: Rope,
+        shape: AttnShape,
+        out: Slot,
+    ) {
+        if self.n != 1 || shape.n_head_kv != self.st.hp.n_head_kv {
+            return unfused::rope_attention(self, layer, (q, k, v), rope, shape, out);
+        }
+        self.run(|s| {
+            let st = &*s.st;
+            let p = RopeParams {
+                rot_dim: rope.dims,
+                base: rope.base,
+                pos_scale: 1.0,
+                neox: rope.style == RopeStyle::Neox,
+            };
+            let cache = &st.kv[layer];
+            let slot = |x: Slot| &st.slots[x.index()];
+            st.dev.rope_kv(
+                slot(q),
+                slot(k),
+                slot(v),
+                cache,
+                &st.positions,
+                shape.n_head,
+                p,
+            )?;
+            st.dev.attention_decode(
+                slot(q),
+                cache,
+                &st.positions,
+                shape.n_head,
+                shape.scale,
+                0,
+                &st.attn_part,
+                &st.attn_count,
+                slot(out),
+            )
         });
     }
 
@@ -409,7 +655,7 @@ impl Ops for CudaStep<'_> {
         self.run(|s| {
             let n = s.n;
             let data =
-                s.m.dev
+                s.st.dev
                     .download_f32(&s.st.slots[x.index()], n * s.width(x))?;
             if let Some(taps) = s.st.taps.as_mut() {
                 taps.push(Tap {

@@ -1,0 +1,308 @@
+//! Launches of the fused decode kernels (kernels/decode.cu): one token's mat-vecs with the
+//! RMSNorm and the epilogue folded in, RoPE + KV store, and split-K attention. Every launch
+//! reads the position from a device buffer, so a decode step can be captured as a CUDA graph.
+//!
+//! Outputs are passed as `&DeviceBuffer` (the kernels write through device pointers; the host
+//! side of a buffer never changes), so one call can name several slots of a step at once.
+
+use super::device::CudaDevice;
+use super::drv;
+use super::launch::{dim, f32s, positive, row_bytes, KvCacheLayer, RopeParams};
+use super::memory::DeviceBuffer;
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+use cudarc::driver::result;
+use std::ffi::c_void;
+
+/// Warps per block and bytes of weight row each warp stages (kernels/decode.cu DW, STAGE).
+const DW: usize = 8;
+const STAGE: usize = 2048;
+/// Dynamic shared memory fused_matvec may use (set at device open): the input vector as f32
+/// plus the warps' stages. 200 KiB allows inputs of up to ~47k values.
+pub(super) const MATVEC_SHARED_MAX: usize = 200 * 1024;
+/// Shared memory per multiprocessor on sm_90 (for the grid size only).
+const SHARED_PER_SM: usize = 228 * 1024;
+/// Key slices per head in attention_decode. Fixed, so a captured graph fits every length.
+pub const ATTN_SPLITS: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Seg {
+    w: u64,
+    bias: u64,
+    out: u64,
+    row_bytes: i64,
+    ty: i32,
+    rows: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MvArgs {
+    x: u64,
+    norm: u64,
+    normed: u64,
+    acc: u64,
+    act: u64,
+    eps: f32,
+    k: i32,
+    mode: i32,
+    n_seg: i32,
+    seg: [Seg; 3],
+}
+
+/// The kernels' type code (kernels/common.cuh T_*).
+fn type_code(ty: GgmlType) -> Result<i32> {
+    Ok(match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q5_0 => 6,
+        GgmlType::Q8_0 => 8,
+        GgmlType::Q4_K => 12,
+        GgmlType::Q6_K => 14,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "fused mat-vec: {} weights are not supported",
+                other.name()
+            )))
+        }
+    })
+}
+
+/// A weight matrix in VRAM: `rows` rows of `cols` values of type `ty`, GGUF block layout. The
+/// buffer must extend at least 16 bytes past the last row (the kernel loads whole 16-byte
+/// words).
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub ty: GgmlType,
+    pub w: &'a DeviceBuffer,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// One product of a fused mat-vec: `out = W x (+ bias)`.
+#[derive(Clone, Copy)]
+pub struct MatVecOut<'a> {
+    pub mat: MatRef<'a>,
+    pub bias: Option<&'a DeviceBuffer>,
+    pub out: &'a DeviceBuffer,
+}
+
+/// What a fused mat-vec does with its products.
+pub enum Epilogue<'a> {
+    /// Each product goes to its `out` (+ bias).
+    Plain,
+    /// Two products of equal rows, gate then up: `act = silu(gate) * up` besides the outs.
+    Glu { act: &'a DeviceBuffer },
+    /// One product, also added into `acc` (the residual stream).
+    Add { acc: &'a DeviceBuffer },
+}
+
+/// The RMSNorm folded into a fused mat-vec's input.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    pub weight: &'a DeviceBuffer,
+    pub eps: f32,
+    /// Where the normalized input is written too (for the slot it stands for), if anywhere.
+    pub normed: Option<&'a DeviceBuffer>,
+}
+
+impl CudaDevice {
+    /// Products of one input vector `x` (k f32, normalized first when `norm` is given) with up
+    /// to three matrices of k columns.
+    pub fn fused_matvec(
+        &self,
+        x: &DeviceBuffer,
+        k: usize,
+        norm: Option<Norm>,
+        prods: &[MatVecOut],
+        epilogue: Epilogue,
+    ) -> Result<()> {
+        positive(k, "fused matvec k")?;
+        if prods.is_empty() || prods.len() > 3 {
+            return Err(Error::InvalidArgument(format!(
+                "fused matvec: {} products (1 to 3)",
+                prods.len()
+            )));
+        }
+        let smem = (k * 4).next_multiple_of(16) + DW * STAGE;
+        if smem > MATVEC_SHARED_MAX {
+            return Err(Error::Unsupported(format!(
+                "fused matvec: input of {k} values exceeds the kernel's shared memory"
+            )));
+        }
+        x.check(self, f32s(k), "fused matvec x")?;
+        let mut a = MvArgs {
+            x: x.ptr(),
+            eps: 0.0,
+            k: dim(k, "fused matvec k")?,
+            n_seg: prods.len() as i32,
+            ..Default::default()
+        };
+        if let Some(n) = norm {
+            n.weight.check(self, f32s(k), "fused matvec norm weight")?;
+            a.norm = n.weight.ptr();
+            a.eps = n.eps;
+            if let Some(o) = n.normed {
+                o.check(self, f32s(k), "fused matvec normed")?;
+                a.normed = o.ptr();
+            }
+        }
+        let mut total = 0usize;
+        for (i, p) in prods.iter().enumerate() {
+            let m = p.mat;
+            if m.cols != k {
+                return Err(Error::InvalidArgument(format!(
+                    "fused matvec: matrix {i} has {} columns, the input {k}",
+                    m.cols
+                )));
+            }
+            let rb = row_bytes(m.ty, k, "fused matvec")?;
+            m.w.check(
+                self,
+                rb * m.rows as u64 + 16,
+                "fused matvec weights (+16 padding)",
+            )?;
+            p.out.check(self, f32s(m.rows), "fused matvec out")?;
+            if let Some(b) = p.bias {
+                b.check(self, f32s(m.rows), "fused matvec bias")?;
+            }
+            a.seg[i] = Seg {
+                w: m.w.ptr(),
+                bias: p.bias.map_or(0, |b| b.ptr()),
+                out: p.out.ptr(),
+                row_bytes: rb as i64,
+                ty: type_code(m.ty)?,
+                rows: positive(m.rows, "fused matvec rows")?,
+            };
+            total += m.rows;
+        }
+        let jobs = match epilogue {
+            Epilogue::Plain => {
+                a.mode = 0;
+                total
+            }
+            Epilogue::Glu { act } => {
+                let r = prods[0].mat.rows;
+                if prods.len() != 2 || prods[1].mat.rows != r {
+                    return Err(Error::InvalidArgument(
+                        "fused matvec: the gated form takes gate and up of equal rows".into(),
+                    ));
+                }
+                act.check(self, f32s(r), "fused matvec act")?;
+                a.mode = 1;
+                a.act = act.ptr();
+                r
+            }
+            Epilogue::Add { acc } => {
+                let r = prods[0].mat.rows;
+                if prods.len() != 1 {
+                    return Err(Error::InvalidArgument(
+                        "fused matvec: the residual form takes one product".into(),
+                    ));
+                }
+                acc.check(self, f32s(r), "fused matvec acc")?;
+                a.mode = 2;
+                a.acc = acc.ptr();
+                r
+            }
+        };
+        // Enough blocks to fill every multiprocessor as far as shared memory allows; warps
+        // stride over the rows, so each block normalizes the input once for many rows.
+        let per_sm = (SHARED_PER_SM / smem).clamp(1, 8);
+        let blocks = jobs
+            .div_ceil(DW)
+            .min(self.sm_count() as usize * per_sm)
+            .max(1);
+        launch!(self, "fused_matvec", (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
+            shared = smem as u32; a)
+    }
+
+    /// One token: RoPE on `q` (n_heads heads) and `k` (the cache's heads) at position
+    /// `pos[0]`, and k, v stored in `cache` there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv(
+        &self,
+        q: &DeviceBuffer,
+        k: &DeviceBuffer,
+        v: &DeviceBuffer,
+        cache: &KvCacheLayer,
+        pos: &DeviceBuffer,
+        n_heads: usize,
+        p: RopeParams,
+    ) -> Result<()> {
+        let (hd, n_kv) = (cache.head_dim, cache.n_kv_heads);
+        positive(n_heads, "rope_kv heads")?;
+        if p.rot_dim == 0 || p.rot_dim % 2 != 0 || p.rot_dim > hd || p.pos_scale != 1.0 {
+            return Err(Error::InvalidArgument(format!(
+                "rope_kv: rotary dim {} (even, <= head_dim {hd}), position scale 1 only",
+                p.rot_dim
+            )));
+        }
+        q.check(self, f32s(n_heads * hd), "rope_kv q")?;
+        k.check(self, f32s(n_kv * hd), "rope_kv k")?;
+        v.check(self, f32s(n_kv * hd), "rope_kv v")?;
+        pos.check(self, 4, "rope_kv pos")?;
+        launch!(self, "rope_kv", ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1);
+            q.ptr(), k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(),
+            n_heads as i32, n_kv as i32, hd as i32, cache.max_ctx as i32, p.rot_dim as i32,
+            p.base, p.neox as i32)
+    }
+
+    /// Split-K attention of one query (`q`: n_heads x head_dim) at position `pos[0]` over
+    /// the cache. `part`: scratch of [`attention_scratch_floats`] f32; `count`: n_heads i32,
+    /// zero before the first call (the kernel leaves it zero).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(
+        &self,
+        q: &DeviceBuffer,
+        cache: &KvCacheLayer,
+        pos: &DeviceBuffer,
+        n_heads: usize,
+        scale: f32,
+        window: usize,
+        part: &DeviceBuffer,
+        count: &DeviceBuffer,
+        out: &DeviceBuffer,
+    ) -> Result<()> {
+        let hd = cache.head_dim;
+        positive(n_heads, "attention heads")?;
+        if n_heads % cache.n_kv_heads != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_heads} heads is not a multiple of {} KV heads",
+                cache.n_kv_heads
+            )));
+        }
+        q.check(self, f32s(n_heads * hd), "attention q")?;
+        out.check(self, f32s(n_heads * hd), "attention out")?;
+        part.check(
+            self,
+            f32s(attention_scratch_floats(n_heads, hd)),
+            "attention scratch",
+        )?;
+        count.check(self, n_heads as u64 * 4, "attention counters")?;
+        pos.check(self, 4, "attention pos")?;
+        let window_i = dim(window, "attention window")?;
+        launch!(self, "attention_decode", (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1);
+            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
+            pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
+            cache.max_ctx as i32, scale, window_i)
+    }
+
+    /// Zero `buf` in stream order (no host wait).
+    pub fn zero_async(&self, buf: &DeviceBuffer) -> Result<()> {
+        buf.check(self, 0, "zero")?;
+        self.inner.bind()?;
+        unsafe { result::memset_d8_async(buf.ptr(), 0, buf.len_bytes(), self.stream.raw) }
+            .map_err(|e| drv("memset", e))
+    }
+}
+
+/// f32 values of attention_decode's scratch for `n_heads` heads of `head_dim`.
+pub fn attention_scratch_floats(n_heads: usize, head_dim: usize) -> usize {
+    n_heads * ATTN_SPLITS * (head_dim + 2)
+}
+
+// The kernel's MvArgs: 5 pointers, 4 words, 3 segments of 40 bytes, no padding surprises.
+const _: () = assert!(std::mem::size_of::<MvArgs>() == 176);
