@@ -4,6 +4,7 @@
 //! integer dot products accumulated in f32; everything else (norms, RoPE, attention, KV
 //! cache) in f32. Work is split over rows across the context's threads.
 
+mod attn;
 mod pool;
 
 use super::{unfused, AttnShape, Ops, Projection, Rope, RopeStyle, Slot, WeightId};
@@ -449,25 +450,6 @@ fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
     }
 }
 
-/// Σ a_i·b_i in f32 with 16 partial sums, so the compiler can vectorize it (a single running
-/// sum is one long dependency chain).
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Rotate pairs of one head in place.
 fn rope_head(x: &mut [f32], pos: usize, rope: Rope, inv_freq: &[f32]) {
     let half = rope.dims / 2;
@@ -591,31 +573,13 @@ impl Ops for CpuStep<'_> {
             o[..n * q_dim]
                 .par_chunks_mut(hd)
                 .enumerate()
-                .for_each(|(i, oh)| {
+                .for_each_init(Vec::new, |scores, (i, oh)| {
                     let (t, h) = (i / shape.n_head, i % shape.n_head);
                     let kvh = h / group;
                     let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                     let len = pos0 + t + 1;
-                    let mut scores: Vec<f32> = (0..len)
-                        .map(|j| {
-                            let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                            dot_f32(qh, kj) * shape.scale
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    oh.fill(0.0);
-                    for (j, s) in scores.iter().enumerate() {
-                        let w = s / sum;
-                        let vj = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                        for (a, b) in oh.iter_mut().zip(vj) {
-                            *a += w * b;
-                        }
-                    }
+                    let (ks, vs) = (&kc[kvh * hd..], &vc[kvh * hd..]);
+                    attn::head(qh, ks, vs, kv_dim, len, shape.scale, scores, oh);
                 });
         });
         self.put(q, qs);
