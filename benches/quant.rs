@@ -7,7 +7,6 @@ use llorch::quant::{
     GgmlType, SimdLevel,
 };
 use std::hint::black_box;
-use std::time::Instant;
 
 fn rng(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;

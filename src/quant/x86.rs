@@ -696,6 +696,23 @@ pub(crate) mod wide {
         }
     }
 
+    /// Bytes of one group (see `group`).
+    const fn group_bytes(t: u8) -> usize {
+        match t {
+            Q4_0 => 36,
+            Q4_1 => 40,
+            Q5_0 => 44,
+            Q5_1 => 48,
+            Q8_0 => 68,
+            Q4_K => 144,
+            Q5_K => 176,
+            _ => 210,
+        }
+    }
+
+    /// How far ahead (bytes) the decode kernel prefetches its row.
+    const PF_AHEAD: usize = 1024;
+
     /// Per super-block values decoded once for its 4 chunks: K-quant sub-block scales and
     /// offsets (Q6_K: d in s[0]).
     #[derive(Clone, Copy, Default)]
@@ -904,7 +921,13 @@ pub(crate) mod wide {
         // Offset terms: two chains per column so the adds do not wait on each other.
         let mut off = [[0.0f32; 2]; C];
         let gs = group(T);
+        let gb = group_bytes(T);
         for sb in 0..nch / gs {
+            // Weights stream from memory once: ask for them ahead of use (this row's tail
+            // and the next row's start; a prefetch never faults).
+            for l in (0..gb).step_by(64) {
+                _mm_prefetch(row.wrapping_add(sb * gb + l + PF_AHEAD) as *const i8, _MM_HINT_T0);
+            }
             let pre = prep::<T>(row, sb);
             for g in 0..gs {
                 let k = sb * gs + g;
