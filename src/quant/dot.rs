@@ -270,7 +270,8 @@ impl Acts16 {
             if n <= FUSED_MAX {
                 self.chunks.resize(n * (k / 64), AChunk::default());
             } else {
-                self.pchunks.resize(n * (k / 64).div_ceil(2), PChunk::default());
+                self.pchunks
+                    .resize(n * (k / 64).div_ceil(2), PChunk::default());
             }
         }
         self.nch = k / 64;
@@ -294,8 +295,16 @@ impl Acts16 {
         // One of the two layouts is empty; its side yields empty slices.
         let cl = self.chunks.len() / n;
         let pl = self.pchunks.len() / n;
-        let chunks = self.chunks.chunks_mut(cl.max(1)).map(Some).chain(std::iter::repeat_with(|| None));
-        let pchunks = self.pchunks.chunks_mut(pl.max(1)).map(Some).chain(std::iter::repeat_with(|| None));
+        let chunks = self
+            .chunks
+            .chunks_mut(cl.max(1))
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None));
+        let pchunks = self
+            .pchunks
+            .chunks_mut(pl.max(1))
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None));
         self.sums
             .chunks_mut(sl.max(1))
             .zip(chunks.zip(pchunks))
@@ -381,7 +390,14 @@ pub unsafe fn wide_matmul_strided(
             sums: &acts.sums,
             nch,
         };
-        assert_eq!(a.chunks.len() + a.pchunks.len(), n * if n <= super::x86::wide::FUSED_MAX { nch } else { nch.div_ceil(2) });
+        assert_eq!(
+            a.chunks.len() + a.pchunks.len(),
+            n * if n <= super::x86::wide::FUSED_MAX {
+                nch
+            } else {
+                nch.div_ceil(2)
+            }
+        );
         // SAFETY: features and type checked by wide_supported; sizes checked above; the
         // caller vouches for `out`.
         unsafe { super::x86::wide::gemm(ty, data, row_bytes, &a, n, rows, o) }

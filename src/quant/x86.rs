@@ -926,7 +926,10 @@ pub(crate) mod wide {
             // Weights stream from memory once: ask for them ahead of use (this row's tail
             // and the next row's start; a prefetch never faults).
             for l in (0..gb).step_by(64) {
-                _mm_prefetch(row.wrapping_add(sb * gb + l + PF_AHEAD) as *const i8, _MM_HINT_T0);
+                _mm_prefetch(
+                    row.wrapping_add(sb * gb + l + PF_AHEAD) as *const i8,
+                    _MM_HINT_T0,
+                );
             }
             let pre = prep::<T>(row, sb);
             for g in 0..gs {
@@ -989,10 +992,38 @@ pub(crate) mod wide {
                 // Lane b (i16 elements 8b..8b+8) takes scale 2b + m/2.
                 let h = (m / 2) as i16;
                 let si = _mm512_set_epi16(
-                    6 + h, 6 + h, 6 + h, 6 + h, 6 + h, 6 + h, 6 + h, 6 + h,
-                    4 + h, 4 + h, 4 + h, 4 + h, 4 + h, 4 + h, 4 + h, 4 + h,
-                    2 + h, 2 + h, 2 + h, 2 + h, 2 + h, 2 + h, 2 + h, 2 + h,
-                    h, h, h, h, h, h, h, h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
                 );
                 let s = _mm512_permutexvar_epi16(si, sc);
                 *wm = _mm512_mullo_epi16(*wm, s);
@@ -1118,8 +1149,8 @@ pub(crate) mod wide {
         }
         let pacts = acts.pchunks;
         let nch2 = nch.div_ceil(2); // 128-value chunks per column
-        // Columns per pass over the rows: their activations (320 bytes per chunk) stay in
-        // L2 while every row tile of this task streams past them.
+                                    // Columns per pass over the rows: their activations (320 bytes per chunk) stay in
+                                    // L2 while every row tile of this task streams past them.
         let cb = ((512 * 1024) / (nch2 * 320)).max(TC) / TC * TC;
         let zero = WChunk16 {
             w: [_mm512_setzero_si512(); 4],
@@ -1150,14 +1181,8 @@ pub(crate) mod wide {
                                 pend = (w, dw);
                                 if k + 1 == nch {
                                     let z = _mm512_setzero_si512();
-                                    wc[r * nch2 + k / 2] = to16::<T>(
-                                        w,
-                                        dw,
-                                        z,
-                                        _mm512_setzero_ps(),
-                                        q6sc,
-                                        pre.s[0],
-                                    );
+                                    wc[r * nch2 + k / 2] =
+                                        to16::<T>(w, dw, z, _mm512_setzero_ps(), q6sc, pre.s[0]);
                                 }
                             } else {
                                 wc[r * nch2 + k / 2] =

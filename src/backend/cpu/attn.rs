@@ -1,6 +1,9 @@
 //! Causal attention of one query head over the KV cache, with an AVX-512 path (the generic
 //! build is SSE2 only, and the prompt spends ~10% of its time here).
 
+// The AVX-512 intrinsics are stable since Rust 1.89 (as in quant/x86.rs).
+#![allow(clippy::incompatible_msrv)]
+
 /// `out = Σ_j softmax_j(scale·q·k_j)·v_j` over `len` positions; position j's key and value
 /// start at `kc[j*stride]` / `vc[j*stride]` (`q.len()` values each). `scores`: scratch.
 #[allow(clippy::too_many_arguments)]
@@ -111,9 +114,16 @@ unsafe fn head_avx512(
     for d in (0..hd).step_by(16) {
         let mut acc = _mm512_setzero_ps();
         for (j, &w) in scores.iter().enumerate() {
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(w), _mm512_loadu_ps(vp.add(j * stride + d)), acc);
+            acc = _mm512_fmadd_ps(
+                _mm512_set1_ps(w),
+                _mm512_loadu_ps(vp.add(j * stride + d)),
+                acc,
+            );
         }
-        _mm512_storeu_ps(out.as_mut_ptr().add(d), _mm512_mul_ps(acc, _mm512_set1_ps(inv)));
+        _mm512_storeu_ps(
+            out.as_mut_ptr().add(d),
+            _mm512_mul_ps(acc, _mm512_set1_ps(inv)),
+        );
     }
 }
 
@@ -125,7 +135,10 @@ unsafe fn head_avx512(
 unsafe fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0)); // e^-104 is 0 in f32
-    let n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), 0);
+    let n = _mm512_roundscale_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        0,
+    );
     // ln2 in two parts so n·ln2_hi is exact for |n| < 2^9.
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);

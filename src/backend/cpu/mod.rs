@@ -371,13 +371,21 @@ struct ProjJob<'a> {
 /// Row ranges of every projection in `jobs` (all of the same input, quantized in `a16`) as
 /// one parallel run; `then(job, r0, nr)` runs on each range once its rows are written (a
 /// bias, an epilogue). Row tasks come in multiples of 4 (the kernel's row tile).
-fn run_wide(jobs: &[ProjJob<'_>], a16: &quant::Acts16, then: &(dyn Fn(usize, usize, usize) + Sync)) {
+fn run_wide(
+    jobs: &[ProjJob<'_>],
+    a16: &quant::Acts16,
+    then: &(dyn Fn(usize, usize, usize) + Sync),
+) {
     let n = a16.n_cols();
     let mut tasks = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         let rows = job.w.rows;
         let chunk = rows_per_task(rows).div_ceil(4) * 4;
-        tasks.extend((0..rows).step_by(chunk).map(|r0| (j, r0, chunk.min(rows - r0))));
+        tasks.extend(
+            (0..rows)
+                .step_by(chunk)
+                .map(|r0| (j, r0, chunk.min(rows - r0))),
+        );
     }
     let _ = n;
     tasks.into_par_iter().for_each(|(j, r0, nr)| {
@@ -570,17 +578,17 @@ impl Ops for CpuStep<'_> {
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
         self.m.pool.install(|| {
-            o[..n * q_dim]
-                .par_chunks_mut(hd)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (i, oh)| {
+            o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
+                Vec::new,
+                |scores, (i, oh)| {
                     let (t, h) = (i / shape.n_head, i % shape.n_head);
                     let kvh = h / group;
                     let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                     let len = pos0 + t + 1;
                     let (ks, vs) = (&kc[kvh * hd..], &vc[kvh * hd..]);
                     attn::head(qh, ks, vs, kv_dim, len, shape.scale, scores, oh);
-                });
+                },
+            );
         });
         self.put(q, qs);
         self.put(out, o);
@@ -656,7 +664,8 @@ impl Ops for CpuStep<'_> {
                 out: SyncPtr(o.as_mut_ptr()),
             })
             .collect();
-        let biases: Vec<Option<&[f32]>> = projs.iter().map(|p| p.bias.map(|b| m.vector(b))).collect();
+        let biases: Vec<Option<&[f32]>> =
+            projs.iter().map(|p| p.bias.map(|b| m.vector(b))).collect();
         m.pool.install(|| {
             quantize_wide(&xs[..n * cols], cols, n, &mut a16);
             run_wide(&jobs, &a16, &|j, r0, nr| {
@@ -706,37 +715,54 @@ impl Ops for CpuStep<'_> {
         let (mut g, mut u, mut a) = (self.take(gate), self.take(up), self.take(act));
         let mut a16 = std::mem::take(&mut self.st.a16);
         let (rows, cols) = (wg.rows, wg.cols);
-        let (gp, up_, ap) = (SyncPtr(g.as_mut_ptr()), SyncPtr(u.as_mut_ptr()), SyncPtr(a.as_mut_ptr()));
+        let (gp, up_, ap) = (
+            SyncPtr(g.as_mut_ptr()),
+            SyncPtr(u.as_mut_ptr()),
+            SyncPtr(a.as_mut_ptr()),
+        );
         let (dg, du) = (m.bytes(w_gate), m.bytes(w_up));
         m.pool.install(|| {
             quantize_wide(&xs[..n * cols], cols, n, &mut a16);
             let a16 = &a16;
             let chunk = rows_per_task(rows).div_ceil(4) * 4;
-            (0..rows).step_by(chunk).collect::<Vec<_>>().into_par_iter().for_each(|r0| {
-                let nr = chunk.min(rows - r0);
-                let (gp, up_, ap) = (gp, up_, ap);
-                for (w, d, o) in [(wg, dg, gp), (wu, du, up_)] {
-                    let rb = w.row_bytes;
-                    // SAFETY: rows r0..r0+nr of every token row, disjoint across tasks.
-                    unsafe {
-                        quant::wide_matmul_strided(w.ty, &d[r0 * rb..(r0 + nr) * rb], rb, a16, nr, o.get().add(r0), 1, rows)
+            (0..rows)
+                .step_by(chunk)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(|r0| {
+                    let nr = chunk.min(rows - r0);
+                    let (gp, up_, ap) = (gp, up_, ap);
+                    for (w, d, o) in [(wg, dg, gp), (wu, du, up_)] {
+                        let rb = w.row_bytes;
+                        // SAFETY: rows r0..r0+nr of every token row, disjoint across tasks.
+                        unsafe {
+                            quant::wide_matmul_strided(
+                                w.ty,
+                                &d[r0 * rb..(r0 + nr) * rb],
+                                rb,
+                                a16,
+                                nr,
+                                o.get().add(r0),
+                                1,
+                                rows,
+                            )
+                        }
                     }
-                }
-                for t in 0..n {
-                    let at = t * rows + r0;
-                    // SAFETY: as above.
-                    let (gs, us, os) = unsafe {
-                        (
-                            std::slice::from_raw_parts(gp.get().add(at), nr),
-                            std::slice::from_raw_parts(up_.get().add(at), nr),
-                            std::slice::from_raw_parts_mut(ap.get().add(at), nr),
-                        )
-                    };
-                    for ((o, &g), &u) in os.iter_mut().zip(gs).zip(us) {
-                        *o = g / (1.0 + (-g).exp()) * u;
+                    for t in 0..n {
+                        let at = t * rows + r0;
+                        // SAFETY: as above.
+                        let (gs, us, os) = unsafe {
+                            (
+                                std::slice::from_raw_parts(gp.get().add(at), nr),
+                                std::slice::from_raw_parts(up_.get().add(at), nr),
+                                std::slice::from_raw_parts_mut(ap.get().add(at), nr),
+                            )
+                        };
+                        for ((o, &g), &u) in os.iter_mut().zip(gs).zip(us) {
+                            *o = g / (1.0 + (-g).exp()) * u;
+                        }
                     }
-                }
-            });
+                });
         });
         self.st.a16 = a16;
         self.put(normed, xs);
@@ -757,7 +783,11 @@ impl Ops for CpuStep<'_> {
         let mut a16 = std::mem::take(&mut self.st.a16);
         let rows = wt.rows;
         let (op, rp) = (SyncPtr(o.as_mut_ptr()), SyncPtr(r.as_mut_ptr()));
-        let job = [ProjJob { w: wt, data: m.bytes(w), out: op }];
+        let job = [ProjJob {
+            w: wt,
+            data: m.bytes(w),
+            out: op,
+        }];
         m.pool.install(|| {
             quantize_wide(&xs[..n * wt.cols], wt.cols, n, &mut a16);
             run_wide(&job, &a16, &|_, r0, nr| {
