@@ -376,7 +376,6 @@ fn run_wide(
     a16: &quant::Acts16,
     then: &(dyn Fn(usize, usize, usize) + Sync),
 ) {
-    let n = a16.n_cols();
     let mut tasks = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         let rows = job.w.rows;
@@ -387,7 +386,6 @@ fn run_wide(
                 .map(|r0| (j, r0, chunk.min(rows - r0))),
         );
     }
-    let _ = n;
     tasks.into_par_iter().for_each(|(j, r0, nr)| {
         let job = &jobs[j];
         let (rb, rows) = (job.w.row_bytes, job.w.rows);
