@@ -7,7 +7,6 @@ use llorch::quant::{
     GgmlType, SimdLevel,
 };
 use std::hint::black_box;
-use std::time::Instant;
 
 fn rng(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -35,17 +34,29 @@ fn weights(ty: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
     w
 }
 
-/// Best-of-3 seconds per call of `f`, each timing at least ~0.2 s.
+/// This thread's CPU time in seconds: on a shared machine, time spent descheduled while
+/// other processes run does not count (wall time swings 2x with the load).
+fn cpu_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Best-of-5 seconds (thread CPU time) per call of `f`, each timing at least ~0.2 s.
 fn time(mut f: impl FnMut()) -> f64 {
     f();
     let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let (mut n, t0) = (0u32, Instant::now());
-        while n == 0 || t0.elapsed().as_secs_f64() < 0.2 {
+    for _ in 0..5 {
+        let (mut n, t0) = (0u32, cpu_now());
+        while n == 0 || cpu_now() - t0 < 0.2 {
             f();
             n += 1;
         }
-        best = best.min(t0.elapsed().as_secs_f64() / n as f64);
+        best = best.min((cpu_now() - t0) / n as f64);
     }
     best
 }

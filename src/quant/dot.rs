@@ -225,8 +225,14 @@ pub fn vec_dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
 /// 8-bit passes (value + residual), at the cost of one.
 #[derive(Default)]
 pub struct Acts16 {
+    /// Decode layout (n <= FUSED_MAX columns) ...
     #[cfg(target_arch = "x86_64")]
     chunks: Vec<super::x86::wide::AChunk>,
+    /// ... or prompt layout (more columns).
+    #[cfg(target_arch = "x86_64")]
+    pchunks: Vec<super::x86::wide::PChunk>,
+    /// 64-value chunks per column.
+    nch: usize,
     sums: Vec<f32>,
     n: usize,
 }
@@ -258,10 +264,17 @@ impl Acts16 {
     pub fn reset(&mut self, k: usize, n: usize) {
         #[cfg(target_arch = "x86_64")]
         {
+            use super::x86::wide::{AChunk, PChunk, FUSED_MAX};
             self.chunks.clear();
-            self.chunks
-                .resize(n * (k / 64), super::x86::wide::AChunk::default());
+            self.pchunks.clear();
+            if n <= FUSED_MAX {
+                self.chunks.resize(n * (k / 64), AChunk::default());
+            } else {
+                self.pchunks
+                    .resize(n * (k / 64).div_ceil(2), PChunk::default());
+            }
         }
+        self.nch = k / 64;
         // Sums per column padded to a multiple of 16 (zeros), for whole-vector loads.
         self.sums.clear();
         self.sums.resize(n * (k / 32).next_multiple_of(16), 0.0);
@@ -277,17 +290,29 @@ impl Acts16 {
     #[cfg(target_arch = "x86_64")]
     pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
         let n = self.n.max(1);
-        let cl = self.chunks.len() / n;
+        let nch = self.nch;
         let sl = self.sums.len() / n;
-        self.chunks
+        // One of the two layouts is empty; its side yields empty slices.
+        let cl = self.chunks.len() / n;
+        let pl = self.pchunks.len() / n;
+        let chunks = self
+            .chunks
             .chunks_mut(cl.max(1))
-            .zip(self.sums.chunks_mut(sl.max(1)))
-            .map(|(chunks, sums)| {
-                let nb = 2 * chunks.len();
-                Acts16Col {
-                    chunks,
-                    sums: &mut sums[..nb],
-                }
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None));
+        let pchunks = self
+            .pchunks
+            .chunks_mut(pl.max(1))
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None));
+        self.sums
+            .chunks_mut(sl.max(1))
+            .zip(chunks.zip(pchunks))
+            .take(n)
+            .map(move |(sums, (chunks, pchunks))| Acts16Col {
+                chunks: chunks.unwrap_or_default(),
+                pchunks: pchunks.unwrap_or_default(),
+                sums: &mut sums[..2 * nch],
             })
     }
 }
@@ -296,19 +321,27 @@ impl Acts16 {
 #[cfg(target_arch = "x86_64")]
 pub struct Acts16Col<'a> {
     chunks: &'a mut [super::x86::wide::AChunk],
+    pchunks: &'a mut [super::x86::wide::PChunk],
     sums: &'a mut [f32],
 }
 
 /// Quantizes one column's values (`x.len()` = the `k` given to `reset`).
 #[cfg(target_arch = "x86_64")]
 pub fn quantize_column(x: &[f32], col: Acts16Col<'_>) {
-    assert_eq!(x.len(), col.chunks.len() * 64, "column length");
+    assert_eq!(x.len(), col.sums.len() * 32, "column length");
     assert!(
         simd_level() == SimdLevel::Avx512,
         "wide kernels need AVX-512"
     );
-    // SAFETY: AVX-512 level in use (checked above); sizes match.
-    unsafe { super::x86::wide::quantize(x, col.chunks, col.sums) }
+    if col.pchunks.is_empty() {
+        assert_eq!(x.len(), col.chunks.len() * 64, "column length");
+        // SAFETY: AVX-512 level in use (checked above); sizes match.
+        unsafe { super::x86::wide::quantize(x, col.chunks, col.sums) }
+    } else {
+        assert_eq!(x.len().div_ceil(128), col.pchunks.len(), "column length");
+        // SAFETY: as above.
+        unsafe { super::x86::wide::quantize_tile(x, col.pchunks, col.sums) }
+    }
 }
 
 /// `out[r*n + t]` = weight row r · activation column t, for `out.len()/n` rows of
@@ -342,7 +375,7 @@ pub unsafe fn wide_matmul_strided(
     #[cfg(target_arch = "x86_64")]
     {
         let n = acts.n;
-        let nch = acts.chunks.len() / n.max(1);
+        let nch = acts.nch;
         assert!(
             wide_supported(ty, nch * 64),
             "wide kernel for {}",
@@ -351,9 +384,23 @@ pub unsafe fn wide_matmul_strided(
         assert_eq!(ty.bytes_for(nch as u64 * 64), Some(row_bytes as u64));
         assert!(n > 0 && data.len() >= rows * row_bytes);
         let o = super::x86::wide::Out { ptr: out, rs, cs };
+        let a = super::x86::wide::Acts {
+            chunks: &acts.chunks,
+            pchunks: &acts.pchunks,
+            sums: &acts.sums,
+            nch,
+        };
+        assert_eq!(
+            a.chunks.len() + a.pchunks.len(),
+            n * if n <= super::x86::wide::FUSED_MAX {
+                nch
+            } else {
+                nch.div_ceil(2)
+            }
+        );
         // SAFETY: features and type checked by wide_supported; sizes checked above; the
         // caller vouches for `out`.
-        unsafe { super::x86::wide::gemm(ty, data, row_bytes, &acts.chunks, &acts.sums, n, rows, o) }
+        unsafe { super::x86::wide::gemm(ty, data, row_bytes, &a, n, rows, o) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -384,9 +431,15 @@ mod wide_tests {
             return;
         }
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let (rows, k) = (11, 512);
+        let rows = 11;
         use GgmlType::*;
-        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+        // k = 576: a last half chunk (64 values) in the prompt layout (legacy types only;
+        // K-quant rows are whole 256-value super-blocks).
+        let cases = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K]
+            .map(|t| (t, 512))
+            .into_iter()
+            .chain([Q4_0, Q4_1, Q5_0, Q5_1, Q8_0].map(|t| (t, 576)));
+        for (ty, k) in cases {
             assert!(wide_supported(ty, k), "{}", ty.name());
             let rb = ty.bytes_for(k as u64).unwrap() as usize;
             let ts = ty.type_size();

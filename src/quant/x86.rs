@@ -548,16 +548,6 @@ pub(crate) mod wide {
         }
     }
 
-    /// A decoded weight chunk: centred bytes, the start value -128·Σw per lane, per-lane
-    /// scales.
-    #[repr(C, align(64))]
-    #[derive(Clone, Copy)]
-    struct WChunk {
-        w: __m512i,
-        negc: __m512i,
-        dw: __m512,
-    }
-
     /// Quantizes one column of `64*out.len()` values; `sums[b]` = d_b·ΣY over block b (the
     /// activation sum the weight offsets multiply).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -596,6 +586,66 @@ pub(crate) mod wide {
                 ch.d[b * 8..b * 8 + 8].fill(d);
                 sums[ci * 2 + b] = d * _mm512_reduce_add_epi32(ysum) as f32;
             }
+        }
+    }
+
+    /// 128 activations (four blocks) at 16 bits for the prompt tile, laid out for vpdpwssd:
+    /// vector m (0..4) holds in its 128-bit lane b the values 8m..8m+8 of block b, so every
+    /// 32-bit lane of the product sums stays within one block across the four vectors and
+    /// one float scale per lane serves 128 values. `d`: block b's scale on lanes 4b..4b+4.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    pub(crate) struct PChunk {
+        pub y: [i16; 128],
+        pub d: [f32; 16],
+    }
+    impl Default for PChunk {
+        fn default() -> Self {
+            PChunk {
+                y: [0; 128],
+                d: [0.0; 16],
+            }
+        }
+    }
+
+    /// [`quantize`] into the prompt layout: `x.len()` = 64·`sums.len()`/2, `out` holds
+    /// x.len()/128 chunks rounded up (a last half chunk keeps zeros in blocks 2 and 3).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn quantize_tile(x: &[f32], out: &mut [PChunk], sums: &mut [f32]) {
+        let nb = x.len() / 32;
+        debug_assert!(x.len() % 64 == 0 && out.len() == nb.div_ceil(4) && sums.len() == nb);
+        let lim = _mm512_set1_epi32(32767);
+        let nlim = _mm512_set1_epi32(-32767);
+        if nb % 4 != 0 {
+            *out.last_mut().unwrap() = PChunk::default();
+        }
+        for blk in 0..nb {
+            let (ch, b) = (&mut out[blk / 4], blk % 4);
+            let p = x.as_ptr().add(blk * 32);
+            let v0 = _mm512_loadu_ps(p);
+            let v1 = _mm512_loadu_ps(p.add(16));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            let d = amax / 32767.0;
+            let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let mut ysum = _mm512_setzero_si512();
+            for (h, v) in [v0, v1].into_iter().enumerate() {
+                // As in `quantize`: the clamp only guards rounding and NaN.
+                let y = _mm512_cvtps_epi32(_mm512_mul_ps(v, id));
+                let y = _mm512_max_epi32(_mm512_min_epi32(y, lim), nlim);
+                ysum = _mm512_add_epi32(ysum, y);
+                let y16 = _mm512_cvtepi32_epi16(y); // values 16h..16h+16
+                let yp = ch.y.as_mut_ptr();
+                _mm_storeu_si128(
+                    yp.add(32 * (2 * h) + 8 * b) as *mut __m128i,
+                    _mm256_castsi256_si128(y16),
+                );
+                _mm_storeu_si128(
+                    yp.add(32 * (2 * h + 1) + 8 * b) as *mut __m128i,
+                    _mm256_extracti128_si256(y16, 1),
+                );
+            }
+            ch.d[4 * b..4 * b + 4].fill(d);
+            sums[blk] = d * _mm512_reduce_add_epi32(ysum) as f32;
         }
     }
 
@@ -645,6 +695,23 @@ pub(crate) mod wide {
             1
         }
     }
+
+    /// Bytes of one group (see `group`).
+    const fn group_bytes(t: u8) -> usize {
+        match t {
+            Q4_0 => 36,
+            Q4_1 => 40,
+            Q5_0 => 44,
+            Q5_1 => 48,
+            Q8_0 => 68,
+            Q4_K => 144,
+            Q5_K => 176,
+            _ => 210,
+        }
+    }
+
+    /// How far ahead (bytes) the decode kernel prefetches its row.
+    const PF_AHEAD: usize = 1024;
 
     /// Per super-block values decoded once for its 4 chunks: K-quant sub-block scales and
     /// offsets (Q6_K: d in s[0]).
@@ -854,7 +921,16 @@ pub(crate) mod wide {
         // Offset terms: two chains per column so the adds do not wait on each other.
         let mut off = [[0.0f32; 2]; C];
         let gs = group(T);
+        let gb = group_bytes(T);
         for sb in 0..nch / gs {
+            // Weights stream from memory once: ask for them ahead of use (this row's tail
+            // and the next row's start; a prefetch never faults).
+            for l in (0..gb).step_by(64) {
+                _mm_prefetch(
+                    row.wrapping_add(sb * gb + l + PF_AHEAD) as *const i8,
+                    _MM_HINT_T0,
+                );
+            }
             let pre = prep::<T>(row, sb);
             for g in 0..gs {
                 let k = sb * gs + g;
@@ -875,24 +951,141 @@ pub(crate) mod wide {
         }
     }
 
-    /// Many columns (prompt): R pre-decoded rows × C columns per pass.
+    /// A decoded weight chunk of the prompt tile: 128 centred weights as i16 in the
+    /// [`PChunk`] layout, and per-lane scales (lanes 4b..4b+4: block b).
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct WChunk16 {
+        w: [__m512i; 4],
+        dw: __m512,
+    }
+
+    /// Two decoded 64-value chunks (blocks 0-1 in `wa`, 2-3 in `wb`; bytes in value order,
+    /// lanes 0-7 / 8-15 scaled by `dwa` lanes 0 / 8) → one [`WChunk16`]. Q6_K has two
+    /// scales per block (one per 16 values), which one lane cannot carry across the four
+    /// vectors: its 8 signed 8-bit scales `q6sc` are multiplied into the weights
+    /// instead (|sc·(q-32)| <= 128·32 fits i16) and `d6` is the lane scale.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn to16<const T: u8>(
+        wa: __m512i,
+        dwa: __m512,
+        wb: __m512i,
+        dwb: __m512,
+        q6sc: *const u8,
+        d6: f32,
+    ) -> WChunk16 {
+        let mut w = [_mm512_setzero_si512(); 4];
+        let sc = if T == Q6_K {
+            let s8 = _mm_cvtepi8_epi16(_mm_loadl_epi64(q6sc as *const __m128i));
+            _mm512_broadcast_i32x4(s8)
+        } else {
+            _mm512_setzero_si512()
+        };
+        for (m, wm) in w.iter_mut().enumerate() {
+            let m = m as i64;
+            // Qword m of each block: block b's values 8m..8m+8.
+            let idx = _mm512_setr_epi64(m, 4 + m, 8 + m, 12 + m, 0, 0, 0, 0);
+            let q = _mm512_permutex2var_epi64(wa, idx, wb);
+            *wm = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(q));
+            if T == Q6_K {
+                // Lane b (i16 elements 8b..8b+8) takes scale 2b + m/2.
+                let h = (m / 2) as i16;
+                let si = _mm512_set_epi16(
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    6 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    4 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    2 + h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
+                    h,
+                );
+                let s = _mm512_permutexvar_epi16(si, sc);
+                *wm = _mm512_mullo_epi16(*wm, s);
+            }
+        }
+        let dw = if T == Q6_K {
+            _mm512_set1_ps(d6)
+        } else {
+            let idx = _mm512_setr_epi32(0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24);
+            _mm512_permutex2var_ps(dwa, idx, dwb)
+        };
+        WChunk16 { w, dw }
+    }
+
+    /// Many columns (prompt): R pre-decoded rows × C columns per pass, four vpdpwssd per
+    /// 128 values (|Y·w| sums of 8 products per lane stay below 2^31: 8·32767·4096) and one
+    /// scale multiply per 128.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const R: usize, const C: usize, const T: u8>(
-        wc: &[WChunk],
-        acts: &[AChunk],
+        wc: &[WChunk16],
+        acts: &[PChunk],
         nch: usize,
         offs: &[f32],
         sums: &[f32],
         sl: usize,
     ) -> [[f32; C]; R] {
-        let shl8 = shl8();
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for k in 0..nch {
             for c in 0..C {
                 let a = acts.get_unchecked(c * nch + k);
+                let ap = a.y.as_ptr() as *const __m512i;
+                let a0 = _mm512_load_si512(ap);
+                let a1 = _mm512_load_si512(ap.add(1));
+                let a2 = _mm512_load_si512(ap.add(2));
+                let a3 = _mm512_load_si512(ap.add(3));
+                let da = _mm512_load_ps(a.d.as_ptr());
                 for r in 0..R {
-                    let wr = wc.get_unchecked(r * nch + k);
-                    acc[r][c] = step(acc[r][c], wr.w, wr.negc, wr.dw, a, shl8);
+                    let wr: *const WChunk16 = wc.get_unchecked(r * nch + k);
+                    // Written out because the compiler turns a vpdpwssd chain started at
+                    // zero into vpmaddwd + vpaddd and then runs out of registers; here the
+                    // weights are memory operands and the accumulators stay in registers.
+                    let (_t, _s): (__m512i, __m512);
+                    std::arch::asm!(
+                        "vpxord {t:z}, {t:z}, {t:z}",
+                        "vpdpwssd {t:z}, {a0:z}, zmmword ptr [{w}]",
+                        "vpdpwssd {t:z}, {a1:z}, zmmword ptr [{w} + 64]",
+                        "vpdpwssd {t:z}, {a2:z}, zmmword ptr [{w} + 128]",
+                        "vpdpwssd {t:z}, {a3:z}, zmmword ptr [{w} + 192]",
+                        "vmulps {s:z}, {da:z}, zmmword ptr [{w} + 256]",
+                        "vcvtdq2ps {t:z}, {t:z}",
+                        "vfmadd231ps {acc:z}, {t:z}, {s:z}",
+                        t = out(zmm_reg) _t,
+                        s = out(zmm_reg) _s,
+                        acc = inout(zmm_reg) acc[r][c],
+                        a0 = in(zmm_reg) a0,
+                        a1 = in(zmm_reg) a1,
+                        a2 = in(zmm_reg) a2,
+                        a3 = in(zmm_reg) a3,
+                        da = in(zmm_reg) da,
+                        w = in(reg) wr,
+                        options(pure, readonly, nostack, preserves_flags),
+                    );
                 }
             }
         }
@@ -921,28 +1114,32 @@ pub(crate) mod wide {
     const TR: usize = 4;
     const TC: usize = 4;
 
+    /// Columns at most handled by the fused (decode) kernel; more go through the tile.
+    pub(crate) const FUSED_MAX: usize = 4;
+
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn gemm_t<const T: u8>(
         data: &[u8],
         row_bytes: usize,
-        acts: &[AChunk],
-        sums: &[f32],
+        acts: &Acts<'_>,
         n: usize,
         rows: usize,
         out: Out,
     ) {
-        let nch = acts.len() / n;
+        let nch = acts.nch;
+        let sums = acts.sums;
         let sl = sums.len() / n; // sums per column: 2 per chunk, zero-padded to 16s
-        if n <= 4 {
+        if n <= FUSED_MAX {
             for r in 0..rows {
                 let rp = data.as_ptr().add(r * row_bytes);
                 let mut o = [0f32; 4];
                 let o = &mut o[..n];
+                let a = acts.chunks;
                 match n {
-                    1 => fused::<T, 1>(rp, acts, sums, nch, sl, o),
-                    2 => fused::<T, 2>(rp, acts, sums, nch, sl, o),
-                    3 => fused::<T, 3>(rp, acts, sums, nch, sl, o),
-                    _ => fused::<T, 4>(rp, acts, sums, nch, sl, o),
+                    1 => fused::<T, 1>(rp, a, sums, nch, sl, o),
+                    2 => fused::<T, 2>(rp, a, sums, nch, sl, o),
+                    3 => fused::<T, 3>(rp, a, sums, nch, sl, o),
+                    _ => fused::<T, 4>(rp, a, sums, nch, sl, o),
                 }
                 for (t, &v) in o.iter().enumerate() {
                     out.put(r, t, v);
@@ -950,15 +1147,16 @@ pub(crate) mod wide {
             }
             return;
         }
-        // Columns per pass over the rows: their activations (192 bytes per chunk) stay in
-        // L2 while every row tile of this task streams past them.
-        let cb = ((512 * 1024) / (nch * 192)).max(TC) / TC * TC;
-        let zero = WChunk {
-            w: _mm512_setzero_si512(),
-            negc: _mm512_setzero_si512(),
+        let pacts = acts.pchunks;
+        let nch2 = nch.div_ceil(2); // 128-value chunks per column
+                                    // Columns per pass over the rows: their activations (320 bytes per chunk) stay in
+                                    // L2 while every row tile of this task streams past them.
+        let cb = ((512 * 1024) / (nch2 * 320)).max(TC) / TC * TC;
+        let zero = WChunk16 {
+            w: [_mm512_setzero_si512(); 4],
             dw: _mm512_setzero_ps(),
         };
-        let mut wc = vec![zero; TR * nch];
+        let mut wc = vec![zero; TR * nch2];
         let mut offs = vec![0f32; TR * sl];
         for c0 in (0..n).step_by(cb) {
             let c1 = (c0 + cb).min(n);
@@ -967,19 +1165,28 @@ pub(crate) mod wide {
                 for r in 0..rr {
                     let rp = data.as_ptr().add((r0 + r) * row_bytes);
                     let gs = group(T);
+                    let mut pend = (_mm512_setzero_si512(), _mm512_setzero_ps());
                     for sb in 0..nch / gs {
                         let pre = prep::<T>(rp, sb);
                         for g in 0..gs {
                             let k = sb * gs + g;
                             let (w, dw, o) = decode::<T>(rp, sb, g, &pre);
-                            wc[r * nch + k] = WChunk {
-                                w,
-                                negc: negc(w),
-                                dw,
-                            };
                             if has_off(T) {
                                 offs[r * sl + 2 * k] = o[0];
                                 offs[r * sl + 2 * k + 1] = o[1];
+                            }
+                            // Q6_K scales of this 128-value chunk (g = 2h + 1 is its second half).
+                            let q6sc = rp.add(sb * 210 + 192 + 8 * (g / 2));
+                            if k % 2 == 0 {
+                                pend = (w, dw);
+                                if k + 1 == nch {
+                                    let z = _mm512_setzero_si512();
+                                    wc[r * nch2 + k / 2] =
+                                        to16::<T>(w, dw, z, _mm512_setzero_ps(), q6sc, pre.s[0]);
+                                }
+                            } else {
+                                wc[r * nch2 + k / 2] =
+                                    to16::<T>(pend.0, pend.1, w, dw, q6sc, pre.s[0]);
                             }
                         }
                     }
@@ -987,13 +1194,13 @@ pub(crate) mod wide {
                 let mut c = c0;
                 while c < c1 {
                     let cc = TC.min(c1 - c);
-                    let a = &acts[c * nch..];
+                    let a = &pacts[c * nch2..];
                     macro_rules! put {
                         ($r:literal, $c:literal, $rbase:expr) => {{
                             let res = tile::<$r, $c, T>(
-                                &wc[$rbase * nch..],
+                                &wc[$rbase * nch2..],
                                 a,
-                                nch,
+                                nch2,
                                 &offs[$rbase * sl..],
                                 &sums[c * sl..],
                                 sl,
@@ -1028,6 +1235,15 @@ pub(crate) mod wide {
         }
     }
 
+    /// Quantized activations of n columns: `chunks` (decode layout, n <= FUSED_MAX) or
+    /// `pchunks` (prompt layout), `nch` 64-value chunks per column, padded sums per column.
+    pub(crate) struct Acts<'a> {
+        pub chunks: &'a [AChunk],
+        pub pchunks: &'a [PChunk],
+        pub sums: &'a [f32],
+        pub nch: usize,
+    }
+
     /// Whether `ty` has a wide kernel.
     pub(crate) fn supported(ty: GgmlType) -> bool {
         use GgmlType as G;
@@ -1052,15 +1268,14 @@ pub(crate) mod wide {
     }
 
     /// Row r of `data` · column t into `out` for `rows` rows of `row_bytes`. `acts` holds n
-    /// columns of equally many chunks, `sums` a padded row per column. Caller checked the CPU
+    /// columns in the layout for n (see [`Acts`]). Caller checked the CPU
     /// features, the type (`supported`) and all sizes, and that `out` covers rows × n.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn gemm(
         ty: GgmlType,
         data: &[u8],
         row_bytes: usize,
-        acts: &[AChunk],
-        sums: &[f32],
+        acts: &Acts<'_>,
         n: usize,
         rows: usize,
         out: Out,
@@ -1076,6 +1291,6 @@ pub(crate) mod wide {
             G::Q5_K => gemm_t::<Q5_K>,
             _ => gemm_t::<Q6_K>,
         };
-        f(data, row_bytes, acts, sums, n, rows, out)
+        f(data, row_bytes, acts, n, rows, out)
     }
 }

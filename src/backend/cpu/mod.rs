@@ -4,9 +4,10 @@
 //! integer dot products accumulated in f32; everything else (norms, RoPE, attention, KV
 //! cache) in f32. Work is split over rows across the context's threads.
 
+mod attn;
 mod pool;
 
-use super::{AttnShape, Ops, Rope, RopeStyle, Slot, WeightId};
+use super::{unfused, AttnShape, Ops, Projection, Rope, RopeStyle, Slot, WeightId};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::hparams::HParams;
 use crate::model::recipe::WeightTensor;
@@ -238,6 +239,19 @@ impl<'a> CpuStep<'a> {
     fn width(&self, s: Slot) -> usize {
         s.width(&self.st.hp)
     }
+
+    /// Whether the wide kernels take every weight in `ws`, all with one input width.
+    fn wide_all(&self, mut ws: impl Iterator<Item = WeightId>) -> bool {
+        let Some(first) = ws.next() else {
+            return false;
+        };
+        let cols = self.m.weight(first).cols;
+        let ok = |w: WeightId| {
+            let w = self.m.weight(w);
+            w.cols == cols && quant::wide_supported(w.ty, cols)
+        };
+        precise_activations() && ok(first) && ws.all(ok)
+    }
 }
 
 /// Rows per parallel task: enough tasks to balance the threads, not so many that scheduling
@@ -325,17 +339,8 @@ fn matmul(w: &CpuWeight, data: &[u8], x: &[f32], n: usize, q8: &mut Vec<BlockQ8>
     }
 }
 
-/// `matmul` with the wide kernels: activations at 16 bits per value (as precise as the two
-/// 8-bit planes, in one pass), several rows and columns per kernel call.
-fn matmul_wide(
-    w: &CpuWeight,
-    data: &[u8],
-    x: &[f32],
-    n: usize,
-    a16: &mut quant::Acts16,
-    out: &mut [f32],
-) {
-    let (rows, cols, rb) = (w.rows, w.cols, w.row_bytes);
+/// Quantizes `n` token rows of `cols` values for the wide kernels (in parallel for a prompt).
+fn quantize_wide(x: &[f32], cols: usize, n: usize, a16: &mut quant::Acts16) {
     a16.reset(cols, n);
     #[cfg(target_arch = "x86_64")]
     {
@@ -351,31 +356,75 @@ fn matmul_wide(
             }
         }
     }
-    let a16 = &*a16;
-    // Row tasks in multiples of 4 (the kernel's row tile), each writing its rows of every
-    // token straight into the token-major output (no transpose).
-    let chunk = rows_per_task(rows).div_ceil(4) * 4;
-    let out = &mut out[..rows * n];
-    let ptr = SyncPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|ci| {
-        let r0 = ci * chunk;
-        let nr = chunk.min(rows - r0);
-        let p = ptr;
-        // SAFETY: task ci writes only rows r0..r0+nr of each token row of `out`, which has
-        // rows*n values; tasks' row ranges are disjoint.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
+/// One projection's share of a parallel job: its weight, bytes and token-major output
+/// (`rows` values per token).
+struct ProjJob<'a> {
+    w: &'a CpuWeight,
+    data: &'a [u8],
+    out: SyncPtr,
+}
+
+/// Row ranges of every projection in `jobs` (all of the same input, quantized in `a16`) as
+/// one parallel run; `then(job, r0, nr)` runs on each range once its rows are written (a
+/// bias, an epilogue). Row tasks come in multiples of 4 (the kernel's row tile).
+fn run_wide(
+    jobs: &[ProjJob<'_>],
+    a16: &quant::Acts16,
+    then: &(dyn Fn(usize, usize, usize) + Sync),
+) {
+    let mut tasks = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let rows = job.w.rows;
+        let chunk = rows_per_task(rows).div_ceil(4) * 4;
+        tasks.extend(
+            (0..rows)
+                .step_by(chunk)
+                .map(|r0| (j, r0, chunk.min(rows - r0))),
+        );
+    }
+    tasks.into_par_iter().for_each(|(j, r0, nr)| {
+        let job = &jobs[j];
+        let (rb, rows) = (job.w.row_bytes, job.w.rows);
+        // SAFETY: this task writes only rows r0..r0+nr of each token row of its job's
+        // output (rows*n values); tasks' row ranges are disjoint.
         unsafe {
             quant::wide_matmul_strided(
-                w.ty,
-                &data[r0 * rb..(r0 + nr) * rb],
+                job.w.ty,
+                &job.data[r0 * rb..(r0 + nr) * rb],
                 rb,
                 a16,
                 nr,
-                p.0.add(r0),
+                job.out.get().add(r0),
                 1,
                 rows,
             )
         }
+        then(j, r0, nr);
     });
+}
+
+/// `matmul` with the wide kernels: activations at 16 bits per value (as precise as the two
+/// 8-bit planes, in one pass), several rows and columns per kernel call.
+fn matmul_wide(
+    w: &CpuWeight,
+    data: &[u8],
+    x: &[f32],
+    n: usize,
+    a16: &mut quant::Acts16,
+    out: &mut [f32],
+) {
+    quantize_wide(x, w.cols, n, a16);
+    let out = &mut out[..w.rows * n];
+    let job = ProjJob {
+        w,
+        data,
+        out: SyncPtr(out.as_mut_ptr()),
+    };
+    run_wide(&[job], a16, &|_, _, _| {});
 }
 
 /// A raw output pointer shared by tasks that write disjoint places.
@@ -384,6 +433,12 @@ struct SyncPtr(*mut f32);
 // SAFETY: used only for disjoint writes (see matmul_wide).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole Sync wrapper, not the field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Two 8-bit passes per activation (default), or one with `LLORCH_CPU_ACTIVATIONS=int8`
 /// (faster, logits within ~0.1 of the reference instead of ~0.01).
@@ -399,25 +454,6 @@ fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
             *y = tmp[r * n + t];
         }
     }
-}
-
-/// Σ a_i·b_i in f32 with 16 partial sums, so the compiler can vectorize it (a single running
-/// sum is one long dependency chain).
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Rotate pairs of one head in place.
@@ -540,35 +576,17 @@ impl Ops for CpuStep<'_> {
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
         self.m.pool.install(|| {
-            o[..n * q_dim]
-                .par_chunks_mut(hd)
-                .enumerate()
-                .for_each(|(i, oh)| {
+            o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
+                Vec::new,
+                |scores, (i, oh)| {
                     let (t, h) = (i / shape.n_head, i % shape.n_head);
                     let kvh = h / group;
                     let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
                     let len = pos0 + t + 1;
-                    let mut scores: Vec<f32> = (0..len)
-                        .map(|j| {
-                            let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                            dot_f32(qh, kj) * shape.scale
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    oh.fill(0.0);
-                    for (j, s) in scores.iter().enumerate() {
-                        let w = s / sum;
-                        let vj = &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                        for (a, b) in oh.iter_mut().zip(vj) {
-                            *a += w * b;
-                        }
-                    }
-                });
+                    let (ks, vs) = (&kc[kvh * hd..], &vc[kvh * hd..]);
+                    attn::head(qh, ks, vs, kv_dim, len, shape.scale, scores, oh);
+                },
+            );
         });
         self.put(q, qs);
         self.put(out, o);
@@ -607,6 +625,189 @@ impl Ops for CpuStep<'_> {
         let n = self.n;
         self.st.slots[x.index()].copy_within((n - 1) * width..n * width, 0);
         self.n = 1;
+    }
+
+    fn norm_matmul(
+        &mut self,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        projs: &[Projection],
+    ) {
+        self.rms_norm(x, norm, eps, normed);
+        if !self.wide_all(projs.iter().map(|p| p.w)) {
+            for p in projs {
+                self.matmul(p.w, normed, p.out);
+                if let Some(b) = p.bias {
+                    self.add_bias(p.out, b);
+                }
+            }
+            return;
+        }
+        // One quantization of the shared input, one parallel job for all projections, each
+        // task adding its rows' bias.
+        let n = self.n;
+        let m = self.m;
+        let xs = self.take(normed);
+        let mut outs: Vec<Vec<f32>> = projs.iter().map(|p| self.take(p.out)).collect();
+        let mut a16 = std::mem::take(&mut self.st.a16);
+        let cols = m.weight(projs[0].w).cols;
+        let jobs: Vec<ProjJob> = projs
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(p, o)| ProjJob {
+                w: m.weight(p.w),
+                data: m.bytes(p.w),
+                out: SyncPtr(o.as_mut_ptr()),
+            })
+            .collect();
+        let biases: Vec<Option<&[f32]>> =
+            projs.iter().map(|p| p.bias.map(|b| m.vector(b))).collect();
+        m.pool.install(|| {
+            quantize_wide(&xs[..n * cols], cols, n, &mut a16);
+            run_wide(&jobs, &a16, &|j, r0, nr| {
+                if let Some(b) = biases[j] {
+                    let (rows, o) = (jobs[j].w.rows, jobs[j].out);
+                    for t in 0..n {
+                        // SAFETY: rows r0..r0+nr of token t belong to this task.
+                        let y = unsafe {
+                            std::slice::from_raw_parts_mut(o.get().add(t * rows + r0), nr)
+                        };
+                        for (v, &bv) in y.iter_mut().zip(&b[r0..r0 + nr]) {
+                            *v += bv;
+                        }
+                    }
+                }
+            });
+        });
+        drop(jobs);
+        self.st.a16 = a16;
+        self.put(normed, xs);
+        for (p, o) in projs.iter().zip(outs) {
+            self.put(p.out, o);
+        }
+    }
+
+    fn norm_swiglu(
+        &mut self,
+        x: Slot,
+        norm: WeightId,
+        eps: f32,
+        normed: Slot,
+        (w_gate, w_up): (WeightId, WeightId),
+        gate: Slot,
+        up: Slot,
+        act: Slot,
+    ) {
+        let m = self.m;
+        let (wg, wu) = (m.weight(w_gate), m.weight(w_up));
+        if wg.rows != wu.rows || !self.wide_all([w_gate, w_up].into_iter()) {
+            return unfused::norm_swiglu(self, x, norm, eps, normed, (w_gate, w_up), gate, up, act);
+        }
+        self.rms_norm(x, norm, eps, normed);
+        // Gate and up rows of one range in the same task, which then writes the activation
+        // of those rows: one quantization, one parallel job, no serial pass.
+        let n = self.n;
+        let xs = self.take(normed);
+        let (mut g, mut u, mut a) = (self.take(gate), self.take(up), self.take(act));
+        let mut a16 = std::mem::take(&mut self.st.a16);
+        let (rows, cols) = (wg.rows, wg.cols);
+        let (gp, up_, ap) = (
+            SyncPtr(g.as_mut_ptr()),
+            SyncPtr(u.as_mut_ptr()),
+            SyncPtr(a.as_mut_ptr()),
+        );
+        let (dg, du) = (m.bytes(w_gate), m.bytes(w_up));
+        m.pool.install(|| {
+            quantize_wide(&xs[..n * cols], cols, n, &mut a16);
+            let a16 = &a16;
+            let chunk = rows_per_task(rows).div_ceil(4) * 4;
+            (0..rows)
+                .step_by(chunk)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(|r0| {
+                    let nr = chunk.min(rows - r0);
+                    let (gp, up_, ap) = (gp, up_, ap);
+                    for (w, d, o) in [(wg, dg, gp), (wu, du, up_)] {
+                        let rb = w.row_bytes;
+                        // SAFETY: rows r0..r0+nr of every token row, disjoint across tasks.
+                        unsafe {
+                            quant::wide_matmul_strided(
+                                w.ty,
+                                &d[r0 * rb..(r0 + nr) * rb],
+                                rb,
+                                a16,
+                                nr,
+                                o.get().add(r0),
+                                1,
+                                rows,
+                            )
+                        }
+                    }
+                    for t in 0..n {
+                        let at = t * rows + r0;
+                        // SAFETY: as above.
+                        let (gs, us, os) = unsafe {
+                            (
+                                std::slice::from_raw_parts(gp.get().add(at), nr),
+                                std::slice::from_raw_parts(up_.get().add(at), nr),
+                                std::slice::from_raw_parts_mut(ap.get().add(at), nr),
+                            )
+                        };
+                        for ((o, &g), &u) in os.iter_mut().zip(gs).zip(us) {
+                            *o = g / (1.0 + (-g).exp()) * u;
+                        }
+                    }
+                });
+        });
+        self.st.a16 = a16;
+        self.put(normed, xs);
+        self.put(gate, g);
+        self.put(up, u);
+        self.put(act, a);
+    }
+
+    fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
+        if !self.wide_all([w].into_iter()) {
+            return unfused::matmul_add(self, w, x, tmp, acc);
+        }
+        // The residual add of each task's rows inside the parallel job.
+        let (n, m) = (self.n, self.m);
+        let wt = m.weight(w);
+        let xs = self.take(x);
+        let (mut o, mut r) = (self.take(tmp), self.take(acc));
+        let mut a16 = std::mem::take(&mut self.st.a16);
+        let rows = wt.rows;
+        let (op, rp) = (SyncPtr(o.as_mut_ptr()), SyncPtr(r.as_mut_ptr()));
+        let job = [ProjJob {
+            w: wt,
+            data: m.bytes(w),
+            out: op,
+        }];
+        m.pool.install(|| {
+            quantize_wide(&xs[..n * wt.cols], wt.cols, n, &mut a16);
+            run_wide(&job, &a16, &|_, r0, nr| {
+                for t in 0..n {
+                    let at = t * rows + r0;
+                    // SAFETY: rows r0..r0+nr of token t belong to this task.
+                    let (ys, acc) = unsafe {
+                        (
+                            std::slice::from_raw_parts(op.get().add(at), nr),
+                            std::slice::from_raw_parts_mut(rp.get().add(at), nr),
+                        )
+                    };
+                    for (a, &y) in acc.iter_mut().zip(ys) {
+                        *a += y;
+                    }
+                }
+            });
+        });
+        self.st.a16 = a16;
+        self.put(x, xs);
+        self.put(tmp, o);
+        self.put(acc, r);
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
