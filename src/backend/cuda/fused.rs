@@ -120,6 +120,7 @@ impl CudaDevice {
     /// `x`'s records (written by [`attention_decode`](Self::attention_decode)), no norm.
     ///
     /// [`input_record_bytes`]: Self::input_record_bytes
+    #[allow(clippy::too_many_arguments)]
     pub fn fused_matvec(
         &self,
         x: &DeviceBuffer,

@@ -394,6 +394,37 @@ fn pair(
     }
 }
 
+/// Slots `a` and `b` to read and a third, different slot `c` to write.
+fn read2_write1(
+    slots: &mut [DeviceBuffer],
+    a: Slot,
+    b: Slot,
+    c: Slot,
+) -> Result<(&DeviceBuffer, &DeviceBuffer, &mut DeviceBuffer)> {
+    let ic = c.index();
+    if ic == a.index() || ic == b.index() {
+        return Err(Error::Internal(format!(
+            "CUDA step: {c:?} is both input and output"
+        )));
+    }
+    let (lo, rest) = slots.split_at_mut(ic);
+    let (cb, hi) = rest.split_first_mut().expect("slot index in range");
+    fn get<'s>(
+        lo: &'s [DeviceBuffer],
+        hi: &'s [DeviceBuffer],
+        ic: usize,
+        i: usize,
+    ) -> &'s DeviceBuffer {
+        if i < ic {
+            &lo[i]
+        } else {
+            &hi[i - ic - 1]
+        }
+    }
+    let (lo, hi) = (&*lo, &*hi);
+    Ok((get(lo, hi, ic, a.index()), get(lo, hi, ic, b.index()), cb))
+}
+
 fn as_bytes(v: &[i32]) -> &[u8] {
     // SAFETY: i32 has no padding; every byte of it is initialized.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
@@ -489,10 +520,7 @@ impl Ops for CudaStep<'_> {
         self.run(|s| {
             let len = s.n * s.width(gate);
             let st = &mut *s.st;
-            let [g, u, o] = st
-                .slots
-                .get_disjoint_mut([gate.index(), up.index(), out.index()])
-                .map_err(|_| Error::Internal("CUDA step: swiglu slots overlap".into()))?;
+            let (g, u, o) = read2_write1(&mut st.slots, gate, up, out)?;
             st.dev.swiglu(g, u, len, o)
         });
     }
