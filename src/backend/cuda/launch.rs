@@ -43,8 +43,65 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "attention" => &["kv_store", "attention"],
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
         "argmax" => &["argmax_rows"],
+        "mma_matmul" => &MMA_KERNELS,
         _ => &[],
     }
+}
+
+/// Tile shapes of kernels/mma_matmul.cu: (tokens, weight rows) per block and threads per block.
+pub const MMA_TILES: [(usize, usize, u32); 4] = [
+    (128, 128, 256),
+    (128, 64, 256),
+    (64, 64, 128),
+    (32, 64, 128),
+];
+
+/// Prompt products of at least this many tokens run on the tensor cores (`matmul_mma`); shorter
+/// ones keep the f32 kernel.
+pub const MMA_MIN_TOKENS: usize = 16;
+
+/// `mma_{type}_{tokens}x{rows}` for every type and tile of kernels/mma_matmul.cu.
+const MMA_KERNELS: [&str; 28] = [
+    "mma_f32_128x128",
+    "mma_f32_128x64",
+    "mma_f32_64x64",
+    "mma_f32_32x64",
+    "mma_f16_128x128",
+    "mma_f16_128x64",
+    "mma_f16_64x64",
+    "mma_f16_32x64",
+    "mma_q4_1_128x128",
+    "mma_q4_1_128x64",
+    "mma_q4_1_64x64",
+    "mma_q4_1_32x64",
+    "mma_q5_0_128x128",
+    "mma_q5_0_128x64",
+    "mma_q5_0_64x64",
+    "mma_q5_0_32x64",
+    "mma_q8_0_128x128",
+    "mma_q8_0_128x64",
+    "mma_q8_0_64x64",
+    "mma_q8_0_32x64",
+    "mma_q4_k_128x128",
+    "mma_q4_k_128x64",
+    "mma_q4_k_64x64",
+    "mma_q4_k_32x64",
+    "mma_q6_k_128x128",
+    "mma_q6_k_128x64",
+    "mma_q6_k_64x64",
+    "mma_q6_k_32x64",
+];
+
+/// The tile for an n_tok x rows product on `sms` multiprocessors: the largest that still gives
+/// every multiprocessor a block (big tiles decode each weight for more tokens), else the
+/// smallest.
+fn mma_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
+    (0..MMA_TILES.len())
+        .find(|&i| {
+            let (bm, bn, _) = MMA_TILES[i];
+            n_tok.div_ceil(bm) * rows.div_ceil(bn) >= sms
+        })
+        .unwrap_or(MMA_TILES.len() - 1)
 }
 
 /// Kernel-name suffix of a weight type the quantized kernels support.
@@ -199,8 +256,29 @@ impl CudaDevice {
     }
 
     /// Y = X W^T for `n_tok` activation rows. `x`: n_tok x k f32; `y`: n_tok x rows f32.
+    /// From [`MMA_MIN_TOKENS`] tokens on the tensor cores ([`matmul_mma`](Self::matmul_mma)),
+    /// below in f32 ([`matmul_f32`](Self::matmul_f32)).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &mut DeviceBuffer,
+    ) -> Result<()> {
+        if n_tok >= MMA_MIN_TOKENS {
+            self.matmul_mma(ty, w, rows, k, x, n_tok, y, None)
+        } else {
+            self.matmul_f32(ty, w, rows, k, x, n_tok, y)
+        }
+    }
+
+    /// [`matmul`](Self::matmul) with f32 arithmetic throughout (kernels/quant_matmul.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_f32(
         &self,
         ty: GgmlType,
         w: &DeviceBuffer,
@@ -225,6 +303,88 @@ impl CudaDevice {
         y.check(self, f32s(n_tok * rows), "matmul y")?;
         launch!(self, &name, (rows.div_ceil(4) as u32, n_tok.div_ceil(8) as u32, 1), (128, 1, 1);
             w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64)
+    }
+
+    /// [`matmul`](Self::matmul) on the tensor cores (kernels/mma_matmul.cu): f16 operands
+    /// (weights decoded and activations rounded to f16, relative error ~2^-11 each), f32
+    /// accumulation. `tile` indexes [`MMA_TILES`]; `None` picks one for the shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_mma(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &mut DeviceBuffer,
+        tile: Option<usize>,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, "matmul")?;
+        let rows_i = positive(rows, "matmul rows")?;
+        let n_i = positive(n_tok, "matmul n_tok")?;
+        let k_i = dim(k, "matmul k")?;
+        w.check(self, rb * rows as u64, "matmul weights")?;
+        x.check(self, f32s(n_tok * k), "matmul x")?;
+        y.check(self, f32s(n_tok * rows), "matmul y")?;
+        let t = match tile {
+            Some(t) if t < MMA_TILES.len() => t,
+            Some(t) => {
+                return Err(Error::InvalidArgument(format!(
+                    "matmul_mma: tile {t} of {}",
+                    MMA_TILES.len()
+                )))
+            }
+            None => mma_tile(n_tok, rows, self.multiprocessors()?),
+        };
+        let (bm, bn, threads) = MMA_TILES[t];
+        if rows.div_ceil(bn) > 65535 {
+            return Err(Error::InvalidArgument(format!(
+                "matmul: {rows} rows is too many for one launch"
+            )));
+        }
+        let name = format!("mma_{}_{bm}x{bn}", type_suffix(ty)?);
+        let grid = (n_tok.div_ceil(bm) as u32, rows.div_ceil(bn) as u32, 1);
+        launch!(self, &name, grid, (threads, 1, 1);
+            w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64)
+    }
+
+    /// The GPU's multiprocessor count.
+    pub fn multiprocessors(&self) -> Result<usize> {
+        let dev = result::device::get(self.inner.ordinal as i32).map_err(|e| drv("device", e))?;
+        let n = unsafe {
+            result::device::get_attribute(
+                dev,
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+        }
+        .map_err(|e| drv("attribute", e))?;
+        Ok(n.max(1) as usize)
+    }
+
+    /// Milliseconds of GPU time that the work `f` issues takes (CUDA events around it on the
+    /// launch stream; waits for it). For benchmarks.
+    pub fn time_ms(&self, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
+        use cudarc::driver::sys::CUevent_flags;
+        self.inner.bind()?;
+        let e0 =
+            result::event::create(CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| drv("event", e))?;
+        let e1 =
+            result::event::create(CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| drv("event", e))?;
+        let timed = (|| {
+            unsafe { result::event::record(e0, std::ptr::null_mut()) }
+                .map_err(|e| drv("event record", e))?;
+            f()?;
+            unsafe { result::event::record(e1, std::ptr::null_mut()) }
+                .map_err(|e| drv("event record", e))?;
+            unsafe { result::event::synchronize(e1) }.map_err(|e| drv("event wait", e))?;
+            unsafe { result::event::elapsed(e0, e1) }.map_err(|e| drv("event time", e))
+        })();
+        unsafe {
+            let _ = result::event::destroy(e0);
+            let _ = result::event::destroy(e1);
+        }
+        timed
     }
 
     /// out[t] = row `tokens[t]` of the table (n_vocab rows of k values of type `ty`), as f32.
