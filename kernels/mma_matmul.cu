@@ -28,82 +28,136 @@ __device__ __forceinline__ float h_bits(uint32_t bits16) {
     return __half2float(__ushort_as_half((unsigned short)(bits16 & 0xffffu)));
 }
 
-// 16 bytes at a 2-byte aligned global address, as raw aligned words (loaded now) plus the
-// shift that realigns them (applied at decode). Reads only bytes [A, A+16) rounded out to
-// whole words inside that range's own words: never past A+16 (the tail is a 16-bit load), so
-// the last block of a tensor is safe.
-struct Raw16 {
-    uint32_t w[5];
-    uint32_t sh;
-    __device__ __forceinline__ void load(const uint8_t* A, bool ok) {
-        const uint32_t mis = (uint32_t)reinterpret_cast<uintptr_t>(A) & 2u;
-        const uint32_t* p = reinterpret_cast<const uint32_t*>(A - mis);
-        sh = mis * 8;
-#pragma unroll
-        for (int i = 0; i < 4; i++) w[i] = ok ? __ldg(p + i) : 0u;
-        w[4] = (ok && mis) ? (uint32_t)__ldg(reinterpret_cast<const unsigned short*>(A + 14)) : 0u;
+// ---------- asynchronous copies (global -> shared, no registers) ----------
+// Under MMA_EMULATE, tests/emu provides these (and the two warp-wide operations below).
+#ifndef MMA_EMULATE
+// `bytes` of the cp-size are read from global, the rest of the destination is zero-filled (0 =
+// zeros, nothing read).
+__device__ __forceinline__ void cp16(void* dst, const void* src, uint32_t bytes) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp4(void* dst, const void* src, uint32_t bytes) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ uint32_t dyn_smem_bytes() {
+    uint32_t v;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
+    return v;
+}
+#endif
+// cp_wait with a run-time count (the stage count follows the shared memory given).
+__device__ __forceinline__ void cp_wait_n(int n) {
+    switch (n) {
+    case 1: cp_wait<1>(); break;
+    case 2: cp_wait<2>(); break;
+    case 3: cp_wait<3>(); break;
+    case 4: cp_wait<4>(); break;
+    case 5: cp_wait<5>(); break;
+    case 6: cp_wait<6>(); break;
+    default: cp_wait<0>(); break;
     }
-    // Bytes [4i, 4i+4) of the 16.
-    __device__ __forceinline__ uint32_t word(int i) const {
-        return __funnelshift_r(w[i], w[i + 1], sh);
-    }
+}
+
+__device__ __forceinline__ const uint8_t* align4(const uint8_t* a) {
+    return reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(a) & ~(uintptr_t)3);
+}
+__device__ __forceinline__ uint32_t lo2(const uint8_t* a) {  // 0 or 2: a's offset in its word
+    return (uint32_t)reinterpret_cast<uintptr_t>(a) & 2u;
+}
+// A thread's slots in one stage: piece i at base + i * stride (words).
+struct Slot {
+    uint32_t* base;
+    int stride;
+    __device__ __forceinline__ uint32_t* operator[](int i) const { return base + i * stride; }
+    __device__ __forceinline__ Slot operator+(int i) const { return Slot{base + i * stride, stride}; }
 };
 
-__device__ __forceinline__ uint32_t ld_u16(const uint8_t* p, bool ok) {
-    return ok ? (uint32_t)__ldg(reinterpret_cast<const unsigned short*>(p)) : 0u;
+// The u16 at 2-byte aligned a, via its aligned word; reads no byte past a+1.
+__device__ __forceinline__ void cp_u16(uint32_t* dst, const uint8_t* a, bool ok) {
+    cp4(dst, align4(a), ok ? (lo2(a) ? 4u : 2u) : 0u);
+}
+__device__ __forceinline__ uint32_t u16_of(uint32_t w, const uint8_t* a) { return lo2(a) ? w >> 16 : w & 0xffffu; }
+
+// 16 bytes at a 2-byte aligned address A as 5 aligned words; reads no byte past A+15.
+__device__ __forceinline__ void cp_raw16(const Slot& dst, const uint8_t* A, bool ok) {
+    const uint8_t* p = A - lo2(A);
+#pragma unroll
+    for (int i = 0; i < 4; i++) cp4(dst[i], p + 4 * i, ok ? 4u : 0u);
+    cp4(dst[4], p + 16, (ok && lo2(A)) ? 2u : 0u);
+}
+// Bytes [4i, 4i+4) of those 16, from the 5 words w.
+__device__ __forceinline__ uint32_t raw16_word(const uint32_t* w, const uint8_t* A, int i) {
+    return __funnelshift_r(w[i], w[i + 1], 8 * lo2(A));
 }
 
 // ---------- weight units: 16 consecutive values [16j, 16j+16) of 32-value chunk c ----------
-// load(): issue the global loads (row base wr, ok = row exists); emit(): 8 half2 words, value
-// 16j+2i in the low half of word i. A unit that is not ok decodes to zeros.
+// A thread copies its unit's raw bytes into its own shared-memory slots (`pieces` of VEC words,
+// N of them; copy()), and decodes them after they land (emit(): 8 half2 words, value 16j+2i in
+// the low half of word i). Only the copying thread reads its slots, so waiting for its own
+// copies is all the ordering needed. A unit whose row does not exist copies nothing and its
+// zero-filled slots decode to zeros. `p[i]` is piece i's slot.
 
 template <int T> struct Unit;
 
 template <> struct Unit<T_F32> {
-    float4 f[4];
-    __device__ __forceinline__ void load(const uint8_t* wr, int c, int j, bool ok) {
-        const float4* p = reinterpret_cast<const float4*>(wr) + c * 8 + j * 4;
+    static constexpr int VEC = 4, N = 4;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+        const float4* src = reinterpret_cast<const float4*>(wr) + c * 8 + j * 4;
 #pragma unroll
-        for (int i = 0; i < 4; i++) f[i] = ok ? __ldg(p + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int i = 0; i < 4; i++) cp16(p[i], src + i, ok ? 16u : 0u);
     }
-    __device__ __forceinline__ void emit(uint32_t o[8]) const {
+    __device__ static void emit(const Slot& p, const uint8_t*, int, int, uint32_t o[8]) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            o[2 * i] = pack_h2(f[i].x, f[i].y);
-            o[2 * i + 1] = pack_h2(f[i].z, f[i].w);
+            const float4 f = *reinterpret_cast<const float4*>(p[i]);
+            o[2 * i] = pack_h2(f.x, f.y);
+            o[2 * i + 1] = pack_h2(f.z, f.w);
         }
     }
 };
 
 template <> struct Unit<T_F16> {
-    uint4 h[2];
-    __device__ __forceinline__ void load(const uint8_t* wr, int c, int j, bool ok) {
-        const uint4* p = reinterpret_cast<const uint4*>(wr) + c * 4 + j * 2;
+    static constexpr int VEC = 4, N = 2;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+        const uint4* src = reinterpret_cast<const uint4*>(wr) + c * 4 + j * 2;
 #pragma unroll
-        for (int i = 0; i < 2; i++) h[i] = ok ? __ldg(p + i) : make_uint4(0, 0, 0, 0);
+        for (int i = 0; i < 2; i++) cp16(p[i], src + i, ok ? 16u : 0u);
     }
-    __device__ __forceinline__ void emit(uint32_t o[8]) const {
+    __device__ static void emit(const Slot& p, const uint8_t*, int, int, uint32_t o[8]) {
 #pragma unroll
         for (int i = 0; i < 2; i++) {
-            o[4 * i] = h[i].x; o[4 * i + 1] = h[i].y; o[4 * i + 2] = h[i].z; o[4 * i + 3] = h[i].w;
+            const uint4 h = *reinterpret_cast<const uint4*>(p[i]);
+            o[4 * i] = h.x; o[4 * i + 1] = h.y; o[4 * i + 2] = h.z; o[4 * i + 3] = h.w;
         }
     }
 };
 
 // Q8_0: 34 bytes = d, 32 x int8 (2-byte aligned). Unit j: d and qs[16j, 16j+16).
 template <> struct Unit<T_Q8_0> {
-    Raw16 q;
-    uint32_t d;
-    __device__ __forceinline__ void load(const uint8_t* wr, int c, int j, bool ok) {
+    static constexpr int VEC = 1, N = 6;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
         const uint8_t* b = wr + c * 34;
-        d = ld_u16(b, ok);
-        q.load(b + 2 + 16 * j, ok);
+        cp_u16(p[0], b, ok);
+        cp_raw16(p + 1, b + 2 + 16 * j, ok);
     }
-    __device__ __forceinline__ void emit(uint32_t o[8]) const {
-        const float df = h_bits(d);
+    __device__ static void emit(const Slot& p, const uint8_t* wr, int c, int j, uint32_t o[8]) {
+        const uint8_t* b = wr + c * 34;
+        const float df = h_bits(u16_of(*p[0], b));
+        uint32_t w[5];
+#pragma unroll
+        for (int i = 0; i < 5; i++) w[i] = *p[1 + i];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const uint32_t x = q.word(i);
+            const uint32_t x = raw16_word(w, b + 2 + 16 * j, i);
             o[2 * i] = pack_h2(df * (float)(int8_t)(x & 0xff), df * (float)(int8_t)((x >> 8) & 0xff));
             o[2 * i + 1] =
                 pack_h2(df * (float)(int8_t)((x >> 16) & 0xff), df * (float)(int8_t)(x >> 24));
@@ -114,19 +168,18 @@ template <> struct Unit<T_Q8_0> {
 // Q4_1: 20 bytes = d, m, 16 bytes of nibbles (4-byte aligned: rows are multiples of 20 bytes).
 // Unit j: nibble j of bytes 0..15; v = d*q + m.
 template <> struct Unit<T_Q4_1> {
-    uint32_t dm, q[4], sh;
-    __device__ __forceinline__ void load(const uint8_t* wr, int c, int j, bool ok) {
-        const uint32_t* b = reinterpret_cast<const uint32_t*>(wr + c * 20);
-        dm = ok ? __ldg(b) : 0u;
+    static constexpr int VEC = 1, N = 5;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int, bool ok) {
+        const uint8_t* b = wr + c * 20;
 #pragma unroll
-        for (int i = 0; i < 4; i++) q[i] = ok ? __ldg(b + 1 + i) : 0u;
-        sh = 4 * j;
+        for (int i = 0; i < 5; i++) cp4(p[i], b + 4 * i, ok ? 4u : 0u);
     }
-    __device__ __forceinline__ void emit(uint32_t o[8]) const {
+    __device__ static void emit(const Slot& p, const uint8_t*, int, int j, uint32_t o[8]) {
+        const uint32_t dm = *p[0];
         const float d = h_bits(dm), m = h_bits(dm >> 16);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const uint32_t x = q[i] >> sh;
+            const uint32_t x = *p[1 + i] >> (4 * j);
             o[2 * i] = pack_h2(fmaf(d, (float)(x & 15), m), fmaf(d, (float)((x >> 8) & 15), m));
             o[2 * i + 1] =
                 pack_h2(fmaf(d, (float)((x >> 16) & 15), m), fmaf(d, (float)((x >> 24) & 15), m));
@@ -137,26 +190,28 @@ template <> struct Unit<T_Q4_1> {
 // Q5_0: 22 bytes = d, qh (u32: bit i = 5th bit of value i), 16 bytes of nibbles (2-byte
 // aligned). Unit j: nibble j of bytes 0..15 and qh bits [16j, 16j+16); v = d*(q - 16).
 template <> struct Unit<T_Q5_0> {
-    Raw16 q;
-    uint32_t d, qh, nsh;
-    __device__ __forceinline__ void load(const uint8_t* wr, int c, int j, bool ok) {
+    static constexpr int VEC = 1, N = 7;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
         const uint8_t* b = wr + c * 22;
-        d = ld_u16(b, ok);
-        qh = ld_u16(b + 2 + 2 * j, ok);
-        q.load(b + 6, ok);
-        nsh = 4 * j;
+        cp_u16(p[0], b, ok);
+        cp_u16(p[1], b + 2 + 2 * j, ok);
+        cp_raw16(p + 2, b + 6, ok);
     }
-    __device__ __forceinline__ void emit(uint32_t o[8]) const {
-        const float df = h_bits(d);
+    __device__ static void emit(const Slot& p, const uint8_t* wr, int c, int j, uint32_t o[8]) {
+        const uint8_t* b = wr + c * 22;
+        const float df = h_bits(u16_of(*p[0], b));
+        const uint32_t qh = u16_of(*p[1], b + 2 + 2 * j);
+        uint32_t w[5];
+#pragma unroll
+        for (int i = 0; i < 5; i++) w[i] = *p[2 + i];
         float v[16];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const uint32_t x = q.word(i) >> nsh;
+            const uint32_t x = raw16_word(w, b + 6, i) >> (4 * j);
 #pragma unroll
-            for (int b = 0; b < 4; b++) {
-                const int e = 4 * i + b;
-                const int qq = (int)(((x >> (8 * b)) & 15) | (((qh >> e) & 1) << 4));
-                v[e] = df * (float)(qq - 16);
+            for (int e = 0; e < 4; e++) {
+                const int q = (int)(((x >> (8 * e)) & 15) | (((qh >> (4 * i + e)) & 1) << 4));
+                v[4 * i + e] = df * (float)(q - 16);
             }
         }
 #pragma unroll
@@ -168,16 +223,16 @@ template <> struct Unit<T_Q5_0> {
 // 128 bytes of nibbles. Chunk c = sub-block s = c & 7 of super-block c >> 3; its values are
 // nibble (s & 1) of bytes [32 (s >> 1), +32) of the nibbles. v = d*sc*q - dmin*mn.
 template <> struct Unit<T_Q4_K> {
-    uint4 hdr, qs;
-    int s;
-    __device__ __forceinline__ void load(const uint8_t* wr, int c, int j, bool ok) {
+    static constexpr int VEC = 4, N = 2;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
         const uint8_t* b = wr + (c >> 3) * 144;
-        s = c & 7;
-        hdr = ok ? __ldg(reinterpret_cast<const uint4*>(b)) : make_uint4(0, 0, 0, 0);
-        qs = ok ? __ldg(reinterpret_cast<const uint4*>(b + 16 + (s >> 1) * 32 + 16 * j))
-                : make_uint4(0, 0, 0, 0);
+        cp16(p[0], b, ok ? 16u : 0u);
+        cp16(p[1], b + 16 + ((c & 7) >> 1) * 32 + 16 * j, ok ? 16u : 0u);
     }
-    __device__ __forceinline__ void emit(uint32_t o[8]) const {
+    __device__ static void emit(const Slot& p, const uint8_t*, int c, int, uint32_t o[8]) {
+        const uint4 hdr = *reinterpret_cast<const uint4*>(p[0]);
+        const uint4 qs = *reinterpret_cast<const uint4*>(p[1]);
+        const int s = c & 7;
         // Scale bytes sc[0..11] = hdr.y, hdr.z, hdr.w (little-endian).
         const uint32_t lo = hdr.y, mid = hdr.z, hi = hdr.w;
         const int sb = 8 * (s & 3);
@@ -186,9 +241,9 @@ template <> struct Unit<T_Q4_K> {
             scale = (lo >> sb) & 63;
             mn = (mid >> sb) & 63;
         } else {
-            const uint32_t a = (hi >> sb) & 0xff;  // sc[s + 4]
-            scale = (a & 15) | (((lo >> sb) >> 6 & 3) << 4);   // sc[s - 4] >> 6
-            mn = (a >> 4) | (((mid >> sb) >> 6 & 3) << 4);     // sc[s] >> 6
+            const uint32_t a = (hi >> sb) & 0xff;                // sc[s + 4]
+            scale = (a & 15) | ((((lo >> sb) >> 6) & 3) << 4);   // sc[s - 4] >> 6
+            mn = (a >> 4) | ((((mid >> sb) >> 6) & 3) << 4);     // sc[s] >> 6
         }
         const float ds = h_bits(hdr.x) * (float)scale, dm = h_bits(hdr.x >> 16) * (float)mn;
         const int nsh = 4 * (s & 1);
@@ -208,26 +263,39 @@ template <> struct Unit<T_Q4_K> {
 // (cc >> 1) of ql[64h + 32(cc & 1) + l], high bits 2cc..2cc+1 of qh[32h + l], scale
 // sc[8h + 2cc + l/16]. v = d*sc*(q - 32). Unit j: l in [16j, 16j+16), one scale.
 template <> struct Unit<T_Q6_K> {
-    Raw16 ql, qh;
-    uint32_t d, sc;
-    int s;
-    __device__ __forceinline__ void load(const uint8_t* wr, int c, int j, bool ok) {
+    static constexpr int VEC = 1, N = 12;
+    __device__ static void at(const uint8_t* wr, int c, int j, const uint8_t*& ql, const uint8_t*& qh,
+                              const uint8_t*& sc, const uint8_t*& d) {
         const uint8_t* b = wr + (c >> 3) * 210;
-        s = c & 7;
-        const int h = s >> 2, cc = s & 3;
-        ql.load(b + 64 * h + 32 * (cc & 1) + 16 * j, ok);
-        qh.load(b + 128 + 32 * h + 16 * j, ok);
-        sc = ok ? (uint32_t)__ldg(b + 192 + 8 * h + 2 * cc + j) : 0u;
-        d = ld_u16(b + 208, ok);
+        const int s = c & 7, h = s >> 2, cc = s & 3;
+        ql = b + 64 * h + 32 * (cc & 1) + 16 * j;
+        qh = b + 128 + 32 * h + 16 * j;
+        sc = b + 192 + 8 * h + 2 * cc + j;
+        d = b + 208;
     }
-    __device__ __forceinline__ void emit(uint32_t o[8]) const {
-        const int cc = s & 3;
-        const float dsc = h_bits(d) * (float)(int8_t)sc;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+        const uint8_t *ql, *qh, *sc, *d;
+        at(wr, c, j, ql, qh, sc, d);
+        cp_raw16(p, ql, ok);
+        cp_raw16(p + 5, qh, ok);
+        // The scale byte's word, read up to that byte only.
+        cp4(p[10], align4(sc), ok ? (uint32_t)(reinterpret_cast<uintptr_t>(sc) & 3) + 1 : 0u);
+        cp_u16(p[11], d, ok);
+    }
+    __device__ static void emit(const Slot& p, const uint8_t* wr, int c, int j, uint32_t o[8]) {
+        const uint8_t *ql, *qh, *sc, *d;
+        at(wr, c, j, ql, qh, sc, d);
+        const int cc = c & 3;
+        const uint32_t scb = *p[10] >> (8 * (reinterpret_cast<uintptr_t>(sc) & 3));
+        const float dsc = h_bits(u16_of(*p[11], d)) * (float)(int8_t)(scb & 0xff);
         const uint32_t lsh = 4 * (cc >> 1), hsh = 2 * cc;
+        uint32_t wl[5], wh[5];
+#pragma unroll
+        for (int i = 0; i < 5; i++) wl[i] = *p[i], wh[i] = *p[5 + i];
         float v[16];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const uint32_t a = ql.word(i) >> lsh, b = qh.word(i) >> hsh;
+            const uint32_t a = raw16_word(wl, ql, i) >> lsh, b = raw16_word(wh, qh, i) >> hsh;
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int q = (int)(((a >> (8 * e)) & 15) | (((b >> (8 * e)) & 3) << 4));
@@ -267,6 +335,19 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const 
 __device__ __forceinline__ int swz(int row, int ch) { return row * 32 + ((ch ^ ((row >> 1) & 3)) << 3); }
 
 // ---------- the kernel ----------
+// Shared memory, dynamic: f16 tiles Xs[2][BM*32], Ws[2][BN*32], then S stages of raw slots:
+// per thread XV float4 of X, then WU weight units of U::N * U::VEC words. S = as many stages
+// as the dynamic shared memory given holds, at most 8 (the launcher sizes it: MMA_TILES in
+// src/backend/cuda/launch.rs); fewer than 3 traps.
+template <int T, int BM, int BN, int NTH> struct Layout {
+    static constexpr int XV = BM * 8 / NTH;                  // float4s of X per thread and chunk
+    static constexpr int WU = (2 * BN + NTH - 1) / NTH;      // weight units per thread
+    static constexpr int WORDS = Unit<T>::N * Unit<T>::VEC;  // words of one unit
+    static constexpr int TILES = (BM + BN) * 2 * 32 * 2;     // bytes of the f16 tiles
+    static constexpr int XBYTES = NTH * 16 * XV;             // X part of a stage
+    static constexpr int STAGE = XBYTES + NTH * 4 * WORDS * WU;
+    static constexpr int MAX_STAGES = 8;
+};
 
 template <int T, int BM, int BN, int WM, int WN>
 __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const float* __restrict__ X,
@@ -275,51 +356,89 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
     constexpr int NTH = WM * WN * 32;
     constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
     constexpr int MT = TM / 16, NT = TN / 8;   // m16 and n8 tiles per warp
-    constexpr int XV = BM * 8 / NTH;           // float4s of X per thread per chunk
-    constexpr int WU = (2 * BN + NTH - 1) / NTH;  // weight units (16 values) per thread
+    using L = Layout<T, BM, BN, NTH>;
+    constexpr int XV = L::XV, WU = L::WU;
+    using U = Unit<T>;
     static_assert(MT >= 1 && NT % 2 == 0 && XV >= 1 && BM * 8 % NTH == 0, "tile shape");
+    static_assert(L::WORDS <= 16, "raw slots");
 
-    __shared__ __align__(128) __half Xs[2][BM * 32];
-    __shared__ __align__(128) __half Ws[2][BN * 32];
+#ifdef MMA_EMULATE
+    uint8_t* smem = emu_dyn_smem;
+#else
+    extern __shared__ __align__(128) uint8_t smem[];
+#endif
+    const int S = min(L::MAX_STAGES, ((int)dyn_smem_bytes() - L::TILES) / L::STAGE);
+    if (S < 3) __trap();
+    __half* Xs = reinterpret_cast<__half*>(smem);             // [2][BM * 32]
+    __half* Ws = Xs + 2 * BM * 32;                            // [2][BN * 32]
+    uint8_t* raw = smem + L::TILES;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WN, wn = warp % WN;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int nc = k / 32;
 
-    float4 xr[XV];
-    Unit<T> wu[WU];
-
-    auto load = [&](int c) {
-#pragma unroll
-        for (int v = 0; v < XV; v++) {
-            const int idx = tid + v * NTH, r = idx >> 3, c4 = idx & 7, tok = m0 + r;
-            xr[v] = tok < n_tok
-                        ? __ldg(reinterpret_cast<const float4*>(X + (long long)tok * k + c * 32) + c4)
-                        : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int u = 0; u < WU; u++) {
-            const int idx = tid + u * NTH, n = idx >> 1, row = n0 + n;
-            const bool ok = idx < 2 * BN && row < rows;
-            wu[u].load(W + (ok ? (long long)row * row_bytes : 0), c, idx & 1, ok);
-        }
+    // This thread's slots in stage st: X piece v at xslot(st)[v * NTH]; weight unit u's
+    // pieces via wslot(st, u).
+    auto xslot = [&](int st) {
+        return reinterpret_cast<float4*>(raw + st * L::STAGE) + tid;
     };
-    auto store = [&](int buf) {
+    auto wslot = [&](int st, int u) {
+        uint32_t* base = reinterpret_cast<uint32_t*>(raw + st * L::STAGE + L::XBYTES) +
+                         u * L::WORDS * NTH + tid * U::VEC;
+        return Slot{base, NTH * U::VEC};
+    };
+    // Units: idx = tid + u*NTH -> weight row n0 + idx/2, half idx&1.
+    auto unit_row = [&](int u, bool& ok) {
+        const int idx = tid + u * NTH, row = n0 + (idx >> 1);
+        ok = idx < 2 * BN && row < rows;
+        return W + (ok ? (long long)row * row_bytes : 0);
+    };
+
+    // Issue the copies of chunk c into stage c % S (one commit group per chunk, even empty).
+    auto issue = [&](int c) {
+        if (c < nc) {
+            const int st = c % S;
+            float4* xd = xslot(st);
+#pragma unroll
+            for (int v = 0; v < XV; v++) {
+                const int idx = tid + v * NTH, tok = m0 + (idx >> 3), c4 = idx & 7;
+                const bool ok = tok < n_tok;
+                const float* src = X + (ok ? (long long)tok * k + c * 32 + 4 * c4 : 0);
+                cp16(xd + v * NTH, src, ok ? 16u : 0u);
+            }
+#pragma unroll
+            for (int u = 0; u < WU; u++) {
+                bool ok;
+                const uint8_t* wr = unit_row(u, ok);
+                if (tid + u * NTH < 2 * BN) U::copy(wslot(st, u), wr, c, (tid + u * NTH) & 1, ok);
+            }
+        }
+        cp_commit();
+    };
+    // Decode chunk c (this thread's own slots; its copies have landed) into f16 buffer c & 1.
+    auto decode = [&](int c) {
+        const int st = c % S, buf = c & 1;
+        const float4* xs = xslot(st);
+        __half* xt = Xs + buf * BM * 32;
 #pragma unroll
         for (int v = 0; v < XV; v++) {
             const int idx = tid + v * NTH, r = idx >> 3, c4 = idx & 7;
-            uint2 h = make_uint2(pack_h2(xr[v].x, xr[v].y), pack_h2(xr[v].z, xr[v].w));
-            *reinterpret_cast<uint2*>(&Xs[buf][swz(r, c4 >> 1) + (c4 & 1) * 4]) = h;
+            const float4 f = xs[v * NTH];
+            *reinterpret_cast<uint2*>(xt + swz(r, c4 >> 1) + (c4 & 1) * 4) =
+                make_uint2(pack_h2(f.x, f.y), pack_h2(f.z, f.w));
         }
+        __half* wt = Ws + buf * BN * 32;
 #pragma unroll
         for (int u = 0; u < WU; u++) {
             const int idx = tid + u * NTH, n = idx >> 1, j = idx & 1;
             if (idx < 2 * BN) {
+                bool ok;
+                const uint8_t* wr = unit_row(u, ok);
                 uint32_t o[8];
-                wu[u].emit(o);
-                *reinterpret_cast<uint4*>(&Ws[buf][swz(n, 2 * j)]) = make_uint4(o[0], o[1], o[2], o[3]);
-                *reinterpret_cast<uint4*>(&Ws[buf][swz(n, 2 * j + 1)]) = make_uint4(o[4], o[5], o[6], o[7]);
+                U::emit(wslot(st, u), wr, c, j, o);
+                *reinterpret_cast<uint4*>(wt + swz(n, 2 * j)) = make_uint4(o[0], o[1], o[2], o[3]);
+                *reinterpret_cast<uint4*>(wt + swz(n, 2 * j + 1)) = make_uint4(o[4], o[5], o[6], o[7]);
             }
         }
     };
@@ -332,14 +451,18 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
 
-    load(0);
-    store(0);
+    // Pipeline: chunk c's copies are issued S-1 chunks ahead; chunk c+1 is decoded while
+    // chunk c is multiplied (two f16 buffers); one barrier per chunk.
+#pragma unroll 1
+    for (int c = 0; c < S - 1; c++) issue(c);
+    cp_wait_n(S - 2);  // chunk 0 landed
+    decode(0);
     __syncthreads();
+#pragma unroll 1
     for (int c = 0; c < nc; c++) {
-        const int buf = c & 1;
-        if (c + 1 < nc) load(c + 1);
-        const __half* xs = Xs[buf];
-        const __half* ws = Ws[buf];
+        issue(c + S - 1);  // into the stage chunk c-1 used (decoded two barriers ago)
+        const __half* xs = Xs + (c & 1) * BM * 32;
+        const __half* ws = Ws + (c & 1) * BN * 32;
 #pragma unroll
         for (int kk = 0; kk < 2; kk++) {
             uint32_t a[MT][4], b[NT][2];
@@ -361,7 +484,8 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) mma16816(acc[mt][nt], a[mt], b[nt]);
         }
-        if (c + 1 < nc) store(buf ^ 1);
+        cp_wait_n(S - 2);  // chunk c+1 landed (chunks up to c+S-1 committed)
+        if (c + 1 < nc) decode(c + 1);
         __syncthreads();
     }
 
@@ -389,11 +513,12 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
         }
 }
 
-// Tile shapes (BM tokens x BN rows, warps WM x WN); the launcher picks one per shape.
-#define MMA_TILES(M, name, T)      \
-    M(name, T, 128, 128, 2, 4)     \
-    M(name, T, 128, 64, 4, 2)      \
-    M(name, T, 64, 64, 2, 2)       \
+// Tile shapes (BM tokens x BN rows, warps WM x WN); the launcher picks one per shape and
+// lists the same (MMA_TILES), with the shared memory to give each.
+#define MMA_TILES(M, name, T)     \
+    M(name, T, 128, 128, 2, 4)    \
+    M(name, T, 128, 64, 4, 2)     \
+    M(name, T, 64, 64, 2, 2)      \
     M(name, T, 32, 64, 1, 4)
 
 #define MMA_ENTRY(name, T, BM, BN, WM, WN)                                                        \

@@ -8,4 +8,5 @@ out="${TMPDIR:-/tmp}/mma_emu"
 g++ -std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
   -Wall -Wno-unknown-pragmas -I "$here/tests/emu" -I "$here/kernels" \
   "$here/tests/emu/mma_emu.cpp" -o "$out"
-ASAN_OPTIONS=detect_stack_use_after_return=0 "$out" "$@"
+ASAN_OPTIONS=detect_stack_use_after_return=0 "$out" "${1:-all}" lazy
+ASAN_OPTIONS=detect_stack_use_after_return=0 "$out" "${1:-all}" eager

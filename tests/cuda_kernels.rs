@@ -395,7 +395,7 @@ fn mma_matmul_all_types() {
                     "mma {} {n_tok}x{rows}x{k} tile {}",
                     ty.name(),
                     match tile {
-                        Some(t) => format!("{}x{}", MMA_TILES[t].0, MMA_TILES[t].1),
+                        Some(t) => format!("{}x{}", MMA_TILES[t].tokens, MMA_TILES[t].rows),
                         None if via_matmul => "matmul".into(),
                         None => "auto".into(),
                     }

@@ -57,8 +57,16 @@ inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return
 inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 template <class T> inline T __ldg(const T* p) { return *p; }
 inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t sh) {
     return (uint32_t)((((uint64_t)hi << 32) | lo) >> (sh & 31));
+}
+#include <stdio.h>
+#include <stdlib.h>
+[[noreturn]] inline void __trap() {
+    fprintf(stderr, "EMU: __trap()\n");
+    abort();
 }
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int) { return v; }  // unused here

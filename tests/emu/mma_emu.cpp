@@ -27,15 +27,37 @@
 #include "cuda_fp16.h"
 
 dim3u threadIdx, blockIdx;
+extern uint8_t* emu_dyn_smem;
+extern uint32_t emu_dyn_smem_size;
+inline uint32_t dyn_smem_bytes() { return emu_dyn_smem_size; }
+void cp16(void* dst, const void* src, uint32_t bytes);
+void cp4(void* dst, const void* src, uint32_t bytes);
+void cp_commit();
+template <int N> void cp_wait();
 
 namespace emu {
 enum State { RUN, AT_BAR, AT_WARP, DONE };
+// A cp.async: `bytes` from src, zeros up to `size`.
+struct Copy {
+    void* dst;
+    const void* src;
+    uint32_t size, bytes;
+};
 struct Fiber {
     ucontext_t ctx;
     std::vector<char> stack;
     State st = RUN;
     void* fake_stack = nullptr;
+    std::vector<std::vector<Copy>> groups;  // committed, oldest first
+    std::vector<Copy> open;                 // not yet committed
 };
+// Eager: copies land when issued (finds a copy that overwrites a slot still to be read).
+// Lazy: they land at the latest, in the wait that requires them (finds reads before a wait).
+static bool eager = false;
+static void land(const Copy& c) {
+    memcpy(c.dst, c.src, c.bytes);
+    memset((char*)c.dst + c.bytes, 0, c.size - c.bytes);
+}
 enum Kind { LDSM, MMA };
 struct Warp {
     Kind kind[32];
@@ -169,6 +191,31 @@ static void run_block(int nth, const std::function<void()>& fn) {
 
 void __syncthreads() { emu::to_sched(emu::AT_BAR); }
 
+uint8_t* emu_dyn_smem;
+uint32_t emu_dyn_smem_size;
+
+static void cp_any(void* dst, const void* src, uint32_t size, uint32_t bytes) {
+    if (bytes > size) emu::fail("cp.async src-size > cp-size");
+    if (reinterpret_cast<uintptr_t>(dst) % size || (bytes && reinterpret_cast<uintptr_t>(src) % size))
+        emu::fail("cp.async address not aligned to its size");
+    emu::Copy c{dst, src, size, bytes};
+    if (emu::eager) emu::land(c); else emu::fibers[emu::cur].open.push_back(c);
+}
+void cp16(void* dst, const void* src, uint32_t bytes) { cp_any(dst, src, 16, bytes); }
+void cp4(void* dst, const void* src, uint32_t bytes) { cp_any(dst, src, 4, bytes); }
+void cp_commit() {
+    auto& f = emu::fibers[emu::cur];
+    f.groups.push_back(std::move(f.open));
+    f.open.clear();
+}
+template <int N> void cp_wait() {
+    auto& g = emu::fibers[emu::cur].groups;
+    while ((int)g.size() > N) {
+        for (auto& c : g.front()) emu::land(c);
+        g.erase(g.begin());
+    }
+}
+
 void ldsm_x4(const __half* p, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
     const int L = emu::cur & 31;
     emu::Warp& w = emu::warps[emu::cur >> 5];
@@ -194,10 +241,21 @@ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
 // ---------- the test driver ----------
 
 typedef void (*Kern)(const uint8_t*, const float*, float*, int, int, int, long long);
+// Shared memory as the launcher gives it (MMA_TILES in launch.rs); a second pass gives just
+// 3 stages' worth (the fewest the kernel takes).
 struct Tile {
-    int bm, bn, nth;
+    int bm, bn, nth, smem;
 };
-static const Tile TILES[4] = {{128, 128, 256}, {128, 64, 256}, {64, 64, 128}, {32, 64, 128}};
+static const Tile TILES[4] = {{128, 128, 256, 200 << 10}, {128, 64, 256, 200 << 10},
+                              {64, 64, 128, 100 << 10}, {32, 64, 128, 100 << 10}};
+template <int T> static int min_smem(int ti) {
+    switch (ti) {
+    case 0: return Layout<T, 128, 128, 256>::TILES + 3 * Layout<T, 128, 128, 256>::STAGE;
+    case 1: return Layout<T, 128, 64, 256>::TILES + 3 * Layout<T, 128, 64, 256>::STAGE;
+    case 2: return Layout<T, 64, 64, 128>::TILES + 3 * Layout<T, 64, 64, 128>::STAGE;
+    default: return Layout<T, 32, 64, 128>::TILES + 3 * Layout<T, 32, 64, 128>::STAGE;
+    }
+}
 
 #define K4(name) {mma_##name##_128x128, mma_##name##_128x64, mma_##name##_64x64, mma_##name##_32x64}
 struct TypeInfo {
@@ -205,15 +263,16 @@ struct TypeInfo {
     int id, block, bytes;
     Kern k[4];
     void (*chunk)(const uint8_t*, int, float*);
+    int (*min_smem)(int);
 };
 static const TypeInfo TYPES[] = {
-    {"f32", T_F32, 32, 128, K4(f32), Fmt<T_F32>::chunk},
-    {"f16", T_F16, 32, 64, K4(f16), Fmt<T_F16>::chunk},
-    {"q4_1", T_Q4_1, 32, 20, K4(q4_1), Fmt<T_Q4_1>::chunk},
-    {"q5_0", T_Q5_0, 32, 22, K4(q5_0), Fmt<T_Q5_0>::chunk},
-    {"q8_0", T_Q8_0, 32, 34, K4(q8_0), Fmt<T_Q8_0>::chunk},
-    {"q4_k", T_Q4_K, 256, 144, K4(q4_k), Fmt<T_Q4_K>::chunk},
-    {"q6_k", T_Q6_K, 256, 210, K4(q6_k), Fmt<T_Q6_K>::chunk},
+    {"f32", T_F32, 32, 128, K4(f32), Fmt<T_F32>::chunk, min_smem<T_F32>},
+    {"f16", T_F16, 32, 64, K4(f16), Fmt<T_F16>::chunk, min_smem<T_F16>},
+    {"q4_1", T_Q4_1, 32, 20, K4(q4_1), Fmt<T_Q4_1>::chunk, min_smem<T_Q4_1>},
+    {"q5_0", T_Q5_0, 32, 22, K4(q5_0), Fmt<T_Q5_0>::chunk, min_smem<T_Q5_0>},
+    {"q8_0", T_Q8_0, 32, 34, K4(q8_0), Fmt<T_Q8_0>::chunk, min_smem<T_Q8_0>},
+    {"q4_k", T_Q4_K, 256, 144, K4(q4_k), Fmt<T_Q4_K>::chunk, min_smem<T_Q4_K>},
+    {"q6_k", T_Q6_K, 256, 210, K4(q6_k), Fmt<T_Q6_K>::chunk, min_smem<T_Q6_K>},
 };
 
 static uint64_t rs = 0x1234567;
@@ -231,12 +290,14 @@ static void put16(uint8_t* p, float v) {
 }
 
 int main(int argc, char** argv) {
-    const char* only = argc > 1 ? argv[1] : nullptr;
+    const char* only = argc > 1 && strcmp(argv[1], "all") ? argv[1] : nullptr;
+    emu::eager = argc > 2 && !strcmp(argv[2], "eager");
+    printf("cp.async copies land %s\n", emu::eager ? "when issued" : "at the wait");
     int bad = 0, runs = 0;
     for (const TypeInfo& ty : TYPES) {
         if (only && strcmp(only, ty.name)) continue;
         const bool kq = ty.block == 256;
-        const int shapes[3][3] = {{70, kq ? 256 : 96, 17}, {133, kq ? 512 : 160, 2}, {200, kq ? 256 : 64, 150}};
+        const int shapes[3][3] = {{70, kq ? 256 : 96, 17}, {133, kq ? 512 : 352, 2}, {200, kq ? 256 : 64, 150}};
         for (auto& sh : shapes) {
             const int rows = sh[0], k = sh[1], n = sh[2];
             const long long rb = (long long)k / ty.block * ty.bytes;
@@ -274,12 +335,19 @@ int main(int argc, char** argv) {
                     for (int i = 0; i < k; i++) s += xd[(size_t)t * k + i] * wd[(size_t)r * k + i];
                     ref[(size_t)t * rows + r] = s;
                 }
-            for (int ti = 0; ti < 4; ti++) {
-                const Tile tl = TILES[ti];
+            for (int pass = 0; pass < 8; pass++) {
+                const int ti = pass % 4;
+                Tile tl = TILES[ti];
+                if (pass >= 4) tl.smem = ty.min_smem(ti);
                 std::vector<float> Y((size_t)n * rows, NAN);
                 for (int bx = 0; bx < (n + tl.bm - 1) / tl.bm; bx++)
                     for (int by = 0; by < (rows + tl.bn - 1) / tl.bn; by++) {
                         blockIdx = {(unsigned)bx, (unsigned)by, 0};
+                        // Garbage in shared memory, exactly sized (AddressSanitizer bounds).
+                        std::vector<uint8_t> sm(tl.smem);
+                        for (auto& b : sm) b = (uint8_t)rnd();
+                        emu_dyn_smem = sm.data();
+                        emu_dyn_smem_size = tl.smem;
                         emu::run_block(tl.nth, [&] { ty.k[ti](W.data(), X.data(), Y.data(), rows, k, n, rb); });
                     }
                 double num = 0, den = 0;
@@ -293,7 +361,8 @@ int main(int argc, char** argv) {
                 const bool ok = unwritten == 0 && e < 2e-5;
                 bad += !ok;
                 runs++;
-                printf("%-5s %3dx%-4d n=%-3d tile %3dx%-3d: rel err %.2e%s%s\n", ty.name, rows, k, n, tl.bm, tl.bn, e,
+                printf("%-5s %3dx%-4d n=%-3d tile %3dx%-3d smem %6d: rel err %.2e%s%s\n", ty.name, rows, k, n, tl.bm,
+                       tl.bn, tl.smem, e,
                        unwritten ? " UNWRITTEN" : "", ok ? "" : "  FAIL");
             }
         }

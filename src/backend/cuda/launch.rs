@@ -48,13 +48,54 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
     }
 }
 
-/// Tile shapes of kernels/mma_matmul.cu: (tokens, weight rows) per block and threads per block.
-pub const MMA_TILES: [(usize, usize, u32); 4] = [
-    (128, 128, 256),
-    (128, 64, 256),
-    (64, 64, 128),
-    (32, 64, 128),
+/// A tile shape of kernels/mma_matmul.cu (its `MMA_TILES` list, same order).
+#[derive(Debug, Clone, Copy)]
+pub struct MmaTile {
+    /// Tokens (rows of Y) per block.
+    pub tokens: usize,
+    /// Weight rows (columns of Y) per block.
+    pub rows: usize,
+    pub threads: u32,
+    /// Dynamic shared memory given to a block: the kernel runs as many copy stages (at most
+    /// 8) as it holds. 200 KB: one block a multiprocessor; 100 KB: two.
+    pub smem: usize,
+}
+
+impl MmaTile {
+    /// The fewest bytes the kernel takes (kernels/mma_matmul.cu's `Layout`): two f16 tiles of
+    /// 32 values a row for its tokens and rows, and 3 stages of per-thread copy slots (X
+    /// float4s and weight units of at most 16 words).
+    pub const fn min_smem(&self) -> usize {
+        let nth = self.threads as usize;
+        let xv = self.tokens * 8 / nth;
+        let wu = (2 * self.rows).div_ceil(nth);
+        (self.tokens + self.rows) * 128 + 3 * nth * (16 * xv + 4 * 16 * wu)
+    }
+}
+
+const fn tile(tokens: usize, rows: usize, threads: u32, smem: usize) -> MmaTile {
+    MmaTile {
+        tokens,
+        rows,
+        threads,
+        smem,
+    }
+}
+
+/// The tile shapes of kernels/mma_matmul.cu (its `MMA_TILES`, same order), largest first.
+pub const MMA_TILES: [MmaTile; 4] = [
+    tile(128, 128, 256, 200 << 10),
+    tile(128, 64, 256, 200 << 10),
+    tile(64, 64, 128, 100 << 10),
+    tile(32, 64, 128, 100 << 10),
 ];
+const _: () = {
+    let mut i = 0;
+    while i < MMA_TILES.len() {
+        assert!(MMA_TILES[i].min_smem() <= MMA_TILES[i].smem);
+        i += 1;
+    }
+};
 
 /// Prompt products of at least this many tokens run on the tensor cores (`matmul_mma`); shorter
 /// ones keep the f32 kernel.
@@ -98,8 +139,8 @@ const MMA_KERNELS: [&str; 28] = [
 fn mma_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
     (0..MMA_TILES.len())
         .find(|&i| {
-            let (bm, bn, _) = MMA_TILES[i];
-            n_tok.div_ceil(bm) * rows.div_ceil(bn) >= sms
+            let t = MMA_TILES[i];
+            n_tok.div_ceil(t.tokens) * rows.div_ceil(t.rows) >= sms
         })
         .unwrap_or(MMA_TILES.len() - 1)
 }
@@ -337,16 +378,59 @@ impl CudaDevice {
             }
             None => mma_tile(n_tok, rows, self.multiprocessors()?),
         };
-        let (bm, bn, threads) = MMA_TILES[t];
-        if rows.div_ceil(bn) > 65535 {
+        let tl = MMA_TILES[t];
+        if rows.div_ceil(tl.rows) > 65535 {
             return Err(Error::InvalidArgument(format!(
                 "matmul: {rows} rows is too many for one launch"
             )));
         }
-        let name = format!("mma_{}_{bm}x{bn}", type_suffix(ty)?);
-        let grid = (n_tok.div_ceil(bm) as u32, rows.div_ceil(bn) as u32, 1);
-        launch!(self, &name, grid, (threads, 1, 1);
-            w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64)
+        let name = format!("mma_{}_{}x{}", type_suffix(ty)?, tl.tokens, tl.rows);
+        let grid = (
+            n_tok.div_ceil(tl.tokens) as u32,
+            rows.div_ceil(tl.rows) as u32,
+            1,
+        );
+        let (mut wp, mut xp, mut yp, mut rows_v, mut k_v, mut n_v, mut rb_v) =
+            (w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64);
+        let mut params: [*mut c_void; 7] = [
+            &mut wp as *mut _ as *mut c_void,
+            &mut xp as *mut _ as *mut c_void,
+            &mut yp as *mut _ as *mut c_void,
+            &mut rows_v as *mut _ as *mut c_void,
+            &mut k_v as *mut _ as *mut c_void,
+            &mut n_v as *mut _ as *mut c_void,
+            &mut rb_v as *mut _ as *mut c_void,
+        ];
+        self.launch_smem(&name, grid, (tl.threads, 1, 1), tl.smem as u32, &mut params)
+    }
+
+    /// Launch `name` with `smem` bytes of dynamic shared memory (above 48 KB a kernel must ask
+    /// for it: its limit is raised first). `params` point at the arguments, in order.
+    fn launch_smem(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+        let f = *self
+            .inner
+            .funcs
+            .get(name)
+            .ok_or_else(|| Error::Internal(format!("kernel {name} was not loaded")))?;
+        self.inner.bind()?;
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+        }
+        .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
+        unsafe { result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), params) }
+            .map_err(|e| drv(&format!("launch of {name}"), e))
     }
 
     /// The GPU's multiprocessor count.

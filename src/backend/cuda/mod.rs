@@ -15,7 +15,7 @@ mod memory;
 mod model;
 
 pub use device::CudaDevice;
-pub use launch::{KvCacheLayer, RopeParams, MMA_MIN_TOKENS, MMA_TILES};
+pub use launch::{KvCacheLayer, MmaTile, RopeParams, MMA_MIN_TOKENS, MMA_TILES};
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
 
