@@ -81,18 +81,31 @@ struct Slot {
     __device__ __forceinline__ Slot operator+(int i) const { return Slot{base + i * stride, stride}; }
 };
 
-// The u16 at 2-byte aligned a, via its aligned word; reads no byte past a+1.
-__device__ __forceinline__ void cp_u16(uint32_t* dst, const uint8_t* a, bool ok) {
-    cp4(dst, align4(a), ok ? (lo2(a) ? 4u : 2u) : 0u);
+// The tensor's last 2 bytes can start a word that runs past its end: such a word is read
+// with a plain 16-bit load instead (once per tensor: its last block), since a cp.async of
+// the word counts as reading all 4 bytes (compute-sanitizer flags it).
+__device__ __forceinline__ void st_u16_now(uint32_t* dst, const uint8_t* a, bool ok) {
+    *dst = ok ? (uint32_t)__ldg(reinterpret_cast<const unsigned short*>(a)) : 0u;
+}
+// The u16 at 2-byte aligned a, via its aligned word; reads no byte past a+1 (`end`: the
+// tensor's end).
+__device__ __forceinline__ void cp_u16(uint32_t* dst, const uint8_t* a, bool ok, const uint8_t* end) {
+    if (!lo2(a) && a + 4 > end)
+        st_u16_now(dst, a, ok);  // its word runs past the end; the value lands in the low half
+    else
+        cp4(dst, align4(a), ok ? (lo2(a) ? 4u : 2u) : 0u);
 }
 __device__ __forceinline__ uint32_t u16_of(uint32_t w, const uint8_t* a) { return lo2(a) ? w >> 16 : w & 0xffffu; }
 
 // 16 bytes at a 2-byte aligned address A as 5 aligned words; reads no byte past A+15.
-__device__ __forceinline__ void cp_raw16(const Slot& dst, const uint8_t* A, bool ok) {
+__device__ __forceinline__ void cp_raw16(const Slot& dst, const uint8_t* A, bool ok, const uint8_t* end) {
     const uint8_t* p = A - lo2(A);
 #pragma unroll
     for (int i = 0; i < 4; i++) cp4(dst[i], p + 4 * i, ok ? 4u : 0u);
-    cp4(dst[4], p + 16, (ok && lo2(A)) ? 2u : 0u);
+    if (lo2(A) && p + 20 > end)
+        st_u16_now(dst[4], A + 14, ok);
+    else
+        cp4(dst[4], p + 16, (ok && lo2(A)) ? 2u : 0u);
 }
 // Bytes [4i, 4i+4) of those 16, from the 5 words w.
 __device__ __forceinline__ uint32_t raw16_word(const uint32_t* w, const uint8_t* A, int i) {
@@ -110,7 +123,7 @@ template <int T> struct Unit;
 
 template <> struct Unit<T_F32> {
     static constexpr int VEC = 4, N = 4;
-    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok, const uint8_t* end) {
         const float4* src = reinterpret_cast<const float4*>(wr) + c * 8 + j * 4;
 #pragma unroll
         for (int i = 0; i < 4; i++) cp16(p[i], src + i, ok ? 16u : 0u);
@@ -127,7 +140,7 @@ template <> struct Unit<T_F32> {
 
 template <> struct Unit<T_F16> {
     static constexpr int VEC = 4, N = 2;
-    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok, const uint8_t* end) {
         const uint4* src = reinterpret_cast<const uint4*>(wr) + c * 4 + j * 2;
 #pragma unroll
         for (int i = 0; i < 2; i++) cp16(p[i], src + i, ok ? 16u : 0u);
@@ -144,10 +157,10 @@ template <> struct Unit<T_F16> {
 // Q8_0: 34 bytes = d, 32 x int8 (2-byte aligned). Unit j: d and qs[16j, 16j+16).
 template <> struct Unit<T_Q8_0> {
     static constexpr int VEC = 1, N = 6;
-    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok, const uint8_t* end) {
         const uint8_t* b = wr + c * 34;
-        cp_u16(p[0], b, ok);
-        cp_raw16(p + 1, b + 2 + 16 * j, ok);
+        cp_u16(p[0], b, ok, end);
+        cp_raw16(p + 1, b + 2 + 16 * j, ok, end);
     }
     __device__ static void emit(const Slot& p, const uint8_t* wr, int c, int j, uint32_t o[8]) {
         const uint8_t* b = wr + c * 34;
@@ -169,7 +182,7 @@ template <> struct Unit<T_Q8_0> {
 // Unit j: nibble j of bytes 0..15; v = d*q + m.
 template <> struct Unit<T_Q4_1> {
     static constexpr int VEC = 1, N = 5;
-    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int, bool ok) {
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int, bool ok, const uint8_t*) {
         const uint8_t* b = wr + c * 20;
 #pragma unroll
         for (int i = 0; i < 5; i++) cp4(p[i], b + 4 * i, ok ? 4u : 0u);
@@ -191,11 +204,11 @@ template <> struct Unit<T_Q4_1> {
 // aligned). Unit j: nibble j of bytes 0..15 and qh bits [16j, 16j+16); v = d*(q - 16).
 template <> struct Unit<T_Q5_0> {
     static constexpr int VEC = 1, N = 7;
-    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok, const uint8_t* end) {
         const uint8_t* b = wr + c * 22;
-        cp_u16(p[0], b, ok);
-        cp_u16(p[1], b + 2 + 2 * j, ok);
-        cp_raw16(p + 2, b + 6, ok);
+        cp_u16(p[0], b, ok, end);
+        cp_u16(p[1], b + 2 + 2 * j, ok, end);
+        cp_raw16(p + 2, b + 6, ok, end);
     }
     __device__ static void emit(const Slot& p, const uint8_t* wr, int c, int j, uint32_t o[8]) {
         const uint8_t* b = wr + c * 22;
@@ -224,7 +237,7 @@ template <> struct Unit<T_Q5_0> {
 // nibble (s & 1) of bytes [32 (s >> 1), +32) of the nibbles. v = d*sc*q - dmin*mn.
 template <> struct Unit<T_Q4_K> {
     static constexpr int VEC = 4, N = 2;
-    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok, const uint8_t* end) {
         const uint8_t* b = wr + (c >> 3) * 144;
         cp16(p[0], b, ok ? 16u : 0u);
         cp16(p[1], b + 16 + ((c & 7) >> 1) * 32 + 16 * j, ok ? 16u : 0u);
@@ -273,14 +286,14 @@ template <> struct Unit<T_Q6_K> {
         sc = b + 192 + 8 * h + 2 * cc + j;
         d = b + 208;
     }
-    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok) {
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int j, bool ok, const uint8_t* end) {
         const uint8_t *ql, *qh, *sc, *d;
         at(wr, c, j, ql, qh, sc, d);
-        cp_raw16(p, ql, ok);
-        cp_raw16(p + 5, qh, ok);
+        cp_raw16(p, ql, ok, end);
+        cp_raw16(p + 5, qh, ok, end);
         // The scale byte's word, read up to that byte only.
         cp4(p[10], align4(sc), ok ? (uint32_t)(reinterpret_cast<uintptr_t>(sc) & 3) + 1 : 0u);
-        cp_u16(p[11], d, ok);
+        cp_u16(p[11], d, ok, end);
     }
     __device__ static void emit(const Slot& p, const uint8_t* wr, int c, int j, uint32_t o[8]) {
         const uint8_t *ql, *qh, *sc, *d;
@@ -335,10 +348,13 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const 
 __device__ __forceinline__ int swz(int row, int ch) { return row * 32 + ((ch ^ ((row >> 1) & 3)) << 3); }
 
 // ---------- the kernel ----------
-// Shared memory, dynamic: f16 tiles Xs[2][BM*32], Ws[2][BN*32], then S stages of raw slots:
-// per thread XV float4 of X, then WU weight units of U::N * U::VEC words. S = as many stages
-// as the dynamic shared memory given holds, at most 8 (the launcher sizes it: MMA_TILES in
-// src/backend/cuda/launch.rs); fewer than 3 traps.
+// A block has KG groups of WM x WN warps; group g multiplies chunks g, g+KG, g+2KG, ... (an
+// in-block split of k: more warps on one output tile, for products with few tiles) and the
+// groups' sums are added in a fixed order at the end. Each group has its own shared memory:
+// f16 tiles Xs[2][BM*32], Ws[2][BN*32], then S stages of raw slots: per thread XV float4 of
+// X, then WU weight units of U::N * U::VEC words. S = as many stages as the group's share of
+// the dynamic shared memory holds, at most 8 (the launcher sizes it for an occupancy: see
+// mma_smem in src/backend/cuda/launch.rs); fewer than 2 traps.
 template <int T, int BM, int BN, int NTH> struct Layout {
     static constexpr int XV = BM * 8 / NTH;                  // float4s of X per thread and chunk
     static constexpr int WU = (2 * BN + NTH - 1) / NTH;      // weight units per thread
@@ -349,11 +365,11 @@ template <int T, int BM, int BN, int NTH> struct Layout {
     static constexpr int MAX_STAGES = 8;
 };
 
-template <int T, int BM, int BN, int WM, int WN>
+template <int T, int BM, int BN, int WM, int WN, int KG>
 __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const float* __restrict__ X,
                                            float* __restrict__ Y, int rows, int k, int n_tok,
                                            long long row_bytes) {
-    constexpr int NTH = WM * WN * 32;
+    constexpr int NTH = WM * WN * 32;          // threads of a group
     constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
     constexpr int MT = TM / 16, NT = TN / 8;   // m16 and n8 tiles per warp
     using L = Layout<T, BM, BN, NTH>;
@@ -367,16 +383,22 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
 #else
     extern __shared__ __align__(128) uint8_t smem[];
 #endif
-    const int S = min(L::MAX_STAGES, ((int)dyn_smem_bytes() - L::TILES) / L::STAGE);
-    if (S < 3) __trap();
-    __half* Xs = reinterpret_cast<__half*>(smem);             // [2][BM * 32]
+    const int share = (int)dyn_smem_bytes() / KG & ~127;  // each group's bytes
+    const int S = min(L::MAX_STAGES, (share - L::TILES) / L::STAGE);
+    if (S < 2) __trap();
+    const int grp = threadIdx.x / NTH, tid = threadIdx.x % NTH;
+    uint8_t* gsm = smem + grp * share;
+    __half* Xs = reinterpret_cast<__half*>(gsm);              // [2][BM * 32]
     __half* Ws = Xs + 2 * BM * 32;                            // [2][BN * 32]
-    uint8_t* raw = smem + L::TILES;
+    uint8_t* raw = gsm + L::TILES;
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WN, wn = warp % WN;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int nc = k / 32;
+    const int nc = k / 32;                  // chunks of the row
+    const int ni = (nc + KG - 1) / KG;      // iterations (the same for every group)
+    const int mine = (nc - grp + KG - 1) / KG;  // chunks of this group: grp + KG*i, i < mine
+    const uint8_t* wend = W + (long long)rows * row_bytes;
 
     // This thread's slots in stage st: X piece v at xslot(st)[v * NTH]; weight unit u's
     // pieces via wslot(st, u).
@@ -395,10 +417,11 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
         return W + (ok ? (long long)row * row_bytes : 0);
     };
 
-    // Issue the copies of chunk c into stage c % S (one commit group per chunk, even empty).
-    auto issue = [&](int c) {
-        if (c < nc) {
-            const int st = c % S;
+    // Issue the copies of this group's i-th chunk into stage i % S (one commit group per
+    // call, even empty).
+    auto issue = [&](int i) {
+        if (i < mine) {
+            const int st = i % S, c = grp + KG * i;
             float4* xd = xslot(st);
 #pragma unroll
             for (int v = 0; v < XV; v++) {
@@ -411,14 +434,16 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
             for (int u = 0; u < WU; u++) {
                 bool ok;
                 const uint8_t* wr = unit_row(u, ok);
-                if (tid + u * NTH < 2 * BN) U::copy(wslot(st, u), wr, c, (tid + u * NTH) & 1, ok);
+                if (tid + u * NTH < 2 * BN)
+                    U::copy(wslot(st, u), wr, c, (tid + u * NTH) & 1, ok, wend);
             }
         }
         cp_commit();
     };
-    // Decode chunk c (this thread's own slots; its copies have landed) into f16 buffer c & 1.
-    auto decode = [&](int c) {
-        const int st = c % S, buf = c & 1;
+    // Decode the i-th chunk (this thread's own slots; its copies have landed) into f16
+    // buffer i & 1.
+    auto decode = [&](int i) {
+        const int st = i % S, buf = i & 1, c = grp + KG * i;
         const float4* xs = xslot(st);
         __half* xt = Xs + buf * BM * 32;
 #pragma unroll
@@ -451,42 +476,69 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
 
-    // Pipeline: chunk c's copies are issued S-1 chunks ahead; chunk c+1 is decoded while
-    // chunk c is multiplied (two f16 buffers); one barrier per chunk.
+    // Pipeline: chunk i's copies are issued S-1 chunks ahead; chunk i+1 is decoded while
+    // chunk i is multiplied (two f16 buffers); one barrier per iteration.
 #pragma unroll 1
-    for (int c = 0; c < S - 1; c++) issue(c);
+    for (int i = 0; i < S - 1; i++) issue(i);
     cp_wait_n(S - 2);  // chunk 0 landed
-    decode(0);
+    if (mine > 0) decode(0);
     __syncthreads();
 #pragma unroll 1
-    for (int c = 0; c < nc; c++) {
-        issue(c + S - 1);  // into the stage chunk c-1 used (decoded two barriers ago)
-        const __half* xs = Xs + (c & 1) * BM * 32;
-        const __half* ws = Ws + (c & 1) * BN * 32;
+    for (int i = 0; i < ni; i++) {
+        issue(i + S - 1);  // into the stage chunk i-1 used (decoded two barriers ago)
+        if (i < mine) {
+            const __half* xs = Xs + (i & 1) * BM * 32;
+            const __half* ws = Ws + (i & 1) * BN * 32;
 #pragma unroll
-        for (int kk = 0; kk < 2; kk++) {
-            uint32_t a[MT][4], b[NT][2];
+            for (int kk = 0; kk < 2; kk++) {
+                uint32_t a[MT][4], b[NT][2];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                // Lane groups of 8 address the four 8x8 matrices: rows +0/+8, k +0/+8.
-                const int r = wm * TM + mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-                ldsm_x4(xs + swz(r, 2 * kk + (lane >> 4)), a[mt][0], a[mt][1], a[mt][2], a[mt][3]);
+                for (int mt = 0; mt < MT; mt++) {
+                    // Lane groups of 8 address the four 8x8 matrices: rows +0/+8, k +0/+8.
+                    const int r = wm * TM + mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                    ldsm_x4(xs + swz(r, 2 * kk + (lane >> 4)), a[mt][0], a[mt][1], a[mt][2], a[mt][3]);
+                }
+#pragma unroll
+                for (int np = 0; np < NT / 2; np++) {
+                    // Matrices: (n-tile 2np, k lo), (2np, k hi), (2np+1, k lo), (2np+1, k hi).
+                    const int r = wn * TN + np * 16 + (lane & 7) + 8 * (lane >> 4);
+                    ldsm_x4(ws + swz(r, 2 * kk + ((lane >> 3) & 1)), b[2 * np][0], b[2 * np][1],
+                            b[2 * np + 1][0], b[2 * np + 1][1]);
+                }
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) mma16816(acc[mt][nt], a[mt], b[nt]);
             }
-#pragma unroll
-            for (int np = 0; np < NT / 2; np++) {
-                // Matrices: (n-tile 2np, k lo), (2np, k hi), (2np+1, k lo), (2np+1, k hi).
-                const int r = wn * TN + np * 16 + (lane & 7) + 8 * (lane >> 4);
-                ldsm_x4(ws + swz(r, 2 * kk + ((lane >> 3) & 1)), b[2 * np][0], b[2 * np][1],
-                        b[2 * np + 1][0], b[2 * np + 1][1]);
-            }
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) mma16816(acc[mt][nt], a[mt], b[nt]);
         }
-        cp_wait_n(S - 2);  // chunk c+1 landed (chunks up to c+S-1 committed)
-        if (c + 1 < nc) decode(c + 1);
+        cp_wait_n(S - 2);  // chunk i+1 landed (chunks up to i+S-1 committed)
+        if (i + 1 < mine) decode(i + 1);
         __syncthreads();
+    }
+
+    if (KG > 1) {
+        // Groups 1.. hand their sums to group 0 through shared memory (every copy has landed
+        // and been decoded, and the last barrier ended all reads of the tiles).
+        float* red = reinterpret_cast<float*>(smem);  // [KG-1][MT*NT*4][NTH]
+        if (grp > 0) {
+#pragma unroll
+            for (int a = 0; a < MT; a++)
+#pragma unroll
+                for (int b = 0; b < NT; b++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        red[((grp - 1) * MT * NT * 4 + (a * NT + b) * 4 + e) * NTH + tid] = acc[a][b][e];
+        }
+        __syncthreads();
+        if (grp > 0) return;
+        for (int g = 1; g < KG; g++)
+#pragma unroll
+            for (int a = 0; a < MT; a++)
+#pragma unroll
+                for (int b = 0; b < NT; b++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        acc[a][b][e] += red[((g - 1) * MT * NT * 4 + (a * NT + b) * 4 + e) * NTH + tid];
     }
 
     // Accumulator (g = lane/4, t = lane%4): [0],[1] at (token g, rows 2t, 2t+1), [2],[3] at g+8.
@@ -513,19 +565,22 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
         }
 }
 
-// Tile shapes (BM tokens x BN rows, warps WM x WN); the launcher picks one per shape and
-// lists the same (MMA_TILES), with the shared memory to give each.
-#define MMA_TILES(M, name, T)     \
-    M(name, T, 128, 128, 2, 4)    \
-    M(name, T, 128, 64, 4, 2)     \
-    M(name, T, 64, 64, 2, 2)      \
-    M(name, T, 32, 64, 1, 4)
+// Tile shapes (BM tokens x BN rows, warps WM x WN, KG groups, MINB blocks a multiprocessor
+// that the registers must allow); the launcher picks one per shape and lists the same
+// (MMA_TILES, with MINB as per_sm).
+#define MMA_TILES(M, name, T)            \
+    M(name, T, 128, 128, 2, 4, 1, 2)     \
+    M(name, T, 128, 64, 4, 2, 1, 2)      \
+    M(name, T, 64, 64, 2, 2, 1, 4)       \
+    M(name, T, 32, 64, 1, 4, 1, 6)       \
+    M(name, T, 64, 64, 2, 2, 2, 2)       \
+    M(name, T, 32, 64, 1, 4, 4, 2)
 
-#define MMA_ENTRY(name, T, BM, BN, WM, WN)                                                        \
-    extern "C" __global__ void __launch_bounds__(WM * WN * 32) mma_##name##_##BM##x##BN(           \
-        const uint8_t* W, const float* X, float* Y, int rows, int k, int n_tok,                   \
-        long long row_bytes) {                                                                    \
-        mma_matmul<T, BM, BN, WM, WN>(W, X, Y, rows, k, n_tok, row_bytes);                         \
+#define MMA_ENTRY(name, T, BM, BN, WM, WN, KG, MINB)                                          \
+    extern "C" __global__ void __launch_bounds__(WM * WN * 32 * KG, MINB)                     \
+        mma_##name##_##BM##x##BN##k##KG(const uint8_t* W, const float* X, float* Y, int rows, \
+                                        int k, int n_tok, long long row_bytes) {              \
+        mma_matmul<T, BM, BN, WM, WN, KG>(W, X, Y, rows, k, n_tok, row_bytes);                 \
     }
 #define MMA_TYPE(name, T) MMA_TILES(MMA_ENTRY, name, T)
 FOR_EACH_TYPE(MMA_TYPE)

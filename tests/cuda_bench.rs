@@ -189,8 +189,9 @@ fn mma_prompt_bench() {
                     .map(|t| b.time(&wd, ty, rows, k, n_tok, Kernel::Mma(Some(t)), 9))
                     .collect();
                 let tf = |ms| tflops(n_tok, rows, k, ms);
+                let pick = dev.mma_tile_for(n_tok, rows, k).unwrap();
                 let mut line = format!(
-                    "| {model} {name:<7} | {:<4} | {rows}x{k} | {n_tok} | {:.2} | {:.1} ({:.3} ms) |",
+                    "| {model} {name:<7} | {:<4} | {rows}x{k} | {n_tok} | {:.2} | {:.1} ({:.3} ms, #{pick}) |",
                     ty.name(),
                     tf(old),
                     tf(auto),
@@ -210,7 +211,7 @@ fn mma_prompt_bench() {
             }
         }
     }
-    say("\n| product | type | rows x k | tokens | old TFLOP/s | new TFLOP/s (time) | tiles 128x128 128x64 64x64 32x64 |");
+    say("\n| product | type | rows x k | tokens | old TFLOP/s | new TFLOP/s (time) | tiles 128x128 128x64 64x64 32x64 64x64k2 32x64k4 |");
     say("|---|---|---|---|---|---|---|");
     for l in &table {
         say(l);

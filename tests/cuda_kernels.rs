@@ -268,8 +268,8 @@ fn matvec_all_types() {
     }
 }
 
-// Same arithmetic per output as mat-vec: tolerance 1e-5. 13 tokens: one full group of 8 and a
-// partial one.
+// The f32 mat-mul kernel (`matmul` below MMA_MIN_TOKENS): the same arithmetic per output as
+// mat-vec: tolerance 1e-5. 13 tokens: one full group of 8 and a partial one.
 #[test]
 fn matmul_all_types() {
     let Some(dev) = device("matmul_all_types") else {
@@ -284,7 +284,8 @@ fn matmul_all_types() {
         let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
         let mut yd = dev.alloc(n_tok * rows * 4, MemKind::Scratch).unwrap();
         dev.fill_bytes(&mut yd, POISON).unwrap();
-        dev.matmul(ty, &wd, rows, k, &xd, n_tok, &mut yd).unwrap();
+        dev.matmul_f32(ty, &wd, rows, k, &xd, n_tok, &mut yd)
+            .unwrap();
         let y = dev.download_f32(&yd, n_tok * rows).unwrap();
         let wr = dequant_rows(ty, &w, rows, k);
         let mut reference = Vec::new();
@@ -395,7 +396,10 @@ fn mma_matmul_all_types() {
                     "mma {} {n_tok}x{rows}x{k} tile {}",
                     ty.name(),
                     match tile {
-                        Some(t) => format!("{}x{}", MMA_TILES[t].tokens, MMA_TILES[t].rows),
+                        Some(t) => {
+                            let tl = MMA_TILES[t];
+                            format!("{}x{}k{}", tl.tokens, tl.rows, tl.kgroups)
+                        }
                         None if via_matmul => "matmul".into(),
                         None => "auto".into(),
                     }

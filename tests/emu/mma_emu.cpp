@@ -9,7 +9,9 @@
 // are rare 1-ulp f16 flips of a weight (fma vs separate rounding in the f32 decode).
 #define MMA_EMULATE 1
 #include <ucontext.h>
+#include <unistd.h>
 #ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
 #define FINISH_SWITCH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
@@ -18,6 +20,7 @@
 #define FINISH_SWITCH(save, bottom, size) (void)0
 #endif
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -75,7 +78,8 @@ static size_t sched_stack_size;
 
 static void fail(const std::string& m) {
     fprintf(stderr, "EMU ERROR: %s\n", m.c_str());
-    exit(2);
+    fflush(nullptr);
+    _exit(2);  // no destructors: this may run on a fiber's stack
 }
 
 static void to_sched(State s) {
@@ -196,6 +200,11 @@ uint32_t emu_dyn_smem_size;
 
 static void cp_any(void* dst, const void* src, uint32_t size, uint32_t bytes) {
     if (bytes > size) emu::fail("cp.async src-size > cp-size");
+#ifdef __SANITIZE_ADDRESS__
+    // compute-sanitizer counts the whole cp-size as read, even with a smaller src-size.
+    if (bytes && __asan_region_is_poisoned(const_cast<void*>(src), size))
+        emu::fail("cp.async source word runs past its buffer");
+#endif
     if (reinterpret_cast<uintptr_t>(dst) % size || (bytes && reinterpret_cast<uintptr_t>(src) % size))
         emu::fail("cp.async address not aligned to its size");
     emu::Copy c{dst, src, size, bytes};
@@ -241,38 +250,42 @@ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
 // ---------- the test driver ----------
 
 typedef void (*Kern)(const uint8_t*, const float*, float*, int, int, int, long long);
-// Shared memory as the launcher gives it (MMA_TILES in launch.rs); a second pass gives just
-// 3 stages' worth (the fewest the kernel takes).
+// Tiles and shared memory as the launcher gives them (MMA_TILES and MmaTile::smem_bytes in
+// src/backend/cuda/launch.rs, the same formula); a second pass gives each k-group just 2
+// stages' worth (the fewest the kernel takes).
 struct Tile {
-    int bm, bn, nth, smem;
+    int bm, bn, warps, kg, per_sm;
 };
-static const Tile TILES[4] = {{128, 128, 256, 200 << 10}, {128, 64, 256, 200 << 10},
-                              {64, 64, 128, 100 << 10}, {32, 64, 128, 100 << 10}};
-template <int T> static int min_smem(int ti) {
-    switch (ti) {
-    case 0: return Layout<T, 128, 128, 256>::TILES + 3 * Layout<T, 128, 128, 256>::STAGE;
-    case 1: return Layout<T, 128, 64, 256>::TILES + 3 * Layout<T, 128, 64, 256>::STAGE;
-    case 2: return Layout<T, 64, 64, 128>::TILES + 3 * Layout<T, 64, 64, 128>::STAGE;
-    default: return Layout<T, 32, 64, 128>::TILES + 3 * Layout<T, 32, 64, 128>::STAGE;
-    }
+static const int NTILES = 6;
+static const Tile TILES[NTILES] = {{128, 128, 8, 1, 2}, {128, 64, 8, 1, 2}, {64, 64, 4, 1, 4},
+                                   {32, 64, 4, 1, 6},   {64, 64, 4, 2, 2},  {32, 64, 4, 4, 2}};
+static int smem_for(const Tile& t, int words, bool fewest) {
+    const int nth = t.warps * 32, xv = t.bm * 8 / nth, wu = (2 * t.bn + nth - 1) / nth;
+    const int tiles = (t.bm + t.bn) * 128, stage = nth * 16 * xv + nth * 4 * words * wu;
+    const int fit = ((228 << 10) / t.per_sm - 1024) / t.kg / 128 * 128;
+    int share = fewest ? tiles + 2 * stage : std::max(std::min(tiles + 8 * stage, fit), tiles + 2 * stage);
+    share = (share + 127) / 128 * 128;
+    return share * t.kg;
 }
 
-#define K4(name) {mma_##name##_128x128, mma_##name##_128x64, mma_##name##_64x64, mma_##name##_32x64}
+#define K4(name)                                                                              \
+    {mma_##name##_128x128k1, mma_##name##_128x64k1, mma_##name##_64x64k1, mma_##name##_32x64k1, \
+     mma_##name##_64x64k2, mma_##name##_32x64k4}
 struct TypeInfo {
     const char* name;
     int id, block, bytes;
-    Kern k[4];
+    Kern k[NTILES];
     void (*chunk)(const uint8_t*, int, float*);
-    int (*min_smem)(int);
+    int words;
 };
 static const TypeInfo TYPES[] = {
-    {"f32", T_F32, 32, 128, K4(f32), Fmt<T_F32>::chunk, min_smem<T_F32>},
-    {"f16", T_F16, 32, 64, K4(f16), Fmt<T_F16>::chunk, min_smem<T_F16>},
-    {"q4_1", T_Q4_1, 32, 20, K4(q4_1), Fmt<T_Q4_1>::chunk, min_smem<T_Q4_1>},
-    {"q5_0", T_Q5_0, 32, 22, K4(q5_0), Fmt<T_Q5_0>::chunk, min_smem<T_Q5_0>},
-    {"q8_0", T_Q8_0, 32, 34, K4(q8_0), Fmt<T_Q8_0>::chunk, min_smem<T_Q8_0>},
-    {"q4_k", T_Q4_K, 256, 144, K4(q4_k), Fmt<T_Q4_K>::chunk, min_smem<T_Q4_K>},
-    {"q6_k", T_Q6_K, 256, 210, K4(q6_k), Fmt<T_Q6_K>::chunk, min_smem<T_Q6_K>},
+    {"f32", T_F32, 32, 128, K4(f32), Fmt<T_F32>::chunk, Unit<T_F32>::N * Unit<T_F32>::VEC},
+    {"f16", T_F16, 32, 64, K4(f16), Fmt<T_F16>::chunk, Unit<T_F16>::N * Unit<T_F16>::VEC},
+    {"q4_1", T_Q4_1, 32, 20, K4(q4_1), Fmt<T_Q4_1>::chunk, Unit<T_Q4_1>::N * Unit<T_Q4_1>::VEC},
+    {"q5_0", T_Q5_0, 32, 22, K4(q5_0), Fmt<T_Q5_0>::chunk, Unit<T_Q5_0>::N * Unit<T_Q5_0>::VEC},
+    {"q8_0", T_Q8_0, 32, 34, K4(q8_0), Fmt<T_Q8_0>::chunk, Unit<T_Q8_0>::N * Unit<T_Q8_0>::VEC},
+    {"q4_k", T_Q4_K, 256, 144, K4(q4_k), Fmt<T_Q4_K>::chunk, Unit<T_Q4_K>::N * Unit<T_Q4_K>::VEC},
+    {"q6_k", T_Q6_K, 256, 210, K4(q6_k), Fmt<T_Q6_K>::chunk, Unit<T_Q6_K>::N * Unit<T_Q6_K>::VEC},
 };
 
 static uint64_t rs = 0x1234567;
@@ -335,20 +348,20 @@ int main(int argc, char** argv) {
                     for (int i = 0; i < k; i++) s += xd[(size_t)t * k + i] * wd[(size_t)r * k + i];
                     ref[(size_t)t * rows + r] = s;
                 }
-            for (int pass = 0; pass < 8; pass++) {
-                const int ti = pass % 4;
-                Tile tl = TILES[ti];
-                if (pass >= 4) tl.smem = ty.min_smem(ti);
+            for (int pass = 0; pass < 2 * NTILES; pass++) {
+                const int ti = pass % NTILES;
+                const Tile tl = TILES[ti];
+                const int smem = smem_for(tl, ty.words, pass >= NTILES);
                 std::vector<float> Y((size_t)n * rows, NAN);
                 for (int bx = 0; bx < (n + tl.bm - 1) / tl.bm; bx++)
                     for (int by = 0; by < (rows + tl.bn - 1) / tl.bn; by++) {
                         blockIdx = {(unsigned)bx, (unsigned)by, 0};
                         // Garbage in shared memory, exactly sized (AddressSanitizer bounds).
-                        std::vector<uint8_t> sm(tl.smem);
+                        std::vector<uint8_t> sm(smem);
                         for (auto& b : sm) b = (uint8_t)rnd();
                         emu_dyn_smem = sm.data();
-                        emu_dyn_smem_size = tl.smem;
-                        emu::run_block(tl.nth, [&] { ty.k[ti](W.data(), X.data(), Y.data(), rows, k, n, rb); });
+                        emu_dyn_smem_size = smem;
+                        emu::run_block(tl.warps * 32 * tl.kg, [&] { ty.k[ti](W.data(), X.data(), Y.data(), rows, k, n, rb); });
                     }
                 double num = 0, den = 0;
                 int unwritten = 0;
@@ -361,8 +374,8 @@ int main(int argc, char** argv) {
                 const bool ok = unwritten == 0 && e < 2e-5;
                 bad += !ok;
                 runs++;
-                printf("%-5s %3dx%-4d n=%-3d tile %3dx%-3d smem %6d: rel err %.2e%s%s\n", ty.name, rows, k, n, tl.bm,
-                       tl.bn, tl.smem, e,
+                printf("%-5s %3dx%-4d n=%-3d tile %3dx%-3dk%d smem %6d: rel err %.2e%s%s\n", ty.name, rows, k, n, tl.bm,
+                       tl.bn, tl.kg, smem, e,
                        unwritten ? " UNWRITTEN" : "", ok ? "" : "  FAIL");
             }
         }

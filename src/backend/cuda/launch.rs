@@ -43,7 +43,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "attention" => &["kv_store", "attention"],
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
         "argmax" => &["argmax_rows"],
-        "mma_matmul" => &MMA_KERNELS,
+        "mma_matmul" => mma_kernels(),
         _ => &[],
     }
 }
@@ -55,94 +55,123 @@ pub struct MmaTile {
     pub tokens: usize,
     /// Weight rows (columns of Y) per block.
     pub rows: usize,
-    pub threads: u32,
-    /// Dynamic shared memory given to a block: the kernel runs as many copy stages (at most
-    /// 8) as it holds. 200 KB: one block a multiprocessor; 100 KB: two.
-    pub smem: usize,
+    /// Warps of one k-group.
+    pub warps: usize,
+    /// k-groups: warp groups of a block that split the row length and add up at the end.
+    pub kgroups: usize,
+    /// Blocks per multiprocessor that the shared memory is sized for (where the weight
+    /// type's copy stages allow).
+    pub per_sm: usize,
 }
 
 impl MmaTile {
-    /// The fewest bytes the kernel takes (kernels/mma_matmul.cu's `Layout`): two f16 tiles of
-    /// 32 values a row for its tokens and rows, and 3 stages of per-thread copy slots (X
-    /// float4s and weight units of at most 16 words).
-    pub const fn min_smem(&self) -> usize {
-        let nth = self.threads as usize;
+    pub const fn threads(&self) -> usize {
+        self.warps * 32 * self.kgroups
+    }
+
+    /// Name of the kernel for weight-type suffix `ty`.
+    pub fn kernel(&self, ty: &str) -> String {
+        format!("mma_{ty}_{}x{}k{}", self.tokens, self.rows, self.kgroups)
+    }
+
+    /// Dynamic shared memory for weight type `ty`, as kernels/mma_matmul.cu's `Layout` per
+    /// k-group: f16 tiles of 32 values a row for the tokens and rows (two buffers), then copy
+    /// stages of the group's threads' slots (X float4s, weight units). As many stages (2 to
+    /// 8) as fit `per_sm` blocks in a multiprocessor's 228 KB (1 KB of it reserved per block);
+    /// the kernel derives the stage count from the size it is given.
+    pub fn smem_bytes(&self, ty: GgmlType) -> usize {
+        let nth = self.warps * 32;
         let xv = self.tokens * 8 / nth;
         let wu = (2 * self.rows).div_ceil(nth);
-        (self.tokens + self.rows) * 128 + 3 * nth * (16 * xv + 4 * 16 * wu)
+        let tiles = (self.tokens + self.rows) * 128;
+        let stage = nth * 16 * xv + nth * 4 * unit_words(ty) * wu;
+        let fit = ((228 << 10) / self.per_sm - 1024) / self.kgroups / 128 * 128;
+        let share = (tiles + 8 * stage)
+            .min(fit)
+            .max(tiles + 2 * stage)
+            .div_ceil(128)
+            * 128;
+        share * self.kgroups
     }
 }
 
-const fn tile(tokens: usize, rows: usize, threads: u32, smem: usize) -> MmaTile {
+/// Words a thread copies for one 16-value weight unit (kernels/mma_matmul.cu: `Unit<T>::N *
+/// Unit<T>::VEC`).
+fn unit_words(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F32 => 16,
+        GgmlType::F16 | GgmlType::Q4_K => 8,
+        GgmlType::Q4_1 => 5,
+        GgmlType::Q5_0 => 7,
+        GgmlType::Q8_0 => 6,
+        _ => 12, // Q6_K (the largest quantized unit)
+    }
+}
+
+const fn tile(tokens: usize, rows: usize, warps: usize, kgroups: usize, per_sm: usize) -> MmaTile {
     MmaTile {
         tokens,
         rows,
-        threads,
-        smem,
+        warps,
+        kgroups,
+        per_sm,
     }
 }
 
-/// The tile shapes of kernels/mma_matmul.cu (its `MMA_TILES`, same order), largest first.
-pub const MMA_TILES: [MmaTile; 4] = [
-    tile(128, 128, 256, 200 << 10),
-    tile(128, 64, 256, 200 << 10),
-    tile(64, 64, 128, 100 << 10),
-    tile(32, 64, 128, 100 << 10),
+/// The tile shapes of kernels/mma_matmul.cu (its `MMA_TILES`, same order).
+pub const MMA_TILES: [MmaTile; 6] = [
+    tile(128, 128, 8, 1, 2),
+    tile(128, 64, 8, 1, 2),
+    tile(64, 64, 4, 1, 4),
+    tile(32, 64, 4, 1, 6),
+    tile(64, 64, 4, 2, 2),
+    tile(32, 64, 4, 4, 2),
 ];
-const _: () = {
-    let mut i = 0;
-    while i < MMA_TILES.len() {
-        assert!(MMA_TILES[i].min_smem() <= MMA_TILES[i].smem);
-        i += 1;
-    }
-};
 
 /// Prompt products of at least this many tokens run on the tensor cores (`matmul_mma`); shorter
 /// ones keep the f32 kernel.
 pub const MMA_MIN_TOKENS: usize = 16;
 
-/// `mma_{type}_{tokens}x{rows}` for every type and tile of kernels/mma_matmul.cu.
-const MMA_KERNELS: [&str; 28] = [
-    "mma_f32_128x128",
-    "mma_f32_128x64",
-    "mma_f32_64x64",
-    "mma_f32_32x64",
-    "mma_f16_128x128",
-    "mma_f16_128x64",
-    "mma_f16_64x64",
-    "mma_f16_32x64",
-    "mma_q4_1_128x128",
-    "mma_q4_1_128x64",
-    "mma_q4_1_64x64",
-    "mma_q4_1_32x64",
-    "mma_q5_0_128x128",
-    "mma_q5_0_128x64",
-    "mma_q5_0_64x64",
-    "mma_q5_0_32x64",
-    "mma_q8_0_128x128",
-    "mma_q8_0_128x64",
-    "mma_q8_0_64x64",
-    "mma_q8_0_32x64",
-    "mma_q4_k_128x128",
-    "mma_q4_k_128x64",
-    "mma_q4_k_64x64",
-    "mma_q4_k_32x64",
-    "mma_q6_k_128x128",
-    "mma_q6_k_128x64",
-    "mma_q6_k_64x64",
-    "mma_q6_k_32x64",
-];
+const TYPE_SUFFIXES: [&str; 7] = ["f32", "f16", "q4_1", "q5_0", "q8_0", "q4_k", "q6_k"];
 
-/// The tile for an n_tok x rows product on `sms` multiprocessors: the largest that still gives
-/// every multiprocessor a block (big tiles decode each weight for more tokens), else the
-/// smallest.
-fn mma_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
-    (0..MMA_TILES.len())
-        .find(|&i| {
-            let t = MMA_TILES[i];
-            n_tok.div_ceil(t.tokens) * rows.div_ceil(t.rows) >= sms
+/// `mma_{type}_{tokens}x{rows}k{groups}` for every type and tile of kernels/mma_matmul.cu.
+fn mma_kernels() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        TYPE_SUFFIXES
+            .iter()
+            .flat_map(|ty| MMA_TILES.iter().map(move |t| t.kernel(ty)))
+            .map(|n| &*Box::leak(n.into_boxed_str()))
+            .collect()
+    })
+}
+
+/// The tile for an n_tok x rows product with `nc` 32-value chunks a row on `sms`
+/// multiprocessors. Among the one-group tiles, the least estimated time: waves of blocks
+/// (per_sm a multiprocessor) times a block's work over its tile's relative speed (smaller
+/// tiles decode each weight for fewer tokens and reuse fragments less: measured on an H200).
+/// When even the smallest leaves multiprocessors idle, the k-split tiles put more warps on
+/// each output tile.
+fn mma_tile(n_tok: usize, rows: usize, nc: usize, sms: usize) -> usize {
+    const SPEED: [f64; 4] = [1.0, 1.0, 0.93, 0.65];
+    let blocks = |t: &MmaTile| n_tok.div_ceil(t.tokens) * rows.div_ceil(t.rows);
+    if blocks(&MMA_TILES[3]) < sms && nc >= 8 {
+        return if blocks(&MMA_TILES[2]) * 2 >= sms {
+            4
+        } else {
+            5
+        };
+    }
+    (0..4)
+        .min_by(|&a, &b| {
+            let est = |i: usize| {
+                let t = &MMA_TILES[i];
+                let waves = blocks(t).div_ceil(sms * t.per_sm) as f64;
+                waves * (t.tokens * t.rows * t.per_sm) as f64 / SPEED[i]
+            };
+            est(a).total_cmp(&est(b))
         })
-        .unwrap_or(MMA_TILES.len() - 1)
+        .unwrap_or(0)
 }
 
 /// Kernel-name suffix of a weight type the quantized kernels support.
@@ -376,7 +405,7 @@ impl CudaDevice {
                     MMA_TILES.len()
                 )))
             }
-            None => mma_tile(n_tok, rows, self.multiprocessors()?),
+            None => mma_tile(n_tok, rows, k / 32, self.multiprocessors()?),
         };
         let tl = MMA_TILES[t];
         if rows.div_ceil(tl.rows) > 65535 {
@@ -384,7 +413,7 @@ impl CudaDevice {
                 "matmul: {rows} rows is too many for one launch"
             )));
         }
-        let name = format!("mma_{}_{}x{}", type_suffix(ty)?, tl.tokens, tl.rows);
+        let name = tl.kernel(type_suffix(ty)?);
         let grid = (
             n_tok.div_ceil(tl.tokens) as u32,
             rows.div_ceil(tl.rows) as u32,
@@ -401,7 +430,13 @@ impl CudaDevice {
             &mut n_v as *mut _ as *mut c_void,
             &mut rb_v as *mut _ as *mut c_void,
         ];
-        self.launch_smem(&name, grid, (tl.threads, 1, 1), tl.smem as u32, &mut params)
+        self.launch_smem(
+            &name,
+            grid,
+            (tl.threads() as u32, 1, 1),
+            tl.smem_bytes(ty) as u32,
+            &mut params,
+        )
     }
 
     /// Launch `name` with `smem` bytes of dynamic shared memory (above 48 KB a kernel must ask
@@ -431,6 +466,11 @@ impl CudaDevice {
         .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
         unsafe { result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), params) }
             .map_err(|e| drv(&format!("launch of {name}"), e))
+    }
+
+    /// The index in [`MMA_TILES`] that [`matmul_mma`](Self::matmul_mma) picks for a product.
+    pub fn mma_tile_for(&self, n_tok: usize, rows: usize, k: usize) -> Result<usize> {
+        Ok(mma_tile(n_tok, rows, k / 32, self.multiprocessors()?))
     }
 
     /// The GPU's multiprocessor count.
