@@ -232,6 +232,33 @@ fn mma_prompt_bench() {
         ));
     }
 
+    // Prompt attention (tiled kernel): a 256-token chunk after 256 cached positions.
+    say("\nPrompt attention, 256 queries at positions 256..511 (attention_tiled):");
+    for &(n_heads, n_kv, hd) in &[(14usize, 2usize, 64usize), (28, 4, 128)] {
+        let (n_tok, pos0) = (256usize, 256usize);
+        let mut cache = dev.alloc_kv_layer(n_kv, hd, 512).unwrap();
+        let kv: Vec<f32> = (0..512 * n_kv * hd).map(|_| rng.f()).collect();
+        let kd = dev.upload_f32(&kv, MemKind::Scratch).unwrap();
+        dev.kv_store(&kd, &kd, 512, &mut cache, 0).unwrap();
+        let q: Vec<f32> = (0..n_tok * n_heads * hd).map(|_| rng.f()).collect();
+        let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
+        let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut t = Vec::new();
+        for i in 0..11 {
+            let ms = dev
+                .time_ms(|| dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, 0, &mut od))
+                .unwrap();
+            if i > 0 {
+                t.push(ms);
+            }
+        }
+        say(&format!(
+            "  heads {n_heads}/{n_kv} head_dim {hd}: {:.1} us",
+            median(t) * 1e3
+        ));
+    }
+
     // Small token counts: where the tensor cores start to pay.
     say("\nSmall batches (ms, old / new auto):");
     for &(rows, k, ty) in &[

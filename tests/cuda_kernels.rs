@@ -609,7 +609,10 @@ fn attention_ref(
 
 // f32 dot products over head_dim (≤ 128 terms, ~1e-7 relative), expf (≤ 2 ulp) and an f32
 // weighted average: expected ~1e-6; tolerance 1e-5. K/V are f16 in the cache; the reference
-// rounds them the same way, so that rounding is not part of the error.
+// rounds them the same way, so that rounding is not part of the error. Every case runs through
+// `attention` (the per-query kernel below ATTN_TILED_MIN_TOKENS, the tiled one from there) and
+// through `attention_tiled` directly (same arithmetic, another summation order): prompts of
+// several 16-query blocks and 32-key tiles, GQA, windows, head_dim 32 to 256.
 #[test]
 fn attention_decode_and_prefill() {
     let Some(dev) = device("attention_decode_and_prefill") else {
@@ -623,6 +626,10 @@ fn attention_decode_and_prefill() {
         (14, 2, 64, 0, 29, 0),                               // prefill from 0 (Qwen2.5-0.5B shape)
         (4, 1, 256, 100, 5, 16),                             // head_dim 256, sliding window
         (6, 6, 128, 513, 1, 0),                              // no GQA, odd length
+        (14, 2, 64, 256, 256, 0),                            // 0.5B prompt chunk after 256
+        (28, 4, 128, 0, 300, 0),                             // 7B shape, partial last block
+        (4, 1, 256, 40, 70, 33),                             // head_dim 256, window, tiles
+        (2, 1, 32, 3, 17, 0),                                // head_dim 32
     ] {
         let max_ctx = pos0 + n_tok + 3;
         let total = pos0 + n_tok;
@@ -664,12 +671,13 @@ fn attention_decode_and_prefill() {
         let reference = attention_ref(
             &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window,
         );
-        check(
-            &format!("attention h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window}"),
-            &got,
-            &reference,
-            1e-5,
-        );
+        let what = format!("h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window}");
+        check(&format!("attention {what}"), &got, &reference, 1e-5);
+        dev.fill_bytes(&mut od, POISON).unwrap();
+        dev.attention_tiled(&qd, n_tok, n_heads, &cache, pos0, scale, window, &mut od)
+            .unwrap();
+        let got = dev.download_f32(&od, q.len()).unwrap();
+        check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
         // The cache holds exactly the f16 of what was stored, head-major.
         let mut kb = vec![0u8; cache.k.len_bytes()];
         dev.download(&cache.k, &mut kb).unwrap();

@@ -69,4 +69,5 @@ inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t sh) {
     fprintf(stderr, "EMU: __trap()\n");
     abort();
 }
-template <class T> inline T __shfl_xor_sync(unsigned, T v, int) { return v; }  // unused here
+float __shfl_xor_sync(unsigned mask, float v, int lane_xor);  // tests/emu/emu_runtime.h
+float __shfl_sync(unsigned mask, float v, int src_lane);

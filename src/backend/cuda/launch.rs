@@ -44,6 +44,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
         "argmax" => &["argmax_rows"],
         "mma_matmul" => mma_kernels(),
+        "attention_tiled" => &["attention_tiled"],
         _ => &[],
     }
 }
@@ -127,6 +128,9 @@ pub const MMA_TILES: [MmaTile; 6] = [
     tile(64, 64, 4, 2, 2),
     tile(32, 64, 4, 4, 2),
 ];
+
+/// Prompts of at least this many tokens take the tiled attention kernel (`attention_tiled`).
+pub const ATTN_TILED_MIN_TOKENS: usize = 16;
 
 /// Prompt products of at least this many tokens run on the tensor cores (`matmul_mma`); shorter
 /// ones keep the f32 kernel.
@@ -464,6 +468,16 @@ impl CudaDevice {
             )
         }
         .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
+        // All of the unified L1/shared memory as shared, so that the blocks per multiprocessor
+        // the size was chosen for fit.
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                Attr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+        }
+        .map_err(|e| drv(&format!("shared memory carveout of {name}"), e))?;
         unsafe { result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), params) }
             .map_err(|e| drv(&format!("launch of {name}"), e))
     }
@@ -792,9 +806,86 @@ impl CudaDevice {
         q.check(self, f32s(n_tok * n_heads * hd), "attention q")?;
         out.check(self, f32s(n_tok * n_heads * hd), "attention out")?;
         let window_i = dim(window, "attention window")?;
+        if n_tok >= ATTN_TILED_MIN_TOKENS {
+            return self.attention_tiled(q, n_tok, n_heads, cache, pos0, scale, window, out);
+        }
         launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i)
+    }
+
+    /// [`attention`](Self::attention) for a prompt: kernels/attention_tiled.cu stages tiles of
+    /// 32 keys and values in shared memory for 16 queries at a time (same arithmetic: f32
+    /// scores over the f16 cache, precise expf; only the summation order differs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_tiled(
+        &self,
+        q: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        cache: &KvCacheLayer,
+        pos0: usize,
+        scale: f32,
+        window: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        positive(n_tok, "attention n_tok")?;
+        positive(n_heads, "attention n_heads")?;
+        if n_heads % cache.n_kv_heads != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_heads} query heads is not a multiple of {} KV heads",
+                cache.n_kv_heads
+            )));
+        }
+        if n_heads > 65535 || n_tok > i32::MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_tok} tokens x {n_heads} heads is too many for one launch"
+            )));
+        }
+        let end = pos0.saturating_add(n_tok);
+        if end > cache.max_ctx {
+            return Err(Error::ContextFull(format!(
+                "positions {pos0}..{end} do not fit a KV cache of {} positions",
+                cache.max_ctx
+            )));
+        }
+        let hd = cache.head_dim;
+        q.check(self, f32s(n_tok * n_heads * hd), "attention q")?;
+        out.check(self, f32s(n_tok * n_heads * hd), "attention out")?;
+        let window_i = dim(window, "attention window")?;
+        // 16 queries (f32), 32 keys (rows padded by one word), 32 values (f16).
+        let smem = 16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2;
+        let (mut qp, mut kp, mut vp, mut op) = (q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr());
+        let (mut nt, mut nh, mut nk, mut hdv) = (
+            n_tok as i32,
+            n_heads as i32,
+            cache.n_kv_heads as i32,
+            hd as i32,
+        );
+        let (mut mc, mut p0, mut sc, mut win) =
+            (cache.max_ctx as i32, pos0 as i32, scale, window_i);
+        let mut params: [*mut c_void; 12] = [
+            &mut qp as *mut _ as *mut c_void,
+            &mut kp as *mut _ as *mut c_void,
+            &mut vp as *mut _ as *mut c_void,
+            &mut op as *mut _ as *mut c_void,
+            &mut nt as *mut _ as *mut c_void,
+            &mut nh as *mut _ as *mut c_void,
+            &mut nk as *mut _ as *mut c_void,
+            &mut hdv as *mut _ as *mut c_void,
+            &mut mc as *mut _ as *mut c_void,
+            &mut p0 as *mut _ as *mut c_void,
+            &mut sc as *mut _ as *mut c_void,
+            &mut win as *mut _ as *mut c_void,
+        ];
+        let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
+        self.launch_smem(
+            "attention_tiled",
+            grid,
+            (128, 1, 1),
+            smem as u32,
+            &mut params,
+        )
     }
 
     /// out = silu(g) * u over n values.
