@@ -377,7 +377,8 @@ fn mma_matmul_all_types() {
             let tiles = (0..MMA_TILES.len()).map(Some).chain([None, None]);
             for (i, tile) in tiles.enumerate() {
                 dev.fill_bytes(&mut yd, POISON).unwrap();
-                // The last pass goes through `matmul`, which takes this path for >= 16 tokens.
+                // The last pass goes through `matmul`, which takes this path where
+                // `matmul_uses_mma` says so, else the f32 kernel.
                 let via_matmul = i == MMA_TILES.len() + 1;
                 if via_matmul {
                     dev.matmul(ty, &wd, rows, k, &xd, n_tok, &mut yd).unwrap();
@@ -404,7 +405,7 @@ fn mma_matmul_all_types() {
                         None => "auto".into(),
                     }
                 );
-                if via_matmul && n_tok < llorch::backend::cuda::MMA_MIN_TOKENS {
+                if via_matmul && !llorch::backend::cuda::matmul_uses_mma(n_tok, rows, k) {
                     check(&format!("{what} (f32 kernel)"), y, &exact, 1e-5);
                     continue;
                 }

@@ -151,31 +151,33 @@ fn mma_kernels() -> &'static [&'static str] {
 }
 
 /// The tile for an n_tok x rows product with `nc` 32-value chunks a row on `sms`
-/// multiprocessors. Among the one-group tiles, the least estimated time: waves of blocks
-/// (per_sm a multiprocessor) times a block's work over its tile's relative speed (smaller
-/// tiles decode each weight for fewer tokens and reuse fragments less: measured on an H200).
-/// When even the smallest leaves multiprocessors idle, the k-split tiles put more warps on
-/// each output tile.
+/// multiprocessors, from the per-tile timings of the Qwen2.5 0.5B and 7B products at 256 and
+/// 512 tokens on an H200 (bench/RESULTS.md): the biggest tile while it fills two blocks a
+/// multiprocessor, then 128x64 while it fills one, then 64x64 with two k-groups (more warps
+/// on each tile) while it nearly fills one, else 32x64 with four k-groups (small products:
+/// the row length split four ways is what keeps the multiprocessors busy).
 fn mma_tile(n_tok: usize, rows: usize, nc: usize, sms: usize) -> usize {
-    const SPEED: [f64; 4] = [1.0, 1.0, 0.93, 0.65];
-    let blocks = |t: &MmaTile| n_tok.div_ceil(t.tokens) * rows.div_ceil(t.rows);
-    if blocks(&MMA_TILES[3]) < sms && nc >= 8 {
-        return if blocks(&MMA_TILES[2]) * 2 >= sms {
-            4
-        } else {
-            5
-        };
+    let blocks = |i: usize| n_tok.div_ceil(MMA_TILES[i].tokens) * rows.div_ceil(MMA_TILES[i].rows);
+    if blocks(0) >= 2 * sms {
+        0
+    } else if blocks(1) >= sms {
+        1
+    } else if 4 * blocks(4) >= 3 * sms {
+        4
+    } else if nc >= 8 {
+        5
+    } else {
+        3
     }
-    (0..4)
-        .min_by(|&a, &b| {
-            let est = |i: usize| {
-                let t = &MMA_TILES[i];
-                let waves = blocks(t).div_ceil(sms * t.per_sm) as f64;
-                waves * (t.tokens * t.rows * t.per_sm) as f64 / SPEED[i]
-            };
-            est(a).total_cmp(&est(b))
-        })
-        .unwrap_or(0)
+}
+
+/// Whether [`CudaDevice::matmul`] takes the tensor cores for an n_tok x rows x k product: from
+/// MMA_MIN_TOKENS tokens always; below, from the token count where the f32 kernel (time ∝
+/// tokens) and the tensor-core kernel (nearly flat) cross in the H200 small-batch timings:
+/// 16 for 896x896, 3.5 for 3584x3584, 1.5 for 18944x3584, i.e. 16 (0.8M / weights)^0.55.
+pub fn matmul_uses_mma(n_tok: usize, rows: usize, k: usize) -> bool {
+    let weights = (rows * k) as f64;
+    n_tok >= MMA_MIN_TOKENS || (n_tok >= 2 && n_tok as f64 >= 16.0 * (0.8e6 / weights).powf(0.55))
 }
 
 /// Kernel-name suffix of a weight type the quantized kernels support.
@@ -330,8 +332,9 @@ impl CudaDevice {
     }
 
     /// Y = X W^T for `n_tok` activation rows. `x`: n_tok x k f32; `y`: n_tok x rows f32.
-    /// From [`MMA_MIN_TOKENS`] tokens on the tensor cores ([`matmul_mma`](Self::matmul_mma)),
-    /// below in f32 ([`matmul_f32`](Self::matmul_f32)).
+    /// On the tensor cores ([`matmul_mma`](Self::matmul_mma)) where [`matmul_uses_mma`] says
+    /// so (from [`MMA_MIN_TOKENS`] tokens, fewer for big matrices), else in f32
+    /// ([`matmul_f32`](Self::matmul_f32)).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -343,7 +346,7 @@ impl CudaDevice {
         n_tok: usize,
         y: &mut DeviceBuffer,
     ) -> Result<()> {
-        if n_tok >= MMA_MIN_TOKENS {
+        if matmul_uses_mma(n_tok, rows, k) {
             self.matmul_mma(ty, w, rows, k, x, n_tok, y, None)
         } else {
             self.matmul_f32(ty, w, rows, k, x, n_tok, y)
@@ -986,5 +989,45 @@ impl CudaDevice {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The picks for the measured shapes (bench/RESULTS.md, H200, 132 multiprocessors): the
+    /// fastest tile, or within 8% of it.
+    #[test]
+    fn mma_tile_picks() {
+        let pick = |n: usize, rows: usize, k: usize| mma_tile(n, rows, k / 32, 132);
+        // Qwen2.5 0.5B: q/o, k/v, gate/up, down.
+        assert_eq!(pick(256, 896, 896), 5);
+        assert_eq!(pick(512, 896, 896), 4);
+        assert_eq!(pick(256, 128, 896), 5);
+        assert_eq!(pick(512, 128, 896), 5);
+        assert_eq!(pick(256, 4864, 896), 1);
+        assert_eq!(pick(512, 4864, 896), 1);
+        assert_eq!(pick(256, 896, 4864), 5);
+        assert_eq!(pick(512, 896, 4864), 4);
+        // Qwen2.5 7B.
+        assert_eq!(pick(256, 3584, 3584), 4);
+        assert_eq!(pick(512, 3584, 3584), 1);
+        assert_eq!(pick(256, 512, 3584), 5);
+        assert_eq!(pick(256, 18944, 3584), 0);
+        assert_eq!(pick(512, 18944, 3584), 0);
+        assert_eq!(pick(256, 3584, 18944), 4);
+        assert_eq!(pick(512, 3584, 18944), 1);
+    }
+
+    /// The f32 / tensor-core crossover of the small-batch timings.
+    #[test]
+    fn mma_from_few_tokens_for_big_matrices() {
+        assert!(!matmul_uses_mma(8, 896, 896));
+        assert!(matmul_uses_mma(16, 896, 896));
+        assert!(!matmul_uses_mma(3, 3584, 3584));
+        assert!(matmul_uses_mma(4, 3584, 3584));
+        assert!(matmul_uses_mma(2, 18944, 3584));
+        assert!(!matmul_uses_mma(1, 18944, 3584));
     }
 }

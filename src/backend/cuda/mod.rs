@@ -16,7 +16,8 @@ mod model;
 
 pub use device::CudaDevice;
 pub use launch::{
-    KvCacheLayer, MmaTile, RopeParams, ATTN_TILED_MIN_TOKENS, MMA_MIN_TOKENS, MMA_TILES,
+    matmul_uses_mma, KvCacheLayer, MmaTile, RopeParams, ATTN_TILED_MIN_TOKENS, MMA_MIN_TOKENS,
+    MMA_TILES,
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
