@@ -7,7 +7,7 @@
 #![cfg(feature = "cuda")]
 
 use half::f16;
-use llorch::backend::cuda::{CudaDevice, MemKind, RopeParams};
+use llorch::backend::cuda::{CudaDevice, MemKind, RopeParams, MMA_TILES};
 use llorch::quant::GgmlType;
 use llorch::Error;
 use std::io::Write;
@@ -268,8 +268,8 @@ fn matvec_all_types() {
     }
 }
 
-// Same arithmetic per output as mat-vec: tolerance 1e-5. 13 tokens: one full group of 8 and a
-// partial one.
+// The f32 mat-mul kernel (`matmul` below MMA_MIN_TOKENS): the same arithmetic per output as
+// mat-vec: tolerance 1e-5. 13 tokens: one full group of 8 and a partial one.
 #[test]
 fn matmul_all_types() {
     let Some(dev) = device("matmul_all_types") else {
@@ -284,7 +284,8 @@ fn matmul_all_types() {
         let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
         let mut yd = dev.alloc(n_tok * rows * 4, MemKind::Scratch).unwrap();
         dev.fill_bytes(&mut yd, POISON).unwrap();
-        dev.matmul(ty, &wd, rows, k, &xd, n_tok, &mut yd).unwrap();
+        dev.matmul_f32(ty, &wd, rows, k, &xd, n_tok, &mut yd)
+            .unwrap();
         let y = dev.download_f32(&yd, n_tok * rows).unwrap();
         let wr = dequant_rows(ty, &w, rows, k);
         let mut reference = Vec::new();
@@ -299,6 +300,119 @@ fn matmul_all_types() {
             &reference,
             1e-5,
         );
+    }
+}
+
+/// Row-major f64 product Y[t][r] = sum_i x[t][i] * w[r][i] for rows `w` of k values.
+fn product(w: &[Vec<f64>], x: &[f64], n_tok: usize, k: usize) -> Vec<f64> {
+    let mut y = Vec::with_capacity(n_tok * w.len());
+    for t in 0..n_tok {
+        let xt = &x[t * k..(t + 1) * k];
+        y.extend(
+            w.iter()
+                .map(|r| r.iter().zip(xt).map(|(a, b)| a * b).sum::<f64>()),
+        );
+    }
+    y
+}
+
+fn round_f16(v: f32) -> f64 {
+    f16::from_f32(v).to_f64()
+}
+
+// The tensor-core product (kernels/mma_matmul.cu) rounds every decoded weight and every
+// activation to f16 (round to nearest, relative error <= 2^-11, rms ~2.8e-4 each) and
+// accumulates exactly formed f16 x f16 products in f32. Two references:
+// * f64 from the weights and activations rounded to f16 exactly as the kernel does: what is
+//   left is f32 accumulation (tensor-core adds truncate: <= 2^-23 of the running sum per
+//   16-term step, <= ~1e-5 over k <= 1280) and rare 1-ulp f16 flips where the kernel's fma
+//   and the reference's f32 decode differ in the last bit (~2^-13 of weights, ~5e-6 in the
+//   norm): tolerance 5e-5. A wrong scale, nibble or index in one 16-value unit of a tile
+//   shows up far above it.
+// * exact f64 (f32 decode, f32 activations): the two f16 roundings per term give ~4e-4 rms
+//   relative error on zero-mean sums (sqrt(2) x 2.8e-4): tolerance 2e-3.
+// Shapes: rows that are not a multiple of any tile (70, 129, 133, 200), token counts 2, 17,
+// 300, 512 (tails of every tile height), k with an odd number of 32-value chunks where the
+// format allows; every tile shape is forced once, then the automatic choice and `matmul`.
+// A guard region after Y must stay poisoned (no write past n_tok x rows).
+#[test]
+fn mma_matmul_all_types() {
+    let Some(dev) = device("mma_matmul_all_types") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0009);
+    const GUARD: usize = 64;
+    for ty in TYPES {
+        let kq = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
+        for &(rows, k, n_tok) in &[
+            (133usize, if kq { 768 } else { 800 }, 2usize),
+            (70, 512, 17),
+            (200, if kq { 1280 } else { 1120 }, 300),
+            (129, 768, 512),
+        ] {
+            let w = random_tensor(ty, rows, k, &mut rng);
+            let x = rng.vec(n_tok * k);
+            let wr = dequant_rows(ty, &w, rows, k);
+            let exact = product(
+                &wr.iter()
+                    .map(|r| r.iter().map(|&v| v as f64).collect())
+                    .collect::<Vec<_>>(),
+                &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                n_tok,
+                k,
+            );
+            let rounded = product(
+                &wr.iter()
+                    .map(|r| r.iter().map(|&v| round_f16(v)).collect())
+                    .collect::<Vec<_>>(),
+                &x.iter().map(|&v| round_f16(v)).collect::<Vec<_>>(),
+                n_tok,
+                k,
+            );
+            let wd = dev.upload(&w, MemKind::Weights).unwrap();
+            let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+            let mut yd = dev
+                .alloc((n_tok * rows + GUARD) * 4, MemKind::Scratch)
+                .unwrap();
+            let tiles = (0..MMA_TILES.len()).map(Some).chain([None, None]);
+            for (i, tile) in tiles.enumerate() {
+                dev.fill_bytes(&mut yd, POISON).unwrap();
+                // The last pass goes through `matmul`, which takes this path where
+                // `matmul_uses_mma` says so, else the f32 kernel.
+                let via_matmul = i == MMA_TILES.len() + 1;
+                if via_matmul {
+                    dev.matmul(ty, &wd, rows, k, &xd, n_tok, &mut yd).unwrap();
+                } else {
+                    dev.matmul_mma(ty, &wd, rows, k, &xd, n_tok, &mut yd, tile)
+                        .unwrap();
+                }
+                let all = dev.download_f32(&yd, n_tok * rows + GUARD).unwrap();
+                assert!(
+                    all[n_tok * rows..].iter().all(|v| v.to_bits() == u32::MAX),
+                    "{} {tile:?}: wrote past the output",
+                    ty.name()
+                );
+                let y = &all[..n_tok * rows];
+                let what = format!(
+                    "mma {} {n_tok}x{rows}x{k} tile {}",
+                    ty.name(),
+                    match tile {
+                        Some(t) => {
+                            let tl = MMA_TILES[t];
+                            format!("{}x{}k{}", tl.tokens, tl.rows, tl.kgroups)
+                        }
+                        None if via_matmul => "matmul".into(),
+                        None => "auto".into(),
+                    }
+                );
+                if via_matmul && !llorch::backend::cuda::matmul_uses_mma(n_tok, rows, k) {
+                    check(&format!("{what} (f32 kernel)"), y, &exact, 1e-5);
+                    continue;
+                }
+                check(&format!("{what} vs f16-rounded"), y, &rounded, 5e-5);
+                check(&format!("{what} vs exact"), y, &exact, 2e-3);
+            }
+        }
     }
 }
 
@@ -496,7 +610,10 @@ fn attention_ref(
 
 // f32 dot products over head_dim (≤ 128 terms, ~1e-7 relative), expf (≤ 2 ulp) and an f32
 // weighted average: expected ~1e-6; tolerance 1e-5. K/V are f16 in the cache; the reference
-// rounds them the same way, so that rounding is not part of the error.
+// rounds them the same way, so that rounding is not part of the error. Every case runs through
+// `attention` (the per-query kernel below ATTN_TILED_MIN_TOKENS, the tiled one from there) and
+// through `attention_tiled` directly (same arithmetic, another summation order): prompts of
+// several 16-query blocks and 32-key tiles, GQA, windows, head_dim 32 to 256.
 #[test]
 fn attention_decode_and_prefill() {
     let Some(dev) = device("attention_decode_and_prefill") else {
@@ -510,6 +627,10 @@ fn attention_decode_and_prefill() {
         (14, 2, 64, 0, 29, 0),                               // prefill from 0 (Qwen2.5-0.5B shape)
         (4, 1, 256, 100, 5, 16),                             // head_dim 256, sliding window
         (6, 6, 128, 513, 1, 0),                              // no GQA, odd length
+        (14, 2, 64, 256, 256, 0),                            // 0.5B prompt chunk after 256
+        (28, 4, 128, 0, 300, 0),                             // 7B shape, partial last block
+        (4, 1, 256, 40, 70, 33),                             // head_dim 256, window, tiles
+        (2, 1, 32, 3, 17, 0),                                // head_dim 32
     ] {
         let max_ctx = pos0 + n_tok + 3;
         let total = pos0 + n_tok;
@@ -551,12 +672,13 @@ fn attention_decode_and_prefill() {
         let reference = attention_ref(
             &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window,
         );
-        check(
-            &format!("attention h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window}"),
-            &got,
-            &reference,
-            1e-5,
-        );
+        let what = format!("h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window}");
+        check(&format!("attention {what}"), &got, &reference, 1e-5);
+        dev.fill_bytes(&mut od, POISON).unwrap();
+        dev.attention_tiled(&qd, n_tok, n_heads, &cache, pos0, scale, window, &mut od)
+            .unwrap();
+        let got = dev.download_f32(&od, q.len()).unwrap();
+        check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
         // The cache holds exactly the f16 of what was stored, head-major.
         let mut kb = vec![0u8; cache.k.len_bytes()];
         dev.download(&cache.k, &mut kb).unwrap();

@@ -17,9 +17,12 @@
 //!   of 32 (the value, then its residual): the residual's step is max|x|/(127·254), so each
 //!   element carries ≈ 2.5/(127·254·√12) ≈ 2.2e-5 relative error (≈ 5e-5 for heavy-tailed
 //!   inputs such as the SwiGLU product). `PRODUCT` = 5e-4 bounds one product with room.
-//! * The GPU multiplies f32 activations (≈ √k·2⁻²⁴ ≈ 1e-6 relative against f64) and keeps the
-//!   KV cache in f16 (2⁻¹¹ relative rounding, rms ≈ 2.8e-4 in the attention output), so after
-//!   attention the GPU dominates the difference.
+//! * The GPU's prompt products (≥ `MMA_MIN_TOKENS` tokens, so the 64-token prompt) run on the
+//!   tensor cores with weights and activations rounded to f16 (2⁻¹¹ relative each, rms ≈ 2.8e-4;
+//!   ≈ 4e-4 rms on a zero-mean product, measured 2e-4 – 3e-4): `GPU_PRODUCT` = 2e-3 for one
+//!   product against the CPU. Its decode products are f32 (≈ √k·2⁻²⁴ ≈ 1e-6). It keeps the KV
+//!   cache in f16 (2⁻¹¹ relative rounding, rms ≈ 2.8e-4 in the attention output), so the GPU
+//!   dominates the difference.
 //! * Through the network each layer injects that attention difference into the residual
 //!   stream; the relative error of later stages stays near a few 1e-4 to 1e-3. `DEEP` = 1e-2
 //!   bounds every later stage and the logits with room.
@@ -40,10 +43,11 @@ use std::sync::Arc;
 
 const EXACT_ISH: f64 = 1e-5;
 const PRODUCT: f64 = 5e-4;
+const GPU_PRODUCT: f64 = 2e-3;
 const DEEP: f64 = 1e-2;
-/// The GPU's layer-0 products against f64 from its own input: f32 accumulation over k ≤ 4864
-/// (≈ √k·2⁻²⁴ ≈ 4e-6), with room.
-const GPU_VS_F64: f64 = 2e-5;
+/// The GPU's layer-0 products (prompt: tensor cores, f16 operands) against f64 from its own
+/// input: ≈ 4e-4 rms from the two f16 roundings (measured 2e-4 – 3e-4), with room.
+const GPU_VS_F64: f64 = 2e-3;
 
 /// Positions of the per-layer f64 check: the whole prompt.
 const LOCAL_ROWS: usize = 64;
@@ -178,7 +182,7 @@ fn key(t: &Tap) -> String {
 fn tolerance(key: &str) -> f64 {
     match key {
         "embed" | "l0.attn_norm" => EXACT_ISH,
-        "l0.q" | "l0.k" | "l0.v" | "l0.q_rope" | "l0.k_rope" => PRODUCT,
+        "l0.q" | "l0.k" | "l0.v" | "l0.q_rope" | "l0.k_rope" => GPU_PRODUCT,
         _ => DEEP,
     }
 }
@@ -517,10 +521,10 @@ fn parity(test: &str, preset_name: &str) {
         next = feed(64 + i, &[next], Logits::Last);
     }
 
-    // The GPU's decode path (mat-vec, one position at a time into the cache) against its own
-    // prefill path (mat-mul over all 96 positions at once): the same f32 arithmetic in another
-    // order, so they differ by rounding only (~1e-6 per operation, ~100 operations deep, times
-    // the network's gain at the output, measured ≤ ~5 against the CPU): tolerance 5e-4.
+    // The GPU's decode path (mat-vec, one position at a time into the cache, f32 products)
+    // against its own prefill path (tensor-core products of all 96 positions at once, f16
+    // operands: ≈ 3e-4 relative each), times the network's gain at the output (measured ≤ ~5
+    // against the CPU): ≈ 1.5e-3 (measured 6.8e-4 on an H200): tolerance 5e-3.
     let all = sg.tokens();
     assert_eq!(all.len(), 96);
     let mut fresh = Session::new(
@@ -542,10 +546,10 @@ fn parity(test: &str, preset_name: &str) {
         })
         .fold(0.0, f64::max);
     say(&format!(
-        "{test}: GPU decode vs GPU 96-token prefill, logits of positions 64..95: max rel {worst_dec:.2e} (tol 5e-4)"
+        "{test}: GPU decode vs GPU 96-token prefill, logits of positions 64..95: max rel {worst_dec:.2e} (tol 5e-3)"
     ));
-    if worst_dec > 5e-4 {
-        failures.push(format!("GPU decode vs prefill {worst_dec:.2e} > 5e-4"));
+    if worst_dec > 5e-3 {
+        failures.push(format!("GPU decode vs prefill {worst_dec:.2e} > 5e-3"));
     }
 
     say(&format!(

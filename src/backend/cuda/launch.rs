@@ -44,8 +44,141 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
         "argmax" => &["argmax_rows"],
         "decode" => &["prep_input", "fused_matvec", "rope_kv", "attention_decode"],
+        "mma_matmul" => mma_kernels(),
+        "attention_tiled" => &["attention_tiled"],
         _ => &[],
     }
+}
+
+/// A tile shape of kernels/mma_matmul.cu (its `MMA_TILES` list, same order).
+#[derive(Debug, Clone, Copy)]
+pub struct MmaTile {
+    /// Tokens (rows of Y) per block.
+    pub tokens: usize,
+    /// Weight rows (columns of Y) per block.
+    pub rows: usize,
+    /// Warps of one k-group.
+    pub warps: usize,
+    /// k-groups: warp groups of a block that split the row length and add up at the end.
+    pub kgroups: usize,
+    /// Blocks per multiprocessor that the shared memory is sized for (where the weight
+    /// type's copy stages allow).
+    pub per_sm: usize,
+}
+
+impl MmaTile {
+    pub const fn threads(&self) -> usize {
+        self.warps * 32 * self.kgroups
+    }
+
+    /// Name of the kernel for weight-type suffix `ty`.
+    pub fn kernel(&self, ty: &str) -> String {
+        format!("mma_{ty}_{}x{}k{}", self.tokens, self.rows, self.kgroups)
+    }
+
+    /// Dynamic shared memory for weight type `ty`, as kernels/mma_matmul.cu's `Layout` per
+    /// k-group: f16 tiles of 32 values a row for the tokens and rows (two buffers), then copy
+    /// stages of the group's threads' slots (X float4s, weight units). As many stages (2 to
+    /// 8) as fit `per_sm` blocks in a multiprocessor's 228 KB (1 KB of it reserved per block);
+    /// the kernel derives the stage count from the size it is given.
+    pub fn smem_bytes(&self, ty: GgmlType) -> usize {
+        let nth = self.warps * 32;
+        let xv = self.tokens * 8 / nth;
+        let wu = (2 * self.rows).div_ceil(nth);
+        let tiles = (self.tokens + self.rows) * 128;
+        let stage = nth * 16 * xv + nth * 4 * unit_words(ty) * wu;
+        let fit = ((228 << 10) / self.per_sm - 1024) / self.kgroups / 128 * 128;
+        let share = (tiles + 8 * stage)
+            .min(fit)
+            .max(tiles + 2 * stage)
+            .div_ceil(128)
+            * 128;
+        share * self.kgroups
+    }
+}
+
+/// Words a thread copies for one 16-value weight unit (kernels/mma_matmul.cu: `Unit<T>::N *
+/// Unit<T>::VEC`).
+fn unit_words(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F32 => 16,
+        GgmlType::F16 | GgmlType::Q4_K => 8,
+        GgmlType::Q4_1 => 5,
+        GgmlType::Q5_0 => 7,
+        GgmlType::Q8_0 => 6,
+        _ => 12, // Q6_K (the largest quantized unit)
+    }
+}
+
+const fn tile(tokens: usize, rows: usize, warps: usize, kgroups: usize, per_sm: usize) -> MmaTile {
+    MmaTile {
+        tokens,
+        rows,
+        warps,
+        kgroups,
+        per_sm,
+    }
+}
+
+/// The tile shapes of kernels/mma_matmul.cu (its `MMA_TILES`, same order).
+pub const MMA_TILES: [MmaTile; 6] = [
+    tile(128, 128, 8, 1, 2),
+    tile(128, 64, 8, 1, 2),
+    tile(64, 64, 4, 1, 4),
+    tile(32, 64, 4, 1, 6),
+    tile(64, 64, 4, 2, 2),
+    tile(32, 64, 4, 4, 2),
+];
+
+/// Prompts of at least this many tokens take the tiled attention kernel (`attention_tiled`).
+pub const ATTN_TILED_MIN_TOKENS: usize = 16;
+
+/// Prompt products of at least this many tokens run on the tensor cores (`matmul_mma`); shorter
+/// ones keep the f32 kernel.
+pub const MMA_MIN_TOKENS: usize = 16;
+
+const TYPE_SUFFIXES: [&str; 7] = ["f32", "f16", "q4_1", "q5_0", "q8_0", "q4_k", "q6_k"];
+
+/// `mma_{type}_{tokens}x{rows}k{groups}` for every type and tile of kernels/mma_matmul.cu.
+fn mma_kernels() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        TYPE_SUFFIXES
+            .iter()
+            .flat_map(|ty| MMA_TILES.iter().map(move |t| t.kernel(ty)))
+            .map(|n| &*Box::leak(n.into_boxed_str()))
+            .collect()
+    })
+}
+
+/// The tile for an n_tok x rows product with `nc` 32-value chunks a row on `sms`
+/// multiprocessors, from the per-tile timings of the Qwen2.5 0.5B and 7B products at 256 and
+/// 512 tokens on an H200 (bench/RESULTS.md): the biggest tile while it fills two blocks a
+/// multiprocessor, then 128x64 while it fills one, then 64x64 with two k-groups (more warps
+/// on each tile) while it nearly fills one, else 32x64 with four k-groups (small products:
+/// the row length split four ways is what keeps the multiprocessors busy).
+fn mma_tile(n_tok: usize, rows: usize, nc: usize, sms: usize) -> usize {
+    let blocks = |i: usize| n_tok.div_ceil(MMA_TILES[i].tokens) * rows.div_ceil(MMA_TILES[i].rows);
+    if blocks(0) >= 2 * sms {
+        0
+    } else if blocks(1) >= sms {
+        1
+    } else if 4 * blocks(4) >= 3 * sms {
+        4
+    } else if nc >= 8 {
+        5
+    } else {
+        3
+    }
+}
+
+/// Whether [`CudaDevice::matmul`] takes the tensor cores for an n_tok x rows x k product: from
+/// MMA_MIN_TOKENS tokens always; below, from the token count where the f32 kernel (time ∝
+/// tokens) and the tensor-core kernel (nearly flat) cross in the H200 small-batch timings:
+/// 16 for 896x896, 3.5 for 3584x3584, 1.5 for 18944x3584, i.e. 16 (0.8M / weights)^0.55.
+pub fn matmul_uses_mma(n_tok: usize, rows: usize, k: usize) -> bool {
+    let weights = (rows * k) as f64;
+    n_tok >= MMA_MIN_TOKENS || (n_tok >= 2 && n_tok as f64 >= 16.0 * (0.8e6 / weights).powf(0.55))
 }
 
 /// Kernel-name suffix of a weight type the quantized kernels support.
@@ -176,8 +309,30 @@ impl CudaDevice {
     }
 
     /// Y = X W^T for `n_tok` activation rows. `x`: n_tok x k f32; `y`: n_tok x rows f32.
+    /// On the tensor cores ([`matmul_mma`](Self::matmul_mma)) where [`matmul_uses_mma`] says
+    /// so (from [`MMA_MIN_TOKENS`] tokens, fewer for big matrices), else in f32
+    /// ([`matmul_f32`](Self::matmul_f32)).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &mut DeviceBuffer,
+    ) -> Result<()> {
+        if matmul_uses_mma(n_tok, rows, k) {
+            self.matmul_mma(ty, w, rows, k, x, n_tok, y, None)
+        } else {
+            self.matmul_f32(ty, w, rows, k, x, n_tok, y)
+        }
+    }
+
+    /// [`matmul`](Self::matmul) with f32 arithmetic throughout (kernels/quant_matmul.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_f32(
         &self,
         ty: GgmlType,
         w: &DeviceBuffer,
@@ -202,6 +357,152 @@ impl CudaDevice {
         y.check(self, f32s(n_tok * rows), "matmul y")?;
         launch!(self, &name, (rows.div_ceil(4) as u32, n_tok.div_ceil(8) as u32, 1), (128, 1, 1);
             w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64)
+    }
+
+    /// [`matmul`](Self::matmul) on the tensor cores (kernels/mma_matmul.cu): f16 operands
+    /// (weights decoded and activations rounded to f16, relative error ~2^-11 each), f32
+    /// accumulation. `tile` indexes [`MMA_TILES`]; `None` picks one for the shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_mma(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &mut DeviceBuffer,
+        tile: Option<usize>,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, "matmul")?;
+        let rows_i = positive(rows, "matmul rows")?;
+        let n_i = positive(n_tok, "matmul n_tok")?;
+        let k_i = dim(k, "matmul k")?;
+        w.check(self, rb * rows as u64, "matmul weights")?;
+        x.check(self, f32s(n_tok * k), "matmul x")?;
+        y.check(self, f32s(n_tok * rows), "matmul y")?;
+        let t = match tile {
+            Some(t) if t < MMA_TILES.len() => t,
+            Some(t) => {
+                return Err(Error::InvalidArgument(format!(
+                    "matmul_mma: tile {t} of {}",
+                    MMA_TILES.len()
+                )))
+            }
+            None => mma_tile(n_tok, rows, k / 32, self.multiprocessors()?),
+        };
+        let tl = MMA_TILES[t];
+        if rows.div_ceil(tl.rows) > 65535 {
+            return Err(Error::InvalidArgument(format!(
+                "matmul: {rows} rows is too many for one launch"
+            )));
+        }
+        let name = tl.kernel(type_suffix(ty)?);
+        let grid = (
+            n_tok.div_ceil(tl.tokens) as u32,
+            rows.div_ceil(tl.rows) as u32,
+            1,
+        );
+        let (mut wp, mut xp, mut yp, mut rows_v, mut k_v, mut n_v, mut rb_v) =
+            (w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64);
+        let mut params: [*mut c_void; 7] = [
+            &mut wp as *mut _ as *mut c_void,
+            &mut xp as *mut _ as *mut c_void,
+            &mut yp as *mut _ as *mut c_void,
+            &mut rows_v as *mut _ as *mut c_void,
+            &mut k_v as *mut _ as *mut c_void,
+            &mut n_v as *mut _ as *mut c_void,
+            &mut rb_v as *mut _ as *mut c_void,
+        ];
+        self.launch_smem(
+            &name,
+            grid,
+            (tl.threads() as u32, 1, 1),
+            tl.smem_bytes(ty) as u32,
+            &mut params,
+        )
+    }
+
+    /// Launch `name` with `smem` bytes of dynamic shared memory (above 48 KB a kernel must ask
+    /// for it: its limit is raised first). `params` point at the arguments, in order.
+    fn launch_smem(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+        let f = *self
+            .inner
+            .funcs
+            .get(name)
+            .ok_or_else(|| Error::Internal(format!("kernel {name} was not loaded")))?;
+        self.inner.bind()?;
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+        }
+        .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
+        // All of the unified L1/shared memory as shared, so that the blocks per multiprocessor
+        // the size was chosen for fit.
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                Attr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+        }
+        .map_err(|e| drv(&format!("shared memory carveout of {name}"), e))?;
+        unsafe { result::launch_kernel(f, grid, block, smem, self.stream.raw, params) }
+            .map_err(|e| drv(&format!("launch of {name}"), e))
+    }
+
+    /// The index in [`MMA_TILES`] that [`matmul_mma`](Self::matmul_mma) picks for a product.
+    pub fn mma_tile_for(&self, n_tok: usize, rows: usize, k: usize) -> Result<usize> {
+        Ok(mma_tile(n_tok, rows, k / 32, self.multiprocessors()?))
+    }
+
+    /// The GPU's multiprocessor count.
+    pub fn multiprocessors(&self) -> Result<usize> {
+        let dev = result::device::get(self.inner.ordinal as i32).map_err(|e| drv("device", e))?;
+        let n = unsafe {
+            result::device::get_attribute(
+                dev,
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+        }
+        .map_err(|e| drv("attribute", e))?;
+        Ok(n.max(1) as usize)
+    }
+
+    /// Milliseconds of GPU time that the work `f` issues takes (CUDA events around it on the
+    /// launch stream; waits for it). For benchmarks.
+    pub fn time_ms(&self, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
+        use cudarc::driver::sys::CUevent_flags;
+        self.inner.bind()?;
+        let e0 =
+            result::event::create(CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| drv("event", e))?;
+        let e1 =
+            result::event::create(CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| drv("event", e))?;
+        let timed = (|| {
+            unsafe { result::event::record(e0, self.stream.raw) }
+                .map_err(|e| drv("event record", e))?;
+            f()?;
+            unsafe { result::event::record(e1, self.stream.raw) }
+                .map_err(|e| drv("event record", e))?;
+            unsafe { result::event::synchronize(e1) }.map_err(|e| drv("event wait", e))?;
+            unsafe { result::event::elapsed(e0, e1) }.map_err(|e| drv("event time", e))
+        })();
+        unsafe {
+            let _ = result::event::destroy(e0);
+            let _ = result::event::destroy(e1);
+        }
+        timed
     }
 
     /// out[t] = row `tokens[t]` of the table (n_vocab rows of k values of type `ty`), as f32.
@@ -483,9 +784,86 @@ impl CudaDevice {
         q.check(self, f32s(n_tok * n_heads * hd), "attention q")?;
         out.check(self, f32s(n_tok * n_heads * hd), "attention out")?;
         let window_i = dim(window, "attention window")?;
+        if n_tok >= ATTN_TILED_MIN_TOKENS {
+            return self.attention_tiled(q, n_tok, n_heads, cache, pos0, scale, window, out);
+        }
         launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i)
+    }
+
+    /// [`attention`](Self::attention) for a prompt: kernels/attention_tiled.cu stages tiles of
+    /// 32 keys and values in shared memory for 16 queries at a time (same arithmetic: f32
+    /// scores over the f16 cache, precise expf; only the summation order differs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_tiled(
+        &self,
+        q: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        cache: &KvCacheLayer,
+        pos0: usize,
+        scale: f32,
+        window: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        positive(n_tok, "attention n_tok")?;
+        positive(n_heads, "attention n_heads")?;
+        if n_heads % cache.n_kv_heads != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_heads} query heads is not a multiple of {} KV heads",
+                cache.n_kv_heads
+            )));
+        }
+        if n_heads > 65535 || n_tok > i32::MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {n_tok} tokens x {n_heads} heads is too many for one launch"
+            )));
+        }
+        let end = pos0.saturating_add(n_tok);
+        if end > cache.max_ctx {
+            return Err(Error::ContextFull(format!(
+                "positions {pos0}..{end} do not fit a KV cache of {} positions",
+                cache.max_ctx
+            )));
+        }
+        let hd = cache.head_dim;
+        q.check(self, f32s(n_tok * n_heads * hd), "attention q")?;
+        out.check(self, f32s(n_tok * n_heads * hd), "attention out")?;
+        let window_i = dim(window, "attention window")?;
+        // 16 queries (f32), 32 keys (rows padded by one word), 32 values (f16).
+        let smem = 16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2;
+        let (mut qp, mut kp, mut vp, mut op) = (q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr());
+        let (mut nt, mut nh, mut nk, mut hdv) = (
+            n_tok as i32,
+            n_heads as i32,
+            cache.n_kv_heads as i32,
+            hd as i32,
+        );
+        let (mut mc, mut p0, mut sc, mut win) =
+            (cache.max_ctx as i32, pos0 as i32, scale, window_i);
+        let mut params: [*mut c_void; 12] = [
+            &mut qp as *mut _ as *mut c_void,
+            &mut kp as *mut _ as *mut c_void,
+            &mut vp as *mut _ as *mut c_void,
+            &mut op as *mut _ as *mut c_void,
+            &mut nt as *mut _ as *mut c_void,
+            &mut nh as *mut _ as *mut c_void,
+            &mut nk as *mut _ as *mut c_void,
+            &mut hdv as *mut _ as *mut c_void,
+            &mut mc as *mut _ as *mut c_void,
+            &mut p0 as *mut _ as *mut c_void,
+            &mut sc as *mut _ as *mut c_void,
+            &mut win as *mut _ as *mut c_void,
+        ];
+        let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
+        self.launch_smem(
+            "attention_tiled",
+            grid,
+            (128, 1, 1),
+            smem as u32,
+            &mut params,
+        )
     }
 
     /// out = silu(g) * u over n values.
@@ -586,5 +964,45 @@ impl CudaDevice {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The picks for the measured shapes (bench/RESULTS.md, H200, 132 multiprocessors): the
+    /// fastest tile, or within 8% of it.
+    #[test]
+    fn mma_tile_picks() {
+        let pick = |n: usize, rows: usize, k: usize| mma_tile(n, rows, k / 32, 132);
+        // Qwen2.5 0.5B: q/o, k/v, gate/up, down.
+        assert_eq!(pick(256, 896, 896), 5);
+        assert_eq!(pick(512, 896, 896), 4);
+        assert_eq!(pick(256, 128, 896), 5);
+        assert_eq!(pick(512, 128, 896), 5);
+        assert_eq!(pick(256, 4864, 896), 1);
+        assert_eq!(pick(512, 4864, 896), 1);
+        assert_eq!(pick(256, 896, 4864), 5);
+        assert_eq!(pick(512, 896, 4864), 4);
+        // Qwen2.5 7B.
+        assert_eq!(pick(256, 3584, 3584), 4);
+        assert_eq!(pick(512, 3584, 3584), 1);
+        assert_eq!(pick(256, 512, 3584), 5);
+        assert_eq!(pick(256, 18944, 3584), 0);
+        assert_eq!(pick(512, 18944, 3584), 0);
+        assert_eq!(pick(256, 3584, 18944), 4);
+        assert_eq!(pick(512, 3584, 18944), 1);
+    }
+
+    /// The f32 / tensor-core crossover of the small-batch timings.
+    #[test]
+    fn mma_from_few_tokens_for_big_matrices() {
+        assert!(!matmul_uses_mma(8, 896, 896));
+        assert!(matmul_uses_mma(16, 896, 896));
+        assert!(!matmul_uses_mma(3, 3584, 3584));
+        assert!(matmul_uses_mma(4, 3584, 3584));
+        assert!(matmul_uses_mma(2, 18944, 3584));
+        assert!(!matmul_uses_mma(1, 18944, 3584));
     }
 }

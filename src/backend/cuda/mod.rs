@@ -20,7 +20,10 @@ mod model;
 
 pub use device::CudaDevice;
 pub use fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, Norm, ATTN_SPLITS};
-pub use launch::{KvCacheLayer, RopeParams};
+pub use launch::{
+    matmul_uses_mma, KvCacheLayer, MmaTile, RopeParams, ATTN_TILED_MIN_TOKENS, MMA_MIN_TOKENS,
+    MMA_TILES,
+};
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
 

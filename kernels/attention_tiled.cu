@@ -1,0 +1,146 @@
+// Causal attention for a prompt (many queries at once), flash-attention style: the same
+// function as `attention` in attention.cu (same layouts, masks, f32 scores over the f16 KV
+// cache, precise expf), but key/value tiles are staged in shared memory once and reused by 16
+// queries, instead of every query streaming every key from memory.
+//
+// Launch: grid = (ceil(n_tok / 16), n_heads), block = 128 (4 warps, 4 queries each), dynamic
+// shared memory = attn_tiled_smem(head_dim) bytes: the block's 16 queries (f32, pre-scaled),
+// then a tile of 32 keys ([32][head_dim + 2] f16: rows padded by one word so that the 32 lanes,
+// one key each, read different banks) and its 32 values ([32][head_dim] f16).
+// Per tile, lane j scores key j against the warp's 4 queries, the warp updates each query's
+// running max m, sum l and accumulator (lane owns value dims 2(lane + 32i), +1) with an online
+// softmax, broadcasting the probabilities by shuffles. head_dim: a multiple of 32, <= 256.
+#include "common.cuh"
+
+#define AQ 16  // queries per block
+#define AK 32  // keys per tile
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
+                const __half* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
+                int n_kv, int hd, int max_ctx, int pos0, float scale, int window) {
+#ifdef MMA_EMULATE
+    uint8_t* smem = emu_dyn_smem;
+#else
+    extern __shared__ __align__(16) uint8_t smem[];
+#endif
+    float* Qs = reinterpret_cast<float*>(smem);                       // [AQ][hd]
+    uint32_t* Ks = reinterpret_cast<uint32_t*>(Qs + AQ * hd);         // [AK][hd/2 + 1] half2
+    uint32_t* Vs = Ks + AK * (hd / 2 + 1);                            // [AK][hd/2] half2
+    const int ks = hd / 2 + 1, vs = hd / 2;
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
+    const int t0 = blockIdx.x * AQ;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+    for (int i = threadIdx.x; i < AQ * hd; i += 128) {
+        const int r = i / hd, d = i % hd, t = t0 + r;
+        Qs[i] = t < n_tok ? q[((long long)t * n_heads + h) * hd + d] * scale : 0.f;
+    }
+    // Keys the block needs: from the first query's window start to the last query.
+    const int t_last = min(t0 + AQ, n_tok) - 1;
+    const int kend = pos0 + t_last;  // inclusive
+    const int kbeg = window > 0 ? max(0, pos0 + t0 - window + 1) : 0;
+
+    // This warp's queries (qi = 0..3): token t0 + 4 warp + qi.
+    int qpos[4], lo[4];
+    bool live[4];
+    float m[4], l[4], acc[4][4][2];
+#pragma unroll
+    for (int qi = 0; qi < 4; qi++) {
+        const int t = t0 + 4 * warp + qi;
+        live[qi] = t < n_tok;
+        qpos[qi] = pos0 + t;
+        lo[qi] = window > 0 ? max(0, qpos[qi] - window + 1) : 0;
+        m[qi] = -INFINITY;
+        l[qi] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[qi][i][0] = acc[qi][i][1] = 0.f;
+    }
+    const __half* kb = kc + (long long)kvh * max_ctx * hd;
+    const __half* vb = vc + (long long)kvh * max_ctx * hd;
+    const uint32_t* kw = reinterpret_cast<const uint32_t*>(kb);
+    const uint32_t* vw = reinterpret_cast<const uint32_t*>(vb);
+
+    for (int k0 = kbeg; k0 <= kend; k0 += AK) {
+        __syncthreads();  // the previous tile's reads are done (and Qs is written, first time)
+        for (int i = threadIdx.x; i < AK * vs; i += 128) {
+            const int j = i / vs, w = i % vs;
+            const bool in = k0 + j <= kend;
+            Ks[j * ks + w] = in ? kw[(long long)(k0 + j) * vs + w] : 0u;
+            Vs[j * vs + w] = in ? vw[(long long)(k0 + j) * vs + w] : 0u;
+        }
+        __syncthreads();
+
+        // Scores: lane j against key k0 + j.
+        const int kp = k0 + lane;
+        float s[4] = {0.f, 0.f, 0.f, 0.f};
+        const float* qw = Qs + 4 * warp * hd;
+        for (int w = 0; w < vs; w++) {
+            const uint32_t kk = Ks[lane * ks + w];
+            const float kx = __half2float(__ushort_as_half((unsigned short)(kk & 0xffff)));
+            const float ky = __half2float(__ushort_as_half((unsigned short)(kk >> 16)));
+#pragma unroll
+            for (int qi = 0; qi < 4; qi++) {
+                const float2 qq = *reinterpret_cast<const float2*>(qw + qi * hd + 2 * w);
+                s[qi] += qq.x * kx + qq.y * ky;
+            }
+        }
+#pragma unroll
+        for (int qi = 0; qi < 4; qi++) {
+            const bool ok = live[qi] && kp <= qpos[qi] && kp >= lo[qi];
+            const float sv = ok ? s[qi] : -INFINITY;
+            const float tmax = warp_max(sv);
+            if (tmax == -INFINITY) {  // no key of this tile for this query (warp-uniform)
+                s[qi] = 0.f;
+                continue;
+            }
+            const float mn = fmaxf(m[qi], tmax);
+            const float corr = expf(m[qi] - mn);  // m = -inf before the first key: 0
+            const float p = ok ? expf(sv - mn) : 0.f;
+            l[qi] = l[qi] * corr + warp_sum(p);
+            m[qi] = mn;
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[qi][i][0] *= corr, acc[qi][i][1] *= corr;
+            s[qi] = p;  // keep the probability for the value pass
+        }
+        // Values: acc += sum_j p_j v_j, p_j broadcast from lane j.
+        for (int j = 0; j < AK; j++) {
+            float pj[4];
+#pragma unroll
+            for (int qi = 0; qi < 4; qi++) pj[qi] = __shfl_sync(0xffffffffu, s[qi], j);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int w = lane + 32 * i;
+                if (w < vs) {
+                    const uint32_t vv = Vs[j * vs + w];
+                    const float vx = __half2float(__ushort_as_half((unsigned short)(vv & 0xffff)));
+                    const float vy = __half2float(__ushort_as_half((unsigned short)(vv >> 16)));
+#pragma unroll
+                    for (int qi = 0; qi < 4; qi++) {
+                        acc[qi][i][0] += pj[qi] * vx;
+                        acc[qi][i][1] += pj[qi] * vy;
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int qi = 0; qi < 4; qi++) {
+        if (!live[qi]) continue;
+        const int t = t0 + 4 * warp + qi;
+        float* o = out + ((long long)t * n_heads + h) * hd;
+        const float inv = 1.f / l[qi];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int w = lane + 32 * i;
+            if (w < vs) *reinterpret_cast<float2*>(o + 2 * w) = make_float2(acc[qi][i][0] * inv, acc[qi][i][1] * inv);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run kernels/mma_matmul.cu and kernels/attention_tiled.cu on the CPU (tests/emu: one fiber per
+# GPU thread, warp-wide operations emulated by their PTX ISA definitions) under
+# AddressSanitizer, against references. No GPU needed. Usage: scripts/mma-emu.sh [type]
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+out="${TMPDIR:-/tmp}"
+flags=(-std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  -Wall -Wno-unknown-pragmas -I "$here/tests/emu" -I "$here/kernels")
+g++ "${flags[@]}" "$here/tests/emu/mma_emu.cpp" -o "$out/mma_emu"
+g++ "${flags[@]}" "$here/tests/emu/attn_emu.cpp" -o "$out/attn_emu"
+export ASAN_OPTIONS=detect_stack_use_after_return=0
+"$out/mma_emu" "${1:-all}" lazy   # cp.async copies land as late as allowed
+"$out/mma_emu" "${1:-all}" eager  # ... and as early
+"$out/attn_emu"

@@ -1,0 +1,279 @@
+//! Timing harness for the prompt products on a GPU (not a test: `#[ignore]`d, run with
+//! `cuda_bench --ignored --nocapture`). For the Qwen2.5 0.5B and 7B shapes (Q4_K_M type mix)
+//! and the other weight types on the 7B FFN shape, at 256 and 512 tokens: the f32 kernel
+//! (`matmul_*`) beside the tensor-core kernel (`mma_*`, every tile and the automatic choice),
+//! as TFLOP/s (2·n_tok·rows·k per product). Each figure is the median of CUDA-event timings of
+//! single launches, after a warm-up, with L2 flushed (a 192 MiB memset) before every launch
+//! so weights come from memory as they do in a real forward pass. Then a short sweep of small
+//! token counts (old vs new) to place `MMA_MIN_TOKENS`, and the products' share of a prompt:
+//! tok/s of the matrix products alone per model.
+#![cfg(feature = "cuda")]
+
+use llorch::backend::cuda::{CudaDevice, DeviceBuffer, MemKind, MMA_TILES};
+use llorch::quant::GgmlType;
+use std::io::Write;
+
+fn say(s: &str) {
+    let _ = std::io::stderr().write_all(format!("{s}\n").as_bytes());
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// Random weights: random code bits, small finite scales (no inf/NaN anywhere).
+fn weights(ty: GgmlType, rows: usize, k: usize, rng: &mut Rng) -> Vec<u8> {
+    let n = rows * k;
+    let h = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    match ty {
+        GgmlType::F32 => {
+            return (0..n)
+                .flat_map(|_| (rng.f() * 0.05).to_le_bytes())
+                .collect()
+        }
+        GgmlType::F16 => return (0..n).flat_map(|_| h(rng.f() * 0.05)).collect(),
+        _ => {}
+    }
+    let ts = ty.type_size();
+    let mut out: Vec<u8> = (0..n / ty.block_size() * ts)
+        .map(|_| rng.next() as u8)
+        .collect();
+    for b in out.chunks_mut(ts) {
+        let at = match ty {
+            GgmlType::Q6_K => 208,
+            _ => 0,
+        };
+        b[at..at + 2].copy_from_slice(&h(0.001));
+        if matches!(ty, GgmlType::Q4_1 | GgmlType::Q4_K) {
+            b[2..4].copy_from_slice(&h(0.001));
+        }
+    }
+    out
+}
+
+fn median(mut v: Vec<f32>) -> f32 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Bench {
+    dev: CudaDevice,
+    flush: DeviceBuffer,
+    x: DeviceBuffer,
+    y: DeviceBuffer,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kernel {
+    Old,
+    Mma(Option<usize>),
+}
+
+const MAX_TOK: usize = 512;
+const MAX_K: usize = 18944;
+const MAX_ROWS: usize = 18944;
+
+impl Bench {
+    /// Median ms of `reps` single launches of `kernel` (after one warm-up), L2 flushed first.
+    #[allow(clippy::too_many_arguments)]
+    fn time(
+        &mut self,
+        w: &DeviceBuffer,
+        ty: GgmlType,
+        rows: usize,
+        k: usize,
+        n_tok: usize,
+        kernel: Kernel,
+        reps: usize,
+    ) -> f32 {
+        let mut t = Vec::new();
+        for i in 0..=reps {
+            self.dev.fill_bytes(&mut self.flush, i as u8).unwrap();
+            let (dev, x, y) = (&self.dev, &self.x, &mut self.y);
+            let ms = dev
+                .time_ms(|| match kernel {
+                    Kernel::Old => dev.matmul_f32(ty, w, rows, k, x, n_tok, y),
+                    Kernel::Mma(tile) => dev.matmul_mma(ty, w, rows, k, x, n_tok, y, tile),
+                })
+                .unwrap();
+            if i > 0 {
+                t.push(ms);
+            }
+        }
+        median(t)
+    }
+}
+
+fn tflops(n_tok: usize, rows: usize, k: usize, ms: f32) -> f64 {
+    2.0 * (n_tok * rows * k) as f64 / (ms as f64 * 1e-3) / 1e12
+}
+
+/// One product of a model layer: (name, rows, k, type, how many of it per layer on average).
+type Product = (&'static str, usize, usize, GgmlType, f64);
+
+#[test]
+#[ignore]
+fn mma_prompt_bench() {
+    let dev = match CudaDevice::open(0, 0) {
+        Ok(d) => d,
+        Err(e) => {
+            say(&format!("mma_prompt_bench: skipped: {e}"));
+            return;
+        }
+    };
+    say(&format!(
+        "{} ({} SMs); TFLOP/s = 2*n*rows*k / median time; L2 flushed before each launch",
+        dev.name(),
+        dev.multiprocessors().unwrap()
+    ));
+    let mut rng = Rng(7);
+    let xs: Vec<f32> = (0..MAX_TOK * MAX_K).map(|_| rng.f()).collect();
+    let mut b = Bench {
+        flush: dev.alloc(192 << 20, MemKind::Scratch).unwrap(),
+        x: dev.upload_f32(&xs, MemKind::Scratch).unwrap(),
+        y: dev
+            .alloc(MAX_TOK * MAX_ROWS.max(4864) * 4, MemKind::Scratch)
+            .unwrap(),
+        dev: dev.clone(),
+    };
+    use GgmlType::*;
+    // Q4_K_M: Q4_K matrices (Q5_0 where k = 896 is not whole 256-blocks), attn_v and ffn_down
+    // in Q6_K (Q8_0 for k = 896) on about half of the layers.
+    let half = 0.5;
+    let m05: Vec<Product> = vec![
+        ("q", 896, 896, Q5_0, 1.0),
+        ("k", 128, 896, Q5_0, 1.0),
+        ("v", 128, 896, Q5_0, half),
+        ("v+", 128, 896, Q8_0, half),
+        ("o", 896, 896, Q5_0, 1.0),
+        ("gate/up", 4864, 896, Q5_0, 2.0),
+        ("down", 896, 4864, Q4_K, half),
+        ("down+", 896, 4864, Q6_K, half),
+    ];
+    let m7: Vec<Product> = vec![
+        ("q", 3584, 3584, Q4_K, 1.0),
+        ("k", 512, 3584, Q4_K, 1.0),
+        ("v", 512, 3584, Q4_K, half),
+        ("v+", 512, 3584, Q6_K, half),
+        ("o", 3584, 3584, Q4_K, 1.0),
+        ("gate/up", 18944, 3584, Q4_K, 2.0),
+        ("down", 3584, 18944, Q4_K, half),
+        ("down+", 3584, 18944, Q6_K, half),
+    ];
+    // The other types on the 7B gate shape.
+    let others: Vec<Product> = [F32, F16, Q4_1, Q5_0, Q8_0]
+        .iter()
+        .map(|&t| ("gate", 18944, 3584, t, 0.0))
+        .collect();
+
+    let mut table = Vec::new();
+    let mut layer_ms = std::collections::HashMap::new();
+    for (model, set, layers) in [("0.5B", &m05, 24usize), ("7B", &m7, 28), ("7B", &others, 0)] {
+        for &(name, rows, k, ty, count) in set.iter() {
+            let w = weights(ty, rows, k, &mut rng);
+            let wd = dev.upload(&w, MemKind::Weights).unwrap();
+            for n_tok in [256usize, 512] {
+                let old = b.time(&wd, ty, rows, k, n_tok, Kernel::Old, 3);
+                let auto = b.time(&wd, ty, rows, k, n_tok, Kernel::Mma(None), 15);
+                let tiles: Vec<f32> = (0..MMA_TILES.len())
+                    .map(|t| b.time(&wd, ty, rows, k, n_tok, Kernel::Mma(Some(t)), 9))
+                    .collect();
+                let tf = |ms| tflops(n_tok, rows, k, ms);
+                let pick = dev.mma_tile_for(n_tok, rows, k).unwrap();
+                let mut line = format!(
+                    "| {model} {name:<7} | {:<4} | {rows}x{k} | {n_tok} | {:.2} | {:.1} ({:.3} ms, #{pick}) |",
+                    ty.name(),
+                    tf(old),
+                    tf(auto),
+                    auto
+                );
+                for &t in &tiles {
+                    line += &format!(" {:.1}", tf(t));
+                }
+                line += " |";
+                say(&line);
+                table.push(line);
+                if layers > 0 {
+                    let e = layer_ms.entry((model, layers, n_tok)).or_insert((0.0, 0.0));
+                    e.0 += count * old as f64;
+                    e.1 += count * auto as f64;
+                }
+            }
+        }
+    }
+    say("\n| product | type | rows x k | tokens | old TFLOP/s | new TFLOP/s (time) | tiles 128x128 128x64 64x64 32x64 64x64k2 32x64k4 |");
+    say("|---|---|---|---|---|---|---|");
+    for l in &table {
+        say(l);
+    }
+    say("\nMatrix products alone, whole model (layers x per-layer sum), as prompt tok/s:");
+    let mut keys: Vec<_> = layer_ms.keys().cloned().collect();
+    keys.sort_by_key(|k| (k.1, k.2));
+    for key in keys {
+        let (old, new) = layer_ms[&key];
+        let (model, layers, n_tok) = key;
+        let per = |ms: f64| n_tok as f64 / (ms * layers as f64 * 1e-3);
+        say(&format!(
+            "  {model} n_tok {n_tok}: old {:.0} tok/s ({:.2} ms/layer), new {:.0} tok/s ({:.3} ms/layer)",
+            per(old),
+            old,
+            per(new),
+            new
+        ));
+    }
+
+    // Prompt attention (tiled kernel): a 256-token chunk after 256 cached positions.
+    say("\nPrompt attention, 256 queries at positions 256..511 (attention_tiled):");
+    for &(n_heads, n_kv, hd) in &[(14usize, 2usize, 64usize), (28, 4, 128)] {
+        let (n_tok, pos0) = (256usize, 256usize);
+        let mut cache = dev.alloc_kv_layer(n_kv, hd, 512).unwrap();
+        let kv: Vec<f32> = (0..512 * n_kv * hd).map(|_| rng.f()).collect();
+        let kd = dev.upload_f32(&kv, MemKind::Scratch).unwrap();
+        dev.kv_store(&kd, &kd, 512, &mut cache, 0).unwrap();
+        let q: Vec<f32> = (0..n_tok * n_heads * hd).map(|_| rng.f()).collect();
+        let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
+        let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut t = Vec::new();
+        for i in 0..11 {
+            let ms = dev
+                .time_ms(|| dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, 0, &mut od))
+                .unwrap();
+            if i > 0 {
+                t.push(ms);
+            }
+        }
+        say(&format!(
+            "  heads {n_heads}/{n_kv} head_dim {hd}: {:.1} us",
+            median(t) * 1e3
+        ));
+    }
+
+    // Small token counts: where the tensor cores start to pay.
+    say("\nSmall batches (ms, old / new auto):");
+    for &(rows, k, ty) in &[
+        (896usize, 896usize, Q5_0),
+        (3584, 3584, Q4_K),
+        (18944, 3584, Q4_K),
+    ] {
+        let w = weights(ty, rows, k, &mut rng);
+        let wd = dev.upload(&w, MemKind::Weights).unwrap();
+        let mut line = format!("  {} {rows}x{k}:", ty.name());
+        for n_tok in [2usize, 4, 8, 12, 16, 24, 32, 64] {
+            let old = b.time(&wd, ty, rows, k, n_tok, Kernel::Old, 5);
+            let new = b.time(&wd, ty, rows, k, n_tok, Kernel::Mma(None), 5);
+            line += &format!(" n{n_tok} {old:.3}/{new:.3}");
+        }
+        say(&line);
+    }
+}

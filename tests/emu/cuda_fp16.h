@@ -1,0 +1,73 @@
+// Host stand-in for the CUDA headers that kernels/common.cuh and kernels/mma_matmul.cu use, so
+// the tensor-core kernel's indexing and decoding can run on a CPU under tests/emu/mma_emu.cpp.
+// f16 conversions go through GCC's _Float16 (round to nearest even, as cvt.rn).
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define __device__
+#define __host__
+#define __global__
+#define __forceinline__ inline
+#define __shared__ static  // one block runs at a time: statics are that block's shared memory
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+struct dim3u {
+    unsigned x, y, z;
+};
+extern dim3u threadIdx, blockIdx;
+void __syncthreads();
+
+struct __half {
+    uint16_t bits;
+};
+struct __half2 {
+    __half x, y;
+};
+inline float __half2float(__half h) {
+    _Float16 f;
+    memcpy(&f, &h.bits, 2);
+    return (float)f;
+}
+inline __half __float2half_rn(float v) {
+    _Float16 f = (_Float16)v;
+    __half h;
+    memcpy(&h.bits, &f, 2);
+    return h;
+}
+inline __half __ushort_as_half(unsigned short b) { return __half{b}; }
+inline __half2 __floats2half2_rn(float a, float b) { return __half2{__float2half_rn(a), __float2half_rn(b)}; }
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) uint4 {
+    uint32_t x, y, z, w;
+};
+struct alignas(8) uint2 {
+    uint32_t x, y;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+template <class T> inline T __ldg(const T* p) { return *p; }
+inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t sh) {
+    return (uint32_t)((((uint64_t)hi << 32) | lo) >> (sh & 31));
+}
+#include <stdio.h>
+#include <stdlib.h>
+[[noreturn]] inline void __trap() {
+    fprintf(stderr, "EMU: __trap()\n");
+    abort();
+}
+float __shfl_xor_sync(unsigned mask, float v, int lane_xor);  // tests/emu/emu_runtime.h
+float __shfl_sync(unsigned mask, float v, int src_lane);
