@@ -20,12 +20,18 @@
 //! * The GPU's prompt products (≥ `MMA_MIN_TOKENS` tokens, so the 64-token prompt) run on the
 //!   tensor cores with weights and activations rounded to f16 (2⁻¹¹ relative each, rms ≈ 2.8e-4;
 //!   ≈ 4e-4 rms on a zero-mean product, measured 2e-4 – 3e-4): `GPU_PRODUCT` = 2e-3 for one
-//!   product against the CPU. Its decode products are f32 (≈ √k·2⁻²⁴ ≈ 1e-6). It keeps the KV
-//!   cache in f16 (2⁻¹¹ relative rounding, rms ≈ 2.8e-4 in the attention output), so the GPU
-//!   dominates the difference.
-//! * Through the network each layer injects that attention difference into the residual
-//!   stream; the relative error of later stages stays near a few 1e-4 to 1e-3. `DEEP` = 1e-2
-//!   bounds every later stage and the logits with room.
+//!   product against the CPU. Its decode products take the input quantized to 16 bits per 32
+//!   values (max|x|/64516 per value, ≈ 1e-5 relative). It keeps the KV cache in f16 (2⁻¹¹
+//!   relative rounding, rms ≈ 2.8e-4 in the attention output), so the GPU dominates the
+//!   difference.
+//! * Through the network each layer injects that difference (each layer's own error against
+//!   f64 is checked separately: `GPU_LAYER_VS_F64`) into the residual stream, and the random
+//!   synthetic network amplifies it at some positions: in the 0.5B shape layers 15-17 at
+//!   positions 42 and 51 multiply a difference about 3x (seen with f32 prompt products too,
+//!   1.5e-3 -> 1.0e-2). With f16 prompt operands the largest deep difference measured on the
+//!   H200 is 2.0e-2 (2026-11-28, layer 16, rms-normalized), the logits 1.3e-2. `DEEP` = 3e-2
+//!   bounds every later stage and the logits; argmax must still agree wherever the gap is
+//!   clear.
 //! * Stages before any matrix (embed, layer-0 attn_norm) are the same f32 arithmetic on the
 //!   same values on both sides: `EXACT_ISH` = 1e-5.
 #![cfg(feature = "cuda")]
@@ -44,7 +50,7 @@ use std::sync::Arc;
 const EXACT_ISH: f64 = 1e-5;
 const PRODUCT: f64 = 5e-4;
 const GPU_PRODUCT: f64 = 2e-3;
-const DEEP: f64 = 1e-2;
+const DEEP: f64 = 3e-2;
 /// The GPU's layer-0 products (prompt: tensor cores, f16 operands) against f64 from its own
 /// input: ≈ 4e-4 rms from the two f16 roundings (measured 2e-4 – 3e-4), with room.
 const GPU_VS_F64: f64 = 2e-3;
