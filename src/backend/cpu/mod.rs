@@ -596,13 +596,11 @@ impl Ops for CpuStep<'_> {
         let width = self.width(gate);
         let n = self.n;
         let (g, u) = (self.take(gate), self.take(up));
-        for ((o, &g), &u) in self.st.slots[out.index()][..n * width]
-            .iter_mut()
-            .zip(&g[..n * width])
-            .zip(&u[..n * width])
-        {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
+        attn::silu_mul(
+            &g[..n * width],
+            &u[..n * width],
+            &mut self.st.slots[out.index()][..n * width],
+        );
         self.put(gate, g);
         self.put(up, u);
     }
@@ -756,9 +754,7 @@ impl Ops for CpuStep<'_> {
                                 std::slice::from_raw_parts_mut(ap.get().add(at), nr),
                             )
                         };
-                        for ((o, &g), &u) in os.iter_mut().zip(gs).zip(us) {
-                            *o = g / (1.0 + (-g).exp()) * u;
-                        }
+                        attn::silu_mul(gs, us, os);
                     }
                 });
         });
