@@ -7,7 +7,7 @@
 // Queries q: [n_tok][n_heads][head_dim] f32 at positions pos0 .. pos0+n_tok-1; out has q's
 // shape. Query t sees keys lo .. pos0+t, lo = 0 or (window > 0) pos0+t-window+1 (sliding
 // window). Decode is n_tok = 1; prefill is n_tok > 1 after kv_store of those tokens.
-#include "common.cuh"
+#include "attn_common.cuh"
 
 // Store n_tok new tokens' K and V ([n_tok][n_kv][head_dim] f32) at positions pos0.. .
 // Launch: block = head_dim threads, grid.x = n_tok * n_kv.
@@ -23,7 +23,6 @@ extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __
 }
 
 #define AW 4        // warps per block
-#define MAXD 8      // head_dim <= 32 * MAXD = 256
 
 // Launch: block = 32*AW threads, grid = (n_heads, n_tok). Each warp scans every AW-th key with
 // an online softmax (running max m, sum l, accumulator acc over head_dim spread across lanes),
@@ -51,38 +50,15 @@ attention(const float* __restrict__ q, const __half* __restrict__ kc,
     float m = -INFINITY, l = 0.f;
     const __half* kb = kc + (long long)kvh * max_ctx * head_dim;
     const __half* vb = vc + (long long)kvh * max_ctx * head_dim;
-    for (int j = lo + warp; j <= qpos; j += AW) {
-        const __half* kr = kb + (long long)j * head_dim;
-        float s = 0.f;
-#pragma unroll
-        for (int i = 0; i < MAXD; i++)
-            if (i < nd) s += qr[i] * __half2float(kr[lane + 32 * i]);
-        s = warp_sum(s);
-        const float mn = fmaxf(m, s);
-        const float corr = expf(m - mn);  // m = -inf at the first key: corr = 0
-        const float p = expf(s - mn);
-        l = l * corr + p;
-        const __half* vr = vb + (long long)j * head_dim;
-#pragma unroll
-        for (int i = 0; i < MAXD; i++)
-            if (i < nd) acc[i] = acc[i] * corr + p * __half2float(vr[lane + 32 * i]);
-        m = mn;
-    }
+    attn_scan(qr, kb, vb, head_dim, nd, lo + warp, qpos + 1, AW, lane, m, l, acc);
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
 #pragma unroll
     for (int i = 0; i < MAXD; i++)
         if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     if (warp == 0) {
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < AW; w++) M = fmaxf(M, sm[w]);
-        float L = 0.f, f[AW];
-#pragma unroll
-        for (int w = 0; w < AW; w++) {
-            f[w] = sl[w] > 0.f ? expf(sm[w] - M) : 0.f;  // a warp with no keys adds nothing
-            L += sl[w] * f[w];
-        }
+        float f[AW];
+        const float L = attn_merge_factors<AW>(sm, sl, f, nullptr);
         float* o = out + ((long long)t * n_heads + h) * head_dim;
         for (int i = 0; i < nd; i++) {
             float a = 0.f;

@@ -10,7 +10,7 @@
 // rope_kv: rotates q and k in place and stores the token's k and v in the f16 KV cache.
 // attention_decode: split-K attention of one query over the cache (flash-decoding): blocks
 //   take slices of the keys, the last block of a head to finish merges their partial softmax.
-#include "common.cuh"
+#include "attn_common.cuh"
 
 #define DW 8          // warps per block of fused_matvec
 #define STAGE 2048    // bytes of a weight row a warp stages in shared memory per step
@@ -536,13 +536,13 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
 }
 
 #define AW 4        // warps per block of attention_decode
-#define MAXD 8      // head_dim <= 32 * MAXD = 256
 
 // Launch: block = 32 * AW, grid = (n_heads, 32); part: n_heads * n_split * (head_dim + 2)
 // f32 scratch; count: n_heads ints, zero before the first launch (the merging block resets
 // its head's count). The query at position pos[0] sees keys lo..pos[0], cut into up to
-// n_split slices of at least 64 keys; each block runs an online softmax over its slice (AW warps, merged in shared
-// memory), writes (max, sum, acc) to `part`, and the last block of the head merges all.
+// n_split slices of at least 64 keys; each block runs an online softmax over its slice (AW
+// warps, merged in shared memory), writes (max, sum, acc) to `part`, and the last block of
+// the head merges all.
 // With `rec`, the output's chunk records are written too (the next mat-vec's prepared input).
 extern "C" __global__ void __launch_bounds__(32 * AW)
 attention_decode(const float* __restrict__ q, const __half* __restrict__ kc,
@@ -575,23 +575,7 @@ attention_decode(const float* __restrict__ q, const __half* __restrict__ kc,
     float m = -INFINITY, l = 0.f;
     const __half* kb = kc + (long long)kvh * max_ctx * head_dim;
     const __half* vb = vc + (long long)kvh * max_ctx * head_dim;
-    for (int j = j0 + warp; j < j1; j += AW) {
-        const __half* kr = kb + (long long)j * head_dim;
-        float s = 0.f;
-#pragma unroll
-        for (int i = 0; i < MAXD; i++)
-            if (i < nd) s += qr[i] * __half2float(kr[lane + 32 * i]);
-        s = warp_sum(s);
-        const float mn = fmaxf(m, s);
-        const float corr = expf(m - mn);
-        const float p = expf(s - mn);
-        l = l * corr + p;
-        const __half* vr = vb + (long long)j * head_dim;
-#pragma unroll
-        for (int i = 0; i < MAXD; i++)
-            if (i < nd) acc[i] = acc[i] * corr + p * __half2float(vr[lane + 32 * i]);
-        m = mn;
-    }
+    attn_scan(qr, kb, vb, head_dim, nd, j0 + warp, j1, AW, lane, m, l, acc);
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
 #pragma unroll
     for (int i = 0; i < MAXD; i++)
@@ -602,15 +586,8 @@ attention_decode(const float* __restrict__ q, const __half* __restrict__ kc,
     if (n_act == 1) {
         // The only slice: its merged result is the output.
         if (warp == 0) {
-            float M = -INFINITY;
-#pragma unroll
-            for (int w = 0; w < AW; w++) M = fmaxf(M, sm[w]);
-            float L = 0.f, f[AW];
-#pragma unroll
-            for (int w = 0; w < AW; w++) {
-                f[w] = sl[w] > 0.f ? expf(sm[w] - M) : 0.f;
-                L += sl[w] * f[w];
-            }
+            float f[AW];
+            const float L = attn_merge_factors<AW>(sm, sl, f, nullptr);
             for (int i = 0; i < nd; i++) {
                 float o = 0.f;
 #pragma unroll
@@ -623,15 +600,8 @@ attention_decode(const float* __restrict__ q, const __half* __restrict__ kc,
         return;
     }
     if (warp == 0) {
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < AW; w++) M = fmaxf(M, sm[w]);
-        float L = 0.f, f[AW];
-#pragma unroll
-        for (int w = 0; w < AW; w++) {
-            f[w] = sl[w] > 0.f ? expf(sm[w] - M) : 0.f;  // a warp with no keys adds nothing
-            L += sl[w] * f[w];
-        }
+        float M, f[AW];
+        const float L = attn_merge_factors<AW>(sm, sl, f, &M);
         for (int i = 0; i < nd; i++) {
             float s = 0.f;
 #pragma unroll
