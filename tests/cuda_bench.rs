@@ -134,7 +134,7 @@ fn mma_prompt_bench() {
     say(&format!(
         "{} ({} SMs); TFLOP/s = 2*n*rows*k / median time; L2 flushed before each launch",
         dev.name(),
-        dev.multiprocessors().unwrap()
+        dev.sm_count() as usize
     ));
     let mut rng = Rng(7);
     let xs: Vec<f32> = (0..MAX_TOK * MAX_K).map(|_| rng.f()).collect();

@@ -235,28 +235,24 @@ impl CudaDevice {
                 "fused matvec: a prepared input is for quantized weights without a norm".into(),
             ));
         }
-        let input = if xint {
+        // Records for the quantized formats; for F32/F16 the normed f32 (or x itself).
+        let (rec_ptr, input) = if xint {
             rec.check(
                 self,
                 Self::input_record_bytes(k) as u64,
                 "fused matvec records",
             )?;
-            if prepared {
-                return self.launch_matvec(a, rec.ptr(), jobs, prods);
-            }
-            let grid = (k / 32).div_ceil(DW) as u32;
-            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
-                x.ptr(), norm_w, eps, normed, rec.ptr(), k_i)?;
-            rec.ptr()
+            (rec.ptr(), rec.ptr())
         } else if norm_w != 0 {
+            (0, normed)
+        } else {
+            (0, x.ptr())
+        };
+        if !prepared && (xint || norm_w != 0) {
             let grid = (k / 32).div_ceil(DW) as u32;
             launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
-                x.ptr(), norm_w, eps, normed, 0u64, k_i)?;
-            normed
-        } else {
-            x.ptr()
-        };
-
+                x.ptr(), norm_w, eps, normed, rec_ptr, k_i)?;
+        }
         self.launch_matvec(a, input, jobs, prods)
     }
 

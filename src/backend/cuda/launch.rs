@@ -239,6 +239,13 @@ macro_rules! launch {
     ($dev:expr, $name:expr, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {
         launch!($dev, $name, $grid, $block, shared = 0u32; $($arg),*)
     };
+    // With `shared` bytes of dynamic shared memory, the kernel's limit first raised to it
+    // (needed above 48 KiB) and all of L1 preferred as shared memory.
+    ($dev:expr, $name:expr, $grid:expr, $block:expr, raise_shared = $smem:expr; $($arg:expr),* $(,)?) => {{
+        let name: &str = $name;
+        $dev.raise_shared_limit(name, $smem)?;
+        launch!($dev, name, $grid, $block, shared = $smem; $($arg),*)
+    }};
     // With `shared` bytes of dynamic shared memory.
     ($dev:expr, $name:expr, $grid:expr, $block:expr, shared = $smem:expr; $($arg:expr),* $(,)?) => {{
         let name: &str = $name;
@@ -389,7 +396,7 @@ impl CudaDevice {
                     MMA_TILES.len()
                 )))
             }
-            None => mma_tile(n_tok, rows, k / 32, self.multiprocessors()?),
+            None => mma_tile(n_tok, rows, k / 32, self.sm_count() as usize),
         };
         let tl = MMA_TILES[t];
         if rows.div_ceil(tl.rows) > 65535 {
@@ -403,36 +410,14 @@ impl CudaDevice {
             rows.div_ceil(tl.rows) as u32,
             1,
         );
-        let (mut wp, mut xp, mut yp, mut rows_v, mut k_v, mut n_v, mut rb_v) =
-            (w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64);
-        let mut params: [*mut c_void; 7] = [
-            &mut wp as *mut _ as *mut c_void,
-            &mut xp as *mut _ as *mut c_void,
-            &mut yp as *mut _ as *mut c_void,
-            &mut rows_v as *mut _ as *mut c_void,
-            &mut k_v as *mut _ as *mut c_void,
-            &mut n_v as *mut _ as *mut c_void,
-            &mut rb_v as *mut _ as *mut c_void,
-        ];
-        self.launch_smem(
-            &name,
-            grid,
-            (tl.threads() as u32, 1, 1),
-            tl.smem_bytes(ty) as u32,
-            &mut params,
-        )
+        let smem = tl.smem_bytes(ty) as u32;
+        launch!(self, &name, grid, (tl.threads() as u32, 1, 1), raise_shared = smem;
+            w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64)
     }
 
-    /// Launch `name` with `smem` bytes of dynamic shared memory (above 48 KB a kernel must ask
-    /// for it: its limit is raised first). `params` point at the arguments, in order.
-    fn launch_smem(
-        &self,
-        name: &str,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
-        params: &mut [*mut c_void],
-    ) -> Result<()> {
+    /// Let kernel `name` take `smem` bytes of dynamic shared memory (above 48 KB a kernel must
+    /// ask for it) and prefer all of L1 as shared memory (see `launch!`'s `raise_shared`).
+    fn raise_shared_limit(&self, name: &str, smem: u32) -> Result<()> {
         use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
         let f = *self
             .inner
@@ -457,27 +442,12 @@ impl CudaDevice {
                 100,
             )
         }
-        .map_err(|e| drv(&format!("shared memory carveout of {name}"), e))?;
-        unsafe { result::launch_kernel(f, grid, block, smem, self.stream.raw, params) }
-            .map_err(|e| drv(&format!("launch of {name}"), e))
+        .map_err(|e| drv(&format!("shared memory carveout of {name}"), e))
     }
 
     /// The index in [`MMA_TILES`] that [`matmul_mma`](Self::matmul_mma) picks for a product.
     pub fn mma_tile_for(&self, n_tok: usize, rows: usize, k: usize) -> Result<usize> {
-        Ok(mma_tile(n_tok, rows, k / 32, self.multiprocessors()?))
-    }
-
-    /// The GPU's multiprocessor count.
-    pub fn multiprocessors(&self) -> Result<usize> {
-        let dev = result::device::get(self.inner.ordinal as i32).map_err(|e| drv("device", e))?;
-        let n = unsafe {
-            result::device::get_attribute(
-                dev,
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-        }
-        .map_err(|e| drv("attribute", e))?;
-        Ok(n.max(1) as usize)
+        Ok(mma_tile(n_tok, rows, k / 32, self.sm_count() as usize))
     }
 
     /// Milliseconds of GPU time that the work `f` issues takes (CUDA events around it on the
@@ -760,6 +730,32 @@ impl CudaDevice {
         window: usize,
         out: &mut DeviceBuffer,
     ) -> Result<()> {
+        // The plain kernel's grid has a block row per token (at most 65535).
+        self.attention_check(q, n_tok, n_heads, cache, pos0, out, 65535)?;
+        let window_i = dim(window, "attention window")?;
+        if n_tok >= ATTN_TILED_MIN_TOKENS {
+            return self
+                .attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, out);
+        }
+        let hd = cache.head_dim;
+        launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
+            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
+            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i)
+    }
+
+    /// The argument checks both attention kernels share; `max_tok`: the most tokens the
+    /// kernel's grid takes.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_check(
+        &self,
+        q: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        cache: &KvCacheLayer,
+        pos0: usize,
+        out: &DeviceBuffer,
+        max_tok: usize,
+    ) -> Result<()> {
         positive(n_tok, "attention n_tok")?;
         positive(n_heads, "attention n_heads")?;
         if n_heads % cache.n_kv_heads != 0 {
@@ -768,7 +764,7 @@ impl CudaDevice {
                 cache.n_kv_heads
             )));
         }
-        if n_tok > 65535 || n_heads > 65535 {
+        if n_heads > 65535 || n_tok > max_tok {
             return Err(Error::InvalidArgument(format!(
                 "attention: {n_tok} tokens x {n_heads} heads is too many for one launch"
             )));
@@ -780,16 +776,9 @@ impl CudaDevice {
                 cache.max_ctx
             )));
         }
-        let hd = cache.head_dim;
-        q.check(self, f32s(n_tok * n_heads * hd), "attention q")?;
-        out.check(self, f32s(n_tok * n_heads * hd), "attention out")?;
-        let window_i = dim(window, "attention window")?;
-        if n_tok >= ATTN_TILED_MIN_TOKENS {
-            return self.attention_tiled(q, n_tok, n_heads, cache, pos0, scale, window, out);
-        }
-        launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
-            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
-            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i)
+        let size = f32s(n_tok * n_heads * cache.head_dim);
+        q.check(self, size, "attention q")?;
+        out.check(self, size, "attention out")
     }
 
     /// [`attention`](Self::attention) for a prompt: kernels/attention_tiled.cu stages tiles of
@@ -807,63 +796,32 @@ impl CudaDevice {
         window: usize,
         out: &mut DeviceBuffer,
     ) -> Result<()> {
-        positive(n_tok, "attention n_tok")?;
-        positive(n_heads, "attention n_heads")?;
-        if n_heads % cache.n_kv_heads != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "attention: {n_heads} query heads is not a multiple of {} KV heads",
-                cache.n_kv_heads
-            )));
-        }
-        if n_heads > 65535 || n_tok > i32::MAX as usize {
-            return Err(Error::InvalidArgument(format!(
-                "attention: {n_tok} tokens x {n_heads} heads is too many for one launch"
-            )));
-        }
-        let end = pos0.saturating_add(n_tok);
-        if end > cache.max_ctx {
-            return Err(Error::ContextFull(format!(
-                "positions {pos0}..{end} do not fit a KV cache of {} positions",
-                cache.max_ctx
-            )));
-        }
-        let hd = cache.head_dim;
-        q.check(self, f32s(n_tok * n_heads * hd), "attention q")?;
-        out.check(self, f32s(n_tok * n_heads * hd), "attention out")?;
+        self.attention_check(q, n_tok, n_heads, cache, pos0, out, i32::MAX as usize)?;
         let window_i = dim(window, "attention window")?;
+        self.attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, out)
+    }
+
+    /// The attention_tiled launch, arguments checked.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_tiled_launch(
+        &self,
+        q: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        cache: &KvCacheLayer,
+        pos0: usize,
+        scale: f32,
+        window: i32,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let hd = cache.head_dim;
         // 16 queries (f32), 32 keys (rows padded by one word), 32 values (f16).
-        let smem = 16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2;
-        let (mut qp, mut kp, mut vp, mut op) = (q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr());
-        let (mut nt, mut nh, mut nk, mut hdv) = (
-            n_tok as i32,
-            n_heads as i32,
-            cache.n_kv_heads as i32,
-            hd as i32,
-        );
-        let (mut mc, mut p0, mut sc, mut win) =
-            (cache.max_ctx as i32, pos0 as i32, scale, window_i);
-        let mut params: [*mut c_void; 12] = [
-            &mut qp as *mut _ as *mut c_void,
-            &mut kp as *mut _ as *mut c_void,
-            &mut vp as *mut _ as *mut c_void,
-            &mut op as *mut _ as *mut c_void,
-            &mut nt as *mut _ as *mut c_void,
-            &mut nh as *mut _ as *mut c_void,
-            &mut nk as *mut _ as *mut c_void,
-            &mut hdv as *mut _ as *mut c_void,
-            &mut mc as *mut _ as *mut c_void,
-            &mut p0 as *mut _ as *mut c_void,
-            &mut sc as *mut _ as *mut c_void,
-            &mut win as *mut _ as *mut c_void,
-        ];
+        let smem = (16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2) as u32;
         let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
-        self.launch_smem(
-            "attention_tiled",
-            grid,
-            (128, 1, 1),
-            smem as u32,
-            &mut params,
-        )
+        launch!(self, "attention_tiled", grid, (128, 1, 1), raise_shared = smem;
+            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_tok as i32, n_heads as i32,
+            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale,
+            window)
     }
 
     /// out = silu(g) * u over n values.
@@ -886,14 +844,6 @@ impl CudaDevice {
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         self.glu("geglu", g, u, n, out)
-    }
-
-    /// g = silu(g) * u in place over n values (each element reads and writes its own index).
-    pub fn swiglu_inplace(&self, g: &mut DeviceBuffer, u: &DeviceBuffer, n: usize) -> Result<()> {
-        positive(n, "swiglu")?;
-        g.check(self, f32s(n), "swiglu g")?;
-        u.check(self, f32s(n), "swiglu u")?;
-        launch!(self, "swiglu", (ew_grid(n), 1, 1), (256, 1, 1); g.ptr(), u.ptr(), g.ptr(), n as i64)
     }
 
     fn glu(

@@ -154,8 +154,10 @@ impl Drop for DecodeGraph {
 unsafe impl Send for DecodeGraph {}
 
 /// Whether decode steps are captured as graphs (`LLORCH_CUDA_GRAPH=0` turns it off).
+/// Read once: it is asked on every decode step.
 fn graphs_enabled() -> bool {
-    std::env::var("LLORCH_CUDA_GRAPH").map_or(true, |v| v != "0")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_GRAPH").map_or(true, |v| v != "0"))
 }
 
 /// A session's state on the GPU: per-layer f16 KV cache, activation buffers for up to
