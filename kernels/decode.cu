@@ -397,6 +397,8 @@ __device__ __forceinline__ void write_record(float v, uint8_t* r, int lane) {
 extern "C" __global__ void __launch_bounds__(32 * DW)
 prep_input(const float* __restrict__ x, const float* __restrict__ norm, float eps,
            float* __restrict__ normed, uint8_t* __restrict__ rec, int k) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float red[DW];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float inv = 1.f;
@@ -427,6 +429,31 @@ prep_input(const float* __restrict__ x, const float* __restrict__ norm, float ep
     if (rec) write_record(v, rec + (long long)c * XREC, lane);
 }
 
+// The weight rows of this block's jobs (rows or row pairs) [base, base + groups) of each
+// round, prefetched into L2: all rounds when the matrices fit well within L2 (the small
+// products of a small model), else the first.
+__device__ __forceinline__ void prefetch_rows(const MvArgs& a, int total, int groups) {
+    const int n_seg = a.mode == MODE_GLU ? 2 : (a.mode == MODE_PLAIN ? a.n_seg : 1);
+    long long all = 0;
+    for (int s = 0; s < n_seg; s++) all += (long long)a.seg[s].rows * a.seg[s].row_bytes;
+    const int rounds = all <= (24ll << 20) ? 1 << 30 : 1;
+    int it = 0;
+    for (int base = blockIdx.x * groups; base < total && it < rounds;
+         base += gridDim.x * groups, it++) {
+        const int end = min(total, base + groups);
+        int first = 0;  // job number of seg s's row 0
+        for (int s = 0; s < n_seg; s++) {
+            const Seg& sg = a.seg[s];
+            // GLU: both segments take the same rows; else the jobs run through the segments.
+            const int f = a.mode == MODE_PLAIN ? first : 0;
+            const int r0 = max(base - f, 0), r1 = min(end - f, sg.rows);
+            if (r0 < r1)
+                prefetch_l2(sg.w + (long long)r0 * sg.row_bytes, (long long)(r1 - r0) * sg.row_bytes);
+            first += sg.rows;
+        }
+    }
+}
+
 // Launch: block = 32 * DW threads, any grid, dynamic shared memory = 2 * DW * STAGE bytes.
 // `xs`: chunk records from prep_input for the quantized formats, f32 for F32/F16. `wpr` warps
 // (1, 2, 4 or 8) share each row, each taking a slice of its blocks: few rows still put many
@@ -446,6 +473,10 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
         total = a.seg[0].rows;
     }
     const int groups = DW / wpr, grp = warp / wpr, part = warp % wpr;
+    // While the kernel before this one finishes: this block's weight rows toward L2.
+    if (threadIdx.x == 0) prefetch_rows(a, total, groups);
+    pdl_wait();
+    pdl_trigger();
     // Every warp of the block runs the same number of rounds (block-wide barriers inside).
     for (int base = blockIdx.x * groups; base < total; base += gridDim.x * groups) {
         const int job = base + grp;
@@ -509,6 +540,8 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
                                    __half* kc, __half* vc, const int* __restrict__ pos,
                                    int n_heads, int n_kv, int head_dim, int max_ctx,
                                    int rot_dim, float base, int neox) {
+    pdl_wait();
+    pdl_trigger();
     const int h = blockIdx.x, d = threadIdx.x;
     const bool is_k = h >= n_heads;
     float* x = is_k ? k + (h - n_heads) * head_dim : q + h * head_dim;
@@ -549,6 +582,8 @@ attention_decode(const float* __restrict__ q, const __half* __restrict__ kc,
                  const __half* __restrict__ vc, float* __restrict__ out, float* part,
                  int* count, const int* __restrict__ pos, int n_heads, int n_kv, int head_dim,
                  int max_ctx, float scale, int window, uint8_t* __restrict__ rec) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float sm[AW], sl[AW];
     __shared__ float sacc[AW][32 * MAXD];
     __shared__ bool last;

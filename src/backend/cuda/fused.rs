@@ -23,6 +23,13 @@ const XREC: usize = 80;
 /// each warp's rows through four buffers measured slower on the H200, 2026-11-28: 0.5B 761 ->
 /// 685, 7B 283 -> 251 tok/s.)
 const FUSED_SHARED: usize = 2 * DW * STAGE;
+/// fused_matvec blocks a multiprocessor holds at once (its `__launch_bounds__(256, 3)` and
+/// FUSED_SHARED): grids are capped at one full wave, each block looping over its rows, so
+/// every block is resident from the start and can prefetch its rows while the kernel before
+/// finishes (programmatic dependent launch). Measured on the H200 (2026-11-28, tg128 with
+/// PDL): 0.5B 784 vs 762 with 16 blocks a multiprocessor, 7B 279 vs 264; 4 is worse (0.5B
+/// 674, 7B 217: a second, partial wave).
+const MATVEC_BLOCKS_PER_SM: usize = 3;
 /// Key slices per head in attention_decode (one per lane of the merging warp). Fixed, so a
 /// captured graph fits every length.
 pub const ATTN_SPLITS: usize = 32;
@@ -250,7 +257,7 @@ impl CudaDevice {
         };
         if !prepared && (xint || norm_w != 0) {
             let grid = (k / 32).div_ceil(DW) as u32;
-            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
+            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1), shared = 0, pdl;
                 x.ptr(), norm_w, eps, normed, rec_ptr, k_i)?;
         }
         self.launch_matvec(a, input, jobs, prods)
@@ -276,10 +283,10 @@ impl CudaDevice {
         }
         let blocks = jobs
             .div_ceil(DW / wpr)
-            .min(self.sm_count() as usize * 16)
+            .min(self.sm_count() as usize * MATVEC_BLOCKS_PER_SM)
             .max(1);
         launch!(self, "fused_matvec", (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
-            shared = FUSED_SHARED as u32; a, input, wpr as i32)
+            shared = FUSED_SHARED as u32, pdl; a, input, wpr as i32)
     }
 
     /// One token: RoPE on `q` (n_heads heads) and `k` (the cache's heads) at position
@@ -307,7 +314,7 @@ impl CudaDevice {
         k.check(self, f32s(n_kv * hd), "rope_kv k")?;
         v.check(self, f32s(n_kv * hd), "rope_kv v")?;
         pos.check(self, 4, "rope_kv pos")?;
-        launch!(self, "rope_kv", ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1);
+        launch!(self, "rope_kv", ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1), shared = 0, pdl;
             q.ptr(), k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(),
             n_heads as i32, n_kv as i32, hd as i32, cache.max_ctx as i32, p.rot_dim as i32,
             p.base, p.neox as i32)
@@ -355,7 +362,7 @@ impl CudaDevice {
         count.check(self, n_heads as u64 * 4, "attention counters")?;
         pos.check(self, 4, "attention pos")?;
         let window_i = dim(window, "attention window")?;
-        launch!(self, "attention_decode", (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1);
+        launch!(self, "attention_decode", (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1), shared = 0, pdl;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
             pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
             cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()))

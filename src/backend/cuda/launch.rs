@@ -5,7 +5,7 @@ use super::drv;
 use super::memory::{DeviceBuffer, MemKind};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
-use cudarc::driver::result;
+use cudarc::driver::{result, sys};
 use std::ffi::c_void;
 
 /// The extern "C" kernels each kernels/NAME.cu defines (looked up when the device opens).
@@ -247,12 +247,20 @@ macro_rules! launch {
         launch!($dev, name, $grid, $block, shared = $smem; $($arg),*)
     }};
     // With `shared` bytes of dynamic shared memory.
-    ($dev:expr, $name:expr, $grid:expr, $block:expr, shared = $smem:expr; $($arg:expr),* $(,)?) => {{
+    ($dev:expr, $name:expr, $grid:expr, $block:expr, shared = $smem:expr; $($arg:expr),* $(,)?) => {
+        launch!(@go $dev, $name, $grid, $block, $smem, false; $($arg),*)
+    };
+    // Programmatic dependent launch (when on, see `pdl_enabled`): the kernel may start while
+    // the previous kernel of the stream finishes, so it must run `pdl_wait()` (common.cuh)
+    // before it touches anything earlier kernels write.
+    ($dev:expr, $name:expr, $grid:expr, $block:expr, shared = $smem:expr, pdl; $($arg:expr),* $(,)?) => {
+        launch!(@go $dev, $name, $grid, $block, $smem, $crate::backend::cuda::launch::pdl_enabled(); $($arg),*)
+    };
+    (@go $dev:expr, $name:expr, $grid:expr, $block:expr, $smem:expr, $pdl:expr; $($arg:expr),*) => {{
         let name: &str = $name;
         let f = *$dev.inner.funcs.get(name).ok_or_else(|| {
             Error::Internal(format!("kernel {name} was not loaded"))
         })?;
-        $dev.inner.bind()?;
         let mut params: Vec<*mut c_void> = Vec::new();
         // Each argument in a local of its own (a shadowed binding lives to the end of the
         // block), its address handed to the driver, which copies the values at launch.
@@ -260,9 +268,60 @@ macro_rules! launch {
             let mut arg = $arg;
             params.push(&mut arg as *mut _ as *mut c_void);
         )*
-        unsafe { result::launch_kernel(f, $grid, $block, $smem, $dev.stream.raw, &mut params) }
-            .map_err(|e| drv(&format!("launch of {name}"), e))
+        // SAFETY: `params` holds one pointer per kernel parameter, in order, each alive here.
+        unsafe { $dev.launch_raw(name, f, $grid, $block, $smem, $pdl, &mut params) }
     }};
+}
+
+/// Whether decode kernels use programmatic dependent launch (`LLORCH_CUDA_PDL=0` turns it off).
+pub(crate) fn pdl_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_PDL").map_or(true, |v| v != "0"))
+}
+
+impl CudaDevice {
+    /// Launch `f` on this handle's stream. With `pdl`, the launch allows programmatic stream
+    /// serialization: its blocks may be scheduled once the previous kernel's blocks have all
+    /// run `griddepcontrol.launch_dependents` (or exited), and the kernel's
+    /// `griddepcontrol.wait` then waits for that kernel's completion and memory.
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameters (one pointer to each value, in order).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn launch_raw(
+        &self,
+        name: &str,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        pdl: bool,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        self.inner.bind()?;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: smem,
+            hStream: self.stream.raw,
+            attrs: &mut attr,
+            numAttrs: u32::from(pdl),
+        };
+        sys::cuLaunchKernelEx(&cfg, f, params.as_mut_ptr(), std::ptr::null_mut())
+            .result()
+            .map_err(|e| drv(&format!("launch of {name}"), e))
+    }
 }
 
 /// Grid size for the grid-stride elementwise kernels (256 threads a block).
