@@ -49,10 +49,7 @@ template <> struct Geo<T_Q8_0> { enum { V = 32, B = 34 }; };
 template <> struct Geo<T_Q4_K> { enum { V = 256, B = 144 }; };
 template <> struct Geo<T_Q6_K> { enum { V = 256, B = 210 }; };
 
-
-// Lane-parallel dot products of nb staged blocks (`sb`) with the input (`x`: f32 `xs` for
-// the float formats, chunk records for the quantized ones); `c0`: the 32-value chunk of the
-// row where the first block starts. Block layouts as in common.cuh (quants.py).
+// Helpers of the per-format dot products below.
 __device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {
     return *reinterpret_cast<const uint16_t*>(p);
 }
@@ -68,36 +65,28 @@ __device__ __forceinline__ float dot4(float4 x, float a, float b, float c, float
     return x.x * a + x.y * b + x.z * c + x.w * d;
 }
 
+// Each format's `Lane<T>::blk`: one lane's share (lane j of LPB lanes a block) of the dot
+// product of one staged block `b` with the input; `c`: the 32-value chunk where the block
+// starts (`x`: f32 for the float formats, chunk records for the quantized ones). Block
+// layouts as in common.cuh (quants.py).
 template <int T> struct Lane;
 
 // F32 (128-byte blocks of 32 values, 16-byte aligned): 8 lanes a block, 4 values a lane.
 template <> struct Lane<T_F32> {
-    __device__ static float dot(const uint8_t* sb, int nb, int c0, const void* x, int lane) {
-        const float* xs = static_cast<const float*>(x);
-        const int v0 = c0 * 32;
-        float acc = 0.f;
-        const int j = lane & 7;
-        for (int blk = lane >> 3; blk < nb; blk += 4) {
-            const float4 w = reinterpret_cast<const float4*>(sb + blk * 128)[j];
-            acc += dot4(x4_at(xs, v0 + blk * 32 + 4 * j), w.x, w.y, w.z, w.w);
-        }
-        return acc;
+    enum { LPB = 8 };
+    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+        const float4 w = reinterpret_cast<const float4*>(b)[j];
+        return dot4(x4_at(static_cast<const float*>(x), c * 32 + 4 * j), w.x, w.y, w.z, w.w);
     }
 };
 
 // F16 (64-byte blocks of 32 values, 8-byte aligned): 8 lanes a block, 4 values a lane.
 template <> struct Lane<T_F16> {
-    __device__ static float dot(const uint8_t* sb, int nb, int c0, const void* x, int lane) {
-        const float* xs = static_cast<const float*>(x);
-        const int v0 = c0 * 32;
-        float acc = 0.f;
-        const int j = lane & 7;
-        for (int blk = lane >> 3; blk < nb; blk += 4) {
-            const uint2 w = reinterpret_cast<const uint2*>(sb + blk * 64)[j];
-            acc += dot4(x4_at(xs, v0 + blk * 32 + 4 * j), h16(w.x), h16(w.x >> 16), h16(w.y),
-                        h16(w.y >> 16));
-        }
-        return acc;
+    enum { LPB = 8 };
+    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+        const uint2 w = reinterpret_cast<const uint2*>(b)[j];
+        return dot4(x4_at(static_cast<const float*>(x), c * 32 + 4 * j), h16(w.x), h16(w.x >> 16),
+                    h16(w.y), h16(w.y >> 16));
     }
 };
 
@@ -161,16 +150,10 @@ __device__ __forceinline__ uint32_t spread4(uint32_t b) { return ((b & 15) * 0x0
 
 // Q8_0 (34 bytes, 2-byte aligned): 4 lanes a block, 8 values a lane.
 template <> struct Lane<T_Q8_0> {
-    __device__ static float dot(const uint8_t* sb, int nb, int c0, const void* x, int lane) {
-        const uint8_t* xq = static_cast<const uint8_t*>(x);
-        float acc = 0.f;
-        const int j = lane & 3;
-        for (int blk = lane >> 2; blk < nb; blk += 8) {
-            const uint8_t* b = sb + blk * 34;
-            const int w0 = (int)u32_at2(b + 2 + 8 * j), w1 = (int)u32_at2(b + 6 + 8 * j);
-            acc += h16(u16_at(b)) * dot_rec8(w0, w1, xrec(xq, c0 + blk), j);
-        }
-        return acc;
+    enum { LPB = 4 };
+    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+        const int w0 = (int)u32_at2(b + 2 + 8 * j), w1 = (int)u32_at2(b + 6 + 8 * j);
+        return h16(u16_at(b)) * dot_rec8(w0, w1, xrec(static_cast<const uint8_t*>(x), c), j);
     }
 };
 
@@ -178,75 +161,61 @@ template <> struct Lane<T_Q8_0> {
 // nibbles of bytes 8(j%2).. for j < 2, high nibbles for j >= 2) with their fifth bits from qh
 // joined byte-wise, then 16 subtracted byte-wise (values -16..15 as signed bytes).
 template <> struct Lane<T_Q5_0> {
-    __device__ static float dot(const uint8_t* sb, int nb, int c0, const void* x, int lane) {
-        const uint8_t* xq = static_cast<const uint8_t*>(x);
-        float acc = 0.f;
-        const int j = lane & 3, sh = 4 * (j >> 1);
-        for (int blk = lane >> 2; blk < nb; blk += 8) {
-            const uint8_t* b = sb + blk * 22;
-            const uint32_t qh = u32_at2(b + 2) >> (8 * j);
-            const uint8_t* qs = b + 6 + 8 * (j & 1);
-            const uint32_t q0 = (u32_at2(qs) >> sh) & 0x0F0F0F0Fu;
-            const uint32_t q1 = (u32_at2(qs + 4) >> sh) & 0x0F0F0F0Fu;
-            const int w0 = (int)__vsub4(q0 | (spread4(qh) << 4), 0x10101010u);
-            const int w1 = (int)__vsub4(q1 | (spread4(qh >> 4) << 4), 0x10101010u);
-            acc += h16(u16_at(b)) * dot_rec8(w0, w1, xrec(xq, c0 + blk), j);
-        }
-        return acc;
+    enum { LPB = 4 };
+    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+        const int sh = 4 * (j >> 1);
+        const uint32_t qh = u32_at2(b + 2) >> (8 * j);
+        const uint8_t* qs = b + 6 + 8 * (j & 1);
+        const uint32_t q0 = (u32_at2(qs) >> sh) & 0x0F0F0F0Fu;
+        const uint32_t q1 = (u32_at2(qs + 4) >> sh) & 0x0F0F0F0Fu;
+        const int w0 = (int)__vsub4(q0 | (spread4(qh) << 4), 0x10101010u);
+        const int w1 = (int)__vsub4(q1 | (spread4(qh >> 4) << 4), 0x10101010u);
+        return h16(u16_at(b)) * dot_rec8(w0, w1, xrec(static_cast<const uint8_t*>(x), c), j);
     }
 };
 
 // Q4_1 (20 bytes, 4-byte aligned as rows are): 4 lanes a block as Q5_0, v = d·q + m (the
 // m·Σx term once per block, by lane 0 of its four).
 template <> struct Lane<T_Q4_1> {
-    __device__ static float dot(const uint8_t* sb, int nb, int c0, const void* x, int lane) {
-        const uint8_t* xq = static_cast<const uint8_t*>(x);
-        float acc = 0.f;
-        const int j = lane & 3, sh = 4 * (j >> 1);
-        for (int blk = lane >> 2; blk < nb; blk += 8) {
-            const uint32_t* b = reinterpret_cast<const uint32_t*>(sb + blk * 20);
-            const int w0 = (int)((b[1 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
-            const int w1 = (int)((b[2 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
-            const uint8_t* r = xrec(xq, c0 + blk);
-            acc += h16(b[0]) * dot_rec8(w0, w1, r, j);
-            if (j == 0) acc += h16(b[0] >> 16) * xrec_sum(r);
-        }
-        return acc;
+    enum { LPB = 4 };
+    __device__ static float blk(const uint8_t* b8, int c, const void* x, int j) {
+        const uint32_t* b = reinterpret_cast<const uint32_t*>(b8);
+        const int sh = 4 * (j >> 1);
+        const int w0 = (int)((b[1 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
+        const int w1 = (int)((b[2 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
+        const uint8_t* r = xrec(static_cast<const uint8_t*>(x), c);
+        float v = h16(b[0]) * dot_rec8(w0, w1, r, j);
+        if (j == 0) v += h16(b[0] >> 16) * xrec_sum(r);
+        return v;
     }
 };
 
 // Q4_K (144 bytes, 16-byte aligned as rows are): 8 lanes a block, a lane per 32-value
 // sub-block s: its 32 nibbles (low or high halves of bytes 32(s/2)..), 6-bit scale and min.
 template <> struct Lane<T_Q4_K> {
-    __device__ static float dot(const uint8_t* sb, int nb, int c0, const void* x, int lane) {
-        const uint8_t* xq = static_cast<const uint8_t*>(x);
-        float acc = 0.f;
-        const int s = lane & 7;
-        for (int blk = lane >> 3; blk < nb; blk += 4) {
-            const uint8_t* b = sb + blk * 144;
-            const uint32_t* bw = reinterpret_cast<const uint32_t*>(b);
-            const uint32_t dd = bw[0];
-            // Scale and min of sub-block s (quants.py's get_scale_min_k4) from the 12 bytes.
-            auto byte = [&](int i) -> uint32_t { return (bw[1 + (i >> 2)] >> (8 * (i & 3))) & 255; };
-            uint32_t sc, mn;
-            if (s < 4) {
-                sc = byte(s) & 63;
-                mn = byte(s + 4) & 63;
-            } else {
-                sc = (byte(s + 4) & 15) | ((byte(s - 4) >> 6) << 4);
-                mn = (byte(s + 4) >> 4) | ((byte(s) >> 6) << 4);
-            }
-            const uint4* qp = reinterpret_cast<const uint4*>(b + 16 + 32 * (s >> 1));
-            const uint4 u0 = qp[0], u1 = qp[1];
-            const int sh = 4 * (s & 1);
-            const int w[8] = {(int)((u0.x >> sh) & 0x0F0F0F0Fu), (int)((u0.y >> sh) & 0x0F0F0F0Fu),
-                              (int)((u0.z >> sh) & 0x0F0F0F0Fu), (int)((u0.w >> sh) & 0x0F0F0F0Fu),
-                              (int)((u1.x >> sh) & 0x0F0F0F0Fu), (int)((u1.y >> sh) & 0x0F0F0F0Fu),
-                              (int)((u1.z >> sh) & 0x0F0F0F0Fu), (int)((u1.w >> sh) & 0x0F0F0F0Fu)};
-            const uint8_t* r = xrec(xq, c0 + blk * 8 + s);
-            acc += h16(dd) * (float)sc * dot_rec(w, r) - h16(dd >> 16) * (float)mn * xrec_sum(r);
+    enum { LPB = 8 };
+    __device__ static float blk(const uint8_t* b, int c, const void* x, int s) {
+        const uint32_t* bw = reinterpret_cast<const uint32_t*>(b);
+        const uint32_t dd = bw[0];
+        // Scale and min of sub-block s (quants.py's get_scale_min_k4) from the 12 bytes.
+        auto byte = [&](int i) -> uint32_t { return (bw[1 + (i >> 2)] >> (8 * (i & 3))) & 255; };
+        uint32_t sc, mn;
+        if (s < 4) {
+            sc = byte(s) & 63;
+            mn = byte(s + 4) & 63;
+        } else {
+            sc = (byte(s + 4) & 15) | ((byte(s - 4) >> 6) << 4);
+            mn = (byte(s + 4) >> 4) | ((byte(s) >> 6) << 4);
         }
-        return acc;
+        const uint4* qp = reinterpret_cast<const uint4*>(b + 16 + 32 * (s >> 1));
+        const uint4 u0 = qp[0], u1 = qp[1];
+        const int sh = 4 * (s & 1);
+        const int w[8] = {(int)((u0.x >> sh) & 0x0F0F0F0Fu), (int)((u0.y >> sh) & 0x0F0F0F0Fu),
+                          (int)((u0.z >> sh) & 0x0F0F0F0Fu), (int)((u0.w >> sh) & 0x0F0F0F0Fu),
+                          (int)((u1.x >> sh) & 0x0F0F0F0Fu), (int)((u1.y >> sh) & 0x0F0F0F0Fu),
+                          (int)((u1.z >> sh) & 0x0F0F0F0Fu), (int)((u1.w >> sh) & 0x0F0F0F0Fu)};
+        const uint8_t* r = xrec(static_cast<const uint8_t*>(x), c + s);
+        return h16(dd) * (float)sc * dot_rec(w, r) - h16(dd >> 16) * (float)mn * xrec_sum(r);
     }
 };
 
@@ -254,30 +223,54 @@ template <> struct Lane<T_Q4_K> {
 // low bits from ql (nibble cc/2 of bytes 64h + 32(cc%2) + i), high bits from qh (bits 2cc
 // of bytes 32h + i), minus 32 byte-wise; a scale per 16 values.
 template <> struct Lane<T_Q6_K> {
-    __device__ static float dot(const uint8_t* sb, int nb, int c0, const void* x, int lane) {
-        const uint8_t* xq = static_cast<const uint8_t*>(x);
-        float acc = 0.f;
-        const int s = lane & 7, h = s >> 2, cc = s & 3;
+    enum { LPB = 8 };
+    __device__ static float blk(const uint8_t* b, int c, const void* x, int s) {
+        const int h = s >> 2, cc = s & 3;
         const int sl = 4 * (cc >> 1), shh = 2 * cc;
-        for (int blk = lane >> 3; blk < nb; blk += 4) {
-            const uint8_t* b = sb + blk * 210;
-            const uint8_t* ql = b + 64 * h + 32 * (cc & 1);
-            const uint8_t* qh = b + 128 + 32 * h;
-            int w[8];
+        const uint8_t* ql = b + 64 * h + 32 * (cc & 1);
+        const uint8_t* qh = b + 128 + 32 * h;
+        int w[8];
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                const uint32_t l = (u32_at2(ql + 4 * i) >> sl) & 0x0F0F0F0Fu;
-                const uint32_t hb = ((u32_at2(qh + 4 * i) >> shh) & 0x03030303u) << 4;
-                w[i] = (int)__vsub4(l | hb, 0x20202020u);
-            }
-            const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * h + 2 * cc;
-            float lo, hi;
-            dot_rec_halves(w, xrec(xq, c0 + blk * 8 + s), lo, hi);
-            acc += h16(u16_at(b + 208)) * ((float)sc[0] * lo + (float)sc[1] * hi);
+        for (int i = 0; i < 8; i++) {
+            const uint32_t l = (u32_at2(ql + 4 * i) >> sl) & 0x0F0F0F0Fu;
+            const uint32_t hb = ((u32_at2(qh + 4 * i) >> shh) & 0x03030303u) << 4;
+            w[i] = (int)__vsub4(l | hb, 0x20202020u);
         }
-        return acc;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * h + 2 * cc;
+        float lo, hi;
+        dot_rec_halves(w, xrec(static_cast<const uint8_t*>(x), c + s), lo, hi);
+        return h16(u16_at(b + 208)) * ((float)sc[0] * lo + (float)sc[1] * hi);
     }
 };
+
+// A lane's share of the dot product of nb staged blocks with the input (`c0`: the chunk where
+// the first block starts): LPB lanes a block, 32 / LPB blocks at a time.
+template <int T>
+__device__ __forceinline__ float dot_run(const uint8_t* sb, int nb, int c0, const void* x,
+                                         int lane) {
+    constexpr int L = Lane<T>::LPB, CPB = Geo<T>::V / 32;
+    const int j = lane % L;
+    float acc = 0.f;
+    for (int blk = lane / L; blk < nb; blk += 32 / L)
+        acc += Lane<T>::blk(sb + blk * Geo<T>::B, c0 + blk * CPB, x, j);
+    return acc;
+}
+
+// The same for two rows' staged blocks over the same columns (a SwiGLU's gate and up), run
+// as one sequence of 2nb blocks: when nb is not a multiple of 32 / LPB, no lanes idle at the
+// end of the first row (a row of 14 Q4_K blocks: 7 steps instead of 8).
+template <int T>
+__device__ __forceinline__ void dot_run2(const uint8_t* sa, const uint8_t* sb, int nb, int c0,
+                                         const void* x, int lane, float& oa, float& ob) {
+    constexpr int L = Lane<T>::LPB, CPB = Geo<T>::V / 32;
+    const int j = lane % L;
+    for (int i = lane / L; i < 2 * nb; i += 32 / L) {
+        const bool second = i >= nb;
+        const int blk = second ? i - nb : i;
+        const float v = Lane<T>::blk((second ? sb : sa) + blk * Geo<T>::B, c0 + blk * CPB, x, j);
+        if (second) ob += v; else oa += v;
+    }
+}
 
 // Weight rows reach shared memory through cp.async (16 bytes a lane, no registers held while
 // in flight), from the 16-byte boundary at or below the first block; each warp has two
@@ -321,8 +314,7 @@ __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const u
             const int offb = stage_issue<T>(rb, b0, nb, buf + STAGE, lane);
             cp_wait<0>();
             __syncwarp();
-            a += Lane<T>::dot(buf + offa, nb, b0 * CPB, xs, lane);
-            b += Lane<T>::dot(buf + STAGE + offb, nb, b0 * CPB, xs, lane);
+            dot_run2<T>(buf + offa, buf + STAGE + offb, nb, b0 * CPB, xs, lane, a, b);
             __syncwarp();
         }
     } else if (blk0 < blk1) {
@@ -339,7 +331,7 @@ __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const u
                 cp_wait<0>();
             }
             __syncwarp();
-            a += Lane<T>::dot(cur + off, nb, b0 * CPB, xs, lane);
+            a += dot_run<T>(cur + off, nb, b0 * CPB, xs, lane);
             __syncwarp();
             off = next;
         }
@@ -533,6 +525,21 @@ fused_matvec(const MvArgs a, const void* __restrict__ xs, int wpr) {
     fused_matvec_body(a, xs, wpr);
 }
 
+// The pair of dimension d (< rot_dim / 2) of one head x rotated for position p, as the
+// `rope` kernel does (precise powf/sincosf: the angle reaches thousands of radians).
+__device__ __forceinline__ void rope_rotate(float* x, int d, int p, int rot_dim, float base,
+                                            int neox) {
+    const int half = rot_dim / 2;
+    const float inv_freq = powf(base, -2.0f * (float)d / (float)rot_dim);
+    float s, c;
+    sincosf((float)p * inv_freq, &s, &c);
+    const int ia = neox ? d : 2 * d;
+    const int ib = neox ? d + half : 2 * d + 1;
+    const float xa = x[ia], xb = x[ib];
+    x[ia] = xa * c - xb * s;
+    x[ib] = xa * s + xb * c;
+}
+
 // One token: rotate each head of q (n_heads) and k (n_kv) by position pos[0], write them back,
 // and store k and v as f16 in the layer's cache at that position.
 // Launch: block = head_dim threads, grid.x = n_heads + n_kv.
@@ -546,18 +553,7 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
     const bool is_k = h >= n_heads;
     float* x = is_k ? k + (h - n_heads) * head_dim : q + h * head_dim;
     const int p = pos[0];
-    const int half = rot_dim / 2;
-    if (d < half) {
-        // As the `rope` kernel: precise powf/sincosf, the angle reaches thousands of radians.
-        const float inv_freq = powf(base, -2.0f * (float)d / (float)rot_dim);
-        float s, c;
-        sincosf((float)p * inv_freq, &s, &c);
-        const int ia = neox ? d : 2 * d;
-        const int ib = neox ? d + half : 2 * d + 1;
-        const float xa = x[ia], xb = x[ib];
-        x[ia] = xa * c - xb * s;
-        x[ib] = xa * s + xb * c;
-    }
+    if (d < rot_dim / 2) rope_rotate(x, d, p, rot_dim, base, neox);
     if (!is_k) return;
     __syncthreads();
     const int kh = h - n_heads;
@@ -577,11 +573,17 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
 // warps, merged in shared memory), writes (max, sum, acc) to `part`, and the last block of
 // the head merges all.
 // With `rec`, the output's chunk records are written too (the next mat-vec's prepared input).
+// With `knew` (the token's k and v, n_kv x head_dim f32, not yet rotated or cached): RoPE
+// (rot_dim, base, neox) is applied here to the block's q head in shared memory, and the block
+// whose slice holds position pos[0] rotates the new key and stores it and its value in the
+// cache before its scan (blocks of heads sharing a KV head store the same values); q and k in
+// global memory are left as they are. (kc, vc: no __restrict__, the kernel writes them.)
 extern "C" __global__ void __launch_bounds__(32 * AW)
-attention_decode(const float* __restrict__ q, const __half* __restrict__ kc,
-                 const __half* __restrict__ vc, float* __restrict__ out, float* part,
-                 int* count, const int* __restrict__ pos, int n_heads, int n_kv, int head_dim,
-                 int max_ctx, float scale, int window, uint8_t* __restrict__ rec) {
+attention_decode(const float* __restrict__ q, __half* kc, __half* vc, float* __restrict__ out,
+                 float* part, int* count, const int* __restrict__ pos, int n_heads, int n_kv,
+                 int head_dim, int max_ctx, float scale, int window, uint8_t* __restrict__ rec,
+                 const float* __restrict__ knew, const float* __restrict__ vnew, int rot_dim,
+                 float rope_base, int neox) {
     pdl_wait();
     pdl_trigger();
     __shared__ float sm[AW], sl[AW];
@@ -601,6 +603,29 @@ attention_decode(const float* __restrict__ q, const __half* __restrict__ kc,
     const int j0 = lo + split * per, j1 = min(qpos + 1, j0 + per);
 
     const float* qv = q + (long long)h * head_dim;
+    if (knew) {
+        __shared__ float qs[32 * MAXD], ks[32 * MAXD];
+        const bool has_new = j0 <= qpos && qpos < j1;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            qs[d] = qv[d];
+            if (has_new) ks[d] = knew[kvh * head_dim + d];
+        }
+        __syncthreads();
+        for (int d = threadIdx.x; d < rot_dim / 2; d += blockDim.x) {
+            rope_rotate(qs, d, qpos, rot_dim, rope_base, neox);
+            if (has_new) rope_rotate(ks, d, qpos, rot_dim, rope_base, neox);
+        }
+        __syncthreads();
+        if (has_new) {
+            for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+                const long long dst = ((long long)kvh * max_ctx + qpos) * head_dim + d;
+                kc[dst] = __float2half_rn(ks[d]);
+                vc[dst] = __float2half_rn(vnew[kvh * head_dim + d]);
+            }
+        }
+        __syncthreads();  // the block's cache stores visible to its own scan
+        qv = qs;
+    }
     float qr[MAXD], acc[MAXD];
 #pragma unroll
     for (int i = 0; i < MAXD; i++) {

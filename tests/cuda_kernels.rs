@@ -1234,7 +1234,7 @@ fn rope_kv_and_split_attention() {
             // Twice: the counters must be back at zero after each launch.
             dev.fill_bytes(&mut od, POISON).unwrap();
             dev.attention_decode(
-                &qd, &cache, &posd, n_heads, scale, 0, &part, &count, &od, None,
+                &qd, &cache, &posd, n_heads, scale, 0, &part, &count, &od, None, None,
             )
             .unwrap();
             let got = dev.download_f32(&od, q.len()).unwrap();
@@ -1250,5 +1250,54 @@ fn rope_kv_and_split_attention() {
             .unwrap()
             .iter()
             .all(|&c| c == 0));
+
+        // RoPE folded into the attention: q and the new k unrotated, the new position not yet
+        // cached. The output must match the same reference and the cache row must be the one
+        // rope_kv stored, bit for bit.
+        let bytes = |b: &llorch::backend::cuda::DeviceBuffer| {
+            let mut v = vec![0u8; b.len_bytes()];
+            dev.download(b, &mut v).unwrap();
+            v
+        };
+        let rope_cache_k = bytes(&cache.k);
+        let rope_cache_v = bytes(&cache.v);
+        let mut cache2 = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
+        dev.fill_bytes(&mut cache2.k, POISON).unwrap();
+        dev.fill_bytes(&mut cache2.v, POISON).unwrap();
+        if pos > 0 {
+            let kd = dev
+                .upload_f32(&k_all[..pos * per], MemKind::Scratch)
+                .unwrap();
+            let vd = dev
+                .upload_f32(&v_all[..pos * per], MemKind::Scratch)
+                .unwrap();
+            dev.kv_store(&kd, &vd, pos, &mut cache2, 0).unwrap();
+        }
+        let q0 = dev.upload_f32(&q, MemKind::Scratch).unwrap();
+        let k0 = dev
+            .upload_f32(&k_all[pos * per..], MemKind::Scratch)
+            .unwrap();
+        dev.fill_bytes(&mut od, POISON).unwrap();
+        let new_kv = llorch::backend::cuda::NewKv {
+            k: &k0,
+            v: &vd,
+            rope: p,
+        };
+        dev.attention_decode(
+            &q0, &cache2, &posd, n_heads, scale, 0, &part, &count, &od, None, Some(new_kv),
+        )
+        .unwrap();
+        let got = dev.download_f32(&od, q.len()).unwrap();
+        check(
+            &format!("attention_decode with RoPE {what}"),
+            &got,
+            &reference,
+            1e-5,
+        );
+        assert!(
+            bytes(&cache2.k) == rope_cache_k && bytes(&cache2.v) == rope_cache_v,
+            "attention_decode with RoPE: cache differs from rope_kv's {what}"
+        );
+        assert_eq!(dev.download_f32(&q0, q.len()).unwrap(), q, "q left as it was");
     }
 }

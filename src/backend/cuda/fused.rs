@@ -95,6 +95,15 @@ pub struct MatVecOut<'a> {
     pub out: &'a DeviceBuffer,
 }
 
+/// The token's new key and value (n_kv_heads x head_dim f32, k not yet rotated) for an
+/// attention that applies RoPE and stores them in the cache itself.
+#[derive(Clone, Copy)]
+pub struct NewKv<'a> {
+    pub k: &'a DeviceBuffer,
+    pub v: &'a DeviceBuffer,
+    pub rope: RopeParams,
+}
+
 /// What a fused mat-vec does with its products.
 pub enum Epilogue<'a> {
     /// Each product goes to its `out` (+ bias).
@@ -321,8 +330,13 @@ impl CudaDevice {
     }
 
     /// Split-K attention of one query (`q`: n_heads x head_dim) at position `pos[0]` over
-    /// the cache; with `rec`, also the output's records for the next fused mat-vec. `part`: scratch of [`attention_scratch_floats`] f32; `count`: n_heads i32,
-    /// zero before the first call (the kernel leaves it zero).
+    /// the cache; with `rec`, also the output's records for the next fused mat-vec. `part`:
+    /// scratch of [`attention_scratch_floats`] f32; `count`: n_heads i32, zero before the
+    /// first call (the kernel leaves it zero). With `rope`, q and the token's k are not yet
+    /// rotated and k, v not yet cached: the kernel does both (what [`rope_kv`] does, in the
+    /// same arithmetic) without writing q or k back; without it, [`rope_kv`] ran before.
+    ///
+    /// [`rope_kv`]: Self::rope_kv
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
@@ -336,8 +350,23 @@ impl CudaDevice {
         count: &DeviceBuffer,
         out: &DeviceBuffer,
         rec: Option<&DeviceBuffer>,
+        rope: Option<NewKv>,
     ) -> Result<()> {
         let hd = cache.head_dim;
+        let (mut knew, mut vnew, mut rot_dim, mut base, mut neox) = (0u64, 0u64, 0i32, 0f32, 0i32);
+        if let Some(r) = rope {
+            let p = r.rope;
+            if p.rot_dim == 0 || p.rot_dim % 2 != 0 || p.rot_dim > hd || p.pos_scale != 1.0 {
+                return Err(Error::InvalidArgument(format!(
+                    "attention_decode: rotary dim {} (even, <= head_dim {hd}), position scale 1 only",
+                    p.rot_dim
+                )));
+            }
+            r.k.check(self, f32s(cache.n_kv_heads * hd), "attention new k")?;
+            r.v.check(self, f32s(cache.n_kv_heads * hd), "attention new v")?;
+            (knew, vnew) = (r.k.ptr(), r.v.ptr());
+            (rot_dim, base, neox) = (p.rot_dim as i32, p.base, p.neox as i32);
+        }
         if let Some(r) = rec {
             r.check(
                 self,
@@ -365,7 +394,8 @@ impl CudaDevice {
         launch!(self, "attention_decode", (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1), shared = 0, pdl;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
             pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
-            cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()))
+            cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()),
+            knew, vnew, rot_dim, base, neox)
     }
 
     /// Zero `buf` in stream order (no host wait).

@@ -13,7 +13,7 @@
 
 use super::device::CudaDevice;
 use super::drv;
-use super::fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, Norm};
+use super::fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm};
 use super::launch::{KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind};
 use crate::backend::cpu::Tap;
@@ -158,6 +158,12 @@ unsafe impl Send for DecodeGraph {}
 fn graphs_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("LLORCH_CUDA_GRAPH").map_or(true, |v| v != "0"))
+}
+
+// TEMPORARY measurement switch: LLORCH_FOLD_ROPE=0 keeps rope_kv as its own launch.
+fn fold_rope_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LLORCH_FOLD_ROPE").map_or(true, |v| v != "0"))
 }
 
 /// A session's state on the GPU: per-layer f16 KV cache, activation buffers for up to
@@ -691,15 +697,25 @@ impl Ops for CudaStep<'_> {
             };
             let cache = &st.kv[layer];
             let slot = |x: Slot| &st.slots[x.index()];
-            st.dev.rope_kv(
-                slot(q),
-                slot(k),
-                slot(v),
-                cache,
-                &st.positions,
-                shape.n_head,
-                p,
-            )?;
+            // RoPE and the cache store inside the attention (one launch fewer), unless taps
+            // read the rotated q and k back from their slots.
+            let fold_rope = st.taps.is_none() && fold_rope_enabled();
+            if !fold_rope {
+                st.dev.rope_kv(
+                    slot(q),
+                    slot(k),
+                    slot(v),
+                    cache,
+                    &st.positions,
+                    shape.n_head,
+                    p,
+                )?;
+            }
+            let new_kv = fold_rope.then(|| NewKv {
+                k: slot(k),
+                v: slot(v),
+                rope: p,
+            });
             st.dev.attention_decode(
                 slot(q),
                 cache,
@@ -711,6 +727,7 @@ impl Ops for CudaStep<'_> {
                 &st.attn_count,
                 slot(out),
                 Some(&st.xrec),
+                new_kv,
             )
         });
         self.rec_of = Some(out);
