@@ -284,12 +284,14 @@ template <int N> __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Start copying blocks [b0, b0 + nb) of `row` into buf; returns where the first block lands.
+// Start copying blocks [b0, b0 + nb) of `row` into buf (unless `issued`: that copy is in
+// flight already); returns where the first block lands.
 template <int T>
 __device__ __forceinline__ int stage_issue(const uint8_t* row, int b0, int nb, uint8_t* buf,
-                                           int lane) {
+                                           int lane, bool issued = false) {
     const uint8_t* g = row + (long long)b0 * Geo<T>::B;
     const int off = (int)((uintptr_t)g & 15);
+    if (issued) return off;
     const uint8_t* g0 = g - off;
     const int n16 = (off + nb * Geo<T>::B + 15) >> 4;
     for (int i = lane; i < n16; i += 32) cp16(buf + 16 * i, g0 + 16 * i);
@@ -303,22 +305,23 @@ __device__ __forceinline__ int stage_issue(const uint8_t* row, int b0, int nb, u
 template <int T>
 __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const uint8_t* __restrict__ rb,
                          int blk0, int blk1, const void* xs, uint8_t* buf, int lane, float& oa,
-                         float& ob) {
+                         float& ob, bool pre) {
     constexpr int PER = (STAGE - 16) / Geo<T>::B;  // whole blocks per stage step
     constexpr int CPB = Geo<T>::V / 32;            // 32-value chunks per block
     float a = 0.f, b = 0.f;
     if (rb) {
         for (int b0 = blk0; b0 < blk1; b0 += PER) {
             const int nb = min(PER, blk1 - b0);
-            const int offa = stage_issue<T>(ra, b0, nb, buf, lane);
-            const int offb = stage_issue<T>(rb, b0, nb, buf + STAGE, lane);
+            const bool issued = pre && b0 == blk0;
+            const int offa = stage_issue<T>(ra, b0, nb, buf, lane, issued);
+            const int offb = stage_issue<T>(rb, b0, nb, buf + STAGE, lane, issued);
             cp_wait<0>();
             __syncwarp();
             dot_run2<T>(buf + offa, buf + STAGE + offb, nb, b0 * CPB, xs, lane, a, b);
             __syncwarp();
         }
     } else if (blk0 < blk1) {
-        int off = stage_issue<T>(ra, blk0, min(PER, blk1 - blk0), buf, lane);
+        int off = stage_issue<T>(ra, blk0, min(PER, blk1 - blk0), buf, lane, pre);
         for (int b0 = blk0, i = 0; b0 < blk1; b0 += PER, i++) {
             const int nb = min(PER, blk1 - b0);
             uint8_t* cur = buf + (i & 1) * STAGE;
@@ -340,16 +343,31 @@ __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const u
     ob = rb ? warp_sum(b) : 0.f;
 }
 
+// The first stage copy of row_dot2 (rows ra, rb, blocks [blk0, blk1)), issued early.
+template <int T>
+__device__ __forceinline__ void stage_first(const uint8_t* ra, const uint8_t* rb, int blk0,
+                                            int blk1, uint8_t* buf, int lane) {
+    constexpr int PER = (STAGE - 16) / Geo<T>::B;
+    if (blk0 >= blk1) return;
+    const int nb = min(PER, blk1 - blk0);
+    stage_issue<T>(ra, blk0, nb, buf, lane);
+    if (rb) stage_issue<T>(rb, blk0, nb, buf + STAGE, lane);
+}
+
 // Part `part` of `parts` of the dot products of rows ra (and rb) with the input (the rows'
-// blocks split evenly).
+// blocks split evenly). With `xs` null, only the first stage copy is issued (early, before
+// the kernel waits for its input); `pre`: an earlier such call issued it.
 __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const uint8_t* rb, int k, int part,
                              int parts, const void* xs, uint8_t* buf, int lane, float& oa,
-                             float& ob) {
+                             float& ob, bool pre) {
 #define ROW_DOT(TY)                                                                       \
     {                                                                                     \
         const int nblk = k / Geo<TY>::V;                                                  \
-        row_dot2<TY>(ra, rb, nblk * part / parts, nblk * (part + 1) / parts, xs, buf, lane, \
-                     oa, ob);                                                             \
+        const int b0 = nblk * part / parts, b1 = nblk * (part + 1) / parts;               \
+        if (!xs)                                                                          \
+            stage_first<TY>(ra, rb, b0, b1, buf, lane);                                   \
+        else                                                                              \
+            row_dot2<TY>(ra, rb, b0, b1, xs, buf, lane, oa, ob, pre);                     \
         return;                                                                           \
     }
     switch (type) {
@@ -389,10 +407,14 @@ __device__ __forceinline__ void write_record(float v, uint8_t* r, int lane) {
 extern "C" __global__ void __launch_bounds__(32 * DW)
 prep_input(const float* __restrict__ x, const float* __restrict__ norm, float eps,
            float* __restrict__ normed, uint8_t* __restrict__ rec, int k) {
-    pdl_wait();
-    pdl_trigger();
     __shared__ float red[DW];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int c = blockIdx.x * DW + warp;
+    const int i = c * 32 + lane;
+    // The norm weight does not depend on the kernel before: fetched while it finishes.
+    const float g = norm && c < k / 32 ? norm[i] : 0.f;
+    pdl_wait();
+    pdl_trigger();
     float inv = 1.f;
     if (norm) {
         float ss = 0.f;
@@ -410,12 +432,10 @@ prep_input(const float* __restrict__ x, const float* __restrict__ norm, float ep
         for (int i = 0; i < DW; i++) total += red[i];
         inv = 1.0f / sqrtf(total / (float)k + eps);
     }
-    const int c = blockIdx.x * DW + warp;
     if (c >= k / 32) return;
-    const int i = c * 32 + lane;
     float v = x[i];
     if (norm) {
-        v = v * inv * norm[i];  // the `rmsnorm` kernel's order: fused and plain paths agree
+        v = v * inv * g;  // the `rmsnorm` kernel's order: fused and plain paths agree
         if (normed) normed[i] = v;
     }
     if (rec) write_record(v, rec + (long long)c * XREC, lane);
@@ -465,8 +485,32 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
         total = a.seg[0].rows;
     }
     const int groups = DW / wpr, grp = warp / wpr, part = warp % wpr;
-    // While the kernel before this one finishes: this block's weight rows toward L2.
+    // While the kernel before this one finishes (weights do not depend on it): this block's
+    // weight rows toward L2, and each warp's first stage copy into its buffers.
     if (threadIdx.x == 0) prefetch_rows(a, total, groups);
+    bool pre = false;
+    {
+        const int job = blockIdx.x * groups + grp;
+        float unused0, unused1;
+        if (job < total) {
+            if (a.mode == MODE_GLU) {
+                const Seg& sg = a.seg[0];
+                const Seg& su = a.seg[1];
+                if (sg.type == su.type) {
+                    row_dot_part(sg.type, sg.w + job * sg.row_bytes, su.w + job * su.row_bytes,
+                                 k, part, wpr, nullptr, buf, lane, unused0, unused1, false);
+                    pre = true;
+                }
+            } else {
+                int s = 0, r = job;
+                while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
+                const Seg& sg = a.seg[s];
+                row_dot_part(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, nullptr,
+                             buf, lane, unused0, unused1, false);
+                pre = true;
+            }
+        }
+    }
     pdl_wait();
     pdl_trigger();
     // Every warp of the block runs the same number of rounds (block-wide barriers inside).
@@ -481,20 +525,23 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
                 const uint8_t* rg = sg.w + job * sg.row_bytes;
                 const uint8_t* ru = su.w + job * su.row_bytes;
                 if (sg.type == su.type) {
-                    row_dot_part(sg.type, rg, ru, k, part, wpr, xs, buf, lane, d0, d1);
+                    row_dot_part(sg.type, rg, ru, k, part, wpr, xs, buf, lane, d0, d1, pre);
                 } else {
                     float unused;
-                    row_dot_part(sg.type, rg, nullptr, k, part, wpr, xs, buf, lane, d0, unused);
-                    row_dot_part(su.type, ru, nullptr, k, part, wpr, xs, buf, lane, d1, unused);
+                    row_dot_part(sg.type, rg, nullptr, k, part, wpr, xs, buf, lane, d0, unused,
+                                 false);
+                    row_dot_part(su.type, ru, nullptr, k, part, wpr, xs, buf, lane, d1, unused,
+                                 false);
                 }
             } else {
                 while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
                 const Seg& sg = a.seg[s];
                 float unused;
                 row_dot_part(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, xs, buf,
-                             lane, d0, unused);
+                             lane, d0, unused, pre);
             }
         }
+        pre = false;
         if (wpr > 1) {
             if (lane == 0) { red[0][warp] = d0; red[1][warp] = d1; }
             __syncthreads();

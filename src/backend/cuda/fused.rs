@@ -274,26 +274,32 @@ impl CudaDevice {
 
     /// The fused_matvec launch over `jobs` rows (or row pairs) with the prepared `input`.
     fn launch_matvec(&self, a: MvArgs, input: u64, jobs: usize, prods: &[MatVecOut]) -> Result<()> {
-        // Warps per row: enough warps in flight to cover the memory latency even when the
-        // matrix has few rows (32 per multiprocessor), each warp keeping at least a warp's
-        // worth of blocks (8 of the 32-value formats, 4 lanes each; 4 of the K-quants).
-        let min_iters = prods
+        // Full steps of a row's dot product: 32 / LPB blocks a step (kernels/decode.cu).
+        let min_steps = prods
             .iter()
             .map(|p| {
-                let per_iter = if p.mat.ty.block_size() == 256 { 4 } else { 8 };
-                p.mat.cols / p.mat.ty.block_size() / per_iter
+                let lanes_per_block = match p.mat.ty {
+                    GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 => 4,
+                    _ => 8,
+                };
+                p.mat.cols / p.mat.ty.block_size() / (32 / lanes_per_block)
             })
             .min()
             .unwrap_or(1);
-        let want = self.sm_count() as usize * 32;
-        let mut wpr = 1;
-        while wpr < DW && jobs * wpr < want && min_iters >= 2 * wpr {
-            wpr *= 2;
-        }
-        let blocks = jobs
-            .div_ceil(DW / wpr)
-            .min(self.sm_count() as usize * MATVEC_BLOCKS_PER_SM)
-            .max(1);
+        let (wpr, blocks) = if std::env::var("LLORCH_MV_SPLIT").is_ok_and(|v| v == "old") {
+            let want = self.sm_count() as usize * 32;
+            let mut wpr = 1;
+            while wpr < DW && jobs * wpr < want && min_steps >= 2 * wpr {
+                wpr *= 2;
+            }
+            let blocks = jobs
+                .div_ceil(DW / wpr)
+                .min(self.sm_count() as usize * MATVEC_BLOCKS_PER_SM)
+                .max(1);
+            (wpr, blocks)
+        } else {
+            matvec_split(jobs, min_steps, self.sm_count() as usize)
+        };
         launch!(self, "fused_matvec", (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
             shared = FUSED_SHARED as u32, pdl; a, input, wpr as i32)
     }
@@ -407,6 +413,29 @@ impl CudaDevice {
     }
 }
 
+/// Warps per row (`wpr`, a power of two up to DW) and blocks of a fused_matvec over `jobs`
+/// rows whose dot products take at least `min_steps` full steps, on `sms` multiprocessors.
+/// The grid is one resident wave at most and its warps take the rows' parts in rounds, so a
+/// product costs about rounds x (row time / wpr): the split that minimizes
+/// ceil(jobs x wpr / warps) / wpr is taken (the smaller wpr on ties), each part keeping at
+/// least one full step. (A 7B down projection, 3584 rows: 2 warps a row ran 3 rounds where
+/// 2.26 would do; 4 warps a row run 5 for 4.5.)
+pub(crate) fn matvec_split(jobs: usize, min_steps: usize, sms: usize) -> (usize, usize) {
+    let mut best = (1, 1, f64::INFINITY);
+    let mut wpr = 1;
+    while wpr <= DW && (wpr == 1 || min_steps >= wpr) {
+        let tasks = jobs * wpr;
+        let blocks = tasks.div_ceil(DW).clamp(1, sms * MATVEC_BLOCKS_PER_SM);
+        let rounds = tasks.div_ceil(blocks * DW);
+        let cost = rounds as f64 / wpr as f64;
+        if cost < best.2 {
+            best = (wpr, blocks, cost);
+        }
+        wpr *= 2;
+    }
+    (best.0, best.1)
+}
+
 /// f32 values of attention_decode's scratch for `n_heads` heads of `head_dim`.
 pub fn attention_scratch_floats(n_heads: usize, head_dim: usize) -> usize {
     n_heads * ATTN_SPLITS * (head_dim + 2)
@@ -414,3 +443,21 @@ pub fn attention_scratch_floats(n_heads: usize, head_dim: usize) -> usize {
 
 // The kernel's MvArgs: 2 pointers, 4 words, 3 segments of 40 bytes, no padding surprises.
 const _: () = assert!(std::mem::size_of::<MvArgs>() == 152);
+
+#[cfg(test)]
+mod tests {
+    use super::matvec_split;
+
+    #[test]
+    fn matvec_split_balances_rounds() {
+        // H200 (132 SMs, 3168 warps in one wave), the 7B's products.
+        assert_eq!(matvec_split(3584, 18, 132), (4, 396)); // down: 5 rounds of 4.5
+        assert_eq!(matvec_split(4608, 3, 132), (2, 396)); // q, k, v: 3 rounds of 2.9
+        assert_eq!(matvec_split(18944, 3, 132), (1, 396)); // gate/up: 6 rounds of 5.98
+        // Few rows: every part in the first round, as many warps a row as the steps allow.
+        assert_eq!(matvec_split(896, 3, 132), (2, 224));
+        assert_eq!(matvec_split(10, 100, 132), (8, 10));
+        // Short rows are not split.
+        assert_eq!(matvec_split(100, 1, 132), (1, 13));
+    }
+}
