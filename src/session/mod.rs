@@ -21,9 +21,6 @@ use stop::StopMatcher;
 /// 32k+ tokens would reserve gigabytes that a chat rarely needs.
 pub const DEFAULT_MAX_CTX: u32 = 4096;
 
-/// Prompt tokens per forward step during prefill.
-const PREFILL_CHUNK: usize = 256;
-
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
     /// KV cache length in tokens; 0 = the model's training context, capped at
@@ -203,7 +200,7 @@ impl Session {
         all.extend_from_slice(tokens);
         let cancel = self.cancel.clone();
         let cancelled = move || cancel.load(Ordering::Relaxed);
-        let chunks: Vec<&[u32]> = all.chunks(PREFILL_CHUNK).collect();
+        let chunks: Vec<&[u32]> = all.chunks(self.state.prefill_chunk()).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let mode = if which == Logits::All {

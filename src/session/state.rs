@@ -6,6 +6,9 @@ use crate::model::recipe::{forward, Logits};
 use crate::model::{Bound, Model};
 use crate::Result;
 
+/// Prompt tokens per CPU forward step during prefill.
+const CPU_PREFILL_CHUNK: usize = 256;
+
 pub(crate) enum State {
     Cpu(CpuState),
     #[cfg(feature = "cuda")]
@@ -37,6 +40,17 @@ impl State {
 
     /// One forward step over `tokens` at positions `pos0..`; the logits it produces (the last
     /// row, or every row with `Logits::All`) are appended to `out`.
+    /// Prompt tokens per forward step during prefill: the CPU's cache-sized chunks; on the
+    /// GPU, steps as long as its buffers are sized for (longer products keep the tensor cores
+    /// busier).
+    pub fn prefill_chunk(&self) -> usize {
+        match self {
+            State::Cpu(_) => CPU_PREFILL_CHUNK,
+            #[cfg(feature = "cuda")]
+            State::Cuda(_) => crate::backend::cuda::MAX_STEP_TOKENS,
+        }
+    }
+
     pub fn step(
         &mut self,
         model: &Model,
