@@ -1,8 +1,12 @@
 // Greedy pick: out[r] = index of the largest of row r (n_cols f32 values); ties go to the
 // smallest index; NaNs are skipped; a row of only NaNs gives -1.
 // Launch: block = 1024 threads, grid.x = n_rows.
+#include "common.cuh"
+
 extern "C" __global__ void __launch_bounds__(1024)
 argmax_rows(const float* __restrict__ x, int* __restrict__ out, int n_cols) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float* row = x + (long long)blockIdx.x * n_cols;

@@ -14,6 +14,8 @@
 extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __restrict__ v,
                                     __half* kc, __half* vc, int n_kv, int head_dim, int max_ctx,
                                     int pos0) {
+    pdl_wait();
+    pdl_trigger();
     const int t = blockIdx.x / n_kv, h = blockIdx.x % n_kv, d = threadIdx.x;
     if (d >= head_dim) return;
     const long long src = (long long)blockIdx.x * head_dim + d;
@@ -31,6 +33,8 @@ extern "C" __global__ void __launch_bounds__(32 * AW)
 attention(const float* __restrict__ q, const __half* __restrict__ kc,
           const __half* __restrict__ vc, float* __restrict__ out, int n_heads, int n_kv,
           int head_dim, int max_ctx, int pos0, float scale, int window) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float sm[AW], sl[AW];
     __shared__ float sacc[AW][32 * MAXD];
     const int h = blockIdx.x, t = blockIdx.y;

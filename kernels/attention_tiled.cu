@@ -25,6 +25,8 @@ extern "C" __global__ void __launch_bounds__(128)
 attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
                 const __half* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
                 int n_kv, int hd, int max_ctx, int pos0, float scale, int window) {
+    pdl_wait();
+    pdl_trigger();
 #ifdef MMA_EMULATE
     uint8_t* smem = emu_dyn_smem;
 #else

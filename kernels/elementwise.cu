@@ -1,7 +1,10 @@
 // Elementwise f32 kernels. Launch: block = 256 threads, grid.x = ceil(n / 256) (grid-stride).
+#include "common.cuh"
 
 // out = silu(g) * u, silu(g) = g / (1 + e^-g).
 extern "C" __global__ void swiglu(const float* g, const float* u, float* out, long long n) {
+    pdl_wait();
+    pdl_trigger();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const float x = g[i];
@@ -11,6 +14,8 @@ extern "C" __global__ void swiglu(const float* g, const float* u, float* out, lo
 
 // out = gelu_tanh(g) * u (Gemma's GeGLU): 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))).
 extern "C" __global__ void geglu(const float* g, const float* u, float* out, long long n) {
+    pdl_wait();
+    pdl_trigger();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const float x = g[i];
@@ -21,6 +26,8 @@ extern "C" __global__ void geglu(const float* g, const float* u, float* out, lon
 
 // y[t][j] += b[j] for n_tok rows of n values (n_total = n_tok * n).
 extern "C" __global__ void add_bias(float* y, const float* b, int n, long long n_total) {
+    pdl_wait();
+    pdl_trigger();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n_total;
          i += (long long)gridDim.x * blockDim.x)
         y[i] += b[i % n];
@@ -28,6 +35,8 @@ extern "C" __global__ void add_bias(float* y, const float* b, int n, long long n
 
 // y += x (residual).
 extern "C" __global__ void add(float* y, const float* x, long long n) {
+    pdl_wait();
+    pdl_trigger();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
         y[i] += x[i];
@@ -35,6 +44,8 @@ extern "C" __global__ void add(float* y, const float* x, long long n) {
 
 // y *= s.
 extern "C" __global__ void scale(float* y, float s, long long n) {
+    pdl_wait();
+    pdl_trigger();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
         y[i] *= s;

@@ -22,6 +22,8 @@ __device__ void embed(const uint8_t* __restrict__ table, const int* __restrict__
 #define EMBED(name, T)                                                                        \
     extern "C" __global__ void __launch_bounds__(128) embed_##name(                           \
         const uint8_t* table, const int* tokens, float* out, int k, long long row_bytes) {    \
+        pdl_wait();                                                                           \
+        pdl_trigger();                                                                        \
         embed<T>(table, tokens, out, k, row_bytes);                                           \
     }
 FOR_EACH_TYPE(EMBED)

@@ -580,6 +580,8 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
     extern "C" __global__ void __launch_bounds__(WM * WN * 32 * KG, MINB)                     \
         mma_##name##_##BM##x##BN##k##KG(const uint8_t* W, const float* X, float* Y, int rows, \
                                         int k, int n_tok, long long row_bytes) {              \
+        pdl_wait();                                                                           \
+        pdl_trigger();                                                                        \
         mma_matmul<T, BM, BN, WM, WN, KG>(W, X, Y, rows, k, n_tok, row_bytes);                 \
     }
 #define MMA_TYPE(name, T) MMA_TILES(MMA_ENTRY, name, T)

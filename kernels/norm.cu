@@ -4,6 +4,8 @@
 
 extern "C" __global__ void __launch_bounds__(256)
 rmsnorm(const float* x, const float* __restrict__ w, float* y, int n, float eps) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float partial[8];
     const float* xr = x + (long long)blockIdx.x * n;
     float* yr = y + (long long)blockIdx.x * n;

@@ -37,6 +37,8 @@ __device__ void matmul(const uint8_t* __restrict__ W, const float* __restrict__ 
     extern "C" __global__ void __launch_bounds__(128) matmul_##name(                          \
         const uint8_t* W, const float* X, float* Y, int rows, int k, int n_tok,               \
         long long row_bytes) {                                                                \
+        pdl_wait();                                                                           \
+        pdl_trigger();                                                                        \
         matmul<T>(W, X, Y, rows, k, n_tok, row_bytes);                                        \
     }
 FOR_EACH_TYPE(MATMUL)

@@ -26,6 +26,8 @@ __device__ void matvec(const uint8_t* __restrict__ W, const float* __restrict__ 
 #define MATVEC(name, T)                                                                       \
     extern "C" __global__ void __launch_bounds__(128) matvec_##name(                          \
         const uint8_t* W, const float* x, float* y, int rows, int k, long long row_bytes) {   \
+        pdl_wait();                                                                           \
+        pdl_trigger();                                                                        \
         matvec<T>(W, x, y, rows, k, row_bytes);                                               \
     }
 FOR_EACH_TYPE(MATVEC)

@@ -4,8 +4,12 @@
 //   neox == 0: elements (2i, 2i + 1)             (original LLaMA layout)
 // Elements rot_dim..head_dim are left as they are.
 // Launch: block = rot_dim/2 threads, grid.x = n_tok * n_heads.
+#include "common.cuh"
+
 extern "C" __global__ void rope(float* x, const int* __restrict__ pos, int n_heads, int head_dim,
                                 int rot_dim, float base, float pos_scale, int neox) {
+    pdl_wait();
+    pdl_trigger();
     const int i = threadIdx.x;
     const int half = rot_dim / 2;
     if (i >= half) return;

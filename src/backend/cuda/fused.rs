@@ -266,7 +266,7 @@ impl CudaDevice {
         };
         if !prepared && (xint || norm_w != 0) {
             let grid = (k / 32).div_ceil(DW) as u32;
-            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1), shared = 0, pdl;
+            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
                 x.ptr(), norm_w, eps, normed, rec_ptr, k_i)?;
         }
         self.launch_matvec(a, input, jobs, prods)
@@ -301,7 +301,7 @@ impl CudaDevice {
             matvec_split(jobs, min_steps, self.sm_count() as usize)
         };
         launch!(self, "fused_matvec", (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
-            shared = FUSED_SHARED as u32, pdl; a, input, wpr as i32)
+            shared = FUSED_SHARED as u32; a, input, wpr as i32)
     }
 
     /// One token: RoPE on `q` (n_heads heads) and `k` (the cache's heads) at position
@@ -329,7 +329,7 @@ impl CudaDevice {
         k.check(self, f32s(n_kv * hd), "rope_kv k")?;
         v.check(self, f32s(n_kv * hd), "rope_kv v")?;
         pos.check(self, 4, "rope_kv pos")?;
-        launch!(self, "rope_kv", ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1), shared = 0, pdl;
+        launch!(self, "rope_kv", ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1);
             q.ptr(), k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(),
             n_heads as i32, n_kv as i32, hd as i32, cache.max_ctx as i32, p.rot_dim as i32,
             p.base, p.neox as i32)
@@ -397,7 +397,7 @@ impl CudaDevice {
         count.check(self, n_heads as u64 * 4, "attention counters")?;
         pos.check(self, 4, "attention pos")?;
         let window_i = dim(window, "attention window")?;
-        launch!(self, "attention_decode", (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1), shared = 0, pdl;
+        launch!(self, "attention_decode", (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1);
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
             pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
             cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()),
