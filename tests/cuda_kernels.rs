@@ -1284,7 +1284,17 @@ fn rope_kv_and_split_attention() {
             rope: p,
         };
         dev.attention_decode(
-            &q0, &cache2, &posd, n_heads, scale, 0, &part, &count, &od, None, Some(new_kv),
+            &q0,
+            &cache2,
+            &posd,
+            n_heads,
+            scale,
+            0,
+            &part,
+            &count,
+            &od,
+            None,
+            Some(new_kv),
         )
         .unwrap();
         let got = dev.download_f32(&od, q.len()).unwrap();
@@ -1298,6 +1308,10 @@ fn rope_kv_and_split_attention() {
             bytes(&cache2.k) == rope_cache_k && bytes(&cache2.v) == rope_cache_v,
             "attention_decode with RoPE: cache differs from rope_kv's {what}"
         );
-        assert_eq!(dev.download_f32(&q0, q.len()).unwrap(), q, "q left as it was");
+        assert_eq!(
+            dev.download_f32(&q0, q.len()).unwrap(),
+            q,
+            "q left as it was"
+        );
     }
 }

@@ -286,20 +286,7 @@ impl CudaDevice {
             })
             .min()
             .unwrap_or(1);
-        let (wpr, blocks) = if std::env::var("LLORCH_MV_SPLIT").is_ok_and(|v| v == "old") {
-            let want = self.sm_count() as usize * 32;
-            let mut wpr = 1;
-            while wpr < DW && jobs * wpr < want && min_steps >= 2 * wpr {
-                wpr *= 2;
-            }
-            let blocks = jobs
-                .div_ceil(DW / wpr)
-                .min(self.sm_count() as usize * MATVEC_BLOCKS_PER_SM)
-                .max(1);
-            (wpr, blocks)
-        } else {
-            matvec_split(jobs, min_steps, self.sm_count() as usize)
-        };
+        let (wpr, blocks) = matvec_split(jobs, min_steps, self.sm_count() as usize);
         launch!(self, "fused_matvec", (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
             shared = FUSED_SHARED as u32; a, input, wpr as i32)
     }
@@ -454,7 +441,7 @@ mod tests {
         assert_eq!(matvec_split(3584, 18, 132), (4, 396)); // down: 5 rounds of 4.5
         assert_eq!(matvec_split(4608, 3, 132), (2, 396)); // q, k, v: 3 rounds of 2.9
         assert_eq!(matvec_split(18944, 3, 132), (1, 396)); // gate/up: 6 rounds of 5.98
-        // Few rows: every part in the first round, as many warps a row as the steps allow.
+                                                           // Few rows: every part in the first round, as many warps a row as the steps allow.
         assert_eq!(matvec_split(896, 3, 132), (2, 224));
         assert_eq!(matvec_split(10, 100, 132), (8, 10));
         // Short rows are not split.

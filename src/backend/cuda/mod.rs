@@ -19,9 +19,7 @@ mod memory;
 mod model;
 
 pub use device::CudaDevice;
-pub use fused::{
-    attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm, ATTN_SPLITS,
-};
+pub use fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm, ATTN_SPLITS};
 pub use launch::{
     matmul_uses_mma, KvCacheLayer, MmaTile, RopeParams, ATTN_TILED_MIN_TOKENS, MMA_MIN_TOKENS,
     MMA_TILES,

@@ -161,12 +161,6 @@ fn graphs_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("LLORCH_CUDA_GRAPH").map_or(true, |v| v != "0"))
 }
 
-// TEMPORARY measurement switch: LLORCH_FOLD_ROPE=0 keeps rope_kv as its own launch.
-fn fold_rope_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LLORCH_FOLD_ROPE").map_or(true, |v| v != "0"))
-}
-
 /// A session's state on the GPU: per-layer f16 KV cache, activation buffers for up to
 /// `cap` token rows, the step's positions and token ids.
 pub struct CudaState {
@@ -700,7 +694,7 @@ impl Ops for CudaStep<'_> {
             let slot = |x: Slot| &st.slots[x.index()];
             // RoPE and the cache store inside the attention (one launch fewer), unless taps
             // read the rotated q and k back from their slots.
-            let fold_rope = st.taps.is_none() && fold_rope_enabled();
+            let fold_rope = st.taps.is_none();
             if !fold_rope {
                 st.dev.rope_kv(
                     slot(q),
