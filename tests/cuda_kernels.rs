@@ -1188,18 +1188,23 @@ fn rope_kv_and_split_attention() {
         let mut k_ref = k_all.clone();
         k_ref[pos * per..].copy_from_slice(&k_roped);
 
-        let mut cache = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
-        dev.fill_bytes(&mut cache.k, POISON).unwrap();
-        dev.fill_bytes(&mut cache.v, POISON).unwrap();
-        if pos > 0 {
-            let kd = dev
-                .upload_f32(&k_all[..pos * per], MemKind::Scratch)
-                .unwrap();
-            let vd = dev
-                .upload_f32(&v_all[..pos * per], MemKind::Scratch)
-                .unwrap();
-            dev.kv_store(&kd, &vd, pos, &mut cache, 0).unwrap();
-        }
+        // A cache poisoned everywhere but at positions 0..pos (the earlier tokens).
+        let cache_with_history = || {
+            let mut c = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
+            dev.fill_bytes(&mut c.k, POISON).unwrap();
+            dev.fill_bytes(&mut c.v, POISON).unwrap();
+            if pos > 0 {
+                let kd = dev
+                    .upload_f32(&k_all[..pos * per], MemKind::Scratch)
+                    .unwrap();
+                let vd = dev
+                    .upload_f32(&v_all[..pos * per], MemKind::Scratch)
+                    .unwrap();
+                dev.kv_store(&kd, &vd, pos, &mut c, 0).unwrap();
+            }
+            c
+        };
+        let cache = cache_with_history();
         let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let kd = dev
             .upload_f32(&k_all[pos * per..], MemKind::Scratch)
@@ -1261,18 +1266,7 @@ fn rope_kv_and_split_attention() {
         };
         let rope_cache_k = bytes(&cache.k);
         let rope_cache_v = bytes(&cache.v);
-        let mut cache2 = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
-        dev.fill_bytes(&mut cache2.k, POISON).unwrap();
-        dev.fill_bytes(&mut cache2.v, POISON).unwrap();
-        if pos > 0 {
-            let kd = dev
-                .upload_f32(&k_all[..pos * per], MemKind::Scratch)
-                .unwrap();
-            let vd = dev
-                .upload_f32(&v_all[..pos * per], MemKind::Scratch)
-                .unwrap();
-            dev.kv_store(&kd, &vd, pos, &mut cache2, 0).unwrap();
-        }
+        let cache2 = cache_with_history();
         let q0 = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let k0 = dev
             .upload_f32(&k_all[pos * per..], MemKind::Scratch)
