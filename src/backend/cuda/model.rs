@@ -27,7 +27,8 @@ use cudarc::driver::{result, sys};
 
 /// Token rows a state's activation buffers hold at first: the session's prefill chunk on the
 /// GPU. A longer step grows them. (512 rather than 256: a 512-token prompt in one step runs
-/// the products with twice the columns, H200 pp512 0.5B 26.9k -> see bench/RESULTS.md.)
+/// the products with twice the columns; H200 pp512, 0.5B 26.9k -> 39.4k tok/s, 7B 4.95k ->
+/// 6.69k, bench/RESULTS.md.)
 pub const MAX_STEP_TOKENS: usize = 512;
 
 /// Types the CUDA kernels multiply (and embed) in place.
