@@ -146,20 +146,28 @@ __device__ __forceinline__ float warp_sum(float v) {
 // earlier kernels may be read (or anything written) before it. pdl_trigger() lets the next
 // kernel's blocks be scheduled (they then wait in their own pdl_wait). Both are no-ops in a
 // launch without the attribute.
+#ifndef MMA_EMULATE
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
+#else
+// The CPU emulator (tests/emu) runs one kernel at a time: nothing to wait for.
+inline void pdl_wait() {}
+inline void pdl_trigger() {}
+#endif
 
 // Ask the copy engine of the multiprocessor (TMA) to bring bytes [p, p + n) into L2 ahead of
 // use; p is rounded down and the end up to 16 bytes (the buffers are padded by 16 bytes).
 __device__ __forceinline__ void prefetch_l2(const void* p, long long n) {
+#ifndef MMA_EMULATE
     const uintptr_t a = (uintptr_t)p & ~(uintptr_t)15;
     const uintptr_t e = ((uintptr_t)p + (uintptr_t)n + 15) & ~(uintptr_t)15;
     for (uintptr_t s = a; s < e; s += (1u << 20)) {
         const unsigned len = (unsigned)min((uintptr_t)(1u << 20), e - s);
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(s), "r"(len) : "memory");
     }
+#endif
 }
 
 // Dot of 32 decoded weights with 32 f32 activations (16-byte aligned: chunk starts are
