@@ -133,6 +133,12 @@ pub struct Projection {
     pub out: Slot,
 }
 
+/// The gate and up projections of a SwiGLU feed-forward (no biases).
+fn gate_up((w_gate, w_up): (WeightId, WeightId), gate: Slot, up: Slot) -> [Projection; 2] {
+    let proj = |w, out| Projection { w, bias: None, out };
+    [proj(w_gate, gate), proj(w_up, up)]
+}
+
 /// The operations a layer recipe is written in. Rows of a slot are tokens; `pos0` is the
 /// position of the first token of the step in the sequence.
 pub trait Ops {
@@ -197,19 +203,7 @@ pub trait Ops {
         up: Slot,
         act: Slot,
     ) {
-        let projs = [
-            Projection {
-                w: w_gate,
-                bias: None,
-                out: gate,
-            },
-            Projection {
-                w: w_up,
-                bias: None,
-                out: up,
-            },
-        ];
-        self.norm_matmul(x, norm, eps, normed, &projs);
+        self.norm_matmul(x, norm, eps, normed, &gate_up((w_gate, w_up), gate, up));
         self.swiglu(gate, up, act);
     }
 
@@ -235,7 +229,7 @@ pub trait Ops {
 /// The fused operations as sequences of the plain ones: the defaults of [`Ops`], also for a
 /// backend that fuses only some cases (e.g. one token) and falls back for the rest.
 pub mod unfused {
-    use super::{AttnShape, Ops, Projection, Rope, Slot, WeightId};
+    use super::{gate_up, AttnShape, Ops, Projection, Rope, Slot, WeightId};
 
     pub fn norm_matmul<O: Ops + ?Sized>(
         ops: &mut O,
@@ -266,19 +260,14 @@ pub mod unfused {
         up: Slot,
         act: Slot,
     ) {
-        let projs = [
-            Projection {
-                w: w_gate,
-                bias: None,
-                out: gate,
-            },
-            Projection {
-                w: w_up,
-                bias: None,
-                out: up,
-            },
-        ];
-        norm_matmul(ops, x, norm, eps, normed, &projs);
+        norm_matmul(
+            ops,
+            x,
+            norm,
+            eps,
+            normed,
+            &gate_up((w_gate, w_up), gate, up),
+        );
         ops.swiglu(gate, up, act);
     }
 
