@@ -589,3 +589,42 @@ fn full_vocab_filters_keep_draws_inside_top_k() {
         start.elapsed()
     );
 }
+
+/// `is_greedy` holds exactly when `sample` is the plain argmax (the backend then picks the
+/// token itself): greedy settings sample the argmax; bias, penalties or a temperature do not
+/// count as greedy.
+#[test]
+fn is_greedy_means_argmax() {
+    let logits = random_logits(QWEN_VOCAB, 7, 5.0);
+    let greedy = SamplingParams::default();
+    let mut s = Sampler::new(greedy.clone(), 1);
+    assert!(s.is_greedy());
+    assert_eq!(s.sample(&mut logits.clone(), &[1, 2, 3]), argmax(&logits));
+    let nan_t = SamplingParams {
+        temperature: f32::NAN,
+        ..greedy.clone()
+    };
+    assert!(Sampler::new(nan_t, 1).is_greedy());
+    let warm = SamplingParams {
+        temperature: 0.7,
+        ..greedy.clone()
+    };
+    let biased = SamplingParams {
+        logit_bias: vec![(5, 2.0)],
+        ..greedy.clone()
+    };
+    let penalized = SamplingParams {
+        repeat_penalty: 1.1,
+        ..greedy.clone()
+    };
+    // A penalty over no history window changes nothing: still greedy.
+    let no_window = SamplingParams {
+        repeat_penalty: 1.1,
+        penalty_last_n: 0,
+        ..greedy
+    };
+    assert!(Sampler::new(no_window, 1).is_greedy());
+    for p in [warm, biased, penalized] {
+        assert!(!Sampler::new(p, 1).is_greedy());
+    }
+}

@@ -182,6 +182,14 @@ impl Sampler {
         &self.params
     }
 
+    /// Whether [`sample`](Self::sample) is the plain argmax of the logits (no temperature, bias
+    /// or penalties): the backend may then pick the token itself, without handing the logits
+    /// over.
+    pub fn is_greedy(&self) -> bool {
+        let t = self.params.temperature;
+        (t.is_nan() || t <= 0.0) && self.params.logit_bias.is_empty() && !self.params.penalties_on()
+    }
+
     /// Choose the next token. `logits` may be modified in place; `history` is the tokens so far.
     ///
     /// Returns 0 for an empty `logits`. If every logit is `-inf` or NaN (all tokens banned),

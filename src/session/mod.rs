@@ -11,7 +11,7 @@ use crate::model::{Model, Reservation};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
-use state::State;
+use state::{Out, State};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -163,7 +163,7 @@ impl Session {
     /// the last one, or of every one with `Logits::All` (`tokens.len()` rows of the vocabulary).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        self.feed(tokens, which, Some(&mut out))?;
+        self.feed(tokens, which, Out::Logits(&mut out))?;
         Ok(out)
     }
 
@@ -187,14 +187,9 @@ impl Session {
     }
 
     /// Run the model over `tokens` in chunks; the last chunk's logits (last row, or all rows
-    /// with `Logits::All`) are appended to `out`. On error or cancellation the cache is left
+    /// with `Logits::All`), or the last row's argmax, go to `out`. On error or cancellation the cache is left
     /// as it was before the failed chunk.
-    fn feed(
-        &mut self,
-        tokens: &[u32],
-        which: Logits,
-        mut out: Option<&mut Vec<f32>>,
-    ) -> Result<()> {
+    fn feed(&mut self, tokens: &[u32], which: Logits, mut out: Out) -> Result<()> {
         self.check_tokens(tokens)?;
         let mut all: Vec<u32> = self.pending.take().into_iter().collect();
         all.extend_from_slice(tokens);
@@ -210,9 +205,9 @@ impl Session {
             };
             let pos0 = self.history.len();
             let want = if which == Logits::All || last {
-                out.as_deref_mut()
+                out.reborrow()
             } else {
-                None
+                Out::Nothing
             };
             self.state
                 .step(&self.model, chunk, pos0, mode, &cancelled, want)?;
@@ -289,8 +284,19 @@ impl Session {
             stop_reason: StopReason::Limit,
         };
         let t0 = Instant::now();
+        // Greedy: the backend picks the token where the logits are (on the GPU, 4 bytes come
+        // back instead of the row); otherwise the sampler gets the row.
+        let greedy = sampler.is_greedy();
         let mut logits = Vec::new();
-        match self.feed(prompt, Logits::Last, Some(&mut logits)) {
+        let mut pick = None;
+        fn out<'a>(greedy: bool, logits: &'a mut Vec<f32>, pick: &'a mut Option<u32>) -> Out<'a> {
+            if greedy {
+                Out::Argmax(pick)
+            } else {
+                Out::Logits(logits)
+            }
+        }
+        match self.feed(prompt, Logits::Last, out(greedy, &mut logits, &mut pick)) {
             Ok(()) => {}
             Err(Error::Cancelled) => {
                 stats.stop_reason = StopReason::Cancelled;
@@ -299,7 +305,7 @@ impl Session {
             }
             Err(e) => return Err(e),
         }
-        if logits.is_empty() {
+        if logits.is_empty() && pick.is_none() {
             // Empty prompt after a turn that ended without feeding: nothing new to condition on.
             return Err(Error::InvalidArgument(
                 "nothing to generate from: empty prompt".into(),
@@ -324,7 +330,10 @@ impl Session {
                 stats.stop_reason = StopReason::Limit;
                 break;
             }
-            let id = sampler.sample(&mut logits, &history);
+            let id = match pick.take() {
+                Some(id) => id,
+                None => sampler.sample(&mut logits, &history),
+            };
             stats.generated_tokens += 1;
             history.push(id);
             self.pending = Some(id);
@@ -354,7 +363,7 @@ impl Session {
                 )));
             }
             logits.clear();
-            match self.feed(&[], Logits::Last, Some(&mut logits)) {
+            match self.feed(&[], Logits::Last, out(greedy, &mut logits, &mut pick)) {
                 Ok(()) => {}
                 Err(Error::Cancelled) => {
                     stats.stop_reason = StopReason::Cancelled;

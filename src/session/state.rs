@@ -6,6 +6,27 @@ use crate::model::recipe::{forward, Logits};
 use crate::model::{Bound, Model};
 use crate::Result;
 
+/// What a forward step hands back.
+pub(crate) enum Out<'a> {
+    Nothing,
+    /// The logits (the last row, or every row with `Logits::All`), appended.
+    Logits(&'a mut Vec<f32>),
+    /// The index of the last row's largest logit (the first on ties, NaNs never win, 0 when
+    /// all are NaN: `sampling::argmax`), picked where the logits are, so that a greedy step
+    /// moves 4 bytes from the GPU instead of the whole row.
+    Argmax(&'a mut Option<u32>),
+}
+
+impl Out<'_> {
+    pub fn reborrow(&mut self) -> Out<'_> {
+        match self {
+            Out::Nothing => Out::Nothing,
+            Out::Logits(v) => Out::Logits(v),
+            Out::Argmax(p) => Out::Argmax(p),
+        }
+    }
+}
+
 /// Prompt tokens per CPU forward step during prefill.
 const CPU_PREFILL_CHUNK: usize = 256;
 
@@ -58,16 +79,21 @@ impl State {
         pos0: usize,
         mode: Logits,
         cancelled: &dyn Fn() -> bool,
-        out: Option<&mut Vec<f32>>,
+        out: Out,
     ) -> Result<()> {
         let vocab = model.vocab_size();
         match (&model.bound, self) {
             (Bound::Cpu(m), State::Cpu(st)) => {
                 let mut step = CpuStep::new(m, st, tokens, pos0)?;
                 forward(&mut step, &model.recipe, mode, cancelled)?;
-                if let Some(out) = out {
-                    let rows = if mode == Logits::All { tokens.len() } else { 1 };
-                    out.extend_from_slice(&st.logits(rows)[..rows * vocab]);
+                let rows = if mode == Logits::All { tokens.len() } else { 1 };
+                match out {
+                    Out::Nothing => {}
+                    Out::Logits(v) => v.extend_from_slice(&st.logits(rows)[..rows * vocab]),
+                    Out::Argmax(p) => {
+                        let last = &st.logits(rows)[(rows - 1) * vocab..rows * vocab];
+                        *p = Some(crate::sampling::argmax(last));
+                    }
                 }
             }
             #[cfg(feature = "cuda")]
@@ -81,9 +107,11 @@ impl State {
                     step.finish()?;
                     r?;
                 }
-                if let Some(out) = out {
-                    let rows = if mode == Logits::All { tokens.len() } else { 1 };
-                    out.extend_from_slice(&st.logits(rows)?);
+                let rows = if mode == Logits::All { tokens.len() } else { 1 };
+                match out {
+                    Out::Nothing => {}
+                    Out::Logits(v) => v.extend_from_slice(&st.logits(rows)?),
+                    Out::Argmax(p) => *p = Some(st.argmax_row(rows - 1)?),
                 }
             }
             #[cfg(feature = "cuda")]

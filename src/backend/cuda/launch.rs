@@ -955,25 +955,43 @@ impl CudaDevice {
     /// Greedy pick per row: the index of the largest logit of each of `n_rows` rows of
     /// `n_cols` (ties: smallest index; NaNs skipped). Waits for the result.
     pub fn argmax(&self, logits: &DeviceBuffer, n_rows: usize, n_cols: usize) -> Result<Vec<u32>> {
-        positive(n_rows, "argmax rows")?;
-        positive(n_cols, "argmax cols")?;
-        if n_rows > i32::MAX as usize {
-            return Err(Error::InvalidArgument("argmax: too many rows".into()));
-        }
-        logits.check(self, f32s(n_rows * n_cols), "argmax logits")?;
-        let mut out = self.alloc(n_rows * 4, MemKind::Scratch)?;
-        launch!(self, "argmax_rows", (n_rows as u32, 1, 1), (1024, 1, 1);
-            logits.ptr(), out.ptr(), n_cols as i32)?;
-        let _ = &mut out;
-        let idx = self.download_i32(&out, n_rows)?;
-        idx.iter()
+        let out = self.alloc(n_rows.max(1) * 4, MemKind::Scratch)?;
+        self.argmax_into(logits, 0, n_rows, n_cols, &out)?
+            .into_iter()
             .enumerate()
-            .map(|(r, &i)| {
-                u32::try_from(i).map_err(|_| {
+            .map(|(r, i)| {
+                i.ok_or_else(|| {
                     Error::Internal(format!("argmax: row {r} of the logits is all NaN"))
                 })
             })
             .collect()
+    }
+
+    /// [`argmax`](Self::argmax) of the rows from f32 `offset` of `logits` on, through `out`
+    /// (at least `n_rows` i32); `None` for a row of only NaNs.
+    pub fn argmax_into(
+        &self,
+        logits: &DeviceBuffer,
+        offset: usize,
+        n_rows: usize,
+        n_cols: usize,
+        out: &DeviceBuffer,
+    ) -> Result<Vec<Option<u32>>> {
+        positive(n_rows, "argmax rows")?;
+        let cols = positive(n_cols, "argmax cols")?;
+        if n_rows > i32::MAX as usize {
+            return Err(Error::InvalidArgument("argmax: too many rows".into()));
+        }
+        let end = n_rows
+            .checked_mul(n_cols)
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(|| Error::InvalidArgument("argmax: size overflows".into()))?;
+        logits.check(self, f32s(end), "argmax logits")?;
+        out.check(self, n_rows as u64 * 4, "argmax out")?;
+        launch!(self, "argmax_rows", (n_rows as u32, 1, 1), (1024, 1, 1);
+            logits.ptr() + offset as u64 * 4, out.ptr(), cols)?;
+        let idx = self.download_i32(out, n_rows)?;
+        Ok(idx.iter().map(|&i| u32::try_from(i).ok()).collect())
     }
 }
 

@@ -180,6 +180,8 @@ pub struct CudaState {
     attn_count: DeviceBuffer,
     /// A decode mat-vec's prepared input (chunk records, see kernels/decode.cu).
     xrec: DeviceBuffer,
+    /// The greedy pick (one i32, see `argmax_row`).
+    pick: DeviceBuffer,
     graph: Option<DecodeGraph>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
@@ -222,6 +224,7 @@ impl CudaState {
         )?;
         let mut attn_count = dev.alloc(hp.n_head * 4, MemKind::Scratch)?;
         dev.fill_bytes(&mut attn_count, 0)?;
+        let pick = dev.alloc(4, MemKind::Scratch)?;
         let widest = hp.n_embd.max(hp.q_dim()).max(hp.n_ff);
         let xrec = dev.alloc(CudaDevice::input_record_bytes(widest), MemKind::Scratch)?;
         Ok(CudaState {
@@ -236,6 +239,7 @@ impl CudaState {
             attn_part,
             attn_count,
             xrec,
+            pick,
             graph: None,
             taps: None,
         })
@@ -245,6 +249,18 @@ impl CudaState {
     pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
         self.dev
             .download_f32(&self.slots[Slot::Logits.index()], rows * self.hp.vocab)
+    }
+
+    /// The index of the largest logit of row `row` of the last step, picked on the GPU (4
+    /// bytes come back, not the row): the first on ties, NaNs never win, 0 when all are NaN
+    /// (as `sampling::argmax`). Waits for the GPU.
+    pub fn argmax_row(&self, row: usize) -> Result<u32> {
+        let vocab = self.hp.vocab;
+        let logits = &self.slots[Slot::Logits.index()];
+        let i = self
+            .dev
+            .argmax_into(logits, row * vocab, 1, vocab, &self.pick)?;
+        Ok(i.first().copied().flatten().unwrap_or(0))
     }
 }
 
