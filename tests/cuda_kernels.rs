@@ -1146,6 +1146,130 @@ fn fused_matvec_all_types_and_epilogues() {
     assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
 }
 
+// Products with more rows than the grid has warps, so that each warp streams several rows
+// (rounds) through its ring of staged pieces, rows split between warps (the down projection's
+// shape: few rows, long ones) and whole rows per warp (gate/up's: many short rows); formats
+// mixed in one product (the q/k/v product with a Q6_K v), and a SwiGLU whose gate and up
+// differ in format (run as two plain products and the SwiGLU). Same tolerance as above.
+#[test]
+fn fused_matvec_many_rounds_and_mixed_formats() {
+    use llorch::backend::cuda::{Epilogue, MatRef, MatVecOut};
+    let Some(dev) = device("fused_matvec_many_rounds_and_mixed_formats") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_00F2);
+    // (formats, rows of each, k): 3 formats in one plain product, rows over the 3168 warps
+    // of one H200 wave.
+    let cases: [(&[GgmlType], usize, usize); 4] = [
+        (&[GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0], 3000, 1280),
+        (&[GgmlType::Q6_K], 4000, 4864),
+        (&[GgmlType::Q5_0, GgmlType::Q4_K], 2600, 2048),
+        (&[GgmlType::Q4_K, GgmlType::Q6_K], 7000, 1024),
+    ];
+    for (ci, &(types, rows, k)) in cases.iter().enumerate() {
+        let ws: Vec<Vec<u8>> = types
+            .iter()
+            .map(|&t| random_tensor(t, rows, k, &mut rng))
+            .collect();
+        let wd: Vec<_> = ws.iter().map(|w| upload_weights(&dev, w)).collect();
+        let wf: Vec<Vec<Vec<f32>>> = ws
+            .iter()
+            .zip(types)
+            .map(|(w, &t)| dequant_rows(t, w, rows, k))
+            .collect();
+        let x = rng.vec(k);
+        let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+        let xr: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let rec = dev
+            .alloc(CudaDevice::input_record_bytes(k), MemKind::Scratch)
+            .unwrap();
+        let outs: Vec<_> = types
+            .iter()
+            .map(|_| {
+                let mut o = dev.alloc(rows * 4, MemKind::Scratch).unwrap();
+                dev.fill_bytes(&mut o, POISON).unwrap();
+                o
+            })
+            .collect();
+        let prods: Vec<MatVecOut> = (0..types.len())
+            .map(|i| MatVecOut {
+                mat: MatRef {
+                    ty: types[i],
+                    w: &wd[i],
+                    rows,
+                    cols: k,
+                },
+                bias: None,
+                out: &outs[i],
+            })
+            .collect();
+        let refs: Vec<Vec<f64>> = wf
+            .iter()
+            .map(|m| m.iter().map(|w| dot64(w, &xr)).collect())
+            .collect();
+        let name = |what: &str| format!("case {ci} {what} ({rows} rows, k={k})");
+        if types.len() == 2 && ci == 3 {
+            // Gate and up of two formats.
+            let act = dev.alloc(rows * 4, MemKind::Scratch).unwrap();
+            dev.fused_matvec(&xd, k, None, &prods, Epilogue::Glu { act: &act }, &rec, false)
+                .unwrap();
+            let reference: Vec<f64> = (0..rows)
+                .map(|r| {
+                    let (g, u) = (refs[0][r], refs[1][r]);
+                    g / (1.0 + (-g).exp()) * u
+                })
+                .collect();
+            check(
+                &name("glu act"),
+                &dev.download_f32(&act, rows).unwrap(),
+                &reference,
+                1e-4,
+            );
+            continue;
+        }
+        dev.fused_matvec(&xd, k, None, &prods, Epilogue::Plain, &rec, false)
+            .unwrap();
+        for (i, t) in types.iter().enumerate() {
+            let got = dev.download_f32(&outs[i], rows).unwrap();
+            check(&name(&format!("plain {}", t.name())), &got, &refs[i], 1e-4);
+        }
+        // The same product, gated (gate = up = matrix 0) and added into a residual.
+        let act = dev.alloc(rows * 4, MemKind::Scratch).unwrap();
+        let pair = [prods[0], prods[0]];
+        dev.fused_matvec(&xd, k, None, &pair, Epilogue::Glu { act: &act }, &rec, false)
+            .unwrap();
+        let reference: Vec<f64> = refs[0]
+            .iter()
+            .map(|&g| g / (1.0 + (-g).exp()) * g)
+            .collect();
+        check(
+            &name("glu act"),
+            &dev.download_f32(&act, rows).unwrap(),
+            &reference,
+            1e-4,
+        );
+        let acc0 = rng.vec(rows);
+        let accd = dev.upload_f32(&acc0, MemKind::Scratch).unwrap();
+        dev.fused_matvec(
+            &xd,
+            k,
+            None,
+            &prods[..1],
+            Epilogue::Add { acc: &accd },
+            &rec,
+            false,
+        )
+        .unwrap();
+        let reference: Vec<f64> = (0..rows).map(|r| acc0[r] as f64 + refs[0][r]).collect();
+        check(
+            &name("add"),
+            &dev.download_f32(&accd, rows).unwrap(),
+            &reference,
+            1e-4,
+        );
+    }
+}
+
 // rope_kv + attention_decode against the unfused rope, kv_store and the f64 attention
 // reference; the position comes from device memory. Lengths below, at and far above the
 // number of key slices (empty slices must add nothing).

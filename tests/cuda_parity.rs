@@ -739,3 +739,41 @@ fn graph_replay_equals_direct_decode() {
     }
     say(&format!("{test}: 40 decode steps bit-identical"));
 }
+
+/// Greedy generation picks each token on the GPU (`argmax_rows`, 4 bytes downloaded instead of
+/// the logits row): the tokens equal those of a session that downloads every row and takes
+/// the host's argmax, step for step.
+#[test]
+fn greedy_pick_on_gpu_equals_host_argmax() {
+    let test = "greedy_pick_on_gpu_equals_host_argmax";
+    let Some(gctx) = gpu_context(test, 0) else {
+        return;
+    };
+    let file = TempFile(synth_file("qwen2-0.5b"));
+    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
+    let opts = SessionOptions { n_ctx: 96, seed: 0 };
+    let prompt: Vec<u32> = (0..20).map(|i| 500 + 41 * i).collect();
+
+    let mut picked = Session::new(mg.clone(), opts.clone()).unwrap();
+    let params = GenerateParams {
+        max_tokens: 32,
+        ..Default::default()
+    };
+    let stats = picked
+        .generate_tokens(&prompt, &params, &mut |_, _| true)
+        .expect("generate");
+    let on_gpu = picked.tokens()[prompt.len()..].to_vec();
+    assert_eq!(on_gpu.len(), stats.generated_tokens as usize);
+    assert!(!on_gpu.is_empty());
+
+    let mut host = Session::new(mg.clone(), opts).unwrap();
+    let mut logits = host.eval(&prompt, Logits::Last).unwrap();
+    let mut on_host = Vec::new();
+    for _ in 0..on_gpu.len() {
+        let next = llorch::sampling::argmax(&logits);
+        on_host.push(next);
+        logits = host.eval(&[next], Logits::Last).unwrap();
+    }
+    assert_eq!(on_gpu, on_host, "tokens picked on the GPU vs the host's argmax");
+    say(&format!("{test}: {} greedy tokens equal", on_gpu.len()));
+}

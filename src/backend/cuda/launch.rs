@@ -906,13 +906,13 @@ impl CudaDevice {
         self.glu("geglu", g, u, n, out)
     }
 
-    fn glu(
+    pub(super) fn glu(
         &self,
         name: &str,
         g: &DeviceBuffer,
         u: &DeviceBuffer,
         n: usize,
-        out: &mut DeviceBuffer,
+        out: &DeviceBuffer,
     ) -> Result<()> {
         positive(n, name)?;
         g.check(self, f32s(n), name)?;
