@@ -13,8 +13,7 @@
 #include "attn_common.cuh"
 
 #define DW 8          // warps per block of fused_matvec
-#define SLOT 1168     // bytes of one staged piece of weight rows (73 16-byte words)
-#define NSLOT 4       // slots in each warp's ring of pieces
+#define STAGE 2048    // bytes of a weight row a warp stages in shared memory per step
 
 // One weight matrix of a fused mat-vec and where its rows go.
 struct Seg {
@@ -274,10 +273,8 @@ __device__ __forceinline__ void dot_run2(const uint8_t* sa, const uint8_t* sb, i
 }
 
 // Weight rows reach shared memory through cp.async (16 bytes a lane, no registers held while
-// in flight), from the 16-byte boundary at or below the first block, in pieces of at most
-// SLOT bytes. Each warp streams the pieces of all its rows, round after round, through a
-// ring of NSLOT slots: the copies of the next pieces (of this row or the next round's) are in
-// flight while it decodes one, so its loads never wait on its arithmetic.
+// in flight), from the 16-byte boundary at or below the first block; each warp has two
+// STAGE-byte buffers.
 __device__ __forceinline__ void cp16(uint8_t* s, const uint8_t* g) {
     const unsigned sa = (unsigned)__cvta_generic_to_shared(s);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(g));
@@ -287,79 +284,103 @@ template <int N> __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Blocks of a piece: as many as a slot holds past its 16-byte alignment slack, rounded down
-// to whole passes of the warp (32 / LPB blocks a pass).
-template <int T> struct Piece {
-    enum {
-        RAW = (SLOT - 16) / Geo<T>::B,
-        PASS = 32 / Lane<T>::LPB,
-        N = RAW >= PASS ? RAW / PASS * PASS : RAW
-    };
-};
-
-// Values and bytes of a block, and blocks of a piece, of format `type`.
-__device__ __forceinline__ void geo_of(int type, int& v, int& b, int& per) {
-#define GEO(TY) v = Geo<TY>::V; b = Geo<TY>::B; per = Piece<TY>::N; return;
-    switch (type) {
-        case T_F32: GEO(T_F32)
-        case T_F16: GEO(T_F16)
-        case T_Q4_1: GEO(T_Q4_1)
-        case T_Q5_0: GEO(T_Q5_0)
-        case T_Q8_0: GEO(T_Q8_0)
-        case T_Q4_K: GEO(T_Q4_K)
-        default: GEO(T_Q6_K)
-    }
-#undef GEO
-}
-
-// One warp's share of one round: blocks [b0, b1) of row `ra` (and of `rb`, the up row of a
-// SwiGLU, same format), row r of segment s; b0 == b1 when the warp has no row this round.
-struct Job {
-    const uint8_t* ra;
-    const uint8_t* rb;
-    int type, b0, b1, s, r;
-};
-__device__ __forceinline__ Job job_of(const MvArgs& a, int job, int total, int part, int wpr) {
-    Job j;
-    j.s = 0;
-    j.r = job;
-    j.ra = j.rb = nullptr;
-    j.type = a.seg[0].type;
-    j.b0 = j.b1 = 0;
-    if (job >= total) return j;
-    if (a.mode == MODE_PLAIN)
-        while (j.s + 1 < a.n_seg && j.r >= a.seg[j.s].rows) j.r -= a.seg[j.s++].rows;
-    const Seg& sg = a.seg[j.s];
-    j.type = sg.type;
-    j.ra = sg.w + (long long)j.r * sg.row_bytes;
-    if (a.mode == MODE_GLU) j.rb = a.seg[1].w + (long long)j.r * a.seg[1].row_bytes;
-    int v, b, per;
-    geo_of(j.type, v, b, per);
-    const int nblk = a.k / v;
-    j.b0 = nblk * part / wpr;
-    j.b1 = nblk * (part + 1) / wpr;
-    return j;
-}
-
-// Copy blocks [b0, b0 + nb) of `row` (blocks of `bytes`) into `slot`; returns where the first
-// block lands in it.
-__device__ __forceinline__ int stage_copy(const uint8_t* row, int b0, int nb, int bytes,
-                                          uint8_t* slot, int lane) {
-    const uint8_t* g = row + (long long)b0 * bytes;
+// Start copying blocks [b0, b0 + nb) of `row` into buf (unless `issued`: that copy is in
+// flight already); returns where the first block lands.
+template <int T>
+__device__ __forceinline__ int stage_issue(const uint8_t* row, int b0, int nb, uint8_t* buf,
+                                           int lane, bool issued = false) {
+    const uint8_t* g = row + (long long)b0 * Geo<T>::B;
     const int off = (int)((uintptr_t)g & 15);
+    if (issued) return off;
     const uint8_t* g0 = g - off;
-    const int n16 = (off + nb * bytes + 15) >> 4;
-    for (int i = lane; i < n16; i += 32) cp16(slot + 16 * i, g0 + 16 * i);
+    const int n16 = (off + nb * Geo<T>::B + 15) >> 4;
+    for (int i = lane; i < n16; i += 32) cp16(buf + 16 * i, g0 + 16 * i);
+    cp_commit();
     return off;
 }
 
-// The issuing end of a warp's stream: the round and block of the next piece to copy, and
-// that round's job.
-struct Feed {
-    const uint8_t* ra;
-    const uint8_t* rb;
-    int it, b, b1, bytes, per;
-};
+// One warp: dot products of blocks [blk0, blk1) of row A (and of row B, when given: the
+// gate and up rows of a SwiGLU, fetched together so their loads overlap) with the input.
+// A single row is double-buffered: the next step's copy is in flight while this one decodes.
+template <int T>
+__device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const uint8_t* __restrict__ rb,
+                         int blk0, int blk1, const void* xs, uint8_t* buf, int lane, float& oa,
+                         float& ob, bool pre) {
+    constexpr int PER = (STAGE - 16) / Geo<T>::B;  // whole blocks per stage step
+    constexpr int CPB = Geo<T>::V / 32;            // 32-value chunks per block
+    float a = 0.f, b = 0.f;
+    if (rb) {
+        for (int b0 = blk0; b0 < blk1; b0 += PER) {
+            const int nb = min(PER, blk1 - b0);
+            const bool issued = pre && b0 == blk0;
+            const int offa = stage_issue<T>(ra, b0, nb, buf, lane, issued);
+            const int offb = stage_issue<T>(rb, b0, nb, buf + STAGE, lane, issued);
+            cp_wait<0>();
+            __syncwarp();
+            dot_run2<T>(buf + offa, buf + STAGE + offb, nb, b0 * CPB, xs, lane, a, b);
+            __syncwarp();
+        }
+    } else if (blk0 < blk1) {
+        int off = stage_issue<T>(ra, blk0, min(PER, blk1 - blk0), buf, lane, pre);
+        for (int b0 = blk0, i = 0; b0 < blk1; b0 += PER, i++) {
+            const int nb = min(PER, blk1 - b0);
+            uint8_t* cur = buf + (i & 1) * STAGE;
+            int next = 0;
+            if (b0 + PER < blk1) {
+                next = stage_issue<T>(ra, b0 + PER, min(PER, blk1 - b0 - PER),
+                                      buf + ((i + 1) & 1) * STAGE, lane);
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+            __syncwarp();
+            a += dot_run<T>(cur + off, nb, b0 * CPB, xs, lane);
+            __syncwarp();
+            off = next;
+        }
+    }
+    oa = warp_sum(a);
+    ob = rb ? warp_sum(b) : 0.f;
+}
+
+// The first stage copy of row_dot2 (rows ra, rb, blocks [blk0, blk1)), issued early.
+template <int T>
+__device__ __forceinline__ void stage_first(const uint8_t* ra, const uint8_t* rb, int blk0,
+                                            int blk1, uint8_t* buf, int lane) {
+    constexpr int PER = (STAGE - 16) / Geo<T>::B;
+    if (blk0 >= blk1) return;
+    const int nb = min(PER, blk1 - blk0);
+    stage_issue<T>(ra, blk0, nb, buf, lane);
+    if (rb) stage_issue<T>(rb, blk0, nb, buf + STAGE, lane);
+}
+
+// Part `part` of `parts` of the dot products of rows ra (and rb) with the input (the rows'
+// blocks split evenly). With `xs` null, only the first stage copy is issued (early, before
+// the kernel waits for its input); `pre`: an earlier such call issued it.
+__device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const uint8_t* rb, int k, int part,
+                             int parts, const void* xs, uint8_t* buf, int lane, float& oa,
+                             float& ob, bool pre) {
+#define ROW_DOT(TY)                                                                       \
+    {                                                                                     \
+        const int nblk = k / Geo<TY>::V;                                                  \
+        const int b0 = nblk * part / parts, b1 = nblk * (part + 1) / parts;               \
+        if (!xs)                                                                          \
+            stage_first<TY>(ra, rb, b0, b1, buf, lane);                                   \
+        else                                                                              \
+            row_dot2<TY>(ra, rb, b0, b1, xs, buf, lane, oa, ob, pre);                     \
+        return;                                                                           \
+    }
+    switch (type) {
+        case T_F32: ROW_DOT(T_F32)
+        case T_F16: ROW_DOT(T_F16)
+        case T_Q4_1: ROW_DOT(T_Q4_1)
+        case T_Q5_0: ROW_DOT(T_Q5_0)
+        case T_Q8_0: ROW_DOT(T_Q8_0)
+        case T_Q4_K: ROW_DOT(T_Q4_K)
+        default: ROW_DOT(T_Q6_K)
+    }
+#undef ROW_DOT
+}
 
 // One warp: the record of a 32-value chunk (lane i holds value i).
 __device__ __forceinline__ void write_record(float v, uint8_t* r, int lane) {
@@ -445,92 +466,17 @@ __device__ __forceinline__ void prefetch_rows(const MvArgs& a, int total, int gr
     }
 }
 
-// Where a warp's rounds are: its job in round `it` is job number base0 + it * stride (its
-// group's), part `part` of `wpr`.
-struct Rounds {
-    int base0, stride, total, part, wpr;
-    __device__ __forceinline__ bool live(int it) const { return base0 + it * stride < total; }
-};
-
-// Enter round `f.it` (and the ones after it while they give this warp nothing to copy).
-__device__ __forceinline__ void feed_round(const MvArgs& a, const Rounds& rd, Feed& f) {
-    while (rd.live(f.it)) {
-        const Job j = job_of(a, rd.base0 + f.it * rd.stride, rd.total, rd.part, rd.wpr);
-        if (j.b0 < j.b1) {
-            int v;
-            geo_of(j.type, v, f.bytes, f.per);
-            f.ra = j.ra;
-            f.rb = j.rb;
-            f.b = j.b0;
-            f.b1 = j.b1;
-            return;
-        }
-        f.it++;
-    }
-    f.b = f.b1 = 0;  // past the end: nothing more to copy
-}
-
-// Copy the next piece of the stream into `slot` (and `slot + SLOT` for a SwiGLU's up row) as
-// one commit group (empty past the end, so that every step commits one).
-template <bool GLU>
-__device__ __forceinline__ void feed_next(const MvArgs& a, const Rounds& rd, Feed& f,
-                                          uint8_t* slot, int lane) {
-    if (f.b < f.b1) {
-        const int nb = min(f.per, f.b1 - f.b);
-        stage_copy(f.ra, f.b, nb, f.bytes, slot, lane);
-        if (GLU) stage_copy(f.rb, f.b, nb, f.bytes, slot + SLOT, lane);
-        f.b += nb;
-        if (f.b >= f.b1) {
-            f.it++;
-            feed_round(a, rd, f);
-        }
-    }
-    cp_commit();
-}
-
-// One staged piece (blocks [b, b + nb) of the job's rows, in `slot`) into the lane's sums.
-template <bool GLU>
-__device__ __forceinline__ void piece_dot(const Job& j, int b, int nb, const uint8_t* slot,
-                                          const void* xs, int lane, float& da, float& db) {
-#define PIECE(TY)                                                                            \
-    {                                                                                        \
-        constexpr int B = Geo<TY>::B, CPB = Geo<TY>::V / 32;                                 \
-        const int oa = (int)((uintptr_t)(j.ra + (long long)b * B) & 15);                     \
-        if (GLU) {                                                                           \
-            const int ob = (int)((uintptr_t)(j.rb + (long long)b * B) & 15);                 \
-            dot_run2<TY>(slot + oa, slot + SLOT + ob, nb, b * CPB, xs, lane, da, db);        \
-        } else {                                                                             \
-            da += dot_run<TY>(slot + oa, nb, b * CPB, xs, lane);                             \
-        }                                                                                    \
-        return;                                                                              \
-    }
-    switch (j.type) {
-        case T_F32: PIECE(T_F32)
-        case T_F16: PIECE(T_F16)
-        case T_Q4_1: PIECE(T_Q4_1)
-        case T_Q5_0: PIECE(T_Q5_0)
-        case T_Q8_0: PIECE(T_Q8_0)
-        case T_Q4_K: PIECE(T_Q4_K)
-        default: PIECE(T_Q6_K)
-    }
-#undef PIECE
-}
-
-// Launch: block = 32 * DW threads, any grid, dynamic shared memory = DW * NSLOT * SLOT bytes.
+// Launch: block = 32 * DW threads, any grid, dynamic shared memory = 2 * DW * STAGE bytes.
 // `xs`: chunk records from prep_input for the quantized formats, f32 for F32/F16. `wpr` warps
 // (1, 2, 4 or 8) share each row, each taking a slice of its blocks: few rows still put many
-// warps and loads in flight. Groups of wpr warps stride over the rows in rounds; a SwiGLU's
-// gate and up rows (same format) are one job.
-template <bool GLU>
+// warps and loads in flight. Groups of wpr warps stride over the rows.
 __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* __restrict__ xs,
                                                   int wpr) {
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ float red[2][DW];
-    // Pieces in the ring: a SwiGLU's step takes two slots (gate and up).
-    constexpr int D = GLU ? NSLOT / 2 : NSLOT;
-    constexpr int STEP = GLU ? 2 * SLOT : SLOT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    uint8_t* ring = smem + warp * NSLOT * SLOT;
+    const int k = a.k;
+    uint8_t* buf = smem + warp * 2 * STAGE;
 
     int total = 0;
     if (a.mode == MODE_PLAIN) {
@@ -538,70 +484,92 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
     } else {
         total = a.seg[0].rows;
     }
-    const int groups = DW / wpr;
-    const Rounds rd{(int)blockIdx.x * groups + warp / wpr, (int)gridDim.x * groups, total,
-                    warp % wpr, wpr};
+    const int groups = DW / wpr, grp = warp / wpr, part = warp % wpr;
     // While the kernel before this one finishes (weights do not depend on it): this block's
-    // weight rows toward L2, and the first D - 1 pieces of each warp's stream.
+    // weight rows toward L2, and each warp's first stage copy into its buffers.
     if (threadIdx.x == 0) prefetch_rows(a, total, groups);
-    Feed f;
-    f.it = 0;
-    feed_round(a, rd, f);
-#pragma unroll
-    for (int i = 0; i < D - 1; i++) feed_next<GLU>(a, rd, f, ring + i * STEP, lane);
-    pdl_wait();
-    pdl_trigger();
-    int step = 0;
-    // Every warp of the block runs the same rounds (block-wide barriers inside).
-    for (int it = 0; rd.live(it); it++) {
-        const Job j = job_of(a, rd.base0 + it * rd.stride, total, rd.part, wpr);
-        float da = 0.f, db = 0.f;
-        if (j.b0 < j.b1) {
-            int v, bytes, per;
-            geo_of(j.type, v, bytes, per);
-            for (int b = j.b0; b < j.b1; b += per, step++) {
-                // The slot of step + D - 1 held step - 1's piece, decoded by now.
-                feed_next<GLU>(a, rd, f, ring + ((step + D - 1) % D) * STEP, lane);
-                cp_wait<D - 1>();
-                __syncwarp();
-                piece_dot<GLU>(j, b, min(per, j.b1 - b), ring + (step % D) * STEP, xs, lane, da, db);
-                __syncwarp();
+    bool pre = false;
+    {
+        const int job = blockIdx.x * groups + grp;
+        float unused0, unused1;
+        if (job < total) {
+            if (a.mode == MODE_GLU) {
+                const Seg& sg = a.seg[0];
+                const Seg& su = a.seg[1];
+                if (sg.type == su.type) {
+                    row_dot_part(sg.type, sg.w + job * sg.row_bytes, su.w + job * su.row_bytes,
+                                 k, part, wpr, nullptr, buf, lane, unused0, unused1, false);
+                    pre = true;
+                }
+            } else {
+                int s = 0, r = job;
+                while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
+                const Seg& sg = a.seg[s];
+                row_dot_part(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, nullptr,
+                             buf, lane, unused0, unused1, false);
+                pre = true;
             }
         }
-        float d0 = warp_sum(da);
-        float d1 = GLU ? warp_sum(db) : 0.f;
+    }
+    pdl_wait();
+    pdl_trigger();
+    // Every warp of the block runs the same number of rounds (block-wide barriers inside).
+    for (int base = blockIdx.x * groups; base < total; base += gridDim.x * groups) {
+        const int job = base + grp;
+        float d0 = 0.f, d1 = 0.f;
+        int s = 0, r = job;
+        if (job < total) {
+            if (a.mode == MODE_GLU) {
+                const Seg& sg = a.seg[0];
+                const Seg& su = a.seg[1];
+                const uint8_t* rg = sg.w + job * sg.row_bytes;
+                const uint8_t* ru = su.w + job * su.row_bytes;
+                if (sg.type == su.type) {
+                    row_dot_part(sg.type, rg, ru, k, part, wpr, xs, buf, lane, d0, d1, pre);
+                } else {
+                    float unused;
+                    row_dot_part(sg.type, rg, nullptr, k, part, wpr, xs, buf, lane, d0, unused,
+                                 false);
+                    row_dot_part(su.type, ru, nullptr, k, part, wpr, xs, buf, lane, d1, unused,
+                                 false);
+                }
+            } else {
+                while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
+                const Seg& sg = a.seg[s];
+                float unused;
+                row_dot_part(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, xs, buf,
+                             lane, d0, unused, pre);
+            }
+        }
+        pre = false;
         if (wpr > 1) {
             if (lane == 0) { red[0][warp] = d0; red[1][warp] = d1; }
             __syncthreads();
-            if (rd.part == 0) {
+            if (part == 0) {
                 for (int w = 1; w < wpr; w++) { d0 += red[0][warp + w]; d1 += red[1][warp + w]; }
             }
             __syncthreads();
         }
-        if (j.b0 < j.b1 && rd.part == 0 && lane == 0) {
-            if (GLU) {
-                a.seg[0].out[j.r] = d0;
-                a.seg[1].out[j.r] = d1;
-                a.act[j.r] = d0 / (1.0f + expf(-d0)) * d1;
+        if (job < total && part == 0 && lane == 0) {
+            if (a.mode == MODE_GLU) {
+                a.seg[0].out[job] = d0;
+                a.seg[1].out[job] = d1;
+                a.act[job] = d0 / (1.0f + expf(-d0)) * d1;
             } else {
-                const Seg& sg = a.seg[j.s];
-                if (sg.bias) d0 += sg.bias[j.r];
-                sg.out[j.r] = d0;
-                if (a.mode == MODE_ADD) a.acc[j.r] += d0;
+                const Seg& sg = a.seg[s];
+                if (sg.bias) d0 += sg.bias[r];
+                sg.out[r] = d0;
+                if (a.mode == MODE_ADD) a.acc[r] += d0;
             }
         }
     }
-    cp_wait<0>();
 }
 
 // Registers capped for 3 blocks a multiprocessor (a little spilling): measured faster than 2
 // blocks without spills (0.5B 761 vs 741, 7B 283 vs 261 tok/s on the H200).
 extern "C" __global__ void __launch_bounds__(32 * DW, 3)
 fused_matvec(const MvArgs a, const void* __restrict__ xs, int wpr) {
-    if (a.mode == MODE_GLU)
-        fused_matvec_body<true>(a, xs, wpr);
-    else
-        fused_matvec_body<false>(a, xs, wpr);
+    fused_matvec_body(a, xs, wpr);
 }
 
 // The pair of dimension d (< rot_dim / 2) of one head x rotated for position p, as the

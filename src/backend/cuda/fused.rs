@@ -14,15 +14,15 @@ use crate::{Error, Result};
 use cudarc::driver::result;
 use std::ffi::c_void;
 
-/// Warps per block, bytes of a staged piece of weight rows, and pieces in each warp's ring
-/// (kernels/decode.cu DW, SLOT, NSLOT).
+/// Warps per block and bytes of weight row each warp stages (kernels/decode.cu DW, STAGE).
 const DW: usize = 8;
-const SLOT: usize = 1168;
-const NSLOT: usize = 4;
+const STAGE: usize = 2048;
 /// Bytes of a 32-value chunk record of a prepared input (kernels/decode.cu XREC).
 const XREC: usize = 80;
-/// fused_matvec's dynamic shared memory: each warp's ring of pieces.
-const FUSED_SHARED: usize = DW * NSLOT * SLOT;
+/// fused_matvec's dynamic shared memory: two stage buffers a warp. (A variant that pipelined
+/// each warp's rows through four buffers measured slower on the H200, 2026-11-28: 0.5B 761 ->
+/// 685, 7B 283 -> 251 tok/s.)
+const FUSED_SHARED: usize = 2 * DW * STAGE;
 /// fused_matvec blocks a multiprocessor holds at once (its `__launch_bounds__(256, 3)` and
 /// FUSED_SHARED): grids are capped at one full wave, each block looping over its rows, so
 /// every block is resident from the start and can prefetch its rows while the kernel before
@@ -199,7 +199,6 @@ impl CudaDevice {
             };
             total += m.rows;
         }
-        let mut glu_after = None;
         let jobs = match epilogue {
             Epilogue::Plain => {
                 a.mode = 0;
@@ -213,16 +212,9 @@ impl CudaDevice {
                     ));
                 }
                 act.check(self, f32s(r), "fused matvec act")?;
-                if prods[0].mat.ty == prods[1].mat.ty {
-                    a.mode = 1;
-                    a.act = act.ptr();
-                    r
-                } else {
-                    // The kernel pairs rows of one format; gate and up of two formats run as
-                    // two plain products, the SwiGLU after them.
-                    glu_after = Some(act);
-                    total
-                }
+                a.mode = 1;
+                a.act = act.ptr();
+                r
             }
             Epilogue::Add { acc } => {
                 let r = prods[0].mat.rows;
@@ -277,11 +269,7 @@ impl CudaDevice {
             launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
                 x.ptr(), norm_w, eps, normed, rec_ptr, k_i)?;
         }
-        self.launch_matvec(a, input, jobs, prods)?;
-        match glu_after {
-            Some(act) => self.glu("swiglu", prods[0].out, prods[1].out, jobs / 2, act),
-            None => Ok(()),
-        }
+        self.launch_matvec(a, input, jobs, prods)
     }
 
     /// The fused_matvec launch over `jobs` rows (or row pairs) with the prepared `input`.

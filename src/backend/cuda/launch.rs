@@ -906,13 +906,13 @@ impl CudaDevice {
         self.glu("geglu", g, u, n, out)
     }
 
-    pub(super) fn glu(
+    fn glu(
         &self,
         name: &str,
         g: &DeviceBuffer,
         u: &DeviceBuffer,
         n: usize,
-        out: &DeviceBuffer,
+        out: &mut DeviceBuffer,
     ) -> Result<()> {
         positive(n, name)?;
         g.check(self, f32s(n), name)?;
