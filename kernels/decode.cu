@@ -357,6 +357,9 @@ __device__ __forceinline__ void stage_first(const uint8_t* ra, const uint8_t* rb
 // Part `part` of `parts` of the dot products of rows ra (and rb) with the input (the rows'
 // blocks split evenly). With `xs` null, only the first stage copy is issued (early, before
 // the kernel waits for its input); `pre`: an earlier such call issued it.
+// FA, FB: the formats a kernel handles (FA == FB: one; FA < 0: any, by `type`). A kernel for
+// the formats a product has, without the others' code, fits the instruction cache better.
+template <int FA, int FB>
 __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const uint8_t* rb, int k, int part,
                              int parts, const void* xs, uint8_t* buf, int lane, float& oa,
                              float& ob, bool pre) {
@@ -370,14 +373,21 @@ __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const 
             row_dot2<TY>(ra, rb, b0, b1, xs, buf, lane, oa, ob, pre);                     \
         return;                                                                           \
     }
-    switch (type) {
-        case T_F32: ROW_DOT(T_F32)
-        case T_F16: ROW_DOT(T_F16)
-        case T_Q4_1: ROW_DOT(T_Q4_1)
-        case T_Q5_0: ROW_DOT(T_Q5_0)
-        case T_Q8_0: ROW_DOT(T_Q8_0)
-        case T_Q4_K: ROW_DOT(T_Q4_K)
-        default: ROW_DOT(T_Q6_K)
+    if constexpr (FA >= 0 && FA == FB) {
+        ROW_DOT(FA)
+    } else if constexpr (FA >= 0) {
+        if (type == FA) ROW_DOT(FA)
+        ROW_DOT(FB)
+    } else {
+        switch (type) {
+            case T_F32: ROW_DOT(T_F32)
+            case T_F16: ROW_DOT(T_F16)
+            case T_Q4_1: ROW_DOT(T_Q4_1)
+            case T_Q5_0: ROW_DOT(T_Q5_0)
+            case T_Q8_0: ROW_DOT(T_Q8_0)
+            case T_Q4_K: ROW_DOT(T_Q4_K)
+            default: ROW_DOT(T_Q6_K)
+        }
     }
 #undef ROW_DOT
 }
@@ -470,8 +480,11 @@ __device__ __forceinline__ void prefetch_rows(const MvArgs& a, int total, int gr
 // `xs`: chunk records from prep_input for the quantized formats, f32 for F32/F16. `wpr` warps
 // (1, 2, 4 or 8) share each row, each taking a slice of its blocks: few rows still put many
 // warps and loads in flight. Groups of wpr warps stride over the rows.
+// GLU: 1 for the SwiGLU epilogue, 0 for the others, -1 for any (a.mode's).
+template <int FA, int FB, int GLU>
 __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* __restrict__ xs,
                                                   int wpr) {
+    const bool glu = GLU >= 0 ? GLU == 1 : a.mode == MODE_GLU;
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ float red[2][DW];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -493,11 +506,11 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
         const int job = blockIdx.x * groups + grp;
         float unused0, unused1;
         if (job < total) {
-            if (a.mode == MODE_GLU) {
+            if (glu) {
                 const Seg& sg = a.seg[0];
                 const Seg& su = a.seg[1];
-                if (sg.type == su.type) {
-                    row_dot_part(sg.type, sg.w + job * sg.row_bytes, su.w + job * su.row_bytes,
+                if ((FA >= 0 && FA == FB) || sg.type == su.type) {
+                    row_dot_part<FA, FB>(sg.type, sg.w + job * sg.row_bytes, su.w + job * su.row_bytes,
                                  k, part, wpr, nullptr, buf, lane, unused0, unused1, false);
                     pre = true;
                 }
@@ -505,7 +518,7 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
                 int s = 0, r = job;
                 while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
                 const Seg& sg = a.seg[s];
-                row_dot_part(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, nullptr,
+                row_dot_part<FA, FB>(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, nullptr,
                              buf, lane, unused0, unused1, false);
                 pre = true;
             }
@@ -519,25 +532,26 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
         float d0 = 0.f, d1 = 0.f;
         int s = 0, r = job;
         if (job < total) {
-            if (a.mode == MODE_GLU) {
+            if (glu) {
                 const Seg& sg = a.seg[0];
                 const Seg& su = a.seg[1];
                 const uint8_t* rg = sg.w + job * sg.row_bytes;
                 const uint8_t* ru = su.w + job * su.row_bytes;
-                if (sg.type == su.type) {
-                    row_dot_part(sg.type, rg, ru, k, part, wpr, xs, buf, lane, d0, d1, pre);
+                // (A kernel of one format is only launched for a gate and up of that format.)
+                if ((FA >= 0 && FA == FB) || sg.type == su.type) {
+                    row_dot_part<FA, FB>(sg.type, rg, ru, k, part, wpr, xs, buf, lane, d0, d1, pre);
                 } else {
                     float unused;
-                    row_dot_part(sg.type, rg, nullptr, k, part, wpr, xs, buf, lane, d0, unused,
+                    row_dot_part<FA, FB>(sg.type, rg, nullptr, k, part, wpr, xs, buf, lane, d0, unused,
                                  false);
-                    row_dot_part(su.type, ru, nullptr, k, part, wpr, xs, buf, lane, d1, unused,
+                    row_dot_part<FA, FB>(su.type, ru, nullptr, k, part, wpr, xs, buf, lane, d1, unused,
                                  false);
                 }
             } else {
                 while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
                 const Seg& sg = a.seg[s];
                 float unused;
-                row_dot_part(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, xs, buf,
+                row_dot_part<FA, FB>(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, xs, buf,
                              lane, d0, unused, pre);
             }
         }
@@ -551,7 +565,7 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
             __syncthreads();
         }
         if (job < total && part == 0 && lane == 0) {
-            if (a.mode == MODE_GLU) {
+            if (glu) {
                 a.seg[0].out[job] = d0;
                 a.seg[1].out[job] = d1;
                 a.act[job] = d0 / (1.0f + expf(-d0)) * d1;
@@ -569,8 +583,31 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
 // blocks without spills (0.5B 761 vs 741, 7B 283 vs 261 tok/s on the H200).
 extern "C" __global__ void __launch_bounds__(32 * DW, 3)
 fused_matvec(const MvArgs a, const void* __restrict__ xs, int wpr) {
-    fused_matvec_body(a, xs, wpr);
+    fused_matvec_body<-1, -1, -1>(a, xs, wpr);
 }
+// The same for products of one format (and for a SwiGLU or not), and of the two formats of
+// a Q4_K_M file's q/k/v: an eighth of the code or less. The generic kernel's size cost the
+// small products most of their time in instruction fetch (ncu, H200: warps stalled on "no
+// instruction" 5-10 cycles per issued instruction in the 0.5B's products).
+#define MV_ONE(name, T)                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                         \
+    fused_matvec_##name(const MvArgs a, const void* __restrict__ xs, int wpr) {       \
+        fused_matvec_body<T, T, 0>(a, xs, wpr);                                      \
+    }                                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                         \
+    fused_matvec_##name##_glu(const MvArgs a, const void* __restrict__ xs, int wpr) { \
+        fused_matvec_body<T, T, 1>(a, xs, wpr);                                      \
+    }
+MV_ONE(f32, T_F32) MV_ONE(f16, T_F16) MV_ONE(q4_1, T_Q4_1) MV_ONE(q5_0, T_Q5_0)
+MV_ONE(q8_0, T_Q8_0) MV_ONE(q4_k, T_Q4_K) MV_ONE(q6_k, T_Q6_K)
+#undef MV_ONE
+#define MV_TWO(name, A, B)                                                      \
+    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                    \
+    fused_matvec_##name(const MvArgs a, const void* __restrict__ xs, int wpr) { \
+        fused_matvec_body<A, B, 0>(a, xs, wpr);                                 \
+    }
+MV_TWO(q5_0_q8_0, T_Q5_0, T_Q8_0) MV_TWO(q4_k_q6_k, T_Q4_K, T_Q6_K)
+#undef MV_TWO
 
 // The pair of dimension d (< rot_dim / 2) of one head x rotated for position p, as the
 // `rope` kernel does (precise powf/sincosf: the angle reaches thousands of radians).

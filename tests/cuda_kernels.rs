@@ -1160,11 +1160,23 @@ fn fused_matvec_many_rounds_and_mixed_formats() {
     let mut rng = Rng(0x5EED_00F2);
     // (formats, rows of each, k): 3 formats in one plain product, rows over the 3168 warps
     // of one H200 wave.
-    let cases: [(&[GgmlType], usize, usize); 4] = [
-        (&[GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0], 3000, 1280),
+    // The last two: the q/k/v formats of a Q4_K_M file (kernels of their own), at the 7B's and
+    // the 0.5B's shapes.
+    let cases: [(&[GgmlType], usize, usize); 6] = [
+        (
+            &[GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0],
+            3000,
+            1280,
+        ),
         (&[GgmlType::Q6_K], 4000, 4864),
         (&[GgmlType::Q5_0, GgmlType::Q4_K], 2600, 2048),
         (&[GgmlType::Q4_K, GgmlType::Q6_K], 7000, 1024),
+        (
+            &[GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_K],
+            3500,
+            3584,
+        ),
+        (&[GgmlType::Q5_0, GgmlType::Q5_0, GgmlType::Q8_0], 1500, 896),
     ];
     for (ci, &(types, rows, k)) in cases.iter().enumerate() {
         let ws: Vec<Vec<u8>> = types
@@ -1211,8 +1223,16 @@ fn fused_matvec_many_rounds_and_mixed_formats() {
         if types.len() == 2 && ci == 3 {
             // Gate and up of two formats.
             let act = dev.alloc(rows * 4, MemKind::Scratch).unwrap();
-            dev.fused_matvec(&xd, k, None, &prods, Epilogue::Glu { act: &act }, &rec, false)
-                .unwrap();
+            dev.fused_matvec(
+                &xd,
+                k,
+                None,
+                &prods,
+                Epilogue::Glu { act: &act },
+                &rec,
+                false,
+            )
+            .unwrap();
             let reference: Vec<f64> = (0..rows)
                 .map(|r| {
                     let (g, u) = (refs[0][r], refs[1][r]);
@@ -1236,8 +1256,16 @@ fn fused_matvec_many_rounds_and_mixed_formats() {
         // The same product, gated (gate = up = matrix 0) and added into a residual.
         let act = dev.alloc(rows * 4, MemKind::Scratch).unwrap();
         let pair = [prods[0], prods[0]];
-        dev.fused_matvec(&xd, k, None, &pair, Epilogue::Glu { act: &act }, &rec, false)
-            .unwrap();
+        dev.fused_matvec(
+            &xd,
+            k,
+            None,
+            &pair,
+            Epilogue::Glu { act: &act },
+            &rec,
+            false,
+        )
+        .unwrap();
         let reference: Vec<f64> = refs[0]
             .iter()
             .map(|&g| g / (1.0 + (-g).exp()) * g)

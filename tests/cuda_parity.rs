@@ -774,6 +774,9 @@ fn greedy_pick_on_gpu_equals_host_argmax() {
         on_host.push(next);
         logits = host.eval(&[next], Logits::Last).unwrap();
     }
-    assert_eq!(on_gpu, on_host, "tokens picked on the GPU vs the host's argmax");
+    assert_eq!(
+        on_gpu, on_host,
+        "tokens picked on the GPU vs the host's argmax"
+    );
     say(&format!("{test}: {} greedy tokens equal", on_gpu.len()));
 }

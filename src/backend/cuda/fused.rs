@@ -7,7 +7,7 @@
 
 use super::device::CudaDevice;
 use super::drv;
-use super::launch::{dim, f32s, positive, row_bytes, KvCacheLayer, RopeParams};
+use super::launch::{dim, f32s, positive, row_bytes, type_suffix, KvCacheLayer, RopeParams};
 use super::memory::DeviceBuffer;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -30,6 +30,37 @@ const FUSED_SHARED: usize = 2 * DW * STAGE;
 /// PDL): 0.5B 784 vs 762 with 16 blocks a multiprocessor, 7B 279 vs 264; 4 is worse (0.5B
 /// 674, 7B 217: a second, partial wave).
 const MATVEC_BLOCKS_PER_SM: usize = 3;
+/// Pairs of formats with a fused_matvec of their own (a Q4_K_M file's q/k/v: Q4_K with a Q6_K
+/// v, and where rows are not whole 256-blocks Q5_0 with a Q8_0 v).
+const MATVEC_PAIRS: [(GgmlType, GgmlType); 2] = [
+    (GgmlType::Q5_0, GgmlType::Q8_0),
+    (GgmlType::Q4_K, GgmlType::Q6_K),
+];
+
+/// The fused_matvec kernel for a product (kernels/decode.cu): that of its one format (the
+/// SwiGLU's with `glu`) or of its pair of formats, else the generic one, which handles every
+/// format (and is seven times the code: the small products spent most of their time waiting
+/// for instructions in it). `LLORCH_CUDA_ONE_FORMAT=0` always takes the generic one.
+fn matvec_kernel(prods: &[MatVecOut], glu: bool) -> Result<String> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("LLORCH_CUDA_ONE_FORMAT").map_or(true, |v| v != "0"));
+    let ty = prods[0].mat.ty;
+    if !on {
+        return Ok("fused_matvec".into());
+    }
+    if prods.iter().all(|p| p.mat.ty == ty) {
+        let suffix = if glu { "_glu" } else { "" };
+        return Ok(format!("fused_matvec_{}{suffix}", type_suffix(ty)?));
+    }
+    let pair = MATVEC_PAIRS
+        .iter()
+        .find(|(a, b)| prods.iter().all(|p| p.mat.ty == *a || p.mat.ty == *b));
+    Ok(match pair {
+        Some((a, b)) if !glu => format!("fused_matvec_{}_{}", type_suffix(*a)?, type_suffix(*b)?),
+        _ => "fused_matvec".into(),
+    })
+}
+
 /// Key slices per head in attention_decode (one per lane of the merging warp). Fixed, so a
 /// captured graph fits every length.
 pub const ATTN_SPLITS: usize = 32;
@@ -287,7 +318,8 @@ impl CudaDevice {
             .min()
             .unwrap_or(1);
         let (wpr, blocks) = matvec_split(jobs, min_steps, self.sm_count() as usize);
-        launch!(self, "fused_matvec", (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
+        let name = matvec_kernel(prods, a.mode == 1)?;
+        launch!(self, &name, (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
             shared = FUSED_SHARED as u32; a, input, wpr as i32)
     }
 
