@@ -7,15 +7,17 @@
 
 // Keys j = j0, j0 + step, ... < j1 of one KV head (kb, vb: rows of head_dim f16): the
 // running max m, sum l and accumulator acc of an online softmax of qr·k (qr pre-scaled).
-__device__ __forceinline__ void attn_scan(const float (&qr)[MAXD], const __half* kb,
+// N: registers a lane holds (MAXD, or head_dim / 32 exactly in a kernel for one head size).
+template <int N>
+__device__ __forceinline__ void attn_scan(const float (&qr)[N], const __half* kb,
                                           const __half* vb, int head_dim, int nd, int j0,
                                           int j1, int step, int lane, float& m, float& l,
-                                          float (&acc)[MAXD]) {
+                                          float (&acc)[N]) {
     for (int j = j0; j < j1; j += step) {
         const __half* kr = kb + (long long)j * head_dim;
         float s = 0.f;
 #pragma unroll
-        for (int i = 0; i < MAXD; i++)
+        for (int i = 0; i < N; i++)
             if (i < nd) s += qr[i] * __half2float(kr[lane + 32 * i]);
         s = warp_sum(s);
         const float mn = fmaxf(m, s);
@@ -24,7 +26,7 @@ __device__ __forceinline__ void attn_scan(const float (&qr)[MAXD], const __half*
         l = l * corr + p;
         const __half* vr = vb + (long long)j * head_dim;
 #pragma unroll
-        for (int i = 0; i < MAXD; i++)
+        for (int i = 0; i < N; i++)
             if (i < nd) acc[i] = acc[i] * corr + p * __half2float(vr[lane + 32 * i]);
         m = mn;
     }

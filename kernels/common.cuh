@@ -163,6 +163,7 @@ __device__ __forceinline__ void prefetch_l2(const void* p, long long n) {
 #ifndef MMA_EMULATE
     const uintptr_t a = (uintptr_t)p & ~(uintptr_t)15;
     const uintptr_t e = ((uintptr_t)p + (uintptr_t)n + 15) & ~(uintptr_t)15;
+#pragma unroll 1
     for (uintptr_t s = a; s < e; s += (1u << 20)) {
         const unsigned len = (unsigned)min((uintptr_t)(1u << 20), e - s);
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(s), "r"(len) : "memory");

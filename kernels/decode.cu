@@ -251,6 +251,7 @@ __device__ __forceinline__ float dot_run(const uint8_t* sb, int nb, int c0, cons
     constexpr int L = Lane<T>::LPB, CPB = Geo<T>::V / 32;
     const int j = lane % L;
     float acc = 0.f;
+#pragma unroll 1
     for (int blk = lane / L; blk < nb; blk += 32 / L)
         acc += Lane<T>::blk(sb + blk * Geo<T>::B, c0 + blk * CPB, x, j);
     return acc;
@@ -264,6 +265,7 @@ __device__ __forceinline__ void dot_run2(const uint8_t* sa, const uint8_t* sb, i
                                          const void* x, int lane, float& oa, float& ob) {
     constexpr int L = Lane<T>::LPB, CPB = Geo<T>::V / 32;
     const int j = lane % L;
+#pragma unroll 1
     for (int i = lane / L; i < 2 * nb; i += 32 / L) {
         const bool second = i >= nb;
         const int blk = second ? i - nb : i;
@@ -294,6 +296,7 @@ __device__ __forceinline__ int stage_issue(const uint8_t* row, int b0, int nb, u
     if (issued) return off;
     const uint8_t* g0 = g - off;
     const int n16 = (off + nb * Geo<T>::B + 15) >> 4;
+#pragma unroll 1
     for (int i = lane; i < n16; i += 32) cp16(buf + 16 * i, g0 + 16 * i);
     cp_commit();
     return off;
@@ -460,10 +463,12 @@ __device__ __forceinline__ void prefetch_rows(const MvArgs& a, int total, int gr
     for (int s = 0; s < n_seg; s++) all += (long long)a.seg[s].rows * a.seg[s].row_bytes;
     const int rounds = all <= (24ll << 20) ? 1 << 30 : 1;
     int it = 0;
+#pragma unroll 1
     for (int base = blockIdx.x * groups; base < total && it < rounds;
          base += gridDim.x * groups, it++) {
         const int end = min(total, base + groups);
         int first = 0;  // job number of seg s's row 0
+#pragma unroll 1
         for (int s = 0; s < n_seg; s++) {
             const Seg& sg = a.seg[s];
             // GLU: both segments take the same rows; else the jobs run through the segments.
@@ -662,8 +667,11 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
 // whose slice holds position pos[0] rotates the new key and stores it and its value in the
 // cache before its scan (blocks of heads sharing a KV head store the same values); q and k in
 // global memory are left as they are. (kc, vc: no __restrict__, the kernel writes them.)
-extern "C" __global__ void __launch_bounds__(32 * AW)
-attention_decode(const float* __restrict__ q, __half* kc, __half* vc, float* __restrict__ out,
+// ND: head_dim / 32 when the kernel is for one head size (its loops and arrays exact), MAXD
+// for any (head_dim from the argument).
+template <int ND>
+__device__ __forceinline__ void
+attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float* __restrict__ out,
                  float* part, int* count, const int* __restrict__ pos, int n_heads, int n_kv,
                  int head_dim, int max_ctx, float scale, int window, uint8_t* __restrict__ rec,
                  const float* __restrict__ knew, const float* __restrict__ vnew, int rot_dim,
@@ -671,12 +679,12 @@ attention_decode(const float* __restrict__ q, __half* kc, __half* vc, float* __r
     pdl_wait();
     pdl_trigger();
     __shared__ float sm[AW], sl[AW];
-    __shared__ float sacc[AW][32 * MAXD];
+    __shared__ float sacc[AW][32 * ND];
     __shared__ bool last;
     const int h = blockIdx.x, split = blockIdx.y, n_split = gridDim.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kvh = h / (n_heads / n_kv);
-    const int nd = head_dim / 32;
+    const int nd = ND < MAXD ? ND : head_dim / 32;
     const int qpos = pos[0];
     const int lo = window > 0 ? max(0, qpos - window + 1) : 0;
     const int len = qpos + 1 - lo;
@@ -688,7 +696,7 @@ attention_decode(const float* __restrict__ q, __half* kc, __half* vc, float* __r
 
     const float* qv = q + (long long)h * head_dim;
     if (knew) {
-        __shared__ float qs[32 * MAXD], ks[32 * MAXD];
+        __shared__ float qs[32 * ND], ks[32 * ND];
         const bool has_new = j0 <= qpos && qpos < j1;
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
             qs[d] = qv[d];
@@ -710,9 +718,9 @@ attention_decode(const float* __restrict__ q, __half* kc, __half* vc, float* __r
         __syncthreads();  // the block's cache stores visible to its own scan
         qv = qs;
     }
-    float qr[MAXD], acc[MAXD];
+    float qr[ND], acc[ND];
 #pragma unroll
-    for (int i = 0; i < MAXD; i++) {
+    for (int i = 0; i < ND; i++) {
         qr[i] = i < nd ? qv[lane + 32 * i] * scale : 0.f;
         acc[i] = 0.f;
     }
@@ -722,7 +730,7 @@ attention_decode(const float* __restrict__ q, __half* kc, __half* vc, float* __r
     attn_scan(qr, kb, vb, head_dim, nd, j0 + warp, j1, AW, lane, m, l, acc);
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
 #pragma unroll
-    for (int i = 0; i < MAXD; i++)
+    for (int i = 0; i < ND; i++)
         if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     const int stride = head_dim + 2;
@@ -790,3 +798,25 @@ attention_decode(const float* __restrict__ q, __half* kc, __half* vc, float* __r
     }
     if (threadIdx.x == 0) count[h] = 0;
 }
+#define ATTN_DECODE_ARGS                                                                     \
+    const float* __restrict__ q, __half *kc, __half *vc, float *__restrict__ out, float *part, \
+        int *count, const int *__restrict__ pos, int n_heads, int n_kv, int head_dim,          \
+        int max_ctx, float scale, int window, uint8_t *__restrict__ rec,                       \
+        const float *__restrict__ knew, const float *__restrict__ vnew, int rot_dim,           \
+        float rope_base, int neox
+#define ATTN_DECODE_PASS                                                                      \
+    q, kc, vc, out, part, count, pos, n_heads, n_kv, head_dim, max_ctx, scale, window, rec, knew, \
+        vnew, rot_dim, rope_base, neox
+extern "C" __global__ void __launch_bounds__(32 * AW) attention_decode(ATTN_DECODE_ARGS) {
+    attention_decode_body<MAXD>(ATTN_DECODE_PASS);
+}
+// The same for head sizes 64 and 128: a third of the code (the decode step's kernels then
+// fit the instruction cache better) and no idle register slots.
+extern "C" __global__ void __launch_bounds__(32 * AW) attention_decode_d64(ATTN_DECODE_ARGS) {
+    attention_decode_body<2>(ATTN_DECODE_PASS);
+}
+extern "C" __global__ void __launch_bounds__(32 * AW) attention_decode_d128(ATTN_DECODE_ARGS) {
+    attention_decode_body<4>(ATTN_DECODE_PASS);
+}
+#undef ATTN_DECODE_ARGS
+#undef ATTN_DECODE_PASS

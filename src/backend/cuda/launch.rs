@@ -64,6 +64,8 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "fused_matvec_q4_k_q6_k",
             "rope_kv",
             "attention_decode",
+            "attention_decode_d64",
+            "attention_decode_d128",
         ],
         "mma_matmul" => mma_kernels(),
         "attention_tiled" => &["attention_tiled"],
