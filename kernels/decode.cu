@@ -703,10 +703,11 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
             if (has_new) ks[d] = knew[kvh * head_dim + d];
         }
         __syncthreads();
-        for (int d = threadIdx.x; d < rot_dim / 2; d += blockDim.x) {
-            rope_rotate(qs, d, qpos, rot_dim, rope_base, neox);
-            if (has_new) rope_rotate(ks, d, qpos, rot_dim, rope_base, neox);
-        }
+        // Threads [0, half) rotate q's pairs, [half, 2 half) k's: one call site of the
+        // (large) precise powf/sincosf code.
+        const int half = rot_dim / 2;
+        for (int t = threadIdx.x; t < (has_new ? 2 : 1) * half; t += blockDim.x)
+            rope_rotate(t < half ? qs : ks, t < half ? t : t - half, qpos, rot_dim, rope_base, neox);
         __syncthreads();
         if (has_new) {
             for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
