@@ -286,86 +286,121 @@ template <int N> __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Start copying blocks [b0, b0 + nb) of `row` into buf (unless `issued`: that copy is in
-// flight already); returns where the first block lands.
+// Copy blocks [b0, b0 + nb) of `row` into buf (the caller commits the group); returns where
+// the first block lands. `stage_off`: the same without copying (a copy issued earlier).
 template <int T>
-__device__ __forceinline__ int stage_issue(const uint8_t* row, int b0, int nb, uint8_t* buf,
-                                           int lane, bool issued = false) {
+__device__ __forceinline__ int stage_off(const uint8_t* row, int b0) {
+    return (int)((uintptr_t)(row + (long long)b0 * Geo<T>::B) & 15);
+}
+template <int T>
+__device__ __forceinline__ int stage_copy(const uint8_t* row, int b0, int nb, uint8_t* buf,
+                                          int lane) {
     const uint8_t* g = row + (long long)b0 * Geo<T>::B;
     const int off = (int)((uintptr_t)g & 15);
-    if (issued) return off;
     const uint8_t* g0 = g - off;
     const int n16 = (off + nb * Geo<T>::B + 15) >> 4;
 #pragma unroll 1
     for (int i = lane; i < n16; i += 32) cp16(buf + 16 * i, g0 + 16 * i);
-    cp_commit();
     return off;
 }
 
+// The rows a warp multiplies in its next round (their first stage can be fetched while the
+// current round's last stage is decoded): rows a (and b, a SwiGLU's up row) of format
+// `type`; a null when there is none.
+struct NextRows {
+    const uint8_t* a;
+    const uint8_t* b;
+    int type;
+};
+
 // One warp: dot products of blocks [blk0, blk1) of row A (and of row B, when given: the
-// gate and up rows of a SwiGLU, fetched together so their loads overlap) with the input.
-// A single row is double-buffered: the next step's copy is in flight while this one decodes.
+// gate and up rows of a SwiGLU, fetched together) with the input, in stages of up to PER
+// blocks through two units of the warp's buffers (a unit: one STAGE buffer, two for a
+// SwiGLU): the next stage's copy is in flight while one is decoded, and during the last
+// stage, the first stage of the next round's rows (`nx`, blocks [blk0, blk1) too). `phase`:
+// the unit the first stage is (`pre`: already issued and committed) or goes in; on return,
+// the unit of the next round's first stage, and `npre` whether it was issued.
 template <int T>
 __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const uint8_t* __restrict__ rb,
                          int blk0, int blk1, const void* xs, uint8_t* buf, int lane, float& oa,
-                         float& ob, bool pre) {
+                         float& ob, bool pre, int& phase, const NextRows& nx, bool& npre) {
     constexpr int PER = (STAGE - 16) / Geo<T>::B;  // whole blocks per stage step
     constexpr int CPB = Geo<T>::V / 32;            // 32-value chunks per block
+    const int unit = rb ? 2 * STAGE : STAGE;
     float a = 0.f, b = 0.f;
-    if (rb) {
+    npre = false;
+    if (blk0 < blk1) {
+        int cur = phase;
+        const int n0 = min(PER, blk1 - blk0);
+        int offa, offb = 0;
+        if (pre) {
+            offa = stage_off<T>(ra, blk0);
+            if (rb) offb = stage_off<T>(rb, blk0);
+        } else {
+            offa = stage_copy<T>(ra, blk0, n0, buf + cur * unit, lane);
+            if (rb) offb = stage_copy<T>(rb, blk0, n0, buf + cur * unit + STAGE, lane);
+            cp_commit();
+        }
         for (int b0 = blk0; b0 < blk1; b0 += PER) {
             const int nb = min(PER, blk1 - b0);
-            const bool issued = pre && b0 == blk0;
-            const int offa = stage_issue<T>(ra, b0, nb, buf, lane, issued);
-            const int offb = stage_issue<T>(rb, b0, nb, buf + STAGE, lane, issued);
-            cp_wait<0>();
-            __syncwarp();
-            dot_run2<T>(buf + offa, buf + STAGE + offb, nb, b0 * CPB, xs, lane, a, b);
-            __syncwarp();
-        }
-    } else if (blk0 < blk1) {
-        int off = stage_issue<T>(ra, blk0, min(PER, blk1 - blk0), buf, lane, pre);
-        for (int b0 = blk0, i = 0; b0 < blk1; b0 += PER, i++) {
-            const int nb = min(PER, blk1 - b0);
-            uint8_t* cur = buf + (i & 1) * STAGE;
-            int next = 0;
+            uint8_t* u = buf + cur * unit;
+            uint8_t* v = buf + (cur ^ 1) * unit;
+            int noffa = 0, noffb = 0;
             if (b0 + PER < blk1) {
-                next = stage_issue<T>(ra, b0 + PER, min(PER, blk1 - b0 - PER),
-                                      buf + ((i + 1) & 1) * STAGE, lane);
+                const int n1 = min(PER, blk1 - b0 - PER);
+                noffa = stage_copy<T>(ra, b0 + PER, n1, v, lane);
+                if (rb) noffb = stage_copy<T>(rb, b0 + PER, n1, v + STAGE, lane);
+                cp_commit();
                 cp_wait<1>();
+            } else if (nx.a) {
+                stage_copy<T>(nx.a, blk0, n0, v, lane);
+                if (rb) stage_copy<T>(nx.b, blk0, n0, v + STAGE, lane);
+                cp_commit();
+                cp_wait<1>();
+                npre = true;
             } else {
                 cp_wait<0>();
             }
             __syncwarp();
-            a += dot_run<T>(cur + off, nb, b0 * CPB, xs, lane);
+            if (rb)
+                dot_run2<T>(u + offa, u + STAGE + offb, nb, b0 * CPB, xs, lane, a, b);
+            else
+                a += dot_run<T>(u + offa, nb, b0 * CPB, xs, lane);
             __syncwarp();
-            off = next;
+            cur ^= 1;
+            offa = noffa;
+            offb = noffb;
         }
+        phase = cur;
     }
     oa = warp_sum(a);
     ob = rb ? warp_sum(b) : 0.f;
 }
 
-// The first stage copy of row_dot2 (rows ra, rb, blocks [blk0, blk1)), issued early.
+// The first stage copy of row_dot2 (rows ra, rb, blocks [blk0, blk1)) into unit 0, issued
+// early (before the kernel waits for its input).
 template <int T>
 __device__ __forceinline__ void stage_first(const uint8_t* ra, const uint8_t* rb, int blk0,
                                             int blk1, uint8_t* buf, int lane) {
     constexpr int PER = (STAGE - 16) / Geo<T>::B;
     if (blk0 >= blk1) return;
     const int nb = min(PER, blk1 - blk0);
-    stage_issue<T>(ra, blk0, nb, buf, lane);
-    if (rb) stage_issue<T>(rb, blk0, nb, buf + STAGE, lane);
+    stage_copy<T>(ra, blk0, nb, buf, lane);
+    if (rb) stage_copy<T>(rb, blk0, nb, buf + STAGE, lane);
+    cp_commit();
 }
 
 // Part `part` of `parts` of the dot products of rows ra (and rb) with the input (the rows'
 // blocks split evenly). With `xs` null, only the first stage copy is issued (early, before
-// the kernel waits for its input); `pre`: an earlier such call issued it.
+// the kernel waits for its input); `pre`, `phase`, `nx`, `npre`: as row_dot2's (the next
+// rows' first stage is fetched only when they are of the same format).
 // FA, FB: the formats a kernel handles (FA == FB: one; FA < 0: any, by `type`). A kernel for
 // the formats a product has, without the others' code, fits the instruction cache better.
 template <int FA, int FB>
 __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const uint8_t* rb, int k, int part,
                              int parts, const void* xs, uint8_t* buf, int lane, float& oa,
-                             float& ob, bool pre) {
+                             float& ob, bool pre, int& phase, NextRows nx, bool& npre) {
+    if (nx.type != type) nx.a = nullptr;
 #define ROW_DOT(TY)                                                                       \
     {                                                                                     \
         const int nblk = k / Geo<TY>::V;                                                  \
@@ -373,7 +408,7 @@ __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const 
         if (!xs)                                                                          \
             stage_first<TY>(ra, rb, b0, b1, buf, lane);                                   \
         else                                                                              \
-            row_dot2<TY>(ra, rb, b0, b1, xs, buf, lane, oa, ob, pre);                     \
+            row_dot2<TY>(ra, rb, b0, b1, xs, buf, lane, oa, ob, pre, phase, nx, npre);    \
         return;                                                                           \
     }
     if constexpr (FA >= 0 && FA == FB) {
@@ -494,7 +529,8 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
     __shared__ float red[2][DW];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int k = a.k;
-    uint8_t* buf = smem + warp * 2 * STAGE;
+    // Two units of buffers a warp (row_dot2): a SwiGLU's unit is two STAGE buffers.
+    uint8_t* buf = smem + warp * (glu ? 4 : 2) * STAGE;
 
     int total = 0;
     if (a.mode == MODE_PLAIN) {
@@ -503,30 +539,36 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
         total = a.seg[0].rows;
     }
     const int groups = DW / wpr, grp = warp / wpr, part = warp % wpr;
+    // A SwiGLU's gate and up rows are fetched and multiplied together when of one format
+    // (a kernel of one format is only launched for such); else one after the other.
+    const bool paired = !glu || (FA >= 0 && FA == FB) || a.seg[0].type == a.seg[1].type;
+    // Job `job`: its segment s, row r, row a (and b: the up row of a SwiGLU), format.
+    auto rows = [&](int job, int& s, int& r, const uint8_t*& ra, const uint8_t*& rb) -> int {
+        s = 0;
+        r = job;
+        if (a.mode == MODE_PLAIN)
+            while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
+        const Seg& sg = a.seg[s];
+        ra = sg.w + (long long)r * sg.row_bytes;
+        rb = glu ? a.seg[1].w + (long long)r * a.seg[1].row_bytes : nullptr;
+        return sg.type;
+    };
     // While the kernel before this one finishes (weights do not depend on it): this block's
-    // weight rows toward L2, and each warp's first stage copy into its buffers.
+    // weight rows toward L2, and each warp's first stage copy into its first unit.
     if (threadIdx.x == 0) prefetch_rows(a, total, groups);
     bool pre = false;
+    int phase = 0;
     {
         const int job = blockIdx.x * groups + grp;
-        float unused0, unused1;
-        if (job < total) {
-            if (glu) {
-                const Seg& sg = a.seg[0];
-                const Seg& su = a.seg[1];
-                if ((FA >= 0 && FA == FB) || sg.type == su.type) {
-                    row_dot_part<FA, FB>(sg.type, sg.w + job * sg.row_bytes, su.w + job * su.row_bytes,
-                                 k, part, wpr, nullptr, buf, lane, unused0, unused1, false);
-                    pre = true;
-                }
-            } else {
-                int s = 0, r = job;
-                while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
-                const Seg& sg = a.seg[s];
-                row_dot_part<FA, FB>(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, nullptr,
-                             buf, lane, unused0, unused1, false);
-                pre = true;
-            }
+        if (job < total && paired) {
+            int s, r;
+            const uint8_t *ra, *rb;
+            const int ty = rows(job, s, r, ra, rb);
+            float unused0, unused1;
+            bool unused2;
+            row_dot_part<FA, FB>(ty, ra, rb, k, part, wpr, nullptr, buf, lane, unused0, unused1,
+                                 false, phase, NextRows{nullptr, nullptr, -1}, unused2);
+            pre = true;
         }
     }
     pdl_wait();
@@ -536,31 +578,33 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
         const int job = base + grp;
         float d0 = 0.f, d1 = 0.f;
         int s = 0, r = job;
+        bool npre = false;
         if (job < total) {
-            if (glu) {
-                const Seg& sg = a.seg[0];
-                const Seg& su = a.seg[1];
-                const uint8_t* rg = sg.w + job * sg.row_bytes;
-                const uint8_t* ru = su.w + job * su.row_bytes;
-                // (A kernel of one format is only launched for a gate and up of that format.)
-                if ((FA >= 0 && FA == FB) || sg.type == su.type) {
-                    row_dot_part<FA, FB>(sg.type, rg, ru, k, part, wpr, xs, buf, lane, d0, d1, pre);
-                } else {
-                    float unused;
-                    row_dot_part<FA, FB>(sg.type, rg, nullptr, k, part, wpr, xs, buf, lane, d0, unused,
-                                 false);
-                    row_dot_part<FA, FB>(su.type, ru, nullptr, k, part, wpr, xs, buf, lane, d1, unused,
-                                 false);
+            const uint8_t *ra, *rb;
+            const int ty = rows(job, s, r, ra, rb);
+            if (paired) {
+                // The next round's rows, whose first stage is fetched during the last one.
+                NextRows nx{nullptr, nullptr, -1};
+                const int next = job + gridDim.x * groups;
+                if (next < total) {
+                    int ns, nr;
+                    nx.type = rows(next, ns, nr, nx.a, nx.b);
                 }
+                row_dot_part<FA, FB>(ty, ra, rb, k, part, wpr, xs, buf, lane, d0, d1, pre, phase,
+                                     nx, npre);
             } else {
-                while (s + 1 < a.n_seg && r >= a.seg[s].rows) r -= a.seg[s++].rows;
-                const Seg& sg = a.seg[s];
                 float unused;
-                row_dot_part<FA, FB>(sg.type, sg.w + r * sg.row_bytes, nullptr, k, part, wpr, xs, buf,
-                             lane, d0, unused, pre);
+                bool unused2;
+                const NextRows none{nullptr, nullptr, -1};
+                phase = 0;
+                row_dot_part<FA, FB>(ty, ra, nullptr, k, part, wpr, xs, buf, lane, d0, unused,
+                                     false, phase, none, unused2);
+                phase = 0;
+                row_dot_part<FA, FB>(a.seg[1].type, rb, nullptr, k, part, wpr, xs, buf, lane, d1,
+                                     unused, false, phase, none, unused2);
             }
         }
-        pre = false;
+        pre = npre;
         if (wpr > 1) {
             if (lane == 0) { red[0][warp] = d0; red[1][warp] = d1; }
             __syncthreads();
@@ -582,6 +626,7 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
             }
         }
     }
+    cp_wait<0>();
 }
 
 // Registers capped for 3 blocks a multiprocessor (a little spilling): measured faster than 2

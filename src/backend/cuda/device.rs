@@ -230,6 +230,7 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
             let f = unsafe { result::module::get_function(module, c) }.map_err(|e| {
                 Error::Internal(format!("kernel {func} missing from {file}.cu: {e}"))
             })?;
+            super::fused::prepare_kernel(func, f)?;
             inner.funcs.insert(func.to_string(), f);
         }
     }

@@ -19,10 +19,28 @@ const DW: usize = 8;
 const STAGE: usize = 2048;
 /// Bytes of a 32-value chunk record of a prepared input (kernels/decode.cu XREC).
 const XREC: usize = 80;
-/// fused_matvec's dynamic shared memory: two stage buffers a warp. (A variant that pipelined
-/// each warp's rows through four buffers measured slower on the H200, 2026-11-28: 0.5B 761 ->
-/// 685, 7B 283 -> 251 tok/s.)
+/// fused_matvec's dynamic shared memory: two units of stage buffers a warp (kernels/decode.cu
+/// row_dot2), a unit one buffer, or two for a SwiGLU's gate and up rows (64 KiB a block, over
+/// the default 48 KiB limit: raised when the module is loaded, `prepare_kernel`).
 const FUSED_SHARED: usize = 2 * DW * STAGE;
+const FUSED_SHARED_GLU: usize = 4 * DW * STAGE;
+
+/// Set what a kernel needs before its first launch: the fused mat-vecs may take
+/// FUSED_SHARED_GLU bytes of dynamic shared memory.
+pub(super) fn prepare_kernel(name: &str, f: cudarc::driver::sys::CUfunction) -> Result<()> {
+    use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+    if name.starts_with("fused_matvec") {
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                FUSED_SHARED_GLU as i32,
+            )
+        }
+        .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
+    }
+    Ok(())
+}
 /// fused_matvec blocks a multiprocessor holds at once (its `__launch_bounds__(256, 3)` and
 /// FUSED_SHARED): grids are capped at one full wave, each block looping over its rows, so
 /// every block is resident from the start and can prefetch its rows while the kernel before
@@ -319,8 +337,13 @@ impl CudaDevice {
             .unwrap_or(1);
         let (wpr, blocks) = matvec_split(jobs, min_steps, self.sm_count() as usize);
         let name = matvec_kernel(prods, a.mode == 1)?;
+        let smem = if a.mode == 1 {
+            FUSED_SHARED_GLU
+        } else {
+            FUSED_SHARED
+        };
         launch!(self, &name, (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
-            shared = FUSED_SHARED as u32; a, input, wpr as i32)
+            shared = smem as u32; a, input, wpr as i32)
     }
 
     /// One token: RoPE on `q` (n_heads heads) and `k` (the cache's heads) at position
