@@ -949,6 +949,26 @@ fn upload_weights(dev: &CudaDevice, w: &[u8]) -> llorch::backend::cuda::DeviceBu
     dev.upload_padded(w, 16, MemKind::Weights).unwrap()
 }
 
+/// A random `rows` x `k` matrix of type `ty` uploaded as the model does, and its rows
+/// dequantized on the host.
+fn random_matrix(
+    dev: &CudaDevice,
+    ty: GgmlType,
+    rows: usize,
+    k: usize,
+    rng: &mut Rng,
+) -> (llorch::backend::cuda::DeviceBuffer, Vec<Vec<f32>>) {
+    let w = random_tensor(ty, rows, k, rng);
+    (upload_weights(dev, &w), dequant_rows(ty, &w, rows, k))
+}
+
+/// `n` f32 of device memory, all NaN (an output the kernel must overwrite).
+fn poisoned(dev: &CudaDevice, n: usize) -> llorch::backend::cuda::DeviceBuffer {
+    let mut o = dev.alloc(n * 4, MemKind::Scratch).unwrap();
+    dev.fill_bytes(&mut o, POISON).unwrap();
+    o
+}
+
 // F32/F16 weights: the same f32 arithmetic per output as mat-vec (plus the norm's f32 sum of
 // squares): tolerance 1e-5. Quantized weights multiply the input quantized to 16 bits per
 // 32 values (x ≈ d·q1 + d/254·q2, d = max|x|/127): each value is off by at most d/508, about
@@ -968,16 +988,10 @@ fn fused_matvec_all_types_and_epilogues() {
                 continue;
             }
             let rows = [133usize, 37, 64];
-            let ws: Vec<Vec<u8>> = rows
+            let (wd, wf): (Vec<_>, Vec<_>) = rows
                 .iter()
-                .map(|&r| random_tensor(ty, r, k, &mut rng))
-                .collect();
-            let wd: Vec<_> = ws.iter().map(|w| upload_weights(&dev, w)).collect();
-            let wf: Vec<Vec<Vec<f32>>> = ws
-                .iter()
-                .zip(rows)
-                .map(|(w, r)| dequant_rows(ty, w, r, k))
-                .collect();
+                .map(|&r| random_matrix(&dev, ty, r, k, &mut rng))
+                .unzip();
             let x = rng.vec(k);
             let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + 0.5 * v).collect();
             let bias = rng.vec(rows[0]);
@@ -990,16 +1004,8 @@ fn fused_matvec_all_types_and_epilogues() {
             let eps = 1e-6;
             let xn = rmsnorm64(&x, &g, eps as f64);
             let xr: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            let outs: Vec<_> = rows
-                .iter()
-                .map(|&r| {
-                    let mut o = dev.alloc(r * 4, MemKind::Scratch).unwrap();
-                    dev.fill_bytes(&mut o, POISON).unwrap();
-                    o
-                })
-                .collect();
-            let mut normed = dev.alloc(k * 4, MemKind::Scratch).unwrap();
-            dev.fill_bytes(&mut normed, POISON).unwrap();
+            let outs: Vec<_> = rows.iter().map(|&r| poisoned(&dev, r)).collect();
+            let normed = poisoned(&dev, k);
             let mat = |i: usize| MatRef {
                 ty,
                 w: &wd[i],
@@ -1047,9 +1053,7 @@ fn fused_matvec_all_types_and_epilogues() {
             // Gated: gate = matrix 0, up = matrix 0 again (equal rows), act = silu(g) * u.
             let act = dev.alloc(rows[0] * 4, MemKind::Scratch).unwrap();
             let up = dev.alloc(rows[0] * 4, MemKind::Scratch).unwrap();
-            let w2 = random_tensor(ty, rows[0], k, &mut rng);
-            let w2d = upload_weights(&dev, &w2);
-            let w2f = dequant_rows(ty, &w2, rows[0], k);
+            let (w2d, w2f) = random_matrix(&dev, ty, rows[0], k, &mut rng);
             let prods = [
                 MatVecOut {
                     mat: mat(0),
@@ -1179,30 +1183,17 @@ fn fused_matvec_many_rounds_and_mixed_formats() {
         (&[GgmlType::Q5_0, GgmlType::Q5_0, GgmlType::Q8_0], 1500, 896),
     ];
     for (ci, &(types, rows, k)) in cases.iter().enumerate() {
-        let ws: Vec<Vec<u8>> = types
+        let (wd, wf): (Vec<_>, Vec<_>) = types
             .iter()
-            .map(|&t| random_tensor(t, rows, k, &mut rng))
-            .collect();
-        let wd: Vec<_> = ws.iter().map(|w| upload_weights(&dev, w)).collect();
-        let wf: Vec<Vec<Vec<f32>>> = ws
-            .iter()
-            .zip(types)
-            .map(|(w, &t)| dequant_rows(t, w, rows, k))
-            .collect();
+            .map(|&t| random_matrix(&dev, t, rows, k, &mut rng))
+            .unzip();
         let x = rng.vec(k);
         let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
         let xr: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         let rec = dev
             .alloc(CudaDevice::input_record_bytes(k), MemKind::Scratch)
             .unwrap();
-        let outs: Vec<_> = types
-            .iter()
-            .map(|_| {
-                let mut o = dev.alloc(rows * 4, MemKind::Scratch).unwrap();
-                dev.fill_bytes(&mut o, POISON).unwrap();
-                o
-            })
-            .collect();
+        let outs: Vec<_> = types.iter().map(|_| poisoned(&dev, rows)).collect();
         let prods: Vec<MatVecOut> = (0..types.len())
             .map(|i| MatVecOut {
                 mat: MatRef {

@@ -7,7 +7,9 @@
 
 use super::device::CudaDevice;
 use super::drv;
-use super::launch::{dim, f32s, positive, row_bytes, type_suffix, KvCacheLayer, RopeParams};
+use super::launch::{
+    allow_shared, dim, f32s, positive, row_bytes, type_suffix, KvCacheLayer, RopeParams,
+};
 use super::memory::DeviceBuffer;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -28,16 +30,8 @@ const FUSED_SHARED_GLU: usize = 4 * DW * STAGE;
 /// Set what a kernel needs before its first launch: the fused mat-vecs may take
 /// FUSED_SHARED_GLU bytes of dynamic shared memory.
 pub(super) fn prepare_kernel(name: &str, f: cudarc::driver::sys::CUfunction) -> Result<()> {
-    use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
     if name.starts_with("fused_matvec") {
-        unsafe {
-            result::function::set_function_attribute(
-                f,
-                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                FUSED_SHARED_GLU as i32,
-            )
-        }
-        .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
+        allow_shared(f, name, FUSED_SHARED_GLU)?;
     }
     Ok(())
 }
@@ -502,7 +496,8 @@ mod tests {
         assert_eq!(matvec_split(3584, 18, 132), (4, 396)); // down: 5 rounds of 4.5
         assert_eq!(matvec_split(4608, 3, 132), (2, 396)); // q, k, v: 3 rounds of 2.9
         assert_eq!(matvec_split(18944, 3, 132), (1, 396)); // gate/up: 6 rounds of 5.98
-                                                           // Few rows: every part in the first round, as many warps a row as the steps allow.
+
+        // Few rows: every part in the first round, as many warps a row as the steps allow.
         assert_eq!(matvec_split(896, 3, 132), (2, 224));
         assert_eq!(matvec_split(10, 100, 132), (8, 10));
         // Short rows are not split.

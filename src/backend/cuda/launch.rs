@@ -296,6 +296,20 @@ macro_rules! launch {
     }};
 }
 
+/// Let kernel `f` (`name`, for the message) take up to `bytes` of dynamic shared memory: above
+/// 48 KiB a kernel must ask for it.
+pub(super) fn allow_shared(f: sys::CUfunction, name: &str, bytes: usize) -> Result<()> {
+    use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+    unsafe {
+        result::function::set_function_attribute(
+            f,
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+    }
+    .map_err(|e| drv(&format!("shared memory limit of {name}"), e))
+}
+
 /// Whether kernels are launched with programmatic dependent launch (`LLORCH_CUDA_PDL=0`
 /// turns it off).
 pub(crate) fn pdl_enabled() -> bool {
@@ -508,14 +522,7 @@ impl CudaDevice {
             .get(name)
             .ok_or_else(|| Error::Internal(format!("kernel {name} was not loaded")))?;
         self.inner.bind()?;
-        unsafe {
-            result::function::set_function_attribute(
-                f,
-                Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-        }
-        .map_err(|e| drv(&format!("shared memory limit of {name}"), e))?;
+        allow_shared(f, name, smem as usize)?;
         // All of the unified L1/shared memory as shared, so that the blocks per multiprocessor
         // the size was chosen for fit.
         unsafe {
