@@ -700,10 +700,85 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
 
 #define AW 4        // warps per block of attention_decode
 
+// One warp's online softmax over keys [j0, j1) of one KV head (kb, vb: rows of D = 32 ND f16),
+// 32 keys at a time: the chunk's key and value rows are copied into the warp's shared buffer
+// `sb` (2 x 32 x D halves) with cp.async, all in flight together; then lane t scores key
+// c0 + t against the scaled query `qs` (shared), one warp max a chunk, and the values are
+// accumulated with the probabilities passed by shuffles (lane holds dims lane + 32 i).
+// Scanning key by key (attn_scan: a warp sum and a round trip to memory per key) left a short
+// context's decode step waiting on memory latency: 7.5 us a layer of the 0.5B at <= 128 keys.
+// Key rows are stored with their 16-byte words XOR-swizzled by the row (row r's word w at
+// w ^ (r & 7)), so that 8 lanes reading word w of 8 rows hit distinct banks.
+// Chunks c0 = j0 + 32 w, step 32 nw (warp w of nw). Returns the warp's max m, sum l, acc.
+template <int ND>
+__device__ __forceinline__ void attn_scan_staged(const float* qs, const __half* kb,
+                                                 const __half* vb, int j0, int j1, int w, int nw,
+                                                 int lane, uint8_t* sb, float& m, float& l,
+                                                 float (&acc)[ND]) {
+    constexpr int D = 32 * ND, RW = D / 8;  // head size, 16-byte words a row
+    uint8_t* ks = sb;
+    uint8_t* vs = sb + 32 * D * 2;
+    m = -INFINITY;
+    l = 0.f;  // this lane's keys' share until the end
+#pragma unroll
+    for (int i = 0; i < ND; i++) acc[i] = 0.f;
+#pragma unroll 1
+    for (int c0 = j0 + 32 * w; c0 < j1; c0 += 32 * nw) {
+        // Rows past j1 are copied from row j1 - 1 (valid memory; their p is 0).
+#pragma unroll
+        for (int i = 0; i < RW; i++) {
+            const int p = lane + 32 * i, r = p / RW, wd = p % RW;
+            const long long row = min(c0 + r, j1 - 1);
+            cp16(ks + (r * RW + (wd ^ (r & 7))) * 16,
+                 reinterpret_cast<const uint8_t*>(kb + row * D) + wd * 16);
+            cp16(vs + p * 16, reinterpret_cast<const uint8_t*>(vb + row * D) + wd * 16);
+        }
+        cp_commit();
+        cp_wait<0>();
+        __syncwarp();
+        const bool valid = c0 + lane < j1;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int t = 0; t < RW; t++) {
+            const uint4 u = *reinterpret_cast<const uint4*>(ks + (lane * RW + (t ^ (lane & 7))) * 16);
+            const float4 qa = reinterpret_cast<const float4*>(qs)[2 * t];
+            const float4 qb = reinterpret_cast<const float4*>(qs)[2 * t + 1];
+            const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+            const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+            const float2 k2 = __half22float2(*reinterpret_cast<const __half2*>(&u.z));
+            const float2 k3 = __half22float2(*reinterpret_cast<const __half2*>(&u.w));
+            s0 += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y;
+            s1 += qb.x * k2.x + qb.y * k2.y + qb.z * k3.x + qb.w * k3.y;
+        }
+        const float s = valid ? s0 + s1 : -INFINITY;
+        float cm = s;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
+        const float mn = fmaxf(m, cm);   // finite: lane 0's key is valid
+        const float corr = expf(m - mn);  // m = -inf before the first chunk: 0
+        const float p = valid ? expf(s - mn) : 0.f;
+        l = l * corr + p;
+#pragma unroll
+        for (int i = 0; i < ND; i++) acc[i] *= corr;
+        const __half* vh = reinterpret_cast<const __half*>(vs);
+#pragma unroll 8
+        for (int t = 0; t < 32; t++) {
+            const float pt = __shfl_sync(0xffffffffu, p, t);
+#pragma unroll
+            for (int i = 0; i < ND; i++) acc[i] += pt * __half2float(vh[t * D + lane + 32 * i]);
+        }
+        __syncwarp();  // the buffer is read before the next chunk's copy
+        m = mn;
+    }
+    l = warp_sum(l);
+}
+
 // Launch: block = 32 * AW, grid = (n_heads, 32); part: n_heads * n_split * (head_dim + 2)
 // f32 scratch; count: n_heads ints, zero before the first launch (the merging block resets
-// its head's count). The query at position pos[0] sees keys lo..pos[0], cut into up to
-// n_split slices of at least 64 keys; each block runs an online softmax over its slice (AW
+// its head's count). Dynamic shared memory: AW * 2 * 32 * head_dim halves for the kernels of
+// one head size (attn_scan_staged), none for the generic one. The query at position pos[0]
+// sees keys lo..pos[0], cut into up to n_split slices of at least 64 keys (the kernels of one
+// head size: one slice up to 128 keys); each block runs an online softmax over its slice (AW
 // warps, merged in shared memory), writes (max, sum, acc) to `part`, and the last block of
 // the head merges all.
 // With `rec`, the output's chunk records are written too (the next mat-vec's prepared input).
@@ -733,8 +808,10 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
     const int qpos = pos[0];
     const int lo = window > 0 ? max(0, qpos - window + 1) : 0;
     const int len = qpos + 1 - lo;
-    // Slices of at least 64 keys: a short context uses fewer blocks (one: no merge at all).
-    const int n_act = min(n_split, (len + 63) / 64);
+    // Slices of at least 64 keys; for the staged scan, up to 128 keys (a 32-key chunk for
+    // each warp) one block, no merge. H200, 0.5B decode: 128 keys a slice at least was faster to
+    // 128 positions, 64 over 1024 (tg128 1143-1205 vs 1138-1176, tg1024 1057 vs 1110).
+    const int n_act = ND < MAXD && len <= 32 * AW ? 1 : min(n_split, (len + 63) / 64);
     if (split >= n_act) return;
     const int per = (len + n_act - 1) / n_act;
     const int j0 = lo + split * per, j1 = min(qpos + 1, j0 + per);
@@ -764,16 +841,28 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
         __syncthreads();  // the block's cache stores visible to its own scan
         qv = qs;
     }
-    float qr[ND], acc[ND];
-#pragma unroll
-    for (int i = 0; i < ND; i++) {
-        qr[i] = i < nd ? qv[lane + 32 * i] * scale : 0.f;
-        acc[i] = 0.f;
-    }
+    float acc[ND];
     float m = -INFINITY, l = 0.f;
     const __half* kb = kc + (long long)kvh * max_ctx * head_dim;
     const __half* vb = vc + (long long)kvh * max_ctx * head_dim;
-    attn_scan(qr, kb, vb, head_dim, nd, j0 + warp, j1, AW, lane, m, l, acc);
+    if constexpr (ND < MAXD) {
+        // One head size: keys staged through shared memory, a key a lane (dynamic shared
+        // memory: AW x 2 x 32 x head_dim halves).
+        extern __shared__ __align__(16) uint8_t attn_smem[];
+        __shared__ __align__(16) float qsc[32 * ND];
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qsc[d] = qv[d] * scale;
+        __syncthreads();
+        attn_scan_staged<ND>(qsc, kb, vb, j0, j1, warp, AW, lane,
+                             attn_smem + warp * 2 * 32 * head_dim * 2, m, l, acc);
+    } else {
+        float qr[ND];
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            qr[i] = i < nd ? qv[lane + 32 * i] * scale : 0.f;
+            acc[i] = 0.f;
+        }
+        attn_scan(qr, kb, vb, head_dim, nd, j0 + warp, j1, AW, lane, m, l, acc);
+    }
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
 #pragma unroll
     for (int i = 0; i < ND; i++)

@@ -1305,6 +1305,12 @@ fn rope_kv_and_split_attention() {
         (28, 4, 128, 31, true),
         (8, 8, 64, 300, false),
         (4, 1, 256, 1000, true),
+        // The staged scan of the head-size kernels: 128 keys in one block (four whole
+        // chunks), 129 in three slices of partial chunks, merged slices at 128, long contexts.
+        (28, 4, 128, 127, true),
+        (14, 2, 64, 128, true),
+        (28, 4, 128, 700, true),
+        (2, 1, 64, 2000, true),
     ] {
         let max_ctx = pos + 4;
         let total = pos + 1;

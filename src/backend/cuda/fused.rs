@@ -33,6 +33,9 @@ pub(super) fn prepare_kernel(name: &str, f: cudarc::driver::sys::CUfunction) -> 
     if name.starts_with("fused_matvec") {
         allow_shared(f, name, FUSED_SHARED_GLU)?;
     }
+    if name == "attention_decode_d128" {
+        allow_shared(f, name, attn_shared(128))?;
+    }
     Ok(())
 }
 /// fused_matvec blocks a multiprocessor holds at once (its `__launch_bounds__(256, 3)` and
@@ -71,6 +74,12 @@ fn matvec_kernel(prods: &[MatVecOut], glu: bool) -> Result<String> {
         Some((a, b)) if !glu => format!("fused_matvec_{}_{}", type_suffix(*a)?, type_suffix(*b)?),
         _ => "fused_matvec".into(),
     })
+}
+
+/// attention_decode's dynamic shared memory for head size `hd` (the kernels of one head size):
+/// 4 warps x (32 key + 32 value rows) of f16.
+fn attn_shared(hd: usize) -> usize {
+    4 * 2 * 32 * hd * 2
 }
 
 /// Key slices per head in attention_decode (one per lane of the merging warp). Fixed, so a
@@ -439,7 +448,10 @@ impl CudaDevice {
             128 => "attention_decode_d128",
             _ => "attention_decode",
         };
-        launch!(self, name, (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1);
+        // The kernels of one head size stage each warp's 32 keys and values in shared memory.
+        let smem = if name == "attention_decode" { 0 } else { attn_shared(hd) };
+        launch!(self, name, (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1),
+            shared = smem as u32;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
             pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
             cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()),
