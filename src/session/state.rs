@@ -110,7 +110,7 @@ impl State {
                 let rows = if mode == Logits::All { tokens.len() } else { 1 };
                 match out {
                     Out::Nothing => {}
-                    Out::Logits(v) => v.extend_from_slice(&st.logits(rows)?),
+                    Out::Logits(v) => st.logits_into(rows, v)?,
                     Out::Argmax(p) => *p = Some(st.argmax_row(rows - 1)?),
                 }
             }

@@ -4,7 +4,7 @@ use super::device::{CudaDevice, Inner};
 use super::drv;
 use crate::{Error, Result};
 use cudarc::driver::result;
-use cudarc::driver::sys::{CUdeviceptr, CUresult};
+use cudarc::driver::sys::{self, CUdeviceptr, CUresult};
 use std::sync::Arc;
 
 /// What an allocation is for (reported separately).
@@ -112,7 +112,74 @@ impl Drop for DeviceBuffer {
     }
 }
 
+/// Page-locked host memory (`cuMemHostAlloc`): the GPU copies into it by DMA at the link's
+/// full speed, where a copy into ordinary (pageable) memory goes through the driver's staging
+/// buffers. Freed on drop.
+pub struct PinnedHost {
+    ptr: *mut std::ffi::c_void,
+    bytes: usize,
+    dev: Arc<Inner>,
+}
+
+// SAFETY: the buffer is plain host memory owned by this value; the device handle is Sync.
+unsafe impl Send for PinnedHost {}
+unsafe impl Sync for PinnedHost {}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        let _ = self.dev.bind();
+        // A failed free (a dead context) cannot be acted on here.
+        let _ = unsafe { result::free_host(self.ptr) };
+    }
+}
+
 impl CudaDevice {
+    /// `bytes` of page-locked host memory (contents undefined), for downloads that happen
+    /// every step. [`Error::OutOfMemory`] if the host cannot lock that much.
+    pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedHost> {
+        self.inner.bind()?;
+        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(|e| {
+            Error::OutOfMemory(format!("{bytes} bytes of page-locked host memory: {e}"))
+        })?;
+        Ok(PinnedHost {
+            ptr,
+            bytes,
+            dev: self.inner.clone(),
+        })
+    }
+
+    /// Append the first `n` f32 values of `buf` to `out`, through `stage` (waits for earlier
+    /// work): one DMA copy into page-locked memory, one host copy from there.
+    pub fn download_f32_into(
+        &self,
+        buf: &DeviceBuffer,
+        n: usize,
+        stage: &PinnedHost,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let bytes = n * 4;
+        if bytes > stage.bytes {
+            // More than the staging buffer holds (all rows of a prompt's logits): directly.
+            out.extend_from_slice(&self.download_f32(buf, n)?);
+            return Ok(());
+        }
+        buf.check(self, bytes as u64, "download")?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        unsafe {
+            sys::cuMemcpyDtoHAsync_v2(stage.ptr, buf.ptr, bytes, self.stream.raw).result()
+        }
+        .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
+        self.synchronize()?;
+        // SAFETY: the copy above wrote `n` f32 values to the start of the stage, and it has
+        // completed (the stream was synchronized).
+        let src = unsafe { std::slice::from_raw_parts(stage.ptr as *const f32, n) };
+        out.extend_from_slice(src);
+        Ok(())
+    }
+
     /// Allocate `bytes` of device memory (contents undefined) for `kind`.
     /// [`Error::OutOfMemory`] when the budget or the card cannot hold it; nothing is held then.
     pub fn alloc(&self, bytes: usize, kind: MemKind) -> Result<DeviceBuffer> {
