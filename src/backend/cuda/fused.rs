@@ -449,7 +449,11 @@ impl CudaDevice {
             _ => "attention_decode",
         };
         // The kernels of one head size stage each warp's 32 keys and values in shared memory.
-        let smem = if name == "attention_decode" { 0 } else { attn_shared(hd) };
+        let smem = if name == "attention_decode" {
+            0
+        } else {
+            attn_shared(hd)
+        };
         launch!(self, name, (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1),
             shared = smem as u32;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),

@@ -168,10 +168,8 @@ impl CudaDevice {
             return Ok(());
         }
         self.inner.bind()?;
-        unsafe {
-            sys::cuMemcpyDtoHAsync_v2(stage.ptr, buf.ptr, bytes, self.stream.raw).result()
-        }
-        .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
+        unsafe { sys::cuMemcpyDtoHAsync_v2(stage.ptr, buf.ptr, bytes, self.stream.raw).result() }
+            .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
         self.synchronize()?;
         // SAFETY: the copy above wrote `n` f32 values to the start of the stage, and it has
         // completed (the stream was synchronized).
