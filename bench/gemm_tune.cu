@@ -2,7 +2,9 @@
 // built here with nvcc (static CUDA runtime), run there. Every GEMM tile on the Qwen2.5 0.5B and
 // 7B product shapes at 512, 256 and 128 tokens, TFLOP/s = 2·M·N·K / median of CUDA-event
 // timings of single launches, L2 flushed (192 MiB memset) before each; sampled outputs checked
-// against double sums of the same f16 operands. Then the dequantization kernels (GB/s of
+// against double sums of the same f16 operands (FAIL above 5e-5: the tensor cores' f32 sums
+// over k = 18944 alone give 2.5e-5, as much for mma_matmul.cu, whose output is bit-identical
+// where both sum k in the same order). Then the dequantization kernels (GB/s of
 // blocks read + f16 written) and dequant + convert + GEMM against the decode-in-the-loop kernel
 // (mma_matmul.cu) on the same Q4_K / Q6_K / Q5_0 weights: both times, and the two outputs'
 // relative difference.
@@ -175,7 +177,7 @@ int main() {
                 for (size_t i = 0; i < (size_t)M * s.n; i++) allfin &= std::isfinite(hY[i]);
                 worst = std::max(worst, allfin ? sqrt(num / den) : 1.0);
             }
-            printf("  err %.1e%s\n", worst, worst > 1e-5 ? " FAIL" : "");
+            printf("  err %.1e%s\n", worst, worst > 5e-5 ? " FAIL" : "");
         }
 
     // Dequantization and the whole new path against the old kernel, on real block formats.

@@ -4,7 +4,8 @@
 //
 //   dequant_f16_<fmt>: W (`rows` rows of k values in GGUF block layout, `row_bytes` apart) ->
 //     f16 [rows][k]. One thread per 32-value chunk (Fmt<T>::chunk of common.cuh, the f32
-//     formula, then one rounding to f16), four 16-byte stores.
+//     formula, then one rounding to f16), blocks of 256 chunks staged through shared memory
+//     both ways (coalesced 16-byte loads and stores).
 //   f32_to_f16: X f32 [n][k] -> f16, 8 values a thread.
 //   gemm_f16_*: Y[M][N] f32 = A[M][K] f16 . B[N][K]^T f16. Both operands K-major ("TN"), which
 //     is mma.sync m16n8k16 .row.col with ldmatrix as is (A = activations, M = tokens; B =
@@ -158,25 +159,67 @@ __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half*
         }
 }
 
-// 32-value chunk i of the rows*k/32 (row-major) -> 64 bytes of f16 at out + 32 i. The source
-// is decoded before pdl_wait (the weights are no earlier kernel's output); the stores come
-// after it (the previous product may still read `out`).
+// Bytes of 256 values of each format (rows hold whole 256-value superblocks for the K-quants,
+// whole 32-value blocks for the others).
+template <int T> struct Bytes256;
+template <> struct Bytes256<T_F32> { static constexpr int v = 1024; };
+template <> struct Bytes256<T_F16> { static constexpr int v = 512; };
+template <> struct Bytes256<T_Q4_1> { static constexpr int v = 160; };
+template <> struct Bytes256<T_Q5_0> { static constexpr int v = 176; };
+template <> struct Bytes256<T_Q8_0> { static constexpr int v = 272; };
+template <> struct Bytes256<T_Q4_K> { static constexpr int v = 144; };
+template <> struct Bytes256<T_Q6_K> { static constexpr int v = 210; };
+
+// The rows are contiguous (`row_bytes` apart and that long), so the matrix is one run of
+// 32-value chunks, and so is its f16 image: chunk i's values go to out + 32 i. A block of 256
+// threads takes chunks [256 b, 256 b + 256): their bytes (32 * Bytes256, a multiple of 16, so
+// every block's run starts 16-byte aligned) are copied to shared memory with coalesced 16-byte
+// loads (the tensor's last partial word byte by byte: nothing past rows * row_bytes is read),
+// each thread decodes one chunk there (Fmt<T>::chunk: the f32 formula, then one rounding to
+// f16), the f16 values go back to shared memory (16-byte slots XOR-swizzled by (chunk >> 1) & 3:
+// no bank conflicts) and out with coalesced 16-byte stores. The weights are no earlier
+// kernel's output, so they are read before pdl_wait; the stores come after it (the previous
+// product may still read `out`).
 template <int T>
 __device__ __forceinline__ void dequant(const uint8_t* __restrict__ W, __half* __restrict__ out, int rows,
                                         int k, long long row_bytes) {
-    const int nc = k >> 5;
-    const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
-    const bool live = i < (long long)rows * nc;
+    constexpr int IN = 32 * Bytes256<T>::v;                   // bytes of a block's 256 chunks
+    constexpr int WORDS = (IN > 16384 ? IN : 16384) / 16;     // input, then the f16 output
+    __shared__ __align__(16) uint4 buf[WORDS];
+    const int t = threadIdx.x;
+    const long long chunks = (long long)rows * (k >> 5);
+    const long long c0 = (long long)blockIdx.x * 256;
+    const int n = (int)min(256LL, chunks - c0);  // chunks of this block
+    const long long total = (long long)rows * row_bytes, start = (long long)blockIdx.x * IN;
+    const int len = (int)min((long long)IN, total - start);
+    const uint8_t* src = W + start;
+    for (int w = t; w * 16 < len; w += 256) {
+        if (w * 16 + 16 <= len) {
+            buf[w] = __ldg(reinterpret_cast<const uint4*>(src) + w);
+        } else {
+            uint8_t* d = reinterpret_cast<uint8_t*>(buf + w);
+            for (int j = 0; j < 16; j++) d[j] = w * 16 + j < len ? src[w * 16 + j] : 0;
+        }
+    }
+    __syncthreads();
     float o[32];
-    if (live) Fmt<T>::chunk(W + (i / nc) * row_bytes, (int)(i % nc), o);
+    if (t < n) Fmt<T>::chunk(reinterpret_cast<const uint8_t*>(buf), t, o);
+    __syncthreads();  // every chunk decoded: the buffer takes the output
+    if (t < n) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            buf[t * 4 + (j ^ ((t >> 1) & 3))] =
+                make_uint4(pack_h2(o[8 * j], o[8 * j + 1]), pack_h2(o[8 * j + 2], o[8 * j + 3]),
+                           pack_h2(o[8 * j + 4], o[8 * j + 5]), pack_h2(o[8 * j + 6], o[8 * j + 7]));
+    }
     pdl_wait();
     pdl_trigger();
-    if (!live) return;
-    uint4* d = reinterpret_cast<uint4*>(out + i * 32);
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-        d[j] = make_uint4(pack_h2(o[8 * j], o[8 * j + 1]), pack_h2(o[8 * j + 2], o[8 * j + 3]),
-                          pack_h2(o[8 * j + 4], o[8 * j + 5]), pack_h2(o[8 * j + 6], o[8 * j + 7]));
+    __syncthreads();
+    uint4* dst = reinterpret_cast<uint4*>(out) + c0 * 4;
+    for (int w = t; w < n * 4; w += 256) {
+        const int c = w >> 2;
+        dst[w] = buf[c * 4 + ((w & 3) ^ ((c >> 1) & 3))];
+    }
 }
 
 }  // namespace gemm

@@ -135,9 +135,13 @@ int main(int argc, char** argv) {
     int bad = 0, runs = 0;
     for (const TypeInfo& ty : TYPES) {
         const bool kq = ty.block == 256;
+        // 7 x 512 / 7 x 96: under one block of 256 chunks (and 21 chunks of Q*_0: a tensor
+        // whose size is no multiple of 16 bytes); 33 x 256 / 33 x 160: a partial second
+        // block; 300 x 1024 / 301 x 896: several blocks, the last partial.
         bad += test_dequant(ty, 7, kq ? 512 : 96);
         bad += test_dequant(ty, 33, kq ? 256 : 160);
-        runs += 2;
+        bad += test_dequant(ty, kq ? 300 : 301, kq ? 1024 : 896);
+        runs += 3;
     }
     // Odd M and N (tails of every tile), K with a 32-value tail past the last whole BK = 64
     // step (and fewer steps than stages), and one K with more steps than stages.

@@ -287,17 +287,19 @@ fn gemm_kernels() -> &'static [&'static str] {
     })
 }
 
-/// Prompt products of at least this many tokens take the two-pass path
-/// ([`CudaDevice::matmul_gemm`]) where the session has its scratch.
-pub const GEMM_MIN_TOKENS: usize = 32;
-
-/// Whether an n_tok x rows x k product takes the two-pass path (dequantize to f16, then the
-/// f16 GEMM) rather than [`CudaDevice::matmul`]. H200 (bench/RESULTS.md), dequant + convert
-/// + GEMM against the decode-in-the-loop kernel: 512 tokens 7B gate/up 0.270 vs 0.537 ms,
-/// down (Q6_K) 0.318 vs 1.016, q/o 0.069 vs 0.138, 0.5B q/o 0.016 vs 0.024; 64 tokens 7B gate
-/// 0.121 vs 0.244, 0.5B q/o 0.015 vs 0.021: faster for every shape from 64 tokens.
-pub fn matmul_uses_gemm(n_tok: usize, _rows: usize, _k: usize) -> bool {
-    n_tok >= GEMM_MIN_TOKENS && gemm_enabled()
+/// Whether an n_tok x rows x k product takes the two-pass path (dequantize to f16, round the
+/// activations, f16 GEMM: [`CudaDevice::matmul_gemm`]) rather than [`CudaDevice::matmul`]:
+/// wherever `matmul` would take the tensor cores ([`matmul_uses_mma`]), since the two-pass
+/// path was the faster of the two in every measured case. H200, 2026-11-29 (tests/cuda_bench.rs,
+/// bench/RESULTS.md), time of dequant + convert + GEMM against the decode-in-the-loop kernel:
+/// 512 tokens, 7B gate/up 0.270 vs 0.539 ms, down (Q6_K) 0.319 vs 1.019, q/o 0.071 vs 0.143,
+/// k/v 0.036 vs 0.061; 0.5B gate/up 0.040 vs 0.082, down 0.045 vs 0.087, q/o 0.022 vs 0.028.
+/// Small batches (2 to 128 tokens, 7 shapes from 128x896 to 18944x3584): 0.018 vs 0.023 ms
+/// (896x896), 0.151 vs 0.249 (18944x3584), never slower. Against the f32 kernel the
+/// crossover stays where `matmul_uses_mma` puts it (within a token or two; e.g. 3584x3584:
+/// 0.041 ms both at 2 tokens, 0.065 / 0.041 at 4).
+pub fn matmul_uses_gemm(n_tok: usize, rows: usize, k: usize) -> bool {
+    gemm_enabled() && matmul_uses_mma(n_tok, rows, k)
 }
 
 /// Whether the two-pass prompt products are used (`LLORCH_CUDA_GEMM=0` turns them off, and

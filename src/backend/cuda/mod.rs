@@ -22,7 +22,7 @@ pub use device::CudaDevice;
 pub use fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm, ATTN_SPLITS};
 pub use launch::{
     gemm_enabled, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile, RopeParams,
-    ATTN_TILED_MIN_TOKENS, GEMM_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
+    ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};

@@ -14,7 +14,7 @@
 use super::device::CudaDevice;
 use super::drv;
 use super::fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm};
-use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams, GEMM_MIN_TOKENS};
+use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind};
 use crate::backend::cpu::Tap;
 use crate::backend::{unfused, AttnShape, Ops, Projection, Rope, RopeStyle, Slot, WeightId};
@@ -254,9 +254,8 @@ impl CudaState {
             kv.push(dev.alloc_kv_layer(hp.n_head_kv, hp.head_dim, n_ctx)?);
         }
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
-        // The two-pass prompt products need scratch only where prompt steps can be long
-        // enough to take them.
-        let (gemm_most, gemm_k) = if gemm_enabled() && n_ctx >= GEMM_MIN_TOKENS {
+        // The two-pass prompt products need scratch only where steps of several tokens fit.
+        let (gemm_most, gemm_k) = if gemm_enabled() && n_ctx >= 2 {
             model.gemm_sizes(hp.vocab)
         } else {
             (0, 0)
