@@ -290,14 +290,14 @@ fn gemm_kernels() -> &'static [&'static str] {
 /// Whether an n_tok x rows x k product takes the two-pass path (dequantize to f16, round the
 /// activations, f16 GEMM: [`CudaDevice::matmul_gemm`]) rather than [`CudaDevice::matmul`]:
 /// wherever `matmul` would take the tensor cores ([`matmul_uses_mma`]), since the two-pass
-/// path was the faster of the two in every measured case. H200, 2026-11-29 (tests/cuda_bench.rs,
-/// bench/RESULTS.md), time of dequant + convert + GEMM against the decode-in-the-loop kernel:
-/// 512 tokens, 7B gate/up 0.270 vs 0.539 ms, down (Q6_K) 0.319 vs 1.019, q/o 0.071 vs 0.143,
-/// k/v 0.036 vs 0.061; 0.5B gate/up 0.040 vs 0.082, down 0.045 vs 0.087, q/o 0.022 vs 0.028.
-/// Small batches (2 to 128 tokens, 7 shapes from 128x896 to 18944x3584): 0.018 vs 0.023 ms
-/// (896x896), 0.151 vs 0.249 (18944x3584), never slower. Against the f32 kernel the
-/// crossover stays where `matmul_uses_mma` puts it (within a token or two; e.g. 3584x3584:
-/// 0.041 ms both at 2 tokens, 0.065 / 0.041 at 4).
+/// path was the faster of the two in every case measured. H200, 2026-11-29 (tests/cuda_bench.rs,
+/// bench/RESULTS.md), dequant + convert + GEMM against the decode-in-the-loop kernel, ms:
+/// 512 tokens, 7B gate/up 0.261 vs 0.544, down (Q6_K) 0.300 vs 1.016, q/o 0.067 vs 0.142, k/v
+/// 0.035 vs 0.060; 0.5B gate/up 0.040 vs 0.082, down 0.044 vs 0.085, q/o 0.022 vs 0.028. From
+/// 2 to 128 tokens on 7 shapes (128x896 to 18944x3584): 896x896 0.019-0.023 vs 0.023-0.025,
+/// 18944x3584 0.133-0.140 vs 0.246, never slower. Against the f32 kernel the crossover stays
+/// about where `matmul_uses_mma` puts it (3584x3584 at 2 tokens: f32 0.040, two-pass 0.038;
+/// 896x896 at 12: 0.022 / 0.023, at 16: 0.025 / 0.022).
 pub fn matmul_uses_gemm(n_tok: usize, rows: usize, k: usize) -> bool {
     gemm_enabled() && matmul_uses_mma(n_tok, rows, k)
 }
