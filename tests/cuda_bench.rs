@@ -1,15 +1,17 @@
 //! Timing harness for the prompt products on a GPU (not a test: `#[ignore]`d, run with
 //! `cuda_bench --ignored --nocapture`). For the Qwen2.5 0.5B and 7B shapes (Q4_K_M type mix)
 //! and the other weight types on the 7B FFN shape, at 256 and 512 tokens: the f32 kernel
-//! (`matmul_*`) beside the tensor-core kernel (`mma_*`, every tile and the automatic choice),
-//! as TFLOP/s (2·n_tok·rows·k per product). Each figure is the median of CUDA-event timings of
+//! (`matmul_*`) beside the tensor-core kernel (`mma_*`, every tile and the automatic choice)
+//! and the two-pass path (`matmul_gemm`: dequantize to f16, round the activations, f16 GEMM;
+//! its time counts all three launches; every GEMM tile and the automatic choice), as TFLOP/s
+//! (2·n_tok·rows·k per product). Each figure is the median of CUDA-event timings of
 //! single launches, after a warm-up, with L2 flushed (a 192 MiB memset) before every launch
 //! so weights come from memory as they do in a real forward pass. Then a short sweep of small
 //! token counts (old vs new) to place `MMA_MIN_TOKENS`, and the products' share of a prompt:
 //! tok/s of the matrix products alone per model.
 #![cfg(feature = "cuda")]
 
-use llorch::backend::cuda::{CudaDevice, DeviceBuffer, MemKind, MMA_TILES};
+use llorch::backend::cuda::{CudaDevice, DeviceBuffer, MemKind, GEMM_TILES, MMA_TILES};
 use llorch::quant::GgmlType;
 use std::io::Write;
 
@@ -71,12 +73,16 @@ struct Bench {
     flush: DeviceBuffer,
     x: DeviceBuffer,
     y: DeviceBuffer,
+    /// The two-pass path's f16 weights and activations.
+    wh: DeviceBuffer,
+    xh: DeviceBuffer,
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kernel {
     Old,
     Mma(Option<usize>),
+    Gemm(Option<usize>),
 }
 
 const MAX_TOK: usize = 512;
@@ -100,10 +106,14 @@ impl Bench {
         for i in 0..=reps {
             self.dev.fill_bytes(&mut self.flush, i as u8).unwrap();
             let (dev, x, y) = (&self.dev, &self.x, &mut self.y);
+            let (wh, xh) = (&mut self.wh, &mut self.xh);
             let ms = dev
                 .time_ms(|| match kernel {
                     Kernel::Old => dev.matmul_f32(ty, w, rows, k, x, n_tok, y),
                     Kernel::Mma(tile) => dev.matmul_mma(ty, w, rows, k, x, n_tok, y, tile),
+                    Kernel::Gemm(tile) => {
+                        dev.matmul_gemm(ty, w, rows, k, x, n_tok, y, wh, xh, tile)
+                    }
                 })
                 .unwrap();
             if i > 0 {
@@ -144,6 +154,8 @@ fn mma_prompt_bench() {
         y: dev
             .alloc(MAX_TOK * MAX_ROWS.max(4864) * 4, MemKind::Scratch)
             .unwrap(),
+        wh: dev.alloc(18944 * 3584 * 2, MemKind::Scratch).unwrap(),
+        xh: dev.alloc(MAX_TOK * MAX_K * 2, MemKind::Scratch).unwrap(),
         dev: dev.clone(),
     };
     use GgmlType::*;
@@ -188,31 +200,45 @@ fn mma_prompt_bench() {
                 let tiles: Vec<f32> = (0..MMA_TILES.len())
                     .map(|t| b.time(&wd, ty, rows, k, n_tok, Kernel::Mma(Some(t)), 9))
                     .collect();
+                let gemm = b.time(&wd, ty, rows, k, n_tok, Kernel::Gemm(None), 15);
+                let gtiles: Vec<f32> = (0..GEMM_TILES.len())
+                    .map(|t| b.time(&wd, ty, rows, k, n_tok, Kernel::Gemm(Some(t)), 9))
+                    .collect();
                 let tf = |ms| tflops(n_tok, rows, k, ms);
                 let pick = dev.mma_tile_for(n_tok, rows, k).unwrap();
+                let gpick = dev.gemm_tile_for(n_tok, rows);
                 let mut line = format!(
-                    "| {model} {name:<7} | {:<4} | {rows}x{k} | {n_tok} | {:.2} | {:.1} ({:.3} ms, #{pick}) |",
+                    "| {model} {name:<7} | {:<4} | {rows}x{k} | {n_tok} | {:.2} | {:.1} ({:.3} ms, #{pick}) | {:.1} ({:.3} ms, #{gpick}) |",
                     ty.name(),
                     tf(old),
                     tf(auto),
-                    auto
+                    auto,
+                    tf(gemm),
+                    gemm
                 );
                 for &t in &tiles {
+                    line += &format!(" {:.1}", tf(t));
+                }
+                line += " |";
+                for &t in &gtiles {
                     line += &format!(" {:.1}", tf(t));
                 }
                 line += " |";
                 say(&line);
                 table.push(line);
                 if layers > 0 {
-                    let e = layer_ms.entry((model, layers, n_tok)).or_insert((0.0, 0.0));
+                    let e = layer_ms
+                        .entry((model, layers, n_tok))
+                        .or_insert((0.0, 0.0, 0.0));
                     e.0 += count * old as f64;
                     e.1 += count * auto as f64;
+                    e.2 += count * gemm as f64;
                 }
             }
         }
     }
-    say("\n| product | type | rows x k | tokens | old TFLOP/s | new TFLOP/s (time) | tiles 128x128 128x64 64x64 32x64 64x64k2 32x64k4 |");
-    say("|---|---|---|---|---|---|---|");
+    say("\n| product | type | rows x k | tokens | f32 TFLOP/s | mma TFLOP/s (time, tile) | gemm TFLOP/s (time, tile) | mma tiles 128x128 128x64 64x64 32x64 64x64k2 32x64k4 | gemm tiles 128x128 64x128 64x64 |");
+    say("|---|---|---|---|---|---|---|---|---|");
     for l in &table {
         say(l);
     }
@@ -220,15 +246,17 @@ fn mma_prompt_bench() {
     let mut keys: Vec<_> = layer_ms.keys().cloned().collect();
     keys.sort_by_key(|k| (k.1, k.2));
     for key in keys {
-        let (old, new) = layer_ms[&key];
+        let (old, mma, gemm) = layer_ms[&key];
         let (model, layers, n_tok) = key;
         let per = |ms: f64| n_tok as f64 / (ms * layers as f64 * 1e-3);
         say(&format!(
-            "  {model} n_tok {n_tok}: old {:.0} tok/s ({:.2} ms/layer), new {:.0} tok/s ({:.3} ms/layer)",
+            "  {model} n_tok {n_tok}: f32 {:.0} tok/s ({:.2} ms/layer), mma {:.0} tok/s ({:.3} ms/layer), gemm {:.0} tok/s ({:.3} ms/layer)",
             per(old),
             old,
-            per(new),
-            new
+            per(mma),
+            mma,
+            per(gemm),
+            gemm
         ));
     }
 
@@ -260,19 +288,24 @@ fn mma_prompt_bench() {
     }
 
     // Small token counts: where the tensor cores start to pay.
-    say("\nSmall batches (ms, old / new auto):");
+    say("\nSmall batches (ms, f32 / mma / gemm, each its automatic tile):");
     for &(rows, k, ty) in &[
         (896usize, 896usize, Q5_0),
+        (128, 896, Q5_0),
+        (896, 4864, Q4_K),
+        (512, 3584, Q4_K),
         (3584, 3584, Q4_K),
         (18944, 3584, Q4_K),
+        (3584, 18944, Q6_K),
     ] {
         let w = weights(ty, rows, k, &mut rng);
         let wd = dev.upload(&w, MemKind::Weights).unwrap();
         let mut line = format!("  {} {rows}x{k}:", ty.name());
-        for n_tok in [2usize, 4, 8, 12, 16, 24, 32, 64] {
+        for n_tok in [2usize, 4, 8, 12, 16, 24, 32, 64, 128] {
             let old = b.time(&wd, ty, rows, k, n_tok, Kernel::Old, 5);
             let new = b.time(&wd, ty, rows, k, n_tok, Kernel::Mma(None), 5);
-            line += &format!(" n{n_tok} {old:.3}/{new:.3}");
+            let gemm = b.time(&wd, ty, rows, k, n_tok, Kernel::Gemm(None), 5);
+            line += &format!(" n{n_tok} {old:.3}/{new:.3}/{gemm:.3}");
         }
         say(&line);
     }

@@ -7,7 +7,7 @@
 #![cfg(feature = "cuda")]
 
 use half::f16;
-use llorch::backend::cuda::{CudaDevice, MemKind, RopeParams, MMA_TILES};
+use llorch::backend::cuda::{CudaDevice, MemKind, RopeParams, GEMM_TILES, MMA_TILES};
 use llorch::quant::GgmlType;
 use llorch::Error;
 use std::io::Write;
@@ -414,6 +414,144 @@ fn mma_matmul_all_types() {
             }
         }
     }
+}
+
+// The two-pass product (kernels/gemm_f16.cu): the weights dequantized to f16, the
+// activations rounded to f16, then the f16 GEMM with f32 sums: the same roundings as the
+// tensor-core product above, so the same two references and tolerances (5e-5 against the
+// f16-rounded operands: f32 sums of exact products over k <= 1280; 2e-3 against exact f64:
+// two f16 roundings, ~4e-4 rms). The dequantized matrix itself is compared with the f64
+// reference's f32 values rounded to f16: every value within one f16 ulp (the kernel's f32
+// formula may contract into an fma where the reference rounds twice, a last-bit difference in
+// ~2^-13 of the values that can move the f16 rounding by one ulp), at most 1 in 1000 not
+// bit-equal; nothing written past rows x k. Shapes: rows and token counts that no tile
+// divides (tails of every tile), k with an odd number of 32-value chunks where the format
+// allows (the GEMM steps k by 64: a half step at the end), every tile forced, then the
+// automatic pick. A guard region after Y must stay poisoned.
+#[test]
+fn gemm_f16_all_types() {
+    let Some(dev) = device("gemm_f16_all_types") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0010);
+    const GUARD: usize = 64;
+    for ty in TYPES {
+        let kq = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
+        for &(rows, k, n_tok) in &[
+            (133usize, if kq { 768 } else { 800 }, 2usize),
+            (70, 512, 17),
+            (257, if kq { 256 } else { 96 }, 130),
+            (200, if kq { 1280 } else { 1120 }, 300),
+            (129, 768, 512),
+        ] {
+            let w = random_tensor(ty, rows, k, &mut rng);
+            let x = rng.vec(n_tok * k);
+            let wr = dequant_rows(ty, &w, rows, k);
+            let exact = product(
+                &wr.iter()
+                    .map(|r| r.iter().map(|&v| v as f64).collect())
+                    .collect::<Vec<_>>(),
+                &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                n_tok,
+                k,
+            );
+            let rounded = product(
+                &wr.iter()
+                    .map(|r| r.iter().map(|&v| round_f16(v)).collect())
+                    .collect::<Vec<_>>(),
+                &x.iter().map(|&v| round_f16(v)).collect::<Vec<_>>(),
+                n_tok,
+                k,
+            );
+            let wd = dev.upload(&w, MemKind::Weights).unwrap();
+            let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+            let mut wh = dev.alloc(rows * k * 2 + GUARD, MemKind::Scratch).unwrap();
+            let mut xh = dev.alloc(n_tok * k * 2, MemKind::Scratch).unwrap();
+            let mut yd = dev
+                .alloc((n_tok * rows + GUARD) * 4, MemKind::Scratch)
+                .unwrap();
+
+            // The dequantized matrix.
+            dev.fill_bytes(&mut wh, POISON).unwrap();
+            dev.dequant_f16(ty, &wd, rows, k, &mut wh).unwrap();
+            let mut bytes = vec![0u8; rows * k * 2 + GUARD];
+            dev.download(&wh, &mut bytes).unwrap();
+            assert!(
+                bytes[rows * k * 2..].iter().all(|&b| b == POISON),
+                "dequant {}: wrote past the matrix",
+                ty.name()
+            );
+            let mut off = 0usize;
+            for (i, v) in wr.iter().flatten().enumerate() {
+                let got = f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]);
+                let want = f16::from_f32(*v);
+                if got.to_bits() != want.to_bits() {
+                    let ulp = (got.to_bits() as i32 - want.to_bits() as i32).abs();
+                    assert!(
+                        ulp <= 1 && got.is_finite(),
+                        "dequant {} {rows}x{k}: value {i} is {got}, reference {want}",
+                        ty.name()
+                    );
+                    off += 1;
+                }
+            }
+            assert!(
+                off * 1000 <= rows * k,
+                "dequant {}: {off} of {} values differ by an ulp",
+                ty.name(),
+                rows * k
+            );
+
+            let tiles = (0..GEMM_TILES.len()).map(Some).chain([None]);
+            for tile in tiles {
+                dev.fill_bytes(&mut yd, POISON).unwrap();
+                dev.matmul_gemm(
+                    ty, &wd, rows, k, &xd, n_tok, &mut yd, &mut wh, &mut xh, tile,
+                )
+                .unwrap();
+                let all = dev.download_f32(&yd, n_tok * rows + GUARD).unwrap();
+                assert!(
+                    all[n_tok * rows..].iter().all(|v| v.to_bits() == u32::MAX),
+                    "{} {tile:?}: wrote past the output",
+                    ty.name()
+                );
+                let y = &all[..n_tok * rows];
+                let t = GEMM_TILES[tile.unwrap_or_else(|| dev.gemm_tile_for(n_tok, rows))];
+                let what = format!(
+                    "gemm {} {n_tok}x{rows}x{k} tile {}x{}{} (dequant: {off} values 1 ulp off)",
+                    ty.name(),
+                    t.tokens,
+                    t.rows,
+                    if tile.is_none() { " auto" } else { "" }
+                );
+                check(&format!("{what} vs f16-rounded"), y, &rounded, 5e-5);
+                check(&format!("{what} vs exact"), y, &exact, 2e-3);
+            }
+        }
+    }
+    // Bad arguments are errors, not launches.
+    let w = dev.alloc(64 * 34, MemKind::Weights).unwrap();
+    let x = dev.alloc(64 * 4, MemKind::Scratch).unwrap();
+    let mut y = dev.alloc(64 * 4, MemKind::Scratch).unwrap();
+    let mut small = dev.alloc(16, MemKind::Scratch).unwrap();
+    let mut xh = dev.alloc(64 * 2, MemKind::Scratch).unwrap();
+    let r = dev.matmul_gemm(
+        GgmlType::Q8_0,
+        &w,
+        2,
+        32,
+        &x,
+        2,
+        &mut y,
+        &mut small,
+        &mut xh,
+        None,
+    );
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let r = dev.gemm_f16(&xh, &xh, &mut y, 1, 1, 48, None);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let r = dev.gemm_f16(&xh, &xh, &mut y, 1, 1, 32, Some(GEMM_TILES.len()));
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
 }
 
 // Embedding rows decode with the reference's f32 formulas; the only difference is a possible

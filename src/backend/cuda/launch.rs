@@ -68,6 +68,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "attention_decode_d128",
         ],
         "mma_matmul" => mma_kernels(),
+        "gemm_f16" => gemm_kernels(),
         "attention_tiled" => &["attention_tiled"],
         _ => &[],
     }
@@ -202,6 +203,110 @@ fn mma_tile(n_tok: usize, rows: usize, nc: usize, sms: usize) -> usize {
 pub fn matmul_uses_mma(n_tok: usize, rows: usize, k: usize) -> bool {
     let weights = (rows * k) as f64;
     n_tok >= MMA_MIN_TOKENS || (n_tok >= 2 && n_tok as f64 >= 16.0 * (0.8e6 / weights).powf(0.55))
+}
+
+/// A tile shape of kernels/gemm_f16.cu (its `GEMM_TILES`, same order).
+#[derive(Debug, Clone, Copy)]
+pub struct GemmTile {
+    /// Tokens (rows of Y) per block.
+    pub tokens: usize,
+    /// Weight rows (columns of Y) per block.
+    pub rows: usize,
+    /// k values a pipeline step copies (halves of a shared tile row).
+    pub bk: usize,
+    /// Warps along the tokens and along the rows.
+    pub wm: usize,
+    pub wn: usize,
+    /// Pipeline stages (cp.async ring depth).
+    pub stages: usize,
+}
+
+impl GemmTile {
+    pub const fn threads(&self) -> usize {
+        self.wm * self.wn * 32
+    }
+
+    /// Name of the kernel.
+    pub fn kernel(&self) -> String {
+        format!(
+            "gemm_f16_{}x{}x{}_w{}x{}_s{}",
+            self.tokens, self.rows, self.bk, self.wm, self.wn, self.stages
+        )
+    }
+
+    /// Dynamic shared memory: `stages` f16 tiles of (tokens + rows) x bk.
+    pub const fn smem_bytes(&self) -> usize {
+        self.stages * (self.tokens + self.rows) * self.bk * 2
+    }
+}
+
+const fn gtile(tokens: usize, rows: usize, bk: usize, stages: usize) -> GemmTile {
+    GemmTile {
+        tokens,
+        rows,
+        bk,
+        wm: 2,
+        wn: 2,
+        stages,
+    }
+}
+
+/// The tile shapes of kernels/gemm_f16.cu (its `GEMM_TILES`, same order): 4 warps of 64x64,
+/// 32x32 or 32x64 outputs, k steps of 64. Chosen from ten shapes timed on an H200
+/// (bench/gemm_tune.cu, bench/RESULTS.md): with 8 warps or 64 x 64 warp tiles in 256-thread
+/// blocks, or k steps of 32, the products ran 5-30% slower.
+pub const GEMM_TILES: [GemmTile; 3] = [
+    gtile(128, 128, 64, 3),
+    gtile(64, 128, 64, 4),
+    gtile(64, 64, 64, 4),
+];
+
+/// The GEMM tile for an n_tok x rows product on `sms` multiprocessors: the biggest that
+/// still makes 3/4 of a block a multiprocessor (H200, 512 tokens: 128x128 ran the 7B
+/// gate/up 358, down 323, q/o 281 TFLOP/s; 64x64 ran the 7B k/v 83 and the 0.5B down 153,
+/// where 128x128 gave 40 and 74 with 16 and 28 blocks).
+fn gemm_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
+    let blocks =
+        |i: usize| n_tok.div_ceil(GEMM_TILES[i].tokens) * rows.div_ceil(GEMM_TILES[i].rows);
+    (0..GEMM_TILES.len() - 1)
+        .find(|&i| 4 * blocks(i) >= 3 * sms)
+        .unwrap_or(GEMM_TILES.len() - 1)
+}
+
+/// `dequant_f16_<type>`, `f32_to_f16` and every tile of kernels/gemm_f16.cu.
+fn gemm_kernels() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        TYPE_SUFFIXES
+            .iter()
+            .map(|ty| format!("dequant_f16_{ty}"))
+            .chain(["f32_to_f16".to_string()])
+            .chain(GEMM_TILES.iter().map(|t| t.kernel()))
+            .map(|n| &*Box::leak(n.into_boxed_str()))
+            .collect()
+    })
+}
+
+/// Whether an n_tok x rows x k product takes the two-pass path (dequantize to f16, round the
+/// activations, f16 GEMM: [`CudaDevice::matmul_gemm`]) rather than [`CudaDevice::matmul`]:
+/// wherever `matmul` would take the tensor cores ([`matmul_uses_mma`]), since the two-pass
+/// path was the faster of the two in every case measured. H200, 2026-11-29 (tests/cuda_bench.rs,
+/// bench/RESULTS.md), dequant + convert + GEMM against the decode-in-the-loop kernel, ms:
+/// 512 tokens, 7B gate/up 0.261 vs 0.544, down (Q6_K) 0.300 vs 1.016, q/o 0.067 vs 0.142, k/v
+/// 0.035 vs 0.060; 0.5B gate/up 0.040 vs 0.082, down 0.044 vs 0.085, q/o 0.022 vs 0.028. From
+/// 2 to 128 tokens on 7 shapes (128x896 to 18944x3584): 896x896 0.019-0.023 vs 0.023-0.025,
+/// 18944x3584 0.133-0.140 vs 0.246, never slower. Against the f32 kernel the crossover stays
+/// about where `matmul_uses_mma` puts it (3584x3584 at 2 tokens: f32 0.040, two-pass 0.038;
+/// 896x896 at 12: 0.022 / 0.023, at 16: 0.025 / 0.022).
+pub fn matmul_uses_gemm(n_tok: usize, rows: usize, k: usize) -> bool {
+    gemm_enabled() && matmul_uses_mma(n_tok, rows, k)
+}
+
+/// Whether the two-pass prompt products are used (`LLORCH_CUDA_GEMM=0` turns them off, and
+/// sessions then allocate no scratch for them).
+pub fn gemm_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_GEMM").map_or(true, |v| v != "0"))
 }
 
 /// Kernel-name suffix of a weight type the quantized kernels support.
@@ -510,6 +615,130 @@ impl CudaDevice {
         let smem = tl.smem_bytes(ty) as u32;
         launch!(self, &name, grid, (tl.threads() as u32, 1, 1), raise_shared = smem;
             w.ptr(), x.ptr(), y.ptr(), rows_i, k_i, n_i, rb as i64)
+    }
+
+    /// [`matmul`](Self::matmul) in two passes (kernels/gemm_f16.cu): the weights are
+    /// dequantized into `wh` (f16, rows x k: at least 2·rows·k bytes) and the activations
+    /// rounded into `xh` (f16, at least 2·n_tok·k bytes), then the f16 GEMM multiplies them
+    /// with f32 sums. The same rounding as [`matmul_mma`](Self::matmul_mma) (each weight's f32
+    /// value and each activation rounded to f16 once). `tile` indexes [`GEMM_TILES`]; `None`
+    /// picks one for the shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_gemm(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &mut DeviceBuffer,
+        wh: &mut DeviceBuffer,
+        xh: &mut DeviceBuffer,
+        tile: Option<usize>,
+    ) -> Result<()> {
+        positive(n_tok, "matmul n_tok")?;
+        x.check(self, f32s(n_tok * k), "matmul x")?;
+        y.check(self, f32s(n_tok * rows), "matmul y")?;
+        self.dequant_f16(ty, w, rows, k, wh)?;
+        self.f32_to_f16(x, n_tok * k, xh)?;
+        self.gemm_f16(xh, wh, y, n_tok, rows, k, tile)
+    }
+
+    /// Dequantize `rows` rows of `k` values of type `ty` (GGUF layout) into `out` as f16
+    /// [rows][k] (each value's f32 formula of kernels/common.cuh, rounded once).
+    pub fn dequant_f16(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, "dequant_f16")?;
+        let name = format!("dequant_f16_{}", type_suffix(ty)?);
+        let rows_i = positive(rows, "dequant_f16 rows")?;
+        let k_i = dim(k, "dequant_f16 k")?;
+        let blocks = (rows as u64 * (k / 32) as u64).div_ceil(256);
+        if blocks > i32::MAX as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "dequant_f16: {rows}x{k} is too large for one launch"
+            )));
+        }
+        w.check(self, rb * rows as u64, "dequant_f16 weights")?;
+        out.check(self, rows as u64 * k as u64 * 2, "dequant_f16 out")?;
+        launch!(self, &name, (blocks as u32, 1, 1), (256, 1, 1);
+            w.ptr(), out.ptr(), rows_i, k_i, rb as i64)
+    }
+
+    /// Round `n` f32 values (a multiple of 8) to f16.
+    pub fn f32_to_f16(&self, x: &DeviceBuffer, n: usize, out: &mut DeviceBuffer) -> Result<()> {
+        if n == 0 || n % 8 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "f32_to_f16: {n} values is not a positive multiple of 8"
+            )));
+        }
+        let blocks = (n as u64 / 8).div_ceil(256);
+        if blocks > i32::MAX as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "f32_to_f16: {n} values is too many for one launch"
+            )));
+        }
+        x.check(self, f32s(n), "f32_to_f16 x")?;
+        out.check(self, n as u64 * 2, "f32_to_f16 out")?;
+        launch!(self, "f32_to_f16", (blocks as u32, 1, 1), (256, 1, 1);
+            x.ptr(), out.ptr(), n as i64)
+    }
+
+    /// Y = A·Bᵀ: `a` f16 [m][k], `b` f16 [n][k], `y` f32 [m][n]; k a multiple of 32 (tensor
+    /// cores, f32 sums, kernels/gemm_f16.cu). `tile` indexes [`GEMM_TILES`]; `None` picks one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_f16(
+        &self,
+        a: &DeviceBuffer,
+        b: &DeviceBuffer,
+        y: &mut DeviceBuffer,
+        m: usize,
+        n: usize,
+        k: usize,
+        tile: Option<usize>,
+    ) -> Result<()> {
+        let m_i = positive(m, "gemm_f16 m")?;
+        let n_i = positive(n, "gemm_f16 n")?;
+        let k_i = positive(k, "gemm_f16 k")?;
+        if k % 32 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "gemm_f16: k = {k} is not a multiple of 32"
+            )));
+        }
+        a.check(self, m as u64 * k as u64 * 2, "gemm_f16 a")?;
+        b.check(self, n as u64 * k as u64 * 2, "gemm_f16 b")?;
+        y.check(self, f32s(m * n), "gemm_f16 y")?;
+        let t = match tile {
+            Some(t) if t < GEMM_TILES.len() => t,
+            Some(t) => {
+                return Err(Error::InvalidArgument(format!(
+                    "gemm_f16: tile {t} of {}",
+                    GEMM_TILES.len()
+                )))
+            }
+            None => gemm_tile(m, n, self.sm_count() as usize),
+        };
+        let tl = GEMM_TILES[t];
+        if n.div_ceil(tl.rows) > 65535 || m.div_ceil(tl.tokens) > i32::MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "gemm_f16: {m}x{n} is too large for one launch"
+            )));
+        }
+        let grid = (m.div_ceil(tl.tokens) as u32, n.div_ceil(tl.rows) as u32, 1);
+        launch!(self, &tl.kernel(), grid, (tl.threads() as u32, 1, 1),
+            raise_shared = tl.smem_bytes() as u32;
+            a.ptr(), b.ptr(), y.ptr(), m_i, n_i, k_i)
+    }
+
+    /// The index in [`GEMM_TILES`] that [`gemm_f16`](Self::gemm_f16) picks for a product.
+    pub fn gemm_tile_for(&self, m: usize, n: usize) -> usize {
+        gemm_tile(m, n, self.sm_count() as usize)
     }
 
     /// Let kernel `name` take `smem` bytes of dynamic shared memory (above 48 KB a kernel must
@@ -1051,6 +1280,21 @@ mod tests {
         assert_eq!(pick(512, 18944, 3584), 0);
         assert_eq!(pick(256, 3584, 18944), 4);
         assert_eq!(pick(512, 3584, 18944), 1);
+    }
+
+    /// The GEMM tiles for the measured shapes (bench/RESULTS.md, H200, 132 multiprocessors).
+    #[test]
+    fn gemm_tile_picks() {
+        let pick = |n: usize, rows: usize| gemm_tile(n, rows, 132);
+        // 7B gate/up, down, q/o at 512 tokens: 128x128; k/v: 64x64.
+        assert_eq!(pick(512, 18944), 0);
+        assert_eq!(pick(512, 3584), 0);
+        assert_eq!(pick(512, 512), 2);
+        // 256 tokens: down and q/o 64x128.
+        assert_eq!(pick(256, 3584), 1);
+        // 0.5B at 512: gate/up 128x128, q/o and down 64x64.
+        assert_eq!(pick(512, 4864), 0);
+        assert_eq!(pick(512, 896), 2);
     }
 
     /// The f32 / tensor-core crossover of the small-batch timings.

@@ -21,8 +21,8 @@ mod model;
 pub use device::CudaDevice;
 pub use fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm, ATTN_SPLITS};
 pub use launch::{
-    matmul_uses_mma, KvCacheLayer, MmaTile, RopeParams, ATTN_TILED_MIN_TOKENS, MMA_MIN_TOKENS,
-    MMA_TILES,
+    gemm_enabled, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile, RopeParams,
+    ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};

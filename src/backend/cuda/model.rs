@@ -14,7 +14,7 @@
 use super::device::CudaDevice;
 use super::drv;
 use super::fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm};
-use super::launch::{KvCacheLayer, RopeParams};
+use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use crate::backend::cpu::Tap;
 use crate::backend::{unfused, AttnShape, Ops, Projection, Rope, RopeStyle, Slot, WeightId};
@@ -125,6 +125,22 @@ impl CudaModel {
         &self.weights[w.0 as usize]
     }
 
+    /// The two-pass prompt products' scratch needs (kernels/gemm_f16.cu): the most values of
+    /// one matrix that may take that path, and the longest row of any matrix. The vocabulary
+    /// matrices (`vocab` rows: the output head, multiplied by more than one token only when
+    /// every position's logits are asked for) are left out: they are several times the
+    /// largest layer matrix (0.5B: 136M values against 4.4M), so they keep the one-pass kernel.
+    fn gemm_sizes(&self, vocab: usize) -> (usize, usize) {
+        let mats = self.weights.iter().filter(|w| w.rows > 1);
+        let most = mats
+            .clone()
+            .filter(|w| w.rows != vocab)
+            .map(|w| w.rows * w.cols)
+            .max()
+            .unwrap_or(0);
+        (most, mats.map(|w| w.cols).max().unwrap_or(0))
+    }
+
     fn mat(&self, w: WeightId) -> MatRef<'_> {
         let w = self.weight(w);
         MatRef {
@@ -184,24 +200,45 @@ pub struct CudaState {
     pick: DeviceBuffer,
     /// Page-locked staging for one row of logits, downloaded every decode step.
     logits_stage: PinnedHost,
+    /// The two-pass prompt products' scratch (`CudaDevice::matmul_gemm`), when that path is
+    /// on: f16 weights of the largest layer matrix, f16 activations for `cap` rows of the
+    /// longest matrix row (`gemm_k` values).
+    gemm_w: Option<DeviceBuffer>,
+    gemm_x: Option<DeviceBuffer>,
+    gemm_k: usize,
     graph: Option<DecodeGraph>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
 }
 
-/// The scratch buffers for `cap` token rows.
-fn alloc_scratch(
-    dev: &CudaDevice,
-    hp: &HParams,
-    cap: usize,
-) -> Result<(Vec<DeviceBuffer>, DeviceBuffer, DeviceBuffer)> {
+/// The per-row buffers of a state for `cap` token rows.
+struct RowBuffers {
+    slots: Vec<DeviceBuffer>,
+    positions: DeviceBuffer,
+    ids: DeviceBuffer,
+    /// f16 activations of the two-pass products (`cap` x `gemm_k`), when that path is on.
+    gemm_x: Option<DeviceBuffer>,
+}
+
+/// The scratch buffers for `cap` token rows (`gemm_k`: the longest matrix row, 0 when the
+/// two-pass products are off).
+fn alloc_scratch(dev: &CudaDevice, hp: &HParams, cap: usize, gemm_k: usize) -> Result<RowBuffers> {
     let mut slots = Vec::with_capacity(Slot::ALL.len());
     for s in Slot::ALL {
         slots.push(dev.alloc(cap * s.width(hp) * 4, MemKind::Scratch)?);
     }
     let positions = dev.alloc(cap * 4, MemKind::Scratch)?;
     let ids = dev.alloc(cap * 4, MemKind::Scratch)?;
-    Ok((slots, positions, ids))
+    let gemm_x = match gemm_k {
+        0 => None,
+        k => Some(dev.alloc(cap * k * 2, MemKind::Scratch)?),
+    };
+    Ok(RowBuffers {
+        slots,
+        positions,
+        ids,
+        gemm_x,
+    })
 }
 
 impl CudaState {
@@ -219,7 +256,17 @@ impl CudaState {
             kv.push(dev.alloc_kv_layer(hp.n_head_kv, hp.head_dim, n_ctx)?);
         }
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
-        let (slots, positions, ids) = alloc_scratch(&dev, hp, cap)?;
+        // The two-pass prompt products need scratch only where steps of several tokens fit.
+        let (gemm_most, gemm_k) = if gemm_enabled() && n_ctx >= 2 {
+            model.gemm_sizes(hp.vocab)
+        } else {
+            (0, 0)
+        };
+        let rows = alloc_scratch(&dev, hp, cap, gemm_k)?;
+        let gemm_w = match gemm_most {
+            0 => None,
+            n => Some(dev.alloc(n * 2, MemKind::Scratch)?),
+        };
         let attn_part = dev.alloc(
             attention_scratch_floats(hp.n_head, hp.head_dim) * 4,
             MemKind::Scratch,
@@ -235,15 +282,18 @@ impl CudaState {
             hp: hp.clone(),
             n_ctx,
             kv,
-            slots,
-            positions,
-            ids,
+            slots: rows.slots,
+            positions: rows.positions,
+            ids: rows.ids,
             cap,
             attn_part,
             attn_count,
             xrec,
             pick,
             logits_stage,
+            gemm_w,
+            gemm_x: rows.gemm_x,
+            gemm_k,
             graph: None,
             taps: None,
         })
@@ -323,8 +373,10 @@ impl<'a> CudaStep<'a> {
             // graph points at them.
             st.graph = None;
             st.slots.clear();
-            let (slots, positions, ids) = alloc_scratch(&st.dev, &st.hp, n)?;
-            (st.slots, st.positions, st.ids, st.cap) = (slots, positions, ids, n);
+            st.gemm_x = None;
+            let r = alloc_scratch(&st.dev, &st.hp, n, st.gemm_k)?;
+            (st.slots, st.positions, st.ids, st.gemm_x) = (r.slots, r.positions, r.ids, r.gemm_x);
+            st.cap = n;
         }
         let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
@@ -496,12 +548,23 @@ impl Ops for CudaStep<'_> {
         self.run(|s| {
             let wt = s.m.weight(w);
             let n = s.n;
-            let (xb, ob) = pair(&mut s.st.slots, x, out)?;
+            let st = &mut *s.st;
+            let (rows, k) = (wt.rows, wt.cols);
+            let (xb, ob) = pair(&mut st.slots, x, out)?;
             if n == 1 {
-                s.st.dev.matvec(wt.ty, &wt.buf, wt.rows, wt.cols, xb, ob)
-            } else {
-                s.st.dev.matmul(wt.ty, &wt.buf, wt.rows, wt.cols, xb, n, ob)
+                return st.dev.matvec(wt.ty, &wt.buf, rows, k, xb, ob);
             }
+            // The two-pass path where the scratch holds this product (not the vocabulary
+            // matrices, see `CudaModel::gemm_sizes`) and it is the faster one.
+            if let (Some(wh), Some(xh)) = (st.gemm_w.as_mut(), st.gemm_x.as_mut()) {
+                let fits = wh.len_bytes() >= rows * k * 2 && xh.len_bytes() >= n * k * 2;
+                if fits && matmul_uses_gemm(n, rows, k) {
+                    return st
+                        .dev
+                        .matmul_gemm(wt.ty, &wt.buf, rows, k, xb, n, ob, wh, xh, None);
+                }
+            }
+            st.dev.matmul(wt.ty, &wt.buf, rows, k, xb, n, ob)
         });
     }
 

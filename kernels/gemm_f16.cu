@@ -1,0 +1,264 @@
+// Prompt products in two passes (the alternative to mma_matmul.cu's decode-in-the-loop kernel
+// for big products): the weights are first dequantized into an f16 matrix and the activations
+// rounded to f16, then a plain tensor-core GEMM multiplies the two.
+//
+//   dequant_f16_<fmt>: W (`rows` rows of k values in GGUF block layout, `row_bytes` apart) ->
+//     f16 [rows][k]. One thread per 32-value chunk (Fmt<T>::chunk of common.cuh, the f32
+//     formula, then one rounding to f16), blocks of 256 chunks staged through shared memory
+//     both ways (coalesced 16-byte loads and stores).
+//   f32_to_f16: X f32 [n][k] -> f16, 8 values a thread.
+//   gemm_f16_*: Y[M][N] f32 = A[M][K] f16 . B[N][K]^T f16. Both operands K-major ("TN"), which
+//     is mma.sync m16n8k16 .row.col with ldmatrix as is (A = activations, M = tokens; B =
+//     weights, N = weight rows). A block computes a BM x BN tile of Y with WM x WN warps
+//     (warp tile TM x TN), k in steps of BK halves through an S-stage ring of cp.async copies
+//     (16 bytes each, zero-filled past M, N or K via the src-size operand), one barrier a step.
+//     Shared tiles are [row][BK halves] with the 16-byte chunks XOR-swizzled (BK 32: by
+//     (row >> 1) & 3; BK 64: by row & 7) so the copies and ldmatrix are free of bank
+//     conflicts. grid.x runs over the token tiles, so the blocks that share a weight tile run
+//     together and read it from L2. Deterministic: every output is one block's f32 sum in a
+//     fixed order.
+// K must be a multiple of 32 (every caller's row length is: GGUF chunks); M and N arbitrary.
+#include "common.cuh"
+#include "mma_prims.cuh"
+
+namespace gemm {
+
+// Half offset of (row, 16-byte chunk ch) in a swizzled [row][BK halves] tile.
+template <int BK> __device__ __forceinline__ int at(int row, int ch) {
+    static_assert(BK == 32 || BK == 64, "BK");
+    const int p = BK == 32 ? ch ^ ((row >> 1) & 3) : ch ^ (row & 7);
+    return row * BK + (p << 3);
+}
+
+template <int BM, int BN, int BK, int WM, int WN, int S>
+__device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half* __restrict__ B,
+                                     float* __restrict__ Y, int M, int N, int K) {
+    constexpr int NTH = WM * WN * 32;          // threads
+    constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
+    constexpr int MT = TM / 16, NT = TN / 8;   // m16 and n8 tiles per warp
+    constexpr int CH = BK / 8;                 // 16-byte chunks a tile row
+    constexpr int AC = BM * CH / NTH, BC = BN * CH / NTH;  // chunks a thread copies a step
+    constexpr int STAGE = (BM + BN) * BK;                  // halves of one stage
+    static_assert(MT >= 1 && NT % 2 == 0 && AC >= 1 && BC >= 1, "tile shape");
+    static_assert(AC * NTH == BM * CH && BC * NTH == BN * CH, "copies divide evenly");
+    static_assert(S >= 2, "stages");
+
+#ifdef MMA_EMULATE
+    __half* smem = reinterpret_cast<__half*>(emu_dyn_smem);
+#else
+    extern __shared__ __align__(128) uint8_t smem_raw[];
+    __half* smem = reinterpret_cast<__half*>(smem_raw);
+#endif
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WN, wn = warp % WN;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int nk = (K + BK - 1) / BK;
+
+    // This thread's copies: chunk idx = tid + i*NTH of a tile is row idx / CH, chunk idx % CH
+    // (8 consecutive threads fill 128 contiguous bytes of shared memory: no bank conflicts).
+    // Rows past M / N keep a valid address and copy nothing (zero-filled).
+    const __half* asrc[AC];
+    const __half* bsrc[BC];
+    int adst[AC], bdst[BC];
+    const int kc = (tid % CH) * 8;  // the same k offset for all of a thread's chunks
+#pragma unroll
+    for (int i = 0; i < AC; i++) {
+        const int idx = tid + i * NTH, r = idx / CH;
+        asrc[i] = m0 + r < M ? A + (long long)(m0 + r) * K + kc : nullptr;
+        adst[i] = at<BK>(r, idx % CH);
+    }
+#pragma unroll
+    for (int i = 0; i < BC; i++) {
+        const int idx = tid + i * NTH, r = idx / CH;
+        bsrc[i] = n0 + r < N ? B + (long long)(n0 + r) * K + kc : nullptr;
+        bdst[i] = BM * BK + at<BK>(r, idx % CH);
+    }
+    // Copies of k step kt into stage st (one commit group per call, even empty).
+    auto load = [&](int st, int kt) {
+        if (kt < nk) {
+            __half* s = smem + st * STAGE;
+            const int k0 = kt * BK;
+            const bool kin = k0 + kc < K;
+#pragma unroll
+            for (int i = 0; i < AC; i++) {
+                const bool ok = kin && asrc[i];
+                cp16(s + adst[i], ok ? asrc[i] + k0 : A, ok ? 16u : 0u);
+            }
+#pragma unroll
+            for (int i = 0; i < BC; i++) {
+                const bool ok = kin && bsrc[i];
+                cp16(s + bdst[i], ok ? bsrc[i] + k0 : B, ok ? 16u : 0u);
+            }
+        }
+        cp_commit();
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int a = 0; a < MT; a++)
+#pragma unroll
+        for (int b = 0; b < NT; b++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < S - 1; s++) load(s, s);
+    int st = 0;  // stage of step kt
+#pragma unroll 1
+    for (int kt = 0; kt < nk; kt++) {
+        cp_wait<S - 2>();  // step kt landed (this thread's copies) ...
+        __syncthreads();   // ... everyone's, and step kt-1's stage is free for reuse
+        load(st == 0 ? S - 1 : st - 1, kt + S - 1);
+        const __half* as = smem + st * STAGE;
+        const __half* bs = as + BM * BK;
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            uint32_t af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                // Lane groups of 8 address the four 8x8 matrices: rows +0/+8, k +0/+8.
+                const int r = wm * TM + mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                ldsm_x4(as + at<BK>(r, 2 * kk + (lane >> 4)), af[mt][0], af[mt][1], af[mt][2], af[mt][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                // Matrices: (n-tile 2np, k lo), (2np, k hi), (2np+1, k lo), (2np+1, k hi).
+                const int r = wn * TN + np * 16 + (lane & 7) + 8 * (lane >> 4);
+                ldsm_x4(bs + at<BK>(r, 2 * kk + ((lane >> 3) & 1)), bf[2 * np][0], bf[2 * np][1],
+                        bf[2 * np + 1][0], bf[2 * np + 1][1]);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) mma16816(acc[mt][nt], af[mt], bf[nt]);
+        }
+        st = st == S - 1 ? 0 : st + 1;
+    }
+
+    // Accumulator (g = lane/4, t = lane%4): [0],[1] at (row g, cols 2t, 2t+1), [2],[3] at g+8.
+    const int g = lane >> 2, t = lane & 3;
+    const bool pairs = (N & 1) == 0;  // then Y + m*N + (even n) is 8-byte aligned
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const int n = n0 + wn * TN + nt * 8 + 2 * t;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = m0 + wm * TM + mt * 16 + g + 8 * h;
+                if (m >= M) continue;
+                float* y = Y + (long long)m * N + n;
+                const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+                if (pairs && n + 1 < N) {
+                    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+                } else {
+                    if (n < N) y[0] = v0;
+                    if (n + 1 < N) y[1] = v1;
+                }
+            }
+        }
+}
+
+// Bytes of 256 values of each format (rows hold whole 256-value superblocks for the K-quants,
+// whole 32-value blocks for the others).
+template <int T> struct Bytes256;
+template <> struct Bytes256<T_F32> { static constexpr int v = 1024; };
+template <> struct Bytes256<T_F16> { static constexpr int v = 512; };
+template <> struct Bytes256<T_Q4_1> { static constexpr int v = 160; };
+template <> struct Bytes256<T_Q5_0> { static constexpr int v = 176; };
+template <> struct Bytes256<T_Q8_0> { static constexpr int v = 272; };
+template <> struct Bytes256<T_Q4_K> { static constexpr int v = 144; };
+template <> struct Bytes256<T_Q6_K> { static constexpr int v = 210; };
+
+// The rows are contiguous (`row_bytes` apart and that long), so the matrix is one run of
+// 32-value chunks, and so is its f16 image: chunk i's values go to out + 32 i. A block of 256
+// threads takes chunks [256 b, 256 b + 256): their bytes (32 * Bytes256, a multiple of 16, so
+// every block's run starts 16-byte aligned) are copied to shared memory with coalesced 16-byte
+// loads (the tensor's last partial word byte by byte: nothing past rows * row_bytes is read),
+// each thread decodes one chunk there (Fmt<T>::chunk: the f32 formula, then one rounding to
+// f16), the f16 values go back to shared memory (16-byte slots XOR-swizzled by (chunk >> 1) & 3:
+// no bank conflicts) and out with coalesced 16-byte stores. The weights are no earlier
+// kernel's output, so they are read before pdl_wait; the stores come after it (the previous
+// product may still read `out`).
+template <int T>
+__device__ __forceinline__ void dequant(const uint8_t* __restrict__ W, __half* __restrict__ out, int rows,
+                                        int k, long long row_bytes) {
+    constexpr int IN = 32 * Bytes256<T>::v;                   // bytes of a block's 256 chunks
+    constexpr int WORDS = (IN > 16384 ? IN : 16384) / 16;     // input, then the f16 output
+    __shared__ __align__(16) uint4 buf[WORDS];
+    const int t = threadIdx.x;
+    const long long chunks = (long long)rows * (k >> 5);
+    const long long c0 = (long long)blockIdx.x * 256;
+    const int n = (int)min(256LL, chunks - c0);  // chunks of this block
+    const long long total = (long long)rows * row_bytes, start = (long long)blockIdx.x * IN;
+    const int len = (int)min((long long)IN, total - start);
+    const uint8_t* src = W + start;
+    for (int w = t; w * 16 < len; w += 256) {
+        if (w * 16 + 16 <= len) {
+            buf[w] = __ldg(reinterpret_cast<const uint4*>(src) + w);
+        } else {
+            uint8_t* d = reinterpret_cast<uint8_t*>(buf + w);
+            for (int j = 0; j < 16; j++) d[j] = w * 16 + j < len ? src[w * 16 + j] : 0;
+        }
+    }
+    __syncthreads();
+    float o[32];
+    if (t < n) Fmt<T>::chunk(reinterpret_cast<const uint8_t*>(buf), t, o);
+    __syncthreads();  // every chunk decoded: the buffer takes the output
+    if (t < n) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            buf[t * 4 + (j ^ ((t >> 1) & 3))] =
+                make_uint4(pack_h2(o[8 * j], o[8 * j + 1]), pack_h2(o[8 * j + 2], o[8 * j + 3]),
+                           pack_h2(o[8 * j + 4], o[8 * j + 5]), pack_h2(o[8 * j + 6], o[8 * j + 7]));
+    }
+    pdl_wait();
+    pdl_trigger();
+    __syncthreads();
+    uint4* dst = reinterpret_cast<uint4*>(out) + c0 * 4;
+    for (int w = t; w < n * 4; w += 256) {
+        const int c = w >> 2;
+        dst[w] = buf[c * 4 + ((w & 3) ^ ((c >> 1) & 3))];
+    }
+}
+
+}  // namespace gemm
+
+#define DEQUANT_ENTRY(name, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        dequant_f16_##name(const uint8_t* W, __half* out, int rows, int k, long long row_bytes) { \
+        gemm::dequant<T>(W, out, rows, k, row_bytes);                                           \
+    }
+FOR_EACH_TYPE(DEQUANT_ENTRY)
+
+// x (n f32, n a multiple of 8) -> y f16, 8 values a thread; blocks of 256.
+extern "C" __global__ void __launch_bounds__(256) f32_to_f16(const float* __restrict__ x,
+                                                             __half* __restrict__ y, long long n) {
+    pdl_wait();
+    pdl_trigger();
+    const long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8;
+    if (i >= n) return;
+    const float4 a = *reinterpret_cast<const float4*>(x + i);
+    const float4 b = *reinterpret_cast<const float4*>(x + i + 4);
+    *reinterpret_cast<uint4*>(y + i) =
+        make_uint4(pack_h2(a.x, a.y), pack_h2(a.z, a.w), pack_h2(b.x, b.y), pack_h2(b.z, b.w));
+}
+
+// GEMM tiles: BM x BN x BK, WM x WN warps, S stages, MINB blocks a multiprocessor (launch
+// bounds: the register cap). Dynamic shared memory: S * (BM + BN) * BK * 2 bytes (96, 96 and
+// 64 KiB: two, two and three blocks a multiprocessor). The launcher lists the same (GEMM_TILES in
+// src/backend/cuda/launch.rs, which says how they were chosen; bench/gemm_tune.cu times
+// these and other shapes).
+#define GEMM_TILES(M)               \
+    M(128, 128, 64, 2, 2, 3, 2)     \
+    M(64, 128, 64, 2, 2, 4, 3)      \
+    M(64, 64, 64, 2, 2, 4, 4)
+
+#define GEMM_ENTRY(BM, BN, BK, WM, WN, S, MINB)                                                     \
+    extern "C" __global__ void __launch_bounds__(WM * WN * 32, MINB)                                 \
+        gemm_f16_##BM##x##BN##x##BK##_w##WM##x##WN##_s##S(const __half* A, const __half* B, float* Y, \
+                                                          int M, int N, int K) {                     \
+        pdl_wait();                                                                                  \
+        gemm::gemm<BM, BN, BK, WM, WN, S>(A, B, Y, M, N, K);                                         \
+    }
+GEMM_TILES(GEMM_ENTRY)

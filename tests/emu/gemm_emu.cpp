@@ -1,0 +1,156 @@
+// CPU emulation of kernels/gemm_f16.cu (tests/emu/emu_runtime.h): the dequantization kernels
+// for every format and every GEMM tile, with odd M, N and a K that is not a multiple of BK,
+// under AddressSanitizer (scripts/mma-emu.sh). References: the dequantized rows must equal
+// Fmt<T>::chunk's values rounded to f16 bit for bit; the GEMM is compared with a double sum of
+// the same f16 operands (the emulated mma sums in double too: only f32 rounding of the
+// accumulators remains, far below the 2e-6 tolerance; a wrong swizzle, fragment or bound is
+// orders of magnitude above it).
+#include "emu_runtime.h"
+
+#include "../../kernels/gemm_f16.cu"
+
+typedef void (*Gemm)(const __half*, const __half*, float*, int, int, int);
+struct Tile {
+    const char* name;
+    Gemm k;
+    int bm, bn, bk, warps, stages;
+};
+#define GEMM_TILE_INFO(BM, BN, BK, WM, WN, S, MINB) \
+    {#BM "x" #BN "x" #BK "_w" #WM "x" #WN "_s" #S, gemm_f16_##BM##x##BN##x##BK##_w##WM##x##WN##_s##S, BM, BN, BK, WM * WN, S},
+static const Tile TILES[] = {GEMM_TILES(GEMM_TILE_INFO)};
+
+typedef void (*Dequant)(const uint8_t*, __half*, int, int, long long);
+struct TypeInfo {
+    const char* name;
+    int id, block, bytes;
+    Dequant dq;
+    void (*chunk)(const uint8_t*, int, float*);
+};
+static const TypeInfo TYPES[] = {
+    {"f32", T_F32, 32, 128, dequant_f16_f32, Fmt<T_F32>::chunk},
+    {"f16", T_F16, 32, 64, dequant_f16_f16, Fmt<T_F16>::chunk},
+    {"q4_1", T_Q4_1, 32, 20, dequant_f16_q4_1, Fmt<T_Q4_1>::chunk},
+    {"q5_0", T_Q5_0, 32, 22, dequant_f16_q5_0, Fmt<T_Q5_0>::chunk},
+    {"q8_0", T_Q8_0, 32, 34, dequant_f16_q8_0, Fmt<T_Q8_0>::chunk},
+    {"q4_k", T_Q4_K, 256, 144, dequant_f16_q4_k, Fmt<T_Q4_K>::chunk},
+    {"q6_k", T_Q6_K, 256, 210, dequant_f16_q6_k, Fmt<T_Q6_K>::chunk},
+};
+
+static uint64_t rs = 0x51ED2701;
+static uint64_t rnd() {
+    rs += 0x9E3779B97F4A7C15ull;
+    uint64_t z = rs;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static float rf() { return ((rnd() >> 40) / (float)(1 << 24)) * 2 - 1; }
+static void put16(uint8_t* p, float v) {
+    __half h = __float2half_rn(v);
+    memcpy(p, &h.bits, 2);
+}
+static __half h16(float v) { return __float2half_rn(v); }
+
+// Blocks of 256 threads over n threads' worth of work.
+static void run_grid1(long long n, const std::function<void()>& body) {
+    for (long long b = 0; b < (n + 255) / 256; b++) {
+        blockIdx = {(unsigned)b, 0, 0};
+        emu::run_block(256, body);
+    }
+}
+
+static int test_dequant(const TypeInfo& ty, int rows, int k) {
+    const long long rb = (long long)k / ty.block * ty.bytes;
+    std::vector<uint8_t> W(rows * rb);
+    for (auto& b : W) b = (uint8_t)rnd();
+    for (long long i = 0; ty.id == T_F32 && i < (long long)rows * k; i++) {
+        float v = rf();
+        memcpy(&W[4 * i], &v, 4);
+    }
+    for (long long i = 0; ty.id == T_F16 && i < (long long)rows * k; i++) put16(&W[2 * i], rf());
+    for (size_t o = 0; ty.id > T_F16 && o < W.size(); o += ty.bytes) {
+        const float d = 0.01f + 0.05f * fabsf(rf());
+        switch (ty.id) {
+        case T_Q8_0: case T_Q5_0: put16(&W[o], rf() < 0 ? -d : d); break;
+        case T_Q4_1: put16(&W[o], d); put16(&W[o + 2], 0.1f * rf()); break;
+        case T_Q4_K: put16(&W[o], d * 0.05f); put16(&W[o + 2], d * 0.05f); break;
+        case T_Q6_K: put16(&W[o + 208], d * 0.05f); break;
+        }
+    }
+    std::vector<__half> out((size_t)rows * k);
+    for (auto& h : out) h.bits = 0x7e00;  // NaN
+    run_grid1((long long)rows * k / 32, [&] { ty.dq(W.data(), out.data(), rows, k, rb); });
+    int bad = 0;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < k / 32; c++) {
+            float o[32];
+            ty.chunk(&W[r * rb], c, o);
+            for (int i = 0; i < 32; i++)
+                bad += out[(size_t)r * k + 32 * c + i].bits != h16(o[i]).bits;
+        }
+    printf("dequant %-5s %3dx%-4d: %s\n", ty.name, rows, k, bad ? "MISMATCH" : "bit-equal");
+    return bad != 0;
+}
+
+static int test_gemm(const Tile& t, int M, int N, int K) {
+    std::vector<__half> A((size_t)M * K), B((size_t)N * K);
+    for (auto& v : A) v = h16(rf());
+    for (auto& v : B) v = h16(rf());
+    std::vector<float> Y((size_t)M * N, NAN);
+    const int smem = t.stages * (t.bm + t.bn) * t.bk * 2;
+    for (int bx = 0; bx < (M + t.bm - 1) / t.bm; bx++)
+        for (int by = 0; by < (N + t.bn - 1) / t.bn; by++) {
+            blockIdx = {(unsigned)bx, (unsigned)by, 0};
+            std::vector<uint8_t> sm(smem);  // garbage, exactly sized
+            for (auto& b : sm) b = (uint8_t)rnd();
+            emu_dyn_smem = sm.data();
+            emu_dyn_smem_size = smem;
+            emu::run_block(t.warps * 32, [&] { t.k(A.data(), B.data(), Y.data(), M, N, K); });
+        }
+    double num = 0, den = 0;
+    int unwritten = 0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int i = 0; i < K; i++)
+                s += (double)__half2float(A[(size_t)m * K + i]) * __half2float(B[(size_t)n * K + i]);
+            const float y = Y[(size_t)m * N + n];
+            if (!std::isfinite(y)) {
+                unwritten++;
+                continue;
+            }
+            num += (y - s) * (y - s);
+            den += s * s;
+        }
+    const double e = sqrt(num / den);
+    const bool ok = !unwritten && e < 2e-6;
+    printf("gemm %-22s M=%-3d N=%-3d K=%-3d: rel err %.2e%s%s\n", t.name, M, N, K, e,
+           unwritten ? " UNWRITTEN" : "", ok ? "" : "  FAIL");
+    return !ok;
+}
+
+int main(int argc, char** argv) {
+    emu::eager = argc > 1 && !strcmp(argv[1], "eager");
+    printf("cp.async copies land %s\n", emu::eager ? "when issued" : "at the wait");
+    int bad = 0, runs = 0;
+    for (const TypeInfo& ty : TYPES) {
+        const bool kq = ty.block == 256;
+        // 7 x 512 / 7 x 96: under one block of 256 chunks (and 21 chunks of Q*_0: a tensor
+        // whose size is no multiple of 16 bytes); 33 x 256 / 33 x 160: a partial second
+        // block; 300 x 1024 / 301 x 896: several blocks, the last partial.
+        bad += test_dequant(ty, 7, kq ? 512 : 96);
+        bad += test_dequant(ty, 33, kq ? 256 : 160);
+        bad += test_dequant(ty, kq ? 300 : 301, kq ? 1024 : 896);
+        runs += 3;
+    }
+    // Odd M and N (tails of every tile), K with a 32-value tail past the last whole BK = 64
+    // step (and fewer steps than stages), and one K with more steps than stages.
+    const int shapes[][3] = {{37, 70, 96}, {150, 133, 32}, {17, 260, 224}};
+    for (const Tile& t : TILES)
+        for (auto& s : shapes) {
+            bad += test_gemm(t, s[0], s[1], s[2]);
+            runs++;
+        }
+    printf("%d runs, %d failed\n", runs, bad);
+    return bad ? 1 : 0;
+}
