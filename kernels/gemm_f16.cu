@@ -135,28 +135,7 @@ __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half*
         st = st == S - 1 ? 0 : st + 1;
     }
 
-    // Accumulator (g = lane/4, t = lane%4): [0],[1] at (row g, cols 2t, 2t+1), [2],[3] at g+8.
-    const int g = lane >> 2, t = lane & 3;
-    const bool pairs = (N & 1) == 0;  // then Y + m*N + (even n) is 8-byte aligned
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const int n = n0 + wn * TN + nt * 8 + 2 * t;
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int m = m0 + wm * TM + mt * 16 + g + 8 * h;
-                if (m >= M) continue;
-                float* y = Y + (long long)m * N + n;
-                const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-                if (pairs && n + 1 < N) {
-                    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
-                } else {
-                    if (n < N) y[0] = v0;
-                    if (n + 1 < N) y[1] = v1;
-                }
-            }
-        }
+    store_acc<MT, NT>(acc, Y, m0 + wm * TM, n0 + wn * TN, M, N, lane);
 }
 
 // Bytes of 256 values of each format (rows hold whole 256-value superblocks for the K-quants,

@@ -488,28 +488,8 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
                         acc[a][b][e] += red[((g - 1) * MT * NT * 4 + (a * NT + b) * 4 + e) * NTH + tid];
     }
 
-    // Accumulator (g = lane/4, t = lane%4): [0],[1] at (token g, rows 2t, 2t+1), [2],[3] at g+8.
-    const int g = lane >> 2, t = lane & 3;
-    const bool pairs = (rows & 1) == 0;  // then Y + tok*rows + (even n) is 8-byte aligned
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const int n = n0 + wn * TN + nt * 8 + 2 * t;
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int tok = m0 + wm * TM + mt * 16 + g + 8 * h;
-                if (tok >= n_tok) continue;
-                float* y = Y + (long long)tok * rows + n;
-                const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-                if (pairs && n + 1 < rows) {
-                    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
-                } else {
-                    if (n < rows) y[0] = v0;
-                    if (n + 1 < rows) y[1] = v1;
-                }
-            }
-        }
+    // Y is n_tok x rows (tokens are the tile's M, weight rows its N).
+    store_acc<MT, NT>(acc, Y, m0 + wm * TM, n0 + wn * TN, n_tok, rows, lane);
 }
 
 // Tile shapes (BM tokens x BN rows, warps WM x WN, KG groups, MINB blocks a multiprocessor

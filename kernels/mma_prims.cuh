@@ -61,3 +61,34 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 #endif
+
+// ---------- the output of a warp's tiles ----------
+// A warp's MT x NT m16n8 accumulator tiles into Y (M x N f32, row-major) at rows r0.., columns
+// c0..; rows >= M and columns >= N are left out, and column pairs go as one 8-byte store when
+// N is even (every even column is then 8-byte aligned). Accumulator (g = lane/4, t = lane%4):
+// [0],[1] at (row g, cols 2t, 2t+1), [2],[3] at row g + 8.
+template <int MT, int NT>
+__device__ __forceinline__ void store_acc(const float (&acc)[MT][NT][4], float* Y, int r0, int c0,
+                                          int M, int N, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const bool pairs = (N & 1) == 0;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const int n = c0 + nt * 8 + 2 * t;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = r0 + mt * 16 + g + 8 * h;
+                if (m >= M) continue;
+                float* y = Y + (long long)m * N + n;
+                const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+                if (pairs && n + 1 < N) {
+                    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+                } else {
+                    if (n < N) y[0] = v0;
+                    if (n + 1 < N) y[1] = v1;
+                }
+            }
+        }
+}
