@@ -20,6 +20,7 @@
 
 #include "../kernels/gemm_f16.cu"
 #include "../kernels/mma_matmul.cu"
+#include "../tests/emu/splitmix.h"
 
 #define CK(x)                                                                          \
     do {                                                                               \
@@ -49,15 +50,9 @@ TUNE_TILES(GEMM_ENTRY)
 static const Tile TILES[] = {GEMM_TILES(TILE_INFO) TUNE_TILES(TILE_INFO)};
 static const int NT = sizeof(TILES) / sizeof(TILES[0]);
 
-static uint64_t rs = 12345;
-static uint64_t rnd() {
-    rs += 0x9E3779B97F4A7C15ull;
-    uint64_t z = rs;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static float rf() { return ((rnd() >> 40) / (float)(1 << 24)) * 2 - 1; }
+static SplitMix64 rng{12345};
+static uint64_t rnd() { return rng.next(); }
+static float rf() { return rng.unit(); }
 static uint16_t hb(float v) {
     __half h = __float2half_rn(v);
     return *reinterpret_cast<uint16_t*>(&h);

@@ -6,16 +6,10 @@
 #include <cmath>
 
 #include "../../kernels/attention_tiled.cu"
+#include "splitmix.h"
 
-static uint64_t rs = 0x5EED;
-static float rf() {
-    rs += 0x9E3779B97F4A7C15ull;
-    uint64_t z = rs;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((z >> 40) / (float)(1 << 24)) * 2 - 1;
-}
+static SplitMix64 rng{0x5EED};
+static float rf() { return rng.unit(); }
 
 int main() {
     struct Case {

@@ -8,6 +8,7 @@
 #include "emu_runtime.h"
 
 #include "../../kernels/gemm_f16.cu"
+#include "emu_weights.h"
 
 typedef void (*Gemm)(const __half*, const __half*, float*, int, int, int);
 struct Tile {
@@ -36,19 +37,9 @@ static const TypeInfo TYPES[] = {
     {"q6_k", T_Q6_K, 256, 210, dequant_f16_q6_k, Fmt<T_Q6_K>::chunk},
 };
 
-static uint64_t rs = 0x51ED2701;
-static uint64_t rnd() {
-    rs += 0x9E3779B97F4A7C15ull;
-    uint64_t z = rs;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static float rf() { return ((rnd() >> 40) / (float)(1 << 24)) * 2 - 1; }
-static void put16(uint8_t* p, float v) {
-    __half h = __float2half_rn(v);
-    memcpy(p, &h.bits, 2);
-}
+static SplitMix64 rng{0x51ED2701};
+static uint64_t rnd() { return rng.next(); }
+static float rf() { return rng.unit(); }
 static __half h16(float v) { return __float2half_rn(v); }
 
 // Blocks of 256 threads over n threads' worth of work.
@@ -62,21 +53,7 @@ static void run_grid1(long long n, const std::function<void()>& body) {
 static int test_dequant(const TypeInfo& ty, int rows, int k) {
     const long long rb = (long long)k / ty.block * ty.bytes;
     std::vector<uint8_t> W(rows * rb);
-    for (auto& b : W) b = (uint8_t)rnd();
-    for (long long i = 0; ty.id == T_F32 && i < (long long)rows * k; i++) {
-        float v = rf();
-        memcpy(&W[4 * i], &v, 4);
-    }
-    for (long long i = 0; ty.id == T_F16 && i < (long long)rows * k; i++) put16(&W[2 * i], rf());
-    for (size_t o = 0; ty.id > T_F16 && o < W.size(); o += ty.bytes) {
-        const float d = 0.01f + 0.05f * fabsf(rf());
-        switch (ty.id) {
-        case T_Q8_0: case T_Q5_0: put16(&W[o], rf() < 0 ? -d : d); break;
-        case T_Q4_1: put16(&W[o], d); put16(&W[o + 2], 0.1f * rf()); break;
-        case T_Q4_K: put16(&W[o], d * 0.05f); put16(&W[o + 2], d * 0.05f); break;
-        case T_Q6_K: put16(&W[o + 208], d * 0.05f); break;
-        }
-    }
+    random_weights(W, ty.id, ty.bytes, (long long)rows * k, rng);
     std::vector<__half> out((size_t)rows * k);
     for (auto& h : out) h.bits = 0x7e00;  // NaN
     run_grid1((long long)rows * k / 32, [&] { ty.dq(W.data(), out.data(), rows, k, rb); });

@@ -8,6 +8,7 @@
 #include "emu_runtime.h"
 
 #include "../../kernels/mma_matmul.cu"
+#include "emu_weights.h"
 
 // ---------- the test driver ----------
 
@@ -50,19 +51,9 @@ static const TypeInfo TYPES[] = {
     {"q6_k", T_Q6_K, 256, 210, K4(q6_k), Fmt<T_Q6_K>::chunk, Unit<T_Q6_K>::N * Unit<T_Q6_K>::VEC},
 };
 
-static uint64_t rs = 0x1234567;
-static uint64_t rnd() {
-    rs += 0x9E3779B97F4A7C15ull;
-    uint64_t z = rs;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static float rf() { return ((rnd() >> 40) / (float)(1 << 24)) * 2 - 1; }
-static void put16(uint8_t* p, float v) {
-    __half h = __float2half_rn(v);
-    memcpy(p, &h.bits, 2);
-}
+static SplitMix64 rng{0x1234567};
+static uint64_t rnd() { return rng.next(); }
+static float rf() { return rng.unit(); }
 
 int main(int argc, char** argv) {
     const char* only = argc > 1 && strcmp(argv[1], "all") ? argv[1] : nullptr;
@@ -78,21 +69,7 @@ int main(int argc, char** argv) {
             const long long rb = (long long)k / ty.block * ty.bytes;
             // Exactly sized buffers (AddressSanitizer sees any byte past them).
             std::vector<uint8_t> W(rows * rb);
-            for (auto& b : W) b = (uint8_t)rnd();
-            if (ty.id == T_F32)
-                for (long long i = 0; i < rows * k; i++) { float v = rf(); memcpy(&W[4 * i], &v, 4); }
-            else if (ty.id == T_F16)
-                for (long long i = 0; i < rows * k; i++) put16(&W[2 * i], rf());
-            else
-                for (size_t o = 0; o < W.size(); o += ty.bytes) {
-                    const float d = 0.01f + 0.05f * fabsf(rf());
-                    switch (ty.id) {
-                    case T_Q8_0: case T_Q5_0: put16(&W[o], rf() < 0 ? -d : d); break;
-                    case T_Q4_1: put16(&W[o], d); put16(&W[o + 2], 0.1f * rf()); break;
-                    case T_Q4_K: put16(&W[o], d * 0.05f); put16(&W[o + 2], d * 0.05f); break;
-                    case T_Q6_K: put16(&W[o + 208], d * 0.05f); break;
-                    }
-                }
+            random_weights(W, ty.id, ty.bytes, (long long)rows * k, rng);
             std::vector<float> X((size_t)n * k);
             for (auto& v : X) v = rf();
             // Reference: Fmt decode, both operands rounded to f16, double sums.
