@@ -320,6 +320,53 @@ fn round_f16(v: f32) -> f64 {
     f16::from_f32(v).to_f64()
 }
 
+/// The two references of a tensor-core product of dequantized weight rows `wr` with `n_tok`
+/// activation rows `x`: exact (f64 of the f32 values), and of both operands rounded to f16.
+fn tensor_core_references(
+    wr: &[Vec<f32>],
+    x: &[f32],
+    n_tok: usize,
+    k: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = |f: fn(f32) -> f64| -> Vec<Vec<f64>> {
+        wr.iter()
+            .map(|r| r.iter().map(|&v| f(v)).collect())
+            .collect()
+    };
+    let exact = product(
+        &rows(|v| v as f64),
+        &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        n_tok,
+        k,
+    );
+    let rounded = product(
+        &rows(round_f16),
+        &x.iter().map(|&v| round_f16(v)).collect::<Vec<_>>(),
+        n_tok,
+        k,
+    );
+    (exact, rounded)
+}
+
+/// The first `n` f32 values of `y`, after asserting that the `guard` values past them are
+/// still the poison they were filled with (nothing written past the output).
+fn output_before_guard(
+    dev: &CudaDevice,
+    y: &llorch::backend::cuda::DeviceBuffer,
+    n: usize,
+    guard: usize,
+    what: impl Fn() -> String,
+) -> Vec<f32> {
+    let mut all = dev.download_f32(y, n + guard).unwrap();
+    assert!(
+        all[n..].iter().all(|v| v.to_bits() == u32::MAX),
+        "{}: wrote past the output",
+        what()
+    );
+    all.truncate(n);
+    all
+}
+
 // The tensor-core product (kernels/mma_matmul.cu) rounds every decoded weight and every
 // activation to f16 (round to nearest, relative error <= 2^-11, rms ~2.8e-4 each) and
 // accumulates exactly formed f16 x f16 products in f32. Two references:
@@ -353,22 +400,7 @@ fn mma_matmul_all_types() {
             let w = random_tensor(ty, rows, k, &mut rng);
             let x = rng.vec(n_tok * k);
             let wr = dequant_rows(ty, &w, rows, k);
-            let exact = product(
-                &wr.iter()
-                    .map(|r| r.iter().map(|&v| v as f64).collect())
-                    .collect::<Vec<_>>(),
-                &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-                n_tok,
-                k,
-            );
-            let rounded = product(
-                &wr.iter()
-                    .map(|r| r.iter().map(|&v| round_f16(v)).collect())
-                    .collect::<Vec<_>>(),
-                &x.iter().map(|&v| round_f16(v)).collect::<Vec<_>>(),
-                n_tok,
-                k,
-            );
+            let (exact, rounded) = tensor_core_references(&wr, &x, n_tok, k);
             let wd = dev.upload(&w, MemKind::Weights).unwrap();
             let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
             let mut yd = dev
@@ -386,13 +418,9 @@ fn mma_matmul_all_types() {
                     dev.matmul_mma(ty, &wd, rows, k, &xd, n_tok, &mut yd, tile)
                         .unwrap();
                 }
-                let all = dev.download_f32(&yd, n_tok * rows + GUARD).unwrap();
-                assert!(
-                    all[n_tok * rows..].iter().all(|v| v.to_bits() == u32::MAX),
-                    "{} {tile:?}: wrote past the output",
-                    ty.name()
-                );
-                let y = &all[..n_tok * rows];
+                let y = &output_before_guard(&dev, &yd, n_tok * rows, GUARD, || {
+                    format!("{} {tile:?}", ty.name())
+                });
                 let what = format!(
                     "mma {} {n_tok}x{rows}x{k} tile {}",
                     ty.name(),
@@ -447,22 +475,7 @@ fn gemm_f16_all_types() {
             let w = random_tensor(ty, rows, k, &mut rng);
             let x = rng.vec(n_tok * k);
             let wr = dequant_rows(ty, &w, rows, k);
-            let exact = product(
-                &wr.iter()
-                    .map(|r| r.iter().map(|&v| v as f64).collect())
-                    .collect::<Vec<_>>(),
-                &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-                n_tok,
-                k,
-            );
-            let rounded = product(
-                &wr.iter()
-                    .map(|r| r.iter().map(|&v| round_f16(v)).collect())
-                    .collect::<Vec<_>>(),
-                &x.iter().map(|&v| round_f16(v)).collect::<Vec<_>>(),
-                n_tok,
-                k,
-            );
+            let (exact, rounded) = tensor_core_references(&wr, &x, n_tok, k);
             let wd = dev.upload(&w, MemKind::Weights).unwrap();
             let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
             let mut wh = dev.alloc(rows * k * 2 + GUARD, MemKind::Scratch).unwrap();
@@ -509,13 +522,9 @@ fn gemm_f16_all_types() {
                     ty, &wd, rows, k, &xd, n_tok, &mut yd, &mut wh, &mut xh, tile,
                 )
                 .unwrap();
-                let all = dev.download_f32(&yd, n_tok * rows + GUARD).unwrap();
-                assert!(
-                    all[n_tok * rows..].iter().all(|v| v.to_bits() == u32::MAX),
-                    "{} {tile:?}: wrote past the output",
-                    ty.name()
-                );
-                let y = &all[..n_tok * rows];
+                let y = &output_before_guard(&dev, &yd, n_tok * rows, GUARD, || {
+                    format!("{} {tile:?}", ty.name())
+                });
                 let t = GEMM_TILES[tile.unwrap_or_else(|| dev.gemm_tile_for(n_tok, rows))];
                 let what = format!(
                     "gemm {} {n_tok}x{rows}x{k} tile {}x{}{} (dequant: {off} values 1 ulp off)",
