@@ -309,6 +309,23 @@ pub fn gemm_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("LLORCH_CUDA_GEMM").map_or(true, |v| v != "0"))
 }
 
+/// A product's tile: the one asked for (an index below `count`, else an error naming `what`),
+/// or `pick`'s.
+fn tile_index(
+    tile: Option<usize>,
+    count: usize,
+    what: &str,
+    pick: impl FnOnce() -> usize,
+) -> Result<usize> {
+    match tile {
+        Some(t) if t < count => Ok(t),
+        Some(t) => Err(Error::InvalidArgument(format!(
+            "{what}: tile {t} of {count}"
+        ))),
+        None => Ok(pick()),
+    }
+}
+
 /// Kernel-name suffix of a weight type the quantized kernels support.
 pub(super) fn type_suffix(ty: GgmlType) -> Result<&'static str> {
     Ok(match ty {
@@ -590,16 +607,9 @@ impl CudaDevice {
         w.check(self, rb * rows as u64, "matmul weights")?;
         x.check(self, f32s(n_tok * k), "matmul x")?;
         y.check(self, f32s(n_tok * rows), "matmul y")?;
-        let t = match tile {
-            Some(t) if t < MMA_TILES.len() => t,
-            Some(t) => {
-                return Err(Error::InvalidArgument(format!(
-                    "matmul_mma: tile {t} of {}",
-                    MMA_TILES.len()
-                )))
-            }
-            None => mma_tile(n_tok, rows, k / 32, self.sm_count() as usize),
-        };
+        let t = tile_index(tile, MMA_TILES.len(), "matmul_mma", || {
+            mma_tile(n_tok, rows, k / 32, self.sm_count() as usize)
+        })?;
         let tl = MMA_TILES[t];
         if rows.div_ceil(tl.rows) > 65535 {
             return Err(Error::InvalidArgument(format!(
@@ -714,16 +724,9 @@ impl CudaDevice {
         a.check(self, m as u64 * k as u64 * 2, "gemm_f16 a")?;
         b.check(self, n as u64 * k as u64 * 2, "gemm_f16 b")?;
         y.check(self, f32s(m * n), "gemm_f16 y")?;
-        let t = match tile {
-            Some(t) if t < GEMM_TILES.len() => t,
-            Some(t) => {
-                return Err(Error::InvalidArgument(format!(
-                    "gemm_f16: tile {t} of {}",
-                    GEMM_TILES.len()
-                )))
-            }
-            None => gemm_tile(m, n, self.sm_count() as usize),
-        };
+        let t = tile_index(tile, GEMM_TILES.len(), "gemm_f16", || {
+            gemm_tile(m, n, self.sm_count() as usize)
+        })?;
         let tl = GEMM_TILES[t];
         if n.div_ceil(tl.rows) > 65535 || m.div_ceil(tl.tokens) > i32::MAX as usize {
             return Err(Error::InvalidArgument(format!(
