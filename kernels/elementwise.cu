@@ -50,3 +50,12 @@ extern "C" __global__ void scale(float* y, float s, long long n) {
          i += (long long)gridDim.x * blockDim.x)
         y[i] *= s;
 }
+
+// y = cap * tanh(y / cap) (logit soft-capping).
+extern "C" __global__ void softcap(float* y, float cap, long long n) {
+    pdl_wait();
+    pdl_trigger();
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        y[i] = cap * tanhf(y[i] / cap);
+}

@@ -36,11 +36,12 @@
 //!   same values on both sides: `EXACT_ISH` = 1e-5.
 #![cfg(feature = "cuda")]
 
-use llorch::backend::cpu::Tap;
+use llorch::backend::Context;
+use llorch::backend::Logits;
+use llorch::backend::Tap;
 use llorch::backend::{ContextOptions, Device};
-use llorch::model::recipe::Logits;
 use llorch::model::synth::{build, preset};
-use llorch::model::{Context, Model};
+use llorch::model::Model;
 use llorch::session::{GenerateParams, Session, SessionOptions};
 use llorch::Error;
 use std::io::Write;

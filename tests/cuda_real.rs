@@ -6,9 +6,10 @@
 
 mod common;
 
+use llorch::backend::Context;
+use llorch::backend::Logits;
 use llorch::backend::{ContextOptions, Device};
-use llorch::model::recipe::Logits;
-use llorch::model::{Context, Model};
+use llorch::model::Model;
 use llorch::sampling::argmax;
 use llorch::session::{Session, SessionOptions};
 use std::sync::Arc;

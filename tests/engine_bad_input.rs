@@ -3,10 +3,11 @@
 //! than the context, invalid sampling values. Models are small synthetic files, rewritten
 //! with one defect each.
 
+use llorch::backend::Context;
 use llorch::backend::ContextOptions;
 use llorch::gguf::{Gguf, GgufWriter, Value};
 use llorch::model::synth::{build, SynthSpec, TypeMix};
-use llorch::model::{Context, Model};
+use llorch::model::Model;
 use llorch::quant::GgmlType;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Session, SessionOptions};

@@ -9,9 +9,10 @@
 
 mod common;
 
+use llorch::backend::Context;
 use llorch::backend::ContextOptions;
-use llorch::model::recipe::Logits;
-use llorch::model::{Context, Model};
+use llorch::backend::Logits;
+use llorch::model::Model;
 use llorch::sampling::argmax;
 use llorch::session::perplexity::perplexity;
 use llorch::session::{Session, SessionOptions};

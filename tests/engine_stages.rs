@@ -12,9 +12,10 @@
 
 mod common;
 
+use llorch::backend::Context;
 use llorch::backend::ContextOptions;
-use llorch::model::recipe::Logits;
-use llorch::model::{Context, Model};
+use llorch::backend::Logits;
+use llorch::model::Model;
 use llorch::session::{Session, SessionOptions};
 use std::path::Path;
 

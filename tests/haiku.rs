@@ -5,9 +5,11 @@
 
 mod common;
 
+use llorch::backend::Context;
 use llorch::backend::ContextOptions;
-use llorch::model::{ChatMessage, Context, Model};
+use llorch::model::Model;
 use llorch::session::{GenerateParams, Session, SessionOptions};
+use llorch::tokenizer::chat::ChatMessage;
 use std::sync::{Arc, OnceLock};
 
 const ONES: [&str; 20] = [

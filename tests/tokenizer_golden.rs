@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use llorch::gguf::Gguf;
-use llorch::model::ChatMessage;
+use llorch::tokenizer::chat::ChatMessage;
 use llorch::tokenizer::{chat, StreamDecoder, Tokenizer};
 use serde_json::Value;
 

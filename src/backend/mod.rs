@@ -4,36 +4,56 @@
 //! through [`Ops`], naming activations by [`Slot`] and weights by [`WeightId`]. Each slot holds
 //! `n_tokens` rows of its width for the current forward step.
 
+mod bind;
+pub mod context;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod weights;
 
-/// Which device a context computes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    /// CUDA device by ordinal.
-    Cuda(u32),
+pub use bind::{Out, State, Weights};
+pub use context::{Context, ContextOptions, Device, Reservation};
+pub use weights::WeightTensor;
+
+/// The sizes a backend allocates for: the model's widths and counts, nothing of how the
+/// architecture uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dims {
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub vocab: usize,
 }
 
-/// Options of a context (the C `llorch_context`).
-#[derive(Debug, Clone)]
-pub struct ContextOptions {
-    pub device: Device,
-    /// CPU worker threads; 0 = all cores.
-    pub threads: usize,
-    /// Bytes the context may allocate for weights, KV caches and scratch; 0 = no limit.
-    pub memory_budget: u64,
-}
-
-impl Default for ContextOptions {
-    fn default() -> Self {
-        ContextOptions {
-            device: Device::Cpu,
-            threads: 0,
-            memory_budget: 0,
-        }
+impl Dims {
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
     }
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+/// Which logits a forward step produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (perplexity, verification).
+    All,
+}
+
+/// One recorded intermediate value (see [`Ops::tap`]).
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub name: String,
+    pub layer: Option<usize>,
+    /// `rows` token rows of `data.len() / rows` values.
+    pub rows: usize,
+    pub data: Vec<f32>,
 }
 
 /// Activation buffers of a forward step. Widths are set by the model's hyper-parameters.
@@ -83,7 +103,7 @@ impl Slot {
     }
 
     /// Values per token row of this slot.
-    pub fn width(self, hp: &crate::model::hparams::HParams) -> usize {
+    pub fn width(self, hp: &Dims) -> usize {
         match self {
             Slot::Hidden | Slot::Normed | Slot::Proj => hp.n_embd,
             Slot::Q | Slot::Attn => hp.q_dim(),
@@ -103,26 +123,78 @@ pub struct WeightId(pub u32);
 pub enum RopeStyle {
     /// Pairs (2i, 2i+1): llama-family GGUF files (their Q/K rows are stored permuted for it).
     Normal,
-    /// Pairs (i, i + d/2): GPT-NeoX style, used by Qwen2.
+    /// Pairs (i, i + d/2): GPT-NeoX style, used by Qwen2 and most later families.
     Neox,
 }
 
-/// Rotary embedding settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Rotary embedding settings of a layer. Pair `i` of a head at position `p` turns by
+/// `p * pos_scale * base^(-2i/dims) / freq_factors[i]`, and the rotated pair is multiplied by
+/// `mscale` (LongRoPE's and YaRN's attention factor).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rope {
     pub style: RopeStyle,
     /// Dimensions rotated per head (from the front); the rest pass through.
     pub dims: usize,
     pub base: f32,
+    /// Linear position scaling (1 / factor); 1 = none.
+    pub pos_scale: f32,
+    /// Per-pair frequency divisors (`dims / 2` values: Llama 3's `rope_freqs`, LongRoPE's
+    /// factors, YaRN's ramp), or none.
+    pub freq_factors: Option<std::sync::Arc<[f32]>>,
+    pub mscale: f32,
 }
 
-/// Attention shape.
+impl Rope {
+    /// Plain RoPE: no scaling of any kind.
+    pub fn plain(style: RopeStyle, dims: usize, base: f32) -> Rope {
+        Rope {
+            style,
+            dims,
+            base,
+            pos_scale: 1.0,
+            freq_factors: None,
+            mscale: 1.0,
+        }
+    }
+
+    /// The angle per position of each pair, in f32 as the references compute it:
+    /// `1 / base^(2i/dims)`, divided by the pair's factor, times the position scale.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        (0..self.dims / 2)
+            .map(|i| {
+                let f = 1.0 / self.base.powf(2.0 * i as f32 / self.dims as f32);
+                let div = self.freq_factors.as_ref().map_or(1.0, |d| d[i]);
+                f / div * self.pos_scale
+            })
+            .collect()
+    }
+}
+
+/// An RMSNorm: `x / rms(x) * w` (the weight as the file stores it), with its epsilon.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Norm {
+    pub w: WeightId,
+    pub eps: f32,
+}
+
+/// The activation of a gated feed-forward's gate branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up` (SwiGLU: Llama, Qwen, Phi-3).
+    Silu,
+    /// `gelu_tanh(gate) * up` (GeGLU with the tanh approximation: Gemma).
+    GeluTanh,
+}
+
+/// Attention shape of a layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnShape {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
     pub scale: f32,
+    /// Sliding window: each query sees only the last `window` positions (itself included).
+    pub window: Option<usize>,
 }
 
 /// One projection of a shared input: `out = W · input (+ bias)`.
@@ -133,10 +205,34 @@ pub struct Projection {
     pub out: Slot,
 }
 
-/// The gate and up projections of a SwiGLU feed-forward (no biases).
-fn gate_up((w_gate, w_up): (WeightId, WeightId), gate: Slot, up: Slot) -> [Projection; 2] {
-    let proj = |w, out| Projection { w, bias: None, out };
-    [proj(w_gate, gate), proj(w_up, up)]
+/// The normalized input of a block: `normed = rms_norm(x) * norm`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormIn {
+    pub x: Slot,
+    pub norm: Norm,
+    pub normed: Slot,
+}
+
+/// A gated feed-forward's first half: `out = act(W_gate · x) * (W_up · x)`, the two
+/// projections kept in `gate` and `up`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Glu {
+    pub gate: Projection,
+    pub up: Projection,
+    pub act: Activation,
+    pub out: Slot,
+}
+
+/// The attention of a layer: `q`, `k`, `v` rotated (q and k) and attended into `out`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttnIn<'a> {
+    pub layer: usize,
+    pub q: Slot,
+    pub k: Slot,
+    pub v: Slot,
+    pub rope: &'a Rope,
+    pub shape: AttnShape,
+    pub out: Slot,
 }
 
 /// The operations a layer recipe is written in. Rows of a slot are tokens; `pos0` is the
@@ -146,65 +242,46 @@ pub trait Ops {
     fn n_tokens(&self) -> usize;
     /// `out[t] = table[tokens[t]]`, dequantized.
     fn embed(&mut self, table: WeightId, out: Slot);
-    /// `out = x / rms(x) * w`, row by row.
-    fn rms_norm(&mut self, x: Slot, w: WeightId, eps: f32, out: Slot);
+    /// `out = x / rms(x) * w`, row by row (`out` may be `x`).
+    fn rms_norm(&mut self, x: Slot, norm: Norm, out: Slot);
+    /// RMSNorm of each `head_dim` piece of each row of `x`, in place (QK-norm).
+    fn rms_norm_heads(&mut self, x: Slot, head_dim: usize, norm: Norm);
     /// `out[t] = W · x[t]` (W has one row per output feature).
     fn matmul(&mut self, w: WeightId, x: Slot, out: Slot);
     /// `x[t] += b`.
     fn add_bias(&mut self, x: Slot, b: WeightId);
     /// Rotate each head of `x` in place for positions `pos0..pos0+n`.
-    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: Rope);
+    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: &Rope);
     /// Write this step's K and V into the layer's cache, then causal attention of Q over the
-    /// cache (positions `0..pos0+t+1` for token t) into `out`.
+    /// cache (positions `0..pos0+t+1` for token t, or the window's last ones) into `out`.
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot);
-    /// `out = silu(gate) * up`.
-    fn swiglu(&mut self, gate: Slot, up: Slot, out: Slot);
+    /// `out = act(gate) * up`.
+    fn glu(&mut self, act: Activation, gate: Slot, up: Slot, out: Slot);
     /// `x += y`.
     fn add(&mut self, x: Slot, y: Slot);
+    /// `x *= factor`.
+    fn scale(&mut self, x: Slot, factor: f32);
+    /// `x = cap * tanh(x / cap)` (logit soft-capping).
+    fn softcap(&mut self, x: Slot, cap: f32);
     /// Keep only the last token row of `x` (the others are not needed for the logits).
     fn keep_last_row(&mut self, x: Slot);
     /// Record an intermediate value for verification (no-op unless taps are on).
     fn tap(&mut self, _name: &str, _layer: Option<usize>, _x: Slot) {}
 
     // Fused operations. Each leaves every slot it names exactly as its default (a sequence
-    // of the operations above) does, so taps and tests see the same values; a backend
-    // overrides one to share work (normalize or quantize a common input once) or to cut
-    // kernel launches.
+    // of the operations above, in `unfused`) does, so taps and tests see the same values; a
+    // backend overrides one to share work (normalize or quantize a common input once) or to
+    // cut kernel launches.
 
     /// `normed = rms_norm(x) * norm`, then every projection of `normed`.
-    fn norm_matmul(
-        &mut self,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        projs: &[Projection],
-    ) {
-        self.rms_norm(x, norm, eps, normed);
-        for p in projs {
-            self.matmul(p.w, normed, p.out);
-            if let Some(b) = p.bias {
-                self.add_bias(p.out, b);
-            }
-        }
+    fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
+        unfused::norm_matmul(self, input, projs)
     }
 
-    /// The feed-forward input: `normed = rms_norm(x) * norm`, `gate = W_gate · normed`,
-    /// `up = W_up · normed`, `act = silu(gate) * up`.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_swiglu(
-        &mut self,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        (w_gate, w_up): (WeightId, WeightId),
-        gate: Slot,
-        up: Slot,
-        act: Slot,
-    ) {
-        self.norm_matmul(x, norm, eps, normed, &gate_up((w_gate, w_up), gate, up));
-        self.swiglu(gate, up, act);
+    /// The feed-forward input: `normed = rms_norm(x) * norm`, then the gated activation of
+    /// `normed`.
+    fn norm_glu(&mut self, input: NormIn, glu: Glu) {
+        unfused::norm_glu(self, input, glu)
     }
 
     /// `tmp = W · x`, then `acc += tmp` (a projection back into the residual stream).
@@ -213,62 +290,29 @@ pub trait Ops {
     }
 
     /// Rotate the heads of `q` and `k` in place, then [`attention`](Ops::attention).
-    #[allow(clippy::too_many_arguments)]
-    fn rope_attention(
-        &mut self,
-        layer: usize,
-        (q, k, v): (Slot, Slot, Slot),
-        rope: Rope,
-        shape: AttnShape,
-        out: Slot,
-    ) {
-        unfused::rope_attention(self, layer, (q, k, v), rope, shape, out)
+    fn rope_attention(&mut self, a: &AttnIn) {
+        unfused::rope_attention(self, a)
     }
 }
 
 /// The fused operations as sequences of the plain ones: the defaults of [`Ops`], also for a
 /// backend that fuses only some cases (e.g. one token) and falls back for the rest.
 pub mod unfused {
-    use super::{gate_up, AttnShape, Ops, Projection, Rope, Slot, WeightId};
+    use super::{AttnIn, Glu, NormIn, Ops, Projection, Slot, WeightId};
 
-    pub fn norm_matmul<O: Ops + ?Sized>(
-        ops: &mut O,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        projs: &[Projection],
-    ) {
-        ops.rms_norm(x, norm, eps, normed);
+    pub fn norm_matmul<O: Ops + ?Sized>(ops: &mut O, input: NormIn, projs: &[Projection]) {
+        ops.rms_norm(input.x, input.norm, input.normed);
         for p in projs {
-            ops.matmul(p.w, normed, p.out);
+            ops.matmul(p.w, input.normed, p.out);
             if let Some(b) = p.bias {
                 ops.add_bias(p.out, b);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn norm_swiglu<O: Ops + ?Sized>(
-        ops: &mut O,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        (w_gate, w_up): (WeightId, WeightId),
-        gate: Slot,
-        up: Slot,
-        act: Slot,
-    ) {
-        norm_matmul(
-            ops,
-            x,
-            norm,
-            eps,
-            normed,
-            &gate_up((w_gate, w_up), gate, up),
-        );
-        ops.swiglu(gate, up, act);
+    pub fn norm_glu<O: Ops + ?Sized>(ops: &mut O, input: NormIn, glu: Glu) {
+        norm_matmul(ops, input, &[glu.gate, glu.up]);
+        ops.glu(glu.act, glu.gate.out, glu.up.out, glu.out);
     }
 
     pub fn matmul_add<O: Ops + ?Sized>(ops: &mut O, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
@@ -276,16 +320,10 @@ pub mod unfused {
         ops.add(acc, tmp);
     }
 
-    pub fn rope_attention<O: Ops + ?Sized>(
-        ops: &mut O,
-        layer: usize,
-        (q, k, v): (Slot, Slot, Slot),
-        rope: Rope,
-        shape: AttnShape,
-        out: Slot,
-    ) {
-        ops.rope(q, shape.n_head, shape.head_dim, rope);
-        ops.rope(k, shape.n_head_kv, shape.head_dim, rope);
-        ops.attention(layer, q, k, v, shape, out);
+    pub fn rope_attention<O: Ops + ?Sized>(ops: &mut O, a: &AttnIn) {
+        let s = a.shape;
+        ops.rope(a.q, s.n_head, s.head_dim, a.rope);
+        ops.rope(a.k, s.n_head_kv, s.head_dim, a.rope);
+        ops.attention(a.layer, a.q, a.k, a.v, s, a.out);
     }
 }

@@ -1,7 +1,7 @@
 //! `llorch bench`: prompt-processing and decoding speed, like a standard pp/tg table.
 
 use super::common;
-use llorch::model::recipe::Logits;
+use llorch::backend::Logits;
 use llorch::session::{Session, SessionOptions};
 use std::time::Instant;
 

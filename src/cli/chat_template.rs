@@ -3,8 +3,8 @@
 
 use super::tokenize::{model_arg, open_tokenizer};
 use super::{print_out, Args};
-use llorch::model::ChatMessage;
 use llorch::tokenizer::chat;
+use llorch::tokenizer::chat::ChatMessage;
 use std::io::Read;
 
 const USAGE: &str = "\

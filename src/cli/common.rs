@@ -1,8 +1,9 @@
 //! Loading a model for a subcommand: path or known model name, device, threads.
 
 use super::Args;
+use llorch::backend::Context;
 use llorch::backend::{ContextOptions, Device};
-use llorch::model::{Context, Model};
+use llorch::model::Model;
 use std::path::PathBuf;
 use std::sync::Arc;
 

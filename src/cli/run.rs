@@ -1,9 +1,9 @@
 //! `llorch run`: generate text from a prompt, streamed as it is produced.
 
 use super::common;
-use llorch::model::ChatMessage;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
+use llorch::tokenizer::chat::ChatMessage;
 use std::io::Write;
 
 const USAGE: &str = "usage: llorch run [-m MODEL] -p PROMPT [options]

@@ -3,8 +3,8 @@
 use super::{
     arg, call, check_struct_size, guard, llorch_error, llorch_status, out, read_sized_fields,
 };
+use crate::backend::Context;
 use crate::backend::{ContextOptions, Device};
-use crate::model::Context;
 use crate::Error;
 use std::sync::Arc;
 

@@ -3,7 +3,8 @@
 use super::{
     arg, c_str, call, guard, llorch_context, llorch_error, llorch_status, malloc_bytes, out,
 };
-use crate::model::{ChatMessage, Model};
+use crate::model::Model;
+use crate::tokenizer::chat::ChatMessage;
 use crate::Error;
 use std::ffi::{c_char, c_void, CString};
 use std::path::Path;

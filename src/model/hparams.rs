@@ -120,6 +120,19 @@ impl HParams {
         })
     }
 
+    /// The sizes the backends allocate for.
+    pub fn dims(&self) -> crate::backend::Dims {
+        crate::backend::Dims {
+            n_embd: self.n_embd,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_head_kv: self.n_head_kv,
+            head_dim: self.head_dim,
+            n_ff: self.n_ff,
+            vocab: self.vocab,
+        }
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
     }

@@ -9,17 +9,7 @@ use crate::gguf::Gguf;
 use crate::Result;
 
 pub fn build(g: &Gguf, hp: HParams) -> Result<Recipe> {
-    let rope = Rope {
-        style: RopeStyle::Normal,
-        dims: hp.rope_dims,
-        base: hp.rope_base,
-    };
-    build_decoder(
-        g,
-        hp,
-        DecoderOptions {
-            rope,
-            qkv_bias: false,
-        },
-    )
+    let rope = Rope::plain(RopeStyle::Normal, hp.rope_dims, hp.rope_base);
+    let opts = DecoderOptions::standard(&hp, rope);
+    build_decoder(g, hp, opts)
 }

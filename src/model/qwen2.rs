@@ -7,17 +7,10 @@ use crate::gguf::Gguf;
 use crate::Result;
 
 pub fn build(g: &Gguf, hp: HParams) -> Result<Recipe> {
-    let rope = Rope {
-        style: RopeStyle::Neox,
-        dims: hp.rope_dims,
-        base: hp.rope_base,
+    let rope = Rope::plain(RopeStyle::Neox, hp.rope_dims, hp.rope_base);
+    let opts = DecoderOptions {
+        qkv_bias: true,
+        ..DecoderOptions::standard(&hp, rope)
     };
-    build_decoder(
-        g,
-        hp,
-        DecoderOptions {
-            rope,
-            qkv_bias: true,
-        },
-    )
+    build_decoder(g, hp, opts)
 }

@@ -1,82 +1,52 @@
-//! The decoder recipe shared by the architectures: which tensors a layer has and the order of
-//! operations. Architectures (`qwen2.rs`, `llama.rs`) choose the options; backends only see
-//! [`Ops`] calls.
+//! The decoder recipe shared by the architectures: which tensors a layer has, the options of
+//! each layer, and the order of operations. An architecture file (`qwen2.rs`, `gemma3.rs` …)
+//! maps its GGUF names and metadata onto [`DecoderOptions`]; backends only see [`Ops`] calls.
 
 use super::hparams::HParams;
-use crate::backend::{AttnShape, Ops, Projection, Rope, Slot, WeightId};
-use crate::gguf::{Gguf, TensorInfo};
-use crate::quant::GgmlType;
+use crate::backend::{
+    Activation, AttnIn, AttnShape, Glu, Logits, Norm, NormIn, Ops, Projection, Rope, Slot,
+    WeightId, WeightTensor,
+};
+use crate::gguf::Gguf;
 use crate::{Error, Result};
 
-/// A weight tensor as the backends see it: `rows` output features of `cols` inputs each,
-/// stored in the file's block format (`info` locates its bytes in the file).
+/// The weights and options of one decoder layer.
 #[derive(Debug, Clone)]
-pub struct WeightTensor {
-    pub name: String,
-    pub ty: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    pub info: TensorInfo,
-}
-
-impl WeightTensor {
-    /// Bytes of one row, checked against the tensor's data (what every backend binds).
-    pub fn row_bytes(&self, data: &[u8]) -> Result<usize> {
-        let row_bytes = self.ty.bytes_for(self.cols as u64).ok_or_else(|| {
-            Error::BadModel(format!(
-                "tensor '{}': row of {} values",
-                self.name, self.cols
-            ))
-        })? as usize;
-        if row_bytes.checked_mul(self.rows) != Some(data.len()) {
-            return Err(Error::BadModel(format!(
-                "tensor '{}': {} bytes for {}x{}",
-                self.name,
-                data.len(),
-                self.rows,
-                self.cols
-            )));
-        }
-        Ok(row_bytes)
-    }
-
-    /// A one-row tensor (norm weight, bias) as f32.
-    pub fn to_f32(&self, data: &[u8]) -> Result<Vec<f32>> {
-        let mut v = vec![0f32; self.cols];
-        crate::quant::dequantize(self.ty, data, &mut v)
-            .map_err(|e| Error::BadModel(format!("tensor '{}': {e}", self.name)))?;
-        Ok(v)
-    }
-}
-
-/// The weights of one decoder layer.
-#[derive(Debug, Clone)]
-pub struct LayerWeights {
-    pub attn_norm: WeightId,
-    pub wq: WeightId,
-    pub wk: WeightId,
-    pub wv: WeightId,
-    pub bq: Option<WeightId>,
-    pub bk: Option<WeightId>,
-    pub bv: Option<WeightId>,
+pub struct Layer {
+    pub attn_norm: Norm,
+    /// Q, K and V projections (with biases where the family has them).
+    pub qkv: [Projection; 3],
+    /// Per-head RMSNorm of the queries and keys before RoPE (Gemma 3, Qwen3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    pub rope: Rope,
+    pub attn: AttnShape,
     pub wo: WeightId,
-    pub ffn_norm: WeightId,
+    /// Norm of the attention output before the residual add ("sandwich" norms: Gemma).
+    pub post_attn_norm: Option<Norm>,
+    pub ffn_norm: Norm,
     pub gate: WeightId,
     pub up: WeightId,
     pub down: WeightId,
+    pub act: Activation,
+    /// Norm of the feed-forward output before the residual add (Gemma).
+    pub post_ffn_norm: Option<Norm>,
 }
 
-/// Everything the forward pass needs: hyper-parameters, rotary settings and the weights.
+/// Everything the forward pass needs: hyper-parameters, the weight table and the layers.
 #[derive(Debug, Clone)]
 pub struct Recipe {
     pub hp: HParams,
-    pub rope: Rope,
     pub tensors: Vec<WeightTensor>,
     pub tok_embd: WeightId,
-    pub output_norm: WeightId,
+    /// Factor on the embedding rows (Gemma: sqrt(n_embd)).
+    pub embd_scale: Option<f32>,
+    pub output_norm: Norm,
     /// The output projection; the token embedding when the model ties them.
     pub output: WeightId,
-    pub layers: Vec<LayerWeights>,
+    /// `cap * tanh(logits / cap)` on the logits.
+    pub logit_softcap: Option<f32>,
+    pub layers: Vec<Layer>,
 }
 
 /// Collects weight tensors by name, checking each tensor's type and shape.
@@ -93,6 +63,11 @@ impl<'a> TensorTable<'a> {
         }
     }
 
+    /// Whether the file has a tensor of this name.
+    pub fn has(&self, name: &str) -> bool {
+        self.g.tensor(name).is_some()
+    }
+
     /// The tensor `name` with GGUF dims `[cols, rows]` (or `[cols]` when `rows` is None).
     pub fn optional(
         &mut self,
@@ -100,6 +75,26 @@ impl<'a> TensorTable<'a> {
         cols: usize,
         rows: Option<usize>,
     ) -> Result<Option<WeightId>> {
+        Ok(self
+            .split(name, cols, rows, &[rows.unwrap_or(1)])?
+            .map(|ids| ids[0]))
+    }
+
+    pub fn required(&mut self, name: &str, cols: usize, rows: Option<usize>) -> Result<WeightId> {
+        self.optional(name, cols, rows)?
+            .ok_or_else(|| Error::BadModel(format!("missing tensor '{name}'")))
+    }
+
+    /// The tensor `name` of dims `[cols, sum(parts)]` as consecutive row views of `parts`
+    /// rows each (a fused tensor such as Phi-3's `attn_qkv`), without copying; `rows` None
+    /// is a vector `[cols]`.
+    pub fn split(
+        &mut self,
+        name: &str,
+        cols: usize,
+        rows: Option<usize>,
+        parts: &[usize],
+    ) -> Result<Option<Vec<WeightId>>> {
         let Some(info) = self.g.tensor(name) else {
             return Ok(None);
         };
@@ -113,41 +108,93 @@ impl<'a> TensorTable<'a> {
                 info.dims
             )));
         }
-        let id = WeightId(self.tensors.len() as u32);
-        self.tensors.push(WeightTensor {
-            name: name.to_string(),
-            ty: info.ty,
-            rows: rows.unwrap_or(1),
-            cols,
-            info: info.clone(),
-        });
-        Ok(Some(id))
+        let mut ids = Vec::with_capacity(parts.len());
+        let mut row0 = 0;
+        for &n in parts {
+            ids.push(WeightId(self.tensors.len() as u32));
+            self.tensors.push(WeightTensor {
+                name: name.to_string(),
+                ty: info.ty,
+                rows: n,
+                cols,
+                row0,
+                info: info.clone(),
+            });
+            row0 += n;
+        }
+        Ok(Some(ids))
     }
+}
 
-    pub fn required(&mut self, name: &str, cols: usize, rows: Option<usize>) -> Result<WeightId> {
-        self.optional(name, cols, rows)?
-            .ok_or_else(|| Error::BadModel(format!("missing tensor '{name}'")))
-    }
+/// The attention settings of one layer: its rotary embedding and sliding window.
+#[derive(Debug, Clone)]
+pub struct LayerAttention {
+    pub rope: Rope,
+    pub window: Option<usize>,
 }
 
 /// Options an architecture sets on the shared decoder.
+#[derive(Debug, Clone)]
 pub struct DecoderOptions {
-    pub rope: Rope,
-    /// Q/K/V projections carry biases (Qwen2).
+    /// Rope and window of each layer (`n_layer` entries).
+    pub layers: Vec<LayerAttention>,
+    /// Q/K/V projections must carry biases (Qwen2); otherwise they are used where present.
     pub qkv_bias: bool,
+    /// Per-head RMSNorm of queries and keys (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// Norms after the attention and the feed-forward (`post_attention_norm`,
+    /// `post_ffw_norm`).
+    pub sandwich_norms: bool,
+    pub act: Activation,
+    pub embd_scale: Option<f32>,
+    /// Attention score scale; default `1/sqrt(head_dim)`.
+    pub attn_scale: Option<f32>,
+    pub logit_softcap: Option<f32>,
 }
 
-/// Build the standard pre-norm decoder (RMSNorm, GQA attention with RoPE, SwiGLU FFN).
+impl DecoderOptions {
+    /// The standard pre-norm decoder (Llama): SwiGLU, no biases required, no extra norms,
+    /// `rope` on every layer, no window.
+    pub fn standard(hp: &HParams, rope: Rope) -> Self {
+        DecoderOptions {
+            layers: vec![LayerAttention { rope, window: None }; hp.n_layer],
+            qkv_bias: false,
+            qk_norm: false,
+            sandwich_norms: false,
+            act: Activation::Silu,
+            embd_scale: None,
+            attn_scale: None,
+            logit_softcap: None,
+        }
+    }
+}
+
+/// Build the decoder: RMSNorm pre-norms, GQA attention with RoPE, a gated feed-forward, and
+/// the options. Q/K/V come from `attn_q/k/v` or one fused `attn_qkv`; gate and up from
+/// `ffn_gate`/`ffn_up` or one fused `ffn_up` of twice the width (Phi-3).
 pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Recipe> {
+    if opts.layers.len() != hp.n_layer {
+        return Err(Error::Internal(format!(
+            "{} layer options for {} layers",
+            opts.layers.len(),
+            hp.n_layer
+        )));
+    }
     let mut t = TensorTable::new(g);
     let (e, q, kv, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
+    let norm = |t: &mut TensorTable, name: &str, width: usize| -> Result<Norm> {
+        Ok(Norm {
+            w: t.required(name, width, None)?,
+            eps: hp.norm_eps,
+        })
+    };
     let tok_embd = t.required("token_embd.weight", e, Some(hp.vocab))?;
-    let output_norm = t.required("output_norm.weight", e, None)?;
+    let output_norm = norm(&mut t, "output_norm.weight", e)?;
     let output = t
         .optional("output.weight", e, Some(hp.vocab))?
         .unwrap_or(tok_embd);
     let mut layers = Vec::with_capacity(hp.n_layer);
-    for l in 0..hp.n_layer {
+    for (l, la) in opts.layers.into_iter().enumerate() {
         let n = |s: &str| format!("blk.{l}.{s}");
         let bias = |t: &mut TensorTable, s: &str, d: usize| -> Result<Option<WeightId>> {
             if opts.qkv_bias {
@@ -156,58 +203,95 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
                 t.optional(&n(s), d, None)
             }
         };
-        layers.push(LayerWeights {
-            attn_norm: t.required(&n("attn_norm.weight"), e, None)?,
-            wq: t.required(&n("attn_q.weight"), e, Some(q))?,
-            wk: t.required(&n("attn_k.weight"), e, Some(kv))?,
-            wv: t.required(&n("attn_v.weight"), e, Some(kv))?,
-            bq: bias(&mut t, "attn_q.bias", q)?,
-            bk: bias(&mut t, "attn_k.bias", kv)?,
-            bv: bias(&mut t, "attn_v.bias", kv)?,
+        let (wq, wk, wv) = if t.has(&n("attn_qkv.weight")) {
+            let ids = t
+                .split(&n("attn_qkv.weight"), e, Some(q + 2 * kv), &[q, kv, kv])?
+                .expect("present");
+            (ids[0], ids[1], ids[2])
+        } else {
+            (
+                t.required(&n("attn_q.weight"), e, Some(q))?,
+                t.required(&n("attn_k.weight"), e, Some(kv))?,
+                t.required(&n("attn_v.weight"), e, Some(kv))?,
+            )
+        };
+        let proj = |w, bias, out| Projection { w, bias, out };
+        let qkv = [
+            proj(wq, bias(&mut t, "attn_q.bias", q)?, Slot::Q),
+            proj(wk, bias(&mut t, "attn_k.bias", kv)?, Slot::K),
+            proj(wv, bias(&mut t, "attn_v.bias", kv)?, Slot::V),
+        ];
+        let (q_norm, k_norm) = if opts.qk_norm {
+            (
+                Some(norm(&mut t, &n("attn_q_norm.weight"), hp.head_dim)?),
+                Some(norm(&mut t, &n("attn_k_norm.weight"), hp.head_dim)?),
+            )
+        } else {
+            (None, None)
+        };
+        let (gate, up) = if t.has(&n("ffn_gate.weight")) {
+            (
+                t.required(&n("ffn_gate.weight"), e, Some(ff))?,
+                t.required(&n("ffn_up.weight"), e, Some(ff))?,
+            )
+        } else {
+            let ids = t
+                .split(&n("ffn_up.weight"), e, Some(2 * ff), &[ff, ff])?
+                .ok_or_else(|| {
+                    Error::BadModel(format!("missing tensor '{}'", n("ffn_gate.weight")))
+                })?;
+            (ids[0], ids[1])
+        };
+        let sandwich = |t: &mut TensorTable, s: &str| -> Result<Option<Norm>> {
+            opts.sandwich_norms.then(|| norm(t, &n(s), e)).transpose()
+        };
+        layers.push(Layer {
+            attn_norm: norm(&mut t, &n("attn_norm.weight"), e)?,
+            qkv,
+            q_norm,
+            k_norm,
+            rope: la.rope,
+            attn: AttnShape {
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+                head_dim: hp.head_dim,
+                scale: opts.attn_scale.unwrap_or(1.0 / (hp.head_dim as f32).sqrt()),
+                window: la.window,
+            },
             wo: t.required(&n("attn_output.weight"), q, Some(e))?,
-            ffn_norm: t.required(&n("ffn_norm.weight"), e, None)?,
-            gate: t.required(&n("ffn_gate.weight"), e, Some(ff))?,
-            up: t.required(&n("ffn_up.weight"), e, Some(ff))?,
+            post_attn_norm: sandwich(&mut t, "post_attention_norm.weight")?,
+            ffn_norm: norm(&mut t, &n("ffn_norm.weight"), e)?,
+            gate,
+            up,
             down: t.required(&n("ffn_down.weight"), ff, Some(e))?,
+            act: opts.act,
+            post_ffn_norm: sandwich(&mut t, "post_ffw_norm.weight")?,
         });
     }
     Ok(Recipe {
         hp,
-        rope: opts.rope,
         tensors: t.tensors,
         tok_embd,
+        embd_scale: opts.embd_scale,
         output_norm,
         output,
+        logit_softcap: opts.logit_softcap,
         layers,
     })
 }
 
-/// Which logits a forward step produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last token's (generation).
-    Last,
-    /// Every token's (perplexity, verification).
-    All,
-}
-
 /// One forward step over the tokens bound to `ops`. `cancelled` is polled between layers so a
 /// long prefill stops within one layer.
-pub fn forward<O: Ops>(
+pub fn forward<O: Ops + ?Sized>(
     ops: &mut O,
     r: &Recipe,
     logits: Logits,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<()> {
-    let hp = &r.hp;
-    let eps = hp.norm_eps;
-    let attn = AttnShape {
-        n_head: hp.n_head,
-        n_head_kv: hp.n_head_kv,
-        head_dim: hp.head_dim,
-        scale: 1.0 / (hp.head_dim as f32).sqrt(),
-    };
     ops.embed(r.tok_embd, Slot::Hidden);
+    if let Some(s) = r.embd_scale {
+        ops.scale(Slot::Hidden, s);
+    }
     ops.tap("embed", None, Slot::Hidden);
     for (l, w) in r.layers.iter().enumerate() {
         if cancelled() {
@@ -218,51 +302,69 @@ pub fn forward<O: Ops>(
                 ops.tap(name, Some(0), s)
             }
         };
-        let qkv = [
-            Projection {
-                w: w.wq,
-                bias: w.bq,
-                out: Slot::Q,
-            },
-            Projection {
-                w: w.wk,
-                bias: w.bk,
-                out: Slot::K,
-            },
-            Projection {
-                w: w.wv,
-                bias: w.bv,
-                out: Slot::V,
-            },
-        ];
-        ops.norm_matmul(Slot::Hidden, w.attn_norm, eps, Slot::Normed, &qkv);
+        let attn_in = NormIn {
+            x: Slot::Hidden,
+            norm: w.attn_norm,
+            normed: Slot::Normed,
+        };
+        ops.norm_matmul(attn_in, &w.qkv);
         tap0(ops, "attn_norm", Slot::Normed);
         tap0(ops, "q", Slot::Q);
         tap0(ops, "k", Slot::K);
         tap0(ops, "v", Slot::V);
-        ops.rope_attention(l, (Slot::Q, Slot::K, Slot::V), r.rope, attn, Slot::Attn);
+        if let Some(n) = w.q_norm {
+            ops.rms_norm_heads(Slot::Q, w.attn.head_dim, n);
+            tap0(ops, "q_norm", Slot::Q);
+        }
+        if let Some(n) = w.k_norm {
+            ops.rms_norm_heads(Slot::K, w.attn.head_dim, n);
+            tap0(ops, "k_norm", Slot::K);
+        }
+        ops.rope_attention(&AttnIn {
+            layer: l,
+            q: Slot::Q,
+            k: Slot::K,
+            v: Slot::V,
+            rope: &w.rope,
+            shape: w.attn,
+            out: Slot::Attn,
+        });
         tap0(ops, "q_rope", Slot::Q);
         tap0(ops, "k_rope", Slot::K);
         tap0(ops, "attn", Slot::Attn);
-        ops.matmul_add(w.wo, Slot::Attn, Slot::Proj, Slot::Hidden);
-        tap0(ops, "attn_out", Slot::Proj);
+        let names = ("attn_out", "post_attn_norm");
+        residual(ops, w.wo, Slot::Attn, w.post_attn_norm, &tap0, names);
         tap0(ops, "attn_residual", Slot::Hidden);
-        ops.norm_swiglu(
-            Slot::Hidden,
-            w.ffn_norm,
-            eps,
-            Slot::Normed,
-            (w.gate, w.up),
-            Slot::Gate,
-            Slot::Up,
-            Slot::Act,
-        );
+        let ffn_in = NormIn {
+            x: Slot::Hidden,
+            norm: w.ffn_norm,
+            normed: Slot::Normed,
+        };
+        let glu = Glu {
+            gate: Projection {
+                w: w.gate,
+                bias: None,
+                out: Slot::Gate,
+            },
+            up: Projection {
+                w: w.up,
+                bias: None,
+                out: Slot::Up,
+            },
+            act: w.act,
+            out: Slot::Act,
+        };
+        ops.norm_glu(ffn_in, glu);
         tap0(ops, "ffn_norm", Slot::Normed);
         tap0(ops, "gate", Slot::Gate);
         tap0(ops, "up", Slot::Up);
-        tap0(ops, "swiglu", Slot::Act);
-        ops.matmul_add(w.down, Slot::Act, Slot::Proj, Slot::Hidden);
-        tap0(ops, "ffn_out", Slot::Proj);
+        let act_name = match w.act {
+            Activation::Silu => "swiglu",
+            Activation::GeluTanh => "geglu",
+        };
+        tap0(ops, act_name, Slot::Act);
+        let names = ("ffn_out", "post_ffn_norm");
+        residual(ops, w.down, Slot::Act, w.post_ffn_norm, &tap0, names);
         ops.tap("layer", Some(l), Slot::Hidden);
     }
     if logits == Logits::Last {
@@ -273,7 +375,41 @@ pub fn forward<O: Ops>(
         bias: None,
         out: Slot::Logits,
     };
-    ops.norm_matmul(Slot::Hidden, r.output_norm, eps, Slot::Normed, &[head]);
+    let out_in = NormIn {
+        x: Slot::Hidden,
+        norm: r.output_norm,
+        normed: Slot::Normed,
+    };
+    ops.norm_matmul(out_in, &[head]);
     ops.tap("output_norm", None, Slot::Normed);
+    if let Some(cap) = r.logit_softcap {
+        ops.softcap(Slot::Logits, cap);
+    }
     Ok(())
+}
+
+/// A projection back into the residual stream: `Hidden += W · x`, or with a post-norm
+/// `Hidden += rms_norm(W · x)`. Taps (layer 0) the projection as `names.0` and the normed
+/// one as `names.1`.
+fn residual<O: Ops + ?Sized>(
+    ops: &mut O,
+    w: WeightId,
+    x: Slot,
+    post_norm: Option<Norm>,
+    tap0: &dyn Fn(&mut O, &str, Slot),
+    (proj_name, normed_name): (&str, &str),
+) {
+    match post_norm {
+        None => {
+            ops.matmul_add(w, x, Slot::Proj, Slot::Hidden);
+            tap0(ops, proj_name, Slot::Proj);
+        }
+        Some(n) => {
+            ops.matmul(w, x, Slot::Proj);
+            tap0(ops, proj_name, Slot::Proj);
+            ops.rms_norm(Slot::Proj, n, Slot::Proj);
+            tap0(ops, normed_name, Slot::Proj);
+            ops.add(Slot::Hidden, Slot::Proj);
+        }
+    }
 }

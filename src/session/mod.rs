@@ -2,16 +2,14 @@
 //! UTF-8 characters. A session owns its KV cache.
 
 pub mod perplexity;
-mod state;
 mod stop;
 
-use crate::backend::cpu::Tap;
-use crate::model::recipe::Logits;
-use crate::model::{Model, Reservation};
+use crate::backend::{Logits, Out, Reservation, State, Tap};
+use crate::model::recipe::forward;
+use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
-use state::{Out, State};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,11 +99,12 @@ impl Session {
             }
             n => n,
         } as usize;
+        let dims = model.dims();
         let reservation = model.context().reserve(
-            State::host_kv_bytes(&model, n_ctx),
+            model.weights.host_kv_bytes(&dims, n_ctx),
             "the session's KV cache",
         )?;
-        let state = State::new(&model, n_ctx)?;
+        let state = model.weights.new_state(&dims, n_ctx)?;
         Ok(Session {
             model,
             state,
@@ -195,6 +194,7 @@ impl Session {
         all.extend_from_slice(tokens);
         let cancel = self.cancel.clone();
         let cancelled = move || cancel.load(Ordering::Relaxed);
+        let recipe = &self.model.recipe;
         let chunks: Vec<&[u32]> = all.chunks(self.state.prefill_chunk()).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
@@ -209,8 +209,9 @@ impl Session {
             } else {
                 Out::Nothing
             };
-            self.state
-                .step(&self.model, chunk, pos0, mode, &cancelled, want)?;
+            let mut run =
+                |ops: &mut dyn crate::backend::Ops| forward(ops, recipe, mode, &cancelled);
+            self.state.step(chunk, pos0, mode, &mut run, want)?;
             self.history.extend_from_slice(chunk);
         }
         Ok(())

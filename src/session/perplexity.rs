@@ -4,7 +4,7 @@
 //! (positions window/2 .. window-2 predicting the next token).
 
 use super::{Session, SessionOptions};
-use crate::model::recipe::Logits;
+use crate::backend::Logits;
 use crate::model::Model;
 use crate::{Error, Result};
 use std::sync::Arc;

@@ -2,10 +2,16 @@
 //! Face renders them (`trim_blocks`, `lstrip_blocks`, `raise_exception`, Python-style `tojson`
 //! and string methods). Sandboxed: no loader, so a template can reach no file and no network.
 
-use crate::model::ChatMessage;
 use crate::{Error, Result};
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+
+/// One chat message for template rendering.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
 
 /// Render `template` over `messages`. `bos_token`/`eos_token` are the texts templates may
 /// reference.

@@ -129,6 +129,23 @@ unsafe fn head_avx512(
 }
 
 /// `out[i] = silu(g[i]) · u[i] = g / (1 + e^-g) · u` for `out.len()` values.
+/// `out = act(g) * u`.
+pub fn glu(act: super::Activation, g: &[f32], u: &[f32], out: &mut [f32]) {
+    match act {
+        super::Activation::Silu => silu_mul(g, u, out),
+        super::Activation::GeluTanh => gelu_tanh_mul(g, u, out),
+    }
+}
+
+/// `out = gelu_tanh(g) * u`: `0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))`, the
+/// approximation Gemma's GeGLU uses.
+pub fn gelu_tanh_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    for ((o, &x), &y) in out.iter_mut().zip(g).zip(u) {
+        *o = 0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh()) * y;
+    }
+}
+
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     let n = out.len();
     assert!(g.len() >= n && u.len() >= n);

@@ -7,10 +7,11 @@
 mod attn;
 mod pool;
 
-use super::{unfused, AttnShape, Ops, Projection, Rope, RopeStyle, Slot, WeightId};
+use super::{
+    unfused, Activation, AttnShape, Dims, Glu, Norm, NormIn, Ops, Projection, Rope, RopeStyle,
+    Slot, Tap, WeightId, WeightTensor,
+};
 use crate::gguf::{Gguf, TensorInfo};
-use crate::model::hparams::HParams;
-use crate::model::recipe::WeightTensor;
 use crate::quant::{self, BlockQ8, GgmlType};
 use crate::{Error, Result};
 pub use pool::Pool;
@@ -24,7 +25,11 @@ struct CpuWeight {
     rows: usize,
     cols: usize,
     row_bytes: usize,
+    /// The weight's bytes: `start..start + len` of the file tensor `info` (a view may be part
+    /// of a fused tensor).
     info: TensorInfo,
+    start: usize,
+    len: usize,
     vector: Option<Vec<f32>>,
 }
 
@@ -54,7 +59,7 @@ impl CpuModel {
         pool: Arc<Pool>,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Self> {
-        let total: u64 = tensors.iter().map(|t| t.info.size).sum::<u64>().max(1);
+        let total: u64 = tensors.iter().map(|t| t.view_bytes()).sum::<u64>().max(1);
         let mut done = 0u64;
         let mut weights = Vec::with_capacity(tensors.len());
         let mut checksum = 0u8;
@@ -66,8 +71,9 @@ impl CpuModel {
                     t.ty.name()
                 )));
             }
-            let data = gguf.tensor_data(&t.info);
-            let row_bytes = t.row_bytes(data)?;
+            let data = t.data(&gguf)?;
+            let row_bytes = t.row_bytes()?;
+            let start = row_bytes * t.row0;
             let vector = if t.rows == 1 {
                 let v = t.to_f32(data)?;
                 Some(v)
@@ -83,9 +89,11 @@ impl CpuModel {
                 cols: t.cols,
                 row_bytes,
                 info: t.info.clone(),
+                start,
+                len: data.len(),
                 vector,
             });
-            done += t.info.size;
+            done += data.len() as u64;
             if !progress(done as f32 / total as f32) {
                 return Err(Error::Cancelled);
             }
@@ -99,7 +107,8 @@ impl CpuModel {
     }
 
     fn bytes(&self, w: WeightId) -> &[u8] {
-        self.gguf.tensor_data(&self.weights[w.0 as usize].info)
+        let w = &self.weights[w.0 as usize];
+        &self.gguf.tensor_data(&w.info)[w.start..w.start + w.len]
     }
 
     fn weight(&self, w: WeightId) -> &CpuWeight {
@@ -114,19 +123,9 @@ impl CpuModel {
     }
 }
 
-/// One recorded intermediate value (see [`Ops::tap`]).
-#[derive(Debug, Clone)]
-pub struct Tap {
-    pub name: String,
-    pub layer: Option<usize>,
-    /// `rows` token rows of `data.len() / rows` values.
-    pub rows: usize,
-    pub data: Vec<f32>,
-}
-
 /// A session's state on the CPU: the KV cache and the activation buffers.
 pub struct CpuState {
-    hp: HParams,
+    dims: Dims,
     n_ctx: usize,
     /// Per layer, `n_ctx` rows of `kv_dim` values.
     k: Vec<Vec<f32>>,
@@ -140,22 +139,22 @@ pub struct CpuState {
 
 impl CpuState {
     /// Bytes a state of `n_ctx` positions needs for its KV cache.
-    pub fn kv_bytes(hp: &HParams, n_ctx: usize) -> u64 {
-        2 * hp.n_layer as u64 * n_ctx as u64 * hp.kv_dim() as u64 * 4
+    pub fn kv_bytes(dims: &Dims, n_ctx: usize) -> u64 {
+        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * 4
     }
 
-    pub fn new(hp: &HParams, n_ctx: usize) -> Result<Self> {
-        let per_layer = n_ctx.checked_mul(hp.kv_dim()).ok_or_else(|| {
+    pub fn new(dims: &Dims, n_ctx: usize) -> Result<Self> {
+        let per_layer = n_ctx.checked_mul(dims.kv_dim()).ok_or_else(|| {
             Error::InvalidArgument(format!("context of {n_ctx} tokens is too large"))
         })?;
-        let mut k = Vec::with_capacity(hp.n_layer);
-        let mut v = Vec::with_capacity(hp.n_layer);
-        for _ in 0..hp.n_layer {
+        let mut k = Vec::with_capacity(dims.n_layer);
+        let mut v = Vec::with_capacity(dims.n_layer);
+        for _ in 0..dims.n_layer {
             k.push(zeroed(per_layer)?);
             v.push(zeroed(per_layer)?);
         }
         Ok(CpuState {
-            hp: hp.clone(),
+            dims: dims.clone(),
             n_ctx,
             k,
             v,
@@ -166,9 +165,22 @@ impl CpuState {
         })
     }
 
+    pub fn vocab(&self) -> usize {
+        self.dims.vocab
+    }
+
     /// The logits of the last step: `rows` rows of `vocab` values.
     pub fn logits(&self, rows: usize) -> &[f32] {
-        &self.slots[Slot::Logits.index()][..rows * self.hp.vocab]
+        &self.slots[Slot::Logits.index()][..rows * self.dims.vocab]
+    }
+}
+
+/// `x = x / rms(x) * g` in place (f32, as the references compute it).
+fn rms_norm_row(x: &mut [f32], g: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    for (v, &gv) in x.iter_mut().zip(g) {
+        *v = *v * scale * gv;
     }
 }
 
@@ -210,7 +222,7 @@ impl<'a> CpuStep<'a> {
             )));
         }
         for s in Slot::ALL {
-            let need = tokens.len() * s.width(&st.hp);
+            let need = tokens.len() * s.width(&st.dims);
             let buf = &mut st.slots[s.index()];
             if buf.len() < need {
                 buf.try_reserve_exact(need - buf.len()).map_err(|_| {
@@ -237,7 +249,7 @@ impl<'a> CpuStep<'a> {
     }
 
     fn width(&self, s: Slot) -> usize {
-        s.width(&self.st.hp)
+        s.width(&self.st.dims)
     }
 
     /// Whether the wide kernels take every weight in `ws`, all with one input width.
@@ -457,11 +469,12 @@ fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
 }
 
 /// Rotate pairs of one head in place.
-fn rope_head(x: &mut [f32], pos: usize, rope: Rope, inv_freq: &[f32]) {
+fn rope_head(x: &mut [f32], pos: usize, rope: &Rope, inv_freq: &[f32]) {
     let half = rope.dims / 2;
     for (i, &f) in inv_freq.iter().enumerate() {
         let angle = pos as f32 * f;
         let (sin, cos) = angle.sin_cos();
+        let (sin, cos) = (sin * rope.mscale, cos * rope.mscale);
         let (a, b) = match rope.style {
             RopeStyle::Normal => (2 * i, 2 * i + 1),
             RopeStyle::Neox => (i, i + half),
@@ -494,20 +507,33 @@ impl Ops for CpuStep<'_> {
         self.put(out, o);
     }
 
-    fn rms_norm(&mut self, x: Slot, w: WeightId, eps: f32, out: Slot) {
+    fn rms_norm(&mut self, x: Slot, norm: Norm, out: Slot) {
         let width = self.width(x);
-        let g = self.m.vector(w);
+        let g = self.m.vector(norm.w);
+        let n = self.n;
+        if x == out {
+            let xs = &mut self.st.slots[x.index()][..n * width];
+            return xs
+                .chunks_mut(width)
+                .for_each(|r| rms_norm_row(r, g, norm.eps));
+        }
         let xs = self.take(x);
         let mut o = self.take(out);
-        for (xr, or) in xs[..self.n * width].chunks(width).zip(o.chunks_mut(width)) {
-            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / width as f32;
-            let scale = 1.0 / (ss + eps).sqrt();
-            for ((o, &xv), &gv) in or.iter_mut().zip(xr).zip(g) {
-                *o = xv * scale * gv;
-            }
+        for (xr, or) in xs[..n * width].chunks(width).zip(o.chunks_mut(width)) {
+            or.copy_from_slice(xr);
+            rms_norm_row(or, g, norm.eps);
         }
         self.put(x, xs);
         self.put(out, o);
+    }
+
+    fn rms_norm_heads(&mut self, x: Slot, head_dim: usize, norm: Norm) {
+        let width = self.width(x);
+        let g = self.m.vector(norm.w);
+        let n = self.n;
+        let xs = &mut self.st.slots[x.index()][..n * width];
+        xs.chunks_mut(head_dim)
+            .for_each(|h| rms_norm_row(h, g, norm.eps));
     }
 
     fn matmul(&mut self, w: WeightId, x: Slot, out: Slot) {
@@ -542,11 +568,9 @@ impl Ops for CpuStep<'_> {
         }
     }
 
-    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: Rope) {
+    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: &Rope) {
         // As the reference computes it: inverse frequencies in f32, angle = pos * inv_freq.
-        let inv_freq: Vec<f32> = (0..rope.dims / 2)
-            .map(|i| 1.0 / rope.base.powf(2.0 * i as f32 / rope.dims as f32))
-            .collect();
+        let inv_freq = rope.inv_freq();
         let width = n_heads * head_dim;
         let (n, pos0) = (self.n, self.pos0);
         for (t, row) in self.st.slots[x.index()][..n * width]
@@ -582,9 +606,11 @@ impl Ops for CpuStep<'_> {
                     let (t, h) = (i / shape.n_head, i % shape.n_head);
                     let kvh = h / group;
                     let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let len = pos0 + t + 1;
-                    let (ks, vs) = (&kc[kvh * hd..], &vc[kvh * hd..]);
-                    attn::head(qh, ks, vs, kv_dim, len, shape.scale, scores, oh);
+                    let end = pos0 + t + 1;
+                    let lo = shape.window.map_or(0, |w| end.saturating_sub(w));
+                    let at = lo * kv_dim + kvh * hd;
+                    let (ks, vs) = (&kc[at..], &vc[at..]);
+                    attn::head(qh, ks, vs, kv_dim, end - lo, shape.scale, scores, oh);
                 },
             );
         });
@@ -592,11 +618,12 @@ impl Ops for CpuStep<'_> {
         self.put(out, o);
     }
 
-    fn swiglu(&mut self, gate: Slot, up: Slot, out: Slot) {
+    fn glu(&mut self, act: Activation, gate: Slot, up: Slot, out: Slot) {
         let width = self.width(gate);
         let n = self.n;
         let (g, u) = (self.take(gate), self.take(up));
-        attn::silu_mul(
+        attn::glu(
+            act,
             &g[..n * width],
             &u[..n * width],
             &mut self.st.slots[out.index()][..n * width],
@@ -618,6 +645,22 @@ impl Ops for CpuStep<'_> {
         self.put(y, ys);
     }
 
+    fn scale(&mut self, x: Slot, factor: f32) {
+        let width = self.width(x);
+        let n = self.n;
+        self.st.slots[x.index()][..n * width]
+            .iter_mut()
+            .for_each(|v| *v *= factor);
+    }
+
+    fn softcap(&mut self, x: Slot, cap: f32) {
+        let width = self.width(x);
+        let n = self.n;
+        self.st.slots[x.index()][..n * width]
+            .iter_mut()
+            .for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+
     fn keep_last_row(&mut self, x: Slot) {
         let width = self.width(x);
         let n = self.n;
@@ -625,24 +668,12 @@ impl Ops for CpuStep<'_> {
         self.n = 1;
     }
 
-    fn norm_matmul(
-        &mut self,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        projs: &[Projection],
-    ) {
-        self.rms_norm(x, norm, eps, normed);
+    fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
         if !self.wide_all(projs.iter().map(|p| p.w)) {
-            for p in projs {
-                self.matmul(p.w, normed, p.out);
-                if let Some(b) = p.bias {
-                    self.add_bias(p.out, b);
-                }
-            }
-            return;
+            return unfused::norm_matmul(self, input, projs);
         }
+        self.rms_norm(input.x, input.norm, input.normed);
+        let normed = input.normed;
         // One quantization of the shared input, one parallel job for all projections, each
         // task adding its rows' bias.
         let n = self.n;
@@ -687,23 +718,16 @@ impl Ops for CpuStep<'_> {
         }
     }
 
-    fn norm_swiglu(
-        &mut self,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        (w_gate, w_up): (WeightId, WeightId),
-        gate: Slot,
-        up: Slot,
-        act: Slot,
-    ) {
+    fn norm_glu(&mut self, input: NormIn, glu: Glu) {
         let m = self.m;
+        let (w_gate, w_up) = (glu.gate.w, glu.up.w);
         let (wg, wu) = (m.weight(w_gate), m.weight(w_up));
-        if wg.rows != wu.rows || !self.wide_all([w_gate, w_up].into_iter()) {
-            return unfused::norm_swiglu(self, x, norm, eps, normed, (w_gate, w_up), gate, up, act);
+        let no_bias = glu.gate.bias.is_none() && glu.up.bias.is_none();
+        if wg.rows != wu.rows || !no_bias || !self.wide_all([w_gate, w_up].into_iter()) {
+            return unfused::norm_glu(self, input, glu);
         }
-        self.rms_norm(x, norm, eps, normed);
+        self.rms_norm(input.x, input.norm, input.normed);
+        let (normed, gate, up, act) = (input.normed, glu.gate.out, glu.up.out, glu.out);
         // Gate and up rows of one range in the same task, which then writes the activation
         // of those rows: one quantization, one parallel job, no serial pass.
         let n = self.n;
@@ -754,7 +778,7 @@ impl Ops for CpuStep<'_> {
                                 std::slice::from_raw_parts_mut(ap.get().add(at), nr),
                             )
                         };
-                        attn::silu_mul(gs, us, os);
+                        attn::glu(glu.act, gs, us, os);
                     }
                 });
         });

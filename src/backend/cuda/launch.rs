@@ -41,7 +41,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "norm" => &["rmsnorm"],
         "rope" => &["rope"],
         "attention" => &["kv_store", "attention"],
-        "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale"],
+        "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale", "softcap"],
         "argmax" => &["argmax_rows"],
         "decode" => &[
             "prep_input",
@@ -1212,6 +1212,13 @@ impl CudaDevice {
         positive(n, "scale n")?;
         y.check(self, f32s(n), "scale y")?;
         launch!(self, "scale", (ew_grid(n), 1, 1), (256, 1, 1); y.ptr(), s, n as i64)
+    }
+
+    /// y = cap * tanh(y / cap) over n values (logit soft-capping).
+    pub fn softcap(&self, y: &mut DeviceBuffer, cap: f32, n: usize) -> Result<()> {
+        positive(n, "softcap n")?;
+        y.check(self, f32s(n), "softcap y")?;
+        launch!(self, "softcap", (ew_grid(n), 1, 1), (256, 1, 1); y.ptr(), cap, n as i64)
     }
 
     /// Greedy pick per row: the index of the largest logit of each of `n_rows` rows of

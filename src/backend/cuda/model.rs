@@ -13,14 +13,16 @@
 
 use super::device::CudaDevice;
 use super::drv;
-use super::fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm};
+use super::fused::{
+    attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
+};
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
-use crate::backend::cpu::Tap;
-use crate::backend::{unfused, AttnShape, Ops, Projection, Rope, RopeStyle, Slot, WeightId};
+use crate::backend::{
+    unfused, Activation, AttnIn, AttnShape, Dims, Glu, Norm, NormIn, Ops, Projection, Rope,
+    RopeStyle, Slot, Tap, WeightId, WeightTensor,
+};
 use crate::gguf::Gguf;
-use crate::model::hparams::HParams;
-use crate::model::recipe::WeightTensor;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 use cudarc::driver::{result, sys};
@@ -69,12 +71,11 @@ impl CudaModel {
         tensors: &[WeightTensor],
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Self> {
-        let total: u64 = tensors.iter().map(|t| t.info.size).sum::<u64>().max(1);
+        let total: u64 = tensors.iter().map(|t| t.view_bytes()).sum::<u64>().max(1);
         let mut done = 0u64;
         let mut weights = Vec::with_capacity(tensors.len());
         for t in tensors {
-            let data = gguf.tensor_data(&t.info);
-            t.row_bytes(data)?; // checks the size against the shape
+            let data = t.data(gguf)?;
             let w = if t.rows == 1 {
                 // Norm weights and biases: small, read by elementwise kernels as f32.
                 let v = t.to_f32(data)?;
@@ -107,7 +108,7 @@ impl CudaModel {
                 }
             };
             weights.push(w);
-            done += t.info.size;
+            done += data.len() as u64;
             if !progress(done as f32 / total as f32) {
                 return Err(Error::Cancelled);
             }
@@ -183,7 +184,7 @@ fn graphs_enabled() -> bool {
 pub struct CudaState {
     /// The model's device with this session's own stream.
     dev: CudaDevice,
-    hp: HParams,
+    dims: Dims,
     n_ctx: usize,
     kv: Vec<KvCacheLayer>,
     slots: Vec<DeviceBuffer>,
@@ -222,10 +223,10 @@ struct RowBuffers {
 
 /// The scratch buffers for `cap` token rows (`gemm_k`: the longest matrix row, 0 when the
 /// two-pass products are off).
-fn alloc_scratch(dev: &CudaDevice, hp: &HParams, cap: usize, gemm_k: usize) -> Result<RowBuffers> {
+fn alloc_scratch(dev: &CudaDevice, dims: &Dims, cap: usize, gemm_k: usize) -> Result<RowBuffers> {
     let mut slots = Vec::with_capacity(Slot::ALL.len());
     for s in Slot::ALL {
-        slots.push(dev.alloc(cap * s.width(hp) * 4, MemKind::Scratch)?);
+        slots.push(dev.alloc(cap * s.width(dims) * 4, MemKind::Scratch)?);
     }
     let positions = dev.alloc(cap * 4, MemKind::Scratch)?;
     let ids = dev.alloc(cap * 4, MemKind::Scratch)?;
@@ -243,43 +244,43 @@ fn alloc_scratch(dev: &CudaDevice, hp: &HParams, cap: usize, gemm_k: usize) -> R
 
 impl CudaState {
     /// Bytes of the f16 KV cache for `n_ctx` positions.
-    pub fn kv_bytes(hp: &HParams, n_ctx: usize) -> u64 {
-        2 * hp.n_layer as u64 * n_ctx as u64 * hp.kv_dim() as u64 * 2
+    pub fn kv_bytes(dims: &Dims, n_ctx: usize) -> u64 {
+        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * 2
     }
 
     /// Allocates everything a session needs up front, so that out of memory shows here (as
     /// [`Error::OutOfMemory`], with nothing left allocated) rather than mid-generation.
-    pub fn new(model: &CudaModel, hp: &HParams, n_ctx: usize) -> Result<Self> {
+    pub fn new(model: &CudaModel, dims: &Dims, n_ctx: usize) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
-        let mut kv = Vec::with_capacity(hp.n_layer);
-        for _ in 0..hp.n_layer {
-            kv.push(dev.alloc_kv_layer(hp.n_head_kv, hp.head_dim, n_ctx)?);
+        let mut kv = Vec::with_capacity(dims.n_layer);
+        for _ in 0..dims.n_layer {
+            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, n_ctx)?);
         }
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
         // The two-pass prompt products need scratch only where steps of several tokens fit.
         let (gemm_most, gemm_k) = if gemm_enabled() && n_ctx >= 2 {
-            model.gemm_sizes(hp.vocab)
+            model.gemm_sizes(dims.vocab)
         } else {
             (0, 0)
         };
-        let rows = alloc_scratch(&dev, hp, cap, gemm_k)?;
+        let rows = alloc_scratch(&dev, dims, cap, gemm_k)?;
         let gemm_w = match gemm_most {
             0 => None,
             n => Some(dev.alloc(n * 2, MemKind::Scratch)?),
         };
         let attn_part = dev.alloc(
-            attention_scratch_floats(hp.n_head, hp.head_dim) * 4,
+            attention_scratch_floats(dims.n_head, dims.head_dim) * 4,
             MemKind::Scratch,
         )?;
-        let mut attn_count = dev.alloc(hp.n_head * 4, MemKind::Scratch)?;
+        let mut attn_count = dev.alloc(dims.n_head * 4, MemKind::Scratch)?;
         dev.fill_bytes(&mut attn_count, 0)?;
         let pick = dev.alloc(4, MemKind::Scratch)?;
-        let widest = hp.n_embd.max(hp.q_dim()).max(hp.n_ff);
+        let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
         let xrec = dev.alloc(CudaDevice::input_record_bytes(widest), MemKind::Scratch)?;
-        let logits_stage = dev.alloc_pinned(hp.vocab * 4)?;
+        let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
         Ok(CudaState {
             dev,
-            hp: hp.clone(),
+            dims: dims.clone(),
             n_ctx,
             kv,
             slots: rows.slots,
@@ -302,13 +303,13 @@ impl CudaState {
     /// The logits of the last step: `rows` rows of `vocab` values (waits for the GPU).
     pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
         self.dev
-            .download_f32(&self.slots[Slot::Logits.index()], rows * self.hp.vocab)
+            .download_f32(&self.slots[Slot::Logits.index()], rows * self.dims.vocab)
     }
 
     /// [`logits`](Self::logits) appended to `out`; one row goes through page-locked memory
     /// (a decode step's download: 0.6 MB for a 152k vocabulary, every token).
     pub fn logits_into(&self, rows: usize, out: &mut Vec<f32>) -> Result<()> {
-        let n = rows * self.hp.vocab;
+        let n = rows * self.dims.vocab;
         let logits = &self.slots[Slot::Logits.index()];
         self.dev
             .download_f32_into(logits, n, &self.logits_stage, out)
@@ -318,7 +319,7 @@ impl CudaState {
     /// bytes come back, not the row): the first on ties, NaNs never win, 0 when all are NaN
     /// (as `sampling::argmax`). Waits for the GPU.
     pub fn argmax_row(&self, row: usize) -> Result<u32> {
-        let vocab = self.hp.vocab;
+        let vocab = self.dims.vocab;
         let logits = &self.slots[Slot::Logits.index()];
         let i = self
             .dev
@@ -361,11 +362,11 @@ impl<'a> CudaStep<'a> {
         if let Some((i, &t)) = tokens
             .iter()
             .enumerate()
-            .find(|(_, &t)| t as usize >= st.hp.vocab)
+            .find(|(_, &t)| t as usize >= st.dims.vocab)
         {
             return Err(Error::InvalidArgument(format!(
                 "token {t} at index {i} is outside the vocabulary of {}",
-                st.hp.vocab
+                st.dims.vocab
             )));
         }
         if n > st.cap {
@@ -374,7 +375,7 @@ impl<'a> CudaStep<'a> {
             st.graph = None;
             st.slots.clear();
             st.gemm_x = None;
-            let r = alloc_scratch(&st.dev, &st.hp, n, st.gemm_k)?;
+            let r = alloc_scratch(&st.dev, &st.dims, n, st.gemm_k)?;
             (st.slots, st.positions, st.ids, st.gemm_x) = (r.slots, r.positions, r.ids, r.gemm_x);
             st.cap = n;
         }
@@ -445,7 +446,7 @@ impl<'a> CudaStep<'a> {
     }
 
     fn width(&self, s: Slot) -> usize {
-        s.width(&self.st.hp)
+        s.width(&self.st.dims)
     }
 
     /// Run `f` unless an earlier call failed; keep its error.
@@ -510,6 +511,24 @@ fn read2_write1(
     Ok((get(lo, hi, ic, a.index()), get(lo, hi, ic, b.index()), cb))
 }
 
+/// The kernels' rotary parameters, or an error for the scalings they do not take yet
+/// (per-pair frequency factors, an attention factor).
+fn rope_params(rope: &Rope) -> Result<RopeParams> {
+    if rope.freq_factors.is_some() || rope.mscale != 1.0 {
+        return Err(Error::Unsupported(
+            "RoPE with frequency factors or an attention factor (Llama 3, LongRoPE, YaRN) on \
+             the CUDA backend"
+                .into(),
+        ));
+    }
+    Ok(RopeParams {
+        rot_dim: rope.dims,
+        base: rope.base,
+        pos_scale: rope.pos_scale,
+        neox: rope.style == RopeStyle::Neox,
+    })
+}
+
 fn as_bytes(v: &[i32]) -> &[u8] {
     // SAFETY: i32 has no padding; every byte of it is initialized.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
@@ -530,17 +549,26 @@ impl Ops for CudaStep<'_> {
         });
     }
 
-    fn rms_norm(&mut self, x: Slot, w: WeightId, eps: f32, out: Slot) {
+    fn rms_norm(&mut self, x: Slot, norm: Norm, out: Slot) {
         self.run(|s| {
             let width = s.width(x);
-            let g = &s.m.weight(w).buf;
+            let g = &s.m.weight(norm.w).buf;
             let n = s.n;
             if x == out {
                 let xb = &mut s.st.slots[x.index()];
-                return s.st.dev.rmsnorm_inplace(xb, g, n, width, eps);
+                return s.st.dev.rmsnorm_inplace(xb, g, n, width, norm.eps);
             }
             let (xb, ob) = pair(&mut s.st.slots, x, out)?;
-            s.st.dev.rmsnorm(xb, g, n, width, eps, ob)
+            s.st.dev.rmsnorm(xb, g, n, width, norm.eps, ob)
+        });
+    }
+
+    fn rms_norm_heads(&mut self, x: Slot, head_dim: usize, norm: Norm) {
+        self.run(|s| {
+            let rows = s.n * s.width(x) / head_dim;
+            let g = &s.m.weight(norm.w).buf;
+            let xb = &mut s.st.slots[x.index()];
+            s.st.dev.rmsnorm_inplace(xb, g, rows, head_dim, norm.eps)
         });
     }
 
@@ -578,14 +606,9 @@ impl Ops for CudaStep<'_> {
         });
     }
 
-    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: Rope) {
+    fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: &Rope) {
         self.run(|s| {
-            let p = RopeParams {
-                rot_dim: rope.dims,
-                base: rope.base,
-                pos_scale: 1.0,
-                neox: rope.style == RopeStyle::Neox,
-            };
+            let p = rope_params(rope)?;
             let n = s.n;
             let st = &mut *s.st;
             st.dev.rope(
@@ -607,17 +630,43 @@ impl Ops for CudaStep<'_> {
             st.dev
                 .kv_store(&st.slots[k.index()], &st.slots[v.index()], n, cache, pos0)?;
             let (qb, ob) = pair(&mut st.slots, q, out)?;
-            st.dev
-                .attention(qb, n, shape.n_head, &st.kv[layer], pos0, shape.scale, 0, ob)
+            let window = shape.window.unwrap_or(0);
+            st.dev.attention(
+                qb,
+                n,
+                shape.n_head,
+                &st.kv[layer],
+                pos0,
+                shape.scale,
+                window,
+                ob,
+            )
         });
     }
 
-    fn swiglu(&mut self, gate: Slot, up: Slot, out: Slot) {
+    fn glu(&mut self, act: Activation, gate: Slot, up: Slot, out: Slot) {
         self.run(|s| {
             let len = s.n * s.width(gate);
             let st = &mut *s.st;
             let (g, u, o) = read2_write1(&mut st.slots, gate, up, out)?;
-            st.dev.swiglu(g, u, len, o)
+            match act {
+                Activation::Silu => st.dev.swiglu(g, u, len, o),
+                Activation::GeluTanh => st.dev.geglu(g, u, len, o),
+            }
+        });
+    }
+
+    fn scale(&mut self, x: Slot, factor: f32) {
+        self.run(|s| {
+            let len = s.n * s.width(x);
+            s.st.dev.scale(&mut s.st.slots[x.index()], factor, len)
+        });
+    }
+
+    fn softcap(&mut self, x: Slot, cap: f32) {
+        self.run(|s| {
+            let len = s.n * s.width(x);
+            s.st.dev.softcap(&mut s.st.slots[x.index()], cap, len)
         });
     }
 
@@ -642,17 +691,11 @@ impl Ops for CudaStep<'_> {
         });
     }
 
-    fn norm_matmul(
-        &mut self,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        projs: &[Projection],
-    ) {
+    fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
         if self.n != 1 || projs.len() > 3 {
-            return unfused::norm_matmul(self, x, norm, eps, normed, projs);
+            return unfused::norm_matmul(self, input, projs);
         }
+        let NormIn { x, norm, normed } = input;
         self.rec_of = None;
         self.run(|s| {
             let (m, st) = (s.m, &*s.st);
@@ -664,12 +707,12 @@ impl Ops for CudaStep<'_> {
                     out: &st.slots[p.out.index()],
                 })
                 .collect();
-            let norm = Norm {
-                weight: &m.weight(norm).buf,
-                eps,
+            let norm = FusedNorm {
+                weight: &m.weight(norm.w).buf,
+                eps: norm.eps,
                 normed: Some(&st.slots[normed.index()]),
             };
-            let k = x.width(&st.hp);
+            let k = x.width(&st.dims);
             st.dev.fused_matvec(
                 &st.slots[x.index()],
                 k,
@@ -682,45 +725,34 @@ impl Ops for CudaStep<'_> {
         });
     }
 
-    fn norm_swiglu(
-        &mut self,
-        x: Slot,
-        norm: WeightId,
-        eps: f32,
-        normed: Slot,
-        (w_gate, w_up): (WeightId, WeightId),
-        gate: Slot,
-        up: Slot,
-        act: Slot,
-    ) {
-        if self.n != 1 {
-            let w = (w_gate, w_up);
-            return unfused::norm_swiglu(self, x, norm, eps, normed, w, gate, up, act);
+    fn norm_glu(&mut self, input: NormIn, glu: Glu) {
+        let biased = glu.gate.bias.is_some() || glu.up.bias.is_some();
+        if self.n != 1 || biased {
+            return unfused::norm_glu(self, input, glu);
         }
         self.rec_of = None;
+        let NormIn { x, norm, normed } = input;
         self.run(|s| {
             let (m, st) = (s.m, &*s.st);
-            let prods = [
-                MatVecOut {
-                    mat: m.mat(w_gate),
-                    bias: None,
-                    out: &st.slots[gate.index()],
-                },
-                MatVecOut {
-                    mat: m.mat(w_up),
-                    bias: None,
-                    out: &st.slots[up.index()],
-                },
-            ];
-            let norm = Norm {
-                weight: &m.weight(norm).buf,
-                eps,
+            let prod = |p: Projection| MatVecOut {
+                mat: m.mat(p.w),
+                bias: None,
+                out: &st.slots[p.out.index()],
+            };
+            let prods = [prod(glu.gate), prod(glu.up)];
+            let norm = FusedNorm {
+                weight: &m.weight(norm.w).buf,
+                eps: norm.eps,
                 normed: Some(&st.slots[normed.index()]),
             };
-            let epi = Epilogue::Glu {
-                act: &st.slots[act.index()],
+            // SiLU is folded into the products' epilogue; other activations follow them.
+            let epi = match glu.act {
+                Activation::Silu => Epilogue::Glu {
+                    act: &st.slots[glu.out.index()],
+                },
+                _ => Epilogue::Plain,
             };
-            let k = x.width(&st.hp);
+            let k = x.width(&st.dims);
             st.dev.fused_matvec(
                 &st.slots[x.index()],
                 k,
@@ -731,6 +763,9 @@ impl Ops for CudaStep<'_> {
                 false,
             )
         });
+        if glu.act != Activation::Silu {
+            self.glu(glu.act, glu.gate.out, glu.up.out, glu.out);
+        }
     }
 
     fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
@@ -751,7 +786,7 @@ impl Ops for CudaStep<'_> {
             let epi = Epilogue::Add {
                 acc: &st.slots[acc.index()],
             };
-            let k = x.width(&st.hp);
+            let k = x.width(&st.dims);
             st.dev.fused_matvec(
                 &st.slots[x.index()],
                 k,
@@ -764,25 +799,15 @@ impl Ops for CudaStep<'_> {
         });
     }
 
-    fn rope_attention(
-        &mut self,
-        layer: usize,
-        (q, k, v): (Slot, Slot, Slot),
-        rope: Rope,
-        shape: AttnShape,
-        out: Slot,
-    ) {
-        if self.n != 1 || shape.n_head_kv != self.st.hp.n_head_kv {
-            return unfused::rope_attention(self, layer, (q, k, v), rope, shape, out);
+    fn rope_attention(&mut self, a: &AttnIn) {
+        let foldable = a.rope.pos_scale == 1.0;
+        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv || !foldable {
+            return unfused::rope_attention(self, a);
         }
+        let (layer, q, k, v, shape, out) = (a.layer, a.q, a.k, a.v, a.shape, a.out);
         self.run(|s| {
             let st = &*s.st;
-            let p = RopeParams {
-                rot_dim: rope.dims,
-                base: rope.base,
-                pos_scale: 1.0,
-                neox: rope.style == RopeStyle::Neox,
-            };
+            let p = rope_params(a.rope)?;
             let cache = &st.kv[layer];
             let slot = |x: Slot| &st.slots[x.index()];
             // RoPE and the cache store inside the attention (one launch fewer), unless taps
@@ -810,7 +835,7 @@ impl Ops for CudaStep<'_> {
                 &st.positions,
                 shape.n_head,
                 shape.scale,
-                0,
+                shape.window.unwrap_or(0),
                 &st.attn_part,
                 &st.attn_count,
                 slot(out),

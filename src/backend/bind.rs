@@ -1,0 +1,195 @@
+//! The one place a backend is chosen: weights bound to the context's device, and a
+//! session's state created from them. A state holds its own reference to the weights it
+//! was made from, so a step never pairs a model with a state of another device.
+
+use super::cpu::{CpuModel, CpuState, CpuStep};
+use super::{Context, Device, Dims, Logits, Ops, Tap, WeightTensor};
+use crate::gguf::Gguf;
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// Weights bound to a device. Shared by the model's sessions.
+pub enum Weights {
+    Cpu(Arc<CpuModel>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<super::cuda::CudaModel>),
+}
+
+/// What a forward step hands back.
+pub enum Out<'a> {
+    Nothing,
+    /// The logits (the last row, or every row with `Logits::All`), appended.
+    Logits(&'a mut Vec<f32>),
+    /// The index of the last row's largest logit (the first on ties, NaNs never win, 0 when
+    /// all are NaN: `sampling::argmax`), picked where the logits are, so that a greedy step
+    /// moves 4 bytes from the GPU instead of the whole row.
+    Argmax(&'a mut Option<u32>),
+}
+
+impl Out<'_> {
+    pub fn reborrow(&mut self) -> Out<'_> {
+        match self {
+            Out::Nothing => Out::Nothing,
+            Out::Logits(v) => Out::Logits(v),
+            Out::Argmax(p) => Out::Argmax(p),
+        }
+    }
+}
+
+/// Prompt tokens per CPU forward step during prefill.
+const CPU_PREFILL_CHUNK: usize = 256;
+
+impl Weights {
+    /// Bind `tensors` of `gguf` on the context's device. `progress(fraction)` returning false
+    /// cancels.
+    pub fn bind(
+        ctx: &Context,
+        gguf: &Arc<Gguf>,
+        tensors: &[WeightTensor],
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Weights> {
+        match ctx.options.device {
+            Device::Cpu => Ok(Weights::Cpu(Arc::new(CpuModel::new(
+                gguf.clone(),
+                tensors,
+                ctx.pool.clone(),
+                progress,
+            )?))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => {
+                let dev = ctx.cuda.clone().ok_or_else(|| {
+                    Error::Internal(format!("CUDA context without its device {n}"))
+                })?;
+                Ok(Weights::Cuda(Arc::new(super::cuda::CudaModel::new(
+                    dev, gguf, tensors, progress,
+                )?)))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(n) => Err(Error::NoDevice(format!(
+                "CUDA device {n}: not available in this build"
+            ))),
+        }
+    }
+
+    /// Host memory binding `tensors` on the context's device will take, to reserve against
+    /// the context's budget before binding: on the CPU the mapped weights (their pages are
+    /// read in) and the f32 copies of vectors; a GPU's weights are accounted by its memory
+    /// manager instead.
+    pub fn host_bytes(ctx: &Context, tensors: &[WeightTensor]) -> u64 {
+        match ctx.options.device {
+            Device::Cpu => tensors
+                .iter()
+                .map(|t| t.view_bytes() + if t.rows == 1 { t.cols as u64 * 4 } else { 0 })
+                .sum(),
+            Device::Cuda(_) => 0,
+        }
+    }
+
+    /// Host bytes the KV cache of `n_ctx` positions takes, to account against the context's
+    /// budget. A GPU's KV cache is accounted by the device's memory manager instead.
+    pub fn host_kv_bytes(&self, dims: &Dims, n_ctx: usize) -> u64 {
+        match self {
+            Weights::Cpu(_) => CpuState::kv_bytes(dims, n_ctx),
+            #[cfg(feature = "cuda")]
+            Weights::Cuda(_) => 0,
+        }
+    }
+
+    /// A session's state (KV cache for `n_ctx` positions, activation buffers).
+    pub fn new_state(&self, dims: &Dims, n_ctx: usize) -> Result<State> {
+        Ok(match self {
+            Weights::Cpu(m) => State::Cpu(m.clone(), CpuState::new(dims, n_ctx)?),
+            #[cfg(feature = "cuda")]
+            Weights::Cuda(m) => {
+                State::Cuda(m.clone(), super::cuda::CudaState::new(m, dims, n_ctx)?)
+            }
+        })
+    }
+}
+
+/// A session's state on the device of the weights it holds.
+pub enum State {
+    Cpu(Arc<CpuModel>, CpuState),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<super::cuda::CudaModel>, super::cuda::CudaState),
+}
+
+impl State {
+    /// Prompt tokens per forward step during prefill: the CPU's cache-sized chunks; on the
+    /// GPU, steps as long as its buffers are sized for (longer products keep the tensor cores
+    /// busier).
+    pub fn prefill_chunk(&self) -> usize {
+        match self {
+            State::Cpu(..) => CPU_PREFILL_CHUNK,
+            #[cfg(feature = "cuda")]
+            State::Cuda(..) => super::cuda::MAX_STEP_TOKENS,
+        }
+    }
+
+    /// One forward step over `tokens` at positions `pos0..`: `forward` issues the step's
+    /// operations (the architecture's recipe); what `out` asks for comes back.
+    pub fn step(
+        &mut self,
+        tokens: &[u32],
+        pos0: usize,
+        mode: Logits,
+        forward: &mut dyn FnMut(&mut dyn Ops) -> Result<()>,
+        out: Out,
+    ) -> Result<()> {
+        let rows = if mode == Logits::All { tokens.len() } else { 1 };
+        match self {
+            State::Cpu(m, st) => {
+                let mut step = CpuStep::new(m, st, tokens, pos0)?;
+                forward(&mut step)?;
+                let vocab = st.vocab();
+                match out {
+                    Out::Nothing => {}
+                    Out::Logits(v) => v.extend_from_slice(st.logits(rows)),
+                    Out::Argmax(p) => {
+                        let last = &st.logits(rows)[(rows - 1) * vocab..];
+                        *p = Some(crate::sampling::argmax(last));
+                    }
+                }
+            }
+            #[cfg(feature = "cuda")]
+            State::Cuda(m, st) => {
+                let mut step = super::cuda::CudaStep::new(m, st, tokens, pos0)?;
+                if mode == Logits::Last && step.graphable() {
+                    step.run_graphed(|s| forward(s))?;
+                } else {
+                    let r = forward(&mut step);
+                    // A device error outranks a cancellation seen after it.
+                    step.finish()?;
+                    r?;
+                }
+                match out {
+                    Out::Nothing => {}
+                    Out::Logits(v) => st.logits_into(rows, v)?,
+                    Out::Argmax(p) => *p = Some(st.argmax_row(rows - 1)?),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Record intermediate values of the next steps (for verification), or stop.
+    pub fn set_taps(&mut self, on: bool) {
+        *self.taps_mut() = on.then(Vec::new);
+    }
+
+    /// The intermediate values recorded since taps were turned on.
+    pub fn take_taps(&mut self) -> Vec<Tap> {
+        self.taps_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn taps_mut(&mut self) -> &mut Option<Vec<Tap>> {
+        match self {
+            State::Cpu(_, st) => &mut st.taps,
+            #[cfg(feature = "cuda")]
+            State::Cuda(_, st) => &mut st.taps,
+        }
+    }
+}
