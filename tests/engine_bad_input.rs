@@ -23,6 +23,8 @@ fn tiny() -> Vec<u8> {
         n_ff: 256,
         n_head: 4,
         n_head_kv: 2,
+        head_dim: 0,
+        sliding_window: None,
         vocab: 512,
         n_ctx: 64,
         rope_base: 10000.0,

@@ -17,6 +17,8 @@ pub struct HParams {
     pub rope_dims: usize,
     pub norm_eps: f32,
     pub vocab: usize,
+    /// `<arch>.attention.sliding_window`: the window of the layers that have one.
+    pub sliding_window: Option<usize>,
 }
 
 fn required(g: &Gguf, key: &str) -> Result<u64> {
@@ -104,6 +106,10 @@ impl HParams {
                 "RMSNorm epsilon {norm_eps} is not in (0, 1)"
             )));
         }
+        let sliding_window = match g.get_u64(&k("attention.sliding_window"))? {
+            Some(v) => Some(usize_in(&k("attention.sliding_window"), v, 1, 1 << 24)?),
+            None => None,
+        };
         Ok(HParams {
             arch: arch.to_string(),
             n_embd,
@@ -117,6 +123,7 @@ impl HParams {
             rope_dims,
             norm_eps,
             vocab,
+            sliding_window,
         })
     }
 
@@ -138,5 +145,26 @@ impl HParams {
     }
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+}
+
+/// The position scale of `<arch>.rope.scaling.type = linear` (1 / factor); 1 when there is no
+/// scaling. Other scaling types belong to the architectures that define them.
+pub fn linear_rope_scale(g: &Gguf, arch: &str) -> Result<f32> {
+    match g.get_str(&format!("{arch}.rope.scaling.type"))? {
+        None | Some("none") => Ok(1.0),
+        Some("linear") => {
+            let key = format!("{arch}.rope.scaling.factor");
+            let f = g.get_f32(&key)?.unwrap_or(1.0);
+            if !(f.is_finite() && f >= 1.0) {
+                return Err(Error::BadModel(format!(
+                    "metadata '{key}' = {f} is not a number >= 1"
+                )));
+            }
+            Ok(1.0 / f)
+        }
+        Some(other) => Err(Error::Unsupported(format!(
+            "{arch}: rope scaling type '{other}'"
+        ))),
     }
 }

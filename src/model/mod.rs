@@ -1,9 +1,12 @@
 //! Architectures: hyper-parameters from metadata, tensor names, the layer recipe; and the
 //! loaded [`Model`] (weights bound to a backend, tokenizer, chat template).
 
+mod gemma3;
 pub mod hparams;
 mod llama;
+mod phi3;
 mod qwen2;
+mod qwen3;
 pub mod recipe;
 pub mod synth;
 
@@ -21,7 +24,13 @@ use std::sync::Arc;
 /// Builds an architecture's recipe from the file and its hyper-parameters.
 type BuildRecipe = fn(&Gguf, HParams) -> Result<Recipe>;
 
-const ARCHITECTURES: &[(&str, BuildRecipe)] = &[("qwen2", qwen2::build), ("llama", llama::build)];
+const ARCHITECTURES: &[(&str, BuildRecipe)] = &[
+    ("qwen2", qwen2::build),
+    ("llama", llama::build),
+    ("gemma3", gemma3::build),
+    ("qwen3", qwen3::build),
+    ("phi3", phi3::build),
+];
 
 /// Loaded weights bound to a context, with tokenizer and hyper-parameters. Shared by sessions.
 pub struct Model {

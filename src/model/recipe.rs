@@ -68,6 +68,24 @@ impl<'a> TensorTable<'a> {
         self.g.tensor(name).is_some()
     }
 
+    /// A small vector the recipe itself uses (rope frequency factors), read as f32 now rather
+    /// than bound to a backend; its length must be `len`.
+    pub fn values(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        let Some(info) = self.g.tensor(name) else {
+            return Ok(None);
+        };
+        if info.dims != [len as u64] {
+            return Err(Error::BadModel(format!(
+                "tensor '{name}' has shape {:?}, expected [{len}]",
+                info.dims
+            )));
+        }
+        let mut v = vec![0f32; len];
+        crate::quant::dequantize(info.ty, self.g.tensor_data(info), &mut v)
+            .map_err(|e| Error::BadModel(format!("tensor '{name}': {e}")))?;
+        Ok(Some(v))
+    }
+
     /// The tensor `name` with GGUF dims `[cols, rows]` (or `[cols]` when `rows` is None).
     pub fn optional(
         &mut self,

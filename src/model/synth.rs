@@ -22,13 +22,18 @@ pub enum TypeMix {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthSpec {
-    /// `qwen2` (Q/K/V biases, separate output) or `llama` (no biases, tied output).
+    /// `qwen2` (Q/K/V biases, separate output), `llama` (no biases, tied output) or `gemma3`
+    /// (QK-norm, sandwich norms, tied output, sliding window).
     pub arch: String,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_ff: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
+    /// Head size; 0 = `n_embd / n_head`.
+    pub head_dim: usize,
+    /// `attention.sliding_window` (gemma3's local layers).
+    pub sliding_window: Option<usize>,
     pub vocab: usize,
     pub n_ctx: usize,
     pub rope_base: f32,
@@ -44,10 +49,19 @@ pub fn preset(name: &str) -> Option<SynthSpec> {
         n_ff,
         n_head,
         n_head_kv,
+        head_dim: 0,
+        sliding_window: None,
         vocab,
         n_ctx: 32768,
         rope_base: 1_000_000.0,
         mix: TypeMix::Q4KM,
+    };
+    let gemma3 = |n_layer, n_embd, n_ff, n_head, n_head_kv, vocab| SynthSpec {
+        arch: "gemma3".into(),
+        head_dim: 256,
+        sliding_window: Some(512),
+        vocab,
+        ..q(n_layer, n_embd, n_ff, n_head, n_head_kv, vocab)
     };
     Some(match name {
         "qwen2-0.5b" => q(24, 896, 4864, 14, 2, 151936),
@@ -60,16 +74,27 @@ pub fn preset(name: &str) -> Option<SynthSpec> {
             n_ff: 1536,
             n_head: 9,
             n_head_kv: 3,
+            head_dim: 0,
+            sliding_window: None,
             vocab: 49152,
             n_ctx: 8192,
             rope_base: 100_000.0,
             mix: TypeMix::Q4_1,
         },
+        "gemma3-270m" => gemma3(18, 640, 2048, 4, 1, 262144),
+        "gemma3-4b" => gemma3(34, 2560, 10240, 8, 4, 262208),
         _ => return None,
     })
 }
 
-pub const PRESETS: &[&str] = &["qwen2-0.5b", "qwen2-1.5b", "qwen2-7b", "smollm2-135m"];
+pub const PRESETS: &[&str] = &[
+    "qwen2-0.5b",
+    "qwen2-1.5b",
+    "qwen2-7b",
+    "smollm2-135m",
+    "gemma3-270m",
+    "gemma3-4b",
+];
 
 /// xorshift64*: fast, deterministic, good enough for weights.
 struct Rng(u64);
@@ -170,9 +195,15 @@ const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['
 
 /// Build the synthetic model file.
 pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
+    let head_dim = match spec.head_dim {
+        0 if spec.n_head > 0 => spec.n_embd / spec.n_head,
+        d => d,
+    };
     if spec.n_head == 0
         || spec.n_head_kv == 0
-        || spec.n_embd % spec.n_head != 0
+        || head_dim == 0
+        || head_dim % 2 != 0
+        || (spec.head_dim == 0 && spec.n_embd % spec.n_head != 0)
         || spec.n_head % spec.n_head_kv != 0
     {
         return Err(Error::InvalidArgument(format!(
@@ -189,7 +220,7 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     let mut rng = Rng::new(seed);
     let mut w = GgufWriter::new();
     let a = spec.arch.as_str();
-    let head_dim = spec.n_embd / spec.n_head;
+    let gemma = a == "gemma3";
     w.add_str("general.architecture", a);
     w.add_str(
         "general.name",
@@ -210,6 +241,13 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     w.add_u32(&format!("{a}.rope.dimension_count"), head_dim as u32);
     w.add_f32(&format!("{a}.rope.freq_base"), spec.rope_base);
     w.add_f32(&format!("{a}.attention.layer_norm_rms_epsilon"), 1e-6);
+    if spec.head_dim != 0 {
+        w.add_u32(&format!("{a}.attention.key_length"), head_dim as u32);
+        w.add_u32(&format!("{a}.attention.value_length"), head_dim as u32);
+    }
+    if let Some(win) = spec.sliding_window {
+        w.add_u32(&format!("{a}.attention.sliding_window"), win as u32);
+    }
 
     // A byte-level vocabulary: the 256 byte tokens, three control tokens, then fillers.
     let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -238,6 +276,7 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     w.add_str("tokenizer.chat_template", CHATML);
 
     let (e, ff, kv) = (spec.n_embd, spec.n_ff, spec.n_head_kv * head_dim);
+    let q = spec.n_head * head_dim;
     let k_quant_fits = |cols: usize| cols % 256 == 0;
     let (main, more_bits, output, embd) = match spec.mix {
         TypeMix::Q4KM => (
@@ -317,15 +356,15 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
         let nd = norm(&mut rng, e);
         w.add_tensor(&b("ffn_norm.weight"), &[e as u64], GgmlType::F32, nd)
             .map_err(gerr)?;
-        add(&mut w, &mut rng, &b("attn_q.weight"), pick(e, false), e, e)?;
+        add(&mut w, &mut rng, &b("attn_q.weight"), pick(e, false), e, q)?;
         add(&mut w, &mut rng, &b("attn_k.weight"), pick(e, false), e, kv)?;
         add(&mut w, &mut rng, &b("attn_v.weight"), pick(e, more), e, kv)?;
         add(
             &mut w,
             &mut rng,
             &b("attn_output.weight"),
-            pick(e, false),
-            e,
+            pick(q, false),
+            q,
             e,
         )?;
         add(
@@ -345,8 +384,21 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
             ff,
             e,
         )?;
+        if gemma {
+            let norms = [
+                ("attn_q_norm.weight", head_dim),
+                ("attn_k_norm.weight", head_dim),
+                ("post_attention_norm.weight", e),
+                ("post_ffw_norm.weight", e),
+            ];
+            for (s, d) in norms {
+                let nd = norm(&mut rng, d);
+                w.add_tensor(&b(s), &[d as u64], GgmlType::F32, nd)
+                    .map_err(gerr)?;
+            }
+        }
         if spec.arch == "qwen2" {
-            for (s, d) in [("attn_q.bias", e), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
+            for (s, d) in [("attn_q.bias", q), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
                 let data = random_matrix(&mut rng, GgmlType::F32, 1, d, 0.1)?;
                 w.add_tensor(&b(s), &[d as u64], GgmlType::F32, data)
                     .map_err(gerr)?;

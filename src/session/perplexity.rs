@@ -1,7 +1,8 @@
 //! Perplexity over a text, the end-to-end canary: a broken kernel shows as a jump.
 //! Method (as the golden references use): consecutive windows of `window` tokens (at most
 //! `max_windows`), each from an empty cache; only the second half of each window is scored
-//! (positions window/2 .. window-2 predicting the next token).
+//! (positions window/2 .. window-2 predicting the next token). A model that needs its BOS
+//! (Gemma) gets it in place of the first token of each window, as the reference does.
 
 use super::{Session, SessionOptions};
 use crate::backend::Logits;
@@ -28,6 +29,7 @@ pub fn perplexity(
     tokens: &[u32],
     window: usize,
     max_windows: usize,
+    bos: Option<u32>,
 ) -> Result<Perplexity> {
     if window < 4 {
         return Err(Error::InvalidArgument(format!(
@@ -51,9 +53,12 @@ pub fn perplexity(
     let vocab = model.vocab_size();
     let (mut nll, mut scored) = (0.0f64, 0usize);
     for w in 0..windows {
-        let toks = &tokens[w * window..(w + 1) * window];
+        let mut toks = tokens[w * window..(w + 1) * window].to_vec();
+        if let Some(b) = bos {
+            toks[0] = b;
+        }
         session.reset();
-        let logits = session.eval(toks, Logits::All)?;
+        let logits = session.eval(&toks, Logits::All)?;
         for pos in window / 2..window - 1 {
             nll -= log_prob(&logits[pos * vocab..(pos + 1) * vocab], toks[pos + 1]);
             scored += 1;
