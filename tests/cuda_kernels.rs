@@ -705,6 +705,76 @@ fn rope_neox_and_normal() {
     }
 }
 
+// rope_scaled: per-pair divisors (Llama 3 / LongRoPE / YaRN tables), linear position scale
+// and the attention factor on the rotation, against f64; same angle error as `rope` above,
+// the factor multiplies values by ~1.2 (tolerance 2e-4 unchanged).
+#[test]
+fn rope_scaled_divisors_and_factor() {
+    let Some(dev) = device("rope_scaled_divisors_and_factor") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0015);
+    for &(neox, head_dim, rot_dim, base, pos_scale, mscale) in &[
+        (true, 96usize, 96usize, 10_000f32, 1.0f32, 1.19f32),
+        (false, 128, 128, 500_000.0, 0.25, 1.0),
+    ] {
+        let (n_tok, n_heads) = (7usize, 2usize);
+        let x = rng.vec(n_tok * n_heads * head_dim);
+        let pos: Vec<i32> = (0..n_tok).map(|_| rng.below(4000) as i32).collect();
+        let div: Vec<f32> = (0..rot_dim / 2)
+            .map(|_| 1.0 + 7.0 * rng.f().abs())
+            .collect();
+        let mut reference: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        for t in 0..n_tok {
+            for h in 0..n_heads {
+                let v = &mut reference[(t * n_heads + h) * head_dim..][..head_dim];
+                for i in 0..rot_dim / 2 {
+                    let f = (base as f64).powf(-2.0 * i as f64 / rot_dim as f64) / div[i] as f64;
+                    let theta = pos[t] as f64 * pos_scale as f64 * f;
+                    let (a_i, b_i) = if neox {
+                        (i, i + rot_dim / 2)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
+                    let (a, b) = (v[a_i], v[b_i]);
+                    let m = mscale as f64;
+                    v[a_i] = m * (a * theta.cos() - b * theta.sin());
+                    v[b_i] = m * (a * theta.sin() + b * theta.cos());
+                }
+            }
+        }
+        let mut xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+        let pd = dev.upload_i32(&pos, MemKind::Scratch).unwrap();
+        let p = RopeParams {
+            rot_dim,
+            base,
+            pos_scale,
+            neox,
+        };
+        dev.rope_scaled(&mut xd, &pd, n_tok, n_heads, head_dim, p, mscale, &div)
+            .unwrap();
+        let got = dev.download_f32(&xd, x.len()).unwrap();
+        check(
+            &format!("rope_scaled neox={neox} hd={head_dim} scale={pos_scale} m={mscale}"),
+            &got,
+            &reference,
+            2e-4,
+        );
+    }
+    // A table of the wrong length is an error, not a read past it.
+    let mut xd = dev.upload_f32(&[0.0; 64], MemKind::Scratch).unwrap();
+    let pd = dev.upload_i32(&[0], MemKind::Scratch).unwrap();
+    let p = RopeParams {
+        rot_dim: 64,
+        base: 10_000.0,
+        pos_scale: 1.0,
+        neox: true,
+    };
+    assert!(dev
+        .rope_scaled(&mut xd, &pd, 1, 1, 64, p, 1.0, &[1.0; 31])
+        .is_err());
+}
+
 /// f64 causal attention over f16-rounded K/V, [n_tok][n_heads][hd] layout.
 #[allow(clippy::too_many_arguments)]
 fn attention_ref(

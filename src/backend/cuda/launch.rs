@@ -39,7 +39,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "embed_q6_k",
         ],
         "norm" => &["rmsnorm"],
-        "rope" => &["rope"],
+        "rope" => &["rope", "rope_scaled"],
         "attention" => &["kv_store", "attention"],
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale", "softcap"],
         "argmax" => &["argmax_rows"],
@@ -501,6 +501,13 @@ pub struct RopeParams {
     /// true: pairs (i, i + rot_dim/2) (NeoX, Qwen2, Gemma); false: pairs (2i, 2i+1) (LLaMA).
     pub neox: bool,
 }
+
+/// Most rotated pairs `rope_scaled` takes divisors for (kernels/rope.cu's `RopeDiv`).
+pub const ROPE_DIV_MAX: usize = 256;
+
+/// The divisors as the kernel's by-value parameter.
+#[repr(C)]
+struct RopeDiv([f32; ROPE_DIV_MAX]);
 
 /// One layer's KV cache: K and V, each [n_kv_heads][max_ctx][head_dim] f16, in VRAM.
 #[derive(Debug)]
@@ -965,6 +972,49 @@ impl CudaDevice {
         launch!(self, "rope", (blocks as u32, 1, 1), ((p.rot_dim / 2) as u32, 1, 1);
             x.ptr(), positions.ptr(), n_heads as i32, head_dim as i32, p.rot_dim as i32,
             p.base, p.pos_scale, p.neox as i32)
+    }
+
+    /// [`rope`](Self::rope) with per-pair frequency divisors `div` (`rot_dim / 2` values, at
+    /// most [`ROPE_DIV_MAX`]) and the rotation multiplied by `mscale` (kernels/rope.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_scaled(
+        &self,
+        x: &mut DeviceBuffer,
+        positions: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        head_dim: usize,
+        p: RopeParams,
+        mscale: f32,
+        div: &[f32],
+    ) -> Result<()> {
+        positive(n_tok, "rope n_tok")?;
+        positive(n_heads, "rope n_heads")?;
+        let half = p.rot_dim / 2;
+        if p.rot_dim == 0 || p.rot_dim % 2 != 0 || p.rot_dim > head_dim || half > ROPE_DIV_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "rope: rotary dim {} must be even, > 0 and <= head_dim {head_dim} (<= {})",
+                p.rot_dim,
+                2 * ROPE_DIV_MAX
+            )));
+        }
+        if div.len() != half {
+            return Err(Error::InvalidArgument(format!(
+                "rope: {} frequency divisors for {half} pairs",
+                div.len()
+            )));
+        }
+        let blocks = n_tok
+            .checked_mul(n_heads)
+            .filter(|&b| b <= i32::MAX as usize);
+        let blocks = blocks.ok_or_else(|| Error::InvalidArgument("rope: too many heads".into()))?;
+        x.check(self, f32s(blocks * head_dim), "rope x")?;
+        positions.check(self, n_tok as u64 * 4, "rope positions")?;
+        let mut d = RopeDiv([1.0; ROPE_DIV_MAX]);
+        d.0[..half].copy_from_slice(div);
+        launch!(self, "rope_scaled", (blocks as u32, 1, 1), (half as u32, 1, 1);
+            x.ptr(), positions.ptr(), n_heads as i32, head_dim as i32, p.rot_dim as i32,
+            p.base, p.pos_scale, p.neox as i32, mscale, d)
     }
 
     /// A KV cache layer for `max_ctx` positions, accounted as [`MemKind::KvCache`].

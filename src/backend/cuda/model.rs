@@ -511,22 +511,19 @@ fn read2_write1(
     Ok((get(lo, hi, ic, a.index()), get(lo, hi, ic, b.index()), cb))
 }
 
-/// The kernels' rotary parameters, or an error for the scalings they do not take yet
-/// (per-pair frequency factors, an attention factor).
-fn rope_params(rope: &Rope) -> Result<RopeParams> {
-    if rope.freq_factors.is_some() || rope.mscale != 1.0 {
-        return Err(Error::Unsupported(
-            "RoPE with frequency factors or an attention factor (Llama 3, LongRoPE, YaRN) on \
-             the CUDA backend"
-                .into(),
-        ));
-    }
-    Ok(RopeParams {
+/// The kernels' rotary parameters (frequency divisors and the attention factor apart).
+fn rope_params(rope: &Rope) -> RopeParams {
+    RopeParams {
         rot_dim: rope.dims,
         base: rope.base,
         pos_scale: rope.pos_scale,
         neox: rope.style == RopeStyle::Neox,
-    })
+    }
+}
+
+/// A rope the fused decode attention can apply itself: no divisors, no factors, no scaling.
+fn foldable(rope: &Rope) -> bool {
+    rope.freq_factors.is_none() && rope.mscale == 1.0 && rope.pos_scale == 1.0
 }
 
 fn as_bytes(v: &[i32]) -> &[u8] {
@@ -608,17 +605,24 @@ impl Ops for CudaStep<'_> {
 
     fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: &Rope) {
         self.run(|s| {
-            let p = rope_params(rope)?;
+            let p = rope_params(rope);
             let n = s.n;
             let st = &mut *s.st;
-            st.dev.rope(
-                &mut st.slots[x.index()],
-                &st.positions,
-                n,
-                n_heads,
-                head_dim,
-                p,
-            )
+            let x = &mut st.slots[x.index()];
+            if rope.freq_factors.is_none() && rope.mscale == 1.0 {
+                return st.dev.rope(x, &st.positions, n, n_heads, head_dim, p);
+            }
+            let ones;
+            let div = match &rope.freq_factors {
+                Some(d) => &d[..],
+                None => {
+                    ones = vec![1.0; rope.dims / 2];
+                    &ones[..]
+                }
+            };
+            let pos = &st.positions;
+            st.dev
+                .rope_scaled(x, pos, n, n_heads, head_dim, p, rope.mscale, div)
         });
     }
 
@@ -800,14 +804,13 @@ impl Ops for CudaStep<'_> {
     }
 
     fn rope_attention(&mut self, a: &AttnIn) {
-        let foldable = a.rope.pos_scale == 1.0;
-        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv || !foldable {
+        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv || !foldable(a.rope) {
             return unfused::rope_attention(self, a);
         }
         let (layer, q, k, v, shape, out) = (a.layer, a.q, a.k, a.v, a.shape, a.out);
         self.run(|s| {
             let st = &*s.st;
-            let p = rope_params(a.rope)?;
+            let p = rope_params(a.rope);
             let cache = &st.kv[layer];
             let slot = |x: Slot| &st.slots[x.index()];
             // RoPE and the cache store inside the attention (one launch fewer), unless taps
