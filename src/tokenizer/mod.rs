@@ -291,7 +291,8 @@ impl Tokenizer {
                         .or(m.unk)
                         .unwrap_or(NONE);
                 }
-                let whole = (pre == PreTokenizer::Llama3)
+                let whole = pre
+                    .whole_first()
                     .then(|| StrTable::build(&bytes, |i| types[i].is_text()));
                 (
                     Kind::Bpe {
@@ -489,7 +490,7 @@ impl Tokenizer {
                     cached,
                     ..
                 } = st;
-                pretok::split(*pre, s, psc, |piece| {
+                pretok::split(pre, s, psc, |piece| {
                     if let Some(&(a, n)) = cache.as_ref().and_then(|c| c.get(piece)) {
                         out.extend_from_slice(&cached[a as usize..(a + n) as usize]);
                         return;
@@ -508,7 +509,7 @@ impl Tokenizer {
                         c.insert(piece, (cached.len() as u32, (out.len() - first) as u32));
                         cached.extend_from_slice(&out[first..]);
                     }
-                });
+                })?;
                 match missing {
                     None => Ok(()),
                     Some(b) => Err(Error::InvalidArgument(format!(
