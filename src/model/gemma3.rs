@@ -25,12 +25,12 @@ pub fn build(g: &Gguf, hp: HParams) -> Result<Recipe> {
             if (i + 1) % GLOBAL_EVERY == 0 {
                 let mut rope = Rope::plain(RopeStyle::Neox, hp.rope_dims, hp.rope_base);
                 rope.pos_scale = pos_scale;
-                LayerAttention { rope, window: None }
+                LayerAttention::global(rope)
             } else {
                 let rope = Rope::plain(RopeStyle::Neox, hp.rope_dims, LOCAL_ROPE_BASE);
                 LayerAttention {
-                    rope,
                     window: Some(window),
+                    ..LayerAttention::global(rope)
                 }
             }
         })

@@ -20,6 +20,9 @@ pub struct Layer {
     pub q_norm: Option<Norm>,
     pub k_norm: Option<Norm>,
     pub rope: Rope,
+    /// A second rope for sessions whose context exceeds the given length (LongRoPE's long
+    /// factors): chosen per session, so every position of a sequence turns alike.
+    pub rope_long: Option<(usize, Rope)>,
     pub attn: AttnShape,
     pub wo: WeightId,
     /// Norm of the attention output before the residual add ("sandwich" norms: Gemma).
@@ -148,7 +151,20 @@ impl<'a> TensorTable<'a> {
 #[derive(Debug, Clone)]
 pub struct LayerAttention {
     pub rope: Rope,
+    /// The rope of sessions with a context longer than the given length, if it differs.
+    pub rope_long: Option<(usize, Rope)>,
     pub window: Option<usize>,
+}
+
+impl LayerAttention {
+    /// One rope, no window.
+    pub fn global(rope: Rope) -> Self {
+        LayerAttention {
+            rope,
+            rope_long: None,
+            window: None,
+        }
+    }
 }
 
 /// Options an architecture sets on the shared decoder.
@@ -175,7 +191,7 @@ impl DecoderOptions {
     /// `rope` on every layer, no window.
     pub fn standard(hp: &HParams, rope: Rope) -> Self {
         DecoderOptions {
-            layers: vec![LayerAttention { rope, window: None }; hp.n_layer],
+            layers: vec![LayerAttention::global(rope); hp.n_layer],
             qkv_bias: false,
             qk_norm: false,
             sandwich_norms: false,
@@ -269,6 +285,7 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
             q_norm,
             k_norm,
             rope: la.rope,
+            rope_long: la.rope_long,
             attn: AttnShape {
                 n_head: hp.n_head,
                 n_head_kv: hp.n_head_kv,
@@ -298,12 +315,13 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
     })
 }
 
-/// One forward step over the tokens bound to `ops`. `cancelled` is polled between layers so a
-/// long prefill stops within one layer.
+/// One forward step over the tokens bound to `ops`, for a session of `n_ctx` positions.
+/// `cancelled` is polled between layers so a long prefill stops within one layer.
 pub fn forward<O: Ops + ?Sized>(
     ops: &mut O,
     r: &Recipe,
     logits: Logits,
+    n_ctx: usize,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<()> {
     ops.embed(r.tok_embd, Slot::Hidden);
@@ -343,7 +361,10 @@ pub fn forward<O: Ops + ?Sized>(
             q: Slot::Q,
             k: Slot::K,
             v: Slot::V,
-            rope: &w.rope,
+            rope: match &w.rope_long {
+                Some((after, long)) if n_ctx > *after => long,
+                _ => &w.rope,
+            },
             shape: w.attn,
             out: Slot::Attn,
         });

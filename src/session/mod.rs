@@ -195,6 +195,7 @@ impl Session {
         let cancel = self.cancel.clone();
         let cancelled = move || cancel.load(Ordering::Relaxed);
         let recipe = &self.model.recipe;
+        let n_ctx = self.n_ctx;
         let chunks: Vec<&[u32]> = all.chunks(self.state.prefill_chunk()).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
@@ -210,7 +211,7 @@ impl Session {
                 Out::Nothing
             };
             let mut run =
-                |ops: &mut dyn crate::backend::Ops| forward(ops, recipe, mode, &cancelled);
+                |ops: &mut dyn crate::backend::Ops| forward(ops, recipe, mode, n_ctx, &cancelled);
             self.state.step(chunk, pos0, mode, &mut run, want)?;
             self.history.extend_from_slice(chunk);
         }
