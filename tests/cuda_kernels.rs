@@ -728,8 +728,8 @@ fn rope_scaled_divisors_and_factor() {
         for t in 0..n_tok {
             for h in 0..n_heads {
                 let v = &mut reference[(t * n_heads + h) * head_dim..][..head_dim];
-                for i in 0..rot_dim / 2 {
-                    let f = (base as f64).powf(-2.0 * i as f64 / rot_dim as f64) / div[i] as f64;
+                for (i, &di) in div.iter().enumerate() {
+                    let f = (base as f64).powf(-2.0 * i as f64 / rot_dim as f64) / di as f64;
                     let theta = pos[t] as f64 * pos_scale as f64 * f;
                     let (a_i, b_i) = if neox {
                         (i, i + rot_dim / 2)
