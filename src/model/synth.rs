@@ -82,6 +82,12 @@ pub fn preset(name: &str) -> Option<SynthSpec> {
             mix: TypeMix::Q4_1,
         },
         "gemma3-270m" => gemma3(18, 640, 2048, 4, 1, 262144),
+        "phi3-mini" => SynthSpec {
+            arch: "phi3".into(),
+            n_ctx: 131072,
+            rope_base: 10_000.0,
+            ..q(32, 3072, 8192, 32, 32, 32064)
+        },
         "gemma3-4b" => gemma3(34, 2560, 10240, 8, 4, 262208),
         _ => return None,
     })
@@ -94,6 +100,7 @@ pub const PRESETS: &[&str] = &[
     "smollm2-135m",
     "gemma3-270m",
     "gemma3-4b",
+    "phi3-mini",
 ];
 
 /// xorshift64*: fast, deterministic, good enough for weights.
@@ -221,6 +228,8 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     let mut w = GgufWriter::new();
     let a = spec.arch.as_str();
     let gemma = a == "gemma3";
+    // Phi-3: fused attn_qkv and gate+up, LongRoPE factors (original context 4096).
+    let phi3 = a == "phi3";
     w.add_str("general.architecture", a);
     w.add_str(
         "general.name",
@@ -247,6 +256,9 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     }
     if let Some(win) = spec.sliding_window {
         w.add_u32(&format!("{a}.attention.sliding_window"), win as u32);
+    }
+    if phi3 {
+        w.add_u32("phi3.rope.scaling.original_context_length", 4096);
     }
 
     // A byte-level vocabulary: the 256 byte tokens, three control tokens, then fillers.
@@ -337,7 +349,21 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     let nd = norm(&mut rng, e);
     w.add_tensor("output_norm.weight", &[e as u64], GgmlType::F32, nd)
         .map_err(gerr)?;
-    if spec.arch == "qwen2" {
+    if phi3 {
+        // Divisors from 1 (fast pairs) up to ~16 (slow ones), as LongRoPE tables run.
+        for (name, top) in [
+            ("rope_factors_short.weight", 4.0f32),
+            ("rope_factors_long.weight", 16.0),
+        ] {
+            let half = head_dim / 2;
+            let f: Vec<u8> = (0..half)
+                .flat_map(|i| (1.0 + (top - 1.0) * i as f32 / half as f32).to_le_bytes())
+                .collect();
+            w.add_tensor(name, &[half as u64], GgmlType::F32, f)
+                .map_err(gerr)?;
+        }
+    }
+    if spec.arch == "qwen2" || phi3 {
         let out_ty = if k_quant_fits(e) {
             output
         } else {
@@ -356,9 +382,20 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
         let nd = norm(&mut rng, e);
         w.add_tensor(&b("ffn_norm.weight"), &[e as u64], GgmlType::F32, nd)
             .map_err(gerr)?;
-        add(&mut w, &mut rng, &b("attn_q.weight"), pick(e, false), e, q)?;
-        add(&mut w, &mut rng, &b("attn_k.weight"), pick(e, false), e, kv)?;
-        add(&mut w, &mut rng, &b("attn_v.weight"), pick(e, more), e, kv)?;
+        if phi3 {
+            add(
+                &mut w,
+                &mut rng,
+                &b("attn_qkv.weight"),
+                pick(e, more),
+                e,
+                q + 2 * kv,
+            )?;
+        } else {
+            add(&mut w, &mut rng, &b("attn_q.weight"), pick(e, false), e, q)?;
+            add(&mut w, &mut rng, &b("attn_k.weight"), pick(e, false), e, kv)?;
+            add(&mut w, &mut rng, &b("attn_v.weight"), pick(e, more), e, kv)?;
+        }
         add(
             &mut w,
             &mut rng,
@@ -367,15 +404,26 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
             q,
             e,
         )?;
-        add(
-            &mut w,
-            &mut rng,
-            &b("ffn_gate.weight"),
-            pick(e, false),
-            e,
-            ff,
-        )?;
-        add(&mut w, &mut rng, &b("ffn_up.weight"), pick(e, false), e, ff)?;
+        if phi3 {
+            add(
+                &mut w,
+                &mut rng,
+                &b("ffn_up.weight"),
+                pick(e, false),
+                e,
+                2 * ff,
+            )?;
+        } else {
+            add(
+                &mut w,
+                &mut rng,
+                &b("ffn_gate.weight"),
+                pick(e, false),
+                e,
+                ff,
+            )?;
+            add(&mut w, &mut rng, &b("ffn_up.weight"), pick(e, false), e, ff)?;
+        }
         add(
             &mut w,
             &mut rng,
