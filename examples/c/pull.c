@@ -40,14 +40,17 @@ static void check(bool ok, const char *what) {
     }
 }
 
-/* Status of a call; the error's message goes to stderr when it is not the one expected. */
-static llorch_status expect(llorch_status st, llorch_error *err, llorch_status want, const char *what) {
+/* Status of a call; the error's message goes to stderr when it is not the one expected. The
+ * error is passed by address: C leaves the order of argument evaluation open, so its value is
+ * read here, after the call has written it. */
+static llorch_status expect(llorch_status st, llorch_error **err, llorch_status want, const char *what) {
     if (st != want) {
         fprintf(stderr, "pull: %s: got %s (%s), expected %s\n", what, llorch_status_message(st),
-                llorch_error_message(err), llorch_status_message(want));
+                llorch_error_message(*err), llorch_status_message(want));
         failures++;
     }
-    llorch_error_free(err);
+    llorch_error_free(*err);
+    *err = NULL;
     return st;
 }
 
@@ -75,20 +78,17 @@ int main(int argc, char **argv) {
     llorch_context *ctx = NULL;
     llorch_model *model = NULL;
     llorch_session *s = NULL;
-    if (expect(llorch_context_new(NULL, &ctx, &err), err, LLORCH_OK, "context") != LLORCH_OK) return 2;
-    err = NULL;
-    if (expect(llorch_model_load(ctx, path, NULL, NULL, &model, &err), err, LLORCH_OK, "load") != LLORCH_OK)
+    if (expect(llorch_context_new(NULL, &ctx, &err), &err, LLORCH_OK, "context") != LLORCH_OK) return 2;
+    if (expect(llorch_model_load(ctx, path, NULL, NULL, &model, &err), &err, LLORCH_OK, "load") != LLORCH_OK)
         return 2;
     llorch_session_params sp;
     llorch_session_params_init(&sp);
     sp.n_ctx = 1024;
-    err = NULL;
-    if (expect(llorch_session_new(model, &sp, &s, &err), err, LLORCH_OK, "session") != LLORCH_OK) return 2;
+    if (expect(llorch_session_new(model, &sp, &s, &err), &err, LLORCH_OK, "session") != LLORCH_OK) return 2;
 
     llorch_chat_message msg = {"user", "Write the French word café three times, then say why."};
     char *prompt = NULL;
-    err = NULL;
-    expect(llorch_model_apply_chat_template(model, &msg, 1, true, NULL, &prompt, &err), err, LLORCH_OK,
+    expect(llorch_model_apply_chat_template(model, &msg, 1, true, NULL, &prompt, &err), &err, LLORCH_OK,
            "chat template");
     llorch_generate_params gp;
     llorch_generate_params_init(&gp);
@@ -98,15 +98,12 @@ int main(int argc, char **argv) {
     text_buf pushed = {{0}, 0};
     llorch_generate_stats push_stats;
     llorch_generate_stats_init(&push_stats);
-    err = NULL;
-    expect(llorch_session_generate(s, prompt, &gp, on_token, &pushed, &push_stats, &err), err, LLORCH_OK,
+    expect(llorch_session_generate(s, prompt, &gp, on_token, &pushed, &push_stats, &err), &err, LLORCH_OK,
            "generate");
 
     /* 2. The pull form, same prompt from an empty conversation, through a 4-byte buffer. */
-    err = NULL;
-    expect(llorch_session_reset(s, &err), err, LLORCH_OK, "reset");
-    err = NULL;
-    expect(llorch_session_begin(s, prompt, &gp, &err), err, LLORCH_OK, "begin");
+    expect(llorch_session_reset(s, &err), &err, LLORCH_OK, "reset");
+    expect(llorch_session_begin(s, prompt, &gp, &err), &err, LLORCH_OK, "begin");
     text_buf pulled = {{0}, 0};
     char buf[4];
     size_t len = 0;
@@ -116,13 +113,11 @@ int main(int argc, char **argv) {
     while (!done && calls < 10000) {
         if (calls == 3) {
             /* A buffer under one character is refused and does not end the generation. */
-            err = NULL;
-            if (expect(llorch_session_next(s, buf, 3, &len, &token, &done, &err), err,
+            if (expect(llorch_session_next(s, buf, 3, &len, &token, &done, &err), &err,
                        LLORCH_ERR_INVALID_ARGUMENT, "next with cap 3") == LLORCH_ERR_INVALID_ARGUMENT)
                 refused++;
         }
-        err = NULL;
-        if (expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), err, LLORCH_OK,
+        if (expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), &err, LLORCH_OK,
                    "next") != LLORCH_OK)
             break;
         calls++;
@@ -137,8 +132,7 @@ int main(int argc, char **argv) {
           "the pulled text equals the pushed text");
     llorch_generate_stats pull_stats;
     llorch_generate_stats_init(&pull_stats);
-    err = NULL;
-    expect(llorch_session_stats(s, &pull_stats, &err), err, LLORCH_OK, "stats");
+    expect(llorch_session_stats(s, &pull_stats, &err), &err, LLORCH_OK, "stats");
     check(pull_stats.generated_tokens == push_stats.generated_tokens, "same number of tokens");
     check(pull_stats.prompt_tokens == push_stats.prompt_tokens, "same prompt tokens");
     check(pull_stats.stop_reason == push_stats.stop_reason, "same stop reason");
@@ -146,22 +140,17 @@ int main(int argc, char **argv) {
            pulled.text);
 
     /* 3. After the end, next is refused until the next begin. */
-    err = NULL;
-    expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), err,
+    expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), &err,
            LLORCH_ERR_INVALID_ARGUMENT, "next after the end");
 
     /* 4. A cancel between two calls ends the generation at the next call. */
-    err = NULL;
-    expect(llorch_session_begin(s, " Again, please.", &gp, &err), err, LLORCH_OK, "begin 2");
-    err = NULL;
-    expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), err, LLORCH_OK, "next 2");
+    expect(llorch_session_begin(s, " Again, please.", &gp, &err), &err, LLORCH_OK, "begin 2");
+    expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), &err, LLORCH_OK, "next 2");
     check(!done, "the second generation has a first piece");
-    expect(llorch_session_cancel(s), NULL, LLORCH_OK, "cancel");
-    err = NULL;
-    expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), err, LLORCH_ERR_CANCELLED,
+    expect(llorch_session_cancel(s), &err, LLORCH_OK, "cancel");
+    expect(llorch_session_next(s, buf, sizeof buf, &len, &token, &done, &err), &err, LLORCH_ERR_CANCELLED,
            "next after cancel");
-    err = NULL;
-    expect(llorch_session_stats(s, &pull_stats, &err), err, LLORCH_OK, "stats 2");
+    expect(llorch_session_stats(s, &pull_stats, &err), &err, LLORCH_OK, "stats 2");
     check(pull_stats.stop_reason == LLORCH_STOP_CANCELLED, "stop reason cancelled");
 
     llorch_string_free(prompt);
