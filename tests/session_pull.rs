@@ -9,7 +9,7 @@ use llorch::backend::ContextOptions;
 use llorch::ffi::llorch_status::*;
 use llorch::ffi::llorch_stop_reason::*;
 use llorch::ffi::*;
-use llorch::model::synth::{build, SynthSpec, TypeMix};
+use llorch::model::synth::build;
 use llorch::model::{ChatMessage, Context, Model};
 use llorch::sampling::SamplingParams;
 use llorch::session::{Event, GenerateParams, Session, SessionOptions, StopReason};
@@ -447,18 +447,7 @@ unsafe impl Send for SendPtr {}
 /// A tiny synthetic model (2 layers, 64 wide): a generation takes tens of microseconds, so
 /// many rounds of the race fit in a second.
 fn tiny_model_file() -> std::path::PathBuf {
-    let spec = SynthSpec {
-        arch: "qwen2".into(),
-        n_layer: 2,
-        n_embd: 64,
-        n_ff: 256,
-        n_head: 4,
-        n_head_kv: 2,
-        vocab: 512,
-        n_ctx: 4096,
-        rope_base: 10000.0,
-        mix: TypeMix::Q4KM,
-    };
+    let spec = common::tiny_synth_spec(4096);
     let path = std::env::temp_dir().join(format!("llorch-race-{}.gguf", std::process::id()));
     std::fs::write(&path, build(&spec, 3).unwrap().to_bytes()).unwrap();
     path
