@@ -56,7 +56,7 @@ pub struct Metrics {
     pub generated_tokens: AtomicU64,
     /// Request arrival to its first piece of text.
     pub ttft: Histogram,
-    /// Generated tokens per second of each request's decoding.
+    /// Each request's generated tokens per second after its prompt.
     pub decode_rate: Histogram,
 }
 
@@ -156,7 +156,7 @@ impl Metrics {
         self.decode_rate.render(
             &mut out,
             "llorch_decode_tokens_per_second",
-            "Each request's decoding speed (tokens after the first, per second).",
+            "Each request's decoding speed: generated tokens per second after its prompt.",
         );
         out
     }
