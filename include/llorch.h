@@ -102,6 +102,8 @@ enum llorch_stop_reason
   LLORCH_STOP_STRING = 2,
   // `llorch_session_cancel` was called, or the token callback returned false.
   LLORCH_STOP_CANCELLED = 3,
+  // The session's context filled up (the call returned `LLORCH_ERR_CONTEXT_FULL`).
+  LLORCH_STOP_CONTEXT_FULL = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -234,7 +236,8 @@ typedef struct llorch_generate_params {
   bool parse_special;
 } llorch_generate_params;
 
-// Statistics of one generation, written by `llorch_session_generate`. The caller sets
+// Statistics of one generation, written by `llorch_session_generate` and
+// `llorch_session_stats`. The caller sets
 // `struct_size` (use `llorch_generate_stats_init`); only fields that fit in it are written.
 typedef struct llorch_generate_stats {
   // sizeof(llorch_generate_stats), set by llorch_generate_stats_init.
@@ -421,10 +424,14 @@ void llorch_session_free(struct llorch_session *session);
 //
 // Returns `LLORCH_OK` when generation ends by EOS, the token limit or a stop string;
 // `LLORCH_ERR_CANCELLED` when `llorch_session_cancel` was called or `on_token` returned
-// false (the stats are written in both cases, stop reason `LLORCH_STOP_CANCELLED`; the
-// tokens so far stay in the conversation and the session stays usable);
-// `LLORCH_ERR_CONTEXT_FULL` when the KV cache cannot hold the prompt;
+// false (the stats are written, stop reason `LLORCH_STOP_CANCELLED`; the tokens so far stay
+// in the conversation and the session stays usable);
+// `LLORCH_ERR_CONTEXT_FULL` when the KV cache cannot hold the prompt (nothing is generated,
+// the stats are not written), or when it fills up during generation: then the stats are
+// written (stop reason `LLORCH_STOP_CONTEXT_FULL`) and the conversation is left as it was
+// before the call, so the session stays usable with a shorter turn;
 // `LLORCH_ERR_INVALID_ARGUMENT` for NULL, a bad struct_size, invalid UTF-8 or bad sampling.
+// The same stats can be read afterwards with `llorch_session_stats`.
 //
 // Thread-safety: one call at a time per session (a concurrent call on the same session fails
 // with "session is busy"); different sessions may generate in parallel, even on one model.
@@ -437,16 +444,70 @@ llorch_status llorch_session_generate(struct llorch_session *session,
                                       struct llorch_generate_stats *stats,
                                       struct llorch_error **err);
 
+// The pull form, step 1: appends the NUL-terminated UTF-8 `prompt` to the conversation and
+// begins a generation with `params` (required); then call `llorch_session_next` for each
+// piece. Nothing is computed yet (the first `llorch_session_next` feeds the prompt). Errors
+// change nothing: `LLORCH_ERR_INVALID_ARGUMENT` (NULL, bad struct_size, invalid UTF-8, bad
+// sampling), `LLORCH_ERR_CONTEXT_FULL` (the prompt cannot fit). A generation still in
+// progress on this session is abandoned (its tokens stay in the conversation, as after a
+// cancel), and so is the unread rest of its last piece.
+//
+// Thread-safety: one call at a time per session ("session is busy" otherwise); the calls of
+// one generation may come from different threads one after another (a session is not tied to
+// a thread). `llorch_session_cancel` works as with `llorch_session_generate`.
+llorch_status llorch_session_begin(struct llorch_session *session,
+                                   const char *prompt,
+                                   const struct llorch_generate_params *params,
+                                   struct llorch_error **err);
+
+// The pull form, step 2: runs the generation begun by `llorch_session_begin` until the next
+// piece of text, and copies it into `buf` (`cap` bytes, at least 4; not NUL-terminated):
+// `*out_len` bytes of whole UTF-8 characters, `*out_token` (may be NULL) the token that
+// completed them, `*out_done` false. A piece longer than `cap` comes in parts, one per call,
+// each cut between characters. The pieces are the same as `llorch_session_generate` passes
+// to its callback; the first call also feeds the prompt, so it takes longest.
+//
+// The end: `LLORCH_OK` with `*out_done` true and `*out_len` 0 when the generation ended by
+// EOS, the token limit or a stop string; `LLORCH_ERR_CANCELLED` when it was cancelled
+// (`llorch_session_cancel`); `LLORCH_ERR_CONTEXT_FULL` when the context filled up (the
+// conversation is then left as it was before `llorch_session_begin`); any other error also
+// ends it (the conversation as before `llorch_session_begin`). After the end,
+// `llorch_session_stats` gives the generation's statistics, and a further call returns
+// `LLORCH_ERR_INVALID_ARGUMENT` (no generation in progress). Bad arguments (NULL `buf`,
+// `out_len` or `out_done`, `cap` < 4) return `LLORCH_ERR_INVALID_ARGUMENT` and do not end
+// the generation.
+//
+// Thread-safety: as `llorch_session_begin`. To stop early, call `llorch_session_cancel`
+// (from any thread) and then this once more, or begin another generation.
+llorch_status llorch_session_next(struct llorch_session *session,
+                                  char *buf,
+                                  size_t cap,
+                                  size_t *out_len,
+                                  int32_t *out_token,
+                                  bool *out_done,
+                                  struct llorch_error **err);
+
+// Writes the statistics of the session's last ended generation (by `llorch_session_generate`
+// or `llorch_session_next`) into `stats` (required; its struct_size set). A generation that
+// ended by cancellation or a full context has stats too. `LLORCH_ERR_INVALID_ARGUMENT` if no
+// generation has ended on this session yet. Thread-safety: one call at a time per session.
+llorch_status llorch_session_stats(const struct llorch_session *session,
+                                   struct llorch_generate_stats *stats,
+                                   struct llorch_error **err);
+
 // Asks the generation running on `session` to stop; it stops within one token, also during
-// the prompt's prefill, and returns `LLORCH_ERR_CANCELLED`. If no generation is running, the
-// next `llorch_session_generate` on this session returns `LLORCH_ERR_CANCELLED` at once
-// without changing the conversation (a cancel is never lost); cancelling twice is the same as
-// once. Returns `LLORCH_ERR_INVALID_ARGUMENT` only for NULL.
+// the prompt's prefill, and returns `LLORCH_ERR_CANCELLED` (`llorch_session_generate`, or
+// the next `llorch_session_next`). If no generation is running, the next one on this session
+// is cancelled at once without changing the conversation: a cancel is never lost, whenever
+// it comes (only the session clears the request, when a generation acts on it, or
+// `llorch_session_reset`); cancelling twice before it is acted on is the same as once.
+// Returns `LLORCH_ERR_INVALID_ARGUMENT` only for NULL.
 // Thread-safety: any thread, at any time, also while another thread is in
-// `llorch_session_generate` on this session (it only sets a flag).
+// `llorch_session_generate` or `llorch_session_next` on this session (it only sets a flag).
 llorch_status llorch_session_cancel(const struct llorch_session *session);
 
-// Forgets the conversation (empties the KV cache) and drops a pending cancel.
+// Forgets the conversation (empties the KV cache), ends a pull-form generation in progress
+// and drops a pending cancel.
 // Thread-safety: one call at a time per session.
 llorch_status llorch_session_reset(struct llorch_session *session, struct llorch_error **err);
 

@@ -19,6 +19,9 @@ make -C examples/c -B all
 step "haiku (M0 check, minute from the clock) under AddressSanitizer and LeakSanitizer"
 make -C examples/c asan MODEL="$HAIKU_MODEL"
 
+step "pull form (llorch_session_begin/next) under AddressSanitizer and LeakSanitizer"
+make -C examples/c pull-asan MODEL="$LLORCH_MODEL"
+
 step "misuse under valgrind"
 make -C examples/c valgrind MODEL="$LLORCH_MODEL"
 

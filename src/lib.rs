@@ -2,7 +2,8 @@
 //!
 //! One request flows one way: file → [`gguf`] reader → [`model`] (weights bound to a
 //! [`backend`]) → [`session`] (tokens, KV cache) → forward pass → logits → [`sampling`] →
-//! text pieces → callback. The C ABI lives in [`ffi`] and only calls safe Rust.
+//! text pieces → callback. The C ABI lives in [`ffi`] and only calls safe Rust; the HTTP
+//! server of `llorch serve` in `server` (feature `server`).
 
 pub mod backend;
 pub mod error;
@@ -11,6 +12,8 @@ pub mod gguf;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod session;
 pub mod tokenizer;
 

@@ -18,6 +18,11 @@ const COMMANDS: &[(&str, &str, Run)] = &[
         cli::run::run,
     ),
     (
+        "serve",
+        "OpenAI-compatible HTTP server (chat and text completions, streamed or whole)",
+        cli::serve::run,
+    ),
+    (
         "perplexity",
         "Perplexity of a text file",
         cli::perplexity::run,

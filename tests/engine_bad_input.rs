@@ -3,10 +3,11 @@
 //! than the context, invalid sampling values. Models are small synthetic files, rewritten
 //! with one defect each.
 
-use llorch::backend::Context;
-use llorch::backend::ContextOptions;
+mod common;
+
+use llorch::backend::{Context, ContextOptions};
 use llorch::gguf::{Gguf, GgufWriter, Value};
-use llorch::model::synth::{build, SynthSpec, TypeMix};
+use llorch::model::synth::build;
 use llorch::model::Model;
 use llorch::quant::GgmlType;
 use llorch::sampling::SamplingParams;
@@ -16,21 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn tiny() -> Vec<u8> {
-    let spec = SynthSpec {
-        arch: "qwen2".into(),
-        n_layer: 2,
-        n_embd: 64,
-        n_ff: 256,
-        n_head: 4,
-        n_head_kv: 2,
-        head_dim: 0,
-        sliding_window: None,
-        vocab: 512,
-        n_ctx: 64,
-        rope_base: 10000.0,
-        mix: TypeMix::Q4KM,
-    };
-    build(&spec, 7).unwrap().to_bytes()
+    build(&common::tiny_synth_spec(64), 7).unwrap().to_bytes()
 }
 
 /// A copy of the tiny model with metadata replaced by `meta` and tensors passed through `t`.

@@ -10,6 +10,7 @@ pub mod common;
 pub mod info;
 pub mod perplexity;
 pub mod run;
+pub mod serve;
 pub mod synth;
 pub mod tokenize;
 

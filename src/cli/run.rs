@@ -99,6 +99,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         StopReason::Limit => "token limit",
         StopReason::StopString => "stop string",
         StopReason::Cancelled => "cancelled",
+        StopReason::ContextFull => "context full",
     };
     eprintln!(
         "prompt: {} tokens in {:.2} s ({:.1} tok/s); generated: {} tokens in {:.2} s ({:.1} tok/s); stop: {reason}",

@@ -5,7 +5,7 @@ use super::{
     arg, c_str, call, check_struct_size, guard, llorch_error, llorch_model, llorch_status, out,
     read_sized_fields,
 };
-use crate::session::{GenerateParams, GenerateStats, Session, SessionOptions, StopReason};
+use crate::session::{Event, GenerateParams, GenerateStats, Session, SessionOptions, StopReason};
 use crate::Error;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void};
@@ -17,9 +17,19 @@ use std::sync::Arc;
 /// concurrent call fails with `LLORCH_ERR_INVALID_ARGUMENT`, "session is busy"), except
 /// `llorch_session_cancel`, which any thread may call at any time.
 pub struct llorch_session {
-    /// Locked by generate/reset/…; `cancel` below is reachable without it.
-    session: Mutex<Session>,
+    /// Locked by generate/next/reset/…; `cancel` below is reachable without it.
+    engine: Mutex<Engine>,
+    /// The session's cancel flag, which only the session clears.
     cancel: Arc<AtomicBool>,
+}
+
+/// What a session handle guards: the session, and what the pull form keeps between calls.
+struct Engine {
+    session: Session,
+    /// The rest of a piece that did not fit the caller's buffer, and its token.
+    unread: Option<(String, u32)>,
+    /// The stats of the last generation that ended.
+    last_stats: Option<GenerateStats>,
 }
 
 /// Parameters of `llorch_session_new`. Fill with `llorch_session_params_init` first.
@@ -129,9 +139,12 @@ pub enum llorch_stop_reason {
     LLORCH_STOP_STRING = 2,
     /// `llorch_session_cancel` was called, or the token callback returned false.
     LLORCH_STOP_CANCELLED = 3,
+    /// The session's context filled up (the call returned `LLORCH_ERR_CONTEXT_FULL`).
+    LLORCH_STOP_CONTEXT_FULL = 4,
 }
 
-/// Statistics of one generation, written by `llorch_session_generate`. The caller sets
+/// Statistics of one generation, written by `llorch_session_generate` and
+/// `llorch_session_stats`. The caller sets
 /// `struct_size` (use `llorch_generate_stats_init`); only fields that fit in it are written.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -241,7 +254,11 @@ pub unsafe extern "C" fn llorch_session_new(
         )?;
         let cancel = session.cancel_flag();
         *out_session = Box::into_raw(Box::new(llorch_session {
-            session: Mutex::new(session),
+            engine: Mutex::new(Engine {
+                session,
+                unread: None,
+                last_stats: None,
+            }),
             cancel,
         }));
         Ok(())
@@ -264,8 +281,8 @@ pub unsafe extern "C" fn llorch_session_free(session: *mut llorch_session) {
 
 /// The session, locked for one call; a concurrent call is an error rather than a deadlock
 /// (a token callback that calls back into its own session would otherwise hang).
-fn lock(s: &llorch_session) -> crate::Result<parking_lot::MutexGuard<'_, Session>> {
-    s.session.try_lock().ok_or_else(|| {
+fn lock(s: &llorch_session) -> crate::Result<parking_lot::MutexGuard<'_, Engine>> {
+    s.engine.try_lock().ok_or_else(|| {
         Error::InvalidArgument(
             "session is busy: another call is using it (one call at a time per session)".into(),
         )
@@ -371,16 +388,19 @@ fn stop_reason(r: StopReason) -> llorch_stop_reason {
         StopReason::Limit => llorch_stop_reason::LLORCH_STOP_LIMIT,
         StopReason::StopString => llorch_stop_reason::LLORCH_STOP_STRING,
         StopReason::Cancelled => llorch_stop_reason::LLORCH_STOP_CANCELLED,
+        StopReason::ContextFull => llorch_stop_reason::LLORCH_STOP_CONTEXT_FULL,
     }
 }
 
-fn cancelled_stats() -> GenerateStats {
-    GenerateStats {
-        prompt_tokens: 0,
-        generated_tokens: 0,
-        prompt_seconds: 0.0,
-        generate_seconds: 0.0,
-        stop_reason: StopReason::Cancelled,
+/// The status a generation's end gives: OK, or the error its stop reason stands for.
+fn end_status(st: &GenerateStats) -> crate::Result<()> {
+    match st.stop_reason {
+        StopReason::Cancelled => Err(Error::Cancelled),
+        StopReason::ContextFull => Err(Error::ContextFull(format!(
+            "the session's context filled up after {} generated tokens",
+            st.generated_tokens
+        ))),
+        StopReason::Eos | StopReason::Limit | StopReason::StopString => Ok(()),
     }
 }
 
@@ -390,10 +410,14 @@ fn cancelled_stats() -> GenerateStats {
 ///
 /// Returns `LLORCH_OK` when generation ends by EOS, the token limit or a stop string;
 /// `LLORCH_ERR_CANCELLED` when `llorch_session_cancel` was called or `on_token` returned
-/// false (the stats are written in both cases, stop reason `LLORCH_STOP_CANCELLED`; the
-/// tokens so far stay in the conversation and the session stays usable);
-/// `LLORCH_ERR_CONTEXT_FULL` when the KV cache cannot hold the prompt;
+/// false (the stats are written, stop reason `LLORCH_STOP_CANCELLED`; the tokens so far stay
+/// in the conversation and the session stays usable);
+/// `LLORCH_ERR_CONTEXT_FULL` when the KV cache cannot hold the prompt (nothing is generated,
+/// the stats are not written), or when it fills up during generation: then the stats are
+/// written (stop reason `LLORCH_STOP_CONTEXT_FULL`) and the conversation is left as it was
+/// before the call, so the session stays usable with a shorter turn;
 /// `LLORCH_ERR_INVALID_ARGUMENT` for NULL, a bad struct_size, invalid UTF-8 or bad sampling.
+/// The same stats can be read afterwards with `llorch_session_stats`.
 ///
 /// Thread-safety: one call at a time per session (a concurrent call on the same session fails
 /// with "session is busy"); different sessions may generate in parallel, even on one model.
@@ -415,13 +439,8 @@ pub unsafe extern "C" fn llorch_session_generate(
         if !stats.is_null() {
             check_struct_size((*stats).struct_size, GENERATE_STATS_MIN, "stats")?;
         }
-        let s = arg(session as *const llorch_session, "session")?;
-        let mut engine = lock(s)?;
-        // A cancel that came while no generation ran applies to this one (none is ever lost).
-        if s.cancel.swap(false, Ordering::SeqCst) {
-            write_stats(stats, &cancelled_stats());
-            return Err(Error::Cancelled);
-        }
+        let mut e = lock(arg(session as *const llorch_session, "session")?)?;
+        e.unread = None;
         let mut on_piece = |text: &str, token: u32| match on_token {
             Some(cb) => cb(
                 user_data,
@@ -431,29 +450,145 @@ pub unsafe extern "C" fn llorch_session_generate(
             ),
             None => true,
         };
-        let result = engine.generate(prompt, &gp, &mut on_piece);
-        // This call consumed any cancel that arrived while it ran.
-        s.cancel.store(false, Ordering::SeqCst);
-        let st = match result {
-            Ok(st) => st,
-            Err(Error::Cancelled) => cancelled_stats(),
-            Err(e) => return Err(e),
-        };
+        let st = e.session.generate(prompt, &gp, &mut on_piece)?;
         write_stats(stats, &st);
-        match st.stop_reason {
-            StopReason::Cancelled => Err(Error::Cancelled),
-            _ => Ok(()),
+        let status = end_status(&st);
+        e.last_stats = Some(st);
+        status
+    })
+}
+
+/// The pull form, step 1: appends the NUL-terminated UTF-8 `prompt` to the conversation and
+/// begins a generation with `params` (required); then call `llorch_session_next` for each
+/// piece. Nothing is computed yet (the first `llorch_session_next` feeds the prompt). Errors
+/// change nothing: `LLORCH_ERR_INVALID_ARGUMENT` (NULL, bad struct_size, invalid UTF-8, bad
+/// sampling), `LLORCH_ERR_CONTEXT_FULL` (the prompt cannot fit). A generation still in
+/// progress on this session is abandoned (its tokens stay in the conversation, as after a
+/// cancel), and so is the unread rest of its last piece.
+///
+/// Thread-safety: one call at a time per session ("session is busy" otherwise); the calls of
+/// one generation may come from different threads one after another (a session is not tied to
+/// a thread). `llorch_session_cancel` works as with `llorch_session_generate`.
+#[no_mangle]
+pub unsafe extern "C" fn llorch_session_begin(
+    session: *mut llorch_session,
+    prompt: *const c_char,
+    params: *const llorch_generate_params,
+    err: *mut *mut llorch_error,
+) -> llorch_status {
+    call(err, || {
+        let prompt = c_str(prompt, "prompt")?;
+        let gp = generate_params(params)?;
+        let mut e = lock(arg(session as *const llorch_session, "session")?)?;
+        e.unread = None;
+        e.session.begin(prompt, &gp)
+    })
+}
+
+/// The pull form, step 2: runs the generation begun by `llorch_session_begin` until the next
+/// piece of text, and copies it into `buf` (`cap` bytes, at least 4; not NUL-terminated):
+/// `*out_len` bytes of whole UTF-8 characters, `*out_token` (may be NULL) the token that
+/// completed them, `*out_done` false. A piece longer than `cap` comes in parts, one per call,
+/// each cut between characters. The pieces are the same as `llorch_session_generate` passes
+/// to its callback; the first call also feeds the prompt, so it takes longest.
+///
+/// The end: `LLORCH_OK` with `*out_done` true and `*out_len` 0 when the generation ended by
+/// EOS, the token limit or a stop string; `LLORCH_ERR_CANCELLED` when it was cancelled
+/// (`llorch_session_cancel`); `LLORCH_ERR_CONTEXT_FULL` when the context filled up (the
+/// conversation is then left as it was before `llorch_session_begin`); any other error also
+/// ends it (the conversation as before `llorch_session_begin`). After the end,
+/// `llorch_session_stats` gives the generation's statistics, and a further call returns
+/// `LLORCH_ERR_INVALID_ARGUMENT` (no generation in progress). Bad arguments (NULL `buf`,
+/// `out_len` or `out_done`, `cap` < 4) return `LLORCH_ERR_INVALID_ARGUMENT` and do not end
+/// the generation.
+///
+/// Thread-safety: as `llorch_session_begin`. To stop early, call `llorch_session_cancel`
+/// (from any thread) and then this once more, or begin another generation.
+#[no_mangle]
+pub unsafe extern "C" fn llorch_session_next(
+    session: *mut llorch_session,
+    buf: *mut c_char,
+    cap: usize,
+    out_len: *mut usize,
+    out_token: *mut i32,
+    out_done: *mut bool,
+    err: *mut *mut llorch_error,
+) -> llorch_status {
+    call(err, || {
+        if buf.is_null() {
+            return Err(Error::InvalidArgument("buf is NULL".into()));
         }
+        if cap < 4 {
+            return Err(Error::InvalidArgument(format!(
+                "cap is {cap}: the buffer must hold at least 4 bytes (one UTF-8 character)"
+            )));
+        }
+        let out_len = out(out_len, "out_len")?;
+        let out_done = out(out_done, "out_done")?;
+        let mut e = lock(arg(session as *const llorch_session, "session")?)?;
+        let (text, token) = match e.unread.take() {
+            Some(rest) => rest,
+            None => match e.session.next_event()? {
+                Event::Piece(p) => (p.text, p.token),
+                Event::Done(st) => {
+                    let status = end_status(&st);
+                    e.last_stats = Some(st);
+                    status?;
+                    *out_len = 0;
+                    *out_done = true;
+                    return Ok(());
+                }
+            },
+        };
+        // The longest prefix of whole characters that fits.
+        let cut = (0..=cap.min(text.len()))
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, cut);
+        if cut < text.len() {
+            e.unread = Some((text[cut..].to_string(), token));
+        }
+        *out_len = cut;
+        if let Some(t) = out_token.as_mut() {
+            *t = token as i32;
+        }
+        *out_done = false;
+        Ok(())
+    })
+}
+
+/// Writes the statistics of the session's last ended generation (by `llorch_session_generate`
+/// or `llorch_session_next`) into `stats` (required; its struct_size set). A generation that
+/// ended by cancellation or a full context has stats too. `LLORCH_ERR_INVALID_ARGUMENT` if no
+/// generation has ended on this session yet. Thread-safety: one call at a time per session.
+#[no_mangle]
+pub unsafe extern "C" fn llorch_session_stats(
+    session: *const llorch_session,
+    stats: *mut llorch_generate_stats,
+    err: *mut *mut llorch_error,
+) -> llorch_status {
+    call(err, || {
+        let size = out(stats, "stats")?.struct_size;
+        check_struct_size(size, GENERATE_STATS_MIN, "stats")?;
+        let e = lock(arg(session, "session")?)?;
+        let st = e.last_stats.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("no generation has ended on this session yet".into())
+        })?;
+        write_stats(stats, st);
+        Ok(())
     })
 }
 
 /// Asks the generation running on `session` to stop; it stops within one token, also during
-/// the prompt's prefill, and returns `LLORCH_ERR_CANCELLED`. If no generation is running, the
-/// next `llorch_session_generate` on this session returns `LLORCH_ERR_CANCELLED` at once
-/// without changing the conversation (a cancel is never lost); cancelling twice is the same as
-/// once. Returns `LLORCH_ERR_INVALID_ARGUMENT` only for NULL.
+/// the prompt's prefill, and returns `LLORCH_ERR_CANCELLED` (`llorch_session_generate`, or
+/// the next `llorch_session_next`). If no generation is running, the next one on this session
+/// is cancelled at once without changing the conversation: a cancel is never lost, whenever
+/// it comes (only the session clears the request, when a generation acts on it, or
+/// `llorch_session_reset`); cancelling twice before it is acted on is the same as once.
+/// Returns `LLORCH_ERR_INVALID_ARGUMENT` only for NULL.
 /// Thread-safety: any thread, at any time, also while another thread is in
-/// `llorch_session_generate` on this session (it only sets a flag).
+/// `llorch_session_generate` or `llorch_session_next` on this session (it only sets a flag).
 #[no_mangle]
 pub unsafe extern "C" fn llorch_session_cancel(session: *const llorch_session) -> llorch_status {
     call(std::ptr::null_mut(), || {
@@ -464,7 +599,8 @@ pub unsafe extern "C" fn llorch_session_cancel(session: *const llorch_session) -
     })
 }
 
-/// Forgets the conversation (empties the KV cache) and drops a pending cancel.
+/// Forgets the conversation (empties the KV cache), ends a pull-form generation in progress
+/// and drops a pending cancel.
 /// Thread-safety: one call at a time per session.
 #[no_mangle]
 pub unsafe extern "C" fn llorch_session_reset(
@@ -472,9 +608,9 @@ pub unsafe extern "C" fn llorch_session_reset(
     err: *mut *mut llorch_error,
 ) -> llorch_status {
     call(err, || {
-        let s = arg(session as *const llorch_session, "session")?;
-        lock(s)?.reset();
-        s.cancel.store(false, Ordering::SeqCst);
+        let mut e = lock(arg(session as *const llorch_session, "session")?)?;
+        e.session.reset();
+        e.unread = None;
         Ok(())
     })
 }
@@ -491,10 +627,10 @@ pub unsafe extern "C" fn llorch_session_context_usage(
     call(err, || {
         let g = lock(arg(session, "session")?)?;
         if let Some(o) = out_n_past.as_mut() {
-            *o = g.n_past();
+            *o = g.session.n_past();
         }
         if let Some(o) = out_n_ctx.as_mut() {
-            *o = g.n_ctx();
+            *o = g.session.n_ctx();
         }
         Ok(())
     })
@@ -513,7 +649,7 @@ pub unsafe extern "C" fn llorch_session_tokenize(
     err: *mut *mut llorch_error,
 ) -> llorch_status {
     call(err, || {
-        let model = lock(arg(session, "session")?)?.model().clone();
+        let model = lock(arg(session, "session")?)?.session.model().clone();
         tokenize_with(&model, text, add_bos, parse_special, out_tokens, out_n)
     })
 }
@@ -530,7 +666,7 @@ pub unsafe extern "C" fn llorch_session_detokenize(
     err: *mut *mut llorch_error,
 ) -> llorch_status {
     call(err, || {
-        let model = lock(arg(session, "session")?)?.model().clone();
+        let model = lock(arg(session, "session")?)?.session.model().clone();
         detokenize_with(&model, tokens, n_tokens, out_text, out_len)
     })
 }

@@ -8,11 +8,11 @@ use crate::backend::{Logits, Out, Reservation, State, Tap};
 use crate::model::recipe::forward;
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::tokenizer::StreamDecoder;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use stop::StopMatcher;
 
 /// Default KV cache length when the caller asks for "the model's": training contexts of
@@ -58,8 +58,11 @@ pub enum StopReason {
     Limit,
     /// A stop string matched.
     StopString,
-    /// `cancel()` was called, or the callback returned false.
+    /// The cancel flag was set, or the callback returned false.
     Cancelled,
+    /// The context (KV cache) filled up. The conversation is left as it was before the
+    /// generation, so the session stays usable with a shorter turn.
+    ContextFull,
 }
 
 #[derive(Debug, Clone)]
@@ -82,9 +85,14 @@ pub struct Session {
     history: Vec<u32>,
     /// A sampled token not yet fed to the model (fed first by the next call).
     pending: Option<u32>,
+    /// Set from any thread to stop the generation; only the session clears it, when a
+    /// generation acts on it (so no cancel is ever lost between two generations).
     cancel: Arc<AtomicBool>,
     seed: u64,
+    /// Generations begun so far (varies the sampler's seed from one to the next).
     generation: u64,
+    /// The generation in progress, between `begin` and its `Event::Done`.
+    running: Option<Generation>,
 }
 
 impl Session {
@@ -115,6 +123,7 @@ impl Session {
             cancel: Arc::new(AtomicBool::new(false)),
             seed: options.seed,
             generation: 0,
+            running: None,
         })
     }
 
@@ -123,15 +132,33 @@ impl Session {
     }
 
     /// A flag that, set from any thread, stops generation (also prefill) within one token.
+    /// Set while no generation runs, it cancels the next one before it changes anything. The
+    /// session clears it when it acts on it, and nothing else does (except [`reset`]).
+    ///
+    /// [`reset`]: Self::reset
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
     }
 
-    /// Forget the conversation (empty the KV cache).
+    /// Use `flag` as the cancel flag from now on (one the caller made before the session,
+    /// e.g. for a request that may be cancelled while it waits in a queue).
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = flag;
+    }
+
+    /// The seed of the sampler's random numbers from now on (as `SessionOptions::seed`).
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    /// Forget the conversation (empty the KV cache), any generation in progress and a
+    /// pending cancel.
     pub fn reset(&mut self) {
         self.history.clear();
         self.pending = None;
         self.generation = 0;
+        self.running = None;
+        self.cancel.store(false, Ordering::SeqCst);
     }
 
     /// Tokens in the KV cache.
@@ -190,7 +217,8 @@ impl Session {
     /// as it was before the failed chunk.
     fn feed(&mut self, tokens: &[u32], which: Logits, mut out: Out) -> Result<()> {
         self.check_tokens(tokens)?;
-        let mut all: Vec<u32> = self.pending.take().into_iter().collect();
+        let pending = self.pending.take();
+        let mut all: Vec<u32> = pending.into_iter().collect();
         all.extend_from_slice(tokens);
         let cancel = self.cancel.clone();
         let cancelled = move || cancel.load(Ordering::Relaxed);
@@ -212,7 +240,13 @@ impl Session {
             };
             let mut run =
                 |ops: &mut dyn crate::backend::Ops| forward(ops, recipe, mode, n_ctx, &cancelled);
-            self.state.step(chunk, pos0, mode, &mut run, want)?;
+            if let Err(e) = self.state.step(chunk, pos0, mode, &mut run, want) {
+                if i == 0 {
+                    // The token not yet fed stays the conversation's.
+                    self.pending = pending;
+                }
+                return Err(e);
+            }
             self.history.extend_from_slice(chunk);
         }
         Ok(())
@@ -220,45 +254,65 @@ impl Session {
 
     /// Append `prompt` to the conversation and generate. Each piece passed to `on_piece` is
     /// whole UTF-8; returning false stops (stop reason `Cancelled`). A cancelled generation
-    /// returns Ok with `StopReason::Cancelled` and leaves the session usable.
+    /// returns Ok with `StopReason::Cancelled` and leaves the session usable; so does one that
+    /// fills the context (`StopReason::ContextFull`, the conversation as before the call).
     pub fn generate(
         &mut self,
         prompt: &str,
         params: &GenerateParams,
         on_piece: &mut dyn FnMut(&str, u32) -> bool,
     ) -> Result<GenerateStats> {
-        let model = self.model.clone();
-        let tok = model.tokenizer();
-        let add_bos = self.history.is_empty() && self.pending.is_none();
-        let ids = tok.encode(prompt, params.parse_special, add_bos)?;
-        self.generate_tokens(&ids, params, on_piece)
+        self.begin(prompt, params)?;
+        self.drive(on_piece)
     }
 
     /// As [`generate`](Self::generate), with the prompt already tokenized.
     ///
-    /// A call that fails (a full context, a backend error) leaves the conversation as it was
-    /// before the call, so the session stays usable; text already streamed is not taken back.
+    /// A call that fails (a prompt that does not fit, a backend error) leaves the
+    /// conversation as it was before the call, so the session stays usable; text already
+    /// streamed is not taken back.
     pub fn generate_tokens(
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,
         on_piece: &mut dyn FnMut(&str, u32) -> bool,
     ) -> Result<GenerateStats> {
-        let (n_past, pending) = (self.history.len(), self.pending);
-        let result = self.generate_inner(prompt, params, on_piece);
-        if result.is_err() {
-            self.history.truncate(n_past);
-            self.pending = pending;
-        }
-        result
+        self.begin_tokens(prompt, params)?;
+        self.drive(on_piece)
     }
 
-    fn generate_inner(
-        &mut self,
-        prompt: &[u32],
-        params: &GenerateParams,
-        on_piece: &mut dyn FnMut(&str, u32) -> bool,
-    ) -> Result<GenerateStats> {
+    /// The push form: pulls every piece and hands it to `on_piece`.
+    fn drive(&mut self, on_piece: &mut dyn FnMut(&str, u32) -> bool) -> Result<GenerateStats> {
+        loop {
+            match self.next_event()? {
+                Event::Piece(p) => {
+                    if !on_piece(&p.text, p.token) {
+                        return Ok(self.stop_by_caller());
+                    }
+                }
+                Event::Done(stats) => return Ok(stats),
+            }
+        }
+    }
+
+    /// Start a generation from `prompt` (appended to the conversation); then call
+    /// [`next_event`](Self::next_event) until it returns `Event::Done`. Nothing is computed
+    /// yet: errors here are bad parameters or a prompt that cannot fit, and change nothing.
+    /// A generation still in progress is abandoned (its tokens stay in the conversation, as
+    /// after a cancel).
+    pub fn begin(&mut self, prompt: &str, params: &GenerateParams) -> Result<()> {
+        self.running = None;
+        let add_bos = self.history.is_empty() && self.pending.is_none();
+        let ids = self
+            .model
+            .tokenizer()
+            .encode(prompt, params.parse_special, add_bos)?;
+        self.begin_tokens(&ids, params)
+    }
+
+    /// As [`begin`](Self::begin), with the prompt already tokenized.
+    pub fn begin_tokens(&mut self, prompt: &[u32], params: &GenerateParams) -> Result<()> {
+        self.running = None;
         params.sampling.validate(self.model.vocab_size())?;
         if params.stop.iter().any(|s| s.is_empty()) {
             return Err(Error::InvalidArgument(
@@ -272,114 +326,288 @@ impl Session {
         }
         // Room for the prompt and at least one generated token.
         self.check_tokens(prompt)?;
-        self.cancel.store(false, Ordering::SeqCst);
         self.generation += 1;
-        let mut sampler = Sampler::new(
+        let sampler = Sampler::new(
             params.sampling.clone(),
             self.seed ^ self.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
-        let mut stats = GenerateStats {
-            prompt_tokens: prompt.len() as u32,
+        let mut history = self.tokens();
+        history.extend_from_slice(prompt);
+        self.running = Some(Generation {
+            max_tokens: params.max_tokens,
+            greedy: sampler.is_greedy(),
+            sampler,
+            logits: Vec::new(),
+            pick: None,
+            decoder: StreamDecoder::new(),
+            stops: StopMatcher::new(params.stop.clone()),
+            history,
+            stats: GenerateStats {
+                prompt_tokens: prompt.len() as u32,
+                generated_tokens: 0,
+                prompt_seconds: 0.0,
+                generate_seconds: 0.0,
+                stop_reason: StopReason::Limit,
+            },
+            started: Instant::now(),
+            decode_started: None,
+            before: (self.history.len(), self.pending),
+            phase: Phase::Prefill(prompt.to_vec()),
+        });
+        Ok(())
+    }
+
+    /// The pull form: runs the generation begun by [`begin`](Self::begin) until it has a
+    /// piece of text (whole UTF-8 characters, never empty) or ends. The first call feeds the
+    /// prompt. After `Event::Done` (or an error) no generation is in progress.
+    ///
+    /// An error (a backend failure) ends the generation and restores the conversation to
+    /// what it was before `begin`.
+    pub fn next_event(&mut self) -> Result<Event> {
+        let mut g = self.running.take().ok_or_else(|| {
+            Error::InvalidArgument(
+                "no generation in progress: begin one first (the last one has ended)".into(),
+            )
+        })?;
+        loop {
+            match self.step(&mut g) {
+                Ok(None) => {}
+                Ok(Some(Event::Done(stats))) => return Ok(Event::Done(stats)),
+                Ok(Some(piece)) => {
+                    self.running = Some(g);
+                    return Ok(piece);
+                }
+                Err(e) => {
+                    self.restore(g.before);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Whether a generation was begun and has not ended.
+    pub fn is_generating(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Ends the generation in progress because its caller stopped reading (stop reason
+    /// `Cancelled`, unless it had already ended); its stats.
+    fn stop_by_caller(&mut self) -> GenerateStats {
+        let Some(mut g) = self.running.take() else {
+            return GenerateStats::cancelled();
+        };
+        if !matches!(g.phase, Phase::Flushed) {
+            g.stats.stop_reason = StopReason::Cancelled;
+        }
+        g.finish_stats();
+        g.stats
+    }
+
+    /// Takes a cancel request, if there is one.
+    fn take_cancel(&self) -> bool {
+        self.cancel.swap(false, Ordering::SeqCst)
+    }
+
+    fn restore(&mut self, (n_past, pending): (usize, Option<u32>)) {
+        self.history.truncate(n_past);
+        self.pending = pending;
+    }
+
+    /// One unit of work of a generation: the prompt's prefill, one token's forward pass, one
+    /// sampled token, or the end. Returns the event it produced, if any.
+    fn step(&mut self, g: &mut Generation) -> Result<Option<Event>> {
+        let model = self.model.clone();
+        let tok = model.tokenizer();
+        match std::mem::replace(&mut g.phase, Phase::Flushed) {
+            Phase::Prefill(prompt) => {
+                g.phase = Phase::Sample;
+                if self.take_cancel() {
+                    g.phase = Phase::Ending(StopReason::Cancelled);
+                    return Ok(None);
+                }
+                let out = g.out();
+                let fed = self.feed(&prompt, Logits::Last, out);
+                g.stats.prompt_seconds = g.started.elapsed().as_secs_f64();
+                match fed {
+                    Ok(()) if g.logits.is_empty() && g.pick.is_none() => {
+                        // Empty prompt after a turn that ended without feeding: nothing new
+                        // to condition on.
+                        return Err(Error::InvalidArgument(
+                            "nothing to generate from: empty prompt".into(),
+                        ));
+                    }
+                    Ok(()) => g.decode_started = Some(Instant::now()),
+                    Err(Error::Cancelled) => self.cancelled(g),
+                    Err(e) => return Err(e),
+                }
+            }
+            Phase::Feed => {
+                g.phase = Phase::Sample;
+                if self.take_cancel() {
+                    g.phase = Phase::Ending(StopReason::Cancelled);
+                } else if self.history.len() + 1 >= self.n_ctx {
+                    g.phase = Phase::Ending(StopReason::ContextFull);
+                } else {
+                    g.logits.clear();
+                    let out = g.out();
+                    match self.feed(&[], Logits::Last, out) {
+                        Ok(()) => {}
+                        Err(Error::Cancelled) => self.cancelled(g),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Phase::Sample => {
+                if self.take_cancel() {
+                    g.phase = Phase::Ending(StopReason::Cancelled);
+                    return Ok(None);
+                }
+                if g.stats.generated_tokens >= g.max_tokens {
+                    g.phase = Phase::Ending(StopReason::Limit);
+                    return Ok(None);
+                }
+                return self.sample(g, tok);
+            }
+            Phase::Ending(reason) => {
+                g.stats.stop_reason = reason;
+                g.finish_stats();
+                if reason == StopReason::ContextFull {
+                    self.restore(g.before);
+                }
+                if matches!(reason, StopReason::Limit | StopReason::Eos) {
+                    // Whatever was held back (a partial character, a stop-string prefix).
+                    let rest = g.stops.finish(&g.decoder.flush());
+                    if !rest.is_empty() {
+                        let token = self.pending.unwrap_or(0);
+                        return Ok(Some(Event::piece(rest, token)));
+                    }
+                }
+                return Ok(Some(Event::Done(g.stats.clone())));
+            }
+            Phase::Flushed => return Ok(Some(Event::Done(g.stats.clone()))),
+        }
+        Ok(None)
+    }
+
+    /// A forward pass stopped by the cancel flag: take the request and end.
+    fn cancelled(&self, g: &mut Generation) {
+        self.take_cancel();
+        g.phase = Phase::Ending(StopReason::Cancelled);
+    }
+
+    /// Picks the next token from the last logits and turns it into text.
+    fn sample(&mut self, g: &mut Generation, tok: &Tokenizer) -> Result<Option<Event>> {
+        let id = match g.pick.take() {
+            Some(id) => id,
+            None => g.sampler.sample(&mut g.logits, &g.history),
+        };
+        g.stats.generated_tokens += 1;
+        g.history.push(id);
+        self.pending = Some(id);
+        if tok.is_eog(id) {
+            g.phase = Phase::Ending(StopReason::Eos);
+            return Ok(None);
+        }
+        let text = g.decoder.push(&tok.token_bytes(id)?);
+        let (ready, hit) = g.stops.push(&text);
+        g.phase = if hit {
+            Phase::Ending(StopReason::StopString)
+        } else if g.stats.generated_tokens >= g.max_tokens {
+            Phase::Ending(StopReason::Limit)
+        } else {
+            Phase::Feed
+        };
+        Ok((!ready.is_empty()).then(|| Event::piece(ready, id)))
+    }
+}
+
+/// A piece of generated text: whole UTF-8 characters, and the token that completed them (a
+/// piece may hold bytes of several tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub text: String,
+    pub token: u32,
+}
+
+/// What [`Session::next_event`] hands back.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Generated text, never empty.
+    Piece(Piece),
+    /// The generation has ended: its statistics (and why it stopped).
+    Done(GenerateStats),
+}
+
+impl Event {
+    fn piece(text: String, token: u32) -> Event {
+        Event::Piece(Piece { text, token })
+    }
+}
+
+impl GenerateStats {
+    /// The stats of a generation cancelled before it began.
+    pub fn cancelled() -> GenerateStats {
+        GenerateStats {
+            prompt_tokens: 0,
             generated_tokens: 0,
             prompt_seconds: 0.0,
             generate_seconds: 0.0,
-            stop_reason: StopReason::Limit,
-        };
-        let t0 = Instant::now();
-        // Greedy: the backend picks the token where the logits are (on the GPU, 4 bytes come
-        // back instead of the row); otherwise the sampler gets the row.
-        let greedy = sampler.is_greedy();
-        let mut logits = Vec::new();
-        let mut pick = None;
-        fn out<'a>(greedy: bool, logits: &'a mut Vec<f32>, pick: &'a mut Option<u32>) -> Out<'a> {
-            if greedy {
-                Out::Argmax(pick)
-            } else {
-                Out::Logits(logits)
-            }
+            stop_reason: StopReason::Cancelled,
         }
-        match self.feed(prompt, Logits::Last, out(greedy, &mut logits, &mut pick)) {
-            Ok(()) => {}
-            Err(Error::Cancelled) => {
-                stats.stop_reason = StopReason::Cancelled;
-                stats.prompt_seconds = t0.elapsed().as_secs_f64();
-                return Ok(stats);
-            }
-            Err(e) => return Err(e),
+    }
+}
+
+/// Where a generation in progress stands: what its next step does.
+enum Phase {
+    /// Feed the prompt.
+    Prefill(Vec<u32>),
+    /// Pick a token from the logits (or the backend's pick) at hand.
+    Sample,
+    /// Feed the token just picked, for the next logits.
+    Feed,
+    /// Stop: emit what was held back (after `Eos` and `Limit`), then `Done`.
+    Ending(StopReason),
+    /// Ended, held-back text emitted: `Done` is all that is left.
+    Flushed,
+}
+
+/// The state of one generation between its steps.
+struct Generation {
+    max_tokens: u32,
+    sampler: Sampler,
+    /// Greedy: the backend picks the token where the logits are (on the GPU, 4 bytes come
+    /// back instead of the row); otherwise the sampler gets the row.
+    greedy: bool,
+    logits: Vec<f32>,
+    pick: Option<u32>,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    /// The conversation's tokens including those generated (the penalties look at them).
+    history: Vec<u32>,
+    stats: GenerateStats,
+    started: Instant,
+    /// When decoding began (after the prefill), if it did.
+    decode_started: Option<Instant>,
+    /// The conversation before this generation (`history.len()`, `pending`), restored if
+    /// the generation fails or fills the context.
+    before: (usize, Option<u32>),
+    phase: Phase,
+}
+
+impl Generation {
+    /// Where a forward step puts its result: the pick for greedy decoding, else the row.
+    fn out(&mut self) -> Out<'_> {
+        if self.greedy {
+            Out::Argmax(&mut self.pick)
+        } else {
+            Out::Logits(&mut self.logits)
         }
-        if logits.is_empty() && pick.is_none() {
-            // Empty prompt after a turn that ended without feeding: nothing new to condition on.
-            return Err(Error::InvalidArgument(
-                "nothing to generate from: empty prompt".into(),
-            ));
-        }
-        stats.prompt_seconds = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let mut decoder = StreamDecoder::new();
-        let mut stops = StopMatcher::new(&params.stop);
-        let model = self.model.clone();
-        let tok = model.tokenizer();
-        let emit = |text: &str, id: u32, on_piece: &mut dyn FnMut(&str, u32) -> bool| -> bool {
-            text.is_empty() || on_piece(text, id)
-        };
-        let mut history = self.tokens();
-        loop {
-            if self.cancel.load(Ordering::Relaxed) {
-                stats.stop_reason = StopReason::Cancelled;
-                break;
-            }
-            if stats.generated_tokens >= params.max_tokens {
-                stats.stop_reason = StopReason::Limit;
-                break;
-            }
-            let id = match pick.take() {
-                Some(id) => id,
-                None => sampler.sample(&mut logits, &history),
-            };
-            stats.generated_tokens += 1;
-            history.push(id);
-            self.pending = Some(id);
-            if tok.is_eog(id) {
-                stats.stop_reason = StopReason::Eos;
-                break;
-            }
-            let text = decoder.push(&tok.token_bytes(id)?);
-            let (ready, hit) = stops.push(&text);
-            if !emit(&ready, id, on_piece) {
-                stats.stop_reason = StopReason::Cancelled;
-                break;
-            }
-            if hit {
-                stats.stop_reason = StopReason::StopString;
-                break;
-            }
-            if stats.generated_tokens >= params.max_tokens {
-                stats.stop_reason = StopReason::Limit;
-                break;
-            }
-            if self.history.len() + 1 >= self.n_ctx {
-                stats.generate_seconds = t1.elapsed().as_secs_f64();
-                return Err(Error::ContextFull(format!(
-                    "the session's context of {} tokens is full after {} generated tokens",
-                    self.n_ctx, stats.generated_tokens
-                )));
-            }
-            logits.clear();
-            match self.feed(&[], Logits::Last, out(greedy, &mut logits, &mut pick)) {
-                Ok(()) => {}
-                Err(Error::Cancelled) => {
-                    stats.stop_reason = StopReason::Cancelled;
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if matches!(stats.stop_reason, StopReason::Limit | StopReason::Eos) {
-            // Whatever was held back (a partial character, a possible stop-string prefix).
-            let rest = stops.finish(&decoder.flush());
-            emit(&rest, self.pending.unwrap_or(0), on_piece);
-        }
-        stats.generate_seconds = t1.elapsed().as_secs_f64();
-        Ok(stats)
+    }
+
+    fn finish_stats(&mut self) {
+        self.stats.generate_seconds = self
+            .decode_started
+            .map_or(Duration::ZERO, |t| t.elapsed())
+            .as_secs_f64();
     }
 }

@@ -1,13 +1,13 @@
 //! Stop strings: text is held back while it could still become a stop string, so a stop
 //! string is never emitted, not even partly.
 
-pub struct StopMatcher<'a> {
-    stops: &'a [String],
+pub struct StopMatcher {
+    stops: Vec<String>,
     held: String,
 }
 
-impl<'a> StopMatcher<'a> {
-    pub fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> Self {
         StopMatcher {
             stops,
             held: String::new(),
@@ -55,8 +55,7 @@ mod tests {
     use super::StopMatcher;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut m = StopMatcher::new(&stops);
+        let mut m = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
         let mut out = String::new();
         for p in pieces {
             let (t, hit) = m.push(p);

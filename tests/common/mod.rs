@@ -54,3 +54,22 @@ pub const QWEN_05B: &str = "qwen2.5-coder-0.5b";
 pub const SMOLLM2: &str = "smollm2-135m";
 pub const GEMMA3: &str = "gemma3-270m";
 pub const QWEN_15B: &str = "qwen2.5-coder-1.5b";
+
+/// A tiny synthetic qwen2 model (2 layers, 64 wide, 512 tokens) with a context of `n_ctx`:
+/// loads and generates in microseconds.
+pub fn tiny_synth_spec(n_ctx: usize) -> llorch::model::synth::SynthSpec {
+    llorch::model::synth::SynthSpec {
+        arch: "qwen2".into(),
+        n_layer: 2,
+        n_embd: 64,
+        n_ff: 256,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 0,
+        sliding_window: None,
+        vocab: 512,
+        n_ctx,
+        rope_base: 10000.0,
+        mix: llorch::model::synth::TypeMix::Q4KM,
+    }
+}
