@@ -128,7 +128,6 @@ unsafe fn head_avx512(
     }
 }
 
-/// `out[i] = silu(g[i]) · u[i] = g / (1 + e^-g) · u` for `out.len()` values.
 /// `out = act(g) * u`.
 pub fn glu(act: super::Activation, g: &[f32], u: &[f32], out: &mut [f32]) {
     match act {
@@ -146,6 +145,7 @@ pub fn gelu_tanh_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out[i] = silu(g[i]) · u[i] = g / (1 + e^-g) · u` for `out.len()` values.
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     let n = out.len();
     assert!(g.len() >= n && u.len() >= n);
