@@ -32,7 +32,7 @@ strip -o "$dest/llorch" "$CARGO_TARGET_DIR/release/llorch"
 strip -o "$dest/libllorch.so" "$CARGO_TARGET_DIR/release/libllorch.so"
 # The C haiku program, finding libllorch.so beside itself.
 cc -std=c11 -Wall -Wextra -Werror -O2 -Iinclude -o "$dest/haiku" examples/c/haiku.c -L"$dest" -lllorch -Wl,-rpath,'$ORIGIN'
-mkdir -p "$dest/golden" && cp ../shared/golden/qwen25coder05b.json "$dest/golden/"
+mkdir -p "$dest/golden" && cp tests/golden/qwen25coder05b.json "$dest/golden/"
 cp scripts/device-test.sh "$dest/run-gpu-tests.sh"
 cp scripts/device-real.sh "$dest/run-real.sh"
 cp scripts/device-profile.sh "$dest/run-profile.sh"
