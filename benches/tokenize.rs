@@ -1,5 +1,5 @@
 //! Encode throughput on a large real text: `cargo bench --bench tokenize`.
-//! The text is shared/golden/Apache-2.0.txt repeated to about 4 MB (override the golden
+//! The text is tests/golden/Apache-2.0.txt repeated to about 4 MB (override the golden
 //! directory with LLORCH_GOLDEN_DIR). Models come from scripts/fetch-model, or are the GGUF
 //! paths given as arguments (`cargo bench --bench tokenize -- a.gguf b.gguf`).
 
@@ -27,7 +27,7 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let golden = std::env::var_os("LLORCH_GOLDEN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/golden"));
+        .unwrap_or_else(|| root.join("tests/golden"));
     let base = std::fs::read_to_string(golden.join("Apache-2.0.txt")).expect("Apache-2.0.txt");
     let mut text = String::new();
     while text.len() < 4 << 20 {

@@ -38,7 +38,7 @@ def build(path, pre):
 
 def main():
     golden = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "LLORCH_GOLDEN_DIR", os.path.join(ROOT, "..", "shared", "golden"))
+        "LLORCH_GOLDEN_DIR", os.path.join(ROOT, "tests", "golden"))
     base = open(os.path.join(golden, "Apache-2.0.txt"), encoding="utf-8").read()
     text = base
     while len(text.encode()) < 4 << 20:

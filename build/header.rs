@@ -8,7 +8,8 @@ use std::path::Path;
 /// The header text generated from `root`/src/ffi with `root`/cbindgen.toml.
 #[allow(dead_code)] // used by tests/ffi_header.rs too
 pub fn render(root: &Path) -> Result<String, String> {
-    let config = cbindgen::Config::from_file(root.join("cbindgen.toml"))?;
+    let mut config = cbindgen::Config::from_file(root.join("cbindgen.toml"))?;
+    config.after_includes = Some(version_macros());
     let bindings = cbindgen::Builder::new()
         .with_config(config)
         .with_src(root.join("src/ffi/mod.rs"))
@@ -17,6 +18,23 @@ pub fn render(root: &Path) -> Result<String, String> {
     let mut buf = Vec::new();
     bindings.write(&mut buf);
     String::from_utf8(buf).map_err(|e| e.to_string())
+}
+
+/// The release version of Cargo.toml as macros, placed before `LLORCH_ABI_VERSION` (which
+/// cbindgen writes from the constant in src/ffi/mod.rs).
+fn version_macros() -> String {
+    format!(
+        "\n// The release of llorch this header belongs to (Cargo.toml's version); the library's\n\
+         // own is `llorch_version()`. Compatibility is the ABI version's business, not this one's.\n\
+         #define LLORCH_VERSION_MAJOR {}\n\
+         #define LLORCH_VERSION_MINOR {}\n\
+         #define LLORCH_VERSION_PATCH {}\n\
+         #define LLORCH_VERSION_STRING \"{}\"",
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH"),
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 #[allow(dead_code)]

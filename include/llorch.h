@@ -29,6 +29,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The release of llorch this header belongs to (Cargo.toml's version); the library's
+// own is `llorch_version()`. Compatibility is the ABI version's business, not this one's.
+#define LLORCH_VERSION_MAJOR 0
+#define LLORCH_VERSION_MINOR 1
+#define LLORCH_VERSION_PATCH 0
+#define LLORCH_VERSION_STRING "0.1.0"
+
 // The ABI version of this header. Bindings compare it with `llorch_abi_version()` at load and
 // refuse a library with a different value. Bumped on any incompatible change.
 #define LLORCH_ABI_VERSION 1

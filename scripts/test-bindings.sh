@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Tests the C ABI from outside Rust, given a built target/release/libllorch.so:
-# the C example (as C and C++), the misuse program under valgrind, the Go tests (-race) and
-# the Node tests. Model: $LLORCH_MODEL, else SmolLM2-135M through scripts/fetch-model.
+# Tests the C ABI from outside Rust against the library in the tree (target/release, built
+# by `make` with its SONAME link and uninstalled llorch.pc): the C example (as C and C++),
+# the misuse program under valgrind, the Go tests (-race) and the Node tests.
+# scripts/test-packaging.sh does the same from an installed copy, outside the tree.
+# Model: $LLORCH_MODEL, else SmolLM2-135M through scripts/fetch-model.
 # The haiku check uses Qwen2.5-Coder-0.5B-Instruct ($LLORCH_HAIKU_MODEL overrides).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-LIB=$ROOT/target/release/libllorch.so
-[ -f "$LIB" ] || { echo "test-bindings: $LIB missing: run cargo build --release" >&2; exit 1; }
+make -s CARGO="cargo --quiet"
 export LLORCH_MODEL=${LLORCH_MODEL:-$(scripts/fetch-model smollm2-135m)}
 HAIKU_MODEL=${LLORCH_HAIKU_MODEL:-$(scripts/fetch-model qwen2.5-coder-0.5b)}
 
@@ -26,6 +27,8 @@ step "misuse under valgrind"
 make -C examples/c valgrind MODEL="$LLORCH_MODEL"
 
 step "Go (-race)"
+# cgo finds the library through pkg-config: here the uninstalled llorch.pc of `make`.
+export PKG_CONFIG_PATH=$ROOT/target/release/pkgconfig
 (cd bindings/go && go vet ./... && go test -race -count=1 ./...)
 
 step "Node"

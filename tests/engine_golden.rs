@@ -1,5 +1,5 @@
 //! The CPU engine against the independent reference (HF transformers, fp32 weights
-//! dequantized from the same GGUF): shared/golden/qwen25coder05b.json and smollm2_135m.json.
+//! dequantized from the same GGUF): tests/golden/qwen25coder05b.json and smollm2_135m.json.
 //!
 //! Tolerances. Our matrices multiply activations quantized in two 8-bit passes per block of
 //! 32 (value and residual: ~15 bits) and accumulate in f32, so logits land within ~1e-3 of

@@ -51,6 +51,39 @@ fn header_declares_the_api() {
     }
 }
 
+#[test]
+fn header_carries_the_cargo_version() {
+    let h = header::render(&root()).expect("cbindgen failed");
+    let want = [
+        format!(
+            "#define LLORCH_VERSION_MAJOR {}\n",
+            env!("CARGO_PKG_VERSION_MAJOR")
+        ),
+        format!(
+            "#define LLORCH_VERSION_MINOR {}\n",
+            env!("CARGO_PKG_VERSION_MINOR")
+        ),
+        format!(
+            "#define LLORCH_VERSION_PATCH {}\n",
+            env!("CARGO_PKG_VERSION_PATCH")
+        ),
+        format!(
+            "#define LLORCH_VERSION_STRING \"{}\"\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    ];
+    for line in &want {
+        assert!(h.contains(line.as_str()), "the header lacks {line:?}");
+    }
+    // Just before the ABI version macro.
+    let abi = h.find("#define LLORCH_ABI_VERSION").expect("no ABI macro");
+    let string = h.find("#define LLORCH_VERSION_STRING").unwrap();
+    assert!(
+        string < abi && h[string..abi].lines().count() < 6,
+        "version macros not beside the ABI macro"
+    );
+}
+
 /// Writes the fresh header to include/llorch.h (run on purpose, with --ignored).
 #[test]
 #[ignore]

@@ -1,13 +1,16 @@
 // Package llorch binds the llorch C library (an LLM inference engine) for Go.
 //
-// It links target/release/libllorch.so of the repository (build it with
-// `cargo build --release`) by rpath. Objects have Close methods; a finalizer is only a
-// backstop. A Model is reference counted by its Sessions, so it may be closed first.
+// The library is found through pkg-config (`llorch.pc`): install it with
+// `make install PREFIX=...` from the llorch repository and, for a prefix outside the system's
+// paths, set PKG_CONFIG_PATH=PREFIX/lib/pkgconfig and LD_LIBRARY_PATH=PREFIX/lib. Inside the
+// repository, `make` writes an uninstalled llorch.pc to target/release/pkgconfig instead.
+//
+// Objects have Close methods; a finalizer is only a backstop. A Model is reference counted by
+// its Sessions, so it may be closed first.
 package llorch
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: -L${SRCDIR}/../../target/release -lllorch -Wl,-rpath,${SRCDIR}/../../target/release
+#cgo pkg-config: llorch
 #include <stdlib.h>
 #include "shim.h"
 */
@@ -55,13 +58,17 @@ func (e *Error) Is(target error) bool {
 	return ok && t.Message == "" && t.Status == e.Status
 }
 
-// Sentinels for errors.Is.
+// Sentinels for errors.Is, one for every status but OK.
 var (
-	ErrCancelled   = &Error{Status: Cancelled}
-	ErrIO          = &Error{Status: IO}
-	ErrBadModel    = &Error{Status: BadModel}
-	ErrContextFull = &Error{Status: ContextFull}
 	ErrInvalid     = &Error{Status: InvalidArgument}
+	ErrBadModel    = &Error{Status: BadModel}
+	ErrUnsupported = &Error{Status: Unsupported}
+	ErrOutOfMemory = &Error{Status: OutOfMemory}
+	ErrCancelled   = &Error{Status: Cancelled}
+	ErrContextFull = &Error{Status: ContextFull}
+	ErrNoDevice    = &Error{Status: NoDevice}
+	ErrIO          = &Error{Status: IO}
+	ErrInternal    = &Error{Status: Internal}
 )
 
 // check turns a status and its error object into a Go error, freeing the object.
@@ -82,6 +89,47 @@ func init() {
 
 // Version of the loaded library.
 func Version() string { return C.GoString(C.llorch_version()) }
+
+// LogLevel is the severity of a log message; higher is more severe.
+type LogLevel int32
+
+const (
+	LogDebug LogLevel = C.LLORCH_LOG_DEBUG
+	LogInfo  LogLevel = C.LLORCH_LOG_INFO
+	LogWarn  LogLevel = C.LLORCH_LOG_WARN
+	LogError LogLevel = C.LLORCH_LOG_ERROR
+)
+
+type logFunc func(level LogLevel, message string)
+
+var (
+	logMu     sync.Mutex // serializes SetLogCallback
+	logHandle cgo.Handle // the callback the library holds now; 0 for none
+)
+
+//export llorchGoOnLog
+func llorchGoOnLog(h C.uintptr_t, level C.int32_t, message *C.char) {
+	cgo.Handle(h).Value().(logFunc)(LogLevel(level), C.GoString(message))
+}
+
+// SetLogCallback sends the library's log messages of minLevel and above to f, for the whole
+// process; nil turns logging off (the default). f runs on whichever thread logs (a goroutine
+// inside a llorch call or an engine worker thread), so it must be safe for concurrent use,
+// and it must not call SetLogCallback.
+func SetLogCallback(f func(level LogLevel, message string), minLevel LogLevel) {
+	logMu.Lock()
+	defer logMu.Unlock()
+	var h cgo.Handle
+	if f != nil {
+		h = cgo.NewHandle(logFunc(f))
+	}
+	C.llorch_go_set_log(C.uintptr_t(h), C.int32_t(minLevel))
+	// Once llorch_set_log_callback has returned, the previous callback is no longer called.
+	if logHandle != 0 {
+		logHandle.Delete()
+	}
+	logHandle = h
+}
 
 // Context is a device with its threads and memory budget.
 type Context struct{ p *C.llorch_context }
@@ -269,23 +317,89 @@ func (s *Session) Reset() error {
 	return check(C.llorch_session_reset(s.p, &e), e)
 }
 
-// GenerateParams: the sampling settings; zero values mean the library's defaults
-// except where noted. Use DefaultGenerateParams for greedy decoding.
+// GenerateParams: the sampling settings. A zero field means the library's default (given
+// in brackets), so GenerateParams{MaxTokens: 64} is greedy decoding of up to 64 tokens.
 type GenerateParams struct {
-	MaxTokens   uint32
-	Temperature float32
-	TopK        uint32
-	TopP        float32
-	MinP        float32
+	MaxTokens   uint32  // most tokens to generate [256]
+	Temperature float32 // 0 = greedy [0]
+	TopK        uint32  // keep the k most likely tokens; 0 = off [0]
+	TopP        float32 // nucleus sampling in (0, 1] [1 = off]
+	MinP        float32 // drop tokens below MinP times the best probability [0 = off]
 	Stop        []string
+
+	RepeatPenalty    float32 // > 0 [1 = off]
+	PresencePenalty  float32 // subtracted once from the logit of any token seen [0]
+	FrequencyPenalty float32 // subtracted per occurrence from the logit of a token seen [0]
+	PenaltyLastN     uint32  // how many recent tokens the penalties look at [64]
+	// LogitBias is added to the logits of its tokens before sampling (finite values; -100
+	// in effect bans a token).
+	LogitBias map[int32]float32
+	// LiteralSpecial keeps special tokens written in the prompt (<|im_start|> ...) as plain
+	// text [false: they become single tokens, as chat templates need].
+	LiteralSpecial bool
 }
 
-// DefaultGenerateParams: greedy, 256 tokens.
+// DefaultGenerateParams: the library's defaults written out (greedy, 256 tokens).
 func DefaultGenerateParams() GenerateParams {
 	var p C.llorch_generate_params
 	C.llorch_generate_params_init(&p)
 	return GenerateParams{MaxTokens: uint32(p.max_tokens), Temperature: float32(p.temperature),
-		TopK: uint32(p.top_k), TopP: float32(p.top_p), MinP: float32(p.min_p)}
+		TopK: uint32(p.top_k), TopP: float32(p.top_p), MinP: float32(p.min_p),
+		RepeatPenalty: float32(p.repeat_penalty), PresencePenalty: float32(p.presence_penalty),
+		FrequencyPenalty: float32(p.frequency_penalty), PenaltyLastN: uint32(p.penalty_last_n),
+		LiteralSpecial: !bool(p.parse_special)}
+}
+
+// toC fills cp (initialized with the defaults) from p; a zero field keeps the default.
+// Memory for the stop strings and logit biases is C memory, freed by the returned func.
+func (p GenerateParams) toC(cp *C.llorch_generate_params) (free func()) {
+	setU32 := func(dst *C.uint32_t, v uint32) {
+		if v != 0 {
+			*dst = C.uint32_t(v)
+		}
+	}
+	setF32 := func(dst *C.float, v float32) {
+		if v != 0 {
+			*dst = C.float(v)
+		}
+	}
+	setU32(&cp.max_tokens, p.MaxTokens)
+	setF32(&cp.temperature, p.Temperature)
+	setU32(&cp.top_k, p.TopK)
+	setF32(&cp.top_p, p.TopP)
+	setF32(&cp.min_p, p.MinP)
+	setF32(&cp.repeat_penalty, p.RepeatPenalty)
+	setF32(&cp.presence_penalty, p.PresencePenalty)
+	setF32(&cp.frequency_penalty, p.FrequencyPenalty)
+	setU32(&cp.penalty_last_n, p.PenaltyLastN)
+	cp.parse_special = C.bool(!p.LiteralSpecial)
+	var frees []unsafe.Pointer
+	if len(p.Stop) > 0 {
+		stops := unsafe.Slice((**C.char)(C.malloc(C.size_t(len(p.Stop))*C.size_t(unsafe.Sizeof((*C.char)(nil))))), len(p.Stop))
+		frees = append(frees, unsafe.Pointer(&stops[0]))
+		for i, st := range p.Stop {
+			stops[i] = C.CString(st)
+			frees = append(frees, unsafe.Pointer(stops[i]))
+		}
+		cp.stop = &stops[0]
+		cp.n_stop = C.size_t(len(p.Stop))
+	}
+	if len(p.LogitBias) > 0 {
+		biases := unsafe.Slice((*C.llorch_logit_bias)(C.malloc(C.size_t(len(p.LogitBias))*C.size_t(unsafe.Sizeof(C.llorch_logit_bias{})))), len(p.LogitBias))
+		frees = append(frees, unsafe.Pointer(&biases[0]))
+		i := 0
+		for tok, bias := range p.LogitBias {
+			biases[i] = C.llorch_logit_bias{token: C.int32_t(tok), bias: C.float(bias)}
+			i++
+		}
+		cp.logit_bias = &biases[0]
+		cp.n_logit_bias = C.size_t(len(p.LogitBias))
+	}
+	return func() {
+		for _, ptr := range frees {
+			C.free(ptr)
+		}
+	}
 }
 
 // StopReason says why a generation ended.
@@ -322,21 +436,7 @@ func (s *Session) Generate(ctx context.Context, prompt string, p GenerateParams,
 	}
 	var cp C.llorch_generate_params
 	C.llorch_generate_params_init(&cp)
-	cp.max_tokens = C.uint32_t(p.MaxTokens)
-	cp.temperature = C.float(p.Temperature)
-	cp.top_k = C.uint32_t(p.TopK)
-	cp.top_p = C.float(p.TopP)
-	cp.min_p = C.float(p.MinP)
-	if len(p.Stop) > 0 {
-		stops := (*[1 << 20]*C.char)(C.malloc(C.size_t(len(p.Stop)) * C.size_t(unsafe.Sizeof((*C.char)(nil)))))[:len(p.Stop):len(p.Stop)]
-		defer C.free(unsafe.Pointer(&stops[0]))
-		for i, st := range p.Stop {
-			stops[i] = C.CString(st)
-			defer C.free(unsafe.Pointer(stops[i]))
-		}
-		cp.stop = &stops[0]
-		cp.n_stop = C.size_t(len(p.Stop))
-	}
+	defer p.toC(&cp)()
 	cprompt := C.CString(prompt)
 	defer C.free(unsafe.Pointer(cprompt))
 	var h cgo.Handle

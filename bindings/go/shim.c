@@ -19,3 +19,11 @@ llorch_status llorch_go_load(const llorch_context *ctx, const char *path, uintpt
                              llorch_error **err) {
     return llorch_model_load(ctx, path, handle ? on_progress : NULL, (void *)handle, out, err);
 }
+
+static void on_log(void *user_data, int32_t level, const char *message) {
+    llorchGoOnLog((uintptr_t)user_data, level, (char *)message);
+}
+
+void llorch_go_set_log(uintptr_t handle, int32_t min_level) {
+    llorch_set_log_callback(handle ? on_log : NULL, (void *)handle, min_level);
+}

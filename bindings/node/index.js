@@ -3,12 +3,38 @@
 // (koffi's .async); token callbacks are registered per call and unregistered in `finally`.
 
 const koffi = require('koffi');
+const fs = require('node:fs');
 const path = require('node:path');
 
-const LIB = process.env.LLORCH_LIB || path.join(__dirname, '../../target/release/libllorch.so');
-const lib = koffi.load(LIB);
-
 const ABI_VERSION = 1; // LLORCH_ABI_VERSION of include/llorch.h this binding was written for
+
+/**
+ * Loads libllorch: from $LLORCH_LIB if it is set (and only from there), else from beside this
+ * package, else by name through the system's loader (LD_LIBRARY_PATH, ldconfig's cache,
+ * /lib, /usr/lib), first by the SONAME of this ABI. The error lists every path tried.
+ */
+function loadLibrary() {
+  const names = [`libllorch.so.${ABI_VERSION}`, 'libllorch.so'];
+  const candidates = process.env.LLORCH_LIB
+    ? [path.resolve(process.env.LLORCH_LIB)]
+    : [...names.map((n) => path.join(__dirname, n)), ...names];
+  const tried = [];
+  for (const where of candidates) {
+    if (path.isAbsolute(where) && !fs.existsSync(where)) {
+      tried.push(`${where}: no such file`);
+      continue;
+    }
+    try {
+      return { lib: koffi.load(where), where };
+    } catch (e) {
+      tried.push(`${where}: ${e.message}`);
+    }
+  }
+  throw new Error(`llorch: cannot load the llorch library. Tried:\n  ${tried.join('\n  ')}\n`
+    + 'Install it (make install in the llorch repository), set LD_LIBRARY_PATH to its folder, '
+    + 'or set LLORCH_LIB to its path.');
+}
+const { lib, where: LIB } = loadLibrary();
 
 koffi.opaque('llorch_context');
 koffi.opaque('llorch_model');
@@ -23,7 +49,8 @@ koffi.struct('llorch_logit_bias', { token: 'int32_t', bias: 'float' });
 const GenerateParams = koffi.struct('llorch_generate_params', {
   struct_size: 'size_t', max_tokens: 'uint32_t', temperature: 'float', top_k: 'uint32_t', top_p: 'float', min_p: 'float',
   repeat_penalty: 'float', presence_penalty: 'float', frequency_penalty: 'float', penalty_last_n: 'uint32_t',
-  stop: 'const char **', n_stop: 'size_t', logit_bias: 'void *', n_logit_bias: 'size_t', parse_special: 'bool',
+  stop: 'const char **', n_stop: 'size_t', logit_bias: 'const llorch_logit_bias *', n_logit_bias: 'size_t',
+  parse_special: 'bool',
 });
 const Stats = koffi.struct('llorch_generate_stats', {
   struct_size: 'size_t', prompt_tokens: 'uint32_t', generated_tokens: 'uint32_t', prompt_seconds: 'double',
@@ -194,6 +221,13 @@ class Model {
   }
 }
 
+// generate()'s options that are plain fields of llorch_generate_params.
+const GENERATE_FIELDS = Object.freeze({
+  maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p', minP: 'min_p',
+  repeatPenalty: 'repeat_penalty', presencePenalty: 'presence_penalty', frequencyPenalty: 'frequency_penalty',
+  penaltyLastN: 'penalty_last_n', parseSpecial: 'parse_special',
+});
+
 class Session {
   constructor(handle) {
     this.handle = handle;
@@ -215,20 +249,23 @@ class Session {
     check(f.reset(alive(this.handle, 'session'), err), err);
   }
   /**
-   * Generates off the main thread. opts: maxTokens, temperature, topK, topP, minP, stop
-   * (string[]), onToken(text, token) (return false to stop), signal (AbortSignal).
-   * Resolves with the stats; rejects with a LlorchError (status CANCELLED when cancelled,
-   * with `stats` attached).
+   * Generates off the main thread. opts (index.d.ts: GenerateOptions): the sampling settings,
+   * stop strings, logit biases, onToken(text, token) (return false to stop), signal
+   * (AbortSignal). Resolves with the stats; rejects with a LlorchError (status CANCELLED when
+   * cancelled, with `stats` attached).
    */
   async generate(prompt, opts = {}) {
     const handle = alive(this.handle, 'session');
     const p = {};
     f.generateParamsInit(p);
-    if (opts.maxTokens !== undefined) p.max_tokens = opts.maxTokens;
-    if (opts.temperature !== undefined) p.temperature = opts.temperature;
-    if (opts.topK !== undefined) p.top_k = opts.topK;
-    if (opts.topP !== undefined) p.top_p = opts.topP;
-    if (opts.minP !== undefined) p.min_p = opts.minP;
+    for (const [option, field] of Object.entries(GENERATE_FIELDS)) {
+      if (opts[option] !== undefined) p[field] = opts[option];
+    }
+    const biases = Object.entries(opts.logitBias || {}).map(([token, bias]) => ({ token: Number(token), bias }));
+    if (biases.length) {
+      p.logit_bias = biases;
+      p.n_logit_bias = biases.length;
+    }
     const stops = opts.stop || [];
     if (stops.length) {
       // koffi turns the array into C strings that live for the call.
@@ -325,4 +362,6 @@ class Session {
   }
 }
 
-module.exports = { Context, Model, Session, LlorchError, Status, StopReason, version: () => f.version(), ABI_VERSION };
+module.exports = {
+  Context, Model, Session, LlorchError, Status, StopReason, version: () => f.version(), ABI_VERSION, libraryPath: LIB,
+};

@@ -277,7 +277,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="name for scripts/fetch-model, e.g. qwen2.5-coder-0.5b")
     ap.add_argument("--gguf", help="GGUF path (default: ask scripts/fetch-model)")
-    ap.add_argument("--golden", help="golden JSON (default: $LLORCH_GOLDEN_DIR or /work/shared/golden)")
+    ap.add_argument("--golden", help="golden JSON (default: $LLORCH_GOLDEN_DIR or tests/golden)")
     ap.add_argument("--out", help="fixture directory; a subdirectory named after the model is written")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--skip-check", action="store_true")
@@ -289,7 +289,7 @@ def main():
     if gpath is None:
         if args.model not in GOLDEN:
             sys.exit(f"no golden file known for {args.model}; pass --golden")
-        gpath = os.path.join(os.environ.get("LLORCH_GOLDEN_DIR", "/work/shared/golden"), GOLDEN[args.model])
+        gpath = os.path.join(os.environ.get("LLORCH_GOLDEN_DIR", os.path.join(REPO, "tests", "golden")), GOLDEN[args.model])
     golden = json.load(open(gpath))
     m = Model(path)
     print(f"{args.model}: {path}\n{json.dumps(m.hparams())}")

@@ -1,4 +1,4 @@
-//! `llorch perplexity`: perplexity of a text file (method of shared/golden/README.md).
+//! `llorch perplexity`: perplexity of a text file (method of tests/golden/README.md).
 
 use super::common;
 use llorch::session::perplexity::perplexity;

@@ -9,11 +9,11 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `shared/golden/` beside the repository (as laid out for sessions and CI).
+/// The golden references: `tests/golden/` of this repository (`$LLORCH_GOLDEN_DIR` overrides).
 pub fn golden_dir() -> PathBuf {
     let p = std::env::var_os("LLORCH_GOLDEN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/golden"));
+        .unwrap_or_else(|| repo_root().join("tests/golden"));
     assert!(
         p.is_dir(),
         "golden references not found at {} (set LLORCH_GOLDEN_DIR)",

@@ -1,9 +1,12 @@
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
-const { execFileSync } = require('node:child_process');
+const { execFileSync, spawnSync } = require('node:child_process');
 const path = require('node:path');
-const { Context, Model, LlorchError, Status, StopReason, version } = require('..');
+
+// In the repository, the library built by `make` (unless LLORCH_LIB says otherwise).
+process.env.LLORCH_LIB ||= path.join(__dirname, '../../../target/release/libllorch.so');
+const { Context, Model, LlorchError, Status, StopReason, version, libraryPath } = require('..');
 
 // $LLORCH_MODEL, else SmolLM2-135M through scripts/fetch-model (fails the test if it fails).
 function modelPath() {
@@ -20,8 +23,25 @@ async function load(t) {
 
 const chat = (model, user) => model.applyChatTemplate([{ role: 'user', content: user }], true);
 
-test('version', () => {
-  assert.match(version(), /^\d+\.\d+\.\d+/);
+test('version: the library is the release of this package', () => {
+  assert.strictEqual(version(), require('../package.json').version);
+  assert.strictEqual(libraryPath, path.resolve(process.env.LLORCH_LIB));
+});
+
+test('a library that cannot be found is an error naming the paths tried', () => {
+  const run = (env) => spawnSync(process.execPath, ['-e', "require('.')"], {
+    cwd: path.join(__dirname, '..'), env: { PATH: process.env.PATH, ...env }, encoding: 'utf8',
+  });
+  const explicit = run({ LLORCH_LIB: '/nonexistent/libllorch.so' });
+  assert.notStrictEqual(explicit.status, 0);
+  assert.match(explicit.stderr, /cannot load the llorch library/);
+  assert.match(explicit.stderr, /\/nonexistent\/libllorch\.so: no such file/);
+  // Without LLORCH_LIB: beside the package, then the loader's names; none has it here.
+  const searched = run({ LD_LIBRARY_PATH: '/nonexistent' });
+  assert.notStrictEqual(searched.status, 0);
+  for (const tried of [path.join(__dirname, '..', 'libllorch.so.1'), 'libllorch.so.1', 'libllorch.so:']) {
+    assert.ok(searched.stderr.includes(tried), `${tried} not in:\n${searched.stderr}`);
+  }
 });
 
 test('bad path and bad device are errors with messages', async () => {
@@ -99,4 +119,43 @@ test('two sessions on one model in parallel; model closed first', async (t) => {
   const [x, y] = await Promise.all([run(a), run(b)]);
   assert.ok(x.length > 0);
   assert.strictEqual(x, y);
+});
+
+test('logit bias, penalties and parseSpecial reach the sampler', async (t) => {
+  const model = await load(t);
+  const prompt = chat(model, 'What is the capital of France?');
+  const ids = async (opts, text = prompt) => {
+    const s = model.createSession({ nCtx: 512 });
+    try {
+      const out = [];
+      const stats = await s.generate(text, { ...opts, onToken: (_text, token) => { out.push(token); } });
+      return { out, stats };
+    } finally {
+      s.close();
+    }
+  };
+  const plain = await ids({ maxTokens: 2 });
+  // -100 on the greedy first token makes another one first; +100 on another forces it.
+  const banned = await ids({ maxTokens: 2, logitBias: { [plain.out[0]]: -100 } });
+  assert.notStrictEqual(banned.out[0], plain.out[0]);
+  const s = model.createSession();
+  t.after(() => s.close());
+  const [giraffe] = s.tokenize(' giraffe');
+  const forced = await ids({ maxTokens: 1, logitBias: { [giraffe]: 100 } });
+  assert.deepStrictEqual(forced.out, [giraffe]);
+  // Bad values are refused by the library, naming the field: proof that they reach it.
+  for (const [opts, field] of [[{ repeatPenalty: -1 }, /repeat_penalty/], [{ presencePenalty: NaN }, /presence_penalty/],
+    [{ logitBias: { 1: NaN } }, /logit_bias/]]) {
+    await assert.rejects(s.generate(prompt, opts), (e) => e.status === Status.INVALID_ARGUMENT && field.test(e.message));
+  }
+  // As text, each chat marker is several tokens instead of one.
+  const literal = await ids({ maxTokens: 1, parseSpecial: false });
+  assert.ok(literal.stats.promptTokens > plain.stats.promptTokens);
+  // Greedy decoding repeats itself on this text; a huge frequency penalty over the window
+  // forbids repeating any token.
+  const catText = 'The cat sat on the mat. '.repeat(3) + 'The cat';
+  const repeated = await ids({ maxTokens: 16 }, catText);
+  assert.ok(new Set(repeated.out).size < repeated.out.length, 'no repeat without the penalty: the check proves nothing');
+  const penalized = await ids({ maxTokens: 16, frequencyPenalty: 1000, penaltyLastN: 64 }, catText);
+  assert.strictEqual(new Set(penalized.out).size, penalized.out.length);
 });
