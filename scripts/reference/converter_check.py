@@ -31,15 +31,29 @@ WINDOW, MAX_WINDOWS = 512, 8
 
 
 def config(fam, tok):
-    common = dict(vocab_size=tm.VOCAB, hidden_size=256, intermediate_size=256, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=2048)
+    common = dict(
+        vocab_size=tm.VOCAB,
+        hidden_size=256,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=2048,
+    )
     if fam == "qwen2":
-        return transformers.Qwen2Config(**common, tie_word_embeddings=True,
-                                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-                                        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
-    return transformers.LlamaConfig(**common, tie_word_embeddings=False,
-                                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                                    bos_token_id=tok.convert_tokens_to_ids("<|begin_of_text|>"))
+        return transformers.Qwen2Config(
+            **common,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        )
+    return transformers.LlamaConfig(
+        **common,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=tok.convert_tokens_to_ids("<|begin_of_text|>"),
+    )
 
 
 @torch.no_grad()
@@ -47,10 +61,10 @@ def hf_perplexity(model, ids):
     n = min(len(ids) // WINDOW, MAX_WINDOWS)
     nll, count = 0.0, 0
     for c in range(n):
-        w = ids[c * WINDOW:(c + 1) * WINDOW]
+        w = ids[c * WINDOW : (c + 1) * WINDOW]
         logits = model(torch.tensor([w]), use_cache=False).logits[0].double()
-        logp = torch.log_softmax(logits[WINDOW // 2:WINDOW - 1], dim=-1)
-        tgt = torch.tensor(w[WINDOW // 2 + 1:])
+        logp = torch.log_softmax(logits[WINDOW // 2 : WINDOW - 1], dim=-1)
+        tgt = torch.tensor(w[WINDOW // 2 + 1 :])
         nll -= float(logp[torch.arange(len(tgt)), tgt].sum())
         count += len(tgt)
     return math.exp(nll / count)
@@ -72,27 +86,44 @@ def main():
             model = tm.randomize(tm.build_model(cfg), fam, seed=77)
             tm.save_checkpoint(model, cfg, d)
             ids = tok(text, add_special_tokens=False).input_ids
-            for vname, vargs in (("f32", ["--type", "f32"]), ("q8_0", ["--type", "q8_0"]), ("q4_k", ["--type", "q4_k"])):
+            for vname, vargs in (
+                ("f32", ["--type", "f32"]),
+                ("q8_0", ["--type", "q8_0"]),
+                ("q4_k", ["--type", "q4_k"]),
+            ):
                 path = Path(tmp) / f"{fam}-{vname}.gguf"
-                subprocess.run([sys.executable, str(tm.CONVERTER), str(d), "-o", str(path), "-q", *vargs],
-                               check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(
+                    [sys.executable, str(tm.CONVERTER), str(d), "-o", str(path), "-q", *vargs],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
                 sd, _ = tm.state_dict_from_gguf(path, cfg)
                 vmodel = tm.build_model(cfg)
                 vmodel.load_state_dict(sd, strict=False)
                 ref = hf_perplexity(vmodel, ids)
-                r = subprocess.run([args.llorch, "perplexity", "-m", str(path), "-f", str(text_path), "-t", "2"],
-                                   capture_output=True, text=True)
+                r = subprocess.run(
+                    [args.llorch, "perplexity", "-m", str(path), "-f", str(text_path), "-t", "2"],
+                    capture_output=True,
+                    text=True,
+                )
                 if r.returncode != 0:
                     print(f"{fam} {vname}: llorch failed: {r.stderr.strip()}")
                     ok = False
                     continue
                 ours = float(re.search(r"perplexity: ([0-9.]+)", r.stdout).group(1))
                 rel = abs(ours - ref) / ref
-                toks = subprocess.run([args.llorch, "tokenize", "-m", str(path), "-"], input=text,
-                                      capture_output=True, text=True, check=True)
+                toks = subprocess.run(
+                    [args.llorch, "tokenize", "-m", str(path), "-"],
+                    input=text,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 same_ids = json.loads(toks.stdout.splitlines()[0]) == ids
-                print(f"{fam} {vname}: HF perplexity {ref:.4f}, engine {ours:.4f} (relative {rel:.1e}); "
-                      f"engine token ids {'equal' if same_ids else 'DIFFERENT'} ({len(ids)} tokens)")
+                print(
+                    f"{fam} {vname}: HF perplexity {ref:.4f}, engine {ours:.4f} (relative {rel:.1e}); "
+                    f"engine token ids {'equal' if same_ids else 'DIFFERENT'} ({len(ids)} tokens)"
+                )
                 ok &= rel < 5e-3 and same_ids
     ok &= fixture_tokenizers(args.llorch)
     sys.exit(0 if ok else 1)
@@ -116,7 +147,9 @@ def fixture_tokenizers(llorch):
                 break
             equal += json.loads(r.stdout.splitlines()[0]) == ids
         else:
-            print(f"{ref['model']} ({ref['tokenizer']['pre']}): engine token ids equal to HF's for {equal}/{len(cases)} strings")
+            print(
+                f"{ref['model']} ({ref['tokenizer']['pre']}): engine token ids equal to HF's for {equal}/{len(cases)} strings"
+            )
             ok &= equal == len(cases)
     return ok
 
