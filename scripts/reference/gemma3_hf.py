@@ -66,9 +66,7 @@ def read_gguf(path):
     types = {}
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape))
-        tensors[t.name] = np.asarray(
-            gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32
-        ).reshape(shape)
+        tensors[t.name] = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         types[t.name] = t.tensor_type.name
     return meta, tensors, types
 
@@ -80,8 +78,7 @@ def hparams_from_meta(meta):
     assert int(meta[a + "attention.value_length"]) == head_dim
     n_embd = int(meta[a + "embedding_length"])
     layer_types = [
-        "sliding_attention" if (i + 1) % SLIDING_WINDOW_PATTERN else "full_attention"
-        for i in range(n_layer)
+        "sliding_attention" if (i + 1) % SLIDING_WINDOW_PATTERN else "full_attention" for i in range(n_layer)
     ]
     return {
         "arch": "gemma3",
@@ -289,9 +286,7 @@ class Recorder:
             self.handles.append(mod.register_forward_hook(self.out_hook(name)))
         self.handles.append(l0.self_attn.o_proj.register_forward_pre_hook(self.in_hook("l0.attn_out")))
         self.handles.append(l0.mlp.down_proj.register_forward_pre_hook(self.in_hook("l0.geglu")))
-        self.handles.append(
-            l0.pre_feedforward_layernorm.register_forward_pre_hook(self.in_hook("l0.attn_resid"))
-        )
+        self.handles.append(l0.pre_feedforward_layernorm.register_forward_pre_hook(self.in_hook("l0.attn_resid")))
         for i, layer in enumerate(m.layers):
             self.handles.append(layer.register_forward_hook(self.out_hook(f"l{i}.out")))
 
@@ -311,9 +306,25 @@ class Recorder:
 
 
 STAGE_ORDER = [
-    "embd", "l0.attn_norm", "l0.q", "l0.k", "l0.v", "l0.q_norm", "l0.k_norm", "l0.q_rope",
-    "l0.k_rope", "l0.attn_out", "l0.o_proj", "l0.post_attn_norm", "l0.attn_resid", "l0.ffn_norm",
-    "l0.gate", "l0.up", "l0.geglu", "l0.ffn_out", "l0.post_ffn_norm",
+    "embd",
+    "l0.attn_norm",
+    "l0.q",
+    "l0.k",
+    "l0.v",
+    "l0.q_norm",
+    "l0.k_norm",
+    "l0.q_rope",
+    "l0.k_rope",
+    "l0.attn_out",
+    "l0.o_proj",
+    "l0.post_attn_norm",
+    "l0.attn_resid",
+    "l0.ffn_norm",
+    "l0.gate",
+    "l0.up",
+    "l0.geglu",
+    "l0.ffn_out",
+    "l0.post_ffn_norm",
 ]  # then l{i}.out, final_norm, logits_last
 
 FORMULAS = {
@@ -396,16 +407,18 @@ def write_fixtures(out_dir, gguf_path, prompt, hp, stages, norm_dev, types):
         arr = np.ascontiguousarray(arr, dtype="<f4")
         (out_dir / f"{name}.bin").write_bytes(arr.tobytes())
         layer = int(name[1 : name.index(".")]) if name.startswith("l") and name[1].isdigit() else None
-        entries.append({
-            "name": name,
-            "stage": name.split(".", 1)[1] if layer is not None else name,
-            "layer": layer,
-            "shape": list(arr.shape),
-            "file": f"{name}.bin",
-            "positions": "last" if name == "logits_last" else "all",
-            "max_abs": float(np.max(np.abs(arr))),
-            "rms": float(np.sqrt(np.mean(arr.astype(np.float64) ** 2))),
-        })
+        entries.append(
+            {
+                "name": name,
+                "stage": name.split(".", 1)[1] if layer is not None else name,
+                "layer": layer,
+                "shape": list(arr.shape),
+                "file": f"{name}.bin",
+                "positions": "last" if name == "logits_last" else "all",
+                "max_abs": float(np.max(np.abs(arr))),
+                "rms": float(np.sqrt(np.mean(arr.astype(np.float64) ** 2))),
+            }
+        )
     index = {
         "model": MODEL_NAME,
         "gguf_file": Path(gguf_path).name,
@@ -439,13 +452,18 @@ def main():
     ap.add_argument("--golden", help="golden file (default: $LLORCH_GOLDEN_DIR or /work/shared/golden)")
     ap.add_argument("--out", help="write the fixtures of prompt 0 to OUT/gemma3-270m/")
     ap.add_argument("--tol", type=float, default=1e-3, help="top-10 logit tolerance (default 1e-3)")
-    ap.add_argument("--skip-ppl", action="store_true", help="skip the perplexity and sliding-window checks (no window.json)")
+    ap.add_argument(
+        "--skip-ppl", action="store_true", help="skip the perplexity and sliding-window checks (no window.json)"
+    )
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
-    gguf_path = args.gguf or subprocess.run(
-        [str(REPO / "scripts/fetch-model"), MODEL_NAME], check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()[-1]
+    gguf_path = (
+        args.gguf
+        or subprocess.run([str(REPO / "scripts/fetch-model"), MODEL_NAME], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     golden_path = Path(args.golden or Path(os.environ.get("LLORCH_GOLDEN_DIR", "/work/shared/golden")) / GOLDEN_FILE)
     golden = json.loads(golden_path.read_text())
 
@@ -463,8 +481,10 @@ def main():
         model = build_model(cfg, state_dict(tensors, hp["n_layer"], stores_one_plus_w))
         dev, ok, _ = check_prompt(model, p0)
         results[stores_one_plus_w] = (dev, ok, model)
-        print(f"norm weights read as {'1 + w' if stores_one_plus_w else 'w'}: prompt 0 top-10 deviation "
-              f"{dev:.2e}, argmax {'equal' if ok else 'DIFFERENT'}")
+        print(
+            f"norm weights read as {'1 + w' if stores_one_plus_w else 'w'}: prompt 0 top-10 deviation "
+            f"{dev:.2e}, argmax {'equal' if ok else 'DIFFERENT'}"
+        )
     good = [k for k, (dev, ok, _) in results.items() if dev <= args.tol and ok]
     if len(good) != 1:
         sys.exit("FAIL: no single RMSNorm convention matches the golden logits")
@@ -480,8 +500,10 @@ def main():
         dev, ok, argmax = check_prompt(model, p)
         cont = greedy(model, p["ids"], len(p["greedy32_ids"]))
         same = sum(a == b for a, b in zip(cont, p["greedy32_ids"]))
-        print(f"prompt {i}: top-10 max deviation {dev:.2e}, argmax at all {len(p['ids'])} positions "
-              f"{'equal' if ok else 'DIFFERENT'}, greedy {same}/{len(cont)} tokens equal")
+        print(
+            f"prompt {i}: top-10 max deviation {dev:.2e}, argmax at all {len(p['ids'])} positions "
+            f"{'equal' if ok else 'DIFFERENT'}, greedy {same}/{len(cont)} tokens equal"
+        )
         worst = max(worst, dev)
         all_ok &= ok and dev <= args.tol and cont == p["greedy32_ids"]
     if not all_ok:
@@ -498,15 +520,21 @@ def main():
         ids = tok(text, add_special_tokens=False).input_ids
         ppl, chunks, scored = perplexity(model, ids, g["ctx"], g["chunks"], hp["bos_id"])
         rel = abs(ppl - g["ppl"]) / g["ppl"]
-        print(f"perplexity {ppl:.4f} over {chunks} windows, {scored} scored tokens ({len(ids)} text tokens); "
-              f"golden {g['ppl']:.4f}, relative difference {rel:.1e}")
+        print(
+            f"perplexity {ppl:.4f} over {chunks} windows, {scored} scored tokens ({len(ids)} text tokens); "
+            f"golden {g['ppl']:.4f}, relative difference {rel:.1e}"
+        )
         if len(ids) != g["text_tokens"] or scored != g["scored_tokens"] or rel > 1e-4:
             sys.exit("FAIL: perplexity does not match the golden figure")
-        win = window_check(model, ids, hp, WINDOW_TOKENS, [hp["sliding_window"] - 1, hp["sliding_window"], WINDOW_TOKENS - 1])
-        print(f"window check ({WINDOW_TOKENS} tokens): ignoring the window moves the logits by "
-              f"{win['window_ignored_max_logit_diff_before']:.1e} before position {hp['sliding_window']} and "
-              f"{win['window_ignored_max_logit_diff_from']:.2f} from there on "
-              f"({win['window_ignored_argmax_changes']} argmax changes)")
+        win = window_check(
+            model, ids, hp, WINDOW_TOKENS, [hp["sliding_window"] - 1, hp["sliding_window"], WINDOW_TOKENS - 1]
+        )
+        print(
+            f"window check ({WINDOW_TOKENS} tokens): ignoring the window moves the logits by "
+            f"{win['window_ignored_max_logit_diff_before']:.1e} before position {hp['sliding_window']} and "
+            f"{win['window_ignored_max_logit_diff_from']:.2f} from there on "
+            f"({win['window_ignored_argmax_changes']} argmax changes)"
+        )
 
     print(f"OK: worst top-10 deviation {worst:.2e} (tol {args.tol}); the other norm reading is off by {wrong_dev:.3f}")
     if args.out:
