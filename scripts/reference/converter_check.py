@@ -97,7 +97,7 @@ def main():
                     check=True,
                     stdout=subprocess.DEVNULL,
                 )
-                sd, _ = tm.state_dict_from_gguf(path, cfg)
+                sd, _, _ = tm.state_dict_from_gguf(path, cfg)
                 vmodel = tm.build_model(cfg)
                 vmodel.load_state_dict(sd, strict=False)
                 ref = hf_perplexity(vmodel, ids)

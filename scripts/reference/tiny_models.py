@@ -9,7 +9,7 @@ For each family (llama3, qwen3, phi3, gpt-oss) it builds, from fixed seeds:
   2. a tiny HF checkpoint (`*ForCausalLM`, 2 layers, hidden 256, the family's real head size and
      features) with weights at a realistic scale (norm weights around 1, small biases, non-zero
      sinks, gate values large enough for gpt-oss's clamp);
-  3. GGUF files made by our converter `scripts/hf-to-gguf` (f32, q8_0, q4_k; gpt-oss also q8_0
+  3. GGUF files made by our converter `scripts/hf-to-gguf` (f16, q8_0, q4_k; gpt-oss also q8_0
      with MXFP4 experts);
   4. for each GGUF: the weights it holds (read back and dequantized by the reference reader
      `gguf.quants.dequantize`), loaded into the HF model, run by HF's own forward (eager
@@ -378,10 +378,16 @@ def read_dequantized(path):
 
 
 def state_dict_from_gguf(path, cfg):
+    """The HF state dict of the weights a GGUF holds, each tensor's GGUF type by GGUF name, and
+    for each HF name the GGUF tensors it was made from."""
     t, types, _ = read_dequantized(path)
     arch = cfg.model_type
     sd = {"model.embed_tokens.weight": t.pop("token_embd.weight"), "model.norm.weight": t.pop("output_norm.weight")}
-    sd["lm_head.weight"] = t.pop("output.weight") if "output.weight" in t else sd["model.embed_tokens.weight"]
+    origin = {"model.embed_tokens.weight": ["token_embd.weight"], "model.norm.weight": ["output_norm.weight"]}
+    if "output.weight" in t:
+        sd["lm_head.weight"], origin["lm_head.weight"] = t.pop("output.weight"), ["output.weight"]
+    else:
+        sd["lm_head.weight"], origin["lm_head.weight"] = sd["model.embed_tokens.weight"], ["token_embd.weight"]
     t.pop("rope_freqs.weight", None)
     t.pop("rope_factors_long.weight", None)
     t.pop("rope_factors_short.weight", None)
@@ -408,13 +414,18 @@ def state_dict_from_gguf(path, cfg):
             gate, up = t.pop(p + "ffn_gate_exps.weight"), t.pop(p + "ffn_up_exps.weight")  # [E, I, H]
             gate_up = np.empty((gate.shape[0], gate.shape[1] * 2, gate.shape[2]), dtype=np.float32)
             gate_up[:, 0::2], gate_up[:, 1::2] = gate, up
-            sd[f"model.layers.{i}.mlp.experts.gate_up_proj"] = gate_up.swapaxes(1, 2)
+            ex = f"model.layers.{i}.mlp.experts."
+            sd[ex + "gate_up_proj"] = gate_up.swapaxes(1, 2)
             gb, ub = t.pop(p + "ffn_gate_exps.bias"), t.pop(p + "ffn_up_exps.bias")
             bias = np.empty((gb.shape[0], gb.shape[1] * 2), dtype=np.float32)
             bias[:, 0::2], bias[:, 1::2] = gb, ub
-            sd[f"model.layers.{i}.mlp.experts.gate_up_proj_bias"] = bias
-            sd[f"model.layers.{i}.mlp.experts.down_proj"] = t.pop(p + "ffn_down_exps.weight").swapaxes(1, 2)
-            sd[f"model.layers.{i}.mlp.experts.down_proj_bias"] = t.pop(p + "ffn_down_exps.bias")
+            sd[ex + "gate_up_proj_bias"] = bias
+            sd[ex + "down_proj"] = t.pop(p + "ffn_down_exps.weight").swapaxes(1, 2)
+            sd[ex + "down_proj_bias"] = t.pop(p + "ffn_down_exps.bias")
+            origin[ex + "gate_up_proj"] = [p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight"]
+            origin[ex + "gate_up_proj_bias"] = [p + "ffn_gate_exps.bias", p + "ffn_up_exps.bias"]
+            origin[ex + "down_proj"] = [p + "ffn_down_exps.weight"]
+            origin[ex + "down_proj_bias"] = [p + "ffn_down_exps.bias"]
         for key in [k for k in t if k.startswith(p)]:
             short, suffix = key[len(p) :].rsplit(".", 1)
             arr = t.pop(key)
@@ -423,10 +434,11 @@ def state_dict_from_gguf(path, cfg):
                     arr, cfg.num_attention_heads if short == "attn_q" else cfg.num_key_value_heads
                 )
             hf = f"model.layers.{i}.{names[short]}"
-            sd[hf if short == "attn_sinks" else f"{hf}.{suffix}"] = arr
+            hf = hf if short == "attn_sinks" else f"{hf}.{suffix}"
+            sd[hf], origin[hf] = arr, [key]
     if t:
         raise SystemExit(f"{path}: tensors left unmapped: {sorted(t)}")
-    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}, types
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sd.items()}, types, origin
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,19 +614,50 @@ def run_sequence(model, cfg, ids, substages):
     return st, extra
 
 
-# What is stored (the repository must stay light): logits of every sequence; the hidden state
-# after every layer for every sequence at f32, for p0 and long in the quantized variants; all
-# layer-0 sub-stages for p0; for the long sequence the ones the window, sinks and long RoPE
-# factors act on; gpt-oss router outputs of every layer (tiny).
+# What is stored (the repository must stay light): in every variant the logits of every sequence
+# and the gpt-oss router outputs of every layer (tiny). The exact variant (f16) also stores the
+# hidden state after every layer of every sequence, all layer-0 sub-stages of p0 and, of the long
+# sequence, the ones the window, sinks and long RoPE factors act on. A quantized variant stores,
+# besides, only p0's layer-0 sub-stages and hidden states (what its weights change, op by op);
+# the long sequence's window, sinks and RoPE do not depend on the weight type, so its stages are
+# stored once (f16) and only its logits per quantized variant.
 LONG_STAGES = {"l0.q_rope", "l0.k_rope", "l0.attn_out", "l0.ffn_out"}
+EXACT_VARIANT = "f16"
 
 
 def keep_stage(name, seq, variant):
     if name == "logits" or "router_logits" in name or "expert_weights" in name or "expert_ids" in name:
         return True
+    if variant != EXACT_VARIANT:
+        return seq == "p0"
     if name.endswith(".out"):
-        return variant == "f32" or seq in ("p0", "long")
+        return True
     return seq == "p0" or (seq == "long" and name in LONG_STAGES)
+
+
+def check_f16_round_trip(model, vmodel, types, origin):
+    """The f16 GGUF holds the HF weights rounded to f16 (the F16 tensors) or exactly (the F32
+    ones: norms, biases, router, sinks, rope factors): the weights read back must equal them bit
+    for bit. Returns how many of the F16 tensors' bf16 values f16 could not hold exactly (the
+    ones below f16's normal range, |w| < 2^-14, lose low bits)."""
+    vsd = vmodel.state_dict()
+    n, changed, worst = 0, 0, 0.0
+    for k, v in model.state_dict().items():
+        kinds = {types[name] for name in origin[k]}
+        assert len(kinds) == 1 and kinds <= {"F16", "F32"}, (k, kinds)
+        want = v.to(torch.float16).to(torch.float32) if kinds == {"F16"} else v
+        assert torch.equal(vsd[k], want), k
+        tied_copy = k == "lm_head.weight" and origin[k] == ["token_embd.weight"]
+        if kinds == {"F16"} and not tied_copy:  # each F16 tensor counted once
+            n += v.numel()
+            changed += int((want != v).sum())
+            worst = max(worst, float((want - v).abs().max()))
+    return {
+        "what": "the F16 tensors' values (HF's bf16 weights) that f16 does not hold exactly",
+        "values": n,
+        "changed": changed,
+        "max_abs_change": worst,
+    }
 
 
 def check_llama_file_order(path, st, cfg):
@@ -754,7 +797,7 @@ def stage_order(name):
 
 
 def variants_for(fam, only=None):
-    v = [("f32", ["--type", "f32"]), ("q8_0", ["--type", "q8_0"]), ("q4_k", ["--type", "q4_k"])]
+    v = [("f16", ["--type", "f16"]), ("q8_0", ["--type", "q8_0"]), ("q4_k", ["--type", "q4_k"])]
     if fam == "gpt-oss":
         v.append(("mxfp4", ["--type", "q8_0", "--experts", "mxfp4"]))
     return [x for x in v if only is None or x[0] in only]
@@ -839,14 +882,12 @@ def build_family(fam, out_root, seed, variants=None):
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            sd, types = state_dict_from_gguf(out / gguf_name, cfg)
+            sd, types, origin = state_dict_from_gguf(out / gguf_name, cfg)
             vmodel = build_model(make_config(fam, tok))
             missing, unexpected = vmodel.load_state_dict(sd, strict=False)
             if missing or unexpected:
                 raise SystemExit(f"{gguf_name}: state dict mismatch {missing} {unexpected}")
-            if vname == "f32":  # f32 round trip is exact: the GGUF holds the HF weights
-                for k, v in model.state_dict().items():
-                    assert torch.equal(v, vmodel.state_dict()[k]), k
+            f16_rounding = check_f16_round_trip(model, vmodel, types, origin) if vname == EXACT_VARIANT else None
             vdir = out / vname
             vdir.mkdir()
             ventry = {
@@ -855,6 +896,7 @@ def build_family(fam, out_root, seed, variants=None):
                 "gguf_sha256": hashlib.sha256((out / gguf_name).read_bytes()).hexdigest(),
                 "converter_args": vargs,
                 "tensor_types": types,
+                **({"f16_rounding": f16_rounding} if f16_rounding else {}),
                 "sequences": {},
             }
             for s in seqs:
@@ -921,7 +963,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "tiny")
     ap.add_argument("--only", help="comma-separated families (default: all)")
-    ap.add_argument("--variants", help="comma-separated GGUF variants: f32,q8_0,q4_k,mxfp4 (default: all)")
+    ap.add_argument("--variants", help="comma-separated GGUF variants: f16,q8_0,q4_k,mxfp4 (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # one thread: the same summation order on every run
     for n, fam in enumerate(FAMILIES):
