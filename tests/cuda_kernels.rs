@@ -1117,6 +1117,12 @@ fn random_matrix(
     (upload_weights(dev, &w), dequant_rows(ty, &w, rows, k))
 }
 
+/// i32 values in device memory.
+fn upload_i32(dev: &CudaDevice, v: &[i32]) -> llorch::backend::cuda::DeviceBuffer {
+    let bytes: Vec<u8> = v.iter().flat_map(|i| i.to_le_bytes()).collect();
+    dev.upload(&bytes, MemKind::Scratch).unwrap()
+}
+
 /// `n` f32 of device memory, all NaN (an output the kernel must overwrite).
 fn poisoned(dev: &CudaDevice, n: usize) -> llorch::backend::cuda::DeviceBuffer {
     let mut o = dev.alloc(n * 4, MemKind::Scratch).unwrap();
@@ -1504,14 +1510,7 @@ fn expert_matvec_reads_only_the_selected_experts() {
         let bu = rng.vec(n_expert * rows);
         let bgd = dev.upload_f32(&bg, MemKind::Scratch).unwrap();
         let bud = dev.upload_f32(&bu, MemKind::Scratch).unwrap();
-        let idd = dev
-            .upload(
-                &ids.iter()
-                    .flat_map(|i| i.to_le_bytes())
-                    .collect::<Vec<u8>>(),
-                MemKind::Scratch,
-            )
-            .unwrap();
+        let idd = upload_i32(&dev, ids);
         let experts = |w| ExpertsRef {
             ty,
             w,
@@ -1576,14 +1575,19 @@ fn expert_matvec_reads_only_the_selected_experts() {
             .alloc(CudaDevice::input_record_bytes(n_sel * k), MemKind::Scratch)
             .unwrap();
         dev.prep_input(&xsd, n_sel * k, None, &recs).unwrap();
-        let od = poisoned(&dev, n_sel * rows);
-        let prods = [ExpertOut {
-            experts: experts(&dd),
-            bias: None,
-            out: &od,
-        }];
-        dev.expert_matvec(&idd, n_sel, ExpertInput::PerExpert(&recs), &prods)
-            .unwrap();
+        // The down product with the given ids, into a fresh poisoned buffer.
+        let run_down = |ids: &llorch::backend::cuda::DeviceBuffer| {
+            let out = poisoned(&dev, n_sel * rows);
+            let prods = [ExpertOut {
+                experts: experts(&dd),
+                bias: None,
+                out: &out,
+            }];
+            dev.expert_matvec(ids, n_sel, ExpertInput::PerExpert(&recs), &prods)
+                .unwrap();
+            out
+        };
+        let od = run_down(&idd);
         let down: Vec<f64> = ids
             .iter()
             .enumerate()
@@ -1627,24 +1631,8 @@ fn expert_matvec_reads_only_the_selected_experts() {
         // An id out of range: NaN rows for its slot, the other slots as before.
         let mut bad_ids = ids.to_vec();
         bad_ids[n_sel - 1] = n_expert as i32;
-        let bad_idd = dev
-            .upload(
-                &bad_ids
-                    .iter()
-                    .flat_map(|i| i.to_le_bytes())
-                    .collect::<Vec<u8>>(),
-                MemKind::Scratch,
-            )
-            .unwrap();
-        let ob = poisoned(&dev, n_sel * rows);
-        let prods = [ExpertOut {
-            experts: experts(&dd),
-            bias: None,
-            out: &ob,
-        }];
-        dev.expert_matvec(&bad_idd, n_sel, ExpertInput::PerExpert(&recs), &prods)
-            .unwrap();
-        let got = dev.download_f32(&ob, n_sel * rows).unwrap();
+        let bad_idd = upload_i32(&dev, &bad_ids);
+        let got = dev.download_f32(&run_down(&bad_idd), n_sel * rows).unwrap();
         assert!(
             got[(n_sel - 1) * rows..].iter().all(|v| v.is_nan()),
             "{}: the slot of an id out of range is not NaN",
