@@ -3,7 +3,7 @@
 # kernels of kernels/decode.cu on the CPU
 # (tests/emu: one fiber per GPU thread, warp-wide operations emulated by their PTX ISA
 # definitions) under AddressSanitizer, against references. No GPU needed.
-# Usage: scripts/mma-emu.sh [type]  (a type limits the mma_matmul.cu runs to it)
+# Usage: scripts/mma-emu.sh [type]  (a type limits the mma_matmul.cu and decode.cu runs to it)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${TMPDIR:-/tmp}"
@@ -19,5 +19,5 @@ export ASAN_OPTIONS=detect_stack_use_after_return=0
 "$out/attn_emu"
 "$out/gemm_emu" lazy
 "$out/gemm_emu" eager
-"$out/decode_emu" lazy
-"$out/decode_emu" eager
+"$out/decode_emu" lazy ${1:+"$1"}
+"$out/decode_emu" eager ${1:+"$1"}

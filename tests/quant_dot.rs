@@ -534,3 +534,56 @@ fn mxfp4_wide_is_exact_integer_arithmetic() {
         }
     }
 }
+
+/// The reference reader's golden MXFP4 blocks through the wide kernels (4 rows of 512 values,
+/// 1-7 columns: the decode and prompt layouts) against an f64 dot of their golden-exact
+/// dequantized values with the unquantized activations. Bound as the wide kernels' own test
+/// (src/quant/dot.rs): each activation is off by at most max|x_block|/65534 after the 16-bit
+/// quantization, plus f32 rounding of the sums (1e-5 of Σ|w·x| covers ~1000 additions).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn mxfp4_golden_blocks_wide() {
+    use llorch::quant::{quantize_column, wide_matmul, wide_supported, Acts16};
+    let k = 512;
+    if !wide_supported(GgmlType::MXFP4, k) {
+        eprintln!("no AVX-512 VNNI: skipped");
+        return;
+    }
+    let row = std::fs::read(common::golden_dir().join("quant/MXFP4.blocks")).unwrap();
+    let rows = row.len() / 17 * 32 / k;
+    let mut w = vec![0f32; rows * k];
+    dequantize(GgmlType::MXFP4, &row, &mut w).unwrap();
+    let mut rng = Rng(0x601D);
+    for n in [1usize, 3, 7] {
+        let (x, _) = random_acts(n * k, &mut rng);
+        let mut acts = Acts16::new();
+        acts.reset(k, n);
+        for (p, xs) in acts.parts_mut().zip(x.chunks(k)) {
+            quantize_column(xs, p);
+        }
+        let mut out = vec![f32::NAN; rows * n];
+        wide_matmul(GgmlType::MXFP4, &row, k / 32 * 17, &acts, &mut out);
+        for r in 0..rows {
+            for t in 0..n {
+                let (wr, xs) = (&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
+                let exact: f64 = wr.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let (mut bound, mut mag) = (0f64, 0f64);
+                for (wb, xb) in wr.chunks(32).zip(xs.chunks(32)) {
+                    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                    bound += wb.iter().map(|v| v.abs() as f64).sum::<f64>() * amax / 65534.0;
+                    mag += wb
+                        .iter()
+                        .zip(xb)
+                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                        .sum::<f64>();
+                }
+                let got = out[r * n + t] as f64;
+                let tol = bound * 1.001 + mag * 1e-5;
+                assert!(
+                    (got - exact).abs() <= tol,
+                    "n={n} row {r} col {t}: {got} vs {exact} (tol {tol:e})"
+                );
+            }
+        }
+    }
+}
