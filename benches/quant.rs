@@ -1,4 +1,5 @@
-//! Dot-product throughput on the real Qwen2.5 0.5B shapes, single thread, per SIMD level.
+//! Dot-product throughput on the real Qwen2.5 0.5B shapes (and GPT-OSS's MXFP4 experts),
+//! single thread, per SIMD level.
 //! Run: `cargo bench --bench quant` (optionally `-- Q4_K` to filter types).
 //! GB/s counts weight bytes read; GFLOP/s counts 2 flops per weight × activation pair.
 
@@ -27,6 +28,10 @@ fn weights(ty: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
         _ => &[0],
     };
     for b in w.chunks_exact_mut(ts) {
+        if ty == GgmlType::MXFP4 {
+            b[0] = 120; // E8M0 exponent: scale 2^-7
+            continue;
+        }
         for &at in fields {
             b[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         }
@@ -72,6 +77,9 @@ fn main() {
         (GgmlType::Q5_0, 4864, 896, "ffn_gate/up"),
         (GgmlType::Q4_1, 1536, 576, "smollm2 ffn"),
         (GgmlType::Q8_0, 151936, 896, "output"),
+        // GPT-OSS 20B's expert matrices (2880 x 2880): MXFP4 as shipped, Q4_0 to compare.
+        (GgmlType::Q4_0, 2880, 2880, "gpt-oss expert"),
+        (GgmlType::MXFP4, 2880, 2880, "gpt-oss expert"),
     ];
     const COLS: usize = 16; // prompt tokens per vec_dot_multi call
     let mut seed = 0x1234_5678_9abc_def1u64;

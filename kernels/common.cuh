@@ -14,6 +14,7 @@
 #define T_Q8_0 8
 #define T_Q4_K 12
 #define T_Q6_K 14
+#define T_MXFP4 39
 
 // f16 at an address that may be only byte-aligned (block fields sit at odd offsets).
 __device__ __forceinline__ float f16_at(const uint8_t* p) {
@@ -134,6 +135,32 @@ template <> struct Fmt<T_Q6_K> {
     }
 };
 
+// MXFP4: 17 bytes = an E8M0 exponent e, then 16 bytes of 4-bit E2M1 codes laid out as Q4_1's
+// nibbles (value i < 16 the low nibble of byte i, value i + 16 the high nibble). A code is a
+// sign bit and a magnitude m in 0..7 standing for 0, 0.5, 1, 1.5, 2, 3, 4, 6; v = 2^(e-127) *
+// that. As the reference reader computes it: half the scale, 2^(e-128) (a subnormal bit
+// pattern for e < 2), times the doubled magnitudes 0, 1, 2, 3, 4, 6, 8, 12 (the nibbles of
+// MXFP4_MAGS): every product is exact.
+#define MXFP4_MAGS 0xC8643210u
+__device__ __forceinline__ float e8m0_half(uint32_t e) {
+    return __uint_as_float(e < 2 ? 0x00200000u << e : (e - 1) << 23);
+}
+__device__ __forceinline__ int mxfp4_doubled(uint32_t code) {
+    const int m = (int)((MXFP4_MAGS >> (4 * (code & 7))) & 15);
+    return code & 8 ? -m : m;
+}
+template <> struct Fmt<T_MXFP4> {
+    __device__ static void chunk(const uint8_t* row, int c, float* o) {
+        const uint8_t* b = row + c * 17;
+        const float d = e8m0_half(b[0]);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            o[i] = d * (float)mxfp4_doubled(b[1 + i] & 15);
+            o[i + 16] = d * (float)mxfp4_doubled(b[1 + i] >> 4);
+        }
+    }
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -187,4 +214,4 @@ __device__ __forceinline__ float dot32(const float* w, const float* x) {
 // Instantiate one extern "C" entry per supported weight type.
 #define FOR_EACH_TYPE(M) \
     M(f32, T_F32) M(f16, T_F16) M(q4_1, T_Q4_1) M(q5_0, T_Q5_0) M(q8_0, T_Q8_0) \
-    M(q4_k, T_Q4_K) M(q6_k, T_Q6_K)
+    M(q4_k, T_Q4_K) M(q6_k, T_Q6_K) M(mxfp4, T_MXFP4)

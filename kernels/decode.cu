@@ -48,6 +48,14 @@ template <> struct Geo<T_Q5_0> { enum { V = 32, B = 22 }; };
 template <> struct Geo<T_Q8_0> { enum { V = 32, B = 34 }; };
 template <> struct Geo<T_Q4_K> { enum { V = 256, B = 144 }; };
 template <> struct Geo<T_Q6_K> { enum { V = 256, B = 210 }; };
+template <> struct Geo<T_MXFP4> { enum { V = 32, B = 17 }; };
+
+// This block's dynamic shared memory (the CPU emulator of tests/emu hands its own buffer).
+#ifdef MMA_EMULATE
+#define DYN_SMEM(name) uint8_t* name = emu_dyn_smem
+#else
+#define DYN_SMEM(name) extern __shared__ __align__(16) uint8_t name[]
+#endif
 
 // Helpers of the per-format dot products below.
 __device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {
@@ -243,6 +251,44 @@ template <> struct Lane<T_Q6_K> {
     }
 };
 
+// MXFP4 (17 bytes, byte-aligned; common.cuh): 4 lanes a block; lane j takes code bytes
+// 4j..4j+3, whose low nibbles are values 4j..4j+3 and high nibbles values 16+4j..16+4j+3. Each
+// code becomes its doubled E2M1 value (-12..12) as a signed byte by byte permutes, so the dot
+// products are the same dp4a as for the other formats; the E8M0 scale (halved) comes last.
+// 4 bytes at any address of shared memory: the two aligned words around them (a stage's
+// blocks end at least 10 bytes before its STAGE buffer does, so the second word is in it).
+__device__ __forceinline__ uint32_t u32_at1(const uint8_t* p) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(a & ~(uintptr_t)3);
+    return __funnelshift_r(w[0], w[1], 8 * (uint32_t)(a & 3));
+}
+// The codes in the low nibbles of q's four bytes -> their doubled values as signed bytes.
+__device__ __forceinline__ int mxfp4_bytes(uint32_t q) {
+    const uint32_t x = q & 0x0F0F0F0Fu;
+    // The four codes as selector nibbles (bits 0, 4, 8, 12).
+    const uint32_t sel = __byte_perm(x | (x >> 4), 0, 0x4420);
+    const uint32_t idx = sel & 0x7777u;                               // magnitude 0..7
+    const uint32_t pos = __byte_perm(0x03020100u, 0x0C080604u, idx);  // 0 1 2 3 4 6 8 12
+    const uint32_t neg = __byte_perm(0xFDFEFF00u, 0xF4F8FAFCu, idx);  // their negatives
+    // Byte n from pos (selector n) or, where the code's sign bit is set, from neg (n + 4).
+    return (int)__byte_perm(pos, neg, 0x3210u | ((sel >> 1) & 0x4444u));
+}
+template <> struct Lane<T_MXFP4> {
+    enum { LPB = 4 };
+    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+        const uint32_t q = u32_at1(b + 1 + 4 * j);
+        const int wlo = mxfp4_bytes(q), whi = mxfp4_bytes(q >> 4);
+        const uint8_t* r = xrec(static_cast<const uint8_t*>(x), c);
+        const int a1 = __ldg(reinterpret_cast<const int*>(r + 4 * j));
+        const int a2 = __ldg(reinterpret_cast<const int*>(r + 16 + 4 * j));
+        const int b1 = __ldg(reinterpret_cast<const int*>(r + 32 + 4 * j));
+        const int b2 = __ldg(reinterpret_cast<const int*>(r + 48 + 4 * j));
+        const int s1 = __dp4a(whi, a2, __dp4a(wlo, a1, 0));
+        const int s2 = __dp4a(whi, b2, __dp4a(wlo, b1, 0));
+        return e8m0_half(b[0]) * (xrec_d(r) * ((float)s1 + (float)s2 * (1.0f / 254.0f)));
+    }
+};
+
 // A lane's share of the dot product of nb staged blocks with the input (`c0`: the chunk where
 // the first block starts): LPB lanes a block, 32 / LPB blocks at a time.
 template <int T>
@@ -276,7 +322,8 @@ __device__ __forceinline__ void dot_run2(const uint8_t* sa, const uint8_t* sb, i
 
 // Weight rows reach shared memory through cp.async (16 bytes a lane, no registers held while
 // in flight), from the 16-byte boundary at or below the first block; each warp has two
-// STAGE-byte buffers.
+// STAGE-byte buffers. (Under MMA_EMULATE, tests/emu provides the copies.)
+#ifndef MMA_EMULATE
 __device__ __forceinline__ void cp16(uint8_t* s, const uint8_t* g) {
     const unsigned sa = (unsigned)__cvta_generic_to_shared(s);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(g));
@@ -285,6 +332,9 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N> __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+#else
+inline void cp16(uint8_t* s, const uint8_t* g) { cp16(static_cast<void*>(s), g, 16u); }
+#endif
 
 // Copy blocks [b0, b0 + nb) of `row` into buf (the caller commits the group); returns where
 // the first block lands. `stage_off`: the same without copying (a copy issued earlier).
@@ -424,6 +474,7 @@ __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const 
             case T_Q5_0: ROW_DOT(T_Q5_0)
             case T_Q8_0: ROW_DOT(T_Q8_0)
             case T_Q4_K: ROW_DOT(T_Q4_K)
+            case T_MXFP4: ROW_DOT(T_MXFP4)
             default: ROW_DOT(T_Q6_K)
         }
     }
@@ -525,7 +576,7 @@ template <int FA, int FB, int GLU>
 __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* __restrict__ xs,
                                                   int wpr) {
     const bool glu = GLU >= 0 ? GLU == 1 : a.mode == MODE_GLU;
-    extern __shared__ __align__(16) uint8_t smem[];
+    DYN_SMEM(smem);
     __shared__ float red[2][DW];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int k = a.k;
@@ -649,7 +700,7 @@ fused_matvec(const MvArgs a, const void* __restrict__ xs, int wpr) {
         fused_matvec_body<T, T, 1>(a, xs, wpr);                                      \
     }
 MV_ONE(f32, T_F32) MV_ONE(f16, T_F16) MV_ONE(q4_1, T_Q4_1) MV_ONE(q5_0, T_Q5_0)
-MV_ONE(q8_0, T_Q8_0) MV_ONE(q4_k, T_Q4_K) MV_ONE(q6_k, T_Q6_K)
+MV_ONE(q8_0, T_Q8_0) MV_ONE(q4_k, T_Q4_K) MV_ONE(q6_k, T_Q6_K) MV_ONE(mxfp4, T_MXFP4)
 #undef MV_ONE
 #define MV_TWO(name, A, B)                                                      \
     extern "C" __global__ void __launch_bounds__(32 * DW, 3)                    \
@@ -658,6 +709,117 @@ MV_ONE(q8_0, T_Q8_0) MV_ONE(q4_k, T_Q4_K) MV_ONE(q6_k, T_Q6_K)
     }
 MV_TWO(q5_0_q8_0, T_Q5_0, T_Q8_0) MV_TWO(q4_k_q6_k, T_Q4_K, T_Q6_K)
 #undef MV_TWO
+
+// ---------- mixture of experts, one token: the selected experts' mat-vecs ----------
+// A stacked expert tensor holds n_expert matrices of `rows` rows of k values, expert e at
+// w + e * expert_bytes (GGUF: its outermost dimension). `ids` (device memory, n_sel ids,
+// written by the router's top-k just before) names the experts this token uses: only their
+// rows are read, and nothing goes back to the host in between.
+struct ExpertArgs {
+    const uint8_t* w[2];     // one or two stacked tensors of one format and shape (gate, up)
+    const float* bias[2];    // [n_expert][rows] f32 each, or null
+    float* out[2];           // [n_sel][rows] f32 each: slot s's products at s * rows
+    const int* ids;          // n_sel expert ids; one out of range gives NaN rows, nothing read
+    long long expert_bytes;  // rows * row_bytes
+    long long row_bytes;
+    long long x_stride;      // bytes from slot s's input records to slot s+1's (0: one input)
+    int n_mat, n_sel, n_expert, rows, k, unused;
+};
+
+// out[m][s][r] = row r of expert ids[s] of tensor m · input s (+ bias[m][ids[s]][r]), for
+// every m < n_mat, s < n_sel, r < rows: the quantized formats on chunk records (prep_input's,
+// at xs + s * x_stride), through row_dot_part as fused_matvec runs them: jobs (m, s, r) in
+// rounds over a resident grid, wpr warps a row, each warp's next-round row fetched during its
+// last stage. Launch: block = 32 * DW, dynamic shared memory 2 * DW * STAGE.
+template <int T>
+__device__ __forceinline__ void expert_matvec_body(const ExpertArgs& a, const uint8_t* __restrict__ xs,
+                                                   int wpr) {
+    DYN_SMEM(smem);
+    __shared__ float red[DW];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint8_t* buf = smem + warp * 2 * STAGE;
+    const int per_mat = a.n_sel * a.rows, total = a.n_mat * per_mat;
+    const int groups = DW / wpr, grp = warp / wpr, part = warp % wpr;
+    // Job -> tensor m, slot s, row r, and the weight row (null for an id out of range).
+    auto row_of = [&](int job, int& m, int& s, int& r) -> const uint8_t* {
+        m = job / per_mat;
+        s = (job - m * per_mat) / a.rows;
+        r = job - m * per_mat - s * a.rows;
+        const int e = a.ids[s];
+        if (e < 0 || e >= a.n_expert) return nullptr;
+        // (Selects, not a.w[m]: a run-time index into the parameters would copy them to
+        // local memory.)
+        return (m ? a.w[1] : a.w[0]) + (long long)e * a.expert_bytes + (long long)r * a.row_bytes;
+    };
+    pdl_wait();  // the ids and the input records come from the kernels before
+    pdl_trigger();
+    bool pre = false;
+    int phase = 0;
+    // Every warp of the block runs the same number of rounds (block-wide barriers inside).
+    for (int base = blockIdx.x * groups; base < total; base += gridDim.x * groups) {
+        const int job = base + grp;
+        float d = 0.f;
+        int m = 0, s = 0, r = 0;
+        const uint8_t* ra = nullptr;
+        bool npre = false;
+        if (job < total) {
+            ra = row_of(job, m, s, r);
+            NextRows nx{nullptr, nullptr, T};
+            const int next = job + gridDim.x * groups;
+            if (next < total) {
+                int nm, ns, nr;
+                nx.a = row_of(next, nm, ns, nr);
+            }
+            if (ra) {
+                float unused;
+                row_dot_part<T, T>(T, ra, nullptr, a.k, part, wpr, xs + s * a.x_stride, buf, lane,
+                                   d, unused, pre, phase, nx, npre);
+            }
+        }
+        pre = npre;
+        if (wpr > 1) {
+            if (lane == 0) red[warp] = d;
+            __syncthreads();
+            if (part == 0)
+                for (int w = 1; w < wpr; w++) d += red[warp + w];
+            __syncthreads();
+        }
+        if (job < total && part == 0 && lane == 0) {
+            const float* bias = m ? a.bias[1] : a.bias[0];
+            if (!ra)
+                d = __uint_as_float(0x7fc00000u);  // NaN: a bad id shows
+            else if (bias)
+                d += bias[(long long)a.ids[s] * a.rows + r];
+            (m ? a.out[1] : a.out[0])[(long long)s * a.rows + r] = d;
+        }
+    }
+    cp_wait<0>();
+}
+#define EXPERT_MV(name, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                                \
+    expert_matvec_##name(const ExpertArgs a, const uint8_t* __restrict__ xs, int wpr) {     \
+        expert_matvec_body<T>(a, xs, wpr);                                                  \
+    }
+EXPERT_MV(q4_1, T_Q4_1) EXPERT_MV(q5_0, T_Q5_0) EXPERT_MV(q8_0, T_Q8_0) EXPERT_MV(q4_k, T_Q4_K)
+EXPERT_MV(q6_k, T_Q6_K) EXPERT_MV(mxfp4, T_MXFP4)
+#undef EXPERT_MV
+
+// The experts' weighted sum: y[r] = sum over s < n_sel, in order, of weights[s] * parts[s *
+// rows + r] (expert_matvec's per-slot outputs and the router's weights, both in device
+// memory); with `acc`, also acc[r] += y[r] (the residual stream).
+// Launch: block 256, grid ceil(rows / 256).
+extern "C" __global__ void __launch_bounds__(256)
+expert_combine(const float* __restrict__ parts, const float* __restrict__ weights,
+               float* __restrict__ y, float* acc, int n_sel, int rows) {
+    pdl_wait();
+    pdl_trigger();
+    const int r = blockIdx.x * 256 + threadIdx.x;
+    if (r >= rows) return;
+    float v = 0.f;
+    for (int s = 0; s < n_sel; s++) v += weights[s] * parts[(long long)s * rows + r];
+    y[r] = v;
+    if (acc) acc[r] += v;
+}
 
 // The pair of dimension d (< rot_dim / 2) of one head x rotated for position p, as the
 // `rope` kernel does (precise powf/sincosf: the angle reaches thousands of radians).
@@ -848,7 +1010,7 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
     if constexpr (ND < MAXD) {
         // One head size: keys staged through shared memory, a key a lane (dynamic shared
         // memory: AW x 2 x 32 x head_dim halves).
-        extern __shared__ __align__(16) uint8_t attn_smem[];
+        DYN_SMEM(attn_smem);
         __shared__ __align__(16) float qsc[32 * ND];
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qsc[d] = qv[d] * scale;
         __syncthreads();

@@ -148,6 +148,7 @@ template <> struct Bytes256<T_Q5_0> { static constexpr int v = 176; };
 template <> struct Bytes256<T_Q8_0> { static constexpr int v = 272; };
 template <> struct Bytes256<T_Q4_K> { static constexpr int v = 144; };
 template <> struct Bytes256<T_Q6_K> { static constexpr int v = 210; };
+template <> struct Bytes256<T_MXFP4> { static constexpr int v = 136; };
 
 // The rows are contiguous (`row_bytes` apart and that long), so the matrix is one run of
 // 32-value chunks, and so is its f16 image: chunk i's values go to out + 32 i. A block of 256

@@ -291,6 +291,44 @@ template <> struct Unit<T_Q6_K> {
     }
 };
 
+// MXFP4: 17 bytes = E8M0 exponent, 16 bytes of E2M1 codes (byte-aligned: blocks are 17 bytes;
+// decoding as Fmt<T_MXFP4> in common.cuh). Unit j: code nibble j of bytes 1..16 (values
+// 16j..16j+15). The block comes as the five aligned words from the one holding the exponent;
+// a word running past the tensor's end (only in its last block) is read up to the end with
+// byte loads instead.
+template <> struct Unit<T_MXFP4> {
+    static constexpr int VEC = 1, N = 5;
+    __device__ static void copy(const Slot& p, const uint8_t* wr, int c, int, bool ok, const uint8_t* end) {
+        const uint8_t* a = align4(wr + c * 17);
+#pragma unroll
+        for (int i = 0; i < 5; i++) {
+            const uint8_t* w = a + 4 * i;
+            if (w + 4 <= end) {
+                cp4(p[i], w, ok ? 4u : 0u);
+            } else {
+                uint32_t v = 0;
+                for (int b = 0; ok && w + b < end; b++) v |= (uint32_t)__ldg(w + b) << (8 * b);
+                *p[i] = v;
+            }
+        }
+    }
+    __device__ static void emit(const Slot& p, const uint8_t* wr, int c, int j, uint32_t o[8]) {
+        const uint32_t sh = 8 * (uint32_t)(reinterpret_cast<uintptr_t>(wr + c * 17) & 3);
+        uint32_t w[5];
+#pragma unroll
+        for (int i = 0; i < 5; i++) w[i] = *p[i];
+        const float d = e8m0_half((w[0] >> sh) & 255);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            // Code bytes 4i..4i+3 (block bytes 1+4i..): 8 bits past the exponent.
+            const uint32_t x = __funnelshift_rc(w[i], w[i + 1], sh + 8) >> (4 * j);
+            o[2 * i] = pack_h2(d * (float)mxfp4_doubled(x & 15), d * (float)mxfp4_doubled((x >> 8) & 15));
+            o[2 * i + 1] =
+                pack_h2(d * (float)mxfp4_doubled((x >> 16) & 15), d * (float)mxfp4_doubled((x >> 24) & 15));
+        }
+    }
+};
+
 // Half offset of (row, 16-byte chunk ch) in a swizzled [row][32 halves] tile.
 __device__ __forceinline__ int swz(int row, int ch) { return row * 32 + ((ch ^ ((row >> 1) & 3)) << 3); }
 

@@ -51,6 +51,10 @@ fn weights(ty: GgmlType, rows: usize, k: usize, rng: &mut Rng) -> Vec<u8> {
         .map(|_| rng.next() as u8)
         .collect();
     for b in out.chunks_mut(ts) {
+        if ty == GgmlType::MXFP4 {
+            b[0] = 118; // E8M0 exponent: scale 2^-9
+            continue;
+        }
         let at = match ty {
             GgmlType::Q6_K => 208,
             _ => 0,
@@ -309,4 +313,137 @@ fn mma_prompt_bench() {
         }
         say(&line);
     }
+}
+
+/// Median ms of 15 timed runs of `f` (after a warm-up), `flush` rewritten before each so the
+/// weights come from memory.
+fn time_flushed(
+    dev: &CudaDevice,
+    flush: &mut DeviceBuffer,
+    mut f: impl FnMut() -> llorch::Result<()>,
+) -> f32 {
+    let mut t = Vec::new();
+    for i in 0..16 {
+        dev.fill_bytes(flush, i as u8).unwrap();
+        let ms = dev.time_ms(&mut f).unwrap();
+        if i > 0 {
+            t.push(ms);
+        }
+    }
+    median(t)
+}
+
+/// Decode products of GPT-OSS 20B's shapes (hidden 2880, 32 experts of 2880 x 2880, top 4):
+/// `fused_matvec` over one 2880 x 2880 matrix in MXFP4 beside Q8_0 and Q5_0 (and over 4
+/// experts' gate and up rows as one dense matrix, the bytes a token's expert products read),
+/// and `expert_matvec` (gate + up of the 4 selected experts on one input; down on each
+/// expert's own input), as GB/s of weight blocks read (L2 flushed before each launch; the
+/// input's records prepared once, outside the timing). Run: `cuda_bench mxfp4_decode_bench
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn mxfp4_decode_bench() {
+    use llorch::backend::cuda::{Epilogue, ExpertInput, ExpertOut, ExpertsRef, MatRef, MatVecOut};
+    let dev = match CudaDevice::open(0, 0) {
+        Ok(d) => d,
+        Err(e) => {
+            say(&format!("mxfp4_decode_bench: skipped: {e}"));
+            return;
+        }
+    };
+    say(&format!(
+        "{} ({} SMs); GB/s of weight blocks read, median of 15, L2 flushed",
+        dev.name(),
+        dev.sm_count()
+    ));
+    let mut rng = Rng(11);
+    let (h, n_expert, n_sel) = (2880usize, 32usize, 4usize);
+    let mut flush = dev.alloc(192 << 20, MemKind::Scratch).unwrap();
+    let x: Vec<f32> = (0..n_sel * h).map(|_| rng.f()).collect();
+    let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+    let rec = dev
+        .alloc(CudaDevice::input_record_bytes(n_sel * h), MemKind::Scratch)
+        .unwrap();
+    dev.prep_input(&xd, n_sel * h, None, &rec).unwrap();
+    let out = dev.alloc(2 * n_sel * h * 4, MemKind::Scratch).unwrap();
+    let out2 = dev.alloc(n_sel * h * 4, MemKind::Scratch).unwrap();
+    let gbs = |bytes: usize, ms: f32| bytes as f64 / (ms as f64 * 1e-3) / 1e9;
+
+    use GgmlType::*;
+    for (ty, rows) in [(MXFP4, h), (Q8_0, h), (Q5_0, h), (MXFP4, 2 * n_sel * h)] {
+        let w = weights(ty, rows, h, &mut rng);
+        let wd = dev.upload_padded(&w, 16, MemKind::Weights).unwrap();
+        let prods = [MatVecOut {
+            mat: MatRef {
+                ty,
+                w: &wd,
+                rows,
+                cols: h,
+            },
+            bias: None,
+            out: &out,
+        }];
+        let ms = time_flushed(&dev, &mut flush, || {
+            dev.fused_matvec(&xd, h, None, &prods, Epilogue::Plain, &rec, true)
+        });
+        say(&format!(
+            "  fused_matvec {} {rows}x{h}: {:.1} us, {:.0} GB/s",
+            ty.name(),
+            ms * 1e3,
+            gbs(w.len(), ms)
+        ));
+    }
+
+    let ids: Vec<u8> = [3i32, 17, 30, 8]
+        .iter()
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    let idd = dev.upload(&ids, MemKind::Scratch).unwrap();
+    let tensors: Vec<DeviceBuffer> = (0..3)
+        .map(|_| {
+            let w = weights(MXFP4, n_expert * h, h, &mut rng);
+            dev.upload_padded(&w, 16, MemKind::Weights).unwrap()
+        })
+        .collect();
+    let experts = |i: usize| ExpertsRef {
+        ty: MXFP4,
+        w: &tensors[i],
+        n_expert,
+        rows: h,
+        cols: h,
+    };
+    let read = n_sel * h * h / 32 * 17; // one tensor's selected experts
+    let gate_up = [
+        ExpertOut {
+            experts: experts(0),
+            bias: None,
+            out: &out,
+        },
+        ExpertOut {
+            experts: experts(1),
+            bias: None,
+            out: &out2,
+        },
+    ];
+    let ms = time_flushed(&dev, &mut flush, || {
+        dev.expert_matvec(&idd, n_sel, ExpertInput::Shared(&rec), &gate_up)
+    });
+    say(&format!(
+        "  expert_matvec MXFP4 gate+up, {n_sel} of {n_expert} experts {h}x{h}: {:.1} us, {:.0} GB/s",
+        ms * 1e3,
+        gbs(2 * read, ms)
+    ));
+    let down = [ExpertOut {
+        experts: experts(2),
+        bias: None,
+        out: &out,
+    }];
+    let ms = time_flushed(&dev, &mut flush, || {
+        dev.expert_matvec(&idd, n_sel, ExpertInput::PerExpert(&rec), &down)
+    });
+    say(&format!(
+        "  expert_matvec MXFP4 down, {n_sel} of {n_expert} experts {h}x{h}: {:.1} us, {:.0} GB/s",
+        ms * 1e3,
+        gbs(read, ms)
+    ));
 }

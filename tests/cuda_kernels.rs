@@ -76,7 +76,7 @@ const POISON: u8 = 0xFF; // every f32 becomes NaN
 // ---------- GGUF blocks: random data and the CPU dequantization reference ----------
 // Layouts as in the `gguf` Python package's quants.py (see kernels/common.cuh).
 
-const TYPES: [GgmlType; 7] = [
+const TYPES: [GgmlType; 8] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_1,
@@ -84,6 +84,7 @@ const TYPES: [GgmlType; 7] = [
     GgmlType::Q8_0,
     GgmlType::Q4_K,
     GgmlType::Q6_K,
+    GgmlType::MXFP4,
 ];
 
 fn put_f16(b: &mut [u8], at: usize, v: f32) {
@@ -125,6 +126,8 @@ fn random_tensor(ty: GgmlType, rows: usize, k: usize, rng: &mut Rng) -> Vec<u8> 
                 put_f16(blk, 2, d * 0.05);
             }
             GgmlType::Q6_K => put_f16(blk, 208, d * 0.05),
+            // E8M0 exponent: scales 2^-9 .. 2^-2 (values up to 6 times that).
+            GgmlType::MXFP4 => blk[0] = 118 + (rng.next() % 8) as u8,
             _ => unreachable!(),
         }
     }
@@ -204,6 +207,11 @@ fn dequant_row(ty: GgmlType, data: &[u8], k: usize) -> Vec<f32> {
                     out.push(d * (sc[idx / 16] as i8) as f32 * q as f32);
                 }
             }
+        }
+        // The CPU's dequantize (bit-equal to the reference reader's values, golden tests).
+        GgmlType::MXFP4 => {
+            out.resize(k, 0.0);
+            llorch::quant::dequantize(ty, &data[..k / 32 * 17], &mut out).unwrap();
         }
         _ => unreachable!(),
     }
@@ -1179,6 +1187,12 @@ fn random_matrix(
     (upload_weights(dev, &w), dequant_rows(ty, &w, rows, k))
 }
 
+/// i32 values in device memory.
+fn upload_i32(dev: &CudaDevice, v: &[i32]) -> llorch::backend::cuda::DeviceBuffer {
+    let bytes: Vec<u8> = v.iter().flat_map(|i| i.to_le_bytes()).collect();
+    dev.upload(&bytes, MemKind::Scratch).unwrap()
+}
+
 /// `n` f32 of device memory, all NaN (an output the kernel must overwrite).
 fn poisoned(dev: &CudaDevice, n: usize) -> llorch::backend::cuda::DeviceBuffer {
     let mut o = dev.alloc(n * 4, MemKind::Scratch).unwrap();
@@ -1504,6 +1518,253 @@ fn fused_matvec_many_rounds_and_mixed_formats() {
             1e-4,
         );
     }
+}
+
+// The mixture-of-experts decode products (expert_matvec, expert_combine): GPT-OSS 20B's
+// shapes (32 experts of 2880 x 2880, MXFP4, top-4 with one expert picked twice) and small
+// Q4_K / Q8_0 ones; gate and up (with biases) on one input, then down on each expert's own
+// input, then the weighted sum into a residual. Reference: the CPU's dequantization of the
+// selected experts, f64 dots with the unquantized inputs: the inputs are quantized to 16 bits
+// a value as in fused_matvec, same tolerance 1e-4. Every expert that is not selected holds
+// blocks that decode to infinities (MXFP4: exponent 255 with code 12; else f16 infinity
+// scales), so a read of any of them would show. An id out of range gives NaN rows.
+#[test]
+fn expert_matvec_reads_only_the_selected_experts() {
+    use llorch::backend::cuda::{ExpertInput, ExpertOut, ExpertsRef, Norm};
+    let Some(dev) = device("expert_matvec_reads_only_the_selected_experts") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_00E1);
+    let cases: [(GgmlType, usize, usize, usize, &[i32]); 4] = [
+        (GgmlType::MXFP4, 32, 2880, 2880, &[7, 30, 7, 0]),
+        (GgmlType::MXFP4, 8, 100, 640, &[5, 1, 2, 3, 4, 0, 6, 7]),
+        (GgmlType::Q4_K, 6, 300, 1024, &[5, 2]),
+        (GgmlType::Q8_0, 4, 700, 896, &[3]),
+    ];
+    for &(ty, n_expert, rows, k, ids) in &cases {
+        let n_sel = ids.len();
+        let rb = ty.bytes_for(k as u64).unwrap() as usize;
+        let eb = rb * rows;
+        let selected = |e: usize| ids.contains(&(e as i32));
+        // Stacked tensors: selected experts random, the others infinities.
+        let stacked = |rng: &mut Rng| -> (Vec<u8>, Vec<Vec<Vec<f32>>>) {
+            let mut w = vec![0u8; n_expert * eb];
+            let mut rows_f = vec![Vec::new(); n_expert];
+            for e in 0..n_expert {
+                let part = &mut w[e * eb..(e + 1) * eb];
+                if selected(e) {
+                    part.copy_from_slice(&random_tensor(ty, rows, k, rng));
+                    rows_f[e] = dequant_rows(ty, part, rows, k);
+                } else {
+                    for b in part.chunks_mut(ty.type_size()) {
+                        match ty {
+                            GgmlType::MXFP4 => b.fill(0xFF),
+                            GgmlType::Q4_K => {
+                                put_f16(b, 0, f32::INFINITY);
+                                put_f16(b, 2, f32::INFINITY);
+                            }
+                            _ => put_f16(b, 0, f32::INFINITY),
+                        }
+                    }
+                }
+            }
+            (w, rows_f)
+        };
+        let (gw, gf) = stacked(&mut rng);
+        let (uw, uf) = stacked(&mut rng);
+        let (dw, df) = stacked(&mut rng);
+        let gd = upload_weights(&dev, &gw);
+        let ud = upload_weights(&dev, &uw);
+        let dd = upload_weights(&dev, &dw);
+        let bg = rng.vec(n_expert * rows);
+        let bu = rng.vec(n_expert * rows);
+        let bgd = dev.upload_f32(&bg, MemKind::Scratch).unwrap();
+        let bud = dev.upload_f32(&bu, MemKind::Scratch).unwrap();
+        let idd = upload_i32(&dev, ids);
+        let experts = |w| ExpertsRef {
+            ty,
+            w,
+            n_expert,
+            rows,
+            cols: k,
+        };
+        let name = |what: &str| {
+            format!(
+                "experts {} {n_expert}x{rows}x{k} top-{n_sel} {what}",
+                ty.name()
+            )
+        };
+
+        // Gate and up on one input, normalized on the way (prep_input with the norm).
+        let x = rng.vec(k);
+        let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+        let gnd = dev.upload_f32(&g, MemKind::Scratch).unwrap();
+        let rec = dev
+            .alloc(CudaDevice::input_record_bytes(k), MemKind::Scratch)
+            .unwrap();
+        let norm = Norm {
+            weight: &gnd,
+            eps: 1e-5,
+            normed: None,
+        };
+        dev.prep_input(&xd, k, Some(norm), &rec).unwrap();
+        let xn = rmsnorm64(&x, &g, 1e-5);
+        let (og, ou) = (poisoned(&dev, n_sel * rows), poisoned(&dev, n_sel * rows));
+        let prods = [
+            ExpertOut {
+                experts: experts(&gd),
+                bias: Some(&bgd),
+                out: &og,
+            },
+            ExpertOut {
+                experts: experts(&ud),
+                bias: Some(&bud),
+                out: &ou,
+            },
+        ];
+        dev.expert_matvec(&idd, n_sel, ExpertInput::Shared(&rec), &prods)
+            .unwrap();
+        for (what, out, wf, b) in [("gate", &og, &gf, &bg), ("up", &ou, &uf, &bu)] {
+            let got = dev.download_f32(out, n_sel * rows).unwrap();
+            let xn = &xn;
+            let reference: Vec<f64> = ids
+                .iter()
+                .flat_map(|&e| {
+                    let e = e as usize;
+                    (0..rows).map(move |r| dot64(&wf[e][r], xn) + b[e * rows + r] as f64)
+                })
+                .collect();
+            check(&name(what), &got, &reference, 1e-4);
+        }
+
+        // Down on each expert's own input (back to back), then the weighted sum + residual.
+        let xs = rng.vec(n_sel * k);
+        let xsd = dev.upload_f32(&xs, MemKind::Scratch).unwrap();
+        let recs = dev
+            .alloc(CudaDevice::input_record_bytes(n_sel * k), MemKind::Scratch)
+            .unwrap();
+        dev.prep_input(&xsd, n_sel * k, None, &recs).unwrap();
+        // The down product with the given ids, into a fresh poisoned buffer.
+        let run_down = |ids: &llorch::backend::cuda::DeviceBuffer| {
+            let out = poisoned(&dev, n_sel * rows);
+            let prods = [ExpertOut {
+                experts: experts(&dd),
+                bias: None,
+                out: &out,
+            }];
+            dev.expert_matvec(ids, n_sel, ExpertInput::PerExpert(&recs), &prods)
+                .unwrap();
+            out
+        };
+        let od = run_down(&idd);
+        let down: Vec<f64> = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &e)| {
+                let xr: Vec<f64> = xs[s * k..(s + 1) * k].iter().map(|&v| v as f64).collect();
+                (0..rows)
+                    .map(|r| dot64(&df[e as usize][r], &xr))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        check(
+            &name("down"),
+            &dev.download_f32(&od, n_sel * rows).unwrap(),
+            &down,
+            1e-4,
+        );
+        let wts = rng.vec(n_sel);
+        let wd = dev.upload_f32(&wts, MemKind::Scratch).unwrap();
+        let acc0 = rng.vec(rows);
+        let accd = dev.upload_f32(&acc0, MemKind::Scratch).unwrap();
+        let y = poisoned(&dev, rows);
+        dev.expert_combine(&od, &wd, n_sel, rows, &y, Some(&accd))
+            .unwrap();
+        let reference: Vec<f64> = (0..rows)
+            .map(|r| (0..n_sel).map(|s| wts[s] as f64 * down[s * rows + r]).sum())
+            .collect();
+        check(
+            &name("combine"),
+            &dev.download_f32(&y, rows).unwrap(),
+            &reference,
+            1e-4,
+        );
+        let with_acc: Vec<f64> = (0..rows).map(|r| acc0[r] as f64 + reference[r]).collect();
+        check(
+            &name("combine + residual"),
+            &dev.download_f32(&accd, rows).unwrap(),
+            &with_acc,
+            1e-4,
+        );
+
+        // An id out of range: NaN rows for its slot, the other slots as before.
+        let mut bad_ids = ids.to_vec();
+        bad_ids[n_sel - 1] = n_expert as i32;
+        let bad_idd = upload_i32(&dev, &bad_ids);
+        let got = dev.download_f32(&run_down(&bad_idd), n_sel * rows).unwrap();
+        assert!(
+            got[(n_sel - 1) * rows..].iter().all(|v| v.is_nan()),
+            "{}: the slot of an id out of range is not NaN",
+            name("bad id")
+        );
+        check(
+            &name("other slots beside a bad id"),
+            &got[..(n_sel - 1) * rows],
+            &down[..(n_sel - 1) * rows],
+            1e-4,
+        );
+    }
+
+    // Bad arguments are errors, not launches.
+    // 4 experts of 2 rows of 64 MXFP4 values (34 bytes a row) and the padding, exactly.
+    let w = dev
+        .upload(&[0u8; 4 * 2 * 34 + 16], MemKind::Weights)
+        .unwrap();
+    let ids = dev.upload(&[0u8; 9 * 4], MemKind::Scratch).unwrap();
+    let rec = dev
+        .alloc(CudaDevice::input_record_bytes(64), MemKind::Scratch)
+        .unwrap();
+    let out = dev.alloc(9 * 64 * 4, MemKind::Scratch).unwrap();
+    let ex = |ty, n_expert, rows, cols| ExpertOut {
+        experts: ExpertsRef {
+            ty,
+            w: &w,
+            n_expert,
+            rows,
+            cols,
+        },
+        bias: None,
+        out: &out,
+    };
+    let input = ExpertInput::Shared(&rec);
+    let ok = [ex(GgmlType::MXFP4, 4, 2, 64)];
+    dev.expert_matvec(&ids, 2, input, &ok).unwrap();
+    for (n_sel, prods, want) in [
+        (0usize, &ok[..], "selected"),
+        (9, &ok[..], "selected"),
+        (2, &[][..], "no product"),
+        (2, &[ex(GgmlType::F32, 4, 2, 64)][..], "quantized"),
+        (2, &[ex(GgmlType::MXFP4, 5, 2, 64)][..], "padding"),
+        (2, &[ex(GgmlType::MXFP4, 4, 2, 48)][..], "32"),
+        (
+            2,
+            &[ex(GgmlType::MXFP4, 4, 2, 64), ex(GgmlType::MXFP4, 2, 4, 64)][..],
+            "product 1",
+        ),
+        (2, &[ok[0], ok[0], ok[0]][..], "1 or 2"),
+    ] {
+        let r = dev.expert_matvec(&ids, n_sel, input, prods);
+        let msg = format!("{r:?}");
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_) | Error::Unsupported(_)))
+                && msg.contains(want),
+            "n_sel {n_sel}, {} products: {msg}",
+            prods.len()
+        );
+    }
+    let r = dev.expert_matvec(&ids, 2, ExpertInput::PerExpert(&rec), &ok);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
 }
 
 // rope_kv + attention_decode against the unfused rope, kv_store and the f64 attention

@@ -393,3 +393,197 @@ fn bad_sizes_give_nan_not_panic() {
     );
     assert!(e.is_err());
 }
+
+/// An MXFP4 row of `nb` blocks with exponents in `exps` and random codes, and its values as
+/// exact integers in units of 2^-unit (value = MXFP4 code value · 2^(e-127); the doubled code
+/// table times 2^(e-128)).
+fn mxfp4_row(nb: usize, exps: std::ops::RangeInclusive<u8>, rng: &mut Rng) -> (Vec<u8>, Vec<i64>) {
+    const DOUBLED: [i64; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+    let (lo, span) = (*exps.start(), (exps.end() - exps.start()) as u64 + 1);
+    let mut row = Vec::with_capacity(nb * 17);
+    let mut vals = Vec::with_capacity(nb * 32);
+    for _ in 0..nb {
+        let e = lo + (rng.next() % span) as u8;
+        let qs: Vec<u8> = (0..16).map(|_| rng.next() as u8).collect();
+        row.push(e);
+        row.extend(&qs);
+        // Integer value in units of 2^(lo - 128): doubled code << (e - lo).
+        let shift = e - lo;
+        for half in 0..2 {
+            for &q in &qs {
+                let code = if half == 0 { q & 15 } else { q >> 4 };
+                vals.push(DOUBLED[code as usize] << shift);
+            }
+        }
+    }
+    (row, vals)
+}
+
+/// MXFP4 scales are powers of two, so with power-of-two activation scales every product and
+/// partial sum of every kernel is exact in f32 as long as the row's total stays below 2^24
+/// units of its smallest scale: then every SIMD level, the scalar path and the exact integer
+/// dot must agree bit for bit (not within a tolerance). Here: exponents 126..=130 (weight
+/// scales 2^-2..2^2 relative to 2^-2), activation d = 2^-7, |q| <= 127: a block contributes
+/// at most 32·12·127·2^4 = 780,288 units of 2^-9, and 16 blocks stay below 2^24.
+#[test]
+fn mxfp4_dot_is_exact_integer_arithmetic() {
+    let levels = levels();
+    let mut rng = Rng(0x4D58);
+    let ad = 2f32.powi(-7);
+    for nb in [1usize, 2, 5, 16] {
+        for n_cols in [1usize, 2, 3, 4, 8, 9] {
+            let (row, vals) = mxfp4_row(nb, 126..=130, &mut rng);
+            let acts: Vec<BlockQ8> = (0..n_cols * nb)
+                .map(|_| {
+                    let mut qs = [0i8; 32];
+                    for q in &mut qs {
+                        *q = ((rng.next() % 255) as i32 - 127) as i8;
+                    }
+                    let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+                    BlockQ8 {
+                        d: ad,
+                        s: ad * sum as f32,
+                        qs,
+                    }
+                })
+                .collect();
+            for c in 0..n_cols {
+                let col = &acts[c * nb..(c + 1) * nb];
+                let units: i64 = vals
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| v * col[i / 32].qs[i % 32] as i64)
+                    .sum();
+                assert!(units.abs() < 1 << 24);
+                // Units of 2^(126-128) · 2^-7.
+                let exact = units as f32 * 2f32.powi(-9);
+                for &l in &levels {
+                    let mut out = vec![f32::NAN; n_cols];
+                    vec_dot_multi_at(l, GgmlType::MXFP4, &row, &acts, n_cols, &mut out).unwrap();
+                    assert_eq!(
+                        out[c].to_bits(),
+                        exact.to_bits(),
+                        "{l:?} nb={nb} cols={n_cols} col {c}: {} vs {exact}",
+                        out[c]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The wide (16-bit activation) kernels on MXFP4 rows, exactly: activations Y·2^-10 with one
+/// |Y| = 32767 per block make each block's 16-bit scale exactly 2^-10 and every Y exact; the
+/// other |Y| <= 255 keep a block's Σ|Y·w| below 32767·12 + 31·255·12 < 2^19, and exponents
+/// 127..=128 with 8 blocks keep a row below 2^23 units of the smallest scale: every vpdpbusd /
+/// vpdpwssd sum, scale product and accumulation is exact, so decode (1-4 columns) and prompt
+/// (more) layouts must equal the integer dot bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn mxfp4_wide_is_exact_integer_arithmetic() {
+    use llorch::quant::{quantize_column, wide_matmul, wide_supported, Acts16};
+    let k = 256;
+    if !wide_supported(GgmlType::MXFP4, k) {
+        eprintln!("no AVX-512 VNNI: skipped");
+        return;
+    }
+    let mut rng = Rng(0x4D59);
+    let rows = 9;
+    let mut row = Vec::new();
+    let mut vals = Vec::new();
+    for _ in 0..rows {
+        let (r, v) = mxfp4_row(k / 32, 127..=128, &mut rng);
+        row.extend(r);
+        vals.extend(v);
+    }
+    for n in [1usize, 2, 3, 4, 5, 8, 13] {
+        let ys: Vec<i64> = (0..n * k)
+            .map(|i| {
+                if i % 32 == (i / 32) % 32 {
+                    if rng.next() & 1 == 0 {
+                        32767
+                    } else {
+                        -32767
+                    }
+                } else {
+                    (rng.next() % 511) as i64 - 255
+                }
+            })
+            .collect();
+        let x: Vec<f32> = ys.iter().map(|&y| y as f32 * 2f32.powi(-10)).collect();
+        let mut acts = Acts16::new();
+        acts.reset(k, n);
+        for (p, xs) in acts.parts_mut().zip(x.chunks(k)) {
+            quantize_column(xs, p);
+        }
+        let mut out = vec![f32::NAN; rows * n];
+        wide_matmul(GgmlType::MXFP4, &row, k / 32 * 17, &acts, &mut out);
+        for r in 0..rows {
+            for t in 0..n {
+                let units: i64 = (0..k).map(|i| vals[r * k + i] * ys[t * k + i]).sum();
+                assert!(units.abs() < 1 << 24);
+                // Units of 2^(127-128) · 2^-10.
+                let exact = units as f32 * 2f32.powi(-11);
+                assert_eq!(
+                    out[r * n + t].to_bits(),
+                    exact.to_bits(),
+                    "n={n} row {r} col {t}: {} vs {exact}",
+                    out[r * n + t]
+                );
+            }
+        }
+    }
+}
+
+/// The reference reader's golden MXFP4 blocks through the wide kernels (4 rows of 512 values,
+/// 1-7 columns: the decode and prompt layouts) against an f64 dot of their golden-exact
+/// dequantized values with the unquantized activations. Bound as the wide kernels' own test
+/// (src/quant/dot.rs): each activation is off by at most max|x_block|/65534 after the 16-bit
+/// quantization, plus f32 rounding of the sums (1e-5 of Σ|w·x| covers ~1000 additions).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn mxfp4_golden_blocks_wide() {
+    use llorch::quant::{quantize_column, wide_matmul, wide_supported, Acts16};
+    let k = 512;
+    if !wide_supported(GgmlType::MXFP4, k) {
+        eprintln!("no AVX-512 VNNI: skipped");
+        return;
+    }
+    let row = std::fs::read(common::golden_dir().join("quant/MXFP4.blocks")).unwrap();
+    let rows = row.len() / 17 * 32 / k;
+    let mut w = vec![0f32; rows * k];
+    dequantize(GgmlType::MXFP4, &row, &mut w).unwrap();
+    let mut rng = Rng(0x601D);
+    for n in [1usize, 3, 7] {
+        let (x, _) = random_acts(n * k, &mut rng);
+        let mut acts = Acts16::new();
+        acts.reset(k, n);
+        for (p, xs) in acts.parts_mut().zip(x.chunks(k)) {
+            quantize_column(xs, p);
+        }
+        let mut out = vec![f32::NAN; rows * n];
+        wide_matmul(GgmlType::MXFP4, &row, k / 32 * 17, &acts, &mut out);
+        for r in 0..rows {
+            for t in 0..n {
+                let (wr, xs) = (&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
+                let exact: f64 = wr.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let (mut bound, mut mag) = (0f64, 0f64);
+                for (wb, xb) in wr.chunks(32).zip(xs.chunks(32)) {
+                    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                    bound += wb.iter().map(|v| v.abs() as f64).sum::<f64>() * amax / 65534.0;
+                    mag += wb
+                        .iter()
+                        .zip(xb)
+                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                        .sum::<f64>();
+                }
+                let got = out[r * n + t] as f64;
+                let tol = bound * 1.001 + mag * 1e-5;
+                assert!(
+                    (got - exact).abs() <= tol,
+                    "n={n} row {r} col {t}: {got} vs {exact} (tol {tol:e})"
+                );
+            }
+        }
+    }
+}

@@ -175,6 +175,9 @@ fn random_matrix(
                 put_f16(b, 2, d * mean_q);
             }
             GgmlType::Q6_K => put_f16(b, 208, std / (18.5 * 74.0)),
+            // MXFP4: the doubled code values' rms is sqrt(274/8) = 5.85; the scale 2^(e-128)
+            // is the power of two nearest std / 5.85.
+            GgmlType::MXFP4 => b[0] = (128.0 + (std / 5.85).log2().round()).clamp(0.0, 254.0) as u8,
             other => {
                 return Err(Error::Unsupported(format!(
                     "synthetic {} weights",
@@ -454,4 +457,28 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
         }
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random MXFP4 weights have the asked-for spread: the scale is the power of two nearest
+    /// std / 5.85, so the measured spread is within a factor sqrt(2) of it (plus sampling
+    /// noise, small over 184k values).
+    #[test]
+    fn mxfp4_matrix_has_the_asked_for_spread() {
+        let (rows, cols) = (64, 2880);
+        for std in [1.0 / (2880f32).sqrt(), 0.3, 1.0] {
+            let data = random_matrix(&mut Rng::new(3), GgmlType::MXFP4, rows, cols, std).unwrap();
+            let mut v = vec![0f32; rows * cols];
+            crate::quant::dequantize(GgmlType::MXFP4, &data, &mut v).unwrap();
+            let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            let ratio = rms / std as f64;
+            assert!(
+                (0.7..=1.42).contains(&ratio),
+                "std {std}: rms {rms} ({ratio})"
+            );
+        }
+    }
 }

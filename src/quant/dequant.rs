@@ -2,7 +2,9 @@
 //! (the `gguf` Python package's quants.py spells them out). Every product below is exact in
 //! f32 (an f16 scale times a small integer), so results match the reference bit for bit.
 
-use super::{check_sizes, f16_at, k_scale_min, q3k_scales, GgmlType, QuantError};
+use super::{
+    check_sizes, e8m0_half, f16_at, k_scale_min, q3k_scales, GgmlType, QuantError, MXFP4_VALUES,
+};
 
 /// Decodes `src` (whole blocks of `ty`) into `dst`.
 /// `dst.len()` must be a multiple of the block size and `src.len()` exactly blocks × type size.
@@ -89,17 +91,10 @@ fn block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
         }
         MXFP4 => {
             // e8m0 exponent (halved: the table holds doubled e2m1 values), then nibbles.
-            const KV: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-            let e = b[0] as u32;
-            let bits = if e < 2 {
-                0x0020_0000u32 << e
-            } else {
-                (e - 1) << 23
-            };
-            let d = f32::from_bits(bits);
+            let d = e8m0_half(b[0]);
             for j in 0..16 {
-                y[j] = d * KV[(b[1 + j] & 0xF) as usize] as f32;
-                y[j + 16] = d * KV[(b[1 + j] >> 4) as usize] as f32;
+                y[j] = d * MXFP4_VALUES[(b[1 + j] & 0xF) as usize] as f32;
+                y[j + 16] = d * MXFP4_VALUES[(b[1 + j] >> 4) as usize] as f32;
             }
         }
         Q2_K => {

@@ -435,10 +435,10 @@ mod wide_tests {
         use GgmlType::*;
         // k = 576: a last half chunk (64 values) in the prompt layout (legacy types only;
         // K-quant rows are whole 256-value super-blocks).
-        let cases = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K]
+        let cases = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q4_K, Q5_K, Q6_K]
             .map(|t| (t, 512))
             .into_iter()
-            .chain([Q4_0, Q4_1, Q5_0, Q5_1, Q8_0].map(|t| (t, 576)));
+            .chain([Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4].map(|t| (t, 576)));
         for (ty, k) in cases {
             assert!(wide_supported(ty, k), "{}", ty.name());
             let rb = ty.bytes_for(k as u64).unwrap() as usize;
@@ -447,9 +447,13 @@ mod wide_tests {
             let fields: &[usize] = match ty {
                 Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
                 Q6_K => &[208],
+                MXFP4 => &[],
                 _ => &[0],
             };
             for b in data.chunks_exact_mut(ts) {
+                if ty == MXFP4 {
+                    b[0] = 110 + (rng(&mut seed) % 30) as u8; // scales 2^-18 .. 2^11
+                }
                 for &at in fields {
                     let v = 0.001 + (rng(&mut seed) % 1000) as f32 * 1e-5;
                     b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());

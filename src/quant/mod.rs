@@ -219,6 +219,24 @@ pub(crate) fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
+/// The E2M1 value of each 4-bit MXFP4 code, doubled so that all are integers: codes 0..7 are
+/// 0, 0.5, 1, 1.5, 2, 3, 4, 6 and codes 8..15 their negatives (OCP MX v1.0). The block scale
+/// [`e8m0_half`] is halved to match, so value = e8m0_half(e) * MXFP4_VALUES[code] exactly.
+pub(crate) const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// Half the scale 2^(e-127) of an E8M0 exponent byte: 2^(e-128), as the f32 bit pattern (a
+/// subnormal for e < 2, so that e = 0 and 1 stay exact; e = 255 gives 2^127 rather than the
+/// spec's NaN, as the reference reader does).
+#[inline(always)]
+pub(crate) fn e8m0_half(e: u8) -> f32 {
+    let e = e as u32;
+    f32::from_bits(if e < 2 {
+        0x0020_0000 << e
+    } else {
+        (e - 1) << 23
+    })
+}
+
 /// The 16 signed 6-bit scales of a Q3_K block's 12 scale bytes.
 #[inline(always)]
 pub(crate) fn q3k_scales(s: &[u8]) -> [i8; 16] {

@@ -1,4 +1,4 @@
-//! Quantize-from-f32 for Q8_0, Q4_1, Q5_0, Q4_K and Q6_K.
+//! Quantize-from-f32 for Q8_0, Q4_1, Q5_0, Q4_K, Q6_K and MXFP4.
 //!
 //! All quantizers round to nearest on a grid whose scales are rounded *up* to f16 (and, for
 //! the K-quants, whose 6/8-bit sub-block scales and mins are rounded up), so every input value
@@ -9,8 +9,19 @@
 //!   Q4_K:  |err| <= S_j/2,  S_j < (max_j - min_j + dmin)/15 + d, min_j = min(0, min of sub-block)
 //!   Q6_K:  |err| <= S_k/2,  S_k < amax_k/31 + d  (per 16 values)
 //! (d, dmin the f16 super-block scales). The tests check exactly these bounds.
+//!
+//! MXFP4 (32 values, a power-of-two scale X = 2^(e-127), E2M1 codes 0, ±0.5, ±1, ±1.5, ±2,
+//! ±3, ±4, ±6): X is the smallest power of two with amax <= 6X, so the block maximum fits and
+//! nothing saturates, and each value rounds to its nearest code (ties to the even code, as
+//! IEEE rounding does): |err| <= X/4 below 2X, X/2 below 4X, X up to 6X, and X < amax/3 (a
+//! smaller X would fit) unless e is clamped at 0. The reference reader's quantizer takes
+//! X = 2^(floor(log2 amax) - 2) (the OCP MX spec's rule): the same X except when amax lies in
+//! (6X, 8X), where it clips the maximum to 6X (an error of up to 2X) and this rule doubles X
+//! instead, erring at most X on every value of that block (all below 4·2X): coarser steps
+//! for the block's small values, but no value far off. Values of 3.5·2^126 or more (which
+//! round to 2^128, beyond f32) are an error.
 
-use super::{check_sizes, GgmlType, QuantError};
+use super::{check_sizes, GgmlType, QuantError, MXFP4_VALUES};
 use half::f16;
 
 /// Quantizes `src` into whole blocks of `ty` in `dst` (`dst.len()` = blocks × type size).
@@ -23,6 +34,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
         Q5_0 => q5_0,
         Q4_K => q4_k,
         Q6_K => q6_k,
+        MXFP4 => mxfp4,
         _ => {
             return Err(QuantError::Unsupported {
                 ty: ty.name(),
@@ -217,6 +229,58 @@ fn q6_k(x: &[f32], o: &mut [u8]) -> Result<(), &'static str> {
         let (h, r) = (i / 128, i % 128);
         o[h * 64 + r % 64] |= (v & 0xF) << (4 * (r / 64));
         o[128 + h * 32 + r % 32] |= (v >> 4) << (2 * (r / 32));
+    }
+    Ok(())
+}
+
+/// MXFP4 (see the top of the file): the exponent byte, then code j in the low nibble of byte
+/// 1 + j and code j + 16 in its high nibble.
+fn mxfp4(x: &[f32], o: &mut [u8]) -> Result<(), &'static str> {
+    let a = amax(x) as f64;
+    // The smallest k with 6·2^k >= amax (exact comparisons in f64; log2 only guesses),
+    // within the E8M0 range k = e - 127, e in 0..=254. Finite inputs need e <= 253.
+    let fits = |k: i32| 6.0 * 2f64.powi(k) >= a;
+    let mut k = if a > 0.0 {
+        (a / 6.0).log2().ceil() as i32
+    } else {
+        -127
+    };
+    while k > -127 && fits(k - 1) {
+        k -= 1;
+    }
+    while !fits(k) {
+        k += 1;
+    }
+    let k = k.clamp(-127, 127);
+    o[0] = (k + 127) as u8;
+    // |v| / X (exact in f64) against the E2M1 magnitudes, in doubled units to stay integral.
+    let inv = 2f64.powi(-k) * 2.0;
+    let code = |v: f32| -> u8 {
+        let t = (v.abs() as f64) * inv; // in 0..=12
+        let m = &MXFP4_VALUES[..8];
+        let mut i = 0;
+        while i < 7 && t >= m[i + 1] as f64 {
+            i += 1;
+        }
+        // Now m[i] <= t < m[i+1] (or i = 7): round to nearest, ties to the even code.
+        if i < 7 {
+            let (lo, hi) = (t - m[i] as f64, m[i + 1] as f64 - t);
+            if hi < lo || (hi == lo && i % 2 == 1) {
+                i += 1;
+            }
+        }
+        if i == 0 {
+            0 // zero has no sign
+        } else {
+            i as u8 | if v < 0.0 { 8 } else { 0 }
+        }
+    };
+    for j in 0..16 {
+        o[1 + j] = code(x[j]) | code(x[j + 16]) << 4;
+    }
+    // At X = 2^126 (e = 253) the codes 4X and 6X decode to 2^128 and more: infinity in f32.
+    if k == 126 && o[1..].iter().any(|&b| b & 7 >= 6 || (b >> 4) & 7 >= 6) {
+        return Err("block values round beyond the f32 range (MXFP4 codes of 2^128 or more)");
     }
     Ok(())
 }

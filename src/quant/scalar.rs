@@ -1,12 +1,12 @@
 //! Portable scalar dot products: the reference every SIMD path is tested against, and the
-//! path for types without a SIMD kernel (Q2_K, Q3_K, MXFP4).
+//! path for types without a SIMD kernel (Q2_K, Q3_K).
 //!
 //! Each weight block is decoded once into signed integers q and, per 16 values, a float scale
 //! and min with w = scale*q - min; each 32-value activation block then contributes
 //! scale*da*Σ q·a - min*da*Σ a per half, with the integer sums exact.
 
 use super::dot::BlockQ8;
-use super::{f16_at, k_scale_min, q3k_scales, GgmlType};
+use super::{e8m0_half, f16_at, k_scale_min, q3k_scales, GgmlType, MXFP4_VALUES};
 
 /// A decoded weight block: up to 256 values as small signed integers.
 struct Decoded {
@@ -66,18 +66,11 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
             o.min[..2].fill(0.0);
         }
         MXFP4 => {
-            const KV: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-            let e = b[0] as u32;
-            let d = f32::from_bits(if e < 2 {
-                0x0020_0000u32 << e
-            } else {
-                (e - 1) << 23
-            });
             for j in 0..16 {
-                q[j] = KV[(b[1 + j] & 0xF) as usize];
-                q[j + 16] = KV[(b[1 + j] >> 4) as usize];
+                q[j] = MXFP4_VALUES[(b[1 + j] & 0xF) as usize];
+                q[j + 16] = MXFP4_VALUES[(b[1 + j] >> 4) as usize];
             }
-            o.scale[..2].fill(d);
+            o.scale[..2].fill(e8m0_half(b[0]));
             o.min[..2].fill(0.0);
         }
         Q2_K => {

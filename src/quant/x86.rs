@@ -241,19 +241,33 @@ macro_rules! kernels {
             drive!(q5_0, k_q5_0);
             drive!(q5_1, k_q5_1);
 
-            /// Q8_0: signed weights, so the sign moves onto the activations.
+            /// Q8_0 and MXFP4: one 32-value block of signed weights per activation block, the
+            /// sign moved onto the activations. Q8_0: an f16 scale, then 32 bytes. MXFP4: an
+            /// E8M0 exponent (a power-of-two scale), then 16 bytes of E2M1 codes, each looked
+            /// up as its doubled value (-12..12) by a byte shuffle.
+            #[inline]
             #[target_feature(enable = $feat)]
-            unsafe fn k_q8_0<const N: usize>(
+            unsafe fn signed_block<const N: usize, const MX: bool>(
                 rp: *const u8,
                 ap: *const BlockQ8,
                 nb: usize,
                 out: &mut [f32],
             ) {
                 let mut acc = [_mm256_setzero_ps(); N];
+                let t = &super::super::MXFP4_VALUES;
+                let table =
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i));
                 for i in 0..nb {
-                    let p = rp.add(i * 34);
-                    let d = f16(p);
-                    let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    let (d, w) = if MX {
+                        let p = rp.add(i * 17);
+                        (
+                            super::super::e8m0_half(*p),
+                            _mm256_shuffle_epi8(table, nibbles16(p.add(1))),
+                        )
+                    } else {
+                        let p = rp.add(i * 34);
+                        (f16(p), _mm256_loadu_si256(p.add(2) as *const __m256i))
+                    };
                     let wabs = _mm256_abs_epi8(w);
                     let dv = _mm256_set1_ps(d);
                     for c in 0..N {
@@ -267,7 +281,26 @@ macro_rules! kernels {
                     out[c] = hsum(acc[c]);
                 }
             }
+            #[target_feature(enable = $feat)]
+            unsafe fn k_q8_0<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
+                signed_block::<N, false>(rp, ap, nb, out)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn k_mxfp4<const N: usize>(
+                rp: *const u8,
+                ap: *const BlockQ8,
+                nb: usize,
+                out: &mut [f32],
+            ) {
+                signed_block::<N, true>(rp, ap, nb, out)
+            }
             drive!(q8_0, k_q8_0);
+            drive!(mxfp4, k_mxfp4);
 
             /// Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scale and min. As in `legacy`, quants
             /// are centred (q - mid) and dotted signed; the per-sub-block offset
@@ -462,6 +495,7 @@ pub(crate) fn fill(level: SimdLevel, t: &mut [Option<DotFn>; 40]) {
             t[Q5_0 as usize] = Some($m::q5_0);
             t[Q5_1 as usize] = Some($m::q5_1);
             t[Q8_0 as usize] = Some($m::q8_0);
+            t[MXFP4 as usize] = Some($m::mxfp4);
             t[Q4_K as usize] = Some($m::q4_k);
             t[Q5_K as usize] = Some($m::q5_k);
             t[Q6_K as usize] = Some($m::q6_k);
@@ -658,6 +692,7 @@ pub(crate) mod wide {
     const Q4_K: u8 = 5;
     const Q5_K: u8 = 6;
     const Q6_K: u8 = 7;
+    const MXFP4: u8 = 8;
 
     const fn has_off(t: u8) -> bool {
         matches!(t, Q4_1 | Q5_1 | Q4_K | Q5_K)
@@ -704,6 +739,7 @@ pub(crate) mod wide {
             Q5_0 => 44,
             Q5_1 => 48,
             Q8_0 => 68,
+            MXFP4 => 34,
             Q4_K => 144,
             Q5_K => 176,
             _ => 210,
@@ -795,6 +831,17 @@ pub(crate) mod wide {
                     1,
                 );
                 (w, two(f16(p0), f16(p1)), [0.0; 2])
+            }
+            MXFP4 => {
+                // Exponent byte, then 16 bytes of codes; each code's doubled E2M1 value by a
+                // byte shuffle (the table repeated in every 128-bit lane).
+                let p0 = row.add(2 * k * 17);
+                let p1 = p0.add(17);
+                let t = &super::super::MXFP4_VALUES;
+                let table = _mm512_broadcast_i32x4(_mm_loadu_si128(t.as_ptr() as *const __m128i));
+                let w = _mm512_shuffle_epi8(table, nibbles2(p0.add(1), p1.add(1)));
+                let e8 = super::super::e8m0_half;
+                (w, two(e8(*p0), e8(*p1)), [0.0; 2])
             }
             Q4_K | Q5_K => {
                 let q5 = T == Q5_K;
@@ -1249,7 +1296,15 @@ pub(crate) mod wide {
         use GgmlType as G;
         matches!(
             ty,
-            G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q4_K | G::Q5_K | G::Q6_K
+            G::Q4_0
+                | G::Q4_1
+                | G::Q5_0
+                | G::Q5_1
+                | G::Q8_0
+                | G::MXFP4
+                | G::Q4_K
+                | G::Q5_K
+                | G::Q6_K
         )
     }
 
@@ -1287,6 +1342,7 @@ pub(crate) mod wide {
             G::Q5_0 => gemm_t::<Q5_0>,
             G::Q5_1 => gemm_t::<Q5_1>,
             G::Q8_0 => gemm_t::<Q8_0>,
+            G::MXFP4 => gemm_t::<MXFP4>,
             G::Q4_K => gemm_t::<Q4_K>,
             G::Q5_K => gemm_t::<Q5_K>,
             _ => gemm_t::<Q6_K>,

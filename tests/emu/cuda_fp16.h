@@ -17,8 +17,9 @@
 struct dim3u {
     unsigned x, y, z;
 };
-extern dim3u threadIdx, blockIdx;
+extern dim3u threadIdx, blockIdx, blockDim, gridDim;
 void __syncthreads();
+void __syncwarp();  // tests/emu/emu_runtime.h
 
 struct __half {
     uint16_t bits;
@@ -46,6 +47,9 @@ struct alignas(16) float4 {
 struct alignas(16) uint4 {
     uint32_t x, y, z, w;
 };
+struct alignas(16) int4 {
+    int x, y, z, w;
+};
 struct alignas(8) uint2 {
     uint32_t x, y;
 };
@@ -63,6 +67,42 @@ template <class T> inline T __ldg(const T* p) { return *p; }
 inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t sh) {
     return (uint32_t)((((uint64_t)hi << 32) | lo) >> (sh & 31));
 }
+template <class T> inline T __ldcg(const T* p) { return *p; }
+inline uint32_t __funnelshift_rc(uint32_t lo, uint32_t hi, uint32_t sh) {
+    return (uint32_t)((((uint64_t)hi << 32) | lo) >> (sh > 32 ? 32 : sh));
+}
+// Bytes of (y:x) picked by the low 3 bits of the selector's four low nibbles.
+inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+    const uint64_t v = ((uint64_t)y << 32) | x;
+    uint32_t r = 0;
+    for (int n = 0; n < 4; n++) r |= (uint32_t)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xff) << (8 * n);
+    return r;
+}
+// c + the sum of the four products of a's and b's bytes as signed 8-bit integers.
+inline int __dp4a(int a, int b, int c) {
+    for (int n = 0; n < 4; n++) c += (int)(int8_t)(a >> (8 * n)) * (int)(int8_t)(b >> (8 * n));
+    return c;
+}
+// Byte-wise a - b modulo 256.
+inline uint32_t __vsub4(uint32_t a, uint32_t b) {
+    uint32_t r = 0;
+    for (int n = 0; n < 4; n++) r |= ((((a >> (8 * n)) & 0xff) - ((b >> (8 * n)) & 0xff)) & 0xff) << (8 * n);
+    return r;
+}
+inline float __uint_as_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline int __float2int_rn(float v) { return (int)nearbyintf(v); }  // default mode: to nearest even
+inline float2 __half22float2(__half2 h) { return {__half2float(h.x), __half2float(h.y)}; }
+// One block runs at a time: plain read-modify-write, no fence needed.
+inline int atomicAdd(int* p, int v) {
+    const int o = *p;
+    *p = o + v;
+    return o;
+}
+inline void __threadfence() {}
 #include <stdio.h>
 #include <stdlib.h>
 [[noreturn]] inline void __trap() {

@@ -27,7 +27,7 @@
 
 #include "cuda_fp16.h"
 
-dim3u threadIdx, blockIdx;
+dim3u threadIdx, blockIdx, blockDim, gridDim;
 extern uint8_t* emu_dyn_smem;
 extern uint32_t emu_dyn_smem_size;
 inline uint32_t dyn_smem_bytes() { return emu_dyn_smem_size; }
@@ -59,7 +59,7 @@ static void land(const Copy& c) {
     memcpy(c.dst, c.src, c.bytes);
     memset((char*)c.dst + c.bytes, 0, c.size - c.bytes);
 }
-enum Kind { LDSM, MMA, SHFL_XOR, SHFL_IDX };
+enum Kind { LDSM, MMA, SHFL_XOR, SHFL_IDX, SYNCWARP };
 struct Warp {
     Kind kind[32];
     const __half* p[32];
@@ -181,6 +181,7 @@ static void run_block(int nth, const std::function<void()>& fn) {
                 if (w.kind[L] != w.kind[0]) fail("lanes of a warp in different warp-wide operations");
             if (w.kind[0] == MMA) do_mma(w);
             else if (w.kind[0] == LDSM) do_ldsm(w);
+            else if (w.kind[0] == SYNCWARP) {}
             else
                 for (int L = 0; L < 32; L++)
                     w.fr[L] = w.fv[w.kind[0] == SHFL_XOR ? (L ^ w.arg[L]) & 31 : w.arg[L] & 31];
@@ -198,6 +199,11 @@ static void run_block(int nth, const std::function<void()>& fn) {
 }  // namespace emu
 
 void __syncthreads() { emu::to_sched(emu::AT_BAR); }
+// All 32 lanes of the warp meet (a warp-wide operation without data).
+void __syncwarp() {
+    emu::warps[emu::cur >> 5].kind[emu::cur & 31] = emu::SYNCWARP;
+    emu::to_sched(emu::AT_WARP);
+}
 
 uint8_t* emu_dyn_smem;
 uint32_t emu_dyn_smem_size;

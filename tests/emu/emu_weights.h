@@ -35,6 +35,7 @@ static void random_weights(std::vector<uint8_t>& W, int id, int bytes, long long
         case T_Q4_1: put16(&W[o], d); put16(&W[o + 2], 0.1f * rng.unit()); break;
         case T_Q4_K: put16(&W[o], d * 0.05f); put16(&W[o + 2], d * 0.05f); break;
         case T_Q6_K: put16(&W[o + 208], d * 0.05f); break;
+        case T_MXFP4: W[o] = (uint8_t)(118 + rng.next() % 8); break;  // scales 2^-9 .. 2^-2
         }
     }
 }

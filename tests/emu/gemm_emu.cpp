@@ -35,6 +35,7 @@ static const TypeInfo TYPES[] = {
     {"q8_0", T_Q8_0, 32, 34, dequant_f16_q8_0, Fmt<T_Q8_0>::chunk},
     {"q4_k", T_Q4_K, 256, 144, dequant_f16_q4_k, Fmt<T_Q4_K>::chunk},
     {"q6_k", T_Q6_K, 256, 210, dequant_f16_q6_k, Fmt<T_Q6_K>::chunk},
+    {"mxfp4", T_MXFP4, 32, 17, dequant_f16_mxfp4, Fmt<T_MXFP4>::chunk},
 };
 
 static SplitMix64 rng{0x51ED2701};

@@ -49,6 +49,7 @@ static const TypeInfo TYPES[] = {
     {"q8_0", T_Q8_0, 32, 34, K4(q8_0), Fmt<T_Q8_0>::chunk, Unit<T_Q8_0>::N * Unit<T_Q8_0>::VEC},
     {"q4_k", T_Q4_K, 256, 144, K4(q4_k), Fmt<T_Q4_K>::chunk, Unit<T_Q4_K>::N * Unit<T_Q4_K>::VEC},
     {"q6_k", T_Q6_K, 256, 210, K4(q6_k), Fmt<T_Q6_K>::chunk, Unit<T_Q6_K>::N * Unit<T_Q6_K>::VEC},
+    {"mxfp4", T_MXFP4, 32, 17, K4(mxfp4), Fmt<T_MXFP4>::chunk, Unit<T_MXFP4>::N * Unit<T_MXFP4>::VEC},
 };
 
 static SplitMix64 rng{0x1234567};

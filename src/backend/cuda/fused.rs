@@ -119,6 +119,7 @@ fn type_code(ty: GgmlType) -> Result<i32> {
         GgmlType::Q8_0 => 8,
         GgmlType::Q4_K => 12,
         GgmlType::Q6_K => 14,
+        GgmlType::MXFP4 => 39,
         other => {
             return Err(Error::Unsupported(format!(
                 "fused mat-vec: {} weights are not supported",
@@ -165,6 +166,58 @@ pub enum Epilogue<'a> {
     /// One product, also added into `acc` (the residual stream).
     Add { acc: &'a DeviceBuffer },
 }
+
+/// A stacked expert tensor in VRAM: `n_expert` matrices of `rows` x `cols` values of type
+/// `ty` one after another (GGUF's `[n_expert][rows][cols]`), followed by at least 16 bytes of
+/// padding as every weight buffer.
+#[derive(Clone, Copy)]
+pub struct ExpertsRef<'a> {
+    pub ty: GgmlType,
+    pub w: &'a DeviceBuffer,
+    pub n_expert: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// One product of [`CudaDevice::expert_matvec`]: the selected experts of `experts` (with their
+/// rows of `bias`, `[n_expert][rows]` f32, when given) into `out` (`[n_sel][rows]` f32).
+#[derive(Clone, Copy)]
+pub struct ExpertOut<'a> {
+    pub experts: ExpertsRef<'a>,
+    pub bias: Option<&'a DeviceBuffer>,
+    pub out: &'a DeviceBuffer,
+}
+
+/// The input of [`CudaDevice::expert_matvec`], as chunk records of [`CudaDevice::prep_input`].
+#[derive(Clone, Copy)]
+pub enum ExpertInput<'a> {
+    /// One vector (`cols` values) for every selected expert (the gate and up products).
+    Shared(&'a DeviceBuffer),
+    /// One vector per selected expert, back to back (`n_sel * cols` values: the down product
+    /// of each expert's own activation).
+    PerExpert(&'a DeviceBuffer),
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct ExpertArgs {
+    w: [u64; 2],
+    bias: [u64; 2],
+    out: [u64; 2],
+    ids: u64,
+    expert_bytes: i64,
+    row_bytes: i64,
+    x_stride: i64,
+    n_mat: i32,
+    n_sel: i32,
+    n_expert: i32,
+    rows: i32,
+    k: i32,
+    unused: i32,
+}
+
+/// Experts a token may select in [`CudaDevice::expert_matvec`] (top-k of the router).
+pub const MAX_SELECTED_EXPERTS: usize = 8;
 
 /// The RMSNorm folded into a fused mat-vec's input.
 #[derive(Clone, Copy)]
@@ -317,25 +370,32 @@ impl CudaDevice {
             (0, x.ptr())
         };
         if !prepared && (xint || norm_w != 0) {
-            let grid = (k / 32).div_ceil(DW) as u32;
-            launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
-                x.ptr(), norm_w, eps, normed, rec_ptr, k_i)?;
+            self.launch_prep_input(x, k_i, norm_w, eps, normed, rec_ptr)?;
         }
         self.launch_matvec(a, input, jobs, prods)
     }
 
+    /// prep_input over `k` values of `x` (kernels/decode.cu): normalized with `norm_w` (0:
+    /// none), written to `normed` (0: not) and/or as chunk records to `rec` (0: not).
+    fn launch_prep_input(
+        &self,
+        x: &DeviceBuffer,
+        k: i32,
+        norm_w: u64,
+        eps: f32,
+        normed: u64,
+        rec: u64,
+    ) -> Result<()> {
+        let grid = (k as usize / 32).div_ceil(DW) as u32;
+        launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
+            x.ptr(), norm_w, eps, normed, rec, k)
+    }
+
     /// The fused_matvec launch over `jobs` rows (or row pairs) with the prepared `input`.
     fn launch_matvec(&self, a: MvArgs, input: u64, jobs: usize, prods: &[MatVecOut]) -> Result<()> {
-        // Full steps of a row's dot product: 32 / LPB blocks a step (kernels/decode.cu).
         let min_steps = prods
             .iter()
-            .map(|p| {
-                let lanes_per_block = match p.mat.ty {
-                    GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 => 4,
-                    _ => 8,
-                };
-                p.mat.cols / p.mat.ty.block_size() / (32 / lanes_per_block)
-            })
+            .map(|p| full_steps(p.mat.ty, p.mat.cols))
             .min()
             .unwrap_or(1);
         let (wpr, blocks) = matvec_split(jobs, min_steps, self.sm_count() as usize);
@@ -347,6 +407,167 @@ impl CudaDevice {
         };
         launch!(self, &name, (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
             shared = smem as u32; a, input, wpr as i32)
+    }
+
+    /// The chunk records of `k` values of `x` (normalized first with `norm`, whose `normed`
+    /// also receives the normalized values when given) into `rec` (at least
+    /// [`input_record_bytes`](Self::input_record_bytes)`(k)` bytes): the input form of
+    /// [`expert_matvec`](Self::expert_matvec). Records are per 32 values, so the inputs of
+    /// several experts back to back are prepared by one call over all of them.
+    pub fn prep_input(
+        &self,
+        x: &DeviceBuffer,
+        k: usize,
+        norm: Option<Norm>,
+        rec: &DeviceBuffer,
+    ) -> Result<()> {
+        let k_i = positive(k, "prep_input k")?;
+        if k % 32 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "prep_input: {k} values is not a multiple of 32"
+            )));
+        }
+        x.check(self, f32s(k), "prep_input x")?;
+        rec.check(
+            self,
+            Self::input_record_bytes(k) as u64,
+            "prep_input records",
+        )?;
+        let (mut norm_w, mut eps, mut normed) = (0u64, 0f32, 0u64);
+        if let Some(n) = norm {
+            n.weight.check(self, f32s(k), "prep_input norm weight")?;
+            (norm_w, eps) = (n.weight.ptr(), n.eps);
+            if let Some(o) = n.normed {
+                o.check(self, f32s(k), "prep_input normed")?;
+                normed = o.ptr();
+            }
+        }
+        self.launch_prep_input(x, k_i, norm_w, eps, normed, rec.ptr())
+    }
+
+    /// One token's products with the experts its router selected, without a host round trip:
+    /// `ids` (device memory, `n_sel` i32, 1 to [`MAX_SELECTED_EXPERTS`]) names experts of
+    /// each product's stacked tensor; `out[s][r]` = row r of expert `ids[s]` · input s (+ its
+    /// bias). Only the selected experts' rows are read. One or two products (a gate and an up
+    /// tensor) of one format and shape share the ids and the input. The quantized formats
+    /// only (the input is chunk records, [`prep_input`](Self::prep_input)). An id outside
+    /// 0..n_expert gives NaN rows for its slot (nothing is read for it).
+    pub fn expert_matvec(
+        &self,
+        ids: &DeviceBuffer,
+        n_sel: usize,
+        input: ExpertInput,
+        prods: &[ExpertOut],
+    ) -> Result<()> {
+        if n_sel == 0 || n_sel > MAX_SELECTED_EXPERTS {
+            return Err(Error::InvalidArgument(format!(
+                "expert matvec: {n_sel} selected experts (1 to {MAX_SELECTED_EXPERTS})"
+            )));
+        }
+        let Some(first) = prods.first().map(|p| p.experts) else {
+            return Err(Error::InvalidArgument("expert matvec: no product".into()));
+        };
+        if prods.len() > 2 {
+            return Err(Error::InvalidArgument(format!(
+                "expert matvec: {} products (1 or 2)",
+                prods.len()
+            )));
+        }
+        let (ty, rows, k, n_expert) = (first.ty, first.rows, first.cols, first.n_expert);
+        if matches!(ty, GgmlType::F32 | GgmlType::F16) {
+            return Err(Error::Unsupported(format!(
+                "expert matvec: {} weights (the quantized formats only)",
+                ty.name()
+            )));
+        }
+        let rb = row_bytes(ty, k, "expert matvec")?;
+        let expert_bytes = rb
+            .checked_mul(rows as u64)
+            .ok_or_else(|| Error::InvalidArgument("expert matvec: experts too large".into()))?;
+        let jobs = prods.len() * n_sel * rows;
+        let mut a = ExpertArgs {
+            ids: ids.ptr(),
+            expert_bytes: expert_bytes as i64,
+            row_bytes: rb as i64,
+            n_mat: prods.len() as i32,
+            n_sel: n_sel as i32,
+            n_expert: positive(n_expert, "expert matvec experts")?,
+            rows: positive(rows, "expert matvec rows")?,
+            k: positive(k, "expert matvec k")?,
+            ..Default::default()
+        };
+        dim(jobs, "expert matvec rows of all selected experts")?;
+        for (i, p) in prods.iter().enumerate() {
+            let e = p.experts;
+            if (e.ty, e.rows, e.cols, e.n_expert) != (ty, rows, k, n_expert) {
+                return Err(Error::InvalidArgument(format!(
+                    "expert matvec: product {i} is {} {}x{}x{}, product 0 {} {n_expert}x{rows}x{k}",
+                    e.ty.name(),
+                    e.n_expert,
+                    e.rows,
+                    e.cols,
+                    ty.name()
+                )));
+            }
+            e.w.check(
+                self,
+                expert_bytes * n_expert as u64 + 16,
+                "expert matvec weights (+16 padding)",
+            )?;
+            if let Some(b) = p.bias {
+                b.check(self, f32s(n_expert * rows), "expert matvec bias")?;
+            }
+            p.out.check(self, f32s(n_sel * rows), "expert matvec out")?;
+            a.w[i] = e.w.ptr();
+            a.bias[i] = p.bias.map_or(0, |b| b.ptr());
+            a.out[i] = p.out.ptr();
+        }
+        ids.check(self, n_sel as u64 * 4, "expert matvec ids")?;
+        let per = Self::input_record_bytes(k);
+        let rec = match input {
+            ExpertInput::Shared(r) => {
+                r.check(self, per as u64, "expert matvec input records")?;
+                r
+            }
+            ExpertInput::PerExpert(r) => {
+                r.check(self, (per * n_sel) as u64, "expert matvec input records")?;
+                a.x_stride = per as i64;
+                r
+            }
+        };
+        let (wpr, blocks) = matvec_split(jobs, full_steps(ty, k), self.sm_count() as usize);
+        let name = format!("expert_matvec_{}", type_suffix(ty)?);
+        launch!(self, &name, (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),
+            shared = FUSED_SHARED as u32; a, rec.ptr(), wpr as i32)
+    }
+
+    /// The experts' weighted sum for one token: `out[r]` = Σ_s `weights[s]` · `parts[s][r]`
+    /// (s < `n_sel`, in order; `parts`: [`expert_matvec`](Self::expert_matvec)'s `[n_sel][rows]`
+    /// output, `weights`: the router's n_sel f32 in device memory); with `acc`, also
+    /// `acc[r] += out[r]` (the residual stream).
+    pub fn expert_combine(
+        &self,
+        parts: &DeviceBuffer,
+        weights: &DeviceBuffer,
+        n_sel: usize,
+        rows: usize,
+        out: &DeviceBuffer,
+        acc: Option<&DeviceBuffer>,
+    ) -> Result<()> {
+        if n_sel == 0 || n_sel > MAX_SELECTED_EXPERTS {
+            return Err(Error::InvalidArgument(format!(
+                "expert combine: {n_sel} selected experts (1 to {MAX_SELECTED_EXPERTS})"
+            )));
+        }
+        let rows_i = positive(rows, "expert combine rows")?;
+        parts.check(self, f32s(n_sel * rows), "expert combine parts")?;
+        weights.check(self, f32s(n_sel), "expert combine weights")?;
+        out.check(self, f32s(rows), "expert combine out")?;
+        if let Some(a) = acc {
+            a.check(self, f32s(rows), "expert combine acc")?;
+        }
+        launch!(self, "expert_combine", (rows.div_ceil(256) as u32, 1, 1), (256, 1, 1);
+            parts.ptr(), weights.ptr(), out.ptr(), acc.map_or(0, |a| a.ptr()), n_sel as i32, rows_i)
     }
 
     /// One token: RoPE on `q` (n_heads heads) and `k` (the cache's heads) at position
@@ -471,6 +692,16 @@ impl CudaDevice {
     }
 }
 
+/// Full steps of the dot product of a row of `cols` values of `ty` in kernels/decode.cu: a
+/// warp takes 32 / LPB blocks a step (LPB: the lanes a block of the format takes, `Lane<T>`).
+fn full_steps(ty: GgmlType, cols: usize) -> usize {
+    let lanes_per_block = match ty {
+        GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::MXFP4 => 4,
+        _ => 8,
+    };
+    cols / ty.block_size() / (32 / lanes_per_block)
+}
+
 /// Warps per row (`wpr`, a power of two up to DW) and blocks of a fused_matvec over `jobs`
 /// rows whose dot products take at least `min_steps` full steps, on `sms` multiprocessors.
 /// The grid is one resident wave at most and its warps take the rows' parts in rounds, so a
@@ -501,6 +732,8 @@ pub fn attention_scratch_floats(n_heads: usize, head_dim: usize) -> usize {
 
 // The kernel's MvArgs: 2 pointers, 4 words, 3 segments of 40 bytes, no padding surprises.
 const _: () = assert!(std::mem::size_of::<MvArgs>() == 152);
+// The kernel's ExpertArgs: 7 pointers, 3 i64, 6 i32.
+const _: () = assert!(std::mem::size_of::<ExpertArgs>() == 104);
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "matvec_q8_0",
             "matvec_q4_k",
             "matvec_q6_k",
+            "matvec_mxfp4",
         ],
         "quant_matmul" => &[
             "matmul_f32",
@@ -28,6 +29,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "matmul_q8_0",
             "matmul_q4_k",
             "matmul_q6_k",
+            "matmul_mxfp4",
         ],
         "embed" => &[
             "embed_f32",
@@ -37,6 +39,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "embed_q8_0",
             "embed_q4_k",
             "embed_q6_k",
+            "embed_mxfp4",
         ],
         "norm" => &["rmsnorm"],
         "rope" => &["rope", "rope_scaled"],
@@ -53,6 +56,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "fused_matvec_q8_0",
             "fused_matvec_q4_k",
             "fused_matvec_q6_k",
+            "fused_matvec_mxfp4",
             "fused_matvec_f32_glu",
             "fused_matvec_f16_glu",
             "fused_matvec_q4_1_glu",
@@ -60,8 +64,16 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "fused_matvec_q8_0_glu",
             "fused_matvec_q4_k_glu",
             "fused_matvec_q6_k_glu",
+            "fused_matvec_mxfp4_glu",
             "fused_matvec_q5_0_q8_0",
             "fused_matvec_q4_k_q6_k",
+            "expert_matvec_q4_1",
+            "expert_matvec_q5_0",
+            "expert_matvec_q8_0",
+            "expert_matvec_q4_k",
+            "expert_matvec_q6_k",
+            "expert_matvec_mxfp4",
+            "expert_combine",
             "rope_kv",
             "attention_decode",
             "attention_decode_d64",
@@ -130,6 +142,7 @@ fn unit_words(ty: GgmlType) -> usize {
         GgmlType::Q4_1 => 5,
         GgmlType::Q5_0 => 7,
         GgmlType::Q8_0 => 6,
+        GgmlType::MXFP4 => 5,
         _ => 12, // Q6_K (the largest quantized unit)
     }
 }
@@ -161,7 +174,9 @@ pub const ATTN_TILED_MIN_TOKENS: usize = 16;
 /// ones keep the f32 kernel.
 pub const MMA_MIN_TOKENS: usize = 16;
 
-const TYPE_SUFFIXES: [&str; 7] = ["f32", "f16", "q4_1", "q5_0", "q8_0", "q4_k", "q6_k"];
+const TYPE_SUFFIXES: [&str; 8] = [
+    "f32", "f16", "q4_1", "q5_0", "q8_0", "q4_k", "q6_k", "mxfp4",
+];
 
 /// `mma_{type}_{tokens}x{rows}k{groups}` for every type and tile of kernels/mma_matmul.cu.
 fn mma_kernels() -> &'static [&'static str] {
@@ -336,6 +351,7 @@ pub(super) fn type_suffix(ty: GgmlType) -> Result<&'static str> {
         GgmlType::Q8_0 => "q8_0",
         GgmlType::Q4_K => "q4_k",
         GgmlType::Q6_K => "q6_k",
+        GgmlType::MXFP4 => "mxfp4",
         other => {
             return Err(Error::Unsupported(format!(
                 "CUDA kernels for {} weights are not implemented",

@@ -19,7 +19,10 @@ mod memory;
 mod model;
 
 pub use device::CudaDevice;
-pub use fused::{attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm, ATTN_SPLITS};
+pub use fused::{
+    attention_scratch_floats, Epilogue, ExpertInput, ExpertOut, ExpertsRef, MatRef, MatVecOut,
+    NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
+};
 pub use launch::{
     gemm_enabled, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile, RopeParams,
     ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,

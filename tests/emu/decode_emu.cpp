@@ -1,0 +1,373 @@
+// CPU emulation of kernels/decode.cu's mat-vec kernels (tests/emu/emu_runtime.h): prep_input,
+// fused_matvec (the generic kernel and those of one format, each epilogue, 1-8 warps a row,
+// several rounds) and the mixture-of-experts expert_matvec / expert_combine (whose unselected
+// experts are poisoned memory: only the selected ones may be read), for every quantized
+// format and MXFP4 in particular, under AddressSanitizer (scripts/mma-emu.sh).
+//
+// References, in double:
+//   - MXFP4 values from the format's definition (OCP MX v1.0: E2M1 magnitudes 0, 0.5, 1, 1.5,
+//     2, 3, 4, 6 times 2^(e-127), ldexp), which Fmt<T_MXFP4>::chunk and the byte-permute decode
+//     of the fused kernels must match bit for bit over every exponent and code (exhaustive);
+//     llorch::quant::dequantize matches the same definition and the reference reader's golden
+//     values (tests/quant_dequant.rs, tests/quant_quantize.rs);
+//   - other formats through Fmt<T>::chunk (checked against the CPU in tests/cuda_kernels.rs);
+//   - the input as the kernels multiply it: the emulated prep_input's chunk records
+//     (d·(q1 + q2/254)), so that only the kernels' f32 arithmetic differs from the reference.
+// Tolerance: |y - ref| <= 2e-6 · Σ|w·x| per output (f32 sums of exact dp4a integers over at
+// most 152 blocks: each step a rounding of 2^-24 relative to the running magnitude, and the
+// f32 1/254 of the second plane); one wrongly decoded weight of a 1280-value row moves an
+// output by about 1/1280 of Σ|w·x|, 400 times the tolerance.
+#include "emu_runtime.h"
+
+#include <cmath>
+
+#include "../../kernels/decode.cu"
+#include "emu_weights.h"
+
+static SplitMix64 rng{0xDEC0DE};
+
+// ---------- MXFP4 against its definition ----------
+
+static int check_mxfp4_definition() {
+    static const double E2M1[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+    int bad = 0;
+    uint8_t blk[17];
+    for (int e = 0; e < 256; e++) {
+        for (int q = 0; q < 16; q++) {
+            blk[0] = (uint8_t)e;
+            for (int i = 0; i < 16; i++) blk[1 + i] = (uint8_t)(((i + q) & 15) | (((q + 3 * i) & 15) << 4));
+            float o[32];
+            Fmt<T_MXFP4>::chunk(blk, 0, o);
+            for (int i = 0; i < 32; i++) {
+                const int code = i < 16 ? blk[1 + i] & 15 : blk[1 + i - 16] >> 4;
+                const float want = (float)ldexp((code & 8 ? -1 : 1) * E2M1[code & 7], e - 127);
+                uint32_t a, b;
+                memcpy(&a, &o[i], 4);
+                memcpy(&b, &want, 4);
+                // (+0 and -0 alike: code 8 is a negative zero by the definition.)
+                if (a != b && !(o[i] == 0 && want == 0)) bad++;
+            }
+        }
+    }
+    // The fused kernels' decode: every 4 codes -> 4 signed bytes (the doubled values).
+    for (uint32_t v = 0; v < 65536; v++) {
+        const uint32_t q = (v & 15) | ((v >> 4) & 15) << 8 | ((v >> 8) & 15) << 16 | (v >> 12) << 24;
+        const uint32_t noise = (uint32_t)rng.next() & 0xF0F0F0F0u;  // high nibbles ignored
+        const uint32_t w = (uint32_t)mxfp4_bytes(q | noise);
+        for (int n = 0; n < 4; n++)
+            if ((int8_t)(w >> (8 * n)) != mxfp4_doubled((q >> (8 * n)) & 15)) bad++;
+    }
+    printf("mxfp4 decode vs definition (256 exponents x 16 codes; 65536 code quads): %s\n",
+           bad ? "MISMATCH" : "bit-equal");
+    return bad != 0;
+}
+
+// ---------- buffers ----------
+
+// Device-like memory: 256-byte aligned, exactly `n` bytes (AddressSanitizer sees past it).
+struct Buf {
+    uint8_t* p = nullptr;
+    size_t n = 0;
+    explicit Buf(size_t bytes) : n(bytes) {
+        if (posix_memalign(reinterpret_cast<void**>(&p), 256, bytes ? bytes : 1)) abort();
+        memset(p, 0xFF, n);  // NaN as f32: an output left unwritten shows
+    }
+    ~Buf() { free(p); }
+    Buf(const Buf&) = delete;
+    float* f() { return reinterpret_cast<float*>(p); }
+};
+
+struct TypeInfo {
+    const char* name;
+    int id, block, bytes;
+    void (*chunk)(const uint8_t*, int, float*);
+    void (*one)(const MvArgs, const void*, int);       // fused_matvec_<fmt>
+    void (*one_glu)(const MvArgs, const void*, int);   // fused_matvec_<fmt>_glu
+    void (*expert)(const ExpertArgs, const uint8_t*, int);
+};
+static const TypeInfo TYPES[] = {
+    {"mxfp4", T_MXFP4, 32, 17, Fmt<T_MXFP4>::chunk, fused_matvec_mxfp4, fused_matvec_mxfp4_glu, expert_matvec_mxfp4},
+    {"q8_0", T_Q8_0, 32, 34, Fmt<T_Q8_0>::chunk, fused_matvec_q8_0, fused_matvec_q8_0_glu, expert_matvec_q8_0},
+    {"q5_0", T_Q5_0, 32, 22, Fmt<T_Q5_0>::chunk, fused_matvec_q5_0, fused_matvec_q5_0_glu, expert_matvec_q5_0},
+    {"q4_1", T_Q4_1, 32, 20, Fmt<T_Q4_1>::chunk, fused_matvec_q4_1, fused_matvec_q4_1_glu, expert_matvec_q4_1},
+    {"q4_k", T_Q4_K, 256, 144, Fmt<T_Q4_K>::chunk, fused_matvec_q4_k, fused_matvec_q4_k_glu, expert_matvec_q4_k},
+    {"q6_k", T_Q6_K, 256, 210, Fmt<T_Q6_K>::chunk, fused_matvec_q6_k, fused_matvec_q6_k_glu, expert_matvec_q6_k},
+};
+
+// A random matrix of `rows` x `k` (padded by 16 bytes as the model uploads weights) and its
+// rows decoded in double.
+struct Matrix {
+    Buf w;
+    std::vector<double> v;
+    Matrix(const TypeInfo& t, int rows, int k) : w((size_t)rows * (k / t.block) * t.bytes + 16) {
+        std::vector<uint8_t> tmp(w.n - 16);
+        random_weights(tmp, t.id, t.bytes, (long long)rows * k, rng);
+        memcpy(w.p, tmp.data(), tmp.size());
+        const long long rb = (long long)(k / t.block) * t.bytes;
+        v.resize((size_t)rows * k);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < k / 32; c++) {
+                float o[32];
+                t.chunk(w.p + r * rb, c, o);
+                for (int i = 0; i < 32; i++) v[(size_t)r * k + 32 * c + i] = o[i];
+            }
+    }
+};
+
+static void run_grid(int blocks, int smem, const std::function<void()>& body) {
+    std::vector<uint8_t> sm(smem);  // exactly sized, garbage
+    for (auto& b : sm) b = (uint8_t)rng.next();
+    emu_dyn_smem = sm.data();
+    emu_dyn_smem_size = smem;
+    gridDim = {(unsigned)blocks, 1, 1};
+    blockDim = {32 * DW, 1, 1};
+    for (int b = 0; b < blocks; b++) {
+        blockIdx = {(unsigned)b, 0, 0};
+        emu::run_block(32 * DW, body);
+    }
+}
+
+// Chunk records of x (k values, `n` vectors back to back) by the emulated prep_input, and the
+// values they stand for.
+static std::vector<double> prepare(const std::vector<float>& x, Buf& rec) {
+    const int k = (int)x.size();
+    Buf xd(x.size() * 4);
+    memcpy(xd.p, x.data(), x.size() * 4);
+    run_grid((k / 32 + DW - 1) / DW, 0, [&] { prep_input(xd.f(), nullptr, 0.f, nullptr, rec.p, k); });
+    std::vector<double> xr(k);
+    for (int c = 0; c < k / 32; c++) {
+        const uint8_t* r = rec.p + c * XREC;
+        float d;
+        memcpy(&d, r + 64, 4);
+        for (int i = 0; i < 32; i++) xr[32 * c + i] = (double)d * ((int8_t)r[i] + (int8_t)r[32 + i] / 254.0);
+    }
+    return xr;
+}
+
+// y against Σ w·x with the tolerance above; `what` names the case.
+static int compare(const char* what, const float* y, const double* w, const double* x, int rows, int k,
+                   const double* add = nullptr) {
+    double worst = 0;
+    int bad = 0;
+    for (int r = 0; r < rows; r++) {
+        double s = add ? add[r] : 0, mag = add ? fabs(add[r]) : 0;
+        for (int i = 0; i < k; i++) s += w[(size_t)r * k + i] * x[i], mag += fabs(w[(size_t)r * k + i] * x[i]);
+        const double err = fabs(y[r] - s);
+        if (!(err <= 2e-6 * mag + 1e-30)) bad++;
+        if (mag > 0) worst = std::max(worst, err / mag);
+    }
+    printf("  %-44s rows %4d k %5d: worst |err|/sum|w x| %.2e%s\n", what, rows, k, worst, bad ? "  FAIL" : "");
+    return bad != 0;
+}
+
+// fused_matvec over one matrix: plain (+bias), GLU (gate, up), add; generic and one-format
+// kernels; `blocks` and `wpr` as the launcher could pick them (few blocks: several rounds).
+static int test_fused(const TypeInfo& t, int rows, int k, int blocks, int wpr) {
+    int bad = 0;
+    Matrix g(t, rows, k), u(t, rows, k);
+    std::vector<float> x(k);
+    for (auto& v : x) v = rng.unit() * (rng.next() % 7 == 0 ? 8.f : 1.f);
+    Buf rec((size_t)k / 32 * XREC);
+    const std::vector<double> xr = prepare(x, rec);
+    const long long rb = (long long)(k / t.block) * t.bytes;
+    std::vector<float> bias(rows);
+    for (auto& v : bias) v = rng.unit();
+    Buf bd(rows * 4), o0(rows * 4), o1(rows * 4), act(rows * 4), acc(rows * 4);
+    memcpy(bd.p, bias.data(), rows * 4);
+    char what[96];
+    for (int generic = 0; generic < 2; generic++) {
+        // Plain, with a bias.
+        MvArgs a{};
+        a.k = k, a.mode = MODE_PLAIN, a.n_seg = 1;
+        a.seg[0] = Seg{g.w.p, bd.f(), o0.f(), rb, t.id, rows};
+        memset(o0.p, 0xFF, o0.n);
+        run_grid(blocks, 2 * DW * STAGE, [&] {
+            generic ? fused_matvec(a, rec.p, wpr) : t.one(a, rec.p, wpr);
+        });
+        std::vector<double> b64(bias.begin(), bias.end());
+        snprintf(what, sizeof what, "%s %s plain+bias wpr %d blocks %d", t.name, generic ? "generic" : "one-fmt", wpr, blocks);
+        bad += compare(what, o0.f(), g.v.data(), xr.data(), rows, k, b64.data());
+        // GLU: gate and up rows together; act = silu(g) * u from the kernel's own g and u.
+        a = MvArgs{};
+        a.k = k, a.mode = MODE_GLU, a.n_seg = 2, a.act = act.f();
+        a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
+        a.seg[1] = Seg{u.w.p, nullptr, o1.f(), rb, t.id, rows};
+        memset(o0.p, 0xFF, o0.n), memset(o1.p, 0xFF, o1.n), memset(act.p, 0xFF, act.n);
+        run_grid(blocks, 4 * DW * STAGE, [&] {
+            generic ? fused_matvec(a, rec.p, wpr) : t.one_glu(a, rec.p, wpr);
+        });
+        snprintf(what, sizeof what, "%s %s glu gate", t.name, generic ? "generic" : "one-fmt");
+        bad += compare(what, o0.f(), g.v.data(), xr.data(), rows, k);
+        snprintf(what, sizeof what, "%s %s glu up", t.name, generic ? "generic" : "one-fmt");
+        bad += compare(what, o1.f(), u.v.data(), xr.data(), rows, k);
+        int act_bad = 0;
+        for (int r = 0; r < rows; r++) {
+            const float gv = o0.f()[r], want = gv / (1.0f + expf(-gv)) * o1.f()[r];
+            act_bad += act.f()[r] != want;
+        }
+        if (act_bad) printf("  %s glu act: %d outputs differ from silu(g)*u  FAIL\n", t.name, act_bad);
+        bad += act_bad != 0;
+        // Add into a residual.
+        a = MvArgs{};
+        a.k = k, a.mode = MODE_ADD, a.n_seg = 1, a.acc = acc.f();
+        a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
+        std::vector<double> acc0(rows);
+        for (int r = 0; r < rows; r++) acc.f()[r] = (float)(acc0[r] = rng.unit());
+        run_grid(blocks, 2 * DW * STAGE, [&] {
+            generic ? fused_matvec(a, rec.p, wpr) : t.one(a, rec.p, wpr);
+        });
+        snprintf(what, sizeof what, "%s %s add", t.name, generic ? "generic" : "one-fmt");
+        bad += compare(what, acc.f(), g.v.data(), xr.data(), rows, k, acc0.data());
+    }
+    return bad;
+}
+
+// Under AddressSanitizer, the experts no id selects are poisoned while the kernels run (all
+// but 16 bytes at each end, which a neighbour's 16-byte aligned copies may touch): reading
+// any of their rows is an error.
+struct PoisonUnselected {
+    std::vector<std::pair<uint8_t*, size_t>> regions;
+    PoisonUnselected(uint8_t* base, long long eb, int n_expert, const std::vector<int>& ids) {
+        for (int e = 0; e < n_expert; e++) {
+            if (std::find(ids.begin(), ids.end(), e) != ids.end()) continue;
+            const uintptr_t lo = ((uintptr_t)(base + e * eb) + 16 + 7) & ~(uintptr_t)7;
+            const uintptr_t hi = ((uintptr_t)(base + (e + 1) * eb) - 16) & ~(uintptr_t)7;
+            if (hi > lo) regions.push_back({(uint8_t*)lo, hi - lo});
+        }
+#ifdef __SANITIZE_ADDRESS__
+        for (auto& r : regions) ASAN_POISON_MEMORY_REGION(r.first, r.second);
+#endif
+    }
+    ~PoisonUnselected() {
+#ifdef __SANITIZE_ADDRESS__
+        for (auto& r : regions) ASAN_UNPOISON_MEMORY_REGION(r.first, r.second);
+#endif
+    }
+};
+
+// expert_matvec: n_expert stacked matrices, n_sel ids (a repeat; with `bad_id` one out of
+// range), gate and up with biases on one shared input, then down on per-expert inputs; and
+// expert_combine of the down outputs into a residual. Unselected experts are poisoned.
+static int test_experts(const TypeInfo& t, int n_expert, int rows, int k, int n_sel, int blocks, int wpr,
+                        bool bad_id) {
+    int bad = 0;
+    char what[96];
+    const long long rb = (long long)(k / t.block) * t.bytes, eb = rb * rows;
+    Matrix gate(t, n_expert * rows, k), up(t, n_expert * rows, k);
+    std::vector<int> ids(n_sel);
+    for (int s = 0; s < n_sel; s++) ids[s] = (int)(rng.next() % n_expert);
+    if (n_sel > 2) ids[2] = ids[0];  // the same expert twice
+    const int bad_slot = bad_id ? n_sel - 1 : -1;
+    if (bad_id) ids[bad_slot] = (rng.next() & 1) ? n_expert : -1;
+    Buf idd(n_sel * 4);
+    memcpy(idd.p, ids.data(), n_sel * 4);
+    std::vector<float> bg(n_expert * rows), bu(n_expert * rows);
+    for (auto& v : bg) v = rng.unit();
+    for (auto& v : bu) v = rng.unit();
+    Buf bgd(bg.size() * 4), bud(bu.size() * 4);
+    memcpy(bgd.p, bg.data(), bg.size() * 4), memcpy(bud.p, bu.data(), bu.size() * 4);
+    // Shared input.
+    std::vector<float> x(k);
+    for (auto& v : x) v = rng.unit();
+    Buf rec((size_t)k / 32 * XREC);
+    const std::vector<double> xr = prepare(x, rec);
+    Buf og((size_t)n_sel * rows * 4), ou((size_t)n_sel * rows * 4);
+    ExpertArgs a{};
+    a.w[0] = gate.w.p, a.w[1] = up.w.p, a.bias[0] = bgd.f(), a.bias[1] = bud.f();
+    a.out[0] = og.f(), a.out[1] = ou.f(), a.ids = reinterpret_cast<const int*>(idd.p);
+    a.expert_bytes = eb, a.row_bytes = rb, a.x_stride = 0;
+    a.n_mat = 2, a.n_sel = n_sel, a.n_expert = n_expert, a.rows = rows, a.k = k;
+    {
+        PoisonUnselected pg(gate.w.p, eb, n_expert, ids), pu(up.w.p, eb, n_expert, ids);
+        run_grid(blocks, 2 * DW * STAGE, [&] { t.expert(a, rec.p, wpr); });
+    }
+    for (int s = 0; s < n_sel; s++)
+        for (int m = 0; m < 2; m++) {
+            const float* y = (m ? ou : og).f() + (size_t)s * rows;
+            if (s == bad_slot) {
+                int finite = 0;
+                for (int r = 0; r < rows; r++) finite += !std::isnan(y[r]);
+                if (finite) printf("  %s id %d out of range: %d rows not NaN  FAIL\n", t.name, ids[s], finite);
+                bad += finite != 0;
+                continue;
+            }
+            const Matrix& mat = m ? up : gate;
+            const std::vector<float>& b = m ? bu : bg;
+            std::vector<double> b64(b.begin() + (size_t)ids[s] * rows, b.begin() + (size_t)(ids[s] + 1) * rows);
+            snprintf(what, sizeof what, "%s experts %s slot %d (expert %d) wpr %d", t.name, m ? "up" : "gate", s,
+                     ids[s], wpr);
+            bad += compare(what, y, mat.v.data() + (size_t)ids[s] * rows * k, xr.data(), rows, k, b64.data());
+        }
+    // Per-expert inputs (the down product), one tensor, no bias; then the weighted sum.
+    std::vector<float> xs((size_t)n_sel * k);
+    for (auto& v : xs) v = rng.unit();
+    Buf recs((size_t)n_sel * k / 32 * XREC);
+    const std::vector<double> xsr = prepare(xs, recs);
+    Buf od((size_t)n_sel * rows * 4);
+    a = ExpertArgs{};
+    a.w[0] = gate.w.p, a.out[0] = od.f(), a.ids = reinterpret_cast<const int*>(idd.p);
+    a.expert_bytes = eb, a.row_bytes = rb, a.x_stride = (long long)k / 32 * XREC;
+    a.n_mat = 1, a.n_sel = n_sel, a.n_expert = n_expert, a.rows = rows, a.k = k;
+    {
+        PoisonUnselected pg(gate.w.p, eb, n_expert, ids);
+        run_grid(blocks, 2 * DW * STAGE, [&] { t.expert(a, recs.p, wpr); });
+    }
+    for (int s = 0; s < n_sel; s++) {
+        if (s == bad_slot) continue;
+        snprintf(what, sizeof what, "%s experts down slot %d (own input)", t.name, s);
+        bad += compare(what, od.f() + (size_t)s * rows, gate.v.data() + (size_t)ids[s] * rows * k,
+                       xsr.data() + (size_t)s * k, rows, k);
+    }
+    if (!bad_id) {
+        std::vector<float> wts(n_sel);
+        for (auto& v : wts) v = rng.unit();
+        Buf wd(n_sel * 4), y(rows * 4), acc(rows * 4);
+        memcpy(wd.p, wts.data(), n_sel * 4);
+        std::vector<float> acc0(rows);
+        for (int r = 0; r < rows; r++) acc.f()[r] = acc0[r] = rng.unit();
+        gridDim = {(unsigned)((rows + 255) / 256), 1, 1};
+        blockDim = {256, 1, 1};
+        for (unsigned b = 0; b < gridDim.x; b++) {
+            blockIdx = {b, 0, 0};
+            emu::run_block(256, [&] { expert_combine(od.f(), wd.f(), y.f(), acc.f(), n_sel, rows); });
+        }
+        int cb = 0;
+        for (int r = 0; r < rows; r++) {
+            float v = 0.f;  // the kernel's order and f32 arithmetic
+            for (int s = 0; s < n_sel; s++) v += wts[s] * od.f()[(size_t)s * rows + r];
+            cb += y.f()[r] != v || acc.f()[r] != acc0[r] + v;
+        }
+        printf("  %s expert_combine of %d: %s\n", t.name, n_sel, cb ? "MISMATCH  FAIL" : "exact");
+        bad += cb != 0;
+    }
+    return bad;
+}
+
+// Usage: decode_emu lazy|eager [type]  (a type limits the runs to it)
+int main(int argc, char** argv) {
+    emu::eager = argc > 1 && !strcmp(argv[1], "eager");
+    const char* only = argc > 2 ? argv[2] : nullptr;
+    printf("cp.async copies land %s\n", emu::eager ? "when issued" : "at the wait");
+    int bad = check_mxfp4_definition(), runs = 1;
+    for (const TypeInfo& t : TYPES) {
+        if (only && strcmp(only, t.name)) continue;
+        const bool kq = t.block == 256;
+        const bool mx = t.id == T_MXFP4;
+        // Rows that no wave divides, several rounds a warp; 1, 2, 4 and 8 warps a row; for
+        // MXFP4, k spanning two 2 KiB stages (4864 values: 152 blocks, stages of 119) and
+        // GPT-OSS's 2880. The other formats once each (the GPU tests cover them further).
+        bad += test_fused(t, 37, 1280, 3, 1), runs++;
+        if (mx) {
+            bad += test_fused(t, 20, 4864, 2, 4), runs++;
+            bad += test_fused(t, 9, 2880, 1, 8), runs++;
+            bad += test_fused(t, 64, 96, 5, 2), runs++;
+        }
+        bad += test_experts(t, 6, 24, kq ? 512 : (mx ? 2880 : 640), 4, 3, 2, false), runs++;
+        if (mx) {
+            bad += test_experts(t, 32, 40, 2880, 4, 2, 1, false), runs++;
+            bad += test_experts(t, 5, 16, 320, 8, 4, 4, true), runs++;
+        }
+    }
+    printf("%d runs, %d failed\n", runs, bad);
+    return bad ? 1 : 0;
+}
