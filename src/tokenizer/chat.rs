@@ -10,7 +10,7 @@
 //! small stack is no concern. A template over a limit is a clean error naming the limit.
 
 mod bounded;
-mod fold;
+mod compile;
 mod guard;
 mod json;
 pub mod limits;
@@ -107,7 +107,9 @@ pub fn render_from(
     // step of minijinja outlast it (the thread is then left to finish on its own).
     match rx.recv_timeout(limits::TIME + BACKSTOP_GRACE) {
         Ok(Ok(text)) => Ok(text),
-        Ok(Err(Failure::Parse(m))) => Err(origin.error(format!("chat template does not parse: {m}"))),
+        Ok(Err(Failure::Parse(m))) => {
+            Err(origin.error(format!("chat template does not parse: {m}")))
+        }
         Ok(Err(Failure::Limit(m))) => Err(origin.error(format!("chat template stopped: {m}"))),
         Ok(Err(Failure::Raised(m))) => Err(Error::InvalidArgument(format!(
             "the chat template rejected the messages: {m}"
@@ -163,16 +165,17 @@ impl Job {
         guard::install(&mut env, &budget);
         bounded::install(&mut env, &budget);
         json::install(&mut env, &budget);
-        // Parsed and compiled here rather than by `add_template`, to bound constant folding
-        // first and to guard the instructions after.
+        // Parsed and compiled here rather than by `add_template`, to bound nesting and constant
+        // folding first and to guard the instructions after.
         let ws = WhitespaceConfig {
             keep_trailing_newline: false,
             lstrip_blocks: true,
             trim_blocks: true,
         };
+        compile::check_source(&self.template, ws).map_err(Failure::Limit)?;
         let ast = machinery::parse(&self.template, "chat", SyntaxConfig::default(), ws)
             .map_err(|e| Failure::Parse(describe(&e)))?;
-        fold::check(&ast).map_err(Failure::Limit)?;
+        compile::check_folding(&ast).map_err(Failure::Limit)?;
         let mut codegen = CodeGenerator::new("chat", &self.template);
         codegen.compile_stmt(&ast);
         let (code, blocks) = codegen.finish();

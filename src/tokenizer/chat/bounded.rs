@@ -21,14 +21,44 @@ pub fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
             original.call(state, &args)
         });
     };
-    wrap(env, "indent", Value::from_function(filters::indent), check_indent);
-    wrap(env, "batch", Value::from_function(filters::batch), check_batch);
-    wrap(env, "slice", Value::from_function(filters::slice), check_slice);
-    wrap(env, "format", Value::from_function(filters::format), |b, a| {
-        check_format(b, a, Style::Printf)
-    });
-    wrap(env, "replace", Value::from_function(filters::replace), check_replace);
+    wrap(
+        env,
+        "indent",
+        Value::from_function(filters::indent),
+        check_indent,
+    );
+    wrap(
+        env,
+        "batch",
+        Value::from_function(filters::batch),
+        check_batch,
+    );
+    wrap(
+        env,
+        "slice",
+        Value::from_function(filters::slice),
+        check_slice,
+    );
+    wrap(
+        env,
+        "format",
+        Value::from_function(filters::format),
+        |b, a| check_format(b, a, Style::Printf),
+    );
+    wrap(
+        env,
+        "replace",
+        Value::from_function(filters::replace),
+        check_replace,
+    );
     wrap(env, "join", Value::from_function(filters::join), check_join);
+    wrap(env, "trim", Value::from_function(filters::trim), check_trim);
+    wrap(
+        env,
+        "pprint",
+        Value::from_function(filters::pprint),
+        check_pprint,
+    );
 
     let b = budget.clone();
     env.set_unknown_method_callback(move |state, value, method, args| {
@@ -38,6 +68,7 @@ pub fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
             match method {
                 "format" => check_format(&b, &with_self(args), Style::StrFormat)?,
                 "replace" => check_replace(&b, &with_self(args))?,
+                "strip" | "lstrip" | "rstrip" => check_trim(&b, &with_self(args))?,
                 // `sep.join(items)` is `items|join(sep)`.
                 "join" => {
                     let mut a = args.to_vec();
@@ -106,6 +137,28 @@ fn check_slice(b: &Budget, args: &[Value]) -> Result<(), JinjaError> {
         }
         None => Ok(()),
     }
+}
+
+/// `trim(chars)`, `strip(chars)`: each character trimmed is looked up among `chars` one by one.
+fn check_trim(b: &Budget, args: &[Value]) -> Result<(), JinjaError> {
+    let (Some(v), Some(chars)) = (args.first(), args.get(1)) else {
+        return Ok(());
+    };
+    let (_, len) = text_len(b, v)?;
+    let (_, chars) = text_len(b, chars)?;
+    b.charge(len.saturating_mul(chars))
+}
+
+/// `pprint`: the value's debug form, a line a value indented four spaces a level.
+fn check_pprint(b: &Budget, args: &[Value]) -> Result<(), JinjaError> {
+    let Some(v) = args.first() else { return Ok(()) };
+    let size = b.measure(v, 0)?;
+    let indent = (size.depth as u64).saturating_mul(4).saturating_add(1);
+    let total = size
+        .nodes
+        .saturating_mul(indent)
+        .saturating_add(size.text_bound(v));
+    b.string("pprint's result", Some(total))
 }
 
 #[derive(Clone, Copy)]

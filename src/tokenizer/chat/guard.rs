@@ -14,7 +14,7 @@
 use super::limits::{Budget, NODE_COST};
 use minijinja::machinery::{Instruction, Instructions};
 use minijinja::value::{Rest, Value, ValueKind};
-use minijinja::{Environment, Error as JinjaError};
+use minijinja::{AutoEscape, Environment, Error as JinjaError};
 use std::sync::Arc;
 
 /// `+`: string and list sizes.
@@ -41,9 +41,26 @@ const STORE: &str = "__llorch_guard_store";
 /// loop, which would otherwise walk the list once per message.
 const CONSTANT_FILTERS: &[&str] = &["length", "count", "first", "default", "d", "safe", "bool"];
 const CONSTANT_TESTS: &[&str] = &[
-    "defined", "undefined", "none", "string", "number", "integer", "float", "mapping",
-    "sequence", "iterable", "boolean", "true", "false", "odd", "even", "safe", "escaped",
-    "sameas", "filter", "test",
+    "defined",
+    "undefined",
+    "none",
+    "string",
+    "number",
+    "integer",
+    "float",
+    "mapping",
+    "sequence",
+    "iterable",
+    "boolean",
+    "true",
+    "false",
+    "odd",
+    "even",
+    "safe",
+    "escaped",
+    "sameas",
+    "filter",
+    "test",
 ];
 
 /// A local id that makes the VM look the filter up by name (it caches ids below 50).
@@ -173,7 +190,12 @@ pub fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
     let b = budget.clone();
     env.set_formatter(move |out, state, value| {
         let size = b.measure(value, 0)?;
-        b.charge(size.text_bound(value))?;
+        // HTML escaping (`{% autoescape %}`) writes up to 5 bytes for 1 (`&amp;`).
+        let escaped = match state.auto_escape() {
+            AutoEscape::None => 1,
+            _ => 5,
+        };
+        b.emit(size.text_bound(value).saturating_mul(escaped))?;
         minijinja::escape_formatter(out, state, value)
     });
 }
@@ -233,9 +255,7 @@ fn check_index(b: &Budget, args: &[Value]) -> Result<(), JinjaError> {
         // Characters are found by walking the string; slices copy.
         ValueKind::String => b.charge(x.as_str().map_or(0, str::len) as u64),
         ValueKind::Seq if args.len() == 2 => Ok(()),
-        ValueKind::Seq | ValueKind::Iterable => {
-            b.charge(b.count(x)?.saturating_mul(NODE_COST))
-        }
+        ValueKind::Seq | ValueKind::Iterable => b.charge(b.count(x)?.saturating_mul(NODE_COST)),
         _ => Ok(()),
     }
 }

@@ -17,11 +17,11 @@ pub const TEMPLATE_BYTES: usize = 1 << 20;
 pub const FUEL: u64 = 2_000_000;
 /// Nesting depth of a value (lists in lists, maps in maps …); also stops cycles.
 pub const DEPTH: usize = 128;
-/// Bytes of one string a template builds (4M tokens: beyond any model's context).
-pub const STRING_BYTES: u64 = 16 << 20;
+/// Bytes of one string a template builds (2M tokens: beyond the context of nearly every model).
+pub const STRING_BYTES: u64 = 8 << 20;
 /// Items of one list a template builds (`*`, `+`, `batch`, `slice`).
-pub const ITEMS: u64 = 1 << 20;
-/// Bytes of the rendered text.
+pub const ITEMS: u64 = 1 << 18;
+/// Bytes of text written, the rendered text and captures (`{% set %}…`, macro calls) together.
 pub const OUTPUT_BYTES: u64 = 32 << 20;
 /// Work units: a byte copied, formatted or compared costs 1, a value visited `NODE_COST`.
 /// Real templates spend 5-10 units a byte of output (Qwen2.5, SmolLM2 over 10,000 messages).
@@ -31,13 +31,16 @@ pub const WORK: u64 = 64 << 20;
 pub const NODE_COST: u64 = 64;
 /// Wall-clock time, a backstop: the limits above end a hostile template well before it.
 pub const TIME: Duration = Duration::from_millis(800);
-/// Stack of the rendering thread: minijinja recurses natively (macros up to its recursion limit,
-/// values up to `DEPTH`), whatever stack the caller's thread has.
-pub const STACK_BYTES: usize = 64 << 20;
+/// Stack of the rendering thread: minijinja recurses natively (macros and recursive loops up to
+/// its recursion limit, values up to `DEPTH`), whatever stack the caller's thread has. Macros
+/// recursing to that limit need between 256 and 512 KiB (release build): 32 times that.
+pub const STACK_BYTES: usize = 16 << 20;
 
 /// What one render may still spend; shared by the guards, the formatter and the filters.
 pub struct Budget {
     work_left: AtomicU64,
+    /// Bytes written so far (into the result or into a capture: `{% set %}`, a macro's text).
+    emitted: AtomicU64,
     calls: AtomicU64,
     deadline: Instant,
     /// The first limit hit: the render's error whatever the template does after it.
@@ -48,6 +51,7 @@ impl Budget {
     pub fn new() -> Budget {
         Budget {
             work_left: AtomicU64::new(WORK),
+            emitted: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             deadline: Instant::now() + TIME,
             tripped: Mutex::new(None),
@@ -98,6 +102,22 @@ impl Budget {
         Ok(())
     }
 
+    /// Pay for writing at most `bytes` of text.
+    pub fn emit(&self, bytes: u64) -> Result<(), JinjaError> {
+        let total = self.emitted.load(Ordering::Relaxed).saturating_add(bytes);
+        self.emitted.store(total, Ordering::Relaxed);
+        if total > OUTPUT_BYTES {
+            return Err(self.exceeded(
+                "output",
+                format!(
+                    "the template wrote {total} bytes or more, over {}",
+                    mib(OUTPUT_BYTES)
+                ),
+            ));
+        }
+        self.charge(bytes)
+    }
+
     /// Check that a string of `bytes` may be built, and pay for building it.
     pub fn string(&self, what: &str, bytes: Option<u64>) -> Result<(), JinjaError> {
         match bytes {
@@ -132,7 +152,7 @@ impl Budget {
     /// expands exponentially). Strings are not paid for here: callers that copy them do.
     pub fn measure(&self, v: &Value, depth: usize) -> Result<Size, JinjaError> {
         let mut size = Size::default();
-        self.walk(v, depth, &mut size)?;
+        self.walk(v, depth, depth, &mut size)?;
         Ok(size)
     }
 
@@ -149,9 +169,16 @@ impl Budget {
         Ok(n)
     }
 
-    fn walk(&self, v: &Value, depth: usize, size: &mut Size) -> Result<(), JinjaError> {
+    fn walk(
+        &self,
+        v: &Value,
+        start: usize,
+        depth: usize,
+        size: &mut Size,
+    ) -> Result<(), JinjaError> {
         self.charge(NODE_COST)?;
         size.nodes += 1;
+        size.depth = size.depth.max(depth - start);
         match v.kind() {
             ValueKind::String => size.bytes += v.as_str().map_or(0, str::len) as u64,
             ValueKind::Bytes => size.bytes += v.as_bytes().map_or(0, <[u8]>::len) as u64,
@@ -164,9 +191,9 @@ impl Budget {
                 }
                 let is_map = v.kind() == ValueKind::Map;
                 for item in v.try_iter()? {
-                    self.walk(&item, depth + 1, size)?;
+                    self.walk(&item, start, depth + 1, size)?;
                     if is_map {
-                        self.walk(&v.get_item(&item)?, depth + 1, size)?;
+                        self.walk(&v.get_item(&item)?, start, depth + 1, size)?;
                     }
                 }
             }
@@ -181,6 +208,8 @@ impl Budget {
 pub struct Size {
     pub nodes: u64,
     pub bytes: u64,
+    /// Levels below the value (0 for a string or number).
+    pub depth: usize,
 }
 
 impl Size {
