@@ -149,7 +149,7 @@ struct Job {
 
 impl Job {
     fn run(&self) -> std::result::Result<String, Failure> {
-        let budget = Arc::new(Budget::new());
+        let budget = Arc::new(Budget::starting_now());
         let raised = Arc::new(OnceLock::<String>::new());
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
@@ -173,7 +173,7 @@ impl Job {
             trim_blocks: true,
         };
         compile::check_source(&self.template, ws).map_err(Failure::Limit)?;
-        let ast = machinery::parse(&self.template, "chat", SyntaxConfig::default(), ws)
+        let ast = machinery::parse(&self.template, "chat", SyntaxConfig, ws)
             .map_err(|e| Failure::Parse(describe(&e)))?;
         compile::check_folding(&ast).map_err(Failure::Limit)?;
         let mut codegen = CodeGenerator::new("chat", &self.template);
@@ -199,11 +199,7 @@ impl Job {
                 &mut machinery::make_string_output(&mut text),
                 AutoEscape::None,
             )
-            .map(|(_, st)| {
-                if std::env::var_os("LLORCH_FUEL_DEBUG").is_some() {
-                    eprintln!("fuel {:?} work {}", st.fuel_levels(), budget.spent());
-                }
-            });
+            .map(|_| ());
         if let Some(limit) = budget.tripped() {
             return Err(Failure::Limit(limit));
         }

@@ -83,7 +83,7 @@ pub fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
 }
 
 /// The positional argument `i`, or the keyword argument `name`.
-fn arg<'a>(args: &'a [Value], i: usize, name: &str) -> Option<Value> {
+fn arg(args: &[Value], i: usize, name: &str) -> Option<Value> {
     let kwargs = args.last().filter(|v| v.is_kwargs());
     let positional = args.len() - usize::from(kwargs.is_some());
     if i < positional {

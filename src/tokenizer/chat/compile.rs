@@ -25,7 +25,7 @@ pub const OPERATORS_PER_TAG: usize = 1000;
 /// not lex passes: the parser reports it.
 pub fn check_source(source: &str, ws: WhitespaceConfig) -> Result<(), String> {
     let mut in_tag = 0usize;
-    for token in tokenize(source, false, SyntaxConfig::default(), ws) {
+    for token in tokenize(source, false, SyntaxConfig, ws) {
         let Ok((token, span)) = token else {
             return Ok(());
         };

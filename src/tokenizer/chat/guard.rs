@@ -143,16 +143,16 @@ pub fn rewrite<'s>(code: &Instructions<'s>) -> Instructions<'s> {
     start.push(out.len() as u32);
     let moved = |t: &mut u32| *t = start.get(*t as usize).copied().unwrap_or(*t);
     for pc in 0..out.len() as u32 {
-        match out.get_mut(pc) {
-            Some(
-                Instruction::Jump(t)
-                | Instruction::JumpIfFalse(t)
-                | Instruction::JumpIfFalseOrPop(t)
-                | Instruction::JumpIfTrueOrPop(t)
-                | Instruction::Iterate(t)
-                | Instruction::BuildMacro(_, t, _),
-            ) => moved(t),
-            _ => {}
+        if let Some(
+            Instruction::Jump(t)
+            | Instruction::JumpIfFalse(t)
+            | Instruction::JumpIfTrueOrPop(t)
+            | Instruction::JumpIfFalseOrPop(t)
+            | Instruction::Iterate(t)
+            | Instruction::BuildMacro(_, t, _),
+        ) = out.get_mut(pc)
+        {
+            moved(t);
         }
     }
     out

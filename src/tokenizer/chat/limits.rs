@@ -48,7 +48,8 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new() -> Budget {
+    /// A full budget; the clock starts now.
+    pub fn starting_now() -> Budget {
         Budget {
             work_left: AtomicU64::new(WORK),
             emitted: AtomicU64::new(0),
@@ -65,11 +66,6 @@ impl Budget {
         let mut first = self.tripped.lock().unwrap_or_else(|e| e.into_inner());
         first.get_or_insert_with(|| msg.clone());
         JinjaError::new(ErrorKind::InvalidOperation, msg)
-    }
-
-    /// Work units spent so far.
-    pub fn spent(&self) -> u64 {
-        WORK - self.work_left.load(Ordering::Relaxed)
     }
 
     /// The first limit hit, if any.
