@@ -69,6 +69,12 @@ pub fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
                 "format" => check_format(&b, &with_self(args), Style::StrFormat)?,
                 "replace" => check_replace(&b, &with_self(args))?,
                 "strip" | "lstrip" | "rstrip" => check_trim(&b, &with_self(args))?,
+                // minijinja-contrib 2.24 loops forever on `count('')`; Python counts the
+                // boundaries between characters.
+                "count" if args.first().and_then(Value::as_str) == Some("") && args.len() == 1 => {
+                    let s = value.as_str().unwrap_or_default();
+                    return Ok(Value::from(s.chars().count() + 1));
+                }
                 // `sep.join(items)` is `items|join(sep)`.
                 "join" => {
                     let mut a = args.to_vec();

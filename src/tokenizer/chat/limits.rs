@@ -23,12 +23,14 @@ pub const STRING_BYTES: u64 = 8 << 20;
 pub const ITEMS: u64 = 1 << 18;
 /// Bytes of text written, the rendered text and captures (`{% set %}…`, macro calls) together.
 pub const OUTPUT_BYTES: u64 = 32 << 20;
-/// Work units: a byte copied, formatted or compared costs 1, a value visited `NODE_COST`.
-/// Real templates spend 5-10 units a byte of output (Qwen2.5, SmolLM2 over 10,000 messages).
-pub const WORK: u64 = 64 << 20;
-/// A value visited costs as much as this many bytes copied (measured here: a value of a lazy
-/// list takes about as long as 50-100 bytes of a large copy).
-pub const NODE_COST: u64 = 64;
+/// Work units, each about a nanosecond of work on a busy 2-core machine: a byte copied, compared
+/// or written costs 1, a value visited `NODE_COST`; strings handed to a filter or method cost
+/// more a byte (guard.rs). About a quarter of a second; real templates spend 5-9 units a byte
+/// of output (SmolLM2, Qwen2.5 over 10,000 messages): 10,000 messages take 5%.
+pub const WORK: u64 = 256 << 20;
+/// A value visited (a pointer chase, a match, a clone, an iterator step: 100-250 ns measured
+/// on a shared machine for a value of a lazy list).
+pub const NODE_COST: u64 = 128;
 /// Wall-clock time, a backstop: the limits above end a hostile template well before it.
 pub const TIME: Duration = Duration::from_millis(800);
 /// Stack of the rendering thread: minijinja recurses natively (macros and recursive loops up to
