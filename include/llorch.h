@@ -366,7 +366,11 @@ llorch_status llorch_model_chat_template(const struct llorch_model *model,
 // is not NULL). `add_generation_prompt` appends the assistant turn's opening. On success
 // `*out_text` receives a NUL-terminated UTF-8 string to free with `llorch_string_free`.
 // `messages` may be NULL only when `n_messages` is 0. `LLORCH_ERR_UNSUPPORTED` if the model
-// has no template and none is given. Thread-safety: any thread.
+// has no template and none is given. A template that does not parse, fails or passes a render
+// limit (instructions, string and list sizes, nesting, time: the error names it) is
+// `LLORCH_ERR_BAD_MODEL` when it is the model's, `LLORCH_ERR_INVALID_ARGUMENT` when it is
+// `template_override`; it renders on a thread of its own, so the caller's stack may be small.
+// Thread-safety: any thread.
 llorch_status llorch_model_apply_chat_template(const struct llorch_model *model,
                                                const struct llorch_chat_message *messages,
                                                size_t n_messages,

@@ -3,8 +3,7 @@
 
 use super::tokenize::{model_arg, open_tokenizer};
 use super::{print_out, Args};
-use llorch::tokenizer::chat;
-use llorch::tokenizer::chat::ChatMessage;
+use llorch::tokenizer::chat::{self, ChatMessage, TemplateOrigin};
 use std::io::Read;
 
 const USAGE: &str = "\
@@ -38,13 +37,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
     a.expect_positional(0, "no positional arguments (messages come on stdin)")?;
     let path = model_arg(&a)?;
     let (g, tok) = open_tokenizer(path)?;
-    let template = match a.option("--template") {
-        Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?,
-        None => g
-            .get_str("tokenizer.chat_template")
-            .map_err(|e| format!("{path}: {e}"))?
-            .ok_or_else(|| format!("{path} has no chat template; pass one with --template FILE"))?
-            .to_string(),
+    let (origin, template) = match a.option("--template") {
+        Some(f) => (
+            TemplateOrigin::Caller,
+            std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?,
+        ),
+        None => (
+            TemplateOrigin::Model,
+            g.get_str("tokenizer.chat_template")
+                .map_err(|e| format!("{path}: {e}"))?
+                .ok_or_else(|| {
+                    format!("{path} has no chat template; pass one with --template FILE")
+                })?
+                .to_string(),
+        ),
     };
     let mut input = String::new();
     std::io::stdin()
@@ -61,7 +67,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         })
         .collect();
     let text_of = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();
-    let out = chat::render(
+    let out = chat::render_from(
+        origin,
         &template,
         &messages,
         !a.flag("--no-generation-prompt"),

@@ -161,7 +161,11 @@ pub unsafe extern "C" fn llorch_model_chat_template(
 /// is not NULL). `add_generation_prompt` appends the assistant turn's opening. On success
 /// `*out_text` receives a NUL-terminated UTF-8 string to free with `llorch_string_free`.
 /// `messages` may be NULL only when `n_messages` is 0. `LLORCH_ERR_UNSUPPORTED` if the model
-/// has no template and none is given. Thread-safety: any thread.
+/// has no template and none is given. A template that does not parse, fails or passes a render
+/// limit (instructions, string and list sizes, nesting, time: the error names it) is
+/// `LLORCH_ERR_BAD_MODEL` when it is the model's, `LLORCH_ERR_INVALID_ARGUMENT` when it is
+/// `template_override`; it renders on a thread of its own, so the caller's stack may be small.
+/// Thread-safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn llorch_model_apply_chat_template(
     model: *const llorch_model,

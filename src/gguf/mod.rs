@@ -141,17 +141,69 @@ impl std::fmt::Debug for Gguf {
     }
 }
 
+/// Open `path` for reading if it is a regular file. Opening a FIFO blocks until a writer
+/// comes (forever, for a path given by mistake) and a device never ends, so the type is checked
+/// before opening; the open does not block (`O_NONBLOCK`) and the type is checked again on the
+/// open file, so a FIFO swapped in between is refused as well.
+fn open_regular(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), GgufError> {
+    let io = |e: std::io::Error| GgufError::Io(format!("{}: {e}", path.display()));
+    let refuse = |meta: &std::fs::Metadata| {
+        GgufError::Io(format!(
+            "{}: not a regular file but {}",
+            path.display(),
+            file_kind(meta)
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse(&meta));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = options.open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse(&meta));
+    }
+    Ok((file, meta))
+}
+
+/// What a non-regular file is, in words.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
 impl Gguf {
+    /// Open and map the model file at `path`, which must be a regular file.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
         let io = |e: std::io::Error| GgufError::Io(format!("{}: {e}", path.display()));
-        let file = std::fs::File::open(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(GgufError::Io(format!(
-                "{}: not a regular file",
-                path.display()
-            )));
-        }
+        let (file, meta) = open_regular(path)?;
         if meta.len() == 0 {
             // Mapping an empty file fails on some systems; report it as what it is.
             return Self::from_bytes(Vec::new());

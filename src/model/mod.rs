@@ -126,14 +126,20 @@ impl Model {
         add_generation_prompt: bool,
         template: Option<&str>,
     ) -> Result<String> {
-        let template = template.or(self.chat_template.as_deref()).ok_or_else(|| {
-            Error::InvalidArgument(
-                "the model has no chat template in its metadata; pass one".into(),
-            )
-        })?;
+        use crate::tokenizer::chat::TemplateOrigin;
+        let (origin, template) = match (template, self.chat_template.as_deref()) {
+            (Some(t), _) => (TemplateOrigin::Caller, t),
+            (None, Some(t)) => (TemplateOrigin::Model, t),
+            (None, None) => {
+                return Err(Error::Unsupported(
+                    "the model has no chat template in its metadata; pass one".into(),
+                ))
+            }
+        };
         let tok = &self.tokenizer;
         let text_of = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();
-        crate::tokenizer::chat::render(
+        crate::tokenizer::chat::render_from(
+            origin,
             template,
             messages,
             add_generation_prompt,

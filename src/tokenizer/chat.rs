@@ -1,10 +1,48 @@
 //! Chat templates: the model's Jinja template rendered with minijinja, set up the way Hugging
 //! Face renders them (`trim_blocks`, `lstrip_blocks`, `raise_exception`, Python-style `tojson`
 //! and string methods). Sandboxed: no loader, so a template can reach no file and no network.
+//!
+//! A template is code from the file (or the caller), so it renders within limits
+//! (`chat/limits.rs`): instructions (minijinja's fuel), the size of every string and list it
+//! builds, nesting depth, the work it does and the time it takes. The compiled template is guarded
+//! (`chat/guard.rs`), filters that can outgrow their input are bounded (`chat/bounded.rs`,
+//! `chat/json.rs`), and it runs on a thread of our own with a stack we choose, so a caller's
+//! small stack is no concern. A template over a limit is a clean error naming the limit.
+
+mod bounded;
+mod compile;
+mod guard;
+mod json;
+pub mod limits;
 
 use crate::{Error, Result};
-use minijinja::value::{Value, ValueKind};
-use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use limits::Budget;
+use minijinja::machinery::{self, CodeGenerator, Vm, WhitespaceConfig};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Value;
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use std::sync::{mpsc, Arc, OnceLock};
+
+/// How long past the time limit the caller waits for the thread to report it.
+const BACKSTOP_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whose template it is, which decides whose fault a failure is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateOrigin {
+    /// The model's own (`tokenizer.chat_template`): a faulty one is `Error::BadModel`.
+    Model,
+    /// Passed by the caller: a faulty one is `Error::InvalidArgument`.
+    Caller,
+}
+
+impl TemplateOrigin {
+    fn error(self, msg: String) -> Error {
+        match self {
+            TemplateOrigin::Model => Error::BadModel(format!("the model's {msg}")),
+            TemplateOrigin::Caller => Error::InvalidArgument(msg),
+        }
+    }
+}
 
 /// One chat message for template rendering.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -13,8 +51,8 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// Render `template` over `messages`. `bos_token`/`eos_token` are the texts templates may
-/// reference.
+/// Render the model's `template` over `messages`. `bos_token`/`eos_token` are the texts
+/// templates may reference.
 pub fn render(
     template: &str,
     messages: &[ChatMessage],
@@ -22,33 +60,181 @@ pub fn render(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
-    let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.set_keep_trailing_newline(false);
-    env.set_undefined_behavior(UndefinedBehavior::Lenient);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        },
-    );
-    env.add_filter("tojson", tojson);
-    env.add_template("chat", template).map_err(|e| {
-        Error::InvalidArgument(format!("chat template does not parse: {}", describe(&e)))
-    })?;
-    let tmpl = env
-        .get_template("chat")
-        .map_err(|e| Error::Internal(format!("chat template: {e}")))?;
-    let ctx = minijinja::context! {
-        messages => Value::from_serialize(messages),
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token,
-        eos_token => eos_token,
+    render_from(
+        TemplateOrigin::Model,
+        template,
+        messages,
+        add_generation_prompt,
+        bos_token,
+        eos_token,
+    )
+}
+
+/// Render `template` (from `origin`) over `messages`, on a thread of its own.
+pub fn render_from(
+    origin: TemplateOrigin,
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    if template.len() > limits::TEMPLATE_BYTES {
+        return Err(origin.error(format!(
+            "chat template is {} bytes: template size limit exceeded ({})",
+            template.len(),
+            limits::mib(limits::TEMPLATE_BYTES as u64)
+        )));
+    }
+    let job = Job {
+        template: template.to_string(),
+        messages: messages.to_vec(),
+        add_generation_prompt,
+        bos_token: bos_token.to_string(),
+        eos_token: eos_token.to_string(),
     };
-    tmpl.render(ctx)
-        .map_err(|e| Error::InvalidArgument(format!("chat template failed: {}", describe(&e))))
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("llorch-chat-template".into())
+        .stack_size(limits::STACK_BYTES)
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
+                .unwrap_or_else(|p| Err(Failure::Panic(panic_text(&p))));
+            let _ = tx.send(outcome);
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the chat template thread: {e}")))?;
+    // The budget reads the clock at every guard; this wait is the backstop should a single
+    // step of minijinja outlast it (the thread is then left to finish on its own).
+    match rx.recv_timeout(limits::TIME + BACKSTOP_GRACE) {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(Failure::Parse(m))) => {
+            Err(origin.error(format!("chat template does not parse: {m}")))
+        }
+        Ok(Err(Failure::Limit(m))) => Err(origin.error(format!("chat template stopped: {m}"))),
+        Ok(Err(Failure::Raised(m))) => Err(Error::InvalidArgument(format!(
+            "the chat template rejected the messages: {m}"
+        ))),
+        Ok(Err(Failure::Failed(m))) => Err(origin.error(format!("chat template failed: {m}"))),
+        Ok(Err(Failure::Panic(m))) => Err(Error::Internal(format!(
+            "chat template renderer panicked: {m}"
+        ))),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(origin.error(format!(
+            "chat template stopped: time limit exceeded: rendering took over {:?}",
+            limits::TIME + BACKSTOP_GRACE
+        ))),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Internal(
+            "the chat template thread ended without an answer".into(),
+        )),
+    }
+}
+
+/// Why a render failed, before it is told whose fault it is.
+enum Failure {
+    Parse(String),
+    Limit(String),
+    /// The template's own `raise_exception(...)`.
+    Raised(String),
+    Failed(String),
+    Panic(String),
+}
+
+/// What the rendering thread owns.
+struct Job {
+    template: String,
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl Job {
+    fn run(&self) -> std::result::Result<String, Failure> {
+        let budget = Arc::new(Budget::starting_now());
+        let raised = Arc::new(OnceLock::<String>::new());
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_fuel(Some(limits::FUEL));
+        let r = raised.clone();
+        env.add_function(
+            "raise_exception",
+            move |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                let _ = r.set(msg.clone());
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        guard::install(&mut env, &budget);
+        bounded::install(&mut env, &budget);
+        json::install(&mut env, &budget);
+        // Parsed and compiled here rather than by `add_template`, to bound nesting and constant
+        // folding first and to guard the instructions after.
+        let ws = WhitespaceConfig {
+            keep_trailing_newline: false,
+            lstrip_blocks: true,
+            trim_blocks: true,
+        };
+        compile::check_source(&self.template, ws).map_err(Failure::Limit)?;
+        let ast = machinery::parse(&self.template, "chat", SyntaxConfig, ws)
+            .map_err(|e| Failure::Parse(describe(&e)))?;
+        compile::check_folding(&ast).map_err(Failure::Limit)?;
+        let mut codegen = CodeGenerator::new("chat", &self.template);
+        codegen.compile_stmt(&ast);
+        let (code, blocks) = codegen.finish();
+        let code = guard::rewrite(&code);
+        let blocks = blocks
+            .iter()
+            .map(|(name, block)| (*name, guard::rewrite(block)))
+            .collect();
+        let root = Value::from_serialize(minijinja::context! {
+            messages => Value::from_serialize(&self.messages),
+            add_generation_prompt => self.add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        });
+        let mut text = String::new();
+        let result = Vm::new(&env)
+            .eval(
+                &code,
+                root,
+                &blocks,
+                &mut machinery::make_string_output(&mut text),
+                AutoEscape::None,
+            )
+            .map(|_| ());
+        if let Some(limit) = budget.tripped() {
+            return Err(Failure::Limit(limit));
+        }
+        if let Err(e) = result {
+            return Err(match e.kind() {
+                ErrorKind::OutOfFuel => Failure::Limit(format!(
+                    "fuel limit exceeded: more than {} instructions",
+                    limits::FUEL
+                )),
+                _ if e.to_string().contains("recursion limit exceeded") => Failure::Limit(format!(
+                    "recursion limit exceeded: macro calls or loops nested too deep ({})",
+                    describe(&e)
+                )),
+                _ => match raised.get() {
+                    Some(m) => Failure::Raised(m.clone()),
+                    None => Failure::Failed(describe(&e)),
+                },
+            });
+        }
+        if text.len() as u64 > limits::OUTPUT_BYTES {
+            return Err(Failure::Limit(format!(
+                "output limit exceeded: {} bytes, over {}",
+                text.len(),
+                limits::mib(limits::OUTPUT_BYTES)
+            )));
+        }
+        Ok(text)
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// The error with its cause chain and template line.
@@ -60,81 +246,6 @@ fn describe(e: &minijinja::Error) -> String {
         src = c.source();
     }
     s
-}
-
-/// `tojson` as Python's `json.dumps(x, ensure_ascii=False, indent=indent)`, which the templates
-/// were written against: `", "` and `": "` separators, no HTML escaping.
-fn tojson(v: Value, indent: Option<usize>) -> std::result::Result<Value, minijinja::Error> {
-    let mut out = String::new();
-    write_json(&v, indent, 0, &mut out)?;
-    Ok(Value::from(out))
-}
-
-fn write_json(
-    v: &Value,
-    indent: Option<usize>,
-    depth: usize,
-    out: &mut String,
-) -> std::result::Result<(), minijinja::Error> {
-    let newline = |out: &mut String, d: usize| {
-        if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * d));
-        }
-    };
-    let sep = if indent.is_some() { "," } else { ", " };
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-        ValueKind::Number => out.push_str(&v.to_string()),
-        ValueKind::String => {
-            let s = v.as_str().unwrap_or_default();
-            out.push_str(&serde_json::to_string(s).unwrap_or_default());
-        }
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            out.push('[');
-            for (i, it) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
-                newline(out, depth + 1);
-                write_json(it, indent, depth + 1, out)?;
-            }
-            if !items.is_empty() {
-                newline(out, depth);
-            }
-            out.push(']');
-        }
-        ValueKind::Map => {
-            let keys: Vec<Value> = v.try_iter()?.collect();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
-                newline(out, depth + 1);
-                let ks = k
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| k.to_string());
-                out.push_str(&serde_json::to_string(&ks).unwrap_or_default());
-                out.push_str(": ");
-                write_json(&v.get_item(k)?, indent, depth + 1, out)?;
-            }
-            if !keys.is_empty() {
-                newline(out, depth);
-            }
-            out.push('}');
-        }
-        _ => {
-            return Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("tojson: cannot serialize a {} value", v.kind()),
-            ))
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
