@@ -9,7 +9,7 @@ use common::*;
 use llorch::ffi::llorch_status::*;
 use llorch::ffi::*;
 use llorch::gguf::Gguf;
-use llorch::model::synth::{build, SynthSpec, TypeMix};
+use llorch::model::synth::build;
 use llorch::tokenizer::chat::{self, ChatMessage, TemplateOrigin};
 use llorch::Error;
 use std::ffi::{CStr, CString};
@@ -369,19 +369,7 @@ fn real_templates_render_long_conversations() {
 
 /// A small synthetic model whose own chat template is `template`.
 fn model_with_template(template: &str) -> PathBuf {
-    let spec = SynthSpec {
-        arch: "qwen2".into(),
-        n_layer: 1,
-        n_embd: 64,
-        n_ff: 128,
-        n_head: 4,
-        n_head_kv: 2,
-        vocab: 512,
-        n_ctx: 64,
-        rope_base: 10000.0,
-        mix: TypeMix::Q4KM,
-    };
-    let mut w = build(&spec, 3).unwrap();
+    let mut w = build(&common::tiny_synth_spec(64), 3).unwrap();
     w.add_str("tokenizer.chat_template", template);
     let path = std::env::temp_dir().join(format!(
         "llorch-chat-limits-{}-{}.gguf",

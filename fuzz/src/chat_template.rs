@@ -5,7 +5,7 @@
 //! `InvalidArgument`), never a panic (`Internal`) or a crash.
 
 use crate::rng::Rng;
-use llorch::model::ChatMessage;
+use llorch::tokenizer::chat::ChatMessage;
 use llorch::tokenizer::chat::{render_from, TemplateOrigin};
 use llorch::Error;
 use std::time::{Duration, Instant};
