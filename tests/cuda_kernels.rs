@@ -1708,12 +1708,15 @@ fn expert_matvec_reads_only_the_selected_experts() {
             "{}: the slot of an id out of range is not NaN",
             name("bad id")
         );
-        check(
-            &name("other slots beside a bad id"),
-            &got[..(n_sel - 1) * rows],
-            &down[..(n_sel - 1) * rows],
-            1e-4,
-        );
+        // (With one selected expert there is no other slot to compare.)
+        if n_sel > 1 {
+            check(
+                &name("other slots beside a bad id"),
+                &got[..(n_sel - 1) * rows],
+                &down[..(n_sel - 1) * rows],
+                1e-4,
+            );
+        }
     }
 
     // Bad arguments are errors, not launches.

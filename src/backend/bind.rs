@@ -107,7 +107,9 @@ impl Weights {
     }
 }
 
-/// A session's state on the device of the weights it holds.
+/// A session's state on the device of the weights it holds. (One per session: the variants'
+/// sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     Cpu(Arc<CpuModel>, CpuState),
     #[cfg(feature = "cuda")]

@@ -44,6 +44,7 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q8_0
             | GgmlType::Q4_K
             | GgmlType::Q6_K
+            | GgmlType::MXFP4
     )
 }
 
@@ -208,6 +209,10 @@ pub struct CudaState {
     gemm_x: Option<DeviceBuffer>,
     gemm_k: usize,
     graph: Option<DecodeGraph>,
+    /// False once a decode step needed an operation that takes the position from the host
+    /// (the unfused attention, for ropes the decode kernels do not fold): a captured graph
+    /// would replay that first position forever, so such a model's steps run without one.
+    graph_ok: bool,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
 }
@@ -296,6 +301,7 @@ impl CudaState {
             gemm_x: rows.gemm_x,
             gemm_k,
             graph: None,
+            graph_ok: true,
             taps: None,
         })
     }
@@ -340,6 +346,8 @@ pub struct CudaStep<'a> {
     /// The slot whose chunk records `st.xrec` holds (written by the decode attention for
     /// the output projection), if any.
     rec_of: Option<Slot>,
+    /// Kernels are being captured into a graph, not run.
+    capturing: bool,
 }
 
 impl<'a> CudaStep<'a> {
@@ -390,26 +398,43 @@ impl<'a> CudaStep<'a> {
             n,
             err: None,
             rec_of: None,
+            capturing: false,
         })
     }
 
-    /// Whether this step can run as a graph: one token, no taps, graphs not turned off.
+    /// Whether this step can run as a graph: one token, no taps, graphs not turned off, and
+    /// no operation of this model's step takes the position from the host.
     pub fn graphable(&self) -> bool {
-        self.n == 1 && self.st.taps.is_none() && graphs_enabled()
+        self.n == 1 && self.st.taps.is_none() && graphs_enabled() && self.st.graph_ok
     }
 
     /// Run a decode step through the state's CUDA graph: replay it if there is one, else
     /// capture `forward` (which issues the step's kernels through this step) into a new one,
-    /// then launch it. A failed or cancelled capture leaves no graph behind.
-    pub fn run_graphed(mut self, forward: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+    /// then launch it. A failed or cancelled capture leaves no graph behind. A step that turns
+    /// out not to be capturable (see `graph_ok`) is run directly instead (nothing ran while
+    /// capturing), and so are the later steps of this state.
+    pub fn run_graphed(mut self, mut forward: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
         if self.st.graph.is_none() {
             let stream = self.st.dev.stream.raw;
             self.st.dev.inner.bind()?;
             let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
             unsafe { result::stream::begin_capture(stream, mode) }
                 .map_err(|e| drv("graph capture", e))?;
+            self.capturing = true;
             let r = forward(&mut self);
+            self.capturing = false;
             let captured = unsafe { result::stream::end_capture(stream) };
+            if !self.st.graph_ok {
+                if let Ok(g) = captured {
+                    unsafe {
+                        let _ = result::graph::destroy(g);
+                    }
+                }
+                (self.err, self.rec_of) = (None, None);
+                let r = forward(&mut self);
+                // A device error outranks a cancellation seen after it.
+                return self.finish().and(r);
+            }
             // A device error outranks a cancellation seen after it.
             if let Err(e) = self.err.take().map_or(r, Err) {
                 if let Ok(g) = captured {
@@ -628,6 +653,13 @@ impl Ops for CudaStep<'_> {
 
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
         self.run(|s| {
+            if s.capturing {
+                // The cache position below is a kernel argument: a graph would keep it.
+                s.st.graph_ok = false;
+                return Err(Error::Internal(
+                    "attention with a host position in a captured step".into(),
+                ));
+            }
             let (n, pos0) = (s.n, s.pos0);
             let st = &mut *s.st;
             let cache = &mut st.kv[layer];
