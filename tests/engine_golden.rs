@@ -213,7 +213,8 @@ fn gemma3_perplexity_matches_reference() {
     check_perplexity(gemma(), "gemma3_270m.json");
 }
 
-/// The Gemma 3 file has no chat template: a chat request is a clear error, not a guess.
+/// The Gemma 3 file has no chat template: a chat request is a clear error (UNSUPPORTED, as the
+/// header documents), not a guess.
 #[test]
 fn gemma3_chat_without_template_is_a_clear_error() {
     let msgs = [llorch::tokenizer::chat::ChatMessage {
