@@ -223,7 +223,7 @@ fn gemma3_chat_without_template_is_a_clear_error() {
     }];
     let err = gemma().apply_chat_template(&msgs, true, None).unwrap_err();
     assert!(
-        matches!(err, llorch::Error::InvalidArgument(_))
+        matches!(err, llorch::Error::Unsupported(_))
             && err.to_string().contains("no chat template"),
         "{err}"
     );
