@@ -78,13 +78,15 @@ fn check(model: &str) {
     check_on(
         model,
         &Context::new(ContextOptions::default()).unwrap(),
-        1.0,
+        None,
     );
 }
 
-/// The checks on `ctx`'s device, tolerances multiplied by `slack`; on a GPU also the decode
-/// path (one token a step, the captured graph) against the reference logits of every position.
-fn check_on(model: &str, ctx: &Arc<Context>, slack: f64) {
+/// The checks on `ctx`'s device; on a GPU (`gpu_logits`: its bound on the logits, the
+/// stages' bounds taken 10 times) also the decode path (one token a step, through the
+/// captured graph where the model's step allows one) against the reference logits of every
+/// position.
+fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
     let d = dir(model);
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
@@ -106,7 +108,10 @@ fn check_on(model: &str, ctx: &Arc<Context>, slack: f64) {
         let variant = v["name"].as_str().unwrap();
         let exact = variant == "f16";
         let (logit_tol, stage_tol) = if exact { (1e-3, 1e-4) } else { (5e-3, 2e-3) };
-        let (logit_tol, stage_tol) = (logit_tol * slack, stage_tol * slack);
+        let (logit_tol, stage_tol) = match gpu_logits {
+            Some(l) => (l, stage_tol * 10.0),
+            None => (logit_tol, stage_tol),
+        };
         let m: Arc<Model> = Model::load(ctx, &d.join(v["gguf"].as_str().unwrap()), None)
             .unwrap_or_else(|e| panic!("{model} {variant}: {e}"));
         let vocab = m.vocab_size();
@@ -234,10 +239,12 @@ fn phi3_matches_hf() {
 /// The same models on the GPU, prompt and decode paths (one token a step, through the captured
 /// graph where the model's step allows one), against the same HF references.
 /// Tolerance: the GPU multiplies prompts on the tensor cores with activations rounded to f16
-/// (2^-11 relative each, ~3e-4 rms on a product) and keeps the KV cache in f16; through two
-/// layers and the head that is ~1e-3 of the logits (|l| up to ~5): measured up to 7.1e-3 on
-/// an H100 (llama3, f16 weights), so the CPU's bounds are taken 10 times (exact weights:
-/// 1e-2; the 1e-3 holds on the CPU, which multiplies in f32).
+/// (2^-11 relative each, ~3e-4 rms on a product) and keeps the KV cache in f16, whatever the
+/// weights' type; through two layers and the head that is ~1e-3 of the logits (|l| up to ~5,
+/// more over phi3's 96-token text): measured on an H100 up to 7.1e-3 on the prompts and
+/// 1.36e-2 on phi3's long text (q4_k; 1.05e-2 with f16 weights), decode paths up to 5.6e-3.
+/// Bound 2e-2 on the logits for every variant (the 1e-3 for exact weights holds on the
+/// CPU, which multiplies in f32); stages 10 times the CPU's.
 #[cfg(feature = "cuda")]
 #[test]
 fn tiny_models_on_gpu_match_hf() {
@@ -253,6 +260,6 @@ fn tiny_models_on_gpu_match_hf() {
         }
     };
     for model in ["llama3", "qwen3", "phi3"] {
-        check_on(model, &ctx, 10.0);
+        check_on(model, &ctx, Some(2e-2));
     }
 }
