@@ -168,9 +168,11 @@ typedef struct llorch_context_params {
   int32_t device_type;
   // CUDA device ordinal (ignored for the CPU). Default 0.
   uint32_t device_index;
-  // CPU worker threads; 0 = all cores (the default).
+  // CPU worker threads; 0 = all cores (the default). At most 4 per core: more is
+  // `LLORCH_ERR_INVALID_ARGUMENT`.
   uint32_t threads;
   // Bytes the context may allocate for weights, KV caches and scratch; 0 = no limit (default).
+  // On the CPU the weights count with the bytes of the file they are read from in place.
   uint64_t memory_budget;
 } llorch_context_params;
 

@@ -35,9 +35,11 @@ pub struct llorch_context_params {
     pub device_type: i32,
     /// CUDA device ordinal (ignored for the CPU). Default 0.
     pub device_index: u32,
-    /// CPU worker threads; 0 = all cores (the default).
+    /// CPU worker threads; 0 = all cores (the default). At most 4 per core: more is
+    /// `LLORCH_ERR_INVALID_ARGUMENT`.
     pub threads: u32,
     /// Bytes the context may allocate for weights, KV caches and scratch; 0 = no limit (default).
+    /// On the CPU the weights count with the bytes of the file they are read from in place.
     pub memory_budget: u64,
 }
 
