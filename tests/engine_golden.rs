@@ -39,14 +39,6 @@ fn gemma() -> &'static Arc<Model> {
     M.get_or_init(|| load(common::GEMMA3))
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()
@@ -62,19 +54,19 @@ fn check_prompts(model: &Arc<Model>, golden: &str) {
     let (mut agree, mut total) = (0usize, 0usize);
     for p in g["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap();
-        let want_ids = ids(&p["ids"]);
+        let want_ids = common::json_ids(&p["ids"]);
         // BOS where the model's metadata asks for it (Gemma); the golden ids include it.
         let got_ids = model.tokenizer().encode(text, true, true).unwrap();
         assert_eq!(got_ids, want_ids, "prompt ids of {text:?}");
         let mut s = Session::new(model.clone(), SessionOptions::default()).unwrap();
         let logits = s.eval(&want_ids, Logits::All).unwrap();
-        let want_argmax = ids(&p["argmax_per_pos"]);
+        let want_argmax = common::json_ids(&p["argmax_per_pos"]);
         for (pos, &want) in want_argmax.iter().enumerate() {
             total += 1;
             agree += (argmax(&logits[pos * vocab..(pos + 1) * vocab]) == want) as usize;
         }
         let last = &logits[(want_ids.len() - 1) * vocab..];
-        let top_ids = ids(&p["top10_ids"]);
+        let top_ids = common::json_ids(&p["top10_ids"]);
         let top_logits = floats(&p["top10_logits"]);
         assert_eq!(argmax(last), top_ids[0], "top-1 of {text:?}");
         let worst = top_ids
@@ -99,9 +91,9 @@ fn check_greedy(model: &Arc<Model>, golden: &str, min_equal: usize) {
     let mut equal = 0;
     let prompts = g["prompts"].as_array().unwrap();
     for p in prompts {
-        let want = ids(&p["greedy32_ids"]);
+        let want = common::json_ids(&p["greedy32_ids"]);
         let mut s = Session::new(model.clone(), SessionOptions::default()).unwrap();
-        let mut logits = s.eval(&ids(&p["ids"]), Logits::Last).unwrap();
+        let mut logits = s.eval(&common::json_ids(&p["ids"]), Logits::Last).unwrap();
         let mut got = Vec::new();
         for _ in 0..want.len() {
             let t = argmax(&logits);

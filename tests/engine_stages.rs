@@ -17,25 +17,6 @@ use llorch::backend::ContextOptions;
 use llorch::backend::Logits;
 use llorch::model::Model;
 use llorch::session::{Session, SessionOptions};
-use std::path::Path;
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
 
 /// Our tap name for a reference stage name.
 fn tap_name(stage: &str) -> &str {
@@ -72,7 +53,7 @@ fn check(model_name: &str) {
     for st in index["stages"].as_array().unwrap() {
         let stage = st["stage"].as_str().unwrap();
         let layer = st["layer"].as_u64().map(|l| l as usize);
-        let want = read_f32(&dir.join(st["file"].as_str().unwrap()));
+        let want = common::read_f32(&dir.join(st["file"].as_str().unwrap()));
         let (got, tol) = if stage == "logits_last" {
             (logits.clone(), 2e-3)
         } else {
@@ -93,7 +74,7 @@ fn check(model_name: &str) {
         } else {
             want
         };
-        let e = rel_err(&got, &want);
+        let e = common::rel_err(&got, &want);
         if stage == "out" {
             worst_layer = worst_layer.max(e);
         }

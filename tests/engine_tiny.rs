@@ -21,37 +21,11 @@ use llorch::backend::{Context, ContextOptions, Logits, Tap};
 use llorch::model::Model;
 use llorch::session::{Session, SessionOptions};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 fn dir(model: &str) -> PathBuf {
     common::repo_root().join("tests/fixtures/tiny").join(model)
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// Our tap for a reference stage name (`l0.q`, `l3.out`, `embd`, `final_norm`).
@@ -99,7 +73,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
             (
                 s["name"].as_str().unwrap().to_string(),
                 s["text"].as_str().unwrap_or("").to_string(),
-                ids(&s["ids"]),
+                common::json_ids(&s["ids"]),
             )
         })
         .collect();
@@ -126,7 +100,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
             for t in r["tokenize"].as_array().unwrap() {
                 let text = t["text"].as_str().unwrap();
                 let got = m.tokenizer().encode(text, true, false).unwrap();
-                assert_eq!(got, ids(&t["ids"]), "{model}: ids of {text:?}");
+                assert_eq!(got, common::json_ids(&t["ids"]), "{model}: ids of {text:?}");
             }
         }
         for (name, _, seq_ids) in &seqs {
@@ -143,7 +117,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
             let mut worst_stage = (0.0f64, String::new());
             for st in s["stages"].as_array().unwrap() {
                 let stage = st["name"].as_str().unwrap();
-                let want = read_f32(&d.join(st["file"].as_str().unwrap()));
+                let want = common::read_f32(&d.join(st["file"].as_str().unwrap()));
                 if stage == "logits" {
                     let diff = logits
                         .iter()
@@ -172,7 +146,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
                     failures.push(format!("{model} {variant} {name}: no tap for {stage}"));
                     continue;
                 };
-                let e = rel_err(&tap.data, &want);
+                let e = common::rel_err(&tap.data, &want);
                 if e > worst_stage.0 {
                     worst_stage = (e, stage.to_string());
                 }
@@ -187,7 +161,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
             if gpu {
                 // The decode path: one token a step from an empty cache.
                 let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
-                let want = read_f32(
+                let want = common::read_f32(
                     &d.join(
                         s["stages"]
                             .as_array()

@@ -971,11 +971,30 @@ impl CudaDevice {
         head_dim: usize,
         p: RopeParams,
     ) -> Result<()> {
+        let blocks = self.rope_check(x, positions, n_tok, n_heads, head_dim, p, 2048)?;
+        launch!(self, "rope", (blocks as u32, 1, 1), ((p.rot_dim / 2) as u32, 1, 1);
+            x.ptr(), positions.ptr(), n_heads as i32, head_dim as i32, p.rot_dim as i32,
+            p.base, p.pos_scale, p.neox as i32)
+    }
+
+    /// The checks of a RoPE launch (rotary dim even, > 0, <= head_dim and `max_rot`; buffer
+    /// sizes): the number of blocks (one per token and head).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_check(
+        &self,
+        x: &DeviceBuffer,
+        positions: &DeviceBuffer,
+        n_tok: usize,
+        n_heads: usize,
+        head_dim: usize,
+        p: RopeParams,
+        max_rot: usize,
+    ) -> Result<usize> {
         positive(n_tok, "rope n_tok")?;
         positive(n_heads, "rope n_heads")?;
-        if p.rot_dim == 0 || p.rot_dim % 2 != 0 || p.rot_dim > head_dim || p.rot_dim > 2048 {
+        if p.rot_dim == 0 || p.rot_dim % 2 != 0 || p.rot_dim > head_dim || p.rot_dim > max_rot {
             return Err(Error::InvalidArgument(format!(
-                "rope: rotary dim {} must be even, > 0 and <= head_dim {head_dim} (<= 2048)",
+                "rope: rotary dim {} must be even, > 0 and <= head_dim {head_dim} (<= {max_rot})",
                 p.rot_dim
             )));
         }
@@ -985,9 +1004,7 @@ impl CudaDevice {
         let blocks = blocks.ok_or_else(|| Error::InvalidArgument("rope: too many heads".into()))?;
         x.check(self, f32s(blocks * head_dim), "rope x")?;
         positions.check(self, n_tok as u64 * 4, "rope positions")?;
-        launch!(self, "rope", (blocks as u32, 1, 1), ((p.rot_dim / 2) as u32, 1, 1);
-            x.ptr(), positions.ptr(), n_heads as i32, head_dim as i32, p.rot_dim as i32,
-            p.base, p.pos_scale, p.neox as i32)
+        Ok(blocks)
     }
 
     /// [`rope`](Self::rope) with per-pair frequency divisors `div` (`rot_dim / 2` values, at
@@ -1004,28 +1021,15 @@ impl CudaDevice {
         mscale: f32,
         div: &[f32],
     ) -> Result<()> {
-        positive(n_tok, "rope n_tok")?;
-        positive(n_heads, "rope n_heads")?;
+        let blocks =
+            self.rope_check(x, positions, n_tok, n_heads, head_dim, p, 2 * ROPE_DIV_MAX)?;
         let half = p.rot_dim / 2;
-        if p.rot_dim == 0 || p.rot_dim % 2 != 0 || p.rot_dim > head_dim || half > ROPE_DIV_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "rope: rotary dim {} must be even, > 0 and <= head_dim {head_dim} (<= {})",
-                p.rot_dim,
-                2 * ROPE_DIV_MAX
-            )));
-        }
         if div.len() != half {
             return Err(Error::InvalidArgument(format!(
                 "rope: {} frequency divisors for {half} pairs",
                 div.len()
             )));
         }
-        let blocks = n_tok
-            .checked_mul(n_heads)
-            .filter(|&b| b <= i32::MAX as usize);
-        let blocks = blocks.ok_or_else(|| Error::InvalidArgument("rope: too many heads".into()))?;
-        x.check(self, f32s(blocks * head_dim), "rope x")?;
-        positions.check(self, n_tok as u64 * 4, "rope positions")?;
         let mut d = RopeDiv([1.0; ROPE_DIV_MAX]);
         d.0[..half].copy_from_slice(div);
         launch!(self, "rope_scaled", (blocks as u32, 1, 1), (half as u32, 1, 1);
