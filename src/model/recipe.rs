@@ -154,7 +154,7 @@ impl<'a> TensorTable<'a> {
 
     /// The tensor `name`, which must have dims `want` (GGUF order: the row length first), as
     /// consecutive views of `parts` rows of `want[0]` values; `why` ends a shape error.
-    fn views(
+    pub fn views(
         &mut self,
         name: &str,
         want: &[usize],
@@ -400,9 +400,12 @@ fn mixture(t: &mut TensorTable, hp: &HParams, l: usize, act: Activation) -> Resu
         .ok_or_else(|| Error::BadModel(format!("missing metadata key '{count_key}'")))?;
     let n = |s: &str| format!("blk.{l}.{s}");
     let (e, ff, n_exp) = (hp.n_embd, mp.n_ff_expert, mp.n_expert);
+    let why = format!(" ('{count_key}' = {n_exp})");
+    let router = t
+        .views(&n("ffn_gate_inp.weight"), &[e, n_exp], &[n_exp], &why)?
+        .ok_or_else(|| Error::BadModel(format!("missing tensor '{}'", n("ffn_gate_inp.weight"))))?;
     let router = Linear {
-        w: t.required(&n("ffn_gate_inp.weight"), e, Some(n_exp))
-            .map_err(|err| Error::BadModel(format!("{err} ('{count_key}' = {n_exp})")))?,
+        w: router[0],
         bias: t.optional(&n("ffn_gate_inp.bias"), n_exp, None)?,
     };
     let mut matrices = |s: &str, cols: usize, rows: usize| -> Result<Vec<WeightId>> {
