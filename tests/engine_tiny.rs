@@ -26,7 +26,9 @@ mod common;
 
 use llorch::backend::{Context, ContextOptions, Logits, Tap};
 use llorch::model::Model;
-use llorch::session::{Session, SessionOptions};
+use llorch::sampling::SamplingParams;
+use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
+use llorch::tokenizer::chat::ChatMessage;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -252,6 +254,65 @@ fn phi3_matches_hf() {
 #[test]
 fn gpt_oss_matches_hf() {
     check("gpt-oss");
+}
+
+/// The harmony format through the file's chat template: the rendered turn, its special
+/// tokens, and a generation that ends on `<|return|>` (forced by a logit bias: random weights
+/// would not pick it) but runs on past `<|end|>`, which only closes a harmony message.
+#[test]
+fn gpt_oss_harmony_turns_end_on_return() {
+    let d = dir("gpt-oss");
+    let ctx = Context::new(ContextOptions::default()).unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
+    let gguf = r["variants"][0]["gguf"].as_str().unwrap();
+    let m = Model::load(&ctx, &d.join(gguf), None).unwrap();
+    let msg = |role: &str, content: &str| ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let prompt = m
+        .apply_chat_template(&[msg("user", "Hi")], true, None)
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|start|>user<|message|>Hi<|end|><|start|>assistant"
+    );
+    let tok = m.tokenizer();
+    let id = |t: &str| tok.special_id(t).unwrap();
+    // The special tokens of the turn, in order, each one token (the text between is words).
+    let specials: Vec<u32> = tok
+        .encode(&prompt, true, false)
+        .unwrap()
+        .into_iter()
+        .filter(|&t| tok.token_piece(t).is_some_and(|p| p.starts_with("<|")))
+        .collect();
+    let want = ["<|start|>", "<|message|>", "<|end|>", "<|start|>"].map(id);
+    assert_eq!(specials, want);
+    assert!(tok.is_eog(id("<|return|>")) && tok.is_eog(id("<|endoftext|>")));
+    assert!(!tok.is_eog(id("<|end|>")));
+    let generate = |forced: &str| {
+        let mut s = Session::new(m.clone(), SessionOptions::default()).unwrap();
+        let p = GenerateParams {
+            max_tokens: 3,
+            sampling: SamplingParams {
+                logit_bias: vec![(id(forced), 100.0)],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.generate(&prompt, &p, &mut |_, _| true).unwrap()
+    };
+    let stats = generate("<|return|>");
+    assert_eq!(
+        (stats.stop_reason, stats.generated_tokens),
+        (StopReason::Eos, 1)
+    );
+    let stats = generate("<|end|>");
+    assert_eq!(
+        (stats.stop_reason, stats.generated_tokens),
+        (StopReason::Limit, 3)
+    );
 }
 
 /// GPT-OSS's prompt path (the 96-token text in one step: each expert's products over all

@@ -11,6 +11,7 @@ mod bpe;
 pub mod chat;
 mod pretok;
 mod spm;
+mod strftime;
 mod table;
 
 pub use pretok::PreTokenizer;
