@@ -318,12 +318,12 @@ fn gpt_oss_harmony_turns_end_on_return() {
 /// GPT-OSS's prompt path (the 96-token text in one step: each expert's products over all
 /// the tokens that picked it, attention of every query at once) against its decode path (one
 /// token a step from an empty cache, past the window of 16), every variant; a routing, cache
-/// or window slip moves logits by ~1. f32 weights: the same arithmetic per token row, equal
+/// or window slip moves logits by ~1. f16 weights: the same arithmetic per token row, equal
 /// bits measured; bound 1e-5. Quantized: the two paths' attention sums differ in their last
 /// bits (~5e-7), and that flips roundings of the 16-bit activations (a step is 2^-15 of a
 /// block's largest value, ~2e-5 on a product): the paths differ at the quantization's noise
-/// level, up to 1.3e-3 on the logits measured (the dense Phi-3 q8_0 shows 5e-4); bound the HF one,
-/// 5e-3.
+/// level, up to 1.3e-3 on the logits measured (the dense Phi-3 q8_0 shows 5e-4); bound the HF
+/// one, 5e-3.
 #[test]
 fn gpt_oss_prompt_and_decode_paths_agree() {
     let d = dir("gpt-oss");

@@ -23,9 +23,8 @@ pub enum TypeMix {
     GptOss,
 }
 
-/// The experts' type of the GPT-OSS mix. The published files hold MXFP4 experts; this is
-/// Q8_0 until the synthetic writer makes MXFP4 blocks (branch `mxfp4`), then MXFP4.
-pub const EXPERT_TYPE: GgmlType = GgmlType::Q8_0;
+/// The experts' type of the GPT-OSS mix: MXFP4, as the published files hold them.
+pub const EXPERT_TYPE: GgmlType = GgmlType::MXFP4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthSpec {
