@@ -63,6 +63,29 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
+/// The reference index of a tiny model's fixture folder.
+fn reference(d: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap()
+}
+
+/// The decode path: `ids` one token a step from an empty cache of `n_ctx` positions; the
+/// largest |difference| of each step's logits from row `pos` of `want`.
+fn decode_diff(m: &Arc<Model>, n_ctx: u32, ids: &[u32], want: &[f32]) -> f32 {
+    let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+    let vocab = m.vocab_size();
+    let mut diff = 0f32;
+    for (pos, &t) in ids.iter().enumerate() {
+        let l = sess.eval(&[t], Logits::Last).unwrap();
+        let row = &want[pos * vocab..(pos + 1) * vocab];
+        diff = l
+            .iter()
+            .zip(row)
+            .map(|(a, b)| (a - b).abs())
+            .fold(diff, f32::max);
+    }
+    diff
+}
+
 /// Our tap for a reference stage name (`l0.q`, `l3.out`, `embd`, `final_norm`).
 fn find_tap<'t>(taps: &'t [Tap], stage: &str) -> Option<&'t Tap> {
     let (layer, name) = match stage.split_once('.') {
@@ -95,8 +118,7 @@ fn check(model: &str) {
 /// path (one token a step, the captured graph) against the reference logits of every position.
 fn check_on(model: &str, ctx: &Arc<Context>, slack: f64) {
     let d = dir(model);
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
+    let r = reference(&d);
     let gpu = ctx.options.device != llorch::backend::Device::Cpu;
     let seqs: Vec<(String, String, Vec<u32>)> = r["sequences"]
         .as_array()
@@ -201,7 +223,6 @@ fn check_on(model: &str, ctx: &Arc<Context>, slack: f64) {
             );
             if gpu {
                 // The decode path: one token a step from an empty cache.
-                let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
                 let want = read_f32(
                     &d.join(
                         s["stages"]
@@ -214,16 +235,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, slack: f64) {
                             .unwrap(),
                     ),
                 );
-                let mut diff = 0f32;
-                for (pos, &t) in seq_ids.iter().enumerate() {
-                    let l = sess.eval(&[t], Logits::Last).unwrap();
-                    let row = &want[pos * vocab..(pos + 1) * vocab];
-                    diff = l
-                        .iter()
-                        .zip(row)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(diff, f32::max);
-                }
+                let diff = decode_diff(&m, n_ctx, seq_ids, &want);
                 eprintln!("{model} {variant} {name}: decode path logits max |diff| {diff:.2e}");
                 if diff as f64 > logit_tol {
                     failures.push(format!(
@@ -263,8 +275,7 @@ fn gpt_oss_matches_hf() {
 fn gpt_oss_harmony_turns_end_on_return() {
     let d = dir("gpt-oss");
     let ctx = Context::new(ContextOptions::default()).unwrap();
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
+    let r = reference(&d);
     let gguf = r["variants"][0]["gguf"].as_str().unwrap();
     let m = Model::load(&ctx, &d.join(gguf), None).unwrap();
     let msg = |role: &str, content: &str| ChatMessage {
@@ -327,8 +338,7 @@ fn gpt_oss_harmony_turns_end_on_return() {
 #[test]
 fn gpt_oss_prompt_and_decode_paths_agree() {
     let d = dir("gpt-oss");
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
+    let r = reference(&d);
     let seq = r["sequences"]
         .as_array()
         .unwrap()
@@ -339,26 +349,15 @@ fn gpt_oss_prompt_and_decode_paths_agree() {
     let ctx = Context::new(ContextOptions::default()).unwrap();
     for v in r["variants"].as_array().unwrap() {
         let m = Model::load(&ctx, &d.join(v["gguf"].as_str().unwrap()), None).unwrap();
-        let opts = || SessionOptions {
+        let opts = SessionOptions {
             n_ctx: 128,
             seed: 0,
         };
-        let prompt = Session::new(m.clone(), opts())
+        let prompt = Session::new(m.clone(), opts)
             .unwrap()
             .eval(&seq_ids, Logits::All)
             .unwrap();
-        let mut sess = Session::new(m.clone(), opts()).unwrap();
-        let vocab = m.vocab_size();
-        let mut diff = 0f32;
-        for (pos, &t) in seq_ids.iter().enumerate() {
-            let l = sess.eval(&[t], Logits::Last).unwrap();
-            let row = &prompt[pos * vocab..(pos + 1) * vocab];
-            diff = l
-                .iter()
-                .zip(row)
-                .map(|(a, b)| (a - b).abs())
-                .fold(diff, f32::max);
-        }
+        let diff = decode_diff(&m, 128, &seq_ids, &prompt);
         let name = v["name"].as_str().unwrap();
         let bound = if name == "f32" || name == "f16" {
             1e-5
