@@ -544,12 +544,7 @@ pub fn forward<O: Ops + ?Sized>(
                 ops.rms_norm(ffn_in.x, ffn_in.norm, ffn_in.normed);
                 tap0(ops, "ffn_norm", Slot::Normed);
                 ops.moe(l, moe, Slot::Normed, Slot::Proj, l == 0);
-                tap0(ops, names.0, Slot::Proj);
-                if let Some(n) = w.post_ffn_norm {
-                    ops.rms_norm(Slot::Proj, n, Slot::Proj);
-                    tap0(ops, names.1, Slot::Proj);
-                }
-                ops.add(Slot::Hidden, Slot::Proj);
+                add_to_stream(ops, w.post_ffn_norm, &tap0, names);
             }
         }
         ops.tap("layer", Some(l), Slot::Hidden);
@@ -584,17 +579,28 @@ fn residual<O: Ops + ?Sized>(
     x: Slot,
     post_norm: Option<Norm>,
     tap0: &dyn Fn(&mut O, &str, Slot),
-    (proj_name, normed_name): (&str, &str),
+    names: (&str, &str),
 ) {
     if post_norm.is_none() && w.bias.is_none() {
         ops.matmul_add(w.w, x, Slot::Proj, Slot::Hidden);
-        tap0(ops, proj_name, Slot::Proj);
+        tap0(ops, names.0, Slot::Proj);
         return;
     }
     ops.matmul(w.w, x, Slot::Proj);
     if let Some(b) = w.bias {
         ops.add_bias(Slot::Proj, b);
     }
+    add_to_stream(ops, post_norm, tap0, names);
+}
+
+/// `Hidden += Proj`, or with a post-norm `Hidden += rms_norm(Proj)`. Taps (layer 0) `Proj` as
+/// `names.0` and the normed one as `names.1`.
+fn add_to_stream<O: Ops + ?Sized>(
+    ops: &mut O,
+    post_norm: Option<Norm>,
+    tap0: &dyn Fn(&mut O, &str, Slot),
+    (proj_name, normed_name): (&str, &str),
+) {
     tap0(ops, proj_name, Slot::Proj);
     if let Some(n) = post_norm {
         ops.rms_norm(Slot::Proj, n, Slot::Proj);
