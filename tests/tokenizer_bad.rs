@@ -24,6 +24,7 @@ struct Bpe {
     types: Vec<i32>,
     merges: Vec<String>,
     pre: Option<String>,
+    eos: Option<u32>,
 }
 
 impl Bpe {
@@ -38,6 +39,7 @@ impl Bpe {
             types,
             merges: ["a b", "ab c", "Ġ ab"].map(String::from).to_vec(),
             pre: None,
+            eos: Some(260),
         }
     }
     fn writer(&self) -> GgufWriter {
@@ -50,7 +52,9 @@ impl Bpe {
         w.add_str_array("tokenizer.ggml.tokens", &self.tokens);
         w.add_i32_array("tokenizer.ggml.token_type", &self.types);
         w.add_str_array("tokenizer.ggml.merges", &self.merges);
-        w.add_u32("tokenizer.ggml.eos_token_id", 260);
+        if let Some(eos) = self.eos {
+            w.add_u32("tokenizer.ggml.eos_token_id", eos);
+        }
         w
     }
 }
@@ -103,6 +107,40 @@ fn tiny_bpe_encodes_as_worked_by_hand() {
         tok.decode(&tok.encode(s, true, false).unwrap()).unwrap(),
         s.as_bytes()
     );
+}
+
+/// End of generation by control-token text: `<|end|>` ends a reply (Phi-3) unless the
+/// vocabulary speaks harmony (GPT-OSS: `<|return|>`), where it only closes a message and the
+/// reply ends on `<|return|>` or `<|call|>`; a token the file names EOS always ends it.
+#[test]
+fn end_of_generation_tokens_by_text() {
+    let mut bpe = Bpe::new();
+    bpe.eos = None;
+    let tok = build(&bpe.writer()).unwrap();
+    assert!(tok.is_eog(260), "<|end|> ends a Phi-3 style reply");
+    bpe.tokens
+        .extend(["<|return|>", "<|call|>"].map(String::from));
+    bpe.types.extend([3, 3]);
+    let tok = build(&bpe.writer()).unwrap();
+    assert!(
+        tok.is_eog(262) && tok.is_eog(263),
+        "<|return|> and <|call|> end a harmony reply"
+    );
+    assert!(
+        !tok.is_eog(260),
+        "<|end|> closes a harmony message, not the reply"
+    );
+    bpe.eos = Some(260);
+    assert!(
+        build(&bpe.writer()).unwrap().is_eog(260),
+        "the file's EOS always ends it"
+    );
+    // As user-defined (not control) tokens they end nothing.
+    bpe.eos = None;
+    bpe.types[262] = 4;
+    bpe.types[263] = 4;
+    let tok = build(&bpe.writer()).unwrap();
+    assert!(!tok.is_eog(262) && !tok.is_eog(263) && tok.is_eog(260));
 }
 
 #[test]

@@ -177,13 +177,26 @@ pub struct Norm {
     pub eps: f32,
 }
 
-/// The activation of a gated feed-forward's gate branch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The activation of a gated feed-forward: how its gate and up projections combine.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// `silu(gate) * up` (SwiGLU: Llama, Qwen, Phi-3).
     Silu,
     /// `gelu_tanh(gate) * up` (GeGLU with the tanh approximation: Gemma).
     GeluTanh,
+    /// GPT-OSS's experts: `g = min(gate, limit)`, `u = clamp(up, -limit, limit)`, then
+    /// `g * sigmoid(alpha * g) * (u + 1)`.
+    ClampedSwiglu { alpha: f32, limit: f32 },
+}
+
+impl Activation {
+    /// The name of the activation's stage (taps, the references' stage names).
+    pub fn stage_name(self) -> &'static str {
+        match self {
+            Activation::Silu | Activation::ClampedSwiglu { .. } => "swiglu",
+            Activation::GeluTanh => "geglu",
+        }
+    }
 }
 
 /// Attention shape of a layer.
@@ -195,6 +208,9 @@ pub struct AttnShape {
     pub scale: f32,
     /// Sliding window: each query sees only the last `window` positions (itself included).
     pub window: Option<usize>,
+    /// Attention sinks (GPT-OSS): one learned logit per query head (`n_head` values) that
+    /// joins each softmax's denominator with no value of its own.
+    pub sinks: Option<WeightId>,
 }
 
 /// One projection of a shared input: `out = W · input (+ bias)`.
@@ -203,6 +219,33 @@ pub struct Projection {
     pub w: WeightId,
     pub bias: Option<WeightId>,
     pub out: Slot,
+}
+
+/// A weight matrix with an optional bias: `W · x (+ b)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linear {
+    pub w: WeightId,
+    pub bias: Option<WeightId>,
+}
+
+/// One expert of a mixture of experts: a gated feed-forward
+/// `down · act(gate · x, up · x)`, each product with its bias where the file has one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expert {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// A mixture-of-experts feed-forward (GPT-OSS). Per token: the router's logits pick the
+/// `top_k` largest (ties to the lower index), their softmax weighs the chosen experts, and
+/// the output is the weighted sum of those experts' outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moe {
+    pub router: Linear,
+    pub experts: Vec<Expert>,
+    pub top_k: usize,
+    pub act: Activation,
 }
 
 /// The normalized input of a block: `normed = rms_norm(x) * norm`.
@@ -267,6 +310,13 @@ pub trait Ops {
     fn keep_last_row(&mut self, x: Slot);
     /// Record an intermediate value for verification (no-op unless taps are on).
     fn tap(&mut self, _name: &str, _layer: Option<usize>, _x: Slot) {}
+    /// The mixture-of-experts feed-forward of `x` into `out` (both `n_embd` wide). With taps
+    /// on it records, under `layer`, `router_logits` (with the router's bias) `[n, experts]`,
+    /// `expert_ids` (as f32) and `expert_weights` `[n, top_k]` in the order picked (largest
+    /// logit first); with `expert_taps` also each picked expert's `gate` and `up` (with
+    /// biases), activation (`moe.act`'s stage name) and `expert_out` (its biased output,
+    /// before the weighting), `[n, top_k, width]` in that order.
+    fn moe(&mut self, layer: usize, moe: &Moe, x: Slot, out: Slot, expert_taps: bool);
 
     // Fused operations. Each leaves every slot it names exactly as its default (a sequence
     // of the operations above, in `unfused`) does, so taps and tests see the same values; a

@@ -19,6 +19,17 @@ pub struct HParams {
     pub vocab: usize,
     /// `<arch>.attention.sliding_window`: the window of the layers that have one.
     pub sliding_window: Option<usize>,
+    /// Mixture-of-experts layers: `<arch>.expert_count`, `<arch>.expert_used_count` (the
+    /// experts each token uses) and `<arch>.expert_feed_forward_length` (an expert's width,
+    /// default `n_ff`); none for a dense model.
+    pub moe: Option<MoeParams>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeParams {
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    pub n_ff_expert: usize,
 }
 
 fn required(g: &Gguf, key: &str) -> Result<u64> {
@@ -110,6 +121,30 @@ impl HParams {
             Some(v) => Some(usize_in(&k("attention.sliding_window"), v, 1, 1 << 24)?),
             None => None,
         };
+        let moe = match g.get_u64(&k("expert_count"))? {
+            None | Some(0) => None,
+            Some(v) => {
+                let n_expert = usize_in(&k("expert_count"), v, 1, 4096)?;
+                let used_key = k("expert_used_count");
+                let used = required(g, &used_key)?;
+                if used == 0 || used > n_expert as u64 {
+                    return Err(Error::BadModel(format!(
+                        "metadata '{used_key}' = {used}: a token must use 1 to {n_expert} \
+                         experts ('{}' = {n_expert})",
+                        k("expert_count")
+                    )));
+                }
+                let n_ff_expert = match g.get_u64(&k("expert_feed_forward_length"))? {
+                    Some(v) => usize_in(&k("expert_feed_forward_length"), v, 1, 1 << 20)?,
+                    None => n_ff,
+                };
+                Some(MoeParams {
+                    n_expert,
+                    n_expert_used: used as usize,
+                    n_ff_expert,
+                })
+            }
+        };
         Ok(HParams {
             arch: arch.to_string(),
             n_embd,
@@ -124,6 +159,7 @@ impl HParams {
             norm_eps,
             vocab,
             sliding_window,
+            moe,
         })
     }
 

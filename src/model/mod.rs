@@ -2,6 +2,7 @@
 //! loaded [`Model`] (weights bound to a backend, tokenizer, chat template).
 
 mod gemma3;
+mod gpt_oss;
 pub mod hparams;
 mod llama;
 mod phi3;
@@ -30,6 +31,7 @@ const ARCHITECTURES: &[(&str, BuildRecipe)] = &[
     ("gemma3", gemma3::build),
     ("qwen3", qwen3::build),
     ("phi3", phi3::build),
+    ("gpt-oss", gpt_oss::build),
 ];
 
 /// Loaded weights bound to a context, with tokenizer and hyper-parameters. Shared by sessions.

@@ -4,8 +4,8 @@
 
 use super::hparams::HParams;
 use crate::backend::{
-    Activation, AttnIn, AttnShape, Glu, Logits, Norm, NormIn, Ops, Projection, Rope, Slot,
-    WeightId, WeightTensor,
+    Activation, AttnIn, AttnShape, Expert, Glu, Linear, Logits, Moe, Norm, NormIn, Ops, Projection,
+    Rope, Slot, WeightId, WeightTensor,
 };
 use crate::gguf::Gguf;
 use crate::{Error, Result};
@@ -24,16 +24,28 @@ pub struct Layer {
     /// factors): chosen per session, so every position of a sequence turns alike.
     pub rope_long: Option<(usize, Rope)>,
     pub attn: AttnShape,
-    pub wo: WeightId,
+    /// The attention's output projection (with a bias: GPT-OSS).
+    pub wo: Linear,
     /// Norm of the attention output before the residual add ("sandwich" norms: Gemma).
     pub post_attn_norm: Option<Norm>,
     pub ffn_norm: Norm,
-    pub gate: WeightId,
-    pub up: WeightId,
-    pub down: WeightId,
-    pub act: Activation,
+    pub ffn: Ffn,
     /// Norm of the feed-forward output before the residual add (Gemma).
     pub post_ffn_norm: Option<Norm>,
+}
+
+/// A layer's feed-forward.
+#[derive(Debug, Clone)]
+pub enum Ffn {
+    /// One gated feed-forward: `down · act(gate · x, up · x)`.
+    Dense {
+        gate: WeightId,
+        up: WeightId,
+        down: WeightId,
+        act: Activation,
+    },
+    /// A mixture of experts (GPT-OSS): a router picks each token's experts.
+    Moe(Moe),
 }
 
 /// Everything the forward pass needs: hyper-parameters, the weight table and the layers.
@@ -116,19 +128,50 @@ impl<'a> TensorTable<'a> {
         rows: Option<usize>,
         parts: &[usize],
     ) -> Result<Option<Vec<WeightId>>> {
+        let want = match rows {
+            Some(r) => vec![cols, r],
+            None => vec![cols],
+        };
+        self.views(name, &want, parts, "")
+    }
+
+    /// The tensor `name` of `n` stacked items of dims `item` (`[cols, rows]` matrices or
+    /// `[cols]` vectors: a mixture's experts and their biases), i.e. of dims `item` then `n`,
+    /// as `n` views, without copying. `count_key` is the metadata key that gave `n`, for the
+    /// error of a tensor with another count.
+    pub fn stacked(
+        &mut self,
+        name: &str,
+        item: &[usize],
+        n: usize,
+        count_key: &str,
+    ) -> Result<Option<Vec<WeightId>>> {
+        let rows = item.get(1).copied().unwrap_or(1);
+        let want: Vec<usize> = item.iter().copied().chain([n]).collect();
+        let why = format!(" ('{count_key}' = {n})");
+        self.views(name, &want, &vec![rows; n], &why)
+    }
+
+    /// The tensor `name`, which must have dims `want` (GGUF order: the row length first), as
+    /// consecutive views of `parts` rows of `want[0]` values; `why` ends a shape error.
+    pub fn views(
+        &mut self,
+        name: &str,
+        want: &[usize],
+        parts: &[usize],
+        why: &str,
+    ) -> Result<Option<Vec<WeightId>>> {
         let Some(info) = self.g.tensor(name) else {
             return Ok(None);
         };
-        let want: Vec<u64> = match rows {
-            Some(r) => vec![cols as u64, r as u64],
-            None => vec![cols as u64],
-        };
+        let want: Vec<u64> = want.iter().map(|&d| d as u64).collect();
         if info.dims != want {
             return Err(Error::BadModel(format!(
-                "tensor '{name}' has shape {:?}, expected {want:?}",
+                "tensor '{name}' has shape {:?}, expected {want:?}{why}",
                 info.dims
             )));
         }
+        let cols = want[0] as usize;
         let mut ids = Vec::with_capacity(parts.len());
         let mut row0 = 0;
         for &n in parts {
@@ -179,6 +222,15 @@ pub struct DecoderOptions {
     /// Norms after the attention and the feed-forward (`post_attention_norm`,
     /// `post_ffw_norm`).
     pub sandwich_norms: bool,
+    /// The tensor of the feed-forward's input norm (`ffn_norm.weight`; GPT-OSS files call it
+    /// `post_attention_norm.weight`).
+    pub ffn_norm: &'static str,
+    /// Learned attention sinks per query head (`attn_sinks.weight`: GPT-OSS).
+    pub attn_sinks: bool,
+    /// The feed-forward is a mixture of experts sized by `hp.moe` (GPT-OSS): router
+    /// `ffn_gate_inp`, stacked experts `ffn_{gate,up,down}_exps`, biases where present.
+    pub experts: bool,
+    /// The feed-forward's activation (each expert's, with `experts`).
     pub act: Activation,
     pub embd_scale: Option<f32>,
     /// Attention score scale; default `1/sqrt(head_dim)`.
@@ -195,6 +247,9 @@ impl DecoderOptions {
             qkv_bias: false,
             qk_norm: false,
             sandwich_norms: false,
+            ffn_norm: "ffn_norm.weight",
+            attn_sinks: false,
+            experts: false,
             act: Activation::Silu,
             embd_scale: None,
             attn_scale: None,
@@ -215,7 +270,7 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
         )));
     }
     let mut t = TensorTable::new(g);
-    let (e, q, kv, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
+    let (e, q, kv) = (hp.n_embd, hp.q_dim(), hp.kv_dim());
     let norm = |t: &mut TensorTable, name: &str, width: usize| -> Result<Norm> {
         Ok(Norm {
             w: t.required(name, width, None)?,
@@ -263,18 +318,10 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
         } else {
             (None, None)
         };
-        let (gate, up) = if t.has(&n("ffn_gate.weight")) {
-            (
-                t.required(&n("ffn_gate.weight"), e, Some(ff))?,
-                t.required(&n("ffn_up.weight"), e, Some(ff))?,
-            )
+        let ffn = if opts.experts {
+            Ffn::Moe(mixture(&mut t, &hp, l, opts.act)?)
         } else {
-            let ids = t
-                .split(&n("ffn_up.weight"), e, Some(2 * ff), &[ff, ff])?
-                .ok_or_else(|| {
-                    Error::BadModel(format!("missing tensor '{}'", n("ffn_gate.weight")))
-                })?;
-            (ids[0], ids[1])
+            dense(&mut t, &hp, l, opts.act)?
         };
         let sandwich = |t: &mut TensorTable, s: &str| -> Result<Option<Norm>> {
             opts.sandwich_norms.then(|| norm(t, &n(s), e)).transpose()
@@ -292,14 +339,18 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
                 head_dim: hp.head_dim,
                 scale: opts.attn_scale.unwrap_or(1.0 / (hp.head_dim as f32).sqrt()),
                 window: la.window,
+                sinks: opts
+                    .attn_sinks
+                    .then(|| t.required(&n("attn_sinks.weight"), hp.n_head, None))
+                    .transpose()?,
             },
-            wo: t.required(&n("attn_output.weight"), q, Some(e))?,
+            wo: Linear {
+                w: t.required(&n("attn_output.weight"), q, Some(e))?,
+                bias: t.optional(&n("attn_output.bias"), e, None)?,
+            },
             post_attn_norm: sandwich(&mut t, "post_attention_norm.weight")?,
-            ffn_norm: norm(&mut t, &n("ffn_norm.weight"), e)?,
-            gate,
-            up,
-            down: t.required(&n("ffn_down.weight"), ff, Some(e))?,
-            act: opts.act,
+            ffn_norm: norm(&mut t, &n(opts.ffn_norm), e)?,
+            ffn,
             post_ffn_norm: sandwich(&mut t, "post_ffw_norm.weight")?,
         });
     }
@@ -312,6 +363,90 @@ pub fn build_decoder(g: &Gguf, hp: HParams, opts: DecoderOptions) -> Result<Reci
         output,
         logit_softcap: opts.logit_softcap,
         layers,
+    })
+}
+
+/// Layer `l`'s gated feed-forward: `ffn_gate` + `ffn_up`, or one fused `ffn_up` of twice the
+/// width (Phi-3), and `ffn_down`.
+fn dense(t: &mut TensorTable, hp: &HParams, l: usize, act: Activation) -> Result<Ffn> {
+    let n = |s: &str| format!("blk.{l}.{s}");
+    let (e, ff) = (hp.n_embd, hp.n_ff);
+    let (gate, up) = if t.has(&n("ffn_gate.weight")) {
+        (
+            t.required(&n("ffn_gate.weight"), e, Some(ff))?,
+            t.required(&n("ffn_up.weight"), e, Some(ff))?,
+        )
+    } else {
+        let ids = t
+            .split(&n("ffn_up.weight"), e, Some(2 * ff), &[ff, ff])?
+            .ok_or_else(|| Error::BadModel(format!("missing tensor '{}'", n("ffn_gate.weight"))))?;
+        (ids[0], ids[1])
+    };
+    Ok(Ffn::Dense {
+        gate,
+        up,
+        down: t.required(&n("ffn_down.weight"), ff, Some(e))?,
+        act,
+    })
+}
+
+/// Layer `l`'s mixture of experts: the router `ffn_gate_inp` (+ bias), and each expert's
+/// gate, up and down as views of the stacked `ffn_*_exps` tensors, with the per-expert rows
+/// of `ffn_*_exps.bias` where present.
+fn mixture(t: &mut TensorTable, hp: &HParams, l: usize, act: Activation) -> Result<Moe> {
+    let count_key = format!("{}.expert_count", hp.arch);
+    let mp = hp
+        .moe
+        .ok_or_else(|| Error::BadModel(format!("missing metadata key '{count_key}'")))?;
+    let n = |s: &str| format!("blk.{l}.{s}");
+    let (e, ff, n_exp) = (hp.n_embd, mp.n_ff_expert, mp.n_expert);
+    let why = format!(" ('{count_key}' = {n_exp})");
+    let router = t
+        .views(&n("ffn_gate_inp.weight"), &[e, n_exp], &[n_exp], &why)?
+        .ok_or_else(|| Error::BadModel(format!("missing tensor '{}'", n("ffn_gate_inp.weight"))))?;
+    let router = Linear {
+        w: router[0],
+        bias: t.optional(&n("ffn_gate_inp.bias"), n_exp, None)?,
+    };
+    let mut matrices = |s: &str, cols: usize, rows: usize| -> Result<Vec<WeightId>> {
+        t.stacked(&n(s), &[cols, rows], n_exp, &count_key)?
+            .ok_or_else(|| Error::BadModel(format!("missing tensor '{}'", n(s))))
+    };
+    let (gate, up, down) = (
+        matrices("ffn_gate_exps.weight", e, ff)?,
+        matrices("ffn_up_exps.weight", e, ff)?,
+        matrices("ffn_down_exps.weight", ff, e)?,
+    );
+    let mut biases = |s: &str, width: usize| -> Result<Vec<Option<WeightId>>> {
+        let ids = t.stacked(&n(s), &[width], n_exp, &count_key)?;
+        Ok(ids.map_or(vec![None; n_exp], |ids| ids.into_iter().map(Some).collect()))
+    };
+    let (gb, ub, db) = (
+        biases("ffn_gate_exps.bias", ff)?,
+        biases("ffn_up_exps.bias", ff)?,
+        biases("ffn_down_exps.bias", e)?,
+    );
+    let experts = (0..n_exp)
+        .map(|i| Expert {
+            gate: Linear {
+                w: gate[i],
+                bias: gb[i],
+            },
+            up: Linear {
+                w: up[i],
+                bias: ub[i],
+            },
+            down: Linear {
+                w: down[i],
+                bias: db[i],
+            },
+        })
+        .collect();
+    Ok(Moe {
+        router,
+        experts,
+        top_k: mp.n_expert_used,
+        act,
     })
 }
 
@@ -379,31 +514,39 @@ pub fn forward<O: Ops + ?Sized>(
             norm: w.ffn_norm,
             normed: Slot::Normed,
         };
-        let glu = Glu {
-            gate: Projection {
-                w: w.gate,
-                bias: None,
-                out: Slot::Gate,
-            },
-            up: Projection {
-                w: w.up,
-                bias: None,
-                out: Slot::Up,
-            },
-            act: w.act,
-            out: Slot::Act,
-        };
-        ops.norm_glu(ffn_in, glu);
-        tap0(ops, "ffn_norm", Slot::Normed);
-        tap0(ops, "gate", Slot::Gate);
-        tap0(ops, "up", Slot::Up);
-        let act_name = match w.act {
-            Activation::Silu => "swiglu",
-            Activation::GeluTanh => "geglu",
-        };
-        tap0(ops, act_name, Slot::Act);
         let names = ("ffn_out", "post_ffn_norm");
-        residual(ops, w.down, Slot::Act, w.post_ffn_norm, &tap0, names);
+        match &w.ffn {
+            Ffn::Dense {
+                gate,
+                up,
+                down,
+                act,
+            } => {
+                let proj = |w, out| Projection { w, bias: None, out };
+                let glu = Glu {
+                    gate: proj(*gate, Slot::Gate),
+                    up: proj(*up, Slot::Up),
+                    act: *act,
+                    out: Slot::Act,
+                };
+                ops.norm_glu(ffn_in, glu);
+                tap0(ops, "ffn_norm", Slot::Normed);
+                tap0(ops, "gate", Slot::Gate);
+                tap0(ops, "up", Slot::Up);
+                tap0(ops, act.stage_name(), Slot::Act);
+                let down = Linear {
+                    w: *down,
+                    bias: None,
+                };
+                residual(ops, down, Slot::Act, w.post_ffn_norm, &tap0, names);
+            }
+            Ffn::Moe(moe) => {
+                ops.rms_norm(ffn_in.x, ffn_in.norm, ffn_in.normed);
+                tap0(ops, "ffn_norm", Slot::Normed);
+                ops.moe(l, moe, Slot::Normed, Slot::Proj, l == 0);
+                add_to_stream(ops, w.post_ffn_norm, &tap0, names);
+            }
+        }
         ops.tap("layer", Some(l), Slot::Hidden);
     }
     if logits == Logits::Last {
@@ -427,28 +570,41 @@ pub fn forward<O: Ops + ?Sized>(
     Ok(())
 }
 
-/// A projection back into the residual stream: `Hidden += W · x`, or with a post-norm
-/// `Hidden += rms_norm(W · x)`. Taps (layer 0) the projection as `names.0` and the normed
-/// one as `names.1`.
+/// A projection back into the residual stream: `Hidden += W · x (+ b)`, or with a post-norm
+/// `Hidden += rms_norm(W · x (+ b))`. Taps (layer 0) the projection as `names.0` and the
+/// normed one as `names.1`.
 fn residual<O: Ops + ?Sized>(
     ops: &mut O,
-    w: WeightId,
+    w: Linear,
     x: Slot,
+    post_norm: Option<Norm>,
+    tap0: &dyn Fn(&mut O, &str, Slot),
+    names: (&str, &str),
+) {
+    if post_norm.is_none() && w.bias.is_none() {
+        ops.matmul_add(w.w, x, Slot::Proj, Slot::Hidden);
+        tap0(ops, names.0, Slot::Proj);
+        return;
+    }
+    ops.matmul(w.w, x, Slot::Proj);
+    if let Some(b) = w.bias {
+        ops.add_bias(Slot::Proj, b);
+    }
+    add_to_stream(ops, post_norm, tap0, names);
+}
+
+/// `Hidden += Proj`, or with a post-norm `Hidden += rms_norm(Proj)`. Taps (layer 0) `Proj` as
+/// `names.0` and the normed one as `names.1`.
+fn add_to_stream<O: Ops + ?Sized>(
+    ops: &mut O,
     post_norm: Option<Norm>,
     tap0: &dyn Fn(&mut O, &str, Slot),
     (proj_name, normed_name): (&str, &str),
 ) {
-    match post_norm {
-        None => {
-            ops.matmul_add(w, x, Slot::Proj, Slot::Hidden);
-            tap0(ops, proj_name, Slot::Proj);
-        }
-        Some(n) => {
-            ops.matmul(w, x, Slot::Proj);
-            tap0(ops, proj_name, Slot::Proj);
-            ops.rms_norm(Slot::Proj, n, Slot::Proj);
-            tap0(ops, normed_name, Slot::Proj);
-            ops.add(Slot::Hidden, Slot::Proj);
-        }
+    tap0(ops, proj_name, Slot::Proj);
+    if let Some(n) = post_norm {
+        ops.rms_norm(Slot::Proj, n, Slot::Proj);
+        tap0(ops, normed_name, Slot::Proj);
     }
+    ops.add(Slot::Hidden, Slot::Proj);
 }

@@ -18,12 +18,19 @@ pub enum TypeMix {
     Q4KM,
     /// As SmolLM2's Q4_1 file: Q4_1 matrices, Q8_0 embedding, tied output.
     Q4_1,
+    /// As GPT-OSS's published files: F16 attention, Q8_0 embedding and output, F32 router,
+    /// norms, biases and sinks, experts in [`EXPERT_TYPE`].
+    GptOss,
 }
+
+/// The experts' type of the GPT-OSS mix: MXFP4, as the published files hold them.
+pub const EXPERT_TYPE: GgmlType = GgmlType::MXFP4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthSpec {
-    /// `qwen2` (Q/K/V biases, separate output), `llama` (no biases, tied output) or `gemma3`
-    /// (QK-norm, sandwich norms, tied output, sliding window).
+    /// `qwen2` (Q/K/V biases, separate output), `llama` (no biases, tied output), `gemma3`
+    /// (QK-norm, sandwich norms, tied output, sliding window), `phi3` (fused tensors,
+    /// LongRoPE factors) or `gpt-oss` (biases, sinks, YaRN, a mixture of experts).
     pub arch: String,
     pub n_layer: usize,
     pub n_embd: usize,
@@ -38,6 +45,10 @@ pub struct SynthSpec {
     pub n_ctx: usize,
     pub rope_base: f32,
     pub mix: TypeMix,
+    /// Experts of a mixture-of-experts feed-forward (each `n_ff` wide) and how many each
+    /// token uses; 0 = a dense feed-forward.
+    pub experts: usize,
+    pub experts_used: usize,
 }
 
 /// The shape presets: the real models' shapes.
@@ -55,6 +66,8 @@ pub fn preset(name: &str) -> Option<SynthSpec> {
         n_ctx: 32768,
         rope_base: 1_000_000.0,
         mix: TypeMix::Q4KM,
+        experts: 0,
+        experts_used: 0,
     };
     let gemma3 = |n_layer, n_embd, n_ff, n_head, n_head_kv, vocab| SynthSpec {
         arch: "gemma3".into(),
@@ -80,6 +93,8 @@ pub fn preset(name: &str) -> Option<SynthSpec> {
             n_ctx: 8192,
             rope_base: 100_000.0,
             mix: TypeMix::Q4_1,
+            experts: 0,
+            experts_used: 0,
         },
         "gemma3-270m" => gemma3(18, 640, 2048, 4, 1, 262144),
         "phi3-mini" => SynthSpec {
@@ -89,6 +104,19 @@ pub fn preset(name: &str) -> Option<SynthSpec> {
             ..q(32, 3072, 8192, 32, 32, 32064)
         },
         "gemma3-4b" => gemma3(34, 2560, 10240, 8, 4, 262208),
+        // 24 layers of 2880, 64 query heads of 64, 8 KV heads, window 128 on even layers,
+        // 32 experts of 2880, 4 per token, o200k vocabulary (201088 with the specials).
+        "gpt-oss-20b" => SynthSpec {
+            arch: "gpt-oss".into(),
+            head_dim: 64,
+            sliding_window: Some(128),
+            n_ctx: 131072,
+            rope_base: 150_000.0,
+            mix: TypeMix::GptOss,
+            experts: 32,
+            experts_used: 4,
+            ..q(24, 2880, 2880, 64, 8, 201088)
+        },
         _ => return None,
     })
 }
@@ -101,6 +129,7 @@ pub const PRESETS: &[&str] = &[
     "gemma3-270m",
     "gemma3-4b",
     "phi3-mini",
+    "gpt-oss-20b",
 ];
 
 /// xorshift64*: fast, deterministic, good enough for weights.
@@ -148,6 +177,12 @@ fn random_matrix(
     if ty == GgmlType::F32 {
         for c in out.chunks_mut(4) {
             c.copy_from_slice(&(rng.unit() * std * 1.73).to_le_bytes());
+        }
+        return Ok(out);
+    }
+    if ty == GgmlType::F16 {
+        for c in out.chunks_mut(2) {
+            put_f16(c, 0, rng.unit() * std * 1.73);
         }
         return Ok(out);
     }
@@ -233,6 +268,15 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     let gemma = a == "gemma3";
     // Phi-3: fused attn_qkv and gate+up, LongRoPE factors (original context 4096).
     let phi3 = a == "phi3";
+    // GPT-OSS: Q/K/V/output biases, sinks, YaRN, a mixture of `experts` in every layer.
+    let gpt_oss = a == "gpt-oss";
+    if gpt_oss != (spec.experts > 0) || spec.experts_used > spec.experts {
+        return Err(Error::InvalidArgument(format!(
+            "{a} with {} experts, {} per token: only gpt-oss has experts here, and a token \
+             uses 1 to all of them",
+            spec.experts, spec.experts_used
+        )));
+    }
     w.add_str("general.architecture", a);
     w.add_str(
         "general.name",
@@ -262,6 +306,14 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
     }
     if phi3 {
         w.add_u32("phi3.rope.scaling.original_context_length", 4096);
+    }
+    if gpt_oss {
+        w.add_u32("gpt-oss.expert_count", spec.experts as u32);
+        w.add_u32("gpt-oss.expert_used_count", spec.experts_used as u32);
+        w.add_u32("gpt-oss.expert_feed_forward_length", spec.n_ff as u32);
+        w.add_str("gpt-oss.rope.scaling.type", "yarn");
+        w.add_f32("gpt-oss.rope.scaling.factor", 32.0);
+        w.add_u32("gpt-oss.rope.scaling.original_context_length", 4096);
     }
 
     // A byte-level vocabulary: the 256 byte tokens, three control tokens, then fillers.
@@ -306,6 +358,7 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
             GgmlType::Q4_1,
             GgmlType::Q8_0,
         ),
+        TypeMix::GptOss => (GgmlType::F16, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q8_0),
     };
     // Q4_K_M falls back to Q5_0 (and Q8_0 for the "more bits" tensors) where a row is not
     // whole 256-value blocks, as the real Qwen 0.5B file does.
@@ -366,7 +419,7 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
                 .map_err(gerr)?;
         }
     }
-    if spec.arch == "qwen2" || phi3 {
+    if spec.arch == "qwen2" || phi3 || gpt_oss {
         let out_ty = if k_quant_fits(e) {
             output
         } else {
@@ -383,7 +436,13 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
         w.add_tensor(&b("attn_norm.weight"), &[e as u64], GgmlType::F32, nd)
             .map_err(gerr)?;
         let nd = norm(&mut rng, e);
-        w.add_tensor(&b("ffn_norm.weight"), &[e as u64], GgmlType::F32, nd)
+        // GPT-OSS files name the feed-forward's input norm `post_attention_norm`.
+        let ffn_norm = if gpt_oss {
+            "post_attention_norm.weight"
+        } else {
+            "ffn_norm.weight"
+        };
+        w.add_tensor(&b(ffn_norm), &[e as u64], GgmlType::F32, nd)
             .map_err(gerr)?;
         if phi3 {
             add(
@@ -407,34 +466,38 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
             q,
             e,
         )?;
-        if phi3 {
-            add(
-                &mut w,
-                &mut rng,
-                &b("ffn_up.weight"),
-                pick(e, false),
-                e,
-                2 * ff,
-            )?;
+        if gpt_oss {
+            gpt_oss_layer(&mut w, &mut rng, l, spec)?;
         } else {
+            if phi3 {
+                add(
+                    &mut w,
+                    &mut rng,
+                    &b("ffn_up.weight"),
+                    pick(e, false),
+                    e,
+                    2 * ff,
+                )?;
+            } else {
+                add(
+                    &mut w,
+                    &mut rng,
+                    &b("ffn_gate.weight"),
+                    pick(e, false),
+                    e,
+                    ff,
+                )?;
+                add(&mut w, &mut rng, &b("ffn_up.weight"), pick(e, false), e, ff)?;
+            }
             add(
                 &mut w,
                 &mut rng,
-                &b("ffn_gate.weight"),
-                pick(e, false),
-                e,
+                &b("ffn_down.weight"),
+                pick(ff, more),
                 ff,
+                e,
             )?;
-            add(&mut w, &mut rng, &b("ffn_up.weight"), pick(e, false), e, ff)?;
         }
-        add(
-            &mut w,
-            &mut rng,
-            &b("ffn_down.weight"),
-            pick(ff, more),
-            ff,
-            e,
-        )?;
         if gemma {
             let norms = [
                 ("attn_q_norm.weight", head_dim),
@@ -448,7 +511,7 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
                     .map_err(gerr)?;
             }
         }
-        if spec.arch == "qwen2" {
+        if spec.arch == "qwen2" || gpt_oss {
             for (s, d) in [("attn_q.bias", q), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
                 let data = random_matrix(&mut rng, GgmlType::F32, 1, d, 0.1)?;
                 w.add_tensor(&b(s), &[d as u64], GgmlType::F32, data)
@@ -457,6 +520,45 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
         }
     }
     Ok(w)
+}
+
+/// Layer `l`'s GPT-OSS tensors past the attention's matrices: the output projection's bias,
+/// the sinks, the router and its bias, and the experts stacked `[cols, rows, experts]` with
+/// their biases `[rows, experts]`.
+fn gpt_oss_layer(w: &mut GgufWriter, rng: &mut Rng, l: usize, spec: &SynthSpec) -> Result<()> {
+    let (e, ff, n) = (spec.n_embd, spec.n_ff, spec.experts);
+    let name = |s: &str| format!("blk.{l}.{s}");
+    let mut put = |rng: &mut Rng, s: &str, ty, dims: &[usize], std: f32| -> Result<()> {
+        let rows: usize = dims[1..].iter().product();
+        let data = random_matrix(rng, ty, rows, dims[0], std)?;
+        let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        w.add_tensor(&name(s), &dims, ty, data)
+            .map_err(|e| Error::Internal(e.to_string()))
+    };
+    let f32_ = GgmlType::F32;
+    put(rng, "attn_output.bias", f32_, &[e], 0.1)?;
+    // Sinks of the size of the scores (a few units), as trained ones run.
+    put(rng, "attn_sinks.weight", f32_, &[spec.n_head], 1.0)?;
+    put(
+        rng,
+        "ffn_gate_inp.weight",
+        f32_,
+        &[e, n],
+        1.0 / (e as f32).sqrt(),
+    )?;
+    put(rng, "ffn_gate_inp.bias", f32_, &[n], 0.1)?;
+    for (s, cols, rows) in [("gate", e, ff), ("up", e, ff), ("down", ff, e)] {
+        let std = 1.0 / (cols as f32).sqrt();
+        put(
+            rng,
+            &format!("ffn_{s}_exps.weight"),
+            EXPERT_TYPE,
+            &[cols, rows, n],
+            std,
+        )?;
+        put(rng, &format!("ffn_{s}_exps.bias"), f32_, &[rows, n], 0.1)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Chat templates: the model's Jinja template rendered with minijinja, set up the way Hugging
-//! Face renders them (`trim_blocks`, `lstrip_blocks`, `raise_exception`, Python-style `tojson`
-//! and string methods). Sandboxed: no loader, so a template can reach no file and no network.
+//! Face renders them (`trim_blocks`, `lstrip_blocks`, `raise_exception`, `strftime_now`,
+//! Python-style `tojson` and string methods). Sandboxed: no loader, so a template can reach no
+//! file and no network.
 //!
 //! A template is code from the file (or the caller), so it renders within limits
 //! (`chat/limits.rs`): instructions (minijinja's fuel), the size of every string and list it
@@ -162,6 +163,7 @@ impl Job {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
+        env.add_function("strftime_now", super::strftime::strftime_now);
         guard::install(&mut env, &budget);
         bounded::install(&mut env, &budget);
         json::install(&mut env, &budget);

@@ -11,6 +11,7 @@ mod bpe;
 pub mod chat;
 mod pretok;
 mod spm;
+mod strftime;
 mod table;
 
 pub use pretok::PreTokenizer;
@@ -163,6 +164,8 @@ struct EncodeState<'t> {
 
 /// End-of-turn tokens recognised by their text when the vocabulary has them as control tokens.
 const EOG_TEXTS: &[&str] = &[
+    "<|return|>",
+    "<|call|>",
     "<|im_end|>",
     "<|endoftext|>",
     "<end_of_turn>",
@@ -402,8 +405,15 @@ impl Tokenizer {
             ));
         }
         let mut eog: Vec<u32> = [m.eos, m.eot, m.eom].into_iter().flatten().collect();
-        for (i, t) in types.iter().enumerate() {
-            if *t == TokenType::Control && EOG_TEXTS.iter().any(|e| e.as_bytes() == text.get(i)) {
+        let control = |i: usize| types[i] == TokenType::Control;
+        // Harmony (GPT-OSS): a reply ends with `<|return|>` or a tool `<|call|>`; `<|end|>`
+        // only closes one of its messages (the reasoning before the final answer), so it is
+        // no end of generation there unless the file names it EOS.
+        let harmony = (0..types.len()).any(|i| control(i) && text.get(i) == b"<|return|>");
+        for i in 0..types.len() {
+            let t = text.get(i);
+            let eog_text = EOG_TEXTS.iter().any(|e| e.as_bytes() == t);
+            if control(i) && eog_text && !(harmony && t == b"<|end|>") {
                 eog.push(i as u32);
             }
         }

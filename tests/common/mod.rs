@@ -71,6 +71,8 @@ pub fn tiny_synth_spec(n_ctx: usize) -> llorch::model::synth::SynthSpec {
         n_ctx,
         rope_base: 10000.0,
         mix: llorch::model::synth::TypeMix::Q4KM,
+        experts: 0,
+        experts_used: 0,
     }
 }
 

@@ -6,7 +6,8 @@
 #![allow(clippy::incompatible_msrv)]
 
 /// `out = Σ_j softmax_j(scale·q·k_j)·v_j` over `len` positions; position j's key and value
-/// start at `kc[j*stride]` / `vc[j*stride]` (`q.len()` values each). `scores`: scratch.
+/// start at `kc[j*stride]` / `vc[j*stride]` (`q.len()` values each). A `sink` logit joins the
+/// softmax (its max and its sum) with no value. `scores`: scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn head(
     q: &[f32],
@@ -15,6 +16,7 @@ pub fn head(
     stride: usize,
     len: usize,
     scale: f32,
+    sink: Option<f32>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
@@ -26,9 +28,9 @@ pub fn head(
     #[cfg(target_arch = "x86_64")]
     if hd % 16 == 0 && avx512() {
         // SAFETY: AVX-512F present; sizes checked above.
-        return unsafe { head_avx512(q, kc, vc, stride, scale, scores, out) };
+        return unsafe { head_avx512(q, kc, vc, stride, scale, sink, scores, out) };
     }
-    head_scalar(q, kc, vc, stride, scale, scores, out)
+    head_scalar(q, kc, vc, stride, scale, sink, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -38,12 +40,14 @@ fn avx512() -> bool {
 }
 
 /// The portable version (and the reference of the tests).
+#[allow(clippy::too_many_arguments)]
 fn head_scalar(
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
     stride: usize,
     scale: f32,
+    sink: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -53,7 +57,8 @@ fn head_scalar(
         *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
     }
     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let max = sink.map_or(max, |s| max.max(s));
+    let mut sum = sink.map_or(0.0, |s| (s - max).exp());
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
         sum += *s;
@@ -69,12 +74,14 @@ fn head_scalar(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn head_avx512(
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
     stride: usize,
     scale: f32,
+    sink: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -94,6 +101,9 @@ unsafe fn head_avx512(
         *s = _mm512_reduce_add_ps(acc) * scale;
         max = max.max(*s);
     }
+    if let Some(s) = sink {
+        max = max.max(s);
+    }
     // exp(s - max), 16 at a time (the tail through a mask).
     let len = scores.len();
     let mut sumv = _mm512_setzero_ps();
@@ -110,7 +120,8 @@ unsafe fn head_avx512(
         _mm512_mask_storeu_ps(p, m, e);
         sumv = _mm512_add_ps(sumv, e);
     }
-    let inv = 1.0 / _mm512_reduce_add_ps(sumv);
+    let sink_term = sink.map_or(0.0, |s| (s - max).exp());
+    let inv = 1.0 / (_mm512_reduce_add_ps(sumv) + sink_term);
     // Σ_j w_j·v_j, 16 dimensions at a time, normalized once at the end.
     for d in (0..hd).step_by(16) {
         let mut acc = _mm512_setzero_ps();
@@ -128,11 +139,24 @@ unsafe fn head_avx512(
     }
 }
 
-/// `out = act(g) * u`.
+/// `out = act(g, u)`.
 pub fn glu(act: super::Activation, g: &[f32], u: &[f32], out: &mut [f32]) {
     match act {
         super::Activation::Silu => silu_mul(g, u, out),
         super::Activation::GeluTanh => gelu_tanh_mul(g, u, out),
+        super::Activation::ClampedSwiglu { alpha, limit } => {
+            clamped_swiglu(g, u, alpha, limit, out)
+        }
+    }
+}
+
+/// GPT-OSS's expert activation, as its reference computes it: `g = min(gate, limit)`,
+/// `u = clamp(up, -limit, limit)`, `out = g * sigmoid(alpha * g) * (u + 1)`.
+pub fn clamped_swiglu(g: &[f32], u: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(g).zip(u) {
+        let x = x.min(limit);
+        let y = y.max(-limit).min(limit); // (f32::clamp panics on a NaN limit)
+        *o = x / (1.0 + (-alpha * x).exp()) * (y + 1.0);
     }
 }
 
@@ -267,6 +291,72 @@ mod tests {
         }
     }
 
+    /// A sink against f64: `out = Σ_j e^(s_j) v_j / (Σ_j e^(s_j) + e^sink)`, with sinks below,
+    /// among and above the scores (the last makes the sink take most of the weight, so the
+    /// output shrinks toward 0). Within a few f32 roundings of the values' size (|v| <= 1).
+    #[test]
+    fn sink_joins_the_softmax() {
+        let mut s = 5u64;
+        let (hd, len, stride, scale) = (64, 23, 64, 0.125f32);
+        let q: Vec<f32> = (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
+        let kc: Vec<f32> = (0..len * stride).map(|_| rng(&mut s) * 6.0 - 3.0).collect();
+        let vc: Vec<f32> = (0..len * stride).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
+        let scores: Vec<f64> = (0..len)
+            .map(|j| {
+                let k = &kc[j * stride..j * stride + hd];
+                q.iter()
+                    .zip(k)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        for sink in [-20.0f32, 0.3, 8.0] {
+            let den: f64 = scores.iter().map(|x| x.exp()).sum::<f64>() + (sink as f64).exp();
+            let mut got = vec![0f32; hd];
+            head(
+                &q,
+                &kc,
+                &vc,
+                stride,
+                len,
+                scale,
+                Some(sink),
+                &mut Vec::new(),
+                &mut got,
+            );
+            for (d, &g) in got.iter().enumerate() {
+                let want: f64 = (0..len)
+                    .map(|j| scores[j].exp() / den * vc[j * stride + d] as f64)
+                    .sum();
+                assert!(
+                    (g as f64 - want).abs() <= 2e-6,
+                    "sink {sink} dim {d}: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// GPT-OSS's clamped SwiGLU against f64, inside and past the limit on both branches.
+    #[test]
+    fn clamped_swiglu_is_accurate() {
+        let (alpha, limit) = (1.702f32, 7.0f32);
+        let g = [-9.0f32, -1.5, 0.0, 0.8, 6.9, 7.0, 12.0];
+        let u = [11.0f32, -8.0, 3.0, -0.4, 0.0, -7.5, 7.2];
+        let mut o = [0f32; 7];
+        clamped_swiglu(&g, &u, alpha, limit, &mut o);
+        for i in 0..g.len() {
+            let x = (g[i] as f64).min(7.0);
+            let y = (u[i] as f64).clamp(-7.0, 7.0);
+            let want = x / (1.0 + (-1.702f32 as f64 * x).exp()) * (y + 1.0);
+            assert!(
+                (o[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{i}: {} vs {want}",
+                o[i]
+            );
+        }
+    }
+
     /// The AVX-512 head against the portable one: the same sums in another order, so
     /// within a few f32 roundings of the output's magnitude (values of |v| <= 1).
     #[test]
@@ -279,11 +369,13 @@ mod tests {
             let vc: Vec<f32> = (0..len * stride).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
             let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
             let mut sc = Vec::new();
-            head(&q, &kc, &vc, stride, len, 0.125, &mut sc, &mut a);
-            let mut sc2 = vec![0f32; len];
-            head_scalar(&q, &kc, &vc, stride, 0.125, &mut sc2, &mut b);
-            for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() <= 2e-6, "hd {hd} len {len}: {x} vs {y}");
+            for sink in [None, Some(-3.0), Some(0.7), Some(40.0)] {
+                head(&q, &kc, &vc, stride, len, 0.125, sink, &mut sc, &mut a);
+                let mut sc2 = vec![0f32; len];
+                head_scalar(&q, &kc, &vc, stride, 0.125, sink, &mut sc2, &mut b);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() <= 2e-6, "hd {hd} len {len}: {x} vs {y}");
+                }
             }
         }
     }

@@ -5,11 +5,12 @@
 //! cache) in f32. Work is split over rows across the context's threads.
 
 mod attn;
+mod moe;
 mod pool;
 
 use super::{
-    unfused, Activation, AttnShape, Dims, Glu, Norm, NormIn, Ops, Projection, Rope, RopeStyle,
-    Slot, Tap, WeightId, WeightTensor,
+    unfused, Activation, AttnShape, Dims, Glu, Linear, Moe, Norm, NormIn, Ops, Projection, Rope,
+    RopeStyle, Slot, Tap, WeightId, WeightTensor,
 };
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::{self, BlockQ8, GgmlType};
@@ -184,6 +185,15 @@ fn rms_norm_row(x: &mut [f32], g: &[f32], eps: f32) {
     }
 }
 
+/// `x[r] += b` for every row `r` of `b.len()` values of `x`.
+fn add_rows(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_mut(b.len()) {
+        for (v, &bv) in row.iter_mut().zip(b) {
+            *v += bv;
+        }
+    }
+}
+
 /// A zeroed f32 buffer, or OutOfMemory instead of an abort.
 fn zeroed(n: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
@@ -250,6 +260,47 @@ impl<'a> CpuStep<'a> {
 
     fn width(&self, s: Slot) -> usize {
         s.width(&self.st.dims)
+    }
+
+    /// `out[t] = W · x[t]` for the `n` rows of `x` (any buffer, not only a slot): the wide
+    /// kernels where they take `W`, else the 8-bit-plane ones.
+    fn product(&mut self, w: WeightId, x: &[f32], n: usize, out: &mut [f32]) {
+        let wt = self.m.weight(w);
+        let data = self.m.bytes(w);
+        let mut q8 = std::mem::take(&mut self.st.q8);
+        let mut a16 = std::mem::take(&mut self.st.a16);
+        self.m.pool.install(|| {
+            if precise_activations() && quant::wide_supported(wt.ty, wt.cols) {
+                matmul_wide(wt, data, x, n, &mut a16, out)
+            } else {
+                matmul(wt, data, x, n, &mut q8, out)
+            }
+        });
+        self.st.q8 = q8;
+        self.st.a16 = a16;
+    }
+
+    /// `out = W · x (+ b)` for `n` rows of `x`, `out` resized to `n` rows of W's outputs.
+    fn linear(&mut self, lin: Linear, x: &[f32], n: usize, out: &mut Vec<f32>) {
+        let rows = self.m.weight(lin.w).rows;
+        out.clear();
+        out.resize(n * rows, 0.0);
+        self.product(lin.w, x, n, out);
+        if let Some(b) = lin.bias {
+            add_rows(out, self.m.vector(b));
+        }
+    }
+
+    /// Record a tap of `rows` rows (no-op unless taps are on).
+    fn record(&mut self, name: &str, layer: Option<usize>, rows: usize, data: Vec<f32>) {
+        if let Some(taps) = self.st.taps.as_mut() {
+            taps.push(Tap {
+                name: name.to_string(),
+                layer,
+                rows,
+                data,
+            });
+        }
     }
 
     /// Whether the wide kernels take every weight in `ws`, all with one input width.
@@ -537,35 +588,19 @@ impl Ops for CpuStep<'_> {
     }
 
     fn matmul(&mut self, w: WeightId, x: Slot, out: Slot) {
-        let wt = self.m.weight(w);
-        let data = self.m.bytes(w);
+        let cols = self.m.weight(w).cols;
         let xs = self.take(x);
         let mut o = self.take(out);
         let n = self.n;
-        let mut q8 = std::mem::take(&mut self.st.q8);
-        let mut a16 = std::mem::take(&mut self.st.a16);
-        self.m.pool.install(|| {
-            if precise_activations() && quant::wide_supported(wt.ty, wt.cols) {
-                matmul_wide(wt, data, &xs[..n * wt.cols], n, &mut a16, &mut o)
-            } else {
-                matmul(wt, data, &xs[..n * wt.cols], n, &mut q8, &mut o)
-            }
-        });
-        self.st.q8 = q8;
-        self.st.a16 = a16;
+        self.product(w, &xs[..n * cols], n, &mut o);
         self.put(x, xs);
         self.put(out, o);
     }
 
     fn add_bias(&mut self, x: Slot, b: WeightId) {
         let width = self.width(x);
-        let bias = self.m.vector(b);
         let n = self.n;
-        for row in self.st.slots[x.index()][..n * width].chunks_mut(width) {
-            for (v, &b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-        }
+        add_rows(&mut self.st.slots[x.index()][..n * width], self.m.vector(b));
     }
 
     fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: &Rope) {
@@ -599,6 +634,7 @@ impl Ops for CpuStep<'_> {
         let (kc, vc) = (&self.st.k[layer], &self.st.v[layer]);
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
+        let sinks = shape.sinks.map(|w| self.m.vector(w));
         self.m.pool.install(|| {
             o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
                 Vec::new,
@@ -610,7 +646,8 @@ impl Ops for CpuStep<'_> {
                     let lo = shape.window.map_or(0, |w| end.saturating_sub(w));
                     let at = lo * kv_dim + kvh * hd;
                     let (ks, vs) = (&kc[at..], &vc[at..]);
-                    attn::head(qh, ks, vs, kv_dim, end - lo, shape.scale, scores, oh);
+                    let sink = sinks.map(|s| s[h]);
+                    attn::head(qh, ks, vs, kv_dim, end - lo, shape.scale, sink, scores, oh);
                 },
             );
         });
@@ -831,16 +868,16 @@ impl Ops for CpuStep<'_> {
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
+        if self.st.taps.is_none() {
+            return;
+        }
         let width = self.width(x);
         let n = self.n;
         let data = self.st.slots[x.index()][..n * width].to_vec();
-        if let Some(taps) = self.st.taps.as_mut() {
-            taps.push(Tap {
-                name: name.to_string(),
-                layer,
-                rows: n,
-                data,
-            });
-        }
+        self.record(name, layer, n, data);
+    }
+
+    fn moe(&mut self, layer: usize, moe: &Moe, x: Slot, out: Slot, expert_taps: bool) {
+        self.mixture(layer, moe, x, out, expert_taps)
     }
 }

@@ -19,7 +19,7 @@ use super::fused::{
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use crate::backend::{
-    unfused, Activation, AttnIn, AttnShape, Dims, Glu, Norm, NormIn, Ops, Projection, Rope,
+    unfused, Activation, AttnIn, AttnShape, Dims, Glu, Moe, Norm, NormIn, Ops, Projection, Rope,
     RopeStyle, Slot, Tap, WeightId, WeightTensor,
 };
 use crate::gguf::Gguf;
@@ -546,6 +546,14 @@ fn rope_params(rope: &Rope) -> RopeParams {
     }
 }
 
+/// What GPT-OSS needs and this backend does not have yet (attention sinks, the experts'
+/// clamped SwiGLU, mixtures of experts): the step fails with this error.
+fn gpt_oss_unsupported(what: &str) -> Error {
+    Error::Unsupported(format!(
+        "gpt-oss on the CUDA backend: {what} run on the CPU only for now"
+    ))
+}
+
 /// A rope the fused decode attention can apply itself: no divisors, no factors, no scaling.
 fn foldable(rope: &Rope) -> bool {
     rope.freq_factors.is_none() && rope.mscale == 1.0 && rope.pos_scale == 1.0
@@ -653,6 +661,9 @@ impl Ops for CudaStep<'_> {
 
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
         self.run(|s| {
+            if shape.sinks.is_some() {
+                return Err(gpt_oss_unsupported("attention sinks"));
+            }
             if s.capturing {
                 // The cache position below is a kernel argument: a graph would keep it.
                 s.st.graph_ok = false;
@@ -688,6 +699,7 @@ impl Ops for CudaStep<'_> {
             match act {
                 Activation::Silu => st.dev.swiglu(g, u, len, o),
                 Activation::GeluTanh => st.dev.geglu(g, u, len, o),
+                Activation::ClampedSwiglu { .. } => Err(gpt_oss_unsupported("clamped SwiGLU")),
             }
         });
     }
@@ -836,7 +848,8 @@ impl Ops for CudaStep<'_> {
     }
 
     fn rope_attention(&mut self, a: &AttnIn) {
-        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv || !foldable(a.rope) {
+        let plain = a.shape.sinks.is_none() && foldable(a.rope);
+        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv || !plain {
             return unfused::rope_attention(self, a);
         }
         let (layer, q, k, v, shape, out) = (a.layer, a.q, a.k, a.v, a.shape, a.out);
@@ -879,6 +892,10 @@ impl Ops for CudaStep<'_> {
             )
         });
         self.rec_of = Some(out);
+    }
+
+    fn moe(&mut self, _layer: usize, _moe: &Moe, _x: Slot, _out: Slot, _expert_taps: bool) {
+        self.run(|_| Err(gpt_oss_unsupported("mixture-of-experts feed-forwards")));
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
