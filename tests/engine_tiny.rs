@@ -380,3 +380,35 @@ fn tiny_models_on_gpu_match_hf() {
         check_on(model, &ctx, Some(2e-2));
     }
 }
+
+/// GPT-OSS on the GPU is not there yet (sinks, the experts' activation and the mixture have
+/// no CUDA operations): a forward step is a clean `Unsupported` error naming it, not a panic
+/// and not wrong logits.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpt_oss_on_gpu_is_unsupported_for_now() {
+    let opts = ContextOptions {
+        device: llorch::backend::Device::Cuda(0),
+        ..ContextOptions::default()
+    };
+    let ctx = match Context::new(opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            return;
+        }
+    };
+    let d = dir("gpt-oss");
+    let gguf = reference(&d)["variants"][0]["gguf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = Model::load(&ctx, &d.join(gguf), None)
+        .and_then(|m| Session::new(m, SessionOptions::default()))
+        .and_then(|mut s| s.eval(&[1, 2, 3], Logits::Last).map(|_| ()))
+        .unwrap_err();
+    assert!(
+        matches!(e, llorch::Error::Unsupported(_)) && e.to_string().contains("CUDA"),
+        "{e}"
+    );
+}
