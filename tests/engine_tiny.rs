@@ -353,6 +353,18 @@ fn gpt_oss_prompt_and_decode_paths_agree() {
     }
 }
 
+/// A context on GPU 0, or none (the test is skipped) where this machine has no CUDA device.
+#[cfg(feature = "cuda")]
+fn gpu() -> Option<Arc<Context>> {
+    let opts = ContextOptions {
+        device: llorch::backend::Device::Cuda(0),
+        ..ContextOptions::default()
+    };
+    Context::new(opts)
+        .map_err(|e| eprintln!("skipped: no CUDA device ({e})"))
+        .ok()
+}
+
 /// The same models on the GPU, prompt and decode paths (one token a step, through the captured
 /// graph where the model's step allows one), against the same HF references.
 /// Tolerance: the GPU multiplies prompts on the tensor cores with activations rounded to f16
@@ -365,16 +377,8 @@ fn gpt_oss_prompt_and_decode_paths_agree() {
 #[cfg(feature = "cuda")]
 #[test]
 fn tiny_models_on_gpu_match_hf() {
-    let opts = ContextOptions {
-        device: llorch::backend::Device::Cuda(0),
-        ..ContextOptions::default()
-    };
-    let ctx = match Context::new(opts) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            return;
-        }
+    let Some(ctx) = gpu() else {
+        return;
     };
     for model in ["llama3", "qwen3", "phi3"] {
         check_on(model, &ctx, Some(2e-2));
@@ -387,16 +391,8 @@ fn tiny_models_on_gpu_match_hf() {
 #[cfg(feature = "cuda")]
 #[test]
 fn gpt_oss_on_gpu_is_unsupported_for_now() {
-    let opts = ContextOptions {
-        device: llorch::backend::Device::Cuda(0),
-        ..ContextOptions::default()
-    };
-    let ctx = match Context::new(opts) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            return;
-        }
+    let Some(ctx) = gpu() else {
+        return;
     };
     let d = dir("gpt-oss");
     let gguf = reference(&d)["variants"][0]["gguf"]
