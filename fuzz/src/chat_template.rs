@@ -5,8 +5,7 @@
 //! `InvalidArgument`), never a panic (`Internal`) or a crash.
 
 use crate::rng::Rng;
-use llorch::tokenizer::chat::ChatMessage;
-use llorch::tokenizer::chat::{render_from, TemplateOrigin};
+use llorch::tokenizer::chat::{render_from, ChatMessage, TemplateOrigin};
 use llorch::Error;
 use std::time::{Duration, Instant};
 
