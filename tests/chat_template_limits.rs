@@ -190,6 +190,11 @@ const HOSTILE: &[(&str, &str, &str)] = &[
         "work",
     ),
     (
+        "strftime_now with a 12 MB format",
+        "{{ strftime_now('%A' * 4000000)|length }}",
+        "size",
+    ),
+    (
         "HTML-escaping 8M ampersands",
         "{% autoescape true %}{{ '&' * 8000000 }}{% endautoescape %}",
         "output",
@@ -346,6 +351,7 @@ fn bounded_filters_keep_their_meaning() {
             "{{ 'a b  c'.split()|length }}{{ 'a,b'|split(',')|last }}{{ 'x\\ny'|lines|first }}",
             "3bx",
         ),
+        ("{{ strftime_now('%Y')|length }}", "4"),
         // minijinja-contrib 2.24 looped forever here.
         ("{{ 'abc'.count('') }}|{{ 'abcb'.count('b') }}", "4|2"),
         ("{{ {'a': [1, {'b': none}]}|tojson(indent=2) }}", "{\n  \"a\": [\n    1,\n    {\n      \"b\": null\n    }\n  ]\n}"),

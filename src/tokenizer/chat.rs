@@ -163,7 +163,6 @@ impl Job {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_function("strftime_now", super::strftime::strftime_now);
         guard::install(&mut env, &budget);
         bounded::install(&mut env, &budget);
         json::install(&mut env, &budget);

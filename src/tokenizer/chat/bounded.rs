@@ -1,8 +1,9 @@
-//! Filters and string methods whose result can be far larger than their input (a width, a count,
-//! a separator repeated per item). Each computes a bound on its result from its arguments,
-//! checks and pays for it (`limits::Budget`), then calls minijinja's own implementation with the
-//! same arguments, so the semantics stay minijinja's. The other filters are linear in their
-//! input, which the call guard (`guard.rs`) has already walked and paid for.
+//! Filters, string methods and `strftime_now` whose result can be far larger than their input
+//! (a width, a count, a separator repeated per item). Each computes a bound on its result from
+//! its arguments, checks and pays for it (`limits::Budget`), then calls the implementation
+//! (minijinja's, or ours for `strftime_now`) with the same arguments, so the semantics stay
+//! theirs. The other filters are linear in their input, which the call guard (`guard.rs`) has
+//! already walked and paid for.
 
 use super::limits::{Budget, NODE_COST};
 use minijinja::value::{Rest, Value, ValueKind};
@@ -49,6 +50,14 @@ pub fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
             original.call(state, &args)
         });
     }
+
+    // Each directive writes at most 9 bytes for its 2 (`%A`: "Wednesday").
+    let b = budget.clone();
+    env.add_function("strftime_now", move |format: String| {
+        let most = (format.len() as u64).checked_mul(5);
+        b.string("strftime_now's result", most)?;
+        crate::tokenizer::strftime::strftime_now(format)
+    });
 
     let b = budget.clone();
     env.set_unknown_method_callback(move |state, value, method, args| {
