@@ -3,7 +3,8 @@
 //! they ended. The cases and properties live in fuzz/src/ (shared with the `cargo fuzz` targets
 //! in fuzz/, for longer runs); see each module's comment.
 //!
-//! Ignored in a plain `cargo test` (about a minute on 2 cores); `scripts/test-all` runs them:
+//! Ignored in a plain `cargo test` (40 s on 2 quiet cores, 2 min busy); `scripts/test-all`
+//! runs them:
 //!     cargo test --release --test fuzz -- --ignored --nocapture
 //! `LLORCH_FUZZ_SEED` picks another seed, `LLORCH_FUZZ_SCALE` multiplies the budgets.
 
@@ -74,9 +75,10 @@ fn fuzz_gguf() {
         .iter()
         .map(|m| gguf::with_real_metadata(&Gguf::open(&model_path(m)).unwrap()))
         .collect();
+    let n = cases(80_000);
     let (mut accepted, mut rejected) = (0, 0);
     // Outcome: whether the reader accepted the file.
-    run("gguf", cases(30_000), |rng, i| {
+    run("gguf", n, |rng, i| {
         let bytes = match i % 100 {
             // Real vocabularies and templates, mutated: the tokenizer loads from these.
             0 => gguf::mutate(rng, real[i / 100 % real.len()].clone()),
@@ -95,7 +97,7 @@ fn fuzz_gguf() {
         ok
     });
     // Both must occur often: far off either way means the generator or the reader is broken.
-    assert!(accepted > cases(30_000) / 20 && rejected > cases(30_000) / 5);
+    assert!(accepted > n / 20 && rejected > n / 5);
 }
 
 #[test]
@@ -105,7 +107,7 @@ fn fuzz_tokenizer() {
         let g = Gguf::open(&model_path(model)).unwrap();
         let tok = Tokenizer::from_gguf(&g).unwrap();
         // Outcome: the kind of case (0 text, 1 ids, 2 raw bytes).
-        run(&format!("tokenizer {model}"), cases(20_000), |rng, i| {
+        run(&format!("tokenizer {model}"), cases(40_000), |rng, i| {
             match i % 3 {
                 0 => tokenizer::check_text(&tok, &tokenizer::text(rng)),
                 1 => {
@@ -137,7 +139,7 @@ fn fuzz_chat_template() {
         .collect();
     let real: Vec<&str> = templates.iter().map(String::as_str).collect();
     let messages = chat_template::messages();
-    run("chat template", cases(5_000), |rng, _| {
+    run("chat template", cases(12_000), |rng, _| {
         let t = chat_template::generate(rng, &real);
         chat_template::check(&t, &messages)
     });

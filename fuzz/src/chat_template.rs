@@ -5,8 +5,7 @@
 //! `InvalidArgument`), never a panic (`Internal`) or a crash.
 
 use crate::rng::Rng;
-use llorch::tokenizer::chat::ChatMessage;
-use llorch::tokenizer::chat::{render_from, TemplateOrigin};
+use llorch::tokenizer::chat::{render_from, ChatMessage, TemplateOrigin};
 use llorch::Error;
 use std::time::{Duration, Instant};
 
@@ -132,6 +131,8 @@ const STRINGS: &[&str] = &[
     "'<|im_start|>'",
     "'%s-%d'",
     "'%-10.3f'",
+    "'%Y-%m-%d %A'",
+    "('%A' * 100000)",
     "'%(k)s'",
     "'{}'",
     "'{0:>8}'",
@@ -423,8 +424,9 @@ impl Gen<'_> {
                 let args = self.shaped(shape);
                 format!("({}).{m}({args})", self.expr(d))
             }
-            8 => match self.rng.below(4) {
+            8 => match self.rng.below(5) {
                 0 => format!("range({})", self.shaped("i")),
+                4 => format!("strftime_now({})", self.shaped("s")),
                 1 => format!("namespace(v={})", self.expr(d)),
                 2 => format!("dict(k={}, l={})", self.expr(d), self.expr(d)),
                 _ => format!("[{}, {}]", self.expr(d), self.expr(d)),

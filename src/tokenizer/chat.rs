@@ -100,7 +100,7 @@ pub fn render_from(
         .stack_size(limits::STACK_BYTES)
         .spawn(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
-                .unwrap_or_else(|p| Err(Failure::Panic(panic_text(&p))));
+                .unwrap_or_else(|p| Err(Failure::Panic(panic_text(p.as_ref()))));
             let _ = tx.send(outcome);
         })
         .map_err(|e| Error::Internal(format!("cannot start the chat template thread: {e}")))?;
@@ -163,7 +163,6 @@ impl Job {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_function("strftime_now", super::strftime::strftime_now);
         guard::install(&mut env, &budget);
         bounded::install(&mut env, &budget);
         json::install(&mut env, &budget);
@@ -177,7 +176,10 @@ impl Job {
         compile::check_source(&self.template, ws).map_err(Failure::Limit)?;
         let ast = machinery::parse(&self.template, "chat", SyntaxConfig, ws)
             .map_err(|e| Failure::Parse(describe(&e)))?;
-        compile::check_folding(&ast).map_err(Failure::Limit)?;
+        compile::check_tree(&ast).map_err(|r| match r {
+            compile::Refused::Limit(m) => Failure::Limit(m),
+            compile::Refused::Unsupported(m) => Failure::Parse(m),
+        })?;
         let mut codegen = CodeGenerator::new("chat", &self.template);
         codegen.compile_stmt(&ast);
         let (code, blocks) = codegen.finish();

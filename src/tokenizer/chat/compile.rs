@@ -70,11 +70,31 @@ pub fn check_source(source: &str, ws: WhitespaceConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Check every constant expression in `template`: the first limit passed, in words.
-pub fn check_folding(template: &Stmt<'_>) -> Result<(), String> {
-    let mut walk = Walk { cost: 0 };
-    walk.stmt(template)?;
-    Ok(())
+/// Why a parsed template is refused.
+pub enum Refused {
+    /// Constant folding would pass a limit (named in the words).
+    Limit(String),
+    /// A construct minijinja 2.24 runs wrongly: `break`/`continue` anywhere but directly in a
+    /// loop's body. Inside `with` it panics; inside `set`, `filter` or `autoescape` blocks it
+    /// leaves their capture or escaping open, losing the rest of the text; in a loop's `else`
+    /// it loops until the fuel runs out.
+    Unsupported(String),
+}
+
+impl From<String> for Refused {
+    fn from(limit: String) -> Self {
+        Refused::Limit(limit)
+    }
+}
+
+/// Check the parsed template: every constant expression within the limits, loop controls
+/// only where minijinja handles them.
+pub fn check_tree(template: &Stmt<'_>) -> Result<(), Refused> {
+    let mut walk = Walk {
+        cost: 0,
+        in_loop: false,
+    };
+    walk.stmt(template)
 }
 
 /// What a folded expression evaluates to, as far as size goes.
@@ -114,18 +134,32 @@ impl Shape {
 struct Walk {
     /// Bytes folding copies and compares, in all.
     cost: u64,
+    /// Directly in a loop's body (`if` blocks in between are fine).
+    in_loop: bool,
 }
 
 impl Walk {
-    fn stmt(&mut self, s: &Stmt<'_>) -> Result<(), String> {
+    fn stmt(&mut self, s: &Stmt<'_>) -> Result<(), Refused> {
         match s {
             Stmt::Template(t) => self.body(&t.children),
             Stmt::EmitExpr(e) => self.expr(&e.expr),
-            Stmt::EmitRaw(_) | Stmt::Continue(_) | Stmt::Break(_) => Ok(()),
+            Stmt::EmitRaw(_) => Ok(()),
+            Stmt::Continue(_) | Stmt::Break(_) if !self.in_loop => {
+                Err(Refused::Unsupported(format!(
+                    "`{{% {} %}}` is supported only directly in a loop's body (not in its else, \
+                     nor in a with, set, filter, autoescape or block)",
+                    if matches!(s, Stmt::Break(_)) {
+                        "break"
+                    } else {
+                        "continue"
+                    }
+                )))
+            }
+            Stmt::Continue(_) | Stmt::Break(_) => Ok(()),
             Stmt::ForLoop(f) => {
                 self.exprs([&f.target, &f.iter].into_iter().chain(&f.filter_expr))?;
-                self.body(&f.body)?;
-                self.body(&f.else_body)
+                self.inside(&f.body, true)?;
+                self.inside(&f.else_body, false)
             }
             Stmt::IfCond(i) => {
                 self.expr(&i.expr)?;
@@ -134,22 +168,22 @@ impl Walk {
             }
             Stmt::WithBlock(w) => {
                 self.exprs(w.assignments.iter().flat_map(|(a, b)| [a, b]))?;
-                self.body(&w.body)
+                self.inside(&w.body, false)
             }
             Stmt::Set(s) => self.exprs([&s.target, &s.expr]),
             Stmt::SetBlock(s) => {
                 self.exprs(std::iter::once(&s.target).chain(&s.filter))?;
-                self.body(&s.body)
+                self.inside(&s.body, false)
             }
             Stmt::AutoEscape(a) => {
                 self.expr(&a.enabled)?;
-                self.body(&a.body)
+                self.inside(&a.body, false)
             }
             Stmt::FilterBlock(f) => {
                 self.expr(&f.filter)?;
-                self.body(&f.body)
+                self.inside(&f.body, false)
             }
-            Stmt::Block(b) => self.body(&b.body),
+            Stmt::Block(b) => self.inside(&b.body, false),
             Stmt::Import(i) => self.exprs([&i.expr, &i.name]),
             Stmt::FromImport(i) => self.exprs(
                 std::iter::once(&i.expr).chain(
@@ -162,13 +196,13 @@ impl Walk {
             Stmt::Include(i) => self.expr(&i.name),
             Stmt::Macro(m) => {
                 self.exprs(m.args.iter().chain(&m.defaults))?;
-                self.body(&m.body)
+                self.inside(&m.body, false)
             }
             Stmt::CallBlock(c) => {
                 self.expr(&c.call.expr)?;
                 self.args(&c.call.args)?;
                 self.exprs(c.macro_decl.args.iter().chain(&c.macro_decl.defaults))?;
-                self.body(&c.macro_decl.body)
+                self.inside(&c.macro_decl.body, false)
             }
             Stmt::Do(d) => {
                 self.expr(&d.call.expr)?;
@@ -177,18 +211,26 @@ impl Walk {
         }
     }
 
-    fn body(&mut self, body: &[Stmt<'_>]) -> Result<(), String> {
+    fn body(&mut self, body: &[Stmt<'_>]) -> Result<(), Refused> {
         body.iter().try_for_each(|s| self.stmt(s))
+    }
+
+    /// A body directly in a loop (`in_loop`) or in a block of its own.
+    fn inside(&mut self, body: &[Stmt<'_>], in_loop: bool) -> Result<(), Refused> {
+        let outer = std::mem::replace(&mut self.in_loop, in_loop);
+        let r = self.body(body);
+        self.in_loop = outer;
+        r
     }
 
     fn exprs<'e, 'a: 'e>(
         &mut self,
         es: impl IntoIterator<Item = &'e Expr<'a>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refused> {
         es.into_iter().try_for_each(|e| self.expr(e))
     }
 
-    fn args(&mut self, args: &[CallArg<'_>]) -> Result<(), String> {
+    fn args(&mut self, args: &[CallArg<'_>]) -> Result<(), Refused> {
         self.exprs(args.iter().map(|a| match a {
             CallArg::Pos(e)
             | CallArg::Kwarg(_, e)
@@ -200,16 +242,16 @@ impl Walk {
     /// An expression the compiler compiles: it tries to fold it (evaluating every constant part
     /// once), and compiles the parts of what does not fold in turn. So a constant is paid for
     /// once for each expression above it up to the nearest call, filter or attribute.
-    fn expr(&mut self, e: &Expr<'_>) -> Result<(), String> {
+    fn expr(&mut self, e: &Expr<'_>) -> Result<(), Refused> {
         let mut cost = 0u64;
         let folded = fold(e, &mut cost)?;
         self.cost = self.cost.saturating_add(cost);
         if self.cost > WORK {
-            return Err(format!(
+            return Err(Refused::Limit(format!(
                 "work limit exceeded: folding the template's constant expressions would copy or \
                  compare more than {}",
                 mib(WORK)
-            ));
+            )));
         }
         if folded.is_some() {
             return Ok(());

@@ -31,8 +31,8 @@ enum Check {
     /// Calls of filters, tests, functions, methods and macros: their operands walked, their
     /// strings paid for at `CALL_BYTE` (most go through a string at a few ns a byte).
     Walk,
-    /// `split`, slices (`x[a:b]`): a value made a word, a character found a byte at a time.
-    WalkSplit,
+    /// Slices (`x[a:b]`): a string's characters are found a byte at a time.
+    WalkSlice,
     /// Filters that go through their input item by item (a string's characters count as
     /// values) and `title` (case mapped a character at a time: 65 ns a byte here).
     WalkEach,
@@ -53,7 +53,7 @@ impl Check {
         Check::Concat,
         Check::Compare,
         Check::Walk,
-        Check::WalkSplit,
+        Check::WalkSlice,
         Check::WalkEach,
         Check::Shallow,
         Check::Index,
@@ -68,7 +68,7 @@ impl Check {
             Check::Concat => "__llorch_guard_concat",
             Check::Compare => "__llorch_guard_compare",
             Check::Walk => "__llorch_guard_walk",
-            Check::WalkSplit => "__llorch_guard_walk_split",
+            Check::WalkSlice => "__llorch_guard_walk_slice",
             Check::WalkEach => "__llorch_guard_walk_each",
             Check::Shallow => "__llorch_guard_shallow",
             Check::Index => "__llorch_guard_index",
@@ -84,7 +84,7 @@ impl Check {
             Check::Concat => check_concat(b, args),
             Check::Compare => check_walk(b, args, 1),
             Check::Walk => check_walk(b, args, CALL_BYTE),
-            Check::WalkSplit => check_walk(b, args, NODE_COST / 4),
+            Check::WalkSlice => check_walk(b, args, NODE_COST / 4),
             Check::WalkEach => check_walk(b, args, NODE_COST),
             Check::Shallow => check_shallow(b, args),
             Check::Index => check_index(b, args),
@@ -148,8 +148,6 @@ const EACH_FILTERS: &[&str] = &[
     "dictsort",
     "title",
 ];
-/// Filters and methods that make a value a word or line.
-const SPLIT_FILTERS: &[&str] = &["split", "splitlines", "lines"];
 
 /// What a byte of a string costs a call (upper-casing 8 MB takes 50 ms here: 6 ns a byte).
 const CALL_BYTE: u64 = 8;
@@ -173,7 +171,7 @@ fn guard_for(instr: &Instruction<'_>) -> Option<(Check, Option<usize>)> {
         | Instruction::In
         | Instruction::CompareAndPreserve(_) => (Check::Compare, Some(2)),
         Instruction::GetItem => (Check::Index, Some(2)),
-        Instruction::Slice => (Check::WalkSplit, Some(4)),
+        Instruction::Slice => (Check::WalkSlice, Some(4)),
         Instruction::ApplyFilter(name, _, _) if CONSTANT_FILTERS.contains(name) => return None,
         Instruction::ApplyFilter(name, count, _) if SHALLOW_FILTERS.contains(name) => {
             (Check::Shallow, n(count))
@@ -182,11 +180,6 @@ fn guard_for(instr: &Instruction<'_>) -> Option<(Check, Option<usize>)> {
             if EACH_FILTERS.contains(name) =>
         {
             (Check::WalkEach, n(count))
-        }
-        Instruction::ApplyFilter(name, count, _) | Instruction::CallMethod(name, count)
-            if SPLIT_FILTERS.contains(name) =>
-        {
-            (Check::WalkSplit, n(count))
         }
         Instruction::PerformTest(name, _, _) if CONSTANT_TESTS.contains(name) => return None,
         Instruction::ApplyFilter(_, count, _)

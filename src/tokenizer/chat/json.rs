@@ -85,42 +85,32 @@ impl Json<'_> {
             ValueKind::Bool => self.push(if v.is_true() { "true" } else { "false" })?,
             ValueKind::Number => self.push(&v.to_string())?,
             ValueKind::String => self.string(v.as_str().unwrap_or_default())?,
-            ValueKind::Seq | ValueKind::Iterable => {
-                self.push("[")?;
+            ValueKind::Seq | ValueKind::Iterable | ValueKind::Map => {
+                let is_map = v.kind() == ValueKind::Map;
+                self.push(if is_map { "{" } else { "[" })?;
                 let mut empty = true;
                 for (i, item) in v.try_iter()?.enumerate() {
                     if i > 0 {
                         self.push(sep)?;
                     }
                     self.newline(depth + 1)?;
-                    self.value(&item, depth + 1)?;
+                    if is_map {
+                        // A map's items are its keys.
+                        match item.as_str() {
+                            Some(s) => self.string(s)?,
+                            None => self.string(&item.to_string())?,
+                        }
+                        self.push(": ")?;
+                        self.value(&v.get_item(&item)?, depth + 1)?;
+                    } else {
+                        self.value(&item, depth + 1)?;
+                    }
                     empty = false;
                 }
                 if !empty {
                     self.newline(depth)?;
                 }
-                self.push("]")?;
-            }
-            ValueKind::Map => {
-                self.push("{")?;
-                let mut empty = true;
-                for (i, k) in v.try_iter()?.enumerate() {
-                    if i > 0 {
-                        self.push(sep)?;
-                    }
-                    self.newline(depth + 1)?;
-                    match k.as_str() {
-                        Some(s) => self.string(s)?,
-                        None => self.string(&k.to_string())?,
-                    }
-                    self.push(": ")?;
-                    self.value(&v.get_item(&k)?, depth + 1)?;
-                    empty = false;
-                }
-                if !empty {
-                    self.newline(depth)?;
-                }
-                self.push("}")?;
+                self.push(if is_map { "}" } else { "]" })?;
             }
             _ => {
                 return Err(JinjaError::new(

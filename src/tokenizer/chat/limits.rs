@@ -25,9 +25,10 @@ pub const ITEMS: u64 = 1 << 18;
 pub const OUTPUT_BYTES: u64 = 32 << 20;
 /// Work units, each about a nanosecond of work on a busy 2-core machine: a byte copied, compared
 /// or written costs 1, a value visited `NODE_COST`; strings handed to a filter or method cost
-/// more a byte (guard.rs). About a quarter of a second; real templates spend 5-9 units a byte
-/// of output (SmolLM2, Qwen2.5 over 10,000 messages): 10,000 messages take 5%.
-pub const WORK: u64 = 256 << 20;
+/// more a byte (guard.rs). An eighth of a second on a quiet machine, well under a second on a
+/// loaded one; real templates spend 5-9 units a byte of output (SmolLM2, Qwen2.5 over 10,000
+/// messages): 10,000 messages take a tenth.
+pub const WORK: u64 = 128 << 20;
 /// A value visited (a pointer chase, a match, a clone, an iterator step: 100-250 ns measured
 /// on a shared machine for a value of a lazy list).
 pub const NODE_COST: u64 = 128;
@@ -194,6 +195,14 @@ impl Budget {
                         self.walk(&v.get_item(&item)?, start, depth + 1, size)?;
                     }
                 }
+            }
+            // An error held as a value (an item of `chain` over a number …): minijinja's
+            // ordering panics on two of them, so it goes no further.
+            ValueKind::Invalid => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!("the template made an invalid value: {v}"),
+                ))
             }
             _ => {}
         }
