@@ -18,19 +18,6 @@ use llorch::backend::Logits;
 use llorch::model::Model;
 use llorch::session::{Session, SessionOptions};
 
-/// Our tap name for a reference stage name.
-fn tap_name(stage: &str) -> &str {
-    match stage {
-        "embd" => "embed",
-        "attn_out" => "attn",
-        "o_proj" => "attn_out",
-        "attn_resid" => "attn_residual",
-        "out" => "layer",
-        "final_norm" => "output_norm",
-        s => s,
-    }
-}
-
 fn check(model_name: &str) {
     let dir = common::repo_root()
         .join("tests/fixtures/reference")
@@ -57,10 +44,9 @@ fn check(model_name: &str) {
         let (got, tol) = if stage == "logits_last" {
             (logits.clone(), 2e-3)
         } else {
-            let tap = taps
-                .iter()
-                .find(|t| t.name == tap_name(stage) && t.layer == layer)
-                .unwrap_or_else(|| panic!("no tap for stage {stage} layer {layer:?}"));
+            let name = st["name"].as_str().unwrap();
+            let tap = common::find_tap(&taps, name)
+                .unwrap_or_else(|| panic!("no tap for stage {name} (layer {layer:?})"));
             let tol = if stage == "out" || stage == "final_norm" {
                 2e-3
             } else {

@@ -24,7 +24,7 @@
 
 mod common;
 
-use llorch::backend::{Context, ContextOptions, Logits, Tap};
+use llorch::backend::{Context, ContextOptions, Logits};
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
@@ -58,26 +58,6 @@ fn decode_diff(m: &Arc<Model>, n_ctx: u32, ids: &[u32], want: &[f32]) -> f32 {
             .fold(diff, f32::max);
     }
     diff
-}
-
-/// Our tap for a reference stage name (`l0.q`, `l3.out`, `embd`, `final_norm`).
-fn find_tap<'t>(taps: &'t [Tap], stage: &str) -> Option<&'t Tap> {
-    let (layer, name) = match stage.split_once('.') {
-        Some((l, rest)) if l.starts_with('l') && l[1..].parse::<usize>().is_ok() => {
-            (Some(l[1..].parse::<usize>().unwrap()), rest)
-        }
-        _ => (None, stage),
-    };
-    let ours = match name {
-        "embd" => "embed",
-        "attn_out" => "attn",
-        "o_proj" => "attn_out",
-        "attn_resid" => "attn_residual",
-        "out" => "layer",
-        "final_norm" => "output_norm",
-        s => s,
-    };
-    taps.iter().find(|t| t.name == ours && t.layer == layer)
 }
 
 fn check(model: &str) {
@@ -173,7 +153,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
                     }
                     continue;
                 }
-                let Some(tap) = find_tap(&taps, stage) else {
+                let Some(tap) = common::find_tap(&taps, stage) else {
                     failures.push(format!("{model} {variant} {name}: no tap for {stage}"));
                     continue;
                 };
@@ -194,7 +174,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
                         .iter()
                         .flat_map(common::json_ids)
                         .collect();
-                    let got = find_tap(&taps, &format!("{layer}.expert_ids"))
+                    let got = common::find_tap(&taps, &format!("{layer}.expert_ids"))
                         .map(|t| t.data.iter().map(|&e| e as u32).collect::<Vec<u32>>());
                     if got.as_ref() != Some(&want) {
                         failures.push(format!("{model} {variant} {name}: {layer} expert ids"));

@@ -478,10 +478,21 @@ fn mxfp4_dot_is_exact_integer_arithmetic() {
 /// 127..=128 with 8 blocks keep a row below 2^23 units of the smallest scale: every vpdpbusd /
 /// vpdpwssd sum, scale product and accumulation is exact, so decode (1-4 columns) and prompt
 /// (more) layouts must equal the integer dot bit for bit.
+/// `n` columns of `k` activations quantized for the wide kernels.
+#[cfg(target_arch = "x86_64")]
+fn acts16(x: &[f32], k: usize, n: usize) -> llorch::quant::Acts16 {
+    let mut acts = llorch::quant::Acts16::new();
+    acts.reset(k, n);
+    for (p, xs) in acts.parts_mut().zip(x.chunks(k)) {
+        llorch::quant::quantize_column(xs, p);
+    }
+    acts
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn mxfp4_wide_is_exact_integer_arithmetic() {
-    use llorch::quant::{quantize_column, wide_matmul, wide_supported, Acts16};
+    use llorch::quant::{wide_matmul, wide_supported};
     let k = 256;
     if !wide_supported(GgmlType::MXFP4, k) {
         eprintln!("no AVX-512 VNNI: skipped");
@@ -511,11 +522,7 @@ fn mxfp4_wide_is_exact_integer_arithmetic() {
             })
             .collect();
         let x: Vec<f32> = ys.iter().map(|&y| y as f32 * 2f32.powi(-10)).collect();
-        let mut acts = Acts16::new();
-        acts.reset(k, n);
-        for (p, xs) in acts.parts_mut().zip(x.chunks(k)) {
-            quantize_column(xs, p);
-        }
+        let acts = acts16(&x, k, n);
         let mut out = vec![f32::NAN; rows * n];
         wide_matmul(GgmlType::MXFP4, &row, k / 32 * 17, &acts, &mut out);
         for r in 0..rows {
@@ -543,7 +550,7 @@ fn mxfp4_wide_is_exact_integer_arithmetic() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn mxfp4_golden_blocks_wide() {
-    use llorch::quant::{quantize_column, wide_matmul, wide_supported, Acts16};
+    use llorch::quant::{wide_matmul, wide_supported};
     let k = 512;
     if !wide_supported(GgmlType::MXFP4, k) {
         eprintln!("no AVX-512 VNNI: skipped");
@@ -556,11 +563,7 @@ fn mxfp4_golden_blocks_wide() {
     let mut rng = Rng(0x601D);
     for n in [1usize, 3, 7] {
         let (x, _) = random_acts(n * k, &mut rng);
-        let mut acts = Acts16::new();
-        acts.reset(k, n);
-        for (p, xs) in acts.parts_mut().zip(x.chunks(k)) {
-            quantize_column(xs, p);
-        }
+        let acts = acts16(&x, k, n);
         let mut out = vec![f32::NAN; rows * n];
         wide_matmul(GgmlType::MXFP4, &row, k / 32 * 17, &acts, &mut out);
         for r in 0..rows {

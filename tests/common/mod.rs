@@ -123,3 +123,26 @@ pub fn llorch(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Our tap for a reference stage name (`l0.q`, `l3.out`, `embd`, `final_norm`).
+pub fn find_tap<'t>(
+    taps: &'t [llorch::backend::Tap],
+    stage: &str,
+) -> Option<&'t llorch::backend::Tap> {
+    let (layer, name) = match stage.split_once('.') {
+        Some((l, rest)) if l.starts_with('l') && l[1..].parse::<usize>().is_ok() => {
+            (Some(l[1..].parse::<usize>().unwrap()), rest)
+        }
+        _ => (None, stage),
+    };
+    let ours = match name {
+        "embd" => "embed",
+        "attn_out" => "attn",
+        "o_proj" => "attn_out",
+        "attn_resid" => "attn_residual",
+        "out" => "layer",
+        "final_norm" => "output_norm",
+        s => s,
+    };
+    taps.iter().find(|t| t.name == ours && t.layer == layer)
+}
