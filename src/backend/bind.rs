@@ -2,7 +2,7 @@
 //! session's state created from them. A state holds its own reference to the weights it
 //! was made from, so a step never pairs a model with a state of another device.
 
-use super::cpu::{CpuModel, CpuState, CpuStep};
+use super::cpu::{CpuModel, CpuScratch, CpuSeq, CpuState, CpuStep};
 use super::{Context, Device, Dims, Logits, Ops, Tap, WeightTensor};
 use crate::gguf::Gguf;
 use crate::{Error, Result};
@@ -107,6 +107,17 @@ impl Weights {
     }
 }
 
+/// The working buffers of batched steps (see [`State::step_batch`]), one per model.
+pub enum BatchScratch {
+    Cpu(CpuScratch),
+}
+
+impl Default for BatchScratch {
+    fn default() -> Self {
+        BatchScratch::Cpu(CpuScratch::default())
+    }
+}
+
 /// A session's state on the device of the weights it holds. (One per session: the variants'
 /// sizes do not matter.)
 #[allow(clippy::large_enum_variant)]
@@ -172,6 +183,78 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Whether states of this kind step together in one forward ([`State::step_batch`]).
+    pub fn batchable(&self) -> bool {
+        matches!(self, State::Cpu(..))
+    }
+
+    /// One forward step of several sessions' states of one model at once: `tokens[i]` at
+    /// positions `pos0[i]..` of state i; row i of the last rows' results goes to `outs[i]`
+    /// (`Logits::Last` for each). Each sequence's result is what its step alone gives, bit
+    /// for bit (see `CpuStep::batch`). `scratch` holds the step's working buffers, shared
+    /// by the batches of a model (sized for the largest). Taps are not recorded.
+    pub fn step_batch(
+        states: &mut [&mut State],
+        tokens: &[&[u32]],
+        pos0: &[usize],
+        scratch: &mut BatchScratch,
+        forward: &mut dyn FnMut(&mut dyn Ops) -> Result<()>,
+        outs: &mut [Out],
+    ) -> Result<()> {
+        let (Some(first), true) = (states.first(), states.len() == tokens.len()) else {
+            return Err(Error::Internal(
+                "a batch step of no or mismatched sequences".into(),
+            ));
+        };
+        // (Refutable with the `cuda` feature.)
+        #[allow(irrefutable_let_patterns)]
+        let State::Cpu(model, st) = &**first
+        else {
+            return Err(Error::Internal(
+                "a batch step on a backend without batches".into(),
+            ));
+        };
+        let (model, dims) = (model.clone(), st.dims().clone());
+        let mut seqs = Vec::with_capacity(states.len());
+        for ((s, &toks), &p) in states.iter_mut().zip(tokens).zip(pos0) {
+            match &mut **s {
+                State::Cpu(m, st) if Arc::ptr_eq(m, &model) => seqs.push(CpuSeq {
+                    kv: st.kv_mut(),
+                    tokens: toks,
+                    pos0: p,
+                }),
+                _ => {
+                    return Err(Error::Internal(
+                        "a batch step over states of different models".into(),
+                    ))
+                }
+            }
+        }
+        let BatchScratch::Cpu(w) = scratch;
+        let mut step = CpuStep::batch(&model, &dims, w, None, seqs)?;
+        forward(&mut step)?;
+        drop(step);
+        let vocab = dims.vocab;
+        let logits = w.logits(outs.len(), vocab);
+        for (out, row) in outs.iter_mut().zip(logits.chunks(vocab)) {
+            match out {
+                Out::Nothing => {}
+                Out::Logits(v) => v.extend_from_slice(row),
+                Out::Argmax(p) => **p = Some(crate::sampling::argmax(row)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether taps are on (such steps run alone: a batch records none).
+    pub fn taps_on(&self) -> bool {
+        match self {
+            State::Cpu(_, st) => st.taps.is_some(),
+            #[cfg(feature = "cuda")]
+            State::Cuda(_, st) => st.taps.is_some(),
+        }
     }
 
     /// Record intermediate values of the next steps (for verification), or stop.

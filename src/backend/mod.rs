@@ -11,7 +11,7 @@ pub mod cpu;
 pub mod cuda;
 mod weights;
 
-pub use bind::{Out, State, Weights};
+pub use bind::{BatchScratch, Out, State, Weights};
 pub use context::{Context, ContextOptions, Device, Reservation};
 pub use weights::WeightTensor;
 

@@ -44,6 +44,8 @@ pub struct Model {
     _reservation: Reservation,
     tokenizer: Tokenizer,
     chat_template: Option<String>,
+    /// Steps the generating sessions together (continuous batching).
+    pub(crate) batcher: crate::session::batch::Batcher,
 }
 
 impl Model {
@@ -88,7 +90,14 @@ impl Model {
             _reservation: reservation,
             tokenizer,
             chat_template,
+            batcher: Default::default(),
         }))
+    }
+
+    /// What the batcher has done: steps run, the sequences they carried, sessions
+    /// generating now.
+    pub fn batch_stats(&self) -> crate::session::batch::BatchStats {
+        self.batcher.stats()
     }
 
     pub fn architecture(&self) -> &str {

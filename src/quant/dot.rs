@@ -237,6 +237,21 @@ pub struct Acts16 {
     n: usize,
 }
 
+/// Columns the wide kernels compute one by one with the same arithmetic as a single column
+/// (the decode kernel): column t of a product of at most this many columns equals, bit for
+/// bit, the product of column t alone. Batched decoding groups its sequences by this many so
+/// that a sequence's output does not depend on what else is in the batch.
+pub const WIDE_INVARIANT_COLS: usize = {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::x86::wide::FUSED_MAX
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        1
+    }
+};
+
 /// Whether [`wide_matmul`] takes rows of `ty` with `k` values on this CPU (AVX-512 VNNI in
 /// use, a supported type, `k` a multiple of 64).
 pub fn wide_supported(ty: GgmlType, k: usize) -> bool {

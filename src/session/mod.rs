@@ -1,6 +1,7 @@
 //! The generation loop: prefill, decode, stop conditions, cancellation, streaming of whole
 //! UTF-8 characters. A session owns its KV cache.
 
+pub mod batch;
 pub mod perplexity;
 mod stop;
 
@@ -10,6 +11,8 @@ use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
+use batch::{Feed, Member, Produced, Want};
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +81,8 @@ pub struct GenerateStats {
 /// cancel flag.
 pub struct Session {
     model: Arc<Model>,
-    state: State,
+    /// Shared with the model's batcher, which steps it while this session waits.
+    state: Arc<Mutex<State>>,
     _reservation: Reservation,
     n_ctx: usize,
     /// Tokens whose keys and values are in the cache.
@@ -115,7 +119,7 @@ impl Session {
         let state = model.weights.new_state(&dims, n_ctx)?;
         Ok(Session {
             model,
-            state,
+            state: Arc::new(Mutex::new(state)),
             _reservation: reservation,
             n_ctx,
             history: Vec::new(),
@@ -177,12 +181,12 @@ impl Session {
 
     /// Record intermediate values of the next forward steps (for verification).
     pub fn set_taps(&mut self, on: bool) {
-        self.state.set_taps(on);
+        self.state.lock().set_taps(on);
     }
 
     /// The intermediate values recorded since taps were turned on.
     pub fn take_taps(&mut self) -> Vec<Tap> {
-        self.state.take_taps()
+        self.state.lock().take_taps()
     }
 
     /// Feed tokens to the model (appending them to the conversation) and return the logits of
@@ -224,7 +228,8 @@ impl Session {
         let cancelled = move || cancel.load(Ordering::Relaxed);
         let recipe = &self.model.recipe;
         let n_ctx = self.n_ctx;
-        let chunks: Vec<&[u32]> = all.chunks(self.state.prefill_chunk()).collect();
+        let mut state = self.state.lock();
+        let chunks: Vec<&[u32]> = all.chunks(state.prefill_chunk()).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let mode = if which == Logits::All {
@@ -240,7 +245,7 @@ impl Session {
             };
             let mut run =
                 |ops: &mut dyn crate::backend::Ops| forward(ops, recipe, mode, n_ctx, &cancelled);
-            if let Err(e) = self.state.step(chunk, pos0, mode, &mut run, want) {
+            if let Err(e) = state.step(chunk, pos0, mode, &mut run, want) {
                 if i == 0 {
                     // The token not yet fed stays the conversation's.
                     self.pending = pending;
@@ -250,6 +255,57 @@ impl Session {
             self.history.extend_from_slice(chunk);
         }
         Ok(())
+    }
+
+    /// As `feed(tokens, Logits::Last, out)`, through the model's batcher where the backend
+    /// batches (a generation's steps: batched with the model's other generating sessions).
+    fn feed_batched(&mut self, tokens: &[u32], out: Out) -> Result<()> {
+        let batchable = {
+            let st = self.state.lock();
+            st.batchable() && !st.taps_on()
+        };
+        if !batchable {
+            return self.feed(tokens, Logits::Last, out);
+        }
+        self.check_tokens(tokens)?;
+        let pending = self.pending.take();
+        let mut all: Vec<u32> = pending.into_iter().collect();
+        all.extend_from_slice(tokens);
+        let want = match out {
+            Out::Nothing => Want::Nothing,
+            Out::Argmax(_) => Want::Argmax,
+            Out::Logits(_) => Want::Logits,
+        };
+        let feed = Feed {
+            state: self.state.clone(),
+            tokens: all,
+            pos0: self.history.len(),
+            n_ctx: self.n_ctx,
+            want,
+            cancel: self.cancel.clone(),
+        };
+        let model = self.model.clone();
+        let all_tokens = feed.tokens.clone();
+        let fed = model.batcher.run(feed, &model.recipe);
+        self.history.extend_from_slice(&all_tokens[..fed.fed]);
+        match (fed.result, out) {
+            (Err(e), _) => {
+                if fed.fed == 0 {
+                    // The token not yet fed stays the conversation's.
+                    self.pending = pending;
+                }
+                Err(e)
+            }
+            (Ok(Produced::Argmax(id)), Out::Argmax(p)) => {
+                *p = Some(id);
+                Ok(())
+            }
+            (Ok(Produced::Logits(row)), Out::Logits(v)) => {
+                v.extend_from_slice(&row);
+                Ok(())
+            }
+            (Ok(_), _) => Ok(()),
+        }
     }
 
     /// Append `prompt` to the conversation and generate. Each piece passed to `on_piece` is
@@ -353,6 +409,7 @@ impl Session {
             decode_started: None,
             before: (self.history.len(), self.pending),
             phase: Phase::Prefill(prompt.to_vec()),
+            _member: self.model.batcher.join(),
         });
         Ok(())
     }
@@ -426,7 +483,7 @@ impl Session {
                     return Ok(None);
                 }
                 let out = g.out();
-                let fed = self.feed(&prompt, Logits::Last, out);
+                let fed = self.feed_batched(&prompt, out);
                 g.stats.prompt_seconds = g.started.elapsed().as_secs_f64();
                 match fed {
                     Ok(()) if g.logits.is_empty() && g.pick.is_none() => {
@@ -450,7 +507,7 @@ impl Session {
                 } else {
                     g.logits.clear();
                     let out = g.out();
-                    match self.feed(&[], Logits::Last, out) {
+                    match self.feed_batched(&[], out) {
                         Ok(()) => {}
                         Err(Error::Cancelled) => self.cancelled(g),
                         Err(e) => return Err(e),
@@ -592,6 +649,8 @@ struct Generation {
     /// the generation fails or fills the context.
     before: (usize, Option<u32>),
     phase: Phase,
+    /// Counted among the model's generating sessions (the batcher waits for their steps).
+    _member: Member,
 }
 
 impl Generation {

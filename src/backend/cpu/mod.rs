@@ -127,15 +127,27 @@ impl CpuModel {
 /// A session's state on the CPU: the KV cache and the activation buffers.
 pub struct CpuState {
     dims: Dims,
+    kv: CpuKv,
+    scratch: CpuScratch,
+    /// Intermediate values, recorded when `Some`.
+    pub taps: Option<Vec<Tap>>,
+}
+
+/// The keys and values of a session's tokens: per layer, `n_ctx` rows of `kv_dim` values.
+pub struct CpuKv {
     n_ctx: usize,
-    /// Per layer, `n_ctx` rows of `kv_dim` values.
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+}
+
+/// A forward step's working buffers: the activation slots and the quantized inputs of the
+/// products. A session has its own; a batch of sessions uses one for all (see
+/// `backend::Batch`).
+#[derive(Default)]
+pub struct CpuScratch {
     slots: Vec<Vec<f32>>,
     q8: Vec<BlockQ8>,
     a16: quant::Acts16,
-    /// Intermediate values, recorded when `Some`.
-    pub taps: Option<Vec<Tap>>,
 }
 
 impl CpuState {
@@ -156,12 +168,8 @@ impl CpuState {
         }
         Ok(CpuState {
             dims: dims.clone(),
-            n_ctx,
-            k,
-            v,
-            slots: vec![Vec::new(); Slot::ALL.len()],
-            q8: Vec::new(),
-            a16: quant::Acts16::new(),
+            kv: CpuKv { n_ctx, k, v },
+            scratch: CpuScratch::default(),
             taps: None,
         })
     }
@@ -172,7 +180,23 @@ impl CpuState {
 
     /// The logits of the last step: `rows` rows of `vocab` values.
     pub fn logits(&self, rows: usize) -> &[f32] {
-        &self.slots[Slot::Logits.index()][..rows * self.dims.vocab]
+        self.scratch.logits(rows, self.dims.vocab)
+    }
+
+    pub fn dims(&self) -> &Dims {
+        &self.dims
+    }
+
+    /// The cache, for a step of this state's sequence in a batch.
+    pub fn kv_mut(&mut self) -> &mut CpuKv {
+        &mut self.kv
+    }
+}
+
+impl CpuScratch {
+    /// The logits of the last step: `rows` rows of `vocab` values.
+    pub fn logits(&self, rows: usize, vocab: usize) -> &[f32] {
+        &self.slots[Slot::Logits.index()][..rows * vocab]
     }
 }
 
@@ -207,33 +231,99 @@ fn zeroed(n: usize) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-/// One forward step on the CPU: `tokens` at positions `pos0..`.
+/// One sequence of a forward step: its tokens, at positions `pos0..` of its cache.
+pub struct CpuSeq<'a> {
+    pub kv: &'a mut CpuKv,
+    pub tokens: &'a [u32],
+    pub pos0: usize,
+}
+
+/// The rows of one sequence in a step: `rows` rows from `row0`, at positions `pos0..`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    row0: usize,
+    rows: usize,
+    pos0: usize,
+}
+
+/// One forward step on the CPU: the tokens of one sequence, or of several (a batch: each
+/// sequence's rows attend to its own cache at its own positions; the products run over all
+/// rows at once).
 pub struct CpuStep<'a> {
     m: &'a CpuModel,
-    st: &'a mut CpuState,
-    tokens: &'a [u32],
-    pos0: usize,
+    dims: Dims,
+    w: &'a mut CpuScratch,
+    taps: Option<&'a mut Vec<Tap>>,
+    tokens: Vec<u32>,
+    kvs: Vec<&'a mut CpuKv>,
+    spans: Vec<Span>,
+    /// Per row: its position and its sequence.
+    row_pos: Vec<usize>,
+    row_seq: Vec<usize>,
     n: usize,
 }
 
 impl<'a> CpuStep<'a> {
-    /// The caller guarantees `pos0 + tokens.len() <= n_ctx` and token ids below the vocabulary.
+    /// A step of one session. The caller guarantees token ids below the vocabulary.
     pub fn new(
         m: &'a CpuModel,
         st: &'a mut CpuState,
         tokens: &'a [u32],
         pos0: usize,
     ) -> Result<Self> {
-        if pos0 + tokens.len() > st.n_ctx {
-            return Err(Error::ContextFull(format!(
-                "{} tokens at position {pos0} exceed the context of {}",
-                tokens.len(),
-                st.n_ctx
-            )));
+        let seq = CpuSeq {
+            kv: &mut st.kv,
+            tokens,
+            pos0,
+        };
+        let taps = st.taps.as_mut();
+        Self::batch(m, &st.dims, &mut st.scratch, taps, vec![seq])
+    }
+
+    /// A step of several sequences at once, their rows in the order given. Rows of a
+    /// sequence of one token (decoding) are multiplied in groups of at most
+    /// [`quant::WIDE_INVARIANT_COLS`], so that each one's result is bit for bit what it would
+    /// be alone; a sequence of several tokens (a prompt chunk) is one group, as alone.
+    pub fn batch(
+        m: &'a CpuModel,
+        dims: &Dims,
+        w: &'a mut CpuScratch,
+        taps: Option<&'a mut Vec<Tap>>,
+        seqs: Vec<CpuSeq<'a>>,
+    ) -> Result<Self> {
+        let mut tokens = Vec::new();
+        let (mut kvs, mut spans) = (Vec::with_capacity(seqs.len()), Vec::new());
+        for s in seqs {
+            if s.tokens.is_empty() {
+                return Err(Error::Internal("a sequence of a step has no tokens".into()));
+            }
+            if s.pos0 + s.tokens.len() > s.kv.n_ctx {
+                return Err(Error::ContextFull(format!(
+                    "{} tokens at position {} exceed the context of {}",
+                    s.tokens.len(),
+                    s.pos0,
+                    s.kv.n_ctx
+                )));
+            }
+            spans.push(Span {
+                row0: tokens.len(),
+                rows: s.tokens.len(),
+                pos0: s.pos0,
+            });
+            tokens.extend_from_slice(s.tokens);
+            kvs.push(s.kv);
+        }
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::InvalidArgument("a forward step needs tokens".into()));
+        }
+        if w.slots.len() != Slot::ALL.len() {
+            w.slots = vec![Vec::new(); Slot::ALL.len()];
         }
         for s in Slot::ALL {
-            let need = tokens.len() * s.width(&st.dims);
-            let buf = &mut st.slots[s.index()];
+            // Logits for the last row of each sequence at least; all rows if asked.
+            let need = n * s.width(dims);
+            let buf = &mut w.slots[s.index()];
             if buf.len() < need {
                 buf.try_reserve_exact(need - buf.len()).map_err(|_| {
                     Error::OutOfMemory(format!("cannot allocate {} bytes of host memory", need * 4))
@@ -241,51 +331,119 @@ impl<'a> CpuStep<'a> {
                 buf.resize(need, 0.0);
             }
         }
-        Ok(CpuStep {
+        let mut step = CpuStep {
             m,
-            st,
+            dims: dims.clone(),
+            w,
+            taps,
             tokens,
-            pos0,
-            n: tokens.len(),
-        })
+            kvs,
+            spans,
+            row_pos: Vec::new(),
+            row_seq: Vec::new(),
+            n,
+        };
+        step.index_rows();
+        Ok(step)
+    }
+
+    /// `row_pos` and `row_seq` from the spans.
+    fn index_rows(&mut self) {
+        self.row_pos.clear();
+        self.row_seq.clear();
+        for (i, s) in self.spans.iter().enumerate() {
+            self.row_pos.extend(s.pos0..s.pos0 + s.rows);
+            self.row_seq.extend(std::iter::repeat(i).take(s.rows));
+        }
+    }
+
+    /// The row ranges the products of a weight run over (see [`CpuStep::batch`]): all rows
+    /// for one sequence; in a batch, each prompt chunk alone and the decoding rows in groups
+    /// of `wide ? WIDE_INVARIANT_COLS : 1`. `row_of(r)` maps the product's input rows to
+    /// the step's rows (the identity, or a gather's rows).
+    fn groups(
+        &self,
+        n: usize,
+        wide: bool,
+        row_of: &dyn Fn(usize) -> usize,
+    ) -> Vec<std::ops::Range<usize>> {
+        if self.spans.len() == 1 {
+            return (n > 0).then_some(0..n).into_iter().collect();
+        }
+        let most = if wide { quant::WIDE_INVARIANT_COLS } else { 1 };
+        let key = |r: usize| {
+            let s = self.row_seq[row_of(r)];
+            (self.spans[s].rows > 1).then_some(s)
+        };
+        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+        for r in 0..n {
+            match out.last_mut() {
+                Some(g) if key(g.start) == key(r) && (key(r).is_some() || g.len() < most) => {
+                    g.end = r + 1
+                }
+                _ => out.push(r..r + 1),
+            }
+        }
+        out
     }
 
     fn take(&mut self, s: Slot) -> Vec<f32> {
-        std::mem::take(&mut self.st.slots[s.index()])
+        std::mem::take(&mut self.w.slots[s.index()])
     }
 
     fn put(&mut self, s: Slot, v: Vec<f32>) {
-        self.st.slots[s.index()] = v;
+        self.w.slots[s.index()] = v;
     }
 
     fn width(&self, s: Slot) -> usize {
-        s.width(&self.st.dims)
+        s.width(&self.dims)
     }
 
     /// `out[t] = W · x[t]` for the `n` rows of `x` (any buffer, not only a slot): the wide
-    /// kernels where they take `W`, else the 8-bit-plane ones.
-    fn product(&mut self, w: WeightId, x: &[f32], n: usize, out: &mut [f32]) {
+    /// kernels where they take `W`, else the 8-bit-plane ones; in groups of rows (see
+    /// [`groups`](Self::groups)).
+    fn product(
+        &mut self,
+        w: WeightId,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        row_of: &dyn Fn(usize) -> usize,
+    ) {
         let wt = self.m.weight(w);
         let data = self.m.bytes(w);
-        let mut q8 = std::mem::take(&mut self.st.q8);
-        let mut a16 = std::mem::take(&mut self.st.a16);
+        let wide = precise_activations() && quant::wide_supported(wt.ty, wt.cols);
+        let (rows, cols) = (wt.rows, wt.cols);
+        let groups = self.groups(n, wide, row_of);
+        let mut q8 = std::mem::take(&mut self.w.q8);
+        let mut a16 = std::mem::take(&mut self.w.a16);
         self.m.pool.install(|| {
-            if precise_activations() && quant::wide_supported(wt.ty, wt.cols) {
-                matmul_wide(wt, data, x, n, &mut a16, out)
-            } else {
-                matmul(wt, data, x, n, &mut q8, out)
+            for g in groups {
+                let (x, o) = (&x[g.start * cols..g.end * cols], &mut out[g.start * rows..]);
+                if wide {
+                    matmul_wide(wt, data, x, g.len(), &mut a16, o)
+                } else {
+                    matmul(wt, data, x, g.len(), &mut q8, o)
+                }
             }
         });
-        self.st.q8 = q8;
-        self.st.a16 = a16;
+        self.w.q8 = q8;
+        self.w.a16 = a16;
     }
 
     /// `out = W · x (+ b)` for `n` rows of `x`, `out` resized to `n` rows of W's outputs.
-    fn linear(&mut self, lin: Linear, x: &[f32], n: usize, out: &mut Vec<f32>) {
+    fn linear(
+        &mut self,
+        lin: Linear,
+        x: &[f32],
+        n: usize,
+        out: &mut Vec<f32>,
+        row_of: &dyn Fn(usize) -> usize,
+    ) {
         let rows = self.m.weight(lin.w).rows;
         out.clear();
         out.resize(n * rows, 0.0);
-        self.product(lin.w, x, n, out);
+        self.product(lin.w, x, n, out, row_of);
         if let Some(b) = lin.bias {
             add_rows(out, self.m.vector(b));
         }
@@ -293,7 +451,7 @@ impl<'a> CpuStep<'a> {
 
     /// Record a tap of `rows` rows (no-op unless taps are on).
     fn record(&mut self, name: &str, layer: Option<usize>, rows: usize, data: Vec<f32>) {
-        if let Some(taps) = self.st.taps.as_mut() {
+        if let Some(taps) = self.taps.as_mut() {
             taps.push(Tap {
                 name: name.to_string(),
                 layer,
@@ -315,6 +473,12 @@ impl<'a> CpuStep<'a> {
         };
         precise_activations() && ok(first) && ws.all(ok)
     }
+}
+
+/// The identity map of a product's rows to the step's (see `CpuStep::groups`): a slot's
+/// rows.
+fn same_row(r: usize) -> usize {
+    r
 }
 
 /// Rows per parallel task: enough tasks to balance the threads, not so many that scheduling
@@ -563,7 +727,7 @@ impl Ops for CpuStep<'_> {
         let g = self.m.vector(norm.w);
         let n = self.n;
         if x == out {
-            let xs = &mut self.st.slots[x.index()][..n * width];
+            let xs = &mut self.w.slots[x.index()][..n * width];
             return xs
                 .chunks_mut(width)
                 .for_each(|r| rms_norm_row(r, g, norm.eps));
@@ -582,7 +746,7 @@ impl Ops for CpuStep<'_> {
         let width = self.width(x);
         let g = self.m.vector(norm.w);
         let n = self.n;
-        let xs = &mut self.st.slots[x.index()][..n * width];
+        let xs = &mut self.w.slots[x.index()][..n * width];
         xs.chunks_mut(head_dim)
             .for_each(|h| rms_norm_row(h, g, norm.eps));
     }
@@ -592,7 +756,7 @@ impl Ops for CpuStep<'_> {
         let xs = self.take(x);
         let mut o = self.take(out);
         let n = self.n;
-        self.product(w, &xs[..n * cols], n, &mut o);
+        self.product(w, &xs[..n * cols], n, &mut o, &same_row);
         self.put(x, xs);
         self.put(out, o);
     }
@@ -600,20 +764,18 @@ impl Ops for CpuStep<'_> {
     fn add_bias(&mut self, x: Slot, b: WeightId) {
         let width = self.width(x);
         let n = self.n;
-        add_rows(&mut self.st.slots[x.index()][..n * width], self.m.vector(b));
+        add_rows(&mut self.w.slots[x.index()][..n * width], self.m.vector(b));
     }
 
     fn rope(&mut self, x: Slot, n_heads: usize, head_dim: usize, rope: &Rope) {
         // As the reference computes it: inverse frequencies in f32, angle = pos * inv_freq.
         let inv_freq = rope.inv_freq();
         let width = n_heads * head_dim;
-        let (n, pos0) = (self.n, self.pos0);
-        for (t, row) in self.st.slots[x.index()][..n * width]
-            .chunks_mut(width)
-            .enumerate()
-        {
+        let n = self.n;
+        let xs = &mut self.w.slots[x.index()][..n * width];
+        for (row, &pos) in xs.chunks_mut(width).zip(&self.row_pos) {
             for head in row.chunks_mut(head_dim) {
-                rope_head(head, pos0 + t, rope, &inv_freq);
+                rope_head(head, pos, rope, &inv_freq);
             }
         }
     }
@@ -621,17 +783,24 @@ impl Ops for CpuStep<'_> {
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
         let kv_dim = shape.n_head_kv * shape.head_dim;
         let q_dim = shape.n_head * shape.head_dim;
-        let (n, pos0) = (self.n, self.pos0);
-        // Append this step's keys and values to the cache.
-        let kc = &mut self.st.k[layer];
-        kc[pos0 * kv_dim..(pos0 + n) * kv_dim]
-            .copy_from_slice(&self.st.slots[k.index()][..n * kv_dim]);
-        let vc = &mut self.st.v[layer];
-        vc[pos0 * kv_dim..(pos0 + n) * kv_dim]
-            .copy_from_slice(&self.st.slots[v.index()][..n * kv_dim]);
+        let n = self.n;
+        // Append this step's keys and values to each sequence's cache.
+        for (sp, kv) in self.spans.iter().zip(self.kvs.iter_mut()) {
+            let (rows, dst) = (
+                sp.row0 * kv_dim..(sp.row0 + sp.rows) * kv_dim,
+                sp.pos0 * kv_dim..(sp.pos0 + sp.rows) * kv_dim,
+            );
+            kv.k[layer][dst.clone()].copy_from_slice(&self.w.slots[k.index()][rows.clone()]);
+            kv.v[layer][dst].copy_from_slice(&self.w.slots[v.index()][rows]);
+        }
         let qs = self.take(q);
         let mut o = self.take(out);
-        let (kc, vc) = (&self.st.k[layer], &self.st.v[layer]);
+        let caches: Vec<(&[f32], &[f32])> = self
+            .kvs
+            .iter()
+            .map(|kv| (&kv.k[layer][..], &kv.v[layer][..]))
+            .collect();
+        let (row_pos, row_seq) = (&self.row_pos, &self.row_seq);
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
         let sinks = shape.sinks.map(|w| self.m.vector(w));
@@ -642,7 +811,8 @@ impl Ops for CpuStep<'_> {
                     let (t, h) = (i / shape.n_head, i % shape.n_head);
                     let kvh = h / group;
                     let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let end = pos0 + t + 1;
+                    let (kc, vc) = caches[row_seq[t]];
+                    let end = row_pos[t] + 1;
                     let lo = shape.window.map_or(0, |w| end.saturating_sub(w));
                     let at = lo * kv_dim + kvh * hd;
                     let (ks, vs) = (&kc[at..], &vc[at..]);
@@ -651,6 +821,7 @@ impl Ops for CpuStep<'_> {
                 },
             );
         });
+        drop(caches);
         self.put(q, qs);
         self.put(out, o);
     }
@@ -663,7 +834,7 @@ impl Ops for CpuStep<'_> {
             act,
             &g[..n * width],
             &u[..n * width],
-            &mut self.st.slots[out.index()][..n * width],
+            &mut self.w.slots[out.index()][..n * width],
         );
         self.put(gate, g);
         self.put(up, u);
@@ -673,7 +844,7 @@ impl Ops for CpuStep<'_> {
         let width = self.width(x);
         let n = self.n;
         let ys = self.take(y);
-        for (a, &b) in self.st.slots[x.index()][..n * width]
+        for (a, &b) in self.w.slots[x.index()][..n * width]
             .iter_mut()
             .zip(&ys[..n * width])
         {
@@ -685,7 +856,7 @@ impl Ops for CpuStep<'_> {
     fn scale(&mut self, x: Slot, factor: f32) {
         let width = self.width(x);
         let n = self.n;
-        self.st.slots[x.index()][..n * width]
+        self.w.slots[x.index()][..n * width]
             .iter_mut()
             .for_each(|v| *v *= factor);
     }
@@ -693,16 +864,28 @@ impl Ops for CpuStep<'_> {
     fn softcap(&mut self, x: Slot, cap: f32) {
         let width = self.width(x);
         let n = self.n;
-        self.st.slots[x.index()][..n * width]
+        self.w.slots[x.index()][..n * width]
             .iter_mut()
             .for_each(|v| *v = cap * (*v / cap).tanh());
     }
 
+    /// Keeps the last row of each sequence: row i is then sequence i's.
     fn keep_last_row(&mut self, x: Slot) {
         let width = self.width(x);
-        let n = self.n;
-        self.st.slots[x.index()].copy_within((n - 1) * width..n * width, 0);
-        self.n = 1;
+        let buf = &mut self.w.slots[x.index()];
+        for (i, sp) in self.spans.iter_mut().enumerate() {
+            let last = sp.row0 + sp.rows - 1;
+            // Rows move down only (i <= last), in order: no source is overwritten first.
+            buf.copy_within(last * width..(last + 1) * width, i * width);
+            *sp = Span {
+                row0: i,
+                rows: 1,
+                pos0: sp.pos0 + sp.rows - 1,
+            };
+        }
+        self.n = self.spans.len();
+        self.tokens.truncate(0);
+        self.index_rows();
     }
 
     fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
@@ -712,43 +895,49 @@ impl Ops for CpuStep<'_> {
         self.rms_norm(input.x, input.norm, input.normed);
         let normed = input.normed;
         // One quantization of the shared input, one parallel job for all projections, each
-        // task adding its rows' bias.
+        // task adding its rows' bias (per group of rows, see `groups`).
         let n = self.n;
         let m = self.m;
         let xs = self.take(normed);
         let mut outs: Vec<Vec<f32>> = projs.iter().map(|p| self.take(p.out)).collect();
-        let mut a16 = std::mem::take(&mut self.st.a16);
+        let mut a16 = std::mem::take(&mut self.w.a16);
         let cols = m.weight(projs[0].w).cols;
-        let jobs: Vec<ProjJob> = projs
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(p, o)| ProjJob {
-                w: m.weight(p.w),
-                data: m.bytes(p.w),
-                out: SyncPtr(o.as_mut_ptr()),
-            })
-            .collect();
         let biases: Vec<Option<&[f32]>> =
             projs.iter().map(|p| p.bias.map(|b| m.vector(b))).collect();
+        let groups = self.groups(n, true, &same_row);
         m.pool.install(|| {
-            quantize_wide(&xs[..n * cols], cols, n, &mut a16);
-            run_wide(&jobs, &a16, &|j, r0, nr| {
-                if let Some(b) = biases[j] {
-                    let (rows, o) = (jobs[j].w.rows, jobs[j].out);
-                    for t in 0..n {
-                        // SAFETY: rows r0..r0+nr of token t belong to this task.
-                        let y = unsafe {
-                            std::slice::from_raw_parts_mut(o.get().add(t * rows + r0), nr)
-                        };
-                        for (v, &bv) in y.iter_mut().zip(&b[r0..r0 + nr]) {
-                            *v += bv;
+            for g in groups {
+                let gn = g.len();
+                let jobs: Vec<ProjJob> = projs
+                    .iter()
+                    .zip(outs.iter_mut())
+                    .map(|(p, o)| {
+                        let w = m.weight(p.w);
+                        ProjJob {
+                            w,
+                            data: m.bytes(p.w),
+                            out: SyncPtr(o[g.start * w.rows..].as_mut_ptr()),
+                        }
+                    })
+                    .collect();
+                quantize_wide(&xs[g.start * cols..g.end * cols], cols, gn, &mut a16);
+                run_wide(&jobs, &a16, &|j, r0, nr| {
+                    if let Some(b) = biases[j] {
+                        let (rows, o) = (jobs[j].w.rows, jobs[j].out);
+                        for t in 0..gn {
+                            // SAFETY: rows r0..r0+nr of token t belong to this task.
+                            let y = unsafe {
+                                std::slice::from_raw_parts_mut(o.get().add(t * rows + r0), nr)
+                            };
+                            for (v, &bv) in y.iter_mut().zip(&b[r0..r0 + nr]) {
+                                *v += bv;
+                            }
                         }
                     }
-                }
-            });
+                });
+            }
         });
-        drop(jobs);
-        self.st.a16 = a16;
+        self.w.a16 = a16;
         self.put(normed, xs);
         for (p, o) in projs.iter().zip(outs) {
             self.put(p.out, o);
@@ -766,60 +955,67 @@ impl Ops for CpuStep<'_> {
         self.rms_norm(input.x, input.norm, input.normed);
         let (normed, gate, up, act) = (input.normed, glu.gate.out, glu.up.out, glu.out);
         // Gate and up rows of one range in the same task, which then writes the activation
-        // of those rows: one quantization, one parallel job, no serial pass.
+        // of those rows: one quantization, one parallel job, no serial pass (per group of
+        // rows, see `groups`).
         let n = self.n;
         let xs = self.take(normed);
         let (mut g, mut u, mut a) = (self.take(gate), self.take(up), self.take(act));
-        let mut a16 = std::mem::take(&mut self.st.a16);
+        let mut a16 = std::mem::take(&mut self.w.a16);
         let (rows, cols) = (wg.rows, wg.cols);
-        let (gp, up_, ap) = (
-            SyncPtr(g.as_mut_ptr()),
-            SyncPtr(u.as_mut_ptr()),
-            SyncPtr(a.as_mut_ptr()),
-        );
         let (dg, du) = (m.bytes(w_gate), m.bytes(w_up));
+        let groups = self.groups(n, true, &same_row);
         m.pool.install(|| {
-            quantize_wide(&xs[..n * cols], cols, n, &mut a16);
-            let a16 = &a16;
-            let chunk = rows_per_task(rows).div_ceil(4) * 4;
-            (0..rows)
-                .step_by(chunk)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .for_each(|r0| {
-                    let nr = chunk.min(rows - r0);
-                    let (gp, up_, ap) = (gp, up_, ap);
-                    for (w, d, o) in [(wg, dg, gp), (wu, du, up_)] {
-                        let rb = w.row_bytes;
-                        // SAFETY: rows r0..r0+nr of every token row, disjoint across tasks.
-                        unsafe {
-                            quant::wide_matmul_strided(
-                                w.ty,
-                                &d[r0 * rb..(r0 + nr) * rb],
-                                rb,
-                                a16,
-                                nr,
-                                o.get().add(r0),
-                                1,
-                                rows,
-                            )
+            for grp in groups {
+                let gn = grp.len();
+                let at = grp.start * rows;
+                let (gp, up_, ap) = (
+                    SyncPtr(g[at..].as_mut_ptr()),
+                    SyncPtr(u[at..].as_mut_ptr()),
+                    SyncPtr(a[at..].as_mut_ptr()),
+                );
+                quantize_wide(&xs[grp.start * cols..grp.end * cols], cols, gn, &mut a16);
+                let a16 = &a16;
+                let chunk = rows_per_task(rows).div_ceil(4) * 4;
+                (0..rows)
+                    .step_by(chunk)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .for_each(|r0| {
+                        let nr = chunk.min(rows - r0);
+                        let (gp, up_, ap) = (gp, up_, ap);
+                        for (w, d, o) in [(wg, dg, gp), (wu, du, up_)] {
+                            let rb = w.row_bytes;
+                            // SAFETY: rows r0..r0+nr of every token row, disjoint across
+                            // tasks.
+                            unsafe {
+                                quant::wide_matmul_strided(
+                                    w.ty,
+                                    &d[r0 * rb..(r0 + nr) * rb],
+                                    rb,
+                                    a16,
+                                    nr,
+                                    o.get().add(r0),
+                                    1,
+                                    rows,
+                                )
+                            }
                         }
-                    }
-                    for t in 0..n {
-                        let at = t * rows + r0;
-                        // SAFETY: as above.
-                        let (gs, us, os) = unsafe {
-                            (
-                                std::slice::from_raw_parts(gp.get().add(at), nr),
-                                std::slice::from_raw_parts(up_.get().add(at), nr),
-                                std::slice::from_raw_parts_mut(ap.get().add(at), nr),
-                            )
-                        };
-                        attn::glu(glu.act, gs, us, os);
-                    }
-                });
+                        for t in 0..gn {
+                            let at = t * rows + r0;
+                            // SAFETY: as above.
+                            let (gs, us, os) = unsafe {
+                                (
+                                    std::slice::from_raw_parts(gp.get().add(at), nr),
+                                    std::slice::from_raw_parts(up_.get().add(at), nr),
+                                    std::slice::from_raw_parts_mut(ap.get().add(at), nr),
+                                )
+                            };
+                            attn::glu(glu.act, gs, us, os);
+                        }
+                    });
+            }
         });
-        self.st.a16 = a16;
+        self.w.a16 = a16;
         self.put(normed, xs);
         self.put(gate, g);
         self.put(up, u);
@@ -830,50 +1026,63 @@ impl Ops for CpuStep<'_> {
         if !self.wide_all([w].into_iter()) {
             return unfused::matmul_add(self, w, x, tmp, acc);
         }
-        // The residual add of each task's rows inside the parallel job.
+        // The residual add of each task's rows inside the parallel job (per group of rows,
+        // see `groups`).
         let (n, m) = (self.n, self.m);
         let wt = m.weight(w);
         let xs = self.take(x);
         let (mut o, mut r) = (self.take(tmp), self.take(acc));
-        let mut a16 = std::mem::take(&mut self.st.a16);
+        let mut a16 = std::mem::take(&mut self.w.a16);
         let rows = wt.rows;
-        let (op, rp) = (SyncPtr(o.as_mut_ptr()), SyncPtr(r.as_mut_ptr()));
-        let job = [ProjJob {
-            w: wt,
-            data: m.bytes(w),
-            out: op,
-        }];
+        let groups = self.groups(n, true, &same_row);
         m.pool.install(|| {
-            quantize_wide(&xs[..n * wt.cols], wt.cols, n, &mut a16);
-            run_wide(&job, &a16, &|_, r0, nr| {
-                for t in 0..n {
-                    let at = t * rows + r0;
-                    // SAFETY: rows r0..r0+nr of token t belong to this task.
-                    let (ys, acc) = unsafe {
-                        (
-                            std::slice::from_raw_parts(op.get().add(at), nr),
-                            std::slice::from_raw_parts_mut(rp.get().add(at), nr),
-                        )
-                    };
-                    for (a, &y) in acc.iter_mut().zip(ys) {
-                        *a += y;
+            for g in groups {
+                let gn = g.len();
+                let (op, rp) = (
+                    SyncPtr(o[g.start * rows..].as_mut_ptr()),
+                    SyncPtr(r[g.start * rows..].as_mut_ptr()),
+                );
+                let job = [ProjJob {
+                    w: wt,
+                    data: m.bytes(w),
+                    out: op,
+                }];
+                quantize_wide(
+                    &xs[g.start * wt.cols..g.end * wt.cols],
+                    wt.cols,
+                    gn,
+                    &mut a16,
+                );
+                run_wide(&job, &a16, &|_, r0, nr| {
+                    for t in 0..gn {
+                        let at = t * rows + r0;
+                        // SAFETY: rows r0..r0+nr of token t belong to this task.
+                        let (ys, acc) = unsafe {
+                            (
+                                std::slice::from_raw_parts(op.get().add(at), nr),
+                                std::slice::from_raw_parts_mut(rp.get().add(at), nr),
+                            )
+                        };
+                        for (a, &y) in acc.iter_mut().zip(ys) {
+                            *a += y;
+                        }
                     }
-                }
-            });
+                });
+            }
         });
-        self.st.a16 = a16;
+        self.w.a16 = a16;
         self.put(x, xs);
         self.put(tmp, o);
         self.put(acc, r);
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
-        if self.st.taps.is_none() {
+        if self.taps.is_none() {
             return;
         }
         let width = self.width(x);
         let n = self.n;
-        let data = self.st.slots[x.index()][..n * width].to_vec();
+        let data = self.w.slots[x.index()][..n * width].to_vec();
         self.record(name, layer, n, data);
     }
 

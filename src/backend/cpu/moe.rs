@@ -98,12 +98,12 @@ impl CpuStep<'_> {
         let (n_exp, k) = (moe.experts.len(), moe.top_k);
         let xs = self.take(x);
         let mut logits = vec![0f32; n * n_exp];
-        self.product(moe.router.w, &xs[..n * width], n, &mut logits);
+        self.product(moe.router.w, &xs[..n * width], n, &mut logits, &|r| r);
         if let Some(b) = moe.router.bias {
             add_rows(&mut logits, m.vector(b));
         }
         let (ids, weights) = route(&logits, n_exp, k);
-        let taps_on = self.st.taps.is_some();
+        let taps_on = self.taps.is_some();
         let ff = moe.experts.first().map_or(0, |e| m.weight(e.gate.w).rows);
         let mut detail = (taps_on && expert_taps).then(|| ExpertTaps::new(n * k, ff, width));
         let mut o = self.take(out);
@@ -116,11 +116,13 @@ impl CpuStep<'_> {
             let ex = &moe.experts[e];
             let rows = picked.len();
             gather(&xs, width, picked.iter().map(|&i| i / k), &mut xg);
-            self.linear(ex.gate, &xg, rows, &mut g);
-            self.linear(ex.up, &xg, rows, &mut u);
+            // Gathered row j is token picked[j] / k's (token order: groups stay whole).
+            let row_of = |j: usize| picked[j] / k;
+            self.linear(ex.gate, &xg, rows, &mut g, &row_of);
+            self.linear(ex.up, &xg, rows, &mut u, &row_of);
             resize(&mut a, g.len());
             attn::glu(moe.act, &g, &u, &mut a);
-            self.linear(ex.down, &a, rows, &mut y);
+            self.linear(ex.down, &a, rows, &mut y, &row_of);
             for (j, &i) in picked.iter().enumerate() {
                 let yj = &y[j * width..(j + 1) * width];
                 let t = i / k;
