@@ -590,3 +590,51 @@ fn mxfp4_golden_blocks_wide() {
         }
     }
 }
+
+/// Column invariance of the wide kernels, which batched decoding relies on
+/// (`quant::WIDE_INVARIANT_COLS`): column t of a product of up to that many columns equals
+/// the same column alone, bit for bit, for every type.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn wide_columns_are_batch_invariant() {
+    use llorch::quant::{wide_matmul, wide_supported, WIDE_INVARIANT_COLS};
+    let k = 1024;
+    let mut rng = Rng(0xBA7C);
+    if !wide_supported(GgmlType::Q8_0, k) {
+        eprintln!("no AVX-512 VNNI: skipped");
+        return;
+    }
+    for ty in DOT_TYPES {
+        if !wide_supported(ty, k) {
+            continue;
+        }
+        let rows = 8;
+        let w: Vec<u8> = (0..rows)
+            .flat_map(|_| random_row(ty, k, &mut rng))
+            .collect();
+        let rb = w.len() / rows;
+        let most = WIDE_INVARIANT_COLS;
+        let x: Vec<f32> = (0..most * k).map(|_| rng.unit()).collect();
+        let product = |x: &[f32], n: usize| {
+            let mut o = vec![0f32; rows * n];
+            wide_matmul(ty, &w, rb, &acts16(x, k, n), &mut o);
+            o
+        };
+        let alone: Vec<Vec<f32>> = (0..most)
+            .map(|t| product(&x[t * k..(t + 1) * k], 1))
+            .collect();
+        for n in 2..=most {
+            let o = product(&x[..n * k], n);
+            for r in 0..rows {
+                for (t, a) in alone.iter().enumerate().take(n) {
+                    assert_eq!(
+                        o[r * n + t].to_bits(),
+                        a[r].to_bits(),
+                        "{}: row {r}, column {t} of {n} differs from the column alone",
+                        ty.name()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -110,6 +110,8 @@ impl Weights {
 /// The working buffers of batched steps (see [`State::step_batch`]), one per model.
 pub enum BatchScratch {
     Cpu(CpuScratch),
+    #[cfg(feature = "cuda")]
+    Cuda(super::cuda::CudaBatch),
 }
 
 impl Default for BatchScratch {
@@ -187,6 +189,12 @@ impl State {
 
     /// Whether states of this kind step together in one forward ([`State::step_batch`]).
     pub fn batchable(&self) -> bool {
+        true
+    }
+
+    /// Whether a batched step may carry a prompt chunk beside the decoding rows (the CPU);
+    /// else prompt chunks run as steps of their own.
+    pub fn batch_mixes_prompts(&self) -> bool {
         matches!(self, State::Cpu(..))
     }
 
@@ -208,6 +216,35 @@ impl State {
                 "a batch step of no or mismatched sequences".into(),
             ));
         };
+        #[cfg(feature = "cuda")]
+        if let State::Cuda(model, _) = &**first {
+            let model = model.clone();
+            if tokens.iter().any(|t| t.len() != 1) {
+                return Err(Error::Internal(
+                    "a batched GPU step of prompt chunks".into(),
+                ));
+            }
+            let mut cuda = Vec::with_capacity(states.len());
+            for s in states.iter_mut() {
+                match &mut **s {
+                    State::Cuda(m, st) if Arc::ptr_eq(m, &model) => cuda.push(st),
+                    _ => {
+                        return Err(Error::Internal(
+                            "a batch step over states of different models".into(),
+                        ))
+                    }
+                }
+            }
+            if !matches!(scratch, BatchScratch::Cuda(_)) {
+                let dims = cuda[0].dims_pub().clone();
+                *scratch = BatchScratch::Cuda(super::cuda::CudaBatch::new(&model, &dims)?);
+            }
+            let BatchScratch::Cuda(b) = scratch else {
+                unreachable!("set above")
+            };
+            let toks: Vec<u32> = tokens.iter().map(|t| t[0]).collect();
+            return b.step(&model, &mut cuda, &toks, pos0, forward, outs);
+        }
         // (Refutable with the `cuda` feature.)
         #[allow(irrefutable_let_patterns)]
         let State::Cpu(model, st) = &**first
@@ -232,7 +269,14 @@ impl State {
                 }
             }
         }
-        let BatchScratch::Cpu(w) = scratch;
+        if !matches!(scratch, BatchScratch::Cpu(_)) {
+            *scratch = BatchScratch::default();
+        }
+        #[allow(irrefutable_let_patterns)]
+        let BatchScratch::Cpu(w) = scratch
+        else {
+            unreachable!("set above")
+        };
         let mut step = CpuStep::batch(&model, &dims, w, None, seqs)?;
         forward(&mut step)?;
         drop(step);

@@ -6,9 +6,12 @@ use llorch::session::{Session, SessionOptions};
 use std::time::Instant;
 
 const USAGE: &str = "usage: llorch bench [-m MODEL] [-p 512] [-n 128] [-r 3] [-t THREADS]
+                    [--parallel 1,8,32,128]
 Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
 (tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
-tokens/s and the spread (min-max).";
+tokens/s and the spread (min-max).
+--parallel N,...: instead, the aggregate decoding speed of N sessions generating at once
+(continuous batching), each after a -p token prompt (default 32 here), for each N.";
 
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -26,6 +29,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--gen-tokens",
             "-r",
             "--repetitions",
+            "--parallel",
         ],
     )?;
     if a.help {
@@ -35,8 +39,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let pp = a.parsed(&["-p", "--prompt-tokens"], 512usize)?;
     let tg = a.parsed(&["-n", "--gen-tokens"], 128usize)?;
     let reps = a.parsed(&["-r", "--repetitions"], 3usize)?.max(1);
+    let parallel = a.value(&["--parallel"]).map(parse_list).transpose()?;
     let model = common::load(&a)?;
     a.expect_positional(0, "no positional arguments")?;
+    if let Some(counts) = parallel {
+        let pp = a.parsed(&["-p", "--prompt-tokens"], 32usize)?;
+        return run_parallel(&model, &counts, pp, tg, reps);
+    }
     let vocab = model.vocab_size() as u64;
     // Deterministic pseudo-random tokens: the work is the same as for text.
     let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -92,6 +101,53 @@ pub fn run(args: &[String]) -> Result<(), String> {
         println!(
             "| {name} | {:.1} MiB | {dev} | {threads} | {label} | {med:.2} | {lo:.2} - {hi:.2} |",
             size as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// `1,8,32` → [1, 8, 32] (each at least 1).
+fn parse_list(v: &str) -> Result<Vec<usize>, String> {
+    v.split(',')
+        .map(|x| match x.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "--parallel: '{x}' is not a count of sessions (1 or more)"
+            )),
+        })
+        .collect()
+}
+
+/// The batched benchmark: aggregate decoding tokens/s for each session count.
+fn run_parallel(
+    model: &std::sync::Arc<llorch::model::Model>,
+    counts: &[usize],
+    pp: usize,
+    tg: usize,
+    reps: usize,
+) -> Result<(), String> {
+    let hp = model.hparams();
+    let name = format!("{} {}L {}d", hp.arch, hp.n_layer, hp.n_embd);
+    let dev = format!("{:?}", model.context().options.device).to_lowercase();
+    let threads = model.context().threads();
+    println!("| model | backend | threads | sessions | test | aggregate t/s (median) | per session | mean batch |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &n in counts {
+        let mut runs = Vec::new();
+        for rep in 0..=reps {
+            let r = llorch::session::bench::parallel_decode(model, n, pp, tg)
+                .map_err(|e| e.to_string())?;
+            if rep > 0 {
+                runs.push(r);
+            }
+        }
+        runs.sort_by(|a, b| a.decode_tps.total_cmp(&b.decode_tps));
+        let med = &runs[runs.len() / 2];
+        println!(
+            "| {name} | {dev} | {threads} | {n} | pp{pp}+tg{tg} | {:.2} | {:.2} | {:.2} |",
+            med.decode_tps,
+            med.decode_tps / n as f64,
+            med.mean_batch
         );
     }
     Ok(())

@@ -1161,8 +1161,10 @@ pub(crate) mod wide {
     const TR: usize = 4;
     const TC: usize = 4;
 
-    /// Columns at most handled by the fused (decode) kernel; more go through the tile.
-    pub(crate) const FUSED_MAX: usize = 4;
+    /// Columns at most handled by the fused (decode) kernel; more go through the tile. The
+    /// fused kernel computes each column exactly as alone (batched decoding relies on it);
+    /// 8 accumulators plus the decoded weights fit the 32 vector registers.
+    pub(crate) const FUSED_MAX: usize = 8;
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn gemm_t<const T: u8>(
@@ -1179,14 +1181,18 @@ pub(crate) mod wide {
         if n <= FUSED_MAX {
             for r in 0..rows {
                 let rp = data.as_ptr().add(r * row_bytes);
-                let mut o = [0f32; 4];
+                let mut o = [0f32; FUSED_MAX];
                 let o = &mut o[..n];
                 let a = acts.chunks;
                 match n {
                     1 => fused::<T, 1>(rp, a, sums, nch, sl, o),
                     2 => fused::<T, 2>(rp, a, sums, nch, sl, o),
                     3 => fused::<T, 3>(rp, a, sums, nch, sl, o),
-                    _ => fused::<T, 4>(rp, a, sums, nch, sl, o),
+                    4 => fused::<T, 4>(rp, a, sums, nch, sl, o),
+                    5 => fused::<T, 5>(rp, a, sums, nch, sl, o),
+                    6 => fused::<T, 6>(rp, a, sums, nch, sl, o),
+                    7 => fused::<T, 7>(rp, a, sums, nch, sl, o),
+                    _ => fused::<T, 8>(rp, a, sums, nch, sl, o),
                 }
                 for (t, &v) in o.iter().enumerate() {
                     out.put(r, t, v);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most decoding sequences in one step.
-const MAX_SEQS: usize = 64;
+const MAX_SEQS: usize = 128;
 /// Longest wait for the model's other generating sessions to queue their next steps (also at
 /// most a quarter of the last step's time, so a caller that stopped reading costs little).
 const MAX_GATHER: Duration = Duration::from_millis(2);
@@ -103,6 +103,8 @@ struct Job {
     fed: usize,
     /// Tokens per prompt step (the backend's prefill chunk: the same chunks as alone).
     chunk: usize,
+    /// Whether its prompt chunks may share a step with decoding rows.
+    mixes: bool,
 }
 
 #[derive(Default)]
@@ -144,7 +146,10 @@ impl Batcher {
                 result: Ok(Produced::Nothing),
             };
         }
-        let chunk = feed.state.lock().prefill_chunk().max(1);
+        let (chunk, mixes) = {
+            let st = feed.state.lock();
+            (st.prefill_chunk().max(1), st.batch_mixes_prompts())
+        };
         let mut q = self.queue.lock();
         let id = q.next_id;
         q.next_id += 1;
@@ -153,6 +158,7 @@ impl Batcher {
             feed,
             fed: 0,
             chunk,
+            mixes,
         });
         // A combiner gathering steps may be waiting for this one.
         self.wake.notify_all();
@@ -336,6 +342,7 @@ impl Part {
 fn take_parts(q: &mut Queue) -> Vec<Part> {
     let (mut decode, mut prompt) = (Vec::new(), None);
     let mut n_ctx = None;
+    let mut mix_ok = true;
     let mut i = 0;
     while i < q.jobs.len() {
         let job = &q.jobs[i];
@@ -349,11 +356,13 @@ fn take_parts(q: &mut Queue) -> Vec<Part> {
             continue;
         }
         let left = job.feed.tokens.len() - job.fed;
+        // A prompt chunk joins decoding rows only where the backend mixes them; else it
+        // is a step of its own.
         let fits = *n_ctx.get_or_insert(job.feed.n_ctx) == job.feed.n_ctx
             && if left == 1 {
-                decode.len() < MAX_SEQS
+                decode.len() < MAX_SEQS && (prompt.is_none() || mix_ok)
             } else {
-                prompt.is_none()
+                prompt.is_none() && (decode.is_empty() || job.mixes)
             };
         if !fits {
             i += 1;
@@ -365,6 +374,7 @@ fn take_parts(q: &mut Queue) -> Vec<Part> {
         if left == 1 {
             decode.push(part);
         } else {
+            mix_ok = part.job.mixes;
             prompt = Some(part);
         }
     }

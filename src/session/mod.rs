@@ -2,6 +2,7 @@
 //! UTF-8 characters. A session owns its KV cache.
 
 pub mod batch;
+pub mod bench;
 pub mod perplexity;
 mod stop;
 
@@ -40,6 +41,9 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Match special tokens (`<|im_start|>` …) written in the prompt text.
     pub parse_special: bool,
+    /// Keep generating past end-of-generation tokens (until `max_tokens` or a stop string):
+    /// for benchmarks, which need a fixed number of tokens.
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateParams {
@@ -49,6 +53,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             parse_special: true,
+            ignore_eos: false,
         }
     }
 }
@@ -391,6 +396,7 @@ impl Session {
         history.extend_from_slice(prompt);
         self.running = Some(Generation {
             max_tokens: params.max_tokens,
+            ignore_eos: params.ignore_eos,
             greedy: sampler.is_greedy(),
             sampler,
             logits: Vec::new(),
@@ -561,7 +567,7 @@ impl Session {
         g.stats.generated_tokens += 1;
         g.history.push(id);
         self.pending = Some(id);
-        if tok.is_eog(id) {
+        if tok.is_eog(id) && !g.ignore_eos {
             g.phase = Phase::Ending(StopReason::Eos);
             return Ok(None);
         }
@@ -631,6 +637,7 @@ enum Phase {
 /// The state of one generation between its steps.
 struct Generation {
     max_tokens: u32,
+    ignore_eos: bool,
     sampler: Sampler,
     /// Greedy: the backend picks the token where the logits are (on the GPU, 4 bytes come
     /// back instead of the row); otherwise the sampler gets the row.

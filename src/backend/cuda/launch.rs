@@ -44,6 +44,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "norm" => &["rmsnorm"],
         "rope" => &["rope", "rope_scaled"],
         "attention" => &["kv_store", "attention"],
+        "attention_batch" => &["kv_store_batch", "attention_batch"],
         "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale", "softcap"],
         "argmax" => &["argmax_rows"],
         "decode" => &[

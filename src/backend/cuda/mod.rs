@@ -14,10 +14,12 @@
 mod device;
 #[macro_use]
 mod launch;
+mod batch;
 mod fused;
 mod memory;
 mod model;
 
+pub use batch::CudaBatch;
 pub use device::CudaDevice;
 pub use fused::{
     attention_scratch_floats, Epilogue, ExpertInput, ExpertOut, ExpertsRef, MatRef, MatVecOut,
@@ -33,6 +35,7 @@ pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
 use crate::Error;
 use cudarc::driver::result::DriverError;
 use cudarc::driver::sys::CUresult;
+use launch::{f32s, positive};
 
 /// The fatbins of kernels/*.cu, compiled by build/kernels.rs.
 mod fatbins {

@@ -156,7 +156,7 @@ impl CudaModel {
 
 /// A decode step captured as a CUDA graph, ready to replay. Its kernels hold the addresses of
 /// the state's buffers, so it is dropped whenever those are reallocated.
-struct DecodeGraph {
+pub(super) struct DecodeGraph {
     graph: sys::CUgraph,
     exec: sys::CUgraphExec,
 }
@@ -306,6 +306,49 @@ impl CudaState {
         })
     }
 
+    pub(super) fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    pub(super) fn dims(&self) -> &Dims {
+        &self.dims
+    }
+
+    /// Swap the state's decode graph with `g` (a batch keeps one per batch size).
+    pub(super) fn swap_graph(&mut self, g: &mut Option<DecodeGraph>) {
+        std::mem::swap(&mut self.graph, g);
+    }
+
+    /// Make room for steps of `rows` token rows now, so that later steps do not move the
+    /// buffers (captured graphs hold their addresses).
+    pub(super) fn reserve_rows(&mut self, rows: usize) -> Result<()> {
+        if rows > self.cap {
+            self.graph = None;
+            self.slots.clear();
+            self.gemm_x = None;
+            let r = alloc_scratch(&self.dev, &self.dims, rows, self.gemm_k)?;
+            (self.slots, self.positions, self.ids, self.gemm_x) =
+                (r.slots, r.positions, r.ids, r.gemm_x);
+            self.cap = rows;
+        }
+        Ok(())
+    }
+
+    /// The dimensions it was made for.
+    pub fn dims_pub(&self) -> &Dims {
+        &self.dims
+    }
+
+    /// Layer `l`'s cache: K and V addresses, positions (a batched step's table entry).
+    pub(super) fn kv_layer_ref(&self, l: usize) -> (u64, u64, usize) {
+        let c = &self.kv[l];
+        (c.k.ptr(), c.v.ptr(), c.max_ctx)
+    }
+
+    pub(super) fn logits_buffer(&self) -> &DeviceBuffer {
+        &self.slots[Slot::Logits.index()]
+    }
+
     /// The logits of the last step: `rows` rows of `vocab` values (waits for the GPU).
     pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
         self.dev
@@ -348,6 +391,9 @@ pub struct CudaStep<'a> {
     rec_of: Option<Slot>,
     /// Kernels are being captured into a graph, not run.
     capturing: bool,
+    /// A batched step (see `batch.rs`): its rows' cache table (address, entries per layer);
+    /// the positions are per row.
+    batch: Option<(u64, usize)>,
 }
 
 impl<'a> CudaStep<'a> {
@@ -387,25 +433,60 @@ impl<'a> CudaStep<'a> {
             (st.slots, st.positions, st.ids, st.gemm_x) = (r.slots, r.positions, r.ids, r.gemm_x);
             st.cap = n;
         }
-        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
+        let pos: Vec<usize> = (pos0..pos0 + n).collect();
+        Self::start(m, st, tokens, &pos, None)
+    }
+
+    /// A batched step: row i is `tokens[i]` at position `pos[i]` of the session whose
+    /// cache is entry i of each layer's block of the table at `tab` (`rows` entries per
+    /// layer). The caller checked the positions against those caches.
+    pub(super) fn batch(
+        m: &'a CudaModel,
+        st: &'a mut CudaState,
+        tokens: &[u32],
+        pos: &[usize],
+        tab: &DeviceBuffer,
+        rows: usize,
+    ) -> Result<Self> {
+        if st.dims.vocab <= tokens.iter().copied().max().unwrap_or(0) as usize {
+            return Err(Error::InvalidArgument(
+                "a token outside the vocabulary".into(),
+            ));
+        }
+        st.reserve_rows(tokens.len())?;
+        Self::start(m, st, tokens, pos, Some((tab.ptr(), rows)))
+    }
+
+    /// Upload the step's positions and token ids.
+    fn start(
+        m: &'a CudaModel,
+        st: &'a mut CudaState,
+        tokens: &[u32],
+        pos: &[usize],
+        batch: Option<(u64, usize)>,
+    ) -> Result<Self> {
+        let n = tokens.len();
+        let p32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        st.dev.write(&mut st.positions, 0, as_bytes(&pos))?;
+        st.dev.write(&mut st.positions, 0, as_bytes(&p32))?;
         st.dev.write(&mut st.ids, 0, as_bytes(&ids))?;
         Ok(CudaStep {
             m,
             st,
-            pos0,
+            pos0: pos[0],
             n,
             err: None,
             rec_of: None,
             capturing: false,
+            batch,
         })
     }
 
     /// Whether this step can run as a graph: one token, no taps, graphs not turned off, and
     /// no operation of this model's step takes the position from the host.
     pub fn graphable(&self) -> bool {
-        self.n == 1 && self.st.taps.is_none() && graphs_enabled() && self.st.graph_ok
+        let rows_ok = self.n == 1 || self.batch.is_some();
+        rows_ok && self.st.taps.is_none() && graphs_enabled() && self.st.graph_ok
     }
 
     /// Run a decode step through the state's CUDA graph: replay it if there is one, else
@@ -664,6 +745,29 @@ impl Ops for CudaStep<'_> {
             if shape.sinks.is_some() {
                 return Err(gpt_oss_unsupported("attention sinks"));
             }
+            if let Some((tab, rows)) = s.batch {
+                let (n, st) = (s.n, &mut *s.st);
+                let tab = tab + (layer * rows * 24) as u64;
+                let (hd, n_kv) = (shape.head_dim, shape.n_head_kv);
+                let slot = |x: Slot| &st.slots[x.index()];
+                st.dev
+                    .kv_store_batch(slot(k), slot(v), n, tab, &st.positions, n_kv, hd)?;
+                let (qb, ob) = pair(&mut st.slots, q, out)?;
+                let window = shape.window.unwrap_or(0);
+                let (nh, scale) = (shape.n_head, shape.scale);
+                return st.dev.attention_batch(
+                    qb,
+                    n,
+                    tab,
+                    &st.positions,
+                    nh,
+                    n_kv,
+                    hd,
+                    scale,
+                    window,
+                    ob,
+                );
+            }
             if s.capturing {
                 // The cache position below is a kernel argument: a graph would keep it.
                 s.st.graph_ok = false;
@@ -727,6 +831,10 @@ impl Ops for CudaStep<'_> {
     }
 
     fn keep_last_row(&mut self, x: Slot) {
+        if self.batch.is_some() {
+            // A batched step has one row per sequence (decoding): each is a last row.
+            return;
+        }
         self.run(|s| {
             let row = s.width(x) * 4;
             let n = s.n;

@@ -1,0 +1,212 @@
+//! Batched decoding on the GPU (continuous batching): one forward step for one token of each
+//! of several sessions. The products run over all rows at once (each weight read once for
+//! the batch); each row's attention reads its own session's KV cache through a table of
+//! cache addresses and positions in device memory (kernels/attention_batch.cu).
+//!
+//! Unlike the CPU's, a batched row's numbers are not bit for bit those of the row alone: the
+//! products of several rows use the tensor-core kernels, a row alone the mat-vec kernels
+//! (both accumulate in f32; different summation orders).
+
+use super::model::{CudaModel, CudaState, CudaStep, DecodeGraph};
+use super::{f32s, positive, CudaDevice, DeviceBuffer, MemKind};
+use crate::backend::{Dims, Ops, Out};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// Bytes of one table entry: K cache, V cache, positions in the cache (3 × u64).
+const ENTRY: usize = 24;
+
+/// The working state of the batched steps of one model: activation buffers (a state with a
+/// one-position cache of its own), the table of the rows' caches, the picks.
+pub struct CudaBatch {
+    st: CudaState,
+    /// `n_layer` blocks of `rows` entries.
+    tab: DeviceBuffer,
+    rows: usize,
+    picks: DeviceBuffer,
+    /// A captured step per batch size (a power of two; a smaller batch is padded with rows
+    /// that write the batch state's own one-position cache and are ignored).
+    graphs: HashMap<usize, Option<DecodeGraph>>,
+}
+
+/// Most rows of a batched GPU step (the batcher's `MAX_SEQS`).
+pub const MAX_BATCH_ROWS: usize = 128;
+
+impl CudaBatch {
+    /// Buffers for steps of up to [`MAX_BATCH_ROWS`] rows, allocated once: captured graphs
+    /// hold their addresses.
+    pub fn new(model: &CudaModel, dims: &Dims) -> Result<Self> {
+        // Two positions: enough for the padding rows, and the prompt-product scratch is made
+        // (states of one position have none).
+        let mut st = CudaState::new(model, dims, 2)?;
+        st.reserve_rows(MAX_BATCH_ROWS)?;
+        let (tab, picks) = Self::tables(&st, dims, MAX_BATCH_ROWS)?;
+        Ok(CudaBatch {
+            st,
+            tab,
+            rows: MAX_BATCH_ROWS,
+            picks,
+            graphs: HashMap::new(),
+        })
+    }
+
+    fn tables(st: &CudaState, dims: &Dims, rows: usize) -> Result<(DeviceBuffer, DeviceBuffer)> {
+        let dev = st.device();
+        let tab = dev.alloc(dims.n_layer * rows * ENTRY, MemKind::Scratch)?;
+        let picks = dev.alloc(rows * 4, MemKind::Scratch)?;
+        Ok((tab, picks))
+    }
+
+    /// One step of one token per state: `tokens[i]` at position `pos[i]` of `states[i]`;
+    /// row i's result to `outs[i]`.
+    pub fn step(
+        &mut self,
+        model: &Arc<CudaModel>,
+        states: &mut [&mut CudaState],
+        tokens: &[u32],
+        pos: &[usize],
+        forward: &mut dyn FnMut(&mut dyn Ops) -> Result<()>,
+        outs: &mut [Out],
+    ) -> Result<()> {
+        let n = states.len();
+        if n == 0 || tokens.len() != n || pos.len() != n || outs.len() != n {
+            return Err(Error::Internal(
+                "a batched GPU step of mismatched rows".into(),
+            ));
+        }
+        let dims = self.st.dims().clone();
+        if n > self.rows {
+            return Err(Error::Internal(format!(
+                "a batched GPU step of {n} rows (at most {})",
+                self.rows
+            )));
+        }
+        // Padded to a power of two: one captured graph per size.
+        let rows = n.next_power_of_two().min(self.rows);
+        // The table: per layer, each row's K and V cache and its length; padding rows use
+        // the batch state's own one-position cache, at position 0.
+        let mut tab = Vec::with_capacity(dims.n_layer * self.rows * 3);
+        for l in 0..dims.n_layer {
+            for r in 0..self.rows {
+                let (k, v, max_ctx) = match states.get(r) {
+                    Some(st) => st.kv_layer_ref(l),
+                    None => self.st.kv_layer_ref(l),
+                };
+                if r < n && pos[r] >= max_ctx {
+                    return Err(Error::ContextFull(format!(
+                        "position {} beyond a cache of {max_ctx}",
+                        pos[r]
+                    )));
+                }
+                tab.extend([k, v, max_ctx as u64]);
+            }
+        }
+        let mut toks = tokens.to_vec();
+        let mut ps = pos.to_vec();
+        toks.resize(rows, 0);
+        ps.resize(rows, 0);
+        // Each session's own stream may still be writing its cache (a prompt step): the
+        // batch's stream reads it only after.
+        for st in states.iter() {
+            st.device().synchronize()?;
+        }
+        let bytes: Vec<u8> = tab.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let dev = self.st.device().clone();
+        dev.write(&mut self.tab, 0, &bytes)?;
+        let mut graph = self.graphs.remove(&rows).flatten();
+        self.st.swap_graph(&mut graph);
+        let step = CudaStep::batch(model, &mut self.st, &toks, &ps, &self.tab, self.rows);
+        let r = match step {
+            Ok(step) if step.graphable() => step.run_graphed(|s| forward(s)),
+            Ok(mut step) => {
+                let r = forward(&mut step);
+                // A device error outranks a cancellation seen after it.
+                step.finish().and(r)
+            }
+            Err(e) => Err(e),
+        };
+        self.st.swap_graph(&mut graph);
+        self.graphs.insert(rows, graph);
+        r?;
+        let vocab = dims.vocab;
+        let logits = self.st.logits_buffer();
+        if outs.iter().any(|o| matches!(o, Out::Argmax(_))) {
+            let picks = dev.argmax_into(logits, 0, n, vocab, &self.picks)?;
+            for (o, p) in outs.iter_mut().zip(&picks) {
+                if let Out::Argmax(slot) = o {
+                    **slot = Some(p.unwrap_or(0));
+                }
+            }
+        }
+        if outs.iter().any(|o| matches!(o, Out::Logits(_))) {
+            let all = dev.download_f32(logits, n * vocab)?;
+            for (o, row) in outs.iter_mut().zip(all.chunks(vocab)) {
+                if let Out::Logits(v) = o {
+                    v.extend_from_slice(row);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CudaDevice {
+    /// Store each row's new K and V (`k`, `v`: `n_rows` rows of `n_kv * head_dim` f32) in
+    /// its session's cache at its position (`tab`: the layer's table entries, `pos`: i32
+    /// per row).
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_store_batch(
+        &self,
+        k: &DeviceBuffer,
+        v: &DeviceBuffer,
+        n_rows: usize,
+        tab: u64,
+        pos: &DeviceBuffer,
+        n_kv: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        let blocks = positive(n_rows * n_kv, "kv_store_batch rows")?;
+        k.check(self, f32s(n_rows * n_kv * head_dim), "kv_store_batch k")?;
+        v.check(self, f32s(n_rows * n_kv * head_dim), "kv_store_batch v")?;
+        pos.check(self, n_rows as u64 * 4, "kv_store_batch positions")?;
+        launch!(self, "kv_store_batch", (blocks as u32, 1, 1), (head_dim as u32, 1, 1);
+            k.ptr(), v.ptr(), tab, pos.ptr(), n_kv as i32, head_dim as i32)
+    }
+
+    /// Attention of each row's query (`q`: `n_rows` rows of `n_heads * head_dim`) over its
+    /// session's cache up to its position (sliding `window` if > 0) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_batch(
+        &self,
+        q: &DeviceBuffer,
+        n_rows: usize,
+        tab: u64,
+        pos: &DeviceBuffer,
+        n_heads: usize,
+        n_kv: usize,
+        head_dim: usize,
+        scale: f32,
+        window: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        positive(n_rows, "attention_batch rows")?;
+        if n_heads % n_kv.max(1) != 0 || head_dim % 32 != 0 || head_dim > 256 || n_rows > 65535 {
+            return Err(Error::InvalidArgument(format!(
+                "attention_batch: {n_heads} heads over {n_kv} KV heads of {head_dim}, {n_rows} rows"
+            )));
+        }
+        q.check(self, f32s(n_rows * n_heads * head_dim), "attention_batch q")?;
+        out.check(
+            self,
+            f32s(n_rows * n_heads * head_dim),
+            "attention_batch out",
+        )?;
+        pos.check(self, n_rows as u64 * 4, "attention_batch positions")?;
+        let window = super::launch::dim(window, "attention window")?;
+        launch!(self, "attention_batch", (n_heads as u32, n_rows as u32, 1), (128, 1, 1);
+            q.ptr(), tab, pos.ptr(), out.ptr(), n_heads as i32, n_kv as i32, head_dim as i32,
+            scale, window)
+    }
+}
