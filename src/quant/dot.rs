@@ -1,5 +1,5 @@
 //! CPU dot products of quantized weight rows with 8-bit quantized activations, with the SIMD
-//! path chosen once at run time (or forced with `LLORCH_SIMD=scalar|avx2|avx512`).
+//! path chosen once at run time (or forced with `LLORCH_SIMD=scalar|avx2|avx512|neon`).
 
 use super::{check_sizes, scalar, GgmlType, QuantError};
 use std::sync::OnceLock;
@@ -49,14 +49,20 @@ pub enum SimdLevel {
     Avx2Vnni,
     /// AVX-512 F/BW/VL + VNNI.
     Avx512,
+    /// AArch64 Advanced SIMD (smull for the byte products); bit-equal to `Scalar`.
+    Neon,
+    /// AArch64 Advanced SIMD with the dotprod extension (sdot); bit-equal to `Scalar`.
+    NeonDotprod,
 }
 
 impl SimdLevel {
-    pub const ALL: [SimdLevel; 4] = [
+    pub const ALL: [SimdLevel; 6] = [
         SimdLevel::Scalar,
         SimdLevel::Avx2,
         SimdLevel::Avx2Vnni,
         SimdLevel::Avx512,
+        SimdLevel::Neon,
+        SimdLevel::NeonDotprod,
     ];
 
     /// Whether this CPU can run the level.
@@ -76,9 +82,22 @@ impl SimdLevel {
                         && is_x86_feature_detected!("avx512vl")
                         && is_x86_feature_detected!("avx512vnni")
                 }
+                SimdLevel::Neon | SimdLevel::NeonDotprod => false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            match self {
+                SimdLevel::Scalar => true,
+                SimdLevel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+                SimdLevel::NeonDotprod => {
+                    std::arch::is_aarch64_feature_detected!("neon")
+                        && std::arch::is_aarch64_feature_detected!("dotprod")
+                }
+                _ => false,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             self == SimdLevel::Scalar
         }
@@ -90,12 +109,14 @@ impl SimdLevel {
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx2Vnni => "avx2-vnni",
             SimdLevel::Avx512 => "avx512",
+            SimdLevel::Neon => "neon",
+            SimdLevel::NeonDotprod => "neon-dotprod",
         }
     }
 }
 
-/// The level in use: the best available, or `LLORCH_SIMD` (scalar|avx2|avx512) capped at
-/// what the CPU has. Decided once.
+/// The level in use: the best available, or `LLORCH_SIMD` (scalar|avx2|avx2-novnni|neon)
+/// capped at what the CPU has (`neon`: the plain path even where dotprod exists). Decided once.
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -111,7 +132,8 @@ pub fn simd_level() -> SimdLevel {
             Some("scalar") => Scalar,
             Some("avx2") => best(&[Avx2Vnni, Avx2]),
             Some("avx2-novnni") => best(&[Avx2]),
-            _ => best(&[Avx512, Avx2Vnni, Avx2]),
+            Some("neon") => best(&[Neon]),
+            _ => best(&[Avx512, Avx2Vnni, Avx2, NeonDotprod, Neon]),
         }
     })
 }
@@ -121,13 +143,15 @@ type DotFn = unsafe fn(&[u8], &[BlockQ8], usize, &mut [f32]);
 
 /// Per-type kernels of one level (None: use the scalar path).
 fn table(level: SimdLevel) -> &'static [Option<DotFn>; 40] {
-    static TABLES: OnceLock<[[Option<DotFn>; 40]; 4]> = OnceLock::new();
+    static TABLES: OnceLock<[[Option<DotFn>; 40]; SimdLevel::ALL.len()]> = OnceLock::new();
     let t = TABLES.get_or_init(|| {
-        let mut t = [[None; 40]; 4];
-        #[cfg(target_arch = "x86_64")]
+        let mut t = [[None; 40]; SimdLevel::ALL.len()];
         for (i, l) in SimdLevel::ALL.into_iter().enumerate() {
             if l.available() {
+                #[cfg(target_arch = "x86_64")]
                 super::x86::fill(l, &mut t[i]);
+                #[cfg(target_arch = "aarch64")]
+                super::aarch64::fill(l, &mut t[i]);
             }
         }
         t

@@ -113,6 +113,8 @@ impl GgmlType {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod dequant;
 mod dot;
 mod quantize;
