@@ -13,8 +13,8 @@
 
 use half::f16;
 use llorch::quant::{
-    dequantize, quantize_q8, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32, vec_dot_multi,
-    vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel,
+    dequantize, has_kernel, quantize_q8, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32,
+    vec_dot_multi, vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel,
 };
 
 mod common;
@@ -415,6 +415,11 @@ fn neon_equals_scalar_bit_for_bit() {
         return;
     }
     eprintln!("levels: {neon:?}");
+    for &l in &neon {
+        for ty in DOT_TYPES {
+            assert!(has_kernel(l, ty), "{l:?} has no kernel for {}", ty.name());
+        }
+    }
     let mut rng = Rng(0xA64);
     let mut checked = 0usize;
     let mut check = |ty: GgmlType, row: &[u8], acts: &[BlockQ8], n_cols: usize, what: &str| {

@@ -159,6 +159,12 @@ fn table(level: SimdLevel) -> &'static [Option<DotFn>; 40] {
     &t[level as usize]
 }
 
+/// Whether `level` has a kernel of its own for `ty` (otherwise [`vec_dot_at`] runs the
+/// scalar path on it).
+pub fn has_kernel(level: SimdLevel, ty: GgmlType) -> bool {
+    table(level)[ty as usize].is_some()
+}
+
 /// Whether `vec_dot`/`vec_dot_multi` accept this weight type.
 pub fn supported_for_dot(ty: GgmlType) -> bool {
     scalar::supported(ty)
