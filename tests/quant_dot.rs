@@ -14,7 +14,7 @@
 use half::f16;
 use llorch::quant::{
     dequantize, has_kernel, quantize_q8, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32,
-    vec_dot_multi, vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel,
+    vec_dot_f32_at, vec_dot_multi, vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel,
 };
 
 mod common;
@@ -466,6 +466,55 @@ fn neon_equals_scalar_bit_for_bit() {
     }
     eprintln!("{checked} results equal bit for bit");
     assert!(checked > 1000);
+}
+
+/// The NEON F32/F16/BF16 row dot repeats the scalar one's eight partial sums, so it must
+/// equal it bit for bit: lengths around the 8-value chunks, sane values and raw bit patterns
+/// (f16/bf16 subnormals, infinities, NaN).
+#[test]
+fn neon_f32_rows_equal_scalar_bit_for_bit() {
+    let neon: Vec<_> = [SimdLevel::Neon, SimdLevel::NeonDotprod]
+        .into_iter()
+        .filter(|l| l.available())
+        .collect();
+    if neon.is_empty() {
+        assert!(!cfg!(target_arch = "aarch64"), "AArch64 without NEON");
+        eprintln!("not AArch64: skipped (scripts/test-aarch64 runs it under qemu)");
+        return;
+    }
+    let mut rng = Rng(0xF32);
+    let mut checked = 0usize;
+    for n in [1usize, 7, 8, 9, 16, 100, 896, 1003] {
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            let ts = ty.type_size();
+            let x: Vec<f32> = (0..n).map(|_| rng.unit() * 3.0).collect();
+            let sane: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    let v = rng.unit();
+                    match ty {
+                        GgmlType::F32 => v.to_le_bytes().to_vec(),
+                        GgmlType::F16 => f16::from_f32(v).to_le_bytes().to_vec(),
+                        _ => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                    }
+                })
+                .collect();
+            let raw: Vec<u8> = (0..n * ts).map(|_| rng.next() as u8).collect();
+            for row in [&sane, &raw] {
+                let want = vec_dot_f32_at(SimdLevel::Scalar, ty, row, &x);
+                for &l in &neon {
+                    let got = vec_dot_f32_at(l, ty, row, &x);
+                    assert!(
+                        same_bits(got, want),
+                        "{ty:?} n={n} {l:?}: {got:e} ({:#x}) vs scalar {want:e} ({:#x})",
+                        got.to_bits(),
+                        want.to_bits()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} results equal bit for bit");
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! the scalar path's own [`half_scales`].
 
 use super::dot::{BlockQ8, SimdLevel};
-use super::scalar::{half_scales, legacy_bias};
+use super::scalar::{dot_f32_from, half_scales, legacy_bias};
 use super::{GgmlType, MXFP4_VALUES};
 use std::arch::aarch64::*;
 
@@ -311,4 +311,54 @@ pub(crate) fn fill(level: SimdLevel, t: &mut [Option<DotFn>; 40]) {
         SimdLevel::Neon => set!(plain),
         _ => {}
     }
+}
+
+/// Four f16 bit patterns → f32 (exact; `fcvtl` is base Advanced SIMD, but Rust's f16 vector
+/// types are not stable yet, so one instruction of inline assembly).
+#[inline(always)]
+unsafe fn f16x4(h: uint16x4_t) -> float32x4_t {
+    let out: float32x4_t;
+    std::arch::asm!(
+        "fcvtl {o:v}.4s, {h:v}.4h",
+        o = lateout(vreg) out,
+        h = in(vreg) h,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    out
+}
+
+/// F32/F16/BF16 row · f32 values (lengths checked by the caller), bit for bit as
+/// scalar::dot_f32: its eight partial sums are two vectors here, each step a multiply then
+/// an add, and the last partial chunk and the final sum are its own code.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    let whole = x.len() / 8 * 8;
+    let ts = ty.type_size();
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc = [vdupq_n_f32(0.0); 2];
+    for i in (0..whole).step_by(8) {
+        let p = rp.add(i * ts);
+        let w = match ty {
+            GgmlType::F32 => [0, 16].map(|at| vreinterpretq_f32_u8(vld1q_u8(p.add(at)))),
+            GgmlType::F16 => {
+                let h = vreinterpretq_u16_u8(vld1q_u8(p));
+                [f16x4(vget_low_u16(h)), f16x4(vget_high_u16(h))]
+            }
+            _ => {
+                // BF16: the upper half of an f32.
+                let h = vreinterpretq_u16_u8(vld1q_u8(p));
+                [
+                    vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
+                    vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)),
+                ]
+            }
+        };
+        for k in 0..2 {
+            acc[k] = vaddq_f32(acc[k], vmulq_f32(w[k], vld1q_f32(xp.add(i + 4 * k))));
+        }
+    }
+    let mut sums = [0.0f32; 8];
+    vst1q_f32(sums.as_mut_ptr(), acc[0]);
+    vst1q_f32(sums.as_mut_ptr().add(4), acc[1]);
+    dot_f32_from(ty, &row[whole * ts..], &x[whole..], sums)
 }

@@ -238,15 +238,26 @@ pub fn vec_dot_multi_at(
 /// An F32/F16/BF16 row · f32 values, accumulated in f32. NaN on other types or a length
 /// mismatch.
 pub fn vec_dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    vec_dot_f32_at(simd_level(), ty, row, x)
+}
+
+/// [`vec_dot_f32`] on a given level (an unavailable level runs the scalar path).
+pub fn vec_dot_f32_at(level: SimdLevel, ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     use GgmlType::*;
     if !matches!(ty, F32 | F16 | BF16) || check_sizes(ty, x.len(), row.len(), "row").is_err() {
         return f32::NAN;
     }
     #[cfg(target_arch = "x86_64")]
-    if simd_level() != SimdLevel::Scalar && SimdLevel::Avx2.available() {
+    if level != SimdLevel::Scalar && level.available() && SimdLevel::Avx2.available() {
         // SAFETY: AVX2/FMA/F16C present; sizes checked.
         return unsafe { super::x86::dot_f32(ty, row, x) };
     }
+    #[cfg(target_arch = "aarch64")]
+    if level != SimdLevel::Scalar && level.available() {
+        // SAFETY: NEON present (every AArch64 level has it); sizes checked.
+        return unsafe { super::aarch64::dot_f32(ty, row, x) };
+    }
+    let _ = level;
     scalar::dot_f32(ty, row, x)
 }
 

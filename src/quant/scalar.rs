@@ -199,7 +199,12 @@ pub(crate) fn dot(ty: GgmlType, row: &[u8], acts: &[BlockQ8], nb: usize, out: &m
 /// A row of F32/F16/BF16 dotted with f32 values (lengths already checked). Eight partial
 /// sums let the compiler vectorize.
 pub(crate) fn dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+    dot_f32_from(ty, row, x, [0.0; 8])
+}
+
+/// [`dot_f32`] continuing from partial sums `acc` of the values before `row` (a SIMD path
+/// that has done the whole 8-value chunks finishes here, in the same order).
+pub(crate) fn dot_f32_from(ty: GgmlType, row: &[u8], x: &[f32], mut acc: [f32; 8]) -> f32 {
     match ty {
         GgmlType::F32 => {
             for (rc, xc) in row.chunks(32).zip(x.chunks(8)) {
