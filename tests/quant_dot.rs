@@ -366,6 +366,20 @@ fn aarch64_levels_detected() {
     }
 }
 
+/// The NEON levels this CPU runs (on AArch64 at least the plain one; none elsewhere).
+fn neon_levels() -> Vec<SimdLevel> {
+    let neon: Vec<_> = [SimdLevel::Neon, SimdLevel::NeonDotprod]
+        .into_iter()
+        .filter(|l| l.available())
+        .collect();
+    if cfg!(target_arch = "aarch64") {
+        assert!(neon.contains(&SimdLevel::Neon), "AArch64 without NEON");
+    } else {
+        eprintln!("not AArch64: skipped (scripts/test-aarch64 runs it under qemu)");
+    }
+    neon
+}
+
 /// Whether two results are the same float bit for bit (any NaN equals any NaN: payloads are
 /// the FPU's business).
 fn same_bits(a: f32, b: f32) -> bool {
@@ -404,14 +418,8 @@ fn hostile_acts(nb: usize, rng: &mut Rng) -> Vec<BlockQ8> {
 /// scales, all bit patterns), hostile activations, and the golden blocks.
 #[test]
 fn neon_equals_scalar_bit_for_bit() {
-    let neon: Vec<_> = [SimdLevel::Neon, SimdLevel::NeonDotprod]
-        .into_iter()
-        .filter(|l| l.available())
-        .collect();
-    if cfg!(target_arch = "aarch64") {
-        assert!(!neon.is_empty(), "AArch64 without NEON");
-    } else {
-        eprintln!("not AArch64: skipped (scripts/test-aarch64 runs it under qemu)");
+    let neon = neon_levels();
+    if neon.is_empty() {
         return;
     }
     eprintln!("levels: {neon:?}");
@@ -473,13 +481,8 @@ fn neon_equals_scalar_bit_for_bit() {
 /// (f16/bf16 subnormals, infinities, NaN).
 #[test]
 fn neon_f32_rows_equal_scalar_bit_for_bit() {
-    let neon: Vec<_> = [SimdLevel::Neon, SimdLevel::NeonDotprod]
-        .into_iter()
-        .filter(|l| l.available())
-        .collect();
+    let neon = neon_levels();
     if neon.is_empty() {
-        assert!(!cfg!(target_arch = "aarch64"), "AArch64 without NEON");
-        eprintln!("not AArch64: skipped (scripts/test-aarch64 runs it under qemu)");
         return;
     }
     let mut rng = Rng(0xF32);

@@ -153,11 +153,11 @@ unsafe fn decode(ty: GgmlType, b: *const u8, q: &mut [int8x16_t; 16]) {
         Q6_K => {
             // Value i = h*128 + r: low 4 bits at byte h*64 + r%64 (shift 4*(r/64)), high 2
             // bits at byte 128 + h*32 + r%32 (shift 2*(r/32)).
-            for j in 0..16 {
+            for (j, qj) in q.iter_mut().enumerate() {
                 let (h, r0) = (j / 8, (j % 8) * 16);
                 let lo = field(ld(h * 64 + r0 % 64), 4 * (r0 / 64) as i8, 0xF);
                 let hi = field(ld(128 + h * 32 + r0 % 32), 2 * (r0 / 32) as i8, 3);
-                q[j] = signed(vorrq_u8(lo, vshlq_n_u8::<4>(hi)), 32);
+                *qj = signed(vorrq_u8(lo, vshlq_n_u8::<4>(hi)), 32);
             }
         }
         _ => {}

@@ -328,6 +328,19 @@ impl Acts16 {
     }
 
     /// Per column: (its chunk storage, its sums), to fill with [`quantize_column`].
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
+        let (n, nch) = (self.n.max(1), self.nch);
+        let sl = self.sums.len() / n;
+        self.sums
+            .chunks_mut(sl.max(1))
+            .take(n)
+            .map(move |sums| Acts16Col {
+                sums: &mut sums[..2 * nch],
+            })
+    }
+
+    /// Per column: (its chunk storage, its sums), to fill with [`quantize_column`].
     #[cfg(target_arch = "x86_64")]
     pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
         let n = self.n.max(1);
@@ -359,21 +372,23 @@ impl Acts16 {
 }
 
 /// One column of [`Acts16`] being filled.
-#[cfg(target_arch = "x86_64")]
 pub struct Acts16Col<'a> {
+    #[cfg(target_arch = "x86_64")]
     chunks: &'a mut [super::x86::wide::AChunk],
+    #[cfg(target_arch = "x86_64")]
     pchunks: &'a mut [super::x86::wide::PChunk],
     sums: &'a mut [f32],
 }
 
-/// Quantizes one column's values (`x.len()` = the `k` given to `reset`).
-#[cfg(target_arch = "x86_64")]
+/// Quantizes one column's values (`x.len()` = the `k` given to `reset`). Callers checked
+/// [`wide_supported`] (never true off x86-64, where this panics as on x86-64 without AVX-512).
 pub fn quantize_column(x: &[f32], col: Acts16Col<'_>) {
     assert_eq!(x.len(), col.sums.len() * 32, "column length");
     assert!(
         simd_level() == SimdLevel::Avx512,
         "wide kernels need AVX-512"
     );
+    #[cfg(target_arch = "x86_64")]
     if col.pchunks.is_empty() {
         assert_eq!(x.len(), col.chunks.len() * 64, "column length");
         // SAFETY: AVX-512 level in use (checked above); sizes match.
