@@ -9,6 +9,9 @@
 //! Rust never fuses a multiply and an add), then added into the block's sum one half at a
 //! time in the scalar order, and the block's sum into the output. Scales and mins come from
 //! the scalar path's own [`half_scales`].
+//!
+//! The wide (16-bit activation) kernels stay x86-64 AVX-512 only: `wide_supported` is false
+//! here, so the CPU backend takes its two 8-bit activation passes through these kernels.
 
 use super::dot::{BlockQ8, SimdLevel};
 use super::scalar::{dot_f32_from, half_scales, legacy_bias};
