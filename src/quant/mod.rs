@@ -124,10 +124,11 @@ mod x86;
 
 pub use dequant::dequantize;
 pub use dot::{
-    check_dot, has_kernel, quantize_column, quantize_q8, simd_level, supported_for_dot, vec_dot,
-    vec_dot_at, vec_dot_f32, vec_dot_f32_at, vec_dot_multi, vec_dot_multi_at, wide_matmul,
-    wide_matmul_strided, wide_supported, Acts16, Acts16Col, BlockQ8, SimdLevel,
+    check_dot, quantize_q8, simd_level, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32,
+    vec_dot_multi, vec_dot_multi_at, wide_matmul, wide_matmul_strided, wide_supported, Acts16,
+    BlockQ8, SimdLevel,
 };
+pub use dot::{has_kernel, quantize_column, vec_dot_f32_at, Acts16Col};
 pub use quantize::quantize;
 
 /// What went wrong converting blocks, and where.
