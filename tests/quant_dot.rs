@@ -13,8 +13,8 @@
 
 use half::f16;
 use llorch::quant::{
-    dequantize, quantize_q8, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32, vec_dot_multi,
-    vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel,
+    dequantize, has_kernel, quantize_q8, supported_for_dot, vec_dot, vec_dot_at, vec_dot_f32,
+    vec_dot_f32_at, vec_dot_multi, vec_dot_multi_at, BlockQ8, GgmlType, SimdLevel,
 };
 
 mod common;
@@ -310,24 +310,226 @@ fn multi_matches_single() {
 
 #[test]
 fn forced_level_env_is_honoured() {
-    // The process-wide level is decided once; a child process checks LLORCH_SIMD=scalar.
-    if std::env::var("QUANT_DOT_CHILD").is_ok() {
-        assert_eq!(llorch::quant::simd_level(), SimdLevel::Scalar);
+    // The process-wide level is decided once; child processes check what LLORCH_SIMD picks.
+    if let Ok(want) = std::env::var("QUANT_DOT_CHILD") {
+        assert_eq!(llorch::quant::simd_level().name(), want);
         return;
     }
+    let mut cases = vec!["scalar"];
+    if SimdLevel::Neon.available() {
+        cases.push("neon"); // the plain path even where dotprod exists
+    }
     let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args(["forced_level_env_is_honoured", "--exact", "--nocapture"])
-        .env("QUANT_DOT_CHILD", "1")
-        .env("LLORCH_SIMD", "scalar")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    for level in cases {
+        // Under an emulator (scripts/test-aarch64) the child must run through it too.
+        let mut cmd = match std::env::var_os("LLORCH_TEST_RUNNER") {
+            Some(runner) => {
+                let mut c = std::process::Command::new(runner);
+                c.arg(&exe);
+                c
+            }
+            None => std::process::Command::new(&exe),
+        };
+        let out = cmd
+            .args(["forced_level_env_is_honoured", "--exact", "--nocapture"])
+            .env("QUANT_DOT_CHILD", level)
+            .env("LLORCH_SIMD", level)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "LLORCH_SIMD={level}: {text}");
+        assert!(text.contains("1 passed"), "LLORCH_SIMD={level}: {text}");
+    }
+}
+
+/// Run-time detection on AArch64: plain NEON always, the dotprod level exactly when the CPU
+/// has it, and the best one by default. scripts/test-aarch64 runs this on emulated CPUs with
+/// and without dotprod and says which in LLORCH_EXPECT_DOTPROD.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn aarch64_levels_detected() {
+    assert!(SimdLevel::Neon.available());
+    let dotprod = SimdLevel::NeonDotprod.available();
+    eprintln!("dotprod: {dotprod}");
+    match std::env::var("LLORCH_EXPECT_DOTPROD").as_deref() {
+        Ok("1") => assert!(dotprod, "the CPU has dotprod but it was not detected"),
+        Ok("0") => assert!(!dotprod, "dotprod detected on a CPU without it"),
+        _ => {}
+    }
+    if std::env::var_os("LLORCH_SIMD").is_none() {
+        let best = if dotprod {
+            SimdLevel::NeonDotprod
+        } else {
+            SimdLevel::Neon
+        };
+        assert_eq!(llorch::quant::simd_level(), best);
+    }
+}
+
+/// The NEON levels this CPU runs (on AArch64 at least the plain one; none elsewhere).
+fn neon_levels() -> Vec<SimdLevel> {
+    let neon: Vec<_> = [SimdLevel::Neon, SimdLevel::NeonDotprod]
+        .into_iter()
+        .filter(|l| l.available())
+        .collect();
+    if cfg!(target_arch = "aarch64") {
+        assert!(neon.contains(&SimdLevel::Neon), "AArch64 without NEON");
+    } else {
+        eprintln!("not AArch64: skipped (scripts/test-aarch64 runs it under qemu)");
+    }
+    neon
+}
+
+/// Whether two results are the same float bit for bit (any NaN equals any NaN: payloads are
+/// the FPU's business).
+fn same_bits(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// Activation blocks of every 8-bit value including -128 (which quantize_q8 never makes) and
+/// scales of every kind: random, zero, negative, subnormal, infinite.
+fn hostile_acts(nb: usize, rng: &mut Rng) -> Vec<BlockQ8> {
+    (0..nb)
+        .map(|i| {
+            let mut qs = [0i8; 32];
+            for q in &mut qs {
+                *q = rng.next() as i8;
+            }
+            let d = match i % 7 {
+                0 => 0.0,
+                1 => -rng.unit(),
+                2 => f32::from_bits(1 + (rng.next() % 1000) as u32),
+                3 if i % 5 == 0 => f32::INFINITY,
+                _ => rng.unit() * 4.0,
+            };
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            BlockQ8 {
+                d,
+                s: d * sum as f32,
+                qs,
+            }
+        })
+        .collect()
+}
+
+/// The NEON levels repeat the scalar arithmetic operation for operation (see
+/// src/quant/aarch64.rs), so they must equal it bit for bit, not within a tolerance: every
+/// type, 1-9 columns (each also equal to itself computed alone), sane random rows, rows of
+/// raw random bytes (NaN and infinite f16 scales, all bit patterns), hostile activations,
+/// and the golden blocks.
+#[test]
+fn neon_equals_scalar_bit_for_bit() {
+    let neon = neon_levels();
+    if neon.is_empty() {
+        return;
+    }
+    eprintln!("levels: {neon:?}");
+    for &l in &neon {
+        for ty in DOT_TYPES {
+            assert!(has_kernel(l, ty), "{l:?} has no kernel for {}", ty.name());
+        }
+    }
+    let mut rng = Rng(0xA64);
+    let mut checked = 0usize;
+    let mut check = |ty: GgmlType, row: &[u8], acts: &[BlockQ8], n_cols: usize, what: &str| {
+        let mut want = vec![0f32; n_cols];
+        vec_dot_multi_at(SimdLevel::Scalar, ty, row, acts, n_cols, &mut want).unwrap();
+        for &l in &neon {
+            let mut got = vec![0f32; n_cols];
+            vec_dot_multi_at(l, ty, row, acts, n_cols, &mut got).unwrap();
+            for c in 0..n_cols {
+                assert!(
+                    same_bits(got[c], want[c]),
+                    "{} {l:?} {what} cols={n_cols} col {c}: {:e} ({:#x}) vs scalar {:e} ({:#x})",
+                    ty.name(),
+                    got[c],
+                    got[c].to_bits(),
+                    want[c],
+                    want[c].to_bits()
+                );
+                // A column's result does not depend on its neighbours (batched decoding
+                // relies on it): the same bits as that column alone.
+                let nb = acts.len() / n_cols;
+                let alone = vec_dot_at(l, ty, row, &acts[c * nb..(c + 1) * nb]);
+                assert!(
+                    same_bits(got[c], alone),
+                    "{} {l:?} {what} cols={n_cols} col {c}: {:e} vs alone {:e}",
+                    ty.name(),
+                    got[c],
+                    alone
+                );
+                checked += 1;
+            }
+        }
+    };
+    for ty in DOT_TYPES {
+        for n in [256usize, 4864] {
+            if n % ty.block_size() != 0 {
+                continue;
+            }
+            for n_cols in [1usize, 2, 3, 4, 5, 9] {
+                let row = random_row(ty, n, &mut rng);
+                let (_, acts) = random_acts(n * n_cols, &mut rng);
+                check(ty, &row, &acts, n_cols, "random");
+                let raw: Vec<u8> = (0..row.len()).map(|_| rng.next() as u8).collect();
+                let hostile = hostile_acts(n / 32 * n_cols, &mut rng);
+                check(ty, &raw, &hostile, n_cols, "raw bytes, hostile acts");
+                check(ty, &row, &hostile, n_cols, "hostile acts");
+            }
+        }
+        let golden =
+            std::fs::read(common::golden_dir().join(format!("quant/{}.blocks", ty.name())))
+                .unwrap();
+        let n = golden.len() / ty.type_size() * ty.block_size();
+        let (_, acts) = random_acts(2 * n, &mut rng);
+        check(ty, &golden, &acts, 2, "golden");
+    }
+    eprintln!("{checked} results equal bit for bit");
+    assert!(checked > 1000);
+}
+
+/// The NEON F32/F16/BF16 row dot repeats the scalar one's eight partial sums, so it must
+/// equal it bit for bit: lengths around the 8-value chunks, sane values and raw bit patterns
+/// (f16/bf16 subnormals, infinities, NaN).
+#[test]
+fn neon_f32_rows_equal_scalar_bit_for_bit() {
+    let neon = neon_levels();
+    if neon.is_empty() {
+        return;
+    }
+    let mut rng = Rng(0xF32);
+    let mut checked = 0usize;
+    for n in [1usize, 7, 8, 9, 16, 100, 896, 1003] {
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            let ts = ty.type_size();
+            let x: Vec<f32> = (0..n).map(|_| rng.unit() * 3.0).collect();
+            let sane: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    let v = rng.unit();
+                    match ty {
+                        GgmlType::F32 => v.to_le_bytes().to_vec(),
+                        GgmlType::F16 => f16::from_f32(v).to_le_bytes().to_vec(),
+                        _ => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                    }
+                })
+                .collect();
+            let raw: Vec<u8> = (0..n * ts).map(|_| rng.next() as u8).collect();
+            for row in [&sane, &raw] {
+                let want = vec_dot_f32_at(SimdLevel::Scalar, ty, row, &x);
+                for &l in &neon {
+                    let got = vec_dot_f32_at(l, ty, row, &x);
+                    assert!(
+                        same_bits(got, want),
+                        "{ty:?} n={n} {l:?}: {got:e} ({:#x}) vs scalar {want:e} ({:#x})",
+                        got.to_bits(),
+                        want.to_bits()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} results equal bit for bit");
 }
 
 #[test]

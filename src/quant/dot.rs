@@ -1,5 +1,5 @@
 //! CPU dot products of quantized weight rows with 8-bit quantized activations, with the SIMD
-//! path chosen once at run time (or forced with `LLORCH_SIMD=scalar|avx2|avx512`).
+//! path chosen once at run time (or forced with `LLORCH_SIMD=scalar|avx2|avx512|neon`).
 
 use super::{check_sizes, scalar, GgmlType, QuantError};
 use std::sync::OnceLock;
@@ -49,14 +49,20 @@ pub enum SimdLevel {
     Avx2Vnni,
     /// AVX-512 F/BW/VL + VNNI.
     Avx512,
+    /// AArch64 Advanced SIMD (smull for the byte products); bit-equal to `Scalar`.
+    Neon,
+    /// AArch64 Advanced SIMD with the dotprod extension (sdot); bit-equal to `Scalar`.
+    NeonDotprod,
 }
 
 impl SimdLevel {
-    pub const ALL: [SimdLevel; 4] = [
+    pub const ALL: [SimdLevel; 6] = [
         SimdLevel::Scalar,
         SimdLevel::Avx2,
         SimdLevel::Avx2Vnni,
         SimdLevel::Avx512,
+        SimdLevel::Neon,
+        SimdLevel::NeonDotprod,
     ];
 
     /// Whether this CPU can run the level.
@@ -76,9 +82,22 @@ impl SimdLevel {
                         && is_x86_feature_detected!("avx512vl")
                         && is_x86_feature_detected!("avx512vnni")
                 }
+                SimdLevel::Neon | SimdLevel::NeonDotprod => false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            match self {
+                SimdLevel::Scalar => true,
+                SimdLevel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+                SimdLevel::NeonDotprod => {
+                    std::arch::is_aarch64_feature_detected!("neon")
+                        && std::arch::is_aarch64_feature_detected!("dotprod")
+                }
+                _ => false,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             self == SimdLevel::Scalar
         }
@@ -90,12 +109,14 @@ impl SimdLevel {
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx2Vnni => "avx2-vnni",
             SimdLevel::Avx512 => "avx512",
+            SimdLevel::Neon => "neon",
+            SimdLevel::NeonDotprod => "neon-dotprod",
         }
     }
 }
 
-/// The level in use: the best available, or `LLORCH_SIMD` (scalar|avx2|avx512) capped at
-/// what the CPU has. Decided once.
+/// The level in use: the best available, or `LLORCH_SIMD` (scalar|avx2|avx2-novnni|neon)
+/// capped at what the CPU has (`neon`: the plain path even where dotprod exists). Decided once.
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -111,7 +132,8 @@ pub fn simd_level() -> SimdLevel {
             Some("scalar") => Scalar,
             Some("avx2") => best(&[Avx2Vnni, Avx2]),
             Some("avx2-novnni") => best(&[Avx2]),
-            _ => best(&[Avx512, Avx2Vnni, Avx2]),
+            Some("neon") => best(&[Neon]),
+            _ => best(&[Avx512, Avx2Vnni, Avx2, NeonDotprod, Neon]),
         }
     })
 }
@@ -121,18 +143,26 @@ type DotFn = unsafe fn(&[u8], &[BlockQ8], usize, &mut [f32]);
 
 /// Per-type kernels of one level (None: use the scalar path).
 fn table(level: SimdLevel) -> &'static [Option<DotFn>; 40] {
-    static TABLES: OnceLock<[[Option<DotFn>; 40]; 4]> = OnceLock::new();
+    static TABLES: OnceLock<[[Option<DotFn>; 40]; SimdLevel::ALL.len()]> = OnceLock::new();
     let t = TABLES.get_or_init(|| {
-        let mut t = [[None; 40]; 4];
-        #[cfg(target_arch = "x86_64")]
+        let mut t = [[None; 40]; SimdLevel::ALL.len()];
         for (i, l) in SimdLevel::ALL.into_iter().enumerate() {
             if l.available() {
+                #[cfg(target_arch = "x86_64")]
                 super::x86::fill(l, &mut t[i]);
+                #[cfg(target_arch = "aarch64")]
+                super::aarch64::fill(l, &mut t[i]);
             }
         }
         t
     });
     &t[level as usize]
+}
+
+/// Whether `level` has a kernel of its own for `ty` (otherwise [`vec_dot_at`] runs the
+/// scalar path on it).
+pub fn has_kernel(level: SimdLevel, ty: GgmlType) -> bool {
+    table(level)[ty as usize].is_some()
 }
 
 /// Whether `vec_dot`/`vec_dot_multi` accept this weight type.
@@ -208,15 +238,26 @@ pub fn vec_dot_multi_at(
 /// An F32/F16/BF16 row · f32 values, accumulated in f32. NaN on other types or a length
 /// mismatch.
 pub fn vec_dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
+    vec_dot_f32_at(simd_level(), ty, row, x)
+}
+
+/// [`vec_dot_f32`] on a given level (an unavailable level runs the scalar path).
+pub fn vec_dot_f32_at(level: SimdLevel, ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     use GgmlType::*;
     if !matches!(ty, F32 | F16 | BF16) || check_sizes(ty, x.len(), row.len(), "row").is_err() {
         return f32::NAN;
     }
     #[cfg(target_arch = "x86_64")]
-    if simd_level() != SimdLevel::Scalar && SimdLevel::Avx2.available() {
+    if level != SimdLevel::Scalar && level.available() && SimdLevel::Avx2.available() {
         // SAFETY: AVX2/FMA/F16C present; sizes checked.
         return unsafe { super::x86::dot_f32(ty, row, x) };
     }
+    #[cfg(target_arch = "aarch64")]
+    if level != SimdLevel::Scalar && level.available() {
+        // SAFETY: NEON present (every AArch64 level has it); sizes checked.
+        return unsafe { super::aarch64::dot_f32(ty, row, x) };
+    }
+    let _ = level;
     scalar::dot_f32(ty, row, x)
 }
 
@@ -302,6 +343,19 @@ impl Acts16 {
     }
 
     /// Per column: (its chunk storage, its sums), to fill with [`quantize_column`].
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
+        let (n, nch) = (self.n.max(1), self.nch);
+        let sl = self.sums.len() / n;
+        self.sums
+            .chunks_mut(sl.max(1))
+            .take(n)
+            .map(move |sums| Acts16Col {
+                sums: &mut sums[..2 * nch],
+            })
+    }
+
+    /// Per column: (its chunk storage, its sums), to fill with [`quantize_column`].
     #[cfg(target_arch = "x86_64")]
     pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
         let n = self.n.max(1);
@@ -333,21 +387,23 @@ impl Acts16 {
 }
 
 /// One column of [`Acts16`] being filled.
-#[cfg(target_arch = "x86_64")]
 pub struct Acts16Col<'a> {
+    #[cfg(target_arch = "x86_64")]
     chunks: &'a mut [super::x86::wide::AChunk],
+    #[cfg(target_arch = "x86_64")]
     pchunks: &'a mut [super::x86::wide::PChunk],
     sums: &'a mut [f32],
 }
 
-/// Quantizes one column's values (`x.len()` = the `k` given to `reset`).
-#[cfg(target_arch = "x86_64")]
+/// Quantizes one column's values (`x.len()` = the `k` given to `reset`). Callers checked
+/// [`wide_supported`] (never true off x86-64, where this panics as on x86-64 without AVX-512).
 pub fn quantize_column(x: &[f32], col: Acts16Col<'_>) {
     assert_eq!(x.len(), col.sums.len() * 32, "column length");
     assert!(
         simd_level() == SimdLevel::Avx512,
         "wide kernels need AVX-512"
     );
+    #[cfg(target_arch = "x86_64")]
     if col.pchunks.is_empty() {
         assert_eq!(x.len(), col.chunks.len() * 64, "column length");
         // SAFETY: AVX-512 level in use (checked above); sizes match.

@@ -113,6 +113,8 @@ impl GgmlType {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod dequant;
 mod dot;
 mod quantize;
@@ -126,8 +128,7 @@ pub use dot::{
     vec_dot_multi, vec_dot_multi_at, wide_matmul, wide_matmul_strided, wide_supported, Acts16,
     BlockQ8, SimdLevel, WIDE_INVARIANT_COLS,
 };
-#[cfg(target_arch = "x86_64")]
-pub use dot::{quantize_column, Acts16Col};
+pub use dot::{has_kernel, quantize_column, vec_dot_f32_at, Acts16Col};
 pub use quantize::quantize;
 
 /// What went wrong converting blocks, and where.

@@ -1,5 +1,5 @@
 //! Portable scalar dot products: the reference every SIMD path is tested against, and the
-//! path for types without a SIMD kernel (Q2_K, Q3_K).
+//! path for types without a SIMD kernel (Q2_K and Q3_K on x86-64).
 //!
 //! Each weight block is decoded once into signed integers q and, per 16 values, a float scale
 //! and min with w = scale*q - min; each 32-value activation block then contributes
@@ -18,92 +18,53 @@ struct Decoded {
 /// Decodes block `b` of `ty` (sizes already checked). Only dot-supported types reach here.
 fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
     use GgmlType::*;
+    half_scales(ty, b, &mut o.scale, &mut o.min);
     let q = &mut o.q;
     match ty {
         Q4_0 | Q4_1 | Q5_0 | Q5_1 => {
-            let (d, m, qh, qs) = match ty {
-                Q4_0 => (f16_at(b, 0), 0.0, 0, 2),
-                Q4_1 => (f16_at(b, 0), f16_at(b, 2), 0, 4),
-                Q5_0 => (
-                    f16_at(b, 0),
-                    0.0,
-                    u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
-                    6,
-                ),
-                _ => (
-                    f16_at(b, 0),
-                    f16_at(b, 2),
-                    u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-                    8,
-                ),
+            let (qh, qs) = match ty {
+                Q4_0 => (0, 2),
+                Q4_1 => (0, 4),
+                Q5_0 => (u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
+                _ => (u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
             };
-            // q is centred (q - 8 or q - 16): the offset of Q4_0/Q5_0 folds in exactly, and
-            // for Q4_1/Q5_1 the min becomes m + mid*d, so the integer sums and the min term
-            // stay small instead of cancelling (precision on activations with outliers).
-            let bias = match ty {
-                Q4_0 | Q4_1 => 8,
-                _ => 16,
-            };
+            let bias = legacy_bias(ty);
             for j in 0..16 {
                 let lo = (b[qs + j] & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;
                 let hi = (b[qs + j] >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32;
                 q[j] = (lo - bias) as i8;
                 q[j + 16] = (hi - bias) as i8;
             }
-            o.scale[..2].fill(d);
-            let m = if matches!(ty, Q4_1 | Q5_1) {
-                m + bias as f32 * d
-            } else {
-                0.0
-            };
-            o.min[..2].fill(-m);
         }
         Q8_0 => {
             for j in 0..32 {
                 q[j] = b[2 + j] as i8;
             }
-            o.scale[..2].fill(f16_at(b, 0));
-            o.min[..2].fill(0.0);
         }
         MXFP4 => {
             for j in 0..16 {
                 q[j] = MXFP4_VALUES[(b[1 + j] & 0xF) as usize];
                 q[j + 16] = MXFP4_VALUES[(b[1 + j] >> 4) as usize];
             }
-            o.scale[..2].fill(e8m0_half(b[0]));
-            o.min[..2].fill(0.0);
         }
         Q2_K => {
-            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
             for (i, q) in q.iter_mut().enumerate() {
                 let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
                 *q = ((b[16 + h * 32 + l] >> (2 * s)) & 3) as i8;
             }
-            for (k, sc) in b[..16].iter().enumerate() {
-                o.scale[k] = d * (sc & 0xF) as f32;
-                o.min[k] = dmin * (sc >> 4) as f32;
-            }
         }
         Q3_K => {
-            let d = f16_at(b, 108);
-            let sc = q3k_scales(&b[96..108]);
             for (i, q) in q.iter_mut().enumerate() {
                 let (h, s, l) = (i / 128, (i / 32) % 4, i % 32);
                 let lo = ((b[32 + h * 32 + l] >> (2 * s)) & 3) as i8;
                 let hbit = ((b[l] >> (h * 4 + s)) & 1) as i8;
                 *q = lo - 4 * (1 - hbit);
             }
-            for (o, s) in o.scale.iter_mut().zip(sc) {
-                *o = d * s as f32;
-            }
-            o.min.fill(0.0);
         }
         Q4_K | Q5_K => {
-            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let qs = if ty == Q5_K { 48 } else { 16 };
             let mid = if ty == Q5_K { 16 } else { 8 }; // centred, as for Q4_1
             for j in 0..8 {
-                let (sc, m) = k_scale_min(&b[4..16], j);
                 for l in 0..32 {
                     let mut v = (b[qs + (j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF;
                     if ty == Q5_K {
@@ -111,22 +72,84 @@ fn decode(ty: GgmlType, b: &[u8], o: &mut Decoded) {
                     }
                     q[j * 32 + l] = v as i8 - mid;
                 }
-                let scale = d * sc as f32;
-                o.scale[2 * j..2 * j + 2].fill(scale);
-                o.min[2 * j..2 * j + 2].fill(dmin * m as f32 - mid as f32 * scale);
             }
         }
         Q6_K => {
-            let d = f16_at(b, 208);
             for (i, q) in q.iter_mut().enumerate() {
                 let (h, r) = (i / 128, i % 128);
                 let lo = (b[h * 64 + r % 64] >> (4 * (r / 64))) & 0xF;
                 let hi = (b[128 + h * 32 + r % 32] >> (2 * (r / 32))) & 3;
                 *q = (lo | (hi << 4)) as i8 - 32;
             }
+        }
+        _ => {}
+    }
+}
+
+/// The centring offset of Q4_0/Q4_1 (8) and Q5_0/Q5_1 (16) quants.
+pub(crate) fn legacy_bias(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 => 8,
+        _ => 16,
+    }
+}
+
+/// The float scale and min of each 16-value half of block `b` (value = scale*q - min, with
+/// q as [`decode`] makes it): the first 2 entries for 32-value blocks, all 16 for K-quants.
+/// Shared with the NEON path, which must match this one bit for bit.
+pub(crate) fn half_scales(ty: GgmlType, b: &[u8], scale: &mut [f32; 16], min: &mut [f32; 16]) {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 => {
+            let d = f16_at(b, 0);
+            // q is centred (q - 8 or q - 16): the offset of Q4_0/Q5_0 folds in exactly, and
+            // for Q4_1/Q5_1 the min becomes m + mid*d, so the integer sums and the min term
+            // stay small instead of cancelling (precision on activations with outliers).
+            let m = if matches!(ty, Q4_1 | Q5_1) {
+                f16_at(b, 2) + legacy_bias(ty) as f32 * d
+            } else {
+                0.0
+            };
+            scale[..2].fill(d);
+            min[..2].fill(-m);
+        }
+        Q8_0 => {
+            scale[..2].fill(f16_at(b, 0));
+            min[..2].fill(0.0);
+        }
+        MXFP4 => {
+            scale[..2].fill(e8m0_half(b[0]));
+            min[..2].fill(0.0);
+        }
+        Q2_K => {
+            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+            for (k, sc) in b[..16].iter().enumerate() {
+                scale[k] = d * (sc & 0xF) as f32;
+                min[k] = dmin * (sc >> 4) as f32;
+            }
+        }
+        Q3_K => {
+            let d = f16_at(b, 108);
+            for (o, s) in scale.iter_mut().zip(q3k_scales(&b[96..108])) {
+                *o = d * s as f32;
+            }
+            min.fill(0.0);
+        }
+        Q4_K | Q5_K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let mid = if ty == Q5_K { 16.0 } else { 8.0 };
+            for j in 0..8 {
+                let (sc, m) = k_scale_min(&b[4..16], j);
+                let s = d * sc as f32;
+                scale[2 * j..2 * j + 2].fill(s);
+                min[2 * j..2 * j + 2].fill(dmin * m as f32 - mid * s);
+            }
+        }
+        Q6_K => {
+            let d = f16_at(b, 208);
             for k in 0..16 {
-                o.scale[k] = d * (b[192 + k] as i8) as f32;
-                o.min[k] = 0.0;
+                scale[k] = d * (b[192 + k] as i8) as f32;
+                min[k] = 0.0;
             }
         }
         _ => {}
@@ -176,7 +199,12 @@ pub(crate) fn dot(ty: GgmlType, row: &[u8], acts: &[BlockQ8], nb: usize, out: &m
 /// A row of F32/F16/BF16 dotted with f32 values (lengths already checked). Eight partial
 /// sums let the compiler vectorize.
 pub(crate) fn dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+    dot_f32_from(ty, row, x, [0.0; 8])
+}
+
+/// [`dot_f32`] continuing from partial sums `acc` of the values before `row` (a SIMD path
+/// that has done the whole 8-value chunks finishes here, in the same order).
+pub(crate) fn dot_f32_from(ty: GgmlType, row: &[u8], x: &[f32], mut acc: [f32; 8]) -> f32 {
     match ty {
         GgmlType::F32 => {
             for (rc, xc) in row.chunks(32).zip(x.chunks(8)) {

@@ -506,6 +506,7 @@ pub(crate) fn fill(level: SimdLevel, t: &mut [Option<DotFn>; 40]) {
         SimdLevel::Avx2 => set!(avx2),
         SimdLevel::Avx2Vnni => set!(avxvnni),
         SimdLevel::Avx512 => set!(avx512),
+        SimdLevel::Neon | SimdLevel::NeonDotprod => {}
     }
 }
 
