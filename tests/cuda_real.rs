@@ -90,7 +90,12 @@ fn real_qwen_greedy_gpu_equals_cpu() {
 fn turn(s: &mut Session, prompt: &str, p: &GenerateParams) -> Vec<u32> {
     let before = s.tokens().len();
     let add_bos = before == 0;
-    let n_prompt = s.model().tokenizer().encode(prompt, true, add_bos).unwrap().len();
+    let n_prompt = s
+        .model()
+        .tokenizer()
+        .encode(prompt, true, add_bos)
+        .unwrap()
+        .len();
     s.generate(prompt, p, &mut |_, _| true).unwrap();
     s.tokens()[before + n_prompt..].to_vec()
 }
@@ -145,20 +150,40 @@ fn real_qwen_gpu_state_save_restore_continue() {
         c.restore_state(&bytes).unwrap();
         let c2 = turn(&mut c, t2, p);
         let f2 = turn(&mut fork, t2, p);
-        eprintln!("{name}: restored {} fork {} ({} tokens)", c2 == a2, f2 == a2, a2.len());
+        eprintln!(
+            "{name}: restored {} fork {} ({} tokens)",
+            c2 == a2,
+            f2 == a2,
+            a2.len()
+        );
         assert_eq!(c2, a2, "{name}: restored GPU run");
         assert_eq!(f2, a2, "{name}: forked GPU run");
         // The rows come back as they were saved.
         assert!(c.save_state().unwrap().len() > bytes.len());
         let mut d = new(3);
         d.restore_state(&bytes).unwrap();
-        assert_eq!(d.save_state().unwrap(), bytes, "{name}: GPU rows round trip");
+        assert_eq!(
+            d.save_state().unwrap(),
+            bytes,
+            "{name}: GPU rows round trip"
+        );
         // On the CPU too (its f32 cache holds the f16 values exactly).
         let cpu_ctx = Context::new(ContextOptions::default()).unwrap();
         let cpu = Model::load(&cpu_ctx, &path, None).unwrap();
-        let mut e = Session::new(cpu, SessionOptions { n_ctx: 512, seed: 0 }).unwrap();
+        let mut e = Session::new(
+            cpu,
+            SessionOptions {
+                n_ctx: 512,
+                seed: 0,
+            },
+        )
+        .unwrap();
         e.restore_state(&bytes).unwrap();
-        assert_eq!(e.save_state().unwrap(), bytes, "{name}: GPU state on the CPU");
+        assert_eq!(
+            e.save_state().unwrap(),
+            bytes,
+            "{name}: GPU state on the CPU"
+        );
     }
     let with_lp = GenerateParams {
         logprobs: 4,

@@ -33,7 +33,12 @@ fn generate(m: &Arc<Model>, p: &GenerateParams, seed: u64) -> (Vec<Piece>, Vec<T
 /// log_softmax of a row in f64, computed here, not by the library.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    let z: f64 = row
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     row.iter().map(|&v| v as f64 - z).collect()
 }
 
@@ -41,7 +46,14 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 /// gives when fed the prompt, then each generated token alone (the steps generation took).
 fn check_against_eval(m: &Arc<Model>, lps: &[TokenLogprob], n_top: usize, greedy: bool) {
     let ids = m.tokenizer().encode(PROMPT, true, true).unwrap();
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 512, seed: 0 }).unwrap();
+    let mut s = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 512,
+            seed: 0,
+        },
+    )
+    .unwrap();
     let mut row = s.eval(&ids, Logits::Last).unwrap();
     // Tolerance: the library takes the same f32 logits and sums in f64 too; what is left is
     // the f32 rounding of its result (|logprob| < 40 here: 40 * 2^-24 = 2.4e-6), with margin.
@@ -66,11 +78,17 @@ fn check_against_eval(m: &Arc<Model>, lps: &[TokenLogprob], n_top: usize, greedy
             assert!(w[0].1 >= w[1].1, "token {i}: top not sorted: {:?}", lp.top);
         }
         for &(t, v) in &lp.top {
-            assert!((v as f64 - want[t as usize]).abs() < tol, "token {i}: top {t}");
+            assert!(
+                (v as f64 - want[t as usize]).abs() < tol,
+                "token {i}: top {t}"
+            );
         }
         let last = lp.top.last().unwrap().1 as f64;
         let better = want.iter().filter(|&&v| v > last + tol).count();
-        assert!(better < n_top, "token {i}: {better} tokens beat the top list's last");
+        assert!(
+            better < n_top,
+            "token {i}: {better} tokens beat the top list's last"
+        );
         let mass: f64 = lp.top.iter().map(|&(_, v)| (v as f64).exp()).sum();
         assert!(mass <= 1.0 + 1e-5, "token {i}: top mass {mass}");
         row = s.eval(&[lp.token], Logits::Last).unwrap();
@@ -101,7 +119,14 @@ fn greedy_logprobs_are_the_log_softmax_of_the_logits() {
     let text = |v: &[Piece]| v.iter().map(|p| p.text.clone()).collect::<String>();
     assert_eq!(text(&plain), text(&pieces));
     let toks: Vec<u32> = lps.iter().map(|l| l.token).collect();
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 512, seed: 0 }).unwrap();
+    let mut s = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 512,
+            seed: 0,
+        },
+    )
+    .unwrap();
     s.generate(PROMPT, &p, &mut |_, _| true).unwrap();
     let all = s.tokens();
     assert_eq!(&all[all.len() - toks.len()..], &toks[..]);

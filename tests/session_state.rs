@@ -48,7 +48,12 @@ fn session(m: &Arc<Model>, n_ctx: u32, seed: u64) -> Session {
 /// The tokens one generation adds to the conversation (those it samples).
 fn turn(s: &mut Session, prompt: &str, p: &GenerateParams) -> Vec<u32> {
     let add_bos = s.tokens().is_empty();
-    let before = s.tokens().len() + s.model().tokenizer().encode(prompt, true, add_bos).unwrap().len();
+    let before = s.tokens().len()
+        + s.model()
+            .tokenizer()
+            .encode(prompt, true, add_bos)
+            .unwrap()
+            .len();
     let st = s.generate(prompt, p, &mut |_, _| true).unwrap();
     let all = s.tokens();
     assert_eq!(all.len(), before + st.generated_tokens as usize);
@@ -94,7 +99,10 @@ fn only_the_rows_in_use_are_saved() {
     // The pending token (sampled, not fed) is in the header, not in the rows.
     let n = s.n_past() as usize;
     let bytes = s.save_state().unwrap();
-    assert_eq!(bytes.len(), 64 + 4 * n + 2 * dims.n_layer * n * dims.kv_dim() * 4 + 8);
+    assert_eq!(
+        bytes.len(),
+        64 + 4 * n + 2 * dims.n_layer * n * dims.kv_dim() * 4 + 8
+    );
 }
 
 #[test]
@@ -120,7 +128,8 @@ fn rewind_then_generate_equals_a_fresh_session_fed_the_shorter_history() {
         // The rewound session has begun two generations; the fresh one none (its next
         // draws follow the count), so bring it level: a generation cancelled at once.
         for _ in 0..2 {
-            f.cancel_flag().store(true, std::sync::atomic::Ordering::SeqCst);
+            f.cancel_flag()
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             f.generate("", &p, &mut |_, _| true).unwrap();
         }
         assert_eq!(turn(&mut f, TURN2, &p), rewound, "{name}");
@@ -130,7 +139,10 @@ fn rewind_then_generate_equals_a_fresh_session_fed_the_shorter_history() {
     turn(&mut s, TURN1, &greedy(3));
     let before = s.tokens();
     let e = s.rewind(before.len() as u32 + 1).unwrap_err();
-    assert!(matches!(e, Error::InvalidArgument(ref msg) if msg.contains("rewind")), "{e}");
+    assert!(
+        matches!(e, Error::InvalidArgument(ref msg) if msg.contains("rewind")),
+        "{e}"
+    );
     assert_eq!(s.tokens(), before);
     // Rewinding to everything keeps the pending token.
     s.rewind(before.len() as u32).unwrap();
@@ -173,7 +185,11 @@ fn bad_states_are_clear_errors_that_change_nothing() {
     };
     // Every truncation.
     for cut in [0, 5, 8, 12, 40, 64, 71, 72, good.len() / 2, good.len() - 1] {
-        let want = if cut < 12 { "not a llorch session state" } else { "truncated" };
+        let want = if cut < 12 {
+            "not a llorch session state"
+        } else {
+            "truncated"
+        };
         expect_err(&mut s, &good[..cut], want);
     }
     // A flipped bit in the KV rows, in a token, in the seed.

@@ -12,8 +12,7 @@ use super::{
     read_sized_fields,
 };
 use crate::session::{
-    Event, GenerateParams, GenerateStats, Piece, Session, SessionOptions, StopReason,
-    TokenLogprob,
+    Event, GenerateParams, GenerateStats, Piece, Session, SessionOptions, StopReason, TokenLogprob,
 };
 use crate::Error;
 use parking_lot::Mutex;

@@ -557,7 +557,11 @@ impl Session {
         if ready.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Event::piece(ready, id, std::mem::take(&mut g.reported))))
+        Ok(Some(Event::piece(
+            ready,
+            id,
+            std::mem::take(&mut g.reported),
+        )))
     }
 }
 

@@ -109,7 +109,10 @@ impl Session {
         let mut b = Vec::new();
         b.try_reserve_exact(HEADER + 4 * n + 4 * kv.len() + 8)
             .map_err(|_| {
-                Error::OutOfMemory(format!("a saved state of {n} tokens ({} KV values)", kv.len()))
+                Error::OutOfMemory(format!(
+                    "a saved state of {n} tokens ({} KV values)",
+                    kv.len()
+                ))
             })?;
         b.extend_from_slice(MAGIC);
         put32(&mut b, STATE_VERSION);
@@ -249,7 +252,9 @@ fn parse(b: &[u8], model: &Model, n_ctx: usize) -> Result<Saved> {
     }
     let body = expect - 8;
     if hash_bytes(&b[..body]) != u64_at(body) {
-        return Err(bad("damaged: the checksum does not match its contents".into()));
+        return Err(bad(
+            "damaged: the checksum does not match its contents".into()
+        ));
     }
     let in_ctx = n + pending.is_some() as usize;
     if in_ctx > n_ctx {
@@ -259,8 +264,14 @@ fn parse(b: &[u8], model: &Model, n_ctx: usize) -> Result<Saved> {
     }
     let vocab = model.vocab_size();
     let history: Vec<u32> = (0..n).map(|i| u32_at(HEADER + 4 * i)).collect();
-    if let Some(&t) = history.iter().chain(&pending).find(|&&t| t as usize >= vocab) {
-        return Err(bad(format!("token id {t} outside the vocabulary of {vocab}")));
+    if let Some(&t) = history
+        .iter()
+        .chain(&pending)
+        .find(|&&t| t as usize >= vocab)
+    {
+        return Err(bad(format!(
+            "token id {t} outside the vocabulary of {vocab}"
+        )));
     }
     let kv = b[HEADER + 4 * n..body]
         .chunks_exact(4)

@@ -21,7 +21,8 @@ impl CudaState {
                 let rows = &mut out[start..];
                 for h in 0..n_kv {
                     // A head's first n positions are contiguous.
-                    self.dev.download_at(cache, h * self.n_ctx * hd * 2, &mut head)?;
+                    self.dev
+                        .download_at(cache, h * self.n_ctx * hd * 2, &mut head)?;
                     for (p, src) in head.chunks_exact(hd * 2).enumerate() {
                         let dst = &mut rows[(p * n_kv + h) * hd..][..hd];
                         for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
