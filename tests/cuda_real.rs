@@ -34,24 +34,30 @@ fn greedy(model: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
-#[test]
-fn real_qwen_greedy_gpu_equals_cpu() {
+/// The real model's path and a GPU context, or None (after saying why the test skips).
+fn real_model_and_gpu() -> Option<(std::path::PathBuf, Arc<Context>)> {
     let Some(path) = std::env::var_os("LLORCH_REAL_MODEL") else {
         eprintln!("skipped: LLORCH_REAL_MODEL is not set (the real model file for the GPU check)");
-        return;
+        return None;
     };
-    let gpu_ctx = match Context::new(ContextOptions {
+    match Context::new(ContextOptions {
         device: Device::Cuda(0),
         ..Default::default()
     }) {
-        Ok(c) => c,
+        Ok(c) => Some((path.into(), c)),
         Err(e) => {
             eprintln!("skipped: no CUDA device ({e})");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn real_qwen_greedy_gpu_equals_cpu() {
+    let Some((path, gpu_ctx)) = real_model_and_gpu() else {
+        return;
     };
     let cpu_ctx = Context::new(ContextOptions::default()).unwrap();
-    let path = std::path::PathBuf::from(path);
     let gpu = Model::load(&gpu_ctx, &path, None).unwrap();
     let cpu = Model::load(&cpu_ctx, &path, None).unwrap();
     let golden = common::golden_json("qwen25coder05b.json");
@@ -107,21 +113,9 @@ fn turn(s: &mut Session, prompt: &str, p: &GenerateParams) -> Vec<u32> {
 /// on-device pick. Needs a GPU and LLORCH_REAL_MODEL, else it skips.
 #[test]
 fn real_qwen_gpu_state_save_restore_continue() {
-    let Some(path) = std::env::var_os("LLORCH_REAL_MODEL") else {
-        eprintln!("skipped: LLORCH_REAL_MODEL is not set (the real model file for the GPU check)");
+    let Some((path, gpu_ctx)) = real_model_and_gpu() else {
         return;
     };
-    let gpu_ctx = match Context::new(ContextOptions {
-        device: Device::Cuda(0),
-        ..Default::default()
-    }) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            return;
-        }
-    };
-    let path = std::path::PathBuf::from(path);
     let gpu = Model::load(&gpu_ctx, &path, None).unwrap();
     let new = |seed| Session::new(gpu.clone(), SessionOptions { n_ctx: 512, seed }).unwrap();
     let (t1, t2) = ("def fibonacci(n):", "\n\ndef factorial(n):");

@@ -17,9 +17,13 @@ fn smollm2() -> Arc<Model> {
 
 const PROMPT: &str = "The three primary colors are";
 
+fn session(m: &Arc<Model>, seed: u64) -> Session {
+    Session::new(m.clone(), SessionOptions { n_ctx: 512, seed }).unwrap()
+}
+
 /// Every piece of one generation, and the per-token log-probabilities in order.
 fn generate(m: &Arc<Model>, p: &GenerateParams, seed: u64) -> (Vec<Piece>, Vec<TokenLogprob>) {
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 512, seed }).unwrap();
+    let mut s = session(m, seed);
     let mut pieces = Vec::new();
     s.generate_pieces(PROMPT, p, &mut |piece| {
         pieces.push(piece.clone());
@@ -46,14 +50,7 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 /// gives when fed the prompt, then each generated token alone (the steps generation took).
 fn check_against_eval(m: &Arc<Model>, lps: &[TokenLogprob], n_top: usize, greedy: bool) {
     let ids = m.tokenizer().encode(PROMPT, true, true).unwrap();
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 512,
-            seed: 0,
-        },
-    )
-    .unwrap();
+    let mut s = session(m, 0);
     let mut row = s.eval(&ids, Logits::Last).unwrap();
     // Tolerance: the library takes the same f32 logits and sums in f64 too; what is left is
     // the f32 rounding of its result (|logprob| < 40 here: 40 * 2^-24 = 2.4e-6), with margin.
@@ -119,14 +116,7 @@ fn greedy_logprobs_are_the_log_softmax_of_the_logits() {
     let text = |v: &[Piece]| v.iter().map(|p| p.text.clone()).collect::<String>();
     assert_eq!(text(&plain), text(&pieces));
     let toks: Vec<u32> = lps.iter().map(|l| l.token).collect();
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 512,
-            seed: 0,
-        },
-    )
-    .unwrap();
+    let mut s = session(&m, 0);
     s.generate(PROMPT, &p, &mut |_, _| true).unwrap();
     let all = s.tokens();
     assert_eq!(&all[all.len() - toks.len()..], &toks[..]);

@@ -525,12 +525,7 @@ func (s *Session) Tokenize(text string, addBOS, parseSpecial bool) ([]int32, err
 	if err := check(C.llorch_session_tokenize(s.p, ctext, C.bool(addBOS), C.bool(parseSpecial), &toks, &n, &e), e); err != nil {
 		return nil, err
 	}
-	defer C.llorch_tokens_free(toks)
-	out := make([]int32, int(n))
-	if n > 0 {
-		copy(out, unsafe.Slice((*int32)(unsafe.Pointer(toks)), int(n)))
-	}
-	return out, nil
+	return goTokens(toks, n), nil
 }
 
 // Detokenize ids to bytes (which may end inside a UTF-8 character).

@@ -20,12 +20,17 @@ func (s *Session) Tokens() ([]int32, error) {
 	if err := check(C.llorch_session_tokens(s.p, &toks, &n, &e), e); err != nil {
 		return nil, err
 	}
+	return goTokens(toks, n), nil
+}
+
+// goTokens copies a token list from the library and frees it.
+func goTokens(toks *C.int32_t, n C.size_t) []int32 {
 	defer C.llorch_tokens_free(toks)
 	out := make([]int32, int(n))
 	if n > 0 {
 		copy(out, unsafe.Slice((*int32)(unsafe.Pointer(toks)), int(n)))
 	}
-	return out, nil
+	return out
 }
 
 // Rewind takes the conversation back to its first n tokens (at most len(Tokens())): the
