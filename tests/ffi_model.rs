@@ -677,7 +677,12 @@ fn state_and_vocab_calls_check_their_arguments() {
             "bytes is NULL",
         );
         failed(
-            llorch_session_restore(s, b"GGUF\x03\0\0\0\0\0\0\0".as_ptr(), 12, &mut err),
+            llorch_session_restore(
+                s,
+                [b'G', b'G', b'U', b'F', 3, 0, 0, 0, 0, 0, 0, 0].as_ptr(),
+                12,
+                &mut err,
+            ),
             err,
             LLORCH_ERR_INVALID_ARGUMENT,
             "not a llorch session state",
