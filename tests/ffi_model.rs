@@ -614,16 +614,14 @@ fn logprobs_push_and_pull_agree() {
         let mut buf = [0u8; 4];
         let mut piece = std::mem::zeroed::<llorch_piece>();
         let mut done = false;
+        let mut next = |piece: &mut llorch_piece, done: &mut bool, err: &mut *mut llorch_error| {
+            let b = buf.as_mut_ptr() as *mut c_char;
+            (llorch_session_next_piece(s, b, 4, piece, done, err), b)
+        };
         // A piece struct without its size is refused.
+        let (st, _) = next(&mut piece, &mut done, &mut err);
         failed(
-            llorch_session_next_piece(
-                s,
-                buf.as_mut_ptr() as *mut c_char,
-                4,
-                &mut piece,
-                &mut done,
-                &mut err,
-            ),
+            st,
             err,
             LLORCH_ERR_INVALID_ARGUMENT,
             "out_piece->struct_size",
@@ -631,21 +629,12 @@ fn logprobs_push_and_pull_agree() {
         let mut pulled = Vec::new();
         loop {
             piece.struct_size = std::mem::size_of::<llorch_piece>();
-            ok(
-                llorch_session_next_piece(
-                    s,
-                    buf.as_mut_ptr() as *mut c_char,
-                    4,
-                    &mut piece,
-                    &mut done,
-                    &mut err,
-                ),
-                err,
-            );
+            let (st, b) = next(&mut piece, &mut done, &mut err);
+            ok(st, err);
             if done {
                 break;
             }
-            assert!(piece.len <= 4 && piece.text == buf.as_ptr() as *const c_char);
+            assert!(piece.len <= 4 && std::ptr::eq(piece.text, b));
             pulled.extend(piece_logprobs(&piece));
         }
         assert_eq!(pulled, pushed);
