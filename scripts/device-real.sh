@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 model=/tmp/qwen.gguf
 echo "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  $model" | sha256sum -c - || exit 1
 rc=0
-echo "== cuda_real (GPU greedy vs CPU greedy, six golden prompts)"
+echo "== cuda_real (GPU greedy vs CPU greedy, six golden prompts; GPU session save/restore/fork, logprobs)"
 LLORCH_REAL_MODEL=$model LLORCH_GOLDEN_DIR=$PWD/golden timeout 300 ./cuda_real --nocapture 2>&1 \
   | grep -vE "^\s+[0-9]+: |^\s+at " || rc=1
 echo "== haiku on the GPU (C program, minute from the clock)"

@@ -23,6 +23,9 @@ make -C examples/c asan MODEL="$HAIKU_MODEL"
 step "pull form (llorch_session_begin/next) under AddressSanitizer and LeakSanitizer"
 make -C examples/c pull-asan MODEL="$LLORCH_MODEL"
 
+step "logprobs, session state, tokenizer queries (state.c) under AddressSanitizer and LeakSanitizer"
+make -C examples/c state-asan MODEL="$LLORCH_MODEL"
+
 step "misuse under valgrind"
 make -C examples/c valgrind MODEL="$LLORCH_MODEL"
 

@@ -11,7 +11,8 @@ use llorch::backend::Logits;
 use llorch::backend::{ContextOptions, Device};
 use llorch::model::Model;
 use llorch::sampling::argmax;
-use llorch::session::{Session, SessionOptions};
+use llorch::sampling::SamplingParams;
+use llorch::session::{GenerateParams, Session, SessionOptions};
 use std::sync::Arc;
 
 fn greedy(model: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -33,24 +34,30 @@ fn greedy(model: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
-#[test]
-fn real_qwen_greedy_gpu_equals_cpu() {
+/// The real model's path and a GPU context, or None (after saying why the test skips).
+fn real_model_and_gpu() -> Option<(std::path::PathBuf, Arc<Context>)> {
     let Some(path) = std::env::var_os("LLORCH_REAL_MODEL") else {
         eprintln!("skipped: LLORCH_REAL_MODEL is not set (the real model file for the GPU check)");
-        return;
+        return None;
     };
-    let gpu_ctx = match Context::new(ContextOptions {
+    match Context::new(ContextOptions {
         device: Device::Cuda(0),
         ..Default::default()
     }) {
-        Ok(c) => c,
+        Ok(c) => Some((path.into(), c)),
         Err(e) => {
             eprintln!("skipped: no CUDA device ({e})");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn real_qwen_greedy_gpu_equals_cpu() {
+    let Some((path, gpu_ctx)) = real_model_and_gpu() else {
+        return;
     };
     let cpu_ctx = Context::new(ContextOptions::default()).unwrap();
-    let path = std::path::PathBuf::from(path);
     let gpu = Model::load(&gpu_ctx, &path, None).unwrap();
     let cpu = Model::load(&cpu_ctx, &path, None).unwrap();
     let golden = common::golden_json("qwen25coder05b.json");
@@ -83,4 +90,107 @@ fn real_qwen_greedy_gpu_equals_cpu() {
         same, 6,
         "the GPU's greedy continuations differ from the CPU's"
     );
+}
+
+/// The tokens one generation adds to the conversation.
+fn turn(s: &mut Session, prompt: &str, p: &GenerateParams) -> Vec<u32> {
+    let before = s.tokens().len();
+    let add_bos = before == 0;
+    let n_prompt = s
+        .model()
+        .tokenizer()
+        .encode(prompt, true, add_bos)
+        .unwrap()
+        .len();
+    s.generate(prompt, p, &mut |_, _| true).unwrap();
+    s.tokens()[before + n_prompt..].to_vec()
+}
+
+/// Save -> restore (a new GPU session) -> continue equals the uninterrupted GPU run, token
+/// for token, greedy and seeded; a fork continues alike; a GPU state restores on the CPU
+/// (the rows travel as f32) and its KV rows come back exactly (f16 values widen exactly).
+/// Greedy log-probabilities on the GPU (the row is downloaded then) keep the tokens of the
+/// on-device pick. Needs a GPU and LLORCH_REAL_MODEL, else it skips.
+#[test]
+fn real_qwen_gpu_state_save_restore_continue() {
+    let Some((path, gpu_ctx)) = real_model_and_gpu() else {
+        return;
+    };
+    let gpu = Model::load(&gpu_ctx, &path, None).unwrap();
+    let new = |seed| Session::new(gpu.clone(), SessionOptions { n_ctx: 512, seed }).unwrap();
+    let (t1, t2) = ("def fibonacci(n):", "\n\ndef factorial(n):");
+    let seeded = GenerateParams {
+        max_tokens: 24,
+        sampling: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let greedy = GenerateParams {
+        max_tokens: 24,
+        ..Default::default()
+    };
+    for (name, p) in [("greedy", &greedy), ("seeded", &seeded)] {
+        let mut a = new(3);
+        let a1 = turn(&mut a, t1, p);
+        let a2 = turn(&mut a, t2, p);
+        let mut b = new(3);
+        assert_eq!(turn(&mut b, t1, p), a1, "{name}");
+        let bytes = b.save_state().unwrap();
+        let mut fork = b.fork().unwrap();
+        let mut c = new(99);
+        c.restore_state(&bytes).unwrap();
+        let c2 = turn(&mut c, t2, p);
+        let f2 = turn(&mut fork, t2, p);
+        eprintln!(
+            "{name}: restored {} fork {} ({} tokens)",
+            c2 == a2,
+            f2 == a2,
+            a2.len()
+        );
+        assert_eq!(c2, a2, "{name}: restored GPU run");
+        assert_eq!(f2, a2, "{name}: forked GPU run");
+        // The rows come back as they were saved.
+        assert!(c.save_state().unwrap().len() > bytes.len());
+        let mut d = new(3);
+        d.restore_state(&bytes).unwrap();
+        assert_eq!(
+            d.save_state().unwrap(),
+            bytes,
+            "{name}: GPU rows round trip"
+        );
+        // On the CPU too (its f32 cache holds the f16 values exactly).
+        let cpu_ctx = Context::new(ContextOptions::default()).unwrap();
+        let cpu = Model::load(&cpu_ctx, &path, None).unwrap();
+        let mut e = Session::new(
+            cpu,
+            SessionOptions {
+                n_ctx: 512,
+                seed: 0,
+            },
+        )
+        .unwrap();
+        e.restore_state(&bytes).unwrap();
+        assert_eq!(
+            e.save_state().unwrap(),
+            bytes,
+            "{name}: GPU state on the CPU"
+        );
+    }
+    let with_lp = GenerateParams {
+        logprobs: 4,
+        ..greedy.clone()
+    };
+    let mut g = new(0);
+    let mut lps = Vec::new();
+    g.generate_pieces(t1, &with_lp, &mut |p| {
+        lps.extend(p.logprobs.iter().map(|l| l.token));
+        true
+    })
+    .unwrap();
+    let mut plain = new(0);
+    let want = turn(&mut plain, t1, &greedy);
+    assert_eq!(lps, want[..lps.len()], "greedy with logprobs on the GPU");
 }

@@ -46,6 +46,16 @@ fn header_declares_the_api() {
         "llorch_generate_params_init(",
         "llorch_set_log_callback(",
         "llorch_model_apply_chat_template(",
+        "uint32_t logprobs;",
+        "llorch_session_generate_pieces(",
+        "llorch_session_next_piece(",
+        "llorch_session_save(",
+        "llorch_session_restore(",
+        "llorch_session_fork(",
+        "llorch_session_rewind(",
+        "llorch_model_special_tokens(",
+        "llorch_model_token_text(",
+        "llorch_model_token_is_special(",
     ] {
         assert!(h.contains(name), "the header lacks {name:?}");
     }

@@ -551,3 +551,206 @@ fn context_full() {
         llorch_session_free(s);
     }
 }
+
+/// A generated token as the C API reports it: id, logprob, top (id, logprob) pairs.
+type CLogprob = (i32, f32, Vec<(i32, f32)>);
+
+/// Copies the log-probabilities of a piece the library lends.
+unsafe fn piece_logprobs(p: &llorch_piece) -> Vec<CLogprob> {
+    if p.n_logprobs == 0 {
+        return Vec::new();
+    }
+    std::slice::from_raw_parts(p.logprobs, p.n_logprobs)
+        .iter()
+        .map(|lp| {
+            let top = std::slice::from_raw_parts(lp.top, lp.n_top);
+            let top = top.iter().map(|t| (t.token, t.logprob)).collect();
+            (lp.token, lp.logprob, top)
+        })
+        .collect()
+}
+
+unsafe extern "C" fn on_piece(user_data: *mut c_void, piece: *const llorch_piece) -> bool {
+    let out = &mut *(user_data as *mut Vec<CLogprob>);
+    out.extend(piece_logprobs(&*piece));
+    true
+}
+
+#[test]
+fn logprobs_push_and_pull_agree() {
+    unsafe {
+        let m = load();
+        let s = new_session(m.model, 512);
+        let prompt = CString::new("The three primary colors are").unwrap();
+        let mut p = params(12);
+        p.temperature = 0.8;
+        p.logprobs = 4;
+        let mut pushed: Vec<CLogprob> = Vec::new();
+        let mut err = null_mut();
+        ok(
+            llorch_session_generate_pieces(
+                s,
+                prompt.as_ptr(),
+                &p,
+                Some(on_piece),
+                &mut pushed as *mut _ as *mut c_void,
+                null_mut(),
+                &mut err,
+            ),
+            err,
+        );
+        assert!(!pushed.is_empty());
+        for (token, lp, top) in &pushed {
+            assert_eq!(top.len(), 4);
+            assert!(*lp <= 0.0 && top.windows(2).all(|w| w[0].1 >= w[1].1));
+            // A sampled token in the top list has the same value there.
+            if let Some(t) = top.iter().find(|t| t.0 == *token) {
+                assert_eq!(t.1, *lp);
+            }
+        }
+        // The pull form through a 4-byte buffer, same seed and generation count: the same.
+        ok(llorch_session_reset(s, &mut err), err);
+        ok(llorch_session_begin(s, prompt.as_ptr(), &p, &mut err), err);
+        let mut buf = [0u8; 4];
+        let mut piece = std::mem::zeroed::<llorch_piece>();
+        let mut done = false;
+        let mut next = |piece: &mut llorch_piece, done: &mut bool, err: &mut *mut llorch_error| {
+            let b = buf.as_mut_ptr() as *mut c_char;
+            (llorch_session_next_piece(s, b, 4, piece, done, err), b)
+        };
+        // A piece struct without its size is refused.
+        let (st, _) = next(&mut piece, &mut done, &mut err);
+        failed(
+            st,
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "out_piece->struct_size",
+        );
+        let mut pulled = Vec::new();
+        loop {
+            piece.struct_size = std::mem::size_of::<llorch_piece>();
+            let (st, b) = next(&mut piece, &mut done, &mut err);
+            ok(st, err);
+            if done {
+                break;
+            }
+            assert!(piece.len <= 4 && std::ptr::eq(piece.text, b));
+            pulled.extend(piece_logprobs(&piece));
+        }
+        assert_eq!(pulled, pushed);
+        llorch_session_free(s);
+    }
+}
+
+#[test]
+fn state_and_vocab_calls_check_their_arguments() {
+    unsafe {
+        let m = load();
+        let s = new_session(m.model, 512);
+        let mut err = null_mut();
+        let mut c = Collect::default();
+        let (st, _, msg) = generate(s, "Hello", &params(4), &mut c);
+        assert_eq!(st, LLORCH_OK, "{msg}");
+        let (mut bytes, mut len) = (null_mut(), 0usize);
+        failed(
+            llorch_session_save(s, null_mut(), &mut len, &mut err),
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "out_bytes is NULL",
+        );
+        ok(llorch_session_save(s, &mut bytes, &mut len, &mut err), err);
+        failed(
+            llorch_session_restore(s, null(), 5, &mut err),
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "bytes is NULL",
+        );
+        failed(
+            llorch_session_restore(
+                s,
+                [b'G', b'G', b'U', b'F', 3, 0, 0, 0, 0, 0, 0, 0].as_ptr(),
+                12,
+                &mut err,
+            ),
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "not a llorch session state",
+        );
+        let missing = CString::new("/nonexistent/llorch.state").unwrap();
+        failed(
+            llorch_session_restore_file(s, missing.as_ptr(), &mut err),
+            err,
+            LLORCH_ERR_IO,
+            "/nonexistent/llorch.state",
+        );
+        failed(
+            llorch_session_save_file(s, missing.as_ptr(), &mut err),
+            err,
+            LLORCH_ERR_IO,
+            "/nonexistent/llorch.state",
+        );
+        let (mut toks, mut n) = (null_mut(), 0usize);
+        ok(llorch_session_tokens(s, &mut toks, &mut n, &mut err), err);
+        llorch_tokens_free(toks);
+        failed(
+            llorch_session_rewind(s, n as u32 + 1, &mut err),
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "cannot rewind",
+        );
+        failed(
+            llorch_session_fork(s, null_mut(), &mut err),
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "out_session is NULL",
+        );
+        // Nothing above changed the session: its state saves to the same bytes.
+        let (mut again, mut len2) = (null_mut(), 0usize);
+        ok(llorch_session_save(s, &mut again, &mut len2, &mut err), err);
+        assert_eq!(
+            std::slice::from_raw_parts(bytes, len),
+            std::slice::from_raw_parts(again, len2)
+        );
+        llorch_bytes_free(bytes);
+        llorch_bytes_free(again);
+
+        // Tokenizer queries: NULL outs are skipped; bad ids and buffers are named.
+        ok(
+            llorch_model_special_tokens(m.model, null_mut(), null_mut(), null_mut(), &mut err),
+            err,
+        );
+        failed(
+            llorch_model_token_text(m.model, 1, null_mut(), 8, &mut len, &mut err),
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "buf is NULL but cap is 8",
+        );
+        let mut special = false;
+        failed(
+            llorch_model_token_is_special(m.model, -1, &mut special, &mut err),
+            err,
+            LLORCH_ERR_INVALID_ARGUMENT,
+            "token -1 is outside the vocabulary",
+        );
+        // A buffer shorter than the token: the length in full, the bytes cut.
+        let (mut bos, mut eos) = (0, 0);
+        ok(
+            llorch_model_special_tokens(m.model, &mut bos, &mut eos, null_mut(), &mut err),
+            err,
+        );
+        let mut two = [0u8; 2];
+        ok(
+            llorch_model_token_text(
+                m.model,
+                eos,
+                two.as_mut_ptr() as *mut c_char,
+                2,
+                &mut len,
+                &mut err,
+            ),
+            err,
+        );
+        assert_eq!((len, &two), (10, b"<|"), "EOS of SmolLM2 is <|im_end|>");
+        llorch_session_free(s);
+    }
+}

@@ -337,6 +337,10 @@ type GenerateParams struct {
 	// LiteralSpecial keeps special tokens written in the prompt (<|im_start|> ...) as plain
 	// text [false: they become single tokens, as chat templates need].
 	LiteralSpecial bool
+	// Logprobs > 0: each generated token's log-probability and this many most likely
+	// alternatives come in Piece.Logprobs (GeneratePieces, GenerateChan), taken from the raw
+	// logits (before logit bias, penalties, temperature, top-k/p) [0 = off].
+	Logprobs uint32
 }
 
 // DefaultGenerateParams: the library's defaults written out (greedy, 256 tokens).
@@ -373,6 +377,7 @@ func (p GenerateParams) toC(cp *C.llorch_generate_params) (free func()) {
 	setF32(&cp.frequency_penalty, p.FrequencyPenalty)
 	setU32(&cp.penalty_last_n, p.PenaltyLastN)
 	cp.parse_special = C.bool(!p.LiteralSpecial)
+	cp.logprobs = C.uint32_t(p.Logprobs)
 	var frees []unsafe.Pointer
 	if len(p.Stop) > 0 {
 		stops := unsafe.Slice((**C.char)(C.malloc(C.size_t(len(p.Stop))*C.size_t(unsafe.Sizeof((*C.char)(nil))))), len(p.Stop))
@@ -431,6 +436,18 @@ func llorchGoOnToken(h C.uintptr_t, text *C.char, n C.size_t, token C.int32_t) C
 // with each piece of whole UTF-8 text; returning false stops (error ErrCancelled). ctx
 // cancels it too. Stats are returned also when cancelled.
 func (s *Session) Generate(ctx context.Context, prompt string, p GenerateParams, onToken func(text string, token int32) bool) (Stats, error) {
+	var h cgo.Handle
+	if onToken != nil {
+		h = cgo.NewHandle(tokenFunc(onToken))
+		defer h.Delete()
+	}
+	return s.generate(ctx, prompt, p, func(cprompt *C.char, cp *C.llorch_generate_params, st *C.llorch_generate_stats, e **C.llorch_error) C.llorch_status {
+		return C.llorch_go_generate(s.p, cprompt, cp, C.uintptr_t(h), st, e)
+	})
+}
+
+// generate runs one push-form call, cancelled when ctx is.
+func (s *Session) generate(ctx context.Context, prompt string, p GenerateParams, call func(*C.char, *C.llorch_generate_params, *C.llorch_generate_stats, **C.llorch_error) C.llorch_status) (Stats, error) {
 	if err := ctx.Err(); err != nil {
 		return Stats{StopReason: StopCancelled}, &Error{Cancelled, "cancelled: " + err.Error()}
 	}
@@ -439,11 +456,6 @@ func (s *Session) Generate(ctx context.Context, prompt string, p GenerateParams,
 	defer p.toC(&cp)()
 	cprompt := C.CString(prompt)
 	defer C.free(unsafe.Pointer(cprompt))
-	var h cgo.Handle
-	if onToken != nil {
-		h = cgo.NewHandle(tokenFunc(onToken))
-		defer h.Delete()
-	}
 	// The watcher cancels only while this call runs, so a late ctx does not leave a pending
 	// cancel for the next call.
 	s.mu.Lock()
@@ -464,7 +476,7 @@ func (s *Session) Generate(ctx context.Context, prompt string, p GenerateParams,
 	var st C.llorch_generate_stats
 	C.llorch_generate_stats_init(&st)
 	var e *C.llorch_error
-	err := check(C.llorch_go_generate(s.p, cprompt, &cp, C.uintptr_t(h), &st, &e), e)
+	err := check(call(cprompt, &cp, &st, &e), e)
 	s.mu.Lock()
 	s.running = false
 	s.mu.Unlock()
@@ -478,6 +490,9 @@ func (s *Session) Generate(ctx context.Context, prompt string, p GenerateParams,
 type Piece struct {
 	Text  string
 	Token int32
+	// With GenerateParams.Logprobs > 0: the tokens sampled since the previous piece (those
+	// whose text this piece completes), in order; else nil.
+	Logprobs []TokenLogprob
 }
 
 // GenerateChan is Generate as a channel: pieces arrive on the first channel, which is closed
@@ -486,9 +501,9 @@ func (s *Session) GenerateChan(ctx context.Context, prompt string, p GeneratePar
 	pieces := make(chan Piece, 16)
 	result := make(chan error, 1)
 	go func() {
-		_, err := s.Generate(ctx, prompt, p, func(text string, token int32) bool {
+		_, err := s.GeneratePieces(ctx, prompt, p, func(piece Piece) bool {
 			select {
-			case pieces <- Piece{text, token}:
+			case pieces <- piece:
 				return true
 			case <-ctx.Done():
 				return false
@@ -510,12 +525,7 @@ func (s *Session) Tokenize(text string, addBOS, parseSpecial bool) ([]int32, err
 	if err := check(C.llorch_session_tokenize(s.p, ctext, C.bool(addBOS), C.bool(parseSpecial), &toks, &n, &e), e); err != nil {
 		return nil, err
 	}
-	defer C.llorch_tokens_free(toks)
-	out := make([]int32, int(n))
-	if n > 0 {
-		copy(out, unsafe.Slice((*int32)(unsafe.Pointer(toks)), int(n)))
-	}
-	return out, nil
+	return goTokens(toks, n), nil
 }
 
 // Detokenize ids to bytes (which may end inside a UTF-8 character).

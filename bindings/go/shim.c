@@ -15,6 +15,17 @@ llorch_status llorch_go_generate(llorch_session *session, const char *prompt, co
     return llorch_session_generate(session, prompt, params, handle ? on_token : NULL, (void *)handle, stats, err);
 }
 
+static bool on_piece(void *user_data, const llorch_piece *piece) {
+    return llorchGoOnPiece((uintptr_t)user_data, (llorch_piece *)piece);
+}
+
+llorch_status llorch_go_generate_pieces(llorch_session *session, const char *prompt,
+                                        const llorch_generate_params *params, uintptr_t handle,
+                                        llorch_generate_stats *stats, llorch_error **err) {
+    return llorch_session_generate_pieces(session, prompt, params, handle ? on_piece : NULL, (void *)handle,
+                                          stats, err);
+}
+
 llorch_status llorch_go_load(const llorch_context *ctx, const char *path, uintptr_t handle, llorch_model **out,
                              llorch_error **err) {
     return llorch_model_load(ctx, path, handle ? on_progress : NULL, (void *)handle, out, err);

@@ -6,4 +6,7 @@ llorch_status llorch_go_generate(llorch_session *session, const char *prompt, co
                                  uintptr_t handle, llorch_generate_stats *stats, llorch_error **err);
 llorch_status llorch_go_load(const llorch_context *ctx, const char *path, uintptr_t handle, llorch_model **out,
                              llorch_error **err);
+llorch_status llorch_go_generate_pieces(llorch_session *session, const char *prompt,
+                                        const llorch_generate_params *params, uintptr_t handle,
+                                        llorch_generate_stats *stats, llorch_error **err);
 void llorch_go_set_log(uintptr_t handle, int32_t min_level);

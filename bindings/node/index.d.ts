@@ -83,6 +83,12 @@ export class Model {
   /** The training context length in tokens. */
   contextLength(): number;
   vocabSize(): number;
+  /** The beginning-of-sequence, end-of-sequence and end-of-turn ids; -1 where there is none. */
+  specialTokens(): { bos: number; eos: number; eot: number };
+  /** The bytes a token stands for (a control token's are its text). */
+  tokenText(token: number): Buffer;
+  /** Whether a token is a control or user-defined one. */
+  tokenIsSpecial(token: number): boolean;
   /** The Jinja chat template, or null when the model has none. */
   chatTemplate(): string | null;
   /** Renders messages with the model's chat template. */
@@ -115,8 +121,16 @@ export interface GenerateOptions {
   parseSpecial?: boolean;
   /** Generation stops before any of these would be emitted. */
   stop?: string[];
+  /**
+   * Each generated token's log-probability and this many most likely alternatives, from the
+   * raw logits (before logit bias, penalties, temperature, top-k/p), in Piece.logprobs;
+   * 0 = off (default).
+   */
+  logprobs?: number;
   /** Receives each piece of whole UTF-8 text; returning false stops (CANCELLED). */
   onToken?: (text: string, token: number) => boolean | void;
+  /** Receives each Piece (with its logprobs when asked); used instead of onToken if both are given. */
+  onPiece?: (piece: Piece) => boolean | void;
   /** Aborting it cancels the generation (CANCELLED). */
   signal?: AbortSignal;
 }
@@ -129,9 +143,18 @@ export interface GenerateStats {
   stopReason: StopReasonCode;
 }
 
+/** A token's log-probability and the most likely tokens at its position (most likely first). */
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+  top: { token: number; logprob: number }[];
+}
+
 export interface Piece {
   text: string;
   token: number;
+  /** With logprobs > 0: the tokens sampled since the previous piece, in order. */
+  logprobs?: TokenLogprob[];
 }
 
 /** One conversation: use it from one call at a time, except cancel(). */
@@ -146,7 +169,19 @@ export class Session {
   /** Appends prompt to the conversation and generates off the main thread. */
   generate(prompt: string, opts?: GenerateOptions): Promise<GenerateStats>;
   /** generate() as an async iterator of pieces; breaking out of the loop cancels. */
-  stream(prompt: string, opts?: Omit<GenerateOptions, 'onToken'>): AsyncGenerator<Piece, void, undefined>;
+  stream(prompt: string, opts?: Omit<GenerateOptions, 'onToken' | 'onPiece'>): AsyncGenerator<Piece, void, undefined>;
+  /** The conversation so far: the tokens in the KV cache, then a sampled one not yet fed. */
+  tokens(): number[];
+  /** Back to the first n tokens; the next generation continues from there. */
+  rewind(n: number): void;
+  /** A new session with a copy of this conversation (tokens, KV cache, seed). */
+  fork(): Session;
+  /** The conversation in llorch's versioned state format, naming the model. */
+  save(): Buffer;
+  /** Replaces the conversation with a saved one of the same model (INVALID_ARGUMENT otherwise, nothing changed). */
+  restore(state: Uint8Array): void;
+  saveFile(file: string): void;
+  restoreFile(file: string): void;
   tokenize(text: string, opts?: { addBos?: boolean; parseSpecial?: boolean }): number[];
   /** Token ids to bytes (which may end inside a UTF-8 character). */
   detokenize(ids: number[]): Buffer;

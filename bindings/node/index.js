@@ -50,13 +50,20 @@ const GenerateParams = koffi.struct('llorch_generate_params', {
   struct_size: 'size_t', max_tokens: 'uint32_t', temperature: 'float', top_k: 'uint32_t', top_p: 'float', min_p: 'float',
   repeat_penalty: 'float', presence_penalty: 'float', frequency_penalty: 'float', penalty_last_n: 'uint32_t',
   stop: 'const char **', n_stop: 'size_t', logit_bias: 'const llorch_logit_bias *', n_logit_bias: 'size_t',
-  parse_special: 'bool',
+  parse_special: 'bool', logprobs: 'uint32_t',
 });
 const Stats = koffi.struct('llorch_generate_stats', {
   struct_size: 'size_t', prompt_tokens: 'uint32_t', generated_tokens: 'uint32_t', prompt_seconds: 'double',
   generate_seconds: 'double', stop_reason: 'int32_t',
 });
 const ChatMessage = koffi.struct('llorch_chat_message', { role: 'const char *', content: 'const char *' });
+// A piece with its log-probabilities; pointer fields as void * to decode with their lengths.
+koffi.struct('llorch_top_logprob', { token: 'int32_t', logprob: 'float' });
+koffi.struct('llorch_token_logprob', { token: 'int32_t', logprob: 'float', top: 'void *', n_top: 'size_t' });
+koffi.struct('llorch_piece', {
+  struct_size: 'size_t', text: 'void *', len: 'size_t', token: 'int32_t', logprobs: 'void *', n_logprobs: 'size_t',
+});
+const PieceCallback = koffi.proto('bool llorch_piece_callback(void *user_data, void *piece)');
 const TokenCallback = koffi.proto('bool llorch_token_callback(void *user_data, const uint8_t *text, size_t len, int32_t token)');
 const ProgressCallback = koffi.proto('bool llorch_progress_callback(void *user_data, float fraction)');
 
@@ -87,6 +94,18 @@ const f = {
   reset: lib.func('int32_t llorch_session_reset(llorch_session *, _Out_ llorch_error **)'),
   tokenize: lib.func('int32_t llorch_session_tokenize(const llorch_session *, const char *, bool, bool, _Out_ void **, _Out_ size_t *, _Out_ llorch_error **)'),
   detokenize: lib.func('int32_t llorch_session_detokenize(const llorch_session *, const int32_t *, size_t, _Out_ void **, _Out_ size_t *, _Out_ llorch_error **)'),
+  generatePieces: lib.func('int32_t llorch_session_generate_pieces(llorch_session *, const char *, const llorch_generate_params *, llorch_piece_callback *, void *, _Inout_ llorch_generate_stats *, _Out_ llorch_error **)'),
+  tokens: lib.func('int32_t llorch_session_tokens(const llorch_session *, _Out_ void **, _Out_ size_t *, _Out_ llorch_error **)'),
+  rewind: lib.func('int32_t llorch_session_rewind(llorch_session *, uint32_t, _Out_ llorch_error **)'),
+  fork: lib.func('int32_t llorch_session_fork(const llorch_session *, _Out_ llorch_session **, _Out_ llorch_error **)'),
+  save: lib.func('int32_t llorch_session_save(const llorch_session *, _Out_ void **, _Out_ size_t *, _Out_ llorch_error **)'),
+  bytesFree: lib.func('void llorch_bytes_free(void *)'),
+  restore: lib.func('int32_t llorch_session_restore(llorch_session *, const uint8_t *, size_t, _Out_ llorch_error **)'),
+  saveFile: lib.func('int32_t llorch_session_save_file(const llorch_session *, const char *, _Out_ llorch_error **)'),
+  restoreFile: lib.func('int32_t llorch_session_restore_file(llorch_session *, const char *, _Out_ llorch_error **)'),
+  specialTokens: lib.func('int32_t llorch_model_special_tokens(const llorch_model *, _Out_ int32_t *, _Out_ int32_t *, _Out_ int32_t *, _Out_ llorch_error **)'),
+  tokenText: lib.func('int32_t llorch_model_token_text(const llorch_model *, int32_t, uint8_t *, size_t, _Out_ size_t *, _Out_ llorch_error **)'),
+  tokenIsSpecial: lib.func('int32_t llorch_model_token_is_special(const llorch_model *, int32_t, _Out_ bool *, _Out_ llorch_error **)'),
 };
 
 if (f.abi() !== ABI_VERSION) {
@@ -195,6 +214,28 @@ class Model {
   architecture() { return this.#get(f.architecture); }
   contextLength() { return this.#get(f.contextLength); }
   vocabSize() { return this.#get(f.vocabSize); }
+  /** { bos, eos, eot }: the special ids, -1 where the model has none. */
+  specialTokens() {
+    const [bos, eos, eot, err] = [[0], [0], [0], [null]];
+    check(f.specialTokens(alive(this.handle, 'model'), bos, eos, eot, err), err);
+    return { bos: bos[0], eos: eos[0], eot: eot[0] };
+  }
+  /** The bytes a token stands for, as a Buffer (may be part of a UTF-8 character). */
+  tokenText(token) {
+    const n = [0];
+    const err = [null];
+    check(f.tokenText(alive(this.handle, 'model'), token, null, 0, n, err), err);
+    const buf = Buffer.alloc(Number(n[0]));
+    if (buf.length) check(f.tokenText(this.handle, token, buf, buf.length, n, err), err);
+    return buf;
+  }
+  /** Whether a token is a control or user-defined one. */
+  tokenIsSpecial(token) {
+    const out = [false];
+    const err = [null];
+    check(f.tokenIsSpecial(alive(this.handle, 'model'), token, out, err), err);
+    return out[0];
+  }
   /** The Jinja chat template, or null. */
   chatTemplate() { return this.#get(f.chatTemplate); }
   /** @param {{role: string, content: string}[]} messages */
@@ -225,8 +266,35 @@ class Model {
 const GENERATE_FIELDS = Object.freeze({
   maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p', minP: 'min_p',
   repeatPenalty: 'repeat_penalty', presencePenalty: 'presence_penalty', frequencyPenalty: 'frequency_penalty',
-  penaltyLastN: 'penalty_last_n', parseSpecial: 'parse_special',
+  penaltyLastN: 'penalty_last_n', parseSpecial: 'parse_special', logprobs: 'logprobs',
 });
+
+/** A piece the library lends to a callback, copied: { text, token, logprobs? }. */
+function decodePiece(ptr) {
+  const p = koffi.decode(ptr, 'llorch_piece');
+  const len = Number(p.len);
+  const text = len ? Buffer.from(koffi.decode(p.text, 'uint8_t', len)).toString('utf8') : '';
+  const piece = { text, token: p.token };
+  const n = Number(p.n_logprobs);
+  if (n) {
+    piece.logprobs = koffi.decode(p.logprobs, 'llorch_token_logprob', n).map((lp) => ({
+      token: lp.token,
+      logprob: lp.logprob,
+      top: Number(lp.n_top) ? koffi.decode(lp.top, 'llorch_top_logprob', Number(lp.n_top)).map((t) => ({ ...t })) : [],
+    }));
+  }
+  return piece;
+}
+
+/** Copies a malloc'd token list from the library and frees it. */
+function takeTokens(out, n) {
+  if (!n[0]) return [];
+  try {
+    return Array.from(koffi.decode(out[0], koffi.array('int32_t', Number(n[0]))));
+  } finally {
+    f.tokensFree(out[0]);
+  }
+}
 
 class Session {
   constructor(handle) {
@@ -272,13 +340,17 @@ class Session {
       p.stop = stops;
       p.n_stop = stops.length;
     }
-    const onToken = opts.onToken;
-    const cb = onToken
-      ? koffi.register((_ud, text, len, token) => {
+    const { onToken, onPiece } = opts;
+    // With onPiece (pieces with their log-probabilities) the piece form of the call.
+    let cb = null;
+    if (onPiece) {
+      cb = koffi.register((_ud, ptr) => onPiece(decodePiece(ptr)) !== false, koffi.pointer(PieceCallback));
+    } else if (onToken) {
+      cb = koffi.register((_ud, text, len, token) => {
         const s = Buffer.from(koffi.decode(text, koffi.array('uint8_t', Number(len)))).toString('utf8');
         return onToken(s, token) !== false;
-      }, koffi.pointer(TokenCallback))
-      : null;
+      }, koffi.pointer(TokenCallback));
+    }
     const signal = opts.signal;
     const onAbort = () => this.cancel();
     if (signal) {
@@ -288,7 +360,7 @@ class Session {
     const stats = { struct_size: koffi.sizeof(Stats) };
     const err = [null];
     try {
-      const st = await callAsync(f.generate, handle, prompt, p, cb, null, stats, err);
+      const st = await callAsync(onPiece ? f.generatePieces : f.generate, handle, prompt, p, cb, null, stats, err);
       const result = {
         promptTokens: stats.prompt_tokens, generatedTokens: stats.generated_tokens, promptSeconds: stats.prompt_seconds,
         generateSeconds: stats.generate_seconds, stopReason: stats.stop_reason,
@@ -305,7 +377,10 @@ class Session {
       if (cb) koffi.unregister(cb);
     }
   }
-  /** The async-iterator form: `for await (const { text, token } of session.stream(prompt))`. */
+  /**
+   * The async-iterator form: `for await (const { text, token, logprobs } of session.stream(prompt))`
+   * (logprobs with opts.logprobs > 0).
+   */
   async *stream(prompt, opts = {}) {
     const queue = [];
     let wake = null;
@@ -313,8 +388,9 @@ class Session {
     let failure = null;
     const run = this.generate(prompt, {
       ...opts,
-      onToken: (text, token) => {
-        queue.push({ text, token });
+      onToken: undefined,
+      onPiece: (piece) => {
+        queue.push(piece);
         if (wake) wake();
         return true;
       },
@@ -341,12 +417,56 @@ class Session {
     const n = [0];
     const err = [null];
     check(f.tokenize(alive(this.handle, 'session'), text, addBos, parseSpecial, out, n, err), err);
-    if (!n[0]) return [];
+    return takeTokens(out, n);
+  }
+  /** The conversation so far: the tokens in the KV cache, then a sampled one not yet fed. */
+  tokens() {
+    const out = [null];
+    const n = [0];
+    const err = [null];
+    check(f.tokens(alive(this.handle, 'session'), out, n, err), err);
+    return takeTokens(out, n);
+  }
+  /** Back to the first n tokens of the conversation; the next generation continues there. */
+  rewind(n) {
+    const err = [null];
+    check(f.rewind(alive(this.handle, 'session'), n, err), err);
+  }
+  /** A new session with a copy of this one's conversation (tokens, KV cache, seed). */
+  fork() {
+    const out = [null];
+    const err = [null];
+    check(f.fork(alive(this.handle, 'session'), out, err), err);
+    return new Session(out[0]);
+  }
+  /** The conversation in llorch's versioned state format (names the model), as a Buffer. */
+  save() {
+    const out = [null];
+    const n = [0];
+    const err = [null];
+    check(f.save(alive(this.handle, 'session'), out, n, err), err);
     try {
-      return Array.from(koffi.decode(out[0], koffi.array('int32_t', Number(n[0]))));
+      return Buffer.from(koffi.decode(out[0], koffi.array('uint8_t', Number(n[0]))));
     } finally {
-      f.tokensFree(out[0]);
+      f.bytesFree(out[0]);
     }
+  }
+  /**
+   * Replaces the conversation with a saved one (same model); throws INVALID_ARGUMENT for a
+   * state of another model, truncated or damaged, and changes nothing then.
+   */
+  restore(state) {
+    if (!state.length) throw new LlorchError(Status.INVALID_ARGUMENT, 'session state: empty');
+    const err = [null];
+    check(f.restore(alive(this.handle, 'session'), state, state.length, err), err);
+  }
+  saveFile(file) {
+    const err = [null];
+    check(f.saveFile(alive(this.handle, 'session'), file, err), err);
+  }
+  restoreFile(file) {
+    const err = [null];
+    check(f.restoreFile(alive(this.handle, 'session'), file, err), err);
   }
   /** Token ids to a Buffer of bytes. */
   detokenize(ids) {

@@ -9,10 +9,12 @@ pub mod context;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod state_rows;
 mod weights;
 
 pub use bind::{BatchScratch, Out, State, Weights};
 pub use context::{Context, ContextOptions, Device, Reservation};
+pub use state_rows::kv_values;
 pub use weights::WeightTensor;
 
 /// The sizes a backend allocates for: the model's widths and counts, nothing of how the

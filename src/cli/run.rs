@@ -67,7 +67,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         },
         stop,
         parse_special: chat || a.flag("--special"),
-        ignore_eos: false,
+        ..Default::default()
     };
     let seed = a.parsed(&["--seed"], 0u64)?;
     let n_ctx = a.parsed(&["-c", "--ctx"], 0u32)?;

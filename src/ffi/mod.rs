@@ -12,11 +12,13 @@ pub mod context;
 pub mod log;
 pub mod model;
 pub mod session;
+pub mod vocab;
 
 pub use context::*;
 pub use log::*;
 pub use model::*;
 pub use session::*;
+pub use vocab::*;
 
 use crate::Error;
 use std::ffi::{c_char, CStr};

@@ -247,24 +247,28 @@ pub(crate) unsafe fn tokenize_with(
     let out_tokens = out(out_tokens, "out_tokens")?;
     let out_n = out(out_n, "out_n")?;
     let ids = m.tokenizer().encode(text, parse_special, add_bos)?;
-    let buf = if ids.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        let p = libc::malloc(ids.len() * 4) as *mut i32;
+    let ids: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+    *out_tokens = malloc_tokens(&ids)?;
+    *out_n = ids.len();
+    Ok(())
+}
+
+/// Copies token ids into a malloc'd buffer (freed by `llorch_tokens_free`); NULL for none.
+pub(crate) fn malloc_tokens(ids: &[i32]) -> crate::Result<*mut i32> {
+    if ids.is_empty() {
+        return Ok(std::ptr::null_mut());
+    }
+    unsafe {
+        let p = libc::malloc(std::mem::size_of_val(ids)) as *mut i32;
         if p.is_null() {
             return Err(Error::OutOfMemory(format!(
                 "allocating {} token ids",
                 ids.len()
             )));
         }
-        for (i, &id) in ids.iter().enumerate() {
-            *p.add(i) = id as i32;
-        }
-        p
-    };
-    *out_tokens = buf;
-    *out_n = ids.len();
-    Ok(())
+        std::ptr::copy_nonoverlapping(ids.as_ptr(), p, ids.len());
+        Ok(p)
+    }
 }
 
 /// Frees a token buffer from `llorch_model_tokenize`. NULL is ignored. Thread-safety: any thread.

@@ -1,11 +1,19 @@
 //! llorch_session: one conversation with its KV cache; generation, cancellation.
 
+mod pieces;
+mod state;
+
+pub use pieces::*;
+pub use state::*;
+
 use super::model::{detokenize_with, tokenize_with};
 use super::{
     arg, c_str, call, check_struct_size, guard, llorch_error, llorch_model, llorch_status, out,
     read_sized_fields,
 };
-use crate::session::{Event, GenerateParams, GenerateStats, Session, SessionOptions, StopReason};
+use crate::session::{
+    Event, GenerateParams, GenerateStats, Piece, Session, SessionOptions, StopReason, TokenLogprob,
+};
 use crate::Error;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void};
@@ -30,6 +38,9 @@ struct Engine {
     unread: Option<(String, u32)>,
     /// The stats of the last generation that ended.
     last_stats: Option<GenerateStats>,
+    /// The log-probabilities `llorch_session_next_piece` last handed out (kept until the
+    /// next call on the session).
+    logprobs: pieces::LogprobArrays,
 }
 
 /// Parameters of `llorch_session_new`. Fill with `llorch_session_params_init` first.
@@ -101,6 +112,12 @@ pub struct llorch_generate_params {
     /// Special tokens written in the prompt (`<|im_start|>` …) become single tokens
     /// (default true, as chat templates need).
     pub parse_special: bool,
+    /// Log-probabilities: each generated token's, and this many most likely alternatives,
+    /// reported to `llorch_session_generate_pieces`' callback and by
+    /// `llorch_session_next_piece`; 0 = off (default), which costs nothing. They are taken
+    /// from the model's raw logits: before logit bias, penalties, temperature and
+    /// top-k/top-p/min-p (what OpenAI's API reports; what evaluation wants).
+    pub logprobs: u32,
 }
 
 const GENERATE_PARAMS_MIN: usize = std::mem::offset_of!(llorch_generate_params, max_tokens) + 4;
@@ -124,6 +141,7 @@ fn generate_params_default() -> llorch_generate_params {
         logit_bias: std::ptr::null(),
         n_logit_bias: 0,
         parse_special: d.parse_special,
+        logprobs: d.logprobs,
     }
 }
 
@@ -252,17 +270,23 @@ pub unsafe extern "C" fn llorch_session_new(
                 seed: p.seed,
             },
         )?;
-        let cancel = session.cancel_flag();
-        *out_session = Box::into_raw(Box::new(llorch_session {
-            engine: Mutex::new(Engine {
-                session,
-                unread: None,
-                last_stats: None,
-            }),
-            cancel,
-        }));
+        *out_session = into_handle(session);
         Ok(())
     })
+}
+
+/// A new handle owning `session`.
+fn into_handle(session: Session) -> *mut llorch_session {
+    let cancel = session.cancel_flag();
+    Box::into_raw(Box::new(llorch_session {
+        engine: Mutex::new(Engine {
+            session,
+            unread: None,
+            last_stats: None,
+            logprobs: Default::default(),
+        }),
+        cancel,
+    }))
 }
 
 /// Frees a session (and its reference to the model). NULL is ignored. Must not race with
@@ -296,11 +320,13 @@ unsafe fn generate_params(params: *const llorch_generate_params) -> crate::Resul
     let mut p = generate_params_default();
     read_sized_fields!(params, size, p: llorch_generate_params {
         max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
-        frequency_penalty, penalty_last_n, stop, n_stop, logit_bias, n_logit_bias, parse_special
+        frequency_penalty, penalty_last_n, stop, n_stop, logit_bias, n_logit_bias, parse_special,
+        logprobs
     });
     let mut g = GenerateParams {
         max_tokens: p.max_tokens,
         parse_special: p.parse_special,
+        logprobs: p.logprobs,
         ..Default::default()
     };
     let s = &mut g.sampling;
@@ -433,29 +459,41 @@ pub unsafe extern "C" fn llorch_session_generate(
     err: *mut *mut llorch_error,
 ) -> llorch_status {
     call(err, || {
-        // The arguments are checked before the session so each check can be tested alone.
-        let prompt = c_str(prompt, "prompt")?;
-        let gp = generate_params(params)?;
-        if !stats.is_null() {
-            check_struct_size((*stats).struct_size, GENERATE_STATS_MIN, "stats")?;
-        }
-        let mut e = lock(arg(session as *const llorch_session, "session")?)?;
-        e.unread = None;
-        let mut on_piece = |text: &str, token: u32| match on_token {
+        let mut on_piece = |p: &Piece| match on_token {
             Some(cb) => cb(
                 user_data,
-                text.as_ptr() as *const c_char,
-                text.len(),
-                token as i32,
+                p.text.as_ptr() as *const c_char,
+                p.text.len(),
+                p.token as i32,
             ),
             None => true,
         };
-        let st = e.session.generate(prompt, &gp, &mut on_piece)?;
-        write_stats(stats, &st);
-        let status = end_status(&st);
-        e.last_stats = Some(st);
-        status
+        run_generate(session, prompt, params, stats, &mut on_piece)
     })
+}
+
+/// The push form of `llorch_session_generate` and `llorch_session_generate_pieces`: checks
+/// the arguments, generates, writes the stats.
+unsafe fn run_generate(
+    session: *mut llorch_session,
+    prompt: *const c_char,
+    params: *const llorch_generate_params,
+    stats: *mut llorch_generate_stats,
+    on_piece: &mut dyn FnMut(&Piece) -> bool,
+) -> crate::Result<()> {
+    // The arguments are checked before the session so each check can be tested alone.
+    let prompt = c_str(prompt, "prompt")?;
+    let gp = generate_params(params)?;
+    if !stats.is_null() {
+        check_struct_size((*stats).struct_size, GENERATE_STATS_MIN, "stats")?;
+    }
+    let mut e = lock(arg(session as *const llorch_session, "session")?)?;
+    e.unread = None;
+    let st = e.session.generate_pieces(prompt, &gp, on_piece)?;
+    write_stats(stats, &st);
+    let status = end_status(&st);
+    e.last_stats = Some(st);
+    status
 }
 
 /// The pull form, step 1: appends the NUL-terminated UTF-8 `prompt` to the conversation and
@@ -515,47 +553,70 @@ pub unsafe extern "C" fn llorch_session_next(
     err: *mut *mut llorch_error,
 ) -> llorch_status {
     call(err, || {
-        if buf.is_null() {
-            return Err(Error::InvalidArgument("buf is NULL".into()));
-        }
-        if cap < 4 {
-            return Err(Error::InvalidArgument(format!(
-                "cap is {cap}: the buffer must hold at least 4 bytes (one UTF-8 character)"
-            )));
-        }
+        check_buf(buf, cap)?;
         let out_len = out(out_len, "out_len")?;
         let out_done = out(out_done, "out_done")?;
         let mut e = lock(arg(session as *const llorch_session, "session")?)?;
-        let (text, token) = match e.unread.take() {
-            Some(rest) => rest,
-            None => match e.session.next_event()? {
-                Event::Piece(p) => (p.text, p.token),
-                Event::Done(st) => {
-                    let status = end_status(&st);
-                    e.last_stats = Some(st);
-                    status?;
-                    *out_len = 0;
-                    *out_done = true;
-                    return Ok(());
+        match pull(&mut e, buf, cap)? {
+            None => {
+                *out_len = 0;
+                *out_done = true;
+            }
+            Some((len, token, _)) => {
+                *out_len = len;
+                if let Some(t) = out_token.as_mut() {
+                    *t = token as i32;
                 }
-            },
-        };
-        // The longest prefix of whole characters that fits.
-        let cut = (0..=cap.min(text.len()))
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, cut);
-        if cut < text.len() {
-            e.unread = Some((text[cut..].to_string(), token));
+                *out_done = false;
+            }
         }
-        *out_len = cut;
-        if let Some(t) = out_token.as_mut() {
-            *t = token as i32;
-        }
-        *out_done = false;
         Ok(())
     })
+}
+
+/// Checks the pull form's buffer arguments.
+fn check_buf(buf: *mut c_char, cap: usize) -> crate::Result<()> {
+    if buf.is_null() {
+        return Err(Error::InvalidArgument("buf is NULL".into()));
+    }
+    if cap < 4 {
+        return Err(Error::InvalidArgument(format!(
+            "cap is {cap}: the buffer must hold at least 4 bytes (one UTF-8 character)"
+        )));
+    }
+    Ok(())
+}
+
+/// One pull: the next piece (or the unread rest of the last) copied into `buf` (`cap` >= 4
+/// bytes): its length, token and log-probabilities (those come with a piece's first part);
+/// None at the end of the generation (its stats kept).
+unsafe fn pull(
+    e: &mut Engine,
+    buf: *mut c_char,
+    cap: usize,
+) -> crate::Result<Option<(usize, u32, Vec<TokenLogprob>)>> {
+    let (text, token, logprobs) = match e.unread.take() {
+        Some((rest, token)) => (rest, token, Vec::new()),
+        None => match e.session.next_event()? {
+            Event::Piece(p) => (p.text, p.token, p.logprobs),
+            Event::Done(st) => {
+                let status = end_status(&st);
+                e.last_stats = Some(st);
+                status?;
+                return Ok(None);
+            }
+        },
+    };
+    // The longest prefix of whole characters that fits.
+    let cut = (0..=cap.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, cut);
+    if cut < text.len() {
+        e.unread = Some((text[cut..].to_string(), token));
+    }
+    Ok(Some((cut, token, logprobs)))
 }
 
 /// Writes the statistics of the session's last ended generation (by `llorch_session_generate`

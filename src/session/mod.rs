@@ -3,7 +3,9 @@
 
 pub mod batch;
 pub mod bench;
+pub mod logprobs;
 pub mod perplexity;
+mod state_file;
 mod stop;
 
 use crate::backend::{Logits, Out, Reservation, State, Tap};
@@ -14,6 +16,7 @@ use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use batch::{Feed, Member, Produced, Want};
 use parking_lot::Mutex;
+pub use logprobs::TokenLogprob;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +47,9 @@ pub struct GenerateParams {
     /// Keep generating past end-of-generation tokens (until `max_tokens` or a stop string):
     /// for benchmarks, which need a fixed number of tokens.
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (in [`Piece::logprobs`]); 0 = off, at no cost. See [`logprobs`] for which logits.
+    pub logprobs: u32,
 }
 
 impl Default for GenerateParams {
@@ -54,6 +60,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             parse_special: true,
             ignore_eos: false,
+            logprobs: 0,
         }
     }
 }
@@ -342,12 +349,28 @@ impl Session {
         self.drive(on_piece)
     }
 
+    /// As [`generate`](Self::generate), handing over whole [`Piece`]s (with their
+    /// log-probabilities when `params.logprobs` asks for them).
+    pub fn generate_pieces(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_piece: &mut dyn FnMut(&Piece) -> bool,
+    ) -> Result<GenerateStats> {
+        self.begin(prompt, params)?;
+        self.drive_pieces(on_piece)
+    }
+
     /// The push form: pulls every piece and hands it to `on_piece`.
     fn drive(&mut self, on_piece: &mut dyn FnMut(&str, u32) -> bool) -> Result<GenerateStats> {
+        self.drive_pieces(&mut |p| on_piece(&p.text, p.token))
+    }
+
+    fn drive_pieces(&mut self, on_piece: &mut dyn FnMut(&Piece) -> bool) -> Result<GenerateStats> {
         loop {
             match self.next_event()? {
                 Event::Piece(p) => {
-                    if !on_piece(&p.text, p.token) {
+                    if !on_piece(&p) {
                         return Ok(self.stop_by_caller());
                     }
                 }
@@ -398,6 +421,8 @@ impl Session {
             max_tokens: params.max_tokens,
             ignore_eos: params.ignore_eos,
             greedy: sampler.is_greedy(),
+            logprobs: params.logprobs as usize,
+            reported: Vec::new(),
             sampler,
             logits: Vec::new(),
             pick: None,
@@ -542,7 +567,8 @@ impl Session {
                     let rest = g.stops.finish(&g.decoder.flush());
                     if !rest.is_empty() {
                         let token = self.pending.unwrap_or(0);
-                        return Ok(Some(Event::piece(rest, token)));
+                        let lps = std::mem::take(&mut g.reported);
+                        return Ok(Some(Event::piece(rest, token, lps)));
                     }
                 }
                 return Ok(Some(Event::Done(g.stats.clone())));
@@ -562,7 +588,18 @@ impl Session {
     fn sample(&mut self, g: &mut Generation, tok: &Tokenizer) -> Result<Option<Event>> {
         let id = match g.pick.take() {
             Some(id) => id,
-            None => g.sampler.sample(&mut g.logits, &g.history),
+            None => {
+                // The raw row, before the sampler transforms it in place.
+                let raw = (g.logprobs > 0).then(|| g.logits.clone());
+                let id = g.sampler.sample(&mut g.logits, &g.history);
+                if let Some(raw) = raw {
+                    if !tok.is_eog(id) {
+                        g.reported
+                            .push(logprobs::token_logprob(&raw, id, g.logprobs));
+                    }
+                }
+                id
+            }
         };
         g.stats.generated_tokens += 1;
         g.history.push(id);
@@ -580,16 +617,28 @@ impl Session {
         } else {
             Phase::Feed
         };
-        Ok((!ready.is_empty()).then(|| Event::piece(ready, id)))
+        if ready.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Event::piece(
+            ready,
+            id,
+            std::mem::take(&mut g.reported),
+        )))
     }
 }
 
 /// A piece of generated text: whole UTF-8 characters, and the token that completed them (a
 /// piece may hold bytes of several tokens).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Piece {
     pub text: String,
     pub token: u32,
+    /// With `GenerateParams::logprobs` > 0: the tokens sampled since the previous piece, in
+    /// order (those whose text this piece completes), each with its log-probability and top
+    /// alternatives. The end-of-generation token and tokens cut by a stop string are in no
+    /// piece.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// What [`Session::next_event`] hands back.
@@ -602,8 +651,12 @@ pub enum Event {
 }
 
 impl Event {
-    fn piece(text: String, token: u32) -> Event {
-        Event::Piece(Piece { text, token })
+    fn piece(text: String, token: u32, logprobs: Vec<TokenLogprob>) -> Event {
+        Event::Piece(Piece {
+            text,
+            token,
+            logprobs,
+        })
     }
 }
 
@@ -642,6 +695,10 @@ struct Generation {
     /// Greedy: the backend picks the token where the logits are (on the GPU, 4 bytes come
     /// back instead of the row); otherwise the sampler gets the row.
     greedy: bool,
+    /// Alternatives reported per token; 0 = no log-probabilities.
+    logprobs: usize,
+    /// Log-probabilities of the tokens not yet in a piece.
+    reported: Vec<TokenLogprob>,
     logits: Vec<f32>,
     pick: Option<u32>,
     decoder: StreamDecoder,
@@ -661,9 +718,10 @@ struct Generation {
 }
 
 impl Generation {
-    /// Where a forward step puts its result: the pick for greedy decoding, else the row.
+    /// Where a forward step puts its result: the pick for greedy decoding, else the row
+    /// (also for greedy decoding with log-probabilities, which need the whole row).
     fn out(&mut self) -> Out<'_> {
-        if self.greedy {
+        if self.greedy && self.logprobs == 0 {
             Out::Argmax(&mut self.pick)
         } else {
             Out::Logits(&mut self.logits)

@@ -13,6 +13,7 @@ mod pretok;
 mod spm;
 mod strftime;
 mod table;
+pub(crate) use table::hash_bytes;
 
 pub use pretok::PreTokenizer;
 

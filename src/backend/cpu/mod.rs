@@ -5,6 +5,7 @@
 //! cache) in f32. Work is split over rows across the context's threads.
 
 mod attn;
+mod kv_rows;
 mod moe;
 mod pool;
 

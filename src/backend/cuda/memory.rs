@@ -319,12 +319,20 @@ impl CudaDevice {
 
     /// Copy the first `out.len()` bytes of `buf` to the host (waits for earlier work).
     pub fn download(&self, buf: &DeviceBuffer, out: &mut [u8]) -> Result<()> {
-        buf.check(self, out.len() as u64, "download")?;
+        self.download_at(buf, 0, out)
+    }
+
+    /// Copy `out.len()` bytes of `buf` from byte `offset` to the host (waits for earlier work).
+    pub fn download_at(&self, buf: &DeviceBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        let end = offset
+            .checked_add(out.len())
+            .ok_or_else(|| Error::InvalidArgument("download range overflows".into()))?;
+        buf.check(self, end as u64, "download")?;
         if out.is_empty() {
             return Ok(());
         }
         self.inner.bind()?;
-        unsafe { result::memcpy_dtoh_async(out, buf.ptr, self.stream.raw) }
+        unsafe { result::memcpy_dtoh_async(out, buf.ptr + offset as u64, self.stream.raw) }
             .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
         self.synchronize()
     }

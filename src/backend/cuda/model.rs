@@ -11,6 +11,8 @@
 //! and replayed for each later token (`LLORCH_CUDA_GRAPH=0` turns that off). Work is queued
 //! in order on the session's own stream; only downloads (logits, taps) wait for it.
 
+mod kv_rows;
+
 use super::device::CudaDevice;
 use super::drv;
 use super::fused::{

@@ -1,0 +1,79 @@
+//! Reading and writing the first rows of a GPU state's KV cache (session save/restore, fork).
+//! The cache is f16, `[head][position][head_dim]` per layer; the rows travel as f32
+//! `[position][head][head_dim]` (the CPU's layout), so a state saved on one device restores
+//! on the other. f16 -> f32 is exact; f32 -> f16 rounds as the kernels' own store does.
+
+use super::CudaState;
+use crate::{Error, Result};
+use half::f16;
+
+impl CudaState {
+    /// Appends the first `n` positions' keys and values to `out`: per layer, `n` rows of K
+    /// then `n` rows of V, `kv_dim` f32 values a row. Waits for the GPU.
+    pub fn kv_rows(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.check_rows(n)?;
+        let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
+        let mut head = vec![0u8; n * hd * 2];
+        for layer in &self.kv {
+            for cache in [&layer.k, &layer.v] {
+                let start = out.len();
+                out.resize(start + n * n_kv * hd, 0.0);
+                let rows = &mut out[start..];
+                for h in 0..n_kv {
+                    // A head's first n positions are contiguous.
+                    self.dev
+                        .download_at(cache, h * self.n_ctx * hd * 2, &mut head)?;
+                    for (p, src) in head.chunks_exact(hd * 2).enumerate() {
+                        let dst = &mut rows[(p * n_kv + h) * hd..][..hd];
+                        for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                            *d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites the first `n` positions' keys and values with `data` (as
+    /// [`kv_rows`](Self::kv_rows) writes them). Waits for the GPU.
+    pub fn set_kv_rows(&mut self, n: usize, data: &[f32]) -> Result<()> {
+        self.check_rows(n)?;
+        let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
+        let per = n * n_kv * hd;
+        if data.len() != 2 * per * self.kv.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} KV values given for {n} positions of {} layers",
+                data.len(),
+                self.kv.len()
+            )));
+        }
+        let mut head = vec![0u8; n * hd * 2];
+        let mut rows = data.chunks_exact(per.max(1));
+        for layer in &mut self.kv {
+            for cache in [&mut layer.k, &mut layer.v] {
+                let Some(src) = rows.next() else { break };
+                for h in 0..n_kv {
+                    for (p, dst) in head.chunks_exact_mut(hd * 2).enumerate() {
+                        let row = &src[(p * n_kv + h) * hd..][..hd];
+                        for (b, &x) in dst.chunks_exact_mut(2).zip(row) {
+                            b.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+                        }
+                    }
+                    self.dev.write(cache, h * self.n_ctx * hd * 2, &head)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rows(&self, n: usize) -> Result<()> {
+        if n > self.n_ctx {
+            return Err(Error::ContextFull(format!(
+                "{n} positions do not fit a KV cache of {}",
+                self.n_ctx
+            )));
+        }
+        Ok(())
+    }
+}
