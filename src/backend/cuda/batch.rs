@@ -38,9 +38,11 @@ impl CudaBatch {
     /// Buffers for steps of up to [`MAX_BATCH_ROWS`] rows, allocated once: captured graphs
     /// hold their addresses.
     pub fn new(model: &CudaModel, dims: &Dims) -> Result<Self> {
-        // Two positions: enough for the padding rows, and the prompt-product scratch is made
-        // (states of one position have none).
-        let mut st = CudaState::new(model, dims, 2)?;
+        // One position (the padding rows' cache). A state of one position has no scratch for
+        // the two-pass prompt products (weights converted to f16 first, then the product):
+        // for a batch of decoding rows that pass would move several times the bytes of the
+        // quantized weights that the tensor-core products read directly.
+        let mut st = CudaState::new(model, dims, 1)?;
         st.reserve_rows(MAX_BATCH_ROWS)?;
         let (tab, picks) = Self::tables(&st, dims, MAX_BATCH_ROWS)?;
         Ok(CudaBatch {
