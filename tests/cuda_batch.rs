@@ -44,8 +44,10 @@ fn gpu_model(test: &str) -> Option<Arc<Model>> {
     let path = dir.join("qwen2-0.5b.gguf");
     let mut spec = preset("qwen2-0.5b").unwrap();
     spec.n_ctx = 512;
-    build(&spec, &path).unwrap();
-    Some(Model::load(&ctx, &path, None).unwrap())
+    build(&spec, 1).unwrap().write_file(&path).unwrap();
+    let m = Model::load(&ctx, &path, None).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(m)
 }
 
 const SEQS: usize = 8;
