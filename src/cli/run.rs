@@ -67,6 +67,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         },
         stop,
         parse_special: chat || a.flag("--special"),
+        constraint: None,
     };
     let seed = a.parsed(&["--seed"], 0u64)?;
     let n_ctx = a.parsed(&["-c", "--ctx"], 0u32)?;

@@ -5,6 +5,7 @@ use super::{
     arg, c_str, call, check_struct_size, guard, llorch_error, llorch_model, llorch_status, out,
     read_sized_fields,
 };
+use crate::grammar::Constraint;
 use crate::session::{Event, GenerateParams, GenerateStats, Session, SessionOptions, StopReason};
 use crate::Error;
 use parking_lot::Mutex;
@@ -101,6 +102,15 @@ pub struct llorch_generate_params {
     /// Special tokens written in the prompt (`<|im_start|>` …) become single tokens
     /// (default true, as chat templates need).
     pub parse_special: bool,
+    /// Constrained output: a JSON Schema (NUL-terminated JSON text) the output must validate
+    /// against, or NULL (default). Generation ends when the JSON value is complete (stop reason
+    /// `LLORCH_STOP_EOS`). An unsupported keyword or bad JSON is `LLORCH_ERR_INVALID_ARGUMENT`
+    /// naming it. Set at most one of `json_schema` and `grammar`.
+    pub json_schema: *const c_char,
+    /// Constrained output: a GBNF-like grammar (NUL-terminated; start rule `root`) the output
+    /// must match, or NULL (default). A syntax error is `LLORCH_ERR_INVALID_ARGUMENT` with its
+    /// line and column.
+    pub grammar: *const c_char,
 }
 
 const GENERATE_PARAMS_MIN: usize = std::mem::offset_of!(llorch_generate_params, max_tokens) + 4;
@@ -124,6 +134,8 @@ fn generate_params_default() -> llorch_generate_params {
         logit_bias: std::ptr::null(),
         n_logit_bias: 0,
         parse_special: d.parse_special,
+        json_schema: std::ptr::null(),
+        grammar: std::ptr::null(),
     }
 }
 
@@ -296,7 +308,8 @@ unsafe fn generate_params(params: *const llorch_generate_params) -> crate::Resul
     let mut p = generate_params_default();
     read_sized_fields!(params, size, p: llorch_generate_params {
         max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
-        frequency_penalty, penalty_last_n, stop, n_stop, logit_bias, n_logit_bias, parse_special
+        frequency_penalty, penalty_last_n, stop, n_stop, logit_bias, n_logit_bias, parse_special,
+        json_schema, grammar
     });
     let mut g = GenerateParams {
         max_tokens: p.max_tokens,
@@ -352,6 +365,19 @@ unsafe fn generate_params(params: *const llorch_generate_params) -> crate::Resul
             g.sampling.logit_bias.push((b.token as u32, b.bias));
         }
     }
+    g.constraint = match (p.json_schema.is_null(), p.grammar.is_null()) {
+        (true, true) => None,
+        (false, true) => Some(Constraint::json_schema(c_str(
+            p.json_schema,
+            "params->json_schema",
+        )?)?),
+        (true, false) => Some(Constraint::grammar(c_str(p.grammar, "params->grammar")?)?),
+        (false, false) => {
+            return Err(Error::InvalidArgument(
+                "params->json_schema and params->grammar are both set: set one".into(),
+            ))
+        }
+    };
     Ok(g)
 }
 

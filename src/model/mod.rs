@@ -13,13 +13,14 @@ pub mod synth;
 
 use crate::backend::{Context, Dims, Reservation, Weights};
 use crate::gguf::Gguf;
+use crate::grammar::VocabTrie;
 use crate::tokenizer::chat::ChatMessage;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use hparams::HParams;
 use recipe::Recipe;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The architectures this build runs: `general.architecture` → recipe builder.
 /// Builds an architecture's recipe from the file and its hyper-parameters.
@@ -44,6 +45,8 @@ pub struct Model {
     _reservation: Reservation,
     tokenizer: Tokenizer,
     chat_template: Option<String>,
+    /// The vocabulary's byte trie for constrained output, built on first use.
+    vocab_trie: OnceLock<Arc<VocabTrie>>,
 }
 
 impl Model {
@@ -88,6 +91,7 @@ impl Model {
             _reservation: reservation,
             tokenizer,
             chat_template,
+            vocab_trie: OnceLock::new(),
         }))
     }
 
@@ -113,6 +117,14 @@ impl Model {
     }
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
+    }
+    /// The tokens' texts as a byte trie (for constrained output), built once per model.
+    pub fn vocab_trie(&self) -> Result<Arc<VocabTrie>> {
+        if let Some(t) = self.vocab_trie.get() {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(VocabTrie::new(&self.tokenizer)?);
+        Ok(self.vocab_trie.get_or_init(|| t).clone())
     }
     pub fn gguf(&self) -> &Gguf {
         &self.gguf

@@ -219,6 +219,7 @@ fn prepare(app: &App, body: &[u8], chat: bool) -> Result<Prepared, ApiError> {
         sampling: req.sampling,
         stop: req.stop,
         parse_special: true,
+        constraint: None,
     };
     let seed = req.seed.unwrap_or_else(|| app.random_seed());
     Ok(Prepared {

@@ -5,6 +5,7 @@ pub mod perplexity;
 mod stop;
 
 use crate::backend::{Logits, Out, Reservation, State, Tap};
+use crate::grammar::{Constraint, TokenMatcher};
 use crate::model::recipe::forward;
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
@@ -37,6 +38,9 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Match special tokens (`<|im_start|>` …) written in the prompt text.
     pub parse_special: bool,
+    /// The output must match this grammar or JSON Schema: each step masks the tokens that
+    /// cannot continue it, and the generation ends (stop reason `Eos`) once it is complete.
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateParams {
@@ -46,6 +50,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             parse_special: true,
+            constraint: None,
         }
     }
 }
@@ -331,11 +336,17 @@ impl Session {
             params.sampling.clone(),
             self.seed ^ self.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
+        let constraint = match &params.constraint {
+            Some(c) => Some(c.matcher(self.model.vocab_trie()?)),
+            None => None,
+        };
         let mut history = self.tokens();
         history.extend_from_slice(prompt);
         self.running = Some(Generation {
             max_tokens: params.max_tokens,
-            greedy: sampler.is_greedy(),
+            // A constraint needs the logits row, so the backend cannot pick the token.
+            greedy: sampler.is_greedy() && constraint.is_none(),
+            constraint,
             sampler,
             logits: Vec::new(),
             pick: None,
@@ -499,7 +510,19 @@ impl Session {
     fn sample(&mut self, g: &mut Generation, tok: &Tokenizer) -> Result<Option<Event>> {
         let id = match g.pick.take() {
             Some(id) => id,
-            None => g.sampler.sample(&mut g.logits, &g.history),
+            None => {
+                if let Some(c) = &mut g.constraint {
+                    c.apply(&mut g.logits)?;
+                }
+                g.sampler.sample(&mut g.logits, &g.history)
+            }
+        };
+        let complete = match &mut g.constraint {
+            Some(c) => {
+                c.accept(id, &tok.token_bytes(id)?)?;
+                c.finished()
+            }
+            None => false,
         };
         g.stats.generated_tokens += 1;
         g.history.push(id);
@@ -512,6 +535,8 @@ impl Session {
         let (ready, hit) = g.stops.push(&text);
         g.phase = if hit {
             Phase::Ending(StopReason::StopString)
+        } else if complete {
+            Phase::Ending(StopReason::Eos)
         } else if g.stats.generated_tokens >= g.max_tokens {
             Phase::Ending(StopReason::Limit)
         } else {
@@ -578,6 +603,8 @@ struct Generation {
     /// Greedy: the backend picks the token where the logits are (on the GPU, 4 bytes come
     /// back instead of the row); otherwise the sampler gets the row.
     greedy: bool,
+    /// The grammar the output must match, if any.
+    constraint: Option<TokenMatcher>,
     logits: Vec<f32>,
     pick: Option<u32>,
     decoder: StreamDecoder,

@@ -1,0 +1,204 @@
+//! The grammar engine without a model: the EBNF front end, the JSON Schema compiler and the
+//! matcher, on texts that must and must not match, and the errors of bad grammars and schemas.
+
+use llorch::grammar::Constraint;
+
+fn g(text: &str) -> Constraint {
+    Constraint::grammar(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn s(schema: &str) -> Constraint {
+    Constraint::json_schema(schema).unwrap_or_else(|e| panic!("{schema}: {e}"))
+}
+
+fn yes(c: &Constraint, texts: &[&str]) {
+    for t in texts {
+        assert!(c.matches(t.as_bytes()).unwrap(), "should match: {t:?}");
+    }
+}
+
+fn no(c: &Constraint, texts: &[&str]) {
+    for t in texts {
+        assert!(!c.matches(t.as_bytes()).unwrap(), "should not match: {t:?}");
+    }
+}
+
+fn grammar_err(text: &str) -> String {
+    match Constraint::grammar(text) {
+        Ok(_) => panic!("grammar accepted: {text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn schema_err(schema: &str) -> String {
+    match Constraint::json_schema(schema) {
+        Ok(_) => panic!("schema accepted: {schema}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn ebnf_operators() {
+    let c = g(r#"root ::= "a" ("b" | "cd")* "e"? [x-z]+ "#);
+    yes(&c, &["ax", "abcdbxyz", "aezz", "acdcdey"]);
+    no(&c, &["", "a", "abe", "axa", "ac", "aeex"]);
+    let c = g(r#"root ::= "ab"{2} "c"{1,3} "d"{2,} "#);
+    yes(&c, &["ababcdd", "ababcccddddd"]);
+    no(&c, &["abcdd", "ababccccdd", "ababcd"]);
+    // Rules used before their definition, recursion, comments, multi-line rules.
+    let c = g("# balanced parentheses\nroot ::= item*\nitem ::= \"(\" root \")\"\n  | \"x\"\n");
+    yes(&c, &["", "x", "(x)", "((x)x)()"]);
+    no(&c, &["(", "(x", ")("]);
+}
+
+#[test]
+fn ebnf_classes_and_utf8() {
+    let c = g(r#"root ::= [^"\\\x00-\x1f]* "#);
+    yes(&c, &["", "héllo wörld", "日本語", "emoji 😀", "tab-free"]);
+    no(&c, &["a\"b", "back\\slash", "new\nline"]);
+    let c = g(r#"root ::= [α-ω]+ "." "#);
+    yes(&c, &["αβγ.", "ω."]);
+    no(&c, &["a.", "Ω.", "αβ"]);
+    // A character class with a multi-byte range stops at character boundaries: a prefix of a
+    // character is a prefix of a match, but not a match.
+    assert!(c.is_prefix("α".as_bytes().split_at(1).0));
+    assert!(!c.matches("α".as_bytes().split_at(1).0).unwrap());
+    let c = g(r#"root ::= "\u00e9\n\t\"" . "#);
+    yes(&c, &["é\n\t\"x", "é\n\t\"€"]);
+}
+
+#[test]
+fn ebnf_errors_say_where() {
+    let e = grammar_err("root ::= \"a\"\nitem ::= \"b\" | (\"c\"\n");
+    assert!(e.contains("line 2 column 16") && e.contains("not closed"), "{e}");
+    let e = grammar_err("root ::= foo");
+    assert!(e.contains("'foo'") && e.contains("never defined") && e.contains("line 1"), "{e}");
+    let e = grammar_err("root ::= root \"a\" | \"b\"");
+    assert!(e.contains("left-recursive") && e.contains("'root'"), "{e}");
+    let e = grammar_err("root ::= (\"a\"?)*");
+    assert!(e.contains("left-recursive"), "{e}");
+    let e = grammar_err("item ::= \"a\"");
+    assert!(e.contains("no rule named 'root'"), "{e}");
+    let e = grammar_err("root ::= [z-a]");
+    assert!(e.contains("line 1 column 13") && e.contains("reversed"), "{e}");
+    let e = grammar_err("root ::= \"\\q\"");
+    assert!(e.contains("unknown escape '\\q'"), "{e}");
+    let e = grammar_err("root ::= \"a\"{3,2}");
+    assert!(e.contains("maximum below its minimum"), "{e}");
+    let e = grammar_err("root ::= \"a\"{99999}");
+    assert!(e.contains("too large"), "{e}");
+    let e = grammar_err("root ::= \"a\" )");
+    assert!(e.contains("line 1 column 14") && e.contains("unexpected"), "{e}");
+    let e = grammar_err("root ::= \"a\"\nroot ::= \"b\"");
+    assert!(e.contains("defined twice"), "{e}");
+    assert!(grammar_err("").contains("empty"));
+}
+
+#[test]
+fn schema_object_required_and_optional() {
+    let c = s(r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"boolean"},
+        "c":{"type":"null"}},"required":["b"],"additionalProperties":false}"#);
+    yes(
+        &c,
+        &[
+            r#"{"b":true}"#,
+            r#"{"a":1,"b":false}"#,
+            r#"{"a":-20,"b":true,"c":null}"#,
+            r#"{"b":true,"c":null}"#,
+            "{\n  \"a\": 3,\n  \"b\": true\n}",
+        ],
+    );
+    no(
+        &c,
+        &[
+            "{}",
+            r#"{"a":1}"#,
+            r#"{"b":true,}"#,
+            r#"{,"b":true}"#,
+            r#"{"b":true,"d":1}"#,
+            r#"{"b":1}"#,
+            r#"{"a":01,"b":true}"#,
+            // whitespace is bounded
+            &format!("{{{}\"b\":true}}", " ".repeat(13)),
+        ],
+    );
+}
+
+#[test]
+fn schema_strings_arrays_enums() {
+    let c = s(r#"{"type":"array","items":{"type":"string","minLength":1,"maxLength":3},
+        "minItems":1,"maxItems":2}"#);
+    yes(&c, &[r#"["a"]"#, r#"["abc", "é\n"]"#, r#"["\u00e9"]"#, r#"["\"\\"]"#]);
+    no(
+        &c,
+        &["[]", r#"[""]"#, r#"["abcd"]"#, r#"["a","b","c"]"#, r#"["\ud800"]"#, "[\"a\nb\"]"],
+    );
+    let c = s(r#"{"enum":["red","green",3,null,{"k":[1]}]}"#);
+    yes(&c, &[r#""red""#, "3", "null", r#"{"k":[1]}"#]);
+    no(&c, &[r#""blue""#, "4", r#""Red""#]);
+    let c = s(r#"{"const":"x"}"#);
+    yes(&c, &[r#""x""#]);
+    no(&c, &[r#""y""#]);
+    let c = s(r#"{"type":["string","null"],"maxLength":2}"#);
+    yes(&c, &["null", r#""ab""#]);
+    no(&c, &[r#""abc""#, "1"]);
+    let c = s(r#"{"anyOf":[{"type":"boolean"},{"type":"number"}]}"#);
+    yes(&c, &["true", "-1.5e10", "0.25", "12"]);
+    no(&c, &["1e999", "01", ".5", "\"1\""]);
+}
+
+#[test]
+fn schema_integer_ranges() {
+    for (lo, hi) in [(0i64, 9i64), (-5, 5), (7, 1234), (-1000, -37), (100, 100), (0, 999_999)] {
+        let c = s(&format!(r#"{{"type":"integer","minimum":{lo},"maximum":{hi}}}"#));
+        for x in (lo - 50)..=(hi + 50).min(lo + 3000) {
+            assert_eq!(c.matches(x.to_string().as_bytes()).unwrap(), lo <= x && x <= hi, "{x} in {lo}..={hi}");
+        }
+        no(&c, &["-0", "00", "+1"]);
+    }
+    let c = s(r#"{"type":"integer","exclusiveMinimum":0,"exclusiveMaximum":3}"#);
+    yes(&c, &["1", "2"]);
+    no(&c, &["0", "3"]);
+}
+
+#[test]
+fn schema_refs_and_any() {
+    let c = s(r##"{"$defs":{"node":{"type":"object","properties":{"v":{"type":"integer"},
+        "kids":{"type":"array","items":{"$ref":"#/$defs/node"}}},"required":["v"]}},
+        "$ref":"#/$defs/node"}"##);
+    yes(&c, &[r#"{"v":1}"#, r#"{"v":1,"kids":[{"v":2},{"v":3,"kids":[]}]}"#]);
+    no(&c, &[r#"{"v":1,"kids":[{}]}"#]);
+    let c = s("{}");
+    yes(&c, &["1", r#"{"a":[true,null,"x",{"b":{}}]}"#, "[]"]);
+    no(&c, &["[1,]", "{a:1}"]);
+    let c = s(r#"{"type":"object","additionalProperties":{"type":"integer"}}"#);
+    yes(&c, &["{}", r#"{"x":1,"y":2}"#]);
+    no(&c, &[r#"{"x":"1"}"#]);
+}
+
+#[test]
+fn schema_errors_name_the_keyword() {
+    for (schema, want) in [
+        (r#"{"type":"string","pattern":"^a+$"}"#, "unsupported keyword 'pattern'"),
+        (r#"{"type":"string","format":"date"}"#, "unsupported keyword 'format'"),
+        (r#"{"oneOf":[{"type":"string"}]}"#, "unsupported keyword 'oneOf'"),
+        (r#"{"type":"number","minimum":0}"#, "unsupported keyword 'minimum'"),
+        (
+            r#"{"type":"object","properties":{"a":{"type":"array","uniqueItems":true}}}"#,
+            "at /properties/a: unsupported keyword 'uniqueItems'",
+        ),
+        (r#"{"type":"object","required":["x"]}"#, "required property 'x'"),
+        (r#"{"type":"strin"}"#, "unknown type 'strin'"),
+        (r#"{"$ref":"http://x/y"}"#, "only local references"),
+        (r##"{"$ref":"#/nowhere"}"##, "points at nothing"),
+        (r#"{"type":"integer","minimum":5,"maximum":4}"#, "no integer"),
+        (r#"{"type":"array","minItems":3,"maxItems":2}"#, "maxItems is below minItems"),
+        (r#"{"enum":[]}"#, "'enum' must be a non-empty array"),
+        (r#"{"type":"string","enum":[1]}"#, "not of the schema's type"),
+        ("false", "matches nothing"),
+        (r#"{"type":"object""#, "not valid JSON"),
+    ] {
+        let e = schema_err(schema);
+        assert!(e.contains(want), "{schema}: {e} (wanted {want})");
+    }
+}
