@@ -238,6 +238,7 @@ fn every_output_validates_against_its_schema() {
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {what}"));
             validate(&v, &sv, &sv, "").unwrap_or_else(|e| panic!("{e}: {what}"));
             assert!(c.matches(text.as_bytes()).unwrap(), "{what}");
+            if std::env::var_os("SHOW").is_some() { eprintln!("{k} {temp} {seed} {n}: {text}"); }
             distinct.insert(text);
             runs += 1;
             tokens += n;
