@@ -243,6 +243,15 @@ typedef struct llorch_generate_params {
   // Special tokens written in the prompt (`<|im_start|>` …) become single tokens
   // (default true, as chat templates need).
   bool parse_special;
+  // Constrained output: a JSON Schema (NUL-terminated JSON text) the output must validate
+  // against, or NULL (default). Generation ends when the JSON value is complete (stop reason
+  // `LLORCH_STOP_EOS`). An unsupported keyword or bad JSON is `LLORCH_ERR_INVALID_ARGUMENT`
+  // naming it. Set at most one of `json_schema` and `grammar`.
+  const char *json_schema;
+  // Constrained output: a GBNF-like grammar (NUL-terminated; start rule `root`) the output
+  // must match, or NULL (default). A syntax error is `LLORCH_ERR_INVALID_ARGUMENT` with its
+  // line and column.
+  const char *grammar;
 } llorch_generate_params;
 
 // Statistics of one generation, written by `llorch_session_generate` and

@@ -115,6 +115,14 @@ export interface GenerateOptions {
   parseSpecial?: boolean;
   /** Generation stops before any of these would be emitted. */
   stop?: string[];
+  /**
+   * Constrained output: the text is JSON valid against this schema (an object, or its JSON
+   * text); generation ends when the value is complete. An unsupported keyword is an
+   * INVALID_ARGUMENT error naming it. At most one of jsonSchema and grammar.
+   */
+  jsonSchema?: object | string;
+  /** Constrained output: a GBNF-like grammar (start rule `root`) the text must match. */
+  grammar?: string;
   /** Receives each piece of whole UTF-8 text; returning false stops (CANCELLED). */
   onToken?: (text: string, token: number) => boolean | void;
   /** Aborting it cancels the generation (CANCELLED). */
