@@ -179,7 +179,6 @@ fn schema_refs_and_any() {
 #[test]
 fn schema_errors_name_the_keyword() {
     for (schema, want) in [
-        (r#"{"type":"string","pattern":"^a+$"}"#, "unsupported keyword 'pattern'"),
         (r#"{"type":"string","format":"date"}"#, "unsupported keyword 'format'"),
         (r#"{"oneOf":[{"type":"string"}]}"#, "unsupported keyword 'oneOf'"),
         (r#"{"type":"number","minimum":0}"#, "unsupported keyword 'minimum'"),
@@ -201,4 +200,66 @@ fn schema_errors_name_the_keyword() {
         let e = schema_err(schema);
         assert!(e.contains(want), "{schema}: {e} (wanted {want})");
     }
+}
+
+/// `pattern` against a regex engine (fancy-regex, which agrees with ECMA-262 on these
+/// patterns and this alphabet, once \w is spelt out): the JSON encoding of a string matches the compiled schema
+/// exactly when the regex finds the pattern in the string.
+#[test]
+fn schema_pattern_agrees_with_a_regex_engine() {
+    let alphabet: Vec<char> = "ab12-_ .\"\\Zé\n".chars().collect();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for pat in [
+        "^[a-z]+$",
+        "^a(b|1)*Z?$",
+        "^(?:ab){1,2}[^a]$",
+        "a.b",
+        "^\\d{1,2}-\\d$",
+        "^[\\w .]{0,4}$",
+        "\"|\\\\",
+        "^[é\\n]+$",
+        "^a+?b*1{1,}2?$",
+        "^\\S\\s\\.$",
+    ] {
+        let schema = serde_json::json!({ "type": "string", "pattern": pat }).to_string();
+        let c = s(&schema);
+        // ECMA-262's \w is ASCII; the regex crate's is Unicode.
+        let re = fancy_regex::Regex::new(&pat.replace("\\w", "0-9A-Za-z_")).unwrap();
+        let mut hits = 0;
+        for _ in 0..6000 {
+            let len = (next() % 7) as usize;
+            let text: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let want = re.is_match(&text).unwrap();
+            let json = serde_json::to_string(&text).unwrap();
+            assert_eq!(c.matches(json.as_bytes()).unwrap(), want, "{pat} on {json}");
+            hits += want as u32;
+        }
+        assert!(hits > 0, "{pat}: no sample matched (a weak test)");
+    }
+    for (pat, want) in [
+        ("(?=a)", "lookaround"),
+        ("\\1", "unsupported escape"),
+        ("a\\b", "unsupported escape '\\b'"),
+        ("^a|b$", "top-level '|'"),
+        ("a^b", "unsupported anchor"),
+        ("*a", "nothing to repeat"),
+        ("(ab", "not closed"),
+        ("[\\n]", ""),
+    ] {
+        let schema = serde_json::json!({ "type": "string", "pattern": pat }).to_string();
+        match Constraint::json_schema(&schema) {
+            Ok(_) => assert!(want.is_empty(), "{pat} accepted"),
+            Err(e) => assert!(!want.is_empty() && e.to_string().contains(want), "{pat}: {e}"),
+        }
+    }
+    let e = schema_err(r#"{"type":"string","pattern":"a","maxLength":3}"#);
+    assert!(e.contains("'pattern' together with"), "{e}");
 }

@@ -110,30 +110,7 @@ impl Builder {
     /// One character (UTF-8) in the given code-point ranges (inclusive), or outside them when
     /// `negated`. An empty class is an error.
     pub fn class(&mut self, ranges: &[(u32, u32)], negated: bool) -> Result<Sym> {
-        let mut r: Vec<(u32, u32)> = ranges.iter().map(|&(a, b)| (a, b.min(MAX_CHAR))).collect();
-        r.retain(|&(a, b)| a <= b);
-        r.sort_unstable();
-        let mut merged: Vec<(u32, u32)> = Vec::new();
-        for (a, b) in r {
-            match merged.last_mut() {
-                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
-            }
-        }
-        if negated {
-            let mut inv = Vec::new();
-            let mut next = 0u32;
-            for &(a, b) in &merged {
-                if a > next {
-                    inv.push((next, a - 1));
-                }
-                next = b + 1;
-            }
-            if next <= MAX_CHAR {
-                inv.push((next, MAX_CHAR));
-            }
-            merged = inv;
-        }
+        let merged = normalize(ranges, negated);
         if merged.is_empty() {
             return Err(Error::InvalidArgument(
                 "grammar: a character class matches no character".into(),
@@ -243,4 +220,33 @@ impl Builder {
     pub fn finish(self, root: u32) -> Result<super::program::Program> {
         super::program::Program::compile(self.rules, root)
     }
+}
+
+/// Code-point ranges sorted, merged, and complemented when `negated` (inclusive ranges).
+pub fn normalize(ranges: &[(u32, u32)], negated: bool) -> Vec<(u32, u32)> {
+    let mut r: Vec<(u32, u32)> = ranges.iter().map(|&(a, b)| (a, b.min(MAX_CHAR))).collect();
+    r.retain(|&(a, b)| a <= b);
+    r.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (a, b) in r {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    if !negated {
+        return merged;
+    }
+    let mut inv = Vec::new();
+    let mut next = 0u32;
+    for &(a, b) in &merged {
+        if a > next {
+            inv.push((next, a - 1));
+        }
+        next = b + 1;
+    }
+    if next <= MAX_CHAR {
+        inv.push((next, MAX_CHAR));
+    }
+    inv
 }

@@ -15,6 +15,7 @@ pub mod builder;
 pub mod ebnf;
 pub mod matcher;
 pub mod program;
+pub mod regex;
 pub mod schema;
 mod utf8;
 pub mod vocab;

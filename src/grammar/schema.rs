@@ -3,7 +3,8 @@
 //!   `additionalProperties` (`false`, `true` or absent: only the declared properties are written;
 //!   a schema with no `properties`: a map of string keys to such values);
 //! - `array`: `items`, `minItems`, `maxItems`;
-//! - `string`: `minLength`, `maxLength` (in characters; an escape such as `\n` is one);
+//! - `string`: `minLength`, `maxLength` (in characters; an escape such as `\n` is one), or
+//!   `pattern` (the regular-expression subset of [`super::regex`]);
 //! - `integer`: `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`;
 //! - `number`, `boolean`, `null`; a list of types (`["string", "null"]`);
 //! - `enum`, `const`, `anyOf`, `allOf` of one schema, local `$ref` (`#/$defs/...`, recursion
@@ -11,7 +12,7 @@
 //!
 //! Annotations (`title`, `description`, `default`, `examples`, `$schema`, `$id`, `$comment`,
 //! `$defs`, `definitions`, `deprecated`, `readOnly`, `writeOnly`) are ignored. Any other keyword
-//! is an error that names it and where it is (`pattern`, `format`, `oneOf`, ...): an output
+//! is an error that names it and where it is (`format`, `oneOf`, ...): an output
 //! that ignored it could fail validation.
 //!
 //! Bounds that keep a small model from looping: whitespace between tokens is at most
@@ -406,6 +407,20 @@ impl Compiler<'_> {
         if max.is_some_and(|m| m < min) {
             return Err(bad(path, "maxLength is below minLength"));
         }
+        if let Some(p) = obj.get("pattern") {
+            let p = p.as_str().ok_or_else(|| bad(path, "'pattern' must be a string"))?;
+            if obj.contains_key("minLength") || obj.contains_key("maxLength") {
+                return Err(bad(
+                    path,
+                    "unsupported keyword 'pattern' together with minLength/maxLength \
+                     (bound the length in the pattern)",
+                ));
+            }
+            let ch = self.string_char()?;
+            let body = super::regex::compile(&mut self.b, p, &ch)
+                .map_err(|e| bad(path, &format!("pattern {p:?}: {e}")))?;
+            return Ok(cat([lit("\""), body, lit("\"")]));
+        }
         if min == 0 && max.is_none() {
             return self.any_string();
         }
@@ -535,7 +550,7 @@ fn keywords_of(t: &str) -> &'static [&'static str] {
     match t {
         "object" => &["properties", "required", "additionalProperties"],
         "array" => &["items", "minItems", "maxItems"],
-        "string" => &["minLength", "maxLength"],
+        "string" => &["minLength", "maxLength", "pattern"],
         "integer" => &["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"],
         _ => &[],
     }
