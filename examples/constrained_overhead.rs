@@ -59,14 +59,30 @@ fn main() -> llorch::Result<()> {
     let mut tokens = Vec::new();
     for round in 0..rounds {
         // Constrained first; then plain for exactly as many tokens.
-        let mut s = Session::new(model.clone(), SessionOptions { n_ctx: 2048, seed: 1 })?;
+        let mut s = Session::new(
+            model.clone(),
+            SessionOptions {
+                n_ctx: 2048,
+                seed: 1,
+            },
+        )?;
         let mut ids = Vec::new();
-        let c = s.generate(&prompt, &params(Some(constraint.clone()), 1500), &mut |_, id| {
-            ids.push(id);
-            true
-        })?;
+        let c = s.generate(
+            &prompt,
+            &params(Some(constraint.clone()), 1500),
+            &mut |_, id| {
+                ids.push(id);
+                true
+            },
+        )?;
         let n = c.generated_tokens;
-        let mut s = Session::new(model.clone(), SessionOptions { n_ctx: 2048, seed: 1 })?;
+        let mut s = Session::new(
+            model.clone(),
+            SessionOptions {
+                n_ctx: 2048,
+                seed: 1,
+            },
+        )?;
         let p = s.generate(&prompt, &params(None, n), &mut |_, _| true)?;
         // The first token comes from the prefill: decode rate over the rest.
         let rate = |st: &llorch::session::GenerateStats| {

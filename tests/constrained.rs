@@ -150,7 +150,12 @@ fn validate(v: &Value, s: &Value, root: &Value, path: &str) -> Result<(), String
     }
     if let Some(obj) = v.as_object() {
         let props = s.get("properties").and_then(Value::as_object);
-        for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for r in s
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if !obj.contains_key(r.as_str().unwrap_or("")) {
                 return fail(format!("missing required {r}"));
             }
@@ -203,7 +208,13 @@ fn chat(m: &Model, user: &str) -> String {
 }
 
 /// Generates under `c`; the text (joined pieces), the stop reason and the token count.
-fn run(m: &Arc<Model>, prompt: &str, c: &Constraint, temp: f32, seed: u64) -> (String, StopReason, u32) {
+fn run(
+    m: &Arc<Model>,
+    prompt: &str,
+    c: &Constraint,
+    temp: f32,
+    seed: u64,
+) -> (String, StopReason, u32) {
     let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 1024, seed }).unwrap();
     let p = GenerateParams {
         max_tokens: MAX_TOKENS,
@@ -249,7 +260,11 @@ fn every_output_validates_against_its_schema() {
             tokens += n;
         }
         // Sampling still samples under the mask: the outputs vary.
-        assert!(distinct.len() > 5, "schema {k}: only {} distinct outputs", distinct.len());
+        assert!(
+            distinct.len() > 5,
+            "schema {k}: only {} distinct outputs",
+            distinct.len()
+        );
     }
     eprintln!("{runs} constrained generations, {tokens} tokens, all valid");
 }
@@ -271,7 +286,10 @@ fn grammar_output_matches_and_stops_when_complete() {
             .and_then(|t| t.strip_suffix('.'))
             .unwrap_or_else(|| panic!("{text:?}"));
         assert!(
-            num == "zero" || (num.len() <= 3 && num.parse::<u32>().is_ok_and(|n| n > 0) && !num.starts_with('0')),
+            num == "zero"
+                || (num.len() <= 3
+                    && num.parse::<u32>().is_ok_and(|n| n > 0)
+                    && !num.starts_with('0')),
             "{text:?}"
         );
     }
@@ -307,13 +325,27 @@ fn c_api_schema_grammar_and_errors() {
         let st = llorch_model_load(ctx, path.as_ptr(), None, null_mut(), &mut model, &mut err);
         assert_eq!(st, LLORCH_OK);
         let mut session = null_mut();
-        assert_eq!(llorch_session_new(model, std::ptr::null(), &mut session, &mut err), LLORCH_OK);
-        let prompt = CString::new(chat(&Model::load(&Context::new(ContextOptions::default()).unwrap(),
-            &common::model_path(common::SMOLLM2), None).unwrap(), "Describe a person as JSON.")).unwrap();
+        assert_eq!(
+            llorch_session_new(model, std::ptr::null(), &mut session, &mut err),
+            LLORCH_OK
+        );
+        let prompt = CString::new(chat(
+            &Model::load(
+                &Context::new(ContextOptions::default()).unwrap(),
+                &common::model_path(common::SMOLLM2),
+                None,
+            )
+            .unwrap(),
+            "Describe a person as JSON.",
+        ))
+        .unwrap();
 
         let mut gp = std::mem::zeroed::<llorch_generate_params>();
         llorch_generate_params_init(&mut gp);
-        assert!(gp.json_schema.is_null() && gp.grammar.is_null(), "defaults: no constraint");
+        assert!(
+            gp.json_schema.is_null() && gp.grammar.is_null(),
+            "defaults: no constraint"
+        );
         gp.max_tokens = MAX_TOKENS;
         gp.temperature = 1.0;
         let schema = CString::new(SCHEMAS[0].1).unwrap();
@@ -321,10 +353,20 @@ fn c_api_schema_grammar_and_errors() {
         let mut out: Vec<u8> = Vec::new();
         let mut stats = std::mem::zeroed::<llorch_generate_stats>();
         llorch_generate_stats_init(&mut stats);
-        let st = llorch_session_generate(session, prompt.as_ptr(), &gp, Some(collect),
-            &mut out as *mut Vec<u8> as *mut c_void, &mut stats, &mut err);
+        let st = llorch_session_generate(
+            session,
+            prompt.as_ptr(),
+            &gp,
+            Some(collect),
+            &mut out as *mut Vec<u8> as *mut c_void,
+            &mut stats,
+            &mut err,
+        );
         assert_eq!(st, LLORCH_OK, "{}", message(err));
-        assert_eq!(stats.stop_reason, llorch_stop_reason::LLORCH_STOP_EOS as i32);
+        assert_eq!(
+            stats.stop_reason,
+            llorch_stop_reason::LLORCH_STOP_EOS as i32
+        );
         let sv: Value = serde_json::from_str(SCHEMAS[0].1).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         validate(&v, &sv, &sv, "").unwrap();
@@ -334,24 +376,42 @@ fn c_api_schema_grammar_and_errors() {
         let grammar = CString::new(r#"root ::= "yes" | "no""#).unwrap();
         gp.json_schema = std::ptr::null();
         gp.grammar = grammar.as_ptr();
-        assert_eq!(llorch_session_begin(session, prompt.as_ptr(), &gp, &mut err), LLORCH_OK);
+        assert_eq!(
+            llorch_session_begin(session, prompt.as_ptr(), &gp, &mut err),
+            LLORCH_OK
+        );
         let mut text = Vec::new();
         let mut buf = [0u8; 64];
         loop {
             let (mut len, mut done) = (0usize, false);
-            let st = llorch_session_next(session, buf.as_mut_ptr() as *mut c_char, buf.len(),
-                &mut len, null_mut(), &mut done, &mut err);
+            let st = llorch_session_next(
+                session,
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+                &mut len,
+                null_mut(),
+                &mut done,
+                &mut err,
+            );
             assert_eq!(st, LLORCH_OK);
             if done {
                 break;
             }
             text.extend_from_slice(&buf[..len]);
         }
-        assert!(text == b"yes" || text == b"no", "{:?}", String::from_utf8_lossy(&text));
+        assert!(
+            text == b"yes" || text == b"no",
+            "{:?}",
+            String::from_utf8_lossy(&text)
+        );
 
         // Bad input: a clear error, nothing generated, the session still usable.
         let cases: [(Option<&str>, Option<&str>, &str); 4] = [
-            (Some(r#"{"type":"string","format":"email"}"#), None, "unsupported keyword 'format'"),
+            (
+                Some(r#"{"type":"string","format":"email"}"#),
+                None,
+                "unsupported keyword 'format'",
+            ),
             (Some("{\"type\":"), None, "not valid JSON"),
             (None, Some("root ::= \"a\" |\n  (\"b\""), "line 2 column 3"),
             (Some("{}"), Some("root ::= \"a\""), "both set"),
@@ -361,8 +421,15 @@ fn c_api_schema_grammar_and_errors() {
             let g = grammar.map(|g| CString::new(g).unwrap());
             gp.json_schema = s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
             gp.grammar = g.as_ref().map_or(std::ptr::null(), |g| g.as_ptr());
-            let st = llorch_session_generate(session, prompt.as_ptr(), &gp, None, null_mut(),
-                std::ptr::null_mut(), &mut err);
+            let st = llorch_session_generate(
+                session,
+                prompt.as_ptr(),
+                &gp,
+                None,
+                null_mut(),
+                std::ptr::null_mut(),
+                &mut err,
+            );
             assert_eq!(st, LLORCH_ERR_INVALID_ARGUMENT);
             let m = message(err);
             assert!(m.contains(want), "{m} (wanted {want})");

@@ -70,9 +70,15 @@ fn ebnf_classes_and_utf8() {
 #[test]
 fn ebnf_errors_say_where() {
     let e = grammar_err("root ::= \"a\"\nitem ::= \"b\" | (\"c\"\n");
-    assert!(e.contains("line 2 column 16") && e.contains("not closed"), "{e}");
+    assert!(
+        e.contains("line 2 column 16") && e.contains("not closed"),
+        "{e}"
+    );
     let e = grammar_err("root ::= foo");
-    assert!(e.contains("'foo'") && e.contains("never defined") && e.contains("line 1"), "{e}");
+    assert!(
+        e.contains("'foo'") && e.contains("never defined") && e.contains("line 1"),
+        "{e}"
+    );
     let e = grammar_err("root ::= root \"a\" | \"b\"");
     assert!(e.contains("left-recursive") && e.contains("'root'"), "{e}");
     let e = grammar_err("root ::= (\"a\"?)*");
@@ -80,7 +86,10 @@ fn ebnf_errors_say_where() {
     let e = grammar_err("item ::= \"a\"");
     assert!(e.contains("no rule named 'root'"), "{e}");
     let e = grammar_err("root ::= [z-a]");
-    assert!(e.contains("line 1 column 13") && e.contains("reversed"), "{e}");
+    assert!(
+        e.contains("line 1 column 13") && e.contains("reversed"),
+        "{e}"
+    );
     let e = grammar_err("root ::= \"\\q\"");
     assert!(e.contains("unknown escape '\\q'"), "{e}");
     let e = grammar_err("root ::= \"a\"{3,2}");
@@ -88,7 +97,10 @@ fn ebnf_errors_say_where() {
     let e = grammar_err("root ::= \"a\"{99999}");
     assert!(e.contains("too large"), "{e}");
     let e = grammar_err("root ::= \"a\" )");
-    assert!(e.contains("line 1 column 14") && e.contains("unexpected"), "{e}");
+    assert!(
+        e.contains("line 1 column 14") && e.contains("unexpected"),
+        "{e}"
+    );
     let e = grammar_err("root ::= \"a\"\nroot ::= \"b\"");
     assert!(e.contains("defined twice"), "{e}");
     assert!(grammar_err("").contains("empty"));
@@ -96,8 +108,10 @@ fn ebnf_errors_say_where() {
 
 #[test]
 fn schema_object_required_and_optional() {
-    let c = s(r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"boolean"},
-        "c":{"type":"null"}},"required":["b"],"additionalProperties":false}"#);
+    let c = s(
+        r#"{"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"boolean"},
+        "c":{"type":"null"}},"required":["b"],"additionalProperties":false}"#,
+    );
     yes(
         &c,
         &[
@@ -126,12 +140,29 @@ fn schema_object_required_and_optional() {
 
 #[test]
 fn schema_strings_arrays_enums() {
-    let c = s(r#"{"type":"array","items":{"type":"string","minLength":1,"maxLength":3},
-        "minItems":1,"maxItems":2}"#);
-    yes(&c, &[r#"["a"]"#, r#"["abc", "é\n"]"#, r#"["\u00e9"]"#, r#"["\"\\"]"#]);
+    let c = s(
+        r#"{"type":"array","items":{"type":"string","minLength":1,"maxLength":3},
+        "minItems":1,"maxItems":2}"#,
+    );
+    yes(
+        &c,
+        &[
+            r#"["a"]"#,
+            r#"["abc", "é\n"]"#,
+            r#"["\u00e9"]"#,
+            r#"["\"\\"]"#,
+        ],
+    );
     no(
         &c,
-        &["[]", r#"[""]"#, r#"["abcd"]"#, r#"["a","b","c"]"#, r#"["\ud800"]"#, "[\"a\nb\"]"],
+        &[
+            "[]",
+            r#"[""]"#,
+            r#"["abcd"]"#,
+            r#"["a","b","c"]"#,
+            r#"["\ud800"]"#,
+            "[\"a\nb\"]",
+        ],
     );
     let c = s(r#"{"enum":["red","green",3,null,{"k":[1]}]}"#);
     yes(&c, &[r#""red""#, "3", "null", r#"{"k":[1]}"#]);
@@ -149,10 +180,23 @@ fn schema_strings_arrays_enums() {
 
 #[test]
 fn schema_integer_ranges() {
-    for (lo, hi) in [(0i64, 9i64), (-5, 5), (7, 1234), (-1000, -37), (100, 100), (0, 999_999)] {
-        let c = s(&format!(r#"{{"type":"integer","minimum":{lo},"maximum":{hi}}}"#));
+    for (lo, hi) in [
+        (0i64, 9i64),
+        (-5, 5),
+        (7, 1234),
+        (-1000, -37),
+        (100, 100),
+        (0, 999_999),
+    ] {
+        let c = s(&format!(
+            r#"{{"type":"integer","minimum":{lo},"maximum":{hi}}}"#
+        ));
         for x in (lo - 50)..=(hi + 50).min(lo + 3000) {
-            assert_eq!(c.matches(x.to_string().as_bytes()).unwrap(), lo <= x && x <= hi, "{x} in {lo}..={hi}");
+            assert_eq!(
+                c.matches(x.to_string().as_bytes()).unwrap(),
+                lo <= x && x <= hi,
+                "{x} in {lo}..={hi}"
+            );
         }
         no(&c, &["-0", "00", "+1"]);
     }
@@ -163,10 +207,18 @@ fn schema_integer_ranges() {
 
 #[test]
 fn schema_refs_and_any() {
-    let c = s(r##"{"$defs":{"node":{"type":"object","properties":{"v":{"type":"integer"},
+    let c = s(
+        r##"{"$defs":{"node":{"type":"object","properties":{"v":{"type":"integer"},
         "kids":{"type":"array","items":{"$ref":"#/$defs/node"}}},"required":["v"]}},
-        "$ref":"#/$defs/node"}"##);
-    yes(&c, &[r#"{"v":1}"#, r#"{"v":1,"kids":[{"v":2},{"v":3,"kids":[]}]}"#]);
+        "$ref":"#/$defs/node"}"##,
+    );
+    yes(
+        &c,
+        &[
+            r#"{"v":1}"#,
+            r#"{"v":1,"kids":[{"v":2},{"v":3,"kids":[]}]}"#,
+        ],
+    );
     no(&c, &[r#"{"v":1,"kids":[{}]}"#]);
     let c = s("{}");
     yes(&c, &["1", r#"{"a":[true,null,"x",{"b":{}}]}"#, "[]"]);
@@ -179,21 +231,42 @@ fn schema_refs_and_any() {
 #[test]
 fn schema_errors_name_the_keyword() {
     for (schema, want) in [
-        (r#"{"type":"string","format":"date"}"#, "unsupported keyword 'format'"),
-        (r#"{"oneOf":[{"type":"string"}]}"#, "unsupported keyword 'oneOf'"),
-        (r#"{"type":"number","minimum":0}"#, "unsupported keyword 'minimum'"),
+        (
+            r#"{"type":"string","format":"date"}"#,
+            "unsupported keyword 'format'",
+        ),
+        (
+            r#"{"oneOf":[{"type":"string"}]}"#,
+            "unsupported keyword 'oneOf'",
+        ),
+        (
+            r#"{"type":"number","minimum":0}"#,
+            "unsupported keyword 'minimum'",
+        ),
         (
             r#"{"type":"object","properties":{"a":{"type":"array","uniqueItems":true}}}"#,
             "at /properties/a: unsupported keyword 'uniqueItems'",
         ),
-        (r#"{"type":"object","required":["x"]}"#, "required property 'x'"),
+        (
+            r#"{"type":"object","required":["x"]}"#,
+            "required property 'x'",
+        ),
         (r#"{"type":"strin"}"#, "unknown type 'strin'"),
         (r#"{"$ref":"http://x/y"}"#, "only local references"),
         (r##"{"$ref":"#/nowhere"}"##, "points at nothing"),
-        (r#"{"type":"integer","minimum":5,"maximum":4}"#, "no integer"),
-        (r#"{"type":"array","minItems":3,"maxItems":2}"#, "maxItems is below minItems"),
+        (
+            r#"{"type":"integer","minimum":5,"maximum":4}"#,
+            "no integer",
+        ),
+        (
+            r#"{"type":"array","minItems":3,"maxItems":2}"#,
+            "maxItems is below minItems",
+        ),
         (r#"{"enum":[]}"#, "'enum' must be a non-empty array"),
-        (r#"{"type":"string","enum":[1]}"#, "not of the schema's type"),
+        (
+            r#"{"type":"string","enum":[1]}"#,
+            "not of the schema's type",
+        ),
         ("false", "matches nothing"),
         (r#"{"type":"object""#, "not valid JSON"),
     ] {
@@ -257,7 +330,10 @@ fn schema_pattern_agrees_with_a_regex_engine() {
         let schema = serde_json::json!({ "type": "string", "pattern": pat }).to_string();
         match Constraint::json_schema(&schema) {
             Ok(_) => assert!(want.is_empty(), "{pat} accepted"),
-            Err(e) => assert!(!want.is_empty() && e.to_string().contains(want), "{pat}: {e}"),
+            Err(e) => assert!(
+                !want.is_empty() && e.to_string().contains(want),
+                "{pat}: {e}"
+            ),
         }
     }
     let e = schema_err(r#"{"type":"string","pattern":"a","maxLength":3}"#);

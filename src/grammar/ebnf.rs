@@ -33,12 +33,11 @@ pub fn compile(text: &str) -> Result<Program> {
     while p.pos < p.src.len() {
         p.rule()?;
     }
-    let root = p
-        .b
-        .rules
-        .iter()
-        .position(|r| r.name == "root" && r.alts.is_some())
-        .ok_or_else(|| Error::InvalidArgument("grammar: no rule named 'root'".into()))?;
+    let root =
+        p.b.rules
+            .iter()
+            .position(|r| r.name == "root" && r.alts.is_some())
+            .ok_or_else(|| Error::InvalidArgument("grammar: no rule named 'root'".into()))?;
     p.b.finish(root as u32)
 }
 
@@ -117,7 +116,10 @@ impl Parser<'_> {
         };
         self.skip_space();
         if !self.src[self.pos..].starts_with(b"::=") {
-            return self.err(self.pos, &format!("expected '::=' after rule name '{name}'"));
+            return self.err(
+                self.pos,
+                &format!("expected '::=' after rule name '{name}'"),
+            );
         }
         self.pos += 3;
         let alts = self.alternatives(&name)?;
@@ -126,7 +128,9 @@ impl Parser<'_> {
         }
         let id = self.b.rule_id(&name, None);
         self.b.define(id, alts).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{m} ({})", self.where_(at))),
+            Error::InvalidArgument(m) => {
+                Error::InvalidArgument(format!("{m} ({})", self.where_(at)))
+            }
             e => e,
         })
     }
@@ -194,7 +198,8 @@ impl Parser<'_> {
                         Some(_) => {
                             let lo = self.char_in(at)? as u32;
                             let mut hi = lo;
-                            if self.peek() == Some(b'-') && self.src.get(self.pos + 1) != Some(&b']')
+                            if self.peek() == Some(b'-')
+                                && self.src.get(self.pos + 1) != Some(&b']')
                             {
                                 self.pos += 1;
                                 if self.peek().is_none() {
@@ -210,9 +215,10 @@ impl Parser<'_> {
                         }
                     }
                 }
-                let sym = self.b.class(&ranges, negated).or_else(|_| {
-                    self.err(at, "character class matches no character")
-                })?;
+                let sym = self
+                    .b
+                    .class(&ranges, negated)
+                    .or_else(|_| self.err(at, "character class matches no character"))?;
                 Ok(vec![sym])
             }
             Some(b'.') => {
@@ -310,7 +316,10 @@ impl Parser<'_> {
             p.pos += digits.len();
             match v.and_then(char::from_u32) {
                 Some(c) => Ok(c),
-                None => p.err(e_at, &format!("bad escape: expected {n} hex digits of a character")),
+                None => p.err(
+                    e_at,
+                    &format!("bad escape: expected {n} hex digits of a character"),
+                ),
             }
         };
         Ok(match e {

@@ -106,7 +106,11 @@ impl Dfa {
         let id = self.configs.len() as u32;
         self.index.insert(c.clone(), id);
         self.configs.push(c);
-        self.trans.push(if id == DEAD { [DEAD; 256] } else { [UNKNOWN; 256] });
+        self.trans.push(if id == DEAD {
+            [DEAD; 256]
+        } else {
+            [UNKNOWN; 256]
+        });
         id
     }
 

@@ -21,25 +21,31 @@ pub fn compile(b: &mut Builder, pat: &str, any: &[Sym]) -> Result<Vec<Sym>, Stri
         body = &body[1..];
     }
     // A trailing `$` that is not escaped (an even number of backslashes before it).
-    let slashes = body.iter().rev().skip(1).take_while(|&&c| c == '\\').count();
+    let slashes = body
+        .iter()
+        .rev()
+        .skip(1)
+        .take_while(|&&c| c == '\\')
+        .count();
     let anchored_end = body.last() == Some(&'$') && slashes % 2 == 0;
     if anchored_end {
         body = &body[..body.len() - 1];
     }
-    let mut p = Parser {
-        c: body,
-        i: 0,
-        b,
-    };
+    let mut p = Parser { c: body, i: 0, b };
     let alts = p.alternatives()?;
     if p.i < p.c.len() {
-        return Err(format!("unmatched ')' at character {}", p.i + 1 + anchored_start as usize));
+        return Err(format!(
+            "unmatched ')' at character {}",
+            p.i + 1 + anchored_start as usize
+        ));
     }
     if alts.len() > 1 && (anchored_start || anchored_end) {
         return Err("'^' or '$' with a top-level '|': write ^(a|b)$".into());
     }
     let mut out = Vec::new();
-    let star = p.b.repeat("pattern", any.to_vec(), 0, None).map_err(|e| e.to_string())?;
+    let star =
+        p.b.repeat("pattern", any.to_vec(), 0, None)
+            .map_err(|e| e.to_string())?;
     if !anchored_start {
         out.extend(star.iter().cloned());
     }
@@ -139,7 +145,9 @@ impl Parser<'_, '_> {
                     first = false;
                     let lo = self.class_item(&mut ranges)?;
                     if let Some(lo) = lo {
-                        if self.peek() == Some('-') && self.c.get(self.i + 1).is_some_and(|&c| c != ']') {
+                        if self.peek() == Some('-')
+                            && self.c.get(self.i + 1).is_some_and(|&c| c != ']')
+                        {
                             self.i += 1;
                             let hi = self
                                 .class_item(&mut ranges)?
@@ -167,7 +175,9 @@ impl Parser<'_, '_> {
                     None => self.chars(&normalize(&ranges, false), &at),
                 }
             }
-            '^' | '$' => Err(format!("unsupported anchor '{c}' {at} (only ^ first and $ last)")),
+            '^' | '$' => Err(format!(
+                "unsupported anchor '{c}' {at} (only ^ first and $ last)"
+            )),
             '*' | '+' | '?' | '{' => Err(format!("nothing to repeat before '{c}' {at}")),
             c => Ok(json_char(c)),
         }
@@ -184,7 +194,11 @@ impl Parser<'_, '_> {
     }
 
     /// After a backslash: a character (`Some`), or a class escape added to `ranges` (`None`).
-    fn escape(&mut self, in_class: bool, ranges: &mut Vec<(u32, u32)>) -> Result<Option<u32>, String> {
+    fn escape(
+        &mut self,
+        in_class: bool,
+        ranges: &mut Vec<(u32, u32)>,
+    ) -> Result<Option<u32>, String> {
         let at = self.at();
         let e = self.peek().ok_or("pattern ends in a backslash")?;
         self.i += 1;
@@ -230,9 +244,7 @@ impl Parser<'_, '_> {
                 self.i += n;
                 Ok(Some(v))
             }
-            c if c.is_ascii_alphanumeric() => {
-                Err(format!("unsupported escape '\\{c}' {at}"))
-            }
+            c if c.is_ascii_alphanumeric() => Err(format!("unsupported escape '\\{c}' {at}")),
             c => Ok(Some(c as u32)),
         }
     }
@@ -276,7 +288,11 @@ impl Parser<'_, '_> {
                     .position(|&c| c == '}')
                     .ok_or(format!("'{{' not closed {at}"))?;
                 let inner: String = self.c[self.i + 1..self.i + close].iter().collect();
-                let num = |s: &str| s.trim().parse::<u32>().map_err(|_| format!("bad count {{{inner}}} {at}"));
+                let num = |s: &str| {
+                    s.trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("bad count {{{inner}}} {at}"))
+                };
                 let (min, max) = match inner.split_once(',') {
                     None => (num(&inner)?, Some(num(&inner)?)),
                     Some((a, b)) if b.trim().is_empty() => (num(a)?, None),

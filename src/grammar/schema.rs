@@ -60,10 +60,9 @@ pub fn compile(text: &str) -> Result<Program> {
         string: None,
         any: None,
     };
-    c.ws = c
-        .b
-        .repeat("ws", vec![ws_byte()], 0, Some(WS_MAX))
-        .map_err(|e| bad("", &e.to_string()))?;
+    c.ws =
+        c.b.repeat("ws", vec![ws_byte()], 0, Some(WS_MAX))
+            .map_err(|e| bad("", &e.to_string()))?;
     let body = c.value(&schema, "")?;
     let root = c.b.rule_id("root", None);
     c.b.define(root, vec![body])?;
@@ -155,7 +154,10 @@ impl Compiler<'_> {
             if let Some(v) = obj.get(kw) {
                 alone(kw)?;
                 if obj.contains_key("type") {
-                    return Err(bad(path, &format!("unsupported keyword 'type' beside '{kw}'")));
+                    return Err(bad(
+                        path,
+                        &format!("unsupported keyword 'type' beside '{kw}'"),
+                    ));
                 }
                 let subs = v
                     .as_array()
@@ -185,7 +187,10 @@ impl Compiler<'_> {
             Some(Value::String(t)) => vec![t.as_str()],
             Some(Value::Array(ts)) if !ts.is_empty() => ts
                 .iter()
-                .map(|t| t.as_str().ok_or_else(|| bad(path, "'type' entries must be strings")))
+                .map(|t| {
+                    t.as_str()
+                        .ok_or_else(|| bad(path, "'type' entries must be strings"))
+                })
                 .collect::<Result<_>>()?,
             Some(_) => return Err(bad(path, "'type' must be a string or an array of strings")),
         };
@@ -234,7 +239,10 @@ impl Compiler<'_> {
         if ok {
             Ok(())
         } else {
-            Err(bad(path, &format!("value {v} is not of the schema's type {t}")))
+            Err(bad(
+                path,
+                &format!("value {v} is not of the schema's type {t}"),
+            ))
         }
     }
 
@@ -270,7 +278,10 @@ impl Compiler<'_> {
             None => vec![],
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_str().ok_or_else(|| bad(path, "'required' entries must be strings")))
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| bad(path, "'required' entries must be strings"))
+                })
                 .collect::<Result<_>>()?,
             Some(_) => return Err(bad(path, "'required' must be an array")),
         };
@@ -292,13 +303,18 @@ impl Compiler<'_> {
             };
             let key = self.any_string()?;
             let pair = cat([key, ws.clone(), lit(":"), ws.clone(), value, ws.clone()]);
-            let more = self.b.repeat("pair", cat([lit(","), ws.clone(), pair.clone()]), 0, None)?;
+            let more = self
+                .b
+                .repeat("pair", cat([lit(","), ws.clone(), pair.clone()]), 0, None)?;
             let body = self.b.repeat("pairs", cat([pair, more]), 0, Some(1))?;
             return Ok(cat([lit("{"), ws, body, lit("}")]));
         }
         if let Some(a) = obj.get("additionalProperties") {
             if !a.is_boolean() && !a.is_object() {
-                return Err(bad(path, "'additionalProperties' must be a boolean or a schema"));
+                return Err(bad(
+                    path,
+                    "'additionalProperties' must be a boolean or a schema",
+                ));
             }
         }
         // Each property: "name" ws ":" ws value ws; required ones always, optional ones may be
@@ -373,12 +389,49 @@ impl Compiler<'_> {
     /// One character of a JSON string: anything but `"`, `\` and controls, or an escape (a
     /// `\u` escape never names a lone surrogate, so each is one character).
     fn string_char(&mut self) -> Result<Vec<Sym>> {
-        let plain = self.b.class(&[(0, 0x1F), ('"' as u32, '"' as u32), ('\\' as u32, '\\' as u32)], true)?;
-        let hex = self.b.class(&[('0' as u32, '9' as u32), ('a' as u32, 'f' as u32), ('A' as u32, 'F' as u32)], false)?;
-        let not_d = self.b.class(&[('0' as u32, '9' as u32), ('a' as u32, 'c' as u32), ('A' as u32, 'C' as u32), ('e' as u32, 'f' as u32), ('E' as u32, 'F' as u32)], false)?;
-        let d = self.b.class(&[('d' as u32, 'd' as u32), ('D' as u32, 'D' as u32)], false)?;
+        let plain = self.b.class(
+            &[
+                (0, 0x1F),
+                ('"' as u32, '"' as u32),
+                ('\\' as u32, '\\' as u32),
+            ],
+            true,
+        )?;
+        let hex = self.b.class(
+            &[
+                ('0' as u32, '9' as u32),
+                ('a' as u32, 'f' as u32),
+                ('A' as u32, 'F' as u32),
+            ],
+            false,
+        )?;
+        let not_d = self.b.class(
+            &[
+                ('0' as u32, '9' as u32),
+                ('a' as u32, 'c' as u32),
+                ('A' as u32, 'C' as u32),
+                ('e' as u32, 'f' as u32),
+                ('E' as u32, 'F' as u32),
+            ],
+            false,
+        )?;
+        let d = self
+            .b
+            .class(&[('d' as u32, 'd' as u32), ('D' as u32, 'D' as u32)], false)?;
         let low = self.b.class(&[('0' as u32, '7' as u32)], false)?;
-        let simple = self.b.class(&[('"' as u32, '"' as u32), ('\\' as u32, '\\' as u32), ('/' as u32, '/' as u32), ('b' as u32, 'b' as u32), ('f' as u32, 'f' as u32), ('n' as u32, 'n' as u32), ('r' as u32, 'r' as u32), ('t' as u32, 't' as u32)], false)?;
+        let simple = self.b.class(
+            &[
+                ('"' as u32, '"' as u32),
+                ('\\' as u32, '\\' as u32),
+                ('/' as u32, '/' as u32),
+                ('b' as u32, 'b' as u32),
+                ('f' as u32, 'f' as u32),
+                ('n' as u32, 'n' as u32),
+                ('r' as u32, 'r' as u32),
+                ('t' as u32, 't' as u32),
+            ],
+            false,
+        )?;
         let u = vec![
             vec![not_d, hex.clone(), hex.clone(), hex.clone()],
             vec![d, low, hex.clone(), hex],
@@ -408,7 +461,9 @@ impl Compiler<'_> {
             return Err(bad(path, "maxLength is below minLength"));
         }
         if let Some(p) = obj.get("pattern") {
-            let p = p.as_str().ok_or_else(|| bad(path, "'pattern' must be a string"))?;
+            let p = p
+                .as_str()
+                .ok_or_else(|| bad(path, "'pattern' must be a string"))?;
             if obj.contains_key("minLength") || obj.contains_key("maxLength") {
                 return Err(bad(
                     path,
@@ -425,7 +480,10 @@ impl Compiler<'_> {
             return self.any_string();
         }
         let ch = self.string_char()?;
-        let body = self.b.repeat("string", ch, min, max).map_err(|e| bad(path, &e.to_string()))?;
+        let body = self
+            .b
+            .repeat("string", ch, min, max)
+            .map_err(|e| bad(path, &e.to_string()))?;
         Ok(cat([lit("\""), body, lit("\"")]))
     }
 
@@ -434,7 +492,8 @@ impl Compiler<'_> {
         let int = self.int_digits();
         let frac = cat([
             lit("."),
-            self.b.repeat("fraction", vec![digit.clone()], 1, Some(FRACTION_DIGITS))?,
+            self.b
+                .repeat("fraction", vec![digit.clone()], 1, Some(FRACTION_DIGITS))?,
         ]);
         let frac = self.b.repeat("fraction", frac, 0, Some(1))?;
         let mut e = ByteSet::range(b'e', b'e');
@@ -452,10 +511,18 @@ impl Compiler<'_> {
 
     /// `-?(0|[1-9][0-9]{0,15})`.
     fn int_digits(&mut self) -> Vec<Sym> {
-        let minus = self.b.repeat("sign", lit("-"), 0, Some(1)).unwrap_or_default();
+        let minus = self
+            .b
+            .repeat("sign", lit("-"), 0, Some(1))
+            .unwrap_or_default();
         let tail = self
             .b
-            .repeat("digits", vec![Sym::Byte(ByteSet::range(b'0', b'9'))], 0, Some(INT_DIGITS - 1))
+            .repeat(
+                "digits",
+                vec![Sym::Byte(ByteSet::range(b'0', b'9'))],
+                0,
+                Some(INT_DIGITS - 1),
+            )
             .unwrap_or_default();
         let nonzero = cat([vec![Sym::Byte(ByteSet::range(b'1', b'9'))], tail]);
         let mag = self.b.group("integer", vec![lit("0"), nonzero]);
@@ -522,18 +589,37 @@ impl Compiler<'_> {
         let ws = self.ws.clone();
         let value = vec![Sym::Rule(id)];
         let key = self.any_string()?;
-        let pair = cat([key.clone(), ws.clone(), lit(":"), ws.clone(), value.clone(), ws.clone()]);
-        let more = self.b.repeat("pair", cat([lit(","), ws.clone(), pair.clone()]), 0, None)?;
+        let pair = cat([
+            key.clone(),
+            ws.clone(),
+            lit(":"),
+            ws.clone(),
+            value.clone(),
+            ws.clone(),
+        ]);
+        let more = self
+            .b
+            .repeat("pair", cat([lit(","), ws.clone(), pair.clone()]), 0, None)?;
         let pairs = self.b.repeat("pairs", cat([pair, more]), 0, Some(1))?;
         let object = cat([lit("{"), ws.clone(), pairs, lit("}")]);
         let item = cat([value, ws.clone()]);
-        let more = self.b.repeat("item", cat([lit(","), ws.clone(), item.clone()]), 0, None)?;
+        let more = self
+            .b
+            .repeat("item", cat([lit(","), ws.clone(), item.clone()]), 0, None)?;
         let items = self.b.repeat("items", cat([item, more]), 0, Some(1))?;
         let array = cat([lit("["), ws, items, lit("]")]);
         let number = self.number(&Map::new(), "")?;
         self.b.define(
             id,
-            vec![object, array, key, number, lit("true"), lit("false"), lit("null")],
+            vec![
+                object,
+                array,
+                key,
+                number,
+                lit("true"),
+                lit("false"),
+                lit("null"),
+            ],
         )?;
         Ok(vec![Sym::Rule(id)])
     }
@@ -575,7 +661,10 @@ fn digit_range(a: u64, b: u64) -> Vec<Vec<Sym>> {
     for n in la..=lb {
         let lo = if n == la { a } else { 10u64.pow(n as u32 - 1) };
         let hi = if n == lb { b } else { 10u64.pow(n as u32) - 1 };
-        alts.extend(same_length(lo.to_string().as_bytes(), hi.to_string().as_bytes()));
+        alts.extend(same_length(
+            lo.to_string().as_bytes(),
+            hi.to_string().as_bytes(),
+        ));
     }
     alts
 }

@@ -114,11 +114,20 @@ mod tests {
             (0x1F600, 0x1F64F),
         ] {
             let seqs = sequences(lo, hi);
-            for c in (0..=0x10FFFFu32).step_by(7).chain([lo, hi, 0x7F, 0x80, 0x7FF, 0x800]) {
-                let Some(ch) = char::from_u32(c) else { continue };
+            for c in (0..=0x10FFFFu32)
+                .step_by(7)
+                .chain([lo, hi, 0x7F, 0x80, 0x7FF, 0x800])
+            {
+                let Some(ch) = char::from_u32(c) else {
+                    continue;
+                };
                 let mut buf = [0u8; 4];
                 let bytes = ch.encode_utf8(&mut buf).as_bytes();
-                assert_eq!(matches(&seqs, bytes), lo <= c && c <= hi, "{c:#x} in {lo:#x}..={hi:#x}");
+                assert_eq!(
+                    matches(&seqs, bytes),
+                    lo <= c && c <= hi,
+                    "{c:#x} in {lo:#x}..={hi:#x}"
+                );
             }
         }
     }
