@@ -58,14 +58,17 @@ fn main() -> llorch::Result<()> {
     let mut rates = (Vec::new(), Vec::new());
     let mut tokens = Vec::new();
     for round in 0..rounds {
-        // Constrained first; then plain for exactly as many tokens.
-        let mut s = Session::new(
-            model.clone(),
-            SessionOptions {
-                n_ctx: 2048,
-                seed: 1,
-            },
-        )?;
+        // Constrained first; then plain for as many tokens (fewer if it ends first).
+        let session = || {
+            Session::new(
+                model.clone(),
+                SessionOptions {
+                    n_ctx: 2048,
+                    seed: 1,
+                },
+            )
+        };
+        let mut s = session()?;
         let mut ids = Vec::new();
         let c = s.generate(
             &prompt,
@@ -76,13 +79,7 @@ fn main() -> llorch::Result<()> {
             },
         )?;
         let n = c.generated_tokens;
-        let mut s = Session::new(
-            model.clone(),
-            SessionOptions {
-                n_ctx: 2048,
-                seed: 1,
-            },
-        )?;
+        let mut s = session()?;
         let p = s.generate(&prompt, &params(None, n), &mut |_, _| true)?;
         // The first token comes from the prefill: decode rate over the rest.
         let rate = |st: &llorch::session::GenerateStats| {

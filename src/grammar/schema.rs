@@ -185,13 +185,7 @@ impl Compiler<'_> {
                 }
             },
             Some(Value::String(t)) => vec![t.as_str()],
-            Some(Value::Array(ts)) if !ts.is_empty() => ts
-                .iter()
-                .map(|t| {
-                    t.as_str()
-                        .ok_or_else(|| bad(path, "'type' entries must be strings"))
-                })
-                .collect::<Result<_>>()?,
+            Some(Value::Array(ts)) if !ts.is_empty() => strings(ts, "type", path)?,
             Some(_) => return Err(bad(path, "'type' must be a string or an array of strings")),
         };
         // Every keyword must belong to one of the types.
@@ -276,13 +270,7 @@ impl Compiler<'_> {
         };
         let required: Vec<&str> = match obj.get("required") {
             None => vec![],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .ok_or_else(|| bad(path, "'required' entries must be strings"))
-                })
-                .collect::<Result<_>>()?,
+            Some(Value::Array(a)) => strings(a, "required", path)?,
             Some(_) => return Err(bad(path, "'required' must be an array")),
         };
         for r in &required {
@@ -389,49 +377,22 @@ impl Compiler<'_> {
     /// One character of a JSON string: anything but `"`, `\` and controls, or an escape (a
     /// `\u` escape never names a lone surrogate, so each is one character).
     fn string_char(&mut self) -> Result<Vec<Sym>> {
-        let plain = self.b.class(
-            &[
-                (0, 0x1F),
-                ('"' as u32, '"' as u32),
-                ('\\' as u32, '\\' as u32),
-            ],
-            true,
-        )?;
-        let hex = self.b.class(
-            &[
-                ('0' as u32, '9' as u32),
-                ('a' as u32, 'f' as u32),
-                ('A' as u32, 'F' as u32),
-            ],
-            false,
-        )?;
-        let not_d = self.b.class(
-            &[
-                ('0' as u32, '9' as u32),
-                ('a' as u32, 'c' as u32),
-                ('A' as u32, 'C' as u32),
-                ('e' as u32, 'f' as u32),
-                ('E' as u32, 'F' as u32),
-            ],
-            false,
-        )?;
-        let d = self
+        // Each pair of bytes is an inclusive ASCII range.
+        let mut set = |pairs: &[u8]| {
+            let r: Vec<(u32, u32)> = pairs
+                .chunks(2)
+                .map(|p| (p[0] as u32, p[1] as u32))
+                .collect();
+            self.b.class(&r, false)
+        };
+        let hex = set(b"09afAF")?;
+        let not_d = set(b"09acACefEF")?;
+        let d = set(b"ddDD")?;
+        let low = set(b"07")?;
+        let simple = set(b"\"\"\\\\//bbffnnrrtt")?;
+        let plain = self
             .b
-            .class(&[('d' as u32, 'd' as u32), ('D' as u32, 'D' as u32)], false)?;
-        let low = self.b.class(&[('0' as u32, '7' as u32)], false)?;
-        let simple = self.b.class(
-            &[
-                ('"' as u32, '"' as u32),
-                ('\\' as u32, '\\' as u32),
-                ('/' as u32, '/' as u32),
-                ('b' as u32, 'b' as u32),
-                ('f' as u32, 'f' as u32),
-                ('n' as u32, 'n' as u32),
-                ('r' as u32, 'r' as u32),
-                ('t' as u32, 't' as u32),
-            ],
-            false,
-        )?;
+            .class(&[(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)], true)?;
         let u = vec![
             vec![not_d, hex.clone(), hex.clone(), hex.clone()],
             vec![d, low, hex.clone(), hex],
@@ -640,6 +601,16 @@ fn keywords_of(t: &str) -> &'static [&'static str] {
         "integer" => &["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"],
         _ => &[],
     }
+}
+
+/// The entries of keyword `kw`'s array, which must be strings.
+fn strings<'v>(a: &'v [Value], kw: &str, path: &str) -> Result<Vec<&'v str>> {
+    a.iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| bad(path, &format!("'{kw}' entries must be strings")))
+        })
+        .collect()
 }
 
 /// A non-negative integer keyword (minItems, maxLength ...).
