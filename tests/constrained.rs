@@ -295,6 +295,25 @@ fn grammar_output_matches_and_stops_when_complete() {
     }
 }
 
+/// A SentencePiece vocabulary (Gemma 3: `▁` for spaces, byte-fallback tokens) under a schema.
+#[test]
+fn sentencepiece_vocabulary_validates_too() {
+    let ctx = Context::new(ContextOptions::default()).unwrap();
+    let m = Model::load(&ctx, &common::model_path(common::GEMMA3), None).unwrap();
+    let schema = SCHEMAS[0].1;
+    let c = Constraint::json_schema(schema).unwrap();
+    let sv: Value = serde_json::from_str(schema).unwrap();
+    // This file has no chat template: a plain prompt.
+    let prompt = "A club member's record as JSON:\n";
+    for (temp, seed) in [(0.0, 0), (1.0, 1), (1.5, 2)] {
+        let (text, stop, _) = run(&m, &prompt, &c, temp, seed);
+        let what = format!("temperature {temp}, seed {seed}: {text:?}");
+        assert_eq!(stop, StopReason::Eos, "did not complete: {what}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {what}"));
+        validate(&v, &sv, &sv, "").unwrap_or_else(|e| panic!("{e}: {what}"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Through the C ABI.
 
