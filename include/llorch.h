@@ -245,8 +245,10 @@ typedef struct llorch_generate_params {
   bool parse_special;
   // Constrained output: a JSON Schema (NUL-terminated JSON text) the output must validate
   // against, or NULL (default). Generation ends when the JSON value is complete (stop reason
-  // `LLORCH_STOP_EOS`). An unsupported keyword or bad JSON is `LLORCH_ERR_INVALID_ARGUMENT`
-  // naming it. Set at most one of `json_schema` and `grammar`.
+  // `LLORCH_STOP_EOS`); one that reaches `max_tokens` first ends incomplete
+  // (`LLORCH_STOP_LIMIT`). An unsupported keyword or bad JSON is
+  // `LLORCH_ERR_INVALID_ARGUMENT` naming it. Set at most one of `json_schema` and `grammar`.
+  // Greedy decoding under a constraint reads the logits row (no on-device pick).
   const char *json_schema;
   // Constrained output: a GBNF-like grammar (NUL-terminated; start rule `root`) the output
   // must match, or NULL (default). A syntax error is `LLORCH_ERR_INVALID_ARGUMENT` with its

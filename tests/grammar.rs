@@ -339,3 +339,21 @@ fn schema_pattern_agrees_with_a_regex_engine() {
     let e = schema_err(r#"{"type":"string","pattern":"a","maxLength":3}"#);
     assert!(e.contains("'pattern' together with"), "{e}");
 }
+
+/// Grammars that make the matcher track many stacks: 300 nested optional levels run (the
+/// matcher does not recurse per level, so a test thread's small stack is enough); a grammar
+/// with more ways to continue than the matcher keeps is an error saying why, never a hang.
+#[test]
+fn deep_and_ambiguous_grammars_are_safe() {
+    let c = g(r#"root ::= ("a"?){0,300} "b""#);
+    yes(&c, &["b", "aab", &format!("{}b", "a".repeat(250))]);
+    no(&c, &["", "aa"]);
+    // After k a's, each of the 2^k sequences of pending "b"/"c" is a stack.
+    let c = g(r#"root ::= "a" root "b" | "a" root "c" | "x""#);
+    yes(&c, &["aaxbc", "x"]);
+    let e = c
+        .matches("a".repeat(14).as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("too ambiguous"), "{e}");
+}

@@ -19,6 +19,8 @@ const UNKNOWN: u32 = u32::MAX;
 /// More stacks than this in one configuration is an error (a grammar so ambiguous that
 /// matching it would be slow).
 const MAX_STACKS: usize = 4096;
+/// Steps of one expansion before it gives up (the same error).
+const MAX_EXPAND_STEPS: usize = 1 << 20;
 /// Stacks deeper than this are an error (nesting beyond any sane output).
 const MAX_DEPTH: usize = 4096;
 /// States kept before the cache is emptied (each has a 1 KiB transition row).
@@ -55,6 +57,8 @@ impl Dfa {
         for &a in &p.alts[p.root as usize] {
             self.expand(vec![a], &mut out);
         }
+        out.sort_unstable();
+        out.dedup();
         self.intern(out)
     }
 
@@ -130,14 +134,14 @@ impl Dfa {
             }
         }
         self.configs[s as usize] = config;
+        out.sort_unstable();
+        out.dedup();
         if out.len() > MAX_STACKS {
             self.fail(format!(
                 "the grammar is too ambiguous: more than {MAX_STACKS} ways to continue at once"
             ));
             return DEAD;
         }
-        out.sort_unstable();
-        out.dedup();
         self.intern(out)
     }
 
@@ -147,48 +151,61 @@ impl Dfa {
 
     /// Pushes into `out` every stack `stack` stands for once calls are entered and finished
     /// alternatives returned from, so that each top waits for a byte (or the stack is empty:
-    /// the whole input matched). Left recursion was rejected at compile time, so this ends.
-    fn expand(&mut self, mut stack: Vec<u32>, out: &mut Config) {
+    /// the whole input matched). Left recursion was rejected at compile time, so this ends;
+    /// it works from a list rather than by recursion, so no grammar can overflow the thread's
+    /// stack, and gives up (an error) after a budget of steps.
+    fn expand(&mut self, stack: Vec<u32>, out: &mut Config) {
         let p = self.program.clone();
-        loop {
-            if out.len() > MAX_STACKS {
-                return;
-            }
-            let Some(&top) = stack.last() else {
-                out.push(stack);
-                return;
-            };
-            match p.ops[top as usize] {
-                Op::Byte(_) => {
-                    out.push(stack);
+        let mut work = vec![stack];
+        let mut steps = 0usize;
+        while let Some(mut stack) = work.pop() {
+            loop {
+                steps += 1;
+                if out.len() > 2 * MAX_STACKS {
+                    // Many paths lead to the same stacks: count the distinct ones.
+                    out.sort_unstable();
+                    out.dedup();
+                }
+                if out.len() > 2 * MAX_STACKS || steps > MAX_EXPAND_STEPS {
+                    self.fail(format!(
+                        "the grammar is too ambiguous: more than {MAX_STACKS} ways to continue \
+                         at once"
+                    ));
                     return;
                 }
-                Op::End => {
-                    stack.pop();
-                }
-                Op::Call(r) => {
-                    stack.pop();
-                    // A call in tail position returns straight to our caller: keeping its
-                    // `End` would grow the stack on every turn of a right recursion.
-                    if p.ops[top as usize + 1] != Op::End {
-                        stack.push(top + 1);
+                let Some(&top) = stack.last() else {
+                    out.push(stack);
+                    break;
+                };
+                match p.ops[top as usize] {
+                    Op::Byte(_) => {
+                        out.push(stack);
+                        break;
                     }
-                    if stack.len() >= MAX_DEPTH {
-                        self.fail(format!("nesting deeper than {MAX_DEPTH} levels"));
-                        return;
+                    Op::End => {
+                        stack.pop();
                     }
-                    let alts = &p.alts[r as usize];
-                    for (i, &a) in alts.iter().enumerate() {
-                        if i + 1 == alts.len() {
-                            stack.push(a);
-                        } else {
+                    Op::Call(r) => {
+                        stack.pop();
+                        // A call in tail position returns straight to our caller: keeping its
+                        // `End` would grow the stack on every turn of a right recursion.
+                        if p.ops[top as usize + 1] != Op::End {
+                            stack.push(top + 1);
+                        }
+                        if stack.len() >= MAX_DEPTH {
+                            self.fail(format!("nesting deeper than {MAX_DEPTH} levels"));
+                            return;
+                        }
+                        let alts = &p.alts[r as usize];
+                        let Some((&last, others)) = alts.split_last() else {
+                            break;
+                        };
+                        for &a in others {
                             let mut s = stack.clone();
                             s.push(a);
-                            self.expand(s, out);
+                            work.push(s);
                         }
-                    }
-                    if alts.is_empty() {
-                        return;
+                        stack.push(last);
                     }
                 }
             }
