@@ -306,7 +306,7 @@ fn sentencepiece_vocabulary_validates_too() {
     // This file has no chat template: a plain prompt.
     let prompt = "A club member's record as JSON:\n";
     for (temp, seed) in [(0.0, 0), (1.0, 1), (1.5, 2)] {
-        let (text, stop, _) = run(&m, &prompt, &c, temp, seed);
+        let (text, stop, _) = run(&m, prompt, &c, temp, seed);
         let what = format!("temperature {temp}, seed {seed}: {text:?}");
         assert_eq!(stop, StopReason::Eos, "did not complete: {what}");
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {what}"));
