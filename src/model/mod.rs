@@ -40,13 +40,13 @@ pub struct Model {
     pub(crate) ctx: Arc<Context>,
     pub(crate) gguf: Arc<Gguf>,
     pub(crate) recipe: Recipe,
+    /// The vocabulary's byte trie for constrained output, built on first use.
+    vocab_trie: OnceLock<Arc<VocabTrie>>,
     pub(crate) weights: Weights,
     /// The weights' bytes, accounted against the context's budget.
     _reservation: Reservation,
     tokenizer: Tokenizer,
     chat_template: Option<String>,
-    /// The vocabulary's byte trie for constrained output, built on first use.
-    vocab_trie: OnceLock<Arc<VocabTrie>>,
 }
 
 impl Model {
@@ -86,12 +86,12 @@ impl Model {
         Ok(Arc::new(Model {
             ctx: ctx.clone(),
             gguf,
+            vocab_trie: OnceLock::new(),
             recipe,
             weights,
             _reservation: reservation,
             tokenizer,
             chat_template,
-            vocab_trie: OnceLock::new(),
         }))
     }
 
