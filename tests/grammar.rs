@@ -372,8 +372,30 @@ fn mutated_grammars_and_schemas_never_panic() {
         r#"{"type":"array","items":{"type":"number"},"minItems":1}"#,
     ];
     let pieces: &[&[u8]] = &[
-        b"\"", b"[", b"]", b"(", b")", b"{", b"}", b"|", b"*", b"?", b"\\", b"::=", b"{9999}",
-        b"-", b"^", b"$", b"\"type\"", b":", b",", b"\xff", b"\xce", b"0", b"root", b"#",
+        b"\"",
+        b"[",
+        b"]",
+        b"(",
+        b")",
+        b"{",
+        b"}",
+        b"|",
+        b"*",
+        b"?",
+        b"\\",
+        b"::=",
+        b"{9999}",
+        b"-",
+        b"^",
+        b"$",
+        b"\"type\"",
+        b":",
+        b",",
+        b"\xff",
+        b"\xce",
+        b"0",
+        b"root",
+        b"#",
     ];
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
@@ -383,7 +405,7 @@ fn mutated_grammars_and_schemas_never_panic() {
         seed
     };
     let (mut compiled, mut total) = (0, 0);
-    for round in 0..40000 {
+    for round in 0..3000 {
         let base = seeds[round % seeds.len()];
         let mut t = base.as_bytes().to_vec();
         for _ in 0..1 + next() % 3 {
@@ -417,5 +439,29 @@ fn mutated_grammars_and_schemas_never_panic() {
         }
     }
     // Both paths were exercised.
-    assert!(compiled > 100 && compiled < total, "{compiled} of {total} compiled");
+    assert!(
+        compiled > 100 && compiled < total,
+        "{compiled} of {total} compiled"
+    );
+}
+
+/// Repetitions multiply: a grammar or schema that would write out too many symbols is an error,
+/// not gigabytes; many optional properties stay linear.
+#[test]
+fn size_limits() {
+    let e = grammar_err(r#"root ::= ("ab"{10000}){10000}"#);
+    assert!(e.contains("too large"), "{e}");
+    let e = schema_err(
+        r#"{"type":"array","minItems":10000,"items":{"type":"string","minLength":10000}}"#,
+    );
+    assert!(e.contains("too large"), "{e}");
+    let props: Vec<String> = (0..3000)
+        .map(|i| format!(r#""p{i}":{{"type":"boolean"}}"#))
+        .collect();
+    let c = s(&format!(
+        r#"{{"type":"object","properties":{{{}}}}}"#,
+        props.join(",")
+    ));
+    yes(&c, &["{}", r#"{"p5":true,"p2999":false}"#]);
+    no(&c, &[r#"{"p2999":false,"p5":true}"#]);
 }

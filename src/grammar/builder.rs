@@ -47,6 +47,10 @@ pub(super) struct Rule {
 /// The most a bounded repetition may count (each count is a rule).
 pub const MAX_REPEAT: u32 = 10_000;
 
+/// The most symbols a grammar may hold once its repetitions are written out (bounds the
+/// memory a hostile grammar or schema can ask for: ~40 bytes each).
+pub const MAX_SYMBOLS: usize = 1 << 20;
+
 /// The largest code point.
 pub const MAX_CHAR: u32 = 0x10FFFF;
 
@@ -57,6 +61,8 @@ pub struct Builder {
     /// Character classes already lowered (the same class is one rule).
     classes: HashMap<Vec<(u32, u32)>, Sym>,
     fresh: u32,
+    /// Symbols in the rules so far (checked against [`MAX_SYMBOLS`]).
+    size: usize,
 }
 
 impl Builder {
@@ -89,6 +95,7 @@ impl Builder {
                 r.name
             )));
         }
+        self.size += alts.iter().map(Vec::len).sum::<usize>();
         r.alts = Some(alts);
         Ok(())
     }
@@ -98,8 +105,20 @@ impl Builder {
         self.fresh += 1;
         let name = format!("{base}~{}", self.fresh);
         let id = self.rule_id(&name, None);
+        self.size += alts.iter().map(Vec::len).sum::<usize>();
         self.rules[id as usize].alts = Some(alts);
         id
+    }
+
+    /// An error if `more` symbols would make the grammar larger than [`MAX_SYMBOLS`].
+    fn room_for(&self, more: usize) -> Result<()> {
+        if self.size.saturating_add(more) > MAX_SYMBOLS {
+            return Err(Error::InvalidArgument(format!(
+                "grammar: too large (more than {MAX_SYMBOLS} symbols once repetitions are \
+                 written out)"
+            )));
+        }
+        Ok(())
     }
 
     /// The bytes of `s`, one symbol each.
@@ -188,6 +207,9 @@ impl Builder {
         if item.is_empty() {
             return Ok(out);
         }
+        // Each count is a copy of the item (inline or in its own rule).
+        let copies = max.unwrap_or(min).max(min) as usize + 1;
+        self.room_for(item.len().saturating_mul(copies))?;
         for _ in 0..min {
             out.extend(item.iter().cloned());
         }
@@ -218,6 +240,7 @@ impl Builder {
 
     /// Finishes with `root` as the start rule.
     pub fn finish(self, root: u32) -> Result<super::program::Program> {
+        self.room_for(0)?;
         super::program::Program::compile(self.rules, root)
     }
 }

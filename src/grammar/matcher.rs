@@ -17,8 +17,9 @@ pub const DEAD: u32 = 0;
 const UNKNOWN: u32 = u32::MAX;
 
 /// More stacks than this in one configuration is an error (a grammar so ambiguous that
-/// matching it would be slow).
-const MAX_STACKS: usize = 4096;
+/// matching it would be slow). An object of n optional properties needs about 2n (each
+/// property may come next, after whitespace or not).
+const MAX_STACKS: usize = 16_384;
 /// Steps of one expansion before it gives up (the same error).
 const MAX_EXPAND_STEPS: usize = 1 << 20;
 /// Stacks deeper than this are an error (nesting beyond any sane output).

@@ -319,7 +319,8 @@ impl Compiler<'_> {
             let pair = cat([lit(&key), ws.clone(), lit(":"), ws.clone(), v, ws.clone()]);
             items.push((pair, required.contains(&name.as_str())));
         }
-        // after[i]: the properties from i on when one was written already (each after a comma).
+        // after[i]: the properties from i on when one was written already (each after a comma),
+        // a rule each so that the whole stays linear in the number of properties.
         let mut after: Vec<Vec<Sym>> = vec![Vec::new(); items.len() + 1];
         for i in (0..items.len()).rev() {
             let with_comma = cat([lit(","), ws.clone(), items[i].0.clone()]);
@@ -328,7 +329,8 @@ impl Compiler<'_> {
             } else {
                 self.b.repeat("prop", with_comma, 0, Some(1))?
             };
-            after[i] = cat([this, after[i + 1].clone()]);
+            let rest = cat([this, after[i + 1].clone()]);
+            after[i] = vec![Sym::Rule(self.b.fresh("props", vec![rest]))];
         }
         // first[i]: the properties from i on when none was written yet.
         let mut first: Vec<Vec<Sym>> = vec![Vec::new(); items.len() + 1];
