@@ -65,9 +65,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             repeat_penalty: a.parsed(&["--repeat-penalty"], 1.0f32)?,
             ..SamplingParams::default()
         },
+        constraint: None,
         stop,
         parse_special: chat || a.flag("--special"),
-        constraint: None,
     };
     let seed = a.parsed(&["--seed"], 0u64)?;
     let n_ctx = a.parsed(&["-c", "--ctx"], 0u32)?;

@@ -217,9 +217,9 @@ fn prepare(app: &App, body: &[u8], chat: bool) -> Result<Prepared, ApiError> {
         // Chat goes on until the end of the turn or of the context, as OpenAI's does.
         max_tokens: req.max_tokens.unwrap_or(if chat { app.n_ctx } else { 16 }),
         sampling: req.sampling,
+        constraint: None,
         stop: req.stop,
         parse_special: true,
-        constraint: None,
     };
     let seed = req.seed.unwrap_or_else(|| app.random_seed());
     Ok(Prepared {

@@ -34,13 +34,13 @@ pub struct GenerateParams {
     /// Most tokens to generate.
     pub max_tokens: u32,
     pub sampling: SamplingParams,
+    /// The output must match this grammar or JSON Schema: each step masks the tokens that
+    /// cannot continue it, and the generation ends (stop reason `Eos`) once it is complete.
+    pub constraint: Option<Constraint>,
     /// Generation stops before any of these strings would be emitted; none of it is emitted.
     pub stop: Vec<String>,
     /// Match special tokens (`<|im_start|>` …) written in the prompt text.
     pub parse_special: bool,
-    /// The output must match this grammar or JSON Schema: each step masks the tokens that
-    /// cannot continue it, and the generation ends (stop reason `Eos`) once it is complete.
-    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateParams {
@@ -48,9 +48,9 @@ impl Default for GenerateParams {
         GenerateParams {
             max_tokens: 256,
             sampling: SamplingParams::default(),
+            constraint: None,
             stop: Vec::new(),
             parse_special: true,
-            constraint: None,
         }
     }
 }
@@ -344,13 +344,12 @@ impl Session {
         history.extend_from_slice(prompt);
         self.running = Some(Generation {
             max_tokens: params.max_tokens,
-            // A constraint needs the logits row, so the backend cannot pick the token.
-            greedy: sampler.is_greedy() && constraint.is_none(),
-            constraint,
+            greedy: sampler.is_greedy(),
             sampler,
             logits: Vec::new(),
             pick: None,
             decoder: StreamDecoder::new(),
+            constraint,
             stops: StopMatcher::new(params.stop.clone()),
             history,
             stats: GenerateStats {
@@ -603,10 +602,10 @@ struct Generation {
     /// Greedy: the backend picks the token where the logits are (on the GPU, 4 bytes come
     /// back instead of the row); otherwise the sampler gets the row.
     greedy: bool,
-    /// The grammar the output must match, if any.
-    constraint: Option<TokenMatcher>,
     logits: Vec<f32>,
     pick: Option<u32>,
+    /// The grammar the output must match, if any.
+    constraint: Option<TokenMatcher>,
     decoder: StreamDecoder,
     stops: StopMatcher,
     /// The conversation's tokens including those generated (the penalties look at them).
@@ -622,9 +621,10 @@ struct Generation {
 }
 
 impl Generation {
-    /// Where a forward step puts its result: the pick for greedy decoding, else the row.
+    /// Where a forward step puts its result: the pick for greedy decoding, else the row (which
+    /// a constraint needs, so the backend cannot pick the token then).
     fn out(&mut self) -> Out<'_> {
-        if self.greedy {
+        if self.greedy && self.constraint.is_none() {
             Out::Argmax(&mut self.pick)
         } else {
             Out::Logits(&mut self.logits)
