@@ -9,6 +9,7 @@ pub mod backend;
 pub mod error;
 pub mod ffi;
 pub mod gguf;
+pub mod grammar;
 pub mod model;
 pub mod quant;
 pub mod sampling;

@@ -341,6 +341,12 @@ type GenerateParams struct {
 	// alternatives come in Piece.Logprobs (GeneratePieces, GenerateChan), taken from the raw
 	// logits (before logit bias, penalties, temperature, top-k/p) [0 = off].
 	Logprobs uint32
+	// JSONSchema constrains the output to JSON valid against this schema (JSON text); the
+	// generation ends when the value is complete [empty: no constraint]. Set at most one of
+	// JSONSchema and Grammar; an unsupported keyword is an error naming it.
+	JSONSchema string
+	// Grammar constrains the output to a GBNF-like grammar (start rule root) [empty: none].
+	Grammar string
 }
 
 // DefaultGenerateParams: the library's defaults written out (greedy, 256 tokens).
@@ -399,6 +405,14 @@ func (p GenerateParams) toC(cp *C.llorch_generate_params) (free func()) {
 		}
 		cp.logit_bias = &biases[0]
 		cp.n_logit_bias = C.size_t(len(p.LogitBias))
+	}
+	if p.JSONSchema != "" {
+		cp.json_schema = C.CString(p.JSONSchema)
+		frees = append(frees, unsafe.Pointer(cp.json_schema))
+	}
+	if p.Grammar != "" {
+		cp.grammar = C.CString(p.Grammar)
+		frees = append(frees, unsafe.Pointer(cp.grammar))
 	}
 	return func() {
 		for _, ptr := range frees {

@@ -2,6 +2,7 @@ package llorch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -207,5 +208,47 @@ func TestTwoSessionsInParallel(t *testing.T) {
 	text, err := a.Detokenize(toks)
 	if err != nil || string(text) != "Hello world" {
 		t.Fatalf("%q %v", text, err)
+	}
+}
+
+// A JSON Schema constrains the output: it parses and has the required fields with their
+// types, the generation ends when the object is complete; a bad schema is an error naming
+// the unsupported keyword.
+func TestJSONSchema(t *testing.T) {
+	_, m := load(t)
+	s, err := m.NewSession(SessionOptions{NCtx: 1024, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := DefaultGenerateParams()
+	p.MaxTokens = 300 // the schema bounds the output to fewer bytes than this
+	p.Temperature = 0.8
+	p.JSONSchema = `{"type":"object","properties":{"city":{"type":"string","maxLength":20},
+		"population":{"type":"integer","minimum":0,"maximum":99999999}},
+		"required":["city","population"],"additionalProperties":false}`
+	var sb strings.Builder
+	stats, err := s.Generate(context.Background(), prompt(t, m, "Describe a city as JSON."), p,
+		func(text string, tok int32) bool { sb.WriteString(text); return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		City       *string `json:"city"`
+		Population *int64  `json:"population"`
+	}
+	dec := json.NewDecoder(strings.NewReader(sb.String()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil || v.City == nil || v.Population == nil ||
+		len([]rune(*v.City)) > 20 || *v.Population < 0 || *v.Population > 99999999 {
+		t.Fatalf("output %q does not validate (%v)", sb.String(), err)
+	}
+	if stats.StopReason != StopEOS {
+		t.Fatalf("stop reason %d, want EOS (the object was complete)", stats.StopReason)
+	}
+	p.JSONSchema = `{"type":"string","format":"date"}`
+	_, err = s.Generate(context.Background(), "x", p, nil)
+	if err == nil || !strings.Contains(err.Error(), "unsupported keyword 'format'") {
+		t.Fatalf("bad schema: %v", err)
 	}
 }

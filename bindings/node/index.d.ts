@@ -127,6 +127,14 @@ export interface GenerateOptions {
    * 0 = off (default).
    */
   logprobs?: number;
+  /**
+   * Constrained output: the text is JSON valid against this schema (an object, or its JSON
+   * text); generation ends when the value is complete. An unsupported keyword is an
+   * INVALID_ARGUMENT error naming it. At most one of jsonSchema and grammar.
+   */
+  jsonSchema?: object | string;
+  /** Constrained output: a GBNF-like grammar (start rule `root`) the text must match. */
+  grammar?: string;
   /** Receives each piece of whole UTF-8 text; returning false stops (CANCELLED). */
   onToken?: (text: string, token: number) => boolean | void;
   /** Receives each Piece (with its logprobs when asked); used instead of onToken if both are given. */

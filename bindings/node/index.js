@@ -50,7 +50,7 @@ const GenerateParams = koffi.struct('llorch_generate_params', {
   struct_size: 'size_t', max_tokens: 'uint32_t', temperature: 'float', top_k: 'uint32_t', top_p: 'float', min_p: 'float',
   repeat_penalty: 'float', presence_penalty: 'float', frequency_penalty: 'float', penalty_last_n: 'uint32_t',
   stop: 'const char **', n_stop: 'size_t', logit_bias: 'const llorch_logit_bias *', n_logit_bias: 'size_t',
-  parse_special: 'bool', logprobs: 'uint32_t',
+  parse_special: 'bool', logprobs: 'uint32_t', json_schema: 'const char *', grammar: 'const char *',
 });
 const Stats = koffi.struct('llorch_generate_stats', {
   struct_size: 'size_t', prompt_tokens: 'uint32_t', generated_tokens: 'uint32_t', prompt_seconds: 'double',
@@ -334,6 +334,11 @@ class Session {
       p.logit_bias = biases;
       p.n_logit_bias = biases.length;
     }
+    // Constrained output: a JSON Schema (an object or its JSON text) or a grammar's text.
+    if (opts.jsonSchema !== undefined && opts.jsonSchema !== null) {
+      p.json_schema = typeof opts.jsonSchema === 'string' ? opts.jsonSchema : JSON.stringify(opts.jsonSchema);
+    }
+    if (opts.grammar !== undefined && opts.grammar !== null) p.grammar = opts.grammar;
     const stops = opts.stop || [];
     if (stops.length) {
       // koffi turns the array into C strings that live for the call.

@@ -65,6 +65,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             repeat_penalty: a.parsed(&["--repeat-penalty"], 1.0f32)?,
             ..SamplingParams::default()
         },
+        constraint: None,
         stop,
         parse_special: chat || a.flag("--special"),
         ..Default::default()

@@ -11,6 +11,7 @@ use super::{
     arg, c_str, call, check_struct_size, guard, llorch_error, llorch_model, llorch_status, out,
     read_sized_fields,
 };
+use crate::grammar::Constraint;
 use crate::session::{
     Event, GenerateParams, GenerateStats, Piece, Session, SessionOptions, StopReason, TokenLogprob,
 };
@@ -118,6 +119,17 @@ pub struct llorch_generate_params {
     /// from the model's raw logits: before logit bias, penalties, temperature and
     /// top-k/top-p/min-p (what OpenAI's API reports; what evaluation wants).
     pub logprobs: u32,
+    /// Constrained output: a JSON Schema (NUL-terminated JSON text) the output must validate
+    /// against, or NULL (default). Generation ends when the JSON value is complete (stop reason
+    /// `LLORCH_STOP_EOS`); one that reaches `max_tokens` first ends incomplete
+    /// (`LLORCH_STOP_LIMIT`). An unsupported keyword or bad JSON is
+    /// `LLORCH_ERR_INVALID_ARGUMENT` naming it. Set at most one of `json_schema` and `grammar`.
+    /// Greedy decoding under a constraint reads the logits row (no on-device pick).
+    pub json_schema: *const c_char,
+    /// Constrained output: a GBNF-like grammar (NUL-terminated; start rule `root`) the output
+    /// must match, or NULL (default). A syntax error is `LLORCH_ERR_INVALID_ARGUMENT` with its
+    /// line and column.
+    pub grammar: *const c_char,
 }
 
 const GENERATE_PARAMS_MIN: usize = std::mem::offset_of!(llorch_generate_params, max_tokens) + 4;
@@ -142,6 +154,8 @@ fn generate_params_default() -> llorch_generate_params {
         n_logit_bias: 0,
         parse_special: d.parse_special,
         logprobs: d.logprobs,
+        json_schema: std::ptr::null(),
+        grammar: std::ptr::null(),
     }
 }
 
@@ -321,7 +335,8 @@ unsafe fn generate_params(params: *const llorch_generate_params) -> crate::Resul
     read_sized_fields!(params, size, p: llorch_generate_params {
         max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
         frequency_penalty, penalty_last_n, stop, n_stop, logit_bias, n_logit_bias, parse_special,
-        logprobs
+        logprobs,
+        json_schema, grammar
     });
     let mut g = GenerateParams {
         max_tokens: p.max_tokens,
@@ -378,6 +393,19 @@ unsafe fn generate_params(params: *const llorch_generate_params) -> crate::Resul
             g.sampling.logit_bias.push((b.token as u32, b.bias));
         }
     }
+    g.constraint = match (p.json_schema.is_null(), p.grammar.is_null()) {
+        (true, true) => None,
+        (false, true) => Some(Constraint::json_schema(c_str(
+            p.json_schema,
+            "params->json_schema",
+        )?)?),
+        (true, false) => Some(Constraint::grammar(c_str(p.grammar, "params->grammar")?)?),
+        (false, false) => {
+            return Err(Error::InvalidArgument(
+                "params->json_schema and params->grammar are both set: set one".into(),
+            ))
+        }
+    };
     Ok(g)
 }
 

@@ -13,13 +13,14 @@ pub mod synth;
 
 use crate::backend::{Context, Dims, Reservation, Weights};
 use crate::gguf::Gguf;
+use crate::grammar::VocabTrie;
 use crate::tokenizer::chat::ChatMessage;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use hparams::HParams;
 use recipe::Recipe;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The architectures this build runs: `general.architecture` → recipe builder.
 /// Builds an architecture's recipe from the file and its hyper-parameters.
@@ -39,6 +40,8 @@ pub struct Model {
     pub(crate) ctx: Arc<Context>,
     pub(crate) gguf: Arc<Gguf>,
     pub(crate) recipe: Recipe,
+    /// The vocabulary's byte trie for constrained output, built on first use.
+    vocab_trie: OnceLock<Arc<VocabTrie>>,
     pub(crate) weights: Weights,
     /// The weights' bytes, accounted against the context's budget.
     _reservation: Reservation,
@@ -85,6 +88,7 @@ impl Model {
         Ok(Arc::new(Model {
             ctx: ctx.clone(),
             gguf,
+            vocab_trie: OnceLock::new(),
             recipe,
             weights,
             _reservation: reservation,
@@ -122,6 +126,14 @@ impl Model {
     }
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
+    }
+    /// The tokens' texts as a byte trie (for constrained output), built once per model.
+    pub fn vocab_trie(&self) -> Result<Arc<VocabTrie>> {
+        if let Some(t) = self.vocab_trie.get() {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(VocabTrie::new(&self.tokenizer)?);
+        Ok(self.vocab_trie.get_or_init(|| t).clone())
     }
     pub fn gguf(&self) -> &Gguf {
         &self.gguf

@@ -217,6 +217,7 @@ fn prepare(app: &App, body: &[u8], chat: bool) -> Result<Prepared, ApiError> {
         // Chat goes on until the end of the turn or of the context, as OpenAI's does.
         max_tokens: req.max_tokens.unwrap_or(if chat { app.n_ctx } else { 16 }),
         sampling: req.sampling,
+        constraint: None,
         stop: req.stop,
         parse_special: true,
         ..Default::default()

@@ -9,14 +9,15 @@ mod state_file;
 mod stop;
 
 use crate::backend::{Logits, Out, Reservation, State, Tap};
+use crate::grammar::{Constraint, TokenMatcher};
 use crate::model::recipe::forward;
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use batch::{Feed, Member, Produced, Want};
-use parking_lot::Mutex;
 pub use logprobs::TokenLogprob;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ pub struct GenerateParams {
     /// Most tokens to generate.
     pub max_tokens: u32,
     pub sampling: SamplingParams,
+    /// The output must match this grammar or JSON Schema: each step masks the tokens that
+    /// cannot continue it, and the generation ends (stop reason `Eos`) once it is complete.
+    pub constraint: Option<Constraint>,
     /// Generation stops before any of these strings would be emitted; none of it is emitted.
     pub stop: Vec<String>,
     /// Match special tokens (`<|im_start|>` …) written in the prompt text.
@@ -57,6 +61,7 @@ impl Default for GenerateParams {
         GenerateParams {
             max_tokens: 256,
             sampling: SamplingParams::default(),
+            constraint: None,
             stop: Vec::new(),
             parse_special: true,
             ignore_eos: false,
@@ -415,6 +420,10 @@ impl Session {
             params.sampling.clone(),
             self.seed ^ self.generation.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
+        let constraint = match &params.constraint {
+            Some(c) => Some(c.matcher(self.model.vocab_trie()?)),
+            None => None,
+        };
         let mut history = self.tokens();
         history.extend_from_slice(prompt);
         self.running = Some(Generation {
@@ -427,6 +436,7 @@ impl Session {
             logits: Vec::new(),
             pick: None,
             decoder: StreamDecoder::new(),
+            constraint,
             stops: StopMatcher::new(params.stop.clone()),
             history,
             stats: GenerateStats {
@@ -589,8 +599,11 @@ impl Session {
         let id = match g.pick.take() {
             Some(id) => id,
             None => {
-                // The raw row, before the sampler transforms it in place.
+                // The raw row, before the constraint and the sampler transform it in place.
                 let raw = (g.logprobs > 0).then(|| g.logits.clone());
+                if let Some(c) = &mut g.constraint {
+                    c.apply(&mut g.logits)?;
+                }
                 let id = g.sampler.sample(&mut g.logits, &g.history);
                 if let Some(raw) = raw {
                     if !tok.is_eog(id) {
@@ -600,6 +613,13 @@ impl Session {
                 }
                 id
             }
+        };
+        let complete = match &mut g.constraint {
+            Some(c) => {
+                c.accept(id, &tok.token_bytes(id)?)?;
+                c.finished()
+            }
+            None => false,
         };
         g.stats.generated_tokens += 1;
         g.history.push(id);
@@ -612,6 +632,8 @@ impl Session {
         let (ready, hit) = g.stops.push(&text);
         g.phase = if hit {
             Phase::Ending(StopReason::StopString)
+        } else if complete {
+            Phase::Ending(StopReason::Eos)
         } else if g.stats.generated_tokens >= g.max_tokens {
             Phase::Ending(StopReason::Limit)
         } else {
@@ -701,6 +723,8 @@ struct Generation {
     reported: Vec<TokenLogprob>,
     logits: Vec<f32>,
     pick: Option<u32>,
+    /// The grammar the output must match, if any.
+    constraint: Option<TokenMatcher>,
     decoder: StreamDecoder,
     stops: StopMatcher,
     /// The conversation's tokens including those generated (the penalties look at them).
@@ -719,9 +743,10 @@ struct Generation {
 
 impl Generation {
     /// Where a forward step puts its result: the pick for greedy decoding, else the row
-    /// (also for greedy decoding with log-probabilities, which need the whole row).
+    /// (also for greedy decoding with log-probabilities, which need the whole row, or under
+    /// a constraint, which masks it: the backend cannot pick the token then).
     fn out(&mut self) -> Out<'_> {
-        if self.greedy && self.logprobs == 0 {
+        if self.greedy && self.logprobs == 0 && self.constraint.is_none() {
             Out::Argmax(&mut self.pick)
         } else {
             Out::Logits(&mut self.logits)

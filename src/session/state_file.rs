@@ -147,7 +147,10 @@ impl Session {
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
         let saved = parse(bytes, &self.model, self.n_ctx)?;
         self.running = None;
-        let set = self.state.lock().set_kv_rows(saved.history.len(), &saved.kv);
+        let set = self
+            .state
+            .lock()
+            .set_kv_rows(saved.history.len(), &saved.kv);
         if let Err(e) = set {
             self.reset();
             return Err(e);

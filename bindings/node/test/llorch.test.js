@@ -252,4 +252,35 @@ test('tokenizer queries: special ids, token bytes, special or not', async (t) =>
   assert.strictEqual(model.tokenText(hello).toString(), 'hello');
   assert.strictEqual(model.tokenIsSpecial(hello), false);
   assert.throws(() => model.tokenText(model.vocabSize()), (e) => e.status === Status.INVALID_ARGUMENT);
+test('a JSON Schema constrains the output; a bad one is an error naming the keyword', async (t) => {
+  const model = await load(t);
+  const s = model.createSession({ nCtx: 1024, seed: 3 });
+  t.after(() => s.close());
+  const schema = {
+    type: 'object',
+    properties: {
+      name: { type: 'string', minLength: 1, maxLength: 16 },
+      colours: { type: 'array', items: { enum: ['red', 'green', 'blue'] }, minItems: 1, maxItems: 3 },
+    },
+    required: ['name', 'colours'],
+    additionalProperties: false,
+  };
+  let text = '';
+  // The schema bounds the output well under 300 bytes, so it always completes.
+  const stats = await s.generate(chat(model, 'Describe a flag as JSON.'), {
+    maxTokens: 300, temperature: 1.0, jsonSchema: schema, onToken: (piece) => { text += piece; },
+  });
+  assert.strictEqual(stats.stopReason, StopReason.EOS, text);
+  const v = JSON.parse(text);
+  assert.deepStrictEqual(Object.keys(v).sort(), ['colours', 'name'], text);
+  assert.ok(typeof v.name === 'string' && [...v.name].length >= 1 && [...v.name].length <= 16, text);
+  assert.ok(v.colours.length >= 1 && v.colours.length <= 3, text);
+  assert.ok(v.colours.every((c) => ['red', 'green', 'blue'].includes(c)), text);
+  // A grammar, through the async iterator.
+  s.reset();
+  let answer = '';
+  for await (const { text: piece } of s.stream(chat(model, 'Yes or no?'), { grammar: 'root ::= "yes" | "no"' })) answer += piece;
+  assert.ok(answer === 'yes' || answer === 'no', answer);
+  await assert.rejects(s.generate('x', { jsonSchema: { type: 'string', format: 'email' } }),
+    (e) => e.status === Status.INVALID_ARGUMENT && /unsupported keyword 'format'/.test(e.message));
 });
