@@ -1,42 +1,38 @@
 //! `llorch bench`: prompt-processing and decoding speed, like a standard pp/tg table.
 
-use super::common;
+use super::common::ModelArgs;
 use llorch::backend::Logits;
 use llorch::session::{Session, SessionOptions};
 use std::time::Instant;
 
-const USAGE: &str = "usage: llorch bench [-m MODEL] [-p 512] [-n 128] [-r 3] [-t THREADS]
-Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
-(tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
-tokens/s and the spread (min-max).";
+/// Prompt-processing and decoding speed (tokens/s)
+///
+/// Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
+/// (tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
+/// tokens/s and the spread (min-max).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Prompt tokens (0: no pp test)
+    #[arg(short = 'p', long, value_name = "N", default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Generated tokens (0: no tg test)
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 128)]
+    gen_tokens: usize,
+    /// Repetitions of each test, after one warm-up
+    #[arg(short, long, value_name = "N", default_value_t = 3)]
+    repetitions: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+}
 
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let a = common::parse(
-        args,
-        &[],
-        &[
-            "-p",
-            "--prompt-tokens",
-            "-n",
-            "--gen-tokens",
-            "-r",
-            "--repetitions",
-        ],
-    )?;
-    if a.help {
-        println!("{USAGE}\n{}", common::MODEL_HELP);
-        return Ok(());
-    }
-    let pp = a.parsed(&["-p", "--prompt-tokens"], 512usize)?;
-    let tg = a.parsed(&["-n", "--gen-tokens"], 128usize)?;
-    let reps = a.parsed(&["-r", "--repetitions"], 3usize)?.max(1);
-    let model = common::load(&a)?;
-    a.expect_positional(0, "no positional arguments")?;
+pub fn run(a: Args) -> Result<(), String> {
+    let (pp, tg, reps) = (a.prompt_tokens, a.gen_tokens, a.repetitions.max(1));
+    let model = a.model.load()?;
     let vocab = model.vocab_size() as u64;
     // Deterministic pseudo-random tokens: the work is the same as for text.
     let mut x = 0x2545_F491_4F6C_DD1Du64;
