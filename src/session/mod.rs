@@ -1,6 +1,7 @@
 //! The generation loop: prefill, decode, stop conditions, cancellation, streaming of whole
 //! UTF-8 characters. A session owns its KV cache.
 
+pub mod embed;
 pub mod perplexity;
 mod stop;
 
