@@ -9,11 +9,13 @@
 #![allow(clippy::missing_safety_doc)] // the contracts are the doc comments of the header
 
 pub mod context;
+pub mod embed;
 pub mod log;
 pub mod model;
 pub mod session;
 
 pub use context::*;
+pub use embed::*;
 pub use log::*;
 pub use model::*;
 pub use session::*;
