@@ -27,6 +27,7 @@ fn help_lists_commands_and_errors_exit_1() {
         "bench",
         "synth",
         "tokenize",
+        "embed",
         "chat-template",
     ] {
         let out = llorch(&[cmd, "--help"]);

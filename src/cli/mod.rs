@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod chat_template;
 pub mod common;
+pub mod embed;
 pub mod info;
 pub mod perplexity;
 pub mod run;
@@ -39,6 +40,7 @@ enum Command {
     Bench(bench::Args),
     Synth(synth::Args),
     Tokenize(tokenize::Args),
+    Embed(embed::Args),
     ChatTemplate(chat_template::Args),
 }
 
@@ -59,6 +61,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> Result<(), String> {
         Command::Bench(a) => bench::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::ChatTemplate(a) => chat_template::run(a),
     }
 }
