@@ -1,24 +1,11 @@
 //! `llorch embed` on SmolLM2-135M: its vectors against the HF transformers reference of
-//! tests/fixtures/embed (tolerance as in tests/session_embed.rs: 2e-3 relative, measured
+//! tests/fixtures/embed (common::EmbedReference) (tolerance as in tests/session_embed.rs: 2e-3 relative, measured
 //! 2.5e-4), plain and JSON output, standard input, and errors.
 
 mod common;
 
 use common::*;
-
-fn reference(input: usize, pooling: usize) -> (String, Vec<f32>) {
-    let dir = repo_root().join("tests/fixtures/embed");
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("smollm2-135m.json")).unwrap())
-            .unwrap();
-    let dim = index["n_embd"].as_u64().unwrap() as usize;
-    let data = read_f32(&dir.join("smollm2-135m.bin"));
-    let at = (input * 3 + pooling) * dim;
-    (
-        index["inputs"][input]["text"].as_str().unwrap().to_string(),
-        data[at..at + dim].to_vec(),
-    )
-}
+use llorch::session::embed::Pooling;
 
 fn parse_plain(out: &str) -> Vec<Vec<f32>> {
     out.lines()
@@ -31,10 +18,13 @@ fn embed_prints_the_reference_vectors() {
     let m = model_path(SMOLLM2);
     let m = m.to_str().unwrap();
     // Plain, TEXT arguments, mean pooling (index 0 in the fixture) and CLS (2).
-    let (t0, mean0) = reference(0, 0);
-    let (t1, cls1) = reference(1, 2);
-    for (pooling, want) in [("mean", &mean0), ("cls", &cls1)] {
-        let (ok, out, err) = llorch(&["embed", "-m", m, "--pooling", pooling, &t0, &t1], b"");
+    let r = EmbedReference::load();
+    let (t0, t1) = (r.texts[0].as_str(), r.texts[1].as_str());
+    for (pooling, want) in [
+        ("mean", r.want(0, Pooling::Mean)),
+        ("cls", r.want(1, Pooling::Cls)),
+    ] {
+        let (ok, out, err) = llorch(&["embed", "-m", m, "--pooling", pooling, t0, t1], b"");
         assert!(ok, "{err}");
         let rows = parse_plain(&out);
         assert_eq!(rows.len(), 2);
@@ -49,7 +39,7 @@ fn embed_prints_the_reference_vectors() {
     }
     // JSON from standard input lines (the empty one skipped), the model's pooling (last, 1),
     // normalized.
-    let (_, last0) = reference(0, 1);
+    let last0 = r.want(0, Pooling::Last);
     let stdin = format!("{t0}\n\n{t1}\n");
     let (ok, out, err) = llorch(
         &["embed", "-m", m, "--json", "--normalize"],

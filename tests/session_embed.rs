@@ -12,53 +12,13 @@
 
 mod common;
 
+use common::EmbedReference;
 use llorch::backend::{Context, ContextOptions};
 use llorch::model::Model;
 use llorch::session::embed::{embed, embed_tokens, EmbedOptions, Embeddings, Pooling};
 use std::sync::Arc;
 
 const TOL: f64 = 2e-3;
-
-struct Fixture {
-    texts: Vec<String>,
-    ids: Vec<Vec<u32>>,
-    dim: usize,
-    /// [input][mean, last, cls][dim]
-    data: Vec<f32>,
-}
-
-impl Fixture {
-    fn load() -> Fixture {
-        let dir = common::repo_root().join("tests/fixtures/embed");
-        let index: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("smollm2-135m.json")).unwrap())
-                .unwrap();
-        assert_eq!(
-            index["pooling_order"],
-            serde_json::json!(["mean", "last", "cls"])
-        );
-        let inputs = index["inputs"].as_array().unwrap();
-        Fixture {
-            texts: inputs
-                .iter()
-                .map(|i| i["text"].as_str().unwrap().to_string())
-                .collect(),
-            ids: inputs.iter().map(|i| common::json_ids(&i["ids"])).collect(),
-            dim: index["n_embd"].as_u64().unwrap() as usize,
-            data: common::read_f32(&dir.join("smollm2-135m.bin")),
-        }
-    }
-
-    fn want(&self, input: usize, pooling: Pooling) -> &[f32] {
-        let k = match pooling {
-            Pooling::Mean => 0,
-            Pooling::Last => 1,
-            Pooling::Cls => 2,
-        };
-        let at = (input * 3 + k) * self.dim;
-        &self.data[at..at + self.dim]
-    }
-}
 
 fn model() -> Arc<Model> {
     let ctx = Context::new(ContextOptions::default()).unwrap();
@@ -77,7 +37,7 @@ fn norm(v: &[f32]) -> f64 {
 
 #[test]
 fn pooled_vectors_match_hf_transformers() {
-    let fx = Fixture::load();
+    let fx = EmbedReference::load();
     let model = model();
     let texts: Vec<&str> = fx.texts.iter().map(String::as_str).collect();
     // Our tokenizer gives HF's ids, so the vectors compare the forward passes alone.
@@ -129,7 +89,7 @@ fn pooled_vectors_match_hf_transformers() {
 
 #[test]
 fn normalized_default_pooling_and_batch_independence() {
-    let fx = Fixture::load();
+    let fx = EmbedReference::load();
     let model = model();
     let texts: Vec<&str> = fx.texts.iter().map(String::as_str).take(3).collect();
     // SmolLM2's file has no llama.pooling_type: a decoder LM pools its last token.
