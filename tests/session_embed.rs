@@ -157,3 +157,44 @@ fn bad_inputs_are_named_errors() {
     let none = embed(&model, &[], &opts).unwrap();
     assert!(none.data.is_empty() && none.dim == 576);
 }
+
+/// The other architectures: Qwen2 (biases, untied head; the f64 numpy reference) and Gemma 3
+/// (embedding scale, sandwich norms, the stored `1 + w` final norm; HF transformers): every
+/// position's final norm of prompt 0 is in tests/fixtures/reference/<model>/final_norm.bin,
+/// pooled here three ways. Tolerance as above (engine_stages checks the same rows at 2e-3).
+#[test]
+fn pooled_vectors_match_the_stage_references_of_qwen2_and_gemma3() {
+    for name in [common::QWEN_05B, common::GEMMA3] {
+        let dir = common::repo_root()
+            .join("tests/fixtures/reference")
+            .join(name);
+        let index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap())
+                .unwrap();
+        let ids = common::json_ids(&index["ids"]);
+        let rows = common::read_f32(&dir.join("final_norm.bin"));
+        let dim = rows.len() / ids.len();
+        let row = |i: usize| &rows[i * dim..(i + 1) * dim];
+        let mean: Vec<f32> = (0..dim)
+            .map(|j| {
+                ((0..ids.len()).map(|i| row(i)[j] as f64).sum::<f64>() / ids.len() as f64) as f32
+            })
+            .collect();
+        let ctx = Context::new(ContextOptions::default()).unwrap();
+        let model = Model::load(&ctx, &common::model_path(name), None).unwrap();
+        for (pooling, want) in [
+            (Pooling::Mean, &mean[..]),
+            (Pooling::Last, row(ids.len() - 1)),
+            (Pooling::Cls, row(0)),
+        ] {
+            let opts = EmbedOptions {
+                pooling: Some(pooling),
+                normalize: false,
+            };
+            let e = embed_tokens(&model, &[&ids], &opts).unwrap();
+            let err = common::rel_err(e.row(0), want);
+            eprintln!("{name} {}: rel. error {err:.2e}", pooling.name());
+            assert!(err <= TOL, "{name} {}: {err}", pooling.name());
+        }
+    }
+}
