@@ -1,9 +1,11 @@
 //! The generation loop: prefill, decode, stop conditions, cancellation, streaming of whole
 //! UTF-8 characters. A session owns its KV cache.
 
-pub mod embed;
 pub mod perplexity;
 mod stop;
+
+// Embeddings: the final hidden state, pooled (through the taps).
+pub mod embed;
 
 use crate::backend::{Logits, Out, Reservation, State, Tap};
 use crate::model::recipe::forward;
