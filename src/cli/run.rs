@@ -84,8 +84,6 @@ pub fn run(a: Args) -> Result<(), String> {
         },
         stop: a.stop,
         parse_special: a.chat || a.special,
-        // Fields added later (logprobs, constraints) keep their defaults.
-        ..Default::default()
     };
     let model = a.model.load()?;
     let text = if a.chat {
