@@ -17,7 +17,7 @@ use crate::model::Model;
 use crate::{Error, Result};
 use std::sync::Arc;
 
-/// Tokens per forward step of an input (the CPU's prefill chunk).
+/// Tokens fed at once (the CPU's prefill chunk): bounds the taps held at a time.
 const PIECE: usize = 256;
 
 /// How the token rows of an input become one vector.
@@ -201,13 +201,21 @@ fn pooled(
     let result = (|| -> Result<()> {
         for piece in tokens.chunks(PIECE) {
             session.eval(piece, Logits::Last)?;
+            // One tap per forward step: several if the backend cut the piece in smaller steps.
             let taps = session.take_taps();
-            let tap = taps
+            let rows: Vec<&[f32]> = taps
                 .iter()
-                .find(|t| t.name == "layer" && t.layer == last_layer)
-                .filter(|t| t.rows == piece.len() && t.data.len() == piece.len() * dim)
-                .ok_or_else(|| Error::Internal("the last layer's rows were not recorded".into()))?;
-            for row in tap.data.chunks_exact(dim) {
+                .filter(|t| t.name == "layer" && t.layer == last_layer)
+                .flat_map(|t| t.data.chunks_exact(dim))
+                .collect();
+            if rows.len() != piece.len() {
+                return Err(Error::Internal(format!(
+                    "{} rows of the last layer recorded for {} tokens",
+                    rows.len(),
+                    piece.len()
+                )));
+            }
+            for row in rows {
                 let keep = match pooling {
                     Pooling::Mean => true,
                     Pooling::Cls => seen == 0,
