@@ -13,7 +13,7 @@
 
 mod common;
 
-use llorch::backend::{Context, ContextOptions, Device};
+use llorch::backend::{Context, ContextOptions};
 use llorch::model::Model;
 use llorch::session::embed::{embed, EmbedOptions, Pooling};
 
@@ -25,22 +25,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn real_qwen_embeddings_gpu_equal_cpu() {
-    let Some(path) = std::env::var_os("LLORCH_REAL_MODEL") else {
-        eprintln!("skipped: LLORCH_REAL_MODEL is not set (the real model file for the GPU check)");
+    let Some((path, gpu_ctx)) = common::real_model_and_gpu() else {
         return;
     };
-    let gpu_ctx = match Context::new(ContextOptions {
-        device: Device::Cuda(0),
-        ..Default::default()
-    }) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            return;
-        }
-    };
     let cpu_ctx = Context::new(ContextOptions::default()).unwrap();
-    let path = std::path::PathBuf::from(path);
     let gpu = Model::load(&gpu_ctx, &path, None).unwrap();
     let cpu = Model::load(&cpu_ctx, &path, None).unwrap();
     // One token, a sentence, and a text longer than one CPU step (256 tokens).

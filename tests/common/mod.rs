@@ -191,3 +191,23 @@ impl EmbedReference {
         &self.data[at..at + self.dim]
     }
 }
+
+/// The real model's path (LLORCH_REAL_MODEL) and a GPU context, or None after saying why a
+/// GPU test skips (the device machine's tests: cuda_embed; cuda_real can share it).
+pub fn real_model_and_gpu() -> Option<(PathBuf, std::sync::Arc<llorch::backend::Context>)> {
+    use llorch::backend::{Context, ContextOptions, Device};
+    let Some(path) = std::env::var_os("LLORCH_REAL_MODEL") else {
+        eprintln!("skipped: LLORCH_REAL_MODEL is not set (the real model file for the GPU check)");
+        return None;
+    };
+    match Context::new(ContextOptions {
+        device: Device::Cuda(0),
+        ..Default::default()
+    }) {
+        Ok(c) => Some((path.into(), c)),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
