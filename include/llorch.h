@@ -139,6 +139,32 @@ typedef int32_t llorch_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// How an embedding pools the rows of its input's tokens. The values are GGUF's
+// `<arch>.pooling_type` numbers.
+enum llorch_pooling
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // As the model says: its `<arch>.pooling_type` when the file has a mean, CLS or last
+  // pooling, else last-token pooling (decoder language models carry none; in a causal
+  // model only the last position has attended to the whole input).
+  LLORCH_POOLING_MODEL = 0,
+  // The mean of every position's final hidden state (after the final norm).
+  LLORCH_POOLING_MEAN = 1,
+  // The first position's (CLS).
+  LLORCH_POOLING_CLS = 2,
+  // The last position's.
+  LLORCH_POOLING_LAST = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum llorch_pooling llorch_pooling;
+#else
+typedef int32_t llorch_pooling;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A compute context: a device with its worker threads and memory budget. Models loaded in it
 // keep it alive, so it may be freed before them. Created by `llorch_context_new`, freed by
 // `llorch_context_free`. Thread-safety: a context may be used by several threads at once.
@@ -175,6 +201,16 @@ typedef struct llorch_context_params {
   // On the CPU the weights count with the bytes of the file they are read from in place.
   uint64_t memory_budget;
 } llorch_context_params;
+
+// Parameters of `llorch_model_embed`. Fill with `llorch_embed_params_init` first.
+typedef struct llorch_embed_params {
+  // sizeof(llorch_embed_params), set by llorch_embed_params_init.
+  size_t struct_size;
+  // A `llorch_pooling` value (default `LLORCH_POOLING_MODEL`).
+  int32_t pooling;
+  // Scale each vector to unit L2 norm (default false).
+  bool normalize;
+} llorch_embed_params;
 
 // Receives one log message: `level` is a `llorch_log_level`, `message` a NUL-terminated UTF-8
 // line valid only during the call.
@@ -325,6 +361,35 @@ llorch_status llorch_context_new(const struct llorch_context_params *params,
 // Frees a context handle. Models loaded in it keep what they need alive. NULL is ignored.
 // Thread-safety: any thread, but not while another call is using this handle.
 void llorch_context_free(struct llorch_context *context);
+
+// Fills `params` with the defaults (the model's pooling, not normalized) and its
+// struct_size. NULL is ignored. Thread-safety: any thread.
+void llorch_embed_params_init(struct llorch_embed_params *params);
+
+// The size of the model's embeddings (values per vector) into `*out_dim`, and the pooling
+// `LLORCH_POOLING_MODEL` stands for (a `llorch_pooling` value other than MODEL) into
+// `*out_pooling` (may be NULL). Thread-safety: any thread.
+llorch_status llorch_model_embedding_info(const struct llorch_model *model,
+                                          uint32_t *out_dim,
+                                          int32_t *out_pooling,
+                                          struct llorch_error **err);
+
+// Embeds `n_texts` NUL-terminated UTF-8 texts (tokenized as for generation: BOS where the
+// model's metadata asks for it; special tokens in the text stay plain text), each from an
+// empty cache: its final hidden state (after the final norm) pooled as `params` says
+// (`params` may be NULL for the defaults). Vector `i` goes to `out[i*dim .. (i+1)*dim]`
+// (`dim` from `llorch_model_embedding_info`); `out_len` is the buffer's length in floats and
+// must be at least `n_texts * dim`. `texts` may be NULL only when `n_texts` is 0. An empty
+// text, or one longer than the model's context, is `LLORCH_ERR_INVALID_ARGUMENT` naming its
+// index, and nothing is written. It runs on the calling thread; it cannot be cancelled.
+// Thread-safety: any thread; several calls on one model may run at once.
+llorch_status llorch_model_embed(const struct llorch_model *model,
+                                 const char *const *texts,
+                                 size_t n_texts,
+                                 const struct llorch_embed_params *params,
+                                 float *out_vectors,
+                                 size_t out_len,
+                                 struct llorch_error **err);
 
 // Sets the process-wide log callback, receiving messages of `min_level` (a `llorch_log_level`)
 // and above; NULL turns logging off (the default). Replaces any previous callback; once this

@@ -18,30 +18,64 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn help_lists_commands_and_errors_exit_1() {
+    // Every command has a help that exits 0 and starts with its one-line description.
+    for cmd in [
+        "info",
+        "run",
+        "serve",
+        "perplexity",
+        "bench",
+        "synth",
+        "tokenize",
+        "embed",
+        "chat-template",
+    ] {
+        let out = llorch(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd}");
+        let s = text(&out.stdout);
+        assert!(s.contains(&format!("Usage: llorch {cmd} ")), "{cmd}: {s}");
+    }
     let out = llorch(&["--help"]);
     assert!(out.status.success());
     let s = text(&out.stdout);
     assert!(
-        s.contains("Usage: llorch <command>") && s.contains("  info "),
+        s.contains("Usage: llorch <COMMAND>") && s.contains("  info ") && s.contains("  tokenize "),
         "{s}"
     );
 
     let out = llorch(&["info", "--help"]);
     assert!(out.status.success());
-    assert!(text(&out.stdout).contains("Usage: llorch info MODEL.gguf [--tensors]"));
+    assert!(text(&out.stdout).contains("Usage: llorch info [OPTIONS] <MODEL.gguf>"));
+    // `help CMD` is the same help.
+    assert_eq!(llorch(&["help", "info"]).stdout, out.stdout);
 
     for (args, msg) in [
         (&[][..], "no command given"),
         (&["frobnicate"][..], "unknown command 'frobnicate'"),
-        (&["info"][..], "expected one model file, got 0"),
-        (&["info", "a", "b"][..], "expected one model file, got 2"),
+        (
+            &["info"][..],
+            "the following required arguments were not provided: <MODEL.gguf> (see llorch info --help)",
+        ),
+        (&["info", "a", "b"][..], "unexpected argument 'b' found"),
         (
             &["info", "x.gguf", "--bogus"][..],
-            "unknown option '--bogus'",
+            "unexpected argument '--bogus' found",
         ),
         (
             &["info", "/nonexistent/x.gguf"][..],
             "/nonexistent/x.gguf: No such file",
+        ),
+        (
+            &["run", "-p", "x", "-n", "abc"][..],
+            "invalid value 'abc' for '--max-tokens <N>'",
+        ),
+        (
+            &["serve", "--device", "gpu"][..],
+            "invalid value 'gpu' for '--device <DEV>': unknown device 'gpu' (cpu or cuda:N)",
+        ),
+        (
+            &["perplexity", "--bos", "--no-bos", "-f", "x"][..],
+            "the argument '--bos' cannot be used with '--no-bos'",
         ),
     ] {
         let out = llorch(args);
@@ -51,6 +85,8 @@ fn help_lists_commands_and_errors_exit_1() {
             err.contains(&format!("llorch: error: {msg}")),
             "{args:?}: {err}"
         );
+        // One line, except that no command also prints the help.
+        assert!(args.is_empty() || err.lines().count() == 1, "{args:?}: {err}");
     }
 }
 

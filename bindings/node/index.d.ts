@@ -94,6 +94,20 @@ export class Model {
   /** Renders messages with the model's chat template. */
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt?: boolean): string;
   createSession(opts?: SessionOptions): Session;
+  /** The size of the embedding vectors, and the pooling Pooling.MODEL stands for. */
+  embeddingInfo(): { dim: number; pooling: number };
+  /** One vector per text: the final hidden state (after the final norm), pooled; off the main thread. */
+  embed(texts: string[], opts?: EmbedOptions): Promise<Float32Array[]>;
+}
+
+/** How an embedding pools its tokens' rows (GGUF's pooling_type numbers). */
+export const Pooling: Readonly<{ MODEL: 0; MEAN: 1; CLS: 2; LAST: 3 }>;
+
+export interface EmbedOptions {
+  /** A Pooling value; MODEL (default): the model's pooling_type, else last-token. */
+  pooling?: number;
+  /** Scale each vector to unit L2 norm (default false). */
+  normalize?: boolean;
 }
 
 export interface GenerateOptions {

@@ -56,6 +56,7 @@ const Stats = koffi.struct('llorch_generate_stats', {
   struct_size: 'size_t', prompt_tokens: 'uint32_t', generated_tokens: 'uint32_t', prompt_seconds: 'double',
   generate_seconds: 'double', stop_reason: 'int32_t',
 });
+const EmbedParams = koffi.struct('llorch_embed_params', { struct_size: 'size_t', pooling: 'int32_t', normalize: 'bool' });
 const ChatMessage = koffi.struct('llorch_chat_message', { role: 'const char *', content: 'const char *' });
 // A piece with its log-probabilities; pointer fields as void * to decode with their lengths.
 koffi.struct('llorch_top_logprob', { token: 'int32_t', logprob: 'float' });
@@ -85,6 +86,9 @@ const f = {
   vocabSize: lib.func('int32_t llorch_model_vocab_size(const llorch_model *, _Out_ uint32_t *, _Out_ llorch_error **)'),
   chatTemplate: lib.func('int32_t llorch_model_chat_template(const llorch_model *, _Out_ const char **, _Out_ llorch_error **)'),
   applyTemplate: lib.func('int32_t llorch_model_apply_chat_template(const llorch_model *, const llorch_chat_message *, size_t, bool, const char *, _Out_ void **, _Out_ llorch_error **)'),
+  embedParamsInit: lib.func('void llorch_embed_params_init(_Out_ llorch_embed_params *)'),
+  embeddingInfo: lib.func('int32_t llorch_model_embedding_info(const llorch_model *, _Out_ uint32_t *, _Out_ int32_t *, _Out_ llorch_error **)'),
+  embed: lib.func('int32_t llorch_model_embed(const llorch_model *, const char **, size_t, const llorch_embed_params *, float *, size_t, _Out_ llorch_error **)'),
   sessionParamsInit: lib.func('void llorch_session_params_init(_Out_ llorch_session_params *)'),
   generateParamsInit: lib.func('void llorch_generate_params_init(_Out_ llorch_generate_params *)'),
   sessionNew: lib.func('int32_t llorch_session_new(const llorch_model *, const llorch_session_params *, _Out_ llorch_session **, _Out_ llorch_error **)'),
@@ -117,6 +121,8 @@ const Status = Object.freeze({
   NO_DEVICE: 7, IO: 8, INTERNAL: 9,
 });
 const StopReason = Object.freeze({ EOS: 0, LIMIT: 1, STOP_STRING: 2, CANCELLED: 3 });
+// GGUF's <arch>.pooling_type numbers; MODEL: as the model says (else last-token).
+const Pooling = Object.freeze({ MODEL: 0, MEAN: 1, CLS: 2, LAST: 3 });
 
 /** A failed call: `status` (a Status value), `statusName`, and the library's message. */
 class LlorchError extends Error {
@@ -248,6 +254,26 @@ class Model {
     } finally {
       f.stringFree(out[0]);
     }
+  }
+  /** {dim, pooling}: the vectors' size and the pooling Pooling.MODEL stands for. */
+  embeddingInfo() {
+    const dim = [0];
+    const pooling = [0];
+    const err = [null];
+    check(f.embeddingInfo(alive(this.handle, 'model'), dim, pooling, err), err);
+    return { dim: dim[0], pooling: pooling[0] };
+  }
+  /** One Float32Array per text (off the main thread): the final hidden state, pooled. */
+  async embed(texts, { pooling = Pooling.MODEL, normalize = false } = {}) {
+    const { dim } = this.embeddingInfo();
+    const p = {};
+    f.embedParamsInit(p);
+    p.pooling = pooling;
+    p.normalize = normalize;
+    const out = new Float32Array(texts.length * dim);
+    const err = [null];
+    check(await callAsync(f.embed, this.handle, texts, texts.length, p, out, out.length, err), err);
+    return Array.from(texts, (_, i) => out.subarray(i * dim, (i + 1) * dim));
   }
   /** A session holds the model: the model may be closed first. */
   createSession({ nCtx = 0, seed = 0 } = {}) {
@@ -488,5 +514,5 @@ class Session {
 }
 
 module.exports = {
-  Context, Model, Session, LlorchError, Status, StopReason, version: () => f.version(), ABI_VERSION, libraryPath: LIB,
+  Context, Model, Session, LlorchError, Status, StopReason, Pooling, version: () => f.version(), ABI_VERSION, libraryPath: LIB,
 };

@@ -1,51 +1,55 @@
 //! `llorch bench`: prompt-processing and decoding speed, like a standard pp/tg table.
 
-use super::common;
+use super::common::ModelArgs;
 use llorch::backend::Logits;
 use llorch::session::{Session, SessionOptions};
 use std::time::Instant;
 
-const USAGE: &str = "usage: llorch bench [-m MODEL] [-p 512] [-n 128] [-r 3] [-t THREADS]
-                    [--parallel 1,8,32,128]
-Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
-(tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
-tokens/s and the spread (min-max).
---parallel N,...: instead, the aggregate decoding speed of N sessions generating at once
-(continuous batching), each after a -p token prompt (default 32 here), for each N.";
+/// Prompt-processing and decoding speed (tokens/s)
+///
+/// Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
+/// (tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
+/// tokens/s and the spread (min-max).
+/// --parallel N,...: instead, the aggregate decoding speed of N sessions generating at once
+/// (continuous batching), each after a -p token prompt (default 32 here), for each N.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Prompt tokens (0: no pp test) [default: 512; 32 with --parallel]
+    #[arg(short = 'p', long, value_name = "N")]
+    prompt_tokens: Option<usize>,
+    /// Generated tokens (0: no tg test)
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 128)]
+    gen_tokens: usize,
+    /// Repetitions of each test, after one warm-up
+    #[arg(short, long, value_name = "N", default_value_t = 3)]
+    repetitions: usize,
+    /// Session counts for the batched test, e.g. 1,8,32,128
+    #[arg(long, value_name = "N,...", value_parser = parse_count, value_delimiter = ',')]
+    parallel: Option<Vec<usize>>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// A count of sessions for --parallel (1 or more).
+fn parse_count(x: &str) -> Result<usize, String> {
+    match x.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("not a count of sessions (1 or more)".into()),
+    }
+}
 
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let a = common::parse(
-        args,
-        &[],
-        &[
-            "-p",
-            "--prompt-tokens",
-            "-n",
-            "--gen-tokens",
-            "-r",
-            "--repetitions",
-            "--parallel",
-        ],
-    )?;
-    if a.help {
-        println!("{USAGE}\n{}", common::MODEL_HELP);
-        return Ok(());
+pub fn run(a: Args) -> Result<(), String> {
+    let (tg, reps) = (a.gen_tokens, a.repetitions.max(1));
+    let model = a.model.load()?;
+    if let Some(counts) = a.parallel {
+        return run_parallel(&model, &counts, a.prompt_tokens.unwrap_or(32), tg, reps);
     }
-    let pp = a.parsed(&["-p", "--prompt-tokens"], 512usize)?;
-    let tg = a.parsed(&["-n", "--gen-tokens"], 128usize)?;
-    let reps = a.parsed(&["-r", "--repetitions"], 3usize)?.max(1);
-    let parallel = a.value(&["--parallel"]).map(parse_list).transpose()?;
-    let model = common::load(&a)?;
-    a.expect_positional(0, "no positional arguments")?;
-    if let Some(counts) = parallel {
-        let pp = a.parsed(&["-p", "--prompt-tokens"], 32usize)?;
-        return run_parallel(&model, &counts, pp, tg, reps);
-    }
+    let pp = a.prompt_tokens.unwrap_or(512);
     let vocab = model.vocab_size() as u64;
     // Deterministic pseudo-random tokens: the work is the same as for text.
     let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -104,18 +108,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// `1,8,32` → [1, 8, 32] (each at least 1).
-fn parse_list(v: &str) -> Result<Vec<usize>, String> {
-    v.split(',')
-        .map(|x| match x.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "--parallel: '{x}' is not a count of sessions (1 or more)"
-            )),
-        })
-        .collect()
 }
 
 /// The batched benchmark: aggregate decoding tokens/s for each session count.

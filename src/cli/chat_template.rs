@@ -1,23 +1,26 @@
 //! `llorch chat-template -m MODEL [--no-generation-prompt] [--template FILE]`: render a JSON
 //! message list (standard input) with the model's chat template.
 
-use super::tokenize::{model_arg, open_tokenizer};
-use super::{print_out, Args};
+use super::print_out;
+use super::tokenize::{open_tokenizer, TokenizerModel};
 use llorch::tokenizer::chat::{self, ChatMessage, TemplateOrigin};
 use std::io::Read;
 
-const USAGE: &str = "\
-Usage: llorch chat-template -m MODEL.gguf [--no-generation-prompt] [--template FILE] < messages.json
-
-Read a JSON list of messages ([{\"role\": \"user\", \"content\": \"Hi\"}, …]) from standard input
-and print them rendered with the model's chat template (tokenizer.chat_template).
-
-Options:
-  -m, --model FILE          the GGUF model
-  --no-generation-prompt    do not open the assistant's turn at the end
-  --template FILE           use this Jinja template instead of the model's
-  -h, --help                show this help
-";
+/// Render JSON messages (stdin) with the model's chat template
+///
+/// Read a JSON list of messages ([{"role": "user", "content": "Hi"}, …]) from standard input
+/// and print them rendered with the model's chat template (tokenizer.chat_template).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: TokenizerModel,
+    /// Do not open the assistant's turn at the end
+    #[arg(long)]
+    no_generation_prompt: bool,
+    /// Use this Jinja template instead of the model's
+    #[arg(long, value_name = "FILE")]
+    template: Option<String>,
+}
 
 #[derive(serde::Deserialize)]
 struct Msg {
@@ -25,19 +28,10 @@ struct Msg {
     content: String,
 }
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(
-        args,
-        &["--no-generation-prompt"],
-        &["-m", "--model", "--template"],
-    )?;
-    if a.help {
-        return print_out(USAGE);
-    }
-    a.expect_positional(0, "no positional arguments (messages come on stdin)")?;
-    let path = model_arg(&a)?;
+pub fn run(a: Args) -> Result<(), String> {
+    let path = a.model.path()?;
     let (g, tok) = open_tokenizer(path)?;
-    let (origin, template) = match a.option("--template") {
+    let (origin, template) = match &a.template {
         Some(f) => (
             TemplateOrigin::Caller,
             std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?,
@@ -71,7 +65,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         origin,
         &template,
         &messages,
-        !a.flag("--no-generation-prompt"),
+        !a.no_generation_prompt,
         &text_of(tok.bos_id()),
         &text_of(tok.eos_id()),
     )

@@ -1,42 +1,57 @@
 //! Loading a model for a subcommand: path or known model name, device, threads.
 
-use super::Args;
 use llorch::backend::Context;
 use llorch::backend::{ContextOptions, Device};
 use llorch::model::Model;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub const MODEL_HELP: &str =
-    "  -m, --model PATH|NAME  a GGUF file, or a model name that scripts/fetch-model knows
-                         (default: qwen2.5-coder-0.5b, fetched if absent)
-  -t, --threads N        CPU threads (default: all cores)
-      --device DEV       cpu (default) or cuda:N";
+/// The options every model-running command takes (flattened into its arguments).
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// A GGUF file, or a model name that scripts/fetch-model knows (fetched if absent)
+    #[arg(
+        short,
+        long,
+        value_name = "PATH|NAME",
+        default_value = "qwen2.5-coder-0.5b"
+    )]
+    pub model: String,
+    /// CPU threads (0: all cores)
+    #[arg(short, long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// cpu or cuda:N
+    #[arg(long, value_name = "DEV", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+}
 
-/// The options every model-running command takes.
-const MODEL_OPTIONS: [&str; 5] = ["-m", "--model", "-t", "--threads", "--device"];
+impl ModelArgs {
+    /// Resolve the model and load it.
+    pub fn load(&self) -> Result<Arc<Model>, String> {
+        self.load_file(&model_path(&self.model)?)
+    }
 
-/// Parse a model-running command's arguments: its own flags and options plus `-m`, `-t`,
-/// `--device`.
-pub fn parse(
-    args: &[String],
-    flags: &[&'static str],
-    options: &[&'static str],
-) -> Result<Args, String> {
-    let all: Vec<&'static str> = options.iter().copied().chain(MODEL_OPTIONS).collect();
-    Args::parse(args, flags, &all)
+    /// Load the model from its resolved path on the chosen device.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Model>, String> {
+        let ctx = Context::new(ContextOptions {
+            device: self.device,
+            threads: self.threads,
+            memory_budget: 0,
+        })
+        .map_err(|e| e.to_string())?;
+        Model::load(&ctx, path, None).map_err(|e| format!("{}: {e}", path.display()))
+    }
 }
 
 /// Resolve `-m`: an existing file, else a model name fetched through scripts/fetch-model.
-pub fn model_path(name: Option<String>) -> Result<PathBuf, String> {
-    let name = name.unwrap_or_else(|| "qwen2.5-coder-0.5b".to_string());
-    let p = PathBuf::from(&name);
+pub fn model_path(name: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(name);
     if p.is_file() || name.ends_with(".gguf") {
         return Ok(p);
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-model");
     let out = std::process::Command::new(&script)
-        .arg(&name)
+        .arg(name)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| {
@@ -63,18 +78,4 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
             .map(Device::Cuda)
             .ok_or_else(|| format!("unknown device '{s}' (cpu or cuda:N)")),
     }
-}
-
-/// Parse `-m`, `-t`, `--device` and load the model.
-pub fn load(args: &Args) -> Result<Arc<Model>, String> {
-    let path = model_path(args.value(&["-m", "--model"]).map(String::from))?;
-    let threads = args.parsed(&["-t", "--threads"], 0usize)?;
-    let device = parse_device(args.value(&["--device"]).unwrap_or("cpu"))?;
-    let ctx = Context::new(ContextOptions {
-        device,
-        threads,
-        memory_budget: 0,
-    })
-    .map_err(|e| e.to_string())?;
-    Model::load(&ctx, &path, None).map_err(|e| format!("{}: {e}", path.display()))
 }

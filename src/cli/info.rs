@@ -1,35 +1,36 @@
 //! `llorch info MODEL.gguf [--tensors] [--metadata]`: what a GGUF file holds.
 
-use super::{human_bytes, print_out, Args};
+use super::{human_bytes, print_out};
 use llorch::gguf::{Gguf, GgufError, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-const USAGE: &str = "\
-Usage: llorch info MODEL.gguf [--tensors] [--metadata]
+/// Show a GGUF file: version, architecture, hyper-parameters, tokenizer, tensors
+///
+/// Show a GGUF file: version, architecture, name, hyper-parameters (<arch>.* keys),
+/// tokenizer, tensor counts by type and total tensor bytes.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The GGUF file
+    #[arg(value_name = "MODEL.gguf")]
+    file: String,
+    /// Also list every tensor: name, type, shape, offset
+    #[arg(long)]
+    tensors: bool,
+    /// Also list every metadata key with its value (long values abbreviated)
+    #[arg(long)]
+    metadata: bool,
+}
 
-Show a GGUF file: version, architecture, name, hyper-parameters (<arch>.* keys),
-tokenizer, tensor counts by type and total tensor bytes.
-
-Options:
-  --tensors    also list every tensor: name, type, shape, offset
-  --metadata   also list every metadata key with its value (long values abbreviated)
-  -h, --help   show this help
-";
-
-pub fn run(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &["--tensors", "--metadata"], &[])?;
-    if a.help {
-        return print_out(USAGE);
-    }
-    let path = &a.expect_positional(1, "one model file")?[0];
+pub fn run(a: Args) -> Result<(), String> {
+    let path = &a.file;
     // Io errors already name the path; the others say where in the file.
     let g = Gguf::open(Path::new(path)).map_err(|e| match e {
         GgufError::Io(msg) => msg,
         other => format!("{path}: {other}"),
     })?;
-    print_out(&report(&g, path, a.flag("--tensors"), a.flag("--metadata")))
+    print_out(&report(&g, path, a.tensors, a.metadata))
 }
 
 /// A value for display: arrays as their length (plus a preview), long strings abbreviated.

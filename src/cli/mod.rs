@@ -1,12 +1,14 @@
 //! Subcommands of the `llorch` tool, one file each, and the small helpers they share.
 //!
-//! Each command is `src/cli/<name>.rs` exposing `pub fn run(args: &[String]) -> Result<(), String>`
-//! (the arguments after the command name). To add one: declare it below and add one line to
-//! the `COMMANDS` table in src/main.rs.
+//! The arguments are parsed by clap (derive): each command is `src/cli/<name>.rs` with a
+//! `#[derive(clap::Args)] pub struct Args` (its doc comment is the command's help) and
+//! `pub fn run(a: Args) -> Result<(), String>`. To add one: a variant in [`Command`] and a
+//! line in [`main`].
 
 pub mod bench;
 pub mod chat_template;
 pub mod common;
+pub mod embed;
 pub mod info;
 pub mod perplexity;
 pub mod run;
@@ -14,136 +16,99 @@ pub mod serve;
 pub mod synth;
 pub mod tokenize;
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
 use std::io::Write;
 
-/// Parsed command-line arguments: positionals, boolean flags and `--name value` options.
-#[derive(Debug, Default)]
-pub struct Args {
-    pub positional: Vec<String>,
-    flags: Vec<&'static str>,
-    options: Vec<(&'static str, String)>,
-    /// `-h` or `--help` was given.
-    pub help: bool,
+/// llorch - LLM inference engine
+#[derive(Parser, Debug)]
+#[command(name = "llorch", version = llorch::VERSION)]
+// A repeated option keeps its last value (as `--seed 1 --seed 2` always did).
+#[command(args_override_self = true, subcommand_required = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl Args {
-    /// Parse `args` given the known flags and options (long names with their dashes, e.g.
-    /// "--tensors"). Options take `--name value` or `--name=value`; `--` ends options; an
-    /// unknown `-x` is an error.
-    pub fn parse(
-        args: &[String],
-        flags: &[&'static str],
-        options: &[&'static str],
-    ) -> Result<Args, String> {
-        let mut out = Args::default();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if a == "--" {
-                out.positional.extend(it.by_ref().cloned());
-                break;
-            }
-            if a == "-h" || a == "--help" {
-                out.help = true;
-                continue;
-            }
-            if !a.starts_with('-') || a == "-" {
-                out.positional.push(a.clone());
-                continue;
-            }
-            let (name, inline) = match a.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (a.as_str(), None),
+#[derive(Subcommand, Debug)]
+enum Command {
+    Info(info::Args),
+    Run(run::Args),
+    Serve(serve::Args),
+    Perplexity(perplexity::Args),
+    Bench(bench::Args),
+    Synth(synth::Args),
+    Tokenize(tokenize::Args),
+    Embed(embed::Args),
+    ChatTemplate(chat_template::Args),
+}
+
+/// Parse the command line and run the command. Help and version go to stdout (success);
+/// a bad command line is an error of one line that names the bad argument, plus where to
+/// find the help: the caller prints it after `llorch: error: ` and exits with status 1.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> Result<(), String> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return parse_error(e, &args),
+    };
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::ChatTemplate(a) => chat_template::run(a),
+    }
+}
+
+/// What clap's error becomes: help and version printed, anything else one line of error.
+fn parse_error(e: clap::Error, args: &[OsString]) -> Result<(), String> {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => print_out(&e.render().to_string()),
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprint!("{}", Cli::command().render_help());
+            Err("no command given".into())
+        }
+        ErrorKind::InvalidSubcommand => {
+            let cmd = args.get(1).map(|a| a.to_string_lossy()).unwrap_or_default();
+            Err(format!("unknown command '{cmd}' (see llorch --help)"))
+        }
+        _ => {
+            // The command whose help to point at: the first argument, when it names one.
+            let sub = args
+                .get(1)
+                .and_then(|a| a.to_str())
+                .filter(|s| Cli::command().find_subcommand(s).is_some());
+            let help = match sub {
+                Some(s) => format!("llorch {s} --help"),
+                None => "llorch --help".into(),
             };
-            if let Some(&f) = flags.iter().find(|&&f| f == name) {
-                if inline.is_some() {
-                    return Err(format!("flag {f} takes no value"));
-                }
-                out.flags.push(f);
-            } else if let Some(&o) = options.iter().find(|&&o| o == name) {
-                let v = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .cloned()
-                        .ok_or_else(|| format!("option {o} needs a value"))?,
-                };
-                out.options.push((o, v));
-            } else {
-                return Err(format!("unknown option '{a}'"));
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn flag(&self, name: &str) -> bool {
-        self.flags.contains(&name)
-    }
-
-    /// The last value given for an option.
-    #[allow(dead_code)] // for the commands that take options (tokenize, run, bench …)
-    pub fn option(&self, name: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// An option parsed as `T`, with an error naming the option.
-    #[allow(dead_code)] // for the commands that take options
-    pub fn option_as<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        self.option(name)
-            .map(|v| {
-                v.parse::<T>()
-                    .map_err(|e| format!("option {name}: '{v}': {e}"))
-            })
-            .transpose()
-    }
-
-    /// The last value given under any of `names` (aliases such as `-p` and `--prompt`).
-    pub fn value(&self, names: &[&str]) -> Option<&str> {
-        self.options
-            .iter()
-            .rev()
-            .find(|(n, _)| names.contains(n))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value given under any of `names`, in order (repeatable options).
-    pub fn values(&self, names: &[&str]) -> Vec<&str> {
-        self.options
-            .iter()
-            .filter(|(n, _)| names.contains(n))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// The value under `names` parsed as `T`, or `default`; the error names the option.
-    pub fn parsed<T: std::str::FromStr>(&self, names: &[&str], default: T) -> Result<T, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.value(names) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<T>()
-                .map_err(|e| format!("option {}: '{v}': {e}", names[names.len() - 1])),
+            Err(format!(
+                "{} (see {help})",
+                one_line(&e.render().to_string())
+            ))
         }
     }
+}
 
-    /// Exactly `n` positional arguments, or an error naming what is expected.
-    pub fn expect_positional(&self, n: usize, what: &str) -> Result<&[String], String> {
-        if self.positional.len() != n {
-            return Err(format!(
-                "expected {what}, got {} argument(s) (see --help)",
-                self.positional.len()
-            ));
-        }
-        Ok(&self.positional)
-    }
+/// Clap's message without its "error: " prefix, usage block and blank lines: the first
+/// paragraph and any tips, joined on one line.
+fn one_line(rendered: &str) -> String {
+    let mut paragraphs = rendered.split("\n\n").filter(|p| !p.starts_with("Usage:"));
+    let first = paragraphs.next().unwrap_or_default();
+    let mut parts = vec![first.strip_prefix("error: ").unwrap_or(first).to_string()];
+    parts.extend(
+        paragraphs
+            .filter(|p| p.trim_start().starts_with("tip:"))
+            .map(String::from),
+    );
+    let joined = parts.join("; ");
+    joined.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Write to stdout; a closed pipe (`llorch info x | head`) is not an error.
@@ -177,37 +142,31 @@ pub fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
 
-    fn strs(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks: no two arguments share a name or short flag, and so on.
+        Cli::command().debug_assert();
     }
 
     #[test]
-    fn parses_flags_options_and_positionals() {
-        let a = Args::parse(
-            &strs(&["m.gguf", "--n", "5", "--x", "--seed=7", "--", "--y"]),
-            &["--x"],
-            &["--n", "--seed"],
-        )
-        .unwrap();
-        assert_eq!(a.positional, ["m.gguf", "--y"]);
-        assert!(a.flag("--x") && !a.help);
-        assert_eq!(a.option("--n"), Some("5"));
-        assert_eq!(a.option_as::<u64>("--seed").unwrap(), Some(7));
-        assert_eq!(a.option_as::<u64>("--missing").unwrap(), None);
-        assert!(Args::parse(&strs(&["-h"]), &[], &[]).unwrap().help);
-        let e = Args::parse(&strs(&["--bogus"]), &[], &[]).unwrap_err();
-        assert!(e.contains("unknown option '--bogus'"), "{e}");
-        assert!(Args::parse(&strs(&["--n"]), &[], &["--n"])
-            .unwrap_err()
-            .contains("needs a value"));
-        assert!(Args::parse(&strs(&["--x=1"]), &["--x"], &[])
-            .unwrap_err()
-            .contains("takes no value"));
-        let a = Args::parse(&strs(&["--n", "abc"]), &[], &["--n"]).unwrap();
-        assert!(a
-            .option_as::<u32>("--n")
-            .unwrap_err()
-            .contains("option --n: 'abc'"));
+    fn errors_are_one_line_naming_the_argument() {
+        let err = |args: &[&str]| {
+            let mut v = vec!["llorch"];
+            v.extend(args);
+            main(v.into_iter().map(OsString::from)).unwrap_err()
+        };
+        let e = err(&["info", "x.gguf", "--bogus"]);
+        assert!(e.contains("'--bogus'") && !e.contains('\n'), "{e}");
+        assert!(e.ends_with("(see llorch info --help)"), "{e}");
+        let e = err(&["run", "-n", "abc", "-p", "x"]);
+        assert!(e.contains("'abc'") && e.contains("--max-tokens"), "{e}");
+        let e = err(&["info", "--tensor", "x"]);
+        assert!(e.contains("tip:") && e.contains("'--tensors'"), "{e}");
+        assert_eq!(err(&[]), "no command given");
+        assert_eq!(
+            err(&["frobnicate"]),
+            "unknown command 'frobnicate' (see llorch --help)"
+        );
     }
 
     #[test]

@@ -1,42 +1,46 @@
 //! `llorch perplexity`: perplexity of a text file (method of tests/golden/README.md).
 
-use super::common;
+use super::common::ModelArgs;
 use llorch::session::perplexity::perplexity;
 
-const USAGE: &str =
-    "usage: llorch perplexity [-m MODEL] -f TEXT_FILE [--window 512] [--max-windows 8] [--bos | --no-bos]
-Tokenize the text without BOS, cut it into windows, run each from an empty cache, and score
-the second half of each window. Prints the perplexity. --bos puts the BOS token in place of
-the first token of each window; it is the default when the model's tokenizer adds a BOS
-(tokenizer.ggml.add_bos_token), --no-bos turns it off.";
+/// Perplexity of a text file
+///
+/// Tokenize the text without BOS, cut it into windows, run each from an empty cache, and score
+/// the second half of each window. Prints the perplexity. --bos puts the BOS token in place of
+/// the first token of each window; it is the default when the model's tokenizer adds a BOS
+/// (tokenizer.ggml.add_bos_token), --no-bos turns it off.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The text file
+    #[arg(short, long, value_name = "TEXT_FILE")]
+    file: String,
+    /// Tokens per window
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    window: usize,
+    /// Most windows scored
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_windows: usize,
+    /// BOS first in each window (default: when the tokenizer adds one)
+    #[arg(long, conflicts_with = "no_bos")]
+    bos: bool,
+    /// No BOS first in each window
+    #[arg(long)]
+    no_bos: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let a = common::parse(
-        args,
-        &["--bos", "--no-bos"],
-        &["-f", "--file", "--window", "--max-windows"],
-    )?;
-    if a.help {
-        println!("{USAGE}\n{}", common::MODEL_HELP);
-        return Ok(());
-    }
-    let file = a
-        .value(&["-f", "--file"])
-        .map(String::from)
-        .ok_or("a text file is required (-f FILE)")?;
-    let window = a.parsed(&["--window"], 512usize)?;
-    let max_windows = a.parsed(&["--max-windows"], 8usize)?;
-    let model = common::load(&a)?;
-    a.expect_positional(0, "no positional arguments")?;
+pub fn run(a: Args) -> Result<(), String> {
+    let (file, window, max_windows) = (a.file, a.window, a.max_windows);
+    let model = a.model.load()?;
     let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
     let tokens = model
         .tokenizer()
         .encode(&text, false, false)
         .map_err(|e| e.to_string())?;
     let tok = model.tokenizer();
-    let bos = match (a.flag("--bos"), a.flag("--no-bos")) {
-        (true, true) => return Err("--bos and --no-bos contradict each other".into()),
-        (true, false) => Some(tok.bos_id().ok_or("--bos: the model has no BOS token")?),
+    let bos = match (a.bos, a.no_bos) {
+        (true, _) => Some(tok.bos_id().ok_or("--bos: the model has no BOS token")?),
         (false, true) => None,
         (false, false) => tok.bos_id().filter(|_| tok.adds_bos()),
     };

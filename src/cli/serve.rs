@@ -1,73 +1,70 @@
 //! `llorch serve`: the OpenAI-compatible HTTP server (src/server/).
 
-use super::common;
+use super::common::{model_path, ModelArgs};
 
-const USAGE: &str = "usage: llorch serve [-m MODEL] [options]
-Serve the model over HTTP with OpenAI's API: POST /v1/chat/completions, /v1/completions
-(streamed with \"stream\": true), GET /v1/models, /health, /metrics (Prometheus).
-SIGTERM or Ctrl-C stops accepting connections and lets requests in flight finish for the
-grace period, then cancels them. One log line per request goes to stderr.
-      --host ADDR        address to listen on (default 127.0.0.1)
-      --port N           port (default 8080; 0 = any free port, printed at start)
-      --parallel N       sequences generating at once; more requests wait (default 4)
-  -c, --ctx N            context of each sequence in tokens, prompt and reply
-                         (default: the model's, at most 4096)
-      --name NAME        the model's name in the API (default: the file's name)
-      --grace SECONDS    after SIGTERM, time for requests in flight (default 30)";
-
-pub fn run(args: &[String]) -> Result<(), String> {
-    let a = common::parse(
-        args,
-        &[],
-        &[
-            "--host",
-            "--port",
-            "--parallel",
-            "-c",
-            "--ctx",
-            "--name",
-            "--grace",
-        ],
-    )?;
-    if a.help {
-        println!("{USAGE}\n{}", common::MODEL_HELP);
-        return Ok(());
-    }
-    a.expect_positional(0, "no positional arguments")?;
-    serve(&a)
+/// OpenAI-compatible HTTP server (chat and text completions, streamed or whole)
+///
+/// Serve the model over HTTP with OpenAI's API: POST /v1/chat/completions, /v1/completions
+/// (streamed with "stream": true), GET /v1/models, /health, /metrics (Prometheus).
+/// SIGTERM or Ctrl-C stops accepting connections and lets requests in flight finish for the
+/// grace period, then cancels them. One log line per request goes to stderr.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port, printed at start)
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    port: u16,
+    /// Sequences generating at once, 1 to 1024; more requests wait
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    parallel: usize,
+    /// Context of each sequence in tokens, prompt and reply (0: the model's, at most 4096)
+    #[arg(short, long, value_name = "N", default_value_t = 0)]
+    ctx: u32,
+    /// The model's name in the API (default: the file's name)
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// After SIGTERM, seconds for requests in flight (at most 86400)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    grace: f64,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[cfg(feature = "server")]
-fn serve(a: &super::Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), String> {
     use llorch::server::{serve, ServeOptions};
-    let grace: f64 = a.parsed(&["--grace"], 30.0)?;
-    if !(0.0..=86_400.0).contains(&grace) {
+    if !(0.0..=86_400.0).contains(&a.grace) {
         return Err(format!(
-            "option --grace: {grace} is not in [0, 86400] seconds"
+            "option --grace: {} is not in [0, 86400] seconds",
+            a.grace
         ));
     }
-    let parallel = a.parsed(&["--parallel"], 4usize)?;
-    if !(1..=1024).contains(&parallel) {
-        return Err(format!("option --parallel: {parallel} is not in [1, 1024]"));
+    if !(1..=1024).contains(&a.parallel) {
+        return Err(format!(
+            "option --parallel: {} is not in [1, 1024]",
+            a.parallel
+        ));
     }
-    let path = common::model_path(a.value(&["-m", "--model"]).map(String::from))?;
-    let name = a.value(&["--name"]).map(String::from).unwrap_or_else(|| {
+    let path = model_path(&a.model.model)?;
+    let name = a.name.unwrap_or_else(|| {
         path.file_stem()
             .map_or("model".into(), |s| s.to_string_lossy().into_owned())
     });
     let options = ServeOptions {
-        host: a.value(&["--host"]).unwrap_or("127.0.0.1").to_string(),
-        port: a.parsed(&["--port"], 8080u16)?,
+        host: a.host,
+        port: a.port,
         model_id: name,
-        max_parallel: parallel,
-        n_ctx: a.parsed(&["-c", "--ctx"], 0u32)?,
-        grace: std::time::Duration::from_secs_f64(grace),
+        max_parallel: a.parallel,
+        n_ctx: a.ctx,
+        grace: std::time::Duration::from_secs_f64(a.grace),
     };
-    let model = common::load(a)?;
+    let model = a.model.load_file(&path)?;
     serve(model, options)
 }
 
 #[cfg(not(feature = "server"))]
-fn serve(_: &super::Args) -> Result<(), String> {
+pub fn run(_: Args) -> Result<(), String> {
     Err("this llorch was built without the server (cargo build --features server)".into())
 }

@@ -9,12 +9,14 @@
 #![allow(clippy::missing_safety_doc)] // the contracts are the doc comments of the header
 
 pub mod context;
+pub mod embed;
 pub mod log;
 pub mod model;
 pub mod session;
 pub mod vocab;
 
 pub use context::*;
+pub use embed::*;
 pub use log::*;
 pub use model::*;
 pub use session::*;

@@ -8,6 +8,9 @@ pub mod perplexity;
 mod state_file;
 mod stop;
 
+// Embeddings: the final hidden state, pooled (through the taps).
+pub mod embed;
+
 use crate::backend::{Logits, Out, Reservation, State, Tap};
 use crate::grammar::{Constraint, TokenMatcher};
 use crate::model::recipe::forward;

@@ -146,3 +146,68 @@ pub fn find_tap<'t>(
     };
     taps.iter().find(|t| t.name == ours && t.layer == layer)
 }
+
+/// The HF transformers reference of tests/fixtures/embed (scripts/reference/embeddings_hf.py):
+/// SmolLM2-135M's pooled final hidden states.
+pub struct EmbedReference {
+    pub texts: Vec<String>,
+    pub ids: Vec<Vec<u32>>,
+    pub dim: usize,
+    /// [input][mean, last, cls][dim]
+    pub data: Vec<f32>,
+}
+
+impl EmbedReference {
+    pub fn load() -> EmbedReference {
+        let dir = repo_root().join("tests/fixtures/embed");
+        let index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("smollm2-135m.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            index["pooling_order"],
+            serde_json::json!(["mean", "last", "cls"])
+        );
+        let inputs = index["inputs"].as_array().unwrap();
+        EmbedReference {
+            texts: inputs
+                .iter()
+                .map(|i| i["text"].as_str().unwrap().to_string())
+                .collect(),
+            ids: inputs.iter().map(|i| json_ids(&i["ids"])).collect(),
+            dim: index["n_embd"].as_u64().unwrap() as usize,
+            data: read_f32(&dir.join("smollm2-135m.bin")),
+        }
+    }
+
+    /// Input `input`'s vector by `pooling`, not normalized.
+    pub fn want(&self, input: usize, pooling: llorch::session::embed::Pooling) -> &[f32] {
+        use llorch::session::embed::Pooling;
+        let k = match pooling {
+            Pooling::Mean => 0,
+            Pooling::Last => 1,
+            Pooling::Cls => 2,
+        };
+        let at = (input * 3 + k) * self.dim;
+        &self.data[at..at + self.dim]
+    }
+}
+
+/// The real model's path (LLORCH_REAL_MODEL) and a GPU context, or None after saying why a
+/// GPU test skips (the device machine's tests: cuda_embed; cuda_real can share it).
+pub fn real_model_and_gpu() -> Option<(PathBuf, std::sync::Arc<llorch::backend::Context>)> {
+    use llorch::backend::{Context, ContextOptions, Device};
+    let Some(path) = std::env::var_os("LLORCH_REAL_MODEL") else {
+        eprintln!("skipped: LLORCH_REAL_MODEL is not set (the real model file for the GPU check)");
+        return None;
+    };
+    match Context::new(ContextOptions {
+        device: Device::Cuda(0),
+        ..Default::default()
+    }) {
+        Ok(c) => Some((path.into(), c)),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
