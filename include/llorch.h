@@ -279,6 +279,12 @@ typedef struct llorch_generate_params {
   // Special tokens written in the prompt (`<|im_start|>` …) become single tokens
   // (default true, as chat templates need).
   bool parse_special;
+  // Log-probabilities: each generated token's, and this many most likely alternatives,
+  // reported to `llorch_session_generate_pieces`' callback and by
+  // `llorch_session_next_piece`; 0 = off (default), which costs nothing. They are taken
+  // from the model's raw logits: before logit bias, penalties, temperature and
+  // top-k/top-p/min-p (what OpenAI's API reports; what evaluation wants).
+  uint32_t logprobs;
   // Constrained output: a JSON Schema (NUL-terminated JSON text) the output must validate
   // against, or NULL (default). Generation ends when the JSON value is complete (stop reason
   // `LLORCH_STOP_EOS`); one that reaches `max_tokens` first ends incomplete
@@ -315,6 +321,45 @@ typedef struct llorch_generate_stats {
 // may hold bytes of several tokens). Return false to stop generation: `llorch_session_generate`
 // then returns `LLORCH_ERR_CANCELLED`. Called on the thread that called generate.
 typedef bool (*llorch_token_callback)(void *user_data, const char *text, size_t len, int32_t token);
+
+// One alternative at a position: a token and its log-probability.
+typedef struct llorch_top_logprob {
+  int32_t token;
+  float logprob;
+} llorch_top_logprob;
+
+// A generated token's log-probability (natural log, from the raw logits: see
+// `llorch_generate_params.logprobs`) and the most likely tokens at its position, most likely
+// first (ties to the lower id); the generated token is among them only if it ranks there.
+typedef struct llorch_token_logprob {
+  int32_t token;
+  float logprob;
+  // `n_top` alternatives (`min(params.logprobs, vocabulary size)`).
+  const struct llorch_top_logprob *top;
+  size_t n_top;
+} llorch_token_logprob;
+
+// A piece of generated text with what produced it. From the library, valid only during the
+// callback (push form) or until the next call on the session (pull form).
+typedef struct llorch_piece {
+  // sizeof(llorch_piece): set by the library for a callback; by the caller for
+  // `llorch_session_next_piece` (fields beyond it are not written).
+  size_t struct_size;
+  // `len` bytes of whole UTF-8 characters, not NUL-terminated.
+  const char *text;
+  size_t len;
+  // The token that completed the text.
+  int32_t token;
+  // With `params.logprobs` > 0: the tokens sampled since the previous piece, in order
+  // (those whose text this piece completes); else NULL and 0. The end-of-generation token
+  // and tokens cut by a stop string are reported in no piece.
+  const struct llorch_token_logprob *logprobs;
+  size_t n_logprobs;
+} llorch_piece;
+
+// Receives one piece (as `llorch_token_callback`, with log-probabilities); return false to
+// stop. Called on the thread that called `llorch_session_generate_pieces`.
+typedef bool (*llorch_piece_callback)(void *user_data, const struct llorch_piece *piece);
 
 #ifdef __cplusplus
 extern "C" {
@@ -625,6 +670,125 @@ llorch_status llorch_session_detokenize(const struct llorch_session *session,
                                         char **out_text,
                                         size_t *out_len,
                                         struct llorch_error **err);
+
+// As `llorch_session_generate`, but `on_piece` (may be NULL) receives a `llorch_piece`: the
+// text, its token and, with `params->logprobs` > 0, the log-probabilities of the tokens it
+// completes. Same statuses, stats and thread-safety.
+llorch_status llorch_session_generate_pieces(struct llorch_session *session,
+                                             const char *prompt,
+                                             const struct llorch_generate_params *params,
+                                             llorch_piece_callback on_piece,
+                                             void *user_data,
+                                             struct llorch_generate_stats *stats,
+                                             struct llorch_error **err);
+
+// As `llorch_session_next`, filling `*out_piece` (its `struct_size` set by the caller; only
+// fields within it are written): `text` points at `buf` (`len` bytes), `token`, and the
+// log-probabilities of the tokens the piece completes, which stay valid until the next call
+// on this session. A piece longer than `cap` comes in parts; its log-probabilities come with
+// the first part. At the end `*out_done` is true and `*out_piece` is not written. Same
+// statuses and thread-safety as `llorch_session_next`.
+llorch_status llorch_session_next_piece(struct llorch_session *session,
+                                        char *buf,
+                                        size_t cap,
+                                        struct llorch_piece *out_piece,
+                                        bool *out_done,
+                                        struct llorch_error **err);
+
+// The session's conversation so far (the tokens in its KV cache, then a sampled token not
+// yet fed, if any): `*out_n` ids in `*out_tokens`, to free with `llorch_tokens_free` (NULL
+// when there are none). Thread-safety: one call at a time per session.
+llorch_status llorch_session_tokens(const struct llorch_session *session,
+                                    int32_t **out_tokens,
+                                    size_t *out_n,
+                                    struct llorch_error **err);
+
+// Takes the conversation back to its first `n_tokens` tokens (at most as many as
+// `llorch_session_tokens` gives): the next generation continues from there. A pull-form
+// generation in progress ends. A larger `n_tokens` is `LLORCH_ERR_INVALID_ARGUMENT` and
+// changes nothing. The sampler's seed and generation count stay, so a regenerated turn
+// draws new random numbers. Thread-safety: one call at a time per session.
+llorch_status llorch_session_rewind(struct llorch_session *session,
+                                    uint32_t n_tokens,
+                                    struct llorch_error **err);
+
+// A new session (`*out_session`, freed with `llorch_session_free`) on the same model with a
+// copy of `session`'s conversation: tokens, KV cache rows, context length, seed and
+// generation count, so both continue alike from here (a generation in progress is not
+// carried over). The copy takes a KV cache of its own (`LLORCH_ERR_OUT_OF_MEMORY` if it
+// does not fit). Thread-safety: one call at a time on `session`.
+llorch_status llorch_session_fork(const struct llorch_session *session,
+                                  struct llorch_session **out_session,
+                                  struct llorch_error **err);
+
+// Saves the session's conversation (tokens, the KV rows in use, seed and generation count)
+// into a new buffer: `*out_len` bytes at `*out_bytes`, to free with `llorch_bytes_free`. The
+// format is versioned and names the model (a hash of its tensor table and vocabulary); see
+// src/session/state_file.rs. Thread-safety: one call at a time per session.
+llorch_status llorch_session_save(const struct llorch_session *session,
+                                  uint8_t **out_bytes,
+                                  size_t *out_len,
+                                  struct llorch_error **err);
+
+// Frees a buffer from `llorch_session_save`. NULL is ignored. Thread-safety: any thread.
+void llorch_bytes_free(uint8_t *bytes);
+
+// Replaces the session's conversation with one saved by `llorch_session_save` (`len` bytes
+// at `bytes`) from a session of the same model, on either device: the next generation
+// continues exactly as the saved session would have (same tokens, greedy or seeded; the
+// seed is restored too). Errors leave the session unchanged: `LLORCH_ERR_INVALID_ARGUMENT`
+// for a state of another model, another format version, a truncated or damaged one (the
+// message says which), `LLORCH_ERR_CONTEXT_FULL` when it holds more tokens than this
+// session's context. A pull-form generation in progress ends. Thread-safety: one call at a
+// time per session.
+llorch_status llorch_session_restore(struct llorch_session *session,
+                                     const uint8_t *bytes,
+                                     size_t len,
+                                     struct llorch_error **err);
+
+// `llorch_session_save` into the file at `path` (UTF-8; created or replaced).
+// `LLORCH_ERR_IO` if it cannot be written. Thread-safety: one call at a time per session.
+llorch_status llorch_session_save_file(const struct llorch_session *session,
+                                       const char *path,
+                                       struct llorch_error **err);
+
+// `llorch_session_restore` from the file at `path` (UTF-8). `LLORCH_ERR_IO` if it cannot be
+// read; the other errors as `llorch_session_restore`, the session unchanged.
+// Thread-safety: one call at a time per session.
+llorch_status llorch_session_restore_file(struct llorch_session *session,
+                                          const char *path,
+                                          struct llorch_error **err);
+
+// The model's beginning-of-sequence, end-of-sequence and end-of-turn token ids, each -1
+// when the model's tokenizer has none. Any out-pointer may be NULL. (Generation also stops
+// at the model's other end-of-generation tokens, e.g. `<|im_end|>`.)
+// Thread-safety: any thread.
+llorch_status llorch_model_special_tokens(const struct llorch_model *model,
+                                          int32_t *out_bos,
+                                          int32_t *out_eos,
+                                          int32_t *out_eot,
+                                          struct llorch_error **err);
+
+// The bytes `token` stands for (a control token's are its text, e.g. `<|im_end|>`; a byte
+// token's its one byte; they may be part of a UTF-8 character). `*out_len` receives their
+// length; the first `min(cap, length)` bytes are copied to `buf` (not NUL-terminated), so a
+// call with `buf` NULL and `cap` 0 asks for the length. A token outside the vocabulary is
+// `LLORCH_ERR_INVALID_ARGUMENT`. Thread-safety: any thread.
+llorch_status llorch_model_token_text(const struct llorch_model *model,
+                                      int32_t token,
+                                      char *buf,
+                                      size_t cap,
+                                      size_t *out_len,
+                                      struct llorch_error **err);
+
+// Whether `token` is special: a control token (`<|im_start|>`, `<|endoftext|>` …) or a
+// user-defined one, i.e. one that prompt text matches only with `parse_special`.
+// A token outside the vocabulary is `LLORCH_ERR_INVALID_ARGUMENT`.
+// Thread-safety: any thread.
+llorch_status llorch_model_token_is_special(const struct llorch_model *model,
+                                            int32_t token,
+                                            bool *out_special,
+                                            struct llorch_error **err);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -78,6 +78,9 @@ pub struct Gauges {
     pub queue_depth: usize,
     pub running: usize,
     pub max_parallel: usize,
+    /// The batcher's forward steps so far and the sequences they carried.
+    pub steps: u64,
+    pub step_seqs: u64,
 }
 
 impl Metrics {
@@ -141,6 +144,18 @@ impl Metrics {
             "llorch_batch_size",
             "Sequences generating now.",
             g.running,
+        );
+        counter(
+            &mut out,
+            "llorch_forward_steps_total",
+            "Forward steps run (continuous batching: one step carries every ready sequence).",
+            g.steps,
+        );
+        counter(
+            &mut out,
+            "llorch_forward_step_sequences_total",
+            "Sequences those steps carried (divided by the steps: the mean batch size).",
+            g.step_seqs,
         );
         gauge(
             &mut out,

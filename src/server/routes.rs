@@ -65,10 +65,13 @@ async fn models(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let batch = app.scheduler.batch_stats();
     let text = app.metrics.render(&Gauges {
         queue_depth: app.scheduler.queue_depth(),
         running: app.scheduler.running(),
         max_parallel: app.scheduler.max_parallel(),
+        steps: batch.steps,
+        step_seqs: batch.seqs,
     });
     (
         [(

@@ -1,10 +1,10 @@
 //! Runs generation requests on one model: up to `max_parallel` at once, the rest waiting in
 //! a first-come queue. Each of the `max_parallel` slots is a thread with its own session (KV
-//! cache, allocated once), which decodes alone on the context's thread pool.
+//! cache, allocated once); the model's batcher steps the slots' sessions together
+//! (continuous batching, `session::batch`).
 //!
 //! The interface is what the HTTP layer needs and nothing of how sequences are run: `submit`
-//! a job, read its updates (pieces, then the stats), cancel it (or drop the ticket). Continuous
-//! batching can replace the inside without changing it.
+//! a job, read its updates (pieces, then the stats), cancel it (or drop the ticket).
 
 use crate::model::Model;
 use crate::session::{Event, GenerateParams, GenerateStats, Piece, Session, SessionOptions};
@@ -87,6 +87,7 @@ pub struct Scheduler {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     max_parallel: usize,
+    model: Arc<Model>,
 }
 
 impl Scheduler {
@@ -117,7 +118,13 @@ impl Scheduler {
             shared,
             workers,
             max_parallel,
+            model,
         })
+    }
+
+    /// What the model's batcher has done: forward steps and the sequences they carried.
+    pub fn batch_stats(&self) -> crate::session::batch::BatchStats {
+        self.model.batch_stats()
     }
 
     /// Queues a job; its updates come through the ticket.
