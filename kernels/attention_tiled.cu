@@ -10,7 +10,8 @@
 // Per tile, lane j scores key j against the warp's 4 queries, the warp updates each query's
 // running max m, sum l and accumulator (lane owns value dims 2(lane + 32i), +1) with an online
 // softmax, broadcasting the probabilities by shuffles. head_dim: a multiple of 32, <= 256.
-#include "common.cuh"
+// `sinks` (n_heads f32, or null): GPT-OSS's logit per head in each softmax's denominator.
+#include "attn_common.cuh"
 
 #define AQ 16  // queries per block
 #define AK 32  // keys per tile
@@ -24,7 +25,8 @@ __device__ __forceinline__ float warp_max(float v) {
 extern "C" __global__ void __launch_bounds__(128)
 attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
                 const __half* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
-                int n_kv, int hd, int max_ctx, int pos0, float scale, int window) {
+                int n_kv, int hd, int max_ctx, int pos0, float scale, int window,
+                const float* __restrict__ sinks) {
     pdl_wait();
     pdl_trigger();
 #ifdef MMA_EMULATE
@@ -138,7 +140,7 @@ attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
         if (!live[qi]) continue;
         const int t = t0 + 4 * warp + qi;
         float* o = out + ((long long)t * n_heads + h) * hd;
-        const float inv = 1.f / l[qi];
+        const float inv = sinks ? attn_sink_factor(m[qi], l[qi], sinks[h]) : 1.f / l[qi];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int w = lane + 32 * i;

@@ -17,10 +17,12 @@ mod launch;
 mod fused;
 mod memory;
 mod model;
+mod moe;
 
 pub use device::CudaDevice;
 pub use fused::{
-    attention_scratch_floats, Epilogue, ExpertInput, ExpertOut, ExpertsRef, MatRef, MatVecOut,
+    attention_scratch_floats, Epilogue, ExpertInput, ExpertOut, ExpertTable, ExpertsRef, MatRef,
+    MatVecOut,
     NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
 };
 pub use launch::{

@@ -16,8 +16,10 @@ use super::drv;
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
+use super::fused::ExpertTable;
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
+use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
 use crate::backend::{
     unfused, Activation, AttnIn, AttnShape, Dims, Glu, Moe, Norm, NormIn, Ops, Projection, Rope,
     RopeStyle, Slot, Tap, WeightId, WeightTensor,
@@ -26,6 +28,9 @@ use crate::gguf::Gguf;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+
+mod mixture;
 
 /// Token rows a state's activation buffers hold at first: the session's prefill chunk on the
 /// GPU. A longer step grows them. (512 rather than 256: a 512-token prompt in one step runs
@@ -60,6 +65,11 @@ struct CudaWeight {
 pub struct CudaModel {
     dev: CudaDevice,
     weights: Vec<CudaWeight>,
+    /// The device tables of each stacked expert tensor's per-expert buffers, by the weight id
+    /// of expert 0 (the mixture's decode kernels index them by the router's picks).
+    experts: HashMap<u32, ExpertTable>,
+    /// What a session's mixture scratch is sized for, when the model has experts.
+    moe: Option<MoeShape>,
 }
 
 impl CudaModel {
@@ -114,9 +124,16 @@ impl CudaModel {
                 return Err(Error::Cancelled);
             }
         }
+        let bufs: Vec<&DeviceBuffer> = weights.iter().map(|w| &w.buf).collect();
+        let experts = expert_tables(&dev, tensors, &bufs)?;
         // A failed copy would otherwise surface at the first step.
         dev.synchronize()?;
-        Ok(CudaModel { dev, weights })
+        Ok(CudaModel {
+            dev,
+            weights,
+            experts,
+            moe: moe_shape(tensors),
+        })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -213,6 +230,9 @@ pub struct CudaState {
     /// (the unfused attention, for ropes the decode kernels do not fold): a captured graph
     /// would replay that first position forever, so such a model's steps run without one.
     graph_ok: bool,
+    /// The mixture-of-experts buffers (models with experts): one token's at first, grown by a
+    /// longer step's mixture.
+    moe: Option<MoeScratch>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
 }
@@ -283,6 +303,7 @@ impl CudaState {
         let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
         let xrec = dev.alloc(CudaDevice::input_record_bytes(widest), MemKind::Scratch)?;
         let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
+        let moe = model.moe.map(|s| MoeScratch::new(&dev, s, 1)).transpose()?;
         Ok(CudaState {
             dev,
             dims: dims.clone(),
@@ -302,6 +323,7 @@ impl CudaState {
             gemm_k,
             graph: None,
             graph_ok: true,
+            moe,
             taps: None,
         })
     }
@@ -546,14 +568,6 @@ fn rope_params(rope: &Rope) -> RopeParams {
     }
 }
 
-/// What GPT-OSS needs and this backend does not have yet (attention sinks, the experts'
-/// clamped SwiGLU, mixtures of experts): the step fails with this error.
-fn gpt_oss_unsupported(what: &str) -> Error {
-    Error::Unsupported(format!(
-        "gpt-oss on the CUDA backend: {what} run on the CPU only for now"
-    ))
-}
-
 /// A rope the fused decode attention can apply itself: no divisors, no factors, no scaling.
 fn foldable(rope: &Rope) -> bool {
     rope.freq_factors.is_none() && rope.mscale == 1.0 && rope.pos_scale == 1.0
@@ -661,9 +675,6 @@ impl Ops for CudaStep<'_> {
 
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
         self.run(|s| {
-            if shape.sinks.is_some() {
-                return Err(gpt_oss_unsupported("attention sinks"));
-            }
             if s.capturing {
                 // The cache position below is a kernel argument: a graph would keep it.
                 s.st.graph_ok = false;
@@ -678,6 +689,7 @@ impl Ops for CudaStep<'_> {
                 .kv_store(&st.slots[k.index()], &st.slots[v.index()], n, cache, pos0)?;
             let (qb, ob) = pair(&mut st.slots, q, out)?;
             let window = shape.window.unwrap_or(0);
+            let sinks = shape.sinks.map(|w| &s.m.weight(w).buf);
             st.dev.attention(
                 qb,
                 n,
@@ -686,6 +698,7 @@ impl Ops for CudaStep<'_> {
                 pos0,
                 shape.scale,
                 window,
+                sinks,
                 ob,
             )
         });
@@ -699,7 +712,9 @@ impl Ops for CudaStep<'_> {
             match act {
                 Activation::Silu => st.dev.swiglu(g, u, len, o),
                 Activation::GeluTanh => st.dev.geglu(g, u, len, o),
-                Activation::ClampedSwiglu { .. } => Err(gpt_oss_unsupported("clamped SwiGLU")),
+                Activation::ClampedSwiglu { alpha, limit } => {
+                    st.dev.clamped_swiglu(g, u, len, alpha, limit, o)
+                }
             }
         });
     }
@@ -848,11 +863,18 @@ impl Ops for CudaStep<'_> {
     }
 
     fn rope_attention(&mut self, a: &AttnIn) {
-        let plain = a.shape.sinks.is_none() && foldable(a.rope);
-        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv || !plain {
+        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv {
             return unfused::rope_attention(self, a);
         }
         let (layer, q, k, v, shape, out) = (a.layer, a.q, a.k, a.v, a.shape, a.out);
+        // A rope the attention cannot apply itself (divisors, a factor, position scaling:
+        // YaRN, Llama 3, LongRoPE) runs first through the `rope` kernels, which read the
+        // position from device memory too, so the step still replays as a graph.
+        let foldable = foldable(a.rope);
+        if !foldable {
+            self.rope(q, shape.n_head, shape.head_dim, a.rope);
+            self.rope(k, shape.n_head_kv, shape.head_dim, a.rope);
+        }
         self.run(|s| {
             let st = &*s.st;
             let p = rope_params(a.rope);
@@ -860,8 +882,11 @@ impl Ops for CudaStep<'_> {
             let slot = |x: Slot| &st.slots[x.index()];
             // RoPE and the cache store inside the attention (one launch fewer), unless taps
             // read the rotated q and k back from their slots.
-            let fold_rope = st.taps.is_none();
-            if !fold_rope {
+            let fold_rope = st.taps.is_none() && foldable;
+            if !foldable {
+                st.dev
+                    .kv_store_decode(slot(k), slot(v), cache, &st.positions)?;
+            } else if !fold_rope {
                 st.dev.rope_kv(
                     slot(q),
                     slot(k),
@@ -889,13 +914,15 @@ impl Ops for CudaStep<'_> {
                 slot(out),
                 Some(&st.xrec),
                 new_kv,
+                shape.sinks.map(|w| &s.m.weight(w).buf),
             )
         });
         self.rec_of = Some(out);
     }
 
-    fn moe(&mut self, _layer: usize, _moe: &Moe, _x: Slot, _out: Slot, _expert_taps: bool) {
-        self.run(|_| Err(gpt_oss_unsupported("mixture-of-experts feed-forwards")));
+    fn moe(&mut self, layer: usize, moe: &Moe, x: Slot, out: Slot, expert_taps: bool) {
+        self.rec_of = None;
+        self.run(|s| s.mixture(layer, moe, x, out, expert_taps));
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {
