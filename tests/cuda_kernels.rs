@@ -796,6 +796,7 @@ fn attention_ref(
     pos0: usize,
     scale: f32,
     window: usize,
+    sinks: Option<&[f32]>,
 ) -> Vec<f64> {
     let r16 = |v: f32| f16::from_f32(v).to_f64();
     let mut out = vec![0.0; n_tok * n_heads * hd];
@@ -818,9 +819,15 @@ fn attention_ref(
                         .sum::<f64>()
                 })
                 .collect();
-            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            // A sink joins the max and the denominator, with no value.
+            let sink = sinks.map(|s| s[h] as f64);
+            let m = scores
+                .iter()
+                .cloned()
+                .chain(sink)
+                .fold(f64::NEG_INFINITY, f64::max);
             let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let l: f64 = p.iter().sum();
+            let l: f64 = p.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - m).exp());
             let o = &mut out[(t * n_heads + h) * hd..][..hd];
             for (jj, j) in (lo..=qpos).enumerate() {
                 let vr = &v_all[(j * n_kv + kvh) * hd..][..hd];
@@ -891,19 +898,32 @@ fn attention_decode_and_prefill() {
         let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
         dev.fill_bytes(&mut od, POISON).unwrap();
-        dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, window, &mut od)
-            .unwrap();
-        let got = dev.download_f32(&od, q.len()).unwrap();
-        let reference = attention_ref(
-            &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window,
-        );
-        let what = format!("h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window}");
-        check(&format!("attention {what}"), &got, &reference, 1e-5);
-        dev.fill_bytes(&mut od, POISON).unwrap();
-        dev.attention_tiled(&qd, n_tok, n_heads, &cache, pos0, scale, window, &mut od)
-            .unwrap();
-        let got = dev.download_f32(&od, q.len()).unwrap();
-        check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
+        // GPT-OSS's sinks: below, among and above the scores (scaled scores here are ~±2).
+        let sinks: Vec<f32> = (0..n_heads).map(|h| (h % 3) as f32 * 3.0 - 3.0).collect();
+        let sinks_d = dev.upload_f32(&sinks, MemKind::Scratch).unwrap();
+        for with_sinks in [false, true] {
+            let (sk, skd) = if with_sinks {
+                (Some(&sinks[..]), Some(&sinks_d))
+            } else {
+                (None, None)
+            };
+            dev.fill_bytes(&mut od, POISON).unwrap();
+            dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od)
+                .unwrap();
+            let got = dev.download_f32(&od, q.len()).unwrap();
+            let reference = attention_ref(
+                &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window, sk,
+            );
+            let what = format!(
+                "h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window} sinks={with_sinks}"
+            );
+            check(&format!("attention {what}"), &got, &reference, 1e-5);
+            dev.fill_bytes(&mut od, POISON).unwrap();
+            dev.attention_tiled(&qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od)
+                .unwrap();
+            let got = dev.download_f32(&od, q.len()).unwrap();
+            check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
+        }
         // The cache holds exactly the f16 of what was stored, head-major.
         let mut kb = vec![0u8; cache.k.len_bytes()];
         dev.download(&cache.k, &mut kb).unwrap();
@@ -926,6 +946,7 @@ fn attention_decode_and_prefill() {
             max_ctx - n_tok + 1,
             scale,
             0,
+            None,
             &mut od,
         );
         assert!(matches!(full, Err(Error::ContextFull(_))), "{full:?}");
@@ -1581,10 +1602,13 @@ fn expert_matvec_reads_only_the_selected_experts() {
         let bgd = dev.upload_f32(&bg, MemKind::Scratch).unwrap();
         let bud = dev.upload_f32(&bu, MemKind::Scratch).unwrap();
         let idd = upload_i32(&dev, ids);
-        let experts = |w| ExpertsRef {
+        // Tables of the experts of each stacked tensor (a model's point at a buffer each).
+        let table = |b, stride| dev.stacked_expert_table(b, n_expert, stride).unwrap();
+        let (gt, ut, dt) = (table(&gd, eb), table(&ud, eb), table(&dd, eb));
+        let (bgt, but) = (table(&bgd, rows * 4), table(&bud, rows * 4));
+        let experts = |table| ExpertsRef {
             ty,
-            w,
-            n_expert,
+            table,
             rows,
             cols: k,
         };
@@ -1613,13 +1637,13 @@ fn expert_matvec_reads_only_the_selected_experts() {
         let (og, ou) = (poisoned(&dev, n_sel * rows), poisoned(&dev, n_sel * rows));
         let prods = [
             ExpertOut {
-                experts: experts(&gd),
-                bias: Some(&bgd),
+                experts: experts(&gt),
+                bias: Some(&bgt),
                 out: &og,
             },
             ExpertOut {
-                experts: experts(&ud),
-                bias: Some(&bud),
+                experts: experts(&ut),
+                bias: Some(&but),
                 out: &ou,
             },
         ];
@@ -1649,7 +1673,7 @@ fn expert_matvec_reads_only_the_selected_experts() {
         let run_down = |ids: &llorch::backend::cuda::DeviceBuffer| {
             let out = poisoned(&dev, n_sel * rows);
             let prods = [ExpertOut {
-                experts: experts(&dd),
+                experts: experts(&dt),
                 bias: None,
                 out: &out,
             }];
@@ -1729,11 +1753,14 @@ fn expert_matvec_reads_only_the_selected_experts() {
         .alloc(CudaDevice::input_record_bytes(64), MemKind::Scratch)
         .unwrap();
     let out = dev.alloc(9 * 64 * 4, MemKind::Scratch).unwrap();
-    let ex = |ty, n_expert, rows, cols| ExpertOut {
+    let tables: Vec<_> = [(2, 4 * 34), (4, 2 * 34), (5, 2 * 34)]
+        .iter()
+        .map(|&(n, stride)| dev.stacked_expert_table(&w, n, stride).unwrap())
+        .collect();
+    let ex = |ty, n_expert: usize, rows, cols| ExpertOut {
         experts: ExpertsRef {
             ty,
-            w: &w,
-            n_expert,
+            table: tables.iter().find(|t| t.len() == n_expert).unwrap(),
             rows,
             cols,
         },
@@ -1863,20 +1890,41 @@ fn rope_kv_and_split_attention() {
         let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
         let scale = 1.0 / (hd as f32).sqrt();
         let reference = attention_ref(
-            &q_roped, &k_ref, &v_all, 1, n_heads, n_kv, hd, pos, scale, 0,
+            &q_roped, &k_ref, &v_all, 1, n_heads, n_kv, hd, pos, scale, 0, None,
         );
-        for round in 0..2 {
+        // GPT-OSS's sinks (below, among and above the scores) in the third round.
+        let sinks: Vec<f32> = (0..n_heads).map(|h| (h % 3) as f32 * 3.0 - 3.0).collect();
+        let sinks_d = dev.upload_f32(&sinks, MemKind::Scratch).unwrap();
+        let sink_ref = attention_ref(
+            &q_roped,
+            &k_ref,
+            &v_all,
+            1,
+            n_heads,
+            n_kv,
+            hd,
+            pos,
+            scale,
+            0,
+            Some(&sinks),
+        );
+        for round in 0..3 {
             // Twice: the counters must be back at zero after each launch.
+            let (skd, want) = if round == 2 {
+                (Some(&sinks_d), &sink_ref)
+            } else {
+                (None, &reference)
+            };
             dev.fill_bytes(&mut od, POISON).unwrap();
             dev.attention_decode(
-                &qd, &cache, &posd, n_heads, scale, 0, &part, &count, &od, None, None,
+                &qd, &cache, &posd, n_heads, scale, 0, &part, &count, &od, None, None, skd,
             )
             .unwrap();
             let got = dev.download_f32(&od, q.len()).unwrap();
             check(
                 &format!("attention_decode {what} round {round}"),
                 &got,
-                &reference,
+                want,
                 1e-5,
             );
         }
@@ -1919,6 +1967,7 @@ fn rope_kv_and_split_attention() {
             &od,
             None,
             Some(new_kv),
+            None,
         )
         .unwrap();
         let got = dev.download_f32(&od, q.len()).unwrap();

@@ -479,7 +479,7 @@ impl CudaDevice {
     }
 
     /// A table of `n` experts stored one after another in `w`, `stride` bytes apart (each
-    /// extends to the next; the last to the buffer's end). `w` must outlive the table.
+    /// readable to the buffer's end). `w` must outlive the table.
     pub fn stacked_expert_table(
         &self,
         w: &DeviceBuffer,
@@ -498,12 +498,8 @@ impl CudaDevice {
             })?;
         w.check(self, 0, "expert table")?;
         let ptrs: Vec<u64> = (0..n).map(|e| w.ptr() + (e * stride) as u64).collect();
-        let min_bytes = if n > 1 {
-            (stride as u64).min((w.len_bytes() - last) as u64)
-        } else {
-            w.len_bytes() as u64
-        };
-        self.upload_table(&ptrs, min_bytes)
+        // What can be read from each address: up to the buffer's end (the last expert's least).
+        self.upload_table(&ptrs, (w.len_bytes() - last) as u64)
     }
 
     fn upload_table(&self, ptrs: &[u64], min_bytes: u64) -> Result<ExpertTable> {
