@@ -908,8 +908,10 @@ fn attention_decode_and_prefill() {
                 (None, None)
             };
             dev.fill_bytes(&mut od, POISON).unwrap();
-            dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od)
-                .unwrap();
+            dev.attention(
+                &qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od,
+            )
+            .unwrap();
             let got = dev.download_f32(&od, q.len()).unwrap();
             let reference = attention_ref(
                 &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window, sk,
@@ -919,8 +921,10 @@ fn attention_decode_and_prefill() {
             );
             check(&format!("attention {what}"), &got, &reference, 1e-5);
             dev.fill_bytes(&mut od, POISON).unwrap();
-            dev.attention_tiled(&qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od)
-                .unwrap();
+            dev.attention_tiled(
+                &qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od,
+            )
+            .unwrap();
             let got = dev.download_f32(&od, q.len()).unwrap();
             check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
         }

@@ -378,7 +378,11 @@ fn per_position(got: &[f32], want: &[f32], vocab: usize) -> Vec<(f32, bool)> {
     got.chunks(vocab)
         .zip(want.chunks(vocab))
         .map(|(g, w)| {
-            let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let d = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             (d, arg(g) == arg(w))
         })
         .collect()

@@ -49,8 +49,10 @@ int main() {
                             emu_dyn_smem = sm.data();
                             emu_dyn_smem_size = smem;
                             emu::run_block(128, [&] {
-                                attention_tiled(q.data(), kc.data(), vc.data(), out.data(), cs.n_tok, cs.n_heads,
-                                                cs.n_kv, hd, max_ctx, cs.pos0, scale, cs.window, sk);
+                                (sk ? attention_tiled_sinks : attention_tiled)(q.data(), kc.data(), vc.data(),
+                                                                               out.data(), cs.n_tok, cs.n_heads,
+                                                                               cs.n_kv, hd, max_ctx, cs.pos0, scale,
+                                                                               cs.window, sk);
                             });
                         }
                 } else {

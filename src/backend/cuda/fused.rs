@@ -586,7 +586,11 @@ impl CudaDevice {
                     ty.name()
                 )));
             }
-            self.check_table(e.table, expert_bytes + 16, "expert matvec weights (+16 padding)")?;
+            self.check_table(
+                e.table,
+                expert_bytes + 16,
+                "expert matvec weights (+16 padding)",
+            )?;
             if let Some(b) = p.bias {
                 if b.len != n_expert {
                     return Err(Error::InvalidArgument(format!(

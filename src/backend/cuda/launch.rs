@@ -91,7 +91,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         ],
         "mma_matmul" => mma_kernels(),
         "gemm_f16" => gemm_kernels(),
-        "attention_tiled" => &["attention_tiled"],
+        "attention_tiled" => &["attention_tiled", "attention_tiled_sinks"],
         _ => &[],
     }
 }
@@ -1232,7 +1232,12 @@ impl CudaDevice {
         // 16 queries (f32), 32 keys (rows padded by one word), 32 values (f16).
         let smem = (16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2) as u32;
         let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
-        launch!(self, "attention_tiled", grid, (128, 1, 1), raise_shared = smem;
+        let name = if sinks == 0 {
+            "attention_tiled"
+        } else {
+            "attention_tiled_sinks"
+        };
+        launch!(self, name, grid, (128, 1, 1), raise_shared = smem;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_tok as i32, n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale,
             window, sinks)

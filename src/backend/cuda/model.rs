@@ -13,10 +13,10 @@
 
 use super::device::CudaDevice;
 use super::drv;
+use super::fused::ExpertTable;
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
-use super::fused::ExpertTable;
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};

@@ -160,11 +160,11 @@ pub struct MoeShape {
 
 /// The most experts and the widest expert row of `tensors` (none without experts).
 pub(super) fn moe_shape(tensors: &[WeightTensor]) -> Option<MoeShape> {
-    let mats = tensors
-        .iter()
-        .filter(|t| is_experts(&t.name) && t.rows > 1);
+    let mats = tensors.iter().filter(|t| is_experts(&t.name) && t.rows > 1);
     let width = mats.clone().map(|t| t.rows.max(t.cols)).max()?;
-    let n_exp = mats.filter(|t| t.row0 == 0).map(|t| t.info.dims.last().copied().unwrap_or(1));
+    let n_exp = mats
+        .filter(|t| t.row0 == 0)
+        .map(|t| t.info.dims.last().copied().unwrap_or(1));
     Some(MoeShape {
         n_exp: n_exp.max().unwrap_or(1) as usize,
         width,

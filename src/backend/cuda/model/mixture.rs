@@ -26,15 +26,26 @@ struct Tables<'m> {
 
 /// The tables of the experts' `which` product, when the experts are the views of one stacked
 /// tensor in order (as the recipe makes them).
-fn tables<'m>(m: &'m CudaModel, moe: &Moe, which: impl Fn(&Expert) -> Linear) -> Option<Tables<'m>> {
+fn tables<'m>(
+    m: &'m CudaModel,
+    moe: &Moe,
+    which: impl Fn(&Expert) -> Linear,
+) -> Option<Tables<'m>> {
     let lin: Vec<Linear> = moe.experts.iter().map(which).collect();
     let table_of = |ids: &[WeightId]| -> Option<&'m ExpertTable> {
         let t = m.experts.get(&ids[0].0)?;
-        let in_order = ids.iter().enumerate().all(|(i, w)| w.0 == ids[0].0 + i as u32);
+        let in_order = ids
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w.0 == ids[0].0 + i as u32);
         (in_order && t.len() == ids.len()).then_some(t)
     };
     let w: Vec<WeightId> = lin.iter().map(|l| l.w).collect();
-    let bias = match lin.iter().map(|l| l.bias).collect::<Option<Vec<WeightId>>>() {
+    let bias = match lin
+        .iter()
+        .map(|l| l.bias)
+        .collect::<Option<Vec<WeightId>>>()
+    {
         Some(b) => Some(table_of(&b)?),
         None if lin.iter().all(|l| l.bias.is_none()) => None,
         None => return None,
@@ -75,7 +86,9 @@ impl CudaStep<'_> {
     ) -> Result<()> {
         let n_exp = moe.experts.len();
         let Some(first) = moe.experts.first() else {
-            return Err(Error::BadModel("a mixture of experts without experts".into()));
+            return Err(Error::BadModel(
+                "a mixture of experts without experts".into(),
+            ));
         };
         let width = self.width(x);
         let ff = self.m.weight(first.gate.w).rows;
@@ -87,9 +100,13 @@ impl CudaStep<'_> {
         }
         if self.n > self.st.moe.as_ref().map_or(0, |s| s.tokens) {
             if self.capturing {
-                return Err(Error::Internal("mixture scratch grown while capturing".into()));
+                return Err(Error::Internal(
+                    "mixture scratch grown while capturing".into(),
+                ));
             }
             let sh = shape.expect("checked above");
+            // A captured decode step holds the old buffers' addresses.
+            self.st.graph = None;
             self.st.moe = None; // the budget sees only the new buffers
             self.st.moe = Some(MoeScratch::new(&self.st.dev, sh, self.n)?);
         }
@@ -132,7 +149,8 @@ impl CudaStep<'_> {
         let xb = &st.slots[x.index()];
         // In f32 (the picks follow the logits' order: no f16 rounding here).
         if n == 1 {
-            st.dev.matvec(r.ty, &r.buf, n_exp, width, xb, &mut sc.logits)?;
+            st.dev
+                .matvec(r.ty, &r.buf, n_exp, width, xb, &mut sc.logits)?;
         } else {
             st.dev
                 .matmul_f32(r.ty, &r.buf, n_exp, width, xb, n, &mut sc.logits)?;
