@@ -170,20 +170,27 @@ impl CudaStep<'_> {
         let logits = st.dev.download_f32(&sc.logits, n * n_exp)?;
         let ids = st.dev.download_i32(&sc.ids, n * k)?;
         let weights = st.dev.download_f32(&sc.weights, n * k)?;
-        let taps = st.taps.as_mut().expect("taps on");
-        let l = Some(layer);
-        let mut put = |name: &str, data: Vec<f32>| {
-            taps.push(Tap {
+        let ids = ids.iter().map(|&e| e as f32).collect();
+        let route = [
+            ("router_logits", logits),
+            ("expert_ids", ids),
+            ("expert_weights", weights),
+        ];
+        self.record(layer, route);
+        Ok(())
+    }
+
+    /// Record `taps` (name, `n` token rows) under `layer`, when taps are on.
+    fn record<'n>(&mut self, layer: usize, taps: impl IntoIterator<Item = (&'n str, Vec<f32>)>) {
+        let n = self.n;
+        if let Some(all) = self.st.taps.as_mut() {
+            all.extend(taps.into_iter().map(|(name, data)| Tap {
                 name: name.into(),
-                layer: l,
+                layer: Some(layer),
                 rows: n,
                 data,
-            })
-        };
-        put("router_logits", logits);
-        put("expert_ids", ids.iter().map(|&e| e as f32).collect());
-        put("expert_weights", weights);
-        Ok(())
+            }));
+        }
     }
 
     /// One token, on the GPU throughout (graph-safe).
@@ -258,15 +265,7 @@ impl CudaStep<'_> {
             for (name, b, w) in rows {
                 got.push((name, st.dev.download_f32(b, k * w)?));
             }
-            let taps = st.taps.as_mut().expect("taps on");
-            for (name, data) in got {
-                taps.push(Tap {
-                    name: name.into(),
-                    layer: Some(layer),
-                    rows: 1,
-                    data,
-                });
-            }
+            self.record(layer, got);
         }
         Ok(())
     }
@@ -347,16 +346,9 @@ impl CudaStep<'_> {
             first += c;
         }
         self.tap_route(layer, n_exp, k)?;
-        if let (Some(d), Some(taps)) = (detail, self.st.taps.as_mut()) {
+        if let Some(d) = detail {
             let names = ["gate", "up", moe.act.stage_name(), "expert_out"];
-            for (name, data) in names.into_iter().zip(d) {
-                taps.push(Tap {
-                    name: name.into(),
-                    layer: Some(layer),
-                    rows: n,
-                    data,
-                });
-            }
+            self.record(layer, names.into_iter().zip(d));
         }
         Ok(())
     }
