@@ -993,6 +993,21 @@ fn elementwise_ops() {
         .collect();
     check("geglu", &dev.download_f32(&od, n).unwrap(), &r, 1e-6);
 
+    // GPT-OSS's experts' activation: g up to ±6 and u scaled to ±8, past the limit of 7.
+    let ub: Vec<f32> = u.iter().map(|v| v * 8.0).collect();
+    let ubd = dev.upload_f32(&ub, MemKind::Scratch).unwrap();
+    dev.fill_bytes(&mut od, POISON).unwrap();
+    dev.clamped_swiglu(&gd, &ubd, n, 1.702, 7.0, &od).unwrap();
+    let r: Vec<f64> = g
+        .iter()
+        .zip(&ub)
+        .map(|(&g, &u)| {
+            let (g, u) = ((g as f64).min(7.0), (u as f64).clamp(-7.0, 7.0));
+            g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+        })
+        .collect();
+    check("clamped_swiglu", &dev.download_f32(&od, n).unwrap(), &r, 1e-6);
+
     let (n_tok, width) = (7usize, 896usize);
     let y = rng.vec(n_tok * width);
     let b = rng.vec(width);
@@ -1542,6 +1557,111 @@ fn fused_matvec_many_rounds_and_mixed_formats() {
             &reference,
             1e-4,
         );
+    }
+}
+
+// The router's picks on the GPU (moe_route) against the CPU backend's definition (a stable
+// sort of the biased logits under f32 total order, NaN as -inf; the softmax of the picked
+// logits relative to the first): ids and biased logits exact, weights within 1e-6 (expf); then
+// an expert's rows gathered and weighed back (moe_gather / moe_scatter) exactly as on the host
+// (up to the FMA contraction of w * y + acc: 1e-6).
+#[test]
+fn moe_route_gather_and_scatter() {
+    let Some(dev) = device("moe_route_gather_and_scatter") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_00E2);
+    for &(n_tok, n_exp, k) in &[(37usize, 32usize, 4usize), (5, 4, 2), (9, 256, 8), (3, 33, 1)] {
+        let mut logits: Vec<f32> = rng.vec(n_tok * n_exp).iter().map(|v| v * 4.0).collect();
+        for t in 0..n_tok {
+            let r = &mut logits[t * n_exp..(t + 1) * n_exp];
+            r[3 % n_exp] = r[1 % n_exp]; // a tie
+            if t % 3 == 1 {
+                r[rng.below(n_exp)] = f32::NAN;
+            }
+        }
+        let bias = rng.vec(n_exp);
+        let ld = dev.upload_f32(&logits, MemKind::Scratch).unwrap();
+        let bd = dev.upload_f32(&bias, MemKind::Scratch).unwrap();
+        let (idd, wd) = (poisoned(&dev, n_tok * k), poisoned(&dev, n_tok * k));
+        dev.moe_route(&ld, Some(&bd), n_tok, n_exp, k, &idd, &wd)
+            .unwrap();
+        let got_l = dev.download_f32(&ld, n_tok * n_exp).unwrap();
+        let got_ids = dev.download_i32(&idd, n_tok * k).unwrap();
+        let got_w = dev.download_f32(&wd, n_tok * k).unwrap();
+        for t in 0..n_tok {
+            let row: Vec<f32> = (0..n_exp).map(|e| logits[t * n_exp + e] + bias[e]).collect();
+            let same = row
+                .iter()
+                .zip(&got_l[t * n_exp..])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "moe_route {n_exp}: biased logits of token {t}");
+            let key = |i: usize| if row[i].is_nan() { f32::NEG_INFINITY } else { row[i] };
+            let mut order: Vec<usize> = (0..n_exp).collect();
+            order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+            let e: Vec<f64> = order[..k]
+                .iter()
+                .map(|&i| (row[i] as f64 - row[order[0]] as f64).exp())
+                .collect();
+            let sum: f64 = e.iter().sum();
+            for j in 0..k {
+                assert_eq!(
+                    got_ids[t * k + j],
+                    order[j] as i32,
+                    "moe_route top-{k} of {n_exp}: token {t} pick {j}"
+                );
+                let (g, w) = (got_w[t * k + j] as f64, e[j] / sum);
+                assert!((g - w).abs() <= 1e-6, "weight {t}/{j}: {g} vs {w}");
+            }
+        }
+        // Each expert's picks in token order, gathered, doubled, and weighed back.
+        let width = 300;
+        let x = rng.vec(n_tok * width);
+        let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+        let mut order = Vec::new();
+        for e in 0..n_exp as i32 {
+            order.extend((0..n_tok * k).filter(|&i| got_ids[i] == e).map(|i| i as i32));
+        }
+        let pd = upload_i32(&dev, &order);
+        let out = dev.alloc(n_tok * width * 4, MemKind::Scratch).unwrap();
+        dev.zero_async(&out).unwrap();
+        let mut want = vec![0f32; n_tok * width];
+        let mut first = 0;
+        while first < order.len() {
+            let e = got_ids[order[first] as usize];
+            let c = order[first..]
+                .iter()
+                .take_while(|&&i| got_ids[i as usize] == e)
+                .count();
+            let xg = poisoned(&dev, c * width);
+            dev.moe_gather(&xd, &pd, first, c, k, width, &xg).unwrap();
+            let g = dev.download_f32(&xg, c * width).unwrap();
+            let y: Vec<f32> = g.iter().map(|v| 2.0 * v + e as f32).collect();
+            for (j, &i) in order[first..first + c].iter().enumerate() {
+                let t = i as usize / k;
+                assert_eq!(&g[j * width..(j + 1) * width], &x[t * width..(t + 1) * width]);
+                for d in 0..width {
+                    want[t * width + d] += got_w[i as usize] * y[j * width + d];
+                }
+            }
+            let yd = dev.upload_f32(&y, MemKind::Scratch).unwrap();
+            dev.moe_scatter(&yd, &pd, first, c, &wd, k, width, &out)
+                .unwrap();
+            first += c;
+        }
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        check(
+            &format!("moe_scatter top-{k} of {n_exp}"),
+            &dev.download_f32(&out, n_tok * width).unwrap(),
+            &want,
+            1e-6,
+        );
+    }
+    // Bad arguments are errors, not launches.
+    let b = dev.alloc(1024, MemKind::Scratch).unwrap();
+    for (n_exp, k) in [(0, 1), (257, 4), (4, 5), (32, 9), (32, 0)] {
+        let r = dev.moe_route(&b, None, 1, n_exp, k, &b, &b);
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{n_exp} {k}: {r:?}");
     }
 }
 

@@ -1,8 +1,10 @@
 // CPU emulation of kernels/decode.cu's mat-vec kernels (tests/emu/emu_runtime.h): prep_input,
 // fused_matvec (the generic kernel and those of one format, each epilogue, 1-8 warps a row,
 // several rounds) and the mixture-of-experts expert_matvec / expert_combine (whose unselected
-// experts are poisoned memory: only the selected ones may be read), for every quantized
-// format and MXFP4 in particular, under AddressSanitizer (scripts/mma-emu.sh).
+// experts are poisoned memory: only the selected ones may be read; the experts named through
+// pointer tables as a model's are), for every quantized format and MXFP4 in particular; and
+// attention_decode (one block a head and the split/merge, windows, GPT-OSS's sinks, RoPE folded
+// or the token stored by kv_store_decode first), under AddressSanitizer (scripts/mma-emu.sh).
 //
 // References, in double:
 //   - MXFP4 values from the format's definition (OCP MX v1.0: E2M1 magnitudes 0, 0.5, 1, 1.5,
