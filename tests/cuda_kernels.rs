@@ -1006,7 +1006,12 @@ fn elementwise_ops() {
             g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
         })
         .collect();
-    check("clamped_swiglu", &dev.download_f32(&od, n).unwrap(), &r, 1e-6);
+    check(
+        "clamped_swiglu",
+        &dev.download_f32(&od, n).unwrap(),
+        &r,
+        1e-6,
+    );
 
     let (n_tok, width) = (7usize, 896usize);
     let y = rng.vec(n_tok * width);
@@ -1571,7 +1576,12 @@ fn moe_route_gather_and_scatter() {
         return;
     };
     let mut rng = Rng(0x5EED_00E2);
-    for &(n_tok, n_exp, k) in &[(37usize, 32usize, 4usize), (5, 4, 2), (9, 256, 8), (3, 33, 1)] {
+    for &(n_tok, n_exp, k) in &[
+        (37usize, 32usize, 4usize),
+        (5, 4, 2),
+        (9, 256, 8),
+        (3, 33, 1),
+    ] {
         let mut logits: Vec<f32> = rng.vec(n_tok * n_exp).iter().map(|v| v * 4.0).collect();
         for t in 0..n_tok {
             let r = &mut logits[t * n_exp..(t + 1) * n_exp];
@@ -1590,13 +1600,21 @@ fn moe_route_gather_and_scatter() {
         let got_ids = dev.download_i32(&idd, n_tok * k).unwrap();
         let got_w = dev.download_f32(&wd, n_tok * k).unwrap();
         for t in 0..n_tok {
-            let row: Vec<f32> = (0..n_exp).map(|e| logits[t * n_exp + e] + bias[e]).collect();
+            let row: Vec<f32> = (0..n_exp)
+                .map(|e| logits[t * n_exp + e] + bias[e])
+                .collect();
             let same = row
                 .iter()
                 .zip(&got_l[t * n_exp..])
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "moe_route {n_exp}: biased logits of token {t}");
-            let key = |i: usize| if row[i].is_nan() { f32::NEG_INFINITY } else { row[i] };
+            let key = |i: usize| {
+                if row[i].is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    row[i]
+                }
+            };
             let mut order: Vec<usize> = (0..n_exp).collect();
             order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
             let e: Vec<f64> = order[..k]
@@ -1620,7 +1638,11 @@ fn moe_route_gather_and_scatter() {
         let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
         let mut order = Vec::new();
         for e in 0..n_exp as i32 {
-            order.extend((0..n_tok * k).filter(|&i| got_ids[i] == e).map(|i| i as i32));
+            order.extend(
+                (0..n_tok * k)
+                    .filter(|&i| got_ids[i] == e)
+                    .map(|i| i as i32),
+            );
         }
         let pd = upload_i32(&dev, &order);
         let out = dev.alloc(n_tok * width * 4, MemKind::Scratch).unwrap();
@@ -1639,7 +1661,10 @@ fn moe_route_gather_and_scatter() {
             let y: Vec<f32> = g.iter().map(|v| 2.0 * v + e as f32).collect();
             for (j, &i) in order[first..first + c].iter().enumerate() {
                 let t = i as usize / k;
-                assert_eq!(&g[j * width..(j + 1) * width], &x[t * width..(t + 1) * width]);
+                assert_eq!(
+                    &g[j * width..(j + 1) * width],
+                    &x[t * width..(t + 1) * width]
+                );
                 for d in 0..width {
                     want[t * width + d] += got_w[i as usize] * y[j * width + d];
                 }
@@ -1661,7 +1686,10 @@ fn moe_route_gather_and_scatter() {
     let b = dev.alloc(1024, MemKind::Scratch).unwrap();
     for (n_exp, k) in [(0, 1), (257, 4), (4, 5), (32, 9), (32, 0)] {
         let r = dev.moe_route(&b, None, 1, n_exp, k, &b, &b);
-        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{n_exp} {k}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{n_exp} {k}: {r:?}"
+        );
     }
 }
 
