@@ -98,18 +98,6 @@ impl CudaStep<'_> {
                 "CUDA mixture scratch not sized for {n_exp} experts of rows {width}/{ff}"
             )));
         }
-        if self.n > self.st.moe.as_ref().map_or(0, |s| s.tokens) {
-            if self.capturing {
-                return Err(Error::Internal(
-                    "mixture scratch grown while capturing".into(),
-                ));
-            }
-            let sh = shape.expect("checked above");
-            // A captured decode step holds the old buffers' addresses.
-            self.st.graph = None;
-            self.st.moe = None; // the budget sees only the new buffers
-            self.st.moe = Some(MoeScratch::new(&self.st.dev, sh, self.n)?);
-        }
         let m = self.m;
         let tables = (
             tables(m, moe, |e| e.gate),
@@ -123,11 +111,19 @@ impl CudaStep<'_> {
             return self.mixture_one(layer, moe, x, out, expert_taps, [g, u, d]);
         }
         if self.capturing {
-            // The grouped path reads the picks back on the host: a graph cannot hold it.
+            // The grouped path reads the picks back on the host (and a step of several rows
+            // may grow the scratch): a graph cannot hold it. The step reruns without one.
             self.st.graph_ok = false;
             return Err(Error::Internal(
                 "mixture with a host round trip in a captured step".into(),
             ));
+        }
+        if self.n > self.st.moe.as_ref().map_or(0, |s| s.tokens) {
+            let sh = shape.expect("checked above");
+            // A captured decode step holds the old buffers' addresses.
+            self.st.graph = None;
+            self.st.moe = None; // the budget sees only the new buffers
+            self.st.moe = Some(MoeScratch::new(&self.st.dev, sh, self.n)?);
         }
         self.mixture_grouped(layer, moe, x, out, expert_taps)
     }
