@@ -10,6 +10,7 @@
 
 #include "../../kernels/attention_tiled.cu"
 #include "../../kernels/attention.cu"
+#include "attn_ref.h"
 #include "splitmix.h"
 
 static SplitMix64 rng{0x5EED};
@@ -71,25 +72,17 @@ int main() {
                         const int kvh = h / (cs.n_heads / cs.n_kv), qp = cs.pos0 + t;
                         const int lo = cs.window > 0 ? std::max(0, qp - cs.window + 1) : 0;
                         const float* qv = &q[((size_t)t * cs.n_heads + h) * hd];
-                        std::vector<double> sc;
-                        double mx = sk ? (double)sk[h] : -INFINITY;
-                        for (int j = lo; j <= qp; j++) {
-                            double s = 0;
-                            for (int d = 0; d < hd; d++)
-                                s += (double)(qv[d] * scale) * __half2float(kc[((size_t)kvh * max_ctx + j) * hd + d]);
-                            sc.push_back(s);
-                            mx = std::max(mx, s);
-                        }
-                        double L = sk ? exp((double)sk[h] - mx) : 0;
-                        for (double& s : sc) L += (s = exp(s - mx));
+                        auto cached = [&](const std::vector<__half>& c) {
+                            const __half* head = c.data() + (size_t)kvh * max_ctx * hd;
+                            return [head, hd](int j, int d) { return (double)__half2float(head[(size_t)j * hd + d]); };
+                        };
+                        const std::vector<double> o =
+                            attend_ref(qv, scale, lo, qp, hd, cached(kc), cached(vc), sk ? &sk[h] : nullptr);
                         for (int d = 0; d < hd; d++) {
-                            double o = 0;
-                            for (int j = lo; j <= qp; j++)
-                                o += sc[j - lo] / L * __half2float(vc[((size_t)kvh * max_ctx + j) * hd + d]);
                             const float g = out[((size_t)t * cs.n_heads + h) * hd + d];
                             if (!std::isfinite(g)) num = INFINITY;
-                            num += (g - o) * (g - o);
-                            den += o * o;
+                            num += (g - o[d]) * (g - o[d]);
+                            den += o[d] * o[d];
                         }
                     }
                 // The sink of 200 leaves outputs ~e^-190: relative to the others' norm they

@@ -24,6 +24,7 @@
 #include <cmath>
 
 #include "../../kernels/decode.cu"
+#include "attn_ref.h"
 #include "emu_weights.h"
 
 static SplitMix64 rng{0xDEC0DE};
@@ -424,23 +425,13 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
             return j == pos ? (double)__half2float(__float2half_rn(vnew[(size_t)kvh * hd + d]))
                             : (double)__half2float(vc[((size_t)kvh * max_ctx + j) * hd + d]);
         };
-        std::vector<double> sc;
-        double mx = sinks ? (double)sk[h] : -INFINITY;
-        for (int j = lo; j <= pos; j++) {
-            double s = 0;
-            for (int d = 0; d < hd; d++) s += (double)(qr[(size_t)h * hd + d] * scale) * key(j, d);
-            sc.push_back(s);
-            mx = std::max(mx, s);
-        }
-        double L = sinks ? exp((double)sk[h] - mx) : 0;
-        for (double& s : sc) L += (s = exp(s - mx));
+        const std::vector<double> o =
+            attend_ref(&qr[(size_t)h * hd], scale, lo, pos, hd, key, val, sinks ? &sk[h] : nullptr);
         for (int d = 0; d < hd; d++) {
-            double o = 0;
-            for (int j = lo; j <= pos; j++) o += sc[j - lo] / L * val(j, d);
             const float g = out[(size_t)h * hd + d];
             if (!std::isfinite(g)) num = INFINITY;
-            num += (g - o) * (g - o);
-            den += o * o;
+            num += (g - o[d]) * (g - o[d]);
+            den += o[d] * o[d];
         }
     }
     // f32 scores and sums against double; the rotation is the same code on both sides.
