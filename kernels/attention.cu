@@ -26,13 +26,16 @@ extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __
 
 #define AW 4        // warps per block
 
+// `sinks` (n_heads f32, or null): GPT-OSS's learned logit per head, which joins each softmax's
+// denominator with no value (attn_sink_factor).
 // Launch: block = 32*AW threads, grid = (n_heads, n_tok). Each warp scans every AW-th key with
 // an online softmax (running max m, sum l, accumulator acc over head_dim spread across lanes),
 // then the warps' partial results are merged through shared memory.
 extern "C" __global__ void __launch_bounds__(32 * AW)
 attention(const float* __restrict__ q, const __half* __restrict__ kc,
           const __half* __restrict__ vc, float* __restrict__ out, int n_heads, int n_kv,
-          int head_dim, int max_ctx, int pos0, float scale, int window) {
+          int head_dim, int max_ctx, int pos0, float scale, int window,
+          const float* __restrict__ sinks) {
     pdl_wait();
     pdl_trigger();
     __shared__ float sm[AW], sl[AW];
@@ -61,14 +64,15 @@ attention(const float* __restrict__ q, const __half* __restrict__ kc,
         if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     if (warp == 0) {
-        float f[AW];
-        const float L = attn_merge_factors<AW>(sm, sl, f, nullptr);
+        float f[AW], M;
+        const float L = attn_merge_factors<AW>(sm, sl, f, &M);
+        const float inv = sinks ? attn_sink_factor(M, L, sinks[h]) : 0.f;
         float* o = out + ((long long)t * n_heads + h) * head_dim;
         for (int i = 0; i < nd; i++) {
             float a = 0.f;
 #pragma unroll
             for (int w = 0; w < AW; w++) a += sacc[w][lane + 32 * i] * f[w];
-            o[lane + 32 * i] = a / L;
+            o[lane + 32 * i] = sinks ? a * inv : a / L;
         }
     }
 }

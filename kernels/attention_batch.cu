@@ -37,12 +37,12 @@ extern "C" __global__ void kv_store_batch(const float* __restrict__ k,
 #define AW 4  // warps per block
 
 // Launch: block = 32*AW threads, grid = (n_heads, n_rows). As attention.cu's kernel for one
-// query row, with the row's own cache and position: each warp scans every AW-th key with an
+// query row (sinks included: n_heads f32 or null), with the row's own cache and position: each warp scans every AW-th key with an
 // online softmax, then the warps' partial results merge through shared memory.
 extern "C" __global__ void __launch_bounds__(32 * AW)
 attention_batch(const float* __restrict__ q, const unsigned long long* __restrict__ tab,
                 const int* __restrict__ pos, float* __restrict__ out, int n_heads, int n_kv,
-                int head_dim, float scale, int window) {
+                int head_dim, float scale, int window, const float* __restrict__ sinks) {
     pdl_wait();
     pdl_trigger();
     __shared__ float sm[AW], sl[AW];
@@ -75,14 +75,16 @@ attention_batch(const float* __restrict__ q, const unsigned long long* __restric
         if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     if (warp == 0) {
-        float f[AW];
-        const float L = attn_merge_factors<AW>(sm, sl, f, nullptr);
+        float f[AW], M;
+        const float L = attn_merge_factors<AW>(sm, sl, f, &M);
+        // A sink joins the denominator with no value (attn_common.cuh).
+        const float inv = sinks ? attn_sink_factor(M, L, sinks[h]) : 0.f;
         float* o = out + ((long long)t * n_heads + h) * head_dim;
         for (int i = 0; i < nd; i++) {
             float a = 0.f;
 #pragma unroll
             for (int w = 0; w < AW; w++) a += sacc[w][lane + 32 * i] * f[w];
-            o[lane + 32 * i] = a / L;
+            o[lane + 32 * i] = sinks ? a * inv : a / L;
         }
     }
 }

@@ -10,7 +10,8 @@
 // Per tile, lane j scores key j against the warp's 4 queries, the warp updates each query's
 // running max m, sum l and accumulator (lane owns value dims 2(lane + 32i), +1) with an online
 // softmax, broadcasting the probabilities by shuffles. head_dim: a multiple of 32, <= 256.
-#include "common.cuh"
+// `sinks` (n_heads f32, or null): GPT-OSS's logit per head in each softmax's denominator.
+#include "attn_common.cuh"
 
 #define AQ 16  // queries per block
 #define AK 32  // keys per tile
@@ -21,10 +22,14 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
-                const __half* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
-                int n_kv, int hd, int max_ctx, int pos0, float scale, int window) {
+// SINKS: the kernel with attention sinks (its own instance: the sink's use costs the kernel
+// registers, 24 bytes spilled, which the models without sinks need not pay).
+template <bool SINKS>
+__device__ __forceinline__ void
+attention_tiled_body(const float* __restrict__ q, const __half* __restrict__ kc,
+                     const __half* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
+                     int n_kv, int hd, int max_ctx, int pos0, float scale, int window,
+                     const float* __restrict__ sinks) {
     pdl_wait();
     pdl_trigger();
 #ifdef MMA_EMULATE
@@ -59,8 +64,11 @@ attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
         live[qi] = t < n_tok;
         qpos[qi] = pos0 + t;
         lo[qi] = window > 0 ? max(0, qpos[qi] - window + 1) : 0;
-        m[qi] = -INFINITY;
-        l[qi] = 0.f;
+        // A sink starts the online softmax as a key of its own with no value: the max is
+        // the sink's logit and the sum e^0 (an end-of-kernel correction instead spilled
+        // registers in this kernel).
+        m[qi] = SINKS ? sinks[h] : -INFINITY;
+        l[qi] = SINKS ? 1.f : 0.f;
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[qi][i][0] = acc[qi][i][1] = 0.f;
     }
@@ -103,7 +111,7 @@ attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
                 continue;
             }
             const float mn = fmaxf(m[qi], tmax);
-            const float corr = expf(m[qi] - mn);  // m = -inf before the first key: 0
+            const float corr = expf(m[qi] - mn);  // m = -inf before the first key (no sink): 0
             const float p = ok ? expf(sv - mn) : 0.f;
             l[qi] = l[qi] * corr + warp_sum(p);
             m[qi] = mn;
@@ -146,3 +154,16 @@ attention_tiled(const float* __restrict__ q, const __half* __restrict__ kc,
         }
     }
 }
+#define ATTN_TILED_ARGS                                                                          \
+    const float *__restrict__ q, const __half *__restrict__ kc, const __half *__restrict__ vc,     \
+        float *__restrict__ out, int n_tok, int n_heads, int n_kv, int hd, int max_ctx, int pos0, \
+        float scale, int window, const float *__restrict__ sinks
+#define ATTN_TILED_PASS q, kc, vc, out, n_tok, n_heads, n_kv, hd, max_ctx, pos0, scale, window, sinks
+extern "C" __global__ void __launch_bounds__(128) attention_tiled(ATTN_TILED_ARGS) {
+    attention_tiled_body<false>(ATTN_TILED_PASS);
+}
+extern "C" __global__ void __launch_bounds__(128) attention_tiled_sinks(ATTN_TILED_ARGS) {
+    attention_tiled_body<true>(ATTN_TILED_PASS);
+}
+#undef ATTN_TILED_ARGS
+#undef ATTN_TILED_PASS

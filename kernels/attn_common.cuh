@@ -49,3 +49,12 @@ __device__ __forceinline__ float attn_merge_factors(const float* sm, const float
     if (M_out) *M_out = M;
     return L;
 }
+
+// The factor that turns a softmax's accumulator (max m, sum l of e^(s - m)) into its output
+// when an attention sink (GPT-OSS: a learned logit per head, in the units of the scaled
+// scores) joins the denominator with no value: 1 / (l + e^(sink - m)), computed against
+// max(m, sink) so that a sink far above the scores cannot overflow.
+__device__ __forceinline__ float attn_sink_factor(float m, float l, float sink) {
+    const float mx = fmaxf(m, sink), a = expf(m - mx);
+    return a / (l * a + expf(sink - mx));
+}

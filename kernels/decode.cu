@@ -711,18 +711,18 @@ MV_TWO(q5_0_q8_0, T_Q5_0, T_Q8_0) MV_TWO(q4_k_q6_k, T_Q4_K, T_Q6_K)
 #undef MV_TWO
 
 // ---------- mixture of experts, one token: the selected experts' mat-vecs ----------
-// A stacked expert tensor holds n_expert matrices of `rows` rows of k values, expert e at
-// w + e * expert_bytes (GGUF: its outermost dimension). `ids` (device memory, n_sel ids,
-// written by the router's top-k just before) names the experts this token uses: only their
-// rows are read, and nothing goes back to the host in between.
+// Each expert of a stacked tensor is its own weight buffer (the model uploads the file's
+// per-expert views one by one), so a product names its experts through a pointer table in
+// device memory: `w[m][e]` is expert e's matrix of `rows` rows of k values. `ids` (device
+// memory, n_sel ids, written by the router's top-k just before) names the experts this token
+// uses: only their rows are read, and nothing goes back to the host in between.
 struct ExpertArgs {
-    const uint8_t* w[2];     // one or two stacked tensors of one format and shape (gate, up)
-    const float* bias[2];    // [n_expert][rows] f32 each, or null
-    float* out[2];           // [n_sel][rows] f32 each: slot s's products at s * rows
-    const int* ids;          // n_sel expert ids; one out of range gives NaN rows, nothing read
-    long long expert_bytes;  // rows * row_bytes
+    const uint8_t* const* w[2];  // one or two tables (gate, up) of n_expert matrices, one format and shape
+    const float* const* bias[2]; // tables of n_expert bias rows (`rows` f32 each), or null
+    float* out[2];               // [n_sel][rows] f32 each: slot s's products at s * rows
+    const int* ids;              // n_sel expert ids; one out of range gives NaN rows, nothing read
     long long row_bytes;
-    long long x_stride;      // bytes from slot s's input records to slot s+1's (0: one input)
+    long long x_stride;          // bytes from slot s's input records to slot s+1's (0: one input)
     int n_mat, n_sel, n_expert, rows, k, unused;
 };
 
@@ -749,7 +749,7 @@ __device__ __forceinline__ void expert_matvec_body(const ExpertArgs& a, const ui
         if (e < 0 || e >= a.n_expert) return nullptr;
         // (Selects, not a.w[m]: a run-time index into the parameters would copy them to
         // local memory.)
-        return (m ? a.w[1] : a.w[0]) + (long long)e * a.expert_bytes + (long long)r * a.row_bytes;
+        return (m ? a.w[1] : a.w[0])[e] + (long long)r * a.row_bytes;
     };
     pdl_wait();  // the ids and the input records come from the kernels before
     pdl_trigger();
@@ -785,11 +785,11 @@ __device__ __forceinline__ void expert_matvec_body(const ExpertArgs& a, const ui
             __syncthreads();
         }
         if (job < total && part == 0 && lane == 0) {
-            const float* bias = m ? a.bias[1] : a.bias[0];
+            const float* const* bias = m ? a.bias[1] : a.bias[0];
             if (!ra)
                 d = __uint_as_float(0x7fc00000u);  // NaN: a bad id shows
             else if (bias)
-                d += bias[(long long)a.ids[s] * a.rows + r];
+                d += bias[a.ids[s]][r];
             (m ? a.out[1] : a.out[0])[(long long)s * a.rows + r] = d;
         }
     }
@@ -858,6 +858,21 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
         kc[dst] = __float2half_rn(x[d]);
         vc[dst] = __float2half_rn(v[kh * head_dim + d]);
     }
+}
+
+// One token: k and v (n_kv x head_dim f32, k already rotated) stored as f16 in the layer's
+// cache at position pos[0] (the decode step of a rope that attention_decode does not fold).
+// Launch: block = head_dim threads, grid.x = n_kv.
+extern "C" __global__ void kv_store_decode(const float* __restrict__ k, const float* __restrict__ v,
+                                           __half* kc, __half* vc, const int* __restrict__ pos,
+                                           int head_dim, int max_ctx) {
+    pdl_wait();
+    pdl_trigger();
+    const int h = blockIdx.x, d = threadIdx.x;
+    if (d >= head_dim) return;
+    const long long dst = ((long long)h * max_ctx + pos[0]) * head_dim + d;
+    kc[dst] = __float2half_rn(k[h * head_dim + d]);
+    vc[dst] = __float2half_rn(v[h * head_dim + d]);
 }
 
 #define AW 4        // warps per block of attention_decode
@@ -944,6 +959,7 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const __half* 
 // warps, merged in shared memory), writes (max, sum, acc) to `part`, and the last block of
 // the head merges all.
 // With `rec`, the output's chunk records are written too (the next mat-vec's prepared input).
+// With `sinks` (n_heads f32, GPT-OSS), head h's sink logit joins its softmax's denominator.
 // With `knew` (the token's k and v, n_kv x head_dim f32, not yet rotated or cached): RoPE
 // (rot_dim, base, neox) is applied here to the block's q head in shared memory, and the block
 // whose slice holds position pos[0] rotates the new key and stores it and its value in the
@@ -957,7 +973,7 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
                  float* part, int* count, const int* __restrict__ pos, int n_heads, int n_kv,
                  int head_dim, int max_ctx, float scale, int window, uint8_t* __restrict__ rec,
                  const float* __restrict__ knew, const float* __restrict__ vnew, int rot_dim,
-                 float rope_base, int neox) {
+                 float rope_base, int neox, const float* __restrict__ sinks) {
     pdl_wait();
     pdl_trigger();
     __shared__ float sm[AW], sl[AW];
@@ -1035,13 +1051,14 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
     if (n_act == 1) {
         // The only slice: its merged result is the output.
         if (warp == 0) {
-            float f[AW];
-            const float L = attn_merge_factors<AW>(sm, sl, f, nullptr);
+            float f[AW], M;
+            const float L = attn_merge_factors<AW>(sm, sl, f, &M);
+            const float inv = sinks ? attn_sink_factor(M, L, sinks[h]) : 0.f;
             for (int i = 0; i < nd; i++) {
                 float o = 0.f;
 #pragma unroll
                 for (int w = 0; w < AW; w++) o += sacc[w][lane + 32 * i] * f[w];
-                o /= L;
+                o = sinks ? o * inv : o / L;
                 out[(long long)h * head_dim + lane + 32 * i] = o;
                 if (rec) write_record(o, rec + ((long long)h * nd + i) * XREC, lane);
             }
@@ -1068,7 +1085,7 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
     // The last block of head h merges the n_split (= 32, one per lane) partial results. Loads
     // bypass L1 (__ldcg): other blocks wrote them through L2.
     __shared__ float fs[32];
-    __shared__ float Ls;
+    __shared__ float Ls, Is;
     const float* ph = part + (long long)h * n_split * stride;
     if (warp == 0) {
         const bool act = lane < n_act;
@@ -1080,7 +1097,10 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
         const float f = ls > 0.f ? expf(ms - M) : 0.f;  // a slice with no keys adds nothing
         fs[lane] = f;
         const float L = warp_sum(ls * f);
-        if (lane == 0) Ls = L;
+        if (lane == 0) {
+            Ls = L;
+            Is = sinks ? attn_sink_factor(M, L, sinks[h]) : 0.f;
+        }
     }
     __syncthreads();
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
@@ -1088,7 +1108,7 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
 #pragma unroll 8
         for (int s = 0; s < 32; s++)
             if (s < n_act) o += fs[s] * __ldcg(ph + s * stride + 2 + d);
-        o /= Ls;
+        o = sinks ? o * Is : o / Ls;
         out[(long long)h * head_dim + d] = o;
         // A warp holds one 32-value chunk here (head_dim is a multiple of 32).
         if (rec) write_record(o, rec + ((long long)h * nd + d / 32) * XREC, lane);
@@ -1100,10 +1120,10 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
         int *count, const int *__restrict__ pos, int n_heads, int n_kv, int head_dim,          \
         int max_ctx, float scale, int window, uint8_t *__restrict__ rec,                       \
         const float *__restrict__ knew, const float *__restrict__ vnew, int rot_dim,           \
-        float rope_base, int neox
+        float rope_base, int neox, const float *__restrict__ sinks
 #define ATTN_DECODE_PASS                                                                      \
     q, kc, vc, out, part, count, pos, n_heads, n_kv, head_dim, max_ctx, scale, window, rec, knew, \
-        vnew, rot_dim, rope_base, neox
+        vnew, rot_dim, rope_base, neox, sinks
 extern "C" __global__ void __launch_bounds__(32 * AW) attention_decode(ATTN_DECODE_ARGS) {
     attention_decode_body<MAXD>(ATTN_DECODE_PASS);
 }

@@ -24,6 +24,20 @@ extern "C" __global__ void geglu(const float* g, const float* u, float* out, lon
     }
 }
 
+// GPT-OSS's expert activation: g = min(gate, limit), u = clamp(up, -limit, limit),
+// out = g * sigmoid(alpha * g) * (u + 1).
+extern "C" __global__ void clamped_swiglu(const float* g, const float* u, float* out, long long n,
+                                          float alpha, float limit) {
+    pdl_wait();
+    pdl_trigger();
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float x = fminf(g[i], limit);
+        const float y = fminf(fmaxf(u[i], -limit), limit);
+        out[i] = x / (1.0f + expf(-alpha * x)) * (y + 1.0f);
+    }
+}
+
 // y[t][j] += b[j] for n_tok rows of n values (n_total = n_tok * n).
 extern "C" __global__ void add_bias(float* y, const float* b, int n, long long n_total) {
     pdl_wait();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run kernels/mma_matmul.cu, kernels/gemm_f16.cu, kernels/attention_tiled.cu and the mat-vec
-# kernels of kernels/decode.cu on the CPU
+# Run kernels/mma_matmul.cu, kernels/gemm_f16.cu, the prompt attention kernels, the mat-vec and
+# attention kernels of kernels/decode.cu and kernels/moe.cu on the CPU
 # (tests/emu: one fiber per GPU thread, warp-wide operations emulated by their PTX ISA
 # definitions) under AddressSanitizer, against references. No GPU needed.
 # Usage: scripts/mma-emu.sh [type]  (a type limits the mma_matmul.cu and decode.cu runs to it)
@@ -13,6 +13,7 @@ g++ "${flags[@]}" "$here/tests/emu/mma_emu.cpp" -o "$out/mma_emu"
 g++ "${flags[@]}" "$here/tests/emu/attn_emu.cpp" -o "$out/attn_emu"
 g++ "${flags[@]}" "$here/tests/emu/gemm_emu.cpp" -o "$out/gemm_emu"
 g++ "${flags[@]}" "$here/tests/emu/decode_emu.cpp" -o "$out/decode_emu"
+g++ "${flags[@]}" "$here/tests/emu/moe_emu.cpp" -o "$out/moe_emu"
 export ASAN_OPTIONS=detect_stack_use_after_return=0
 "$out/mma_emu" "${1:-all}" lazy   # cp.async copies land as late as allowed
 "$out/mma_emu" "${1:-all}" eager  # ... and as early
@@ -21,3 +22,4 @@ export ASAN_OPTIONS=detect_stack_use_after_return=0
 "$out/gemm_emu" eager
 "$out/decode_emu" lazy ${1:+"$1"}
 "$out/decode_emu" eager ${1:+"$1"}
+"$out/moe_emu"

@@ -279,7 +279,9 @@ fn mma_prompt_bench() {
         let mut t = Vec::new();
         for i in 0..11 {
             let ms = dev
-                .time_ms(|| dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, 0, &mut od))
+                .time_ms(|| {
+                    dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, 0, None, &mut od)
+                })
                 .unwrap();
             if i > 0 {
                 t.push(ms);
@@ -405,10 +407,16 @@ fn mxfp4_decode_bench() {
             dev.upload_padded(&w, 16, MemKind::Weights).unwrap()
         })
         .collect();
+    let tables: Vec<_> = tensors
+        .iter()
+        .map(|t| {
+            dev.stacked_expert_table(t, n_expert, h * h / 32 * 17)
+                .unwrap()
+        })
+        .collect();
     let experts = |i: usize| ExpertsRef {
         ty: MXFP4,
-        w: &tensors[i],
-        n_expert,
+        table: &tables[i],
         rows: h,
         cols: h,
     };

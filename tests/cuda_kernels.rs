@@ -796,6 +796,7 @@ fn attention_ref(
     pos0: usize,
     scale: f32,
     window: usize,
+    sinks: Option<&[f32]>,
 ) -> Vec<f64> {
     let r16 = |v: f32| f16::from_f32(v).to_f64();
     let mut out = vec![0.0; n_tok * n_heads * hd];
@@ -818,9 +819,15 @@ fn attention_ref(
                         .sum::<f64>()
                 })
                 .collect();
-            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            // A sink joins the max and the denominator, with no value.
+            let sink = sinks.map(|s| s[h] as f64);
+            let m = scores
+                .iter()
+                .cloned()
+                .chain(sink)
+                .fold(f64::NEG_INFINITY, f64::max);
             let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let l: f64 = p.iter().sum();
+            let l: f64 = p.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - m).exp());
             let o = &mut out[(t * n_heads + h) * hd..][..hd];
             for (jj, j) in (lo..=qpos).enumerate() {
                 let vr = &v_all[(j * n_kv + kvh) * hd..][..hd];
@@ -891,19 +898,36 @@ fn attention_decode_and_prefill() {
         let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
         dev.fill_bytes(&mut od, POISON).unwrap();
-        dev.attention(&qd, n_tok, n_heads, &cache, pos0, scale, window, &mut od)
+        // GPT-OSS's sinks: below, among and above the scores (scaled scores here are ~±2).
+        let sinks: Vec<f32> = (0..n_heads).map(|h| (h % 3) as f32 * 3.0 - 3.0).collect();
+        let sinks_d = dev.upload_f32(&sinks, MemKind::Scratch).unwrap();
+        for with_sinks in [false, true] {
+            let (sk, skd) = if with_sinks {
+                (Some(&sinks[..]), Some(&sinks_d))
+            } else {
+                (None, None)
+            };
+            dev.fill_bytes(&mut od, POISON).unwrap();
+            dev.attention(
+                &qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od,
+            )
             .unwrap();
-        let got = dev.download_f32(&od, q.len()).unwrap();
-        let reference = attention_ref(
-            &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window,
-        );
-        let what = format!("h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window}");
-        check(&format!("attention {what}"), &got, &reference, 1e-5);
-        dev.fill_bytes(&mut od, POISON).unwrap();
-        dev.attention_tiled(&qd, n_tok, n_heads, &cache, pos0, scale, window, &mut od)
+            let got = dev.download_f32(&od, q.len()).unwrap();
+            let reference = attention_ref(
+                &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window, sk,
+            );
+            let what = format!(
+                "h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window} sinks={with_sinks}"
+            );
+            check(&format!("attention {what}"), &got, &reference, 1e-5);
+            dev.fill_bytes(&mut od, POISON).unwrap();
+            dev.attention_tiled(
+                &qd, n_tok, n_heads, &cache, pos0, scale, window, skd, &mut od,
+            )
             .unwrap();
-        let got = dev.download_f32(&od, q.len()).unwrap();
-        check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
+            let got = dev.download_f32(&od, q.len()).unwrap();
+            check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
+        }
         // The cache holds exactly the f16 of what was stored, head-major.
         let mut kb = vec![0u8; cache.k.len_bytes()];
         dev.download(&cache.k, &mut kb).unwrap();
@@ -926,6 +950,7 @@ fn attention_decode_and_prefill() {
             max_ctx - n_tok + 1,
             scale,
             0,
+            None,
             &mut od,
         );
         assert!(matches!(full, Err(Error::ContextFull(_))), "{full:?}");
@@ -967,6 +992,26 @@ fn elementwise_ops() {
         })
         .collect();
     check("geglu", &dev.download_f32(&od, n).unwrap(), &r, 1e-6);
+
+    // GPT-OSS's experts' activation: g up to ±6 and u scaled to ±8, past the limit of 7.
+    let ub: Vec<f32> = u.iter().map(|v| v * 8.0).collect();
+    let ubd = dev.upload_f32(&ub, MemKind::Scratch).unwrap();
+    dev.fill_bytes(&mut od, POISON).unwrap();
+    dev.clamped_swiglu(&gd, &ubd, n, 1.702, 7.0, &od).unwrap();
+    let r: Vec<f64> = g
+        .iter()
+        .zip(&ub)
+        .map(|(&g, &u)| {
+            let (g, u) = ((g as f64).min(7.0), (u as f64).clamp(-7.0, 7.0));
+            g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+        })
+        .collect();
+    check(
+        "clamped_swiglu",
+        &dev.download_f32(&od, n).unwrap(),
+        &r,
+        1e-6,
+    );
 
     let (n_tok, width) = (7usize, 896usize);
     let y = rng.vec(n_tok * width);
@@ -1520,6 +1565,134 @@ fn fused_matvec_many_rounds_and_mixed_formats() {
     }
 }
 
+// The router's picks on the GPU (moe_route) against the CPU backend's definition (a stable
+// sort of the biased logits under f32 total order, NaN as -inf; the softmax of the picked
+// logits relative to the first): ids and biased logits exact, weights within 1e-6 (expf); then
+// an expert's rows gathered and weighed back (moe_gather / moe_scatter) exactly as on the host
+// (up to the FMA contraction of w * y + acc: 1e-6).
+#[test]
+fn moe_route_gather_and_scatter() {
+    let Some(dev) = device("moe_route_gather_and_scatter") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_00E2);
+    for &(n_tok, n_exp, k) in &[
+        (37usize, 32usize, 4usize),
+        (5, 4, 2),
+        (9, 256, 8),
+        (3, 33, 1),
+    ] {
+        let mut logits: Vec<f32> = rng.vec(n_tok * n_exp).iter().map(|v| v * 4.0).collect();
+        for t in 0..n_tok {
+            let r = &mut logits[t * n_exp..(t + 1) * n_exp];
+            r[3 % n_exp] = r[1 % n_exp]; // a tie
+            if t % 3 == 1 {
+                r[rng.below(n_exp)] = f32::NAN;
+            }
+        }
+        let bias = rng.vec(n_exp);
+        let ld = dev.upload_f32(&logits, MemKind::Scratch).unwrap();
+        let bd = dev.upload_f32(&bias, MemKind::Scratch).unwrap();
+        let (idd, wd) = (poisoned(&dev, n_tok * k), poisoned(&dev, n_tok * k));
+        dev.moe_route(&ld, Some(&bd), n_tok, n_exp, k, &idd, &wd)
+            .unwrap();
+        let got_l = dev.download_f32(&ld, n_tok * n_exp).unwrap();
+        let got_ids = dev.download_i32(&idd, n_tok * k).unwrap();
+        let got_w = dev.download_f32(&wd, n_tok * k).unwrap();
+        for t in 0..n_tok {
+            let row: Vec<f32> = (0..n_exp)
+                .map(|e| logits[t * n_exp + e] + bias[e])
+                .collect();
+            let same = row
+                .iter()
+                .zip(&got_l[t * n_exp..])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "moe_route {n_exp}: biased logits of token {t}");
+            let key = |i: usize| {
+                if row[i].is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    row[i]
+                }
+            };
+            let mut order: Vec<usize> = (0..n_exp).collect();
+            order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+            let e: Vec<f64> = order[..k]
+                .iter()
+                .map(|&i| (row[i] as f64 - row[order[0]] as f64).exp())
+                .collect();
+            let sum: f64 = e.iter().sum();
+            for j in 0..k {
+                assert_eq!(
+                    got_ids[t * k + j],
+                    order[j] as i32,
+                    "moe_route top-{k} of {n_exp}: token {t} pick {j}"
+                );
+                let (g, w) = (got_w[t * k + j] as f64, e[j] / sum);
+                assert!((g - w).abs() <= 1e-6, "weight {t}/{j}: {g} vs {w}");
+            }
+        }
+        // Each expert's picks in token order, gathered, doubled, and weighed back.
+        let width = 300;
+        let x = rng.vec(n_tok * width);
+        let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
+        let mut order = Vec::new();
+        for e in 0..n_exp as i32 {
+            order.extend(
+                (0..n_tok * k)
+                    .filter(|&i| got_ids[i] == e)
+                    .map(|i| i as i32),
+            );
+        }
+        let pd = upload_i32(&dev, &order);
+        let out = dev.alloc(n_tok * width * 4, MemKind::Scratch).unwrap();
+        dev.zero_async(&out).unwrap();
+        let mut want = vec![0f32; n_tok * width];
+        let mut first = 0;
+        while first < order.len() {
+            let e = got_ids[order[first] as usize];
+            let c = order[first..]
+                .iter()
+                .take_while(|&&i| got_ids[i as usize] == e)
+                .count();
+            let xg = poisoned(&dev, c * width);
+            dev.moe_gather(&xd, &pd, first, c, k, width, &xg).unwrap();
+            let g = dev.download_f32(&xg, c * width).unwrap();
+            let y: Vec<f32> = g.iter().map(|v| 2.0 * v + e as f32).collect();
+            for (j, &i) in order[first..first + c].iter().enumerate() {
+                let t = i as usize / k;
+                assert_eq!(
+                    &g[j * width..(j + 1) * width],
+                    &x[t * width..(t + 1) * width]
+                );
+                for d in 0..width {
+                    want[t * width + d] += got_w[i as usize] * y[j * width + d];
+                }
+            }
+            let yd = dev.upload_f32(&y, MemKind::Scratch).unwrap();
+            dev.moe_scatter(&yd, &pd, first, c, &wd, k, width, &out)
+                .unwrap();
+            first += c;
+        }
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        check(
+            &format!("moe_scatter top-{k} of {n_exp}"),
+            &dev.download_f32(&out, n_tok * width).unwrap(),
+            &want,
+            1e-6,
+        );
+    }
+    // Bad arguments are errors, not launches.
+    let b = dev.alloc(1024, MemKind::Scratch).unwrap();
+    for (n_exp, k) in [(0, 1), (257, 4), (4, 5), (32, 9), (32, 0)] {
+        let r = dev.moe_route(&b, None, 1, n_exp, k, &b, &b);
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{n_exp} {k}: {r:?}"
+        );
+    }
+}
+
 // The mixture-of-experts decode products (expert_matvec, expert_combine): GPT-OSS 20B's
 // shapes (32 experts of 2880 x 2880, MXFP4, top-4 with one expert picked twice) and small
 // Q4_K / Q8_0 ones; gate and up (with biases) on one input, then down on each expert's own
@@ -1581,10 +1754,13 @@ fn expert_matvec_reads_only_the_selected_experts() {
         let bgd = dev.upload_f32(&bg, MemKind::Scratch).unwrap();
         let bud = dev.upload_f32(&bu, MemKind::Scratch).unwrap();
         let idd = upload_i32(&dev, ids);
-        let experts = |w| ExpertsRef {
+        // Tables of the experts of each stacked tensor (a model's point at a buffer each).
+        let table = |b, stride| dev.stacked_expert_table(b, n_expert, stride).unwrap();
+        let (gt, ut, dt) = (table(&gd, eb), table(&ud, eb), table(&dd, eb));
+        let (bgt, but) = (table(&bgd, rows * 4), table(&bud, rows * 4));
+        let experts = |table| ExpertsRef {
             ty,
-            w,
-            n_expert,
+            table,
             rows,
             cols: k,
         };
@@ -1613,13 +1789,13 @@ fn expert_matvec_reads_only_the_selected_experts() {
         let (og, ou) = (poisoned(&dev, n_sel * rows), poisoned(&dev, n_sel * rows));
         let prods = [
             ExpertOut {
-                experts: experts(&gd),
-                bias: Some(&bgd),
+                experts: experts(&gt),
+                bias: Some(&bgt),
                 out: &og,
             },
             ExpertOut {
-                experts: experts(&ud),
-                bias: Some(&bud),
+                experts: experts(&ut),
+                bias: Some(&but),
                 out: &ou,
             },
         ];
@@ -1649,7 +1825,7 @@ fn expert_matvec_reads_only_the_selected_experts() {
         let run_down = |ids: &llorch::backend::cuda::DeviceBuffer| {
             let out = poisoned(&dev, n_sel * rows);
             let prods = [ExpertOut {
-                experts: experts(&dd),
+                experts: experts(&dt),
                 bias: None,
                 out: &out,
             }];
@@ -1729,11 +1905,14 @@ fn expert_matvec_reads_only_the_selected_experts() {
         .alloc(CudaDevice::input_record_bytes(64), MemKind::Scratch)
         .unwrap();
     let out = dev.alloc(9 * 64 * 4, MemKind::Scratch).unwrap();
-    let ex = |ty, n_expert, rows, cols| ExpertOut {
+    let tables: Vec<_> = [(2, 4 * 34), (4, 2 * 34), (5, 2 * 34)]
+        .iter()
+        .map(|&(n, stride)| dev.stacked_expert_table(&w, n, stride).unwrap())
+        .collect();
+    let ex = |ty, n_expert: usize, rows, cols| ExpertOut {
         experts: ExpertsRef {
             ty,
-            w: &w,
-            n_expert,
+            table: tables.iter().find(|t| t.len() == n_expert).unwrap(),
             rows,
             cols,
         },
@@ -1863,20 +2042,41 @@ fn rope_kv_and_split_attention() {
         let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
         let scale = 1.0 / (hd as f32).sqrt();
         let reference = attention_ref(
-            &q_roped, &k_ref, &v_all, 1, n_heads, n_kv, hd, pos, scale, 0,
+            &q_roped, &k_ref, &v_all, 1, n_heads, n_kv, hd, pos, scale, 0, None,
         );
-        for round in 0..2 {
+        // GPT-OSS's sinks (below, among and above the scores) in the third round.
+        let sinks: Vec<f32> = (0..n_heads).map(|h| (h % 3) as f32 * 3.0 - 3.0).collect();
+        let sinks_d = dev.upload_f32(&sinks, MemKind::Scratch).unwrap();
+        let sink_ref = attention_ref(
+            &q_roped,
+            &k_ref,
+            &v_all,
+            1,
+            n_heads,
+            n_kv,
+            hd,
+            pos,
+            scale,
+            0,
+            Some(&sinks),
+        );
+        for round in 0..3 {
             // Twice: the counters must be back at zero after each launch.
+            let (skd, want) = if round == 2 {
+                (Some(&sinks_d), &sink_ref)
+            } else {
+                (None, &reference)
+            };
             dev.fill_bytes(&mut od, POISON).unwrap();
             dev.attention_decode(
-                &qd, &cache, &posd, n_heads, scale, 0, &part, &count, &od, None, None,
+                &qd, &cache, &posd, n_heads, scale, 0, &part, &count, &od, None, None, skd,
             )
             .unwrap();
             let got = dev.download_f32(&od, q.len()).unwrap();
             check(
                 &format!("attention_decode {what} round {round}"),
                 &got,
-                &reference,
+                want,
                 1e-5,
             );
         }
@@ -1919,6 +2119,7 @@ fn rope_kv_and_split_attention() {
             &od,
             None,
             Some(new_kv),
+            None,
         )
         .unwrap();
         let got = dev.download_f32(&od, q.len()).unwrap();

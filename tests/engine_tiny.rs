@@ -365,26 +365,157 @@ fn tiny_models_on_gpu_match_hf() {
     }
 }
 
-/// GPT-OSS on the GPU is not there yet (sinks, the experts' activation and the mixture have
-/// no CUDA operations): a forward step is a clean `Unsupported` error naming it, not a panic
-/// and not wrong logits.
+/// The token rows of a tap whose every value equals the other tap's row (`k` values a row).
+#[cfg(feature = "cuda")]
+fn same_rows(a: &[f32], b: &[f32], k: usize) -> Vec<bool> {
+    a.chunks(k).zip(b.chunks(k)).map(|(x, y)| x == y).collect()
+}
+
+/// The largest |difference| of each position's logits, and whether its argmax agrees.
+#[cfg(feature = "cuda")]
+fn per_position(got: &[f32], want: &[f32], vocab: usize) -> Vec<(f32, bool)> {
+    let arg = |x: &[f32]| (0..x.len()).max_by(|&a, &b| x[a].total_cmp(&x[b])).unwrap();
+    got.chunks(vocab)
+        .zip(want.chunks(vocab))
+        .map(|(g, w)| {
+            let d = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            (d, arg(g) == arg(w))
+        })
+        .collect()
+}
+
+/// GPT-OSS on the GPU against the CPU (itself checked against HF by `gpt_oss_matches_hf`), every
+/// variant (f16, q8_0, q4_k weights, MXFP4 experts) and sequence (the golden prompts and the
+/// 96-token text past layer 0's window of 16): the prompt path with taps (router logits, the
+/// picks, sinks in the attention, every stage), then the decode path (one token a step, the
+/// mixture on the GPU throughout, replayed as a graph where the experts are quantized).
+///
+/// Tolerance. The GPU rounds prompt activations to f16 on the tensor cores and keeps the KV
+/// cache in f16 (2^-11 relative each, ~1e-3 of the logits through two layers, as the dense tiny
+/// models measure: bound 2e-2 there), and this fixture's experts amplify (gate/up scaled by 3 so
+/// that the clamp bites; the CPU's own quantized paths differ from HF by 4e-3). A router whose
+/// two best logits are closer than that rounding may pick differently on the two devices: then
+/// that position's feed-forward takes another expert and its logits move by O(0.1) — a real
+/// tie, not a bug. So: the picks agree on at least 95% of the (token, layer) rows; the logits
+/// are within 3e-2 on at least 95% of the positions (those of agreeing picks all but the
+/// few an earlier flip reaches through attention) and the argmax agrees on at least 95%;
+/// stages other than the per-pick ones within 2e-2 relative (10x the CPU's quantized bound).
 #[cfg(feature = "cuda")]
 #[test]
-fn gpt_oss_on_gpu_is_unsupported_for_now() {
-    let Some(ctx) = gpu() else {
+fn gpt_oss_on_gpu_matches_the_cpu() {
+    let Some(gpu) = gpu() else {
         return;
     };
+    let cpu = Context::new(ContextOptions::default()).unwrap();
     let d = dir("gpt-oss");
-    let gguf = reference(&d)["variants"][0]["gguf"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let e = Model::load(&ctx, &d.join(gguf), None)
-        .and_then(|m| Session::new(m, SessionOptions::default()))
-        .and_then(|mut s| s.eval(&[1, 2, 3], Logits::Last).map(|_| ()))
-        .unwrap_err();
-    assert!(
-        matches!(e, llorch::Error::Unsupported(_)) && e.to_string().contains("CUDA"),
-        "{e}"
-    );
+    let r = reference(&d);
+    const LOGITS: f32 = 3e-2;
+    const STAGES: f64 = 2e-2;
+    let per_pick = [
+        "expert_ids",
+        "expert_weights",
+        "gate",
+        "up",
+        "swiglu",
+        "expert_out",
+    ];
+    let mut failures = Vec::new();
+    for v in r["variants"].as_array().unwrap() {
+        let variant = v["name"].as_str().unwrap();
+        let path = d.join(v["gguf"].as_str().unwrap());
+        let mc = Model::load(&cpu, &path, None).unwrap();
+        let mg = Model::load(&gpu, &path, None).unwrap_or_else(|e| panic!("{variant}: {e}"));
+        let vocab = mc.vocab_size();
+        for s in r["sequences"].as_array().unwrap() {
+            let name = s["name"].as_str().unwrap();
+            let ids = common::json_ids(&s["ids"]);
+            let n_ctx = ids.len().next_power_of_two().max(16) as u32;
+            let run = |m: &Arc<Model>| {
+                let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+                sess.set_taps(true);
+                let l = sess.eval(&ids, Logits::All).unwrap();
+                (l, sess.take_taps())
+            };
+            let (lc, tc) = run(&mc);
+            let (lg, tg) = run(&mg);
+            let what = format!("gpt-oss {variant} {name}");
+            // The picks, per layer; the tokens whose picks agree in every layer.
+            let mut same_picks = vec![true; ids.len()];
+            let (mut rows, mut agree) = (0usize, 0usize);
+            for t in tc.iter().filter(|t| t.name == "expert_ids") {
+                let Some(g) = tg.iter().find(|g| g.name == t.name && g.layer == t.layer) else {
+                    failures.push(format!("{what}: no GPU expert_ids for layer {:?}", t.layer));
+                    continue;
+                };
+                let k = t.data.len() / t.rows;
+                let same = same_rows(&g.data, &t.data, k);
+                for (all, &x) in same_picks.iter_mut().zip(&same) {
+                    *all &= x;
+                }
+                rows += same.len();
+                agree += same.iter().filter(|&&x| x).count();
+            }
+            eprintln!("{what}: picks agree on {agree} of {rows} (token, layer) rows");
+            if rows == 0 || agree * 100 < rows * 95 {
+                failures.push(format!("{what}: picks agree on {agree} of {rows}"));
+            }
+            // Every stage but the per-pick ones, over the tokens whose picks agree.
+            let mut worst = (0f64, String::new());
+            for t in tc.iter().filter(|t| !per_pick.contains(&t.name.as_str())) {
+                let Some(g) = tg.iter().find(|g| g.name == t.name && g.layer == t.layer) else {
+                    failures.push(format!("{what}: no GPU tap {} {:?}", t.name, t.layer));
+                    continue;
+                };
+                let keep = |x: &[f32]| -> Vec<f32> {
+                    if t.rows != ids.len() {
+                        return x.to_vec();
+                    }
+                    let w = x.len() / t.rows;
+                    let rows = x.chunks(w).zip(&same_picks).filter(|(_, &k)| k);
+                    rows.flat_map(|(r, _)| r.iter().copied()).collect()
+                };
+                let e = common::rel_err(&keep(&g.data), &keep(&t.data));
+                if e > worst.0 {
+                    worst = (e, format!("{} {:?}", t.name, t.layer));
+                }
+                if e > STAGES {
+                    failures.push(format!("{what}: {} {:?} {e:.2e}", t.name, t.layer));
+                }
+            }
+            eprintln!("{what}: worst stage {} {:.2e}", worst.1, worst.0);
+            // The logits of the prompt path, then of the decode path, against the CPU's.
+            let decode = {
+                let mut sess = Session::new(mg.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+                let mut all = Vec::with_capacity(ids.len() * vocab);
+                for &t in &ids {
+                    all.extend(sess.eval(&[t], Logits::Last).unwrap());
+                }
+                all
+            };
+            for (path, got) in [("prompt", &lg), ("decode", &decode)] {
+                let pos = per_position(got, &lc, vocab);
+                let n = pos.len();
+                let close = pos.iter().filter(|p| p.0 <= LOGITS).count();
+                let argmax = pos.iter().filter(|p| p.1).count();
+                let mut diffs: Vec<f32> = pos.iter().map(|p| p.0).collect();
+                diffs.sort_by(f32::total_cmp);
+                eprintln!(
+                    "{what} {path}: logits |diff| median {:.2e} max {:.2e}; within {LOGITS:.0e} at \
+                     {close} of {n}, argmax equal at {argmax}",
+                    diffs[n / 2],
+                    diffs[n - 1]
+                );
+                if close * 100 < n * 95 || argmax * 100 < n * 95 {
+                    failures.push(format!(
+                        "{what} {path}: within bound at {close}/{n}, argmax at {argmax}/{n}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -111,3 +111,17 @@ inline void __threadfence() {}
 }
 float __shfl_xor_sync(unsigned mask, float v, int lane_xor);  // tests/emu/emu_runtime.h
 float __shfl_sync(unsigned mask, float v, int src_lane);
+inline int __float_as_int(float f) {
+    int i;
+    memcpy(&i, &f, 4);
+    return i;
+}
+inline float __int_as_float(int i) {
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
+// Ints through the float shuffles, bit for bit.
+inline int __shfl_xor_sync(unsigned mask, int v, int lane_xor) {
+    return __float_as_int(__shfl_xor_sync(mask, __int_as_float(v), lane_xor));
+}

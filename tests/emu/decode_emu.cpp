@@ -1,8 +1,10 @@
 // CPU emulation of kernels/decode.cu's mat-vec kernels (tests/emu/emu_runtime.h): prep_input,
 // fused_matvec (the generic kernel and those of one format, each epilogue, 1-8 warps a row,
 // several rounds) and the mixture-of-experts expert_matvec / expert_combine (whose unselected
-// experts are poisoned memory: only the selected ones may be read), for every quantized
-// format and MXFP4 in particular, under AddressSanitizer (scripts/mma-emu.sh).
+// experts are poisoned memory: only the selected ones may be read; the experts named through
+// pointer tables as a model's are), for every quantized format and MXFP4 in particular; and
+// attention_decode (one block a head and the split/merge, windows, GPT-OSS's sinks, RoPE folded
+// or the token stored by kv_store_decode first), under AddressSanitizer (scripts/mma-emu.sh).
 //
 // References, in double:
 //   - MXFP4 values from the format's definition (OCP MX v1.0: E2M1 magnitudes 0, 0.5, 1, 1.5,
@@ -22,6 +24,7 @@
 #include <cmath>
 
 #include "../../kernels/decode.cu"
+#include "attn_ref.h"
 #include "emu_weights.h"
 
 static SplitMix64 rng{0xDEC0DE};
@@ -272,10 +275,17 @@ static int test_experts(const TypeInfo& t, int n_expert, int rows, int k, int n_
     Buf rec((size_t)k / 32 * XREC);
     const std::vector<double> xr = prepare(x, rec);
     Buf og((size_t)n_sel * rows * 4), ou((size_t)n_sel * rows * 4);
+    // The pointer tables of the experts and their bias rows (the model's: a buffer each).
+    std::vector<const uint8_t*> tg(n_expert), tu(n_expert);
+    std::vector<const float*> tbg(n_expert), tbu(n_expert);
+    for (int e = 0; e < n_expert; e++) {
+        tg[e] = gate.w.p + e * eb, tu[e] = up.w.p + e * eb;
+        tbg[e] = bgd.f() + (size_t)e * rows, tbu[e] = bud.f() + (size_t)e * rows;
+    }
     ExpertArgs a{};
-    a.w[0] = gate.w.p, a.w[1] = up.w.p, a.bias[0] = bgd.f(), a.bias[1] = bud.f();
+    a.w[0] = tg.data(), a.w[1] = tu.data(), a.bias[0] = tbg.data(), a.bias[1] = tbu.data();
     a.out[0] = og.f(), a.out[1] = ou.f(), a.ids = reinterpret_cast<const int*>(idd.p);
-    a.expert_bytes = eb, a.row_bytes = rb, a.x_stride = 0;
+    a.row_bytes = rb, a.x_stride = 0;
     a.n_mat = 2, a.n_sel = n_sel, a.n_expert = n_expert, a.rows = rows, a.k = k;
     {
         PoisonUnselected pg(gate.w.p, eb, n_expert, ids), pu(up.w.p, eb, n_expert, ids);
@@ -305,8 +315,8 @@ static int test_experts(const TypeInfo& t, int n_expert, int rows, int k, int n_
     const std::vector<double> xsr = prepare(xs, recs);
     Buf od((size_t)n_sel * rows * 4);
     a = ExpertArgs{};
-    a.w[0] = gate.w.p, a.out[0] = od.f(), a.ids = reinterpret_cast<const int*>(idd.p);
-    a.expert_bytes = eb, a.row_bytes = rb, a.x_stride = (long long)k / 32 * XREC;
+    a.w[0] = tg.data(), a.out[0] = od.f(), a.ids = reinterpret_cast<const int*>(idd.p);
+    a.row_bytes = rb, a.x_stride = (long long)k / 32 * XREC;
     a.n_mat = 1, a.n_sel = n_sel, a.n_expert = n_expert, a.rows = rows, a.k = k;
     {
         PoisonUnselected pg(gate.w.p, eb, n_expert, ids);
@@ -343,6 +353,96 @@ static int test_experts(const TypeInfo& t, int n_expert, int rows, int k, int n_
     return bad;
 }
 
+// attention_decode (a head size's kernel or the generic one) of one query at position `pos`
+// over an f16 cache, with or without sinks, against a double reference on the same f16 keys and
+// values. The token's k and v go into the cache either inside the kernel (`fold`: RoPE too,
+// checked against the reference's own rotation) or by kv_store_decode before it (k taken as
+// already rotated). Short contexts take one block a head, long ones the split and merge.
+static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int window, bool sinks, bool generic,
+                                 bool fold) {
+    const int max_ctx = pos + 3;
+    std::vector<__half> kc((size_t)n_kv * max_ctx * hd), vc(kc.size());
+    for (auto& h : kc) h = __float2half_rn(rng.unit());
+    for (auto& h : vc) h = __float2half_rn(rng.unit());
+    std::vector<float> q((size_t)n_heads * hd), knew((size_t)n_kv * hd), vnew(knew.size());
+    for (auto& v : q) v = 2 * rng.unit();
+    for (auto& v : knew) v = rng.unit();
+    for (auto& v : vnew) v = rng.unit();
+    std::vector<float> sk(n_heads);
+    for (int h = 0; h < n_heads; h++) sk[h] = h % 4 == 3 ? 200.f : (float)(h % 4) * 3.f - 3.f + rng.unit();
+    const int rot = hd, neox = 1;
+    const float base = 10000.f, scale = 1.0f / sqrtf((float)hd);
+    // The reference's query and new key: rotated as rope_rotate does, when the kernel folds it.
+    std::vector<float> qr = q, kr = knew;
+    if (fold) {
+        for (int h = 0; h < n_heads; h++)
+            for (int d = 0; d < rot / 2; d++) rope_rotate(&qr[(size_t)h * hd], d, pos, rot, base, neox);
+        for (int h = 0; h < n_kv; h++)
+            for (int d = 0; d < rot / 2; d++) rope_rotate(&kr[(size_t)h * hd], d, pos, rot, base, neox);
+    }
+    Buf posb(4);
+    memcpy(posb.p, &pos, 4);
+    const int* pp = reinterpret_cast<const int*>(posb.p);
+    if (!fold) {
+        gridDim = {(unsigned)n_kv, 1, 1};
+        blockDim = {(unsigned)hd, 1, 1};
+        for (int h = 0; h < n_kv; h++) {
+            blockIdx = {(unsigned)h, 0, 0};
+            emu::run_block(hd, [&] { kv_store_decode(knew.data(), vnew.data(), kc.data(), vc.data(), pp, hd, max_ctx); });
+        }
+    }
+    const int splits = 32;
+    std::vector<float> part((size_t)n_heads * splits * (hd + 2)), out((size_t)n_heads * hd, NAN);
+    std::vector<int> count(n_heads, 0);
+    const int smem = generic ? 0 : 4 * 2 * 32 * hd * 2;
+    std::vector<uint8_t> sm(smem ? smem : 1);
+    for (auto& b : sm) b = (uint8_t)rng.next();
+    emu_dyn_smem = sm.data();
+    emu_dyn_smem_size = smem;
+    gridDim = {(unsigned)n_heads, (unsigned)splits, 1};
+    blockDim = {128, 1, 1};
+    auto kernel = generic ? attention_decode : hd == 64 ? attention_decode_d64 : attention_decode_d128;
+    for (int h = 0; h < n_heads; h++)
+        for (int sp = 0; sp < splits; sp++) {
+            blockIdx = {(unsigned)h, (unsigned)sp, 0};
+            emu::run_block(128, [&] {
+                kernel(q.data(), kc.data(), vc.data(), out.data(), part.data(), count.data(), pp, n_heads, n_kv, hd,
+                       max_ctx, scale, window, nullptr, fold ? knew.data() : nullptr, fold ? vnew.data() : nullptr,
+                       rot, base, neox, sinks ? sk.data() : nullptr);
+            });
+        }
+    double num = 0, den = 0;
+    int counts_left = 0;
+    for (int h = 0; h < n_heads; h++) {
+        counts_left += count[h] != 0;
+        const int kvh = h / (n_heads / n_kv);
+        const int lo = window > 0 ? std::max(0, pos - window + 1) : 0;
+        auto key = [&](int j, int d) -> double {
+            return j == pos ? (double)__half2float(__float2half_rn(kr[(size_t)kvh * hd + d]))
+                            : (double)__half2float(kc[((size_t)kvh * max_ctx + j) * hd + d]);
+        };
+        auto val = [&](int j, int d) -> double {
+            return j == pos ? (double)__half2float(__float2half_rn(vnew[(size_t)kvh * hd + d]))
+                            : (double)__half2float(vc[((size_t)kvh * max_ctx + j) * hd + d]);
+        };
+        const std::vector<double> o =
+            attend_ref(&qr[(size_t)h * hd], scale, lo, pos, hd, key, val, sinks ? &sk[h] : nullptr);
+        for (int d = 0; d < hd; d++) {
+            const float g = out[(size_t)h * hd + d];
+            if (!std::isfinite(g)) num = INFINITY;
+            num += (g - o[d]) * (g - o[d]);
+            den += o[d] * o[d];
+        }
+    }
+    // f32 scores and sums against double; the rotation is the same code on both sides.
+    const double e = sqrt(num / den);
+    const bool ok = e < 2e-6 && counts_left == 0;
+    printf("  attention_decode%s hd %d heads %d/%d pos %d win %d%s%s: rel err %.2e%s\n", generic ? " (generic)" : "",
+           hd, n_heads, n_kv, pos, window, sinks ? " sinks" : "", fold ? " rope folded" : " kv_store_decode", e,
+           ok ? "" : "  FAIL");
+    return !ok;
+}
+
 // Usage: decode_emu lazy|eager [type]  (a type limits the runs to it)
 int main(int argc, char** argv) {
     emu::eager = argc > 1 && !strcmp(argv[1], "eager");
@@ -367,6 +467,19 @@ int main(int argc, char** argv) {
             bad += test_experts(t, 32, 40, 2880, 4, 2, 1, false), runs++;
             bad += test_experts(t, 5, 16, 320, 8, 4, 4, true), runs++;
         }
+    }
+    if (!only) {
+        struct A {
+            int hd, heads, kv, pos, window;
+            bool generic;
+        };
+        // One block a head (<= 128 keys), the split and merge (up to 32 slices), windows.
+        const A cases[] = {{64, 4, 2, 40, 0, false},  {64, 8, 2, 700, 0, false}, {128, 4, 4, 300, 128, false},
+                           {64, 4, 1, 2100, 0, false}, {96, 6, 3, 200, 16, true}, {64, 4, 2, 90, 16, true}};
+        for (const A& c : cases)
+            for (int sinks = 0; sinks < 2; sinks++)
+                for (int fold = 0; fold < 2; fold++)
+                    bad += test_attention_decode(c.hd, c.heads, c.kv, c.pos, c.window, sinks, c.generic, fold), runs++;
     }
     printf("%d runs, %d failed\n", runs, bad);
     return bad ? 1 : 0;

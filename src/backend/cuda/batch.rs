@@ -178,7 +178,8 @@ impl CudaDevice {
     }
 
     /// Attention of each row's query (`q`: `n_rows` rows of `n_heads * head_dim`) over its
-    /// session's cache up to its position (sliding `window` if > 0) into `out`.
+    /// session's cache up to its position (sliding `window` if > 0; `sinks`: one logit per
+    /// head joining each softmax's denominator, GPT-OSS) into `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_batch(
         &self,
@@ -191,9 +192,14 @@ impl CudaDevice {
         head_dim: usize,
         scale: f32,
         window: usize,
+        sinks: Option<&DeviceBuffer>,
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         positive(n_rows, "attention_batch rows")?;
+        if let Some(s) = sinks {
+            s.check(self, f32s(n_heads), "attention_batch sinks")?;
+        }
+        let sinks_ptr = sinks.map_or(0, |s| s.ptr());
         if n_heads % n_kv.max(1) != 0 || head_dim % 32 != 0 || head_dim > 256 || n_rows > 65535 {
             return Err(Error::InvalidArgument(format!(
                 "attention_batch: {n_heads} heads over {n_kv} KV heads of {head_dim}, {n_rows} rows"
@@ -209,6 +215,6 @@ impl CudaDevice {
         let window = super::launch::dim(window, "attention window")?;
         launch!(self, "attention_batch", (n_heads as u32, n_rows as u32, 1), (128, 1, 1);
             q.ptr(), tab, pos.ptr(), out.ptr(), n_heads as i32, n_kv as i32, head_dim as i32,
-            scale, window)
+            scale, window, sinks_ptr)
     }
 }

@@ -167,24 +167,47 @@ pub enum Epilogue<'a> {
     Add { acc: &'a DeviceBuffer },
 }
 
-/// A stacked expert tensor in VRAM: `n_expert` matrices of `rows` x `cols` values of type
-/// `ty` one after another (GGUF's `[n_expert][rows][cols]`), followed by at least 16 bytes of
-/// padding as every weight buffer.
+/// A table in device memory of the addresses of `len` experts' buffers (their matrices, or
+/// their bias rows), which the kernels index by the router's picks without a host round trip
+/// (a model uploads each expert of a stacked tensor as its own buffer). Every buffer it points
+/// at holds at least `min_bytes`.
+///
+/// The table holds addresses, not the buffers: whoever makes one keeps the buffers alive as
+/// long as it (the model owns both its weights and their tables).
+pub struct ExpertTable {
+    ptrs: DeviceBuffer,
+    len: usize,
+    min_bytes: u64,
+}
+
+impl ExpertTable {
+    /// Entries of the table.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The experts of one stacked tensor: `n_expert` (the table's entries) matrices of `rows` x
+/// `cols` values of type `ty`, each followed by at least 16 bytes of padding as every weight
+/// buffer.
 #[derive(Clone, Copy)]
 pub struct ExpertsRef<'a> {
     pub ty: GgmlType,
-    pub w: &'a DeviceBuffer,
-    pub n_expert: usize,
+    pub table: &'a ExpertTable,
     pub rows: usize,
     pub cols: usize,
 }
 
 /// One product of [`CudaDevice::expert_matvec`]: the selected experts of `experts` (with their
-/// rows of `bias`, `[n_expert][rows]` f32, when given) into `out` (`[n_sel][rows]` f32).
+/// bias rows, `rows` f32 each, when given) into `out` (`[n_sel][rows]` f32).
 #[derive(Clone, Copy)]
 pub struct ExpertOut<'a> {
     pub experts: ExpertsRef<'a>,
-    pub bias: Option<&'a DeviceBuffer>,
+    pub bias: Option<&'a ExpertTable>,
     pub out: &'a DeviceBuffer,
 }
 
@@ -205,7 +228,6 @@ struct ExpertArgs {
     bias: [u64; 2],
     out: [u64; 2],
     ids: u64,
-    expert_bytes: i64,
     row_bytes: i64,
     x_stride: i64,
     n_mat: i32,
@@ -445,9 +467,65 @@ impl CudaDevice {
         self.launch_prep_input(x, k_i, norm_w, eps, normed, rec.ptr())
     }
 
+    /// A table of the addresses of `bufs` (see [`ExpertTable`]: they must outlive it).
+    pub fn expert_table(&self, bufs: &[&DeviceBuffer]) -> Result<ExpertTable> {
+        let mut ptrs = Vec::with_capacity(bufs.len());
+        for (i, b) in bufs.iter().enumerate() {
+            b.check(self, 0, &format!("expert table entry {i}"))?;
+            ptrs.push(b.ptr());
+        }
+        let min_bytes = bufs.iter().map(|b| b.len_bytes() as u64).min().unwrap_or(0);
+        self.upload_table(&ptrs, min_bytes)
+    }
+
+    /// A table of `n` experts stored one after another in `w`, `stride` bytes apart (each
+    /// readable to the buffer's end). `w` must outlive the table.
+    pub fn stacked_expert_table(
+        &self,
+        w: &DeviceBuffer,
+        n: usize,
+        stride: usize,
+    ) -> Result<ExpertTable> {
+        let last = n
+            .checked_sub(1)
+            .and_then(|m| m.checked_mul(stride))
+            .filter(|&o| o <= w.len_bytes())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "expert table: {n} experts of {stride} bytes do not fit a buffer of {}",
+                    w.len_bytes()
+                ))
+            })?;
+        w.check(self, 0, "expert table")?;
+        let ptrs: Vec<u64> = (0..n).map(|e| w.ptr() + (e * stride) as u64).collect();
+        // What can be read from each address: up to the buffer's end (the last expert's least).
+        self.upload_table(&ptrs, (w.len_bytes() - last) as u64)
+    }
+
+    fn upload_table(&self, ptrs: &[u64], min_bytes: u64) -> Result<ExpertTable> {
+        let bytes: Vec<u8> = ptrs.iter().flat_map(|p| p.to_ne_bytes()).collect();
+        Ok(ExpertTable {
+            ptrs: self.upload(&bytes, super::memory::MemKind::Weights)?,
+            len: ptrs.len(),
+            min_bytes,
+        })
+    }
+
+    /// That `t` is on this device and each of its buffers holds `bytes` (for `what`).
+    fn check_table(&self, t: &ExpertTable, bytes: u64, what: &str) -> Result<()> {
+        t.ptrs.check(self, t.len as u64 * 8, what)?;
+        if t.min_bytes < bytes {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the table's buffers hold {} bytes, {bytes} needed",
+                t.min_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// One token's products with the experts its router selected, without a host round trip:
     /// `ids` (device memory, `n_sel` i32, 1 to [`MAX_SELECTED_EXPERTS`]) names experts of
-    /// each product's stacked tensor; `out[s][r]` = row r of expert `ids[s]` · input s (+ its
+    /// each product's table; `out[s][r]` = row r of expert `ids[s]` · input s (+ its
     /// bias). Only the selected experts' rows are read. One or two products (a gate and an up
     /// tensor) of one format and shape share the ids and the input. The quantized formats
     /// only (the input is chunk records, [`prep_input`](Self::prep_input)). An id outside
@@ -473,7 +551,7 @@ impl CudaDevice {
                 prods.len()
             )));
         }
-        let (ty, rows, k, n_expert) = (first.ty, first.rows, first.cols, first.n_expert);
+        let (ty, rows, k, n_expert) = (first.ty, first.rows, first.cols, first.table.len);
         if matches!(ty, GgmlType::F32 | GgmlType::F16) {
             return Err(Error::Unsupported(format!(
                 "expert matvec: {} weights (the quantized formats only)",
@@ -487,7 +565,6 @@ impl CudaDevice {
         let jobs = prods.len() * n_sel * rows;
         let mut a = ExpertArgs {
             ids: ids.ptr(),
-            expert_bytes: expert_bytes as i64,
             row_bytes: rb as i64,
             n_mat: prods.len() as i32,
             n_sel: n_sel as i32,
@@ -499,27 +576,33 @@ impl CudaDevice {
         dim(jobs, "expert matvec rows of all selected experts")?;
         for (i, p) in prods.iter().enumerate() {
             let e = p.experts;
-            if (e.ty, e.rows, e.cols, e.n_expert) != (ty, rows, k, n_expert) {
+            if (e.ty, e.rows, e.cols, e.table.len) != (ty, rows, k, n_expert) {
                 return Err(Error::InvalidArgument(format!(
                     "expert matvec: product {i} is {} {}x{}x{}, product 0 {} {n_expert}x{rows}x{k}",
                     e.ty.name(),
-                    e.n_expert,
+                    e.table.len,
                     e.rows,
                     e.cols,
                     ty.name()
                 )));
             }
-            e.w.check(
-                self,
-                expert_bytes * n_expert as u64 + 16,
+            self.check_table(
+                e.table,
+                expert_bytes + 16,
                 "expert matvec weights (+16 padding)",
             )?;
             if let Some(b) = p.bias {
-                b.check(self, f32s(n_expert * rows), "expert matvec bias")?;
+                if b.len != n_expert {
+                    return Err(Error::InvalidArgument(format!(
+                        "expert matvec: {} bias rows for {n_expert} experts",
+                        b.len
+                    )));
+                }
+                self.check_table(b, f32s(rows), "expert matvec bias")?;
             }
             p.out.check(self, f32s(n_sel * rows), "expert matvec out")?;
-            a.w[i] = e.w.ptr();
-            a.bias[i] = p.bias.map_or(0, |b| b.ptr());
+            a.w[i] = e.table.ptrs.ptr();
+            a.bias[i] = p.bias.map_or(0, |b| b.ptrs.ptr());
             a.out[i] = p.out.ptr();
         }
         ids.check(self, n_sel as u64 * 4, "expert matvec ids")?;
@@ -606,7 +689,9 @@ impl CudaDevice {
     /// scratch of [`attention_scratch_floats`] f32; `count`: n_heads i32, zero before the
     /// first call (the kernel leaves it zero). With `rope`, q and the token's k are not yet
     /// rotated and k, v not yet cached: the kernel does both (what [`rope_kv`] does, in the
-    /// same arithmetic) without writing q or k back; without it, [`rope_kv`] ran before.
+    /// same arithmetic) without writing q or k back; without it, [`rope_kv`] (or a rope and
+    /// [`kv_store_decode`](Self::kv_store_decode)) ran before. `sinks` (n_heads f32, GPT-OSS):
+    /// each head's sink logit joins its softmax's denominator.
     ///
     /// [`rope_kv`]: Self::rope_kv
     #[allow(clippy::too_many_arguments)]
@@ -623,8 +708,12 @@ impl CudaDevice {
         out: &DeviceBuffer,
         rec: Option<&DeviceBuffer>,
         rope: Option<NewKv>,
+        sinks: Option<&DeviceBuffer>,
     ) -> Result<()> {
         let hd = cache.head_dim;
+        if let Some(s) = sinks {
+            s.check(self, f32s(n_heads), "attention sinks")?;
+        }
         let (mut knew, mut vnew, mut rot_dim, mut base, mut neox) = (0u64, 0u64, 0i32, 0f32, 0i32);
         if let Some(r) = rope {
             let p = r.rope;
@@ -680,7 +769,26 @@ impl CudaDevice {
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
             pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
             cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()),
-            knew, vnew, rot_dim, base, neox)
+            knew, vnew, rot_dim, base, neox, sinks.map_or(0, |s| s.ptr()))
+    }
+
+    /// One token: `k` (already rotated) and `v` (the cache's heads x head_dim f32 each)
+    /// stored in `cache` at position `pos[0]` (device memory: a graph replays it for every
+    /// position).
+    pub fn kv_store_decode(
+        &self,
+        k: &DeviceBuffer,
+        v: &DeviceBuffer,
+        cache: &KvCacheLayer,
+        pos: &DeviceBuffer,
+    ) -> Result<()> {
+        let (hd, n_kv) = (cache.head_dim, cache.n_kv_heads);
+        k.check(self, f32s(n_kv * hd), "kv_store_decode k")?;
+        v.check(self, f32s(n_kv * hd), "kv_store_decode v")?;
+        pos.check(self, 4, "kv_store_decode pos")?;
+        launch!(self, "kv_store_decode", (n_kv as u32, 1, 1), (hd as u32, 1, 1);
+            k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(), hd as i32,
+            cache.max_ctx as i32)
     }
 
     /// Zero `buf` in stream order (no host wait).
@@ -732,8 +840,8 @@ pub fn attention_scratch_floats(n_heads: usize, head_dim: usize) -> usize {
 
 // The kernel's MvArgs: 2 pointers, 4 words, 3 segments of 40 bytes, no padding surprises.
 const _: () = assert!(std::mem::size_of::<MvArgs>() == 152);
-// The kernel's ExpertArgs: 7 pointers, 3 i64, 6 i32.
-const _: () = assert!(std::mem::size_of::<ExpertArgs>() == 104);
+// The kernel's ExpertArgs: 7 pointers, 2 i64, 6 i32.
+const _: () = assert!(std::mem::size_of::<ExpertArgs>() == 96);
 
 #[cfg(test)]
 mod tests {

@@ -45,7 +45,16 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         "rope" => &["rope", "rope_scaled"],
         "attention" => &["kv_store", "attention"],
         "attention_batch" => &["kv_store_batch", "attention_batch"],
-        "elementwise" => &["swiglu", "geglu", "add_bias", "add", "scale", "softcap"],
+        "elementwise" => &[
+            "swiglu",
+            "geglu",
+            "clamped_swiglu",
+            "add_bias",
+            "add",
+            "scale",
+            "softcap",
+        ],
+        "moe" => &["moe_route", "moe_gather", "moe_scatter"],
         "argmax" => &["argmax_rows"],
         "decode" => &[
             "prep_input",
@@ -76,13 +85,14 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "expert_matvec_mxfp4",
             "expert_combine",
             "rope_kv",
+            "kv_store_decode",
             "attention_decode",
             "attention_decode_d64",
             "attention_decode_d128",
         ],
         "mma_matmul" => mma_kernels(),
         "gemm_f16" => gemm_kernels(),
-        "attention_tiled" => &["attention_tiled"],
+        "attention_tiled" => &["attention_tiled", "attention_tiled_sinks"],
         _ => &[],
     }
 }
@@ -1110,7 +1120,8 @@ impl CudaDevice {
     /// Causal attention of `n_tok` queries at positions pos0.. over the cache (which must hold
     /// positions 0..pos0+n_tok). `q`, `out`: n_tok x n_heads x head_dim f32. `scale` multiplies
     /// the scores (usually 1/sqrt(head_dim)); `window` > 0 limits each query to the last
-    /// `window` keys (sliding-window layers), 0 = no limit.
+    /// `window` keys (sliding-window layers), 0 = no limit. `sinks` (n_heads f32, GPT-OSS):
+    /// each head's sink logit joins its softmax's denominator, with no value.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -1121,19 +1132,22 @@ impl CudaDevice {
         pos0: usize,
         scale: f32,
         window: usize,
+        sinks: Option<&DeviceBuffer>,
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         // The plain kernel's grid has a block row per token (at most 65535).
-        self.attention_check(q, n_tok, n_heads, cache, pos0, out, 65535)?;
+        self.attention_check(q, n_tok, n_heads, cache, pos0, sinks, out, 65535)?;
         let window_i = dim(window, "attention window")?;
+        let s = sinks.map_or(0, |b| b.ptr());
         if n_tok >= ATTN_TILED_MIN_TOKENS {
             return self
-                .attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, out);
+                .attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, s, out);
         }
         let hd = cache.head_dim;
         launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
-            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i)
+            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i,
+            s)
     }
 
     /// The argument checks both attention kernels share; `max_tok`: the most tokens the
@@ -1146,10 +1160,14 @@ impl CudaDevice {
         n_heads: usize,
         cache: &KvCacheLayer,
         pos0: usize,
+        sinks: Option<&DeviceBuffer>,
         out: &DeviceBuffer,
         max_tok: usize,
     ) -> Result<()> {
         positive(n_tok, "attention n_tok")?;
+        if let Some(s) = sinks {
+            s.check(self, f32s(n_heads), "attention sinks")?;
+        }
         positive(n_heads, "attention n_heads")?;
         if n_heads % cache.n_kv_heads != 0 {
             return Err(Error::InvalidArgument(format!(
@@ -1187,11 +1205,14 @@ impl CudaDevice {
         pos0: usize,
         scale: f32,
         window: usize,
+        sinks: Option<&DeviceBuffer>,
         out: &mut DeviceBuffer,
     ) -> Result<()> {
-        self.attention_check(q, n_tok, n_heads, cache, pos0, out, i32::MAX as usize)?;
+        let max = i32::MAX as usize;
+        self.attention_check(q, n_tok, n_heads, cache, pos0, sinks, out, max)?;
         let window_i = dim(window, "attention window")?;
-        self.attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, out)
+        let s = sinks.map_or(0, |b| b.ptr());
+        self.attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, s, out)
     }
 
     /// The attention_tiled launch, arguments checked.
@@ -1205,16 +1226,22 @@ impl CudaDevice {
         pos0: usize,
         scale: f32,
         window: i32,
+        sinks: u64,
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         let hd = cache.head_dim;
         // 16 queries (f32), 32 keys (rows padded by one word), 32 values (f16).
         let smem = (16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2) as u32;
         let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
-        launch!(self, "attention_tiled", grid, (128, 1, 1), raise_shared = smem;
+        let name = if sinks == 0 {
+            "attention_tiled"
+        } else {
+            "attention_tiled_sinks"
+        };
+        launch!(self, name, grid, (128, 1, 1), raise_shared = smem;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_tok as i32, n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale,
-            window)
+            window, sinks)
     }
 
     /// out = silu(g) * u over n values.
@@ -1237,6 +1264,27 @@ impl CudaDevice {
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         self.glu("geglu", g, u, n, out)
+    }
+
+    /// GPT-OSS's expert activation over n values: `g = min(g, limit)`, `u = clamp(u, -limit,
+    /// limit)`, `out = g * sigmoid(alpha * g) * (u + 1)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn clamped_swiglu(
+        &self,
+        g: &DeviceBuffer,
+        u: &DeviceBuffer,
+        n: usize,
+        alpha: f32,
+        limit: f32,
+        out: &DeviceBuffer,
+    ) -> Result<()> {
+        let name = "clamped_swiglu";
+        positive(n, name)?;
+        g.check(self, f32s(n), name)?;
+        u.check(self, f32s(n), name)?;
+        out.check(self, f32s(n), name)?;
+        launch!(self, name, (ew_grid(n), 1, 1), (256, 1, 1);
+            g.ptr(), u.ptr(), out.ptr(), n as i64, alpha, limit)
     }
 
     fn glu(

@@ -18,12 +18,13 @@ mod batch;
 mod fused;
 mod memory;
 mod model;
+mod moe;
 
 pub use batch::CudaBatch;
 pub use device::CudaDevice;
 pub use fused::{
-    attention_scratch_floats, Epilogue, ExpertInput, ExpertOut, ExpertsRef, MatRef, MatVecOut,
-    NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
+    attention_scratch_floats, Epilogue, ExpertInput, ExpertOut, ExpertTable, ExpertsRef, MatRef,
+    MatVecOut, NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
 };
 pub use launch::{
     gemm_enabled, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile, RopeParams,

@@ -15,11 +15,13 @@ mod kv_rows;
 
 use super::device::CudaDevice;
 use super::drv;
+use super::fused::ExpertTable;
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
+use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
 use crate::backend::{
     unfused, Activation, AttnIn, AttnShape, Dims, Glu, Moe, Norm, NormIn, Ops, Projection, Rope,
     RopeStyle, Slot, Tap, WeightId, WeightTensor,
@@ -28,6 +30,9 @@ use crate::gguf::Gguf;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+
+mod mixture;
 
 /// Token rows a state's activation buffers hold at first: the session's prefill chunk on the
 /// GPU. A longer step grows them. (512 rather than 256: a 512-token prompt in one step runs
@@ -62,6 +67,11 @@ struct CudaWeight {
 pub struct CudaModel {
     dev: CudaDevice,
     weights: Vec<CudaWeight>,
+    /// The device tables of each stacked expert tensor's per-expert buffers, by the weight id
+    /// of expert 0 (the mixture's decode kernels index them by the router's picks).
+    experts: HashMap<u32, ExpertTable>,
+    /// What a session's mixture scratch is sized for, when the model has experts.
+    moe: Option<MoeShape>,
 }
 
 impl CudaModel {
@@ -116,9 +126,16 @@ impl CudaModel {
                 return Err(Error::Cancelled);
             }
         }
+        let bufs: Vec<&DeviceBuffer> = weights.iter().map(|w| &w.buf).collect();
+        let experts = expert_tables(&dev, tensors, &bufs)?;
         // A failed copy would otherwise surface at the first step.
         dev.synchronize()?;
-        Ok(CudaModel { dev, weights })
+        Ok(CudaModel {
+            dev,
+            weights,
+            experts,
+            moe: moe_shape(tensors),
+        })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -215,6 +232,9 @@ pub struct CudaState {
     /// (the unfused attention, for ropes the decode kernels do not fold): a captured graph
     /// would replay that first position forever, so such a model's steps run without one.
     graph_ok: bool,
+    /// The mixture-of-experts buffers (models with experts): one token's at first, grown by a
+    /// longer step's mixture.
+    moe: Option<MoeScratch>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
 }
@@ -285,6 +305,7 @@ impl CudaState {
         let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
         let xrec = dev.alloc(CudaDevice::input_record_bytes(widest), MemKind::Scratch)?;
         let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
+        let moe = model.moe.map(|s| MoeScratch::new(&dev, s, 1)).transpose()?;
         Ok(CudaState {
             dev,
             dims: dims.clone(),
@@ -304,6 +325,7 @@ impl CudaState {
             gemm_k,
             graph: None,
             graph_ok: true,
+            moe,
             taps: None,
         })
     }
@@ -629,14 +651,6 @@ fn rope_params(rope: &Rope) -> RopeParams {
     }
 }
 
-/// What GPT-OSS needs and this backend does not have yet (attention sinks, the experts'
-/// clamped SwiGLU, mixtures of experts): the step fails with this error.
-fn gpt_oss_unsupported(what: &str) -> Error {
-    Error::Unsupported(format!(
-        "gpt-oss on the CUDA backend: {what} run on the CPU only for now"
-    ))
-}
-
 /// A rope the fused decode attention can apply itself: no divisors, no factors, no scaling.
 fn foldable(rope: &Rope) -> bool {
     rope.freq_factors.is_none() && rope.mscale == 1.0 && rope.pos_scale == 1.0
@@ -744,11 +758,8 @@ impl Ops for CudaStep<'_> {
 
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
         self.run(|s| {
-            if shape.sinks.is_some() {
-                return Err(gpt_oss_unsupported("attention sinks"));
-            }
             if let Some((tab, rows)) = s.batch {
-                let (n, st) = (s.n, &mut *s.st);
+                let (n, m, st) = (s.n, s.m, &mut *s.st);
                 let tab = tab + (layer * rows * 24) as u64;
                 let (hd, n_kv) = (shape.head_dim, shape.n_head_kv);
                 let slot = |x: Slot| &st.slots[x.index()];
@@ -757,6 +768,7 @@ impl Ops for CudaStep<'_> {
                 let (qb, ob) = pair(&mut st.slots, q, out)?;
                 let window = shape.window.unwrap_or(0);
                 let (nh, scale) = (shape.n_head, shape.scale);
+                let sinks = shape.sinks.map(|w| &m.weight(w).buf);
                 return st.dev.attention_batch(
                     qb,
                     n,
@@ -767,6 +779,7 @@ impl Ops for CudaStep<'_> {
                     hd,
                     scale,
                     window,
+                    sinks,
                     ob,
                 );
             }
@@ -784,6 +797,7 @@ impl Ops for CudaStep<'_> {
                 .kv_store(&st.slots[k.index()], &st.slots[v.index()], n, cache, pos0)?;
             let (qb, ob) = pair(&mut st.slots, q, out)?;
             let window = shape.window.unwrap_or(0);
+            let sinks = shape.sinks.map(|w| &s.m.weight(w).buf);
             st.dev.attention(
                 qb,
                 n,
@@ -792,6 +806,7 @@ impl Ops for CudaStep<'_> {
                 pos0,
                 shape.scale,
                 window,
+                sinks,
                 ob,
             )
         });
@@ -805,7 +820,9 @@ impl Ops for CudaStep<'_> {
             match act {
                 Activation::Silu => st.dev.swiglu(g, u, len, o),
                 Activation::GeluTanh => st.dev.geglu(g, u, len, o),
-                Activation::ClampedSwiglu { .. } => Err(gpt_oss_unsupported("clamped SwiGLU")),
+                Activation::ClampedSwiglu { alpha, limit } => {
+                    st.dev.clamped_swiglu(g, u, len, alpha, limit, o)
+                }
             }
         });
     }
@@ -958,11 +975,18 @@ impl Ops for CudaStep<'_> {
     }
 
     fn rope_attention(&mut self, a: &AttnIn) {
-        let plain = a.shape.sinks.is_none() && foldable(a.rope);
-        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv || !plain {
+        if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv {
             return unfused::rope_attention(self, a);
         }
         let (layer, q, k, v, shape, out) = (a.layer, a.q, a.k, a.v, a.shape, a.out);
+        // A rope the attention cannot apply itself (divisors, a factor, position scaling:
+        // YaRN, Llama 3, LongRoPE) runs first through the `rope` kernels, which read the
+        // position from device memory too, so the step still replays as a graph.
+        let foldable = foldable(a.rope);
+        if !foldable {
+            self.rope(q, shape.n_head, shape.head_dim, a.rope);
+            self.rope(k, shape.n_head_kv, shape.head_dim, a.rope);
+        }
         self.run(|s| {
             let st = &*s.st;
             let p = rope_params(a.rope);
@@ -970,8 +994,11 @@ impl Ops for CudaStep<'_> {
             let slot = |x: Slot| &st.slots[x.index()];
             // RoPE and the cache store inside the attention (one launch fewer), unless taps
             // read the rotated q and k back from their slots.
-            let fold_rope = st.taps.is_none();
-            if !fold_rope {
+            let fold_rope = st.taps.is_none() && foldable;
+            if !foldable {
+                st.dev
+                    .kv_store_decode(slot(k), slot(v), cache, &st.positions)?;
+            } else if !fold_rope {
                 st.dev.rope_kv(
                     slot(q),
                     slot(k),
@@ -999,13 +1026,15 @@ impl Ops for CudaStep<'_> {
                 slot(out),
                 Some(&st.xrec),
                 new_kv,
+                shape.sinks.map(|w| &s.m.weight(w).buf),
             )
         });
         self.rec_of = Some(out);
     }
 
-    fn moe(&mut self, _layer: usize, _moe: &Moe, _x: Slot, _out: Slot, _expert_taps: bool) {
-        self.run(|_| Err(gpt_oss_unsupported("mixture-of-experts feed-forwards")));
+    fn moe(&mut self, layer: usize, moe: &Moe, x: Slot, out: Slot, expert_taps: bool) {
+        self.rec_of = None;
+        self.run(|s| s.mixture(layer, moe, x, out, expert_taps));
     }
 
     fn tap(&mut self, name: &str, layer: Option<usize>, x: Slot) {

@@ -1,0 +1,177 @@
+// CPU emulation of kernels/moe.cu (the router's top-k and softmax; the gather and scatter of
+// an expert's token rows) and elementwise.cu's clamped_swiglu (tests/emu/emu_runtime.h),
+// against references written from the CPU backend's definitions (src/backend/cpu/moe.rs
+// `route`: a stable sort under f32 total order with NaN as -inf, the softmax of the picked
+// logits relative to the first; attn.rs `clamped_swiglu`). Run by scripts/mma-emu.sh.
+#include "emu_runtime.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "../../kernels/moe.cu"
+#include "../../kernels/elementwise.cu"
+#include "splitmix.h"
+
+static SplitMix64 rng{0x0E5};
+
+// Rust's f32::total_cmp as a key.
+static int64_t total_key(float x) {
+    int32_t b;
+    memcpy(&b, &x, 4);
+    return b ^ ((b >> 31) & 0x7fffffff);
+}
+
+static int test_route(int n_tok, int n_exp, int k, bool with_bias) {
+    std::vector<float> logits((size_t)n_tok * n_exp), bias(n_exp);
+    for (auto& v : logits) v = 4 * rng.unit();
+    for (auto& v : bias) v = rng.unit();
+    // Ties (within a row and after the bias), NaN, infinities and signed zeros.
+    for (int t = 0; t < n_tok; t++) {
+        float* r = &logits[(size_t)t * n_exp];
+        if (n_exp > 3) r[3] = r[1];
+        if (t % 3 == 1) r[rng.next() % n_exp] = NAN;
+        if (t % 4 == 2) r[rng.next() % n_exp] = -INFINITY;
+        if (t % 5 == 3) r[rng.next() % n_exp] = INFINITY;
+        if (t % 2 == 0 && n_exp > 5) r[4] = 0.f, r[5] = -0.f;
+    }
+    if (with_bias && n_exp > 3) bias[3] = bias[1];
+    if (with_bias && n_exp > 5) bias[4] = bias[5] = 0.f;
+    std::vector<float> want_logits = logits;
+    if (with_bias)
+        for (int t = 0; t < n_tok; t++)
+            for (int e = 0; e < n_exp; e++) want_logits[(size_t)t * n_exp + e] += bias[e];
+    std::vector<int> ids((size_t)n_tok * k, -7);
+    std::vector<float> w((size_t)n_tok * k, NAN);
+    gridDim = {(unsigned)((n_tok + 3) / 4), 1, 1};
+    blockDim = {128, 1, 1};
+    for (unsigned b = 0; b < gridDim.x; b++) {
+        blockIdx = {b, 0, 0};
+        emu::run_block(128, [&] {
+            moe_route(logits.data(), with_bias ? bias.data() : nullptr, n_tok, n_exp, k, ids.data(), w.data());
+        });
+    }
+    int bad = 0;
+    for (int t = 0; t < n_tok; t++) {
+        const float* r = &want_logits[(size_t)t * n_exp];
+        for (int e = 0; e < n_exp; e++)
+            bad += memcmp(&r[e], &logits[(size_t)t * n_exp + e], 4) != 0;  // biased logits, bit for bit
+        std::vector<int> order(n_exp);
+        std::iota(order.begin(), order.end(), 0);
+        auto key = [&](int i) { return total_key(std::isnan(r[i]) ? -INFINITY : r[i]); };
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key(a) > key(b); });
+        double sum = 0;
+        std::vector<double> ex(k);
+        for (int j = 0; j < k; j++) sum += ex[j] = exp((double)r[order[j]] - (double)r[order[0]]);
+        for (int j = 0; j < k; j++) {
+            bad += ids[(size_t)t * k + j] != order[j];
+            const double want = ex[j] / sum, got = w[(size_t)t * k + j];
+            // expf against exp in double: a few ulps; NaN rows (a NaN picked first) stay NaN.
+            if (std::isnan(want) ? !std::isnan(got) : fabs(got - want) > 1e-6 * fmax(1.0, fabs(want))) bad++;
+        }
+    }
+    printf("  moe_route %d tokens, top-%d of %d%s: %s\n", n_tok, k, n_exp, with_bias ? " +bias" : "",
+           bad ? "MISMATCH  FAIL" : "as the CPU");
+    return bad != 0;
+}
+
+// The picks of n_tok tokens grouped by expert, then gather, a stand-in product (y = 2 x + e),
+// and scatter, against the same done on the host.
+static int test_gather_scatter(int n_tok, int n_exp, int k, int width) {
+    std::vector<int> ids((size_t)n_tok * k);
+    for (int t = 0; t < n_tok; t++) {
+        std::vector<int> e(n_exp);
+        std::iota(e.begin(), e.end(), 0);
+        for (int j = 0; j < k; j++) {
+            std::swap(e[j], e[j + rng.next() % (n_exp - j)]);
+            ids[(size_t)t * k + j] = e[j];
+        }
+    }
+    std::vector<float> x((size_t)n_tok * width), wts(ids.size());
+    for (auto& v : x) v = rng.unit();
+    for (auto& v : wts) v = rng.unit();
+    std::vector<int> order;
+    std::vector<int> first(n_exp + 1, 0);
+    for (int e = 0; e < n_exp; e++) {
+        first[e] = (int)order.size();
+        for (size_t i = 0; i < ids.size(); i++)
+            if (ids[i] == e) order.push_back((int)i);
+    }
+    first[n_exp] = (int)order.size();
+    std::vector<float> out((size_t)n_tok * width, 0.f), want(out.size(), 0.f);
+    int bad = 0;
+    for (int e = 0; e < n_exp; e++) {
+        const int c = first[e + 1] - first[e];
+        if (!c) continue;
+        std::vector<float> xg((size_t)c * width, NAN);
+        gridDim = {(unsigned)c, 1, 1};
+        blockDim = {256, 1, 1};
+        for (int b = 0; b < c; b++) {
+            blockIdx = {(unsigned)b, 0, 0};
+            emu::run_block(256, [&] { moe_gather(x.data(), order.data() + first[e], xg.data(), k, width); });
+        }
+        for (int j = 0; j < c; j++)
+            for (int i = 0; i < width; i++)
+                bad += xg[(size_t)j * width + i] != x[(size_t)(order[first[e] + j] / k) * width + i];
+        std::vector<float> y(xg.size());
+        for (size_t i = 0; i < y.size(); i++) y[i] = 2 * xg[i] + (float)e;
+        for (int b = 0; b < c; b++) {
+            blockIdx = {(unsigned)b, 0, 0};
+            emu::run_block(256, [&] {
+                moe_scatter(y.data(), order.data() + first[e], wts.data(), out.data(), k, width);
+            });
+        }
+        for (int j = 0; j < c; j++) {
+            const int p = order[first[e] + j];
+            for (int i = 0; i < width; i++)
+                want[(size_t)(p / k) * width + i] += wts[p] * y[(size_t)j * width + i];
+        }
+    }
+    // The same f32 operations in the same order (one expert after another): equal up to FMA
+    // contraction of w * y + acc, a rounding or two.
+    double worst = 0;
+    for (size_t i = 0; i < out.size(); i++) worst = fmax(worst, fabs(out[i] - want[i]) / fmax(1.0, fabs(want[i])));
+    bad += worst > 1e-6;
+    printf("  moe_gather/scatter %d tokens, top-%d of %d, rows of %d: worst %.1e%s\n", n_tok, k, n_exp, width, worst,
+           bad ? "  FAIL" : "");
+    return bad != 0;
+}
+
+static int test_clamped_swiglu() {
+    const int n = 1000;
+    std::vector<float> g(n), u(n), out(n, NAN);
+    for (int i = 0; i < n; i++) g[i] = 12 * rng.unit(), u[i] = 12 * rng.unit();  // past the limit
+    g[0] = 7.f, u[0] = -7.f, g[1] = -30.f, u[1] = INFINITY;  // the limits, a saturated sigmoid
+    const float alpha = 1.702f, limit = 7.f;
+    gridDim = {4, 1, 1};
+    blockDim = {256, 1, 1};
+    for (unsigned b = 0; b < 4; b++) {
+        blockIdx = {b, 0, 0};
+        emu::run_block(256, [&] { clamped_swiglu(g.data(), u.data(), out.data(), n, alpha, limit); });
+    }
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        const double x = std::min((double)g[i], (double)limit);
+        const double y = std::max(-(double)limit, std::min((double)u[i], (double)limit));
+        const double want = x / (1 + exp(-(double)alpha * x)) * (y + 1);
+        const double err = fabs(out[i] - want) / fmax(1.0, fabs(want));
+        worst = std::isnan(err) ? INFINITY : fmax(worst, err);
+    }
+    // f32 expf and three roundings against double.
+    const bool ok = worst < 1e-6;
+    printf("  clamped_swiglu (alpha 1.702, limit 7): worst %.1e%s\n", worst, ok ? "" : "  FAIL");
+    return !ok;
+}
+
+int main() {
+    int bad = 0;
+    for (int n_exp : {4, 32, 33, 128, 256})
+        for (int k : {1, 2, 4, 8})
+            if (k <= n_exp)
+                for (int b = 0; b < 2; b++) bad += test_route(7, n_exp, k, b);
+    bad += test_gather_scatter(9, 4, 2, 256);
+    bad += test_gather_scatter(37, 32, 4, 300);
+    bad += test_clamped_swiglu();
+    printf("%d failed\n", bad);
+    return bad ? 1 : 0;
+}
