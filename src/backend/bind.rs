@@ -111,7 +111,7 @@ impl Weights {
 pub enum BatchScratch {
     Cpu(CpuScratch),
     #[cfg(feature = "cuda")]
-    Cuda(super::cuda::CudaBatch),
+    Cuda(Box<super::cuda::CudaBatch>),
 }
 
 impl Default for BatchScratch {
@@ -237,7 +237,8 @@ impl State {
             }
             if !matches!(scratch, BatchScratch::Cuda(_)) {
                 let dims = cuda[0].dims_pub().clone();
-                *scratch = BatchScratch::Cuda(super::cuda::CudaBatch::new(&model, &dims)?);
+                *scratch =
+                    BatchScratch::Cuda(Box::new(super::cuda::CudaBatch::new(&model, &dims)?));
             }
             let BatchScratch::Cuda(b) = scratch else {
                 unreachable!("set above")

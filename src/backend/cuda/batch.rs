@@ -89,6 +89,14 @@ impl CudaBatch {
         let rows = n.next_power_of_two().min(self.rows);
         // The table: per layer, each row's K and V cache and its length; padding rows use
         // the batch state's own one-position cache, at position 0.
+        for (st, &p) in states.iter().zip(pos) {
+            let (_, _, max_ctx) = st.kv_layer_ref(0);
+            if p >= max_ctx {
+                return Err(Error::ContextFull(format!(
+                    "position {p} beyond a cache of {max_ctx}"
+                )));
+            }
+        }
         let mut tab = Vec::with_capacity(dims.n_layer * self.rows * 3);
         for l in 0..dims.n_layer {
             for r in 0..self.rows {
@@ -96,12 +104,6 @@ impl CudaBatch {
                     Some(st) => st.kv_layer_ref(l),
                     None => self.st.kv_layer_ref(l),
                 };
-                if r < n && pos[r] >= max_ctx {
-                    return Err(Error::ContextFull(format!(
-                        "position {} beyond a cache of {max_ctx}",
-                        pos[r]
-                    )));
-                }
                 tab.extend([k, v, max_ctx as u64]);
             }
         }
