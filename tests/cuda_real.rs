@@ -8,7 +8,7 @@ mod common;
 
 use llorch::backend::Context;
 use llorch::backend::Logits;
-use llorch::backend::{ContextOptions, Device};
+use llorch::backend::ContextOptions;
 use llorch::model::Model;
 use llorch::sampling::argmax;
 use llorch::sampling::SamplingParams;
@@ -34,27 +34,9 @@ fn greedy(model: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
-/// The real model's path and a GPU context, or None (after saying why the test skips).
-fn real_model_and_gpu() -> Option<(std::path::PathBuf, Arc<Context>)> {
-    let Some(path) = std::env::var_os("LLORCH_REAL_MODEL") else {
-        eprintln!("skipped: LLORCH_REAL_MODEL is not set (the real model file for the GPU check)");
-        return None;
-    };
-    match Context::new(ContextOptions {
-        device: Device::Cuda(0),
-        ..Default::default()
-    }) {
-        Ok(c) => Some((path.into(), c)),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
 #[test]
 fn real_qwen_greedy_gpu_equals_cpu() {
-    let Some((path, gpu_ctx)) = real_model_and_gpu() else {
+    let Some((path, gpu_ctx)) = common::real_model_and_gpu() else {
         return;
     };
     let cpu_ctx = Context::new(ContextOptions::default()).unwrap();
@@ -113,7 +95,7 @@ fn turn(s: &mut Session, prompt: &str, p: &GenerateParams) -> Vec<u32> {
 /// on-device pick. Needs a GPU and LLORCH_REAL_MODEL, else it skips.
 #[test]
 fn real_qwen_gpu_state_save_restore_continue() {
-    let Some((path, gpu_ctx)) = real_model_and_gpu() else {
+    let Some((path, gpu_ctx)) = common::real_model_and_gpu() else {
         return;
     };
     let gpu = Model::load(&gpu_ctx, &path, None).unwrap();
