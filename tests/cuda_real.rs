@@ -7,8 +7,8 @@
 mod common;
 
 use llorch::backend::Context;
-use llorch::backend::Logits;
 use llorch::backend::ContextOptions;
+use llorch::backend::Logits;
 use llorch::model::Model;
 use llorch::sampling::argmax;
 use llorch::sampling::SamplingParams;

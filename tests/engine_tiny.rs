@@ -430,6 +430,9 @@ fn gpt_oss_on_gpu_matches_the_cpu() {
         let mc = Model::load(&cpu, &path, None).unwrap();
         let mg = Model::load(&gpu, &path, None).unwrap_or_else(|e| panic!("{variant}: {e}"));
         let vocab = mc.vocab_size();
+        // Per path: positions within the logits bound, argmax equal, all.
+        let mut pooled: std::collections::BTreeMap<&str, (usize, usize, usize)> =
+            Default::default();
         for s in r["sequences"].as_array().unwrap() {
             let name = s["name"].as_str().unwrap();
             let ids = common::json_ids(&s["ids"]);
@@ -509,11 +512,20 @@ fn gpt_oss_on_gpu_matches_the_cpu() {
                     diffs[n / 2],
                     diffs[n - 1]
                 );
-                if close * 100 < n * 95 || argmax * 100 < n * 95 {
-                    failures.push(format!(
-                        "{what} {path}: within bound at {close}/{n}, argmax at {argmax}/{n}"
-                    ));
-                }
+                let c = pooled.entry(path).or_insert((0, 0, 0));
+                *c = (c.0 + close, c.1 + argmax, c.2 + n);
+            }
+        }
+        // The bars count every position of the variant's sequences (a short prompt alone
+        // would turn 95% into "all": one near-tie among 16 positions).
+        for (path, (close, argmax, n)) in pooled {
+            eprintln!(
+                "gpt-oss {variant} {path}: within bound at {close}/{n}, argmax at {argmax}/{n}"
+            );
+            if close * 100 < n * 95 || argmax * 100 < n * 95 {
+                failures.push(format!(
+                    "gpt-oss {variant} {path}: within bound at {close}/{n}, argmax at {argmax}/{n}"
+                ));
             }
         }
     }
