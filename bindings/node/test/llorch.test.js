@@ -252,6 +252,8 @@ test('tokenizer queries: special ids, token bytes, special or not', async (t) =>
   assert.strictEqual(model.tokenText(hello).toString(), 'hello');
   assert.strictEqual(model.tokenIsSpecial(hello), false);
   assert.throws(() => model.tokenText(model.vocabSize()), (e) => e.status === Status.INVALID_ARGUMENT);
+});
+
 test('a JSON Schema constrains the output; a bad one is an error naming the keyword', async (t) => {
   const model = await load(t);
   const s = model.createSession({ nCtx: 1024, seed: 3 });
