@@ -83,7 +83,8 @@ MOD
     go build -o app .
     ./app "$MODEL"
     # The binding's own tests and example, run from the read-only copy.
-    LLORCH_MODEL=$MODEL go test -count=1 llorch.dev/llorch
+    LLORCH_MODEL=$MODEL LLORCH_EMBED_FIXTURES=$ROOT/tests/fixtures/embed \
+        go test -count=1 llorch.dev/llorch
 )
 
 step "Node: npm pack, install the tarball into a scratch project, compile a strict TypeScript consumer, run it"

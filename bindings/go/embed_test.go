@@ -18,8 +18,17 @@ type embedFixture struct {
 	Data  []float32
 }
 
+// embedFixtures is the fixture folder: LLORCH_EMBED_FIXTURES (for a copy of the module outside
+// the repository, as the packaging test runs it), else the repository's.
+func embedFixtures() string {
+	if d := os.Getenv("LLORCH_EMBED_FIXTURES"); d != "" {
+		return d
+	}
+	return "../../tests/fixtures/embed"
+}
+
 func loadEmbedFixture(t *testing.T) embedFixture {
-	raw, err := os.ReadFile("../../tests/fixtures/embed/smollm2-135m.json")
+	raw, err := os.ReadFile(embedFixtures() + "/smollm2-135m.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +41,7 @@ func loadEmbedFixture(t *testing.T) embedFixture {
 	if err := json.Unmarshal(raw, &idx); err != nil {
 		t.Fatal(err)
 	}
-	bin, err := os.ReadFile("../../tests/fixtures/embed/smollm2-135m.bin")
+	bin, err := os.ReadFile(embedFixtures() + "/smollm2-135m.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
