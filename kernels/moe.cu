@@ -125,3 +125,116 @@ extern "C" __global__ void moe_scatter(const float* __restrict__ y, const int* _
     float* dst = out + (long long)(i / k) * width;
     for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] += w * src[c];
 }
+
+// ---------- a step's tokens grouped by expert on the device (no host round trip) ----------
+
+#define MOE_GROUP_CHUNK 1024  // picks staged in shared memory at a time
+
+// The n_picks picks `ids` (indices t * k + j) grouped by expert: offsets[e] = expert e's first
+// grouped row (offsets[n_exp] = the rows grouped), src[r] = the pick of grouped row r and
+// pos[i] = the grouped row of pick i, each expert's picks in token order (as the CPU groups
+// them). A pick of an id outside 0..n_exp is left out: its pos is -1, and the rows past
+// offsets[n_exp] get src 0 (a harmless row to read).
+// Launch: block = 256 (a thread an expert), grid = 1. n_exp <= 256.
+extern "C" __global__ void __launch_bounds__(256)
+moe_group(const int* __restrict__ ids, int n_picks, int n_exp, int* __restrict__ offsets,
+          int* __restrict__ src, int* __restrict__ pos) {
+    __shared__ int stage[MOE_GROUP_CHUNK];
+    __shared__ int first[257];
+    pdl_wait();
+    pdl_trigger();
+    const int e = threadIdx.x;
+    // Each expert counts its picks, over the ids staged a chunk at a time.
+    int count = 0;
+    for (int c0 = 0; c0 < n_picks; c0 += MOE_GROUP_CHUNK) {
+        const int n = min(MOE_GROUP_CHUNK, n_picks - c0);
+        __syncthreads();
+        for (int i = e; i < n; i += blockDim.x) stage[i] = ids[c0 + i];
+        __syncthreads();
+        for (int i = 0; i < n; i++) count += stage[i] == e;
+    }
+    first[e] = e < n_exp ? count : 0;
+    __syncthreads();
+    if (e == 0) {
+        int s = 0;
+        for (int i = 0; i < n_exp; i++) {
+            const int c = first[i];
+            first[i] = s;
+            s += c;
+        }
+        first[n_exp] = s;
+    }
+    __syncthreads();
+    if (e < n_exp) offsets[e] = first[e];
+    if (e == 0) offsets[n_exp] = first[n_exp];
+    // Then places them, in pick order (token order within an expert).
+    int r = first[min(e, n_exp)];
+    for (int c0 = 0; c0 < n_picks; c0 += MOE_GROUP_CHUNK) {
+        const int n = min(MOE_GROUP_CHUNK, n_picks - c0);
+        __syncthreads();
+        for (int i = e; i < n; i += blockDim.x) stage[i] = ids[c0 + i];
+        __syncthreads();
+        for (int i = e; i < n; i += blockDim.x) {
+            const int id = stage[i];
+            if (id < 0 || id >= n_exp) pos[c0 + i] = -1;
+        }
+        if (e < n_exp)
+            for (int i = 0; i < n; i++)
+                if (stage[i] == e) {
+                    src[r] = c0 + i;
+                    pos[c0 + i] = r++;
+                }
+    }
+    for (int i = first[n_exp] + e; i < n_picks; i += blockDim.x) src[i] = 0;
+}
+
+// y_m[r][c] += bias_m[e][c] for the grouped rows r < offsets[n_exp] of the products m
+// (blockIdx.y), e the expert of row r's pick (ids[src[r]]); `bias_m` a table of n_exp rows of
+// `width` f32.
+// Launch: block = 256, grid = (rows, products: 1 or 2).
+extern "C" __global__ void moe_bias(float* y0, float* y1, const float* const* __restrict__ b0,
+                                    const float* const* __restrict__ b1,
+                                    const int* __restrict__ ids, const int* __restrict__ src,
+                                    const int* __restrict__ offsets, int n_exp, int width) {
+    pdl_wait();
+    pdl_trigger();
+    const int r = blockIdx.x;
+    if (r >= offsets[n_exp]) return;
+    const int e = ids[src[r]];
+    if (e < 0 || e >= n_exp) return;
+    const float* b = (blockIdx.y ? b1 : b0)[e];
+    float* y = (blockIdx.y ? y1 : y0) + (long long)r * width;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) y[c] += b[c];
+}
+
+// out[t] = the sum over token t's k picks, in ascending expert order (the CPU's), of
+// weights[i] * y[pos[i]] (y: the grouped expert outputs, rows of `width` f32); a pick left
+// out of the grouping (pos -1) makes the row NaN.
+// Launch: block = 256, grid = n_tok. k <= MOE_MAX_K.
+extern "C" __global__ void moe_combine(const float* __restrict__ y, const int* __restrict__ ids,
+                                       const int* __restrict__ pos,
+                                       const float* __restrict__ weights,
+                                       float* __restrict__ out, int k, int width) {
+    pdl_wait();
+    pdl_trigger();
+    const int t = blockIdx.x;
+    // The picks by expert (k is small: an insertion sort, each thread the same).
+    int order[MOE_MAX_K];
+    for (int j = 0; j < k; j++) {
+        int s = j;
+        while (s > 0 && ids[(long long)t * k + order[s - 1]] > ids[(long long)t * k + j]) {
+            order[s] = order[s - 1];
+            s--;
+        }
+        order[s] = j;
+    }
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < k; s++) {
+            const long long i = (long long)t * k + order[s];
+            const int p = pos[i];
+            v += p < 0 ? __int_as_float(0x7fc00000) : weights[i] * y[(long long)p * width + c];
+        }
+        out[(long long)t * width + c] = v;
+    }
+}

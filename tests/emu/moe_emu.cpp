@@ -1,5 +1,5 @@
 // CPU emulation of kernels/moe.cu (the router's top-k and softmax; the gather and scatter of
-// an expert's token rows) and elementwise.cu's clamped_swiglu (tests/emu/emu_runtime.h),
+// an expert's token rows; the device grouping, biases and weighted sum of a step's picks) and elementwise.cu's clamped_swiglu (tests/emu/emu_runtime.h),
 // against references written from the CPU backend's definitions (src/backend/cpu/moe.rs
 // `route`: a stable sort under f32 total order with NaN as -inf, the softmax of the picked
 // logits relative to the first; attn.rs `clamped_swiglu`). Run by scripts/mma-emu.sh.
@@ -137,6 +137,94 @@ static int test_gather_scatter(int n_tok, int n_exp, int k, int width) {
     return bad != 0;
 }
 
+// The device grouping of a step's picks (moe_group), the experts' biases on the grouped rows
+// (moe_bias) and the weighted sum back into the tokens (moe_combine), against the CPU's
+// grouping (each expert's picks in token order) and its sum (experts in ascending order).
+// `bad_id`: one pick names no expert (left out; its token's row is NaN).
+static int test_grouped(int n_tok, int n_exp, int k, int width, bool bad_id) {
+    const int n = n_tok * k;
+    std::vector<int> ids(n);
+    for (int t = 0; t < n_tok; t++) {
+        std::vector<int> e(n_exp);
+        std::iota(e.begin(), e.end(), 0);
+        for (int j = 0; j < k; j++) {
+            std::swap(e[j], e[j + rng.next() % (n_exp - j)]);
+            ids[(size_t)t * k + j] = e[j];
+        }
+    }
+    const int bad_pick = bad_id ? n / 2 : -1;
+    if (bad_id) ids[bad_pick] = n_exp;
+    std::vector<int> offsets(n_exp + 1, -7), src(n, -7), pos(n, -7);
+    gridDim = {1, 1, 1};
+    blockDim = {256, 1, 1};
+    blockIdx = {0, 0, 0};
+    emu::run_block(256, [&] { moe_group(ids.data(), n, n_exp, offsets.data(), src.data(), pos.data()); });
+    // The CPU's grouping.
+    std::vector<int> want_off(n_exp + 1, 0), want_src;
+    for (int e = 0; e < n_exp; e++) {
+        want_off[e] = (int)want_src.size();
+        for (int i = 0; i < n; i++)
+            if (ids[i] == e) want_src.push_back(i);
+    }
+    want_off[n_exp] = (int)want_src.size();
+    int bad = offsets != want_off;
+    for (int r = 0; r < n; r++) bad += src[r] != (r < want_off[n_exp] ? want_src[r] : 0);
+    for (int i = 0; i < n; i++) bad += i == bad_pick ? pos[i] != -1 : src[pos[i]] != i;
+    // Biases: y = r (grouped row) + bias of the row's expert.
+    std::vector<std::vector<float>> bias(n_exp, std::vector<float>(width));
+    std::vector<const float*> table;
+    for (auto& b : bias) {
+        for (auto& v : b) v = rng.unit();
+        table.push_back(b.data());
+    }
+    std::vector<float> y((size_t)n * width), y2;
+    for (size_t i = 0; i < y.size(); i++) y[i] = rng.unit();
+    y2 = y;
+    std::vector<float> want = y;
+    for (int r = 0; r < want_off[n_exp]; r++)
+        for (int c = 0; c < width; c++) want[(size_t)r * width + c] += bias[ids[want_src[r]]][c];
+    gridDim = {(unsigned)n, 2, 1};
+    for (unsigned r = 0; r < (unsigned)n; r++)
+        for (unsigned m = 0; m < 2; m++) {
+            blockIdx = {r, m, 0};
+            emu::run_block(256, [&] {
+                moe_bias(y.data(), y2.data(), table.data(), table.data(), ids.data(), src.data(), offsets.data(), n_exp,
+                         width);
+            });
+        }
+    bad += memcmp(y.data(), want.data(), y.size() * 4) != 0 || memcmp(y2.data(), want.data(), y.size() * 4) != 0;
+    // The weighted sum, experts in ascending order.
+    std::vector<float> w(n), out((size_t)n_tok * width, -7.f), sum(out.size(), 0.f);
+    for (auto& v : w) v = rng.unit();
+    for (int t = 0; t < n_tok; t++)
+        for (int e = 0; e < n_exp; e++)
+            for (int j = 0; j < k; j++) {
+                const int i = t * k + j;
+                if (ids[i] != e) continue;
+                for (int c = 0; c < width; c++) sum[(size_t)t * width + c] += w[i] * y[(size_t)pos[i] * width + c];
+            }
+    gridDim = {(unsigned)n_tok, 1, 1};
+    for (unsigned t = 0; t < (unsigned)n_tok; t++) {
+        blockIdx = {t, 0, 0};
+        emu::run_block(256, [&] { moe_combine(y.data(), ids.data(), pos.data(), w.data(), out.data(), k, width); });
+    }
+    // The same f32 operations in the same order: equal up to FMA contraction.
+    double worst = 0;
+    for (int t = 0; t < n_tok; t++)
+        for (int c = 0; c < width; c++) {
+            const float g = out[(size_t)t * width + c], r = sum[(size_t)t * width + c];
+            if (bad_id && t == bad_pick / k) {
+                bad += !std::isnan(g);
+                continue;
+            }
+            worst = fmax(worst, fabs(g - r) / fmax(1.0, fabs(r)));
+        }
+    bad += worst > 1e-6;
+    printf("  moe_group/bias/combine %d tokens, top-%d of %d, rows of %d%s: worst %.1e%s\n", n_tok, k, n_exp, width,
+           bad_id ? ", a bad id" : "", worst, bad ? "  FAIL" : "");
+    return bad != 0;
+}
+
 static int test_clamped_swiglu() {
     const int n = 1000;
     std::vector<float> g(n), u(n), out(n, NAN);
@@ -171,6 +259,9 @@ int main() {
                 for (int b = 0; b < 2; b++) bad += test_route(7, n_exp, k, b);
     bad += test_gather_scatter(9, 4, 2, 256);
     bad += test_gather_scatter(37, 32, 4, 300);
+    bad += test_grouped(9, 4, 2, 256, false);
+    bad += test_grouped(300, 32, 4, 40, false);  // 1200 picks: two staged chunks
+    bad += test_grouped(37, 256, 8, 33, true);
     bad += test_clamped_swiglu();
     printf("%d failed\n", bad);
     return bad ? 1 : 0;
