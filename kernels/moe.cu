@@ -238,3 +238,119 @@ extern "C" __global__ void moe_combine(const float* __restrict__ y, const int* _
         out[(long long)t * width + c] = v;
     }
 }
+
+// ---------- one token: the selected experts' mat-vecs, MXFP4 ----------
+// decode.cu's expert_matvec reads the input's chunk records from global memory, four loads
+// of 4 bytes a lane per 17-byte block, eight records a warp instruction; and with several
+// warps a row, a round of the grid moves ~190 bytes a warp (gpt-oss-20b: 281 GB/s, H100).
+// Here a block takes one selected expert's matrix (blockIdx.z) for one slot (blockIdx.y):
+// the slot's records are staged in shared memory once, each warp streams whole rows (the
+// next row's bytes in registers while one is multiplied), each lane a block of 32 values.
+
+#define MOE_XREC 80        // prep_input's chunk records (decode.cu's XREC): q1[32], q2[32], d, sum
+#define MOE_MV_PIECES 4    // 16-byte pieces a lane holds of a row: rows of up to 127 pieces
+
+// decode.cu's ExpertArgs (the same layout: fused.rs's ExpertArgs).
+struct MoeMvArgs {
+    const uint8_t* const* w[2];
+    const float* const* bias[2];
+    float* out[2];
+    const int* ids;
+    long long row_bytes;
+    long long x_stride;
+    int n_mat, n_sel, n_expert, rows, k, unused;
+};
+
+// The dot product of the MXFP4 block at byte o of a staged row with chunk record r: its codes
+// as doubled values in signed bytes, 4-way int8 products with the record's two passes, the
+// E8M0 scale (halved) last (decode.cu's Lane<T_MXFP4>, a whole block a lane).
+__device__ __forceinline__ float mxfp4_block_dot(const uint8_t* row, int o, const uint8_t* r) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(row + ((o + 1) & ~3));
+    const uint32_t sh = 8 * ((o + 1) & 3);
+    uint32_t v[5];
+#pragma unroll
+    for (int i = 0; i < 5; i++) v[i] = w[i];
+    const int4* p = reinterpret_cast<const int4*>(r);
+    const int4 a0 = p[0], a1 = p[1], b0 = p[2], b1 = p[3];
+    const int qa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    const int qb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+    int s1 = 0, s2 = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint32_t q = __funnelshift_r(v[j], v[j + 1], sh);  // codes 4j..4j+3, 16+4j..
+        const int lo = mxfp4_bytes(q), hi = mxfp4_bytes(q >> 4);
+        s1 = __dp4a(hi, qa[4 + j], __dp4a(lo, qa[j], s1));
+        s2 = __dp4a(hi, qb[4 + j], __dp4a(lo, qb[j], s2));
+    }
+    const float d = reinterpret_cast<const float*>(r + 64)[0];
+    return e8m0_half(row[o]) * (d * ((float)s1 + (float)s2 * (1.0f / 254.0f)));
+}
+
+// out[m][s][r] = row r of expert ids[s] of table m · input s (+ bias[m][ids[s]][r]) for the
+// rows [blockIdx.x * rows_per_block, + rows_per_block) of m = blockIdx.z, s = blockIdx.y;
+// input s: prep_input's records at xs + s * x_stride. An id out of range gives NaN rows and
+// reads nothing. Launch: block = 256, grid = (ceil(rows / rows_per_block), n_sel, n_mat),
+// dynamic shared memory = k / 32 * MOE_XREC + 8 * moe_mv_buf(row_bytes); row_bytes <=
+// 16 * (32 * MOE_MV_PIECES - 1).
+__host__ __device__ __forceinline__ int moe_mv_buf(long long row_bytes) {
+    return (int)((row_bytes + 15) / 16 + 1) * 16 + 16;  // a row at any 16-byte offset, + slack
+}
+extern "C" __global__ void __launch_bounds__(256)
+moe_matvec_mxfp4(const MoeMvArgs a, const uint8_t* __restrict__ xs, int rows_per_block) {
+#ifdef MMA_EMULATE
+    uint8_t* smem = emu_dyn_smem;
+#else
+    extern __shared__ __align__(16) uint8_t smem[];
+#endif
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int s = blockIdx.y, m = blockIdx.z, nc = a.k / 32;
+    const long long rb = a.row_bytes;
+    uint8_t* rec = smem;
+    uint8_t* buf = smem + nc * MOE_XREC + warp * moe_mv_buf(rb);
+    pdl_wait();  // the ids and the records come from the kernels before
+    pdl_trigger();
+    const int e = a.ids[s];
+    const int r_begin = blockIdx.x * rows_per_block;
+    const int r_end = min(a.rows, r_begin + rows_per_block);
+    float* out = (m ? a.out[1] : a.out[0]) + (long long)s * a.rows;
+    if (e < 0 || e >= a.n_expert) {
+        for (int r = r_begin + threadIdx.x; r < r_end; r += blockDim.x)
+            out[r] = __int_as_float(0x7fc00000);  // NaN: a bad id shows
+        return;
+    }
+    const uint4* src = reinterpret_cast<const uint4*>(xs + s * a.x_stride);
+    for (int i = threadIdx.x; i < nc * MOE_XREC / 16; i += blockDim.x)
+        reinterpret_cast<uint4*>(rec)[i] = src[i];
+    const uint8_t* W = (m ? a.w[1] : a.w[0])[e];
+    const float* const* bt = m ? a.bias[1] : a.bias[0];
+    const float* bias = bt ? bt[e] : nullptr;
+    __syncthreads();
+    // Row r's 16-byte pieces from the boundary at or below its start (its buffer ends at
+    // least 16 bytes past the row: every weight buffer is padded so).
+    uint4 nxt[MOE_MV_PIECES];
+    auto load = [&](int r) {
+        const uint8_t* g = W + (long long)r * rb;
+        const int off = (int)((uintptr_t)g & 15);
+        const uint4* g0 = reinterpret_cast<const uint4*>(g - off);
+        const int n16 = (int)((off + rb + 15) >> 4);
+#pragma unroll
+        for (int p = 0; p < MOE_MV_PIECES; p++)
+            if (lane + 32 * p < n16) nxt[p] = g0[lane + 32 * p];
+    };
+    int r = r_begin + warp;
+    if (r < r_end) load(r);
+    for (; r < r_end; r += 8) {
+        const int off = (int)((uintptr_t)(W + (long long)r * rb) & 15);
+        const int n16 = (int)((off + rb + 15) >> 4);
+        __syncwarp();
+#pragma unroll
+        for (int p = 0; p < MOE_MV_PIECES; p++)
+            if (lane + 32 * p < n16) reinterpret_cast<uint4*>(buf)[lane + 32 * p] = nxt[p];
+        __syncwarp();
+        if (r + 8 < r_end) load(r + 8);
+        float acc = 0.f;
+        for (int b = lane; b < nc; b += 32) acc += mxfp4_block_dot(buf, off + 17 * b, rec + b * MOE_XREC);
+        acc = warp_sum(acc);
+        if (lane == 0) out[r] = bias ? acc + bias[r] : acc;
+    }
+}

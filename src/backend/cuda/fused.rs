@@ -11,6 +11,7 @@ use super::launch::{
     allow_shared, dim, f32s, positive, row_bytes, type_suffix, KvCacheLayer, RopeParams,
 };
 use super::memory::DeviceBuffer;
+use super::moe::moe_matvec_takes;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 use cudarc::driver::result;
@@ -228,7 +229,7 @@ pub enum ExpertInput<'a> {
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct ExpertArgs {
+pub(super) struct ExpertArgs {
     w: [u64; 2],
     bias: [u64; 2],
     out: [u64; 2],
@@ -623,6 +624,9 @@ impl CudaDevice {
                 r
             }
         };
+        if ty == GgmlType::MXFP4 && moe_matvec_takes(rb as usize, k) {
+            return self.moe_matvec_mxfp4(a, rec, n_sel, prods.len(), rows, rb as usize, k);
+        }
         let (wpr, blocks) = expert_split(jobs, self.sm_count() as usize);
         let name = format!("expert_matvec_{}", type_suffix(ty)?);
         launch!(self, &name, (blocks as u32, 1, 1), ((32 * DW) as u32, 1, 1),

@@ -61,6 +61,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "moe_group",
             "moe_bias",
             "moe_combine",
+            "moe_matvec_mxfp4",
         ],
         "argmax" => &["argmax_rows"],
         "decode" => &[

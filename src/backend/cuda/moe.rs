@@ -3,7 +3,7 @@
 //! buffers, and a session's scratch for the mixture-of-experts feed-forward.
 
 use super::device::CudaDevice;
-use super::fused::{ExpertTable, ExpertsRef, MAX_SELECTED_EXPERTS};
+use super::fused::{ExpertArgs, ExpertTable, ExpertsRef, MAX_SELECTED_EXPERTS};
 use super::launch::{dim, f32s, positive, row_bytes, type_suffix, MMA_TILES, MOE_MMA_TILES};
 use super::memory::{DeviceBuffer, MemKind};
 use crate::backend::WeightTensor;
@@ -255,6 +255,28 @@ impl CudaDevice {
             y.ptr(), ids.ptr(), g.pos.ptr(), weights.ptr(), out.ptr(), k as i32, w_i)
     }
 
+    /// [`expert_matvec`](Self::expert_matvec) of MXFP4 experts (kernels/moe.cu's
+    /// `moe_matvec_mxfp4`, `a` checked there): a block per (product, slot, run of rows), the
+    /// grid about `MOE_MV_BLOCKS_PER_SM` blocks a multiprocessor.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn moe_matvec_mxfp4(
+        &self,
+        a: ExpertArgs,
+        rec: &DeviceBuffer,
+        n_sel: usize,
+        n_mat: usize,
+        rows: usize,
+        row_bytes: usize,
+        k: usize,
+    ) -> Result<()> {
+        let target = self.sm_count() as usize * moe_mv_blocks_per_sm();
+        let per = (rows * n_sel * n_mat).div_ceil(target).max(1);
+        let smem = moe_mv_shared(row_bytes, k);
+        let grid = (rows.div_ceil(per) as u32, n_sel as u32, n_mat as u32);
+        launch!(self, "moe_matvec_mxfp4", grid, (256, 1, 1), shared = smem as u32;
+            a, rec.ptr(), per as i32)
+    }
+
     /// The checks gather and scatter share: the address of `picks[first]`, k and width.
     fn moe_rows_check(
         &self,
@@ -298,6 +320,38 @@ fn moe_tile(n_rows: usize, n_exp: usize) -> usize {
             .copied()
             .find(|&t| MMA_TILES[t].tokens >= avg)
             .unwrap_or(MOE_MMA_TILES[0])
+    })
+}
+
+/// Bytes of a row a warp of `moe_matvec_mxfp4` stages (kernels/moe.cu's `moe_mv_buf`).
+fn moe_mv_buf(row_bytes: usize) -> usize {
+    (row_bytes.div_ceil(16) + 1) * 16 + 16
+}
+
+/// Dynamic shared memory of `moe_matvec_mxfp4`: the input's chunk records, a row a warp.
+fn moe_mv_shared(row_bytes: usize, k: usize) -> usize {
+    k / 32 * 80 + 8 * moe_mv_buf(row_bytes)
+}
+
+/// Whether `moe_matvec_mxfp4` takes MXFP4 rows of `row_bytes` (`k` values): rows of up to
+/// 127 16-byte pieces (4 a lane), shared memory within the default 48 KiB.
+/// `LLORCH_MOE_MATVEC=0` keeps decode.cu's expert_matvec.
+pub(super) fn moe_matvec_takes(row_bytes: usize, k: usize) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("LLORCH_MOE_MATVEC").map_or(true, |v| v != "0"));
+    on && row_bytes <= 16 * (32 * 4 - 1) && moe_mv_shared(row_bytes, k) <= 48 << 10
+}
+
+/// Resident blocks a multiprocessor that `moe_matvec_mxfp4`'s grid is sized for
+/// (`LLORCH_MOE_MV_BPS` sets it).
+fn moe_mv_blocks_per_sm() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("LLORCH_MOE_MV_BPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| (1..=64).contains(&n))
+            .unwrap_or(4)
     })
 }
 
