@@ -1,6 +1,8 @@
-// Mixture of experts (GPT-OSS): the router's top-k on the GPU, and the gather / scatter of a
-// prompt's token rows around each expert's products (the products themselves are the
-// ordinary mat-mul kernels; one token's go through decode.cu's expert_matvec).
+// Mixture of experts (GPT-OSS): the router's top-k on the GPU; a step's picks grouped by
+// expert, their biases and weighted sum, all on the device (the grouped products are
+// mma_matmul.cu's mma_moe_*); the gather / scatter of token rows (also for experts without
+// device tables, grouped on the host); one token's MXFP4 expert mat-vecs (moe_matvec_mxfp4;
+// the other formats' go through decode.cu's expert_matvec).
 #include "common.cuh"
 
 #define MOE_PER_LANE 8  // experts a lane holds: at most 32 * 8 = 256 experts

@@ -845,21 +845,10 @@ pub(crate) fn matvec_split(jobs: usize, min_steps: usize, sms: usize) -> (usize,
 /// Warps per row and blocks of an expert_matvec over `jobs` rows: a whole row a warp (the
 /// next round's row is fetched while one is multiplied, so a warp keeps a row's bytes in
 /// flight), a resident wave at most. matvec_split's finer splits cost gpt-oss-20b's experts
-/// (23,040 rows of 1,530 bytes) 59 rounds of ~190 bytes a warp: each round one memory
-/// latency, 281 GB/s (H100, ncu). `LLORCH_EXPERT_WPR` sets the warps a row (1, 2, 4, 8).
+/// (23,040 rows of 1,530 bytes) 59 rounds of ~190 bytes a warp, each round about a memory
+/// latency: 281 GB/s, tg128 119 tok/s; a row a warp: tg64 227 (H100, 2026-12-06).
 fn expert_split(jobs: usize, sms: usize) -> (usize, usize) {
-    static WPR: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let wpr = *WPR.get_or_init(|| {
-        std::env::var("LLORCH_EXPERT_WPR")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|w: &usize| w.is_power_of_two() && *w <= DW)
-            .unwrap_or(1)
-    });
-    let blocks = (jobs * wpr)
-        .div_ceil(DW)
-        .clamp(1, sms * MATVEC_BLOCKS_PER_SM);
-    (wpr, blocks)
+    (1, jobs.div_ceil(DW).clamp(1, sms * MATVEC_BLOCKS_PER_SM))
 }
 
 /// f32 values of attention_decode's scratch for `n_heads` heads of `head_dim`.

@@ -133,7 +133,10 @@ impl MmaTile {
 
     /// Name of the grouped expert product's kernel (`mma_moe_*`) for suffix `ty`.
     pub fn moe_kernel(&self, ty: &str) -> String {
-        format!("mma_moe_{ty}_{}x{}k{}", self.tokens, self.rows, self.kgroups)
+        format!(
+            "mma_moe_{ty}_{}x{}k{}",
+            self.tokens, self.rows, self.kgroups
+        )
     }
 
     /// Dynamic shared memory for weight type `ty`, as kernels/mma_matmul.cu's `Layout` per
@@ -215,7 +218,9 @@ fn mma_kernels() -> &'static [&'static str] {
             .iter()
             .flat_map(|ty| MMA_TILES.iter().map(move |t| t.kernel(ty)))
             .chain(TYPE_SUFFIXES.iter().flat_map(|ty| {
-                MOE_MMA_TILES.iter().map(move |&t| MMA_TILES[t].moe_kernel(ty))
+                MOE_MMA_TILES
+                    .iter()
+                    .map(move |&t| MMA_TILES[t].moe_kernel(ty))
             }))
             .map(|n| &*Box::leak(n.into_boxed_str()))
             .collect()

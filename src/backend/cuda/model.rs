@@ -15,10 +15,10 @@ mod kv_rows;
 
 use super::device::CudaDevice;
 use super::drv;
-use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
+use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
@@ -305,7 +305,10 @@ impl CudaState {
         let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
         let xrec = dev.alloc(CudaDevice::input_record_bytes(widest), MemKind::Scratch)?;
         let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
-        let moe = model.moe.map(|s| MoeScratch::new(&dev, s, 1, MAX_SELECTED_EXPERTS)).transpose()?;
+        let moe = model
+            .moe
+            .map(|s| MoeScratch::new(&dev, s, 1, MAX_SELECTED_EXPERTS))
+            .transpose()?;
         Ok(CudaState {
             dev,
             dims: dims.clone(),

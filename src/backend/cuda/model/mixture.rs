@@ -5,9 +5,11 @@
 //!
 //! One token (decode) stays on the GPU from the router to the sum, so the step replays as a
 //! graph: the experts' mat-vecs read the picks from device memory and only the picked
-//! experts' rows (`expert_matvec`). Longer steps (a prompt) bring the picks to the host, group
-//! the tokens by expert and run each picked expert's products once over its tokens with the
-//! mat-mul kernels. Experts in F32/F16 (which `expert_matvec` does not take) go that way too.
+//! experts' rows (`expert_matvec`). Longer steps (a prompt) stay on the GPU too: the picks
+//! grouped by expert there, each product one tensor-core launch over every expert's rows
+//! (`moe_mma`); experts in F32/F16 (which `expert_matvec` does not take) go that way at one
+//! token as well. Experts that are not the views of one stacked tensor (no device tables)
+//! bring the picks to the host and run each expert's products with the mat-mul kernels.
 
 use super::{as_bytes, pair, CudaModel, CudaStep};
 use crate::backend::cuda::fused::{
