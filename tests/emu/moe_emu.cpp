@@ -76,9 +76,8 @@ static int test_route(int n_tok, int n_exp, int k, bool with_bias) {
     return bad != 0;
 }
 
-// The picks of n_tok tokens grouped by expert, then gather, a stand-in product (y = 2 x + e),
-// and scatter, against the same done on the host.
-static int test_gather_scatter(int n_tok, int n_exp, int k, int width) {
+// Each token's k distinct experts, at random.
+static std::vector<int> random_picks(int n_tok, int n_exp, int k) {
     std::vector<int> ids((size_t)n_tok * k);
     for (int t = 0; t < n_tok; t++) {
         std::vector<int> e(n_exp);
@@ -88,6 +87,13 @@ static int test_gather_scatter(int n_tok, int n_exp, int k, int width) {
             ids[(size_t)t * k + j] = e[j];
         }
     }
+    return ids;
+}
+
+// The picks of n_tok tokens grouped by expert, then gather, a stand-in product (y = 2 x + e),
+// and scatter, against the same done on the host.
+static int test_gather_scatter(int n_tok, int n_exp, int k, int width) {
+    const std::vector<int> ids = random_picks(n_tok, n_exp, k);
     std::vector<float> x((size_t)n_tok * width), wts(ids.size());
     for (auto& v : x) v = rng.unit();
     for (auto& v : wts) v = rng.unit();
@@ -144,15 +150,7 @@ static int test_gather_scatter(int n_tok, int n_exp, int k, int width) {
 // `bad_id`: one pick names no expert (left out; its token's row is NaN).
 static int test_grouped(int n_tok, int n_exp, int k, int width, bool bad_id) {
     const int n = n_tok * k;
-    std::vector<int> ids(n);
-    for (int t = 0; t < n_tok; t++) {
-        std::vector<int> e(n_exp);
-        std::iota(e.begin(), e.end(), 0);
-        for (int j = 0; j < k; j++) {
-            std::swap(e[j], e[j + rng.next() % (n_exp - j)]);
-            ids[(size_t)t * k + j] = e[j];
-        }
-    }
+    std::vector<int> ids = random_picks(n_tok, n_exp, k);
     const int bad_pick = bad_id ? n / 2 : -1;
     if (bad_id) ids[bad_pick] = n_exp;
     std::vector<int> offsets(n_exp + 1, -7), src(n, -7), pos(n, -7);

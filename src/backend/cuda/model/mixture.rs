@@ -71,6 +71,21 @@ fn experts<'t>(t: &Tables<'t>, ty: GgmlType, rows: usize, cols: usize) -> Expert
     }
 }
 
+/// The per-pick stages the scratch holds after a mixture: (tap name, buffer, row width).
+fn pick_stages(
+    sc: &MoeScratch,
+    act: Activation,
+    ff: usize,
+    width: usize,
+) -> [(&'static str, &DeviceBuffer, usize); 4] {
+    [
+        ("gate", &sc.gate, ff),
+        ("up", &sc.up, ff),
+        (act.stage_name(), &sc.act, ff),
+        ("expert_out", &sc.y, width),
+    ]
+}
+
 /// `out = act(g, u)` over `n` values.
 fn activate(
     dev: &CudaDevice,
@@ -227,6 +242,14 @@ impl CudaStep<'_> {
         }
     }
 
+    /// The experts' feed-forward width and the formats of their gate, up and down.
+    fn expert_formats(&self, moe: &Moe) -> (usize, [GgmlType; 3]) {
+        let e0 = &moe.experts[0];
+        let ty = |w: WeightId| self.m.weight(w).ty;
+        let ff = self.m.weight(e0.gate.w).rows;
+        (ff, [ty(e0.gate.w), ty(e0.up.w), ty(e0.down.w)])
+    }
+
     /// One token, on the GPU throughout (graph-safe).
     fn mixture_one(
         &mut self,
@@ -239,10 +262,7 @@ impl CudaStep<'_> {
     ) -> Result<()> {
         let k = moe.top_k;
         let width = self.width(x);
-        let e0 = &moe.experts[0];
-        let ff = self.m.weight(e0.gate.w).rows;
-        let ty = |w: WeightId| self.m.weight(w).ty;
-        let (ty_g, ty_u, ty_d) = (ty(e0.gate.w), ty(e0.up.w), ty(e0.down.w));
+        let (ff, [ty_g, ty_u, ty_d]) = self.expert_formats(moe);
         self.route(moe, x)?;
         let st = &mut *self.st;
         let (dev, slots) = (&st.dev, &st.slots);
@@ -281,14 +301,8 @@ impl CudaStep<'_> {
         if expert_taps && self.st.taps.is_some() {
             let st = &mut *self.st;
             let sc = st.moe.as_ref().expect("mixture scratch checked");
-            let rows = [
-                ("gate", &sc.gate, ff),
-                ("up", &sc.up, ff),
-                (moe.act.stage_name(), &sc.act, ff),
-                ("expert_out", &sc.y, width),
-            ];
             let mut got = Vec::new();
-            for (name, b, w) in rows {
+            for (name, b, w) in pick_stages(sc, moe.act, ff, width) {
                 got.push((name, st.dev.download_f32(b, k * w)?));
             }
             self.record(layer, got);
@@ -310,10 +324,7 @@ impl CudaStep<'_> {
     ) -> Result<()> {
         let (n, n_exp, k) = (self.n, moe.experts.len(), moe.top_k);
         let width = self.width(x);
-        let e0 = &moe.experts[0];
-        let ff = self.m.weight(e0.gate.w).rows;
-        let ty = |w: WeightId| self.m.weight(w).ty;
-        let (ty_g, ty_u, ty_d) = (ty(e0.gate.w), ty(e0.up.w), ty(e0.down.w));
+        let (ff, [ty_g, ty_u, ty_d]) = self.expert_formats(moe);
         self.route(moe, x)?;
         let rows = n * k;
         let st = &mut *self.st;
@@ -353,14 +364,8 @@ impl CudaStep<'_> {
             let sc = st.moe.as_ref().expect("mixture scratch checked");
             // The grouped rows back in pick order (t * k + j).
             let pos = st.dev.download_i32(&sc.groups.pos, rows)?;
-            let bufs = [
-                ("gate", &sc.gate, ff),
-                ("up", &sc.up, ff),
-                (moe.act.stage_name(), &sc.act, ff),
-                ("expert_out", &sc.y, width),
-            ];
             let mut got = Vec::new();
-            for (name, b, w) in bufs {
+            for (name, b, w) in pick_stages(sc, moe.act, ff, width) {
                 let grouped = st.dev.download_f32(b, rows * w)?;
                 let mut picked = vec![f32::NAN; rows * w];
                 for (i, &p) in pos.iter().enumerate() {
