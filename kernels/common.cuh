@@ -149,6 +149,18 @@ __device__ __forceinline__ int mxfp4_doubled(uint32_t code) {
     const int m = (int)((MXFP4_MAGS >> (4 * (code & 7))) & 15);
     return code & 8 ? -m : m;
 }
+// The codes in the low nibbles of q's four bytes -> their doubled values as signed bytes (for
+// 4-way int8 dot products; decode.cu, moe.cu).
+__device__ __forceinline__ int mxfp4_bytes(uint32_t q) {
+    const uint32_t x = q & 0x0F0F0F0Fu;
+    // The four codes as selector nibbles (bits 0, 4, 8, 12).
+    const uint32_t sel = __byte_perm(x | (x >> 4), 0, 0x4420);
+    const uint32_t idx = sel & 0x7777u;                               // magnitude 0..7
+    const uint32_t pos = __byte_perm(0x03020100u, 0x0C080604u, idx);  // 0 1 2 3 4 6 8 12
+    const uint32_t neg = __byte_perm(0xFDFEFF00u, 0xF4F8FAFCu, idx);  // their negatives
+    // Byte n from pos (selector n) or, where the code's sign bit is set, from neg (n + 4).
+    return (int)__byte_perm(pos, neg, 0x3210u | ((sel >> 1) & 0x4444u));
+}
 template <> struct Fmt<T_MXFP4> {
     __device__ static void chunk(const uint8_t* row, int c, float* o) {
         const uint8_t* b = row + c * 17;

@@ -262,17 +262,6 @@ __device__ __forceinline__ uint32_t u32_at1(const uint8_t* p) {
     const uint32_t* w = reinterpret_cast<const uint32_t*>(a & ~(uintptr_t)3);
     return __funnelshift_r(w[0], w[1], 8 * (uint32_t)(a & 3));
 }
-// The codes in the low nibbles of q's four bytes -> their doubled values as signed bytes.
-__device__ __forceinline__ int mxfp4_bytes(uint32_t q) {
-    const uint32_t x = q & 0x0F0F0F0Fu;
-    // The four codes as selector nibbles (bits 0, 4, 8, 12).
-    const uint32_t sel = __byte_perm(x | (x >> 4), 0, 0x4420);
-    const uint32_t idx = sel & 0x7777u;                               // magnitude 0..7
-    const uint32_t pos = __byte_perm(0x03020100u, 0x0C080604u, idx);  // 0 1 2 3 4 6 8 12
-    const uint32_t neg = __byte_perm(0xFDFEFF00u, 0xF4F8FAFCu, idx);  // their negatives
-    // Byte n from pos (selector n) or, where the code's sign bit is set, from neg (n + 4).
-    return (int)__byte_perm(pos, neg, 0x3210u | ((sel >> 1) & 0x4444u));
-}
 template <> struct Lane<T_MXFP4> {
     enum { LPB = 4 };
     __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {

@@ -551,3 +551,33 @@ __device__ __forceinline__ void mma_matmul(const uint8_t* __restrict__ W, const 
     }
 #define MMA_TYPE(name, T) MMA_TILES(MMA_ENTRY, name, T)
 FOR_EACH_TYPE(MMA_TYPE)
+
+// ---------- a mixture of experts' products over a step's tokens grouped by expert ----------
+// Y_m[r] = X[r] W_m[e]^T for each expert e's grouped rows r in offsets[e] .. offsets[e+1]
+// (moe.cu's moe_group; no host round trip): W_m[e] expert e's matrix in table m (one table,
+// or two of one format and shape: a gate and an up), X and Y_m grouped rows (k and `rows`
+// f32). Grid: x over the tokens an expert may have (a tile past its count returns at once),
+// y over the weight rows, z = m * n_exp + e. The tiles that suit a few to a few hundred
+// tokens an expert (MMA_TILES 1 to 3; launch.rs's MOE_MMA_TILES).
+#define MMA_MOE_TILES(M, name, T)    \
+    M(name, T, 128, 64, 4, 2, 1, 2)  \
+    M(name, T, 64, 64, 2, 2, 1, 4)   \
+    M(name, T, 32, 64, 1, 4, 1, 6)
+
+#define MMA_MOE_ENTRY(name, T, BM, BN, WM, WN, KG, MINB)                                        \
+    extern "C" __global__ void __launch_bounds__(WM * WN * 32 * KG, MINB)                       \
+        mma_moe_##name##_##BM##x##BN##k##KG(const uint8_t* const* W0, const uint8_t* const* W1, \
+                                            const float* X, float* Y0, float* Y1,                 \
+                                            const int* offsets, int n_exp, int rows, int k,       \
+                                            long long row_bytes) {                                \
+        pdl_wait();                                                                             \
+        pdl_trigger();                                                                          \
+        const int m = (int)blockIdx.z >= n_exp, e = (int)blockIdx.z - m * n_exp;                \
+        const int r0 = offsets[e], count = offsets[e + 1] - r0;                                 \
+        if ((int)blockIdx.x * BM >= count) return;                                              \
+        mma_matmul<T, BM, BN, WM, WN, KG>((m ? W1 : W0)[e], X + (long long)r0 * k,              \
+                                          (m ? Y1 : Y0) + (long long)r0 * rows, rows, k, count, \
+                                          row_bytes);                                           \
+    }
+#define MMA_MOE_TYPE(name, T) MMA_MOE_TILES(MMA_MOE_ENTRY, name, T)
+FOR_EACH_TYPE(MMA_MOE_TYPE)

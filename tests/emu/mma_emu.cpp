@@ -56,6 +56,63 @@ static SplitMix64 rng{0x1234567};
 static uint64_t rnd() { return rng.next(); }
 static float rf() { return rng.unit(); }
 
+// The grouped expert products (mma_moe_*: MMA_TILES 1 to 3) against the plain kernel of the
+// same tile run on each expert's rows alone: bit for bit (the same blocks' arithmetic), every
+// row written, nothing outside the experts' rows (AddressSanitizer: exactly sized buffers).
+typedef void (*MoeKern)(const uint8_t* const*, const uint8_t* const*, const float*, float*, float*,
+                        const int*, int, int, int, long long);
+static int test_grouped(const TypeInfo& ty, MoeKern kern, int ti) {
+    const Tile tl = TILES[ti];
+    const int rows = 70, k = ty.block == 256 ? 256 : 96, n_exp = 3, n_tok = 150;
+    const int counts[n_exp] = {5, 0, 137};
+    const long long rb = (long long)k / ty.block * ty.bytes;
+    int offsets[n_exp + 1] = {0};
+    for (int e = 0; e < n_exp; e++) offsets[e + 1] = offsets[e] + counts[e];
+    const int total = offsets[n_exp];
+    std::vector<std::vector<uint8_t>> W0(n_exp, std::vector<uint8_t>(rows * rb)), W1 = W0;
+    std::vector<const uint8_t*> t0, t1;
+    for (int e = 0; e < n_exp; e++) {
+        random_weights(W0[e], ty.id, ty.bytes, (long long)rows * k, rng);
+        random_weights(W1[e], ty.id, ty.bytes, (long long)rows * k, rng);
+        t0.push_back(W0[e].data());
+        t1.push_back(W1[e].data());
+    }
+    std::vector<float> X((size_t)total * k);
+    for (auto& v : X) v = rf();
+    std::vector<float> Y0((size_t)total * rows, NAN), Y1 = Y0, R0 = Y0, R1 = Y0;
+    const int smem = smem_for(tl, ty.words, false);
+    std::vector<uint8_t> sm(smem);
+    auto block = [&](unsigned bx, unsigned by, unsigned bz, const std::function<void()>& fn) {
+        blockIdx = {bx, by, bz};
+        for (auto& b : sm) b = (uint8_t)rnd();
+        emu_dyn_smem = sm.data();
+        emu_dyn_smem_size = smem;
+        emu::run_block(tl.warps * 32 * tl.kg, fn);
+    };
+    const int gx = (n_tok + tl.bm - 1) / tl.bm, gy = (rows + tl.bn - 1) / tl.bn;
+    for (int z = 0; z < 2 * n_exp; z++)
+        for (int bx = 0; bx < gx; bx++)
+            for (int by = 0; by < gy; by++)
+                block(bx, by, z, [&] {
+                    kern(t0.data(), t1.data(), X.data(), Y0.data(), Y1.data(), offsets, n_exp, rows, k, rb);
+                });
+    for (int m = 0; m < 2; m++)
+        for (int e = 0; e < n_exp; e++) {
+            if (!counts[e]) continue;
+            float* out = (m ? R1 : R0).data() + (size_t)offsets[e] * rows;
+            const uint8_t* w = (m ? t1 : t0)[e];
+            for (int bx = 0; bx < (counts[e] + tl.bm - 1) / tl.bm; bx++)
+                for (int by = 0; by < gy; by++)
+                    block(bx, by, 0, [&] { ty.k[ti](w, X.data() + (size_t)offsets[e] * k, out, rows, k, counts[e], rb); });
+        }
+    const bool ok = !memcmp(Y0.data(), R0.data(), Y0.size() * 4) && !memcmp(Y1.data(), R1.data(), Y1.size() * 4);
+    printf("%-5s grouped experts {5, 0, 137} x %d rows, tile %3dx%-3dk%d: %s\n", ty.name, rows, tl.bm, tl.bn,
+           tl.kg, ok ? "as the plain kernel, bit for bit" : "DIFFERENT  FAIL");
+    return !ok;
+}
+
+#define KMOE(name) {mma_moe_##name##_128x64k1, mma_moe_##name##_64x64k1, mma_moe_##name##_32x64k1}
+
 int main(int argc, char** argv) {
     const char* only = argc > 1 && strcmp(argv[1], "all") ? argv[1] : nullptr;
     emu::eager = argc > 2 && !strcmp(argv[2], "eager");
@@ -120,6 +177,14 @@ int main(int argc, char** argv) {
             }
         }
     }
+    const struct {
+        const char* name;
+        MoeKern k[3];
+    } moe[] = {{"f16", KMOE(f16)}, {"q8_0", KMOE(q8_0)}, {"q4_k", KMOE(q4_k)}, {"mxfp4", KMOE(mxfp4)}};
+    for (const auto& m : moe)
+        for (const TypeInfo& ty : TYPES)
+            if (!strcmp(ty.name, m.name) && (!only || !strcmp(only, ty.name)))
+                for (int i = 0; i < 3; i++, runs++) bad += test_grouped(ty, m.k[i], i + 1);
     printf("%d runs, %d failed\n", runs, bad);
     return bad ? 1 : 0;
 }

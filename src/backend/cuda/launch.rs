@@ -54,7 +54,15 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "scale",
             "softcap",
         ],
-        "moe" => &["moe_route", "moe_gather", "moe_scatter"],
+        "moe" => &[
+            "moe_route",
+            "moe_gather",
+            "moe_scatter",
+            "moe_group",
+            "moe_bias",
+            "moe_combine",
+            "moe_matvec_mxfp4",
+        ],
         "argmax" => &["argmax_rows"],
         "decode" => &[
             "prep_input",
@@ -123,6 +131,14 @@ impl MmaTile {
         format!("mma_{ty}_{}x{}k{}", self.tokens, self.rows, self.kgroups)
     }
 
+    /// Name of the grouped expert product's kernel (`mma_moe_*`) for suffix `ty`.
+    pub fn moe_kernel(&self, ty: &str) -> String {
+        format!(
+            "mma_moe_{ty}_{}x{}k{}",
+            self.tokens, self.rows, self.kgroups
+        )
+    }
+
     /// Dynamic shared memory for weight type `ty`, as kernels/mma_matmul.cu's `Layout` per
     /// k-group: f16 tiles of 32 values a row for the tokens and rows (two buffers), then copy
     /// stages of the group's threads' slots (X float4s, weight units). As many stages (2 to
@@ -189,13 +205,23 @@ const TYPE_SUFFIXES: [&str; 8] = [
     "f32", "f16", "q4_1", "q5_0", "q8_0", "q4_k", "q6_k", "mxfp4",
 ];
 
-/// `mma_{type}_{tokens}x{rows}k{groups}` for every type and tile of kernels/mma_matmul.cu.
+/// The tiles (indexes of [`MMA_TILES`]) of kernels/mma_matmul.cu's grouped expert products
+/// (its `MMA_MOE_TILES`, same order).
+pub const MOE_MMA_TILES: [usize; 3] = [1, 2, 3];
+
+/// `mma_{type}_{tokens}x{rows}k{groups}` for every type and tile of kernels/mma_matmul.cu, and
+/// the grouped expert products' `mma_moe_*`.
 fn mma_kernels() -> &'static [&'static str] {
     static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
         TYPE_SUFFIXES
             .iter()
             .flat_map(|ty| MMA_TILES.iter().map(move |t| t.kernel(ty)))
+            .chain(TYPE_SUFFIXES.iter().flat_map(|ty| {
+                MOE_MMA_TILES
+                    .iter()
+                    .map(move |&t| MMA_TILES[t].moe_kernel(ty))
+            }))
             .map(|n| &*Box::leak(n.into_boxed_str()))
             .collect()
     })
@@ -780,7 +806,7 @@ impl CudaDevice {
 
     /// Let kernel `name` take `smem` bytes of dynamic shared memory (above 48 KB a kernel must
     /// ask for it) and prefer all of L1 as shared memory (see `launch!`'s `raise_shared`).
-    fn raise_shared_limit(&self, name: &str, smem: u32) -> Result<()> {
+    pub(super) fn raise_shared_limit(&self, name: &str, smem: u32) -> Result<()> {
         use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
         let f = *self
             .inner

@@ -5,12 +5,16 @@
 //!
 //! One token (decode) stays on the GPU from the router to the sum, so the step replays as a
 //! graph: the experts' mat-vecs read the picks from device memory and only the picked
-//! experts' rows (`expert_matvec`). Longer steps (a prompt) bring the picks to the host, group
-//! the tokens by expert and run each picked expert's products once over its tokens with the
-//! mat-mul kernels. Experts in F32/F16 (which `expert_matvec` does not take) go that way too.
+//! experts' rows (`expert_matvec`). Longer steps (a prompt) stay on the GPU too: the picks
+//! grouped by expert there, each product one tensor-core launch over every expert's rows
+//! (`moe_mma`); experts in F32/F16 (which `expert_matvec` does not take) go that way at one
+//! token as well. Experts that are not the views of one stacked tensor (no device tables)
+//! bring the picks to the host and run each expert's products with the mat-mul kernels.
 
 use super::{as_bytes, pair, CudaModel, CudaStep};
-use crate::backend::cuda::fused::{ExpertInput, ExpertOut, ExpertTable, ExpertsRef};
+use crate::backend::cuda::fused::{
+    Epilogue, ExpertInput, ExpertOut, ExpertTable, ExpertsRef, MatVecOut,
+};
 use crate::backend::cuda::memory::DeviceBuffer;
 use crate::backend::cuda::moe::MoeScratch;
 use crate::backend::cuda::CudaDevice;
@@ -19,6 +23,7 @@ use crate::quant::GgmlType;
 use crate::{Error, Result};
 
 /// The device tables of one expert product: the experts' matrices, their biases if any.
+#[derive(Clone, Copy)]
 struct Tables<'m> {
     w: &'m ExpertTable,
     bias: Option<&'m ExpertTable>,
@@ -54,6 +59,31 @@ fn tables<'m>(
         w: table_of(&w)?,
         bias,
     })
+}
+
+/// The experts of table `t`: matrices of `rows` x `cols` values of type `ty`.
+fn experts<'t>(t: &Tables<'t>, ty: GgmlType, rows: usize, cols: usize) -> ExpertsRef<'t> {
+    ExpertsRef {
+        ty,
+        table: t.w,
+        rows,
+        cols,
+    }
+}
+
+/// The per-pick stages the scratch holds after a mixture: (tap name, buffer, row width).
+fn pick_stages(
+    sc: &MoeScratch,
+    act: Activation,
+    ff: usize,
+    width: usize,
+) -> [(&'static str, &DeviceBuffer, usize); 4] {
+    [
+        ("gate", &sc.gate, ff),
+        ("up", &sc.up, ff),
+        (act.stage_name(), &sc.act, ff),
+        ("expert_out", &sc.y, width),
+    ]
 }
 
 /// `out = act(g, u)` over `n` values.
@@ -107,25 +137,38 @@ impl CudaStep<'_> {
         let quantized = [first.gate.w, first.up.w, first.down.w]
             .iter()
             .all(|&w| !matches!(self.m.weight(w).ty, GgmlType::F32 | GgmlType::F16));
-        if let (1, true, (Some(g), Some(u), Some(d))) = (self.n, quantized, tables) {
-            return self.mixture_one(layer, moe, x, out, expert_taps, [g, u, d]);
+        let all = match tables {
+            (Some(g), Some(u), Some(d)) => Some([g, u, d]),
+            _ => None,
+        };
+        if let (1, true, Some(t)) = (self.n, quantized, all) {
+            return self.mixture_one(layer, moe, x, out, expert_taps, t);
         }
         if self.capturing {
-            // The grouped path reads the picks back on the host (and a step of several rows
-            // may grow the scratch): a graph cannot hold it. The step reruns without one.
+            // A step of several rows may grow the scratch (and the fallback below reads the
+            // picks back on the host): a graph cannot hold it. The step reruns without one.
             self.st.graph_ok = false;
             return Err(Error::Internal(
-                "mixture with a host round trip in a captured step".into(),
+                "mixture of several rows in a captured step".into(),
             ));
         }
-        if self.n > self.st.moe.as_ref().map_or(0, |s| s.tokens) {
+        let (n, k) = (self.n, moe.top_k);
+        if self
+            .st
+            .moe
+            .as_ref()
+            .map_or(true, |s| n > s.tokens || n * k > s.rows)
+        {
             let sh = shape.expect("checked above");
             // A captured decode step holds the old buffers' addresses.
             self.st.graph = None;
             self.st.moe = None; // the budget sees only the new buffers
-            self.st.moe = Some(MoeScratch::new(&self.st.dev, sh, self.n)?);
+            self.st.moe = Some(MoeScratch::new(&self.st.dev, sh, n, k)?);
         }
-        self.mixture_grouped(layer, moe, x, out, expert_taps)
+        match all {
+            Some(t) => self.mixture_device(layer, moe, x, out, expert_taps, t),
+            None => self.mixture_grouped(layer, moe, x, out, expert_taps),
+        }
     }
 
     /// Router logits (+ bias) of the step's tokens and their picks, in the scratch.
@@ -143,8 +186,18 @@ impl CudaStep<'_> {
         let st = &mut *self.st;
         let sc = st.moe.as_mut().expect("mixture scratch checked");
         let xb = &st.slots[x.index()];
-        // In f32 (the picks follow the logits' order: no f16 rounding here).
-        if n == 1 {
+        // In f32 (the picks follow the logits' order: no f16 rounding here). One token's F32
+        // or F16 router on the fused mat-vec, which multiplies those in f32 (7 us a launch
+        // on the plain one for gpt-oss-20b's 32 x 2880, H100 ncu).
+        if n == 1 && matches!(r.ty, GgmlType::F32 | GgmlType::F16) {
+            let prod = [MatVecOut {
+                mat: self.m.mat(moe.router.w),
+                bias: None,
+                out: &sc.logits,
+            }];
+            st.dev
+                .fused_matvec(xb, width, None, &prod, Epilogue::Plain, &sc.rec, false)?;
+        } else if n == 1 {
             st.dev
                 .matvec(r.ty, &r.buf, n_exp, width, xb, &mut sc.logits)?;
         } else {
@@ -189,6 +242,14 @@ impl CudaStep<'_> {
         }
     }
 
+    /// The experts' feed-forward width and the formats of their gate, up and down.
+    fn expert_formats(&self, moe: &Moe) -> (usize, [GgmlType; 3]) {
+        let e0 = &moe.experts[0];
+        let ty = |w: WeightId| self.m.weight(w).ty;
+        let ff = self.m.weight(e0.gate.w).rows;
+        (ff, [ty(e0.gate.w), ty(e0.up.w), ty(e0.down.w)])
+    }
+
     /// One token, on the GPU throughout (graph-safe).
     fn mixture_one(
         &mut self,
@@ -201,23 +262,12 @@ impl CudaStep<'_> {
     ) -> Result<()> {
         let k = moe.top_k;
         let width = self.width(x);
-        let e0 = &moe.experts[0];
-        let ff = self.m.weight(e0.gate.w).rows;
-        let ty = |w: WeightId| self.m.weight(w).ty;
-        let (ty_g, ty_u, ty_d) = (ty(e0.gate.w), ty(e0.up.w), ty(e0.down.w));
+        let (ff, [ty_g, ty_u, ty_d]) = self.expert_formats(moe);
         self.route(moe, x)?;
         let st = &mut *self.st;
         let (dev, slots) = (&st.dev, &st.slots);
         let sc = st.moe.as_mut().expect("mixture scratch checked");
         dev.prep_input(&slots[x.index()], width, None, &sc.rec)?;
-        fn experts<'t>(t: &Tables<'t>, ty: GgmlType, rows: usize, cols: usize) -> ExpertsRef<'t> {
-            ExpertsRef {
-                ty,
-                table: t.w,
-                rows,
-                cols,
-            }
-        }
         let gate_up = [
             ExpertOut {
                 experts: experts(&gate, ty_g, ff, width),
@@ -251,14 +301,8 @@ impl CudaStep<'_> {
         if expert_taps && self.st.taps.is_some() {
             let st = &mut *self.st;
             let sc = st.moe.as_ref().expect("mixture scratch checked");
-            let rows = [
-                ("gate", &sc.gate, ff),
-                ("up", &sc.up, ff),
-                (moe.act.stage_name(), &sc.act, ff),
-                ("expert_out", &sc.y, width),
-            ];
             let mut got = Vec::new();
-            for (name, b, w) in rows {
+            for (name, b, w) in pick_stages(sc, moe.act, ff, width) {
                 got.push((name, st.dev.download_f32(b, k * w)?));
             }
             self.record(layer, got);
@@ -266,7 +310,77 @@ impl CudaStep<'_> {
         Ok(())
     }
 
-    /// Any number of tokens: the picks come to the host, and each picked expert's products
+    /// Any number of tokens, on the GPU throughout: the picks grouped by expert on the device,
+    /// each product one launch over every expert's rows (`moe_mma`), the outputs weighed back
+    /// into their tokens' rows (in expert order, as the CPU sums them).
+    fn mixture_device(
+        &mut self,
+        layer: usize,
+        moe: &Moe,
+        x: Slot,
+        out: Slot,
+        expert_taps: bool,
+        [gate, up, down]: [Tables<'_>; 3],
+    ) -> Result<()> {
+        let (n, n_exp, k) = (self.n, moe.experts.len(), moe.top_k);
+        let width = self.width(x);
+        let (ff, [ty_g, ty_u, ty_d]) = self.expert_formats(moe);
+        self.route(moe, x)?;
+        let rows = n * k;
+        let st = &mut *self.st;
+        let (dev, slots) = (&st.dev, &st.slots);
+        let sc = st.moe.as_mut().expect("mixture scratch checked");
+        let g = &sc.groups;
+        dev.moe_group(&sc.ids, rows, n_exp, g)?;
+        dev.moe_gather(&slots[x.index()], &g.src, 0, rows, k, width, &sc.xg)?;
+        let pg = (experts(&gate, ty_g, ff, width), &sc.gate);
+        let pu = (experts(&up, ty_u, ff, width), &sc.up);
+        // Gate and up in one launch where they share a format.
+        if ty_g == ty_u {
+            dev.moe_mma(&[pg, pu], &sc.xg, g, n, rows)?;
+        } else {
+            dev.moe_mma(&[pg], &sc.xg, g, n, rows)?;
+            dev.moe_mma(&[pu], &sc.xg, g, n, rows)?;
+        }
+        let biases: Vec<_> = [(gate.bias, &sc.gate), (up.bias, &sc.up)]
+            .into_iter()
+            .filter_map(|(b, o)| b.map(|b| (b, o)))
+            .collect();
+        if !biases.is_empty() {
+            dev.moe_bias(&biases, &sc.ids, g, n_exp, rows, ff)?;
+        }
+        activate(dev, moe.act, &sc.gate, &sc.up, rows * ff, &mut sc.act)?;
+        let g = &sc.groups;
+        let pd = (experts(&down, ty_d, width, ff), &sc.y);
+        dev.moe_mma(&[pd], &sc.act, g, n, rows)?;
+        if let Some(b) = down.bias {
+            dev.moe_bias(&[(b, &sc.y)], &sc.ids, g, n_exp, rows, width)?;
+        }
+        let ob = &slots[out.index()];
+        dev.moe_combine(&sc.y, &sc.ids, g, &sc.weights, n, k, width, ob)?;
+        self.tap_route(layer, n_exp, k)?;
+        if expert_taps && self.st.taps.is_some() {
+            let st = &mut *self.st;
+            let sc = st.moe.as_ref().expect("mixture scratch checked");
+            // The grouped rows back in pick order (t * k + j).
+            let pos = st.dev.download_i32(&sc.groups.pos, rows)?;
+            let mut got = Vec::new();
+            for (name, b, w) in pick_stages(sc, moe.act, ff, width) {
+                let grouped = st.dev.download_f32(b, rows * w)?;
+                let mut picked = vec![f32::NAN; rows * w];
+                for (i, &p) in pos.iter().enumerate() {
+                    if let Ok(p) = usize::try_from(p) {
+                        picked[i * w..(i + 1) * w].copy_from_slice(&grouped[p * w..(p + 1) * w]);
+                    }
+                }
+                got.push((name, picked));
+            }
+            self.record(layer, got);
+        }
+        Ok(())
+    }
+
+    /// Any number of tokens, experts without device tables: the picks come to the host, and each picked expert's products
     /// run once over its tokens' gathered rows, its outputs weighed back into theirs (the
     /// experts in order, as the CPU sums them).
     fn mixture_grouped(
@@ -295,7 +409,7 @@ impl CudaStep<'_> {
             per[e].push(i as i32);
         }
         let order: Vec<i32> = per.concat();
-        st.dev.write(&mut sc.picks, 0, as_bytes(&order))?;
+        st.dev.write(&mut sc.groups.src, 0, as_bytes(&order))?;
         let taps_on = st.taps.is_some() && expert_taps;
         let mut detail = taps_on.then(|| {
             [
@@ -315,7 +429,7 @@ impl CudaStep<'_> {
             }
             let ex = &moe.experts[e];
             let dev = &st.dev;
-            dev.moe_gather(xb, &sc.picks, first, c, k, width, &sc.xg)?;
+            dev.moe_gather(xb, &sc.groups.src, first, c, k, width, &sc.xg)?;
             let product = |lin: Linear, xin: &DeviceBuffer, y: &mut DeviceBuffer| -> Result<()> {
                 let w = m.weight(lin.w);
                 dev.matmul(w.ty, &w.buf, w.rows, w.cols, xin, c, y)?;
@@ -328,7 +442,7 @@ impl CudaStep<'_> {
             product(ex.up, &sc.xg, &mut sc.up)?;
             activate(dev, moe.act, &sc.gate, &sc.up, c * ff, &mut sc.act)?;
             product(ex.down, &sc.act, &mut sc.y)?;
-            dev.moe_scatter(&sc.y, &sc.picks, first, c, &sc.weights, k, width, ob)?;
+            dev.moe_scatter(&sc.y, &sc.groups.src, first, c, &sc.weights, k, width, ob)?;
             if let Some(d) = detail.as_mut() {
                 let bufs = [(&sc.gate, ff), (&sc.up, ff), (&sc.act, ff), (&sc.y, width)];
                 for (dst, (b, w)) in d.iter_mut().zip(bufs) {
