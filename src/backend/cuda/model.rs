@@ -16,6 +16,7 @@ mod kv_rows;
 use super::device::CudaDevice;
 use super::drv;
 use super::fused::ExpertTable;
+use super::fused::{matvec_rows_supported, multirow_rows, MULTIROW_MAX};
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
@@ -215,8 +216,10 @@ pub struct CudaState {
     /// attention_decode's partial results and per-head counters (zeroed once).
     attn_part: DeviceBuffer,
     attn_count: DeviceBuffer,
-    /// A decode mat-vec's prepared input (chunk records, see kernels/decode.cu).
+    /// A decode mat-vec's prepared input (chunk records, see kernels/decode.cu), for
+    /// `xrec_rows` rows.
     xrec: DeviceBuffer,
+    xrec_rows: usize,
     /// The greedy pick (one i32, see `argmax_row`).
     pick: DeviceBuffer,
     /// Page-locked staging for one row of logits, downloaded every decode step.
@@ -318,6 +321,7 @@ impl CudaState {
             attn_part,
             attn_count,
             xrec,
+            xrec_rows: 1,
             pick,
             logits_stage,
             gemm_w,
@@ -353,6 +357,13 @@ impl CudaState {
             let r = alloc_scratch(&self.dev, &self.dims, rows, self.gemm_k)?;
             (self.slots, self.positions, self.ids, self.gemm_x) =
                 (r.slots, r.positions, r.ids, r.gemm_x);
+            // The records of a batched step's mat-vecs of several rows (`multirow`).
+            let per = self.xrec.len_bytes();
+            let want = per / self.xrec_rows * rows.min(MULTIROW_MAX);
+            if want > per {
+                self.xrec = self.dev.alloc(want, MemKind::Scratch)?;
+                self.xrec_rows = rows.min(MULTIROW_MAX);
+            }
             self.cap = rows;
         }
         Ok(())
@@ -579,6 +590,20 @@ impl<'a> CudaStep<'a> {
         s.width(&self.st.dims)
     }
 
+    /// Whether this step's products of weights `w` (a SwiGLU epilogue: `glu`) run as fused
+    /// mat-vecs: one row, or a batched step of few rows (each weight block read once for
+    /// all of them; more rows take the two-pass GEMM, faster there).
+    fn fused_rows(&self, w: &[WeightId], glu: bool) -> bool {
+        if self.n == 1 {
+            return true;
+        }
+        let types: Vec<GgmlType> = w.iter().map(|&w| self.m.weight(w).ty).collect();
+        self.batch.is_some()
+            && self.n <= multirow_rows()
+            && self.n <= self.st.xrec_rows
+            && matvec_rows_supported(&types, glu)
+    }
+
     /// Run `f` unless an earlier call failed; keep its error.
     fn run(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) {
         if self.err.is_none() {
@@ -700,14 +725,25 @@ impl Ops for CudaStep<'_> {
     }
 
     fn matmul(&mut self, w: WeightId, x: Slot, out: Slot) {
+        let multirow = self.n > 1 && self.fused_rows(&[w], false);
         self.run(|s| {
-            let wt = s.m.weight(w);
+            let (m, wt) = (s.m, s.m.weight(w));
             let n = s.n;
             let st = &mut *s.st;
             let (rows, k) = (wt.rows, wt.cols);
             let (xb, ob) = pair(&mut st.slots, x, out)?;
             if n == 1 {
                 return st.dev.matvec(wt.ty, &wt.buf, rows, k, xb, ob);
+            }
+            if multirow {
+                let prods = [MatVecOut {
+                    mat: m.mat(w),
+                    bias: None,
+                    out: ob,
+                }];
+                return st
+                    .dev
+                    .fused_matvec_rows(xb, n, k, None, &prods, Epilogue::Plain, &st.xrec, false);
             }
             // The two-pass path where the scratch holds this product (not the vocabulary
             // matrices, see `CudaModel::gemm_sizes`) and it is the faster one.
@@ -867,7 +903,8 @@ impl Ops for CudaStep<'_> {
     }
 
     fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
-        if self.n != 1 || projs.len() > 3 {
+        let w: Vec<WeightId> = projs.iter().map(|p| p.w).collect();
+        if projs.len() > 3 || !self.fused_rows(&w, false) {
             return unfused::norm_matmul(self, input, projs);
         }
         let NormIn { x, norm, normed } = input;
@@ -888,8 +925,9 @@ impl Ops for CudaStep<'_> {
                 normed: Some(&st.slots[normed.index()]),
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec(
+            st.dev.fused_matvec_rows(
                 &st.slots[x.index()],
+                s.n,
                 k,
                 Some(norm),
                 &prods,
@@ -902,7 +940,8 @@ impl Ops for CudaStep<'_> {
 
     fn norm_glu(&mut self, input: NormIn, glu: Glu) {
         let biased = glu.gate.bias.is_some() || glu.up.bias.is_some();
-        if self.n != 1 || biased {
+        let silu = glu.act == Activation::Silu;
+        if biased || !self.fused_rows(&[glu.gate.w, glu.up.w], silu) {
             return unfused::norm_glu(self, input, glu);
         }
         self.rec_of = None;
@@ -928,8 +967,9 @@ impl Ops for CudaStep<'_> {
                 _ => Epilogue::Plain,
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec(
+            st.dev.fused_matvec_rows(
                 &st.slots[x.index()],
+                s.n,
                 k,
                 Some(norm),
                 &prods,
@@ -944,7 +984,7 @@ impl Ops for CudaStep<'_> {
     }
 
     fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
-        if self.n != 1 {
+        if !self.fused_rows(&[w], false) {
             return unfused::matmul_add(self, w, x, tmp, acc);
         }
         // The attention just wrote x's records: no prep_input launch (quantized weights).
@@ -962,8 +1002,9 @@ impl Ops for CudaStep<'_> {
                 acc: &st.slots[acc.index()],
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec(
+            st.dev.fused_matvec_rows(
                 &st.slots[x.index()],
+                s.n,
                 k,
                 None,
                 &prods,
