@@ -115,6 +115,30 @@ pub fn multirow_rows() -> usize {
     })
 }
 
+/// The kernels of several inputs kernels/`file`.cu defines besides launch.rs's
+/// `kernel_names`: for decode.cu, the `_r2`, `_r4` and `_r8` forms of each fused mat-vec of
+/// one format or pair.
+pub(super) fn rows_kernel_names(file: &str) -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    if file != "decode" {
+        return &[];
+    }
+    NAMES.get_or_init(|| {
+        let one = super::launch::kernel_names("decode");
+        let mut v = Vec::new();
+        for name in one.iter().filter(|n| n.starts_with("fused_matvec_")) {
+            for nr in [2, 4, 8] {
+                let n = match name.strip_suffix("_glu") {
+                    Some(base) => format!("{base}_r{nr}_glu"),
+                    None => format!("{name}_r{nr}"),
+                };
+                v.push(&*Box::leak(n.into_boxed_str()));
+            }
+        }
+        v
+    })
+}
+
 /// Most inputs one fused mat-vec launch multiplies with each weight block (kernels/decode.cu
 /// `_r8`): more rows run as several launches.
 const MATVEC_MAX_INPUTS: usize = 8;
