@@ -58,13 +58,16 @@ const MATVEC_PAIRS: [(GgmlType, GgmlType); 2] = [
 /// for instructions in it). `LLORCH_CUDA_ONE_FORMAT=0` always takes the generic one.
 /// `nr` > 1: the kernel of that many inputs (`_r<nr>`, 2, 4 or 8), which exists for the
 /// products of one format and of the pairs only ([`matvec_rows_supported`]).
-fn matvec_kernel(prods: &[MatVecOut], glu: bool, nr: usize) -> Result<String> {
+fn matvec_kernel(types: &[GgmlType], glu: bool, nr: usize) -> Result<String> {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("LLORCH_CUDA_ONE_FORMAT").map_or(true, |v| v != "0"));
-    let types: Vec<GgmlType> = prods.iter().map(|p| p.mat.ty).collect();
-    let rows = if nr > 1 { format!("_r{nr}") } else { String::new() };
+    let rows = if nr > 1 {
+        format!("_r{nr}")
+    } else {
+        String::new()
+    };
     let glu_sfx = if glu { "_glu" } else { "" };
-    match kernel_formats(&types, glu) {
+    match kernel_formats(types, glu) {
         Some((a, b)) if on || nr > 1 => Ok(match b {
             None => format!("fused_matvec_{}{rows}{glu_sfx}", type_suffix(a)?),
             Some(b) => format!("fused_matvec_{}_{}{rows}", type_suffix(a)?, type_suffix(b)?),
@@ -545,7 +548,8 @@ impl CudaDevice {
             .min()
             .unwrap_or(1);
         let (wpr, blocks) = matvec_split(jobs, min_steps, self.sm_count() as usize);
-        let name = matvec_kernel(prods, a.mode == 1, nr)?;
+        let types: Vec<GgmlType> = prods.iter().map(|p| p.mat.ty).collect();
+        let name = matvec_kernel(&types, a.mode == 1, nr)?;
         let smem = if a.mode == 1 {
             FUSED_SHARED_GLU
         } else {
@@ -969,7 +973,38 @@ const _: () = assert!(std::mem::size_of::<ExpertArgs>() == 96);
 
 #[cfg(test)]
 mod tests {
-    use super::matvec_split;
+    use super::{matvec_kernel, matvec_rows_supported, matvec_split, rows_kernel_names};
+    use crate::quant::GgmlType;
+
+    #[test]
+    fn kernels_of_several_inputs_are_loaded() {
+        // Every kernel a product of several inputs can launch is one the loader looks up (a
+        // missing name failed a batched step on the device: "kernel ... was not loaded").
+        use GgmlType::*;
+        let loaded = rows_kernel_names("decode");
+        let formats = [F32, F16, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, MXFP4];
+        let mut cases: Vec<(Vec<GgmlType>, bool)> = Vec::new();
+        for t in formats {
+            cases.push((vec![t, t, t], false));
+            cases.push((vec![t, t], true));
+        }
+        cases.push((vec![Q5_0, Q5_0, Q8_0], false));
+        cases.push((vec![Q4_K, Q4_K, Q6_K], false));
+        for (types, glu) in cases {
+            assert!(matvec_rows_supported(&types, glu), "{types:?}");
+            for nr in [2, 4, 8] {
+                let name = matvec_kernel(&types, glu, nr).unwrap();
+                assert!(loaded.contains(&name.as_str()), "{name} is not loaded");
+            }
+        }
+        assert_eq!(loaded.len(), 3 * 18);
+        // Mixed formats without a kernel of their own, a SwiGLU of two formats, a format
+        // the mat-vecs do not take: not by rows.
+        assert!(!matvec_rows_supported(&[Q4_K, Q8_0], false));
+        assert!(!matvec_rows_supported(&[Q4_K, Q6_K], true));
+        assert!(!matvec_rows_supported(&[Q4_0], false));
+        assert!(matvec_kernel(&[Q4_K, Q8_0], false, 4).is_err());
+    }
 
     #[test]
     fn matvec_split_balances_rounds() {

@@ -16,10 +16,10 @@ mod kv_rows;
 use super::device::CudaDevice;
 use super::drv;
 use super::fused::ExpertTable;
-use super::fused::{matvec_rows_supported, multirow_rows, MULTIROW_MAX};
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
+use super::fused::{matvec_rows_supported, multirow_rows, MULTIROW_MAX};
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
@@ -741,9 +741,16 @@ impl Ops for CudaStep<'_> {
                     bias: None,
                     out: ob,
                 }];
-                return st
-                    .dev
-                    .fused_matvec_rows(xb, n, k, None, &prods, Epilogue::Plain, &st.xrec, false);
+                return st.dev.fused_matvec_rows(
+                    xb,
+                    n,
+                    k,
+                    None,
+                    &prods,
+                    Epilogue::Plain,
+                    &st.xrec,
+                    false,
+                );
             }
             // The two-pass path where the scratch holds this product (not the vocabulary
             // matrices, see `CudaModel::gemm_sizes`) and it is the faster one.
