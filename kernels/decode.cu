@@ -35,7 +35,7 @@ struct MvArgs {
     int k;
     int mode;
     int n_seg;
-    int unused;
+    int x_stride;       // bytes from one input to the next (the kernels of several inputs)
     Seg seg[3];
 };
 
@@ -73,28 +73,43 @@ __device__ __forceinline__ float dot4(float4 x, float a, float b, float c, float
     return x.x * a + x.y * b + x.z * c + x.w * d;
 }
 
-// Each format's `Lane<T>::blk`: one lane's share (lane j of LPB lanes a block) of the dot
-// product of one staged block `b` with the input; `c`: the 32-value chunk where the block
-// starts (`x`: f32 for the float formats, chunk records for the quantized ones). Block
+// Each format's `Lane<T>::blk<NR>`: one lane's share (lane j of LPB lanes a block) of the dot
+// products of one staged block `b` with NR inputs, added to acc[0..NR): the block is decoded
+// once, then multiplied with each input (several sequences of a batched step read each weight
+// once). `c`: the 32-value chunk where the block starts; `x`: the first input (f32 for the
+// float formats, chunk records for the quantized ones), input i at x + i * xst bytes. Block
 // layouts as in common.cuh (quants.py).
 template <int T> struct Lane;
+__device__ __forceinline__ const uint8_t* xrow(const void* x, long long xst, int i) {
+    return static_cast<const uint8_t*>(x) + i * xst;
+}
+#define LANE_BLK                                                                        \
+    template <int NR>                                                                   \
+    __device__ static void blk(const uint8_t* b, int c, const void* x, long long xst, int j, \
+                               float(&acc)[NR])
 
 // F32 (128-byte blocks of 32 values, 16-byte aligned): 8 lanes a block, 4 values a lane.
 template <> struct Lane<T_F32> {
     enum { LPB = 8 };
-    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+    LANE_BLK {
         const float4 w = reinterpret_cast<const float4*>(b)[j];
-        return dot4(x4_at(static_cast<const float*>(x), c * 32 + 4 * j), w.x, w.y, w.z, w.w);
+#pragma unroll
+        for (int i = 0; i < NR; i++)
+            acc[i] += dot4(x4_at(reinterpret_cast<const float*>(xrow(x, xst, i)), c * 32 + 4 * j),
+                           w.x, w.y, w.z, w.w);
     }
 };
 
 // F16 (64-byte blocks of 32 values, 8-byte aligned): 8 lanes a block, 4 values a lane.
 template <> struct Lane<T_F16> {
     enum { LPB = 8 };
-    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+    LANE_BLK {
         const uint2 w = reinterpret_cast<const uint2*>(b)[j];
-        return dot4(x4_at(static_cast<const float*>(x), c * 32 + 4 * j), h16(w.x), h16(w.x >> 16),
-                    h16(w.y), h16(w.y >> 16));
+        const float w0 = h16(w.x), w1 = h16(w.x >> 16), w2 = h16(w.y), w3 = h16(w.y >> 16);
+#pragma unroll
+        for (int i = 0; i < NR; i++)
+            acc[i] += dot4(x4_at(reinterpret_cast<const float*>(xrow(x, xst, i)), c * 32 + 4 * j),
+                           w0, w1, w2, w3);
     }
 };
 
@@ -159,9 +174,11 @@ __device__ __forceinline__ uint32_t spread4(uint32_t b) { return ((b & 15) * 0x0
 // Q8_0 (34 bytes, 2-byte aligned): 4 lanes a block, 8 values a lane.
 template <> struct Lane<T_Q8_0> {
     enum { LPB = 4 };
-    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+    LANE_BLK {
         const int w0 = (int)u32_at2(b + 2 + 8 * j), w1 = (int)u32_at2(b + 6 + 8 * j);
-        return h16(u16_at(b)) * dot_rec8(w0, w1, xrec(static_cast<const uint8_t*>(x), c), j);
+        const float d = h16(u16_at(b));
+#pragma unroll
+        for (int i = 0; i < NR; i++) acc[i] += d * dot_rec8(w0, w1, xrec(xrow(x, xst, i), c), j);
     }
 };
 
@@ -170,7 +187,7 @@ template <> struct Lane<T_Q8_0> {
 // joined byte-wise, then 16 subtracted byte-wise (values -16..15 as signed bytes).
 template <> struct Lane<T_Q5_0> {
     enum { LPB = 4 };
-    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+    LANE_BLK {
         const int sh = 4 * (j >> 1);
         const uint32_t qh = u32_at2(b + 2) >> (8 * j);
         const uint8_t* qs = b + 6 + 8 * (j & 1);
@@ -178,7 +195,9 @@ template <> struct Lane<T_Q5_0> {
         const uint32_t q1 = (u32_at2(qs + 4) >> sh) & 0x0F0F0F0Fu;
         const int w0 = (int)__vsub4(q0 | (spread4(qh) << 4), 0x10101010u);
         const int w1 = (int)__vsub4(q1 | (spread4(qh >> 4) << 4), 0x10101010u);
-        return h16(u16_at(b)) * dot_rec8(w0, w1, xrec(static_cast<const uint8_t*>(x), c), j);
+        const float d = h16(u16_at(b));
+#pragma unroll
+        for (int i = 0; i < NR; i++) acc[i] += d * dot_rec8(w0, w1, xrec(xrow(x, xst, i), c), j);
     }
 };
 
@@ -186,15 +205,19 @@ template <> struct Lane<T_Q5_0> {
 // m·Σx term once per block, by lane 0 of its four).
 template <> struct Lane<T_Q4_1> {
     enum { LPB = 4 };
-    __device__ static float blk(const uint8_t* b8, int c, const void* x, int j) {
-        const uint32_t* b = reinterpret_cast<const uint32_t*>(b8);
+    LANE_BLK {
+        const uint32_t* bw = reinterpret_cast<const uint32_t*>(b);
         const int sh = 4 * (j >> 1);
-        const int w0 = (int)((b[1 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
-        const int w1 = (int)((b[2 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
-        const uint8_t* r = xrec(static_cast<const uint8_t*>(x), c);
-        float v = h16(b[0]) * dot_rec8(w0, w1, r, j);
-        if (j == 0) v += h16(b[0] >> 16) * xrec_sum(r);
-        return v;
+        const int w0 = (int)((bw[1 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
+        const int w1 = (int)((bw[2 + 2 * (j & 1)] >> sh) & 0x0F0F0F0Fu);
+        const float d = h16(bw[0]), m = h16(bw[0] >> 16);
+#pragma unroll
+        for (int i = 0; i < NR; i++) {
+            const uint8_t* r = xrec(xrow(x, xst, i), c);
+            float v = d * dot_rec8(w0, w1, r, j);
+            if (j == 0) v += m * xrec_sum(r);
+            acc[i] += v;
+        }
     }
 };
 
@@ -202,7 +225,8 @@ template <> struct Lane<T_Q4_1> {
 // sub-block s: its 32 nibbles (low or high halves of bytes 32(s/2)..), 6-bit scale and min.
 template <> struct Lane<T_Q4_K> {
     enum { LPB = 8 };
-    __device__ static float blk(const uint8_t* b, int c, const void* x, int s) {
+    LANE_BLK {
+        const int s = j;
         const uint32_t* bw = reinterpret_cast<const uint32_t*>(b);
         const uint32_t dd = bw[0];
         // Scale and min of sub-block s (quants.py's get_scale_min_k4) from the 12 bytes.
@@ -222,8 +246,12 @@ template <> struct Lane<T_Q4_K> {
                           (int)((u0.z >> sh) & 0x0F0F0F0Fu), (int)((u0.w >> sh) & 0x0F0F0F0Fu),
                           (int)((u1.x >> sh) & 0x0F0F0F0Fu), (int)((u1.y >> sh) & 0x0F0F0F0Fu),
                           (int)((u1.z >> sh) & 0x0F0F0F0Fu), (int)((u1.w >> sh) & 0x0F0F0F0Fu)};
-        const uint8_t* r = xrec(static_cast<const uint8_t*>(x), c + s);
-        return h16(dd) * (float)sc * dot_rec(w, r) - h16(dd >> 16) * (float)mn * xrec_sum(r);
+        const float dsc = h16(dd) * (float)sc, dmn = h16(dd >> 16) * (float)mn;
+#pragma unroll
+        for (int i = 0; i < NR; i++) {
+            const uint8_t* r = xrec(xrow(x, xst, i), c + s);
+            acc[i] += dsc * dot_rec(w, r) - dmn * xrec_sum(r);
+        }
     }
 };
 
@@ -232,7 +260,8 @@ template <> struct Lane<T_Q4_K> {
 // of bytes 32h + i), minus 32 byte-wise; a scale per 16 values.
 template <> struct Lane<T_Q6_K> {
     enum { LPB = 8 };
-    __device__ static float blk(const uint8_t* b, int c, const void* x, int s) {
+    LANE_BLK {
+        const int s = j;
         const int h = s >> 2, cc = s & 3;
         const int sl = 4 * (cc >> 1), shh = 2 * cc;
         const uint8_t* ql = b + 64 * h + 32 * (cc & 1);
@@ -245,9 +274,13 @@ template <> struct Lane<T_Q6_K> {
             w[i] = (int)__vsub4(l | hb, 0x20202020u);
         }
         const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * h + 2 * cc;
-        float lo, hi;
-        dot_rec_halves(w, xrec(static_cast<const uint8_t*>(x), c + s), lo, hi);
-        return h16(u16_at(b + 208)) * ((float)sc[0] * lo + (float)sc[1] * hi);
+        const float d = h16(u16_at(b + 208)), s0 = (float)sc[0], s1 = (float)sc[1];
+#pragma unroll
+        for (int i = 0; i < NR; i++) {
+            float lo, hi;
+            dot_rec_halves(w, xrec(xrow(x, xst, i), c + s), lo, hi);
+            acc[i] += d * (s0 * lo + s1 * hi);
+        }
     }
 };
 
@@ -264,48 +297,62 @@ __device__ __forceinline__ uint32_t u32_at1(const uint8_t* p) {
 }
 template <> struct Lane<T_MXFP4> {
     enum { LPB = 4 };
-    __device__ static float blk(const uint8_t* b, int c, const void* x, int j) {
+    LANE_BLK {
         const uint32_t q = u32_at1(b + 1 + 4 * j);
         const int wlo = mxfp4_bytes(q), whi = mxfp4_bytes(q >> 4);
-        const uint8_t* r = xrec(static_cast<const uint8_t*>(x), c);
-        const int a1 = __ldg(reinterpret_cast<const int*>(r + 4 * j));
-        const int a2 = __ldg(reinterpret_cast<const int*>(r + 16 + 4 * j));
-        const int b1 = __ldg(reinterpret_cast<const int*>(r + 32 + 4 * j));
-        const int b2 = __ldg(reinterpret_cast<const int*>(r + 48 + 4 * j));
-        const int s1 = __dp4a(whi, a2, __dp4a(wlo, a1, 0));
-        const int s2 = __dp4a(whi, b2, __dp4a(wlo, b1, 0));
-        return e8m0_half(b[0]) * (xrec_d(r) * ((float)s1 + (float)s2 * (1.0f / 254.0f)));
+        const float e = e8m0_half(b[0]);
+#pragma unroll
+        for (int i = 0; i < NR; i++) {
+            const uint8_t* r = xrec(xrow(x, xst, i), c);
+            const int a1 = __ldg(reinterpret_cast<const int*>(r + 4 * j));
+            const int a2 = __ldg(reinterpret_cast<const int*>(r + 16 + 4 * j));
+            const int b1 = __ldg(reinterpret_cast<const int*>(r + 32 + 4 * j));
+            const int b2 = __ldg(reinterpret_cast<const int*>(r + 48 + 4 * j));
+            const int s1 = __dp4a(whi, a2, __dp4a(wlo, a1, 0));
+            const int s2 = __dp4a(whi, b2, __dp4a(wlo, b1, 0));
+            acc[i] += e * (xrec_d(r) * ((float)s1 + (float)s2 * (1.0f / 254.0f)));
+        }
     }
 };
 
-// A lane's share of the dot product of nb staged blocks with the input (`c0`: the chunk where
-// the first block starts): LPB lanes a block, 32 / LPB blocks at a time.
-template <int T>
-__device__ __forceinline__ float dot_run(const uint8_t* sb, int nb, int c0, const void* x,
-                                         int lane) {
+// A lane's share of the dot products of nb staged blocks with the NR inputs (`c0`: the chunk
+// where the first block starts), added to out: LPB lanes a block, 32 / LPB blocks at a time.
+template <int T, int NR>
+__device__ __forceinline__ void dot_run(const uint8_t* sb, int nb, int c0, const void* x,
+                                        long long xst, int lane, float (&out)[NR]) {
     constexpr int L = Lane<T>::LPB, CPB = Geo<T>::V / 32;
     const int j = lane % L;
-    float acc = 0.f;
+    float acc[NR];
+#pragma unroll
+    for (int i = 0; i < NR; i++) acc[i] = 0.f;
 #pragma unroll 1
     for (int blk = lane / L; blk < nb; blk += 32 / L)
-        acc += Lane<T>::blk(sb + blk * Geo<T>::B, c0 + blk * CPB, x, j);
-    return acc;
+        Lane<T>::template blk<NR>(sb + blk * Geo<T>::B, c0 + blk * CPB, x, xst, j, acc);
+#pragma unroll
+    for (int i = 0; i < NR; i++) out[i] += acc[i];
 }
 
 // The same for two rows' staged blocks over the same columns (a SwiGLU's gate and up), run
 // as one sequence of 2nb blocks: when nb is not a multiple of 32 / LPB, no lanes idle at the
 // end of the first row (a row of 14 Q4_K blocks: 7 steps instead of 8).
-template <int T>
+template <int T, int NR>
 __device__ __forceinline__ void dot_run2(const uint8_t* sa, const uint8_t* sb, int nb, int c0,
-                                         const void* x, int lane, float& oa, float& ob) {
+                                         const void* x, long long xst, int lane, float (&oa)[NR],
+                                         float (&ob)[NR]) {
     constexpr int L = Lane<T>::LPB, CPB = Geo<T>::V / 32;
     const int j = lane % L;
 #pragma unroll 1
     for (int i = lane / L; i < 2 * nb; i += 32 / L) {
         const bool second = i >= nb;
         const int blk = second ? i - nb : i;
-        const float v = Lane<T>::blk((second ? sb : sa) + blk * Geo<T>::B, c0 + blk * CPB, x, j);
-        if (second) ob += v; else oa += v;
+        float v[NR];
+#pragma unroll
+        for (int r = 0; r < NR; r++) v[r] = 0.f;
+        Lane<T>::template blk<NR>((second ? sb : sa) + blk * Geo<T>::B, c0 + blk * CPB, x, xst, j, v);
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (second) ob[r] += v[r]; else oa[r] += v[r];
+        }
     }
 }
 
@@ -359,14 +406,17 @@ struct NextRows {
 // stage, the first stage of the next round's rows (`nx`, blocks [blk0, blk1) too). `phase`:
 // the unit the first stage is (`pre`: already issued and committed) or goes in; on return,
 // the unit of the next round's first stage, and `npre` whether it was issued.
-template <int T>
+template <int T, int NR>
 __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const uint8_t* __restrict__ rb,
-                         int blk0, int blk1, const void* xs, uint8_t* buf, int lane, float& oa,
-                         float& ob, bool pre, int& phase, const NextRows& nx, bool& npre) {
+                         int blk0, int blk1, const void* xs, long long xst, uint8_t* buf, int lane,
+                         float (&oa)[NR], float (&ob)[NR], bool pre, int& phase,
+                         const NextRows& nx, bool& npre) {
     constexpr int PER = (STAGE - 16) / Geo<T>::B;  // whole blocks per stage step
     constexpr int CPB = Geo<T>::V / 32;            // 32-value chunks per block
     const int unit = rb ? 2 * STAGE : STAGE;
-    float a = 0.f, b = 0.f;
+    float a[NR], b[NR];
+#pragma unroll
+    for (int i = 0; i < NR; i++) a[i] = b[i] = 0.f;
     npre = false;
     if (blk0 < blk1) {
         int cur = phase;
@@ -402,9 +452,9 @@ __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const u
             }
             __syncwarp();
             if (rb)
-                dot_run2<T>(u + offa, u + STAGE + offb, nb, b0 * CPB, xs, lane, a, b);
+                dot_run2<T, NR>(u + offa, u + STAGE + offb, nb, b0 * CPB, xs, xst, lane, a, b);
             else
-                a += dot_run<T>(u + offa, nb, b0 * CPB, xs, lane);
+                dot_run<T, NR>(u + offa, nb, b0 * CPB, xs, xst, lane, a);
             __syncwarp();
             cur ^= 1;
             offa = noffa;
@@ -412,8 +462,11 @@ __device__ __forceinline__ void row_dot2(const uint8_t* __restrict__ ra, const u
         }
         phase = cur;
     }
-    oa = warp_sum(a);
-    ob = rb ? warp_sum(b) : 0.f;
+#pragma unroll
+    for (int i = 0; i < NR; i++) {
+        oa[i] = warp_sum(a[i]);
+        ob[i] = rb ? warp_sum(b[i]) : 0.f;
+    }
 }
 
 // The first stage copy of row_dot2 (rows ra, rb, blocks [blk0, blk1)) into unit 0, issued
@@ -435,10 +488,12 @@ __device__ __forceinline__ void stage_first(const uint8_t* ra, const uint8_t* rb
 // rows' first stage is fetched only when they are of the same format).
 // FA, FB: the formats a kernel handles (FA == FB: one; FA < 0: any, by `type`). A kernel for
 // the formats a product has, without the others' code, fits the instruction cache better.
-template <int FA, int FB>
+// NR: inputs multiplied with each staged block (xs + i * xst, i < NR), outputs oa[i], ob[i].
+template <int FA, int FB, int NR>
 __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const uint8_t* rb, int k, int part,
-                             int parts, const void* xs, uint8_t* buf, int lane, float& oa,
-                             float& ob, bool pre, int& phase, NextRows nx, bool& npre) {
+                             int parts, const void* xs, long long xst, uint8_t* buf, int lane,
+                             float (&oa)[NR], float (&ob)[NR], bool pre, int& phase, NextRows nx,
+                             bool& npre) {
     if (nx.type != type) nx.a = nullptr;
 #define ROW_DOT(TY)                                                                       \
     {                                                                                     \
@@ -447,7 +502,7 @@ __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const 
         if (!xs)                                                                          \
             stage_first<TY>(ra, rb, b0, b1, buf, lane);                                   \
         else                                                                              \
-            row_dot2<TY>(ra, rb, b0, b1, xs, buf, lane, oa, ob, pre, phase, nx, npre);    \
+            row_dot2<TY, NR>(ra, rb, b0, b1, xs, xst, buf, lane, oa, ob, pre, phase, nx, npre); \
         return;                                                                           \
     }
     if constexpr (FA >= 0 && FA == FB) {
@@ -468,6 +523,16 @@ __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const 
         }
     }
 #undef ROW_DOT
+}
+// One input (a single sequence; the expert products).
+template <int FA, int FB>
+__device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const uint8_t* rb, int k, int part,
+                             int parts, const void* xs, uint8_t* buf, int lane, float& oa,
+                             float& ob, bool pre, int& phase, NextRows nx, bool& npre) {
+    float a[1], b[1];
+    row_dot_part<FA, FB, 1>(type, ra, rb, k, part, parts, xs, 0, buf, lane, a, b, pre, phase, nx, npre);
+    oa = a[0];
+    ob = b[0];
 }
 
 // One warp: the record of a 32-value chunk (lane i holds value i).
@@ -490,12 +555,19 @@ __device__ __forceinline__ void write_record(float v, uint8_t* r, int lane) {
 // The input of a fused mat-vec, prepared once per product instead of in every block:
 // optionally RMS-normalized (the normalized f32 also written to `normed`), and, when `rec` is
 // set, quantized to the 16-bit chunk records the quantized formats multiply.
-// Launch: block = 32 * DW threads, grid = ceil(k / 32 / DW): a warp per 32-value chunk (each
-// block computes the norm's sum of squares itself).
+// Launch: block = 32 * DW threads, grid = (ceil(k / 32 / DW), inputs): a warp per 32-value
+// chunk (each block computes the norm's sum of squares itself); input y (a row of a step) at
+// x + y k, its records at rec + y (k / 32) XREC.
 extern "C" __global__ void __launch_bounds__(32 * DW)
 prep_input(const float* __restrict__ x, const float* __restrict__ norm, float eps,
            float* __restrict__ normed, uint8_t* __restrict__ rec, int k) {
     __shared__ float red[DW];
+    {
+        const long long y = blockIdx.y;
+        x += y * k;
+        if (normed) normed += y * k;
+        if (rec) rec += y * (k / 32) * XREC;
+    }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int c = blockIdx.x * DW + warp;
     const int i = c * 32 + lane;
@@ -561,12 +633,16 @@ __device__ __forceinline__ void prefetch_rows(const MvArgs& a, int total, int gr
 // (1, 2, 4 or 8) share each row, each taking a slice of its blocks: few rows still put many
 // warps and loads in flight. Groups of wpr warps stride over the rows.
 // GLU: 1 for the SwiGLU epilogue, 0 for the others, -1 for any (a.mode's).
-template <int FA, int FB, int GLU>
+// NR: inputs (sequences of a batched step) multiplied with each staged weight block, input i
+// at xs + i * a.x_stride bytes; output i of a segment of R rows at out + i * R (act and acc
+// alike): the rows of a step's slots.
+template <int FA, int FB, int GLU, int NR>
 __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* __restrict__ xs,
                                                   int wpr) {
     const bool glu = GLU >= 0 ? GLU == 1 : a.mode == MODE_GLU;
+    const long long xst = NR > 1 ? a.x_stride : 0;
     DYN_SMEM(smem);
-    __shared__ float red[2][DW];
+    __shared__ float red[2][NR][DW];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int k = a.k;
     // Two units of buffers a warp (row_dot2): a SwiGLU's unit is two STAGE buffers.
@@ -604,10 +680,10 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
             int s, r;
             const uint8_t *ra, *rb;
             const int ty = rows(job, s, r, ra, rb);
-            float unused0, unused1;
+            float unused0[NR], unused1[NR];
             bool unused2;
-            row_dot_part<FA, FB>(ty, ra, rb, k, part, wpr, nullptr, buf, lane, unused0, unused1,
-                                 false, phase, NextRows{nullptr, nullptr, -1}, unused2);
+            row_dot_part<FA, FB, NR>(ty, ra, rb, k, part, wpr, nullptr, 0, buf, lane, unused0,
+                                     unused1, false, phase, NextRows{nullptr, nullptr, -1}, unused2);
             pre = true;
         }
     }
@@ -616,7 +692,9 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
     // Every warp of the block runs the same number of rounds (block-wide barriers inside).
     for (int base = blockIdx.x * groups; base < total; base += gridDim.x * groups) {
         const int job = base + grp;
-        float d0 = 0.f, d1 = 0.f;
+        float d0[NR], d1[NR];
+#pragma unroll
+        for (int i = 0; i < NR; i++) d0[i] = d1[i] = 0.f;
         int s = 0, r = job;
         bool npre = false;
         if (job < total) {
@@ -630,39 +708,54 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
                     int ns, nr;
                     nx.type = rows(next, ns, nr, nx.a, nx.b);
                 }
-                row_dot_part<FA, FB>(ty, ra, rb, k, part, wpr, xs, buf, lane, d0, d1, pre, phase,
-                                     nx, npre);
+                row_dot_part<FA, FB, NR>(ty, ra, rb, k, part, wpr, xs, xst, buf, lane, d0, d1, pre,
+                                         phase, nx, npre);
             } else {
-                float unused;
+                float unused[NR];
                 bool unused2;
                 const NextRows none{nullptr, nullptr, -1};
                 phase = 0;
-                row_dot_part<FA, FB>(ty, ra, nullptr, k, part, wpr, xs, buf, lane, d0, unused,
-                                     false, phase, none, unused2);
+                row_dot_part<FA, FB, NR>(ty, ra, nullptr, k, part, wpr, xs, xst, buf, lane, d0,
+                                         unused, false, phase, none, unused2);
                 phase = 0;
-                row_dot_part<FA, FB>(a.seg[1].type, rb, nullptr, k, part, wpr, xs, buf, lane, d1,
-                                     unused, false, phase, none, unused2);
+                row_dot_part<FA, FB, NR>(a.seg[1].type, rb, nullptr, k, part, wpr, xs, xst, buf,
+                                         lane, d1, unused, false, phase, none, unused2);
             }
         }
         pre = npre;
         if (wpr > 1) {
-            if (lane == 0) { red[0][warp] = d0; red[1][warp] = d1; }
+            if (lane == 0) {
+#pragma unroll
+                for (int i = 0; i < NR; i++) { red[0][i][warp] = d0[i]; red[1][i][warp] = d1[i]; }
+            }
             __syncthreads();
             if (part == 0) {
-                for (int w = 1; w < wpr; w++) { d0 += red[0][warp + w]; d1 += red[1][warp + w]; }
+                for (int w = 1; w < wpr; w++) {
+#pragma unroll
+                    for (int i = 0; i < NR; i++) {
+                        d0[i] += red[0][i][warp + w];
+                        d1[i] += red[1][i][warp + w];
+                    }
+                }
             }
             __syncthreads();
         }
         if (job < total && part == 0 && lane == 0) {
-            if (glu) {
-                a.seg[0].out[job] = d0;
-                a.seg[1].out[job] = d1;
-                a.act[job] = d0 / (1.0f + expf(-d0)) * d1;
-            } else {
-                const Seg& sg = a.seg[s];
-                if (sg.bias) d0 += sg.bias[r];
-                sg.out[r] = d0;
-                if (a.mode == MODE_ADD) a.acc[r] += d0;
+            const int n = glu ? a.seg[0].rows : a.seg[s].rows;  // an output row's stride
+#pragma unroll
+            for (int i = 0; i < NR; i++) {
+                const long long o = (long long)i * n;
+                if (glu) {
+                    a.seg[0].out[o + job] = d0[i];
+                    a.seg[1].out[o + job] = d1[i];
+                    a.act[o + job] = d0[i] / (1.0f + expf(-d0[i])) * d1[i];
+                } else {
+                    const Seg& sg = a.seg[s];
+                    float y = d0[i];
+                    if (sg.bias) y += sg.bias[r];
+                    sg.out[o + r] = y;
+                    if (a.mode == MODE_ADD) a.acc[o + r] += y;
+                }
             }
         }
     }
@@ -673,31 +766,41 @@ __device__ __forceinline__ void fused_matvec_body(const MvArgs& a, const void* _
 // blocks without spills (0.5B 761 vs 741, 7B 283 vs 261 tok/s on the H200).
 extern "C" __global__ void __launch_bounds__(32 * DW, 3)
 fused_matvec(const MvArgs a, const void* __restrict__ xs, int wpr) {
-    fused_matvec_body<-1, -1, -1>(a, xs, wpr);
+    fused_matvec_body<-1, -1, -1, 1>(a, xs, wpr);
 }
 // The same for products of one format (and for a SwiGLU or not), and of the two formats of
 // a Q4_K_M file's q/k/v: an eighth of the code or less. The generic kernel's size cost the
 // small products most of their time in instruction fetch (ncu, H200: warps stalled on "no
 // instruction" 5-10 cycles per issued instruction in the 0.5B's products).
-#define MV_ONE(name, T)                                                              \
-    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                         \
-    fused_matvec_##name(const MvArgs a, const void* __restrict__ xs, int wpr) {       \
-        fused_matvec_body<T, T, 0>(a, xs, wpr);                                      \
-    }                                                                                \
-    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                         \
-    fused_matvec_##name##_glu(const MvArgs a, const void* __restrict__ xs, int wpr) { \
-        fused_matvec_body<T, T, 1>(a, xs, wpr);                                      \
+// Kernels of NR inputs (a batched step's sequences, _r<NR>): each staged weight block is
+// multiplied with every input, so the step reads its weights once instead of once a sequence.
+#define MV_ONE_NR(name, T, NR)                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                                  \
+    fused_matvec_##name(const MvArgs a, const void* __restrict__ xs, int wpr) {                \
+        fused_matvec_body<T, T, 0, NR>(a, xs, wpr);                                           \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                                  \
+    fused_matvec_##name##_glu(const MvArgs a, const void* __restrict__ xs, int wpr) {          \
+        fused_matvec_body<T, T, 1, NR>(a, xs, wpr);                                           \
     }
+#define MV_ONE(name, T)                                                                       \
+    MV_ONE_NR(name, T, 1) MV_ONE_NR(name##_r2, T, 2) MV_ONE_NR(name##_r4, T, 4)                 \
+    MV_ONE_NR(name##_r8, T, 8)
 MV_ONE(f32, T_F32) MV_ONE(f16, T_F16) MV_ONE(q4_1, T_Q4_1) MV_ONE(q5_0, T_Q5_0)
 MV_ONE(q8_0, T_Q8_0) MV_ONE(q4_k, T_Q4_K) MV_ONE(q6_k, T_Q6_K) MV_ONE(mxfp4, T_MXFP4)
 #undef MV_ONE
-#define MV_TWO(name, A, B)                                                      \
-    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                    \
-    fused_matvec_##name(const MvArgs a, const void* __restrict__ xs, int wpr) { \
-        fused_matvec_body<A, B, 0>(a, xs, wpr);                                 \
+#undef MV_ONE_NR
+#define MV_TWO_NR(name, A, B, NR)                                                    \
+    extern "C" __global__ void __launch_bounds__(32 * DW, 3)                         \
+    fused_matvec_##name(const MvArgs a, const void* __restrict__ xs, int wpr) {       \
+        fused_matvec_body<A, B, 0, NR>(a, xs, wpr);                                  \
     }
+#define MV_TWO(name, A, B)                                                                \
+    MV_TWO_NR(name, A, B, 1) MV_TWO_NR(name##_r2, A, B, 2) MV_TWO_NR(name##_r4, A, B, 4)    \
+    MV_TWO_NR(name##_r8, A, B, 8)
 MV_TWO(q5_0_q8_0, T_Q5_0, T_Q8_0) MV_TWO(q4_k_q6_k, T_Q4_K, T_Q6_K)
 #undef MV_TWO
+#undef MV_TWO_NR
 
 // ---------- mixture of experts, one token: the selected experts' mat-vecs ----------
 // Each expert of a stacked tensor is its own weight buffer (the model uploads the file's

@@ -38,6 +38,10 @@ mkdir -p "$dest/golden" && cp tests/golden/qwen25coder05b.json "$dest/golden/"
 cp scripts/device-test.sh "$dest/run-gpu-tests.sh"
 cp scripts/device-real.sh "$dest/run-real.sh"
 cp scripts/device-profile.sh "$dest/run-profile.sh"
+cp scripts/device-multirow.sh "$dest/run-multirow.sh"
+# A baseline CLI for run-multirow.sh to compare with (e.g. main's), when LLORCH_BASE_CLI names one.
+rm -f "$dest/llorch-base"
+if [ -n "${LLORCH_BASE_CLI:-}" ]; then strip -o "$dest/llorch-base" "$LLORCH_BASE_CLI"; fi
 chmod +x "$dest"/*
 ls -l "$dest"
 # The working tree that travels to the device is limited to 64 MiB and the test fixtures take

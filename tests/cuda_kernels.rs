@@ -1431,6 +1431,113 @@ fn fused_matvec_all_types_and_epilogues() {
 // shape: few rows, long ones) and whole rows per warp (gate/up's: many short rows); formats
 // mixed in one product (the q/k/v product with a Q6_K v), and a SwiGLU whose gate and up
 // differ in format (run as two plain products and the SwiGLU). Same tolerance as above.
+// The mat-vecs of several rows (a batched step's sequences): each of n rows through
+// `fused_matvec_rows` (launches of 8, 4, 2 and 1 inputs for n = 3, 8, 16) against the same row
+// through the one-row `fused_matvec`, for every type and epilogue, RMSNorm folded in. The same
+// f32 sums per output: tolerance 1e-6 relative (in practice bit for bit; the compiler may
+// order a kernel's sums differently), far below what a row's product landing in another row,
+// a wrong stride or a missed row (NaN poison) gives.
+#[test]
+fn fused_matvec_rows_equal_single_rows() {
+    use llorch::backend::cuda::{Epilogue, MatRef, MatVecOut, Norm};
+    let Some(dev) = device("fused_matvec_rows_equal_single_rows") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0F17);
+    let k = 1280;
+    let rows = [133usize, 64];
+    let upload = |v: &[f32]| dev.upload_f32(v, MemKind::Scratch).unwrap();
+    for ty in TYPES {
+        let (wd, _): (Vec<_>, Vec<_>) = rows
+            .iter()
+            .map(|&r| random_matrix(&dev, ty, r, k, &mut rng))
+            .unzip();
+        let mat = |i: usize| MatRef {
+            ty,
+            w: &wd[i],
+            rows: rows[i],
+            cols: k,
+        };
+        let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let (gd, bd) = (upload(&g), upload(&rng.vec(rows[0])));
+        for n in [3usize, 8, 16] {
+            let x = rng.vec(n * k);
+            let acc0 = rng.vec(n * rows[0]);
+            let xd = upload(&x);
+            let rec = dev
+                .alloc(n * CudaDevice::input_record_bytes(k), MemKind::Scratch)
+                .unwrap();
+            // Epilogue e (0 plain, 1 SwiGLU, 2 add into `a0`) over the m rows of xd (one or
+            // all n): the outputs and normed (act, acc) downloaded, m rows of their widths.
+            let r0 = rows[0];
+            let run = |e: usize, xd: &llorch::backend::cuda::DeviceBuffer, m: usize, a0: &[f32]| {
+                // The SwiGLU's gate and up: matrix 0 twice (equal rows).
+                let widths = if e == 1 { [r0, r0] } else { rows };
+                let outs: Vec<_> = widths.iter().map(|&r| poisoned(&dev, m * r)).collect();
+                let normed = poisoned(&dev, m * k);
+                let act = poisoned(&dev, m * rows[0]);
+                let acc = upload(a0);
+                let norm = Norm {
+                    weight: &gd,
+                    eps: 1e-6,
+                    normed: Some(&normed),
+                };
+                let prods: Vec<MatVecOut> = (0..2)
+                    .map(|i| MatVecOut {
+                        mat: mat(if e == 1 { 0 } else { i }),
+                        bias: (e == 0 && i == 0).then_some(&bd),
+                        out: &outs[i],
+                    })
+                    .collect();
+                let (prods, norm, epi) = match e {
+                    0 => (&prods[..], Some(norm), Epilogue::Plain),
+                    1 => (&prods[..], Some(norm), Epilogue::Glu { act: &act }),
+                    _ => (&prods[..1], None, Epilogue::Add { acc: &acc }),
+                };
+                dev.fused_matvec_rows(xd, m, k, norm, prods, epi, &rec, false)
+                    .unwrap();
+                let mut got = Vec::new();
+                for (o, w) in outs.iter().zip(widths).take(prods.len()) {
+                    got.push(dev.download_f32(o, m * w).unwrap());
+                }
+                match e {
+                    1 => got.push(dev.download_f32(&act, m * rows[0]).unwrap()),
+                    2 => got.push(dev.download_f32(&acc, m * rows[0]).unwrap()),
+                    _ => got.push(dev.download_f32(&normed, m * k).unwrap()),
+                }
+                got
+            };
+            for e in 0..3 {
+                let all = run(e, &xd, n, &acc0);
+                for row in 0..n {
+                    let xr = upload(&x[row * k..(row + 1) * k]);
+                    let one = run(e, &xr, 1, &acc0[row * r0..(row + 1) * r0]);
+                    for (j, (a, b)) in all.iter().zip(&one).enumerate() {
+                        let w = b.len();
+                        let got = &a[row * w..(row + 1) * w];
+                        let big = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+                        let bad = got
+                            .iter()
+                            .zip(b)
+                            .filter(|(p, q)| {
+                                (*p - *q).abs() > 1e-6 * big || p.is_nan() || q.is_nan()
+                            })
+                            .count();
+                        assert_eq!(
+                            bad,
+                            0,
+                            "{} n={n} epilogue {e} output {j} row {row}: {bad} of {w} differ",
+                            ty.name()
+                        );
+                    }
+                }
+            }
+        }
+        let _ = std::io::stderr()
+            .write_all(format!("  {}: rows equal single rows\n", ty.name()).as_bytes());
+    }
+}
+
 #[test]
 fn fused_matvec_many_rounds_and_mixed_formats() {
     use llorch::backend::cuda::{Epilogue, MatRef, MatVecOut};

@@ -117,17 +117,18 @@ struct Matrix {
     }
 };
 
-static void run_grid(int blocks, int smem, const std::function<void()>& body) {
+static void run_grid(int blocks, int smem, const std::function<void()>& body, int blocks_y = 1) {
     std::vector<uint8_t> sm(smem);  // exactly sized, garbage
     for (auto& b : sm) b = (uint8_t)rng.next();
     emu_dyn_smem = sm.data();
     emu_dyn_smem_size = smem;
-    gridDim = {(unsigned)blocks, 1, 1};
+    gridDim = {(unsigned)blocks, (unsigned)blocks_y, 1};
     blockDim = {32 * DW, 1, 1};
-    for (int b = 0; b < blocks; b++) {
-        blockIdx = {(unsigned)b, 0, 0};
-        emu::run_block(32 * DW, body);
-    }
+    for (int y = 0; y < blocks_y; y++)
+        for (int b = 0; b < blocks; b++) {
+            blockIdx = {(unsigned)b, (unsigned)y, 0};
+            emu::run_block(32 * DW, body);
+        }
 }
 
 // Chunk records of x (k values, `n` vectors back to back) by the emulated prep_input, and the
@@ -221,6 +222,175 @@ static int test_fused(const TypeInfo& t, int rows, int k, int blocks, int wpr) {
         });
         snprintf(what, sizeof what, "%s %s add", t.name, generic ? "generic" : "one-fmt");
         bad += compare(what, acc.f(), g.v.data(), xr.data(), rows, k, acc0.data());
+    }
+    return bad;
+}
+
+// ---------- several inputs at once (a batched step's sequences) ----------
+
+using MvKernel = void (*)(const MvArgs, const void*, int);
+// Each format's kernels of 1, 2, 4 and 8 inputs: plain/add, then SwiGLU.
+struct MultiKernels {
+    const char* name;
+    int id, block, bytes;
+    void (*chunk)(const uint8_t*, int, float*);
+    MvKernel plain[4], glu[4];
+};
+#define MK(name, T, block, bytes)                                                                   \
+    MultiKernels {                                                                                  \
+        #name, T, block, bytes, Fmt<T>::chunk,                                                      \
+            {fused_matvec_##name, fused_matvec_##name##_r2, fused_matvec_##name##_r4,               \
+             fused_matvec_##name##_r8},                                                             \
+            {fused_matvec_##name##_glu, fused_matvec_##name##_r2_glu, fused_matvec_##name##_r4_glu, \
+             fused_matvec_##name##_r8_glu},                                                         \
+    }
+static const MultiKernels MULTI[] = {
+    MK(f32, T_F32, 32, 128), MK(f16, T_F16, 32, 64),    MK(q4_1, T_Q4_1, 32, 20),
+    MK(q5_0, T_Q5_0, 32, 22), MK(q8_0, T_Q8_0, 32, 34), MK(q4_k, T_Q4_K, 256, 144),
+    MK(q6_k, T_Q6_K, 256, 210), MK(mxfp4, T_MXFP4, 32, 17),
+};
+#undef MK
+
+// nr inputs through the kernels of nr inputs, for the plain (+bias), SwiGLU and add epilogues:
+// with `single`, each output within the tolerance above of nr runs of the one-input kernel
+// (the same f32 sums, the compiler free to order them; test_fused checks that kernel against
+// the reference), and each within it of the double reference. Not for the formats with a
+// min term (Q4_1, Q4_K), whose kernels add m·Σx with the exact sum of the unquantized input
+// (prep_input's record) where the reference has the quantized values: a difference of the
+// input's quantization, up to |m|·32·d/508 a chunk, not of the f32 sums; for those the
+// one-input comparison is the check (always made). The inputs are RMS-normalized and prepared
+// by one prep_input of nr rows, whose first and last rows must equal one-row runs byte for
+// byte (the same code per row). (The emulator runs a few grids a second under
+// AddressSanitizer: the one-input runs only where asked.)
+static int test_multirow(const MultiKernels& t, int ri, int rows, int k, int blocks, int wpr, bool single) {
+    const int nr = 1 << ri;
+    const bool fl = t.id == T_F32 || t.id == T_F16;
+    const bool has_min = t.id == T_Q4_1 || t.id == T_Q4_K;
+    single = single || has_min;
+    int bad = 0;
+    char what[112];
+    Matrix g({t.name, t.id, t.block, t.bytes, t.chunk, nullptr, nullptr, nullptr}, rows, k);
+    Matrix u({t.name, t.id, t.block, t.bytes, t.chunk, nullptr, nullptr, nullptr}, rows, k);
+    const long long rb = (long long)(k / t.block) * t.bytes, per = (long long)k / 32 * XREC;
+    // Inputs, a norm weight; prep_input of all rows at once and of each alone.
+    Buf x((size_t)nr * k * 4), nw((size_t)k * 4), normed((size_t)nr * k * 4), rec((size_t)nr * per);
+    for (int i = 0; i < nr * k; i++) x.f()[i] = rng.unit() * (rng.next() % 7 == 0 ? 8.f : 1.f);
+    for (int i = 0; i < k; i++) nw.f()[i] = 0.5f + rng.unit();
+    const int pblocks = (k / 32 + DW - 1) / DW;
+    run_grid(pblocks, 0, [&] { prep_input(x.f(), nw.f(), 1e-6f, normed.f(), rec.p, k); }, nr);
+    std::vector<std::vector<double>> xr(nr, std::vector<double>(k));
+    int prep_bad = 0;
+    for (int i = 0; i < nr; i++) {
+        if (i == 0 || i == nr - 1) {
+            Buf n1((size_t)k * 4), r1((size_t)per);
+            run_grid(pblocks, 0, [&] { prep_input(x.f() + (size_t)i * k, nw.f(), 1e-6f, n1.f(), r1.p, k); });
+            prep_bad += memcmp(n1.p, normed.p + (size_t)i * k * 4, k * 4) != 0;
+            prep_bad += memcmp(r1.p, rec.p + i * per, per) != 0;
+        }
+        for (int c = 0; c < k / 32; c++) {
+            const uint8_t* r = rec.p + i * per + c * XREC;
+            float d;
+            memcpy(&d, r + 64, 4);
+            for (int v = 0; v < 32; v++)
+                xr[i][32 * c + v] = fl ? (double)normed.f()[(size_t)i * k + 32 * c + v]
+                                       : (double)d * ((int8_t)r[v] + (int8_t)r[32 + v] / 254.0);
+        }
+    }
+    if (prep_bad) printf("  %s prep_input of %d rows differs from one-row runs  FAIL\n", t.name, nr);
+    bad += prep_bad != 0;
+    const void* in = fl ? (const void*)normed.p : (const void*)rec.p;
+    const int xst = fl ? k * 4 : (int)per;
+    std::vector<float> bias(rows);
+    for (auto& v : bias) v = rng.unit();
+    std::vector<double> b64(bias.begin(), bias.end());
+    Buf bd(rows * 4);
+    memcpy(bd.p, bias.data(), rows * 4);
+    const size_t ob = (size_t)nr * rows * 4;
+    Buf o0(ob), o1(ob), act(ob), acc(ob), s0(rows * 4);
+    // Output i of the nr kernel against the one-input kernel's on input i (y1, if given) and
+    // against the double reference; one line per epilogue (`worst`: over its rows so far).
+    double worst[2] = {0, 0};
+    auto against_single = [&](const char* epi, const float* y, const float* y1, const double* w, int i,
+                              const double* add) {
+        int b = 0;
+        for (int r = 0; r < rows; r++) {
+            double ref = add ? add[r] : 0, mag = add ? fabs(add[r]) : 0;
+            for (int v = 0; v < k; v++) {
+                ref += w[(size_t)r * k + v] * xr[i][v];
+                mag += fabs(w[(size_t)r * k + v] * xr[i][v]);
+            }
+            const double diff = y1 ? fabs((double)y[r] - (double)y1[r]) : 0, err = fabs((double)y[r] - ref);
+            if (!(diff <= 2e-6 * mag + 1e-30) || (!has_min && !(err <= 2e-6 * mag + 1e-30))) b++;
+            if (mag > 0) worst[0] = std::max(worst[0], diff / mag), worst[1] = std::max(worst[1], err / mag);
+        }
+        if (b || i == nr - 1) {
+            snprintf(what, sizeof what, "%s r%d %s (%d inputs)", t.name, nr, epi, i + 1);
+            if (y1)
+                printf("  %-36s rows %4d k %5d: worst |y - one-input|, |y - ref| / sum|w x| %.1e, %.1e%s%s\n",
+                       what, rows, k, worst[0], worst[1], has_min ? " (min term)" : "", b ? "  FAIL" : "");
+            else
+                printf("  %-36s rows %4d k %5d: worst |y - ref| / sum|w x| %.1e%s\n", what, rows, k, worst[1],
+                       b ? "  FAIL" : "");
+            worst[0] = worst[1] = 0;
+        }
+        return b != 0;
+    };
+    // Plain, with a bias.
+    MvArgs a{};
+    a.k = k, a.mode = MODE_PLAIN, a.n_seg = 1, a.x_stride = xst;
+    a.seg[0] = Seg{g.w.p, bd.f(), o0.f(), rb, t.id, rows};
+    memset(o0.p, 0xFF, o0.n);
+    run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[ri](a, in, wpr); });
+    for (int i = 0; i < nr; i++) {
+        MvArgs a1 = a;
+        a1.x_stride = 0, a1.seg[0].out = s0.f();
+        if (single)
+            run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
+        bad += against_single("plain+bias", o0.f() + (size_t)i * rows, single ? s0.f() : nullptr, g.v.data(), i,
+                              b64.data());
+    }
+    // SwiGLU: gate, up and act per row.
+    a = MvArgs{};
+    a.k = k, a.mode = MODE_GLU, a.n_seg = 2, a.act = act.f(), a.x_stride = xst;
+    a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
+    a.seg[1] = Seg{u.w.p, nullptr, o1.f(), rb, t.id, rows};
+    memset(o0.p, 0xFF, ob), memset(o1.p, 0xFF, ob), memset(act.p, 0xFF, ob);
+    run_grid(blocks, 4 * DW * STAGE, [&] { t.glu[ri](a, in, wpr); });
+    Buf s1(rows * 4), sact(rows * 4);
+    for (int i = 0; i < nr; i++) {
+        MvArgs a1 = a;
+        a1.x_stride = 0, a1.seg[0].out = s0.f(), a1.seg[1].out = s1.f(), a1.act = sact.f();
+        if (single)
+            run_grid(blocks, 4 * DW * STAGE, [&] { t.glu[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
+        bad += against_single("glu gate", o0.f() + (size_t)i * rows, single ? s0.f() : nullptr, g.v.data(), i,
+                              nullptr);
+        bad += against_single("glu up", o1.f() + (size_t)i * rows, single ? s1.f() : nullptr, u.v.data(), i,
+                              nullptr);
+        int act_bad = 0;
+        for (int r = 0; r < rows; r++) {
+            const size_t o = (size_t)i * rows + r;
+            const float gv = o0.f()[o], want = gv / (1.0f + expf(-gv)) * o1.f()[o];
+            act_bad += act.f()[o] != want;
+        }
+        if (act_bad) printf("  %s r%d glu act row %d: %d outputs differ from silu(g)*u  FAIL\n", t.name, nr, i, act_bad);
+        bad += act_bad != 0;
+    }
+    // Add into each row's residual.
+    a = MvArgs{};
+    a.k = k, a.mode = MODE_ADD, a.n_seg = 1, a.acc = acc.f(), a.x_stride = xst;
+    a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
+    std::vector<double> acc0((size_t)nr * rows);
+    for (size_t o = 0; o < acc0.size(); o++) acc.f()[o] = (float)(acc0[o] = rng.unit());
+    run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[ri](a, in, wpr); });
+    Buf sacc(rows * 4);
+    for (int i = 0; i < nr; i++) {
+        MvArgs a1 = a;
+        a1.x_stride = 0, a1.acc = sacc.f(), a1.seg[0].out = s0.f();
+        for (int r = 0; r < rows; r++) sacc.f()[r] = (float)acc0[(size_t)i * rows + r];
+        if (single)
+            run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
+        bad += against_single("add", acc.f() + (size_t)i * rows, single ? sacc.f() : nullptr, g.v.data(), i,
+                              acc0.data() + (size_t)i * rows);
     }
     return bad;
 }
@@ -467,6 +637,15 @@ int main(int argc, char** argv) {
             bad += test_experts(t, 32, 40, 2880, 4, 2, 1, false), runs++;
             bad += test_experts(t, 5, 16, 320, 8, 4, 4, true), runs++;
         }
+    }
+    // Several inputs: every format, 2, 4 and 8 inputs; rows that no wave divides, 1-8 warps a
+    // row, several rounds.
+    for (const MultiKernels& t : MULTI) {
+        if (only && strcmp(only, t.name)) continue;
+        const int k = t.block == 256 ? 1024 : 640;
+        for (int ri = 1; ri < 4; ri++) bad += test_multirow(t, ri, 19, k, 2, 1 << (ri - 1), ri == 3), runs++;
+        // Rows over two stages (a Q4_K down projection of the 0.5B: 19 blocks), 8 warps a row.
+        if (t.id == T_Q6_K || t.id == T_F16) bad += test_multirow(t, 3, 5, 4864, 1, 8, false), runs++;
     }
     if (!only) {
         struct A {

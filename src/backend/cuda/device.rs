@@ -225,7 +225,8 @@ fn open_inner(ordinal: u32, budget: u64) -> Result<CudaDevice> {
                 ))
             })?;
         inner.modules.push(module);
-        for &func in super::launch::kernel_names(file) {
+        let names = super::launch::kernel_names(file).iter();
+        for &func in names.chain(super::fused::rows_kernel_names(file)) {
             let c = CString::new(func).expect("kernel names have no NUL");
             let f = unsafe { result::module::get_function(module, c) }.map_err(|e| {
                 Error::Internal(format!("kernel {func} missing from {file}.cu: {e}"))

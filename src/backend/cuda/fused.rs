@@ -57,25 +57,96 @@ const MATVEC_PAIRS: [(GgmlType, GgmlType); 2] = [
 /// SwiGLU's with `glu`) or of its pair of formats, else the generic one, which handles every
 /// format (and is seven times the code: the small products spent most of their time waiting
 /// for instructions in it). `LLORCH_CUDA_ONE_FORMAT=0` always takes the generic one.
-fn matvec_kernel(prods: &[MatVecOut], glu: bool) -> Result<String> {
+/// `nr` > 1: the kernel of that many inputs (`_r<nr>`, 2, 4 or 8), which exists for the
+/// products of one format and of the pairs only ([`matvec_rows_supported`]).
+fn matvec_kernel(types: &[GgmlType], glu: bool, nr: usize) -> Result<String> {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("LLORCH_CUDA_ONE_FORMAT").map_or(true, |v| v != "0"));
-    let ty = prods[0].mat.ty;
-    if !on {
-        return Ok("fused_matvec".into());
+    let rows = if nr > 1 {
+        format!("_r{nr}")
+    } else {
+        String::new()
+    };
+    let glu_sfx = if glu { "_glu" } else { "" };
+    match kernel_formats(types, glu) {
+        Some((a, b)) if on || nr > 1 => Ok(match b {
+            None => format!("fused_matvec_{}{rows}{glu_sfx}", type_suffix(a)?),
+            Some(b) => format!("fused_matvec_{}_{}{rows}", type_suffix(a)?, type_suffix(b)?),
+        }),
+        _ if nr == 1 => Ok("fused_matvec".into()),
+        _ => Err(Error::Unsupported(format!(
+            "fused mat-vec of {nr} inputs: no kernel for the formats {types:?}"
+        ))),
     }
-    if prods.iter().all(|p| p.mat.ty == ty) {
-        let suffix = if glu { "_glu" } else { "" };
-        return Ok(format!("fused_matvec_{}{suffix}", type_suffix(ty)?));
+}
+
+/// The formats of a product's kernel of its own: one format, or a pair of MATVEC_PAIRS (not
+/// for a SwiGLU); None: only the generic kernel fits.
+fn kernel_formats(types: &[GgmlType], glu: bool) -> Option<(GgmlType, Option<GgmlType>)> {
+    let ty = *types.first()?;
+    type_suffix(ty).ok()?;
+    if types.iter().all(|&t| t == ty) {
+        return Some((ty, None));
     }
-    let pair = MATVEC_PAIRS
+    MATVEC_PAIRS
         .iter()
-        .find(|(a, b)| prods.iter().all(|p| p.mat.ty == *a || p.mat.ty == *b));
-    Ok(match pair {
-        Some((a, b)) if !glu => format!("fused_matvec_{}_{}", type_suffix(*a)?, type_suffix(*b)?),
-        _ => "fused_matvec".into(),
+        .find(|(a, b)| !glu && types.iter().all(|t| t == a || t == b))
+        .map(|&(a, b)| (a, Some(b)))
+}
+
+/// Whether [`CudaDevice::fused_matvec_rows`] has kernels of several inputs for products of
+/// these weight formats (with the SwiGLU epilogue: `glu`).
+pub fn matvec_rows_supported(types: &[GgmlType], glu: bool) -> bool {
+    types.iter().all(|&t| type_code(t).is_ok()) && kernel_formats(types, glu).is_some()
+}
+
+/// Most rows of a batched step whose products run as fused mat-vecs of several inputs
+/// ([`CudaDevice::fused_matvec_rows`]) rather than the two-pass GEMM; the records scratch of
+/// a batch holds this many rows.
+pub const MULTIROW_MAX: usize = 32;
+
+/// Rows up to which a batched step takes the fused mat-vecs of several inputs
+/// (`LLORCH_CUDA_MULTIROW`, at most [`MULTIROW_MAX`]; 0 or 1: never). 8: on an H100 they win
+/// at 2-8 rows (0.5B 8 sessions 2,754 vs 2,009 tok/s, 7B 502 vs 402) and lose at 16 (3,292 vs
+/// 3,511; 557 vs 795): bench/RESULTS.md, "Batched decode: mat-vecs of several rows".
+pub fn multirow_rows() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("LLORCH_CUDA_MULTIROW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8)
+            .min(MULTIROW_MAX)
     })
 }
+
+/// The kernels of several inputs kernels/`file`.cu defines besides launch.rs's
+/// `kernel_names`: for decode.cu, the `_r2`, `_r4` and `_r8` forms of each fused mat-vec of
+/// one format or pair.
+pub(super) fn rows_kernel_names(file: &str) -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    if file != "decode" {
+        return &[];
+    }
+    NAMES.get_or_init(|| {
+        let one = super::launch::kernel_names("decode");
+        let mut v = Vec::new();
+        for name in one.iter().filter(|n| n.starts_with("fused_matvec_")) {
+            for nr in [2, 4, 8] {
+                let n = match name.strip_suffix("_glu") {
+                    Some(base) => format!("{base}_r{nr}_glu"),
+                    None => format!("{name}_r{nr}"),
+                };
+                v.push(&*Box::leak(n.into_boxed_str()));
+            }
+        }
+        v
+    })
+}
+
+/// Most inputs one fused mat-vec launch multiplies with each weight block (kernels/decode.cu
+/// `_r8`): more rows run as several launches.
+const MATVEC_MAX_INPUTS: usize = 8;
 
 /// attention_decode's dynamic shared memory for head size `hd` (the kernels of one head size):
 /// 4 warps x (32 key + 32 value rows) of f16.
@@ -106,7 +177,8 @@ struct MvArgs {
     k: i32,
     mode: i32,
     n_seg: i32,
-    unused: i32,
+    /// Bytes from one input to the next (the kernels of several inputs).
+    x_stride: i32,
     seg: [Seg; 3],
 }
 
@@ -280,7 +352,33 @@ impl CudaDevice {
         rec: &DeviceBuffer,
         prepared: bool,
     ) -> Result<()> {
+        self.fused_matvec_rows(x, 1, k, norm, prods, epilogue, rec, prepared)
+    }
+
+    /// [`fused_matvec`](Self::fused_matvec) for `n` input rows at once (a batched step's
+    /// sequences: `x` holds n rows of k, every output, `normed`, `act` and `acc` n rows of
+    /// theirs, `rec` n rows of records): each weight block is read once for up to 8 rows
+    /// (kernels/decode.cu `_r<NR>`), so the products cost little more than one row's. For
+    /// n > 1, the products of one format or of a pair ([`matvec_rows_supported`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fused_matvec_rows(
+        &self,
+        x: &DeviceBuffer,
+        n: usize,
+        k: usize,
+        norm: Option<Norm>,
+        prods: &[MatVecOut],
+        epilogue: Epilogue,
+        rec: &DeviceBuffer,
+        prepared: bool,
+    ) -> Result<()> {
         let k_i = positive(k, "fused matvec k")?;
+        let n_i = positive(n, "fused matvec rows of input")?;
+        if n > 1 && prepared {
+            return Err(Error::InvalidArgument(
+                "fused matvec: prepared records are for one row".into(),
+            ));
+        }
         if prods.is_empty() || prods.len() > 3 {
             return Err(Error::InvalidArgument(format!(
                 "fused matvec: {} products (1 to 3)",
@@ -292,7 +390,7 @@ impl CudaDevice {
                 "fused matvec: input of {k} values is not a multiple of 32"
             )));
         }
-        x.check(self, f32s(k), "fused matvec x")?;
+        x.check(self, f32s(n * k), "fused matvec x")?;
         // The quantized formats multiply the 16-bit chunk records; F32/F16 weights the f32
         // input (normalized into `normed` first when there is a norm).
         let xint = prods
@@ -318,7 +416,7 @@ impl CudaDevice {
                 rb * m.rows as u64 + 16,
                 "fused matvec weights (+16 padding)",
             )?;
-            p.out.check(self, f32s(m.rows), "fused matvec out")?;
+            p.out.check(self, f32s(n * m.rows), "fused matvec out")?;
             if let Some(b) = p.bias {
                 b.check(self, f32s(m.rows), "fused matvec bias")?;
             }
@@ -344,7 +442,7 @@ impl CudaDevice {
                         "fused matvec: the gated form takes gate and up of equal rows".into(),
                     ));
                 }
-                act.check(self, f32s(r), "fused matvec act")?;
+                act.check(self, f32s(n * r), "fused matvec act")?;
                 a.mode = 1;
                 a.act = act.ptr();
                 r
@@ -356,7 +454,7 @@ impl CudaDevice {
                         "fused matvec: the residual form takes one product".into(),
                     ));
                 }
-                acc.check(self, f32s(r), "fused matvec acc")?;
+                acc.check(self, f32s(n * r), "fused matvec acc")?;
                 a.mode = 2;
                 a.acc = acc.ptr();
                 r
@@ -365,12 +463,13 @@ impl CudaDevice {
 
         // The input: normalized and/or quantized once, by prep_input.
         let (mut norm_w, mut eps, mut normed) = (0u64, 0f32, 0u64);
+        let n_rows = n;
         if let Some(n) = norm {
             n.weight.check(self, f32s(k), "fused matvec norm weight")?;
             norm_w = n.weight.ptr();
             eps = n.eps;
             if let Some(o) = n.normed {
-                o.check(self, f32s(k), "fused matvec normed")?;
+                o.check(self, f32s(n_rows * k), "fused matvec normed")?;
                 normed = o.ptr();
             }
             if normed == 0 && !xint {
@@ -385,29 +484,50 @@ impl CudaDevice {
             ));
         }
         // Records for the quantized formats; for F32/F16 the normed f32 (or x itself).
-        let (rec_ptr, input) = if xint {
-            rec.check(
-                self,
-                Self::input_record_bytes(k) as u64,
-                "fused matvec records",
-            )?;
-            (rec.ptr(), rec.ptr())
+        let (rec_ptr, input, stride) = if xint {
+            let per = Self::input_record_bytes(k);
+            rec.check(self, (n * per) as u64, "fused matvec records")?;
+            (rec.ptr(), rec.ptr(), per)
         } else if norm_w != 0 {
-            (0, normed)
+            (0, normed, k * 4)
         } else {
-            (0, x.ptr())
+            (0, x.ptr(), k * 4)
         };
         if !prepared && (xint || norm_w != 0) {
-            self.launch_prep_input(x, k_i, norm_w, eps, normed, rec_ptr)?;
+            self.launch_prep_input(x, n_i, k_i, norm_w, eps, normed, rec_ptr)?;
         }
-        self.launch_matvec(a, input, jobs, prods)
+        a.x_stride = dim(stride, "fused matvec input stride")?;
+        // Groups of up to MATVEC_MAX_INPUTS rows (powers of two), a launch each.
+        let mut row = 0;
+        while row < n {
+            let nr = [MATVEC_MAX_INPUTS, 4, 2, 1]
+                .into_iter()
+                .find(|&g| g <= n - row)
+                .unwrap_or(1);
+            let mut g = a;
+            for (s, p) in g.seg.iter_mut().zip(prods) {
+                s.out += (row * p.mat.rows * 4) as u64;
+            }
+            if g.act != 0 {
+                g.act += (row * prods[0].mat.rows * 4) as u64;
+            }
+            if g.acc != 0 {
+                g.acc += (row * prods[0].mat.rows * 4) as u64;
+            }
+            self.launch_matvec(g, input + (row * stride) as u64, nr, jobs, prods)?;
+            row += nr;
+        }
+        Ok(())
     }
 
     /// prep_input over `k` values of `x` (kernels/decode.cu): normalized with `norm_w` (0:
     /// none), written to `normed` (0: not) and/or as chunk records to `rec` (0: not).
+    /// `n` rows of input (x, normed and rec n rows apart).
+    #[allow(clippy::too_many_arguments)]
     fn launch_prep_input(
         &self,
         x: &DeviceBuffer,
+        n: i32,
         k: i32,
         norm_w: u64,
         eps: f32,
@@ -415,19 +535,28 @@ impl CudaDevice {
         rec: u64,
     ) -> Result<()> {
         let grid = (k as usize / 32).div_ceil(DW) as u32;
-        launch!(self, "prep_input", (grid, 1, 1), ((32 * DW) as u32, 1, 1);
+        launch!(self, "prep_input", (grid, n as u32, 1), ((32 * DW) as u32, 1, 1);
             x.ptr(), norm_w, eps, normed, rec, k)
     }
 
-    /// The fused_matvec launch over `jobs` rows (or row pairs) with the prepared `input`.
-    fn launch_matvec(&self, a: MvArgs, input: u64, jobs: usize, prods: &[MatVecOut]) -> Result<()> {
+    /// The fused_matvec launch over `jobs` rows (or row pairs) with the prepared `input`,
+    /// `nr` inputs (a.x_stride bytes apart) at once.
+    fn launch_matvec(
+        &self,
+        a: MvArgs,
+        input: u64,
+        nr: usize,
+        jobs: usize,
+        prods: &[MatVecOut],
+    ) -> Result<()> {
         let min_steps = prods
             .iter()
             .map(|p| full_steps(p.mat.ty, p.mat.cols))
             .min()
             .unwrap_or(1);
         let (wpr, blocks) = matvec_split(jobs, min_steps, self.sm_count() as usize);
-        let name = matvec_kernel(prods, a.mode == 1)?;
+        let types: Vec<GgmlType> = prods.iter().map(|p| p.mat.ty).collect();
+        let name = matvec_kernel(&types, a.mode == 1, nr)?;
         let smem = if a.mode == 1 {
             FUSED_SHARED_GLU
         } else {
@@ -470,7 +599,7 @@ impl CudaDevice {
                 normed = o.ptr();
             }
         }
-        self.launch_prep_input(x, k_i, norm_w, eps, normed, rec.ptr())
+        self.launch_prep_input(x, 1, k_i, norm_w, eps, normed, rec.ptr())
     }
 
     /// A table of the addresses of `bufs` (see [`ExpertTable`]: they must outlive it).
@@ -863,7 +992,38 @@ const _: () = assert!(std::mem::size_of::<ExpertArgs>() == 96);
 
 #[cfg(test)]
 mod tests {
-    use super::matvec_split;
+    use super::{matvec_kernel, matvec_rows_supported, matvec_split, rows_kernel_names};
+    use crate::quant::GgmlType;
+
+    #[test]
+    fn kernels_of_several_inputs_are_loaded() {
+        // Every kernel a product of several inputs can launch is one the loader looks up (a
+        // missing name failed a batched step on the device: "kernel ... was not loaded").
+        use GgmlType::*;
+        let loaded = rows_kernel_names("decode");
+        let formats = [F32, F16, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, MXFP4];
+        let mut cases: Vec<(Vec<GgmlType>, bool)> = Vec::new();
+        for t in formats {
+            cases.push((vec![t, t, t], false));
+            cases.push((vec![t, t], true));
+        }
+        cases.push((vec![Q5_0, Q5_0, Q8_0], false));
+        cases.push((vec![Q4_K, Q4_K, Q6_K], false));
+        for (types, glu) in cases {
+            assert!(matvec_rows_supported(&types, glu), "{types:?}");
+            for nr in [2, 4, 8] {
+                let name = matvec_kernel(&types, glu, nr).unwrap();
+                assert!(loaded.contains(&name.as_str()), "{name} is not loaded");
+            }
+        }
+        assert_eq!(loaded.len(), 3 * 18);
+        // Mixed formats without a kernel of their own, a SwiGLU of two formats, a format
+        // the mat-vecs do not take: not by rows.
+        assert!(!matvec_rows_supported(&[Q4_K, Q8_0], false));
+        assert!(!matvec_rows_supported(&[Q4_K, Q6_K], true));
+        assert!(!matvec_rows_supported(&[Q4_0], false));
+        assert!(matvec_kernel(&[Q4_K, Q8_0], false, 4).is_err());
+    }
 
     #[test]
     fn matvec_split_balances_rounds() {

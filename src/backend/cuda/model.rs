@@ -18,6 +18,7 @@ use super::drv;
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
+use super::fused::{matvec_rows_supported, multirow_rows, MULTIROW_MAX};
 use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
 use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
@@ -215,8 +216,10 @@ pub struct CudaState {
     /// attention_decode's partial results and per-head counters (zeroed once).
     attn_part: DeviceBuffer,
     attn_count: DeviceBuffer,
-    /// A decode mat-vec's prepared input (chunk records, see kernels/decode.cu).
+    /// A decode mat-vec's prepared input (chunk records, see kernels/decode.cu), for
+    /// `xrec_rows` rows.
     xrec: DeviceBuffer,
+    xrec_rows: usize,
     /// The greedy pick (one i32, see `argmax_row`).
     pick: DeviceBuffer,
     /// Page-locked staging for one row of logits, downloaded every decode step.
@@ -321,6 +324,7 @@ impl CudaState {
             attn_part,
             attn_count,
             xrec,
+            xrec_rows: 1,
             pick,
             logits_stage,
             gemm_w,
@@ -356,6 +360,13 @@ impl CudaState {
             let r = alloc_scratch(&self.dev, &self.dims, rows, self.gemm_k)?;
             (self.slots, self.positions, self.ids, self.gemm_x) =
                 (r.slots, r.positions, r.ids, r.gemm_x);
+            // The records of a batched step's mat-vecs of several rows (`multirow`).
+            let per = self.xrec.len_bytes();
+            let want = per / self.xrec_rows * rows.min(MULTIROW_MAX);
+            if want > per {
+                self.xrec = self.dev.alloc(want, MemKind::Scratch)?;
+                self.xrec_rows = rows.min(MULTIROW_MAX);
+            }
             self.cap = rows;
         }
         Ok(())
@@ -582,6 +593,20 @@ impl<'a> CudaStep<'a> {
         s.width(&self.st.dims)
     }
 
+    /// Whether this step's products of weights `w` (a SwiGLU epilogue: `glu`) run as fused
+    /// mat-vecs: one row, or a batched step of few rows (each weight block read once for
+    /// all of them; more rows take the two-pass GEMM, faster there).
+    fn fused_rows(&self, w: &[WeightId], glu: bool) -> bool {
+        if self.n == 1 {
+            return true;
+        }
+        let types: Vec<GgmlType> = w.iter().map(|&w| self.m.weight(w).ty).collect();
+        self.batch.is_some()
+            && self.n <= multirow_rows()
+            && self.n <= self.st.xrec_rows
+            && matvec_rows_supported(&types, glu)
+    }
+
     /// Run `f` unless an earlier call failed; keep its error.
     fn run(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) {
         if self.err.is_none() {
@@ -707,8 +732,9 @@ impl Ops for CudaStep<'_> {
         let float_w = matches!(self.m.weight(w).ty, GgmlType::F32 | GgmlType::F16);
         let prepared = self.n == 1 && self.rec_of == Some(x) && !float_w;
         self.rec_of = None;
+        let multirow = self.n > 1 && self.fused_rows(&[w], false);
         self.run(|s| {
-            let wt = s.m.weight(w);
+            let (m, wt) = (s.m, s.m.weight(w));
             let n = s.n;
             let st = &mut *s.st;
             let (rows, k) = (wt.rows, wt.cols);
@@ -725,6 +751,23 @@ impl Ops for CudaStep<'_> {
                 return st
                     .dev
                     .fused_matvec(xb, k, None, &prod, plain, &st.xrec, prepared);
+            }
+            if multirow {
+                let prods = [MatVecOut {
+                    mat: m.mat(w),
+                    bias: None,
+                    out: ob,
+                }];
+                return st.dev.fused_matvec_rows(
+                    xb,
+                    n,
+                    k,
+                    None,
+                    &prods,
+                    Epilogue::Plain,
+                    &st.xrec,
+                    false,
+                );
             }
             // The two-pass path where the scratch holds this product (not the vocabulary
             // matrices, see `CudaModel::gemm_sizes`) and it is the faster one.
@@ -884,7 +927,8 @@ impl Ops for CudaStep<'_> {
     }
 
     fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
-        if self.n != 1 || projs.len() > 3 {
+        let w: Vec<WeightId> = projs.iter().map(|p| p.w).collect();
+        if projs.len() > 3 || !self.fused_rows(&w, false) {
             return unfused::norm_matmul(self, input, projs);
         }
         let NormIn { x, norm, normed } = input;
@@ -905,8 +949,9 @@ impl Ops for CudaStep<'_> {
                 normed: Some(&st.slots[normed.index()]),
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec(
+            st.dev.fused_matvec_rows(
                 &st.slots[x.index()],
+                s.n,
                 k,
                 Some(norm),
                 &prods,
@@ -919,7 +964,8 @@ impl Ops for CudaStep<'_> {
 
     fn norm_glu(&mut self, input: NormIn, glu: Glu) {
         let biased = glu.gate.bias.is_some() || glu.up.bias.is_some();
-        if self.n != 1 || biased {
+        let silu = glu.act == Activation::Silu;
+        if biased || !self.fused_rows(&[glu.gate.w, glu.up.w], silu) {
             return unfused::norm_glu(self, input, glu);
         }
         self.rec_of = None;
@@ -945,8 +991,9 @@ impl Ops for CudaStep<'_> {
                 _ => Epilogue::Plain,
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec(
+            st.dev.fused_matvec_rows(
                 &st.slots[x.index()],
+                s.n,
                 k,
                 Some(norm),
                 &prods,
@@ -961,7 +1008,7 @@ impl Ops for CudaStep<'_> {
     }
 
     fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
-        if self.n != 1 {
+        if !self.fused_rows(&[w], false) {
             return unfused::matmul_add(self, w, x, tmp, acc);
         }
         // The attention just wrote x's records: no prep_input launch (quantized weights).
@@ -979,8 +1026,9 @@ impl Ops for CudaStep<'_> {
                 acc: &st.slots[acc.index()],
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec(
+            st.dev.fused_matvec_rows(
                 &st.slots[x.index()],
+                s.n,
                 k,
                 None,
                 &prods,
