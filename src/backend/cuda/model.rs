@@ -179,10 +179,14 @@ impl CudaModel {
 pub(super) struct DecodeGraph {
     graph: sys::CUgraph,
     exec: sys::CUgraphExec,
+    /// Keeps the CUDA context alive until the graph is destroyed, whatever order its owner's
+    /// fields drop in (a graph destroyed after its context is released crashes the driver).
+    dev: CudaDevice,
 }
 
 impl Drop for DecodeGraph {
     fn drop(&mut self) {
+        let _ = self.dev.inner.bind();
         unsafe {
             let _ = result::graph::exec_destroy(self.exec);
             let _ = result::graph::destroy(self.graph);
@@ -566,7 +570,10 @@ impl<'a> CudaStep<'a> {
             let graph = captured.map_err(|e| drv("graph capture", e))?;
             let flags = sys::CUgraphInstantiate_flags(0);
             match unsafe { result::graph::instantiate(graph, flags) } {
-                Ok(exec) => self.st.graph = Some(DecodeGraph { graph, exec }),
+                Ok(exec) => {
+                    let dev = self.st.dev.clone();
+                    self.st.graph = Some(DecodeGraph { graph, exec, dev })
+                }
                 Err(e) => {
                     unsafe {
                         let _ = result::graph::destroy(graph);
