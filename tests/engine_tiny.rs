@@ -45,7 +45,15 @@ fn reference(d: &Path) -> Value {
 /// The decode path: `ids` one token a step from an empty cache of `n_ctx` positions; the
 /// largest |difference| of each step's logits from row `pos` of `want`.
 fn decode_diff(m: &Arc<Model>, n_ctx: u32, ids: &[u32], want: &[f32]) -> f32 {
-    let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+    let mut sess = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx,
+            seed: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let vocab = m.vocab_size();
     let mut diff = 0f32;
     for (pos, &t) in ids.iter().enumerate() {
@@ -121,7 +129,15 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
             // A session sized to the sequence (Phi-3 picks its LongRoPE factors by it, as HF
             // picks them by the sequence's length).
             let n_ctx = seq_ids.len().next_power_of_two().max(16) as u32;
-            let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+            let mut sess = Session::new(
+                m.clone(),
+                SessionOptions {
+                    n_ctx,
+                    seed: 0,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             sess.set_taps(true);
             let logits = sess.eval(seq_ids, Logits::All).unwrap();
             let taps = sess.take_taps();
@@ -316,6 +332,7 @@ fn gpt_oss_prompt_and_decode_paths_agree() {
         let opts = SessionOptions {
             n_ctx: 128,
             seed: 0,
+            ..Default::default()
         };
         let prompt = Session::new(m.clone(), opts)
             .unwrap()
@@ -438,7 +455,15 @@ fn gpt_oss_on_gpu_matches_the_cpu() {
             let ids = common::json_ids(&s["ids"]);
             let n_ctx = ids.len().next_power_of_two().max(16) as u32;
             let run = |m: &Arc<Model>| {
-                let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+                let mut sess = Session::new(
+                    m.clone(),
+                    SessionOptions {
+                        n_ctx,
+                        seed: 0,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 sess.set_taps(true);
                 let l = sess.eval(&ids, Logits::All).unwrap();
                 (l, sess.take_taps())
@@ -492,7 +517,15 @@ fn gpt_oss_on_gpu_matches_the_cpu() {
             eprintln!("{what}: worst stage {} {:.2e}", worst.1, worst.0);
             // The logits of the prompt path, then of the decode path, against the CPU's.
             let decode = {
-                let mut sess = Session::new(mg.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+                let mut sess = Session::new(
+                    mg.clone(),
+                    SessionOptions {
+                        n_ctx,
+                        seed: 0,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 let mut all = Vec::with_capacity(ids.len() * vocab);
                 for &t in &ids {
                     all.extend(sess.eval(&[t], Logits::Last).unwrap());

@@ -43,7 +43,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         ],
         "norm" => &["rmsnorm"],
         "rope" => &["rope", "rope_scaled"],
-        "attention" => &["kv_store", "attention"],
+        "attention" => &["kv_store", "attention", "kv_store_f32kv", "attention_f32kv"],
         "attention_batch" => &["kv_store_batch", "attention_batch"],
         "elementwise" => &[
             "swiglu",
@@ -89,10 +89,20 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "attention_decode",
             "attention_decode_d64",
             "attention_decode_d128",
+            "rope_kv_f32kv",
+            "kv_store_decode_f32kv",
+            "attention_decode_f32kv",
+            "attention_decode_d64_f32kv",
+            "attention_decode_d128_f32kv",
         ],
         "mma_matmul" => mma_kernels(),
         "gemm_f16" => gemm_kernels(),
-        "attention_tiled" => &["attention_tiled", "attention_tiled_sinks"],
+        "attention_tiled" => &[
+            "attention_tiled",
+            "attention_tiled_sinks",
+            "attention_tiled_f32kv",
+            "attention_tiled_sinks_f32kv",
+        ],
         _ => &[],
     }
 }
@@ -536,7 +546,7 @@ pub const ROPE_DIV_MAX: usize = 256;
 #[repr(C)]
 struct RopeDiv([f32; ROPE_DIV_MAX]);
 
-/// One layer's KV cache: K and V, each [n_kv_heads][max_ctx][head_dim] f16, in VRAM.
+/// One layer's KV cache: K and V, each [n_kv_heads][max_ctx][head_dim] f16 (or f32), in VRAM.
 #[derive(Debug)]
 pub struct KvCacheLayer {
     pub k: DeviceBuffer,
@@ -544,6 +554,34 @@ pub struct KvCacheLayer {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub max_ctx: usize,
+    /// f32 elements (a kv_type f32 session) rather than f16.
+    pub f32: bool,
+}
+
+impl KvCacheLayer {
+    /// Bytes of one cached value.
+    pub fn elem_bytes(&self) -> usize {
+        if self.f32 {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// Bytes of each of K and V.
+    pub fn bytes(&self) -> u64 {
+        (self.n_kv_heads * self.max_ctx * self.head_dim * self.elem_bytes()) as u64
+    }
+
+    /// The instance of the cache kernel `name` for this cache's type (kernels/attn_common.cuh:
+    /// the f32 ones are `<name>_f32kv`).
+    pub fn kernel(&self, name: &str) -> String {
+        if self.f32 {
+            format!("{name}_f32kv")
+        } else {
+            name.to_string()
+        }
+    }
 }
 
 impl CudaDevice {
@@ -1048,12 +1086,14 @@ impl CudaDevice {
             p.base, p.pos_scale, p.neox as i32, mscale, d)
     }
 
-    /// A KV cache layer for `max_ctx` positions, accounted as [`MemKind::KvCache`].
+    /// A KV cache layer for `max_ctx` positions of f16 (`f32`: of f32), accounted as
+    /// [`MemKind::KvCache`].
     pub fn alloc_kv_layer(
         &self,
         n_kv_heads: usize,
         head_dim: usize,
         max_ctx: usize,
+        f32: bool,
     ) -> Result<KvCacheLayer> {
         positive(n_kv_heads, "n_kv_heads")?;
         positive(max_ctx, "max_ctx")?;
@@ -1062,10 +1102,11 @@ impl CudaDevice {
                 "attention head_dim {head_dim}: the CUDA kernel takes multiples of 32 up to 256"
             )));
         }
+        let elem = if f32 { 4 } else { 2 };
         let bytes = n_kv_heads
             .checked_mul(max_ctx)
-            .and_then(|v| v.checked_mul(head_dim * 2))
-            .filter(|&b| b / 2 <= i32::MAX as usize * 64)
+            .and_then(|v| v.checked_mul(head_dim * elem))
+            .filter(|&b| b / elem <= i32::MAX as usize * 64)
             .ok_or_else(|| Error::InvalidArgument("KV cache size overflows".into()))?;
         let k = self.alloc(bytes, MemKind::KvCache)?;
         let v = self.alloc(bytes, MemKind::KvCache)?;
@@ -1075,11 +1116,12 @@ impl CudaDevice {
             n_kv_heads,
             head_dim,
             max_ctx,
+            f32,
         })
     }
 
     /// Store `n_tok` tokens' K and V (each n_tok x n_kv_heads x head_dim f32) at positions
-    /// pos0.. of the cache (converted to f16).
+    /// pos0.. of the cache (converted to its type).
     pub fn kv_store(
         &self,
         k: &DeviceBuffer,
@@ -1102,17 +1144,9 @@ impl CudaDevice {
         }
         k.check(self, f32s(n * cache.head_dim), "kv_store k")?;
         v.check(self, f32s(n * cache.head_dim), "kv_store v")?;
-        cache.k.check(
-            self,
-            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
-            "kv cache k",
-        )?;
-        cache.v.check(
-            self,
-            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
-            "kv cache v",
-        )?;
-        launch!(self, "kv_store", (n as u32, 1, 1), (cache.head_dim as u32, 1, 1);
+        cache.k.check(self, cache.bytes(), "kv cache k")?;
+        cache.v.check(self, cache.bytes(), "kv cache v")?;
+        launch!(self, &cache.kernel("kv_store"), (n as u32, 1, 1), (cache.head_dim as u32, 1, 1);
             k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), cache.n_kv_heads as i32,
             cache.head_dim as i32, cache.max_ctx as i32, pos0 as i32)
     }
@@ -1144,7 +1178,7 @@ impl CudaDevice {
                 .attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, s, out);
         }
         let hd = cache.head_dim;
-        launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
+        launch!(self, &cache.kernel("attention"), (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i,
             s)
@@ -1194,7 +1228,7 @@ impl CudaDevice {
 
     /// [`attention`](Self::attention) for a prompt: kernels/attention_tiled.cu stages tiles of
     /// 32 keys and values in shared memory for 16 queries at a time (same arithmetic: f32
-    /// scores over the f16 cache, precise expf; only the summation order differs).
+    /// scores over the cache, precise expf; only the summation order differs).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_tiled(
         &self,
@@ -1230,15 +1264,16 @@ impl CudaDevice {
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         let hd = cache.head_dim;
-        // 16 queries (f32), 32 keys (rows padded by one word), 32 values (f16).
-        let smem = (16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2) as u32;
+        // 16 queries (f32), 32 keys (rows padded by one 4-byte word), 32 values.
+        let words = hd * cache.elem_bytes() / 4;
+        let smem = (16 * hd * 4 + 32 * (words + 1) * 4 + 32 * words * 4) as u32;
         let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
-        let name = if sinks == 0 {
+        let name = cache.kernel(if sinks == 0 {
             "attention_tiled"
         } else {
             "attention_tiled_sinks"
-        };
-        launch!(self, name, grid, (128, 1, 1), raise_shared = smem;
+        });
+        launch!(self, &name, grid, (128, 1, 1), raise_shared = smem;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_tok as i32, n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale,
             window, sinks)

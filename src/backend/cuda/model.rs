@@ -199,7 +199,7 @@ fn graphs_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("LLORCH_CUDA_GRAPH").map_or(true, |v| v != "0"))
 }
 
-/// A session's state on the GPU: per-layer f16 KV cache, activation buffers for up to
+/// A session's state on the GPU: per-layer KV cache (f16, or f32 for kv_type f32), activation buffers for up to
 /// `cap` token rows, the step's positions and token ids.
 pub struct CudaState {
     /// The model's device with this session's own stream.
@@ -270,18 +270,25 @@ fn alloc_scratch(dev: &CudaDevice, dims: &Dims, cap: usize, gemm_k: usize) -> Re
 }
 
 impl CudaState {
-    /// Bytes of the f16 KV cache for `n_ctx` positions.
-    pub fn kv_bytes(dims: &Dims, n_ctx: usize) -> u64 {
-        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * 2
+    /// Bytes of the KV cache for `n_ctx` positions (of f32 values with `f32`, else f16).
+    pub fn kv_bytes(dims: &Dims, n_ctx: usize, f32: bool) -> u64 {
+        let elem = if f32 { 4 } else { 2 };
+        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * elem
+    }
+
+    /// [`with_kv`](Self::with_kv) with the f16 cache.
+    pub fn new(model: &CudaModel, dims: &Dims, n_ctx: usize) -> Result<Self> {
+        Self::with_kv(model, dims, n_ctx, false)
     }
 
     /// Allocates everything a session needs up front, so that out of memory shows here (as
-    /// [`Error::OutOfMemory`], with nothing left allocated) rather than mid-generation.
-    pub fn new(model: &CudaModel, dims: &Dims, n_ctx: usize) -> Result<Self> {
+    /// [`Error::OutOfMemory`], with nothing left allocated) rather than mid-generation. The
+    /// KV cache holds f32 values with `f32_kv`, else f16.
+    pub fn with_kv(model: &CudaModel, dims: &Dims, n_ctx: usize, f32_kv: bool) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
         let mut kv = Vec::with_capacity(dims.n_layer);
         for _ in 0..dims.n_layer {
-            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, n_ctx)?);
+            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, n_ctx, f32_kv)?);
         }
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
         // The two-pass prompt products need scratch only where steps of several tokens fit.
@@ -363,10 +370,12 @@ impl CudaState {
         &self.dims
     }
 
-    /// Layer `l`'s cache: K and V addresses, positions (a batched step's table entry).
+    /// Layer `l`'s cache: K and V addresses, positions (a batched step's table entry). Bit 0
+    /// of the K address (an allocation's, aligned) set says the cache is f32
+    /// (kernels/attention_batch.cu), so that sessions of both types share a batched step.
     pub(super) fn kv_layer_ref(&self, l: usize) -> (u64, u64, usize) {
         let c = &self.kv[l];
-        (c.k.ptr(), c.v.ptr(), c.max_ctx)
+        (c.k.ptr() | c.f32 as u64, c.v.ptr(), c.max_ctx)
     }
 
     pub(super) fn logits_buffer(&self) -> &DeviceBuffer {
