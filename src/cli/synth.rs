@@ -77,7 +77,11 @@ pub fn run(a: Args) -> Result<(), String> {
             "q4_1" => TypeMix::Q4_1,
             "gpt-oss" => TypeMix::GptOss,
             "f16" => TypeMix::F16,
-            _ => return Err(format!("unknown mix '{mix}' (q4_k_m, q4_1, gpt-oss or f16)")),
+            _ => {
+                return Err(format!(
+                    "unknown mix '{mix}' (q4_k_m, q4_1, gpt-oss or f16)"
+                ))
+            }
         };
     }
     let w = build(&spec, seed).map_err(|e| e.to_string())?;

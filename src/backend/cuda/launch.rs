@@ -316,7 +316,16 @@ fn gemm_kernels() -> &'static [&'static str] {
         TYPE_SUFFIXES
             .iter()
             .map(|ty| format!("dequant_f16_{ty}"))
-            .chain(["f32_to_f16".to_string()])
+            .chain(
+                [
+                    "f32_to_f16",
+                    "dequant_split_f16",
+                    "dequant_split_f32",
+                    "f32_to_f16_split2",
+                    "f32_to_f16_split3",
+                ]
+                .map(String::from),
+            )
             .chain(GEMM_TILES.iter().map(|t| t.kernel()))
             .map(|n| &*Box::leak(n.into_boxed_str()))
             .collect()
@@ -336,6 +345,22 @@ fn gemm_kernels() -> &'static [&'static str] {
 /// 896x896 at 12: 0.022 / 0.023, at 16: 0.025 / 0.022).
 pub fn matmul_uses_gemm(n_tok: usize, rows: usize, k: usize) -> bool {
     gemm_enabled() && matmul_uses_mma(n_tok, rows, k)
+}
+
+/// The f16 parts the two-pass product splits each value of a weight of type `ty` and of its
+/// activations into (kernels/gemm_f16.cu): 2 for F16 weights, 3 for F32 ones, so that their
+/// products are exact to the f32 sums (exact weights get exact products, and HF's f32 forward
+/// on the same weights is matched within 1e-3, tests/engine_tiny.rs), at 2 or 3 times the
+/// GEMM's work; 1 (f16 activations, ~2^-12 relative) for the quantized formats, whose own
+/// rounding is far coarser, and for every type under `LLORCH_CUDA_EXACT=0`.
+pub fn gemm_parts(ty: GgmlType) -> usize {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("LLORCH_CUDA_EXACT").map_or(true, |v| v != "0"));
+    match ty {
+        GgmlType::F16 if on => 2,
+        GgmlType::F32 if on => 3,
+        _ => 1,
+    }
 }
 
 /// Whether the two-pass prompt products are used (`LLORCH_CUDA_GEMM=0` turns them off, and
@@ -609,7 +634,8 @@ impl CudaDevice {
     /// Y = X W^T for `n_tok` activation rows. `x`: n_tok x k f32; `y`: n_tok x rows f32.
     /// On the tensor cores ([`matmul_mma`](Self::matmul_mma)) where [`matmul_uses_mma`] says
     /// so (from [`MMA_MIN_TOKENS`] tokens, fewer for big matrices), else in f32
-    /// ([`matmul_f32`](Self::matmul_f32)).
+    /// ([`matmul_f32`](Self::matmul_f32)); always in f32 for the weights whose products are
+    /// kept exact ([`gemm_parts`] > 1: the one-pass kernel rounds activations to f16).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -621,7 +647,7 @@ impl CudaDevice {
         n_tok: usize,
         y: &mut DeviceBuffer,
     ) -> Result<()> {
-        if matmul_uses_mma(n_tok, rows, k) {
+        if matmul_uses_mma(n_tok, rows, k) && gemm_parts(ty) == 1 {
             self.matmul_mma(ty, w, rows, k, x, n_tok, y, None)
         } else {
             self.matmul_f32(ty, w, rows, k, x, n_tok, y)
@@ -703,8 +729,10 @@ impl CudaDevice {
     /// dequantized into `wh` (f16, rows x k: at least 2·rows·k bytes) and the activations
     /// rounded into `xh` (f16, at least 2·n_tok·k bytes), then the f16 GEMM multiplies them
     /// with f32 sums. The same rounding as [`matmul_mma`](Self::matmul_mma) (each weight's f32
-    /// value and each activation rounded to f16 once). `tile` indexes [`GEMM_TILES`]; `None`
-    /// picks one for the shape.
+    /// value and each activation rounded to f16 once), except for F16 and F32 weights, whose
+    /// values and activations are split into [`gemm_parts`] f16 parts each (`wh` and `xh` that
+    /// many times larger): exact to the f32 sums. `tile` indexes [`GEMM_TILES`]; `None` picks
+    /// one for the shape.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_gemm(
         &self,
@@ -722,9 +750,89 @@ impl CudaDevice {
         positive(n_tok, "matmul n_tok")?;
         x.check(self, f32s(n_tok * k), "matmul x")?;
         y.check(self, f32s(n_tok * rows), "matmul y")?;
+        let parts = gemm_parts(ty);
+        if parts > 1 {
+            self.dequant_split(ty, w, rows, k, wh)?;
+            self.f32_to_f16_split(x, n_tok * k, parts, xh)?;
+            return self.gemm_f16(xh, wh, y, n_tok, rows, k * parts, tile);
+        }
         self.dequant_f16(ty, w, rows, k, wh)?;
         self.f32_to_f16(x, n_tok * k, xh)?;
         self.gemm_f16(xh, wh, y, n_tok, rows, k, tile)
+    }
+
+    /// F16 or F32 weights (`rows` rows of `k`) into `out` as f16 [rows][P·k], each 32-value
+    /// chunk as its P = [`gemm_parts`] parts (kernels/gemm_f16.cu's dequant_split_*).
+    pub fn dequant_split(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let (name, parts) = match ty {
+            GgmlType::F16 => ("dequant_split_f16", 2u64),
+            GgmlType::F32 => ("dequant_split_f32", 3),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "dequant_split: {} weights (F16 or F32 only)",
+                    ty.name()
+                )))
+            }
+        };
+        let rb = row_bytes(ty, k, "dequant_split")?;
+        let rows_i = positive(rows, "dequant_split rows")?;
+        let k_i = dim(k, "dequant_split k")?;
+        let blocks = (rows as u64 * (k / 32) as u64).div_ceil(256);
+        if blocks > i32::MAX as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "dequant_split: {rows}x{k} is too large for one launch"
+            )));
+        }
+        w.check(self, rb * rows as u64, "dequant_split weights")?;
+        out.check(
+            self,
+            parts * rows as u64 * k as u64 * 2,
+            "dequant_split out",
+        )?;
+        launch!(self, name, (blocks as u32, 1, 1), (256, 1, 1);
+            w.ptr(), out.ptr(), rows_i, k_i, rb as i64)
+    }
+
+    /// `n` f32 values (rows of whole 32-value chunks) into `parts` (2 or 3) f16 parts a chunk
+    /// (kernels/gemm_f16.cu's f32_to_f16_split*): `out` holds parts·n f16.
+    pub fn f32_to_f16_split(
+        &self,
+        x: &DeviceBuffer,
+        n: usize,
+        parts: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let name = match parts {
+            2 => "f32_to_f16_split2",
+            3 => "f32_to_f16_split3",
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "f32_to_f16_split: {parts} parts (2 or 3)"
+                )))
+            }
+        };
+        if n == 0 || n % 32 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "f32_to_f16_split: {n} values is not a positive multiple of 32"
+            )));
+        }
+        let blocks = (n as u64 / 8).div_ceil(256);
+        if blocks > i32::MAX as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "f32_to_f16_split: {n} values is too many for one launch"
+            )));
+        }
+        x.check(self, f32s(n), "f32_to_f16_split x")?;
+        out.check(self, (parts * n) as u64 * 2, "f32_to_f16_split out")?;
+        launch!(self, name, (blocks as u32, 1, 1), (256, 1, 1);
+            x.ptr(), out.ptr(), n as i64)
     }
 
     /// Dequantize `rows` rows of `k` values of type `ty` (GGUF layout) into `out` as f16

@@ -19,7 +19,7 @@ use super::fused::ExpertTable;
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
-use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
+use super::launch::{gemm_enabled, gemm_parts, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
 use crate::backend::{
@@ -151,15 +151,17 @@ impl CudaModel {
     /// matrices (`vocab` rows: the output head, multiplied by more than one token only when
     /// every position's logits are asked for) are left out: they are several times the
     /// largest layer matrix (0.5B: 136M values against 4.4M), so they keep the one-pass kernel.
+    /// F16 and F32 matrices count [`gemm_parts`] times (their exact products' split values).
     fn gemm_sizes(&self, vocab: usize) -> (usize, usize) {
         let mats = self.weights.iter().filter(|w| w.rows > 1);
         let most = mats
             .clone()
             .filter(|w| w.rows != vocab)
-            .map(|w| w.rows * w.cols)
+            .map(|w| w.rows * w.cols * gemm_parts(w.ty))
             .max()
             .unwrap_or(0);
-        (most, mats.map(|w| w.cols).max().unwrap_or(0))
+        let longest = mats.map(|w| w.cols * gemm_parts(w.ty)).max();
+        (most, longest.unwrap_or(0))
     }
 
     fn mat(&self, w: WeightId) -> MatRef<'_> {
@@ -721,7 +723,8 @@ impl Ops for CudaStep<'_> {
             // The two-pass path where the scratch holds this product (not the vocabulary
             // matrices, see `CudaModel::gemm_sizes`) and it is the faster one.
             if let (Some(wh), Some(xh)) = (st.gemm_w.as_mut(), st.gemm_x.as_mut()) {
-                let fits = wh.len_bytes() >= rows * k * 2 && xh.len_bytes() >= n * k * 2;
+                let kp = k * gemm_parts(wt.ty);
+                let fits = wh.len_bytes() >= rows * kp * 2 && xh.len_bytes() >= n * kp * 2;
                 if fits && matmul_uses_gemm(n, rows, k) {
                     return st
                         .dev
