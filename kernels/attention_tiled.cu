@@ -48,7 +48,7 @@ attention_tiled_body(const float* __restrict__ q, const KV* __restrict__ kc,
 #else
     extern __shared__ __align__(16) uint8_t smem[];
 #endif
-    const int vs = hd * (int)sizeof(KV) / 4, ks = vs + 1;  // words a value row, a key row
+    const int vs = sizeof(KV) == 4 ? hd : hd / 2, ks = vs + 1;  // words a value row, a key row
     const int np = hd / 2;                                 // value pairs a row
     float* Qs = reinterpret_cast<float*>(smem);            // [AQ][hd]
     uint32_t* Ks = reinterpret_cast<uint32_t*>(Qs + AQ * hd);  // [AK][ks]

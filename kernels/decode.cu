@@ -1061,7 +1061,7 @@ attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __rest
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qsc[d] = qv[d] * scale;
         __syncthreads();
         attn_scan_staged<ND>(qsc, kb, vb, j0, j1, warp, AW, lane,
-                             attn_smem + warp * 2 * 32 * head_dim * sizeof(KV), m, l, acc);
+                             attn_smem + warp * 2 * 32 * head_dim * (int)sizeof(KV), m, l, acc);
     } else {
         float qr[ND];
 #pragma unroll

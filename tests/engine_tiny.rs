@@ -400,6 +400,82 @@ fn tiny_models_exact_on_gpu_match_hf() {
     }
 }
 
+/// A session's greedy tokens from its prompt (`bench_tokens` of seed `i`), `kv_type` cache.
+#[cfg(feature = "cuda")]
+fn greedy(m: &Arc<Model>, i: usize, kv_type: KvType) -> Vec<u32> {
+    let opts = SessionOptions {
+        n_ctx: 128,
+        seed: 0,
+        kv_type,
+    };
+    let mut s = Session::new(m.clone(), opts).unwrap();
+    let prompt = llorch::session::bench::bench_tokens(8 + 3 * i, m.vocab_size(), i as u64);
+    let p = GenerateParams {
+        max_tokens: 24,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    s.generate_tokens(&prompt, &p, &mut |_, _| true).unwrap();
+    s.tokens()[prompt.len()..].to_vec()
+}
+
+/// Continuous batching over sessions of both cache types at once (kernels/attention_batch.cu
+/// reads each row's cache type from its table entry): each session's greedy tokens as it
+/// generates them alone. Exact weights make both paths f32-exact products, so a difference
+/// can come only from a near-tie of the top two logits: at least 90% of the tokens equal up
+/// to each session's first difference, and the first token always (a row read as the wrong
+/// type gives garbage from its first token).
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_batch_of_mixed_kv_types() {
+    let Some(ctx) = gpu() else {
+        return;
+    };
+    let m = Model::load(&ctx, &dir("qwen3").join("qwen3-f16.gguf"), None).unwrap();
+    const N: usize = 6;
+    let kv = |i: usize| {
+        if i % 2 == 0 {
+            KvType::F32
+        } else {
+            KvType::Auto
+        }
+    };
+    let alone: Vec<Vec<u32>> = (0..N).map(|i| greedy(&m, i, kv(i))).collect();
+    let before = m.batch_stats();
+    let start = std::sync::Barrier::new(N);
+    let batched: Vec<Vec<u32>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..N)
+            .map(|i| {
+                let (m, start) = (&m, &start);
+                sc.spawn(move || {
+                    start.wait();
+                    greedy(m, i, kv(i))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let after = m.batch_stats();
+    let (steps, seqs) = (after.steps - before.steps, after.seqs - before.seqs);
+    let mut same = 0;
+    for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+        let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        eprintln!(
+            "session {i} ({:?}): {prefix} of {} tokens equal",
+            kv(i),
+            a.len()
+        );
+        assert!(prefix >= 1, "session {i}: the first batched token differs");
+        same += prefix;
+    }
+    eprintln!("{seqs} sequence steps in {steps} batched steps");
+    assert!(
+        seqs as f64 > 2.0 * steps as f64,
+        "the sessions did not step together"
+    );
+    assert!(same * 10 >= 9 * N * 24, "batched tokens differ from alone");
+}
+
 /// `kv_type` on the CPU: f32 is its own cache (the same logits as auto, bit for bit); f16 is
 /// refused with an error that names it, for now.
 #[test]
