@@ -772,7 +772,7 @@ impl CudaDevice {
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         let (name, parts) = match ty {
-            GgmlType::F16 => ("dequant_split_f16", 2u64),
+            GgmlType::F16 => ("dequant_split_f16", 2),
             GgmlType::F32 => ("dequant_split_f32", 3),
             _ => {
                 return Err(Error::InvalidArgument(format!(
@@ -781,21 +781,48 @@ impl CudaDevice {
                 )))
             }
         };
-        let rb = row_bytes(ty, k, "dequant_split")?;
-        let rows_i = positive(rows, "dequant_split rows")?;
-        let k_i = dim(k, "dequant_split k")?;
+        self.dequant_launch(name, ty, w, rows, k, parts, out)
+    }
+
+    /// Dequantize `rows` rows of `k` values of type `ty` (GGUF layout) into `out` as f16
+    /// [rows][k] (each value's f32 formula of kernels/common.cuh, rounded once).
+    pub fn dequant_f16(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let name = format!("dequant_f16_{}", type_suffix(ty)?);
+        self.dequant_launch(&name, ty, w, rows, k, 1, out)
+    }
+
+    /// The launch of a dequantizing kernel `name` (a thread a 32-value chunk, blocks of 256)
+    /// writing `parts` f16 values per weight value.
+    #[allow(clippy::too_many_arguments)]
+    fn dequant_launch(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        parts: u64,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, name)?;
+        let rows_i = positive(rows, "dequant rows")?;
+        let k_i = dim(k, "dequant k")?;
         let blocks = (rows as u64 * (k / 32) as u64).div_ceil(256);
         if blocks > i32::MAX as u64 {
             return Err(Error::InvalidArgument(format!(
-                "dequant_split: {rows}x{k} is too large for one launch"
+                "{name}: {rows}x{k} is too large for one launch"
             )));
         }
-        w.check(self, rb * rows as u64, "dequant_split weights")?;
-        out.check(
-            self,
-            parts * rows as u64 * k as u64 * 2,
-            "dequant_split out",
-        )?;
+        w.check(self, rb * rows as u64, &format!("{name} weights"))?;
+        let bytes = parts * rows as u64 * k as u64 * 2;
+        out.check(self, bytes, &format!("{name} out"))?;
         launch!(self, name, (blocks as u32, 1, 1), (256, 1, 1);
             w.ptr(), out.ptr(), rows_i, k_i, rb as i64)
     }
@@ -818,65 +845,39 @@ impl CudaDevice {
                 )))
             }
         };
-        if n == 0 || n % 32 != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "f32_to_f16_split: {n} values is not a positive multiple of 32"
-            )));
-        }
-        let blocks = (n as u64 / 8).div_ceil(256);
-        if blocks > i32::MAX as u64 {
-            return Err(Error::InvalidArgument(format!(
-                "f32_to_f16_split: {n} values is too many for one launch"
-            )));
-        }
-        x.check(self, f32s(n), "f32_to_f16_split x")?;
-        out.check(self, (parts * n) as u64 * 2, "f32_to_f16_split out")?;
-        launch!(self, name, (blocks as u32, 1, 1), (256, 1, 1);
-            x.ptr(), out.ptr(), n as i64)
-    }
-
-    /// Dequantize `rows` rows of `k` values of type `ty` (GGUF layout) into `out` as f16
-    /// [rows][k] (each value's f32 formula of kernels/common.cuh, rounded once).
-    pub fn dequant_f16(
-        &self,
-        ty: GgmlType,
-        w: &DeviceBuffer,
-        rows: usize,
-        k: usize,
-        out: &mut DeviceBuffer,
-    ) -> Result<()> {
-        let rb = row_bytes(ty, k, "dequant_f16")?;
-        let name = format!("dequant_f16_{}", type_suffix(ty)?);
-        let rows_i = positive(rows, "dequant_f16 rows")?;
-        let k_i = dim(k, "dequant_f16 k")?;
-        let blocks = (rows as u64 * (k / 32) as u64).div_ceil(256);
-        if blocks > i32::MAX as u64 {
-            return Err(Error::InvalidArgument(format!(
-                "dequant_f16: {rows}x{k} is too large for one launch"
-            )));
-        }
-        w.check(self, rb * rows as u64, "dequant_f16 weights")?;
-        out.check(self, rows as u64 * k as u64 * 2, "dequant_f16 out")?;
-        launch!(self, &name, (blocks as u32, 1, 1), (256, 1, 1);
-            w.ptr(), out.ptr(), rows_i, k_i, rb as i64)
+        self.to_f16_launch(name, x, n, 32, parts, out)
     }
 
     /// Round `n` f32 values (a multiple of 8) to f16.
     pub fn f32_to_f16(&self, x: &DeviceBuffer, n: usize, out: &mut DeviceBuffer) -> Result<()> {
-        if n == 0 || n % 8 != 0 {
+        self.to_f16_launch("f32_to_f16", x, n, 8, 1, out)
+    }
+
+    /// The launch of a conversion kernel `name` (8 values a thread, blocks of 256) of `n` f32
+    /// values (a multiple of `multiple`) into `parts` f16 values each.
+    fn to_f16_launch(
+        &self,
+        name: &str,
+        x: &DeviceBuffer,
+        n: usize,
+        multiple: usize,
+        parts: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        if n == 0 || n % multiple != 0 {
             return Err(Error::InvalidArgument(format!(
-                "f32_to_f16: {n} values is not a positive multiple of 8"
+                "{name}: {n} values is not a positive multiple of {multiple}"
             )));
         }
         let blocks = (n as u64 / 8).div_ceil(256);
         if blocks > i32::MAX as u64 {
             return Err(Error::InvalidArgument(format!(
-                "f32_to_f16: {n} values is too many for one launch"
+                "{name}: {n} values is too many for one launch"
             )));
         }
-        x.check(self, f32s(n), "f32_to_f16 x")?;
-        out.check(self, n as u64 * 2, "f32_to_f16 out")?;
-        launch!(self, "f32_to_f16", (blocks as u32, 1, 1), (256, 1, 1);
+        x.check(self, f32s(n), &format!("{name} x"))?;
+        out.check(self, (parts * n) as u64 * 2, &format!("{name} out"))?;
+        launch!(self, name, (blocks as u32, 1, 1), (256, 1, 1);
             x.ptr(), out.ptr(), n as i64)
     }
 
