@@ -353,6 +353,12 @@ pub fn matmul_uses_gemm(n_tok: usize, rows: usize, k: usize) -> bool {
 /// on the same weights is matched within 1e-3, tests/engine_tiny.rs), at 2 or 3 times the
 /// GEMM's work; 1 (f16 activations, ~2^-12 relative) for the quantized formats, whose own
 /// rounding is far coarser, and for every type under `LLORCH_CUDA_EXACT=0`.
+/// Always on for F16/F32 weights, not only for `kv_type` f32 sessions: the f16 inputs alone
+/// moved the tiny models' logits up to 8.8e-3 (CPU emulation), more than the f16 cache (5.5e-3),
+/// and a file of F16/F32 weights is the user's choice of precision over size. Cost, H100, an
+/// all-F16 0.5B (`synth --mix f16`): pp512 42,700 tok/s against 60,800 unsplit (the GEMMs'
+/// share of the prompt doubles); decode unchanged (its mat-vecs take f32 inputs already);
+/// quantized files unaffected (bench/RESULTS.md).
 pub fn gemm_parts(ty: GgmlType) -> usize {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("LLORCH_CUDA_EXACT").map_or(true, |v| v != "0"));
