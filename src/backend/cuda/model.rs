@@ -4,8 +4,8 @@
 //! Arithmetic: matrices stay in their GGUF block format and multiply f32 activations (no
 //! 8-bit activation quantization, unlike the CPU; F16/F32 weights' prompt products exact to
 //! f32, `launch::gemm_parts`); the KV cache is f16, or f32 for a `kv_type` f32 session; norms,
-//! RoPE, softmax and the residual stream are f32. Longer steps (the prompt) run the plain operations with
-//! the mat-mul kernels. A decode step (one token) runs the fused kernels of
+//! RoPE, softmax and the residual stream are f32. Longer steps (the prompt) run the plain
+//! operations with the mat-mul kernels. A decode step (one token) runs the fused kernels of
 //! kernels/decode.cu, six per layer: norm + Q/K/V (+ biases), RoPE + KV store, split-K
 //! attention, output projection + residual, norm + gate/up + SwiGLU, down + residual. Those
 //! read the position from device memory, so the whole step is captured once as a CUDA graph
