@@ -65,6 +65,7 @@ fn main() -> llorch::Result<()> {
                 SessionOptions {
                     n_ctx: 2048,
                     seed: 1,
+                    ..Default::default()
                 },
             )
         };

@@ -165,6 +165,27 @@ typedef int32_t llorch_pooling;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// The element type of a session's KV cache (`llorch_session_params.kv_type`).
+enum llorch_kv_type
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The device's choice: f32 on the CPU, f16 on a GPU (half the memory and bandwidth).
+  LLORCH_KV_AUTO = 0,
+  // f16 keys and values (a GPU; on the CPU, `LLORCH_ERR_UNSUPPORTED` for now).
+  LLORCH_KV_F16 = 1,
+  // f32 keys and values: exact (on a GPU, twice the cache memory of f16).
+  LLORCH_KV_F32 = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum llorch_kv_type llorch_kv_type;
+#else
+typedef int32_t llorch_kv_type;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A compute context: a device with its worker threads and memory budget. Models loaded in it
 // keep it alive, so it may be freed before them. Created by `llorch_context_new`, freed by
 // `llorch_context_free`. Thread-safety: a context may be used by several threads at once.
@@ -236,6 +257,8 @@ typedef struct llorch_session_params {
   uint32_t n_ctx;
   // Seed of the sampler's random numbers (default 0). Same seed and input, same tokens.
   uint64_t seed;
+  // A `llorch_kv_type` value: the KV cache's element type (default `LLORCH_KV_AUTO`).
+  int32_t kv_type;
 } llorch_session_params;
 
 // One logit bias: `bias` is added to the logit of `token` before sampling.

@@ -1,12 +1,13 @@
 // Causal attention for a prompt (many queries at once), flash-attention style: the same
-// function as `attention` in attention.cu (same layouts, masks, f32 scores over the f16 KV
-// cache, precise expf), but key/value tiles are staged in shared memory once and reused by 16
+// function as `attention` in attention.cu (same layouts, masks, f32 scores over the KV cache
+// of f16 or, `_f32kv` instances, f32, precise expf), but key/value tiles are staged in shared memory once and reused by 16
 // queries, instead of every query streaming every key from memory.
 //
 // Launch: grid = (ceil(n_tok / 16), n_heads), block = 128 (4 warps, 4 queries each), dynamic
-// shared memory = attn_tiled_smem(head_dim) bytes: the block's 16 queries (f32, pre-scaled),
-// then a tile of 32 keys ([32][head_dim + 2] f16: rows padded by one word so that the 32 lanes,
-// one key each, read different banks) and its 32 values ([32][head_dim] f16).
+// shared memory = 16 * head_dim * 4 + 32 * (W + 1) * 4 + 32 * W * 4 bytes, W = the 4-byte
+// words of a cache row (head_dim / 2 for f16, head_dim for f32): the block's 16 queries (f32,
+// pre-scaled), then a tile of 32 keys ([32][W + 1] words: rows padded by one word so that the
+// 32 lanes, one key each, read different banks) and its 32 values ([32][W] words).
 // Per tile, lane j scores key j against the warp's 4 queries, the warp updates each query's
 // running max m, sum l and accumulator (lane owns value dims 2(lane + 32i), +1) with an online
 // softmax, broadcasting the probabilities by shuffles. head_dim: a multiple of 32, <= 256.
@@ -22,12 +23,22 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// Values 2p and 2p + 1 of a cache row staged as 4-byte words.
+__device__ __forceinline__ float2 kv_pair(const __half*, const uint32_t* row, int p) {
+    const uint32_t w = row[p];
+    return make_float2(__half2float(__ushort_as_half((unsigned short)(w & 0xffff))),
+                       __half2float(__ushort_as_half((unsigned short)(w >> 16))));
+}
+__device__ __forceinline__ float2 kv_pair(const float*, const uint32_t* row, int p) {
+    return make_float2(__uint_as_float(row[2 * p]), __uint_as_float(row[2 * p + 1]));
+}
+
 // SINKS: the kernel with attention sinks (its own instance: the sink's use costs the kernel
 // registers, 24 bytes spilled, which the models without sinks need not pay).
-template <bool SINKS>
+template <bool SINKS, class KV>
 __device__ __forceinline__ void
-attention_tiled_body(const float* __restrict__ q, const __half* __restrict__ kc,
-                     const __half* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
+attention_tiled_body(const float* __restrict__ q, const KV* __restrict__ kc,
+                     const KV* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
                      int n_kv, int hd, int max_ctx, int pos0, float scale, int window,
                      const float* __restrict__ sinks) {
     pdl_wait();
@@ -37,10 +48,12 @@ attention_tiled_body(const float* __restrict__ q, const __half* __restrict__ kc,
 #else
     extern __shared__ __align__(16) uint8_t smem[];
 #endif
-    float* Qs = reinterpret_cast<float*>(smem);                       // [AQ][hd]
-    uint32_t* Ks = reinterpret_cast<uint32_t*>(Qs + AQ * hd);         // [AK][hd/2 + 1] half2
-    uint32_t* Vs = Ks + AK * (hd / 2 + 1);                            // [AK][hd/2] half2
-    const int ks = hd / 2 + 1, vs = hd / 2;
+    const int vs = sizeof(KV) == 4 ? hd : hd / 2, ks = vs + 1;  // words a value row, a key row
+    const int np = hd / 2;                                 // value pairs a row
+    float* Qs = reinterpret_cast<float*>(smem);            // [AQ][hd]
+    uint32_t* Ks = reinterpret_cast<uint32_t*>(Qs + AQ * hd);  // [AK][ks]
+    uint32_t* Vs = Ks + AK * ks;                               // [AK][vs]
+    const KV* tag = nullptr;                                   // picks kv_pair's overload
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
     const int t0 = blockIdx.x * AQ;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -72,8 +85,8 @@ attention_tiled_body(const float* __restrict__ q, const __half* __restrict__ kc,
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[qi][i][0] = acc[qi][i][1] = 0.f;
     }
-    const __half* kb = kc + (long long)kvh * max_ctx * hd;
-    const __half* vb = vc + (long long)kvh * max_ctx * hd;
+    const KV* kb = kc + (long long)kvh * max_ctx * hd;
+    const KV* vb = vc + (long long)kvh * max_ctx * hd;
     const uint32_t* kw = reinterpret_cast<const uint32_t*>(kb);
     const uint32_t* vw = reinterpret_cast<const uint32_t*>(vb);
 
@@ -91,14 +104,12 @@ attention_tiled_body(const float* __restrict__ q, const __half* __restrict__ kc,
         const int kp = k0 + lane;
         float s[4] = {0.f, 0.f, 0.f, 0.f};
         const float* qw = Qs + 4 * warp * hd;
-        for (int w = 0; w < vs; w++) {
-            const uint32_t kk = Ks[lane * ks + w];
-            const float kx = __half2float(__ushort_as_half((unsigned short)(kk & 0xffff)));
-            const float ky = __half2float(__ushort_as_half((unsigned short)(kk >> 16)));
+        for (int w = 0; w < np; w++) {
+            const float2 kk = kv_pair(tag, Ks + lane * ks, w);
 #pragma unroll
             for (int qi = 0; qi < 4; qi++) {
                 const float2 qq = *reinterpret_cast<const float2*>(qw + qi * hd + 2 * w);
-                s[qi] += qq.x * kx + qq.y * ky;
+                s[qi] += qq.x * kk.x + qq.y * kk.y;
             }
         }
 #pragma unroll
@@ -127,14 +138,12 @@ attention_tiled_body(const float* __restrict__ q, const __half* __restrict__ kc,
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int w = lane + 32 * i;
-                if (w < vs) {
-                    const uint32_t vv = Vs[j * vs + w];
-                    const float vx = __half2float(__ushort_as_half((unsigned short)(vv & 0xffff)));
-                    const float vy = __half2float(__ushort_as_half((unsigned short)(vv >> 16)));
+                if (w < np) {
+                    const float2 vv = kv_pair(tag, Vs + j * vs, w);
 #pragma unroll
                     for (int qi = 0; qi < 4; qi++) {
-                        acc[qi][i][0] += pj[qi] * vx;
-                        acc[qi][i][1] += pj[qi] * vy;
+                        acc[qi][i][0] += pj[qi] * vv.x;
+                        acc[qi][i][1] += pj[qi] * vv.y;
                     }
                 }
             }
@@ -150,20 +159,23 @@ attention_tiled_body(const float* __restrict__ q, const __half* __restrict__ kc,
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int w = lane + 32 * i;
-            if (w < vs) *reinterpret_cast<float2*>(o + 2 * w) = make_float2(acc[qi][i][0] * inv, acc[qi][i][1] * inv);
+            if (w < np) *reinterpret_cast<float2*>(o + 2 * w) = make_float2(acc[qi][i][0] * inv, acc[qi][i][1] * inv);
         }
     }
 }
-#define ATTN_TILED_ARGS                                                                          \
-    const float *__restrict__ q, const __half *__restrict__ kc, const __half *__restrict__ vc,     \
+#define ATTN_TILED_ARGS(KV)                                                                      \
+    const float *__restrict__ q, const KV *__restrict__ kc, const KV *__restrict__ vc,             \
         float *__restrict__ out, int n_tok, int n_heads, int n_kv, int hd, int max_ctx, int pos0, \
         float scale, int window, const float *__restrict__ sinks
 #define ATTN_TILED_PASS q, kc, vc, out, n_tok, n_heads, n_kv, hd, max_ctx, pos0, scale, window, sinks
-extern "C" __global__ void __launch_bounds__(128) attention_tiled(ATTN_TILED_ARGS) {
-    attention_tiled_body<false>(ATTN_TILED_PASS);
-}
-extern "C" __global__ void __launch_bounds__(128) attention_tiled_sinks(ATTN_TILED_ARGS) {
-    attention_tiled_body<true>(ATTN_TILED_PASS);
-}
+#define ATTN_TILED_ENTRY(name, SINKS, KV)                                                        \
+    extern "C" __global__ void __launch_bounds__(128) name(ATTN_TILED_ARGS(KV)) {                \
+        attention_tiled_body<SINKS, KV>(ATTN_TILED_PASS);                                        \
+    }
+ATTN_TILED_ENTRY(attention_tiled, false, __half)
+ATTN_TILED_ENTRY(attention_tiled_sinks, true, __half)
+ATTN_TILED_ENTRY(attention_tiled_f32kv, false, float)
+ATTN_TILED_ENTRY(attention_tiled_sinks_f32kv, true, float)
 #undef ATTN_TILED_ARGS
 #undef ATTN_TILED_PASS
+#undef ATTN_TILED_ENTRY

@@ -1,33 +1,45 @@
-// Pieces shared by the attention kernels over the f16 KV cache (attention.cu, decode.cu):
-// one warp's online-softmax scan over cached keys, and the merge factors of a block's warps.
+// Pieces shared by the attention kernels over the KV cache (attention.cu, attention_batch.cu,
+// attention_tiled.cu, decode.cu): element access of either cache type, one warp's
+// online-softmax scan over cached keys, the merge factors of a block's warps, and the whole
+// attention of one query by one block.
+//
+// The cache's element type KV is a template parameter: __half (the default: half the memory
+// and decode bandwidth) or float (sessions that ask for kv_type f32: the f16 rounding,
+// 2^-11 relative on every key and value, cost the tiny models' logits up to 5.5e-3 against
+// HF's f32 forward, measured on the CPU). Kernels that take the cache have a `_f32kv`
+// instance beside the f16 one.
 #pragma once
 #include "common.cuh"
 
 #define MAXD 8  // head_dim <= 32 * MAXD = 256; lane holds dims lane + 32 i
 
-// Keys j = j0, j0 + step, ... < j1 of one KV head (kb, vb: rows of head_dim f16): the
+__device__ __forceinline__ float kv_get(const __half* p, long long i) { return __half2float(p[i]); }
+__device__ __forceinline__ float kv_get(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ void kv_put(__half* p, long long i, float x) { p[i] = __float2half_rn(x); }
+__device__ __forceinline__ void kv_put(float* p, long long i, float x) { p[i] = x; }
+
+// Keys j = j0, j0 + step, ... < j1 of one KV head (kb, vb: rows of head_dim KV values): the
 // running max m, sum l and accumulator acc of an online softmax of qr·k (qr pre-scaled).
 // N: registers a lane holds (MAXD, or head_dim / 32 exactly in a kernel for one head size).
-template <int N>
-__device__ __forceinline__ void attn_scan(const float (&qr)[N], const __half* kb,
-                                          const __half* vb, int head_dim, int nd, int j0,
-                                          int j1, int step, int lane, float& m, float& l,
-                                          float (&acc)[N]) {
+template <int N, class KV>
+__device__ __forceinline__ void attn_scan(const float (&qr)[N], const KV* kb, const KV* vb,
+                                          int head_dim, int nd, int j0, int j1, int step,
+                                          int lane, float& m, float& l, float (&acc)[N]) {
     for (int j = j0; j < j1; j += step) {
-        const __half* kr = kb + (long long)j * head_dim;
+        const KV* kr = kb + (long long)j * head_dim;
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < N; i++)
-            if (i < nd) s += qr[i] * __half2float(kr[lane + 32 * i]);
+            if (i < nd) s += qr[i] * kv_get(kr, lane + 32 * i);
         s = warp_sum(s);
         const float mn = fmaxf(m, s);
         const float corr = expf(m - mn);  // m = -inf at the first key: corr = 0
         const float p = expf(s - mn);
         l = l * corr + p;
-        const __half* vr = vb + (long long)j * head_dim;
+        const KV* vr = vb + (long long)j * head_dim;
 #pragma unroll
         for (int i = 0; i < N; i++)
-            if (i < nd) acc[i] = acc[i] * corr + p * __half2float(vr[lane + 32 * i]);
+            if (i < nd) acc[i] = acc[i] * corr + p * kv_get(vr, lane + 32 * i);
         m = mn;
     }
 }
@@ -57,4 +69,47 @@ __device__ __forceinline__ float attn_merge_factors(const float* sm, const float
 __device__ __forceinline__ float attn_sink_factor(float m, float l, float sink) {
     const float mx = fmaxf(m, sink), a = expf(m - mx);
     return a / (l * a + expf(sink - mx));
+}
+
+// One query's attention by one block of NW warps (attention.cu's prompt kernel, the batched
+// decode of attention_batch.cu): query qv (head_dim f32, multiplied by `scale`) over keys
+// lo..qpos of one KV head (kb, vb), `sink` (or null) joining the denominator; the head_dim
+// outputs to o. Each warp scans every NW-th key with an online softmax, then the warps'
+// partial results merge through shared memory.
+template <int NW, class KV>
+__device__ __forceinline__ void attn_query(const float* __restrict__ qv, const KV* kb,
+                                           const KV* vb, float* __restrict__ o, int head_dim,
+                                           int lo, int qpos, float scale,
+                                           const float* __restrict__ sink) {
+    __shared__ float sm[NW], sl[NW];
+    __shared__ float sacc[NW][32 * MAXD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nd = head_dim / 32;
+    float qr[MAXD], acc[MAXD];
+#pragma unroll
+    for (int i = 0; i < MAXD; i++) {
+        qr[i] = i < nd ? qv[lane + 32 * i] * scale : 0.f;
+        acc[i] = 0.f;
+    }
+    float m = -INFINITY, l = 0.f;
+    attn_scan(qr, kb, vb, head_dim, nd, lo + warp, qpos + 1, NW, lane, m, l, acc);
+    if (lane == 0) {
+        sm[warp] = m;
+        sl[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < MAXD; i++)
+        if (i < nd) sacc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    if (warp == 0) {
+        float f[NW], M;
+        const float L = attn_merge_factors<NW>(sm, sl, f, &M);
+        const float inv = sink ? attn_sink_factor(M, L, *sink) : 0.f;
+        for (int i = 0; i < nd; i++) {
+            float a = 0.f;
+#pragma unroll
+            for (int w = 0; w < NW; w++) a += sacc[w][lane + 32 * i] * f[w];
+            o[lane + 32 * i] = sink ? a * inv : a / L;
+        }
+    }
 }

@@ -7,7 +7,8 @@
 // fused_matvec: y = W x for up to three weight matrices sharing one input x, with one of three
 //   epilogues: plain (+ bias), gated (SwiGLU of a gate and an up row), or add (y also added
 //   into the residual stream). The quantized formats multiply with 4-way int8 dot products.
-// rope_kv: rotates q and k in place and stores the token's k and v in the f16 KV cache.
+// rope_kv: rotates q and k in place and stores the token's k and v in the KV cache (f16, or
+//   f32 in the `_f32kv` instances of the cache's kernels: attn_common.cuh).
 // attention_decode: split-K attention of one query over the cache (flash-decoding): blocks
 //   take slices of the keys, the last block of a head to finish merges their partial softmax.
 #include "attn_common.cuh"
@@ -929,12 +930,13 @@ __device__ __forceinline__ void rope_rotate(float* x, int d, int p, int rot_dim,
 }
 
 // One token: rotate each head of q (n_heads) and k (n_kv) by position pos[0], write them back,
-// and store k and v as f16 in the layer's cache at that position.
+// and store k and v in the layer's cache at that position.
 // Launch: block = head_dim threads, grid.x = n_heads + n_kv.
-extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__ v,
-                                   __half* kc, __half* vc, const int* __restrict__ pos,
-                                   int n_heads, int n_kv, int head_dim, int max_ctx,
-                                   int rot_dim, float base, int neox) {
+template <class KV>
+__device__ __forceinline__ void rope_kv_body(float* q, float* k, const float* __restrict__ v,
+                                             KV* kc, KV* vc, const int* __restrict__ pos,
+                                             int n_heads, int n_kv, int head_dim, int max_ctx,
+                                             int rot_dim, float base, int neox) {
     pdl_wait();
     pdl_trigger();
     const int h = blockIdx.x, d = threadIdx.x;
@@ -947,31 +949,66 @@ extern "C" __global__ void rope_kv(float* q, float* k, const float* __restrict__
     const int kh = h - n_heads;
     if (d < head_dim) {
         const long long dst = ((long long)kh * max_ctx + p) * head_dim + d;
-        kc[dst] = __float2half_rn(x[d]);
-        vc[dst] = __float2half_rn(v[kh * head_dim + d]);
+        kv_put(kc, dst, x[d]);
+        kv_put(vc, dst, v[kh * head_dim + d]);
     }
 }
+#define ROPE_KV_ENTRY(name, KV)                                                                \
+    extern "C" __global__ void name(float* q, float* k, const float* __restrict__ v, KV* kc,   \
+                                    KV* vc, const int* __restrict__ pos, int n_heads,          \
+                                    int n_kv, int head_dim, int max_ctx, int rot_dim,          \
+                                    float base, int neox) {                                    \
+        rope_kv_body(q, k, v, kc, vc, pos, n_heads, n_kv, head_dim, max_ctx, rot_dim, base,    \
+                     neox);                                                                    \
+    }
+ROPE_KV_ENTRY(rope_kv, __half)
+ROPE_KV_ENTRY(rope_kv_f32kv, float)
+#undef ROPE_KV_ENTRY
 
-// One token: k and v (n_kv x head_dim f32, k already rotated) stored as f16 in the layer's
-// cache at position pos[0] (the decode step of a rope that attention_decode does not fold).
+// One token: k and v (n_kv x head_dim f32, k already rotated) stored in the layer's cache at
+// position pos[0] (the decode step of a rope that attention_decode does not fold).
 // Launch: block = head_dim threads, grid.x = n_kv.
-extern "C" __global__ void kv_store_decode(const float* __restrict__ k, const float* __restrict__ v,
-                                           __half* kc, __half* vc, const int* __restrict__ pos,
-                                           int head_dim, int max_ctx) {
-    pdl_wait();
-    pdl_trigger();
-    const int h = blockIdx.x, d = threadIdx.x;
-    if (d >= head_dim) return;
-    const long long dst = ((long long)h * max_ctx + pos[0]) * head_dim + d;
-    kc[dst] = __float2half_rn(k[h * head_dim + d]);
-    vc[dst] = __float2half_rn(v[h * head_dim + d]);
-}
+#define KV_STORE_DECODE_ENTRY(name, KV)                                                        \
+    extern "C" __global__ void name(const float* __restrict__ k, const float* __restrict__ v,  \
+                                    KV* kc, KV* vc, const int* __restrict__ pos, int head_dim, \
+                                    int max_ctx) {                                             \
+        pdl_wait();                                                                            \
+        pdl_trigger();                                                                         \
+        const int h = blockIdx.x, d = threadIdx.x;                                             \
+        if (d >= head_dim) return;                                                             \
+        const long long dst = ((long long)h * max_ctx + pos[0]) * head_dim + d;                \
+        kv_put(kc, dst, k[h * head_dim + d]);                                                  \
+        kv_put(vc, dst, v[h * head_dim + d]);                                                  \
+    }
+KV_STORE_DECODE_ENTRY(kv_store_decode, __half)
+KV_STORE_DECODE_ENTRY(kv_store_decode_f32kv, float)
+#undef KV_STORE_DECODE_ENTRY
 
 #define AW 4        // warps per block of attention_decode
 
-// One warp's online softmax over keys [j0, j1) of one KV head (kb, vb: rows of D = 32 ND f16),
+// Scores of a staged 16-byte word t of a key row against the query qs (shared, f32): its 8
+// f16 or 4 f32 values, into two partial sums.
+__device__ __forceinline__ void dot_word(const __half*, const uint4& u, const float* qs, int t,
+                                         float& s0, float& s1) {
+    const float4 qa = reinterpret_cast<const float4*>(qs)[2 * t];
+    const float4 qb = reinterpret_cast<const float4*>(qs)[2 * t + 1];
+    const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+    const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+    const float2 k2 = __half22float2(*reinterpret_cast<const __half2*>(&u.z));
+    const float2 k3 = __half22float2(*reinterpret_cast<const __half2*>(&u.w));
+    s0 += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y;
+    s1 += qb.x * k2.x + qb.y * k2.y + qb.z * k3.x + qb.w * k3.y;
+}
+__device__ __forceinline__ void dot_word(const float*, const uint4& u, const float* qs, int t,
+                                         float& s0, float& s1) {
+    const float4 qa = reinterpret_cast<const float4*>(qs)[t];
+    s0 += qa.x * __uint_as_float(u.x) + qa.y * __uint_as_float(u.y);
+    s1 += qa.z * __uint_as_float(u.z) + qa.w * __uint_as_float(u.w);
+}
+
+// One warp's online softmax over keys [j0, j1) of one KV head (kb, vb: rows of D = 32 ND KV),
 // 32 keys at a time: the chunk's key and value rows are copied into the warp's shared buffer
-// `sb` (2 x 32 x D halves) with cp.async, all in flight together; then lane t scores key
+// `sb` (2 x 32 x D KV values) with cp.async, all in flight together; then lane t scores key
 // c0 + t against the scaled query `qs` (shared), one warp max a chunk, and the values are
 // accumulated with the probabilities passed by shuffles (lane holds dims lane + 32 i).
 // Scanning key by key (attn_scan: a warp sum and a round trip to memory per key) left a short
@@ -979,14 +1016,14 @@ extern "C" __global__ void kv_store_decode(const float* __restrict__ k, const fl
 // Key rows are stored with their 16-byte words XOR-swizzled by the row (row r's word w at
 // w ^ (r & 7)), so that 8 lanes reading word w of 8 rows hit distinct banks.
 // Chunks c0 = j0 + 32 w, step 32 nw (warp w of nw). Returns the warp's max m, sum l, acc.
-template <int ND>
-__device__ __forceinline__ void attn_scan_staged(const float* qs, const __half* kb,
-                                                 const __half* vb, int j0, int j1, int w, int nw,
-                                                 int lane, uint8_t* sb, float& m, float& l,
+template <int ND, class KV>
+__device__ __forceinline__ void attn_scan_staged(const float* qs, const KV* kb, const KV* vb,
+                                                 int j0, int j1, int w, int nw, int lane,
+                                                 uint8_t* sb, float& m, float& l,
                                                  float (&acc)[ND]) {
-    constexpr int D = 32 * ND, RW = D / 8;  // head size, 16-byte words a row
+    constexpr int D = 32 * ND, RW = D * (int)sizeof(KV) / 16;  // head size, 16-byte words a row
     uint8_t* ks = sb;
-    uint8_t* vs = sb + 32 * D * 2;
+    uint8_t* vs = sb + 32 * D * sizeof(KV);
     m = -INFINITY;
     l = 0.f;  // this lane's keys' share until the end
 #pragma unroll
@@ -1010,14 +1047,7 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const __half* 
 #pragma unroll
         for (int t = 0; t < RW; t++) {
             const uint4 u = *reinterpret_cast<const uint4*>(ks + (lane * RW + (t ^ (lane & 7))) * 16);
-            const float4 qa = reinterpret_cast<const float4*>(qs)[2 * t];
-            const float4 qb = reinterpret_cast<const float4*>(qs)[2 * t + 1];
-            const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
-            const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
-            const float2 k2 = __half22float2(*reinterpret_cast<const __half2*>(&u.z));
-            const float2 k3 = __half22float2(*reinterpret_cast<const __half2*>(&u.w));
-            s0 += qa.x * k0.x + qa.y * k0.y + qa.z * k1.x + qa.w * k1.y;
-            s1 += qb.x * k2.x + qb.y * k2.y + qb.z * k3.x + qb.w * k3.y;
+            dot_word(kb, u, qs, t, s0, s1);
         }
         const float s = valid ? s0 + s1 : -INFINITY;
         float cm = s;
@@ -1029,12 +1059,12 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const __half* 
         l = l * corr + p;
 #pragma unroll
         for (int i = 0; i < ND; i++) acc[i] *= corr;
-        const __half* vh = reinterpret_cast<const __half*>(vs);
+        const KV* vh = reinterpret_cast<const KV*>(vs);
 #pragma unroll 8
         for (int t = 0; t < 32; t++) {
             const float pt = __shfl_sync(0xffffffffu, p, t);
 #pragma unroll
-            for (int i = 0; i < ND; i++) acc[i] += pt * __half2float(vh[t * D + lane + 32 * i]);
+            for (int i = 0; i < ND; i++) acc[i] += pt * kv_get(vh, t * D + lane + 32 * i);
         }
         __syncwarp();  // the buffer is read before the next chunk's copy
         m = mn;
@@ -1044,7 +1074,7 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const __half* 
 
 // Launch: block = 32 * AW, grid = (n_heads, 32); part: n_heads * n_split * (head_dim + 2)
 // f32 scratch; count: n_heads ints, zero before the first launch (the merging block resets
-// its head's count). Dynamic shared memory: AW * 2 * 32 * head_dim halves for the kernels of
+// its head's count). Dynamic shared memory: AW * 2 * 32 * head_dim KV values for the kernels of
 // one head size (attn_scan_staged), none for the generic one. The query at position pos[0]
 // sees keys lo..pos[0], cut into up to n_split slices of at least 64 keys (the kernels of one
 // head size: one slice up to 128 keys); each block runs an online softmax over its slice (AW
@@ -1059,9 +1089,9 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const __half* 
 // global memory are left as they are. (kc, vc: no __restrict__, the kernel writes them.)
 // ND: head_dim / 32 when the kernel is for one head size (its loops and arrays exact), MAXD
 // for any (head_dim from the argument).
-template <int ND>
+template <int ND, class KV>
 __device__ __forceinline__ void
-attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float* __restrict__ out,
+attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __restrict__ out,
                  float* part, int* count, const int* __restrict__ pos, int n_heads, int n_kv,
                  int head_dim, int max_ctx, float scale, int window, uint8_t* __restrict__ rec,
                  const float* __restrict__ knew, const float* __restrict__ vnew, int rot_dim,
@@ -1104,8 +1134,8 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
         if (has_new) {
             for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
                 const long long dst = ((long long)kvh * max_ctx + qpos) * head_dim + d;
-                kc[dst] = __float2half_rn(ks[d]);
-                vc[dst] = __float2half_rn(vnew[kvh * head_dim + d]);
+                kv_put(kc, dst, ks[d]);
+                kv_put(vc, dst, vnew[kvh * head_dim + d]);
             }
         }
         __syncthreads();  // the block's cache stores visible to its own scan
@@ -1113,17 +1143,17 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
     }
     float acc[ND];
     float m = -INFINITY, l = 0.f;
-    const __half* kb = kc + (long long)kvh * max_ctx * head_dim;
-    const __half* vb = vc + (long long)kvh * max_ctx * head_dim;
+    const KV* kb = kc + (long long)kvh * max_ctx * head_dim;
+    const KV* vb = vc + (long long)kvh * max_ctx * head_dim;
     if constexpr (ND < MAXD) {
         // One head size: keys staged through shared memory, a key a lane (dynamic shared
-        // memory: AW x 2 x 32 x head_dim halves).
+        // memory: AW x 2 x 32 x head_dim KV values).
         DYN_SMEM(attn_smem);
         __shared__ __align__(16) float qsc[32 * ND];
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qsc[d] = qv[d] * scale;
         __syncthreads();
         attn_scan_staged<ND>(qsc, kb, vb, j0, j1, warp, AW, lane,
-                             attn_smem + warp * 2 * 32 * head_dim * 2, m, l, acc);
+                             attn_smem + warp * 2 * 32 * head_dim * (int)sizeof(KV), m, l, acc);
     } else {
         float qr[ND];
 #pragma unroll
@@ -1207,8 +1237,8 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
     }
     if (threadIdx.x == 0) count[h] = 0;
 }
-#define ATTN_DECODE_ARGS                                                                     \
-    const float* __restrict__ q, __half *kc, __half *vc, float *__restrict__ out, float *part, \
+#define ATTN_DECODE_ARGS(KV)                                                                 \
+    const float* __restrict__ q, KV *kc, KV *vc, float *__restrict__ out, float *part,         \
         int *count, const int *__restrict__ pos, int n_heads, int n_kv, int head_dim,          \
         int max_ctx, float scale, int window, uint8_t *__restrict__ rec,                       \
         const float *__restrict__ knew, const float *__restrict__ vnew, int rot_dim,           \
@@ -1216,16 +1246,18 @@ attention_decode_body(const float* __restrict__ q, __half* kc, __half* vc, float
 #define ATTN_DECODE_PASS                                                                      \
     q, kc, vc, out, part, count, pos, n_heads, n_kv, head_dim, max_ctx, scale, window, rec, knew, \
         vnew, rot_dim, rope_base, neox, sinks
-extern "C" __global__ void __launch_bounds__(32 * AW) attention_decode(ATTN_DECODE_ARGS) {
-    attention_decode_body<MAXD>(ATTN_DECODE_PASS);
-}
+#define ATTN_DECODE_ENTRY(name, ND, KV)                                                       \
+    extern "C" __global__ void __launch_bounds__(32 * AW) name(ATTN_DECODE_ARGS(KV)) {       \
+        attention_decode_body<ND, KV>(ATTN_DECODE_PASS);                                      \
+    }
+ATTN_DECODE_ENTRY(attention_decode, MAXD, __half)
 // The same for head sizes 64 and 128: a third of the code (the decode step's kernels then
 // fit the instruction cache better) and no idle register slots.
-extern "C" __global__ void __launch_bounds__(32 * AW) attention_decode_d64(ATTN_DECODE_ARGS) {
-    attention_decode_body<2>(ATTN_DECODE_PASS);
-}
-extern "C" __global__ void __launch_bounds__(32 * AW) attention_decode_d128(ATTN_DECODE_ARGS) {
-    attention_decode_body<4>(ATTN_DECODE_PASS);
-}
+ATTN_DECODE_ENTRY(attention_decode_d64, 2, __half)
+ATTN_DECODE_ENTRY(attention_decode_d128, 4, __half)
+ATTN_DECODE_ENTRY(attention_decode_f32kv, MAXD, float)
+ATTN_DECODE_ENTRY(attention_decode_d64_f32kv, 2, float)
+ATTN_DECODE_ENTRY(attention_decode_d128_f32kv, 4, float)
 #undef ATTN_DECODE_ARGS
 #undef ATTN_DECODE_PASS
+#undef ATTN_DECODE_ENTRY

@@ -7,6 +7,13 @@
 //     formula, then one rounding to f16), blocks of 256 chunks staged through shared memory
 //     both ways (coalesced 16-byte loads and stores).
 //   f32_to_f16: X f32 [n][k] -> f16, 8 values a thread.
+//   Exact products for F16 and F32 weights (dequant_split_*, f32_to_f16_split*): each value
+//   x is split into f16 parts hi = f16(x) and lo = f16(x - hi) (x = hi + lo to ~2^-22
+//   relative), and every 32-value chunk of a row becomes P chunks, so that one GEMM over
+//   rows of P k values sums all the cross products in f32: P = 2 for F16 weights (w exact
+//   in f16): activations [hi, lo], weights [w, w]; P = 3 for F32 weights: activations
+//   [hi, lo, hi], weights [whi, whi, wlo] (the lo x lo term, ~2^-22 of the product, is left
+//   out). The product is then as exact as the f32 accumulation, at P times the GEMM's work.
 //   gemm_f16_*: Y[M][N] f32 = A[M][K] f16 . B[N][K]^T f16. Both operands K-major ("TN"), which
 //     is mma.sync m16n8k16 .row.col with ldmatrix as is (A = activations, M = tokens; B =
 //     weights, N = weight rows). A block computes a BM x BN tile of Y with WM x WN warps
@@ -210,6 +217,81 @@ __device__ __forceinline__ void dequant(const uint8_t* __restrict__ W, __half* _
         gemm::dequant<T>(W, out, rows, k, row_bytes);                                           \
     }
 FOR_EACH_TYPE(DEQUANT_ENTRY)
+
+// A split's part p (0: hi, 1: lo) of 8 values.
+__device__ __forceinline__ uint4 split_part(const float (&v)[8], int p) {
+    float o[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float hi = __half2float(__float2half_rn(v[j]));
+        o[j] = p == 0 ? hi : v[j] - hi;
+    }
+    return make_uint4(pack_h2(o[0], o[1]), pack_h2(o[2], o[3]), pack_h2(o[4], o[5]),
+                      pack_h2(o[6], o[7]));
+}
+
+// F16 (P = 2) or F32 (P = 3) weights, `rows` rows of k -> f16 [rows][P k] (see the top): a
+// thread a 32-value chunk, its P parts written straight to their 64-byte slots.
+template <int T, int P>
+__device__ __forceinline__ void dequant_split(const uint8_t* __restrict__ W, __half* __restrict__ out,
+                                              int rows, int k, long long row_bytes) {
+    const long long c = (long long)blockIdx.x * 256 + threadIdx.x;
+    const int per_row = k >> 5;
+    pdl_wait();
+    pdl_trigger();
+    if (c >= (long long)rows * per_row) return;
+    const long long r = c / per_row;
+    const int ci = (int)(c % per_row);
+    float v[32];
+    Fmt<T>::chunk(W + r * row_bytes, ci, v);
+    uint4* dst = reinterpret_cast<uint4*>(out + (r * per_row + ci) * 32 * P);
+#pragma unroll
+    for (int p = 0; p < P; p++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float e[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) e[i] = v[8 * j + i];
+            // Parts: w (or whi) for the activations' hi and lo, wlo for hi (F32 only).
+            dst[p * 4 + j] = split_part(e, p == 2 ? 1 : 0);
+        }
+}
+extern "C" __global__ void __launch_bounds__(256)
+    dequant_split_f16(const uint8_t* W, __half* out, int rows, int k, long long row_bytes) {
+    dequant_split<T_F16, 2>(W, out, rows, k, row_bytes);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    dequant_split_f32(const uint8_t* W, __half* out, int rows, int k, long long row_bytes) {
+    dequant_split<T_F32, 3>(W, out, rows, k, row_bytes);
+}
+
+// x (n f32 of rows of whole 32-value chunks) -> y (P n f16), the parts [hi, lo] (P = 2) or
+// [hi, lo, hi] (P = 3) of each 32-value chunk; 8 values a thread, blocks of 256.
+template <int P>
+__device__ __forceinline__ void f32_to_f16_split(const float* __restrict__ x, __half* __restrict__ y,
+                                                 long long n) {
+    pdl_wait();
+    pdl_trigger();
+    const long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * 8;
+    if (i >= n) return;
+    float v[8];
+    const float4 a = *reinterpret_cast<const float4*>(x + i);
+    const float4 b = *reinterpret_cast<const float4*>(x + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    const long long chunk = i >> 5;  // rows are whole chunks: chunk c of the flat input
+    __half* dst = y + chunk * 32 * P + (i & 31);
+#pragma unroll
+    for (int p = 0; p < P; p++)
+        *reinterpret_cast<uint4*>(dst + 32 * p) = split_part(v, p == 1 ? 1 : 0);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    f32_to_f16_split2(const float* x, __half* y, long long n) {
+    f32_to_f16_split<2>(x, y, n);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    f32_to_f16_split3(const float* x, __half* y, long long n) {
+    f32_to_f16_split<3>(x, y, n);
+}
 
 // x (n f32, n a multiple of 8) -> y f16, 8 values a thread; blocks of 256.
 extern "C" __global__ void __launch_bounds__(256) f32_to_f16(const float* __restrict__ x,

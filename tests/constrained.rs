@@ -215,7 +215,15 @@ fn run(
     temp: f32,
     seed: u64,
 ) -> (String, StopReason, u32) {
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 1024, seed }).unwrap();
+    let mut s = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 1024,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let p = GenerateParams {
         max_tokens: MAX_TOKENS,
         sampling: SamplingParams {

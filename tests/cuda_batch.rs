@@ -63,6 +63,7 @@ fn generate(m: &Arc<Model>, i: usize) -> Vec<u32> {
         SessionOptions {
             n_ctx: 256,
             seed: 0,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -7,7 +7,7 @@
 #![cfg(feature = "cuda")]
 
 use half::f16;
-use llorch::backend::cuda::{CudaDevice, MemKind, RopeParams, GEMM_TILES, MMA_TILES};
+use llorch::backend::cuda::{gemm_parts, CudaDevice, MemKind, RopeParams, GEMM_TILES, MMA_TILES};
 use llorch::quant::GgmlType;
 use llorch::Error;
 use std::io::Write;
@@ -441,7 +441,11 @@ fn mma_matmul_all_types() {
                         None => "auto".into(),
                     }
                 );
-                if via_matmul && !llorch::backend::cuda::matmul_uses_mma(n_tok, rows, k) {
+                // `matmul` keeps F16 and F32 weights' products exact: the f32 kernel.
+                let exact_kernel = gemm_parts(ty) > 1;
+                if via_matmul
+                    && (exact_kernel || !llorch::backend::cuda::matmul_uses_mma(n_tok, rows, k))
+                {
                     check(&format!("{what} (f32 kernel)"), y, &exact, 1e-5);
                     continue;
                 }
@@ -463,7 +467,9 @@ fn mma_matmul_all_types() {
 // bit-equal; nothing written past rows x k. Shapes: rows and token counts that no tile
 // divides (tails of every tile), k with an odd number of 32-value chunks where the format
 // allows (the GEMM steps k by 64: a half step at the end), every tile forced, then the
-// automatic pick. A guard region after Y must stay poisoned.
+// automatic pick. A guard region after Y must stay poisoned. F16 and F32 weights take the
+// exact split product (gemm_parts: values and activations as sums of f16 parts): checked
+// against the exact f64 reference at 1e-5, as the f32 kernel is.
 #[test]
 fn gemm_f16_all_types() {
     let Some(dev) = device("gemm_f16_all_types") else {
@@ -487,7 +493,10 @@ fn gemm_f16_all_types() {
             let wd = dev.upload(&w, MemKind::Weights).unwrap();
             let xd = dev.upload_f32(&x, MemKind::Scratch).unwrap();
             let mut wh = dev.alloc(rows * k * 2 + GUARD, MemKind::Scratch).unwrap();
-            let mut xh = dev.alloc(n_tok * k * 2, MemKind::Scratch).unwrap();
+            // The products' scratch: f16 parts of the weights and activations.
+            let parts = gemm_parts(ty);
+            let mut ws = dev.alloc(parts * rows * k * 2, MemKind::Scratch).unwrap();
+            let mut xh = dev.alloc(parts * n_tok * k * 2, MemKind::Scratch).unwrap();
             let mut yd = dev
                 .alloc((n_tok * rows + GUARD) * 4, MemKind::Scratch)
                 .unwrap();
@@ -527,7 +536,7 @@ fn gemm_f16_all_types() {
             for tile in tiles {
                 dev.fill_bytes(&mut yd, POISON).unwrap();
                 dev.matmul_gemm(
-                    ty, &wd, rows, k, &xd, n_tok, &mut yd, &mut wh, &mut xh, tile,
+                    ty, &wd, rows, k, &xd, n_tok, &mut yd, &mut ws, &mut xh, tile,
                 )
                 .unwrap();
                 let y = &output_before_guard(&dev, &yd, n_tok * rows, GUARD, || {
@@ -541,6 +550,10 @@ fn gemm_f16_all_types() {
                     t.rows,
                     if tile.is_none() { " auto" } else { "" }
                 );
+                if parts > 1 {
+                    check(&format!("{what} split x{parts} vs exact"), y, &exact, 1e-5);
+                    continue;
+                }
                 check(&format!("{what} vs f16-rounded"), y, &rounded, 5e-5);
                 check(&format!("{what} vs exact"), y, &exact, 2e-3);
             }
@@ -783,7 +796,8 @@ fn rope_scaled_divisors_and_factor() {
         .is_err());
 }
 
-/// f64 causal attention over f16-rounded K/V, [n_tok][n_heads][hd] layout.
+/// f64 causal attention over K/V as the cache holds them (f16-rounded, or f32 with `f32_kv`),
+/// [n_tok][n_heads][hd] layout.
 #[allow(clippy::too_many_arguments)]
 fn attention_ref(
     q: &[f32],
@@ -797,8 +811,15 @@ fn attention_ref(
     scale: f32,
     window: usize,
     sinks: Option<&[f32]>,
+    f32_kv: bool,
 ) -> Vec<f64> {
-    let r16 = |v: f32| f16::from_f32(v).to_f64();
+    let r16 = |v: f32| {
+        if f32_kv {
+            v as f64
+        } else {
+            f16::from_f32(v).to_f64()
+        }
+    };
     let mut out = vec![0.0; n_tok * n_heads * hd];
     for t in 0..n_tok {
         let qpos = pos0 + t;
@@ -841,8 +862,9 @@ fn attention_ref(
 }
 
 // f32 dot products over head_dim (≤ 128 terms, ~1e-7 relative), expf (≤ 2 ulp) and an f32
-// weighted average: expected ~1e-6; tolerance 1e-5. K/V are f16 in the cache; the reference
-// rounds them the same way, so that rounding is not part of the error. Every case runs through
+// weighted average: expected ~1e-6; tolerance 1e-5. K/V are f16 in the cache (or f32: every
+// case runs over both types); the reference rounds them the same way, so that rounding is not
+// part of the error. Every case runs through
 // `attention` (the per-query kernel below ATTN_TILED_MIN_TOKENS, the tiled one from there) and
 // through `attention_tiled` directly (same arithmetic, another summation order): prompts of
 // several 16-query blocks and 32-key tiles, GQA, windows, head_dim 32 to 256.
@@ -853,7 +875,7 @@ fn attention_decode_and_prefill() {
     };
     let mut rng = Rng(0x5EED_0006);
     // (n_heads, n_kv, head_dim, prefix pos0, new tokens n_tok, window)
-    for &(n_heads, n_kv, hd, pos0, n_tok, window) in &[
+    let cases = [
         (8usize, 2usize, 64usize, 300usize, 1usize, 0usize), // decode, GQA 4:1
         (8, 2, 64, 20, 37, 0),                               // prefill after a prefix
         (14, 2, 64, 0, 29, 0),                               // prefill from 0 (Qwen2.5-0.5B shape)
@@ -863,7 +885,9 @@ fn attention_decode_and_prefill() {
         (28, 4, 128, 0, 300, 0),                             // 7B shape, partial last block
         (4, 1, 256, 40, 70, 33),                             // head_dim 256, window, tiles
         (2, 1, 32, 3, 17, 0),                                // head_dim 32
-    ] {
+    ];
+    let both_types = cases.iter().flat_map(|c| [(c, false), (c, true)]);
+    for (&(n_heads, n_kv, hd, pos0, n_tok, window), f32_kv) in both_types {
         let max_ctx = pos0 + n_tok + 3;
         let total = pos0 + n_tok;
         let k_all: Vec<f32> = rng.vec(total * n_kv * hd);
@@ -874,7 +898,7 @@ fn attention_decode_and_prefill() {
             .map(|v| v * 2.0)
             .collect();
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut cache = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
+        let mut cache = dev.alloc_kv_layer(n_kv, hd, max_ctx, f32_kv).unwrap();
         dev.fill_bytes(&mut cache.k, POISON).unwrap();
         dev.fill_bytes(&mut cache.v, POISON).unwrap();
         // The prefix first, then the new tokens: two kv_store calls as a session would do.
@@ -914,10 +938,10 @@ fn attention_decode_and_prefill() {
             .unwrap();
             let got = dev.download_f32(&od, q.len()).unwrap();
             let reference = attention_ref(
-                &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window, sk,
+                &q, &k_all, &v_all, n_tok, n_heads, n_kv, hd, pos0, scale, window, sk, f32_kv,
             );
             let what = format!(
-                "h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window} sinks={with_sinks}"
+                "h={n_heads} kv={n_kv} hd={hd} pos0={pos0} n={n_tok} win={window} sinks={with_sinks} f32_kv={f32_kv}"
             );
             check(&format!("attention {what}"), &got, &reference, 1e-5);
             dev.fill_bytes(&mut od, POISON).unwrap();
@@ -928,17 +952,23 @@ fn attention_decode_and_prefill() {
             let got = dev.download_f32(&od, q.len()).unwrap();
             check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
         }
-        // The cache holds exactly the f16 of what was stored, head-major.
+        // The cache holds exactly the f16 (or the f32) of what was stored, head-major.
         let mut kb = vec![0u8; cache.k.len_bytes()];
         dev.download(&cache.k, &mut kb).unwrap();
         for _ in 0..200 {
             let (j, h, d) = (rng.below(total), rng.below(n_kv), rng.below(hd));
-            let at = ((h * max_ctx + j) * hd + d) * 2;
-            let want = f16::from_f32(k_all[(j * n_kv + h) * hd + d]);
+            let x = k_all[(j * n_kv + h) * hd + d];
+            let (got, want) = if f32_kv {
+                let at = ((h * max_ctx + j) * hd + d) * 4;
+                (f32::from_le_bytes(kb[at..at + 4].try_into().unwrap()), x)
+            } else {
+                let at = ((h * max_ctx + j) * hd + d) * 2;
+                let h = f16::from_le_bytes([kb[at], kb[at + 1]]);
+                (h.to_f32(), f16::from_f32(x).to_f32())
+            };
             assert_eq!(
-                f16::from_le_bytes([kb[at], kb[at + 1]]),
-                want,
-                "K cache at pos {j} head {h} dim {d}"
+                got, want,
+                "K cache at pos {j} head {h} dim {d} f32_kv={f32_kv}"
             );
         }
         // Past the cache's end is an answer, not a fault.
@@ -1108,7 +1138,7 @@ fn bad_arguments_are_errors() {
     let r = dev.matvec(GgmlType::Q8_0, &w, 1, 2048, &x, &mut y);
     assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     assert!(matches!(
-        dev.alloc_kv_layer(2, 48, 16),
+        dev.alloc_kv_layer(2, 48, 16, false),
         Err(Error::Unsupported(_))
     ));
 }
@@ -1142,7 +1172,7 @@ fn budget_out_of_memory_and_no_leak() {
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
     // A KV cache whose K fits but whose V does not: K must be given back.
-    let r = dev.alloc_kv_layer(1, 64, 5000); // 640000 bytes each, 1.28 MB together
+    let r = dev.alloc_kv_layer(1, 64, 5000, false); // 640000 bytes each, 1.28 MB together
     assert!(matches!(r, Err(Error::OutOfMemory(_))), "{r:?}");
     assert_eq!(
         dev.memory().unwrap().used,
@@ -2067,7 +2097,7 @@ fn rope_kv_and_split_attention() {
         return;
     };
     let mut rng = Rng(0x5EED_00F2);
-    for &(n_heads, n_kv, hd, pos, neox) in &[
+    let cases = [
         (14usize, 2usize, 64usize, 0usize, true),
         (14, 2, 64, 5, true),
         (28, 4, 128, 31, true),
@@ -2079,7 +2109,10 @@ fn rope_kv_and_split_attention() {
         (14, 2, 64, 128, true),
         (28, 4, 128, 700, true),
         (2, 1, 64, 2000, true),
-    ] {
+    ];
+    // Every case over an f16 and an f32 cache (the `_f32kv` kernels).
+    let both_types = cases.iter().flat_map(|c| [(c, false), (c, true)]);
+    for (&(n_heads, n_kv, hd, pos, neox), f32_kv) in both_types {
         let max_ctx = pos + 4;
         let total = pos + 1;
         let per = n_kv * hd;
@@ -2107,7 +2140,7 @@ fn rope_kv_and_split_attention() {
 
         // A cache poisoned everywhere but at positions 0..pos (the earlier tokens).
         let cache_with_history = || {
-            let mut c = dev.alloc_kv_layer(n_kv, hd, max_ctx).unwrap();
+            let mut c = dev.alloc_kv_layer(n_kv, hd, max_ctx, f32_kv).unwrap();
             dev.fill_bytes(&mut c.k, POISON).unwrap();
             dev.fill_bytes(&mut c.v, POISON).unwrap();
             if pos > 0 {
@@ -2131,7 +2164,7 @@ fn rope_kv_and_split_attention() {
             .unwrap();
         dev.rope_kv(&qd, &kd, &vd, &cache, &posd, n_heads, p)
             .unwrap();
-        let what = format!("h={n_heads} kv={n_kv} hd={hd} pos={pos} neox={neox}");
+        let what = format!("h={n_heads} kv={n_kv} hd={hd} pos={pos} neox={neox} f32_kv={f32_kv}");
         let exact = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x == y);
         assert!(
             exact(&dev.download_f32(&qd, q.len()).unwrap(), &q_roped),
@@ -2150,7 +2183,7 @@ fn rope_kv_and_split_attention() {
         let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
         let scale = 1.0 / (hd as f32).sqrt();
         let reference = attention_ref(
-            &q_roped, &k_ref, &v_all, 1, n_heads, n_kv, hd, pos, scale, 0, None,
+            &q_roped, &k_ref, &v_all, 1, n_heads, n_kv, hd, pos, scale, 0, None, f32_kv,
         );
         // GPT-OSS's sinks (below, among and above the scores) in the third round.
         let sinks: Vec<f32> = (0..n_heads).map(|h| (h % 3) as f32 * 3.0 - 3.0).collect();
@@ -2167,6 +2200,7 @@ fn rope_kv_and_split_attention() {
             scale,
             0,
             Some(&sinks),
+            f32_kv,
         );
         for round in 0..3 {
             // Twice: the counters must be back at zero after each launch.

@@ -392,6 +392,7 @@ fn parity(test: &str, preset_name: &str) {
     let opts = SessionOptions {
         n_ctx: 128,
         seed: 0,
+        ..Default::default()
     };
     let mut sc = Session::new(mc.clone(), opts.clone()).unwrap();
     let mut sg = Session::new(mg.clone(), opts).unwrap();
@@ -554,6 +555,7 @@ fn parity(test: &str, preset_name: &str) {
         SessionOptions {
             n_ctx: 128,
             seed: 0,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -698,6 +700,7 @@ fn out_of_memory_then_recover() {
         SessionOptions {
             n_ctx: 4096,
             seed: 0,
+            ..Default::default()
         },
     ) {
         Err(Error::OutOfMemory(msg)) => say(&format!("{test}: session: {msg}")),
@@ -711,7 +714,15 @@ fn out_of_memory_then_recover() {
     );
 
     // 3. The context still works.
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 64, seed: 0 }).expect("session");
+    let mut s = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 64,
+            seed: 0,
+            ..Default::default()
+        },
+    )
+    .expect("session");
     let mut pieces = 0;
     let stats = s
         .generate_tokens(
@@ -750,7 +761,11 @@ fn graph_replay_equals_direct_decode() {
     };
     let file = TempFile(synth_file("qwen2-0.5b"));
     let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
-    let opts = SessionOptions { n_ctx: 96, seed: 0 };
+    let opts = SessionOptions {
+        n_ctx: 96,
+        seed: 0,
+        ..Default::default()
+    };
     let mut direct = Session::new(mg.clone(), opts.clone()).unwrap();
     let mut graphed = Session::new(mg.clone(), opts).unwrap();
     direct.set_taps(true);
@@ -788,7 +803,11 @@ fn greedy_pick_on_gpu_equals_host_argmax() {
     };
     let file = TempFile(synth_file("qwen2-0.5b"));
     let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
-    let opts = SessionOptions { n_ctx: 96, seed: 0 };
+    let opts = SessionOptions {
+        n_ctx: 96,
+        seed: 0,
+        ..Default::default()
+    };
     let prompt: Vec<u32> = (0..20).map(|i| 500 + 41 * i).collect();
 
     let mut picked = Session::new(mg.clone(), opts.clone()).unwrap();

@@ -21,6 +21,7 @@ fn greedy(model: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
         SessionOptions {
             n_ctx: 256,
             seed: 0,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -99,7 +100,17 @@ fn real_qwen_gpu_state_save_restore_continue() {
         return;
     };
     let gpu = Model::load(&gpu_ctx, &path, None).unwrap();
-    let new = |seed| Session::new(gpu.clone(), SessionOptions { n_ctx: 512, seed }).unwrap();
+    let new = |seed| {
+        Session::new(
+            gpu.clone(),
+            SessionOptions {
+                n_ctx: 512,
+                seed,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
     let (t1, t2) = ("def fibonacci(n):", "\n\ndef factorial(n):");
     let seeded = GenerateParams {
         max_tokens: 24,
@@ -151,6 +162,7 @@ fn real_qwen_gpu_state_save_restore_continue() {
             SessionOptions {
                 n_ctx: 512,
                 seed: 0,
+                ..Default::default()
             },
         )
         .unwrap();

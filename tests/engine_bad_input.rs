@@ -221,7 +221,15 @@ fn unsupported_tensor_type() {
 #[test]
 fn prompt_longer_than_the_context_and_bad_sampling() {
     let m = load(&rewrite(keep_meta, keep_tensor)).unwrap();
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 16, seed: 0 }).unwrap();
+    let mut s = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 16,
+            seed: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let long = "x ".repeat(40);
     let e = s
         .generate(&long, &GenerateParams::default(), &mut |_, _| true)
@@ -291,6 +299,7 @@ fn prompt_longer_than_the_context_and_bad_sampling() {
         SessionOptions {
             n_ctx: 1 << 20,
             seed: 0,
+            ..Default::default()
         },
     )
     .err()

@@ -27,7 +27,7 @@ mod common;
 use llorch::backend::{Context, ContextOptions, Logits};
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
-use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
+use llorch::session::{GenerateParams, KvType, Session, SessionOptions, StopReason};
 use llorch::tokenizer::chat::ChatMessage;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -42,10 +42,10 @@ fn reference(d: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap()
 }
 
-/// The decode path: `ids` one token a step from an empty cache of `n_ctx` positions; the
-/// largest |difference| of each step's logits from row `pos` of `want`.
-fn decode_diff(m: &Arc<Model>, n_ctx: u32, ids: &[u32], want: &[f32]) -> f32 {
-    let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+/// The decode path: `ids` one token a step from an empty session of `opts`; the largest
+/// |difference| of each step's logits from row `pos` of `want`.
+fn decode_diff(m: &Arc<Model>, opts: &SessionOptions, ids: &[u32], want: &[f32]) -> f32 {
+    let mut sess = Session::new(m.clone(), opts.clone()).unwrap();
     let vocab = m.vocab_size();
     let mut diff = 0f32;
     for (pos, &t) in ids.iter().enumerate() {
@@ -65,14 +65,22 @@ fn check(model: &str) {
         model,
         &Context::new(ContextOptions::default()).unwrap(),
         None,
+        KvType::Auto,
+        None,
     );
 }
 
-/// The checks on `ctx`'s device; on a GPU (`gpu_logits`: its bound on the logits, the
-/// stages' bounds taken 10 times) also the decode path (one token a step, through the
-/// captured graph where the model's step allows one) against the reference logits of every
-/// position.
-fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
+/// The checks on `ctx`'s device, with sessions of `kv_type` caches, on every variant or
+/// `only` one; on a GPU (`gpu_logits`: its bound on the logits, the stages' bounds taken 10
+/// times) also the decode path (one token a step, through the captured graph where the
+/// model's step allows one) against the reference logits of every position.
+fn check_on(
+    model: &str,
+    ctx: &Arc<Context>,
+    gpu_logits: Option<f64>,
+    kv_type: KvType,
+    only: Option<&str>,
+) {
     let d = dir(model);
     let r = reference(&d);
     let gpu = ctx.options.device != llorch::backend::Device::Cpu;
@@ -91,6 +99,9 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
     let mut failures = Vec::new();
     for v in r["variants"].as_array().unwrap() {
         let variant = v["name"].as_str().unwrap();
+        if only.is_some_and(|o| o != variant) {
+            continue;
+        }
         let exact = variant == "f16";
         let (logit_tol, stage_tol) = if exact { (1e-3, 1e-4) } else { (5e-3, 2e-3) };
         let (logit_tol, stage_tol) = match gpu_logits {
@@ -121,7 +132,12 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
             // A session sized to the sequence (Phi-3 picks its LongRoPE factors by it, as HF
             // picks them by the sequence's length).
             let n_ctx = seq_ids.len().next_power_of_two().max(16) as u32;
-            let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+            let opts = SessionOptions {
+                n_ctx,
+                seed: 0,
+                kv_type,
+            };
+            let mut sess = Session::new(m.clone(), opts.clone()).unwrap();
             sess.set_taps(true);
             let logits = sess.eval(seq_ids, Logits::All).unwrap();
             let taps = sess.take_taps();
@@ -199,7 +215,7 @@ fn check_on(model: &str, ctx: &Arc<Context>, gpu_logits: Option<f64>) {
                             .unwrap(),
                     ),
                 );
-                let diff = decode_diff(&m, n_ctx, seq_ids, &want);
+                let diff = decode_diff(&m, &opts, seq_ids, &want);
                 eprintln!("{model} {variant} {name}: decode path logits max |diff| {diff:.2e}");
                 if diff as f64 > logit_tol {
                     failures.push(format!(
@@ -316,12 +332,13 @@ fn gpt_oss_prompt_and_decode_paths_agree() {
         let opts = SessionOptions {
             n_ctx: 128,
             seed: 0,
+            ..Default::default()
         };
-        let prompt = Session::new(m.clone(), opts)
+        let prompt = Session::new(m.clone(), opts.clone())
             .unwrap()
             .eval(&seq_ids, Logits::All)
             .unwrap();
-        let diff = decode_diff(&m, 128, &seq_ids, &prompt);
+        let diff = decode_diff(&m, &opts, &seq_ids, &prompt);
         let name = v["name"].as_str().unwrap();
         let bound = if name == "f32" || name == "f16" {
             1e-5
@@ -346,14 +363,16 @@ fn gpu() -> Option<Arc<Context>> {
 }
 
 /// The same models on the GPU, prompt and decode paths (one token a step, through the captured
-/// graph where the model's step allows one), against the same HF references.
-/// Tolerance: the GPU multiplies prompts on the tensor cores with activations rounded to f16
-/// (2^-11 relative each, ~3e-4 rms on a product) and keeps the KV cache in f16, whatever the
-/// weights' type; through two layers and the head that is ~1e-3 of the logits (|l| up to ~5,
-/// more over phi3's 96-token text): measured on an H100 up to 7.1e-3 on the prompts and
-/// 1.36e-2 on phi3's long text (q4_k; 1.05e-2 with f16 weights), decode paths up to 5.6e-3.
-/// Bound 2e-2 on the logits for every variant (the issue's 1e-3 for exact weights holds on the
-/// CPU, which multiplies in f32); stages 10 times the CPU's.
+/// graph where the model's step allows one), against the same HF references, with the GPU's
+/// default (f16) KV cache.
+/// Tolerance: the f16 cache rounds every key and value (2^-11 relative), and the quantized
+/// variants' prompt products round their activations to f16 too (F16 weights' products are
+/// exact: gemm_parts). Emulated on the CPU (f16 rounding of the cache, of the prompt
+/// products' inputs, against these references, 2026-12-06): the cache alone moves the logits
+/// up to 4.0e-3 (llama3), 4.9e-3 (qwen3), 5.5e-3 (phi3), the f16 inputs alone up to 8.8e-3,
+/// both 1.15e-2 (phi3's 96-token text); measured on an H100 before the exact products up to
+/// 7.1e-3 on the prompts and 1.36e-2 on phi3's long text (q4_k), decode paths up to 5.6e-3.
+/// Bound 2e-2 on the logits for every variant; stages 10 times the CPU's.
 #[cfg(feature = "cuda")]
 #[test]
 fn tiny_models_on_gpu_match_hf() {
@@ -361,8 +380,123 @@ fn tiny_models_on_gpu_match_hf() {
         return;
     };
     for model in ["llama3", "qwen3", "phi3"] {
-        check_on(model, &ctx, Some(2e-2));
+        check_on(model, &ctx, Some(2e-2), KvType::Auto, None);
     }
+}
+
+/// Issue 15's bar on the GPU: exact weights (the f16 variant holds the models' values
+/// exactly) with an f32 KV cache (`kv_type` f32) and exact prompt products (F16 weights'
+/// activations split into two f16 parts, kernels/gemm_f16.cu): the logits within 1e-3 of
+/// HF's f32 forward on every sequence, prompt and decode paths alike. What remains is f32
+/// summation order (the CPU lands within 1.5e-5) and the GPU's expf/rsqrt.
+#[cfg(feature = "cuda")]
+#[test]
+fn tiny_models_exact_on_gpu_match_hf() {
+    let Some(ctx) = gpu() else {
+        return;
+    };
+    for model in ["llama3", "qwen3", "phi3"] {
+        check_on(model, &ctx, Some(1e-3), KvType::F32, Some("f16"));
+    }
+}
+
+/// A session's greedy tokens from its prompt (`bench_tokens` of seed `i`), `kv_type` cache.
+#[cfg(feature = "cuda")]
+fn greedy(m: &Arc<Model>, i: usize, kv_type: KvType) -> Vec<u32> {
+    let opts = SessionOptions {
+        n_ctx: 128,
+        seed: 0,
+        kv_type,
+    };
+    let mut s = Session::new(m.clone(), opts).unwrap();
+    let prompt = llorch::session::bench::bench_tokens(8 + 3 * i, m.vocab_size(), i as u64);
+    let p = GenerateParams {
+        max_tokens: 24,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    s.generate_tokens(&prompt, &p, &mut |_, _| true).unwrap();
+    s.tokens()[prompt.len()..].to_vec()
+}
+
+/// Continuous batching over sessions of both cache types at once (kernels/attention_batch.cu
+/// reads each row's cache type from its table entry): each session's greedy tokens as it
+/// generates them alone. Exact weights make both paths f32-exact products, so a difference
+/// can come only from a near-tie of the top two logits: at least 90% of the tokens equal up
+/// to each session's first difference, and the first token always (a row read as the wrong
+/// type gives garbage from its first token).
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_batch_of_mixed_kv_types() {
+    let Some(ctx) = gpu() else {
+        return;
+    };
+    let m = Model::load(&ctx, &dir("qwen3").join("qwen3-f16.gguf"), None).unwrap();
+    const N: usize = 6;
+    let kv = |i: usize| {
+        if i % 2 == 0 {
+            KvType::F32
+        } else {
+            KvType::Auto
+        }
+    };
+    let alone: Vec<Vec<u32>> = (0..N).map(|i| greedy(&m, i, kv(i))).collect();
+    let before = m.batch_stats();
+    let start = std::sync::Barrier::new(N);
+    let batched: Vec<Vec<u32>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..N)
+            .map(|i| {
+                let (m, start) = (&m, &start);
+                sc.spawn(move || {
+                    start.wait();
+                    greedy(m, i, kv(i))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let after = m.batch_stats();
+    let (steps, seqs) = (after.steps - before.steps, after.seqs - before.seqs);
+    let mut same = 0;
+    for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+        let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        eprintln!(
+            "session {i} ({:?}): {prefix} of {} tokens equal",
+            kv(i),
+            a.len()
+        );
+        assert!(prefix >= 1, "session {i}: the first batched token differs");
+        same += prefix;
+    }
+    eprintln!("{seqs} sequence steps in {steps} batched steps");
+    assert!(
+        seqs as f64 > 2.0 * steps as f64,
+        "the sessions did not step together"
+    );
+    assert!(same * 10 >= 9 * N * 24, "batched tokens differ from alone");
+}
+
+/// `kv_type` on the CPU: f32 is its own cache (the same logits as auto, bit for bit); f16 is
+/// refused with an error that names it, for now.
+#[test]
+fn cpu_kv_types() {
+    let ctx = Context::new(ContextOptions::default()).unwrap();
+    let m = Model::load(&ctx, &dir("qwen3").join("qwen3-f16.gguf"), None).unwrap();
+    let ids = m
+        .tokenizer()
+        .encode("The quick brown fox", true, false)
+        .unwrap();
+    let logits = |kv_type| {
+        let opts = SessionOptions {
+            n_ctx: 32,
+            seed: 0,
+            kv_type,
+        };
+        Session::new(m.clone(), opts)?.eval(&ids, Logits::All)
+    };
+    assert_eq!(logits(KvType::F32).unwrap(), logits(KvType::Auto).unwrap());
+    let e = logits(KvType::F16).unwrap_err().to_string();
+    assert!(e.contains("f16") && e.contains("CPU"), "{e}");
 }
 
 /// The token rows of a tap whose every value equals the other tap's row (`k` values a row).
@@ -438,7 +572,15 @@ fn gpt_oss_on_gpu_matches_the_cpu() {
             let ids = common::json_ids(&s["ids"]);
             let n_ctx = ids.len().next_power_of_two().max(16) as u32;
             let run = |m: &Arc<Model>| {
-                let mut sess = Session::new(m.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+                let mut sess = Session::new(
+                    m.clone(),
+                    SessionOptions {
+                        n_ctx,
+                        seed: 0,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 sess.set_taps(true);
                 let l = sess.eval(&ids, Logits::All).unwrap();
                 (l, sess.take_taps())
@@ -492,7 +634,15 @@ fn gpt_oss_on_gpu_matches_the_cpu() {
             eprintln!("{what}: worst stage {} {:.2e}", worst.1, worst.0);
             // The logits of the prompt path, then of the decode path, against the CPU's.
             let decode = {
-                let mut sess = Session::new(mg.clone(), SessionOptions { n_ctx, seed: 0 }).unwrap();
+                let mut sess = Session::new(
+                    mg.clone(),
+                    SessionOptions {
+                        n_ctx,
+                        seed: 0,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 let mut all = Vec::with_capacity(ids.len() * vocab);
                 for &t in &ids {
                     all.extend(sess.eval(&[t], Logits::Last).unwrap());

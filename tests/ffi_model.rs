@@ -552,6 +552,39 @@ fn context_full() {
     }
 }
 
+/// `kv_type`: f32 and auto make sessions on the CPU, f16 is unsupported there (for now), a value
+/// out of the enum is refused by name, and a caller built before the field (its struct_size
+/// ends before it) gets the default.
+#[test]
+fn session_kv_type() {
+    unsafe {
+        let m = load();
+        let with = |kv_type: i32, size: Option<usize>| {
+            let mut p = std::mem::zeroed::<llorch_session_params>();
+            llorch_session_params_init(&mut p);
+            assert_eq!(p.kv_type, llorch_kv_type::LLORCH_KV_AUTO as i32);
+            p.n_ctx = 32;
+            p.kv_type = kv_type;
+            if let Some(size) = size {
+                p.struct_size = size;
+            }
+            let (mut s, mut err) = (null_mut(), null_mut());
+            let st = llorch_session_new(m.model, &p, &mut s, &mut err);
+            llorch_session_free(s);
+            (st, err)
+        };
+        let (st, err) = with(llorch_kv_type::LLORCH_KV_F32 as i32, None);
+        ok(st, err);
+        let (st, err) = with(llorch_kv_type::LLORCH_KV_F16 as i32, None);
+        failed(st, err, LLORCH_ERR_UNSUPPORTED, "f16");
+        let (st, err) = with(7, None);
+        failed(st, err, LLORCH_ERR_INVALID_ARGUMENT, "kv_type");
+        let old = std::mem::offset_of!(llorch_session_params, kv_type);
+        let (st, err) = with(7, Some(old));
+        ok(st, err);
+    }
+}
+
 /// A generated token as the C API reports it: id, logprob, top (id, logprob) pairs.
 type CLogprob = (i32, f32, Vec<(i32, f32)>);
 

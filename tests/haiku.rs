@@ -92,6 +92,7 @@ fn haiku(word: &str, max_tokens: u32, attempt: u64) -> (Vec<u32>, String) {
     let options = SessionOptions {
         n_ctx: 0,
         seed: attempt,
+        ..Default::default()
     };
     let mut s = Session::new(m.clone(), options).unwrap();
     let mut text = String::new();

@@ -18,7 +18,15 @@ fn smollm2() -> Arc<Model> {
 const PROMPT: &str = "The three primary colors are";
 
 fn session(m: &Arc<Model>, seed: u64) -> Session {
-    Session::new(m.clone(), SessionOptions { n_ctx: 512, seed }).unwrap()
+    Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 512,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// Every piece of one generation, and the per-token log-probabilities in order.

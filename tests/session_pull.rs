@@ -38,7 +38,15 @@ fn chat_prompt(m: &Model, user: &str) -> String {
 type Pieces = Vec<(String, u32)>;
 
 fn push(m: &Arc<Model>, seed: u64, prompt: &str, p: &GenerateParams) -> (Pieces, Vec<u32>) {
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 1024, seed }).unwrap();
+    let mut s = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 1024,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut pieces = Vec::new();
     let st = s
         .generate(prompt, p, &mut |t, id| {
@@ -51,7 +59,15 @@ fn push(m: &Arc<Model>, seed: u64, prompt: &str, p: &GenerateParams) -> (Pieces,
 }
 
 fn pull(m: &Arc<Model>, seed: u64, prompt: &str, p: &GenerateParams) -> (Pieces, Vec<u32>) {
-    let mut s = Session::new(m.clone(), SessionOptions { n_ctx: 1024, seed }).unwrap();
+    let mut s = Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx: 1024,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     s.begin(prompt, p).unwrap();
     let mut pieces = Vec::new();
     loop {
@@ -124,6 +140,7 @@ fn a_cancel_raised_before_a_generation_cancels_it_and_changes_nothing() {
         SessionOptions {
             n_ctx: 256,
             seed: 0,
+            ..Default::default()
         },
     )
     .unwrap();

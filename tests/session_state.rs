@@ -42,7 +42,15 @@ fn seeded(n: u32) -> GenerateParams {
 }
 
 fn session(m: &Arc<Model>, n_ctx: u32, seed: u64) -> Session {
-    Session::new(m.clone(), SessionOptions { n_ctx, seed }).unwrap()
+    Session::new(
+        m.clone(),
+        SessionOptions {
+            n_ctx,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// The tokens one generation adds to the conversation (those it samples).

@@ -275,10 +275,21 @@ type Session struct {
 	running bool
 }
 
-// SessionOptions: NCtx 0 = the model's context length; Seed of the sampler.
+// KVType is the element type of a session's KV cache (llorch_kv_type).
+type KVType int32
+
+const (
+	KVAuto KVType = C.LLORCH_KV_AUTO // f32 on the CPU, f16 on a GPU
+	KVF16  KVType = C.LLORCH_KV_F16  // f16 (a GPU; unsupported on the CPU for now)
+	KVF32  KVType = C.LLORCH_KV_F32  // f32: exact, twice the GPU memory of f16
+)
+
+// SessionOptions: NCtx 0 = the model's context length; Seed of the sampler; KVType of the
+// KV cache (KVAuto by default).
 type SessionOptions struct {
-	NCtx uint32
-	Seed uint64
+	NCtx   uint32
+	Seed   uint64
+	KVType KVType
 }
 
 func (m *Model) NewSession(o SessionOptions) (*Session, error) {
@@ -286,6 +297,7 @@ func (m *Model) NewSession(o SessionOptions) (*Session, error) {
 	C.llorch_session_params_init(&p)
 	p.n_ctx = C.uint32_t(o.NCtx)
 	p.seed = C.uint64_t(o.Seed)
+	p.kv_type = C.int32_t(o.KVType)
 	s := &Session{}
 	var e *C.llorch_error
 	err := check(C.llorch_session_new(m.p, &p, &s.p, &e), e)

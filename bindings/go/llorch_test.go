@@ -252,3 +252,18 @@ func TestJSONSchema(t *testing.T) {
 		t.Fatalf("bad schema: %v", err)
 	}
 }
+
+// KVType reaches llorch_session_params: f32 makes a CPU session, f16 is unsupported on the
+// CPU for now (an Unsupported error naming it).
+func TestKVType(t *testing.T) {
+	_, m := load(t)
+	s, err := m.NewSession(SessionOptions{NCtx: 64, KVType: KVF32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, err = m.NewSession(SessionOptions{NCtx: 64, KVType: KVF16})
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "f16") {
+		t.Fatalf("f16 KV on the CPU: %v", err)
+	}
+}

@@ -69,6 +69,8 @@ export interface SessionOptions {
   nCtx?: number;
   /** Seed of the sampler's random numbers. */
   seed?: number | bigint;
+  /** The KV cache's element type (KvType.AUTO by default: f32 on the CPU, f16 on a GPU). */
+  kvType?: 0 | 1 | 2;
 }
 
 /** A loaded model, shared by its sessions (which keep it alive after close()). */
@@ -102,6 +104,8 @@ export class Model {
 
 /** How an embedding pools its tokens' rows (GGUF's pooling_type numbers). */
 export const Pooling: Readonly<{ MODEL: 0; MEAN: 1; CLS: 2; LAST: 3 }>;
+/** llorch_kv_type: AUTO (f32 on the CPU, f16 on a GPU), F16 (GPU), F32 (exact). */
+export const KvType: Readonly<{ AUTO: 0; F16: 1; F32: 2 }>;
 
 export interface EmbedOptions {
   /** A Pooling value; MODEL (default): the model's pooling_type, else last-token. */

@@ -44,7 +44,7 @@ koffi.opaque('llorch_error');
 const ContextParams = koffi.struct('llorch_context_params', {
   struct_size: 'size_t', device_type: 'int32_t', device_index: 'uint32_t', threads: 'uint32_t', memory_budget: 'uint64_t',
 });
-const SessionParams = koffi.struct('llorch_session_params', { struct_size: 'size_t', n_ctx: 'uint32_t', seed: 'uint64_t' });
+const SessionParams = koffi.struct('llorch_session_params', { struct_size: 'size_t', n_ctx: 'uint32_t', seed: 'uint64_t', kv_type: 'int32_t' });
 koffi.struct('llorch_logit_bias', { token: 'int32_t', bias: 'float' });
 const GenerateParams = koffi.struct('llorch_generate_params', {
   struct_size: 'size_t', max_tokens: 'uint32_t', temperature: 'float', top_k: 'uint32_t', top_p: 'float', min_p: 'float',
@@ -123,6 +123,8 @@ const Status = Object.freeze({
 const StopReason = Object.freeze({ EOS: 0, LIMIT: 1, STOP_STRING: 2, CANCELLED: 3 });
 // GGUF's <arch>.pooling_type numbers; MODEL: as the model says (else last-token).
 const Pooling = Object.freeze({ MODEL: 0, MEAN: 1, CLS: 2, LAST: 3 });
+// llorch_kv_type: the KV cache's element type (AUTO: f32 on the CPU, f16 on a GPU).
+const KvType = Object.freeze({ AUTO: 0, F16: 1, F32: 2 });
 
 /** A failed call: `status` (a Status value), `statusName`, and the library's message. */
 class LlorchError extends Error {
@@ -276,11 +278,12 @@ class Model {
     return Array.from(texts, (_, i) => out.subarray(i * dim, (i + 1) * dim));
   }
   /** A session holds the model: the model may be closed first. */
-  createSession({ nCtx = 0, seed = 0 } = {}) {
+  createSession({ nCtx = 0, seed = 0, kvType = KvType.AUTO } = {}) {
     const p = {};
     f.sessionParamsInit(p);
     p.n_ctx = nCtx;
     p.seed = seed;
+    p.kv_type = kvType;
     const out = [null];
     const err = [null];
     check(f.sessionNew(alive(this.handle, 'model'), p, out, err), err);
@@ -514,5 +517,5 @@ class Session {
 }
 
 module.exports = {
-  Context, Model, Session, LlorchError, Status, StopReason, Pooling, version: () => f.version(), ABI_VERSION, libraryPath: LIB,
+  Context, Model, Session, LlorchError, Status, StopReason, Pooling, KvType, version: () => f.version(), ABI_VERSION, libraryPath: LIB,
 };

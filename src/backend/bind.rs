@@ -3,7 +3,7 @@
 //! was made from, so a step never pairs a model with a state of another device.
 
 use super::cpu::{CpuModel, CpuScratch, CpuSeq, CpuState, CpuStep};
-use super::{Context, Device, Dims, Logits, Ops, Tap, WeightTensor};
+use super::{Context, Device, Dims, KvType, Logits, Ops, Tap, WeightTensor};
 use crate::gguf::Gguf;
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -95,14 +95,24 @@ impl Weights {
         }
     }
 
-    /// A session's state (KV cache for `n_ctx` positions, activation buffers).
-    pub fn new_state(&self, dims: &Dims, n_ctx: usize) -> Result<State> {
+    /// A session's state (KV cache of `kv` elements for `n_ctx` positions, activation
+    /// buffers).
+    pub fn new_state(&self, dims: &Dims, n_ctx: usize, kv: KvType) -> Result<State> {
         Ok(match self {
-            Weights::Cpu(m) => State::Cpu(m.clone(), CpuState::new(dims, n_ctx)?),
-            #[cfg(feature = "cuda")]
-            Weights::Cuda(m) => {
-                State::Cuda(m.clone(), super::cuda::CudaState::new(m, dims, n_ctx)?)
+            Weights::Cpu(m) => {
+                if kv == KvType::F16 {
+                    return Err(Error::Unsupported(
+                        "KV cache type f16 on the CPU: its cache is f32 for now (use auto or f32)"
+                            .into(),
+                    ));
+                }
+                State::Cpu(m.clone(), CpuState::new(dims, n_ctx)?)
             }
+            #[cfg(feature = "cuda")]
+            Weights::Cuda(m) => State::Cuda(
+                m.clone(),
+                super::cuda::CudaState::with_kv(m, dims, n_ctx, kv == KvType::F32)?,
+            ),
         })
     }
 }

@@ -17,6 +17,43 @@ pub use context::{Context, ContextOptions, Device, Reservation};
 pub use state_rows::kv_values;
 pub use weights::WeightTensor;
 
+/// The element type of a session's KV cache (`SessionOptions::kv_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// The device's own choice: f32 on the CPU, f16 on a GPU (half the memory and decode
+    /// bandwidth; its rounding is well under quantized weights' noise).
+    #[default]
+    Auto,
+    /// f16 keys and values (GPU only for now).
+    F16,
+    /// f32 keys and values: exact, for f32/f16 weights whose results should match an f32
+    /// reference (on a GPU, twice the cache memory and decode attention bandwidth).
+    F32,
+}
+
+impl KvType {
+    /// The name the CLI and the bindings use: "auto", "f16" or "f32".
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::Auto => "auto",
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+
+    /// The type a name gives (see [`name`](Self::name)), or an error naming it.
+    pub fn parse(s: &str) -> crate::Result<KvType> {
+        [KvType::Auto, KvType::F16, KvType::F32]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                crate::Error::InvalidArgument(format!(
+                    "KV cache type {s:?}: expected auto, f16 or f32"
+                ))
+            })
+    }
+}
+
 /// The sizes a backend allocates for: the model's widths and counts, nothing of how the
 /// architecture uses them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use super::common::ModelArgs;
 use llorch::grammar::Constraint;
 use llorch::sampling::SamplingParams;
-use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
+use llorch::session::{GenerateParams, KvType, Session, SessionOptions, StopReason};
 use llorch::tokenizer::chat::ChatMessage;
 use std::io::Write;
 
@@ -65,6 +65,9 @@ pub struct Args {
     /// Context length (0: the model's, at most 4096)
     #[arg(short, long, value_name = "N", default_value_t = 0)]
     ctx: u32,
+    /// The KV cache's element type: auto (f32 on the CPU, f16 on a GPU), f16 or f32 (exact)
+    #[arg(long, value_name = "TYPE", default_value = "auto", value_parser = parse_kv_type)]
+    kv_type: KvType,
     /// Stop before this text (repeatable)
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     stop: Vec<String>,
@@ -124,6 +127,7 @@ pub fn run(a: Args) -> Result<(), String> {
         SessionOptions {
             n_ctx: a.ctx,
             seed: a.seed,
+            kv_type: a.kv_type,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -171,4 +175,9 @@ pub fn run(a: Args) -> Result<(), String> {
         stats.generated_tokens as f64 / stats.generate_seconds.max(1e-9),
     );
     Ok(())
+}
+
+/// `--kv-type`'s value: auto, f16 or f32.
+fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).map_err(|e| e.to_string())
 }

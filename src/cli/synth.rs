@@ -43,7 +43,7 @@ pub struct Args {
     /// Context length
     #[arg(long, value_name = "N")]
     ctx: Option<usize>,
-    /// Tensor types: q4_k_m, q4_1 or gpt-oss
+    /// Tensor types: q4_k_m, q4_1, gpt-oss or f16
     #[arg(long, value_name = "MIX")]
     mix: Option<String>,
     /// Experts of a mixture-of-experts feed-forward (0: dense)
@@ -76,7 +76,12 @@ pub fn run(a: Args) -> Result<(), String> {
             "q4_k_m" => TypeMix::Q4KM,
             "q4_1" => TypeMix::Q4_1,
             "gpt-oss" => TypeMix::GptOss,
-            _ => return Err(format!("unknown mix '{mix}' (q4_k_m, q4_1 or gpt-oss)")),
+            "f16" => TypeMix::F16,
+            _ => {
+                return Err(format!(
+                    "unknown mix '{mix}' (q4_k_m, q4_1, gpt-oss or f16)"
+                ))
+            }
         };
     }
     let w = build(&spec, seed).map_err(|e| e.to_string())?;

@@ -11,6 +11,7 @@ use super::{
     arg, c_str, call, check_struct_size, guard, llorch_error, llorch_model, llorch_status, out,
     read_sized_fields,
 };
+use crate::backend::KvType;
 use crate::grammar::Constraint;
 use crate::session::{
     Event, GenerateParams, GenerateStats, Piece, Session, SessionOptions, StopReason, TokenLogprob,
@@ -44,6 +45,18 @@ struct Engine {
     logprobs: pieces::LogprobArrays,
 }
 
+/// The element type of a session's KV cache (`llorch_session_params.kv_type`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum llorch_kv_type {
+    /// The device's choice: f32 on the CPU, f16 on a GPU (half the memory and bandwidth).
+    LLORCH_KV_AUTO = 0,
+    /// f16 keys and values (a GPU; on the CPU, `LLORCH_ERR_UNSUPPORTED` for now).
+    LLORCH_KV_F16 = 1,
+    /// f32 keys and values: exact (on a GPU, twice the cache memory of f16).
+    LLORCH_KV_F32 = 2,
+}
+
 /// Parameters of `llorch_session_new`. Fill with `llorch_session_params_init` first.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +68,8 @@ pub struct llorch_session_params {
     pub n_ctx: u32,
     /// Seed of the sampler's random numbers (default 0). Same seed and input, same tokens.
     pub seed: u64,
+    /// A `llorch_kv_type` value: the KV cache's element type (default `LLORCH_KV_AUTO`).
+    pub kv_type: i32,
 }
 
 const SESSION_PARAMS_MIN: usize = std::mem::offset_of!(llorch_session_params, seed) + 8;
@@ -65,7 +80,21 @@ fn session_params_default() -> llorch_session_params {
         struct_size: std::mem::size_of::<llorch_session_params>(),
         n_ctx: d.n_ctx,
         seed: d.seed,
+        kv_type: llorch_kv_type::LLORCH_KV_AUTO as i32,
     }
+}
+
+fn kv_type_of(v: i32) -> crate::Result<KvType> {
+    Ok(match v {
+        0 => KvType::Auto,
+        1 => KvType::F16,
+        2 => KvType::F32,
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "params->kv_type is {v}, not a llorch_kv_type value (0 to 2)"
+            )))
+        }
+    })
 }
 
 /// One logit bias: `bias` is added to the logit of `token` before sampling.
@@ -274,7 +303,7 @@ pub unsafe extern "C" fn llorch_session_new(
         if !params.is_null() {
             let size = arg(params, "params")?.struct_size;
             check_struct_size(size, SESSION_PARAMS_MIN, "params")?;
-            read_sized_fields!(params, size, p: llorch_session_params { n_ctx, seed });
+            read_sized_fields!(params, size, p: llorch_session_params { n_ctx, seed, kv_type });
         }
         let m = arg(model, "model")?;
         let session = Session::new(
@@ -282,6 +311,7 @@ pub unsafe extern "C" fn llorch_session_new(
             SessionOptions {
                 n_ctx: p.n_ctx,
                 seed: p.seed,
+                kv_type: kv_type_of(p.kv_type)?,
             },
         )?;
         *out_session = into_handle(session);

@@ -21,6 +21,8 @@ pub enum TypeMix {
     /// As GPT-OSS's published files: F16 attention, Q8_0 embedding and output, F32 router,
     /// norms, biases and sinks, experts in [`EXPERT_TYPE`].
     GptOss,
+    /// Every matrix F16 (an unquantized export): the exact-weights case.
+    F16,
 }
 
 /// The experts' type of the GPT-OSS mix: MXFP4, as the published files hold them.
@@ -359,6 +361,7 @@ pub fn build(spec: &SynthSpec, seed: u64) -> Result<GgufWriter> {
             GgmlType::Q8_0,
         ),
         TypeMix::GptOss => (GgmlType::F16, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q8_0),
+        TypeMix::F16 => (GgmlType::F16, GgmlType::F16, GgmlType::F16, GgmlType::F16),
     };
     // Q4_K_M falls back to Q5_0 (and Q8_0 for the "more bits" tensors) where a row is not
     // whole 256-value blocks, as the real Qwen 0.5B file does.

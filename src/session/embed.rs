@@ -142,6 +142,7 @@ pub fn embed_tokens(
         SessionOptions {
             n_ctx: longest as u32,
             seed: 0,
+            ..Default::default()
         },
     )?;
     let norm = FinalNorm::of(model)?;

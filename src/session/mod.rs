@@ -11,6 +11,7 @@ mod stop;
 // Embeddings: the final hidden state, pooled (through the taps).
 pub mod embed;
 
+pub use crate::backend::KvType;
 use crate::backend::{Logits, Out, Reservation, State, Tap};
 use crate::grammar::{Constraint, TokenMatcher};
 use crate::model::recipe::forward;
@@ -37,6 +38,8 @@ pub struct SessionOptions {
     pub n_ctx: u32,
     /// Seed of the sampler's RNG.
     pub seed: u64,
+    /// The KV cache's element type ([`KvType::Auto`]: f32 on the CPU, f16 on a GPU).
+    pub kv_type: KvType,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +116,8 @@ pub struct Session {
     /// generation acts on it (so no cancel is ever lost between two generations).
     cancel: Arc<AtomicBool>,
     seed: u64,
+    /// The KV cache's element type it was made with (a fork's too).
+    kv_type: KvType,
     /// Generations begun so far (varies the sampler's seed from one to the next).
     generation: u64,
     /// The generation in progress, between `begin` and its `Event::Done`.
@@ -136,7 +141,7 @@ impl Session {
             model.weights.host_kv_bytes(&dims, n_ctx),
             "the session's KV cache",
         )?;
-        let state = model.weights.new_state(&dims, n_ctx)?;
+        let state = model.weights.new_state(&dims, n_ctx, options.kv_type)?;
         Ok(Session {
             model,
             state: Arc::new(Mutex::new(state)),
@@ -146,6 +151,7 @@ impl Session {
             pending: None,
             cancel: Arc::new(AtomicBool::new(false)),
             seed: options.seed,
+            kv_type: options.kv_type,
             generation: 0,
             running: None,
         })

@@ -48,6 +48,7 @@ pub fn perplexity(
         SessionOptions {
             n_ctx: window as u32,
             seed: 0,
+            ..Default::default()
         },
     )?;
     let vocab = model.vocab_size();

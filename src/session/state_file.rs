@@ -91,6 +91,7 @@ impl Session {
             super::SessionOptions {
                 n_ctx: self.n_ctx as u32,
                 seed: self.seed,
+                kv_type: self.kv_type,
             },
         )?;
         let n = self.history.len();

@@ -523,17 +523,28 @@ static int test_experts(const TypeInfo& t, int n_expert, int rows, int k, int n_
     return bad;
 }
 
+// A value as a cache of KV holds it.
+static double kv_round(__half*, float x) { return __half2float(__float2half_rn(x)); }
+static double kv_round(float*, float x) { return x; }
+static __half kv_make(__half*, float x) { return __float2half_rn(x); }
+static float kv_make(float*, float x) { return x; }
+static double kv_value(__half h) { return __half2float(h); }
+static double kv_value(float f) { return f; }
+
 // attention_decode (a head size's kernel or the generic one) of one query at position `pos`
-// over an f16 cache, with or without sinks, against a double reference on the same f16 keys and
-// values. The token's k and v go into the cache either inside the kernel (`fold`: RoPE too,
+// over an f16 (KV = __half) or f32 (KV = float: the `_f32kv` kernels) cache, with or without
+// sinks, against a double reference on the same cached keys and values. The token's k and v go into the cache either inside the kernel (`fold`: RoPE too,
 // checked against the reference's own rotation) or by kv_store_decode before it (k taken as
 // already rotated). Short contexts take one block a head, long ones the split and merge.
+template <class KV>
 static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int window, bool sinks, bool generic,
                                  bool fold) {
+    constexpr bool f32 = sizeof(KV) == 4;
+    KV* tag = nullptr;  // picks kv_round's and kv_make's overloads
     const int max_ctx = pos + 3;
-    std::vector<__half> kc((size_t)n_kv * max_ctx * hd), vc(kc.size());
-    for (auto& h : kc) h = __float2half_rn(rng.unit());
-    for (auto& h : vc) h = __float2half_rn(rng.unit());
+    std::vector<KV> kc((size_t)n_kv * max_ctx * hd), vc(kc.size());
+    for (auto& h : kc) h = kv_make(tag, rng.unit());
+    for (auto& h : vc) h = kv_make(tag, rng.unit());
     std::vector<float> q((size_t)n_heads * hd), knew((size_t)n_kv * hd), vnew(knew.size());
     for (auto& v : q) v = 2 * rng.unit();
     for (auto& v : knew) v = rng.unit();
@@ -558,20 +569,29 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
         blockDim = {(unsigned)hd, 1, 1};
         for (int h = 0; h < n_kv; h++) {
             blockIdx = {(unsigned)h, 0, 0};
-            emu::run_block(hd, [&] { kv_store_decode(knew.data(), vnew.data(), kc.data(), vc.data(), pp, hd, max_ctx); });
+            emu::run_block(hd, [&] {
+                if constexpr (f32)
+                    kv_store_decode_f32kv(knew.data(), vnew.data(), kc.data(), vc.data(), pp, hd, max_ctx);
+                else
+                    kv_store_decode(knew.data(), vnew.data(), kc.data(), vc.data(), pp, hd, max_ctx);
+            });
         }
     }
     const int splits = 32;
     std::vector<float> part((size_t)n_heads * splits * (hd + 2)), out((size_t)n_heads * hd, NAN);
     std::vector<int> count(n_heads, 0);
-    const int smem = generic ? 0 : 4 * 2 * 32 * hd * 2;
+    const int smem = generic ? 0 : 4 * 2 * 32 * hd * (int)sizeof(KV);
     std::vector<uint8_t> sm(smem ? smem : 1);
     for (auto& b : sm) b = (uint8_t)rng.next();
     emu_dyn_smem = sm.data();
     emu_dyn_smem_size = smem;
     gridDim = {(unsigned)n_heads, (unsigned)splits, 1};
     blockDim = {128, 1, 1};
-    auto kernel = generic ? attention_decode : hd == 64 ? attention_decode_d64 : attention_decode_d128;
+    decltype(&attention_decode_body<MAXD, KV>) kernel;  // the instances' signature
+    if constexpr (f32)
+        kernel = generic ? attention_decode_f32kv : hd == 64 ? attention_decode_d64_f32kv : attention_decode_d128_f32kv;
+    else
+        kernel = generic ? attention_decode : hd == 64 ? attention_decode_d64 : attention_decode_d128;
     for (int h = 0; h < n_heads; h++)
         for (int sp = 0; sp < splits; sp++) {
             blockIdx = {(unsigned)h, (unsigned)sp, 0};
@@ -588,12 +608,12 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
         const int kvh = h / (n_heads / n_kv);
         const int lo = window > 0 ? std::max(0, pos - window + 1) : 0;
         auto key = [&](int j, int d) -> double {
-            return j == pos ? (double)__half2float(__float2half_rn(kr[(size_t)kvh * hd + d]))
-                            : (double)__half2float(kc[((size_t)kvh * max_ctx + j) * hd + d]);
+            return j == pos ? kv_round(tag, kr[(size_t)kvh * hd + d])
+                            : kv_value(kc[((size_t)kvh * max_ctx + j) * hd + d]);
         };
         auto val = [&](int j, int d) -> double {
-            return j == pos ? (double)__half2float(__float2half_rn(vnew[(size_t)kvh * hd + d]))
-                            : (double)__half2float(vc[((size_t)kvh * max_ctx + j) * hd + d]);
+            return j == pos ? kv_round(tag, vnew[(size_t)kvh * hd + d])
+                            : kv_value(vc[((size_t)kvh * max_ctx + j) * hd + d]);
         };
         const std::vector<double> o =
             attend_ref(&qr[(size_t)h * hd], scale, lo, pos, hd, key, val, sinks ? &sk[h] : nullptr);
@@ -607,7 +627,7 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
     // f32 scores and sums against double; the rotation is the same code on both sides.
     const double e = sqrt(num / den);
     const bool ok = e < 2e-6 && counts_left == 0;
-    printf("  attention_decode%s hd %d heads %d/%d pos %d win %d%s%s: rel err %.2e%s\n", generic ? " (generic)" : "",
+    printf("  attention_decode%s%s hd %d heads %d/%d pos %d win %d%s%s: rel err %.2e%s\n", f32 ? "_f32kv" : "", generic ? " (generic)" : "",
            hd, n_heads, n_kv, pos, window, sinks ? " sinks" : "", fold ? " rope folded" : " kv_store_decode", e,
            ok ? "" : "  FAIL");
     return !ok;
@@ -655,10 +675,16 @@ int main(int argc, char** argv) {
         // One block a head (<= 128 keys), the split and merge (up to 32 slices), windows.
         const A cases[] = {{64, 4, 2, 40, 0, false},  {64, 8, 2, 700, 0, false}, {128, 4, 4, 300, 128, false},
                            {64, 4, 1, 2100, 0, false}, {96, 6, 3, 200, 16, true}, {64, 4, 2, 90, 16, true}};
+        // The f32 cache's kernels on every case, with sinks and the folded RoPE once each.
         for (const A& c : cases)
             for (int sinks = 0; sinks < 2; sinks++)
-                for (int fold = 0; fold < 2; fold++)
-                    bad += test_attention_decode(c.hd, c.heads, c.kv, c.pos, c.window, sinks, c.generic, fold), runs++;
+                for (int fold = 0; fold < 2; fold++) {
+                    bad += test_attention_decode<__half>(c.hd, c.heads, c.kv, c.pos, c.window, sinks, c.generic, fold);
+                    runs++;
+                    if (sinks != fold)
+                        bad += test_attention_decode<float>(c.hd, c.heads, c.kv, c.pos, c.window, sinks, c.generic, fold),
+                            runs++;
+                }
     }
     printf("%d runs, %d failed\n", runs, bad);
     return bad ? 1 : 0;

@@ -4,7 +4,8 @@
 // Fmt<T>::chunk's values rounded to f16 bit for bit; the GEMM is compared with a double sum of
 // the same f16 operands (the emulated mma sums in double too: only f32 rounding of the
 // accumulators remains, far below the 2e-6 tolerance; a wrong swizzle, fragment or bound is
-// orders of magnitude above it).
+// orders of magnitude above it). The exact products of F16 and F32 weights (the split kernels)
+// are compared with a double sum of the f32 activations and the weights' own values.
 #include "emu_runtime.h"
 
 #include "../../kernels/gemm_f16.cu"
@@ -107,6 +108,63 @@ static int test_gemm(const Tile& t, int M, int N, int K) {
     return !ok;
 }
 
+// The exact product of F16 (P = 2) or F32 (P = 3) weights: dequant_split_* and
+// f32_to_f16_split* into rows of P k halves, then a GEMM over them, against the double sum of
+// the unrounded f32 activations (magnitudes 2^-6 to 2^6, most not representable in f16) and
+// the weights' values; beside it the plain path (dequant_f16_*, f32_to_f16), whose f16
+// activations (and F32 weights) miss by ~2^-12 relative. The split must come within 2e-6
+// (f32 accumulation over K and the dropped lo x lo term, ~2^-22) and 50 times under the plain.
+static int test_split(const TypeInfo& ty, int M, int N, int K) {
+    const int P = ty.id == T_F16 ? 2 : 3;
+    const Tile& t = TILES[2];
+    const long long rb = (long long)K * ty.bytes / 32;
+    std::vector<uint8_t> W(N * rb);
+    random_weights(W, ty.id, ty.bytes, (long long)N * K, rng);
+    std::vector<float> X((size_t)M * K);
+    for (auto& v : X) v = rf() * ldexpf(1.f, (int)(rnd() % 13) - 6);
+    auto gemm = [&](const std::vector<__half>& A, const std::vector<__half>& B, int k) {
+        std::vector<float> Y((size_t)M * N, NAN);
+        const int smem = t.stages * (t.bm + t.bn) * t.bk * 2;
+        for (int bx = 0; bx < (M + t.bm - 1) / t.bm; bx++)
+            for (int by = 0; by < (N + t.bn - 1) / t.bn; by++) {
+                blockIdx = {(unsigned)bx, (unsigned)by, 0};
+                std::vector<uint8_t> sm(smem);
+                emu_dyn_smem = sm.data();
+                emu_dyn_smem_size = smem;
+                emu::run_block(t.warps * 32, [&] { t.k(A.data(), B.data(), Y.data(), M, N, k); });
+            }
+        return Y;
+    };
+    std::vector<__half> As((size_t)M * K * P), Bs((size_t)N * K * P), A((size_t)M * K), B((size_t)N * K);
+    for (auto* v : {&As, &Bs, &A, &B})
+        for (auto& h : *v) h.bits = 0x7e00;  // NaN
+    const auto split_w = ty.id == T_F16 ? dequant_split_f16 : dequant_split_f32;
+    const auto split_x = ty.id == T_F16 ? f32_to_f16_split2 : f32_to_f16_split3;
+    run_grid1((long long)N * K / 32, [&] { split_w(W.data(), Bs.data(), N, K, rb); });
+    run_grid1((long long)M * K / 8, [&] { split_x(X.data(), As.data(), (long long)M * K); });
+    run_grid1((long long)N * K / 32, [&] { ty.dq(W.data(), B.data(), N, K, rb); });
+    run_grid1((long long)M * K / 8, [&] { f32_to_f16(X.data(), A.data(), (long long)M * K); });
+    const std::vector<float> Ys = gemm(As, Bs, K * P), Y = gemm(A, B, K);
+    double num = 0, num_plain = 0, den = 0;
+    for (int n = 0; n < N; n++) {
+        std::vector<float> w(K);
+        for (int c = 0; c < K / 32; c++) ty.chunk(&W[n * rb], c, &w[32 * c]);
+        for (int m = 0; m < M; m++) {
+            double s = 0;
+            for (int i = 0; i < K; i++) s += (double)X[(size_t)m * K + i] * w[i];
+            const double ys = Ys[(size_t)m * N + n], y = Y[(size_t)m * N + n];
+            num += std::isfinite(ys) ? (ys - s) * (ys - s) : INFINITY;
+            num_plain += (y - s) * (y - s);
+            den += s * s;
+        }
+    }
+    const double e = sqrt(num / den), ep = sqrt(num_plain / den);
+    const bool ok = e < 2e-6 && e * 50 < ep;
+    printf("exact product %-3s M=%-3d N=%-3d K=%-3d: rel err %.2e (plain f16 path %.2e)%s\n", ty.name, M, N, K,
+           e, ep, ok ? "" : "  FAIL");
+    return !ok;
+}
+
 int main(int argc, char** argv) {
     emu::eager = argc > 1 && !strcmp(argv[1], "eager");
     printf("cp.async copies land %s\n", emu::eager ? "when issued" : "at the wait");
@@ -129,6 +187,10 @@ int main(int argc, char** argv) {
             bad += test_gemm(t, s[0], s[1], s[2]);
             runs++;
         }
+    for (int i = 0; i < 2; i++) {
+        bad += test_split(TYPES[i], 37, 70, 96) + test_split(TYPES[i], 65, 131, 256);
+        runs += 2;
+    }
     printf("%d runs, %d failed\n", runs, bad);
     return bad ? 1 : 0;
 }

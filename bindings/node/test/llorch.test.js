@@ -286,3 +286,11 @@ test('a JSON Schema constrains the output; a bad one is an error naming the keyw
   await assert.rejects(s.generate('x', { jsonSchema: { type: 'string', format: 'email' } }),
     (e) => e.status === Status.INVALID_ARGUMENT && /unsupported keyword 'format'/.test(e.message));
 });
+
+test('kvType reaches the session params: f32 on the CPU, f16 unsupported there', async (t) => {
+  const model = await load(t);
+  const { KvType } = require('..');
+  model.createSession({ nCtx: 64, kvType: KvType.F32 }).close();
+  assert.throws(() => model.createSession({ nCtx: 64, kvType: KvType.F16 }),
+    (e) => e instanceof LlorchError && e.status === Status.UNSUPPORTED && /f16/.test(e.message));
+});

@@ -34,8 +34,13 @@ pub(super) fn prepare_kernel(name: &str, f: cudarc::driver::sys::CUfunction) -> 
     if name.starts_with("fused_matvec") {
         allow_shared(f, name, FUSED_SHARED_GLU)?;
     }
-    if name == "attention_decode_d128" {
-        allow_shared(f, name, attn_shared(128))?;
+    // The staged decode attention above 48 KiB: head size 128 (f16: 64 KiB), and 64 or 128
+    // over an f32 cache (64 and 128 KiB).
+    match name {
+        "attention_decode_d128" => allow_shared(f, name, attn_shared(128, 2))?,
+        "attention_decode_d64_f32kv" => allow_shared(f, name, attn_shared(64, 4))?,
+        "attention_decode_d128_f32kv" => allow_shared(f, name, attn_shared(128, 4))?,
+        _ => {}
     }
     Ok(())
 }
@@ -149,9 +154,9 @@ pub(super) fn rows_kernel_names(file: &str) -> &'static [&'static str] {
 const MATVEC_MAX_INPUTS: usize = 8;
 
 /// attention_decode's dynamic shared memory for head size `hd` (the kernels of one head size):
-/// 4 warps x (32 key + 32 value rows) of f16.
-fn attn_shared(hd: usize) -> usize {
-    4 * 2 * 32 * hd * 2
+/// 4 warps x (32 key + 32 value rows) of the cache type (`elem_bytes` a value).
+fn attn_shared(hd: usize, elem_bytes: usize) -> usize {
+    4 * 2 * 32 * hd * elem_bytes
 }
 
 /// Key slices per head in attention_decode (one per lane of the merging warp). Fixed, so a
@@ -816,7 +821,7 @@ impl CudaDevice {
         k.check(self, f32s(n_kv * hd), "rope_kv k")?;
         v.check(self, f32s(n_kv * hd), "rope_kv v")?;
         pos.check(self, 4, "rope_kv pos")?;
-        launch!(self, "rope_kv", ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1);
+        launch!(self, &cache.kernel("rope_kv"), ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1);
             q.ptr(), k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(),
             n_heads as i32, n_kv as i32, hd as i32, cache.max_ctx as i32, p.rot_dim as i32,
             p.base, p.neox as i32)
@@ -900,9 +905,9 @@ impl CudaDevice {
         let smem = if name == "attention_decode" {
             0
         } else {
-            attn_shared(hd)
+            attn_shared(hd, cache.elem_bytes())
         };
-        launch!(self, name, (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1),
+        launch!(self, &cache.kernel(name), (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1),
             shared = smem as u32;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
             pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
@@ -924,7 +929,7 @@ impl CudaDevice {
         k.check(self, f32s(n_kv * hd), "kv_store_decode k")?;
         v.check(self, f32s(n_kv * hd), "kv_store_decode v")?;
         pos.check(self, 4, "kv_store_decode pos")?;
-        launch!(self, "kv_store_decode", (n_kv as u32, 1, 1), (hd as u32, 1, 1);
+        launch!(self, &cache.kernel("kv_store_decode"), (n_kv as u32, 1, 1), (hd as u32, 1, 1);
             k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(), hd as i32,
             cache.max_ctx as i32)
     }

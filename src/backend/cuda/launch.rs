@@ -43,7 +43,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         ],
         "norm" => &["rmsnorm"],
         "rope" => &["rope", "rope_scaled"],
-        "attention" => &["kv_store", "attention"],
+        "attention" => &["kv_store", "attention", "kv_store_f32kv", "attention_f32kv"],
         "attention_batch" => &["kv_store_batch", "attention_batch"],
         "elementwise" => &[
             "swiglu",
@@ -97,10 +97,20 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "attention_decode",
             "attention_decode_d64",
             "attention_decode_d128",
+            "rope_kv_f32kv",
+            "kv_store_decode_f32kv",
+            "attention_decode_f32kv",
+            "attention_decode_d64_f32kv",
+            "attention_decode_d128_f32kv",
         ],
         "mma_matmul" => mma_kernels(),
         "gemm_f16" => gemm_kernels(),
-        "attention_tiled" => &["attention_tiled", "attention_tiled_sinks"],
+        "attention_tiled" => &[
+            "attention_tiled",
+            "attention_tiled_sinks",
+            "attention_tiled_f32kv",
+            "attention_tiled_sinks_f32kv",
+        ],
         _ => &[],
     }
 }
@@ -332,7 +342,16 @@ fn gemm_kernels() -> &'static [&'static str] {
         TYPE_SUFFIXES
             .iter()
             .map(|ty| format!("dequant_f16_{ty}"))
-            .chain(["f32_to_f16".to_string()])
+            .chain(
+                [
+                    "f32_to_f16",
+                    "dequant_split_f16",
+                    "dequant_split_f32",
+                    "f32_to_f16_split2",
+                    "f32_to_f16_split3",
+                ]
+                .map(String::from),
+            )
             .chain(GEMM_TILES.iter().map(|t| t.kernel()))
             .map(|n| &*Box::leak(n.into_boxed_str()))
             .collect()
@@ -352,6 +371,28 @@ fn gemm_kernels() -> &'static [&'static str] {
 /// 896x896 at 12: 0.022 / 0.023, at 16: 0.025 / 0.022).
 pub fn matmul_uses_gemm(n_tok: usize, rows: usize, k: usize) -> bool {
     gemm_enabled() && matmul_uses_mma(n_tok, rows, k)
+}
+
+/// The f16 parts the two-pass product splits each value of a weight of type `ty` and of its
+/// activations into (kernels/gemm_f16.cu): 2 for F16 weights, 3 for F32 ones, so that their
+/// products are exact to the f32 sums (exact weights get exact products, and HF's f32 forward
+/// on the same weights is matched within 1e-3, tests/engine_tiny.rs), at 2 or 3 times the
+/// GEMM's work; 1 (f16 activations, ~2^-12 relative) for the quantized formats, whose own
+/// rounding is far coarser, and for every type under `LLORCH_CUDA_EXACT=0`.
+/// Always on for F16/F32 weights, not only for `kv_type` f32 sessions: the f16 inputs alone
+/// moved the tiny models' logits up to 8.8e-3 (CPU emulation), more than the f16 cache (5.5e-3),
+/// and a file of F16/F32 weights is the user's choice of precision over size. Cost, H100, an
+/// all-F16 0.5B (`synth --mix f16`): pp512 42,700 tok/s against 60,800 unsplit (the GEMMs'
+/// share of the prompt doubles); decode unchanged (its mat-vecs take f32 inputs already);
+/// quantized files unaffected (bench/RESULTS.md).
+pub fn gemm_parts(ty: GgmlType) -> usize {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("LLORCH_CUDA_EXACT").map_or(true, |v| v != "0"));
+    match ty {
+        GgmlType::F16 if on => 2,
+        GgmlType::F32 if on => 3,
+        _ => 1,
+    }
 }
 
 /// Whether the two-pass prompt products are used (`LLORCH_CUDA_GEMM=0` turns them off, and
@@ -562,7 +603,7 @@ pub const ROPE_DIV_MAX: usize = 256;
 #[repr(C)]
 struct RopeDiv([f32; ROPE_DIV_MAX]);
 
-/// One layer's KV cache: K and V, each [n_kv_heads][max_ctx][head_dim] f16, in VRAM.
+/// One layer's KV cache: K and V, each [n_kv_heads][max_ctx][head_dim] f16 (or f32), in VRAM.
 #[derive(Debug)]
 pub struct KvCacheLayer {
     pub k: DeviceBuffer,
@@ -570,6 +611,34 @@ pub struct KvCacheLayer {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub max_ctx: usize,
+    /// f32 elements (a kv_type f32 session) rather than f16.
+    pub f32: bool,
+}
+
+impl KvCacheLayer {
+    /// Bytes of one cached value.
+    pub fn elem_bytes(&self) -> usize {
+        if self.f32 {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// Bytes of each of K and V.
+    pub fn bytes(&self) -> u64 {
+        (self.n_kv_heads * self.max_ctx * self.head_dim * self.elem_bytes()) as u64
+    }
+
+    /// The instance of the cache kernel `name` for this cache's type (kernels/attn_common.cuh:
+    /// the f32 ones are `<name>_f32kv`).
+    pub fn kernel(&self, name: &str) -> String {
+        if self.f32 {
+            format!("{name}_f32kv")
+        } else {
+            name.to_string()
+        }
+    }
 }
 
 impl CudaDevice {
@@ -597,7 +666,8 @@ impl CudaDevice {
     /// Y = X W^T for `n_tok` activation rows. `x`: n_tok x k f32; `y`: n_tok x rows f32.
     /// On the tensor cores ([`matmul_mma`](Self::matmul_mma)) where [`matmul_uses_mma`] says
     /// so (from [`MMA_MIN_TOKENS`] tokens, fewer for big matrices), else in f32
-    /// ([`matmul_f32`](Self::matmul_f32)).
+    /// ([`matmul_f32`](Self::matmul_f32)); always in f32 for the weights whose products are
+    /// kept exact ([`gemm_parts`] > 1: the one-pass kernel rounds activations to f16).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -609,7 +679,7 @@ impl CudaDevice {
         n_tok: usize,
         y: &mut DeviceBuffer,
     ) -> Result<()> {
-        if matmul_uses_mma(n_tok, rows, k) {
+        if matmul_uses_mma(n_tok, rows, k) && gemm_parts(ty) == 1 {
             self.matmul_mma(ty, w, rows, k, x, n_tok, y, None)
         } else {
             self.matmul_f32(ty, w, rows, k, x, n_tok, y)
@@ -691,8 +761,10 @@ impl CudaDevice {
     /// dequantized into `wh` (f16, rows x k: at least 2·rows·k bytes) and the activations
     /// rounded into `xh` (f16, at least 2·n_tok·k bytes), then the f16 GEMM multiplies them
     /// with f32 sums. The same rounding as [`matmul_mma`](Self::matmul_mma) (each weight's f32
-    /// value and each activation rounded to f16 once). `tile` indexes [`GEMM_TILES`]; `None`
-    /// picks one for the shape.
+    /// value and each activation rounded to f16 once), except for F16 and F32 weights, whose
+    /// values and activations are split into [`gemm_parts`] f16 parts each (`wh` and `xh` that
+    /// many times larger): exact to the f32 sums. `tile` indexes [`GEMM_TILES`]; `None` picks
+    /// one for the shape.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_gemm(
         &self,
@@ -710,9 +782,38 @@ impl CudaDevice {
         positive(n_tok, "matmul n_tok")?;
         x.check(self, f32s(n_tok * k), "matmul x")?;
         y.check(self, f32s(n_tok * rows), "matmul y")?;
+        let parts = gemm_parts(ty);
+        if parts > 1 {
+            self.dequant_split(ty, w, rows, k, wh)?;
+            self.f32_to_f16_split(x, n_tok * k, parts, xh)?;
+            return self.gemm_f16(xh, wh, y, n_tok, rows, k * parts, tile);
+        }
         self.dequant_f16(ty, w, rows, k, wh)?;
         self.f32_to_f16(x, n_tok * k, xh)?;
         self.gemm_f16(xh, wh, y, n_tok, rows, k, tile)
+    }
+
+    /// F16 or F32 weights (`rows` rows of `k`) into `out` as f16 [rows][P·k], each 32-value
+    /// chunk as its P = [`gemm_parts`] parts (kernels/gemm_f16.cu's dequant_split_*).
+    pub fn dequant_split(
+        &self,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let (name, parts) = match ty {
+            GgmlType::F16 => ("dequant_split_f16", 2),
+            GgmlType::F32 => ("dequant_split_f32", 3),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "dequant_split: {} weights (F16 or F32 only)",
+                    ty.name()
+                )))
+            }
+        };
+        self.dequant_launch(name, ty, w, rows, k, parts, out)
     }
 
     /// Dequantize `rows` rows of `k` values of type `ty` (GGUF layout) into `out` as f16
@@ -725,38 +826,90 @@ impl CudaDevice {
         k: usize,
         out: &mut DeviceBuffer,
     ) -> Result<()> {
-        let rb = row_bytes(ty, k, "dequant_f16")?;
         let name = format!("dequant_f16_{}", type_suffix(ty)?);
-        let rows_i = positive(rows, "dequant_f16 rows")?;
-        let k_i = dim(k, "dequant_f16 k")?;
+        self.dequant_launch(&name, ty, w, rows, k, 1, out)
+    }
+
+    /// The launch of a dequantizing kernel `name` (a thread a 32-value chunk, blocks of 256)
+    /// writing `parts` f16 values per weight value.
+    #[allow(clippy::too_many_arguments)]
+    fn dequant_launch(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        w: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        parts: u64,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let rb = row_bytes(ty, k, name)?;
+        let rows_i = positive(rows, "dequant rows")?;
+        let k_i = dim(k, "dequant k")?;
         let blocks = (rows as u64 * (k / 32) as u64).div_ceil(256);
         if blocks > i32::MAX as u64 {
             return Err(Error::InvalidArgument(format!(
-                "dequant_f16: {rows}x{k} is too large for one launch"
+                "{name}: {rows}x{k} is too large for one launch"
             )));
         }
-        w.check(self, rb * rows as u64, "dequant_f16 weights")?;
-        out.check(self, rows as u64 * k as u64 * 2, "dequant_f16 out")?;
-        launch!(self, &name, (blocks as u32, 1, 1), (256, 1, 1);
+        w.check(self, rb * rows as u64, &format!("{name} weights"))?;
+        let bytes = parts * rows as u64 * k as u64 * 2;
+        out.check(self, bytes, &format!("{name} out"))?;
+        launch!(self, name, (blocks as u32, 1, 1), (256, 1, 1);
             w.ptr(), out.ptr(), rows_i, k_i, rb as i64)
+    }
+
+    /// `n` f32 values (rows of whole 32-value chunks) into `parts` (2 or 3) f16 parts a chunk
+    /// (kernels/gemm_f16.cu's f32_to_f16_split*): `out` holds parts·n f16.
+    pub fn f32_to_f16_split(
+        &self,
+        x: &DeviceBuffer,
+        n: usize,
+        parts: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        let name = match parts {
+            2 => "f32_to_f16_split2",
+            3 => "f32_to_f16_split3",
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "f32_to_f16_split: {parts} parts (2 or 3)"
+                )))
+            }
+        };
+        self.to_f16_launch(name, x, n, 32, parts, out)
     }
 
     /// Round `n` f32 values (a multiple of 8) to f16.
     pub fn f32_to_f16(&self, x: &DeviceBuffer, n: usize, out: &mut DeviceBuffer) -> Result<()> {
-        if n == 0 || n % 8 != 0 {
+        self.to_f16_launch("f32_to_f16", x, n, 8, 1, out)
+    }
+
+    /// The launch of a conversion kernel `name` (8 values a thread, blocks of 256) of `n` f32
+    /// values (a multiple of `multiple`) into `parts` f16 values each.
+    fn to_f16_launch(
+        &self,
+        name: &str,
+        x: &DeviceBuffer,
+        n: usize,
+        multiple: usize,
+        parts: usize,
+        out: &mut DeviceBuffer,
+    ) -> Result<()> {
+        if n == 0 || n % multiple != 0 {
             return Err(Error::InvalidArgument(format!(
-                "f32_to_f16: {n} values is not a positive multiple of 8"
+                "{name}: {n} values is not a positive multiple of {multiple}"
             )));
         }
         let blocks = (n as u64 / 8).div_ceil(256);
         if blocks > i32::MAX as u64 {
             return Err(Error::InvalidArgument(format!(
-                "f32_to_f16: {n} values is too many for one launch"
+                "{name}: {n} values is too many for one launch"
             )));
         }
-        x.check(self, f32s(n), "f32_to_f16 x")?;
-        out.check(self, n as u64 * 2, "f32_to_f16 out")?;
-        launch!(self, "f32_to_f16", (blocks as u32, 1, 1), (256, 1, 1);
+        x.check(self, f32s(n), &format!("{name} x"))?;
+        out.check(self, (parts * n) as u64 * 2, &format!("{name} out"))?;
+        launch!(self, name, (blocks as u32, 1, 1), (256, 1, 1);
             x.ptr(), out.ptr(), n as i64)
     }
 
@@ -1074,12 +1227,14 @@ impl CudaDevice {
             p.base, p.pos_scale, p.neox as i32, mscale, d)
     }
 
-    /// A KV cache layer for `max_ctx` positions, accounted as [`MemKind::KvCache`].
+    /// A KV cache layer for `max_ctx` positions of f16 (`f32`: of f32), accounted as
+    /// [`MemKind::KvCache`].
     pub fn alloc_kv_layer(
         &self,
         n_kv_heads: usize,
         head_dim: usize,
         max_ctx: usize,
+        f32: bool,
     ) -> Result<KvCacheLayer> {
         positive(n_kv_heads, "n_kv_heads")?;
         positive(max_ctx, "max_ctx")?;
@@ -1088,10 +1243,11 @@ impl CudaDevice {
                 "attention head_dim {head_dim}: the CUDA kernel takes multiples of 32 up to 256"
             )));
         }
+        let elem = if f32 { 4 } else { 2 };
         let bytes = n_kv_heads
             .checked_mul(max_ctx)
-            .and_then(|v| v.checked_mul(head_dim * 2))
-            .filter(|&b| b / 2 <= i32::MAX as usize * 64)
+            .and_then(|v| v.checked_mul(head_dim * elem))
+            .filter(|&b| b / elem <= i32::MAX as usize * 64)
             .ok_or_else(|| Error::InvalidArgument("KV cache size overflows".into()))?;
         let k = self.alloc(bytes, MemKind::KvCache)?;
         let v = self.alloc(bytes, MemKind::KvCache)?;
@@ -1101,11 +1257,12 @@ impl CudaDevice {
             n_kv_heads,
             head_dim,
             max_ctx,
+            f32,
         })
     }
 
     /// Store `n_tok` tokens' K and V (each n_tok x n_kv_heads x head_dim f32) at positions
-    /// pos0.. of the cache (converted to f16).
+    /// pos0.. of the cache (converted to its type).
     pub fn kv_store(
         &self,
         k: &DeviceBuffer,
@@ -1128,17 +1285,9 @@ impl CudaDevice {
         }
         k.check(self, f32s(n * cache.head_dim), "kv_store k")?;
         v.check(self, f32s(n * cache.head_dim), "kv_store v")?;
-        cache.k.check(
-            self,
-            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
-            "kv cache k",
-        )?;
-        cache.v.check(
-            self,
-            (cache.n_kv_heads * cache.max_ctx * cache.head_dim * 2) as u64,
-            "kv cache v",
-        )?;
-        launch!(self, "kv_store", (n as u32, 1, 1), (cache.head_dim as u32, 1, 1);
+        cache.k.check(self, cache.bytes(), "kv cache k")?;
+        cache.v.check(self, cache.bytes(), "kv cache v")?;
+        launch!(self, &cache.kernel("kv_store"), (n as u32, 1, 1), (cache.head_dim as u32, 1, 1);
             k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), cache.n_kv_heads as i32,
             cache.head_dim as i32, cache.max_ctx as i32, pos0 as i32)
     }
@@ -1170,7 +1319,7 @@ impl CudaDevice {
                 .attention_tiled_launch(q, n_tok, n_heads, cache, pos0, scale, window_i, s, out);
         }
         let hd = cache.head_dim;
-        launch!(self, "attention", (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
+        launch!(self, &cache.kernel("attention"), (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i,
             s)
@@ -1220,7 +1369,7 @@ impl CudaDevice {
 
     /// [`attention`](Self::attention) for a prompt: kernels/attention_tiled.cu stages tiles of
     /// 32 keys and values in shared memory for 16 queries at a time (same arithmetic: f32
-    /// scores over the f16 cache, precise expf; only the summation order differs).
+    /// scores over the cache, precise expf; only the summation order differs).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_tiled(
         &self,
@@ -1256,15 +1405,16 @@ impl CudaDevice {
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         let hd = cache.head_dim;
-        // 16 queries (f32), 32 keys (rows padded by one word), 32 values (f16).
-        let smem = (16 * hd * 4 + 32 * (hd / 2 + 1) * 4 + 32 * hd * 2) as u32;
+        // 16 queries (f32), 32 keys (rows padded by one 4-byte word), 32 values.
+        let words = hd * cache.elem_bytes() / 4;
+        let smem = (16 * hd * 4 + 32 * (words + 1) * 4 + 32 * words * 4) as u32;
         let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
-        let name = if sinks == 0 {
+        let name = cache.kernel(if sinks == 0 {
             "attention_tiled"
         } else {
             "attention_tiled_sinks"
-        };
-        launch!(self, name, grid, (128, 1, 1), raise_shared = smem;
+        });
+        launch!(self, &name, grid, (128, 1, 1), raise_shared = smem;
             q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_tok as i32, n_heads as i32,
             cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale,
             window, sinks)

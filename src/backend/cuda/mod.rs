@@ -27,8 +27,8 @@ pub use fused::{
     MatVecOut, NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
 };
 pub use launch::{
-    gemm_enabled, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile, RopeParams,
-    ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
+    gemm_enabled, gemm_parts, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile,
+    RopeParams, ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};

@@ -2,9 +2,10 @@
 //! activation buffers ([`CudaState`]) and one step of the recipe ([`CudaStep`], an [`Ops`]).
 //!
 //! Arithmetic: matrices stay in their GGUF block format and multiply f32 activations (no
-//! 8-bit activation quantization, unlike the CPU); the KV cache is f16; norms, RoPE, softmax
-//! and the residual stream are f32. Longer steps (the prompt) run the plain operations with
-//! the mat-mul kernels. A decode step (one token) runs the fused kernels of
+//! 8-bit activation quantization, unlike the CPU; F16/F32 weights' prompt products exact to
+//! f32, `launch::gemm_parts`); the KV cache is f16, or f32 for a `kv_type` f32 session; norms,
+//! RoPE, softmax and the residual stream are f32. Longer steps (the prompt) run the plain
+//! operations with the mat-mul kernels. A decode step (one token) runs the fused kernels of
 //! kernels/decode.cu, six per layer: norm + Q/K/V (+ biases), RoPE + KV store, split-K
 //! attention, output projection + residual, norm + gate/up + SwiGLU, down + residual. Those
 //! read the position from device memory, so the whole step is captured once as a CUDA graph
@@ -20,7 +21,7 @@ use super::fused::{
 };
 use super::fused::{matvec_rows_supported, multirow_rows, MULTIROW_MAX};
 use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
-use super::launch::{gemm_enabled, matmul_uses_gemm, KvCacheLayer, RopeParams};
+use super::launch::{gemm_enabled, gemm_parts, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
 use crate::backend::{
@@ -152,15 +153,17 @@ impl CudaModel {
     /// matrices (`vocab` rows: the output head, multiplied by more than one token only when
     /// every position's logits are asked for) are left out: they are several times the
     /// largest layer matrix (0.5B: 136M values against 4.4M), so they keep the one-pass kernel.
+    /// F16 and F32 matrices count [`gemm_parts`] times (their exact products' split values).
     fn gemm_sizes(&self, vocab: usize) -> (usize, usize) {
         let mats = self.weights.iter().filter(|w| w.rows > 1);
         let most = mats
             .clone()
             .filter(|w| w.rows != vocab)
-            .map(|w| w.rows * w.cols)
+            .map(|w| w.rows * w.cols * gemm_parts(w.ty))
             .max()
             .unwrap_or(0);
-        (most, mats.map(|w| w.cols).max().unwrap_or(0))
+        let longest = mats.map(|w| w.cols * gemm_parts(w.ty)).max();
+        (most, longest.unwrap_or(0))
     }
 
     fn mat(&self, w: WeightId) -> MatRef<'_> {
@@ -204,7 +207,7 @@ fn graphs_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("LLORCH_CUDA_GRAPH").map_or(true, |v| v != "0"))
 }
 
-/// A session's state on the GPU: per-layer f16 KV cache, activation buffers for up to
+/// A session's state on the GPU: per-layer KV cache (f16, or f32 for kv_type f32), activation buffers for up to
 /// `cap` token rows, the step's positions and token ids.
 pub struct CudaState {
     /// The model's device with this session's own stream.
@@ -277,18 +280,25 @@ fn alloc_scratch(dev: &CudaDevice, dims: &Dims, cap: usize, gemm_k: usize) -> Re
 }
 
 impl CudaState {
-    /// Bytes of the f16 KV cache for `n_ctx` positions.
-    pub fn kv_bytes(dims: &Dims, n_ctx: usize) -> u64 {
-        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * 2
+    /// Bytes of the KV cache for `n_ctx` positions (of f32 values with `f32`, else f16).
+    pub fn kv_bytes(dims: &Dims, n_ctx: usize, f32: bool) -> u64 {
+        let elem = if f32 { 4 } else { 2 };
+        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * elem
+    }
+
+    /// [`with_kv`](Self::with_kv) with the f16 cache.
+    pub fn new(model: &CudaModel, dims: &Dims, n_ctx: usize) -> Result<Self> {
+        Self::with_kv(model, dims, n_ctx, false)
     }
 
     /// Allocates everything a session needs up front, so that out of memory shows here (as
-    /// [`Error::OutOfMemory`], with nothing left allocated) rather than mid-generation.
-    pub fn new(model: &CudaModel, dims: &Dims, n_ctx: usize) -> Result<Self> {
+    /// [`Error::OutOfMemory`], with nothing left allocated) rather than mid-generation. The
+    /// KV cache holds f32 values with `f32_kv`, else f16.
+    pub fn with_kv(model: &CudaModel, dims: &Dims, n_ctx: usize, f32_kv: bool) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
         let mut kv = Vec::with_capacity(dims.n_layer);
         for _ in 0..dims.n_layer {
-            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, n_ctx)?);
+            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, n_ctx, f32_kv)?);
         }
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
         // The two-pass prompt products need scratch only where steps of several tokens fit.
@@ -381,10 +391,12 @@ impl CudaState {
         &self.dims
     }
 
-    /// Layer `l`'s cache: K and V addresses, positions (a batched step's table entry).
+    /// Layer `l`'s cache: K and V addresses, positions (a batched step's table entry). Bit 0
+    /// of the K address (an allocation's, aligned) set says the cache is f32
+    /// (kernels/attention_batch.cu), so that sessions of both types share a batched step.
     pub(super) fn kv_layer_ref(&self, l: usize) -> (u64, u64, usize) {
         let c = &self.kv[l];
-        (c.k.ptr(), c.v.ptr(), c.max_ctx)
+        (c.k.ptr() | c.f32 as u64, c.v.ptr(), c.max_ctx)
     }
 
     pub(super) fn logits_buffer(&self) -> &DeviceBuffer {
@@ -779,7 +791,8 @@ impl Ops for CudaStep<'_> {
             // The two-pass path where the scratch holds this product (not the vocabulary
             // matrices, see `CudaModel::gemm_sizes`) and it is the faster one.
             if let (Some(wh), Some(xh)) = (st.gemm_w.as_mut(), st.gemm_x.as_mut()) {
-                let fits = wh.len_bytes() >= rows * k * 2 && xh.len_bytes() >= n * k * 2;
+                let kp = k * gemm_parts(wt.ty);
+                let fits = wh.len_bytes() >= rows * kp * 2 && xh.len_bytes() >= n * kp * 2;
                 if fits && matmul_uses_gemm(n, rows, k) {
                     return st
                         .dev

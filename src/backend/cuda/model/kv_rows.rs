@@ -1,5 +1,5 @@
 //! Reading and writing the first rows of a GPU state's KV cache (session save/restore, fork).
-//! The cache is f16, `[head][position][head_dim]` per layer; the rows travel as f32
+//! The cache is f16 (or f32), `[head][position][head_dim]` per layer; the rows travel as f32
 //! `[position][head][head_dim]` (the CPU's layout), so a state saved on one device restores
 //! on the other. f16 -> f32 is exact; f32 -> f16 rounds as the kernels' own store does.
 
@@ -13,8 +13,9 @@ impl CudaState {
     pub fn kv_rows(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
         self.check_rows(n)?;
         let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
-        let mut head = vec![0u8; n * hd * 2];
         for layer in &self.kv {
+            let eb = layer.elem_bytes();
+            let mut head = vec![0u8; n * hd * eb];
             for cache in [&layer.k, &layer.v] {
                 let start = out.len();
                 out.resize(start + n * n_kv * hd, 0.0);
@@ -22,11 +23,15 @@ impl CudaState {
                 for h in 0..n_kv {
                     // A head's first n positions are contiguous.
                     self.dev
-                        .download_at(cache, h * self.n_ctx * hd * 2, &mut head)?;
-                    for (p, src) in head.chunks_exact(hd * 2).enumerate() {
+                        .download_at(cache, h * self.n_ctx * hd * eb, &mut head)?;
+                    for (p, src) in head.chunks_exact(hd * eb).enumerate() {
                         let dst = &mut rows[(p * n_kv + h) * hd..][..hd];
-                        for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                            *d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                        for (d, b) in dst.iter_mut().zip(src.chunks_exact(eb)) {
+                            *d = match *b {
+                                [a, b] => f16::from_le_bytes([a, b]).to_f32(),
+                                [a, b, c, e] => f32::from_le_bytes([a, b, c, e]),
+                                _ => unreachable!("2- or 4-byte values"),
+                            };
                         }
                     }
                 }
@@ -48,19 +53,24 @@ impl CudaState {
                 self.kv.len()
             )));
         }
-        let mut head = vec![0u8; n * hd * 2];
         let mut rows = data.chunks_exact(per.max(1));
         for layer in &mut self.kv {
+            let eb = layer.elem_bytes();
+            let mut head = vec![0u8; n * hd * eb];
             for cache in [&mut layer.k, &mut layer.v] {
                 let Some(src) = rows.next() else { break };
                 for h in 0..n_kv {
-                    for (p, dst) in head.chunks_exact_mut(hd * 2).enumerate() {
+                    for (p, dst) in head.chunks_exact_mut(hd * eb).enumerate() {
                         let row = &src[(p * n_kv + h) * hd..][..hd];
-                        for (b, &x) in dst.chunks_exact_mut(2).zip(row) {
-                            b.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+                        for (b, &x) in dst.chunks_exact_mut(eb).zip(row) {
+                            if eb == 4 {
+                                b.copy_from_slice(&x.to_le_bytes());
+                            } else {
+                                b.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+                            }
                         }
                     }
-                    self.dev.write(cache, h * self.n_ctx * hd * 2, &head)?;
+                    self.dev.write(cache, h * self.n_ctx * hd * eb, &head)?;
                 }
             }
         }
