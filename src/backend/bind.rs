@@ -3,6 +3,7 @@
 //! was made from, so a step never pairs a model with a state of another device.
 
 use super::cpu::{CpuModel, CpuScratch, CpuSeq, CpuState, CpuStep};
+use super::kvpool::KvPool;
 use super::{Context, Device, Dims, Logits, Ops, Tap, WeightTensor};
 use crate::gguf::Gguf;
 use crate::{Error, Result};
@@ -85,20 +86,14 @@ impl Weights {
         }
     }
 
-    /// Host bytes the KV cache of `n_ctx` positions takes, to account against the context's
-    /// budget. A GPU's KV cache is accounted by the device's memory manager instead.
-    pub fn host_kv_bytes(&self, dims: &Dims, n_ctx: usize) -> u64 {
-        match self {
-            Weights::Cpu(_) => CpuState::kv_bytes(dims, n_ctx),
-            #[cfg(feature = "cuda")]
-            Weights::Cuda(_) => 0,
-        }
-    }
-
-    /// A session's state (KV cache for `n_ctx` positions, activation buffers).
-    pub fn new_state(&self, dims: &Dims, n_ctx: usize) -> Result<State> {
+    /// A session's state (KV cache for `n_ctx` positions, activation buffers). On the CPU
+    /// the cache starts empty and grows in blocks of the model's `pool`; a GPU allocates its
+    /// whole cache here, accounted by the device's memory manager.
+    pub fn new_state(&self, dims: &Dims, n_ctx: usize, pool: &Arc<KvPool>) -> Result<State> {
+        #[cfg(feature = "cuda")]
+        let _ = pool;
         Ok(match self {
-            Weights::Cpu(m) => State::Cpu(m.clone(), CpuState::new(dims, n_ctx)?),
+            Weights::Cpu(m) => State::Cpu(m.clone(), CpuState::new(dims, n_ctx, pool.clone())),
             #[cfg(feature = "cuda")]
             Weights::Cuda(m) => {
                 State::Cuda(m.clone(), super::cuda::CudaState::new(m, dims, n_ctx)?)

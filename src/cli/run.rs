@@ -124,6 +124,7 @@ pub fn run(a: Args) -> Result<(), String> {
         SessionOptions {
             n_ctx: a.ctx,
             seed: a.seed,
+            ..Default::default()
         },
     )
     .map_err(|e| e.to_string())?;

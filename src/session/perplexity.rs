@@ -47,7 +47,7 @@ pub fn perplexity(
         model.clone(),
         SessionOptions {
             n_ctx: window as u32,
-            seed: 0,
+            ..Default::default()
         },
     )?;
     let vocab = model.vocab_size();

@@ -5,15 +5,52 @@
 // The AVX-512 intrinsics are stable since Rust 1.89 (as in quant/x86.rs).
 #![allow(clippy::incompatible_msrv)]
 
-/// `out = Σ_j softmax_j(scale·q·k_j)·v_j` over `len` positions; position j's key and value
-/// start at `kc[j*stride]` / `vc[j*stride]` (`q.len()` values each). A `sink` logit joins the
-/// softmax (its max and its sum) with no value. `scores`: scratch.
+/// A sequence's keys and values of one layer, in blocks: position `p` is row `p % block` of
+/// `k[p / block]` (and `v[...]`), rows `stride` values apart.
+pub struct Paged<'a> {
+    pub k: &'a [&'a [f32]],
+    pub v: &'a [&'a [f32]],
+    pub block: usize,
+    pub stride: usize,
+}
+
+impl Paged<'_> {
+    /// The runs of positions `lo..lo + len` within one block each, in order: the keys and
+    /// values from the first run's row at column `col`, and the run's length.
+    fn runs(&self, col: usize, lo: usize, len: usize) -> impl Iterator<Item = (&[f32], &[f32], usize)> {
+        let end = lo + len;
+        (lo / self.block..end.div_ceil(self.block)).map(move |bi| {
+            let r0 = lo.saturating_sub(bi * self.block);
+            let r1 = self.block.min(end - bi * self.block);
+            let at = r0 * self.stride + col;
+            (&self.k[bi][at..], &self.v[bi][at..], r1 - r0)
+        })
+    }
+
+    /// Whether positions `lo..lo + len` of `hd` values from `col` are all there (whole
+    /// blocks: the vector loops read through raw pointers).
+    fn holds(&self, col: usize, hd: usize, lo: usize, len: usize) -> bool {
+        let (first, need) = (lo / self.block, (lo + len).div_ceil(self.block));
+        let full = self.block * self.stride;
+        col + hd <= self.stride
+            && self.k.len() >= need
+            && self.v.len() >= need
+            && self.k[first..need]
+                .iter()
+                .chain(&self.v[first..need])
+                .all(|b| b.len() >= full)
+    }
+}
+
+/// `out = Σ_j softmax_j(scale·q·k_j)·v_j` over positions `lo..lo + len` of `kv`, each
+/// position's key and value the `q.len()` values from column `col` of its row. A `sink`
+/// logit joins the softmax (its max and its sum) with no value. `scores`: scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn head(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    stride: usize,
+    kv: &Paged,
+    col: usize,
+    lo: usize,
     len: usize,
     scale: f32,
     sink: Option<f32>,
@@ -22,15 +59,15 @@ pub fn head(
 ) {
     let hd = q.len();
     assert!(len > 0 && out.len() == hd);
-    assert!(kc.len() >= (len - 1) * stride + hd && vc.len() >= (len - 1) * stride + hd);
+    assert!(kv.holds(col, hd, lo, len), "KV rows {lo}..{} not held", lo + len);
     scores.clear();
     scores.resize(len, 0.0);
     #[cfg(target_arch = "x86_64")]
     if hd % 16 == 0 && avx512() {
         // SAFETY: AVX-512F present; sizes checked above.
-        return unsafe { head_avx512(q, kc, vc, stride, scale, sink, scores, out) };
+        return unsafe { head_avx512(q, kv, col, lo, scale, sink, scores, out) };
     }
-    head_scalar(q, kc, vc, stride, scale, sink, scores, out)
+    head_scalar(q, kv, col, lo, scale, sink, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -43,18 +80,22 @@ fn avx512() -> bool {
 #[allow(clippy::too_many_arguments)]
 fn head_scalar(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    stride: usize,
+    kv: &Paged,
+    col: usize,
+    lo: usize,
     scale: f32,
     sink: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    for (j, s) in scores.iter_mut().enumerate() {
-        let k = &kc[j * stride..j * stride + hd];
-        *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+    let (hd, stride, len) = (q.len(), kv.stride, scores.len());
+    let mut j = 0;
+    for (kc, _, rows) in kv.runs(col, lo, len) {
+        for r in 0..rows {
+            let k = &kc[r * stride..r * stride + hd];
+            scores[j] = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            j += 1;
+        }
     }
     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let max = sink.map_or(max, |s| max.max(s));
@@ -64,10 +105,14 @@ fn head_scalar(
         sum += *s;
     }
     out.fill(0.0);
-    for (j, s) in scores.iter().enumerate() {
-        let w = s / sum;
-        for (a, b) in out.iter_mut().zip(&vc[j * stride..j * stride + hd]) {
-            *a += w * b;
+    let mut j = 0;
+    for (_, vc, rows) in kv.runs(col, lo, len) {
+        for r in 0..rows {
+            let w = scores[j] / sum;
+            for (a, b) in out.iter_mut().zip(&vc[r * stride..r * stride + hd]) {
+                *a += w * b;
+            }
+            j += 1;
         }
     }
 }
@@ -77,35 +122,40 @@ fn head_scalar(
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_avx512(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    stride: usize,
+    kv: &Paged,
+    col: usize,
+    lo: usize,
     scale: f32,
     sink: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let hd = q.len();
-    let (qp, kp, vp) = (q.as_ptr(), kc.as_ptr(), vc.as_ptr());
+    let (hd, stride, len) = (q.len(), kv.stride, scores.len());
+    let qp = q.as_ptr();
     let mut max = f32::NEG_INFINITY;
-    for (j, s) in scores.iter_mut().enumerate() {
-        let mut acc = _mm512_setzero_ps();
-        for d in (0..hd).step_by(16) {
-            acc = _mm512_fmadd_ps(
-                _mm512_loadu_ps(qp.add(d)),
-                _mm512_loadu_ps(kp.add(j * stride + d)),
-                acc,
-            );
+    let mut j = 0;
+    for (kc, _, rows) in kv.runs(col, lo, len) {
+        let kp = kc.as_ptr();
+        for r in 0..rows {
+            let mut acc = _mm512_setzero_ps();
+            for d in (0..hd).step_by(16) {
+                acc = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(qp.add(d)),
+                    _mm512_loadu_ps(kp.add(r * stride + d)),
+                    acc,
+                );
+            }
+            let s = _mm512_reduce_add_ps(acc) * scale;
+            scores[j] = s;
+            max = max.max(s);
+            j += 1;
         }
-        *s = _mm512_reduce_add_ps(acc) * scale;
-        max = max.max(*s);
     }
     if let Some(s) = sink {
         max = max.max(s);
     }
     // exp(s - max), 16 at a time (the tail through a mask).
-    let len = scores.len();
     let mut sumv = _mm512_setzero_ps();
     let mv = _mm512_set1_ps(max);
     for j in (0..len).step_by(16) {
@@ -125,12 +175,17 @@ unsafe fn head_avx512(
     // Σ_j w_j·v_j, 16 dimensions at a time, normalized once at the end.
     for d in (0..hd).step_by(16) {
         let mut acc = _mm512_setzero_ps();
-        for (j, &w) in scores.iter().enumerate() {
-            acc = _mm512_fmadd_ps(
-                _mm512_set1_ps(w),
-                _mm512_loadu_ps(vp.add(j * stride + d)),
-                acc,
-            );
+        let mut j = 0;
+        for (_, vc, rows) in kv.runs(col, lo, len) {
+            let vp = vc.as_ptr();
+            for r in 0..rows {
+                acc = _mm512_fmadd_ps(
+                    _mm512_set1_ps(scores[j]),
+                    _mm512_loadu_ps(vp.add(r * stride + d)),
+                    acc,
+                );
+                j += 1;
+            }
         }
         _mm512_storeu_ps(
             out.as_mut_ptr().add(d),
@@ -244,6 +299,62 @@ mod tests {
         (*s >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// One block holding `len` rows.
+    fn whole<'a>(k: &'a [&'a [f32]], v: &'a [&'a [f32]], stride: usize, len: usize) -> Paged<'a> {
+        Paged {
+            k,
+            v,
+            block: len,
+            stride,
+        }
+    }
+
+    /// The same rows in blocks of 16 (copied, from any start) give the same output bit for
+    /// bit as in one block: the same products and sums in the same order.
+    #[test]
+    fn blocks_change_no_bit() {
+        let mut s = 3u64;
+        let (heads, hd, total) = (2, 64, 75);
+        let stride = heads * hd;
+        let kc: Vec<f32> = (0..total * stride).map(|_| rng(&mut s) * 6.0 - 3.0).collect();
+        let vc: Vec<f32> = (0..total * stride).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
+        let q: Vec<f32> = (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
+        let block = 16;
+        let pad = |c: &[f32]| -> Vec<Vec<f32>> {
+            c.chunks(block * stride)
+                .map(|b| {
+                    let mut b = b.to_vec();
+                    b.resize(block * stride, 0.0);
+                    b
+                })
+                .collect()
+        };
+        let (kb, vb) = (pad(&kc), pad(&vc));
+        let ks: Vec<&[f32]> = kb.iter().map(|b| &b[..]).collect();
+        let vs: Vec<&[f32]> = vb.iter().map(|b| &b[..]).collect();
+        let paged = Paged {
+            k: &ks,
+            v: &vs,
+            block,
+            stride,
+        };
+        let (k1, v1) = ([&kc[..]], [&vc[..]]);
+        let one = whole(&k1, &v1, stride, total);
+        for (lo, len) in [(0, 1), (0, 16), (0, 17), (5, 40), (16, 59), (31, 44)] {
+            for col in [0, hd] {
+                let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
+                head(&q, &paged, col, lo, len, 0.125, None, &mut Vec::new(), &mut a);
+                head(&q, &one, col, lo, len, 0.125, None, &mut Vec::new(), &mut b);
+                assert_eq!(a, b, "lo {lo} len {len} col {col}");
+                let mut sc = vec![0f32; len];
+                head_scalar(&q, &paged, col, lo, 0.125, None, &mut sc, &mut a);
+                let mut sc = vec![0f32; len];
+                head_scalar(&q, &one, col, lo, 0.125, None, &mut sc, &mut b);
+                assert_eq!(a, b, "scalar: lo {lo} len {len} col {col}");
+            }
+        }
+    }
+
     /// The vector exp against f64 over the softmax range: relative error within 4e-7
     /// (the series is exact to 5e-9; r's reduction and ~8 fused steps round at 6e-8 each).
     #[test]
@@ -314,17 +425,9 @@ mod tests {
         for sink in [-20.0f32, 0.3, 8.0] {
             let den: f64 = scores.iter().map(|x| x.exp()).sum::<f64>() + (sink as f64).exp();
             let mut got = vec![0f32; hd];
-            head(
-                &q,
-                &kc,
-                &vc,
-                stride,
-                len,
-                scale,
-                Some(sink),
-                &mut Vec::new(),
-                &mut got,
-            );
+            let (ks, vs) = ([&kc[..]], [&vc[..]]);
+            let kv = whole(&ks, &vs, stride, len);
+            head(&q, &kv, 0, 0, len, scale, Some(sink), &mut Vec::new(), &mut got);
             for (d, &g) in got.iter().enumerate() {
                 let want: f64 = (0..len)
                     .map(|j| scores[j].exp() / den * vc[j * stride + d] as f64)
@@ -369,10 +472,12 @@ mod tests {
             let vc: Vec<f32> = (0..len * stride).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
             let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
             let mut sc = Vec::new();
+            let (ks, vs) = ([&kc[..]], [&vc[..]]);
+            let kv = whole(&ks, &vs, stride, len);
             for sink in [None, Some(-3.0), Some(0.7), Some(40.0)] {
-                head(&q, &kc, &vc, stride, len, 0.125, sink, &mut sc, &mut a);
+                head(&q, &kv, 0, 0, len, 0.125, sink, &mut sc, &mut a);
                 let mut sc2 = vec![0f32; len];
-                head_scalar(&q, &kc, &vc, stride, 0.125, sink, &mut sc2, &mut b);
+                head_scalar(&q, &kv, 0, 0, 0.125, sink, &mut sc2, &mut b);
                 for (x, y) in a.iter().zip(&b) {
                     assert!((x - y).abs() <= 2e-6, "hd {hd} len {len}: {x} vs {y}");
                 }
