@@ -62,7 +62,7 @@ pub fn run(a: Args) -> Result<(), String> {
         })
         .collect();
     let n_ctx = (pp.max(tg + 1) as u32).max(16);
-    let mut session = Session::new(model.clone(), SessionOptions { n_ctx, ..Default::default() })
+    let mut session = Session::new(model.clone(), SessionOptions { n_ctx, seed: 0 })
         .map_err(|e| e.to_string())?;
     let mut pp_rates = Vec::new();
     let mut tg_rates = Vec::new();

@@ -124,7 +124,6 @@ pub fn run(a: Args) -> Result<(), String> {
         SessionOptions {
             n_ctx: a.ctx,
             seed: a.seed,
-            ..Default::default()
         },
     )
     .map_err(|e| e.to_string())?;

@@ -69,7 +69,7 @@ fn session_params_default() -> llorch_session_params {
         struct_size: std::mem::size_of::<llorch_session_params>(),
         n_ctx: d.n_ctx,
         seed: d.seed,
-        fail_when_busy: d.fail_when_busy,
+        fail_when_busy: false,
     }
 }
 
@@ -283,14 +283,14 @@ pub unsafe extern "C" fn llorch_session_new(
             read_sized_fields!(params, size, p: llorch_session_params { n_ctx, seed, fail_when_busy });
         }
         let m = arg(model, "model")?;
-        let session = Session::new(
+        let mut session = Session::new(
             m.model.clone(),
             SessionOptions {
                 n_ctx: p.n_ctx,
                 seed: p.seed,
-                fail_when_busy: p.fail_when_busy,
             },
         )?;
+        session.set_fail_when_busy(p.fail_when_busy);
         *out_session = into_handle(session);
         Ok(())
     })

@@ -96,7 +96,7 @@ impl Scheduler {
     pub fn new(model: Arc<Model>, max_parallel: usize, n_ctx: u32) -> crate::Result<Scheduler> {
         let max_parallel = max_parallel.max(1);
         let sessions = (0..max_parallel)
-            .map(|_| Session::new(model.clone(), SessionOptions { n_ctx, ..Default::default() }))
+            .map(|_| Session::new(model.clone(), SessionOptions { n_ctx, seed: 0 }))
             .collect::<crate::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),

@@ -52,7 +52,7 @@ pub fn parallel_decode(
         .map(|i| {
             let (model, ready, go) = (model.clone(), ready.clone(), go.clone());
             std::thread::spawn(move || -> Result<()> {
-                let made = Session::new(model.clone(), SessionOptions { n_ctx, ..Default::default() });
+                let made = Session::new(model.clone(), SessionOptions { n_ctx, seed: 0 });
                 let toks = bench_tokens(prompt.max(1), model.vocab_size(), i as u64);
                 let fed = made.and_then(|mut s| {
                     s.eval(&toks[..toks.len() - 1], crate::backend::Logits::Last)?;

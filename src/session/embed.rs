@@ -141,7 +141,7 @@ pub fn embed_tokens(
         model.clone(),
         SessionOptions {
             n_ctx: longest as u32,
-            ..Default::default()
+            seed: 0,
         },
     )?;
     let norm = FinalNorm::of(model)?;

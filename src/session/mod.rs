@@ -39,9 +39,6 @@ pub struct SessionOptions {
     pub n_ctx: u32,
     /// Seed of the sampler's RNG.
     pub seed: u64,
-    /// When the model's KV memory (the context's budget) is taken by other sessions: fail at
-    /// once with `Error::Busy` instead of waiting in line for it.
-    pub fail_when_busy: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +143,7 @@ impl Session {
             model,
             state: Arc::new(Mutex::new(state)),
             n_ctx,
-            fail_when_busy: options.fail_when_busy,
+            fail_when_busy: false,
             history: Vec::new(),
             pending: None,
             cancel: Arc::new(AtomicBool::new(false)),
@@ -173,6 +170,12 @@ impl Session {
     /// e.g. for a request that may be cancelled while it waits in a queue).
     pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
         self.cancel = flag;
+    }
+
+    /// When the model's KV memory (the context's budget) is taken by other sessions: fail at
+    /// once with `Error::Busy` (true) instead of waiting in line for it (false, the default).
+    pub fn set_fail_when_busy(&mut self, fail: bool) {
+        self.fail_when_busy = fail;
     }
 
     /// The seed of the sampler's random numbers from now on (as `SessionOptions::seed`).

@@ -47,7 +47,7 @@ pub fn perplexity(
         model.clone(),
         SessionOptions {
             n_ctx: window as u32,
-            ..Default::default()
+            seed: 0,
         },
     )?;
     let vocab = model.vocab_size();

@@ -92,9 +92,9 @@ impl Session {
             super::SessionOptions {
                 n_ctx: self.n_ctx as u32,
                 seed: self.seed,
-                fail_when_busy: self.fail_when_busy,
             },
         )?;
+        s.fail_when_busy = self.fail_when_busy;
         let n = self.history.len();
         let shared = s.state.lock().kv_share(&self.state.lock());
         if !shared {
