@@ -21,6 +21,7 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use batch::{Feed, Member, Produced, Want};
+pub use kv_memory::usable_prefix;
 pub use logprobs::TokenLogprob;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,10 +8,11 @@
 //! for memory half-way, so generating sessions cannot wait on each other. When the budget
 //! is exhausted the request joins a FIFO queue; idle prefix-cache blocks are evicted first
 //! (least recently used). It waits while some admitted generation is in flight (it will end
-//! and give back what it did not use); it fails at once with [`Error::Busy`] if the caller
-//! asked not to wait, when no generation is in flight (the memory is held by idle sessions,
-//! which only their owners can free), or when nothing in the pool moved for [`MAX_STALL`]
-//! (a generation begun through the pull form and left unread); and with
+//! and give back what it did not use) or blocks are being freed; it fails with
+//! [`Error::Busy`] at once if the caller asked not to wait, after [`IDLE_GRACE`] when no
+//! generation is in flight and nothing is freed (the memory is held by idle sessions, which
+//! only their owners can free: waiting could be forever), or when nothing in the pool moved
+//! for [`MAX_STALL`] (a generation begun through the pull form and left unread); and with
 //! [`Error::OutOfMemory`] if it could not fit even with this pool empty.
 //!
 //! **Blocks.** A block holds [`Layout::block`] positions of every layer: per layer, the K rows
@@ -53,6 +54,10 @@ pub const BLOCK_POSITIONS: usize = 16;
 /// with `Error::Busy` (the generations in flight are not moving: e.g. begun through the pull
 /// form and left unread).
 pub const MAX_STALL: Duration = Duration::from_secs(30);
+
+/// How long a request waits when no generation is in flight and nothing moves (an owner
+/// may be about to free a session it just finished with) before it fails with `Busy`.
+pub const IDLE_GRACE: Duration = Duration::from_millis(250);
 
 /// How often a waiting request looks again (a backstop: frees also wake it).
 const POLL: Duration = Duration::from_millis(50);
@@ -200,6 +205,9 @@ impl Drop for Grant {
 /// What a pool holds now (for tests and reports).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
+    /// Bytes and positions of one block.
+    pub block_bytes: u64,
+    pub block_positions: usize,
     /// Bytes of blocks and unused grants in the context's budget.
     pub held_bytes: u64,
     /// Blocks in the prefix cache, and those of them no session uses.
@@ -240,6 +248,8 @@ impl KvPool {
     pub fn stats(&self) -> PoolStats {
         let (cached_blocks, idle_cached_blocks) = self.cache.lock().counts();
         PoolStats {
+            block_bytes: self.shared.layout.bytes(),
+            block_positions: self.shared.layout.block,
             held_bytes: self.shared.held.load(Ordering::SeqCst),
             cached_blocks,
             idle_cached_blocks,
@@ -327,7 +337,7 @@ impl KvPool {
                  and the session asked not to wait"
             )));
         }
-        if in_flight == 0 {
+        if in_flight == 0 && moved_at.elapsed() > IDLE_GRACE {
             return Some(Error::Busy(format!(
                 "the KV cache needs {bytes} bytes; idle sessions of the model hold {held} and \
                  no generation in flight will free any: free, reset or rewind a session"
