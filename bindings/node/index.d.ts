@@ -20,6 +20,7 @@ export const Status: Readonly<{
   NO_DEVICE: 7;
   IO: 8;
   INTERNAL: 9;
+  BUSY: 10;
 }>;
 export type StatusCode = (typeof Status)[keyof typeof Status];
 
@@ -69,6 +70,9 @@ export interface SessionOptions {
   nCtx?: number;
   /** Seed of the sampler's random numbers. */
   seed?: number | bigint;
+  /** When the model's KV memory (the context's budget) is held by other sessions: reject
+   *  at once with status BUSY instead of waiting in line. */
+  failWhenBusy?: boolean;
 }
 
 /** A loaded model, shared by its sessions (which keep it alive after close()). */
