@@ -42,19 +42,34 @@ unsafe fn session(model: *const llorch_model, fail_when_busy: bool) -> *mut llor
     s
 }
 
-unsafe fn generate(s: *mut llorch_session, prompt: &str, max_tokens: u32) -> (llorch_status, String) {
+unsafe fn generate(
+    s: *mut llorch_session,
+    prompt: &str,
+    max_tokens: u32,
+) -> (llorch_status, String) {
     let mut p = std::mem::zeroed::<llorch_generate_params>();
     llorch_generate_params_init(&mut p);
     p.max_tokens = max_tokens;
     let prompt = CString::new(prompt).unwrap();
     let mut err = null_mut();
-    let st = llorch_session_generate(s, prompt.as_ptr(), &p, None, null_mut(), null_mut(), &mut err);
+    let st = llorch_session_generate(
+        s,
+        prompt.as_ptr(),
+        &p,
+        None,
+        null_mut(),
+        null_mut(),
+        &mut err,
+    );
     status(st, err)
 }
 
 unsafe fn n_past(s: *const llorch_session) -> u32 {
     let (mut n, mut cap, mut err) = (0u32, 0u32, null_mut());
-    ok(llorch_session_context_usage(s, &mut n, &mut cap, &mut err), err);
+    ok(
+        llorch_session_context_usage(s, &mut n, &mut cap, &mut err),
+        err,
+    );
     n
 }
 

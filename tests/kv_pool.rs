@@ -127,15 +127,24 @@ fn prefix_cache_is_exact_and_skips_the_shared_prompt() {
     for (i, q) in QUESTIONS.iter().enumerate() {
         let r = run(&mut session(&m), &format!("{SYSTEM}{q}"), &p).unwrap();
         let c = &cold[i];
-        assert_eq!(r.tokens, c.tokens, "question {i}: tokens differ from a cold model");
+        assert_eq!(
+            r.tokens, c.tokens,
+            "question {i}: tokens differ from a cold model"
+        );
         assert_eq!(r.bits, c.bits, "question {i}: log-probabilities differ");
-        let (len, cached) = (r.stats.prompt_tokens as usize, r.stats.prompt_cached as usize);
+        let (len, cached) = (
+            r.stats.prompt_tokens as usize,
+            r.stats.prompt_cached as usize,
+        );
         if i == 0 {
             assert_eq!(cached, 0, "the first prompt finds an empty cache");
         } else {
             // The system prompt's whole blocks (one less where the resumed chunk would be
             // small: see session::kv_memory).
-            assert!(cached % block == 0 && cached >= 256 && cached < len, "{cached} of {len}");
+            assert!(
+                cached % block == 0 && cached >= 256 && cached < len,
+                "{cached} of {len}"
+            );
             warm_ttft.push(r.stats.prompt_seconds);
         }
     }
@@ -153,7 +162,10 @@ fn prefix_cache_is_exact_and_skips_the_shared_prompt() {
     });
     for (i, (r, c)) in runs.iter().zip(&cold).enumerate() {
         assert_eq!(r.tokens, c.tokens, "concurrent question {i}: tokens differ");
-        assert_eq!(r.bits, c.bits, "concurrent question {i}: log-probabilities differ");
+        assert_eq!(
+            r.bits, c.bits,
+            "concurrent question {i}: log-probabilities differ"
+        );
         assert!(r.stats.prompt_cached > 0);
     }
     let cold_ttft = median(cold[1..].iter().map(|r| r.stats.prompt_seconds).collect());
@@ -191,7 +203,11 @@ fn idle_sessions_hold_only_the_blocks_they_use() {
     };
     let held = m.kv_stats().held_bytes;
     assert_eq!(held, blocks(&sessions) * st.block_bytes);
-    assert_eq!(ctx.used_bytes() - weights, held, "the budget counts the blocks");
+    assert_eq!(
+        ctx.used_bytes() - weights,
+        held,
+        "the budget counts the blocks"
+    );
     let whole = 8 * sessions[0].n_ctx() as u64 * st.block_bytes / st.block_positions as u64;
     eprintln!(
         "8 idle sessions of {} positions, {} tokens in all: {:.1} MB of KV (whole caches: \
@@ -248,7 +264,12 @@ fn an_exhausted_budget_is_busy_or_a_wait_that_ends() {
     a.reset();
     let reference = {
         let fresh = load_in(&context(0));
-        run(&mut session(&fresh), "Tell me a story about a cat and a boat.", &p).unwrap()
+        run(
+            &mut session(&fresh),
+            "Tell me a story about a cat and a boat.",
+            &p,
+        )
+        .unwrap()
     };
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let c_model = m.clone();
@@ -274,7 +295,10 @@ fn an_exhausted_budget_is_busy_or_a_wait_that_ends() {
     let r = run(&mut b, "Tell me a story about a cat and a boat.", &p).unwrap();
     let served = Instant::now();
     let c_dropped = c.join().unwrap();
-    assert!(served > c_dropped, "b was served before c's memory came back");
+    assert!(
+        served > c_dropped,
+        "b was served before c's memory came back"
+    );
     assert_eq!(r.tokens, reference.tokens);
     assert_eq!(r.bits, reference.bits);
     assert_eq!(m.kv_stats().waiting, 0);
@@ -345,7 +369,10 @@ fn fork_rewind_save_restore_over_shared_blocks() {
     let mut f = a.fork().unwrap();
     assert_eq!(m.kv_stats().held_bytes, held, "a fork shares the blocks");
     let turn = " And on Sunday?";
-    let (ra, rf) = (run(&mut a, turn, &p).unwrap(), run(&mut f, turn, &p).unwrap());
+    let (ra, rf) = (
+        run(&mut a, turn, &p).unwrap(),
+        run(&mut f, turn, &p).unwrap(),
+    );
     assert_eq!(ra.tokens, rf.tokens);
     assert_eq!(ra.bits, rf.bits);
     // Rewind into the middle of a cached block, then a new turn.
@@ -367,7 +394,10 @@ fn fork_rewind_save_restore_over_shared_blocks() {
     let mut d = session(&m);
     d.restore_state(&saved).unwrap();
     assert_eq!(d.tokens(), b.tokens());
-    let (rb2, rd) = (run(&mut b, turn, &p).unwrap(), run(&mut d, turn, &p).unwrap());
+    let (rb2, rd) = (
+        run(&mut b, turn, &p).unwrap(),
+        run(&mut d, turn, &p).unwrap(),
+    );
     assert_eq!(rb2.tokens, rd.tokens);
     assert_eq!(rb2.bits, rd.bits);
 }

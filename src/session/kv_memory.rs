@@ -50,8 +50,7 @@ impl Session {
         if !paged {
             return Ok(0);
         }
-        g.cacheable =
-            self.history.is_empty() && self.pending.is_none() && !taps && batchable;
+        g.cacheable = self.history.is_empty() && self.pending.is_none() && !taps && batchable;
         let mut skip = 0;
         if g.cacheable {
             let pool = &self.model.kv_pool;
@@ -65,7 +64,9 @@ impl Session {
         }
         let start = self.history.len();
         let fed_end = start + self.pending.is_some() as usize + prompt.len() - skip;
-        let end = fed_end.saturating_add(g.max_tokens as usize).min(self.n_ctx);
+        let end = fed_end
+            .saturating_add(g.max_tokens as usize)
+            .min(self.n_ctx);
         let mut grant = self.kv_admit(start, end.max(fed_end))?;
         self.state.lock().kv_grow(start, fed_end, grant.as_mut())?;
         g.grant = grant;
@@ -113,13 +114,20 @@ mod tests {
         for len in 1..700 {
             for cached in (0..=len + 32).step_by(block) {
                 let p = usable_prefix(cached, len, block, chunk);
-                assert!(p < len.max(1) && p % block == 0 && p <= cached, "{len} {cached}");
+                assert!(
+                    p < len.max(1) && p % block == 0 && p <= cached,
+                    "{len} {cached}"
+                );
                 for row in p..len {
                     let k0 = row / chunk * chunk;
                     let end = len.min(k0 + chunk);
                     let alone = end - k0;
                     let resumed = end - k0.max(p);
-                    assert_eq!(alone <= W, resumed <= W, "len {len} cached {cached} row {row}");
+                    assert_eq!(
+                        alone <= W,
+                        resumed <= W,
+                        "len {len} cached {cached} row {row}"
+                    );
                 }
             }
         }

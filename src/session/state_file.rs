@@ -159,10 +159,7 @@ impl Session {
             false => None,
         };
         self.running = None;
-        let set = self
-            .state
-            .lock()
-            .set_kv_rows(n, &saved.kv, grant.as_mut());
+        let set = self.state.lock().set_kv_rows(n, &saved.kv, grant.as_mut());
         if let Err(e) = set {
             self.reset();
             return Err(e);

@@ -17,7 +17,12 @@ pub struct Paged<'a> {
 impl Paged<'_> {
     /// The runs of positions `lo..lo + len` within one block each, in order: the keys and
     /// values from the first run's row at column `col`, and the run's length.
-    fn runs(&self, col: usize, lo: usize, len: usize) -> impl Iterator<Item = (&[f32], &[f32], usize)> {
+    fn runs(
+        &self,
+        col: usize,
+        lo: usize,
+        len: usize,
+    ) -> impl Iterator<Item = (&[f32], &[f32], usize)> {
         let end = lo + len;
         (lo / self.block..end.div_ceil(self.block)).map(move |bi| {
             let r0 = lo.saturating_sub(bi * self.block);
@@ -59,7 +64,11 @@ pub fn head(
 ) {
     let hd = q.len();
     assert!(len > 0 && out.len() == hd);
-    assert!(kv.holds(col, hd, lo, len), "KV rows {lo}..{} not held", lo + len);
+    assert!(
+        kv.holds(col, hd, lo, len),
+        "KV rows {lo}..{} not held",
+        lo + len
+    );
     scores.clear();
     scores.resize(len, 0.0);
     #[cfg(target_arch = "x86_64")]
@@ -155,23 +164,7 @@ unsafe fn head_avx512(
     if let Some(s) = sink {
         max = max.max(s);
     }
-    // exp(s - max), 16 at a time (the tail through a mask).
-    let mut sumv = _mm512_setzero_ps();
-    let mv = _mm512_set1_ps(max);
-    for j in (0..len).step_by(16) {
-        let m: __mmask16 = if len - j >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << (len - j)) - 1
-        };
-        let p = scores.as_mut_ptr().add(j);
-        let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p), mv);
-        let e = _mm512_maskz_mov_ps(m, exp512(x));
-        _mm512_mask_storeu_ps(p, m, e);
-        sumv = _mm512_add_ps(sumv, e);
-    }
-    let sink_term = sink.map_or(0.0, |s| (s - max).exp());
-    let inv = 1.0 / (_mm512_reduce_add_ps(sumv) + sink_term);
+    let inv = softmax_exp(scores, max, sink);
     // Σ_j w_j·v_j, 16 dimensions at a time, normalized once at the end.
     for d in (0..hd).step_by(16) {
         let mut acc = _mm512_setzero_ps();
@@ -192,6 +185,143 @@ unsafe fn head_avx512(
             _mm512_mul_ps(acc, _mm512_set1_ps(inv)),
         );
     }
+}
+
+/// Most queries of one [`heads`] call (a tile: rows of a prompt chunk times the query heads
+/// that share a KV head).
+pub const MAX_TILE: usize = 16;
+
+/// One query of a tile: its vector, its positions `lo..end`, its sink logit and where its
+/// output goes (`q.len()` values).
+pub struct Query<'a> {
+    pub q: &'a [f32],
+    pub lo: usize,
+    pub end: usize,
+    pub sink: Option<f32>,
+    pub out: *mut f32,
+}
+
+/// [`head`] for each query of `tile` (at most [`MAX_TILE`]), all at column `col` of the same
+/// keys and values: each key and value row is read once for all of them (a long prompt's
+/// attention was bound by reading them once per query). Each output is bit for bit what
+/// [`head`] gives: the same products, maxima and sums in the same order.
+///
+/// # Safety
+/// Every `out` must be valid for `q.len()` writes, and no other thread may touch them.
+pub unsafe fn heads(tile: &[Query], kv: &Paged, col: usize, scale: f32, scores: &mut Vec<f32>) {
+    assert!(tile.len() <= MAX_TILE);
+    let Some(hd) = tile.first().map(|t| t.q.len()) else {
+        return;
+    };
+    for t in tile {
+        assert!(t.q.len() == hd && t.end > t.lo && kv.holds(col, hd, t.lo, t.end - t.lo));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if hd % 16 == 0 && avx512() {
+        return heads_avx512(tile, kv, col, scale, scores);
+    }
+    for t in tile {
+        let out = std::slice::from_raw_parts_mut(t.out, hd);
+        head(t.q, kv, col, t.lo, t.end - t.lo, scale, t.sink, scores, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, scores: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let (hd, stride) = (tile[0].q.len(), kv.stride);
+    let lo = tile.iter().map(|t| t.lo).min().unwrap_or(0);
+    let end = tile.iter().map(|t| t.end).max().unwrap_or(0);
+    // Each query's scores at offsets: query i's position j at at[i] + j - lo_i.
+    let mut at = [0usize; MAX_TILE];
+    let mut total = 0;
+    for (i, t) in tile.iter().enumerate() {
+        at[i] = total;
+        total += t.end - t.lo;
+    }
+    scores.clear();
+    scores.resize(total, 0.0);
+    let sp = scores.as_mut_ptr();
+    let mut j = lo;
+    for (kc, _, rows) in kv.runs(col, lo, end - lo) {
+        let kp = kc.as_ptr();
+        for r in 0..rows {
+            for (i, t) in tile.iter().enumerate() {
+                if j < t.lo || j >= t.end {
+                    continue;
+                }
+                let qp = t.q.as_ptr();
+                let mut acc = _mm512_setzero_ps();
+                for d in (0..hd).step_by(16) {
+                    acc = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(qp.add(d)),
+                        _mm512_loadu_ps(kp.add(r * stride + d)),
+                        acc,
+                    );
+                }
+                *sp.add(at[i] + j - t.lo) = _mm512_reduce_add_ps(acc) * scale;
+            }
+            j += 1;
+        }
+    }
+    // Per query as `head_avx512`: the max in order, exp(s - max) 16 at a time, the sum.
+    let mut inv = [0f32; MAX_TILE];
+    for (i, t) in tile.iter().enumerate() {
+        let sc = &mut scores[at[i]..at[i] + t.end - t.lo];
+        let mut max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        if let Some(s) = t.sink {
+            max = max.max(s);
+        }
+        inv[i] = softmax_exp(sc, max, t.sink);
+    }
+    // Σ_j w_j·v_j per query, 16 dimensions at a time, each value row loaded once.
+    let mut acc = [_mm512_setzero_ps(); MAX_TILE];
+    for d in (0..hd).step_by(16) {
+        acc[..tile.len()].fill(_mm512_setzero_ps());
+        let mut j = lo;
+        for (_, vc, rows) in kv.runs(col, lo, end - lo) {
+            let vp = vc.as_ptr();
+            for r in 0..rows {
+                let v = _mm512_loadu_ps(vp.add(r * stride + d));
+                for (i, t) in tile.iter().enumerate() {
+                    if j >= t.lo && j < t.end {
+                        let w = *sp.add(at[i] + j - t.lo);
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(w), v, acc[i]);
+                    }
+                }
+                j += 1;
+            }
+        }
+        for (i, t) in tile.iter().enumerate() {
+            _mm512_storeu_ps(t.out.add(d), _mm512_mul_ps(acc[i], _mm512_set1_ps(inv[i])));
+        }
+    }
+}
+
+/// `s = exp(s - max)` in place, 16 at a time (the tail through a mask); returns
+/// `1 / (Σ s + exp(sink - max))`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_exp(scores: &mut [f32], max: f32, sink: Option<f32>) -> f32 {
+    use std::arch::x86_64::*;
+    let len = scores.len();
+    let mut sumv = _mm512_setzero_ps();
+    let mv = _mm512_set1_ps(max);
+    for j in (0..len).step_by(16) {
+        let m: __mmask16 = if len - j >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (len - j)) - 1
+        };
+        let p = scores.as_mut_ptr().add(j);
+        let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p), mv);
+        let e = _mm512_maskz_mov_ps(m, exp512(x));
+        _mm512_mask_storeu_ps(p, m, e);
+        sumv = _mm512_add_ps(sumv, e);
+    }
+    let sink_term = sink.map_or(0.0, |s| (s - max).exp());
+    1.0 / (_mm512_reduce_add_ps(sumv) + sink_term)
 }
 
 /// `out = act(g, u)`.
@@ -316,8 +446,12 @@ mod tests {
         let mut s = 3u64;
         let (heads, hd, total) = (2, 64, 75);
         let stride = heads * hd;
-        let kc: Vec<f32> = (0..total * stride).map(|_| rng(&mut s) * 6.0 - 3.0).collect();
-        let vc: Vec<f32> = (0..total * stride).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
+        let kc: Vec<f32> = (0..total * stride)
+            .map(|_| rng(&mut s) * 6.0 - 3.0)
+            .collect();
+        let vc: Vec<f32> = (0..total * stride)
+            .map(|_| rng(&mut s) * 2.0 - 1.0)
+            .collect();
         let q: Vec<f32> = (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
         let block = 16;
         let pad = |c: &[f32]| -> Vec<Vec<f32>> {
@@ -343,7 +477,17 @@ mod tests {
         for (lo, len) in [(0, 1), (0, 16), (0, 17), (5, 40), (16, 59), (31, 44)] {
             for col in [0, hd] {
                 let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
-                head(&q, &paged, col, lo, len, 0.125, None, &mut Vec::new(), &mut a);
+                head(
+                    &q,
+                    &paged,
+                    col,
+                    lo,
+                    len,
+                    0.125,
+                    None,
+                    &mut Vec::new(),
+                    &mut a,
+                );
                 head(&q, &one, col, lo, len, 0.125, None, &mut Vec::new(), &mut b);
                 assert_eq!(a, b, "lo {lo} len {len} col {col}");
                 let mut sc = vec![0f32; len];
@@ -351,6 +495,79 @@ mod tests {
                 let mut sc = vec![0f32; len];
                 head_scalar(&q, &one, col, lo, 0.125, None, &mut sc, &mut b);
                 assert_eq!(a, b, "scalar: lo {lo} len {len} col {col}");
+            }
+        }
+    }
+
+    /// A tile of queries (rows of a prompt, heads of one KV head; causal ranges, windows,
+    /// sinks) gives each query what `head` gives it alone, bit for bit.
+    #[test]
+    fn tiles_equal_heads_alone() {
+        let mut s = 9u64;
+        let (hd, total, block) = (64, 90, 16);
+        let stride = 2 * hd;
+        let pad = |c: Vec<f32>| -> Vec<Vec<f32>> {
+            c.chunks(block * stride)
+                .map(|b| {
+                    let mut b = b.to_vec();
+                    b.resize(block * stride, 0.0);
+                    b
+                })
+                .collect()
+        };
+        let kb = pad((0..total * stride)
+            .map(|_| rng(&mut s) * 6.0 - 3.0)
+            .collect());
+        let vb = pad((0..total * stride)
+            .map(|_| rng(&mut s) * 2.0 - 1.0)
+            .collect());
+        let ks: Vec<&[f32]> = kb.iter().map(|b| &b[..]).collect();
+        let vs: Vec<&[f32]> = vb.iter().map(|b| &b[..]).collect();
+        let kv = Paged {
+            k: &ks,
+            v: &vs,
+            block,
+            stride,
+        };
+        let qs: Vec<Vec<f32>> = (0..MAX_TILE)
+            .map(|_| (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect())
+            .collect();
+        for (n, window, sink) in [(12, None, None), (16, Some(20), None), (5, None, Some(0.4))] {
+            let mut got = vec![vec![0f32; hd]; n];
+            let ranges: Vec<(usize, usize)> = (0..n)
+                .map(|i| {
+                    let end = 60 + i / 3 * 7 + i % 3;
+                    (window.map_or(0, |w: usize| end.saturating_sub(w)), end)
+                })
+                .collect();
+            let tile: Vec<Query> = got
+                .iter_mut()
+                .enumerate()
+                .map(|(i, o)| Query {
+                    q: &qs[i],
+                    lo: ranges[i].0,
+                    end: ranges[i].1,
+                    sink,
+                    out: o.as_mut_ptr(),
+                })
+                .collect();
+            // SAFETY: each output is its own vector.
+            unsafe { heads(&tile, &kv, hd, 0.125, &mut Vec::new()) };
+            for (i, g) in got.iter().enumerate() {
+                let (lo, end) = ranges[i];
+                let mut want = vec![0f32; hd];
+                head(
+                    &qs[i],
+                    &kv,
+                    hd,
+                    lo,
+                    end - lo,
+                    0.125,
+                    sink,
+                    &mut Vec::new(),
+                    &mut want,
+                );
+                assert_eq!(*g, want, "query {i} of {n}");
             }
         }
     }
@@ -427,7 +644,17 @@ mod tests {
             let mut got = vec![0f32; hd];
             let (ks, vs) = ([&kc[..]], [&vc[..]]);
             let kv = whole(&ks, &vs, stride, len);
-            head(&q, &kv, 0, 0, len, scale, Some(sink), &mut Vec::new(), &mut got);
+            head(
+                &q,
+                &kv,
+                0,
+                0,
+                len,
+                scale,
+                Some(sink),
+                &mut Vec::new(),
+                &mut got,
+            );
             for (d, &g) in got.iter().enumerate() {
                 let want: f64 = (0..len)
                     .map(|j| scores[j].exp() / den * vc[j * stride + d] as f64)

@@ -163,7 +163,12 @@ impl CpuState {
     /// Replaces the cache with the first `n` positions' keys and values from `data` (as
     /// [`kv_rows`](Self::kv_rows) writes them), in new blocks paid from `grant`. On an error
     /// the cache is as it was.
-    pub fn set_kv_rows(&mut self, n: usize, data: &[f32], mut grant: Option<&mut Grant>) -> Result<()> {
+    pub fn set_kv_rows(
+        &mut self,
+        n: usize,
+        data: &[f32],
+        mut grant: Option<&mut Grant>,
+    ) -> Result<()> {
         let len = self.kv_len(n)?;
         let l = self.kv.layout;
         if data.len() != 2 * len * l.n_layer {

@@ -9,11 +9,11 @@ mod kv;
 mod moe;
 mod pool;
 
+use super::kvpool::KvPool;
 use super::{
     unfused, Activation, AttnShape, Dims, Glu, Linear, Moe, Norm, NormIn, Ops, Projection, Rope,
     RopeStyle, Slot, Tap, WeightId, WeightTensor,
 };
-use super::kvpool::KvPool;
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::{self, BlockQ8, GgmlType};
 use crate::{Error, Result};
@@ -796,21 +796,67 @@ impl Ops for CpuStep<'_> {
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
         let sinks = shape.sinks.map(|w| self.m.vector(w));
-        self.m.pool.install(|| {
-            o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
-                Vec::new,
-                |scores, (i, oh)| {
-                    let (t, h) = (i / shape.n_head, i % shape.n_head);
-                    let kvh = h / group;
-                    let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let end = row_pos[t] + 1;
-                    let lo = shape.window.map_or(0, |w| end.saturating_sub(w));
-                    let sink = sinks.map(|s| s[h]);
-                    let cache = &caches[row_seq[t]];
-                    attn::head(qh, cache, kvh * hd, lo, end - lo, shape.scale, sink, scores, oh);
-                },
-            );
-        });
+        let range = |t: usize| {
+            let end = row_pos[t] + 1;
+            (shape.window.map_or(0, |w| end.saturating_sub(w)), end)
+        };
+        if self.spans.iter().all(|s| s.rows == 1) {
+            // Decoding: one task per query head (the most parallel work for short rows).
+            self.m.pool.install(|| {
+                o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
+                    Vec::new,
+                    |scores, (i, oh)| {
+                        let (t, h) = (i / shape.n_head, i % shape.n_head);
+                        let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                        let (lo, end) = range(t);
+                        let sink = sinks.map(|s| s[h]);
+                        let cache = &caches[row_seq[t]];
+                        let col = h / group * hd;
+                        attn::head(qh, cache, col, lo, end - lo, shape.scale, sink, scores, oh);
+                    },
+                );
+            });
+        } else {
+            // A prompt chunk: tiles of rows times the query heads of one KV head, each tile
+            // reading its keys and values once (see `attn::heads`).
+            let heads_per_tile = group.min(attn::MAX_TILE);
+            let rows_per_tile = (attn::MAX_TILE / heads_per_tile).max(1);
+            let mut tiles = Vec::new();
+            for sp in &self.spans {
+                for t0 in (sp.row0..sp.row0 + sp.rows).step_by(rows_per_tile) {
+                    let t1 = (t0 + rows_per_tile).min(sp.row0 + sp.rows);
+                    for h0 in (0..shape.n_head).step_by(heads_per_tile) {
+                        // Heads of one KV head only.
+                        let h1 = (h0 + heads_per_tile).min((h0 / group + 1) * group);
+                        tiles.push((t0, t1, h0, h1));
+                    }
+                }
+            }
+            let out = SyncPtr(o.as_mut_ptr());
+            self.m.pool.install(|| {
+                tiles
+                    .into_par_iter()
+                    .for_each_init(Vec::new, |scores, (t0, t1, h0, h1)| {
+                        let mut tile = Vec::with_capacity(attn::MAX_TILE);
+                        for t in t0..t1 {
+                            let (lo, end) = range(t);
+                            for h in h0..h1 {
+                                tile.push(attn::Query {
+                                    q: &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd],
+                                    lo,
+                                    end,
+                                    sink: sinks.map(|s| s[h]),
+                                    // SAFETY: in bounds (t < n, h < n_head).
+                                    out: unsafe { out.get().add(t * q_dim + h * hd) },
+                                });
+                            }
+                        }
+                        let cache = &caches[row_seq[t0]];
+                        // SAFETY: each (row, head) output belongs to one tile.
+                        unsafe { attn::heads(&tile, cache, h0 / group * hd, shape.scale, scores) };
+                    });
+            });
+        }
         drop(caches);
         self.put(q, qs);
         self.put(out, o);

@@ -131,7 +131,11 @@ impl Cache {
             .map
             .iter()
             .filter(|(_, b)| idle(b))
-            .min_by_key(|(_, b)| b.prefix.as_ref().map_or(0, |e| e.last_used.load(Ordering::Relaxed)))?;
+            .min_by_key(|(_, b)| {
+                b.prefix
+                    .as_ref()
+                    .map_or(0, |e| e.last_used.load(Ordering::Relaxed))
+            })?;
         debug_assert!(self.map[&k].prefix.as_ref().is_some_and(|e| e.key == k));
         self.map.remove(&k)
     }
