@@ -147,15 +147,7 @@ unsafe fn head_avx512(
     for (kc, _, rows) in kv.runs(col, lo, len) {
         let kp = kc.as_ptr();
         for r in 0..rows {
-            let mut acc = _mm512_setzero_ps();
-            for d in (0..hd).step_by(16) {
-                acc = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(qp.add(d)),
-                    _mm512_loadu_ps(kp.add(r * stride + d)),
-                    acc,
-                );
-            }
-            let s = _mm512_reduce_add_ps(acc) * scale;
+            let s = dot512(qp, kp.add(r * stride), hd) * scale;
             scores[j] = s;
             max = max.max(s);
             j += 1;
@@ -251,16 +243,7 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
                 if j < t.lo || j >= t.end {
                     continue;
                 }
-                let qp = t.q.as_ptr();
-                let mut acc = _mm512_setzero_ps();
-                for d in (0..hd).step_by(16) {
-                    acc = _mm512_fmadd_ps(
-                        _mm512_loadu_ps(qp.add(d)),
-                        _mm512_loadu_ps(kp.add(r * stride + d)),
-                        acc,
-                    );
-                }
-                *sp.add(at[i] + j - t.lo) = _mm512_reduce_add_ps(acc) * scale;
+                *sp.add(at[i] + j - t.lo) = dot512(t.q.as_ptr(), kp.add(r * stride), hd) * scale;
             }
             j += 1;
         }
@@ -297,6 +280,20 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
             _mm512_storeu_ps(t.out.add(d), _mm512_mul_ps(acc[i], _mm512_set1_ps(inv[i])));
         }
     }
+}
+
+/// `q · k` over `hd` values (a multiple of 16): one fused multiply-add chain over 16 lanes,
+/// then their sum (every attention path computes its scores this way: tiles equal heads).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot512(q: *const f32, k: *const f32, hd: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm512_setzero_ps();
+    for d in (0..hd).step_by(16) {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(d)), _mm512_loadu_ps(k.add(d)), acc);
+    }
+    _mm512_reduce_add_ps(acc)
 }
 
 /// `s = exp(s - max)` in place, 16 at a time (the tail through a mask); returns
@@ -429,7 +426,29 @@ mod tests {
         (*s >> 40) as f32 / (1u64 << 24) as f32
     }
 
-    /// One block holding `len` rows.
+    /// `rows` cut into blocks of `block` rows of `stride` values (the last one padded).
+    fn blocks_of(rows: &[f32], block: usize, stride: usize) -> Vec<Vec<f32>> {
+        rows.chunks(block * stride)
+            .map(|b| {
+                let mut b = b.to_vec();
+                b.resize(block * stride, 0.0);
+                b
+            })
+            .collect()
+    }
+
+    fn slices(blocks: &[Vec<f32>]) -> Vec<&[f32]> {
+        blocks.iter().map(|b| &b[..]).collect()
+    }
+
+    /// Keys in -3..3 and values in -1..1, `n` of each.
+    fn random_kv(s: &mut u64, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let k = (0..n).map(|_| rng(s) * 6.0 - 3.0).collect();
+        let v = (0..n).map(|_| rng(s) * 2.0 - 1.0).collect();
+        (k, v)
+    }
+
+    /// Blocks of `block` rows (one block holding them all, or several).
     fn whole<'a>(k: &'a [&'a [f32]], v: &'a [&'a [f32]], stride: usize, len: usize) -> Paged<'a> {
         Paged {
             k,
@@ -446,32 +465,12 @@ mod tests {
         let mut s = 3u64;
         let (heads, hd, total) = (2, 64, 75);
         let stride = heads * hd;
-        let kc: Vec<f32> = (0..total * stride)
-            .map(|_| rng(&mut s) * 6.0 - 3.0)
-            .collect();
-        let vc: Vec<f32> = (0..total * stride)
-            .map(|_| rng(&mut s) * 2.0 - 1.0)
-            .collect();
+        let (kc, vc) = random_kv(&mut s, total * stride);
         let q: Vec<f32> = (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
         let block = 16;
-        let pad = |c: &[f32]| -> Vec<Vec<f32>> {
-            c.chunks(block * stride)
-                .map(|b| {
-                    let mut b = b.to_vec();
-                    b.resize(block * stride, 0.0);
-                    b
-                })
-                .collect()
-        };
-        let (kb, vb) = (pad(&kc), pad(&vc));
-        let ks: Vec<&[f32]> = kb.iter().map(|b| &b[..]).collect();
-        let vs: Vec<&[f32]> = vb.iter().map(|b| &b[..]).collect();
-        let paged = Paged {
-            k: &ks,
-            v: &vs,
-            block,
-            stride,
-        };
+        let (kb, vb) = (blocks_of(&kc, block, stride), blocks_of(&vc, block, stride));
+        let (ks, vs) = (slices(&kb), slices(&vb));
+        let paged = whole(&ks, &vs, stride, block);
         let (k1, v1) = ([&kc[..]], [&vc[..]]);
         let one = whole(&k1, &v1, stride, total);
         for (lo, len) in [(0, 1), (0, 16), (0, 17), (5, 40), (16, 59), (31, 44)] {
@@ -506,29 +505,10 @@ mod tests {
         let mut s = 9u64;
         let (hd, total, block) = (64, 90, 16);
         let stride = 2 * hd;
-        let pad = |c: Vec<f32>| -> Vec<Vec<f32>> {
-            c.chunks(block * stride)
-                .map(|b| {
-                    let mut b = b.to_vec();
-                    b.resize(block * stride, 0.0);
-                    b
-                })
-                .collect()
-        };
-        let kb = pad((0..total * stride)
-            .map(|_| rng(&mut s) * 6.0 - 3.0)
-            .collect());
-        let vb = pad((0..total * stride)
-            .map(|_| rng(&mut s) * 2.0 - 1.0)
-            .collect());
-        let ks: Vec<&[f32]> = kb.iter().map(|b| &b[..]).collect();
-        let vs: Vec<&[f32]> = vb.iter().map(|b| &b[..]).collect();
-        let kv = Paged {
-            k: &ks,
-            v: &vs,
-            block,
-            stride,
-        };
+        let (kc, vc) = random_kv(&mut s, total * stride);
+        let (kb, vb) = (blocks_of(&kc, block, stride), blocks_of(&vc, block, stride));
+        let (ks, vs) = (slices(&kb), slices(&vb));
+        let kv = whole(&ks, &vs, stride, block);
         let qs: Vec<Vec<f32>> = (0..MAX_TILE)
             .map(|_| (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect())
             .collect();
