@@ -235,17 +235,31 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
     scores.clear();
     scores.resize(total, 0.0);
     let sp = scores.as_mut_ptr();
-    let mut j = lo;
-    for (kc, _, rows) in kv.runs(col, lo, end - lo) {
-        let kp = kc.as_ptr();
-        for r in 0..rows {
-            for (i, t) in tile.iter().enumerate() {
-                if j < t.lo || j >= t.end {
-                    continue;
+    // Each position's key row, then 16 positions at a time for every query of the tile
+    // (their keys stay in L1): 16 products reduced together where all 16 are the query's,
+    // one by one at its edges.
+    let keys: Vec<*const f32> = kv
+        .runs(col, lo, end - lo)
+        .flat_map(|(kc, _, rows)| (0..rows).map(move |r| kc.as_ptr().add(r * stride)))
+        .collect();
+    for j0 in (lo..end).step_by(16) {
+        let j1 = (j0 + 16).min(end);
+        for (i, t) in tile.iter().enumerate() {
+            let out = sp.add(at[i]);
+            if t.lo <= j0 && j0 + 16 <= t.end {
+                let k: &[*const f32; 16] = keys[j0 - lo..j0 - lo + 16].try_into().expect("16");
+                let s = _mm512_mul_ps(dot512x16(t.q.as_ptr(), k, hd), _mm512_set1_ps(scale));
+                let mut v = [0f32; 16];
+                _mm512_storeu_ps(v.as_mut_ptr(), s);
+                for (lane, &x) in v.iter().enumerate() {
+                    // Lane 4l + s holds position 4s + l (see `dot512x16`).
+                    *out.add(j0 + 4 * (lane % 4) + lane / 4 - t.lo) = x;
                 }
-                *sp.add(at[i] + j - t.lo) = dot512(t.q.as_ptr(), kp.add(r * stride), hd) * scale;
+            } else {
+                for j in j0.max(t.lo)..j1.min(t.end) {
+                    *out.add(j - t.lo) = dot512(t.q.as_ptr(), keys[j - lo], hd) * scale;
+                }
             }
-            j += 1;
         }
     }
     // Per query as `head_avx512`: the max in order, exp(s - max) 16 at a time, the sum.
@@ -258,28 +272,90 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
         }
         inv[i] = softmax_exp(sc, max, t.sink);
     }
-    // Σ_j w_j·v_j per query, 16 dimensions at a time, each value row loaded once.
-    let mut acc = [_mm512_setzero_ps(); MAX_TILE];
-    for d in (0..hd).step_by(16) {
-        acc[..tile.len()].fill(_mm512_setzero_ps());
-        let mut j = lo;
-        for (_, vc, rows) in kv.runs(col, lo, end - lo) {
-            let vp = vc.as_ptr();
+    // Σ_j w_j·v_j per query, 16 dimensions at a time, groups of up to 8 queries reading
+    // each value row once.
+    for (g, group) in tile.chunks(8).enumerate() {
+        let w: Vec<*const f32> = (0..group.len())
+            .map(|i| sp.add(at[8 * g + i]) as *const f32)
+            .collect();
+        for d in (0..hd).step_by(16) {
+            let mut acc = [_mm512_setzero_ps(); 8];
+            macro_rules! weigh {
+                ($n:literal) => {{
+                    let a = weigh_values::<$n>(group, &w, kv, col, d);
+                    acc[..$n].copy_from_slice(&a);
+                }};
+            }
+            match group.len() {
+                1 => weigh!(1),
+                2 => weigh!(2),
+                3 => weigh!(3),
+                4 => weigh!(4),
+                5 => weigh!(5),
+                6 => weigh!(6),
+                7 => weigh!(7),
+                _ => weigh!(8),
+            }
+            for (i, t) in group.iter().enumerate() {
+                let scale = _mm512_set1_ps(inv[8 * g + i]);
+                _mm512_storeu_ps(t.out.add(d), _mm512_mul_ps(acc[i], scale));
+            }
+        }
+    }
+}
+
+/// `Σ_j w_ij·v_j` over each query's positions, 16 dimensions from `d`, for the `N` queries of
+/// `tile` (`w[i]`: query i's weights from its `lo`). Each query's terms are added in the
+/// order of j, one fused multiply-add each, as `head_avx512` adds them; in the positions all
+/// queries share, each value row is loaded once and the N accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weigh_values<const N: usize>(
+    tile: &[Query],
+    w: &[*const f32],
+    kv: &Paged,
+    col: usize,
+    d: usize,
+) -> [std::arch::x86_64::__m512; N] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); N];
+    let row = |j: usize| {
+        kv.v[j / kv.block]
+            .as_ptr()
+            .add((j % kv.block) * kv.stride + col + d)
+    };
+    // Positions before, in and after the range all queries share.
+    let c0 = tile.iter().map(|t| t.lo).max().unwrap_or(0);
+    let c1 = tile.iter().map(|t| t.end).min().unwrap_or(0).max(c0);
+    for i in 0..N {
+        let t = &tile[i];
+        for j in t.lo..t.end.min(c0) {
+            let x = _mm512_set1_ps(*w[i].add(j - t.lo));
+            acc[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(row(j)), acc[i]);
+        }
+    }
+    if c1 > c0 {
+        let mut j = c0;
+        for (_, vc, rows) in kv.runs(col, c0, c1 - c0) {
+            let vp = vc.as_ptr().add(d);
             for r in 0..rows {
-                let v = _mm512_loadu_ps(vp.add(r * stride + d));
-                for (i, t) in tile.iter().enumerate() {
-                    if j >= t.lo && j < t.end {
-                        let w = *sp.add(at[i] + j - t.lo);
-                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(w), v, acc[i]);
-                    }
+                let v = _mm512_loadu_ps(vp.add(r * kv.stride));
+                for i in 0..N {
+                    let x = _mm512_set1_ps(*w[i].add(j - tile[i].lo));
+                    acc[i] = _mm512_fmadd_ps(x, v, acc[i]);
                 }
                 j += 1;
             }
         }
-        for (i, t) in tile.iter().enumerate() {
-            _mm512_storeu_ps(t.out.add(d), _mm512_mul_ps(acc[i], _mm512_set1_ps(inv[i])));
+    }
+    for i in 0..N {
+        let t = &tile[i];
+        for j in t.lo.max(c1)..t.end {
+            let x = _mm512_set1_ps(*w[i].add(j - t.lo));
+            acc[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(row(j)), acc[i]);
         }
     }
+    acc
 }
 
 /// `q · k` over `hd` values (a multiple of 16): one fused multiply-add chain over 16 lanes,
@@ -294,6 +370,52 @@ unsafe fn dot512(q: *const f32, k: *const f32, hd: usize) -> f32 {
         acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(d)), _mm512_loadu_ps(k.add(d)), acc);
     }
     _mm512_reduce_add_ps(acc)
+}
+
+/// [`dot512`] of `q` with 16 keys at once: each key's 16-lane chain as there, then the 16
+/// sums reduced together with the same pairings `_mm512_reduce_add_ps` makes for one
+/// (halves of 256, then of 128 bits, then lanes 0+2 and 1+3, then 0+1), so each result is
+/// bit for bit `dot512`'s. Lane `4l + s` holds key `4s + l`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot512x16(q: *const f32, k: &[*const f32; 16], hd: usize) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    for d in (0..hd).step_by(16) {
+        let qd = _mm512_loadu_ps(q.add(d));
+        for (a, &kp) in acc.iter_mut().zip(k) {
+            *a = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kp.add(d)), *a);
+        }
+    }
+    // b = low 256 + high 256 bits: keys 2m and 2m+1 in one vector's halves.
+    let b: [__m512; 8] = std::array::from_fn(|m| {
+        let (x, y) = (acc[2 * m], acc[2 * m + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+        )
+    });
+    // c = low 128 + high 128 bits of each half: keys 4n..4n+4 in one vector's quarters.
+    let c: [__m512; 4] = std::array::from_fn(|n| {
+        let (x, y) = (b[2 * n], b[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    });
+    // d = lanes 0+2 and 1+3 of each quarter: quarter l holds keys 8p+l and 8p+4+l.
+    let d: [__m512; 2] = std::array::from_fn(|p| {
+        let (x, y) = (c[2 * p], c[2 * p + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+        )
+    });
+    // lanes 0+1: quarter l holds keys l, 4+l, 8+l, 12+l.
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(d[0], d[1]),
+        _mm512_shuffle_ps::<0b11_01_11_01>(d[0], d[1]),
+    )
 }
 
 /// `s = exp(s - max)` in place, 16 at a time (the tail through a mask); returns
