@@ -163,12 +163,7 @@ impl CpuState {
     /// Replaces the cache with the first `n` positions' keys and values from `data` (as
     /// [`kv_rows`](Self::kv_rows) writes them), in new blocks paid from `grant`. On an error
     /// the cache is as it was.
-    pub fn set_kv_rows(
-        &mut self,
-        n: usize,
-        data: &[f32],
-        mut grant: Option<&mut Grant>,
-    ) -> Result<()> {
+    pub fn set_kv_rows(&mut self, n: usize, data: &[f32], grant: Option<&mut Grant>) -> Result<()> {
         let len = self.kv_len(n)?;
         let l = self.kv.layout;
         if data.len() != 2 * len * l.n_layer {
@@ -179,7 +174,7 @@ impl CpuState {
             )));
         }
         let mut fresh = CpuKv::new(self.kv.pool.clone(), self.kv.n_ctx);
-        fresh.grow(0, n, grant.as_deref_mut())?;
+        fresh.grow(0, n, grant)?;
         let mut rows = data.chunks_exact(len);
         for layer in 0..l.n_layer {
             for at in [l.k_at(layer, 0), l.v_at(layer, 0)] {

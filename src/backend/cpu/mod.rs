@@ -780,8 +780,9 @@ impl Ops for CpuStep<'_> {
         }
         let qs = self.take(q);
         let mut o = self.take(out);
-        let layers: Vec<(Vec<&[f32]>, Vec<&[f32]>)> =
-            self.kvs.iter().map(|kv| kv.layer_blocks(layer)).collect();
+        // Per sequence: its blocks' keys of this layer, and their values.
+        type Blocks<'b> = (Vec<&'b [f32]>, Vec<&'b [f32]>);
+        let layers: Vec<Blocks> = self.kvs.iter().map(|kv| kv.layer_blocks(layer)).collect();
         let caches: Vec<attn::Paged> = layers
             .iter()
             .zip(&self.kvs)
