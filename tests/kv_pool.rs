@@ -181,11 +181,21 @@ fn prefix_cache_is_exact_and_skips_the_shared_prompt() {
 }
 
 /// Eight idle sessions hold the blocks of the positions they use and nothing else (before
-/// the pool, each held its whole context); dropping or resetting one gives them back.
+/// the pool, each held its whole context); dropping, resetting or rewinding one gives them
+/// back. SmolLM2 and Qwen2.5 0.5B.
 #[test]
 fn idle_sessions_hold_only_the_blocks_they_use() {
+    idle_sessions(common::SMOLLM2);
+}
+
+#[test]
+fn idle_qwen_sessions_hold_only_the_blocks_they_use() {
+    idle_sessions(common::QWEN_05B);
+}
+
+fn idle_sessions(name: &str) {
     let ctx = context(0);
-    let m = load_in(&ctx);
+    let m = Model::load(&ctx, &common::model_path(name), None).unwrap();
     let weights = ctx.used_bytes();
     let st = m.kv_stats();
     let mut sessions: Vec<Session> = (0..8)
@@ -210,8 +220,8 @@ fn idle_sessions_hold_only_the_blocks_they_use() {
     );
     let whole = 8 * sessions[0].n_ctx() as u64 * st.block_bytes / st.block_positions as u64;
     eprintln!(
-        "8 idle sessions of {} positions, {} tokens in all: {:.1} MB of KV (whole caches: \
-         {:.1} MB)",
+        "{name}: 8 idle sessions of {} positions, {} tokens in all: {:.1} MB of KV (whole \
+         caches: {:.1} MB)",
         sessions[0].n_ctx(),
         sessions.iter().map(|s| s.n_past()).sum::<u32>(),
         held as f64 / 1e6,
