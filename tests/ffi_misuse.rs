@@ -78,7 +78,7 @@ fn status_messages_are_static_and_total() {
             .collect();
         let mut dedup = all.clone();
         dedup.dedup();
-        assert_eq!(dedup.len(), 10);
+        assert_eq!(dedup.len(), 11);
     }
 }
 
