@@ -43,11 +43,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Positions per block. Chosen by measurement (bench/RESULTS.md: 16, 32 and 64 decode and
-/// prefill within noise of each other), so the smallest: the least memory beyond what a
-/// session uses, and prompts shared at the finest grain. At least 16: a prompt resumed after
-/// cached blocks must start a prefill chunk of more than `quant::WIDE_INVARIANT_COLS` rows
-/// (see `session::kv_memory`), and it divides the CPU's prefill chunk.
+/// Positions per block: the smallest the prefix cache allows (a prompt resumed after cached
+/// blocks must start a prefill chunk of more than `quant::WIDE_INVARIANT_COLS` rows: see
+/// `session::kv_memory`; it also divides the CPU's prefill chunk). Measured: with blocks of
+/// 16, decoding and prefill run within noise of the whole contiguous cache they replace
+/// (bench/RESULTS.md), so larger blocks would only add unused memory per session and
+/// coarser prompt sharing.
 pub const BLOCK_POSITIONS: usize = 16;
 
 /// How long a request waits with nothing allocated or freed in the pool before it gives up
