@@ -68,6 +68,11 @@ enum llorch_status
   LLORCH_ERR_IO = 8,
   // A bug in llorch (a caught panic, a broken invariant). The message says where.
   LLORCH_ERR_INTERNAL = 9,
+  // The model's KV memory (the context's budget) is held by other sessions now and the
+  // session was made with `fail_when_busy`, or nothing in flight could free it (idle
+  // sessions hold it): nothing changed; try again later, or free, reset or rewind a
+  // session.
+  LLORCH_ERR_BUSY = 10,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -259,6 +264,10 @@ typedef struct llorch_session_params {
   uint64_t seed;
   // A `llorch_kv_type` value: the KV cache's element type (default `LLORCH_KV_AUTO`).
   int32_t kv_type;
+  // When the model's KV memory (the context's memory budget) is held by other sessions:
+  // true = a generation (or restore) fails at once with `LLORCH_ERR_BUSY`; false (the
+  // default) = it waits in line until a generation in flight frees enough.
+  bool fail_when_busy;
 } llorch_session_params;
 
 // One logit bias: `bias` is added to the logit of `token` before sampling.
@@ -564,7 +573,8 @@ void llorch_generate_stats_init(struct llorch_generate_stats *stats);
 
 // Creates a session on `model` with its own KV cache (`params` may be NULL for the defaults).
 // The session holds a reference to the model: `llorch_model_free` may come first.
-// `LLORCH_ERR_OUT_OF_MEMORY` if the KV cache does not fit the context's budget.
+// The KV cache takes memory as the context fills, in blocks of the model's pool (see
+// `LLORCH_ERR_BUSY`), not at creation.
 // Thread-safety: any thread; several sessions of one model may be created and used at once.
 llorch_status llorch_session_new(const struct llorch_model *model,
                                  const struct llorch_session_params *params,
@@ -583,6 +593,8 @@ void llorch_session_free(struct llorch_session *session);
 // `LLORCH_ERR_CANCELLED` when `llorch_session_cancel` was called or `on_token` returned
 // false (the stats are written, stop reason `LLORCH_STOP_CANCELLED`; the tokens so far stay
 // in the conversation and the session stays usable);
+// `LLORCH_ERR_BUSY` when the KV memory is held by other sessions (see that status; nothing
+// is generated, the stats are not written);
 // `LLORCH_ERR_CONTEXT_FULL` when the KV cache cannot hold the prompt (nothing is generated,
 // the stats are not written), or when it fills up during generation: then the stats are
 // written (stop reason `LLORCH_STOP_CONTEXT_FULL`) and the conversation is left as it was

@@ -30,6 +30,10 @@ pub enum Error {
     /// An I/O error, with the path or operation it concerns.
     #[error("i/o error: {0}")]
     Io(String),
+    /// The context's memory budget is held by other sessions' KV caches right now, and the
+    /// caller asked not to wait (or nothing in flight could free it): try again later.
+    #[error("busy: {0}")]
+    Busy(String),
     /// A bug in llorch (a caught panic, a broken invariant).
     #[error("internal error: {0}")]
     Internal(String),

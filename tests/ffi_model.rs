@@ -473,8 +473,10 @@ fn cancel_during_prefill() {
             std::thread::sleep(delay);
             assert_eq!(llorch_session_cancel(p.0), LLORCH_OK);
         });
+        // Another first block (the same prompt would come from the prefix cache, fed at once).
+        let other = format!("Once more: {long}");
         let t = std::time::Instant::now();
-        let (st, stats, _) = generate(s, &long, &params(1), &mut Collect::default());
+        let (st, stats, _) = generate(s, &other, &params(1), &mut Collect::default());
         let cancelled = t.elapsed();
         canceller.join().unwrap();
         assert_eq!(st, LLORCH_ERR_CANCELLED);

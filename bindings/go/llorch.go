@@ -40,6 +40,7 @@ const (
 	NoDevice        Status = C.LLORCH_ERR_NO_DEVICE
 	IO              Status = C.LLORCH_ERR_IO
 	Internal        Status = C.LLORCH_ERR_INTERNAL
+	Busy            Status = C.LLORCH_ERR_BUSY
 )
 
 func (s Status) String() string { return C.GoString(C.llorch_status_message(C.int32_t(s))) }
@@ -69,6 +70,7 @@ var (
 	ErrNoDevice    = &Error{Status: NoDevice}
 	ErrIO          = &Error{Status: IO}
 	ErrInternal    = &Error{Status: Internal}
+	ErrBusy        = &Error{Status: Busy}
 )
 
 // check turns a status and its error object into a Go error, freeing the object.
@@ -290,6 +292,9 @@ type SessionOptions struct {
 	NCtx   uint32
 	Seed   uint64
 	KVType KVType
+	// FailWhenBusy: when the model's KV memory (the context's budget) is held by other
+	// sessions, a generation fails at once with ErrBusy instead of waiting in line.
+	FailWhenBusy bool
 }
 
 func (m *Model) NewSession(o SessionOptions) (*Session, error) {
@@ -298,6 +303,7 @@ func (m *Model) NewSession(o SessionOptions) (*Session, error) {
 	p.n_ctx = C.uint32_t(o.NCtx)
 	p.seed = C.uint64_t(o.Seed)
 	p.kv_type = C.int32_t(o.KVType)
+	p.fail_when_busy = C.bool(o.FailWhenBusy)
 	s := &Session{}
 	var e *C.llorch_error
 	err := check(C.llorch_session_new(m.p, &p, &s.p, &e), e)

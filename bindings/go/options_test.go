@@ -17,9 +17,9 @@ func TestEverySentinel(t *testing.T) {
 	sentinels := map[Status]error{
 		InvalidArgument: ErrInvalid, BadModel: ErrBadModel, Unsupported: ErrUnsupported,
 		OutOfMemory: ErrOutOfMemory, Cancelled: ErrCancelled, ContextFull: ErrContextFull,
-		NoDevice: ErrNoDevice, IO: ErrIO, Internal: ErrInternal,
+		NoDevice: ErrNoDevice, IO: ErrIO, Internal: ErrInternal, Busy: ErrBusy,
 	}
-	if len(sentinels) != 9 {
+	if len(sentinels) != 10 {
 		t.Fatal("a status lacks its sentinel")
 	}
 	for st := range sentinels {

@@ -20,6 +20,7 @@ export const Status: Readonly<{
   NO_DEVICE: 7;
   IO: 8;
   INTERNAL: 9;
+  BUSY: 10;
 }>;
 export type StatusCode = (typeof Status)[keyof typeof Status];
 
@@ -71,6 +72,9 @@ export interface SessionOptions {
   seed?: number | bigint;
   /** The KV cache's element type (KvType.AUTO by default: f32 on the CPU, f16 on a GPU). */
   kvType?: 0 | 1 | 2;
+  /** When the model's KV memory (the context's budget) is held by other sessions: reject
+   *  at once with status BUSY instead of waiting in line. */
+  failWhenBusy?: boolean;
 }
 
 /** A loaded model, shared by its sessions (which keep it alive after close()). */

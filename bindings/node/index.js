@@ -44,7 +44,7 @@ koffi.opaque('llorch_error');
 const ContextParams = koffi.struct('llorch_context_params', {
   struct_size: 'size_t', device_type: 'int32_t', device_index: 'uint32_t', threads: 'uint32_t', memory_budget: 'uint64_t',
 });
-const SessionParams = koffi.struct('llorch_session_params', { struct_size: 'size_t', n_ctx: 'uint32_t', seed: 'uint64_t', kv_type: 'int32_t' });
+const SessionParams = koffi.struct('llorch_session_params', { struct_size: 'size_t', n_ctx: 'uint32_t', seed: 'uint64_t', kv_type: 'int32_t', fail_when_busy: 'bool' });
 koffi.struct('llorch_logit_bias', { token: 'int32_t', bias: 'float' });
 const GenerateParams = koffi.struct('llorch_generate_params', {
   struct_size: 'size_t', max_tokens: 'uint32_t', temperature: 'float', top_k: 'uint32_t', top_p: 'float', min_p: 'float',
@@ -118,7 +118,7 @@ if (f.abi() !== ABI_VERSION) {
 
 const Status = Object.freeze({
   OK: 0, INVALID_ARGUMENT: 1, BAD_MODEL: 2, UNSUPPORTED: 3, OUT_OF_MEMORY: 4, CANCELLED: 5, CONTEXT_FULL: 6,
-  NO_DEVICE: 7, IO: 8, INTERNAL: 9,
+  NO_DEVICE: 7, IO: 8, INTERNAL: 9, BUSY: 10,
 });
 const StopReason = Object.freeze({ EOS: 0, LIMIT: 1, STOP_STRING: 2, CANCELLED: 3 });
 // GGUF's <arch>.pooling_type numbers; MODEL: as the model says (else last-token).
@@ -278,12 +278,13 @@ class Model {
     return Array.from(texts, (_, i) => out.subarray(i * dim, (i + 1) * dim));
   }
   /** A session holds the model: the model may be closed first. */
-  createSession({ nCtx = 0, seed = 0, kvType = KvType.AUTO } = {}) {
+  createSession({ nCtx = 0, seed = 0, kvType = KvType.AUTO, failWhenBusy = false } = {}) {
     const p = {};
     f.sessionParamsInit(p);
     p.n_ctx = nCtx;
     p.seed = seed;
     p.kv_type = kvType;
+    p.fail_when_busy = failWhenBusy;
     const out = [null];
     const err = [null];
     check(f.sessionNew(alive(this.handle, 'model'), p, out, err), err);

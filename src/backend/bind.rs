@@ -3,6 +3,7 @@
 //! was made from, so a step never pairs a model with a state of another device.
 
 use super::cpu::{CpuModel, CpuScratch, CpuSeq, CpuState, CpuStep};
+use super::kvpool::KvPool;
 use super::{Context, Device, Dims, KvType, Logits, Ops, Tap, WeightTensor};
 use crate::gguf::Gguf;
 use crate::{Error, Result};
@@ -85,19 +86,18 @@ impl Weights {
         }
     }
 
-    /// Host bytes the KV cache of `n_ctx` positions takes, to account against the context's
-    /// budget. A GPU's KV cache is accounted by the device's memory manager instead.
-    pub fn host_kv_bytes(&self, dims: &Dims, n_ctx: usize) -> u64 {
-        match self {
-            Weights::Cpu(_) => CpuState::kv_bytes(dims, n_ctx),
-            #[cfg(feature = "cuda")]
-            Weights::Cuda(_) => 0,
-        }
-    }
-
     /// A session's state (KV cache of `kv` elements for `n_ctx` positions, activation
-    /// buffers).
-    pub fn new_state(&self, dims: &Dims, n_ctx: usize, kv: KvType) -> Result<State> {
+    /// buffers). On the CPU the cache starts empty and grows in blocks of the model's `pool`;
+    /// a GPU allocates its whole cache here, accounted by the device's memory manager.
+    pub fn new_state(
+        &self,
+        dims: &Dims,
+        n_ctx: usize,
+        kv: KvType,
+        pool: &Arc<KvPool>,
+    ) -> Result<State> {
+        #[cfg(feature = "cuda")]
+        let _ = pool;
         Ok(match self {
             Weights::Cpu(m) => {
                 if kv == KvType::F16 {
@@ -106,7 +106,7 @@ impl Weights {
                             .into(),
                     ));
                 }
-                State::Cpu(m.clone(), CpuState::new(dims, n_ctx)?)
+                State::Cpu(m.clone(), CpuState::new(dims, n_ctx, pool.clone()))
             }
             #[cfg(feature = "cuda")]
             Weights::Cuda(m) => State::Cuda(

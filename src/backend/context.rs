@@ -126,6 +126,28 @@ pub struct Reservation {
     bytes: u64,
 }
 
+impl Reservation {
+    /// Bytes this reservation holds.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Moves `bytes` of this reservation into a new one (None if it holds fewer): a grant
+    /// made up front, handed out piece by piece.
+    pub fn split(&mut self, bytes: u64) -> Option<Reservation> {
+        self.bytes = self.bytes.checked_sub(bytes)?;
+        Some(Reservation {
+            ctx: self.ctx.clone(),
+            bytes,
+        })
+    }
+
+    /// The context it is accounted in.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.ctx.used.fetch_sub(self.bytes, Ordering::SeqCst);

@@ -9,6 +9,7 @@ pub mod context;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod kvpool;
 mod state_rows;
 mod weights;
 

@@ -1,8 +1,11 @@
-//! A session state's KV rows as plain f32 data, whatever the device: what session
-//! save/restore and fork copy.
+//! A session state's KV rows as plain f32 data, whatever the device (what session
+//! save/restore and fork copy); and its KV blocks where the backend takes them from the
+//! model's pool (the CPU; a GPU state holds its whole cache and answers as if always grown).
 
+use super::kvpool::{Block, Grant};
 use super::{Dims, State};
 use crate::Result;
+use std::sync::Arc;
 
 impl State {
     /// The keys and values of the first `n` positions: per layer, `n` rows of K then `n` rows
@@ -19,13 +22,81 @@ impl State {
     }
 
     /// Overwrites the first `n` positions' keys and values with `data` (laid out as
-    /// [`kv_rows`](Self::kv_rows) gives them; the length is checked). On the GPU this uploads
-    /// them (rounded to f16, as the kernels store them).
-    pub fn set_kv_rows(&mut self, n: usize, data: &[f32]) -> Result<()> {
+    /// [`kv_rows`](Self::kv_rows) gives them; the length is checked). On the CPU in new
+    /// blocks paid from `grant` (the old ones kept until then); on the GPU this uploads them
+    /// (rounded to f16, as the kernels store them).
+    pub fn set_kv_rows(&mut self, n: usize, data: &[f32], grant: Option<&mut Grant>) -> Result<()> {
         match self {
-            State::Cpu(_, st) => st.set_kv_rows(n, data),
+            State::Cpu(_, st) => st.set_kv_rows(n, data, grant),
             #[cfg(feature = "cuda")]
             State::Cuda(_, st) => st.set_kv_rows(n, data),
+        }
+    }
+}
+
+impl State {
+    /// Whether the KV cache comes in blocks from the model's pool (and so takes part in
+    /// grants and the prefix cache).
+    pub fn paged(&self) -> bool {
+        matches!(self, State::Cpu(..))
+    }
+
+    /// Blocks to allocate before positions `start..end` are written (see
+    /// [`kv_grow`](Self::kv_grow)); 0 where the cache is whole.
+    pub fn kv_blocks_needed(&self, start: usize, end: usize) -> usize {
+        match self {
+            State::Cpu(_, st) => st.kv().blocks_needed(start, end),
+            #[cfg(feature = "cuda")]
+            State::Cuda(..) => 0,
+        }
+    }
+
+    /// Make positions `start..end` writable: new blocks, copies of shared ones.
+    pub fn kv_grow(&mut self, start: usize, end: usize, grant: Option<&mut Grant>) -> Result<()> {
+        match self {
+            State::Cpu(_, st) => st.kv_mut().grow(start, end, grant),
+            #[cfg(feature = "cuda")]
+            State::Cuda(..) => Ok(()),
+        }
+    }
+
+    /// Give back the blocks past the first `n` positions.
+    pub fn kv_truncate(&mut self, n: usize) {
+        match self {
+            State::Cpu(_, st) => st.kv_mut().truncate(n),
+            #[cfg(feature = "cuda")]
+            State::Cuda(..) => {}
+        }
+    }
+
+    /// Start an empty cache from cached blocks (the prefix cache's).
+    pub fn kv_adopt(&mut self, blocks: &[Arc<Block>]) -> Result<()> {
+        match self {
+            State::Cpu(_, st) => st.kv_mut().adopt(blocks),
+            #[cfg(feature = "cuda")]
+            State::Cuda(..) => Ok(()),
+        }
+    }
+
+    /// Offer the full blocks holding `tokens` (from position 0) to the prefix cache.
+    pub fn kv_register(&mut self, tokens: &[u32]) {
+        match self {
+            State::Cpu(_, st) => st.kv_mut().register(tokens),
+            #[cfg(feature = "cuda")]
+            State::Cuda(..) => {}
+        }
+    }
+
+    /// Share `other`'s blocks (a fork: copied on the first write); false where the cache is
+    /// not paged (copy the rows instead).
+    pub fn kv_share(&mut self, other: &State) -> bool {
+        match (self, other) {
+            (State::Cpu(_, a), State::Cpu(_, b)) => {
+                a.kv_mut().share(b.kv());
+                true
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
     }
 }

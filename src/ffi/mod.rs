@@ -57,6 +57,11 @@ pub enum llorch_status {
     LLORCH_ERR_IO = 8,
     /// A bug in llorch (a caught panic, a broken invariant). The message says where.
     LLORCH_ERR_INTERNAL = 9,
+    /// The model's KV memory (the context's budget) is held by other sessions now and the
+    /// session was made with `fail_when_busy`, or nothing in flight could free it (idle
+    /// sessions hold it): nothing changed; try again later, or free, reset or rewind a
+    /// session.
+    LLORCH_ERR_BUSY = 10,
 }
 
 use llorch_status::*;
@@ -73,6 +78,7 @@ impl llorch_status {
             Error::NoDevice(_) => LLORCH_ERR_NO_DEVICE,
             Error::Io(_) => LLORCH_ERR_IO,
             Error::Internal(_) => LLORCH_ERR_INTERNAL,
+            Error::Busy(_) => LLORCH_ERR_BUSY,
         }
     }
 }
@@ -250,6 +256,7 @@ pub extern "C" fn llorch_status_message(status: i32) -> *const c_char {
         7 => "no device\0",
         8 => "i/o error\0",
         9 => "internal error\0",
+        10 => "busy\0",
         _ => "unknown status\0",
     };
     s.as_ptr() as *const c_char

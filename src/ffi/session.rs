@@ -70,6 +70,10 @@ pub struct llorch_session_params {
     pub seed: u64,
     /// A `llorch_kv_type` value: the KV cache's element type (default `LLORCH_KV_AUTO`).
     pub kv_type: i32,
+    /// When the model's KV memory (the context's memory budget) is held by other sessions:
+    /// true = a generation (or restore) fails at once with `LLORCH_ERR_BUSY`; false (the
+    /// default) = it waits in line until a generation in flight frees enough.
+    pub fail_when_busy: bool,
 }
 
 const SESSION_PARAMS_MIN: usize = std::mem::offset_of!(llorch_session_params, seed) + 8;
@@ -81,6 +85,7 @@ fn session_params_default() -> llorch_session_params {
         n_ctx: d.n_ctx,
         seed: d.seed,
         kv_type: llorch_kv_type::LLORCH_KV_AUTO as i32,
+        fail_when_busy: false,
     }
 }
 
@@ -288,7 +293,8 @@ pub unsafe extern "C" fn llorch_generate_stats_init(stats: *mut llorch_generate_
 
 /// Creates a session on `model` with its own KV cache (`params` may be NULL for the defaults).
 /// The session holds a reference to the model: `llorch_model_free` may come first.
-/// `LLORCH_ERR_OUT_OF_MEMORY` if the KV cache does not fit the context's budget.
+/// The KV cache takes memory as the context fills, in blocks of the model's pool (see
+/// `LLORCH_ERR_BUSY`), not at creation.
 /// Thread-safety: any thread; several sessions of one model may be created and used at once.
 #[no_mangle]
 pub unsafe extern "C" fn llorch_session_new(
@@ -303,10 +309,10 @@ pub unsafe extern "C" fn llorch_session_new(
         if !params.is_null() {
             let size = arg(params, "params")?.struct_size;
             check_struct_size(size, SESSION_PARAMS_MIN, "params")?;
-            read_sized_fields!(params, size, p: llorch_session_params { n_ctx, seed, kv_type });
+            read_sized_fields!(params, size, p: llorch_session_params { n_ctx, seed, kv_type, fail_when_busy });
         }
         let m = arg(model, "model")?;
-        let session = Session::new(
+        let mut session = Session::new(
             m.model.clone(),
             SessionOptions {
                 n_ctx: p.n_ctx,
@@ -314,6 +320,7 @@ pub unsafe extern "C" fn llorch_session_new(
                 kv_type: kv_type_of(p.kv_type)?,
             },
         )?;
+        session.set_fail_when_busy(p.fail_when_busy);
         *out_session = into_handle(session);
         Ok(())
     })
@@ -496,6 +503,8 @@ fn end_status(st: &GenerateStats) -> crate::Result<()> {
 /// `LLORCH_ERR_CANCELLED` when `llorch_session_cancel` was called or `on_token` returned
 /// false (the stats are written, stop reason `LLORCH_STOP_CANCELLED`; the tokens so far stay
 /// in the conversation and the session stays usable);
+/// `LLORCH_ERR_BUSY` when the KV memory is held by other sessions (see that status; nothing
+/// is generated, the stats are not written);
 /// `LLORCH_ERR_CONTEXT_FULL` when the KV cache cannot hold the prompt (nothing is generated,
 /// the stats are not written), or when it fills up during generation: then the stats are
 /// written (stop reason `LLORCH_STOP_CONTEXT_FULL`) and the conversation is left as it was

@@ -11,6 +11,7 @@ mod qwen3;
 pub mod recipe;
 pub mod synth;
 
+use crate::backend::kvpool::{KvPool, Layout, PoolStats, BLOCK_POSITIONS};
 use crate::backend::{Context, Dims, Reservation, Weights};
 use crate::gguf::Gguf;
 use crate::grammar::VocabTrie;
@@ -49,6 +50,8 @@ pub struct Model {
     chat_template: Option<String>,
     /// Steps the generating sessions together (continuous batching).
     pub(crate) batcher: crate::session::batch::Batcher,
+    /// The KV memory of the model's sessions (those whose backend takes it in blocks).
+    pub(crate) kv_pool: Arc<KvPool>,
 }
 
 impl Model {
@@ -85,7 +88,17 @@ impl Model {
             "the model's weights",
         )?;
         let weights = Weights::bind(ctx, &gguf, &recipe.tensors, progress)?;
+        let dims = recipe.hp.dims();
+        let kv_pool = KvPool::new(
+            ctx.clone(),
+            Layout {
+                n_layer: dims.n_layer,
+                kv_dim: dims.kv_dim(),
+                block: BLOCK_POSITIONS,
+            },
+        );
         Ok(Arc::new(Model {
+            kv_pool,
             ctx: ctx.clone(),
             gguf,
             vocab_trie: OnceLock::new(),
@@ -96,6 +109,11 @@ impl Model {
             chat_template,
             batcher: Default::default(),
         }))
+    }
+
+    /// What the model's KV pool holds now.
+    pub fn kv_stats(&self) -> PoolStats {
+        self.kv_pool.stats()
     }
 
     /// What the batcher has done: steps run, the sequences they carried, sessions

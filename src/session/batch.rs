@@ -73,6 +73,8 @@ pub struct Feed {
     pub state: Arc<Mutex<State>>,
     pub tokens: Vec<u32>,
     pub pos0: usize,
+    /// Prompt chunks are cut at positions `chunk_origin + k * chunk` (at most `pos0`).
+    pub chunk_origin: usize,
     /// The session's context length (the recipe may depend on it: LongRoPE).
     pub n_ctx: usize,
     pub want: Want,
@@ -369,7 +371,8 @@ fn take_parts(q: &mut Queue) -> Vec<Part> {
             continue;
         }
         let job = q.jobs.remove(i).expect("index in range");
-        let rows = left.min(job.chunk);
+        let pos = job.feed.pos0 + job.fed;
+        let rows = left.min(job.chunk - (pos - job.feed.chunk_origin.min(pos)) % job.chunk);
         let part = Part { job, rows };
         if left == 1 {
             decode.push(part);

@@ -10,9 +10,11 @@ mod stop;
 
 // Embeddings: the final hidden state, pooled (through the taps).
 pub mod embed;
+mod kv_memory;
 
+use crate::backend::kvpool::Grant;
 pub use crate::backend::KvType;
-use crate::backend::{Logits, Out, Reservation, State, Tap};
+use crate::backend::{Logits, Out, State, Tap};
 use crate::grammar::{Constraint, TokenMatcher};
 use crate::model::recipe::forward;
 use crate::model::Model;
@@ -20,6 +22,7 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use batch::{Feed, Member, Produced, Want};
+pub use kv_memory::usable_prefix;
 pub use logprobs::TokenLogprob;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +97,8 @@ pub enum StopReason {
 #[derive(Debug, Clone)]
 pub struct GenerateStats {
     pub prompt_tokens: u32,
+    /// Prompt tokens whose keys and values came from the prefix cache (not computed).
+    pub prompt_cached: u32,
     pub generated_tokens: u32,
     pub prompt_seconds: f64,
     pub generate_seconds: f64,
@@ -106,8 +111,9 @@ pub struct Session {
     model: Arc<Model>,
     /// Shared with the model's batcher, which steps it while this session waits.
     state: Arc<Mutex<State>>,
-    _reservation: Reservation,
     n_ctx: usize,
+    /// Fail with `Error::Busy` rather than wait for KV memory.
+    fail_when_busy: bool,
     /// Tokens whose keys and values are in the cache.
     history: Vec<u32>,
     /// A sampled token not yet fed to the model (fed first by the next call).
@@ -137,16 +143,15 @@ impl Session {
             n => n,
         } as usize;
         let dims = model.dims();
-        let reservation = model.context().reserve(
-            model.weights.host_kv_bytes(&dims, n_ctx),
-            "the session's KV cache",
-        )?;
-        let state = model.weights.new_state(&dims, n_ctx, options.kv_type)?;
+        // (The KV memory comes as the context fills: see `kv_memory`.)
+        let state = model
+            .weights
+            .new_state(&dims, n_ctx, options.kv_type, &model.kv_pool)?;
         Ok(Session {
             model,
             state: Arc::new(Mutex::new(state)),
-            _reservation: reservation,
             n_ctx,
+            fail_when_busy: false,
             history: Vec::new(),
             pending: None,
             cancel: Arc::new(AtomicBool::new(false)),
@@ -176,6 +181,12 @@ impl Session {
         self.cancel = flag;
     }
 
+    /// When the model's KV memory (the context's budget) is taken by other sessions: fail at
+    /// once with `Error::Busy` (true) instead of waiting in line for it (false, the default).
+    pub fn set_fail_when_busy(&mut self, fail: bool) {
+        self.fail_when_busy = fail;
+    }
+
     /// The seed of the sampler's random numbers from now on (as `SessionOptions::seed`).
     pub fn set_seed(&mut self, seed: u64) {
         self.seed = seed;
@@ -184,6 +195,7 @@ impl Session {
     /// Forget the conversation (empty the KV cache), any generation in progress and a
     /// pending cancel.
     pub fn reset(&mut self) {
+        self.state.lock().kv_truncate(0);
         self.history.clear();
         self.pending = None;
         self.generation = 0;
@@ -218,8 +230,18 @@ impl Session {
     /// Feed tokens to the model (appending them to the conversation) and return the logits of
     /// the last one, or of every one with `Logits::All` (`tokens.len()` rows of the vocabulary).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let start = self.history.len();
+        let end = start + self.pending.is_some() as usize + tokens.len();
+        let mut grant = self.kv_admit(start, end)?;
         let mut out = Vec::new();
-        self.feed(tokens, which, Out::Logits(&mut out))?;
+        let grown = self.state.lock().kv_grow(start, end, grant.as_mut());
+        let fed = grown.and_then(|()| self.feed(tokens, which, Out::Logits(&mut out)));
+        if let Err(e) = fed {
+            // Blocks past what was fed go back.
+            self.state.lock().kv_truncate(self.history.len());
+            return Err(e);
+        }
         Ok(out)
     }
 
@@ -285,7 +307,9 @@ impl Session {
 
     /// As `feed(tokens, Logits::Last, out)`, through the model's batcher where the backend
     /// batches (a generation's steps: batched with the model's other generating sessions).
-    fn feed_batched(&mut self, tokens: &[u32], out: Out) -> Result<()> {
+    /// Prompt chunks are cut at positions `origin + k * chunk` (the feed's start, or 0 for a
+    /// prompt resumed after cached blocks: see `kv_memory`).
+    fn feed_batched(&mut self, tokens: &[u32], origin: usize, out: Out) -> Result<()> {
         let batchable = {
             let st = self.state.lock();
             st.batchable() && !st.taps_on()
@@ -306,6 +330,7 @@ impl Session {
             state: self.state.clone(),
             tokens: all,
             pos0: self.history.len(),
+            chunk_origin: origin.min(self.history.len()),
             n_ctx: self.n_ctx,
             want,
             cancel: self.cancel.clone(),
@@ -450,6 +475,7 @@ impl Session {
             history,
             stats: GenerateStats {
                 prompt_tokens: prompt.len() as u32,
+                prompt_cached: 0,
                 generated_tokens: 0,
                 prompt_seconds: 0.0,
                 generate_seconds: 0.0,
@@ -459,6 +485,8 @@ impl Session {
             decode_started: None,
             before: (self.history.len(), self.pending),
             phase: Phase::Prefill(prompt.to_vec()),
+            grant: None,
+            cacheable: false,
             _member: self.model.batcher.join(),
         });
         Ok(())
@@ -517,6 +545,7 @@ impl Session {
 
     fn restore(&mut self, (n_past, pending): (usize, Option<u32>)) {
         self.history.truncate(n_past);
+        self.state.lock().kv_truncate(n_past);
         self.pending = pending;
     }
 
@@ -532,9 +561,22 @@ impl Session {
                     g.phase = Phase::Ending(StopReason::Cancelled);
                     return Ok(None);
                 }
+                let skip = match self.kv_prepare(g, &prompt) {
+                    Ok(n) => n,
+                    Err(Error::Cancelled) => {
+                        self.cancelled(g);
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
+                g.stats.prompt_cached = skip as u32;
+                let origin = if skip > 0 { 0 } else { self.history.len() };
                 let out = g.out();
-                let fed = self.feed_batched(&prompt, out);
+                let fed = self.feed_batched(&prompt[skip..], origin, out);
                 g.stats.prompt_seconds = g.started.elapsed().as_secs_f64();
+                if fed.is_ok() {
+                    self.kv_offer(g);
+                }
                 match fed {
                     Ok(()) if g.logits.is_empty() && g.pick.is_none() => {
                         // Empty prompt after a turn that ended without feeding: nothing new
@@ -556,8 +598,10 @@ impl Session {
                     g.phase = Phase::Ending(StopReason::ContextFull);
                 } else {
                     g.logits.clear();
+                    let h = self.history.len();
+                    self.state.lock().kv_grow(h, h + 1, g.grant.as_mut())?;
                     let out = g.out();
-                    match self.feed_batched(&[], out) {
+                    match self.feed_batched(&[], h, out) {
                         Ok(()) => {}
                         Err(Error::Cancelled) => self.cancelled(g),
                         Err(e) => return Err(e),
@@ -696,6 +740,7 @@ impl GenerateStats {
     pub fn cancelled() -> GenerateStats {
         GenerateStats {
             prompt_tokens: 0,
+            prompt_cached: 0,
             generated_tokens: 0,
             prompt_seconds: 0.0,
             generate_seconds: 0.0,
@@ -746,6 +791,10 @@ struct Generation {
     /// the generation fails or fills the context.
     before: (usize, Option<u32>),
     phase: Phase,
+    /// The KV memory set aside for it (see `kv_memory`), once its prompt is prepared.
+    grant: Option<Grant>,
+    /// Whether its prompt's blocks go to the prefix cache (a first turn).
+    cacheable: bool,
     /// Counted among the model's generating sessions (the batcher waits for their steps).
     _member: Member,
 }

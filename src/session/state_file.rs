@@ -76,6 +76,7 @@ impl Session {
         if n <= self.history.len() {
             self.history.truncate(n);
             self.pending = None;
+            self.state.lock().kv_truncate(n);
         }
         Ok(())
     }
@@ -83,8 +84,8 @@ impl Session {
     /// A new session on the same model with a copy of this one's conversation: its tokens,
     /// KV rows, context length, seed and generation count (so both continue alike). A
     /// generation in progress is not carried over.
-    // The lead's paged KV pool will let a fork share the prefix's pages (copy on write);
-    // until then the rows are copied through the backend state (via the host on a GPU).
+    /// On the CPU both share the KV blocks (each copies a block before writing into it);
+    /// on a GPU the rows are copied (via the host).
     pub fn fork(&self) -> Result<Session> {
         let mut s = Session::new(
             self.model.clone(),
@@ -94,9 +95,14 @@ impl Session {
                 kv_type: self.kv_type,
             },
         )?;
+        s.fail_when_busy = self.fail_when_busy;
         let n = self.history.len();
-        let rows = self.state.lock().kv_rows(n)?;
-        s.state.lock().set_kv_rows(n, &rows)?;
+        let shared = s.state.lock().kv_share(&self.state.lock());
+        if !shared {
+            let rows = self.state.lock().kv_rows(n)?;
+            s.state.lock().set_kv_rows(n, &rows, None)?;
+        }
+        s.state.lock().kv_truncate(n);
         s.history = self.history.clone();
         s.pending = self.pending;
         s.generation = self.generation;
@@ -147,11 +153,14 @@ impl Session {
     /// uploading the rows can come after the checks: the session is then reset to empty.)
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
         let saved = parse(bytes, &self.model, self.n_ctx)?;
+        let n = saved.history.len();
+        // New blocks for the saved rows (the old ones kept until they are in).
+        let mut grant = match self.state.lock().paged() {
+            true => Some(self.kv_grant(self.model.kv_pool.layout().blocks_for(n))?),
+            false => None,
+        };
         self.running = None;
-        let set = self
-            .state
-            .lock()
-            .set_kv_rows(saved.history.len(), &saved.kv);
+        let set = self.state.lock().set_kv_rows(n, &saved.kv, grant.as_mut());
         if let Err(e) = set {
             self.reset();
             return Err(e);

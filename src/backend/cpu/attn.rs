@@ -5,15 +5,57 @@
 // The AVX-512 intrinsics are stable since Rust 1.89 (as in quant/x86.rs).
 #![allow(clippy::incompatible_msrv)]
 
-/// `out = Σ_j softmax_j(scale·q·k_j)·v_j` over `len` positions; position j's key and value
-/// start at `kc[j*stride]` / `vc[j*stride]` (`q.len()` values each). A `sink` logit joins the
-/// softmax (its max and its sum) with no value. `scores`: scratch.
+/// A sequence's keys and values of one layer, in blocks: position `p` is row `p % block` of
+/// `k[p / block]` (and `v[...]`), rows `stride` values apart.
+pub struct Paged<'a> {
+    pub k: &'a [&'a [f32]],
+    pub v: &'a [&'a [f32]],
+    pub block: usize,
+    pub stride: usize,
+}
+
+impl Paged<'_> {
+    /// The runs of positions `lo..lo + len` within one block each, in order: the keys and
+    /// values from the first run's row at column `col`, and the run's length.
+    fn runs(
+        &self,
+        col: usize,
+        lo: usize,
+        len: usize,
+    ) -> impl Iterator<Item = (&[f32], &[f32], usize)> {
+        let end = lo + len;
+        (lo / self.block..end.div_ceil(self.block)).map(move |bi| {
+            let r0 = lo.saturating_sub(bi * self.block);
+            let r1 = self.block.min(end - bi * self.block);
+            let at = r0 * self.stride + col;
+            (&self.k[bi][at..], &self.v[bi][at..], r1 - r0)
+        })
+    }
+
+    /// Whether positions `lo..lo + len` of `hd` values from `col` are all there (whole
+    /// blocks: the vector loops read through raw pointers).
+    fn holds(&self, col: usize, hd: usize, lo: usize, len: usize) -> bool {
+        let (first, need) = (lo / self.block, (lo + len).div_ceil(self.block));
+        let full = self.block * self.stride;
+        col + hd <= self.stride
+            && self.k.len() >= need
+            && self.v.len() >= need
+            && self.k[first..need]
+                .iter()
+                .chain(&self.v[first..need])
+                .all(|b| b.len() >= full)
+    }
+}
+
+/// `out = Σ_j softmax_j(scale·q·k_j)·v_j` over positions `lo..lo + len` of `kv`, each
+/// position's key and value the `q.len()` values from column `col` of its row. A `sink`
+/// logit joins the softmax (its max and its sum) with no value. `scores`: scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn head(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    stride: usize,
+    kv: &Paged,
+    col: usize,
+    lo: usize,
     len: usize,
     scale: f32,
     sink: Option<f32>,
@@ -22,15 +64,19 @@ pub fn head(
 ) {
     let hd = q.len();
     assert!(len > 0 && out.len() == hd);
-    assert!(kc.len() >= (len - 1) * stride + hd && vc.len() >= (len - 1) * stride + hd);
+    assert!(
+        kv.holds(col, hd, lo, len),
+        "KV rows {lo}..{} not held",
+        lo + len
+    );
     scores.clear();
     scores.resize(len, 0.0);
     #[cfg(target_arch = "x86_64")]
     if hd % 16 == 0 && avx512() {
         // SAFETY: AVX-512F present; sizes checked above.
-        return unsafe { head_avx512(q, kc, vc, stride, scale, sink, scores, out) };
+        return unsafe { head_avx512(q, kv, col, lo, scale, sink, scores, out) };
     }
-    head_scalar(q, kc, vc, stride, scale, sink, scores, out)
+    head_scalar(q, kv, col, lo, scale, sink, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -43,18 +89,22 @@ fn avx512() -> bool {
 #[allow(clippy::too_many_arguments)]
 fn head_scalar(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    stride: usize,
+    kv: &Paged,
+    col: usize,
+    lo: usize,
     scale: f32,
     sink: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    for (j, s) in scores.iter_mut().enumerate() {
-        let k = &kc[j * stride..j * stride + hd];
-        *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+    let (hd, stride, len) = (q.len(), kv.stride, scores.len());
+    let mut j = 0;
+    for (kc, _, rows) in kv.runs(col, lo, len) {
+        for r in 0..rows {
+            let k = &kc[r * stride..r * stride + hd];
+            scores[j] = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            j += 1;
+        }
     }
     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let max = sink.map_or(max, |s| max.max(s));
@@ -64,10 +114,14 @@ fn head_scalar(
         sum += *s;
     }
     out.fill(0.0);
-    for (j, s) in scores.iter().enumerate() {
-        let w = s / sum;
-        for (a, b) in out.iter_mut().zip(&vc[j * stride..j * stride + hd]) {
-            *a += w * b;
+    let mut j = 0;
+    for (_, vc, rows) in kv.runs(col, lo, len) {
+        for r in 0..rows {
+            let w = scores[j] / sum;
+            for (a, b) in out.iter_mut().zip(&vc[r * stride..r * stride + hd]) {
+                *a += w * b;
+            }
+            j += 1;
         }
     }
 }
@@ -77,34 +131,299 @@ fn head_scalar(
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_avx512(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    stride: usize,
+    kv: &Paged,
+    col: usize,
+    lo: usize,
     scale: f32,
     sink: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let hd = q.len();
-    let (qp, kp, vp) = (q.as_ptr(), kc.as_ptr(), vc.as_ptr());
+    let (hd, stride, len) = (q.len(), kv.stride, scores.len());
+    let qp = q.as_ptr();
     let mut max = f32::NEG_INFINITY;
-    for (j, s) in scores.iter_mut().enumerate() {
-        let mut acc = _mm512_setzero_ps();
-        for d in (0..hd).step_by(16) {
-            acc = _mm512_fmadd_ps(
-                _mm512_loadu_ps(qp.add(d)),
-                _mm512_loadu_ps(kp.add(j * stride + d)),
-                acc,
-            );
+    let mut j = 0;
+    for (kc, _, rows) in kv.runs(col, lo, len) {
+        let kp = kc.as_ptr();
+        for r in 0..rows {
+            let s = dot512(qp, kp.add(r * stride), hd) * scale;
+            scores[j] = s;
+            max = max.max(s);
+            j += 1;
         }
-        *s = _mm512_reduce_add_ps(acc) * scale;
-        max = max.max(*s);
     }
     if let Some(s) = sink {
         max = max.max(s);
     }
-    // exp(s - max), 16 at a time (the tail through a mask).
+    let inv = softmax_exp(scores, max, sink);
+    // Σ_j w_j·v_j, 16 dimensions at a time, normalized once at the end.
+    for d in (0..hd).step_by(16) {
+        let mut acc = _mm512_setzero_ps();
+        let mut j = 0;
+        for (_, vc, rows) in kv.runs(col, lo, len) {
+            let vp = vc.as_ptr();
+            for r in 0..rows {
+                acc = _mm512_fmadd_ps(
+                    _mm512_set1_ps(scores[j]),
+                    _mm512_loadu_ps(vp.add(r * stride + d)),
+                    acc,
+                );
+                j += 1;
+            }
+        }
+        _mm512_storeu_ps(
+            out.as_mut_ptr().add(d),
+            _mm512_mul_ps(acc, _mm512_set1_ps(inv)),
+        );
+    }
+}
+
+/// Most queries of one [`heads`] call (a tile: rows of a prompt chunk times the query heads
+/// that share a KV head).
+pub const MAX_TILE: usize = 16;
+
+/// One query of a tile: its vector, its positions `lo..end`, its sink logit and where its
+/// output goes (`q.len()` values).
+pub struct Query<'a> {
+    pub q: &'a [f32],
+    pub lo: usize,
+    pub end: usize,
+    pub sink: Option<f32>,
+    pub out: *mut f32,
+}
+
+/// [`head`] for each query of `tile` (at most [`MAX_TILE`]), all at column `col` of the same
+/// keys and values: each key and value row is read once for all of them (a long prompt's
+/// attention was bound by reading them once per query). Each output is bit for bit what
+/// [`head`] gives: the same products, maxima and sums in the same order.
+///
+/// # Safety
+/// Every `out` must be valid for `q.len()` writes, and no other thread may touch them.
+pub unsafe fn heads(tile: &[Query], kv: &Paged, col: usize, scale: f32, scores: &mut Vec<f32>) {
+    assert!(tile.len() <= MAX_TILE);
+    let Some(hd) = tile.first().map(|t| t.q.len()) else {
+        return;
+    };
+    for t in tile {
+        assert!(t.q.len() == hd && t.end > t.lo && kv.holds(col, hd, t.lo, t.end - t.lo));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if hd % 16 == 0 && avx512() {
+        return heads_avx512(tile, kv, col, scale, scores);
+    }
+    for t in tile {
+        let out = std::slice::from_raw_parts_mut(t.out, hd);
+        head(t.q, kv, col, t.lo, t.end - t.lo, scale, t.sink, scores, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, scores: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let (hd, stride) = (tile[0].q.len(), kv.stride);
+    let lo = tile.iter().map(|t| t.lo).min().unwrap_or(0);
+    let end = tile.iter().map(|t| t.end).max().unwrap_or(0);
+    // Each query's scores at offsets: query i's position j at at[i] + j - lo_i.
+    let mut at = [0usize; MAX_TILE];
+    let mut total = 0;
+    for (i, t) in tile.iter().enumerate() {
+        at[i] = total;
+        total += t.end - t.lo;
+    }
+    scores.clear();
+    scores.resize(total, 0.0);
+    let sp = scores.as_mut_ptr();
+    // Each position's key row, then 16 positions at a time for every query of the tile
+    // (their keys stay in L1): 16 products reduced together where all 16 are the query's,
+    // one by one at its edges.
+    let keys: Vec<*const f32> = kv
+        .runs(col, lo, end - lo)
+        .flat_map(|(kc, _, rows)| (0..rows).map(move |r| kc.as_ptr().add(r * stride)))
+        .collect();
+    for j0 in (lo..end).step_by(16) {
+        let j1 = (j0 + 16).min(end);
+        for (i, t) in tile.iter().enumerate() {
+            let out = sp.add(at[i]);
+            if t.lo <= j0 && j0 + 16 <= t.end {
+                let k: &[*const f32; 16] = keys[j0 - lo..j0 - lo + 16].try_into().expect("16");
+                let s = _mm512_mul_ps(dot512x16(t.q.as_ptr(), k, hd), _mm512_set1_ps(scale));
+                let mut v = [0f32; 16];
+                _mm512_storeu_ps(v.as_mut_ptr(), s);
+                for (lane, &x) in v.iter().enumerate() {
+                    // Lane 4l + s holds position 4s + l (see `dot512x16`).
+                    *out.add(j0 + 4 * (lane % 4) + lane / 4 - t.lo) = x;
+                }
+            } else {
+                for j in j0.max(t.lo)..j1.min(t.end) {
+                    *out.add(j - t.lo) = dot512(t.q.as_ptr(), keys[j - lo], hd) * scale;
+                }
+            }
+        }
+    }
+    // Per query as `head_avx512`: the max in order, exp(s - max) 16 at a time, the sum.
+    let mut inv = [0f32; MAX_TILE];
+    for (i, t) in tile.iter().enumerate() {
+        let sc = &mut scores[at[i]..at[i] + t.end - t.lo];
+        let mut max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        if let Some(s) = t.sink {
+            max = max.max(s);
+        }
+        inv[i] = softmax_exp(sc, max, t.sink);
+    }
+    // Σ_j w_j·v_j per query, 16 dimensions at a time, groups of up to 8 queries reading
+    // each value row once.
+    for (g, group) in tile.chunks(8).enumerate() {
+        let w: Vec<*const f32> = (0..group.len())
+            .map(|i| sp.add(at[8 * g + i]) as *const f32)
+            .collect();
+        for d in (0..hd).step_by(16) {
+            let mut acc = [_mm512_setzero_ps(); 8];
+            macro_rules! weigh {
+                ($n:literal) => {{
+                    let a = weigh_values::<$n>(group, &w, kv, col, d);
+                    acc[..$n].copy_from_slice(&a);
+                }};
+            }
+            match group.len() {
+                1 => weigh!(1),
+                2 => weigh!(2),
+                3 => weigh!(3),
+                4 => weigh!(4),
+                5 => weigh!(5),
+                6 => weigh!(6),
+                7 => weigh!(7),
+                _ => weigh!(8),
+            }
+            for (i, t) in group.iter().enumerate() {
+                let scale = _mm512_set1_ps(inv[8 * g + i]);
+                _mm512_storeu_ps(t.out.add(d), _mm512_mul_ps(acc[i], scale));
+            }
+        }
+    }
+}
+
+/// `Σ_j w_ij·v_j` over each query's positions, 16 dimensions from `d`, for the `N` queries of
+/// `tile` (`w[i]`: query i's weights from its `lo`). Each query's terms are added in the
+/// order of j, one fused multiply-add each, as `head_avx512` adds them; in the positions all
+/// queries share, each value row is loaded once and the N accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weigh_values<const N: usize>(
+    tile: &[Query],
+    w: &[*const f32],
+    kv: &Paged,
+    col: usize,
+    d: usize,
+) -> [std::arch::x86_64::__m512; N] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); N];
+    let row = |j: usize| {
+        kv.v[j / kv.block]
+            .as_ptr()
+            .add((j % kv.block) * kv.stride + col + d)
+    };
+    // Positions before, in and after the range all queries share.
+    let c0 = tile.iter().map(|t| t.lo).max().unwrap_or(0);
+    let c1 = tile.iter().map(|t| t.end).min().unwrap_or(0).max(c0);
+    for i in 0..N {
+        let t = &tile[i];
+        for j in t.lo..t.end.min(c0) {
+            let x = _mm512_set1_ps(*w[i].add(j - t.lo));
+            acc[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(row(j)), acc[i]);
+        }
+    }
+    if c1 > c0 {
+        let mut j = c0;
+        for (_, vc, rows) in kv.runs(col, c0, c1 - c0) {
+            let vp = vc.as_ptr().add(d);
+            for r in 0..rows {
+                let v = _mm512_loadu_ps(vp.add(r * kv.stride));
+                for i in 0..N {
+                    let x = _mm512_set1_ps(*w[i].add(j - tile[i].lo));
+                    acc[i] = _mm512_fmadd_ps(x, v, acc[i]);
+                }
+                j += 1;
+            }
+        }
+    }
+    for i in 0..N {
+        let t = &tile[i];
+        for j in t.lo.max(c1)..t.end {
+            let x = _mm512_set1_ps(*w[i].add(j - t.lo));
+            acc[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(row(j)), acc[i]);
+        }
+    }
+    acc
+}
+
+/// `q · k` over `hd` values (a multiple of 16): one fused multiply-add chain over 16 lanes,
+/// then their sum (every attention path computes its scores this way: tiles equal heads).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot512(q: *const f32, k: *const f32, hd: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm512_setzero_ps();
+    for d in (0..hd).step_by(16) {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(d)), _mm512_loadu_ps(k.add(d)), acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// [`dot512`] of `q` with 16 keys at once: each key's 16-lane chain as there, then the 16
+/// sums reduced together with the same pairings `_mm512_reduce_add_ps` makes for one
+/// (halves of 256, then of 128 bits, then lanes 0+2 and 1+3, then 0+1), so each result is
+/// bit for bit `dot512`'s. Lane `4l + s` holds key `4s + l`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot512x16(q: *const f32, k: &[*const f32; 16], hd: usize) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    for d in (0..hd).step_by(16) {
+        let qd = _mm512_loadu_ps(q.add(d));
+        for (a, &kp) in acc.iter_mut().zip(k) {
+            *a = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kp.add(d)), *a);
+        }
+    }
+    // b = low 256 + high 256 bits: keys 2m and 2m+1 in one vector's halves.
+    let b: [__m512; 8] = std::array::from_fn(|m| {
+        let (x, y) = (acc[2 * m], acc[2 * m + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+        )
+    });
+    // c = low 128 + high 128 bits of each half: keys 4n..4n+4 in one vector's quarters.
+    let c: [__m512; 4] = std::array::from_fn(|n| {
+        let (x, y) = (b[2 * n], b[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    });
+    // d = lanes 0+2 and 1+3 of each quarter: quarter l holds keys 8p+l and 8p+4+l.
+    let d: [__m512; 2] = std::array::from_fn(|p| {
+        let (x, y) = (c[2 * p], c[2 * p + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+        )
+    });
+    // lanes 0+1: quarter l holds keys l, 4+l, 8+l, 12+l.
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(d[0], d[1]),
+        _mm512_shuffle_ps::<0b11_01_11_01>(d[0], d[1]),
+    )
+}
+
+/// `s = exp(s - max)` in place, 16 at a time (the tail through a mask); returns
+/// `1 / (Σ s + exp(sink - max))`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_exp(scores: &mut [f32], max: f32, sink: Option<f32>) -> f32 {
+    use std::arch::x86_64::*;
     let len = scores.len();
     let mut sumv = _mm512_setzero_ps();
     let mv = _mm512_set1_ps(max);
@@ -121,22 +440,7 @@ unsafe fn head_avx512(
         sumv = _mm512_add_ps(sumv, e);
     }
     let sink_term = sink.map_or(0.0, |s| (s - max).exp());
-    let inv = 1.0 / (_mm512_reduce_add_ps(sumv) + sink_term);
-    // Σ_j w_j·v_j, 16 dimensions at a time, normalized once at the end.
-    for d in (0..hd).step_by(16) {
-        let mut acc = _mm512_setzero_ps();
-        for (j, &w) in scores.iter().enumerate() {
-            acc = _mm512_fmadd_ps(
-                _mm512_set1_ps(w),
-                _mm512_loadu_ps(vp.add(j * stride + d)),
-                acc,
-            );
-        }
-        _mm512_storeu_ps(
-            out.as_mut_ptr().add(d),
-            _mm512_mul_ps(acc, _mm512_set1_ps(inv)),
-        );
-    }
+    1.0 / (_mm512_reduce_add_ps(sumv) + sink_term)
 }
 
 /// `out = act(g, u)`.
@@ -244,6 +548,132 @@ mod tests {
         (*s >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// `rows` cut into blocks of `block` rows of `stride` values (the last one padded).
+    fn blocks_of(rows: &[f32], block: usize, stride: usize) -> Vec<Vec<f32>> {
+        rows.chunks(block * stride)
+            .map(|b| {
+                let mut b = b.to_vec();
+                b.resize(block * stride, 0.0);
+                b
+            })
+            .collect()
+    }
+
+    fn slices(blocks: &[Vec<f32>]) -> Vec<&[f32]> {
+        blocks.iter().map(|b| &b[..]).collect()
+    }
+
+    /// Keys in -3..3 and values in -1..1, `n` of each.
+    fn random_kv(s: &mut u64, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let k = (0..n).map(|_| rng(s) * 6.0 - 3.0).collect();
+        let v = (0..n).map(|_| rng(s) * 2.0 - 1.0).collect();
+        (k, v)
+    }
+
+    /// Blocks of `block` rows (one block holding them all, or several).
+    fn whole<'a>(k: &'a [&'a [f32]], v: &'a [&'a [f32]], stride: usize, len: usize) -> Paged<'a> {
+        Paged {
+            k,
+            v,
+            block: len,
+            stride,
+        }
+    }
+
+    /// The same rows in blocks of 16 (copied, from any start) give the same output bit for
+    /// bit as in one block: the same products and sums in the same order.
+    #[test]
+    fn blocks_change_no_bit() {
+        let mut s = 3u64;
+        let (heads, hd, total) = (2, 64, 75);
+        let stride = heads * hd;
+        let (kc, vc) = random_kv(&mut s, total * stride);
+        let q: Vec<f32> = (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
+        let block = 16;
+        let (kb, vb) = (blocks_of(&kc, block, stride), blocks_of(&vc, block, stride));
+        let (ks, vs) = (slices(&kb), slices(&vb));
+        let paged = whole(&ks, &vs, stride, block);
+        let (k1, v1) = ([&kc[..]], [&vc[..]]);
+        let one = whole(&k1, &v1, stride, total);
+        for (lo, len) in [(0, 1), (0, 16), (0, 17), (5, 40), (16, 59), (31, 44)] {
+            for col in [0, hd] {
+                let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
+                head(
+                    &q,
+                    &paged,
+                    col,
+                    lo,
+                    len,
+                    0.125,
+                    None,
+                    &mut Vec::new(),
+                    &mut a,
+                );
+                head(&q, &one, col, lo, len, 0.125, None, &mut Vec::new(), &mut b);
+                assert_eq!(a, b, "lo {lo} len {len} col {col}");
+                let mut sc = vec![0f32; len];
+                head_scalar(&q, &paged, col, lo, 0.125, None, &mut sc, &mut a);
+                let mut sc = vec![0f32; len];
+                head_scalar(&q, &one, col, lo, 0.125, None, &mut sc, &mut b);
+                assert_eq!(a, b, "scalar: lo {lo} len {len} col {col}");
+            }
+        }
+    }
+
+    /// A tile of queries (rows of a prompt, heads of one KV head; causal ranges, windows,
+    /// sinks) gives each query what `head` gives it alone, bit for bit.
+    #[test]
+    fn tiles_equal_heads_alone() {
+        let mut s = 9u64;
+        let (hd, total, block) = (64, 90, 16);
+        let stride = 2 * hd;
+        let (kc, vc) = random_kv(&mut s, total * stride);
+        let (kb, vb) = (blocks_of(&kc, block, stride), blocks_of(&vc, block, stride));
+        let (ks, vs) = (slices(&kb), slices(&vb));
+        let kv = whole(&ks, &vs, stride, block);
+        let qs: Vec<Vec<f32>> = (0..MAX_TILE)
+            .map(|_| (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect())
+            .collect();
+        for (n, window, sink) in [(12, None, None), (16, Some(20), None), (5, None, Some(0.4))] {
+            let mut got = vec![vec![0f32; hd]; n];
+            let ranges: Vec<(usize, usize)> = (0..n)
+                .map(|i| {
+                    let end = 60 + i / 3 * 7 + i % 3;
+                    (window.map_or(0, |w: usize| end.saturating_sub(w)), end)
+                })
+                .collect();
+            let tile: Vec<Query> = got
+                .iter_mut()
+                .enumerate()
+                .map(|(i, o)| Query {
+                    q: &qs[i],
+                    lo: ranges[i].0,
+                    end: ranges[i].1,
+                    sink,
+                    out: o.as_mut_ptr(),
+                })
+                .collect();
+            // SAFETY: each output is its own vector.
+            unsafe { heads(&tile, &kv, hd, 0.125, &mut Vec::new()) };
+            for (i, g) in got.iter().enumerate() {
+                let (lo, end) = ranges[i];
+                let mut want = vec![0f32; hd];
+                head(
+                    &qs[i],
+                    &kv,
+                    hd,
+                    lo,
+                    end - lo,
+                    0.125,
+                    sink,
+                    &mut Vec::new(),
+                    &mut want,
+                );
+                assert_eq!(*g, want, "query {i} of {n}");
+            }
+        }
+    }
+
     /// The vector exp against f64 over the softmax range: relative error within 4e-7
     /// (the series is exact to 5e-9; r's reduction and ~8 fused steps round at 6e-8 each).
     #[test]
@@ -314,11 +744,13 @@ mod tests {
         for sink in [-20.0f32, 0.3, 8.0] {
             let den: f64 = scores.iter().map(|x| x.exp()).sum::<f64>() + (sink as f64).exp();
             let mut got = vec![0f32; hd];
+            let (ks, vs) = ([&kc[..]], [&vc[..]]);
+            let kv = whole(&ks, &vs, stride, len);
             head(
                 &q,
-                &kc,
-                &vc,
-                stride,
+                &kv,
+                0,
+                0,
                 len,
                 scale,
                 Some(sink),
@@ -369,10 +801,12 @@ mod tests {
             let vc: Vec<f32> = (0..len * stride).map(|_| rng(&mut s) * 2.0 - 1.0).collect();
             let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
             let mut sc = Vec::new();
+            let (ks, vs) = ([&kc[..]], [&vc[..]]);
+            let kv = whole(&ks, &vs, stride, len);
             for sink in [None, Some(-3.0), Some(0.7), Some(40.0)] {
-                head(&q, &kc, &vc, stride, len, 0.125, sink, &mut sc, &mut a);
+                head(&q, &kv, 0, 0, len, 0.125, sink, &mut sc, &mut a);
                 let mut sc2 = vec![0f32; len];
-                head_scalar(&q, &kc, &vc, stride, 0.125, sink, &mut sc2, &mut b);
+                head_scalar(&q, &kv, 0, 0, 0.125, sink, &mut sc2, &mut b);
                 for (x, y) in a.iter().zip(&b) {
                     assert!((x - y).abs() <= 2e-6, "hd {hd} len {len}: {x} vs {y}");
                 }

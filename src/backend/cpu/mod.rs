@@ -5,10 +5,11 @@
 //! cache) in f32. Work is split over rows across the context's threads.
 
 mod attn;
-mod kv_rows;
+mod kv;
 mod moe;
 mod pool;
 
+use super::kvpool::KvPool;
 use super::{
     unfused, Activation, AttnShape, Dims, Glu, Linear, Moe, Norm, NormIn, Ops, Projection, Rope,
     RopeStyle, Slot, Tap, WeightId, WeightTensor,
@@ -16,6 +17,7 @@ use super::{
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::{self, BlockQ8, GgmlType};
 use crate::{Error, Result};
+pub use kv::CpuKv;
 pub use pool::Pool;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -134,13 +136,6 @@ pub struct CpuState {
     pub taps: Option<Vec<Tap>>,
 }
 
-/// The keys and values of a session's tokens: per layer, `n_ctx` rows of `kv_dim` values.
-pub struct CpuKv {
-    n_ctx: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-}
-
 /// A forward step's working buffers: the activation slots and the quantized inputs of the
 /// products. A session has its own; a batch of sessions uses one for all (see
 /// `backend::Batch`).
@@ -152,27 +147,14 @@ pub struct CpuScratch {
 }
 
 impl CpuState {
-    /// Bytes a state of `n_ctx` positions needs for its KV cache.
-    pub fn kv_bytes(dims: &Dims, n_ctx: usize) -> u64 {
-        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * 4
-    }
-
-    pub fn new(dims: &Dims, n_ctx: usize) -> Result<Self> {
-        let per_layer = n_ctx.checked_mul(dims.kv_dim()).ok_or_else(|| {
-            Error::InvalidArgument(format!("context of {n_ctx} tokens is too large"))
-        })?;
-        let mut k = Vec::with_capacity(dims.n_layer);
-        let mut v = Vec::with_capacity(dims.n_layer);
-        for _ in 0..dims.n_layer {
-            k.push(zeroed(per_layer)?);
-            v.push(zeroed(per_layer)?);
-        }
-        Ok(CpuState {
+    /// A state whose KV cache of up to `n_ctx` positions grows in blocks of `pool`.
+    pub fn new(dims: &Dims, n_ctx: usize, pool: Arc<KvPool>) -> Self {
+        CpuState {
             dims: dims.clone(),
-            kv: CpuKv { n_ctx, k, v },
+            kv: CpuKv::new(pool, n_ctx),
             scratch: CpuScratch::default(),
             taps: None,
-        })
+        }
     }
 
     pub fn vocab(&self) -> usize {
@@ -191,6 +173,10 @@ impl CpuState {
     /// The cache, for a step of this state's sequence in a batch.
     pub fn kv_mut(&mut self) -> &mut CpuKv {
         &mut self.kv
+    }
+
+    pub fn kv(&self) -> &CpuKv {
+        &self.kv
     }
 }
 
@@ -217,19 +203,6 @@ fn add_rows(x: &mut [f32], b: &[f32]) {
             *v += bv;
         }
     }
-}
-
-/// A zeroed f32 buffer, or OutOfMemory instead of an abort.
-fn zeroed(n: usize) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        Error::OutOfMemory(format!(
-            "cannot allocate {} bytes of host memory",
-            n as u64 * 4
-        ))
-    })?;
-    v.resize(n, 0.0);
-    Ok(v)
 }
 
 /// One sequence of a forward step: its tokens, at positions `pos0..` of its cache.
@@ -304,6 +277,13 @@ impl<'a> CpuStep<'a> {
                     s.tokens.len(),
                     s.pos0,
                     s.kv.n_ctx
+                )));
+            }
+            if !s.kv.writable(s.pos0, s.pos0 + s.tokens.len()) {
+                return Err(Error::Internal(format!(
+                    "no KV blocks of the session's own for positions {}..{} (grow first)",
+                    s.pos0,
+                    s.pos0 + s.tokens.len()
                 )));
             }
             spans.push(Span {
@@ -785,43 +765,99 @@ impl Ops for CpuStep<'_> {
         let kv_dim = shape.n_head_kv * shape.head_dim;
         let q_dim = shape.n_head * shape.head_dim;
         let n = self.n;
-        // Append this step's keys and values to each sequence's cache.
+        // Append this step's keys and values to each sequence's cache (blocks of its own:
+        // checked when the step was made).
         for (sp, kv) in self.spans.iter().zip(self.kvs.iter_mut()) {
-            let (rows, dst) = (
-                sp.row0 * kv_dim..(sp.row0 + sp.rows) * kv_dim,
-                sp.pos0 * kv_dim..(sp.pos0 + sp.rows) * kv_dim,
-            );
-            kv.k[layer][dst.clone()].copy_from_slice(&self.w.slots[k.index()][rows.clone()]);
-            kv.v[layer][dst].copy_from_slice(&self.w.slots[v.index()][rows]);
+            for r in 0..sp.rows {
+                let at = (sp.row0 + r) * kv_dim..(sp.row0 + r + 1) * kv_dim;
+                kv.put(
+                    layer,
+                    sp.pos0 + r,
+                    &self.w.slots[k.index()][at.clone()],
+                    &self.w.slots[v.index()][at],
+                );
+            }
         }
         let qs = self.take(q);
         let mut o = self.take(out);
-        let caches: Vec<(&[f32], &[f32])> = self
-            .kvs
+        // Per sequence: its blocks' keys of this layer, and their values.
+        type Blocks<'b> = (Vec<&'b [f32]>, Vec<&'b [f32]>);
+        let layers: Vec<Blocks> = self.kvs.iter().map(|kv| kv.layer_blocks(layer)).collect();
+        let caches: Vec<attn::Paged> = layers
             .iter()
-            .map(|kv| (&kv.k[layer][..], &kv.v[layer][..]))
+            .zip(&self.kvs)
+            .map(|((ks, vs), kv)| attn::Paged {
+                k: ks,
+                v: vs,
+                block: kv.layout().block,
+                stride: kv_dim,
+            })
             .collect();
         let (row_pos, row_seq) = (&self.row_pos, &self.row_seq);
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
         let sinks = shape.sinks.map(|w| self.m.vector(w));
-        self.m.pool.install(|| {
-            o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
-                Vec::new,
-                |scores, (i, oh)| {
-                    let (t, h) = (i / shape.n_head, i % shape.n_head);
-                    let kvh = h / group;
-                    let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let (kc, vc) = caches[row_seq[t]];
-                    let end = row_pos[t] + 1;
-                    let lo = shape.window.map_or(0, |w| end.saturating_sub(w));
-                    let at = lo * kv_dim + kvh * hd;
-                    let (ks, vs) = (&kc[at..], &vc[at..]);
-                    let sink = sinks.map(|s| s[h]);
-                    attn::head(qh, ks, vs, kv_dim, end - lo, shape.scale, sink, scores, oh);
-                },
-            );
-        });
+        let range = |t: usize| {
+            let end = row_pos[t] + 1;
+            (shape.window.map_or(0, |w| end.saturating_sub(w)), end)
+        };
+        if self.spans.iter().all(|s| s.rows == 1) {
+            // Decoding: one task per query head (the most parallel work for short rows).
+            self.m.pool.install(|| {
+                o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
+                    Vec::new,
+                    |scores, (i, oh)| {
+                        let (t, h) = (i / shape.n_head, i % shape.n_head);
+                        let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                        let (lo, end) = range(t);
+                        let sink = sinks.map(|s| s[h]);
+                        let cache = &caches[row_seq[t]];
+                        let col = h / group * hd;
+                        attn::head(qh, cache, col, lo, end - lo, shape.scale, sink, scores, oh);
+                    },
+                );
+            });
+        } else {
+            // A prompt chunk: tiles of rows times the query heads of one KV head, each tile
+            // reading its keys and values once (see `attn::heads`).
+            let heads_per_tile = group.min(attn::MAX_TILE);
+            let rows_per_tile = (attn::MAX_TILE / heads_per_tile).max(1);
+            let mut tiles = Vec::new();
+            for sp in &self.spans {
+                for t0 in (sp.row0..sp.row0 + sp.rows).step_by(rows_per_tile) {
+                    let t1 = (t0 + rows_per_tile).min(sp.row0 + sp.rows);
+                    for h0 in (0..shape.n_head).step_by(heads_per_tile) {
+                        // Heads of one KV head only.
+                        let h1 = (h0 + heads_per_tile).min((h0 / group + 1) * group);
+                        tiles.push((t0, t1, h0, h1));
+                    }
+                }
+            }
+            let out = SyncPtr(o.as_mut_ptr());
+            self.m.pool.install(|| {
+                tiles
+                    .into_par_iter()
+                    .for_each_init(Vec::new, |scores, (t0, t1, h0, h1)| {
+                        let mut tile = Vec::with_capacity(attn::MAX_TILE);
+                        for t in t0..t1 {
+                            let (lo, end) = range(t);
+                            for h in h0..h1 {
+                                tile.push(attn::Query {
+                                    q: &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd],
+                                    lo,
+                                    end,
+                                    sink: sinks.map(|s| s[h]),
+                                    // SAFETY: in bounds (t < n, h < n_head).
+                                    out: unsafe { out.get().add(t * q_dim + h * hd) },
+                                });
+                            }
+                        }
+                        let cache = &caches[row_seq[t0]];
+                        // SAFETY: each (row, head) output belongs to one tile.
+                        unsafe { attn::heads(&tile, cache, h0 / group * hd, shape.scale, scores) };
+                    });
+            });
+        }
         drop(caches);
         self.put(q, qs);
         self.put(out, o);

@@ -1,0 +1,440 @@
+//! KV memory from one paged pool per model: fixed-size blocks of positions, allocated as a
+//! session's context fills, given back when it is dropped, reset or rewound, and accounted
+//! in the context's memory budget (each block holds its own [`Reservation`]).
+//!
+//! **Admission.** A generation asks up front for every block it may need (its prompt and
+//! `max_tokens`, capped by the context) and gets a [`Grant`]: budget set aside and handed out
+//! block by block as it goes. Once admitted, a generation never waits again and never fails
+//! for memory half-way, so generating sessions cannot wait on each other. When the budget
+//! is exhausted the request joins a FIFO queue; idle prefix-cache blocks are evicted first
+//! (least recently used). It waits while some admitted generation is in flight (it will end
+//! and give back what it did not use) or blocks are being freed; it fails with
+//! [`Error::Busy`] at once if the caller asked not to wait, after [`IDLE_GRACE`] when no
+//! generation is in flight and nothing is freed (the memory is held by idle sessions, which
+//! only their owners can free: waiting could be forever), or when nothing in the pool moved
+//! for [`MAX_STALL`] (a generation begun through the pull form and left unread); and with
+//! [`Error::OutOfMemory`] if it could not fit even with this pool empty.
+//!
+//! **Blocks.** A block holds [`Layout::block`] positions of every layer: per layer, the K rows
+//! then the V rows, `kv_dim` f32 values each (so a layer's keys of a block are contiguous,
+//! as attention reads them). Sessions hold blocks through `Arc`: a block referenced once is
+//! the session's own and writable (`Arc::get_mut`); a shared one (the prefix cache, a fork)
+//! is read-only, and a session about to write into it copies it first.
+//!
+//! **Prefix cache** (see `prefix`): full blocks of prompts keyed by their tokens, chained with
+//! the blocks before them, kept after their sessions end while memory allows.
+//!
+//! **On a GPU.** A device pool would keep this bookkeeping as it is (grants, queue,
+//! reference counts, the prefix cache) and change only the storage: one array per layer of
+//! `max_blocks × block × kv_dim` keys and one of values, allocated once from the device's
+//! memory manager, with [`Block::id`] (recycled, dense) as the index of the block's rows in
+//! them. A sequence's block table (the ids of its blocks in position order) is then uploaded
+//! as an int array, and the attention kernels read position `p` of a sequence at row
+//! `table[p / block] * block + p % block` of the layer's array; copy-on-write is a
+//! device-to-device copy of one block's rows in every layer.
+
+mod prefix;
+
+use super::{Context, Reservation};
+use crate::{Error, Result};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Positions per block: the smallest the prefix cache allows (a prompt resumed after cached
+/// blocks must start a prefill chunk of more than `quant::WIDE_INVARIANT_COLS` rows: see
+/// `session::kv_memory`; it also divides the CPU's prefill chunk). Measured: with blocks of
+/// 16, decoding and prefill run within noise of the whole contiguous cache they replace
+/// (bench/RESULTS.md), so larger blocks would only add unused memory per session and
+/// coarser prompt sharing.
+pub const BLOCK_POSITIONS: usize = 16;
+
+/// How long a request waits with nothing allocated or freed in the pool before it gives up
+/// with `Error::Busy` (the generations in flight are not moving: e.g. begun through the pull
+/// form and left unread).
+pub const MAX_STALL: Duration = Duration::from_secs(30);
+
+/// How long a request waits when no generation is in flight and nothing moves (an owner
+/// may be about to free a session it just finished with) before it fails with `Busy`.
+pub const IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// How often a waiting request looks again (a backstop: frees also wake it).
+const POLL: Duration = Duration::from_millis(50);
+
+/// The shape of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub n_layer: usize,
+    /// Values per position of one layer's K (or V).
+    pub kv_dim: usize,
+    /// Positions per block.
+    pub block: usize,
+}
+
+impl Layout {
+    /// f32 values of a block.
+    pub fn floats(&self) -> usize {
+        2 * self.n_layer * self.block * self.kv_dim
+    }
+
+    /// Bytes of a block.
+    pub fn bytes(&self) -> u64 {
+        self.floats() as u64 * 4
+    }
+
+    /// Offset in a block of row `row`'s keys of `layer` (its values: [`v_at`](Self::v_at)).
+    pub fn k_at(&self, layer: usize, row: usize) -> usize {
+        (2 * layer * self.block + row) * self.kv_dim
+    }
+
+    pub fn v_at(&self, layer: usize, row: usize) -> usize {
+        ((2 * layer + 1) * self.block + row) * self.kv_dim
+    }
+
+    /// Blocks that hold `positions` positions.
+    pub fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.block)
+    }
+}
+
+/// One block of KV rows. Dropping the last reference gives its memory back to the budget.
+pub struct Block {
+    id: u32,
+    /// Unique over the pool's life (ids are recycled; the prefix cache chains by serial).
+    serial: u64,
+    data: Box<[f32]>,
+    /// Set once the block is in the prefix cache (it is then read-only).
+    prefix: Option<prefix::Entry>,
+    bytes: Option<Reservation>,
+    shared: Arc<Shared>,
+}
+
+impl Block {
+    /// The block's index in a device pool's per-layer storage (see the module's notes).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// Whether the block is in the prefix cache.
+    pub fn is_cached(&self) -> bool {
+        self.prefix.is_some()
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // The bytes first, so that a waiter woken below finds them free.
+        self.bytes.take();
+        self.shared
+            .held
+            .fetch_sub(self.shared.layout.bytes(), Ordering::SeqCst);
+        self.shared.free_ids.lock().push(self.id);
+        self.shared.moved();
+    }
+}
+
+/// What blocks and grants share: the budget, ids, and the admission queue.
+struct Shared {
+    ctx: Arc<Context>,
+    layout: Layout,
+    free_ids: Mutex<Vec<u32>>,
+    next_id: AtomicU32,
+    next_serial: AtomicU64,
+    /// Bytes this pool's blocks and grants hold in the context's budget.
+    held: AtomicU64,
+    /// Allocations and frees so far (waiters watch it for progress).
+    events: AtomicU64,
+    admissions: Mutex<Admissions>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Admissions {
+    /// Tickets of the waiting requests, first come first served.
+    queue: VecDeque<u64>,
+    next_ticket: u64,
+    /// Grants alive: generations (or evals, restores) in flight.
+    in_flight: usize,
+}
+
+impl Shared {
+    /// Something was allocated or freed: wake the waiters.
+    fn moved(&self) {
+        self.events.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+}
+
+/// Budget set aside for a generation's blocks, handed out one block at a time; what is left
+/// goes back to the budget when it drops (and the next waiter is woken).
+pub struct Grant {
+    credit: Option<Reservation>,
+    shared: Arc<Shared>,
+}
+
+impl Grant {
+    /// Bytes not yet handed out.
+    pub fn bytes_left(&self) -> u64 {
+        self.credit.as_ref().map_or(0, |c| c.bytes())
+    }
+
+    fn take(&mut self, bytes: u64) -> Option<Reservation> {
+        self.credit.as_mut()?.split(bytes)
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(c) = self.credit.take() {
+            self.shared.held.fetch_sub(c.bytes(), Ordering::SeqCst);
+        }
+        self.shared.admissions.lock().in_flight -= 1;
+        self.shared.moved();
+    }
+}
+
+/// What a pool holds now (for tests and reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes and positions of one block.
+    pub block_bytes: u64,
+    pub block_positions: usize,
+    /// Bytes of blocks and unused grants in the context's budget.
+    pub held_bytes: u64,
+    /// Blocks in the prefix cache, and those of them no session uses.
+    pub cached_blocks: usize,
+    pub idle_cached_blocks: usize,
+    /// Requests waiting for memory now.
+    pub waiting: usize,
+}
+
+/// The KV pool of one model.
+pub struct KvPool {
+    shared: Arc<Shared>,
+    cache: Mutex<prefix::Cache>,
+}
+
+impl KvPool {
+    pub fn new(ctx: Arc<Context>, layout: Layout) -> Arc<KvPool> {
+        Arc::new(KvPool {
+            shared: Arc::new(Shared {
+                ctx,
+                layout,
+                free_ids: Mutex::new(Vec::new()),
+                next_id: AtomicU32::new(0),
+                next_serial: AtomicU64::new(1),
+                held: AtomicU64::new(0),
+                events: AtomicU64::new(0),
+                admissions: Mutex::new(Admissions::default()),
+                wake: Condvar::new(),
+            }),
+            cache: Mutex::new(prefix::Cache::default()),
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.shared.layout
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let (cached_blocks, idle_cached_blocks) = self.cache.lock().counts();
+        PoolStats {
+            block_bytes: self.shared.layout.bytes(),
+            block_positions: self.shared.layout.block,
+            held_bytes: self.shared.held.load(Ordering::SeqCst),
+            cached_blocks,
+            idle_cached_blocks,
+            waiting: self.shared.admissions.lock().queue.len(),
+        }
+    }
+
+    /// Set aside the budget of `blocks` blocks (see the module's notes for when this waits
+    /// and when it fails). `wait` false: `Error::Busy` at once instead of queueing. The
+    /// `cancel` flag, set while waiting, ends the wait with `Error::Cancelled`.
+    pub fn admit(&self, blocks: usize, wait: bool, cancel: &AtomicBool) -> Result<Grant> {
+        let sh = &self.shared;
+        let bytes = (blocks as u64)
+            .checked_mul(sh.layout.bytes())
+            .ok_or_else(|| Error::OutOfMemory(format!("{blocks} KV blocks")))?;
+        let mut adm = sh.admissions.lock();
+        let ticket = adm.next_ticket;
+        adm.next_ticket += 1;
+        adm.queue.push_back(ticket);
+        let mut seen = sh.events.load(Ordering::SeqCst);
+        let mut moved_at = Instant::now();
+        let result = loop {
+            if adm.queue.front() == Some(&ticket) {
+                match self.reserve(bytes, blocks) {
+                    Ok(r) => {
+                        adm.in_flight += 1;
+                        break Ok(r);
+                    }
+                    Err(Error::OutOfMemory(why)) => {
+                        if let Some(e) = self.refusal(bytes, wait, adm.in_flight, moved_at, why) {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            if cancel.load(Ordering::Relaxed) {
+                break Err(Error::Cancelled);
+            }
+            sh.wake.wait_for(&mut adm, POLL);
+            let now = sh.events.load(Ordering::SeqCst);
+            if now != seen {
+                (seen, moved_at) = (now, Instant::now());
+            }
+        };
+        adm.queue.retain(|&t| t != ticket);
+        drop(adm);
+        // The next in line may go now (or fail as this one did).
+        sh.wake.notify_all();
+        let credit = result?;
+        sh.held.fetch_add(bytes, Ordering::SeqCst);
+        Ok(Grant {
+            credit: Some(credit),
+            shared: sh.clone(),
+        })
+    }
+
+    /// Why a request at the head of the queue that does not fit now stops waiting, if it
+    /// does.
+    fn refusal(
+        &self,
+        bytes: u64,
+        wait: bool,
+        in_flight: usize,
+        moved_at: Instant,
+        why: String,
+    ) -> Option<Error> {
+        let sh = &self.shared;
+        let budget = sh.ctx.options.memory_budget;
+        let others = sh
+            .ctx
+            .used_bytes()
+            .saturating_sub(sh.held.load(Ordering::SeqCst));
+        if bytes > budget.saturating_sub(others) {
+            return Some(Error::OutOfMemory(format!(
+                "the KV cache needs {bytes} bytes and only {} of the context's budget of \
+                 {budget} bytes are not held by weights or other models",
+                budget.saturating_sub(others)
+            )));
+        }
+        let held = sh.held.load(Ordering::SeqCst);
+        if !wait {
+            return Some(Error::Busy(format!(
+                "the KV cache needs {bytes} bytes; the model's sessions hold {held} ({why}), \
+                 and the session asked not to wait"
+            )));
+        }
+        if in_flight == 0 && moved_at.elapsed() > IDLE_GRACE {
+            return Some(Error::Busy(format!(
+                "the KV cache needs {bytes} bytes; idle sessions of the model hold {held} and \
+                 no generation in flight will free any: free, reset or rewind a session"
+            )));
+        }
+        if moved_at.elapsed() > MAX_STALL {
+            return Some(Error::Busy(format!(
+                "the KV cache needs {bytes} bytes; nothing was freed for {} s (a generation \
+                 in flight is not being read)",
+                MAX_STALL.as_secs()
+            )));
+        }
+        None
+    }
+
+    /// Reserve `bytes` in the context's budget, evicting idle prefix-cache blocks (least
+    /// recently used first) while it does not fit.
+    fn reserve(&self, bytes: u64, blocks: usize) -> Result<Reservation> {
+        loop {
+            match self
+                .shared
+                .ctx
+                .reserve(bytes, &format!("{blocks} KV cache blocks"))
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    let evicted = self.cache.lock().evict_lru();
+                    match evicted {
+                        // Dropped here, outside the cache's lock: its bytes go back.
+                        Some(b) => drop(b),
+                        None => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new block (zeroed), paid from `grant` where it has credit, else from the budget.
+    pub fn alloc(&self, grant: Option<&mut Grant>) -> Result<Arc<Block>> {
+        let sh = &self.shared;
+        let bb = sh.layout.bytes();
+        let bytes = match grant.and_then(|g| g.take(bb)) {
+            Some(r) => r,
+            None => {
+                let r = self.reserve(bb, 1)?;
+                sh.held.fetch_add(bb, Ordering::SeqCst);
+                r
+            }
+        };
+        let n = sh.layout.floats();
+        let mut data = Vec::new();
+        if data.try_reserve_exact(n).is_err() {
+            sh.held.fetch_sub(bb, Ordering::SeqCst);
+            return Err(Error::OutOfMemory(format!(
+                "cannot allocate a KV block of {bb} bytes of host memory"
+            )));
+        }
+        data.resize(n, 0.0);
+        let id = match sh.free_ids.lock().pop() {
+            Some(id) => id,
+            None => sh.next_id.fetch_add(1, Ordering::SeqCst),
+        };
+        sh.events.fetch_add(1, Ordering::SeqCst);
+        Ok(Arc::new(Block {
+            id,
+            serial: sh.next_serial.fetch_add(1, Ordering::SeqCst),
+            data: data.into_boxed_slice(),
+            prefix: None,
+            bytes: Some(bytes),
+            shared: sh.clone(),
+        }))
+    }
+
+    /// A private copy of `block` (copy-on-write), paid as [`alloc`](Self::alloc).
+    pub fn copy(&self, block: &Block, grant: Option<&mut Grant>) -> Result<Arc<Block>> {
+        let mut b = self.alloc(grant)?;
+        Arc::get_mut(&mut b)
+            .expect("a new block is unshared")
+            .data
+            .copy_from_slice(&block.data);
+        Ok(b)
+    }
+
+    /// The cached blocks that hold the start of `tokens` (whole blocks, in order).
+    pub fn lookup(&self, tokens: &[u32]) -> Vec<Arc<Block>> {
+        self.cache.lock().lookup(tokens, self.shared.layout.block)
+    }
+
+    /// Put the full blocks of `blocks` (holding `tokens`, from position 0) in the prefix
+    /// cache, as far as they can go (a block shared but not cached, or another block already
+    /// cached for the same tokens, ends the chain).
+    pub fn register(&self, tokens: &[u32], blocks: &mut [Arc<Block>]) {
+        let evicted = self
+            .cache
+            .lock()
+            .register(tokens, self.shared.layout, blocks);
+        drop(evicted);
+    }
+}
