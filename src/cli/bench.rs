@@ -2,7 +2,7 @@
 
 use super::common::ModelArgs;
 use llorch::backend::Logits;
-use llorch::session::{Session, SessionOptions};
+use llorch::session::{KvType, Session, SessionOptions};
 use std::time::Instant;
 
 /// Prompt-processing and decoding speed (tokens/s)
@@ -26,6 +26,10 @@ pub struct Args {
     /// Session counts for the batched test, e.g. 1,8,32,128
     #[arg(long, value_name = "N,...", value_parser = parse_count, value_delimiter = ',')]
     parallel: Option<Vec<usize>>,
+    /// The KV cache's element type of the pp/tg test: auto (f32 on the CPU, f16 on a GPU),
+    /// f16 or f32 (exact)
+    #[arg(long, value_name = "TYPE", default_value = "auto", value_parser = super::common::parse_kv_type)]
+    kv_type: KvType,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -67,7 +71,7 @@ pub fn run(a: Args) -> Result<(), String> {
         SessionOptions {
             n_ctx,
             seed: 0,
-            ..Default::default()
+            kv_type: a.kv_type,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -79,3 +79,8 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
             .ok_or_else(|| format!("unknown device '{s}' (cpu or cuda:N)")),
     }
 }
+
+/// `--kv-type`'s value: auto, f16 or f32.
+pub fn parse_kv_type(s: &str) -> Result<llorch::session::KvType, String> {
+    llorch::session::KvType::parse(s).map_err(|e| e.to_string())
+}

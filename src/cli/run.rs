@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(short, long, value_name = "N", default_value_t = 0)]
     ctx: u32,
     /// The KV cache's element type: auto (f32 on the CPU, f16 on a GPU), f16 or f32 (exact)
-    #[arg(long, value_name = "TYPE", default_value = "auto", value_parser = parse_kv_type)]
+    #[arg(long, value_name = "TYPE", default_value = "auto", value_parser = super::common::parse_kv_type)]
     kv_type: KvType,
     /// Stop before this text (repeatable)
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
@@ -175,9 +175,4 @@ pub fn run(a: Args) -> Result<(), String> {
         stats.generated_tokens as f64 / stats.generate_seconds.max(1e-9),
     );
     Ok(())
-}
-
-/// `--kv-type`'s value: auto, f16 or f32.
-fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::parse(s).map_err(|e| e.to_string())
 }
