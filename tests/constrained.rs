@@ -19,7 +19,6 @@ use llorch::grammar::Constraint;
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
-use llorch::tokenizer::chat::ChatMessage;
 use serde_json::Value;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::null_mut;
@@ -195,16 +194,7 @@ fn validator_rejects_bad_values() {
 // ---------------------------------------------------------------------------------------------
 
 fn smollm2() -> Arc<Model> {
-    let ctx = Context::new(ContextOptions::default()).unwrap();
-    Model::load(&ctx, &common::model_path(common::SMOLLM2), None).unwrap()
-}
-
-fn chat(m: &Model, user: &str) -> String {
-    let msgs = [ChatMessage {
-        role: "user".into(),
-        content: user.into(),
-    }];
-    m.apply_chat_template(&msgs, true, None).unwrap()
+    common::cpu_model(common::SMOLLM2)
 }
 
 /// Generates under `c`; the text (joined pieces), the stop reason and the token count.
@@ -250,7 +240,7 @@ fn every_output_validates_against_its_schema() {
     for (k, (ask, schema)) in SCHEMAS.iter().enumerate() {
         let c = Constraint::json_schema(schema).unwrap();
         let sv: Value = serde_json::from_str(schema).unwrap();
-        let prompt = chat(&m, ask);
+        let prompt = common::user_turn(&m, ask);
         let mut cases = vec![(0.0f32, 0u64)];
         for temp in [0.7f32, 1.0, 1.5] {
             cases.extend((1..=10u64).map(|seed| (temp, seed)));
@@ -285,7 +275,7 @@ fn grammar_output_matches_and_stops_when_complete() {
            num  ::= [1-9] [0-9]{0,2} | "zero""#,
     )
     .unwrap();
-    let prompt = chat(&m, "What is 6 times 7?");
+    let prompt = common::user_turn(&m, "What is 6 times 7?");
     for (temp, seed) in [(0.0, 0), (0.8, 1), (1.2, 2), (1.5, 3)] {
         let (text, stop, _) = run(&m, &prompt, &c, temp, seed);
         assert_eq!(stop, StopReason::Eos, "{text:?}");
@@ -356,7 +346,7 @@ fn c_api_schema_grammar_and_errors() {
             llorch_session_new(model, std::ptr::null(), &mut session, &mut err),
             LLORCH_OK
         );
-        let prompt = CString::new(chat(
+        let prompt = CString::new(common::user_turn(
             &Model::load(
                 &Context::new(ContextOptions::default()).unwrap(),
                 &common::model_path(common::SMOLLM2),

@@ -21,8 +21,7 @@ use std::sync::Arc;
 const TOL: f64 = 2e-3;
 
 fn model() -> Arc<Model> {
-    let ctx = Context::new(ContextOptions::default()).unwrap();
-    Model::load(&ctx, &common::model_path(common::SMOLLM2), None).unwrap()
+    common::cpu_model(common::SMOLLM2)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

@@ -4,15 +4,14 @@
 
 mod common;
 
-use llorch::backend::{Context, ContextOptions, Logits};
+use llorch::backend::Logits;
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Piece, Session, SessionOptions, TokenLogprob};
 use std::sync::Arc;
 
 fn smollm2() -> Arc<Model> {
-    let ctx = Context::new(ContextOptions::default()).unwrap();
-    Model::load(&ctx, &common::model_path(common::SMOLLM2), None).unwrap()
+    common::cpu_model(common::SMOLLM2)
 }
 
 const PROMPT: &str = "The three primary colors are";

@@ -14,7 +14,6 @@ use llorch::model::synth::build;
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
 use llorch::session::{Event, GenerateParams, Session, SessionOptions, StopReason};
-use llorch::tokenizer::chat::ChatMessage;
 use llorch::Error;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
@@ -23,16 +22,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 fn smollm2() -> Arc<Model> {
-    let ctx = Context::new(ContextOptions::default()).unwrap();
-    Model::load(&ctx, &common::model_path(common::SMOLLM2), None).unwrap()
-}
-
-fn chat_prompt(m: &Model, user: &str) -> String {
-    let msgs = [ChatMessage {
-        role: "user".into(),
-        content: user.into(),
-    }];
-    m.apply_chat_template(&msgs, true, None).unwrap()
+    common::cpu_model(common::SMOLLM2)
 }
 
 type Pieces = Vec<(String, u32)>;
@@ -90,7 +80,7 @@ fn pull(m: &Arc<Model>, seed: u64, prompt: &str, p: &GenerateParams) -> (Pieces,
 #[test]
 fn pull_and_callback_give_the_same_pieces_and_stats() {
     let m = smollm2();
-    let prompt = chat_prompt(
+    let prompt = common::user_turn(
         &m,
         "Name three French cheeses and say what makes each special.",
     );

@@ -211,3 +211,18 @@ pub fn real_model_and_gpu() -> Option<(PathBuf, std::sync::Arc<llorch::backend::
         }
     }
 }
+
+/// A real model (fetched if absent) loaded on a default CPU context.
+pub fn cpu_model(name: &str) -> std::sync::Arc<llorch::model::Model> {
+    let ctx = llorch::backend::Context::new(llorch::backend::ContextOptions::default()).unwrap();
+    llorch::model::Model::load(&ctx, &model_path(name), None).unwrap()
+}
+
+/// `user` as one user turn through the model's chat template, ready for the assistant.
+pub fn user_turn(m: &llorch::model::Model, user: &str) -> String {
+    let msgs = [llorch::tokenizer::chat::ChatMessage {
+        role: "user".into(),
+        content: user.into(),
+    }];
+    m.apply_chat_template(&msgs, true, None).unwrap()
+}
