@@ -18,7 +18,7 @@ use llorch::ffi::*;
 use llorch::grammar::Constraint;
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
-use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
+use llorch::session::{GenerateParams, StopReason};
 use serde_json::Value;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::null_mut;
@@ -205,15 +205,7 @@ fn run(
     temp: f32,
     seed: u64,
 ) -> (String, StopReason, u32) {
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 1024,
-            seed,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = common::session(m, 1024, seed);
     let p = GenerateParams {
         max_tokens: MAX_TOKENS,
         sampling: SamplingParams {

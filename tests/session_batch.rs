@@ -10,7 +10,7 @@ mod common;
 use llorch::backend::{Context, ContextOptions};
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
-use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
+use llorch::session::{GenerateParams, StopReason};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -55,15 +55,7 @@ fn request(i: usize, max_tokens: u32) -> (String, GenerateParams, u64) {
 /// The conversation's tokens after generating request `i` (prompt text `prompt`) in a fresh
 /// session, and why it stopped.
 fn run(m: &Arc<Model>, prompt: &str, p: &GenerateParams, seed: u64) -> (Vec<u32>, StopReason) {
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 2048,
-            seed,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = common::session(m, 2048, seed);
     let st = s.generate(prompt, p, &mut |_, _| true).unwrap();
     (s.tokens(), st.stop_reason)
 }
@@ -159,15 +151,7 @@ fn cancel_in_a_batch_leaves_the_others() {
         .map(|(i, (pr, p, seed))| {
             let (m, start) = (m.clone(), start.clone());
             std::thread::spawn(move || {
-                let mut s = Session::new(
-                    m,
-                    SessionOptions {
-                        n_ctx: 2048,
-                        seed,
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
+                let mut s = common::session(&m, 2048, seed);
                 let flag = s.cancel_flag();
                 start.wait();
                 let mut n = 0;

@@ -7,7 +7,7 @@ mod common;
 use llorch::backend::Logits;
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
-use llorch::session::{GenerateParams, Piece, Session, SessionOptions, TokenLogprob};
+use llorch::session::{GenerateParams, Piece, Session, TokenLogprob};
 use std::sync::Arc;
 
 fn smollm2() -> Arc<Model> {
@@ -17,15 +17,7 @@ fn smollm2() -> Arc<Model> {
 const PROMPT: &str = "The three primary colors are";
 
 fn session(m: &Arc<Model>, seed: u64) -> Session {
-    Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 512,
-            seed,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    common::session(m, 512, seed)
 }
 
 /// Every piece of one generation, and the per-token log-probabilities in order.

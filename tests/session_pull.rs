@@ -13,7 +13,7 @@ use llorch::ffi::*;
 use llorch::model::synth::build;
 use llorch::model::Model;
 use llorch::sampling::SamplingParams;
-use llorch::session::{Event, GenerateParams, Session, SessionOptions, StopReason};
+use llorch::session::{Event, GenerateParams, StopReason};
 use llorch::Error;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
@@ -28,15 +28,7 @@ fn smollm2() -> Arc<Model> {
 type Pieces = Vec<(String, u32)>;
 
 fn push(m: &Arc<Model>, seed: u64, prompt: &str, p: &GenerateParams) -> (Pieces, Vec<u32>) {
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 1024,
-            seed,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = common::session(m, 1024, seed);
     let mut pieces = Vec::new();
     let st = s
         .generate(prompt, p, &mut |t, id| {
@@ -49,15 +41,7 @@ fn push(m: &Arc<Model>, seed: u64, prompt: &str, p: &GenerateParams) -> (Pieces,
 }
 
 fn pull(m: &Arc<Model>, seed: u64, prompt: &str, p: &GenerateParams) -> (Pieces, Vec<u32>) {
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 1024,
-            seed,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = common::session(m, 1024, seed);
     s.begin(prompt, p).unwrap();
     let mut pieces = Vec::new();
     loop {
@@ -125,15 +109,7 @@ fn pull_and_callback_give_the_same_pieces_and_stats() {
 #[test]
 fn a_cancel_raised_before_a_generation_cancels_it_and_changes_nothing() {
     let m = smollm2();
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 256,
-            seed: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut s = common::session(&m, 256, 0);
     let p = |n| GenerateParams {
         max_tokens: n,
         ..Default::default()

@@ -226,3 +226,17 @@ pub fn user_turn(m: &llorch::model::Model, user: &str) -> String {
     }];
     m.apply_chat_template(&msgs, true, None).unwrap()
 }
+
+/// A session of `m` with a context of `n_ctx` and sampling seed `seed`, other options default.
+pub fn session(
+    m: &std::sync::Arc<llorch::model::Model>,
+    n_ctx: u32,
+    seed: u64,
+) -> llorch::session::Session {
+    let opts = llorch::session::SessionOptions {
+        n_ctx,
+        seed,
+        ..Default::default()
+    };
+    llorch::session::Session::new(m.clone(), opts).unwrap()
+}

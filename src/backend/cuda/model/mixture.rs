@@ -298,14 +298,8 @@ impl CudaStep<'_> {
         dev.expert_matvec(&sc.ids, k, ExpertInput::PerExpert(&sc.rec), &down_p)?;
         dev.expert_combine(&sc.y, &sc.weights, k, width, &slots[out.index()], None)?;
         self.tap_route(layer, moe.experts.len(), k)?;
-        if expert_taps && self.st.taps.is_some() {
-            let st = &mut *self.st;
-            let sc = st.moe.as_ref().expect("mixture scratch checked");
-            let mut got = Vec::new();
-            for (name, b, w) in pick_stages(sc, moe.act, ff, width) {
-                got.push((name, st.dev.download_f32(b, k * w)?));
-            }
-            self.record(layer, got);
+        if expert_taps {
+            self.tap_picks(layer, moe.act, ff, width, k, false)?;
         }
         Ok(())
     }
@@ -359,24 +353,49 @@ impl CudaStep<'_> {
         let ob = &slots[out.index()];
         dev.moe_combine(&sc.y, &sc.ids, g, &sc.weights, n, k, width, ob)?;
         self.tap_route(layer, n_exp, k)?;
-        if expert_taps && self.st.taps.is_some() {
-            let st = &mut *self.st;
-            let sc = st.moe.as_ref().expect("mixture scratch checked");
-            // The grouped rows back in pick order (t * k + j).
-            let pos = st.dev.download_i32(&sc.groups.pos, rows)?;
-            let mut got = Vec::new();
-            for (name, b, w) in pick_stages(sc, moe.act, ff, width) {
-                let grouped = st.dev.download_f32(b, rows * w)?;
-                let mut picked = vec![f32::NAN; rows * w];
-                for (i, &p) in pos.iter().enumerate() {
-                    if let Ok(p) = usize::try_from(p) {
-                        picked[i * w..(i + 1) * w].copy_from_slice(&grouped[p * w..(p + 1) * w]);
-                    }
-                }
-                got.push((name, picked));
-            }
-            self.record(layer, got);
+        if expert_taps {
+            self.tap_picks(layer, moe.act, ff, width, rows, true)?;
         }
+        Ok(())
+    }
+
+    /// Records the per-pick stages of the scratch (`rows` picks, in pick order t * k + j):
+    /// `grouped`: the rows lie grouped by expert (`mixture_device`), put back by the
+    /// groups' positions.
+    fn tap_picks(
+        &mut self,
+        layer: usize,
+        act: Activation,
+        ff: usize,
+        width: usize,
+        rows: usize,
+        grouped: bool,
+    ) -> Result<()> {
+        if self.st.taps.is_none() {
+            return Ok(());
+        }
+        let st = &mut *self.st;
+        let sc = st.moe.as_ref().expect("mixture scratch checked");
+        let pos = match grouped {
+            true => Some(st.dev.download_i32(&sc.groups.pos, rows)?),
+            false => None,
+        };
+        let mut got = Vec::new();
+        for (name, b, w) in pick_stages(sc, act, ff, width) {
+            let data = st.dev.download_f32(b, rows * w)?;
+            let Some(pos) = &pos else {
+                got.push((name, data));
+                continue;
+            };
+            let mut picked = vec![f32::NAN; rows * w];
+            for (i, &p) in pos.iter().enumerate() {
+                if let Ok(p) = usize::try_from(p) {
+                    picked[i * w..(i + 1) * w].copy_from_slice(&data[p * w..(p + 1) * w]);
+                }
+            }
+            got.push((name, picked));
+        }
+        self.record(layer, got);
         Ok(())
     }
 
