@@ -4,61 +4,96 @@
 //! `fcvtl`/`fcvtn` 4 (base ARMv8, no extension needed); elsewhere, and for the tails, the
 //! scalar conversion of the `half` crate (the reference the tests compare with, bit for bit).
 
+// The AVX-512 intrinsics are stable since Rust 1.89 (as in quant/x86.rs).
+#![allow(clippy::incompatible_msrv)]
+
 pub use half::f16;
+
+/// A conversion path: a vector instruction set, or the scalar code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Avx512,
+    F16c,
+    Neon,
+    Scalar,
+}
+
+impl Path {
+    pub const ALL: [Path; 4] = [Path::Avx512, Path::F16c, Path::Neon, Path::Scalar];
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Path::F16c => is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx"),
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => true,
+            Path::Scalar => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest this CPU runs (decided once).
+    pub fn best() -> Path {
+        static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Path::ALL.into_iter().find(|p| p.available()).unwrap_or(Path::Scalar))
+    }
+}
 
 /// `dst[i] = src[i]` rounded to f16 (nearest, ties to even; overflow to ±inf, NaN stays NaN).
 pub fn narrow(src: &[f32], dst: &mut [f16]) {
-    assert_eq!(src.len(), dst.len());
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F present; equal lengths checked above.
-            done = unsafe { narrow_avx512(src, dst) };
-        } else if is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx") {
-            // SAFETY: F16C and AVX present; equal lengths checked above.
-            done = unsafe { narrow_f16c(src, dst) };
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        // SAFETY: NEON is part of AArch64; equal lengths checked above.
-        done = unsafe { narrow_neon(src, dst) };
-    }
-    narrow_scalar(&src[done..], &mut dst[done..]);
+    narrow_on(Path::best(), src, dst);
 }
 
 /// `dst[i] = src[i]` as f32 (exact: every f16 is an f32).
 pub fn widen(src: &[f16], dst: &mut [f32]) {
+    widen_on(Path::best(), src, dst);
+}
+
+/// [`narrow`] on `path` (the scalar code where this CPU lacks it).
+pub fn narrow_on(path: Path, src: &[f32], dst: &mut [f16]) {
     assert_eq!(src.len(), dst.len());
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F present; equal lengths checked above.
-            done = unsafe { widen_avx512(src, dst) };
-        } else if is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx") {
-            // SAFETY: F16C and AVX present; equal lengths checked above.
-            done = unsafe { widen_f16c(src, dst) };
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        // SAFETY: NEON is part of AArch64; equal lengths checked above.
-        done = unsafe { widen_neon(src, dst) };
-    }
+    // SAFETY (each arm): the path's instructions are present; equal lengths checked above.
+    let done = match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 if path.available() => unsafe { narrow_avx512(src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        Path::F16c if path.available() => unsafe { narrow_f16c(src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { narrow_neon(src, dst) },
+        _ => 0,
+    };
+    narrow_scalar(&src[done..], &mut dst[done..]);
+}
+
+/// [`widen`] on `path` (the scalar code where this CPU lacks it).
+pub fn widen_on(path: Path, src: &[f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    // SAFETY (each arm): the path's instructions are present; equal lengths checked above.
+    let done = match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 if path.available() => unsafe { widen_avx512(src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        Path::F16c if path.available() => unsafe { widen_f16c(src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { widen_neon(src, dst) },
+        _ => 0,
+    };
     widen_scalar(&src[done..], &mut dst[done..]);
 }
 
 /// The portable [`narrow`].
-pub fn narrow_scalar(src: &[f32], dst: &mut [f16]) {
+fn narrow_scalar(src: &[f32], dst: &mut [f16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f16::from_f32(s);
     }
 }
 
 /// The portable [`widen`].
-pub fn widen_scalar(src: &[f16], dst: &mut [f32]) {
+fn widen_scalar(src: &[f16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = s.to_f32();
     }

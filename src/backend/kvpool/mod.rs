@@ -75,6 +75,14 @@ pub enum Elem {
 }
 
 impl Elem {
+    /// "f32" or "f16".
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::F32 => "f32",
+            Elem::F16 => "f16",
+        }
+    }
+
     /// Bytes of one value.
     pub fn size(self) -> u64 {
         match self {
