@@ -197,11 +197,11 @@ fn f16_blocks_take_half_the_memory() {
     assert_eq!(held[1] * 2, held[0]);
 }
 
-/// Save / restore and fork of an f16 session continue exactly as the uninterrupted session
-/// (greedy); the saved rows are f16 (half the bytes of an f32 state's); a state restores
-/// across the types (f16 rows widen exactly into an f32 cache, which saves them back bit
-/// for bit; f32 rows round into an f16 cache); the prefix cache serves f16 sessions only f16
-/// blocks, exactly.
+/// Save / restore, fork and rewind of an f16 session continue exactly as the uninterrupted
+/// session (greedy); the saved rows are f16 (half the bytes of an f32 state's); a state
+/// restores across the types (f16 rows widen exactly into an f32 cache, which saves them
+/// back bit for bit; f32 rows round into an f16 cache); the prefix cache serves f16 sessions
+/// only f16 blocks, exactly.
 #[test]
 fn f16_state_fork_and_prefix_cache() {
     // Its own model: the prefix cache's counters are checked.
@@ -219,6 +219,8 @@ fn f16_state_fork_and_prefix_cache() {
     b.restore_state(&saved).unwrap();
     assert_eq!(continue_from(&mut b, t0, 12), rest, "restored");
     assert_eq!(continue_from(&mut f, t0, 12), rest, "forked");
+    a.rewind(prompt.len() as u32).unwrap();
+    assert_eq!(continue_from(&mut a, t0, 12), rest, "rewound");
 
     // The same prompt in f32: its state's rows take twice the bytes.
     let mut c = session(m, KvType::F32, 256);
