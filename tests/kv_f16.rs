@@ -79,7 +79,10 @@ fn ref_narrow(x: f32) -> u16 {
 #[test]
 fn conversions_match_the_definition() {
     let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| p.available()).collect();
-    eprintln!("conversion paths on this CPU: {paths:?} (best {:?})", Path::best());
+    eprintln!(
+        "conversion paths on this CPU: {paths:?} (best {:?})",
+        Path::best()
+    );
     let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
     for &path in &paths {
         let mut wide = vec![0f32; all.len()];
@@ -103,8 +106,22 @@ fn conversions_match_the_definition() {
             xs.push(f32::from_bits(mid.to_bits() + 1));
         }
     }
-    xs.extend([65504.0, 65519.996, 65520.0, 1e6, f32::INFINITY, f32::NEG_INFINITY]);
-    xs.extend([f32::NAN, -0.0, f32::MIN_POSITIVE, 1e-40, 2.9802322e-8, 2.9802326e-8]);
+    xs.extend([
+        65504.0,
+        65519.996,
+        65520.0,
+        1e6,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ]);
+    xs.extend([
+        f32::NAN,
+        -0.0,
+        f32::MIN_POSITIVE,
+        1e-40,
+        2.9802322e-8,
+        2.9802326e-8,
+    ]);
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     for _ in 0..1 << 20 {
         s ^= s << 13;
@@ -139,7 +156,10 @@ fn conversions_match_the_definition() {
 /// everywhere (near-ties may flip; measured: everywhere).
 #[test]
 fn f16_sessions_track_f32_sessions() {
-    for (m, golden) in [(smol(), "smollm2_135m.json"), (qwen(), "qwen25coder05b.json")] {
+    for (m, golden) in [
+        (smol(), "smollm2_135m.json"),
+        (qwen(), "qwen25coder05b.json"),
+    ] {
         let g = common::golden_json(golden);
         let vocab = m.vocab_size();
         let (mut worst, mut agree, mut total) = (0f32, 0, 0);
@@ -158,9 +178,15 @@ fn f16_sessions_track_f32_sessions() {
             }
         }
         eprintln!("{golden}: f16 KV vs f32 KV: largest logit difference {worst:.4}, argmax {agree}/{total}");
-        assert!(worst > 0.0, "{golden}: the f16 cache changed nothing: is it f16?");
+        assert!(
+            worst > 0.0,
+            "{golden}: the f16 cache changed nothing: is it f16?"
+        );
         assert!(worst <= 0.15, "{golden}: logits differ by {worst}");
-        assert!(agree * 100 >= total * 98, "{golden}: argmax {agree}/{total}");
+        assert!(
+            agree * 100 >= total * 98,
+            "{golden}: argmax {agree}/{total}"
+        );
     }
 }
 
@@ -192,7 +218,10 @@ fn f16_blocks_take_half_the_memory() {
     }
     let st = m.kv_stats();
     let blocks = ids.len().div_ceil(st.block_positions) as u64;
-    eprintln!("300 positions of Qwen 0.5B: f32 {} bytes, f16 {}", held[0], held[1]);
+    eprintln!(
+        "300 positions of Qwen 0.5B: f32 {} bytes, f16 {}",
+        held[0], held[1]
+    );
     assert_eq!(held[0], blocks * st.block_bytes);
     assert_eq!(held[1] * 2, held[0]);
 }
@@ -208,7 +237,11 @@ fn f16_state_fork_and_prefix_cache() {
     let m = &common::cpu_model(common::SMOLLM2);
     let prompt = m
         .tokenizer()
-        .encode(&common::user_turn(m, "Name three rivers of Europe."), true, false)
+        .encode(
+            &common::user_turn(m, "Name three rivers of Europe."),
+            true,
+            false,
+        )
         .unwrap();
     let mut a = session(m, KvType::F16, 256);
     let t0 = argmax(&a.eval(&prompt, Logits::Last).unwrap());
@@ -227,7 +260,11 @@ fn f16_state_fork_and_prefix_cache() {
     c.eval(&prompt, Logits::Last).unwrap();
     let saved32 = c.save_state().unwrap();
     let values = prompt.len() * 2 * m.dims().n_layer * m.dims().kv_dim();
-    assert_eq!(saved32.len() - saved.len(), 2 * values, "f16 rows are 2 bytes");
+    assert_eq!(
+        saved32.len() - saved.len(),
+        2 * values,
+        "f16 rows are 2 bytes"
+    );
 
     // f16 rows into an f32 cache widen exactly: saved again (as f32) they round back.
     let mut d = session(m, KvType::F32, 256);
@@ -246,7 +283,11 @@ fn f16_state_fork_and_prefix_cache() {
     // f16 session gives), and a second f16 session takes the f16 ones, exactly.
     let long = m
         .tokenizer()
-        .encode(&"The river flows past the old mill. ".repeat(12), true, false)
+        .encode(
+            &"The river flows past the old mill. ".repeat(12),
+            true,
+            false,
+        )
         .unwrap();
     let params = GenerateParams {
         max_tokens: 8,
@@ -265,8 +306,63 @@ fn f16_state_fork_and_prefix_cache() {
     let (_, cached32) = run(KvType::F32);
     let (cold16, cached16) = run(KvType::F16);
     assert!(cached32 > 0, "the f32 prompt's blocks are cached");
-    assert_eq!(cached16, 2 * cached32, "the f16 session cached its own blocks");
+    assert_eq!(
+        cached16,
+        2 * cached32,
+        "the f16 session cached its own blocks"
+    );
     let (warm16, again) = run(KvType::F16);
     assert_eq!(again, cached16, "served from the cache");
     assert_eq!(warm16, cold16, "the prefix cache is exact in f16");
+}
+
+/// Sessions of both types generating at once step together through the batcher (each
+/// sequence's attention reads its own cache's type) and give, bit for bit, the tokens each
+/// gives alone (the CPU's batched steps are exact: tests/session_batch.rs).
+#[test]
+fn mixed_types_batch_as_alone() {
+    let m = common::cpu_model(common::SMOLLM2);
+    let jobs: Vec<(KvType, String)> = ["a lighthouse", "bread", "a comet", "the tide"]
+        .iter()
+        .enumerate()
+        .map(|(i, topic)| {
+            let kv = [KvType::F16, KvType::F32][i % 2];
+            (
+                kv,
+                common::user_turn(&m, &format!("Write one sentence about {topic}.")),
+            )
+        })
+        .collect();
+    let run = |m: &Arc<Model>, kv: KvType, text: &str| {
+        let ids = m.tokenizer().encode(text, true, false).unwrap();
+        let mut s = session(m, kv, 256);
+        let params = GenerateParams {
+            max_tokens: 16,
+            ..Default::default()
+        };
+        let mut toks = Vec::new();
+        s.generate_tokens(&ids, &params, &mut |_, t| {
+            toks.push(t);
+            true
+        })
+        .unwrap();
+        toks
+    };
+    let alone: Vec<Vec<u32>> = jobs.iter().map(|(kv, t)| run(&m, *kv, t)).collect();
+    let before = m.batch_stats();
+    let together: Vec<Vec<u32>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|(kv, t)| {
+                let m = &m;
+                sc.spawn(move || run(m, *kv, t))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let after = m.batch_stats();
+    assert_eq!(together, alone);
+    let (steps, seqs) = (after.steps - before.steps, after.seqs - before.seqs);
+    eprintln!("f16 and f32 sessions: {seqs} sequence steps in {steps} steps");
+    assert!(seqs > steps, "the sessions never stepped together");
 }

@@ -144,7 +144,9 @@ impl Session {
             put32(&mut b, t);
         }
         match elem {
-            Elem::F32 => kv.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes())),
+            Elem::F32 => kv
+                .iter()
+                .for_each(|x| b.extend_from_slice(&x.to_le_bytes())),
             Elem::F16 => {
                 // The cache's own values (widened exactly by kv_rows): rounding restores them.
                 let mut h = vec![f16::ZERO; kv.len()];

@@ -103,12 +103,7 @@ impl Cache<'_> {
 impl<T: KvValue> Paged<'_, T> {
     /// The runs of positions `lo..lo + len` within one block each, in order: the keys and
     /// values from the first run's row at column `col`, and the run's length.
-    fn runs(
-        &self,
-        col: usize,
-        lo: usize,
-        len: usize,
-    ) -> impl Iterator<Item = (&[T], &[T], usize)> {
+    fn runs(&self, col: usize, lo: usize, len: usize) -> impl Iterator<Item = (&[T], &[T], usize)> {
         let end = lo + len;
         (lo / self.block..end.div_ceil(self.block)).map(move |bi| {
             let r0 = lo.saturating_sub(bi * self.block);
@@ -708,11 +703,36 @@ mod tests {
         let qs: Vec<Vec<f32>> = (0..MAX_TILE)
             .map(|_| (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect())
             .collect();
-        for (lo, len, sink) in [(0, 1, None), (0, 16, Some(0.3)), (5, 40, None), (3, 67, None)] {
+        for (lo, len, sink) in [
+            (0, 1, None),
+            (0, 16, Some(0.3)),
+            (5, 40, None),
+            (3, 67, None),
+        ] {
             for col in [0, hd] {
                 let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
-                head(&qs[0], &f16kv, col, lo, len, 0.125, sink, &mut Vec::new(), &mut a);
-                head(&qs[0], &f32kv, col, lo, len, 0.125, sink, &mut Vec::new(), &mut b);
+                head(
+                    &qs[0],
+                    &f16kv,
+                    col,
+                    lo,
+                    len,
+                    0.125,
+                    sink,
+                    &mut Vec::new(),
+                    &mut a,
+                );
+                head(
+                    &qs[0],
+                    &f32kv,
+                    col,
+                    lo,
+                    len,
+                    0.125,
+                    sink,
+                    &mut Vec::new(),
+                    &mut b,
+                );
                 assert_eq!(a, b, "lo {lo} len {len} col {col}");
                 let mut sc = vec![0f32; len];
                 head_scalar(&qs[0], &f16kv, col, lo, 0.125, sink, &mut sc, &mut a);
@@ -721,7 +741,10 @@ mod tests {
             }
         }
         let ranges: Vec<(usize, usize)> = (0..MAX_TILE).map(|i| (i % 3, 50 + i)).collect();
-        let mut outs = [vec![vec![0f32; hd]; MAX_TILE], vec![vec![0f32; hd]; MAX_TILE]];
+        let mut outs = [
+            vec![vec![0f32; hd]; MAX_TILE],
+            vec![vec![0f32; hd]; MAX_TILE],
+        ];
         for (which, out) in outs.iter_mut().enumerate() {
             let tile: Vec<Query> = out
                 .iter_mut()

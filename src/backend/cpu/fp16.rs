@@ -39,7 +39,12 @@ impl Path {
     /// The fastest this CPU runs (decided once).
     pub fn best() -> Path {
         static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| Path::ALL.into_iter().find(|p| p.available()).unwrap_or(Path::Scalar))
+        *BEST.get_or_init(|| {
+            Path::ALL
+                .into_iter()
+                .find(|p| p.available())
+                .unwrap_or(Path::Scalar)
+        })
     }
 }
 
@@ -134,9 +139,7 @@ unsafe fn narrow_f16c(src: &[f32], dst: &mut [f16]) -> usize {
     use std::arch::x86_64::*;
     let n = src.len() / 8 * 8;
     for i in (0..n).step_by(8) {
-        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
-            _mm256_loadu_ps(src.as_ptr().add(i)),
-        );
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
         _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
     }
     n

@@ -490,7 +490,10 @@ impl KvPool {
     /// A private copy of `block` (copy-on-write), paid as [`alloc`](Self::alloc).
     pub fn copy(&self, block: &Block, grant: Option<&mut Grant>) -> Result<Arc<Block>> {
         let mut b = self.alloc(block.elem(), grant)?;
-        match (&mut Arc::get_mut(&mut b).expect("a new block is unshared").data, &block.data) {
+        match (
+            &mut Arc::get_mut(&mut b).expect("a new block is unshared").data,
+            &block.data,
+        ) {
             (Rows::F32(d), Rows::F32(s)) => d.copy_from_slice(s),
             (Rows::F16(d), Rows::F16(s)) => d.copy_from_slice(s),
             _ => unreachable!("a copy has its source's type"),
