@@ -178,7 +178,8 @@ enum llorch_kv_type
  {
   // The device's choice: f32 on the CPU, f16 on a GPU (half the memory and bandwidth).
   LLORCH_KV_AUTO = 0,
-  // f16 keys and values (a GPU; on the CPU, `LLORCH_ERR_UNSUPPORTED` for now).
+  // f16 keys and values, rounded to nearest-even as they are written: half the memory of
+  // f32 (on the CPU and on a GPU).
   LLORCH_KV_F16 = 1,
   // f32 keys and values: exact (on a GPU, twice the cache memory of f16).
   LLORCH_KV_F32 = 2,

@@ -15,7 +15,7 @@ use llorch::backend::Logits;
 use llorch::model::Model;
 use llorch::sampling::argmax;
 use llorch::session::perplexity::perplexity;
-use llorch::session::{Session, SessionOptions};
+use llorch::session::{KvType, Session, SessionOptions};
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
@@ -142,7 +142,8 @@ fn check_perplexity(model: &Arc<Model>, golden: &str) -> f64 {
         "the reference's BOS use and the model's metadata"
     );
     let bos = tok.bos_id().filter(|_| bos);
-    let p = perplexity(model, &tokens, r["ctx"].as_u64().unwrap() as usize, 8, bos).unwrap();
+    let ctx = r["ctx"].as_u64().unwrap() as usize;
+    let p = perplexity(model, &tokens, ctx, 8, bos, KvType::Auto).unwrap();
     let want = r["ppl"].as_f64().unwrap();
     assert_eq!(p.scored_tokens as u64, r["scored_tokens"].as_u64().unwrap());
     let rel = (p.ppl - want).abs() / want;

@@ -476,8 +476,10 @@ fn gpu_batch_of_mixed_kv_types() {
     assert!(same * 10 >= 9 * N * 24, "batched tokens differ from alone");
 }
 
-/// `kv_type` on the CPU: f32 is its own cache (the same logits as auto, bit for bit); f16 is
-/// refused with an error that names it, for now.
+/// `kv_type` on the CPU: f32 is its own cache (the same logits as auto, bit for bit); f16
+/// really rounds (the logits move) and stays close: K and V rounded to f16 (relative error
+/// at most 2^-11) move these logits by a few 1e-3 (measured: see the message); 2e-2 is the
+/// bound the GPU's f16 cache is held to on this model.
 #[test]
 fn cpu_kv_types() {
     let ctx = Context::new(ContextOptions::default()).unwrap();
@@ -494,9 +496,16 @@ fn cpu_kv_types() {
         };
         Session::new(m.clone(), opts)?.eval(&ids, Logits::All)
     };
-    assert_eq!(logits(KvType::F32).unwrap(), logits(KvType::Auto).unwrap());
-    let e = logits(KvType::F16).unwrap_err().to_string();
-    assert!(e.contains("f16") && e.contains("CPU"), "{e}");
+    let f32 = logits(KvType::F32).unwrap();
+    assert_eq!(f32, logits(KvType::Auto).unwrap());
+    let f16 = logits(KvType::F16).unwrap();
+    let worst = f32
+        .iter()
+        .zip(&f16)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("f16 KV: largest logit difference from f32 KV {worst:.2e}");
+    assert!(worst > 0.0 && worst <= 2e-2, "{worst}");
 }
 
 /// The token rows of a tap whose every value equals the other tap's row (`k` values a row).

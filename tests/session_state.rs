@@ -207,8 +207,11 @@ fn bad_states_are_clear_errors_that_change_nothing() {
         expect_err(&mut s, &bad, "damaged");
     }
     let mut bad = good.clone();
-    bad[8] = 2;
-    expect_err(&mut s, &bad, "format version 2");
+    bad[8] = 3;
+    expect_err(&mut s, &bad, "format version 3");
+    let mut bad = good.clone();
+    bad[12] = 2;
+    expect_err(&mut s, &bad, "KV value type 2");
     let mut longer = good.clone();
     longer.push(0);
     expect_err(&mut s, &longer, "trailing bytes");

@@ -282,7 +282,7 @@ type KVType int32
 
 const (
 	KVAuto KVType = C.LLORCH_KV_AUTO // f32 on the CPU, f16 on a GPU
-	KVF16  KVType = C.LLORCH_KV_F16  // f16 (a GPU; unsupported on the CPU for now)
+	KVF16  KVType = C.LLORCH_KV_F16  // f16: half the memory of f32 (CPU or GPU)
 	KVF32  KVType = C.LLORCH_KV_F32  // f32: exact, twice the GPU memory of f16
 )
 

@@ -253,17 +253,19 @@ func TestJSONSchema(t *testing.T) {
 	}
 }
 
-// KVType reaches llorch_session_params: f32 makes a CPU session, f16 is unsupported on the
-// CPU for now (an Unsupported error naming it).
+// KVType reaches llorch_session_params: f32 and f16 make CPU sessions, a value outside the
+// enum is refused (an InvalidArgument error naming the field).
 func TestKVType(t *testing.T) {
 	_, m := load(t)
-	s, err := m.NewSession(SessionOptions{NCtx: 64, KVType: KVF32})
-	if err != nil {
-		t.Fatal(err)
+	for _, kv := range []KVType{KVF32, KVF16} {
+		s, err := m.NewSession(SessionOptions{NCtx: 64, KVType: kv})
+		if err != nil {
+			t.Fatalf("KV type %d: %v", kv, err)
+		}
+		s.Close()
 	}
-	s.Close()
-	_, err = m.NewSession(SessionOptions{NCtx: 64, KVType: KVF16})
-	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "f16") {
-		t.Fatalf("f16 KV on the CPU: %v", err)
+	_, err := m.NewSession(SessionOptions{NCtx: 64, KVType: KVType(7)})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "kv_type") {
+		t.Fatalf("KV type 7: %v", err)
 	}
 }

@@ -108,7 +108,7 @@ export class Model {
 
 /** How an embedding pools its tokens' rows (GGUF's pooling_type numbers). */
 export const Pooling: Readonly<{ MODEL: 0; MEAN: 1; CLS: 2; LAST: 3 }>;
-/** llorch_kv_type: AUTO (f32 on the CPU, f16 on a GPU), F16 (GPU), F32 (exact). */
+/** llorch_kv_type: AUTO (f32 on the CPU, f16 on a GPU), F16 (half the memory), F32 (exact). */
 export const KvType: Readonly<{ AUTO: 0; F16: 1; F32: 2 }>;
 
 export interface EmbedOptions {

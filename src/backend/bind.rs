@@ -99,19 +99,19 @@ impl Weights {
         #[cfg(feature = "cuda")]
         let _ = pool;
         Ok(match self {
-            Weights::Cpu(m) => {
-                if kv == KvType::F16 {
-                    return Err(Error::Unsupported(
-                        "KV cache type f16 on the CPU: its cache is f32 for now (use auto or f32)"
-                            .into(),
-                    ));
-                }
-                State::Cpu(m.clone(), CpuState::new(dims, n_ctx, pool.clone()))
-            }
+            Weights::Cpu(m) => State::Cpu(
+                m.clone(),
+                CpuState::new(dims, n_ctx, pool.clone(), kv.elem(Device::Cpu)),
+            ),
             #[cfg(feature = "cuda")]
             Weights::Cuda(m) => State::Cuda(
                 m.clone(),
-                super::cuda::CudaState::with_kv(m, dims, n_ctx, kv == KvType::F32)?,
+                super::cuda::CudaState::with_kv(
+                    m,
+                    dims,
+                    n_ctx,
+                    kv.elem(Device::Cuda(0)) == super::kvpool::Elem::F32,
+                )?,
             ),
         })
     }

@@ -25,7 +25,8 @@ pub enum KvType {
     /// bandwidth; its rounding is well under quantized weights' noise).
     #[default]
     Auto,
-    /// f16 keys and values (GPU only for now).
+    /// f16 keys and values, rounded to nearest-even once as they are written: half the
+    /// memory of f32.
     F16,
     /// f32 keys and values: exact, for f32/f16 weights whose results should match an f32
     /// reference (on a GPU, twice the cache memory and decode attention bandwidth).
@@ -39,6 +40,14 @@ impl KvType {
             KvType::Auto => "auto",
             KvType::F16 => "f16",
             KvType::F32 => "f32",
+        }
+    }
+
+    /// The type of the values of a cache of this choice on `device`.
+    pub fn elem(self, device: Device) -> kvpool::Elem {
+        match (self, device) {
+            (KvType::F16, _) | (KvType::Auto, Device::Cuda(_)) => kvpool::Elem::F16,
+            (KvType::F32, _) | (KvType::Auto, Device::Cpu) => kvpool::Elem::F32,
         }
     }
 

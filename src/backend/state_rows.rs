@@ -88,13 +88,10 @@ impl State {
     }
 
     /// Share `other`'s blocks (a fork: copied on the first write); false where the cache is
-    /// not paged (copy the rows instead).
+    /// not paged or the value types differ (copy the rows instead).
     pub fn kv_share(&mut self, other: &State) -> bool {
         match (self, other) {
-            (State::Cpu(_, a), State::Cpu(_, b)) => {
-                a.kv_mut().share(b.kv());
-                true
-            }
+            (State::Cpu(_, a), State::Cpu(_, b)) => a.kv_mut().share(b.kv()),
             #[allow(unreachable_patterns)]
             _ => false,
         }

@@ -9,7 +9,8 @@ use std::time::Instant;
 ///
 /// Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
 /// (tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
-/// tokens/s and the spread (min-max).
+/// tokens/s and the spread (min-max), and the KV memory the pp test's session holds (the
+/// model's pool counter).
 /// --parallel N,...: instead, the aggregate decoding speed of N sessions generating at once
 /// (continuous batching), each after a -p token prompt (default 32 here), for each N.
 #[derive(clap::Args, Debug)]
@@ -77,6 +78,7 @@ pub fn run(a: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut pp_rates = Vec::new();
     let mut tg_rates = Vec::new();
+    let mut kv_bytes = 0;
     for rep in 0..=reps {
         if pp > 0 {
             session.reset();
@@ -87,6 +89,7 @@ pub fn run(a: Args) -> Result<(), String> {
             if rep > 0 {
                 pp_rates.push(pp as f64 / t.elapsed().as_secs_f64());
             }
+            kv_bytes = kv_bytes.max(model.kv_stats().held_bytes);
         }
         if tg > 0 {
             session.reset();
@@ -116,6 +119,13 @@ pub fn run(a: Args) -> Result<(), String> {
         println!(
             "| {name} | {:.1} MiB | {dev} | {threads} | {label} | {med:.2} | {lo:.2} - {hi:.2} |",
             size as f64 / (1 << 20) as f64
+        );
+    }
+    if kv_bytes > 0 {
+        println!(
+            "\nKV cache after pp{pp}: {kv_bytes} bytes ({:.1} MiB) of {} values",
+            kv_bytes as f64 / (1 << 20) as f64,
+            session.kv_elem().name()
         );
     }
     Ok(())

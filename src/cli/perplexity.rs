@@ -26,6 +26,9 @@ pub struct Args {
     /// No BOS first in each window
     #[arg(long)]
     no_bos: bool,
+    /// The KV cache's element type: auto (f32 on the CPU, f16 on a GPU), f16 or f32
+    #[arg(long, value_name = "TYPE", default_value = "auto", value_parser = super::common::parse_kv_type)]
+    kv_type: llorch::session::KvType,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -45,7 +48,8 @@ pub fn run(a: Args) -> Result<(), String> {
         (false, false) => tok.bos_id().filter(|_| tok.adds_bos()),
     };
     let t0 = std::time::Instant::now();
-    let p = perplexity(&model, &tokens, window, max_windows, bos).map_err(|e| e.to_string())?;
+    let p = perplexity(&model, &tokens, window, max_windows, bos, a.kv_type)
+        .map_err(|e| e.to_string())?;
     println!(
         "perplexity: {:.5} ({} windows of {window}{}, {} scored tokens, text {} tokens, {:.1} s)",
         p.ppl,

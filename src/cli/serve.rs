@@ -22,6 +22,10 @@ pub struct Args {
     /// Context of each sequence in tokens, prompt and reply (0: the model's, at most 4096)
     #[arg(short, long, value_name = "N", default_value_t = 0)]
     ctx: u32,
+    /// The KV caches' element type: auto (f32 on the CPU, f16 on a GPU), f16 (half the
+    /// memory) or f32
+    #[arg(long, value_name = "TYPE", default_value = "auto", value_parser = super::common::parse_kv_type)]
+    kv_type: llorch::session::KvType,
     /// The model's name in the API (default: the file's name)
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -58,6 +62,7 @@ pub fn run(a: Args) -> Result<(), String> {
         model_id: name,
         max_parallel: a.parallel,
         n_ctx: a.ctx,
+        kv_type: a.kv_type,
         grace: std::time::Duration::from_secs_f64(a.grace),
     };
     let model = a.model.load_file(&path)?;

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     /// Context of each sequence in tokens (prompt and reply); 0 = the model's, at most
     /// [`DEFAULT_MAX_CTX`].
     pub n_ctx: u32,
+    /// The sequences' KV cache type.
+    pub kv_type: crate::session::KvType,
     /// After SIGTERM, how long requests in flight may go on before they are cancelled.
     pub grace: Duration,
 }
@@ -80,7 +82,7 @@ pub fn serve(model: Arc<Model>, options: ServeOptions) -> Result<(), String> {
         }
         n => n,
     };
-    let scheduler = Scheduler::new(model.clone(), options.max_parallel, n_ctx)
+    let scheduler = Scheduler::new(model.clone(), options.max_parallel, n_ctx, options.kv_type)
         .map_err(|e| format!("the sequence slots: {e}"))?;
     let app = Arc::new(App {
         model,

@@ -7,7 +7,9 @@
 //! a job, read its updates (pieces, then the stats), cancel it (or drop the ticket).
 
 use crate::model::Model;
-use crate::session::{Event, GenerateParams, GenerateStats, Piece, Session, SessionOptions};
+use crate::session::{
+    Event, GenerateParams, GenerateStats, KvType, Piece, Session, SessionOptions,
+};
 use crate::Error;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
@@ -92,8 +94,14 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// `max_parallel` sequences at once (at least 1), each with a context of `n_ctx` tokens
-    /// (0: the model's, capped). Fails if their KV caches do not fit.
-    pub fn new(model: Arc<Model>, max_parallel: usize, n_ctx: u32) -> crate::Result<Scheduler> {
+    /// (0: the model's, capped) and a KV cache of `kv_type`. Fails if their KV caches do not
+    /// fit.
+    pub fn new(
+        model: Arc<Model>,
+        max_parallel: usize,
+        n_ctx: u32,
+        kv_type: KvType,
+    ) -> crate::Result<Scheduler> {
         let max_parallel = max_parallel.max(1);
         let sessions = (0..max_parallel)
             .map(|_| {
@@ -102,7 +110,7 @@ impl Scheduler {
                     SessionOptions {
                         n_ctx,
                         seed: 0,
-                        ..Default::default()
+                        kv_type,
                     },
                 )
             })

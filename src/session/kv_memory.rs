@@ -14,7 +14,7 @@
 //! where its first chunk would be small while the uncached one is not ([`usable_prefix`]).
 
 use super::{Generation, Session};
-use crate::backend::kvpool::Grant;
+use crate::backend::kvpool::{Elem, Grant};
 use crate::Result;
 
 impl Session {
@@ -32,11 +32,16 @@ impl Session {
         self.kv_grant(need).map(Some)
     }
 
-    /// A grant of `blocks` blocks from the model's pool.
+    /// A grant of `blocks` blocks of this session's value type from the model's pool.
     pub(super) fn kv_grant(&self, blocks: usize) -> Result<Grant> {
         self.model
             .kv_pool
-            .admit(blocks, !self.fail_when_busy, &self.cancel)
+            .admit(blocks, self.kv_elem(), !self.fail_when_busy, &self.cancel)
+    }
+
+    /// The type of the values in this session's KV cache (its `kv_type` on its device).
+    pub fn kv_elem(&self) -> Elem {
+        self.kv_type.elem(self.model.ctx.options.device)
     }
 
     /// Before a generation's prompt is fed: its first blocks from the prefix cache (on a
@@ -55,7 +60,7 @@ impl Session {
         if g.cacheable {
             let pool = &self.model.kv_pool;
             let block = pool.layout().block;
-            let cached = pool.lookup(prompt);
+            let cached = pool.lookup(prompt, self.kv_elem());
             skip = usable_prefix(cached.len() * block, prompt.len(), block, chunk);
             if skip > 0 {
                 self.state.lock().kv_adopt(&cached[..skip / block])?;

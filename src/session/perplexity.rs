@@ -4,7 +4,7 @@
 //! (positions window/2 .. window-2 predicting the next token). A model that needs its BOS
 //! (Gemma) gets it in place of the first token of each window, as the reference does.
 
-use super::{Session, SessionOptions};
+use super::{KvType, Session, SessionOptions};
 use crate::backend::Logits;
 use crate::model::Model;
 use crate::{Error, Result};
@@ -24,12 +24,14 @@ pub fn log_prob(logits: &[f32], target: u32) -> f64 {
     logits[target as usize] as f64 - max - sum.ln()
 }
 
+/// The perplexity of `tokens` (see the module's notes), the sessions' KV caches of `kv_type`.
 pub fn perplexity(
     model: &Arc<Model>,
     tokens: &[u32],
     window: usize,
     max_windows: usize,
     bos: Option<u32>,
+    kv_type: KvType,
 ) -> Result<Perplexity> {
     if window < 4 {
         return Err(Error::InvalidArgument(format!(
@@ -48,7 +50,7 @@ pub fn perplexity(
         SessionOptions {
             n_ctx: window as u32,
             seed: 0,
-            ..Default::default()
+            kv_type,
         },
     )?;
     let vocab = model.vocab_size();

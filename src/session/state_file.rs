@@ -1,13 +1,13 @@
 //! A session's KV state: rewind to an earlier position, fork into a new session, and save /
 //! restore to bytes or a file.
 //!
-//! The saved format, version 1 (all numbers little-endian):
+//! The saved format, version 2 (all numbers little-endian):
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 8 | magic `LLORCHKV` |
-//! | 4 | format version (1) |
-//! | 4 | reserved, 0 |
+//! | 4 | format version (2; version 1 is read too: its field below is 0) |
+//! | 4 | the KV values' type: 0 f32, 1 f16 (the session's cache type) |
 //! | 8 | the model's identity: a hash of its tensor table (names, types, shapes) and vocabulary (bytes and types of every token) |
 //! | 4, 4 | layers, KV values per position (`n_head_kv * head_dim`) |
 //! | 8, 8 | sampler seed, generations begun (the next one's random numbers follow from them) |
@@ -15,23 +15,28 @@
 //! | 4, 4 | 1 and the pending token (sampled, not yet fed), or 0 and 0 |
 //! | 4 | reserved, 0 |
 //! | 4 × n_past | the tokens in the cache |
-//! | 4 × 2 × layers × n_past × kv | f32 keys then values of each layer, position-major |
+//! | 4 (or 2) × 2 × layers × n_past × kv | f32 (or f16) keys then values of each layer, position-major |
 //! | 8 | checksum: a hash of every byte before it |
 //!
-//! Only the `n_past` rows in use are saved, not the whole context. The KV rows are f32 on
-//! every device (the GPU's f16 cache widens exactly), so a state restores on either. The
-//! hashes detect another model and accidental damage; they are not cryptographic.
+//! Only the `n_past` rows in use are saved, not the whole context, in the type the session's
+//! cache holds them (f16 on a GPU by default, or with `kv_type` f16), so a state restores
+//! exactly into a session of the same type, on either device. Restored into a session of
+//! the other type the rows are converted: f16 widens to f32 exactly; f32 rounds to f16
+//! (nearest-even, as an f16 cache stores what a step computes). The hashes detect another
+//! model and accidental damage; they are not cryptographic.
 
 use super::Session;
+use crate::backend::cpu::fp16::{self, f16};
 use crate::backend::kv_values;
+use crate::backend::kvpool::Elem;
 use crate::model::Model;
 use crate::tokenizer::hash_bytes;
 use crate::{Error, Result};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"LLORCHKV";
-/// The format version this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+/// The format version this build writes (it reads this one and version 1).
+pub const STATE_VERSION: u32 = 2;
 /// Bytes before the token list.
 const HEADER: usize = 64;
 
@@ -114,8 +119,9 @@ impl Session {
         let dims = self.model.dims();
         let n = self.history.len();
         let kv = self.state.lock().kv_rows(n)?;
+        let elem = self.kv_elem();
         let mut b = Vec::new();
-        b.try_reserve_exact(HEADER + 4 * n + 4 * kv.len() + 8)
+        b.try_reserve_exact(HEADER + 4 * n + elem.size() as usize * kv.len() + 8)
             .map_err(|_| {
                 Error::OutOfMemory(format!(
                     "a saved state of {n} tokens ({} KV values)",
@@ -124,7 +130,7 @@ impl Session {
             })?;
         b.extend_from_slice(MAGIC);
         put32(&mut b, STATE_VERSION);
-        put32(&mut b, 0);
+        put32(&mut b, elem_code(elem));
         b.extend_from_slice(&model_identity(&self.model).to_le_bytes());
         put32(&mut b, dims.n_layer as u32);
         put32(&mut b, dims.kv_dim() as u32);
@@ -137,8 +143,16 @@ impl Session {
         for &t in &self.history {
             put32(&mut b, t);
         }
-        for x in kv {
-            b.extend_from_slice(&x.to_le_bytes());
+        match elem {
+            Elem::F32 => kv
+                .iter()
+                .for_each(|x| b.extend_from_slice(&x.to_le_bytes())),
+            Elem::F16 => {
+                // The cache's own values (widened exactly by kv_rows): rounding restores them.
+                let mut h = vec![f16::ZERO; kv.len()];
+                fp16::narrow(&kv, &mut h);
+                h.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
         }
         let sum = hash_bytes(&b);
         b.extend_from_slice(&sum.to_le_bytes());
@@ -146,8 +160,9 @@ impl Session {
     }
 
     /// Replace the conversation with one saved by [`save_state`](Self::save_state) (from a
-    /// session of the same model, any context length that holds it, either device): tokens,
-    /// KV rows, seed and generation count. Everything is checked first; a state of another
+    /// session of the same model, any context length that holds it, either device, either KV
+    /// type: rows of the other type are converted, see the module's notes): tokens, KV rows,
+    /// seed and generation count. Everything is checked first; a state of another
     /// model or version, a truncated or damaged one, or one that does not fit this session's
     /// context is an error that leaves the session as it was. (Only a device failure while
     /// uploading the rows can come after the checks: the session is then reset to empty.)
@@ -196,6 +211,14 @@ struct Saved {
     kv: Vec<f32>,
 }
 
+/// The saved value type's code (see the format).
+fn elem_code(e: Elem) -> u32 {
+    match e {
+        Elem::F32 => 0,
+        Elem::F16 => 1,
+    }
+}
+
 fn put32(b: &mut Vec<u8>, v: u32) {
     b.extend_from_slice(&v.to_le_bytes());
 }
@@ -216,9 +239,9 @@ fn parse(b: &[u8], model: &Model, n_ctx: usize) -> Result<Saved> {
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
     let version = u32_at(8);
-    if version != STATE_VERSION {
+    if !(1..=STATE_VERSION).contains(&version) {
         return Err(bad(format!(
-            "format version {version}; this build reads version {STATE_VERSION}"
+            "format version {version}; this build reads versions 1 to {STATE_VERSION}"
         )));
     }
     if b.len() < HEADER + 8 {
@@ -243,6 +266,11 @@ fn parse(b: &[u8], model: &Model, n_ctx: usize) -> Result<Saved> {
             dims.kv_dim()
         )));
     }
+    let elem = match u32_at(12) {
+        0 => Elem::F32,
+        1 if version >= 2 => Elem::F16,
+        c => return Err(bad(format!("KV value type {c} (0 f32 or 1 f16 expected)"))),
+    };
     let n = u32_at(48) as usize;
     let pending = match u32_at(52) {
         0 => None,
@@ -250,7 +278,7 @@ fn parse(b: &[u8], model: &Model, n_ctx: usize) -> Result<Saved> {
         f => return Err(bad(format!("pending-token flag {f} (0 or 1 expected)"))),
     };
     let expect = kv_values(&dims, n)
-        .and_then(|v| v.checked_mul(4))
+        .and_then(|v| v.checked_mul(elem.size() as usize))
         .and_then(|v| v.checked_add(HEADER + 8))
         .and_then(|v| v.checked_add(n.checked_mul(4)?))
         .ok_or_else(|| bad(format!("{n} tokens: the size overflows")))?;
@@ -288,10 +316,17 @@ fn parse(b: &[u8], model: &Model, n_ctx: usize) -> Result<Saved> {
             "token id {t} outside the vocabulary of {vocab}"
         )));
     }
-    let kv = b[HEADER + 4 * n..body]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let rows = &b[HEADER + 4 * n..body];
+    let kv = match elem {
+        Elem::F32 => rows
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Elem::F16 => rows
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    };
     Ok(Saved {
         seed: u64_at(32),
         generation: u64_at(40),

@@ -287,10 +287,11 @@ test('a JSON Schema constrains the output; a bad one is an error naming the keyw
     (e) => e.status === Status.INVALID_ARGUMENT && /unsupported keyword 'format'/.test(e.message));
 });
 
-test('kvType reaches the session params: f32 on the CPU, f16 unsupported there', async (t) => {
+test('kvType reaches the session params: f32 and f16 on the CPU, a bad value refused', async (t) => {
   const model = await load(t);
   const { KvType } = require('..');
   model.createSession({ nCtx: 64, kvType: KvType.F32 }).close();
-  assert.throws(() => model.createSession({ nCtx: 64, kvType: KvType.F16 }),
-    (e) => e instanceof LlorchError && e.status === Status.UNSUPPORTED && /f16/.test(e.message));
+  model.createSession({ nCtx: 64, kvType: KvType.F16 }).close();
+  assert.throws(() => model.createSession({ nCtx: 64, kvType: 7 }),
+    (e) => e instanceof LlorchError && e.status === Status.INVALID_ARGUMENT && /kv_type/.test(e.message));
 });

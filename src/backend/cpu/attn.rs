@@ -1,28 +1,109 @@
 //! Causal attention of one query head over the KV cache, and the SwiGLU activation, with
 //! AVX-512 paths sharing one vector exp (the generic build is SSE2 only; the prompt spent
 //! ~10% of its time in attention and ~4% in libm's expf for SwiGLU).
+//!
+//! The cache holds f32 or f16 values ([`KvValue`]); f16 ones are widened as they are loaded
+//! (in registers on AVX-512, a row at a time elsewhere), never copied whole, and every path
+//! then computes exactly what it computes over an f32 cache holding the widened values.
 
 // The AVX-512 intrinsics are stable since Rust 1.89 (as in quant/x86.rs).
 #![allow(clippy::incompatible_msrv)]
 
+use super::fp16::{self, f16};
+
+/// A value type of the KV cache: f32, or f16 widened (exactly) as it is read.
+pub trait KvValue: Copy + Send + Sync + 'static {
+    /// `src` as f32: itself, or widened into `buf`.
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
+
+    /// The 16 values from `p`, as f32.
+    ///
+    /// # Safety
+    /// AVX-512F present; 16 values readable from `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl KvValue for f32 {
+    fn as_f32<'a>(src: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+        src
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+}
+
+impl KvValue for f16 {
+    fn as_f32<'a>(src: &'a [f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        buf.resize(src.len(), 0.0);
+        fp16::widen(src, buf);
+        buf
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
 /// A sequence's keys and values of one layer, in blocks: position `p` is row `p % block` of
 /// `k[p / block]` (and `v[...]`), rows `stride` values apart.
-pub struct Paged<'a> {
-    pub k: &'a [&'a [f32]],
-    pub v: &'a [&'a [f32]],
+pub struct Paged<'a, T> {
+    pub k: Vec<&'a [T]>,
+    pub v: Vec<&'a [T]>,
     pub block: usize,
     pub stride: usize,
 }
 
-impl Paged<'_> {
-    /// The runs of positions `lo..lo + len` within one block each, in order: the keys and
-    /// values from the first run's row at column `col`, and the run's length.
-    fn runs(
+/// A layer's cache of either value type.
+pub enum Cache<'a> {
+    F32(Paged<'a, f32>),
+    F16(Paged<'a, f16>),
+}
+
+impl Cache<'_> {
+    /// [`head`] over this cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn head(
         &self,
+        q: &[f32],
         col: usize,
         lo: usize,
         len: usize,
-    ) -> impl Iterator<Item = (&[f32], &[f32], usize)> {
+        scale: f32,
+        sink: Option<f32>,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        match self {
+            Cache::F32(kv) => head(q, kv, col, lo, len, scale, sink, scores, out),
+            Cache::F16(kv) => head(q, kv, col, lo, len, scale, sink, scores, out),
+        }
+    }
+
+    /// [`heads`] over this cache.
+    ///
+    /// # Safety
+    /// As [`heads`].
+    pub unsafe fn heads(&self, tile: &[Query], col: usize, scale: f32, scores: &mut Vec<f32>) {
+        match self {
+            Cache::F32(kv) => heads(tile, kv, col, scale, scores),
+            Cache::F16(kv) => heads(tile, kv, col, scale, scores),
+        }
+    }
+}
+
+impl<T: KvValue> Paged<'_, T> {
+    /// The runs of positions `lo..lo + len` within one block each, in order: the keys and
+    /// values from the first run's row at column `col`, and the run's length.
+    fn runs(&self, col: usize, lo: usize, len: usize) -> impl Iterator<Item = (&[T], &[T], usize)> {
         let end = lo + len;
         (lo / self.block..end.div_ceil(self.block)).map(move |bi| {
             let r0 = lo.saturating_sub(bi * self.block);
@@ -51,9 +132,9 @@ impl Paged<'_> {
 /// position's key and value the `q.len()` values from column `col` of its row. A `sink`
 /// logit joins the softmax (its max and its sum) with no value. `scores`: scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn head(
+pub fn head<T: KvValue>(
     q: &[f32],
-    kv: &Paged,
+    kv: &Paged<T>,
     col: usize,
     lo: usize,
     len: usize,
@@ -87,9 +168,9 @@ fn avx512() -> bool {
 
 /// The portable version (and the reference of the tests).
 #[allow(clippy::too_many_arguments)]
-fn head_scalar(
+fn head_scalar<T: KvValue>(
     q: &[f32],
-    kv: &Paged,
+    kv: &Paged<T>,
     col: usize,
     lo: usize,
     scale: f32,
@@ -98,10 +179,11 @@ fn head_scalar(
     out: &mut [f32],
 ) {
     let (hd, stride, len) = (q.len(), kv.stride, scores.len());
+    let mut row = Vec::new();
     let mut j = 0;
     for (kc, _, rows) in kv.runs(col, lo, len) {
         for r in 0..rows {
-            let k = &kc[r * stride..r * stride + hd];
+            let k = T::as_f32(&kc[r * stride..r * stride + hd], &mut row);
             scores[j] = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
             j += 1;
         }
@@ -118,7 +200,8 @@ fn head_scalar(
     for (_, vc, rows) in kv.runs(col, lo, len) {
         for r in 0..rows {
             let w = scores[j] / sum;
-            for (a, b) in out.iter_mut().zip(&vc[r * stride..r * stride + hd]) {
+            let v = T::as_f32(&vc[r * stride..r * stride + hd], &mut row);
+            for (a, b) in out.iter_mut().zip(v) {
                 *a += w * b;
             }
             j += 1;
@@ -129,9 +212,9 @@ fn head_scalar(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn head_avx512(
+unsafe fn head_avx512<T: KvValue>(
     q: &[f32],
-    kv: &Paged,
+    kv: &Paged<T>,
     col: usize,
     lo: usize,
     scale: f32,
@@ -166,7 +249,7 @@ unsafe fn head_avx512(
             for r in 0..rows {
                 acc = _mm512_fmadd_ps(
                     _mm512_set1_ps(scores[j]),
-                    _mm512_loadu_ps(vp.add(r * stride + d)),
+                    T::load16(vp.add(r * stride + d)),
                     acc,
                 );
                 j += 1;
@@ -200,7 +283,13 @@ pub struct Query<'a> {
 ///
 /// # Safety
 /// Every `out` must be valid for `q.len()` writes, and no other thread may touch them.
-pub unsafe fn heads(tile: &[Query], kv: &Paged, col: usize, scale: f32, scores: &mut Vec<f32>) {
+pub unsafe fn heads<T: KvValue>(
+    tile: &[Query],
+    kv: &Paged<T>,
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
     assert!(tile.len() <= MAX_TILE);
     let Some(hd) = tile.first().map(|t| t.q.len()) else {
         return;
@@ -220,7 +309,13 @@ pub unsafe fn heads(tile: &[Query], kv: &Paged, col: usize, scale: f32, scores: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, scores: &mut Vec<f32>) {
+unsafe fn heads_avx512<T: KvValue>(
+    tile: &[Query],
+    kv: &Paged<T>,
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
     use std::arch::x86_64::*;
     let (hd, stride) = (tile[0].q.len(), kv.stride);
     let lo = tile.iter().map(|t| t.lo).min().unwrap_or(0);
@@ -238,7 +333,7 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
     // Each position's key row, then 16 positions at a time for every query of the tile
     // (their keys stay in L1): 16 products reduced together where all 16 are the query's,
     // one by one at its edges.
-    let keys: Vec<*const f32> = kv
+    let keys: Vec<*const T> = kv
         .runs(col, lo, end - lo)
         .flat_map(|(kc, _, rows)| (0..rows).map(move |r| kc.as_ptr().add(r * stride)))
         .collect();
@@ -247,7 +342,7 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
         for (i, t) in tile.iter().enumerate() {
             let out = sp.add(at[i]);
             if t.lo <= j0 && j0 + 16 <= t.end {
-                let k: &[*const f32; 16] = keys[j0 - lo..j0 - lo + 16].try_into().expect("16");
+                let k: &[*const T; 16] = keys[j0 - lo..j0 - lo + 16].try_into().expect("16");
                 let s = _mm512_mul_ps(dot512x16(t.q.as_ptr(), k, hd), _mm512_set1_ps(scale));
                 let mut v = [0f32; 16];
                 _mm512_storeu_ps(v.as_mut_ptr(), s);
@@ -282,7 +377,7 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
             let mut acc = [_mm512_setzero_ps(); 8];
             macro_rules! weigh {
                 ($n:literal) => {{
-                    let a = weigh_values::<$n>(group, &w, kv, col, d);
+                    let a = weigh_values::<T, $n>(group, &w, kv, col, d);
                     acc[..$n].copy_from_slice(&a);
                 }};
             }
@@ -310,10 +405,10 @@ unsafe fn heads_avx512(tile: &[Query], kv: &Paged, col: usize, scale: f32, score
 /// queries share, each value row is loaded once and the N accumulators stay in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weigh_values<const N: usize>(
+unsafe fn weigh_values<T: KvValue, const N: usize>(
     tile: &[Query],
     w: &[*const f32],
-    kv: &Paged,
+    kv: &Paged<T>,
     col: usize,
     d: usize,
 ) -> [std::arch::x86_64::__m512; N] {
@@ -331,7 +426,7 @@ unsafe fn weigh_values<const N: usize>(
         let t = &tile[i];
         for j in t.lo..t.end.min(c0) {
             let x = _mm512_set1_ps(*w[i].add(j - t.lo));
-            acc[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(row(j)), acc[i]);
+            acc[i] = _mm512_fmadd_ps(x, T::load16(row(j)), acc[i]);
         }
     }
     if c1 > c0 {
@@ -339,7 +434,7 @@ unsafe fn weigh_values<const N: usize>(
         for (_, vc, rows) in kv.runs(col, c0, c1 - c0) {
             let vp = vc.as_ptr().add(d);
             for r in 0..rows {
-                let v = _mm512_loadu_ps(vp.add(r * kv.stride));
+                let v = T::load16(vp.add(r * kv.stride));
                 for i in 0..N {
                     let x = _mm512_set1_ps(*w[i].add(j - tile[i].lo));
                     acc[i] = _mm512_fmadd_ps(x, v, acc[i]);
@@ -352,7 +447,7 @@ unsafe fn weigh_values<const N: usize>(
         let t = &tile[i];
         for j in t.lo.max(c1)..t.end {
             let x = _mm512_set1_ps(*w[i].add(j - t.lo));
-            acc[i] = _mm512_fmadd_ps(x, _mm512_loadu_ps(row(j)), acc[i]);
+            acc[i] = _mm512_fmadd_ps(x, T::load16(row(j)), acc[i]);
         }
     }
     acc
@@ -363,11 +458,11 @@ unsafe fn weigh_values<const N: usize>(
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn dot512(q: *const f32, k: *const f32, hd: usize) -> f32 {
+unsafe fn dot512<T: KvValue>(q: *const f32, k: *const T, hd: usize) -> f32 {
     use std::arch::x86_64::*;
     let mut acc = _mm512_setzero_ps();
     for d in (0..hd).step_by(16) {
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(d)), _mm512_loadu_ps(k.add(d)), acc);
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(d)), T::load16(k.add(d)), acc);
     }
     _mm512_reduce_add_ps(acc)
 }
@@ -378,13 +473,17 @@ unsafe fn dot512(q: *const f32, k: *const f32, hd: usize) -> f32 {
 /// bit for bit `dot512`'s. Lane `4l + s` holds key `4s + l`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dot512x16(q: *const f32, k: &[*const f32; 16], hd: usize) -> std::arch::x86_64::__m512 {
+unsafe fn dot512x16<T: KvValue>(
+    q: *const f32,
+    k: &[*const T; 16],
+    hd: usize,
+) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_setzero_ps(); 16];
     for d in (0..hd).step_by(16) {
         let qd = _mm512_loadu_ps(q.add(d));
         for (a, &kp) in acc.iter_mut().zip(k) {
-            *a = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kp.add(d)), *a);
+            *a = _mm512_fmadd_ps(qd, T::load16(kp.add(d)), *a);
         }
     }
     // b = low 256 + high 256 bits: keys 2m and 2m+1 in one vector's halves.
@@ -549,17 +648,17 @@ mod tests {
     }
 
     /// `rows` cut into blocks of `block` rows of `stride` values (the last one padded).
-    fn blocks_of(rows: &[f32], block: usize, stride: usize) -> Vec<Vec<f32>> {
+    fn blocks_of<T: Copy + Default>(rows: &[T], block: usize, stride: usize) -> Vec<Vec<T>> {
         rows.chunks(block * stride)
             .map(|b| {
                 let mut b = b.to_vec();
-                b.resize(block * stride, 0.0);
+                b.resize(block * stride, T::default());
                 b
             })
             .collect()
     }
 
-    fn slices(blocks: &[Vec<f32>]) -> Vec<&[f32]> {
+    fn slices<T>(blocks: &[Vec<T>]) -> Vec<&[T]> {
         blocks.iter().map(|b| &b[..]).collect()
     }
 
@@ -571,13 +670,102 @@ mod tests {
     }
 
     /// Blocks of `block` rows (one block holding them all, or several).
-    fn whole<'a>(k: &'a [&'a [f32]], v: &'a [&'a [f32]], stride: usize, len: usize) -> Paged<'a> {
+    fn whole<'a, T>(k: &[&'a [T]], v: &[&'a [T]], stride: usize, len: usize) -> Paged<'a, T> {
         Paged {
-            k,
-            v,
+            k: k.to_vec(),
+            v: v.to_vec(),
             block: len,
             stride,
         }
+    }
+
+    /// Each value rounded to f16, and that f16 widened back.
+    fn halves(x: &[f32]) -> (Vec<f16>, Vec<f32>) {
+        let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+        let w = h.iter().map(|v| v.to_f32()).collect();
+        (h, w)
+    }
+
+    /// An f16 cache gives, bit for bit, what an f32 cache holding its values widened gives:
+    /// single heads (the AVX-512 and the portable path), tiles, blocks of 16, sinks.
+    #[test]
+    fn f16_cache_equals_f32_of_its_values() {
+        let mut s = 13u64;
+        let (hd, total, block) = (64, 70, 16);
+        let stride = 2 * hd;
+        let (kc, vc) = random_kv(&mut s, total * stride);
+        let ((kh, kw), (vh, vw)) = (halves(&kc), halves(&vc));
+        let (kbh, vbh) = (blocks_of(&kh, block, stride), blocks_of(&vh, block, stride));
+        let (kbw, vbw) = (blocks_of(&kw, block, stride), blocks_of(&vw, block, stride));
+        let f16kv = whole(&slices(&kbh), &slices(&vbh), stride, block);
+        let (ks, vs) = (slices(&kbw), slices(&vbw));
+        let f32kv = whole(&ks, &vs, stride, block);
+        let qs: Vec<Vec<f32>> = (0..MAX_TILE)
+            .map(|_| (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect())
+            .collect();
+        for (lo, len, sink) in [
+            (0, 1, None),
+            (0, 16, Some(0.3)),
+            (5, 40, None),
+            (3, 67, None),
+        ] {
+            for col in [0, hd] {
+                let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
+                head(
+                    &qs[0],
+                    &f16kv,
+                    col,
+                    lo,
+                    len,
+                    0.125,
+                    sink,
+                    &mut Vec::new(),
+                    &mut a,
+                );
+                head(
+                    &qs[0],
+                    &f32kv,
+                    col,
+                    lo,
+                    len,
+                    0.125,
+                    sink,
+                    &mut Vec::new(),
+                    &mut b,
+                );
+                assert_eq!(a, b, "lo {lo} len {len} col {col}");
+                let mut sc = vec![0f32; len];
+                head_scalar(&qs[0], &f16kv, col, lo, 0.125, sink, &mut sc, &mut a);
+                head_scalar(&qs[0], &f32kv, col, lo, 0.125, sink, &mut sc, &mut b);
+                assert_eq!(a, b, "scalar: lo {lo} len {len} col {col}");
+            }
+        }
+        let ranges: Vec<(usize, usize)> = (0..MAX_TILE).map(|i| (i % 3, 50 + i)).collect();
+        let mut outs = [
+            vec![vec![0f32; hd]; MAX_TILE],
+            vec![vec![0f32; hd]; MAX_TILE],
+        ];
+        for (which, out) in outs.iter_mut().enumerate() {
+            let tile: Vec<Query> = out
+                .iter_mut()
+                .enumerate()
+                .map(|(i, o)| Query {
+                    q: &qs[i],
+                    lo: ranges[i].0,
+                    end: ranges[i].1,
+                    sink: None,
+                    out: o.as_mut_ptr(),
+                })
+                .collect();
+            // SAFETY: each output is its own vector.
+            unsafe {
+                match which {
+                    0 => heads(&tile, &f16kv, hd, 0.125, &mut Vec::new()),
+                    _ => heads(&tile, &f32kv, hd, 0.125, &mut Vec::new()),
+                }
+            }
+        }
+        assert_eq!(outs[0], outs[1], "tiles");
     }
 
     /// The same rows in blocks of 16 (copied, from any start) give the same output bit for

@@ -1,9 +1,12 @@
 //! A CPU session's KV cache: its table of blocks from the model's pool (position `p` in block
-//! `p / block`, row `p % block`), grown as the context fills; and its rows read and written
-//! as plain data (session save/restore).
+//! `p / block`, row `p % block`), grown as the context fills, in f32 or f16 (rounded once,
+//! as a position is written); and its rows read and written as plain f32 data (session
+//! save/restore).
 
+use super::attn::{Cache, Paged};
+use super::fp16;
 use super::CpuState;
-use crate::backend::kvpool::{Block, Grant, KvPool, Layout};
+use crate::backend::kvpool::{Block, Elem, Grant, KvPool, Layout, Rows};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -12,14 +15,16 @@ pub struct CpuKv {
     pub(super) n_ctx: usize,
     pool: Arc<KvPool>,
     layout: Layout,
+    elem: Elem,
     blocks: Vec<Arc<Block>>,
 }
 
 impl CpuKv {
-    pub fn new(pool: Arc<KvPool>, n_ctx: usize) -> CpuKv {
+    pub fn new(pool: Arc<KvPool>, n_ctx: usize, elem: Elem) -> CpuKv {
         CpuKv {
             n_ctx,
             layout: pool.layout(),
+            elem,
             pool,
             blocks: Vec::new(),
         }
@@ -27,6 +32,11 @@ impl CpuKv {
 
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// The type of the values (of every block of this cache).
+    pub fn elem(&self) -> Elem {
+        self.elem
     }
 
     pub fn blocks(&self) -> &[Arc<Block>] {
@@ -60,7 +70,8 @@ impl CpuKv {
             }
         }
         while self.blocks.len() < want {
-            self.blocks.push(self.pool.alloc(grant.as_deref_mut())?);
+            self.blocks
+                .push(self.pool.alloc(self.elem, grant.as_deref_mut())?);
         }
         Ok(())
     }
@@ -79,20 +90,47 @@ impl CpuKv {
         let row = p % l.block;
         if let Some(b) = self.blocks.get_mut(p / l.block).and_then(Arc::get_mut) {
             let (ka, va) = (l.k_at(layer, row), l.v_at(layer, row));
-            b.data_mut()[ka..ka + l.kv_dim].copy_from_slice(k);
-            b.data_mut()[va..va + l.kv_dim].copy_from_slice(v);
+            let n = l.kv_dim;
+            match b.data_mut() {
+                Rows::F32(d) => {
+                    d[ka..ka + n].copy_from_slice(k);
+                    d[va..va + n].copy_from_slice(v);
+                }
+                Rows::F16(d) => {
+                    fp16::narrow(k, &mut d[ka..ka + n]);
+                    fp16::narrow(v, &mut d[va..va + n]);
+                }
+            }
         }
     }
 
-    /// Each block's keys of `layer` (`block` rows of `kv_dim` values), and its values.
-    pub fn layer_blocks(&self, layer: usize) -> (Vec<&[f32]>, Vec<&[f32]>) {
+    /// The keys and values of `layer`, each block's `block` rows of `kv_dim` values, for
+    /// attention.
+    pub fn layer(&self, layer: usize) -> Cache<'_> {
+        match self.elem {
+            Elem::F32 => Cache::F32(self.paged(layer, Rows::f32)),
+            Elem::F16 => Cache::F16(self.paged(layer, Rows::f16)),
+        }
+    }
+
+    fn paged<'a, T>(&'a self, layer: usize, values: fn(&Rows) -> Option<&[T]>) -> Paged<'a, T> {
         let l = self.layout;
-        let rows = l.block * l.kv_dim;
+        let n = l.block * l.kv_dim;
         let (ka, va) = (l.k_at(layer, 0), l.v_at(layer, 0));
-        self.blocks
+        let (k, v) = self
+            .blocks
             .iter()
-            .map(|b| (&b.data()[ka..ka + rows], &b.data()[va..va + rows]))
-            .unzip()
+            .map(|b| {
+                let d = values(b.data()).expect("a session's blocks have its value type");
+                (&d[ka..ka + n], &d[va..va + n])
+            })
+            .unzip();
+        Paged {
+            k,
+            v,
+            block: l.block,
+            stride: l.kv_dim,
+        }
     }
 
     /// Keep the blocks of the first `n` positions; the others go back to the pool (or stay in
@@ -103,9 +141,9 @@ impl CpuKv {
 
     /// Start from `blocks` (cached ones holding the first positions). Only on an empty cache.
     pub fn adopt(&mut self, blocks: &[Arc<Block>]) -> Result<()> {
-        if !self.blocks.is_empty() {
+        if !self.blocks.is_empty() || blocks.iter().any(|b| b.elem() != self.elem) {
             return Err(Error::Internal(
-                "cached KV blocks adopted by a session that has some".into(),
+                "cached KV blocks adopted by a session that has some, or of another type".into(),
             ));
         }
         self.blocks = blocks.to_vec();
@@ -118,8 +156,13 @@ impl CpuKv {
     }
 
     /// The same blocks as `other` (a fork): shared until one of them writes into one.
-    pub fn share(&mut self, other: &CpuKv) {
+    /// False (nothing shared) where their value types differ.
+    pub fn share(&mut self, other: &CpuKv) -> bool {
+        if self.elem != other.elem {
+            return false;
+        }
         self.blocks = other.blocks.clone();
+        true
     }
 
     /// The blocks of the first `n` positions, with the positions of each in use.
@@ -135,7 +178,8 @@ impl CpuKv {
 
 impl CpuState {
     /// Appends the first `n` positions' keys and values to `out`: per layer, `n` rows of K
-    /// then `n` rows of V, `kv_dim` f32 values a row (the layout of [`State::kv_rows`]).
+    /// then `n` rows of V, `kv_dim` f32 values a row (the layout of [`State::kv_rows`]; f16
+    /// values widened, exactly).
     ///
     /// [`State::kv_rows`]: crate::backend::State::kv_rows
     pub fn kv_rows(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
@@ -148,21 +192,26 @@ impl CpuState {
             )));
         }
         for layer in 0..l.n_layer {
-            for (blk, rows) in self.kv.runs(n) {
-                let at = l.k_at(layer, 0);
-                out.extend_from_slice(&blk.data()[at..at + rows * l.kv_dim]);
-            }
-            for (blk, rows) in self.kv.runs(n) {
-                let at = l.v_at(layer, 0);
-                out.extend_from_slice(&blk.data()[at..at + rows * l.kv_dim]);
+            for at in [l.k_at(layer, 0), l.v_at(layer, 0)] {
+                for (blk, rows) in self.kv.runs(n) {
+                    let span = at..at + rows * l.kv_dim;
+                    match blk.data() {
+                        Rows::F32(d) => out.extend_from_slice(&d[span]),
+                        Rows::F16(d) => {
+                            let o = out.len();
+                            out.resize(o + span.len(), 0.0);
+                            fp16::widen(&d[span], &mut out[o..]);
+                        }
+                    }
+                }
             }
         }
         Ok(())
     }
 
     /// Replaces the cache with the first `n` positions' keys and values from `data` (as
-    /// [`kv_rows`](Self::kv_rows) writes them), in new blocks paid from `grant`. On an error
-    /// the cache is as it was.
+    /// [`kv_rows`](Self::kv_rows) writes them), in new blocks paid from `grant` (f16 ones
+    /// rounded to nearest-even, as a step writes them). On an error the cache is as it was.
     pub fn set_kv_rows(&mut self, n: usize, data: &[f32], grant: Option<&mut Grant>) -> Result<()> {
         let len = self.kv_len(n)?;
         let l = self.kv.layout;
@@ -173,7 +222,7 @@ impl CpuState {
                 l.n_layer
             )));
         }
-        let mut fresh = CpuKv::new(self.kv.pool.clone(), self.kv.n_ctx);
+        let mut fresh = CpuKv::new(self.kv.pool.clone(), self.kv.n_ctx, self.kv.elem);
         fresh.grow(0, n, grant)?;
         let mut rows = data.chunks_exact(len);
         for layer in 0..l.n_layer {
@@ -183,8 +232,14 @@ impl CpuState {
                     let p0 = i * l.block;
                     let rows = l.block.min(n - p0);
                     let dst = Arc::get_mut(blk).expect("new blocks are unshared");
-                    dst.data_mut()[at..at + rows * l.kv_dim]
-                        .copy_from_slice(&src[p0 * l.kv_dim..(p0 + rows) * l.kv_dim]);
+                    let (span, from) = (
+                        at..at + rows * l.kv_dim,
+                        &src[p0 * l.kv_dim..(p0 + rows) * l.kv_dim],
+                    );
+                    match dst.data_mut() {
+                        Rows::F32(d) => d[span].copy_from_slice(from),
+                        Rows::F16(d) => fp16::narrow(from, &mut d[span]),
+                    }
                 }
             }
         }

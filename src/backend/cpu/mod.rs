@@ -1,15 +1,16 @@
 //! The CPU backend. Weights are used in place from the memory map (no copy of the quantized
 //! bytes). Arithmetic: matrices in their block format against activations quantized to
 //! 16 bits per block of 32 (`quant::Acts16`; 8 bits with `LLORCH_CPU_ACTIVATIONS=int8`),
-//! integer dot products accumulated in f32; everything else (norms, RoPE, attention, KV
-//! cache) in f32. Work is split over rows across the context's threads.
+//! integer dot products accumulated in f32; everything else (norms, RoPE, attention) in f32,
+//! the KV cache in f32 or f16 (`fp16`). Work is split over rows across the context's threads.
 
 mod attn;
+pub mod fp16;
 mod kv;
 mod moe;
 mod pool;
 
-use super::kvpool::KvPool;
+use super::kvpool::{Elem, KvPool};
 use super::{
     unfused, Activation, AttnShape, Dims, Glu, Linear, Moe, Norm, NormIn, Ops, Projection, Rope,
     RopeStyle, Slot, Tap, WeightId, WeightTensor,
@@ -147,11 +148,12 @@ pub struct CpuScratch {
 }
 
 impl CpuState {
-    /// A state whose KV cache of up to `n_ctx` positions grows in blocks of `pool`.
-    pub fn new(dims: &Dims, n_ctx: usize, pool: Arc<KvPool>) -> Self {
+    /// A state whose KV cache of up to `n_ctx` positions of `elem` values grows in blocks
+    /// of `pool`.
+    pub fn new(dims: &Dims, n_ctx: usize, pool: Arc<KvPool>, elem: Elem) -> Self {
         CpuState {
             dims: dims.clone(),
-            kv: CpuKv::new(pool, n_ctx),
+            kv: CpuKv::new(pool, n_ctx, elem),
             scratch: CpuScratch::default(),
             taps: None,
         }
@@ -781,18 +783,7 @@ impl Ops for CpuStep<'_> {
         let qs = self.take(q);
         let mut o = self.take(out);
         // Per sequence: its blocks' keys of this layer, and their values.
-        type Blocks<'b> = (Vec<&'b [f32]>, Vec<&'b [f32]>);
-        let layers: Vec<Blocks> = self.kvs.iter().map(|kv| kv.layer_blocks(layer)).collect();
-        let caches: Vec<attn::Paged> = layers
-            .iter()
-            .zip(&self.kvs)
-            .map(|((ks, vs), kv)| attn::Paged {
-                k: ks,
-                v: vs,
-                block: kv.layout().block,
-                stride: kv_dim,
-            })
-            .collect();
+        let caches: Vec<attn::Cache> = self.kvs.iter().map(|kv| kv.layer(layer)).collect();
         let (row_pos, row_seq) = (&self.row_pos, &self.row_seq);
         let hd = shape.head_dim;
         let group = shape.n_head / shape.n_head_kv;
@@ -813,7 +804,7 @@ impl Ops for CpuStep<'_> {
                         let sink = sinks.map(|s| s[h]);
                         let cache = &caches[row_seq[t]];
                         let col = h / group * hd;
-                        attn::head(qh, cache, col, lo, end - lo, shape.scale, sink, scores, oh);
+                        cache.head(qh, col, lo, end - lo, shape.scale, sink, scores, oh);
                     },
                 );
             });
@@ -854,7 +845,7 @@ impl Ops for CpuStep<'_> {
                         }
                         let cache = &caches[row_seq[t0]];
                         // SAFETY: each (row, head) output belongs to one tile.
-                        unsafe { attn::heads(&tile, cache, h0 / group * hd, shape.scale, scores) };
+                        unsafe { cache.heads(&tile, h0 / group * hd, shape.scale, scores) };
                     });
             });
         }

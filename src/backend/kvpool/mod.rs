@@ -16,8 +16,10 @@
 //! [`Error::OutOfMemory`] if it could not fit even with this pool empty.
 //!
 //! **Blocks.** A block holds [`Layout::block`] positions of every layer: per layer, the K rows
-//! then the V rows, `kv_dim` f32 values each (so a layer's keys of a block are contiguous,
-//! as attention reads them). Sessions hold blocks through `Arc`: a block referenced once is
+//! then the V rows, `kv_dim` values each (so a layer's keys of a block are contiguous, as
+//! attention reads them), in the element type of the session that allocates it ([`Elem`]:
+//! f32, or f16 at half the bytes, each charged to the budget as what it is). The prefix
+//! cache keeps the types apart: a session only ever reads blocks of its own type. Sessions hold blocks through `Arc`: a block referenced once is
 //! the session's own and writable (`Arc::get_mut`); a shared one (the prefix cache, a fork)
 //! is read-only, and a session about to write into it copies it first.
 //!
@@ -36,6 +38,7 @@
 mod prefix;
 
 use super::{Context, Reservation};
+use crate::backend::cpu::fp16::f16;
 use crate::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
@@ -63,6 +66,61 @@ pub const IDLE_GRACE: Duration = Duration::from_millis(250);
 /// How often a waiting request looks again (a backstop: frees also wake it).
 const POLL: Duration = Duration::from_millis(50);
 
+/// The element type of a block's keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Elem {
+    F32,
+    /// IEEE half precision, rounded to nearest-even from the f32 the step computes.
+    F16,
+}
+
+impl Elem {
+    /// "f32" or "f16".
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::F32 => "f32",
+            Elem::F16 => "f16",
+        }
+    }
+
+    /// Bytes of one value.
+    pub fn size(self) -> u64 {
+        match self {
+            Elem::F32 => 4,
+            Elem::F16 => 2,
+        }
+    }
+}
+
+/// A block's keys and values (see the module's notes for their order).
+pub enum Rows {
+    F32(Box<[f32]>),
+    F16(Box<[f16]>),
+}
+
+impl Rows {
+    pub fn elem(&self) -> Elem {
+        match self {
+            Rows::F32(_) => Elem::F32,
+            Rows::F16(_) => Elem::F16,
+        }
+    }
+
+    pub fn f32(&self) -> Option<&[f32]> {
+        match self {
+            Rows::F32(d) => Some(d),
+            Rows::F16(_) => None,
+        }
+    }
+
+    pub fn f16(&self) -> Option<&[f16]> {
+        match self {
+            Rows::F16(d) => Some(d),
+            Rows::F32(_) => None,
+        }
+    }
+}
+
 /// The shape of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -74,14 +132,14 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// f32 values of a block.
-    pub fn floats(&self) -> usize {
+    /// Values of a block.
+    pub fn values(&self) -> usize {
         2 * self.n_layer * self.block * self.kv_dim
     }
 
-    /// Bytes of a block.
-    pub fn bytes(&self) -> u64 {
-        self.floats() as u64 * 4
+    /// Bytes of a block of `elem` values.
+    pub fn bytes(&self, elem: Elem) -> u64 {
+        self.values() as u64 * elem.size()
     }
 
     /// Offset in a block of row `row`'s keys of `layer` (its values: [`v_at`](Self::v_at)).
@@ -104,7 +162,7 @@ pub struct Block {
     id: u32,
     /// Unique over the pool's life (ids are recycled; the prefix cache chains by serial).
     serial: u64,
-    data: Box<[f32]>,
+    data: Rows,
     /// Set once the block is in the prefix cache (it is then read-only).
     prefix: Option<prefix::Entry>,
     bytes: Option<Reservation>,
@@ -117,12 +175,21 @@ impl Block {
         self.id
     }
 
-    pub fn data(&self) -> &[f32] {
+    pub fn data(&self) -> &Rows {
         &self.data
     }
 
-    pub fn data_mut(&mut self) -> &mut [f32] {
+    pub fn data_mut(&mut self) -> &mut Rows {
         &mut self.data
+    }
+
+    pub fn elem(&self) -> Elem {
+        self.data.elem()
+    }
+
+    /// Bytes of the block's values.
+    pub fn bytes(&self) -> u64 {
+        self.shared.layout.bytes(self.elem())
     }
 
     /// Whether the block is in the prefix cache.
@@ -135,9 +202,7 @@ impl Drop for Block {
     fn drop(&mut self) {
         // The bytes first, so that a waiter woken below finds them free.
         self.bytes.take();
-        self.shared
-            .held
-            .fetch_sub(self.shared.layout.bytes(), Ordering::SeqCst);
+        self.shared.held.fetch_sub(self.bytes(), Ordering::SeqCst);
         self.shared.free_ids.lock().push(self.id);
         self.shared.moved();
     }
@@ -206,7 +271,8 @@ impl Drop for Grant {
 /// What a pool holds now (for tests and reports).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
-    /// Bytes and positions of one block.
+    /// Bytes of one block of f32 values (a block of f16 values takes half), and its
+    /// positions.
     pub block_bytes: u64,
     pub block_positions: usize,
     /// Bytes of blocks and unused grants in the context's budget.
@@ -249,7 +315,7 @@ impl KvPool {
     pub fn stats(&self) -> PoolStats {
         let (cached_blocks, idle_cached_blocks) = self.cache.lock().counts();
         PoolStats {
-            block_bytes: self.shared.layout.bytes(),
+            block_bytes: self.shared.layout.bytes(Elem::F32),
             block_positions: self.shared.layout.block,
             held_bytes: self.shared.held.load(Ordering::SeqCst),
             cached_blocks,
@@ -258,13 +324,19 @@ impl KvPool {
         }
     }
 
-    /// Set aside the budget of `blocks` blocks (see the module's notes for when this waits
+    /// Set aside the budget of `blocks` blocks of `elem` values (see the module's notes for when this waits
     /// and when it fails). `wait` false: `Error::Busy` at once instead of queueing. The
     /// `cancel` flag, set while waiting, ends the wait with `Error::Cancelled`.
-    pub fn admit(&self, blocks: usize, wait: bool, cancel: &AtomicBool) -> Result<Grant> {
+    pub fn admit(
+        &self,
+        blocks: usize,
+        elem: Elem,
+        wait: bool,
+        cancel: &AtomicBool,
+    ) -> Result<Grant> {
         let sh = &self.shared;
         let bytes = (blocks as u64)
-            .checked_mul(sh.layout.bytes())
+            .checked_mul(sh.layout.bytes(elem))
             .ok_or_else(|| Error::OutOfMemory(format!("{blocks} KV blocks")))?;
         let mut adm = sh.admissions.lock();
         let ticket = adm.next_ticket;
@@ -376,10 +448,11 @@ impl KvPool {
         }
     }
 
-    /// A new block (zeroed), paid from `grant` where it has credit, else from the budget.
-    pub fn alloc(&self, grant: Option<&mut Grant>) -> Result<Arc<Block>> {
+    /// A new block of `elem` values (zeroed), paid from `grant` where it has credit, else
+    /// from the budget.
+    pub fn alloc(&self, elem: Elem, grant: Option<&mut Grant>) -> Result<Arc<Block>> {
         let sh = &self.shared;
-        let bb = sh.layout.bytes();
+        let bb = sh.layout.bytes(elem);
         let bytes = match grant.and_then(|g| g.take(bb)) {
             Some(r) => r,
             None => {
@@ -388,15 +461,17 @@ impl KvPool {
                 r
             }
         };
-        let n = sh.layout.floats();
-        let mut data = Vec::new();
-        if data.try_reserve_exact(n).is_err() {
+        let n = sh.layout.values();
+        let no_memory = || {
             sh.held.fetch_sub(bb, Ordering::SeqCst);
-            return Err(Error::OutOfMemory(format!(
+            Error::OutOfMemory(format!(
                 "cannot allocate a KV block of {bb} bytes of host memory"
-            )));
-        }
-        data.resize(n, 0.0);
+            ))
+        };
+        let data = match elem {
+            Elem::F32 => Rows::F32(zeroed(n).ok_or_else(no_memory)?),
+            Elem::F16 => Rows::F16(zeroed(n).ok_or_else(no_memory)?),
+        };
         let id = match sh.free_ids.lock().pop() {
             Some(id) => id,
             None => sh.next_id.fetch_add(1, Ordering::SeqCst),
@@ -405,7 +480,7 @@ impl KvPool {
         Ok(Arc::new(Block {
             id,
             serial: sh.next_serial.fetch_add(1, Ordering::SeqCst),
-            data: data.into_boxed_slice(),
+            data,
             prefix: None,
             bytes: Some(bytes),
             shared: sh.clone(),
@@ -414,17 +489,24 @@ impl KvPool {
 
     /// A private copy of `block` (copy-on-write), paid as [`alloc`](Self::alloc).
     pub fn copy(&self, block: &Block, grant: Option<&mut Grant>) -> Result<Arc<Block>> {
-        let mut b = self.alloc(grant)?;
-        Arc::get_mut(&mut b)
-            .expect("a new block is unshared")
-            .data
-            .copy_from_slice(&block.data);
+        let mut b = self.alloc(block.elem(), grant)?;
+        match (
+            &mut Arc::get_mut(&mut b).expect("a new block is unshared").data,
+            &block.data,
+        ) {
+            (Rows::F32(d), Rows::F32(s)) => d.copy_from_slice(s),
+            (Rows::F16(d), Rows::F16(s)) => d.copy_from_slice(s),
+            _ => unreachable!("a copy has its source's type"),
+        }
         Ok(b)
     }
 
-    /// The cached blocks that hold the start of `tokens` (whole blocks, in order).
-    pub fn lookup(&self, tokens: &[u32]) -> Vec<Arc<Block>> {
-        self.cache.lock().lookup(tokens, self.shared.layout.block)
+    /// The cached blocks of `elem` values that hold the start of `tokens` (whole blocks, in
+    /// order).
+    pub fn lookup(&self, tokens: &[u32], elem: Elem) -> Vec<Arc<Block>> {
+        self.cache
+            .lock()
+            .lookup(tokens, self.shared.layout.block, elem)
     }
 
     /// Put the full blocks of `blocks` (holding `tokens`, from position 0) in the prefix
@@ -434,7 +516,15 @@ impl KvPool {
         let evicted = self
             .cache
             .lock()
-            .register(tokens, self.shared.layout, blocks);
+            .register(tokens, self.shared.layout.block, blocks);
         drop(evicted);
     }
+}
+
+/// `n` zero values, or None if the memory is not there.
+fn zeroed<T: Default + Clone>(n: usize) -> Option<Box<[T]>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    v.resize(n, T::default());
+    Some(v.into_boxed_slice())
 }

@@ -2,15 +2,15 @@
 //! before them, shared read-only between sessions (an `Arc` each) and kept after their
 //! sessions end while memory allows.
 //!
-//! A block's key hashes its parent's serial (the block before it in the prompt; none for the
-//! first) and its tokens; a hit checks both exactly (tokens equal, parent the block matched
+//! A block's key hashes its element type, its parent's serial (the block before it in the
+//! prompt; none for the first) and its tokens; a hit checks all three exactly (tokens equal, parent the block matched
 //! just before), so a hash collision is a miss, never a wrong block. Idle blocks (used only
 //! by the cache) are evicted least recently used first: when the budget is needed for new
 //! blocks, or when more than [`MAX_IDLE_BYTES`] of them pile up. A lookup or registration
 //! touches its chain from the last block to the first, so a chain's later blocks are older
 //! and go first (a block whose parent is gone can no longer be reached).
 
-use super::{Block, Layout};
+use super::{Block, Elem};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +34,10 @@ pub(super) struct Cache {
     tick: u64,
 }
 
-fn key(parent: u64, tokens: &[u32]) -> u64 {
+fn key(elem: Elem, parent: u64, tokens: &[u32]) -> u64 {
     // SipHash with fixed keys: the same key in every process (only this process uses it).
     let mut h = std::hash::DefaultHasher::new();
+    elem.hash(&mut h);
     parent.hash(&mut h);
     tokens.hash(&mut h);
     h.finish()
@@ -49,14 +50,15 @@ impl Cache {
         (self.map.len(), idle)
     }
 
-    pub fn lookup(&mut self, tokens: &[u32], block: usize) -> Vec<Arc<Block>> {
+    pub fn lookup(&mut self, tokens: &[u32], block: usize, elem: Elem) -> Vec<Arc<Block>> {
         let mut out: Vec<Arc<Block>> = Vec::new();
         let mut parent = 0;
         for chunk in tokens.chunks_exact(block) {
-            let hit = self.map.get(&key(parent, chunk)).filter(|b| {
-                b.prefix
-                    .as_ref()
-                    .is_some_and(|e| e.parent == parent && *e.tokens == *chunk)
+            let hit = self.map.get(&key(elem, parent, chunk)).filter(|b| {
+                b.elem() == elem
+                    && b.prefix
+                        .as_ref()
+                        .is_some_and(|e| e.parent == parent && *e.tokens == *chunk)
             });
             let Some(b) = hit else { break };
             parent = b.serial;
@@ -69,19 +71,19 @@ impl Cache {
     pub fn register(
         &mut self,
         tokens: &[u32],
-        layout: Layout,
+        block: usize,
         blocks: &mut [Arc<Block>],
     ) -> Vec<Arc<Block>> {
         let mut parent = 0;
         let mut chain = 0;
-        for (b, chunk) in blocks.iter_mut().zip(tokens.chunks_exact(layout.block)) {
+        for (b, chunk) in blocks.iter_mut().zip(tokens.chunks_exact(block)) {
             if let Some(e) = &b.prefix {
                 // Already cached (adopted from the cache, or registered before).
                 if e.parent != parent || *e.tokens != *chunk {
                     break;
                 }
             } else {
-                let k = key(parent, chunk);
+                let k = key(b.elem(), parent, chunk);
                 if self.map.contains_key(&k) {
                     // A twin computed meanwhile by another session, or a collision.
                     break;
@@ -101,15 +103,21 @@ impl Cache {
         }
         self.touch(&blocks[..chain]);
         // Idle blocks beyond the limit go, oldest first.
-        let most = (MAX_IDLE_BYTES / layout.bytes().max(1)) as usize;
         let mut evicted = Vec::new();
-        let mut n_idle = self.map.values().filter(|b| idle(b)).count();
-        while n_idle > most {
+        let mut idle_bytes: u64 = self
+            .map
+            .values()
+            .filter(|b| idle(b))
+            .map(|b| b.bytes())
+            .sum();
+        while idle_bytes > MAX_IDLE_BYTES {
             match self.evict_lru() {
-                Some(b) => evicted.push(b),
+                Some(b) => {
+                    idle_bytes -= b.bytes();
+                    evicted.push(b);
+                }
                 None => break,
             }
-            n_idle -= 1;
         }
         evicted
     }
