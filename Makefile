@@ -2,8 +2,10 @@
 #
 #   make                                   build target/release/libllorch.so (cargo) for use in
 #                                          the tree: its SONAME link and an uninstalled llorch.pc
-#   make install PREFIX=/usr/local         install the library, header, pkg-config file and
-#                                          CMake package (DESTDIR= stages for packaging)
+#   make install PREFIX=/usr/local         install the library (built by cargo's `dist` profile
+#                                          in target/dist: release code with line tables),
+#                                          header, pkg-config file and CMake package
+#                                          (DESTDIR= stages for packaging)
 #   make uninstall PREFIX=/usr/local
 #
 # Installed: $(LIBDIR)/libllorch.so.<release> (stripped; its debug info in
@@ -18,6 +20,8 @@ DESTDIR    ?=
 CARGO      ?= cargo
 OBJCOPY    ?= objcopy
 BUILD      := target/release
+# What `make install` installs: release code with line tables (Cargo.toml's `dist` profile).
+DIST       := target/dist
 
 # Both versions come from the committed header (tests/ffi_header.rs keeps it equal to
 # Cargo.toml and src/ffi).
@@ -44,12 +48,15 @@ all: build
 build:
 	$(CARGO) build --release
 
-install: all
+dist:
+	$(CARGO) build --profile dist --lib
+
+install: dist
 	install -d $(DESTDIR)$(LIBDIR)/.debug $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(LIBDIR)/cmake/llorch $(DESTDIR)$(INCLUDEDIR)
-	$(OBJCOPY) --only-keep-debug $(BUILD)/libllorch.so $(DESTDIR)$(LIBDIR)/.debug/$(REALNAME).debug
+	$(OBJCOPY) --only-keep-debug $(DIST)/libllorch.so $(DESTDIR)$(LIBDIR)/.debug/$(REALNAME).debug
 	chmod 644 $(DESTDIR)$(LIBDIR)/.debug/$(REALNAME).debug
 	$(OBJCOPY) --strip-unneeded --add-gnu-debuglink=$(DESTDIR)$(LIBDIR)/.debug/$(REALNAME).debug \
-		$(BUILD)/libllorch.so $(DESTDIR)$(LIBDIR)/$(REALNAME)
+		$(DIST)/libllorch.so $(DESTDIR)$(LIBDIR)/$(REALNAME)
 	chmod 755 $(DESTDIR)$(LIBDIR)/$(REALNAME)
 	ln -sf $(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libllorch.so
@@ -67,4 +74,4 @@ uninstall:
 	-rmdir $(DESTDIR)$(LIBDIR)/cmake/llorch $(DESTDIR)$(LIBDIR)/.debug 2>/dev/null
 
 , := ,
-.PHONY: all build install uninstall
+.PHONY: all build dist install uninstall
