@@ -2405,7 +2405,11 @@ fn mmq_products_equal_single_rows_and_reference() {
                 for i in [0, n / 2, n - 1] {
                     let one = run(e, 1, i, false);
                     // The products (not act/acc): against the one-input kernel and f64.
-                    let n_prod = if e == 2 { 1 } else { all.len() - usize::from(e == 1) };
+                    let n_prod = if e == 2 {
+                        1
+                    } else {
+                        all.len() - usize::from(e == 1)
+                    };
                     for j in 0..n_prod {
                         let mi = if e == 1 { 0 } else { j };
                         let w = rows[mi];
@@ -2415,8 +2419,16 @@ fn mmq_products_equal_single_rows_and_reference() {
                             normed64[i].clone()
                         };
                         for r in 0..w {
-                            let wr = if e == 1 && j == 1 { &mats[0].1[r] } else { &mats[mi].1[r] };
-                            let mag: f64 = wr.iter().zip(&xin).map(|(&a, b)| (a as f64 * b).abs()).sum();
+                            let wr = if e == 1 && j == 1 {
+                                &mats[0].1[r]
+                            } else {
+                                &mats[mi].1[r]
+                            };
+                            let mag: f64 = wr
+                                .iter()
+                                .zip(&xin)
+                                .map(|(&a, b)| (a as f64 * b).abs())
+                                .sum();
                             let mut want = dot64(wr, &xin);
                             if e == 0 && j == 0 {
                                 want += bias[r] as f64;
@@ -2454,7 +2466,10 @@ fn mmq_products_equal_single_rows_and_reference() {
                     .collect();
                 match first {
                     None => *first = Some(mine),
-                    Some(f) => assert!(*f == mine, "{types:?} epilogue {e}: input 0 differs at n={n}"),
+                    Some(f) => assert!(
+                        *f == mine,
+                        "{types:?} epilogue {e}: input 0 differs at n={n}"
+                    ),
                 }
                 let _ = std::io::stderr().write_all(
                     format!(

@@ -173,8 +173,14 @@ mod tests {
             assert!(mmq_kernel(&[t, t], false).is_some());
             assert!(mmq_kernel(&[t, t], true).is_some());
         }
-        assert_eq!(mmq_kernel(&[Q4_K, Q4_K, Q6_K], false), Some("mmq_q4_k_q6_k"));
-        assert_eq!(mmq_kernel(&[Q5_0, Q8_0, Q5_0], false), Some("mmq_q5_0_q8_0"));
+        assert_eq!(
+            mmq_kernel(&[Q4_K, Q4_K, Q6_K], false),
+            Some("mmq_q4_k_q6_k")
+        );
+        assert_eq!(
+            mmq_kernel(&[Q5_0, Q8_0, Q5_0], false),
+            Some("mmq_q5_0_q8_0")
+        );
         assert_eq!(mmq_kernel(&[Q4_K, Q6_K], true), None);
         assert_eq!(mmq_kernel(&[Q4_K, Q8_0], false), None);
         assert_eq!(mmq_kernel(&[F16], false), None);

@@ -20,10 +20,10 @@ use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
 use super::fused::{matvec_rows_supported, mmq_supported, multirow_rows, MULTIROW_MAX};
-use super::mmq::{mmq_enabled, mmq_min_rows, mmq_prompt};
 use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
 use super::launch::{gemm_enabled, gemm_parts, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
+use super::mmq::{mmq_enabled, mmq_min_rows, mmq_prompt};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
 use crate::backend::{
     unfused, Activation, AttnIn, AttnShape, Dims, Glu, Moe, Norm, NormIn, Ops, Projection, Rope,
