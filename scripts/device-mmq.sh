@@ -2,10 +2,12 @@
 # Runs ON the device machine (the unpacked devpack of scripts/device-build.sh, as run-mmq.sh):
 # the tensor-core batched products (kernels/mmq.cu). Their GPU tests (cuda_kernels mmq:
 # kernel vs the one-input mat-vec and f64, every format; cuda_batch: batched greedy vs alone,
-# 3/8/24/65 sessions) while both synthetic models are built, then aggregate decode with the
+# 3/8/24/65 sessions; cuda_parity of the 0.5B shape with its prompt's products through them)
+# while both synthetic models are built, then aggregate decode with the
 # products off and on (LLORCH_CUDA_MMQ=0 / 1, alternately), and the 7B's pp512 with prompt
 # chunks through them off and on (LLORCH_CUDA_MMQ_PROMPT=0 / 1). Logs under $OUT.
-# Budget: about 2.5 minutes (synth of the 7B ~1 minute, overlapped with the tests).
+# Budget: well under 4 minutes; each synth runs once, overlapped with the tests, and the
+# elapsed time is printed after each part (t=...).
 # Usage (in the unpacked folder): ./run-mmq.sh   (MMQ_MIN=N sets LLORCH_CUDA_MMQ_MIN)
 cd "$(dirname "$0")"
 log="${OUT:-/tmp}"
@@ -22,6 +24,11 @@ t
 echo "== cuda_batch"
 timeout 100 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
 grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
+t
+echo "== cuda_parity qwen2-0.5b, prompt products through mmq (LLORCH_CUDA_MMQ_PROMPT=1)"
+LLORCH_CUDA_MMQ_PROMPT=1 timeout 60 ./cuda_parity --test-threads=1 --nocapture parity_qwen2_05b \
+  >"$log/parity-mmq-prompt.log" 2>&1; echo "rc=$?"
+grep -E "logits|argmax|test result|panicked" "$log/parity-mmq-prompt.log" | head -8
 t
 wait
 export LLORCH_CUDA_MMQ_MIN="${MMQ_MIN:-8}"
