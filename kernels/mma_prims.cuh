@@ -1,6 +1,6 @@
 // Warp-level tensor-core and asynchronous-copy primitives shared by kernels/mma_matmul.cu,
 // kernels/gemm_f16.cu and kernels/mmq.cu (PTX ISA: cp.async, ldmatrix, mma.sync m16n8k16 f16,
-// m16n8k32 and m16n8k16 s8). Under MMA_EMULATE the CPU emulator (tests/emu/emu_runtime.h)
+// m16n8k32 s8). Under MMA_EMULATE the CPU emulator (tests/emu/emu_runtime.h)
 // provides the asynchronous copies, ldmatrix and mma.
 #pragma once
 #include <cuda_fp16.h>
@@ -72,14 +72,6 @@ __device__ __forceinline__ void imma16832(int c[4], const uint32_t a[4], const u
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-// The same over k 16: A 16x16 s8: a[0] row g, k 4t..4t+3, a[1] row g+8; B: b column g, k 4t..
-__device__ __forceinline__ void imma16816(int c[4], const uint32_t a[2], uint32_t b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
-        "{%0,%1,%2,%3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(b));
 }
 #endif
 

@@ -1,11 +1,11 @@
 // Products of a batched step (several inputs: a batched decode step's sequences, or a prompt
 // chunk's tokens) on the tensor cores, reading the weights in their GGUF blocks: int8
-// mma.sync (m16n8k32; m16n8k16 for Q6_K's 16-value scales) of the weights' integer quants with
-// the inputs' 16-bit chunk records (decode.cu's prep_input: x ≈ d·(q1 + q2/254) per 32 values,
-// two int8 planes). Each (weight row, input, 32-value chunk) gives the two planes' exact
-// int32 dot products, the integers the one-input mat-vecs form with dp4a; they are scaled to
-// f32 there (weight scale x record scale, a min term through the record's exact sum of x)
-// and summed in f32 over the chunks in order. Epilogues and output layout as decode.cu's
+// mma.sync m16n8k32 of the weights' integer quants with the inputs' 16-bit chunk records
+// (prep_input.cuh: x ≈ d·(q1 + q2/254) per 32 values, two int8 planes), which mmq_prep lays
+// out in fragment order (below). Each (weight row, input, 32-value chunk) gives the two
+// planes' exact int32 dot products, the integers the one-input mat-vecs form with dp4a; they
+// are scaled to f32 there (weight scale x record scale, a min term through the record's exact
+// sum of x) and summed in f32 over the chunks in order. Epilogues and output layout as decode.cu's
 // fused mat-vecs of several inputs (mv_args.cuh: plain + bias over up to three matrices,
 // SwiGLU of gate and up, residual add; output i of a matrix of R rows at out + i R).
 //
@@ -18,17 +18,23 @@
 // words from the 16-byte boundary below (every format's alignment); each slot's row is
 // SLOT bytes apart, an odd number of 16-byte words (8 rows x 4 lanes' word reads of the
 // fragments then spread over the banks). The inputs' records are read from global memory
-// (L1/L2: every warp of a block and every block of a product reads the same few KB).
+// (L1/L2: every warp of a block and every block of a product reads the same few KB), in
+// fragment order: one 16-byte load a lane gives an n8 tile's both planes, one more its
+// inputs' scales and sums (with decode.cu's 80-byte records, six loads each touching the 8
+// inputs' 8 cache lines).
+//
+// The order of k inside a chunk is free (the mma sums over it): lane (g, t) takes values
+// 8t..8t+7, as k 4t..4t+3 (b[0], A regs 0 and 1) and k 16+4t..16+4t+3 (b[1], A regs 2, 3).
 // Grid: (input tiles) x (weight tiles), input tiles fastest, so the blocks that share a
 // weight tile run together (its second read comes from L2). A tile never spans two matrices.
 #include "common.cuh"
 #include "mma_prims.cuh"
 #include "mv_args.cuh"
+#include "prep_input.cuh"
 
 #define MQ_WARPS 4
 #define MQ_SLOTS 128   // weight-row slots a block
 #define MQ_STAGES 3
-#define MQ_REC 80      // bytes of a chunk record (decode.cu XREC): q1[32], q2[32], d, sum
 #define MQ_NT 8        // most n8 input tiles a block (64 inputs)
 
 // This block's dynamic shared memory (the CPU emulator hands its own buffer).
@@ -54,25 +60,28 @@ __device__ __forceinline__ uint32_t mq_spread4(uint32_t b) { return ((b & 15) * 
 __device__ __forceinline__ float mq_i2f(int v) { return __int_as_float(v + 0x4B400000) - 12582912.0f; }
 
 // Each format: V values and B bytes a block, KC 32-value chunks a stage; `frag`: chunk `sub`
-// of block `b` (in shared memory), the values 4t..4t+3 (lo) and 16+4t..16+4t+3 (hi) as signed
+// of block `b` (in shared memory), the values 8t..8t+3 (lo) and 8t+4..8t+7 (hi) as signed
 // bytes; `scale`: the chunk's w = d·q + m. Layouts as common.cuh (quants.py).
 template <int T> struct Mq;
 template <> struct Mq<T_Q8_0> {
     enum { V = 32, B = 34, KC = 4, MIN = 0 };
     __device__ static void frag(const uint8_t* b, int, int t, uint32_t& lo, uint32_t& hi) {
-        lo = mq_u32_2(b + 2 + 4 * t);
-        hi = mq_u32_2(b + 18 + 4 * t);
+        lo = mq_u32_2(b + 2 + 8 * t);
+        hi = mq_u32_2(b + 6 + 8 * t);
     }
     __device__ static float2 scale(const uint8_t* b, int) { return make_float2(mq_h16(mq_u16(b)), 0.f); }
 };
 // Q5_0: value i < 16 the low nibble of byte 6 + i, i + 16 its high nibble, bit i of qh (bytes
-// 2..5) the fifth bit; minus 16.
+// 2..5) the fifth bit; minus 16. Values 8t.. are the low (t < 2) or high nibbles of bytes
+// 6 + 8(t % 2)...
 template <> struct Mq<T_Q5_0> {
     enum { V = 32, B = 22, KC = 8, MIN = 0 };
     __device__ static void frag(const uint8_t* b, int, int t, uint32_t& lo, uint32_t& hi) {
-        const uint32_t qh = mq_u32_2(b + 2), q = mq_u32_2(b + 6 + 4 * t);
-        lo = __vsub4((q & 0x0F0F0F0Fu) | (mq_spread4(qh >> (4 * t)) << 4), 0x10101010u);
-        hi = __vsub4(((q >> 4) & 0x0F0F0F0Fu) | (mq_spread4(qh >> (16 + 4 * t)) << 4), 0x10101010u);
+        const int sh = 4 * (t >> 1);
+        const uint32_t qh = mq_u32_2(b + 2) >> (8 * t);
+        const uint8_t* q = b + 6 + 8 * (t & 1);
+        lo = __vsub4(((mq_u32_2(q) >> sh) & 0x0F0F0F0Fu) | (mq_spread4(qh) << 4), 0x10101010u);
+        hi = __vsub4(((mq_u32_2(q + 4) >> sh) & 0x0F0F0F0Fu) | (mq_spread4(qh >> 4) << 4), 0x10101010u);
     }
     __device__ static float2 scale(const uint8_t* b, int) { return make_float2(mq_h16(mq_u16(b)), 0.f); }
 };
@@ -80,9 +89,10 @@ template <> struct Mq<T_Q5_0> {
 template <> struct Mq<T_Q4_1> {
     enum { V = 32, B = 20, KC = 8, MIN = 1 };
     __device__ static void frag(const uint8_t* b, int, int t, uint32_t& lo, uint32_t& hi) {
-        const uint32_t q = mq_u32_4(b + 4 + 4 * t);
-        lo = q & 0x0F0F0F0Fu;
-        hi = (q >> 4) & 0x0F0F0F0Fu;
+        const int sh = 4 * (t >> 1);
+        const uint8_t* q = b + 4 + 8 * (t & 1);
+        lo = (mq_u32_4(q) >> sh) & 0x0F0F0F0Fu;
+        hi = (mq_u32_4(q + 4) >> sh) & 0x0F0F0F0Fu;
     }
     __device__ static float2 scale(const uint8_t* b, int) {
         const uint32_t w = mq_u32_4(b);
@@ -94,10 +104,10 @@ template <> struct Mq<T_Q4_1> {
 template <> struct Mq<T_Q4_K> {
     enum { V = 256, B = 144, KC = 8, MIN = 1 };
     __device__ static void frag(const uint8_t* b, int s, int t, uint32_t& lo, uint32_t& hi) {
-        const uint8_t* q = b + 16 + 32 * (s >> 1) + 4 * t;
+        const uint8_t* q = b + 16 + 32 * (s >> 1) + 8 * t;
         const int sh = 4 * (s & 1);
         lo = (mq_u32_4(q) >> sh) & 0x0F0F0F0Fu;
-        hi = (mq_u32_4(q + 16) >> sh) & 0x0F0F0F0Fu;
+        hi = (mq_u32_4(q + 4) >> sh) & 0x0F0F0F0Fu;
     }
     __device__ static float2 scale(const uint8_t* b, int s) {
         const uint8_t* sc = b + 4;
@@ -115,7 +125,7 @@ template <> struct Mq<T_Q4_K> {
 };
 // Q6_K: 32-value quarter s = 4h + cc: low bits nibble cc/2 of ql bytes 64h + 32(cc%2) + i,
 // high bits 2cc of qh bytes 128 + 32h + i, minus 32; a signed scale per 16 values (`scale`:
-// d only; `scales16` the two).
+// d only; `scales16` the two: values 0..15 are lanes t < 2's).
 template <> struct Mq<T_Q6_K> {
     enum { V = 256, B = 210, KC = 8, MIN = 0 };
     __device__ static uint32_t four(const uint8_t* ql, const uint8_t* qh, int sl, int shh) {
@@ -125,10 +135,10 @@ template <> struct Mq<T_Q6_K> {
     }
     __device__ static void frag(const uint8_t* b, int s, int t, uint32_t& lo, uint32_t& hi) {
         const int h = s >> 2, cc = s & 3;
-        const uint8_t* ql = b + 64 * h + 32 * (cc & 1) + 4 * t;
-        const uint8_t* qh = b + 128 + 32 * h + 4 * t;
+        const uint8_t* ql = b + 64 * h + 32 * (cc & 1) + 8 * t;
+        const uint8_t* qh = b + 128 + 32 * h + 8 * t;
         lo = four(ql, qh, 4 * (cc >> 1), 2 * cc);
-        hi = four(ql + 16, qh + 16, 4 * (cc >> 1), 2 * cc);
+        hi = four(ql + 4, qh + 4, 4 * (cc >> 1), 2 * cc);
     }
     __device__ static float2 scale(const uint8_t* b, int) { return make_float2(mq_h16(mq_u16(b + 208)), 0.f); }
     __device__ static void scales16(const uint8_t* b, int s, int& lo, int& hi) {
@@ -150,6 +160,36 @@ template <int T> struct MqGeo {
         SLOT = 16 * WORDS,
     };
 };
+
+// The inputs in fragment order (mmq_prep), n inputs in n8 = ceil(n / 8) groups of 8, k / 32
+// chunks: first the planes, 512 bytes per (chunk c, group G) at (c n8 + G) 512, lane
+// 4g + t's 16 bytes the q1 then the q2 bytes of values 8t..8t+7 of input 8G + g; then each
+// (chunk c, input y)'s record scale d and exact sum (2 f32) at planes + (c 8 n8 + y) 8.
+// (src/backend/cuda/mmq.rs: `packed_bytes`.) Inputs past n in the last group: never written,
+// multiplied, not stored.
+__device__ __forceinline__ long long mq_planes_bytes(int k, int n8) { return (long long)(k / 32) * n8 * 512; }
+
+// prep_input's work (norm, 16-bit chunk records) with the records in fragment order.
+// Launch: block 256, grid (ceil(k / 256), n); pk: (k / 32) n8 576 bytes.
+extern "C" __global__ void __launch_bounds__(256)
+mmq_prep(const float* __restrict__ x, const float* __restrict__ norm, float eps, float* __restrict__ normed,
+         uint8_t* __restrict__ pk, int k, int n8) {
+    const int y = blockIdx.y;
+    float* ds = reinterpret_cast<float*>(pk + mq_planes_bytes(k, n8));
+    prep_body<8>(x, norm, eps, normed, k, [&](float v, int c, int lane) {
+        int q1, q2;
+        float d, sum;
+        chunk_quant(v, q1, q2, d, sum);
+        uint8_t* o = pk + ((long long)c * n8 + y / 8) * 512 + (4 * (y % 8) + lane / 8) * 16 + lane % 8;
+        o[0] = (uint8_t)(int8_t)q1;
+        o[8] = (uint8_t)(int8_t)q2;
+        if (lane == 0) {
+            float* p = ds + ((long long)c * 8 * n8 + y) * 2;
+            p[0] = d;
+            p[1] = sum;
+        }
+    });
+}
 
 // Which rows a block's slots hold: matrix `seg` (GLU: gate for m-tile 0, up for m-tile 1),
 // rows from r0.
@@ -198,7 +238,9 @@ __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool 
     MQ_SMEM(smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nch = a.k / 32, nst = (nch + KC - 1) / KC;
-    const long long xst = a.x_stride;
+    // The inputs in fragment order; the n8 tiles of this tile that exist.
+    const int n8 = (n_x + 7) / 8, ntn = min(nt_n, n8 - tl.x0 / 8);
+    const float* dsum = reinterpret_cast<const float*>(xs + mq_planes_bytes(a.k, n8));
     // The thread's four fragment rows: m-tile mt, rows g and g + 8.
     const uint8_t* rowp[2][2];
 #pragma unroll
@@ -255,33 +297,30 @@ __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool 
                 }
 #pragma unroll
             for (int nt = 0; nt < MQ_NT; nt++) {
-                if (nt >= nt_n) break;
-                // B fragments: input x0 + 8nt + g, record words t and 4 + t of each plane.
-                const int xb = min(tl.x0 + 8 * nt + g, n_x - 1);
-                const uint8_t* rb = xs + xb * xst + (long long)c * MQ_REC;
-                const uint32_t b1[2] = {__ldg(reinterpret_cast<const uint32_t*>(rb) + t),
-                                        __ldg(reinterpret_cast<const uint32_t*>(rb) + 4 + t)};
-                const uint32_t b2[2] = {__ldg(reinterpret_cast<const uint32_t*>(rb) + 8 + t),
-                                        __ldg(reinterpret_cast<const uint32_t*>(rb) + 12 + t)};
-                // The C columns' inputs: x0 + 8nt + 2t and + 1: their record scale and sum.
-                float2 ds[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    const int xc = min(tl.x0 + 8 * nt + 2 * t + j, n_x - 1);
-                    ds[j] = __ldg(reinterpret_cast<const float2*>(xs + xc * xst + (long long)c * MQ_REC + 64));
-                }
+                if (nt >= ntn) break;
+                // B fragments: input x0 + 8nt + g, values 8t..8t+7 of both planes.
+                const uint4 q = __ldg(reinterpret_cast<const uint4*>(
+                                          xs + ((long long)c * n8 + tl.x0 / 8 + nt) * 512) + lane);
+                const uint32_t b1[2] = {q.x, q.y}, b2[2] = {q.z, q.w};
+                // The C columns' inputs, x0 + 8nt + 2t and + 1: their scales and sums.
+                const float4 dd = __ldg(reinterpret_cast<const float4*>(
+                    dsum + ((long long)c * 8 * n8 + tl.x0 + 8 * nt + 2 * t) * 2));
+                const float2 ds[2] = {make_float2(dd.x, dd.y), make_float2(dd.z, dd.w)};
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
                     if constexpr (T == T_Q6_K) {
-                        // Two k16 products a plane: the 16-value halves' scales apply to
-                        // their exact sums (|Σ| < 2^24: exact in f32).
+                        // The 16-value halves (values 0..15: lanes t < 2) apart, each plane
+                        // twice with the other half's quants zeroed; their scales apply to
+                        // the exact sums (|Σ| < 2^24: exact in f32).
                         int l1[4] = {0, 0, 0, 0}, h1[4] = {0, 0, 0, 0}, l2[4] = {0, 0, 0, 0},
                             h2[4] = {0, 0, 0, 0};
-                        const uint32_t alo[2] = {A[mt][0], A[mt][1]}, ahi[2] = {A[mt][2], A[mt][3]};
-                        imma16816(l1, alo, b1[0]);
-                        imma16816(h1, ahi, b1[1]);
-                        imma16816(l2, alo, b2[0]);
-                        imma16816(h2, ahi, b2[1]);
+                        const uint32_t m = t < 2 ? 0xFFFFFFFFu : 0u;
+                        const uint32_t alo[4] = {A[mt][0] & m, A[mt][1] & m, A[mt][2] & m, A[mt][3] & m};
+                        const uint32_t ahi[4] = {A[mt][0] & ~m, A[mt][1] & ~m, A[mt][2] & ~m, A[mt][3] & ~m};
+                        imma16832(l1, alo, b1);
+                        imma16832(h1, ahi, b1);
+                        imma16832(l2, alo, b2);
+                        imma16832(h2, ahi, b2);
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
                             const int h = e >> 1;
@@ -372,9 +411,8 @@ __device__ __forceinline__ void mq_store(const MvArgs& a, const MqTile& tl, bool
 }
 
 // Launch: block 32 * MQ_WARPS, grid (weight tiles x n_xt), dynamic shared memory MQ_STAGES x
-// MQ_SLOTS x SLOT of the format (the larger of a pair's). `xs`: n_x inputs' chunk records,
-// a.x_stride bytes apart; n_xt = ceil(n_x / 64) input tiles, nt_n = n8 tiles a tile (the
-// last tile's inputs past n_x are computed on the last input and not stored).
+// MQ_SLOTS x SLOT of the format (the larger of a pair's). `xs`: n_x inputs in fragment order
+// (mmq_prep); n_xt = ceil(n_x / 64) input tiles, nt_n = n8 tiles a tile (fewer in the last).
 // FA, FB: the product's formats (a pair: q/k/v of a Q4_K_M file; a tile is of one matrix).
 template <int FA, int FB, int GLU>
 __device__ __forceinline__ void mmq_body(const MvArgs& a, const uint8_t* __restrict__ xs, int n_x, int n_xt,
@@ -387,7 +425,7 @@ __device__ __forceinline__ void mmq_body(const MvArgs& a, const uint8_t* __restr
         mq_tile<FA>(a, tl, glu, xs, n_x, nt_n, acc);
     else
         mq_tile<FB>(a, tl, glu, xs, n_x, nt_n, acc);
-    mq_store(a, tl, glu, n_x, nt_n, acc);
+    mq_store(a, tl, glu, n_x, min(nt_n, (n_x + 7) / 8 - tl.x0 / 8), acc);
 }
 
 #define MMQ_ARGS const MvArgs a, const uint8_t* __restrict__ xs, int n_x, int n_xt, int nt_n

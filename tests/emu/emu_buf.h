@@ -13,5 +13,6 @@ struct Buf {
     }
     ~Buf() { free(p); }
     Buf(const Buf&) = delete;
+    Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
     float* f() { return reinterpret_cast<float*>(p); }
 };

@@ -107,11 +107,11 @@ struct Inputs {
     int n, k;
     long long per;
     std::vector<float> x;
-    Buf rec;
+    Buf xd, rec;
     std::vector<double> xq, sum;  // [n][k], [n][k/32]
-    Inputs(int n_, int k_) : n(n_), k(k_), per((long long)k_ / 32 * XREC), x((size_t)n_ * k_), rec((size_t)n_ * per) {
+    Inputs(int n_, int k_)
+        : n(n_), k(k_), per((long long)k_ / 32 * XREC), x((size_t)n_ * k_), xd(x.size() * 4), rec((size_t)n_ * per) {
         for (auto& v : x) v = rng.unit() * (rng.next() % 7 == 0 ? 8.f : 1.f);
-        Buf xd(x.size() * 4);
         memcpy(xd.p, x.data(), x.size() * 4);
         run_grid(32 * DW, (k / 32 + DW - 1) / DW, 0, [&] { prep_input(xd.f(), nullptr, 0.f, nullptr, rec.p, k); }, n);
         xq.resize((size_t)n * k);
@@ -129,11 +129,32 @@ struct Inputs {
     }
 };
 
-// The mmq launch as src/backend/cuda/mmq.rs makes it: input tiles of 64, n8 tiles a tile.
-static void launch_mmq(MqKernel kern, const MvArgs& a, const Inputs& in, int n, int weight_tiles, int slot) {
+// The first n inputs in fragment order by the emulated mmq_prep (exactly sized): each byte
+// must be prep_input's record byte it stands for (the same quantization, another layout).
+static int packing_bad = 0;
+static Buf pack(Inputs& in, int n) {
+    const int k = in.k, nc = k / 32, n8 = (n + 7) / 8;
+    Buf pk((size_t)nc * n8 * 576);
+    run_grid(256, (k + 255) / 256, 0, [&] { mmq_prep(in.xd.f(), nullptr, 0.f, nullptr, pk.p, k, n8); }, n);
+    const float* ds = reinterpret_cast<const float*>(pk.p + (size_t)nc * n8 * 512);
+    for (int y = 0; y < n; y++)
+        for (int c = 0; c < nc; c++) {
+            const uint8_t* r = in.rec.p + y * in.per + c * XREC;
+            for (int v = 0; v < 32; v++) {
+                const uint8_t* o = pk.p + ((size_t)c * n8 + y / 8) * 512 + (4 * (y % 8) + v / 8) * 16 + v % 8;
+                packing_bad += o[0] != r[v] || o[8] != r[32 + v];
+            }
+            packing_bad += memcmp(ds + ((size_t)c * 8 * n8 + y) * 2, r + 64, 8) != 0;
+        }
+    return pk;
+}
+
+// The mmq launch as src/backend/cuda/mmq.rs makes it: mmq_prep, then input tiles of 64, n8
+// tiles a tile.
+static void launch_mmq(MqKernel kern, const MvArgs& a, Inputs& in, int n, int weight_tiles, int slot) {
     const int n_xt = (n + 63) / 64, nt_n = (std::min(n, 64) + 7) / 8;
-    run_grid(128, weight_tiles * n_xt, MQ_STAGES * MQ_SLOTS * slot,
-             [&] { kern(a, in.rec.p, n, n_xt, nt_n); });
+    Buf pk = pack(in, n);
+    run_grid(128, weight_tiles * n_xt, MQ_STAGES * MQ_SLOTS * slot, [&] { kern(a, pk.p, n, n_xt, nt_n); });
 }
 
 struct Worst {
@@ -141,7 +162,7 @@ struct Worst {
 };
 // Output y (rows of matrix mt) for input i against checks 1-3 (`one`: the one-input kernel's
 // outputs for that input, or null); `add`: what the output had added (the residual).
-static int check_row(const Matrix& mt, const Inputs& in, int i, const float* y, const float* one, const float* bias,
+static int check_row(const Matrix& mt, Inputs& in, int i, const float* y, const float* one, const float* bias,
                      const double* add, Worst& w) {
     int bad = 0;
     const int k = mt.k, nc = k / 32;
@@ -187,7 +208,7 @@ struct Plain {
 
 // The plain epilogue (+ bias) over the three matrices, n inputs; batch invariance against
 // `first` (input 0's outputs of an earlier run, if any).
-static int test_plain(MqKernel kern, MvKernel one, Plain& pl, const Inputs& in, int n, std::vector<float>* first) {
+static int test_plain(MqKernel kern, MvKernel one, Plain& pl, Inputs& in, int n, std::vector<float>* first) {
     const int ta = pl.ta, tb = pl.tb, k = pl.k;
     const MqType &A = type_of(ta), &B = type_of(tb);
     const int rows[3] = {150, 40, 20};
@@ -235,7 +256,7 @@ static int test_plain(MqKernel kern, MvKernel one, Plain& pl, const Inputs& in, 
 }
 
 // SwiGLU and the residual add, n inputs.
-static int test_glu_add(const MqType& t, int k, const Inputs& in, int n) {
+static int test_glu_add(const MqType& t, int k, Inputs& in, int n) {
     const int rows = 100;  // two tiles of 64 row pairs, the second partial
     Matrix g(t, rows, k), u(t, rows, k);
     const size_t ob = (size_t)n * rows * 4;
@@ -317,6 +338,8 @@ int main(int argc, char** argv) {
         Plain pl(p.a, p.b, p.k);
         for (int n : {8, 65}) bad += test_plain(p.kern, p.one, pl, in, n, nullptr), runs++;
     }
+    if (packing_bad) printf("mmq_prep: %d bytes differ from prep_input's records  FAIL\n", packing_bad);
+    bad += packing_bad != 0;
     printf("%d runs, %d failed\n", runs, bad);
     return bad ? 1 : 0;
 }

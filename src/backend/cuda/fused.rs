@@ -11,6 +11,7 @@ use super::launch::{
     allow_shared, dim, f32s, positive, row_bytes, type_suffix, KvCacheLayer, RopeParams,
 };
 use super::memory::DeviceBuffer;
+use super::mmq::mmq_input_bytes;
 use super::moe::moe_matvec_takes;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -390,8 +391,9 @@ impl CudaDevice {
     }
 
     /// [`fused_matvec_rows`](Self::fused_matvec_rows) on the tensor cores (kernels/mmq.cu:
-    /// int8 products of the weights' quants with the same 16-bit chunk records), for products
-    /// of the formats [`mmq_supported`] takes; any number of rows.
+    /// int8 products of the weights' quants with the same 16-bit chunk records, laid out in
+    /// fragment order: `rec` holds [`mmq_input_bytes`]), for products of the formats
+    /// [`mmq_supported`] takes; any number of rows.
     #[allow(clippy::too_many_arguments)]
     pub fn mmq_rows(
         &self,
@@ -540,6 +542,16 @@ impl CudaDevice {
                 "fused matvec: a prepared input is for quantized weights without a norm".into(),
             ));
         }
+        if mmq {
+            // The records in the tensor cores' fragment order (kernels/mmq.cu mmq_prep).
+            rec.check(self, mmq_input_bytes(n, k) as u64, "mmq input records")?;
+            let n8 = dim(n.div_ceil(8), "mmq input groups")?;
+            let grid = ((k / 32).div_ceil(8) as u32, n_i as u32, 1);
+            launch!(self, "mmq_prep", grid, (256, 1, 1);
+                x.ptr(), norm_w, eps, normed, rec.ptr(), k_i, n8)?;
+            let rows: Vec<usize> = prods.iter().map(|p| p.mat.rows).collect();
+            return self.launch_mmq(a, glu, rec.ptr(), n, &types, &rows);
+        }
         // Records for the quantized formats; for F32/F16 the normed f32 (or x itself).
         let (rec_ptr, input, stride) = if xint {
             let per = Self::input_record_bytes(k);
@@ -554,10 +566,6 @@ impl CudaDevice {
             self.launch_prep_input(x, n_i, k_i, norm_w, eps, normed, rec_ptr)?;
         }
         a.x_stride = dim(stride, "fused matvec input stride")?;
-        if mmq {
-            let rows: Vec<usize> = prods.iter().map(|p| p.mat.rows).collect();
-            return self.launch_mmq(a, glu, input, n, &types, &rows);
-        }
         // Groups of up to MATVEC_MAX_INPUTS rows (powers of two), a launch each.
         let mut row = 0;
         while row < n {

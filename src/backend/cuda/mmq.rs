@@ -33,7 +33,8 @@ const PAIRS: [(GgmlType, GgmlType); 2] = [
 ];
 
 /// The kernels kernels/mmq.cu defines.
-pub(super) const KERNELS: [&str; 12] = [
+pub(super) const KERNELS: [&str; 13] = [
+    "mmq_prep",
     "mmq_q4_1",
     "mmq_q4_1_glu",
     "mmq_q5_0",
@@ -116,6 +117,14 @@ fn slot_bytes(ty: GgmlType) -> usize {
         _ => 210,
     };
     16 * (((stage + 30) / 16) | 1)
+}
+
+/// Bytes of `n` inputs of `k` values in the tensor cores' fragment order (kernels/mmq.cu
+/// mmq_prep): per 32-value chunk and group of 8 inputs, 512 bytes of int8 planes and 64 of
+/// scales and sums. At most the bytes of `n.next_multiple_of(8)` chunk-record rows
+/// ([`CudaDevice::input_record_bytes`]: 80 a chunk).
+pub fn mmq_input_bytes(n: usize, k: usize) -> usize {
+    k.div_ceil(32) * n.div_ceil(8) * 576
 }
 
 /// The most dynamic shared memory an mmq kernel takes (the limit is raised at load).

@@ -32,7 +32,7 @@ pub use launch::{
     RopeParams, ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
-pub use mmq::{mmq_enabled, mmq_min_rows, mmq_prompt};
+pub use mmq::{mmq_enabled, mmq_input_bytes, mmq_min_rows, mmq_prompt};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
 
 use crate::Error;

@@ -280,6 +280,15 @@ fn alloc_scratch(dev: &CudaDevice, dims: &Dims, cap: usize, gemm_k: usize) -> Re
     })
 }
 
+/// Bytes of the prepared inputs (chunk records) of `rows` rows of the widest product input,
+/// in either layout (the mat-vecs' records, or the tensor cores' fragment order of
+/// kernels/mmq.cu, which takes groups of 8 rows).
+fn record_bytes(dims: &Dims, rows: usize) -> usize {
+    let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
+    let recs = CudaDevice::input_record_bytes(widest) * rows;
+    recs.max(super::mmq::mmq_input_bytes(rows, widest))
+}
+
 impl CudaState {
     /// Bytes of the KV cache for `n_ctx` positions (of f32 values with `f32`, else f16).
     pub fn kv_bytes(dims: &Dims, n_ctx: usize, f32: bool) -> u64 {
@@ -320,14 +329,10 @@ impl CudaState {
         let mut attn_count = dev.alloc(dims.n_head * 4, MemKind::Scratch)?;
         dev.fill_bytes(&mut attn_count, 0)?;
         let pick = dev.alloc(4, MemKind::Scratch)?;
-        let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
         // Records of one row; of a prompt chunk's rows when its products take the tensor
         // cores (LLORCH_CUDA_MMQ_PROMPT).
         let xrec_rows = if mmq_prompt() && n_ctx >= 2 { cap } else { 1 };
-        let xrec = dev.alloc(
-            CudaDevice::input_record_bytes(widest) * xrec_rows,
-            MemKind::Scratch,
-        )?;
+        let xrec = dev.alloc(record_bytes(dims, xrec_rows), MemKind::Scratch)?;
         let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
         let moe = model
             .moe
@@ -383,15 +388,15 @@ impl CudaState {
                 (r.slots, r.positions, r.ids, r.gemm_x);
             // The records of a batched step's products of several rows: all rows for the
             // tensor cores (kernels/mmq.cu), else those of the mat-vecs of several inputs.
-            let per = self.xrec.len_bytes();
             let keep = if mmq_enabled() || mmq_prompt() {
                 rows
             } else {
                 rows.min(MULTIROW_MAX)
             };
-            let want = per / self.xrec_rows * keep;
-            if want > per {
-                self.xrec = self.dev.alloc(want, MemKind::Scratch)?;
+            if keep > self.xrec_rows {
+                self.xrec = self
+                    .dev
+                    .alloc(record_bytes(&self.dims, keep), MemKind::Scratch)?;
                 self.xrec_rows = keep;
             }
             self.cap = rows;
