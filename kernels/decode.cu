@@ -30,20 +30,7 @@ template <> struct Geo<T_Q4_K> { enum { V = 256, B = 144 }; };
 template <> struct Geo<T_Q6_K> { enum { V = 256, B = 210 }; };
 template <> struct Geo<T_MXFP4> { enum { V = 32, B = 17 }; };
 
-// This block's dynamic shared memory (the CPU emulator of tests/emu hands its own buffer).
-#ifdef MMA_EMULATE
-#define DYN_SMEM(name) uint8_t* name = emu_dyn_smem
-#else
-#define DYN_SMEM(name) extern __shared__ __align__(16) uint8_t name[]
-#endif
-
 // Helpers of the per-format dot products below.
-__device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {
-    return *reinterpret_cast<const uint16_t*>(p);
-}
-__device__ __forceinline__ float h16(uint32_t bits) {
-    return __half2float(__ushort_as_half((unsigned short)bits));
-}
 // 4 input values at v (a multiple of 4) of the f32 input in global memory (cached: every
 // warp of the grid reads the same vector).
 __device__ __forceinline__ float4 x4_at(const float* x, int v) {
@@ -145,10 +132,6 @@ __device__ __forceinline__ void dot_rec_halves(const int (&w)[8], const uint8_t*
     lo = d * ((float)l1 + (float)l2 * (1.0f / 254.0f));
     hi = d * ((float)h1 + (float)h2 * (1.0f / 254.0f));
 }
-// 4 bytes from a 2-byte aligned address.
-__device__ __forceinline__ uint32_t u32_at2(const uint8_t* p) { return u16_at(p) | (u16_at(p + 2) << 16); }
-// Bits 0..3 of b spread to bit 0 of bytes 0..3.
-__device__ __forceinline__ uint32_t spread4(uint32_t b) { return ((b & 15) * 0x00204081u) & 0x01010101u; }
 
 // Q8_0 (34 bytes, 2-byte aligned): 4 lanes a block, 8 values a lane.
 template <> struct Lane<T_Q8_0> {

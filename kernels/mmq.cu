@@ -25,8 +25,9 @@
 //
 // The order of k inside a chunk is free (the mma sums over it): lane (g, t) takes values
 // 8t..8t+7, as k 4t..4t+3 (b[0], A regs 0 and 1) and k 16+4t..16+4t+3 (b[1], A regs 2, 3).
-// Grid: (input tiles) x (weight tiles), input tiles fastest, so the blocks that share a
-// weight tile run together (its second read comes from L2). A tile never spans two matrices.
+// Grid: weight tiles x input tiles in one dimension, input tiles fastest, so the blocks that
+// share a weight tile run together (its second read comes from L2). A tile never spans two
+// matrices.
 #include "common.cuh"
 #include "mma_prims.cuh"
 #include "mv_args.cuh"
@@ -37,24 +38,7 @@
 #define MQ_STAGES 3
 #define MQ_NT 8        // most n8 input tiles a block (64 inputs)
 
-// This block's dynamic shared memory (the CPU emulator hands its own buffer).
-#ifdef MMA_EMULATE
-#define MQ_SMEM(name) uint8_t* name = emu_dyn_smem
-#else
-#define MQ_SMEM(name) extern __shared__ __align__(16) uint8_t name[]
-#endif
-
-__device__ __forceinline__ uint32_t mq_u16(const uint8_t* p) {
-    return *reinterpret_cast<const uint16_t*>(p);
-}
-// 4 bytes at a 2-byte aligned address.
-__device__ __forceinline__ uint32_t mq_u32_2(const uint8_t* p) { return mq_u16(p) | (mq_u16(p + 2) << 16); }
 __device__ __forceinline__ uint32_t mq_u32_4(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
-__device__ __forceinline__ float mq_h16(uint32_t bits) {
-    return __half2float(__ushort_as_half((unsigned short)bits));
-}
-// Bits 0..3 of b to bit 0 of bytes 0..3.
-__device__ __forceinline__ uint32_t mq_spread4(uint32_t b) { return ((b & 15) * 0x00204081u) & 0x01010101u; }
 // An int of magnitude below 2^22 as f32, exactly, without the conversion unit (a quarter of
 // the FMA rate): its bits added to those of 1.5·2^23, whose ulp is 1.
 __device__ __forceinline__ float mq_i2f(int v) { return __int_as_float(v + 0x4B400000) - 12582912.0f; }
@@ -66,10 +50,10 @@ template <int T> struct Mq;
 template <> struct Mq<T_Q8_0> {
     enum { V = 32, B = 34, KC = 4, MIN = 0 };
     __device__ static void frag(const uint8_t* b, int, int t, uint32_t& lo, uint32_t& hi) {
-        lo = mq_u32_2(b + 2 + 8 * t);
-        hi = mq_u32_2(b + 6 + 8 * t);
+        lo = u32_at2(b + 2 + 8 * t);
+        hi = u32_at2(b + 6 + 8 * t);
     }
-    __device__ static float2 scale(const uint8_t* b, int) { return make_float2(mq_h16(mq_u16(b)), 0.f); }
+    __device__ static float2 scale(const uint8_t* b, int) { return make_float2(h16(u16_at(b)), 0.f); }
 };
 // Q5_0: value i < 16 the low nibble of byte 6 + i, i + 16 its high nibble, bit i of qh (bytes
 // 2..5) the fifth bit; minus 16. Values 8t.. are the low (t < 2) or high nibbles of bytes
@@ -78,12 +62,12 @@ template <> struct Mq<T_Q5_0> {
     enum { V = 32, B = 22, KC = 8, MIN = 0 };
     __device__ static void frag(const uint8_t* b, int, int t, uint32_t& lo, uint32_t& hi) {
         const int sh = 4 * (t >> 1);
-        const uint32_t qh = mq_u32_2(b + 2) >> (8 * t);
+        const uint32_t qh = u32_at2(b + 2) >> (8 * t);
         const uint8_t* q = b + 6 + 8 * (t & 1);
-        lo = __vsub4(((mq_u32_2(q) >> sh) & 0x0F0F0F0Fu) | (mq_spread4(qh) << 4), 0x10101010u);
-        hi = __vsub4(((mq_u32_2(q + 4) >> sh) & 0x0F0F0F0Fu) | (mq_spread4(qh >> 4) << 4), 0x10101010u);
+        lo = __vsub4(((u32_at2(q) >> sh) & 0x0F0F0F0Fu) | (spread4(qh) << 4), 0x10101010u);
+        hi = __vsub4(((u32_at2(q + 4) >> sh) & 0x0F0F0F0Fu) | (spread4(qh >> 4) << 4), 0x10101010u);
     }
-    __device__ static float2 scale(const uint8_t* b, int) { return make_float2(mq_h16(mq_u16(b)), 0.f); }
+    __device__ static float2 scale(const uint8_t* b, int) { return make_float2(h16(u16_at(b)), 0.f); }
 };
 // Q4_1: d, m, then nibbles as Q5_0's; w = d·q + m.
 template <> struct Mq<T_Q4_1> {
@@ -96,7 +80,7 @@ template <> struct Mq<T_Q4_1> {
     }
     __device__ static float2 scale(const uint8_t* b, int) {
         const uint32_t w = mq_u32_4(b);
-        return make_float2(mq_h16(w), mq_h16(w >> 16));
+        return make_float2(h16(w), h16(w >> 16));
     }
 };
 // Q4_K: sub-block s: nibbles (low for even s) of bytes 16 + 32(s/2) + i; 6-bit scale and
@@ -120,7 +104,7 @@ template <> struct Mq<T_Q4_K> {
             m = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
         }
         const uint32_t dd = mq_u32_4(b);
-        return make_float2(mq_h16(dd) * (float)d, -mq_h16(dd >> 16) * (float)m);
+        return make_float2(h16(dd) * (float)d, -h16(dd >> 16) * (float)m);
     }
 };
 // Q6_K: 32-value quarter s = 4h + cc: low bits nibble cc/2 of ql bytes 64h + 32(cc%2) + i,
@@ -129,8 +113,8 @@ template <> struct Mq<T_Q4_K> {
 template <> struct Mq<T_Q6_K> {
     enum { V = 256, B = 210, KC = 8, MIN = 0 };
     __device__ static uint32_t four(const uint8_t* ql, const uint8_t* qh, int sl, int shh) {
-        const uint32_t l = (mq_u32_2(ql) >> sl) & 0x0F0F0F0Fu;
-        const uint32_t h = ((mq_u32_2(qh) >> shh) & 0x03030303u) << 4;
+        const uint32_t l = (u32_at2(ql) >> sl) & 0x0F0F0F0Fu;
+        const uint32_t h = ((u32_at2(qh) >> shh) & 0x03030303u) << 4;
         return __vsub4(l | h, 0x20202020u);
     }
     __device__ static void frag(const uint8_t* b, int s, int t, uint32_t& lo, uint32_t& hi) {
@@ -140,7 +124,7 @@ template <> struct Mq<T_Q6_K> {
         lo = four(ql, qh, 4 * (cc >> 1), 2 * cc);
         hi = four(ql + 4, qh + 4, 4 * (cc >> 1), 2 * cc);
     }
-    __device__ static float2 scale(const uint8_t* b, int) { return make_float2(mq_h16(mq_u16(b + 208)), 0.f); }
+    __device__ static float2 scale(const uint8_t* b, int) { return make_float2(h16(u16_at(b + 208)), 0.f); }
     __device__ static void scales16(const uint8_t* b, int s, int& lo, int& hi) {
         const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * (s >> 2) + 2 * (s & 3);
         lo = sc[0];
@@ -165,8 +149,8 @@ template <int T> struct MqGeo {
 // chunks: first the planes, 512 bytes per (chunk c, group G) at (c n8 + G) 512, lane
 // 4g + t's 16 bytes the q1 then the q2 bytes of values 8t..8t+7 of input 8G + g; then each
 // (chunk c, input y)'s record scale d and exact sum (2 f32) at planes + (c 8 n8 + y) 8.
-// (src/backend/cuda/mmq.rs: `packed_bytes`.) Inputs past n in the last group: never written,
-// multiplied, not stored.
+// (src/backend/cuda/mmq.rs: `mmq_input_bytes`.) Inputs past n in the last group: never
+// written, multiplied, not stored.
 __device__ __forceinline__ long long mq_planes_bytes(int k, int n8) { return (long long)(k / 32) * n8 * 512; }
 
 // prep_input's work (norm, 16-bit chunk records) with the records in fragment order.
@@ -235,7 +219,7 @@ template <int T>
 __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool glu, const uint8_t* __restrict__ xs,
                                         int n_x, int nt_n, float (&acc)[2][MQ_NT][4]) {
     constexpr int KC = Mq<T>::KC, CPB = MqGeo<T>::CPB, SLOT = MqGeo<T>::SLOT;
-    MQ_SMEM(smem);
+    DYN_SMEM(smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nch = a.k / 32, nst = (nch + KC - 1) / KC;
     // The inputs in fragment order; the n8 tiles of this tile that exist.
