@@ -11,11 +11,11 @@
 //! that close. On random synthetic weights such near-ties occur, so the test asks for ≥ 90%
 //! of the generated tokens equal up to each session's first difference (a broken batch —
 //! wrong cache, wrong position, a row's product landing in another row — gives garbage from
-//! its first token). 3 sessions (padded to 4 rows) take the mat-vecs of 4 rows; 8, 24 (32
-//! rows) and 65 sessions (128 rows: two input tiles) the tensor-core products that read the
-//! quantized weights (kernels/mmq.cu: the same integer dot products as a session alone,
-//! another f32 order), unless `LLORCH_CUDA_MMQ=0` (then 8 rows the mat-vecs of 8 rows, more
-//! the two-pass GEMM) or `LLORCH_CUDA_MMQ_MIN` says otherwise.
+//! its first token). 3 sessions (padded to 4 rows) take the mat-vecs of 4 rows, 8 the
+//! mat-vecs of 8 rows, 24 (32 rows) and 65 sessions (128 rows) the two-pass GEMM; with
+//! `LLORCH_CUDA_MMQ=1`, 8 rows and more (`LLORCH_CUDA_MMQ_MIN`) the tensor-core products that
+//! read the quantized weights (kernels/mmq.cu: the same integer dot products as a session
+//! alone, another f32 order; 65 sessions are two of its input tiles).
 //!
 //! Without a GPU it prints `skipped: no CUDA device (<reason>)` on stderr and passes.
 #![cfg(feature = "cuda")]

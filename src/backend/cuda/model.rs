@@ -632,7 +632,7 @@ impl<'a> CudaStep<'a> {
 
     /// Whether this step's products of weights `w` (a SwiGLU epilogue: `glu`) run fused,
     /// and if so whether on the tensor cores (`Some(true)`, kernels/mmq.cu: a batched step of
-    /// at least `LLORCH_CUDA_MMQ_MIN` rows unless `LLORCH_CUDA_MMQ=0`, a prompt chunk with
+    /// at least `LLORCH_CUDA_MMQ_MIN` rows with `LLORCH_CUDA_MMQ=1`, a prompt chunk with
     /// `LLORCH_CUDA_MMQ_PROMPT=1`) or as mat-vecs (`Some(false)`: one row, or a batched step
     /// of few rows, each weight block read once for all of them). None: the two-pass GEMM.
     fn fused_path(&self, w: &[WeightId], glu: bool) -> Option<bool> {
