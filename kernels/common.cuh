@@ -22,6 +22,25 @@ __device__ __forceinline__ float f16_at(const uint8_t* p) {
     return __half2float(__ushort_as_half(h));
 }
 
+// Aligned loads of block fields (the fused kernels' decoders): 2 bytes at a 2-byte aligned
+// address, an f16's bits as f32, 4 bytes at a 2-byte aligned address.
+__device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {
+    return *reinterpret_cast<const uint16_t*>(p);
+}
+__device__ __forceinline__ float h16(uint32_t bits) {
+    return __half2float(__ushort_as_half((unsigned short)bits));
+}
+__device__ __forceinline__ uint32_t u32_at2(const uint8_t* p) { return u16_at(p) | (u16_at(p + 2) << 16); }
+// Bits 0..3 of b spread to bit 0 of bytes 0..3 (Q5_0's fifth bits, byte-wise).
+__device__ __forceinline__ uint32_t spread4(uint32_t b) { return ((b & 15) * 0x00204081u) & 0x01010101u; }
+
+// This block's dynamic shared memory (the CPU emulator of tests/emu hands its own buffer).
+#ifdef MMA_EMULATE
+#define DYN_SMEM(name) uint8_t* name = emu_dyn_smem
+#else
+#define DYN_SMEM(name) extern __shared__ __align__(16) uint8_t name[]
+#endif
+
 template <int T> struct Fmt;
 
 template <> struct Fmt<T_F32> {

@@ -16,29 +16,8 @@
 #define DW 8          // warps per block of fused_matvec
 #define STAGE 2048    // bytes of a weight row a warp stages in shared memory per step
 
-// One weight matrix of a fused mat-vec and where its rows go.
-struct Seg {
-    const uint8_t* w;   // rows of GGUF blocks, row_bytes apart (buffer padded by >= 16 bytes)
-    const float* bias;  // rows f32, or null
-    float* out;         // rows f32
-    long long row_bytes;
-    int type;           // T_* of common.cuh
-    int rows;
-};
-
-#define MODE_PLAIN 0  // seg[i].out[r] = W_i x + bias_i
-#define MODE_GLU 1    // g = W_0 x, u = W_1 x (same rows): out0 = g, out1 = u, act = silu(g) * u
-#define MODE_ADD 2    // y = W_0 x: out0 = y, acc += y
-
-struct MvArgs {
-    float* acc;         // MODE_ADD
-    float* act;         // MODE_GLU
-    int k;
-    int mode;
-    int n_seg;
-    int x_stride;       // bytes from one input to the next (the kernels of several inputs)
-    Seg seg[3];
-};
+#include "mv_args.cuh"
+#include "prep_input.cuh"
 
 // Block geometry of each format: values and bytes per block.
 template <int T> struct Geo;
@@ -51,20 +30,7 @@ template <> struct Geo<T_Q4_K> { enum { V = 256, B = 144 }; };
 template <> struct Geo<T_Q6_K> { enum { V = 256, B = 210 }; };
 template <> struct Geo<T_MXFP4> { enum { V = 32, B = 17 }; };
 
-// This block's dynamic shared memory (the CPU emulator of tests/emu hands its own buffer).
-#ifdef MMA_EMULATE
-#define DYN_SMEM(name) uint8_t* name = emu_dyn_smem
-#else
-#define DYN_SMEM(name) extern __shared__ __align__(16) uint8_t name[]
-#endif
-
 // Helpers of the per-format dot products below.
-__device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {
-    return *reinterpret_cast<const uint16_t*>(p);
-}
-__device__ __forceinline__ float h16(uint32_t bits) {
-    return __half2float(__ushort_as_half((unsigned short)bits));
-}
 // 4 input values at v (a multiple of 4) of the f32 input in global memory (cached: every
 // warp of the grid reads the same vector).
 __device__ __forceinline__ float4 x4_at(const float* x, int v) {
@@ -120,7 +86,6 @@ template <> struct Lane<T_F16> {
 // value, which is what bound the f32 version. Each chunk's record in shared memory (80 bytes,
 // a stride that keeps 8 neighbouring lanes' 16-byte reads on distinct banks):
 // q1[32], q2[32] (int8), d (f32), exact sum of the chunk's x (f32).
-#define XREC 80
 __device__ __forceinline__ const uint8_t* xrec(const uint8_t* xq, int c) { return xq + c * XREC; }
 __device__ __forceinline__ float xrec_d(const uint8_t* r) {
     return __ldg(reinterpret_cast<const float*>(r + 64));
@@ -167,10 +132,6 @@ __device__ __forceinline__ void dot_rec_halves(const int (&w)[8], const uint8_t*
     lo = d * ((float)l1 + (float)l2 * (1.0f / 254.0f));
     hi = d * ((float)h1 + (float)h2 * (1.0f / 254.0f));
 }
-// 4 bytes from a 2-byte aligned address.
-__device__ __forceinline__ uint32_t u32_at2(const uint8_t* p) { return u16_at(p) | (u16_at(p + 2) << 16); }
-// Bits 0..3 of b spread to bit 0 of bytes 0..3.
-__device__ __forceinline__ uint32_t spread4(uint32_t b) { return ((b & 15) * 0x00204081u) & 0x01010101u; }
 
 // Q8_0 (34 bytes, 2-byte aligned): 4 lanes a block, 8 values a lane.
 template <> struct Lane<T_Q8_0> {
@@ -536,70 +497,19 @@ __device__ __forceinline__ void row_dot_part(int type, const uint8_t* ra, const 
     ob = b[0];
 }
 
-// One warp: the record of a 32-value chunk (lane i holds value i).
-__device__ __forceinline__ void write_record(float v, uint8_t* r, int lane) {
-    float m = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    const float d = m / 127.0f, id = m > 0.f ? 127.0f / m : 0.f;
-    const int q1 = __float2int_rn(v * id);
-    const int q2 = max(-127, min(127, __float2int_rn((v - d * (float)q1) * id * 254.0f)));
-    const float sum = warp_sum(v);
-    r[lane] = (uint8_t)(int8_t)q1;
-    r[32 + lane] = (uint8_t)(int8_t)q2;
-    if (lane == 0) {
-        reinterpret_cast<float*>(r + 64)[0] = d;
-        reinterpret_cast<float*>(r + 64)[1] = sum;
-    }
-}
-
 // The input of a fused mat-vec, prepared once per product instead of in every block:
 // optionally RMS-normalized (the normalized f32 also written to `normed`), and, when `rec` is
-// set, quantized to the 16-bit chunk records the quantized formats multiply.
+// set, quantized to the 16-bit chunk records the quantized formats multiply (prep_input.cuh).
 // Launch: block = 32 * DW threads, grid = (ceil(k / 32 / DW), inputs): a warp per 32-value
 // chunk (each block computes the norm's sum of squares itself); input y (a row of a step) at
 // x + y k, its records at rec + y (k / 32) XREC.
 extern "C" __global__ void __launch_bounds__(32 * DW)
 prep_input(const float* __restrict__ x, const float* __restrict__ norm, float eps,
            float* __restrict__ normed, uint8_t* __restrict__ rec, int k) {
-    __shared__ float red[DW];
-    {
-        const long long y = blockIdx.y;
-        x += y * k;
-        if (normed) normed += y * k;
-        if (rec) rec += y * (k / 32) * XREC;
-    }
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int c = blockIdx.x * DW + warp;
-    const int i = c * 32 + lane;
-    // The norm weight does not depend on the kernel before: fetched while it finishes.
-    const float g = norm && c < k / 32 ? norm[i] : 0.f;
-    pdl_wait();
-    pdl_trigger();
-    float inv = 1.f;
-    if (norm) {
-        float ss = 0.f;
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-#pragma unroll 4
-        for (int i = threadIdx.x; i < k / 4; i += blockDim.x) {
-            const float4 v = x4[i];
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-        ss = warp_sum(ss);
-        if (lane == 0) red[warp] = ss;
-        __syncthreads();
-        float total = 0.f;
-#pragma unroll
-        for (int i = 0; i < DW; i++) total += red[i];
-        inv = 1.0f / sqrtf(total / (float)k + eps);
-    }
-    if (c >= k / 32) return;
-    float v = x[i];
-    if (norm) {
-        v = v * inv * g;  // the `rmsnorm` kernel's order: fused and plain paths agree
-        if (normed) normed[i] = v;
-    }
-    if (rec) write_record(v, rec + (long long)c * XREC, lane);
+    if (rec) rec += (long long)blockIdx.y * (k / 32) * XREC;
+    prep_body<DW>(x, norm, eps, normed, k, [&](float v, int c, int lane) {
+        if (rec) write_record(v, rec + (long long)c * XREC, lane);
+    });
 }
 
 // The weight rows of this block's jobs (rows or row pairs) [base, base + groups) of each

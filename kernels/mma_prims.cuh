@@ -1,6 +1,7 @@
-// Warp-level tensor-core and asynchronous-copy primitives shared by kernels/mma_matmul.cu and
-// kernels/gemm_f16.cu (PTX ISA: cp.async, ldmatrix, mma.sync m16n8k16). Under MMA_EMULATE the
-// CPU emulator (tests/emu/emu_runtime.h) provides the asynchronous copies, ldmatrix and mma.
+// Warp-level tensor-core and asynchronous-copy primitives shared by kernels/mma_matmul.cu,
+// kernels/gemm_f16.cu and kernels/mmq.cu (PTX ISA: cp.async, ldmatrix, mma.sync m16n8k16 f16,
+// m16n8k32 s8). Under MMA_EMULATE the CPU emulator (tests/emu/emu_runtime.h)
+// provides the asynchronous copies, ldmatrix and mma.
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -39,7 +40,7 @@ __device__ __forceinline__ uint32_t dyn_smem_bytes() {
 #endif
 
 // ---------- tensor-core primitives ----------
-// (Under MMA_EMULATE, tests/emu provides host versions of these two warp-wide operations.)
+// (Under MMA_EMULATE, tests/emu provides host versions of these warp-wide operations.)
 #ifndef MMA_EMULATE
 // Four 8x8 f16 matrices from shared memory; lane L gives the address of row L%8 of matrix L/8
 // and receives, in register i, row L/4 columns 2(L%4), 2(L%4)+1 of matrix i.
@@ -58,6 +59,18 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const 
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Integer products (kernels/mmq.cu), exact s32 sums of s8 products. g = lane/4, t = lane%4.
+// c += a b, A 16x32 s8: a[0] row g, k 4t..4t+3 (byte i = k 4t+i), a[1] row g+8 (same k),
+// a[2] row g, k 16+4t.., a[3] row g+8, k 16+4t..; B 32x8 s8: b[0] column g, k 4t..4t+3,
+// b[1] column g, k 16+4t..; C 16x8: c[0], c[1] row g, columns 2t, 2t+1; c[2], c[3] row g+8.
+__device__ __forceinline__ void imma16832(int c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 #endif

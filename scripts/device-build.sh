@@ -39,6 +39,7 @@ cp scripts/device-test.sh "$dest/run-gpu-tests.sh"
 cp scripts/device-real.sh "$dest/run-real.sh"
 cp scripts/device-profile.sh "$dest/run-profile.sh"
 cp scripts/device-multirow.sh "$dest/run-multirow.sh"
+cp scripts/device-mmq.sh "$dest/run-mmq.sh"
 # A baseline CLI for run-multirow.sh to compare with (e.g. main's), when LLORCH_BASE_CLI names one.
 rm -f "$dest/llorch-base"
 if [ -n "${LLORCH_BASE_CLI:-}" ]; then strip -o "$dest/llorch-base" "$LLORCH_BASE_CLI"; fi

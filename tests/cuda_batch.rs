@@ -11,9 +11,11 @@
 //! that close. On random synthetic weights such near-ties occur, so the test asks for ≥ 90%
 //! of the generated tokens equal up to each session's first difference (a broken batch —
 //! wrong cache, wrong position, a row's product landing in another row — gives garbage from
-//! its first token). Batches of 8 and of 3 sessions (padded to 4 rows) take the mat-vecs of
-//! 8 and 4 rows; 24 sessions (32 rows) the two-pass GEMM unless `LLORCH_CUDA_MULTIROW`
-//! says otherwise.
+//! its first token). 3 sessions (padded to 4 rows) take the mat-vecs of 4 rows, 8 the
+//! mat-vecs of 8 rows, 24 (32 rows) and 65 sessions (128 rows) the two-pass GEMM; with
+//! `LLORCH_CUDA_MMQ=1`, 8 rows and more (`LLORCH_CUDA_MMQ_MIN`) the tensor-core products that
+//! read the quantized weights (kernels/mmq.cu: the same integer dot products as a session
+//! alone, another f32 order; 65 sessions are two of its input tiles).
 //!
 //! Without a GPU it prints `skipped: no CUDA device (<reason>)` on stderr and passes.
 #![cfg(feature = "cuda")]
@@ -82,7 +84,7 @@ fn batched_greedy_matches_alone() {
     let Some(m) = gpu_model("batched_greedy_matches_alone") else {
         return;
     };
-    for seqs in [8, 3, 24] {
+    for seqs in [8, 3, 24, 65] {
         say(&format!("{seqs} sessions:"));
         batched_matches_alone(&m, seqs);
     }

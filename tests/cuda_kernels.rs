@@ -2282,3 +2282,203 @@ fn rope_kv_and_split_attention() {
         );
     }
 }
+
+// ---------- batched products on the tensor cores (kernels/mmq.cu) ----------
+
+/// `mmq_rows` (int8 mma of the quants with the 16-bit chunk records) over 8..128 inputs,
+/// every format with a kernel and the two q/k/v pairs of a Q4_K_M file, each epilogue:
+/// - each input's outputs against the one-input fused mat-vec on that input: the same
+///   integers (exact int32 dot products of the same quants and records), summed in another
+///   f32 order (the mat-vec's lanes take quarter chunks): within 2e-6 of Σ|w·x| (per chunk a
+///   few roundings of 2^-24, one f32 addition per chunk: 32 chunks here);
+/// - against f64 of the normalized input: the records are off by at most max|x|/64516 a
+///   value, ~1e-5 of the dot's size for these inputs: 1e-4 as `fused_matvec_all_types_and_
+///   epilogues`;
+/// - batch invariance: input 0's outputs bit for bit the same for every input count.
+#[test]
+fn mmq_products_equal_single_rows_and_reference() {
+    use llorch::backend::cuda::{mmq_supported, DeviceBuffer, Epilogue, MatRef, MatVecOut, Norm};
+    use GgmlType::*;
+    let Some(dev) = device("mmq_products_equal_single_rows_and_reference") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0A17);
+    let k = 1024;
+    let upload = |v: &[f32]| dev.upload_f32(v, MemKind::Scratch).unwrap();
+    // Formats of up to three matrices (plain epilogue) and their rows; the first matrix also
+    // takes the SwiGLU (as gate and up) and the add epilogues.
+    let cases: [(&[GgmlType], &[usize]); 7] = [
+        (&[Q4_1], &[300]),
+        (&[Q5_0, Q5_0], &[300, 72]),
+        (&[Q8_0, Q8_0], &[200, 136]),
+        (&[Q4_K, Q4_K], &[300, 40]),
+        (&[Q6_K], &[330]),
+        (&[Q5_0, Q5_0, Q8_0], &[256, 64, 64]),
+        (&[Q4_K, Q4_K, Q6_K], &[200, 40, 40]),
+    ];
+    let inputs = [8usize, 9, 33, 64, 65, 128];
+    let n_max = 128;
+    let x = rng.vec(n_max * k);
+    let g: Vec<f32> = rng.vec(k).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let gd = upload(&g);
+    let normed64: Vec<Vec<f64>> = (0..n_max)
+        .map(|i| rmsnorm64(&x[i * k..(i + 1) * k], &g, 1e-6))
+        .collect();
+    let rec = dev
+        .alloc(n_max * CudaDevice::input_record_bytes(k), MemKind::Scratch)
+        .unwrap();
+    for (types, rows) in cases {
+        let mats: Vec<(DeviceBuffer, Vec<Vec<f32>>)> = types
+            .iter()
+            .zip(rows)
+            .map(|(&t, &r)| random_matrix(&dev, t, r, k, &mut rng))
+            .collect();
+        let mat = |i: usize| MatRef {
+            ty: types[i],
+            w: &mats[i].0,
+            rows: rows[i],
+            cols: k,
+        };
+        let bias = rng.vec(rows[0]);
+        let bd = upload(&bias);
+        let acc0 = rng.vec(n_max * rows[0]);
+        let glu_ok = mmq_supported(&types[..1], true);
+        let mut first: [Option<Vec<u32>>; 3] = Default::default();
+        for n in inputs {
+            // Epilogue e (0 plain + bias, normed; 1 SwiGLU of matrix 0 twice; 2 add into acc0)
+            // over m inputs starting at input `at`, through mmq (`mmq`) or the one-input
+            // kernel: the outputs, then act or acc.
+            let run = |e: usize, m: usize, at: usize, mmq: bool| -> Vec<Vec<f32>> {
+                let widths: Vec<usize> = match e {
+                    0 => rows.to_vec(),
+                    1 => vec![rows[0], rows[0]],
+                    _ => vec![rows[0]],
+                };
+                let outs: Vec<_> = widths.iter().map(|&r| poisoned(&dev, m * r)).collect();
+                let normed = poisoned(&dev, m * k);
+                let act = poisoned(&dev, m * rows[0]);
+                let acc = upload(&acc0[at * rows[0]..(at + m) * rows[0]]);
+                let xs = upload(&x[at * k..(at + m) * k]);
+                let norm = Norm {
+                    weight: &gd,
+                    eps: 1e-6,
+                    normed: Some(&normed),
+                };
+                let prods: Vec<MatVecOut> = widths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| MatVecOut {
+                        mat: mat(if e == 1 { 0 } else { i }),
+                        bias: (e == 0 && i == 0).then_some(&bd),
+                        out: &outs[i],
+                    })
+                    .collect();
+                let (norm, epi) = match e {
+                    0 => (Some(norm), Epilogue::Plain),
+                    1 => (Some(norm), Epilogue::Glu { act: &act }),
+                    _ => (None, Epilogue::Add { acc: &acc }),
+                };
+                if mmq {
+                    dev.mmq_rows(&xs, m, k, norm, &prods, epi, &rec).unwrap();
+                } else {
+                    dev.fused_matvec(&xs, k, norm, &prods, epi, &rec, false)
+                        .unwrap();
+                }
+                let mut got: Vec<Vec<f32>> = outs
+                    .iter()
+                    .zip(&widths)
+                    .map(|(o, &w)| dev.download_f32(o, m * w).unwrap())
+                    .collect();
+                match e {
+                    1 => got.push(dev.download_f32(&act, m * rows[0]).unwrap()),
+                    2 => got.push(dev.download_f32(&acc, m * rows[0]).unwrap()),
+                    _ => {}
+                }
+                got
+            };
+            for (e, first) in first.iter_mut().enumerate() {
+                if e == 1 && !glu_ok {
+                    continue;
+                }
+                let all = run(e, n, 0, true);
+                let mut worst = (0f64, 0f64);
+                for i in [0, n / 2, n - 1] {
+                    let one = run(e, 1, i, false);
+                    // The products (not act/acc): against the one-input kernel and f64.
+                    let n_prod = if e == 2 {
+                        1
+                    } else {
+                        all.len() - usize::from(e == 1)
+                    };
+                    for j in 0..n_prod {
+                        let mi = if e == 1 { 0 } else { j };
+                        let w = rows[mi];
+                        let xin: Vec<f64> = if e == 2 {
+                            x[i * k..(i + 1) * k].iter().map(|&v| v as f64).collect()
+                        } else {
+                            normed64[i].clone()
+                        };
+                        for r in 0..w {
+                            let wr = if e == 1 && j == 1 {
+                                &mats[0].1[r]
+                            } else {
+                                &mats[mi].1[r]
+                            };
+                            let mag: f64 = wr
+                                .iter()
+                                .zip(&xin)
+                                .map(|(&a, b)| (a as f64 * b).abs())
+                                .sum();
+                            let mut want = dot64(wr, &xin);
+                            if e == 0 && j == 0 {
+                                want += bias[r] as f64;
+                            }
+                            let got = all[j][i * w + r] as f64;
+                            let d1 = (got - one[j][r] as f64).abs() / mag.max(1e-30);
+                            let d2 = (got - want).abs() / mag.max(1e-30);
+                            worst = (worst.0.max(d1), worst.1.max(d2));
+                            assert!(
+                                d1 <= 2e-6 && d2 <= 1e-4,
+                                "{types:?} n={n} epilogue {e} output {j} input {i} row {r}: \
+                                 mmq {got}, one-input {}, f64 {want}",
+                                one[j][r]
+                            );
+                        }
+                    }
+                    // act = silu(g)·u of the stored g, u; acc += the stored output.
+                    if e == 1 {
+                        for r in 0..rows[0] {
+                            let (gv, uv) = (all[0][i * rows[0] + r], all[1][i * rows[0] + r]);
+                            assert_eq!(all[2][i * rows[0] + r], gv / (1.0 + (-gv).exp()) * uv);
+                        }
+                    }
+                    if e == 2 {
+                        for r in 0..rows[0] {
+                            let o = i * rows[0] + r;
+                            assert_eq!(all[1][o], acc0[o] + all[0][o], "{types:?} add row {r}");
+                        }
+                    }
+                }
+                // Input 0's outputs: the same bits whatever the input count.
+                let mine: Vec<u32> = all
+                    .iter()
+                    .flat_map(|v| v[..v.len() / n].iter().map(|f| f.to_bits()))
+                    .collect();
+                match first {
+                    None => *first = Some(mine),
+                    Some(f) => assert!(
+                        *f == mine,
+                        "{types:?} epilogue {e}: input 0 differs at n={n}"
+                    ),
+                }
+                let _ = std::io::stderr().write_all(
+                    format!(
+                        "  mmq {types:?} n={n} epilogue {e}: |y-one|/mag {:.1e}, |y-f64|/mag {:.1e}\n",
+                        worst.0, worst.1
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+    }
+}

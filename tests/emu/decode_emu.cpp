@@ -25,6 +25,7 @@
 
 #include "../../kernels/decode.cu"
 #include "attn_ref.h"
+#include "emu_buf.h"
 #include "emu_weights.h"
 
 static SplitMix64 rng{0xDEC0DE};
@@ -66,19 +67,6 @@ static int check_mxfp4_definition() {
 }
 
 // ---------- buffers ----------
-
-// Device-like memory: 256-byte aligned, exactly `n` bytes (AddressSanitizer sees past it).
-struct Buf {
-    uint8_t* p = nullptr;
-    size_t n = 0;
-    explicit Buf(size_t bytes) : n(bytes) {
-        if (posix_memalign(reinterpret_cast<void**>(&p), 256, bytes ? bytes : 1)) abort();
-        memset(p, 0xFF, n);  // NaN as f32: an output left unwritten shows
-    }
-    ~Buf() { free(p); }
-    Buf(const Buf&) = delete;
-    float* f() { return reinterpret_cast<float*>(p); }
-};
 
 struct TypeInfo {
     const char* name;

@@ -59,12 +59,13 @@ static void land(const Copy& c) {
     memcpy(c.dst, c.src, c.bytes);
     memset((char*)c.dst + c.bytes, 0, c.size - c.bytes);
 }
-enum Kind { LDSM, MMA, SHFL_XOR, SHFL_IDX, SYNCWARP };
+enum Kind { LDSM, MMA, IMMA, SHFL_XOR, SHFL_IDX, SYNCWARP };
 struct Warp {
     Kind kind[32];
     const __half* p[32];
     uint32_t a[32][4], b[32][2], ru[32][4];
     float c[32][4];
+    int ci[32][4];  // the integer products' accumulators
     float fv[32], fr[32];
     int arg[32];
 };
@@ -128,6 +129,43 @@ static void do_mma(Warp& w) {
     }
 }
 
+// The s8 product (PTX ISA, mma.m16n8k32 with .s8 operands, .s32 accumulators), g = lane/4,
+// t = lane%4, byte j of a register the element after byte j-1: A 16x32: a0..a3 row g, k 4t+j;
+// a4..a7 row g+8; a8..a11 row g, k 16+4t+j; a12..a15 row g+8. B 32x8: b0..b3 k 4t+j, column
+// g; b4..b7 k 16+4t+j. C 16x8: c0, c1 row g, columns 2t, 2t+1; c2, c3 row g+8.
+// Sums in 64-bit, then checked to fit s32 (the kernels' ranges never overflow).
+static void do_imma(Warp& w) {
+    const int K = 32;
+    int A[16][32], B[32][8];
+    long long C[16][8];
+    auto byte = [](uint32_t r, int j) { return (int)(int8_t)(r >> (8 * j)); };
+    for (int L = 0; L < 32; L++) {
+        const int g = L >> 2, t = L & 3;
+        for (int j = 0; j < 4; j++) {
+            A[g][4 * t + j] = byte(w.a[L][0], j);
+            A[g + 8][4 * t + j] = byte(w.a[L][1], j);
+            B[4 * t + j][g] = byte(w.b[L][0], j);
+            A[g][16 + 4 * t + j] = byte(w.a[L][2], j);
+            A[g + 8][16 + 4 * t + j] = byte(w.a[L][3], j);
+            B[16 + 4 * t + j][g] = byte(w.b[L][1], j);
+        }
+        C[g][2 * t] = w.ci[L][0];
+        C[g][2 * t + 1] = w.ci[L][1];
+        C[g + 8][2 * t] = w.ci[L][2];
+        C[g + 8][2 * t + 1] = w.ci[L][3];
+    }
+    for (int L = 0; L < 32; L++) {
+        const int g = L >> 2, t = L & 3;
+        const int rr[4] = {g, g, g + 8, g + 8}, cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+        for (int i = 0; i < 4; i++) {
+            long long s = C[rr[i]][cc[i]];
+            for (int k = 0; k < K; k++) s += (long long)A[rr[i]][k] * B[k][cc[i]];
+            if (s != (long long)(int)s) fail("integer mma sum overflows s32");
+            w.ci[L][i] = (int)s;
+        }
+    }
+}
+
 static void do_ldsm(Warp& w) {
     for (int L = 0; L < 32; L++)
         if (reinterpret_cast<uintptr_t>(w.p[L]) % 16) fail("ldmatrix row address not 16-byte aligned");
@@ -180,6 +218,7 @@ static void run_block(int nth, const std::function<void()>& fn) {
             for (int L = 1; L < 32; L++)
                 if (w.kind[L] != w.kind[0]) fail("lanes of a warp in different warp-wide operations");
             if (w.kind[0] == MMA) do_mma(w);
+            else if (w.kind[0] == IMMA) do_imma(w);
             else if (w.kind[0] == LDSM) do_ldsm(w);
             else if (w.kind[0] == SYNCWARP) {}
             else
@@ -255,6 +294,16 @@ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     memcpy(c, w.c[L], 16);
 }
 
+void imma16832(int c[4], const uint32_t a[4], const uint32_t b[2]) {
+    const int L = emu::cur & 31;
+    emu::Warp& w = emu::warps[emu::cur >> 5];
+    w.kind[L] = emu::IMMA;
+    memcpy(w.a[L], a, 16);
+    memcpy(w.b[L], b, 8);
+    memcpy(w.ci[L], c, 16);
+    emu::to_sched(emu::AT_WARP);
+    memcpy(c, w.ci[L], 16);
+}
 
 static float shfl(emu::Kind kind, unsigned mask, float v, int arg) {
     if (mask != 0xffffffffu) emu::fail("shuffle with a partial mask");

@@ -11,6 +11,7 @@ use super::launch::{
     allow_shared, dim, f32s, positive, row_bytes, type_suffix, KvCacheLayer, RopeParams,
 };
 use super::memory::DeviceBuffer;
+use super::mmq::mmq_input_bytes;
 use super::moe::moe_matvec_takes;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -33,6 +34,9 @@ const FUSED_SHARED_GLU: usize = 4 * DW * STAGE;
 pub(super) fn prepare_kernel(name: &str, f: cudarc::driver::sys::CUfunction) -> Result<()> {
     if name.starts_with("fused_matvec") {
         allow_shared(f, name, FUSED_SHARED_GLU)?;
+    }
+    if name.starts_with("mmq_") {
+        allow_shared(f, name, super::mmq::mmq_shared_max())?;
     }
     // The staged decode attention above 48 KiB: head size 128 (f16: 64 KiB), and 64 or 128
     // over an f32 cache (64 and 128 KiB).
@@ -103,6 +107,12 @@ fn kernel_formats(types: &[GgmlType], glu: bool) -> Option<(GgmlType, Option<Ggm
 /// these weight formats (with the SwiGLU epilogue: `glu`).
 pub fn matvec_rows_supported(types: &[GgmlType], glu: bool) -> bool {
     types.iter().all(|&t| type_code(t).is_ok()) && kernel_formats(types, glu).is_some()
+}
+
+/// Whether [`CudaDevice::mmq_rows`] has a kernel for products of these weight formats (with
+/// the SwiGLU epilogue: `glu`).
+pub fn mmq_supported(types: &[GgmlType], glu: bool) -> bool {
+    super::mmq::mmq_kernel(types, glu).is_some()
 }
 
 /// Most rows of a batched step whose products run as fused mat-vecs of several inputs
@@ -176,7 +186,7 @@ struct Seg {
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct MvArgs {
+pub(super) struct MvArgs {
     acc: u64,
     act: u64,
     k: i32,
@@ -377,6 +387,50 @@ impl CudaDevice {
         rec: &DeviceBuffer,
         prepared: bool,
     ) -> Result<()> {
+        self.fused_products(x, n, k, norm, prods, epilogue, rec, prepared, false)
+    }
+
+    /// [`fused_matvec_rows`](Self::fused_matvec_rows) on the tensor cores (kernels/mmq.cu:
+    /// int8 products of the weights' quants with the same 16-bit chunk records, laid out in
+    /// fragment order: `rec` holds [`mmq_input_bytes`]), for products of the formats
+    /// [`mmq_supported`] takes; any number of rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmq_rows(
+        &self,
+        x: &DeviceBuffer,
+        n: usize,
+        k: usize,
+        norm: Option<Norm>,
+        prods: &[MatVecOut],
+        epilogue: Epilogue,
+        rec: &DeviceBuffer,
+    ) -> Result<()> {
+        self.fused_products(x, n, k, norm, prods, epilogue, rec, false, true)
+    }
+
+    /// The products of `n` inputs: the checks and the input's preparation (prep_input) of
+    /// both forms, then the mat-vecs of several inputs or, with `mmq`, the tensor cores.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fused_products(
+        &self,
+        x: &DeviceBuffer,
+        n: usize,
+        k: usize,
+        norm: Option<Norm>,
+        prods: &[MatVecOut],
+        epilogue: Epilogue,
+        rec: &DeviceBuffer,
+        prepared: bool,
+        mmq: bool,
+    ) -> Result<()> {
+        let types: Vec<GgmlType> = prods.iter().map(|p| p.mat.ty).collect();
+        let glu = matches!(epilogue, Epilogue::Glu { .. });
+        if mmq && !mmq_supported(&types, glu) {
+            return Err(Error::Unsupported(format!(
+                "tensor-core products of {types:?}{}: no kernel",
+                if glu { " (SwiGLU)" } else { "" }
+            )));
+        }
         let k_i = positive(k, "fused matvec k")?;
         let n_i = positive(n, "fused matvec rows of input")?;
         if n > 1 && prepared {
@@ -487,6 +541,16 @@ impl CudaDevice {
             return Err(Error::InvalidArgument(
                 "fused matvec: a prepared input is for quantized weights without a norm".into(),
             ));
+        }
+        if mmq {
+            // The records in the tensor cores' fragment order (kernels/mmq.cu mmq_prep).
+            rec.check(self, mmq_input_bytes(n, k) as u64, "mmq input records")?;
+            let n8 = dim(n.div_ceil(8), "mmq input groups")?;
+            let grid = ((k / 32).div_ceil(8) as u32, n_i as u32, 1);
+            launch!(self, "mmq_prep", grid, (256, 1, 1);
+                x.ptr(), norm_w, eps, normed, rec.ptr(), k_i, n8)?;
+            let rows: Vec<usize> = prods.iter().map(|p| p.mat.rows).collect();
+            return self.launch_mmq(a, glu, rec.ptr(), n, &types, &rows);
         }
         // Records for the quantized formats; for F32/F16 the normed f32 (or x itself).
         let (rec_ptr, input, stride) = if xint {

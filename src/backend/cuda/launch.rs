@@ -103,6 +103,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "attention_decode_d64_f32kv",
             "attention_decode_d128_f32kv",
         ],
+        "mmq" => &super::mmq::KERNELS,
         "mma_matmul" => mma_kernels(),
         "gemm_f16" => gemm_kernels(),
         "attention_tiled" => &[

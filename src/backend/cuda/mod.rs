@@ -17,20 +17,22 @@ mod launch;
 mod batch;
 mod fused;
 mod memory;
+mod mmq;
 mod model;
 mod moe;
 
 pub use batch::CudaBatch;
 pub use device::CudaDevice;
 pub use fused::{
-    attention_scratch_floats, Epilogue, ExpertInput, ExpertOut, ExpertTable, ExpertsRef, MatRef,
-    MatVecOut, NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
+    attention_scratch_floats, mmq_supported, Epilogue, ExpertInput, ExpertOut, ExpertTable,
+    ExpertsRef, MatRef, MatVecOut, NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
 };
 pub use launch::{
     gemm_enabled, gemm_parts, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile,
     RopeParams, ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
+pub use mmq::{mmq_enabled, mmq_input_bytes, mmq_min_rows, mmq_prompt};
 pub use model::{CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
 
 use crate::Error;

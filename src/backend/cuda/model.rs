@@ -19,10 +19,11 @@ use super::drv;
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
-use super::fused::{matvec_rows_supported, multirow_rows, MULTIROW_MAX};
+use super::fused::{matvec_rows_supported, mmq_supported, multirow_rows, MULTIROW_MAX};
 use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
 use super::launch::{gemm_enabled, gemm_parts, matmul_uses_gemm, KvCacheLayer, RopeParams};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
+use super::mmq::{mmq_enabled, mmq_min_rows, mmq_prompt};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
 use crate::backend::{
     unfused, Activation, AttnIn, AttnShape, Dims, Glu, Moe, Norm, NormIn, Ops, Projection, Rope,
@@ -279,6 +280,15 @@ fn alloc_scratch(dev: &CudaDevice, dims: &Dims, cap: usize, gemm_k: usize) -> Re
     })
 }
 
+/// Bytes of the prepared inputs (chunk records) of `rows` rows of the widest product input,
+/// in either layout (the mat-vecs' records, or the tensor cores' fragment order of
+/// kernels/mmq.cu, which takes groups of 8 rows).
+fn record_bytes(dims: &Dims, rows: usize) -> usize {
+    let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
+    let recs = CudaDevice::input_record_bytes(widest) * rows;
+    recs.max(super::mmq::mmq_input_bytes(rows, widest))
+}
+
 impl CudaState {
     /// Bytes of the KV cache for `n_ctx` positions (of f32 values with `f32`, else f16).
     pub fn kv_bytes(dims: &Dims, n_ctx: usize, f32: bool) -> u64 {
@@ -319,8 +329,10 @@ impl CudaState {
         let mut attn_count = dev.alloc(dims.n_head * 4, MemKind::Scratch)?;
         dev.fill_bytes(&mut attn_count, 0)?;
         let pick = dev.alloc(4, MemKind::Scratch)?;
-        let widest = dims.n_embd.max(dims.q_dim()).max(dims.n_ff);
-        let xrec = dev.alloc(CudaDevice::input_record_bytes(widest), MemKind::Scratch)?;
+        // Records of one row; of a prompt chunk's rows when its products take the tensor
+        // cores (LLORCH_CUDA_MMQ_PROMPT).
+        let xrec_rows = if mmq_prompt() && n_ctx >= 2 { cap } else { 1 };
+        let xrec = dev.alloc(record_bytes(dims, xrec_rows), MemKind::Scratch)?;
         let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
         let moe = model
             .moe
@@ -338,7 +350,7 @@ impl CudaState {
             attn_part,
             attn_count,
             xrec,
-            xrec_rows: 1,
+            xrec_rows,
             pick,
             logits_stage,
             gemm_w,
@@ -374,12 +386,18 @@ impl CudaState {
             let r = alloc_scratch(&self.dev, &self.dims, rows, self.gemm_k)?;
             (self.slots, self.positions, self.ids, self.gemm_x) =
                 (r.slots, r.positions, r.ids, r.gemm_x);
-            // The records of a batched step's mat-vecs of several rows (`multirow`).
-            let per = self.xrec.len_bytes();
-            let want = per / self.xrec_rows * rows.min(MULTIROW_MAX);
-            if want > per {
-                self.xrec = self.dev.alloc(want, MemKind::Scratch)?;
-                self.xrec_rows = rows.min(MULTIROW_MAX);
+            // The records of a batched step's products of several rows: all rows for the
+            // tensor cores (kernels/mmq.cu), else those of the mat-vecs of several inputs.
+            let keep = if mmq_enabled() || mmq_prompt() {
+                rows
+            } else {
+                rows.min(MULTIROW_MAX)
+            };
+            if keep > self.xrec_rows {
+                self.xrec = self
+                    .dev
+                    .alloc(record_bytes(&self.dims, keep), MemKind::Scratch)?;
+                self.xrec_rows = keep;
             }
             self.cap = rows;
         }
@@ -612,18 +630,28 @@ impl<'a> CudaStep<'a> {
         s.width(&self.st.dims)
     }
 
-    /// Whether this step's products of weights `w` (a SwiGLU epilogue: `glu`) run as fused
-    /// mat-vecs: one row, or a batched step of few rows (each weight block read once for
-    /// all of them; more rows take the two-pass GEMM, faster there).
-    fn fused_rows(&self, w: &[WeightId], glu: bool) -> bool {
+    /// Whether this step's products of weights `w` (a SwiGLU epilogue: `glu`) run fused,
+    /// and if so whether on the tensor cores (`Some(true)`, kernels/mmq.cu: a batched step of
+    /// at least `LLORCH_CUDA_MMQ_MIN` rows with `LLORCH_CUDA_MMQ=1`, a prompt chunk with
+    /// `LLORCH_CUDA_MMQ_PROMPT=1`) or as mat-vecs (`Some(false)`: one row, or a batched step
+    /// of few rows, each weight block read once for all of them). None: the two-pass GEMM.
+    fn fused_path(&self, w: &[WeightId], glu: bool) -> Option<bool> {
         if self.n == 1 {
-            return true;
+            return Some(false);
         }
         let types: Vec<GgmlType> = w.iter().map(|&w| self.m.weight(w).ty).collect();
-        self.batch.is_some()
+        let mmq = match self.batch {
+            Some(_) => mmq_enabled() && self.n >= mmq_min_rows(),
+            None => mmq_prompt(),
+        };
+        if mmq && self.n <= self.st.xrec_rows && mmq_supported(&types, glu) {
+            return Some(true);
+        }
+        let multirow = self.batch.is_some()
             && self.n <= multirow_rows()
             && self.n <= self.st.xrec_rows
-            && matvec_rows_supported(&types, glu)
+            && matvec_rows_supported(&types, glu);
+        multirow.then_some(false)
     }
 
     /// Run `f` unless an earlier call failed; keep its error.
@@ -751,7 +779,11 @@ impl Ops for CudaStep<'_> {
         let float_w = matches!(self.m.weight(w).ty, GgmlType::F32 | GgmlType::F16);
         let prepared = self.n == 1 && self.rec_of == Some(x) && !float_w;
         self.rec_of = None;
-        let multirow = self.n > 1 && self.fused_rows(&[w], false);
+        let multirow = if self.n > 1 {
+            self.fused_path(&[w], false)
+        } else {
+            None
+        };
         self.run(|s| {
             let (m, wt) = (s.m, s.m.weight(w));
             let n = s.n;
@@ -771,13 +803,13 @@ impl Ops for CudaStep<'_> {
                     .dev
                     .fused_matvec(xb, k, None, &prod, plain, &st.xrec, prepared);
             }
-            if multirow {
+            if let Some(mmq) = multirow {
                 let prods = [MatVecOut {
                     mat: m.mat(w),
                     bias: None,
                     out: ob,
                 }];
-                return st.dev.fused_matvec_rows(
+                return st.dev.fused_products(
                     xb,
                     n,
                     k,
@@ -786,6 +818,7 @@ impl Ops for CudaStep<'_> {
                     Epilogue::Plain,
                     &st.xrec,
                     false,
+                    mmq,
                 );
             }
             // The two-pass path where the scratch holds this product (not the vocabulary
@@ -948,9 +981,10 @@ impl Ops for CudaStep<'_> {
 
     fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
         let w: Vec<WeightId> = projs.iter().map(|p| p.w).collect();
-        if projs.len() > 3 || !self.fused_rows(&w, false) {
+        let path = (projs.len() <= 3).then(|| self.fused_path(&w, false));
+        let Some(Some(mmq)) = path else {
             return unfused::norm_matmul(self, input, projs);
-        }
+        };
         let NormIn { x, norm, normed } = input;
         self.rec_of = None;
         self.run(|s| {
@@ -969,7 +1003,7 @@ impl Ops for CudaStep<'_> {
                 normed: Some(&st.slots[normed.index()]),
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec_rows(
+            st.dev.fused_products(
                 &st.slots[x.index()],
                 s.n,
                 k,
@@ -978,6 +1012,7 @@ impl Ops for CudaStep<'_> {
                 Epilogue::Plain,
                 &st.xrec,
                 false,
+                mmq,
             )
         });
     }
@@ -985,9 +1020,10 @@ impl Ops for CudaStep<'_> {
     fn norm_glu(&mut self, input: NormIn, glu: Glu) {
         let biased = glu.gate.bias.is_some() || glu.up.bias.is_some();
         let silu = glu.act == Activation::Silu;
-        if biased || !self.fused_rows(&[glu.gate.w, glu.up.w], silu) {
+        let path = self.fused_path(&[glu.gate.w, glu.up.w], silu);
+        let (false, Some(mmq)) = (biased, path) else {
             return unfused::norm_glu(self, input, glu);
-        }
+        };
         self.rec_of = None;
         let NormIn { x, norm, normed } = input;
         self.run(|s| {
@@ -1011,7 +1047,7 @@ impl Ops for CudaStep<'_> {
                 _ => Epilogue::Plain,
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec_rows(
+            st.dev.fused_products(
                 &st.slots[x.index()],
                 s.n,
                 k,
@@ -1020,6 +1056,7 @@ impl Ops for CudaStep<'_> {
                 epi,
                 &st.xrec,
                 false,
+                mmq,
             )
         });
         if glu.act != Activation::Silu {
@@ -1028,9 +1065,9 @@ impl Ops for CudaStep<'_> {
     }
 
     fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
-        if !self.fused_rows(&[w], false) {
+        let Some(mmq) = self.fused_path(&[w], false) else {
             return unfused::matmul_add(self, w, x, tmp, acc);
-        }
+        };
         // The attention just wrote x's records: no prep_input launch (quantized weights).
         let float_w = matches!(self.m.weight(w).ty, GgmlType::F32 | GgmlType::F16);
         let prepared = self.rec_of == Some(x) && !float_w;
@@ -1046,7 +1083,7 @@ impl Ops for CudaStep<'_> {
                 acc: &st.slots[acc.index()],
             };
             let k = x.width(&st.dims);
-            st.dev.fused_matvec_rows(
+            st.dev.fused_products(
                 &st.slots[x.index()],
                 s.n,
                 k,
@@ -1055,6 +1092,7 @@ impl Ops for CudaStep<'_> {
                 epi,
                 &st.xrec,
                 prepared,
+                mmq,
             )
         });
     }

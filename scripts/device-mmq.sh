@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs ON the device machine (the unpacked devpack of scripts/device-build.sh, as run-mmq.sh):
+# the tensor-core batched products (kernels/mmq.cu), in order of what a short call must not
+# miss: their GPU tests (cuda_kernels mmq: kernel vs the one-input mat-vec and f64, every
+# format; cuda_batch: batched greedy vs alone, 3/8/24/65 sessions) while both synthetic models
+# are built; aggregate decode with the products off and on (LLORCH_CUDA_MMQ=0 / 1, alternately);
+# cuda_parity of the 0.5B shape with its prompt's products through them; engine_tiny's GPU
+# tests (tiny models stage by stage vs HF); the 7B's pp512 with prompt chunks through them off
+# and on (LLORCH_CUDA_MMQ_PROMPT=0 / 1). Logs under $OUT. About 5 minutes; the elapsed time is
+# printed after each part (t=...).
+# Usage (in the unpacked folder): ./run-mmq.sh   (MMQ_MIN=N sets LLORCH_CUDA_MMQ_MIN)
+cd "$(dirname "$0")"
+log="${OUT:-/tmp}"
+S=$(date +%s)
+t() { echo "t=$(( $(date +%s) - S ))s"; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+# One synth per model, in the background while the tests run.
+./llorch synth --preset qwen2-0.5b --seed 1 -o /tmp/q05.gguf >/dev/null 2>"$log/synth-q05.err" &
+synth_q05=$!
+./llorch synth --preset qwen2-7b --seed 1 -o /tmp/q7.gguf >/dev/null 2>"$log/synth-q7.err" &
+synth_q7=$!
+echo "== cuda_kernels mmq"
+timeout 60 ./cuda_kernels --test-threads=1 --nocapture mmq >"$log/kernels-mmq.log" 2>&1; echo "rc=$?"
+grep -E "mmq \[|test result|panicked" "$log/kernels-mmq.log" | tail -12
+t
+echo "== cuda_batch, batched steps through mmq (LLORCH_CUDA_MMQ=1)"
+LLORCH_CUDA_MMQ=1 timeout 100 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
+grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
+t
+export LLORCH_CUDA_MMQ_MIN="${MMQ_MIN:-8}"
+par=(--device cuda:0 --parallel 1,8,32,128 -p 32 -n 64 -r 1)
+for m in q05 q7; do
+  if [ $m = q05 ]; then wait $synth_q05; else wait $synth_q7; fi
+  for on in 0 1; do
+    echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $LLORCH_CUDA_MMQ_MIN)"
+    LLORCH_CUDA_MMQ=$on timeout 60 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
+      | tee "$log/par-$m-mmq$on.txt" | grep -E "^\| qwen|rror"
+  done
+  t
+done
+echo "== cuda_parity qwen2-0.5b, prompt products through mmq (LLORCH_CUDA_MMQ_PROMPT=1)"
+LLORCH_CUDA_MMQ_PROMPT=1 timeout 60 ./cuda_parity --test-threads=1 --nocapture parity_qwen2_05b \
+  >"$log/parity-mmq-prompt.log" 2>&1; echo "rc=$?"
+grep -E "logits|argmax|test result|panicked" "$log/parity-mmq-prompt.log" | head -8
+t
+echo "== engine_tiny on the GPU (tiny models vs HF, stage by stage; mixtures' taps)"
+timeout 90 ./engine_tiny --test-threads=1 gpu >"$log/engine-tiny-gpu.log" 2>&1; echo "rc=$?"
+grep -E "^test |test result|panicked" "$log/engine-tiny-gpu.log" | head -12
+t
+for on in 0 1; do
+  echo "== q7 pp512 LLORCH_CUDA_MMQ_PROMPT=$on"
+  LLORCH_CUDA_MMQ_PROMPT=$on timeout 40 ./llorch bench -m /tmp/q7.gguf --device cuda:0 -p 512 -n 0 -r 3 2>&1 \
+    | tee "$log/pp512-q7-prompt$on.txt" | grep -E "pp512|rror"
+done
+t
