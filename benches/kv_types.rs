@@ -29,16 +29,7 @@ fn main() {
     let rounds: usize = args.get(2).map_or(3, |s| s.parse().expect("rounds"));
     let decode = 64;
     let model = common::cpu_model(name);
-    let vocab = model.vocab_size() as u64;
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let tokens: Vec<u32> = (0..n + decode)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % vocab) as u32
-        })
-        .collect();
+    let tokens = llorch::session::bench::bench_tokens(n + decode, model.vocab_size(), 0);
     let types = [KvType::F32, KvType::F16];
     let mut sessions: Vec<Session> = types
         .iter()

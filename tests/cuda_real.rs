@@ -25,14 +25,7 @@ fn greedy(model: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
         },
     )
     .unwrap();
-    let mut logits = s.eval(prompt, Logits::Last).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let t = argmax(&logits);
-        out.push(t);
-        logits = s.eval(&[t], Logits::Last).unwrap();
-    }
-    out
+    common::greedy_tokens(&mut s, prompt, n)
 }
 
 #[test]

@@ -93,13 +93,7 @@ fn check_greedy(model: &Arc<Model>, golden: &str, min_equal: usize) {
     for p in prompts {
         let want = common::json_ids(&p["greedy32_ids"]);
         let mut s = Session::new(model.clone(), SessionOptions::default()).unwrap();
-        let mut logits = s.eval(&common::json_ids(&p["ids"]), Logits::Last).unwrap();
-        let mut got = Vec::new();
-        for _ in 0..want.len() {
-            let t = argmax(&logits);
-            got.push(t);
-            logits = s.eval(&[t], Logits::Last).unwrap();
-        }
+        let got = common::greedy_tokens(&mut s, &common::json_ids(&p["ids"]), want.len());
         let same = got == want;
         equal += same as usize;
         if !same {

@@ -192,14 +192,7 @@ fn f16_sessions_track_f32_sessions() {
 
 /// Feed `t`, then `n` greedy tokens (each fed in turn): the tokens picked.
 fn continue_from(s: &mut Session, t: u32, n: usize) -> Vec<u32> {
-    let mut logits = s.eval(&[t], Logits::Last).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let t = argmax(&logits);
-        out.push(t);
-        logits = s.eval(&[t], Logits::Last).unwrap();
-    }
-    out
+    common::greedy_tokens(s, &[t], n)
 }
 
 /// The pool holds exactly half the bytes for an f16 session's positions; the CLI's bench

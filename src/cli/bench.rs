@@ -55,17 +55,8 @@ pub fn run(a: Args) -> Result<(), String> {
         return run_parallel(&model, &counts, a.prompt_tokens.unwrap_or(32), tg, reps);
     }
     let pp = a.prompt_tokens.unwrap_or(512);
-    let vocab = model.vocab_size() as u64;
     // Deterministic pseudo-random tokens: the work is the same as for text.
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let tokens: Vec<u32> = (0..pp.max(tg) + 1)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % vocab) as u32
-        })
-        .collect();
+    let tokens = llorch::session::bench::bench_tokens(pp.max(tg) + 1, model.vocab_size(), 0);
     let n_ctx = (pp.max(tg + 1) as u32).max(16);
     let mut session = Session::new(
         model.clone(),

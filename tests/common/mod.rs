@@ -240,3 +240,16 @@ pub fn session(
     };
     llorch::session::Session::new(m.clone(), opts).unwrap()
 }
+
+/// Feeds `prompt` to `s`, then picks `n` tokens greedily, feeding each back: the tokens picked.
+pub fn greedy_tokens(s: &mut llorch::session::Session, prompt: &[u32], n: usize) -> Vec<u32> {
+    use llorch::backend::Logits;
+    let mut logits = s.eval(prompt, Logits::Last).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = llorch::sampling::argmax(&logits);
+        out.push(t);
+        logits = s.eval(&[t], Logits::Last).unwrap();
+    }
+    out
+}
