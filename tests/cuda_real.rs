@@ -8,9 +8,7 @@ mod common;
 
 use llorch::backend::Context;
 use llorch::backend::ContextOptions;
-use llorch::backend::Logits;
 use llorch::model::Model;
-use llorch::sampling::argmax;
 use llorch::sampling::SamplingParams;
 use llorch::session::{GenerateParams, Session, SessionOptions};
 use std::sync::Arc;
