@@ -359,3 +359,51 @@ fn mixed_types_batch_as_alone() {
     eprintln!("f16 and f32 sessions: {seqs} sequence steps in {steps} steps");
     assert!(seqs > steps, "the sessions never stepped together");
 }
+
+/// With an f16 cache the default model still writes what the f32 reference wrote: the golden
+/// prompts' greedy continuations and the reference's greedy haikus (the same bounds as the
+/// f32 tests of engine_golden and haiku: at most one near-tie may differ).
+#[test]
+fn f16_cache_keeps_the_golden_continuations_and_haikus() {
+    let m = qwen();
+    let g = common::golden_json("qwen25coder05b.json");
+    let prompts = g["prompts"].as_array().unwrap();
+    let mut equal = 0;
+    for p in prompts {
+        let want = common::json_ids(&p["greedy32_ids"]);
+        let mut s = session(m, KvType::F16, 0);
+        equal += (common::greedy_tokens(&mut s, &common::json_ids(&p["ids"]), want.len()) == want)
+            as usize;
+    }
+    let haikus = g["haiku"].as_array().unwrap();
+    let mut same = 0;
+    for h in haikus {
+        let mut s = session(m, KvType::F16, 0);
+        let params = GenerateParams {
+            max_tokens: 40,
+            ..Default::default()
+        };
+        let mut text = String::new();
+        s.generate_tokens(
+            &common::json_ids(&h["prompt_ids"]),
+            &params,
+            &mut |piece, _| {
+                text.push_str(piece);
+                true
+            },
+        )
+        .unwrap();
+        same += (text == h["text"].as_str().unwrap()) as usize;
+    }
+    eprintln!(
+        "f16 KV: greedy continuations {equal}/{}, haikus {same}/{}",
+        prompts.len(),
+        haikus.len()
+    );
+    assert!(
+        equal + 1 >= prompts.len(),
+        "continuations {equal}/{}",
+        prompts.len()
+    );
+    assert!(same + 1 >= haikus.len(), "haikus {same}/{}", haikus.len());
+}
