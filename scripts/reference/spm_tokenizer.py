@@ -19,9 +19,13 @@ OUT/phi3/ (the test `tests/spm_convert.rs` reads it):
   3. a tiny random Phi3ForCausalLM checkpoint (1 layer, hidden 64; written with numpy, only so
      that the converter has a model to convert; not committed), converted twice by our
      converter: phi3-spm.gguf (pieces, scores and types from tokenizer.model) and
-     phi3-spm-json.gguf (the same directory without tokenizer.model: from tokenizer.json).
+     phi3-spm-json.gguf (the same directory without tokenizer.model: from tokenizer.json) and
+     phi3-spm-metaspace.gguf (tokenizer.json as transformers 5 saves a Llama tokenizer: a
+     Metaspace pre-tokenizer, prepend_scheme "first", instead of Phi-3's normalizer).
   4. reference.json: for each test string, HF's ids (AutoTokenizer on the saved directory,
-     i.e. tokenizer.json) with and without BOS, and sentencepiece's own ids for comparison.
+     i.e. tokenizer.json) with and without BOS for both tokenizer.json forms, and
+     sentencepiece's own ids for comparison (they differ where HF cuts out added tokens, and
+     for the Metaspace form on text starting with a space).
 OUT/unigram/: a tiny checkpoint whose tokenizer.model is a SentencePiece *Unigram* model,
 which the converter must refuse with a clear message.
 """
@@ -40,7 +44,7 @@ import numpy as np
 import sentencepiece as spm
 import transformers
 from safetensors.numpy import save_file
-from tokenizers import AddedToken, Tokenizer, normalizers
+from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from transformers import AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,6 +201,7 @@ def phi3_dir(d, model_bytes):
         "eos_token": "<|endoftext|>",
         "unk_token": "<unk>",
         "pad_token": "<|endoftext|>",
+        "add_bos_token": True,  # transformers writes the BOS into tokenizer.json's post-processor
     }
     (d / "tokenizer_config.json").write_text(json.dumps(tcfg))
     # transformers converts tokenizer.model to a fast tokenizer (vocab, merges, byte fallback).
@@ -214,7 +219,6 @@ def phi3_dir(d, model_bytes):
     tok.save(str(d / "tokenizer.json"))
     tcfg.update(
         {
-            "add_bos_token": True,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
             "chat_template": PHI3_TEMPLATE,
@@ -246,11 +250,22 @@ def main():
         nj = d.parent / "phi3-json"  # the same without tokenizer.model
         shutil.copytree(d, nj, ignore=shutil.ignore_patterns("tokenizer.model"))
         convert(nj, out / "phi3-spm-json.gguf")
+        # The same with tokenizer.json as transformers 5 saves a Llama tokenizer: no
+        # normalizer, a Metaspace pre-tokenizer that prepends "▁" to the text's start only.
+        ms = d.parent / "phi3-metaspace"
+        shutil.copytree(d, ms)
+        tok = Tokenizer.from_file(str(ms / "tokenizer.json"))
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.save(str(ms / "tokenizer.json"))
+        convert(ms, out / "phi3-spm-metaspace.gguf")
+        hf_ms = AutoTokenizer.from_pretrained(str(ms))
         for f in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "config.json"):
             shutil.copy(d / f, out / f)
 
     backend = json.loads(hf.backend_tokenizer.to_str())
     assert backend["normalizer"]["normalizers"][0]["type"] == "Prepend", "HF did not load tokenizer.json as saved"
+    assert hf("x")["input_ids"][0] == 1 and hf_ms("x")["input_ids"][0] == 1, "HF adds no BOS"
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     # The converter reads tokenizer.model's protobuf itself: check it against the package's.
     conv = load_converter()
@@ -263,6 +278,7 @@ def main():
     same_sp = 0
     for text in golden + EXTRA + [apache]:
         ids = hf(text, add_special_tokens=False)["input_ids"]
+        ms_ids = hf_ms(text, add_special_tokens=False)["input_ids"]
         ids_bos = hf(text)["input_ids"]
         sp_ids = sp.encode(text)
         same_sp += sp_ids == ids
@@ -271,6 +287,9 @@ def main():
                 "text": text,
                 "ids": ids,
                 "ids_bos": ids_bos,
+                "metaspace_ids": ms_ids,
+                "metaspace_ids_bos": hf_ms(text)["input_ids"],
+                "metaspace_decoded": hf_ms.decode(ms_ids),
                 "sentencepiece_ids": sp_ids,
                 "hf_decoded": hf.decode(ids),
             }
@@ -282,11 +301,14 @@ def main():
         "files": {
             "phi3-spm.gguf": "converted from tokenizer.model (+ tokenizer.json's added tokens)",
             "phi3-spm-json.gguf": "converted from tokenizer.json alone",
+            "phi3-spm-metaspace.gguf": "tokenizer.json with a Metaspace pre-tokenizer (prepend_scheme first): "
+            "metaspace_ids, metaspace_ids_bos",
         },
         "cases": cases,
     }
     (out / "reference.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{len(cases)} strings; sentencepiece agrees with HF on {same_sp}")
+    same_ms = sum(c["ids"] == c["metaspace_ids"] for c in cases)
+    print(f"{len(cases)} strings; sentencepiece agrees with HF on {same_sp}, the Metaspace form on {same_ms}")
 
     # A Unigram SentencePiece model: the converter must refuse it.
     un = args.out / "unigram"
