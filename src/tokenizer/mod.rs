@@ -76,7 +76,7 @@ pub struct TokenizerMeta<'a> {
     pub add_bos: Option<bool>,
     pub add_eos: Option<bool>,
     pub add_space_prefix: Option<bool>,
-    /// `tokenizer.llorch.space_prefix` (SentencePiece; see [`SpacePrefix`]): where the `▁`
+    /// `tokenizer.llorch.space_prefix` (SentencePiece; see `SpacePrefix`): where the `▁`
     /// of `add_space_prefix` goes. Absent: the start of the text, as SentencePiece does.
     pub space_prefix: Option<&'a str>,
     /// `tokenizer.llorch.lstrip_ids` / `rstrip_ids`: special tokens that swallow the
