@@ -325,3 +325,63 @@ fn inconsistent_spm_metadata_is_bad_model() {
     w.add_str_array("tokenizer.ggml.tokens", &["a", "b"]);
     expect_bad(&w, "no scores", "scores is missing");
 }
+
+/// llorch's keys for HF's rules (written by scripts/hf-to-gguf): where the space prefix goes
+/// and the special tokens that swallow whitespace around them.
+#[test]
+fn spm_space_prefix_rules_and_strip() {
+    // ids: 259 ▁, 260 a, 261 b, 262 ab, 263 ▁a, 264 ▁ab; 2 is </s> (control).
+    let pieces = [
+        ("▁", -1.0),
+        ("a", -1.0),
+        ("b", -1.0),
+        ("ab", -2.0),
+        ("▁a", -3.0),
+        ("▁ab", -4.0),
+    ];
+    let with = |prefix: Option<&str>, lstrip: &[i32], rstrip: &[i32]| {
+        let mut w = spm_writer(&pieces, true);
+        if let Some(p) = prefix {
+            w.add_str("tokenizer.llorch.space_prefix", p);
+        }
+        if !lstrip.is_empty() {
+            w.add_i32_array("tokenizer.llorch.lstrip_ids", lstrip);
+        }
+        if !rstrip.is_empty() {
+            w.add_i32_array("tokenizer.llorch.rstrip_ids", rstrip);
+        }
+        build(&w).unwrap()
+    };
+    // SentencePiece's own rule: only the text's start, always.
+    let t = with(None, &[], &[]);
+    assert_eq!(t.encode("a</s>a", true, false).unwrap(), [263, 2, 260]);
+    assert_eq!(t.encode(" a", true, false).unwrap(), [259, 263]);
+    assert_eq!(
+        t.encode("a </s> a", true, false).unwrap(),
+        [263, 259, 2, 263]
+    );
+    // HF's Prepend normalizer: every fragment between special tokens.
+    let t = with(Some("each_fragment"), &[], &[]);
+    assert_eq!(t.encode("a</s>a", true, false).unwrap(), [263, 2, 263]);
+    assert_eq!(t.encode("</s>a", true, false).unwrap(), [2, 263]);
+    // Metaspace: not before text that already starts with a space.
+    let t = with(Some("text_start_unless_space"), &[], &[]);
+    assert_eq!(t.encode(" a", true, false).unwrap(), [263]);
+    assert_eq!(t.encode("a</s>a", true, false).unwrap(), [263, 2, 260]);
+    let t = with(Some("each_fragment_unless_space"), &[], &[]);
+    assert_eq!(t.encode("a</s> a", true, false).unwrap(), [263, 2, 263]);
+    // rstrip / lstrip: the whitespace after / before the token goes (newlines too).
+    let t = with(None, &[], &[2]);
+    assert_eq!(t.encode("a</s> \n a", true, false).unwrap(), [263, 2, 260]);
+    let t = with(None, &[2], &[]);
+    assert_eq!(t.encode("a \n</s>", true, false).unwrap(), [263, 2]);
+    // Without parse_special nothing is matched, so nothing is stripped.
+    assert_eq!(t.encode("a </s>", false, false).unwrap().len(), 1 + 1 + 4);
+
+    let mut w = spm_writer(&pieces, true);
+    w.add_str("tokenizer.llorch.space_prefix", "sometimes");
+    expect_bad(&w, "unknown space_prefix", "space_prefix");
+    let mut w = spm_writer(&pieces, true);
+    w.add_i32_array("tokenizer.llorch.rstrip_ids", &[260]);
+    expect_bad(&w, "rstrip of a normal piece", "no special token");
+}

@@ -76,6 +76,46 @@ pub struct TokenizerMeta<'a> {
     pub add_bos: Option<bool>,
     pub add_eos: Option<bool>,
     pub add_space_prefix: Option<bool>,
+    /// `tokenizer.llorch.space_prefix` (SentencePiece; see `SpacePrefix`): where the `▁`
+    /// of `add_space_prefix` goes. Absent: the start of the text, as SentencePiece does.
+    pub space_prefix: Option<&'a str>,
+    /// `tokenizer.llorch.lstrip_ids` / `rstrip_ids`: special tokens that swallow the
+    /// whitespace before / after them when matched in text (HF added tokens' lstrip/rstrip).
+    pub lstrip: Option<Vec<i32>>,
+    pub rstrip: Option<Vec<i32>>,
+}
+
+/// Where a SentencePiece tokenizer puts its space prefix (`tokenizer.llorch.space_prefix`);
+/// the fragments are the pieces of text between special tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpacePrefix {
+    /// `text_start`: before the fragment that starts the text (SentencePiece itself).
+    TextStart,
+    /// `each_fragment`: before every fragment (HF's `Prepend("▁")` normalizer: Phi-3,
+    /// Llama 2 tokenizer.json).
+    EachFragment,
+    /// `text_start_unless_space`: before the fragment that starts the text unless it starts
+    /// with a space (HF's `Metaspace` pre-tokenizer, prepend_scheme `first`).
+    TextStartUnlessSpace,
+    /// `each_fragment_unless_space`: `Metaspace` with prepend_scheme `always`.
+    EachFragmentUnlessSpace,
+}
+
+impl SpacePrefix {
+    fn from_name(name: Option<&str>) -> Result<Self> {
+        Ok(match name {
+            None | Some("text_start") => SpacePrefix::TextStart,
+            Some("each_fragment") => SpacePrefix::EachFragment,
+            Some("text_start_unless_space") => SpacePrefix::TextStartUnlessSpace,
+            Some("each_fragment_unless_space") => SpacePrefix::EachFragmentUnlessSpace,
+            Some(other) => {
+                return Err(bad(format!(
+                    "tokenizer.llorch.space_prefix = {other:?} (known: text_start, \
+                     each_fragment, text_start_unless_space, each_fragment_unless_space)"
+                )))
+            }
+        })
+    }
 }
 
 impl<'a> TokenizerMeta<'a> {
@@ -106,6 +146,9 @@ impl<'a> TokenizerMeta<'a> {
             add_bos: g.get_bool(&key("add_bos_token"))?,
             add_eos: g.get_bool(&key("add_eos_token"))?,
             add_space_prefix: g.get_bool(&key("add_space_prefix"))?,
+            space_prefix: g.get_str("tokenizer.llorch.space_prefix")?,
+            lstrip: g.get_i32_array("tokenizer.llorch.lstrip_ids")?,
+            rstrip: g.get_i32_array("tokenizer.llorch.rstrip_ids")?,
         })
     }
 }
@@ -146,6 +189,9 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     add_space_prefix: bool,
+    space_prefix: SpacePrefix,
+    /// Per token: LSTRIP | RSTRIP (whitespace the special token swallows when matched).
+    strip: Vec<u8>,
     eog: Vec<u32>,
 }
 
@@ -177,6 +223,9 @@ const EOG_TEXTS: &[&str] = &[
     "</s>",
     "<eos>",
 ];
+
+const LSTRIP: u8 = 1;
+const RSTRIP: u8 = 2;
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::BadModel(format!("tokenizer: {}", msg.into()))
@@ -377,11 +426,14 @@ impl Tokenizer {
             }
         };
 
-        // Control tokens match only with parse_special; user-defined ones always (they are
+        // Control and unknown (`<unk>`) tokens match only with parse_special (HF matches them
+        // as added tokens); user-defined ones always (they are
         // pieces of the vocabulary that the model was trained to see whole).
         let is_special = |i: usize| {
-            matches!(types[i], TokenType::Control | TokenType::UserDefined)
-                && !text.get(i).is_empty()
+            matches!(
+                types[i],
+                TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+            ) && !text.get(i).is_empty()
         };
         let table = StrTable::build(&text, is_special);
         let mut lens = vec![Vec::new(); 256];
@@ -420,6 +472,21 @@ impl Tokenizer {
         }
         eog.sort_unstable();
         eog.dedup();
+        let mut strip = Vec::new();
+        for (list, bit, name) in [
+            (&m.lstrip, LSTRIP, "lstrip_ids"),
+            (&m.rstrip, RSTRIP, "rstrip_ids"),
+        ] {
+            for &id in list.iter().flatten() {
+                if id < 0 || id as usize >= n || !is_special(id as usize) {
+                    return Err(bad(format!(
+                        "tokenizer.llorch.{name} names {id}, which is no special token"
+                    )));
+                }
+                strip.resize(n, 0);
+                strip[id as usize] |= bit;
+            }
+        }
 
         Ok(Tokenizer {
             kind,
@@ -438,6 +505,8 @@ impl Tokenizer {
             add_bos,
             add_eos: m.add_eos.unwrap_or(false),
             add_space_prefix: m.add_space_prefix.unwrap_or(matches!(m.model, "llama")),
+            space_prefix: SpacePrefix::from_name(m.space_prefix)?,
+            strip,
             eog,
         })
     }
@@ -464,11 +533,20 @@ impl Tokenizer {
         while i < b.len() {
             match self.special_at(b, i, parse_special) {
                 Some((id, len)) => {
-                    if start < i {
-                        self.encode_fragment(&text[start..i], start == 0, &mut st, &mut out)?;
+                    let strip = self.strip.get(id as usize).copied().unwrap_or(0);
+                    let end = if strip & LSTRIP != 0 {
+                        start + text[start..i].trim_end().len()
+                    } else {
+                        i
+                    };
+                    if start < end {
+                        self.encode_fragment(&text[start..end], start == 0, &mut st, &mut out)?;
                     }
                     out.push(id);
                     i += len;
+                    if strip & RSTRIP != 0 {
+                        i = b.len() - text[i..].trim_start().len();
+                    }
                     start = i;
                 }
                 None => i += 1,
@@ -531,7 +609,16 @@ impl Tokenizer {
             }
             Kind::Spm(spm) => {
                 st.frag.clear();
-                if self.add_space_prefix && at_start {
+                let (each, unless_space) = match self.space_prefix {
+                    SpacePrefix::TextStart => (false, false),
+                    SpacePrefix::EachFragment => (true, false),
+                    SpacePrefix::TextStartUnlessSpace => (false, true),
+                    SpacePrefix::EachFragmentUnlessSpace => (true, true),
+                };
+                if self.add_space_prefix
+                    && (at_start || each)
+                    && !(unless_space && (s.starts_with(' ') || s.starts_with('▁')))
+                {
                     st.frag.push('▁');
                 }
                 for c in s.chars() {
