@@ -180,21 +180,29 @@ fn tokenizer_model_and_json_agree() {
 }
 
 /// The converter refuses a SentencePiece Unigram model with a clear message (the engine's
-/// `llama` tokenizer is BPE by score). Skipped where python3 with gguf and numpy is missing.
+/// `llama` tokenizer is BPE by score). The Python is `LLORCH_PYTHON` (scripts/test-all sets
+/// it to a venv with gguf and numpy; then it must work), else python3, skipped where that
+/// lacks gguf or numpy.
 #[test]
 fn converter_refuses_unigram() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ok = Command::new("python3")
+    let named = std::env::var("LLORCH_PYTHON").ok();
+    let python = named.clone().unwrap_or_else(|| "python3".into());
+    let ok = Command::new(&python)
         .args(["-c", "import gguf, numpy"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
+        assert!(
+            named.is_none(),
+            "LLORCH_PYTHON={python} lacks gguf or numpy"
+        );
         eprintln!("skipped: python3 with gguf and numpy is not available");
         return;
     }
     let out = std::env::temp_dir().join(format!("llorch-unigram-{}.gguf", std::process::id()));
-    let o = Command::new("python3")
+    let o = Command::new(&python)
         .arg(root.join("scripts/hf-to-gguf"))
         .arg(dir().join("unigram"))
         .arg("-o")
