@@ -4,6 +4,8 @@
 //! converter's refusal of a SentencePiece Unigram model. Fixtures: tests/fixtures/spm, built by
 //! `scripts/reference/spm_tokenizer.py`.
 
+mod common;
+
 use llorch::gguf::Gguf;
 use llorch::tokenizer::{TokenType, Tokenizer};
 use serde_json::Value;
@@ -19,14 +21,6 @@ fn reference() -> Value {
     serde_json::from_str(&s).unwrap()
 }
 
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn load(file: &str) -> (Gguf, Tokenizer) {
     let g = Gguf::open(&dir().join("phi3").join(file)).expect("open converted GGUF");
     let t = Tokenizer::from_gguf(&g).expect("tokenizer from converted metadata");
@@ -39,7 +33,7 @@ fn mismatches(tok: &Tokenizer, cases: &[Value], ids: &str) -> Vec<String> {
     for c in cases {
         let text = c["text"].as_str().unwrap();
         for (key, bos) in [(ids.to_string(), false), (format!("{ids}_bos"), true)] {
-            let want = ids_of(&c[&key]);
+            let want = common::json_ids(&c[&key]);
             let got = tok.encode(text, true, bos).unwrap();
             if got != want {
                 let p = |ids: &[u32]| -> Vec<String> {
@@ -114,7 +108,7 @@ fn check(file: &str, ids: &str) {
     for c in cases {
         let text = c["text"].as_str().unwrap();
         let want = c[dec].as_str().unwrap();
-        let back = String::from_utf8(tok.decode(&ids_of(&c[ids])).unwrap()).unwrap();
+        let back = String::from_utf8(tok.decode(&common::json_ids(&c[ids])).unwrap()).unwrap();
         assert_eq!(back, want, "{file}: decode of {text:?}");
         round += usize::from(back == text);
     }

@@ -274,17 +274,21 @@ fn spm_writer(pieces: &[(&str, f32)], add_space_prefix: bool) -> GgufWriter {
     w
 }
 
+/// A tiny SentencePiece vocabulary after spm_writer's fixed tokens. ids: 259 ▁, 260 a,
+/// 261 b, 262 ab, 263 ▁a, 264 ▁ab.
+const TINY_SPM: [(&str, f32); 6] = [
+    ("▁", -1.0),
+    ("a", -1.0),
+    ("b", -1.0),
+    ("ab", -2.0),
+    ("▁a", -3.0),
+    ("▁ab", -4.0),
+];
+
 #[test]
 fn tiny_spm_merges_by_score_with_byte_fallback() {
     // ids: 259 ▁, 260 a, 261 b, 262 ab, 263 ▁a, 264 ▁ab
-    let pieces = [
-        ("▁", -1.0),
-        ("a", -1.0),
-        ("b", -1.0),
-        ("ab", -2.0),
-        ("▁a", -3.0),
-        ("▁ab", -4.0),
-    ];
+    let pieces = TINY_SPM;
     let tok = build(&spm_writer(&pieces, true)).unwrap();
     // "▁ab": pairs (▁,a) -3 and (a,b) -2 → ab first, then (▁,ab) → ▁ab. BOS by default for SPM.
     assert_eq!(tok.encode("ab", false, true).unwrap(), [1, 264]);
@@ -331,14 +335,7 @@ fn inconsistent_spm_metadata_is_bad_model() {
 #[test]
 fn spm_space_prefix_rules_and_strip() {
     // ids: 259 ▁, 260 a, 261 b, 262 ab, 263 ▁a, 264 ▁ab; 2 is </s> (control).
-    let pieces = [
-        ("▁", -1.0),
-        ("a", -1.0),
-        ("b", -1.0),
-        ("ab", -2.0),
-        ("▁a", -3.0),
-        ("▁ab", -4.0),
-    ];
+    let pieces = TINY_SPM;
     let with = |prefix: Option<&str>, lstrip: &[i32], rstrip: &[i32]| {
         let mut w = spm_writer(&pieces, true);
         if let Some(p) = prefix {

@@ -7,20 +7,11 @@ use common::*;
 use llorch::gguf::Gguf;
 use llorch::tokenizer::chat::ChatMessage;
 use llorch::tokenizer::{chat, StreamDecoder, Tokenizer};
-use serde_json::Value;
 
 fn load(model: &str) -> (Gguf, Tokenizer) {
     let g = Gguf::open(&model_path(model)).expect("open model");
     let t = Tokenizer::from_gguf(&g).expect("tokenizer from metadata");
     (g, t)
-}
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn check_golden(model: &str, golden: &str) {
@@ -32,7 +23,7 @@ fn check_golden(model: &str, golden: &str) {
         assert_eq!(cases.len(), 30, "{golden} {mode}");
         for c in cases {
             let text = c["text"].as_str().unwrap();
-            let want = ids_of(&c["ids"]);
+            let want = common::json_ids(&c["ids"]);
             let got = tok.encode(text, true, add_bos).unwrap();
             if got != want {
                 let pieces: Vec<String> = want.iter().map(|&i| tok.token_text(i)).collect();
@@ -323,7 +314,7 @@ fn model_golden_prompt_ids() {
             let text = p["text"].as_str().unwrap();
             assert_eq!(
                 tok.encode(text, true, true).unwrap(),
-                ids_of(&p["ids"]),
+                common::json_ids(&p["ids"]),
                 "{model} {text:?}"
             );
         }
@@ -340,7 +331,7 @@ fn model_golden_prompt_ids() {
             let prompt = chat::render(template, &msgs, true, "", "").unwrap();
             assert_eq!(
                 tok.encode(&prompt, true, true).unwrap(),
-                ids_of(&h["prompt_ids"]),
+                common::json_ids(&h["prompt_ids"]),
                 "{model} {word}"
             );
         }
