@@ -40,6 +40,7 @@ cp scripts/device-real.sh "$dest/run-real.sh"
 cp scripts/device-profile.sh "$dest/run-profile.sh"
 cp scripts/device-multirow.sh "$dest/run-multirow.sh"
 cp scripts/device-mmq.sh "$dest/run-mmq.sh"
+cp scripts/device-batch-profile.sh "$dest/run-batch-profile.sh"
 # A baseline CLI for run-multirow.sh to compare with (e.g. main's), when LLORCH_BASE_CLI names one.
 rm -f "$dest/llorch-base"
 if [ -n "${LLORCH_BASE_CLI:-}" ]; then strip -o "$dest/llorch-base" "$LLORCH_BASE_CLI"; fi

@@ -24,7 +24,7 @@ use llorch::backend::{Context, ContextOptions, Device};
 use llorch::model::synth::{build, preset};
 use llorch::model::Model;
 use llorch::session::bench::bench_tokens;
-use llorch::session::{GenerateParams, Session, SessionOptions};
+use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
 use llorch::Error;
 use std::io::Write;
 use std::sync::{Arc, Barrier};
@@ -63,7 +63,8 @@ fn generate(m: &Arc<Model>, i: usize) -> Vec<u32> {
     let mut s = Session::new(
         m.clone(),
         SessionOptions {
-            n_ctx: 256,
+            // The longest prompt (12 + 5 * 64 tokens for 65 sessions) and its tokens fit.
+            n_ctx: 512,
             seed: 0,
             ..Default::default()
         },
@@ -75,7 +76,8 @@ fn generate(m: &Arc<Model>, i: usize) -> Vec<u32> {
         ignore_eos: true,
         ..Default::default()
     };
-    s.generate_tokens(&prompt, &p, &mut |_, _| true).unwrap();
+    let stats = s.generate_tokens(&prompt, &p, &mut |_, _| true).unwrap();
+    assert_eq!(stats.stop_reason, StopReason::Limit, "session {i}");
     s.tokens()[prompt.len()..].to_vec()
 }
 
