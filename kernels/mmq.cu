@@ -9,15 +9,18 @@
 // fused mat-vecs of several inputs (mv_args.cuh: plain + bias over up to three matrices,
 // SwiGLU of gate and up, residual add; output i of a matrix of R rows at out + i R).
 //
-// Block: 4 warps, a tile of 128 weight-row slots (warp w: slots 32w..32w+31, two m16 tiles;
-// for a SwiGLU, m-tile 0 holds gate rows and m-tile 1 the same up rows, so that both
-// products of an output sit in one thread) x up to 64 inputs (NT n8 tiles of 8 inputs, a
-// warp takes them all: each staged weight fragment is decoded once per block and multiplied
-// with every input). Weights go through a ring of MQ_STAGES shared-memory stages, each a
-// slice of k of every slot's row (8 chunks; 4 for Q8_0), copied with cp.async as 16-byte
-// words from the 16-byte boundary below (every format's alignment); each slot's row is
-// SLOT bytes apart, an odd number of 16-byte words (8 rows x 4 lanes' word reads of the
-// fragments then spread over the banks). The inputs' records are read from global memory
+// Block: 4 warps, a tile of 32 weight-row slots (two m16 tiles; for a SwiGLU, m-tile 0 holds
+// 16 gate rows and m-tile 1 the same up rows, so that both products of an output sit in one
+// thread) x up to 64 inputs (NT n8 tiles of 8 inputs: each staged weight fragment is decoded
+// once per block and multiplied with every input). The 4 warps split k: warp w takes chunks
+// w, w + 4, ... of each stage, and at the end the warps' sums are added in the order 0, 1, 2,
+// 3 (a fixed order: an input's outputs do not depend on the other inputs). Small tiles and
+// the split of k give a 3584-row product 112 blocks (a first version, 128 rows a block each
+// walking all of k, gave it 28 and lost 2-4x to the mat-vecs: bench/RESULTS.md). Weights go
+// through a ring of MQ_STAGES shared-memory stages, each a slice of k of every slot's row (8
+// chunks; 4 for Q8_0), copied with cp.async as 16-byte words from the 16-byte boundary below
+// (every format's alignment); each slot's row is SLOT bytes apart, an odd number of 16-byte
+// words (8 rows x 4 lanes' word reads of the fragments then spread over the banks). The inputs' records are read from global memory
 // (L1/L2: every warp of a block and every block of a product reads the same few KB), in
 // fragment order: one 16-byte load a lane gives an n8 tile's both planes, one more its
 // inputs' scales and sums (with decode.cu's 80-byte records, six loads each touching the 8
@@ -34,9 +37,14 @@
 #include "prep_input.cuh"
 
 #define MQ_WARPS 4
-#define MQ_SLOTS 128   // weight-row slots a block
-#define MQ_STAGES 3
+#define MQ_SLOTS 32    // weight-row slots a block
+#ifndef MQ_STAGES      // (tests/emu builds it with 3, so that short rows wrap the ring)
+#define MQ_STAGES 6    // 5 stages in flight: 24-34 KB of weights a block
+#endif
 #define MQ_NT 8        // most n8 input tiles a block (64 inputs)
+// Shared memory of the warps' partial sums (warps 1..3, 2 x MQ_NT x 4 floats a lane), which
+// reuse the ring at the end; src/backend/cuda/mmq.rs sizes the launch to hold both.
+#define MQ_RED_BYTES ((MQ_WARPS - 1) * 2 * MQ_NT * 4 * 32 * 4)
 
 __device__ __forceinline__ uint32_t mq_u32_4(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 // An int of magnitude below 2^22 as f32, exactly, without the conversion unit (a quarter of
@@ -186,7 +194,7 @@ __device__ __forceinline__ const uint8_t* mq_row(const MvArgs& a, const MqTile& 
                                                  int& row, int& seg) {
     if (glu) {
         seg = (slot >> 4) & 1;
-        row = tl.r0 + 16 * (slot >> 5) + (slot & 15);
+        row = tl.r0 + (slot & 15);
     } else {
         seg = tl.seg;
         row = tl.r0 + slot;
@@ -214,7 +222,8 @@ __device__ __forceinline__ void mq_stage_copy(const MvArgs& a, const MqTile& tl,
 }
 
 // One tile: acc[mt][nt][e] (thread's C fragment elements) of the products of its slots'
-// rows with inputs x0 + 8 nt + ..., over all k. `nt_n`: n8 input tiles used (1..MQ_NT).
+// rows with inputs x0 + 8 nt + ..., over the warp's chunks of k (see mq_reduce). `nt_n`: n8
+// input tiles used (1..MQ_NT).
 template <int T>
 __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool glu, const uint8_t* __restrict__ xs,
                                         int n_x, int nt_n, float (&acc)[2][MQ_NT][4]) {
@@ -232,7 +241,7 @@ __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool 
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             int row, seg;
-            rowp[mt][h] = mq_row(a, tl, glu, 32 * warp + 16 * mt + g + 8 * h, row, seg);
+            rowp[mt][h] = mq_row(a, tl, glu, 16 * mt + g + 8 * h, row, seg);
         }
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
@@ -261,7 +270,7 @@ __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool 
         const uint8_t* buf = smem + (st % MQ_STAGES) * MQ_SLOTS * SLOT;
         const int c0 = st * KC, nc = min(KC, nch - c0);
 #pragma unroll 1
-        for (int lc = 0; lc < nc; lc++) {
+        for (int lc = warp; lc < nc; lc += MQ_WARPS) {
             const int c = c0 + lc, sub = lc % CPB;
             // The weight fragments of both m-tiles and their scales.
             uint32_t A[2][4];
@@ -274,7 +283,7 @@ __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool 
                     const uint8_t* gb = rowp[mt][h] + (long long)(c0 / CPB) * Mq<T>::B;
                     const int off = (int)((uintptr_t)gb & 15);
                     const uint8_t* b =
-                        buf + (32 * warp + 16 * mt + g + 8 * h) * SLOT + off + (lc / CPB) * Mq<T>::B;
+                        buf + (16 * mt + g + 8 * h) * SLOT + off + (lc / CPB) * Mq<T>::B;
                     Mq<T>::frag(b, sub, t, A[mt][h], A[mt][2 + h]);
                     sc[mt][h] = Mq<T>::scale(b, sub);
                     if constexpr (T == T_Q6_K) Mq<T>::scales16(b, sub, s16[mt][h][0], s16[mt][h][1]);
@@ -333,15 +342,45 @@ __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool 
     cp_wait<0>();
 }
 
-// The block's tile: blockIdx.x = weight tile * n_xt + input tile. Tiles of 128 rows of one
-// matrix (a SwiGLU's: 64 gate/up row pairs).
+// The warps' partial sums of the tile added in warp order into warp 0's: ((w0 + w1) + w2) + w3
+// (through shared memory, reusing the ring). Returns whether this warp holds the sums.
+__device__ __forceinline__ bool mq_reduce(float (&acc)[2][MQ_NT][4]) {
+    DYN_SMEM(smem);
+    float* red = reinterpret_cast<float*>(smem);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();  // every warp is done with the ring
+    if (warp > 0) {
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < MQ_NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    red[(((warp - 1) * 2 + mt) * MQ_NT * 4 + nt * 4 + e) * 32 + lane] = acc[mt][nt][e];
+    }
+    __syncthreads();
+    if (warp > 0) return false;
+#pragma unroll 1
+    for (int w = 1; w < MQ_WARPS; w++)
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < MQ_NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    acc[mt][nt][e] += red[(((w - 1) * 2 + mt) * MQ_NT * 4 + nt * 4 + e) * 32 + lane];
+    return true;
+}
+
+// The block's tile: blockIdx.x = weight tile * n_xt + input tile. Tiles of MQ_SLOTS rows of
+// one matrix (a SwiGLU's: MQ_SLOTS / 2 gate/up row pairs).
 __device__ __forceinline__ bool mq_tile_of(const MvArgs& a, int n_xt, MqTile& tl) {
     const int xt = blockIdx.x % n_xt;
     int wt = blockIdx.x / n_xt;
     tl.x0 = 64 * xt;
     if (a.mode == MODE_GLU) {
         tl.seg = 0;
-        tl.r0 = 64 * wt;
+        tl.r0 = MQ_SLOTS / 2 * wt;
         return tl.r0 < a.seg[0].rows;
     }
     const int n_seg = a.mode == MODE_PLAIN ? a.n_seg : 1;
@@ -357,11 +396,11 @@ __device__ __forceinline__ bool mq_tile_of(const MvArgs& a, int n_xt, MqTile& tl
     return false;
 }
 
-// The epilogue: each output of the thread's fragments to its slot of the step (input i of a
-// matrix of R rows at out + i R).
+// The epilogue (warp 0, after mq_reduce): each output of the thread's fragments to its slot
+// of the step (input i of a matrix of R rows at out + i R).
 __device__ __forceinline__ void mq_store(const MvArgs& a, const MqTile& tl, bool glu, int n_x, int nt_n,
                                          const float (&acc)[2][MQ_NT][4]) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int nt = 0; nt < MQ_NT; nt++) {
         if (nt >= nt_n) break;
@@ -370,7 +409,7 @@ __device__ __forceinline__ void mq_store(const MvArgs& a, const MqTile& tl, bool
             const int i = tl.x0 + 8 * nt + 2 * t + (e & 1);
             if (i >= n_x) continue;
             if (glu) {
-                const int r = tl.r0 + 16 * warp + g + 8 * (e >> 1), R = a.seg[0].rows;
+                const int r = tl.r0 + g + 8 * (e >> 1), R = a.seg[0].rows;
                 if (r >= R) continue;
                 const long long o = (long long)i * R + r;
                 const float gv = acc[0][nt][e], uv = acc[1][nt][e];
@@ -382,7 +421,7 @@ __device__ __forceinline__ void mq_store(const MvArgs& a, const MqTile& tl, bool
 #pragma unroll
             for (int mt = 0; mt < 2; mt++) {
                 const Seg& s = a.seg[tl.seg];
-                const int r = tl.r0 + 32 * warp + 16 * mt + g + 8 * (e >> 1);
+                const int r = tl.r0 + 16 * mt + g + 8 * (e >> 1);
                 if (r >= s.rows) continue;
                 const long long o = (long long)i * s.rows + r;
                 float y = acc[mt][nt][e];
@@ -395,7 +434,7 @@ __device__ __forceinline__ void mq_store(const MvArgs& a, const MqTile& tl, bool
 }
 
 // Launch: block 32 * MQ_WARPS, grid (weight tiles x n_xt), dynamic shared memory MQ_STAGES x
-// MQ_SLOTS x SLOT of the format (the larger of a pair's). `xs`: n_x inputs in fragment order
+// MQ_SLOTS x SLOT of the format (the larger of a pair's), at least MQ_RED_BYTES. `xs`: n_x inputs in fragment order
 // (mmq_prep); n_xt = ceil(n_x / 64) input tiles, nt_n = n8 tiles a tile (fewer in the last).
 // FA, FB: the product's formats (a pair: q/k/v of a Q4_K_M file; a tile is of one matrix).
 template <int FA, int FB, int GLU>
@@ -409,7 +448,7 @@ __device__ __forceinline__ void mmq_body(const MvArgs& a, const uint8_t* __restr
         mq_tile<FA>(a, tl, glu, xs, n_x, nt_n, acc);
     else
         mq_tile<FB>(a, tl, glu, xs, n_x, nt_n, acc);
-    mq_store(a, tl, glu, n_x, min(nt_n, (n_x + 7) / 8 - tl.x0 / 8), acc);
+    if (mq_reduce(acc)) mq_store(a, tl, glu, n_x, min(nt_n, (n_x + 7) / 8 - tl.x0 / 8), acc);
 }
 
 #define MMQ_ARGS const MvArgs a, const uint8_t* __restrict__ xs, int n_x, int n_xt, int nt_n

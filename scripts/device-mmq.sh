@@ -28,12 +28,12 @@ LLORCH_CUDA_MMQ=1 timeout 100 ./cuda_batch --test-threads=1 --nocapture >"$log/b
 grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
 t
 export LLORCH_CUDA_MMQ_MIN="${MMQ_MIN:-8}"
-par=(--device cuda:0 --parallel 1,8,32,128 -p 32 -n 64 -r 1)
+par=(--device cuda:0 --parallel 1,4,8,16,32,64,128 -p 32 -n 64 -r 1)
 for m in q05 q7; do
   if [ $m = q05 ]; then wait $synth_q05; else wait $synth_q7; fi
   for on in 0 1; do
     echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $LLORCH_CUDA_MMQ_MIN)"
-    LLORCH_CUDA_MMQ=$on timeout 60 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
+    LLORCH_CUDA_MMQ=$on timeout 100 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
       | tee "$log/par-$m-mmq$on.txt" | grep -E "^\| qwen|rror"
   done
   t

@@ -15,7 +15,7 @@ g++ "${flags[@]}" "$here/tests/emu/attn_emu.cpp" -o "$out/attn_emu"
 g++ "${flags[@]}" "$here/tests/emu/gemm_emu.cpp" -o "$out/gemm_emu"
 g++ "${flags[@]}" "$here/tests/emu/decode_emu.cpp" -o "$out/decode_emu"
 g++ "${flags[@]}" "$here/tests/emu/moe_emu.cpp" -o "$out/moe_emu"
-g++ "${flags[@]}" "$here/tests/emu/mmq_emu.cpp" -o "$out/mmq_emu"
+g++ "${flags[@]}" -DMQ_STAGES=3 "$here/tests/emu/mmq_emu.cpp" -o "$out/mmq_emu"
 export ASAN_OPTIONS=detect_stack_use_after_return=0
 "$out/mma_emu" "${1:-all}" lazy   # cp.async copies land as late as allowed
 "$out/mma_emu" "${1:-all}" eager  # ... and as early

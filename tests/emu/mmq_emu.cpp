@@ -151,10 +151,17 @@ static Buf pack(Inputs& in, int n) {
 
 // The mmq launch as src/backend/cuda/mmq.rs makes it: mmq_prep, then input tiles of 64, n8
 // tiles a tile.
-static void launch_mmq(MqKernel kern, const MvArgs& a, Inputs& in, int n, int weight_tiles, int slot) {
+static void launch_mmq(MqKernel kern, const MvArgs& a, Inputs& in, int n, int slot) {
     const int n_xt = (n + 63) / 64, nt_n = (std::min(n, 64) + 7) / 8;
+    int weight_tiles = 0;
+    if (a.mode == MODE_GLU)
+        weight_tiles = (a.seg[0].rows + MQ_SLOTS / 2 - 1) / (MQ_SLOTS / 2);
+    else
+        for (int s = 0; s < (a.mode == MODE_PLAIN ? a.n_seg : 1); s++)
+            weight_tiles += (a.seg[s].rows + MQ_SLOTS - 1) / MQ_SLOTS;
     Buf pk = pack(in, n);
-    run_grid(128, weight_tiles * n_xt, MQ_STAGES * MQ_SLOTS * slot, [&] { kern(a, pk.p, n, n_xt, nt_n); });
+    run_grid(128, weight_tiles * n_xt, std::max(MQ_STAGES * MQ_SLOTS * slot, MQ_RED_BYTES),
+             [&] { kern(a, pk.p, n, n_xt, nt_n); });
 }
 
 struct Worst {
@@ -193,7 +200,7 @@ static int check_row(const Matrix& mt, Inputs& in, int i, const float* y, const 
 }
 
 // Three matrices of formats ta, ta, tb (a Q4_K_M q/k/v: a pair kernel when they differ) with
-// biases on the first and last, whose tiles of 128 rows end mid-way.
+// biases on the first and last, whose tiles of 32 rows end mid-way.
 struct Plain {
     int ta, tb, k;
     Matrix m0, m1, m2;
@@ -221,7 +228,7 @@ static int test_plain(MqKernel kern, MvKernel one, Plain& pl, Inputs& in, int n,
     a.seg[0] = Seg{m0.w.p, b0.f(), o0.f(), m0.rb, ta, rows[0]};
     a.seg[1] = Seg{m1.w.p, nullptr, o1.f(), m1.rb, ta, rows[1]};
     a.seg[2] = Seg{m2.w.p, b2.f(), o2.f(), m2.rb, tb, rows[2]};
-    launch_mmq(kern, a, in, n, 2 + 1 + 1, std::max(A.slot, B.slot));
+    launch_mmq(kern, a, in, n, std::max(A.slot, B.slot));
     int bad = 0;
     Worst w;
     float* outs[3] = {o0.f(), o1.f(), o2.f()};
@@ -257,7 +264,7 @@ static int test_plain(MqKernel kern, MvKernel one, Plain& pl, Inputs& in, int n,
 
 // SwiGLU and the residual add, n inputs.
 static int test_glu_add(const MqType& t, int k, Inputs& in, int n) {
-    const int rows = 100;  // two tiles of 64 row pairs, the second partial
+    const int rows = 100;  // 7 tiles of 16 row pairs, the last partial
     Matrix g(t, rows, k), u(t, rows, k);
     const size_t ob = (size_t)n * rows * 4;
     Buf o0(ob), o1(ob), act(ob), acc(ob);
@@ -265,7 +272,7 @@ static int test_glu_add(const MqType& t, int k, Inputs& in, int n) {
     a.k = k, a.mode = MODE_GLU, a.n_seg = 2, a.act = act.f(), a.x_stride = (int)in.per;
     a.seg[0] = Seg{g.w.p, nullptr, o0.f(), g.rb, t.id, rows};
     a.seg[1] = Seg{u.w.p, nullptr, o1.f(), u.rb, t.id, rows};
-    launch_mmq(t.glu, a, in, n, 2, t.slot);
+    launch_mmq(t.glu, a, in, n, t.slot);
     int bad = 0, act_bad = 0;
     Worst w;
     Buf s0(rows * 4), s1(rows * 4), sact(rows * 4);
@@ -294,7 +301,7 @@ static int test_glu_add(const MqType& t, int k, Inputs& in, int n) {
     a.seg[0] = Seg{g.w.p, nullptr, o0.f(), g.rb, t.id, rows};
     std::vector<double> acc0((size_t)n * rows);
     for (size_t o = 0; o < acc0.size(); o++) acc.f()[o] = (float)(acc0[o] = rng.unit());
-    launch_mmq(t.plain, a, in, n, 2, t.slot);
+    launch_mmq(t.plain, a, in, n, t.slot);
     int add_bad = 0;
     for (int i = 0; i < n; i++) {
         add_bad += check_row(g, in, i, acc.f() + (size_t)i * rows, nullptr, nullptr, acc0.data() + (size_t)i * rows, wa);

@@ -14,8 +14,11 @@ use crate::{Error, Result};
 use std::ffi::c_void;
 
 /// Weight-row slots of a block and stages of its ring (kernels/mmq.cu MQ_SLOTS, MQ_STAGES).
-const SLOTS: usize = 128;
-const STAGES: usize = 3;
+const SLOTS: usize = 32;
+const STAGES: usize = 6;
+/// Shared memory of the warps' partial sums at the end (kernels/mmq.cu MQ_RED_BYTES: 3 warps
+/// x 2 x 8 x 4 floats x 32 lanes).
+const RED_BYTES: usize = 3 * 2 * 8 * 4 * 32 * 4;
 /// Inputs of one block (MQ_NT n8 tiles).
 const INPUTS_PER_BLOCK: usize = 64;
 
@@ -129,9 +132,15 @@ pub fn mmq_input_bytes(n: usize, k: usize) -> usize {
     k.div_ceil(32) * n.div_ceil(8) * 576
 }
 
+/// Dynamic shared memory of a kernel whose widest format has `slot`-byte slots: the ring, or
+/// the partial sums that reuse it at the end if they need more.
+fn shared_bytes(slot: usize) -> usize {
+    (STAGES * SLOTS * slot).max(RED_BYTES)
+}
+
 /// The most dynamic shared memory an mmq kernel takes (the limit is raised at load).
 pub(super) fn mmq_shared_max() -> usize {
-    STAGES * SLOTS * FORMATS.iter().map(|&t| slot_bytes(t)).max().unwrap_or(0)
+    shared_bytes(FORMATS.iter().map(|&t| slot_bytes(t)).max().unwrap_or(0))
 }
 
 impl CudaDevice {
@@ -159,7 +168,7 @@ impl CudaDevice {
         let n_xt = n.div_ceil(INPUTS_PER_BLOCK);
         let nt_n = n.min(INPUTS_PER_BLOCK).div_ceil(8);
         let blocks = dim(weight_tiles * n_xt, "mmq blocks")?;
-        let smem = STAGES * SLOTS * types.iter().map(|&t| slot_bytes(t)).max().unwrap_or(0);
+        let smem = shared_bytes(types.iter().map(|&t| slot_bytes(t)).max().unwrap_or(0));
         launch!(self, name, (blocks as u32, 1, 1), (128, 1, 1), shared = smem as u32;
             a, input, dim(n, "mmq inputs")?, n_xt as i32, nt_n as i32)
     }
@@ -178,7 +187,9 @@ mod tests {
         assert_eq!(slot_bytes(Q4_1), 176); // 160 + 15 -> 11
         assert_eq!(slot_bytes(Q4_K), 176); // 144 + 15 -> 10 -> 11
         assert_eq!(slot_bytes(Q6_K), 240); // 210 + 15 -> 15
-        assert_eq!(mmq_shared_max(), 3 * 128 * 240);
+        assert_eq!(mmq_shared_max(), 6 * 32 * 240);
+        assert_eq!(shared_bytes(176), 6 * 32 * 176);
+        assert!(RED_BYTES <= shared_bytes(176));
         // Every format and pair has its kernel; the others and mixed SwiGLUs none.
         for t in FORMATS {
             assert!(mmq_kernel(&[t, t], false).is_some());
