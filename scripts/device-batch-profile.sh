@@ -3,22 +3,26 @@
 # batched decode steps of 8 sessions, 0.5B and 7B shapes, products as mat-vecs of several
 # inputs (LLORCH_CUDA_MMQ=0) and on the tensor cores (=1), under Nsight Compute with graphs off.
 # Prompts of one token, so that only the batched steps run the _r8 / mmq / *_batch kernels.
-# Also cuda_batch (batched greedy vs alone, 3/8/24/65 sessions). Logs under $OUT.
+# Also cuda_batch (batched greedy vs alone, 3/8/24/65 sessions) unless BATCH_TEST=0; MMQS
+# (default "0 1") lists the LLORCH_CUDA_MMQ values to profile. Logs under $OUT.
 cd "$(dirname "$0")"
 log="${OUT:-/tmp}"
 S=$(date +%s)
 t() { echo "t=$(( $(date +%s) - S ))s"; }
-./llorch synth --preset qwen2-0.5b --seed 1 -o /tmp/q05.gguf >/dev/null 2>"$log/synth-q05.err" &
+# The synthetic models (kept from an earlier script of the same call, e.g. run-mmq.sh).
+[ -f /tmp/q05.gguf ] || ./llorch synth --preset qwen2-0.5b --seed 1 -o /tmp/q05.gguf >/dev/null 2>"$log/synth-q05.err" &
 a=$!
-./llorch synth --preset qwen2-7b --seed 1 -o /tmp/q7.gguf >/dev/null 2>"$log/synth-q7.err" &
+[ -f /tmp/q7.gguf ] || ./llorch synth --preset qwen2-7b --seed 1 -o /tmp/q7.gguf >/dev/null 2>"$log/synth-q7.err" &
 b=$!
-echo "== cuda_batch"
-timeout 100 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
-grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
-t
-wait $a $b
+if [ "${BATCH_TEST:-1}" != 0 ]; then
+  echo "== cuda_batch"
+  timeout 100 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
+  grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
+  t
+fi
+wait $a $b 2>/dev/null
 for m in q05 q7; do
-  for on in 0 1; do
+  for on in ${MMQS:-0 1}; do
     echo "== $m 8 sessions, LLORCH_CUDA_MMQ=$on"
     LLORCH_CUDA_MMQ=$on LLORCH_CUDA_GRAPH=0 timeout 150 ncu --clock-control none --csv --print-units base \
       --metrics gpu__time_duration.sum,dram__bytes_read.sum \
