@@ -3,11 +3,10 @@
 # the tensor-core batched products (kernels/mmq.cu), in order of what a short call must not
 # miss: their GPU tests (cuda_kernels mmq: kernel vs the one-input mat-vec and f64, every
 # format; cuda_batch: batched greedy vs alone, 3/8/24/65 sessions) while both synthetic models
-# are built; aggregate decode with the products off and on (LLORCH_CUDA_MMQ=0 / 1, alternately);
-# cuda_parity of the 0.5B shape with its prompt's products through them; engine_tiny's GPU
-# tests (tiny models stage by stage vs HF); the 7B's pp512 with prompt chunks through them off
-# and on (LLORCH_CUDA_MMQ_PROMPT=0 / 1). Logs under $OUT. About 5 minutes; the elapsed time is
-# printed after each part (t=...).
+# are built; aggregate decode over 1-128 sessions without and with the f16 weight copies
+# (LLORCH_CUDA_F16_WEIGHTS, src/backend/cuda/model/f16_weights.rs) and with mmq (LLORCH_CUDA_MMQ);
+# pp512 without and with the copies; cuda_parity (the copies on); engine_tiny's GPU tests (tiny models stage by stage vs HF). Logs under $OUT.
+# About 5 minutes; the elapsed time is printed after each part (t=...).
 # Usage (in the unpacked folder): ./run-mmq.sh   (MMQ_MIN=N sets LLORCH_CUDA_MMQ_MIN)
 cd "$(dirname "$0")"
 log="${OUT:-/tmp}"
@@ -29,27 +28,31 @@ grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -
 t
 export LLORCH_CUDA_MMQ_MIN="${MMQ_MIN:-8}"
 par=(--device cuda:0 --parallel 1,4,8,16,32,64,128 -p 32 -n 64 -r 1)
+# Three configurations: the products of many rows dequantizing per step (f16 copies off) with
+# the mat-vecs up to 8 rows; with the f16 copies; with the copies and mmq from 8 rows.
 for m in q05 q7; do
   if [ $m = q05 ]; then wait $synth_q05; else wait $synth_q7; fi
-  for on in 0 1; do
-    echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $LLORCH_CUDA_MMQ_MIN)"
-    LLORCH_CUDA_MMQ=$on timeout 100 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
-      | tee "$log/par-$m-mmq$on.txt" | grep -E "^\| qwen|rror"
+  for cfg in 0:0 0:1 1:1; do
+    IFS=: read -r on f16 <<<"$cfg"
+    echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $LLORCH_CUDA_MMQ_MIN) LLORCH_CUDA_F16_WEIGHTS=$f16"
+    LLORCH_CUDA_MMQ=$on LLORCH_CUDA_F16_WEIGHTS=$f16 timeout 100 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
+      | tee "$log/par-$m-mmq$on-f16$f16.txt" | grep -E "^\| qwen|rror"
   done
   t
 done
-echo "== cuda_parity qwen2-0.5b, prompt products through mmq (LLORCH_CUDA_MMQ_PROMPT=1)"
-LLORCH_CUDA_MMQ_PROMPT=1 timeout 60 ./cuda_parity --test-threads=1 --nocapture parity_qwen2_05b \
-  >"$log/parity-mmq-prompt.log" 2>&1; echo "rc=$?"
-grep -E "logits|argmax|test result|panicked" "$log/parity-mmq-prompt.log" | head -8
+for m in q7 q05; do
+  for f16 in 0 1; do
+    echo "== $m pp512 LLORCH_CUDA_F16_WEIGHTS=$f16"
+    LLORCH_CUDA_F16_WEIGHTS=$f16 timeout 40 ./llorch bench -m /tmp/$m.gguf --device cuda:0 -p 512 -n 0 -r 3 2>&1 \
+      | tee "$log/pp512-$m-f16$f16.txt" | grep -E "pp512|rror"
+  done
+done
+t
+echo "== cuda_parity (f16 weight copies on where they fit: the default)"
+timeout 150 ./cuda_parity --test-threads=1 --nocapture >"$log/parity.log" 2>&1; echo "rc=$?"
+grep -E "logits \(|argmax|test result|panicked" "$log/parity.log" | head -20
 t
 echo "== engine_tiny on the GPU (tiny models vs HF, stage by stage; mixtures' taps)"
 timeout 90 ./engine_tiny --test-threads=1 gpu >"$log/engine-tiny-gpu.log" 2>&1; echo "rc=$?"
 grep -E "^test |test result|panicked" "$log/engine-tiny-gpu.log" | head -12
-t
-for on in 0 1; do
-  echo "== q7 pp512 LLORCH_CUDA_MMQ_PROMPT=$on"
-  LLORCH_CUDA_MMQ_PROMPT=$on timeout 40 ./llorch bench -m /tmp/q7.gguf --device cuda:0 -p 512 -n 0 -r 3 2>&1 \
-    | tee "$log/pp512-q7-prompt$on.txt" | grep -E "pp512|rror"
-done
 t

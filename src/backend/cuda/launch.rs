@@ -790,6 +790,28 @@ impl CudaDevice {
             return self.gemm_f16(xh, wh, y, n_tok, rows, k * parts, tile);
         }
         self.dequant_f16(ty, w, rows, k, wh)?;
+        self.matmul_f16_weights(wh, rows, k, x, n_tok, y, xh, tile)
+    }
+
+    /// The second pass alone: `y` = `x` (`n_tok` rows of `k` f32, rounded to f16 in `xh`)
+    /// times weights already in f16 (`wh`: `rows` rows of `k`, [`dequant_f16`]'s layout).
+    ///
+    /// [`dequant_f16`]: Self::dequant_f16
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_f16_weights(
+        &self,
+        wh: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &mut DeviceBuffer,
+        xh: &mut DeviceBuffer,
+        tile: Option<usize>,
+    ) -> Result<()> {
+        positive(n_tok, "matmul n_tok")?;
+        x.check(self, f32s(n_tok * k), "matmul x")?;
+        y.check(self, f32s(n_tok * rows), "matmul y")?;
         self.f32_to_f16(x, n_tok * k, xh)?;
         self.gemm_f16(xh, wh, y, n_tok, rows, k, tile)
     }

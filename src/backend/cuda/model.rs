@@ -12,6 +12,7 @@
 //! and replayed for each later token (`LLORCH_CUDA_GRAPH=0` turns that off). Work is queued
 //! in order on the session's own stream; only downloads (logits, taps) wait for it.
 
+mod f16_weights;
 mod kv_rows;
 
 use super::device::CudaDevice;
@@ -75,6 +76,9 @@ pub struct CudaModel {
     experts: HashMap<u32, ExpertTable>,
     /// What a session's mixture scratch is sized for, when the model has experts.
     moe: Option<MoeShape>,
+    /// f16 copies of the quantized matrices for the products of many rows, by weight id
+    /// (see f16_weights.rs).
+    f16: Vec<Option<DeviceBuffer>>,
 }
 
 impl CudaModel {
@@ -131,6 +135,7 @@ impl CudaModel {
         }
         let bufs: Vec<&DeviceBuffer> = weights.iter().map(|w| &w.buf).collect();
         let experts = expert_tables(&dev, tensors, &bufs)?;
+        let f16 = f16_weights::f16_copies(&dev, tensors, &weights)?;
         // A failed copy would otherwise surface at the first step.
         dev.synchronize()?;
         Ok(CudaModel {
@@ -138,6 +143,7 @@ impl CudaModel {
             weights,
             experts,
             moe: moe_shape(tensors),
+            f16,
         })
     }
 
@@ -154,15 +160,15 @@ impl CudaModel {
     /// matrices (`vocab` rows: the output head, multiplied by more than one token only when
     /// every position's logits are asked for) are left out: they are several times the
     /// largest layer matrix (0.5B: 136M values against 4.4M), so they keep the one-pass kernel.
-    /// F16 and F32 matrices count [`gemm_parts`] times (their exact products' split values).
+    /// F16 and F32 matrices count [`gemm_parts`] times (their exact products' split values);
+    /// matrices the model holds in f16 (f16_weights.rs) need no first pass, so no room.
     fn gemm_sizes(&self, vocab: usize) -> (usize, usize) {
-        let mats = self.weights.iter().filter(|w| w.rows > 1);
-        let most = mats
-            .clone()
-            .filter(|w| w.rows != vocab)
-            .map(|w| w.rows * w.cols * gemm_parts(w.ty))
+        let most = (self.weights.iter().zip(&self.f16))
+            .filter(|(w, copy)| w.rows > 1 && w.rows != vocab && copy.is_none())
+            .map(|(w, _)| w.rows * w.cols * gemm_parts(w.ty))
             .max()
             .unwrap_or(0);
+        let mats = self.weights.iter().filter(|w| w.rows > 1);
         let longest = mats.map(|w| w.cols * gemm_parts(w.ty)).max();
         (most, longest.unwrap_or(0))
     }
@@ -820,6 +826,12 @@ impl Ops for CudaStep<'_> {
                     false,
                     mmq,
                 );
+            }
+            // The two-pass path's second pass alone where the model has the weights in f16.
+            if let (Some(wh), Some(xh)) = (m.f16[w.0 as usize].as_ref(), st.gemm_x.as_mut()) {
+                if xh.len_bytes() >= n * k * 2 && matmul_uses_gemm(n, rows, k) {
+                    return st.dev.matmul_f16_weights(wh, rows, k, xb, n, ob, xh, None);
+                }
             }
             // The two-pass path where the scratch holds this product (not the vocabulary
             // matrices, see `CudaModel::gemm_sizes`) and it is the faster one.

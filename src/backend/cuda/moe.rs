@@ -358,7 +358,7 @@ pub struct MoeGroups {
 
 /// Whether a file tensor is a stacked expert tensor (GGUF's `*_exps.weight` / `*_exps.bias`),
 /// which the recipe takes as one view per expert.
-fn is_experts(name: &str) -> bool {
+pub(super) fn is_experts(name: &str) -> bool {
     name.contains("_exps.")
 }
 

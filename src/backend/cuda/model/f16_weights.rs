@@ -1,0 +1,73 @@
+//! f16 copies of the quantized matrices, made once at load, for the products of many rows
+//! (a prompt chunk, a batched step of many sessions): the two-pass product's first pass
+//! (dequantize to f16, kernels/gemm_f16.cu) then runs once per model instead of once per
+//! product per step. The numbers are those of the two-pass product (the same f16 values,
+//! the same GEMM); the cost is 2 bytes a weight of device memory (Qwen2.5 7B: 15 GB), so by
+//! default only where that is a small part of the card.
+
+use super::super::moe::is_experts;
+use super::super::{CudaDevice, DeviceBuffer, MemKind};
+use super::CudaWeight;
+use crate::backend::WeightTensor;
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+
+/// Most of the card the copies may take when `LLORCH_CUDA_F16_WEIGHTS` is unset.
+const AUTO_SHARE: u64 = 4;
+
+/// Whether copies of `bytes` are made on a card of `total` bytes: `LLORCH_CUDA_F16_WEIGHTS`
+/// 1 (when they fit) or 0; unset, when they take at most a quarter of the card.
+fn wanted(bytes: u64, total: u64) -> bool {
+    match std::env::var("LLORCH_CUDA_F16_WEIGHTS").as_deref() {
+        Ok("0") => false,
+        Ok(_) => true,
+        Err(_) => bytes.saturating_mul(AUTO_SHARE) <= total,
+    }
+}
+
+/// Whether tensor `t` (uploaded as `w`) is a matrix the two-pass product multiplies: a
+/// quantized layer matrix or output head, not an expert (the mixture kernels read those) nor
+/// the token embedding of a model with its own output head (only looked up).
+fn multiplied(t: &WeightTensor, w: &CudaWeight, own_head: bool) -> bool {
+    let quantized = matches!(
+        w.ty,
+        GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
+    );
+    let embedding_only = own_head && t.name == "token_embd.weight";
+    w.rows > 1 && quantized && !is_experts(&t.name) && !embedding_only
+}
+
+/// The copies, by weight id (None where there is none). Out of memory (card or budget) is
+/// not an error: the model then has none and the products dequantize per step as before.
+pub(super) fn f16_copies(
+    dev: &CudaDevice,
+    tensors: &[WeightTensor],
+    weights: &[CudaWeight],
+) -> Result<Vec<Option<DeviceBuffer>>> {
+    let mut out: Vec<Option<DeviceBuffer>> = weights.iter().map(|_| None).collect();
+    if !super::gemm_enabled() {
+        return Ok(out);
+    }
+    let own_head = tensors.iter().any(|t| t.name == "output.weight");
+    let chosen: Vec<usize> = (0..weights.len())
+        .filter(|&i| multiplied(&tensors[i], &weights[i], own_head))
+        .collect();
+    let bytes: u64 = chosen
+        .iter()
+        .map(|&i| weights[i].rows as u64 * weights[i].cols as u64 * 2)
+        .sum();
+    if bytes == 0 || !wanted(bytes, dev.total_memory()) {
+        return Ok(out);
+    }
+    for i in chosen {
+        let w = &weights[i];
+        let mut b = match dev.alloc(w.rows * w.cols * 2, MemKind::Weights) {
+            Ok(b) => b,
+            Err(Error::OutOfMemory(_)) => return Ok(weights.iter().map(|_| None).collect()),
+            Err(e) => return Err(e),
+        };
+        dev.dequant_f16(w.ty, &w.buf, w.rows, w.cols, &mut b)?;
+        out[i] = Some(b);
+    }
+    Ok(out)
+}
