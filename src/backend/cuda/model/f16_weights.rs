@@ -15,8 +15,9 @@ use crate::{Error, Result};
 /// Most of the card the copies may take when `LLORCH_CUDA_F16_WEIGHTS` is unset.
 const AUTO_SHARE: u64 = 4;
 
-/// Whether copies of `bytes` are made on a card of `total` bytes: `LLORCH_CUDA_F16_WEIGHTS`
-/// 1 (when they fit) or 0; unset, when they take at most a quarter of the card.
+/// Whether copies of `bytes` are made on a card of `total` bytes (or the context's budget,
+/// when it has one): `LLORCH_CUDA_F16_WEIGHTS` 1 (when they fit) or 0; unset, when they
+/// take at most a quarter of it.
 fn wanted(bytes: u64, total: u64) -> bool {
     match std::env::var("LLORCH_CUDA_F16_WEIGHTS").as_deref() {
         Ok("0") => false,
@@ -56,7 +57,11 @@ pub(super) fn f16_copies(
         .iter()
         .map(|&i| weights[i].rows as u64 * weights[i].cols as u64 * 2)
         .sum();
-    if bytes == 0 || !wanted(bytes, dev.total_memory()) {
+    let room = match dev.inner.budget {
+        0 => dev.total_memory(),
+        b => b.min(dev.total_memory()),
+    };
+    if bytes == 0 || !wanted(bytes, room) {
         return Ok(out);
     }
     for i in chosen {
