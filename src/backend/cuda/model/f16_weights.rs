@@ -2,8 +2,11 @@
 //! (a prompt chunk, a batched step of many sessions): the two-pass product's first pass
 //! (dequantize to f16, kernels/gemm_f16.cu) then runs once per model instead of once per
 //! product per step. The numbers are those of the two-pass product (the same f16 values,
-//! the same GEMM); the cost is 2 bytes a weight of device memory (Qwen2.5 7B: 15 GB), so by
-//! default only where that is a small part of the card.
+//! the same GEMM); the cost is 2 bytes a weight of device memory (Qwen2.5 7B: 15 GB).
+//!
+//! Off unless `LLORCH_CUDA_F16_WEIGHTS=1`: written in session 11, when no GPU time was left to
+//! run it (scripts/device-mmq.sh holds its A/B). Once measured, the intended default is on
+//! when the copies take at most a quarter of the card or of the context's budget.
 
 use super::super::moe::is_experts;
 use super::super::{CudaDevice, DeviceBuffer, MemKind};
@@ -12,18 +15,10 @@ use crate::backend::WeightTensor;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 
-/// Most of the card the copies may take when `LLORCH_CUDA_F16_WEIGHTS` is unset.
-const AUTO_SHARE: u64 = 4;
-
-/// Whether copies of `bytes` are made on a card of `total` bytes (or the context's budget,
-/// when it has one): `LLORCH_CUDA_F16_WEIGHTS` 1 (when they fit) or 0; unset, when they
-/// take at most a quarter of it.
-fn wanted(bytes: u64, total: u64) -> bool {
-    match std::env::var("LLORCH_CUDA_F16_WEIGHTS").as_deref() {
-        Ok("0") => false,
-        Ok(_) => true,
-        Err(_) => bytes.saturating_mul(AUTO_SHARE) <= total,
-    }
+/// Whether copies of `bytes` are made where `room` bytes are available (the card, or the
+/// context's budget when it has one): `LLORCH_CUDA_F16_WEIGHTS=1` and they fit in it.
+fn wanted(bytes: u64, room: u64) -> bool {
+    std::env::var("LLORCH_CUDA_F16_WEIGHTS").is_ok_and(|v| v == "1") && bytes <= room
 }
 
 /// Whether tensor `t` (uploaded as `w`) is a matrix the two-pass product multiplies: a
