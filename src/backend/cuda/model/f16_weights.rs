@@ -21,16 +21,17 @@ fn wanted(bytes: u64, room: u64) -> bool {
     std::env::var("LLORCH_CUDA_F16_WEIGHTS").is_ok_and(|v| v == "1") && bytes <= room
 }
 
-/// Whether tensor `t` (uploaded as `w`) is a matrix the two-pass product multiplies: a
-/// quantized layer matrix or output head, not an expert (the mixture kernels read those) nor
-/// the token embedding of a model with its own output head (only looked up).
-fn multiplied(t: &WeightTensor, w: &CudaWeight, own_head: bool) -> bool {
+/// Whether a tensor (file name `name`, uploaded as `rows` rows of type `ty`) is a matrix the
+/// two-pass product multiplies: a quantized layer matrix or output head, not an expert (the
+/// mixture kernels read those) nor the token embedding of a model with its own output head
+/// (`own_head`: it is only looked up).
+fn multiplied(name: &str, ty: GgmlType, rows: usize, own_head: bool) -> bool {
     let quantized = matches!(
-        w.ty,
+        ty,
         GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
     );
-    let embedding_only = own_head && t.name == "token_embd.weight";
-    w.rows > 1 && quantized && !is_experts(&t.name) && !embedding_only
+    let embedding_only = own_head && name == "token_embd.weight";
+    rows > 1 && quantized && !is_experts(name) && !embedding_only
 }
 
 /// The copies, by weight id (None where there is none). Out of memory (card or budget) is
@@ -46,7 +47,7 @@ pub(super) fn f16_copies(
     }
     let own_head = tensors.iter().any(|t| t.name == "output.weight");
     let chosen: Vec<usize> = (0..weights.len())
-        .filter(|&i| multiplied(&tensors[i], &weights[i], own_head))
+        .filter(|&i| multiplied(&tensors[i].name, weights[i].ty, weights[i].rows, own_head))
         .collect();
     let bytes: u64 = chosen
         .iter()
@@ -70,4 +71,24 @@ pub(super) fn f16_copies(
         out[i] = Some(b);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use GgmlType::*;
+
+    #[test]
+    fn copies_only_the_quantized_matrices_that_are_multiplied() {
+        assert!(multiplied("blk.0.ffn_up.weight", Q4_K, 4864, true));
+        assert!(multiplied("output.weight", Q6_K, 151936, true));
+        // A tied embedding is the output head; an untied one is only looked up.
+        assert!(multiplied("token_embd.weight", Q8_0, 151936, false));
+        assert!(!multiplied("token_embd.weight", Q8_0, 151936, true));
+        // Experts (the mixture kernels), float formats (their own split products), vectors.
+        assert!(!multiplied("blk.0.ffn_up_exps.weight", Q4_K, 2880, true));
+        assert!(!multiplied("blk.0.attn_q.weight", F16, 896, true));
+        assert!(!multiplied("blk.0.attn_q.weight", MXFP4, 896, true));
+        assert!(!multiplied("blk.0.attn_q.bias", Q8_0, 1, true));
+    }
 }
