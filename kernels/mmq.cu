@@ -221,6 +221,17 @@ __device__ __forceinline__ void mq_stage_copy(const MvArgs& a, const MqTile& tl,
     }
 }
 
+// f(mt, nt, e, i) for each of a thread's accumulators acc[mt][nt][e], i its index 0..63.
+template <class F>
+__device__ __forceinline__ void mq_each(F f) {
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < MQ_NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) f(mt, nt, e, (mt * MQ_NT + nt) * 4 + e);
+}
+
 // One tile: acc[mt][nt][e] (thread's C fragment elements) of the products of its slots'
 // rows with inputs x0 + 8 nt + ..., over the warp's chunks of k (see mq_reduce). `nt_n`: n8
 // input tiles used (1..MQ_NT).
@@ -243,12 +254,7 @@ __device__ __forceinline__ void mq_tile(const MvArgs& a, const MqTile& tl, bool 
             int row, seg;
             rowp[mt][h] = mq_row(a, tl, glu, 16 * mt + g + 8 * h, row, seg);
         }
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int nt = 0; nt < MQ_NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.f;
+    mq_each([&](int mt, int nt, int e, int) { acc[mt][nt][e] = 0.f; });
     // The weights depend on no earlier kernel: the first stages are in flight before the
     // wait for the inputs' records.
 #pragma unroll
@@ -348,27 +354,15 @@ __device__ __forceinline__ bool mq_reduce(float (&acc)[2][MQ_NT][4]) {
     DYN_SMEM(smem);
     float* red = reinterpret_cast<float*>(smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    constexpr int N = 2 * MQ_NT * 4;
     __syncthreads();  // every warp is done with the ring
-    if (warp > 0) {
-#pragma unroll
-        for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-            for (int nt = 0; nt < MQ_NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    red[(((warp - 1) * 2 + mt) * MQ_NT * 4 + nt * 4 + e) * 32 + lane] = acc[mt][nt][e];
-    }
+    if (warp > 0)
+        mq_each([&](int mt, int nt, int e, int i) { red[((warp - 1) * N + i) * 32 + lane] = acc[mt][nt][e]; });
     __syncthreads();
     if (warp > 0) return false;
 #pragma unroll 1
     for (int w = 1; w < MQ_WARPS; w++)
-#pragma unroll
-        for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-            for (int nt = 0; nt < MQ_NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    acc[mt][nt][e] += red[(((w - 1) * 2 + mt) * MQ_NT * 4 + nt * 4 + e) * 32 + lane];
+        mq_each([&](int mt, int nt, int e, int i) { acc[mt][nt][e] += red[((w - 1) * N + i) * 32 + lane]; });
     return true;
 }
 

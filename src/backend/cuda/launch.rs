@@ -780,17 +780,29 @@ impl CudaDevice {
         xh: &mut DeviceBuffer,
         tile: Option<usize>,
     ) -> Result<()> {
+        self.check_product_io(x, n_tok, y, rows, k)?;
+        let parts = gemm_parts(ty);
+        if parts == 1 {
+            self.dequant_f16(ty, w, rows, k, wh)?;
+            return self.matmul_f16_weights(wh, rows, k, x, n_tok, y, xh, tile);
+        }
+        self.dequant_split(ty, w, rows, k, wh)?;
+        self.f32_to_f16_split(x, n_tok * k, parts, xh)?;
+        self.gemm_f16(xh, wh, y, n_tok, rows, k * parts, tile)
+    }
+
+    /// A product's input (`n_tok` rows of `k` f32) and output (`n_tok` rows of `rows`).
+    fn check_product_io(
+        &self,
+        x: &DeviceBuffer,
+        n_tok: usize,
+        y: &DeviceBuffer,
+        rows: usize,
+        k: usize,
+    ) -> Result<()> {
         positive(n_tok, "matmul n_tok")?;
         x.check(self, f32s(n_tok * k), "matmul x")?;
-        y.check(self, f32s(n_tok * rows), "matmul y")?;
-        let parts = gemm_parts(ty);
-        if parts > 1 {
-            self.dequant_split(ty, w, rows, k, wh)?;
-            self.f32_to_f16_split(x, n_tok * k, parts, xh)?;
-            return self.gemm_f16(xh, wh, y, n_tok, rows, k * parts, tile);
-        }
-        self.dequant_f16(ty, w, rows, k, wh)?;
-        self.matmul_f16_weights(wh, rows, k, x, n_tok, y, xh, tile)
+        y.check(self, f32s(n_tok * rows), "matmul y")
     }
 
     /// The second pass alone: `y` = `x` (`n_tok` rows of `k` f32, rounded to f16 in `xh`)
@@ -809,9 +821,7 @@ impl CudaDevice {
         xh: &mut DeviceBuffer,
         tile: Option<usize>,
     ) -> Result<()> {
-        positive(n_tok, "matmul n_tok")?;
-        x.check(self, f32s(n_tok * k), "matmul x")?;
-        y.check(self, f32s(n_tok * rows), "matmul y")?;
+        self.check_product_io(x, n_tok, y, rows, k)?;
         self.f32_to_f16(x, n_tok * k, xh)?;
         self.gemm_f16(xh, wh, y, n_tok, rows, k, tile)
     }
