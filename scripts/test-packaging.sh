@@ -28,10 +28,16 @@ real=$lib/libllorch.so.$VERSION
 [ -f "$real" ] && [ ! -L "$real" ] || fail "$real missing"
 [ "$(readlink "$lib/libllorch.so.$ABI")" = "libllorch.so.$VERSION" ] || fail "libllorch.so.$ABI is not a link to the library"
 [ "$(readlink "$lib/libllorch.so")" = "libllorch.so.$ABI" ] || fail "libllorch.so is not a link to the SONAME"
-readelf -d "$real" | grep -q "Library soname: \[libllorch.so.$ABI\]" || fail "SONAME is not libllorch.so.$ABI"
-! readelf -S "$real" | grep -q '\.debug_' || fail "the installed library still has debug sections"
-readelf -S "$lib/.debug/libllorch.so.$VERSION.debug" | grep -q '\.debug_line' || fail "no debug info in lib/.debug"
-readelf --string-dump=.gnu_debuglink "$real" | grep -q "libllorch.so.$VERSION.debug" || fail "no debuglink"
+# Each tool's output taken whole before grep reads it: under pipefail, `tool | grep -q` fails
+# when grep exits at its match before the tool has written everything (SIGPIPE).
+dynamic=$(readelf -d "$real")
+grep -q "Library soname: \[libllorch.so.$ABI\]" <<<"$dynamic" || fail "SONAME is not libllorch.so.$ABI"
+sections=$(readelf -S "$real")
+! grep -q '\.debug_' <<<"$sections" || fail "the installed library still has debug sections"
+debug_sections=$(readelf -S "$lib/.debug/libllorch.so.$VERSION.debug")
+grep -q '\.debug_line' <<<"$debug_sections" || fail "no debug info in lib/.debug"
+debuglink=$(readelf --string-dump=.gnu_debuglink "$real")
+grep -q "libllorch.so.$VERSION.debug" <<<"$debuglink" || fail "no debuglink"
 cmp include/llorch.h "$prefix/include/llorch.h"
 ls -l "$lib"
 export PKG_CONFIG_PATH=$lib/pkgconfig
@@ -47,7 +53,8 @@ mkdir "$work/c" && cp examples/c/haiku.c tests/packaging/consumer.c "$work/c/"
     cc -std=c11 -Wall -Wextra -Werror -O2 -o haiku haiku.c $(pkg-config --cflags --libs llorch)
     c++ -x c++ -std=c++17 -Wall -Wextra -Werror -O2 -o haiku_cpp haiku.c $(pkg-config --cflags --libs llorch)
     cc -std=c11 -Wall -Wextra -Werror -O2 -o consumer consumer.c $(pkg-config --cflags --libs llorch)
-    ldd consumer | grep -q "libllorch.so.$ABI => $lib/libllorch.so.$ABI" || fail "consumer does not load $lib/libllorch.so.$ABI"
+    ldd consumer >ldd.txt
+    grep -q "libllorch.so.$ABI => $lib/libllorch.so.$ABI" ldd.txt || fail "consumer does not load $lib/libllorch.so.$ABI"
     ./consumer "$MODEL"
 )
 
@@ -106,7 +113,8 @@ mkdir "$work/nodeapp" && cp tests/packaging/node/consumer.ts tests/packaging/nod
     grep -q "node_modules/llorch/libllorch.so.$ABI: no such file" err.txt || { cat err.txt; fail "error lacks the paths tried"; }
     # Beside the package: found there first.
     cp "$lib/libllorch.so.$VERSION" node_modules/llorch/libllorch.so.$ABI
-    LD_LIBRARY_PATH= node dist/consumer.js "$MODEL" | grep -q "from $PWD/node_modules/llorch/libllorch.so.$ABI:" \
+    LD_LIBRARY_PATH= node dist/consumer.js "$MODEL" >beside.txt
+    grep -q "from $PWD/node_modules/llorch/libllorch.so.$ABI:" beside.txt \
         || fail "the library beside the package was not used"
 )
 
