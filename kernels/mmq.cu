@@ -20,8 +20,9 @@
 // through a ring of MQ_STAGES shared-memory stages, each a slice of k of every slot's row (8
 // chunks; 4 for Q8_0), copied with cp.async as 16-byte words from the 16-byte boundary below
 // (every format's alignment); each slot's row is SLOT bytes apart, an odd number of 16-byte
-// words (8 rows x 4 lanes' word reads of the fragments then spread over the banks). The inputs' records are read from global memory
-// (L1/L2: every warp of a block and every block of a product reads the same few KB), in
+// words (8 rows x 4 lanes' word reads of the fragments then spread over the banks). The
+// inputs' records are read from global memory (L1/L2: every warp of a block and every block
+// of a product reads the same few KB), in
 // fragment order: one 16-byte load a lane gives an n8 tile's both planes, one more its
 // inputs' scales and sums (with decode.cu's 80-byte records, six loads each touching the 8
 // inputs' 8 cache lines).
@@ -428,8 +429,9 @@ __device__ __forceinline__ void mq_store(const MvArgs& a, const MqTile& tl, bool
 }
 
 // Launch: block 32 * MQ_WARPS, grid (weight tiles x n_xt), dynamic shared memory MQ_STAGES x
-// MQ_SLOTS x SLOT of the format (the larger of a pair's), at least MQ_RED_BYTES. `xs`: n_x inputs in fragment order
-// (mmq_prep); n_xt = ceil(n_x / 64) input tiles, nt_n = n8 tiles a tile (fewer in the last).
+// MQ_SLOTS x SLOT of the format (the larger of a pair's), at least MQ_RED_BYTES. `xs`: n_x
+// inputs in fragment order (mmq_prep); n_xt = ceil(n_x / 64) input tiles, nt_n = n8 tiles a
+// tile (fewer in the last).
 // FA, FB: the product's formats (a pair: q/k/v of a Q4_K_M file; a tile is of one matrix).
 template <int FA, int FB, int GLU>
 __device__ __forceinline__ void mmq_body(const MvArgs& a, const uint8_t* __restrict__ xs, int n_x, int n_xt,

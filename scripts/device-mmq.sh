@@ -4,9 +4,10 @@
 # miss: their GPU tests (cuda_kernels mmq: kernel vs the one-input mat-vec and f64, every
 # format; cuda_batch: batched greedy vs alone, 3/8/24/65 sessions) while both synthetic models
 # are built; aggregate decode over 1-128 sessions without and with the f16 weight copies
-# (LLORCH_CUDA_F16_WEIGHTS, src/backend/cuda/model/f16_weights.rs) and with mmq (LLORCH_CUDA_MMQ);
-# pp512 without and with the copies; cuda_parity (the copies on); engine_tiny's GPU tests (tiny models stage by stage vs HF). Logs under $OUT.
-# About 5 minutes; the elapsed time is printed after each part (t=...).
+# (LLORCH_CUDA_F16_WEIGHTS, src/backend/cuda/model/f16_weights.rs) and with mmq
+# (LLORCH_CUDA_MMQ); pp512 without and with the copies; cuda_parity with the copies on;
+# engine_tiny's GPU tests (tiny models stage by stage vs HF). Logs under $OUT. About 5
+# minutes; the elapsed time is printed after each part (t=...).
 # Usage (in the unpacked folder): ./run-mmq.sh   (MMQ_MIN=N sets LLORCH_CUDA_MMQ_MIN)
 cd "$(dirname "$0")"
 log="${OUT:-/tmp}"
@@ -48,8 +49,8 @@ for m in q7 q05; do
   done
 done
 t
-echo "== cuda_parity (f16 weight copies on where they fit: the default)"
-timeout 150 ./cuda_parity --test-threads=1 --nocapture >"$log/parity.log" 2>&1; echo "rc=$?"
+echo "== cuda_parity with the f16 weight copies (LLORCH_CUDA_F16_WEIGHTS=1; off by default)"
+LLORCH_CUDA_F16_WEIGHTS=1 timeout 150 ./cuda_parity --test-threads=1 --nocapture >"$log/parity.log" 2>&1; echo "rc=$?"
 grep -E "logits \(|argmax|test result|panicked" "$log/parity.log" | head -20
 t
 echo "== engine_tiny on the GPU (tiny models vs HF, stage by stage; mixtures' taps)"
