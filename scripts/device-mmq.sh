@@ -29,15 +29,18 @@ grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -
 t
 export LLORCH_CUDA_MMQ_MIN="${MMQ_MIN:-8}"
 par=(--device cuda:0 --parallel 1,4,8,16,32,64,128 -p 32 -n 64 -r 1)
-# Three configurations: the products of many rows dequantizing per step (f16 copies off) with
-# the mat-vecs up to 8 rows; with the f16 copies; with the copies and mmq from 8 rows.
+# Configurations mmq:f16:multirow: the products of many rows dequantizing per step (f16 copies
+# off) with the mat-vecs up to 8 rows (the default); with the f16 copies; the copies' GEMM from
+# 2 rows (no mat-vecs of several rows); the copies and mmq from MMQ_MIN rows; mmq from 2 rows.
 for m in q05 q7; do
   if [ $m = q05 ]; then wait $synth_q05; else wait $synth_q7; fi
-  for cfg in 0:0 0:1 1:1; do
-    IFS=: read -r on f16 <<<"$cfg"
-    echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $LLORCH_CUDA_MMQ_MIN) LLORCH_CUDA_F16_WEIGHTS=$f16"
-    LLORCH_CUDA_MMQ=$on LLORCH_CUDA_F16_WEIGHTS=$f16 timeout 100 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
-      | tee "$log/par-$m-mmq$on-f16$f16.txt" | grep -E "^\| qwen|rror"
+  for cfg in ${PAR_CONFIGS:-0:0:8 0:1:8 0:1:1 1:1:8 1:1:1}; do
+    IFS=: read -r on f16 mr <<<"$cfg"
+    min=$LLORCH_CUDA_MMQ_MIN; [ "$mr" = 1 ] && [ "$on" = 1 ] && min=2
+    echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $min) LLORCH_CUDA_F16_WEIGHTS=$f16 LLORCH_CUDA_MULTIROW=$mr"
+    LLORCH_CUDA_MMQ_MIN=$min LLORCH_CUDA_MULTIROW=$mr LLORCH_CUDA_MMQ=$on LLORCH_CUDA_F16_WEIGHTS=$f16 \
+      timeout 100 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
+      | tee "$log/par-$m-mmq$on-f16$f16-mr$mr.txt" | grep -E "^\| qwen|rror"
   done
   t
 done
