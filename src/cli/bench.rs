@@ -134,8 +134,8 @@ fn run_parallel(
     let name = format!("{} {}L {}d", hp.arch, hp.n_layer, hp.n_embd);
     let dev = format!("{:?}", model.context().options.device).to_lowercase();
     let threads = model.context().threads();
-    println!("| model | backend | threads | sessions | test | aggregate t/s (median) | per session | mean batch |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| model | backend | threads | sessions | test | aggregate t/s (median) | per session | mean batch | step ms | in steps |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in counts {
         let mut runs = Vec::new();
         for rep in 0..=reps {
@@ -148,10 +148,12 @@ fn run_parallel(
         runs.sort_by(|a, b| a.decode_tps.total_cmp(&b.decode_tps));
         let med = &runs[runs.len() / 2];
         println!(
-            "| {name} | {dev} | {threads} | {n} | pp{pp}+tg{tg} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {dev} | {threads} | {n} | pp{pp}+tg{tg} | {:.2} | {:.2} | {:.2} | {:.3} | {:.0}% |",
             med.decode_tps,
             med.decode_tps / n as f64,
-            med.mean_batch
+            med.mean_batch,
+            med.step_ms,
+            100.0 * med.busy
         );
     }
     Ok(())

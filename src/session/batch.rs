@@ -39,6 +39,9 @@ pub struct Batcher {
     /// Steps run and the sequences they carried (their ratio: the mean batch size).
     steps: AtomicUsize,
     seqs: AtomicUsize,
+    /// Nanoseconds spent in those steps (the rest of a run's time: gathering, the sessions'
+    /// own work between their steps).
+    step_ns: std::sync::atomic::AtomicU64,
 }
 
 /// What a model's batcher has done so far.
@@ -50,6 +53,8 @@ pub struct BatchStats {
     pub seqs: u64,
     /// Sessions in a generation now.
     pub generating: u64,
+    /// Nanoseconds spent in those steps.
+    pub step_ns: u64,
 }
 
 /// What a feed hands back from its last forward step.
@@ -136,6 +141,7 @@ impl Batcher {
             steps: self.steps.load(Ordering::Relaxed) as u64,
             seqs: self.seqs.load(Ordering::Relaxed) as u64,
             generating: self.members.load(Ordering::Relaxed) as u64,
+            step_ns: self.step_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -193,6 +199,8 @@ impl Batcher {
                     })
             });
             q.last_step = started.elapsed();
+            let ns = u64::try_from(q.last_step.as_nanos()).unwrap_or(u64::MAX);
+            self.step_ns.fetch_add(ns, Ordering::Relaxed);
             for (part, result) in parts.into_iter().zip(results) {
                 let Part { mut job, rows } = part;
                 match result {

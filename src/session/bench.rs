@@ -16,6 +16,11 @@ pub struct ParallelRun {
     pub decode_tps: f64,
     /// Mean sequences per batched step during the run.
     pub mean_batch: f64,
+    /// Mean milliseconds of one step (the forward pass and its results).
+    pub step_ms: f64,
+    /// Share of the decoding phase spent in steps: the rest is the sessions' own work
+    /// between steps and the batcher's gathering (host overhead, where it is large).
+    pub busy: f64,
 }
 
 /// Deterministic pseudo-random tokens (the work is the same as for text).
@@ -97,9 +102,12 @@ pub fn parallel_decode(
     let secs = t.elapsed().as_secs_f64();
     let after = model.batch_stats();
     let steps = (after.steps - before.steps).max(1);
+    let step_secs = (after.step_ns - before.step_ns) as f64 * 1e-9;
     Ok(ParallelRun {
         seqs,
         decode_tps: (seqs * gen) as f64 / secs,
         mean_batch: (after.seqs - before.seqs) as f64 / steps as f64,
+        step_ms: step_secs * 1e3 / steps as f64,
+        busy: step_secs / secs,
     })
 }
