@@ -32,7 +32,7 @@ namespace gemm {
 
 // Half offset of (row, 16-byte chunk ch) in a swizzled [row][BK halves] tile.
 template <int BK> __device__ __forceinline__ int at(int row, int ch) {
-    static_assert(BK == 32 || BK == 64, "BK");
+    static_assert(BK == 32 || BK == 64 || BK == 128, "BK");
     const int p = BK == 32 ? ch ^ ((row >> 1) & 3) : ch ^ (row & 7);
     return row * BK + (p << 3);
 }
@@ -143,6 +143,179 @@ __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half*
     }
 
     store_acc<MT, NT>(acc, Y, m0 + wm * TM, n0 + wn * TN, M, N, lane);
+}
+
+// The products of a batched decode step on f16 weight copies (src/backend/cuda/model/
+// f16_weights.rs): Y[M][N] f32 = A[M][K] f16 (M: a few sequences' inputs) . B[N][K]^T f16 (the
+// weights), where the GEMM above, with tiles of 64+ tokens and each block walking all of k,
+// gives a 3584-row product 56 blocks and reads the weights below bandwidth. Here the weights
+// are the mma's A operand (m16: 16 weight rows) and the inputs its B operand (n8: 8 inputs):
+// a block of 4 warps holds 32 weight rows x 8·NT inputs (NT = 2 or 4) and streams k in stages
+// of SK_BK halves through a ring of SK_STAGES cp.async stages; the 4 warps split each
+// stage's k16 steps (warp w takes steps w and w + 4) and their sums are added at the end in
+// the order 0, 1, 2, 3. So every output is the same f32 sum in the same order whatever M and
+// NT are: a sequence's products do not depend on the others in the batch. The first stages'
+// weight copies are issued before pdl_wait (nothing earlier in the stream writes the weights).
+// Grid: x over input tiles (fastest: the blocks sharing a weight tile run together and read
+// it once from memory), y over weight tiles.
+#define SK_WARPS 4
+#define SK_ROWS 32
+#define SK_BK 128
+#ifndef SK_STAGES
+#define SK_STAGES 6
+#endif
+
+template <int NT>
+__device__ __forceinline__ void skinny(const __half* __restrict__ A, const __half* __restrict__ B,
+                                       float* __restrict__ Y, int M, int N, int K) {
+    constexpr int NTH = SK_WARPS * 32, BK = SK_BK, CH = BK / 8;
+    constexpr int TOK = 8 * NT;                                   // inputs a block
+    constexpr int WC = SK_ROWS * CH / NTH, XC = TOK * CH / NTH;  // chunks a thread copies
+    constexpr int STAGE = (SK_ROWS + TOK) * BK;                   // halves of a stage
+    constexpr int S = SK_STAGES;
+    static_assert(NT == 2 || NT == 4, "NT");
+    static_assert(WC * NTH == SK_ROWS * CH && XC * NTH == TOK * CH, "copies divide evenly");
+    static_assert(BK / 16 == 2 * SK_WARPS, "two k16 steps a warp a stage");
+    constexpr int RED = (SK_WARPS - 1) * 32 * 2 * NT * 4;  // floats of warps 1..3's sums
+    static_assert(RED * 4 <= S * STAGE * 2, "the sums fit in the ring");
+
+#ifdef MMA_EMULATE
+    __half* smem = reinterpret_cast<__half*>(emu_dyn_smem);
+#else
+    extern __shared__ __align__(128) uint8_t smem_raw[];
+    __half* smem = reinterpret_cast<__half*>(smem_raw);
+#endif
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.x * TOK, n0 = blockIdx.y * SK_ROWS;
+    const int nk = (K + BK - 1) / BK;
+    const int kc = (tid % CH) * 8;  // this thread's k offset in every chunk it copies
+
+    const __half* wsrc[WC];
+    const __half* xsrc[XC];
+    int wdst[WC], xdst[XC];
+#pragma unroll
+    for (int i = 0; i < WC; i++) {
+        const int idx = tid + i * NTH, r = idx / CH;
+        wsrc[i] = n0 + r < N ? B + (long long)(n0 + r) * K + kc : nullptr;
+        wdst[i] = at<BK>(r, idx % CH);
+    }
+#pragma unroll
+    for (int i = 0; i < XC; i++) {
+        const int idx = tid + i * NTH, r = idx / CH;
+        xsrc[i] = m0 + r < M ? A + (long long)(m0 + r) * K + kc : nullptr;
+        xdst[i] = SK_ROWS * BK + at<BK>(r, idx % CH);
+    }
+    auto load_w = [&](int st, int kt) {
+        if (kt >= nk) return;
+        __half* s = smem + st * STAGE;
+        const int k0 = kt * BK;
+        const bool kin = k0 + kc < K;
+#pragma unroll
+        for (int i = 0; i < WC; i++) {
+            const bool ok = kin && wsrc[i];
+            cp16(s + wdst[i], ok ? wsrc[i] + k0 : B, ok ? 16u : 0u);
+        }
+    };
+    auto load_x = [&](int st, int kt) {
+        if (kt < nk) {
+            __half* s = smem + st * STAGE;
+            const int k0 = kt * BK;
+            const bool kin = k0 + kc < K;
+#pragma unroll
+            for (int i = 0; i < XC; i++) {
+                const bool ok = kin && xsrc[i];
+                cp16(s + xdst[i], ok ? xsrc[i] + k0 : A, ok ? 16u : 0u);
+            }
+        }
+        cp_commit();
+    };
+
+    float acc[2][NT][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int b = 0; b < NT; b++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[a][b][e] = 0.f;
+
+    // The weights of the first S - 1 stages before the wait (they land in the first commit
+    // group, with stage 0's inputs), the inputs after it.
+#pragma unroll
+    for (int s = 0; s < S - 1; s++) load_w(s, s);
+    pdl_wait();
+    pdl_trigger();
+#pragma unroll
+    for (int s = 0; s < S - 1; s++) load_x(s, s);
+    int st = 0;
+#pragma unroll 1
+    for (int kt = 0; kt < nk; kt++) {
+        cp_wait<S - 2>();
+        __syncthreads();
+        const int ns = st == 0 ? S - 1 : st - 1;
+        load_w(ns, kt + S - 1);
+        load_x(ns, kt + S - 1);
+        const __half* ws = smem + st * STAGE;
+        const __half* xs = ws + SK_ROWS * BK;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int kk = warp + SK_WARPS * h;  // this warp's k16 step of the stage
+            uint32_t af[2][4], bf[NT][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const int r = mt * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                ldsm_x4(ws + at<BK>(r, 2 * kk + (lane >> 4)), af[mt][0], af[mt][1], af[mt][2], af[mt][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                const int r = np * 16 + (lane & 7) + 8 * (lane >> 4);
+                ldsm_x4(xs + at<BK>(r, 2 * kk + ((lane >> 3) & 1)), bf[2 * np][0], bf[2 * np][1],
+                        bf[2 * np + 1][0], bf[2 * np + 1][1]);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) mma16816(acc[mt][nt], af[mt], bf[nt]);
+        }
+        st = st == S - 1 ? 0 : st + 1;
+    }
+    // Every copy landed (the last groups are empty) and every warp is past its last ldmatrix:
+    // the ring takes warps 1..3's sums; warp 0 adds them in order and stores.
+    cp_wait<0>();
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(smem);
+    if (warp > 0) {
+        float* dst = red + (warp - 1) * 32 * 2 * NT * 4;
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) dst[((mt * NT + nt) * 4 + e) * 32 + lane] = acc[mt][nt][e];
+    }
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int w = 0; w < SK_WARPS - 1; w++) {
+        const float* src = red + w * 32 * 2 * NT * 4;
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[mt][nt][e] += src[((mt * NT + nt) * 4 + e) * 32 + lane];
+    }
+    // Accumulator (g = lane / 4, t = lane % 4): [0], [1] weight row g, inputs 2t, 2t + 1;
+    // [2], [3] row g + 8. Y is [input][weight row].
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int n = n0 + mt * 16 + g + 8 * (e >> 1), m = m0 + nt * 8 + 2 * t + (e & 1);
+                if (n < N && m < M) Y[(long long)m * N + n] = acc[mt][nt][e];
+            }
 }
 
 // Bytes of 256 values of each format (rows hold whole 256-value superblocks for the K-quants,
@@ -324,3 +497,13 @@ extern "C" __global__ void __launch_bounds__(256) f32_to_f16(const float* __rest
         gemm::gemm<BM, BN, BK, WM, WN, S>(A, B, Y, M, N, K);                                         \
     }
 GEMM_TILES(GEMM_ENTRY)
+
+// The skinny products (above): 16 or 32 inputs a block. Dynamic shared memory:
+// SK_STAGES * (SK_ROWS + 8 NT) * SK_BK * 2 bytes (src/backend/cuda/launch.rs: SKINNY_*).
+#define SKINNY_ENTRY(NT)                                                                           \
+    extern "C" __global__ void __launch_bounds__(SK_WARPS * 32)                                    \
+        gemm_f16_skinny_n##NT(const __half* A, const __half* B, float* Y, int M, int N, int K) {   \
+        gemm::skinny<NT>(A, B, Y, M, N, K);                                                           \
+    }
+SKINNY_ENTRY(2)
+SKINNY_ENTRY(4)

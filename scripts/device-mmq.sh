@@ -2,7 +2,7 @@
 # Runs ON the device machine (the unpacked devpack of scripts/device-build.sh, as run-mmq.sh):
 # the tensor-core batched products (kernels/mmq.cu), in order of what a short call must not
 # miss: their GPU tests (cuda_kernels mmq: kernel vs the one-input mat-vec and f64, every
-# format; cuda_batch: batched greedy vs alone, 3/8/24/65 sessions) while both synthetic models
+# format; the skinny f16 product; cuda_batch on the f16 copies: batched greedy vs alone) while both synthetic models
 # are built; aggregate decode over 1-128 sessions without and with the f16 weight copies
 # (LLORCH_CUDA_F16_WEIGHTS, src/backend/cuda/model/f16_weights.rs) and with mmq
 # (LLORCH_CUDA_MMQ); pp512 without and with the copies; cuda_parity with the copies on;
@@ -22,25 +22,29 @@ synth_q7=$!
 echo "== cuda_kernels mmq"
 timeout 60 ./cuda_kernels --test-threads=1 --nocapture mmq >"$log/kernels-mmq.log" 2>&1; echo "rc=$?"
 grep -E "mmq \[|test result|panicked" "$log/kernels-mmq.log" | tail -12
+echo "== cuda_kernels skinny (f16 weights, few inputs)"
+timeout 60 ./cuda_kernels --test-threads=1 --nocapture skinny >"$log/kernels-skinny.log" 2>&1; echo "rc=$?"
+grep -E "skinny|test result|panicked" "$log/kernels-skinny.log" | tail -12
 t
-echo "== cuda_batch, batched steps through mmq (LLORCH_CUDA_MMQ=1)"
-LLORCH_CUDA_MMQ=1 timeout 100 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
+echo "== cuda_batch, batched steps on the f16 weight copies through the skinny kernel from 2 rows"
+LLORCH_CUDA_F16_WEIGHTS=1 LLORCH_CUDA_MULTIROW=1 timeout 100 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
 grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
 t
 export LLORCH_CUDA_MMQ_MIN="${MMQ_MIN:-8}"
-par=(--device cuda:0 --parallel 1,4,8,16,32,64,128 -p 32 -n 64 -r 1)
-# Configurations mmq:f16:multirow: the products of many rows dequantizing per step (f16 copies
-# off) with the mat-vecs up to 8 rows (the default); with the f16 copies; the copies' GEMM from
-# 2 rows (no mat-vecs of several rows); the copies and mmq from MMQ_MIN rows; mmq from 2 rows.
+par=(--device cuda:0 --parallel ${PAR:-1,8,32,128} -p 32 -n 64 -r 1)
+# Configurations mmq:f16:multirow:skinny: the products of many rows dequantizing per step (f16
+# copies off) with the mat-vecs up to 8 rows (the default); the copies through the GEMM tiles
+# (skinny off); the copies through the skinny kernel past 8 rows, and from 2 rows (no mat-vecs
+# of several rows); the copies and mmq from MMQ_MIN rows; mmq from 2 rows.
 for m in q05 q7; do
   if [ $m = q05 ]; then wait $synth_q05; else wait $synth_q7; fi
-  for cfg in ${PAR_CONFIGS:-0:0:8 0:1:8 0:1:1 1:1:8 1:1:1}; do
-    IFS=: read -r on f16 mr <<<"$cfg"
+  for cfg in ${PAR_CONFIGS:-0:0:8:128 0:1:8:0 0:1:8:128 0:1:1:128 1:1:8:128 1:1:1:128}; do
+    IFS=: read -r on f16 mr sk <<<"$cfg"
     min=$LLORCH_CUDA_MMQ_MIN; [ "$mr" = 1 ] && [ "$on" = 1 ] && min=2
-    echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $min) LLORCH_CUDA_F16_WEIGHTS=$f16 LLORCH_CUDA_MULTIROW=$mr"
-    LLORCH_CUDA_MMQ_MIN=$min LLORCH_CUDA_MULTIROW=$mr LLORCH_CUDA_MMQ=$on LLORCH_CUDA_F16_WEIGHTS=$f16 \
+    echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $min) LLORCH_CUDA_F16_WEIGHTS=$f16 LLORCH_CUDA_MULTIROW=$mr LLORCH_CUDA_SKINNY_MAX=$sk"
+    LLORCH_CUDA_SKINNY_MAX=$sk LLORCH_CUDA_MMQ_MIN=$min LLORCH_CUDA_MULTIROW=$mr LLORCH_CUDA_MMQ=$on LLORCH_CUDA_F16_WEIGHTS=$f16 \
       timeout 100 ./llorch bench -m /tmp/$m.gguf "${par[@]}" 2>&1 \
-      | tee "$log/par-$m-mmq$on-f16$f16-mr$mr.txt" | grep -E "^\| qwen|rror"
+      | tee "$log/par-$m-mmq$on-f16$f16-mr$mr-sk$sk.txt" | grep -E "^\| qwen|rror"
   done
   t
 done

@@ -584,6 +584,57 @@ fn gemm_f16_all_types() {
     assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
 }
 
+// The skinny product (a batched step's few inputs against f16 weight copies): f32 sums of the
+// same f16 products as the GEMM tiles, so the same tolerance against the f64 sum of the f16
+// operands (5e-5); and row 0's outputs bit-equal whatever the number of inputs (1 to 130:
+// one and several input tiles of both kernels, partial tiles): a sequence's products do not
+// depend on the batch. Shapes: 7B-like k with a partial last weight tile, a k of one stage
+// and a 32-value tail. A guard after Y stays poisoned.
+#[test]
+fn gemm_f16_skinny_batch_invariant() {
+    let Some(dev) = device("gemm_f16_skinny_batch_invariant") else {
+        return;
+    };
+    let mut rng = Rng(0x5EED_0031);
+    const GUARD: usize = 64;
+    for &(rows, k) in &[(1000usize, 3584usize), (70, 160)] {
+        let m_max = 130;
+        let to_h = |v: Vec<f32>| -> Vec<f16> { v.into_iter().map(f16::from_f32).collect() };
+        let a = to_h(rng.vec(m_max * k));
+        let b = to_h(rng.vec(rows * k));
+        let bytes = |v: &[f16]| -> Vec<u8> { v.iter().flat_map(|h| h.to_le_bytes()).collect() };
+        let ad = dev.upload(&bytes(&a), MemKind::Scratch).unwrap();
+        let bd = dev.upload(&bytes(&b), MemKind::Weights).unwrap();
+        let mut yd = dev.alloc((m_max * rows + GUARD) * 4, MemKind::Scratch).unwrap();
+        let mut row0: Option<Vec<f32>> = None;
+        for m in [1usize, 7, 16, 17, 32, 33, 130] {
+            dev.fill_bytes(&mut yd, POISON).unwrap();
+            dev.gemm_f16_skinny(&ad, &bd, &mut yd, m, rows, k).unwrap();
+            let y = output_before_guard(&dev, &yd, m * rows, GUARD, || format!("skinny m={m}"));
+            let want: Vec<f64> = (0..m * rows)
+                .map(|i| {
+                    let (t, r) = (i / rows, i % rows);
+                    (0..k)
+                        .map(|j| a[t * k + j].to_f64() * b[r * k + j].to_f64())
+                        .sum()
+                })
+                .collect();
+            check(&format!("skinny {m}x{rows}x{k}"), &y, &want, 5e-5);
+            match &row0 {
+                None => row0 = Some(y[..rows].to_vec()),
+                Some(r0) => {
+                    let same = r0.iter().zip(&y[..rows]).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "skinny {rows}x{k}: input 0's outputs with {m} inputs differ from alone");
+                }
+            }
+        }
+    }
+    let mut y = dev.alloc(64 * 4, MemKind::Scratch).unwrap();
+    let xh = dev.alloc(64 * 2, MemKind::Scratch).unwrap();
+    let r = dev.gemm_f16_skinny(&xh, &xh, &mut y, 1, 1, 48);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+}
+
 // Embedding rows decode with the reference's f32 formulas; the only difference is a possible
 // fused multiply-add (one rounding of ~6e-8 relative): tolerance 1e-6.
 #[test]

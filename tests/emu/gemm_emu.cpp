@@ -108,6 +108,54 @@ static int test_gemm(const Tile& t, int M, int N, int K) {
     return !ok;
 }
 
+// The skinny products (a batched step's few inputs on f16 weights), NT = 2 and 4, against a
+// double sum of the same operands (2e-6, as the GEMM tiles); and every input's outputs must
+// be bit-equal to those of the same input in a product of one input (M = 1, NT = 2): the sums
+// do not depend on the rest of the batch. Returns the failures; `base` holds the M = 1 run.
+static int test_skinny(int nt, int M, int N, int K, const std::vector<__half>& A,
+                       const std::vector<__half>& B, std::vector<float>* out) {
+    typedef void (*Sk)(const __half*, const __half*, float*, int, int, int);
+    const Sk k = nt == 2 ? gemm_f16_skinny_n2 : gemm_f16_skinny_n4;
+    const int tok = 8 * nt;
+    const int smem = SK_STAGES * (SK_ROWS + tok) * SK_BK * 2;
+    std::vector<float> Y((size_t)M * N, NAN);
+    for (int bx = 0; bx < (M + tok - 1) / tok; bx++)
+        for (int by = 0; by < (N + SK_ROWS - 1) / SK_ROWS; by++) {
+            blockIdx = {(unsigned)bx, (unsigned)by, 0};
+            std::vector<uint8_t> sm(smem);
+            for (auto& b : sm) b = (uint8_t)rnd();
+            emu_dyn_smem = sm.data();
+            emu_dyn_smem_size = smem;
+            emu::run_block(SK_WARPS * 32, [&] { k(A.data(), B.data(), Y.data(), M, N, K); });
+        }
+    double num = 0, den = 0;
+    int unwritten = 0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int i = 0; i < K; i++)
+                s += (double)__half2float(A[(size_t)m * K + i]) * __half2float(B[(size_t)n * K + i]);
+            const float y = Y[(size_t)m * N + n];
+            if (!std::isfinite(y)) {
+                unwritten++;
+                continue;
+            }
+            num += (y - s) * (y - s);
+            den += s * s;
+        }
+    const double e = sqrt(num / den);
+    int differ = 0;
+    if (out->empty()) {
+        *out = Y;
+    } else {
+        for (int n = 0; n < N; n++) differ += memcmp(&Y[n], &(*out)[n], 4) != 0;
+    }
+    const bool ok = !unwritten && e < 2e-6 && !differ;
+    printf("skinny n%d M=%-3d N=%-3d K=%-4d: rel err %.2e, input 0 %s%s%s\n", nt, M, N, K, e,
+           differ ? "DIFFERS from M=1" : "as alone", unwritten ? " UNWRITTEN" : "", ok ? "" : "  FAIL");
+    return !ok;
+}
+
 // The exact product of F16 (P = 2) or F32 (P = 3) weights: dequant_split_* and
 // f32_to_f16_split* into rows of P k halves, then a GEMM over them, against the double sum of
 // the unrounded f32 activations (magnitudes 2^-6 to 2^6, most not representable in f16) and
@@ -187,6 +235,21 @@ int main(int argc, char** argv) {
             bad += test_gemm(t, s[0], s[1], s[2]);
             runs++;
         }
+    // K: one step with a 32-value tail, fewer steps than stages; 9 steps (the ring wraps) and a
+    // tail. M: 1 input, a partial tile, whole tiles, several tiles with a partial last.
+    for (int K : {96, 1056}) {
+        const int N = 70, Mmax = 37;
+        std::vector<__half> A((size_t)Mmax * K), B((size_t)N * K);
+        for (auto& v : A) v = h16(rf());
+        for (auto& v : B) v = h16(rf());
+        std::vector<float> base;
+        for (int nt : {2, 4})
+            for (int M : {1, 5, 16, 32, 37}) {
+                if (nt == 4 && M == 1) continue;
+                bad += test_skinny(nt, M, N, K, A, B, &base);
+                runs++;
+            }
+    }
     for (int i = 0; i < 2; i++) {
         bad += test_split(TYPES[i], 37, 70, 96) + test_split(TYPES[i], 65, 131, 256);
         runs += 2;

@@ -336,6 +336,26 @@ fn gemm_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
         .unwrap_or(GEMM_TILES.len() - 1)
 }
 
+/// The skinny products' input tiles (kernels/gemm_f16.cu `gemm_f16_skinny_n<NT>`: 8·NT inputs
+/// a block), with their constants: weight rows a block, k a stage, ring stages.
+const SKINNY_NT: [usize; 2] = [2, 4];
+const SKINNY_ROWS: usize = 32;
+const SKINNY_BK: usize = 128;
+const SKINNY_STAGES: usize = 6;
+
+/// Most inputs of a product on f16 weight copies that take the skinny kernel rather than
+/// the GEMM tiles (`LLORCH_CUDA_SKINNY_MAX`, default 128; 0: never). Up to there every
+/// input's outputs are the same sums in the same order whatever the batch holds.
+pub fn skinny_max() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("LLORCH_CUDA_SKINNY_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(128)
+    })
+}
+
 /// `dequant_f16_<type>`, `f32_to_f16` and every tile of kernels/gemm_f16.cu.
 fn gemm_kernels() -> &'static [&'static str] {
     static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
@@ -354,6 +374,7 @@ fn gemm_kernels() -> &'static [&'static str] {
                 .map(String::from),
             )
             .chain(GEMM_TILES.iter().map(|t| t.kernel()))
+            .chain(SKINNY_NT.iter().map(|nt| format!("gemm_f16_skinny_n{nt}")))
             .map(|n| &*Box::leak(n.into_boxed_str()))
             .collect()
     })
@@ -823,7 +844,51 @@ impl CudaDevice {
     ) -> Result<()> {
         self.check_product_io(x, n_tok, y, rows, k)?;
         self.f32_to_f16(x, n_tok * k, xh)?;
+        if tile.is_none() && n_tok <= skinny_max() {
+            return self.gemm_f16_skinny(xh, wh, y, n_tok, rows, k);
+        }
         self.gemm_f16(xh, wh, y, n_tok, rows, k, tile)
+    }
+
+    /// Y = A·Bᵀ as [`gemm_f16`](Self::gemm_f16), for few rows of `a` (a batched step's
+    /// inputs) and many of `b` (weights): kernels/gemm_f16.cu's skinny product, 32 rows of `b`
+    /// by 16 or 32 rows of `a` a block, k split over its warps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_f16_skinny(
+        &self,
+        a: &DeviceBuffer,
+        b: &DeviceBuffer,
+        y: &mut DeviceBuffer,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let m_i = positive(m, "gemm_f16_skinny m")?;
+        let n_i = positive(n, "gemm_f16_skinny n")?;
+        let k_i = positive(k, "gemm_f16_skinny k")?;
+        if k % 32 != 0 || n.div_ceil(SKINNY_ROWS) > 65535 {
+            return Err(Error::InvalidArgument(format!(
+                "gemm_f16_skinny: {m}x{n}x{k} (k a multiple of 32, n at most {})",
+                65535 * SKINNY_ROWS
+            )));
+        }
+        a.check(self, m as u64 * k as u64 * 2, "gemm_f16_skinny a")?;
+        b.check(self, n as u64 * k as u64 * 2, "gemm_f16_skinny b")?;
+        y.check(self, f32s(m * n), "gemm_f16_skinny y")?;
+        let nt = if m <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
+        let smem = SKINNY_STAGES * (SKINNY_ROWS + 8 * nt) * SKINNY_BK * 2;
+        let name = format!("gemm_f16_skinny_n{nt}");
+        let grid = (
+            m.div_ceil(8 * nt) as u32,
+            n.div_ceil(SKINNY_ROWS) as u32,
+            1,
+        );
+        // Programmatic dependent launch on: the kernel fetches its first weight stages before
+        // it waits for the product before it.
+        self.raise_shared_limit(&name, smem as u32)?;
+        launch!(@go self, &name, grid, (128, 1, 1), smem as u32,
+            crate::backend::cuda::launch::pdl_enabled();
+            a.ptr(), b.ptr(), y.ptr(), m_i, n_i, k_i)
     }
 
     /// F16 or F32 weights (`rows` rows of `k`) into `out` as f16 [rows][P·k], each 32-value

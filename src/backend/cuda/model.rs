@@ -22,7 +22,9 @@ use super::fused::{
 };
 use super::fused::{matvec_rows_supported, mmq_supported, multirow_rows, MULTIROW_MAX};
 use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
-use super::launch::{gemm_enabled, gemm_parts, matmul_uses_gemm, KvCacheLayer, RopeParams};
+use super::launch::{
+    gemm_enabled, gemm_parts, matmul_uses_gemm, skinny_max, KvCacheLayer, RopeParams,
+};
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::mmq::{mmq_enabled, mmq_min_rows, mmq_prompt};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
@@ -829,7 +831,9 @@ impl Ops for CudaStep<'_> {
             }
             // The two-pass path's second pass alone where the model has the weights in f16.
             if let (Some(wh), Some(xh)) = (m.f16[w.0 as usize].as_ref(), st.gemm_x.as_mut()) {
-                if xh.len_bytes() >= n * k * 2 && matmul_uses_gemm(n, rows, k) {
+                // Any batch takes it: up to skinny_max inputs, the skinny product.
+                let wide = matmul_uses_gemm(n, rows, k) || n <= skinny_max();
+                if xh.len_bytes() >= n * k * 2 && wide {
                     return st.dev.matmul_f16_weights(wh, rows, k, xb, n, ob, xh, None);
                 }
             }
