@@ -32,13 +32,13 @@ grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -
 t
 export LLORCH_CUDA_MMQ_MIN="${MMQ_MIN:-8}"
 par=(--device cuda:0 --parallel ${PAR:-1,8,32,128} -p 32 -n 64 -r 1)
-# Configurations mmq:f16:multirow:skinny: the products of many rows dequantizing per step (f16
-# copies off) with the mat-vecs up to 8 rows (the default); the copies through the GEMM tiles
-# (skinny off); the copies through the skinny kernel past 8 rows, and from 2 rows (no mat-vecs
-# of several rows); the copies and mmq from MMQ_MIN rows; mmq from 2 rows.
+# Configurations mmq:f16:multirow:skinny: the mat-vecs up to 8 rows, then the products
+# dequantizing per step (f16 copies off) through the GEMM tiles (the last measured default);
+# the same through the skinny kernel up to 128 rows; with the f16 copies (skinny past 8 rows,
+# and from 2 rows: no mat-vecs of several rows); the copies and mmq from MMQ_MIN rows.
 for m in q05 q7; do
   if [ $m = q05 ]; then wait $synth_q05; else wait $synth_q7; fi
-  for cfg in ${PAR_CONFIGS:-0:0:8:128 0:1:8:0 0:1:8:128 0:1:1:128 1:1:8:128 1:1:1:128}; do
+  for cfg in ${PAR_CONFIGS:-0:0:8:0 0:0:8:128 0:1:8:128 0:1:1:128 1:1:8:128}; do
     IFS=: read -r on f16 mr sk <<<"$cfg"
     min=$LLORCH_CUDA_MMQ_MIN; [ "$mr" = 1 ] && [ "$on" = 1 ] && min=2
     echo "== $m parallel LLORCH_CUDA_MMQ=$on (min $min) LLORCH_CUDA_F16_WEIGHTS=$f16 LLORCH_CUDA_MULTIROW=$mr LLORCH_CUDA_SKINNY_MAX=$sk"

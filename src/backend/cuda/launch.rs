@@ -805,7 +805,7 @@ impl CudaDevice {
         let parts = gemm_parts(ty);
         if parts == 1 {
             self.dequant_f16(ty, w, rows, k, wh)?;
-            return self.matmul_f16_weights(wh, rows, k, x, n_tok, y, xh, tile);
+            return self.matmul_f16_weights(wh, rows, k, x, n_tok, y, xh, false, tile);
         }
         self.dequant_split(ty, w, rows, k, wh)?;
         self.f32_to_f16_split(x, n_tok * k, parts, xh)?;
@@ -826,8 +826,9 @@ impl CudaDevice {
         y.check(self, f32s(n_tok * rows), "matmul y")
     }
 
-    /// The second pass alone: `y` = `x` (`n_tok` rows of `k` f32, rounded to f16 in `xh`)
-    /// times weights already in f16 (`wh`: `rows` rows of `k`, [`dequant_f16`]'s layout).
+    /// The second pass alone: `y` = `x` (`n_tok` rows of `k` f32, rounded to f16 in `xh`;
+    /// `xh_ready`: `xh` holds them already) times weights already in f16 (`wh`: `rows` rows
+    /// of `k`, [`dequant_f16`]'s layout).
     ///
     /// [`dequant_f16`]: Self::dequant_f16
     #[allow(clippy::too_many_arguments)]
@@ -840,10 +841,13 @@ impl CudaDevice {
         n_tok: usize,
         y: &mut DeviceBuffer,
         xh: &mut DeviceBuffer,
+        xh_ready: bool,
         tile: Option<usize>,
     ) -> Result<()> {
         self.check_product_io(x, n_tok, y, rows, k)?;
-        self.f32_to_f16(x, n_tok * k, xh)?;
+        if !xh_ready {
+            self.f32_to_f16(x, n_tok * k, xh)?;
+        }
         if tile.is_none() && n_tok <= skinny_max() {
             return self.gemm_f16_skinny(xh, wh, y, n_tok, rows, k);
         }

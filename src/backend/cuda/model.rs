@@ -469,6 +469,9 @@ pub struct CudaStep<'a> {
     /// The slot whose chunk records `st.xrec` holds (written by the decode attention for
     /// the output projection), if any.
     rec_of: Option<Slot>,
+    /// The slot whose f16 image `st.gemm_x` holds (made by the last launch, a product on f16
+    /// weight copies: q, k and v, or gate and up, share their input), if any.
+    h16_of: Option<Slot>,
     /// Kernels are being captured into a graph, not run.
     capturing: bool,
     /// A batched step (see `batch.rs`): its rows' cache table (address, entries per layer);
@@ -557,6 +560,7 @@ impl<'a> CudaStep<'a> {
             n,
             err: None,
             rec_of: None,
+            h16_of: None,
             capturing: false,
             batch,
         })
@@ -591,7 +595,7 @@ impl<'a> CudaStep<'a> {
                         let _ = result::graph::destroy(g);
                     }
                 }
-                (self.err, self.rec_of) = (None, None);
+                (self.err, self.rec_of, self.h16_of) = (None, None, None);
                 let r = forward(&mut self);
                 // A device error outranks a cancellation seen after it.
                 return self.finish().and(r);
@@ -663,7 +667,10 @@ impl<'a> CudaStep<'a> {
     }
 
     /// Run `f` unless an earlier call failed; keep its error.
+    /// Every launch goes through here, so `h16_of` holds only until the next one (a
+    /// product on f16 weights sets it again).
     fn run(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) {
+        self.h16_of = None;
         if self.err.is_none() {
             if let Err(e) = f(self) {
                 self.err = Some(e);
@@ -792,6 +799,7 @@ impl Ops for CudaStep<'_> {
         } else {
             None
         };
+        let h16_ready = self.h16_of == Some(x);
         self.run(|s| {
             let (m, wt) = (s.m, s.m.weight(w));
             let n = s.n;
@@ -834,7 +842,10 @@ impl Ops for CudaStep<'_> {
                 // Any batch takes it: up to skinny_max inputs, the skinny product.
                 let wide = matmul_uses_gemm(n, rows, k) || n <= skinny_max();
                 if xh.len_bytes() >= n * k * 2 && wide {
-                    return st.dev.matmul_f16_weights(wh, rows, k, xb, n, ob, xh, None);
+                    st.dev
+                        .matmul_f16_weights(wh, rows, k, xb, n, ob, xh, h16_ready, None)?;
+                    s.h16_of = Some(x);
+                    return Ok(());
                 }
             }
             // The two-pass path where the scratch holds this product (not the vocabulary
