@@ -13,6 +13,9 @@ pub enum MemKind {
     Weights = 0,
     KvCache = 1,
     Scratch = 2,
+    /// f16 copies of quantized weights (src/backend/cuda/model/f16_weights.rs): optional,
+    /// made when they take a small share of the card or budget.
+    WeightCopies = 3,
 }
 
 impl MemKind {
@@ -21,13 +24,14 @@ impl MemKind {
             MemKind::Weights => "weights",
             MemKind::KvCache => "KV cache",
             MemKind::Scratch => "scratch",
+            MemKind::WeightCopies => "f16 weight copies",
         }
     }
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Accounting {
-    used: [u64; 3],
+    used: [u64; 4],
 }
 
 impl Accounting {
@@ -44,6 +48,8 @@ pub struct MemoryReport {
     pub weights: u64,
     pub kv_cache: u64,
     pub scratch: u64,
+    /// The f16 copies of quantized weights (not in `weights`).
+    pub weight_copies: u64,
     /// The budget (0 = none).
     pub budget: u64,
     /// What the driver reports free on the card (all processes).
@@ -254,6 +260,7 @@ impl CudaDevice {
             weights: a.used[0],
             kv_cache: a.used[1],
             scratch: a.used[2],
+            weight_copies: a.used[3],
             budget: d.budget,
             device_free: free as u64,
             device_total: total as u64,

@@ -659,7 +659,12 @@ impl<'a> CudaStep<'a> {
         if mmq && self.n <= self.st.xrec_rows && mmq_supported(&types, glu) {
             return Some(true);
         }
+        // Where every matrix has an f16 copy, the skinny f16 product (unfused) beats the
+        // mat-vecs of several rows (H100, 8 sessions: 7B 1,091 vs 512 tok/s, 0.5B 3,583 vs
+        // 3,029; bench/RESULTS.md, session 12).
+        let copies = w.iter().all(|w| self.m.f16[w.0 as usize].is_some());
         let multirow = self.batch.is_some()
+            && !copies
             && self.n <= multirow_rows()
             && self.n <= self.st.xrec_rows
             && matvec_rows_supported(&types, glu);

@@ -1,12 +1,13 @@
 //! f16 copies of the quantized matrices, made once at load, for the products of many rows
-//! (a prompt chunk, a batched step of many sessions): the two-pass product's first pass
-//! (dequantize to f16, kernels/gemm_f16.cu) then runs once per model instead of once per
-//! product per step. The numbers are those of the two-pass product (the same f16 values,
-//! the same GEMM); the cost is 2 bytes a weight of device memory (Qwen2.5 7B: 15 GB).
-//!
-//! Off unless `LLORCH_CUDA_F16_WEIGHTS=1`: written in session 11, when no GPU time was left to
-//! run it (scripts/device-mmq.sh holds its A/B). Once measured, the intended default is on
-//! when the copies take at most a quarter of the card or of the context's budget.
+//! (a prompt chunk, a batched step of two or more sessions): the two-pass product's first
+//! pass (dequantize to f16, kernels/gemm_f16.cu) then runs once per model instead of once per
+//! product per step, and a batched step's products take the skinny f16 kernel from 2 rows.
+//! The numbers are those of the two-pass product (the same f16 values); the cost is 2 bytes
+//! a weight of device memory (Qwen2.5 7B: 15 GB), counted as `MemKind::WeightCopies`.
+//! Made when they take at most a quarter of the card or of the context's budget. H100,
+//! synthetic shapes (bench/RESULTS.md, session 12): 7B aggregate decode at 8 / 128 sessions
+//! 512 / 4,734 -> 1,091 / 6,165 tok/s, pp512 12,844 -> 15,557; 0.5B 3,029 / 14,204 ->
+//! 3,583 / 16,813, pp512 63,962 -> 69,827.
 
 use super::super::moe::is_experts;
 use super::super::{CudaDevice, DeviceBuffer, MemKind};
@@ -16,9 +17,16 @@ use crate::quant::GgmlType;
 use crate::{Error, Result};
 
 /// Whether copies of `bytes` are made where `room` bytes are available (the card, or the
-/// context's budget when it has one): `LLORCH_CUDA_F16_WEIGHTS=1` and they fit in it.
+/// context's budget when it has one): when they take at most a quarter of it, so that the
+/// sessions' caches keep most of the room (a 7B's 15 GB on an 80 GB card: yes; on a 24 GB
+/// card: no, its batched steps then dequantize per step). `LLORCH_CUDA_F16_WEIGHTS=1`: whenever
+/// they fit; `0`: never.
 fn wanted(bytes: u64, room: u64) -> bool {
-    std::env::var("LLORCH_CUDA_F16_WEIGHTS").is_ok_and(|v| v == "1") && bytes <= room
+    match std::env::var("LLORCH_CUDA_F16_WEIGHTS").as_deref() {
+        Ok("1") => bytes <= room,
+        Ok("0") => false,
+        _ => bytes <= room / 4,
+    }
 }
 
 /// Whether a tensor (file name `name`, uploaded as `rows` rows of type `ty`) is a matrix the
@@ -62,7 +70,7 @@ pub(super) fn f16_copies(
     }
     for i in chosen {
         let w = &weights[i];
-        let mut b = match dev.alloc(w.rows * w.cols * 2, MemKind::Weights) {
+        let mut b = match dev.alloc(w.rows * w.cols * 2, MemKind::WeightCopies) {
             Ok(b) => b,
             Err(Error::OutOfMemory(_)) => return Ok(weights.iter().map(|_| None).collect()),
             Err(e) => return Err(e),
