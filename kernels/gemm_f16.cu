@@ -27,6 +27,8 @@
 // K must be a multiple of 32 (every caller's row length is: GGUF chunks); M and N arbitrary.
 #include "common.cuh"
 #include "mma_prims.cuh"
+#include "mv_args.cuh"
+#include "prep_input.cuh"
 
 namespace gemm {
 
@@ -165,9 +167,14 @@ __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half*
 #define SK_STAGES 6
 #endif
 
-template <int NT>
-__device__ __forceinline__ void skinny(const __half* __restrict__ A, const __half* __restrict__ B,
-                                       float* __restrict__ Y, int M, int N, int K) {
+// The core of a skinny product: block (blockIdx.x: inputs 8·NT·x.., blockIdx.y: the caller's
+// weight tile) sums its 32 tile rows (`row(r)`: row r's f16 values, K of them, or null past
+// the matrix) times its inputs; on return warp 0 holds the sums (true), the other warps are
+// done (false). Accumulator (g = lane / 4, t = lane % 4): acc[mt][nt][0], [1] tile row
+// 16 mt + g, inputs 8 nt + 2t, 2t + 1; [2], [3] tile row 16 mt + g + 8.
+template <int NT, class Row>
+__device__ __forceinline__ bool skinny_core(const __half* __restrict__ A, int M, int K, Row row,
+                                            float (&acc)[2][NT][4]) {
     constexpr int NTH = SK_WARPS * 32, BK = SK_BK, CH = BK / 8;
     constexpr int TOK = 8 * NT;                                   // inputs a block
     constexpr int WC = SK_ROWS * CH / NTH, XC = TOK * CH / NTH;  // chunks a thread copies
@@ -186,7 +193,7 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
     __half* smem = reinterpret_cast<__half*>(smem_raw);
 #endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int m0 = blockIdx.x * TOK, n0 = blockIdx.y * SK_ROWS;
+    const int m0 = blockIdx.x * TOK;
     const int nk = (K + BK - 1) / BK;
     const int kc = (tid % CH) * 8;  // this thread's k offset in every chunk it copies
 
@@ -196,7 +203,8 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
 #pragma unroll
     for (int i = 0; i < WC; i++) {
         const int idx = tid + i * NTH, r = idx / CH;
-        wsrc[i] = n0 + r < N ? B + (long long)(n0 + r) * K + kc : nullptr;
+        const __half* w = row(r);
+        wsrc[i] = w ? w + kc : nullptr;
         wdst[i] = at<BK>(r, idx % CH);
     }
 #pragma unroll
@@ -213,7 +221,7 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
 #pragma unroll
         for (int i = 0; i < WC; i++) {
             const bool ok = kin && wsrc[i];
-            cp16(s + wdst[i], ok ? wsrc[i] + k0 : B, ok ? 16u : 0u);
+            cp16(s + wdst[i], ok ? wsrc[i] + k0 : A, ok ? 16u : 0u);
         }
     };
     auto load_x = [&](int st, int kt) {
@@ -230,7 +238,6 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
         cp_commit();
     };
 
-    float acc[2][NT][4];
 #pragma unroll
     for (int a = 0; a < 2; a++)
 #pragma unroll
@@ -279,7 +286,7 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
         st = st == S - 1 ? 0 : st + 1;
     }
     // Every copy landed (the last groups are empty) and every warp is past its last ldmatrix:
-    // the ring takes warps 1..3's sums; warp 0 adds them in order and stores.
+    // the ring takes warps 1..3's sums; warp 0 adds them in order.
     cp_wait<0>();
     __syncthreads();
     float* red = reinterpret_cast<float*>(smem);
@@ -293,7 +300,7 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
                 for (int e = 0; e < 4; e++) dst[((mt * NT + nt) * 4 + e) * 32 + lane] = acc[mt][nt][e];
     }
     __syncthreads();
-    if (warp != 0) return;
+    if (warp != 0) return false;
 #pragma unroll
     for (int w = 0; w < SK_WARPS - 1; w++) {
         const float* src = red + w * 32 * 2 * NT * 4;
@@ -304,9 +311,18 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[mt][nt][e] += src[((mt * NT + nt) * 4 + e) * 32 + lane];
     }
-    // Accumulator (g = lane / 4, t = lane % 4): [0], [1] weight row g, inputs 2t, 2t + 1;
-    // [2], [3] row g + 8. Y is [input][weight row].
-    const int g = lane >> 2, t = lane & 3;
+    return true;
+}
+
+// Y[M][N] = A . B^T (B: N rows of K), weight tile blockIdx.y: rows 32 y...
+template <int NT>
+__device__ __forceinline__ void skinny(const __half* __restrict__ A, const __half* __restrict__ B,
+                                       float* __restrict__ Y, int M, int N, int K) {
+    const int n0 = blockIdx.y * SK_ROWS;
+    auto row = [&](int r) -> const __half* { return n0 + r < N ? B + (long long)(n0 + r) * K : nullptr; };
+    float acc[2][NT][4];
+    if (!skinny_core<NT>(A, M, K, row, acc)) return;
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = blockIdx.x * 8 * NT;
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
@@ -316,6 +332,70 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
                 const int n = n0 + mt * 16 + g + 8 * (e >> 1), m = m0 + nt * 8 + 2 * t + (e & 1);
                 if (n < N && m < M) Y[(long long)m * N + n] = acc[mt][nt][e];
             }
+}
+
+// The fused form (mv_args.cuh, the mat-vecs' arguments with each segment's `w` an f16 copy:
+// rows of k halves, row_bytes apart): up to three matrices sharing the input A, tiles of 32
+// rows of one matrix after another (MODE_PLAIN: out + bias; MODE_ADD: one matrix, out and
+// acc += out), or for MODE_GLU tiles of 16 gate rows (m-tile 0) and the same 16 up rows
+// (m-tile 1): out0 = g, out1 = u, act = silu(g)·u. Output i of a matrix of R rows at out + i R.
+template <int NT>
+__device__ __forceinline__ void skinny_fused(const __half* __restrict__ A, const MvArgs& a, int M) {
+    const bool glu = a.mode == MODE_GLU;
+    int tile = blockIdx.y, seg = 0;
+    if (!glu) {
+        while (seg + 1 < a.n_seg && tile >= (a.seg[seg].rows + SK_ROWS - 1) / SK_ROWS) {
+            tile -= (a.seg[seg].rows + SK_ROWS - 1) / SK_ROWS;
+            seg++;
+        }
+    }
+    const int per = glu ? SK_ROWS / 2 : SK_ROWS;  // rows of one matrix a tile
+    const int r0 = tile * per;
+    auto row = [&](int r) -> const __half* {
+        const int s = glu ? r / per : seg, i = r0 + (glu ? r % per : r);
+        if (i >= a.seg[s].rows) return nullptr;
+        return reinterpret_cast<const __half*>(a.seg[s].w + (long long)i * a.seg[s].row_bytes);
+    };
+    float acc[2][NT][4];
+    if (!skinny_core<NT>(A, M, a.k, row, acc)) return;
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = blockIdx.x * 8 * NT;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int m = m0 + nt * 8 + 2 * t + (e & 1);
+            if (m >= M) continue;
+            if (glu) {
+                const int i = r0 + g + 8 * (e >> 1), R = a.seg[0].rows;
+                if (i >= R) continue;
+                const float gv = acc[0][nt][e], uv = acc[1][nt][e];
+                const long long o = (long long)m * R + i;
+                a.seg[0].out[o] = gv;
+                a.seg[1].out[o] = uv;
+                a.act[o] = gv / (1.0f + expf(-gv)) * uv;  // decode.cu's SwiGLU
+                continue;
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const Seg& sg = a.seg[seg];
+                const int i = r0 + mt * 16 + g + 8 * (e >> 1);
+                if (i >= sg.rows) continue;
+                const float v = acc[mt][nt][e] + (sg.bias ? sg.bias[i] : 0.f);
+                const long long o = (long long)m * sg.rows + i;
+                sg.out[o] = v;
+                if (a.mode == MODE_ADD) a.acc[o] += v;
+            }
+        }
+}
+
+// Input y of x (k f32 a row; a grid row each) normalized with `norm` (eps) if given (also to
+// `normed` if given), rounded to f16 into xh: the skinny products' input, prep_input.cuh's
+// arithmetic (the same normalized values as the mat-vecs' records are made from).
+__device__ __forceinline__ void prep_f16(const float* x, const float* norm, float eps, float* normed,
+                                         __half* xh, int k) {
+    __half* dst = xh + (long long)blockIdx.y * k;
+    prep_body<8>(x, norm, eps, normed, k,
+                 [&](float v, int c, int lane) { dst[c * 32 + lane] = __float2half_rn(v); });
 }
 
 // Bytes of 256 values of each format (rows hold whole 256-value superblocks for the K-quants,
@@ -507,3 +587,15 @@ GEMM_TILES(GEMM_ENTRY)
     }
 SKINNY_ENTRY(2)
 SKINNY_ENTRY(4)
+#define SKINNY_FUSED_ENTRY(NT)                                                                     \
+    extern "C" __global__ void __launch_bounds__(SK_WARPS * 32)                                    \
+        skinny_fused_n##NT(const __half* A, MvArgs a, int M) {                                     \
+        gemm::skinny_fused<NT>(A, a, M);                                                           \
+    }
+SKINNY_FUSED_ENTRY(2)
+SKINNY_FUSED_ENTRY(4)
+// prep_f16 (above): grid (ceil(k / 256), inputs), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    prep_f16(const float* x, const float* norm, float eps, float* normed, __half* xh, int k) {
+    gemm::prep_f16(x, norm, eps, normed, xh, k);
+}

@@ -156,6 +156,122 @@ static int test_skinny(int nt, int M, int N, int K, const std::vector<__half>& A
     return !ok;
 }
 
+// The fused skinny products (mv_args.cuh's arguments, f16 segments): plain with three matrices
+// (biases on two), the residual form and the SwiGLU form, against double sums of the same f16
+// operands (2e-6 relative; act against silu(g)·u of the kernel's own g and u, 1e-6); rows past
+// each output stay untouched (NaN guard).
+static int test_skinny_fused(int nt, int mode, int M, int K) {
+    const int rows[3] = {70, 16, 40};
+    const int nseg = mode == MODE_PLAIN ? 3 : mode == MODE_GLU ? 2 : 1;
+    const int R0 = mode == MODE_GLU ? 40 : rows[0];
+    std::vector<__half> A((size_t)M * K);
+    for (auto& v : A) v = h16(rf());
+    std::vector<std::vector<__half>> W(nseg);
+    std::vector<std::vector<float>> bias(nseg), out(nseg);
+    MvArgs a{};
+    a.k = K;
+    a.mode = mode;
+    a.n_seg = nseg;
+    int tiles = 0;
+    for (int s = 0; s < nseg; s++) {
+        const int R = mode == MODE_PLAIN ? rows[s] : R0;
+        W[s].resize((size_t)R * K);
+        for (auto& v : W[s]) v = h16(rf());
+        out[s].assign((size_t)M * R + 8, NAN);
+        if (mode == MODE_PLAIN && s != 1) {
+            bias[s].resize(R);
+            for (auto& v : bias[s]) v = rf();
+        }
+        a.seg[s] = Seg{reinterpret_cast<const uint8_t*>(W[s].data()), bias[s].empty() ? nullptr : bias[s].data(),
+                       out[s].data(), 2LL * K, T_F16, R};
+        if (mode != MODE_GLU) tiles += (R + SK_ROWS - 1) / SK_ROWS;
+    }
+    if (mode == MODE_GLU) tiles = (R0 + SK_ROWS / 2 - 1) / (SK_ROWS / 2);
+    std::vector<float> act((size_t)M * R0 + 8, NAN), acc((size_t)M * R0 + 8, NAN);
+    std::vector<float> acc0((size_t)M * R0);
+    for (auto& v : acc0) v = rf();
+    for (size_t i = 0; i < acc0.size(); i++) acc[i] = acc0[i];
+    a.act = act.data();
+    a.acc = acc.data();
+    const int tok = 8 * nt;
+    const int smem = SK_STAGES * (SK_ROWS + tok) * SK_BK * 2;
+    typedef void (*F)(const __half*, MvArgs, int);
+    const F k = nt == 2 ? skinny_fused_n2 : skinny_fused_n4;
+    for (int bx = 0; bx < (M + tok - 1) / tok; bx++)
+        for (int by = 0; by < tiles; by++) {
+            blockIdx = {(unsigned)bx, (unsigned)by, 0};
+            std::vector<uint8_t> sm(smem);
+            for (auto& b : sm) b = (uint8_t)rnd();
+            emu_dyn_smem = sm.data();
+            emu_dyn_smem_size = smem;
+            emu::run_block(SK_WARPS * 32, [&] { k(A.data(), a, M); });
+        }
+    double num = 0, den = 0, act_err = 0;
+    int bad = 0;
+    for (int s = 0; s < nseg; s++) {
+        const int R = a.seg[s].rows;
+        for (int m = 0; m < M; m++)
+            for (int r = 0; r < R; r++) {
+                double v = bias[s].empty() ? 0 : bias[s][r];
+                for (int i = 0; i < K; i++)
+                    v += (double)__half2float(A[(size_t)m * K + i]) * __half2float(W[s][(size_t)r * K + i]);
+                const float y = out[s][(size_t)m * R + r];
+                if (!std::isfinite(y)) bad++;
+                num += (y - v) * (y - v);
+                den += v * v;
+                if (mode == MODE_ADD) {
+                    const double want = (double)acc0[(size_t)m * R + r] + y;
+                    if (fabs(acc[(size_t)m * R + r] - want) > 1e-6 * (1 + fabs(want))) bad++;
+                }
+            }
+        for (int i = M * R; i < M * R + 8; i++) bad += !std::isnan(out[s][i]);
+    }
+    if (mode == MODE_GLU)
+        for (int i = 0; i < M * R0; i++) {
+            const double g = out[0][i], u = out[1][i], want = g / (1 + exp(-g)) * u;
+            act_err = fmax(act_err, fabs(act[i] - want) / (1 + fabs(want)));
+        }
+    const double e = sqrt(num / den);
+    const bool ok = !bad && e < 2e-6 && act_err < 1e-6;
+    printf("skinny_fused n%d mode %d M=%-3d K=%-4d: rel err %.2e, act %.1e, %d bad%s\n", nt, mode, M, K, e, act_err,
+           bad, ok ? "" : "  FAIL");
+    return !ok;
+}
+
+// prep_f16: input rows normalized (or not) and rounded to f16, against the host's formula
+// (inv = 1/sqrt(mean(x^2) + eps), v = x·inv·g, the sum of squares in double: the kernel's f32
+// sum may move a value by an f16 ulp); normed f32 within 1e-6.
+static int test_prep_f16(bool norm, int n, int k) {
+    std::vector<float> x((size_t)n * k), g(k), normed((size_t)n * k, NAN);
+    for (auto& v : x) v = rf();
+    for (auto& v : g) v = 1 + rf();
+    std::vector<__half> xh((size_t)n * k);
+    const float eps = 1e-6f;
+    blockDim = {256, 1, 1};  // prep_body strides by it
+    for (int y = 0; y < n; y++)
+        for (int bx = 0; bx < (k + 255) / 256; bx++) {
+            blockIdx = {(unsigned)bx, (unsigned)y, 0};
+            emu::run_block(256, [&] { prep_f16(x.data(), norm ? g.data() : nullptr, eps, norm ? normed.data() : nullptr, xh.data(), k); });
+        }
+    int bad = 0;
+    double worst = 0;
+    for (int y = 0; y < n; y++) {
+        double ss = 0;
+        for (int i = 0; i < k; i++) ss += (double)x[(size_t)y * k + i] * x[(size_t)y * k + i];
+        const double inv = norm ? 1 / sqrt(ss / k + eps) : 1;
+        for (int i = 0; i < k; i++) {
+            const size_t j = (size_t)y * k + i;
+            const double v = x[j] * inv * (norm ? g[i] : 1);
+            const float h = __half2float(xh[j]);
+            if (fabs(h - v) > fabs(v) * 1e-3 + 1e-7) bad++;
+            if (norm) worst = fmax(worst, fabs(normed[j] - v) / (1 + fabs(v)));
+        }
+    }
+    const bool ok = !bad && worst < 1e-6;
+    printf("prep_f16 norm=%d %dx%d: %d off, normed err %.1e%s\n", norm, n, k, bad, worst, ok ? "" : "  FAIL");
+    return !ok;
+}
+
 // The exact product of F16 (P = 2) or F32 (P = 3) weights: dequant_split_* and
 // f32_to_f16_split* into rows of P k halves, then a GEMM over them, against the double sum of
 // the unrounded f32 activations (magnitudes 2^-6 to 2^6, most not representable in f16) and
@@ -250,6 +366,13 @@ int main(int argc, char** argv) {
                 runs++;
             }
     }
+    for (int nt : {2, 4})
+        for (int mode : {MODE_PLAIN, MODE_ADD, MODE_GLU}) {
+            bad += test_skinny_fused(nt, mode, nt == 2 ? 5 : 37, 1056);
+            runs++;
+        }
+    bad += test_prep_f16(true, 3, 896) + test_prep_f16(false, 2, 160);
+    runs += 2;
     for (int i = 0; i < 2; i++) {
         bad += test_split(TYPES[i], 37, 70, 96) + test_split(TYPES[i], 65, 131, 256);
         runs += 2;

@@ -8,7 +8,8 @@
 use super::device::CudaDevice;
 use super::drv;
 use super::launch::{
-    allow_shared, dim, f32s, positive, row_bytes, type_suffix, KvCacheLayer, RopeParams,
+    allow_shared, dim, f32s, positive, row_bytes, skinny_shared_bytes, type_suffix,
+    KvCacheLayer, RopeParams, SKINNY_NT, SKINNY_ROWS,
 };
 use super::memory::DeviceBuffer;
 use super::mmq::mmq_input_bytes;
@@ -195,6 +196,19 @@ pub(super) struct MvArgs {
     /// Bytes from one input to the next (the kernels of several inputs).
     x_stride: i32,
     seg: [Seg; 3],
+}
+
+/// Which kernels run a fused product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductPath {
+    /// The mat-vecs of one to 8 inputs (kernels/decode.cu `fused_matvec*`).
+    MatVec,
+    /// The tensor cores on the quantized blocks (kernels/mmq.cu).
+    Mmq,
+    /// The tensor cores on f16 weight copies (kernels/gemm_f16.cu `skinny_fused_n*`): each
+    /// product's matrix is its copy (a [`MatRef`] of type F16), `rec` the inputs in f16
+    /// (prep_f16; `prepared`: already there), up to [`super::launch::skinny_max`] inputs.
+    Skinny,
 }
 
 /// The kernels' type code (kernels/common.cuh T_*).
@@ -387,7 +401,7 @@ impl CudaDevice {
         rec: &DeviceBuffer,
         prepared: bool,
     ) -> Result<()> {
-        self.fused_products(x, n, k, norm, prods, epilogue, rec, prepared, false)
+        self.fused_products(x, n, k, norm, prods, epilogue, rec, prepared, ProductPath::MatVec)
     }
 
     /// [`fused_matvec_rows`](Self::fused_matvec_rows) on the tensor cores (kernels/mmq.cu:
@@ -405,11 +419,11 @@ impl CudaDevice {
         epilogue: Epilogue,
         rec: &DeviceBuffer,
     ) -> Result<()> {
-        self.fused_products(x, n, k, norm, prods, epilogue, rec, false, true)
+        self.fused_products(x, n, k, norm, prods, epilogue, rec, false, ProductPath::Mmq)
     }
 
-    /// The products of `n` inputs: the checks and the input's preparation (prep_input) of
-    /// both forms, then the mat-vecs of several inputs or, with `mmq`, the tensor cores.
+    /// The products of `n` inputs: the checks and the input's preparation (prep_input, or
+    /// prep_f16 for the skinny form), then the kernels of `path`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fused_products(
         &self,
@@ -421,9 +435,16 @@ impl CudaDevice {
         epilogue: Epilogue,
         rec: &DeviceBuffer,
         prepared: bool,
-        mmq: bool,
+        path: ProductPath,
     ) -> Result<()> {
+        let mmq = path == ProductPath::Mmq;
+        let skinny = path == ProductPath::Skinny;
         let types: Vec<GgmlType> = prods.iter().map(|p| p.mat.ty).collect();
+        if skinny && types.iter().any(|&t| t != GgmlType::F16) {
+            return Err(Error::InvalidArgument(format!(
+                "skinny products take f16 weight copies, not {types:?}"
+            )));
+        }
         let glu = matches!(epilogue, Epilogue::Glu { .. });
         if mmq && !mmq_supported(&types, glu) {
             return Err(Error::Unsupported(format!(
@@ -433,7 +454,7 @@ impl CudaDevice {
         }
         let k_i = positive(k, "fused matvec k")?;
         let n_i = positive(n, "fused matvec rows of input")?;
-        if n > 1 && prepared {
+        if n > 1 && prepared && !skinny {
             return Err(Error::InvalidArgument(
                 "fused matvec: prepared records are for one row".into(),
             ));
@@ -470,9 +491,12 @@ impl CudaDevice {
                 )));
             }
             let rb = row_bytes(m.ty, k, "fused matvec")?;
+            // The mat-vecs stage whole 16-byte words (padding past the last row); the skinny
+            // kernel reads within the rows.
+            let pad = if skinny { 0 } else { 16 };
             m.w.check(
                 self,
-                rb * m.rows as u64 + 16,
+                rb * m.rows as u64 + pad,
                 "fused matvec weights (+16 padding)",
             )?;
             p.out.check(self, f32s(n * m.rows), "fused matvec out")?;
@@ -536,6 +560,30 @@ impl CudaDevice {
                     "fused matvec: F32/F16 weights with a norm need the normed buffer".into(),
                 ));
             }
+        }
+        if skinny {
+            // The inputs in f16 (normalized first where there is a norm).
+            rec.check(self, (n * k * 2) as u64, "skinny products' f16 inputs")?;
+            if !prepared {
+                let grid = (k.div_ceil(256) as u32, n_i as u32, 1);
+                launch!(self, "prep_f16", grid, (256, 1, 1);
+                    x.ptr(), norm_w, eps, normed, rec.ptr(), k_i)?;
+            }
+            let tiles: usize = if glu {
+                prods[0].mat.rows.div_ceil(SKINNY_ROWS / 2)
+            } else {
+                prods.iter().map(|p| p.mat.rows.div_ceil(SKINNY_ROWS)).sum()
+            };
+            let nt = if n <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
+            let smem = skinny_shared_bytes(nt) as u32;
+            let name = format!("skinny_fused_n{nt}");
+            let grid = (n.div_ceil(8 * nt) as u32, dim(tiles, "skinny tiles")? as u32, 1);
+            self.raise_shared_limit(&name, smem)?;
+            // Programmatic dependent launch on: the first weight stages are fetched before
+            // the kernel waits for the one before it.
+            return launch!(@go self, &name, grid, (128, 1, 1), smem,
+                crate::backend::cuda::launch::pdl_enabled();
+                a, rec.ptr(), n_i);
         }
         if prepared && (!xint || norm.is_some()) {
             return Err(Error::InvalidArgument(

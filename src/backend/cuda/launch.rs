@@ -338,10 +338,15 @@ fn gemm_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
 
 /// The skinny products' input tiles (kernels/gemm_f16.cu `gemm_f16_skinny_n<NT>`: 8·NT inputs
 /// a block), with their constants: weight rows a block, k a stage, ring stages.
-const SKINNY_NT: [usize; 2] = [2, 4];
-const SKINNY_ROWS: usize = 32;
+pub(super) const SKINNY_NT: [usize; 2] = [2, 4];
+pub(super) const SKINNY_ROWS: usize = 32;
 const SKINNY_BK: usize = 128;
 const SKINNY_STAGES: usize = 6;
+
+/// Dynamic shared memory of a skinny kernel of `nt` input tiles: its ring of stages.
+pub(super) const fn skinny_shared_bytes(nt: usize) -> usize {
+    SKINNY_STAGES * (SKINNY_ROWS + 8 * nt) * SKINNY_BK * 2
+}
 
 /// Most inputs of a product on f16 weight copies that take the skinny kernel rather than
 /// the GEMM tiles (`LLORCH_CUDA_SKINNY_MAX`, default 128; 0: never). Up to there every
@@ -375,6 +380,8 @@ fn gemm_kernels() -> &'static [&'static str] {
             )
             .chain(GEMM_TILES.iter().map(|t| t.kernel()))
             .chain(SKINNY_NT.iter().map(|nt| format!("gemm_f16_skinny_n{nt}")))
+            .chain(SKINNY_NT.iter().map(|nt| format!("skinny_fused_n{nt}")))
+            .chain(["prep_f16".to_string()])
             .map(|n| &*Box::leak(n.into_boxed_str()))
             .collect()
     })
@@ -880,7 +887,7 @@ impl CudaDevice {
         b.check(self, n as u64 * k as u64 * 2, "gemm_f16_skinny b")?;
         y.check(self, f32s(m * n), "gemm_f16_skinny y")?;
         let nt = if m <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
-        let smem = SKINNY_STAGES * (SKINNY_ROWS + 8 * nt) * SKINNY_BK * 2;
+        let smem = skinny_shared_bytes(nt);
         let name = format!("gemm_f16_skinny_n{nt}");
         let grid = (
             m.div_ceil(8 * nt) as u32,

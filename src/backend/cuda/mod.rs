@@ -25,7 +25,7 @@ pub use batch::CudaBatch;
 pub use device::CudaDevice;
 pub use fused::{
     attention_scratch_floats, mmq_supported, Epilogue, ExpertInput, ExpertOut, ExpertTable,
-    ExpertsRef, MatRef, MatVecOut, NewKv, Norm, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
+    ExpertsRef, MatRef, MatVecOut, NewKv, Norm, ProductPath, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
 };
 pub use launch::{
     gemm_enabled, gemm_parts, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile,

@@ -20,7 +20,9 @@ use super::drv;
 use super::fused::{
     attention_scratch_floats, Epilogue, MatRef, MatVecOut, NewKv, Norm as FusedNorm,
 };
-use super::fused::{matvec_rows_supported, mmq_supported, multirow_rows, MULTIROW_MAX};
+use super::fused::{
+    matvec_rows_supported, mmq_supported, multirow_rows, ProductPath, MULTIROW_MAX,
+};
 use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
 use super::launch::{
     gemm_enabled, gemm_parts, matmul_uses_gemm, skinny_max, KvCacheLayer, RopeParams,
@@ -173,6 +175,23 @@ impl CudaModel {
         let mats = self.weights.iter().filter(|w| w.rows > 1);
         let longest = mats.map(|w| w.cols * gemm_parts(w.ty)).max();
         (most, longest.unwrap_or(0))
+    }
+
+    /// Weight `w` as the kernels of `path` read it: its f16 copy for the skinny products
+    /// (`fused_path` chooses them only where every matrix has one), else as loaded.
+    fn mat_on(&self, w: WeightId, path: ProductPath) -> MatRef<'_> {
+        match (&self.f16[w.0 as usize], path) {
+            (Some(copy), ProductPath::Skinny) => {
+                let t = self.weight(w);
+                MatRef {
+                    ty: GgmlType::F16,
+                    w: copy,
+                    rows: t.rows,
+                    cols: t.cols,
+                }
+            }
+            _ => self.mat(w),
+        }
     }
 
     fn mat(&self, w: WeightId) -> MatRef<'_> {
@@ -642,14 +661,16 @@ impl<'a> CudaStep<'a> {
         s.width(&self.st.dims)
     }
 
-    /// Whether this step's products of weights `w` (a SwiGLU epilogue: `glu`) run fused,
-    /// and if so whether on the tensor cores (`Some(true)`, kernels/mmq.cu: a batched step of
-    /// at least `LLORCH_CUDA_MMQ_MIN` rows with `LLORCH_CUDA_MMQ=1`, a prompt chunk with
-    /// `LLORCH_CUDA_MMQ_PROMPT=1`) or as mat-vecs (`Some(false)`: one row, or a batched step
-    /// of few rows, each weight block read once for all of them). None: the two-pass GEMM.
-    fn fused_path(&self, w: &[WeightId], glu: bool) -> Option<bool> {
+    /// Whether this step's products of weights `w` (a SwiGLU epilogue: `glu`) run fused, and
+    /// on which kernels: the tensor cores on the quantized blocks (`Mmq`, kernels/mmq.cu: a
+    /// batched step of at least `LLORCH_CUDA_MMQ_MIN` rows with `LLORCH_CUDA_MMQ=1`, a prompt
+    /// chunk with `LLORCH_CUDA_MMQ_PROMPT=1`); the tensor cores on the f16 weight copies
+    /// (`Skinny`: 2 to `skinny_max` rows where every matrix has a copy); or mat-vecs
+    /// (`MatVec`: one row, or a batched step of few rows, each weight block read once for all
+    /// of them). None: the two-pass GEMM, a product at a time.
+    fn fused_path(&self, w: &[WeightId], glu: bool) -> Option<ProductPath> {
         if self.n == 1 {
-            return Some(false);
+            return Some(ProductPath::MatVec);
         }
         let types: Vec<GgmlType> = w.iter().map(|&w| self.m.weight(w).ty).collect();
         let mmq = match self.batch {
@@ -657,18 +678,35 @@ impl<'a> CudaStep<'a> {
             None => mmq_prompt(),
         };
         if mmq && self.n <= self.st.xrec_rows && mmq_supported(&types, glu) {
-            return Some(true);
+            return Some(ProductPath::Mmq);
         }
-        // Where every matrix has an f16 copy, the skinny f16 product (unfused) beats the
-        // mat-vecs of several rows (H100, 8 sessions: 7B 1,091 vs 512 tok/s, 0.5B 3,583 vs
-        // 3,029; bench/RESULTS.md, session 12).
+        // Where every matrix has an f16 copy, the skinny f16 products beat the mat-vecs of
+        // several rows (H100, 8 sessions: 7B 1,091 vs 512 tok/s, 0.5B 3,583 vs 3,029 with
+        // them unfused; bench/RESULTS.md, session 12).
         let copies = w.iter().all(|w| self.m.f16[w.0 as usize].is_some());
+        if copies {
+            let k = w.iter().map(|&w| self.m.weight(w).cols).max().unwrap_or(0);
+            let room = self.st.gemm_x.as_ref().map_or(0, |b| b.len_bytes());
+            let fits = self.n <= skinny_max() && room >= self.n * k * 2;
+            return fits.then_some(ProductPath::Skinny);
+        }
         let multirow = self.batch.is_some()
-            && !copies
             && self.n <= multirow_rows()
             && self.n <= self.st.xrec_rows
             && matvec_rows_supported(&types, glu);
-        multirow.then_some(false)
+        multirow.then_some(ProductPath::MatVec)
+    }
+
+    /// The input scratch of a fused product on `path`: the f16 inputs of the skinny
+    /// products, the chunk records of the others.
+    fn product_input(st: &CudaState, path: ProductPath) -> Result<&DeviceBuffer> {
+        match path {
+            ProductPath::Skinny => st
+                .gemm_x
+                .as_ref()
+                .ok_or_else(|| Error::Internal("skinny products without their f16 scratch".into())),
+            _ => Ok(&st.xrec),
+        }
     }
 
     /// Run `f` unless an earlier call failed; keep its error.
@@ -824,7 +862,8 @@ impl Ops for CudaStep<'_> {
                     .dev
                     .fused_matvec(xb, k, None, &prod, plain, &st.xrec, prepared);
             }
-            if let Some(mmq) = multirow {
+            // (A skinny product alone takes the f16-weights path below: the same kernel.)
+            if let Some(path) = multirow.filter(|&p| p != ProductPath::Skinny) {
                 let prods = [MatVecOut {
                     mat: m.mat(w),
                     bias: None,
@@ -839,7 +878,7 @@ impl Ops for CudaStep<'_> {
                     Epilogue::Plain,
                     &st.xrec,
                     false,
-                    mmq,
+                    path,
                 );
             }
             // The two-pass path's second pass alone where the model has the weights in f16.
@@ -1014,7 +1053,7 @@ impl Ops for CudaStep<'_> {
     fn norm_matmul(&mut self, input: NormIn, projs: &[Projection]) {
         let w: Vec<WeightId> = projs.iter().map(|p| p.w).collect();
         let path = (projs.len() <= 3).then(|| self.fused_path(&w, false));
-        let Some(Some(mmq)) = path else {
+        let Some(Some(path)) = path else {
             return unfused::norm_matmul(self, input, projs);
         };
         let NormIn { x, norm, normed } = input;
@@ -1024,7 +1063,7 @@ impl Ops for CudaStep<'_> {
             let prods: Vec<MatVecOut> = projs
                 .iter()
                 .map(|p| MatVecOut {
-                    mat: m.mat(p.w),
+                    mat: m.mat_on(p.w, path),
                     bias: p.bias.map(|b| &m.weight(b).buf),
                     out: &st.slots[p.out.index()],
                 })
@@ -1042,10 +1081,15 @@ impl Ops for CudaStep<'_> {
                 Some(norm),
                 &prods,
                 Epilogue::Plain,
-                &st.xrec,
+                Self::product_input(st, path)?,
                 false,
-                mmq,
-            )
+                path,
+            )?;
+            // The skinny products' f16 inputs are the normalized values.
+            if path == ProductPath::Skinny {
+                s.h16_of = Some(normed);
+            }
+            Ok(())
         });
     }
 
@@ -1053,7 +1097,7 @@ impl Ops for CudaStep<'_> {
         let biased = glu.gate.bias.is_some() || glu.up.bias.is_some();
         let silu = glu.act == Activation::Silu;
         let path = self.fused_path(&[glu.gate.w, glu.up.w], silu);
-        let (false, Some(mmq)) = (biased, path) else {
+        let (false, Some(path)) = (biased, path) else {
             return unfused::norm_glu(self, input, glu);
         };
         self.rec_of = None;
@@ -1061,7 +1105,7 @@ impl Ops for CudaStep<'_> {
         self.run(|s| {
             let (m, st) = (s.m, &*s.st);
             let prod = |p: Projection| MatVecOut {
-                mat: m.mat(p.w),
+                mat: m.mat_on(p.w, path),
                 bias: None,
                 out: &st.slots[p.out.index()],
             };
@@ -1086,9 +1130,9 @@ impl Ops for CudaStep<'_> {
                 Some(norm),
                 &prods,
                 epi,
-                &st.xrec,
+                Self::product_input(st, path)?,
                 false,
-                mmq,
+                path,
             )
         });
         if glu.act != Activation::Silu {
@@ -1097,17 +1141,21 @@ impl Ops for CudaStep<'_> {
     }
 
     fn matmul_add(&mut self, w: WeightId, x: Slot, tmp: Slot, acc: Slot) {
-        let Some(mmq) = self.fused_path(&[w], false) else {
+        let Some(path) = self.fused_path(&[w], false) else {
             return unfused::matmul_add(self, w, x, tmp, acc);
         };
-        // The attention just wrote x's records: no prep_input launch (quantized weights).
+        // The attention just wrote x's records: no prep_input launch (quantized weights);
+        // or x's f16 image is in the skinny products' scratch already.
         let float_w = matches!(self.m.weight(w).ty, GgmlType::F32 | GgmlType::F16);
-        let prepared = self.rec_of == Some(x) && !float_w;
+        let prepared = match path {
+            ProductPath::Skinny => self.h16_of == Some(x),
+            _ => self.rec_of == Some(x) && !float_w,
+        };
         self.rec_of = None;
         self.run(|s| {
             let (m, st) = (s.m, &*s.st);
             let prods = [MatVecOut {
-                mat: m.mat(w),
+                mat: m.mat_on(w, path),
                 bias: None,
                 out: &st.slots[tmp.index()],
             }];
@@ -1122,10 +1170,14 @@ impl Ops for CudaStep<'_> {
                 None,
                 &prods,
                 epi,
-                &st.xrec,
+                Self::product_input(st, path)?,
                 prepared,
-                mmq,
-            )
+                path,
+            )?;
+            if path == ProductPath::Skinny {
+                s.h16_of = Some(x);
+            }
+            Ok(())
         });
     }
 
