@@ -605,7 +605,9 @@ fn gemm_f16_skinny_batch_invariant() {
         let bytes = |v: &[f16]| -> Vec<u8> { v.iter().flat_map(|h| h.to_le_bytes()).collect() };
         let ad = dev.upload(&bytes(&a), MemKind::Scratch).unwrap();
         let bd = dev.upload(&bytes(&b), MemKind::Weights).unwrap();
-        let mut yd = dev.alloc((m_max * rows + GUARD) * 4, MemKind::Scratch).unwrap();
+        let mut yd = dev
+            .alloc((m_max * rows + GUARD) * 4, MemKind::Scratch)
+            .unwrap();
         let mut row0: Option<Vec<f32>> = None;
         for m in [1usize, 7, 16, 17, 32, 33, 130] {
             dev.fill_bytes(&mut yd, POISON).unwrap();
@@ -623,8 +625,14 @@ fn gemm_f16_skinny_batch_invariant() {
             match &row0 {
                 None => row0 = Some(y[..rows].to_vec()),
                 Some(r0) => {
-                    let same = r0.iter().zip(&y[..rows]).all(|(p, q)| p.to_bits() == q.to_bits());
-                    assert!(same, "skinny {rows}x{k}: input 0's outputs with {m} inputs differ from alone");
+                    let same = r0
+                        .iter()
+                        .zip(&y[..rows])
+                        .all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(
+                        same,
+                        "skinny {rows}x{k}: input 0's outputs with {m} inputs differ from alone"
+                    );
                 }
             }
         }

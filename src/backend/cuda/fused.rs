@@ -8,8 +8,8 @@
 use super::device::CudaDevice;
 use super::drv;
 use super::launch::{
-    allow_shared, dim, f32s, positive, row_bytes, skinny_shared_bytes, type_suffix,
-    KvCacheLayer, RopeParams, SKINNY_NT, SKINNY_ROWS,
+    allow_shared, dim, f32s, positive, row_bytes, skinny_shared_bytes, type_suffix, KvCacheLayer,
+    RopeParams, SKINNY_NT, SKINNY_ROWS,
 };
 use super::memory::DeviceBuffer;
 use super::mmq::mmq_input_bytes;
@@ -401,7 +401,17 @@ impl CudaDevice {
         rec: &DeviceBuffer,
         prepared: bool,
     ) -> Result<()> {
-        self.fused_products(x, n, k, norm, prods, epilogue, rec, prepared, ProductPath::MatVec)
+        self.fused_products(
+            x,
+            n,
+            k,
+            norm,
+            prods,
+            epilogue,
+            rec,
+            prepared,
+            ProductPath::MatVec,
+        )
     }
 
     /// [`fused_matvec_rows`](Self::fused_matvec_rows) on the tensor cores (kernels/mmq.cu:
@@ -577,7 +587,11 @@ impl CudaDevice {
             let nt = if n <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
             let smem = skinny_shared_bytes(nt) as u32;
             let name = format!("skinny_fused_n{nt}");
-            let grid = (n.div_ceil(8 * nt) as u32, dim(tiles, "skinny tiles")? as u32, 1);
+            let grid = (
+                n.div_ceil(8 * nt) as u32,
+                dim(tiles, "skinny tiles")? as u32,
+                1,
+            );
             self.raise_shared_limit(&name, smem)?;
             // Programmatic dependent launch on: the first weight stages are fetched before
             // the kernel waits for the one before it.

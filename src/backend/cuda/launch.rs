@@ -889,11 +889,7 @@ impl CudaDevice {
         let nt = if m <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
         let smem = skinny_shared_bytes(nt);
         let name = format!("gemm_f16_skinny_n{nt}");
-        let grid = (
-            m.div_ceil(8 * nt) as u32,
-            n.div_ceil(SKINNY_ROWS) as u32,
-            1,
-        );
+        let grid = (m.div_ceil(8 * nt) as u32, n.div_ceil(SKINNY_ROWS) as u32, 1);
         // Programmatic dependent launch on: the kernel fetches its first weight stages before
         // it waits for the product before it.
         self.raise_shared_limit(&name, smem as u32)?;
