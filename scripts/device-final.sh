@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs ON the device machine, from the repository copy, with the binaries of
+# scripts/device-build.sh unpacked in $1 (default /tmp/d): the checks and figures of a change
+# to the batched GPU path, in the order a short call must not miss: batched greedy vs alone,
+# CPU-vs-GPU parity, aggregate decode over 1-128 sessions and pp512 / tg128 of both synthetic
+# shapes, the kernel tests, the tiny models vs HF, then memcheck over the skinny kernels and a
+# parity run. Logs under $OUT; the elapsed time after each part (t=...).
+d="${1:-/tmp/d}"
+log="${OUT:-/tmp}"
+cd "$d" || exit 1
+S=$(date +%s)
+t() { echo "t=$(( $(date +%s) - S ))s"; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+./llorch synth --preset qwen2-0.5b --seed 1 -o /tmp/q05.gguf >/dev/null 2>&1 &
+./llorch synth --preset qwen2-7b --seed 1 -o /tmp/q7.gguf >/dev/null 2>&1 &
+echo "== cuda_batch"
+timeout 120 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
+grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
+t
+echo "== cuda_parity"
+timeout 150 ./cuda_parity --test-threads=1 --nocapture >"$log/parity.log" 2>&1; echo "rc=$?"
+grep -E "logits \(|argmax|test result|panicked" "$log/parity.log" | head -20
+t
+wait
+for m in q05 q7; do
+  echo "== $m --parallel"
+  timeout 100 ./llorch bench -m /tmp/$m.gguf --device cuda:0 --parallel 1,8,32,128 -p 32 -n 64 -r 1 2>&1 \
+    | tee "$log/par-$m.txt" | grep -E "^\| qwen|rror"
+  echo "== $m pp512 / tg128"
+  timeout 60 ./llorch bench -m /tmp/$m.gguf --device cuda:0 -p 512 -n 128 -r 3 2>&1 \
+    | tee "$log/pp-tg-$m.txt" | grep -E "^\|.*(pp|tg)|rror"
+done
+t
+echo "== cuda_kernels"
+timeout 120 ./cuda_kernels --test-threads=1 >"$log/kernels.log" 2>&1; echo "rc=$?"
+grep -E "^test |test result" "$log/kernels.log" | grep -v " ok$"
+t
+echo "== engine_tiny gpu"
+timeout 60 ./engine_tiny --test-threads=1 gpu >"$log/tiny.log" 2>&1; echo "rc=$?"
+grep -E "test result|panicked" "$log/tiny.log"
+t
+echo "== memcheck: skinny kernels, smollm parity"
+timeout 60 compute-sanitizer --tool memcheck ./cuda_kernels --test-threads=1 skinny >"$log/mc-k.log" 2>&1
+grep -E "ERROR SUMMARY|test result" "$log/mc-k.log" | head -3
+timeout 90 compute-sanitizer --tool memcheck ./cuda_parity --test-threads=1 parity_smollm >"$log/mc-p.log" 2>&1
+grep -E "ERROR SUMMARY|test result" "$log/mc-p.log" | head -3
+t
