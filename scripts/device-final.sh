@@ -13,19 +13,24 @@ t() { echo "t=$(( $(date +%s) - S ))s"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 ./llorch synth --preset qwen2-0.5b --seed 1 -o /tmp/q05.gguf >/dev/null 2>&1 &
 ./llorch synth --preset qwen2-7b --seed 1 -o /tmp/q7.gguf >/dev/null 2>&1 &
-echo "== cuda_batch"
+# The fused skinny products (LLORCH_CUDA_SKINNY_FUSED=1, off by default until measured) for
+# the checks and the first figures; the default's batched figures after.
+export LLORCH_CUDA_SKINNY_FUSED=${FUSED:-1}
+echo "== cuda_batch (LLORCH_CUDA_SKINNY_FUSED=$LLORCH_CUDA_SKINNY_FUSED)"
 timeout 120 ./cuda_batch --test-threads=1 --nocapture >"$log/batch.log" 2>&1; echo "rc=$?"
 grep -E "sessions:|tokens equal;|test result|panicked" "$log/batch.log" | head -12
 t
-echo "== cuda_parity"
+echo "== cuda_parity (LLORCH_CUDA_SKINNY_FUSED=$LLORCH_CUDA_SKINNY_FUSED)"
 timeout 150 ./cuda_parity --test-threads=1 --nocapture >"$log/parity.log" 2>&1; echo "rc=$?"
 grep -E "logits \(|argmax|test result|panicked" "$log/parity.log" | head -20
 t
 wait
 for m in q05 q7; do
-  echo "== $m --parallel"
-  timeout 100 ./llorch bench -m /tmp/$m.gguf --device cuda:0 --parallel 1,8,32,128 -p 32 -n 64 -r 1 2>&1 \
-    | tee "$log/par-$m.txt" | grep -E "^\| qwen|rror"
+  for f in $LLORCH_CUDA_SKINNY_FUSED 0; do
+    echo "== $m --parallel (LLORCH_CUDA_SKINNY_FUSED=$f)"
+    LLORCH_CUDA_SKINNY_FUSED=$f timeout 100 ./llorch bench -m /tmp/$m.gguf --device cuda:0 \
+      --parallel 1,8,32,128 -p 32 -n 64 -r 1 2>&1 | tee "$log/par-$m-f$f.txt" | grep -E "^\| qwen|rror"
+  done
   echo "== $m pp512 / tg128"
   timeout 60 ./llorch bench -m /tmp/$m.gguf --device cuda:0 -p 512 -n 128 -r 3 2>&1 \
     | tee "$log/pp-tg-$m.txt" | grep -E "^\|.*(pp|tg)|rror"

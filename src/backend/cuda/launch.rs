@@ -361,6 +361,15 @@ pub fn skinny_max() -> usize {
     })
 }
 
+/// Whether the skinny products run fused (`skinny_fused_n*`: q/k/v, gate/up and the residual
+/// products in one launch each, the input converted once): `LLORCH_CUDA_SKINNY_FUSED=1`. Off
+/// by default until measured on a GPU (written in session 12 after its device call; the
+/// unfused skinny products, one launch per matrix, are the measured default).
+pub fn skinny_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_SKINNY_FUSED").is_ok_and(|v| v == "1"))
+}
+
 /// `dequant_f16_<type>`, `f32_to_f16` and every tile of kernels/gemm_f16.cu.
 fn gemm_kernels() -> &'static [&'static str] {
     static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
