@@ -39,6 +39,19 @@ template <int BK> __device__ __forceinline__ int at(int row, int ch) {
     return row * BK + (p << 3);
 }
 
+// One pipeline step's copies of a thread's C chunks of 8 halves: chunk i from src[i] + k0 to
+// stage + dst[i], or zeros where its row is past the matrix (src[i] null) or k0 + the
+// thread's k offset past K (`kin` false: nothing read, `any` a valid address).
+template <int C>
+__device__ __forceinline__ void copy_chunks(__half* stage, const __half* const (&src)[C],
+                                            const int (&dst)[C], int k0, bool kin, const __half* any) {
+#pragma unroll
+    for (int i = 0; i < C; i++) {
+        const bool ok = kin && src[i];
+        cp16(stage + dst[i], ok ? src[i] + k0 : any, ok ? 16u : 0u);
+    }
+}
+
 template <int BM, int BN, int BK, int WM, int WN, int S>
 __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half* __restrict__ B,
                                      float* __restrict__ Y, int M, int N, int K) {
@@ -87,17 +100,8 @@ __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half*
         if (kt < nk) {
             __half* s = smem + st * STAGE;
             const int k0 = kt * BK;
-            const bool kin = k0 + kc < K;
-#pragma unroll
-            for (int i = 0; i < AC; i++) {
-                const bool ok = kin && asrc[i];
-                cp16(s + adst[i], ok ? asrc[i] + k0 : A, ok ? 16u : 0u);
-            }
-#pragma unroll
-            for (int i = 0; i < BC; i++) {
-                const bool ok = kin && bsrc[i];
-                cp16(s + bdst[i], ok ? bsrc[i] + k0 : B, ok ? 16u : 0u);
-            }
+            copy_chunks<AC>(s, asrc, adst, k0, k0 + kc < K, A);
+            copy_chunks<BC>(s, bsrc, bdst, k0, k0 + kc < K, B);
         }
         cp_commit();
     };
@@ -214,27 +218,10 @@ __device__ __forceinline__ bool skinny_core(const __half* __restrict__ A, int M,
         xdst[i] = SK_ROWS * BK + at<BK>(r, idx % CH);
     }
     auto load_w = [&](int st, int kt) {
-        if (kt >= nk) return;
-        __half* s = smem + st * STAGE;
-        const int k0 = kt * BK;
-        const bool kin = k0 + kc < K;
-#pragma unroll
-        for (int i = 0; i < WC; i++) {
-            const bool ok = kin && wsrc[i];
-            cp16(s + wdst[i], ok ? wsrc[i] + k0 : A, ok ? 16u : 0u);
-        }
+        if (kt < nk) copy_chunks<WC>(smem + st * STAGE, wsrc, wdst, kt * BK, kt * BK + kc < K, A);
     };
     auto load_x = [&](int st, int kt) {
-        if (kt < nk) {
-            __half* s = smem + st * STAGE;
-            const int k0 = kt * BK;
-            const bool kin = k0 + kc < K;
-#pragma unroll
-            for (int i = 0; i < XC; i++) {
-                const bool ok = kin && xsrc[i];
-                cp16(s + xdst[i], ok ? xsrc[i] + k0 : A, ok ? 16u : 0u);
-            }
-        }
+        if (kt < nk) copy_chunks<XC>(smem + st * STAGE, xsrc, xdst, kt * BK, kt * BK + kc < K, A);
         cp_commit();
     };
 
