@@ -576,7 +576,7 @@ SKINNY_ENTRY(2)
 SKINNY_ENTRY(4)
 #define SKINNY_FUSED_ENTRY(NT)                                                                     \
     extern "C" __global__ void __launch_bounds__(SK_WARPS * 32)                                    \
-        skinny_fused_n##NT(const __half* A, MvArgs a, int M) {                                     \
+        skinny_fused_n##NT(MvArgs a, const __half* A, int M) {                                     \
         gemm::skinny_fused<NT>(A, a, M);                                                           \
     }
 SKINNY_FUSED_ENTRY(2)

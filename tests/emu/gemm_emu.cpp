@@ -195,7 +195,7 @@ static int test_skinny_fused(int nt, int mode, int M, int K) {
     a.acc = acc.data();
     const int tok = 8 * nt;
     const int smem = SK_STAGES * (SK_ROWS + tok) * SK_BK * 2;
-    typedef void (*F)(const __half*, MvArgs, int);
+    typedef void (*F)(MvArgs, const __half*, int);
     const F k = nt == 2 ? skinny_fused_n2 : skinny_fused_n4;
     for (int bx = 0; bx < (M + tok - 1) / tok; bx++)
         for (int by = 0; by < tiles; by++) {
@@ -204,7 +204,7 @@ static int test_skinny_fused(int nt, int mode, int M, int K) {
             for (auto& b : sm) b = (uint8_t)rnd();
             emu_dyn_smem = sm.data();
             emu_dyn_smem_size = smem;
-            emu::run_block(SK_WARPS * 32, [&] { k(A.data(), a, M); });
+            emu::run_block(SK_WARPS * 32, [&] { k(a, A.data(), M); });
         }
     double num = 0, den = 0, act_err = 0;
     int bad = 0;
