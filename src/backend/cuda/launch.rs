@@ -362,9 +362,10 @@ pub fn skinny_max() -> usize {
 }
 
 /// Whether the skinny products run fused (`skinny_fused_n*`: q/k/v, gate/up and the residual
-/// products in one launch each, the input converted once): `LLORCH_CUDA_SKINNY_FUSED=1`. Off
-/// by default until measured on a GPU (written in session 12 after its device call; the
-/// unfused skinny products, one launch per matrix, are the measured default).
+/// products in one launch each, an input converted to f16 once for the products that share
+/// it): `LLORCH_CUDA_SKINNY_FUSED=1`. Off by default: its one GPU run (session 12) crashed on
+/// swapped kernel parameters (fixed after, not yet rerun); the unfused skinny products, one
+/// launch per matrix, are the measured and verified default.
 pub fn skinny_fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("LLORCH_CUDA_SKINNY_FUSED").is_ok_and(|v| v == "1"))
