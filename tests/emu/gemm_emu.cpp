@@ -52,6 +52,20 @@ static void run_grid1(long long n, const std::function<void()>& body) {
     }
 }
 
+// A gx x gy grid of blocks of `threads`, each with `smem` bytes of dynamic shared memory
+// holding garbage (exactly sized: a read past it is caught).
+static void run_grid2(int gx, int gy, int threads, int smem, const std::function<void()>& body) {
+    for (int bx = 0; bx < gx; bx++)
+        for (int by = 0; by < gy; by++) {
+            blockIdx = {(unsigned)bx, (unsigned)by, 0};
+            std::vector<uint8_t> sm(smem);
+            for (auto& b : sm) b = (uint8_t)rnd();
+            emu_dyn_smem = sm.data();
+            emu_dyn_smem_size = smem;
+            emu::run_block(threads, body);
+        }
+}
+
 static int test_dequant(const TypeInfo& ty, int rows, int k) {
     const long long rb = (long long)k / ty.block * ty.bytes;
     std::vector<uint8_t> W(rows * rb);
@@ -77,15 +91,8 @@ static int test_gemm(const Tile& t, int M, int N, int K) {
     for (auto& v : B) v = h16(rf());
     std::vector<float> Y((size_t)M * N, NAN);
     const int smem = t.stages * (t.bm + t.bn) * t.bk * 2;
-    for (int bx = 0; bx < (M + t.bm - 1) / t.bm; bx++)
-        for (int by = 0; by < (N + t.bn - 1) / t.bn; by++) {
-            blockIdx = {(unsigned)bx, (unsigned)by, 0};
-            std::vector<uint8_t> sm(smem);  // garbage, exactly sized
-            for (auto& b : sm) b = (uint8_t)rnd();
-            emu_dyn_smem = sm.data();
-            emu_dyn_smem_size = smem;
-            emu::run_block(t.warps * 32, [&] { t.k(A.data(), B.data(), Y.data(), M, N, K); });
-        }
+    run_grid2((M + t.bm - 1) / t.bm, (N + t.bn - 1) / t.bn, t.warps * 32, smem,
+              [&] { t.k(A.data(), B.data(), Y.data(), M, N, K); });
     double num = 0, den = 0;
     int unwritten = 0;
     for (int m = 0; m < M; m++)
@@ -119,15 +126,8 @@ static int test_skinny(int nt, int M, int N, int K, const std::vector<__half>& A
     const int tok = 8 * nt;
     const int smem = SK_STAGES * (SK_ROWS + tok) * SK_BK * 2;
     std::vector<float> Y((size_t)M * N, NAN);
-    for (int bx = 0; bx < (M + tok - 1) / tok; bx++)
-        for (int by = 0; by < (N + SK_ROWS - 1) / SK_ROWS; by++) {
-            blockIdx = {(unsigned)bx, (unsigned)by, 0};
-            std::vector<uint8_t> sm(smem);
-            for (auto& b : sm) b = (uint8_t)rnd();
-            emu_dyn_smem = sm.data();
-            emu_dyn_smem_size = smem;
-            emu::run_block(SK_WARPS * 32, [&] { k(A.data(), B.data(), Y.data(), M, N, K); });
-        }
+    run_grid2((M + tok - 1) / tok, (N + SK_ROWS - 1) / SK_ROWS, SK_WARPS * 32, smem,
+              [&] { k(A.data(), B.data(), Y.data(), M, N, K); });
     double num = 0, den = 0;
     int unwritten = 0;
     for (int m = 0; m < M; m++)
@@ -197,15 +197,7 @@ static int test_skinny_fused(int nt, int mode, int M, int K) {
     const int smem = SK_STAGES * (SK_ROWS + tok) * SK_BK * 2;
     typedef void (*F)(MvArgs, const __half*, int);
     const F k = nt == 2 ? skinny_fused_n2 : skinny_fused_n4;
-    for (int bx = 0; bx < (M + tok - 1) / tok; bx++)
-        for (int by = 0; by < tiles; by++) {
-            blockIdx = {(unsigned)bx, (unsigned)by, 0};
-            std::vector<uint8_t> sm(smem);
-            for (auto& b : sm) b = (uint8_t)rnd();
-            emu_dyn_smem = sm.data();
-            emu_dyn_smem_size = smem;
-            emu::run_block(SK_WARPS * 32, [&] { k(a, A.data(), M); });
-        }
+    run_grid2((M + tok - 1) / tok, tiles, SK_WARPS * 32, smem, [&] { k(a, A.data(), M); });
     double num = 0, den = 0, act_err = 0;
     int bad = 0;
     for (int s = 0; s < nseg; s++) {
@@ -289,14 +281,8 @@ static int test_split(const TypeInfo& ty, int M, int N, int K) {
     auto gemm = [&](const std::vector<__half>& A, const std::vector<__half>& B, int k) {
         std::vector<float> Y((size_t)M * N, NAN);
         const int smem = t.stages * (t.bm + t.bn) * t.bk * 2;
-        for (int bx = 0; bx < (M + t.bm - 1) / t.bm; bx++)
-            for (int by = 0; by < (N + t.bn - 1) / t.bn; by++) {
-                blockIdx = {(unsigned)bx, (unsigned)by, 0};
-                std::vector<uint8_t> sm(smem);
-                emu_dyn_smem = sm.data();
-                emu_dyn_smem_size = smem;
-                emu::run_block(t.warps * 32, [&] { t.k(A.data(), B.data(), Y.data(), M, N, k); });
-            }
+        run_grid2((M + t.bm - 1) / t.bm, (N + t.bn - 1) / t.bn, t.warps * 32, smem,
+                  [&] { t.k(A.data(), B.data(), Y.data(), M, N, k); });
         return Y;
     };
     std::vector<__half> As((size_t)M * K * P), Bs((size_t)N * K * P), A((size_t)M * K), B((size_t)N * K);

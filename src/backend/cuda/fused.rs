@@ -8,8 +8,8 @@
 use super::device::CudaDevice;
 use super::drv;
 use super::launch::{
-    allow_shared, dim, f32s, positive, row_bytes, skinny_shared_bytes, type_suffix, KvCacheLayer,
-    RopeParams, SKINNY_NT, SKINNY_ROWS,
+    allow_shared, dim, f32s, positive, row_bytes, skinny_launch, type_suffix, KvCacheLayer,
+    RopeParams, SKINNY_ROWS,
 };
 use super::memory::DeviceBuffer;
 use super::mmq::mmq_input_bytes;
@@ -584,20 +584,9 @@ impl CudaDevice {
             } else {
                 prods.iter().map(|p| p.mat.rows.div_ceil(SKINNY_ROWS)).sum()
             };
-            let nt = if n <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
-            let smem = skinny_shared_bytes(nt) as u32;
-            let name = format!("skinny_fused_n{nt}");
-            let grid = (
-                n.div_ceil(8 * nt) as u32,
-                dim(tiles, "skinny tiles")? as u32,
-                1,
-            );
-            self.raise_shared_limit(&name, smem)?;
-            // Programmatic dependent launch on: the first weight stages are fetched before
-            // the kernel waits for the one before it.
-            return launch!(@go self, &name, grid, (128, 1, 1), smem,
-                crate::backend::cuda::launch::pdl_enabled();
-                a, rec.ptr(), n_i);
+            let (nt, smem, grid) = skinny_launch(n, tiles)?;
+            return launch!(self, &format!("skinny_fused_n{nt}"), grid, (128, 1, 1),
+                raise_shared_pdl = smem; a, rec.ptr(), n_i);
         }
         if prepared && (!xint || norm.is_some()) {
             return Err(Error::InvalidArgument(

@@ -338,14 +338,24 @@ fn gemm_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
 
 /// The skinny products' input tiles (kernels/gemm_f16.cu `gemm_f16_skinny_n<NT>`: 8·NT inputs
 /// a block), with their constants: weight rows a block, k a stage, ring stages.
-pub(super) const SKINNY_NT: [usize; 2] = [2, 4];
+const SKINNY_NT: [usize; 2] = [2, 4];
 pub(super) const SKINNY_ROWS: usize = 32;
 const SKINNY_BK: usize = 128;
 const SKINNY_STAGES: usize = 6;
 
-/// Dynamic shared memory of a skinny kernel of `nt` input tiles: its ring of stages.
-pub(super) const fn skinny_shared_bytes(nt: usize) -> usize {
-    SKINNY_STAGES * (SKINNY_ROWS + 8 * nt) * SKINNY_BK * 2
+/// The launch shape of a skinny kernel over `m` inputs and `tiles` weight tiles: its input
+/// tiles (NT), its dynamic shared memory (the ring of stages) and its grid (input tiles along
+/// x, weight tiles along y, at most 65535).
+pub(super) fn skinny_launch(m: usize, tiles: usize) -> Result<(usize, u32, (u32, u32, u32))> {
+    if tiles == 0 || tiles > 65535 {
+        return Err(Error::InvalidArgument(format!(
+            "skinny product: {tiles} weight tiles (1 to 65535)"
+        )));
+    }
+    let nt = if m <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
+    let smem = SKINNY_STAGES * (SKINNY_ROWS + 8 * nt) * SKINNY_BK * 2;
+    let grid_x = dim(m.div_ceil(8 * nt), "skinny input tiles")?;
+    Ok((nt, smem as u32, (grid_x as u32, tiles as u32, 1)))
 }
 
 /// Most inputs of a product on f16 weight copies that take the skinny kernel rather than
@@ -526,6 +536,13 @@ macro_rules! launch {
         let name: &str = $name;
         $dev.raise_shared_limit(name, $smem)?;
         launch!(@go $dev, name, $grid, $block, $smem, false; $($arg),*)
+    }};
+    // The same, with programmatic dependent launch as `shared` below (the skinny products:
+    // their first weight stages are fetched before they wait for the kernel before them).
+    ($dev:expr, $name:expr, $grid:expr, $block:expr, raise_shared_pdl = $smem:expr; $($arg:expr),* $(,)?) => {{
+        let name: &str = $name;
+        $dev.raise_shared_limit(name, $smem)?;
+        launch!(@go $dev, name, $grid, $block, $smem, $crate::backend::cuda::launch::pdl_enabled(); $($arg),*)
     }};
     // With `shared` bytes of dynamic shared memory. Every launch allows programmatic
     // dependent launch when it is on (`pdl_enabled`): the kernel may start while the kernel
@@ -887,24 +904,16 @@ impl CudaDevice {
         let m_i = positive(m, "gemm_f16_skinny m")?;
         let n_i = positive(n, "gemm_f16_skinny n")?;
         let k_i = positive(k, "gemm_f16_skinny k")?;
-        if k % 32 != 0 || n.div_ceil(SKINNY_ROWS) > 65535 {
+        if k % 32 != 0 {
             return Err(Error::InvalidArgument(format!(
-                "gemm_f16_skinny: {m}x{n}x{k} (k a multiple of 32, n at most {})",
-                65535 * SKINNY_ROWS
+                "gemm_f16_skinny: k = {k} is not a multiple of 32"
             )));
         }
         a.check(self, m as u64 * k as u64 * 2, "gemm_f16_skinny a")?;
         b.check(self, n as u64 * k as u64 * 2, "gemm_f16_skinny b")?;
         y.check(self, f32s(m * n), "gemm_f16_skinny y")?;
-        let nt = if m <= 16 { SKINNY_NT[0] } else { SKINNY_NT[1] };
-        let smem = skinny_shared_bytes(nt);
-        let name = format!("gemm_f16_skinny_n{nt}");
-        let grid = (m.div_ceil(8 * nt) as u32, n.div_ceil(SKINNY_ROWS) as u32, 1);
-        // Programmatic dependent launch on: the kernel fetches its first weight stages before
-        // it waits for the product before it.
-        self.raise_shared_limit(&name, smem as u32)?;
-        launch!(@go self, &name, grid, (128, 1, 1), smem as u32,
-            crate::backend::cuda::launch::pdl_enabled();
+        let (nt, smem, grid) = skinny_launch(m, n.div_ceil(SKINNY_ROWS))?;
+        launch!(self, &format!("gemm_f16_skinny_n{nt}"), grid, (128, 1, 1), raise_shared_pdl = smem;
             a.ptr(), b.ptr(), y.ptr(), m_i, n_i, k_i)
     }
 

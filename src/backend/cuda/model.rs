@@ -684,11 +684,11 @@ impl<'a> CudaStep<'a> {
         // several rows (H100, 8 sessions: 7B 1,091 vs 512 tok/s, 0.5B 3,583 vs 3,029 with
         // them unfused; bench/RESULTS.md, session 12).
         let copies = w.iter().all(|w| self.m.f16[w.0 as usize].is_some());
-        if copies && !skinny_fused() {
-            // The products one at a time (`matmul`'s f16-weights path: the same kernel unfused).
-            return None;
-        }
         if copies {
+            if !skinny_fused() {
+                // One product at a time (`matmul`'s f16-weights path: the same kernel unfused).
+                return None;
+            }
             let k = w.iter().map(|&w| self.m.weight(w).cols).max().unwrap_or(0);
             let room = self.st.gemm_x.as_ref().map_or(0, |b| b.len_bytes());
             let fits = self.n <= skinny_max() && room >= self.n * k * 2;
