@@ -85,6 +85,27 @@ static int test_dequant(const TypeInfo& ty, int rows, int k) {
     return bad != 0;
 }
 
+// Y (M x N) against the double sums of the f16 operands A (M x K) . B (N x K)^T: the relative
+// rms error over the written outputs; `unwritten` counts the outputs that are not finite.
+static double product_error(const std::vector<__half>& A, const std::vector<__half>& B,
+                            const std::vector<float>& Y, int M, int N, int K, int* unwritten) {
+    double num = 0, den = 0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int i = 0; i < K; i++)
+                s += (double)__half2float(A[(size_t)m * K + i]) * __half2float(B[(size_t)n * K + i]);
+            const float y = Y[(size_t)m * N + n];
+            if (!std::isfinite(y)) {
+                (*unwritten)++;
+                continue;
+            }
+            num += (y - s) * (y - s);
+            den += s * s;
+        }
+    return sqrt(num / den);
+}
+
 static int test_gemm(const Tile& t, int M, int N, int K) {
     std::vector<__half> A((size_t)M * K), B((size_t)N * K);
     for (auto& v : A) v = h16(rf());
@@ -93,22 +114,8 @@ static int test_gemm(const Tile& t, int M, int N, int K) {
     const int smem = t.stages * (t.bm + t.bn) * t.bk * 2;
     run_grid2((M + t.bm - 1) / t.bm, (N + t.bn - 1) / t.bn, t.warps * 32, smem,
               [&] { t.k(A.data(), B.data(), Y.data(), M, N, K); });
-    double num = 0, den = 0;
     int unwritten = 0;
-    for (int m = 0; m < M; m++)
-        for (int n = 0; n < N; n++) {
-            double s = 0;
-            for (int i = 0; i < K; i++)
-                s += (double)__half2float(A[(size_t)m * K + i]) * __half2float(B[(size_t)n * K + i]);
-            const float y = Y[(size_t)m * N + n];
-            if (!std::isfinite(y)) {
-                unwritten++;
-                continue;
-            }
-            num += (y - s) * (y - s);
-            den += s * s;
-        }
-    const double e = sqrt(num / den);
+    const double e = product_error(A, B, Y, M, N, K, &unwritten);
     const bool ok = !unwritten && e < 2e-6;
     printf("gemm %-22s M=%-3d N=%-3d K=%-3d: rel err %.2e%s%s\n", t.name, M, N, K, e,
            unwritten ? " UNWRITTEN" : "", ok ? "" : "  FAIL");
@@ -128,22 +135,8 @@ static int test_skinny(int nt, int M, int N, int K, const std::vector<__half>& A
     std::vector<float> Y((size_t)M * N, NAN);
     run_grid2((M + tok - 1) / tok, (N + SK_ROWS - 1) / SK_ROWS, SK_WARPS * 32, smem,
               [&] { k(A.data(), B.data(), Y.data(), M, N, K); });
-    double num = 0, den = 0;
     int unwritten = 0;
-    for (int m = 0; m < M; m++)
-        for (int n = 0; n < N; n++) {
-            double s = 0;
-            for (int i = 0; i < K; i++)
-                s += (double)__half2float(A[(size_t)m * K + i]) * __half2float(B[(size_t)n * K + i]);
-            const float y = Y[(size_t)m * N + n];
-            if (!std::isfinite(y)) {
-                unwritten++;
-                continue;
-            }
-            num += (y - s) * (y - s);
-            den += s * s;
-        }
-    const double e = sqrt(num / den);
+    const double e = product_error(A, B, Y, M, N, K, &unwritten);
     int differ = 0;
     if (out->empty()) {
         *out = Y;

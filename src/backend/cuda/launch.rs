@@ -901,17 +901,7 @@ impl CudaDevice {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        let m_i = positive(m, "gemm_f16_skinny m")?;
-        let n_i = positive(n, "gemm_f16_skinny n")?;
-        let k_i = positive(k, "gemm_f16_skinny k")?;
-        if k % 32 != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "gemm_f16_skinny: k = {k} is not a multiple of 32"
-            )));
-        }
-        a.check(self, m as u64 * k as u64 * 2, "gemm_f16_skinny a")?;
-        b.check(self, n as u64 * k as u64 * 2, "gemm_f16_skinny b")?;
-        y.check(self, f32s(m * n), "gemm_f16_skinny y")?;
+        let (m_i, n_i, k_i) = self.check_gemm_operands("gemm_f16_skinny", a, b, y, m, n, k)?;
         let (nt, smem, grid) = skinny_launch(m, n.div_ceil(SKINNY_ROWS))?;
         launch!(self, &format!("gemm_f16_skinny_n{nt}"), grid, (128, 1, 1), raise_shared_pdl = smem;
             a.ptr(), b.ptr(), y.ptr(), m_i, n_i, k_i)
@@ -1037,6 +1027,33 @@ impl CudaDevice {
             x.ptr(), out.ptr(), n as i64)
     }
 
+    /// The operands of a product `name` Y = A·Bᵀ (`a` f16 [m][k], `b` f16 [n][k], `y` f32
+    /// [m][n], k a multiple of 32), and the dimensions as the kernels take them.
+    #[allow(clippy::too_many_arguments)]
+    fn check_gemm_operands(
+        &self,
+        name: &str,
+        a: &DeviceBuffer,
+        b: &DeviceBuffer,
+        y: &DeviceBuffer,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(i32, i32, i32)> {
+        let m_i = positive(m, &format!("{name} m"))?;
+        let n_i = positive(n, &format!("{name} n"))?;
+        let k_i = positive(k, &format!("{name} k"))?;
+        if k % 32 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{name}: k = {k} is not a multiple of 32"
+            )));
+        }
+        a.check(self, m as u64 * k as u64 * 2, &format!("{name} a"))?;
+        b.check(self, n as u64 * k as u64 * 2, &format!("{name} b"))?;
+        y.check(self, f32s(m * n), &format!("{name} y"))?;
+        Ok((m_i, n_i, k_i))
+    }
+
     /// Y = A·Bᵀ: `a` f16 [m][k], `b` f16 [n][k], `y` f32 [m][n]; k a multiple of 32 (tensor
     /// cores, f32 sums, kernels/gemm_f16.cu). `tile` indexes [`GEMM_TILES`]; `None` picks one.
     #[allow(clippy::too_many_arguments)]
@@ -1050,17 +1067,7 @@ impl CudaDevice {
         k: usize,
         tile: Option<usize>,
     ) -> Result<()> {
-        let m_i = positive(m, "gemm_f16 m")?;
-        let n_i = positive(n, "gemm_f16 n")?;
-        let k_i = positive(k, "gemm_f16 k")?;
-        if k % 32 != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "gemm_f16: k = {k} is not a multiple of 32"
-            )));
-        }
-        a.check(self, m as u64 * k as u64 * 2, "gemm_f16 a")?;
-        b.check(self, n as u64 * k as u64 * 2, "gemm_f16 b")?;
-        y.check(self, f32s(m * n), "gemm_f16 y")?;
+        let (m_i, n_i, k_i) = self.check_gemm_operands("gemm_f16", a, b, y, m, n, k)?;
         let t = tile_index(tile, GEMM_TILES.len(), "gemm_f16", || {
             gemm_tile(m, n, self.sm_count() as usize)
         })?;
