@@ -39,6 +39,24 @@ template <int BK> __device__ __forceinline__ int at(int row, int ch) {
     return row * BK + (p << 3);
 }
 
+// Where a thread's C chunks of a tile of rows come from and go (chunk tid + i·NTH: tile row
+// idx / CH, 16-byte chunk idx % CH of a BK-half step): `row(r)` gives tile row r's first
+// half (null past the matrix), to which the thread's k offset is added; the destination is
+// `base` plus the swizzled offset in a stage.
+template <int C, int NTH, int BK, class Row>
+__device__ __forceinline__ void chunk_addrs(int tid, Row row, int base, const __half* (&src)[C],
+                                            int (&dst)[C]) {
+    constexpr int CH = BK / 8;
+    const int kc = (tid % CH) * 8;
+#pragma unroll
+    for (int i = 0; i < C; i++) {
+        const int idx = tid + i * NTH, r = idx / CH;
+        const __half* p = row(r);
+        src[i] = p ? p + kc : nullptr;
+        dst[i] = base + at<BK>(r, idx % CH);
+    }
+}
+
 // One pipeline step's copies of a thread's C chunks of 8 halves: chunk i from src[i] + k0 to
 // stage + dst[i], or zeros where its row is past the matrix (src[i] null) or k0 + the
 // thread's k offset past K (`kin` false: nothing read, `any` a valid address).
@@ -83,18 +101,10 @@ __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half*
     const __half* bsrc[BC];
     int adst[AC], bdst[BC];
     const int kc = (tid % CH) * 8;  // the same k offset for all of a thread's chunks
-#pragma unroll
-    for (int i = 0; i < AC; i++) {
-        const int idx = tid + i * NTH, r = idx / CH;
-        asrc[i] = m0 + r < M ? A + (long long)(m0 + r) * K + kc : nullptr;
-        adst[i] = at<BK>(r, idx % CH);
-    }
-#pragma unroll
-    for (int i = 0; i < BC; i++) {
-        const int idx = tid + i * NTH, r = idx / CH;
-        bsrc[i] = n0 + r < N ? B + (long long)(n0 + r) * K + kc : nullptr;
-        bdst[i] = BM * BK + at<BK>(r, idx % CH);
-    }
+    chunk_addrs<AC, NTH, BK>(
+        tid, [&](int r) { return m0 + r < M ? A + (long long)(m0 + r) * K : nullptr; }, 0, asrc, adst);
+    chunk_addrs<BC, NTH, BK>(
+        tid, [&](int r) { return n0 + r < N ? B + (long long)(n0 + r) * K : nullptr; }, BM * BK, bsrc, bdst);
     // Copies of k step kt into stage st (one commit group per call, even empty).
     auto load = [&](int st, int kt) {
         if (kt < nk) {
@@ -204,19 +214,10 @@ __device__ __forceinline__ bool skinny_core(const __half* __restrict__ A, int M,
     const __half* wsrc[WC];
     const __half* xsrc[XC];
     int wdst[WC], xdst[XC];
-#pragma unroll
-    for (int i = 0; i < WC; i++) {
-        const int idx = tid + i * NTH, r = idx / CH;
-        const __half* w = row(r);
-        wsrc[i] = w ? w + kc : nullptr;
-        wdst[i] = at<BK>(r, idx % CH);
-    }
-#pragma unroll
-    for (int i = 0; i < XC; i++) {
-        const int idx = tid + i * NTH, r = idx / CH;
-        xsrc[i] = m0 + r < M ? A + (long long)(m0 + r) * K + kc : nullptr;
-        xdst[i] = SK_ROWS * BK + at<BK>(r, idx % CH);
-    }
+    chunk_addrs<WC, NTH, BK>(tid, row, 0, wsrc, wdst);
+    chunk_addrs<XC, NTH, BK>(
+        tid, [&](int r) { return m0 + r < M ? A + (long long)(m0 + r) * K : nullptr; }, SK_ROWS * BK,
+        xsrc, xdst);
     auto load_w = [&](int st, int kt) {
         if (kt < nk) copy_chunks<WC>(smem + st * STAGE, wsrc, wdst, kt * BK, kt * BK + kc < K, A);
     };
