@@ -31,6 +31,12 @@ for m in q05 q7; do
     LLORCH_CUDA_SKINNY_FUSED=$f timeout 100 ./llorch bench -m /tmp/$m.gguf --device cuda:0 \
       --parallel 1,8,32,128 -p 32 -n 64 -r 1 2>&1 | tee "$log/par-$m-f$f.txt" | grep -E "^\| qwen|rror"
   done
+  # A baseline CLI (scripts/device-build.sh with LLORCH_BASE_CLI) on the same card, fused off.
+  if [ -x ./llorch-base ]; then
+    echo "== $m --parallel, baseline CLI (LLORCH_CUDA_SKINNY_FUSED=0)"
+    LLORCH_CUDA_SKINNY_FUSED=0 timeout 100 ./llorch-base bench -m /tmp/$m.gguf --device cuda:0 \
+      --parallel 1,8,32,128 -p 32 -n 64 -r 1 2>&1 | tee "$log/par-$m-base.txt" | grep -E "^\| qwen|rror"
+  fi
   echo "== $m pp512 / tg128"
   timeout 60 ./llorch bench -m /tmp/$m.gguf --device cuda:0 -p 512 -n 128 -r 3 2>&1 \
     | tee "$log/pp-tg-$m.txt" | grep -E "^\|.*(pp|tg)|rror"
