@@ -37,6 +37,11 @@ for m in q05 q7; do
     LLORCH_CUDA_SKINNY_FUSED=0 timeout 100 ./llorch-base bench -m /tmp/$m.gguf --device cuda:0 \
       --parallel 1,8,32,128 -p 32 -n 64 -r 1 2>&1 | tee "$log/par-$m-base.txt" | grep -E "^\| qwen|rror"
   fi
+  # Past 32 rows the GEMM tiles instead of the skinny kernel (which reads each weight tile
+  # once per 32 inputs from L2): which serves 128 sessions better.
+  echo "== $m --parallel 128, LLORCH_CUDA_SKINNY_MAX=32 (FUSED=0)"
+  LLORCH_CUDA_SKINNY_FUSED=0 LLORCH_CUDA_SKINNY_MAX=32 timeout 60 ./llorch bench -m /tmp/$m.gguf \
+    --device cuda:0 --parallel 128 -p 32 -n 64 -r 1 2>&1 | grep -E "^\| qwen|rror"
   echo "== $m pp512 / tg128"
   timeout 60 ./llorch bench -m /tmp/$m.gguf --device cuda:0 -p 512 -n 128 -r 3 2>&1 \
     | tee "$log/pp-tg-$m.txt" | grep -E "^\|.*(pp|tg)|rror"
