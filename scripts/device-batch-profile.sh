@@ -5,7 +5,8 @@
 # Prompts of one token, so that only the batched steps run the _r8 / mmq / *_batch kernels.
 # Also cuda_batch (batched greedy vs alone, 3/8/24/65 sessions) unless BATCH_TEST=0. CONFIGS
 # lists model:sessions:LLORCH_CUDA_MMQ triples (default q05:8:0 q05:8:1 q7:8:0 q7:8:1). Logs under $OUT.
-cd "$(dirname "$0")"
+# BIN: the folder of the binaries (default: this script's); KREGEX: the kernels to profile.
+cd "${BIN:-$(dirname "$0")}"
 log="${OUT:-/tmp}"
 S=$(date +%s)
 t() { echo "t=$(( $(date +%s) - S ))s"; }
@@ -26,7 +27,7 @@ for cfg in ${CONFIGS:-q05:8:0 q05:8:1 q7:8:0 q7:8:1}; do
   echo "== $m $par sessions, LLORCH_CUDA_MMQ=$on"
   # Only the batched steps' kernels (the one-token prompts run the one-input ones).
   LLORCH_CUDA_MMQ=$on LLORCH_CUDA_GRAPH=0 timeout 150 ncu --clock-control none --csv --print-units base \
-    -k 'regex:gemm|dequant|f32_to_f16|mmq|_r[248]$|_batch|matmul' \
+    -k "${KREGEX:-regex:gemm|dequant|f32_to_f16|mmq|_r[248]$|_batch|matmul}" \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum \
     ./llorch bench -m /tmp/$m.gguf --device cuda:0 --parallel $par -p 1 -n 3 -r 1 \
     >"$log/ncu-$m-$par-mmq$on.csv" 2>"$log/ncu-$m-$par-mmq$on.err"; echo "rc=$?"
