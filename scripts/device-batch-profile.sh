@@ -29,7 +29,7 @@ for cfg in ${CONFIGS:-q05:8:0 q05:8:1 q7:8:0 q7:8:1}; do
   LLORCH_CUDA_MMQ=$on LLORCH_CUDA_GRAPH=0 timeout 150 ncu --clock-control none --csv --print-units base \
     -k "${KREGEX:-regex:gemm|dequant|f32_to_f16|mmq|_r[248]$|_batch|matmul}" \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum \
-    ./llorch bench -m /tmp/$m.gguf --device cuda:0 --parallel $par -p 1 -n 3 -r 1 \
+    ./llorch bench -m /tmp/$m.gguf --device cuda:0 --parallel $par -p 1 -n ${NTOK:-3} -r 1 \
     >"$log/ncu-$m-$par-mmq$on.csv" 2>"$log/ncu-$m-$par-mmq$on.err"; echo "rc=$?"
     python3 - "$log/ncu-$m-$par-mmq$on.csv" <<'PY'
 import csv, sys, collections

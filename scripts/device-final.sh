@@ -62,7 +62,3 @@ grep -E "ERROR SUMMARY|test result" "$log/mc-k.log" | head -3
 timeout 90 compute-sanitizer --tool memcheck ./cuda_parity --test-threads=1 parity_smollm >"$log/mc-p.log" 2>&1
 grep -E "ERROR SUMMARY|test result" "$log/mc-p.log" | head -3
 t
-echo "== ncu: every kernel of the batched steps at 128 sessions (FUSED=0)"
-BIN="$d" BATCH_TEST=0 KREGEX='regex:.' CONFIGS="q05:128:0 q7:128:0" LLORCH_CUDA_SKINNY_FUSED=0 \
-  timeout 200 bash "$repo/scripts/device-batch-profile.sh"
-t

@@ -2,7 +2,8 @@
 # Runs ON the device machine (staged as .device/run-profile.sh): per-kernel times of decode
 # steps of the synthetic 0.5B and 7B shapes under Nsight Compute (graphs off, so each launch
 # is profiled on its own), summarized per kernel and grid. Usage: run-profile.sh [presets...]
-cd "$(dirname "$0")"
+# BIN: the folder of the binaries (default: this script's).
+cd "${BIN:-$(dirname "$0")}"
 log="${OUT:-/tmp}"
 presets="${*:-qwen2-0.5b qwen2-7b}"
 for p in $presets; do
