@@ -26,6 +26,8 @@ pub struct CudaBatch {
     tab: DeviceBuffer,
     rows: usize,
     picks: DeviceBuffer,
+    /// The table last uploaded (the same sessions step after step: no upload then).
+    tab_host: Vec<u64>,
     /// A captured step per batch size (a power of two; a smaller batch is padded with rows
     /// that write the batch state's own one-position cache and are ignored).
     graphs: HashMap<usize, Option<DecodeGraph>>,
@@ -50,6 +52,7 @@ impl CudaBatch {
             tab,
             rows: MAX_BATCH_ROWS,
             picks,
+            tab_host: Vec::new(),
             graphs: HashMap::new(),
         })
     }
@@ -116,9 +119,14 @@ impl CudaBatch {
         for st in states.iter() {
             st.device().synchronize()?;
         }
-        let bytes: Vec<u8> = tab.iter().flat_map(|v| v.to_le_bytes()).collect();
         let dev = self.st.device().clone();
-        dev.write(&mut self.tab, 0, &bytes)?;
+        if tab != self.tab_host {
+            let bytes: Vec<u8> = tab.iter().flat_map(|v| v.to_le_bytes()).collect();
+            // Forgotten first: a failed upload leaves the device's table unknown.
+            self.tab_host.clear();
+            dev.write(&mut self.tab, 0, &bytes)?;
+            self.tab_host = tab;
+        }
         let mut graph = self.graphs.remove(&rows).flatten();
         self.st.swap_graph(&mut graph);
         let step = CudaStep::batch(model, &mut self.st, &toks, &ps, &self.tab, self.rows);
