@@ -836,3 +836,63 @@ fn greedy_pick_on_gpu_equals_host_argmax() {
     );
     say(&format!("{test}: {} greedy tokens equal", on_gpu.len()));
 }
+
+/// Greedy generation runs each next step one token ahead on the GPU (`CudaState::run_ahead`):
+/// over several turns of one conversation (a limit reached with a step ahead in flight, a new
+/// turn's prompt after it, a turn that fills the context and is rolled back, a turn after
+/// that) the tokens and stop reasons equal those of a session whose generations download
+/// every logits row (log-probabilities asked for: no GPU pick, nothing ahead).
+#[test]
+fn greedy_ahead_equals_row_by_row() {
+    let test = "greedy_ahead_equals_row_by_row";
+    let Some(gctx) = gpu_context(test, 0) else {
+        return;
+    };
+    let file = TempFile(synth_file("qwen2-0.5b"));
+    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
+    let opts = SessionOptions {
+        n_ctx: 96,
+        seed: 0,
+        ..Default::default()
+    };
+    let turns: [(Vec<u32>, u32); 4] = [
+        ((0..20).map(|i| 500 + 41 * i).collect(), 24),
+        ((0..6).map(|i| 900 + 7 * i).collect(), 17),
+        ((0..5).map(|i| 1300 + 3 * i).collect(), 200),
+        ((0..3).map(|i| 77 + i).collect(), 9),
+    ];
+    let run = |logprobs: u32| {
+        let mut s = Session::new(mg.clone(), opts.clone()).unwrap();
+        let mut seen = Vec::new();
+        for (prompt, max_tokens) in &turns {
+            let params = GenerateParams {
+                max_tokens: *max_tokens,
+                logprobs,
+                ..Default::default()
+            };
+            let stats = s
+                .generate_tokens(prompt, &params, &mut |_, _| true)
+                .expect("generate");
+            seen.push((stats.stop_reason, s.tokens()));
+        }
+        seen
+    };
+    let ahead = run(0);
+    let by_row = run(1);
+    for (i, (a, b)) in ahead.iter().zip(&by_row).enumerate() {
+        assert_eq!(
+            a, b,
+            "turn {i}: stop reason and conversation, ahead vs row by row"
+        );
+    }
+    let reasons: Vec<_> = ahead.iter().map(|(r, _)| *r).collect();
+    assert!(
+        reasons.contains(&llorch::session::StopReason::ContextFull),
+        "one turn fills the context: {reasons:?}"
+    );
+    say(&format!(
+        "{test}: {} turns equal ({reasons:?}), {} tokens in the end",
+        turns.len(),
+        ahead.last().map_or(0, |(_, t)| t.len())
+    ));
+}

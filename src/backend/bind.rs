@@ -159,7 +159,7 @@ impl State {
         pos0: usize,
         mode: Logits,
         forward: &mut dyn FnMut(&mut dyn Ops) -> Result<()>,
-        out: Out,
+        #[allow(unused_mut)] mut out: Out,
     ) -> Result<()> {
         let rows = if mode == Logits::All { tokens.len() } else { 1 };
         match self {
@@ -178,6 +178,15 @@ impl State {
             }
             #[cfg(feature = "cuda")]
             State::Cuda(m, st) => {
+                // A greedy decode step: maybe launched ahead already (CudaState::run_ahead).
+                let decode =
+                    tokens.len() == 1 && mode == Logits::Last && matches!(out, Out::Argmax(_));
+                let key = decode.then(|| (tokens[0], pos0));
+                if let (Some(id), Out::Argmax(p)) = (st.take_ahead(key)?, &mut out) {
+                    **p = Some(id);
+                    st.run_ahead(m, id, pos0 + 1);
+                    return Ok(());
+                }
                 let mut step = super::cuda::CudaStep::new(m, st, tokens, pos0)?;
                 if mode == Logits::Last && step.graphable() {
                     step.run_graphed(|s| forward(s))?;
@@ -190,11 +199,39 @@ impl State {
                 match out {
                     Out::Nothing => {}
                     Out::Logits(v) => st.logits_into(rows, v)?,
-                    Out::Argmax(p) => *p = Some(st.argmax_row(rows - 1)?),
+                    Out::Argmax(p) => {
+                        let id = st.argmax_row(rows - 1)?;
+                        *p = Some(id);
+                        if decode {
+                            st.run_ahead(m, id, pos0 + 1);
+                        }
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether this state's greedy decode steps may run one token ahead on the GPU (a session
+    /// generating alone; see `CudaState::run_ahead`). Nothing on the CPU.
+    pub fn allow_ahead(&mut self, on: bool) {
+        #[cfg(feature = "cuda")]
+        if let State::Cuda(_, st) = self {
+            st.ahead_allowed = on;
+            if !on {
+                st.settle_ahead();
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = on;
+    }
+
+    /// Wait for and drop a step launched ahead (before the state is used another way).
+    pub(super) fn settle_ahead(&mut self) {
+        #[cfg(feature = "cuda")]
+        if let State::Cuda(_, st) = self {
+            st.settle_ahead();
+        }
     }
 
     /// Whether states of this kind step together in one forward ([`State::step_batch`]).
@@ -236,6 +273,7 @@ impl State {
             }
             let mut cuda = Vec::with_capacity(states.len());
             for s in states.iter_mut() {
+                s.settle_ahead();
                 match &mut **s {
                     State::Cuda(m, st) if Arc::ptr_eq(m, &model) => cuda.push(st),
                     _ => {
@@ -326,6 +364,7 @@ impl State {
     }
 
     fn taps_mut(&mut self) -> &mut Option<Vec<Tap>> {
+        self.settle_ahead();
         match self {
             State::Cpu(_, st) => &mut st.taps,
             #[cfg(feature = "cuda")]

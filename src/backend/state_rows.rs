@@ -26,6 +26,7 @@ impl State {
     /// blocks paid from `grant` (the old ones kept until then); on the GPU this uploads them
     /// (rounded to f16, as the kernels store them).
     pub fn set_kv_rows(&mut self, n: usize, data: &[f32], grant: Option<&mut Grant>) -> Result<()> {
+        self.settle_ahead();
         match self {
             State::Cpu(_, st) => st.set_kv_rows(n, data, grant),
             #[cfg(feature = "cuda")]
@@ -62,6 +63,7 @@ impl State {
 
     /// Give back the blocks past the first `n` positions.
     pub fn kv_truncate(&mut self, n: usize) {
+        self.settle_ahead();
         match self {
             State::Cpu(_, st) => st.kv_mut().truncate(n),
             #[cfg(feature = "cuda")]

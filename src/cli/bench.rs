@@ -2,15 +2,17 @@
 
 use super::common::ModelArgs;
 use llorch::backend::Logits;
-use llorch::session::{KvType, Session, SessionOptions};
+use llorch::session::{GenerateParams, KvType, Session, SessionOptions};
 use std::time::Instant;
 
 /// Prompt-processing and decoding speed (tokens/s)
 ///
 /// Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
-/// (tg: -n tokens one at a time), -r repetitions each after one warm-up; prints the median
-/// tokens/s and the spread (min-max), and the KV memory the pp test's session holds (the
-/// model's pool counter).
+/// (tg: -n given tokens one at a time, each step's logits row to the host, as llama-bench
+/// does; "tg greedy": a greedy generation of -n tokens, the way applications decode, where
+/// the backend may pick the token itself and run ahead), -r repetitions each after one
+/// warm-up; prints the median tokens/s and the spread (min-max), and the KV memory the pp
+/// test's session holds (the model's pool counter).
 /// --parallel N,...: instead, the aggregate decoding speed of N sessions generating at once
 /// (continuous batching), each after a -p token prompt (default 32 here), for each N.
 #[derive(clap::Args, Debug)]
@@ -57,7 +59,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let pp = a.prompt_tokens.unwrap_or(512);
     // Deterministic pseudo-random tokens: the work is the same as for text.
     let tokens = llorch::session::bench::bench_tokens(pp.max(tg) + 1, model.vocab_size(), 0);
-    let n_ctx = (pp.max(tg + 1) as u32).max(16);
+    let n_ctx = (pp.max(tg + 2) as u32).max(16);
     let mut session = Session::new(
         model.clone(),
         SessionOptions {
@@ -69,6 +71,7 @@ pub fn run(a: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut pp_rates = Vec::new();
     let mut tg_rates = Vec::new();
+    let mut greedy_rates = Vec::new();
     let mut kv_bytes = 0;
     for rep in 0..=reps {
         if pp > 0 {
@@ -93,6 +96,20 @@ pub fn run(a: Args) -> Result<(), String> {
             if rep > 0 {
                 tg_rates.push(tg as f64 / t.elapsed().as_secs_f64());
             }
+            session.reset();
+            let params = GenerateParams {
+                max_tokens: tg as u32,
+                ignore_eos: true,
+                ..Default::default()
+            };
+            let st = session
+                .generate_tokens(&tokens[..1], &params, &mut |_, _| true)
+                .map_err(|e| e.to_string())?;
+            // The decoding phase: the forward steps after the prompt's (one per token but
+            // the first, which the prompt's step gave).
+            if rep > 0 && st.generated_tokens > 1 && st.generate_seconds > 0.0 {
+                greedy_rates.push((st.generated_tokens - 1) as f64 / st.generate_seconds);
+            }
         }
     }
     let hp = model.hparams();
@@ -102,7 +119,12 @@ pub fn run(a: Args) -> Result<(), String> {
     let name = format!("{} {}L {}d", hp.arch, hp.n_layer, hp.n_embd);
     let threads = model.context().threads();
     let dev = format!("{:?}", model.context().options.device).to_lowercase();
-    for (label, rates) in [(format!("pp{pp}"), pp_rates), (format!("tg{tg}"), tg_rates)] {
+    let rows = [
+        (format!("pp{pp}"), pp_rates),
+        (format!("tg{tg}"), tg_rates),
+        (format!("tg{tg} greedy"), greedy_rates),
+    ];
+    for (label, rates) in rows {
         if rates.is_empty() {
             continue;
         }

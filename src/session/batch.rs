@@ -282,12 +282,11 @@ impl Batcher {
                 forward(ops, recipe, Logits::Last, n_ctx, &cancelled)
             };
             let out = outs.pop().expect("one part, one output");
-            first
-                .job
-                .feed
-                .state
-                .lock()
-                .step(tokens[0], pos0[0], Logits::Last, &mut run, out)
+            let mut st = first.job.feed.state.lock();
+            // A session generating alone may have its next greedy step run ahead (on the
+            // GPU); with others, their steps come first.
+            st.allow_ahead(self.members.load(Ordering::SeqCst) <= 1);
+            st.step(tokens[0], pos0[0], Logits::Last, &mut run, out)
         } else {
             // Not cancellable within the step (it is others' step too): cancel flags are
             // looked at between steps.

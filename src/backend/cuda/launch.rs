@@ -1672,6 +1672,21 @@ impl CudaDevice {
         n_cols: usize,
         out: &DeviceBuffer,
     ) -> Result<Vec<Option<u32>>> {
+        self.argmax_launch(logits, offset, n_rows, n_cols, out)?;
+        let idx = self.download_i32(out, n_rows)?;
+        Ok(idx.iter().map(|&i| u32::try_from(i).ok()).collect())
+    }
+
+    /// [`argmax_into`](Self::argmax_into)'s kernel alone: the picks stay in `out` (i32 per
+    /// row), nothing is waited for.
+    pub fn argmax_launch(
+        &self,
+        logits: &DeviceBuffer,
+        offset: usize,
+        n_rows: usize,
+        n_cols: usize,
+        out: &DeviceBuffer,
+    ) -> Result<()> {
         positive(n_rows, "argmax rows")?;
         let cols = positive(n_cols, "argmax cols")?;
         if n_rows > i32::MAX as usize {
@@ -1684,9 +1699,7 @@ impl CudaDevice {
         logits.check(self, f32s(end), "argmax logits")?;
         out.check(self, n_rows as u64 * 4, "argmax out")?;
         launch!(self, "argmax_rows", (n_rows as u32, 1, 1), (1024, 1, 1);
-            logits.ptr() + offset as u64 * 4, out.ptr(), cols)?;
-        let idx = self.download_i32(out, n_rows)?;
-        Ok(idx.iter().map(|&i| u32::try_from(i).ok()).collect())
+            logits.ptr() + offset as u64 * 4, out.ptr(), cols)
     }
 }
 

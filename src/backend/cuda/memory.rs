@@ -131,6 +131,16 @@ pub struct PinnedHost {
 unsafe impl Send for PinnedHost {}
 unsafe impl Sync for PinnedHost {}
 
+impl PinnedHost {
+    /// The first i32 of the stage (after a copy into it has completed); None for a stage
+    /// of fewer than 4 bytes.
+    pub fn first_i32(&self) -> Option<i32> {
+        // SAFETY: at least 4 bytes (checked); any bit pattern is an i32; the buffer is
+        // page-aligned by the driver.
+        (self.bytes >= 4).then(|| unsafe { *(self.ptr as *const i32) })
+    }
+}
+
 impl Drop for PinnedHost {
     fn drop(&mut self) {
         let _ = self.dev.bind();
@@ -182,6 +192,26 @@ impl CudaDevice {
         let src = unsafe { std::slice::from_raw_parts(stage.ptr as *const f32, n) };
         out.extend_from_slice(src);
         Ok(())
+    }
+
+    /// Start copying the first `bytes` of `buf` into `stage` (page-locked), in stream order,
+    /// without waiting: the values are there once the stream is synchronized.
+    pub fn copy_to_pinned(
+        &self,
+        buf: &DeviceBuffer,
+        bytes: usize,
+        stage: &PinnedHost,
+    ) -> Result<()> {
+        buf.check(self, bytes as u64, "copy to host")?;
+        if bytes > stage.bytes {
+            return Err(Error::InvalidArgument(format!(
+                "copy of {bytes} bytes into a stage of {}",
+                stage.bytes
+            )));
+        }
+        self.inner.bind()?;
+        unsafe { sys::cuMemcpyDtoHAsync_v2(stage.ptr, buf.ptr, bytes, self.stream.raw).result() }
+            .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))
     }
 
     /// Allocate `bytes` of device memory (contents undefined) for `kind`.

@@ -259,6 +259,12 @@ pub struct CudaState {
     pick: DeviceBuffer,
     /// Page-locked staging for one row of logits, downloaded every decode step.
     logits_stage: PinnedHost,
+    /// Where the pick of a step launched ahead lands (one i32, page-locked).
+    ahead_stage: PinnedHost,
+    /// Whether greedy decode steps may be launched one token ahead (see `run_ahead`).
+    pub(crate) ahead_allowed: bool,
+    /// The step launched ahead and not yet taken: its token and position.
+    ahead: Option<(u32, usize)>,
     /// The two-pass prompt products' scratch (`CudaDevice::matmul_gemm`), when that path is
     /// on: f16 weights of the largest layer matrix, f16 activations for `cap` rows of the
     /// longest matrix row (`gemm_k` values).
@@ -361,6 +367,7 @@ impl CudaState {
         let xrec_rows = if mmq_prompt() && n_ctx >= 2 { cap } else { 1 };
         let xrec = dev.alloc(record_bytes(dims, xrec_rows), MemKind::Scratch)?;
         let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
+        let ahead_stage = dev.alloc_pinned(4)?;
         let moe = model
             .moe
             .map(|s| MoeScratch::new(&dev, s, 1, MAX_SELECTED_EXPERTS))
@@ -380,6 +387,9 @@ impl CudaState {
             xrec_rows,
             pick,
             logits_stage,
+            ahead_stage,
+            ahead_allowed: false,
+            ahead: None,
             gemm_w,
             gemm_x: rows.gemm_x,
             gemm_k,
@@ -474,6 +484,77 @@ impl CudaState {
             .argmax_into(logits, row * vocab, 1, vocab, &self.pick)?;
         Ok(i.first().copied().flatten().unwrap_or(0))
     }
+
+    /// Greedy decoding one token ahead: right after a decode step's pick `token` at `pos - 1`
+    /// comes back, the next step (that token at `pos`) is launched through the captured
+    /// graph, with its pick copied into page-locked memory, and not waited for. While the
+    /// caller turns the token into text, runs its callback and queues the next step, the GPU
+    /// is already computing it; [`take_ahead`](Self::take_ahead) then only waits. The step is
+    /// the graph the caller's own step would replay, so its pick is the same. Nothing is
+    /// launched without a graph, past the cache, with taps on, or unless `ahead_allowed` (the
+    /// batcher allows it to a session generating alone: others' steps would take the row).
+    /// A launch that fails leaves nothing ahead (the caller's next step meets the error).
+    pub fn run_ahead(&mut self, m: &CudaModel, token: u32, pos: usize) {
+        if !self.ahead_allowed || !lookahead_enabled() || self.graph.is_none() {
+            return;
+        }
+        if pos >= self.n_ctx || token as usize >= self.dims.vocab || self.taps.is_some() {
+            return;
+        }
+        let launched = (|| -> Result<bool> {
+            let step = CudaStep::new(m, self, &[token], pos)?;
+            if !step.graphable() {
+                return Ok(false);
+            }
+            step.run_graphed(|_| Err(Error::Internal("no capture for a step ahead".into())))?;
+            let logits = &self.slots[Slot::Logits.index()];
+            let vocab = self.dims.vocab;
+            self.dev.argmax_launch(logits, 0, 1, vocab, &self.pick)?;
+            self.dev.copy_to_pinned(&self.pick, 4, &self.ahead_stage)?;
+            Ok(true)
+        })();
+        if let Ok(true) = launched {
+            self.ahead = Some((token, pos));
+        }
+    }
+
+    /// The pick of the step launched ahead, if it is `key` (token, position) and once it has
+    /// run; None after waiting for whatever else was ahead (discarded: its cache row is
+    /// rewritten by the step the caller runs instead, and nothing reads past the
+    /// conversation). Every use of the state other than taking the step goes through here or
+    /// [`settle_ahead`](Self::settle_ahead) first.
+    pub fn take_ahead(&mut self, key: Option<(u32, usize)>) -> Result<Option<u32>> {
+        let Some(ahead) = self.ahead.take() else {
+            return Ok(None);
+        };
+        self.dev.synchronize()?;
+        if key != Some(ahead) {
+            return Ok(None);
+        }
+        let pick = self.ahead_stage.first_i32().unwrap_or(0);
+        Ok(Some(u32::try_from(pick).unwrap_or(0)))
+    }
+
+    /// Wait for and drop a step launched ahead, if any (before the state is used otherwise).
+    pub fn settle_ahead(&mut self) {
+        if self.ahead.take().is_some() {
+            // An error here is the device's and shows again at the state's next use.
+            let _ = self.dev.synchronize();
+        }
+    }
+}
+
+impl Drop for CudaState {
+    fn drop(&mut self) {
+        // A step launched ahead still reads and writes this state's buffers.
+        self.settle_ahead();
+    }
+}
+
+/// Whether greedy decode steps run one token ahead (`LLORCH_CUDA_LOOKAHEAD=0` turns it off).
+fn lookahead_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_LOOKAHEAD").map_or(true, |v| v != "0"))
 }
 
 /// One forward step on the GPU: `n` tokens at positions `pos0..`. The [`Ops`] calls cannot
