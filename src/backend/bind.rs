@@ -184,7 +184,7 @@ impl State {
                 let key = decode.then(|| (tokens[0], pos0));
                 if let (Some(id), Out::Argmax(p)) = (st.take_ahead(key)?, &mut out) {
                     **p = Some(id);
-                    st.run_ahead(m, id, pos0 + 1);
+                    st.run_ahead(id, pos0 + 1);
                     return Ok(());
                 }
                 let mut step = super::cuda::CudaStep::new(m, st, tokens, pos0)?;
@@ -203,7 +203,7 @@ impl State {
                         let id = st.argmax_row(rows - 1)?;
                         *p = Some(id);
                         if decode {
-                            st.run_ahead(m, id, pos0 + 1);
+                            st.run_ahead(id, pos0 + 1);
                         }
                     }
                 }

@@ -139,6 +139,15 @@ impl PinnedHost {
         // page-aligned by the driver.
         (self.bytes >= 4).then(|| unsafe { *(self.ptr as *const i32) })
     }
+
+    /// Set i32 `index` of the stage (ignored past its end). No copy from the stage may be in
+    /// flight.
+    pub fn set_i32(&mut self, index: usize, v: i32) {
+        if (index + 1) * 4 <= self.bytes {
+            // SAFETY: in bounds (checked), page-aligned buffer, plain data.
+            unsafe { *(self.ptr as *mut i32).add(index) = v }
+        }
+    }
 }
 
 impl Drop for PinnedHost {
@@ -212,6 +221,31 @@ impl CudaDevice {
         self.inner.bind()?;
         unsafe { sys::cuMemcpyDtoHAsync_v2(stage.ptr, buf.ptr, bytes, self.stream.raw).result() }
             .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))
+    }
+
+    /// Start copying `n` i32s from i32 `index` of `stage` (page-locked) to the start of
+    /// `buf`, in stream order, without waiting; the stage must stay as it is until the stream
+    /// has passed the copy.
+    pub fn upload_from_pinned(
+        &self,
+        buf: &mut DeviceBuffer,
+        stage: &PinnedHost,
+        index: usize,
+        n: usize,
+    ) -> Result<()> {
+        let bytes = n * 4;
+        buf.check(self, bytes as u64, "upload")?;
+        if (index + n) * 4 > stage.bytes {
+            return Err(Error::InvalidArgument(format!(
+                "upload of i32s {index}..{} from a stage of {} bytes",
+                index + n,
+                stage.bytes
+            )));
+        }
+        self.inner.bind()?;
+        let src = unsafe { (stage.ptr as *const u8).add(index * 4) } as *const std::ffi::c_void;
+        unsafe { sys::cuMemcpyHtoDAsync_v2(buf.ptr, src, bytes, self.stream.raw).result() }
+            .map_err(|e| drv("copy to device", e))
     }
 
     /// Allocate `bytes` of device memory (contents undefined) for `kind`.

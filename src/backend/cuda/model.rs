@@ -259,7 +259,8 @@ pub struct CudaState {
     pick: DeviceBuffer,
     /// Page-locked staging for one row of logits, downloaded every decode step.
     logits_stage: PinnedHost,
-    /// Where the pick of a step launched ahead lands (one i32, page-locked).
+    /// A step launched ahead's pick (i32 0, copied back) and its position and token
+    /// (i32s `AHEAD_POS`, `AHEAD_ID`, uploaded from here), page-locked.
     ahead_stage: PinnedHost,
     /// Whether greedy decode steps may be launched one token ahead (see `run_ahead`).
     pub(crate) ahead_allowed: bool,
@@ -367,7 +368,7 @@ impl CudaState {
         let xrec_rows = if mmq_prompt() && n_ctx >= 2 { cap } else { 1 };
         let xrec = dev.alloc(record_bytes(dims, xrec_rows), MemKind::Scratch)?;
         let logits_stage = dev.alloc_pinned(dims.vocab * 4)?;
-        let ahead_stage = dev.alloc_pinned(4)?;
+        let ahead_stage = dev.alloc_pinned(12)?;
         let moe = model
             .moe
             .map(|s| MoeScratch::new(&dev, s, 1, MAX_SELECTED_EXPERTS))
@@ -494,7 +495,7 @@ impl CudaState {
     /// launched without a graph, past the cache, with taps on, or unless `ahead_allowed` (the
     /// batcher allows it to a session generating alone: others' steps would take the row).
     /// A launch that fails leaves nothing ahead (the caller's next step meets the error).
-    pub fn run_ahead(&mut self, m: &CudaModel, token: u32, pos: usize) {
+    pub fn run_ahead(&mut self, token: u32, pos: usize) {
         if !self.ahead_allowed || !lookahead_enabled() || self.graph.is_none() {
             return;
         }
@@ -502,19 +503,33 @@ impl CudaState {
             return;
         }
         let launched = (|| -> Result<bool> {
-            let step = CudaStep::new(m, self, &[token], pos)?;
-            if !step.graphable() {
+            let Some(g) = self.graph.as_ref() else {
                 return Ok(false);
-            }
-            step.run_graphed(|_| Err(Error::Internal("no capture for a step ahead".into())))?;
+            };
+            // Position and token through the page-locked stage: copies that need no wait
+            // (the stage is rewritten only after the next `take_ahead` has synchronized).
+            self.ahead_stage.set_i32(AHEAD_POS, pos as i32);
+            self.ahead_stage.set_i32(AHEAD_ID, token as i32);
+            self.dev
+                .upload_from_pinned(&mut self.positions, &self.ahead_stage, AHEAD_POS, 1)?;
+            self.dev
+                .upload_from_pinned(&mut self.ids, &self.ahead_stage, AHEAD_ID, 1)?;
+            self.dev.inner.bind()?;
+            unsafe { result::graph::launch(g.exec, self.dev.stream.raw) }
+                .map_err(|e| drv("graph launch", e))?;
             let logits = &self.slots[Slot::Logits.index()];
             let vocab = self.dims.vocab;
             self.dev.argmax_launch(logits, 0, 1, vocab, &self.pick)?;
             self.dev.copy_to_pinned(&self.pick, 4, &self.ahead_stage)?;
             Ok(true)
         })();
-        if let Ok(true) = launched {
-            self.ahead = Some((token, pos));
+        match launched {
+            Ok(true) => self.ahead = Some((token, pos)),
+            Ok(false) => {}
+            // Part of it may be queued: let it drain (the error shows again at the next use).
+            Err(_) => {
+                let _ = self.dev.synchronize();
+            }
         }
     }
 
@@ -550,6 +565,10 @@ impl Drop for CudaState {
         self.settle_ahead();
     }
 }
+
+/// Where a step launched ahead's position and token id wait in its stage (i32 indices).
+const AHEAD_POS: usize = 1;
+const AHEAD_ID: usize = 2;
 
 /// Whether greedy decode steps run one token ahead (`LLORCH_CUDA_LOOKAHEAD=0` turns it off).
 fn lookahead_enabled() -> bool {
