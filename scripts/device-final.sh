@@ -6,7 +6,7 @@
 # shapes, the kernel tests, the tiny models vs HF, then memcheck over the skinny kernels and a
 # parity run. Logs under $OUT; the elapsed time after each part (t=...). QUICK=1: the parity
 # tests of the greedy and graph paths and the 0.5B only, no 7B baseline or GEMM-tiles
-# variant, no kernel tests or memcheck (a call short of device time).
+# variant, no kernel tests or memcheck (a call short of device time); QUICK=2: and no 7B.
 d="${1:-/tmp/d}"
 log="${OUT:-/tmp}"
 repo=$(pwd)
@@ -34,7 +34,9 @@ timeout 60 ./engine_tiny --test-threads=1 gpu >"$log/tiny.log" 2>&1; echo "rc=$?
 grep -E "test result|panicked" "$log/tiny.log"
 t
 wait
-for m in q05 q7; do
+models="q05 q7"
+[ "${QUICK:-}" = 2 ] && models=q05
+for m in $models; do
   for f in $LLORCH_CUDA_SKINNY_FUSED 0; do
     echo "== $m --parallel (LLORCH_CUDA_SKINNY_FUSED=$f)"
     LLORCH_CUDA_SKINNY_FUSED=$f timeout 100 ./llorch bench -m /tmp/$m.gguf --device cuda:0 \
