@@ -15,7 +15,7 @@ S=$(date +%s)
 t() { echo "t=$(( $(date +%s) - S ))s"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 ./llorch synth --preset qwen2-0.5b --seed 1 -o /tmp/q05.gguf >/dev/null 2>&1 &
-./llorch synth --preset qwen2-7b --seed 1 -o /tmp/q7.gguf >/dev/null 2>&1 &
+[ "${QUICK:-}" = 2 ] || ./llorch synth --preset qwen2-7b --seed 1 -o /tmp/q7.gguf >/dev/null 2>&1 &
 # The fused skinny products (LLORCH_CUDA_SKINNY_FUSED=1, off by default until measured) for
 # the checks and the first figures; the default's batched figures after.
 export LLORCH_CUDA_SKINNY_FUSED=${FUSED:-1}
