@@ -837,7 +837,8 @@ fn greedy_pick_on_gpu_equals_host_argmax() {
     say(&format!("{test}: {} greedy tokens equal", on_gpu.len()));
 }
 
-/// Greedy generation runs each next step one token ahead on the GPU (`CudaState::run_ahead`):
+/// Greedy generation with each next step run one token ahead on the GPU
+/// (`CudaState::run_ahead`, turned on here: off by default until it has run on a GPU):
 /// over several turns of one conversation (a limit reached with a step ahead in flight, a new
 /// turn's prompt after it, a turn that fills the context and is rolled back, a turn after
 /// that) the tokens and stop reasons equal those of a session whose generations download
@@ -877,8 +878,10 @@ fn greedy_ahead_equals_row_by_row() {
         }
         seen
     };
+    llorch::backend::cuda::set_lookahead(true);
     let ahead = run(0);
     let by_row = run(1);
+    llorch::backend::cuda::set_lookahead(false);
     for (i, (a, b)) in ahead.iter().zip(&by_row).enumerate() {
         assert_eq!(
             a, b,

@@ -39,6 +39,7 @@ use crate::quant::GgmlType;
 use crate::{Error, Result};
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 mod mixture;
 
@@ -570,10 +571,30 @@ impl Drop for CudaState {
 const AHEAD_POS: usize = 1;
 const AHEAD_ID: usize = 2;
 
-/// Whether greedy decode steps run one token ahead (`LLORCH_CUDA_LOOKAHEAD=0` turns it off).
+/// Whether greedy decode steps run one token ahead: off unless `LLORCH_CUDA_LOOKAHEAD=1` or
+/// [`set_lookahead`] turned it on. Off by default until it has run on a GPU (written in
+/// session 13, which got no device time): the test that checks it turns it on.
 fn lookahead_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_LOOKAHEAD").map_or(true, |v| v != "0"))
+    match LOOKAHEAD.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let on = std::env::var("LLORCH_CUDA_LOOKAHEAD").is_ok_and(|v| v == "1");
+            LOOKAHEAD.store(if on { ON } else { OFF }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+const UNSET: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+static LOOKAHEAD: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Turn greedy decoding one step ahead on or off for the process (overrides
+/// `LLORCH_CUDA_LOOKAHEAD`; sessions already running take it at their next step).
+pub fn set_lookahead(on: bool) {
+    LOOKAHEAD.store(if on { ON } else { OFF }, Ordering::Relaxed);
 }
 
 /// One forward step on the GPU: `n` tokens at positions `pos0..`. The [`Ops`] calls cannot
