@@ -119,6 +119,20 @@ impl Drop for TempFile {
     }
 }
 
+/// The synthetic Qwen2.5-0.5B shape loaded on the GPU (its file, removed when dropped) and
+/// options for sessions of 96 positions; None (said) without a GPU.
+fn small_qwen_on_gpu(test: &str) -> Option<(TempFile, Arc<Model>, SessionOptions)> {
+    let gctx = gpu_context(test, 0)?;
+    let file = TempFile(synth_file("qwen2-0.5b"));
+    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
+    let opts = SessionOptions {
+        n_ctx: 96,
+        seed: 0,
+        ..Default::default()
+    };
+    Some((file, mg, opts))
+}
+
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let (mut num, mut den) = (0f64, 0f64);
@@ -756,15 +770,8 @@ fn out_of_memory_then_recover() {
 #[test]
 fn graph_replay_equals_direct_decode() {
     let test = "graph_replay_equals_direct_decode";
-    let Some(gctx) = gpu_context(test, 0) else {
+    let Some((_file, mg, opts)) = small_qwen_on_gpu(test) else {
         return;
-    };
-    let file = TempFile(synth_file("qwen2-0.5b"));
-    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
-    let opts = SessionOptions {
-        n_ctx: 96,
-        seed: 0,
-        ..Default::default()
     };
     let mut direct = Session::new(mg.clone(), opts.clone()).unwrap();
     let mut graphed = Session::new(mg.clone(), opts).unwrap();
@@ -798,15 +805,8 @@ fn graph_replay_equals_direct_decode() {
 #[test]
 fn greedy_pick_on_gpu_equals_host_argmax() {
     let test = "greedy_pick_on_gpu_equals_host_argmax";
-    let Some(gctx) = gpu_context(test, 0) else {
+    let Some((_file, mg, opts)) = small_qwen_on_gpu(test) else {
         return;
-    };
-    let file = TempFile(synth_file("qwen2-0.5b"));
-    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
-    let opts = SessionOptions {
-        n_ctx: 96,
-        seed: 0,
-        ..Default::default()
     };
     let prompt: Vec<u32> = (0..20).map(|i| 500 + 41 * i).collect();
 
@@ -846,15 +846,8 @@ fn greedy_pick_on_gpu_equals_host_argmax() {
 #[test]
 fn greedy_ahead_equals_row_by_row() {
     let test = "greedy_ahead_equals_row_by_row";
-    let Some(gctx) = gpu_context(test, 0) else {
+    let Some((_file, mg, opts)) = small_qwen_on_gpu(test) else {
         return;
-    };
-    let file = TempFile(synth_file("qwen2-0.5b"));
-    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
-    let opts = SessionOptions {
-        n_ctx: 96,
-        seed: 0,
-        ..Default::default()
     };
     let turns: [(Vec<u32>, u32); 4] = [
         ((0..20).map(|i| 500 + 41 * i).collect(), 24),
