@@ -961,15 +961,19 @@ pub(crate) mod wide {
     unsafe fn fused<const T: u8, const C: usize>(
         row: *const u8,
         acts: &[AChunk],
-        sums: &[f32],
+        sums_t: &[f32],
         nch: usize,
-        sl: usize,
         out: &mut [f32],
     ) {
         let shl8 = shl8();
         let mut acc = [_mm512_setzero_ps(); C];
-        // Offset terms: two chains per column so the adds do not wait on each other.
-        let mut off = [[0.0f32; 2]; C];
+        // Offset terms: two chains per column (lanes 2c and 2c + 1: the chunk's two blocks),
+        // all columns in one vector FMA a chunk (`sums_t`: 16 sums a chunk, see `gemm_t`), as
+        // narrow as the columns allow (a 512-bit FMA costs one column more than two scalar
+        // ones; the lanes' arithmetic is the same at every width).
+        let mut off4 = _mm_setzero_ps();
+        let mut off8 = _mm256_setzero_ps();
+        let mut off16 = _mm512_setzero_ps();
         let gs = group(T);
         let gb = group_bytes(T);
         for sb in 0..nch / gs {
@@ -988,16 +992,34 @@ pub(crate) mod wide {
                 let nc = negc(w);
                 for c in 0..C {
                     acc[c] = step(acc[c], w, nc, dw, acts.get_unchecked(c * nch + k), shl8);
-                    if has_off(T) {
-                        let s = sums.get_unchecked(c * sl + 2 * k..);
-                        off[c][0] = o[0].mul_add(s[0], off[c][0]);
-                        off[c][1] = o[1].mul_add(s[1], off[c][1]);
+                }
+                if has_off(T) {
+                    // [o0, o1] in every lane pair.
+                    let pair = _mm_castps_pd(_mm_unpacklo_ps(_mm_set_ss(o[0]), _mm_set_ss(o[1])));
+                    let st = sums_t.as_ptr().add(16 * k);
+                    if C <= 2 {
+                        let ov = _mm_castpd_ps(_mm_movedup_pd(pair));
+                        off4 = _mm_fmadd_ps(ov, _mm_loadu_ps(st), off4);
+                    } else if C <= 4 {
+                        let ov = _mm256_castpd_ps(_mm256_broadcastsd_pd(pair));
+                        off8 = _mm256_fmadd_ps(ov, _mm256_loadu_ps(st), off8);
+                    } else {
+                        let ov = _mm512_castpd_ps(_mm512_broadcastsd_pd(pair));
+                        off16 = _mm512_fmadd_ps(ov, _mm512_loadu_ps(st), off16);
                     }
                 }
             }
         }
+        let mut offs = [0f32; 16];
+        if C <= 2 {
+            _mm_storeu_ps(offs.as_mut_ptr(), off4);
+        } else if C <= 4 {
+            _mm256_storeu_ps(offs.as_mut_ptr(), off8);
+        } else {
+            _mm512_storeu_ps(offs.as_mut_ptr(), off16);
+        }
         for c in 0..C {
-            out[c] = _mm512_reduce_add_ps(acc[c]) + (off[c][0] + off[c][1]);
+            out[c] = _mm512_reduce_add_ps(acc[c]) + (offs[2 * c] + offs[2 * c + 1]);
         }
     }
 
@@ -1182,20 +1204,31 @@ pub(crate) mod wide {
         let sums = acts.sums;
         let sl = sums.len() / n; // sums per column: 2 per chunk, zero-padded to 16s
         if n <= FUSED_MAX {
+            // The columns' block sums by chunk: 16 a chunk, column c's two at 2c, 2c + 1 (the
+            // lanes of the offset FMA in `fused`), zero past the columns.
+            let mut sums_t = vec![0f32; if has_off(T) { 16 * nch } else { 0 }];
+            if has_off(T) {
+                for k in 0..nch {
+                    for c in 0..n {
+                        sums_t[16 * k + 2 * c] = sums[c * sl + 2 * k];
+                        sums_t[16 * k + 2 * c + 1] = sums[c * sl + 2 * k + 1];
+                    }
+                }
+            }
             for r in 0..rows {
                 let rp = data.as_ptr().add(r * row_bytes);
                 let mut o = [0f32; FUSED_MAX];
                 let o = &mut o[..n];
                 let a = acts.chunks;
                 match n {
-                    1 => fused::<T, 1>(rp, a, sums, nch, sl, o),
-                    2 => fused::<T, 2>(rp, a, sums, nch, sl, o),
-                    3 => fused::<T, 3>(rp, a, sums, nch, sl, o),
-                    4 => fused::<T, 4>(rp, a, sums, nch, sl, o),
-                    5 => fused::<T, 5>(rp, a, sums, nch, sl, o),
-                    6 => fused::<T, 6>(rp, a, sums, nch, sl, o),
-                    7 => fused::<T, 7>(rp, a, sums, nch, sl, o),
-                    _ => fused::<T, 8>(rp, a, sums, nch, sl, o),
+                    1 => fused::<T, 1>(rp, a, &sums_t, nch, o),
+                    2 => fused::<T, 2>(rp, a, &sums_t, nch, o),
+                    3 => fused::<T, 3>(rp, a, &sums_t, nch, o),
+                    4 => fused::<T, 4>(rp, a, &sums_t, nch, o),
+                    5 => fused::<T, 5>(rp, a, &sums_t, nch, o),
+                    6 => fused::<T, 6>(rp, a, &sums_t, nch, o),
+                    7 => fused::<T, 7>(rp, a, &sums_t, nch, o),
+                    _ => fused::<T, 8>(rp, a, &sums_t, nch, o),
                 }
                 for (t, &v) in o.iter().enumerate() {
                     out.put(r, t, v);
