@@ -188,13 +188,10 @@ impl CudaDevice {
             out.extend_from_slice(&self.download_f32(buf, n)?);
             return Ok(());
         }
-        buf.check(self, bytes as u64, "download")?;
         if n == 0 {
-            return Ok(());
+            return buf.check(self, 0, "download");
         }
-        self.inner.bind()?;
-        unsafe { sys::cuMemcpyDtoHAsync_v2(stage.ptr, buf.ptr, bytes, self.stream.raw).result() }
-            .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
+        self.copy_to_pinned(buf, bytes, stage)?;
         self.synchronize()?;
         // SAFETY: the copy above wrote `n` f32 values to the start of the stage, and it has
         // completed (the stream was synchronized).

@@ -497,10 +497,10 @@ impl CudaState {
     /// batcher allows it to a session generating alone: others' steps would take the row).
     /// A launch that fails leaves nothing ahead (the caller's next step meets the error).
     pub fn run_ahead(&mut self, token: u32, pos: usize) {
-        if !self.ahead_allowed || !lookahead_enabled() || self.graph.is_none() {
+        if !self.ahead_allowed || !lookahead_enabled() || self.taps.is_some() {
             return;
         }
-        if pos >= self.n_ctx || token as usize >= self.dims.vocab || self.taps.is_some() {
+        if pos >= self.n_ctx || token as usize >= self.dims.vocab {
             return;
         }
         let launched = (|| -> Result<bool> {
