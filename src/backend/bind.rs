@@ -158,14 +158,14 @@ impl State {
         tokens: &[u32],
         pos0: usize,
         mode: Logits,
-        forward: &mut dyn FnMut(&mut dyn Ops) -> Result<()>,
+        forward: &mut (dyn FnMut(&mut dyn Ops) -> Result<()> + Send),
         #[allow(unused_mut)] mut out: Out,
     ) -> Result<()> {
         let rows = if mode == Logits::All { tokens.len() } else { 1 };
         match self {
             State::Cpu(m, st) => {
                 let mut step = CpuStep::new(m, st, tokens, pos0)?;
-                forward(&mut step)?;
+                m.run_step(|| forward(&mut step))?;
                 let vocab = st.vocab();
                 match out {
                     Out::Nothing => {}
@@ -255,7 +255,7 @@ impl State {
         tokens: &[&[u32]],
         pos0: &[usize],
         scratch: &mut BatchScratch,
-        forward: &mut dyn FnMut(&mut dyn Ops) -> Result<()>,
+        forward: &mut (dyn FnMut(&mut dyn Ops) -> Result<()> + Send),
         outs: &mut [Out],
     ) -> Result<()> {
         let (Some(first), true) = (states.first(), states.len() == tokens.len()) else {
@@ -327,7 +327,7 @@ impl State {
             unreachable!("set above")
         };
         let mut step = CpuStep::batch(&model, &dims, w, None, seqs)?;
-        forward(&mut step)?;
+        model.run_step(|| forward(&mut step))?;
         drop(step);
         let vocab = dims.vocab;
         let logits = w.logits(outs.len(), vocab);

@@ -56,6 +56,14 @@ pub fn supported(ty: GgmlType) -> bool {
 }
 
 impl CpuModel {
+    /// Runs a whole forward step on one of the pool's threads: the step's products and
+    /// attention then split their work from inside the pool, where handing it out costs
+    /// no wake-up of the calling thread (each `install` from outside queues the work, wakes
+    /// a worker and puts the caller to sleep until it is done: hundreds of times a token).
+    pub fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(step)
+    }
+
     /// Bind the recipe's tensors. Touches every page of the weights once (so the first token
     /// is not slowed by page faults), reporting progress; `progress` returning false cancels.
     pub fn new(

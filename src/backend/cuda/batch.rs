@@ -72,7 +72,7 @@ impl CudaBatch {
         states: &mut [&mut CudaState],
         tokens: &[u32],
         pos: &[usize],
-        forward: &mut dyn FnMut(&mut dyn Ops) -> Result<()>,
+        forward: &mut (dyn FnMut(&mut dyn Ops) -> Result<()> + Send),
         outs: &mut [Out],
     ) -> Result<()> {
         let n = states.len();
