@@ -800,28 +800,28 @@ impl Ops for CpuStep<'_> {
             let end = row_pos[t] + 1;
             (shape.window.map_or(0, |w| end.saturating_sub(w)), end)
         };
+        // Tiles of rows times query heads of one KV head, each reading its keys and values
+        // once (`attn::heads`, whose outputs are bit for bit `attn::head`'s).
+        let mut tiles = Vec::new();
         if self.spans.iter().all(|s| s.rows == 1) {
-            // Decoding: one task per query head (the most parallel work for short rows).
-            self.m.pool.install(|| {
-                o[..n * q_dim].par_chunks_mut(hd).enumerate().for_each_init(
-                    Vec::new,
-                    |scores, (i, oh)| {
-                        let (t, h) = (i / shape.n_head, i % shape.n_head);
-                        let qh = &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                        let (lo, end) = range(t);
-                        let sink = sinks.map(|s| s[h]);
-                        let cache = &caches[row_seq[t]];
-                        let col = h / group * hd;
-                        cache.head(qh, col, lo, end - lo, shape.scale, sink, scores, oh);
-                    },
-                );
-            });
+            // Decoding: one row a tile; a KV head's query heads split further while there
+            // are fewer tiles than twice the threads.
+            let split = (2 * rayon::current_num_threads())
+                .div_ceil(n * shape.n_head_kv)
+                .clamp(1, group);
+            let heads_per_tile = group.div_ceil(split).min(attn::MAX_TILE);
+            for t in 0..n {
+                for g in 0..shape.n_head_kv {
+                    let (g0, g1) = (g * group, (g + 1) * group);
+                    for h0 in (g0..g1).step_by(heads_per_tile) {
+                        tiles.push((t, t + 1, h0, (h0 + heads_per_tile).min(g1)));
+                    }
+                }
+            }
         } else {
-            // A prompt chunk: tiles of rows times the query heads of one KV head, each tile
-            // reading its keys and values once (see `attn::heads`).
+            // A prompt chunk: as many rows a tile as fit beside the heads.
             let heads_per_tile = group.min(attn::MAX_TILE);
             let rows_per_tile = (attn::MAX_TILE / heads_per_tile).max(1);
-            let mut tiles = Vec::new();
             for sp in &self.spans {
                 for t0 in (sp.row0..sp.row0 + sp.rows).step_by(rows_per_tile) {
                     let t1 = (t0 + rows_per_tile).min(sp.row0 + sp.rows);
@@ -832,31 +832,31 @@ impl Ops for CpuStep<'_> {
                     }
                 }
             }
-            let out = SyncPtr(o.as_mut_ptr());
-            self.m.pool.install(|| {
-                tiles
-                    .into_par_iter()
-                    .for_each_init(Vec::new, |scores, (t0, t1, h0, h1)| {
-                        let mut tile = Vec::with_capacity(attn::MAX_TILE);
-                        for t in t0..t1 {
-                            let (lo, end) = range(t);
-                            for h in h0..h1 {
-                                tile.push(attn::Query {
-                                    q: &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd],
-                                    lo,
-                                    end,
-                                    sink: sinks.map(|s| s[h]),
-                                    // SAFETY: in bounds (t < n, h < n_head).
-                                    out: unsafe { out.get().add(t * q_dim + h * hd) },
-                                });
-                            }
-                        }
-                        let cache = &caches[row_seq[t0]];
-                        // SAFETY: each (row, head) output belongs to one tile.
-                        unsafe { cache.heads(&tile, h0 / group * hd, shape.scale, scores) };
-                    });
-            });
         }
+        let dst = SyncPtr(o.as_mut_ptr());
+        self.m.pool.install(|| {
+            tiles
+                .into_par_iter()
+                .for_each_init(Vec::new, |scores, (t0, t1, h0, h1)| {
+                    let mut tile = Vec::with_capacity(attn::MAX_TILE);
+                    for t in t0..t1 {
+                        let (lo, end) = range(t);
+                        for h in h0..h1 {
+                            tile.push(attn::Query {
+                                q: &qs[t * q_dim + h * hd..t * q_dim + (h + 1) * hd],
+                                lo,
+                                end,
+                                sink: sinks.map(|s| s[h]),
+                                // SAFETY: in bounds (t < n, h < n_head).
+                                out: unsafe { dst.get().add(t * q_dim + h * hd) },
+                            });
+                        }
+                    }
+                    let cache = &caches[row_seq[t0]];
+                    // SAFETY: each (row, head) output belongs to one tile.
+                    unsafe { cache.heads(&tile, h0 / group * hd, shape.scale, scores) };
+                });
+        });
         drop(caches);
         self.put(q, qs);
         self.put(out, o);
