@@ -7,12 +7,13 @@ cd "${BIN:-$(dirname "$0")}"
 log="${OUT:-/tmp}"
 presets="${*:-qwen2-0.5b qwen2-7b}"
 # The card's DRAM bandwidth (GB/s, the data sheets' figures) for each kernel's share of it.
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+case "$card" in
   *H200*) peak=4800 ;;
   *H100*HBM3*) peak=3350 ;;
   *) peak=0 ;;
 esac
-echo "card: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), peak ${peak} GB/s"
+echo "card: $card, peak ${peak} GB/s"
 for p in $presets; do
   [ -f "/tmp/$p.gguf" ] || ./llorch synth --preset "$p" --seed 1 -o "/tmp/$p.gguf" >/dev/null
   echo "== $p: decode kernels (ncu, 2 tokens at positions 0 and 1)"

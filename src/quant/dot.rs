@@ -275,6 +275,10 @@ pub struct Acts16 {
     /// 64-value chunks per column.
     nch: usize,
     sums: Vec<f32>,
+    /// `sums` by chunk for the decode kernel, made by the first product that needs them
+    /// after the columns are filled (tasks of several products share one input).
+    #[cfg(target_arch = "x86_64")]
+    sums_t: std::sync::OnceLock<Vec<f32>>,
     n: usize,
 }
 
@@ -323,6 +327,7 @@ impl Acts16 {
             use super::x86::wide::{AChunk, PChunk, FUSED_MAX};
             self.chunks.clear();
             self.pchunks.clear();
+            self.sums_t.take();
             if n <= FUSED_MAX {
                 self.chunks.resize(n * (k / 64), AChunk::default());
             } else {
@@ -358,6 +363,7 @@ impl Acts16 {
     /// Per column: (its chunk storage, its sums), to fill with [`quantize_column`].
     #[cfg(target_arch = "x86_64")]
     pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
+        self.sums_t.take();
         let n = self.n.max(1);
         let nch = self.nch;
         let sl = self.sums.len() / n;
@@ -455,10 +461,17 @@ pub unsafe fn wide_matmul_strided(
         assert_eq!(ty.bytes_for(nch as u64 * 64), Some(row_bytes as u64));
         assert!(n > 0 && data.len() >= rows * row_bytes);
         let o = super::x86::wide::Out { ptr: out, rs, cs };
+        let sums_t: &[f32] = if n <= super::x86::wide::FUSED_MAX {
+            acts.sums_t
+                .get_or_init(|| super::x86::wide::sums_by_chunk(&acts.sums, n, nch))
+        } else {
+            &[]
+        };
         let a = super::x86::wide::Acts {
             chunks: &acts.chunks,
             pchunks: &acts.pchunks,
             sums: &acts.sums,
+            sums_t,
             nch,
         };
         assert_eq!(

@@ -968,9 +968,9 @@ pub(crate) mod wide {
         let shl8 = shl8();
         let mut acc = [_mm512_setzero_ps(); C];
         // Offset terms: two chains per column (lanes 2c and 2c + 1: the chunk's two blocks),
-        // all columns in one vector FMA a chunk (`sums_t`: 16 sums a chunk, see `gemm_t`), as
-        // narrow as the columns allow (a 512-bit FMA costs one column more than two scalar
-        // ones; the lanes' arithmetic is the same at every width).
+        // all columns in one vector FMA a chunk (`sums_t`: see `sums_by_chunk`), as narrow as
+        // the columns allow (a 512-bit FMA costs one column more than two scalar ones; the
+        // lanes' arithmetic is the same at every width).
         let mut off4 = _mm_setzero_ps();
         let mut off8 = _mm256_setzero_ps();
         let mut off16 = _mm512_setzero_ps();
@@ -1204,31 +1204,22 @@ pub(crate) mod wide {
         let sums = acts.sums;
         let sl = sums.len() / n; // sums per column: 2 per chunk, zero-padded to 16s
         if n <= FUSED_MAX {
-            // The columns' block sums by chunk: 16 a chunk, column c's two at 2c, 2c + 1 (the
-            // lanes of the offset FMA in `fused`), zero past the columns.
-            let mut sums_t = vec![0f32; if has_off(T) { 16 * nch } else { 0 }];
-            if has_off(T) {
-                for k in 0..nch {
-                    for c in 0..n {
-                        sums_t[16 * k + 2 * c] = sums[c * sl + 2 * k];
-                        sums_t[16 * k + 2 * c + 1] = sums[c * sl + 2 * k + 1];
-                    }
-                }
-            }
+            let sums_t = acts.sums_t;
+            assert!(!has_off(T) || sums_t.len() == 16 * nch, "sums by chunk");
             for r in 0..rows {
                 let rp = data.as_ptr().add(r * row_bytes);
                 let mut o = [0f32; FUSED_MAX];
                 let o = &mut o[..n];
                 let a = acts.chunks;
                 match n {
-                    1 => fused::<T, 1>(rp, a, &sums_t, nch, o),
-                    2 => fused::<T, 2>(rp, a, &sums_t, nch, o),
-                    3 => fused::<T, 3>(rp, a, &sums_t, nch, o),
-                    4 => fused::<T, 4>(rp, a, &sums_t, nch, o),
-                    5 => fused::<T, 5>(rp, a, &sums_t, nch, o),
-                    6 => fused::<T, 6>(rp, a, &sums_t, nch, o),
-                    7 => fused::<T, 7>(rp, a, &sums_t, nch, o),
-                    _ => fused::<T, 8>(rp, a, &sums_t, nch, o),
+                    1 => fused::<T, 1>(rp, a, sums_t, nch, o),
+                    2 => fused::<T, 2>(rp, a, sums_t, nch, o),
+                    3 => fused::<T, 3>(rp, a, sums_t, nch, o),
+                    4 => fused::<T, 4>(rp, a, sums_t, nch, o),
+                    5 => fused::<T, 5>(rp, a, sums_t, nch, o),
+                    6 => fused::<T, 6>(rp, a, sums_t, nch, o),
+                    7 => fused::<T, 7>(rp, a, sums_t, nch, o),
+                    _ => fused::<T, 8>(rp, a, sums_t, nch, o),
                 }
                 for (t, &v) in o.iter().enumerate() {
                     out.put(r, t, v);
@@ -1330,7 +1321,24 @@ pub(crate) mod wide {
         pub chunks: &'a [AChunk],
         pub pchunks: &'a [PChunk],
         pub sums: &'a [f32],
+        /// The decode layout's sums by chunk ([`sums_by_chunk`]; n <= FUSED_MAX).
+        pub sums_t: &'a [f32],
         pub nch: usize,
+    }
+
+    /// `n` (<= FUSED_MAX) columns' block sums (`sl` per column, two per chunk) by chunk: 16
+    /// a chunk, column c's two at 2c, 2c + 1 (the lanes of the offset FMA in `fused`), zero
+    /// past the columns. Made once per quantized input, shared by every product and task.
+    pub(crate) fn sums_by_chunk(sums: &[f32], n: usize, nch: usize) -> Vec<f32> {
+        let sl = sums.len() / n.max(1);
+        let mut t = vec![0f32; 16 * nch];
+        for k in 0..nch {
+            for c in 0..n {
+                t[16 * k + 2 * c] = sums[c * sl + 2 * k];
+                t[16 * k + 2 * c + 1] = sums[c * sl + 2 * k + 1];
+            }
+        }
+        t
     }
 
     /// Whether `ty` has a wide kernel.
