@@ -813,16 +813,36 @@ mod tests {
     #[test]
     fn tiles_equal_heads_alone() {
         let mut s = 9u64;
-        let (hd, total, block) = (64, 90, 16);
+        // Head sizes of 4, 5, 6 and 8 slices of 16 and tiles of 1-16 queries: every way the
+        // value pass splits a head's slices and a tile's queries.
+        let cases = [
+            (12, None, None),
+            (16, Some(20), None),
+            (5, None, Some(0.4)),
+            (1, None, None),
+            (2, Some(7), None),
+            (3, None, None),
+        ];
+        for hd in [64, 80, 96, 128] {
+            tiles_equal_heads_case(&mut s, hd, &cases);
+        }
+    }
+
+    fn tiles_equal_heads_case(
+        s: &mut u64,
+        hd: usize,
+        cases: &[(usize, Option<usize>, Option<f32>)],
+    ) {
+        let (total, block) = (90, 16);
         let stride = 2 * hd;
-        let (kc, vc) = random_kv(&mut s, total * stride);
+        let (kc, vc) = random_kv(s, total * stride);
         let (kb, vb) = (blocks_of(&kc, block, stride), blocks_of(&vc, block, stride));
         let (ks, vs) = (slices(&kb), slices(&vb));
         let kv = whole(&ks, &vs, stride, block);
         let qs: Vec<Vec<f32>> = (0..MAX_TILE)
-            .map(|_| (0..hd).map(|_| rng(&mut s) * 2.0 - 1.0).collect())
+            .map(|_| (0..hd).map(|_| rng(s) * 2.0 - 1.0).collect())
             .collect();
-        for (n, window, sink) in [(12, None, None), (16, Some(20), None), (5, None, Some(0.4))] {
+        for &(n, window, sink) in cases {
             let mut got = vec![vec![0f32; hd]; n];
             let ranges: Vec<(usize, usize)> = (0..n)
                 .map(|i| {
@@ -857,7 +877,7 @@ mod tests {
                     &mut Vec::new(),
                     &mut want,
                 );
-                assert_eq!(*g, want, "query {i} of {n}");
+                assert_eq!(*g, want, "query {i} of {n}, head size {hd}");
             }
         }
     }
