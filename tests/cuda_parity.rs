@@ -675,6 +675,9 @@ fn parity_smollm2_135m_q4_1() {
 
 /// Too small a budget: load and session creation fail with OutOfMemory and the numbers,
 /// nothing stays allocated, and the same context then loads and generates within its budget.
+/// A session's KV cache grows with what its generations ask for: a generation that would
+/// outgrow the budget fails with OutOfMemory at its start, leaves the memory as it was, and
+/// a shorter one on the same session then runs.
 #[test]
 fn out_of_memory_then_recover() {
     let test = "out_of_memory_then_recover";
@@ -682,15 +685,28 @@ fn out_of_memory_then_recover() {
         return;
     };
     let file = TempFile(synth_file("smollm2-135m"));
-    // The weights' size on the GPU, from an unlimited context.
-    let weights = {
+    let long = SessionOptions {
+        n_ctx: 4096,
+        seed: 0,
+        ..Default::default()
+    };
+    // The weights' size on the GPU and a fresh 4,096-token session's, from an unlimited
+    // context.
+    let (weights, session) = {
         let m = Model::load(&probe, &file.0, None).expect("load");
         let w = probe.memory_report().unwrap().unwrap().weights;
-        drop(m);
+        let s = Session::new(m.clone(), long.clone()).expect("session");
+        let used = probe.memory_report().unwrap().unwrap().used;
+        drop((s, m));
         assert_eq!(probe.memory_report().unwrap().unwrap().used, 0, "freed");
-        w
+        (w, used - w)
     };
     drop(probe);
+    let prompt = [256, 300, 301, 302];
+    let params = |max_tokens| GenerateParams {
+        max_tokens,
+        ..Default::default()
+    };
 
     // 1. A budget below the weights.
     let small = gpu_context(test, weights / 2).unwrap();
@@ -705,58 +721,39 @@ fn out_of_memory_then_recover() {
     assert_eq!(small.memory_report().unwrap().unwrap().used, 0, "leak");
     drop(small);
 
-    // 2. Room for the weights and a small session, not a long one.
-    let ctx = gpu_context(test, weights + (32 << 20)).unwrap();
+    // 2. Room for the weights and a fresh session, not for the session's whole context.
+    let ctx = gpu_context(test, weights + session + (1 << 20)).unwrap();
     let m = Model::load(&ctx, &file.0, None).expect("load within budget");
-    let after_load = ctx.memory_report().unwrap().unwrap().used;
-    match Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 4096,
-            seed: 0,
-            ..Default::default()
-        },
-    ) {
-        Err(Error::OutOfMemory(msg)) => say(&format!("{test}: session: {msg}")),
+    let mut s = Session::new(m.clone(), long.clone()).expect("a session costs its first positions");
+    let before = ctx.memory_report().unwrap().unwrap().used;
+    match s.generate_tokens(&prompt, &params(4000), &mut |_, _| true) {
+        Err(Error::OutOfMemory(msg)) => say(&format!("{test}: generation: {msg}")),
         Err(e) => panic!("expected OutOfMemory, got {e}"),
-        Ok(_) => panic!("expected OutOfMemory for a 4096-token session"),
+        Ok(_) => panic!("expected OutOfMemory for a 4,000-token generation"),
     }
     assert_eq!(
         ctx.memory_report().unwrap().unwrap().used,
-        after_load,
-        "a failed session left buffers behind"
+        before,
+        "a cache that could not grow left buffers behind"
     );
 
-    // 3. The context still works.
-    let mut s = Session::new(
-        m.clone(),
-        SessionOptions {
-            n_ctx: 64,
-            seed: 0,
-            ..Default::default()
-        },
-    )
-    .expect("session");
-    let mut pieces = 0;
+    // 3. The same session still works within what it holds, and a second session does not
+    // fit beside it.
     let stats = s
-        .generate_tokens(
-            &[256, 300, 301, 302],
-            &GenerateParams {
-                max_tokens: 8,
-                ..Default::default()
-            },
-            &mut |_, _| {
-                pieces += 1;
-                true
-            },
-        )
+        .generate_tokens(&prompt, &params(8), &mut |_, _| true)
         .expect("generate");
+    match Session::new(m.clone(), long.clone()) {
+        Err(Error::OutOfMemory(msg)) => say(&format!("{test}: second session: {msg}")),
+        Err(e) => panic!("expected OutOfMemory, got {e}"),
+        Ok(_) => panic!("expected OutOfMemory for a second session"),
+    }
     let rep = ctx.memory_report().unwrap().unwrap();
     say(&format!(
         "{test}: generated {} tokens; GPU used {} (weights {}, KV {}, scratch {}) of budget {}",
         stats.generated_tokens, rep.used, rep.weights, rep.kv_cache, rep.scratch, rep.budget
     ));
     assert!(stats.generated_tokens >= 1);
+    assert_eq!(rep.used, before, "a failed session left buffers behind");
     drop(s);
     drop(m);
     assert_eq!(ctx.memory_report().unwrap().unwrap().used, 0, "all freed");
@@ -797,6 +794,50 @@ fn graph_replay_equals_direct_decode() {
         next = llorch::sampling::argmax(&a);
     }
     say(&format!("{test}: 40 decode steps bit-identical"));
+}
+
+/// A session's KV cache grows as its context fills (256 positions at first, then 512, 1024):
+/// each growth copies the cached rows into a larger cache and drops the captured decode
+/// graph. Logits of a 200-token prompt and 400 decode steps (growing at positions 256 and
+/// 512) are bit-identical to a session whose cache was grown to 768 before it began (by a
+/// generation's admission, then reset), which never copies: the copies lose nothing and the
+/// kernels do not depend on the capacity.
+#[test]
+fn kv_growth_changes_no_bit() {
+    let test = "kv_growth_changes_no_bit";
+    let Some((_file, mg, mut opts)) = small_qwen_on_gpu(test) else {
+        return;
+    };
+    opts.n_ctx = 1024;
+    let mut grown = Session::new(mg.clone(), opts.clone()).unwrap();
+    let mut whole = Session::new(mg.clone(), opts).unwrap();
+    // A generation that may write 700 positions sets them aside up front; reset keeps them.
+    let params = GenerateParams {
+        max_tokens: 700,
+        ..Default::default()
+    };
+    whole
+        .generate_tokens(&[300], &params, &mut |_, _| false)
+        .expect("generate");
+    whole.reset();
+    let prompt: Vec<u32> = (0..200).map(|i| 700 + 13 * i).collect();
+    let a = grown.eval(&prompt, Logits::Last).unwrap();
+    let b = whole.eval(&prompt, Logits::Last).unwrap();
+    assert_eq!(a, b, "prompt logits");
+    let mut next = llorch::sampling::argmax(&a);
+    for step in 0..400 {
+        let a = grown.eval(&[next], Logits::Last).unwrap();
+        let b = whole.eval(&[next], Logits::Last).unwrap();
+        assert!(
+            a == b,
+            "decode step {step} (position {}): grown vs whole",
+            200 + step
+        );
+        next = llorch::sampling::argmax(&a);
+    }
+    say(&format!(
+        "{test}: 200-token prompt and 400 decode steps bit-identical"
+    ));
 }
 
 /// Greedy generation picks each token on the GPU (`argmax_rows`, 4 bytes downloaded instead of

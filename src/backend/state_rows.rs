@@ -1,6 +1,6 @@
 //! A session state's KV rows as plain f32 data, whatever the device (what session
 //! save/restore and fork copy); and its KV blocks where the backend takes them from the
-//! model's pool (the CPU; a GPU state holds its whole cache and answers as if always grown).
+//! model's pool (the CPU; a GPU state's cache is one allocation per layer, grown whole).
 
 use super::kvpool::{Block, Grant};
 use super::{Dims, State};
@@ -52,12 +52,13 @@ impl State {
         }
     }
 
-    /// Make positions `start..end` writable: new blocks, copies of shared ones.
+    /// Make positions `start..end` writable: new blocks, copies of shared ones (the CPU); a
+    /// cache for at least `end` positions (a GPU's, which grows whole).
     pub fn kv_grow(&mut self, start: usize, end: usize, grant: Option<&mut Grant>) -> Result<()> {
         match self {
             State::Cpu(_, st) => st.kv_mut().grow(start, end, grant),
             #[cfg(feature = "cuda")]
-            State::Cuda(..) => Ok(()),
+            State::Cuda(_, st) => st.ensure_kv(end),
         }
     }
 

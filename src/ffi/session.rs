@@ -295,7 +295,10 @@ pub unsafe extern "C" fn llorch_generate_stats_init(stats: *mut llorch_generate_
 /// Creates a session on `model` with its own KV cache (`params` may be NULL for the defaults).
 /// The session holds a reference to the model: `llorch_model_free` may come first.
 /// The KV cache takes memory as the context fills, in blocks of the model's pool (see
-/// `LLORCH_ERR_BUSY`), not at creation.
+/// `LLORCH_ERR_BUSY`), not at creation. On a GPU the session holds a cache for its first
+/// 256 positions, grown (at least doubled, up to `n_ctx`) when a generation may write past
+/// it: at the generation's start, failing with `LLORCH_ERR_OUT_OF_MEMORY` (nothing
+/// generated, nothing lost) when the device's budget cannot hold the larger cache.
 /// Thread-safety: any thread; several sessions of one model may be created and used at once.
 #[no_mangle]
 pub unsafe extern "C" fn llorch_session_new(

@@ -53,6 +53,13 @@ impl Session {
             (st.paged(), st.taps_on(), st.batchable(), st.prefill_chunk())
         };
         if !paged {
+            // A GPU's cache grows now to what the generation may write, so that no step
+            // allocates (or runs out of memory) half-way.
+            let start = self.history.len();
+            let end = (start + self.pending.is_some() as usize + prompt.len())
+                .saturating_add(g.max_tokens as usize)
+                .min(self.n_ctx);
+            self.state.lock().kv_grow(start, end, None)?;
             return Ok(0);
         }
         g.cacheable = self.history.is_empty() && self.pending.is_none() && !taps && batchable;

@@ -92,13 +92,9 @@ impl CudaBatch {
         let rows = n.next_power_of_two().min(self.rows);
         // The table: per layer, each row's K and V cache and its length; padding rows use
         // the batch state's own one-position cache, at position 0.
-        for (st, &p) in states.iter().zip(pos) {
-            let (_, _, max_ctx) = st.kv_layer_ref(0);
-            if p >= max_ctx {
-                return Err(Error::ContextFull(format!(
-                    "position {p} beyond a cache of {max_ctx}"
-                )));
-            }
+        // (A session's cache grows here if a generation outran what it set aside.)
+        for (st, &p) in states.iter_mut().zip(pos) {
+            st.ensure_kv(p + 1)?;
         }
         let mut tab = Vec::with_capacity(dims.n_layer * self.rows * 3);
         for l in 0..dims.n_layer {

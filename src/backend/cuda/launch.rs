@@ -1237,6 +1237,37 @@ impl CudaDevice {
             .map_err(|e| drv("device-to-device copy", e))
     }
 
+    /// Copy `bytes` from byte offset `src_at` of `src` to `dst_at` of `dst` (two buffers), in
+    /// stream order with the kernels (no host wait).
+    pub fn copy_between(
+        &self,
+        src: &DeviceBuffer,
+        src_at: usize,
+        dst: &mut DeviceBuffer,
+        dst_at: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let fits = |buf: &DeviceBuffer, at: usize| {
+            at.checked_add(bytes).is_some_and(|e| e <= buf.len_bytes())
+        };
+        if !fits(src, src_at) || !fits(dst, dst_at) {
+            return Err(Error::InvalidArgument(format!(
+                "copy_between: {bytes} bytes from {src_at} of {} to {dst_at} of {} bytes",
+                src.len_bytes(),
+                dst.len_bytes()
+            )));
+        }
+        src.check(self, 0, "copy_between")?;
+        dst.check(self, 0, "copy_between")?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        let (s, d) = (src.ptr() + src_at as u64, dst.ptr() + dst_at as u64);
+        unsafe { result::memcpy_dtod_async(d, s, bytes, self.stream.raw) }
+            .map_err(|e| drv("device-to-device copy", e))
+    }
+
     /// y = rmsnorm(x) * w, row by row: `n_rows` rows of `n` f32.
     pub fn rmsnorm(
         &self,

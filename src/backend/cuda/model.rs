@@ -49,6 +49,11 @@ mod mixture;
 /// 6.69k, bench/RESULTS.md.)
 pub const MAX_STEP_TOKENS: usize = 512;
 
+/// Positions a session's KV cache holds when it opens (at most its context). It grows as
+/// generations ask for more ([`CudaState::ensure_kv`]), so a session costs the memory of
+/// the context it uses, not of the one it may use.
+pub const KV_FIRST_POSITIONS: usize = 256;
+
 /// Types the CUDA kernels multiply (and embed) in place.
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
@@ -243,7 +248,9 @@ pub struct CudaState {
     dev: CudaDevice,
     dims: Dims,
     n_ctx: usize,
+    /// Per layer, K and V for `kv_cap` positions (<= `n_ctx`; see `ensure_kv`).
     kv: Vec<KvCacheLayer>,
+    kv_cap: usize,
     slots: Vec<DeviceBuffer>,
     positions: DeviceBuffer,
     ids: DeviceBuffer,
@@ -341,9 +348,10 @@ impl CudaState {
     /// KV cache holds f32 values with `f32_kv`, else f16.
     pub fn with_kv(model: &CudaModel, dims: &Dims, n_ctx: usize, f32_kv: bool) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
+        let kv_cap = n_ctx.min(KV_FIRST_POSITIONS);
         let mut kv = Vec::with_capacity(dims.n_layer);
         for _ in 0..dims.n_layer {
-            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, n_ctx, f32_kv)?);
+            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, kv_cap, f32_kv)?);
         }
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
         // The two-pass prompt products need scratch only where steps of several tokens fit.
@@ -379,6 +387,7 @@ impl CudaState {
             dims: dims.clone(),
             n_ctx,
             kv,
+            kv_cap,
             slots: rows.slots,
             positions: rows.positions,
             ids: rows.ids,
@@ -413,6 +422,54 @@ impl CudaState {
     /// Swap the state's decode graph with `g` (a batch keeps one per batch size).
     pub(super) fn swap_graph(&mut self, g: &mut Option<DecodeGraph>) {
         std::mem::swap(&mut self.graph, g);
+    }
+
+    /// Positions the KV cache holds now (it grows up to the context: `ensure_kv`).
+    pub fn kv_capacity(&self) -> usize {
+        self.kv_cap
+    }
+
+    /// Make the KV cache hold positions `0..end` (`end` at most the context): every layer's
+    /// K and V reallocated for at least twice the positions (so a growing context copies each
+    /// position a bounded number of times), the old ones copied into their heads' rows. When
+    /// the larger caches do not fit, `Error::OutOfMemory` and nothing changed. The kernels
+    /// take the capacity only as the heads' stride, so results do not depend on it. A
+    /// captured decode graph holds the old addresses: it is dropped (captured again).
+    pub fn ensure_kv(&mut self, end: usize) -> Result<()> {
+        if end <= self.kv_cap {
+            return Ok(());
+        }
+        if end > self.n_ctx {
+            return Err(Error::ContextFull(format!(
+                "{end} positions do not fit the context of {}",
+                self.n_ctx
+            )));
+        }
+        let cap = end
+            .max(2 * self.kv_cap)
+            .next_multiple_of(KV_FIRST_POSITIONS)
+            .min(self.n_ctx);
+        let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
+        let mut grown = Vec::with_capacity(self.kv.len());
+        for old in &self.kv {
+            grown.push(self.dev.alloc_kv_layer(n_kv, hd, cap, old.f32)?);
+        }
+        for (old, new) in self.kv.iter().zip(grown.iter_mut()) {
+            let head = self.kv_cap * hd * old.elem_bytes();
+            let stride = cap * hd * old.elem_bytes();
+            for h in 0..n_kv {
+                self.dev
+                    .copy_between(&old.k, h * head, &mut new.k, h * stride, head)?;
+                self.dev
+                    .copy_between(&old.v, h * head, &mut new.v, h * stride, head)?;
+            }
+        }
+        // The copies read the old caches: done before those are freed.
+        self.dev.synchronize()?;
+        self.graph = None;
+        self.kv = grown;
+        self.kv_cap = cap;
+        Ok(())
     }
 
     /// Make room for steps of `rows` token rows now, so that later steps do not move the
@@ -500,7 +557,7 @@ impl CudaState {
         if !self.ahead_allowed || !lookahead_enabled() || self.taps.is_some() {
             return;
         }
-        if pos >= self.n_ctx || token as usize >= self.dims.vocab {
+        if pos >= self.kv_cap || token as usize >= self.dims.vocab {
             return;
         }
         let launched = (|| -> Result<bool> {
@@ -646,6 +703,7 @@ impl<'a> CudaStep<'a> {
                 st.dims.vocab
             )));
         }
+        st.ensure_kv(pos0 + n)?;
         if n > st.cap {
             // Free the old buffers first so that the budget sees only the new ones; a captured
             // graph points at them.

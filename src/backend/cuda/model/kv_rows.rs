@@ -12,6 +12,12 @@ impl CudaState {
     /// then `n` rows of V, `kv_dim` f32 values a row. Waits for the GPU.
     pub fn kv_rows(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
         self.check_rows(n)?;
+        if n > self.kv_cap {
+            return Err(Error::InvalidArgument(format!(
+                "{n} positions asked of a KV cache holding {}",
+                self.kv_cap
+            )));
+        }
         let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
         for layer in &self.kv {
             let eb = layer.elem_bytes();
@@ -23,7 +29,7 @@ impl CudaState {
                 for h in 0..n_kv {
                     // A head's first n positions are contiguous.
                     self.dev
-                        .download_at(cache, h * self.n_ctx * hd * eb, &mut head)?;
+                        .download_at(cache, h * self.kv_cap * hd * eb, &mut head)?;
                     for (p, src) in head.chunks_exact(hd * eb).enumerate() {
                         let dst = &mut rows[(p * n_kv + h) * hd..][..hd];
                         for (d, b) in dst.iter_mut().zip(src.chunks_exact(eb)) {
@@ -44,6 +50,7 @@ impl CudaState {
     /// [`kv_rows`](Self::kv_rows) writes them). Waits for the GPU.
     pub fn set_kv_rows(&mut self, n: usize, data: &[f32]) -> Result<()> {
         self.check_rows(n)?;
+        self.ensure_kv(n)?;
         let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
         let per = n * n_kv * hd;
         if data.len() != 2 * per * self.kv.len() {
@@ -70,7 +77,7 @@ impl CudaState {
                             }
                         }
                     }
-                    self.dev.write(cache, h * self.n_ctx * hd * eb, &head)?;
+                    self.dev.write(cache, h * self.kv_cap * hd * eb, &head)?;
                 }
             }
         }
