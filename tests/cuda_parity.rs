@@ -759,6 +759,75 @@ fn out_of_memory_then_recover() {
     assert_eq!(ctx.memory_report().unwrap().unwrap().used, 0, "all freed");
 }
 
+/// GPU sessions wait in the model's KV line as the CPU's do: with room for one grown cache
+/// but not two, a second session's generation that must grow its cache is busy at once when
+/// it asked not to wait, and when it waits it is served as soon as the first session (holding
+/// the memory) is dropped.
+#[test]
+fn gpu_cache_waits_in_line() {
+    let test = "gpu_cache_waits_in_line";
+    let Some(probe) = gpu_context(test, 0) else {
+        return;
+    };
+    let file = TempFile(synth_file("smollm2-135m"));
+    let opts = SessionOptions {
+        n_ctx: 1024,
+        seed: 0,
+        ..Default::default()
+    };
+    let prompt = [256, 300, 301, 302];
+    // A generation of up to 600 tokens grows a cache of 256 positions to 768.
+    let params = GenerateParams {
+        max_tokens: 600,
+        ..Default::default()
+    };
+    // The weights, a fresh session (its first cache) and the growth, measured on an
+    // unlimited context.
+    let (weights, fresh, first, growth) = {
+        let m = Model::load(&probe, &file.0, None).expect("load");
+        let mem = || probe.memory_report().unwrap().unwrap();
+        let w = mem().used;
+        let mut s = Session::new(m.clone(), opts.clone()).expect("session");
+        let (f, k) = (mem().used - w, mem().kv_cache);
+        s.generate_tokens(&prompt, &params, &mut |_, _| false)
+            .expect("generate");
+        let g = mem().used - w - f;
+        drop((s, m));
+        (w, f, k, g)
+    };
+    drop(probe);
+    assert!(growth > first + (1 << 20), "the cache grew");
+    // While a cache grows, its old and new caches are held at once.
+    let budget = weights + 2 * fresh + growth + first + (1 << 20);
+    let ctx = gpu_context(test, budget).unwrap();
+    let m = Model::load(&ctx, &file.0, None).expect("load");
+    let mut a = Session::new(m.clone(), opts.clone()).expect("first session");
+    let mut b = Session::new(m.clone(), opts.clone()).expect("second session");
+    a.generate_tokens(&prompt, &params, &mut |_, _| false)
+        .expect("the first session grows its cache");
+    b.set_fail_when_busy(true);
+    match b.generate_tokens(&prompt, &params, &mut |_, _| false) {
+        Err(Error::Busy(msg)) => say(&format!("{test}: busy: {msg}")),
+        Err(e) => panic!("expected Busy, got {e}"),
+        Ok(_) => panic!("expected Busy: two grown caches do not fit"),
+    }
+    b.set_fail_when_busy(false);
+    let waiter = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let r = b.generate_tokens(&prompt, &params, &mut |_, _| false);
+        (r.map(|st| st.generated_tokens), t.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(a);
+    let (r, waited) = waiter.join().unwrap();
+    let n = r.expect("served once the first session is dropped");
+    say(&format!(
+        "{test}: served after waiting {:.0} ms ({n} token)",
+        waited.as_secs_f64() * 1e3
+    ));
+    assert!(waited.as_millis() >= 90, "it waited for the memory");
+}
+
 /// A decode step replayed from the captured CUDA graph computes exactly what the same fused
 /// kernels compute when launched one by one (a session with taps on is never graphed): the
 /// logits of 40 decode steps after a 20-token prompt are bit-identical. Replays run at later

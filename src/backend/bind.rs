@@ -88,7 +88,8 @@ impl Weights {
 
     /// A session's state (KV cache of `kv` elements for `n_ctx` positions, activation
     /// buffers). On the CPU the cache starts empty and grows in blocks of the model's `pool`;
-    /// a GPU allocates its whole cache here, accounted by the device's memory manager.
+    /// a GPU's is one allocation per layer, for its first positions here, grown whole later
+    /// (accounted by the device's memory manager; `pool` is told when it is freed).
     pub fn new_state(
         &self,
         dims: &Dims,
@@ -96,23 +97,19 @@ impl Weights {
         kv: KvType,
         pool: &Arc<KvPool>,
     ) -> Result<State> {
-        #[cfg(feature = "cuda")]
-        let _ = pool;
         Ok(match self {
             Weights::Cpu(m) => State::Cpu(
                 m.clone(),
                 CpuState::new(dims, n_ctx, pool.clone(), kv.elem(Device::Cpu)),
             ),
             #[cfg(feature = "cuda")]
-            Weights::Cuda(m) => State::Cuda(
-                m.clone(),
-                super::cuda::CudaState::with_kv(
-                    m,
-                    dims,
-                    n_ctx,
-                    kv.elem(Device::Cuda(0)) == super::kvpool::Elem::F32,
-                )?,
-            ),
+            Weights::Cuda(m) => {
+                let f32 = kv.elem(Device::Cuda(0)) == super::kvpool::Elem::F32;
+                let mut st = super::cuda::CudaState::with_kv(m, dims, n_ctx, f32)?;
+                // Its cache is not the pool's blocks, but the pool's line waits for it.
+                st.wake_on_drop(pool.clone());
+                State::Cuda(m.clone(), st)
+            }
         })
     }
 }

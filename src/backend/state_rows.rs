@@ -62,6 +62,20 @@ impl State {
         }
     }
 
+    /// For a cache grown whole (a GPU's): why growing it to hold `end` positions could never
+    /// fit, even with no other session's cache beside it. None where it could, or the cache
+    /// is paged.
+    pub fn kv_never_fits(&self, end: usize) -> Option<String> {
+        match self {
+            State::Cpu(..) => {
+                let _ = end;
+                None
+            }
+            #[cfg(feature = "cuda")]
+            State::Cuda(_, st) => st.kv_never_fits(end),
+        }
+    }
+
     /// Give back the blocks past the first `n` positions.
     pub fn kv_truncate(&mut self, n: usize) {
         self.settle_ahead();

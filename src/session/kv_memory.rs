@@ -54,12 +54,21 @@ impl Session {
         };
         if !paged {
             // A GPU's cache grows now to what the generation may write, so that no step
-            // allocates (or runs out of memory) half-way.
+            // allocates (or runs out of memory) half-way; in the pool's line, so that when the
+            // memory is held by other sessions this waits (or is busy) as on the CPU.
             let start = self.history.len();
             let end = (start + self.pending.is_some() as usize + prompt.len())
                 .saturating_add(g.max_tokens as usize)
                 .min(self.n_ctx);
-            self.state.lock().kv_grow(start, end, None)?;
+            let state = &self.state;
+            let grant = self.model.kv_pool.admit_whole(
+                &format!("a KV cache of {end} positions"),
+                !self.fail_when_busy,
+                &self.cancel,
+                &mut || state.lock().kv_grow(start, end, None),
+                &|| state.lock().kv_never_fits(end),
+            )?;
+            g.grant = Some(grant);
             return Ok(0);
         }
         g.cacheable = self.history.is_empty() && self.pending.is_none() && !taps && batchable;

@@ -30,6 +30,7 @@ use super::launch::{
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::mmq::{mmq_enabled, mmq_min_rows, mmq_prompt};
 use super::moe::{expert_tables, moe_shape, MoeScratch, MoeShape};
+use crate::backend::kvpool::{KvPool, WakeOnDrop};
 use crate::backend::{
     unfused, Activation, AttnIn, AttnShape, Dims, Glu, Moe, Norm, NormIn, Ops, Projection, Rope,
     RopeStyle, Slot, Tap, WeightId, WeightTensor,
@@ -40,6 +41,7 @@ use crate::{Error, Result};
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 mod mixture;
 
@@ -290,6 +292,9 @@ pub struct CudaState {
     moe: Option<MoeScratch>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
+    /// The model's KV pool, told when this state's buffers are freed (its waiters for memory
+    /// look again). Last: fields drop in order, the buffers above first.
+    freed: Option<WakeOnDrop>,
 }
 
 /// The per-row buffers of a state for `cap` token rows.
@@ -408,6 +413,7 @@ impl CudaState {
             graph_ok: true,
             moe,
             taps: None,
+            freed: None,
         })
     }
 
@@ -429,6 +435,46 @@ impl CudaState {
         self.kv_cap
     }
 
+    /// Tell `pool` when this state's buffers are freed (dropped).
+    pub fn wake_on_drop(&mut self, pool: Arc<KvPool>) {
+        self.freed = Some(WakeOnDrop(pool));
+    }
+
+    /// The capacity [`ensure_kv`](Self::ensure_kv) grows to for `end` positions (`end` past
+    /// the capacity, at most the context).
+    fn grown_capacity(&self, end: usize) -> usize {
+        end.max(2 * self.kv_cap)
+            .next_multiple_of(KV_FIRST_POSITIONS)
+            .min(self.n_ctx)
+    }
+
+    /// Why growing the cache to hold `end` positions could never fit, even with no other
+    /// session's cache on the device: the old and the new cache are both held while the rows
+    /// are copied, beside the weights and every session's scratch. None when it could (or
+    /// needs no growth).
+    pub fn kv_never_fits(&self, end: usize) -> Option<String> {
+        if end <= self.kv_cap || end > self.n_ctx {
+            return None;
+        }
+        let f32 = self.kv.first().is_some_and(|c| c.f32);
+        let old = Self::kv_bytes(&self.dims, self.kv_cap, f32);
+        let new = Self::kv_bytes(&self.dims, self.grown_capacity(end), f32);
+        let m = self.dev.memory().ok()?;
+        let limit = if m.budget > 0 {
+            m.budget
+        } else {
+            m.device_total
+        };
+        let others = m.used.saturating_sub(m.kv_cache);
+        (others + old + new > limit).then(|| {
+            format!(
+                "a KV cache of {end} positions needs {new} bytes beside the {old} it replaces, \
+                 and the device's {} of {limit} bytes hold {others} of weights and scratch",
+                if m.budget > 0 { "budget" } else { "memory" }
+            )
+        })
+    }
+
     /// Make the KV cache hold positions `0..end` (`end` at most the context): every layer's
     /// K and V reallocated for at least twice the positions (so a growing context copies each
     /// position a bounded number of times), the old ones copied into their heads' rows. When
@@ -445,10 +491,7 @@ impl CudaState {
                 self.n_ctx
             )));
         }
-        let cap = end
-            .max(2 * self.kv_cap)
-            .next_multiple_of(KV_FIRST_POSITIONS)
-            .min(self.n_ctx);
+        let cap = self.grown_capacity(end);
         let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
         let mut grown = Vec::with_capacity(self.kv.len());
         for old in &self.kv {

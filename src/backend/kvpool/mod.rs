@@ -338,6 +338,75 @@ impl KvPool {
         let bytes = (blocks as u64)
             .checked_mul(sh.layout.bytes(elem))
             .ok_or_else(|| Error::OutOfMemory(format!("{blocks} KV blocks")))?;
+        let need = format!("the KV cache needs {bytes} bytes");
+        let never = || {
+            let budget = sh.ctx.options.memory_budget;
+            let others = sh
+                .ctx
+                .used_bytes()
+                .saturating_sub(sh.held.load(Ordering::SeqCst));
+            (bytes > budget.saturating_sub(others)).then(|| {
+                format!(
+                    "{need} and only {} of the context's budget of {budget} bytes are not held \
+                     by weights or other models",
+                    budget.saturating_sub(others)
+                )
+            })
+        };
+        let credit = self.line(
+            wait,
+            cancel,
+            &need,
+            &mut || self.reserve(bytes, blocks),
+            &never,
+        )?;
+        sh.held.fetch_add(bytes, Ordering::SeqCst);
+        Ok(Grant {
+            credit: Some(credit),
+            shared: sh.clone(),
+        })
+    }
+
+    /// [`admit`](Self::admit) for a cache that is not made of this pool's blocks (a GPU
+    /// session's: one allocation per layer, grown whole): in the same line, `grow` is tried
+    /// at its head, its `Error::OutOfMemory` meaning "not now", with `admit`'s answers for
+    /// when to wait and when to give up; `never` says why the cache could not fit even if no
+    /// other session held any (then `Error::OutOfMemory` at once). The grant holds no budget:
+    /// it counts a generation in flight until it drops. Whoever frees such memory calls
+    /// [`freed`](Self::freed), so that waiters look again.
+    pub fn admit_whole(
+        &self,
+        need: &str,
+        wait: bool,
+        cancel: &AtomicBool,
+        grow: &mut dyn FnMut() -> Result<()>,
+        never: &dyn Fn() -> Option<String>,
+    ) -> Result<Grant> {
+        self.line(wait, cancel, need, grow, never)?;
+        Ok(Grant {
+            credit: None,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Memory the waiters may want was freed outside this pool's blocks (a GPU session's
+    /// cache, see [`admit_whole`](Self::admit_whole)).
+    pub fn freed(&self) {
+        self.shared.moved();
+    }
+
+    /// Wait in line (first come, first served) until `attempt` succeeds at its head, counting
+    /// one more generation in flight; `attempt`'s `Error::OutOfMemory` is "not now" (see
+    /// [`refusal`](Self::refusal) for when the wait ends).
+    fn line<T>(
+        &self,
+        wait: bool,
+        cancel: &AtomicBool,
+        need: &str,
+        attempt: &mut dyn FnMut() -> Result<T>,
+        never: &dyn Fn() -> Option<String>,
+    ) -> Result<T> {
+        let sh = &self.shared;
         let mut adm = sh.admissions.lock();
         let ticket = adm.next_ticket;
         adm.next_ticket += 1;
@@ -346,13 +415,14 @@ impl KvPool {
         let mut moved_at = Instant::now();
         let result = loop {
             if adm.queue.front() == Some(&ticket) {
-                match self.reserve(bytes, blocks) {
+                match attempt() {
                     Ok(r) => {
                         adm.in_flight += 1;
                         break Ok(r);
                     }
                     Err(Error::OutOfMemory(why)) => {
-                        if let Some(e) = self.refusal(bytes, wait, adm.in_flight, moved_at, why) {
+                        let r = self.refusal(need, wait, adm.in_flight, moved_at, why, never);
+                        if let Some(e) = r {
                             break Err(e);
                         }
                     }
@@ -372,54 +442,43 @@ impl KvPool {
         drop(adm);
         // The next in line may go now (or fail as this one did).
         sh.wake.notify_all();
-        let credit = result?;
-        sh.held.fetch_add(bytes, Ordering::SeqCst);
-        Ok(Grant {
-            credit: Some(credit),
-            shared: sh.clone(),
-        })
+        result
     }
 
     /// Why a request at the head of the queue that does not fit now stops waiting, if it
     /// does.
     fn refusal(
         &self,
-        bytes: u64,
+        need: &str,
         wait: bool,
         in_flight: usize,
         moved_at: Instant,
         why: String,
+        never: &dyn Fn() -> Option<String>,
     ) -> Option<Error> {
-        let sh = &self.shared;
-        let budget = sh.ctx.options.memory_budget;
-        let others = sh
-            .ctx
-            .used_bytes()
-            .saturating_sub(sh.held.load(Ordering::SeqCst));
-        if bytes > budget.saturating_sub(others) {
-            return Some(Error::OutOfMemory(format!(
-                "the KV cache needs {bytes} bytes and only {} of the context's budget of \
-                 {budget} bytes are not held by weights or other models",
-                budget.saturating_sub(others)
-            )));
+        if let Some(msg) = never() {
+            return Some(Error::OutOfMemory(msg));
         }
-        let held = sh.held.load(Ordering::SeqCst);
+        let held = self.shared.held.load(Ordering::SeqCst);
+        let held = if held > 0 {
+            format!("the model's sessions hold {held} bytes")
+        } else {
+            "other sessions hold the memory".to_string()
+        };
         if !wait {
             return Some(Error::Busy(format!(
-                "the KV cache needs {bytes} bytes; the model's sessions hold {held} ({why}), \
-                 and the session asked not to wait"
+                "{need}; {held} ({why}), and the session asked not to wait"
             )));
         }
         if in_flight == 0 && moved_at.elapsed() > IDLE_GRACE {
             return Some(Error::Busy(format!(
-                "the KV cache needs {bytes} bytes; idle sessions of the model hold {held} and \
-                 no generation in flight will free any: free, reset or rewind a session"
+                "{need}; idle sessions of the model hold the memory and no generation in \
+                 flight will free any: free, reset or rewind a session"
             )));
         }
         if moved_at.elapsed() > MAX_STALL {
             return Some(Error::Busy(format!(
-                "the KV cache needs {bytes} bytes; nothing was freed for {} s (a generation \
-                 in flight is not being read)",
+                "{need}; nothing was freed for {} s (a generation in flight is not being read)",
                 MAX_STALL.as_secs()
             )));
         }
@@ -518,6 +577,16 @@ impl KvPool {
             .lock()
             .register(tokens, self.shared.layout.block, blocks);
         drop(evicted);
+    }
+}
+
+/// Wakes a pool's waiters when dropped: held as the last field of a state whose memory is not
+/// the pool's blocks (a GPU session's cache), so that it drops after that memory is freed.
+pub struct WakeOnDrop(pub Arc<KvPool>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.freed();
     }
 }
 
