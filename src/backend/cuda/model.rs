@@ -51,9 +51,9 @@ mod mixture;
 /// 6.69k, bench/RESULTS.md.)
 pub const MAX_STEP_TOKENS: usize = 512;
 
-/// Positions a session's KV cache holds when it opens (at most its context). It grows as
-/// generations ask for more ([`CudaState::ensure_kv`]), so a session costs the memory of
-/// the context it uses, not of the one it may use.
+/// Positions a session's KV cache holds when it opens (at most its context), where caches
+/// grow (`set_kv_growth`). It grows as generations ask for more ([`CudaState::ensure_kv`]),
+/// so a session costs the memory of the context it uses, not of the one it may use.
 pub const KV_FIRST_POSITIONS: usize = 256;
 
 /// Types the CUDA kernels multiply (and embed) in place.
@@ -353,7 +353,11 @@ impl CudaState {
     /// KV cache holds f32 values with `f32_kv`, else f16.
     pub fn with_kv(model: &CudaModel, dims: &Dims, n_ctx: usize, f32_kv: bool) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
-        let kv_cap = n_ctx.min(KV_FIRST_POSITIONS);
+        let kv_cap = if kv_growth_enabled() {
+            n_ctx.min(KV_FIRST_POSITIONS)
+        } else {
+            n_ctx
+        };
         let mut kv = Vec::with_capacity(dims.n_layer);
         for _ in 0..dims.n_layer {
             kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, kv_cap, f32_kv)?);
@@ -690,6 +694,30 @@ const UNSET: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
 static LOOKAHEAD: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether a session's cache starts at `KV_FIRST_POSITIONS` and grows (`ensure_kv`) rather
+/// than holding its whole context from the start: off unless `LLORCH_CUDA_KV_GROW=1` or
+/// [`set_kv_growth`] turned it on. Off by default until it has run on a GPU (written in
+/// session 15, which got no device time): the tests that check it turn it on.
+fn kv_growth_enabled() -> bool {
+    match KV_GROWTH.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let on = std::env::var("LLORCH_CUDA_KV_GROW").is_ok_and(|v| v == "1");
+            KV_GROWTH.store(if on { ON } else { OFF }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+static KV_GROWTH: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Turn growing caches on or off for the process (overrides `LLORCH_CUDA_KV_GROW`; sessions
+/// made afterwards take it).
+pub fn set_kv_growth(on: bool) {
+    KV_GROWTH.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
 
 /// Turn greedy decoding one step ahead on or off for the process (overrides
 /// `LLORCH_CUDA_LOOKAHEAD`; sessions already running take it at their next step).
