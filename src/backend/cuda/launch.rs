@@ -371,14 +371,27 @@ pub fn skinny_max() -> usize {
     })
 }
 
-/// Whether the skinny products run fused (`skinny_fused_n*`: q/k/v, gate/up and the residual
-/// products in one launch each, an input converted to f16 once for the products that share
-/// it): `LLORCH_CUDA_SKINNY_FUSED=1`. Off by default: its one GPU run (session 12) crashed on
-/// swapped kernel parameters (fixed after, not yet rerun); the unfused skinny products, one
-/// launch per matrix, are the measured and verified default.
-pub fn skinny_fused() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_SKINNY_FUSED").is_ok_and(|v| v == "1"))
+/// Most rows of a step whose skinny products run fused by default.
+pub const SKINNY_FUSED_MAX_ROWS: usize = 8;
+
+/// Whether a step of `n` rows runs its skinny products fused (`skinny_fused_n*`: q/k/v,
+/// gate/up and the residual products in one launch each, an input converted to f16 once for
+/// the products that share it): up to [`SKINNY_FUSED_MAX_ROWS`] rows, where it was measured
+/// faster; more rows take the unfused products, one launch per matrix, which were faster
+/// there. H100, synthetic shapes, `--parallel` aggregate tok/s fused / unfused (session 15):
+/// 0.5B 4,323 / 3,662 at 8, 10,177 / 11,072 at 32, 18,838 / 20,557 at 128; 7B 1,221 / 1,087
+/// at 8, 3,689 / 3,685 at 32, 5,709 / 6,442 at 128. `LLORCH_CUDA_SKINNY_FUSED=1`: fused at
+/// every size; `0`: never.
+pub fn skinny_fused(n: usize) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let mode = MODE.get_or_init(
+        || match std::env::var("LLORCH_CUDA_SKINNY_FUSED").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => None,
+        },
+    );
+    mode.unwrap_or(n <= SKINNY_FUSED_MAX_ROWS)
 }
 
 /// `dequant_f16_<type>`, `f32_to_f16` and every tile of kernels/gemm_f16.cu.
