@@ -295,12 +295,11 @@ pub unsafe extern "C" fn llorch_generate_stats_init(stats: *mut llorch_generate_
 /// Creates a session on `model` with its own KV cache (`params` may be NULL for the defaults).
 /// The session holds a reference to the model: `llorch_model_free` may come first.
 /// The KV cache takes memory as the context fills, in blocks of the model's pool (see
-/// `LLORCH_ERR_BUSY`), not at creation. On a GPU the session holds its whole cache from
-/// creation; with `LLORCH_CUDA_KV_GROW=1` in the environment (off until it has run on a GPU)
-/// it holds its first 256 positions, grown (at least doubled, up to `n_ctx`) when a
-/// generation may write past them: at the generation's start, waiting for memory held by
-/// other sessions as above, or failing with `LLORCH_ERR_OUT_OF_MEMORY` (nothing generated,
-/// nothing lost) when the device cannot hold the larger cache even alone.
+/// `LLORCH_ERR_BUSY`), not at creation. On a GPU the session holds a cache for its first 256
+/// positions, grown (at least doubled, up to `n_ctx`) when a generation may write past
+/// them: at the generation's start, waiting for memory held by other sessions as above, or
+/// failing with `LLORCH_ERR_OUT_OF_MEMORY` (nothing generated, nothing lost) when the device
+/// cannot hold the larger cache even alone.
 /// Thread-safety: any thread; several sessions of one model may be created and used at once.
 #[no_mangle]
 pub unsafe extern "C" fn llorch_session_new(
