@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs ON the device machine, binaries of scripts/device-build.sh unpacked in /tmp/d: the
-# checks that decide the two GPU defaults still off and the growing KV caches, for a call with only a few minutes (the
+# checks behind three GPU defaults (the greedy step ahead, fused skinny products up to 8
+# rows, growing KV caches; all on since session 15), for a call with only a few minutes (the
 # full set is scripts/device-final.sh). The greedy step ahead: its parity test, then tg128
 # with and without it; the fused skinny products: cuda_batch with them, then --parallel
 # 1,8,128 with and without. Logs under $OUT.

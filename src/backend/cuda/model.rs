@@ -679,12 +679,25 @@ const AHEAD_ID: usize = 2;
 /// [`set_lookahead`] turned it off. H100, 0.5B shape, tg128 greedy 1,173.6 -> 1,188.4 tok/s
 /// (session 15; test `greedy_ahead_equals_row_by_row`).
 fn lookahead_enabled() -> bool {
-    match LOOKAHEAD.load(Ordering::Relaxed) {
+    switch(&LOOKAHEAD, "LLORCH_CUDA_LOOKAHEAD")
+}
+
+/// Whether a session's cache starts at `KV_FIRST_POSITIONS` and grows (`ensure_kv`) rather
+/// than holding its whole context from the start: on unless `LLORCH_CUDA_KV_GROW=0` or
+/// [`set_kv_growth`] turned it off.
+fn kv_growth_enabled() -> bool {
+    switch(&KV_GROWTH, "LLORCH_CUDA_KV_GROW")
+}
+
+/// A process-wide switch, on by default: as set (`set_*`), else off where the environment
+/// variable `var` is "0" (read once: these are asked every step).
+fn switch(state: &AtomicU8, var: &str) -> bool {
+    match state.load(Ordering::Relaxed) {
         ON => true,
         OFF => false,
         _ => {
-            let on = std::env::var("LLORCH_CUDA_LOOKAHEAD").map_or(true, |v| v != "0");
-            LOOKAHEAD.store(if on { ON } else { OFF }, Ordering::Relaxed);
+            let on = std::env::var(var).map_or(true, |v| v != "0");
+            state.store(if on { ON } else { OFF }, Ordering::Relaxed);
             on
         }
     }
@@ -694,22 +707,6 @@ const UNSET: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
 static LOOKAHEAD: AtomicU8 = AtomicU8::new(UNSET);
-
-/// Whether a session's cache starts at `KV_FIRST_POSITIONS` and grows (`ensure_kv`) rather
-/// than holding its whole context from the start: on unless `LLORCH_CUDA_KV_GROW=0` or
-/// [`set_kv_growth`] turned it off.
-fn kv_growth_enabled() -> bool {
-    match KV_GROWTH.load(Ordering::Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => {
-            let on = std::env::var("LLORCH_CUDA_KV_GROW").map_or(true, |v| v != "0");
-            KV_GROWTH.store(if on { ON } else { OFF }, Ordering::Relaxed);
-            on
-        }
-    }
-}
-
 static KV_GROWTH: AtomicU8 = AtomicU8::new(UNSET);
 
 /// Turn growing caches on or off for the process (overrides `LLORCH_CUDA_KV_GROW`; sessions
