@@ -138,7 +138,12 @@ fn main() {
         // The wide kernels (16-bit activations): decode (1 column) and prompt (64 columns).
         if wide_supported(ty, cols) {
             let mrows = rows.min(8192);
-            for n in [1usize, 8, 64] {
+            // LLORCH_BENCH_WIDE_N=8 (etc.) measures one column count only.
+            let ns: Vec<usize> = match std::env::var("LLORCH_BENCH_WIDE_N") {
+                Ok(v) => v.split(',').filter_map(|n| n.parse().ok()).collect(),
+                Err(_) => vec![1, 8, 64],
+            };
+            for n in ns {
                 let x: Vec<f32> = (0..cols * n)
                     .map(|_| (rng(&mut seed) >> 40) as f32 / 8e6 - 1.0)
                     .collect();

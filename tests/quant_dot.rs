@@ -793,20 +793,20 @@ fn mxfp4_golden_blocks_wide() {
     }
 }
 
-/// Column invariance of the wide kernels, which batched decoding relies on
-/// (`quant::WIDE_INVARIANT_COLS`): column t of a product of up to that many columns equals
-/// the same column alone, bit for bit, for every type.
+/// Column invariance of the wide kernels, which batched decoding and the prefix cache rely
+/// on (`quant::WIDE_INVARIANT_COLS`): column t of a product of up to that many columns (here
+/// up to 20: the decode kernel's counts and the prompt tile's beyond) equals the same column
+/// alone, bit for bit, for every type, on rows with a last half chunk (k = 1088) too.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn wide_columns_are_batch_invariant() {
     use llorch::quant::{wide_matmul, wide_supported, WIDE_INVARIANT_COLS};
-    let k = 1024;
     let mut rng = Rng(0xBA7C);
-    if !wide_supported(GgmlType::Q8_0, k) {
+    if !wide_supported(GgmlType::Q8_0, 1024) {
         eprintln!("no AVX-512 VNNI: skipped");
         return;
     }
-    for ty in DOT_TYPES {
+    for (ty, k) in DOT_TYPES.into_iter().flat_map(|t| [(t, 1024), (t, 1088)]) {
         if !wide_supported(ty, k) {
             continue;
         }
@@ -815,7 +815,9 @@ fn wide_columns_are_batch_invariant() {
             .flat_map(|_| random_row(ty, k, &mut rng))
             .collect();
         let rb = w.len() / rows;
-        let most = WIDE_INVARIANT_COLS;
+        // WIDE_INVARIANT_COLS is every count here; 20 covers both kernels.
+        assert_eq!(WIDE_INVARIANT_COLS, usize::MAX);
+        let most = 20;
         let x: Vec<f32> = (0..most * k).map(|_| rng.unit()).collect();
         let product = |x: &[f32], n: usize| {
             let mut o = vec![0f32; rows * n];

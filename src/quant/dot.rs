@@ -266,30 +266,24 @@ pub fn vec_dot_f32_at(level: SimdLevel, ty: GgmlType, row: &[u8], x: &[f32]) -> 
 /// 8-bit passes (value + residual), at the cost of one.
 #[derive(Default)]
 pub struct Acts16 {
-    /// Decode layout (n <= FUSED_MAX columns) ...
-    #[cfg(target_arch = "x86_64")]
-    chunks: Vec<super::x86::wide::AChunk>,
-    /// ... or prompt layout (more columns).
+    /// The columns' values, 128 a chunk ([`super::x86::wide::PChunk`]).
     #[cfg(target_arch = "x86_64")]
     pchunks: Vec<super::x86::wide::PChunk>,
     /// 64-value chunks per column.
     nch: usize,
     sums: Vec<f32>,
-    /// `sums` by chunk for the decode kernel, made by the first product that needs them
-    /// after the columns are filled (tasks of several products share one input).
-    #[cfg(target_arch = "x86_64")]
-    sums_t: std::sync::OnceLock<Vec<f32>>,
     n: usize,
 }
 
-/// Columns the wide kernels compute one by one with the same arithmetic as a single column
-/// (the decode kernel): column t of a product of at most this many columns equals, bit for
-/// bit, the product of column t alone. Batched decoding groups its sequences by this many so
-/// that a sequence's output does not depend on what else is in the batch.
+/// Columns up to which a product computes each column with the same arithmetic as alone:
+/// column t of such a product equals, bit for bit, the product of column t alone. Batched
+/// decoding groups its sequences by this many so that a sequence's output does not depend
+/// on what else is in the batch. The wide kernels compute every column alike whatever the
+/// count (`usize::MAX`); elsewhere one.
 pub const WIDE_INVARIANT_COLS: usize = {
     #[cfg(target_arch = "x86_64")]
     {
-        super::x86::wide::FUSED_MAX
+        usize::MAX
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -324,16 +318,10 @@ impl Acts16 {
     pub fn reset(&mut self, k: usize, n: usize) {
         #[cfg(target_arch = "x86_64")]
         {
-            use super::x86::wide::{AChunk, PChunk, FUSED_MAX};
-            self.chunks.clear();
+            use super::x86::wide::PChunk;
             self.pchunks.clear();
-            self.sums_t.take();
-            if n <= FUSED_MAX {
-                self.chunks.resize(n * (k / 64), AChunk::default());
-            } else {
-                self.pchunks
-                    .resize(n * (k / 64).div_ceil(2), PChunk::default());
-            }
+            self.pchunks
+                .resize(n * (k / 64).div_ceil(2), PChunk::default());
         }
         self.nch = k / 64;
         // Sums per column padded to a multiple of 16 (zeros), for whole-vector loads.
@@ -363,30 +351,16 @@ impl Acts16 {
     /// Per column: (its chunk storage, its sums), to fill with [`quantize_column`].
     #[cfg(target_arch = "x86_64")]
     pub fn parts_mut(&mut self) -> impl Iterator<Item = Acts16Col<'_>> {
-        self.sums_t.take();
         let n = self.n.max(1);
         let nch = self.nch;
         let sl = self.sums.len() / n;
-        // One of the two layouts is empty; its side yields empty slices.
-        let cl = self.chunks.len() / n;
         let pl = self.pchunks.len() / n;
-        let chunks = self
-            .chunks
-            .chunks_mut(cl.max(1))
-            .map(Some)
-            .chain(std::iter::repeat_with(|| None));
-        let pchunks = self
-            .pchunks
-            .chunks_mut(pl.max(1))
-            .map(Some)
-            .chain(std::iter::repeat_with(|| None));
         self.sums
             .chunks_mut(sl.max(1))
-            .zip(chunks.zip(pchunks))
+            .zip(self.pchunks.chunks_mut(pl.max(1)))
             .take(n)
-            .map(move |(sums, (chunks, pchunks))| Acts16Col {
-                chunks: chunks.unwrap_or_default(),
-                pchunks: pchunks.unwrap_or_default(),
+            .map(move |(sums, pchunks)| Acts16Col {
+                pchunks,
                 sums: &mut sums[..2 * nch],
             })
     }
@@ -394,8 +368,6 @@ impl Acts16 {
 
 /// One column of [`Acts16`] being filled.
 pub struct Acts16Col<'a> {
-    #[cfg(target_arch = "x86_64")]
-    chunks: &'a mut [super::x86::wide::AChunk],
     #[cfg(target_arch = "x86_64")]
     pchunks: &'a mut [super::x86::wide::PChunk],
     sums: &'a mut [f32],
@@ -410,14 +382,10 @@ pub fn quantize_column(x: &[f32], col: Acts16Col<'_>) {
         "wide kernels need AVX-512"
     );
     #[cfg(target_arch = "x86_64")]
-    if col.pchunks.is_empty() {
-        assert_eq!(x.len(), col.chunks.len() * 64, "column length");
-        // SAFETY: AVX-512 level in use (checked above); sizes match.
-        unsafe { super::x86::wide::quantize(x, col.chunks, col.sums) }
-    } else {
+    {
         assert_eq!(x.len().div_ceil(128), col.pchunks.len(), "column length");
-        // SAFETY: as above.
-        unsafe { super::x86::wide::quantize_tile(x, col.pchunks, col.sums) }
+        // SAFETY: AVX-512 level in use (checked above); sizes match.
+        unsafe { super::x86::wide::quantize(x, col.pchunks, col.sums) }
     }
 }
 
@@ -461,27 +429,12 @@ pub unsafe fn wide_matmul_strided(
         assert_eq!(ty.bytes_for(nch as u64 * 64), Some(row_bytes as u64));
         assert!(n > 0 && data.len() >= rows * row_bytes);
         let o = super::x86::wide::Out { ptr: out, rs, cs };
-        let sums_t: &[f32] = if n <= super::x86::wide::FUSED_MAX {
-            acts.sums_t
-                .get_or_init(|| super::x86::wide::sums_by_chunk(&acts.sums, n, nch))
-        } else {
-            &[]
-        };
         let a = super::x86::wide::Acts {
-            chunks: &acts.chunks,
             pchunks: &acts.pchunks,
             sums: &acts.sums,
-            sums_t,
             nch,
         };
-        assert_eq!(
-            a.chunks.len() + a.pchunks.len(),
-            n * if n <= super::x86::wide::FUSED_MAX {
-                nch
-            } else {
-                nch.div_ceil(2)
-            }
-        );
+        assert_eq!(a.pchunks.len(), n * nch.div_ceil(2));
         // SAFETY: features and type checked by wide_supported; sizes checked above; the
         // caller vouches for `out`.
         unsafe { super::x86::wide::gemm(ty, data, row_bytes, &a, n, rows, o) }

@@ -542,18 +542,16 @@ pub(crate) unsafe fn dot_f32(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
-/// AVX-512 VNNI kernels on 16-bit activations, two 32-value blocks (one 64-byte chunk) per
-/// instruction, several rows and columns per pass.
+/// AVX-512 VNNI kernels on 16-bit activations, several rows and columns per pass.
 ///
 /// Activations: per 32-value block, Y = round(x/d) with d = max|x|/32767 (error <= d/2, the
-/// same as or below two 8-bit passes' d_hi/508), stored as two byte planes: hi = (Y >> 8) + 128
-/// (unsigned) and lo = Y & 255, so Y = 256*(hi - 128) + lo exactly. Weights are decoded to
-/// centred signed bytes w. Per 4-value lane, vpdpbusd (u8 × i8) gives
-///   t = ((-128·Σw + Σ hi·w) << 8) + Σ lo·w = Σ Y·w
-/// exactly in i32 (|Σ (hi-128)·w| <= 4·128·128, shifted: < 2^24). The `-128·Σw` start value
-/// depends only on the weights, so it is made once per weight chunk, not per column. Each
-/// lane is then scaled by d_w × d_a of its block in f32 (lanes 0..8: first block, 8..16:
-/// second; Q6_K: 4 lanes per 16-value scale).
+/// same as or below two 8-bit passes' d_hi/508), laid out so that one vpdpwssd covers four
+/// blocks (see [`wide::PChunk`]). Weights are decoded to centred signed values and widened
+/// to i16 in the same layout; each 32-bit lane sums 8 products of one block exactly in i32
+/// (|Σ| <= 8·32767·4096 < 2^31) and is scaled by d_w × d_a of its block in f32 once per 128
+/// values. Every column count computes each column with the same operations in the same
+/// order (the decode kernel for a few columns, the tile for more): column t of a product
+/// equals, bit for bit, column t alone, and a prompt row equals the same row decoded.
 pub(crate) mod wide {
     // Kernel loops index several per-row/per-column arrays with the same counters.
     #![allow(
@@ -564,67 +562,7 @@ pub(crate) mod wide {
     use super::super::GgmlType;
     use std::arch::x86_64::*;
 
-    /// 64 activations (two blocks) at 16 bits, split into byte planes; `d` is each block's
-    /// scale repeated over its 8 lanes.
-    #[repr(C, align(64))]
-    #[derive(Clone, Copy)]
-    pub(crate) struct AChunk {
-        pub hi: [u8; 64],
-        pub lo: [u8; 64],
-        pub d: [f32; 16],
-    }
-    impl Default for AChunk {
-        fn default() -> Self {
-            AChunk {
-                hi: [128; 64],
-                lo: [0; 64],
-                d: [0.0; 16],
-            }
-        }
-    }
-
-    /// Quantizes one column of `64*out.len()` values; `sums[b]` = d_b·ΣY over block b (the
-    /// activation sum the weight offsets multiply).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(crate) unsafe fn quantize(x: &[f32], out: &mut [AChunk], sums: &mut [f32]) {
-        debug_assert!(x.len() == out.len() * 64 && sums.len() == out.len() * 2);
-        let lim = _mm512_set1_epi32(32767);
-        let nlim = _mm512_set1_epi32(-32767);
-        let k128 = _mm512_set1_epi32(128);
-        for (ci, ch) in out.iter_mut().enumerate() {
-            for b in 0..2 {
-                let p = x.as_ptr().add(ci * 64 + b * 32);
-                let v0 = _mm512_loadu_ps(p);
-                let v1 = _mm512_loadu_ps(p.add(16));
-                let amax =
-                    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-                let d = amax / 32767.0;
-                let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-                let mut ysum = _mm512_setzero_si512();
-                for (h, v) in [v0, v1].into_iter().enumerate() {
-                    // |v/d| <= 32767 up to one rounding; the clamp also catches NaN's
-                    // integer indefinite value.
-                    let y = _mm512_cvtps_epi32(_mm512_mul_ps(v, id));
-                    let y = _mm512_max_epi32(_mm512_min_epi32(y, lim), nlim);
-                    ysum = _mm512_add_epi32(ysum, y);
-                    let hi = _mm512_add_epi32(_mm512_srai_epi32(y, 8), k128);
-                    let at = b * 32 + h * 16;
-                    _mm_storeu_si128(
-                        ch.hi.as_mut_ptr().add(at) as *mut __m128i,
-                        _mm512_cvtepi32_epi8(hi),
-                    );
-                    _mm_storeu_si128(
-                        ch.lo.as_mut_ptr().add(at) as *mut __m128i,
-                        _mm512_cvtepi32_epi8(y),
-                    );
-                }
-                ch.d[b * 8..b * 8 + 8].fill(d);
-                sums[ci * 2 + b] = d * _mm512_reduce_add_epi32(ysum) as f32;
-            }
-        }
-    }
-
-    /// 128 activations (four blocks) at 16 bits for the prompt tile, laid out for vpdpwssd:
+    /// 128 activations (four blocks) at 16 bits, laid out for vpdpwssd:
     /// vector m (0..4) holds in its 128-bit lane b the values 8m..8m+8 of block b, so every
     /// 32-bit lane of the product sums stays within one block across the four vectors and
     /// one float scale per lane serves 128 values. `d`: block b's scale on lanes 4b..4b+4.
@@ -643,10 +581,11 @@ pub(crate) mod wide {
         }
     }
 
-    /// [`quantize`] into the prompt layout: `x.len()` = 64·`sums.len()`/2, `out` holds
-    /// x.len()/128 chunks rounded up (a last half chunk keeps zeros in blocks 2 and 3).
+    /// Quantizes one column of `x.len()` = 64·`sums.len()`/2 values; `out` holds x.len()/128
+    /// chunks rounded up (a last half chunk keeps zeros in blocks 2 and 3); `sums[b]` =
+    /// d_b·ΣY over block b (the activation sum the weight offsets multiply).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(crate) unsafe fn quantize_tile(x: &[f32], out: &mut [PChunk], sums: &mut [f32]) {
+    pub(crate) unsafe fn quantize(x: &[f32], out: &mut [PChunk], sums: &mut [f32]) {
         let nb = x.len() / 32;
         debug_assert!(x.len() % 64 == 0 && out.len() == nb.div_ceil(4) && sums.len() == nb);
         let lim = _mm512_set1_epi32(32767);
@@ -664,7 +603,8 @@ pub(crate) mod wide {
             let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
             let mut ysum = _mm512_setzero_si512();
             for (h, v) in [v0, v1].into_iter().enumerate() {
-                // As in `quantize`: the clamp only guards rounding and NaN.
+                // |v/d| <= 32767 up to one rounding; the clamp also catches NaN's integer
+                // indefinite value.
                 let y = _mm512_cvtps_epi32(_mm512_mul_ps(v, id));
                 let y = _mm512_max_epi32(_mm512_min_epi32(y, lim), nlim);
                 ysum = _mm512_add_epi32(ysum, y);
@@ -780,6 +720,75 @@ pub(crate) mod wide {
             _ => {}
         }
         pre
+    }
+
+    /// [`prep`] of a Q4_K / Q5_K super-block in registers: the 8 sub-block scales and
+    /// offsets (the same values: d·sc, and mid·s - dmin·m in one rounding). Made by vector
+    /// operations so that no vector load waits on scalar stores.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prep_k(row: *const u8, sb: usize, q5: bool) -> (__m256, __m256) {
+        let p = row.add(sb * if q5 { 176 } else { 144 });
+        let (d, dmin) = (f16(p), f16(p.add(2)));
+        // 16 bytes from the 12 scale bytes on (the rest is the block's own quants, unused).
+        let q = _mm_loadu_si128(p.add(4) as *const __m128i);
+        let dw = |i: i8| {
+            _mm_setr_epi8(
+                i,
+                -1,
+                -1,
+                -1,
+                i + 1,
+                -1,
+                -1,
+                -1,
+                i + 2,
+                -1,
+                -1,
+                -1,
+                i + 3,
+                -1,
+                -1,
+                -1,
+            )
+        };
+        // Bytes 0..4, 4..8, 8..12 as dwords.
+        let (x1, x2, x3) = (
+            _mm_shuffle_epi8(q, dw(0)),
+            _mm_shuffle_epi8(q, dw(4)),
+            _mm_shuffle_epi8(q, dw(8)),
+        );
+        let (m63, m15) = (_mm_set1_epi32(63), _mm_set1_epi32(15));
+        // See `k_scale_min`: j < 4 from the low 6 bits; j >= 4 from nibbles of bytes 8..12
+        // and the top 2 bits of bytes 0..8.
+        let sc_lo = _mm_and_si128(x1, m63);
+        let m_lo = _mm_and_si128(x2, m63);
+        let sc_hi = _mm_or_si128(
+            _mm_and_si128(x3, m15),
+            _mm_slli_epi32(_mm_srli_epi32(x1, 6), 4),
+        );
+        let m_hi = _mm_or_si128(
+            _mm_srli_epi32(x3, 4),
+            _mm_slli_epi32(_mm_srli_epi32(x2, 6), 4),
+        );
+        let sc = _mm256_cvtepi32_ps(_mm256_inserti128_si256(
+            _mm256_castsi128_si256(sc_lo),
+            sc_hi,
+            1,
+        ));
+        let m = _mm256_cvtepi32_ps(_mm256_inserti128_si256(
+            _mm256_castsi128_si256(m_lo),
+            m_hi,
+            1,
+        ));
+        let s8 = _mm256_mul_ps(_mm256_set1_ps(d), sc);
+        let mid = _mm256_set1_ps(if q5 { 16.0 } else { 8.0 });
+        let o8 = _mm256_fmadd_ps(
+            mid,
+            s8,
+            _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(_mm256_set1_ps(dmin), m)),
+        );
+        (s8, o8)
     }
 
     /// Chunk g of group sb of a row (values 64k..64k+64 with k = sb*group + g): centred
@@ -909,120 +918,6 @@ pub(crate) mod wide {
         }
     }
 
-    /// -128·Σw per lane (the start value that cancels the +128 bias of the hi plane).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn negc(w: __m512i) -> __m512i {
-        let z = _mm512_setzero_si512();
-        _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, _mm512_set1_epi8(-128), w))
-    }
-
-    /// Σ Y·w per lane as f32 scaled by the lanes' d_w·d_a, added to acc.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn step(
-        acc: __m512,
-        w: __m512i,
-        negc: __m512i,
-        dw: __m512,
-        a: &AChunk,
-        shl8: __m512i,
-    ) -> __m512 {
-        let hi = _mm512_load_si512(a.hi.as_ptr() as *const __m512i);
-        let lo = _mm512_load_si512(a.lo.as_ptr() as *const __m512i);
-        let t = _mm512_dpbusd_epi32(negc, hi, w);
-        // << 8 per 32-bit lane as a byte shuffle (port 5, leaving port 0 to vpdpbusd).
-        let t = _mm512_shuffle_epi8(t, shl8);
-        let t = _mm512_dpbusd_epi32(t, lo, w);
-        let s = _mm512_mul_ps(dw, _mm512_load_ps(a.d.as_ptr()));
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc)
-    }
-
-    /// Shuffle indices for << 8 per 32-bit lane: bytes [zero, b0, b1, b2] (an index with the
-    /// top bit set gives 0; indices count within each 128-bit lane).
-    static SHL8: [u8; 64] = {
-        let mut t = [0u8; 64];
-        let mut i = 0;
-        while i < 64 {
-            let j = i % 16;
-            t[i] = if j % 4 == 0 { 0x80 } else { (j - 1) as u8 };
-            i += 1;
-        }
-        t
-    };
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn shl8() -> __m512i {
-        _mm512_loadu_si512(SHL8.as_ptr() as *const __m512i)
-    }
-
-    /// Few columns (decode): each weight chunk is decoded in registers and used at once.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn fused<const T: u8, const C: usize>(
-        row: *const u8,
-        acts: &[AChunk],
-        sums_t: &[f32],
-        nch: usize,
-        out: &mut [f32],
-    ) {
-        let shl8 = shl8();
-        let mut acc = [_mm512_setzero_ps(); C];
-        // Offset terms: two chains per column (lanes 2c and 2c + 1: the chunk's two blocks),
-        // all columns in one vector FMA a chunk (`sums_t`: see `sums_by_chunk`), as narrow as
-        // the columns allow (a 512-bit FMA costs one column more than two scalar ones; the
-        // lanes' arithmetic is the same at every width).
-        let mut off4 = _mm_setzero_ps();
-        let mut off8 = _mm256_setzero_ps();
-        let mut off16 = _mm512_setzero_ps();
-        let gs = group(T);
-        let gb = group_bytes(T);
-        for sb in 0..nch / gs {
-            // Weights stream from memory once: ask for them ahead of use (this row's tail
-            // and the next row's start; a prefetch never faults).
-            for l in (0..gb).step_by(64) {
-                _mm_prefetch(
-                    row.wrapping_add(sb * gb + l + PF_AHEAD) as *const i8,
-                    _MM_HINT_T0,
-                );
-            }
-            let pre = prep::<T>(row, sb);
-            for g in 0..gs {
-                let k = sb * gs + g;
-                let (w, dw, o) = decode::<T>(row, sb, g, &pre);
-                let nc = negc(w);
-                for c in 0..C {
-                    acc[c] = step(acc[c], w, nc, dw, acts.get_unchecked(c * nch + k), shl8);
-                }
-                if has_off(T) {
-                    // [o0, o1] in every lane pair.
-                    let pair = _mm_castps_pd(_mm_unpacklo_ps(_mm_set_ss(o[0]), _mm_set_ss(o[1])));
-                    let st = sums_t.as_ptr().add(16 * k);
-                    if C <= 2 {
-                        let ov = _mm_castpd_ps(_mm_movedup_pd(pair));
-                        off4 = _mm_fmadd_ps(ov, _mm_loadu_ps(st), off4);
-                    } else if C <= 4 {
-                        let ov = _mm256_castpd_ps(_mm256_broadcastsd_pd(pair));
-                        off8 = _mm256_fmadd_ps(ov, _mm256_loadu_ps(st), off8);
-                    } else {
-                        let ov = _mm512_castpd_ps(_mm512_broadcastsd_pd(pair));
-                        off16 = _mm512_fmadd_ps(ov, _mm512_loadu_ps(st), off16);
-                    }
-                }
-            }
-        }
-        let mut offs = [0f32; 16];
-        if C <= 2 {
-            _mm_storeu_ps(offs.as_mut_ptr(), off4);
-        } else if C <= 4 {
-            _mm256_storeu_ps(offs.as_mut_ptr(), off8);
-        } else {
-            _mm512_storeu_ps(offs.as_mut_ptr(), off16);
-        }
-        for c in 0..C {
-            out[c] = _mm512_reduce_add_ps(acc[c]) + (offs[2 * c] + offs[2 * c + 1]);
-        }
-    }
-
     /// A decoded weight chunk of the prompt tile: 128 centred weights as i16 in the
     /// [`PChunk`] layout, and per-lane scales (lanes 4b..4b+4: block b).
     #[repr(C, align(64))]
@@ -1110,6 +1005,470 @@ pub(crate) mod wide {
         WChunk16 { w, dw }
     }
 
+    /// Four blocks of a legacy type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) from block `b0` on (`NB`
+    /// of them, 2 or 4; zeros for the rest) straight into a [`WChunk16`]: each 128-bit lane
+    /// b holds block b's bytes, and unpacking them against zero per lane puts block b's
+    /// values 8m..8m+8 in lane b of vector m as i16, which is the layout (the same weights
+    /// and scales as [`decode`] + [`to16`], fewer instructions), and the blocks' offsets
+    /// (types with one; else zeros).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn legacy16<const T: u8, const NB: usize>(
+        row: *const u8,
+        b0: usize,
+    ) -> (WChunk16, __m128) {
+        let ts = match T {
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            _ => 34,
+        };
+        let qs_at = match T {
+            Q4_0 => 2,
+            Q4_1 => 4,
+            Q5_0 => 6,
+            Q5_1 => 8,
+            _ => 2,
+        };
+        let blk = |b: usize| row.add((b0 + b) * ts);
+        let lane = |b: usize, at: usize| {
+            if b < NB {
+                _mm_loadu_si128(blk(b).add(at) as *const __m128i)
+            } else {
+                _mm_setzero_si128()
+            }
+        };
+        let gather = |at: usize| {
+            let q = _mm512_castsi128_si512(lane(0, at));
+            let q = _mm512_inserti32x4(q, lane(1, at), 1);
+            let q = _mm512_inserti32x4(q, lane(2, at), 2);
+            _mm512_inserti32x4(q, lane(3, at), 3)
+        };
+        let z = _mm512_setzero_si512();
+        let w = if T == Q8_0 {
+            // Bytes 0..16 and 16..32 of each block; sign-extended by unpacking a byte with
+            // itself and shifting the word right by 8.
+            let (qa, qb) = (gather(qs_at), gather(qs_at + 16));
+            let sx = |v: __m512i| _mm512_srai_epi16(v, 8);
+            [
+                sx(_mm512_unpacklo_epi8(qa, qa)),
+                sx(_mm512_unpackhi_epi8(qa, qa)),
+                sx(_mm512_unpacklo_epi8(qb, qb)),
+                sx(_mm512_unpackhi_epi8(qb, qb)),
+            ]
+        } else {
+            // Byte j holds value j (low nibble) and value j + 16 (high nibble).
+            let q = gather(qs_at);
+            let (lo, hi) = (_mm512_unpacklo_epi8(q, z), _mm512_unpackhi_epi8(q, z));
+            let m4 = _mm512_set1_epi16(0xF);
+            let mut w = [
+                _mm512_and_si512(lo, m4),
+                _mm512_and_si512(hi, m4),
+                _mm512_srli_epi16(lo, 4),
+                _mm512_srli_epi16(hi, 4),
+            ];
+            if matches!(T, Q5_0 | Q5_1) {
+                // q = nib | bit<<4, centred q - 16; block b's 32 high bits on lane b's
+                // words, value 8m + i takes bit 8m + i.
+                let qh = |b: usize| {
+                    if b < NB {
+                        (blk(b).add(if T == Q5_0 { 2 } else { 4 }) as *const u32).read_unaligned()
+                            as i32
+                    } else {
+                        0
+                    }
+                };
+                let h = _mm_setr_epi32(qh(0), qh(1), qh(2), qh(3));
+                // Each 128-bit lane b: its qh repeated on the four 32-bit lanes.
+                let h = _mm512_permutexvar_epi32(
+                    _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                    _mm512_castsi128_si512(h),
+                );
+                // Every word of a lane: the low (values 0..16) or high (16..32) half of its
+                // block's bits.
+                let mask_lo = _mm512_set1_epi32(0xFFFF);
+                let lo16 = _mm512_or_si512(_mm512_and_si512(h, mask_lo), _mm512_slli_epi32(h, 16));
+                let hi16 =
+                    _mm512_or_si512(_mm512_srli_epi32(h, 16), _mm512_andnot_si512(mask_lo, h));
+                // Word i of each lane, i = 0..8.
+                let idx = _mm512_set_epi16(
+                    7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6,
+                    5, 4, 3, 2, 1, 0,
+                );
+                let (one, k16) = (_mm512_set1_epi16(1), _mm512_set1_epi16(16));
+                for (m, wm) in w.iter_mut().enumerate() {
+                    // Value 8m + i takes bit 8m + i: of the low half for m < 2, else of the
+                    // high half (bit 8m + i - 16); as 16 or 0 on the nibble, centred by -16.
+                    let half = if m < 2 { lo16 } else { hi16 };
+                    let cnt = _mm512_add_epi16(idx, _mm512_set1_epi16(8 * (m as i16 % 2)));
+                    let bit = _mm512_and_si512(_mm512_srlv_epi16(half, cnt), one);
+                    *wm = _mm512_sub_epi16(_mm512_or_si512(*wm, _mm512_slli_epi16(bit, 4)), k16);
+                }
+            } else {
+                let k8 = _mm512_set1_epi16(8);
+                for wm in w.iter_mut() {
+                    *wm = _mm512_sub_epi16(*wm, k8);
+                }
+            }
+            w
+        };
+        let f16bits = |b: usize, at: usize| {
+            if b < NB {
+                (blk(b).add(at) as *const u16).read_unaligned() as i16
+            } else {
+                0
+            }
+        };
+        let d4 = _mm_cvtph_ps(_mm_setr_epi16(
+            f16bits(0, 0),
+            f16bits(1, 0),
+            f16bits(2, 0),
+            f16bits(3, 0),
+            0,
+            0,
+            0,
+            0,
+        ));
+        let o = if has_off(T) {
+            let m4 = _mm_cvtph_ps(_mm_setr_epi16(
+                f16bits(0, 2),
+                f16bits(1, 2),
+                f16bits(2, 2),
+                f16bits(3, 2),
+                0,
+                0,
+                0,
+                0,
+            ));
+            let mid = _mm_set1_ps(if T == Q5_1 { 16.0 } else { 8.0 });
+            // As `decode`: mid·d + m, one rounding (zero for blocks past NB).
+            _mm_fmadd_ps(mid, d4, m4)
+        } else {
+            _mm_setzero_ps()
+        };
+        let dw = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+            _mm512_castps128_ps512(d4),
+        );
+        (WChunk16 { w, dw }, o)
+    }
+
+    /// Half `H` (sub-blocks 4H..4H + 4, values 128H..128H + 128) of a Q4_K / Q5_K
+    /// super-block at `p` straight into a [`WChunk16`] (the same weights as [`decode`] +
+    /// [`to16`], fewer instructions and constants): sub-blocks 4H, 4H + 1 are the low and high
+    /// nibbles of quant bytes 64H..64H + 32, sub-blocks 4H + 2, 4H + 3 those of the next 32;
+    /// lane b of vector m takes bytes 8m..8m + 8 of its half, shifted by 0 or 4. `s8`: the
+    /// sub-block scales ([`prep_k`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn kquant16<const T: u8, const H: usize>(p: *const u8, s8: __m256) -> WChunk16 {
+        let q5 = T == Q5_K;
+        let z = _mm512_loadu_si512(p.add(if q5 { 48 } else { 16 } + 64 * H) as *const __m512i);
+        // Qword m of each 32-byte half, for lanes (0, 1) and (2, 3).
+        let base = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 0, 0);
+        let cnt = _mm512_setr_epi64(
+            0,
+            0x0004_0004_0004_0004,
+            0,
+            0x0004_0004_0004_0004,
+            0,
+            0,
+            0,
+            0,
+        );
+        let cnt = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3), cnt);
+        let m15 = _mm512_set1_epi16(15);
+        let qh = if q5 {
+            _mm512_castsi256_si512(_mm256_loadu_si256(p.add(16) as *const __m256i))
+        } else {
+            _mm512_setzero_si512()
+        };
+        let mut w = [_mm512_setzero_si512(); 4];
+        for (m, wm) in w.iter_mut().enumerate() {
+            let idx = _mm512_add_epi64(base, _mm512_set1_epi64(m as i64));
+            let b = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(_mm512_permutexvar_epi64(idx, z)));
+            let nib = _mm512_and_si512(_mm512_srlv_epi16(b, cnt), m15);
+            *wm = if q5 {
+                // Value 8m + i of sub-block j = 4H + b: bit j of qh byte 8m + i; centred - 16.
+                let hb = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(_mm512_permutexvar_epi64(
+                    _mm512_set1_epi64(m as i64),
+                    qh,
+                )));
+                let j = _mm512_permutexvar_epi64(
+                    _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3),
+                    _mm512_setr_epi64(
+                        0x0001_0001_0001_0001 * (4 * H) as i64,
+                        0x0001_0001_0001_0001 * (4 * H + 1) as i64,
+                        0x0001_0001_0001_0001 * (4 * H + 2) as i64,
+                        0x0001_0001_0001_0001 * (4 * H + 3) as i64,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ),
+                );
+                let bit = _mm512_and_si512(_mm512_srlv_epi16(hb, j), _mm512_set1_epi16(1));
+                _mm512_sub_epi16(
+                    _mm512_or_si512(nib, _mm512_slli_epi16(bit, 4)),
+                    _mm512_set1_epi16(16),
+                )
+            } else {
+                _mm512_sub_epi16(nib, _mm512_set1_epi16(8))
+            };
+        }
+        let i = 4 * H as i32;
+        let dw = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(
+                i,
+                i,
+                i,
+                i,
+                i + 1,
+                i + 1,
+                i + 1,
+                i + 1,
+                i + 2,
+                i + 2,
+                i + 2,
+                i + 2,
+                i + 3,
+                i + 3,
+                i + 3,
+                i + 3,
+            ),
+            _mm512_castps256_ps512(s8),
+        );
+        WChunk16 { w, dw }
+    }
+
+    /// Runs `$body` for each 128-value chunk `$k2` of a row of `$nch` 64-value chunks with the
+    /// chunk decoded to `$wc` (a [`WChunk16`]; zeros past the row) and its four blocks'
+    /// offsets in `$o4` (an `__m128`: zeros for types without, and past the row). The one
+    /// decoder of the decode kernel and the tile, so that both see the same weights. A
+    /// macro: as functions (`#[inline]` is a hint) the decoding steps were not inlined and
+    /// ran at half speed.
+    macro_rules! each_chunk16 {
+        ($t:ident, $row:expr, $nch:expr, |$k2:ident, $wc:ident, $o4:ident| $body:block) => {{
+            let (row, nch): (*const u8, usize) = ($row, $nch);
+            let gb = group_bytes($t);
+            if group($t) == 1 && $t != MXFP4 {
+                for $k2 in 0..nch.div_ceil(2) {
+                    // Weights stream from memory once: ask for them ahead of use (this row's
+                    // tail and the next row's start; a prefetch never faults).
+                    for l in (0..2 * gb).step_by(64) {
+                        let at = 2 * $k2 * gb + l + PF_AHEAD;
+                        _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
+                    }
+                    let ($wc, $o4) = if 2 * $k2 + 1 < nch {
+                        legacy16::<$t, 4>(row, 4 * $k2)
+                    } else {
+                        legacy16::<$t, 2>(row, 4 * $k2)
+                    };
+                    $body
+                }
+            } else if group($t) == 1 {
+                let pre = Pre::default();
+                for $k2 in 0..nch.div_ceil(2) {
+                    for l in (0..2 * gb).step_by(64) {
+                        let at = 2 * $k2 * gb + l + PF_AHEAD;
+                        _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
+                    }
+                    let k = 2 * $k2;
+                    let (w0, d0, _) = decode::<$t>(row, k, 0, &pre);
+                    let (w1, d1) = if k + 1 < nch {
+                        let (w1, d1, _) = decode::<$t>(row, k + 1, 0, &pre);
+                        (w1, d1)
+                    } else {
+                        (_mm512_setzero_si512(), _mm512_setzero_ps())
+                    };
+                    let $wc = to16::<$t>(w0, d0, w1, d1, row, 0.0);
+                    let $o4 = _mm_setzero_ps();
+                    $body
+                }
+            } else {
+                // K-quants: a super-block (256 values) is two chunks; `h` written out so that
+                // each half's sub-block indices are constants.
+                for sb in 0..nch / 4 {
+                    for l in (0..gb).step_by(64) {
+                        let at = sb * gb + l + PF_AHEAD;
+                        _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
+                    }
+                    // Q6_K: `pre` holds d; Q4_K / Q5_K: scales and offsets from `prep_k`.
+                    let pre = if $t == Q6_K {
+                        prep::<$t>(row, sb)
+                    } else {
+                        Pre::default()
+                    };
+                    let (s8, o8) = if $t == Q6_K {
+                        (_mm256_setzero_ps(), _mm256_setzero_ps())
+                    } else {
+                        prep_k(row, sb, $t == Q5_K)
+                    };
+                    macro_rules! half {
+                        ($h:literal) => {{
+                            let $k2 = 2 * sb + $h;
+                            let ($wc, $o4) = if $t == Q6_K {
+                                let (w0, d0, _) = decode::<$t>(row, sb, 2 * $h, &pre);
+                                let (w1, d1, _) = decode::<$t>(row, sb, 2 * $h + 1, &pre);
+                                let q6sc = row.add(sb * 210 + 192 + 8 * $h);
+                                (to16::<$t>(w0, d0, w1, d1, q6sc, pre.s[0]), _mm_setzero_ps())
+                            } else {
+                                let o4 = if $h == 0 {
+                                    _mm256_castps256_ps128(o8)
+                                } else {
+                                    _mm256_extractf128_ps(o8, 1)
+                                };
+                                (kquant16::<$t, $h>(row.add(sb * gb), s8), o4)
+                            };
+                            $body
+                        }};
+                    }
+                    half!(0);
+                    half!(1);
+                }
+            }
+        }};
+    }
+
+    /// acc + (Σ 8 products a·w per lane, exactly in i32) × (d_a·d_w): one column's share of
+    /// a weight chunk, the activations in registers and the weights from memory (the tile).
+    /// Written out because the compiler turns a vpdpwssd chain started at zero into vpmaddwd
+    /// + vpaddd and then runs out of registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn chunk_fma(acc: __m512, a: [__m512i; 4], da: __m512, w: &WChunk16) -> __m512 {
+        let mut acc = acc;
+        let (_t, _s): (__m512i, __m512);
+        std::arch::asm!(
+            "vpxord {t:z}, {t:z}, {t:z}",
+            "vpdpwssd {t:z}, {a0:z}, zmmword ptr [{w}]",
+            "vpdpwssd {t:z}, {a1:z}, zmmword ptr [{w} + 64]",
+            "vpdpwssd {t:z}, {a2:z}, zmmword ptr [{w} + 128]",
+            "vpdpwssd {t:z}, {a3:z}, zmmword ptr [{w} + 192]",
+            "vmulps {s:z}, {da:z}, zmmword ptr [{w} + 256]",
+            "vcvtdq2ps {t:z}, {t:z}",
+            "vfmadd231ps {acc:z}, {t:z}, {s:z}",
+            t = out(zmm_reg) _t,
+            s = out(zmm_reg) _s,
+            acc = inout(zmm_reg) acc,
+            a0 = in(zmm_reg) a[0],
+            a1 = in(zmm_reg) a[1],
+            a2 = in(zmm_reg) a[2],
+            a3 = in(zmm_reg) a[3],
+            da = in(zmm_reg) da,
+            w = in(reg) w as *const WChunk16,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        acc
+    }
+
+    /// [`chunk_fma`] with the weights in registers and the activations from memory (the
+    /// decode kernel): the same products, sums and rounding (both multiplications commute).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn chunk_fma_w(acc: __m512, a: &PChunk, w: &WChunk16) -> __m512 {
+        let mut acc = acc;
+        let (_t, _s): (__m512i, __m512);
+        std::arch::asm!(
+            "vpxord {t:z}, {t:z}, {t:z}",
+            "vpdpwssd {t:z}, {w0:z}, zmmword ptr [{a}]",
+            "vpdpwssd {t:z}, {w1:z}, zmmword ptr [{a} + 64]",
+            "vpdpwssd {t:z}, {w2:z}, zmmword ptr [{a} + 128]",
+            "vpdpwssd {t:z}, {w3:z}, zmmword ptr [{a} + 192]",
+            "vmulps {s:z}, {dw:z}, zmmword ptr [{a} + 256]",
+            "vcvtdq2ps {t:z}, {t:z}",
+            "vfmadd231ps {acc:z}, {t:z}, {s:z}",
+            t = out(zmm_reg) _t,
+            s = out(zmm_reg) _s,
+            acc = inout(zmm_reg) acc,
+            w0 = in(zmm_reg) w.w[0],
+            w1 = in(zmm_reg) w.w[1],
+            w2 = in(zmm_reg) w.w[2],
+            w3 = in(zmm_reg) w.w[3],
+            dw = in(zmm_reg) w.dw,
+            a = in(reg) a as *const PChunk,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        acc
+    }
+
+    /// `oacc[c]` + Σ_b offset_b·sum_b over blocks 16j..16j + 16 (`ov`: the row's offsets of
+    /// those blocks; `sums`: C columns of `sl`, zero-padded): one step of the offset terms,
+    /// which run in accumulators of their own, 16 blocks a vector, in ascending j.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn offset_group<const C: usize>(
+        oacc: &mut [__m512; C],
+        ov: __m512,
+        sums: &[f32],
+        sl: usize,
+        j: usize,
+    ) {
+        for c in 0..C {
+            let sv = _mm512_loadu_ps(sums.as_ptr().add(c * sl + 16 * j));
+            oacc[c] = _mm512_fmadd_ps(ov, sv, oacc[c]);
+        }
+    }
+
+    /// Each result: the sum of the lanes of acc (+ oacc for types with offsets).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn finish<const T: u8, const R: usize, const C: usize>(
+        acc: &[[__m512; C]; R],
+        oacc: &[[__m512; C]; R],
+    ) -> [[f32; C]; R] {
+        let mut out = [[0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                let v = if has_off(T) {
+                    _mm512_add_ps(acc[r][c], oacc[r][c])
+                } else {
+                    acc[r][c]
+                };
+                out[r][c] = _mm512_reduce_add_ps(v);
+            }
+        }
+        out
+    }
+
+    /// Few columns (decode): each 128 weights of the row decoded to 16 bits and used at once
+    /// by every column, with [`tile`]'s arithmetic per column (the same operations in the
+    /// same order), so a column's result does not depend on how many columns share the pass
+    /// or which kernel runs it. `sums`: the columns' block sums, `sl` each.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn fused<const T: u8, const C: usize>(
+        row: *const u8,
+        acts: &[PChunk],
+        nch: usize,
+        sums: &[f32],
+        sl: usize,
+        out: &mut [f32],
+    ) {
+        let nch2 = nch.div_ceil(2);
+        let mut acc = [_mm512_setzero_ps(); C];
+        let mut oacc = [[_mm512_setzero_ps(); C]];
+        // The offsets of blocks 16j..16j + 16 gathered in a register (through memory, the
+        // loads waited for the stores): chunk k2 fills lanes 4(k2 % 4)..
+        let mut ov = _mm512_setzero_ps();
+        each_chunk16!(T, row, nch, |k2, wc, o4| {
+            for c in 0..C {
+                acc[c] = chunk_fma_w(acc[c], acts.get_unchecked(c * nch2 + k2), &wc);
+            }
+            if has_off(T) {
+                ov = _mm512_mask_broadcast_f32x4(ov, 0xF << (4 * (k2 % 4)), o4);
+                if k2 % 4 == 3 {
+                    offset_group::<C>(&mut oacc[0], ov, sums, sl, k2 / 4);
+                    ov = _mm512_setzero_ps();
+                }
+            }
+        });
+        if has_off(T) && nch2 % 4 != 0 {
+            offset_group::<C>(&mut oacc[0], ov, sums, sl, nch2 / 4);
+        }
+        out.copy_from_slice(&finish::<T, 1, C>(&[acc], &oacc)[0]);
+    }
+
     /// Many columns (prompt): R pre-decoded rows × C columns per pass, four vpdpwssd per
     /// 128 values (|Y·w| sums of 8 products per lane stay below 2^31: 8·32767·4096) and one
     /// scale multiply per 128.
@@ -1127,69 +1486,37 @@ pub(crate) mod wide {
             for c in 0..C {
                 let a = acts.get_unchecked(c * nch + k);
                 let ap = a.y.as_ptr() as *const __m512i;
-                let a0 = _mm512_load_si512(ap);
-                let a1 = _mm512_load_si512(ap.add(1));
-                let a2 = _mm512_load_si512(ap.add(2));
-                let a3 = _mm512_load_si512(ap.add(3));
+                let av = [0, 1, 2, 3].map(|m| _mm512_load_si512(ap.add(m)));
                 let da = _mm512_load_ps(a.d.as_ptr());
                 for r in 0..R {
-                    let wr: *const WChunk16 = wc.get_unchecked(r * nch + k);
-                    // Written out because the compiler turns a vpdpwssd chain started at
-                    // zero into vpmaddwd + vpaddd and then runs out of registers; here the
-                    // weights are memory operands and the accumulators stay in registers.
-                    let (_t, _s): (__m512i, __m512);
-                    std::arch::asm!(
-                        "vpxord {t:z}, {t:z}, {t:z}",
-                        "vpdpwssd {t:z}, {a0:z}, zmmword ptr [{w}]",
-                        "vpdpwssd {t:z}, {a1:z}, zmmword ptr [{w} + 64]",
-                        "vpdpwssd {t:z}, {a2:z}, zmmword ptr [{w} + 128]",
-                        "vpdpwssd {t:z}, {a3:z}, zmmword ptr [{w} + 192]",
-                        "vmulps {s:z}, {da:z}, zmmword ptr [{w} + 256]",
-                        "vcvtdq2ps {t:z}, {t:z}",
-                        "vfmadd231ps {acc:z}, {t:z}, {s:z}",
-                        t = out(zmm_reg) _t,
-                        s = out(zmm_reg) _s,
-                        acc = inout(zmm_reg) acc[r][c],
-                        a0 = in(zmm_reg) a0,
-                        a1 = in(zmm_reg) a1,
-                        a2 = in(zmm_reg) a2,
-                        a3 = in(zmm_reg) a3,
-                        da = in(zmm_reg) da,
-                        w = in(reg) wr,
-                        options(pure, readonly, nostack, preserves_flags),
-                    );
+                    acc[r][c] = chunk_fma(acc[r][c], av, da, wc.get_unchecked(r * nch + k));
                 }
             }
         }
+        let mut oacc = [[_mm512_setzero_ps(); C]; R];
         if has_off(T) {
-            // Offset terms Σ_b offset_b·sum_b, 16 blocks per vector (rows of `sl`, padded
-            // with zeros), into the same accumulators before their one reduction.
-            for i in (0..sl).step_by(16) {
-                for c in 0..C {
-                    let sv = _mm512_loadu_ps(sums.as_ptr().add(c * sl + i));
-                    for r in 0..R {
-                        let ov = _mm512_loadu_ps(offs.as_ptr().add(r * sl + i));
-                        acc[r][c] = _mm512_fmadd_ps(ov, sv, acc[r][c]);
-                    }
+            for j in 0..sl / 16 {
+                for r in 0..R {
+                    let ov = _mm512_loadu_ps(offs.as_ptr().add(r * sl + 16 * j));
+                    offset_group::<C>(&mut oacc[r], ov, sums, sl, j);
                 }
             }
         }
-        let mut out = [[0.0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
-            }
-        }
-        out
+        finish::<T, R, C>(&acc, &oacc)
     }
 
     const TR: usize = 4;
     const TC: usize = 4;
 
-    /// Columns at most handled by the fused (decode) kernel; more go through the tile. The
-    /// fused kernel computes each column exactly as alone (batched decoding relies on it);
-    /// 8 accumulators plus the decoded weights fit the 32 vector registers.
-    pub(crate) const FUSED_MAX: usize = 8;
+    /// Columns at most handled by the decode kernel ([`fused`]); more go through the tile
+    /// (same arithmetic, so the choice is only one of speed). 8 accumulators plus a decoded
+    /// weight chunk fit the 32 vector registers.
+    const FUSED_MAX: usize = 8;
+    /// ... and only while their activations stay in L1 (the decode kernel reads them all
+    /// for every row; the tile reuses them over 4 rows). Measured (`cargo bench --bench
+    /// quant`, one core of a Zen 5 with 48 KiB of L1): a 4,864-value Q4_K row at 4 columns
+    /// (48.6 KB) 169 GFLOP/s fused, 141 tiled; at 6 columns (73 KB) 142 fused, 157 tiled.
+    const FUSED_MAX_ACT_BYTES: usize = 49 * 1024;
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn gemm_t<const T: u8>(
@@ -1203,23 +1530,23 @@ pub(crate) mod wide {
         let nch = acts.nch;
         let sums = acts.sums;
         let sl = sums.len() / n; // sums per column: 2 per chunk, zero-padded to 16s
-        if n <= FUSED_MAX {
-            let sums_t = acts.sums_t;
-            assert!(!has_off(T) || sums_t.len() == 16 * nch, "sums by chunk");
+        let pacts = acts.pchunks;
+        let nch2 = nch.div_ceil(2); // 128-value chunks per column
+        if n <= FUSED_MAX && n * nch2 * std::mem::size_of::<PChunk>() <= FUSED_MAX_ACT_BYTES {
             for r in 0..rows {
                 let rp = data.as_ptr().add(r * row_bytes);
                 let mut o = [0f32; FUSED_MAX];
                 let o = &mut o[..n];
-                let a = acts.chunks;
+                let a = pacts;
                 match n {
-                    1 => fused::<T, 1>(rp, a, sums_t, nch, o),
-                    2 => fused::<T, 2>(rp, a, sums_t, nch, o),
-                    3 => fused::<T, 3>(rp, a, sums_t, nch, o),
-                    4 => fused::<T, 4>(rp, a, sums_t, nch, o),
-                    5 => fused::<T, 5>(rp, a, sums_t, nch, o),
-                    6 => fused::<T, 6>(rp, a, sums_t, nch, o),
-                    7 => fused::<T, 7>(rp, a, sums_t, nch, o),
-                    _ => fused::<T, 8>(rp, a, sums_t, nch, o),
+                    1 => fused::<T, 1>(rp, a, nch, sums, sl, o),
+                    2 => fused::<T, 2>(rp, a, nch, sums, sl, o),
+                    3 => fused::<T, 3>(rp, a, nch, sums, sl, o),
+                    4 => fused::<T, 4>(rp, a, nch, sums, sl, o),
+                    5 => fused::<T, 5>(rp, a, nch, sums, sl, o),
+                    6 => fused::<T, 6>(rp, a, nch, sums, sl, o),
+                    7 => fused::<T, 7>(rp, a, nch, sums, sl, o),
+                    _ => fused::<T, 8>(rp, a, nch, sums, sl, o),
                 }
                 for (t, &v) in o.iter().enumerate() {
                     out.put(r, t, v);
@@ -1227,10 +1554,8 @@ pub(crate) mod wide {
             }
             return;
         }
-        let pacts = acts.pchunks;
-        let nch2 = nch.div_ceil(2); // 128-value chunks per column
-                                    // Columns per pass over the rows: their activations (320 bytes per chunk) stay in
-                                    // L2 while every row tile of this task streams past them.
+        // Columns per pass over the rows: their activations (320 bytes per chunk) stay in L2
+        // while every row tile of this task streams past them.
         let cb = ((512 * 1024) / (nch2 * 320)).max(TC) / TC * TC;
         let zero = WChunk16 {
             w: [_mm512_setzero_si512(); 4],
@@ -1244,32 +1569,12 @@ pub(crate) mod wide {
                 let rr = TR.min(rows - r0);
                 for r in 0..rr {
                     let rp = data.as_ptr().add((r0 + r) * row_bytes);
-                    let gs = group(T);
-                    let mut pend = (_mm512_setzero_si512(), _mm512_setzero_ps());
-                    for sb in 0..nch / gs {
-                        let pre = prep::<T>(rp, sb);
-                        for g in 0..gs {
-                            let k = sb * gs + g;
-                            let (w, dw, o) = decode::<T>(rp, sb, g, &pre);
-                            if has_off(T) {
-                                offs[r * sl + 2 * k] = o[0];
-                                offs[r * sl + 2 * k + 1] = o[1];
-                            }
-                            // Q6_K scales of this 128-value chunk (g = 2h + 1 is its second half).
-                            let q6sc = rp.add(sb * 210 + 192 + 8 * (g / 2));
-                            if k % 2 == 0 {
-                                pend = (w, dw);
-                                if k + 1 == nch {
-                                    let z = _mm512_setzero_si512();
-                                    wc[r * nch2 + k / 2] =
-                                        to16::<T>(w, dw, z, _mm512_setzero_ps(), q6sc, pre.s[0]);
-                                }
-                            } else {
-                                wc[r * nch2 + k / 2] =
-                                    to16::<T>(pend.0, pend.1, w, dw, q6sc, pre.s[0]);
-                            }
+                    each_chunk16!(T, rp, nch, |k2, w, o4| {
+                        wc[r * nch2 + k2] = w;
+                        if has_off(T) {
+                            _mm_storeu_ps(offs.as_mut_ptr().add(r * sl + 4 * k2), o4);
                         }
-                    }
+                    });
                 }
                 let mut c = c0;
                 while c < c1 {
@@ -1315,30 +1620,12 @@ pub(crate) mod wide {
         }
     }
 
-    /// Quantized activations of n columns: `chunks` (decode layout, n <= FUSED_MAX) or
-    /// `pchunks` (prompt layout), `nch` 64-value chunks per column, padded sums per column.
+    /// Quantized activations of n columns ([`PChunk`]s, `nch` 64-value chunks per column
+    /// rounded up to 128s) and their block sums (`sums.len()/n` per column, zero-padded).
     pub(crate) struct Acts<'a> {
-        pub chunks: &'a [AChunk],
         pub pchunks: &'a [PChunk],
         pub sums: &'a [f32],
-        /// The decode layout's sums by chunk ([`sums_by_chunk`]; n <= FUSED_MAX).
-        pub sums_t: &'a [f32],
         pub nch: usize,
-    }
-
-    /// `n` (<= FUSED_MAX) columns' block sums (`sl` per column, two per chunk) by chunk: 16
-    /// a chunk, column c's two at 2c, 2c + 1 (the lanes of the offset FMA in `fused`), zero
-    /// past the columns. Made once per quantized input, shared by every product and task.
-    pub(crate) fn sums_by_chunk(sums: &[f32], n: usize, nch: usize) -> Vec<f32> {
-        let sl = sums.len() / n.max(1);
-        let mut t = vec![0f32; 16 * nch];
-        for k in 0..nch {
-            for c in 0..n {
-                t[16 * k + 2 * c] = sums[c * sl + 2 * k];
-                t[16 * k + 2 * c + 1] = sums[c * sl + 2 * k + 1];
-            }
-        }
-        t
     }
 
     /// Whether `ty` has a wide kernel.

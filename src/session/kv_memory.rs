@@ -7,11 +7,13 @@
 //! (fed from an empty cache in prefill chunks from position 0; never generated tokens, whose
 //! rows were computed one at a time). A row's keys and values then depend only on the tokens
 //! up to it and on how its prefill chunk computes it: the products compute each row of a
-//! chunk alike whatever the other rows (bit for bit), except that a chunk of at most
-//! `quant::WIDE_INVARIANT_COLS` rows takes the decode kernels' arithmetic. So a prompt
-//! resumed at a cached position `p` is fed in the chunks an uncached prefill has (boundaries
-//! at multiples of the chunk from position 0, not from `p`), and `p` moves back one block
-//! where its first chunk would be small while the uncached one is not ([`usable_prefix`]).
+//! chunk alike whatever the other rows (bit for bit), except, where
+//! `quant::WIDE_INVARIANT_COLS` is finite (not on AVX-512 machines, whose kernels compute
+//! every column count alike), that a chunk of at most that many rows takes other kernels'
+//! arithmetic. So a prompt resumed at a cached position `p` is fed in the chunks an uncached
+//! prefill has (boundaries at multiples of the chunk from position 0, not from `p`), and
+//! there `p` moves back one block where its first chunk would be small while the uncached
+//! one is not ([`usable_prefix`]).
 
 use super::{Generation, Session};
 use crate::backend::kvpool::{Elem, Grant};
@@ -107,14 +109,15 @@ impl Session {
 /// `chunk` (see the module's notes). The last prompt token is always computed: its logits
 /// start the generation.
 pub fn usable_prefix(cached: usize, len: usize, block: usize, chunk: usize) -> usize {
-    if len == 0 || block <= crate::quant::WIDE_INVARIANT_COLS {
+    let w = crate::quant::WIDE_INVARIANT_COLS;
+    if len == 0 || block <= w && w != usize::MAX {
         return 0;
     }
     let mut p = cached.min((len - 1) / block * block);
-    if p % chunk != 0 {
+    // Where every chunk size computes its rows alike (the AVX-512 kernels), any block will do.
+    if w != usize::MAX && p % chunk != 0 {
         let k0 = p / chunk * chunk;
         let end = len.min(k0 + chunk);
-        let w = crate::quant::WIDE_INVARIANT_COLS;
         if end - p <= w && end - k0 > w {
             // Still within that chunk: p - block >= k0 (both multiples of the block).
             p -= block;
@@ -129,7 +132,9 @@ mod tests {
     use crate::quant::WIDE_INVARIANT_COLS as W;
 
     /// The chunk a row falls in keeps its kind (more than W rows, or not) with the cache.
+    /// (W is `usize::MAX` on x86-64, where every chunk has one kind.)
     #[test]
+    #[allow(clippy::absurd_extreme_comparisons)]
     fn resumed_chunks_keep_their_kind() {
         let (block, chunk) = (16, 256);
         for len in 1..700 {

@@ -266,8 +266,9 @@ impl<'a> CpuStep<'a> {
 
     /// A step of several sequences at once, their rows in the order given. Rows of a
     /// sequence of one token (decoding) are multiplied in groups of at most
-    /// [`quant::WIDE_INVARIANT_COLS`], so that each one's result is bit for bit what it would
-    /// be alone; a sequence of several tokens (a prompt chunk) is one group, as alone.
+    /// [`quant::WIDE_INVARIANT_COLS`] (with the AVX-512 kernels: all in one), so that each
+    /// one's result is bit for bit what it would be alone; a sequence of several tokens (a
+    /// prompt chunk) is one group, as alone.
     pub fn batch(
         m: &'a CpuModel,
         dims: &Dims,

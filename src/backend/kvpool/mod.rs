@@ -46,9 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Positions per block: the smallest the prefix cache allows (a prompt resumed after cached
-/// blocks must start a prefill chunk of more than `quant::WIDE_INVARIANT_COLS` rows: see
-/// `session::kv_memory`; it also divides the CPU's prefill chunk). Measured: with blocks of
+/// Positions per block: the smallest the prefix cache allows where kernels differ by column
+/// count (a prompt resumed after cached blocks must start a prefill chunk of more than
+/// `quant::WIDE_INVARIANT_COLS` rows: see `session::kv_memory`; it also divides the CPU's
+/// prefill chunk). Measured: with blocks of
 /// 16, decoding and prefill run within noise of the whole contiguous cache they replace
 /// (bench/RESULTS.md), so larger blocks would only add unused memory per session and
 /// coarser prompt sharing.
