@@ -1253,18 +1253,21 @@ pub(crate) mod wide {
             let (row, nch): (*const u8, usize) = ($row, $nch);
             let gb = group_bytes($t);
             if group($t) == 1 && $t != MXFP4 {
-                for $k2 in 0..nch.div_ceil(2) {
+                for $k2 in 0..nch / 2 {
                     // Weights stream from memory once: ask for them ahead of use (this row's
                     // tail and the next row's start; a prefetch never faults).
                     for l in (0..2 * gb).step_by(64) {
                         let at = 2 * $k2 * gb + l + PF_AHEAD;
                         _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
                     }
-                    let ($wc, $o4) = if 2 * $k2 + 1 < nch {
-                        legacy16::<$t, 4>(row, 4 * $k2)
-                    } else {
-                        legacy16::<$t, 2>(row, 4 * $k2)
-                    };
+                    let ($wc, $o4) = legacy16::<$t, 4>(row, 4 * $k2);
+                    $body
+                }
+                if nch % 2 == 1 {
+                    // The last half chunk (two blocks), the body written out again rather
+                    // than the decoder chosen by a branch (which went through memory).
+                    let $k2 = nch / 2;
+                    let ($wc, $o4) = legacy16::<$t, 2>(row, 4 * $k2);
                     $body
                 }
             } else if group($t) == 1 {

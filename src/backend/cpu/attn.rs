@@ -576,13 +576,16 @@ pub fn gelu_tanh_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     let n = out.len();
     assert!(g.len() >= n && u.len() >= n);
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    let done = if avx512() {
         // SAFETY: AVX-512F present; lengths checked above.
         unsafe { silu_mul_avx512(g, u, out) };
-        done = n - n % 16;
-    }
+        n - n % 16
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for i in done..n {
         out[i] = g[i] / (1.0 + (-g[i]).exp()) * u[i];
     }
