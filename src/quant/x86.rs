@@ -582,8 +582,8 @@ pub(crate) mod wide {
     }
 
     /// Quantizes one column of `x.len()` = 64·`sums.len()`/2 values; `out` holds x.len()/128
-    /// chunks rounded up (a last half chunk keeps zeros in blocks 2 and 3); `sums[b]` =
-    /// d_b·ΣY over block b (the activation sum the weight offsets multiply).
+    /// chunks rounded up (a last half chunk of two blocks in the layout of [`tail16`]);
+    /// `sums[b]` = d_b·ΣY over block b (the activation sum the weight offsets multiply).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn quantize(x: &[f32], out: &mut [PChunk], sums: &mut [f32]) {
         let nb = x.len() / 32;
@@ -595,6 +595,8 @@ pub(crate) mod wide {
         }
         for blk in 0..nb {
             let (ch, b) = (&mut out[blk / 4], blk % 4);
+            // The last two blocks of a column of 4n + 2 go in the half chunk's layout.
+            let tail = nb % 4 != 0 && blk / 4 == nb / 4;
             let p = x.as_ptr().add(blk * 32);
             let v0 = _mm512_loadu_ps(p);
             let v1 = _mm512_loadu_ps(p.add(16));
@@ -610,16 +612,24 @@ pub(crate) mod wide {
                 ysum = _mm512_add_epi32(ysum, y);
                 let y16 = _mm512_cvtepi32_epi16(y); // values 16h..16h+16
                 let yp = ch.y.as_mut_ptr();
-                _mm_storeu_si128(
-                    yp.add(32 * (2 * h) + 8 * b) as *mut __m128i,
-                    _mm256_castsi256_si128(y16),
-                );
-                _mm_storeu_si128(
-                    yp.add(32 * (2 * h + 1) + 8 * b) as *mut __m128i,
-                    _mm256_extracti128_si256(y16, 1),
-                );
+                if tail {
+                    _mm256_storeu_si256(yp.add(32 * h + 16 * b) as *mut __m256i, y16);
+                } else {
+                    _mm_storeu_si128(
+                        yp.add(32 * (2 * h) + 8 * b) as *mut __m128i,
+                        _mm256_castsi256_si128(y16),
+                    );
+                    _mm_storeu_si128(
+                        yp.add(32 * (2 * h + 1) + 8 * b) as *mut __m128i,
+                        _mm256_extracti128_si256(y16, 1),
+                    );
+                }
             }
-            ch.d[4 * b..4 * b + 4].fill(d);
+            if tail {
+                ch.d[8 * b..8 * b + 8].fill(d);
+            } else {
+                ch.d[4 * b..4 * b + 4].fill(d);
+            }
             sums[blk] = d * _mm512_reduce_add_epi32(ysum) as f32;
         }
     }
@@ -1005,18 +1015,15 @@ pub(crate) mod wide {
         WChunk16 { w, dw }
     }
 
-    /// Four blocks of a legacy type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) from block `b0` on (`NB`
-    /// of them, 2 or 4; zeros for the rest) straight into a [`WChunk16`]: each 128-bit lane
+    /// Four blocks of a legacy type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) from block `b0` on
+    /// straight into a [`WChunk16`]: each 128-bit lane
     /// b holds block b's bytes, and unpacking them against zero per lane puts block b's
     /// values 8m..8m+8 in lane b of vector m as i16, which is the layout (the same weights
     /// and scales as [`decode`] + [`to16`], fewer instructions), and the blocks' offsets
     /// (types with one; else zeros).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn legacy16<const T: u8, const NB: usize>(
-        row: *const u8,
-        b0: usize,
-    ) -> (WChunk16, __m128) {
+    unsafe fn legacy16<const T: u8>(row: *const u8, b0: usize) -> (WChunk16, __m128) {
         let ts = match T {
             Q4_0 => 18,
             Q4_1 => 20,
@@ -1032,13 +1039,7 @@ pub(crate) mod wide {
             _ => 2,
         };
         let blk = |b: usize| row.add((b0 + b) * ts);
-        let lane = |b: usize, at: usize| {
-            if b < NB {
-                _mm_loadu_si128(blk(b).add(at) as *const __m128i)
-            } else {
-                _mm_setzero_si128()
-            }
-        };
+        let lane = |b: usize, at: usize| _mm_loadu_si128(blk(b).add(at) as *const __m128i);
         let gather = |at: usize| {
             let q = _mm512_castsi128_si512(lane(0, at));
             let q = _mm512_inserti32x4(q, lane(1, at), 1);
@@ -1072,38 +1073,28 @@ pub(crate) mod wide {
                 // q = nib | bit<<4, centred q - 16; block b's 32 high bits on lane b's
                 // words, value 8m + i takes bit 8m + i.
                 let qh = |b: usize| {
-                    if b < NB {
-                        (blk(b).add(if T == Q5_0 { 2 } else { 4 }) as *const u32).read_unaligned()
-                            as i32
-                    } else {
-                        0
-                    }
+                    (blk(b).add(if T == Q5_0 { 2 } else { 4 }) as *const u32).read_unaligned()
+                        as i32
                 };
                 let h = _mm_setr_epi32(qh(0), qh(1), qh(2), qh(3));
-                // Each 128-bit lane b: its qh repeated on the four 32-bit lanes.
-                let h = _mm512_permutexvar_epi32(
-                    _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-                    _mm512_castsi128_si512(h),
+                // Vector m's 32 words are bits 8m..8m + 8 of each block's 32 (lane b, word i:
+                // bit 8m + i of block b): byte m of each block's bits, gathered by a byte
+                // transpose, is vector m's mask.
+                let t = _mm_shuffle_epi8(
+                    h,
+                    _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15),
                 );
-                // Every word of a lane: the low (values 0..16) or high (16..32) half of its
-                // block's bits.
-                let mask_lo = _mm512_set1_epi32(0xFFFF);
-                let lo16 = _mm512_or_si512(_mm512_and_si512(h, mask_lo), _mm512_slli_epi32(h, 16));
-                let hi16 =
-                    _mm512_or_si512(_mm512_srli_epi32(h, 16), _mm512_andnot_si512(mask_lo, h));
-                // Word i of each lane, i = 0..8.
-                let idx = _mm512_set_epi16(
-                    7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6,
-                    5, 4, 3, 2, 1, 0,
-                );
-                let (one, k16) = (_mm512_set1_epi16(1), _mm512_set1_epi16(16));
-                for (m, wm) in w.iter_mut().enumerate() {
-                    // Value 8m + i takes bit 8m + i: of the low half for m < 2, else of the
-                    // high half (bit 8m + i - 16); as 16 or 0 on the nibble, centred by -16.
-                    let half = if m < 2 { lo16 } else { hi16 };
-                    let cnt = _mm512_add_epi16(idx, _mm512_set1_epi16(8 * (m as i16 % 2)));
-                    let bit = _mm512_and_si512(_mm512_srlv_epi16(half, cnt), one);
-                    *wm = _mm512_sub_epi16(_mm512_or_si512(*wm, _mm512_slli_epi16(bit, 4)), k16);
+                let k = [
+                    _mm_extract_epi32::<0>(t),
+                    _mm_extract_epi32::<1>(t),
+                    _mm_extract_epi32::<2>(t),
+                    _mm_extract_epi32::<3>(t),
+                ];
+                let k16 = _mm512_set1_epi16(16);
+                for (wm, &km) in w.iter_mut().zip(&k) {
+                    // Centred q - 16 with q = nib | bit << 4: the nibble where the bit is set,
+                    // else nibble - 16.
+                    *wm = _mm512_mask_sub_epi16(*wm, !(km as u32), *wm, k16);
                 }
             } else {
                 let k8 = _mm512_set1_epi16(8);
@@ -1113,13 +1104,7 @@ pub(crate) mod wide {
             }
             w
         };
-        let f16bits = |b: usize, at: usize| {
-            if b < NB {
-                (blk(b).add(at) as *const u16).read_unaligned() as i16
-            } else {
-                0
-            }
-        };
+        let f16bits = |b: usize, at: usize| (blk(b).add(at) as *const u16).read_unaligned() as i16;
         let d4 = _mm_cvtph_ps(_mm_setr_epi16(
             f16bits(0, 0),
             f16bits(1, 0),
@@ -1142,7 +1127,7 @@ pub(crate) mod wide {
                 0,
             ));
             let mid = _mm_set1_ps(if T == Q5_1 { 16.0 } else { 8.0 });
-            // As `decode`: mid·d + m, one rounding (zero for blocks past NB).
+            // As `decode`: mid·d + m, one rounding.
             _mm_fmadd_ps(mid, d4, m4)
         } else {
             _mm_setzero_ps()
@@ -1249,7 +1234,21 @@ pub(crate) mod wide {
     /// macro: as functions (`#[inline]` is a hint) the decoding steps were not inlined and
     /// ran at half speed.
     macro_rules! each_chunk16 {
-        ($t:ident, $row:expr, $nch:expr, |$k2:ident, $wc:ident, $o4:ident| $body:block) => {{
+        // The last half chunk of a legacy row (an odd count of 64-value chunks), the body
+        // written out again rather than the decoder chosen by a branch (which went through
+        // memory): `$half` tells the body to use the two-vector products.
+        (@tail $t:ident, $row:expr, $nch:expr, |$k2:ident, $wc:ident, $o4:ident, $half:ident| $body:block) => {{
+            let (row, nch): (*const u8, usize) = ($row, $nch);
+            if nch % 2 == 1 {
+                let $k2 = nch / 2;
+                let (w0, d0, o0) = decode::<$t>(row, 2 * $k2, 0, &Pre::default());
+                let $wc = tail16(w0, d0);
+                let $o4 = _mm_setr_ps(o0[0], o0[1], 0.0, 0.0);
+                let $half = true;
+                $body
+            }
+        }};
+        ($t:ident, $row:expr, $nch:expr, |$k2:ident, $wc:ident, $o4:ident, $half:ident| $body:block) => {{
             let (row, nch): (*const u8, usize) = ($row, $nch);
             let gb = group_bytes($t);
             if group($t) == 1 && $t != MXFP4 {
@@ -1260,35 +1259,26 @@ pub(crate) mod wide {
                         let at = 2 * $k2 * gb + l + PF_AHEAD;
                         _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
                     }
-                    let ($wc, $o4) = legacy16::<$t, 4>(row, 4 * $k2);
+                    let ($wc, $o4) = legacy16::<$t>(row, 4 * $k2);
+                    let $half = false;
                     $body
                 }
-                if nch % 2 == 1 {
-                    // The last half chunk (two blocks), the body written out again rather
-                    // than the decoder chosen by a branch (which went through memory).
-                    let $k2 = nch / 2;
-                    let ($wc, $o4) = legacy16::<$t, 2>(row, 4 * $k2);
-                    $body
-                }
+                each_chunk16!(@tail $t, row, nch, |$k2, $wc, $o4, $half| $body);
             } else if group($t) == 1 {
                 let pre = Pre::default();
-                for $k2 in 0..nch.div_ceil(2) {
+                for $k2 in 0..nch / 2 {
                     for l in (0..2 * gb).step_by(64) {
                         let at = 2 * $k2 * gb + l + PF_AHEAD;
                         _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
                     }
-                    let k = 2 * $k2;
-                    let (w0, d0, _) = decode::<$t>(row, k, 0, &pre);
-                    let (w1, d1) = if k + 1 < nch {
-                        let (w1, d1, _) = decode::<$t>(row, k + 1, 0, &pre);
-                        (w1, d1)
-                    } else {
-                        (_mm512_setzero_si512(), _mm512_setzero_ps())
-                    };
+                    let (w0, d0, _) = decode::<$t>(row, 2 * $k2, 0, &pre);
+                    let (w1, d1, _) = decode::<$t>(row, 2 * $k2 + 1, 0, &pre);
                     let $wc = to16::<$t>(w0, d0, w1, d1, row, 0.0);
                     let $o4 = _mm_setzero_ps();
+                    let $half = false;
                     $body
                 }
+                each_chunk16!(@tail $t, row, nch, |$k2, $wc, $o4, $half| $body);
             } else {
                 // K-quants: a super-block (256 values) is two chunks; `h` written out so that
                 // each half's sub-block indices are constants.
@@ -1324,6 +1314,7 @@ pub(crate) mod wide {
                                 };
                                 (kquant16::<$t, $h>(row.add(sb * gb), s8), o4)
                             };
+                            let $half = false;
                             $body
                         }};
                     }
@@ -1332,6 +1323,79 @@ pub(crate) mod wide {
                 }
             }
         }};
+    }
+
+    /// The last chunk of a row of an odd number of 64-value chunks: its two blocks in two
+    /// vectors, vector 0 holding both blocks' values 0..16 and vector 1 their values 16..32
+    /// as i16, so 32-bit lanes 0..8 take block 0 and 8..16 block 1, four products a lane
+    /// (two vpdpwssd instead of four for half the values); vectors 2 and 3 stay zero.
+    /// From a decoded 64-value chunk (`w`: bytes in value order, `dw`: lanes 0..8 / 8..16
+    /// the blocks' scales, as [`decode`] gives them). Activations: [`quantize`]'s last chunk.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tail16(w: __m512i, dw: __m512) -> WChunk16 {
+        let lo = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 0, 0, 0, 0), w);
+        let hi = _mm512_permutexvar_epi64(_mm512_setr_epi64(2, 3, 6, 7, 0, 0, 0, 0), w);
+        let z = _mm512_setzero_si512();
+        WChunk16 {
+            w: [
+                _mm512_cvtepi8_epi16(_mm512_castsi512_si256(lo)),
+                _mm512_cvtepi8_epi16(_mm512_castsi512_si256(hi)),
+                z,
+                z,
+            ],
+            dw,
+        }
+    }
+
+    /// [`chunk_fma`] of a [`tail16`] chunk: its two vectors.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn chunk_fma_half(acc: __m512, a: [__m512i; 2], da: __m512, w: &WChunk16) -> __m512 {
+        let mut acc = acc;
+        let (_t, _s): (__m512i, __m512);
+        std::arch::asm!(
+            "vpxord {t:z}, {t:z}, {t:z}",
+            "vpdpwssd {t:z}, {a0:z}, zmmword ptr [{w}]",
+            "vpdpwssd {t:z}, {a1:z}, zmmword ptr [{w} + 64]",
+            "vmulps {s:z}, {da:z}, zmmword ptr [{w} + 256]",
+            "vcvtdq2ps {t:z}, {t:z}",
+            "vfmadd231ps {acc:z}, {t:z}, {s:z}",
+            t = out(zmm_reg) _t,
+            s = out(zmm_reg) _s,
+            acc = inout(zmm_reg) acc,
+            a0 = in(zmm_reg) a[0],
+            a1 = in(zmm_reg) a[1],
+            da = in(zmm_reg) da,
+            w = in(reg) w as *const WChunk16,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        acc
+    }
+
+    /// [`chunk_fma_w`] of a [`tail16`] chunk: its two vectors.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn chunk_fma_w_half(acc: __m512, a: &PChunk, w: &WChunk16) -> __m512 {
+        let mut acc = acc;
+        let (_t, _s): (__m512i, __m512);
+        std::arch::asm!(
+            "vpxord {t:z}, {t:z}, {t:z}",
+            "vpdpwssd {t:z}, {w0:z}, zmmword ptr [{a}]",
+            "vpdpwssd {t:z}, {w1:z}, zmmword ptr [{a} + 64]",
+            "vmulps {s:z}, {dw:z}, zmmword ptr [{a} + 256]",
+            "vcvtdq2ps {t:z}, {t:z}",
+            "vfmadd231ps {acc:z}, {t:z}, {s:z}",
+            t = out(zmm_reg) _t,
+            s = out(zmm_reg) _s,
+            acc = inout(zmm_reg) acc,
+            w0 = in(zmm_reg) w.w[0],
+            w1 = in(zmm_reg) w.w[1],
+            dw = in(zmm_reg) w.dw,
+            a = in(reg) a as *const PChunk,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        acc
     }
 
     /// acc + (Σ 8 products a·w per lane, exactly in i32) × (d_a·d_w): one column's share of
@@ -1454,9 +1518,14 @@ pub(crate) mod wide {
         // The offsets of blocks 16j..16j + 16 gathered in a register (through memory, the
         // loads waited for the stores): chunk k2 fills lanes 4(k2 % 4)..
         let mut ov = _mm512_setzero_ps();
-        each_chunk16!(T, row, nch, |k2, wc, o4| {
+        each_chunk16!(T, row, nch, |k2, wc, o4, half| {
             for c in 0..C {
-                acc[c] = chunk_fma_w(acc[c], acts.get_unchecked(c * nch2 + k2), &wc);
+                let a = acts.get_unchecked(c * nch2 + k2);
+                acc[c] = if half {
+                    chunk_fma_w_half(acc[c], a, &wc)
+                } else {
+                    chunk_fma_w(acc[c], a, &wc)
+                };
             }
             if has_off(T) {
                 ov = _mm512_mask_broadcast_f32x4(ov, 0xF << (4 * (k2 % 4)), o4);
@@ -1480,12 +1549,14 @@ pub(crate) mod wide {
         wc: &[WChunk16],
         acts: &[PChunk],
         nch: usize,
+        tail: bool,
         offs: &[f32],
         sums: &[f32],
         sl: usize,
     ) -> [[f32; C]; R] {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
-        for k in 0..nch {
+        let full = if tail { nch - 1 } else { nch };
+        for k in 0..full {
             for c in 0..C {
                 let a = acts.get_unchecked(c * nch + k);
                 let ap = a.y.as_ptr() as *const __m512i;
@@ -1493,6 +1564,18 @@ pub(crate) mod wide {
                 let da = _mm512_load_ps(a.d.as_ptr());
                 for r in 0..R {
                     acc[r][c] = chunk_fma(acc[r][c], av, da, wc.get_unchecked(r * nch + k));
+                }
+            }
+        }
+        if tail {
+            let k = nch - 1;
+            for c in 0..C {
+                let a = acts.get_unchecked(c * nch + k);
+                let ap = a.y.as_ptr() as *const __m512i;
+                let av = [0, 1].map(|m| _mm512_load_si512(ap.add(m)));
+                let da = _mm512_load_ps(a.d.as_ptr());
+                for r in 0..R {
+                    acc[r][c] = chunk_fma_half(acc[r][c], av, da, wc.get_unchecked(r * nch + k));
                 }
             }
         }
@@ -1572,7 +1655,7 @@ pub(crate) mod wide {
                 let rr = TR.min(rows - r0);
                 for r in 0..rr {
                     let rp = data.as_ptr().add((r0 + r) * row_bytes);
-                    each_chunk16!(T, rp, nch, |k2, w, o4| {
+                    each_chunk16!(T, rp, nch, |k2, w, o4, _half| {
                         wc[r * nch2 + k2] = w;
                         if has_off(T) {
                             _mm_storeu_ps(offs.as_mut_ptr().add(r * sl + 4 * k2), o4);
@@ -1589,6 +1672,7 @@ pub(crate) mod wide {
                                 &wc[$rbase * nch2..],
                                 a,
                                 nch2,
+                                nch % 2 == 1,
                                 &offs[$rbase * sl..],
                                 &sums[c * sl..],
                                 sl,
