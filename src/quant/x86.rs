@@ -1047,6 +1047,8 @@ pub(crate) mod wide {
             _mm512_inserti32x4(q, lane(3, at), 3)
         };
         let z = _mm512_setzero_si512();
+        // The blocks' headers (scale, offset, high bits), 16 bytes each, one lane a block.
+        let hdr = gather(0);
         let w = if T == Q8_0 {
             // Bytes 0..16 and 16..32 of each block; sign-extended by unpacking a byte with
             // itself and shifting the word right by 8.
@@ -1072,11 +1074,30 @@ pub(crate) mod wide {
             if matches!(T, Q5_0 | Q5_1) {
                 // q = nib | bit<<4, centred q - 16; block b's 32 high bits on lane b's
                 // words, value 8m + i takes bit 8m + i.
-                let qh = |b: usize| {
-                    (blk(b).add(if T == Q5_0 { 2 } else { 4 }) as *const u32).read_unaligned()
-                        as i32
-                };
-                let h = _mm_setr_epi32(qh(0), qh(1), qh(2), qh(3));
+                // Each block's high bits: words 1-2 (Q5_0) or 2-3 (Q5_1) of its header lane.
+                let o = if T == Q5_0 { 1 } else { 2 };
+                let pair = |b: i32| (o + 8 * b) | (o + 8 * b + 1) << 16;
+                let h = _mm512_castsi512_si128(_mm512_permutexvar_epi16(
+                    _mm512_setr_epi32(
+                        pair(0),
+                        pair(1),
+                        pair(2),
+                        pair(3),
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ),
+                    hdr,
+                ));
                 // Vector m's 32 words are bits 8m..8m + 8 of each block's 32 (lane b, word i:
                 // bit 8m + i of block b): byte m of each block's bits, gathered by a byte
                 // transpose, is vector m's mask.
@@ -1104,28 +1125,18 @@ pub(crate) mod wide {
             }
             w
         };
-        let f16bits = |b: usize, at: usize| (blk(b).add(at) as *const u16).read_unaligned() as i16;
-        let d4 = _mm_cvtph_ps(_mm_setr_epi16(
-            f16bits(0, 0),
-            f16bits(1, 0),
-            f16bits(2, 0),
-            f16bits(3, 0),
-            0,
-            0,
-            0,
-            0,
-        ));
+        // Word w of each block's header as 4 floats.
+        let word4 = |w: i32| {
+            let i = w | (w + 8) << 16;
+            let j = (w + 16) | (w + 24) << 16;
+            _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi16(
+                _mm512_setr_epi32(i, j, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+                hdr,
+            )))
+        };
+        let d4 = word4(0);
         let o = if has_off(T) {
-            let m4 = _mm_cvtph_ps(_mm_setr_epi16(
-                f16bits(0, 2),
-                f16bits(1, 2),
-                f16bits(2, 2),
-                f16bits(3, 2),
-                0,
-                0,
-                0,
-                0,
-            ));
+            let m4 = word4(1);
             let mid = _mm_set1_ps(if T == Q5_1 { 16.0 } else { 8.0 });
             // As `decode`: mid·d + m, one rounding.
             _mm_fmadd_ps(mid, d4, m4)
