@@ -702,39 +702,9 @@ pub(crate) mod wide {
     /// 7 on 2 cores, 2026-12-06; 4 KiB no better than 2), more reads in flight per core.
     const PF_AHEAD: usize = 2048;
 
-    /// Per super-block values decoded once for its 4 chunks: K-quant sub-block scales and
-    /// offsets (Q6_K: d in s[0]).
-    #[derive(Clone, Copy, Default)]
-    struct Pre {
-        s: [f32; 8],
-        o: [f32; 8],
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn prep<const T: u8>(row: *const u8, sb: usize) -> Pre {
-        let mut pre = Pre::default();
-        match T {
-            Q4_K | Q5_K => {
-                let p = row.add(sb * if T == Q5_K { 176 } else { 144 });
-                let (d, dmin) = (f16(p), f16(p.add(2)));
-                let sc: [u8; 12] = (p.add(4) as *const [u8; 12]).read_unaligned();
-                let mid = if T == Q5_K { 16.0f32 } else { 8.0 };
-                for j in 0..8 {
-                    let (a, m) = super::super::k_scale_min(&sc, j);
-                    pre.s[j] = d * a as f32;
-                    pre.o[j] = mid.mul_add(pre.s[j], -(dmin * m as f32));
-                }
-            }
-            Q6_K => pre.s[0] = f16(row.add(sb * 210 + 208)),
-            _ => {}
-        }
-        pre
-    }
-
-    /// [`prep`] of a Q4_K / Q5_K super-block in registers: the 8 sub-block scales and
-    /// offsets (the same values: d·sc, and mid·s - dmin·m in one rounding). Made by vector
-    /// operations so that no vector load waits on scalar stores.
+    /// A Q4_K / Q5_K super-block's 8 sub-block scales d·sc and offsets mid·s - dmin·m (one
+    /// rounding), sc and m as `k_scale_min` reads them. Made by vector operations in
+    /// registers: scalar stores read back as vectors stalled on store forwarding.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn prep_k(row: *const u8, sb: usize, q5: bool) -> (__m256, __m256) {
@@ -803,14 +773,14 @@ pub(crate) mod wide {
 
     /// Chunk g of group sb of a row (values 64k..64k+64 with k = sb*group + g): centred
     /// weights, lane scales, and for types with an offset the per-block offsets
-    /// (w = scale·q + offset).
+    /// (w = scale·q + offset). Q6_K: weights only (`to16` applies its scales); Q4_K and
+    /// Q5_K decode through `kquant16`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn decode<const T: u8>(
         row: *const u8,
         sb: usize,
         g: usize,
-        pre: &Pre,
     ) -> (__m512i, __m512, [f32; 2]) {
         let k = sb;
         match T {
@@ -865,31 +835,8 @@ pub(crate) mod wide {
                 let e8 = super::super::e8m0_half;
                 (w, two(e8(*p0), e8(*p1)), [0.0; 2])
             }
-            Q4_K | Q5_K => {
-                let q5 = T == Q5_K;
-                let p = row.add(sb * if q5 { 176 } else { 144 });
-                let qs = p.add(if q5 { 48 } else { 16 } + 32 * g);
-                let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs as *const __m256i));
-                let q = _mm512_mask_srli_epi16(q, 0xFFFF_0000, q, 4);
-                let nib = _mm512_and_si512(q, _mm512_set1_epi8(0xF));
-                let w = if q5 {
-                    let qh =
-                        _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16) as *const __m256i));
-                    let sel = _mm512_mask_blend_epi8(
-                        0xFFFF_FFFF_0000_0000,
-                        _mm512_set1_epi8((1u8 << (2 * g)) as i8),
-                        _mm512_set1_epi8((2u8 << (2 * g)) as i8),
-                    );
-                    let bit = _mm512_test_epi8_mask(qh, sel);
-                    _mm512_mask_sub_epi8(nib, !bit, nib, _mm512_set1_epi8(16))
-                } else {
-                    _mm512_sub_epi8(nib, _mm512_set1_epi8(8))
-                };
-                let dw = two(pre.s[2 * g], pre.s[2 * g + 1]);
-                (w, dw, [pre.o[2 * g], pre.o[2 * g + 1]])
-            }
-            _ => {
-                // Q6_K: chunk c of the super-block is half h = c/2, quarter pair j = c%2.
+            Q6_K => {
+                // Chunk c of the super-block is half h = c/2, quarter pair j = c%2.
                 let (h, j) = (g / 2, g % 2);
                 let p = row.add(sb * 210);
                 let ql = _mm512_loadu_si512(p.add(64 * h) as *const __m512i);
@@ -917,14 +864,9 @@ pub(crate) mod wide {
                 };
                 let q = _mm512_or_si512(lo, _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
                 let w = _mm512_sub_epi8(q, _mm512_set1_epi8(32));
-                let d = pre.s[0];
-                let sc4 = (p.add(192 + 8 * h + 4 * j) as *const u32).read_unaligned();
-                let sc = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(sc4 as i32)));
-                let sc = _mm_mul_ps(sc, _mm_set1_ps(d));
-                let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-                let dw = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(sc));
-                (w, dw, [0.0; 2])
+                (w, _mm512_setzero_ps(), [0.0; 2])
             }
+            _ => unreachable!("Q4_K and Q5_K decode through kquant16"),
         }
     }
 
@@ -1252,7 +1194,7 @@ pub(crate) mod wide {
             let (row, nch): (*const u8, usize) = ($row, $nch);
             if nch % 2 == 1 {
                 let $k2 = nch / 2;
-                let (w0, d0, o0) = decode::<$t>(row, 2 * $k2, 0, &Pre::default());
+                let (w0, d0, o0) = decode::<$t>(row, 2 * $k2, 0);
                 let $wc = tail16(w0, d0);
                 let $o4 = _mm_setr_ps(o0[0], o0[1], 0.0, 0.0);
                 let $half = true;
@@ -1276,14 +1218,13 @@ pub(crate) mod wide {
                 }
                 each_chunk16!(@tail $t, row, nch, |$k2, $wc, $o4, $half| $body);
             } else if group($t) == 1 {
-                let pre = Pre::default();
                 for $k2 in 0..nch / 2 {
                     for l in (0..2 * gb).step_by(64) {
                         let at = 2 * $k2 * gb + l + PF_AHEAD;
                         _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
                     }
-                    let (w0, d0, _) = decode::<$t>(row, 2 * $k2, 0, &pre);
-                    let (w1, d1, _) = decode::<$t>(row, 2 * $k2 + 1, 0, &pre);
+                    let (w0, d0, _) = decode::<$t>(row, 2 * $k2, 0);
+                    let (w1, d1, _) = decode::<$t>(row, 2 * $k2 + 1, 0);
                     let $wc = to16::<$t>(w0, d0, w1, d1, row, 0.0);
                     let $o4 = _mm_setzero_ps();
                     let $half = false;
@@ -1298,12 +1239,8 @@ pub(crate) mod wide {
                         let at = sb * gb + l + PF_AHEAD;
                         _mm_prefetch(row.wrapping_add(at) as *const i8, _MM_HINT_T0);
                     }
-                    // Q6_K: `pre` holds d; Q4_K / Q5_K: scales and offsets from `prep_k`.
-                    let pre = if $t == Q6_K {
-                        prep::<$t>(row, sb)
-                    } else {
-                        Pre::default()
-                    };
+                    // Q6_K: its d; Q4_K / Q5_K: scales and offsets from `prep_k`.
+                    let d6 = if $t == Q6_K { f16(row.add(sb * 210 + 208)) } else { 0.0 };
                     let (s8, o8) = if $t == Q6_K {
                         (_mm256_setzero_ps(), _mm256_setzero_ps())
                     } else {
@@ -1313,10 +1250,10 @@ pub(crate) mod wide {
                         ($h:literal) => {{
                             let $k2 = 2 * sb + $h;
                             let ($wc, $o4) = if $t == Q6_K {
-                                let (w0, d0, _) = decode::<$t>(row, sb, 2 * $h, &pre);
-                                let (w1, d1, _) = decode::<$t>(row, sb, 2 * $h + 1, &pre);
+                                let (w0, d0, _) = decode::<$t>(row, sb, 2 * $h);
+                                let (w1, d1, _) = decode::<$t>(row, sb, 2 * $h + 1);
                                 let q6sc = row.add(sb * 210 + 192 + 8 * $h);
-                                (to16::<$t>(w0, d0, w1, d1, q6sc, pre.s[0]), _mm_setzero_ps())
+                                (to16::<$t>(w0, d0, w1, d1, q6sc, d6), _mm_setzero_ps())
                             } else {
                                 let o4 = if $h == 0 {
                                     _mm256_castps256_ps128(o8)
@@ -1359,117 +1296,76 @@ pub(crate) mod wide {
         }
     }
 
-    /// [`chunk_fma`] of a [`tail16`] chunk: its two vectors.
+    /// acc + (Σ 8 products per lane of `regs`' and `mem`'s i16 vectors, exactly in i32) ×
+    /// (`scale` · `mem`'s scale vector): one column's share of a weight chunk. `mem` points
+    /// at four i16 vectors and then a scale vector, the layout both [`PChunk`] and
+    /// [`WChunk16`] have, so the tile (activations in registers, weights from memory) and
+    /// the decode kernel (weights in registers, activations from memory) run this one
+    /// sequence of operations (both multiplications commute). Written out because the
+    /// compiler turns a vpdpwssd chain started at zero into vpmaddwd + vpaddd and then runs
+    /// out of registers.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn chunk_fma_half(acc: __m512, a: [__m512i; 2], da: __m512, w: &WChunk16) -> __m512 {
+    unsafe fn chunk_fma(acc: __m512, regs: [__m512i; 4], scale: __m512, mem: *const u8) -> __m512 {
         let mut acc = acc;
         let (_t, _s): (__m512i, __m512);
         std::arch::asm!(
             "vpxord {t:z}, {t:z}, {t:z}",
-            "vpdpwssd {t:z}, {a0:z}, zmmword ptr [{w}]",
-            "vpdpwssd {t:z}, {a1:z}, zmmword ptr [{w} + 64]",
-            "vmulps {s:z}, {da:z}, zmmword ptr [{w} + 256]",
+            "vpdpwssd {t:z}, {r0:z}, zmmword ptr [{m}]",
+            "vpdpwssd {t:z}, {r1:z}, zmmword ptr [{m} + 64]",
+            "vpdpwssd {t:z}, {r2:z}, zmmword ptr [{m} + 128]",
+            "vpdpwssd {t:z}, {r3:z}, zmmword ptr [{m} + 192]",
+            "vmulps {s:z}, {sc:z}, zmmword ptr [{m} + 256]",
             "vcvtdq2ps {t:z}, {t:z}",
             "vfmadd231ps {acc:z}, {t:z}, {s:z}",
             t = out(zmm_reg) _t,
             s = out(zmm_reg) _s,
             acc = inout(zmm_reg) acc,
-            a0 = in(zmm_reg) a[0],
-            a1 = in(zmm_reg) a[1],
-            da = in(zmm_reg) da,
-            w = in(reg) w as *const WChunk16,
+            r0 = in(zmm_reg) regs[0],
+            r1 = in(zmm_reg) regs[1],
+            r2 = in(zmm_reg) regs[2],
+            r3 = in(zmm_reg) regs[3],
+            sc = in(zmm_reg) scale,
+            m = in(reg) mem,
             options(pure, readonly, nostack, preserves_flags),
         );
         acc
     }
 
-    /// [`chunk_fma_w`] of a [`tail16`] chunk: its two vectors.
+    /// [`chunk_fma`] of a [`tail16`] chunk: its first two vectors.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn chunk_fma_w_half(acc: __m512, a: &PChunk, w: &WChunk16) -> __m512 {
+    unsafe fn chunk_fma_half(
+        acc: __m512,
+        regs: [__m512i; 2],
+        scale: __m512,
+        mem: *const u8,
+    ) -> __m512 {
         let mut acc = acc;
         let (_t, _s): (__m512i, __m512);
         std::arch::asm!(
             "vpxord {t:z}, {t:z}, {t:z}",
-            "vpdpwssd {t:z}, {w0:z}, zmmword ptr [{a}]",
-            "vpdpwssd {t:z}, {w1:z}, zmmword ptr [{a} + 64]",
-            "vmulps {s:z}, {dw:z}, zmmword ptr [{a} + 256]",
+            "vpdpwssd {t:z}, {r0:z}, zmmword ptr [{m}]",
+            "vpdpwssd {t:z}, {r1:z}, zmmword ptr [{m} + 64]",
+            "vmulps {s:z}, {sc:z}, zmmword ptr [{m} + 256]",
             "vcvtdq2ps {t:z}, {t:z}",
             "vfmadd231ps {acc:z}, {t:z}, {s:z}",
             t = out(zmm_reg) _t,
             s = out(zmm_reg) _s,
             acc = inout(zmm_reg) acc,
-            w0 = in(zmm_reg) w.w[0],
-            w1 = in(zmm_reg) w.w[1],
-            dw = in(zmm_reg) w.dw,
-            a = in(reg) a as *const PChunk,
+            r0 = in(zmm_reg) regs[0],
+            r1 = in(zmm_reg) regs[1],
+            sc = in(zmm_reg) scale,
+            m = in(reg) mem,
             options(pure, readonly, nostack, preserves_flags),
         );
         acc
     }
 
-    /// acc + (Σ 8 products a·w per lane, exactly in i32) × (d_a·d_w): one column's share of
-    /// a weight chunk, the activations in registers and the weights from memory (the tile).
-    /// Written out because the compiler turns a vpdpwssd chain started at zero into vpmaddwd
-    /// + vpaddd and then runs out of registers.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn chunk_fma(acc: __m512, a: [__m512i; 4], da: __m512, w: &WChunk16) -> __m512 {
-        let mut acc = acc;
-        let (_t, _s): (__m512i, __m512);
-        std::arch::asm!(
-            "vpxord {t:z}, {t:z}, {t:z}",
-            "vpdpwssd {t:z}, {a0:z}, zmmword ptr [{w}]",
-            "vpdpwssd {t:z}, {a1:z}, zmmword ptr [{w} + 64]",
-            "vpdpwssd {t:z}, {a2:z}, zmmword ptr [{w} + 128]",
-            "vpdpwssd {t:z}, {a3:z}, zmmword ptr [{w} + 192]",
-            "vmulps {s:z}, {da:z}, zmmword ptr [{w} + 256]",
-            "vcvtdq2ps {t:z}, {t:z}",
-            "vfmadd231ps {acc:z}, {t:z}, {s:z}",
-            t = out(zmm_reg) _t,
-            s = out(zmm_reg) _s,
-            acc = inout(zmm_reg) acc,
-            a0 = in(zmm_reg) a[0],
-            a1 = in(zmm_reg) a[1],
-            a2 = in(zmm_reg) a[2],
-            a3 = in(zmm_reg) a[3],
-            da = in(zmm_reg) da,
-            w = in(reg) w as *const WChunk16,
-            options(pure, readonly, nostack, preserves_flags),
-        );
-        acc
-    }
-
-    /// [`chunk_fma`] with the weights in registers and the activations from memory (the
-    /// decode kernel): the same products, sums and rounding (both multiplications commute).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn chunk_fma_w(acc: __m512, a: &PChunk, w: &WChunk16) -> __m512 {
-        let mut acc = acc;
-        let (_t, _s): (__m512i, __m512);
-        std::arch::asm!(
-            "vpxord {t:z}, {t:z}, {t:z}",
-            "vpdpwssd {t:z}, {w0:z}, zmmword ptr [{a}]",
-            "vpdpwssd {t:z}, {w1:z}, zmmword ptr [{a} + 64]",
-            "vpdpwssd {t:z}, {w2:z}, zmmword ptr [{a} + 128]",
-            "vpdpwssd {t:z}, {w3:z}, zmmword ptr [{a} + 192]",
-            "vmulps {s:z}, {dw:z}, zmmword ptr [{a} + 256]",
-            "vcvtdq2ps {t:z}, {t:z}",
-            "vfmadd231ps {acc:z}, {t:z}, {s:z}",
-            t = out(zmm_reg) _t,
-            s = out(zmm_reg) _s,
-            acc = inout(zmm_reg) acc,
-            w0 = in(zmm_reg) w.w[0],
-            w1 = in(zmm_reg) w.w[1],
-            w2 = in(zmm_reg) w.w[2],
-            w3 = in(zmm_reg) w.w[3],
-            dw = in(zmm_reg) w.dw,
-            a = in(reg) a as *const PChunk,
-            options(pure, readonly, nostack, preserves_flags),
-        );
-        acc
-    }
+    // `chunk_fma` reads either chunk as four vectors and then the scales.
+    const _: () = assert!(
+        std::mem::offset_of!(PChunk, d) == 256 && std::mem::offset_of!(WChunk16, dw) == 256
+    );
 
     /// `oacc[c]` + Σ_b offset_b·sum_b over blocks 16j..16j + 16 (`ov`: the row's offsets of
     /// those blocks; `sums`: C columns of `sl`, zero-padded): one step of the offset terms,
@@ -1531,11 +1427,11 @@ pub(crate) mod wide {
         let mut ov = _mm512_setzero_ps();
         each_chunk16!(T, row, nch, |k2, wc, o4, half| {
             for c in 0..C {
-                let a = acts.get_unchecked(c * nch2 + k2);
+                let a = acts.get_unchecked(c * nch2 + k2) as *const PChunk as *const u8;
                 acc[c] = if half {
-                    chunk_fma_w_half(acc[c], a, &wc)
+                    chunk_fma_half(acc[c], [wc.w[0], wc.w[1]], wc.dw, a)
                 } else {
-                    chunk_fma_w(acc[c], a, &wc)
+                    chunk_fma(acc[c], wc.w, wc.dw, a)
                 };
             }
             if has_off(T) {
@@ -1574,7 +1470,8 @@ pub(crate) mod wide {
                 let av = [0, 1, 2, 3].map(|m| _mm512_load_si512(ap.add(m)));
                 let da = _mm512_load_ps(a.d.as_ptr());
                 for r in 0..R {
-                    acc[r][c] = chunk_fma(acc[r][c], av, da, wc.get_unchecked(r * nch + k));
+                    let w = wc.get_unchecked(r * nch + k) as *const WChunk16 as *const u8;
+                    acc[r][c] = chunk_fma(acc[r][c], av, da, w);
                 }
             }
         }
@@ -1586,7 +1483,8 @@ pub(crate) mod wide {
                 let av = [0, 1].map(|m| _mm512_load_si512(ap.add(m)));
                 let da = _mm512_load_ps(a.d.as_ptr());
                 for r in 0..R {
-                    acc[r][c] = chunk_fma_half(acc[r][c], av, da, wc.get_unchecked(r * nch + k));
+                    let w = wc.get_unchecked(r * nch + k) as *const WChunk16 as *const u8;
+                    acc[r][c] = chunk_fma_half(acc[r][c], av, da, w);
                 }
             }
         }

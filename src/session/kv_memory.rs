@@ -109,13 +109,19 @@ impl Session {
 /// `chunk` (see the module's notes). The last prompt token is always computed: its logits
 /// start the generation.
 pub fn usable_prefix(cached: usize, len: usize, block: usize, chunk: usize) -> usize {
-    let w = crate::quant::WIDE_INVARIANT_COLS;
-    if len == 0 || block <= w && w != usize::MAX {
+    if len == 0 {
         return 0;
     }
     let mut p = cached.min((len - 1) / block * block);
-    // Where every chunk size computes its rows alike (the AVX-512 kernels), any block will do.
-    if w != usize::MAX && p % chunk != 0 {
+    let w = crate::quant::WIDE_INVARIANT_COLS;
+    if w == usize::MAX {
+        // Every chunk size computes its rows alike (the AVX-512 kernels): any block will do.
+        return p;
+    }
+    if block <= w {
+        return 0;
+    }
+    if p % chunk != 0 {
         let k0 = p / chunk * chunk;
         let end = len.min(k0 + chunk);
         if end - p <= w && end - k0 > w {
