@@ -70,3 +70,34 @@ __device__ __forceinline__ void attention_body(const float* __restrict__ q, cons
 ATTENTION_ENTRY(attention, __half)
 ATTENTION_ENTRY(attention_f32kv, float)
 #undef ATTENTION_ENTRY
+
+// The prefix cache on a GPU (src/backend/cuda/model/prefix_blocks.rs): copy whole blocks of
+// `block` positions between a session's cache and prefix-cache blocks. A block holds, per
+// layer, K then V, each [n_kv][block][head_dim]: one head's rows of a block are as contiguous
+// there as in the cache's [n_kv][max_ctx][head_dim], so each is one run of bytes. blocks:
+// n_blocks device addresses, block i holding positions pos0 + i*block ..; caches: per layer
+// the K then the V cache's address. to_cache: blocks -> cache, else cache -> blocks.
+// row_bytes (head_dim x the value's bytes) is a multiple of 16 (head_dim of 32s).
+// Launch: block = 256 threads, grid = (n_blocks, n_layer, 2: K or V).
+extern "C" __global__ void kv_blocks_copy(const unsigned long long* __restrict__ blocks,
+                                          const unsigned long long* __restrict__ caches,
+                                          int n_kv, int block, int row_bytes, int max_ctx,
+                                          int pos0, int to_cache) {
+    pdl_wait();
+    pdl_trigger();
+    const int b = blockIdx.x, layer = blockIdx.y, kv = blockIdx.z;
+    const long long run = (long long)block * row_bytes;  // one head's rows of a block
+    char* blk = (char*)blocks[b] + (long long)(2 * layer + kv) * n_kv * run;
+    char* cache = (char*)caches[2 * layer + kv];
+    const long long first = (long long)pos0 + (long long)b * block;
+    const int words = (int)(run / 16);
+    for (int i = threadIdx.x; i < n_kv * words; i += blockDim.x) {
+        const int h = i / words, w = i % words;
+        uint4* pb = (uint4*)(blk + h * run) + w;
+        uint4* pc = (uint4*)(cache + ((long long)h * max_ctx + first) * row_bytes) + w;
+        if (to_cache)
+            *pc = *pb;
+        else
+            *pb = *pc;
+    }
+}

@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${1:-$here}/.device"
 cd "$here"
-tests=(cuda_kernels cuda_parity cuda_real engine_tiny cuda_batch)
+tests=(cuda_kernels cuda_parity cuda_real engine_tiny cuda_batch cuda_prefix)
 # A target folder of its own: the CUDA build does not evict the CPU build's artifacts.
 export CARGO_TARGET_DIR="$here/target-cuda"
 args=()

@@ -16,7 +16,7 @@ esac
 echo "card: $card, peak ${peak} GB/s"
 for p in $presets; do
   [ -f "/tmp/$p.gguf" ] || ./llorch synth --preset "$p" --seed 1 -o "/tmp/$p.gguf" >/dev/null
-  echo "== $p: decode kernels (ncu, 2 tokens at positions 0 and 1)"
+  echo "== $p: decode kernels (ncu: the bench's decode steps, graphs off)"
   LLORCH_CUDA_GRAPH=0 timeout 300 ncu --clock-control none --csv --print-units base \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__registers_per_thread \
     ./llorch bench -m "/tmp/$p.gguf" --device cuda:0 -p 0 -n 1 -r 1 >"$log/ncu-$p.csv" 2>"$log/ncu-$p.err"
@@ -33,21 +33,30 @@ for r in csv.DictReader(lines):
     except ValueError:
         pass
 agg = collections.OrderedDict()
+# Decode steps profiled: one embedding lookup each. The f16 weight copies are made at load
+# (dequant_f16_*): not a step's.
+tokens = sum(1 for k in rows.values() if k["name"].startswith("embed"))
 for k in rows.values():
+    if k["name"].startswith("dequant_f16"):
+        continue
     key = (k["name"], k["grid"])
     a = agg.setdefault(key, [0, 0.0, 0.0, k.get("launch__registers_per_thread", 0)])
     a[0] += 1
     a[1] += k.get("gpu__time_duration.sum", 0)
     a[2] += k.get("dram__bytes_read.sum", 0)
 tot = sum(a[1] for a in agg.values())
-print(f"{'kernel':<20} {'grid':<16} {'n':>4} {'us/launch':>10} {'GB/s':>8} {'of peak':>7} {'share':>6}")
+print(f"| kernel | grid | per token | us/launch | us/token | MB/launch | GB/s | of peak | share |")
+print("|---|---|---|---|---|---|---|---|---|")
 for (n, g), (c, t, b, reg) in sorted(agg.items(), key=lambda x: -x[1][1]):
     unit = 1e-3  # ncu reports ns (gpu__time_duration in nsecond)
     us = t / c * unit
     gbs = b / t if t else 0
-    ofp = f"{gbs / peak * 100:>6.1f}%" if peak else "      -"
-    print(f"{n:<20} {g:<16} {c:>4} {us:>10.2f} {gbs:>8.1f} {ofp} {t / tot * 100:>5.1f}%")
+    ofp = f"{gbs / peak * 100:.1f}%" if peak else "-"
+    print(f"| {n} | {g.replace(' ', '')} | {c / tokens:g} | {us:.2f} | {t * unit / tokens:.1f} | "
+          f"{b / c / 1e6:.2f} | {gbs:.0f} | {ofp} | {t / tot * 100:.1f}% |")
 byt = sum(a[2] for a in agg.values())
-print(f"total kernel time per token: {tot * 1e-3 / 2:.1f} us (2 tokens); all kernels {byt / tot:.1f} GB/s")
+print(f"\n{tokens} decode steps; kernel time per token {tot * 1e-3 / tokens:.1f} us (each kernel alone, "
+      f"caches flushed, no overlap); {byt / tokens / 1e6:.1f} MB read a token; all kernels "
+      f"{byt / tot:.0f} GB/s")
 PY
 done

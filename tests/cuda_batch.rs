@@ -34,6 +34,14 @@ fn say(s: &str) {
 }
 
 fn gpu_model(test: &str) -> Option<Arc<Model>> {
+    let (ctx, path) = gpu_file(test)?;
+    let m = Model::load(&ctx, &path, None).unwrap();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    Some(m)
+}
+
+/// A CUDA context and the synthetic model's file (its folder is the caller's to remove).
+fn gpu_file(test: &str) -> Option<(Arc<Context>, std::path::PathBuf)> {
     let ctx = match Context::new(ContextOptions {
         device: Device::Cuda(0),
         threads: 0,
@@ -52,9 +60,7 @@ fn gpu_model(test: &str) -> Option<Arc<Model>> {
     let mut spec = preset("qwen2-0.5b").unwrap();
     spec.n_ctx = 512;
     build(&spec, 1).unwrap().write_file(&path).unwrap();
-    let m = Model::load(&ctx, &path, None).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    Some(m)
+    Some((ctx, path))
 }
 
 const GEN: u32 = 24;
@@ -86,6 +92,9 @@ fn batched_greedy_matches_alone() {
     let Some(m) = gpu_model("batched_greedy_matches_alone") else {
         return;
     };
+    // Each session's batched run against its run alone, not against rows the prefix cache
+    // copied from that earlier run.
+    llorch::backend::cuda::set_prefix_cache(false);
     for seqs in [8, 3, 24, 65] {
         say(&format!("{seqs} sessions:"));
         batched_matches_alone(&m, seqs);

@@ -1174,6 +1174,36 @@ fn argmax_picks_first_maximum() {
     assert_eq!(got[1], 12_345);
     let nan = dev.upload_f32(&[f32::NAN; 100], MemKind::Scratch).unwrap();
     assert!(matches!(dev.argmax(&nan, 1, 100), Err(Error::Internal(_))));
+    // One buffer through launches of other row and column counts (a row is split in up to
+    // 32 slices whose last block merges them and leaves the row's counter zero for the next
+    // launch): each launch's picks equal the host's.
+    let buf = dev.argmax_buffer(8).unwrap();
+    for (rows, n) in [
+        (4, cols),
+        (1, cols),
+        (3, 100),
+        (4, 4097),
+        (2, 1),
+        (4, cols),
+        (1, 2048),
+    ] {
+        let got = dev.argmax_into(&ld, 0, rows, n, &buf).unwrap();
+        let want: Vec<Option<u32>> = logits
+            .chunks(n)
+            .take(rows)
+            .map(|r| {
+                let mut best: Option<usize> = None;
+                for (i, &v) in r.iter().enumerate() {
+                    if !v.is_nan() && best.map_or(true, |b| v > r[b]) {
+                        best = Some(i);
+                    }
+                }
+                best.map(|b| b as u32)
+            })
+            .collect();
+        assert_eq!(got, want, "{rows} rows of {n}");
+    }
+    assert!(dev.argmax_into(&ld, 0, 9, 100, &buf).is_err());
 }
 
 #[test]

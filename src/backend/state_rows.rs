@@ -2,7 +2,7 @@
 //! save/restore and fork copy); and its KV blocks where the backend takes them from the
 //! model's pool (the CPU; a GPU state's cache is one allocation per layer, grown whole).
 
-use super::kvpool::{Block, Grant};
+use super::kvpool::{Block, Grant, KvPool};
 use super::{Dims, State};
 use crate::Result;
 use std::sync::Arc;
@@ -86,21 +86,38 @@ impl State {
         }
     }
 
-    /// Start an empty cache from cached blocks (the prefix cache's).
-    pub fn kv_adopt(&mut self, blocks: &[Arc<Block>]) -> Result<()> {
+    /// Whether the state takes part in the prefix cache (the CPU's blocks; a GPU's cache
+    /// through copies of them: cuda/model/prefix_blocks.rs).
+    pub fn prefix_cache(&self) -> bool {
         match self {
-            State::Cpu(_, st) => st.kv_mut().adopt(blocks),
+            State::Cpu(..) => true,
             #[cfg(feature = "cuda")]
-            State::Cuda(..) => Ok(()),
+            State::Cuda(..) => super::cuda::prefix_cache_enabled(),
         }
     }
 
-    /// Offer the full blocks holding `tokens` (from position 0) to the prefix cache.
-    pub fn kv_register(&mut self, tokens: &[u32]) {
+    /// Start an empty cache from cached blocks (the prefix cache's, of `block` positions:
+    /// shared on the CPU, copied into a GPU's cache).
+    pub fn kv_adopt(&mut self, blocks: &[Arc<Block>], block: usize) -> Result<()> {
         match self {
-            State::Cpu(_, st) => st.kv_mut().register(tokens),
+            State::Cpu(_, st) => {
+                let _ = block;
+                st.kv_mut().adopt(blocks)
+            }
             #[cfg(feature = "cuda")]
-            State::Cuda(..) => {}
+            State::Cuda(_, st) => st.kv_adopt(blocks, block),
+        }
+    }
+
+    /// Offer the full blocks holding `tokens` (from position 0) to `pool`'s prefix cache.
+    pub fn kv_register(&mut self, tokens: &[u32], pool: &KvPool) {
+        match self {
+            State::Cpu(_, st) => {
+                let _ = pool;
+                st.kv_mut().register(tokens)
+            }
+            #[cfg(feature = "cuda")]
+            State::Cuda(_, st) => st.kv_register(tokens, pool),
         }
     }
 

@@ -50,20 +50,38 @@ impl Session {
     /// first turn), then the grant for the rest of the prompt and the tokens it may
     /// generate, and the prompt's blocks. Returns the prompt tokens already in the cache.
     pub(super) fn kv_prepare(&mut self, g: &mut Generation, prompt: &[u32]) -> Result<usize> {
-        let (paged, taps, batchable, chunk) = {
+        let (paged, taps, batchable, chunk, prefix) = {
             let st = self.state.lock();
-            (st.paged(), st.taps_on(), st.batchable(), st.prefill_chunk())
+            (
+                st.paged(),
+                st.taps_on(),
+                st.batchable(),
+                st.prefill_chunk(),
+                st.prefix_cache(),
+            )
         };
+        g.cacheable =
+            prefix && self.history.is_empty() && self.pending.is_none() && !taps && batchable;
+        let pool = &self.model.kv_pool;
+        let block = pool.layout().block;
         if !paged {
             // A GPU's cache grows now to what the generation may write, so that no step
             // allocates (or runs out of memory) half-way; in the pool's line, so that when the
             // memory is held by other sessions this waits (or is busy) as on the CPU.
+            let cached = if g.cacheable {
+                pool.lookup(prompt, self.kv_elem())
+            } else {
+                Vec::new()
+            };
+            // Whole blocks, the last prompt token computed (its logits start the generation);
+            // not bit for bit on a GPU (cuda/model/prefix_blocks.rs).
+            let skip = (cached.len() * block).min(prompt.len().saturating_sub(1) / block * block);
             let start = self.history.len();
             let end = (start + self.pending.is_some() as usize + prompt.len())
                 .saturating_add(g.max_tokens as usize)
                 .min(self.n_ctx);
             let state = &self.state;
-            let grant = self.model.kv_pool.admit_whole(
+            let grant = pool.admit_whole(
                 &format!("a KV cache of {end} positions"),
                 !self.fail_when_busy,
                 &self.cancel,
@@ -71,17 +89,18 @@ impl Session {
                 &|| state.lock().kv_never_fits(end),
             )?;
             g.grant = Some(grant);
-            return Ok(0);
+            if skip > 0 {
+                self.state.lock().kv_adopt(&cached[..skip / block], block)?;
+                self.history.extend_from_slice(&prompt[..skip]);
+            }
+            return Ok(skip);
         }
-        g.cacheable = self.history.is_empty() && self.pending.is_none() && !taps && batchable;
         let mut skip = 0;
         if g.cacheable {
-            let pool = &self.model.kv_pool;
-            let block = pool.layout().block;
             let cached = pool.lookup(prompt, self.kv_elem());
             skip = usable_prefix(cached.len() * block, prompt.len(), block, chunk);
             if skip > 0 {
-                self.state.lock().kv_adopt(&cached[..skip / block])?;
+                self.state.lock().kv_adopt(&cached[..skip / block], block)?;
                 self.history.extend_from_slice(&prompt[..skip]);
             }
         }
@@ -99,7 +118,9 @@ impl Session {
     /// After a first prompt was fed: offer its full blocks to the prefix cache.
     pub(super) fn kv_offer(&mut self, g: &Generation) {
         if g.cacheable {
-            self.state.lock().kv_register(&self.history);
+            self.state
+                .lock()
+                .kv_register(&self.history, &self.model.kv_pool);
         }
     }
 }

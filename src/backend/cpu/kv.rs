@@ -10,6 +10,9 @@ use crate::backend::kvpool::{Block, Elem, Grant, KvPool, Layout, Rows};
 use crate::{Error, Result};
 use std::sync::Arc;
 
+/// The CPU's pools make only host blocks (device blocks are a GPU model's).
+const HOST_ONLY: &str = "a CPU cache holds host blocks";
+
 /// The keys and values of a session's tokens.
 pub struct CpuKv {
     pub(super) n_ctx: usize,
@@ -100,6 +103,7 @@ impl CpuKv {
                     fp16::narrow(k, &mut d[ka..ka + n]);
                     fp16::narrow(v, &mut d[va..va + n]);
                 }
+                Rows::Device(..) => unreachable!("{HOST_ONLY}"),
             }
         }
     }
@@ -202,6 +206,7 @@ impl CpuState {
                             out.resize(o + span.len(), 0.0);
                             fp16::widen(&d[span], &mut out[o..]);
                         }
+                        Rows::Device(..) => unreachable!("{HOST_ONLY}"),
                     }
                 }
             }
@@ -239,6 +244,7 @@ impl CpuState {
                     match dst.data_mut() {
                         Rows::F32(d) => d[span].copy_from_slice(from),
                         Rows::F16(d) => fp16::narrow(from, &mut d[span]),
+                        Rows::Device(..) => unreachable!("{HOST_ONLY}"),
                     }
                 }
             }

@@ -60,7 +60,7 @@ impl CudaBatch {
     fn tables(st: &CudaState, dims: &Dims, rows: usize) -> Result<(DeviceBuffer, DeviceBuffer)> {
         let dev = st.device();
         let tab = dev.alloc(dims.n_layer * rows * ENTRY, MemKind::Scratch)?;
-        let picks = dev.alloc(rows * 4, MemKind::Scratch)?;
+        let picks = dev.argmax_buffer(rows)?;
         Ok((tab, picks))
     }
 

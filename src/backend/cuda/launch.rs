@@ -43,7 +43,13 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         ],
         "norm" => &["rmsnorm"],
         "rope" => &["rope", "rope_scaled"],
-        "attention" => &["kv_store", "attention", "kv_store_f32kv", "attention_f32kv"],
+        "attention" => &[
+            "kv_store",
+            "attention",
+            "kv_store_f32kv",
+            "attention_f32kv",
+            "kv_blocks_copy",
+        ],
         "attention_batch" => &["kv_store_batch", "attention_batch"],
         "elementwise" => &[
             "swiglu",
@@ -340,7 +346,7 @@ fn gemm_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
 /// a block), with their constants: weight rows a block, k a stage, ring stages.
 const SKINNY_NT: [usize; 2] = [2, 4];
 pub(super) const SKINNY_ROWS: usize = 32;
-const SKINNY_BK: usize = 128;
+pub(super) const SKINNY_BK: usize = 128;
 const SKINNY_STAGES: usize = 6;
 
 /// The launch shape of a skinny kernel over `m` inputs and `tiles` weight tiles: its input
@@ -356,6 +362,27 @@ pub(super) fn skinny_launch(m: usize, tiles: usize) -> Result<(usize, u32, (u32,
     let smem = SKINNY_STAGES * (SKINNY_ROWS + 8 * nt) * SKINNY_BK * 2;
     let grid_x = dim(m.div_ceil(8 * nt), "skinny input tiles")?;
     Ok((nt, smem as u32, (grid_x as u32, tiles as u32, 1)))
+}
+
+/// Shares of k for a skinny product of `tiles` weight tiles and `nk` chunks of k on a GPU of
+/// `sms` multiprocessors (kernels/gemm_f16.cu `skinny_split_sum`): enough blocks for about two
+/// a multiprocessor, at least two chunks a share, at most 16 shares, none empty. From the
+/// weights' shape alone, so a sequence's sums do not depend on the batch. Qwen2.5 0.5B on
+/// 132: the output and down projections (28 tiles) 3 and 10 shares, q/k/v 3; gate/up 1.
+pub(super) fn skinny_splits(tiles: usize, nk: usize, sms: usize) -> usize {
+    if tiles == 0 || nk < 4 {
+        return 1;
+    }
+    let z = (2 * sms).div_ceil(tiles).min(nk / 2).clamp(1, 16);
+    nk.div_ceil(nk.div_ceil(z))
+}
+
+/// Bytes of a stream's split scratch for `sms` multiprocessors: the partial sums of up to
+/// `4 sms` blocks of 16 inputs (32 lanes x 16 f32 each), then an int counter for each of up
+/// to `2 sms` tiles (split only below that many).
+pub(super) fn split_scratch_bytes(sms: usize) -> (usize, usize) {
+    let part = 4 * sms * 32 * 16 * 4;
+    (part, part + 2 * sms * 4)
 }
 
 /// Most inputs of a product on f16 weight copies that take the skinny kernel rather than
@@ -1467,6 +1494,78 @@ impl CudaDevice {
             cache.head_dim as i32, cache.max_ctx as i32, pos0 as i32)
     }
 
+    /// Bytes of a prefix-cache block of `block` positions of `caches` (every layer's K and
+    /// V, each [n_kv][block][head_dim]; see kernels/attention.cu `kv_blocks_copy`).
+    pub fn kv_block_bytes(caches: &[KvCacheLayer], block: usize) -> Option<usize> {
+        let c = caches.first()?;
+        (2 * caches.len())
+            .checked_mul(c.n_kv_heads)?
+            .checked_mul(block)?
+            .checked_mul(c.head_dim * c.elem_bytes())
+    }
+
+    /// Copy whole blocks of `block` positions between `caches` (a session's, every layer)
+    /// and prefix-cache blocks (each of [`kv_block_bytes`](Self::kv_block_bytes)): block i
+    /// holds positions `pos0 + i * block ..`. `to_cache`: from the blocks into the cache,
+    /// else out of it. One launch; waits for it (its address table is freed after).
+    pub fn kv_blocks_copy(
+        &self,
+        blocks: &[&DeviceBuffer],
+        caches: &[KvCacheLayer],
+        pos0: usize,
+        block: usize,
+        to_cache: bool,
+    ) -> Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let c = caches
+            .first()
+            .ok_or_else(|| Error::InvalidArgument("kv_blocks_copy: no layers".into()))?;
+        if caches.iter().any(|l| {
+            (l.n_kv_heads, l.head_dim, l.max_ctx, l.f32)
+                != (c.n_kv_heads, c.head_dim, c.max_ctx, c.f32)
+        }) {
+            return Err(Error::InvalidArgument(
+                "kv_blocks_copy: the layers' caches differ in shape".into(),
+            ));
+        }
+        let end = blocks
+            .len()
+            .checked_mul(block)
+            .and_then(|n| n.checked_add(pos0));
+        if block == 0 || !matches!(end, Some(e) if e <= c.max_ctx) {
+            return Err(Error::InvalidArgument(format!(
+                "kv_blocks_copy: {} blocks of {block} from position {pos0} do not fit a cache \
+                 of {} positions",
+                blocks.len(),
+                c.max_ctx
+            )));
+        }
+        let bytes = Self::kv_block_bytes(caches, block)
+            .filter(|&b| b / 2 <= i32::MAX as usize)
+            .ok_or_else(|| Error::InvalidArgument("kv_blocks_copy: block size overflows".into()))?;
+        let mut table = Vec::with_capacity(8 * (blocks.len() + 2 * caches.len()));
+        for b in blocks {
+            b.check(self, bytes as u64, "prefix-cache block")?;
+            table.extend_from_slice(&b.ptr().to_le_bytes());
+        }
+        for l in caches {
+            l.k.check(self, l.bytes(), "kv cache k")?;
+            l.v.check(self, l.bytes(), "kv cache v")?;
+            table.extend_from_slice(&l.k.ptr().to_le_bytes());
+            table.extend_from_slice(&l.v.ptr().to_le_bytes());
+        }
+        let t = self.upload(&table, MemKind::Scratch)?;
+        let caches_at = t.ptr() + 8 * blocks.len() as u64;
+        let grid = (blocks.len() as u32, caches.len() as u32, 2);
+        launch!(self, "kv_blocks_copy", grid, (256, 1, 1);
+            t.ptr(), caches_at, c.n_kv_heads as i32, block as i32,
+            (c.head_dim * c.elem_bytes()) as i32, c.max_ctx as i32, pos0 as i32,
+            to_cache as i32)?;
+        self.synchronize()
+    }
+
     /// Causal attention of `n_tok` queries at positions pos0.. over the cache (which must hold
     /// positions 0..pos0+n_tok). `q`, `out`: n_tok x n_heads x head_dim f32. `scale` multiplies
     /// the scores (usually 1/sqrt(head_dim)); `window` > 0 limits each query to the last
@@ -1694,7 +1793,7 @@ impl CudaDevice {
     /// Greedy pick per row: the index of the largest logit of each of `n_rows` rows of
     /// `n_cols` (ties: smallest index; NaNs skipped). Waits for the result.
     pub fn argmax(&self, logits: &DeviceBuffer, n_rows: usize, n_cols: usize) -> Result<Vec<u32>> {
-        let out = self.alloc(n_rows.max(1) * 4, MemKind::Scratch)?;
+        let out = self.argmax_buffer(n_rows.max(1))?;
         self.argmax_into(logits, 0, n_rows, n_cols, &out)?
             .into_iter()
             .enumerate()
@@ -1706,8 +1805,21 @@ impl CudaDevice {
             .collect()
     }
 
+    /// A buffer for the picks of up to `rows` rows (see
+    /// [`argmax_launch`](Self::argmax_launch)): the i32 picks first, then the kernel's
+    /// per-row counters (zeroed here; each launch leaves them zero) and slice results.
+    pub fn argmax_buffer(&self, rows: usize) -> Result<DeviceBuffer> {
+        let bytes = rows
+            .checked_mul(ARGMAX_ROW_BYTES)
+            .ok_or_else(|| Error::InvalidArgument("argmax: too many rows".into()))?;
+        let mut b = self.alloc(bytes, MemKind::Scratch)?;
+        self.fill_bytes(&mut b, 0)?;
+        Ok(b)
+    }
+
     /// [`argmax`](Self::argmax) of the rows from f32 `offset` of `logits` on, through `out`
-    /// (at least `n_rows` i32); `None` for a row of only NaNs.
+    /// (an [`argmax_buffer`](Self::argmax_buffer) of at least `n_rows` rows); `None` for a
+    /// row of only NaNs.
     pub fn argmax_into(
         &self,
         logits: &DeviceBuffer,
@@ -1733,7 +1845,7 @@ impl CudaDevice {
     ) -> Result<()> {
         positive(n_rows, "argmax rows")?;
         let cols = positive(n_cols, "argmax cols")?;
-        if n_rows > i32::MAX as usize {
+        if n_rows > u16::MAX as usize {
             return Err(Error::InvalidArgument("argmax: too many rows".into()));
         }
         let end = n_rows
@@ -1741,15 +1853,58 @@ impl CudaDevice {
             .and_then(|n| n.checked_add(offset))
             .ok_or_else(|| Error::InvalidArgument("argmax: size overflows".into()))?;
         logits.check(self, f32s(end), "argmax logits")?;
-        out.check(self, n_rows as u64 * 4, "argmax out")?;
-        launch!(self, "argmax_rows", (n_rows as u32, 1, 1), (1024, 1, 1);
-            logits.ptr() + offset as u64 * 4, out.ptr(), cols)
+        // The buffer's layout follows its capacity, so that its counters stay where the
+        // last launch left them zeroed whatever the row count.
+        let cap = out.len_bytes() / ARGMAX_ROW_BYTES;
+        if cap < n_rows {
+            return Err(Error::InvalidArgument(format!(
+                "argmax: a buffer of {cap} rows for {n_rows}"
+            )));
+        }
+        // Slices of at least 2,048 values: a 152k vocabulary takes all 32.
+        let slices = n_cols.div_ceil(2048).clamp(1, ARGMAX_SLICES);
+        let base = out.ptr();
+        launch!(self, "argmax_rows", (slices as u32, n_rows as u32, 1), (256, 1, 1);
+            logits.ptr() + offset as u64 * 4, base, base + cap as u64 * 4,
+            base + cap as u64 * 8, cols)
     }
 }
+
+/// Slices of a row in `argmax_rows` at most (kernels/argmax.cu's ARGMAX_SLICES).
+const ARGMAX_SLICES: usize = 32;
+/// An argmax buffer's bytes a row: the pick, the counter, the slices' (value, index) pairs.
+const ARGMAX_ROW_BYTES: usize = 4 + 4 + 8 * ARGMAX_SLICES;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// k shares of the skinny products (132 multiprocessors): the 0.5B's (k 896 or 4864)
+    /// and the 7B's (k 3584 or 18944) few-tile products, none for many tiles or short k, and
+    /// never an empty share.
+    #[test]
+    fn skinny_split_picks() {
+        let z = |tiles: usize, k: usize| skinny_splits(tiles, k.div_ceil(SKINNY_BK), 132);
+        assert_eq!(
+            [z(28, 896), z(36, 896), z(28, 4864), z(304, 896)],
+            [3, 3, 10, 1]
+        );
+        assert_eq!(
+            [z(144, 3584), z(112, 3584), z(112, 18944), z(1184, 3584)],
+            [2, 3, 3, 1]
+        );
+        assert_eq!([z(4748, 896), z(4, 384), z(1, 128)], [1, 1, 1]);
+        for tiles in 1..300 {
+            for nk in 1..200 {
+                let z = skinny_splits(tiles, nk, 132);
+                let share = nk.div_ceil(z);
+                assert!(
+                    (1..=16).contains(&z) && (z - 1) * share < nk,
+                    "{tiles} {nk}: {z}"
+                );
+            }
+        }
+    }
 
     /// The picks for the measured shapes (bench/RESULTS.md, H200, 132 multiprocessors): the
     /// fastest tile, or within 8% of it.

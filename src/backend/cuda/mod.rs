@@ -33,7 +33,10 @@ pub use launch::{
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use mmq::{mmq_enabled, mmq_input_bytes, mmq_min_rows, mmq_prompt};
-pub use model::{set_kv_growth, set_lookahead, CudaModel, CudaState, CudaStep, MAX_STEP_TOKENS};
+pub use model::{
+    prefix_cache_enabled, set_kv_growth, set_lookahead, set_prefix_cache, CudaModel, CudaState,
+    CudaStep, MAX_STEP_TOKENS,
+};
 
 use crate::Error;
 use cudarc::driver::result::DriverError;

@@ -14,6 +14,8 @@
 
 mod f16_weights;
 mod kv_rows;
+mod prefix_blocks;
+pub use prefix_blocks::{prefix_cache_enabled, set_prefix_cache};
 
 use super::device::CudaDevice;
 use super::drv;
@@ -292,6 +294,9 @@ pub struct CudaState {
     moe: Option<MoeScratch>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
+    /// Prefix-cache blocks this cache's first positions were copied from (`kv_adopt`), held
+    /// until its first prompt's blocks are offered to the cache after them.
+    prefix: Vec<Arc<crate::backend::kvpool::Block>>,
     /// The model's KV pool, told when this state's buffers are freed (its waiters for memory
     /// look again). Last: fields drop in order, the buffers above first.
     freed: Option<WakeOnDrop>,
@@ -353,6 +358,7 @@ impl CudaState {
     /// KV cache holds f32 values with `f32_kv`, else f16.
     pub fn with_kv(model: &CudaModel, dims: &Dims, n_ctx: usize, f32_kv: bool) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
+        dev.make_split_scratch()?;
         let kv_cap = if kv_growth_enabled() {
             n_ctx.min(KV_FIRST_POSITIONS)
         } else {
@@ -380,7 +386,7 @@ impl CudaState {
         )?;
         let mut attn_count = dev.alloc(dims.n_head * 4, MemKind::Scratch)?;
         dev.fill_bytes(&mut attn_count, 0)?;
-        let pick = dev.alloc(4, MemKind::Scratch)?;
+        let pick = dev.argmax_buffer(1)?;
         // Records of one row; of a prompt chunk's rows when its products take the tensor
         // cores (LLORCH_CUDA_MMQ_PROMPT).
         let xrec_rows = if mmq_prompt() && n_ctx >= 2 { cap } else { 1 };
@@ -417,6 +423,7 @@ impl CudaState {
             graph_ok: true,
             moe,
             taps: None,
+            prefix: Vec::new(),
             freed: None,
         })
     }

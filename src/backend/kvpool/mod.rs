@@ -26,14 +26,15 @@
 //! **Prefix cache** (see `prefix`): full blocks of prompts keyed by their tokens, chained with
 //! the blocks before them, kept after their sessions end while memory allows.
 //!
-//! **On a GPU.** A device pool would keep this bookkeeping as it is (grants, queue,
-//! reference counts, the prefix cache) and change only the storage: one array per layer of
-//! `max_blocks × block × kv_dim` keys and one of values, allocated once from the device's
-//! memory manager, with [`Block::id`] (recycled, dense) as the index of the block's rows in
-//! them. A sequence's block table (the ids of its blocks in position order) is then uploaded
-//! as an int array, and the attention kernels read position `p` of a sequence at row
-//! `table[p / block] * block + p % block` of the layer's array; copy-on-write is a
-//! device-to-device copy of one block's rows in every layer.
+//! **On a GPU.** A GPU session's cache is one allocation per layer, grown whole in the
+//! pool's line ([`KvPool::admit_whole`]); the prefix cache holds copies of its first
+//! prompt's full blocks in device memory ([`Rows::Device`], made by the backend:
+//! `cuda/model/prefix_blocks.rs`), which later sessions copy into their caches. A paged
+//! device pool would keep this bookkeeping as it is and change only the storage: one array
+//! per layer of `max_blocks × block × kv_dim` keys and one of values, with [`Block::id`]
+//! (recycled, dense) as the index of the block's rows in them, a sequence's block table
+//! uploaded as an int array, and the attention kernels reading position `p` at row
+//! `table[p / block] * block + p % block` of the layer's array.
 
 mod prefix;
 
@@ -97,6 +98,10 @@ impl Elem {
 pub enum Rows {
     F32(Box<[f32]>),
     F16(Box<[f16]>),
+    /// Rows of `Elem` values in a device's memory, in the layout of the backend that made
+    /// them, which also accounts their memory: a GPU's prefix-cache blocks
+    /// ([`KvPool::device_block`]).
+    Device(Elem, Box<dyn std::any::Any + Send + Sync>),
 }
 
 impl Rows {
@@ -104,20 +109,29 @@ impl Rows {
         match self {
             Rows::F32(_) => Elem::F32,
             Rows::F16(_) => Elem::F16,
+            Rows::Device(e, _) => *e,
         }
     }
 
     pub fn f32(&self) -> Option<&[f32]> {
         match self {
             Rows::F32(d) => Some(d),
-            Rows::F16(_) => None,
+            _ => None,
         }
     }
 
     pub fn f16(&self) -> Option<&[f16]> {
         match self {
             Rows::F16(d) => Some(d),
-            Rows::F32(_) => None,
+            _ => None,
+        }
+    }
+
+    /// A device block's storage, as the backend that made it stored it.
+    pub fn device<T: 'static>(&self) -> Option<&T> {
+        match self {
+            Rows::Device(_, d) => d.downcast_ref(),
+            _ => None,
         }
     }
 }
@@ -167,6 +181,9 @@ pub struct Block {
     /// Set once the block is in the prefix cache (it is then read-only).
     prefix: Option<prefix::Entry>,
     bytes: Option<Reservation>,
+    /// Bytes counted in the pool's `held` (0 for a device block, which the device's memory
+    /// manager accounts).
+    held: u64,
     shared: Arc<Shared>,
 }
 
@@ -203,7 +220,8 @@ impl Drop for Block {
     fn drop(&mut self) {
         // The bytes first, so that a waiter woken below finds them free.
         self.bytes.take();
-        self.shared.held.fetch_sub(self.bytes(), Ordering::SeqCst);
+        self.data = Rows::F32(Box::default());
+        self.shared.held.fetch_sub(self.held, Ordering::SeqCst);
         self.shared.free_ids.lock().push(self.id);
         self.shared.moved();
     }
@@ -383,7 +401,18 @@ impl KvPool {
         grow: &mut dyn FnMut() -> Result<()>,
         never: &dyn Fn() -> Option<String>,
     ) -> Result<Grant> {
-        self.line(wait, cancel, need, grow, never)?;
+        // Idle prefix-cache blocks (a GPU's are device memory too) give way first.
+        let mut attempt = || loop {
+            match grow() {
+                Err(Error::OutOfMemory(why)) => {
+                    if !self.evict_idle() {
+                        return Err(Error::OutOfMemory(why));
+                    }
+                }
+                r => return r,
+            }
+        };
+        self.line(wait, cancel, need, &mut attempt, never)?;
         Ok(Grant {
             credit: None,
             shared: self.shared.clone(),
@@ -543,8 +572,41 @@ impl KvPool {
             data,
             prefix: None,
             bytes: Some(bytes),
+            held: bb,
             shared: sh.clone(),
         }))
+    }
+
+    /// A block of `elem` values whose rows the backend keeps in a device's memory (and
+    /// accounts there): a GPU's sessions keep their caches whole and give the prefix cache
+    /// copies of their prompts' blocks. Outside grants and the pool's held bytes.
+    pub fn device_block(
+        &self,
+        elem: Elem,
+        storage: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Arc<Block> {
+        let sh = &self.shared;
+        let id = match sh.free_ids.lock().pop() {
+            Some(id) => id,
+            None => sh.next_id.fetch_add(1, Ordering::SeqCst),
+        };
+        sh.events.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Block {
+            id,
+            serial: sh.next_serial.fetch_add(1, Ordering::SeqCst),
+            data: Rows::Device(elem, storage),
+            prefix: None,
+            bytes: None,
+            held: 0,
+            shared: sh.clone(),
+        })
+    }
+
+    /// Drop the least recently used cached block that no session uses; whether there was
+    /// one (its memory is free when this returns).
+    pub fn evict_idle(&self) -> bool {
+        let evicted = self.cache.lock().evict_lru();
+        evicted.is_some()
     }
 
     /// A private copy of `block` (copy-on-write), paid as [`alloc`](Self::alloc).
@@ -556,7 +618,7 @@ impl KvPool {
         ) {
             (Rows::F32(d), Rows::F32(s)) => d.copy_from_slice(s),
             (Rows::F16(d), Rows::F16(s)) => d.copy_from_slice(s),
-            _ => unreachable!("a copy has its source's type"),
+            _ => unreachable!("a copy has its source's type; device blocks are never copied"),
         }
         Ok(b)
     }
