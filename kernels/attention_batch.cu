@@ -70,3 +70,51 @@ attention_batch(const float* __restrict__ q, const unsigned long long* __restric
         attn_query<AW>(q + row, (const __half*)c.k + head, (const __half*)c.v + head, out + row,
                        head_dim, lo, qpos, scale, sink);
 }
+
+// RoPE of a batched step's q and k (in place) and the store of each row's rotated k and its
+// v in its session's cache at its position: one launch where rope (q), rope (k) and
+// kv_store_batch were three. The plain RoPE of rope.cu's `rope`, the same arithmetic, so the
+// cache holds the same values. Launch: block = head_dim / 2 threads (>= rot_dim / 2),
+// grid = (n_heads + n_kv, n_rows): blocks below n_heads rotate a q head, the rest a k head,
+// then store it and the v head.
+extern "C" __global__ void rope_kv_batch(float* __restrict__ q, float* __restrict__ k,
+                                         const float* __restrict__ v,
+                                         const unsigned long long* __restrict__ tab,
+                                         const int* __restrict__ pos, int n_heads, int n_kv,
+                                         int head_dim, int rot_dim, float base, float pos_scale,
+                                         int neox) {
+    pdl_wait();
+    pdl_trigger();
+    const int h = blockIdx.x, r = blockIdx.y, i = threadIdx.x, half = rot_dim / 2;
+    const bool is_q = h < n_heads;
+    const int kh = h - n_heads;
+    float* x = is_q ? q + ((long long)r * n_heads + h) * head_dim
+                    : k + ((long long)r * n_kv + kh) * head_dim;
+    if (i < half) {
+        // Precise powf/sincosf (no fast math): the angle reaches thousands of radians.
+        const float inv_freq = powf(base, -2.0f * (float)i / (float)rot_dim);
+        const float theta = (float)pos[r] * pos_scale * inv_freq;
+        float s, c;
+        sincosf(theta, &s, &c);
+        const int ia = neox ? i : 2 * i;
+        const int ib = neox ? i + half : 2 * i + 1;
+        const float a = x[ia], b = x[ib];
+        x[ia] = a * c - b * s;
+        x[ib] = a * s + b * c;
+    }
+    if (is_q) return;
+    // The block's rotated k is in memory and visible to the whole block after the barrier.
+    __syncthreads();
+    const KvRef c = kv_ref(tab, r);
+    const long long dst = ((long long)kh * c.max_ctx + pos[r]) * head_dim;
+    const float* vr = v + ((long long)r * n_kv + kh) * head_dim;
+    for (int d = i; d < head_dim; d += blockDim.x) {
+        if (c.f32) {
+            kv_put((float*)c.k, dst + d, x[d]);
+            kv_put((float*)c.v, dst + d, vr[d]);
+        } else {
+            kv_put((__half*)c.k, dst + d, x[d]);
+            kv_put((__half*)c.v, dst + d, vr[d]);
+        }
+    }
+}

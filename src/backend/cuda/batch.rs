@@ -8,7 +8,7 @@
 //! (both accumulate in f32; different summation orders).
 
 use super::model::{CudaModel, CudaState, CudaStep, DecodeGraph};
-use super::{f32s, positive, CudaDevice, DeviceBuffer, MemKind};
+use super::{f32s, positive, CudaDevice, DeviceBuffer, MemKind, RopeParams};
 use crate::backend::{Dims, Ops, Out};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -181,6 +181,47 @@ impl CudaDevice {
         pos.check(self, n_rows as u64 * 4, "kv_store_batch positions")?;
         launch!(self, "kv_store_batch", (blocks as u32, 1, 1), (head_dim as u32, 1, 1);
             k.ptr(), v.ptr(), tab, pos.ptr(), n_kv as i32, head_dim as i32)
+    }
+
+    /// Plain RoPE (`p`, as [`rope`](Self::rope)) of each row's `q` (`n_heads` heads) and `k`
+    /// (`n_kv` heads) in place, then [`kv_store_batch`](Self::kv_store_batch) of the rotated
+    /// `k` and `v`: one launch (kernels/attention_batch.cu `rope_kv_batch`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv_batch(
+        &self,
+        q: &DeviceBuffer,
+        k: &DeviceBuffer,
+        v: &DeviceBuffer,
+        n_rows: usize,
+        tab: u64,
+        pos: &DeviceBuffer,
+        n_heads: usize,
+        n_kv: usize,
+        head_dim: usize,
+        p: RopeParams,
+    ) -> Result<()> {
+        positive(n_rows, "rope_kv_batch rows")?;
+        if p.rot_dim == 0
+            || p.rot_dim % 2 != 0
+            || p.rot_dim > head_dim
+            || head_dim % 2 != 0
+            || head_dim > 2048
+            || n_rows > 65535
+            || n_heads + n_kv > i32::MAX as usize
+        {
+            return Err(Error::InvalidArgument(format!(
+                "rope_kv_batch: rotary {} of heads of {head_dim}, {n_rows} rows",
+                p.rot_dim
+            )));
+        }
+        q.check(self, f32s(n_rows * n_heads * head_dim), "rope_kv_batch q")?;
+        k.check(self, f32s(n_rows * n_kv * head_dim), "rope_kv_batch k")?;
+        v.check(self, f32s(n_rows * n_kv * head_dim), "rope_kv_batch v")?;
+        pos.check(self, n_rows as u64 * 4, "rope_kv_batch positions")?;
+        let grid = ((n_heads + n_kv) as u32, n_rows as u32, 1);
+        launch!(self, "rope_kv_batch", grid, ((head_dim / 2) as u32, 1, 1);
+            q.ptr(), k.ptr(), v.ptr(), tab, pos.ptr(), n_heads as i32, n_kv as i32,
+            head_dim as i32, p.rot_dim as i32, p.base, p.pos_scale, p.neox as i32)
     }
 
     /// Attention of each row's query (`q`: `n_rows` rows of `n_heads * head_dim`) over its

@@ -50,7 +50,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "attention_f32kv",
             "kv_blocks_copy",
         ],
-        "attention_batch" => &["kv_store_batch", "attention_batch"],
+        "attention_batch" => &["kv_store_batch", "attention_batch", "rope_kv_batch"],
         "elementwise" => &[
             "swiglu",
             "geglu",

@@ -1440,6 +1440,45 @@ impl Ops for CudaStep<'_> {
     }
 
     fn rope_attention(&mut self, a: &AttnIn) {
+        let plain_rope = a.rope.freq_factors.is_none() && a.rope.mscale == 1.0;
+        if let (Some((tab, rows)), true) = (self.batch, plain_rope) {
+            // A batched step: RoPE of q and k and the cache store in one launch, then each
+            // row's attention over its own cache.
+            let (layer, s) = (a.layer, a.shape);
+            return self.run(|st| {
+                let (n, m, stt) = (st.n, st.m, &mut *st.st);
+                let tab = tab + (layer * rows * 24) as u64;
+                let slot = |x: Slot| &stt.slots[x.index()];
+                let p = rope_params(a.rope);
+                stt.dev.rope_kv_batch(
+                    slot(a.q),
+                    slot(a.k),
+                    slot(a.v),
+                    n,
+                    tab,
+                    &stt.positions,
+                    s.n_head,
+                    s.n_head_kv,
+                    s.head_dim,
+                    p,
+                )?;
+                let (qb, ob) = pair(&mut stt.slots, a.q, a.out)?;
+                let sinks = s.sinks.map(|w| &m.weight(w).buf);
+                stt.dev.attention_batch(
+                    qb,
+                    n,
+                    tab,
+                    &stt.positions,
+                    s.n_head,
+                    s.n_head_kv,
+                    s.head_dim,
+                    s.scale,
+                    s.window.unwrap_or(0),
+                    sinks,
+                    ob,
+                )
+            });
+        }
         if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv {
             return unfused::rope_attention(self, a);
         }
