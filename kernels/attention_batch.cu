@@ -90,18 +90,7 @@ extern "C" __global__ void rope_kv_batch(float* __restrict__ q, float* __restric
     const int kh = h - n_heads;
     float* x = is_q ? q + ((long long)r * n_heads + h) * head_dim
                     : k + ((long long)r * n_kv + kh) * head_dim;
-    if (i < half) {
-        // Precise powf/sincosf (no fast math): the angle reaches thousands of radians.
-        const float inv_freq = powf(base, -2.0f * (float)i / (float)rot_dim);
-        const float theta = (float)pos[r] * pos_scale * inv_freq;
-        float s, c;
-        sincosf(theta, &s, &c);
-        const int ia = neox ? i : 2 * i;
-        const int ib = neox ? i + half : 2 * i + 1;
-        const float a = x[ia], b = x[ib];
-        x[ia] = a * c - b * s;
-        x[ib] = a * s + b * c;
-    }
+    if (i < half) rope_rotate(x, i, pos[r], pos_scale, rot_dim, base, neox);
     if (is_q) return;
     // The block's rotated k is in memory and visible to the whole block after the barrier.
     __syncthreads();

@@ -242,6 +242,23 @@ __device__ __forceinline__ float dot32(const float* w, const float* x) {
     return acc;
 }
 
+// The pair of dimension d (< rot_dim / 2) of one head x rotated for position p (times
+// pos_scale): plain RoPE, the `rope` kernel's and every fused form's arithmetic (precise
+// powf/sincosf: the angle reaches thousands of radians). neox: pairs (d, d + rot_dim / 2),
+// else (2d, 2d + 1).
+__device__ __forceinline__ void rope_rotate(float* x, int d, int p, float pos_scale, int rot_dim,
+                                            float base, int neox) {
+    const int half = rot_dim / 2;
+    const float inv_freq = powf(base, -2.0f * (float)d / (float)rot_dim);
+    float s, c;
+    sincosf((float)p * pos_scale * inv_freq, &s, &c);
+    const int ia = neox ? d : 2 * d;
+    const int ib = neox ? d + half : 2 * d + 1;
+    const float xa = x[ia], xb = x[ib];
+    x[ia] = xa * c - xb * s;
+    x[ib] = xa * s + xb * c;
+}
+
 // Instantiate one extern "C" entry per supported weight type.
 #define FOR_EACH_TYPE(M) \
     M(f32, T_F32) M(f16, T_F16) M(q4_1, T_Q4_1) M(q5_0, T_Q5_0) M(q8_0, T_Q8_0) \

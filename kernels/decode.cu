@@ -824,21 +824,6 @@ expert_combine(const float* __restrict__ parts, const float* __restrict__ weight
     if (acc) acc[r] += v;
 }
 
-// The pair of dimension d (< rot_dim / 2) of one head x rotated for position p, as the
-// `rope` kernel does (precise powf/sincosf: the angle reaches thousands of radians).
-__device__ __forceinline__ void rope_rotate(float* x, int d, int p, int rot_dim, float base,
-                                            int neox) {
-    const int half = rot_dim / 2;
-    const float inv_freq = powf(base, -2.0f * (float)d / (float)rot_dim);
-    float s, c;
-    sincosf((float)p * inv_freq, &s, &c);
-    const int ia = neox ? d : 2 * d;
-    const int ib = neox ? d + half : 2 * d + 1;
-    const float xa = x[ia], xb = x[ib];
-    x[ia] = xa * c - xb * s;
-    x[ib] = xa * s + xb * c;
-}
-
 // One token: rotate each head of q (n_heads) and k (n_kv) by position pos[0], write them back,
 // and store k and v in the layer's cache at that position.
 // Launch: block = head_dim threads, grid.x = n_heads + n_kv.
@@ -853,7 +838,7 @@ __device__ __forceinline__ void rope_kv_body(float* q, float* k, const float* __
     const bool is_k = h >= n_heads;
     float* x = is_k ? k + (h - n_heads) * head_dim : q + h * head_dim;
     const int p = pos[0];
-    if (d < rot_dim / 2) rope_rotate(x, d, p, rot_dim, base, neox);
+    if (d < rot_dim / 2) rope_rotate(x, d, p, 1.0f, rot_dim, base, neox);
     if (!is_k) return;
     __syncthreads();
     const int kh = h - n_heads;
@@ -1039,7 +1024,7 @@ attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __rest
         // (large) precise powf/sincosf code.
         const int half = rot_dim / 2;
         for (int t = threadIdx.x; t < (has_new ? 2 : 1) * half; t += blockDim.x)
-            rope_rotate(t < half ? qs : ks, t < half ? t : t - half, qpos, rot_dim, rope_base, neox);
+            rope_rotate(t < half ? qs : ks, t < half ? t : t - half, qpos, 1.0f, rot_dim, rope_base, neox);
         __syncthreads();
         if (has_new) {
             for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {

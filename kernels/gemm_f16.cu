@@ -183,13 +183,12 @@ __device__ __forceinline__ void gemm(const __half* __restrict__ A, const __half*
 
 // The core of a skinny product: block (blockIdx.x: inputs 8·NT·x.., blockIdx.y: the caller's
 // weight tile) sums its 32 tile rows (`row(r)`: row r's f16 values, K of them, or null past
-// the matrix) times its inputs over the k chunks (SK_BK values) kt0 .. kt1 - 1; on return
-// warp 0 holds the sums (true), the other warps are done (false). Accumulator (g = lane / 4,
-// t = lane % 4): acc[mt][nt][0], [1] tile row 16 mt + g, inputs 8 nt + 2t, 2t + 1; [2], [3]
-// tile row 16 mt + g + 8.
+// the matrix) times its inputs; on return warp 0 holds the sums (true), the other warps are
+// done (false). Accumulator (g = lane / 4, t = lane % 4): acc[mt][nt][0], [1] tile row
+// 16 mt + g, inputs 8 nt + 2t, 2t + 1; [2], [3] tile row 16 mt + g + 8.
 template <int NT, class Row>
 __device__ __forceinline__ bool skinny_core(const __half* __restrict__ A, int M, int K, Row row,
-                                            float (&acc)[2][NT][4], int kt0, int kt1) {
+                                            float (&acc)[2][NT][4]) {
     constexpr int NTH = SK_WARPS * 32, BK = SK_BK, CH = BK / 8;
     constexpr int TOK = 8 * NT;                                   // inputs a block
     constexpr int WC = SK_ROWS * CH / NTH, XC = TOK * CH / NTH;  // chunks a thread copies
@@ -209,6 +208,7 @@ __device__ __forceinline__ bool skinny_core(const __half* __restrict__ A, int M,
 #endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int m0 = blockIdx.x * TOK;
+    const int nk = (K + BK - 1) / BK;
     const int kc = (tid % CH) * 8;  // this thread's k offset in every chunk it copies
 
     const __half* wsrc[WC];
@@ -219,10 +219,10 @@ __device__ __forceinline__ bool skinny_core(const __half* __restrict__ A, int M,
         tid, [&](int r) { return m0 + r < M ? A + (long long)(m0 + r) * K : nullptr; }, SK_ROWS * BK,
         xsrc, xdst);
     auto load_w = [&](int st, int kt) {
-        if (kt < kt1) copy_chunks<WC>(smem + st * STAGE, wsrc, wdst, kt * BK, kt * BK + kc < K, A);
+        if (kt < nk) copy_chunks<WC>(smem + st * STAGE, wsrc, wdst, kt * BK, kt * BK + kc < K, A);
     };
     auto load_x = [&](int st, int kt) {
-        if (kt < kt1) copy_chunks<XC>(smem + st * STAGE, xsrc, xdst, kt * BK, kt * BK + kc < K, A);
+        if (kt < nk) copy_chunks<XC>(smem + st * STAGE, xsrc, xdst, kt * BK, kt * BK + kc < K, A);
         cp_commit();
     };
 
@@ -236,14 +236,14 @@ __device__ __forceinline__ bool skinny_core(const __half* __restrict__ A, int M,
     // The weights of the first S - 1 stages before the wait (they land in the first commit
     // group, with stage 0's inputs), the inputs after it.
 #pragma unroll
-    for (int s = 0; s < S - 1; s++) load_w(s, kt0 + s);
+    for (int s = 0; s < S - 1; s++) load_w(s, s);
     pdl_wait();
     pdl_trigger();
 #pragma unroll
-    for (int s = 0; s < S - 1; s++) load_x(s, kt0 + s);
+    for (int s = 0; s < S - 1; s++) load_x(s, s);
     int st = 0;
 #pragma unroll 1
-    for (int kt = kt0; kt < kt1; kt++) {
+    for (int kt = 0; kt < nk; kt++) {
         cp_wait<S - 2>();
         __syncthreads();
         const int ns = st == 0 ? S - 1 : st - 1;
@@ -309,7 +309,7 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
     const int n0 = blockIdx.y * SK_ROWS;
     auto row = [&](int r) -> const __half* { return n0 + r < N ? B + (long long)(n0 + r) * K : nullptr; };
     float acc[2][NT][4];
-    if (!skinny_core<NT>(A, M, K, row, acc, 0, (K + SK_BK - 1) / SK_BK)) return;
+    if (!skinny_core<NT>(A, M, K, row, acc)) return;
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = blockIdx.x * 8 * NT;
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
@@ -322,62 +322,13 @@ __device__ __forceinline__ void skinny(const __half* __restrict__ A, const __hal
             }
 }
 
-// Split k (gridDim.z > 1): block z sums its share of the k chunks, writes warp 0's sums to
-// part (per block of the x-y grid, gridDim.z slots of 32 lanes x 2·NT·4 floats) and counts
-// itself in count (an int per block of the x-y grid, zero before, left zero); the last of them
-// adds the slots in the order z = 0, 1, .. into acc (true) and goes on to the epilogue. The
-// order depends on the grid, not on which block came last, so the sums are the same every
-// run. Launchers pick gridDim.z from the weight tiles and k alone, not from the number of
-// inputs: a sequence's sums still do not depend on the rest of the batch.
-template <int NT>
-__device__ __forceinline__ bool skinny_split_sum(float (&acc)[2][NT][4], float* __restrict__ part,
-                                                 int* __restrict__ count) {
-    const int ns = gridDim.z;
-    if (ns == 1) return true;
-    constexpr int V = 2 * NT * 4;
-    const int lane = threadIdx.x & 31;
-    const long long b = (long long)blockIdx.y * gridDim.x + blockIdx.x;
-    float* mine = part + ((b * ns + blockIdx.z) * 32 + lane) * V;
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) mine[(mt * NT + nt) * 4 + e] = acc[mt][nt][e];
-    __threadfence();
-    float last = 0.f;  // (a float: the emulator's shuffles move floats)
-    if (lane == 0) last = atomicAdd(&count[b], 1) == ns - 1 ? 1.f : 0.f;
-    last = __shfl_sync(0xffffffffu, last, 0);
-    if (last == 0.f) return false;
-    __threadfence();
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.f;
-    for (int z = 0; z < ns; z++) {
-        const volatile float* p = part + ((b * ns + z) * 32 + lane) * V;
-#pragma unroll
-        for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[mt][nt][e] += p[(mt * NT + nt) * 4 + e];
-    }
-    if (lane == 0) count[b] = 0;
-    return true;
-}
-
 // The fused form (mv_args.cuh, the mat-vecs' arguments with each segment's `w` an f16 copy:
 // rows of k halves, row_bytes apart): up to three matrices sharing the input A, tiles of 32
 // rows of one matrix after another (MODE_PLAIN: out + bias; MODE_ADD: one matrix, out and
 // acc += out), or for MODE_GLU tiles of 16 gate rows (m-tile 0) and the same 16 up rows
 // (m-tile 1): out0 = g, out1 = u, act = silu(g)·u. Output i of a matrix of R rows at out + i R.
-// gridDim.z > 1: k split in that many shares (skinny_split_sum; part, count its scratch).
 template <int NT>
-__device__ __forceinline__ void skinny_fused(const __half* __restrict__ A, const MvArgs& a, int M,
-                                             float* __restrict__ part, int* __restrict__ count) {
+__device__ __forceinline__ void skinny_fused(const __half* __restrict__ A, const MvArgs& a, int M) {
     const bool glu = a.mode == MODE_GLU;
     int tile = blockIdx.y, seg = 0;
     if (!glu) {
@@ -394,10 +345,7 @@ __device__ __forceinline__ void skinny_fused(const __half* __restrict__ A, const
         return reinterpret_cast<const __half*>(a.seg[s].w + (long long)i * a.seg[s].row_bytes);
     };
     float acc[2][NT][4];
-    const int nk = (a.k + SK_BK - 1) / SK_BK, share = (nk + gridDim.z - 1) / gridDim.z;
-    const int kt0 = min(nk, (int)blockIdx.z * share), kt1 = min(nk, kt0 + share);
-    if (!skinny_core<NT>(A, M, a.k, row, acc, kt0, kt1)) return;
-    if (!skinny_split_sum<NT>(acc, part, count)) return;
+    if (!skinny_core<NT>(A, M, a.k, row, acc)) return;
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = blockIdx.x * 8 * NT;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -629,8 +577,8 @@ SKINNY_ENTRY(2)
 SKINNY_ENTRY(4)
 #define SKINNY_FUSED_ENTRY(NT)                                                                     \
     extern "C" __global__ void __launch_bounds__(SK_WARPS * 32)                                    \
-        skinny_fused_n##NT(MvArgs a, const __half* A, int M, float* part, int* count) {            \
-        gemm::skinny_fused<NT>(A, a, M, part, count);                                              \
+        skinny_fused_n##NT(MvArgs a, const __half* A, int M) {                                     \
+        gemm::skinny_fused<NT>(A, a, M);                                                           \
     }
 SKINNY_FUSED_ENTRY(2)
 SKINNY_FUSED_ENTRY(4)

@@ -11,20 +11,9 @@ extern "C" __global__ void rope(float* x, const int* __restrict__ pos, int n_hea
     pdl_wait();
     pdl_trigger();
     const int i = threadIdx.x;
-    const int half = rot_dim / 2;
-    if (i >= half) return;
+    if (i >= rot_dim / 2) return;
     const int t = blockIdx.x / n_heads;
-    float* v = x + (long long)blockIdx.x * head_dim;
-    // Precise powf/sincosf (no fast math): the angle reaches thousands of radians.
-    const float inv_freq = powf(base, -2.0f * (float)i / (float)rot_dim);
-    const float theta = (float)pos[t] * pos_scale * inv_freq;
-    float s, c;
-    sincosf(theta, &s, &c);
-    const int ia = neox ? i : 2 * i;
-    const int ib = neox ? i + half : 2 * i + 1;
-    const float a = v[ia], b = v[ib];
-    v[ia] = a * c - b * s;
-    v[ib] = a * s + b * c;
+    rope_rotate(x + (long long)blockIdx.x * head_dim, i, pos[t], pos_scale, rot_dim, base, neox);
 }
 
 // RoPE with per-pair frequency divisors and an attention factor (Llama 3's rope_freqs,

@@ -6,12 +6,12 @@
 //! Without a GPU it prints `skipped: no CUDA device (<reason>)` on stderr and passes.
 #![cfg(feature = "cuda")]
 
-use llorch::backend::{Context, ContextOptions, Device};
-use llorch::model::synth::{build, preset};
+mod common;
+
+use llorch::backend::Context;
 use llorch::model::Model;
 use llorch::session::bench::bench_tokens;
 use llorch::session::{GenerateParams, Session, SessionOptions, StopReason};
-use llorch::Error;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -19,27 +19,8 @@ fn say(s: &str) {
     let _ = std::io::stderr().write_all(format!("{s}\n").as_bytes());
 }
 
-/// A CUDA context and the synthetic model's file (its folder is the caller's to remove).
 fn gpu_file(test: &str) -> Option<(Arc<Context>, std::path::PathBuf)> {
-    let ctx = match Context::new(ContextOptions {
-        device: Device::Cuda(0),
-        threads: 0,
-        memory_budget: 0,
-    }) {
-        Ok(c) => c,
-        Err(Error::NoDevice(why)) => {
-            say(&format!("{test}: skipped: no CUDA device ({why})"));
-            return None;
-        }
-        Err(e) => panic!("{test}: {e}"),
-    };
-    let dir = std::env::temp_dir().join(format!("llorch-cuda-prefix-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("qwen2-0.5b.gguf");
-    let mut spec = preset("qwen2-0.5b").unwrap();
-    spec.n_ctx = 512;
-    build(&spec, 1).unwrap().write_file(&path).unwrap();
-    Some((ctx, path))
+    common::gpu_synth_file(test, "qwen2-0.5b", 512)
 }
 
 const GEN: u32 = 24;

@@ -253,3 +253,36 @@ pub fn greedy_tokens(s: &mut llorch::session::Session, prompt: &[u32], n: usize)
     }
     out
 }
+
+/// A CUDA context and a synthetic model of `preset`'s shape (seed 1, context `n_ctx`) written
+/// to a folder of its own under the temporary directory (the caller removes it: the file's
+/// parent). None, after saying why on stderr, where no GPU is present.
+pub fn gpu_synth_file(
+    test: &str,
+    preset: &str,
+    n_ctx: usize,
+) -> Option<(std::sync::Arc<llorch::backend::Context>, PathBuf)> {
+    use llorch::backend::{Context, ContextOptions, Device};
+    let ctx = match Context::new(ContextOptions {
+        device: Device::Cuda(0),
+        threads: 0,
+        memory_budget: 0,
+    }) {
+        Ok(c) => c,
+        Err(llorch::Error::NoDevice(why)) => {
+            eprintln!("{test}: skipped: no CUDA device ({why})");
+            return None;
+        }
+        Err(e) => panic!("{test}: {e}"),
+    };
+    let dir = std::env::temp_dir().join(format!("llorch-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{preset}.gguf"));
+    let mut spec = llorch::model::synth::preset(preset).unwrap();
+    spec.n_ctx = n_ctx;
+    llorch::model::synth::build(&spec, 1)
+        .unwrap()
+        .write_file(&path)
+        .unwrap();
+    Some((ctx, path))
+}

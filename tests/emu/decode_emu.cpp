@@ -545,9 +545,9 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
     std::vector<float> qr = q, kr = knew;
     if (fold) {
         for (int h = 0; h < n_heads; h++)
-            for (int d = 0; d < rot / 2; d++) rope_rotate(&qr[(size_t)h * hd], d, pos, rot, base, neox);
+            for (int d = 0; d < rot / 2; d++) rope_rotate(&qr[(size_t)h * hd], d, pos, 1.0f, rot, base, neox);
         for (int h = 0; h < n_kv; h++)
-            for (int d = 0; d < rot / 2; d++) rope_rotate(&kr[(size_t)h * hd], d, pos, rot, base, neox);
+            for (int d = 0; d < rot / 2; d++) rope_rotate(&kr[(size_t)h * hd], d, pos, 1.0f, rot, base, neox);
     }
     Buf posb(4);
     memcpy(posb.p, &pos, 4);
@@ -655,7 +655,7 @@ int main(int argc, char** argv) {
         // Rows over two stages (a Q4_K down projection of the 0.5B: 19 blocks), 8 warps a row.
         if (t.id == T_Q6_K || t.id == T_F16) bad += test_multirow(t, 3, 5, 4864, 1, 8, false), runs++;
     }
-    if (!only) {
+    if (!only || !strcmp(only, "attention")) {  // "attention": these alone
         struct A {
             int hd, heads, kv, pos, window;
             bool generic;

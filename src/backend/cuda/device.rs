@@ -24,10 +24,6 @@ pub struct CudaDevice {
 /// A non-blocking CUDA stream (no implicit ordering with the legacy default stream).
 pub(super) struct Stream {
     pub raw: sys::CUstream,
-    /// Scratch of the skinny products that split k (launch.rs `skinny_splits`), made once
-    /// by the state that owns the stream (`CudaDevice::make_split_scratch`), before any graph
-    /// is captured on it.
-    pub split: std::sync::OnceLock<super::DeviceBuffer>,
     dev: Arc<Inner>,
 }
 
@@ -42,7 +38,6 @@ impl Stream {
             .map_err(|e| drv("stream creation", e))?;
         Ok(Arc::new(Stream {
             raw,
-            split: std::sync::OnceLock::new(),
             dev: dev.clone(),
         }))
     }

@@ -8,8 +8,8 @@
 use super::device::CudaDevice;
 use super::drv;
 use super::launch::{
-    allow_shared, dim, f32s, positive, row_bytes, skinny_launch, skinny_splits,
-    split_scratch_bytes, type_suffix, KvCacheLayer, RopeParams, SKINNY_BK, SKINNY_ROWS,
+    allow_shared, dim, f32s, positive, row_bytes, skinny_launch, type_suffix, KvCacheLayer,
+    RopeParams, SKINNY_ROWS,
 };
 use super::memory::DeviceBuffer;
 use super::mmq::mmq_input_bytes;
@@ -196,13 +196,6 @@ pub(super) struct MvArgs {
     /// Bytes from one input to the next (the kernels of several inputs).
     x_stride: i32,
     seg: [Seg; 3],
-}
-
-/// Whether the skinny products of few weight tiles split k (`skinny_splits`): on unless
-/// `LLORCH_CUDA_SKINNY_SPLIT=0`. Read once.
-fn skinny_split_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LLORCH_CUDA_SKINNY_SPLIT").map_or(true, |v| v != "0"))
 }
 
 /// Which kernels run a fused product.
@@ -591,22 +584,9 @@ impl CudaDevice {
             } else {
                 prods.iter().map(|p| p.mat.rows.div_ceil(SKINNY_ROWS)).sum()
             };
-            let (nt, smem, mut grid) = skinny_launch(n, tiles)?;
-            // Few tiles of up to 16 inputs: k in shares, on the stream's scratch.
-            let (mut part, mut count) = (0u64, 0u64);
-            let sms = self.sm_count() as usize;
-            let split = self.stream.split.get().filter(|_| skinny_split_enabled());
-            if let (1, Some(s)) = (grid.0, split) {
-                let z = skinny_splits(tiles, k.div_ceil(SKINNY_BK), sms);
-                if z > 1 && tiles <= 2 * sms && tiles * z <= 4 * sms {
-                    let (counts_at, bytes) = split_scratch_bytes(sms);
-                    s.check(self, bytes as u64, "split scratch")?;
-                    (part, count) = (s.ptr(), s.ptr() + counts_at as u64);
-                    grid.2 = z as u32;
-                }
-            }
+            let (nt, smem, grid) = skinny_launch(n, tiles)?;
             return launch!(self, &format!("skinny_fused_n{nt}"), grid, (128, 1, 1),
-                raise_shared_pdl = smem; a, rec.ptr(), n_i, part, count);
+                raise_shared_pdl = smem; a, rec.ptr(), n_i);
         }
         if prepared && (!xint || norm.is_some()) {
             return Err(Error::InvalidArgument(

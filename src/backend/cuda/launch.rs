@@ -346,7 +346,7 @@ fn gemm_tile(n_tok: usize, rows: usize, sms: usize) -> usize {
 /// a block), with their constants: weight rows a block, k a stage, ring stages.
 const SKINNY_NT: [usize; 2] = [2, 4];
 pub(super) const SKINNY_ROWS: usize = 32;
-pub(super) const SKINNY_BK: usize = 128;
+const SKINNY_BK: usize = 128;
 const SKINNY_STAGES: usize = 6;
 
 /// The launch shape of a skinny kernel over `m` inputs and `tiles` weight tiles: its input
@@ -362,27 +362,6 @@ pub(super) fn skinny_launch(m: usize, tiles: usize) -> Result<(usize, u32, (u32,
     let smem = SKINNY_STAGES * (SKINNY_ROWS + 8 * nt) * SKINNY_BK * 2;
     let grid_x = dim(m.div_ceil(8 * nt), "skinny input tiles")?;
     Ok((nt, smem as u32, (grid_x as u32, tiles as u32, 1)))
-}
-
-/// Shares of k for a skinny product of `tiles` weight tiles and `nk` chunks of k on a GPU of
-/// `sms` multiprocessors (kernels/gemm_f16.cu `skinny_split_sum`): enough blocks for about two
-/// a multiprocessor, at least two chunks a share, at most 16 shares, none empty. From the
-/// weights' shape alone, so a sequence's sums do not depend on the batch. Qwen2.5 0.5B on
-/// 132: the output and down projections (28 tiles) 3 and 10 shares, q/k/v 3; gate/up 1.
-pub(super) fn skinny_splits(tiles: usize, nk: usize, sms: usize) -> usize {
-    if tiles == 0 || nk < 4 {
-        return 1;
-    }
-    let z = (2 * sms).div_ceil(tiles).min(nk / 2).clamp(1, 16);
-    nk.div_ceil(nk.div_ceil(z))
-}
-
-/// Bytes of a stream's split scratch for `sms` multiprocessors: the partial sums of up to
-/// `4 sms` blocks of 16 inputs (32 lanes x 16 f32 each), then an int counter for each of up
-/// to `2 sms` tiles (split only below that many).
-pub(super) fn split_scratch_bytes(sms: usize) -> (usize, usize) {
-    let part = 4 * sms * 32 * 16 * 4;
-    (part, part + 2 * sms * 4)
 }
 
 /// Most inputs of a product on f16 weight copies that take the skinny kernel rather than
@@ -1878,33 +1857,6 @@ const ARGMAX_ROW_BYTES: usize = 4 + 4 + 8 * ARGMAX_SLICES;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// k shares of the skinny products (132 multiprocessors): the 0.5B's (k 896 or 4864)
-    /// and the 7B's (k 3584 or 18944) few-tile products, none for many tiles or short k, and
-    /// never an empty share.
-    #[test]
-    fn skinny_split_picks() {
-        let z = |tiles: usize, k: usize| skinny_splits(tiles, k.div_ceil(SKINNY_BK), 132);
-        assert_eq!(
-            [z(28, 896), z(36, 896), z(28, 4864), z(304, 896)],
-            [3, 3, 10, 1]
-        );
-        assert_eq!(
-            [z(144, 3584), z(112, 3584), z(112, 18944), z(1184, 3584)],
-            [2, 3, 3, 1]
-        );
-        assert_eq!([z(4748, 896), z(4, 384), z(1, 128)], [1, 1, 1]);
-        for tiles in 1..300 {
-            for nk in 1..200 {
-                let z = skinny_splits(tiles, nk, 132);
-                let share = nk.div_ceil(z);
-                assert!(
-                    (1..=16).contains(&z) && (z - 1) * share < nk,
-                    "{tiles} {nk}: {z}"
-                );
-            }
-        }
-    }
 
     /// The picks for the measured shapes (bench/RESULTS.md, H200, 132 multiprocessors): the
     /// fastest tile, or within 8% of it.

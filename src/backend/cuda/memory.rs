@@ -353,19 +353,6 @@ impl CudaDevice {
         self.upload(as_bytes(data), kind)
     }
 
-    /// Make this stream's split scratch (see `Stream::split`; once, zeroed) unless it has
-    /// one.
-    pub fn make_split_scratch(&self) -> Result<()> {
-        if self.stream.split.get().is_some() {
-            return Ok(());
-        }
-        let (_, bytes) = super::launch::split_scratch_bytes(self.sm_count() as usize);
-        let mut b = self.alloc(bytes, MemKind::Scratch)?;
-        self.fill_bytes(&mut b, 0)?;
-        let _ = self.stream.split.set(b);
-        Ok(())
-    }
-
     /// Copy host bytes into `buf` at byte `offset`.
     pub fn write(&self, buf: &mut DeviceBuffer, offset: usize, data: &[u8]) -> Result<()> {
         if offset.saturating_add(data.len()) > buf.bytes {

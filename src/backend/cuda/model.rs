@@ -358,7 +358,6 @@ impl CudaState {
     /// KV cache holds f32 values with `f32_kv`, else f16.
     pub fn with_kv(model: &CudaModel, dims: &Dims, n_ctx: usize, f32_kv: bool) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
-        dev.make_split_scratch()?;
         let kv_cap = if kv_growth_enabled() {
             n_ctx.min(KV_FIRST_POSITIONS)
         } else {
