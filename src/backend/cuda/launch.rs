@@ -1486,9 +1486,12 @@ impl CudaDevice {
     /// Copy whole blocks of `block` positions between `caches` (a session's, every layer)
     /// and prefix-cache blocks (each of [`kv_block_bytes`](Self::kv_block_bytes)): block i
     /// holds positions `pos0 + i * block ..`. `to_cache`: from the blocks into the cache,
-    /// else out of it. One launch; waits for it (its address table is freed after).
+    /// else out of it. One launch, its address table written into `table` (grown when too
+    /// small: kept by the caller, as freeing device memory waits for the whole device);
+    /// waits for this stream.
     pub fn kv_blocks_copy(
         &self,
+        table_buf: &mut Option<DeviceBuffer>,
         blocks: &[&DeviceBuffer],
         caches: &[KvCacheLayer],
         pos0: usize,
@@ -1535,7 +1538,13 @@ impl CudaDevice {
             table.extend_from_slice(&l.k.ptr().to_le_bytes());
             table.extend_from_slice(&l.v.ptr().to_le_bytes());
         }
-        let t = self.upload(&table, MemKind::Scratch)?;
+        if !matches!(table_buf, Some(t) if t.len_bytes() >= table.len()) {
+            *table_buf = Some(self.alloc(table.len().next_power_of_two(), MemKind::Scratch)?);
+        }
+        let Some(t) = table_buf.as_mut() else {
+            return Err(Error::Internal("kv_blocks_copy: no table".into()));
+        };
+        self.write(t, 0, &table)?;
         let caches_at = t.ptr() + 8 * blocks.len() as u64;
         let grid = (blocks.len() as u32, caches.len() as u32, 2);
         launch!(self, "kv_blocks_copy", grid, (256, 1, 1);

@@ -297,6 +297,8 @@ pub struct CudaState {
     /// Prefix-cache blocks this cache's first positions were copied from (`kv_adopt`), held
     /// until its first prompt's blocks are offered to the cache after them.
     prefix: Vec<Arc<crate::backend::kvpool::Block>>,
+    /// The block copies' address table (`kv_blocks_copy`), kept between copies.
+    copy_table: Option<DeviceBuffer>,
     /// The model's KV pool, told when this state's buffers are freed (its waiters for memory
     /// look again). Last: fields drop in order, the buffers above first.
     freed: Option<WakeOnDrop>,
@@ -423,6 +425,7 @@ impl CudaState {
             moe,
             taps: None,
             prefix: Vec::new(),
+            copy_table: None,
             freed: None,
         })
     }

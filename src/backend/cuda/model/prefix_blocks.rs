@@ -66,7 +66,8 @@ impl CudaState {
             }
             bufs.push(buf);
         }
-        self.dev.kv_blocks_copy(&bufs, &self.kv, 0, block, true)?;
+        self.dev
+            .kv_blocks_copy(&mut self.copy_table, &bufs, &self.kv, 0, block, true)?;
         self.prefix = blocks.to_vec();
         Ok(())
     }
@@ -95,7 +96,14 @@ impl CudaState {
             let refs: Vec<&DeviceBuffer> = bufs.iter().collect();
             if self
                 .dev
-                .kv_blocks_copy(&refs, &self.kv, first * block, block, false)
+                .kv_blocks_copy(
+                    &mut self.copy_table,
+                    &refs,
+                    &self.kv,
+                    first * block,
+                    block,
+                    false,
+                )
                 .is_err()
             {
                 return;
