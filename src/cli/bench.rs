@@ -10,9 +10,11 @@ use std::time::Instant;
 /// Measures prompt processing (pp: -p tokens in one call from an empty cache) and decoding
 /// (tg: -n given tokens one at a time, each step's logits row to the host, as llama-bench
 /// does; "tg greedy": a greedy generation of -n tokens, the way applications decode, where
-/// the backend may pick the token itself and run ahead), -r repetitions each after one
-/// warm-up; prints the median tokens/s and the spread (min-max), and the KV memory the pp
-/// test's session holds (the model's pool counter).
+/// the backend may pick the token itself and run ahead; "pp cached": the pp prompt again in
+/// a fresh session, its whole blocks from the prefix cache, as prompt tokens over the time to
+/// the first token), -r repetitions each after one warm-up; prints the median tokens/s and
+/// the spread (min-max), and the KV memory the pp test's session holds (the model's pool
+/// counter).
 /// --parallel N,...: instead, the aggregate decoding speed of N sessions generating at once
 /// (continuous batching), each after a -p token prompt (default 32 here), for each N.
 #[derive(clap::Args, Debug)]
@@ -112,6 +114,35 @@ pub fn run(a: Args) -> Result<(), String> {
             }
         }
     }
+    // Time to the first token of the pp prompt again in a fresh session, its whole blocks
+    // from the prefix cache (the warm-up run put them there), as prompt tokens per second.
+    let mut cached_rates = Vec::new();
+    let mut cached = 0;
+    if pp > 1 {
+        let params = GenerateParams {
+            max_tokens: 1,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        for rep in 0..=reps {
+            let mut s = Session::new(
+                model.clone(),
+                SessionOptions {
+                    n_ctx: (pp as u32 + 1).max(16),
+                    seed: 0,
+                    kv_type: a.kv_type,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let st = s
+                .generate_tokens(&tokens[..pp], &params, &mut |_, _| true)
+                .map_err(|e| e.to_string())?;
+            if rep > 0 && st.prompt_seconds > 0.0 {
+                cached_rates.push(pp as f64 / st.prompt_seconds);
+                cached = st.prompt_cached;
+            }
+        }
+    }
     let hp = model.hparams();
     let size: u64 = model.gguf().tensors().iter().map(|t| t.size).sum();
     println!("| model | size | backend | threads | test | t/s (median) | min - max |");
@@ -123,6 +154,10 @@ pub fn run(a: Args) -> Result<(), String> {
         (format!("pp{pp}"), pp_rates),
         (format!("tg{tg}"), tg_rates),
         (format!("tg{tg} greedy"), greedy_rates),
+        (
+            format!("pp{pp} cached ({cached} from the prefix cache)"),
+            cached_rates,
+        ),
     ];
     for (label, rates) in rows {
         if rates.is_empty() {
