@@ -73,9 +73,8 @@ impl Session {
             } else {
                 Vec::new()
             };
-            // Whole blocks, the last prompt token computed (its logits start the generation);
-            // not bit for bit on a GPU (cuda/model/prefix_blocks.rs).
-            let skip = (cached.len() * block).min(prompt.len().saturating_sub(1) / block * block);
+            // Not bit for bit on a GPU (cuda/model/prefix_blocks.rs).
+            let skip = cached_blocks_before_last(cached.len() * block, prompt.len(), block);
             let start = self.history.len();
             let end = (start + self.pending.is_some() as usize + prompt.len())
                 .saturating_add(g.max_tokens as usize)
@@ -125,6 +124,13 @@ impl Session {
     }
 }
 
+/// Of `cached` positions (whole blocks of `block`), those before the last token of a prompt of
+/// `len` tokens (whole blocks: the last token is always computed, its logits start the
+/// generation).
+fn cached_blocks_before_last(cached: usize, len: usize, block: usize) -> usize {
+    cached.min(len.saturating_sub(1) / block * block)
+}
+
 /// Positions of a prompt of `len` tokens to take from `cached` cached ones (whole blocks of
 /// `block`) so that the rest computes as it does without the cache, in prefill chunks of
 /// `chunk` (see the module's notes). The last prompt token is always computed: its logits
@@ -133,7 +139,7 @@ pub fn usable_prefix(cached: usize, len: usize, block: usize, chunk: usize) -> u
     if len == 0 {
         return 0;
     }
-    let mut p = cached.min((len - 1) / block * block);
+    let mut p = cached_blocks_before_last(cached, len, block);
     let w = crate::quant::WIDE_INVARIANT_COLS;
     if w == usize::MAX {
         // Every chunk size computes its rows alike (the AVX-512 kernels): any block will do.

@@ -16,7 +16,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 /// Bytes of one table entry: K cache, V cache, positions in the cache (3 × u64).
-const ENTRY: usize = 24;
+pub(super) const TABLE_ENTRY: usize = 24;
 
 /// The working state of the batched steps of one model: activation buffers (a state with a
 /// one-position cache of its own), the table of the rows' caches, the picks.
@@ -59,7 +59,7 @@ impl CudaBatch {
 
     fn tables(st: &CudaState, dims: &Dims, rows: usize) -> Result<(DeviceBuffer, DeviceBuffer)> {
         let dev = st.device();
-        let tab = dev.alloc(dims.n_layer * rows * ENTRY, MemKind::Scratch)?;
+        let tab = dev.alloc(dims.n_layer * rows * TABLE_ENTRY, MemKind::Scratch)?;
         let picks = dev.argmax_buffer(rows)?;
         Ok((tab, picks))
     }

@@ -971,6 +971,27 @@ impl<'a> CudaStep<'a> {
     /// Run `f` unless an earlier call failed; keep its error.
     /// Every launch goes through here, so `h16_of` holds only until the next one (a
     /// product on f16 weights sets it again).
+    /// A batched step's attention: each row's query in `q` over its own cache (`tab`: the
+    /// layer's table entries, see [`layer_table`]) into `out`.
+    fn batch_attention(&mut self, tab: u64, q: Slot, shape: AttnShape, out: Slot) -> Result<()> {
+        let (n, m, st) = (self.n, self.m, &mut *self.st);
+        let (qb, ob) = pair(&mut st.slots, q, out)?;
+        let sinks = shape.sinks.map(|w| &m.weight(w).buf);
+        st.dev.attention_batch(
+            qb,
+            n,
+            tab,
+            &st.positions,
+            shape.n_head,
+            shape.n_head_kv,
+            shape.head_dim,
+            shape.scale,
+            shape.window.unwrap_or(0),
+            sinks,
+            ob,
+        )
+    }
+
     fn run(&mut self, f: impl FnOnce(&mut Self) -> Result<()>) {
         self.h16_of = None;
         if self.err.is_none() {
@@ -1044,8 +1065,19 @@ fn rope_params(rope: &Rope) -> RopeParams {
 }
 
 /// A rope the fused decode attention can apply itself: no divisors, no factors, no scaling.
+/// A RoPE the plain `rope` kernels apply (no divisors, no attention factor).
+fn plain_rope(rope: &Rope) -> bool {
+    rope.freq_factors.is_none() && rope.mscale == 1.0
+}
+
+/// A RoPE the decode attention applies itself: plain, positions unscaled.
 fn foldable(rope: &Rope) -> bool {
-    rope.freq_factors.is_none() && rope.mscale == 1.0 && rope.pos_scale == 1.0
+    plain_rope(rope) && rope.pos_scale == 1.0
+}
+
+/// A batched step's cache table entries of `layer` (`rows` entries a layer).
+fn layer_table(tab: u64, rows: usize, layer: usize) -> u64 {
+    tab + (layer * rows * super::batch::TABLE_ENTRY) as u64
 }
 
 fn as_bytes(v: &[i32]) -> &[u8] {
@@ -1183,7 +1215,7 @@ impl Ops for CudaStep<'_> {
             let n = s.n;
             let st = &mut *s.st;
             let x = &mut st.slots[x.index()];
-            if rope.freq_factors.is_none() && rope.mscale == 1.0 {
+            if plain_rope(rope) {
                 return st.dev.rope(x, &st.positions, n, n_heads, head_dim, p);
             }
             let ones;
@@ -1203,29 +1235,13 @@ impl Ops for CudaStep<'_> {
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
         self.run(|s| {
             if let Some((tab, rows)) = s.batch {
-                let (n, m, st) = (s.n, s.m, &mut *s.st);
-                let tab = tab + (layer * rows * 24) as u64;
+                let tab = layer_table(tab, rows, layer);
+                let (n, st) = (s.n, &*s.st);
                 let (hd, n_kv) = (shape.head_dim, shape.n_head_kv);
                 let slot = |x: Slot| &st.slots[x.index()];
                 st.dev
                     .kv_store_batch(slot(k), slot(v), n, tab, &st.positions, n_kv, hd)?;
-                let (qb, ob) = pair(&mut st.slots, q, out)?;
-                let window = shape.window.unwrap_or(0);
-                let (nh, scale) = (shape.n_head, shape.scale);
-                let sinks = shape.sinks.map(|w| &m.weight(w).buf);
-                return st.dev.attention_batch(
-                    qb,
-                    n,
-                    tab,
-                    &st.positions,
-                    nh,
-                    n_kv,
-                    hd,
-                    scale,
-                    window,
-                    sinks,
-                    ob,
-                );
+                return s.batch_attention(tab, q, shape, out);
             }
             if s.capturing {
                 // The cache position below is a kernel argument: a graph would keep it.
@@ -1442,16 +1458,14 @@ impl Ops for CudaStep<'_> {
     }
 
     fn rope_attention(&mut self, a: &AttnIn) {
-        let plain_rope = a.rope.freq_factors.is_none() && a.rope.mscale == 1.0;
-        if let (Some((tab, rows)), true) = (self.batch, plain_rope) {
+        if let (Some((tab, rows)), true) = (self.batch, plain_rope(a.rope)) {
             // A batched step: RoPE of q and k and the cache store in one launch, then each
             // row's attention over its own cache.
             let (layer, s) = (a.layer, a.shape);
             return self.run(|st| {
-                let (n, m, stt) = (st.n, st.m, &mut *st.st);
-                let tab = tab + (layer * rows * 24) as u64;
+                let tab = layer_table(tab, rows, layer);
+                let (n, stt) = (st.n, &*st.st);
                 let slot = |x: Slot| &stt.slots[x.index()];
-                let p = rope_params(a.rope);
                 stt.dev.rope_kv_batch(
                     slot(a.q),
                     slot(a.k),
@@ -1462,23 +1476,9 @@ impl Ops for CudaStep<'_> {
                     s.n_head,
                     s.n_head_kv,
                     s.head_dim,
-                    p,
+                    rope_params(a.rope),
                 )?;
-                let (qb, ob) = pair(&mut stt.slots, a.q, a.out)?;
-                let sinks = s.sinks.map(|w| &m.weight(w).buf);
-                stt.dev.attention_batch(
-                    qb,
-                    n,
-                    tab,
-                    &stt.positions,
-                    s.n_head,
-                    s.n_head_kv,
-                    s.head_dim,
-                    s.scale,
-                    s.window.unwrap_or(0),
-                    sinks,
-                    ob,
-                )
+                st.batch_attention(tab, a.q, s, a.out)
             });
         }
         if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv {

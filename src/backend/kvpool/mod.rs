@@ -218,7 +218,8 @@ impl Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        // The bytes first, so that a waiter woken below finds them free.
+        // The bytes (and a device block's memory) first, so that a waiter woken below finds
+        // them free.
         self.bytes.take();
         self.data = Rows::F32(Box::default());
         self.shared.held.fetch_sub(self.held, Ordering::SeqCst);
@@ -526,11 +527,8 @@ impl KvPool {
             {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    let evicted = self.cache.lock().evict_lru();
-                    match evicted {
-                        // Dropped here, outside the cache's lock: its bytes go back.
-                        Some(b) => drop(b),
-                        None => return Err(e),
+                    if !self.evict_idle() {
+                        return Err(e);
                     }
                 }
             }
@@ -561,20 +559,27 @@ impl KvPool {
             Elem::F32 => Rows::F32(zeroed(n).ok_or_else(no_memory)?),
             Elem::F16 => Rows::F16(zeroed(n).ok_or_else(no_memory)?),
         };
+        Ok(self.new_block(data, Some(bytes), bb))
+    }
+
+    /// A block of `data` with a recycled id and a new serial; `held`: its bytes counted in
+    /// the pool's held bytes (already added).
+    fn new_block(&self, data: Rows, bytes: Option<Reservation>, held: u64) -> Arc<Block> {
+        let sh = &self.shared;
         let id = match sh.free_ids.lock().pop() {
             Some(id) => id,
             None => sh.next_id.fetch_add(1, Ordering::SeqCst),
         };
         sh.events.fetch_add(1, Ordering::SeqCst);
-        Ok(Arc::new(Block {
+        Arc::new(Block {
             id,
             serial: sh.next_serial.fetch_add(1, Ordering::SeqCst),
             data,
             prefix: None,
-            bytes: Some(bytes),
-            held: bb,
+            bytes,
+            held,
             shared: sh.clone(),
-        }))
+        })
     }
 
     /// A block of `elem` values whose rows the backend keeps in a device's memory (and
@@ -585,25 +590,11 @@ impl KvPool {
         elem: Elem,
         storage: Box<dyn std::any::Any + Send + Sync>,
     ) -> Arc<Block> {
-        let sh = &self.shared;
-        let id = match sh.free_ids.lock().pop() {
-            Some(id) => id,
-            None => sh.next_id.fetch_add(1, Ordering::SeqCst),
-        };
-        sh.events.fetch_add(1, Ordering::SeqCst);
-        Arc::new(Block {
-            id,
-            serial: sh.next_serial.fetch_add(1, Ordering::SeqCst),
-            data: Rows::Device(elem, storage),
-            prefix: None,
-            bytes: None,
-            held: 0,
-            shared: sh.clone(),
-        })
+        self.new_block(Rows::Device(elem, storage), None, 0)
     }
 
     /// Drop the least recently used cached block that no session uses; whether there was
-    /// one (its memory is free when this returns).
+    /// one (its memory is free when this returns: dropped outside the cache's lock).
     pub fn evict_idle(&self) -> bool {
         let evicted = self.cache.lock().evict_lru();
         evicted.is_some()
