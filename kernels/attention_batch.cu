@@ -1,48 +1,55 @@
 // Decoding attention for a batch of sequences, each over its own KV cache (continuous
 // batching: the rows of one step belong to different sessions).
 //
-// Row r of the step has its position pos[r] and, per layer, a table entry tab[3r..3r+3] =
-// {K cache, V cache, max_ctx} of its session (layout as in attention.cu: [n_kv][max_ctx]
-// [head_dim]). Bit 0 of the K address (an allocation, so 256-byte aligned) says the session's
-// cache is f32 (kv_type f32) rather than f16: sessions of both types share a step, each row
-// taking its own branch (uniform over a block, whose row is one). Everything a kernel needs
-// comes from device memory, so a step can be captured as a graph once per batch size and
-// replayed with other sessions and positions.
+// Row r of the step has its position pos[r] and its session's page table tab[r] (the paged
+// cache of attn_common.cuh; `layer`: the layer these kernels read or write). Bit 0 of the
+// table's address (an allocation's, so 256-byte aligned) says the session's cache is f32
+// (kv_type f32) rather than f16: sessions of both types share a step, each row taking its
+// own branch (uniform over a block, whose row is one). Everything a kernel needs comes from
+// device memory, so a step can be captured as a graph once per batch size and replayed with
+// other sessions and positions.
 #include "attn_common.cuh"
 
 struct KvRef {
-    void* k;
-    void* v;
-    long long max_ctx;
+    const unsigned long long* pages;
     bool f32;
 };
 
 __device__ __forceinline__ KvRef kv_ref(const unsigned long long* tab, int r) {
-    const unsigned long long k = tab[3 * r];
-    return KvRef{(void*)(k & ~1ull), (void*)tab[3 * r + 1], (long long)tab[3 * r + 2],
-                 (k & 1ull) != 0};
+    const unsigned long long t = tab[r];
+    return KvRef{reinterpret_cast<const unsigned long long*>(t & ~1ull), (t & 1ull) != 0};
+}
+
+// Row r's k and v values of head h (head_dim f32 each) stored at position p of its cache.
+template <class KV>
+__device__ __forceinline__ void kv_store_row(const unsigned long long* pages, int layer, int n_kv,
+                                             int h, int head_dim, int p, const float* kr,
+                                             const float* vr, int d0, int step) {
+    KV* kd = kv_head<KV>(pages, layer, 0, n_kv, h, head_dim).row(p);
+    KV* vd = kv_head<KV>(pages, layer, 1, n_kv, h, head_dim).row(p);
+    for (int d = d0; d < head_dim; d += step) {
+        kv_put(kd, d, kr[d]);
+        kv_put(vd, d, vr[d]);
+    }
 }
 
 // Store each row's new K and V ([n_rows][n_kv][head_dim] f32) at its position.
 // Launch: block = head_dim threads, grid.x = n_rows * n_kv.
 extern "C" __global__ void kv_store_batch(const float* __restrict__ k,
                                           const float* __restrict__ v,
-                                          const unsigned long long* __restrict__ tab,
+                                          const unsigned long long* __restrict__ tab, int layer,
                                           const int* __restrict__ pos, int n_kv, int head_dim) {
     pdl_wait();
     pdl_trigger();
-    const int r = blockIdx.x / n_kv, h = blockIdx.x % n_kv, d = threadIdx.x;
-    if (d >= head_dim) return;
+    const int r = blockIdx.x / n_kv, h = blockIdx.x % n_kv;
     const KvRef c = kv_ref(tab, r);
-    const long long src = (long long)blockIdx.x * head_dim + d;
-    const long long dst = ((long long)h * c.max_ctx + pos[r]) * head_dim + d;
-    if (c.f32) {
-        kv_put((float*)c.k, dst, k[src]);
-        kv_put((float*)c.v, dst, v[src]);
-    } else {
-        kv_put((__half*)c.k, dst, k[src]);
-        kv_put((__half*)c.v, dst, v[src]);
-    }
+    const long long src = (long long)blockIdx.x * head_dim;
+    if (c.f32)
+        kv_store_row<float>(c.pages, layer, n_kv, h, head_dim, pos[r], k + src, v + src,
+                            threadIdx.x, blockDim.x);
+    else
+        kv_store_row<__half>(c.pages, layer, n_kv, h, head_dim, pos[r], k + src, v + src,
+                             threadIdx.x, blockDim.x);
 }
 
 #define AW 4  // warps per block
@@ -51,8 +58,8 @@ extern "C" __global__ void kv_store_batch(const float* __restrict__ k,
 // query row (attn_query; sinks: n_heads f32 or null), with the row's own cache and position.
 extern "C" __global__ void __launch_bounds__(32 * AW)
 attention_batch(const float* __restrict__ q, const unsigned long long* __restrict__ tab,
-                const int* __restrict__ pos, float* __restrict__ out, int n_heads, int n_kv,
-                int head_dim, float scale, int window, const float* __restrict__ sinks) {
+                int layer, const int* __restrict__ pos, float* __restrict__ out, int n_heads,
+                int n_kv, int head_dim, float scale, int window, const float* __restrict__ sinks) {
     pdl_wait();
     pdl_trigger();
     const int h = blockIdx.x, t = blockIdx.y;
@@ -61,13 +68,14 @@ attention_batch(const float* __restrict__ q, const unsigned long long* __restric
     const int lo = window > 0 ? max(0, qpos - window + 1) : 0;
     const KvRef c = kv_ref(tab, t);
     const long long row = ((long long)t * n_heads + h) * head_dim;
-    const long long head = (long long)kvh * c.max_ctx * head_dim;
     const float* sink = sinks ? sinks + h : nullptr;
     if (c.f32)
-        attn_query<AW>(q + row, (const float*)c.k + head, (const float*)c.v + head, out + row,
+        attn_query<AW>(q + row, kv_head<float>(c.pages, layer, 0, n_kv, kvh, head_dim),
+                       kv_head<float>(c.pages, layer, 1, n_kv, kvh, head_dim), out + row,
                        head_dim, lo, qpos, scale, sink);
     else
-        attn_query<AW>(q + row, (const __half*)c.k + head, (const __half*)c.v + head, out + row,
+        attn_query<AW>(q + row, kv_head<__half>(c.pages, layer, 0, n_kv, kvh, head_dim),
+                       kv_head<__half>(c.pages, layer, 1, n_kv, kvh, head_dim), out + row,
                        head_dim, lo, qpos, scale, sink);
 }
 
@@ -79,7 +87,7 @@ attention_batch(const float* __restrict__ q, const unsigned long long* __restric
 // then store it and the v head.
 extern "C" __global__ void rope_kv_batch(float* __restrict__ q, float* __restrict__ k,
                                          const float* __restrict__ v,
-                                         const unsigned long long* __restrict__ tab,
+                                         const unsigned long long* __restrict__ tab, int layer,
                                          const int* __restrict__ pos, int n_heads, int n_kv,
                                          int head_dim, int rot_dim, float base, float pos_scale,
                                          int neox) {
@@ -95,15 +103,9 @@ extern "C" __global__ void rope_kv_batch(float* __restrict__ q, float* __restric
     // The block's rotated k is in memory and visible to the whole block after the barrier.
     __syncthreads();
     const KvRef c = kv_ref(tab, r);
-    const long long dst = ((long long)kh * c.max_ctx + pos[r]) * head_dim;
     const float* vr = v + ((long long)r * n_kv + kh) * head_dim;
-    for (int d = i; d < head_dim; d += blockDim.x) {
-        if (c.f32) {
-            kv_put((float*)c.k, dst + d, x[d]);
-            kv_put((float*)c.v, dst + d, vr[d]);
-        } else {
-            kv_put((__half*)c.k, dst + d, x[d]);
-            kv_put((__half*)c.v, dst + d, vr[d]);
-        }
-    }
+    if (c.f32)
+        kv_store_row<float>(c.pages, layer, n_kv, kh, head_dim, pos[r], x, vr, i, blockDim.x);
+    else
+        kv_store_row<__half>(c.pages, layer, n_kv, kh, head_dim, pos[r], x, vr, i, blockDim.x);
 }

@@ -1,5 +1,5 @@
 // Causal attention for a prompt (many queries at once), flash-attention style: the same
-// function as `attention` in attention.cu (same layouts, masks, f32 scores over the KV cache
+// function as `attention` in attention.cu (same paged cache, masks, f32 scores over the KV cache
 // of f16 or, `_f32kv` instances, f32, precise expf), but key/value tiles are staged in shared memory once and reused by 16
 // queries, instead of every query streaming every key from memory.
 //
@@ -37,10 +37,9 @@ __device__ __forceinline__ float2 kv_pair(const float*, const uint32_t* row, int
 // registers, 24 bytes spilled, which the models without sinks need not pay).
 template <bool SINKS, class KV>
 __device__ __forceinline__ void
-attention_tiled_body(const float* __restrict__ q, const KV* __restrict__ kc,
-                     const KV* __restrict__ vc, float* __restrict__ out, int n_tok, int n_heads,
-                     int n_kv, int hd, int max_ctx, int pos0, float scale, int window,
-                     const float* __restrict__ sinks) {
+attention_tiled_body(const float* __restrict__ q, const unsigned long long* __restrict__ pages,
+                     int layer, float* __restrict__ out, int n_tok, int n_heads, int n_kv, int hd,
+                     int pos0, float scale, int window, const float* __restrict__ sinks) {
     pdl_wait();
     pdl_trigger();
 #ifdef MMA_EMULATE
@@ -85,18 +84,16 @@ attention_tiled_body(const float* __restrict__ q, const KV* __restrict__ kc,
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[qi][i][0] = acc[qi][i][1] = 0.f;
     }
-    const KV* kb = kc + (long long)kvh * max_ctx * hd;
-    const KV* vb = vc + (long long)kvh * max_ctx * hd;
-    const uint32_t* kw = reinterpret_cast<const uint32_t*>(kb);
-    const uint32_t* vw = reinterpret_cast<const uint32_t*>(vb);
+    const KvHead<KV> kb = kv_head<KV>(pages, layer, 0, n_kv, kvh, hd);
+    const KvHead<KV> vb = kv_head<KV>(pages, layer, 1, n_kv, kvh, hd);
 
     for (int k0 = kbeg; k0 <= kend; k0 += AK) {
         __syncthreads();  // the previous tile's reads are done (and Qs is written, first time)
         for (int i = threadIdx.x; i < AK * vs; i += 128) {
             const int j = i / vs, w = i % vs;
             const bool in = k0 + j <= kend;
-            Ks[j * ks + w] = in ? kw[(long long)(k0 + j) * vs + w] : 0u;
-            Vs[j * vs + w] = in ? vw[(long long)(k0 + j) * vs + w] : 0u;
+            Ks[j * ks + w] = in ? reinterpret_cast<const uint32_t*>(kb.row(k0 + j))[w] : 0u;
+            Vs[j * vs + w] = in ? reinterpret_cast<const uint32_t*>(vb.row(k0 + j))[w] : 0u;
         }
         __syncthreads();
 
@@ -164,10 +161,10 @@ attention_tiled_body(const float* __restrict__ q, const KV* __restrict__ kc,
     }
 }
 #define ATTN_TILED_ARGS(KV)                                                                      \
-    const float *__restrict__ q, const KV *__restrict__ kc, const KV *__restrict__ vc,             \
-        float *__restrict__ out, int n_tok, int n_heads, int n_kv, int hd, int max_ctx, int pos0, \
-        float scale, int window, const float *__restrict__ sinks
-#define ATTN_TILED_PASS q, kc, vc, out, n_tok, n_heads, n_kv, hd, max_ctx, pos0, scale, window, sinks
+    const float *__restrict__ q, const unsigned long long *__restrict__ pages, int layer,          \
+        float *__restrict__ out, int n_tok, int n_heads, int n_kv, int hd, int pos0, float scale, \
+        int window, const float *__restrict__ sinks
+#define ATTN_TILED_PASS q, pages, layer, out, n_tok, n_heads, n_kv, hd, pos0, scale, window, sinks
 #define ATTN_TILED_ENTRY(name, SINKS, KV)                                                        \
     extern "C" __global__ void __launch_bounds__(128) name(ATTN_TILED_ARGS(KV)) {                \
         attention_tiled_body<SINKS, KV>(ATTN_TILED_PASS);                                        \

@@ -13,20 +13,46 @@
 
 #define MAXD 8  // head_dim <= 32 * MAXD = 256; lane holds dims lane + 32 i
 
+// The KV cache in pages (src/backend/cuda/kv_pages.rs): a session's cache is a table of page
+// addresses in device memory (`pages`, one u64 a page), and a page holds KV_PAGE positions of
+// every layer: per layer, the K rows then the V rows, each [n_kv][KV_PAGE][head_dim] of KV.
+// Position p is row p % KV_PAGE of page pages[p / KV_PAGE]. A page is the prefix cache's
+// block (src/backend/kvpool): sessions whose prompts start alike share pages.
+#define KV_PAGE 16
+
+// One KV head's keys (or values) of one layer, across the pages: row(p) is position p's
+// head_dim values.
+template <class KV>
+struct KvHead {
+    const unsigned long long* pages;
+    long long off;  // values from a page's start to this head's first row
+    int hd;
+    __device__ __forceinline__ KV* row(int p) const {
+        return reinterpret_cast<KV*>(pages[(unsigned)p / KV_PAGE]) + off +
+               (long long)((unsigned)p % KV_PAGE) * hd;
+    }
+};
+// Head h of layer `layer`'s keys (kv = 0) or values (kv = 1).
+template <class KV>
+__device__ __forceinline__ KvHead<KV> kv_head(const unsigned long long* pages, int layer, int kv,
+                                              int n_kv, int h, int hd) {
+    return KvHead<KV>{pages, ((long long)(2 * layer + kv) * n_kv + h) * KV_PAGE * hd, hd};
+}
+
 __device__ __forceinline__ float kv_get(const __half* p, long long i) { return __half2float(p[i]); }
 __device__ __forceinline__ float kv_get(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ void kv_put(__half* p, long long i, float x) { p[i] = __float2half_rn(x); }
 __device__ __forceinline__ void kv_put(float* p, long long i, float x) { p[i] = x; }
 
-// Keys j = j0, j0 + step, ... < j1 of one KV head (kb, vb: rows of head_dim KV values): the
+// Keys j = j0, j0 + step, ... < j1 of one KV head (kb, vb: its keys and values): the
 // running max m, sum l and accumulator acc of an online softmax of qr·k (qr pre-scaled).
 // N: registers a lane holds (MAXD, or head_dim / 32 exactly in a kernel for one head size).
 template <int N, class KV>
-__device__ __forceinline__ void attn_scan(const float (&qr)[N], const KV* kb, const KV* vb,
-                                          int head_dim, int nd, int j0, int j1, int step,
-                                          int lane, float& m, float& l, float (&acc)[N]) {
+__device__ __forceinline__ void attn_scan(const float (&qr)[N], KvHead<KV> kb, KvHead<KV> vb,
+                                          int nd, int j0, int j1, int step, int lane, float& m,
+                                          float& l, float (&acc)[N]) {
     for (int j = j0; j < j1; j += step) {
-        const KV* kr = kb + (long long)j * head_dim;
+        const KV* kr = kb.row(j);
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < N; i++)
@@ -36,7 +62,7 @@ __device__ __forceinline__ void attn_scan(const float (&qr)[N], const KV* kb, co
         const float corr = expf(m - mn);  // m = -inf at the first key: corr = 0
         const float p = expf(s - mn);
         l = l * corr + p;
-        const KV* vr = vb + (long long)j * head_dim;
+        const KV* vr = vb.row(j);
 #pragma unroll
         for (int i = 0; i < N; i++)
             if (i < nd) acc[i] = acc[i] * corr + p * kv_get(vr, lane + 32 * i);
@@ -77,8 +103,8 @@ __device__ __forceinline__ float attn_sink_factor(float m, float l, float sink) 
 // outputs to o. Each warp scans every NW-th key with an online softmax, then the warps'
 // partial results merge through shared memory.
 template <int NW, class KV>
-__device__ __forceinline__ void attn_query(const float* __restrict__ qv, const KV* kb,
-                                           const KV* vb, float* __restrict__ o, int head_dim,
+__device__ __forceinline__ void attn_query(const float* __restrict__ qv, KvHead<KV> kb,
+                                           KvHead<KV> vb, float* __restrict__ o, int head_dim,
                                            int lo, int qpos, float scale,
                                            const float* __restrict__ sink) {
     __shared__ float sm[NW], sl[NW];
@@ -92,7 +118,7 @@ __device__ __forceinline__ void attn_query(const float* __restrict__ qv, const K
         acc[i] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
-    attn_scan(qr, kb, vb, head_dim, nd, lo + warp, qpos + 1, NW, lane, m, l, acc);
+    attn_scan(qr, kb, vb, nd, lo + warp, qpos + 1, NW, lane, m, l, acc);
     if (lane == 0) {
         sm[warp] = m;
         sl[warp] = l;

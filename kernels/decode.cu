@@ -829,9 +829,10 @@ expert_combine(const float* __restrict__ parts, const float* __restrict__ weight
 // Launch: block = head_dim threads, grid.x = n_heads + n_kv.
 template <class KV>
 __device__ __forceinline__ void rope_kv_body(float* q, float* k, const float* __restrict__ v,
-                                             KV* kc, KV* vc, const int* __restrict__ pos,
-                                             int n_heads, int n_kv, int head_dim, int max_ctx,
-                                             int rot_dim, float base, int neox) {
+                                             const unsigned long long* __restrict__ pages,
+                                             int layer, const int* __restrict__ pos,
+                                             int n_heads, int n_kv, int head_dim, int rot_dim,
+                                             float base, int neox) {
     pdl_wait();
     pdl_trigger();
     const int h = blockIdx.x, d = threadIdx.x;
@@ -843,18 +844,17 @@ __device__ __forceinline__ void rope_kv_body(float* q, float* k, const float* __
     __syncthreads();
     const int kh = h - n_heads;
     if (d < head_dim) {
-        const long long dst = ((long long)kh * max_ctx + p) * head_dim + d;
-        kv_put(kc, dst, x[d]);
-        kv_put(vc, dst, v[kh * head_dim + d]);
+        kv_put(kv_head<KV>(pages, layer, 0, n_kv, kh, head_dim).row(p), d, x[d]);
+        kv_put(kv_head<KV>(pages, layer, 1, n_kv, kh, head_dim).row(p), d, v[kh * head_dim + d]);
     }
 }
 #define ROPE_KV_ENTRY(name, KV)                                                                \
-    extern "C" __global__ void name(float* q, float* k, const float* __restrict__ v, KV* kc,   \
-                                    KV* vc, const int* __restrict__ pos, int n_heads,          \
-                                    int n_kv, int head_dim, int max_ctx, int rot_dim,          \
-                                    float base, int neox) {                                    \
-        rope_kv_body(q, k, v, kc, vc, pos, n_heads, n_kv, head_dim, max_ctx, rot_dim, base,    \
-                     neox);                                                                    \
+    extern "C" __global__ void name(float* q, float* k, const float* __restrict__ v,          \
+                                    const unsigned long long* __restrict__ pages, int layer,   \
+                                    const int* __restrict__ pos, int n_heads, int n_kv,        \
+                                    int head_dim, int rot_dim, float base, int neox) {         \
+        rope_kv_body<KV>(q, k, v, pages, layer, pos, n_heads, n_kv, head_dim, rot_dim, base,   \
+                         neox);                                                                \
     }
 ROPE_KV_ENTRY(rope_kv, __half)
 ROPE_KV_ENTRY(rope_kv_f32kv, float)
@@ -865,15 +865,16 @@ ROPE_KV_ENTRY(rope_kv_f32kv, float)
 // Launch: block = head_dim threads, grid.x = n_kv.
 #define KV_STORE_DECODE_ENTRY(name, KV)                                                        \
     extern "C" __global__ void name(const float* __restrict__ k, const float* __restrict__ v,  \
-                                    KV* kc, KV* vc, const int* __restrict__ pos, int head_dim, \
-                                    int max_ctx) {                                             \
+                                    const unsigned long long* __restrict__ pages, int layer,   \
+                                    const int* __restrict__ pos, int head_dim) {               \
         pdl_wait();                                                                            \
         pdl_trigger();                                                                         \
-        const int h = blockIdx.x, d = threadIdx.x;                                             \
+        const int h = blockIdx.x, d = threadIdx.x, n_kv = gridDim.x;                           \
         if (d >= head_dim) return;                                                             \
-        const long long dst = ((long long)h * max_ctx + pos[0]) * head_dim + d;                \
-        kv_put(kc, dst, k[h * head_dim + d]);                                                  \
-        kv_put(vc, dst, v[h * head_dim + d]);                                                  \
+        kv_put(kv_head<KV>(pages, layer, 0, n_kv, h, head_dim).row(pos[0]), d,                 \
+               k[h * head_dim + d]);                                                           \
+        kv_put(kv_head<KV>(pages, layer, 1, n_kv, h, head_dim).row(pos[0]), d,                 \
+               v[h * head_dim + d]);                                                           \
     }
 KV_STORE_DECODE_ENTRY(kv_store_decode, __half)
 KV_STORE_DECODE_ENTRY(kv_store_decode_f32kv, float)
@@ -901,7 +902,7 @@ __device__ __forceinline__ void dot_word(const float*, const uint4& u, const flo
     s1 += qa.z * __uint_as_float(u.z) + qa.w * __uint_as_float(u.w);
 }
 
-// One warp's online softmax over keys [j0, j1) of one KV head (kb, vb: rows of D = 32 ND KV),
+// One warp's online softmax over keys [j0, j1) of one KV head (kb, vb: its keys and values, D = 32 ND),
 // 32 keys at a time: the chunk's key and value rows are copied into the warp's shared buffer
 // `sb` (2 x 32 x D KV values) with cp.async, all in flight together; then lane t scores key
 // c0 + t against the scaled query `qs` (shared), one warp max a chunk, and the values are
@@ -912,7 +913,7 @@ __device__ __forceinline__ void dot_word(const float*, const uint4& u, const flo
 // w ^ (r & 7)), so that 8 lanes reading word w of 8 rows hit distinct banks.
 // Chunks c0 = j0 + 32 w, step 32 nw (warp w of nw). Returns the warp's max m, sum l, acc.
 template <int ND, class KV>
-__device__ __forceinline__ void attn_scan_staged(const float* qs, const KV* kb, const KV* vb,
+__device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb, KvHead<KV> vb,
                                                  int j0, int j1, int w, int nw, int lane,
                                                  uint8_t* sb, float& m, float& l,
                                                  float (&acc)[ND]) {
@@ -929,10 +930,10 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const KV* kb, 
 #pragma unroll
         for (int i = 0; i < RW; i++) {
             const int p = lane + 32 * i, r = p / RW, wd = p % RW;
-            const long long row = min(c0 + r, j1 - 1);
+            const int row = min(c0 + r, j1 - 1);
             cp16(ks + (r * RW + (wd ^ (r & 7))) * 16,
-                 reinterpret_cast<const uint8_t*>(kb + row * D) + wd * 16);
-            cp16(vs + p * 16, reinterpret_cast<const uint8_t*>(vb + row * D) + wd * 16);
+                 reinterpret_cast<const uint8_t*>(kb.row(row)) + wd * 16);
+            cp16(vs + p * 16, reinterpret_cast<const uint8_t*>(vb.row(row)) + wd * 16);
         }
         cp_commit();
         cp_wait<0>();
@@ -942,7 +943,7 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const KV* kb, 
 #pragma unroll
         for (int t = 0; t < RW; t++) {
             const uint4 u = *reinterpret_cast<const uint4*>(ks + (lane * RW + (t ^ (lane & 7))) * 16);
-            dot_word(kb, u, qs, t, s0, s1);
+            dot_word((const KV*)nullptr, u, qs, t, s0, s1);
         }
         const float s = valid ? s0 + s1 : -INFINITY;
         float cm = s;
@@ -981,14 +982,16 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, const KV* kb, 
 // (rot_dim, base, neox) is applied here to the block's q head in shared memory, and the block
 // whose slice holds position pos[0] rotates the new key and stores it and its value in the
 // cache before its scan (blocks of heads sharing a KV head store the same values); q and k in
-// global memory are left as they are. (kc, vc: no __restrict__, the kernel writes them.)
+// global memory are left as they are. (The pages: no __restrict__ on their rows, the kernel
+// writes them.)
 // ND: head_dim / 32 when the kernel is for one head size (its loops and arrays exact), MAXD
 // for any (head_dim from the argument).
 template <int ND, class KV>
 __device__ __forceinline__ void
-attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __restrict__ out,
-                 float* part, int* count, const int* __restrict__ pos, int n_heads, int n_kv,
-                 int head_dim, int max_ctx, float scale, int window, uint8_t* __restrict__ rec,
+attention_decode_body(const float* __restrict__ q, const unsigned long long* __restrict__ pages,
+                 int layer, float* __restrict__ out, float* part, int* count,
+                 const int* __restrict__ pos, int n_heads, int n_kv, int head_dim, float scale,
+                 int window, uint8_t* __restrict__ rec,
                  const float* __restrict__ knew, const float* __restrict__ vnew, int rot_dim,
                  float rope_base, int neox, const float* __restrict__ sinks) {
     pdl_wait();
@@ -1027,10 +1030,11 @@ attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __rest
             rope_rotate(t < half ? qs : ks, t < half ? t : t - half, qpos, 1.0f, rot_dim, rope_base, neox);
         __syncthreads();
         if (has_new) {
+            KV* kd = kv_head<KV>(pages, layer, 0, n_kv, kvh, head_dim).row(qpos);
+            KV* vd = kv_head<KV>(pages, layer, 1, n_kv, kvh, head_dim).row(qpos);
             for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-                const long long dst = ((long long)kvh * max_ctx + qpos) * head_dim + d;
-                kv_put(kc, dst, ks[d]);
-                kv_put(vc, dst, vnew[kvh * head_dim + d]);
+                kv_put(kd, d, ks[d]);
+                kv_put(vd, d, vnew[kvh * head_dim + d]);
             }
         }
         __syncthreads();  // the block's cache stores visible to its own scan
@@ -1038,8 +1042,8 @@ attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __rest
     }
     float acc[ND];
     float m = -INFINITY, l = 0.f;
-    const KV* kb = kc + (long long)kvh * max_ctx * head_dim;
-    const KV* vb = vc + (long long)kvh * max_ctx * head_dim;
+    const KvHead<KV> kb = kv_head<KV>(pages, layer, 0, n_kv, kvh, head_dim);
+    const KvHead<KV> vb = kv_head<KV>(pages, layer, 1, n_kv, kvh, head_dim);
     if constexpr (ND < MAXD) {
         // One head size: keys staged through shared memory, a key a lane (dynamic shared
         // memory: AW x 2 x 32 x head_dim KV values).
@@ -1056,7 +1060,7 @@ attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __rest
             qr[i] = i < nd ? qv[lane + 32 * i] * scale : 0.f;
             acc[i] = 0.f;
         }
-        attn_scan(qr, kb, vb, head_dim, nd, j0 + warp, j1, AW, lane, m, l, acc);
+        attn_scan(qr, kb, vb, nd, j0 + warp, j1, AW, lane, m, l, acc);
     }
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
 #pragma unroll
@@ -1133,13 +1137,13 @@ attention_decode_body(const float* __restrict__ q, KV* kc, KV* vc, float* __rest
     if (threadIdx.x == 0) count[h] = 0;
 }
 #define ATTN_DECODE_ARGS(KV)                                                                 \
-    const float* __restrict__ q, KV *kc, KV *vc, float *__restrict__ out, float *part,         \
-        int *count, const int *__restrict__ pos, int n_heads, int n_kv, int head_dim,          \
-        int max_ctx, float scale, int window, uint8_t *__restrict__ rec,                       \
+    const float* __restrict__ q, const unsigned long long *__restrict__ pages, int layer,      \
+        float *__restrict__ out, float *part, int *count, const int *__restrict__ pos,         \
+        int n_heads, int n_kv, int head_dim, float scale, int window, uint8_t *__restrict__ rec, \
         const float *__restrict__ knew, const float *__restrict__ vnew, int rot_dim,           \
         float rope_base, int neox, const float *__restrict__ sinks
 #define ATTN_DECODE_PASS                                                                      \
-    q, kc, vc, out, part, count, pos, n_heads, n_kv, head_dim, max_ctx, scale, window, rec, knew, \
+    q, pages, layer, out, part, count, pos, n_heads, n_kv, head_dim, scale, window, rec, knew, \
         vnew, rot_dim, rope_base, neox, sinks
 #define ATTN_DECODE_ENTRY(name, ND, KV)                                                       \
     extern "C" __global__ void __launch_bounds__(32 * AW) name(ATTN_DECODE_ARGS(KV)) {       \

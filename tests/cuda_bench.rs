@@ -268,10 +268,11 @@ fn mma_prompt_bench() {
     say("\nPrompt attention, 256 queries at positions 256..511 (attention_tiled):");
     for &(n_heads, n_kv, hd) in &[(14usize, 2usize, 64usize), (28, 4, 128)] {
         let (n_tok, pos0) = (256usize, 256usize);
-        let mut cache = dev.alloc_kv_layer(n_kv, hd, 512, false).unwrap();
+        let kv_cache = dev.alloc_kv_layer(n_kv, hd, 512, false).unwrap();
+        let cache = kv_cache.layer(0);
         let kv: Vec<f32> = (0..512 * n_kv * hd).map(|_| rng.f()).collect();
         let kd = dev.upload_f32(&kv, MemKind::Scratch).unwrap();
-        dev.kv_store(&kd, &kd, 512, &mut cache, 0).unwrap();
+        dev.kv_store(&kd, &kd, 512, &cache, 0).unwrap();
         let q: Vec<f32> = (0..n_tok * n_heads * hd).map(|_| rng.f()).collect();
         let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();

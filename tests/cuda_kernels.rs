@@ -7,7 +7,9 @@
 #![cfg(feature = "cuda")]
 
 use half::f16;
-use llorch::backend::cuda::{gemm_parts, CudaDevice, MemKind, RopeParams, GEMM_TILES, MMA_TILES};
+use llorch::backend::cuda::{
+    gemm_parts, CudaDevice, MemKind, RopeParams, GEMM_TILES, KV_PAGE, MMA_TILES,
+};
 use llorch::quant::GgmlType;
 use llorch::Error;
 use std::io::Write;
@@ -957,9 +959,9 @@ fn attention_decode_and_prefill() {
             .map(|v| v * 2.0)
             .collect();
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut cache = dev.alloc_kv_layer(n_kv, hd, max_ctx, f32_kv).unwrap();
-        dev.fill_bytes(&mut cache.k, POISON).unwrap();
-        dev.fill_bytes(&mut cache.v, POISON).unwrap();
+        let kv = dev.alloc_kv_layer(n_kv, hd, max_ctx, f32_kv).unwrap();
+        kv.fill(&dev, POISON).unwrap();
+        let cache = kv.layer(0);
         // The prefix first, then the new tokens: two kv_store calls as a session would do.
         let per = n_kv * hd;
         if pos0 > 0 {
@@ -969,7 +971,7 @@ fn attention_decode_and_prefill() {
             let vd = dev
                 .upload_f32(&v_all[..pos0 * per], MemKind::Scratch)
                 .unwrap();
-            dev.kv_store(&kd, &vd, pos0, &mut cache, 0).unwrap();
+            dev.kv_store(&kd, &vd, pos0, &cache, 0).unwrap();
         }
         let kd = dev
             .upload_f32(&k_all[pos0 * per..], MemKind::Scratch)
@@ -977,7 +979,7 @@ fn attention_decode_and_prefill() {
         let vd = dev
             .upload_f32(&v_all[pos0 * per..], MemKind::Scratch)
             .unwrap();
-        dev.kv_store(&kd, &vd, n_tok, &mut cache, pos0).unwrap();
+        dev.kv_store(&kd, &vd, n_tok, &cache, pos0).unwrap();
         let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let mut od = dev.alloc(q.len() * 4, MemKind::Scratch).unwrap();
         dev.fill_bytes(&mut od, POISON).unwrap();
@@ -1011,17 +1013,22 @@ fn attention_decode_and_prefill() {
             let got = dev.download_f32(&od, q.len()).unwrap();
             check(&format!("attention_tiled {what}"), &got, &reference, 1e-5);
         }
-        // The cache holds exactly the f16 (or the f32) of what was stored, head-major.
-        let mut kb = vec![0u8; cache.k.len_bytes()];
-        dev.download(&cache.k, &mut kb).unwrap();
+        // The cache holds exactly the f16 (or the f32) of what was stored, in pages of
+        // KV_PAGE positions: K then V, each [head][position in the page][hd].
+        let mut pages = vec![vec![0u8; kv.page_bytes()]; kv.pages().len()];
+        for (i, p) in pages.iter_mut().enumerate() {
+            kv.download_page(&dev, i, p).unwrap();
+        }
         for _ in 0..200 {
             let (j, h, d) = (rng.below(total), rng.below(n_kv), rng.below(hd));
             let x = k_all[(j * n_kv + h) * hd + d];
+            let kb = &pages[j / KV_PAGE];
+            let row = (h * KV_PAGE + j % KV_PAGE) * hd + d;
             let (got, want) = if f32_kv {
-                let at = ((h * max_ctx + j) * hd + d) * 4;
+                let at = row * 4;
                 (f32::from_le_bytes(kb[at..at + 4].try_into().unwrap()), x)
             } else {
-                let at = ((h * max_ctx + j) * hd + d) * 2;
+                let at = row * 2;
                 let h = f16::from_le_bytes([kb[at], kb[at + 1]]);
                 (h.to_f32(), f16::from_f32(x).to_f32())
             };
@@ -1036,7 +1043,7 @@ fn attention_decode_and_prefill() {
             n_tok,
             n_heads,
             &cache,
-            max_ctx - n_tok + 1,
+            kv.capacity() - n_tok + 1,
             scale,
             0,
             None,
@@ -1260,8 +1267,8 @@ fn budget_out_of_memory_and_no_leak() {
         }
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
-    // A KV cache whose K fits but whose V does not: K must be given back.
-    let r = dev.alloc_kv_layer(1, 64, 5000, false); // 640000 bytes each, 1.28 MB together
+    // A KV cache whose first pages fit but not all: those must be given back.
+    let r = dev.alloc_kv_layer(1, 64, 5000, false); // 313 pages of 4,096 bytes, 1.28 MB
     assert!(matches!(r, Err(Error::OutOfMemory(_))), "{r:?}");
     assert_eq!(
         dev.memory().unwrap().used,
@@ -2229,9 +2236,8 @@ fn rope_kv_and_split_attention() {
 
         // A cache poisoned everywhere but at positions 0..pos (the earlier tokens).
         let cache_with_history = || {
-            let mut c = dev.alloc_kv_layer(n_kv, hd, max_ctx, f32_kv).unwrap();
-            dev.fill_bytes(&mut c.k, POISON).unwrap();
-            dev.fill_bytes(&mut c.v, POISON).unwrap();
+            let c = dev.alloc_kv_layer(n_kv, hd, max_ctx, f32_kv).unwrap();
+            c.fill(&dev, POISON).unwrap();
             if pos > 0 {
                 let kd = dev
                     .upload_f32(&k_all[..pos * per], MemKind::Scratch)
@@ -2239,11 +2245,12 @@ fn rope_kv_and_split_attention() {
                 let vd = dev
                     .upload_f32(&v_all[..pos * per], MemKind::Scratch)
                     .unwrap();
-                dev.kv_store(&kd, &vd, pos, &mut c, 0).unwrap();
+                dev.kv_store(&kd, &vd, pos, &c.layer(0), 0).unwrap();
             }
             c
         };
-        let cache = cache_with_history();
+        let kv = cache_with_history();
+        let cache = kv.layer(0);
         let qd = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let kd = dev
             .upload_f32(&k_all[pos * per..], MemKind::Scratch)
@@ -2320,14 +2327,8 @@ fn rope_kv_and_split_attention() {
         // RoPE folded into the attention: q and the new k unrotated, the new position not yet
         // cached. The output must match the same reference and the cache row must be the one
         // rope_kv stored, bit for bit.
-        let bytes = |b: &llorch::backend::cuda::DeviceBuffer| {
-            let mut v = vec![0u8; b.len_bytes()];
-            dev.download(b, &mut v).unwrap();
-            v
-        };
-        let rope_cache_k = bytes(&cache.k);
-        let rope_cache_v = bytes(&cache.v);
-        let cache2 = cache_with_history();
+        let rope_cache = kv.bytes(&dev).unwrap();
+        let kv2 = cache_with_history();
         let q0 = dev.upload_f32(&q, MemKind::Scratch).unwrap();
         let k0 = dev
             .upload_f32(&k_all[pos * per..], MemKind::Scratch)
@@ -2340,7 +2341,7 @@ fn rope_kv_and_split_attention() {
         };
         dev.attention_decode(
             &q0,
-            &cache2,
+            &kv2.layer(0),
             &posd,
             n_heads,
             scale,
@@ -2361,7 +2362,7 @@ fn rope_kv_and_split_attention() {
             1e-5,
         );
         assert!(
-            bytes(&cache2.k) == rope_cache_k && bytes(&cache2.v) == rope_cache_v,
+            kv2.bytes(&dev).unwrap() == rope_cache,
             "attention_decode with RoPE: cache differs from rope_kv's {what}"
         );
         assert_eq!(

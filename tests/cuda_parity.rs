@@ -687,8 +687,6 @@ fn parity_smollm2_135m_q4_1() {
 #[test]
 fn out_of_memory_then_recover() {
     let test = "out_of_memory_then_recover";
-    // (The default, unless LLORCH_CUDA_KV_GROW=0.)
-    llorch::backend::cuda::set_kv_growth(true);
     let Some(probe) = gpu_context(test, NO_COPIES_BUDGET) else {
         return;
     };
@@ -769,12 +767,10 @@ fn out_of_memory_then_recover() {
 /// GPU sessions wait in the model's KV line as the CPU's do: with room for one grown cache
 /// but not two, a second session's generation that must grow its cache is busy at once when
 /// it asked not to wait, and when it waits it is served as soon as the first session (holding
-/// the memory) is dropped.
+/// the memory) is dropped (its pages go back to the arena, their slabs to the device).
 #[test]
 fn gpu_cache_waits_in_line() {
     let test = "gpu_cache_waits_in_line";
-    // (The default, unless LLORCH_CUDA_KV_GROW=0.)
-    llorch::backend::cuda::set_kv_growth(true);
     let Some(probe) = gpu_context(test, NO_COPIES_BUDGET) else {
         return;
     };
@@ -805,8 +801,9 @@ fn gpu_cache_waits_in_line() {
     };
     drop(probe);
     assert!(growth > first + (1 << 20), "the cache grew");
-    // While a cache grows, its old and new caches are held at once.
-    let budget = weights + 2 * fresh + growth + first + (1 << 20);
+    // Two fresh sessions and one growth: less than a slab of pages (16 pages of 16 positions:
+    // 5.9 MB for this model) is left for the second growth.
+    let budget = weights + 2 * fresh + growth + (1 << 20);
     let ctx = gpu_context(test, budget).unwrap();
     let m = Model::load(&ctx, &file.0, None).expect("load");
     let mut a = Session::new(m.clone(), opts.clone()).expect("first session");
@@ -873,49 +870,50 @@ fn graph_replay_equals_direct_decode() {
     say(&format!("{test}: 40 decode steps bit-identical"));
 }
 
-/// A session's KV cache grows as its context fills (256 positions at first, then 512, 1024):
-/// each growth copies the cached rows into a larger cache and drops the captured decode
-/// graph. Logits of a 200-token prompt and 400 decode steps (growing at positions 256 and
-/// 512) are bit-identical to a session whose cache was grown to 768 before it began (by a
-/// generation's admission, then reset), which never copies: the copies lose nothing and the
-/// kernels do not depend on the capacity.
+/// A session's KV cache is made of pages (16 positions of every layer) found through its page
+/// table, wherever the arena put them: two sessions fed in turn, one token at a time (so that
+/// their pages interleave in the arena, and the first's are pages it gave back in a reset and
+/// took again), compute the same logits, bit for bit, as a session fed alone, over 300
+/// positions (page and slab boundaries) of a prompt and its greedy continuation.
 #[test]
-fn kv_growth_changes_no_bit() {
-    let test = "kv_growth_changes_no_bit";
-    // (The default, unless LLORCH_CUDA_KV_GROW=0.)
-    llorch::backend::cuda::set_kv_growth(true);
+fn paged_cache_changes_no_bit() {
+    let test = "paged_cache_changes_no_bit";
     let Some((_file, mg, mut opts)) = small_qwen_on_gpu(test) else {
         return;
     };
     opts.n_ctx = 1024;
-    let mut grown = Session::new(mg.clone(), opts.clone()).unwrap();
-    let mut whole = Session::new(mg.clone(), opts).unwrap();
-    // A generation that may write 700 positions sets them aside up front; reset keeps them.
-    let params = GenerateParams {
-        max_tokens: 700,
-        ..Default::default()
-    };
-    whole
-        .generate_tokens(&[300], &params, &mut |_, _| false)
-        .expect("generate");
-    whole.reset();
     let prompt: Vec<u32> = (0..200).map(|i| 700 + 13 * i).collect();
-    let a = grown.eval(&prompt, Logits::Last).unwrap();
-    let b = whole.eval(&prompt, Logits::Last).unwrap();
-    assert_eq!(a, b, "prompt logits");
-    let mut next = llorch::sampling::argmax(&a);
-    for step in 0..400 {
-        let a = grown.eval(&[next], Logits::Last).unwrap();
-        let b = whole.eval(&[next], Logits::Last).unwrap();
-        assert!(
-            a == b,
-            "decode step {step} (position {}): grown vs whole",
-            200 + step
-        );
-        next = llorch::sampling::argmax(&a);
+    // Token by token: each step the same single-row kernels, whatever the session.
+    let feed = |s: &mut Session, t: u32| s.eval(&[t], Logits::Last).unwrap();
+    let mut alone = Session::new(mg.clone(), opts.clone()).unwrap();
+    let mut want = Vec::new();
+    let mut next = 0;
+    for i in 0..300 {
+        let t = if i < prompt.len() { prompt[i] } else { next };
+        let l = feed(&mut alone, t);
+        next = llorch::sampling::argmax(&l);
+        want.push(l);
+    }
+    drop(alone);
+    let mut a = Session::new(mg.clone(), opts.clone()).unwrap();
+    // a takes pages past its first slab, then gives them back.
+    a.eval(&prompt, Logits::Last).unwrap();
+    a.reset();
+    let mut b = Session::new(mg.clone(), opts).unwrap();
+    let mut next = [0u32; 2];
+    for (i, w) in want.iter().enumerate() {
+        for (j, s) in [&mut a, &mut b].into_iter().enumerate() {
+            let t = if i < prompt.len() { prompt[i] } else { next[j] };
+            let l = feed(s, t);
+            assert!(
+                l == *w,
+                "position {i}: session {j} of two interleaved differs from alone"
+            );
+            next[j] = llorch::sampling::argmax(&l);
+        }
     }
     say(&format!(
-        "{test}: 200-token prompt and 400 decode steps bit-identical"
+        "{test}: 300 positions of two interleaved sessions bit-identical to alone"
     ));
 }
 

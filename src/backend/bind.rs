@@ -88,7 +88,7 @@ impl Weights {
 
     /// A session's state (KV cache of `kv` elements for `n_ctx` positions, activation
     /// buffers). On the CPU the cache starts empty and grows in blocks of the model's `pool`;
-    /// a GPU's is one allocation per layer, for its first positions here, grown whole later
+    /// a GPU's holds pages of the device's arena for its first positions here, more later
     /// (accounted by the device's memory manager; `pool` is told when it is freed).
     pub fn new_state(
         &self,

@@ -1,6 +1,7 @@
 //! A session state's KV rows as plain f32 data, whatever the device (what session
 //! save/restore and fork copy); and its KV blocks where the backend takes them from the
-//! model's pool (the CPU; a GPU state's cache is one allocation per layer, grown whole).
+//! model's pool (the CPU; a GPU state's pages come from the device's arena, in the pool's
+//! line).
 
 use super::kvpool::{Block, Grant, KvPool};
 use super::{Dims, State};
@@ -52,19 +53,19 @@ impl State {
         }
     }
 
-    /// Make positions `start..end` writable: new blocks, copies of shared ones (the CPU); a
-    /// cache for at least `end` positions (a GPU's, which grows whole).
+    /// Make positions `start..end` writable: new blocks (a GPU's pages), copies of shared
+    /// ones.
     pub fn kv_grow(&mut self, start: usize, end: usize, grant: Option<&mut Grant>) -> Result<()> {
         match self {
             State::Cpu(_, st) => st.kv_mut().grow(start, end, grant),
             #[cfg(feature = "cuda")]
-            State::Cuda(_, st) => st.ensure_kv(end),
+            State::Cuda(_, st) => st.ensure_kv(start, end),
         }
     }
 
-    /// For a cache grown whole (a GPU's): why growing it to hold `end` positions could never
-    /// fit, even with no other session's cache beside it. None where it could, or the cache
-    /// is paged.
+    /// For a cache whose memory the backend allocates (a GPU's): why growing it to hold `end`
+    /// positions could never fit, even with no other session's cache beside it. None where it
+    /// could, or the cache's blocks are the pool's.
     pub fn kv_never_fits(&self, end: usize) -> Option<String> {
         match self {
             State::Cpu(..) => {
@@ -82,7 +83,7 @@ impl State {
         match self {
             State::Cpu(_, st) => st.kv_mut().truncate(n),
             #[cfg(feature = "cuda")]
-            State::Cuda(..) => {}
+            State::Cuda(_, st) => st.kv_truncate(n),
         }
     }
 

@@ -67,18 +67,23 @@ impl Session {
         if !paged {
             // A GPU's cache grows now to what the generation may write, so that no step
             // allocates (or runs out of memory) half-way; in the pool's line, so that when the
-            // memory is held by other sessions this waits (or is busy) as on the CPU.
+            // memory is held by other sessions this waits (or is busy) as on the CPU. Cached
+            // blocks are its first pages, shared (not bit for bit on a GPU:
+            // cuda/model/prefix_blocks.rs).
             let cached = if g.cacheable {
                 pool.lookup(prompt, self.kv_elem())
             } else {
                 Vec::new()
             };
-            // Not bit for bit on a GPU (cuda/model/prefix_blocks.rs).
             let skip = cached_blocks_before_last(cached.len() * block, prompt.len(), block);
-            let start = self.history.len();
-            let end = (start + self.pending.is_some() as usize + prompt.len())
+            let end = (self.history.len() + self.pending.is_some() as usize + prompt.len())
                 .saturating_add(g.max_tokens as usize)
                 .min(self.n_ctx);
+            if skip > 0 {
+                self.state.lock().kv_adopt(&cached[..skip / block], block)?;
+                self.history.extend_from_slice(&prompt[..skip]);
+            }
+            let start = self.history.len();
             let state = &self.state;
             let grant = pool.admit_whole(
                 &format!("a KV cache of {end} positions"),
@@ -88,10 +93,6 @@ impl Session {
                 &|| state.lock().kv_never_fits(end),
             )?;
             g.grant = Some(grant);
-            if skip > 0 {
-                self.state.lock().kv_adopt(&cached[..skip / block], block)?;
-                self.history.extend_from_slice(&prompt[..skip]);
-            }
             return Ok(skip);
         }
         let mut skip = 0;

@@ -2,6 +2,7 @@
 // kernels/attention.cu, and of the batched decode attention of kernels/attention_batch.cu
 // (tests/emu/emu_runtime.h), over both cache types (f16, and f32 for kv_type f32 sessions:
 // the `_f32kv` instances), against a double reference over the same cached keys and values:
+// the paged cache (tests/emu/emu_pages.h: shuffled pages, a layer other than the first),
 // masks (causal, window, tails of the 16-query blocks), tiles, shuffles and bounds, GPT-OSS's
 // attention sinks (a logit per head in each softmax's denominator, no value: below, among and
 // far above the scores), and a batch whose rows' caches are of either type, without a GPU.
@@ -14,6 +15,7 @@
 #include "../../kernels/attention.cu"
 #include "../../kernels/attention_batch.cu"
 #include "attn_ref.h"
+#include "emu_pages.h"
 #include "splitmix.h"
 
 static SplitMix64 rng{0x5EED};
@@ -78,6 +80,7 @@ template <class KV> static int test_prompt(const Case& cs) {
     std::vector<float> sinks(cs.n_heads);
     for (int h = 0; h < cs.n_heads; h++) sinks[h] = h % 4 == 3 ? 200.f : (float)(h % 4) * 4.f - 4.f + rf();
     const float scale = 1.0f / sqrtf((float)hd);
+    const Paged<KV> pg(kc, vc, cs.n_kv, max_ctx, hd, 3, 1, 0xBA6E5 + cs.pos0);
     int bad = 0;
     for (int kernel = 0; kernel < 2; kernel++)
         for (int with_sinks = 0; with_sinks < 2; with_sinks++) {
@@ -88,8 +91,8 @@ template <class KV> static int test_prompt(const Case& cs) {
                 const int smem = (16 * hd * 4) + 32 * (words + 1) * 4 + 32 * words * 4;
                 auto fn = f32 ? (sk ? (void*)attention_tiled_sinks_f32kv : (void*)attention_tiled_f32kv)
                               : (sk ? (void*)attention_tiled_sinks : (void*)attention_tiled);
-                auto kern = reinterpret_cast<void (*)(const float*, const KV*, const KV*, float*, int, int, int,
-                                                      int, int, int, float, int, const float*)>(fn);
+                auto kern = reinterpret_cast<void (*)(const float*, const unsigned long long*, int, float*,
+                                                      int, int, int, int, int, float, int, const float*)>(fn);
                 for (int bx = 0; bx < (cs.n_tok + 15) / 16; bx++)
                     for (int h = 0; h < cs.n_heads; h++) {
                         blockIdx = {(unsigned)bx, (unsigned)h, 0};
@@ -97,19 +100,19 @@ template <class KV> static int test_prompt(const Case& cs) {
                         emu_dyn_smem = sm.data();
                         emu_dyn_smem_size = smem;
                         emu::run_block(128, [&] {
-                            kern(q.data(), kc.data(), vc.data(), out.data(), cs.n_tok, cs.n_heads, cs.n_kv, hd,
-                                 max_ctx, cs.pos0, scale, cs.window, sk);
+                            kern(q.data(), pg.table.data(), pg.layer, out.data(), cs.n_tok, cs.n_heads,
+                                 cs.n_kv, hd, cs.pos0, scale, cs.window, sk);
                         });
                     }
             } else {
-                auto kern = reinterpret_cast<void (*)(const float*, const KV*, const KV*, float*, int, int, int,
-                                                      int, int, float, int, const float*)>(
+                auto kern = reinterpret_cast<void (*)(const float*, const unsigned long long*, int, float*,
+                                                      int, int, int, int, float, int, const float*)>(
                     f32 ? (void*)attention_f32kv : (void*)attention);
                 for (int t = 0; t < cs.n_tok; t++)
                     for (int h = 0; h < cs.n_heads; h++) {
                         blockIdx = {(unsigned)h, (unsigned)t, 0};
                         emu::run_block(128, [&] {
-                            kern(q.data(), kc.data(), vc.data(), out.data(), cs.n_heads, cs.n_kv, hd, max_ctx,
+                            kern(q.data(), pg.table.data(), pg.layer, out.data(), cs.n_heads, cs.n_kv, hd,
                                  cs.pos0, scale, cs.window, sk);
                         });
                     }
@@ -133,21 +136,25 @@ static int test_batch(int n_heads, int n_kv, int hd, int window, bool with_sinks
     std::vector<std::vector<__half>> k16(rows), v16(rows);
     std::vector<std::vector<float>> k32(rows), v32(rows);
     std::vector<int> pos(rows), max_ctx(rows);
-    std::vector<unsigned long long> tab(3 * rows);
+    std::vector<unsigned long long> tab(rows);
+    // Each row's session: its cache as layer 2 of 4 in pages (emu_pages.h).
+    const int layer = 2;
+    std::vector<Paged<__half>> p16;
+    std::vector<Paged<float>> p32;
+    p16.reserve(rows), p32.reserve(rows);
     for (int r = 0; r < rows; r++) {
         pos[r] = 3 + 17 * r;
         max_ctx[r] = pos[r] + 1 + r;
         const size_t n = (size_t)n_kv * max_ctx[r] * hd;
         if (r % 2) {
             k32[r] = random_cache<float>(n), v32[r] = random_cache<float>(n);
-            tab[3 * r] = (unsigned long long)k32[r].data() | 1ull;  // bit 0: an f32 cache
-            tab[3 * r + 1] = (unsigned long long)v32[r].data();
+            p32.emplace_back(k32[r], v32[r], n_kv, max_ctx[r], hd, 4, layer, 0x7AB1E + r);
+            tab[r] = (unsigned long long)p32.back().table.data() | 1ull;  // bit 0: an f32 cache
         } else {
             k16[r] = random_cache<__half>(n), v16[r] = random_cache<__half>(n);
-            tab[3 * r] = (unsigned long long)k16[r].data();
-            tab[3 * r + 1] = (unsigned long long)v16[r].data();
+            p16.emplace_back(k16[r], v16[r], n_kv, max_ctx[r], hd, 4, layer, 0x7AB1E + r);
+            tab[r] = (unsigned long long)p16.back().table.data();
         }
-        tab[3 * r + 2] = max_ctx[r];
     }
     std::vector<float> q((size_t)rows * n_heads * hd), knew((size_t)rows * n_kv * hd), vnew(knew.size());
     for (auto& v : q) v = 2 * rf();
@@ -157,18 +164,28 @@ static int test_batch(int n_heads, int n_kv, int hd, int window, bool with_sinks
     for (int h = 0; h < n_heads; h++) sinks[h] = (float)h - 1.f + rf();
     const float* sk = with_sinks ? sinks.data() : nullptr;
     const float scale = 1.0f / sqrtf((float)hd);
+    blockDim = {(unsigned)hd, 1, 1};
     for (int b = 0; b < rows * n_kv; b++) {
         blockIdx = {(unsigned)b, 0, 0};
-        emu::run_block(hd, [&] { kv_store_batch(knew.data(), vnew.data(), tab.data(), pos.data(), n_kv, hd); });
+        emu::run_block(hd, [&] { kv_store_batch(knew.data(), vnew.data(), tab.data(), layer, pos.data(), n_kv, hd); });
     }
     std::vector<float> out(q.size(), NAN);
+    blockDim = {128, 1, 1};
     for (int r = 0; r < rows; r++)
         for (int h = 0; h < n_heads; h++) {
             blockIdx = {(unsigned)h, (unsigned)r, 0};
             emu::run_block(128, [&] {
-                attention_batch(q.data(), tab.data(), pos.data(), out.data(), n_heads, n_kv, hd, scale, window, sk);
+                attention_batch(q.data(), tab.data(), layer, pos.data(), out.data(), n_heads, n_kv, hd, scale,
+                                window, sk);
             });
         }
+    // What the kernels stored, back in the contiguous caches the checks read.
+    for (int r = 0; r < rows; r++) {
+        if (r % 2)
+            p32[r / 2].gather(k32[r], v32[r]);
+        else
+            p16[r / 2].gather(k16[r], v16[r]);
+    }
     int bad = 0;
     for (int r = 0; r < rows; r++) {
         const Case cs{n_heads, n_kv, hd, pos[r], 1, window};

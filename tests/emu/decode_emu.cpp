@@ -24,6 +24,7 @@
 #include <cmath>
 
 #include "../../kernels/decode.cu"
+#include "emu_pages.h"
 #include "attn_ref.h"
 #include "emu_buf.h"
 #include "emu_weights.h"
@@ -533,6 +534,8 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
     std::vector<KV> kc((size_t)n_kv * max_ctx * hd), vc(kc.size());
     for (auto& h : kc) h = kv_make(tag, rng.unit());
     for (auto& h : vc) h = kv_make(tag, rng.unit());
+    // The cache as the kernels take it: layer 1 of 2, in shuffled pages (emu_pages.h).
+    Paged<KV> pg(kc, vc, n_kv, max_ctx, hd, 2, 1, 0xDEC0DE + pos);
     std::vector<float> q((size_t)n_heads * hd), knew((size_t)n_kv * hd), vnew(knew.size());
     for (auto& v : q) v = 2 * rng.unit();
     for (auto& v : knew) v = rng.unit();
@@ -559,9 +562,9 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
             blockIdx = {(unsigned)h, 0, 0};
             emu::run_block(hd, [&] {
                 if constexpr (f32)
-                    kv_store_decode_f32kv(knew.data(), vnew.data(), kc.data(), vc.data(), pp, hd, max_ctx);
+                    kv_store_decode_f32kv(knew.data(), vnew.data(), pg.table.data(), pg.layer, pp, hd);
                 else
-                    kv_store_decode(knew.data(), vnew.data(), kc.data(), vc.data(), pp, hd, max_ctx);
+                    kv_store_decode(knew.data(), vnew.data(), pg.table.data(), pg.layer, pp, hd);
             });
         }
     }
@@ -584,9 +587,9 @@ static int test_attention_decode(int hd, int n_heads, int n_kv, int pos, int win
         for (int sp = 0; sp < splits; sp++) {
             blockIdx = {(unsigned)h, (unsigned)sp, 0};
             emu::run_block(128, [&] {
-                kernel(q.data(), kc.data(), vc.data(), out.data(), part.data(), count.data(), pp, n_heads, n_kv, hd,
-                       max_ctx, scale, window, nullptr, fold ? knew.data() : nullptr, fold ? vnew.data() : nullptr,
-                       rot, base, neox, sinks ? sk.data() : nullptr);
+                kernel(q.data(), pg.table.data(), pg.layer, out.data(), part.data(), count.data(), pp, n_heads,
+                       n_kv, hd, scale, window, nullptr, fold ? knew.data() : nullptr,
+                       fold ? vnew.data() : nullptr, rot, base, neox, sinks ? sk.data() : nullptr);
             });
         }
     double num = 0, den = 0;

@@ -1,7 +1,7 @@
 //! Batched decoding on the GPU (continuous batching): one forward step for one token of each
 //! of several sessions. The products run over all rows at once (each weight read once for
-//! the batch); each row's attention reads its own session's KV cache through a table of
-//! cache addresses and positions in device memory (kernels/attention_batch.cu).
+//! the batch); each row's attention reads its own session's KV cache through a table of the
+//! rows' page tables in device memory (kernels/attention_batch.cu).
 //!
 //! Unlike the CPU's, a batched row's numbers are not bit for bit those of the row alone: the
 //! products of several rows use the tensor-core kernels, a row alone the mat-vec kernels
@@ -15,14 +15,14 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-/// Bytes of one table entry: K cache, V cache, positions in the cache (3 × u64).
-pub(super) const TABLE_ENTRY: usize = 24;
+/// Bytes of one table entry: a row's page table (u64, bit 0 set for an f32 cache).
+pub(super) const TABLE_ENTRY: usize = 8;
 
 /// The working state of the batched steps of one model: activation buffers (a state with a
 /// one-position cache of its own), the table of the rows' caches, the picks.
 pub struct CudaBatch {
     st: CudaState,
-    /// `n_layer` blocks of `rows` entries.
+    /// `rows` entries, one a row.
     tab: DeviceBuffer,
     rows: usize,
     picks: DeviceBuffer,
@@ -46,7 +46,8 @@ impl CudaBatch {
         // vs 1,449/4,327/9,592, 7B 387/1,469/4,123 vs 254/915/2,854.
         let mut st = CudaState::new(model, dims, 2)?;
         st.reserve_rows(MAX_BATCH_ROWS)?;
-        let (tab, picks) = Self::tables(&st, dims, MAX_BATCH_ROWS)?;
+        st.ensure_kv(0, 1)?;
+        let (tab, picks) = Self::tables(&st, MAX_BATCH_ROWS)?;
         Ok(CudaBatch {
             st,
             tab,
@@ -57,9 +58,9 @@ impl CudaBatch {
         })
     }
 
-    fn tables(st: &CudaState, dims: &Dims, rows: usize) -> Result<(DeviceBuffer, DeviceBuffer)> {
+    fn tables(st: &CudaState, rows: usize) -> Result<(DeviceBuffer, DeviceBuffer)> {
         let dev = st.device();
-        let tab = dev.alloc(dims.n_layer * rows * TABLE_ENTRY, MemKind::Scratch)?;
+        let tab = dev.alloc(rows * TABLE_ENTRY, MemKind::Scratch)?;
         let picks = dev.argmax_buffer(rows)?;
         Ok((tab, picks))
     }
@@ -90,22 +91,18 @@ impl CudaBatch {
         }
         // Padded to a power of two: one captured graph per size.
         let rows = n.next_power_of_two().min(self.rows);
-        // The table: per layer, each row's K and V cache and its length; padding rows use
-        // the batch state's own one-position cache, at position 0.
+        // The table: each row's page table; padding rows use the batch state's own
+        // one-position cache, at position 0.
         // (A session's cache grows here if a generation outran what it set aside.)
         for (st, &p) in states.iter_mut().zip(pos) {
-            st.ensure_kv(p + 1)?;
+            st.ensure_kv(p, p + 1)?;
         }
-        let mut tab = Vec::with_capacity(dims.n_layer * self.rows * 3);
-        for l in 0..dims.n_layer {
-            for r in 0..self.rows {
-                let (k, v, max_ctx) = match states.get(r) {
-                    Some(st) => st.kv_layer_ref(l),
-                    None => self.st.kv_layer_ref(l),
-                };
-                tab.extend([k, v, max_ctx as u64]);
-            }
-        }
+        let tab: Vec<u64> = (0..self.rows)
+            .map(|r| match states.get(r) {
+                Some(st) => st.kv_table_ref(),
+                None => self.st.kv_table_ref(),
+            })
+            .collect();
         let mut toks = tokens.to_vec();
         let mut ps = pos.to_vec();
         toks.resize(rows, 0);
@@ -162,8 +159,8 @@ impl CudaBatch {
 
 impl CudaDevice {
     /// Store each row's new K and V (`k`, `v`: `n_rows` rows of `n_kv * head_dim` f32) in
-    /// its session's cache at its position (`tab`: the layer's table entries, `pos`: i32
-    /// per row).
+    /// its session's cache at its position (`tab`: the rows' page tables, see
+    /// [`KvCache::table_ref`](super::KvCache::table_ref); `pos`: i32 per row).
     #[allow(clippy::too_many_arguments)]
     pub fn kv_store_batch(
         &self,
@@ -171,6 +168,7 @@ impl CudaDevice {
         v: &DeviceBuffer,
         n_rows: usize,
         tab: u64,
+        layer: usize,
         pos: &DeviceBuffer,
         n_kv: usize,
         head_dim: usize,
@@ -180,7 +178,7 @@ impl CudaDevice {
         v.check(self, f32s(n_rows * n_kv * head_dim), "kv_store_batch v")?;
         pos.check(self, n_rows as u64 * 4, "kv_store_batch positions")?;
         launch!(self, "kv_store_batch", (blocks as u32, 1, 1), (head_dim as u32, 1, 1);
-            k.ptr(), v.ptr(), tab, pos.ptr(), n_kv as i32, head_dim as i32)
+            k.ptr(), v.ptr(), tab, layer as i32, pos.ptr(), n_kv as i32, head_dim as i32)
     }
 
     /// Plain RoPE (`p`, as [`rope`](Self::rope)) of each row's `q` (`n_heads` heads) and `k`
@@ -194,6 +192,7 @@ impl CudaDevice {
         v: &DeviceBuffer,
         n_rows: usize,
         tab: u64,
+        layer: usize,
         pos: &DeviceBuffer,
         n_heads: usize,
         n_kv: usize,
@@ -220,7 +219,7 @@ impl CudaDevice {
         pos.check(self, n_rows as u64 * 4, "rope_kv_batch positions")?;
         let grid = ((n_heads + n_kv) as u32, n_rows as u32, 1);
         launch!(self, "rope_kv_batch", grid, ((head_dim / 2) as u32, 1, 1);
-            q.ptr(), k.ptr(), v.ptr(), tab, pos.ptr(), n_heads as i32, n_kv as i32,
+            q.ptr(), k.ptr(), v.ptr(), tab, layer as i32, pos.ptr(), n_heads as i32, n_kv as i32,
             head_dim as i32, p.rot_dim as i32, p.base, p.pos_scale, p.neox as i32)
     }
 
@@ -233,6 +232,7 @@ impl CudaDevice {
         q: &DeviceBuffer,
         n_rows: usize,
         tab: u64,
+        layer: usize,
         pos: &DeviceBuffer,
         n_heads: usize,
         n_kv: usize,
@@ -261,7 +261,8 @@ impl CudaDevice {
         pos.check(self, n_rows as u64 * 4, "attention_batch positions")?;
         let window = super::launch::dim(window, "attention window")?;
         launch!(self, "attention_batch", (n_heads as u32, n_rows as u32, 1), (128, 1, 1);
-            q.ptr(), tab, pos.ptr(), out.ptr(), n_heads as i32, n_kv as i32, head_dim as i32,
+            q.ptr(), tab, layer as i32, pos.ptr(), out.ptr(), n_heads as i32, n_kv as i32,
+            head_dim as i32,
             scale, window, sinks_ptr)
     }
 }

@@ -7,9 +7,10 @@
 
 use super::device::CudaDevice;
 use super::drv;
+use super::kv_pages::KvLayer;
 use super::launch::{
-    allow_shared, dim, f32s, positive, row_bytes, skinny_launch, type_suffix, KvCacheLayer,
-    RopeParams, SKINNY_ROWS,
+    allow_shared, dim, f32s, positive, row_bytes, skinny_launch, type_suffix, RopeParams,
+    SKINNY_ROWS,
 };
 use super::memory::DeviceBuffer;
 use super::mmq::mmq_input_bytes;
@@ -919,7 +920,7 @@ impl CudaDevice {
         q: &DeviceBuffer,
         k: &DeviceBuffer,
         v: &DeviceBuffer,
-        cache: &KvCacheLayer,
+        cache: &KvLayer,
         pos: &DeviceBuffer,
         n_heads: usize,
         p: RopeParams,
@@ -937,9 +938,8 @@ impl CudaDevice {
         v.check(self, f32s(n_kv * hd), "rope_kv v")?;
         pos.check(self, 4, "rope_kv pos")?;
         launch!(self, &cache.kernel("rope_kv"), ((n_heads + n_kv) as u32, 1, 1), (hd as u32, 1, 1);
-            q.ptr(), k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(),
-            n_heads as i32, n_kv as i32, hd as i32, cache.max_ctx as i32, p.rot_dim as i32,
-            p.base, p.neox as i32)
+            q.ptr(), k.ptr(), v.ptr(), cache.table, cache.layer as i32, pos.ptr(),
+            n_heads as i32, n_kv as i32, hd as i32, p.rot_dim as i32, p.base, p.neox as i32)
     }
 
     /// Split-K attention of one query (`q`: n_heads x head_dim) at position `pos[0]` over
@@ -956,7 +956,7 @@ impl CudaDevice {
     pub fn attention_decode(
         &self,
         q: &DeviceBuffer,
-        cache: &KvCacheLayer,
+        cache: &KvLayer,
         pos: &DeviceBuffer,
         n_heads: usize,
         scale: f32,
@@ -1024,9 +1024,9 @@ impl CudaDevice {
         };
         launch!(self, &cache.kernel(name), (n_heads as u32, ATTN_SPLITS as u32, 1), (128, 1, 1),
             shared = smem as u32;
-            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), part.ptr(), count.ptr(),
-            pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32,
-            cache.max_ctx as i32, scale, window_i, rec.map_or(0, |r| r.ptr()),
+            q.ptr(), cache.table, cache.layer as i32, out.ptr(), part.ptr(), count.ptr(),
+            pos.ptr(), n_heads as i32, cache.n_kv_heads as i32, hd as i32, scale, window_i,
+            rec.map_or(0, |r| r.ptr()),
             knew, vnew, rot_dim, base, neox, sinks.map_or(0, |s| s.ptr()))
     }
 
@@ -1037,7 +1037,7 @@ impl CudaDevice {
         &self,
         k: &DeviceBuffer,
         v: &DeviceBuffer,
-        cache: &KvCacheLayer,
+        cache: &KvLayer,
         pos: &DeviceBuffer,
     ) -> Result<()> {
         let (hd, n_kv) = (cache.head_dim, cache.n_kv_heads);
@@ -1045,8 +1045,7 @@ impl CudaDevice {
         v.check(self, f32s(n_kv * hd), "kv_store_decode v")?;
         pos.check(self, 4, "kv_store_decode pos")?;
         launch!(self, &cache.kernel("kv_store_decode"), (n_kv as u32, 1, 1), (hd as u32, 1, 1);
-            k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), pos.ptr(), hd as i32,
-            cache.max_ctx as i32)
+            k.ptr(), v.ptr(), cache.table, cache.layer as i32, pos.ptr(), hd as i32)
     }
 
     /// Zero `buf` in stream order (no host wait).

@@ -2,6 +2,7 @@
 
 use super::device::CudaDevice;
 use super::drv;
+use super::kv_pages::{KvCache, KvLayer};
 use super::memory::{DeviceBuffer, MemKind};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
@@ -677,44 +678,6 @@ pub const ROPE_DIV_MAX: usize = 256;
 /// The divisors as the kernel's by-value parameter.
 #[repr(C)]
 struct RopeDiv([f32; ROPE_DIV_MAX]);
-
-/// One layer's KV cache: K and V, each [n_kv_heads][max_ctx][head_dim] f16 (or f32), in VRAM.
-#[derive(Debug)]
-pub struct KvCacheLayer {
-    pub k: DeviceBuffer,
-    pub v: DeviceBuffer,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub max_ctx: usize,
-    /// f32 elements (a kv_type f32 session) rather than f16.
-    pub f32: bool,
-}
-
-impl KvCacheLayer {
-    /// Bytes of one cached value.
-    pub fn elem_bytes(&self) -> usize {
-        if self.f32 {
-            4
-        } else {
-            2
-        }
-    }
-
-    /// Bytes of each of K and V.
-    pub fn bytes(&self) -> u64 {
-        (self.n_kv_heads * self.max_ctx * self.head_dim * self.elem_bytes()) as u64
-    }
-
-    /// The instance of the cache kernel `name` for this cache's type (kernels/attn_common.cuh:
-    /// the f32 ones are `<name>_f32kv`).
-    pub fn kernel(&self, name: &str) -> String {
-        if self.f32 {
-            format!("{name}_f32kv")
-        } else {
-            name.to_string()
-        }
-    }
-}
 
 impl CudaDevice {
     /// y = W x. `w`: `rows` rows of `k` values of type `ty`, GGUF layout; `x`: k f32; `y`: rows f32.
@@ -1408,38 +1371,19 @@ impl CudaDevice {
             p.base, p.pos_scale, p.neox as i32, mscale, d)
     }
 
-    /// A KV cache layer for `max_ctx` positions of f16 (`f32`: of f32), accounted as
-    /// [`MemKind::KvCache`].
+    /// A one-layer paged KV cache holding `positions` positions of f16 (`f32`: of f32), its
+    /// pages from an arena of its own (tests and benchmarks of single kernels; sessions take
+    /// theirs from the model's, see kv_pages.rs).
     pub fn alloc_kv_layer(
         &self,
         n_kv_heads: usize,
         head_dim: usize,
-        max_ctx: usize,
+        positions: usize,
         f32: bool,
-    ) -> Result<KvCacheLayer> {
+    ) -> Result<KvCache> {
         positive(n_kv_heads, "n_kv_heads")?;
-        positive(max_ctx, "max_ctx")?;
-        if head_dim == 0 || head_dim % 32 != 0 || head_dim > 256 {
-            return Err(Error::Unsupported(format!(
-                "attention head_dim {head_dim}: the CUDA kernel takes multiples of 32 up to 256"
-            )));
-        }
-        let elem = if f32 { 4 } else { 2 };
-        let bytes = n_kv_heads
-            .checked_mul(max_ctx)
-            .and_then(|v| v.checked_mul(head_dim * elem))
-            .filter(|&b| b / elem <= i32::MAX as usize * 64)
-            .ok_or_else(|| Error::InvalidArgument("KV cache size overflows".into()))?;
-        let k = self.alloc(bytes, MemKind::KvCache)?;
-        let v = self.alloc(bytes, MemKind::KvCache)?;
-        Ok(KvCacheLayer {
-            k,
-            v,
-            n_kv_heads,
-            head_dim,
-            max_ctx,
-            f32,
-        })
+        positive(positions, "positions")?;
+        KvCache::standalone(self, 1, n_kv_heads, head_dim, positions, f32)
     }
 
     /// Store `n_tok` tokens' K and V (each n_tok x n_kv_heads x head_dim f32) at positions
@@ -1449,15 +1393,15 @@ impl CudaDevice {
         k: &DeviceBuffer,
         v: &DeviceBuffer,
         n_tok: usize,
-        cache: &mut KvCacheLayer,
+        cache: &KvLayer,
         pos0: usize,
     ) -> Result<()> {
         positive(n_tok, "kv_store n_tok")?;
         let end = pos0.saturating_add(n_tok);
-        if end > cache.max_ctx {
+        if end > cache.positions {
             return Err(Error::ContextFull(format!(
                 "positions {pos0}..{end} do not fit a KV cache of {} positions",
-                cache.max_ctx
+                cache.positions
             )));
         }
         let n = n_tok * cache.n_kv_heads;
@@ -1466,92 +1410,9 @@ impl CudaDevice {
         }
         k.check(self, f32s(n * cache.head_dim), "kv_store k")?;
         v.check(self, f32s(n * cache.head_dim), "kv_store v")?;
-        cache.k.check(self, cache.bytes(), "kv cache k")?;
-        cache.v.check(self, cache.bytes(), "kv cache v")?;
         launch!(self, &cache.kernel("kv_store"), (n as u32, 1, 1), (cache.head_dim as u32, 1, 1);
-            k.ptr(), v.ptr(), cache.k.ptr(), cache.v.ptr(), cache.n_kv_heads as i32,
-            cache.head_dim as i32, cache.max_ctx as i32, pos0 as i32)
-    }
-
-    /// Bytes of a prefix-cache block of `block` positions of `caches` (every layer's K and
-    /// V, each [n_kv][block][head_dim]; see kernels/attention.cu `kv_blocks_copy`).
-    pub fn kv_block_bytes(caches: &[KvCacheLayer], block: usize) -> Option<usize> {
-        let c = caches.first()?;
-        (2 * caches.len())
-            .checked_mul(c.n_kv_heads)?
-            .checked_mul(block)?
-            .checked_mul(c.head_dim * c.elem_bytes())
-    }
-
-    /// Copy whole blocks of `block` positions between `caches` (a session's, every layer)
-    /// and prefix-cache blocks (each of [`kv_block_bytes`](Self::kv_block_bytes)): block i
-    /// holds positions `pos0 + i * block ..`. `to_cache`: from the blocks into the cache,
-    /// else out of it. One launch, its address table written into `table` (grown when too
-    /// small: kept by the caller, as freeing device memory waits for the whole device);
-    /// waits for this stream.
-    pub fn kv_blocks_copy(
-        &self,
-        table_buf: &mut Option<DeviceBuffer>,
-        blocks: &[&DeviceBuffer],
-        caches: &[KvCacheLayer],
-        pos0: usize,
-        block: usize,
-        to_cache: bool,
-    ) -> Result<()> {
-        if blocks.is_empty() {
-            return Ok(());
-        }
-        let c = caches
-            .first()
-            .ok_or_else(|| Error::InvalidArgument("kv_blocks_copy: no layers".into()))?;
-        if caches.iter().any(|l| {
-            (l.n_kv_heads, l.head_dim, l.max_ctx, l.f32)
-                != (c.n_kv_heads, c.head_dim, c.max_ctx, c.f32)
-        }) {
-            return Err(Error::InvalidArgument(
-                "kv_blocks_copy: the layers' caches differ in shape".into(),
-            ));
-        }
-        let end = blocks
-            .len()
-            .checked_mul(block)
-            .and_then(|n| n.checked_add(pos0));
-        if block == 0 || !matches!(end, Some(e) if e <= c.max_ctx) {
-            return Err(Error::InvalidArgument(format!(
-                "kv_blocks_copy: {} blocks of {block} from position {pos0} do not fit a cache \
-                 of {} positions",
-                blocks.len(),
-                c.max_ctx
-            )));
-        }
-        let bytes = Self::kv_block_bytes(caches, block)
-            .filter(|&b| b / 2 <= i32::MAX as usize)
-            .ok_or_else(|| Error::InvalidArgument("kv_blocks_copy: block size overflows".into()))?;
-        let mut table = Vec::with_capacity(8 * (blocks.len() + 2 * caches.len()));
-        for b in blocks {
-            b.check(self, bytes as u64, "prefix-cache block")?;
-            table.extend_from_slice(&b.ptr().to_le_bytes());
-        }
-        for l in caches {
-            l.k.check(self, l.bytes(), "kv cache k")?;
-            l.v.check(self, l.bytes(), "kv cache v")?;
-            table.extend_from_slice(&l.k.ptr().to_le_bytes());
-            table.extend_from_slice(&l.v.ptr().to_le_bytes());
-        }
-        if !matches!(table_buf, Some(t) if t.len_bytes() >= table.len()) {
-            *table_buf = Some(self.alloc(table.len().next_power_of_two(), MemKind::Scratch)?);
-        }
-        let Some(t) = table_buf.as_mut() else {
-            return Err(Error::Internal("kv_blocks_copy: no table".into()));
-        };
-        self.write(t, 0, &table)?;
-        let caches_at = t.ptr() + 8 * blocks.len() as u64;
-        let grid = (blocks.len() as u32, caches.len() as u32, 2);
-        launch!(self, "kv_blocks_copy", grid, (256, 1, 1);
-            t.ptr(), caches_at, c.n_kv_heads as i32, block as i32,
-            (c.head_dim * c.elem_bytes()) as i32, c.max_ctx as i32, pos0 as i32,
-            to_cache as i32)?;
-        self.synchronize()
+            k.ptr(), v.ptr(), cache.table, cache.layer as i32, cache.n_kv_heads as i32,
+            cache.head_dim as i32, pos0 as i32)
     }
 
     /// Causal attention of `n_tok` queries at positions pos0.. over the cache (which must hold
@@ -1565,7 +1426,7 @@ impl CudaDevice {
         q: &DeviceBuffer,
         n_tok: usize,
         n_heads: usize,
-        cache: &KvCacheLayer,
+        cache: &KvLayer,
         pos0: usize,
         scale: f32,
         window: usize,
@@ -1582,9 +1443,8 @@ impl CudaDevice {
         }
         let hd = cache.head_dim;
         launch!(self, &cache.kernel("attention"), (n_heads as u32, n_tok as u32, 1), (128, 1, 1);
-            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_heads as i32,
-            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale, window_i,
-            s)
+            q.ptr(), cache.table, cache.layer as i32, out.ptr(), n_heads as i32,
+            cache.n_kv_heads as i32, hd as i32, pos0 as i32, scale, window_i, s)
     }
 
     /// The argument checks both attention kernels share; `max_tok`: the most tokens the
@@ -1595,7 +1455,7 @@ impl CudaDevice {
         q: &DeviceBuffer,
         n_tok: usize,
         n_heads: usize,
-        cache: &KvCacheLayer,
+        cache: &KvLayer,
         pos0: usize,
         sinks: Option<&DeviceBuffer>,
         out: &DeviceBuffer,
@@ -1618,10 +1478,10 @@ impl CudaDevice {
             )));
         }
         let end = pos0.saturating_add(n_tok);
-        if end > cache.max_ctx {
+        if end > cache.positions {
             return Err(Error::ContextFull(format!(
                 "positions {pos0}..{end} do not fit a KV cache of {} positions",
-                cache.max_ctx
+                cache.positions
             )));
         }
         let size = f32s(n_tok * n_heads * cache.head_dim);
@@ -1638,7 +1498,7 @@ impl CudaDevice {
         q: &DeviceBuffer,
         n_tok: usize,
         n_heads: usize,
-        cache: &KvCacheLayer,
+        cache: &KvLayer,
         pos0: usize,
         scale: f32,
         window: usize,
@@ -1659,7 +1519,7 @@ impl CudaDevice {
         q: &DeviceBuffer,
         n_tok: usize,
         n_heads: usize,
-        cache: &KvCacheLayer,
+        cache: &KvLayer,
         pos0: usize,
         scale: f32,
         window: i32,
@@ -1677,9 +1537,8 @@ impl CudaDevice {
             "attention_tiled_sinks"
         });
         launch!(self, &name, grid, (128, 1, 1), raise_shared = smem;
-            q.ptr(), cache.k.ptr(), cache.v.ptr(), out.ptr(), n_tok as i32, n_heads as i32,
-            cache.n_kv_heads as i32, hd as i32, cache.max_ctx as i32, pos0 as i32, scale,
-            window, sinks)
+            q.ptr(), cache.table, cache.layer as i32, out.ptr(), n_tok as i32, n_heads as i32,
+            cache.n_kv_heads as i32, hd as i32, pos0 as i32, scale, window, sinks)
     }
 
     /// out = silu(g) * u over n values.

@@ -16,6 +16,7 @@ mod device;
 mod launch;
 mod batch;
 mod fused;
+mod kv_pages;
 mod memory;
 mod mmq;
 mod model;
@@ -27,15 +28,16 @@ pub use fused::{
     attention_scratch_floats, mmq_supported, Epilogue, ExpertInput, ExpertOut, ExpertTable,
     ExpertsRef, MatRef, MatVecOut, NewKv, Norm, ProductPath, ATTN_SPLITS, MAX_SELECTED_EXPERTS,
 };
+pub use kv_pages::{KvCache, KvLayer, KvPage, PageArena, KV_PAGE};
 pub use launch::{
-    gemm_enabled, gemm_parts, matmul_uses_gemm, matmul_uses_mma, GemmTile, KvCacheLayer, MmaTile,
-    RopeParams, ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
+    gemm_enabled, gemm_parts, matmul_uses_gemm, matmul_uses_mma, GemmTile, MmaTile, RopeParams,
+    ATTN_TILED_MIN_TOKENS, GEMM_TILES, MMA_MIN_TOKENS, MMA_TILES,
 };
 pub use memory::{DeviceBuffer, MemKind, MemoryReport};
 pub use mmq::{mmq_enabled, mmq_input_bytes, mmq_min_rows, mmq_prompt};
 pub use model::{
-    prefix_cache_enabled, set_kv_growth, set_lookahead, set_prefix_cache, CudaModel, CudaState,
-    CudaStep, MAX_STEP_TOKENS,
+    prefix_cache_enabled, set_lookahead, set_prefix_cache, CudaModel, CudaState, CudaStep,
+    MAX_STEP_TOKENS,
 };
 
 use crate::Error;

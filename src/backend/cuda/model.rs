@@ -26,8 +26,9 @@ use super::fused::{
     matvec_rows_supported, mmq_supported, multirow_rows, ProductPath, MULTIROW_MAX,
 };
 use super::fused::{ExpertTable, MAX_SELECTED_EXPERTS};
+use super::kv_pages::{page_bytes, KvCache, PageArena, KV_PAGE};
 use super::launch::{
-    gemm_enabled, gemm_parts, matmul_uses_gemm, skinny_fused, skinny_max, KvCacheLayer, RopeParams,
+    gemm_enabled, gemm_parts, matmul_uses_gemm, skinny_fused, skinny_max, RopeParams,
 };
 use super::memory::{DeviceBuffer, MemKind, PinnedHost};
 use super::mmq::{mmq_enabled, mmq_min_rows, mmq_prompt};
@@ -53,10 +54,11 @@ mod mixture;
 /// 6.69k, bench/RESULTS.md.)
 pub const MAX_STEP_TOKENS: usize = 512;
 
-/// Positions a session's KV cache holds when it opens (at most its context), where caches
-/// grow (`set_kv_growth`). It grows as generations ask for more ([`CudaState::ensure_kv`]),
-/// so a session costs the memory of the context it uses, not of the one it may use.
-pub const KV_FIRST_POSITIONS: usize = 256;
+/// Positions a session's KV cache holds when it opens (at most its context: one slab of
+/// pages, kv_pages.rs), so that short generations need no allocation. It grows a page at a
+/// time as generations ask for more ([`CudaState::ensure_kv`]), so a session costs the
+/// memory of the context it uses, not of the one it may use.
+pub const KV_FIRST_POSITIONS: usize = KV_PAGE * super::kv_pages::SLAB_PAGES;
 
 /// Types the CUDA kernels multiply (and embed) in place.
 pub fn supported(ty: GgmlType) -> bool {
@@ -93,6 +95,10 @@ pub struct CudaModel {
     /// f16 copies of the quantized matrices for the products of many rows, by weight id
     /// (see f16_weights.rs).
     f16: Vec<Option<DeviceBuffer>>,
+    /// Where the sessions' KV pages come from, one arena per page shape (f16 and f32
+    /// caches): shared, so that a page one session gives back serves the next, and the
+    /// prefix cache's pages are every session's.
+    kv_arenas: parking_lot::Mutex<Vec<Arc<PageArena>>>,
 }
 
 impl CudaModel {
@@ -158,11 +164,24 @@ impl CudaModel {
             experts,
             moe: moe_shape(tensors),
             f16,
+            kv_arenas: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
     pub fn device(&self) -> &CudaDevice {
         &self.dev
+    }
+
+    /// The arena of KV pages of `dims`' shape (f32 values with `f32`, else f16).
+    fn kv_arena(&self, dims: &Dims, f32: bool) -> Result<Arc<PageArena>> {
+        let bytes = page_bytes(dims.n_layer, dims.n_head_kv, dims.head_dim, f32)?;
+        let mut arenas = self.kv_arenas.lock();
+        if let Some(a) = arenas.iter().find(|a| a.page_bytes() == bytes) {
+            return Ok(a.clone());
+        }
+        let a = PageArena::new(&self.dev, bytes);
+        arenas.push(a.clone());
+        Ok(a)
     }
 
     fn weight(&self, w: WeightId) -> &CudaWeight {
@@ -252,9 +271,8 @@ pub struct CudaState {
     dev: CudaDevice,
     dims: Dims,
     n_ctx: usize,
-    /// Per layer, K and V for `kv_cap` positions (<= `n_ctx`; see `ensure_kv`).
-    kv: Vec<KvCacheLayer>,
-    kv_cap: usize,
+    /// The KV cache, in pages (kv_pages.rs; grown by `ensure_kv`).
+    kv: KvCache,
     slots: Vec<DeviceBuffer>,
     positions: DeviceBuffer,
     ids: DeviceBuffer,
@@ -294,11 +312,10 @@ pub struct CudaState {
     moe: Option<MoeScratch>,
     /// Intermediate values, recorded when `Some` (downloaded: slow, for verification).
     pub taps: Option<Vec<Tap>>,
-    /// Prefix-cache blocks this cache's first positions were copied from (`kv_adopt`), held
-    /// until its first prompt's blocks are offered to the cache after them.
+    /// The prefix-cache blocks whose pages this cache starts with (`kv_adopt`): held while
+    /// it uses them (the cache does not evict them), and the chain its own first prompt's
+    /// blocks are offered after.
     prefix: Vec<Arc<crate::backend::kvpool::Block>>,
-    /// The block copies' address table (`kv_blocks_copy`), kept between copies.
-    copy_table: Option<DeviceBuffer>,
     /// The model's KV pool, told when this state's buffers are freed (its waiters for memory
     /// look again). Last: fields drop in order, the buffers above first.
     freed: Option<WakeOnDrop>,
@@ -344,12 +361,6 @@ fn record_bytes(dims: &Dims, rows: usize) -> usize {
 }
 
 impl CudaState {
-    /// Bytes of the KV cache for `n_ctx` positions (of f32 values with `f32`, else f16).
-    pub fn kv_bytes(dims: &Dims, n_ctx: usize, f32: bool) -> u64 {
-        let elem = if f32 { 4 } else { 2 };
-        2 * dims.n_layer as u64 * n_ctx as u64 * dims.kv_dim() as u64 * elem
-    }
-
     /// [`with_kv`](Self::with_kv) with the f16 cache.
     pub fn new(model: &CudaModel, dims: &Dims, n_ctx: usize) -> Result<Self> {
         Self::with_kv(model, dims, n_ctx, false)
@@ -360,15 +371,10 @@ impl CudaState {
     /// KV cache holds f32 values with `f32_kv`, else f16.
     pub fn with_kv(model: &CudaModel, dims: &Dims, n_ctx: usize, f32_kv: bool) -> Result<Self> {
         let dev = model.dev.with_own_stream()?;
-        let kv_cap = if kv_growth_enabled() {
-            n_ctx.min(KV_FIRST_POSITIONS)
-        } else {
-            n_ctx
-        };
-        let mut kv = Vec::with_capacity(dims.n_layer);
-        for _ in 0..dims.n_layer {
-            kv.push(dev.alloc_kv_layer(dims.n_head_kv, dims.head_dim, kv_cap, f32_kv)?);
-        }
+        let arena = model.kv_arena(dims, f32_kv)?;
+        let (n_kv, hd) = (dims.n_head_kv, dims.head_dim);
+        let mut kv = KvCache::new(&dev, arena, n_ctx, dims.n_layer, n_kv, hd, f32_kv)?;
+        kv.prepare(&dev, 0, n_ctx.min(KV_FIRST_POSITIONS))?;
         let cap = MAX_STEP_TOKENS.min(n_ctx).max(1);
         // The two-pass prompt products need scratch only where steps of several tokens fit.
         let (gemm_most, gemm_k) = if gemm_enabled() && n_ctx >= 2 {
@@ -403,7 +409,6 @@ impl CudaState {
             dims: dims.clone(),
             n_ctx,
             kv,
-            kv_cap,
             slots: rows.slots,
             positions: rows.positions,
             ids: rows.ids,
@@ -425,7 +430,6 @@ impl CudaState {
             moe,
             taps: None,
             prefix: Vec::new(),
-            copy_table: None,
             freed: None,
         })
     }
@@ -445,7 +449,7 @@ impl CudaState {
 
     /// Positions the KV cache holds now (it grows up to the context: `ensure_kv`).
     pub fn kv_capacity(&self) -> usize {
-        self.kv_cap
+        self.kv.capacity()
     }
 
     /// Tell `pool` when this state's buffers are freed (dropped).
@@ -453,25 +457,17 @@ impl CudaState {
         self.freed = Some(WakeOnDrop(pool));
     }
 
-    /// The capacity [`ensure_kv`](Self::ensure_kv) grows to for `end` positions (`end` past
-    /// the capacity, at most the context).
-    fn grown_capacity(&self, end: usize) -> usize {
-        end.max(2 * self.kv_cap)
-            .next_multiple_of(KV_FIRST_POSITIONS)
-            .min(self.n_ctx)
-    }
-
-    /// Why growing the cache to hold `end` positions could never fit, even with no other
-    /// session's cache on the device: the old and the new cache are both held while the rows
-    /// are copied, beside the weights and every session's scratch. None when it could (or
-    /// needs no growth).
+    /// Why the cache could never hold `end` positions, even with no other session's pages
+    /// on the device, beside the weights and every session's scratch. None when it could (or
+    /// holds them already).
     pub fn kv_never_fits(&self, end: usize) -> Option<String> {
-        if end <= self.kv_cap || end > self.n_ctx {
+        let have = self.kv.capacity();
+        if end <= have || end > self.n_ctx {
             return None;
         }
-        let f32 = self.kv.first().is_some_and(|c| c.f32);
-        let old = Self::kv_bytes(&self.dims, self.kv_cap, f32);
-        let new = Self::kv_bytes(&self.dims, self.grown_capacity(end), f32);
+        let page = self.kv.page_bytes() as u64;
+        let mine = self.kv.pages().len() as u64 * page;
+        let more = (end.div_ceil(KV_PAGE) - self.kv.pages().len()) as u64 * page;
         let m = self.dev.memory().ok()?;
         let limit = if m.budget > 0 {
             m.budget
@@ -479,53 +475,43 @@ impl CudaState {
             m.device_total
         };
         let others = m.used.saturating_sub(m.kv_cache);
-        (others + old + new > limit).then(|| {
+        (others + mine + more > limit).then(|| {
             format!(
-                "a KV cache of {end} positions needs {new} bytes beside the {old} it replaces, \
-                 and the device's {} of {limit} bytes hold {others} of weights and scratch",
+                "a KV cache of {end} positions needs {} bytes, and the device's {} of {limit} \
+                 bytes hold {others} of weights and scratch",
+                mine + more,
                 if m.budget > 0 { "budget" } else { "memory" }
             )
         })
     }
 
-    /// Make the KV cache hold positions `0..end` (`end` at most the context): every layer's
-    /// K and V reallocated for at least twice the positions (so a growing context copies each
-    /// position a bounded number of times), the old ones copied into their heads' rows. When
-    /// the larger caches do not fit, `Error::OutOfMemory` and nothing changed. The kernels
-    /// take the capacity only as the heads' stride, so results do not depend on it. A
-    /// captured decode graph holds the old addresses: it is dropped (captured again).
-    pub fn ensure_kv(&mut self, end: usize) -> Result<()> {
-        if end <= self.kv_cap {
-            return Ok(());
-        }
+    /// Make positions `start..end` of the KV cache writable (`end` at most the context):
+    /// pages added up to `end` (none moves: a captured decode graph stays valid), and private
+    /// copies of pages shared with the prefix cache from `start`'s on. When the pages do not
+    /// fit, `Error::OutOfMemory` and nothing changed.
+    pub fn ensure_kv(&mut self, start: usize, end: usize) -> Result<()> {
         if end > self.n_ctx {
             return Err(Error::ContextFull(format!(
                 "{end} positions do not fit the context of {}",
                 self.n_ctx
             )));
         }
-        let cap = self.grown_capacity(end);
-        let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
-        let mut grown = Vec::with_capacity(self.kv.len());
-        for old in &self.kv {
-            grown.push(self.dev.alloc_kv_layer(n_kv, hd, cap, old.f32)?);
+        self.kv.prepare(&self.dev, start, end)
+    }
+
+    /// Give back the pages past the first `n` positions (a rewind or reset), and the
+    /// prefix-cache blocks past them.
+    pub fn kv_truncate(&mut self, n: usize) {
+        self.settle_ahead();
+        // Kernels still queued may use the pages.
+        if self.dev.synchronize().is_err() {
+            return;
         }
-        for (old, new) in self.kv.iter().zip(grown.iter_mut()) {
-            let head = self.kv_cap * hd * old.elem_bytes();
-            let stride = cap * hd * old.elem_bytes();
-            for h in 0..n_kv {
-                self.dev
-                    .copy_between(&old.k, h * head, &mut new.k, h * stride, head)?;
-                self.dev
-                    .copy_between(&old.v, h * head, &mut new.v, h * stride, head)?;
-            }
+        self.kv.truncate(n);
+        self.prefix.truncate(n / KV_PAGE);
+        if let Some(w) = &self.freed {
+            w.0.freed();
         }
-        // The copies read the old caches: done before those are freed.
-        self.dev.synchronize()?;
-        self.graph = None;
-        self.kv = grown;
-        self.kv_cap = cap;
-        Ok(())
     }
 
     /// Make room for steps of `rows` token rows now, so that later steps do not move the
@@ -561,12 +547,10 @@ impl CudaState {
         &self.dims
     }
 
-    /// Layer `l`'s cache: K and V addresses, positions (a batched step's table entry). Bit 0
-    /// of the K address (an allocation's, aligned) set says the cache is f32
-    /// (kernels/attention_batch.cu), so that sessions of both types share a batched step.
-    pub(super) fn kv_layer_ref(&self, l: usize) -> (u64, u64, usize) {
-        let c = &self.kv[l];
-        (c.k.ptr() | c.f32 as u64, c.v.ptr(), c.max_ctx)
+    /// The cache's page table, bit 0 set for an f32 cache (a batched step's table entry:
+    /// kernels/attention_batch.cu), so that sessions of both types share a batched step.
+    pub(super) fn kv_table_ref(&self) -> u64 {
+        self.kv.table_ref()
     }
 
     pub(super) fn logits_buffer(&self) -> &DeviceBuffer {
@@ -613,7 +597,7 @@ impl CudaState {
         if !self.ahead_allowed || !lookahead_enabled() || self.taps.is_some() {
             return;
         }
-        if pos >= self.kv_cap || token as usize >= self.dims.vocab {
+        if pos >= self.kv.capacity() || token as usize >= self.dims.vocab {
             return;
         }
         let launched = (|| -> Result<bool> {
@@ -691,13 +675,6 @@ fn lookahead_enabled() -> bool {
     switch(&LOOKAHEAD, "LLORCH_CUDA_LOOKAHEAD")
 }
 
-/// Whether a session's cache starts at `KV_FIRST_POSITIONS` and grows (`ensure_kv`) rather
-/// than holding its whole context from the start: on unless `LLORCH_CUDA_KV_GROW=0` or
-/// [`set_kv_growth`] turned it off.
-fn kv_growth_enabled() -> bool {
-    switch(&KV_GROWTH, "LLORCH_CUDA_KV_GROW")
-}
-
 /// A process-wide switch, on by default: as set (`set_*`), else off where the environment
 /// variable `var` is "0" (read once: these are asked every step).
 fn switch(state: &AtomicU8, var: &str) -> bool {
@@ -716,13 +693,6 @@ const UNSET: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
 static LOOKAHEAD: AtomicU8 = AtomicU8::new(UNSET);
-static KV_GROWTH: AtomicU8 = AtomicU8::new(UNSET);
-
-/// Turn growing caches on or off for the process (overrides `LLORCH_CUDA_KV_GROW`; sessions
-/// made afterwards take it).
-pub fn set_kv_growth(on: bool) {
-    KV_GROWTH.store(if on { ON } else { OFF }, Ordering::Relaxed);
-}
 
 /// Turn greedy decoding one step ahead on or off for the process (overrides
 /// `LLORCH_CUDA_LOOKAHEAD`; sessions already running take it at their next step).
@@ -779,7 +749,7 @@ impl<'a> CudaStep<'a> {
                 st.dims.vocab
             )));
         }
-        st.ensure_kv(pos0 + n)?;
+        st.ensure_kv(pos0, pos0 + n)?;
         if n > st.cap {
             // Free the old buffers first so that the budget sees only the new ones; a captured
             // graph points at them.
@@ -971,9 +941,16 @@ impl<'a> CudaStep<'a> {
     /// Run `f` unless an earlier call failed; keep its error.
     /// Every launch goes through here, so `h16_of` holds only until the next one (a
     /// product on f16 weights sets it again).
-    /// A batched step's attention: each row's query in `q` over its own cache (`tab`: the
-    /// layer's table entries, see [`layer_table`]) into `out`.
-    fn batch_attention(&mut self, tab: u64, q: Slot, shape: AttnShape, out: Slot) -> Result<()> {
+    /// A batched step's attention of `layer`: each row's query in `q` over its own cache
+    /// (`tab`: the rows' page tables, see `batch.rs`) into `out`.
+    fn batch_attention(
+        &mut self,
+        tab: u64,
+        layer: usize,
+        q: Slot,
+        shape: AttnShape,
+        out: Slot,
+    ) -> Result<()> {
         let (n, m, st) = (self.n, self.m, &mut *self.st);
         let (qb, ob) = pair(&mut st.slots, q, out)?;
         let sinks = shape.sinks.map(|w| &m.weight(w).buf);
@@ -981,6 +958,7 @@ impl<'a> CudaStep<'a> {
             qb,
             n,
             tab,
+            layer,
             &st.positions,
             shape.n_head,
             shape.n_head_kv,
@@ -1073,11 +1051,6 @@ fn plain_rope(rope: &Rope) -> bool {
 /// A RoPE the decode attention applies itself: plain, positions unscaled.
 fn foldable(rope: &Rope) -> bool {
     plain_rope(rope) && rope.pos_scale == 1.0
-}
-
-/// A batched step's cache table entries of `layer` (`rows` entries a layer).
-fn layer_table(tab: u64, rows: usize, layer: usize) -> u64 {
-    tab + (layer * rows * super::batch::TABLE_ENTRY) as u64
 }
 
 fn as_bytes(v: &[i32]) -> &[u8] {
@@ -1234,14 +1207,13 @@ impl Ops for CudaStep<'_> {
 
     fn attention(&mut self, layer: usize, q: Slot, k: Slot, v: Slot, shape: AttnShape, out: Slot) {
         self.run(|s| {
-            if let Some((tab, rows)) = s.batch {
-                let tab = layer_table(tab, rows, layer);
+            if let Some((tab, _)) = s.batch {
                 let (n, st) = (s.n, &*s.st);
                 let (hd, n_kv) = (shape.head_dim, shape.n_head_kv);
                 let slot = |x: Slot| &st.slots[x.index()];
                 st.dev
-                    .kv_store_batch(slot(k), slot(v), n, tab, &st.positions, n_kv, hd)?;
-                return s.batch_attention(tab, q, shape, out);
+                    .kv_store_batch(slot(k), slot(v), n, tab, layer, &st.positions, n_kv, hd)?;
+                return s.batch_attention(tab, layer, q, shape, out);
             }
             if s.capturing {
                 // The cache position below is a kernel argument: a graph would keep it.
@@ -1252,9 +1224,9 @@ impl Ops for CudaStep<'_> {
             }
             let (n, pos0) = (s.n, s.pos0);
             let st = &mut *s.st;
-            let cache = &mut st.kv[layer];
+            let cache = st.kv.layer(layer);
             st.dev
-                .kv_store(&st.slots[k.index()], &st.slots[v.index()], n, cache, pos0)?;
+                .kv_store(&st.slots[k.index()], &st.slots[v.index()], n, &cache, pos0)?;
             let (qb, ob) = pair(&mut st.slots, q, out)?;
             let window = shape.window.unwrap_or(0);
             let sinks = shape.sinks.map(|w| &s.m.weight(w).buf);
@@ -1262,7 +1234,7 @@ impl Ops for CudaStep<'_> {
                 qb,
                 n,
                 shape.n_head,
-                &st.kv[layer],
+                &cache,
                 pos0,
                 shape.scale,
                 window,
@@ -1458,12 +1430,11 @@ impl Ops for CudaStep<'_> {
     }
 
     fn rope_attention(&mut self, a: &AttnIn) {
-        if let (Some((tab, rows)), true) = (self.batch, plain_rope(a.rope)) {
+        if let (Some((tab, _)), true) = (self.batch, plain_rope(a.rope)) {
             // A batched step: RoPE of q and k and the cache store in one launch, then each
             // row's attention over its own cache.
             let (layer, s) = (a.layer, a.shape);
             return self.run(|st| {
-                let tab = layer_table(tab, rows, layer);
                 let (n, stt) = (st.n, &*st.st);
                 let slot = |x: Slot| &stt.slots[x.index()];
                 stt.dev.rope_kv_batch(
@@ -1472,13 +1443,14 @@ impl Ops for CudaStep<'_> {
                     slot(a.v),
                     n,
                     tab,
+                    layer,
                     &stt.positions,
                     s.n_head,
                     s.n_head_kv,
                     s.head_dim,
                     rope_params(a.rope),
                 )?;
-                st.batch_attention(tab, a.q, s, a.out)
+                st.batch_attention(tab, layer, a.q, s, a.out)
             });
         }
         if self.n != 1 || a.shape.n_head_kv != self.st.dims.n_head_kv {
@@ -1496,7 +1468,7 @@ impl Ops for CudaStep<'_> {
         self.run(|s| {
             let st = &*s.st;
             let p = rope_params(a.rope);
-            let cache = &st.kv[layer];
+            let cache = &st.kv.layer(layer);
             let slot = |x: Slot| &st.slots[x.index()];
             // RoPE and the cache store inside the attention (one launch fewer), unless taps
             // read the rotated q and k back from their slots.

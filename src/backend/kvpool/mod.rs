@@ -26,15 +26,12 @@
 //! **Prefix cache** (see `prefix`): full blocks of prompts keyed by their tokens, chained with
 //! the blocks before them, kept after their sessions end while memory allows.
 //!
-//! **On a GPU.** A GPU session's cache is one allocation per layer, grown whole in the
-//! pool's line ([`KvPool::admit_whole`]); the prefix cache holds copies of its first
-//! prompt's full blocks in device memory ([`Rows::Device`], made by the backend:
-//! `cuda/model/prefix_blocks.rs`), which later sessions copy into their caches. A paged
-//! device pool would keep this bookkeeping as it is and change only the storage: one array
-//! per layer of `max_blocks × block × kv_dim` keys and one of values, with [`Block::id`]
-//! (recycled, dense) as the index of the block's rows in them, a sequence's block table
-//! uploaded as an int array, and the attention kernels reading position `p` at row
-//! `table[p / block] * block + p % block` of the layer's array.
+//! **On a GPU.** A GPU session's cache is made of device pages of [`BLOCK_POSITIONS`]
+//! positions (`cuda/kv_pages.rs`: the backend's arena, accounted by the device's memory
+//! manager in the same budget), found through the session's page table; it grows in the
+//! pool's line ([`KvPool::admit_whole`]). The prefix cache holds a first prompt's full pages
+//! as device blocks ([`Rows::Device`], `cuda/model/prefix_blocks.rs`), which later sessions
+//! put in their own page tables, shared (copied before a write, as here).
 
 mod prefix;
 
@@ -387,8 +384,8 @@ impl KvPool {
         })
     }
 
-    /// [`admit`](Self::admit) for a cache that is not made of this pool's blocks (a GPU
-    /// session's: one allocation per layer, grown whole): in the same line, `grow` is tried
+    /// [`admit`](Self::admit) for a cache whose memory the backend allocates (a GPU
+    /// session's pages, from the device's arena): in the same line, `grow` is tried
     /// at its head, its `Error::OutOfMemory` meaning "not now", with `admit`'s answers for
     /// when to wait and when to give up; `never` says why the cache could not fit even if no
     /// other session held any (then `Error::OutOfMemory` at once). The grant holds no budget:
@@ -583,8 +580,8 @@ impl KvPool {
     }
 
     /// A block of `elem` values whose rows the backend keeps in a device's memory (and
-    /// accounts there): a GPU's sessions keep their caches whole and give the prefix cache
-    /// copies of their prompts' blocks. Outside grants and the pool's held bytes.
+    /// accounts there): a GPU session's page, offered to the prefix cache. Outside grants and
+    /// the pool's held bytes.
     pub fn device_block(
         &self,
         elem: Elem,
@@ -634,8 +631,8 @@ impl KvPool {
     }
 }
 
-/// Wakes a pool's waiters when dropped: held as the last field of a state whose memory is not
-/// the pool's blocks (a GPU session's cache), so that it drops after that memory is freed.
+/// Wakes a pool's waiters when dropped: held as the last field of a state whose memory the
+/// backend allocates (a GPU session's pages), so that it drops after that memory is freed.
 pub struct WakeOnDrop(pub Arc<KvPool>);
 
 impl Drop for WakeOnDrop {

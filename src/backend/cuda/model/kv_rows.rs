@@ -1,9 +1,10 @@
 //! Reading and writing the first rows of a GPU state's KV cache (session save/restore, fork).
-//! The cache is f16 (or f32), `[head][position][head_dim]` per layer; the rows travel as f32
+//! The cache is in pages of f16 (or f32) values (kv_pages.rs: per layer, K then V, each
+//! `[head][position in the page][head_dim]`); the rows travel as f32
 //! `[position][head][head_dim]` (the CPU's layout), so a state saved on one device restores
 //! on the other. f16 -> f32 is exact; f32 -> f16 rounds as the kernels' own store does.
 
-use super::CudaState;
+use super::{CudaState, KV_PAGE};
 use crate::{Error, Result};
 use half::f16;
 
@@ -12,34 +13,37 @@ impl CudaState {
     /// then `n` rows of V, `kv_dim` f32 values a row. Waits for the GPU.
     pub fn kv_rows(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
         self.check_rows(n)?;
-        if n > self.kv_cap {
+        if n > self.kv.capacity() {
             return Err(Error::InvalidArgument(format!(
                 "{n} positions asked of a KV cache holding {}",
-                self.kv_cap
+                self.kv.capacity()
             )));
         }
-        let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
-        for layer in &self.kv {
-            let eb = layer.elem_bytes();
-            let mut head = vec![0u8; n * hd * eb];
-            for cache in [&layer.k, &layer.v] {
-                let start = out.len();
-                out.resize(start + n * n_kv * hd, 0.0);
-                let rows = &mut out[start..];
-                for h in 0..n_kv {
-                    // A head's first n positions are contiguous.
-                    self.dev
-                        .download_at(cache, h * self.kv_cap * hd * eb, &mut head)?;
-                    for (p, src) in head.chunks_exact(hd * eb).enumerate() {
-                        let dst = &mut rows[(p * n_kv + h) * hd..][..hd];
-                        for (d, b) in dst.iter_mut().zip(src.chunks_exact(eb)) {
-                            *d = match *b {
-                                [a, b] => f16::from_le_bytes([a, b]).to_f32(),
-                                [a, b, c, e] => f32::from_le_bytes([a, b, c, e]),
-                                _ => unreachable!("2- or 4-byte values"),
-                            };
-                        }
-                    }
+        let (n_layer, n_kv, hd) = (self.dims.n_layer, self.dims.n_head_kv, self.dims.head_dim);
+        let eb = if self.kv.f32 { 4 } else { 2 };
+        let kv_dim = n_kv * hd;
+        let start = out.len();
+        out.resize(start + 2 * n_layer * n * kv_dim, 0.0);
+        let rows = &mut out[start..];
+        let mut page = vec![0u8; self.kv.page_bytes()];
+        for pi in 0..n.div_ceil(KV_PAGE) {
+            self.kv.download_page(&self.dev, pi, &mut page)?;
+            // The page's runs of `hd` values: (layer, K or V, head, row), in that order.
+            for (run, src) in page.chunks_exact(hd * eb).enumerate() {
+                let r = run % KV_PAGE;
+                let h = run / KV_PAGE % n_kv;
+                let lkv = run / KV_PAGE / n_kv; // 2 layer + (0: K, 1: V)
+                let p = pi * KV_PAGE + r;
+                if p >= n {
+                    continue;
+                }
+                let dst = &mut rows[((lkv * n + p) * n_kv + h) * hd..][..hd];
+                for (d, b) in dst.iter_mut().zip(src.chunks_exact(eb)) {
+                    *d = match *b {
+                        [a, b] => f16::from_le_bytes([a, b]).to_f32(),
+                        [a, b, c, e] => f32::from_le_bytes([a, b, c, e]),
+                        _ => unreachable!("2- or 4-byte values"),
+                    };
                 }
             }
         }
@@ -50,36 +54,41 @@ impl CudaState {
     /// [`kv_rows`](Self::kv_rows) writes them). Waits for the GPU.
     pub fn set_kv_rows(&mut self, n: usize, data: &[f32]) -> Result<()> {
         self.check_rows(n)?;
-        self.ensure_kv(n)?;
-        let (n_kv, hd) = (self.dims.n_head_kv, self.dims.head_dim);
-        let per = n * n_kv * hd;
-        if data.len() != 2 * per * self.kv.len() {
+        let (n_layer, n_kv, hd) = (self.dims.n_layer, self.dims.n_head_kv, self.dims.head_dim);
+        let kv_dim = n_kv * hd;
+        if data.len() != 2 * n_layer * n * kv_dim {
             return Err(Error::InvalidArgument(format!(
-                "{} KV values given for {n} positions of {} layers",
-                data.len(),
-                self.kv.len()
+                "{} KV values given for {n} positions of {n_layer} layers",
+                data.len()
             )));
         }
-        let mut rows = data.chunks_exact(per.max(1));
-        for layer in &mut self.kv {
-            let eb = layer.elem_bytes();
-            let mut head = vec![0u8; n * hd * eb];
-            for cache in [&mut layer.k, &mut layer.v] {
-                let Some(src) = rows.next() else { break };
-                for h in 0..n_kv {
-                    for (p, dst) in head.chunks_exact_mut(hd * eb).enumerate() {
-                        let row = &src[(p * n_kv + h) * hd..][..hd];
-                        for (b, &x) in dst.chunks_exact_mut(eb).zip(row) {
-                            if eb == 4 {
-                                b.copy_from_slice(&x.to_le_bytes());
-                            } else {
-                                b.copy_from_slice(&f16::from_f32(x).to_le_bytes());
-                            }
-                        }
+        self.settle_ahead();
+        self.ensure_kv(0, n)?;
+        let eb = if self.kv.f32 { 4 } else { 2 };
+        let mut page = vec![0u8; self.kv.page_bytes()];
+        for pi in 0..n.div_ceil(KV_PAGE) {
+            // A partial last page keeps its rows past `n`.
+            if (pi + 1) * KV_PAGE > n {
+                self.kv.download_page(&self.dev, pi, &mut page)?;
+            }
+            for (run, dst) in page.chunks_exact_mut(hd * eb).enumerate() {
+                let r = run % KV_PAGE;
+                let h = run / KV_PAGE % n_kv;
+                let lkv = run / KV_PAGE / n_kv;
+                let p = pi * KV_PAGE + r;
+                if p >= n {
+                    continue;
+                }
+                let src = &data[((lkv * n + p) * n_kv + h) * hd..][..hd];
+                for (b, &x) in dst.chunks_exact_mut(eb).zip(src) {
+                    if eb == 4 {
+                        b.copy_from_slice(&x.to_le_bytes());
+                    } else {
+                        b.copy_from_slice(&f16::from_f32(x).to_le_bytes());
                     }
-                    self.dev.write(cache, h * self.kv_cap * hd * eb, &head)?;
                 }
             }
+            self.kv.upload_page(&self.dev, pi, &page)?;
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
-//! The prefix cache on a GPU. A GPU session's cache is whole (one allocation per layer,
-//! grown in place), not made of the pool's blocks, so the model's pool caches *copies*: after
-//! a session's first prompt, its full blocks are copied out of its cache into blocks of
-//! device memory (`Rows::Device`, one `DeviceBuffer` each, accounted as KV cache by the
-//! device's memory manager: per layer K then V, each `[n_kv][block][head_dim]`), and a later
-//! session whose prompt starts with cached blocks copies them into its cache (one kernel
-//! launch, kernels/attention.cu `kv_blocks_copy`) instead of computing those positions. The
-//! lookup, the chaining by tokens, the least-recently-used eviction (also when a cache must
-//! grow and the memory is short: `KvPool::admit_whole`) are the pool's, as on the CPU.
+//! The prefix cache on a GPU. A GPU session's cache is made of pages (kv_pages.rs) of the
+//! pool's block size, so the model's pool caches the pages themselves: after a session's
+//! first prompt, its full pages join the prefix cache as device blocks (`Rows::Device`
+//! holding the page), and a later session whose prompt starts with cached blocks puts those
+//! pages first in its own page table instead of computing those positions: nothing is
+//! copied. A page held by more than one (the cache and its sessions) is read-only; a session
+//! about to write into one (after a rewind) copies it first (`KvCache::prepare`). The lookup,
+//! the chaining by tokens, the least-recently-used eviction of blocks no session uses (also
+//! when a cache must grow and the memory is short: `KvPool::admit_whole`) are the pool's, as
+//! on the CPU.
 //!
 //! Not bit for bit: the rows a session takes from the cache were computed in another
 //! session's prompt, whose products ran over another number of rows; on the GPU the products'
@@ -15,7 +16,7 @@
 //! the GPU's batching tolerance of one served without it, not bit for bit (the CPU's is
 //! exact: session::kv_memory). `LLORCH_CUDA_PREFIX_CACHE=0` or [`set_prefix_cache`] turns it off.
 
-use super::super::{CudaDevice, DeviceBuffer, MemKind};
+use super::super::KvPage;
 use super::{switch, CudaState, OFF, ON, UNSET};
 use crate::backend::kvpool::{Block, Elem, KvPool};
 use crate::{Error, Result};
@@ -39,22 +40,27 @@ pub fn set_prefix_cache(on: bool) {
 
 impl CudaState {
     fn kv_elem(&self) -> Elem {
-        if self.kv.first().is_some_and(|c| c.f32) {
+        if self.kv.f32 {
             Elem::F32
         } else {
             Elem::F16
         }
     }
 
-    /// Fill positions `0..blocks.len() * block` of this cache from prefix-cache blocks (the
-    /// pool's lookup for this session's first prompt). Kept until
-    /// [`kv_register`](Self::kv_register), whose chain they begin.
+    /// Start this cache with prefix-cache blocks (the pool's lookup for this session's first
+    /// prompt; blocks of `block` positions, this cache's pages): their pages become its
+    /// first, shared. The blocks are held while the cache uses them, and begin the chain of
+    /// [`kv_register`](Self::kv_register).
     pub fn kv_adopt(&mut self, blocks: &[Arc<Block>], block: usize) -> Result<()> {
-        let end = blocks.len() * block;
-        self.ensure_kv(end)?;
-        let mut bufs = Vec::with_capacity(blocks.len());
+        if block != super::KV_PAGE {
+            return Err(Error::Internal(format!(
+                "prefix-cache blocks of {block} positions for pages of {}",
+                super::KV_PAGE
+            )));
+        }
+        let mut pages = Vec::with_capacity(blocks.len());
         for b in blocks {
-            let buf = b.data().device::<DeviceBuffer>().ok_or_else(|| {
+            let page = b.data().device::<Arc<KvPage>>().ok_or_else(|| {
                 Error::Internal("a GPU session was offered a host KV block".into())
             })?;
             if b.elem() != self.kv_elem() {
@@ -64,55 +70,31 @@ impl CudaState {
                     b.elem().name()
                 )));
             }
-            bufs.push(buf);
+            pages.push(page.clone());
         }
-        self.dev
-            .kv_blocks_copy(&mut self.copy_table, &bufs, &self.kv, 0, block, true)?;
+        self.settle_ahead();
+        self.dev.synchronize()?;
+        self.kv.adopt(&self.dev, pages)?;
         self.prefix = blocks.to_vec();
         Ok(())
     }
 
-    /// Offer the full blocks of `tokens` (this session's first prompt, positions 0..) to the
-    /// pool's prefix cache: the blocks it adopted, then copies of the rest of its cache's full
-    /// blocks. Best effort: where the device has no memory for the copies, fewer (or none)
-    /// are offered.
+    /// Offer the full pages holding `tokens` (this session's first prompt, positions 0..)
+    /// to the pool's prefix cache: the blocks it adopted, then blocks of its own next pages
+    /// (shared from then on). The cache holds the chain's blocks while it uses them.
     pub fn kv_register(&mut self, tokens: &[u32], pool: &KvPool) {
         let block = pool.layout().block;
-        let n = tokens.len().min(self.kv_cap) / block;
+        if block != super::KV_PAGE {
+            return;
+        }
+        let n = tokens.len().min(self.kv.capacity()) / block;
         let mut chain: Vec<Arc<Block>> = std::mem::take(&mut self.prefix);
         chain.truncate(n);
-        let first = chain.len();
-        let Some(bytes) = CudaDevice::kv_block_bytes(&self.kv, block) else {
-            return;
-        };
-        let mut bufs = Vec::new();
-        for _ in first..n {
-            match self.dev.alloc(bytes, MemKind::KvCache) {
-                Ok(b) => bufs.push(b),
-                Err(_) => break,
-            }
-        }
-        if !bufs.is_empty() {
-            let refs: Vec<&DeviceBuffer> = bufs.iter().collect();
-            if self
-                .dev
-                .kv_blocks_copy(
-                    &mut self.copy_table,
-                    &refs,
-                    &self.kv,
-                    first * block,
-                    block,
-                    false,
-                )
-                .is_err()
-            {
-                return;
-            }
-        }
         let elem = self.kv_elem();
-        for b in bufs {
-            chain.push(pool.device_block(elem, Box::new(b)));
+        for page in &self.kv.pages()[chain.len()..n] {
+            chain.push(pool.device_block(elem, Box::new(page.clone())));
         }
         pool.register(&tokens[..chain.len() * block], &mut chain);
+        self.prefix = chain;
     }
 }
