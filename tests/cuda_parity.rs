@@ -917,6 +917,61 @@ fn paged_cache_changes_no_bit() {
     ));
 }
 
+/// A fork on the GPU shares its parent's pages (no KV memory beyond its page table until one
+/// of them writes), and each copies a shared page before writing into it: the parent and the
+/// fork, continued with different tokens, compute bit for bit what fresh sessions fed the
+/// same tokens compute (a write through a shared page would change the other's rows).
+#[test]
+fn gpu_fork_shares_pages() {
+    let test = "gpu_fork_shares_pages";
+    llorch::backend::cuda::set_prefix_cache(false);
+    let Some(gctx) = gpu_context(test, 0) else {
+        return;
+    };
+    let file = TempFile(synth_file("qwen2-0.5b"));
+    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
+    let opts = SessionOptions {
+        n_ctx: 1024,
+        seed: 0,
+        ..Default::default()
+    };
+    // 40 positions: the fork's first write (position 40) lands in a shared, partly full page.
+    let prompt: Vec<u32> = (0..40).map(|i| 900 + 29 * i).collect();
+    let kv = || gctx.memory_report().unwrap().unwrap().kv_cache;
+    let mut parent = Session::new(mg.clone(), opts.clone()).unwrap();
+    let first = parent.eval(&prompt, Logits::Last).unwrap();
+    let before = kv();
+    let mut fork = parent.fork().unwrap();
+    let grew = kv() - before;
+    say(&format!(
+        "{test}: the fork holds {grew} bytes of KV memory of its own"
+    ));
+    assert!(grew <= 1024 / 16 * 8, "the fork copied pages: {grew} bytes");
+    // Fresh sessions fed what the parent and the fork will be fed.
+    let mut ref_parent = Session::new(mg.clone(), opts.clone()).unwrap();
+    let mut ref_fork = Session::new(mg.clone(), opts).unwrap();
+    assert_eq!(ref_parent.eval(&prompt, Logits::Last).unwrap(), first);
+    assert_eq!(ref_fork.eval(&prompt, Logits::Last).unwrap(), first);
+    let mut next = llorch::sampling::argmax(&first);
+    for step in 0..40u32 {
+        let other = 2000 + 17 * step;
+        let a = parent.eval(&[next], Logits::Last).unwrap();
+        let b = fork.eval(&[other], Logits::Last).unwrap();
+        assert!(
+            a == ref_parent.eval(&[next], Logits::Last).unwrap(),
+            "parent, step {step}"
+        );
+        assert!(
+            b == ref_fork.eval(&[other], Logits::Last).unwrap(),
+            "fork, step {step}"
+        );
+        next = llorch::sampling::argmax(&a);
+    }
+    say(&format!(
+        "{test}: parent and fork 40 steps each bit-identical to fresh sessions"
+    ));
+}
+
 /// Greedy generation picks each token on the GPU (`argmax_rows`, 4 bytes downloaded instead of
 /// the logits row): the tokens equal those of a session that downloads every row and takes
 /// the host's argmax, step for step.

@@ -122,11 +122,13 @@ impl State {
         }
     }
 
-    /// Share `other`'s blocks (a fork: copied on the first write); false where the cache is
-    /// not paged or the value types differ (copy the rows instead).
+    /// Share `other`'s blocks (a fork: copied on the first write; a GPU's pages alike); false
+    /// where the devices or the value types differ (copy the rows instead).
     pub fn kv_share(&mut self, other: &State) -> bool {
         match (self, other) {
             (State::Cpu(_, a), State::Cpu(_, b)) => a.kv_mut().share(b.kv()),
+            #[cfg(feature = "cuda")]
+            (State::Cuda(_, a), State::Cuda(_, b)) => a.kv_share(b),
             #[allow(unreachable_patterns)]
             _ => false,
         }

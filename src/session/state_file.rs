@@ -89,8 +89,8 @@ impl Session {
     /// A new session on the same model with a copy of this one's conversation: its tokens,
     /// KV rows, context length, seed and generation count (so both continue alike). A
     /// generation in progress is not carried over.
-    /// On the CPU both share the KV blocks (each copies a block before writing into it);
-    /// on a GPU the rows are copied (via the host).
+    /// Both share the KV blocks (a GPU's pages alike; each copies a block before writing
+    /// into it); where they cannot (other value types), the rows are copied.
     pub fn fork(&self) -> Result<Session> {
         let mut s = Session::new(
             self.model.clone(),

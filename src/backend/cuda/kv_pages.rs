@@ -368,6 +368,18 @@ impl KvCache {
         self.write_table(dev, 0)
     }
 
+    /// Share `other`'s pages (a fork: each copies a page before writing into it), in place
+    /// of this cache's. The caller has waited for the kernels that use either.
+    pub fn share(&mut self, dev: &CudaDevice, other: &KvCache) -> Result<()> {
+        if !Arc::ptr_eq(&self.arena, &other.arena) || other.pages.len() * KV_PAGE > self.n_ctx {
+            return Err(Error::Internal(
+                "pages shared between caches of other shapes or contexts".into(),
+            ));
+        }
+        self.pages = other.pages.clone();
+        self.write_table(dev, 0)
+    }
+
     /// Give back the pages past the first `n` positions. The caller has waited for the
     /// kernels that use them.
     pub fn truncate(&mut self, n: usize) {

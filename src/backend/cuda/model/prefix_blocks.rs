@@ -79,6 +79,25 @@ impl CudaState {
         Ok(())
     }
 
+    /// Share `other`'s pages (a fork of its session: each copies a page before writing
+    /// into it); false where the caches differ in shape or value type (copy the rows then).
+    pub fn kv_share(&mut self, other: &CudaState) -> bool {
+        if !Arc::ptr_eq(self.kv.arena(), other.kv.arena()) || self.n_ctx < other.n_ctx {
+            return false;
+        }
+        // Everything queued on either stream (a step launched ahead among it) has run: no
+        // kernel writes a page once it is shared.
+        self.settle_ahead();
+        if self.dev.synchronize().is_err() || other.dev.synchronize().is_err() {
+            return false;
+        }
+        if self.kv.share(&self.dev, &other.kv).is_err() {
+            return false;
+        }
+        self.prefix = other.prefix.clone();
+        true
+    }
+
     /// Offer the full pages holding `tokens` (this session's first prompt, positions 0..)
     /// to the pool's prefix cache: the blocks it adopted, then blocks of its own next pages
     /// (shared from then on). The cache holds the chain's blocks while it uses them.
