@@ -49,7 +49,6 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
             "attention",
             "kv_store_f32kv",
             "attention_f32kv",
-            "kv_blocks_copy",
         ],
         "attention_batch" => &["kv_store_batch", "attention_batch", "rope_kv_batch"],
         "elementwise" => &[
