@@ -87,13 +87,22 @@ attention_tiled_body(const float* __restrict__ q, const unsigned long long* __re
     const KvHead<KV> kb = kv_head<KV>(pages, layer, 0, n_kv, kvh, hd);
     const KvHead<KV> vb = kv_head<KV>(pages, layer, 1, n_kv, kvh, hd);
 
+    // The tile's key and value rows, looked up in the page table once a tile (threads
+    // 0..AK-1: keys, AK..2AK-1: values), not for every word copied.
+    __shared__ const uint32_t* rows[2][AK];
     for (int k0 = kbeg; k0 <= kend; k0 += AK) {
         __syncthreads();  // the previous tile's reads are done (and Qs is written, first time)
+        if (threadIdx.x < 2 * AK) {
+            const int j = threadIdx.x % AK, which = threadIdx.x / AK;
+            const KV* r = k0 + j <= kend ? (which ? vb : kb).row(k0 + j) : nullptr;
+            rows[which][j] = reinterpret_cast<const uint32_t*>(r);
+        }
+        __syncthreads();
         for (int i = threadIdx.x; i < AK * vs; i += 128) {
             const int j = i / vs, w = i % vs;
             const bool in = k0 + j <= kend;
-            Ks[j * ks + w] = in ? reinterpret_cast<const uint32_t*>(kb.row(k0 + j))[w] : 0u;
-            Vs[j * vs + w] = in ? reinterpret_cast<const uint32_t*>(vb.row(k0 + j))[w] : 0u;
+            Ks[j * ks + w] = in ? rows[0][j][w] : 0u;
+            Vs[j * vs + w] = in ? rows[1][j][w] : 0u;
         }
         __syncthreads();
 

@@ -51,8 +51,17 @@ template <int N, class KV>
 __device__ __forceinline__ void attn_scan(const float (&qr)[N], KvHead<KV> kb, KvHead<KV> vb,
                                           int nd, int j0, int j1, int step, int lane, float& m,
                                           float& l, float (&acc)[N]) {
+    // Each key's rows are looked up one key ahead: the page table's load is not in the
+    // chain of the key's own loads.
+    const KV* kn = j0 < j1 ? kb.row(j0) : nullptr;
+    const KV* vn = j0 < j1 ? vb.row(j0) : nullptr;
     for (int j = j0; j < j1; j += step) {
-        const KV* kr = kb.row(j);
+        const KV* kr = kn;
+        const KV* vr = vn;
+        if (j + step < j1) {
+            kn = kb.row(j + step);
+            vn = vb.row(j + step);
+        }
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < N; i++)
@@ -62,7 +71,6 @@ __device__ __forceinline__ void attn_scan(const float (&qr)[N], KvHead<KV> kb, K
         const float corr = expf(m - mn);  // m = -inf at the first key: corr = 0
         const float p = expf(s - mn);
         l = l * corr + p;
-        const KV* vr = vb.row(j);
 #pragma unroll
         for (int i = 0; i < N; i++)
             if (i < nd) acc[i] = acc[i] * corr + p * kv_get(vr, lane + 32 * i);

@@ -499,15 +499,16 @@ impl CudaState {
         self.kv.prepare(&self.dev, start, end)
     }
 
-    /// Give back the pages past the first `n` positions (a rewind or reset), and the
-    /// prefix-cache blocks past them.
+    /// Give back the pages past the first `n` positions (a rewind or reset; the first
+    /// `KV_FIRST_POSITIONS` stay for the session's life, so that a short generation after a
+    /// reset allocates nothing), and the prefix-cache blocks past them.
     pub fn kv_truncate(&mut self, n: usize) {
         self.settle_ahead();
         // Kernels still queued may use the pages.
         if self.dev.synchronize().is_err() {
             return;
         }
-        self.kv.truncate(n);
+        self.kv.truncate(n.max(self.n_ctx.min(KV_FIRST_POSITIONS)));
         self.prefix.truncate(n / KV_PAGE);
         if let Some(w) = &self.freed {
             w.0.freed();
