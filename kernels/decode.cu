@@ -925,15 +925,20 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb,
 #pragma unroll
     for (int i = 0; i < ND; i++) acc[i] = 0.f;
 #pragma unroll 1
+    // A key's value row is at a fixed distance from its key row (the same page).
+    const long long vdelta = vb.off - kb.off;
     for (int c0 = j0 + 32 * w; c0 < j1; c0 += 32 * nw) {
-        // Rows past j1 are copied from row j1 - 1 (valid memory; their p is 0).
+        // Lane t looks up key c0 + t's row in the page table; the copies take each row's
+        // address from its lane. Rows past j1 are copied from row j1 - 1 (valid memory;
+        // their p is 0).
+        const unsigned long long mine =
+            reinterpret_cast<unsigned long long>(kb.row(min(c0 + lane, j1 - 1)));
 #pragma unroll
         for (int i = 0; i < RW; i++) {
             const int p = lane + 32 * i, r = p / RW, wd = p % RW;
-            const int row = min(c0 + r, j1 - 1);
-            cp16(ks + (r * RW + (wd ^ (r & 7))) * 16,
-                 reinterpret_cast<const uint8_t*>(kb.row(row)) + wd * 16);
-            cp16(vs + p * 16, reinterpret_cast<const uint8_t*>(vb.row(row)) + wd * 16);
+            const KV* kr = reinterpret_cast<const KV*>(__shfl_sync(0xffffffffu, mine, r));
+            cp16(ks + (r * RW + (wd ^ (r & 7))) * 16, reinterpret_cast<const uint8_t*>(kr) + wd * 16);
+            cp16(vs + p * 16, reinterpret_cast<const uint8_t*>(kr + vdelta) + wd * 16);
         }
         cp_commit();
         cp_wait<0>();

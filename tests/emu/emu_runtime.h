@@ -317,3 +317,16 @@ static float shfl(emu::Kind kind, unsigned mask, float v, int arg) {
 }
 float __shfl_xor_sync(unsigned mask, float v, int o) { return shfl(emu::SHFL_XOR, mask, v, o); }
 float __shfl_sync(unsigned mask, float v, int lane) { return shfl(emu::SHFL_IDX, mask, v, lane); }
+// A 64-bit value as two 32-bit halves through the float shuffle (bits moved, not converted).
+unsigned long long __shfl_sync(unsigned mask, unsigned long long v, int lane) {
+    uint32_t h[2];
+    memcpy(h, &v, 8);
+    for (uint32_t& x : h) {
+        float f;
+        memcpy(&f, &x, 4);
+        f = shfl(emu::SHFL_IDX, mask, f, lane);
+        memcpy(&x, &f, 4);
+    }
+    memcpy(&v, h, 8);
+    return v;
+}

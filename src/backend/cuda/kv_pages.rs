@@ -10,7 +10,8 @@
 //! Pages come from the model's [`PageArena`]: device allocations of [`SLAB_PAGES`] pages
 //! each, accounted as [`MemKind::KvCache`] (so in the context's budget). A cache grows a page
 //! at a time as its context fills (no copy of what it holds, unlike a cache grown whole), and
-//! gives pages back when rewound or dropped; a slab is freed when its last page is.
+//! gives pages back when rewound or dropped; a slab is freed when its last page is (up to
+//! [`SPARE_SLABS`] empty ones kept for the next growth).
 
 use super::device::CudaDevice;
 use super::drv;
@@ -28,6 +29,12 @@ pub const KV_PAGE: usize = BLOCK_POSITIONS;
 /// positions, and a page given back is reused by the next session without a device free
 /// (which waits for the whole device).
 pub const SLAB_PAGES: usize = 16;
+
+/// Empty slabs an arena keeps for the next growth instead of freeing them (a device
+/// allocation takes up to a millisecond: a session reset and fed again, as a benchmark's
+/// repetitions or a server's turns, would pay it every time). Freed when a growth does not
+/// fit ([`PageArena::trim`]).
+pub const SPARE_SLABS: usize = 2;
 
 /// Where a model's pages of one shape come from (see the module's notes).
 pub struct PageArena {
@@ -59,10 +66,17 @@ impl PageArena {
     /// A page (contents undefined). `Error::OutOfMemory` when a new slab does not fit.
     pub fn page(self: &Arc<Self>) -> Result<KvPage> {
         let mut slabs = self.slabs.lock();
-        let found = slabs
-            .iter_mut()
-            .enumerate()
-            .find_map(|(i, s)| s.as_mut().and_then(|s| s.free.pop()).map(|p| (i, p)));
+        // A slab in use first, so that empty ones can go back to the device.
+        let in_use = |s: &Slab| !s.free.is_empty() && s.free.len() < SLAB_PAGES;
+        let pick = slabs
+            .iter()
+            .position(|s| s.as_ref().is_some_and(in_use))
+            .or_else(|| {
+                slabs
+                    .iter()
+                    .position(|s| s.as_ref().is_some_and(|s| !s.free.is_empty()))
+            });
+        let found = pick.and_then(|i| slabs[i].as_mut()?.free.pop().map(|p| (i, p)));
         let (slab, idx) = match found {
             Some(f) => f,
             None => {
@@ -104,8 +118,24 @@ impl PageArena {
         };
         s.free.push(idx);
         if s.free.len() == SLAB_PAGES {
-            // The last page of the slab: its memory goes back to the device.
-            slabs[slab as usize] = None;
+            // The last page of the slab: kept as a spare, or its memory goes back to the device.
+            let empty = slabs
+                .iter()
+                .flatten()
+                .filter(|s| s.free.len() == SLAB_PAGES)
+                .count();
+            if empty > SPARE_SLABS {
+                slabs[slab as usize] = None;
+            }
+        }
+    }
+
+    /// Give the empty slabs back to the device (a growth that did not fit).
+    pub fn trim(&self) {
+        for s in self.slabs.lock().iter_mut() {
+            if s.as_ref().is_some_and(|s| s.free.len() == SLAB_PAGES) {
+                *s = None;
+            }
         }
     }
 }
@@ -327,14 +357,24 @@ impl KvCache {
         let first = start / KV_PAGE;
         // Shared pages about to be written: copied (the copies replace them below).
         let mut copies = Vec::new();
-        for i in first..have.min(want) {
-            if Arc::strong_count(&self.pages[i]) > 1 {
-                copies.push((i, Arc::new(self.arena.page()?)));
-            }
-        }
         let mut new = Vec::with_capacity(want.saturating_sub(have));
-        for _ in have..want {
-            new.push(Arc::new(self.arena.page()?));
+        let taken = (|| -> Result<()> {
+            for i in first..have.min(want) {
+                if Arc::strong_count(&self.pages[i]) > 1 {
+                    copies.push((i, Arc::new(self.arena.page()?)));
+                }
+            }
+            for _ in have..want {
+                new.push(Arc::new(self.arena.page()?));
+            }
+            Ok(())
+        })();
+        if let Err(e) = taken {
+            // What was taken goes back, and the arena's spare slabs to the device: the
+            // memory is short.
+            drop((copies, new));
+            self.arena.trim();
+            return Err(e);
         }
         if copies.is_empty() && new.is_empty() {
             return Ok(());

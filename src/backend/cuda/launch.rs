@@ -44,12 +44,7 @@ pub(super) fn kernel_names(file: &str) -> &'static [&'static str] {
         ],
         "norm" => &["rmsnorm"],
         "rope" => &["rope", "rope_scaled"],
-        "attention" => &[
-            "kv_store",
-            "attention",
-            "kv_store_f32kv",
-            "attention_f32kv",
-        ],
+        "attention" => &["kv_store", "attention", "kv_store_f32kv", "attention_f32kv"],
         "attention_batch" => &["kv_store_batch", "attention_batch", "rope_kv_batch"],
         "elementwise" => &[
             "swiglu",
