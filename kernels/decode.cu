@@ -924,9 +924,9 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb,
     l = 0.f;  // this lane's keys' share until the end
 #pragma unroll
     for (int i = 0; i < ND; i++) acc[i] = 0.f;
-#pragma unroll 1
     // A key's value row is at a fixed distance from its key row (the same page).
     const long long vdelta = vb.off - kb.off;
+#pragma unroll 1
     for (int c0 = j0 + 32 * w; c0 < j1; c0 += 32 * nw) {
         // Lane t looks up key c0 + t's row in the page table; the copies take each row's
         // address from its lane. Rows past j1 are copied from row j1 - 1 (valid memory;

@@ -925,16 +925,11 @@ fn paged_cache_changes_no_bit() {
 fn gpu_fork_shares_pages() {
     let test = "gpu_fork_shares_pages";
     llorch::backend::cuda::set_prefix_cache(false);
-    let Some(gctx) = gpu_context(test, 0) else {
+    let Some((_file, mg, mut opts)) = small_qwen_on_gpu(test) else {
         return;
     };
-    let file = TempFile(synth_file("qwen2-0.5b"));
-    let mg = Model::load(&gctx, &file.0, None).expect("GPU load");
-    let opts = SessionOptions {
-        n_ctx: 1024,
-        seed: 0,
-        ..Default::default()
-    };
+    opts.n_ctx = 1024;
+    let gctx = mg.context().clone();
     // 40 positions: the fork's first write (position 40) lands in a shared, partly full page.
     let prompt: Vec<u32> = (0..40).map(|i| 900 + 29 * i).collect();
     let kv = || gctx.memory_report().unwrap().unwrap().kv_cache;

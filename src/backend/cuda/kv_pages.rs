@@ -49,6 +49,13 @@ struct Slab {
     free: Vec<u16>,
 }
 
+impl Slab {
+    /// No page of it handed out.
+    fn unused(&self) -> bool {
+        self.free.len() == SLAB_PAGES
+    }
+}
+
 impl PageArena {
     /// An arena of pages of `page_bytes` bytes (a multiple of 256: pages stay aligned).
     pub fn new(dev: &CudaDevice, page_bytes: usize) -> Arc<PageArena> {
@@ -67,7 +74,7 @@ impl PageArena {
     pub fn page(self: &Arc<Self>) -> Result<KvPage> {
         let mut slabs = self.slabs.lock();
         // A slab in use first, so that empty ones can go back to the device.
-        let in_use = |s: &Slab| !s.free.is_empty() && s.free.len() < SLAB_PAGES;
+        let in_use = |s: &Slab| !s.free.is_empty() && !s.unused();
         let pick = slabs
             .iter()
             .position(|s| s.as_ref().is_some_and(in_use))
@@ -117,13 +124,9 @@ impl PageArena {
             return;
         };
         s.free.push(idx);
-        if s.free.len() == SLAB_PAGES {
+        if s.unused() {
             // The last page of the slab: kept as a spare, or its memory goes back to the device.
-            let empty = slabs
-                .iter()
-                .flatten()
-                .filter(|s| s.free.len() == SLAB_PAGES)
-                .count();
+            let empty = slabs.iter().flatten().filter(|s| s.unused()).count();
             if empty > SPARE_SLABS {
                 slabs[slab as usize] = None;
             }
@@ -133,7 +136,7 @@ impl PageArena {
     /// Give the empty slabs back to the device (a growth that did not fit).
     pub fn trim(&self) {
         for s in self.slabs.lock().iter_mut() {
-            if s.as_ref().is_some_and(|s| s.free.len() == SLAB_PAGES) {
+            if s.as_ref().is_some_and(Slab::unused) {
                 *s = None;
             }
         }
