@@ -31,13 +31,9 @@ const MAX_GATHER: Duration = Duration::from_millis(2);
 #[derive(Default)]
 pub struct Batcher {
     queue: Mutex<Queue>,
-    /// The combiner gathering a step waits here for the others' jobs. Apart from `finished`
-    /// so that each arriving job wakes one thread, not every session waiting for its
-    /// result (at 128 sessions that was ~8,000 wake-ups a step, all through this mutex).
+    /// The combiner gathering a step waits here for the others' jobs. (A session waiting
+    /// for its result waits on its job's own condvar: see `Job::wake`.)
     arrived: Condvar,
-    /// Sessions waiting for their results (or for the combiner's role) wait here; woken
-    /// once a step, when it ends.
-    finished: Condvar,
     /// The working buffers of multi-session steps (only the combiner uses them).
     scratch: Mutex<BatchScratch>,
     /// Sessions in a generation: the steps worth waiting for.
@@ -118,6 +114,11 @@ struct Job {
     chunk: usize,
     /// Whether its prompt chunks may share a step with decoding rows.
     mixes: bool,
+    /// Its session waits here for the result (or for the combiner's role). One condvar a
+    /// waiter, notified with the queue unlocked, so that the step's sessions wake at once:
+    /// through one condvar notified under the lock they were handed the lock one after
+    /// another, a thread's wake-up latency each, before the next step could gather them.
+    wake: Arc<Condvar>,
 }
 
 #[derive(Default)]
@@ -164,6 +165,7 @@ impl Batcher {
             let st = feed.state.lock();
             (st.prefill_chunk().max(1), st.batch_mixes_prompts())
         };
+        let wake = Arc::new(Condvar::new());
         let mut q = self.queue.lock();
         let id = q.next_id;
         q.next_id += 1;
@@ -173,6 +175,7 @@ impl Batcher {
             fed: 0,
             chunk,
             mixes,
+            wake: wake.clone(),
         });
         // A combiner gathering a step may be waiting for this one: woken once all the
         // generating sessions are in (its deadline covers the ones that never come).
@@ -184,12 +187,16 @@ impl Batcher {
                 return done;
             }
             if q.running {
-                self.finished.wait(&mut q);
+                wake.wait(&mut q);
                 continue;
             }
             q.running = true;
             self.gather(&mut q);
-            let parts = take_parts(&mut q);
+            // Who to wake once the step is over and the queue unlocked: the step's sessions,
+            // the cancelled ones and whoever waits first in line (a job that did not fit
+            // this step: the next combiner).
+            let mut wakes = Vec::new();
+            let parts = take_parts(&mut q, &mut wakes);
             if !parts.is_empty() {
                 self.steps.fetch_add(1, Ordering::Relaxed);
                 self.seqs.fetch_add(parts.len(), Ordering::Relaxed);
@@ -210,6 +217,7 @@ impl Batcher {
             q.last_step = started.elapsed();
             let ns = u64::try_from(q.last_step.as_nanos()).unwrap_or(u64::MAX);
             self.step_ns.fetch_add(ns, Ordering::Relaxed);
+            wakes.extend(parts.iter().map(|p| p.job.wake.clone()));
             for (part, result) in parts.into_iter().zip(results) {
                 let Part { mut job, rows } = part;
                 match result {
@@ -236,7 +244,12 @@ impl Batcher {
                 }
             }
             q.running = false;
-            self.finished.notify_all();
+            wakes.extend(q.jobs.front().map(|j| j.wake.clone()));
+            parking_lot::MutexGuard::unlocked(&mut q, || {
+                for w in &wakes {
+                    w.notify_one();
+                }
+            });
         }
     }
 
@@ -356,8 +369,9 @@ impl Part {
 
 /// The next step's parts, taken from the queue: the decoding sessions (one token each, up to
 /// [`MAX_SEQS`]) first, then at most one prompt chunk; all of one context length (the
-/// others wait for a later step). Cancelled jobs leave the queue as done.
-fn take_parts(q: &mut Queue) -> Vec<Part> {
+/// others wait for a later step). Cancelled jobs leave the queue as done (their waiters'
+/// condvars added to `cancelled`, to be woken).
+fn take_parts(q: &mut Queue, cancelled: &mut Vec<Arc<Condvar>>) -> Vec<Part> {
     let (mut decode, mut prompt) = (Vec::new(), None);
     let mut n_ctx = None;
     let mut mix_ok = true;
@@ -371,6 +385,7 @@ fn take_parts(q: &mut Queue) -> Vec<Part> {
                 result: Err(Error::Cancelled),
             };
             q.done.insert(job.id, fed);
+            cancelled.push(job.wake);
             continue;
         }
         let left = job.feed.tokens.len() - job.fed;
