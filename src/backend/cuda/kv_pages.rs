@@ -14,11 +14,9 @@
 //! [`SPARE_SLABS`] empty ones kept for the next growth).
 
 use super::device::CudaDevice;
-use super::drv;
 use super::memory::{DeviceBuffer, MemKind};
 use crate::backend::kvpool::BLOCK_POSITIONS;
 use crate::{Error, Result};
-use cudarc::driver::result;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -383,7 +381,7 @@ impl KvCache {
             return Ok(());
         }
         for (i, page) in &copies {
-            copy_raw(dev, page.addr, self.pages[*i].addr, self.arena.page_bytes)?;
+            dev.raw_copy(page.addr, self.pages[*i].addr, self.arena.page_bytes)?;
         }
         let lo = copies.first().map_or(have, |c| c.0);
         for (i, page) in copies {
@@ -441,10 +439,7 @@ impl KvCache {
     /// Page `i`'s bytes to the host (waits for the device).
     pub fn download_page(&self, dev: &CudaDevice, i: usize, out: &mut [u8]) -> Result<()> {
         let p = self.page_checked(i, out.len())?;
-        dev.inner.bind()?;
-        unsafe { result::memcpy_dtoh_async(out, p, dev.stream.raw) }
-            .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
-        dev.synchronize()
+        dev.raw_download(p, out)
     }
 
     /// Page `i`'s bytes from the host (a private page: see [`prepare`](Self::prepare);
@@ -454,10 +449,7 @@ impl KvCache {
         if Arc::strong_count(&self.pages[i]) > 1 {
             return Err(Error::Internal("a write into a shared KV page".into()));
         }
-        dev.inner.bind()?;
-        unsafe { result::memcpy_htod_async(p, data, dev.stream.raw) }
-            .map_err(|e| drv("copy to device", e))?;
-        dev.synchronize()
+        dev.raw_upload(p, data)
     }
 
     /// Every page's bytes, in order (tests compare caches with this).
@@ -471,12 +463,8 @@ impl KvCache {
 
     /// Set every byte of every page to `value` (tests poison caches with this).
     pub fn fill(&self, dev: &CudaDevice, value: u8) -> Result<()> {
-        dev.inner.bind()?;
         for p in &self.pages {
-            unsafe {
-                result::memset_d8_async(p.addr, value, self.arena.page_bytes, dev.stream.raw)
-            }
-            .map_err(|e| drv("memset", e))?;
+            dev.raw_fill(p.addr, value, self.arena.page_bytes)?;
         }
         dev.synchronize()
     }
@@ -491,11 +479,4 @@ impl KvCache {
             ))),
         }
     }
-}
-
-/// `bytes` from device address `src` to `dst`, in `dev`'s stream order.
-fn copy_raw(dev: &CudaDevice, dst: u64, src: u64, bytes: usize) -> Result<()> {
-    dev.inner.bind()?;
-    unsafe { result::memcpy_dtod_async(dst, src, bytes, dev.stream.raw) }
-        .map_err(|e| drv("device-to-device copy", e))
 }

@@ -1204,13 +1204,8 @@ impl CudaDevice {
             )));
         }
         buf.check(self, 0, "copy_within")?;
-        if bytes == 0 {
-            return Ok(());
-        }
-        self.inner.bind()?;
         let p = buf.ptr();
-        unsafe { result::memcpy_dtod_async(p + dst as u64, p + src as u64, bytes, self.stream.raw) }
-            .map_err(|e| drv("device-to-device copy", e))
+        self.raw_copy(p + dst as u64, p + src as u64, bytes)
     }
 
     /// Copy `bytes` from byte offset `src_at` of `src` to `dst_at` of `dst` (two buffers), in
@@ -1235,13 +1230,7 @@ impl CudaDevice {
         }
         src.check(self, 0, "copy_between")?;
         dst.check(self, 0, "copy_between")?;
-        if bytes == 0 {
-            return Ok(());
-        }
-        self.inner.bind()?;
-        let (s, d) = (src.ptr() + src_at as u64, dst.ptr() + dst_at as u64);
-        unsafe { result::memcpy_dtod_async(d, s, bytes, self.stream.raw) }
-            .map_err(|e| drv("device-to-device copy", e))
+        self.raw_copy(dst.ptr() + dst_at as u64, src.ptr() + src_at as u64, bytes)
     }
 
     /// y = rmsnorm(x) * w, row by row: `n_rows` rows of `n` f32.

@@ -363,25 +363,13 @@ impl CudaDevice {
             )));
         }
         buf.check(self, 0, "write")?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.inner.bind()?;
-        // In stream order with the kernels; waited for, so `data` may be dropped after.
-        unsafe { result::memcpy_htod_async(buf.ptr + offset as u64, data, self.stream.raw) }
-            .map_err(|e| drv("copy to device", e))?;
-        self.synchronize()
+        self.raw_upload(buf.ptr + offset as u64, data)
     }
 
     /// Set every byte of `buf` to `value` (tests poison outputs with this).
     pub fn fill_bytes(&self, buf: &mut DeviceBuffer, value: u8) -> Result<()> {
         buf.check(self, 0, "fill")?;
-        if buf.bytes == 0 {
-            return Ok(());
-        }
-        self.inner.bind()?;
-        unsafe { result::memset_d8_async(buf.ptr, value, buf.bytes, self.stream.raw) }
-            .map_err(|e| drv("memset", e))?;
+        self.raw_fill(buf.ptr, value, buf.bytes)?;
         self.synchronize()
     }
 
@@ -396,13 +384,55 @@ impl CudaDevice {
             .checked_add(out.len())
             .ok_or_else(|| Error::InvalidArgument("download range overflows".into()))?;
         buf.check(self, end as u64, "download")?;
+        self.raw_download(buf.ptr + offset as u64, out)
+    }
+
+    // Copies by device address, for memory that is not one `DeviceBuffer` of its own (the
+    // KV cache's pages, parts of a slab). The callers check that the range lies in memory
+    // of this device that they hold; the buffer forms above and below check it and call these.
+
+    /// `data` to device address `dst`, in stream order with the kernels; waited for, so
+    /// `data` may be dropped after.
+    pub(super) fn raw_upload(&self, dst: CUdeviceptr, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        unsafe { result::memcpy_htod_async(dst, data, self.stream.raw) }
+            .map_err(|e| drv("copy to device", e))?;
+        self.synchronize()
+    }
+
+    /// `out.len()` bytes from device address `src` to the host (waits for earlier work).
+    pub(super) fn raw_download(&self, src: CUdeviceptr, out: &mut [u8]) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
         self.inner.bind()?;
-        unsafe { result::memcpy_dtoh_async(out, buf.ptr + offset as u64, self.stream.raw) }
+        unsafe { result::memcpy_dtoh_async(out, src, self.stream.raw) }
             .map_err(|e| drv("copy to host (or an earlier kernel failed)", e))?;
         self.synchronize()
+    }
+
+    /// Set `bytes` bytes from device address `dst` to `value`, in stream order (no wait).
+    pub(super) fn raw_fill(&self, dst: CUdeviceptr, value: u8, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        unsafe { result::memset_d8_async(dst, value, bytes, self.stream.raw) }
+            .map_err(|e| drv("memset", e))
+    }
+
+    /// Copy `bytes` bytes from device address `src` to `dst` (not overlapping), in stream
+    /// order with the kernels (no wait).
+    pub(super) fn raw_copy(&self, dst: CUdeviceptr, src: CUdeviceptr, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.inner.bind()?;
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.raw) }
+            .map_err(|e| drv("device-to-device copy", e))
     }
 
     /// The first `n` f32 values of `buf`.
