@@ -4,15 +4,19 @@
 // queries, instead of every query streaming every key from memory.
 //
 // Launch: grid = (ceil(n_tok / 16), n_heads), block = 128 (4 warps, 4 queries each), dynamic
-// shared memory = 16 * head_dim * 4 + 32 * (W + 1) * 4 + 32 * W * 4 bytes, W = the 4-byte
-// words of a cache row (head_dim / 2 for f16, head_dim for f32): the block's 16 queries (f32,
-// pre-scaled), then a tile of 32 keys ([32][W + 1] words: rows padded by one word so that the
-// 32 lanes, one key each, read different banks) and its 32 values ([32][W] words).
+// shared memory = 16 * head_dim * 4 + 2 * (32 * (W + 1) * 4 + 32 * W * 4) bytes, W = the
+// 4-byte words of a cache row (head_dim / 2 for f16, head_dim for f32): the block's 16 queries
+// (f32, pre-scaled), then two stages, each a tile of 32 keys ([32][W + 1] words: rows padded by
+// one word so that the 32 lanes, one key each, read different banks) and its 32 values
+// ([32][W] words). The next tile is copied into the other stage with cp.async while this one
+// is scored, its rows looked up in the page table a tile earlier still, so that neither the
+// lookups nor the copies wait in line before a tile's arithmetic.
 // Per tile, lane j scores key j against the warp's 4 queries, the warp updates each query's
 // running max m, sum l and accumulator (lane owns value dims 2(lane + 32i), +1) with an online
 // softmax, broadcasting the probabilities by shuffles. head_dim: a multiple of 32, <= 256.
 // `sinks` (n_heads f32, or null): GPT-OSS's logit per head in each softmax's denominator.
 #include "attn_common.cuh"
+#include "mma_prims.cuh"  // cp4, cp_commit, cp_wait
 
 #define AQ 16  // queries per block
 #define AK 32  // keys per tile
@@ -49,9 +53,9 @@ attention_tiled_body(const float* __restrict__ q, const unsigned long long* __re
 #endif
     const int vs = sizeof(KV) == 4 ? hd : hd / 2, ks = vs + 1;  // words a value row, a key row
     const int np = hd / 2;                                 // value pairs a row
-    float* Qs = reinterpret_cast<float*>(smem);            // [AQ][hd]
-    uint32_t* Ks = reinterpret_cast<uint32_t*>(Qs + AQ * hd);  // [AK][ks]
-    uint32_t* Vs = Ks + AK * ks;                               // [AK][vs]
+    float* Qs = reinterpret_cast<float*>(smem);                   // [AQ][hd]
+    uint32_t* const stage0 = reinterpret_cast<uint32_t*>(Qs + AQ * hd);  // [2][AK][ks + vs]
+    const int stage_words = AK * (ks + vs);
     const KV* tag = nullptr;                                   // picks kv_pair's overload
     const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
     const int t0 = blockIdx.x * AQ;
@@ -87,24 +91,46 @@ attention_tiled_body(const float* __restrict__ q, const unsigned long long* __re
     const KvHead<KV> kb = kv_head<KV>(pages, layer, 0, n_kv, kvh, hd);
     const KvHead<KV> vb = kv_head<KV>(pages, layer, 1, n_kv, kvh, hd);
 
-    // The tile's key and value rows, looked up in the page table once a tile (threads
-    // 0..AK-1: keys, AK..2AK-1: values), not for every word copied.
-    __shared__ const uint32_t* rows[2][AK];
-    for (int k0 = kbeg; k0 <= kend; k0 += AK) {
-        __syncthreads();  // the previous tile's reads are done (and Qs is written, first time)
-        if (threadIdx.x < 2 * AK) {
-            const int j = threadIdx.x % AK, which = threadIdx.x / AK;
-            const KV* r = k0 + j <= kend ? (which ? vb : kb).row(k0 + j) : nullptr;
-            rows[which][j] = reinterpret_cast<const uint32_t*>(r);
-        }
-        __syncthreads();
+    // Tile rows are looked up in the page table two tiles ahead (thread j < AK: key j's row,
+    // AK <= j < 2 AK: value j - AK's; a register), published in `rows` one tile ahead, where
+    // every thread finds the rows of the words it copies. Keys past kend: no row (zeros).
+    __shared__ const uint32_t* rows[2][2][AK];
+    const int rj = threadIdx.x % AK, rwhich = threadIdx.x / AK;
+    auto lookup = [&](int k0) -> const uint32_t* {
+        if (threadIdx.x >= 2 * AK || k0 + rj > kend) return nullptr;
+        return reinterpret_cast<const uint32_t*>((rwhich ? vb : kb).row(k0 + rj));
+    };
+    // The tile at k0 into stage st (rows[st]): a committed cp.async group.
+    auto copy_tile = [&](int k0, int st) {
+        uint32_t* Ks = stage0 + st * stage_words;
+        uint32_t* Vs = Ks + AK * ks;
         for (int i = threadIdx.x; i < AK * vs; i += 128) {
             const int j = i / vs, w = i % vs;
-            const bool in = k0 + j <= kend;
-            Ks[j * ks + w] = in ? rows[0][j][w] : 0u;
-            Vs[j * vs + w] = in ? rows[1][j][w] : 0u;
+            const uint32_t* kr = rows[st][0][j];
+            const uint32_t* vr = rows[st][1][j];
+            // Zero-filled past kend (nothing read: the page table is only a valid address).
+            const uint32_t* none = reinterpret_cast<const uint32_t*>(pages);
+            cp4(Ks + j * ks + w, kr ? kr + w : none, kr ? 4u : 0u);
+            cp4(Vs + j * vs + w, vr ? vr + w : none, vr ? 4u : 0u);
         }
-        __syncthreads();
+        cp_commit();
+    };
+    const uint32_t* ahead = lookup(kbeg);
+    if (threadIdx.x < 2 * AK) rows[0][rwhich][rj] = ahead;
+    ahead = lookup(kbeg + AK);
+    __syncthreads();  // rows[0] (and Qs) written
+    copy_tile(kbeg, 0);
+    for (int k0 = kbeg, st = 0; k0 <= kend; k0 += AK, st ^= 1) {
+        // The next tile's rows (looked up during the last tile), then the one after's lookup.
+        if (threadIdx.x < 2 * AK) rows[st ^ 1][rwhich][rj] = ahead;
+        ahead = lookup(k0 + 2 * AK);
+        __syncthreads();  // rows[st ^ 1] written; the last tile's reads of stage st ^ 1 done
+        if (k0 + AK <= kend) copy_tile(k0 + AK, st ^ 1);
+        else cp_commit();  // an empty group: the wait below counts the same
+        cp_wait<1>();      // this thread's copies of tile k0 have landed
+        __syncthreads();   // everyone's
+        const uint32_t* Ks = stage0 + st * stage_words;
+        const uint32_t* Vs = Ks + AK * ks;
 
         // Scores: lane j against key k0 + j.
         const int kp = k0 + lane;
@@ -155,6 +181,7 @@ attention_tiled_body(const float* __restrict__ q, const unsigned long long* __re
             }
         }
     }
+    cp_wait<0>();  // the last (empty) group
 
 #pragma unroll
     for (int qi = 0; qi < 4; qi++) {

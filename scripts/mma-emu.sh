@@ -11,7 +11,8 @@ out="${TMPDIR:-/tmp}"
 flags=(-std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined
   -Wall -Wno-unknown-pragmas -I "$here/tests/emu" -I "$here/kernels")
 g++ "${flags[@]}" "$here/tests/emu/mma_emu.cpp" -o "$out/mma_emu"
-g++ "${flags[@]}" "$here/tests/emu/attn_emu.cpp" -o "$out/attn_emu"
+g++ "${flags[@]}" "$here/tests/emu/attn_emu.cpp" -o "$out/attn_emu" lazy
+"$out/attn_emu" eager
 g++ "${flags[@]}" "$here/tests/emu/gemm_emu.cpp" -o "$out/gemm_emu"
 g++ "${flags[@]}" "$here/tests/emu/decode_emu.cpp" -o "$out/decode_emu"
 g++ "${flags[@]}" "$here/tests/emu/moe_emu.cpp" -o "$out/moe_emu"
@@ -19,7 +20,8 @@ g++ "${flags[@]}" -DMQ_STAGES=3 "$here/tests/emu/mmq_emu.cpp" -o "$out/mmq_emu"
 export ASAN_OPTIONS=detect_stack_use_after_return=0
 "$out/mma_emu" "${1:-all}" lazy   # cp.async copies land as late as allowed
 "$out/mma_emu" "${1:-all}" eager  # ... and as early
-"$out/attn_emu"
+"$out/attn_emu" lazy
+"$out/attn_emu" eager
 "$out/gemm_emu" lazy
 "$out/gemm_emu" eager
 "$out/decode_emu" lazy ${1:+"$1"}

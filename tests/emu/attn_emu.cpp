@@ -10,6 +10,7 @@
 #include "emu_runtime.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "../../kernels/attention_tiled.cu"
 #include "../../kernels/attention.cu"
@@ -88,7 +89,7 @@ template <class KV> static int test_prompt(const Case& cs) {
             std::vector<float> out(q.size(), NAN);
             if (kernel == 0) {
                 const int words = hd * (int)sizeof(KV) / 4;  // of a cache row
-                const int smem = (16 * hd * 4) + 32 * (words + 1) * 4 + 32 * words * 4;
+                const int smem = (16 * hd * 4) + 2 * (32 * (words + 1) * 4 + 32 * words * 4);
                 auto fn = f32 ? (sk ? (void*)attention_tiled_sinks_f32kv : (void*)attention_tiled_f32kv)
                               : (sk ? (void*)attention_tiled_sinks : (void*)attention_tiled);
                 auto kern = reinterpret_cast<void (*)(const float*, const unsigned long long*, int, float*,
@@ -214,7 +215,11 @@ static int test_batch(int n_heads, int n_kv, int hd, int window, bool with_sinks
     return bad;
 }
 
-int main() {
+// Usage: attn_emu [lazy|eager]  (when the tiled kernel's cp.async copies land: at the wait,
+// the default, or when issued)
+int main(int argc, char** argv) {
+    emu::eager = argc > 1 && !strcmp(argv[1], "eager");
+    printf("cp.async copies land %s\n", emu::eager ? "when issued" : "at the wait");
     const Case cases[] = {
         {8, 2, 64, 20, 37, 0},   {14, 2, 64, 0, 29, 0},  {4, 1, 256, 100, 5, 16}, {6, 6, 128, 513, 1, 0},
         {4, 2, 96, 7, 40, 0},    {2, 1, 32, 33, 70, 50}, {3, 3, 64, 0, 16, 0},    {4, 2, 64, 3, 40, 16},

@@ -1510,9 +1510,10 @@ impl CudaDevice {
         out: &mut DeviceBuffer,
     ) -> Result<()> {
         let hd = cache.head_dim;
-        // 16 queries (f32), 32 keys (rows padded by one 4-byte word), 32 values.
+        // 16 queries (f32), then two stages of 32 keys (rows padded by one 4-byte word) and
+        // 32 values: one tile scored while the next is copied in.
         let words = hd * cache.elem_bytes() / 4;
-        let smem = (16 * hd * 4 + 32 * (words + 1) * 4 + 32 * words * 4) as u32;
+        let smem = (16 * hd * 4 + 2 * (32 * (words + 1) * 4 + 32 * words * 4)) as u32;
         let grid = (n_tok.div_ceil(16) as u32, n_heads as u32, 1);
         let name = cache.kernel(if sinks == 0 {
             "attention_tiled"
