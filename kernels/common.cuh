@@ -246,17 +246,25 @@ __device__ __forceinline__ float dot32(const float* w, const float* x) {
 // pos_scale): plain RoPE, the `rope` kernel's and every fused form's arithmetic (precise
 // powf/sincosf: the angle reaches thousands of radians). neox: pairs (d, d + rot_dim / 2),
 // else (2d, 2d + 1).
-__device__ __forceinline__ void rope_rotate(float* x, int d, int p, float pos_scale, int rot_dim,
-                                            float base, int neox) {
-    const int half = rot_dim / 2;
+// Its two halves, for a caller that computes the angle early (it depends on the position
+// only): rope_angle gives pair d's sine and cosine, rope_apply rotates the pair with them.
+__device__ __forceinline__ void rope_angle(int d, int p, float pos_scale, int rot_dim, float base,
+                                           float& s, float& c) {
     const float inv_freq = powf(base, -2.0f * (float)d / (float)rot_dim);
-    float s, c;
     sincosf((float)p * pos_scale * inv_freq, &s, &c);
+}
+__device__ __forceinline__ void rope_apply(float* x, int d, int half, int neox, float s, float c) {
     const int ia = neox ? d : 2 * d;
     const int ib = neox ? d + half : 2 * d + 1;
     const float xa = x[ia], xb = x[ib];
     x[ia] = xa * c - xb * s;
     x[ib] = xa * s + xb * c;
+}
+__device__ __forceinline__ void rope_rotate(float* x, int d, int p, float pos_scale, int rot_dim,
+                                            float base, int neox) {
+    float s, c;
+    rope_angle(d, p, pos_scale, rot_dim, base, s, c);
+    rope_apply(x, d, rot_dim / 2, neox, s, c);
 }
 
 // Instantiate one extern "C" entry per supported weight type.

@@ -330,8 +330,14 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N> __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// 16 zero bytes to s, nothing read (g: any address).
+__device__ __forceinline__ void cp16_zero(uint8_t* s, const uint8_t* g) {
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(s);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(g), "r"(0));
+}
 #else
 inline void cp16(uint8_t* s, const uint8_t* g) { cp16(static_cast<void*>(s), g, 16u); }
+inline void cp16_zero(uint8_t* s, const uint8_t* g) { cp16(static_cast<void*>(s), g, 0u); }
 #endif
 
 // Copy blocks [b0, b0 + nb) of `row` into buf (the caller commits the group); returns where
@@ -902,21 +908,57 @@ __device__ __forceinline__ void dot_word(const float*, const uint4& u, const flo
     s1 += qa.z * __uint_as_float(u.z) + qa.w * __uint_as_float(u.w);
 }
 
-// One warp's online softmax over keys [j0, j1) of one KV head (kb, vb: its keys and values, D = 32 ND),
-// 32 keys at a time: the chunk's key and value rows are copied into the warp's shared buffer
-// `sb` (2 x 32 x D KV values) with cp.async, all in flight together; then lane t scores key
-// c0 + t against the scaled query `qs` (shared), one warp max a chunk, and the values are
-// accumulated with the probabilities passed by shuffles (lane holds dims lane + 32 i).
-// Scanning key by key (attn_scan: a warp sum and a round trip to memory per key) left a short
-// context's decode step waiting on memory latency: 7.5 us a layer of the 0.5B at <= 128 keys.
-// Key rows are stored with their 16-byte words XOR-swizzled by the row (row r's word w at
-// w ^ (r & 7)), so that 8 lanes reading word w of 8 rows hit distinct banks.
-// Chunks c0 = j0 + 32 w, step 32 nw (warp w of nw). Returns the warp's max m, sum l, acc.
+// Which rows of a chunk attn_stage_rows copies: all of them, all but the new position's (its
+// row is not in the cache yet: copied before the kernel before has finished), or only it.
+enum StageRows { STAGE_ALL, STAGE_OLD, STAGE_NEW };
+
+// The copies (cp.async, not committed) of the key and value rows of keys c0 .. c0 + 31 into a
+// warp's stage (ks: key rows, their 16-byte words XOR-swizzled by the row, row r's word w at
+// w ^ (r & 7), so that 8 lanes reading word w of 8 rows hit distinct banks; vs: value rows).
+// Lane t looks up key c0 + t's row in the page table; the copies take each row's address from
+// its lane (a shuffle). Rows at j1 and past are zeros (nothing read). `which` picks the rows
+// (qpos: the new position's).
+template <int ND, class KV>
+__device__ __forceinline__ void attn_stage_rows(KvHead<KV> kb, long long vdelta, int c0, int j1,
+                                                int qpos, StageRows which, int lane, uint8_t* ks,
+                                                uint8_t* vs) {
+    constexpr int D = 32 * ND, RW = D * (int)sizeof(KV) / 16;  // head size, 16-byte words a row
+    const unsigned long long mine =
+        reinterpret_cast<unsigned long long>(kb.row(min(c0 + lane, j1 - 1)));
+#pragma unroll
+    for (int i = 0; i < RW; i++) {
+        const int p = lane + 32 * i, r = p / RW, wd = p % RW, key = c0 + r;
+        const KV* kr = reinterpret_cast<const KV*>(__shfl_sync(0xffffffffu, mine, r));
+        const uint8_t* kw = reinterpret_cast<const uint8_t*>(kr) + wd * 16;
+        const uint8_t* vw = reinterpret_cast<const uint8_t*>(kr + vdelta) + wd * 16;
+        uint8_t* kd = ks + (r * RW + (wd ^ (r & 7))) * 16;
+        if (key >= j1) {
+            if (which != STAGE_NEW) {
+                cp16_zero(kd, kw);
+                cp16_zero(vs + p * 16, kw);
+            }
+        } else if (which == STAGE_ALL || (which == STAGE_OLD) == (key != qpos)) {
+            cp16(kd, kw);
+            cp16(vs + p * 16, vw);
+        }
+    }
+}
+
+// One warp's online softmax over keys [j0, j1) of one KV head (kb, vb: its keys and values, D =
+// 32 ND), 32 keys at a time: the chunk's key and value rows are copied into the warp's shared
+// buffer `sb` (2 x 32 x D KV values) with cp.async (attn_stage_rows), all in flight together;
+// then lane t scores key c0 + t against the scaled query `qs` (shared), one warp max a chunk,
+// and the values are accumulated with the probabilities passed by shuffles (lane holds dims
+// lane + 32 i). Scanning key by key (attn_scan: a warp sum and a round trip to memory per key)
+// left a short context's decode step waiting on memory latency: 7.5 us a layer of the 0.5B at
+// <= 128 keys. Chunks c0 = j0 + 32 w, step 32 nw (warp w of nw). `early`: the first chunk's
+// rows but the new position's (qpos) were copied already (committed; before the kernel before
+// had finished), its row is copied here. Returns the warp's max m, sum l, acc.
 template <int ND, class KV>
 __device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb, KvHead<KV> vb,
-                                                 int j0, int j1, int w, int nw, int lane,
-                                                 uint8_t* sb, float& m, float& l,
-                                                 float (&acc)[ND]) {
+                                                 int j0, int j1, int qpos, bool early, int w,
+                                                 int nw, int lane, uint8_t* sb, float& m,
+                                                 float& l, float (&acc)[ND]) {
     constexpr int D = 32 * ND, RW = D * (int)sizeof(KV) / 16;  // head size, 16-byte words a row
     uint8_t* ks = sb;
     uint8_t* vs = sb + 32 * D * sizeof(KV);
@@ -928,18 +970,12 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb,
     const long long vdelta = vb.off - kb.off;
 #pragma unroll 1
     for (int c0 = j0 + 32 * w; c0 < j1; c0 += 32 * nw) {
-        // Lane t looks up key c0 + t's row in the page table; the copies take each row's
-        // address from its lane. Rows past j1 are copied from row j1 - 1 (valid memory;
-        // their p is 0).
-        const unsigned long long mine =
-            reinterpret_cast<unsigned long long>(kb.row(min(c0 + lane, j1 - 1)));
-#pragma unroll
-        for (int i = 0; i < RW; i++) {
-            const int p = lane + 32 * i, r = p / RW, wd = p % RW;
-            const KV* kr = reinterpret_cast<const KV*>(__shfl_sync(0xffffffffu, mine, r));
-            cp16(ks + (r * RW + (wd ^ (r & 7))) * 16, reinterpret_cast<const uint8_t*>(kr) + wd * 16);
-            cp16(vs + p * 16, reinterpret_cast<const uint8_t*>(kr + vdelta) + wd * 16);
+        if (!early) {
+            attn_stage_rows<ND>(kb, vdelta, c0, j1, qpos, STAGE_ALL, lane, ks, vs);
+        } else if (c0 <= qpos && qpos < c0 + 32) {
+            attn_stage_rows<ND>(kb, vdelta, c0, j1, qpos, STAGE_NEW, lane, ks, vs);
         }
+        early = false;
         cp_commit();
         cp_wait<0>();
         __syncwarp();
@@ -970,6 +1006,7 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb,
         __syncwarp();  // the buffer is read before the next chunk's copy
         m = mn;
     }
+    cp_wait<0>();  // a warp without a chunk: its (empty) early group
     l = warp_sum(l);
 }
 
@@ -999,8 +1036,6 @@ attention_decode_body(const float* __restrict__ q, const unsigned long long* __r
                  int window, uint8_t* __restrict__ rec,
                  const float* __restrict__ knew, const float* __restrict__ vnew, int rot_dim,
                  float rope_base, int neox, const float* __restrict__ sinks) {
-    pdl_wait();
-    pdl_trigger();
     __shared__ float sm[AW], sl[AW];
     __shared__ float sacc[AW][32 * ND];
     __shared__ bool last;
@@ -1008,6 +1043,9 @@ attention_decode_body(const float* __restrict__ q, const unsigned long long* __r
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kvh = h / (n_heads / n_kv);
     const int nd = ND < MAXD ? ND : head_dim / 32;
+    // Before the wait, what does not depend on the kernel before (the q/k/v product): the
+    // position (uploaded before the step), the page table, the cache's older rows (earlier
+    // steps'), the rotation's angles. Nothing is written before the wait.
     const int qpos = pos[0];
     const int lo = window > 0 ? max(0, qpos - window + 1) : 0;
     const int len = qpos + 1 - lo;
@@ -1018,25 +1056,49 @@ attention_decode_body(const float* __restrict__ q, const unsigned long long* __r
     if (split >= n_act) return;
     const int per = (len + n_act - 1) / n_act;
     const int j0 = lo + split * per, j1 = min(qpos + 1, j0 + per);
+    const KvHead<KV> kb = kv_head<KV>(pages, layer, 0, n_kv, kvh, head_dim);
+    const KvHead<KV> vb = kv_head<KV>(pages, layer, 1, n_kv, kvh, head_dim);
+    const bool has_new = j0 <= qpos && qpos < j1;
+    // Threads [0, half) rotate q's pairs, [half, 2 half) k's (one call site of the large
+    // precise powf/sincosf code); their angles now when a thread has one pair.
+    const int half = rot_dim / 2, n_rot = knew ? (has_new ? 2 : 1) * half : 0;
+    const bool one_pair = n_rot <= (int)blockDim.x;
+    float rs = 0.f, rc = 1.f;
+    if (one_pair && (int)threadIdx.x < n_rot)
+        rope_angle(threadIdx.x < half ? threadIdx.x : threadIdx.x - half, qpos, 1.0f, rot_dim,
+                   rope_base, rs, rc);
+    // The staged scan's first chunk of this warp, but the new position's row (written below).
+    uint8_t* stage = nullptr;
+    if constexpr (ND < MAXD) {
+        DYN_SMEM(attn_smem);
+        stage = attn_smem + warp * 2 * 32 * head_dim * (int)sizeof(KV);
+        const int c0 = j0 + 32 * warp;
+        if (c0 < j1)
+            attn_stage_rows<ND>(kb, vb.off - kb.off, c0, j1, qpos, STAGE_OLD, lane, stage,
+                                stage + 32 * head_dim * sizeof(KV));
+        cp_commit();
+    }
+    pdl_wait();
+    pdl_trigger();
 
     const float* qv = q + (long long)h * head_dim;
     if (knew) {
         __shared__ float qs[32 * ND], ks[32 * ND];
-        const bool has_new = j0 <= qpos && qpos < j1;
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
             qs[d] = qv[d];
             if (has_new) ks[d] = knew[kvh * head_dim + d];
         }
         __syncthreads();
-        // Threads [0, half) rotate q's pairs, [half, 2 half) k's: one call site of the
-        // (large) precise powf/sincosf code.
-        const int half = rot_dim / 2;
-        for (int t = threadIdx.x; t < (has_new ? 2 : 1) * half; t += blockDim.x)
-            rope_rotate(t < half ? qs : ks, t < half ? t : t - half, qpos, 1.0f, rot_dim, rope_base, neox);
+        for (int t = threadIdx.x; t < n_rot; t += blockDim.x) {
+            float* x = t < half ? qs : ks;
+            const int d = t < half ? t : t - half;
+            if (one_pair) rope_apply(x, d, half, neox, rs, rc);
+            else rope_rotate(x, d, qpos, 1.0f, rot_dim, rope_base, neox);
+        }
         __syncthreads();
         if (has_new) {
-            KV* kd = kv_head<KV>(pages, layer, 0, n_kv, kvh, head_dim).row(qpos);
-            KV* vd = kv_head<KV>(pages, layer, 1, n_kv, kvh, head_dim).row(qpos);
+            KV* kd = kb.row(qpos);
+            KV* vd = vb.row(qpos);
             for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
                 kv_put(kd, d, ks[d]);
                 kv_put(vd, d, vnew[kvh * head_dim + d]);
@@ -1047,17 +1109,13 @@ attention_decode_body(const float* __restrict__ q, const unsigned long long* __r
     }
     float acc[ND];
     float m = -INFINITY, l = 0.f;
-    const KvHead<KV> kb = kv_head<KV>(pages, layer, 0, n_kv, kvh, head_dim);
-    const KvHead<KV> vb = kv_head<KV>(pages, layer, 1, n_kv, kvh, head_dim);
     if constexpr (ND < MAXD) {
         // One head size: keys staged through shared memory, a key a lane (dynamic shared
         // memory: AW x 2 x 32 x head_dim KV values).
-        DYN_SMEM(attn_smem);
         __shared__ __align__(16) float qsc[32 * ND];
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qsc[d] = qv[d] * scale;
         __syncthreads();
-        attn_scan_staged<ND>(qsc, kb, vb, j0, j1, warp, AW, lane,
-                             attn_smem + warp * 2 * 32 * head_dim * (int)sizeof(KV), m, l, acc);
+        attn_scan_staged<ND>(qsc, kb, vb, j0, j1, qpos, true, warp, AW, lane, stage, m, l, acc);
     } else {
         float qr[ND];
 #pragma unroll
