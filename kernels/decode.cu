@@ -951,14 +951,14 @@ __device__ __forceinline__ void attn_stage_rows(KvHead<KV> kb, long long vdelta,
 // and the values are accumulated with the probabilities passed by shuffles (lane holds dims
 // lane + 32 i). Scanning key by key (attn_scan: a warp sum and a round trip to memory per key)
 // left a short context's decode step waiting on memory latency: 7.5 us a layer of the 0.5B at
-// <= 128 keys. Chunks c0 = j0 + 32 w, step 32 nw (warp w of nw). `early`: the first chunk's
-// rows but the new position's (qpos) were copied already (committed; before the kernel before
-// had finished), its row is copied here. Returns the warp's max m, sum l, acc.
+// <= 128 keys. Chunks c0 = j0 + 32 w, step 32 nw (warp w of nw). The caller has copied the
+// first chunk's rows but the new position's (qpos) already (committed; before the kernel before
+// had finished): its row is copied here. Returns the warp's max m, sum l, acc.
 template <int ND, class KV>
 __device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb, KvHead<KV> vb,
-                                                 int j0, int j1, int qpos, bool early, int w,
-                                                 int nw, int lane, uint8_t* sb, float& m,
-                                                 float& l, float (&acc)[ND]) {
+                                                 int j0, int j1, int qpos, int w, int nw,
+                                                 int lane, uint8_t* sb, float& m, float& l,
+                                                 float (&acc)[ND]) {
     constexpr int D = 32 * ND, RW = D * (int)sizeof(KV) / 16;  // head size, 16-byte words a row
     uint8_t* ks = sb;
     uint8_t* vs = sb + 32 * D * sizeof(KV);
@@ -970,12 +970,11 @@ __device__ __forceinline__ void attn_scan_staged(const float* qs, KvHead<KV> kb,
     const long long vdelta = vb.off - kb.off;
 #pragma unroll 1
     for (int c0 = j0 + 32 * w; c0 < j1; c0 += 32 * nw) {
-        if (!early) {
+        if (c0 != j0 + 32 * w) {
             attn_stage_rows<ND>(kb, vdelta, c0, j1, qpos, STAGE_ALL, lane, ks, vs);
         } else if (c0 <= qpos && qpos < c0 + 32) {
             attn_stage_rows<ND>(kb, vdelta, c0, j1, qpos, STAGE_NEW, lane, ks, vs);
         }
-        early = false;
         cp_commit();
         cp_wait<0>();
         __syncwarp();
@@ -1115,7 +1114,7 @@ attention_decode_body(const float* __restrict__ q, const unsigned long long* __r
         __shared__ __align__(16) float qsc[32 * ND];
         for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qsc[d] = qv[d] * scale;
         __syncthreads();
-        attn_scan_staged<ND>(qsc, kb, vb, j0, j1, qpos, true, warp, AW, lane, stage, m, l, acc);
+        attn_scan_staged<ND>(qsc, kb, vb, j0, j1, qpos, warp, AW, lane, stage, m, l, acc);
     } else {
         float qr[ND];
 #pragma unroll
