@@ -2,7 +2,8 @@
 // persistent kernel: the floor under a decode step made of many small dependent kernels.
 // Build and run on the device: nvcc -O3 -arch=sm_90 -o hop_cost bench/gpu/hop_cost.cu && ./hop_cost
 // Each case: N dependent steps (a kernel each, or a barrier each) captured once, replayed R
-// times; prints microseconds per step. A step's blocks each write one value the next reads.
+// times; prints microseconds per step. A step's blocks each load one value and store one; the
+// order between steps is the launches' (or the barrier's) alone: no data passes between them.
 #include <cstdio>
 #include <cstdlib>
 #include <cuda_runtime.h>
@@ -19,8 +20,8 @@
 constexpr int N = 168;  // the 0.5B decode step's kernels (24 layers x 7)
 constexpr int R = 50;
 
-// One step: wait for the kernel before (PDL), let the next one launch, read a value the step
-// before wrote (block b reads block b+1's, so no block can run ahead), write this block's.
+// One step: wait for the kernel before (PDL: its completion and its stores), let the next one
+// launch, then one load and one store a block (a token of a product's work).
 __global__ void step_kernel(float* buf, int pdl) {
     if (pdl) asm volatile("griddepcontrol.wait;" ::: "memory");
     if (pdl) asm volatile("griddepcontrol.launch_dependents;");
