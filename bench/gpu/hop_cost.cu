@@ -17,7 +17,7 @@
         }                                                                                  \
     } while (0)
 
-constexpr int N = 168;  // the 0.5B decode step's kernels (24 layers x 7)
+constexpr int N = 168;  // steps a replay (24 x 7: near the 0.5B step's ~196 launches, 8 a layer)
 constexpr int R = 50;
 
 // One step: wait for the kernel before (PDL: its completion and its stores), let the next one
@@ -77,6 +77,8 @@ static float time_graph(cudaStream_t st, cudaGraphExec_t ex) {
     CK(cudaEventSynchronize(b));
     float ms;
     CK(cudaEventElapsedTime(&ms, a, b));
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
     return ms * 1000.f / R;  // us per replay
 }
 
