@@ -33,6 +33,18 @@ __device__ __forceinline__ float h16(uint32_t bits) {
 __device__ __forceinline__ uint32_t u32_at2(const uint8_t* p) { return u16_at(p) | (u16_at(p + 2) << 16); }
 // Bits 0..3 of b spread to bit 0 of bytes 0..3 (Q5_0's fifth bits, byte-wise).
 __device__ __forceinline__ uint32_t spread4(uint32_t b) { return ((b & 15) * 0x00204081u) & 0x01010101u; }
+// Scale and min of Q4_K sub-block s (quants.py's get_scale_min_k4) from its 12 scale bytes as
+// three little-endian words. Both forms are computed and one selected: with a branch on s < 4,
+// lanes of different sub-blocks diverged, which cost the 7B's gate/up product 11% (H100,
+// bench/gpu/matvec_bound.cu).
+__device__ __forceinline__ void q4k_scale_min(uint32_t w0, uint32_t w1, uint32_t w2, int s,
+                                              uint32_t& sc, uint32_t& mn) {
+    const int sh = 8 * (s & 3);
+    const uint32_t a = w0 >> sh, b = w1 >> sh, c = w2 >> sh;  // bytes s&3, 4+(s&3), 8+(s&3)
+    const bool hi = s >= 4;
+    sc = hi ? (c & 15) | ((a >> 2) & 0x30) : a & 63;
+    mn = hi ? ((c >> 4) & 15) | ((b >> 2) & 0x30) : b & 63;
+}
 
 // This block's dynamic shared memory (the CPU emulator of tests/emu hands its own buffer).
 #ifdef MMA_EMULATE

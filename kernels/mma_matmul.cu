@@ -219,16 +219,8 @@ template <> struct Unit<T_Q4_K> {
         const int s = c & 7;
         // Scale bytes sc[0..11] = hdr.y, hdr.z, hdr.w (little-endian).
         const uint32_t lo = hdr.y, mid = hdr.z, hi = hdr.w;
-        const int sb = 8 * (s & 3);
-        int scale, mn;
-        if (s < 4) {
-            scale = (lo >> sb) & 63;
-            mn = (mid >> sb) & 63;
-        } else {
-            const uint32_t a = (hi >> sb) & 0xff;                // sc[s + 4]
-            scale = (a & 15) | ((((lo >> sb) >> 6) & 3) << 4);   // sc[s - 4] >> 6
-            mn = (a >> 4) | ((((mid >> sb) >> 6) & 3) << 4);     // sc[s] >> 6
-        }
+        uint32_t scale, mn;
+        q4k_scale_min(lo, mid, hi, s, scale, mn);
         const float ds = h_bits(hdr.x) * (float)scale, dm = h_bits(hdr.x >> 16) * (float)mn;
         const int nsh = 4 * (s & 1);
         const uint32_t w[4] = {qs.x, qs.y, qs.z, qs.w};

@@ -103,15 +103,8 @@ template <> struct Mq<T_Q4_K> {
         hi = (mq_u32_4(q + 4) >> sh) & 0x0F0F0F0Fu;
     }
     __device__ static float2 scale(const uint8_t* b, int s) {
-        const uint8_t* sc = b + 4;
         uint32_t d, m;
-        if (s < 4) {
-            d = sc[s] & 63;
-            m = sc[s + 4] & 63;
-        } else {
-            d = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
-            m = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-        }
+        q4k_scale_min(mq_u32_4(b + 4), mq_u32_4(b + 8), mq_u32_4(b + 12), s, d, m);
         const uint32_t dd = mq_u32_4(b);
         return make_float2(h16(dd) * (float)d, -h16(dd >> 16) * (float)m);
     }
