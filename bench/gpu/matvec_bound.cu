@@ -20,19 +20,13 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <vector>
 #include <cuda_runtime.h>
 
 #include "decode.cu"
+#include "check.cuh"
 
-#define CK(x)                                                                              \
-    do {                                                                                   \
-        cudaError_t e_ = (x);                                                              \
-        if (e_ != cudaSuccess) {                                                           \
-            printf("%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));             \
-            exit(1);                                                                       \
-        }                                                                                  \
-    } while (0)
 
 // Variant formats (ids no GGUF type uses).
 #define T_COPY_Q4K 100
@@ -318,10 +312,22 @@ int main() {
         cudaEvent_t e0, e1;
         CK(cudaEventCreate(&e0));
         CK(cudaEventCreate(&e1));
+        // Microseconds a launch: WARM launches, then REPS timed by events.
+        auto time_us = [&](auto launch) {
+            for (int i = 0; i < WARM; i++) launch(i);
+            CK(cudaEventRecord(e0));
+            for (int i = 0; i < REPS; i++) launch(i);
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            return ms * 1000.0 / REPS;
+        };
         std::vector<float> real_out;
-        for (int v = 0; v < 5; v++) {
-            if (!r.variants[v][0]) continue;
-            const void* fn = find(r.variants[v][1]);
+        // Times `fn` at wpr warps a row on `nb` blocks; v == 0: the real kernel at the engine's
+        // split, whose outputs the others are compared with.
+        auto run_case = [&](int v, const char* label, const char* kname, int wpr, int nb) {
+            const void* fn = find(kname);
             auto launch = [&](int i) {
                 MvArgs a;
                 memset(&a, 0, sizeof a);
@@ -339,16 +345,9 @@ int main() {
                 }
                 const void* xs = rec;
                 void* args[] = {&a, &xs, &wpr};
-                CK(cudaLaunchKernel(fn, dim3(blocks), dim3(32 * DW), args, r.glu ? smem_glu : smem, 0));
+                CK(cudaLaunchKernel(fn, dim3(nb), dim3(32 * DW), args, r.glu ? smem_glu : smem, 0));
             };
-            for (int i = 0; i < WARM; i++) launch(i);
-            CK(cudaEventRecord(e0));
-            for (int i = 0; i < REPS; i++) launch(i);
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            const double us = ms * 1000.0 / REPS;
+            const double us = time_us(launch);
             // Outputs of the last launch (the same weight copy for every variant) against the
             // real kernel's: the variants that keep its arithmetic must match it bit for bit.
             std::vector<float> o(2 * r.rows);
@@ -357,8 +356,16 @@ int main() {
             if (v == 0) real_out = o;
             double diff = 0;
             for (int i = 0; i < nmat * r.rows; i++) diff = fmax(diff, fabs((double)o[i] - real_out[i]));
-            printf("  %-7s %-24s %8.2f us  %7.0f GB/s  max|out - real| %.3g\n", r.variants[v][0],
-                   r.variants[v][1], us, nmat * mat_bytes / us / 1e3, diff);
+            printf("  %-7s %-24s wpr %d %8.2f us  %7.0f GB/s  max|out - real| %.3g\n", label, kname,
+                   wpr, us, nmat * mat_bytes / us / 1e3, diff);
+        };
+        for (int v = 0; v < 5; v++)
+            if (r.variants[v][0]) run_case(v, r.variants[v][0], r.variants[v][1], wpr, blocks);
+        // The real kernel at the other splits (blocks as matvec_split gives them for that wpr).
+        for (int w2 = 1; w2 <= DW; w2 *= 2) {
+            if (w2 == wpr || r.k / r.f.V < w2) continue;
+            const long long nb = std::min<long long>(((long long)r.rows * w2 + DW - 1) / DW, sms * 3);
+            run_case(1, "split", r.variants[0][1], w2, (int)nb);
         }
         // The plain read of the same bytes (all matrices of a copy in one pass each).
         {
@@ -369,14 +376,7 @@ int main() {
                     stream_read<<<sms * 4, 512>>>((const uint4*)w[(i % COPIES) * nmat + s],
                                                   mat_bytes / 16, sink);
             };
-            for (int i = 0; i < WARM; i++) launch(i);
-            CK(cudaEventRecord(e0));
-            for (int i = 0; i < REPS; i++) launch(i);
-            CK(cudaEventRecord(e1));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            const double us = ms * 1000.0 / REPS;
+            const double us = time_us(launch);
             printf("  %-7s %-24s %8.2f us  %7.0f GB/s\n", "stream", "stream_read", us,
                    nmat * mat_bytes / us / 1e3);
             CK(cudaFree(sink));
