@@ -211,35 +211,21 @@ template <> struct Lane<T_Q4_K> {
 
 // Q6_K (210 bytes, 2-byte aligned): 8 lanes a block, a lane per 32-value quarter (h, cc):
 // low bits from ql (nibble cc/2 of bytes 64h + 32(cc%2) + i), high bits from qh (bits 2cc
-// of bytes 32h + i), minus 32 byte-wise; a scale per 16 values. A block's 4-byte words are
-// funnel-shifted from the aligned words around them (blocks alternate between 4- and 2-byte
-// alignment, so neighbouring lanes differ: no branch), and qh's two bits reach bits 4-5 of
-// each byte by one rotation: 18 word loads and 16 shifts where two 16-bit loads a word and
-// a shift and mask took 48 instructions (7B down projection 41.9 -> see bench/RESULTS.md).
+// of bytes 32h + i), minus 32 byte-wise; a scale per 16 values.
 template <> struct Lane<T_Q6_K> {
     enum { LPB = 8 };
     LANE_BLK {
         const int s = j;
         const int h = s >> 2, cc = s & 3;
-        const int sl = 4 * (cc >> 1);
-        const uint32_t rot = (2 * cc - 4) & 31;  // right rotation taking bits 2cc, 2cc+1 to 4, 5
-        // Pointer arithmetic on b (not an integer cast) keeps the shared-memory loads LDS.
-        const int mis = (int)((uintptr_t)b & 3);  // 0 or 2
-        const uint32_t fs = 8 * mis;
-        const uint32_t* ql = reinterpret_cast<const uint32_t*>(b - mis + 64 * h + 32 * (cc & 1));
-        const uint32_t* qh = reinterpret_cast<const uint32_t*>(b - mis + 128 + 32 * h);
+        const int sl = 4 * (cc >> 1), shh = 2 * cc;
+        const uint8_t* ql = b + 64 * h + 32 * (cc & 1);
+        const uint8_t* qh = b + 128 + 32 * h;
         int w[8];
-        uint32_t l0 = ql[0], h0 = qh[0];
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            // The ninth word is still inside the block (ql ends 32 bytes or more before qh,
-            // qh 16 before the scales).
-            const uint32_t l1 = ql[i + 1], h1 = qh[i + 1];
-            const uint32_t lw = __funnelshift_r(l0, l1, fs), hw = __funnelshift_r(h0, h1, fs);
-            const uint32_t v = ((lw >> sl) & 0x0F0F0F0Fu) | (__funnelshift_r(hw, hw, rot) & 0x30303030u);
-            w[i] = (int)__vsub4(v, 0x20202020u);
-            l0 = l1;
-            h0 = h1;
+            const uint32_t l = (u32_at2(ql + 4 * i) >> sl) & 0x0F0F0F0Fu;
+            const uint32_t hb = ((u32_at2(qh + 4 * i) >> shh) & 0x03030303u) << 4;
+            w[i] = (int)__vsub4(l | hb, 0x20202020u);
         }
         const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * h + 2 * cc;
         const float d = h16(u16_at(b + 208)), s0 = (float)sc[0], s1 = (float)sc[1];

@@ -11,7 +11,8 @@
 //   nosc      Q4_K with the sub-block scale taken from one byte (no 6-bit unpacking)
 //   branch    Q4_K with the 6-bit scales unpacked behind a branch on the sub-block (before
 //             session 21; the real kernel's values)
-//   old       Q6_K's lane before session 21 (16-bit loads; the real kernel's values)
+//   old       Q6_K's lane with each word from two 16-bit loads (main's as of session 21; branch
+//             q6kwords loads aligned words instead: there `real` is that one; same values)
 //   stream    a plain read of the same bytes (16-byte loads, 4 a thread in flight): the
 //             device's rate for this size
 // Each case: 3 copies of the weights used in turn (more than L2 holds), 5 launches to warm,
@@ -112,7 +113,7 @@ template <> struct Lane<T_Q4K_1P> : Q4kLane<true, 2> {};
 template <> struct Lane<T_Q4K_NOSC> : Q4kLane<false, 0> {};
 template <> struct Lane<T_Q4K_BR> : Q4kLane<false, 1> {};
 
-// Q6_K's lane before session 21: each 4-byte word from two 16-bit loads (blocks are 2-byte
+// Q6_K's lane with each 4-byte word from two 16-bit loads (main's; blocks are 2-byte
 // aligned), qh's bits shifted down and up again.
 template <> struct Lane<T_Q6K_OLD> {
     enum { LPB = 8 };
