@@ -114,33 +114,9 @@ template <> struct Lane<T_Q4K_1P> : Q4kLane<true, 2> {};
 template <> struct Lane<T_Q4K_NOSC> : Q4kLane<false, 0> {};
 template <> struct Lane<T_Q4K_BR> : Q4kLane<false, 1> {};
 
-// Q6_K's lane with each 4-byte word from two 16-bit loads (main's; blocks are 2-byte
-// aligned), qh's bits shifted down and up again.
-template <> struct Lane<T_Q6K_OLD> {
-    enum { LPB = 8 };
-    LANE_BLK {
-        const int s = j;
-        const int h = s >> 2, cc = s & 3;
-        const int sl = 4 * (cc >> 1), shh = 2 * cc;
-        const uint8_t* ql = b + 64 * h + 32 * (cc & 1);
-        const uint8_t* qh = b + 128 + 32 * h;
-        int w[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const uint32_t l = (u32_at2(ql + 4 * i) >> sl) & 0x0F0F0F0Fu;
-            const uint32_t hb = ((u32_at2(qh + 4 * i) >> shh) & 0x03030303u) << 4;
-            w[i] = (int)__vsub4(l | hb, 0x20202020u);
-        }
-        const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * h + 2 * cc;
-        const float d = h16(u16_at(b + 208)), s0 = (float)sc[0], s1 = (float)sc[1];
-#pragma unroll
-        for (int i = 0; i < NR; i++) {
-            float lo, hi;
-            dot_rec_halves(w, xrec(xrow(x, xst, i), c + s), lo, hi);
-            acc[i] += d * (s0 * lo + s1 * hi);
-        }
-    }
-};
+// Q6_K's lane with each 4-byte word from two 16-bit loads: main's own lane, here under a name
+// of its own so that a branch changing decode.cu's lane (q6kwords) can keep it for the A/B.
+template <> struct Lane<T_Q6K_OLD> : Lane<T_Q6_K> {};
 
 #define VARIANT(name, T)                                                                   \
     extern "C" __global__ void __launch_bounds__(32 * DW, 3)                               \
@@ -173,13 +149,18 @@ __global__ void stream_read(const uint4* __restrict__ p, long long n16, unsigned
     if (s == 0x12345678u) *out = s;
 }
 
+// Blocks of a launch of `tasks` warp tasks: one resident wave at most (the engine's
+// MATVEC_BLOCKS_PER_SM = 3, the kernels' launch bounds).
+static long long grid_blocks(long long tasks, int sms) {
+    return std::clamp<long long>((tasks + DW - 1) / DW, 1, 3ll * sms);
+}
+
 // The engine's split (src/backend/cuda/fused.rs matvec_split, full_steps).
 static void split(int jobs, int min_steps, int sms, int& wpr, int& blocks) {
     double best = 1e30;
     for (int w = 1; w <= DW && (w == 1 || min_steps >= w); w *= 2) {
         const long long tasks = (long long)jobs * w;
-        long long b = (tasks + DW - 1) / DW;
-        b = b < 1 ? 1 : (b > sms * 3 ? sms * 3 : b);
+        const long long b = grid_blocks(tasks, sms);
         const long long rounds = (tasks + b * DW - 1) / (b * DW);
         const double cost = (double)rounds / w;
         if (cost < best) {
@@ -378,8 +359,7 @@ int main() {
         // The real kernel at the other splits (blocks as matvec_split gives them for that wpr).
         for (int w2 = 1; w2 <= DW; w2 *= 2) {
             if (w2 == wpr || r.k / r.f.V < w2) continue;
-            const long long nb = std::min<long long>(((long long)r.rows * w2 + DW - 1) / DW, sms * 3);
-            run_case(1, "split", r.variants[0][1], w2, (int)nb);
+            run_case(1, "split", r.variants[0][1], w2, (int)grid_blocks((long long)r.rows * w2, sms));
         }
         // The plain read of the same bytes (all matrices of a copy in one pass each).
         {
