@@ -1,8 +1,9 @@
 // CPU emulation of kernels/decode.cu's mat-vec kernels (tests/emu/emu_runtime.h): prep_input,
-// fused_matvec (the generic kernel and those of one format, each epilogue, 1-8 warps a row,
-// several rounds) and the mixture-of-experts expert_matvec / expert_combine (whose unselected
-// experts are poisoned memory: only the selected ones may be read; the experts named through
-// pointer tables as a model's are), for every quantized format and MXFP4 in particular; and
+// fused_matvec (the generic kernel, those of one format and those of a q/k/v pair of formats
+// over three segments; each epilogue, 1-8 warps a row, odd rows, several rounds) and the
+// mixture-of-experts expert_matvec / expert_combine (whose unselected experts are poisoned
+// memory: only the selected ones may be read; the experts named through pointer tables as a
+// model's are), for every quantized format and MXFP4 in particular; and
 // attention_decode (one block a head and the split/merge, windows, GPT-OSS's sinks, RoPE folded
 // or the token stored by kv_store_decode first), under AddressSanitizer (scripts/mma-emu.sh).
 //
@@ -106,6 +107,9 @@ struct Matrix {
     }
 };
 
+// Dynamic shared memory of a fused_matvec launch, as the launcher gives it: two rows' stage
+// units a warp for a SwiGLU, one row's for the plain and add products.
+static int mv_smem(bool glu) { return (glu ? 4 : 2) * DW * STAGE; }
 static void run_grid(int blocks, int smem, const std::function<void()>& body, int blocks_y = 1) {
     std::vector<uint8_t> sm(smem);  // exactly sized, garbage
     for (auto& b : sm) b = (uint8_t)rng.next();
@@ -174,7 +178,7 @@ static int test_fused(const TypeInfo& t, int rows, int k, int blocks, int wpr) {
         a.k = k, a.mode = MODE_PLAIN, a.n_seg = 1;
         a.seg[0] = Seg{g.w.p, bd.f(), o0.f(), rb, t.id, rows};
         memset(o0.p, 0xFF, o0.n);
-        run_grid(blocks, 2 * DW * STAGE, [&] {
+        run_grid(blocks, mv_smem(false), [&] {
             generic ? fused_matvec(a, rec.p, wpr) : t.one(a, rec.p, wpr);
         });
         std::vector<double> b64(bias.begin(), bias.end());
@@ -186,7 +190,7 @@ static int test_fused(const TypeInfo& t, int rows, int k, int blocks, int wpr) {
         a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
         a.seg[1] = Seg{u.w.p, nullptr, o1.f(), rb, t.id, rows};
         memset(o0.p, 0xFF, o0.n), memset(o1.p, 0xFF, o1.n), memset(act.p, 0xFF, act.n);
-        run_grid(blocks, 4 * DW * STAGE, [&] {
+        run_grid(blocks, mv_smem(true), [&] {
             generic ? fused_matvec(a, rec.p, wpr) : t.one_glu(a, rec.p, wpr);
         });
         snprintf(what, sizeof what, "%s %s glu gate", t.name, generic ? "generic" : "one-fmt");
@@ -206,7 +210,7 @@ static int test_fused(const TypeInfo& t, int rows, int k, int blocks, int wpr) {
         a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
         std::vector<double> acc0(rows);
         for (int r = 0; r < rows; r++) acc.f()[r] = (float)(acc0[r] = rng.unit());
-        run_grid(blocks, 2 * DW * STAGE, [&] {
+        run_grid(blocks, mv_smem(false), [&] {
             generic ? fused_matvec(a, rec.p, wpr) : t.one(a, rec.p, wpr);
         });
         snprintf(what, sizeof what, "%s %s add", t.name, generic ? "generic" : "one-fmt");
@@ -329,12 +333,12 @@ static int test_multirow(const MultiKernels& t, int ri, int rows, int k, int blo
     a.k = k, a.mode = MODE_PLAIN, a.n_seg = 1, a.x_stride = xst;
     a.seg[0] = Seg{g.w.p, bd.f(), o0.f(), rb, t.id, rows};
     memset(o0.p, 0xFF, o0.n);
-    run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[ri](a, in, wpr); });
+    run_grid(blocks, mv_smem(false), [&] { t.plain[ri](a, in, wpr); });
     for (int i = 0; i < nr; i++) {
         MvArgs a1 = a;
         a1.x_stride = 0, a1.seg[0].out = s0.f();
         if (single)
-            run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
+            run_grid(blocks, mv_smem(false), [&] { t.plain[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
         bad += against_single("plain+bias", o0.f() + (size_t)i * rows, single ? s0.f() : nullptr, g.v.data(), i,
                               b64.data());
     }
@@ -344,13 +348,13 @@ static int test_multirow(const MultiKernels& t, int ri, int rows, int k, int blo
     a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
     a.seg[1] = Seg{u.w.p, nullptr, o1.f(), rb, t.id, rows};
     memset(o0.p, 0xFF, ob), memset(o1.p, 0xFF, ob), memset(act.p, 0xFF, ob);
-    run_grid(blocks, 4 * DW * STAGE, [&] { t.glu[ri](a, in, wpr); });
+    run_grid(blocks, mv_smem(true), [&] { t.glu[ri](a, in, wpr); });
     Buf s1(rows * 4), sact(rows * 4);
     for (int i = 0; i < nr; i++) {
         MvArgs a1 = a;
         a1.x_stride = 0, a1.seg[0].out = s0.f(), a1.seg[1].out = s1.f(), a1.act = sact.f();
         if (single)
-            run_grid(blocks, 4 * DW * STAGE, [&] { t.glu[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
+            run_grid(blocks, mv_smem(true), [&] { t.glu[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
         bad += against_single("glu gate", o0.f() + (size_t)i * rows, single ? s0.f() : nullptr, g.v.data(), i,
                               nullptr);
         bad += against_single("glu up", o1.f() + (size_t)i * rows, single ? s1.f() : nullptr, u.v.data(), i,
@@ -370,14 +374,14 @@ static int test_multirow(const MultiKernels& t, int ri, int rows, int k, int blo
     a.seg[0] = Seg{g.w.p, nullptr, o0.f(), rb, t.id, rows};
     std::vector<double> acc0((size_t)nr * rows);
     for (size_t o = 0; o < acc0.size(); o++) acc.f()[o] = (float)(acc0[o] = rng.unit());
-    run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[ri](a, in, wpr); });
+    run_grid(blocks, mv_smem(false), [&] { t.plain[ri](a, in, wpr); });
     Buf sacc(rows * 4);
     for (int i = 0; i < nr; i++) {
         MvArgs a1 = a;
         a1.x_stride = 0, a1.acc = sacc.f(), a1.seg[0].out = s0.f();
         for (int r = 0; r < rows; r++) sacc.f()[r] = (float)acc0[(size_t)i * rows + r];
         if (single)
-            run_grid(blocks, 2 * DW * STAGE, [&] { t.plain[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
+            run_grid(blocks, mv_smem(false), [&] { t.plain[0](a1, (const uint8_t*)in + (size_t)i * xst, wpr); });
         bad += against_single("add", acc.f() + (size_t)i * rows, single ? sacc.f() : nullptr, g.v.data(), i,
                               acc0.data() + (size_t)i * rows);
     }
@@ -508,6 +512,43 @@ static int test_experts(const TypeInfo& t, int n_expert, int rows, int k, int n_
         }
         printf("  %s expert_combine of %d: %s\n", t.name, n_sel, cb ? "MISMATCH  FAIL" : "exact");
         bad += cb != 0;
+    }
+    return bad;
+}
+
+// A q/k/v product through a kernel of two formats (fused_matvec_q4_k_q6_k, _q5_0_q8_0): three
+// segments (odd and even row counts, biases on the first two; the third of the second format),
+// `wpr` warps a job, few blocks (several rounds): each segment's outputs against its reference.
+static int test_segments(const TypeInfo& ta, const TypeInfo& tb,
+                         void (*kern)(const MvArgs, const void*, int), int k, int blocks, int wpr) {
+    const int rows[3] = {37, 9, 20};
+    const TypeInfo* ts[3] = {&ta, &ta, &tb};
+    std::vector<float> x(k);
+    for (auto& v : x) v = rng.unit() * (rng.next() % 7 == 0 ? 8.f : 1.f);
+    Buf rec((size_t)k / 32 * XREC);
+    const std::vector<double> xr = prepare(x, rec);
+    std::vector<Matrix> m;
+    std::vector<Buf> bias, out;
+    std::vector<std::vector<double>> b64(3);
+    MvArgs a{};
+    a.k = k, a.mode = MODE_PLAIN, a.n_seg = 3;
+    for (int s = 0; s < 3; s++) {
+        m.emplace_back(*ts[s], rows[s], k);
+        bias.emplace_back(rows[s] * 4);
+        out.emplace_back(rows[s] * 4);
+        for (int r = 0; r < rows[s]; r++) bias[s].f()[r] = (float)(b64[s].emplace_back(s < 2 ? rng.unit() : 0.0));
+        memset(out[s].p, 0xFF, out[s].n);
+    }
+    for (int s = 0; s < 3; s++)
+        a.seg[s] = Seg{m[s].w.p, s < 2 ? bias[s].f() : nullptr, out[s].f(),
+                       (long long)(k / ts[s]->block) * ts[s]->bytes, ts[s]->id, rows[s]};
+    run_grid(blocks, mv_smem(false), [&] { kern(a, rec.p, wpr); });
+    int bad = 0;
+    char what[96];
+    for (int s = 0; s < 3; s++) {
+        snprintf(what, sizeof what, "%s_%s seg %d (%s) wpr %d blocks %d", ta.name, tb.name, s, ts[s]->name, wpr,
+                 blocks);
+        bad += compare(what, out[s].f(), m[s].v.data(), xr.data(), rows[s], k, s < 2 ? b64[s].data() : nullptr);
     }
     return bad;
 }
@@ -648,6 +689,25 @@ int main(int argc, char** argv) {
             bad += test_experts(t, 32, 40, 2880, 4, 2, 1, false), runs++;
             bad += test_experts(t, 5, 16, 320, 8, 4, 4, true), runs++;
         }
+    }
+    // The q/k/v kernels of two formats; and each format's kernels with 2 and 4 warps a row over
+    // odd rows, several rounds.
+    const TypeInfo& q4k = TYPES[4];
+    const TypeInfo& q6k = TYPES[5];
+    const TypeInfo& q50 = TYPES[2];
+    const TypeInfo& q80 = TYPES[1];
+    if (!only || !strcmp(only, "q4_k") || !strcmp(only, "q6_k")) {
+        bad += test_segments(q4k, q6k, fused_matvec_q4_k_q6_k, 1280, 2, 1), runs++;
+        bad += test_segments(q4k, q6k, fused_matvec_q4_k_q6_k, 1280, 3, 2), runs++;
+    }
+    if (!only || !strcmp(only, "q5_0") || !strcmp(only, "q8_0")) {
+        bad += test_segments(q50, q80, fused_matvec_q5_0_q8_0, 640, 2, 1), runs++;
+        bad += test_segments(q50, q80, fused_matvec_q5_0_q8_0, 640, 1, 4), runs++;
+    }
+    for (const TypeInfo& t : TYPES) {
+        if (only && strcmp(only, t.name)) continue;
+        bad += test_fused(t, 21, t.block == 256 ? 1280 : 640, 2, 2), runs++;
+        bad += test_fused(t, 15, t.block == 256 ? 1024 : 640, 1, 4), runs++;
     }
     // Several inputs: every format, 2, 4 and 8 inputs; rows that no wave divides, 1-8 warps a
     // row, several rounds.
